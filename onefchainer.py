@@ -1,0 +1,3043 @@
+"""onefchainer: a Chainer-style deep-learning framework in one file.
+
+Read it top to bottom; it is written as a tutorial and ordered as you would
+learn the ideas:
+
+    1. Arrays and devices        NumPy on the CPU, CuPy on the GPU, one API
+    2. Configuration             train/test mode, turning backprop off
+    3. Variable and Function     define-by-run: running code records the graph
+    4. Backprop                  walking the recorded graph backwards
+    5. Functions (F)             the operations, each forward beside its backward
+    6. Initializers and links    parameters and the objects that own them (L)
+    7. Optimizers                turning gradients into updates
+    8. Serializers               saving and loading models (.npz, Chainer's layout)
+    9. Reporter                  how values travel from a model to the logs
+   10. Gradient check            testing a backward against finite differences
+   11. Data                      datasets, downloading, iterators, batching
+   12. Training loop            updaters, the Trainer and its extensions
+
+Programs written for Chainer v7 run after changing their imports, e.g.
+
+    import onefchainer as chainer
+    import onefchainer.functions as F
+    import onefchainer.links as L
+
+Only the standard library and NumPy are required.  CuPy (GPU) and matplotlib
+(plots) are used when installed and asked for.
+"""
+import collections
+import contextlib
+import copy
+import gzip
+import hashlib
+import heapq
+import io
+import itertools
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import types
+import urllib.error
+import urllib.request
+import warnings
+import weakref
+
+import numpy as np
+
+__version__ = '0.1.0'
+
+_this_module = sys.modules[__name__]
+
+
+def _submodule(dotted_name, **members):
+    """Make `onefchainer.<dotted_name>` importable although this is one file.
+
+    Python finds `import onefchainer.functions` in `sys.modules` before it
+    looks for a package on disk, so registering a module object there is all
+    it takes.  The object is also set as an attribute of its parent.
+    """
+    parent = _this_module
+    for part in dotted_name.split('.')[:-1]:
+        parent = getattr(parent, part)
+    full_name = __name__ + '.' + dotted_name
+    module = sys.modules.get(full_name) or types.ModuleType(full_name)
+    module.__dict__.update(members)
+    sys.modules[full_name] = module
+    setattr(parent, dotted_name.rsplit('.', 1)[-1], module)
+    return module
+
+
+# =============================================================================
+# Chapter 1. Arrays and devices
+# =============================================================================
+# All numbers live in n-dimensional arrays: NumPy's on the CPU, CuPy's on an
+# NVIDIA GPU.  CuPy copies NumPy's API, so code that takes its array module
+# `xp` from its inputs (`xp = get_array_module(x)`) runs on either device
+# unchanged.  No function below ever calls bare `np.` on data for this reason.
+# A *device* names where arrays live ('@numpy' or '@cupy:0') and can `send`
+# arrays there.
+
+try:  # CuPy is optional: everything works without it.
+    import cupy
+except ImportError:
+    cupy = None
+
+_array_types = (np.ndarray,) if cupy is None else (np.ndarray, cupy.ndarray)
+
+
+def get_array_module(*args):
+    """Return `cupy` if any argument lives on the GPU, else `numpy`."""
+    if cupy is not None:
+        return cupy.get_array_module(*[
+            a.data if isinstance(a, Variable) else a for a in args])
+    return np
+
+
+def _xp(array):
+    # The one-array fast path of get_array_module, used on every op.
+    return np if isinstance(array, np.ndarray) else cupy
+
+
+def _to_cpu(array):
+    if array is None or isinstance(array, np.ndarray):
+        return array
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return array.get()
+    return np.asarray(array)
+
+
+def _require_cupy(what):
+    if cupy is None:
+        raise RuntimeError(
+            '{}: CuPy is not installed, so no GPU can be used. Install the '
+            'CuPy wheel matching your CUDA version (e.g. '
+            '`pip install cupy-cuda12x`), or use the CPU (-1 or "@numpy").'
+            .format(what))
+
+
+def _to_gpu(array, device_id=None):
+    _require_cupy('to_gpu')
+    if array is None:
+        return None
+    device_id = cupy.cuda.runtime.getDevice() if device_id is None else device_id
+    with cupy.cuda.Device(device_id):
+        return cupy.asarray(array)
+
+
+class Device:
+    """Where arrays live.  `xp` is its array module; `send` moves arrays."""
+
+    xp = np
+
+    def send(self, arrays):
+        """Send an array, or a tuple/list/dict of them, to this device."""
+        if isinstance(arrays, (tuple, list)):
+            return type(arrays)(self.send(a) for a in arrays)
+        if isinstance(arrays, dict):
+            return {k: self.send(a) for k, a in arrays.items()}
+        return self.send_array(arrays)
+
+    def use(self):
+        pass
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and str(self) == str(other)
+
+    def __hash__(self):
+        return hash(str(self))
+
+    def __repr__(self):
+        return '<Device {}>'.format(self)
+
+
+class CpuDevice(Device):
+    xp = np
+
+    def send_array(self, array):
+        return _to_cpu(array)
+
+    def __str__(self):
+        return '@numpy'
+
+
+class GpuDevice(Device):
+    def __init__(self, device_id):
+        _require_cupy('get_device(@cupy:{})'.format(device_id))
+        self.device_id = device_id
+        self.device = cupy.cuda.Device(device_id)
+        self.xp = cupy
+
+    def send_array(self, array):
+        return _to_gpu(array, self.device_id)
+
+    def use(self):
+        self.device.use()
+
+    def __str__(self):
+        return '@cupy:{}'.format(self.device_id)
+
+
+def get_device(device_spec):
+    """Return the Device named by `device_spec`.
+
+    Accepted, as in Chainer: a Device; '@numpy'; '@cupy:N'; and the legacy
+    integer forms -1 (CPU) and N >= 0 (GPU N), also as strings ('-1', '0').
+    """
+    if isinstance(device_spec, Device):
+        return device_spec
+    spec = device_spec
+    if isinstance(spec, str) and spec.lstrip('-').isdigit():
+        spec = int(spec)
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return CpuDevice() if spec < 0 else GpuDevice(int(spec))
+    if spec is np or spec == '@numpy':
+        return CpuDevice()
+    if isinstance(spec, str) and spec.startswith('@cupy:') and spec[6:].isdigit():
+        return GpuDevice(int(spec[6:]))
+    if cupy is not None and isinstance(spec, cupy.cuda.Device):
+        return GpuDevice(spec.id)
+    raise ValueError(
+        'get_device: invalid device specifier {!r}; use -1 or "@numpy" for '
+        'the CPU, or N or "@cupy:N" for GPU N'.format(device_spec))
+
+
+def _device_of(array):
+    if isinstance(array, np.ndarray) or array is None:
+        return CpuDevice()
+    return GpuDevice(array.device.id)
+
+
+cuda = _submodule(
+    'cuda', cupy=cupy, available=cupy is not None,
+    to_cpu=_to_cpu, to_gpu=_to_gpu, get_array_module=get_array_module,
+    get_device_from_id=lambda device_id: get_device(
+        -1 if device_id is None else device_id))
+backends = _submodule('backends', cuda=cuda)
+
+
+# =============================================================================
+# Chapter 2. Configuration
+# =============================================================================
+# A few switches change how the same code behaves: `train` (dropout is active
+# only while training), `enable_backprop` (off: no graph is recorded, which
+# saves memory and time at test time) and `debug` (check every result for
+# NaN/inf and name the function that made it).  Change them for a block of
+# code with `using_config`, which always puts the old value back.
+
+class _Config:
+    def __init__(self):
+        self.train = True
+        self.enable_backprop = True
+        self.debug = False
+        self.dtype = np.dtype(np.float32)
+        self.keep_graph_on_report = False
+        self.type_check = True
+        self.use_cudnn = 'never'
+
+    def show(self, file=sys.stdout):
+        for name in sorted(vars(self)):
+            file.write('{:<22}{}\n'.format(name, getattr(self, name)))
+
+
+config = _Config()
+global_config = config   # one config: Chainer's per-thread layer is left out
+
+
+@contextlib.contextmanager
+def using_config(name, value, config=config):
+    """Set `config.<name>` to `value` inside a `with` block."""
+    had_value = hasattr(config, name)
+    old = getattr(config, name, None)
+    setattr(config, name, value)
+    try:
+        yield
+    finally:
+        if had_value:
+            setattr(config, name, old)
+        else:
+            delattr(config, name)
+
+
+def no_backprop_mode():
+    return using_config('enable_backprop', False)
+
+
+def force_backprop_mode():
+    return using_config('enable_backprop', True)
+
+
+def is_debug():
+    return bool(config.debug)
+
+
+def set_debug(debug):
+    config.debug = debug
+
+
+# =============================================================================
+# Chapter 3. Variable and Function
+# =============================================================================
+# Define-by-run: there is no separate "graph building" step.  Every time a
+# Function is applied to Variables, it computes its result *and* remembers
+# where the result came from:
+#
+#     x ──> [Function f] ──> y          y.creator is f, f.inputs is (x,)
+#
+# Running ordinary Python (loops, ifs, recursion) therefore records exactly
+# the graph that was executed, and backprop (Chapter 4) walks it backwards.
+#
+# Memory: a Variable holds its creator strongly and a Function holds its
+# inputs strongly, but its outputs only *weakly*.  So the references all
+# point backwards, there are no cycles, and the whole graph is freed by
+# reference counting the moment the user drops the last Variable of it.
+
+class Variable:
+    """An array together with its gradient and the Function that made it."""
+
+    __slots__ = ('data', 'name', '_grad', 'creator', 'rank', 'requires_grad',
+                 '__weakref__', '__dict__')
+    __array_priority__ = 200   # make `ndarray * Variable` call our __rmul__
+
+    def __init__(self, data=None, name=None, grad=None, requires_grad=True):
+        if data is not None and not isinstance(data, _array_types):
+            raise TypeError(
+                'Variable: data must be a numpy.ndarray or cupy.ndarray, not '
+                '{}; convert it first, e.g. numpy.asarray(data, '
+                'dtype=numpy.float32)'.format(type(data).__name__))
+        self.data = data
+        self.name = name
+        self._grad = None
+        self.creator = None
+        self.rank = 0              # distance from the leaves, orders backprop
+        self.requires_grad = requires_grad
+        if grad is not None:
+            self.grad = grad
+
+    # ----- the array and its gradient -----
+    @property
+    def array(self):
+        return self.data
+
+    @array.setter
+    def array(self, data):
+        self.data = data
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, grad):
+        if grad is not None:
+            if isinstance(grad, Variable):
+                grad = grad.data
+            if not isinstance(grad, _array_types):
+                raise TypeError('Variable.grad: must be an array or None, not '
+                                '{}'.format(type(grad).__name__))
+            if self.data is not None and grad.shape != self.data.shape:
+                raise ValueError(
+                    'Variable.grad: shape {} does not match the data shape {}'
+                    .format(grad.shape, self.data.shape))
+        self._grad = grad
+
+    @property
+    def grad_var(self):
+        return None if self._grad is None else Variable(self._grad)
+
+    def cleargrad(self):
+        self._grad = None
+
+    def zerograd(self):
+        self._grad = None if self.data is None else _xp(self.data).zeros_like(self.data)
+
+    # ----- array-like properties -----
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    dtype = property(lambda self: self.data.dtype)
+    xp = property(lambda self: get_array_module(self.data))
+    device = property(lambda self: _device_of(self.data))
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError('len() of a 0-dimensional Variable')
+        return len(self.data)
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        if self.data is None:
+            return 'variable {}(None)'.format(self.name or '').replace(' (', '(')
+        prefix = 'variable {}('.format(self.name) if self.name else 'variable('
+        return prefix + np.array2string(_to_cpu(self.data), separator=', ',
+                                        prefix=prefix) + ')'
+
+    def __str__(self):
+        prefix = 'variable {}('.format(self.name) if self.name else 'variable('
+        return prefix + ('None' if self.data is None else
+                         np.array2string(_to_cpu(self.data), prefix=prefix)) + ')'
+
+    # ----- devices -----
+    def to_device(self, device):
+        device = get_device(device)
+        self.data = device.send(self.data)
+        self._grad = device.send(self._grad)
+        return self
+
+    def to_cpu(self):
+        return self.to_device(CpuDevice())
+
+    def to_gpu(self, device=None):
+        return self.to_device(_current_gpu() if device is None else device)
+
+    # ----- the graph -----
+    def set_creator(self, function):
+        self.creator = function
+        self.rank = function.rank + 1
+
+    def unchain(self):
+        """Cut this variable from its creator: backprop stops here."""
+        self.creator = None
+
+    def unchain_backward(self):
+        """Cut every edge behind this variable, freeing the graph now."""
+        pending = [self.creator] if self.creator is not None else []
+        seen = set(pending)
+        while pending:
+            function = pending.pop()
+            for x in function.inputs or ():
+                if x.creator is not None and x.creator not in seen:
+                    seen.add(x.creator)
+                    pending.append(x.creator)
+            function.unchain()
+        self.creator = None
+
+    def backward(self, retain_grad=False, enable_double_backprop=False):
+        """Compute the gradient of this variable w.r.t. every variable behind it.
+
+        A size-1 output (a loss) starts from 1; a larger one needs its
+        `.grad` set first.  See Chapter 4.
+        """
+        if enable_double_backprop:
+            raise NotImplementedError(
+                'backward: enable_double_backprop is not supported; the '
+                'backward of a Function here works on arrays, not Variables')
+        if self._grad is None:
+            if self.data.size != 1:
+                raise ValueError(
+                    'backward: this variable has shape {}, so its gradient '
+                    'cannot be assumed to be 1; reduce it to one value first '
+                    '(e.g. F.sum(y)) or set y.grad to an array of shape {}'
+                    .format(self.data.shape, self.data.shape))
+            self._grad = _xp(self.data).ones_like(self.data)
+        _backprop([self], retain_grad)
+
+    # ----- operators: each makes a Function (Chapter 5) -----
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return reshape(self, shape)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)) or axes == (None,):
+            axes = axes[0]
+        return transpose(self, axes or None)
+
+    T = property(lambda self: transpose(self))
+
+    def __getitem__(self, slices):
+        return get_item(self, slices)
+
+    def __neg__(self):
+        return Neg()(self)
+
+    def __add__(self, other):
+        return _arithmetic(self, other, Add, AddConstant)
+
+    def __radd__(self, other):
+        return _arithmetic(self, other, Add, AddConstant)
+
+    def __sub__(self, other):
+        return _arithmetic(self, other, Sub, AddConstant, lambda c: -c)
+
+    def __rsub__(self, other):
+        return _arithmetic(other, self, Sub, SubFromConstant)
+
+    def __mul__(self, other):
+        return _arithmetic(self, other, Mul, MulConstant)
+
+    def __rmul__(self, other):
+        return _arithmetic(self, other, Mul, MulConstant)
+
+    def __truediv__(self, other):
+        return _arithmetic(self, other, Div, MulConstant, lambda c: 1.0 / c)
+
+    def __rtruediv__(self, other):
+        return _arithmetic(other, self, Div, DivFromConstant)
+
+    def __pow__(self, other):
+        return _arithmetic(self, other, Pow, PowConstantExponent)
+
+    def __rpow__(self, other):
+        return _arithmetic(other, self, Pow, PowConstantBase)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    __hash__ = object.__hash__
+
+
+def _current_gpu():
+    _require_cupy('to_gpu')
+    return GpuDevice(cupy.cuda.runtime.getDevice())
+
+
+def as_variable(obj):
+    """Return `obj` if it is a Variable, else wrap the array (no gradient)."""
+    if isinstance(obj, Variable):
+        return obj
+    return Variable(obj, requires_grad=False)
+
+
+def as_array(obj):
+    return obj.data if isinstance(obj, Variable) else obj
+
+
+class Function:
+    """An operation that records itself in the graph when called.
+
+    Subclass it and write two methods on *tuples of arrays*:
+
+        forward(self, inputs)                -> tuple of output arrays
+        backward(self, inputs, grad_outputs) -> tuple of input gradients
+
+    `backward` receives the same inputs as `forward` plus the gradient of
+    the loss w.r.t. each output, and returns the gradient w.r.t. each input
+    (None where an input needs none).  Calling the Function on Variables (or
+    arrays) runs forward and, when backprop is enabled, links the outputs to
+    it so that Chapter 4 can call backward later.
+    """
+
+    rank = 0
+    inputs = None
+    outputs = None
+
+    @property
+    def label(self):
+        return type(self).__name__
+
+    def __call__(self, *inputs):
+        inputs = [x if isinstance(x, Variable) else _input_variable(self, x)
+                  for x in inputs]
+        in_data = tuple([x.data for x in inputs])
+        try:
+            out_data = self.forward(in_data)
+        except (TypeError, ValueError, IndexError) as error:
+            raise _explain(self, in_data, error) from None
+        if not isinstance(out_data, tuple):
+            out_data = (out_data,)
+        # NumPy turns 0-dim results into scalars; keep everything an array.
+        outputs = [Variable(y if isinstance(y, _array_types) else _xp(in_data[0]).asarray(y))
+                   for y in out_data]
+        if config.debug:
+            _check_finite(self, 'forward', [y.data for y in outputs])
+        if config.enable_backprop and any([x.requires_grad for x in inputs]):
+            self.rank = max([x.rank for x in inputs])
+            for y in outputs:
+                y.creator = self
+                y.rank = self.rank + 1
+            self.inputs = inputs
+            self.outputs = tuple([weakref.ref(y) for y in outputs])
+        else:
+            for y in outputs:
+                y.requires_grad = False
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def forward(self, inputs):
+        raise NotImplementedError(
+            '{}.forward is not implemented'.format(self.label))
+
+    def backward(self, inputs, grad_outputs):
+        raise NotImplementedError(
+            '{}.backward is not implemented, so it cannot be differentiated'
+            .format(self.label))
+
+    @property
+    def output_data(self):
+        return tuple(None if y() is None else y().data for y in self.outputs)
+
+    def unchain(self):
+        """Drop this function's links to its inputs and outputs."""
+        for ref in self.outputs or ():
+            y = ref()
+            if y is not None:
+                y.creator = None
+        self.inputs = None
+
+
+def _input_variable(function, x):
+    if not isinstance(x, _array_types):
+        raise TypeError(
+            '{}: inputs must be Variables or numpy/cupy arrays, not {}'
+            .format(function.label, type(x).__name__))
+    return Variable(x, requires_grad=False)
+
+
+def _describe(arrays):
+    return ', '.join('{} {}'.format(a.shape, a.dtype) if hasattr(a, 'shape')
+                     else repr(a) for a in arrays)
+
+
+def _explain(function, in_data, error):
+    """Turn an error raised inside forward into one that names the function."""
+    message = str(error)
+    if message.startswith(function.label.lower() + ':') or \
+            message.startswith(function.label + ':'):
+        return error
+    kind = (TypeError if isinstance(error, TypeError) else
+            IndexError if isinstance(error, IndexError) else ValueError)
+    return kind('{}: {} (inputs: {})'.format(
+        function.label, message, _describe(in_data)))
+
+
+def _check_finite(function, direction, arrays):
+    for i, a in enumerate(arrays):
+        if a is not None and a.dtype.kind == 'f' and not _xp(a).isfinite(a).all():
+            raise FloatingPointError(
+                '{}: NaN or inf in the {} output {} (shape {}); found because '
+                'config.debug is on'.format(function.label, direction, i, a.shape))
+
+
+# =============================================================================
+# Chapter 4. Backprop
+# =============================================================================
+# The chain rule, applied to the recorded graph.  If L is the loss and a
+# function computed y = f(x), then
+#
+#     dL/dx = dL/dy * dy/dx          (summed over every y that used x)
+#
+# so the gradient of every variable can be computed from the gradients of
+# the variables after it.  We must therefore visit functions in *reverse
+# topological order*: a function may run its backward only once every
+# function that used its outputs has run.  `rank` (the longest distance from
+# a leaf) gives that order cheaply: a max-heap on rank always pops a
+# function no unvisited function depends on.  The loop is iterative, so a
+# graph of a million ops needs no recursion.
+#
+# A variable used twice (x + x, or two branches meeting: a "diamond") gets
+# the sum of both contributions.  Gradients of intermediate variables are
+# dropped as soon as their function has used them, unless retain_grad=True.
+
+def _backprop(roots, retain_grad):
+    heap = []
+    seen = set()
+    tie = itertools.count()    # equal ranks pop in push order: deterministic
+    for root in roots:
+        if root.creator is not None and root.creator not in seen:
+            seen.add(root.creator)
+            heapq.heappush(heap, (-root.creator.rank, next(tie), root.creator))
+    # Arrays we allocated while summing gradients: only these may be updated
+    # in place, since a function's backward may return an array it shares
+    # (add returns its output gradient to both inputs).
+    owned = set()
+    keep = set(roots) if not retain_grad else ()
+    debug = config.debug
+    while heap:
+        function = heapq.heappop(heap)[2]
+        outputs = [ref() for ref in function.outputs]
+        grad_outputs = tuple([None if y is None else y._grad for y in outputs])
+        inputs = function.inputs
+        in_data = tuple([x.data for x in inputs])
+        grad_inputs = function.backward(in_data, grad_outputs)
+        if not isinstance(grad_inputs, tuple):
+            grad_inputs = tuple(grad_inputs) if isinstance(grad_inputs, list) \
+                else (grad_inputs,)
+        if len(grad_inputs) != len(inputs):
+            raise ValueError(
+                '{}.backward returned {} gradients for {} inputs'.format(
+                    function.label, len(grad_inputs), len(inputs)))
+        if debug:
+            _check_finite(function, 'backward', grad_inputs)
+        for x, gx in zip(inputs, grad_inputs):
+            if gx is None or not x.requires_grad:
+                continue
+            if not isinstance(gx, _array_types):   # NumPy's 0-dim scalars
+                gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
+            if x._grad is None:
+                x._grad = gx
+            elif x in owned:
+                x._grad += gx
+            else:
+                x._grad = x._grad + gx
+                owned.add(x)
+            creator = x.creator
+            if creator is not None and creator not in seen:
+                seen.add(creator)
+                heapq.heappush(heap, (-creator.rank, next(tie), creator))
+        if not retain_grad:
+            for y in outputs:
+                if y is not None and y not in keep:
+                    y._grad = None
+
+
+# =============================================================================
+# Chapter 5. Functions
+# =============================================================================
+# Every operation is a Function subclass with its forward and its backward
+# side by side, plus a lower-case helper (`F.exp(x)`) that applies it.  The
+# derivative sits next to the formula it differentiates.
+#
+# Broadcasting: NumPy stretches a (3,) array to (2, 3) in `a + b`.  The
+# stretched input was *used* twice, so its gradient is the sum of the
+# output gradient over the stretched axes: `_sum_to` does that.
+
+def _sum_to(gx, shape):
+    """Sum `gx` down to `shape`, undoing NumPy broadcasting."""
+    if gx.shape == shape:
+        return gx
+    lead = gx.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
+    return gx.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _check_dtypes(label, a, b):
+    if a.dtype != b.dtype:
+        raise TypeError('{}: dtypes differ: {} and {}; convert one with '
+                        '.astype(...)'.format(label, a.dtype, b.dtype))
+
+
+def _is_constant(value):
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _arithmetic(lhs, rhs, binary, with_constant, transform=None):
+    """Route `a op b` to a two-input Function or a Function with a constant.
+
+    A Python scalar is not a Variable: it has no gradient, and keeping it a
+    scalar keeps the array's dtype (float32 * 2.0 stays float32).
+    """
+    if _is_constant(rhs):
+        return with_constant(transform(rhs) if transform else rhs)(lhs)
+    if _is_constant(lhs):
+        return with_constant(lhs)(rhs)
+    if not isinstance(lhs, (Variable,) + _array_types) or \
+            not isinstance(rhs, (Variable,) + _array_types):
+        return NotImplemented
+    return binary()(lhs, rhs)
+
+
+# ----- arithmetic ------------------------------------------------------------
+
+class Add(Function):
+    label = 'add'
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('add', a, b)
+        return a + b,
+
+    def backward(self, inputs, grad_outputs):      # d(a+b)/da = d(a+b)/db = 1
+        a, b = inputs
+        gy, = grad_outputs
+        return _sum_to(gy, a.shape), _sum_to(gy, b.shape)
+
+
+class AddConstant(Function):
+    label = 'add'
+
+    def __init__(self, constant):
+        self.constant = constant
+
+    def forward(self, inputs):
+        return inputs[0] + self.constant,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs
+
+
+class Sub(Function):
+    label = 'sub'
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('sub', a, b)
+        return a - b,
+
+    def backward(self, inputs, grad_outputs):      # d(a-b)/db = -1
+        a, b = inputs
+        gy, = grad_outputs
+        return _sum_to(gy, a.shape), _sum_to(-gy, b.shape)
+
+
+class SubFromConstant(Function):
+    label = 'sub'
+
+    def __init__(self, constant):
+        self.constant = constant
+
+    def forward(self, inputs):
+        return self.constant - inputs[0],
+
+    def backward(self, inputs, grad_outputs):
+        return -grad_outputs[0],
+
+
+class Mul(Function):
+    label = 'mul'
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('mul', a, b)
+        return a * b,
+
+    def backward(self, inputs, grad_outputs):      # d(ab)/da = b
+        a, b = inputs
+        gy, = grad_outputs
+        return _sum_to(gy * b, a.shape), _sum_to(gy * a, b.shape)
+
+
+class MulConstant(Function):
+    label = 'mul'
+
+    def __init__(self, constant):
+        self.constant = constant
+
+    def forward(self, inputs):
+        return inputs[0] * self.constant,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * self.constant,
+
+
+class Div(Function):
+    label = 'div'
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('div', a, b)
+        return a / b,
+
+    def backward(self, inputs, grad_outputs):      # d(a/b)/db = -a/b^2
+        a, b = inputs
+        gy, = grad_outputs
+        ga = gy / b
+        return _sum_to(ga, a.shape), _sum_to(-ga * a / b, b.shape)
+
+
+class DivFromConstant(Function):
+    label = 'div'
+
+    def __init__(self, constant):
+        self.constant = constant
+
+    def forward(self, inputs):
+        return self.constant / inputs[0],
+
+    def backward(self, inputs, grad_outputs):      # d(c/x)/dx = -c/x^2
+        x, = inputs
+        return -grad_outputs[0] * self.constant / (x * x),
+
+
+class Neg(Function):
+    label = 'neg'
+
+    def forward(self, inputs):
+        return -inputs[0],
+
+    def backward(self, inputs, grad_outputs):
+        return -grad_outputs[0],
+
+
+class Pow(Function):
+    label = 'pow'
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('pow', a, b)
+        self.y = a ** b
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d(a^b)/da = b a^(b-1); d/db = a^b log a
+        a, b = inputs
+        gy, = grad_outputs
+        xp = _xp(a)
+        ga = gy * b * a ** (b - 1)
+        gb = gy * self.y * xp.log(xp.where(a > 0, a, 1))   # 0 where log a is undefined
+        return _sum_to(ga, a.shape), _sum_to(gb, b.shape)
+
+
+class PowConstantExponent(Function):
+    label = 'pow'
+
+    def __init__(self, exponent):
+        self.exponent = exponent
+
+    def forward(self, inputs):
+        return inputs[0] ** self.exponent,
+
+    def backward(self, inputs, grad_outputs):      # d(x^c)/dx = c x^(c-1)
+        x, = inputs
+        return grad_outputs[0] * self.exponent * x ** (self.exponent - 1),
+
+
+class PowConstantBase(Function):
+    label = 'pow'
+
+    def __init__(self, base):
+        self.base = base
+
+    def forward(self, inputs):
+        self.y = self.base ** inputs[0]
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d(c^x)/dx = c^x log c
+        return grad_outputs[0] * self.y * math.log(self.base),
+
+
+def add(*xs):
+    """Sum of any number of variables (F.add(a, b, c))."""
+    y = xs[0]
+    for x in xs[1:]:
+        y = _arithmetic(y, x, Add, AddConstant)
+    return y
+
+
+def sub(a, b):
+    return _arithmetic(a, b, Sub, AddConstant, lambda c: -c)
+
+
+def mul(a, b):
+    return _arithmetic(a, b, Mul, MulConstant)
+
+
+def div(a, b):
+    return _arithmetic(a, b, Div, MulConstant, lambda c: 1.0 / c)
+
+
+def neg(x):
+    return Neg()(x)
+
+
+def pow(a, b):     # the builtin is restored after Chapter 5 (see there)
+    return _arithmetic(a, b, Pow, PowConstantExponent)
+
+
+class MatMul(Function):
+    label = 'matmul'
+
+    def __init__(self, transa=False, transb=False):
+        self.transa, self.transb = transa, transb
+
+    def forward(self, inputs):
+        a, b = inputs
+        if a.ndim < 2 or b.ndim < 2:
+            raise ValueError('matmul: both inputs need 2 or more dimensions, got '
+                             'shapes {} and {}'.format(a.shape, b.shape))
+        _check_dtypes('matmul', a, b)
+        a = a.swapaxes(-1, -2) if self.transa else a
+        b = b.swapaxes(-1, -2) if self.transb else b
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError('matmul: a.shape[-1] ({}) != b.shape[-2] ({}) '
+                             '(shapes {} and {})'.format(a.shape[-1], b.shape[-2],
+                                                          a.shape, b.shape))
+        return _xp(a).matmul(a, b),
+
+    def backward(self, inputs, grad_outputs):      # Y = AB: dA = dY B^T, dB = A^T dY
+        a, b = inputs
+        gy, = grad_outputs
+        xp = _xp(a)
+        at = a if self.transa else a.swapaxes(-1, -2)     # A^T as used in forward
+        bt = b if self.transb else b.swapaxes(-1, -2)
+        ga = xp.matmul(gy, bt)
+        gb = xp.matmul(at, gy)
+        if self.transa:
+            ga = ga.swapaxes(-1, -2)
+        if self.transb:
+            gb = gb.swapaxes(-1, -2)
+        return _sum_to(ga, a.shape), _sum_to(gb, b.shape)
+
+
+def matmul(a, b, transa=False, transb=False):
+    return MatMul(transa, transb)(a, b)
+
+
+# ----- elementwise math --------------------------------------------------------
+
+class Exp(Function):
+    label = 'exp'
+
+    def forward(self, inputs):
+        self.y = _xp(inputs[0]).exp(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (e^x)' = e^x
+        return grad_outputs[0] * self.y,
+
+
+class Log(Function):
+    label = 'log'
+
+    def forward(self, inputs):
+        return _xp(inputs[0]).log(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
+        return grad_outputs[0] / inputs[0],
+
+
+class Sqrt(Function):
+    label = 'sqrt'
+
+    def forward(self, inputs):
+        self.y = _xp(inputs[0]).sqrt(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (sqrt x)' = 1/(2 sqrt x)
+        return grad_outputs[0] / (2 * self.y),
+
+
+def exp(x):
+    return Exp()(x)
+
+
+def log(x):
+    return Log()(x)
+
+
+def sqrt(x):
+    return Sqrt()(x)
+
+
+# ----- reductions --------------------------------------------------------------
+
+def _normalize_axis(axis, ndim, label):
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError('{}: axis {} is out of bounds for an array of '
+                             'dimension {}'.format(label, a, ndim))
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _keepdims_shape(shape, axes):
+    """The shape a reduction over `axes` has with keepdims=True."""
+    if axes is None:
+        return (1,) * len(shape)
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+class Sum(Function):
+    label = 'sum'
+
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, inputs):
+        x, = inputs
+        self.axis = _normalize_axis(self.axis, x.ndim, 'sum')
+        return x.sum(axis=self.axis, keepdims=self.keepdims),
+
+    def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
+        x, = inputs
+        gy = grad_outputs[0].reshape(_keepdims_shape(x.shape, self.axis))
+        return _xp(x).broadcast_to(gy, x.shape).copy(),
+
+
+class Max(Function):
+    label = 'max'
+
+    def __init__(self, axis=None, keepdims=False, take_min=False):
+        self.axis, self.keepdims, self.take_min = axis, keepdims, take_min
+
+    def forward(self, inputs):
+        x, = inputs
+        self.axis = _normalize_axis(self.axis, x.ndim, self.label)
+        reduce = x.min if self.take_min else x.max
+        self.y = reduce(axis=self.axis, keepdims=True)
+        return self.y if self.keepdims else self.y.reshape(
+            [n for i, n in enumerate(self.y.shape)
+             if self.axis is not None and i not in self.axis]),
+
+    def backward(self, inputs, grad_outputs):      # only the winner(s) get dL/dy
+        x, = inputs
+        gy = grad_outputs[0].reshape(self.y.shape)
+        return gy * (x == self.y),
+
+
+class Min(Max):
+    label = 'min'
+
+    def __init__(self, axis=None, keepdims=False):
+        super().__init__(axis, keepdims, take_min=True)
+
+
+def sum(x, axis=None, keepdims=False):
+    return Sum(axis, keepdims)(x)
+
+
+def mean(x, axis=None, weights=None, keepdims=False):
+    if weights is not None:
+        raise NotImplementedError('mean: weights are not supported')
+    data = as_array(x)
+    axes = _normalize_axis(axis, data.ndim, 'mean')
+    count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
+    return Sum(axes, keepdims)(x) * (1.0 / count)
+
+
+def max(x, axis=None, keepdims=False):
+    return Max(axis, keepdims)(x)
+
+
+def min(x, axis=None, keepdims=False):
+    return Min(axis, keepdims)(x)
+
+
+# ----- shapes ------------------------------------------------------------------
+# These only move numbers around, so backward moves the gradient back.
+
+class Reshape(Function):
+    label = 'reshape'
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, inputs):
+        x, = inputs
+        try:
+            return x.reshape(self.shape),
+        except ValueError:
+            raise ValueError('reshape: cannot reshape an array of shape {} '
+                             '(size {}) into shape {}'.format(
+                                 x.shape, x.size, self.shape)) from None
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0].reshape(inputs[0].shape),
+
+
+class Transpose(Function):
+    label = 'transpose'
+
+    def __init__(self, axes=None):
+        self.axes = axes
+
+    def forward(self, inputs):
+        x, = inputs
+        if self.axes is None:
+            self.axes = tuple(range(x.ndim))[::-1]
+        if sorted(a % x.ndim for a in self.axes) != list(range(x.ndim)):
+            raise ValueError('transpose: axes {} are not a permutation of the '
+                             '{} axes of shape {}'.format(self.axes, x.ndim, x.shape))
+        return x.transpose(self.axes),
+
+    def backward(self, inputs, grad_outputs):
+        inverse = tuple(np.argsort([a % inputs[0].ndim for a in self.axes]))
+        return grad_outputs[0].transpose(inverse),
+
+
+class BroadcastTo(Function):
+    label = 'broadcast_to'
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, inputs):
+        x, = inputs
+        try:
+            return _xp(x).broadcast_to(x, self.shape),
+        except ValueError:
+            raise ValueError('broadcast_to: cannot broadcast shape {} to {}'
+                             .format(x.shape, self.shape)) from None
+
+    def backward(self, inputs, grad_outputs):
+        return _sum_to(grad_outputs[0], inputs[0].shape),
+
+
+class Concat(Function):
+    label = 'concat'
+
+    def __init__(self, axis=1):
+        self.axis = axis
+
+    def forward(self, inputs):
+        shapes = [x.shape for x in inputs]
+        ndim = inputs[0].ndim
+        if not -ndim <= self.axis < ndim or any(
+                len(s) != ndim or s[:self.axis % ndim] + s[self.axis % ndim + 1:] !=
+                shapes[0][:self.axis % ndim] + shapes[0][self.axis % ndim + 1:]
+                for s in shapes):
+            raise ValueError('concat: shapes {} cannot be joined along axis {}'
+                             .format(shapes, self.axis))
+        return _xp(inputs[0]).concatenate(inputs, axis=self.axis),
+
+    def backward(self, inputs, grad_outputs):
+        bounds = np.cumsum([x.shape[self.axis] for x in inputs])[:-1]
+        return tuple(_xp(inputs[0]).split(grad_outputs[0], bounds, axis=self.axis))
+
+
+class Stack(Function):
+    label = 'stack'
+
+    def __init__(self, axis=0):
+        self.axis = axis
+
+    def forward(self, inputs):
+        if len({x.shape for x in inputs}) != 1:
+            raise ValueError('stack: all inputs need one shape, got {}'.format(
+                [x.shape for x in inputs]))
+        return _xp(inputs[0]).stack(inputs, axis=self.axis),
+
+    def backward(self, inputs, grad_outputs):
+        gy, = grad_outputs
+        return tuple(gy.take(i, axis=self.axis) for i in range(len(inputs)))
+
+
+class GetItem(Function):
+    label = 'get_item'
+
+    def __init__(self, slices):
+        self.slices = slices
+
+    def forward(self, inputs):
+        return inputs[0][self.slices],
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        xp = _xp(x)
+        gx = xp.zeros_like(x)
+        # Fancy indexing may pick an element twice: add.at sums the repeats.
+        xp.add.at(gx, self.slices, grad_outputs[0])
+        return gx,
+
+
+def reshape(x, shape):
+    if tuple(shape) == as_array(x).shape:
+        return as_variable(x)     # as in Chainer: no op, no graph node
+    return Reshape(shape)(x)
+
+
+def transpose(x, axes=None):
+    return Transpose(axes)(x)
+
+
+def broadcast_to(x, shape):
+    return BroadcastTo(shape)(x)
+
+
+def concat(xs, axis=1):
+    return Concat(axis)(*xs)
+
+
+def stack(xs, axis=0):
+    return Stack(axis)(*xs)
+
+
+def flatten(x):
+    return reshape(x, (as_array(x).size,))
+
+
+def expand_dims(x, axis):
+    shape = list(as_array(x).shape)
+    if not -len(shape) - 1 <= axis <= len(shape):
+        raise ValueError('expand_dims: axis {} is out of bounds for shape {}'
+                         .format(axis, tuple(shape)))
+    shape.insert(axis % (len(shape) + 1), 1)
+    return reshape(x, shape)
+
+
+def squeeze(x, axis=None):
+    shape = as_array(x).shape
+    axes = _normalize_axis(axis, len(shape), 'squeeze')
+    if axes is None:
+        axes = tuple(i for i, n in enumerate(shape) if n == 1)
+    for a in axes:
+        if shape[a] != 1:
+            raise ValueError('squeeze: axis {} of shape {} has size {}, not 1'
+                             .format(a, shape, shape[a]))
+    return reshape(x, [n for i, n in enumerate(shape) if i not in axes])
+
+
+def get_item(x, slices):
+    if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
+        slices = np.asarray(slices)   # a list of ints is fancy indexing
+    return GetItem(slices)(x)
+
+
+# ----- activations ---------------------------------------------------------------
+
+class ReLU(Function):
+    label = 'relu'
+
+    def forward(self, inputs):
+        self.y = _xp(inputs[0]).maximum(inputs[0], 0)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
+        return grad_outputs[0] * (self.y > 0),
+
+
+class LeakyReLU(Function):
+    label = 'leaky_relu'
+
+    def __init__(self, slope):
+        self.slope = slope
+
+    def forward(self, inputs):
+        x, = inputs
+        return _xp(x).where(x >= 0, x, x * self.slope),
+
+    def backward(self, inputs, grad_outputs):      # 1 where x >= 0, else slope
+        x, = inputs
+        gy, = grad_outputs
+        return _xp(x).where(x >= 0, gy, gy * self.slope),
+
+
+class Sigmoid(Function):
+    label = 'sigmoid'
+
+    def forward(self, inputs):
+        x, = inputs
+        xp = _xp(x)
+        # 1/(1+e^-x) written with tanh, which never overflows.
+        self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # s' = s (1 - s)
+        y = self.y
+        return grad_outputs[0] * y * (1 - y),
+
+
+class Tanh(Function):
+    label = 'tanh'
+
+    def forward(self, inputs):
+        self.y = _xp(inputs[0]).tanh(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # tanh' = 1 - tanh^2
+        return grad_outputs[0] * (1 - self.y * self.y),
+
+
+def relu(x):
+    return ReLU()(x)
+
+
+def leaky_relu(x, slope=0.2):
+    return LeakyReLU(slope)(x)
+
+
+def sigmoid(x):
+    return Sigmoid()(x)
+
+
+def tanh(x):
+    return Tanh()(x)
+
+
+# ----- softmax -------------------------------------------------------------------
+# softmax(x)_i = e^{x_i} / sum_j e^{x_j}.  Subtracting max(x) first changes
+# nothing mathematically but keeps e^x from overflowing (the log-sum-exp
+# trick).  log_softmax(x) = x - max - log(sum e^{x - max}) is then exact even
+# where softmax itself would round to 0.
+
+def _log_sum_exp(x, axis):
+    """log(sum(exp(x), axis)) with keepdims, computed without overflow."""
+    xp = _xp(x)
+    m = x.max(axis=axis, keepdims=True)
+    s = xp.exp(x - m).sum(axis=axis, keepdims=True)
+    return m + xp.log(s)
+
+
+class Softmax(Function):
+    label = 'softmax'
+
+    def __init__(self, axis=1):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
+        y /= y.sum(axis=self.axis, keepdims=True)
+        self.y = y
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # dx = y * (dy - sum(dy * y))
+        y = self.y
+        gx = y * grad_outputs[0]
+        gx -= y * gx.sum(axis=self.axis, keepdims=True)
+        return gx,
+
+
+class LogSoftmax(Function):
+    label = 'log_softmax'
+
+    def __init__(self, axis=1):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        self.y = x - _log_sum_exp(x, self.axis)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # dx = dy - softmax * sum(dy)
+        gy, = grad_outputs
+        return gy - _xp(gy).exp(self.y) * gy.sum(axis=self.axis, keepdims=True),
+
+
+def softmax(x, axis=1):
+    return Softmax(axis)(x)
+
+
+def log_softmax(x, axis=1):
+    return LogSoftmax(axis)(x)
+
+
+# ----- linear ------------------------------------------------------------------
+# y = x W^T + b, with W of shape (out_size, in_size) as in Chainer.  Inputs
+# with more than two axes (images) are flattened after the batch axis.
+
+class LinearFunction(Function):
+    label = 'linear'
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        if x.ndim > 2:
+            x = x.reshape(len(x), -1)
+        if x.ndim != 2 or W.ndim != 2:
+            raise ValueError('linear: x must have 2 or more dimensions and W 2, got '
+                             'x.shape {} and W.shape {}'.format(inputs[0].shape, W.shape))
+        if x.shape[1] != W.shape[1]:
+            raise ValueError('linear: x.shape[1] ({}) != W.shape[1] ({}) (x.shape '
+                             '{}, W.shape {})'.format(x.shape[1], W.shape[1],
+                                                      inputs[0].shape, W.shape))
+        if x.dtype != W.dtype:
+            raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
+                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        y = x.dot(W.T)
+        if b is not None:
+            if b.shape != (W.shape[0],):
+                raise ValueError('linear: b.shape {} != (W.shape[0],) = ({},)'
+                                 .format(b.shape, W.shape[0]))
+            y += b         # in place: y is our own fresh array
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # dx = dy W, dW = dy^T x, db = sum(dy)
+        x, W = inputs[0], inputs[1]
+        gy, = grad_outputs
+        x2 = x.reshape(len(x), -1) if x.ndim > 2 else x
+        gx = gy.dot(W).reshape(x.shape)
+        gW = gy.T.dot(x2)
+        if len(inputs) == 3:
+            return gx, gW, gy.sum(axis=0)
+        return gx, gW
+
+
+def linear(x, W, b=None, n_batch_axes=1):
+    if n_batch_axes != 1:
+        raise NotImplementedError('linear: only n_batch_axes=1 is supported')
+    if b is None:
+        return LinearFunction()(x, W)
+    return LinearFunction()(x, W, b)
+
+
+# ----- dropout -----------------------------------------------------------------
+
+class Dropout(Function):
+    label = 'dropout'
+
+    def __init__(self, ratio):
+        self.ratio = ratio
+
+    def forward(self, inputs):
+        x, = inputs
+        xp = _xp(x)
+        # Scale the kept units by 1/(1-ratio) so the expected value is unchanged
+        # and nothing needs rescaling at test time.
+        scale = x.dtype.type(1.0 / (1.0 - self.ratio))
+        self.mask = (xp.random.rand(*x.shape) >= self.ratio) * scale
+        self.mask = self.mask.astype(x.dtype, copy=False)
+        return x * self.mask,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * self.mask,
+
+
+def dropout(x, ratio=.5):
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
+    if not config.train or ratio == 0.0:
+        return as_variable(x)
+    return Dropout(ratio)(x)
+
+
+# ----- losses and metrics --------------------------------------------------------
+# Softmax cross entropy of scores x (N, C) and labels t (N,):
+#
+#     loss = -1/N sum_n log softmax(x_n)[t_n]
+#     dloss/dx_n = (softmax(x_n) - onehot(t_n)) / N
+#
+# Fusing the two steps gives that short gradient and avoids ever taking the
+# log of a softmax that rounded to zero.
+
+class SoftmaxCrossEntropy(Function):
+    label = 'softmax_cross_entropy'
+
+    def __init__(self, normalize=True, ignore_label=-1, reduce='mean',
+                 class_weight=None):
+        self.normalize = normalize
+        self.ignore_label = ignore_label
+        self.reduce = reduce
+        self.class_weight = class_weight
+
+    def _check(self, x, t):
+        label = self.label
+        if t.dtype.kind not in 'iu':
+            raise TypeError('{}: t must hold integer labels, got dtype {}'.format(
+                label, t.dtype))
+        if x.ndim < 2 or t.shape != x.shape[:1] + x.shape[2:]:
+            raise ValueError('{}: x.shape {} and t.shape {} do not match; t should '
+                             'have shape {}'.format(label, x.shape, t.shape,
+                                                    x.shape[:1] + x.shape[2:]))
+        n_class = x.shape[1]
+        bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
+        if bad.any():
+            index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
+            raise ValueError(
+                '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
+                .format(label, n_class, self.ignore_label, list(index), int(t[index])))
+
+    def forward(self, inputs):
+        x, t = inputs
+        self._check(x, t)
+        xp = _xp(x)
+        shifted = x - x.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        self.valid = t != self.ignore_label
+        self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
+        # log softmax at the true class only: shifted[t] - log(sum e)
+        log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
+        self.y = e / s         # softmax, reused by backward
+        loss = -log_p * self.valid
+        if self.class_weight is not None:
+            self.weight = self.class_weight[self.t[:, 0]] * self.valid
+            loss *= self.weight
+        if self.reduce == 'no':
+            return loss.astype(x.dtype, copy=False),
+        count = self.valid.sum() if self.normalize else len(x)
+        self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
+        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+
+    def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
+        x, t = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        gx = self.y.copy()
+        xp.put_along_axis(gx, self.t, xp.take_along_axis(gx, self.t, axis=1) - 1, axis=1)
+        w = self.valid if self.class_weight is None else self.weight
+        w = w.astype(x.dtype, copy=False)[:, None]
+        if self.reduce == 'no':
+            gx *= w * gy[:, None]
+        else:
+            gx *= w * (gy * self.coeff)
+        return gx, None
+
+
+def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
+                          class_weight=None, ignore_label=-1, reduce='mean',
+                          enable_double_backprop=False,
+                          soft_target_loss='cross-entropy'):
+    if reduce not in ('mean', 'no'):
+        raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
+                         "got {!r}".format(reduce))
+    return SoftmaxCrossEntropy(normalize, ignore_label, reduce, class_weight)(x, t)
+
+
+class MeanSquaredError(Function):
+    label = 'mean_squared_error'
+
+    def forward(self, inputs):
+        a, b = inputs
+        if a.shape != b.shape:
+            raise ValueError('mean_squared_error: shapes differ: {} and {}'.format(
+                a.shape, b.shape))
+        _check_dtypes('mean_squared_error', a, b)
+        self.diff = (a - b).ravel()
+        return _xp(a).asarray(self.diff.dot(self.diff) / self.diff.size, dtype=a.dtype),
+
+    def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
+        gy, = grad_outputs
+        ga = (self.diff * (gy * (2.0 / self.diff.size))).reshape(inputs[0].shape)
+        return ga, -ga
+
+
+def mean_squared_error(x0, x1):
+    return MeanSquaredError()(x0, x1)
+
+
+def accuracy(y, t, ignore_label=None):
+    """Fraction of rows whose arg-max equals the label (no gradient)."""
+    y, t = as_array(y), as_array(t)
+    if t.dtype.kind not in 'iu':
+        raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
+    if y.ndim < 2 or t.shape != y.shape[:1] + y.shape[2:]:
+        raise ValueError('accuracy: y.shape {} and t.shape {} do not match'.format(
+            y.shape, t.shape))
+    xp = _xp(y)
+    hit = y.argmax(axis=1) == t
+    if ignore_label is None:
+        value = hit.mean()
+    else:
+        valid = t != ignore_label
+        total = valid.sum()
+        value = (hit & valid).sum() / total if total else 0.0
+    return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
+
+
+class Identity(Function):
+    label = 'identity'
+
+    def forward(self, inputs):
+        return inputs
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs
+
+
+def identity(*inputs):
+    return Identity()(*inputs)
+
+
+functions = _submodule('functions', **{name: obj for name, obj in globals().items() if name in (
+    'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
+    'transpose broadcast_to concat stack flatten expand_dims squeeze get_item '
+    'relu leaky_relu sigmoid tanh softmax log_softmax linear dropout '
+    'softmax_cross_entropy mean_squared_error accuracy identity').split()})
+# `sum`, `max`, `min` and `pow` above shadowed Python's builtins; they live on
+# as F.sum etc., and the rest of this file gets the builtins back.
+del sum, max, min, pow
+
+
+# =============================================================================
+# Chapter 6. Initializers and links
+# =============================================================================
+# A *Parameter* is a Variable that a model owns and an optimizer updates.  Its
+# starting values come from an *initializer*, which fills an array in place.
+# The scale matters: with fan_in inputs per unit, weights of standard
+# deviation 1/sqrt(fan_in) (LeCun) keep activations from growing or shrinking
+# layer after layer; ReLU halves the variance, hence He's sqrt(2/fan_in).
+#
+# A *Link* owns parameters (Linear owns W and b); a *Chain* owns links, so a
+# whole model is a tree whose paths name every parameter ('/l1/W').  That
+# tree is what optimizers walk and what serializers save.
+
+def _get_fans(shape):
+    if len(shape) < 2:
+        raise ValueError('initializer: fan in/out need a shape with 2 or more '
+                         'dimensions, got {}'.format(shape))
+    receptive = int(np.prod(shape[2:]))
+    return shape[1] * receptive, shape[0] * receptive
+
+
+class Initializer:
+    """Fills an array in place: `initializer(array)`."""
+
+    def __init__(self, dtype=None):
+        self.dtype = dtype
+
+    def __call__(self, array):
+        raise NotImplementedError
+
+
+class Constant(Initializer):
+    def __init__(self, fill_value, dtype=None):
+        super().__init__(dtype)
+        self.fill_value = fill_value
+
+    def __call__(self, array):
+        array[...] = _xp(array).asarray(self.fill_value)
+
+
+class Zero(Constant):
+    def __init__(self, dtype=None):
+        super().__init__(0.0, dtype)
+
+
+class One(Constant):
+    def __init__(self, dtype=None):
+        super().__init__(1.0, dtype)
+
+
+class NaN(Constant):
+    def __init__(self, dtype=None):
+        super().__init__(np.nan, dtype)
+
+
+class Normal(Initializer):
+    def __init__(self, scale=0.05, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        # xp.random is NumPy's global generator on the CPU, so numpy.random.seed
+        # makes initialization reproducible, as in Chainer.
+        array[...] = _xp(array).random.normal(0.0, self.scale, array.shape)
+
+
+class Uniform(Initializer):
+    def __init__(self, scale=0.05, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        array[...] = _xp(array).random.uniform(-self.scale, self.scale, array.shape)
+
+
+class LeCunNormal(Initializer):
+    """N(0, scale^2 / fan_in)."""
+
+    def __init__(self, scale=1.0, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, _ = _get_fans(array.shape)
+        Normal(self.scale * math.sqrt(1.0 / fan_in))(array)
+
+
+class HeNormal(Initializer):
+    """N(0, scale^2 * 2 / fan), for ReLU networks."""
+
+    def __init__(self, scale=1.0, dtype=None, fan_option='fan_in'):
+        super().__init__(dtype)
+        self.scale = scale
+        self.fan_option = fan_option
+
+    def __call__(self, array):
+        fan_in, fan_out = _get_fans(array.shape)
+        fan = {'fan_in': fan_in, 'fan_out': fan_out}[self.fan_option]
+        Normal(self.scale * math.sqrt(2.0 / fan))(array)
+
+
+class GlorotNormal(Initializer):
+    """N(0, scale^2 * 2 / (fan_in + fan_out))."""
+
+    def __init__(self, scale=1.0, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, fan_out = _get_fans(array.shape)
+        Normal(self.scale * math.sqrt(2.0 / (fan_in + fan_out)))(array)
+
+
+class GlorotUniform(Initializer):
+    """U(-s, s) with s = scale * sqrt(6 / (fan_in + fan_out))."""
+
+    def __init__(self, scale=1.0, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, fan_out = _get_fans(array.shape)
+        Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)))(array)
+
+
+def _get_initializer(spec, default=None):
+    """Accept what Chainer accepts for initialW: None, a scalar, an array,
+    an Initializer or any callable that fills an array."""
+    if spec is None:
+        return default
+    if _is_constant(spec) or isinstance(spec, _array_types):
+        return Constant(spec)
+    if callable(spec):
+        return spec
+    raise TypeError('initializer: expected None, a scalar, an array or an '
+                    'Initializer, got {}'.format(type(spec).__name__))
+
+
+def generate_array(initializer, shape, xp, dtype=None, device=None):
+    dtype = np.dtype(dtype or getattr(initializer, 'dtype', None) or config.dtype)
+    if device is not None:
+        xp = get_device(device).xp
+    array = xp.empty(shape, dtype=dtype)
+    if isinstance(initializer, Constant) and isinstance(initializer.fill_value, _array_types) \
+            and initializer.fill_value.shape != tuple(shape):
+        raise ValueError('initializer: array of shape {} given for a parameter of '
+                         'shape {}'.format(initializer.fill_value.shape, tuple(shape)))
+    initializer(array)
+    return array
+
+
+initializers = _submodule(
+    'initializers', Initializer=Initializer, Constant=Constant, Zero=Zero,
+    One=One, NaN=NaN, Normal=Normal, Uniform=Uniform, LeCunNormal=LeCunNormal,
+    HeNormal=HeNormal, GlorotNormal=GlorotNormal, GlorotUniform=GlorotUniform,
+    generate_array=generate_array, get_fans=_get_fans,
+    _get_initializer=_get_initializer)
+
+
+class Parameter(Variable):
+    """A Variable owned by a link.  It may start *uninitialized* (data None)
+    when its shape is only known at the first forward pass."""
+
+    def __init__(self, initializer=None, shape=None, name=None):
+        if isinstance(initializer, _array_types):
+            super().__init__(initializer, name=name)
+            self.initializer = Constant(initializer)
+        else:
+            super().__init__(None, name=name)
+            self.initializer = _get_initializer(initializer, NaN())
+            if shape is not None:
+                self.initialize(shape)
+        self.update_rule = None
+
+    @property
+    def is_initialized(self):
+        return self.data is not None
+
+    def initialize(self, shape, xp=np):
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        self.data = generate_array(self.initializer, shape, xp)
+        self._grad = None
+
+    def to_device(self, device):
+        super().to_device(device)
+        if self.update_rule is not None and self.update_rule.state:
+            state = self.update_rule.state
+            for key in state:
+                state[key] = get_device(device).send(state[key])
+        return self
+
+    def __repr__(self):
+        return 'variable {}({})'.format(self.name, 'None' if self.data is None else
+                                        np.array2string(_to_cpu(self.data),
+                                                        separator=', '))
+
+
+class Link:
+    """An object that owns parameters (and, in a Chain, other links).
+
+    Assign parameters inside `with self.init_scope():` so the link registers
+    them:   with self.init_scope(): self.W = Parameter(...)
+    Calling a link calls its `forward`.
+    """
+
+    def __init__(self, **params):
+        object.__setattr__(self, '_params', [])
+        object.__setattr__(self, '_persistent', [])
+        object.__setattr__(self, '_within_init_scope', False)
+        self.name = None
+        for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
+            self.add_param(name, shape)
+
+    @contextlib.contextmanager
+    def init_scope(self):
+        old = self._within_init_scope
+        object.__setattr__(self, '_within_init_scope', True)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, '_within_init_scope', old)
+
+    @property
+    def within_init_scope(self):
+        return self._within_init_scope
+
+    def __setattr__(self, name, value):
+        if self._within_init_scope and isinstance(value, Parameter):
+            value.name = name
+            if name not in self._params:
+                self._params.append(name)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in (self._params, self._persistent):
+            if name in registry:
+                registry.remove(name)
+        object.__delattr__(self, name)
+
+    def add_param(self, name, shape=None, dtype=np.float32, initializer=None):
+        if name in self.__dict__:
+            raise AttributeError('add_param: {!r} already exists on {}'.format(
+                name, type(self).__name__))
+        if initializer is None:
+            initializer = NaN(dtype)
+        param = Parameter(initializer, shape)
+        with self.init_scope():
+            setattr(self, name, param)
+
+    def add_persistent(self, name, value):
+        if name in self.__dict__:
+            raise AttributeError('add_persistent: {!r} already exists'.format(name))
+        self._persistent.append(name)
+        object.__setattr__(self, name, value)
+
+    register_persistent = lambda self, name: self._persistent.append(name)
+
+    # ----- walking the tree -----
+    def params(self, include_uninit=True):
+        for _, param in self.namedparams(include_uninit):
+            yield param
+
+    def namedparams(self, include_uninit=True):
+        for name in self._params:
+            param = self.__dict__[name]
+            if include_uninit or param.data is not None:
+                yield '/' + name, param
+
+    def links(self, skipself=False):
+        for _, link in self.namedlinks(skipself):
+            yield link
+
+    def namedlinks(self, skipself=False):
+        if not skipself:
+            yield '/', self
+
+    def children(self):
+        return iter(())
+
+    def count_params(self):
+        return int(np.sum([p.size for p in self.params() if p.data is not None]))
+
+    # ----- gradients -----
+    def cleargrads(self):
+        for param in self.params():
+            param.cleargrad()
+
+    def zerograds(self):
+        for param in self.params():
+            param.zerograd()
+
+    def copyparams(self, link, copy_persistent=True):
+        """Copy every parameter value of `link` (same structure) into self."""
+        source = dict(link.namedparams())
+        for name, param in self.namedparams():
+            if name not in source:
+                raise ValueError('copyparams: {} has no parameter {}'.format(
+                    type(link).__name__, name))
+            src = source[name].data
+            if param.data is None:
+                param.initialize(src.shape, _xp(src))
+            param.data[...] = _xp(param.data).asarray(src)
+        if copy_persistent:
+            for (name, own), (_, other) in zip(self.namedlinks(), link.namedlinks()):
+                for key in own._persistent:
+                    value = other.__dict__[key]
+                    object.__setattr__(own, key, copy.deepcopy(value))
+
+    def enable_update(self):
+        for param in self.params():
+            if param.update_rule is not None:
+                param.update_rule.enabled = True
+
+    def disable_update(self):
+        for param in self.params():
+            if param.update_rule is not None:
+                param.update_rule.enabled = False
+
+    # ----- devices -----
+    @property
+    def device(self):
+        for param in self.params(include_uninit=False):
+            return _device_of(param.data)
+        return getattr(self, '_device', CpuDevice())
+
+    @property
+    def xp(self):
+        return self.device.xp
+
+    def to_device(self, device):
+        device = get_device(device)
+        for link in self.links():
+            object.__setattr__(link, '_device', device)
+            for name in link._params:
+                link.__dict__[name].to_device(device)
+            for name in link._persistent:
+                value = link.__dict__[name]
+                if isinstance(value, _array_types):
+                    object.__setattr__(link, name, device.send(value))
+        return self
+
+    def to_cpu(self):
+        return self.to_device(CpuDevice())
+
+    def to_gpu(self, device=None):
+        return self.to_device(_current_gpu() if device is None else device)
+
+    # ----- saving (Chapter 8) -----
+    def serialize(self, serializer):
+        for name in self._params:
+            param = self.__dict__[name]
+            value = serializer(name, param.data)
+            if param.data is None and value is not None:   # lazy: shape from the file
+                param.initialize(value.shape, self.xp)
+                param.data[...] = param.xp.asarray(value)
+        for name in self._persistent:
+            object.__setattr__(self, name, serializer(name, self.__dict__[name]))
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError('{}.forward is not implemented'.format(
+            type(self).__name__))
+
+    def repeat(self, n_repeat, mode='init'):
+        raise NotImplementedError('Link.repeat is not supported')
+
+
+class Chain(Link):
+    """A link made of named child links:
+
+        with self.init_scope(): self.l1 = L.Linear(784, 100)
+    or, Chainer's older style,  super().__init__(l1=L.Linear(784, 100))
+    """
+
+    def __init__(self, **links):
+        super().__init__()
+        object.__setattr__(self, '_children', [])
+        for name, link in links.items():
+            self.add_link(name, link)
+
+    def __setattr__(self, name, value):
+        if self._within_init_scope and isinstance(value, Link):
+            if name in self._params or name in self._persistent:
+                raise AttributeError('{} is already a parameter of this chain'.format(name))
+            value.name = name
+            if name not in self._children:
+                self._children.append(name)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name in self._children:
+            self._children.remove(name)
+        super().__delattr__(name)
+
+    def __getitem__(self, name):
+        return getattr(self, name)
+
+    def add_link(self, name, link):
+        if name in self.__dict__:
+            raise AttributeError('add_link: {!r} already exists on {}'.format(
+                name, type(self).__name__))
+        with self.init_scope():
+            setattr(self, name, link)
+
+    def children(self):
+        for name in self._children:
+            yield self.__dict__[name]
+
+    def namedparams(self, include_uninit=True):
+        yield from super().namedparams(include_uninit)
+        for name in self._children:
+            for path, param in self.__dict__[name].namedparams(include_uninit):
+                yield '/' + name + path, param
+
+    def namedlinks(self, skipself=False):
+        if not skipself:
+            yield '/', self
+        for name in self._children:
+            for path, link in self.__dict__[name].namedlinks():
+                yield '/' + name + path.rstrip('/'), link
+
+    def serialize(self, serializer):
+        super().serialize(serializer)
+        for name in self._children:
+            self.__dict__[name].serialize(serializer[name])
+
+
+class ChainList(Link):
+    """A link made of an ordered list of child links, named '0', '1', ..."""
+
+    def __init__(self, *links):
+        super().__init__()
+        object.__setattr__(self, '_children', [])
+        for link in links:
+            self.add_link(link)
+
+    def __setattr__(self, name, value):
+        if self._within_init_scope and isinstance(value, Link):
+            raise TypeError('ChainList: add links with append(), not attributes')
+        super().__setattr__(name, value)
+
+    def add_link(self, link):
+        link.name = str(len(self._children))
+        self._children.append(link)
+
+    append = add_link
+
+    def __getitem__(self, index):
+        return self._children[index]
+
+    def __iter__(self):
+        return iter(self._children)
+
+    def __len__(self):
+        return len(self._children)
+
+    def children(self):
+        return iter(self._children)
+
+    def namedparams(self, include_uninit=True):
+        yield from super().namedparams(include_uninit)
+        for i, link in enumerate(self._children):
+            for path, param in link.namedparams(include_uninit):
+                yield '/{}{}'.format(i, path), param
+
+    def namedlinks(self, skipself=False):
+        if not skipself:
+            yield '/', self
+        for i, link in enumerate(self._children):
+            for path, child in link.namedlinks():
+                yield '/{}{}'.format(i, path.rstrip('/')), child
+
+    def serialize(self, serializer):
+        super().serialize(serializer)
+        for i, link in enumerate(self._children):
+            link.serialize(serializer[str(i)])
+
+
+class Linear(Link):
+    """y = x W^T + b.  Linear(None, n) or Linear(n) learns in_size at the
+    first call, from the input's shape."""
+
+    def __init__(self, in_size, out_size=None, nobias=False, initialW=None,
+                 initial_bias=None):
+        super().__init__()
+        if out_size is None:
+            in_size, out_size = None, in_size
+        self.in_size, self.out_size = in_size, out_size
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_size is not None:
+                self.W.initialize((out_size, in_size))
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_size)
+
+    def forward(self, x, n_batch_axes=1):
+        if self.W.data is None:
+            data = as_array(x)
+            self.W.initialize((self.out_size, data.size // data.shape[0]), _xp(data))
+        return linear(x, self.W, self.b, n_batch_axes)
+
+
+class Classifier(Chain):
+    """Wraps a predictor: computes its loss and accuracy and reports both."""
+
+    compute_accuracy = True
+
+    def __init__(self, predictor, lossfun=softmax_cross_entropy,
+                 accfun=accuracy, label_key=-1):
+        super().__init__()
+        self.lossfun = lossfun
+        self.accfun = accfun
+        self.label_key = label_key
+        self.y = self.loss = self.accuracy = None
+        with self.init_scope():
+            self.predictor = predictor
+
+    def forward(self, *args, **kwargs):
+        if isinstance(self.label_key, int):
+            if not -len(args) <= self.label_key < len(args):
+                raise ValueError('Classifier: label_key {} is out of range for {} '
+                                 'arguments'.format(self.label_key, len(args)))
+            t = args[self.label_key]
+            args = args[:self.label_key] + args[self.label_key:][1:] \
+                if self.label_key != -1 else args[:-1]
+        else:
+            t = kwargs.pop(self.label_key)
+        self.y = self.loss = self.accuracy = None
+        self.y = self.predictor(*args, **kwargs)
+        self.loss = self.lossfun(self.y, t)
+        report({'loss': self.loss}, self)
+        if self.compute_accuracy:
+            self.accuracy = self.accfun(self.y, t)
+            report({'accuracy': self.accuracy}, self)
+        return self.loss
+
+
+links = _submodule('links', Linear=Linear, Classifier=Classifier)
+
+
+# =============================================================================
+# Chapter 7. Optimizers
+# =============================================================================
+# After backward, every parameter p holds dL/dp in p.grad.  An optimizer
+# turns that into a step.  Plain SGD:   p <- p - lr * grad.
+# Adam keeps running averages of the gradient (m) and of its square (v) and
+# steps by m / sqrt(v): large where the gradient is consistent, small where it
+# is noise.  Both averages start at 0, so early on they are biased toward 0;
+# the step size lr = alpha * sqrt(1 - beta2^t) / (1 - beta1^t) corrects that.
+#
+#     m <- m + (1 - beta1) (grad - m)
+#     v <- v + (1 - beta2) (grad^2 - v)
+#     p <- p - eta (lr m / (sqrt(v) + eps) + weight_decay_rate p)
+#
+# As in Chainer, each parameter gets an *update rule* holding its own state
+# (m, v, ...) and reading hyperparameters from the optimizer, so setting
+# `optimizer.lr = 0.1` reaches every rule.
+
+class Hyperparameter:
+    """Attribute bag that falls back to its parent's attributes."""
+
+    def __init__(self, parent=None):
+        object.__setattr__(self, '_parent', parent)
+
+    def __getattr__(self, name):
+        parent = object.__getattribute__(self, '_parent')
+        if parent is None:
+            raise AttributeError('hyperparameter {!r} is not defined'.format(name))
+        return getattr(parent, name)
+
+    def get_dict(self):
+        d = {} if self._parent is None else self._parent.get_dict()
+        d.update({k: v for k, v in vars(self).items() if k != '_parent'})
+        return d
+
+
+class _HyperparameterProxy:
+    """`optimizer.lr` reads and writes `optimizer.hyperparam.lr`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, optimizer, owner=None):
+        return self if optimizer is None else getattr(optimizer.hyperparam, self.name)
+
+    def __set__(self, optimizer, value):
+        setattr(optimizer.hyperparam, self.name, value)
+
+
+class UpdateRule:
+    """How one parameter is updated; `state` holds its arrays (e.g. m, v)."""
+
+    def __init__(self, parent_hyperparam=None):
+        self.hyperparam = Hyperparameter(parent_hyperparam)
+        self.state = None
+        self.enabled = True
+        self.t = 0
+        self._hooks = collections.OrderedDict()
+
+    def add_hook(self, hook, name=None):
+        self._hooks[name or getattr(hook, 'name', type(hook).__name__)] = hook
+
+    def remove_hook(self, name):
+        del self._hooks[name]
+
+    def update(self, param):
+        if not self.enabled or param.grad is None:
+            return             # nothing to learn from: leave param and state alone
+        self.t += 1
+        if self.state is None:
+            self.state = {}
+            self.init_state(param)
+        for hook in self._hooks.values():
+            hook(self, param)
+        self.update_core(param)
+
+    def init_state(self, param):
+        pass
+
+    def update_core(self, param):
+        raise NotImplementedError
+
+    def _state_names(self, param):
+        """The state keys this rule would create, without creating them."""
+        probe = copy.copy(self)
+        probe.state = {}
+        probe.init_state(Parameter(np.zeros(1, np.float32)) if param.data is None else param)
+        return list(probe.state)
+
+    def serialize(self, serializer):
+        self.t = serializer('t', self.t)
+        if self.state is None:
+            if not isinstance(serializer, Deserializer):
+                return              # no state yet: nothing to save
+            loaded = {}
+            for key in self._state_names(Parameter(np.zeros(1, np.float32))):
+                loaded[key] = serializer(key, None)
+            if all(value is not None for value in loaded.values()):
+                self.state = loaded
+        else:
+            for key in self.state:
+                self.state[key] = serializer(key, self.state[key])
+
+
+class Optimizer:
+    """Updates the parameters of its target link.
+
+        optimizer = optimizers.Adam().setup(model)
+        optimizer.update(model, x, t)      # cleargrads, loss, backward, update
+    """
+
+    target = None
+    t = 0
+    epoch = 0
+
+    def __init__(self):
+        self.hyperparam = Hyperparameter()
+        self._hooks = collections.OrderedDict()
+
+    def setup(self, link):
+        if not isinstance(link, Link):
+            raise TypeError('{}.setup: expected a Link, got {}'.format(
+                type(self).__name__, type(link).__name__))
+        self.target = link
+        self.t = 0
+        self.epoch = 0
+        for param in link.params():
+            param.update_rule = self.create_update_rule()
+        return self
+
+    def create_update_rule(self):
+        raise NotImplementedError
+
+    def _check_setup(self):
+        if self.target is None:
+            raise RuntimeError('{}: call setup(link) before update()'.format(
+                type(self).__name__))
+
+    def update(self, lossfun=None, *args, **kwds):
+        """Update once.  With `lossfun`, first compute the loss from `args`,
+        clear the old gradients and run backward."""
+        self._check_setup()
+        if lossfun is not None:
+            loss = lossfun(*args, **kwds)
+            self.target.cleargrads()
+            loss.backward()
+            del loss             # the graph can go before the update runs
+        self.call_hooks('pre')
+        self.t += 1
+        for param in self.target.params(include_uninit=False):
+            rule = param.update_rule
+            if rule is None:     # a parameter added after setup()
+                rule = param.update_rule = self.create_update_rule()
+            rule.update(param)
+        self.call_hooks('post')
+
+    def new_epoch(self, auto=False):
+        self.epoch += 1
+
+    def add_hook(self, hook, name=None, timing='auto'):
+        """Hooks run before each update: WeightDecay, GradientClipping, ..."""
+        self._check_setup()
+        name = name or getattr(hook, 'name', type(hook).__name__)
+        if name in self._hooks:
+            raise KeyError('add_hook: a hook named {!r} already exists'.format(name))
+        if timing == 'auto':
+            timing = getattr(hook, 'timing', 'pre')
+        self._hooks[name] = (hook, timing)
+
+    def remove_hook(self, name):
+        del self._hooks[name]
+
+    def call_hooks(self, timing='pre'):
+        for hook, hook_timing in list(self._hooks.values()):
+            if hook_timing != timing:
+                continue
+            if getattr(hook, 'call_for_each_param', False):
+                for param in self.target.params(include_uninit=False):
+                    if param.grad is not None and param.update_rule.enabled:
+                        hook(param.update_rule, param)
+            else:
+                hook(self)
+
+    def use_cleargrads(self, use=True):
+        pass     # Chainer-1 compatibility: grads are always cleared to None
+
+    def serialize(self, serializer):
+        self.t = serializer('t', self.t)
+        self.epoch = serializer('epoch', self.epoch)
+        for name, param in self.target.namedparams():
+            if param.update_rule is not None:
+                param.update_rule.serialize(serializer[name])
+
+
+GradientMethod = Optimizer
+
+
+class SGDRule(UpdateRule):
+    def update_core(self, param):                  # p -= lr * grad
+        param.data -= self.hyperparam.lr * param.grad
+
+
+class SGD(Optimizer):
+    lr = _HyperparameterProxy('lr')
+
+    def __init__(self, lr=0.01):
+        super().__init__()
+        self.hyperparam.lr = lr
+
+    def create_update_rule(self):
+        return SGDRule(self.hyperparam)
+
+
+class MomentumSGDRule(UpdateRule):
+    def init_state(self, param):
+        self.state['v'] = _xp(param.data).zeros_like(param.data)
+
+    def update_core(self, param):                  # v = momentum v - lr grad; p += v
+        v = self.state['v']
+        v *= self.hyperparam.momentum
+        v -= self.hyperparam.lr * param.grad
+        param.data += v
+
+
+class MomentumSGD(Optimizer):
+    lr = _HyperparameterProxy('lr')
+    momentum = _HyperparameterProxy('momentum')
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.momentum = momentum
+
+    def create_update_rule(self):
+        return MomentumSGDRule(self.hyperparam)
+
+
+class AdaGradRule(UpdateRule):
+    def init_state(self, param):
+        self.state['h'] = _xp(param.data).zeros_like(param.data)
+
+    def update_core(self, param):                  # h += g^2; p -= lr g / (sqrt(h) + eps)
+        grad, h, hp = param.grad, self.state['h'], self.hyperparam
+        h += grad * grad
+        param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
+
+
+class AdaGrad(Optimizer):
+    lr = _HyperparameterProxy('lr')
+    eps = _HyperparameterProxy('eps')
+
+    def __init__(self, lr=0.001, eps=1e-8):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.eps = eps
+
+    def create_update_rule(self):
+        return AdaGradRule(self.hyperparam)
+
+
+class AdaDeltaRule(UpdateRule):
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['msg'] = xp.zeros_like(param.data)
+        self.state['msdx'] = xp.zeros_like(param.data)
+
+    def update_core(self, param):
+        # msg: mean square gradient, msdx: mean square step; the step is
+        # g * rms(previous steps) / rms(gradients), so no learning rate is needed.
+        grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
+        msg, msdx = self.state['msg'], self.state['msdx']
+        msg *= hp.rho
+        msg += (1 - hp.rho) * grad * grad
+        dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
+        msdx *= hp.rho
+        msdx += (1 - hp.rho) * dx * dx
+        param.data -= dx
+
+
+class AdaDelta(Optimizer):
+    rho = _HyperparameterProxy('rho')
+    eps = _HyperparameterProxy('eps')
+
+    def __init__(self, rho=0.95, eps=1e-6):
+        super().__init__()
+        self.hyperparam.rho = rho
+        self.hyperparam.eps = eps
+
+    def create_update_rule(self):
+        return AdaDeltaRule(self.hyperparam)
+
+
+class RMSpropRule(UpdateRule):
+    def init_state(self, param):
+        self.state['ms'] = _xp(param.data).zeros_like(param.data)
+
+    def update_core(self, param):                  # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
+        grad, hp, ms = param.grad, self.hyperparam, self.state['ms']
+        ms *= hp.alpha
+        ms += (1 - hp.alpha) * grad * grad
+        xp = _xp(ms)
+        denom = xp.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else xp.sqrt(ms) + hp.eps
+        param.data -= hp.lr * grad / denom
+
+
+class RMSprop(Optimizer):
+    lr = _HyperparameterProxy('lr')
+    alpha = _HyperparameterProxy('alpha')
+    eps = _HyperparameterProxy('eps')
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, eps_inside_sqrt=False):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.alpha = alpha
+        self.hyperparam.eps = eps
+        self.hyperparam.eps_inside_sqrt = eps_inside_sqrt
+
+    def create_update_rule(self):
+        return RMSpropRule(self.hyperparam)
+
+
+def _adam_lr(hp, t):
+    if t == 0:
+        raise RuntimeError('Adam: the learning rate is undefined before the '
+                           'first update (t == 0)')
+    return hp.alpha * math.sqrt(1.0 - hp.beta2 ** t) / (1.0 - hp.beta1 ** t)
+
+
+class AdamRule(UpdateRule):
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['m'] = xp.zeros_like(param.data)
+        self.state['v'] = xp.zeros_like(param.data)
+        if self.hyperparam.amsgrad:
+            self.state['vhat'] = xp.zeros_like(param.data)
+
+    @property
+    def lr(self):
+        return _adam_lr(self.hyperparam, self.t)
+
+    def update_core(self, param):
+        grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
+        m, v = self.state['m'], self.state['v']
+        # Each line below touches each array once and allocates one temporary:
+        # the in-place forms are what keep Adam from dominating a training step.
+        step = grad - m
+        step *= 1 - hp.beta1
+        m += step                                  # m += (1 - beta1)(g - m)
+        xp.multiply(grad, grad, out=step)
+        step -= v
+        step *= 1 - hp.beta2
+        v += step                                  # v += (1 - beta2)(g^2 - v)
+        if hp.amsgrad:
+            vhat = self.state['vhat']
+            xp.maximum(vhat, v, out=vhat)
+            v = vhat
+        xp.sqrt(v, out=step)
+        step += hp.eps
+        xp.divide(m, step, out=step)
+        step *= self.lr                            # lr m / (sqrt(v) + eps)
+        if hp.weight_decay_rate != 0:
+            step += hp.weight_decay_rate * param.data
+        if hp.eta != 1:
+            step *= hp.eta
+        param.data -= step
+
+
+class Adam(Optimizer):
+    alpha = _HyperparameterProxy('alpha')
+    beta1 = _HyperparameterProxy('beta1')
+    beta2 = _HyperparameterProxy('beta2')
+    eps = _HyperparameterProxy('eps')
+    eta = _HyperparameterProxy('eta')
+    weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
+    amsgrad = _HyperparameterProxy('amsgrad')
+
+    def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
+                 weight_decay_rate=0, amsgrad=False):
+        super().__init__()
+        hp = self.hyperparam
+        hp.alpha, hp.beta1, hp.beta2, hp.eps = alpha, beta1, beta2, eps
+        hp.eta, hp.weight_decay_rate, hp.amsgrad = eta, weight_decay_rate, amsgrad
+
+    @property
+    def lr(self):
+        return _adam_lr(self.hyperparam, self.t)
+
+    def create_update_rule(self):
+        return AdamRule(self.hyperparam)
+
+
+optimizers = _submodule(
+    'optimizers', SGD=SGD, MomentumSGD=MomentumSGD, AdaGrad=AdaGrad,
+    AdaDelta=AdaDelta, RMSprop=RMSprop, Adam=Adam)
+optimizer = _submodule(
+    'optimizer', Optimizer=Optimizer, GradientMethod=GradientMethod,
+    UpdateRule=UpdateRule, Hyperparameter=Hyperparameter)
+
+
+# ----- optimizer hooks ---------------------------------------------------------
+# Hooks change the gradients before the update rule sees them.  They assign
+# new arrays instead of modifying grads in place, since a gradient array may
+# be shared by two parameters (add passes one array to both of its inputs).
+
+class WeightDecay:
+    """L2 regularization: grad += rate * p."""
+    name = 'WeightDecay'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, rule, param):
+        param.grad = param.grad + self.rate * param.data
+
+
+class Lasso:
+    """L1 regularization: grad += rate * sign(p)."""
+    name = 'Lasso'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, rule, param):
+        param.grad = param.grad + self.rate * _xp(param.data).sign(param.data)
+
+
+class GradientHardClipping:
+    """Clip every gradient element into [lower_bound, upper_bound]."""
+    name = 'GradientHardClipping'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, lower_bound, upper_bound):
+        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+
+    def __call__(self, rule, param):
+        param.grad = _xp(param.grad).clip(param.grad, self.lower_bound, self.upper_bound)
+
+
+class GradientClipping:
+    """Rescale all gradients together so their global L2 norm <= threshold."""
+    name = 'GradientClipping'
+    call_for_each_param = False
+    timing = 'pre'
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def __call__(self, opt):
+        params = [p for p in opt.target.params(False) if p.grad is not None]
+        norm = math.sqrt(float(np.sum([float((p.grad * p.grad).sum()) for p in params])))
+        rate = self.threshold / norm if norm > 0 else 1.0
+        if rate < 1:
+            for p in params:
+                p.grad = p.grad * p.grad.dtype.type(rate)
+
+
+optimizer_hooks = _submodule(
+    'optimizer_hooks', WeightDecay=WeightDecay, Lasso=Lasso,
+    GradientClipping=GradientClipping, GradientHardClipping=GradientHardClipping)
+
+
+# =============================================================================
+# Chapter 8. Serializers
+# =============================================================================
+# Saving walks the object tree with a *serializer*: every object's
+# `serialize(serializer)` calls `value = serializer(key, value)` for each
+# thing it owns and `serializer[name]` to descend into a child.  The same
+# method serves both directions: a saver records the value and returns it, a
+# loader returns the stored one.  Keys are paths ('predictor/l1/W'), exactly
+# Chainer's, so .npz files move both ways between Chainer and onefchainer.
+#
+# Loading is done twice: first a *checking* pass that walks the same
+# `serialize` methods but only compares keys and shapes, then the real pass.
+# So a file that does not fit leaves the model untouched (Chainer itself
+# stops half-way, with part of the model already overwritten).
+
+class Serializer:
+    def __getitem__(self, key):
+        raise NotImplementedError
+
+    def __call__(self, key, value):
+        raise NotImplementedError
+
+
+class Deserializer(Serializer):
+    pass
+
+
+class DictionarySerializer(Serializer):
+    """Collects {path: host array} from an object's serialize()."""
+
+    def __init__(self, target=None, path=''):
+        self.target = {} if target is None else target
+        self.path = path
+
+    def __getitem__(self, key):
+        return DictionarySerializer(self.target, self.path + key.strip('/') + '/')
+
+    def __call__(self, key, value):
+        key = key.lstrip('/')
+        if value is None:
+            array = np.asarray(None)      # what Chainer stores for "not yet initialized"
+        elif isinstance(value, _array_types):
+            array = _to_cpu(value)
+        else:
+            array = np.asarray(value)
+        self.target[self.path + key] = array
+        return value
+
+    def save(self, obj):
+        obj.serialize(self)
+
+
+def _write_atomically(path, write):
+    """Write to a temporary file beside `path`, then rename it into place:
+    a crash mid-write never leaves a truncated file under the real name."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
+                                     suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def save_npz(file, obj, compression=True):
+    """Save `obj` (a Link, an Optimizer, a Trainer...) to an .npz file."""
+    serializer = DictionarySerializer()
+    serializer.save(obj)
+    savez = np.savez_compressed if compression else np.savez
+    if isinstance(file, (str, os.PathLike)):
+        _write_atomically(file, lambda f: savez(f, **serializer.target))
+    else:
+        savez(file, **serializer.target)
+
+
+class NpzDeserializer(Deserializer):
+    """Reads values from a loaded npz.  With check_only=True it changes
+    nothing and only raises if the file does not fit the object."""
+
+    def __init__(self, npz, path='', strict=True, ignore_names=None,
+                 check_only=False, file_name='the file'):
+        self.npz = npz
+        self.path = path
+        self.strict = strict
+        self.ignore_names = ignore_names or ()
+        self.check_only = check_only
+        self.file_name = file_name
+
+    def __getitem__(self, key):
+        return NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
+                               self.ignore_names, self.check_only, self.file_name)
+
+    def __call__(self, key, value):
+        key = self.path + key.lstrip('/')
+        if key in self.ignore_names or (callable(self.ignore_names) and self.ignore_names(key)):
+            return value
+        if key not in self.npz:
+            if not self.strict:
+                return value
+            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded (pass '
+                           'strict=False to skip missing keys)'.format(key, self.file_name))
+        stored = self.npz[key]
+        if stored.dtype == object:          # a parameter saved before initialization
+            stored = stored[()]
+            if stored is None:
+                return value
+        if isinstance(value, _array_types) and stored.shape != value.shape:
+            raise ValueError('load_npz: {!r} has shape {} in {} but shape {} in the '
+                             'object; nothing was loaded'.format(
+                                 key, stored.shape, self.file_name, value.shape))
+        if not isinstance(value, _array_types) and value is not None and stored.ndim != 0:
+            raise ValueError('load_npz: {!r} holds an array of shape {} in {} but the '
+                             'object expects a scalar; nothing was loaded'.format(
+                                 key, stored.shape, self.file_name))
+        if self.check_only:
+            return value
+        if value is None:
+            return stored
+        if isinstance(value, np.ndarray):
+            np.copyto(value, stored, casting='unsafe')
+            return value
+        if isinstance(value, _array_types):
+            value.set(np.asarray(stored, dtype=value.dtype))
+            return value
+        if isinstance(value, bool):
+            return bool(stored)
+        if isinstance(value, (int, float, str)):
+            return type(value)(stored)
+        return stored[()] if stored.ndim == 0 else stored
+
+
+def load_npz(file, obj, path='', strict=True, ignore_names=None):
+    """Load `obj` from an .npz written by save_npz (or by Chainer).
+
+    `path` selects a sub-tree, e.g. 'updater/model:main/' in a snapshot.
+    """
+    name = file if isinstance(file, (str, os.PathLike)) else 'the file'
+    with np.load(file, allow_pickle=True) as npz:
+        for check_only in (True, False):
+            obj.serialize(NpzDeserializer(npz, path, strict, ignore_names,
+                                          check_only, repr(os.fspath(name))
+                                          if name != 'the file' else name))
+
+
+serializers = _submodule(
+    'serializers', save_npz=save_npz, load_npz=load_npz, Serializer=Serializer,
+    Deserializer=Deserializer, DictionarySerializer=DictionarySerializer,
+    NpzDeserializer=NpzDeserializer)
+serializer = _submodule('serializer', Serializer=Serializer, Deserializer=Deserializer)
+
+
+# =============================================================================
+# Chapter 9. Reporter
+# =============================================================================
+# A model reports values (`report({'loss': loss}, self)`) without knowing
+# who listens.  The training loop opens a *scope* with a fresh dict, runs
+# the model, and finds the values there under the model's registered name
+# ('main/loss').  Extensions then average them (DictSummary) for the logs.
+# Reported Variables are cut from their graph, so a log entry never keeps a
+# whole computational graph alive.
+
+_reporters = []
+
+
+class Reporter:
+    def __init__(self):
+        self._observer_names = {}
+        self.observation = {}
+
+    def __enter__(self):
+        _reporters.append(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        _reporters.pop()
+
+    @contextlib.contextmanager
+    def scope(self, observation):
+        old = self.observation
+        self.observation = observation
+        self.__enter__()
+        try:
+            yield
+        finally:
+            self.__exit__(None, None, None)
+            self.observation = old
+
+    def add_observer(self, name, observer):
+        self._observer_names[id(observer)] = name
+
+    def add_observers(self, prefix, observers):
+        for name, observer in observers:
+            self._observer_names[id(observer)] = prefix + name
+
+    def report(self, values, observer=None):
+        if not config.keep_graph_on_report:
+            values = {key: Variable(value.data, requires_grad=False)
+                      if isinstance(value, Variable) else value
+                      for key, value in values.items()}
+        if observer is not None:
+            name = self._observer_names.get(id(observer))
+            if name is None:
+                raise KeyError('report: the observer {} is not registered with '
+                               'this reporter'.format(type(observer).__name__))
+            values = {name + '/' + key: value for key, value in values.items()}
+        self.observation.update(values)
+
+
+def get_current_reporter():
+    return _reporters[-1]
+
+
+def report(values, observer=None):
+    """Report values to the current reporter; does nothing outside a scope."""
+    if _reporters:
+        _reporters[-1].report(values, observer)
+
+
+@contextlib.contextmanager
+def report_scope(observation):
+    current = _reporters[-1]
+    old = current.observation
+    current.observation = observation
+    try:
+        yield
+    finally:
+        current.observation = old
+
+
+class Summary:
+    """Running mean and standard deviation of one reported value.  Values
+    stay arrays (on their device) until the mean is asked for."""
+
+    def __init__(self):
+        self._x = 0.0
+        self._x2 = 0.0
+        self._n = 0
+
+    def add(self, value, weight=1):
+        if isinstance(value, Variable):
+            value = value.data
+        self._x = self._x + weight * value
+        self._x2 = self._x2 + weight * value * value
+        self._n += weight
+
+    def compute_mean(self):
+        return float(self._x) / self._n if self._n else float('nan')
+
+    def make_statistics(self):
+        mean = self.compute_mean()
+        variance = float(self._x2) / self._n - mean * mean if self._n else float('nan')
+        return mean, math.sqrt(max(variance, 0.0))
+
+    def serialize(self, serializer):
+        self._x = serializer('_x', float(self._x))
+        self._x2 = serializer('_x2', float(self._x2))
+        self._n = serializer('_n', self._n)
+
+
+class DictSummary:
+    """A Summary per key of the dicts added to it."""
+
+    def __init__(self):
+        self._summaries = collections.defaultdict(Summary)
+
+    def add(self, d):
+        for key, value in d.items():
+            weight = 1
+            if isinstance(value, tuple) and len(value) == 2:
+                value, weight = value
+            if isinstance(value, Variable):
+                value = value.data
+            if isinstance(value, (int, float, np.number)) or \
+                    isinstance(value, _array_types) and value.size == 1:
+                self._summaries[key].add(value, weight)
+
+    def compute_mean(self):
+        return {key: s.compute_mean() for key, s in self._summaries.items()}
+
+    def make_statistics(self):
+        stats = {}
+        for key, s in self._summaries.items():
+            mean, std = s.make_statistics()
+            stats[key] = mean
+            stats[key + '.std'] = std
+        return stats
+
+    def serialize(self, serializer):
+        names = list(self._summaries)
+        names = json.loads(serializer('_names', json.dumps(names)))
+        for i, key in enumerate(names):
+            self._summaries[key].serialize(serializer['_summaries'][str(i)])
+
+
+reporter = _submodule(
+    'reporter', Reporter=Reporter, report=report, report_scope=report_scope,
+    get_current_reporter=get_current_reporter, Summary=Summary,
+    DictSummary=DictSummary)
+
+
+# =============================================================================
+# Chapter 10. Gradient check
+# =============================================================================
+# The test every backward must pass: the derivative is the limit of
+#
+#     (f(x + eps) - f(x - eps)) / (2 eps)
+#
+# so nudging each input element both ways and watching the outputs gives a
+# numerical gradient to compare with the one backward computes.  Do it in
+# float64, where eps=1e-3 gives errors around 1e-7.
+
+def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
+    """Central differences of sum(f() * grad_outputs) w.r.t. each input,
+    which `f` must read from `inputs` (they are modified and restored)."""
+    if eps <= 0:
+        raise ValueError('numerical_grad: eps must be positive, got {}'.format(eps))
+    grads = []
+    for x in inputs:
+        gx = _xp(x).zeros_like(x)
+        for index in np.ndindex(*x.shape):
+            original = x[index].copy()
+            x[index] = original + eps
+            plus = [_xp(y).array(y, copy=True) for y in f()]
+            x[index] = original - eps
+            minus = [_xp(y).array(y, copy=True) for y in f()]
+            x[index] = original
+            total = 0
+            for yp, ym, gy in zip(plus, minus, grad_outputs):
+                if gy is not None:
+                    total = total + ((yp - ym) * gy).sum()
+            gx[index] = total / (2 * eps)
+        grads.append(gx)
+    return tuple(grads)
+
+
+def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
+                   rtol=1e-4, no_grads=None, dtype=None):
+    """Assert that the backward of `func` matches numerical gradients.
+
+    x_data: an array or a tuple of arrays (integer arrays, such as labels,
+    are not differentiated).  y_grad: the output gradient(s); None for a
+    scalar output.  params: Parameters that func uses, also checked.
+    """
+    xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
+    if dtype is not None:
+        xs = tuple(x.astype(dtype) if x.dtype.kind == 'f' else x for x in xs)
+        for p in params:
+            p.data = p.data.astype(dtype)
+    if no_grads is None:
+        no_grads = [x.dtype.kind != 'f' for x in xs]
+    variables = [Variable(x.copy(), requires_grad=not ng) for x, ng in zip(xs, no_grads)]
+    ys = func(*variables)
+    ys = ys if isinstance(ys, tuple) else (ys,)
+    if y_grad is None:
+        if any(y.size != 1 for y in ys):
+            raise ValueError('check_backward: y_grad is None, so every output must '
+                             'hold one value; got shapes {}'.format([y.shape for y in ys]))
+        y_grads = tuple(_xp(y.data).ones_like(y.data) for y in ys)
+    else:
+        y_grads = tuple(y_grad) if isinstance(y_grad, (tuple, list)) else (y_grad,)
+        if dtype is not None:
+            y_grads = tuple(g if g is None else g.astype(dtype) for g in y_grads)
+    for param in params:
+        param.cleargrad()
+    for y, gy in zip(ys, y_grads):
+        y.grad = gy
+    _backprop(list(ys), retain_grad=False)
+
+    checked = [v for v in variables if v.requires_grad] + list(params)
+    def f():
+        with no_backprop_mode():
+            out = func(*[Variable(v.data) for v in variables])
+        return [y.data for y in (out if isinstance(out, tuple) else (out,))]
+    numeric = numerical_grad(f, [v.data for v in checked], y_grads, eps)
+    for i, (v, expected) in enumerate(zip(checked, numeric)):
+        actual = v.grad if v.grad is not None else _xp(v.data).zeros_like(v.data)
+        actual, expected = _to_cpu(actual), _to_cpu(expected)
+        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol, rtol=rtol):
+            what = 'input {}'.format(i) if i < len(checked) - len(params) else \
+                'parameter {!r}'.format(v.name)
+            raise AssertionError(
+                'check_backward: the gradient of {} does not match the numerical one '
+                '(max abs error {:.3g}, atol={}, rtol={})\nbackward:\n{}\nnumerical:\n{}'
+                .format(what, float(np.abs(actual - expected).max()) if actual.shape
+                        == expected.shape else float('inf'), atol, rtol, actual, expected))
+
+
+gradient_check = _submodule('gradient_check', numerical_grad=numerical_grad,
+                            check_backward=check_backward)
+
+
+def force_array(x, dtype=None):
+    """NumPy returns scalars from 0-dim operations; make them arrays again."""
+    if isinstance(x, _array_types):
+        return x if dtype is None else x.astype(dtype, copy=False)
+    return np.asarray(x, dtype=dtype)
+
+
+utils = _submodule('utils', force_array=force_array, size_of_shape=lambda s: int(np.prod(s)))
