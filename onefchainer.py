@@ -536,30 +536,45 @@ class Function:
         return type(self).__name__
 
     def __call__(self, *inputs):
-        inputs = [x if isinstance(x, Variable) else _input_variable(self, x)
-                  for x in inputs]
-        in_data = tuple([x.data for x in inputs])
+        # The hot path of the whole framework (every op comes through here),
+        # so it uses plain loops: in Python 3.11 each list comprehension is a
+        # function call of its own.
+        for x in inputs:
+            if not isinstance(x, Variable):
+                inputs = [_as_input(self, x) for x in inputs]
+                break
+        in_data = tuple([x.data for x in inputs]) if len(inputs) != 1 else (inputs[0].data,)
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
             raise _explain(self, in_data, error) from None
-        if not isinstance(out_data, tuple):
-            out_data = (out_data,)
-        # NumPy turns 0-dim results into scalars; keep everything an array.
-        outputs = [Variable(y if isinstance(y, _array_types) else _xp(in_data[0]).asarray(y))
-                   for y in out_data]
+        if type(out_data) is not tuple:
+            out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
+
+        record = False                  # build the graph only if some input wants a grad
+        if config.enable_backprop:
+            rank = 0
+            for x in inputs:
+                if x.requires_grad:
+                    record = True
+                if x.rank > rank:
+                    rank = x.rank
+        outputs = []
+        for y in out_data:
+            if not isinstance(y, _array_types):   # NumPy returns 0-dim results as scalars
+                y = _xp(in_data[0]).asarray(y)
+            outputs.append(Variable(y, requires_grad=record))
         if config.debug:
-            _check_finite(self, 'forward', [y.data for y in outputs])
-        if config.enable_backprop and any([x.requires_grad for x in inputs]):
-            self.rank = max([x.rank for x in inputs])
+            _check_finite(self, 'forward', out_data)
+        if record:
+            self.rank = rank
+            self.inputs = inputs
+            refs = []
             for y in outputs:
                 y.creator = self
-                y.rank = self.rank + 1
-            self.inputs = inputs
-            self.outputs = tuple([weakref.ref(y) for y in outputs])
-        else:
-            for y in outputs:
-                y.requires_grad = False
+                y.rank = rank + 1
+                refs.append(weakref.ref(y))
+            self.outputs = tuple(refs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def forward(self, inputs):
@@ -584,7 +599,9 @@ class Function:
         self.inputs = None
 
 
-def _input_variable(function, x):
+def _as_input(function, x):
+    if isinstance(x, Variable):
+        return x
     if not isinstance(x, _array_types):
         raise TypeError(
             '{}: inputs must be Variables or numpy/cupy arrays, not {}'
@@ -653,10 +670,15 @@ def _backprop(roots, retain_grad):
     debug = config.debug
     while heap:
         function = heapq.heappop(heap)[2]
-        outputs = [ref() for ref in function.outputs]
-        grad_outputs = tuple([None if y is None else y._grad for y in outputs])
+        if len(function.outputs) == 1:     # the common case, without list building
+            y = function.outputs[0]()
+            outputs = (y,)
+            grad_outputs = (None if y is None else y._grad,)
+        else:
+            outputs = [ref() for ref in function.outputs]
+            grad_outputs = tuple([None if y is None else y._grad for y in outputs])
         inputs = function.inputs
-        in_data = tuple([x.data for x in inputs])
+        in_data = (inputs[0].data,) if len(inputs) == 1 else tuple([x.data for x in inputs])
         grad_inputs = function.backward(in_data, grad_outputs)
         if not isinstance(grad_inputs, tuple):
             grad_inputs = tuple(grad_inputs) if isinstance(grad_inputs, list) \
