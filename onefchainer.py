@@ -438,60 +438,8 @@ class Variable:
             self._grad = _xp(self.data).ones_like(self.data)
         _backprop([self], retain_grad)
 
-    # ----- operators: each makes a Function (Chapter 5) -----
-    def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = shape[0]
-        return reshape(self, shape)
-
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)) or axes == (None,):
-            axes = axes[0]
-        return transpose(self, axes or None)
-
-    T = property(lambda self: transpose(self))
-
-    def __getitem__(self, slices):
-        return get_item(self, slices)
-
-    def __neg__(self):
-        return Neg()(self)
-
-    def __add__(self, other):
-        return _arithmetic(self, other, Add, AddConstant)
-
-    def __radd__(self, other):
-        return _arithmetic(self, other, Add, AddConstant)
-
-    def __sub__(self, other):
-        return _arithmetic(self, other, Sub, AddConstant, lambda c: -c)
-
-    def __rsub__(self, other):
-        return _arithmetic(other, self, Sub, SubFromConstant)
-
-    def __mul__(self, other):
-        return _arithmetic(self, other, Mul, MulConstant)
-
-    def __rmul__(self, other):
-        return _arithmetic(self, other, Mul, MulConstant)
-
-    def __truediv__(self, other):
-        return _arithmetic(self, other, Div, MulConstant, lambda c: 1.0 / c)
-
-    def __rtruediv__(self, other):
-        return _arithmetic(other, self, Div, DivFromConstant)
-
-    def __pow__(self, other):
-        return _arithmetic(self, other, Pow, PowConstantExponent)
-
-    def __rpow__(self, other):
-        return _arithmetic(other, self, Pow, PowConstantBase)
-
-    def __matmul__(self, other):
-        return matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return matmul(other, self)
+    # The operators (x + y, x * 2, x[0], x @ W ...) are added in Chapter 5,
+    # once the functions they build exist.
 
     __hash__ = object.__hash__
 
@@ -1641,6 +1589,38 @@ def identity(*inputs):
     return Identity()(*inputs)
 
 
+
+# ----- operators on Variables ------------------------------------------------
+# Now that the functions exist, Variable gets its operators, so that writing
+# `x * W + b` records the same graph as F.add(F.mul(x, W), b).  Reflected
+# forms (2 * x, 1 / x) swap the operands first.
+
+def _reshape_method(self, *shape):
+    return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+
+def _transpose_method(self, *axes):
+    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        axes = axes[0]
+    return transpose(self, axes or None)
+
+
+Variable.reshape = _reshape_method
+Variable.transpose = _transpose_method
+Variable.T = property(lambda self: transpose(self))
+Variable.__getitem__ = lambda self, slices: get_item(self, slices)
+Variable.__neg__ = lambda self: Neg()(self)
+Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(self, other, Add, AddConstant)
+Variable.__sub__ = lambda self, other: _arithmetic(self, other, Sub, AddConstant, lambda c: -c)
+Variable.__rsub__ = lambda self, other: _arithmetic(other, self, Sub, SubFromConstant)
+Variable.__mul__ = Variable.__rmul__ = lambda self, other: _arithmetic(self, other, Mul, MulConstant)
+Variable.__truediv__ = lambda self, other: _arithmetic(self, other, Div, MulConstant, lambda c: 1.0 / c)
+Variable.__rtruediv__ = lambda self, other: _arithmetic(other, self, Div, DivFromConstant)
+Variable.__pow__ = lambda self, other: _arithmetic(self, other, Pow, PowConstantExponent)
+Variable.__rpow__ = lambda self, other: _arithmetic(other, self, Pow, PowConstantBase)
+Variable.__matmul__ = lambda self, other: matmul(self, other)
+Variable.__rmatmul__ = lambda self, other: matmul(other, self)
+
 functions = _submodule('functions', **{name: obj for name, obj in globals().items() if name in (
     'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
     'transpose broadcast_to concat stack flatten expand_dims squeeze get_item '
@@ -2217,11 +2197,10 @@ class Hyperparameter:
     def __init__(self, parent=None):
         object.__setattr__(self, '_parent', parent)
 
-    def __getattr__(self, name):
-        parent = object.__getattribute__(self, '_parent')
-        if parent is None:
+    def __getattr__(self, name):            # only called when `name` is not set here
+        if self._parent is None:
             raise AttributeError('hyperparameter {!r} is not defined'.format(name))
-        return getattr(parent, name)
+        return getattr(self._parent, name)
 
     def get_dict(self):
         d = {} if self._parent is None else self._parent.get_dict()
@@ -2340,13 +2319,14 @@ class Optimizer:
             self.target.cleargrads()
             loss.backward()
             del loss             # the graph can go before the update runs
+        params = list(self.target.params(include_uninit=False))
+        for param in params:
+            if param.update_rule is None:   # added after setup(); hooks need its rule too
+                param.update_rule = self.create_update_rule()
         self.call_hooks('pre')
         self.t += 1
-        for param in self.target.params(include_uninit=False):
-            rule = param.update_rule
-            if rule is None:     # a parameter added after setup()
-                rule = param.update_rule = self.create_update_rule()
-            rule.update(param)
+        for param in params:
+            param.update_rule.update(param)
         self.call_hooks('post')
 
     def new_epoch(self, auto=False):
@@ -2534,30 +2514,35 @@ class AdamRule(UpdateRule):
         return _adam_lr(self.hyperparam, self.t)
 
     def update_core(self, param):
-        grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
+        hp = self.hyperparam
+        # Read each hyperparameter once: every read walks to the optimizer.
+        beta1, beta2, eps = hp.beta1, hp.beta2, hp.eps
+        weight_decay_rate, eta = hp.weight_decay_rate, hp.eta
+        grad, data = param.grad, param.data
         m, v = self.state['m'], self.state['v']
-        # Each line below touches each array once and allocates one temporary:
-        # the in-place forms are what keep Adam from dominating a training step.
+        xp = _xp(data)
+        t = self.t
+        lr = hp.alpha * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        # In-place forms with one scratch array: each step touches each array
+        # once, which is what keeps Adam cheap next to the matrix products.
         step = grad - m
-        step *= 1 - hp.beta1
+        step *= 1.0 - beta1
         m += step                                  # m += (1 - beta1)(g - m)
         xp.multiply(grad, grad, out=step)
         step -= v
-        step *= 1 - hp.beta2
+        step *= 1.0 - beta2
         v += step                                  # v += (1 - beta2)(g^2 - v)
-        if hp.amsgrad:
-            vhat = self.state['vhat']
-            xp.maximum(vhat, v, out=vhat)
-            v = vhat
+        if 'vhat' in self.state:                   # AMSGrad: never let v shrink
+            v = xp.maximum(self.state['vhat'], v, out=self.state['vhat'])
         xp.sqrt(v, out=step)
-        step += hp.eps
+        step += eps
         xp.divide(m, step, out=step)
-        step *= self.lr                            # lr m / (sqrt(v) + eps)
-        if hp.weight_decay_rate != 0:
-            step += hp.weight_decay_rate * param.data
-        if hp.eta != 1:
-            step *= hp.eta
-        param.data -= step
+        step *= lr                                 # lr m / (sqrt(v) + eps)
+        if weight_decay_rate != 0:
+            step += weight_decay_rate * data
+        if eta != 1.0:
+            step *= eta
+        data -= step
 
 
 class Adam(Optimizer):
