@@ -623,7 +623,6 @@ def _backprop(roots, retain_grad):
     # in place, since a function's backward may return an array it shares
     # (add returns its output gradient to both inputs).
     owned = set()
-    keep = set(roots) if not retain_grad else ()
     debug = config.debug
     while heap:
         function = heapq.heappop(heap)[2]
@@ -662,9 +661,9 @@ def _backprop(roots, retain_grad):
             if creator is not None and creator not in seen:
                 seen.add(creator)
                 heapq.heappush(heap, (-creator.rank, next(tie), creator))
-        if not retain_grad:
+        if not retain_grad:             # as in Chainer, the loss's own grad goes too
             for y in outputs:
-                if y is not None and y not in keep:
+                if y is not None:
                     y._grad = None
 
 
@@ -699,6 +698,16 @@ def _is_constant(value):
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
+def _constant_like(x, value):
+    """A NumPy scalar (np.float64(2), np.sqrt(2.0)) would turn float32 data
+    into float64 under NumPy 2's promotion rules; Chainer casts a constant to
+    the array's dtype, so we do too.  Python scalars keep the dtype already."""
+    if type(value) is float or type(value) is int:
+        return value
+    dtype = getattr(x.data if isinstance(x, Variable) else x, 'dtype', None)
+    return dtype.type(value) if dtype is not None and dtype.kind == 'f' else value
+
+
 def _arithmetic(lhs, rhs, binary, with_constant, transform=None):
     """Route `a op b` to a two-input Function or a Function with a constant.
 
@@ -706,9 +715,9 @@ def _arithmetic(lhs, rhs, binary, with_constant, transform=None):
     scalar keeps the array's dtype (float32 * 2.0 stays float32).
     """
     if _is_constant(rhs):
-        return with_constant(transform(rhs) if transform else rhs)(lhs)
+        return with_constant(_constant_like(lhs, transform(rhs) if transform else rhs))(lhs)
     if _is_constant(lhs):
-        return with_constant(lhs)(rhs)
+        return with_constant(_constant_like(rhs, lhs))(rhs)
     if not isinstance(lhs, (Variable,) + _array_types) or \
             not isinstance(rhs, (Variable,) + _array_types):
         return NotImplemented
@@ -1831,11 +1840,6 @@ class Parameter(Variable):
                 state[key] = get_device(device).send(state[key])
         return self
 
-    def __repr__(self):
-        return 'variable {}({})'.format(self.name, 'None' if self.data is None else
-                                        np.array2string(_to_cpu(self.data),
-                                                        separator=', '))
-
 
 class Link:
     """An object that owns parameters (and, in a Chain, other links).
@@ -2209,6 +2213,8 @@ class Hyperparameter:
         object.__setattr__(self, '_parent', parent)
 
     def __getattr__(self, name):            # only called when `name` is not set here
+        if name == '_parent':   # copy/pickle build the object without __init__:
+            raise AttributeError(name)      # without this, self._parent recurses forever
         if self._parent is None:
             raise AttributeError('hyperparameter {!r} is not defined'.format(name))
         return getattr(self._parent, name)
@@ -2547,12 +2553,12 @@ class AdamRule(UpdateRule):
             v = xp.maximum(self.state['vhat'], v, out=self.state['vhat'])
         xp.sqrt(v, out=step)
         step += eps
-        xp.divide(m, step, out=step)
-        step *= lr                                 # lr m / (sqrt(v) + eps)
-        if weight_decay_rate != 0:
-            step += weight_decay_rate * data
+        xp.divide(lr, step, out=step)
+        step *= m                                  # lr m / (sqrt(v) + eps), in Chainer's order
         if eta != 1.0:
             step *= eta
+        if weight_decay_rate != 0:
+            data *= 1.0 - eta * weight_decay_rate
         data -= step
 
 
@@ -2717,6 +2723,15 @@ def _write_atomically(path, write):
     try:
         with os.fdopen(fd, 'wb') as f:
             write(f)
+        # mkstemp makes the file private (0600); give it the mode a plain
+        # open() would: the old file's, or 0666 less the umask.
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -2894,8 +2909,10 @@ class Summary:
     stay arrays (on their device) until the mean is asked for."""
 
     def __init__(self):
-        self._x = 0.0
-        self._x2 = 0.0
+        # NumPy float64 sums (a Python float would take on float32 from the
+        # values): the means Chainer logs, and the same after a resume.
+        self._x = np.float64(0.0)
+        self._x2 = np.float64(0.0)
         self._n = 0
 
     def add(self, value, weight=1):
@@ -2914,8 +2931,8 @@ class Summary:
         return mean, math.sqrt(max(variance, 0.0))
 
     def serialize(self, serializer):
-        self._x = serializer('_x', float(self._x))
-        self._x2 = serializer('_x2', float(self._x2))
+        self._x = np.float64(serializer('_x', float(self._x)))
+        self._x2 = np.float64(serializer('_x2', float(self._x2)))
         self._n = serializer('_n', self._n)
 
 
