@@ -3724,3 +3724,1360 @@ _submodule('dataset.convert', concat_examples=concat_examples, to_device=to_devi
 _submodule('dataset.iterator', Iterator=Iterator)
 _submodule('dataset.download', get_dataset_root=get_dataset_root,
            set_dataset_root=set_dataset_root, get_dataset_directory=get_dataset_directory)
+
+
+# =============================================================================
+# Chapter 12. The training loop
+# =============================================================================
+# Training repeats four steps: take a batch, compute the loss, backprop,
+# update.  What turns that loop into an experiment is everything around it:
+# evaluating on held-out data, logging, printing, plotting, saving snapshots,
+# changing the learning rate.  That part is the same in every project, so
+# Chainer builds it from three kinds of small objects:
+#
+#   * an *Updater* owns the iterators and optimizers and performs one
+#     training step per `update()`; it also counts iterations and epochs;
+#   * the *Trainer* calls `update()` until its *stop trigger* fires, and
+#     after each update runs its *extensions*;
+#   * an *extension* is any callable(trainer).  Its *trigger* decides when it
+#     runs ((1, 'epoch'): at the end of every epoch) and its *priority* the
+#     order within one iteration: writers of observations first (Evaluator),
+#     then editors, then readers (LogReport, PrintReport), snapshots last.
+#
+# Values travel from the model to the logs through the reporter (Chapter 9):
+# for every iteration the Trainer opens a fresh `observation` dict, the
+# model's report() calls fill it ('main/loss'), the Evaluator adds
+# 'validation/main/loss', and LogReport averages what it sees.
+#
+# Everything that has state also has `serialize`, so save_npz(path, trainer)
+# captures a whole run (iteration, iterator position and order, optimizer
+# state, logs, trigger states) and load_npz(path, trainer) continues it as if
+# it had never stopped.
+
+# ----- updaters ----------------------------------------------------------------
+
+class Updater:
+    """What the Trainer needs from an updater: update(), the counters
+    (iteration, epoch, epoch_detail), its optimizers, serialize()."""
+
+    def connect_trainer(self, trainer):
+        """Called once by the Trainer's constructor; does nothing here."""
+
+    def finalize(self):
+        raise NotImplementedError
+
+    def get_optimizer(self, name):
+        raise NotImplementedError
+
+    def get_all_optimizers(self):
+        raise NotImplementedError
+
+    def update(self):
+        raise NotImplementedError
+
+    def serialize(self, serializer):
+        raise NotImplementedError
+
+
+class StandardUpdater(Updater):
+    """One step = one batch from the 'main' iterator through the 'main'
+    optimizer:
+
+        batch  = iterator.next()                    # a list of examples
+        arrays = converter(batch, device)           # e.g. (x, t), stacked
+        optimizer.update(loss_func, *arrays)        # forward, backward, step
+
+    `iterator` and `optimizer` may be dicts of names; the epoch counters are
+    those of the 'main' iterator.  For anything else (a GAN has two models
+    and two losses) subclass it and override `update_core`.
+    """
+
+    # Class-level defaults, so that a subclass whose __init__ sets only
+    # _iterators, _optimizers, converter, device and iteration (without
+    # calling this __init__) still gets working methods.
+    converter = staticmethod(concat_examples)
+    device = None
+    loss_func = None
+    loss_scale = None
+    auto_new_epoch = True
+    iteration = 0
+    _input_device = None
+
+    def __init__(self, iterator, optimizer, converter=concat_examples,
+                 device=None, loss_func=None, loss_scale=None,
+                 auto_new_epoch=True, *, input_device=None):
+        self._iterators = iterator if isinstance(iterator, dict) else {'main': iterator}
+        self._optimizers = optimizer if isinstance(optimizer, dict) else {'main': optimizer}
+        if device is not None:
+            # As in Chainer: `device` is where the model lives, so move it.
+            device = get_device(device)
+            for opt in self._optimizers.values():
+                opt.target.to_device(device)
+        self.device = device
+        self._input_device = None if input_device is None else get_device(input_device)
+        self.converter = converter
+        self.loss_func = loss_func
+        self.iteration = 0
+        self.loss_scale = loss_scale
+        if loss_scale is not None:
+            for opt in self._optimizers.values():
+                if not hasattr(opt, 'set_loss_scale'):
+                    raise NotImplementedError(
+                        'StandardUpdater: loss_scale needs '
+                        '{}.set_loss_scale, which onefchainer does not have'
+                        .format(type(opt).__name__))
+                opt.set_loss_scale(loss_scale)
+        self.auto_new_epoch = auto_new_epoch
+        if auto_new_epoch:
+            for opt in self._optimizers.values():
+                opt.use_auto_new_epoch = True
+
+    @property
+    def input_device(self):
+        """Where batches are sent: `input_device` if given, else `device`."""
+        return self.device if self._input_device is None else self._input_device
+
+    # The epoch counters belong to the main iterator: an epoch is one pass
+    # over its dataset.
+    @property
+    def epoch(self):
+        return self._iterators['main'].epoch
+
+    @property
+    def epoch_detail(self):
+        return self._iterators['main'].epoch_detail
+
+    @property
+    def previous_epoch_detail(self):
+        return self._iterators['main'].previous_epoch_detail
+
+    @property
+    def is_new_epoch(self):
+        return self._iterators['main'].is_new_epoch
+
+    def get_iterator(self, name):
+        return self._iterators[name]
+
+    def get_optimizer(self, name):
+        return self._optimizers[name]
+
+    def get_all_optimizers(self):
+        return dict(self._optimizers)
+
+    def finalize(self):
+        for iterator in self._iterators.values():
+            iterator.finalize()
+
+    def update(self):
+        self.update_core()
+        self.iteration += 1
+
+    def update_core(self):
+        iterator = self._iterators['main']
+        optimizer = self._optimizers['main']
+        in_arrays = self.converter(iterator.next(), self.input_device)
+        loss_func = self.loss_func or optimizer.target
+        # The converter's result decides how the model is called: a tuple
+        # (x, t) gives positional arguments, a dict keyword arguments.
+        if isinstance(in_arrays, tuple):
+            optimizer.update(loss_func, *in_arrays)
+        elif isinstance(in_arrays, dict):
+            optimizer.update(loss_func, **in_arrays)
+        else:
+            optimizer.update(loss_func, in_arrays)
+        if self.auto_new_epoch and iterator.is_new_epoch:
+            optimizer.new_epoch(auto=True)
+
+    def serialize(self, serializer):
+        # Key names as in Chainer: 'iterator:main/...', 'optimizer:main/...',
+        # 'model:main/...', so snapshots move between the two.
+        for name, iterator in self._iterators.items():
+            iterator.serialize(serializer['iterator:' + name])
+        for name, optimizer in self._optimizers.items():
+            optimizer.serialize(serializer['optimizer:' + name])
+            optimizer.target.serialize(serializer['model:' + name])
+        self.iteration = int(serializer('iteration', self.iteration))
+
+
+# ----- triggers ----------------------------------------------------------------
+# A trigger is a callable(trainer) -> bool.  Wherever one is expected, a tuple
+# such as (20, 'epoch') or (500, 'iteration') may be given instead.
+
+class IntervalTrigger:
+    """Fires every `period` iterations or epochs: (2, 'epoch') fires at the
+    ends of epochs 2, 4, 6, ...
+
+    Epochs need care: with 100 examples and batches of 30, epoch 1 ends
+    inside the 4th batch, so `epoch_detail` goes 0.9 -> 1.2 and never equals
+    1.  The trigger therefore remembers the value from its previous call and
+    fires when floor(value / period) changed in between, which happens once
+    per boundary however the batches fall.  That memory is saved in
+    snapshots, so a resumed run fires at the same iterations.
+    """
+
+    def __init__(self, period, unit):
+        if unit not in ('epoch', 'iteration'):
+            raise ValueError("IntervalTrigger: unit must be 'epoch' or "
+                             "'iteration', not {!r}".format(unit))
+        if not period > 0:
+            raise ValueError('IntervalTrigger: period must be positive, got '
+                             '{!r}'.format(period))
+        self.period = period
+        self.unit = unit
+        self._previous_iteration = 0
+        self._previous_epoch_detail = 0.0
+
+    def __call__(self, trainer):
+        updater = trainer.updater
+        if self.unit == 'epoch':
+            now = updater.epoch_detail
+            before = self._previous_epoch_detail
+            if before < 0:   # unknown (see serialize): ask the updater instead
+                before = getattr(updater, 'previous_epoch_detail', None) or 0.0
+        else:
+            now = updater.iteration
+            before = self._previous_iteration
+            if before < 0:
+                before = now - 1
+        # Both are kept whatever the unit, as in Chainer's snapshots.
+        self._previous_iteration = updater.iteration
+        if hasattr(updater, 'epoch_detail'):
+            self._previous_epoch_detail = updater.epoch_detail
+        return before // self.period != now // self.period
+
+    def get_training_length(self):
+        return self.period, self.unit
+
+    def serialize(self, serializer):
+        try:
+            self._previous_iteration = int(serializer(
+                'previous_iteration', self._previous_iteration))
+            self._previous_epoch_detail = float(serializer(
+                'previous_epoch_detail', self._previous_epoch_detail))
+        except KeyError:
+            # A snapshot from a version that did not save them: -1 makes
+            # __call__ fall back on the updater's own previous values.
+            warnings.warn('IntervalTrigger: the snapshot holds no previous '
+                          'iteration/epoch; guessing them from the updater')
+            self._previous_iteration = -1
+            self._previous_epoch_detail = -1.0
+
+    def __str__(self):
+        return '{}({}, {!r})'.format(type(self).__name__, self.period, self.unit)
+
+
+class ManualScheduleTrigger:
+    """Fires when training passes one of the given points:
+    ManualScheduleTrigger([10, 25], 'epoch')."""
+
+    def __init__(self, points, unit):
+        if unit not in ('epoch', 'iteration'):
+            raise ValueError("ManualScheduleTrigger: unit must be 'epoch' or "
+                             "'iteration', not {!r}".format(unit))
+        self.points = list(points) if isinstance(points, (list, tuple)) else [points]
+        self.unit = unit
+        self.finished = False      # the Trainer skips initialize() once True
+        self._previous_iteration = 0
+        self._previous_epoch_detail = 0.0
+
+    def __call__(self, trainer):
+        updater = trainer.updater
+        if self.unit == 'epoch':
+            now, before = updater.epoch_detail, self._previous_epoch_detail
+        else:
+            now, before = updater.iteration, self._previous_iteration
+        self._previous_iteration = updater.iteration
+        if hasattr(updater, 'epoch_detail'):
+            self._previous_epoch_detail = updater.epoch_detail
+        fire = any(before < point <= now for point in self.points)
+        if now >= max(self.points):
+            self.finished = True
+        return fire
+
+    def serialize(self, serializer):
+        self._previous_iteration = int(serializer(
+            'previous_iteration', self._previous_iteration))
+        self._previous_epoch_detail = float(serializer(
+            'previous_epoch_detail', self._previous_epoch_detail))
+        self.finished = bool(serializer('finished', self.finished))
+
+
+class BestValueTrigger:
+    """Fires when the mean of a reported value over the latest interval is
+    the best so far, as judged by compare(best, new) -> bool."""
+
+    def __init__(self, key, compare, trigger=(1, 'epoch')):
+        self._key = key
+        self._compare = compare
+        self._interval_trigger = get_trigger(trigger)
+        self._summary = DictSummary()
+        self._best_value = None
+
+    def __call__(self, trainer):
+        value = trainer.observation.get(self._key)
+        if value is not None:
+            self._summary.add({self._key: value})
+        if not self._interval_trigger(trainer):
+            return False
+        mean = self._summary.compute_mean().get(self._key)
+        self._summary = DictSummary()
+        if mean is None:
+            return False
+        if self._best_value is None or self._compare(self._best_value, mean):
+            self._best_value = mean
+            return True
+        return False
+
+    def serialize(self, serializer):
+        self._interval_trigger.serialize(serializer['interval_trigger'])
+        self._summary.serialize(serializer['summary'])
+        best = serializer('best_value', self._best_value)
+        self._best_value = None if best is None else float(best)
+
+
+class MaxValueTrigger(BestValueTrigger):
+    """Fires when `key` reaches a new maximum, e.g. validation accuracy."""
+
+    def __init__(self, key, trigger=(1, 'epoch')):
+        super().__init__(key, lambda best, new: new > best, trigger)
+
+
+class MinValueTrigger(BestValueTrigger):
+    """Fires when `key` reaches a new minimum, e.g. validation loss."""
+
+    def __init__(self, key, trigger=(1, 'epoch')):
+        super().__init__(key, lambda best, new: new < best, trigger)
+
+
+def _never_fire_trigger(trainer):
+    return False
+
+
+def get_trigger(trigger):
+    """A callable is a trigger already; None never fires; a tuple such as
+    (1, 'epoch') becomes an IntervalTrigger."""
+    if callable(trigger):
+        return trigger
+    if trigger is None:
+        return _never_fire_trigger
+    return IntervalTrigger(*trigger)
+
+
+# ----- the extension protocol ---------------------------------------------------
+# An extension is any callable(trainer).  The Trainer also looks for these
+# optional attributes: trigger, priority, name/default_name, and the methods
+# initialize(trainer) (before the loop, also after resuming), finalize()
+# (after the loop, even when it failed), on_error(trainer, exc, tb) and
+# serialize(serializer) (its state in snapshots).
+
+PRIORITY_WRITER = 300    # writes observations (Evaluator): runs first
+PRIORITY_EDITOR = 200    # edits observations
+PRIORITY_READER = 100    # reads them (LogReport, PrintReport): the default
+# Snapshots run after everything else: by then LogReport has filed this
+# iteration and every trigger has seen it, so a resumed run neither loses
+# nor repeats anything.
+_PRIORITY_SNAPSHOT = -100
+
+
+class Extension:
+    """Base class for extensions with state; override __call__."""
+
+    trigger = 1, 'iteration'
+    priority = PRIORITY_READER
+    name = None
+
+    @property
+    def default_name(self):
+        return type(self).__name__
+
+    def __call__(self, trainer):
+        raise NotImplementedError('{} does not implement __call__'.format(
+            type(self).__name__))
+
+    def initialize(self, trainer):
+        pass
+
+    def finalize(self):
+        pass
+
+    def on_error(self, trainer, exc, tb):
+        pass
+
+    def serialize(self, serializer):
+        pass
+
+
+def make_extension(trigger=None, default_name=None, priority=None,
+                   finalizer=None, initializer=None, on_error=None):
+    """Decorator giving a plain function the attributes of an extension:
+
+        @make_extension(trigger=(1, 'epoch'))
+        def halve_lr(trainer): trainer.updater.get_optimizer('main').lr /= 2
+    """
+    def decorate(function):
+        function.trigger = Extension.trigger if trigger is None else trigger
+        function.default_name = default_name or function.__name__
+        function.priority = Extension.priority if priority is None else priority
+        function.finalize = finalizer
+        function.initialize = initializer
+        function.on_error = on_error
+        return function
+    return decorate
+
+
+class _ExtensionEntry:
+    def __init__(self, extension, priority, trigger, call_before_training):
+        self.extension = extension
+        self.priority = priority
+        self.trigger = trigger
+        self.call_before_training = call_before_training
+
+
+# ----- the trainer -------------------------------------------------------------
+
+class Trainer:
+    """Runs `updater.update()` until `stop_trigger` fires, calling the
+    extensions after every update:
+
+        trainer = Trainer(updater, (20, 'epoch'), out='result')
+        trainer.extend(extensions.LogReport())
+        trainer.run()
+
+    As in Chainer, stop_trigger=None never fires: give a length.
+    """
+
+    def __init__(self, updater, stop_trigger=None, out='result', extensions=None):
+        self.updater = updater
+        self.stop_trigger = get_trigger(stop_trigger)
+        self.out = out
+        self.observation = {}
+        # Models report to this reporter.  Each optimizer's target is an
+        # observer under the optimizer's name, so Classifier's
+        # report({'loss': ...}, self) arrives as 'main/loss' (a GAN's
+        # discriminator as 'dis/loss'), and its sub-links as 'main/predictor'.
+        self.reporter = Reporter()
+        for name, optimizer in updater.get_all_optimizers().items():
+            self.reporter.add_observer(name, optimizer.target)
+            self.reporter.add_observers(name, optimizer.target.namedlinks(skipself=True))
+        self._extensions = collections.OrderedDict()
+        self._start_at = None
+        self._snapshot_elapsed_time = 0.0   # time spent before a resume
+        self._final_elapsed_time = None
+        self._done = False
+        connect = getattr(updater, 'connect_trainer', None)
+        if connect is not None:
+            connect(self)
+        for extension in extensions or ():
+            self.extend(extension)
+
+    @property
+    def is_before_training(self):
+        return self.updater.iteration == 0
+
+    @property
+    def elapsed_time(self):
+        """Seconds of training so far, including the runs before a resume."""
+        if self._done:
+            return self._final_elapsed_time
+        if self._start_at is None:
+            raise RuntimeError('Trainer.elapsed_time: training has not started')
+        return time.perf_counter() - self._start_at + self._snapshot_elapsed_time
+
+    def extend(self, extension, name=None, trigger=None, priority=None, *,
+               call_before_training=False):
+        """Register an extension.  Unset arguments come from the extension's
+        own attributes; a repeated name gets a suffix ('LogReport_1')."""
+        if name is None:
+            name = (getattr(extension, 'name', None) or
+                    getattr(extension, 'default_name', None) or
+                    getattr(extension, '__name__', None))
+            if name is None:
+                raise TypeError('Trainer.extend: the extension has no name; '
+                                'pass name=')
+        if name == 'training':
+            raise ValueError("Trainer.extend: the name 'training' is reserved")
+        if trigger is None:
+            trigger = getattr(extension, 'trigger', (1, 'iteration'))
+        if priority is None:
+            priority = getattr(extension, 'priority', PRIORITY_READER)
+        unique, ordinal = name, 0
+        while unique in self._extensions:
+            ordinal += 1
+            unique = '{}_{}'.format(name, ordinal)
+        extension.name = unique
+        self._extensions[unique] = _ExtensionEntry(
+            extension, priority, get_trigger(trigger), call_before_training)
+
+    def get_extension(self, name):
+        if name not in self._extensions:
+            raise ValueError('Trainer.get_extension: no extension named {!r} '
+                             '(have: {})'.format(name, ', '.join(self._extensions)))
+        return self._extensions[name].extension
+
+    def run(self, show_loop_exception_msg=True):
+        if self._done:
+            raise RuntimeError('Trainer.run: this trainer has finished; to train '
+                               'further, make a new Trainer and load a snapshot')
+        os.makedirs(self.out, exist_ok=True)
+        # Highest priority first; sorted() is stable, so equal priorities run
+        # in the order they were added.
+        entries = sorted(self._extensions.values(), key=lambda e: e.priority,
+                         reverse=True)
+        self._start_at = time.perf_counter()
+        # A snapshot that loads itself (autoload) restores the state the
+        # other extensions initialize from, so it goes first.
+        loads_first = sorted(entries, key=lambda e: not getattr(e.extension, 'autoload', False))
+        for entry in loads_first:
+            initialize = getattr(entry.extension, 'initialize', None)
+            if initialize is not None and not getattr(entry.trigger, 'finished', False):
+                initialize(self)
+        if self.is_before_training:
+            self.observation = {}
+            with self.reporter.scope(self.observation):
+                for entry in entries:
+                    if entry.call_before_training:
+                        entry.extension(self)
+
+        try:
+            while not self.stop_trigger(self):
+                self.observation = {}
+                with self.reporter.scope(self.observation):
+                    self.updater.update()
+                    for entry in entries:
+                        if entry.trigger(self):
+                            entry.extension(self)
+        except Exception as error:
+            if show_loop_exception_msg:
+                sys.stderr.write('Exception in main training loop: {}\nWill finalize '
+                                 'trainer extensions and updater before reraising '
+                                 'the exception.\n'.format(error))
+            for entry in entries:
+                on_error = getattr(entry.extension, 'on_error', None)
+                if on_error is not None:
+                    try:     # every handler runs; their own failures are only printed
+                        on_error(self, error, error.__traceback__)
+                    except Exception as handler_error:
+                        sys.stderr.write('Exception in error handler: {}\n'.format(
+                            handler_error))
+            raise
+        finally:
+            for entry in entries:
+                finalize = getattr(entry.extension, 'finalize', None)
+                if finalize is not None:
+                    finalize()
+            self.updater.finalize()
+        self._final_elapsed_time = self.elapsed_time
+        self._done = True
+
+    def serialize(self, serializer):
+        self.updater.serialize(serializer['updater'])
+        if hasattr(self.stop_trigger, 'serialize'):
+            self.stop_trigger.serialize(serializer['stop_trigger'])
+        extensions = serializer['extensions']
+        triggers = serializer['extension_triggers']
+        for name, entry in self._extensions.items():
+            if hasattr(entry.extension, 'serialize'):
+                entry.extension.serialize(extensions[name])
+            if hasattr(entry.trigger, 'serialize'):
+                entry.trigger.serialize(triggers[name])
+        if isinstance(serializer, Deserializer):
+            self._snapshot_elapsed_time = float(serializer(
+                '_snapshot_elapsed_time', self._snapshot_elapsed_time))
+        else:
+            serializer('_snapshot_elapsed_time', self._snapshot_elapsed_time
+                       if self._start_at is None else self.elapsed_time)
+
+
+# ----- evaluation ----------------------------------------------------------------
+
+class Evaluator(Extension):
+    """Runs the model over a whole validation iterator and reports the means
+    of what it reported, prefixed with this extension's name:
+    'validation/main/loss', 'validation/main/accuracy'.
+
+    It runs in test mode (config.train False: no dropout) and records no
+    graph (nothing is differentiated here), so the model is left exactly as
+    it was.
+    """
+
+    trigger = 1, 'epoch'
+    default_name = 'validation'
+    priority = PRIORITY_WRITER
+
+    def __init__(self, iterator, target, converter=concat_examples, device=None,
+                 eval_hook=None, eval_func=None):
+        self._iterators = iterator if isinstance(iterator, dict) else {'main': iterator}
+        self._targets = target if isinstance(target, dict) else {'main': target}
+        self.converter = converter
+        self.device = None if device is None else get_device(device)
+        self.eval_hook = eval_hook
+        self.eval_func = eval_func
+        for name, it in self._iterators.items():
+            if getattr(it, 'repeat', False):
+                warnings.warn('Evaluator: iterator {!r} repeats forever, so '
+                              'evaluation would never end; create it with '
+                              'repeat=False'.format(name))
+
+    def get_iterator(self, name):
+        return self._iterators[name]
+
+    def get_all_iterators(self):
+        return dict(self._iterators)
+
+    def get_target(self, name):
+        return self._targets[name]
+
+    def get_all_targets(self):
+        return dict(self._targets)
+
+    def __call__(self, trainer=None):
+        # A reporter of our own, so that the model's reports land under our
+        # names; the means then go to the trainer's reporter in one report.
+        reporter = Reporter()
+        prefix = '' if self.name is None else self.name + '/'
+        for name, target in self._targets.items():
+            reporter.add_observer(prefix + name, target)
+            reporter.add_observers(prefix + name, target.namedlinks(skipself=True))
+        with reporter, using_config('train', False):
+            result = self.evaluate()
+        report(result)
+        return result
+
+    def evaluate(self):
+        iterator = self._iterators['main']
+        eval_func = self.eval_func or self._targets['main']
+        if self.eval_hook:
+            self.eval_hook(self)
+        if hasattr(iterator, 'reset'):   # start every evaluation from the top
+            iterator.reset()
+            batches = iterator
+        else:
+            batches = copy.copy(iterator)
+        summary = DictSummary()
+        for batch in batches:
+            observation = {}
+            with report_scope(observation):
+                in_arrays = self.converter(batch, self.device)
+                with no_backprop_mode():
+                    if isinstance(in_arrays, tuple):
+                        eval_func(*in_arrays)
+                    elif isinstance(in_arrays, dict):
+                        eval_func(**in_arrays)
+                    else:
+                        eval_func(in_arrays)
+            summary.add(observation)    # each batch counts once, as in Chainer
+        return summary.compute_mean()
+
+    def finalize(self):
+        for iterator in self._iterators.values():
+            iterator.finalize()
+
+
+# ----- logging and printing ----------------------------------------------------
+
+class LogReport(Extension):
+    """Averages the observations over each interval of `trigger` and appends
+    the means, with 'epoch', 'iteration' and 'elapsed_time', to `log`; the
+    whole list is (re)written as JSON to out/<filename> every time.
+
+    It runs every iteration (to see every observation) and decides with its
+    own `trigger` when an interval is over.
+    """
+
+    def __init__(self, keys=None, trigger=(1, 'epoch'), postprocess=None,
+                 filename=None, log_name='log'):
+        self._keys = keys
+        self._trigger = get_trigger(trigger)
+        self._postprocess = postprocess
+        self._log_name = log_name if filename is None else filename
+        self._log = []
+        self._summary = DictSummary()
+
+    @property
+    def log(self):
+        return self._log
+
+    def __call__(self, trainer):
+        observation = trainer.observation
+        if self._keys is None:
+            self._summary.add(observation)
+        else:
+            self._summary.add({key: observation[key] for key in self._keys
+                               if key in observation})
+        if not self._trigger(trainer):
+            return
+        entry = {key: float(mean) for key, mean in self._summary.compute_mean().items()}
+        entry['epoch'] = trainer.updater.epoch
+        entry['iteration'] = trainer.updater.iteration
+        entry['elapsed_time'] = trainer.elapsed_time
+        if self._postprocess is not None:
+            self._postprocess(entry)
+        self._log.append(entry)
+        if self._log_name is not None:
+            text = json.dumps(self._log, indent=4).encode('utf-8')
+            path = os.path.join(trainer.out, self._log_name.format(**entry))
+            _write_atomically(path, lambda f: f.write(text))
+        self._summary = DictSummary()
+
+    def serialize(self, serializer):
+        if hasattr(self._trigger, 'serialize'):
+            self._trigger.serialize(serializer['_trigger'])
+        self._summary.serialize(serializer['_summary'])
+        text = serializer('_log', json.dumps(self._log))   # floats survive JSON exactly
+        if isinstance(serializer, Deserializer):
+            self._log = json.loads(text)
+
+
+class PrintReport(Extension):
+    """Prints chosen entries of a LogReport's log as a table, one row per
+    entry, as soon as the entry exists:
+
+        epoch       main/loss   validation/main/loss  ...
+        1           0.191       0.0957                ...
+
+    `log_report` is the name of a LogReport extended to the same trainer, or
+    a LogReport object that this extension then drives itself.  `out`
+    defaults to the sys.stdout of the moment of printing.
+    """
+
+    def __init__(self, entries, log_report='LogReport', out=None):
+        self._entries = list(entries)
+        self._log_report = log_report
+        self._out = out
+        self._log_len = 0            # log entries printed so far
+        # Each column is as wide as its title, at least 10, plus two spaces.
+        self._widths = [max(10, len(entry)) for entry in self._entries]
+        self._header_printed = False
+
+    def _stream(self):
+        return sys.stdout if self._out is None else self._out
+
+    def __call__(self, trainer):
+        out = self._stream()
+        if not self._header_printed:
+            out.write('  '.join('{:{}}'.format(entry, width) for entry, width
+                                in zip(self._entries, self._widths)) + '\n')
+            self._header_printed = True
+        log_report = self._log_report
+        if isinstance(log_report, str):
+            log_report = trainer.get_extension(log_report)
+        elif isinstance(log_report, LogReport):
+            log_report(trainer)
+        else:
+            raise TypeError('PrintReport: log_report must be a name or a '
+                            'LogReport, not {}'.format(type(log_report).__name__))
+        log = log_report.log
+        while self._log_len < len(log):
+            # '\033[J' erases to the end of the screen: whatever a
+            # ProgressBar drew below the cursor disappears under the row.
+            out.write('\033[J')
+            self._print_row(out, log[self._log_len])
+            self._log_len += 1
+
+    def _print_row(self, out, entry):
+        for key, width in zip(self._entries, self._widths):
+            if key in entry:
+                out.write('{:<{}g}  '.format(entry[key], width))
+            else:
+                out.write(' ' * (width + 2))
+        out.write('\n')
+        if hasattr(out, 'flush'):
+            out.flush()
+
+    def serialize(self, serializer):
+        if isinstance(self._log_report, LogReport):
+            self._log_report.serialize(serializer['_log_report'])
+
+
+def _format_duration(seconds):
+    """Like str(datetime.timedelta(seconds=...)): H:MM:SS[.ffffff]."""
+    if not math.isfinite(seconds):
+        return 'unknown'
+    micro = int(round(max(seconds, 0.0) * 1e6))
+    days, micro = divmod(micro, 86400 * 10 ** 6)
+    whole, micro = divmod(micro, 10 ** 6)
+    hours, rest = divmod(whole, 3600)
+    text = '{}:{:02d}:{:02d}'.format(hours, *divmod(rest, 60))
+    if micro:
+        text += '.{:06d}'.format(micro)
+    if days:
+        text = '{} day{}, {}'.format(days, '' if days == 1 else 's', text)
+    return text
+
+
+class ProgressBar(Extension):
+    """Every `update_interval` iterations draws, in place:
+
+             total [##########........................................] 20.00%
+        this epoch [#########################.........................] 50.00%
+               500 iter, 1 epoch / 5 epochs
+            231.62 iters/sec. Estimated time to finish: 0:00:17.268163.
+
+    and moves the cursor back up ('\\033[4A') so the next drawing replaces
+    it.  The training length comes from the trainer's stop trigger unless
+    given as (length, unit).
+    """
+
+    def __init__(self, training_length=None, update_interval=100, bar_length=50,
+                 out=None):
+        self._training_length = training_length
+        self._update_interval = update_interval
+        self._bar_length = bar_length
+        self._out = out
+        self._recent = []    # (iteration, epoch_detail, time) of the last 100 drawings
+
+    def _stream(self):
+        return sys.stdout if self._out is None else self._out
+
+    def _bar(self, title, rate):
+        marks = int(rate * self._bar_length)
+        return '{:>10} [{}{}] {:6.2%}\n'.format(
+            title, '#' * marks, '.' * (self._bar_length - marks), rate)
+
+    def __call__(self, trainer):
+        if self._training_length is None:
+            get_length = getattr(trainer.stop_trigger, 'get_training_length', None)
+            if get_length is None:
+                raise TypeError('ProgressBar: cannot tell the training length from '
+                                'a {}; pass training_length=(length, unit)'.format(
+                                    type(trainer.stop_trigger).__name__))
+            self._training_length = get_length()
+        length, unit = self._training_length
+        updater = trainer.updater
+        iteration = updater.iteration
+        if iteration % self._update_interval != 0:
+            return
+        epoch = updater.epoch_detail
+        now = time.time()
+        self._recent.append((iteration, epoch, now))
+        done = iteration if unit == 'iteration' else epoch
+        out = self._stream()
+        out.write('\033[J')
+        out.write(self._bar('total', min(done / length, 1.0)))
+        out.write(self._bar('this epoch', epoch - int(epoch)))
+        out.write('{:10} iter, {} epoch / {} {}s\n'.format(
+            iteration, updater.epoch, length, unit))
+        # Speed over the recent drawings, not since the start: it follows
+        # changes (a slow first iteration, an evaluation) more quickly.
+        old_iteration, old_epoch, then = self._recent[0]
+        span = now - then
+        if span > 0:
+            iterations_per_second = (iteration - old_iteration) / span
+            units_per_second = (done - (old_iteration if unit == 'iteration'
+                                        else old_epoch)) / span
+        else:
+            iterations_per_second = units_per_second = float('inf')
+        remaining = (length - done) / units_per_second if units_per_second else float('inf')
+        out.write('{:10.5g} iters/sec. Estimated time to finish: {}.\n'.format(
+            iterations_per_second, _format_duration(remaining)))
+        out.write('\033[4A')          # back to the top of the bar
+        if hasattr(out, 'flush'):
+            out.flush()
+        if len(self._recent) > 100:
+            del self._recent[0]
+
+    def finalize(self):
+        out = self._stream()
+        out.write('\033[J')           # wipe the bar
+        if hasattr(out, 'flush'):
+            out.flush()
+
+
+# ----- snapshots ---------------------------------------------------------------
+# A snapshot is save_npz of the trainer (or of one object) into out/.  It is
+# written under a temporary name and renamed, so a crash never leaves a
+# half-written snapshot under the real name.  Resuming:
+#
+#     serializers.load_npz('result/snapshot_iter_1200', trainer)
+#     trainer.run()
+#
+# or snapshot(autoload=True), which loads the newest snapshot in out/ when
+# the run starts.  Caveat, as in Chainer: NumPy's global random state (used
+# by shuffling iterators) is not part of a snapshot.
+
+class Writer:
+    """How a snapshot reaches the disk: writer(filename, outdir, target)."""
+
+    def __init__(self):
+        self._post_save_hooks = []
+
+    def __call__(self, filename, outdir, target):
+        raise NotImplementedError
+
+    def save(self, filename, outdir, target, savefun, **kwds):
+        """savefun(path, target) into a private temporary folder in outdir,
+        then an atomic rename to outdir/filename."""
+        destination = os.path.join(outdir, filename)
+        os.makedirs(os.path.dirname(destination) or '.', exist_ok=True)
+        folder = tempfile.mkdtemp(prefix='.' + os.path.basename(filename) + '.',
+                                  dir=os.path.dirname(destination) or '.')
+        try:
+            temporary = os.path.join(folder, os.path.basename(filename))
+            savefun(temporary, target, **kwds)
+            os.replace(temporary, destination)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        for hook in self._post_save_hooks:
+            hook()
+
+    def _add_cleanup_hook(self, hook):
+        self._post_save_hooks.append(hook)
+
+    def finalize(self):
+        pass
+
+
+class SimpleWriter(Writer):
+    """Calls savefun(path, target, **kwds) right away."""
+
+    def __init__(self, savefun=save_npz, **kwds):
+        super().__init__()
+        self._savefun = savefun
+        self._kwds = kwds
+
+    def __call__(self, filename, outdir, target):
+        self.save(filename, outdir, target, self._savefun, **self._kwds)
+
+
+def _snapshot_files(pattern, folder):
+    """Files in `folder` named like `pattern` (same text before its first
+    '{' and after its last '}'), oldest first."""
+    prefix, suffix = pattern.split('{')[0], pattern.split('}')[-1]
+    found = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(prefix) and name.endswith(suffix) and os.path.isfile(path):
+            # Equal times (a coarse clock) are ordered by the numbers in the
+            # name, so 'snapshot_iter_10' counts as newer than '_9'.
+            numbers = [int(''.join(g)) for is_digit, g in itertools.groupby(name, str.isdigit)
+                       if is_digit]
+            found.append((os.stat(path).st_mtime_ns, numbers, name))
+    return [name for _, _, name in sorted(found)]
+
+
+class _Snapshot(Extension):
+    # Named like Chainer's class: its name is part of snapshot keys
+    # ('extension_triggers/_Snapshot/...').
+    trigger = 1, 'epoch'
+    priority = _PRIORITY_SNAPSHOT
+
+    def __init__(self, target=None, condition=None, writer=None,
+                 filename='snapshot_iter_{.updater.iteration}',
+                 snapshot_on_error=False, n_retains=-1, autoload=False):
+        self._target = target
+        self.filename = filename
+        self.condition = condition
+        self.writer = SimpleWriter() if writer is None else writer
+        self._snapshot_on_error = snapshot_on_error
+        self.n_retains = -1 if n_retains is None else n_retains
+        self.autoload = autoload
+
+    def initialize(self, trainer):
+        target = trainer if self._target is None else self._target
+        if self.autoload and isinstance(self.filename, str) and os.path.isdir(trainer.out):
+            names = _snapshot_files(self.filename, trainer.out)
+            if names:
+                load_npz(os.path.join(trainer.out, names[-1]), target)
+        if self.n_retains > 0 and isinstance(self.filename, str) and \
+                hasattr(self.writer, '_add_cleanup_hook'):
+            def remove_stale():
+                names = _snapshot_files(self.filename, trainer.out)
+                for name in names[:max(len(names) - self.n_retains, 0)]:
+                    os.remove(os.path.join(trainer.out, name))
+            self.writer._add_cleanup_hook(remove_stale)
+
+    def __call__(self, trainer):
+        if self.condition is None or self.condition():
+            self._make_snapshot(trainer)
+
+    def on_error(self, trainer, exc, tb):
+        if self._snapshot_on_error:
+            self._make_snapshot(trainer)
+
+    def _make_snapshot(self, trainer):
+        target = trainer if self._target is None else self._target
+        filename = self.filename(trainer) if callable(self.filename) else \
+            self.filename.format(trainer)
+        self.writer(filename, trainer.out, target)
+
+    def finalize(self):
+        if hasattr(self.writer, 'finalize'):
+            self.writer.finalize()
+
+
+def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
+             target=None, condition=None, writer=None, snapshot_on_error=False,
+             n_retains=-1, autoload=False):
+    """Extension saving the trainer (or `target`) to out/<filename>, where
+    filename is formatted with the trainer: the default gives
+    'snapshot_iter_1200'.  Once per epoch unless extended with a trigger.
+
+    n_retains: keep only the newest n files of this name pattern.
+    autoload: at the start of run(), load the newest of them, if any.
+    condition: a callable() -> bool; no snapshot when it says False.
+    """
+    if savefun is not None and writer is not None:
+        raise TypeError('snapshot: give savefun or writer, not both')
+    if writer is None:
+        writer = SimpleWriter(save_npz if savefun is None else savefun)
+    return _Snapshot(target, condition, writer, filename, snapshot_on_error,
+                     n_retains, autoload)
+
+
+def snapshot_object(target, filename, savefun=None, **kwargs):
+    """snapshot() of one object (a model, an optimizer), e.g.
+    snapshot_object(model, 'model_epoch_{.updater.epoch}')."""
+    return snapshot(savefun, filename, target=target, **kwargs)
+
+
+# ----- plots ---------------------------------------------------------------------
+
+def _matplotlib_available():
+    try:
+        import matplotlib  # noqa: F401  (imported only to see whether it exists)
+    except ImportError:
+        return False
+    return True
+
+
+def _warn_no_matplotlib():
+    warnings.warn('PlotReport: matplotlib is not installed, so nothing will be '
+                  'plotted (pip install matplotlib)')
+
+
+class PlotReport(Extension):
+    """Plots the interval means of `y_keys` against `x_key` ('iteration' or
+    'epoch') into out/<filename> (PNG), redrawn at every interval.
+
+    matplotlib is imported only here, and its object-oriented API draws on
+    an Agg canvas: no window, and no change to the global matplotlib state
+    of the program.  Without matplotlib it warns once and does nothing.
+    """
+
+    def __init__(self, y_keys, x_key='iteration', trigger=(1, 'epoch'),
+                 postprocess=None, filename=None, marker='x', grid=True,
+                 file_name='plot.png'):
+        self._y_keys = (y_keys,) if isinstance(y_keys, str) else tuple(y_keys)
+        self._x_key = x_key
+        self._trigger = get_trigger(trigger)
+        self._postprocess = postprocess
+        self._filename = file_name if filename is None else filename
+        self._marker = marker
+        self._grid = grid
+        self._summary = DictSummary()
+        self._data = {key: [] for key in self._y_keys}
+        if not _matplotlib_available():
+            _warn_no_matplotlib()
+
+    @classmethod
+    def available(cls):
+        """Whether plots can be drawn (warns when they cannot)."""
+        if _matplotlib_available():
+            return True
+        _warn_no_matplotlib()
+        return False
+
+    def __call__(self, trainer):
+        if not _matplotlib_available():
+            return
+        observation = trainer.observation
+        self._summary.add({key: observation[key] for key in self._y_keys
+                           if key in observation})
+        if not self._trigger(trainer):
+            return
+        means = {key: float(value) for key, value in self._summary.compute_mean().items()}
+        means['epoch'] = trainer.updater.epoch
+        means['iteration'] = trainer.updater.iteration
+        x = means[self._x_key]
+        for key in self._y_keys:
+            if key in means:
+                self._data[key].append((x, means[key]))
+        self._draw(os.path.join(trainer.out, self._filename))
+        self._summary = DictSummary()
+
+    def _draw(self, path):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        figure = Figure()
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(111)
+        axes.set_xlabel(self._x_key)
+        if self._grid:
+            axes.grid()
+        for key in self._y_keys:
+            if self._data[key]:
+                xs, ys = zip(*self._data[key])
+                axes.plot(xs, ys, marker=self._marker, label=key)
+        if not axes.has_data():
+            return
+        if self._postprocess is not None:
+            self._postprocess(figure, axes, self._summary)
+        legend = axes.legend(bbox_to_anchor=(1.05, 1), loc='upper left',
+                             borderaxespad=0.)
+        _write_atomically(path, lambda f: figure.savefig(
+            f, format='png', bbox_extra_artists=(legend,), bbox_inches='tight'))
+
+    def serialize(self, serializer):
+        key = '_plot_' + self._filename
+        text = serializer(key, json.dumps(self._data))
+        if isinstance(serializer, Deserializer):
+            self._data = {k: [tuple(point) for point in v]
+                          for k, v in json.loads(text).items()}
+
+
+# ----- the graph, as a picture -----------------------------------------------------
+# The recorded graph (Chapter 3) is a picture waiting to be drawn: DOT is
+# Graphviz's text format (`dot -Tpng cg.dot -o cg.png`).  Variables are
+# octagons labelled with name, shape and dtype; functions are boxes.
+
+_DEFAULT_VARIABLE_STYLE = {'shape': 'octagon', 'fillcolor': '#E0E0E0', 'style': 'filled'}
+_DEFAULT_FUNCTION_STYLE = {'shape': 'record', 'fillcolor': '#6495ED', 'style': 'filled'}
+
+
+def _dot_node(node_id, label, style):
+    attributes = [('label', label)] + list(style.items())
+    return '{} [{}];'.format(node_id, ','.join(
+        '{}="{}"'.format(key, str(value).replace('"', '\\"')) for key, value in attributes))
+
+
+def _variable_label(variable):
+    # Chainer's wording: 'W: (3, 4), float32', '(4), int32', 'float32' (0-dim).
+    parts = []
+    if variable.data is not None and variable.data.ndim:
+        parts.append('({})'.format(', '.join(str(n) for n in variable.data.shape)))
+    parts.append(str(variable.dtype) if variable.data is not None else 'None')
+    label = ', '.join(parts)
+    return '{}: {}'.format(variable.name, label) if variable.name else label
+
+
+def _graph_to_dot(root, variable_style=None, function_style=None):
+    """DOT text of every variable and function behind `root`."""
+    variable_style = _DEFAULT_VARIABLE_STYLE if variable_style is None else variable_style
+    function_style = _DEFAULT_FUNCTION_STYLE if function_style is None else function_style
+    lines = ['digraph graphname{rankdir=TB;']
+    edges = []
+    shown = set()
+
+    def show_variable(variable):
+        if id(variable) not in shown:
+            shown.add(id(variable))
+            lines.append(_dot_node(id(variable), _variable_label(variable), variable_style))
+
+    show_variable(root)
+    pending = [root]
+    while pending:                          # iterative: deep graphs are fine
+        function = pending.pop().creator
+        if function is None or id(function) in shown:
+            continue
+        shown.add(id(function))
+        lines.append(_dot_node(id(function), function.label, function_style))
+        for x in function.inputs:
+            show_variable(x)
+            edges.append('{} -> {};'.format(id(x), id(function)))
+            pending.append(x)
+        for ref in function.outputs:
+            y = ref()
+            if y is not None:          # an output nobody kept is gone already
+                show_variable(y)
+                edges.append('{} -> {};'.format(id(function), id(y)))
+    return '\n'.join(lines + edges + ['}']) + '\n'
+
+
+class DumpGraph(Extension):
+    """Writes the graph behind the reported value `root_name` (e.g.
+    'main/loss') of the first iteration to out/<filename> as DOT.
+
+    Reported values are normally cut from their graph (Chapter 9), so from
+    `initialize` until the dump it turns config.keep_graph_on_report on,
+    and then puts the old value back.
+    """
+
+    default_name = 'dump_graph'
+
+    def __init__(self, root_name, filename=None, variable_style=None,
+                 function_style=None, out_name='cg.dot'):
+        self._root_name = root_name
+        self._filename = out_name if filename is None else filename
+        self._variable_style = variable_style
+        self._function_style = function_style
+        self._original_flag = None
+        self._flag_called = False     # True once the dump has happened
+        self._holding_flag = False    # True while we have the switch turned on
+
+    def initialize(self, trainer):
+        if not self._flag_called and not self._holding_flag:
+            self._original_flag = config.keep_graph_on_report
+            config.keep_graph_on_report = True
+            self._holding_flag = True
+
+    def _release_flag(self):
+        if self._holding_flag:
+            config.keep_graph_on_report = self._original_flag
+            self._holding_flag = False
+
+    def trigger(self, trainer):
+        # The trigger (a method) fires once.  If a snapshot loaded after
+        # initialize says the dump already happened, let the switch go.
+        if self._flag_called:
+            self._release_flag()
+            return False
+        return True
+
+    def __call__(self, trainer):
+        try:
+            if self._root_name not in trainer.observation:
+                raise KeyError('DumpGraph: nothing was reported as {!r}; reported: '
+                               '{}'.format(self._root_name, sorted(trainer.observation)))
+            root = trainer.observation[self._root_name]
+            if not isinstance(root, Variable):
+                raise TypeError('DumpGraph: {!r} is a {}, not a Variable'.format(
+                    self._root_name, type(root).__name__))
+            text = _graph_to_dot(root, self._variable_style,
+                                 self._function_style).encode('utf-8')
+            _write_atomically(os.path.join(trainer.out, self._filename),
+                              lambda f: f.write(text))
+        finally:
+            self._flag_called = True
+            self._release_flag()
+
+    def finalize(self):
+        self._release_flag()
+
+    def serialize(self, serializer):
+        # Key names as in Chainer.
+        original = serializer('_original_flag', bool(self._original_flag))
+        if not self._holding_flag:     # never forget the value we must restore
+            self._original_flag = bool(original)
+        self._flag_called = bool(serializer('_flag_called', self._flag_called))
+
+
+# ----- hyperparameter schedules and observations ---------------------------------
+# Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
+# the step count `_t` and the last value are saved, so a resumed run goes on
+# with the same values.
+
+class ExponentialShift(Extension):
+    """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
+    trigger, e.g. (10, 'epoch')), stopping at `target` if given."""
+
+    def __init__(self, attr, rate, init=None, target=None, optimizer=None):
+        if rate < 0:
+            raise ValueError('ExponentialShift: rate must not be negative')
+        self._attr = attr
+        self._rate = rate
+        self._init = init
+        self._target = target
+        self._optimizer = optimizer
+        self._t = 0
+        self._last_value = None
+
+    def _get_optimizer(self, trainer):
+        return self._optimizer or trainer.updater.get_optimizer('main')
+
+    def _set(self, optimizer, value):
+        setattr(optimizer, self._attr, value)
+        self._last_value = value
+
+    def initialize(self, trainer):
+        optimizer = self._get_optimizer(trainer)
+        if self._init is None:
+            self._init = getattr(optimizer, self._attr)
+        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+
+    def __call__(self, trainer):
+        self._t += 1
+        value = self._init * self._rate ** self._t
+        if self._target is not None:
+            # Stop at the target; the ratio test works for negative values too.
+            passed = value / self._target > 1 if self._rate > 1 else value / self._target < 1
+            if passed:
+                value = self._target
+        self._set(self._get_optimizer(trainer), value)
+
+    def serialize(self, serializer):
+        self._t = int(serializer('_t', self._t))
+        value = serializer('_last_value', self._last_value)
+        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+
+
+class LinearShift(Extension):
+    """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
+    between calls time_range[0] and time_range[1]; constant outside."""
+
+    def __init__(self, attr, value_range, time_range, optimizer=None):
+        self._attr = attr
+        self._value_range = value_range
+        self._time_range = time_range
+        self._optimizer = optimizer
+        self._t = 0
+        self._last_value = None
+
+    def _value(self):
+        (t1, t2), (v1, v2) = self._time_range, self._value_range
+        if self._t <= t1:
+            return v1
+        if self._t >= t2:
+            return v2
+        return v1 + (v2 - v1) * (self._t - t1) / (t2 - t1)
+
+    def _set(self, trainer, value):
+        optimizer = self._optimizer or trainer.updater.get_optimizer('main')
+        setattr(optimizer, self._attr, value)
+        self._last_value = value
+
+    def initialize(self, trainer):
+        self._set(trainer, self._value() if self._last_value is None else self._last_value)
+
+    def __call__(self, trainer):
+        self._t += 1
+        self._set(trainer, self._value())
+
+    def serialize(self, serializer):
+        self._t = int(serializer('_t', self._t))
+        value = serializer('_last_value', self._last_value)
+        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+
+
+def observe_value(observation_key, target_func):
+    """Extension putting target_func(trainer) into the observation under
+    `observation_key` (once per epoch by default), e.g. for LogReport."""
+    @make_extension(trigger=(1, 'epoch'), priority=PRIORITY_WRITER)
+    def _observe_value(trainer):
+        trainer.observation[observation_key] = target_func(trainer)
+    return _observe_value
+
+
+def observe_lr(optimizer_name='main', observation_key='lr'):
+    """observe_value of the optimizer's learning rate (`lr`; Adam's is the
+    effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t))."""
+    return observe_value(observation_key,
+                         lambda trainer: trainer.updater.get_optimizer(optimizer_name).lr)
+
+
+# ----- namespaces ------------------------------------------------------------------
+# Chainer's module layout: chainer.training.Trainer,
+# chainer.training.extensions.LogReport, chainer.training.triggers...
+
+training = _submodule(
+    'training', Trainer=Trainer, Updater=Updater, StandardUpdater=StandardUpdater,
+    Extension=Extension, make_extension=make_extension, get_trigger=get_trigger,
+    IntervalTrigger=IntervalTrigger, PRIORITY_WRITER=PRIORITY_WRITER,
+    PRIORITY_EDITOR=PRIORITY_EDITOR, PRIORITY_READER=PRIORITY_READER)
+_submodule('training.updaters', StandardUpdater=StandardUpdater)
+_submodule('training.updater', Updater=Updater, StandardUpdater=StandardUpdater)
+_submodule('training.trainer', Trainer=Trainer)
+_submodule('training.extension', Extension=Extension, make_extension=make_extension,
+           PRIORITY_WRITER=PRIORITY_WRITER, PRIORITY_EDITOR=PRIORITY_EDITOR,
+           PRIORITY_READER=PRIORITY_READER)
+_submodule('training.triggers', IntervalTrigger=IntervalTrigger,
+           ManualScheduleTrigger=ManualScheduleTrigger, BestValueTrigger=BestValueTrigger,
+           MaxValueTrigger=MaxValueTrigger, MinValueTrigger=MinValueTrigger)
+_submodule('training.trigger', get_trigger=get_trigger, IntervalTrigger=IntervalTrigger)
+_submodule('training.util', get_trigger=get_trigger)
+_submodule(
+    'training.extensions', Evaluator=Evaluator, LogReport=LogReport,
+    PrintReport=PrintReport, ProgressBar=ProgressBar, snapshot=snapshot,
+    snapshot_object=snapshot_object, PlotReport=PlotReport, DumpGraph=DumpGraph,
+    ExponentialShift=ExponentialShift, LinearShift=LinearShift,
+    observe_lr=observe_lr, observe_value=observe_value)
+_submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Train a multi-layer perceptron on MNIST (or Fashion-MNIST) with onefchainer.
+
+The command line and the output are those of Chainer v7's MNIST example, and
+the program uses only Chainer's API: replace the `onefchainer` imports by
+`chainer` ones and it runs on Chainer unchanged.
+
+    python train_mnist.py                      # 20 epochs on the CPU
+    python train_mnist.py -e 1                 # a quick run
+    python train_mnist.py -d 0                 # GPU 0 (needs CuPy)
+    python train_mnist.py -r result/snapshot_iter_12000 -e 30   # resume
+    python train_mnist.py --autoload           # resume from the newest snapshot in --out
+
+Files written to --out: log (JSON), loss.png and accuracy.png (with
+matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
+snapshot of the whole trainer.
+"""
+import argparse
+
+import onefchainer as chainer
+import onefchainer.functions as F
+import onefchainer.links as L
+from onefchainer import training
+from onefchainer.training import extensions
+
+
+class MLP(chainer.Chain):
+    """Three fully connected layers with ReLU between them."""
+
+    def __init__(self, n_units, n_out):
+        super().__init__()
+        with self.init_scope():
+            # in_size None: each layer takes its input size from the first
+            # batch it sees (784 pixels for the first one).
+            self.l1 = L.Linear(None, n_units)
+            self.l2 = L.Linear(None, n_units)
+            self.l3 = L.Linear(None, n_out)
+
+    def forward(self, x):
+        h1 = F.relu(self.l1(x))
+        h2 = F.relu(self.l2(h1))
+        return self.l3(h2)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='onefchainer example: MNIST')
+    parser.add_argument('--batchsize', '-b', type=int, default=100,
+                        help='number of images in each minibatch')
+    parser.add_argument('--epoch', '-e', type=int, default=20,
+                        help='number of sweeps over the dataset to train')
+    parser.add_argument('--frequency', '-f', type=int, default=-1,
+                        help='take a snapshot every this many epochs '
+                             '(-1: once, at the end)')
+    parser.add_argument('--device', '-d', type=str, default='-1',
+                        help="device: -1 or '@numpy' for the CPU, N or "
+                             "'@cupy:N' for GPU N")
+    parser.add_argument('--gpu', '-g', type=int, default=None,
+                        help='GPU id, the older form of --device (a negative '
+                             'value means the CPU); overrides --device')
+    parser.add_argument('--out', '-o', default='result',
+                        help='directory for the results')
+    parser.add_argument('--resume', '-r', type=str,
+                        help='snapshot file to resume the training from')
+    parser.add_argument('--autoload', action='store_true',
+                        help='resume from the newest snapshot in --out, if any')
+    parser.add_argument('--unit', '-u', type=int, default=1000,
+                        help='number of units in each hidden layer')
+    parser.add_argument('--noplot', dest='plot', action='store_false',
+                        help='do not draw loss.png and accuracy.png')
+    parser.add_argument('--dataset', choices=('mnist', 'fashion-mnist'),
+                        default='mnist', help='which dataset to train on')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = chainer.get_device(args.gpu if args.gpu is not None else args.device)
+
+    print('Device: {}'.format(device))
+    print('# unit: {}'.format(args.unit))
+    print('# Minibatch-size: {}'.format(args.batchsize))
+    print('# epoch: {}'.format(args.epoch))
+    print('')
+
+    # Classifier adds softmax cross entropy and accuracy on top of the MLP
+    # and reports both, which appear below as main/loss and main/accuracy.
+    model = L.Classifier(MLP(args.unit, 10))
+    model.to_device(device)
+    device.use()
+
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+
+    if args.dataset == 'mnist':
+        train, test = chainer.datasets.get_mnist()
+    else:
+        train, test = chainer.datasets.get_fashion_mnist()
+    # Training batches are shuffled and repeat forever (the trainer decides
+    # when to stop); test batches make a single pass in order.
+    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
+    test_iter = chainer.iterators.SerialIterator(test, args.batchsize,
+                                                 repeat=False, shuffle=False)
+
+    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
+    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=args.out)
+
+    # Test-set loss and accuracy after every epoch (validation/main/...).
+    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
+    # The graph behind the loss of the first iteration, as Graphviz DOT.
+    trainer.extend(extensions.DumpGraph('main/loss'))
+    # A snapshot of the whole trainer; only the newest one is kept.
+    frequency = args.epoch if args.frequency == -1 else max(1, args.frequency)
+    trainer.extend(extensions.snapshot(n_retains=1, autoload=args.autoload),
+                   trigger=(frequency, 'epoch'))
+    # Epoch averages of everything reported, written to <out>/log.
+    trainer.extend(extensions.LogReport())
+    if args.plot and extensions.PlotReport.available():
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch', filename='loss.png'))
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy'], 'epoch',
+            filename='accuracy.png'))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'main/loss', 'validation/main/loss',
+         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']))
+    trainer.extend(extensions.ProgressBar())
+
+    if args.resume is not None:
+        chainer.serializers.load_npz(args.resume, trainer)
+
+    trainer.run()
+
+
+if __name__ == '__main__':
+    main()
