@@ -1169,7 +1169,7 @@ class Concat(Function):
         return _xp(inputs[0]).concatenate(inputs, axis=self.axis),
 
     def backward(self, inputs, grad_outputs):
-        bounds = np.cumsum([x.shape[self.axis] for x in inputs])[:-1]
+        bounds = np.cumsum([x.shape[self.axis] for x in inputs])[:-1].tolist()
         return tuple(_xp(inputs[0]).split(grad_outputs[0], bounds, axis=self.axis))
 
 
@@ -3661,18 +3661,19 @@ class SerialIterator(Iterator):
 # --- Batching ----------------------------------------------------------------
 
 def _stack_examples(values, padding):
-    if not isinstance(values[0], np.ndarray):  # scalars (labels): no padding
+    if not isinstance(values[0], _array_types):  # scalars (labels): no padding
         return np.asarray(values)
+    xp = _xp(values[0])          # a dataset may already live on the GPU
     if padding is None:
-        try:  # concatenate of [None]-views beats np.stack's per-array checks
-            return np.concatenate([value[None] for value in values])
+        try:  # concatenate of [None]-views beats stack's per-array checks
+            return xp.concatenate([value[None] for value in values])
         except ValueError as error:
             raise ValueError(
-                'cannot stack examples of different shapes {}; pass padding= '
-                'to pad them to a common shape'.format(
+                'concat_examples: cannot stack examples of different shapes {}; '
+                'pass padding= to pad them to a common shape'.format(
                     sorted({value.shape for value in values}))) from error
     shape = np.max([value.shape for value in values], axis=0)
-    stacked = np.full((len(values),) + tuple(shape), padding,
+    stacked = xp.full((len(values),) + tuple(shape), padding,
                       dtype=values[0].dtype)
     for row, value in zip(stacked, values):
         row[tuple(slice(size) for size in value.shape)] = value
@@ -3685,7 +3686,7 @@ def concat_examples(batch, device=None, padding=None):
     arrays.  Examples of different shapes are padded with `padding` (one value,
     or a tuple/dict of values per field) up to the largest shape."""
     if len(batch) == 0:
-        raise ValueError('batch is empty: there is nothing to concatenate')
+        raise ValueError('concat_examples: the batch is empty, there is nothing to concatenate')
 
     def field(key, field_padding):
         values = [example[key] for example in batch]
