@@ -506,22 +506,21 @@ class Function:
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
 
-        record = False                  # build the graph only if some input wants a grad
-        if config.enable_backprop:
-            rank = 0
-            for x in inputs:
-                if x.requires_grad:
-                    record = True
-                if x.rank > rank:
-                    rank = x.rank
+        requires_grad = False           # an output needs a grad if some input does
+        rank = 0
+        for x in inputs:
+            if x.requires_grad:
+                requires_grad = True
+            if x.rank > rank:
+                rank = x.rank
         outputs = []
         for y in out_data:
             if not isinstance(y, _array_types):   # NumPy returns 0-dim results as scalars
                 y = _xp(in_data[0]).asarray(y)
-            outputs.append(Variable(y, requires_grad=record))
+            outputs.append(Variable(y, requires_grad=requires_grad))
         if config.debug:
             _check_finite(self, 'forward', out_data)
-        if record:
+        if requires_grad and config.enable_backprop:   # record the graph
             self.rank = rank
             self.inputs = inputs
             refs = []

@@ -1,0 +1,3796 @@
+"""Tests for onefchainer, chapter by chapter.
+
+Run:  python -m pytest -q test_onefchainer.py
+
+Every test checks real behaviour against NumPy or against formulas written
+out here by hand; nothing of onefchainer is mocked.
+"""
+import functools
+import gc
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import tracemalloc
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onefchainer as chainer
+import onefchainer.functions as F
+import onefchainer.links as L
+from onefchainer import (Variable, Function, Link, Chain, ChainList, optimizers,
+                         serializers, gradient_check, cuda, utils, reporter,
+                         optimizer_hooks, initializers)
+from onefchainer import optimizer as optimizer_module
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rng(seed=0):
+    return np.random.RandomState(seed)
+
+
+def f64(*shape, seed=0, low=-1.0, high=1.0):
+    return rng(seed).uniform(low, high, shape).astype(np.float64)
+
+
+def f32(*shape, seed=0, low=-1.0, high=1.0):
+    return rng(seed).uniform(low, high, shape).astype(np.float32)
+
+
+def check(func, *xs, atol=1e-5, rtol=1e-4, seed=1):
+    """check_backward with a random output gradient of the right shape(s)."""
+    with chainer.no_backprop_mode():
+        ys = func(*[Variable(x.copy()) for x in xs])
+    ys = ys if isinstance(ys, tuple) else (ys,)
+    r = rng(seed)
+    gys = tuple(r.uniform(-1, 1, y.shape).astype(y.dtype) for y in ys)
+    gradient_check.check_backward(func, xs, gys, atol=atol, rtol=rtol)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config():
+    """Every test starts (and ends) with the default configuration."""
+    saved = dict(vars(chainer.config))
+    yield
+    chainer.config.__dict__.clear()
+    chainer.config.__dict__.update(saved)
+
+
+# =============================================================================
+# 1. Import names
+# =============================================================================
+
+def test_import_names():
+    import sys
+    assert sys.modules['onefchainer.functions'] is F
+    assert sys.modules['onefchainer.links'] is L
+    assert chainer.functions is F and chainer.links is L
+    for module in (optimizers, serializers, gradient_check, cuda, utils, reporter,
+                   optimizer_hooks, initializers, optimizer_module):
+        assert module.__name__.startswith('onefchainer.')
+    assert optimizer_module.Optimizer is chainer.Optimizer
+    assert optimizers.Adam is chainer.Adam
+    assert serializers.save_npz is chainer.save_npz
+    assert issubclass(chainer.Parameter, Variable)
+    assert issubclass(Chain, Link) and issubclass(ChainList, Link)
+    assert callable(Function)
+    # Chainer-style names that user code reaches for
+    for name in ('Variable', 'Parameter', 'Function', 'Link', 'Chain', 'ChainList',
+                 'using_config', 'no_backprop_mode', 'force_backprop_mode', 'config',
+                 'get_device', 'report', 'Reporter'):
+        assert hasattr(chainer, name), name
+    for name in ('relu', 'softmax_cross_entropy', 'accuracy', 'linear', 'dropout',
+                 'sum', 'max', 'min', 'pow', 'mean_squared_error'):
+        assert callable(getattr(F, name)), name
+
+
+def test_builtins_not_shadowed_in_module():
+    # F.sum/max/min/pow shadow the builtins inside the module only while
+    # Chapter 5 is defined: afterwards the module-level names are gone.
+    assert F.sum is not sum
+    assert 'sum' not in vars(chainer) or vars(chainer)['sum'] is sum
+
+
+# =============================================================================
+# 2. Arrays and devices
+# =============================================================================
+
+@pytest.mark.parametrize('spec', [-1, '-1', '@numpy', np, np.int64(-1)])
+def test_get_device_cpu(spec):
+    device = chainer.get_device(spec)
+    assert str(device) == '@numpy'
+    assert device.xp is np
+    assert chainer.get_device(device) is device
+    a = np.arange(3)
+    assert device.send(a) is a
+    sent = device.send((a, [a], {'k': a}))
+    assert isinstance(sent, tuple) and isinstance(sent[1], list) and sent[2]['k'] is a
+
+
+@pytest.mark.parametrize('spec', ['junk', '@cupy', '@cupy:x', 'cpu', 1.5, None, True, '@numpy:0'])
+def test_get_device_rejects_junk(spec):
+    with pytest.raises(ValueError) as info:
+        chainer.get_device(spec)
+    assert 'get_device' in str(info.value)
+
+
+@pytest.mark.parametrize('spec', [0, '0', '@cupy:0', 1])
+def test_get_device_gpu_without_cupy(spec):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip('CuPy is installed')
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError) as info:
+        chainer.get_device(spec)
+    assert 'CuPy' in str(info.value)
+
+
+def test_cuda_to_cpu_and_get_array_module():
+    a = np.arange(4.0)
+    assert cuda.to_cpu(a) is a
+    assert cuda.to_cpu(None) is None
+    pair = cuda.to_cpu([a, np.zeros(2)])
+    assert isinstance(pair, list) and pair[0] is a and pair[1].shape == (2,)
+    assert chainer.get_array_module(a) is np
+    assert chainer.get_array_module(Variable(a)) is np
+    assert cuda.get_array_module(a, Variable(a)) is np
+    assert Variable(a).xp is np
+    assert str(Variable(a).device) == '@numpy'
+    v = Variable(a).to_cpu()
+    assert v.data is a
+    if not cuda.available:
+        with pytest.raises(RuntimeError, match='CuPy'):
+            cuda.to_gpu(a)
+
+
+# =============================================================================
+# 3. Configuration
+# =============================================================================
+
+def test_using_config_restores_on_exception():
+    assert chainer.config.train is True
+    with pytest.raises(KeyError):
+        with chainer.using_config('train', False):
+            assert chainer.config.train is False
+            raise KeyError('boom')
+    assert chainer.config.train is True
+    # a name that did not exist before is removed again
+    with chainer.using_config('my_flag', 3):
+        assert chainer.config.my_flag == 3
+    assert not hasattr(chainer.config, 'my_flag')
+
+
+def test_no_backprop_and_force_backprop_mode():
+    x = Variable(np.ones(3, np.float32))
+    with chainer.no_backprop_mode():
+        y = x * 2
+        assert y.creator is None
+        with chainer.force_backprop_mode():
+            z = x * 2
+            assert z.creator is not None
+        w = F.relu(x)
+        assert w.creator is None
+    assert chainer.config.enable_backprop is True
+    assert (x * 2).creator is not None
+
+
+def test_debug_mode_nan_in_forward_names_function():
+    x = Variable(np.array([1.0, -1.0], np.float32))
+    with chainer.using_config('debug', True):
+        with np.errstate(invalid='ignore'):
+            with pytest.raises(FloatingPointError) as info:
+                F.log(x)
+    assert 'log' in str(info.value) and 'forward' in str(info.value)
+    with np.errstate(invalid='ignore'):
+        y = F.log(x)             # outside debug mode: NaN passes silently
+    assert np.isnan(y.data[1])
+
+
+def test_debug_mode_inf_in_backward_names_function():
+    x = Variable(np.array([0.0, 4.0], np.float32))
+    with chainer.using_config('debug', True):
+        y = F.sum(F.sqrt(x))     # forward is finite; d sqrt(x)/dx at 0 is inf
+        with np.errstate(divide='ignore'):
+            with pytest.raises(FloatingPointError) as info:
+                y.backward()
+    assert 'sqrt' in str(info.value) and 'backward' in str(info.value)
+    assert chainer.is_debug() is False
+
+
+# =============================================================================
+# 4. Variable
+# =============================================================================
+
+@pytest.mark.parametrize('bad', [[1.0, 2.0], 3.0, 3, np.float32(1.0), 'x', (1, 2)])
+def test_variable_rejects_non_arrays(bad):
+    with pytest.raises(TypeError) as info:
+        Variable(bad)
+    assert 'Variable' in str(info.value)
+
+
+def test_variable_properties():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    v = Variable(a, name='v')
+    assert v.data is a and v.array is a
+    assert v.shape == (2, 3) and v.ndim == 2 and v.size == 6 and v.dtype == np.float32
+    assert len(v) == 2
+    assert v.name == 'v'
+    assert v.grad is None and v.creator is None
+    b = np.zeros(3, np.float32)
+    v.array = b
+    assert v.data is b
+    with pytest.raises(TypeError):
+        len(Variable(np.array(1.0)))
+    assert Variable(np.array(2.5)).item() == 2.5
+
+
+def test_variable_repr_and_str():
+    x = Variable(np.array([0., 1., 2.], np.float32))
+    assert repr(x) == 'variable([0., 1., 2.])'
+    assert str(x) == 'variable([0. 1. 2.])'
+    x.name = 'x'
+    assert repr(x) == 'variable x([0., 1., 2.])'
+    assert str(x) == 'variable x([0. 1. 2.])'
+    assert repr(Variable(None)) == 'variable(None)'
+
+
+def test_cleargrad_zerograd_and_grad_setter():
+    v = Variable(np.ones((2, 3), np.float32))
+    v.zerograd()
+    assert v.grad.shape == (2, 3) and v.grad.dtype == np.float32 and not v.grad.any()
+    v.cleargrad()
+    assert v.grad is None
+    g = np.full((2, 3), 2.0, np.float32)
+    v.grad = g
+    assert v.grad is g
+    v.grad = Variable(g)
+    assert v.grad is g
+    assert np.array_equal(v.grad_var.data, g)
+    with pytest.raises(ValueError) as info:
+        v.grad = np.ones(3, np.float32)
+    assert '(3,)' in str(info.value) and '(2, 3)' in str(info.value)
+    with pytest.raises(TypeError):
+        v.grad = [1.0, 2.0]
+    v.grad = None
+    assert v.grad is None
+    assert Variable(np.ones(2), grad=np.ones(2)).grad is not None
+
+
+def test_unchain():
+    x = Variable(np.ones(3))
+    h = x * 2
+    y = F.sum(h * 3)
+    h.unchain()
+    assert h.creator is None
+    y.backward()
+    np.testing.assert_allclose(h.grad, [3.0, 3.0, 3.0])   # h is a leaf now
+    assert x.grad is None            # backprop stopped at h
+
+
+def test_unchain_backward_frees_graph():
+    x = Variable(np.ones(3))
+    h1 = x * 2
+    h2 = F.exp(h1)
+    y = F.sum(h2)
+    refs = [weakref.ref(f) for f in (h1.creator, h2.creator, y.creator)]
+    gc.disable()
+    try:
+        y.unchain_backward()
+        assert y.creator is None and h2.creator is None and h1.creator is None
+        assert all(r() is None for r in refs)   # freed without the cycle collector
+    finally:
+        gc.enable()
+    y.grad = np.ones((), np.float64)
+    y.backward()
+    assert x.grad is None
+
+
+def test_variable_reshape_transpose_T_getitem():
+    a = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    x = Variable(a)
+    assert x.reshape(6, 4).shape == (6, 4)
+    assert x.reshape((4, 6)).shape == (4, 6)
+    assert x.reshape([-1]).shape == (24,)
+    assert np.array_equal(x.transpose().data, a.T)
+    assert np.array_equal(x.transpose(1, 0, 2).data, a.transpose(1, 0, 2))
+    assert np.array_equal(x.transpose((2, 0, 1)).data, a.transpose(2, 0, 1))
+    m = Variable(a[0])
+    assert np.array_equal(m.T.data, a[0].T)
+    assert np.array_equal(x[1, :, ::2].data, a[1, :, ::2])
+    assert np.array_equal(x[..., 0].data, a[..., 0])
+    y = F.sum(x[1, :, ::2] * x[0, :, 1::2])
+    y.backward()
+    expected = np.zeros_like(a)
+    expected[1, :, ::2] = a[0, :, 1::2]
+    expected[0, :, 1::2] = a[1, :, ::2]
+    assert np.array_equal(x.grad, expected)
+
+
+OPERATORS = [
+    ('add', lambda a, b: a + b, lambda a, b, g: (g, g)),
+    ('sub', lambda a, b: a - b, lambda a, b, g: (g, -g)),
+    ('mul', lambda a, b: a * b, lambda a, b, g: (g * b, g * a)),
+    ('div', lambda a, b: a / b, lambda a, b, g: (g / b, -g * a / b ** 2)),
+    ('pow', lambda a, b: a ** b, lambda a, b, g: (g * b * a ** (b - 1), g * a ** b * np.log(a))),
+]
+
+
+@pytest.mark.parametrize('name,op,grads', OPERATORS, ids=[o[0] for o in OPERATORS])
+def test_operators_variable_variable(name, op, grads):
+    a, b = f64(2, 3, low=0.5, high=2.0), f64(2, 3, seed=1, low=0.5, high=2.0)
+    x, y = Variable(a), Variable(b)
+    z = op(x, y)
+    assert isinstance(z, Variable)
+    np.testing.assert_allclose(z.data, op(a, b))
+    g = f64(2, 3, seed=2)
+    z.grad = g
+    z.backward()
+    ga, gb = grads(a, b, g)
+    np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
+    np.testing.assert_allclose(y.grad, gb, rtol=1e-12)
+    # with a plain array on either side: only the Variable gets a gradient
+    for left, right in ((x, b), (a, y)):
+        x.cleargrad(), y.cleargrad()
+        z = op(left, right)
+        assert isinstance(z, Variable)
+        np.testing.assert_allclose(z.data, op(a, b))
+        z.grad = g
+        z.backward()
+        if left is x:
+            np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
+        else:
+            np.testing.assert_allclose(y.grad, gb, rtol=1e-12)
+
+
+@pytest.mark.parametrize('name,op,grads', OPERATORS, ids=[o[0] for o in OPERATORS])
+def test_operators_broadcasting_sums_gradients(name, op, grads):
+    a = f64(2, 3, low=0.5, high=2.0)
+    for bshape in [(3,), (1, 3), (2, 1), (), (1, 1)]:
+        b = f64(*bshape, seed=1, low=0.5, high=2.0) if bshape else np.array(1.3)
+        x, y = Variable(a), Variable(b)
+        z = op(x, y)
+        assert z.shape == (2, 3)
+        g = f64(2, 3, seed=2)
+        z.grad = g
+        z.backward()
+        ga, gb = grads(a, np.broadcast_to(b, a.shape), g)
+        assert x.grad.shape == a.shape and y.grad.shape == b.shape, bshape
+        np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
+        lead = tuple(range(2 - len(bshape)))
+        axes = lead + tuple(len(lead) + i for i, n in enumerate(bshape) if n == 1)
+        np.testing.assert_allclose(y.grad, gb.sum(axis=axes).reshape(bshape), rtol=1e-12)
+        # the broadcast the other way round
+        x, y = Variable(a), Variable(b)
+        z = op(y, x)
+        z.grad = g
+        z.backward()
+        gb2, ga2 = grads(np.broadcast_to(b, a.shape), a, g)
+        np.testing.assert_allclose(x.grad, ga2, rtol=1e-12)
+        np.testing.assert_allclose(y.grad, gb2.sum(axis=axes).reshape(bshape), rtol=1e-12)
+
+
+def test_broadcast_gradient_of_size_one_shapes():
+    # gradients must come back in the input's own shape, also for size-1 shapes
+    for a_shape, b_shape in [((), (1, 1)), ((1,), ()), ((1, 1), (1,)), ((), (2, 1))]:
+        x = Variable(np.full(a_shape, 2.0))
+        y = Variable(np.full(b_shape, 3.0))
+        z = x * y
+        z.grad = np.ones(z.shape)
+        z.backward()
+        assert x.grad.shape == a_shape and y.grad.shape == b_shape, (a_shape, b_shape)
+        np.testing.assert_allclose(x.grad, np.full(a_shape, 3.0 * z.size / x.size))
+
+
+def test_operators_with_scalars_and_reflected_forms():
+    a = np.array([0.5, 1.0, 2.0], np.float32)
+    cases = [
+        (lambda x: x + 2.0, a + 2, 1.0),
+        (lambda x: 2.0 + x, a + 2, 1.0),
+        (lambda x: x - 2.0, a - 2, 1.0),
+        (lambda x: 2.0 - x, 2 - a, -1.0),
+        (lambda x: x * 3.0, a * 3, 3.0),
+        (lambda x: 3.0 * x, a * 3, 3.0),
+        (lambda x: x / 4.0, a / 4, 0.25),
+        (lambda x: 4.0 / x, 4 / a, -4 / a ** 2),
+        (lambda x: x ** 3, a ** 3, 3 * a ** 2),
+        (lambda x: 2.0 ** x, 2 ** a, 2 ** a * np.log(2)),
+        (lambda x: -x, -a, -1.0),
+        (lambda x: x + 1, a + 1, 1.0),          # Python int
+        (lambda x: 2 * x, 2 * a, 2.0),
+        (lambda x: np.float32(2) * x, 2 * a, 2.0),   # NumPy scalar on the left
+        (lambda x: x * np.float32(2), 2 * a, 2.0),
+        # NumPy float64 scalars are cast to the array's dtype, as in Chainer
+        # (NumPy 2 alone would promote the result to float64)
+        (lambda x: x * np.float64(2), 2 * a, 2.0),
+        (lambda x: np.float64(2) * x, 2 * a, 2.0),
+        (lambda x: x + np.sqrt(4.0), a + 2, 1.0),
+        (lambda x: np.float64(1) - x, 1 - a, -1.0),
+        (lambda x: x / np.float64(4), a / 4, 0.25),
+        (lambda x: np.float64(4) / x, 4 / a, -4 / a ** 2),
+        (lambda x: x ** np.float64(2), a ** 2, 2 * a),
+        (lambda x: np.float64(2) ** x, 2 ** a, 2 ** a * np.log(2)),
+    ]
+    for i, (op, value, grad) in enumerate(cases):
+        x = Variable(a.copy())
+        y = op(x)
+        assert isinstance(y, Variable), i
+        assert y.dtype == np.float32, (i, y.dtype)     # Python scalars keep float32
+        np.testing.assert_allclose(y.data, value, rtol=1e-6, err_msg=str(i))
+        F.sum(y).backward()
+        assert x.grad.dtype == np.float32, i
+        np.testing.assert_allclose(x.grad, np.broadcast_to(grad, a.shape), rtol=1e-5,
+                                   err_msg=str(i))
+
+
+def test_reflected_operators_with_numpy_arrays():
+    a, b = f32(2, 2), f32(2, 2, seed=1, low=0.5, high=1.5)
+    x = Variable(b)
+    for op in (lambda p, q: p + q, lambda p, q: p - q, lambda p, q: p * q,
+               lambda p, q: p / q, lambda p, q: p @ q):
+        y = op(a, x)
+        assert isinstance(y, Variable)
+        np.testing.assert_allclose(y.data, op(a, b), rtol=1e-6)
+    x = Variable(np.array([1.0, 2.0], np.float32))
+    y = np.array([2.0, 3.0], np.float32) ** x
+    assert isinstance(y, Variable)
+    np.testing.assert_allclose(y.data, [2.0, 9.0])
+
+
+def test_matmul_operator_and_gradients():
+    a, b = f64(2, 3), f64(3, 4, seed=1)
+    x, w = Variable(a), Variable(b)
+    y = x @ w
+    np.testing.assert_allclose(y.data, a @ b)
+    g = f64(2, 4, seed=2)
+    y.grad = g
+    y.backward()
+    np.testing.assert_allclose(x.grad, g @ b.T)
+    np.testing.assert_allclose(w.grad, a.T @ g)
+
+
+def test_float32_stays_float32_through_functions():
+    x = Variable(f32(3, 4))
+    for y in (F.mean(x), F.exp(x) * 0.5, F.softmax(x), F.log_softmax(x), F.sigmoid(x),
+              F.tanh(x), F.relu(x), F.leaky_relu(x), F.sum(x, axis=1) / 3,
+              F.mean_squared_error(x, x * 2.0), x ** 2 - 1, F.max(x), F.dropout(x)):
+        assert y.dtype == np.float32
+    t = np.array([0, 1, 2], np.int32)
+    assert F.softmax_cross_entropy(x, t).dtype == np.float32
+    assert F.accuracy(x, t).dtype == np.float32
+
+
+# =============================================================================
+# 5. Backprop semantics
+# =============================================================================
+
+def test_diamond_graph():
+    a = np.array([1.5, -2.0])
+    x = Variable(a)
+    h = x * 2.0
+    left, right = h * 3.0, F.exp(h)
+    y = F.sum(left * right)          # 6x e^{2x}:  d/dx = 6 e^{2x} + 12 x e^{2x}
+    y.backward()
+    np.testing.assert_allclose(x.grad, 6 * np.exp(2 * a) + 12 * a * np.exp(2 * a))
+
+
+def test_variable_used_twice_and_shared_inputs():
+    a = np.array([1.0, -3.0, 0.5])
+    x = Variable(a)
+    F.sum(x * x).backward()
+    np.testing.assert_allclose(x.grad, 2 * a)
+    x.cleargrad()
+    F.sum(x + x).backward()
+    np.testing.assert_allclose(x.grad, [2.0, 2.0, 2.0])
+    x.cleargrad()
+    F.sum(F.add(x, x, x) * x).backward()       # 3x^2
+    np.testing.assert_allclose(x.grad, 6 * a)
+    x.cleargrad()
+    F.sum(x + F.identity(x)).backward()        # add returns the same array to both
+    np.testing.assert_allclose(x.grad, [2.0, 2.0, 2.0])
+    x.cleargrad()
+    y = x * 1.0
+    F.sum(y * y + y * 3.0).backward()          # y used three times
+    np.testing.assert_allclose(x.grad, 2 * a + 3)
+
+
+def test_grad_accumulates_over_backward_calls():
+    x = Variable(np.array([1.0, 2.0]))
+    F.sum(x * 3.0).backward()
+    g1 = x.grad
+    F.sum(x * 3.0).backward()
+    np.testing.assert_allclose(x.grad, [6.0, 6.0])
+    np.testing.assert_allclose(g1, [3.0, 3.0])   # the first array was not changed in place
+    # backward twice through the same graph adds up as well
+    x.cleargrad()
+    y = F.sum(F.exp(x) * 2.0)
+    y.backward()
+    y.backward()
+    np.testing.assert_allclose(x.grad, 4 * np.exp(x.data))
+
+
+def test_retain_grad():
+    x = Variable(np.array([1.0, 2.0]))
+    h = x * 3.0
+    y = F.sum(h * h)
+    y.backward()
+    # As in Chainer 7: without retain_grad only the leaves keep a gradient;
+    # the intermediates and the loss itself are cleared.
+    assert h.grad is None
+    assert y.grad is None
+    np.testing.assert_allclose(x.grad, 18 * x.data)
+    x.cleargrad()
+    h = x * 3.0
+    y = F.sum(h * h)
+    y.backward(retain_grad=True)
+    np.testing.assert_allclose(h.grad, 2 * h.data)
+    assert float(y.grad) == 1.0
+    np.testing.assert_allclose(x.grad, 18 * x.data)
+    # a gradient set by hand on the output is used, then cleared as well
+    x.cleargrad()
+    y = x * 3.0
+    y.grad = np.array([1.0, -2.0])
+    y.backward()
+    np.testing.assert_allclose(x.grad, [3.0, -6.0])
+    assert y.grad is None
+
+
+def test_non_scalar_backward_requires_grad():
+    x = Variable(np.ones((2, 3)))
+    y = x * 2.0
+    with pytest.raises(ValueError) as info:
+        y.backward()
+    message = str(info.value)
+    assert '(2, 3)' in message and 'grad' in message
+    y.grad = np.full((2, 3), 0.5)
+    y.backward()
+    np.testing.assert_allclose(x.grad, np.ones((2, 3)))
+    # a one-element non-0-dim output starts from 1 as well
+    z = Variable(np.array([[2.0]]))
+    (z * 5.0).backward()
+    assert z.grad.shape == (1, 1) and z.grad[0, 0] == 5.0
+    with pytest.raises(NotImplementedError):
+        F.sum(x).backward(enable_double_backprop=True)
+
+
+def test_long_chain_backward_no_recursion_error():
+    n = 100000
+    x = Variable(np.array(1.0))
+    h = x
+    start = time.perf_counter()
+    for _ in range(n):
+        h = h * 1.0
+    h = h + 1.0
+    h.backward()
+    del h                                 # freeing a 100k-deep graph must not crash either
+    elapsed = time.perf_counter() - start
+    assert x.grad == 1.0
+    assert elapsed < 30, elapsed          # loose: ~1 s on a laptop
+
+
+def test_no_backprop_mode_blocks_gradient():
+    x = Variable(np.array([1.0, 2.0]))
+    with chainer.no_backprop_mode():
+        h = x * 2.0
+    y = F.sum(h * 3.0)
+    y.backward()
+    assert x.grad is None
+    assert h.creator is None
+
+
+def test_requires_grad_false_gets_no_grad():
+    x = Variable(np.array([1.0, 2.0]))
+    c = Variable(np.array([3.0, 4.0]), requires_grad=False)
+    y = F.sum(x * c)
+    y.backward()
+    np.testing.assert_allclose(x.grad, [3.0, 4.0])
+    assert c.grad is None
+    # an op whose inputs all need no grad records nothing
+    z = c * 2.0
+    assert z.creator is None and z.requires_grad is False
+
+
+def test_graph_is_freed_by_reference_counting():
+    gc.collect()
+    gc.disable()
+    try:
+        x = Variable(f32(4, 3))
+        model = L.Linear(3, 2)
+        h = F.relu(model(x))
+        loss = F.sum(F.exp(h) * 2.0)
+        ref_h = weakref.ref(h)
+        ref_f = weakref.ref(h.creator)
+        ref_loss_f = weakref.ref(loss.creator)
+        del h
+        loss.backward()
+        assert ref_h() is not None        # still reachable from the loss
+        del loss
+        assert ref_h() is None, 'intermediate Variable kept alive (reference cycle?)'
+        assert ref_f() is None, 'Function kept alive (reference cycle?)'
+        assert ref_loss_f() is None
+        assert model.W.grad is not None and x.grad is not None
+    finally:
+        gc.enable()
+
+
+def test_memory_flat_over_many_optimizer_steps():
+    class MLP(Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(4, 8)
+                self.l2 = L.Linear(8, 3)
+
+        def forward(self, x):
+            return self.l2(F.relu(self.l1(x)))
+
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.Adam().setup(model)
+    x = f32(16, 4)
+    t = rng(1).randint(0, 3, 16).astype(np.int32)
+    tracemalloc.start()
+    try:
+        for step in range(1, 2001):
+            opt.update(model, x, t)
+            if step == 200:
+                at_200 = tracemalloc.get_traced_memory()[0]
+        at_2000 = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert opt.t == 2000
+    # 1800 more steps; a leak of even 50 bytes a step would show.
+    assert at_2000 - at_200 < 64 * 1024, (at_200, at_2000)
+
+
+# =============================================================================
+# 6. User Functions (Chainer v1 style)
+# =============================================================================
+
+class MulAdd(Function):
+    """z = x * y + x"""
+
+    def forward(self, inputs):
+        x, y = inputs
+        return x * y + x,
+
+    def backward(self, inputs, grad_outputs):
+        x, y = inputs
+        gz, = grad_outputs
+        return gz * (y + 1), gz * x
+
+
+class SumAndDiff(Function):
+    def forward(self, inputs):
+        x, y = inputs
+        return x + y, x - y
+
+    def backward(self, inputs, grad_outputs):
+        ga, gb = grad_outputs
+        return ga + gb, ga - gb
+
+
+class ListOutputs(Function):
+    """forward and backward may return lists instead of tuples."""
+
+    def forward(self, inputs):
+        return [inputs[0] * 2, inputs[0] * 3]
+
+    def backward(self, inputs, grad_outputs):
+        return [grad_outputs[0] * 2 + grad_outputs[1] * 3]
+
+
+class ScaleBy(Function):
+    """y = x * s; no gradient is returned for s (None)."""
+
+    def forward(self, inputs):
+        x, s = inputs
+        return x * s,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * inputs[1], None
+
+
+class WrongCount(Function):
+    def forward(self, inputs):
+        return inputs[0] + inputs[1],
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0],
+
+
+class WrongBackward(Function):
+    def forward(self, inputs):
+        return inputs[0] ** 2,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * inputs[0],     # should be 2x
+
+
+def test_user_function_v1_style():
+    a, b = f64(3), f64(3, seed=1)
+    x, y = Variable(a), Variable(b)
+    z = MulAdd()(x, y)
+    np.testing.assert_allclose(z.data, a * b + a)
+    assert isinstance(z.creator, MulAdd)
+    F.sum(z).backward()
+    np.testing.assert_allclose(x.grad, b + 1)
+    np.testing.assert_allclose(y.grad, a)
+    check(lambda x, y: MulAdd()(x, y), a, b)
+    # raw arrays are accepted as inputs too
+    assert np.allclose(MulAdd()(a, b).data, a * b + a)
+
+
+def test_user_function_multi_output():
+    a, b = f64(3), f64(3, seed=1)
+    x, y = Variable(a), Variable(b)
+    s, d = SumAndDiff()(x, y)
+    np.testing.assert_allclose(s.data, a + b)
+    np.testing.assert_allclose(d.data, a - b)
+    F.sum(s * 2.0 + d * 3.0).backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 5.0))
+    np.testing.assert_allclose(y.grad, np.full(3, -1.0))
+    check(lambda x, y: SumAndDiff()(x, y), a, b)
+
+
+def test_user_function_unused_output_gets_none():
+    # As in Chainer 7: backward sees None (not zeros) for an output nobody used.
+    seen = []
+
+    class TwoOut(Function):
+        def forward(self, inputs):
+            return inputs[0] * 2, inputs[0] * 3
+
+        def backward(self, inputs, grad_outputs):
+            seen.append([g is None for g in grad_outputs])
+            return grad_outputs[0] * 2,
+
+    x = Variable(np.ones(2))
+    a, b = TwoOut()(x)
+    F.sum(a).backward()
+    np.testing.assert_allclose(x.grad, [2.0, 2.0])
+    x.cleargrad()
+    a, _ = TwoOut()(x)                   # the unused output is even freed
+    F.sum(a).backward()
+    assert seen == [[False, True], [False, True]]
+
+
+def test_user_function_returning_lists():
+    x = Variable(np.array([1.0, 2.0]))
+    a, b = ListOutputs()(x)
+    np.testing.assert_allclose(b.data, [3.0, 6.0])
+    F.sum(a + b).backward()
+    np.testing.assert_allclose(x.grad, [5.0, 5.0])
+
+
+def test_user_function_backward_none_for_an_input():
+    x, s = Variable(f64(3)), Variable(np.array(2.0))
+    F.sum(ScaleBy()(x, s)).backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 2.0))
+    assert s.grad is None
+
+
+def test_user_function_wrong_number_of_grads():
+    y = WrongCount()(Variable(np.ones(2)), Variable(np.ones(2)))
+    with pytest.raises(ValueError) as info:
+        F.sum(y).backward()
+    message = str(info.value)
+    assert 'WrongCount' in message and '1' in message and '2' in message
+
+
+def test_user_function_without_backward():
+    class NoBackward(Function):
+        def forward(self, inputs):
+            return inputs[0] * 2,
+    y = NoBackward()(Variable(np.ones(2)))
+    with pytest.raises(NotImplementedError, match='NoBackward'):
+        F.sum(y).backward()
+
+
+def test_check_backward_detects_a_wrong_backward():
+    with pytest.raises(AssertionError, match='check_backward'):
+        check(lambda x: WrongBackward()(x), f64(3, low=0.5, high=1.0))
+
+
+# =============================================================================
+# 7. Numerical gradient checks for every function in F (float64)
+# =============================================================================
+
+def test_numerical_grad_against_hand_derivative():
+    x = np.array([0.5, -1.0, 2.0])
+    gy = np.array([1.0, 2.0, -1.0])
+    gx, = gradient_check.numerical_grad(lambda: (x ** 3,), (x,), (gy,), eps=1e-4)
+    np.testing.assert_allclose(gx, 3 * np.array([0.5, -1.0, 2.0]) ** 2 * gy, rtol=1e-7)
+    assert np.array_equal(x, [0.5, -1.0, 2.0])       # restored after nudging
+    # two inputs, two outputs
+    a, b = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+    ga, gb = gradient_check.numerical_grad(lambda: (a * b, a + b), (a, b),
+                                           (np.ones(2), np.full(2, 2.0)))
+    np.testing.assert_allclose(ga, b + 2, rtol=1e-8)
+    np.testing.assert_allclose(gb, a + 2, rtol=1e-8)
+    with pytest.raises(ValueError):
+        gradient_check.numerical_grad(lambda: (x,), (x,), (gy,), eps=0)
+
+
+POS = dict(low=0.5, high=2.0)
+
+GRAD_CASES = {
+    # binary arithmetic, including broadcasting
+    'add': (lambda a, b: F.add(a, b), [f64(2, 3), f64(2, 3, seed=1)]),
+    'add3': (lambda a, b, c: F.add(a, b, c), [f64(2, 3), f64(3, seed=1), f64(2, 1, seed=2)]),
+    'add_bcast': (lambda a, b: a + b, [f64(2, 3), f64(3, seed=1)]),
+    'add_const': (lambda a: a + 2.0, [f64(2, 3)]),
+    'sub': (lambda a, b: F.sub(a, b), [f64(2, 3), f64(2, 3, seed=1)]),
+    'sub_bcast': (lambda a, b: a - b, [f64(2, 1), f64(1, 3, seed=1)]),
+    'rsub_const': (lambda a: 2.0 - a, [f64(2, 3)]),
+    'mul': (lambda a, b: F.mul(a, b), [f64(2, 3), f64(2, 3, seed=1)]),
+    'mul_bcast': (lambda a, b: a * b, [f64(4, 2, 3), f64(2, 1, seed=1)]),
+    'div': (lambda a, b: F.div(a, b), [f64(2, 3), f64(2, 3, seed=1, **POS)]),
+    'div_bcast': (lambda a, b: a / b, [f64(2, 3), f64(3, seed=1, **POS)]),
+    'rdiv_const': (lambda a: 3.0 / a, [f64(2, 3, **POS)]),
+    'neg': (lambda a: F.neg(a), [f64(2, 3)]),
+    'neg_op': (lambda a: -a, [f64(2, 3)]),
+    'pow_var_var': (lambda a, b: F.pow(a, b), [f64(2, 3, **POS), f64(2, 3, seed=1)]),
+    'pow_bcast': (lambda a, b: a ** b, [f64(2, 3, **POS), f64(3, seed=1)]),
+    'pow_var_const': (lambda a: a ** 3, [f64(2, 3)]),
+    'pow_var_const_frac': (lambda a: F.pow(a, 0.5), [f64(2, 3, **POS)]),
+    'pow_const_var': (lambda a: 2.5 ** a, [f64(2, 3)]),
+    'matmul': (lambda a, b: F.matmul(a, b), [f64(2, 3), f64(3, 4, seed=1)]),
+    'matmul_ta': (lambda a, b: F.matmul(a, b, transa=True), [f64(3, 2), f64(3, 4, seed=1)]),
+    'matmul_tb': (lambda a, b: F.matmul(a, b, transb=True), [f64(2, 3), f64(4, 3, seed=1)]),
+    'matmul_tab': (lambda a, b: F.matmul(a, b, transa=True, transb=True),
+                   [f64(3, 2), f64(4, 3, seed=1)]),
+    'matmul_batched': (lambda a, b: F.matmul(a, b), [f64(2, 2, 3), f64(2, 3, 4, seed=1)]),
+    'matmul_batched_tb': (lambda a, b: F.matmul(a, b, transb=True),
+                          [f64(2, 2, 3), f64(2, 4, 3, seed=1)]),
+    'matmul_batch_bcast': (lambda a, b: F.matmul(a, b), [f64(2, 2, 3), f64(3, 4, seed=1)]),
+    # elementwise
+    'exp': (F.exp, [f64(2, 3)]),
+    'log': (F.log, [f64(2, 3, **POS)]),
+    'sqrt': (F.sqrt, [f64(2, 3, **POS)]),
+    # reductions
+    'sum_all': (lambda a: F.sum(a), [f64(2, 3, 4)]),
+    'sum_axis': (lambda a: F.sum(a, axis=1), [f64(2, 3, 4)]),
+    'sum_neg_axis': (lambda a: F.sum(a, axis=-1), [f64(2, 3, 4)]),
+    'sum_tuple': (lambda a: F.sum(a, axis=(0, 2)), [f64(2, 3, 4)]),
+    'sum_keepdims': (lambda a: F.sum(a, axis=1, keepdims=True), [f64(2, 3, 4)]),
+    'sum_all_keepdims': (lambda a: F.sum(a, keepdims=True), [f64(2, 3)]),
+    'mean_all': (lambda a: F.mean(a), [f64(2, 3)]),
+    'mean_axis': (lambda a: F.mean(a, axis=0), [f64(2, 3)]),
+    'mean_tuple_keepdims': (lambda a: F.mean(a, axis=(0, 2), keepdims=True), [f64(2, 3, 4)]),
+    'max_all': (lambda a: F.max(a), [f64(2, 3)]),
+    'max_axis': (lambda a: F.max(a, axis=1), [f64(3, 4)]),
+    'max_axis_keepdims': (lambda a: F.max(a, axis=0, keepdims=True), [f64(3, 4)]),
+    'max_tuple': (lambda a: F.max(a, axis=(0, 2)), [f64(2, 3, 4)]),
+    'min_all': (lambda a: F.min(a), [f64(2, 3)]),
+    'min_axis': (lambda a: F.min(a, axis=1), [f64(3, 4)]),
+    'min_neg_axis': (lambda a: F.min(a, axis=-2), [f64(3, 4)]),
+    # shapes
+    'reshape': (lambda a: F.reshape(a, (3, 2)), [f64(2, 3)]),
+    'reshape_infer': (lambda a: F.reshape(a, (-1, 4)), [f64(2, 3, 4)]),
+    'transpose': (lambda a: F.transpose(a), [f64(2, 3, 4)]),
+    'transpose_axes': (lambda a: F.transpose(a, (1, 2, 0)), [f64(2, 3, 4)]),
+    'transpose_neg_axes': (lambda a: F.transpose(a, (-1, 0, 1)), [f64(2, 3, 4)]),
+    'broadcast_to': (lambda a: F.broadcast_to(a, (4, 2, 3)), [f64(2, 1)]),
+    'concat': (lambda a, b: F.concat((a, b)), [f64(2, 3), f64(2, 2, seed=1)]),
+    'concat_axis0': (lambda a, b, c: F.concat([a, b, c], axis=0),
+                     [f64(1, 3), f64(2, 3, seed=1), f64(3, 3, seed=2)]),
+    'concat_neg_axis': (lambda a, b: F.concat((a, b), axis=-1), [f64(2, 2, 3), f64(2, 2, 1, seed=1)]),
+    'stack': (lambda a, b: F.stack((a, b)), [f64(2, 3), f64(2, 3, seed=1)]),
+    'stack_axis1': (lambda a, b, c: F.stack([a, b, c], axis=1),
+                    [f64(2, 3), f64(2, 3, seed=1), f64(2, 3, seed=2)]),
+    'stack_neg_axis': (lambda a, b: F.stack((a, b), axis=-1), [f64(2, 3), f64(2, 3, seed=1)]),
+    'flatten': (F.flatten, [f64(2, 3, 2)]),
+    'expand_dims': (lambda a: F.expand_dims(a, 1), [f64(2, 3)]),
+    'expand_dims_neg': (lambda a: F.expand_dims(a, -1), [f64(2, 3)]),
+    'squeeze_all': (lambda a: F.squeeze(a), [f64(1, 3, 1, 2)]),
+    'squeeze_axis': (lambda a: F.squeeze(a, axis=2), [f64(1, 3, 1, 2)]),
+    'get_item_slices': (lambda a: F.get_item(a, (slice(None), slice(1, None, 2))), [f64(3, 5)]),
+    'get_item_int': (lambda a: a[1], [f64(3, 5)]),
+    'get_item_ellipsis_newaxis': (lambda a: a[None, ..., 2], [f64(3, 5)]),
+    'get_item_fancy_repeats': (lambda a: F.get_item(a, [0, 2, 0, 0]), [f64(3, 2)]),
+    'get_item_fancy_array': (lambda a: a[np.array([1, 1, 0]), 1:], [f64(3, 4)]),
+    'get_item_bool_mask': (lambda a: a[np.array([True, False, True])], [f64(3, 2)]),
+    # activations (data kept away from the kink at 0)
+    'relu': (F.relu, [np.array([[-1.0, -0.3, 0.2], [0.7, -0.8, 1.5]])]),
+    'leaky_relu': (lambda a: F.leaky_relu(a, slope=0.1), [np.array([[-1.0, -0.3, 0.2], [0.7, -0.8, 1.5]])]),
+    'leaky_relu_default': (F.leaky_relu, [np.array([-0.4, 0.6])]),
+    'sigmoid': (F.sigmoid, [f64(2, 3, low=-4, high=4)]),
+    'tanh': (F.tanh, [f64(2, 3, low=-2, high=2)]),
+    'softmax': (F.softmax, [f64(3, 4)]),
+    'softmax_axis0': (lambda a: F.softmax(a, axis=0), [f64(3, 4)]),
+    'softmax_3d': (lambda a: F.softmax(a, axis=2), [f64(2, 3, 4)]),
+    'log_softmax': (F.log_softmax, [f64(3, 4)]),
+    'log_softmax_axis0': (lambda a: F.log_softmax(a, axis=0), [f64(3, 4)]),
+    'log_softmax_3d_axis1': (lambda a: F.log_softmax(a, axis=1), [f64(2, 3, 4)]),
+    # linear
+    'linear': (lambda x, W, b: F.linear(x, W, b), [f64(4, 3), f64(2, 3, seed=1), f64(2, seed=2)]),
+    'linear_nobias': (lambda x, W: F.linear(x, W), [f64(4, 3), f64(2, 3, seed=1)]),
+    'linear_3d_x': (lambda x, W, b: F.linear(x, W, b),
+                    [f64(2, 3, 2), f64(4, 6, seed=1), f64(4, seed=2)]),
+    # losses
+    'mean_squared_error': (F.mean_squared_error, [f64(3, 2), f64(3, 2, seed=1)]),
+    'identity': (lambda a: F.identity(a) * 1.0, [f64(2, 3)]),
+    'identity_multi': (lambda a, b: F.identity(a, b), [f64(2, 3), f64(3, seed=1)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(GRAD_CASES))
+def test_gradient(name):
+    func, xs = GRAD_CASES[name]
+    if name.startswith(('max', 'min')):
+        # distinct values: no ties, so the max is differentiable
+        xs = [rng(5).permutation(xs[0].size).reshape(xs[0].shape) * 0.1]
+    check(func, *[x.copy() for x in xs])
+
+
+def test_gradient_check_also_checks_params():
+    W = chainer.Parameter(f64(2, 3, seed=1))
+    b = chainer.Parameter(f64(2, seed=2))
+    gradient_check.check_backward(lambda x: F.linear(x, W, b), f64(4, 3),
+                                  f64(4, 2, seed=3), params=(W, b))
+    # a scalar output needs no y_grad
+    gradient_check.check_backward(lambda x: F.sum(x * x), f64(3), None)
+    with pytest.raises(ValueError):
+        gradient_check.check_backward(lambda x: x * 2.0, f64(3), None)
+
+
+def test_gradient_check_with_dtype_option():
+    # float32 data checked in float64, as Chainer's dtype= argument does
+    gradient_check.check_backward(F.tanh, f32(3, 2), f32(3, 2, seed=1), dtype=np.float64)
+
+
+def test_concat_default_axis_is_1():
+    a, b = f64(2, 3), f64(2, 2, seed=1)
+    assert np.array_equal(F.concat((a, b)).data, np.concatenate((a, b), axis=1))
+
+
+def test_log_softmax_axis_values():
+    a = f64(2, 3, 4)
+    for axis in (0, 1, 2, -1):
+        y = F.log_softmax(a, axis=axis).data
+        e = np.exp(a - a.max(axis=axis, keepdims=True))
+        expected = np.log(e / e.sum(axis=axis, keepdims=True))
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(F.softmax(a, axis=axis).data, np.exp(expected), rtol=1e-12)
+
+
+def test_max_min_values_and_ties():
+    a = np.array([[1.0, 3.0, 3.0], [0.0, -1.0, 2.0]])
+    assert float(F.max(a).data) == 3.0 and float(F.min(a).data) == -1.0
+    np.testing.assert_array_equal(F.max(a, axis=1).data, [3.0, 2.0])
+    np.testing.assert_array_equal(F.min(a, axis=0).data, [0.0, -1.0, 2.0])
+    assert F.max(a, axis=1, keepdims=True).shape == (2, 1)
+    assert F.max(a).shape == ()
+    # with ties every maximal element gets the gradient, as in Chainer
+    x = Variable(np.array([1.0, 3.0, 3.0]))
+    F.max(x).backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 1.0])
+
+
+def test_sum_and_mean_values():
+    a = f64(2, 3, 4)
+    assert np.allclose(F.sum(a, axis=(0, 2)).data, a.sum(axis=(0, 2)))
+    assert F.sum(a, axis=1, keepdims=True).shape == (2, 1, 4)
+    assert np.allclose(F.mean(a, axis=-1).data, a.mean(axis=-1))
+    assert np.allclose(F.mean(a).data, a.mean())
+    with pytest.raises(ValueError, match='sum'):
+        F.sum(a, axis=3)
+
+
+def test_shape_functions_values():
+    a = f64(1, 3, 1, 2)
+    assert F.squeeze(a).shape == (3, 2)
+    assert F.squeeze(a, axis=(0, 2)).shape == (3, 2)
+    with pytest.raises(ValueError, match='squeeze'):
+        F.squeeze(a, axis=1)
+    assert F.expand_dims(f64(2, 3), 0).shape == (1, 2, 3)
+    assert F.expand_dims(f64(2, 3), 2).shape == (2, 3, 1)
+    assert F.flatten(a).shape == (6,)
+    assert F.stack([f64(2, 3), f64(2, 3)], axis=2).shape == (2, 3, 2)
+    assert F.broadcast_to(f64(3), (2, 3)).shape == (2, 3)
+    x = Variable(f64(2, 3))
+    assert F.reshape(x, (2, 3)) is x           # no-op reshape adds no node
+
+
+def _dropout_mask(shape, ratio, seed):
+    np.random.seed(seed)
+    scale = np.float64(1.0 / (1.0 - ratio))
+    return (np.random.rand(*shape) >= ratio) * scale
+
+
+def test_dropout_forward_with_fixed_mask():
+    x = f32(20, 30)
+    for ratio in (0.5, 0.2):
+        mask = _dropout_mask(x.shape, ratio, seed=7).astype(np.float32)
+        np.random.seed(7)
+        y = F.dropout(Variable(x), ratio=ratio)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y.data, x * mask, rtol=1e-6)
+        assert 0 < (y.data == 0).mean() < 1
+    with chainer.using_config('train', False):
+        v = Variable(x)
+        y = F.dropout(v)
+        assert np.array_equal(y.data, x)
+    assert np.array_equal(F.dropout(x, ratio=0.0).data, x)
+    with pytest.raises(ValueError, match='dropout'):
+        F.dropout(x, ratio=1.0)
+
+
+def test_dropout_gradient():
+    x = f64(4, 5)
+
+    def seeded(v):
+        np.random.seed(3)         # the same mask on every call
+        return F.dropout(v, ratio=0.4)
+
+    check(seeded, x)
+    v = Variable(x)
+    F.sum(seeded(v)).backward()
+    np.testing.assert_allclose(v.grad, _dropout_mask(x.shape, 0.4, 3))
+
+
+# ----- softmax cross entropy ------------------------------------------------------
+
+def _sce_reference(x, t, ignore_label=-1, normalize=True, class_weight=None):
+    """-log softmax(x)[t] per element, written out in NumPy."""
+    x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    t = t.reshape(-1)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    logp = np.log(e / e.sum(axis=1, keepdims=True))
+    loss = np.zeros(len(t))
+    valid = t != ignore_label
+    for i in np.nonzero(valid)[0]:
+        w = 1.0 if class_weight is None else class_weight[t[i]]
+        loss[i] = -logp[i, t[i]] * w
+    return loss, valid
+
+
+SCE_CASES = {
+    'basic': dict(),
+    'ignore_label': dict(ignore=True),
+    'ignore_label_other': dict(ignore=True, ignore_label=2, kwargs=dict(ignore_label=2)),
+    'normalize_false': dict(ignore=True, kwargs=dict(normalize=False)),
+    'reduce_no': dict(ignore=True, kwargs=dict(reduce='no')),
+    'class_weight': dict(ignore=True, kwargs=dict(class_weight=np.array([0.5, 2.0, 1.0, 3.0]))),
+    'nd': dict(shape=(3, 4, 5)),
+    'nd_ignore_reduce_no': dict(shape=(2, 4, 3), ignore=True, kwargs=dict(reduce='no')),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SCE_CASES))
+def test_softmax_cross_entropy_gradient_and_value(name):
+    case = SCE_CASES[name]
+    shape = case.get('shape', (5, 4))
+    kwargs = case.get('kwargs', {})
+    ignore_label = case.get('ignore_label', -1)
+    x = f64(*shape, low=-2, high=2)
+    t_shape = shape[:1] + shape[2:]
+    t = rng(3).randint(0, 4, t_shape).astype(np.int32)
+    if ignore_label != -1:
+        t[t == ignore_label] = 0
+    if case.get('ignore'):
+        t.flat[[0, 3]] = ignore_label
+    check(lambda x, t: F.softmax_cross_entropy(x, t, **kwargs), x, t)
+
+    loss, valid = _sce_reference(np.moveaxis(x, 0, 0), t, ignore_label,
+                                 class_weight=kwargs.get('class_weight'))
+    y = F.softmax_cross_entropy(x, t, **kwargs).data
+    if kwargs.get('reduce') == 'no':
+        assert y.shape == t.shape
+        # the reference flattened (N, rest); put it back
+        expected = loss.reshape(np.moveaxis(np.empty(t_shape), 0, 0).shape)
+        np.testing.assert_allclose(y, expected, rtol=1e-12)
+    elif kwargs.get('normalize', True):
+        assert y.shape == ()
+        np.testing.assert_allclose(y, loss.sum() / valid.sum(), rtol=1e-12)
+    else:
+        np.testing.assert_allclose(y, loss.sum() / shape[0], rtol=1e-12)
+
+
+def test_softmax_cross_entropy_hand_formula():
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, -1.0]], np.float32)
+    t = np.array([2, 0], np.int32)
+    loss = F.softmax_cross_entropy(x, t)
+    hand = -(np.log(np.exp(3) / np.exp([1, 2, 3]).sum()) +
+             np.log(np.exp(0.5) / np.exp([0.5, 0.5, -1.0]).sum())) / 2
+    assert loss.dtype == np.float32 and loss.shape == ()
+    np.testing.assert_allclose(float(loss.data), hand, rtol=1e-6)
+    # all rows ignored: 0, and no NaN
+    all_ignored = F.softmax_cross_entropy(x, np.array([-1, -1], np.int32))
+    assert float(all_ignored.data) == 0.0
+    # extreme scores stay finite
+    big = F.softmax_cross_entropy(np.array([[1000.0, 0.0]], np.float32), np.array([1], np.int32))
+    np.testing.assert_allclose(float(big.data), 1000.0, rtol=1e-6)
+
+
+def test_softmax_cross_entropy_matches_chainer_outputs():
+    # The numbers Chainer 7.8.1 printed for this input (/work/chainer-ref FACTS, f_sce)
+    x = np.array([[1., 2., 3.], [1., 0., -1.], [0.5, 0.5, 0.5], [2., -1., 0.]], np.float32)
+    t = np.array([2, -1, 0, -1], np.int32)
+    close = dict(rtol=2e-7, atol=1e-7)
+    np.testing.assert_allclose(F.softmax_cross_entropy(x, t).data, 0.7531092, **close)
+    np.testing.assert_allclose(F.softmax_cross_entropy(x, t, normalize=False).data,
+                               0.3765546, **close)
+    np.testing.assert_allclose(F.softmax_cross_entropy(x, t, reduce='no').data,
+                               [0.40760612, 0., 1.0986123, 0.], **close)
+    np.testing.assert_allclose(
+        F.softmax_cross_entropy(x, np.array([2, 1, 0, 0], np.int32), ignore_label=0).data,
+        0.90760607, **close)
+    np.testing.assert_allclose(
+        F.softmax_cross_entropy(x, np.array([2, 1, 0, 1], np.int32),
+                                class_weight=np.array([1, 2, 3], np.float32)).data,
+        2.869084, **close)
+    v = Variable(x.copy())
+    F.softmax_cross_entropy(v, t).backward()
+    np.testing.assert_allclose(v.grad, [[0.045015279, 0.122364208, -0.167379558],
+                                        [0.0, 0.0, 0.0],
+                                        [-0.333333313, 0.166666672, 0.166666672],
+                                        [0.0, 0.0, 0.0]], **close)
+    v = Variable(x.copy())
+    F.softmax_cross_entropy(v, np.full(4, -1, np.int32)).backward()
+    assert not v.grad.any()
+
+
+def test_softmax_cross_entropy_nd_matches_transposed_2d():
+    x = f64(2, 3, 4)
+    t = rng(2).randint(0, 3, (2, 4)).astype(np.int32)
+    flat_x = np.moveaxis(x, 1, -1).reshape(-1, 3)
+    np.testing.assert_allclose(F.softmax_cross_entropy(x, t).data,
+                               F.softmax_cross_entropy(flat_x, t.ravel()).data, rtol=1e-12)
+
+
+# =============================================================================
+# 8. Function values against NumPy formulas
+# =============================================================================
+
+def test_softmax_rows_sum_to_one():
+    x = f32(5, 7, low=-10, high=10)
+    y = F.softmax(x).data
+    np.testing.assert_allclose(y.sum(axis=1), np.ones(5), rtol=1e-6)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5)
+    big = F.softmax(np.array([[1000.0, 0.0, -1000.0]], np.float32)).data
+    assert np.all(np.isfinite(big)) and np.allclose(big, [[1, 0, 0]])
+
+
+def test_log_softmax_is_stable():
+    with np.errstate(over='raise', invalid='raise', divide='raise'):
+        y = F.log_softmax(np.array([[1000.0, 0.0]], np.float32)).data
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, [[0.0, -1000.0]])
+
+
+def test_sigmoid_is_stable():
+    with np.errstate(over='raise', invalid='raise', divide='raise'):
+        y = F.sigmoid(np.array([-1000.0, 0.0, 1000.0], np.float32)).data
+    np.testing.assert_allclose(y, [0.0, 0.5, 1.0])
+    x = f64(10, low=-5, high=5)
+    np.testing.assert_allclose(F.sigmoid(x).data, 1 / (1 + np.exp(-x)), rtol=1e-12)
+    np.testing.assert_allclose(F.tanh(x).data, np.tanh(x), rtol=1e-12)
+    np.testing.assert_allclose(F.relu(x).data, np.maximum(x, 0))
+    np.testing.assert_allclose(F.leaky_relu(x, 0.1).data, np.where(x >= 0, x, 0.1 * x))
+    np.testing.assert_allclose(F.exp(x).data, np.exp(x))
+
+
+def test_mean_squared_error_value():
+    a, b = f32(3, 4), f32(3, 4, seed=1)
+    y = F.mean_squared_error(a, b)
+    assert y.dtype == np.float32 and y.shape == ()
+    np.testing.assert_allclose(float(y.data), ((a - b) ** 2).mean(), rtol=1e-6)
+
+
+def test_linear_value():
+    x, W, b = f32(4, 3), f32(2, 3, seed=1), f32(2, seed=2)
+    np.testing.assert_allclose(F.linear(x, W, b).data, x @ W.T + b, rtol=1e-6)
+    np.testing.assert_allclose(F.linear(x, W).data, x @ W.T, rtol=1e-6)
+    x3 = f32(4, 3, 2)
+    W6 = f32(5, 6, seed=1)
+    np.testing.assert_allclose(F.linear(x3, W6).data, x3.reshape(4, 6) @ W6.T, rtol=1e-6)
+
+
+def test_accuracy():
+    y = np.array([[0.1, 0.9, 0.0],
+                  [0.8, 0.1, 0.1],
+                  [0.2, 0.3, 0.5],
+                  [0.3, 0.4, 0.3]], np.float32)
+    t = np.array([1, 0, 0, 2], np.int32)
+    acc = F.accuracy(y, t)
+    assert isinstance(acc, Variable)
+    assert acc.dtype == np.float32 and acc.shape == ()
+    assert float(acc.data) == 0.5
+    acc = F.accuracy(y, np.array([1, -1, 0, -1], np.int32), ignore_label=-1)
+    assert float(acc.data) == 0.5         # one of the two counted rows is right
+    assert float(F.accuracy(y, np.full(4, -1, np.int32), ignore_label=-1).data) == 0.0
+    # Chainer 7.8.1's own example: the denominator counts non-ignored rows only
+    y2 = np.array([[.1, .9], [.8, .2], [.3, .7], [.6, .4]], np.float32)
+    assert float(F.accuracy(y2, np.array([1, 1, 1, 0], np.int32)).data) == 0.75
+    t2 = np.array([1, 1, 1, -1], np.int32)
+    assert float(F.accuracy(y2, t2).data) == 0.5
+    assert F.accuracy(y2, t2, ignore_label=-1).data == np.float32(2 / 3)
+    acc64 = F.accuracy(y.astype(np.float64), t)
+    assert acc64.dtype == np.float64
+    y3 = np.zeros((2, 3, 2), np.float32)
+    y3[0, 1, 0] = y3[0, 2, 1] = y3[1, 0, 0] = y3[1, 0, 1] = 1
+    t3 = np.array([[1, 2], [0, 1]], np.int32)
+    assert float(F.accuracy(y3, t3).data) == 0.75
+    with pytest.raises(TypeError, match='accuracy'):
+        F.accuracy(y, t.astype(np.float32))
+
+
+# =============================================================================
+# 9. Bad input -> clear errors
+# =============================================================================
+
+def test_linear_wrong_input_size_message():
+    layer = L.Linear(100, 10)
+    with pytest.raises(ValueError) as info:
+        layer(np.zeros((2, 784), np.float32))
+    assert 'linear: x.shape[1] (784) != W.shape[1] (100)' in str(info.value)
+
+
+def test_linear_wrong_dtype_message():
+    layer = L.Linear(3, 2)
+    with pytest.raises(TypeError) as info:
+        layer(np.zeros((2, 3), np.float64))
+    message = str(info.value)
+    assert 'linear' in message and 'float64' in message and 'float32' in message
+
+
+def test_softmax_cross_entropy_float_labels():
+    with pytest.raises(TypeError) as info:
+        F.softmax_cross_entropy(f32(2, 3), np.array([0.0, 1.0], np.float32))
+    message = str(info.value)
+    assert 'softmax_cross_entropy' in message and 'float32' in message
+
+
+def test_softmax_cross_entropy_out_of_range_label():
+    with pytest.raises(ValueError) as info:
+        F.softmax_cross_entropy(f32(3, 4), np.array([0, 17, 2], np.int32))
+    message = str(info.value)
+    assert 'softmax_cross_entropy' in message and '17' in message and '4' in message
+    with pytest.raises(ValueError) as info:
+        F.softmax_cross_entropy(f32(3, 4), np.array([0, -5, 2], np.int32))
+    assert '-5' in str(info.value)
+
+
+def test_softmax_cross_entropy_shape_mismatch():
+    with pytest.raises(ValueError) as info:
+        F.softmax_cross_entropy(f32(3, 4), np.array([0, 1], np.int32))
+    message = str(info.value)
+    assert 'softmax_cross_entropy' in message and '(3, 4)' in message and '(2,)' in message
+    with pytest.raises(ValueError, match="reduce"):
+        F.softmax_cross_entropy(f32(3, 4), np.array([0, 1, 2], np.int32), reduce='sum')
+
+
+def test_add_broadcast_failure_message():
+    with pytest.raises(ValueError) as info:
+        Variable(f32(2, 3)) + Variable(f32(4))
+    message = str(info.value)
+    assert message.startswith('add') and '(2, 3)' in message and '(4,)' in message
+    with pytest.raises(ValueError) as info:
+        F.mul(f32(2, 3), f32(3, 2))
+    assert str(info.value).startswith('mul')
+
+
+def test_binary_op_dtype_mismatch_message():
+    with pytest.raises(TypeError) as info:
+        Variable(f32(2)) + Variable(f64(2))
+    message = str(info.value)
+    assert 'add' in message and 'float32' in message and 'float64' in message
+
+
+def test_matmul_shape_mismatch_message():
+    with pytest.raises(ValueError) as info:
+        F.matmul(f32(2, 3), f32(4, 5))
+    message = str(info.value)
+    assert 'matmul' in message and '(2, 3)' in message and '(4, 5)' in message
+    with pytest.raises(ValueError, match='matmul'):
+        F.matmul(f32(3), f32(3, 2))
+
+
+def test_reshape_impossible_message():
+    with pytest.raises(ValueError) as info:
+        F.reshape(f32(2, 3), (4, 2))
+    message = str(info.value)
+    assert 'reshape' in message and '(2, 3)' in message and '(4, 2)' in message
+
+
+def test_other_shape_errors_name_the_function():
+    with pytest.raises(ValueError, match='concat'):
+        F.concat((f32(2, 3), f32(3, 3)), axis=1)
+    with pytest.raises(ValueError, match='stack'):
+        F.stack((f32(2, 3), f32(3, 3)))
+    with pytest.raises(ValueError, match='broadcast_to'):
+        F.broadcast_to(f32(2, 3), (4, 3))
+    with pytest.raises(ValueError, match='transpose'):
+        F.transpose(f32(2, 3), (0, 0))
+    with pytest.raises(ValueError, match='mean_squared_error'):
+        F.mean_squared_error(f32(2, 3), f32(3, 2))
+    with pytest.raises(IndexError, match='get_item'):
+        F.get_item(f32(2, 3), 5)
+
+
+@pytest.mark.parametrize('bad', [[1.0, 2.0], 3.0, 'abc'])
+def test_non_array_input_to_function(bad):
+    with pytest.raises(TypeError) as info:
+        F.relu(bad)
+    assert 'relu' in str(info.value)
+    with pytest.raises(TypeError):
+        MulAdd()(np.ones(2), bad)
+
+
+# =============================================================================
+# 10. Links
+# =============================================================================
+
+class MLP(Chain):
+    def __init__(self, n_in=3, n_hidden=5, n_out=4):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(n_in, n_hidden)
+            self.l2 = L.Linear(n_hidden, n_hidden)
+            self.l3 = L.Linear(n_hidden, n_out)
+
+    def forward(self, x):
+        return self.l3(F.relu(self.l2(F.relu(self.l1(x)))))
+
+
+class OldStyleMLP(Chain):
+    def __init__(self):
+        super().__init__(l1=L.Linear(3, 5), l2=L.Linear(5, 2))
+
+    def forward(self, x):
+        return self.l2(F.relu(self.l1(x)))
+
+
+def test_chain_registration_init_scope():
+    model = MLP()
+    names = [name for name, _ in model.namedparams()]
+    assert names == ['/l1/W', '/l1/b', '/l2/W', '/l2/b', '/l3/W', '/l3/b']
+    assert [p for p in model.params()] == [p for _, p in model.namedparams()]
+    assert model.l1.W.name == 'W' and model.l1.name == 'l1'
+    assert model['l2'] is model.l2
+    assert [name for name, _ in model.namedlinks()] == ['/', '/l1', '/l2', '/l3']
+    assert [name for name, _ in model.namedlinks(skipself=True)] == ['/l1', '/l2', '/l3']
+    assert list(model.links()) == [model, model.l1, model.l2, model.l3]
+    assert list(model.children()) == [model.l1, model.l2, model.l3]
+    assert model.count_params() == 3 * 5 + 5 + 5 * 5 + 5 + 5 * 4 + 4
+    assert model(f32(2, 3)).shape == (2, 4)
+    # outside init_scope nothing is registered
+    model.extra = L.Linear(2, 2)
+    assert 'extra' not in [n for n, _ in model.namedlinks()]
+
+
+def test_chain_order_is_lexical_as_in_chainer():
+    class Net(Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.fc = L.Linear(2, 2)
+                self.conv = L.Linear(2, 2)
+    net = Net()
+    assert [name for name, _ in net.namedparams()] == ['/conv/W', '/conv/b', '/fc/W', '/fc/b']
+    assert list(net.children()) == [net.conv, net.fc]
+
+
+def test_chain_registration_old_style_and_nested():
+    model = OldStyleMLP()
+    assert [n for n, _ in model.namedparams()] == ['/l1/W', '/l1/b', '/l2/W', '/l2/b']
+    assert model.l1.name == 'l1'
+    outer = Chain(inner=model, head=L.Linear(2, 1))
+    assert [n for n, _ in outer.namedparams()] == [
+        '/head/W', '/head/b', '/inner/l1/W', '/inner/l1/b', '/inner/l2/W', '/inner/l2/b']
+    assert [n for n, _ in outer.namedlinks()] == ['/', '/head', '/inner', '/inner/l1', '/inner/l2']
+    with pytest.raises(AttributeError):
+        outer.add_link('head', L.Linear(1, 1))
+
+
+def test_chainlist():
+    cl = ChainList(L.Linear(3, 4), L.Linear(4, 2))
+    cl.append(L.Linear(2, 2, nobias=True))
+    assert len(cl) == 3 and cl[1].name == '1'
+    assert [n for n, _ in cl.namedparams()] == ['/0/W', '/0/b', '/1/W', '/1/b', '/2/W']
+    assert [n for n, _ in cl.namedlinks()] == ['/', '/0', '/1', '/2']
+    assert list(cl.children()) == list(cl) == [cl[0], cl[1], cl[2]]
+    h = np.ones((1, 3), np.float32)
+    for link in cl:
+        h = link(h)
+    assert h.shape == (1, 2)
+    with pytest.raises(TypeError):
+        with cl.init_scope():
+            cl.x = L.Linear(1, 1)
+
+
+def test_link_device_methods():
+    model = MLP()
+    assert model.to_cpu() is model
+    assert model.to_device('@numpy') is model and model.to_device(-1) is model
+    assert str(model.device) == '@numpy' and model.xp is np
+    assert isinstance(model.l1.W.data, np.ndarray)
+    if not cuda.available:
+        with pytest.raises(RuntimeError, match='CuPy'):
+            model.to_gpu()
+
+
+def test_cleargrads_zerograds():
+    model = MLP()
+    F.sum(model(f32(2, 3))).backward()
+    assert all(p.grad is not None for p in model.params())
+    model.cleargrads()
+    assert all(p.grad is None for p in model.params())
+    model.zerograds()
+    assert all(p.grad is not None and not p.grad.any() and p.grad.shape == p.shape
+               for p in model.params())
+
+
+def test_add_param_and_add_link():
+    link = Link()
+    link.add_param('w', (2, 3))
+    assert link.w.shape == (2, 3) and link.w.dtype == np.float32
+    assert np.isnan(link.w.data).all()                     # NaN until initialized
+    link.add_param('u', (2,), initializer=initializers.One())
+    assert np.array_equal(link.u.data, np.ones(2, np.float32))
+    link.add_param('lazy')
+    assert link.lazy.data is None
+    assert [n for n, _ in link.namedparams()] == ['/lazy', '/u', '/w']
+    assert [n for n, _ in link.namedparams(include_uninit=False)] == ['/u', '/w']
+    with pytest.raises(AttributeError):
+        link.add_param('w', (1,))
+    chain = Chain()
+    chain.add_link('sub', link)
+    assert [n for n, _ in chain.namedparams()] == ['/sub/lazy', '/sub/u', '/sub/w']
+    del chain.sub
+    assert list(chain.namedparams()) == []
+    old = Link(W=(3, 2))
+    assert old.W.shape == (3, 2)
+
+
+def test_copyparams():
+    a, b = MLP(), MLP()
+    assert not np.array_equal(a.l1.W.data, b.l1.W.data)
+    b.copyparams(a)
+    for (na, pa), (nb, pb) in zip(a.namedparams(), b.namedparams()):
+        assert na == nb and pa is not pb and pa.data is not pb.data
+        assert np.array_equal(pa.data, pb.data)
+    lazy = Chain(l1=L.Linear(None, 5), l2=L.Linear(None, 5), l3=L.Linear(None, 4))
+    lazy.copyparams(a)
+    assert np.array_equal(lazy.l2.W.data, a.l2.W.data)
+
+
+def test_linear_lazy_initialization():
+    for layer in (L.Linear(None, 4), L.Linear(4)):
+        assert layer.W.data is None and layer.b.shape == (4,)
+        assert list(layer.params(include_uninit=False)) == [layer.b]
+        y = layer(f32(2, 3, 2))                  # in_size = 6, learned from the input
+        assert layer.W.shape == (4, 6) and layer.W.dtype == np.float32
+        assert y.shape == (2, 4) and y.dtype == np.float32
+
+
+def test_linear_default_initialization_statistics():
+    np.random.seed(0)
+    layer = L.Linear(1000, 400)
+    W = layer.W.data
+    assert W.dtype == np.float32 and layer.b.dtype == np.float32
+    assert abs(W.mean()) < 0.002
+    assert abs(W.std() - 1 / np.sqrt(1000)) < 0.02 / np.sqrt(1000)
+    assert not layer.b.data.any()
+    np.random.seed(1)
+    lazy = L.Linear(400)
+    lazy(np.zeros((1, 1000), np.float32))
+    assert abs(lazy.W.data.std() - 1 / np.sqrt(1000)) < 0.02 / np.sqrt(1000)
+
+
+def test_linear_nobias_and_initializers():
+    layer = L.Linear(3, 2, nobias=True)
+    assert layer.b is None
+    assert [n for n, _ in layer.namedparams()] == ['/W']
+    x = f32(4, 3)
+    np.testing.assert_allclose(layer(x).data, x @ layer.W.data.T, rtol=1e-6)
+    layer = L.Linear(3, 2, initialW=initializers.Constant(0.5), initial_bias=2.0)
+    assert np.array_equal(layer.W.data, np.full((2, 3), 0.5, np.float32))
+    assert np.array_equal(layer.b.data, np.full(2, 2.0, np.float32))
+    layer = L.Linear(3, 2, initialW=0.25)
+    assert np.array_equal(layer.W.data, np.full((2, 3), 0.25, np.float32))
+    W = np.arange(6, dtype=np.float64).reshape(2, 3)
+    layer = L.Linear(3, 2, initialW=W, initial_bias=np.array([1.0, 2.0]))
+    assert layer.W.dtype == np.float32 and np.array_equal(layer.W.data, W)
+    assert np.array_equal(layer.b.data, [1.0, 2.0])
+    with pytest.raises(ValueError, match='shape'):
+        L.Linear(2, 3, initialW=W)
+    layer = L.Linear(None, 2, initialW=initializers.One())
+    layer(f32(1, 5))
+    assert np.array_equal(layer.W.data, np.ones((2, 5), np.float32))
+
+
+def test_classifier_reports_loss_and_accuracy():
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    x = f32(6, 3)
+    t = np.array([0, 1, 2, 3, 0, 1], np.int32)
+    rep = reporter.Reporter()
+    rep.add_observer('main', model)
+    observation = {}
+    with rep.scope(observation):
+        loss = model(x, t)
+    assert set(observation) == {'main/loss', 'main/accuracy'}
+    assert float(observation['main/loss'].data) == float(loss.data)
+    y = model.predictor(x).data
+    np.testing.assert_allclose(float(loss.data),
+                               float(F.softmax_cross_entropy(y, t).data), rtol=1e-6)
+    assert float(observation['main/accuracy'].data) == float(F.accuracy(y, t).data)
+    assert model.y is not None and model.loss is loss and model.accuracy is not None
+    assert loss.creator is not None                     # the returned loss keeps its graph
+    assert observation['main/loss'].creator is None     # the reported one does not
+    assert [n for n, _ in model.namedparams()][0] == '/predictor/l1/W'
+
+    model.compute_accuracy = False
+    observation = {}
+    with rep.scope(observation):
+        model(x, t)
+    assert set(observation) == {'main/loss'}
+    # outside any reporter the classifier still works
+    assert model(x, t).shape == ()
+
+
+def test_classifier_custom_lossfun_and_label_key():
+    predictor = L.Linear(3, 3)
+    model = L.Classifier(predictor, lossfun=F.mean_squared_error,
+                         accfun=lambda y, t: F.mean_squared_error(y, t))
+    x, t = f32(2, 3), f32(2, 3, seed=1)
+    loss = model(x, t)
+    np.testing.assert_allclose(loss.data, ((predictor(x).data - t) ** 2).mean(), rtol=1e-6)
+    model = L.Classifier(L.Linear(3, 2), label_key=0)
+    t = np.array([0, 1], np.int32)
+    assert model(t, f32(2, 3)).shape == ()
+
+
+# =============================================================================
+# 11. Initializers
+# =============================================================================
+
+INIT_SHAPE = (400, 500)        # fan_in 500, fan_out 400
+
+
+@pytest.mark.parametrize('init,mean,std,bound', [
+    (initializers.Normal(), 0.0, 0.05, None),
+    (initializers.Normal(scale=0.2), 0.0, 0.2, None),
+    (initializers.Uniform(), 0.0, 0.05 / np.sqrt(3), 0.05),
+    (initializers.Uniform(scale=0.3), 0.0, 0.3 / np.sqrt(3), 0.3),
+    (initializers.LeCunNormal(), 0.0, np.sqrt(1 / 500), None),
+    (initializers.LeCunNormal(scale=2.0), 0.0, 2 * np.sqrt(1 / 500), None),
+    (initializers.HeNormal(), 0.0, np.sqrt(2 / 500), None),
+    (initializers.HeNormal(fan_option='fan_out'), 0.0, np.sqrt(2 / 400), None),
+    (initializers.GlorotNormal(), 0.0, np.sqrt(2 / 900), None),
+    (initializers.GlorotUniform(), 0.0, np.sqrt(6 / 900) / np.sqrt(3), np.sqrt(6 / 900)),
+], ids=['Normal', 'Normal0.2', 'Uniform', 'Uniform0.3', 'LeCunNormal', 'LeCunNormal2',
+        'HeNormal', 'HeNormal_fan_out', 'GlorotNormal', 'GlorotUniform'])
+def test_random_initializer_statistics(init, mean, std, bound):
+    np.random.seed(0)
+    a = initializers.generate_array(init, INIT_SHAPE, np)
+    assert a.dtype == np.float32 and a.shape == INIT_SHAPE
+    assert abs(a.mean() - mean) < 0.01 * std + 1e-4
+    assert abs(a.std() - std) < 0.01 * std
+    if bound is not None:
+        assert a.min() >= -bound and a.max() <= bound
+        assert a.min() < -0.99 * bound and a.max() > 0.99 * bound
+    # reproducible through numpy.random.seed
+    np.random.seed(0)
+    assert np.array_equal(a, initializers.generate_array(init, INIT_SHAPE, np))
+
+
+def test_fans_with_receptive_field():
+    assert initializers.get_fans((8, 3, 5, 5)) == (75, 200)
+    with pytest.raises(ValueError):
+        initializers.get_fans((3,))
+    np.random.seed(0)
+    a = initializers.generate_array(initializers.LeCunNormal(), (64, 8, 5, 5), np)
+    assert abs(a.std() - np.sqrt(1 / 200)) < 0.03 * np.sqrt(1 / 200)
+
+
+def test_constant_initializers():
+    shape = (3, 4)
+    assert np.array_equal(initializers.generate_array(initializers.Zero(), shape, np),
+                          np.zeros(shape))
+    assert np.array_equal(initializers.generate_array(initializers.One(), shape, np),
+                          np.ones(shape))
+    assert np.isnan(initializers.generate_array(initializers.NaN(), shape, np)).all()
+    assert np.array_equal(initializers.generate_array(initializers.Constant(2.5), shape, np),
+                          np.full(shape, 2.5))
+    values = np.arange(12.0).reshape(shape)
+    a = initializers.generate_array(initializers.Constant(values), shape, np)
+    assert a.dtype == np.float32 and np.array_equal(a, values)
+    with pytest.raises(ValueError):
+        initializers.generate_array(initializers.Constant(np.ones(5)), shape, np)
+    # dtype: float32 by default, the initializer's own, or the one asked for
+    for init in (initializers.Zero(), initializers.Normal(), initializers.HeNormal()):
+        assert initializers.generate_array(init, shape, np).dtype == np.float32
+    assert initializers.generate_array(initializers.Zero(np.float64), shape, np).dtype == np.float64
+    assert initializers.generate_array(initializers.Normal(), shape, np,
+                                       dtype=np.float16).dtype == np.float16
+    # an initializer fills the array given to it, in place
+    a = np.empty(shape, np.float64)
+    initializers.One()(a)
+    assert (a == 1).all()
+
+
+def test_parameter():
+    p = chainer.Parameter(initializers.Constant(3.0), (2, 2))
+    assert p.dtype == np.float32 and (p.data == 3).all() and p.grad is None
+    p = chainer.Parameter(np.ones(3))
+    assert p.is_initialized and p.dtype == np.float64
+    p = chainer.Parameter()
+    assert not p.is_initialized
+    p.initialize((2,))
+    assert np.isnan(p.data).all()
+    p = chainer.Parameter(0.5, 3)
+    assert np.array_equal(p.data, np.full(3, 0.5, np.float32))
+    assert repr(chainer.Parameter(np.ones(2, np.float32))) == 'variable([1., 1.])'
+    assert repr(L.Linear(None, 2).W) == 'variable W(None)'
+    assert repr(L.Linear(2, 2, initialW=1.0).W) == 'variable W([[1., 1.],\n            [1., 1.]])'
+
+
+# =============================================================================
+# 12. Optimizers
+# =============================================================================
+
+P0 = np.array([1.0, -2.0, 0.5, 3.0])
+GRADS = [np.array([0.1, -0.2, 0.3, 0.0]),
+         np.array([0.5, 0.1, -0.4, 1.0]),
+         np.array([-0.3, 0.2, 0.1, -2.0])]
+
+
+class OneParam(Link):
+    def __init__(self, value=P0):
+        super().__init__()
+        with self.init_scope():
+            self.p = chainer.Parameter(np.array(value, dtype=np.float64))
+
+
+def run_steps(optimizer, grads=GRADS):
+    link = OneParam()
+    assert optimizer.setup(link) is optimizer
+    history = []
+    for g in grads:
+        link.p.grad = g.copy()
+        optimizer.update()
+        history.append(link.p.data.copy())
+    return history
+
+
+def hand_sgd(lr=0.01):
+    p = P0.copy()
+    for g in GRADS:
+        p = p - lr * g
+        yield p
+
+
+def hand_momentum(lr=0.01, momentum=0.9):
+    p, v = P0.copy(), np.zeros(4)
+    for g in GRADS:
+        v = momentum * v - lr * g
+        p = p + v
+        yield p
+
+
+def hand_adagrad(lr=0.001, eps=1e-8):
+    p, h = P0.copy(), np.zeros(4)
+    for g in GRADS:
+        h = h + g * g
+        p = p - lr * g / (np.sqrt(h) + eps)
+        yield p
+
+
+def hand_adadelta(rho=0.95, eps=1e-6):
+    p, msg, msdx = P0.copy(), np.zeros(4), np.zeros(4)
+    for g in GRADS:
+        msg = rho * msg + (1 - rho) * g * g
+        dx = np.sqrt((msdx + eps) / (msg + eps)) * g
+        msdx = rho * msdx + (1 - rho) * dx * dx
+        p = p - dx
+        yield p
+
+
+def hand_rmsprop(lr=0.01, alpha=0.99, eps=1e-8, eps_inside_sqrt=False):
+    p, ms = P0.copy(), np.zeros(4)
+    for g in GRADS:
+        ms = alpha * ms + (1 - alpha) * g * g
+        denom = np.sqrt(ms + eps) if eps_inside_sqrt else np.sqrt(ms) + eps
+        p = p - lr * g / denom
+        yield p
+
+
+def hand_adam(alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
+              weight_decay_rate=0.0, amsgrad=False):
+    p, m, v, vhat = P0.copy(), np.zeros(4), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(GRADS, start=1):
+        m = m + (1 - beta1) * (g - m)
+        v = v + (1 - beta2) * (g * g - v)
+        vhat = np.maximum(vhat, v)
+        lr_t = alpha * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        p = p - eta * (lr_t * m / (np.sqrt(vhat if amsgrad else v) + eps)
+                       + weight_decay_rate * p)
+        yield p
+
+
+OPTIMIZER_CASES = {
+    'SGD': (lambda: optimizers.SGD(), hand_sgd()),
+    'SGD_lr': (lambda: optimizers.SGD(lr=0.5), hand_sgd(lr=0.5)),
+    'MomentumSGD': (lambda: optimizers.MomentumSGD(), hand_momentum()),
+    'MomentumSGD_args': (lambda: optimizers.MomentumSGD(lr=0.1, momentum=0.5),
+                         hand_momentum(lr=0.1, momentum=0.5)),
+    'AdaGrad': (lambda: optimizers.AdaGrad(), hand_adagrad()),
+    'AdaGrad_args': (lambda: optimizers.AdaGrad(lr=0.1, eps=1e-3), hand_adagrad(0.1, 1e-3)),
+    'AdaDelta': (lambda: optimizers.AdaDelta(), hand_adadelta()),
+    'AdaDelta_args': (lambda: optimizers.AdaDelta(rho=0.5, eps=1e-2), hand_adadelta(0.5, 1e-2)),
+    'RMSprop': (lambda: optimizers.RMSprop(), hand_rmsprop()),
+    'RMSprop_args': (lambda: optimizers.RMSprop(lr=0.1, alpha=0.5, eps=1e-3),
+                     hand_rmsprop(0.1, 0.5, 1e-3)),
+    'RMSprop_eps_inside': (lambda: optimizers.RMSprop(eps=1e-2, eps_inside_sqrt=True),
+                           hand_rmsprop(eps=1e-2, eps_inside_sqrt=True)),
+    'Adam': (lambda: optimizers.Adam(), hand_adam()),
+    'Adam_args': (lambda: optimizers.Adam(alpha=0.1, beta1=0.5, beta2=0.7, eps=1e-3),
+                  hand_adam(0.1, 0.5, 0.7, 1e-3)),
+    'Adam_amsgrad': (lambda: optimizers.Adam(alpha=0.1, beta2=0.5, amsgrad=True),
+                     hand_adam(alpha=0.1, beta2=0.5, amsgrad=True)),
+    'Adam_weight_decay_eta': (lambda: optimizers.Adam(alpha=0.1, weight_decay_rate=0.05, eta=0.5),
+                              hand_adam(alpha=0.1, weight_decay_rate=0.05, eta=0.5)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(OPTIMIZER_CASES))
+def test_optimizer_matches_hand_formula(name):
+    make, expected = OPTIMIZER_CASES[name]
+    got = run_steps(make())
+    for step, (actual, want) in enumerate(zip(got, expected), start=1):
+        np.testing.assert_allclose(actual, want, rtol=1e-12, atol=1e-15,
+                                   err_msg='{} step {}'.format(name, step))
+    assert len(got) == 3
+
+
+def test_amsgrad_differs_from_adam():
+    # v shrinks at step 3 for some elements; amsgrad keeps the larger one, so
+    # the 'Adam_amsgrad' case above really tests the max
+    assert not np.allclose(list(hand_adam(alpha=0.1, beta2=0.5, amsgrad=True))[-1],
+                           list(hand_adam(alpha=0.1, beta2=0.5))[-1])
+
+
+def test_optimizer_defaults():
+    assert optimizers.SGD().lr == 0.01
+    m = optimizers.MomentumSGD()
+    assert (m.lr, m.momentum) == (0.01, 0.9)
+    a = optimizers.AdaGrad()
+    assert (a.lr, a.eps) == (0.001, 1e-8)
+    d = optimizers.AdaDelta()
+    assert (d.rho, d.eps) == (0.95, 1e-6)
+    r = optimizers.RMSprop()
+    assert (r.lr, r.alpha, r.eps) == (0.01, 0.99, 1e-8)
+    adam = optimizers.Adam()
+    assert (adam.alpha, adam.beta1, adam.beta2, adam.eps, adam.eta,
+            adam.weight_decay_rate, adam.amsgrad) == (0.001, 0.9, 0.999, 1e-8, 1.0, 0, False)
+    assert adam.hyperparam.get_dict()['alpha'] == 0.001
+
+
+def test_adam_lr_property():
+    adam = optimizers.Adam(alpha=0.01).setup(OneParam())
+    with pytest.raises(RuntimeError):
+        adam.lr
+    adam.target.p.grad = np.ones(4)
+    adam.update()
+    assert adam.lr == pytest.approx(0.01 * math.sqrt(1 - 0.999) / (1 - 0.9))
+
+
+def test_optimizer_t_epoch_and_setup():
+    opt = optimizers.SGD()
+    with pytest.raises(RuntimeError, match='setup'):
+        opt.update()
+    with pytest.raises(TypeError):
+        opt.setup(object())
+    link = OneParam()
+    assert opt.setup(link) is opt and opt.target is link
+    assert opt.t == 0 and opt.epoch == 0
+    link.p.grad = np.ones(4)
+    opt.update()
+    opt.update()
+    assert opt.t == 2
+    opt.new_epoch()
+    assert opt.epoch == 1
+
+
+def test_optimizer_update_with_lossfun():
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.SGD(lr=0.1).setup(model)
+    x = f32(8, 3)
+    t = rng(1).randint(0, 4, 8).astype(np.int32)
+    before = {n: p.data.copy() for n, p in model.namedparams()}
+    # the same step by hand
+    reference = L.Classifier(MLP())
+    reference.copyparams(model)
+    reference_loss = reference(x, t)
+    reference.cleargrads()
+    reference_loss.backward()
+    expected = {n: p.data - 0.1 * p.grad for n, p in reference.namedparams()}
+    # stale gradients are cleared by update(lossfun, ...)
+    for p in model.params():
+        p.grad = np.full_like(p.data, 100.0)
+    opt.update(model, x, t)
+    for name, param in model.namedparams():
+        assert not np.array_equal(param.data, before[name])
+        np.testing.assert_allclose(param.data, expected[name], rtol=1e-6, atol=1e-7)
+    assert opt.t == 1
+    # loss goes down over a few steps
+    losses = [float(model(x, t).data)]
+    for _ in range(20):
+        opt.update(model, x, t)
+    losses.append(float(model(x, t).data))
+    assert losses[1] < losses[0]
+
+
+def test_optimizer_update_after_manual_backward():
+    link = OneParam([1.0, 2.0, 3.0, 4.0])
+    opt = optimizers.SGD(lr=0.5).setup(link)
+    loss = F.sum(link.p * link.p)       # grad = 2p
+    loss.backward()
+    opt.update()
+    np.testing.assert_allclose(link.p.data, [0.0, 0.0, 0.0, 0.0])
+
+
+def test_setting_lr_changes_step():
+    link = OneParam()
+    opt = optimizers.SGD(lr=0.1).setup(link)
+    link.p.grad = np.ones(4)
+    opt.update()
+    np.testing.assert_allclose(link.p.data, P0 - 0.1)
+    opt.lr = 1.0
+    assert opt.hyperparam.lr == 1.0
+    opt.update()
+    np.testing.assert_allclose(link.p.data, P0 - 1.1)
+    # a per-parameter override in the update rule's own hyperparam
+    link.p.update_rule.hyperparam.lr = 0.01
+    opt.update()
+    np.testing.assert_allclose(link.p.data, P0 - 1.11)
+    assert opt.lr == 1.0
+    adam = optimizers.Adam(alpha=0.1).setup(OneParam())
+    adam.alpha = 0.0
+    adam.target.p.grad = np.ones(4)
+    adam.update()
+    np.testing.assert_array_equal(adam.target.p.data, P0)
+
+
+def test_deepcopy_of_model_and_optimizer():
+    import copy
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.Adam().setup(model)
+    _train(model, opt, 2)
+    opt2 = copy.deepcopy(opt)            # copies the model with it
+    model2 = opt2.target
+    assert model2 is not model
+    assert model2.predictor.l1.W.update_rule.hyperparam.alpha == 0.001
+    opt2.alpha = 0.5                     # the copy's rules follow the copy only
+    assert model2.predictor.l1.W.update_rule.hyperparam.alpha == 0.5
+    assert model.predictor.l1.W.update_rule.hyperparam.alpha == 0.001
+    _train(model, opt, 1, seed=5)
+    opt2.alpha = 0.001
+    _train(model2, opt2, 1, seed=5)
+    for (name, p), (_, q) in zip(model.namedparams(), model2.namedparams()):
+        assert p.data is not q.data and np.array_equal(p.data, q.data), name
+
+
+def test_parameter_without_grad_is_untouched():
+    for make in (optimizers.SGD, optimizers.MomentumSGD, optimizers.Adam,
+                 optimizers.AdaGrad, optimizers.AdaDelta, optimizers.RMSprop):
+        chain = Chain(a=OneParam(), b=OneParam())
+        opt = make().setup(chain)
+        chain.a.p.grad = np.ones(4)
+        opt.update()
+        assert np.array_equal(chain.b.p.data, P0), make.__name__
+        assert not np.array_equal(chain.a.p.data, P0), make.__name__
+        assert chain.b.p.update_rule.state is None
+
+
+def test_disable_update():
+    chain = Chain(a=OneParam(), b=OneParam())
+    opt = optimizers.SGD().setup(chain)
+    chain.b.disable_update()
+    for p in chain.params():
+        p.grad = np.ones(4)
+    opt.update()
+    assert np.array_equal(chain.b.p.data, P0)
+    assert not np.array_equal(chain.a.p.data, P0)
+    chain.b.enable_update()
+    opt.update()
+    assert not np.array_equal(chain.b.p.data, P0)
+
+
+def test_parameter_added_after_setup_is_updated_with_hooks():
+    chain = Chain(a=OneParam())
+    opt = optimizers.SGD(lr=0.1).setup(chain)
+    opt.add_hook(optimizer_hooks.WeightDecay(0.5))
+    chain.add_param('extra', (4,), initializer=initializers.One())
+    for p in chain.params():
+        p.grad = np.zeros_like(p.data)
+    opt.update()
+    np.testing.assert_allclose(chain.extra.data, 1 - 0.1 * 0.5 * 1)
+
+
+def test_lazy_parameter_gets_updated_after_initialization():
+    model = Chain(l=L.Linear(None, 2))
+    opt = optimizers.Adam().setup(model)
+    x = f32(3, 4)
+    opt.update(lambda: F.sum(model.l(x)))
+    assert model.l.W.shape == (2, 4)
+    assert model.l.W.update_rule.state is not None
+    assert model.l.W.update_rule.t == 1
+
+
+def test_weight_decay_hook():
+    link = OneParam()
+    opt = optimizers.SGD(lr=0.1).setup(link)
+    opt.add_hook(optimizer_hooks.WeightDecay(0.01))
+    p = P0.copy()
+    for g in GRADS:
+        link.p.grad = g.copy()
+        opt.update()
+        p = p - 0.1 * (g + 0.01 * p)
+        np.testing.assert_allclose(link.p.data, p, rtol=1e-12)
+    with pytest.raises(KeyError):
+        opt.add_hook(optimizer_hooks.WeightDecay(0.1))
+    opt.remove_hook('WeightDecay')
+    link.p.grad = GRADS[0].copy()
+    opt.update()
+    np.testing.assert_allclose(link.p.data, p - 0.1 * GRADS[0], rtol=1e-12)
+
+
+def test_lasso_hook():
+    link = OneParam()
+    opt = optimizers.SGD(lr=0.1).setup(link)
+    opt.add_hook(optimizer_hooks.Lasso(0.05))
+    p = P0.copy()
+    for g in GRADS:
+        link.p.grad = g.copy()
+        opt.update()
+        p = p - 0.1 * (g + 0.05 * np.sign(p))
+        np.testing.assert_allclose(link.p.data, p, rtol=1e-12)
+
+
+def test_gradient_clipping_hook_global_norm():
+    chain = Chain(a=OneParam(), b=OneParam())
+    opt = optimizers.SGD(lr=1.0).setup(chain)
+    opt.add_hook(optimizer_hooks.GradientClipping(1.0))
+    ga, gb = np.array([3.0, 0.0, 0.0, 0.0]), np.array([0.0, 4.0, 0.0, 0.0])
+    chain.a.p.grad, chain.b.p.grad = ga.copy(), gb.copy()
+    opt.update()
+    norm = np.sqrt((ga ** 2).sum() + (gb ** 2).sum())    # 5: the global norm
+    np.testing.assert_allclose(chain.a.p.data, P0 - ga / norm, rtol=1e-12)
+    np.testing.assert_allclose(chain.b.p.data, P0 - gb / norm, rtol=1e-12)
+    # below the threshold the gradients are not changed
+    chain = Chain(a=OneParam(), b=OneParam())
+    opt = optimizers.SGD(lr=1.0).setup(chain)
+    opt.add_hook(optimizer_hooks.GradientClipping(10.0))
+    chain.a.p.grad, chain.b.p.grad = ga.copy(), gb.copy()
+    opt.update()
+    np.testing.assert_allclose(chain.a.p.data, P0 - ga, rtol=1e-12)
+
+
+def test_gradient_hard_clipping_hook():
+    link = OneParam()
+    opt = optimizers.SGD(lr=1.0).setup(link)
+    opt.add_hook(optimizer_hooks.GradientHardClipping(-0.25, 0.5))
+    g = np.array([1.0, -1.0, 0.1, -0.2])
+    link.p.grad = g.copy()
+    opt.update()
+    np.testing.assert_allclose(link.p.data, P0 - np.clip(g, -0.25, 0.5), rtol=1e-12)
+
+
+def test_hooks_do_not_modify_shared_grad_arrays():
+    # add() passes one gradient array to both inputs; a hook must not change
+    # it in place for the other parameter.
+    chain = Chain(a=OneParam(), b=OneParam())
+    opt = optimizers.SGD(lr=1.0).setup(chain)
+    opt.add_hook(optimizer_hooks.WeightDecay(1.0))
+    F.sum(chain.a.p + chain.b.p).backward()
+    opt.update()
+    np.testing.assert_allclose(chain.a.p.data, P0 - (1 + P0))
+    np.testing.assert_allclose(chain.b.p.data, P0 - (1 + P0))
+
+
+# =============================================================================
+# 13. Serializers
+# =============================================================================
+
+def _train(model, opt, steps, seed=0):
+    r = rng(seed)
+    for _ in range(steps):
+        x = r.uniform(-1, 1, (8, 3)).astype(np.float32)
+        t = r.randint(0, 4, 8).astype(np.int32)
+        opt.update(model, x, t)
+
+
+def _snapshot(model):
+    return {name: p.data.copy() for name, p in model.namedparams()}
+
+
+def test_save_load_classifier_round_trip(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    path = tmp_path / 'model.npz'
+    serializers.save_npz(str(path), model)
+    with np.load(str(path)) as npz:
+        keys = set(npz.files)
+        assert keys == {'predictor/l1/W', 'predictor/l1/b', 'predictor/l2/W',
+                        'predictor/l2/b', 'predictor/l3/W', 'predictor/l3/b'}
+        assert npz['predictor/l1/W'].dtype == np.float32
+        assert np.array_equal(npz['predictor/l2/W'], model.predictor.l2.W.data)
+    other = L.Classifier(MLP())
+    serializers.load_npz(str(path), other)
+    for name, p in other.namedparams():
+        assert np.array_equal(p.data, dict(model.namedparams())[name].data), name
+    # pathlib paths and file objects work too
+    serializers.load_npz(path, other)
+    with open(str(path), 'rb') as f:
+        serializers.load_npz(f, other)
+    uncompressed = tmp_path / 'plain.npz'
+    serializers.save_npz(str(uncompressed), model, compression=False)
+    serializers.load_npz(str(uncompressed), other)
+
+
+def test_save_load_optimizer_keys_and_state(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.Adam().setup(model)
+    _train(model, opt, 3)
+    opt.new_epoch()
+    path = str(tmp_path / 'opt.npz')
+    serializers.save_npz(path, opt)
+    with np.load(path) as npz:
+        keys = set(npz.files)
+        assert {'t', 'epoch', 'predictor/l1/W/m', 'predictor/l1/W/v', 'predictor/l1/W/t',
+                'predictor/l3/b/m'} <= keys
+        assert int(npz['t']) == 3 and int(npz['epoch']) == 1
+        assert int(npz['predictor/l1/W/t']) == 3
+        np.testing.assert_array_equal(npz['predictor/l1/W/m'],
+                                      model.predictor.l1.W.update_rule.state['m'])
+    model2 = L.Classifier(MLP())
+    opt2 = optimizers.Adam().setup(model2)
+    serializers.load_npz(path, opt2)
+    assert opt2.t == 3 and opt2.epoch == 1
+    for (name, p), (_, q) in zip(model.namedparams(), model2.namedparams()):
+        assert q.update_rule.t == 3
+        for key in ('m', 'v'):
+            np.testing.assert_array_equal(q.update_rule.state[key], p.update_rule.state[key])
+
+
+def test_resume_is_bit_identical(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.Adam().setup(model)
+    _train(model, opt, 4, seed=1)
+    serializers.save_npz(str(tmp_path / 'm.npz'), model)
+    serializers.save_npz(str(tmp_path / 'o.npz'), opt)
+    _train(model, opt, 5, seed=2)
+
+    np.random.seed(123)                       # a different initialization
+    resumed = L.Classifier(MLP())
+    opt2 = optimizers.Adam().setup(resumed)
+    serializers.load_npz(str(tmp_path / 'm.npz'), resumed)
+    serializers.load_npz(str(tmp_path / 'o.npz'), opt2)
+    _train(resumed, opt2, 5, seed=2)
+    for (name, p), (_, q) in zip(model.namedparams(), resumed.namedparams()):
+        assert np.array_equal(p.data, q.data), name
+    assert opt2.t == opt.t == 9
+
+
+def test_lazy_model_loads_shapes_from_file(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    path = str(tmp_path / 'model.npz')
+    serializers.save_npz(path, model)
+    lazy = L.Classifier(Chain(l1=L.Linear(None, 5), l2=L.Linear(None, 5), l3=L.Linear(4)))
+    assert lazy.predictor.l1.W.data is None
+    serializers.load_npz(path, lazy)
+    for (name, p), (_, q) in zip(model.namedparams(), lazy.namedparams()):
+        assert q.data is not None and q.shape == p.shape and q.dtype == np.float32
+        assert np.array_equal(p.data, q.data), name
+
+
+def test_uninitialized_model_saves_and_loads(tmp_path):
+    lazy = Chain(l=L.Linear(None, 3))
+    path = str(tmp_path / 'lazy.npz')
+    serializers.save_npz(path, lazy)
+    other = Chain(l=L.Linear(None, 3))
+    serializers.load_npz(path, other)           # None in the file: stays uninitialized
+    assert other.l.W.data is None
+    sized = Chain(l=L.Linear(2, 3))
+    before = sized.l.W.data.copy()
+    serializers.load_npz(path, sized)
+    assert np.array_equal(sized.l.W.data, before)
+
+
+def _rewrite_npz(src, dst, change):
+    with np.load(src) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    np.savez(dst, **arrays)
+
+
+def test_no_half_load_on_wrong_shape(tmp_path):
+    np.random.seed(0)
+    source = L.Classifier(MLP())
+    good = str(tmp_path / 'good.npz')
+    bad = str(tmp_path / 'bad.npz')
+    serializers.save_npz(good, source)
+
+    def break_last(arrays):
+        arrays['predictor/l3/b'] = np.zeros(7, np.float32)    # the last key read
+    _rewrite_npz(good, bad, break_last)
+    np.random.seed(1)
+    target = L.Classifier(MLP())
+    before = _snapshot(target)
+    with pytest.raises(ValueError) as info:
+        serializers.load_npz(bad, target)
+    message = str(info.value)
+    assert 'predictor/l3/b' in message and '(7,)' in message and '(4,)' in message
+    after = _snapshot(target)
+    for name in before:
+        assert np.array_equal(before[name], after[name]), name + ' was half-loaded'
+
+
+def test_no_half_load_on_missing_key_and_strict_false(tmp_path):
+    np.random.seed(0)
+    source = L.Classifier(MLP())
+    good = str(tmp_path / 'good.npz')
+    missing = str(tmp_path / 'missing.npz')
+    serializers.save_npz(good, source)
+    _rewrite_npz(good, missing, lambda arrays: arrays.pop('predictor/l3/W'))
+    np.random.seed(1)
+    target = L.Classifier(MLP())
+    before = _snapshot(target)
+    with pytest.raises(KeyError) as info:
+        serializers.load_npz(missing, target)
+    assert 'predictor/l3/W' in str(info.value)
+    after = _snapshot(target)
+    for name in before:
+        assert np.array_equal(before[name], after[name]), name + ' was half-loaded'
+    serializers.load_npz(missing, target, strict=False)
+    assert np.array_equal(target.predictor.l3.W.data, before['/predictor/l3/W'])
+    assert np.array_equal(target.predictor.l1.W.data, source.predictor.l1.W.data)
+    # ignore_names skips a key even when strict
+    target2 = L.Classifier(MLP())
+    serializers.load_npz(missing, target2, ignore_names=['predictor/l3/W'])
+    assert np.array_equal(target2.predictor.l2.W.data, source.predictor.l2.W.data)
+
+
+def test_no_half_load_of_optimizer(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    opt = optimizers.Adam().setup(model)
+    _train(model, opt, 2)
+    good = str(tmp_path / 'opt.npz')
+    bad = str(tmp_path / 'opt_bad.npz')
+    serializers.save_npz(good, opt)
+
+    def break_state(arrays):
+        arrays['predictor/l3/W/v'] = np.zeros((1, 1), np.float32)
+        arrays['t'] = np.asarray(99)
+    _rewrite_npz(good, bad, break_state)
+    model2 = L.Classifier(MLP())
+    opt2 = optimizers.Adam().setup(model2)
+    _train(model2, opt2, 1)
+    states = {n: {k: a.copy() for k, a in p.update_rule.state.items()}
+              for n, p in model2.namedparams()}
+    with pytest.raises(ValueError, match='predictor/l3/W/v'):
+        serializers.load_npz(bad, opt2)
+    assert opt2.t == 1
+    for n, p in model2.namedparams():
+        assert p.update_rule.t == 1
+        for k, a in p.update_rule.state.items():
+            assert np.array_equal(a, states[n][k]), (n, k)
+
+
+def test_load_with_path_prefix(tmp_path):
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    holder = Chain(model=model)
+    path = str(tmp_path / 'snapshot.npz')
+    serializers.save_npz(path, holder)
+    with np.load(path) as npz:
+        assert 'model/predictor/l1/W' in npz.files
+    other = L.Classifier(MLP())
+    serializers.load_npz(path, other, path='model/')
+    assert np.array_equal(other.predictor.l1.W.data, model.predictor.l1.W.data)
+    # Chainer trainer snapshots use prefixes such as 'updater/model:main/'
+    with np.load(path) as npz:
+        arrays = {'updater/model:main/' + k[len('model/'):]: npz[k] for k in npz.files}
+    np.savez(str(tmp_path / 'trainer.npz'), **arrays)
+    third = L.Classifier(MLP())
+    serializers.load_npz(str(tmp_path / 'trainer.npz'), third, path='updater/model:main/')
+    assert np.array_equal(third.predictor.l3.b.data, model.predictor.l3.b.data)
+
+
+def test_save_npz_is_atomic(tmp_path, monkeypatch):
+    folder = tmp_path / 'out'
+    folder.mkdir()
+    path = str(folder / 'model.npz')
+    np.random.seed(0)
+    model = L.Classifier(MLP())
+    serializers.save_npz(path, model)
+    assert os.listdir(str(folder)) == ['model.npz']
+    with open(path, 'rb') as f:
+        original = f.read()
+
+    class Exploding(Chain):
+        def serialize(self, serializer):
+            super().serialize(serializer)
+            raise RuntimeError('boom midway')
+
+    broken = Exploding(l1=L.Linear(2, 2))
+    with pytest.raises(RuntimeError, match='boom'):
+        serializers.save_npz(path, broken)
+    with open(path, 'rb') as f:
+        assert f.read() == original
+    assert os.listdir(str(folder)) == ['model.npz']
+
+    # a failure while the file is being written: the old file survives and
+    # no temporary file is left behind
+    def failing_savez(f, **arrays):
+        f.write(b'partial data')
+        raise OSError('disk full')
+    monkeypatch.setattr(np, 'savez_compressed', failing_savez)
+    with pytest.raises(OSError, match='disk full'):
+        serializers.save_npz(path, model)
+    monkeypatch.undo()
+    with open(path, 'rb') as f:
+        assert f.read() == original
+    assert os.listdir(str(folder)) == ['model.npz']
+    serializers.load_npz(path, L.Classifier(MLP()))
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='POSIX file modes')
+def test_save_npz_file_mode(tmp_path):
+    # the temporary file is private (0600); the saved one must not be
+    umask = os.umask(0o022)
+    try:
+        path = str(tmp_path / 'model.npz')
+        serializers.save_npz(path, L.Linear(2, 2))
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)                      # an existing file keeps its mode
+        serializers.save_npz(path, L.Linear(2, 2))
+        assert os.stat(path).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
+def test_serialize_persistent_values(tmp_path):
+    class WithStats(Link):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.w = chainer.Parameter(np.zeros(2, np.float32))
+            self.add_persistent('mean', np.zeros(3, np.float32))
+            self.add_persistent('count', 0)
+
+    a = WithStats()
+    a.mean[...] = [1, 2, 3]
+    a.count = 7
+    path = str(tmp_path / 'p.npz')
+    serializers.save_npz(path, a)
+    b = WithStats()
+    serializers.load_npz(path, b)
+    assert np.array_equal(b.mean, [1, 2, 3]) and b.count == 7 and isinstance(b.count, int)
+
+
+# =============================================================================
+# 14. Reporter
+# =============================================================================
+
+def test_report_outside_scope_is_noop():
+    reporter.report({'x': 1.0})               # nothing listens: no error
+    chainer.report({'x': Variable(np.ones(1))})
+
+
+def test_reporter_scope_and_observers():
+    rep = reporter.Reporter()
+    observer = object()
+    rep.add_observer('main', observer)
+    rep.add_observers('sub/', [('a', 1), ('b', 2)])
+    observation = {}
+    with rep.scope(observation):
+        assert reporter.get_current_reporter() is rep
+        reporter.report({'loss': 1.5}, observer)
+        reporter.report({'lr': 0.1})
+    assert observation == {'main/loss': 1.5, 'lr': 0.1}
+    with pytest.raises(KeyError):
+        with rep.scope({}):
+            reporter.report({'x': 1}, object())
+    # as a context manager: the reporter's own observation
+    with rep:
+        reporter.report({'y': 2})
+    assert rep.observation['y'] == 2
+    reporter.report({'z': 3})                 # the scope is closed again
+    assert 'z' not in rep.observation
+
+
+def test_report_scope():
+    rep = reporter.Reporter()
+    outer, inner = {}, {}
+    with rep.scope(outer):
+        reporter.report({'a': 1})
+        with reporter.report_scope(inner):
+            reporter.report({'b': 2})
+        reporter.report({'c': 3})
+    assert outer == {'a': 1, 'c': 3} and inner == {'b': 2}
+
+
+def test_reported_variables_are_cut_from_graph():
+    x = Variable(np.array([1.0, 2.0]))
+    loss = F.sum(x * 2.0)
+    assert loss.creator is not None
+    observation = {}
+    with reporter.Reporter().scope(observation):
+        reporter.report({'loss': loss})
+    assert observation['loss'].creator is None
+    assert float(observation['loss'].data) == 6.0
+    assert loss.creator is not None
+    with chainer.using_config('keep_graph_on_report', True):
+        with reporter.Reporter().scope(observation):
+            reporter.report({'loss': loss})
+    assert observation['loss'] is loss
+
+
+def test_dict_summary_statistics():
+    summary = reporter.DictSummary()
+    values = [1.0, 2.0, 4.0, 9.0]
+    for v in values:
+        summary.add({'a': v, 'b': Variable(np.array(v * 2, np.float32)),
+                     'skip': 'text', 'array': np.array([v, v])})
+    mean = summary.compute_mean()
+    assert set(mean) == {'a', 'b'}
+    assert mean['a'] == pytest.approx(np.mean(values))
+    assert mean['b'] == pytest.approx(2 * np.mean(values))
+    stats = summary.make_statistics()
+    assert stats['a'] == pytest.approx(np.mean(values))
+    assert stats['a.std'] == pytest.approx(np.std(values))
+    assert stats['b.std'] == pytest.approx(2 * np.std(values))
+    weighted = reporter.DictSummary()
+    weighted.add({'w': (2.0, 3)})
+    weighted.add({'w': (6.0, 1)})
+    assert weighted.compute_mean()['w'] == pytest.approx((2 * 3 + 6) / 4)
+    s = reporter.Summary()
+    assert math.isnan(s.compute_mean())
+    s.add(np.float32(3.0))
+    assert s.make_statistics() == (3.0, 0.0)
+
+
+def test_dict_summary_save_load(tmp_path):
+    summary = reporter.DictSummary()
+    for v in (1.0, 2.0, 4.0):
+        summary.add({'main/loss': np.float32(v), 'acc': v / 10})
+    path = str(tmp_path / 'summary.npz')
+    serializers.save_npz(path, summary)
+    with np.load(path) as npz:
+        assert {'_names', '_summaries/0/_x', '_summaries/0/_x2', '_summaries/0/_n',
+                '_summaries/1/_x'} <= set(npz.files)          # Chainer's keys
+    loaded = reporter.DictSummary()
+    serializers.load_npz(path, loaded)
+    assert loaded.make_statistics() == pytest.approx(summary.make_statistics())
+    loaded.add({'acc': 0.9})
+    assert loaded.compute_mean()['acc'] == pytest.approx((0.1 + 0.2 + 0.4 + 0.9) / 4)
+
+
+# =============================================================================
+# Chainer 7.8.1 fixture: files written by real Chainer
+# =============================================================================
+
+# testdata/chainer7/ holds Classifier(MLP 4-3-2) after two Adam steps in
+# Chainer 7.8.1 (model.npz, optimizer.npz), the values Chainer computed
+# (expected.json) and the script that made them (make_fixture.py).
+FIXTURE_DIR = os.path.join(HERE, 'testdata', 'chainer7')
+
+
+def _fixture():
+    path = os.path.join(FIXTURE_DIR, 'expected.json')
+    if not os.path.exists(path):
+        pytest.skip('no Chainer fixture in testdata/chainer7')
+    with open(path) as f:
+        return json.load(f)
+
+
+class FixtureMLP(Chain):
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(4, 3)
+            self.l2 = L.Linear(3, 2)
+
+    def forward(self, x):
+        return self.l2(F.relu(self.l1(x)))
+
+
+def _fixture_batch(expected, i):
+    update = expected['updates'][i]
+    return (np.array(update['x'], np.float32), np.array(update['t'], np.int32))
+
+
+def _params_of(model):
+    return {name.lstrip('/'): p.data for name, p in model.namedparams()}
+
+
+def test_chainer7_fixture_loads_model_and_optimizer():
+    expected = _fixture()
+    model = L.Classifier(FixtureMLP())
+    opt = optimizers.Adam().setup(model)
+    serializers.load_npz(os.path.join(FIXTURE_DIR, 'model.npz'), model)
+    serializers.load_npz(os.path.join(FIXTURE_DIR, 'optimizer.npz'), opt)
+    for key, entry in expected['model_npz'].items():
+        value = _params_of(model)[key]
+        assert value.dtype == np.dtype(entry['dtype']) and list(value.shape) == entry['shape']
+        assert np.array_equal(value, np.array(entry['value'], np.float32)), key   # exact
+    assert opt.t == expected['optimizer_npz']['t']['value'] == 2
+    assert opt.epoch == expected['optimizer_npz']['epoch']['value']
+    params = dict(model.namedparams())
+    for key, entry in expected['optimizer_npz'].items():
+        if key in ('t', 'epoch'):
+            continue
+        name, state_key = key.rsplit('/', 1)
+        rule = params['/' + name].update_rule
+        if state_key == 't':
+            assert rule.t == entry['value'], key
+        else:
+            value = rule.state[state_key]
+            assert value.dtype == np.float32 and list(value.shape) == entry['shape'], key
+            assert np.array_equal(value, np.array(entry['value'], np.float32)), key
+
+    # the next Adam step from the loaded state matches Chainer's third step
+    x, t = _fixture_batch(expected, 2)
+    opt.update(model, x, t)
+    after = expected['after_step3']
+    assert opt.t == after['optimizer_t'] == 3
+    step3 = expected['params_history'][3]
+    np.testing.assert_allclose(float(model.loss.data), step3['loss'], rtol=1e-6)
+    assert float(model.accuracy.data) == step3['accuracy']
+    for name, p in model.namedparams():
+        key = name.lstrip('/')
+        np.testing.assert_allclose(p.grad, step3['grads'][key], rtol=1e-5, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(p.data, after['params'][key], rtol=1e-6, atol=1e-7, err_msg=key)
+        assert p.update_rule.t == after['optimizer_state'][key + '/t']
+        for state_key in ('m', 'v'):
+            np.testing.assert_allclose(p.update_rule.state[state_key],
+                                       after['optimizer_state'][key + '/' + state_key],
+                                       rtol=1e-5, atol=1e-10, err_msg=key + '/' + state_key)
+
+
+def test_chainer7_fixture_adam_step_is_bit_exact():
+    # Given Chainer's own gradients, Adam is elementwise NumPy, so the step
+    # must reproduce Chainer's float32 results bit for bit (no BLAS involved).
+    expected = _fixture()
+    model = L.Classifier(FixtureMLP())
+    opt = optimizers.Adam().setup(model)
+    serializers.load_npz(os.path.join(FIXTURE_DIR, 'model.npz'), model)
+    serializers.load_npz(os.path.join(FIXTURE_DIR, 'optimizer.npz'), opt)
+    grads = expected['params_history'][3]['grads']
+    for name, p in model.namedparams():
+        p.grad = np.array(grads[name.lstrip('/')], np.float32)
+    opt.update()
+    after = expected['after_step3']
+    for name, p in model.namedparams():
+        key = name.lstrip('/')
+        assert np.array_equal(p.data, np.array(after['params'][key], np.float32)), key
+        for state_key in ('m', 'v'):
+            assert np.array_equal(p.update_rule.state[state_key], np.array(
+                after['optimizer_state'][key + '/' + state_key], np.float32)), key + state_key
+
+
+def test_chainer7_fixture_training_from_scratch_matches():
+    expected = _fixture()
+    model = L.Classifier(FixtureMLP())
+    params = dict(model.namedparams())
+    for key, value in expected['params_history'][0]['params'].items():
+        params['/' + key].data[...] = np.array(value, np.float32)
+    opt = optimizers.Adam().setup(model)
+    for i in range(3):
+        x, t = _fixture_batch(expected, i)
+        opt.update(model, x, t)
+        record = expected['params_history'][i + 1]
+        assert record['step'] == i + 1
+        np.testing.assert_allclose(float(model.loss.data), record['loss'], rtol=1e-6)
+        assert float(model.accuracy.data) == record['accuracy']
+        for key, value in record['params'].items():
+            np.testing.assert_allclose(params['/' + key].grad, record['grads'][key],
+                                       rtol=1e-5, atol=1e-7, err_msg=key)
+            np.testing.assert_allclose(params['/' + key].data, value, rtol=1e-6, atol=1e-7,
+                                       err_msg='step {} {}'.format(i + 1, key))
+
+
+def test_our_files_have_chainers_layout(tmp_path):
+    expected = _fixture()
+    model = L.Classifier(FixtureMLP())
+    opt = optimizers.Adam().setup(model)
+    x, t = _fixture_batch(expected, 0)
+    opt.update(model, x, t)
+    opt.update(model, x, t)
+    serializers.save_npz(str(tmp_path / 'model.npz'), model)
+    serializers.save_npz(str(tmp_path / 'optimizer.npz'), opt)
+    for name, reference in (('model.npz', expected['model_npz']),
+                            ('optimizer.npz', expected['optimizer_npz'])):
+        with np.load(str(tmp_path / name)) as npz:
+            assert sorted(npz.files) == sorted(reference), name
+            for key, entry in reference.items():
+                assert list(npz[key].shape) == entry['shape'], key
+                assert npz[key].dtype.kind == np.dtype(entry['dtype']).kind, key
+
+# =============================================================================
+# Chapter 11. Data: datasets, downloads on loopback, iterators, batching
+# =============================================================================
+# The real MNIST files: $ONEFCHAINER_DATASET_ROOT (CI sets it to
+# ../shared/datasets), else a shared/datasets folder beside the checkout.
+SHARED_DATASETS = next((root for root in
+                        [Path(os.environ.get('ONEFCHAINER_DATASET_ROOT', '/nonexistent'))] +
+                        [parent / 'shared' / 'datasets' for parent in Path(HERE).parents]
+                        if (root / 'mnist').is_dir()), None)
+FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
+FASHION_FILES = [FASHION_ROOT / 'fashion-mnist' / (prefix + suffix + '.gz')
+                 for prefix in ('train', 't10k')
+                 for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte')]
+needs_mnist = pytest.mark.skipif(
+    SHARED_DATASETS is None, reason='shared/datasets/mnist not found')
+
+
+# --- helpers -----------------------------------------------------------------
+
+IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C,
+             np.dtype(np.float32): 0x0D}
+
+
+def idx_bytes(array):
+    array = np.asarray(array)
+    header = bytes([0, 0, IDX_CODES[array.dtype], array.ndim])
+    header += struct.pack('>{}I'.format(array.ndim), *array.shape)
+    return header + array.astype(array.dtype.newbyteorder('>')).tobytes()
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+TINY = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+TINY_NAME = 'tiny-idx3-ubyte'
+
+
+@pytest.fixture
+def tiny_dataset(monkeypatch, tmp_path):
+    """A fake dataset 'tiny' with one official file, under a fresh root."""
+    root = tmp_path / 'root'
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(root))
+    monkeypatch.setitem(chainer._OFFICIAL_SHA256, 'tiny',
+                        {TINY_NAME: sha256(idx_bytes(TINY))})
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [])
+    return root / 'tiny'
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
+    www = tmp_path / 'www'
+    www.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield 'http://127.0.0.1:{}/'.format(server.server_address[1]), www
+    server.shutdown()
+    server.server_close()
+
+
+def serve(www, folder, data):
+    (www / folder).mkdir()
+    (www / folder / (TINY_NAME + '.gz')).write_bytes(gzip.compress(data))
+    return folder + '/'
+
+
+# --- datasets ----------------------------------------------------------------
+
+def test_tuple_dataset_indexing():
+    x = np.arange(10).reshape(5, 2)
+    labels = [10, 11, 12, 13, 14]
+    dataset = chainer.TupleDataset(x, labels)
+    assert len(dataset) == 5
+    first = dataset[1]
+    assert isinstance(first, tuple) and first[1] == 11
+    np.testing.assert_array_equal(first[0], [2, 3])
+    for index in (slice(1, 4), [1, 2, 3], np.array([1, 2, 3])):
+        batch = dataset[index]
+        assert [example[1] for example in batch] == [11, 12, 13]
+        np.testing.assert_array_equal(batch[2][0], [6, 7])
+    assert dataset[5:] == []
+
+
+def test_tuple_dataset_errors():
+    with pytest.raises(ValueError, match=r'\[3, 2\]'):
+        chainer.TupleDataset([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError):
+        chainer.TupleDataset()
+
+
+def test_sub_dataset():
+    base = list(range(10, 20))
+    sub = chainer.SubDataset(base, 2, 6)
+    assert len(sub) == 4
+    assert [sub[0], sub[3], sub[-1], sub[-4]] == [12, 15, 15, 12]
+    assert sub[1:3] == [13, 14] and sub[::-1] == [15, 14, 13, 12]
+    assert sub[[0, 2]] == [12, 14]
+    for bad in (4, -5):
+        with pytest.raises(IndexError, match='length 4'):
+            sub[bad]
+    with pytest.raises(IndexError):
+        sub[np.array([0, 4])]
+    ordered = chainer.SubDataset(base, 0, 3, order=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    assert [ordered[i] for i in range(3)] == [19, 18, 17]
+
+
+def test_sub_dataset_errors():
+    with pytest.raises(ValueError, match='finish=11, len.dataset.=10'):
+        chainer.SubDataset(list(range(10)), 0, 11)
+    with pytest.raises(ValueError, match='start=-1'):
+        chainer.SubDataset(list(range(10)), -1, 3)
+    with pytest.raises(ValueError, match=r'\(3\).* 2'):
+        chainer.SubDataset([1, 2, 3], 0, 1, order=[0, 1])
+
+
+def test_split_dataset():
+    first, second = chainer.split_dataset(list(range(5)), 2)
+    assert list(first[:]) == [0, 1] and list(second[:]) == [2, 3, 4]
+    with pytest.raises(ValueError, match='length 5, but got 6'):
+        chainer.split_dataset(list(range(5)), 6)
+    with pytest.raises(ValueError, match='got -1'):
+        chainer.split_dataset(list(range(5)), -1)
+    with pytest.raises(TypeError):
+        chainer.split_dataset(list(range(5)), 2.5)
+
+
+def test_split_dataset_random_is_a_seeded_partition():
+    data = list(range(100))
+    first, second = chainer.split_dataset_random(data, 30, seed=3)
+    again, _ = chainer.split_dataset_random(data, 30, seed=3)
+    assert first[:] == again[:]
+    assert sorted(first[:] + second[:]) == data
+    assert first[:] != list(range(30))  # really shuffled
+
+
+def test_batch_fetch_through_sub_and_tuple_dataset_matches_per_index():
+    x = np.random.rand(50, 3).astype(np.float32)
+    y = np.arange(50, dtype=np.int32)
+    train, _ = chainer.split_dataset_random(chainer.TupleDataset(x, y), 40, seed=0)
+    indices = np.array([5, 0, 39, 7])
+    batch = train[indices]
+    for (image, label), i in zip(batch, indices):
+        expected_image, expected_label = train[int(i)]
+        assert label == expected_label
+        np.testing.assert_array_equal(image, expected_image)
+
+
+# --- IDX files ---------------------------------------------------------------
+
+@pytest.mark.parametrize('array', [
+    TINY, np.array([-5, 7, 1 << 30], dtype=np.int32),
+    np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)])
+def test_read_idx_gzip_and_plain(tmp_path, array):
+    data = idx_bytes(array)
+    (tmp_path / 'plain').write_bytes(data)
+    (tmp_path / 'packed').write_bytes(gzip.compress(data))
+    for name in ('plain', 'packed'):
+        loaded, digest = chainer._read_idx(tmp_path / name)
+        np.testing.assert_array_equal(loaded, array)
+        assert loaded.dtype.isnative and loaded.shape == array.shape
+        assert digest == sha256(data)
+
+
+def test_not_idx_file(tmp_path):
+    page = tmp_path / 'page.gz'
+    page.write_bytes(b'<!DOCTYPE html><html>Access denied</html>')
+    with pytest.raises(chainer.DatasetError, match=r"page.gz is not an IDX file.*"
+                                             r"b'<!DO'"):
+        chainer._read_idx(page)
+    packed = tmp_path / 'packed'
+    packed.write_bytes(gzip.compress(b'\x00\x00\x07\x01hello'))  # bad type
+    with pytest.raises(chainer.DatasetError, match='not an IDX file'):
+        chainer._read_idx(packed)
+
+
+@pytest.mark.parametrize('damage, words', [
+    (lambda data: data[:-1], 'holds 23 bytes'),
+    (lambda data: data + b'\0', 'holds 25 bytes'),
+    (lambda data: data[:10], 'header is cut short')])
+@pytest.mark.parametrize('packed', [False, True])
+def test_idx_wrong_size(tmp_path, damage, words, packed):
+    data = damage(idx_bytes(TINY))
+    path = tmp_path / 'damaged'
+    path.write_bytes(gzip.compress(data) if packed else data)
+    with pytest.raises(chainer.DatasetError, match=words):
+        chainer._read_idx(path)
+
+
+def test_damaged_gzip(tmp_path):
+    array = (np.arange(10000) % 251).astype(np.uint8).reshape(100, 100)
+    packed = bytearray(gzip.compress(idx_bytes(array)))
+    middle = len(packed) // 2
+    packed[middle:middle + 6] = b'\xff' * 6  # scramble the deflate stream
+    path = tmp_path / 'damaged.gz'
+    path.write_bytes(bytes(packed))
+    with pytest.raises(chainer.DatasetError, match='not a valid gzip file'):
+        chainer._read_idx(path)
+
+
+# --- dataset root, local files, downloading ----------------------------------
+
+def test_dataset_root(monkeypatch, tmp_path):
+    monkeypatch.delenv('ONEFCHAINER_DATASET_ROOT', raising=False)
+    assert chainer.get_dataset_root() == os.path.expanduser(
+        '~/.onefchainer/dataset')
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    assert chainer.get_dataset_root() == str(tmp_path)
+    assert chainer.get_dataset_directory('x') == str(tmp_path / 'x')
+    assert (tmp_path / 'x').is_dir()
+    monkeypatch.setattr(chainer, '_dataset_root_override', None)
+    chainer.set_dataset_root(str(tmp_path / 'elsewhere'))
+    assert chainer.get_dataset_root() == str(tmp_path / 'elsewhere')
+
+
+def test_local_gz_preferred_and_plain_accepted(tiny_dataset):
+    tiny_dataset.mkdir(parents=True)
+    plain = tiny_dataset / TINY_NAME
+    plain.write_bytes(idx_bytes(TINY))
+    np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
+    plain.write_bytes(idx_bytes(TINY + 1))  # now wrong, but .gz comes first
+    (tiny_dataset / (TINY_NAME + '.gz')).write_bytes(
+        gzip.compress(idx_bytes(TINY)))
+    np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
+
+
+def test_local_file_with_wrong_checksum_is_reported_not_replaced(
+        tiny_dataset):
+    tiny_dataset.mkdir(parents=True)
+    path = tiny_dataset / TINY_NAME
+    path.write_bytes(idx_bytes(TINY + 1))
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer._load_idx('tiny', TINY_NAME)
+    message = str(info.value)
+    for words in (str(path), sha256(idx_bytes(TINY + 1)),
+                  sha256(idx_bytes(TINY)), 'Delete it',
+                  'ONEFCHAINER_DATASET_ROOT'):
+        assert words in message
+    assert path.read_bytes() == idx_bytes(TINY + 1)
+
+
+def test_local_non_idx_file_says_where_to_put_files(tiny_dataset):
+    tiny_dataset.mkdir(parents=True)
+    (tiny_dataset / TINY_NAME).write_bytes(b'not a dataset')
+    with pytest.raises(chainer.DatasetError, match='(?s)not an IDX file.*'
+                                             + str(tiny_dataset)):
+        chainer._load_idx('tiny', TINY_NAME)
+
+
+def test_download_falls_back_to_second_mirror(tiny_dataset, http_mirror,
+                                              monkeypatch):
+    base, www = http_mirror
+    (www / 'empty').mkdir()
+    good = serve(www, 'good', idx_bytes(TINY))
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [base + 'empty/', base + good])
+    np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
+    assert sorted(os.listdir(tiny_dataset)) == [TINY_NAME + '.gz']
+    # The stored file is the verified download; no server is needed now.
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [])
+    np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
+
+
+def test_download_of_wrong_or_garbage_content_fails_cleanly(
+        tiny_dataset, http_mirror, monkeypatch):
+    base, www = http_mirror
+    wrong = serve(www, 'wrong', idx_bytes(TINY[::-1].copy()))
+    (www / 'garbage').mkdir()
+    (www / 'garbage' / (TINY_NAME + '.gz')).write_bytes(b'<html>oops</html>')
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [base + wrong, base + 'garbage/'])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer._load_idx('tiny', TINY_NAME)
+    message = str(info.value)
+    for words in (TINY_NAME, sha256(idx_bytes(TINY)),
+                  sha256(idx_bytes(TINY[::-1].copy())), 'not an IDX file',
+                  str(tiny_dataset), 'ONEFCHAINER_DATASET_ROOT'):
+        assert words in message
+    assert os.listdir(tiny_dataset) == []  # no final file, no temporaries
+
+
+def test_download_with_server_down_names_the_folder(tiny_dataset,
+                                                    monkeypatch):
+    with socket.socket() as probe:  # a port that nobody listens on
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    url = 'http://127.0.0.1:{}/mnist/'.format(port)
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [url])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer._load_idx('tiny', TINY_NAME)
+    message = str(info.value)
+    for words in (url + TINY_NAME + '.gz', str(tiny_dataset),
+                  'ONEFCHAINER_DATASET_ROOT', 'refused'):
+        assert words in message
+    assert os.listdir(tiny_dataset) == []
+
+
+# --- MNIST and Fashion-MNIST -------------------------------------------------
+
+@pytest.fixture(scope='module')
+def mnist():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('ONEFCHAINER_DATASET_ROOT', str(SHARED_DATASETS))
+        return chainer.get_mnist()
+
+
+@needs_mnist
+def test_get_mnist(mnist):
+    train, test = mnist
+    assert isinstance(train, chainer.TupleDataset)
+    assert (len(train), len(test)) == (60000, 10000)
+    images, labels = train._datasets
+    assert images.shape == (60000, 784) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert list(labels[:5]) == [5, 0, 4, 1, 9]
+    assert list(np.bincount(labels)) == [5923, 6742, 5958, 6131, 5842, 5421,
+                                         5918, 6265, 5851, 5949]
+    assert test._datasets[1].sum() == 44434
+    image, label = train[0]
+    assert image.shape == (784,) and label == 5
+
+
+@needs_mnist
+def test_get_mnist_options(monkeypatch):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(SHARED_DATASETS))
+    train, test = chainer.get_mnist(withlabel=False, ndim=2, scale=255.,
+                              dtype=np.float16)
+    assert isinstance(test, np.ndarray)
+    assert test.shape == (10000, 28, 28) and test.dtype == np.float16
+    assert test.max() == 255.
+
+
+@needs_mnist
+def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
+    folder = tmp_path / 'mnist'
+    folder.mkdir()
+    packed = SHARED_DATASETS / 'mnist' / 't10k-labels-idx1-ubyte.gz'
+    (folder / 't10k-labels-idx1-ubyte').write_bytes(
+        gzip.decompress(packed.read_bytes()))
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    labels = chainer._load_idx('mnist', 't10k-labels-idx1-ubyte')
+    assert labels.shape == (10000,) and labels.sum() == 44434
+
+
+@needs_mnist
+@pytest.mark.parametrize('name', ['mnist', 'fashion-mnist'])
+def test_checksum_table_matches_shared_sha256sums(name):
+    lines = (SHARED_DATASETS / name / 'SHA256SUMS').read_text().split('\n')
+    listed = dict(reversed(line.split()) for line in lines if line.strip())
+    assert listed == chainer._OFFICIAL_SHA256[name]
+
+
+def test_mnist_like_shapes():
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    labels = np.array([3, 7], dtype=np.uint8)
+    shapes = {(1, False): (2, 784), (2, False): (2, 28, 28),
+              (3, False): (2, 1, 28, 28), (3, True): (2, 3, 28, 28)}
+    for (ndim, rgb), shape in shapes.items():
+        split = chainer._mnist_like_split(images, labels, False, ndim, 1., None,
+                                    np.int32, rgb)
+        assert split.shape == shape and split.dtype == np.float32
+    rgb = chainer._mnist_like_split(images, labels, True, 3, 1., None, np.int64,
+                              True)
+    image, label = rgb[1]
+    assert label == 7 and label.dtype == np.int64
+    np.testing.assert_array_equal(image[0], image[2])
+    assert rgb._datasets[0].flags.writeable  # a real array, not a view
+
+
+def test_invalid_ndim_fails_before_loading(monkeypatch, tmp_path):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    monkeypatch.setitem(chainer._MIRRORS, 'mnist', [])
+    with pytest.raises(ValueError, match='got 4'):
+        chainer.get_mnist(ndim=4)
+    with pytest.raises(chainer.DatasetError, match='no mirror'):
+        chainer.get_mnist()
+
+
+@pytest.mark.skipif(not all(path.is_file() for path in FASHION_FILES),
+                    reason='Fashion-MNIST not installed: apt-get install '
+                           'dataset-fashion-mnist puts it in '
+                           '/usr/share/datasets/fashion-mnist/')
+def test_get_fashion_mnist(monkeypatch):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(FASHION_ROOT))
+    train, test = chainer.get_fashion_mnist(ndim=3)
+    images, labels = train._datasets
+    assert images.shape == (60000, 1, 28, 28) and images.dtype == np.float32
+    assert list(labels[:6]) == [9, 0, 0, 3, 0, 2]
+    assert list(np.bincount(labels)) == [6000] * 10
+    assert test._datasets[1].sum() == 45000
+    assert len(chainer.get_fashion_mnist_labels()) == 10
+
+
+# --- iterators ---------------------------------------------------------------
+
+def state(iterator):
+    return (iterator.epoch, iterator.current_position, iterator.is_new_epoch,
+            round(iterator.epoch_detail, 6),
+            None if iterator.previous_epoch_detail is None
+            else round(iterator.previous_epoch_detail, 6))
+
+
+def test_serial_iterator_repeat_wraps_into_next_epoch():
+    iterator = chainer.SerialIterator(list(range(5)), 2, shuffle=False)
+    assert state(iterator) == (0, 0, False, 0.0, None)
+    expected = [([0, 1], (0, 2, False, 0.4, 0.0)),
+                ([2, 3], (0, 4, False, 0.8, 0.4)),
+                ([4, 0], (1, 1, True, 1.2, 0.8)),
+                ([1, 2], (1, 3, False, 1.6, 1.2)),
+                ([3, 4], (2, 0, True, 2.0, 1.6)),
+                ([0, 1], (2, 2, False, 2.4, 2.0))]
+    for batch, after in expected:
+        assert iterator.next() == batch
+        assert state(iterator) == after
+    iterator.reset()
+    assert state(iterator) == (0, 0, False, 0.0, None)
+    assert next(iterator) == [0, 1]
+
+
+def test_serial_iterator_without_repeat_stops():
+    iterator = chainer.SerialIterator(list(range(5)), 2, repeat=False,
+                                shuffle=False)
+    assert list(iterator) == [[0, 1], [2, 3], [4]]
+    assert state(iterator) == (1, 0, True, 1.0, 1.0)
+    with pytest.raises(StopIteration):
+        iterator.next()
+    iterator.reset()
+    assert next(iterator) == [0, 1]
+
+
+def test_batch_larger_than_dataset():
+    iterator = chainer.SerialIterator([0, 1, 2], 7, shuffle=False)
+    assert iterator.next() == [0, 1, 2, 0, 1, 2, 0]
+    assert state(iterator)[:3] == (2, 1, True)
+    once = chainer.SerialIterator([0, 1, 2], 7, repeat=False, shuffle=False)
+    assert list(once) == [[0, 1, 2]]
+
+
+def test_shuffled_stream_is_successive_permutations():
+    np.random.seed(7)
+    iterator = chainer.SerialIterator(list(range(5)), 2)  # shuffle by default
+    stream = np.concatenate([iterator.next() for _ in range(10)])
+    np.random.seed(7)
+    expected = np.concatenate([np.random.permutation(5) for _ in range(4)])
+    np.testing.assert_array_equal(stream, expected)
+    assert iterator.epoch == 4
+
+
+def test_order_sampler_options():
+    def backwards(order, position):
+        return np.arange(len(order))[::-1]
+
+    iterator = chainer.SerialIterator(list(range(4)), 3, order_sampler=backwards)
+    assert iterator.next() == [3, 2, 1] and iterator.next() == [0, 3, 2]
+    with pytest.raises(ValueError, match='not both'):
+        chainer.SerialIterator([1], 1, shuffle=True, order_sampler=backwards)
+    shrinking = chainer.SerialIterator(list(range(4)), 4,
+                                 order_sampler=lambda order, pos: order[1:])
+    with pytest.raises(ValueError, match='length 2, .* length 3'):
+        shrinking.next()
+    with pytest.raises(ValueError, match='empty'):
+        chainer.SerialIterator([], 2).next()
+    seeded = chainer.ShuffleOrderSampler(np.random.RandomState(0))
+    assert sorted(seeded(np.arange(6), 0)) == list(range(6))
+
+
+class DictSaver:
+    def __init__(self):
+        self.target = {}
+
+    def __call__(self, key, value):
+        self.target[key] = np.copy(value) if isinstance(value,
+                                                        np.ndarray) else value
+        return value
+
+
+class DictLoader:
+    def __init__(self, target):
+        self.target = target
+
+    def __call__(self, key, value):
+        stored = self.target[key]  # a missing key raises KeyError
+        if isinstance(value, np.ndarray):
+            value[...] = stored
+            return value
+        return stored
+
+
+def test_serialize_resumes_mid_epoch_exactly():
+    data = list(range(7))
+    np.random.seed(1)
+    original = chainer.SerialIterator(data, 3)
+    for _ in range(5):
+        original.next()
+    saver = DictSaver()
+    original.serialize(saver)
+    assert set(saver.target) == {'current_position', 'epoch', 'is_new_epoch',
+                                 'order', 'previous_epoch_detail'}
+    np.random.seed(2)
+    resumed = chainer.SerialIterator(data, 3)
+    resumed.serialize(DictLoader(saver.target))
+    assert state(resumed) == state(original)
+    np.random.seed(3)  # both continue from the same random state
+    continued = [original.next() for _ in range(6)]
+    np.random.seed(3)
+    assert [resumed.next() for _ in range(6)] == continued
+    with pytest.raises(KeyError):
+        chainer.SerialIterator(data, 3).serialize(DictLoader({}))
+
+
+def test_iterator_base_protocol():
+    finalized = []
+
+    class Counting(chainer.Iterator):
+        def finalize(self):
+            finalized.append(True)
+
+    with Counting() as iterator:
+        assert iter(iterator) is iterator
+        with pytest.raises(NotImplementedError):
+            iterator.next()
+    assert finalized == [True]
+
+
+def test_iterating_tuple_dataset_gives_tuples():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.arange(6, dtype=np.int32)
+    iterator = chainer.SerialIterator(chainer.TupleDataset(x, y), 4, shuffle=False)
+    iterator.next()
+    batch = iterator.next()
+    assert [label for _, label in batch] == [4, 5, 0, 1]
+    np.testing.assert_array_equal(batch[1][0], [10, 11])
+
+
+def test_batch_fetch_and_concat_cost():
+    x = np.random.rand(60000, 784).astype(np.float32)
+    y = np.random.randint(0, 10, 60000).astype(np.int32)
+    iterator = chainer.SerialIterator(chainer.TupleDataset(x, y), 100)
+    start, rounds = time.perf_counter(), 200
+    for _ in range(rounds):
+        images, labels = chainer.concat_examples(iterator.next())
+    cost = (time.perf_counter() - start) / rounds * 1e6
+    print('batch of 100 (fetch + concat): {:.0f} us'.format(cost))
+    assert images.shape == (100, 784) and labels.dtype == np.int32
+    assert cost < 5000
+
+
+# --- concat_examples ---------------------------------------------------------
+
+def test_concat_examples_shapes_and_types():
+    arrays = [np.full(3, i, dtype=np.float32) for i in range(4)]
+    stacked = chainer.concat_examples(arrays)
+    assert stacked.shape == (4, 3) and stacked.dtype == np.float32
+    images, labels = chainer.concat_examples(
+        [(a, np.int32(i)) for i, a in enumerate(arrays)])
+    assert images.shape == (4, 3) and list(labels) == [0, 1, 2, 3]
+    assert labels.dtype == np.int32
+    batch = chainer.concat_examples([{'x': a, 't': i} for i, a in enumerate(arrays)])
+    assert set(batch) == {'x', 't'} and batch['x'].shape == (4, 3)
+
+
+def test_concat_examples_padding():
+    ragged = [np.array([1, 2]), np.array([3, 4, 5]), np.array([[6]])[0]]
+    np.testing.assert_array_equal(chainer.concat_examples(ragged, padding=-1),
+                                  [[1, 2, -1], [3, 4, 5], [6, -1, -1]])
+    grids = [np.ones((1, 3)), np.ones((2, 1))]
+    padded = chainer.concat_examples(grids, padding=0)
+    assert padded.shape == (2, 2, 3) and padded.sum() == 5
+    pairs = [(np.array([1]), np.array([1, 1])), (np.array([2, 2]),
+                                                 np.array([2]))]
+    first, second = chainer.concat_examples(pairs, padding=(0, 9))
+    np.testing.assert_array_equal(first, [[1, 0], [2, 2]])
+    np.testing.assert_array_equal(second, [[1, 1], [2, 9]])
+    dicts = [{'a': np.array([1])}, {'a': np.array([1, 2])}]
+    np.testing.assert_array_equal(
+        chainer.concat_examples(dicts, padding={'a': 7})['a'], [[1, 7], [1, 2]])
+
+
+def test_concat_examples_errors():
+    with pytest.raises(ValueError, match='empty'):
+        chainer.concat_examples([])
+    with pytest.raises(ValueError, match=r'\(2,\), \(3,\).*padding'):
+        chainer.concat_examples([np.zeros(2), np.zeros(3)])
+
+
+# =============================================================================
+# Chapter 12. The training loop
+# =============================================================================
+from onefchainer import serializers
+from onefchainer.dataset import concat_examples
+from onefchainer.datasets import TupleDataset
+from onefchainer.iterators import SerialIterator
+
+extensions = chainer.training.extensions    # the registered namespaces, as users see them
+triggers = chainer.training.triggers
+
+
+# --- helpers -------------------------------------------------------------------
+
+def make_dataset(n=200, seed=0):
+    """n examples of 5 features, 3 classes given by a fixed linear rule."""
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, 5).astype(np.float32)
+    t = (x @ rng.randn(5, 3).astype(np.float32)).argmax(axis=1).astype(np.int32)
+    return TupleDataset(x, t)
+
+
+class TrainMLP(chainer.Chain):
+    def __init__(self, n_units=8, n_out=3):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(None, n_units)
+            self.l2 = L.Linear(None, n_out)
+
+    def forward(self, x):
+        return self.l2(F.relu(self.l1(x)))
+
+
+def stateless_sampler(current_order, current_position):
+    """A shuffling order sampler without hidden random state: the next order
+    is derived from the current one.  NumPy's global random state is not part
+    of a snapshot (as in Chainer), so exact-resume tests shuffle this way."""
+    seed = int(np.dot(np.asarray(current_order[:8]), np.arange(1, 9))) % (2 ** 31)
+    return np.random.RandomState(seed).permutation(len(current_order))
+
+
+def make_model(seed=0):
+    np.random.seed(seed)                  # initializers draw from NumPy
+    model = L.Classifier(TrainMLP())
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    return model, optimizer
+
+
+def make_trainer(out, stop=(3, 'epoch'), batch_size=30, seed=0, n=200):
+    model, optimizer = make_model(seed)
+    iterator = SerialIterator(make_dataset(n), batch_size, order_sampler=stateless_sampler)
+    updater = chainer.StandardUpdater(iterator, optimizer)
+    return chainer.Trainer(updater, stop, out=str(out)), model
+
+
+def params_of(link):
+    return {name: p.data.copy() for name, p in link.namedparams()}
+
+
+def without_time(log):
+    return [{k: v for k, v in entry.items() if k != 'elapsed_time'} for entry in log]
+
+
+def leftovers(folder):
+    """Temporary files or folders an atomic write might have left."""
+    return [name for name in os.listdir(folder) if name.startswith('.') or 'tmp' in name]
+
+
+# --- updater ---------------------------------------------------------------------
+
+def test_updater_counts_iterations_and_epochs():
+    model, optimizer = make_model()
+    iterator = SerialIterator(make_dataset(200), 30, shuffle=False)
+    updater = chainer.StandardUpdater(iterator, optimizer)
+    seen = []
+    for _ in range(7):
+        updater.update()
+        seen.append((updater.iteration, updater.epoch, updater.is_new_epoch))
+    assert seen[5] == (6, 0, False)           # 180 of 200 examples
+    assert seen[6] == (7, 1, True)            # 210: the first epoch ended
+    assert updater.epoch_detail == pytest.approx(210 / 200)
+    assert updater.previous_epoch_detail == pytest.approx(180 / 200)
+    assert optimizer.epoch == 1               # auto_new_epoch
+    assert optimizer.t == 7
+    assert updater.get_optimizer('main') is optimizer
+    assert updater.get_all_optimizers() == {'main': optimizer}
+    assert updater.get_iterator('main') is iterator
+
+
+def test_updater_passes_dicts_as_keywords_and_single_arrays_alone():
+    calls = []
+
+    def loss_func(*args, **kwargs):
+        calls.append((len(args), sorted(kwargs)))
+        return F.sum(model(args[0] if args else kwargs['x']))
+
+    model = L.Linear(3, 1)
+    optimizer = chainer.optimizers.SGD().setup(model)
+    xs = np.ones((4, 3), np.float32)
+    as_dicts = [{'x': x} for x in xs]
+    chainer.StandardUpdater(SerialIterator(as_dicts, 2), optimizer, loss_func=loss_func).update()
+    chainer.StandardUpdater(SerialIterator(list(xs), 2), optimizer, loss_func=loss_func).update()
+    assert calls == [(0, ['x']), (1, [])]
+
+
+def test_updater_serializes_with_chainer_keys():
+    model, optimizer = make_model()
+    updater = chainer.StandardUpdater(SerialIterator(make_dataset(), 30), optimizer)
+    updater.update()
+    saver = chainer.serializers.DictionarySerializer()
+    saver.save(updater)
+    keys = set(saver.target)
+    for key in ('iteration', 'iterator:main/current_position', 'iterator:main/order',
+                'optimizer:main/t', 'optimizer:main/predictor/l1/W/m',
+                'model:main/predictor/l1/W', 'model:main/predictor/l2/b'):
+        assert key in keys, key
+
+
+class GANUpdater(chainer.StandardUpdater):
+    """The DCGAN-example pattern: its own __init__ that does NOT call
+    super().__init__, and an update_core with two losses and two optimizers."""
+
+    def __init__(self, iterator, gen_optimizer, dis_optimizer):
+        self._iterators = {'main': iterator}
+        self._optimizers = {'gen': gen_optimizer, 'dis': dis_optimizer}
+        self.converter = concat_examples
+        self.device = None
+        self.iteration = 0
+
+    def loss_dis(self, dis, y_fake, y_real):
+        loss = F.mean((y_real - 1) * (y_real - 1)) + F.mean(y_fake * y_fake)
+        chainer.report({'loss': loss}, dis)
+        return loss
+
+    def loss_gen(self, gen, y_fake):
+        loss = F.mean((y_fake - 1) * (y_fake - 1))
+        chainer.report({'loss': loss}, gen)
+        return loss
+
+    def update_core(self):
+        gen_optimizer = self.get_optimizer('gen')
+        dis_optimizer = self.get_optimizer('dis')
+        gen, dis = gen_optimizer.target, dis_optimizer.target
+        batch = self.get_iterator('main').next()
+        x_real = chainer.Variable(self.converter(batch, self.device))
+        z = np.random.RandomState(self.iteration).randn(len(batch), 2).astype(np.float32)
+        x_fake = gen(z)
+        y_real, y_fake = dis(x_real), dis(x_fake)
+        dis_optimizer.update(self.loss_dis, dis, y_fake, y_real)
+        gen_optimizer.update(self.loss_gen, gen, y_fake)
+
+
+def make_gan_trainer(out):
+    np.random.seed(1)
+    gen, dis = L.Linear(2, 5), L.Linear(5, 1)
+    gen_optimizer = chainer.optimizers.Adam().setup(gen)
+    dis_optimizer = chainer.optimizers.Adam().setup(dis)
+    data = list(np.random.RandomState(2).randn(40, 5).astype(np.float32) + 3)
+    iterator = SerialIterator(data, 8, order_sampler=stateless_sampler)
+    updater = GANUpdater(iterator, gen_optimizer, dis_optimizer)
+    trainer = chainer.Trainer(updater, (2, 'epoch'), out=str(out))
+    trainer.extend(extensions.LogReport(trigger=(1, 'epoch')))
+    return trainer, gen, dis
+
+
+def test_gan_style_updater_without_super_init(tmp_path):
+    trainer, gen, dis = make_gan_trainer(tmp_path / 'a')
+    before = params_of(gen), params_of(dis)
+    trainer.run()
+    updater = trainer.updater
+    assert updater.iteration == 10 and updater.epoch == 2
+    assert updater.epoch_detail == pytest.approx(2.0)
+    log = trainer.get_extension('LogReport').log
+    assert [entry['epoch'] for entry in log] == [1, 2]
+    assert {'gen/loss', 'dis/loss'} <= set(log[0])
+    for old, new in zip(before, (params_of(gen), params_of(dis))):
+        assert any(not np.array_equal(old[k], new[k]) for k in old)
+
+    # Its state round-trips through a snapshot into fresh objects.
+    path = str(tmp_path / 'gan_snapshot')
+    serializers.save_npz(path, trainer)
+    with np.load(path) as npz:
+        assert {'updater/iteration', 'updater/model:gen/W', 'updater/model:dis/W',
+                'updater/optimizer:dis/t', 'updater/iterator:main/order'} <= set(npz.files)
+    fresh, fresh_gen, fresh_dis = make_gan_trainer(tmp_path / 'b')
+    serializers.load_npz(path, fresh)
+    assert fresh.updater.iteration == 10 and fresh.updater.epoch == 2
+    for a, b in ((gen, fresh_gen), (dis, fresh_dis)):
+        for (_, p), (_, q) in zip(a.namedparams(), b.namedparams()):
+            assert np.array_equal(p.data, q.data)
+
+
+# --- triggers ----------------------------------------------------------------------
+
+def record_iterations(trigger, stop=(3, 'epoch'), tmp_path=None, batch_size=30):
+    trainer, _ = make_trainer(tmp_path, stop=stop, batch_size=batch_size)
+    fired = []
+    trainer.extend(lambda tr: fired.append(tr.updater.iteration), name='probe',
+                   trigger=trigger)
+    trainer.run()
+    return fired, trainer
+
+
+def test_epoch_trigger_fires_once_per_boundary(tmp_path):
+    # 200 examples in batches of 30: epochs end inside iterations 7, 14, 20.
+    fired, trainer = record_iterations((1, 'epoch'), tmp_path=tmp_path)
+    assert fired == [7, 14, 20]
+    assert trainer.updater.iteration == 20
+    fired, _ = record_iterations(chainer.IntervalTrigger(2, 'epoch'), tmp_path=tmp_path)
+    assert fired == [14]
+    fired, _ = record_iterations((6, 'iteration'), tmp_path=tmp_path)
+    assert fired == [6, 12, 18]
+    fired, _ = record_iterations(triggers.ManualScheduleTrigger([2, 5, 13], 'iteration'),
+                                 tmp_path=tmp_path)
+    assert fired == [2, 5, 13]
+    fired, _ = record_iterations(triggers.ManualScheduleTrigger(1.5, 'epoch'),
+                                 tmp_path=tmp_path)
+    assert fired == [10]                      # 1.5 epochs = 300 examples
+
+
+def test_best_value_triggers(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(6, 'iteration'))
+    values = iter([5.0, 3.0, 4.0, 1.0, 2.0, 0.5])
+    trainer.extend(lambda tr: tr.observation.__setitem__('v', next(values)),
+                   name='feed', priority=chainer.PRIORITY_WRITER)
+    lows, highs = [], []
+    trainer.extend(lambda tr: lows.append(tr.updater.iteration), name='low',
+                   trigger=triggers.MinValueTrigger('v', (1, 'iteration')))
+    trainer.extend(lambda tr: highs.append(tr.updater.iteration), name='high',
+                   trigger=triggers.MaxValueTrigger('v', (1, 'iteration')))
+    trainer.run()
+    assert lows == [1, 2, 4, 6]
+    assert highs == [1]
+
+
+# --- trainer -------------------------------------------------------------------------
+
+def test_trainer_stops_and_orders_extensions(tmp_path):
+    trainer, _ = make_trainer(tmp_path / 'out', stop=(5, 'iteration'))
+    calls = []
+
+    @chainer.make_extension(trigger=(1, 'iteration'), priority=chainer.PRIORITY_READER)
+    def reader(tr):
+        calls.append('reader')
+
+    @chainer.make_extension(priority=chainer.PRIORITY_WRITER, initializer=lambda tr: calls.append('init'),
+                      finalizer=lambda: calls.append('final'))
+    def writer(tr):
+        calls.append('writer')
+
+    trainer.extend(reader)
+    trainer.extend(writer)
+    trainer.extend(reader)              # same name again: gets a suffix
+    trainer.extend(lambda tr: calls.append('before'), name='before',
+                   trigger=(100, 'epoch'), call_before_training=True)
+    assert trainer.get_extension('reader_1') is reader
+    trainer.run()
+    assert trainer.updater.iteration == 5
+    assert calls[:3] == ['init', 'before', 'writer']
+    assert calls[3:5] == ['reader', 'reader']
+    assert calls.count('writer') == 5 and calls[-1] == 'final'
+    assert os.path.isdir(tmp_path / 'out')
+    assert trainer.elapsed_time > 0
+    with pytest.raises(RuntimeError):
+        trainer.run()
+    with pytest.raises(ValueError):
+        trainer.get_extension('nothing')
+
+
+def test_trainer_reports_under_optimizer_names(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(1, 'iteration'))
+    trainer.run()
+    assert {'main/loss', 'main/accuracy'} <= set(trainer.observation)
+
+
+def test_trainer_finalizes_and_calls_on_error_when_the_loop_fails(tmp_path, capsys):
+    trainer, _ = make_trainer(tmp_path, stop=(5, 'iteration'))
+    events = []
+
+    class Fragile(chainer.Extension):
+        def __call__(self, tr):
+            if tr.updater.iteration == 3:
+                raise ZeroDivisionError('boom')
+
+        def on_error(self, tr, exc, tb):
+            events.append(('error', type(exc).__name__))
+
+        def finalize(self):
+            events.append('finalize')
+
+    trainer.extend(Fragile())
+    with pytest.raises(ZeroDivisionError):
+        trainer.run()
+    assert events == [('error', 'ZeroDivisionError'), 'finalize']
+    assert 'Exception in main training loop: boom' in capsys.readouterr().err
+
+
+# --- LogReport, PrintReport, ProgressBar ---------------------------------------------
+
+def test_log_report_writes_json_atomically(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(3, 'epoch'))
+    trainer.extend(extensions.LogReport())
+    trainer.run()
+    log = trainer.get_extension('LogReport').log
+    with open(tmp_path / 'log') as f:
+        assert json.load(f) == log
+    assert [entry['epoch'] for entry in log] == [1, 2, 3]
+    assert [entry['iteration'] for entry in log] == [7, 14, 20]
+    assert list(log[0]) == ['main/loss', 'main/accuracy', 'epoch', 'iteration',
+                            'elapsed_time']
+    assert 0 < log[0]['elapsed_time'] < log[1]['elapsed_time']
+    assert sorted(os.listdir(tmp_path)) == ['log'] and not leftovers(tmp_path)
+
+
+def test_log_report_keys_postprocess_and_name(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    trainer.extend(extensions.LogReport(
+        keys=['main/loss'], trigger=(7, 'iteration'),
+        postprocess=lambda entry: entry.__setitem__('extra', 1), filename='log_{epoch}'))
+    trainer.run()
+    assert sorted(os.listdir(tmp_path)) == ['log_1', 'log_2']
+    with open(tmp_path / 'log_2') as f:
+        entries = json.load(f)
+    assert [set(e) for e in entries] == [{'main/loss', 'extra', 'epoch', 'iteration',
+                                          'elapsed_time'}] * 2
+
+
+def test_print_report_prints_header_and_rows(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    out = io.StringIO()
+    entries = ['epoch', 'main/loss', 'validation/main/loss', 'elapsed_time']
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.PrintReport(entries, out=out))
+    trainer.run()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == 'epoch       main/loss   validation/main/loss  elapsed_time'
+    assert len(lines) == 3
+    log = trainer.get_extension('LogReport').log
+    loss = '{:<10g}  '.format(log[1]['main/loss'])
+    assert lines[2].startswith('\033[J2           ' + loss + ' ' * 22)
+
+
+def test_print_report_with_its_own_log_report(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(1, 'epoch'))
+    out = io.StringIO()
+    trainer.extend(extensions.PrintReport(
+        ['iteration'], log_report=extensions.LogReport(trigger=(3, 'iteration'),
+                                                       log_name=None), out=out))
+    trainer.run()
+    rows = out.getvalue().splitlines()[1:]
+    assert [row.strip('\033[J').split()[0] for row in rows] == ['3', '6']
+
+
+def test_progress_bar_draws(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    out = io.StringIO()
+    trainer.extend(extensions.ProgressBar(update_interval=5, out=out))
+    trainer.run()
+    text = out.getvalue()
+    assert text.count('     total [') == 2 and text.count('this epoch [') == 2
+    assert '        10 iter, 1 epoch / 2 epochs' in text
+    assert 'iters/sec. Estimated time to finish: ' in text
+    assert '\033[4A' in text and text.endswith('\033[J')
+    assert '] 37.50%\n' in text and '] 75.00%\n' in text   # 150 and 300 of 400 examples
+    with pytest.raises(TypeError):
+        other, _ = make_trainer(tmp_path, stop=lambda tr: tr.updater.iteration >= 5)
+        other.extend(extensions.ProgressBar(update_interval=1, out=io.StringIO()))
+        other.run(show_loop_exception_msg=False)
+
+
+# --- Evaluator ---------------------------------------------------------------------------
+
+class ProbedClassifier(L.Classifier):
+    """Records the configuration and whether a graph was built."""
+
+    def forward(self, *args, **kwargs):
+        loss = super().forward(*args, **kwargs)
+        self.probes.append((chainer.config.train, loss.creator is None))
+        return loss
+
+
+def test_evaluator_reports_validation_keys_without_touching_the_model(tmp_path):
+    np.random.seed(0)
+    model = ProbedClassifier(TrainMLP())
+    model.probes = []
+    dataset = make_dataset(50)
+    model(*concat_examples(dataset[:2]))            # initialize the lazy weights
+    before = params_of(model)
+    iterator = SerialIterator(dataset, 20, repeat=False, shuffle=False)
+    evaluator = extensions.Evaluator(iterator, model)
+    evaluator.name = 'validation'
+    model.probes.clear()
+    first, second = evaluator(), evaluator()       # the iterator restarts each time
+    assert first == second
+    assert set(first) == {'validation/main/loss', 'validation/main/accuracy'}
+    assert model.probes == [(False, True)] * 6     # 3 batches x 2, test mode, no graph
+    assert all(np.array_equal(before[k], v) for k, v in params_of(model).items())
+    assert chainer.config.train is True
+    # Means of the batch means (20, 20 and 10 examples count alike), as in Chainer.
+    batch_losses = [float(F.softmax_cross_entropy(model.predictor(x), t).data)
+                    for x, t in (concat_examples(dataset[i:i + 20]) for i in (0, 20, 40))]
+    assert first['validation/main/loss'] == pytest.approx(np.mean(batch_losses), rel=1e-6)
+
+
+def test_evaluator_in_a_trainer(tmp_path):
+    trainer, model = make_trainer(tmp_path, stop=(2, 'epoch'))
+    valid = SerialIterator(make_dataset(60, seed=1), 25, repeat=False, shuffle=False)
+    trainer.extend(extensions.Evaluator(valid, model))
+    trainer.extend(extensions.LogReport())
+    trainer.run()
+    log = trainer.get_extension('LogReport').log
+    assert {'validation/main/loss', 'validation/main/accuracy'} <= set(log[0])
+    assert len(log) == 2
+    with pytest.warns(UserWarning, match='repeat'):
+        extensions.Evaluator(SerialIterator(make_dataset(10), 5), model)
+
+
+# --- snapshots and exact resume ---------------------------------------------------------
+
+def build_full_trainer(out, stop=(3, 'epoch')):
+    """A trainer with every kind of state: iterator order, Adam state, a
+    schedule, log summaries, a validation pass, interval triggers."""
+    trainer, model = make_trainer(out, stop=stop)
+    valid = SerialIterator(make_dataset(40, seed=3), 16, repeat=False, shuffle=False)
+    trainer.extend(extensions.Evaluator(valid, model))
+    trainer.extend(extensions.ExponentialShift('alpha', 0.5), trigger=(1, 'epoch'))
+    trainer.extend(extensions.observe_lr(), trigger=(1, 'iteration'))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.LogReport(trigger=(4, 'iteration'), filename='log_4'))
+    trainer.extend(extensions.snapshot(), trigger=(5, 'iteration'))
+    return trainer, model
+
+
+@pytest.mark.parametrize('resume_at', [5, 10, 15])   # mid-epoch 1, 2 and 3
+def test_resume_from_snapshot_is_exact(tmp_path, resume_at):
+    straight, straight_model = build_full_trainer(tmp_path / 'straight')
+    straight.run()
+    assert sorted(f for f in os.listdir(tmp_path / 'straight') if f.startswith('snap')) == \
+        ['snapshot_iter_10', 'snapshot_iter_15', 'snapshot_iter_20', 'snapshot_iter_5']
+    assert not leftovers(tmp_path / 'straight')
+
+    # A fresh set of objects, as in a new process; only the file carries over.
+    resumed, resumed_model = build_full_trainer(tmp_path / 'resumed')
+    snapshot_path = str(tmp_path / 'straight' / 'snapshot_iter_{}'.format(resume_at))
+    serializers.load_npz(snapshot_path, resumed)
+    assert resumed.updater.iteration == resume_at
+    resumed.run()
+
+    assert resumed.updater.iteration == straight.updater.iteration == 20
+    for (name, p), (_, q) in zip(straight_model.namedparams(), resumed_model.namedparams()):
+        assert np.array_equal(p.data, q.data), name          # bit for bit
+    for name in ('LogReport', 'LogReport_1'):
+        a = straight.get_extension(name).log
+        b = resumed.get_extension(name).log
+        assert without_time(a) == without_time(b)
+    with open(tmp_path / 'straight' / 'log') as f, open(tmp_path / 'resumed' / 'log') as g:
+        assert without_time(json.load(f)) == without_time(json.load(g))
+    # The run's clock continues from the snapshot's.
+    with np.load(snapshot_path) as npz:
+        assert resumed.elapsed_time > float(npz['_snapshot_elapsed_time'])
+    alphas = [tr.updater.get_optimizer('main').alpha for tr in (straight, resumed)]
+    assert alphas[0] == alphas[1]
+    # The last snapshots of both runs hold the same training state.
+    with np.load(str(tmp_path / 'straight' / 'snapshot_iter_20')) as a, \
+            np.load(str(tmp_path / 'resumed' / 'snapshot_iter_20')) as b:
+        assert a.files == b.files
+        for key in a.files:
+            if 'elapsed_time' not in key and not key.endswith('/_log'):
+                assert np.array_equal(a[key], b[key]), key
+
+
+CHAINER_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               'testdata', 'chainer7_trainer')
+
+
+def test_resumes_a_snapshot_written_by_chainer(tmp_path):
+    """testdata/chainer7_trainer/make_fixture.py ran a small training in
+    Chainer 7.8.1, snapshotted it at iteration 5 (mid-epoch) and continued
+    it; the same snapshot, continued here, must end where Chainer ended."""
+    with open(os.path.join(CHAINER_FIXTURE, 'expected.json')) as f:
+        expected = json.load(f)
+    data = TupleDataset(np.array(expected['data']['x'], np.float32),
+                        np.array(expected['data']['t'], np.int32))
+
+    class Net(chainer.Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(4, 3)
+                self.l2 = L.Linear(3, 2)
+
+        def forward(self, x):
+            return self.l2(F.relu(self.l1(x)))
+
+    model = L.Classifier(Net())
+    optimizer = chainer.optimizers.Adam().setup(model)
+    updater = chainer.StandardUpdater(SerialIterator(data, 15, shuffle=False), optimizer)
+    trainer = chainer.Trainer(updater, (3, 'epoch'), out=str(tmp_path))
+    trainer.extend(extensions.ExponentialShift('alpha', 0.5), trigger=(1, 'epoch'))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.snapshot(), trigger=(5, 'iteration'))
+    serializers.load_npz(os.path.join(CHAINER_FIXTURE, 'snapshot_iter_5'), trainer)
+    assert updater.iteration == 5 and updater.epoch == 1
+    trainer.run()
+
+    assert updater.iteration == expected['final_iteration']
+    assert optimizer.alpha == expected['final_alpha']
+    for name, param in model.namedparams():
+        np.testing.assert_allclose(param.data, expected['final_params'][name],
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+    log = without_time(trainer.get_extension('LogReport').log)
+    assert [(e['epoch'], e['iteration']) for e in log] == \
+        [(e['epoch'], e['iteration']) for e in expected['log']]
+    for ours, theirs in zip(log, expected['log']):
+        assert set(ours) == set(theirs)
+        for key in theirs:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
+
+
+def test_snapshot_n_retains_keeps_the_newest(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(9, 'iteration'))
+    trainer.extend(extensions.snapshot(n_retains=2), trigger=(2, 'iteration'))
+    trainer.run()
+    assert sorted(os.listdir(tmp_path)) == ['snapshot_iter_6', 'snapshot_iter_8']
+
+
+def test_snapshot_autoload_resumes_in_the_same_folder(tmp_path):
+    straight, straight_model = make_trainer(tmp_path / 'straight', stop=(20, 'iteration'))
+    straight.run()
+
+    first, _ = make_trainer(tmp_path / 'run', stop=(12, 'iteration'))
+    first.extend(extensions.snapshot(autoload=True), trigger=(4, 'iteration'))
+    first.run()                       # nothing to load yet: starts at 0
+    second, model = make_trainer(tmp_path / 'run', stop=(20, 'iteration'))
+    starts = []
+    second.extend(extensions.snapshot(autoload=True), trigger=(4, 'iteration'))
+    second.extend(lambda tr: starts.append(tr.updater.iteration), name='probe')
+    with pytest.warns(UserWarning, match='IntervalTrigger'):
+        second.run()                  # 'probe' is new: its trigger state is guessed
+    assert starts[0] == 13            # continued from snapshot_iter_12
+    for (_, p), (_, q) in zip(straight_model.namedparams(), model.namedparams()):
+        assert np.array_equal(p.data, q.data)
+
+
+def test_snapshot_object_and_condition(tmp_path):
+    trainer, model = make_trainer(tmp_path, stop=(2, 'epoch'))
+    trainer.extend(extensions.snapshot_object(model, 'model_epoch_{.updater.epoch}'))
+    trainer.extend(extensions.snapshot(condition=lambda: False), trigger=(1, 'iteration'))
+    trainer.run()
+    assert sorted(os.listdir(tmp_path)) == ['model_epoch_1', 'model_epoch_2']
+    np.random.seed(5)
+    fresh = L.Classifier(TrainMLP())
+    serializers.load_npz(str(tmp_path / 'model_epoch_2'), fresh)
+    for (_, p), (_, q) in zip(model.namedparams(), fresh.namedparams()):
+        assert np.array_equal(p.data, q.data)
+
+
+def test_snapshot_on_error(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(5, 'iteration'))
+    trainer.extend(extensions.snapshot(snapshot_on_error=True, filename='crash'),
+                   trigger=(100, 'epoch'))
+
+    def explode(tr):
+        if tr.updater.iteration == 3:
+            raise RuntimeError('boom')
+    trainer.extend(explode)
+    with pytest.raises(RuntimeError):
+        trainer.run(show_loop_exception_msg=False)
+    with np.load(str(tmp_path / 'crash')) as npz:
+        assert int(npz['updater/iteration']) == 3
+
+
+# --- PlotReport -------------------------------------------------------------------------
+
+def test_plot_report_writes_a_png(tmp_path):
+    pytest.importorskip('matplotlib')
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    trainer.extend(extensions.PlotReport(['main/loss', 'main/accuracy'], 'epoch',
+                                         filename='loss.png'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert extensions.PlotReport.available()
+    trainer.run()
+    with open(tmp_path / 'loss.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert sorted(os.listdir(tmp_path)) == ['loss.png']
+
+
+def test_plot_report_without_matplotlib_warns_once(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == 'matplotlib' or m.startswith('matplotlib.')]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)     # `import matplotlib` fails
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        trainer.extend(extensions.PlotReport(['main/loss'], 'epoch'))
+        trainer.run()
+    assert len(caught) == 1 and 'matplotlib' in str(caught[0].message)
+    assert os.listdir(tmp_path) == []
+    with pytest.warns(UserWarning):
+        assert extensions.PlotReport.available() is False
+
+
+# --- DumpGraph -----------------------------------------------------------------------------
+
+def test_dump_graph_writes_dot_of_the_first_iteration(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(3, 'iteration'))
+    kept = []
+    trainer.extend(extensions.DumpGraph('main/loss'))
+    trainer.extend(lambda tr: kept.append(tr.observation['main/loss'].creator is not None),
+                   name='probe')
+    assert chainer.config.keep_graph_on_report is False
+    trainer.run()
+    assert kept == [True, False, False]       # only the first loss kept its graph
+    assert chainer.config.keep_graph_on_report is False
+    with open(tmp_path / 'cg.dot') as f:
+        dot = f.read()
+    assert dot.startswith('digraph graphname{')
+    assert 'linear' in dot.lower() and 'relu' in dot.lower()
+    assert '"(30, 5), float32"' in dot          # the input batch
+    assert '"W: (8, 5), float32"' in dot        # a parameter, with its name
+    assert '"(30), int32"' in dot               # the labels
+    assert dot.count('->') == 13
+    assert sorted(os.listdir(tmp_path)) == ['cg.dot']
+
+
+def test_dump_graph_rejects_a_missing_root(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'iteration'))
+    trainer.extend(extensions.DumpGraph('main/nothing'))
+    with pytest.raises(KeyError):
+        trainer.run(show_loop_exception_msg=False)
+    assert chainer.config.keep_graph_on_report is False
+
+
+# --- schedules and observations --------------------------------------------------------------
+
+def test_exponential_shift_linear_shift_and_observe_lr(tmp_path):
+    model, _ = make_model()
+    optimizer = chainer.optimizers.MomentumSGD(lr=0.1).setup(model)
+    iterator = SerialIterator(make_dataset(), 50)        # 4 iterations an epoch
+    trainer = chainer.Trainer(chainer.StandardUpdater(iterator, optimizer), (3, 'epoch'),
+                        out=str(tmp_path))
+    trainer.extend(extensions.ExponentialShift('lr', 0.5, target=0.03), trigger=(1, 'epoch'))
+    trainer.extend(extensions.LinearShift('momentum', (0.9, 0.5), (2, 6)))
+    trainer.extend(extensions.observe_lr(), trigger=(1, 'iteration'))
+    trainer.extend(extensions.observe_value('momentum', lambda tr: optimizer.momentum),
+                   trigger=(1, 'iteration'))
+    trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
+    trainer.run()
+    log = trainer.get_extension('LogReport').log
+    # observe_* run before the shifts (PRIORITY_WRITER), so each entry shows
+    # the value that iteration's update used.
+    assert [e['lr'] for e in log] == [0.1] * 4 + [0.05] * 4 + [0.03] * 4
+    assert [round(e['momentum'], 6) for e in log[:8]] == \
+        [0.9, 0.9, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5]
+    assert optimizer.lr == 0.03
+
+
+def test_namespaces_match_chainer():
+    import onefchainer.training
+    import onefchainer.training.extensions
+    import onefchainer.training.triggers
+    import onefchainer.training.updaters
+    assert onefchainer.training.updaters.StandardUpdater is chainer.StandardUpdater
+    assert onefchainer.training.extensions.snapshot is chainer.snapshot
+    assert onefchainer.training.triggers.IntervalTrigger is chainer.IntervalTrigger
+    assert onefchainer.training.extension.PRIORITY_WRITER == 300
+    assert onefchainer.training.get_trigger((1, 'epoch')).unit == 'epoch'
+    assert onefchainer.training.updater.Updater is chainer.Updater
