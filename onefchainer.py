@@ -2548,7 +2548,9 @@ class AdamRule(UpdateRule):
             # block then stays there for all the passes below instead of
             # streaming from memory a dozen times (about 3 ms per MNIST step).
             flat = [a.reshape(-1) for a in arrays]
-            scratch = np.empty(_ADAM_BLOCK, dtype=param.data.dtype)
+            scratch = _adam_scratch.get(param.data.dtype)
+            if scratch is None:       # one block of scratch, reused: fresh pages cost faults
+                scratch = _adam_scratch[param.data.dtype] = np.empty(_ADAM_BLOCK, param.data.dtype)
             for start in range(0, size, _ADAM_BLOCK):
                 block = [a[start:start + _ADAM_BLOCK] for a in flat]
                 _adam_step(np, scratch[:len(block[0])], *block, constants=constants)
@@ -2557,7 +2559,8 @@ class AdamRule(UpdateRule):
                        *arrays, constants=constants)
 
 
-_ADAM_BLOCK = 1 << 17      # elements: 6 float32 arrays of this size fit in L2
+_ADAM_BLOCK = 1 << 18      # elements: a block of each array stays in the cache
+_adam_scratch = {}         # dtype -> one block of scratch memory
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
