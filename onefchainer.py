@@ -153,6 +153,12 @@ class Device:
     def __hash__(self):
         return hash(str(self))
 
+    def __deepcopy__(self, memo):
+        # A device only names a place, so copies share it.  (A GpuDevice holds
+        # the cupy module, which deepcopy cannot copy: deepcopy(model) of a
+        # model on the GPU, which keeps its device in Link._device, failed.)
+        return self
+
     def __repr__(self):
         return '<Device {}>'.format(self)
 
@@ -2243,6 +2249,8 @@ class _HyperparameterProxy:
 class UpdateRule:
     """How one parameter is updated; `state` holds its arrays (e.g. m, v)."""
 
+    _state_from_file = False     # set by serialize: the state is host arrays
+
     def __init__(self, parent_hyperparam=None):
         self.hyperparam = Hyperparameter(parent_hyperparam)
         self.state = None
@@ -2263,6 +2271,15 @@ class UpdateRule:
         if self.state is None:
             self.state = {}
             self.init_state(param)
+        elif self._state_from_file:
+            # Loaded from a file into a rule that had no state: the arrays came
+            # as NumPy, so move them beside the parameter (a GPU one, say), as
+            # Chainer does.  Done here, since a lazy parameter may get its data
+            # only after the optimizer was loaded (a trainer loads it first).
+            self._state_from_file = False
+            device = _device_of(param.data)
+            for key in self.state:
+                self.state[key] = device.send(self.state[key])
         for hook in self._hooks.values():
             hook(self, param)
         self.update_core(param)
@@ -2290,6 +2307,7 @@ class UpdateRule:
                 loaded[key] = serializer(key, None)
             if all(value is not None for value in loaded.values()):
                 self.state = loaded
+                self._state_from_file = True
         else:
             for key in self.state:
                 self.state[key] = serializer(key, self.state[key])

@@ -37,6 +37,40 @@ from onefchainer import optimizer as optimizer_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# ----- the backend the tests run on --------------------------------------------
+# ONEFCHAINER_TEST_DEVICE picks it: '@numpy' (the default; -1 says the same) or
+# a GPU ('@cupy:0', or 0).  Tests that compute make their inputs with dev(...)
+# and move models with .to_device(TEST_DEVICE), then compare after host(...);
+# values worked out by hand here stay NumPy.  Tests of host-side things (files,
+# downloads, datasets) are marked cpu_only and skip on a GPU run.
+
+
+def _test_device(spec):
+    try:
+        return chainer.get_device(spec)
+    except (RuntimeError, ValueError) as error:   # no CuPy, or a bad spec: say where it came from
+        raise type(error)('ONEFCHAINER_TEST_DEVICE={!r}: {}'.format(spec, error)) from None
+
+
+TEST_DEVICE = _test_device(os.environ.get('ONEFCHAINER_TEST_DEVICE', '@numpy'))
+xp = TEST_DEVICE.xp
+ON_GPU = xp is not np
+
+
+def cpu_only(reason):
+    """Skip on a GPU run: the test checks something that lives on the host."""
+    return pytest.mark.skipif(ON_GPU, reason='CPU only: ' + reason)
+
+
+def dev(array):
+    """A NumPy array (or a tuple/list/dict of them) sent to TEST_DEVICE."""
+    return TEST_DEVICE.send(array)
+
+
+def host(array):
+    """An array (or a Variable's data) as NumPy, to compare with NumPy values."""
+    return cuda.to_cpu(array.data if isinstance(array, Variable) else array)
+
 
 def rng(seed=0):
     return np.random.RandomState(seed)
@@ -51,12 +85,13 @@ def f32(*shape, seed=0, low=-1.0, high=1.0):
 
 
 def check(func, *xs, atol=1e-5, rtol=1e-4, seed=1):
-    """check_backward with a random output gradient of the right shape(s)."""
+    """check_backward on TEST_DEVICE with a random output gradient of the right shape(s)."""
+    xs = dev(xs)
     with chainer.no_backprop_mode():
         ys = func(*[Variable(x.copy()) for x in xs])
     ys = ys if isinstance(ys, tuple) else (ys,)
     r = rng(seed)
-    gys = tuple(r.uniform(-1, 1, y.shape).astype(y.dtype) for y in ys)
+    gys = dev(tuple(r.uniform(-1, 1, y.shape).astype(y.dtype) for y in ys))
     gradient_check.check_backward(func, xs, gys, atol=atol, rtol=rtol)
 
 
@@ -136,7 +171,12 @@ def test_get_device_gpu_without_cupy(spec):
         pass
     with pytest.raises(RuntimeError) as info:
         chainer.get_device(spec)
-    assert 'CuPy' in str(info.value)
+    assert 'CuPy is not installed' in str(info.value)
+    # ONEFCHAINER_TEST_DEVICE set to a GPU stops this suite with the same words
+    with pytest.raises(RuntimeError) as info:
+        _test_device(str(spec))
+    message = str(info.value)
+    assert message.startswith('ONEFCHAINER_TEST_DEVICE=') and 'CuPy is not installed' in message
 
 
 def test_cuda_to_cpu_and_get_array_module():
@@ -152,6 +192,12 @@ def test_cuda_to_cpu_and_get_array_module():
     assert str(Variable(a).device) == '@numpy'
     v = Variable(a).to_cpu()
     assert v.data is a
+    # on the test device: the array module follows the data; to_cpu brings it back
+    d = dev(a)
+    assert chainer.get_array_module(d) is xp and Variable(d).xp is xp
+    assert str(Variable(d).device) == str(TEST_DEVICE)
+    assert isinstance(cuda.to_cpu(d), np.ndarray) and np.array_equal(cuda.to_cpu(d), a)
+    assert isinstance(Variable(d).to_cpu().data, np.ndarray)
     if not cuda.available:
         with pytest.raises(RuntimeError, match='CuPy'):
             cuda.to_gpu(a)
@@ -175,7 +221,7 @@ def test_using_config_restores_on_exception():
 
 
 def test_no_backprop_and_force_backprop_mode():
-    x = Variable(np.ones(3, np.float32))
+    x = Variable(dev(np.ones(3, np.float32)))
     with chainer.no_backprop_mode():
         y = x * 2
         assert y.creator is None
@@ -189,7 +235,7 @@ def test_no_backprop_and_force_backprop_mode():
 
 
 def test_debug_mode_nan_in_forward_names_function():
-    x = Variable(np.array([1.0, -1.0], np.float32))
+    x = Variable(dev(np.array([1.0, -1.0], np.float32)))
     with chainer.using_config('debug', True):
         with np.errstate(invalid='ignore'):
             with pytest.raises(FloatingPointError) as info:
@@ -197,11 +243,11 @@ def test_debug_mode_nan_in_forward_names_function():
     assert 'log' in str(info.value) and 'forward' in str(info.value)
     with np.errstate(invalid='ignore'):
         y = F.log(x)             # outside debug mode: NaN passes silently
-    assert np.isnan(y.data[1])
+    assert np.isnan(host(y)[1])
 
 
 def test_debug_mode_inf_in_backward_names_function():
-    x = Variable(np.array([0.0, 4.0], np.float32))
+    x = Variable(dev(np.array([0.0, 4.0], np.float32)))
     with chainer.using_config('debug', True):
         y = F.sum(F.sqrt(x))     # forward is finite; d sqrt(x)/dx at 0 is inf
         with np.errstate(divide='ignore'):
@@ -223,23 +269,23 @@ def test_variable_rejects_non_arrays(bad):
 
 
 def test_variable_properties():
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a = dev(np.arange(6, dtype=np.float32).reshape(2, 3))
     v = Variable(a, name='v')
     assert v.data is a and v.array is a
     assert v.shape == (2, 3) and v.ndim == 2 and v.size == 6 and v.dtype == np.float32
     assert len(v) == 2
     assert v.name == 'v'
     assert v.grad is None and v.creator is None
-    b = np.zeros(3, np.float32)
+    b = dev(np.zeros(3, np.float32))
     v.array = b
     assert v.data is b
     with pytest.raises(TypeError):
-        len(Variable(np.array(1.0)))
-    assert Variable(np.array(2.5)).item() == 2.5
+        len(Variable(dev(np.array(1.0))))
+    assert Variable(dev(np.array(2.5))).item() == 2.5
 
 
 def test_variable_repr_and_str():
-    x = Variable(np.array([0., 1., 2.], np.float32))
+    x = Variable(dev(np.array([0., 1., 2.], np.float32)))
     assert repr(x) == 'variable([0., 1., 2.])'
     assert str(x) == 'variable([0. 1. 2.])'
     x.name = 'x'
@@ -249,40 +295,40 @@ def test_variable_repr_and_str():
 
 
 def test_cleargrad_zerograd_and_grad_setter():
-    v = Variable(np.ones((2, 3), np.float32))
+    v = Variable(dev(np.ones((2, 3), np.float32)))
     v.zerograd()
     assert v.grad.shape == (2, 3) and v.grad.dtype == np.float32 and not v.grad.any()
     v.cleargrad()
     assert v.grad is None
-    g = np.full((2, 3), 2.0, np.float32)
+    g = dev(np.full((2, 3), 2.0, np.float32))
     v.grad = g
     assert v.grad is g
     v.grad = Variable(g)
     assert v.grad is g
-    assert np.array_equal(v.grad_var.data, g)
+    assert np.array_equal(host(v.grad_var), host(g))
     with pytest.raises(ValueError) as info:
-        v.grad = np.ones(3, np.float32)
+        v.grad = dev(np.ones(3, np.float32))
     assert '(3,)' in str(info.value) and '(2, 3)' in str(info.value)
     with pytest.raises(TypeError):
         v.grad = [1.0, 2.0]
     v.grad = None
     assert v.grad is None
-    assert Variable(np.ones(2), grad=np.ones(2)).grad is not None
+    assert Variable(dev(np.ones(2)), grad=dev(np.ones(2))).grad is not None
 
 
 def test_unchain():
-    x = Variable(np.ones(3))
+    x = Variable(dev(np.ones(3)))
     h = x * 2
     y = F.sum(h * 3)
     h.unchain()
     assert h.creator is None
     y.backward()
-    np.testing.assert_allclose(h.grad, [3.0, 3.0, 3.0])   # h is a leaf now
+    np.testing.assert_allclose(host(h.grad), [3.0, 3.0, 3.0])   # h is a leaf now
     assert x.grad is None            # backprop stopped at h
 
 
 def test_unchain_backward_frees_graph():
-    x = Variable(np.ones(3))
+    x = Variable(dev(np.ones(3)))
     h1 = x * 2
     h2 = F.exp(h1)
     y = F.sum(h2)
@@ -294,30 +340,30 @@ def test_unchain_backward_frees_graph():
         assert all(r() is None for r in refs)   # freed without the cycle collector
     finally:
         gc.enable()
-    y.grad = np.ones((), np.float64)
+    y.grad = dev(np.ones((), np.float64))
     y.backward()
     assert x.grad is None
 
 
 def test_variable_reshape_transpose_T_getitem():
     a = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
-    x = Variable(a)
+    x = Variable(dev(a))
     assert x.reshape(6, 4).shape == (6, 4)
     assert x.reshape((4, 6)).shape == (4, 6)
     assert x.reshape([-1]).shape == (24,)
-    assert np.array_equal(x.transpose().data, a.T)
-    assert np.array_equal(x.transpose(1, 0, 2).data, a.transpose(1, 0, 2))
-    assert np.array_equal(x.transpose((2, 0, 1)).data, a.transpose(2, 0, 1))
-    m = Variable(a[0])
-    assert np.array_equal(m.T.data, a[0].T)
-    assert np.array_equal(x[1, :, ::2].data, a[1, :, ::2])
-    assert np.array_equal(x[..., 0].data, a[..., 0])
+    assert np.array_equal(host(x.transpose()), a.T)
+    assert np.array_equal(host(x.transpose(1, 0, 2)), a.transpose(1, 0, 2))
+    assert np.array_equal(host(x.transpose((2, 0, 1))), a.transpose(2, 0, 1))
+    m = Variable(dev(a[0]))
+    assert np.array_equal(host(m.T), a[0].T)
+    assert np.array_equal(host(x[1, :, ::2]), a[1, :, ::2])
+    assert np.array_equal(host(x[..., 0]), a[..., 0])
     y = F.sum(x[1, :, ::2] * x[0, :, 1::2])
     y.backward()
     expected = np.zeros_like(a)
     expected[1, :, ::2] = a[0, :, 1::2]
     expected[0, :, 1::2] = a[1, :, ::2]
-    assert np.array_equal(x.grad, expected)
+    assert np.array_equal(host(x.grad), expected)
 
 
 OPERATORS = [
@@ -332,28 +378,28 @@ OPERATORS = [
 @pytest.mark.parametrize('name,op,grads', OPERATORS, ids=[o[0] for o in OPERATORS])
 def test_operators_variable_variable(name, op, grads):
     a, b = f64(2, 3, low=0.5, high=2.0), f64(2, 3, seed=1, low=0.5, high=2.0)
-    x, y = Variable(a), Variable(b)
+    x, y = Variable(dev(a)), Variable(dev(b))
     z = op(x, y)
     assert isinstance(z, Variable)
-    np.testing.assert_allclose(z.data, op(a, b))
+    np.testing.assert_allclose(host(z), op(a, b))
     g = f64(2, 3, seed=2)
-    z.grad = g
+    z.grad = dev(g)
     z.backward()
     ga, gb = grads(a, b, g)
-    np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
-    np.testing.assert_allclose(y.grad, gb, rtol=1e-12)
+    np.testing.assert_allclose(host(x.grad), ga, rtol=1e-12)
+    np.testing.assert_allclose(host(y.grad), gb, rtol=1e-12)
     # with a plain array on either side: only the Variable gets a gradient
-    for left, right in ((x, b), (a, y)):
+    for left, right in ((x, dev(b)), (dev(a), y)):
         x.cleargrad(), y.cleargrad()
         z = op(left, right)
         assert isinstance(z, Variable)
-        np.testing.assert_allclose(z.data, op(a, b))
-        z.grad = g
+        np.testing.assert_allclose(host(z), op(a, b))
+        z.grad = dev(g)
         z.backward()
         if left is x:
-            np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
+            np.testing.assert_allclose(host(x.grad), ga, rtol=1e-12)
         else:
-            np.testing.assert_allclose(y.grad, gb, rtol=1e-12)
+            np.testing.assert_allclose(host(y.grad), gb, rtol=1e-12)
 
 
 @pytest.mark.parametrize('name,op,grads', OPERATORS, ids=[o[0] for o in OPERATORS])
@@ -361,38 +407,38 @@ def test_operators_broadcasting_sums_gradients(name, op, grads):
     a = f64(2, 3, low=0.5, high=2.0)
     for bshape in [(3,), (1, 3), (2, 1), (), (1, 1)]:
         b = f64(*bshape, seed=1, low=0.5, high=2.0) if bshape else np.array(1.3)
-        x, y = Variable(a), Variable(b)
+        x, y = Variable(dev(a)), Variable(dev(b))
         z = op(x, y)
         assert z.shape == (2, 3)
         g = f64(2, 3, seed=2)
-        z.grad = g
+        z.grad = dev(g)
         z.backward()
         ga, gb = grads(a, np.broadcast_to(b, a.shape), g)
         assert x.grad.shape == a.shape and y.grad.shape == b.shape, bshape
-        np.testing.assert_allclose(x.grad, ga, rtol=1e-12)
+        np.testing.assert_allclose(host(x.grad), ga, rtol=1e-12)
         lead = tuple(range(2 - len(bshape)))
         axes = lead + tuple(len(lead) + i for i, n in enumerate(bshape) if n == 1)
-        np.testing.assert_allclose(y.grad, gb.sum(axis=axes).reshape(bshape), rtol=1e-12)
+        np.testing.assert_allclose(host(y.grad), gb.sum(axis=axes).reshape(bshape), rtol=1e-12)
         # the broadcast the other way round
-        x, y = Variable(a), Variable(b)
+        x, y = Variable(dev(a)), Variable(dev(b))
         z = op(y, x)
-        z.grad = g
+        z.grad = dev(g)
         z.backward()
         gb2, ga2 = grads(np.broadcast_to(b, a.shape), a, g)
-        np.testing.assert_allclose(x.grad, ga2, rtol=1e-12)
-        np.testing.assert_allclose(y.grad, gb2.sum(axis=axes).reshape(bshape), rtol=1e-12)
+        np.testing.assert_allclose(host(x.grad), ga2, rtol=1e-12)
+        np.testing.assert_allclose(host(y.grad), gb2.sum(axis=axes).reshape(bshape), rtol=1e-12)
 
 
 def test_broadcast_gradient_of_size_one_shapes():
     # gradients must come back in the input's own shape, also for size-1 shapes
     for a_shape, b_shape in [((), (1, 1)), ((1,), ()), ((1, 1), (1,)), ((), (2, 1))]:
-        x = Variable(np.full(a_shape, 2.0))
-        y = Variable(np.full(b_shape, 3.0))
+        x = Variable(dev(np.full(a_shape, 2.0)))
+        y = Variable(dev(np.full(b_shape, 3.0)))
         z = x * y
-        z.grad = np.ones(z.shape)
+        z.grad = dev(np.ones(z.shape))
         z.backward()
         assert x.grad.shape == a_shape and y.grad.shape == b_shape, (a_shape, b_shape)
-        np.testing.assert_allclose(x.grad, np.full(a_shape, 3.0 * z.size / x.size))
+        np.testing.assert_allclose(host(x.grad), np.full(a_shape, 3.0 * z.size / x.size))
 
 
 def test_operators_with_scalars_and_reflected_forms():
@@ -425,50 +471,50 @@ def test_operators_with_scalars_and_reflected_forms():
         (lambda x: np.float64(2) ** x, 2 ** a, 2 ** a * np.log(2)),
     ]
     for i, (op, value, grad) in enumerate(cases):
-        x = Variable(a.copy())
+        x = Variable(dev(a.copy()))
         y = op(x)
         assert isinstance(y, Variable), i
         assert y.dtype == np.float32, (i, y.dtype)     # Python scalars keep float32
-        np.testing.assert_allclose(y.data, value, rtol=1e-6, err_msg=str(i))
+        np.testing.assert_allclose(host(y), value, rtol=1e-6, err_msg=str(i))
         F.sum(y).backward()
         assert x.grad.dtype == np.float32, i
-        np.testing.assert_allclose(x.grad, np.broadcast_to(grad, a.shape), rtol=1e-5,
+        np.testing.assert_allclose(host(x.grad), np.broadcast_to(grad, a.shape), rtol=1e-5,
                                    err_msg=str(i))
 
 
 def test_reflected_operators_with_numpy_arrays():
     a, b = f32(2, 2), f32(2, 2, seed=1, low=0.5, high=1.5)
-    x = Variable(b)
+    x = Variable(dev(b))
     for op in (lambda p, q: p + q, lambda p, q: p - q, lambda p, q: p * q,
                lambda p, q: p / q, lambda p, q: p @ q):
-        y = op(a, x)
+        y = op(dev(a), x)
         assert isinstance(y, Variable)
-        np.testing.assert_allclose(y.data, op(a, b), rtol=1e-6)
-    x = Variable(np.array([1.0, 2.0], np.float32))
-    y = np.array([2.0, 3.0], np.float32) ** x
+        np.testing.assert_allclose(host(y), op(a, b), rtol=1e-6)
+    x = Variable(dev(np.array([1.0, 2.0], np.float32)))
+    y = dev(np.array([2.0, 3.0], np.float32)) ** x
     assert isinstance(y, Variable)
-    np.testing.assert_allclose(y.data, [2.0, 9.0])
+    np.testing.assert_allclose(host(y), [2.0, 9.0])
 
 
 def test_matmul_operator_and_gradients():
     a, b = f64(2, 3), f64(3, 4, seed=1)
-    x, w = Variable(a), Variable(b)
+    x, w = Variable(dev(a)), Variable(dev(b))
     y = x @ w
-    np.testing.assert_allclose(y.data, a @ b)
+    np.testing.assert_allclose(host(y), a @ b)
     g = f64(2, 4, seed=2)
-    y.grad = g
+    y.grad = dev(g)
     y.backward()
-    np.testing.assert_allclose(x.grad, g @ b.T)
-    np.testing.assert_allclose(w.grad, a.T @ g)
+    np.testing.assert_allclose(host(x.grad), g @ b.T)
+    np.testing.assert_allclose(host(w.grad), a.T @ g)
 
 
 def test_float32_stays_float32_through_functions():
-    x = Variable(f32(3, 4))
+    x = Variable(dev(f32(3, 4)))
     for y in (F.mean(x), F.exp(x) * 0.5, F.softmax(x), F.log_softmax(x), F.sigmoid(x),
               F.tanh(x), F.relu(x), F.leaky_relu(x), F.sum(x, axis=1) / 3,
               F.mean_squared_error(x, x * 2.0), x ** 2 - 1, F.max(x), F.dropout(x)):
         assert y.dtype == np.float32
-    t = np.array([0, 1, 2], np.int32)
+    t = dev(np.array([0, 1, 2], np.int32))
     assert F.softmax_cross_entropy(x, t).dtype == np.float32
     assert F.accuracy(x, t).dtype == np.float32
 
@@ -479,51 +525,51 @@ def test_float32_stays_float32_through_functions():
 
 def test_diamond_graph():
     a = np.array([1.5, -2.0])
-    x = Variable(a)
+    x = Variable(dev(a))
     h = x * 2.0
     left, right = h * 3.0, F.exp(h)
     y = F.sum(left * right)          # 6x e^{2x}:  d/dx = 6 e^{2x} + 12 x e^{2x}
     y.backward()
-    np.testing.assert_allclose(x.grad, 6 * np.exp(2 * a) + 12 * a * np.exp(2 * a))
+    np.testing.assert_allclose(host(x.grad), 6 * np.exp(2 * a) + 12 * a * np.exp(2 * a))
 
 
 def test_variable_used_twice_and_shared_inputs():
     a = np.array([1.0, -3.0, 0.5])
-    x = Variable(a)
+    x = Variable(dev(a))
     F.sum(x * x).backward()
-    np.testing.assert_allclose(x.grad, 2 * a)
+    np.testing.assert_allclose(host(x.grad), 2 * a)
     x.cleargrad()
     F.sum(x + x).backward()
-    np.testing.assert_allclose(x.grad, [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(host(x.grad), [2.0, 2.0, 2.0])
     x.cleargrad()
     F.sum(F.add(x, x, x) * x).backward()       # 3x^2
-    np.testing.assert_allclose(x.grad, 6 * a)
+    np.testing.assert_allclose(host(x.grad), 6 * a)
     x.cleargrad()
     F.sum(x + F.identity(x)).backward()        # add returns the same array to both
-    np.testing.assert_allclose(x.grad, [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(host(x.grad), [2.0, 2.0, 2.0])
     x.cleargrad()
     y = x * 1.0
     F.sum(y * y + y * 3.0).backward()          # y used three times
-    np.testing.assert_allclose(x.grad, 2 * a + 3)
+    np.testing.assert_allclose(host(x.grad), 2 * a + 3)
 
 
 def test_grad_accumulates_over_backward_calls():
-    x = Variable(np.array([1.0, 2.0]))
+    x = Variable(dev(np.array([1.0, 2.0])))
     F.sum(x * 3.0).backward()
     g1 = x.grad
     F.sum(x * 3.0).backward()
-    np.testing.assert_allclose(x.grad, [6.0, 6.0])
-    np.testing.assert_allclose(g1, [3.0, 3.0])   # the first array was not changed in place
+    np.testing.assert_allclose(host(x.grad), [6.0, 6.0])
+    np.testing.assert_allclose(host(g1), [3.0, 3.0])   # the first array was not changed in place
     # backward twice through the same graph adds up as well
     x.cleargrad()
     y = F.sum(F.exp(x) * 2.0)
     y.backward()
     y.backward()
-    np.testing.assert_allclose(x.grad, 4 * np.exp(x.data))
+    np.testing.assert_allclose(host(x.grad), 4 * np.exp(host(x)))
 
 
 def test_retain_grad():
-    x = Variable(np.array([1.0, 2.0]))
+    x = Variable(dev(np.array([1.0, 2.0])))
     h = x * 3.0
     y = F.sum(h * h)
     y.backward()
@@ -531,35 +577,35 @@ def test_retain_grad():
     # the intermediates and the loss itself are cleared.
     assert h.grad is None
     assert y.grad is None
-    np.testing.assert_allclose(x.grad, 18 * x.data)
+    np.testing.assert_allclose(host(x.grad), 18 * host(x))
     x.cleargrad()
     h = x * 3.0
     y = F.sum(h * h)
     y.backward(retain_grad=True)
-    np.testing.assert_allclose(h.grad, 2 * h.data)
+    np.testing.assert_allclose(host(h.grad), 2 * host(h))
     assert float(y.grad) == 1.0
-    np.testing.assert_allclose(x.grad, 18 * x.data)
+    np.testing.assert_allclose(host(x.grad), 18 * host(x))
     # a gradient set by hand on the output is used, then cleared as well
     x.cleargrad()
     y = x * 3.0
-    y.grad = np.array([1.0, -2.0])
+    y.grad = dev(np.array([1.0, -2.0]))
     y.backward()
-    np.testing.assert_allclose(x.grad, [3.0, -6.0])
+    np.testing.assert_allclose(host(x.grad), [3.0, -6.0])
     assert y.grad is None
 
 
 def test_non_scalar_backward_requires_grad():
-    x = Variable(np.ones((2, 3)))
+    x = Variable(dev(np.ones((2, 3))))
     y = x * 2.0
     with pytest.raises(ValueError) as info:
         y.backward()
     message = str(info.value)
     assert '(2, 3)' in message and 'grad' in message
-    y.grad = np.full((2, 3), 0.5)
+    y.grad = dev(np.full((2, 3), 0.5))
     y.backward()
-    np.testing.assert_allclose(x.grad, np.ones((2, 3)))
+    np.testing.assert_allclose(host(x.grad), np.ones((2, 3)))
     # a one-element non-0-dim output starts from 1 as well
-    z = Variable(np.array([[2.0]]))
+    z = Variable(dev(np.array([[2.0]])))
     (z * 5.0).backward()
     assert z.grad.shape == (1, 1) and z.grad[0, 0] == 5.0
     with pytest.raises(NotImplementedError):
@@ -568,7 +614,7 @@ def test_non_scalar_backward_requires_grad():
 
 def test_long_chain_backward_no_recursion_error():
     n = 100000
-    x = Variable(np.array(1.0))
+    x = Variable(dev(np.array(1.0)))
     h = x
     start = time.perf_counter()
     for _ in range(n):
@@ -582,7 +628,7 @@ def test_long_chain_backward_no_recursion_error():
 
 
 def test_no_backprop_mode_blocks_gradient():
-    x = Variable(np.array([1.0, 2.0]))
+    x = Variable(dev(np.array([1.0, 2.0])))
     with chainer.no_backprop_mode():
         h = x * 2.0
     y = F.sum(h * 3.0)
@@ -592,11 +638,11 @@ def test_no_backprop_mode_blocks_gradient():
 
 
 def test_requires_grad_false_gets_no_grad():
-    x = Variable(np.array([1.0, 2.0]))
-    c = Variable(np.array([3.0, 4.0]), requires_grad=False)
+    x = Variable(dev(np.array([1.0, 2.0])))
+    c = Variable(dev(np.array([3.0, 4.0])), requires_grad=False)
     y = F.sum(x * c)
     y.backward()
-    np.testing.assert_allclose(x.grad, [3.0, 4.0])
+    np.testing.assert_allclose(host(x.grad), [3.0, 4.0])
     assert c.grad is None
     # an op whose inputs all need no grad records nothing
     z = c * 2.0
@@ -607,8 +653,8 @@ def test_graph_is_freed_by_reference_counting():
     gc.collect()
     gc.disable()
     try:
-        x = Variable(f32(4, 3))
-        model = L.Linear(3, 2)
+        x = Variable(dev(f32(4, 3)))
+        model = L.Linear(3, 2).to_device(TEST_DEVICE)
         h = F.relu(model(x))
         loss = F.sum(F.exp(h) * 2.0)
         ref_h = weakref.ref(h)
@@ -626,6 +672,7 @@ def test_graph_is_freed_by_reference_counting():
         gc.enable()
 
 
+@cpu_only('tracemalloc traces host memory; CuPy keeps arrays in its own device memory pool')
 def test_memory_flat_over_many_optimizer_steps():
     class MLP(Chain):
         def __init__(self):
@@ -722,27 +769,27 @@ class WrongBackward(Function):
 
 def test_user_function_v1_style():
     a, b = f64(3), f64(3, seed=1)
-    x, y = Variable(a), Variable(b)
+    x, y = Variable(dev(a)), Variable(dev(b))
     z = MulAdd()(x, y)
-    np.testing.assert_allclose(z.data, a * b + a)
+    np.testing.assert_allclose(host(z), a * b + a)
     assert isinstance(z.creator, MulAdd)
     F.sum(z).backward()
-    np.testing.assert_allclose(x.grad, b + 1)
-    np.testing.assert_allclose(y.grad, a)
+    np.testing.assert_allclose(host(x.grad), b + 1)
+    np.testing.assert_allclose(host(y.grad), a)
     check(lambda x, y: MulAdd()(x, y), a, b)
     # raw arrays are accepted as inputs too
-    assert np.allclose(MulAdd()(a, b).data, a * b + a)
+    assert np.allclose(host(MulAdd()(dev(a), dev(b))), a * b + a)
 
 
 def test_user_function_multi_output():
     a, b = f64(3), f64(3, seed=1)
-    x, y = Variable(a), Variable(b)
+    x, y = Variable(dev(a)), Variable(dev(b))
     s, d = SumAndDiff()(x, y)
-    np.testing.assert_allclose(s.data, a + b)
-    np.testing.assert_allclose(d.data, a - b)
+    np.testing.assert_allclose(host(s), a + b)
+    np.testing.assert_allclose(host(d), a - b)
     F.sum(s * 2.0 + d * 3.0).backward()
-    np.testing.assert_allclose(x.grad, np.full(3, 5.0))
-    np.testing.assert_allclose(y.grad, np.full(3, -1.0))
+    np.testing.assert_allclose(host(x.grad), np.full(3, 5.0))
+    np.testing.assert_allclose(host(y.grad), np.full(3, -1.0))
     check(lambda x, y: SumAndDiff()(x, y), a, b)
 
 
@@ -758,10 +805,10 @@ def test_user_function_unused_output_gets_none():
             seen.append([g is None for g in grad_outputs])
             return grad_outputs[0] * 2,
 
-    x = Variable(np.ones(2))
+    x = Variable(dev(np.ones(2)))
     a, b = TwoOut()(x)
     F.sum(a).backward()
-    np.testing.assert_allclose(x.grad, [2.0, 2.0])
+    np.testing.assert_allclose(host(x.grad), [2.0, 2.0])
     x.cleargrad()
     a, _ = TwoOut()(x)                   # the unused output is even freed
     F.sum(a).backward()
@@ -769,22 +816,22 @@ def test_user_function_unused_output_gets_none():
 
 
 def test_user_function_returning_lists():
-    x = Variable(np.array([1.0, 2.0]))
+    x = Variable(dev(np.array([1.0, 2.0])))
     a, b = ListOutputs()(x)
-    np.testing.assert_allclose(b.data, [3.0, 6.0])
+    np.testing.assert_allclose(host(b), [3.0, 6.0])
     F.sum(a + b).backward()
-    np.testing.assert_allclose(x.grad, [5.0, 5.0])
+    np.testing.assert_allclose(host(x.grad), [5.0, 5.0])
 
 
 def test_user_function_backward_none_for_an_input():
-    x, s = Variable(f64(3)), Variable(np.array(2.0))
+    x, s = Variable(dev(f64(3))), Variable(dev(np.array(2.0)))
     F.sum(ScaleBy()(x, s)).backward()
-    np.testing.assert_allclose(x.grad, np.full(3, 2.0))
+    np.testing.assert_allclose(host(x.grad), np.full(3, 2.0))
     assert s.grad is None
 
 
 def test_user_function_wrong_number_of_grads():
-    y = WrongCount()(Variable(np.ones(2)), Variable(np.ones(2)))
+    y = WrongCount()(Variable(dev(np.ones(2))), Variable(dev(np.ones(2))))
     with pytest.raises(ValueError) as info:
         F.sum(y).backward()
     message = str(info.value)
@@ -795,7 +842,7 @@ def test_user_function_without_backward():
     class NoBackward(Function):
         def forward(self, inputs):
             return inputs[0] * 2,
-    y = NoBackward()(Variable(np.ones(2)))
+    y = NoBackward()(Variable(dev(np.ones(2))))
     with pytest.raises(NotImplementedError, match='NoBackward'):
         F.sum(y).backward()
 
@@ -810,19 +857,19 @@ def test_check_backward_detects_a_wrong_backward():
 # =============================================================================
 
 def test_numerical_grad_against_hand_derivative():
-    x = np.array([0.5, -1.0, 2.0])
+    x = dev(np.array([0.5, -1.0, 2.0]))
     gy = np.array([1.0, 2.0, -1.0])
-    gx, = gradient_check.numerical_grad(lambda: (x ** 3,), (x,), (gy,), eps=1e-4)
-    np.testing.assert_allclose(gx, 3 * np.array([0.5, -1.0, 2.0]) ** 2 * gy, rtol=1e-7)
-    assert np.array_equal(x, [0.5, -1.0, 2.0])       # restored after nudging
+    gx, = gradient_check.numerical_grad(lambda: (x ** 3,), (x,), (dev(gy),), eps=1e-4)
+    np.testing.assert_allclose(host(gx), 3 * np.array([0.5, -1.0, 2.0]) ** 2 * gy, rtol=1e-7)
+    assert np.array_equal(host(x), [0.5, -1.0, 2.0])       # restored after nudging
     # two inputs, two outputs
-    a, b = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+    a, b = dev(np.array([1.0, 2.0])), dev(np.array([3.0, -1.0]))
     ga, gb = gradient_check.numerical_grad(lambda: (a * b, a + b), (a, b),
-                                           (np.ones(2), np.full(2, 2.0)))
-    np.testing.assert_allclose(ga, b + 2, rtol=1e-8)
-    np.testing.assert_allclose(gb, a + 2, rtol=1e-8)
+                                           dev((np.ones(2), np.full(2, 2.0))))
+    np.testing.assert_allclose(host(ga), host(b) + 2, rtol=1e-8)
+    np.testing.assert_allclose(host(gb), host(a) + 2, rtol=1e-8)
     with pytest.raises(ValueError):
-        gradient_check.numerical_grad(lambda: (x,), (x,), (gy,), eps=0)
+        gradient_check.numerical_grad(lambda: (x,), (x,), (dev(gy),), eps=0)
 
 
 POS = dict(low=0.5, high=2.0)
@@ -938,109 +985,110 @@ def test_gradient(name):
 
 
 def test_gradient_check_also_checks_params():
-    W = chainer.Parameter(f64(2, 3, seed=1))
-    b = chainer.Parameter(f64(2, seed=2))
-    gradient_check.check_backward(lambda x: F.linear(x, W, b), f64(4, 3),
-                                  f64(4, 2, seed=3), params=(W, b))
+    W = chainer.Parameter(dev(f64(2, 3, seed=1)))
+    b = chainer.Parameter(dev(f64(2, seed=2)))
+    gradient_check.check_backward(lambda x: F.linear(x, W, b), dev(f64(4, 3)),
+                                  dev(f64(4, 2, seed=3)), params=(W, b))
     # a scalar output needs no y_grad
-    gradient_check.check_backward(lambda x: F.sum(x * x), f64(3), None)
+    gradient_check.check_backward(lambda x: F.sum(x * x), dev(f64(3)), None)
     with pytest.raises(ValueError):
-        gradient_check.check_backward(lambda x: x * 2.0, f64(3), None)
+        gradient_check.check_backward(lambda x: x * 2.0, dev(f64(3)), None)
 
 
 def test_gradient_check_with_dtype_option():
     # float32 data checked in float64, as Chainer's dtype= argument does
-    gradient_check.check_backward(F.tanh, f32(3, 2), f32(3, 2, seed=1), dtype=np.float64)
+    gradient_check.check_backward(F.tanh, dev(f32(3, 2)), dev(f32(3, 2, seed=1)), dtype=np.float64)
 
 
 def test_concat_default_axis_is_1():
     a, b = f64(2, 3), f64(2, 2, seed=1)
-    assert np.array_equal(F.concat((a, b)).data, np.concatenate((a, b), axis=1))
+    assert np.array_equal(host(F.concat(dev((a, b)))), np.concatenate((a, b), axis=1))
 
 
 def test_log_softmax_axis_values():
     a = f64(2, 3, 4)
     for axis in (0, 1, 2, -1):
-        y = F.log_softmax(a, axis=axis).data
+        y = host(F.log_softmax(dev(a), axis=axis))
         e = np.exp(a - a.max(axis=axis, keepdims=True))
         expected = np.log(e / e.sum(axis=axis, keepdims=True))
         np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(F.softmax(a, axis=axis).data, np.exp(expected), rtol=1e-12)
+        np.testing.assert_allclose(host(F.softmax(dev(a), axis=axis)), np.exp(expected),
+                                   rtol=1e-12)
 
 
 def test_max_min_values_and_ties():
-    a = np.array([[1.0, 3.0, 3.0], [0.0, -1.0, 2.0]])
+    a = dev(np.array([[1.0, 3.0, 3.0], [0.0, -1.0, 2.0]]))
     assert float(F.max(a).data) == 3.0 and float(F.min(a).data) == -1.0
-    np.testing.assert_array_equal(F.max(a, axis=1).data, [3.0, 2.0])
-    np.testing.assert_array_equal(F.min(a, axis=0).data, [0.0, -1.0, 2.0])
+    np.testing.assert_array_equal(host(F.max(a, axis=1)), [3.0, 2.0])
+    np.testing.assert_array_equal(host(F.min(a, axis=0)), [0.0, -1.0, 2.0])
     assert F.max(a, axis=1, keepdims=True).shape == (2, 1)
     assert F.max(a).shape == ()
     # with ties every maximal element gets the gradient, as in Chainer
-    x = Variable(np.array([1.0, 3.0, 3.0]))
+    x = Variable(dev(np.array([1.0, 3.0, 3.0])))
     F.max(x).backward()
-    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(host(x.grad), [0.0, 1.0, 1.0])
 
 
 def test_sum_and_mean_values():
     a = f64(2, 3, 4)
-    assert np.allclose(F.sum(a, axis=(0, 2)).data, a.sum(axis=(0, 2)))
-    assert F.sum(a, axis=1, keepdims=True).shape == (2, 1, 4)
-    assert np.allclose(F.mean(a, axis=-1).data, a.mean(axis=-1))
-    assert np.allclose(F.mean(a).data, a.mean())
+    assert np.allclose(host(F.sum(dev(a), axis=(0, 2))), a.sum(axis=(0, 2)))
+    assert F.sum(dev(a), axis=1, keepdims=True).shape == (2, 1, 4)
+    assert np.allclose(host(F.mean(dev(a), axis=-1)), a.mean(axis=-1))
+    assert np.allclose(host(F.mean(dev(a))), a.mean())
     with pytest.raises(ValueError, match='sum'):
-        F.sum(a, axis=3)
+        F.sum(dev(a), axis=3)
 
 
 def test_shape_functions_values():
-    a = f64(1, 3, 1, 2)
+    a = dev(f64(1, 3, 1, 2))
     assert F.squeeze(a).shape == (3, 2)
     assert F.squeeze(a, axis=(0, 2)).shape == (3, 2)
     with pytest.raises(ValueError, match='squeeze'):
         F.squeeze(a, axis=1)
-    assert F.expand_dims(f64(2, 3), 0).shape == (1, 2, 3)
-    assert F.expand_dims(f64(2, 3), 2).shape == (2, 3, 1)
+    assert F.expand_dims(dev(f64(2, 3)), 0).shape == (1, 2, 3)
+    assert F.expand_dims(dev(f64(2, 3)), 2).shape == (2, 3, 1)
     assert F.flatten(a).shape == (6,)
-    assert F.stack([f64(2, 3), f64(2, 3)], axis=2).shape == (2, 3, 2)
-    assert F.broadcast_to(f64(3), (2, 3)).shape == (2, 3)
-    x = Variable(f64(2, 3))
+    assert F.stack(dev([f64(2, 3), f64(2, 3)]), axis=2).shape == (2, 3, 2)
+    assert F.broadcast_to(dev(f64(3)), (2, 3)).shape == (2, 3)
+    x = Variable(dev(f64(2, 3)))
     assert F.reshape(x, (2, 3)) is x           # no-op reshape adds no node
 
 
 def _dropout_mask(shape, ratio, seed):
-    np.random.seed(seed)
+    xp.random.seed(seed)          # dropout draws from the generator of its data's device
     scale = np.float64(1.0 / (1.0 - ratio))
-    return (np.random.rand(*shape) >= ratio) * scale
+    return host((xp.random.rand(*shape) >= ratio) * scale)
 
 
 def test_dropout_forward_with_fixed_mask():
     x = f32(20, 30)
     for ratio in (0.5, 0.2):
         mask = _dropout_mask(x.shape, ratio, seed=7).astype(np.float32)
-        np.random.seed(7)
-        y = F.dropout(Variable(x), ratio=ratio)
+        xp.random.seed(7)
+        y = F.dropout(Variable(dev(x)), ratio=ratio)
         assert y.dtype == np.float32
-        np.testing.assert_allclose(y.data, x * mask, rtol=1e-6)
-        assert 0 < (y.data == 0).mean() < 1
+        np.testing.assert_allclose(host(y), x * mask, rtol=1e-6)
+        assert 0 < (host(y) == 0).mean() < 1
     with chainer.using_config('train', False):
-        v = Variable(x)
+        v = Variable(dev(x))
         y = F.dropout(v)
-        assert np.array_equal(y.data, x)
-    assert np.array_equal(F.dropout(x, ratio=0.0).data, x)
+        assert np.array_equal(host(y), x)
+    assert np.array_equal(host(F.dropout(dev(x), ratio=0.0)), x)
     with pytest.raises(ValueError, match='dropout'):
-        F.dropout(x, ratio=1.0)
+        F.dropout(dev(x), ratio=1.0)
 
 
 def test_dropout_gradient():
     x = f64(4, 5)
 
     def seeded(v):
-        np.random.seed(3)         # the same mask on every call
+        xp.random.seed(3)         # the same mask on every call
         return F.dropout(v, ratio=0.4)
 
     check(seeded, x)
-    v = Variable(x)
+    v = Variable(dev(x))
     F.sum(seeded(v)).backward()
-    np.testing.assert_allclose(v.grad, _dropout_mask(x.shape, 0.4, 3))
+    np.testing.assert_allclose(host(v.grad), _dropout_mask(x.shape, 0.4, 3))
 
 
 # ----- softmax cross entropy ------------------------------------------------------
@@ -1075,7 +1123,9 @@ SCE_CASES = {
 def test_softmax_cross_entropy_gradient_and_value(name):
     case = SCE_CASES[name]
     shape = case.get('shape', (5, 4))
-    kwargs = case.get('kwargs', {})
+    kwargs = dict(case.get('kwargs', {}))
+    if 'class_weight' in kwargs:      # on x's device, as Chainer requires
+        kwargs['class_weight'] = dev(kwargs['class_weight'])
     ignore_label = case.get('ignore_label', -1)
     x = f64(*shape, low=-2, high=2)
     t_shape = shape[:1] + shape[2:]
@@ -1087,8 +1137,8 @@ def test_softmax_cross_entropy_gradient_and_value(name):
     check(lambda x, t: F.softmax_cross_entropy(x, t, **kwargs), x, t)
 
     loss, valid = _sce_reference(np.moveaxis(x, 0, 0), t, ignore_label,
-                                 class_weight=kwargs.get('class_weight'))
-    y = F.softmax_cross_entropy(x, t, **kwargs).data
+                                 class_weight=host(kwargs.get('class_weight')))
+    y = host(F.softmax_cross_entropy(dev(x), dev(t), **kwargs))
     if kwargs.get('reduce') == 'no':
         assert y.shape == t.shape
         # the reference flattened (N, rest); put it back
@@ -1102,46 +1152,47 @@ def test_softmax_cross_entropy_gradient_and_value(name):
 
 
 def test_softmax_cross_entropy_hand_formula():
-    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, -1.0]], np.float32)
-    t = np.array([2, 0], np.int32)
+    x = dev(np.array([[1.0, 2.0, 3.0], [0.5, 0.5, -1.0]], np.float32))
+    t = dev(np.array([2, 0], np.int32))
     loss = F.softmax_cross_entropy(x, t)
     hand = -(np.log(np.exp(3) / np.exp([1, 2, 3]).sum()) +
              np.log(np.exp(0.5) / np.exp([0.5, 0.5, -1.0]).sum())) / 2
     assert loss.dtype == np.float32 and loss.shape == ()
     np.testing.assert_allclose(float(loss.data), hand, rtol=1e-6)
     # all rows ignored: 0, and no NaN
-    all_ignored = F.softmax_cross_entropy(x, np.array([-1, -1], np.int32))
+    all_ignored = F.softmax_cross_entropy(x, dev(np.array([-1, -1], np.int32)))
     assert float(all_ignored.data) == 0.0
     # extreme scores stay finite
-    big = F.softmax_cross_entropy(np.array([[1000.0, 0.0]], np.float32), np.array([1], np.int32))
+    big = F.softmax_cross_entropy(dev(np.array([[1000.0, 0.0]], np.float32)),
+                                  dev(np.array([1], np.int32)))
     np.testing.assert_allclose(float(big.data), 1000.0, rtol=1e-6)
 
 
 def test_softmax_cross_entropy_matches_chainer_outputs():
     # The numbers Chainer 7.8.1 printed for this input (/work/chainer-ref FACTS, f_sce)
-    x = np.array([[1., 2., 3.], [1., 0., -1.], [0.5, 0.5, 0.5], [2., -1., 0.]], np.float32)
-    t = np.array([2, -1, 0, -1], np.int32)
+    x = dev(np.array([[1., 2., 3.], [1., 0., -1.], [0.5, 0.5, 0.5], [2., -1., 0.]], np.float32))
+    t = dev(np.array([2, -1, 0, -1], np.int32))
     close = dict(rtol=2e-7, atol=1e-7)
-    np.testing.assert_allclose(F.softmax_cross_entropy(x, t).data, 0.7531092, **close)
-    np.testing.assert_allclose(F.softmax_cross_entropy(x, t, normalize=False).data,
+    np.testing.assert_allclose(host(F.softmax_cross_entropy(x, t)), 0.7531092, **close)
+    np.testing.assert_allclose(host(F.softmax_cross_entropy(x, t, normalize=False)),
                                0.3765546, **close)
-    np.testing.assert_allclose(F.softmax_cross_entropy(x, t, reduce='no').data,
+    np.testing.assert_allclose(host(F.softmax_cross_entropy(x, t, reduce='no')),
                                [0.40760612, 0., 1.0986123, 0.], **close)
     np.testing.assert_allclose(
-        F.softmax_cross_entropy(x, np.array([2, 1, 0, 0], np.int32), ignore_label=0).data,
+        host(F.softmax_cross_entropy(x, dev(np.array([2, 1, 0, 0], np.int32)), ignore_label=0)),
         0.90760607, **close)
     np.testing.assert_allclose(
-        F.softmax_cross_entropy(x, np.array([2, 1, 0, 1], np.int32),
-                                class_weight=np.array([1, 2, 3], np.float32)).data,
+        host(F.softmax_cross_entropy(x, dev(np.array([2, 1, 0, 1], np.int32)),
+                                     class_weight=dev(np.array([1, 2, 3], np.float32)))),
         2.869084, **close)
     v = Variable(x.copy())
     F.softmax_cross_entropy(v, t).backward()
-    np.testing.assert_allclose(v.grad, [[0.045015279, 0.122364208, -0.167379558],
-                                        [0.0, 0.0, 0.0],
-                                        [-0.333333313, 0.166666672, 0.166666672],
-                                        [0.0, 0.0, 0.0]], **close)
+    np.testing.assert_allclose(host(v.grad), [[0.045015279, 0.122364208, -0.167379558],
+                                              [0.0, 0.0, 0.0],
+                                              [-0.333333313, 0.166666672, 0.166666672],
+                                              [0.0, 0.0, 0.0]], **close)
     v = Variable(x.copy())
-    F.softmax_cross_entropy(v, np.full(4, -1, np.int32)).backward()
+    F.softmax_cross_entropy(v, dev(np.full(4, -1, np.int32))).backward()
     assert not v.grad.any()
 
 
@@ -1149,8 +1200,9 @@ def test_softmax_cross_entropy_nd_matches_transposed_2d():
     x = f64(2, 3, 4)
     t = rng(2).randint(0, 3, (2, 4)).astype(np.int32)
     flat_x = np.moveaxis(x, 1, -1).reshape(-1, 3)
-    np.testing.assert_allclose(F.softmax_cross_entropy(x, t).data,
-                               F.softmax_cross_entropy(flat_x, t.ravel()).data, rtol=1e-12)
+    np.testing.assert_allclose(host(F.softmax_cross_entropy(dev(x), dev(t))),
+                               host(F.softmax_cross_entropy(dev(flat_x), dev(t.ravel()))),
+                               rtol=1e-12)
 
 
 # =============================================================================
@@ -1159,74 +1211,75 @@ def test_softmax_cross_entropy_nd_matches_transposed_2d():
 
 def test_softmax_rows_sum_to_one():
     x = f32(5, 7, low=-10, high=10)
-    y = F.softmax(x).data
+    y = host(F.softmax(dev(x)))
     np.testing.assert_allclose(y.sum(axis=1), np.ones(5), rtol=1e-6)
     e = np.exp(x - x.max(axis=1, keepdims=True))
     np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5)
-    big = F.softmax(np.array([[1000.0, 0.0, -1000.0]], np.float32)).data
+    big = host(F.softmax(dev(np.array([[1000.0, 0.0, -1000.0]], np.float32))))
     assert np.all(np.isfinite(big)) and np.allclose(big, [[1, 0, 0]])
 
 
 def test_log_softmax_is_stable():
     with np.errstate(over='raise', invalid='raise', divide='raise'):
-        y = F.log_softmax(np.array([[1000.0, 0.0]], np.float32)).data
+        y = host(F.log_softmax(dev(np.array([[1000.0, 0.0]], np.float32))))
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y, [[0.0, -1000.0]])
 
 
 def test_sigmoid_is_stable():
     with np.errstate(over='raise', invalid='raise', divide='raise'):
-        y = F.sigmoid(np.array([-1000.0, 0.0, 1000.0], np.float32)).data
+        y = host(F.sigmoid(dev(np.array([-1000.0, 0.0, 1000.0], np.float32))))
     np.testing.assert_allclose(y, [0.0, 0.5, 1.0])
     x = f64(10, low=-5, high=5)
-    np.testing.assert_allclose(F.sigmoid(x).data, 1 / (1 + np.exp(-x)), rtol=1e-12)
-    np.testing.assert_allclose(F.tanh(x).data, np.tanh(x), rtol=1e-12)
-    np.testing.assert_allclose(F.relu(x).data, np.maximum(x, 0))
-    np.testing.assert_allclose(F.leaky_relu(x, 0.1).data, np.where(x >= 0, x, 0.1 * x))
-    np.testing.assert_allclose(F.exp(x).data, np.exp(x))
+    np.testing.assert_allclose(host(F.sigmoid(dev(x))), 1 / (1 + np.exp(-x)), rtol=1e-12)
+    np.testing.assert_allclose(host(F.tanh(dev(x))), np.tanh(x), rtol=1e-12)
+    np.testing.assert_allclose(host(F.relu(dev(x))), np.maximum(x, 0))
+    np.testing.assert_allclose(host(F.leaky_relu(dev(x), 0.1)), np.where(x >= 0, x, 0.1 * x))
+    np.testing.assert_allclose(host(F.exp(dev(x))), np.exp(x))
 
 
 def test_mean_squared_error_value():
     a, b = f32(3, 4), f32(3, 4, seed=1)
-    y = F.mean_squared_error(a, b)
+    y = F.mean_squared_error(dev(a), dev(b))
     assert y.dtype == np.float32 and y.shape == ()
     np.testing.assert_allclose(float(y.data), ((a - b) ** 2).mean(), rtol=1e-6)
 
 
 def test_linear_value():
     x, W, b = f32(4, 3), f32(2, 3, seed=1), f32(2, seed=2)
-    np.testing.assert_allclose(F.linear(x, W, b).data, x @ W.T + b, rtol=1e-6)
-    np.testing.assert_allclose(F.linear(x, W).data, x @ W.T, rtol=1e-6)
+    np.testing.assert_allclose(host(F.linear(*dev((x, W, b)))), x @ W.T + b, rtol=1e-6)
+    np.testing.assert_allclose(host(F.linear(*dev((x, W)))), x @ W.T, rtol=1e-6)
     x3 = f32(4, 3, 2)
     W6 = f32(5, 6, seed=1)
-    np.testing.assert_allclose(F.linear(x3, W6).data, x3.reshape(4, 6) @ W6.T, rtol=1e-6)
+    np.testing.assert_allclose(host(F.linear(*dev((x3, W6)))), x3.reshape(4, 6) @ W6.T,
+                               rtol=1e-6)
 
 
 def test_accuracy():
-    y = np.array([[0.1, 0.9, 0.0],
-                  [0.8, 0.1, 0.1],
-                  [0.2, 0.3, 0.5],
-                  [0.3, 0.4, 0.3]], np.float32)
-    t = np.array([1, 0, 0, 2], np.int32)
+    y = dev(np.array([[0.1, 0.9, 0.0],
+                      [0.8, 0.1, 0.1],
+                      [0.2, 0.3, 0.5],
+                      [0.3, 0.4, 0.3]], np.float32))
+    t = dev(np.array([1, 0, 0, 2], np.int32))
     acc = F.accuracy(y, t)
     assert isinstance(acc, Variable)
     assert acc.dtype == np.float32 and acc.shape == ()
     assert float(acc.data) == 0.5
-    acc = F.accuracy(y, np.array([1, -1, 0, -1], np.int32), ignore_label=-1)
+    acc = F.accuracy(y, dev(np.array([1, -1, 0, -1], np.int32)), ignore_label=-1)
     assert float(acc.data) == 0.5         # one of the two counted rows is right
-    assert float(F.accuracy(y, np.full(4, -1, np.int32), ignore_label=-1).data) == 0.0
+    assert float(F.accuracy(y, dev(np.full(4, -1, np.int32)), ignore_label=-1).data) == 0.0
     # Chainer 7.8.1's own example: the denominator counts non-ignored rows only
-    y2 = np.array([[.1, .9], [.8, .2], [.3, .7], [.6, .4]], np.float32)
-    assert float(F.accuracy(y2, np.array([1, 1, 1, 0], np.int32)).data) == 0.75
-    t2 = np.array([1, 1, 1, -1], np.int32)
+    y2 = dev(np.array([[.1, .9], [.8, .2], [.3, .7], [.6, .4]], np.float32))
+    assert float(F.accuracy(y2, dev(np.array([1, 1, 1, 0], np.int32))).data) == 0.75
+    t2 = dev(np.array([1, 1, 1, -1], np.int32))
     assert float(F.accuracy(y2, t2).data) == 0.5
-    assert F.accuracy(y2, t2, ignore_label=-1).data == np.float32(2 / 3)
+    assert host(F.accuracy(y2, t2, ignore_label=-1)) == np.float32(2 / 3)
     acc64 = F.accuracy(y.astype(np.float64), t)
     assert acc64.dtype == np.float64
     y3 = np.zeros((2, 3, 2), np.float32)
     y3[0, 1, 0] = y3[0, 2, 1] = y3[1, 0, 0] = y3[1, 0, 1] = 1
     t3 = np.array([[1, 2], [0, 1]], np.int32)
-    assert float(F.accuracy(y3, t3).data) == 0.75
+    assert float(F.accuracy(dev(y3), dev(t3)).data) == 0.75
     with pytest.raises(TypeError, match='accuracy'):
         F.accuracy(y, t.astype(np.float32))
 
@@ -1236,92 +1289,93 @@ def test_accuracy():
 # =============================================================================
 
 def test_linear_wrong_input_size_message():
-    layer = L.Linear(100, 10)
+    layer = L.Linear(100, 10).to_device(TEST_DEVICE)
     with pytest.raises(ValueError) as info:
-        layer(np.zeros((2, 784), np.float32))
+        layer(dev(np.zeros((2, 784), np.float32)))
     assert 'linear: x.shape[1] (784) != W.shape[1] (100)' in str(info.value)
 
 
 def test_linear_wrong_dtype_message():
-    layer = L.Linear(3, 2)
+    layer = L.Linear(3, 2).to_device(TEST_DEVICE)
     with pytest.raises(TypeError) as info:
-        layer(np.zeros((2, 3), np.float64))
+        layer(dev(np.zeros((2, 3), np.float64)))
     message = str(info.value)
     assert 'linear' in message and 'float64' in message and 'float32' in message
 
 
 def test_softmax_cross_entropy_float_labels():
     with pytest.raises(TypeError) as info:
-        F.softmax_cross_entropy(f32(2, 3), np.array([0.0, 1.0], np.float32))
+        F.softmax_cross_entropy(dev(f32(2, 3)), dev(np.array([0.0, 1.0], np.float32)))
     message = str(info.value)
     assert 'softmax_cross_entropy' in message and 'float32' in message
 
 
 def test_softmax_cross_entropy_out_of_range_label():
     with pytest.raises(ValueError) as info:
-        F.softmax_cross_entropy(f32(3, 4), np.array([0, 17, 2], np.int32))
+        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, 17, 2], np.int32)))
     message = str(info.value)
     assert 'softmax_cross_entropy' in message and '17' in message and '4' in message
     with pytest.raises(ValueError) as info:
-        F.softmax_cross_entropy(f32(3, 4), np.array([0, -5, 2], np.int32))
+        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, -5, 2], np.int32)))
     assert '-5' in str(info.value)
 
 
 def test_softmax_cross_entropy_shape_mismatch():
     with pytest.raises(ValueError) as info:
-        F.softmax_cross_entropy(f32(3, 4), np.array([0, 1], np.int32))
+        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, 1], np.int32)))
     message = str(info.value)
     assert 'softmax_cross_entropy' in message and '(3, 4)' in message and '(2,)' in message
     with pytest.raises(ValueError, match="reduce"):
-        F.softmax_cross_entropy(f32(3, 4), np.array([0, 1, 2], np.int32), reduce='sum')
+        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, 1, 2], np.int32)),
+                                reduce='sum')
 
 
 def test_add_broadcast_failure_message():
     with pytest.raises(ValueError) as info:
-        Variable(f32(2, 3)) + Variable(f32(4))
+        Variable(dev(f32(2, 3))) + Variable(dev(f32(4)))
     message = str(info.value)
     assert message.startswith('add') and '(2, 3)' in message and '(4,)' in message
     with pytest.raises(ValueError) as info:
-        F.mul(f32(2, 3), f32(3, 2))
+        F.mul(dev(f32(2, 3)), dev(f32(3, 2)))
     assert str(info.value).startswith('mul')
 
 
 def test_binary_op_dtype_mismatch_message():
     with pytest.raises(TypeError) as info:
-        Variable(f32(2)) + Variable(f64(2))
+        Variable(dev(f32(2))) + Variable(dev(f64(2)))
     message = str(info.value)
     assert 'add' in message and 'float32' in message and 'float64' in message
 
 
 def test_matmul_shape_mismatch_message():
     with pytest.raises(ValueError) as info:
-        F.matmul(f32(2, 3), f32(4, 5))
+        F.matmul(dev(f32(2, 3)), dev(f32(4, 5)))
     message = str(info.value)
     assert 'matmul' in message and '(2, 3)' in message and '(4, 5)' in message
     with pytest.raises(ValueError, match='matmul'):
-        F.matmul(f32(3), f32(3, 2))
+        F.matmul(dev(f32(3)), dev(f32(3, 2)))
 
 
 def test_reshape_impossible_message():
     with pytest.raises(ValueError) as info:
-        F.reshape(f32(2, 3), (4, 2))
+        F.reshape(dev(f32(2, 3)), (4, 2))
     message = str(info.value)
     assert 'reshape' in message and '(2, 3)' in message and '(4, 2)' in message
 
 
 def test_other_shape_errors_name_the_function():
     with pytest.raises(ValueError, match='concat'):
-        F.concat((f32(2, 3), f32(3, 3)), axis=1)
+        F.concat(dev((f32(2, 3), f32(3, 3))), axis=1)
     with pytest.raises(ValueError, match='stack'):
-        F.stack((f32(2, 3), f32(3, 3)))
+        F.stack(dev((f32(2, 3), f32(3, 3))))
     with pytest.raises(ValueError, match='broadcast_to'):
-        F.broadcast_to(f32(2, 3), (4, 3))
+        F.broadcast_to(dev(f32(2, 3)), (4, 3))
     with pytest.raises(ValueError, match='transpose'):
-        F.transpose(f32(2, 3), (0, 0))
+        F.transpose(dev(f32(2, 3)), (0, 0))
     with pytest.raises(ValueError, match='mean_squared_error'):
-        F.mean_squared_error(f32(2, 3), f32(3, 2))
+        F.mean_squared_error(dev(f32(2, 3)), dev(f32(3, 2)))
     with pytest.raises(IndexError, match='get_item'):
-        F.get_item(f32(2, 3), 5)
+        F.get_item(dev(f32(2, 3)), 5)
 
 
 @pytest.mark.parametrize('bad', [[1.0, 2.0], 3.0, 'abc'])
@@ -1369,7 +1423,8 @@ def test_chain_registration_init_scope():
     assert list(model.links()) == [model, model.l1, model.l2, model.l3]
     assert list(model.children()) == [model.l1, model.l2, model.l3]
     assert model.count_params() == 3 * 5 + 5 + 5 * 5 + 5 + 5 * 4 + 4
-    assert model(f32(2, 3)).shape == (2, 4)
+    model.to_device(TEST_DEVICE)
+    assert model(dev(f32(2, 3))).shape == (2, 4)
     # outside init_scope nothing is registered
     model.extra = L.Linear(2, 2)
     assert 'extra' not in [n for n, _ in model.namedlinks()]
@@ -1406,7 +1461,8 @@ def test_chainlist():
     assert [n for n, _ in cl.namedparams()] == ['/0/W', '/0/b', '/1/W', '/1/b', '/2/W']
     assert [n for n, _ in cl.namedlinks()] == ['/', '/0', '/1', '/2']
     assert list(cl.children()) == list(cl) == [cl[0], cl[1], cl[2]]
-    h = np.ones((1, 3), np.float32)
+    cl.to_device(TEST_DEVICE)
+    h = dev(np.ones((1, 3), np.float32))
     for link in cl:
         h = link(h)
     assert h.shape == (1, 2)
@@ -1421,14 +1477,20 @@ def test_link_device_methods():
     assert model.to_device('@numpy') is model and model.to_device(-1) is model
     assert str(model.device) == '@numpy' and model.xp is np
     assert isinstance(model.l1.W.data, np.ndarray)
+    # to the test device and back again
+    assert model.to_device(TEST_DEVICE) is model
+    assert str(model.device) == str(TEST_DEVICE) and model.xp is xp
+    assert all(isinstance(p.data, xp.ndarray) for p in model.params())
+    assert model.to_cpu() is model
+    assert all(isinstance(p.data, np.ndarray) for p in model.params())
     if not cuda.available:
         with pytest.raises(RuntimeError, match='CuPy'):
             model.to_gpu()
 
 
 def test_cleargrads_zerograds():
-    model = MLP()
-    F.sum(model(f32(2, 3))).backward()
+    model = MLP().to_device(TEST_DEVICE)
+    F.sum(model(dev(f32(2, 3)))).backward()
     assert all(p.grad is not None for p in model.params())
     model.cleargrads()
     assert all(p.grad is None for p in model.params())
@@ -1460,46 +1522,48 @@ def test_add_param_and_add_link():
 
 
 def test_copyparams():
-    a, b = MLP(), MLP()
-    assert not np.array_equal(a.l1.W.data, b.l1.W.data)
+    a, b = MLP().to_device(TEST_DEVICE), MLP().to_device(TEST_DEVICE)
+    assert not np.array_equal(host(a.l1.W), host(b.l1.W))
     b.copyparams(a)
     for (na, pa), (nb, pb) in zip(a.namedparams(), b.namedparams()):
         assert na == nb and pa is not pb and pa.data is not pb.data
-        assert np.array_equal(pa.data, pb.data)
+        assert np.array_equal(host(pa), host(pb))
     lazy = Chain(l1=L.Linear(None, 5), l2=L.Linear(None, 5), l3=L.Linear(None, 4))
-    lazy.copyparams(a)
-    assert np.array_equal(lazy.l2.W.data, a.l2.W.data)
+    lazy.to_device(TEST_DEVICE).copyparams(a)
+    assert np.array_equal(host(lazy.l2.W), host(a.l2.W))
 
 
 def test_linear_lazy_initialization():
     for layer in (L.Linear(None, 4), L.Linear(4)):
+        layer.to_device(TEST_DEVICE)
         assert layer.W.data is None and layer.b.shape == (4,)
         assert list(layer.params(include_uninit=False)) == [layer.b]
-        y = layer(f32(2, 3, 2))                  # in_size = 6, learned from the input
+        y = layer(dev(f32(2, 3, 2)))             # in_size = 6, learned from the input
         assert layer.W.shape == (4, 6) and layer.W.dtype == np.float32
+        assert isinstance(layer.W.data, xp.ndarray)     # made where the input lives
         assert y.shape == (2, 4) and y.dtype == np.float32
 
 
 def test_linear_default_initialization_statistics():
     np.random.seed(0)
-    layer = L.Linear(1000, 400)
-    W = layer.W.data
+    layer = L.Linear(1000, 400).to_device(TEST_DEVICE)
+    W = host(layer.W)
     assert W.dtype == np.float32 and layer.b.dtype == np.float32
     assert abs(W.mean()) < 0.002
     assert abs(W.std() - 1 / np.sqrt(1000)) < 0.02 / np.sqrt(1000)
     assert not layer.b.data.any()
-    np.random.seed(1)
-    lazy = L.Linear(400)
-    lazy(np.zeros((1, 1000), np.float32))
-    assert abs(lazy.W.data.std() - 1 / np.sqrt(1000)) < 0.02 / np.sqrt(1000)
+    xp.random.seed(1)             # a lazy layer draws on its input's device
+    lazy = L.Linear(400).to_device(TEST_DEVICE)
+    lazy(dev(np.zeros((1, 1000), np.float32)))
+    assert abs(host(lazy.W).std() - 1 / np.sqrt(1000)) < 0.02 / np.sqrt(1000)
 
 
 def test_linear_nobias_and_initializers():
-    layer = L.Linear(3, 2, nobias=True)
+    layer = L.Linear(3, 2, nobias=True).to_device(TEST_DEVICE)
     assert layer.b is None
     assert [n for n, _ in layer.namedparams()] == ['/W']
     x = f32(4, 3)
-    np.testing.assert_allclose(layer(x).data, x @ layer.W.data.T, rtol=1e-6)
+    np.testing.assert_allclose(host(layer(dev(x))), x @ host(layer.W).T, rtol=1e-6)
     layer = L.Linear(3, 2, initialW=initializers.Constant(0.5), initial_bias=2.0)
     assert np.array_equal(layer.W.data, np.full((2, 3), 0.5, np.float32))
     assert np.array_equal(layer.b.data, np.full(2, 2.0, np.float32))
@@ -1511,16 +1575,16 @@ def test_linear_nobias_and_initializers():
     assert np.array_equal(layer.b.data, [1.0, 2.0])
     with pytest.raises(ValueError, match='shape'):
         L.Linear(2, 3, initialW=W)
-    layer = L.Linear(None, 2, initialW=initializers.One())
-    layer(f32(1, 5))
-    assert np.array_equal(layer.W.data, np.ones((2, 5), np.float32))
+    layer = L.Linear(None, 2, initialW=initializers.One()).to_device(TEST_DEVICE)
+    layer(dev(f32(1, 5)))
+    assert np.array_equal(host(layer.W), np.ones((2, 5), np.float32))
 
 
 def test_classifier_reports_loss_and_accuracy():
     np.random.seed(0)
-    model = L.Classifier(MLP())
-    x = f32(6, 3)
-    t = np.array([0, 1, 2, 3, 0, 1], np.int32)
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
+    x = dev(f32(6, 3))
+    t = dev(np.array([0, 1, 2, 3, 0, 1], np.int32))
     rep = reporter.Reporter()
     rep.add_observer('main', model)
     observation = {}
@@ -1547,15 +1611,16 @@ def test_classifier_reports_loss_and_accuracy():
 
 
 def test_classifier_custom_lossfun_and_label_key():
-    predictor = L.Linear(3, 3)
+    predictor = L.Linear(3, 3).to_device(TEST_DEVICE)
     model = L.Classifier(predictor, lossfun=F.mean_squared_error,
                          accfun=lambda y, t: F.mean_squared_error(y, t))
     x, t = f32(2, 3), f32(2, 3, seed=1)
-    loss = model(x, t)
-    np.testing.assert_allclose(loss.data, ((predictor(x).data - t) ** 2).mean(), rtol=1e-6)
-    model = L.Classifier(L.Linear(3, 2), label_key=0)
-    t = np.array([0, 1], np.int32)
-    assert model(t, f32(2, 3)).shape == ()
+    loss = model(dev(x), dev(t))
+    np.testing.assert_allclose(host(loss), ((host(predictor(dev(x))) - t) ** 2).mean(),
+                               rtol=1e-6)
+    model = L.Classifier(L.Linear(3, 2), label_key=0).to_device(TEST_DEVICE)
+    t = dev(np.array([0, 1], np.int32))
+    assert model(t, dev(f32(2, 3))).shape == ()
 
 
 # =============================================================================
@@ -1579,50 +1644,51 @@ INIT_SHAPE = (400, 500)        # fan_in 500, fan_out 400
 ], ids=['Normal', 'Normal0.2', 'Uniform', 'Uniform0.3', 'LeCunNormal', 'LeCunNormal2',
         'HeNormal', 'HeNormal_fan_out', 'GlorotNormal', 'GlorotUniform'])
 def test_random_initializer_statistics(init, mean, std, bound):
-    np.random.seed(0)
-    a = initializers.generate_array(init, INIT_SHAPE, np)
+    xp.random.seed(0)
+    a = host(initializers.generate_array(init, INIT_SHAPE, xp))
     assert a.dtype == np.float32 and a.shape == INIT_SHAPE
     assert abs(a.mean() - mean) < 0.01 * std + 1e-4
     assert abs(a.std() - std) < 0.01 * std
     if bound is not None:
         assert a.min() >= -bound and a.max() <= bound
         assert a.min() < -0.99 * bound and a.max() > 0.99 * bound
-    # reproducible through numpy.random.seed
-    np.random.seed(0)
-    assert np.array_equal(a, initializers.generate_array(init, INIT_SHAPE, np))
+    # reproducible through numpy.random.seed (cupy.random.seed for a GPU array)
+    xp.random.seed(0)
+    assert np.array_equal(a, host(initializers.generate_array(init, INIT_SHAPE, xp)))
 
 
 def test_fans_with_receptive_field():
     assert initializers.get_fans((8, 3, 5, 5)) == (75, 200)
     with pytest.raises(ValueError):
         initializers.get_fans((3,))
-    np.random.seed(0)
-    a = initializers.generate_array(initializers.LeCunNormal(), (64, 8, 5, 5), np)
+    xp.random.seed(0)
+    a = host(initializers.generate_array(initializers.LeCunNormal(), (64, 8, 5, 5), xp))
     assert abs(a.std() - np.sqrt(1 / 200)) < 0.03 * np.sqrt(1 / 200)
 
 
 def test_constant_initializers():
     shape = (3, 4)
-    assert np.array_equal(initializers.generate_array(initializers.Zero(), shape, np),
+    assert np.array_equal(host(initializers.generate_array(initializers.Zero(), shape, xp)),
                           np.zeros(shape))
-    assert np.array_equal(initializers.generate_array(initializers.One(), shape, np),
+    assert np.array_equal(host(initializers.generate_array(initializers.One(), shape, xp)),
                           np.ones(shape))
-    assert np.isnan(initializers.generate_array(initializers.NaN(), shape, np)).all()
-    assert np.array_equal(initializers.generate_array(initializers.Constant(2.5), shape, np),
-                          np.full(shape, 2.5))
+    assert np.isnan(host(initializers.generate_array(initializers.NaN(), shape, xp))).all()
+    assert np.array_equal(
+        host(initializers.generate_array(initializers.Constant(2.5), shape, xp)),
+        np.full(shape, 2.5))
     values = np.arange(12.0).reshape(shape)
-    a = initializers.generate_array(initializers.Constant(values), shape, np)
+    a = host(initializers.generate_array(initializers.Constant(values), shape, xp))
     assert a.dtype == np.float32 and np.array_equal(a, values)
     with pytest.raises(ValueError):
-        initializers.generate_array(initializers.Constant(np.ones(5)), shape, np)
+        initializers.generate_array(initializers.Constant(np.ones(5)), shape, xp)
     # dtype: float32 by default, the initializer's own, or the one asked for
     for init in (initializers.Zero(), initializers.Normal(), initializers.HeNormal()):
-        assert initializers.generate_array(init, shape, np).dtype == np.float32
-    assert initializers.generate_array(initializers.Zero(np.float64), shape, np).dtype == np.float64
-    assert initializers.generate_array(initializers.Normal(), shape, np,
+        assert initializers.generate_array(init, shape, xp).dtype == np.float32
+    assert initializers.generate_array(initializers.Zero(np.float64), shape, xp).dtype == np.float64
+    assert initializers.generate_array(initializers.Normal(), shape, xp,
                                        dtype=np.float16).dtype == np.float16
     # an initializer fills the array given to it, in place
-    a = np.empty(shape, np.float64)
+    a = xp.empty(shape, np.float64)
     initializers.One()(a)
     assert (a == 1).all()
 
@@ -1630,7 +1696,7 @@ def test_constant_initializers():
 def test_parameter():
     p = chainer.Parameter(initializers.Constant(3.0), (2, 2))
     assert p.dtype == np.float32 and (p.data == 3).all() and p.grad is None
-    p = chainer.Parameter(np.ones(3))
+    p = chainer.Parameter(dev(np.ones(3)))
     assert p.is_initialized and p.dtype == np.float64
     p = chainer.Parameter()
     assert not p.is_initialized
@@ -1638,7 +1704,7 @@ def test_parameter():
     assert np.isnan(p.data).all()
     p = chainer.Parameter(0.5, 3)
     assert np.array_equal(p.data, np.full(3, 0.5, np.float32))
-    assert repr(chainer.Parameter(np.ones(2, np.float32))) == 'variable([1., 1.])'
+    assert repr(chainer.Parameter(dev(np.ones(2, np.float32)))) == 'variable([1., 1.])'
     assert repr(L.Linear(None, 2).W) == 'variable W(None)'
     assert repr(L.Linear(2, 2, initialW=1.0).W) == 'variable W([[1., 1.],\n            [1., 1.]])'
 
@@ -1657,7 +1723,7 @@ class OneParam(Link):
     def __init__(self, value=P0):
         super().__init__()
         with self.init_scope():
-            self.p = chainer.Parameter(np.array(value, dtype=np.float64))
+            self.p = chainer.Parameter(dev(np.array(value, dtype=np.float64)))
 
 
 def run_steps(optimizer, grads=GRADS):
@@ -1665,9 +1731,9 @@ def run_steps(optimizer, grads=GRADS):
     assert optimizer.setup(link) is optimizer
     history = []
     for g in grads:
-        link.p.grad = g.copy()
+        link.p.grad = dev(g.copy())
         optimizer.update()
-        history.append(link.p.data.copy())
+        history.append(host(link.p).copy())
     return history
 
 
@@ -1788,7 +1854,7 @@ def test_adam_lr_property():
     adam = optimizers.Adam(alpha=0.01).setup(OneParam())
     with pytest.raises(RuntimeError):
         adam.lr
-    adam.target.p.grad = np.ones(4)
+    adam.target.p.grad = dev(np.ones(4))
     adam.update()
     assert adam.lr == pytest.approx(0.01 * math.sqrt(1 - 0.999) / (1 - 0.9))
 
@@ -1802,7 +1868,7 @@ def test_optimizer_t_epoch_and_setup():
     link = OneParam()
     assert opt.setup(link) is opt and opt.target is link
     assert opt.t == 0 and opt.epoch == 0
-    link.p.grad = np.ones(4)
+    link.p.grad = dev(np.ones(4))
     opt.update()
     opt.update()
     assert opt.t == 2
@@ -1812,25 +1878,25 @@ def test_optimizer_t_epoch_and_setup():
 
 def test_optimizer_update_with_lossfun():
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt = optimizers.SGD(lr=0.1).setup(model)
-    x = f32(8, 3)
-    t = rng(1).randint(0, 4, 8).astype(np.int32)
-    before = {n: p.data.copy() for n, p in model.namedparams()}
+    x = dev(f32(8, 3))
+    t = dev(rng(1).randint(0, 4, 8).astype(np.int32))
+    before = {n: host(p).copy() for n, p in model.namedparams()}
     # the same step by hand
-    reference = L.Classifier(MLP())
+    reference = L.Classifier(MLP()).to_device(TEST_DEVICE)
     reference.copyparams(model)
     reference_loss = reference(x, t)
     reference.cleargrads()
     reference_loss.backward()
-    expected = {n: p.data - 0.1 * p.grad for n, p in reference.namedparams()}
+    expected = {n: host(p.data - 0.1 * p.grad) for n, p in reference.namedparams()}
     # stale gradients are cleared by update(lossfun, ...)
     for p in model.params():
-        p.grad = np.full_like(p.data, 100.0)
+        p.grad = xp.full_like(p.data, 100.0)
     opt.update(model, x, t)
     for name, param in model.namedparams():
-        assert not np.array_equal(param.data, before[name])
-        np.testing.assert_allclose(param.data, expected[name], rtol=1e-6, atol=1e-7)
+        assert not np.array_equal(host(param), before[name])
+        np.testing.assert_allclose(host(param), expected[name], rtol=1e-6, atol=1e-7)
     assert opt.t == 1
     # loss goes down over a few steps
     losses = [float(model(x, t).data)]
@@ -1846,35 +1912,35 @@ def test_optimizer_update_after_manual_backward():
     loss = F.sum(link.p * link.p)       # grad = 2p
     loss.backward()
     opt.update()
-    np.testing.assert_allclose(link.p.data, [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(host(link.p), [0.0, 0.0, 0.0, 0.0])
 
 
 def test_setting_lr_changes_step():
     link = OneParam()
     opt = optimizers.SGD(lr=0.1).setup(link)
-    link.p.grad = np.ones(4)
+    link.p.grad = dev(np.ones(4))
     opt.update()
-    np.testing.assert_allclose(link.p.data, P0 - 0.1)
+    np.testing.assert_allclose(host(link.p), P0 - 0.1)
     opt.lr = 1.0
     assert opt.hyperparam.lr == 1.0
     opt.update()
-    np.testing.assert_allclose(link.p.data, P0 - 1.1)
+    np.testing.assert_allclose(host(link.p), P0 - 1.1)
     # a per-parameter override in the update rule's own hyperparam
     link.p.update_rule.hyperparam.lr = 0.01
     opt.update()
-    np.testing.assert_allclose(link.p.data, P0 - 1.11)
+    np.testing.assert_allclose(host(link.p), P0 - 1.11)
     assert opt.lr == 1.0
     adam = optimizers.Adam(alpha=0.1).setup(OneParam())
     adam.alpha = 0.0
-    adam.target.p.grad = np.ones(4)
+    adam.target.p.grad = dev(np.ones(4))
     adam.update()
-    np.testing.assert_array_equal(adam.target.p.data, P0)
+    np.testing.assert_array_equal(host(adam.target.p), P0)
 
 
 def test_deepcopy_of_model_and_optimizer():
     import copy
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     _train(model, opt, 2)
     opt2 = copy.deepcopy(opt)            # copies the model with it
@@ -1888,7 +1954,7 @@ def test_deepcopy_of_model_and_optimizer():
     opt2.alpha = 0.001
     _train(model2, opt2, 1, seed=5)
     for (name, p), (_, q) in zip(model.namedparams(), model2.namedparams()):
-        assert p.data is not q.data and np.array_equal(p.data, q.data), name
+        assert p.data is not q.data and np.array_equal(host(p), host(q)), name
 
 
 def test_parameter_without_grad_is_untouched():
@@ -1896,10 +1962,10 @@ def test_parameter_without_grad_is_untouched():
                  optimizers.AdaGrad, optimizers.AdaDelta, optimizers.RMSprop):
         chain = Chain(a=OneParam(), b=OneParam())
         opt = make().setup(chain)
-        chain.a.p.grad = np.ones(4)
+        chain.a.p.grad = dev(np.ones(4))
         opt.update()
-        assert np.array_equal(chain.b.p.data, P0), make.__name__
-        assert not np.array_equal(chain.a.p.data, P0), make.__name__
+        assert np.array_equal(host(chain.b.p), P0), make.__name__
+        assert not np.array_equal(host(chain.a.p), P0), make.__name__
         assert chain.b.p.update_rule.state is None
 
 
@@ -1908,13 +1974,13 @@ def test_disable_update():
     opt = optimizers.SGD().setup(chain)
     chain.b.disable_update()
     for p in chain.params():
-        p.grad = np.ones(4)
+        p.grad = dev(np.ones(4))
     opt.update()
-    assert np.array_equal(chain.b.p.data, P0)
-    assert not np.array_equal(chain.a.p.data, P0)
+    assert np.array_equal(host(chain.b.p), P0)
+    assert not np.array_equal(host(chain.a.p), P0)
     chain.b.enable_update()
     opt.update()
-    assert not np.array_equal(chain.b.p.data, P0)
+    assert not np.array_equal(host(chain.b.p), P0)
 
 
 def test_parameter_added_after_setup_is_updated_with_hooks():
@@ -1922,16 +1988,17 @@ def test_parameter_added_after_setup_is_updated_with_hooks():
     opt = optimizers.SGD(lr=0.1).setup(chain)
     opt.add_hook(optimizer_hooks.WeightDecay(0.5))
     chain.add_param('extra', (4,), initializer=initializers.One())
+    chain.to_device(TEST_DEVICE)
     for p in chain.params():
-        p.grad = np.zeros_like(p.data)
+        p.grad = xp.zeros_like(p.data)
     opt.update()
-    np.testing.assert_allclose(chain.extra.data, 1 - 0.1 * 0.5 * 1)
+    np.testing.assert_allclose(host(chain.extra), 1 - 0.1 * 0.5 * 1)
 
 
 def test_lazy_parameter_gets_updated_after_initialization():
-    model = Chain(l=L.Linear(None, 2))
+    model = Chain(l=L.Linear(None, 2)).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
-    x = f32(3, 4)
+    x = dev(f32(3, 4))
     opt.update(lambda: F.sum(model.l(x)))
     assert model.l.W.shape == (2, 4)
     assert model.l.W.update_rule.state is not None
@@ -1944,16 +2011,16 @@ def test_weight_decay_hook():
     opt.add_hook(optimizer_hooks.WeightDecay(0.01))
     p = P0.copy()
     for g in GRADS:
-        link.p.grad = g.copy()
+        link.p.grad = dev(g.copy())
         opt.update()
         p = p - 0.1 * (g + 0.01 * p)
-        np.testing.assert_allclose(link.p.data, p, rtol=1e-12)
+        np.testing.assert_allclose(host(link.p), p, rtol=1e-12)
     with pytest.raises(KeyError):
         opt.add_hook(optimizer_hooks.WeightDecay(0.1))
     opt.remove_hook('WeightDecay')
-    link.p.grad = GRADS[0].copy()
+    link.p.grad = dev(GRADS[0].copy())
     opt.update()
-    np.testing.assert_allclose(link.p.data, p - 0.1 * GRADS[0], rtol=1e-12)
+    np.testing.assert_allclose(host(link.p), p - 0.1 * GRADS[0], rtol=1e-12)
 
 
 def test_lasso_hook():
@@ -1962,10 +2029,10 @@ def test_lasso_hook():
     opt.add_hook(optimizer_hooks.Lasso(0.05))
     p = P0.copy()
     for g in GRADS:
-        link.p.grad = g.copy()
+        link.p.grad = dev(g.copy())
         opt.update()
         p = p - 0.1 * (g + 0.05 * np.sign(p))
-        np.testing.assert_allclose(link.p.data, p, rtol=1e-12)
+        np.testing.assert_allclose(host(link.p), p, rtol=1e-12)
 
 
 def test_gradient_clipping_hook_global_norm():
@@ -1973,18 +2040,18 @@ def test_gradient_clipping_hook_global_norm():
     opt = optimizers.SGD(lr=1.0).setup(chain)
     opt.add_hook(optimizer_hooks.GradientClipping(1.0))
     ga, gb = np.array([3.0, 0.0, 0.0, 0.0]), np.array([0.0, 4.0, 0.0, 0.0])
-    chain.a.p.grad, chain.b.p.grad = ga.copy(), gb.copy()
+    chain.a.p.grad, chain.b.p.grad = dev(ga.copy()), dev(gb.copy())
     opt.update()
     norm = np.sqrt((ga ** 2).sum() + (gb ** 2).sum())    # 5: the global norm
-    np.testing.assert_allclose(chain.a.p.data, P0 - ga / norm, rtol=1e-12)
-    np.testing.assert_allclose(chain.b.p.data, P0 - gb / norm, rtol=1e-12)
+    np.testing.assert_allclose(host(chain.a.p), P0 - ga / norm, rtol=1e-12)
+    np.testing.assert_allclose(host(chain.b.p), P0 - gb / norm, rtol=1e-12)
     # below the threshold the gradients are not changed
     chain = Chain(a=OneParam(), b=OneParam())
     opt = optimizers.SGD(lr=1.0).setup(chain)
     opt.add_hook(optimizer_hooks.GradientClipping(10.0))
-    chain.a.p.grad, chain.b.p.grad = ga.copy(), gb.copy()
+    chain.a.p.grad, chain.b.p.grad = dev(ga.copy()), dev(gb.copy())
     opt.update()
-    np.testing.assert_allclose(chain.a.p.data, P0 - ga, rtol=1e-12)
+    np.testing.assert_allclose(host(chain.a.p), P0 - ga, rtol=1e-12)
 
 
 def test_gradient_hard_clipping_hook():
@@ -1992,9 +2059,9 @@ def test_gradient_hard_clipping_hook():
     opt = optimizers.SGD(lr=1.0).setup(link)
     opt.add_hook(optimizer_hooks.GradientHardClipping(-0.25, 0.5))
     g = np.array([1.0, -1.0, 0.1, -0.2])
-    link.p.grad = g.copy()
+    link.p.grad = dev(g.copy())
     opt.update()
-    np.testing.assert_allclose(link.p.data, P0 - np.clip(g, -0.25, 0.5), rtol=1e-12)
+    np.testing.assert_allclose(host(link.p), P0 - np.clip(g, -0.25, 0.5), rtol=1e-12)
 
 
 def test_hooks_do_not_modify_shared_grad_arrays():
@@ -2005,8 +2072,8 @@ def test_hooks_do_not_modify_shared_grad_arrays():
     opt.add_hook(optimizer_hooks.WeightDecay(1.0))
     F.sum(chain.a.p + chain.b.p).backward()
     opt.update()
-    np.testing.assert_allclose(chain.a.p.data, P0 - (1 + P0))
-    np.testing.assert_allclose(chain.b.p.data, P0 - (1 + P0))
+    np.testing.assert_allclose(host(chain.a.p), P0 - (1 + P0))
+    np.testing.assert_allclose(host(chain.b.p), P0 - (1 + P0))
 
 
 # =============================================================================
@@ -2018,16 +2085,16 @@ def _train(model, opt, steps, seed=0):
     for _ in range(steps):
         x = r.uniform(-1, 1, (8, 3)).astype(np.float32)
         t = r.randint(0, 4, 8).astype(np.int32)
-        opt.update(model, x, t)
+        opt.update(model, dev(x), dev(t))
 
 
 def _snapshot(model):
-    return {name: p.data.copy() for name, p in model.namedparams()}
+    return {name: host(p).copy() for name, p in model.namedparams()}
 
 
 def test_save_load_classifier_round_trip(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     path = tmp_path / 'model.npz'
     serializers.save_npz(str(path), model)
     with np.load(str(path)) as npz:
@@ -2035,11 +2102,12 @@ def test_save_load_classifier_round_trip(tmp_path):
         assert keys == {'predictor/l1/W', 'predictor/l1/b', 'predictor/l2/W',
                         'predictor/l2/b', 'predictor/l3/W', 'predictor/l3/b'}
         assert npz['predictor/l1/W'].dtype == np.float32
-        assert np.array_equal(npz['predictor/l2/W'], model.predictor.l2.W.data)
-    other = L.Classifier(MLP())
+        assert np.array_equal(npz['predictor/l2/W'], host(model.predictor.l2.W))
+    other = L.Classifier(MLP()).to_device(TEST_DEVICE)
     serializers.load_npz(str(path), other)
     for name, p in other.namedparams():
-        assert np.array_equal(p.data, dict(model.namedparams())[name].data), name
+        assert chainer.get_array_module(p.data) is xp, name    # loaded in place, on the device
+        assert np.array_equal(host(p), host(dict(model.namedparams())[name])), name
     # pathlib paths and file objects work too
     serializers.load_npz(path, other)
     with open(str(path), 'rb') as f:
@@ -2051,7 +2119,7 @@ def test_save_load_classifier_round_trip(tmp_path):
 
 def test_save_load_optimizer_keys_and_state(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     _train(model, opt, 3)
     opt.new_epoch()
@@ -2064,20 +2132,21 @@ def test_save_load_optimizer_keys_and_state(tmp_path):
         assert int(npz['t']) == 3 and int(npz['epoch']) == 1
         assert int(npz['predictor/l1/W/t']) == 3
         np.testing.assert_array_equal(npz['predictor/l1/W/m'],
-                                      model.predictor.l1.W.update_rule.state['m'])
-    model2 = L.Classifier(MLP())
+                                      host(model.predictor.l1.W.update_rule.state['m']))
+    model2 = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt2 = optimizers.Adam().setup(model2)
     serializers.load_npz(path, opt2)
     assert opt2.t == 3 and opt2.epoch == 1
     for (name, p), (_, q) in zip(model.namedparams(), model2.namedparams()):
         assert q.update_rule.t == 3
         for key in ('m', 'v'):
-            np.testing.assert_array_equal(q.update_rule.state[key], p.update_rule.state[key])
+            np.testing.assert_array_equal(host(q.update_rule.state[key]),
+                                          host(p.update_rule.state[key]))
 
 
 def test_resume_is_bit_identical(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     _train(model, opt, 4, seed=1)
     serializers.save_npz(str(tmp_path / 'm.npz'), model)
@@ -2085,40 +2154,42 @@ def test_resume_is_bit_identical(tmp_path):
     _train(model, opt, 5, seed=2)
 
     np.random.seed(123)                       # a different initialization
-    resumed = L.Classifier(MLP())
+    resumed = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt2 = optimizers.Adam().setup(resumed)
     serializers.load_npz(str(tmp_path / 'm.npz'), resumed)
     serializers.load_npz(str(tmp_path / 'o.npz'), opt2)
     _train(resumed, opt2, 5, seed=2)
     for (name, p), (_, q) in zip(model.namedparams(), resumed.namedparams()):
-        assert np.array_equal(p.data, q.data), name
+        assert np.array_equal(host(p), host(q)), name
     assert opt2.t == opt.t == 9
 
 
 def test_lazy_model_loads_shapes_from_file(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     path = str(tmp_path / 'model.npz')
     serializers.save_npz(path, model)
     lazy = L.Classifier(Chain(l1=L.Linear(None, 5), l2=L.Linear(None, 5), l3=L.Linear(4)))
+    lazy.to_device(TEST_DEVICE)
     assert lazy.predictor.l1.W.data is None
     serializers.load_npz(path, lazy)
     for (name, p), (_, q) in zip(model.namedparams(), lazy.namedparams()):
         assert q.data is not None and q.shape == p.shape and q.dtype == np.float32
-        assert np.array_equal(p.data, q.data), name
+        assert chainer.get_array_module(q.data) is xp, name    # made on the link's device
+        assert np.array_equal(host(p), host(q)), name
 
 
 def test_uninitialized_model_saves_and_loads(tmp_path):
-    lazy = Chain(l=L.Linear(None, 3))
+    lazy = Chain(l=L.Linear(None, 3)).to_device(TEST_DEVICE)
     path = str(tmp_path / 'lazy.npz')
     serializers.save_npz(path, lazy)
-    other = Chain(l=L.Linear(None, 3))
+    other = Chain(l=L.Linear(None, 3)).to_device(TEST_DEVICE)
     serializers.load_npz(path, other)           # None in the file: stays uninitialized
     assert other.l.W.data is None
-    sized = Chain(l=L.Linear(2, 3))
-    before = sized.l.W.data.copy()
+    sized = Chain(l=L.Linear(2, 3)).to_device(TEST_DEVICE)
+    before = host(sized.l.W).copy()
     serializers.load_npz(path, sized)
-    assert np.array_equal(sized.l.W.data, before)
+    assert np.array_equal(host(sized.l.W), before)
 
 
 def _rewrite_npz(src, dst, change):
@@ -2130,7 +2201,7 @@ def _rewrite_npz(src, dst, change):
 
 def test_no_half_load_on_wrong_shape(tmp_path):
     np.random.seed(0)
-    source = L.Classifier(MLP())
+    source = L.Classifier(MLP()).to_device(TEST_DEVICE)
     good = str(tmp_path / 'good.npz')
     bad = str(tmp_path / 'bad.npz')
     serializers.save_npz(good, source)
@@ -2139,7 +2210,7 @@ def test_no_half_load_on_wrong_shape(tmp_path):
         arrays['predictor/l3/b'] = np.zeros(7, np.float32)    # the last key read
     _rewrite_npz(good, bad, break_last)
     np.random.seed(1)
-    target = L.Classifier(MLP())
+    target = L.Classifier(MLP()).to_device(TEST_DEVICE)
     before = _snapshot(target)
     with pytest.raises(ValueError) as info:
         serializers.load_npz(bad, target)
@@ -2152,13 +2223,13 @@ def test_no_half_load_on_wrong_shape(tmp_path):
 
 def test_no_half_load_on_missing_key_and_strict_false(tmp_path):
     np.random.seed(0)
-    source = L.Classifier(MLP())
+    source = L.Classifier(MLP()).to_device(TEST_DEVICE)
     good = str(tmp_path / 'good.npz')
     missing = str(tmp_path / 'missing.npz')
     serializers.save_npz(good, source)
     _rewrite_npz(good, missing, lambda arrays: arrays.pop('predictor/l3/W'))
     np.random.seed(1)
-    target = L.Classifier(MLP())
+    target = L.Classifier(MLP()).to_device(TEST_DEVICE)
     before = _snapshot(target)
     with pytest.raises(KeyError) as info:
         serializers.load_npz(missing, target)
@@ -2167,17 +2238,17 @@ def test_no_half_load_on_missing_key_and_strict_false(tmp_path):
     for name in before:
         assert np.array_equal(before[name], after[name]), name + ' was half-loaded'
     serializers.load_npz(missing, target, strict=False)
-    assert np.array_equal(target.predictor.l3.W.data, before['/predictor/l3/W'])
-    assert np.array_equal(target.predictor.l1.W.data, source.predictor.l1.W.data)
+    assert np.array_equal(host(target.predictor.l3.W), before['/predictor/l3/W'])
+    assert np.array_equal(host(target.predictor.l1.W), host(source.predictor.l1.W))
     # ignore_names skips a key even when strict
-    target2 = L.Classifier(MLP())
+    target2 = L.Classifier(MLP()).to_device(TEST_DEVICE)
     serializers.load_npz(missing, target2, ignore_names=['predictor/l3/W'])
-    assert np.array_equal(target2.predictor.l2.W.data, source.predictor.l2.W.data)
+    assert np.array_equal(host(target2.predictor.l2.W), host(source.predictor.l2.W))
 
 
 def test_no_half_load_of_optimizer(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     _train(model, opt, 2)
     good = str(tmp_path / 'opt.npz')
@@ -2188,10 +2259,10 @@ def test_no_half_load_of_optimizer(tmp_path):
         arrays['predictor/l3/W/v'] = np.zeros((1, 1), np.float32)
         arrays['t'] = np.asarray(99)
     _rewrite_npz(good, bad, break_state)
-    model2 = L.Classifier(MLP())
+    model2 = L.Classifier(MLP()).to_device(TEST_DEVICE)
     opt2 = optimizers.Adam().setup(model2)
     _train(model2, opt2, 1)
-    states = {n: {k: a.copy() for k, a in p.update_rule.state.items()}
+    states = {n: {k: host(a).copy() for k, a in p.update_rule.state.items()}
               for n, p in model2.namedparams()}
     with pytest.raises(ValueError, match='predictor/l3/W/v'):
         serializers.load_npz(bad, opt2)
@@ -2199,27 +2270,27 @@ def test_no_half_load_of_optimizer(tmp_path):
     for n, p in model2.namedparams():
         assert p.update_rule.t == 1
         for k, a in p.update_rule.state.items():
-            assert np.array_equal(a, states[n][k]), (n, k)
+            assert np.array_equal(host(a), states[n][k]), (n, k)
 
 
 def test_load_with_path_prefix(tmp_path):
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     holder = Chain(model=model)
     path = str(tmp_path / 'snapshot.npz')
     serializers.save_npz(path, holder)
     with np.load(path) as npz:
         assert 'model/predictor/l1/W' in npz.files
-    other = L.Classifier(MLP())
+    other = L.Classifier(MLP()).to_device(TEST_DEVICE)
     serializers.load_npz(path, other, path='model/')
-    assert np.array_equal(other.predictor.l1.W.data, model.predictor.l1.W.data)
+    assert np.array_equal(host(other.predictor.l1.W), host(model.predictor.l1.W))
     # Chainer trainer snapshots use prefixes such as 'updater/model:main/'
     with np.load(path) as npz:
         arrays = {'updater/model:main/' + k[len('model/'):]: npz[k] for k in npz.files}
     np.savez(str(tmp_path / 'trainer.npz'), **arrays)
-    third = L.Classifier(MLP())
+    third = L.Classifier(MLP()).to_device(TEST_DEVICE)
     serializers.load_npz(str(tmp_path / 'trainer.npz'), third, path='updater/model:main/')
-    assert np.array_equal(third.predictor.l3.b.data, model.predictor.l3.b.data)
+    assert np.array_equal(host(third.predictor.l3.b), host(model.predictor.l3.b))
 
 
 def test_save_npz_is_atomic(tmp_path, monkeypatch):
@@ -2227,7 +2298,7 @@ def test_save_npz_is_atomic(tmp_path, monkeypatch):
     folder.mkdir()
     path = str(folder / 'model.npz')
     np.random.seed(0)
-    model = L.Classifier(MLP())
+    model = L.Classifier(MLP()).to_device(TEST_DEVICE)
     serializers.save_npz(path, model)
     assert os.listdir(str(folder)) == ['model.npz']
     with open(path, 'rb') as f:
@@ -2257,10 +2328,11 @@ def test_save_npz_is_atomic(tmp_path, monkeypatch):
     with open(path, 'rb') as f:
         assert f.read() == original
     assert os.listdir(str(folder)) == ['model.npz']
-    serializers.load_npz(path, L.Classifier(MLP()))
+    serializers.load_npz(path, L.Classifier(MLP()).to_device(TEST_DEVICE))
 
 
 @pytest.mark.skipif(os.name != 'posix', reason='POSIX file modes')
+@cpu_only('checks the file modes save_npz leaves; nothing about them depends on the device')
 def test_save_npz_file_mode(tmp_path):
     # the temporary file is private (0600); the saved one must not be
     umask = os.umask(0o022)
@@ -2287,11 +2359,13 @@ def test_serialize_persistent_values(tmp_path):
     a = WithStats()
     a.mean[...] = [1, 2, 3]
     a.count = 7
+    a.to_device(TEST_DEVICE)
     path = str(tmp_path / 'p.npz')
     serializers.save_npz(path, a)
-    b = WithStats()
+    b = WithStats().to_device(TEST_DEVICE)
     serializers.load_npz(path, b)
-    assert np.array_equal(b.mean, [1, 2, 3]) and b.count == 7 and isinstance(b.count, int)
+    assert chainer.get_array_module(b.mean) is xp        # loaded in place, on the device
+    assert np.array_equal(host(b.mean), [1, 2, 3]) and b.count == 7 and isinstance(b.count, int)
 
 
 # =============================================================================
@@ -2300,7 +2374,7 @@ def test_serialize_persistent_values(tmp_path):
 
 def test_report_outside_scope_is_noop():
     reporter.report({'x': 1.0})               # nothing listens: no error
-    chainer.report({'x': Variable(np.ones(1))})
+    chainer.report({'x': Variable(dev(np.ones(1)))})
 
 
 def test_reporter_scope_and_observers():
@@ -2337,7 +2411,7 @@ def test_report_scope():
 
 
 def test_reported_variables_are_cut_from_graph():
-    x = Variable(np.array([1.0, 2.0]))
+    x = Variable(dev(np.array([1.0, 2.0])))
     loss = F.sum(x * 2.0)
     assert loss.creator is not None
     observation = {}
@@ -2356,8 +2430,8 @@ def test_dict_summary_statistics():
     summary = reporter.DictSummary()
     values = [1.0, 2.0, 4.0, 9.0]
     for v in values:
-        summary.add({'a': v, 'b': Variable(np.array(v * 2, np.float32)),
-                     'skip': 'text', 'array': np.array([v, v])})
+        summary.add({'a': v, 'b': Variable(dev(np.array(v * 2, np.float32))),
+                     'skip': 'text', 'array': dev(np.array([v, v]))})
     mean = summary.compute_mean()
     assert set(mean) == {'a', 'b'}
     assert mean['a'] == pytest.approx(np.mean(values))
@@ -2423,16 +2497,16 @@ class FixtureMLP(Chain):
 
 def _fixture_batch(expected, i):
     update = expected['updates'][i]
-    return (np.array(update['x'], np.float32), np.array(update['t'], np.int32))
+    return dev((np.array(update['x'], np.float32), np.array(update['t'], np.int32)))
 
 
 def _params_of(model):
-    return {name.lstrip('/'): p.data for name, p in model.namedparams()}
+    return {name.lstrip('/'): host(p) for name, p in model.namedparams()}
 
 
 def test_chainer7_fixture_loads_model_and_optimizer():
     expected = _fixture()
-    model = L.Classifier(FixtureMLP())
+    model = L.Classifier(FixtureMLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     serializers.load_npz(os.path.join(FIXTURE_DIR, 'model.npz'), model)
     serializers.load_npz(os.path.join(FIXTURE_DIR, 'optimizer.npz'), opt)
@@ -2451,7 +2525,7 @@ def test_chainer7_fixture_loads_model_and_optimizer():
         if state_key == 't':
             assert rule.t == entry['value'], key
         else:
-            value = rule.state[state_key]
+            value = host(rule.state[state_key])
             assert value.dtype == np.float32 and list(value.shape) == entry['shape'], key
             assert np.array_equal(value, np.array(entry['value'], np.float32)), key
 
@@ -2465,11 +2539,15 @@ def test_chainer7_fixture_loads_model_and_optimizer():
     assert float(model.accuracy.data) == step3['accuracy']
     for name, p in model.namedparams():
         key = name.lstrip('/')
-        np.testing.assert_allclose(p.grad, step3['grads'][key], rtol=1e-5, atol=1e-7, err_msg=key)
-        np.testing.assert_allclose(p.data, after['params'][key], rtol=1e-6, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(host(p.grad), step3['grads'][key], rtol=1e-5, atol=1e-7,
+                                   err_msg=key)
+        np.testing.assert_allclose(host(p), after['params'][key], rtol=1e-6, atol=1e-7,
+                                   err_msg=key)
         assert p.update_rule.t == after['optimizer_state'][key + '/t']
         for state_key in ('m', 'v'):
-            np.testing.assert_allclose(p.update_rule.state[state_key],
+            # the state came from the file on the host; the update moved it beside p
+            assert chainer.get_array_module(p.update_rule.state[state_key]) is xp, key
+            np.testing.assert_allclose(host(p.update_rule.state[state_key]),
                                        after['optimizer_state'][key + '/' + state_key],
                                        rtol=1e-5, atol=1e-10, err_msg=key + '/' + state_key)
 
@@ -2478,20 +2556,20 @@ def test_chainer7_fixture_adam_step_is_bit_exact():
     # Given Chainer's own gradients, Adam is elementwise NumPy, so the step
     # must reproduce Chainer's float32 results bit for bit (no BLAS involved).
     expected = _fixture()
-    model = L.Classifier(FixtureMLP())
+    model = L.Classifier(FixtureMLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     serializers.load_npz(os.path.join(FIXTURE_DIR, 'model.npz'), model)
     serializers.load_npz(os.path.join(FIXTURE_DIR, 'optimizer.npz'), opt)
     grads = expected['params_history'][3]['grads']
     for name, p in model.namedparams():
-        p.grad = np.array(grads[name.lstrip('/')], np.float32)
+        p.grad = dev(np.array(grads[name.lstrip('/')], np.float32))
     opt.update()
     after = expected['after_step3']
     for name, p in model.namedparams():
         key = name.lstrip('/')
-        assert np.array_equal(p.data, np.array(after['params'][key], np.float32)), key
+        assert np.array_equal(host(p), np.array(after['params'][key], np.float32)), key
         for state_key in ('m', 'v'):
-            assert np.array_equal(p.update_rule.state[state_key], np.array(
+            assert np.array_equal(host(p.update_rule.state[state_key]), np.array(
                 after['optimizer_state'][key + '/' + state_key], np.float32)), key + state_key
 
 
@@ -2501,6 +2579,7 @@ def test_chainer7_fixture_training_from_scratch_matches():
     params = dict(model.namedparams())
     for key, value in expected['params_history'][0]['params'].items():
         params['/' + key].data[...] = np.array(value, np.float32)
+    model.to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     for i in range(3):
         x, t = _fixture_batch(expected, i)
@@ -2510,15 +2589,15 @@ def test_chainer7_fixture_training_from_scratch_matches():
         np.testing.assert_allclose(float(model.loss.data), record['loss'], rtol=1e-6)
         assert float(model.accuracy.data) == record['accuracy']
         for key, value in record['params'].items():
-            np.testing.assert_allclose(params['/' + key].grad, record['grads'][key],
+            np.testing.assert_allclose(host(params['/' + key].grad), record['grads'][key],
                                        rtol=1e-5, atol=1e-7, err_msg=key)
-            np.testing.assert_allclose(params['/' + key].data, value, rtol=1e-6, atol=1e-7,
+            np.testing.assert_allclose(host(params['/' + key]), value, rtol=1e-6, atol=1e-7,
                                        err_msg='step {} {}'.format(i + 1, key))
 
 
 def test_our_files_have_chainers_layout(tmp_path):
     expected = _fixture()
-    model = L.Classifier(FixtureMLP())
+    model = L.Classifier(FixtureMLP()).to_device(TEST_DEVICE)
     opt = optimizers.Adam().setup(model)
     x, t = _fixture_batch(expected, 0)
     opt.update(model, x, t)
@@ -2548,6 +2627,14 @@ FASHION_FILES = [FASHION_ROOT / 'fashion-mnist' / (prefix + suffix + '.gz')
                  for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte')]
 needs_mnist = pytest.mark.skipif(
     SHARED_DATASETS is None, reason='shared/datasets/mnist not found')
+# Datasets, their files and iterators live on the host, so a GPU run skips them;
+# concat_examples, which sends batches to a device, runs on both.
+host_datasets = cpu_only('datasets index host-side NumPy arrays and lists; no device is involved')
+idx_files = cpu_only('IDX parsing turns file bytes into NumPy arrays on the host')
+downloads = cpu_only('dataset folders and downloads over loopback HTTP are host-side file work')
+mnist_bytes = cpu_only('reads the real MNIST/Fashion-MNIST file bytes into NumPy on the host')
+host_iterators = cpu_only('iterators pick examples on the host; batches reach a device only '
+                          'through concat_examples')
 
 
 # --- helpers -----------------------------------------------------------------
@@ -2609,6 +2696,7 @@ def serve(www, folder, data):
 
 # --- datasets ----------------------------------------------------------------
 
+@host_datasets
 def test_tuple_dataset_indexing():
     x = np.arange(10).reshape(5, 2)
     labels = [10, 11, 12, 13, 14]
@@ -2624,6 +2712,7 @@ def test_tuple_dataset_indexing():
     assert dataset[5:] == []
 
 
+@host_datasets
 def test_tuple_dataset_errors():
     with pytest.raises(ValueError, match=r'\[3, 2\]'):
         chainer.TupleDataset([1, 2, 3], [1, 2])
@@ -2631,6 +2720,7 @@ def test_tuple_dataset_errors():
         chainer.TupleDataset()
 
 
+@host_datasets
 def test_sub_dataset():
     base = list(range(10, 20))
     sub = chainer.SubDataset(base, 2, 6)
@@ -2647,6 +2737,7 @@ def test_sub_dataset():
     assert [ordered[i] for i in range(3)] == [19, 18, 17]
 
 
+@host_datasets
 def test_sub_dataset_errors():
     with pytest.raises(ValueError, match='finish=11, len.dataset.=10'):
         chainer.SubDataset(list(range(10)), 0, 11)
@@ -2656,6 +2747,7 @@ def test_sub_dataset_errors():
         chainer.SubDataset([1, 2, 3], 0, 1, order=[0, 1])
 
 
+@host_datasets
 def test_split_dataset():
     first, second = chainer.split_dataset(list(range(5)), 2)
     assert list(first[:]) == [0, 1] and list(second[:]) == [2, 3, 4]
@@ -2667,6 +2759,7 @@ def test_split_dataset():
         chainer.split_dataset(list(range(5)), 2.5)
 
 
+@host_datasets
 def test_split_dataset_random_is_a_seeded_partition():
     data = list(range(100))
     first, second = chainer.split_dataset_random(data, 30, seed=3)
@@ -2676,6 +2769,7 @@ def test_split_dataset_random_is_a_seeded_partition():
     assert first[:] != list(range(30))  # really shuffled
 
 
+@host_datasets
 def test_batch_fetch_through_sub_and_tuple_dataset_matches_per_index():
     x = np.random.rand(50, 3).astype(np.float32)
     y = np.arange(50, dtype=np.int32)
@@ -2693,6 +2787,7 @@ def test_batch_fetch_through_sub_and_tuple_dataset_matches_per_index():
 @pytest.mark.parametrize('array', [
     TINY, np.array([-5, 7, 1 << 30], dtype=np.int32),
     np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)])
+@idx_files
 def test_read_idx_gzip_and_plain(tmp_path, array):
     data = idx_bytes(array)
     (tmp_path / 'plain').write_bytes(data)
@@ -2704,6 +2799,7 @@ def test_read_idx_gzip_and_plain(tmp_path, array):
         assert digest == sha256(data)
 
 
+@idx_files
 def test_not_idx_file(tmp_path):
     page = tmp_path / 'page.gz'
     page.write_bytes(b'<!DOCTYPE html><html>Access denied</html>')
@@ -2721,6 +2817,7 @@ def test_not_idx_file(tmp_path):
     (lambda data: data + b'\0', 'holds 25 bytes'),
     (lambda data: data[:10], 'header is cut short')])
 @pytest.mark.parametrize('packed', [False, True])
+@idx_files
 def test_idx_wrong_size(tmp_path, damage, words, packed):
     data = damage(idx_bytes(TINY))
     path = tmp_path / 'damaged'
@@ -2729,6 +2826,7 @@ def test_idx_wrong_size(tmp_path, damage, words, packed):
         chainer._read_idx(path)
 
 
+@idx_files
 def test_damaged_gzip(tmp_path):
     array = (np.arange(10000) % 251).astype(np.uint8).reshape(100, 100)
     packed = bytearray(gzip.compress(idx_bytes(array)))
@@ -2742,6 +2840,7 @@ def test_damaged_gzip(tmp_path):
 
 # --- dataset root, local files, downloading ----------------------------------
 
+@downloads
 def test_dataset_root(monkeypatch, tmp_path):
     monkeypatch.delenv('ONEFCHAINER_DATASET_ROOT', raising=False)
     assert chainer.get_dataset_root() == os.path.expanduser(
@@ -2755,6 +2854,7 @@ def test_dataset_root(monkeypatch, tmp_path):
     assert chainer.get_dataset_root() == str(tmp_path / 'elsewhere')
 
 
+@downloads
 def test_local_gz_preferred_and_plain_accepted(tiny_dataset):
     tiny_dataset.mkdir(parents=True)
     plain = tiny_dataset / TINY_NAME
@@ -2766,6 +2866,7 @@ def test_local_gz_preferred_and_plain_accepted(tiny_dataset):
     np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
 
 
+@downloads
 def test_local_file_with_wrong_checksum_is_reported_not_replaced(
         tiny_dataset):
     tiny_dataset.mkdir(parents=True)
@@ -2781,6 +2882,7 @@ def test_local_file_with_wrong_checksum_is_reported_not_replaced(
     assert path.read_bytes() == idx_bytes(TINY + 1)
 
 
+@downloads
 def test_local_non_idx_file_says_where_to_put_files(tiny_dataset):
     tiny_dataset.mkdir(parents=True)
     (tiny_dataset / TINY_NAME).write_bytes(b'not a dataset')
@@ -2789,6 +2891,7 @@ def test_local_non_idx_file_says_where_to_put_files(tiny_dataset):
         chainer._load_idx('tiny', TINY_NAME)
 
 
+@downloads
 def test_download_falls_back_to_second_mirror(tiny_dataset, http_mirror,
                                               monkeypatch):
     base, www = http_mirror
@@ -2802,6 +2905,7 @@ def test_download_falls_back_to_second_mirror(tiny_dataset, http_mirror,
     np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
 
 
+@downloads
 def test_download_of_wrong_or_garbage_content_fails_cleanly(
         tiny_dataset, http_mirror, monkeypatch):
     base, www = http_mirror
@@ -2819,6 +2923,7 @@ def test_download_of_wrong_or_garbage_content_fails_cleanly(
     assert os.listdir(tiny_dataset) == []  # no final file, no temporaries
 
 
+@downloads
 def test_download_with_server_down_names_the_folder(tiny_dataset,
                                                     monkeypatch):
     with socket.socket() as probe:  # a port that nobody listens on
@@ -2845,6 +2950,7 @@ def mnist():
 
 
 @needs_mnist
+@mnist_bytes
 def test_get_mnist(mnist):
     train, test = mnist
     assert isinstance(train, chainer.TupleDataset)
@@ -2862,6 +2968,7 @@ def test_get_mnist(mnist):
 
 
 @needs_mnist
+@mnist_bytes
 def test_get_mnist_options(monkeypatch):
     monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(SHARED_DATASETS))
     train, test = chainer.get_mnist(withlabel=False, ndim=2, scale=255.,
@@ -2872,6 +2979,7 @@ def test_get_mnist_options(monkeypatch):
 
 
 @needs_mnist
+@mnist_bytes
 def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
     folder = tmp_path / 'mnist'
     folder.mkdir()
@@ -2885,12 +2993,14 @@ def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
 
 @needs_mnist
 @pytest.mark.parametrize('name', ['mnist', 'fashion-mnist'])
+@mnist_bytes
 def test_checksum_table_matches_shared_sha256sums(name):
     lines = (SHARED_DATASETS / name / 'SHA256SUMS').read_text().split('\n')
     listed = dict(reversed(line.split()) for line in lines if line.strip())
     assert listed == chainer._OFFICIAL_SHA256[name]
 
 
+@host_datasets
 def test_mnist_like_shapes():
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     labels = np.array([3, 7], dtype=np.uint8)
@@ -2908,6 +3018,7 @@ def test_mnist_like_shapes():
     assert rgb._datasets[0].flags.writeable  # a real array, not a view
 
 
+@downloads
 def test_invalid_ndim_fails_before_loading(monkeypatch, tmp_path):
     monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
     monkeypatch.setitem(chainer._MIRRORS, 'mnist', [])
@@ -2921,6 +3032,7 @@ def test_invalid_ndim_fails_before_loading(monkeypatch, tmp_path):
                     reason='Fashion-MNIST not installed: apt-get install '
                            'dataset-fashion-mnist puts it in '
                            '/usr/share/datasets/fashion-mnist/')
+@mnist_bytes
 def test_get_fashion_mnist(monkeypatch):
     monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(FASHION_ROOT))
     train, test = chainer.get_fashion_mnist(ndim=3)
@@ -2941,6 +3053,7 @@ def state(iterator):
             else round(iterator.previous_epoch_detail, 6))
 
 
+@host_iterators
 def test_serial_iterator_repeat_wraps_into_next_epoch():
     iterator = chainer.SerialIterator(list(range(5)), 2, shuffle=False)
     assert state(iterator) == (0, 0, False, 0.0, None)
@@ -2958,6 +3071,7 @@ def test_serial_iterator_repeat_wraps_into_next_epoch():
     assert next(iterator) == [0, 1]
 
 
+@host_iterators
 def test_serial_iterator_without_repeat_stops():
     iterator = chainer.SerialIterator(list(range(5)), 2, repeat=False,
                                 shuffle=False)
@@ -2969,6 +3083,7 @@ def test_serial_iterator_without_repeat_stops():
     assert next(iterator) == [0, 1]
 
 
+@host_iterators
 def test_batch_larger_than_dataset():
     iterator = chainer.SerialIterator([0, 1, 2], 7, shuffle=False)
     assert iterator.next() == [0, 1, 2, 0, 1, 2, 0]
@@ -2977,6 +3092,7 @@ def test_batch_larger_than_dataset():
     assert list(once) == [[0, 1, 2]]
 
 
+@host_iterators
 def test_shuffled_stream_is_successive_permutations():
     np.random.seed(7)
     iterator = chainer.SerialIterator(list(range(5)), 2)  # shuffle by default
@@ -2987,6 +3103,7 @@ def test_shuffled_stream_is_successive_permutations():
     assert iterator.epoch == 4
 
 
+@host_iterators
 def test_order_sampler_options():
     def backwards(order, position):
         return np.arange(len(order))[::-1]
@@ -3027,6 +3144,7 @@ class DictLoader:
         return stored
 
 
+@host_iterators
 def test_serialize_resumes_mid_epoch_exactly():
     data = list(range(7))
     np.random.seed(1)
@@ -3049,6 +3167,7 @@ def test_serialize_resumes_mid_epoch_exactly():
         chainer.SerialIterator(data, 3).serialize(DictLoader({}))
 
 
+@host_iterators
 def test_iterator_base_protocol():
     finalized = []
 
@@ -3063,6 +3182,7 @@ def test_iterator_base_protocol():
     assert finalized == [True]
 
 
+@host_iterators
 def test_iterating_tuple_dataset_gives_tuples():
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = np.arange(6, dtype=np.int32)
@@ -3073,6 +3193,7 @@ def test_iterating_tuple_dataset_gives_tuples():
     np.testing.assert_array_equal(batch[1][0], [10, 11])
 
 
+@host_iterators
 def test_batch_fetch_and_concat_cost():
     x = np.random.rand(60000, 784).astype(np.float32)
     y = np.random.randint(0, 10, 60000).astype(np.int32)
@@ -3090,31 +3211,39 @@ def test_batch_fetch_and_concat_cost():
 
 def test_concat_examples_shapes_and_types():
     arrays = [np.full(3, i, dtype=np.float32) for i in range(4)]
-    stacked = chainer.concat_examples(arrays)
+    stacked = chainer.concat_examples(arrays, TEST_DEVICE)
     assert stacked.shape == (4, 3) and stacked.dtype == np.float32
+    assert chainer.get_array_module(stacked) is xp
     images, labels = chainer.concat_examples(
-        [(a, np.int32(i)) for i, a in enumerate(arrays)])
-    assert images.shape == (4, 3) and list(labels) == [0, 1, 2, 3]
-    assert labels.dtype == np.int32
-    batch = chainer.concat_examples([{'x': a, 't': i} for i, a in enumerate(arrays)])
+        [(a, np.int32(i)) for i, a in enumerate(arrays)], TEST_DEVICE)
+    assert images.shape == (4, 3) and list(host(labels)) == [0, 1, 2, 3]
+    assert labels.dtype == np.int32 and chainer.get_array_module(labels) is xp
+    batch = chainer.concat_examples([{'x': a, 't': i} for i, a in enumerate(arrays)],
+                                    TEST_DEVICE)
     assert set(batch) == {'x', 't'} and batch['x'].shape == (4, 3)
+    # examples that already live on the device are stacked there
+    assert chainer.get_array_module(chainer.concat_examples(dev(arrays))) is xp
 
 
 def test_concat_examples_padding():
     ragged = [np.array([1, 2]), np.array([3, 4, 5]), np.array([[6]])[0]]
-    np.testing.assert_array_equal(chainer.concat_examples(ragged, padding=-1),
+    np.testing.assert_array_equal(host(chainer.concat_examples(ragged, TEST_DEVICE, padding=-1)),
                                   [[1, 2, -1], [3, 4, 5], [6, -1, -1]])
     grids = [np.ones((1, 3)), np.ones((2, 1))]
-    padded = chainer.concat_examples(grids, padding=0)
-    assert padded.shape == (2, 2, 3) and padded.sum() == 5
+    padded = chainer.concat_examples(grids, TEST_DEVICE, padding=0)
+    assert padded.shape == (2, 2, 3) and host(padded).sum() == 5
     pairs = [(np.array([1]), np.array([1, 1])), (np.array([2, 2]),
                                                  np.array([2]))]
-    first, second = chainer.concat_examples(pairs, padding=(0, 9))
-    np.testing.assert_array_equal(first, [[1, 0], [2, 2]])
-    np.testing.assert_array_equal(second, [[1, 1], [2, 9]])
+    first, second = chainer.concat_examples(pairs, TEST_DEVICE, padding=(0, 9))
+    np.testing.assert_array_equal(host(first), [[1, 0], [2, 2]])
+    np.testing.assert_array_equal(host(second), [[1, 1], [2, 9]])
     dicts = [{'a': np.array([1])}, {'a': np.array([1, 2])}]
     np.testing.assert_array_equal(
-        chainer.concat_examples(dicts, padding={'a': 7})['a'], [[1, 7], [1, 2]])
+        host(chainer.concat_examples(dicts, TEST_DEVICE, padding={'a': 7})['a']),
+        [[1, 7], [1, 2]])
+    # padding examples that already live on the device
+    np.testing.assert_array_equal(host(chainer.concat_examples(dev(ragged), padding=-1)),
+                                  [[1, 2, -1], [3, 4, 5], [6, -1, -1]])
 
 
 def test_concat_examples_errors():
@@ -3166,7 +3295,8 @@ def stateless_sampler(current_order, current_position):
 
 
 def make_model(seed=0):
-    np.random.seed(seed)                  # initializers draw from NumPy
+    np.random.seed(seed)                  # initializers draw from NumPy,
+    xp.random.seed(seed)                  # lazy ones on a GPU from CuPy
     model = L.Classifier(TrainMLP())
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
@@ -3176,12 +3306,12 @@ def make_model(seed=0):
 def make_trainer(out, stop=(3, 'epoch'), batch_size=30, seed=0, n=200):
     model, optimizer = make_model(seed)
     iterator = SerialIterator(make_dataset(n), batch_size, order_sampler=stateless_sampler)
-    updater = chainer.StandardUpdater(iterator, optimizer)
+    updater = chainer.StandardUpdater(iterator, optimizer, device=TEST_DEVICE)
     return chainer.Trainer(updater, stop, out=str(out)), model
 
 
 def params_of(link):
-    return {name: p.data.copy() for name, p in link.namedparams()}
+    return {name: host(p).copy() for name, p in link.namedparams()}
 
 
 def without_time(log):
@@ -3198,7 +3328,7 @@ def leftovers(folder):
 def test_updater_counts_iterations_and_epochs():
     model, optimizer = make_model()
     iterator = SerialIterator(make_dataset(200), 30, shuffle=False)
-    updater = chainer.StandardUpdater(iterator, optimizer)
+    updater = chainer.StandardUpdater(iterator, optimizer, device=TEST_DEVICE)
     seen = []
     for _ in range(7):
         updater.update()
@@ -3225,14 +3355,17 @@ def test_updater_passes_dicts_as_keywords_and_single_arrays_alone():
     optimizer = chainer.optimizers.SGD().setup(model)
     xs = np.ones((4, 3), np.float32)
     as_dicts = [{'x': x} for x in xs]
-    chainer.StandardUpdater(SerialIterator(as_dicts, 2), optimizer, loss_func=loss_func).update()
-    chainer.StandardUpdater(SerialIterator(list(xs), 2), optimizer, loss_func=loss_func).update()
+    chainer.StandardUpdater(SerialIterator(as_dicts, 2), optimizer, loss_func=loss_func,
+                            device=TEST_DEVICE).update()
+    chainer.StandardUpdater(SerialIterator(list(xs), 2), optimizer, loss_func=loss_func,
+                            device=TEST_DEVICE).update()
     assert calls == [(0, ['x']), (1, [])]
 
 
 def test_updater_serializes_with_chainer_keys():
     model, optimizer = make_model()
-    updater = chainer.StandardUpdater(SerialIterator(make_dataset(), 30), optimizer)
+    updater = chainer.StandardUpdater(SerialIterator(make_dataset(), 30), optimizer,
+                                      device=TEST_DEVICE)
     updater.update()
     saver = chainer.serializers.DictionarySerializer()
     saver.save(updater)
@@ -3251,7 +3384,7 @@ class GANUpdater(chainer.StandardUpdater):
         self._iterators = {'main': iterator}
         self._optimizers = {'gen': gen_optimizer, 'dis': dis_optimizer}
         self.converter = concat_examples
-        self.device = None
+        self.device = TEST_DEVICE
         self.iteration = 0
 
     def loss_dis(self, dis, y_fake, y_real):
@@ -3270,7 +3403,7 @@ class GANUpdater(chainer.StandardUpdater):
         gen, dis = gen_optimizer.target, dis_optimizer.target
         batch = self.get_iterator('main').next()
         x_real = chainer.Variable(self.converter(batch, self.device))
-        z = np.random.RandomState(self.iteration).randn(len(batch), 2).astype(np.float32)
+        z = dev(np.random.RandomState(self.iteration).randn(len(batch), 2).astype(np.float32))
         x_fake = gen(z)
         y_real, y_fake = dis(x_real), dis(x_fake)
         dis_optimizer.update(self.loss_dis, dis, y_fake, y_real)
@@ -3279,7 +3412,7 @@ class GANUpdater(chainer.StandardUpdater):
 
 def make_gan_trainer(out):
     np.random.seed(1)
-    gen, dis = L.Linear(2, 5), L.Linear(5, 1)
+    gen, dis = L.Linear(2, 5).to_device(TEST_DEVICE), L.Linear(5, 1).to_device(TEST_DEVICE)
     gen_optimizer = chainer.optimizers.Adam().setup(gen)
     dis_optimizer = chainer.optimizers.Adam().setup(dis)
     data = list(np.random.RandomState(2).randn(40, 5).astype(np.float32) + 3)
@@ -3314,7 +3447,7 @@ def test_gan_style_updater_without_super_init(tmp_path):
     assert fresh.updater.iteration == 10 and fresh.updater.epoch == 2
     for a, b in ((gen, fresh_gen), (dis, fresh_dis)):
         for (_, p), (_, q) in zip(a.namedparams(), b.namedparams()):
-            assert np.array_equal(p.data, q.data)
+            assert np.array_equal(host(p), host(q))
 
 
 # --- triggers ----------------------------------------------------------------------
@@ -3508,13 +3641,13 @@ class ProbedClassifier(L.Classifier):
 
 def test_evaluator_reports_validation_keys_without_touching_the_model(tmp_path):
     np.random.seed(0)
-    model = ProbedClassifier(TrainMLP())
+    model = ProbedClassifier(TrainMLP()).to_device(TEST_DEVICE)
     model.probes = []
     dataset = make_dataset(50)
-    model(*concat_examples(dataset[:2]))            # initialize the lazy weights
+    model(*concat_examples(dataset[:2], TEST_DEVICE))   # initialize the lazy weights
     before = params_of(model)
     iterator = SerialIterator(dataset, 20, repeat=False, shuffle=False)
-    evaluator = extensions.Evaluator(iterator, model)
+    evaluator = extensions.Evaluator(iterator, model, device=TEST_DEVICE)
     evaluator.name = 'validation'
     model.probes.clear()
     first, second = evaluator(), evaluator()       # the iterator restarts each time
@@ -3525,14 +3658,15 @@ def test_evaluator_reports_validation_keys_without_touching_the_model(tmp_path):
     assert chainer.config.train is True
     # Means of the batch means (20, 20 and 10 examples count alike), as in Chainer.
     batch_losses = [float(F.softmax_cross_entropy(model.predictor(x), t).data)
-                    for x, t in (concat_examples(dataset[i:i + 20]) for i in (0, 20, 40))]
+                    for x, t in (concat_examples(dataset[i:i + 20], TEST_DEVICE)
+                                 for i in (0, 20, 40))]
     assert first['validation/main/loss'] == pytest.approx(np.mean(batch_losses), rel=1e-6)
 
 
 def test_evaluator_in_a_trainer(tmp_path):
     trainer, model = make_trainer(tmp_path, stop=(2, 'epoch'))
     valid = SerialIterator(make_dataset(60, seed=1), 25, repeat=False, shuffle=False)
-    trainer.extend(extensions.Evaluator(valid, model))
+    trainer.extend(extensions.Evaluator(valid, model, device=TEST_DEVICE))
     trainer.extend(extensions.LogReport())
     trainer.run()
     log = trainer.get_extension('LogReport').log
@@ -3549,7 +3683,7 @@ def build_full_trainer(out, stop=(3, 'epoch')):
     schedule, log summaries, a validation pass, interval triggers."""
     trainer, model = make_trainer(out, stop=stop)
     valid = SerialIterator(make_dataset(40, seed=3), 16, repeat=False, shuffle=False)
-    trainer.extend(extensions.Evaluator(valid, model))
+    trainer.extend(extensions.Evaluator(valid, model, device=TEST_DEVICE))
     trainer.extend(extensions.ExponentialShift('alpha', 0.5), trigger=(1, 'epoch'))
     trainer.extend(extensions.observe_lr(), trigger=(1, 'iteration'))
     trainer.extend(extensions.LogReport())
@@ -3575,7 +3709,7 @@ def test_resume_from_snapshot_is_exact(tmp_path, resume_at):
 
     assert resumed.updater.iteration == straight.updater.iteration == 20
     for (name, p), (_, q) in zip(straight_model.namedparams(), resumed_model.namedparams()):
-        assert np.array_equal(p.data, q.data), name          # bit for bit
+        assert np.array_equal(host(p), host(q)), name        # bit for bit
     for name in ('LogReport', 'LogReport_1'):
         a = straight.get_extension(name).log
         b = resumed.get_extension(name).log
@@ -3621,7 +3755,8 @@ def test_resumes_a_snapshot_written_by_chainer(tmp_path):
 
     model = L.Classifier(Net())
     optimizer = chainer.optimizers.Adam().setup(model)
-    updater = chainer.StandardUpdater(SerialIterator(data, 15, shuffle=False), optimizer)
+    updater = chainer.StandardUpdater(SerialIterator(data, 15, shuffle=False), optimizer,
+                                      device=TEST_DEVICE)
     trainer = chainer.Trainer(updater, (3, 'epoch'), out=str(tmp_path))
     trainer.extend(extensions.ExponentialShift('alpha', 0.5), trigger=(1, 'epoch'))
     trainer.extend(extensions.LogReport())
@@ -3633,7 +3768,7 @@ def test_resumes_a_snapshot_written_by_chainer(tmp_path):
     assert updater.iteration == expected['final_iteration']
     assert optimizer.alpha == expected['final_alpha']
     for name, param in model.namedparams():
-        np.testing.assert_allclose(param.data, expected['final_params'][name],
+        np.testing.assert_allclose(host(param), expected['final_params'][name],
                                    rtol=1e-5, atol=1e-7, err_msg=name)
     log = without_time(trainer.get_extension('LogReport').log)
     assert [(e['epoch'], e['iteration']) for e in log] == \
@@ -3666,7 +3801,7 @@ def test_snapshot_autoload_resumes_in_the_same_folder(tmp_path):
         second.run()                  # 'probe' is new: its trigger state is guessed
     assert starts[0] == 13            # continued from snapshot_iter_12
     for (_, p), (_, q) in zip(straight_model.namedparams(), model.namedparams()):
-        assert np.array_equal(p.data, q.data)
+        assert np.array_equal(host(p), host(q))
 
 
 def test_snapshot_object_and_condition(tmp_path):
@@ -3676,10 +3811,10 @@ def test_snapshot_object_and_condition(tmp_path):
     trainer.run()
     assert sorted(os.listdir(tmp_path)) == ['model_epoch_1', 'model_epoch_2']
     np.random.seed(5)
-    fresh = L.Classifier(TrainMLP())
+    fresh = L.Classifier(TrainMLP()).to_device(TEST_DEVICE)
     serializers.load_npz(str(tmp_path / 'model_epoch_2'), fresh)
     for (_, p), (_, q) in zip(model.namedparams(), fresh.namedparams()):
-        assert np.array_equal(p.data, q.data)
+        assert np.array_equal(host(p), host(q))
 
 
 def test_snapshot_on_error(tmp_path):
@@ -3765,8 +3900,8 @@ def test_exponential_shift_linear_shift_and_observe_lr(tmp_path):
     model, _ = make_model()
     optimizer = chainer.optimizers.MomentumSGD(lr=0.1).setup(model)
     iterator = SerialIterator(make_dataset(), 50)        # 4 iterations an epoch
-    trainer = chainer.Trainer(chainer.StandardUpdater(iterator, optimizer), (3, 'epoch'),
-                        out=str(tmp_path))
+    trainer = chainer.Trainer(chainer.StandardUpdater(iterator, optimizer, device=TEST_DEVICE),
+                              (3, 'epoch'), out=str(tmp_path))
     trainer.extend(extensions.ExponentialShift('lr', 0.5, target=0.03), trigger=(1, 'epoch'))
     trainer.extend(extensions.LinearShift('momentum', (0.9, 0.5), (2, 6)))
     trainer.extend(extensions.observe_lr(), trigger=(1, 'iteration'))
