@@ -500,11 +500,18 @@ class Function:
         # The hot path of the whole framework (every op comes through here),
         # so it uses plain loops: in Python 3.11 each list comprehension is a
         # function call of its own.
+        in_data = []
+        requires_grad = False           # an output needs a grad if some input does
+        rank = 0
         for x in inputs:
-            if not isinstance(x, Variable):
-                inputs = [_as_input(self, x) for x in inputs]
-                break
-        in_data = tuple([x.data for x in inputs]) if len(inputs) != 1 else (inputs[0].data,)
+            if not isinstance(x, Variable):   # raw arrays: wrap them, then start again
+                return self(*[_as_input(self, x) for x in inputs])
+            in_data.append(x.data)
+            if x.requires_grad:
+                requires_grad = True
+            if x.rank > rank:
+                rank = x.rank
+        in_data = tuple(in_data)
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
@@ -512,18 +519,11 @@ class Function:
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
 
-        requires_grad = False           # an output needs a grad if some input does
-        rank = 0
-        for x in inputs:
-            if x.requires_grad:
-                requires_grad = True
-            if x.rank > rank:
-                rank = x.rank
         outputs = []
         for y in out_data:
             if not isinstance(y, _array_types):   # NumPy returns 0-dim results as scalars
                 y = _xp(in_data[0]).asarray(y)
-            outputs.append(Variable(y, requires_grad=requires_grad))
+            outputs.append(Variable(y, None, None, requires_grad))
         if config.debug:
             _check_finite(self, 'forward', out_data)
         if requires_grad and config.enable_backprop:   # record the graph
@@ -699,30 +699,32 @@ def _check_dtypes(label, a, b):
                         '.astype(...)'.format(label, a.dtype, b.dtype))
 
 
-def _is_constant(value):
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+def _scalar_constant(value, like):
+    """`value` as a constant to combine with `like`, or None if it is no scalar.
 
-
-def _constant_like(x, value):
-    """A NumPy scalar (np.float64(2), np.sqrt(2.0)) would turn float32 data
-    into float64 under NumPy 2's promotion rules; Chainer casts a constant to
-    the array's dtype, so we do too.  Python scalars keep the dtype already."""
-    if type(value) is float or type(value) is int:
+    Python scalars stay as they are: NumPy then keeps the array's dtype
+    (float32 * 2.0 is float32).  A NumPy scalar (np.float64(2)) would promote
+    float32 data to float64 under NumPy 2's rules, so it is cast to the
+    array's dtype, as Chainer does.
+    """
+    kind = type(value)
+    if kind is float or kind is int:   # the common case, decided without isinstance
         return value
-    dtype = getattr(x.data if isinstance(x, Variable) else x, 'dtype', None)
+    if not isinstance(value, np.number):
+        return None                    # bool and everything else: not a constant
+    dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
     return dtype.type(value) if dtype is not None and dtype.kind == 'f' else value
 
 
 def _arithmetic(lhs, rhs, binary, with_constant, transform=None):
-    """Route `a op b` to a two-input Function or a Function with a constant.
-
-    A Python scalar is not a Variable: it has no gradient, and keeping it a
-    scalar keeps the array's dtype (float32 * 2.0 stays float32).
-    """
-    if _is_constant(rhs):
-        return with_constant(_constant_like(lhs, transform(rhs) if transform else rhs))(lhs)
-    if _is_constant(lhs):
-        return with_constant(_constant_like(rhs, lhs))(rhs)
+    """Route `a op b` to a two-input Function or a Function with a constant
+    (a scalar has no gradient, so it needs no place in the graph)."""
+    constant = _scalar_constant(rhs, lhs)
+    if constant is not None:
+        return with_constant(transform(constant) if transform else constant)(lhs)
+    constant = _scalar_constant(lhs, rhs)
+    if constant is not None:
+        return with_constant(constant)(rhs)
     if not isinstance(lhs, (Variable,) + _array_types) or \
             not isinstance(rhs, (Variable,) + _array_types):
         return NotImplemented
@@ -1787,7 +1789,7 @@ def _get_initializer(spec, default=None):
     an Initializer or any callable that fills an array."""
     if spec is None:
         return default
-    if _is_constant(spec) or isinstance(spec, _array_types):
+    if _scalar_constant(spec, None) is not None or isinstance(spec, _array_types):
         return Constant(spec)
     if callable(spec):
         return spec

@@ -101,8 +101,9 @@ def train_mnist_memory(epochs):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     for line in process.stdout:
-        fields = line.split()
-        if fields and fields[0].isdigit() and len(fields) >= 5:  # a PrintReport row
+        fields = line.replace('\x1b[J', ' ').split()
+        # A PrintReport row: epoch, then numbers only (the progress bar says 'iter').
+        if len(fields) >= 5 and fields[0].isdigit() and 'iter' not in line:
             per_epoch.append(_rss_mb(process.pid))
     process.wait()
     sampler.join()
