@@ -716,18 +716,17 @@ def _scalar_constant(value, like):
     return dtype.type(value) if dtype is not None and dtype.kind == 'f' else value
 
 
-def _arithmetic(lhs, rhs, binary, with_constant, transform=None):
-    """Route `a op b` to a two-input Function or a Function with a constant
-    (a scalar has no gradient, so it needs no place in the graph)."""
+def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
+    """`lhs op rhs` as a Function: binary()(lhs, rhs) for two arrays, or, when
+    one side is a scalar, a one-input Function that keeps it as a constant
+    (a scalar has no gradient, so it needs no place in the graph):
+    constant_rhs(c)(lhs) for `x op c` and constant_lhs(c)(rhs) for `c op x`."""
     constant = _scalar_constant(rhs, lhs)
     if constant is not None:
-        return with_constant(transform(constant) if transform else constant)(lhs)
+        return constant_rhs(constant)(lhs)
     constant = _scalar_constant(lhs, rhs)
     if constant is not None:
-        return with_constant(constant)(rhs)
-    if not isinstance(lhs, (Variable,) + _array_types) or \
-            not isinstance(rhs, (Variable,) + _array_types):
-        return NotImplemented
+        return constant_lhs(constant)(rhs)
     return binary()(lhs, rhs)
 
 
@@ -899,24 +898,32 @@ class PowConstantBase(Function):
         return grad_outputs[0] * self.y * math.log(self.base),
 
 
+def _subtract_constant(c):     # x - c is x + (-c)
+    return AddConstant(-c)
+
+
+def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than a divide
+    return MulConstant(1.0 / c)
+
+
 def add(*xs):
     """Sum of any number of variables (F.add(a, b, c))."""
     y = xs[0]
     for x in xs[1:]:
-        y = _arithmetic(y, x, Add, AddConstant)
+        y = _arithmetic(y, x, Add, AddConstant, AddConstant)
     return y
 
 
 def sub(a, b):
-    return _arithmetic(a, b, Sub, AddConstant, lambda c: -c)
+    return _arithmetic(a, b, Sub, _subtract_constant, SubFromConstant)
 
 
 def mul(a, b):
-    return _arithmetic(a, b, Mul, MulConstant)
+    return _arithmetic(a, b, Mul, MulConstant, MulConstant)
 
 
 def div(a, b):
-    return _arithmetic(a, b, Div, MulConstant, lambda c: 1.0 / c)
+    return _arithmetic(a, b, Div, _divide_by_constant, DivFromConstant)
 
 
 def neg(x):
@@ -924,7 +931,7 @@ def neg(x):
 
 
 def pow(a, b):     # the builtin is restored after Chapter 5 (see there)
-    return _arithmetic(a, b, Pow, PowConstantExponent)
+    return _arithmetic(a, b, Pow, PowConstantExponent, PowConstantBase)
 
 
 class MatMul(Function):
@@ -1620,8 +1627,9 @@ def identity(*inputs):
 
 # ----- operators on Variables ------------------------------------------------
 # Now that the functions exist, Variable gets its operators, so that writing
-# `x * W + b` records the same graph as F.add(F.mul(x, W), b).  Reflected
-# forms (2 * x, 1 / x) swap the operands first.
+# `x * W + b` records the same graph as F.add(F.mul(x, W), b): the operators
+# *are* those functions.  Reflected forms (2 - x, 1 / x, which Python sends to
+# x.__rsub__ and x.__rtruediv__) put the operands back in order first.
 
 def _reshape_method(self, *shape):
     return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
@@ -1637,15 +1645,17 @@ Variable.reshape = _reshape_method
 Variable.transpose = _transpose_method
 Variable.T = property(lambda self: transpose(self))
 Variable.__getitem__ = lambda self, slices: get_item(self, slices)
-Variable.__neg__ = lambda self: Neg()(self)
-Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(self, other, Add, AddConstant)
-Variable.__sub__ = lambda self, other: _arithmetic(self, other, Sub, AddConstant, lambda c: -c)
-Variable.__rsub__ = lambda self, other: _arithmetic(other, self, Sub, SubFromConstant)
-Variable.__mul__ = Variable.__rmul__ = lambda self, other: _arithmetic(self, other, Mul, MulConstant)
-Variable.__truediv__ = lambda self, other: _arithmetic(self, other, Div, MulConstant, lambda c: 1.0 / c)
-Variable.__rtruediv__ = lambda self, other: _arithmetic(other, self, Div, DivFromConstant)
-Variable.__pow__ = lambda self, other: _arithmetic(self, other, Pow, PowConstantExponent)
-Variable.__rpow__ = lambda self, other: _arithmetic(other, self, Pow, PowConstantBase)
+Variable.__neg__ = neg
+Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
+    self, other, Add, AddConstant, AddConstant)
+Variable.__sub__ = sub
+Variable.__rsub__ = lambda self, other: sub(other, self)
+Variable.__mul__ = Variable.__rmul__ = mul
+Variable.__truediv__ = div
+Variable.__rtruediv__ = lambda self, other: div(other, self)
+Variable.__pow__ = pow
+Variable.__rpow__ = lambda self, other: _arithmetic(
+    other, self, Pow, PowConstantExponent, PowConstantBase)   # `pow` is the builtin again by then
 Variable.__matmul__ = lambda self, other: matmul(self, other)
 Variable.__rmatmul__ = lambda self, other: matmul(other, self)
 
@@ -3311,8 +3321,10 @@ def _parse_idx(path, stream, stored_size, is_gzip):
     if not size_ok:
         raise DatasetError(
             '{}: the IDX header promises shape {} of {} ({} bytes of data), '
-            'but the file holds {} bytes after the header'.format(
-                path, shape, dtype.name, data_size, stored_size - header_size))
+            'but the file holds {} bytes after the header{}'.format(
+                path, shape, dtype.name, data_size, stored_size - header_size,
+                ' (by its gzip size field; a gzip file that was cut short '
+                'reads nonsense there)' if is_gzip else ''))
     # Decompress straight into the final buffer in 1 MiB slices and hash each
     # slice while it is hot in cache: no intermediate bytes object, so the
     # peak memory is the array itself (47 MB for MNIST's training images).
@@ -3495,6 +3507,11 @@ def _fetch_url(url, out):
                 sys.stderr.flush()
     if show_progress:
         sys.stderr.write('\r  {:.1f} MB, done\n'.format(received / 1e6))
+    # A connection that drops early just ends the stream: only the length
+    # the server announced tells a cut-short transfer from a complete one.
+    if total and received != total:
+        raise DatasetError('the transfer was cut short: received {} of the {} '
+                           'bytes the server announced'.format(received, total))
 
 
 # --- MNIST and Fashion-MNIST -------------------------------------------------

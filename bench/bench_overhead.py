@@ -12,9 +12,11 @@ Each figure is the median of --runs runs.  Run from the repository root:
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,6 +72,9 @@ def fit_exp(n_iterations=2000, batch=100):
     return elapsed, final_loss
 
 
+ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
 def _rss_mb(pid):
     try:
         with open('/proc/{}/status'.format(pid)) as f:
@@ -88,7 +93,6 @@ def train_mnist_memory(epochs):
                                text=True, bufsize=1)
     per_epoch = []
     peak = 0.0
-    import threading
 
     def sample():
         nonlocal peak
@@ -101,7 +105,9 @@ def train_mnist_memory(epochs):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     for line in process.stdout:
-        fields = line.replace('\x1b[J', ' ').split()
+        # Drop the terminal controls (ProgressBar's cursor moves, PrintReport's
+        # erase) that share a line with the rows.
+        fields = ANSI_ESCAPE.sub(' ', line).split()
         # A PrintReport row: epoch, then numbers only (the progress bar says 'iter').
         if len(fields) >= 5 and fields[0].isdigit() and 'iter' not in line:
             per_epoch.append(_rss_mb(process.pid))

@@ -38,7 +38,9 @@ import time
 
 import numpy as np
 
-MNIST_DIR = '/work/shared/datasets/mnist'
+# The same dataset root as onefchainer (its default when the variable is unset).
+MNIST_DIR = os.path.join(os.path.expanduser(
+    os.environ.get('ONEFCHAINER_DATASET_ROOT') or '~/.onefchainer/dataset'), 'mnist')
 
 
 class NumpyMLP:
