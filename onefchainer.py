@@ -126,6 +126,8 @@ def _to_gpu(array, device_id=None):
     _require_cupy('to_gpu')
     if array is None:
         return None
+    if isinstance(array, (list, tuple)):    # as cuda.to_gpu in Chainer: each one
+        return type(array)(_to_gpu(a, device_id) for a in array)
     device_id = cupy.cuda.runtime.getDevice() if device_id is None else device_id
     with cupy.cuda.Device(device_id):
         return cupy.asarray(array)
@@ -231,6 +233,10 @@ cuda = _submodule(
     get_device_from_id=lambda device_id: get_device(
         -1 if device_id is None else device_id))
 backends = _submodule('backends', cuda=cuda)
+backend = _submodule(
+    'backend', get_array_module=get_array_module, get_device=get_device,
+    get_device_from_array=_device_of, Device=Device, CpuDevice=CpuDevice,
+    GpuDevice=GpuDevice, cuda=cuda)
 
 
 # =============================================================================
@@ -537,14 +543,40 @@ class Function:
             self.outputs = tuple(refs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    # Chainer also lets a Function write one method per device instead:
+    # forward_cpu/forward_gpu and backward_cpu/backward_gpu.
     def forward(self, inputs):
-        raise NotImplementedError(
-            '{}.forward is not implemented'.format(self.label))
+        if isinstance(inputs[0], np.ndarray):
+            return self.forward_cpu(inputs)
+        return self.forward_gpu(inputs)
 
     def backward(self, inputs, grad_outputs):
+        if isinstance(inputs[0], np.ndarray):
+            return self.backward_cpu(inputs, grad_outputs)
+        return self.backward_gpu(inputs, grad_outputs)
+
+    def forward_cpu(self, inputs):
+        raise NotImplementedError('{}.forward is not implemented'.format(self.label))
+
+    def forward_gpu(self, inputs):
+        raise NotImplementedError('{}.forward (or forward_gpu) is not implemented'
+                                  .format(self.label))
+
+    def backward_cpu(self, inputs, grad_outputs):
         raise NotImplementedError(
             '{}.backward is not implemented, so it cannot be differentiated'
             .format(self.label))
+
+    def backward_gpu(self, inputs, grad_outputs):
+        raise NotImplementedError(
+            '{}.backward (or backward_gpu) is not implemented, so it cannot be '
+            'differentiated on the GPU'.format(self.label))
+
+    def retain_inputs(self, indexes):
+        """Chainer frees unretained inputs; here inputs are always kept."""
+
+    def retain_outputs(self, indexes):
+        """Chainer frees unretained outputs; here they live as long as the graph uses them."""
 
     @property
     def output_data(self):
@@ -1282,11 +1314,13 @@ class ReLU(Function):
 
     def forward(self, inputs):
         x, = inputs
-        self.mask = x > 0         # kept for backward; x * mask beats maximum(x, 0)
-        return x * self.mask,
+        # maximum, not x * (x > 0): that is a little faster but makes
+        # relu(-inf) NaN (-inf * 0) instead of 0.
+        self.y = _xp(x).maximum(x, x.dtype.type(0))
+        return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
-        return grad_outputs[0] * self.mask,
+        return grad_outputs[0] * (self.y > 0),
 
 
 class LeakyReLU(Function):
@@ -1470,7 +1504,9 @@ class Dropout(Function):
         # Scale the kept units by 1/(1-ratio) so the expected value is unchanged
         # and nothing needs rescaling at test time.
         scale = x.dtype.type(1.0 / (1.0 - self.ratio))
-        self.mask = (xp.random.rand(*x.shape) >= self.ratio) * scale
+        # CuPy can draw float32 directly (half the memory); NumPy's rand cannot.
+        draws = xp.random.rand(*x.shape) if xp is np else xp.random.rand(*x.shape, dtype=np.float32)
+        self.mask = (draws >= self.ratio) * scale
         self.mask = self.mask.astype(x.dtype, copy=False)
         return x * self.mask,
 
@@ -1536,7 +1572,8 @@ class SoftmaxCrossEntropy(Function):
         self.y = e / s         # softmax, reused by backward
         loss = -log_p * self.valid
         if self.class_weight is not None:
-            self.weight = self.class_weight[self.t[:, 0]] * self.valid
+            class_weight = _device_of(x).send(self.class_weight)   # a host array is fine too
+            self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         if self.reduce == 'no':
             return loss.astype(x.dtype, copy=False),
@@ -1549,7 +1586,8 @@ class SoftmaxCrossEntropy(Function):
         gy, = grad_outputs
         xp = _xp(x)
         gx = self.y.copy()
-        xp.put_along_axis(gx, self.t, xp.take_along_axis(gx, self.t, axis=1) - 1, axis=1)
+        classes = xp.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
+        gx -= classes == self.t       # minus the one-hot of t
         w = self.valid if self.class_weight is None else self.weight
         w = w.astype(x.dtype, copy=False)[:, None]
         if self.reduce == 'no':
@@ -1606,7 +1644,7 @@ def accuracy(y, t, ignore_label=None):
     else:
         valid = t != ignore_label
         total = valid.sum()
-        value = (hit & valid).sum() / total if total else 0.0
+        value = (hit & valid).sum() / xp.maximum(total, 1)   # 0 if all are ignored; no sync on a GPU
     return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
 
 
@@ -1706,7 +1744,8 @@ class Constant(Initializer):
         self.fill_value = fill_value
 
     def __call__(self, array):
-        array[...] = _xp(array).asarray(self.fill_value)
+        fill = self.fill_value
+        array[...] = _device_of(array).send(fill) if isinstance(fill, _array_types) else fill
 
 
 class Zero(Constant):
@@ -1725,73 +1764,81 @@ class NaN(Constant):
 
 
 class Normal(Initializer):
-    def __init__(self, scale=0.05, dtype=None):
+    def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype)
         self.scale = scale
+        self.rng = rng
 
     def __call__(self, array):
-        # xp.random is NumPy's global generator on the CPU, so numpy.random.seed
-        # makes initialization reproducible, as in Chainer.
-        array[...] = _xp(array).random.normal(0.0, self.scale, array.shape)
+        # Without rng, xp.random is NumPy's global generator on the CPU, so
+        # numpy.random.seed makes initialization reproducible, as in Chainer.
+        rng = _xp(array).random if self.rng is None else self.rng
+        array[...] = rng.normal(0.0, self.scale, array.shape)
 
 
 class Uniform(Initializer):
-    def __init__(self, scale=0.05, dtype=None):
+    def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype)
         self.scale = scale
+        self.rng = rng
 
     def __call__(self, array):
-        array[...] = _xp(array).random.uniform(-self.scale, self.scale, array.shape)
+        rng = _xp(array).random if self.rng is None else self.rng
+        array[...] = rng.uniform(-self.scale, self.scale, array.shape)
 
 
 class LeCunNormal(Initializer):
     """N(0, scale^2 / fan_in)."""
 
-    def __init__(self, scale=1.0, dtype=None):
+    def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype)
         self.scale = scale
+        self.rng = rng
 
     def __call__(self, array):
         fan_in, _ = _get_fans(array.shape)
-        Normal(self.scale * math.sqrt(1.0 / fan_in))(array)
+        Normal(self.scale * math.sqrt(1.0 / fan_in), rng=self.rng)(array)
 
 
 class HeNormal(Initializer):
     """N(0, scale^2 * 2 / fan), for ReLU networks."""
 
-    def __init__(self, scale=1.0, dtype=None, fan_option='fan_in'):
+    def __init__(self, scale=1.0, dtype=None, fan_option='fan_in', rng=None):
         super().__init__(dtype)
         self.scale = scale
         self.fan_option = fan_option
+        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
         fan = {'fan_in': fan_in, 'fan_out': fan_out}[self.fan_option]
-        Normal(self.scale * math.sqrt(2.0 / fan))(array)
+        Normal(self.scale * math.sqrt(2.0 / fan), rng=self.rng)(array)
 
 
 class GlorotNormal(Initializer):
     """N(0, scale^2 * 2 / (fan_in + fan_out))."""
 
-    def __init__(self, scale=1.0, dtype=None):
+    def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype)
         self.scale = scale
+        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
-        Normal(self.scale * math.sqrt(2.0 / (fan_in + fan_out)))(array)
+        Normal(self.scale * math.sqrt(2.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
 class GlorotUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(6 / (fan_in + fan_out))."""
 
-    def __init__(self, scale=1.0, dtype=None):
+    def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype)
         self.scale = scale
+        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
-        Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)))(array)
+        Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
 def _get_initializer(spec, default=None):
@@ -1966,13 +2013,43 @@ class Link:
                     type(link).__name__, name))
             src = source[name].data
             if param.data is None:
-                param.initialize(src.shape, _xp(src))
-            param.data[...] = _xp(param.data).asarray(src)
+                param.initialize(src.shape, self.xp)
+            param.data[...] = _device_of(param.data).send(src)     # across devices too
         if copy_persistent:
             for (name, own), (_, other) in zip(self.namedlinks(), link.namedlinks()):
                 for key in own._persistent:
                     value = other.__dict__[key]
                     object.__setattr__(own, key, copy.deepcopy(value))
+
+    def copy(self, mode='share'):
+        """A twin of this link.  'share' (the default): new Parameter objects
+        around the *same* arrays, so an update of one is an update of both
+        (e.g. a model for evaluation); 'copy': copies of the arrays; 'init':
+        fresh values from each parameter's initializer."""
+        if mode == 'copy':
+            return copy.deepcopy(self)
+        if mode == 'init':
+            twin = copy.deepcopy(self)
+            for param in twin.params(include_uninit=False):
+                param.initialize(param.shape, param.xp)
+            return twin
+        if mode != 'share':
+            raise ValueError("Link.copy: mode must be 'share', 'copy' or 'init', "
+                             "not {!r}".format(mode))
+        twin = copy.copy(self)
+        object.__setattr__(twin, '_params', list(self._params))
+        object.__setattr__(twin, '_persistent', list(self._persistent))
+        twin.name = None
+        for name in self._params:
+            param = twin.__dict__[name] = copy.copy(self.__dict__[name])
+            param._grad = None
+        return twin
+
+    @property
+    def update_enabled(self):
+        """True if an optimizer would update at least one parameter."""
+        return any(param.update_rule is not None and param.update_rule.enabled
+                   for param in self.params())
 
     def enable_update(self):
         for param in self.params():
@@ -2076,6 +2153,15 @@ class Chain(Link):
         for name in sorted(self._children):
             yield self.__dict__[name]
 
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        if mode == 'share':                  # the children are shared-copied too
+            object.__setattr__(twin, '_children', list(self._children))
+            for name in self._children:
+                child = twin.__dict__[name] = self.__dict__[name].copy(mode)
+                child.name = name
+        return twin
+
     def namedparams(self, include_uninit=True):
         yield from super().namedparams(include_uninit)
         for name in sorted(self._children):
@@ -2126,6 +2212,14 @@ class ChainList(Link):
 
     def children(self):
         return iter(self._children)
+
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        if mode == 'share':
+            object.__setattr__(twin, '_children', [])
+            for link in self._children:
+                twin.add_link(link.copy(mode))
+        return twin
 
     def namedparams(self, include_uninit=True):
         yield from super().namedparams(include_uninit)
@@ -2270,8 +2364,14 @@ class UpdateRule:
         self.t = 0
         self._hooks = collections.OrderedDict()
 
-    def add_hook(self, hook, name=None):
-        self._hooks[name or getattr(hook, 'name', type(hook).__name__)] = hook
+    def add_hook(self, hook, name=None, timing='auto'):
+        """hook(rule, param) runs before ('pre') or after ('post') each update."""
+        if timing == 'auto':
+            timing = getattr(hook, 'timing', 'pre')
+        if timing not in ('pre', 'post'):
+            raise ValueError("UpdateRule.add_hook: timing must be 'auto', 'pre' or "
+                             "'post', not {!r}".format(timing))
+        self._hooks[name or getattr(hook, 'name', type(hook).__name__)] = (hook, timing)
 
     def remove_hook(self, name):
         del self._hooks[name]
@@ -2292,15 +2392,31 @@ class UpdateRule:
             device = _device_of(param.data)
             for key in self.state:
                 self.state[key] = device.send(self.state[key])
-        for hook in self._hooks.values():
-            hook(self, param)
+        for hook, timing in self._hooks.values():
+            if timing == 'pre':
+                hook(self, param)
         self.update_core(param)
+        for hook, timing in self._hooks.values():
+            if timing == 'post':
+                hook(self, param)
 
     def init_state(self, param):
         pass
 
+    # A rule writes update_core, or, as Chainer also allows, one method per device.
     def update_core(self, param):
-        raise NotImplementedError
+        if isinstance(param.data, np.ndarray):
+            self.update_core_cpu(param)
+        else:
+            self.update_core_gpu(param)
+
+    def update_core_cpu(self, param):
+        raise NotImplementedError('{}: define update_core or update_core_cpu'.format(
+            type(self).__name__))
+
+    def update_core_gpu(self, param):
+        raise NotImplementedError('{}: define update_core or update_core_gpu'.format(
+            type(self).__name__))
 
     def _state_names(self, param):
         """The state keys this rule would create, without creating them."""
@@ -2335,6 +2451,7 @@ class Optimizer:
     target = None
     t = 0
     epoch = 0
+    use_auto_new_epoch = False   # set by an updater that calls new_epoch itself
 
     def __init__(self):
         self.hyperparam = Hyperparameter()
@@ -2379,6 +2496,16 @@ class Optimizer:
         self.call_hooks('post')
 
     def new_epoch(self, auto=False):
+        """Count one more epoch.  An updater with auto_new_epoch=True (the
+        default) calls this itself, with auto=True, at every epoch's end."""
+        if auto and not self.use_auto_new_epoch:
+            raise RuntimeError('Optimizer.new_epoch(auto=True) is for updaters that '
+                               'set optimizer.use_auto_new_epoch = True')
+        if not auto and self.use_auto_new_epoch:
+            raise RuntimeError(
+                'Optimizer.new_epoch: the updater already counts the epochs of this '
+                'optimizer, so calling it by hand too would count each one twice; '
+                'pass auto_new_epoch=False to the updater, or stop calling new_epoch')
         self.epoch += 1
 
     def add_hook(self, hook, name=None, timing='auto'):
@@ -2559,8 +2686,10 @@ class AdamRule(UpdateRule):
             self.state['vhat'] = xp.zeros_like(param.data)
 
     @property
-    def lr(self):
+    def alpha_t(self):
         return _adam_lr(self.hyperparam, self.t)
+
+    lr = alpha_t      # Chainer's older name for the bias-corrected step size
 
     def update_core(self, param):
         hp = self.hyperparam
@@ -2634,8 +2763,11 @@ class Adam(Optimizer):
         hp.eta, hp.weight_decay_rate, hp.amsgrad = eta, weight_decay_rate, amsgrad
 
     @property
-    def lr(self):
+    def alpha_t(self):
+        """The step size of the latest update, bias correction included."""
         return _adam_lr(self.hyperparam, self.t)
+
+    lr = alpha_t      # Chainer's older name, still what observe_lr reads
 
     def create_update_rule(self):
         return AdamRule(self.hyperparam)
@@ -2644,9 +2776,6 @@ class Adam(Optimizer):
 optimizers = _submodule(
     'optimizers', SGD=SGD, MomentumSGD=MomentumSGD, AdaGrad=AdaGrad,
     AdaDelta=AdaDelta, RMSprop=RMSprop, Adam=Adam)
-optimizer = _submodule(
-    'optimizer', Optimizer=Optimizer, GradientMethod=GradientMethod,
-    UpdateRule=UpdateRule, Hyperparameter=Hyperparameter)
 
 
 # ----- optimizer hooks ---------------------------------------------------------
@@ -2704,7 +2833,10 @@ class GradientClipping:
 
     def __call__(self, opt):
         params = [p for p in opt.target.params(False) if p.grad is not None]
-        norm = math.sqrt(float(np.sum([float((p.grad * p.grad).sum()) for p in params])))
+        sum_of_squares = 0.0
+        for p in params:     # summed where the grads live: one wait for a GPU, not one per param
+            sum_of_squares = sum_of_squares + (p.grad * p.grad).sum(dtype=np.float64)
+        norm = math.sqrt(float(sum_of_squares))
         rate = self.threshold / norm if norm > 0 else 1.0
         if rate < 1:
             for p in params:
@@ -2713,6 +2845,12 @@ class GradientClipping:
 
 optimizer_hooks = _submodule(
     'optimizer_hooks', WeightDecay=WeightDecay, Lasso=Lasso,
+    GradientClipping=GradientClipping, GradientHardClipping=GradientHardClipping)
+# Older Chainer code finds the hooks in chainer.optimizer too.
+optimizer = _submodule(
+    'optimizer', Optimizer=Optimizer, GradientMethod=GradientMethod,
+    UpdateRule=UpdateRule, Hyperparameter=Hyperparameter,
+    HyperparameterProxy=_HyperparameterProxy, WeightDecay=WeightDecay, Lasso=Lasso,
     GradientClipping=GradientClipping, GradientHardClipping=GradientHardClipping)
 
 
@@ -2973,6 +3111,8 @@ class Summary:
     def add(self, value, weight=1):
         if isinstance(value, Variable):
             value = value.data
+        if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
+            value = value.astype(np.float64)   # CuPy's scalar rules would keep float32 sums
         self._x = self._x + weight * value
         self._x2 = self._x2 + weight * value * value
         self._n += weight
@@ -3160,15 +3300,16 @@ utils = _submodule('utils', force_array=force_array, size_of_shape=lambda s: int
 def _take_examples(dataset, indices):
     """Return the examples at `indices` (integers) as a list.
 
-    Our own dataset classes answer a whole index array at once, which saves a
-    Python-level __getitem__ call (and a tuple build) per example; measured on
-    MNIST-sized data, SerialIterator.next plus concat_examples for a batch of
-    100 takes about 150 us this way against 240 us one example at a time.
-    Array rows are taken as views, not fancy-indexed: concat_examples copies
-    them anyway, and a fancy-indexed copy would be a second 300 kB copy.
+    Our own dataset classes answer a whole index array at once (`_take`),
+    which saves a Python-level __getitem__ call (and a tuple build) per
+    example; measured on MNIST-sized data, SerialIterator.next plus
+    concat_examples for a batch of 100 takes about 150 us this way against
+    240 us one example at a time.  Array rows are taken as views, not
+    fancy-indexed: concat_examples copies them anyway, and a fancy-indexed
+    copy would be a second 300 kB copy.
     """
     if isinstance(dataset, (TupleDataset, SubDataset)):
-        return dataset[indices]
+        return dataset._take(indices)
     return [dataset[i] for i in np.asarray(indices).tolist()]  # ints: fastest
 
 
@@ -3186,14 +3327,15 @@ class TupleDataset:
         self._length = lengths[0]
 
     def __getitem__(self, index):
+        # As in Chainer: a slice gives a list of example tuples; anything
+        # else (an int, an index array) a tuple of what each dataset gives,
+        # so that `x, t = train[[3, 5, 8]]` works.
         if isinstance(index, slice):
-            columns = [dataset[index] for dataset in self._datasets]
-        elif isinstance(index, (list, np.ndarray)):
-            columns = [_take_examples(dataset, index)
-                       for dataset in self._datasets]
-        else:
-            return tuple(dataset[index] for dataset in self._datasets)
-        return list(zip(*columns))
+            return list(zip(*[dataset[index] for dataset in self._datasets]))
+        return tuple(dataset[index] for dataset in self._datasets)
+
+    def _take(self, indices):
+        return list(zip(*[_take_examples(dataset, indices) for dataset in self._datasets]))
 
     def __len__(self):
         return self._length
@@ -3226,7 +3368,10 @@ class SubDataset:
             index = np.arange(*index.indices(self._size))
         if not isinstance(index, (list, np.ndarray)):
             return self._dataset[self._base_positions(index)]
-        positions = self._base_positions(np.asarray(index, dtype=np.intp))
+        return self._take(index)     # a list of examples, as in Chainer
+
+    def _take(self, indices):
+        positions = self._base_positions(np.asarray(indices, dtype=np.intp))
         return _take_examples(self._dataset, positions)
 
     def _base_positions(self, index):
@@ -3239,17 +3384,17 @@ class SubDataset:
         return index if self._order is None else self._order[index]
 
 
-def split_dataset(dataset, first_size, order=None):
-    """Split `dataset` into its first `first_size` examples and the rest."""
-    if not isinstance(first_size, (int, np.integer)):
-        raise TypeError('first_size must be an integer, but got {!r}'
-                        .format(first_size))
+def split_dataset(dataset, split_at, order=None):
+    """Split `dataset` into its first `split_at` examples and the rest."""
+    if not isinstance(split_at, (int, np.integer)):
+        raise TypeError('split_dataset: split_at must be an integer, but got {!r}'
+                        .format(split_at))
     total = len(dataset)
-    if not 0 <= first_size <= total:
-        raise ValueError('first_size must be between 0 and the dataset length '
-                         '{}, but got {}'.format(total, first_size))
-    return (SubDataset(dataset, 0, first_size, order),
-            SubDataset(dataset, first_size, total, order))
+    if not 0 <= split_at <= total:
+        raise ValueError('split_dataset: split_at must be between 0 and the dataset '
+                         'length {}, but got {}'.format(total, split_at))
+    return (SubDataset(dataset, 0, split_at, order),
+            SubDataset(dataset, split_at, total, order))
 
 
 def split_dataset_random(dataset, first_size, seed=None):
@@ -3531,7 +3676,7 @@ def _mnist_like_split(images, labels, withlabel, ndim, scale, dtype,
         raise ValueError('ndim must be 1, 2 or 3, but got {}'.format(ndim))
     # uint8 -> dtype directly, then scale in place: never a float64 detour,
     # never a second full-size temporary.
-    pixels = images.astype(np.float32 if dtype is None else dtype)
+    pixels = images.astype(config.dtype if dtype is None else dtype)
     pixels *= scale / 255.
     if withlabel:
         return TupleDataset(pixels, labels.astype(label_dtype))
@@ -4368,7 +4513,9 @@ class Evaluator(Extension):
     priority = PRIORITY_WRITER
 
     def __init__(self, iterator, target, converter=concat_examples, device=None,
-                 eval_hook=None, eval_func=None):
+                 eval_hook=None, eval_func=None, *, progress_bar=False):
+        # progress_bar (Chainer prints one while evaluating) is accepted and
+        # ignored: the trainer's ProgressBar already shows where training is.
         self._iterators = iterator if isinstance(iterator, dict) else {'main': iterator}
         self._targets = target if isinstance(target, dict) else {'main': target}
         self.converter = converter
@@ -4467,7 +4614,9 @@ class LogReport(Extension):
         else:
             self._summary.add({key: observation[key] for key in self._keys
                                if key in observation})
-        if not self._trigger(trainer):
+        # Extended with call_before_training=True, it also files a row for
+        # iteration 0 (e.g. the Evaluator's score of the untrained model).
+        if not (trainer.is_before_training or self._trigger(trainer)):
             return
         entry = {key: float(mean) for key, mean in self._summary.compute_mean().items()}
         entry['epoch'] = trainer.updater.epoch
@@ -4846,7 +4995,7 @@ class PlotReport(Extension):
         observation = trainer.observation
         self._summary.add({key: observation[key] for key in self._y_keys
                            if key in observation})
-        if not self._trigger(trainer):
+        if not (trainer.is_before_training or self._trigger(trainer)):
             return
         means = {key: float(value) for key, value in self._summary.compute_mean().items()}
         means['epoch'] = trainer.updater.epoch
@@ -4877,8 +5026,9 @@ class PlotReport(Extension):
             self._postprocess(figure, axes, self._summary)
         legend = axes.legend(bbox_to_anchor=(1.05, 1), loc='upper left',
                              borderaxespad=0.)
+        file_format = os.path.splitext(path)[1][1:] or 'png'   # loss.pdf: a PDF
         _write_atomically(path, lambda f: figure.savefig(
-            f, format='png', bbox_extra_artists=(legend,), bbox_inches='tight'))
+            f, format=file_format, bbox_extra_artists=(legend,), bbox_inches='tight'))
 
     def serialize(self, serializer):
         key = '_plot_' + self._filename
