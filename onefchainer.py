@@ -731,6 +731,12 @@ def _check_dtypes(label, a, b):
                         '.astype(...)'.format(label, a.dtype, b.dtype))
 
 
+def _check_same_dtype(label, arrays):
+    if len({a.dtype for a in arrays}) > 1:
+        raise TypeError('{}: dtypes differ: {}; convert with .astype(...)'.format(
+            label, [str(a.dtype) for a in arrays]))
+
+
 def _scalar_constant(value, like):
     """`value` as a constant to combine with `like`, or None if it is no scalar.
 
@@ -1212,6 +1218,7 @@ class Concat(Function):
                 for s in shapes):
             raise ValueError('concat: shapes {} cannot be joined along axis {}'
                              .format(shapes, self.axis))
+        _check_same_dtype('concat', inputs)
         return _xp(inputs[0]).concatenate(inputs, axis=self.axis),
 
     def backward(self, inputs, grad_outputs):
@@ -1229,6 +1236,7 @@ class Stack(Function):
         if len({x.shape for x in inputs}) != 1:
             raise ValueError('stack: all inputs need one shape, got {}'.format(
                 [x.shape for x in inputs]))
+        _check_same_dtype('stack', inputs)
         return _xp(inputs[0]).stack(inputs, axis=self.axis),
 
     def backward(self, inputs, grad_outputs):
@@ -1543,6 +1551,8 @@ class SoftmaxCrossEntropy(Function):
 
     def _check(self, x, t):
         label = self.label
+        if x.dtype.kind != 'f':
+            raise TypeError('{}: x must hold float scores, got dtype {}'.format(label, x.dtype))
         if t.dtype.kind not in 'iu':
             raise TypeError('{}: t must hold integer labels, got dtype {}'.format(
                 label, t.dtype))
