@@ -546,37 +546,27 @@ class Function:
     # Chainer also lets a Function write one method per device instead:
     # forward_cpu/forward_gpu and backward_cpu/backward_gpu.
     def forward(self, inputs):
-        if isinstance(inputs[0], np.ndarray):
-            return self.forward_cpu(inputs)
-        return self.forward_gpu(inputs)
+        on_cpu = isinstance(inputs[0], np.ndarray)
+        return (self.forward_cpu if on_cpu else self.forward_gpu)(inputs)
 
     def backward(self, inputs, grad_outputs):
-        if isinstance(inputs[0], np.ndarray):
-            return self.backward_cpu(inputs, grad_outputs)
-        return self.backward_gpu(inputs, grad_outputs)
+        on_cpu = isinstance(inputs[0], np.ndarray)
+        return (self.backward_cpu if on_cpu else self.backward_gpu)(inputs, grad_outputs)
 
     def forward_cpu(self, inputs):
-        raise NotImplementedError('{}.forward is not implemented'.format(self.label))
-
-    def forward_gpu(self, inputs):
-        raise NotImplementedError('{}.forward (or forward_gpu) is not implemented'
+        raise NotImplementedError('{}: write forward (or forward_cpu and forward_gpu)'
                                   .format(self.label))
 
     def backward_cpu(self, inputs, grad_outputs):
-        raise NotImplementedError(
-            '{}.backward is not implemented, so it cannot be differentiated'
-            .format(self.label))
+        raise NotImplementedError('{}: write backward (or backward_cpu and backward_gpu) '
+                                  'to differentiate it'.format(self.label))
 
-    def backward_gpu(self, inputs, grad_outputs):
-        raise NotImplementedError(
-            '{}.backward (or backward_gpu) is not implemented, so it cannot be '
-            'differentiated on the GPU'.format(self.label))
+    forward_gpu, backward_gpu = forward_cpu, backward_cpu
 
     def retain_inputs(self, indexes):
-        """Chainer frees unretained inputs; here inputs are always kept."""
+        """Chainer frees the inputs not named here; this graph keeps them all."""
 
-    def retain_outputs(self, indexes):
-        """Chainer frees unretained outputs; here they live as long as the graph uses them."""
+    retain_outputs = retain_inputs
 
     @property
     def output_data(self):
