@@ -16,6 +16,7 @@ the backward pass, the bookkeeping of saved inputs and the parameter updates
 (Optimizer) come from the framework.  Compare this file with the MNIST example.
 
 Usage: python minimum.py [--epoch 30] [--batchsize 128] [--lr 0.1] [--seed 0]
+                         [--train-size N] [--test-size N]
 """
 
 import argparse
@@ -108,12 +109,19 @@ def main():
     parser.add_argument('--batchsize', type=int, default=128)
     parser.add_argument('--lr', type=float, default=0.1)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--train-size', type=int, default=None,
+                        help='train on the first N images only (default: all)')
+    parser.add_argument('--test-size', type=int, default=None,
+                        help='evaluate on the first N images only (default: all)')
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
     train, test = get_mnist()
     x_train, t_train = concat_examples(train)
     x_test, t_test = concat_examples(test)
+    # A quick run (a smoke test) takes only the first examples of each set.
+    x_train, t_train = x_train[:args.train_size], t_train[:args.train_size]
+    x_test, t_test = x_test[:args.test_size], t_test[:args.test_size]
 
     model = [Linear(784, 100, rng), ReLU(),
              Linear(100, 100, rng), ReLU(),

@@ -2878,7 +2878,11 @@ class Serializer:
 
 
 class Deserializer(Serializer):
-    pass
+    check_only = False     # True in load_npz's first pass, which must change nothing
+
+    def stored(self, key):
+        """The value stored under `key`, whatever the object holds now."""
+        return self(key, None)
 
 
 class DictionarySerializer(Serializer):
@@ -2959,6 +2963,15 @@ class NpzDeserializer(Deserializer):
     def __getitem__(self, key):
         return NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
                                self.ignore_names, self.check_only, self.file_name)
+
+    def stored(self, key):
+        full_key = self.path + key.lstrip('/')
+        if full_key in self.npz:
+            return self.npz[full_key][()]
+        if self.strict:
+            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded'.format(
+                full_key, self.file_name))
+        return None
 
     def __call__(self, key, value):
         key = self.path + key.lstrip('/')
@@ -3160,10 +3173,24 @@ class DictSummary:
         return stats
 
     def serialize(self, serializer):
-        names = list(self._summaries)
-        names = json.loads(serializer('_names', json.dumps(names)))
+        if not isinstance(serializer, Deserializer):
+            names = list(self._summaries)
+            serializer('_names', json.dumps(names))
+            for i, key in enumerate(names):
+                self._summaries[key].serialize(serializer['_summaries'][str(i)])
+            return
+        # Loading: the file says which keys there are, and what was summed
+        # here before goes (as in Chainer).  A checking pass must follow the
+        # file's names too, but leaves this summary alone.
+        names = serializer.stored('_names')
+        if names is None:                 # not in the file, and strict=False
+            return
+        names = json.loads(names)
+        loaded = collections.defaultdict(Summary)
         for i, key in enumerate(names):
-            self._summaries[key].serialize(serializer['_summaries'][str(i)])
+            loaded[key].serialize(serializer['_summaries'][str(i)])
+        if not serializer.check_only:
+            self._summaries = loaded
 
 
 reporter = _submodule(
@@ -5036,6 +5063,15 @@ class PlotReport(Extension):
         if isinstance(serializer, Deserializer):
             self._data = {k: [tuple(point) for point in v]
                           for k, v in json.loads(text).items()}
+        # Beyond Chainer's snapshot: where the interval stands and its running
+        # means, so a run resumed mid-interval draws the points it would have.
+        if hasattr(self._trigger, 'serialize'):
+            self._trigger.serialize(serializer['_trigger'])
+        try:
+            self._summary.serialize(serializer['_summary'])
+        except KeyError:
+            warnings.warn('PlotReport: the snapshot holds no running means (one '
+                          'written by Chainer?); the next point averages fewer values')
 
 
 # ----- the graph, as a picture -----------------------------------------------------

@@ -10,6 +10,7 @@ the program uses only Chainer's API: replace the `onefchainer` imports by
     python train_mnist.py -d 0                 # GPU 0 (needs CuPy)
     python train_mnist.py -r result/snapshot_iter_12000 -e 30   # resume
     python train_mnist.py --autoload           # resume from the newest snapshot in --out
+    python train_mnist.py -e 1 --train-size 1000 --test-size 500   # seconds, on a slice
 
 Files written to --out: log (JSON), loss.png and accuracy.png (with
 matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
@@ -69,6 +70,12 @@ def parse_args():
                         help='do not draw loss.png and accuracy.png')
     parser.add_argument('--dataset', choices=('mnist', 'fashion-mnist'),
                         default='mnist', help='which dataset to train on')
+    parser.add_argument('--train-size', type=int, default=None,
+                        help='train on the first N training images only '
+                             '(default: all 60000)')
+    parser.add_argument('--test-size', type=int, default=None,
+                        help='evaluate on the first N test images only '
+                             '(default: all 10000)')
     return parser.parse_args()
 
 
@@ -95,6 +102,11 @@ def main():
         train, test = chainer.datasets.get_mnist()
     else:
         train, test = chainer.datasets.get_fashion_mnist()
+    # A quick run (a smoke test) takes only the first examples of each set.
+    if args.train_size is not None:
+        train, _ = chainer.datasets.split_dataset(train, args.train_size)
+    if args.test_size is not None:
+        test, _ = chainer.datasets.split_dataset(test, args.test_size)
     # Training batches are shuffled and repeat forever (the trainer decides
     # when to stop); test batches make a single pass in order.
     train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
