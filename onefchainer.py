@@ -1729,10 +1729,17 @@ def _get_fans(shape):
 
 
 class Initializer:
-    """Fills an array in place: `initializer(array)`."""
+    """Fills an array in place: `initializer(array)`.  Random ones draw from
+    `rng` if given, else from the array's module: on the CPU NumPy's global
+    generator, so numpy.random.seed makes initialization reproducible, as in
+    Chainer."""
 
-    def __init__(self, dtype=None):
+    def __init__(self, dtype=None, rng=None):
         self.dtype = dtype
+        self.rng = rng
+
+    def _random(self, array):
+        return _xp(array).random if self.rng is None else self.rng
 
     def __call__(self, array):
         raise NotImplementedError
@@ -1765,35 +1772,28 @@ class NaN(Constant):
 
 class Normal(Initializer):
     def __init__(self, scale=0.05, dtype=None, rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
-        self.rng = rng
 
     def __call__(self, array):
-        # Without rng, xp.random is NumPy's global generator on the CPU, so
-        # numpy.random.seed makes initialization reproducible, as in Chainer.
-        rng = _xp(array).random if self.rng is None else self.rng
-        array[...] = rng.normal(0.0, self.scale, array.shape)
+        array[...] = self._random(array).normal(0.0, self.scale, array.shape)
 
 
 class Uniform(Initializer):
     def __init__(self, scale=0.05, dtype=None, rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
-        self.rng = rng
 
     def __call__(self, array):
-        rng = _xp(array).random if self.rng is None else self.rng
-        array[...] = rng.uniform(-self.scale, self.scale, array.shape)
+        array[...] = self._random(array).uniform(-self.scale, self.scale, array.shape)
 
 
 class LeCunNormal(Initializer):
     """N(0, scale^2 / fan_in)."""
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
-        self.rng = rng
 
     def __call__(self, array):
         fan_in, _ = _get_fans(array.shape)
@@ -1804,10 +1804,9 @@ class HeNormal(Initializer):
     """N(0, scale^2 * 2 / fan), for ReLU networks."""
 
     def __init__(self, scale=1.0, dtype=None, fan_option='fan_in', rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
         self.fan_option = fan_option
-        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
@@ -1819,9 +1818,8 @@ class GlorotNormal(Initializer):
     """N(0, scale^2 * 2 / (fan_in + fan_out))."""
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
-        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
@@ -1832,9 +1830,8 @@ class GlorotUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(6 / (fan_in + fan_out))."""
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
-        super().__init__(dtype)
+        super().__init__(dtype, rng)
         self.scale = scale
-        self.rng = rng
 
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
