@@ -4186,14 +4186,6 @@ MNIST_COLUMNS = ['epoch', 'iteration', 'main/loss', 'validation/main/loss', 'mai
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def have_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def build_mnist_trainer(out, mnist, plots, seed=0):
     """A 784-30-10 MLP on the first 600 MNIST training images (batches of 50:
     12 iterations an epoch), validated on the first 200 test images, with
@@ -4237,7 +4229,7 @@ def printed_rows(text):
 
 @needs_mnist
 def test_mnist_training_with_every_extension_resumes_exactly(tmp_path, mnist):
-    plots = have_matplotlib()
+    plots = chainer._matplotlib_available()
     straight, straight_model, straight_printed, straight_progress = build_mnist_trainer(
         tmp_path / 'straight', mnist, plots)
     straight.run()
@@ -4433,7 +4425,7 @@ def test_train_mnist_program_runs_and_resumes(tmp_path):
     with open(out / 'cg.dot') as f:
         assert f.read().startswith('digraph')
     assert [n for n in os.listdir(out) if n.startswith('snapshot')] == ['snapshot_iter_10']
-    if have_matplotlib():
+    if chainer._matplotlib_available():
         for name in ('loss.png', 'accuracy.png'):
             with open(out / name, 'rb') as f:
                 assert f.read(8) == PNG_MAGIC, name
