@@ -244,10 +244,12 @@ class Variable:
         _backprop([self], retain_grad)
 
     # The operators (x + y, x * W ...) are added in Chapter 5, once the
-    # functions they build exist; devices, printing and the rest of Chainer's
-    # Variable methods in Part III.
+    # functions they build exist.
 
     __hash__ = object.__hash__
+
+    # Continued in Chapter 18 (xp, device, to_device, to_cpu, ...); Chapter 19
+    # (array, grad_var, zerograd, __len__, ...); Chapter 20 (set_creator).
 
 
 def as_variable(obj):
@@ -330,6 +332,9 @@ class Function:
 
     # forward and backward are yours to write (above); Chainer's per-device
     # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 20.
+
+    # Continued in Chapter 19 (output_data, unchain); Chapter 20 (forward,
+    # backward, forward_cpu, backward_cpu, ...).
 
 
 def _as_input(function, x):
@@ -678,6 +683,8 @@ class Parameter(Variable):
         self.data = generate_array(self.initializer, shape, xp)
         self._grad = None
 
+    # Continued in Chapter 18 (to_device).
+
 
 class Link:
     """An object that owns parameters (and, in a Chain, other links).
@@ -747,6 +754,10 @@ class Link:
         raise NotImplementedError('{}.forward is not implemented'.format(
             type(self).__name__))
 
+    # Continued in Chapter 10 (within_init_scope, __delattr__, add_param,
+    # add_persistent, ...); Chapter 13 (serialize); Chapter 18 (device, xp,
+    # to_device, to_cpu, ...).
+
 
 class Chain(Link):
     """A link made of named child links:
@@ -786,6 +797,9 @@ class Chain(Link):
         for name in sorted(self._children):
             for path, link in self.__dict__[name].namedlinks():
                 yield '/' + name + path.rstrip('/'), link
+
+    # Continued in Chapter 10 (__delattr__, __getitem__, add_link, copy);
+    # Chapter 13 (serialize).
 
 
 class Linear(Link):
@@ -900,6 +914,9 @@ class UpdateRule:
     def init_state(self, param):
         pass
 
+    # Continued in Chapter 12 (add_hook, remove_hook); Chapter 13 (serialize);
+    # Chapter 20 (update_core, update_core_cpu, update_core_gpu).
+
 
 class Optimizer:
     """Updates the parameters of its target link.
@@ -953,6 +970,9 @@ class Optimizer:
         for param in params:
             param.update_rule.update(param)
         self.call_hooks('post')
+
+    # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
+    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (use_cleargrads).
 
 
 class SGDRule(UpdateRule):
