@@ -4453,3 +4453,65 @@ def test_minimum_program_learns_on_a_slice():
     accuracies = [float(row[2]) for row in rows]
     assert losses[1] < losses[0]
     assert accuracies[-1] > 0.5        # chance is 0.1; it reaches about 0.75
+
+
+# ----- issue 9: the file reads as a tutorial ---------------------------------------------
+
+SOURCE_PATH = os.path.join(HERE, 'onefchainer.py')
+
+
+def part_one_program():
+    """The MNIST program that Chapter 8 shows in comments, as runnable source."""
+    with open(SOURCE_PATH) as f:
+        lines = f.read().split('\n')
+    start = lines.index('#     import numpy as np')
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith('#    ')
+               and lines[i] != '#')
+    return '\n'.join(line[6:] for line in lines[start:end]) + '\n'
+
+
+@needs_mnist
+@programs
+def test_chapter_8_program_trains_mnist_as_printed(tmp_path):
+    program = tmp_path / 'chapter8.py'
+    program.write_text(part_one_program())
+    env = dict(os.environ, ONEFCHAINER_DATASET_ROOT=str(SHARED_DATASETS),
+               PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    result = subprocess.run([sys.executable, str(program)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.split('\n') if line.strip()]
+    assert [int(row[0]) for row in rows] == [1, 2, 3, 4, 5]
+    assert float(rows[-1][1]) > 0.97        # the chapter promises about 97.5 %
+
+
+def test_part_one_stays_within_its_budgets():
+    # Part I must stay a one-sitting read: the core (Variable, Function, the
+    # backprop walk) ends by line 450 with at most 200 lines of code, and
+    # Part I ends by about line 1,200.
+    import ast
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    lines = source.split('\n')
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    core = {}
+    for node in tree.body:       # the first definitions: Part III continues some classes
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and \
+                node.name in ('Variable', 'Function', '_backprop'):
+            core.setdefault(node.name, node)
+    assert sorted(core) == ['Function', 'Variable', '_backprop']
+    code = sum(1 for node in core.values() for number in range(node.lineno, node.end_lineno + 1)
+               if lines[number - 1].strip() and not lines[number - 1].strip().startswith('#')
+               and number not in docstrings)
+    assert code <= 200, code
+    assert max(node.end_lineno for node in core.values()) <= 450
+    end_of_part_one = next(i for i, line in enumerate(lines, 1) if 'END OF PART I.' in line)
+    assert end_of_part_one <= 1200
+    assert 'class Link' in source[:source.index('END OF PART I.')]
