@@ -614,7 +614,7 @@ class SoftmaxCrossEntropy(Function):
         if self.reduce == 'no':
             return loss.astype(x.dtype, copy=False),
         count = self.valid.sum() if self.normalize else len(x)
-        self.coeff = 1.0 / max(int(count), 1)   # Python's max: F.max is deleted in Chapter 21
+        self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
         return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
@@ -1196,9 +1196,9 @@ def _continue_class(cls):
 # a reduction in backward, and NumPy then keeps x's dtype (float32 * 2.0 is
 # float32).  Then the operators of Variable are rebound to the F functions.
 #
-# F.sum, F.max, F.min and F.pow take the names of Python builtins here;
-# Chapter 21 files them under F and deletes them from this module, so
-# everywhere else in this file sum/max/min/pow are Python's own.
+# F.sum, F.max, F.min and F.pow take the names of Python builtins; the end
+# of the section on reductions deletes those names again, so everywhere
+# else in this file sum, max, min and pow are Python's own.
 
 
 def _check_same_dtype(label, arrays):
@@ -1408,8 +1408,43 @@ def neg(x):
     return Neg()(x)
 
 
-def pow(a, b):     # shadows the builtin until Chapter 21 deletes it
+def pow(a, b):     # shadows the builtin until the end of the reductions
     return _arithmetic(a, b, Pow, PowConstantExponent, PowConstantBase)
+
+
+# ----- operators on Variables ------------------------------------------------
+# Now that the functions exist, Variable gets its operators, so that writing
+# `x * W + b` records the same graph as F.add(F.mul(x, W), b): the operators
+# *are* those functions.  Reflected forms (2 - x, 1 / x, which Python sends to
+# x.__rsub__ and x.__rtruediv__) put the operands back in order first.
+
+def _reshape_method(self, *shape):
+    return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+
+def _transpose_method(self, *axes):
+    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        axes = axes[0]
+    return transpose(self, axes or None)
+
+
+Variable.reshape = _reshape_method
+Variable.transpose = _transpose_method
+Variable.T = property(lambda self: transpose(self))
+Variable.__getitem__ = lambda self, slices: get_item(self, slices)
+Variable.__neg__ = neg
+Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
+    self, other, Add, AddConstant, AddConstant)
+Variable.__sub__ = sub
+Variable.__rsub__ = lambda self, other: sub(other, self)
+Variable.__mul__ = Variable.__rmul__ = mul
+Variable.__truediv__ = div
+Variable.__rtruediv__ = lambda self, other: div(other, self)
+Variable.__pow__ = pow
+Variable.__rpow__ = lambda self, other: _arithmetic(
+    other, self, Pow, PowConstantExponent, PowConstantBase)
+Variable.__matmul__ = lambda self, other: matmul(self, other)
+Variable.__rmatmul__ = lambda self, other: matmul(other, self)
 
 
 class MatMul(Function):
@@ -1581,6 +1616,12 @@ def max(x, axis=None, keepdims=False):
 
 def min(x, axis=None, keepdims=False):
     return Min(axis, keepdims)(x)
+
+
+# sum, max, min and pow above took the names of Python builtins.  Chapter 21
+# files them under F (F.sum, ...); from here on, the names mean Python's own.
+_functions_named_like_builtins = {'sum': sum, 'max': max, 'min': min, 'pow': pow}
+del sum, max, min, pow
 
 
 # ----- shapes ------------------------------------------------------------------
@@ -1933,41 +1974,6 @@ class Identity(Function):
 
 def identity(*inputs):
     return Identity()(*inputs)
-
-
-# ----- operators on Variables ------------------------------------------------
-# Now that the functions exist, Variable gets its operators, so that writing
-# `x * W + b` records the same graph as F.add(F.mul(x, W), b): the operators
-# *are* those functions.  Reflected forms (2 - x, 1 / x, which Python sends to
-# x.__rsub__ and x.__rtruediv__) put the operands back in order first.
-
-def _reshape_method(self, *shape):
-    return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-
-
-def _transpose_method(self, *axes):
-    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
-        axes = axes[0]
-    return transpose(self, axes or None)
-
-
-Variable.reshape = _reshape_method
-Variable.transpose = _transpose_method
-Variable.T = property(lambda self: transpose(self))
-Variable.__getitem__ = lambda self, slices: get_item(self, slices)
-Variable.__neg__ = neg
-Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
-    self, other, Add, AddConstant, AddConstant)
-Variable.__sub__ = sub
-Variable.__rsub__ = lambda self, other: sub(other, self)
-Variable.__mul__ = Variable.__rmul__ = mul
-Variable.__truediv__ = div
-Variable.__rtruediv__ = lambda self, other: div(other, self)
-Variable.__pow__ = pow
-Variable.__rpow__ = lambda self, other: _arithmetic(
-    other, self, Pow, PowConstantExponent, PowConstantBase)   # `pow` is the builtin again by then
-Variable.__matmul__ = lambda self, other: matmul(self, other)
-Variable.__rmatmul__ = lambda self, other: matmul(other, self)
 
 
 # =============================================================================
@@ -5581,10 +5587,8 @@ functions = _submodule('functions', **{name: obj for name, obj in globals().item
     'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
     'transpose broadcast_to concat stack flatten expand_dims squeeze get_item '
     'relu leaky_relu sigmoid tanh softmax log_softmax linear dropout '
-    'softmax_cross_entropy mean_squared_error accuracy identity').split()})
-# `sum`, `max`, `min` and `pow` above shadowed Python's builtins; they live on
-# as F.sum etc., and the rest of this file gets the builtins back.
-del sum, max, min, pow
+    'softmax_cross_entropy mean_squared_error accuracy identity').split()},
+    **_functions_named_like_builtins)
 
 
 initializers = _submodule(
