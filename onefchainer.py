@@ -3554,11 +3554,20 @@ _MIRRORS = {
         'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'],
 }
 _SYSTEM_DATASET_DIR = '/usr/share/datasets'
-_DOWNLOAD_TIMEOUT = 30  # seconds without a byte before giving up
+# Seconds a server gets to accept the connection and, after that, to send the
+# next bytes; ONEFCHAINER_DOWNLOAD_TIMEOUT overrides it.  Short, because a
+# firewall that drops packets otherwise looks like a hang.
+_DOWNLOAD_TIMEOUT = 10
+_DOWNLOAD_TIMEOUT_ENV = 'ONEFCHAINER_DOWNLOAD_TIMEOUT'
 
 
 def get_dataset_root():
-    """The folder that holds one subfolder per dataset."""
+    """Return the folder that holds one subfolder per dataset (a str).
+
+    In order: the path given to set_dataset_root(), the environment variable
+    ONEFCHAINER_DATASET_ROOT, else ~/.onefchainer/dataset ('~' expanded).
+    Chainer: chainer.dataset.get_dataset_root (its default differs).
+    """
     if _dataset_root_override is not None:
         return _dataset_root_override
     root = os.environ.get(_DATASET_ROOT_ENV) or os.path.join(
@@ -3567,40 +3576,85 @@ def get_dataset_root():
 
 
 def set_dataset_root(path):
-    """Use `path` as the dataset root from now on (beats the env variable)."""
+    """Use `path` (str) as the dataset root from now on; it takes precedence
+    over ONEFCHAINER_DATASET_ROOT.  Chainer: chainer.dataset.set_dataset_root."""
     global _dataset_root_override
     _dataset_root_override = path
 
 
 def get_dataset_directory(dataset_name, create_directory=True):
-    """<dataset root>/<dataset_name>, created unless told otherwise."""
+    """Return <dataset root>/<dataset_name> (a str), creating the folder (and
+    any missing parents) unless create_directory is False.
+    Chainer: chainer.dataset.get_dataset_directory."""
     path = os.path.join(get_dataset_root(), dataset_name)
     if create_directory:
         os.makedirs(path, exist_ok=True)
     return path
 
 
+def _download_timeout():
+    """Seconds to wait for a server: $ONEFCHAINER_DOWNLOAD_TIMEOUT or 10."""
+    text = os.environ.get(_DOWNLOAD_TIMEOUT_ENV)
+    if not text:
+        return _DOWNLOAD_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise DatasetError('{}={!r}: expected a positive number of seconds, e.g. '
+                           '{}=60'.format(_DOWNLOAD_TIMEOUT_ENV, text, _DOWNLOAD_TIMEOUT_ENV))
+    return seconds
+
+
 def _how_to_fix(dataset_name, file_name, folder):
-    return ('Put the official file {0}.gz (or the decompressed {0}) into {1} '
-            'by hand, or set the environment variable {2} to a folder whose '
-            '{3}/ subfolder holds it.'.format(
-                file_name, folder, _DATASET_ROOT_ENV, dataset_name))
+    """What the user can do about missing or bad files: the advice depends on
+    whether they chose the dataset root themselves."""
+    names = [file_name] if isinstance(file_name, str) else list(file_name)
+    if len(names) == 1:
+        files = 'the official file {0}.gz (or the decompressed {0})'.format(names[0])
+    else:
+        files = 'the official files {} (each .gz or decompressed)'.format(
+            ', '.join(names))
+    files += ', fetched elsewhere (from the URLs above, say),'
+    if _dataset_root_override is not None or os.environ.get(_DATASET_ROOT_ENV):
+        chosen_by = ('set_dataset_root()' if _dataset_root_override is not None
+                     else 'the environment variable ' + _DATASET_ROOT_ENV)
+        root = get_dataset_root()
+        advice = ('Put {} into {}. The dataset root {} was chosen by {}{}.'.format(
+            files, folder, root, chosen_by,
+            '' if os.path.isdir(root) else ' and does not exist (a typo?)'))
+    else:
+        advice = ('Put {} into {} by hand, or set the environment variable {} '
+                  'to a folder whose {}/ subfolder holds them.'.format(
+                      files, folder, _DATASET_ROOT_ENV, dataset_name))
+    if dataset_name == 'fashion-mnist':
+        advice += (" On Debian, the package dataset-fashion-mnist installs them "
+                   "into {}.".format(os.path.join(_SYSTEM_DATASET_DIR, dataset_name)))
+    return advice
+
+
+def _find_local_idx(dataset_name, file_name):
+    """The path of a local copy of an official file, or None.  The dataset
+    root first, then the read-only system folder where Debian's dataset
+    packages install (dataset-fashion-mnist); .gz wins if both exist."""
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name)):
+        for name in (file_name + '.gz', file_name):
+            path = os.path.join(place, name)
+            if os.path.isfile(path):
+                return path
+    return None
 
 
 def _load_idx(dataset_name, file_name):
     """Load one official IDX file of a dataset, downloading it if missing."""
     expected_sha256 = _OFFICIAL_SHA256[dataset_name][file_name]
     folder = get_dataset_directory(dataset_name, create_directory=False)
-    # The dataset root first, then the read-only system folder where Debian's
-    # dataset packages install (dataset-fashion-mnist); download if neither has it.
-    candidates = [os.path.join(place, name)
-                  for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name))
-                  for name in (file_name + '.gz', file_name)]   # .gz wins if both
-    for path in candidates:
-        if os.path.isfile(path):
-            break
-    else:
-        return _download_idx(dataset_name, file_name, folder, expected_sha256)
+    path = _find_local_idx(dataset_name, file_name)
+    if path is None:
+        _fetch_missing_files(dataset_name, [file_name])
+        path = os.path.join(folder, file_name + '.gz')
     try:
         array, found_sha256 = _read_idx(path)
     except DatasetError as error:
@@ -3617,70 +3671,137 @@ def _load_idx(dataset_name, file_name):
     return array
 
 
-def _download_idx(dataset_name, file_name, folder, expected_sha256):
-    """Fetch <file_name>.gz from the first mirror that serves the official
-    content, and return its parsed array.  The file only ever appears under
-    its final name complete and verified (written elsewhere, then renamed)."""
+def _fetch_missing_files(dataset_name, file_names):
+    """Download each of `file_names` that no local folder holds.  Every file
+    is tried before anything is reported, and a server that did not answer is
+    not asked again, so a dead network costs one timeout per mirror, not one
+    per file.  Raises one DatasetError listing every file that could not be
+    had and what to do; a folder made for a download that failed is removed."""
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    missing = [name for name in file_names
+               if _find_local_idx(dataset_name, name) is None]
+    if not missing:
+        return
+    timeout = _download_timeout()
+    created = []                     # folders this call made, innermost last
+    parent = folder
+    while parent and not os.path.exists(parent):
+        created.insert(0, parent)
+        parent = os.path.dirname(parent)
+    failed, silent_mirrors = {}, set()
+    for file_name in missing:
+        failures = _download_idx(dataset_name, file_name, folder,
+                                 _OFFICIAL_SHA256[dataset_name][file_name],
+                                 timeout, silent_mirrors)
+        if failures is not None:
+            failed[file_name] = failures
+    if not failed:
+        return
+    for path in reversed(created):   # leave no empty folder behind
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
+    raise DatasetError(
+        'Could not get {} of the {} {} files (each server gets {:g} s to answer; '
+        '{} changes that). Tried:\n{}\n{}'.format(
+            len(failed), len(file_names), dataset_name, timeout,
+            _DOWNLOAD_TIMEOUT_ENV, '\n'.join(
+                '  {}:\n{}'.format(name, '\n'.join('    ' + failure
+                                                   for failure in failures))
+                for name, failures in failed.items()),
+            _how_to_fix(dataset_name, list(failed), folder)))
+
+
+def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
+                  silent_mirrors):
+    """Fetch <file_name>.gz into `folder` from the first mirror that serves the
+    official content.  Returns None on success, else the list of what went
+    wrong at each mirror.  A mirror that could not be reached is added to
+    `silent_mirrors` and skipped from then on.  The file only ever appears
+    under its final name complete and verified (written elsewhere, renamed)."""
     failures = []
-    for mirror in _MIRRORS.get(dataset_name, []):
+    mirrors = _MIRRORS.get(dataset_name, [])
+    if mirrors and all(mirror in silent_mirrors for mirror in mirrors):
+        return ['not tried: no server answered for an earlier file']
+    for mirror in mirrors:
         url = mirror + file_name + '.gz'
+        if mirror in silent_mirrors:
+            continue
+        print('Downloading {} file {}.gz from {} to {}'.format(
+            dataset_name, file_name, url, folder), file=sys.stderr)
         temporary = None
         try:
-            os.makedirs(folder, exist_ok=True)
-            # Same folder as the target, so os.replace is an atomic rename.
-            handle, temporary = tempfile.mkstemp(
-                prefix='.{}.'.format(file_name), suffix='.part', dir=folder)
-            with os.fdopen(handle, 'wb') as out:
-                _fetch_url(url, out)
+            temporary = _fetch_url(url, folder, file_name, timeout)
             array, found_sha256 = _read_idx(temporary)
             if found_sha256 != expected_sha256:
                 failures.append('{}: downloaded, but the SHA-256 of its '
-                                'content is {}'.format(url, found_sha256))
+                                'content is {}, expected {}'.format(
+                                    url, found_sha256, expected_sha256))
                 continue
             os.chmod(temporary, 0o644)  # mkstemp makes it private (0600)
             os.replace(temporary, os.path.join(folder, file_name + '.gz'))
             temporary = None
-            return array
-        except Exception as error:  # any broken mirror: try the next one
+            return None
+        except urllib.error.HTTPError as error:   # the server answered: no
+            failures.append('{}: {}'.format(url, error))
+        except OSError as error:  # no connection, or it went silent
+            silent_mirrors.add(mirror)
+            reason = getattr(error, 'reason', error)
+            if 'timed out' in str(reason):
+                reason = 'no answer within {:g} s ({})'.format(timeout, reason)
+            failures.append('{}: {}'.format(url, reason))
+        except Exception as error:  # damaged content: try the next mirror
             failures.append('{}: {}'.format(url, error))
         finally:
             if temporary is not None and os.path.exists(temporary):
                 os.remove(temporary)
-    raise DatasetError(
-        'Could not get the {} file {} (the SHA-256 of its decompressed '
-        'content must be {}).\nTried:\n{}\n{}'.format(
-            dataset_name, file_name, expected_sha256,
-            '\n'.join('  ' + failure for failure in failures) or '  no mirror',
-            _how_to_fix(dataset_name, file_name, folder)))
+    if not failures:
+        failures.append('no mirror is known for {}'.format(dataset_name))
+    return failures
 
 
-def _fetch_url(url, out):
-    """Copy `url` into the open file `out`; live progress only on a terminal,
-    so logs and test output get a single line."""
+def _fetch_url(url, folder, file_name, timeout):
+    """Copy `url` into a new temporary file in `folder` (made only once the
+    server has answered) and return its path.  Live progress on a terminal;
+    logs and test output get one line at the end."""
     show_progress = sys.stderr is not None and sys.stderr.isatty()
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT) as reply:
-        print('Downloading {}'.format(url), file=sys.stderr)
-        total = int(reply.headers.get('Content-Length') or 0)
-        received, last_shown = 0, 0.0
-        while True:
-            chunk = reply.read(1 << 16)
-            if not chunk:
-                break
-            out.write(chunk)
-            received += len(chunk)
-            if show_progress and time.monotonic() - last_shown > 0.2:
-                last_shown = time.monotonic()
-                percent = ' ({:.0%})'.format(received / total) if total else ''
-                sys.stderr.write('\r  {:.1f} MB{}'.format(received / 1e6,
-                                                          percent))
-                sys.stderr.flush()
-    if show_progress:
-        sys.stderr.write('\r  {:.1f} MB, done\n'.format(received / 1e6))
-    # A connection that drops early just ends the stream: only the length
-    # the server announced tells a cut-short transfer from a complete one.
-    if total and received != total:
-        raise DatasetError('the transfer was cut short: received {} of the {} '
-                           'bytes the server announced'.format(received, total))
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        os.makedirs(folder, exist_ok=True)
+        # Same folder as the target, so os.replace is an atomic rename.
+        handle, temporary = tempfile.mkstemp(
+            prefix='.{}.'.format(file_name), suffix='.part', dir=folder)
+        try:
+            with os.fdopen(handle, 'wb') as out:
+                total = int(reply.headers.get('Content-Length') or 0)
+                received, started, last_shown = 0, time.monotonic(), 0.0
+                while True:
+                    chunk = reply.read(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    if show_progress and time.monotonic() - last_shown > 0.2:
+                        last_shown = time.monotonic()
+                        percent = ' of {:.1f} MB ({:.0%})'.format(
+                            total / 1e6, received / total) if total else ''
+                        sys.stderr.write('\r  {:.1f} MB{}'.format(
+                            received / 1e6, percent))
+                        sys.stderr.flush()
+            print('{}  {:.1f} MB in {:.1f} s'.format(
+                '\r' if show_progress else '', received / 1e6,
+                time.monotonic() - started), file=sys.stderr)
+            # A connection that drops early just ends the stream: only the
+            # length the server announced tells a cut-short transfer from a
+            # complete one.
+            if total and received != total:
+                raise DatasetError('the transfer was cut short: received {} of '
+                                   'the {} bytes the server announced'.format(
+                                       received, total))
+        except BaseException:
+            os.remove(temporary)
+            raise
+    return temporary
 
 
 # --- MNIST and Fashion-MNIST -------------------------------------------------
@@ -3711,6 +3832,10 @@ def _get_mnist_like(dataset_name, withlabel, ndim, scale, dtype, label_dtype,
                     rgb_format):
     if ndim not in (1, 2, 3):  # fail before reading 50 MB, not after
         raise ValueError('ndim must be 1, 2 or 3, but got {}'.format(ndim))
+    # Every missing file is fetched (or reported) before any is parsed.
+    _fetch_missing_files(dataset_name, [
+        prefix + suffix for prefix in ('train', 't10k')
+        for suffix in ('-labels-idx1-ubyte', '-images-idx3-ubyte')])
     splits = []
     for prefix in ('train', 't10k'):
         labels = _load_idx(dataset_name, prefix + '-labels-idx1-ubyte')
@@ -4747,7 +4872,7 @@ class ProgressBar(Extension):
              total [##########........................................] 20.00%
         this epoch [#########################.........................] 50.00%
                500 iter, 1 epoch / 5 epochs
-            231.62 iters/sec. Estimated time to finish: 0:00:17.268163.
+            231.62 iters/sec. Estimated time to finish: 0:00:17.
 
     and moves the cursor back up ('\\033[4A') so the next drawing replaces
     it.  The training length comes from the trainer's stop trigger unless
@@ -4801,11 +4926,12 @@ class ProgressBar(Extension):
             iterations_per_second = (iteration - old_iteration) / span
             units_per_second = (done - (old_iteration if unit == 'iteration'
                                         else old_epoch)) / span
-        else:
-            iterations_per_second = units_per_second = float('inf')
-        remaining = (length - done) / units_per_second if units_per_second else float('inf')
-        out.write('{:10.5g} iters/sec. Estimated time to finish: {}.\n'.format(
-            iterations_per_second, _format_duration(remaining)))
+            remaining = (round((length - done) / units_per_second)
+                         if units_per_second > 0 else float('inf'))
+            out.write('{:10.5g} iters/sec. Estimated time to finish: {}.\n'.format(
+                iterations_per_second, _format_duration(remaining)))
+        else:   # the first drawing: no rate yet, so no line that pretends one
+            out.write('\n')
         out.write('\033[4A')          # back to the top of the bar
         if hasattr(out, 'flush'):
             out.flush()
@@ -5034,10 +5160,14 @@ class PlotReport(Extension):
     def _draw(self, path):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
         figure = Figure()
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(111)
         axes.set_xlabel(self._x_key)
+        axes.set_ylabel(_plot_y_label(self._y_keys))
+        if self._x_key in ('epoch', 'iteration'):   # no tick at epoch 2.5
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if self._grid:
             axes.grid()
         for key in self._y_keys:
@@ -5048,11 +5178,13 @@ class PlotReport(Extension):
             return
         if self._postprocess is not None:
             self._postprocess(figure, axes, self._summary)
-        legend = axes.legend(bbox_to_anchor=(1.05, 1), loc='upper left',
-                             borderaxespad=0.)
+        # The legend inside the axes, where it hides the fewest points: no
+        # empty margin beside the plot.
+        axes.legend(loc='best')
+        figure.tight_layout()
         file_format = os.path.splitext(path)[1][1:] or 'png'   # loss.pdf: a PDF
         _write_atomically(path, lambda f: figure.savefig(
-            f, format=file_format, bbox_extra_artists=(legend,), bbox_inches='tight'))
+            f, format=file_format, bbox_inches='tight'))
 
     def serialize(self, serializer):
         key = '_plot_' + self._filename
@@ -5069,6 +5201,17 @@ class PlotReport(Extension):
         except KeyError:
             warnings.warn('PlotReport: the snapshot holds no running means (one '
                           'written by Chainer?); the next point averages fewer values')
+
+
+def _plot_y_label(y_keys):
+    """The y-axis label of a PlotReport: the last part of the plotted keys
+    ('loss' for main/loss and validation/main/loss), each distinct one once."""
+    names = []
+    for key in y_keys:
+        name = key.rsplit('/', 1)[-1]
+        if name not in names:
+            names.append(name)
+    return ', '.join(names)
 
 
 # ----- the graph, as a picture -----------------------------------------------------

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import struct
 import sys
@@ -3126,7 +3127,7 @@ def test_download_of_wrong_or_garbage_content_fails_cleanly(
                   sha256(idx_bytes(TINY[::-1].copy())), 'not an IDX file',
                   str(tiny_dataset), 'ONEFCHAINER_DATASET_ROOT'):
         assert words in message
-    assert os.listdir(tiny_dataset) == []  # no final file, no temporaries
+    assert not tiny_dataset.parent.exists()  # no file, no temporaries, no folder
 
 
 @downloads
@@ -3140,7 +3141,7 @@ def test_truncated_transfer_is_rejected_and_leaves_nothing(tiny_dataset, http_mi
     with pytest.raises(chainer.DatasetError) as info:
         chainer._load_idx('tiny', TINY_NAME)
     assert 'cut short: received {} of the {} bytes'.format(size // 2, size) in str(info.value)
-    assert os.listdir(tiny_dataset) == []
+    assert not tiny_dataset.parent.exists()
     server.cut_after = None                  # the next try, complete, succeeds
     np.testing.assert_array_equal(chainer._load_idx('tiny', TINY_NAME), TINY)
 
@@ -3169,7 +3170,7 @@ def test_download_with_server_down_names_the_folder(tiny_dataset,
     for words in (url + TINY_NAME + '.gz', str(tiny_dataset),
                   'ONEFCHAINER_DATASET_ROOT', 'refused'):
         assert words in message
-    assert os.listdir(tiny_dataset) == []
+    assert not tiny_dataset.parent.exists()
 
 
 # --- MNIST and Fashion-MNIST -------------------------------------------------
@@ -4453,3 +4454,164 @@ def test_minimum_program_learns_on_a_slice():
     accuracies = [float(row[2]) for row in rows]
     assert losses[1] < losses[0]
     assert accuracies[-1] > 0.5        # chance is 0.1; it reaches about 0.75
+
+
+# ----- issue 13: a first run and a reference that need no guessing -----
+
+TWO_TINY = {TINY_NAME: TINY, 'tiny2-idx1-ubyte': np.arange(5, dtype=np.uint8)}
+
+
+@pytest.fixture
+def two_tiny_files(tiny_dataset, monkeypatch):
+    """The 'tiny' dataset of tiny_dataset, with a second official file."""
+    monkeypatch.setitem(chainer._OFFICIAL_SHA256, 'tiny', {
+        name: sha256(idx_bytes(array)) for name, array in TWO_TINY.items()})
+    return tiny_dataset
+
+
+@downloads
+def test_download_says_what_where_and_reports_every_missing_file(
+        two_tiny_files, http_mirror, monkeypatch, capsys):
+    base, www, server = http_mirror
+    folder = serve(www, 'half', idx_bytes(TINY))      # the second file is not there
+    monkeypatch.setitem(chainer._MIRRORS, 'tiny', [base + folder])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer._fetch_missing_files('tiny', list(TWO_TINY))
+    said = capsys.readouterr().err
+    for name in TWO_TINY:          # one line per download: what, from where, to where
+        assert 'Downloading tiny file {0}.gz from {1}{2}{0}.gz to {3}'.format(
+            name, base, folder, two_tiny_files) in said
+    message = str(info.value)
+    assert 'Could not get 1 of the 2 tiny files' in message
+    assert '404' in message and 'tiny2-idx1-ubyte' in message
+    assert 'ONEFCHAINER_DOWNLOAD_TIMEOUT' in message and 'ONEFCHAINER_DATASET_ROOT' in message
+    assert message.count(TINY_NAME) == 0                  # the one that came is not listed
+    assert os.listdir(two_tiny_files) == [TINY_NAME + '.gz']   # and it is kept
+
+
+@downloads
+def test_silent_server_times_out_after_the_configured_seconds(two_tiny_files, monkeypatch):
+    # A socket that listens but never answers: the kernel accepts the
+    # connection, nobody reads the request.  Like a server behind a stalled link.
+    with socket.socket() as silent:
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(8)
+        url = 'http://127.0.0.1:{}/tiny/'.format(silent.getsockname()[1])
+        monkeypatch.setitem(chainer._MIRRORS, 'tiny', [url])
+        monkeypatch.setenv('ONEFCHAINER_DOWNLOAD_TIMEOUT', '0.5')
+        started = time.monotonic()
+        with pytest.raises(chainer.DatasetError) as info:
+            chainer._fetch_missing_files('tiny', list(TWO_TINY))
+        waited = time.monotonic() - started
+    # The second file does not ask the silent server again: one timeout, not
+    # two, and nowhere near the default of 10 s (a generous bound, not a timing test).
+    assert waited < 5
+    message = str(info.value)
+    assert 'Could not get 2 of the 2 tiny files' in message
+    assert 'no answer within 0.5 s' in message
+    assert 'not tried: no server answered for an earlier file' in message
+    assert not two_tiny_files.parent.exists()     # no folder made for a failed download
+
+
+@downloads
+def test_download_timeout_setting(monkeypatch):
+    monkeypatch.delenv('ONEFCHAINER_DOWNLOAD_TIMEOUT', raising=False)
+    assert chainer._download_timeout() == 10
+    monkeypatch.setenv('ONEFCHAINER_DOWNLOAD_TIMEOUT', '2.5')
+    assert chainer._download_timeout() == 2.5
+    for bad in ('soon', '0', '-3'):
+        monkeypatch.setenv('ONEFCHAINER_DOWNLOAD_TIMEOUT', bad)
+        with pytest.raises(chainer.DatasetError, match='ONEFCHAINER_DOWNLOAD_TIMEOUT'):
+            chainer._download_timeout()
+
+
+@downloads
+def test_missing_files_advice_follows_the_dataset_root(monkeypatch, tmp_path):
+    monkeypatch.setitem(chainer._MIRRORS, 'mnist', [])
+    monkeypatch.setattr(chainer, '_dataset_root_override', None)
+    # The variable set, to a folder that does not exist: say so, create nothing.
+    root = tmp_path / 'no' / 'such' / 'datasets'
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(root))
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_mnist()
+    message = str(info.value)
+    assert 'Could not get 4 of the 4 mnist files' in message
+    for name in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+                 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
+        assert name in message
+    assert 'chosen by the environment variable ONEFCHAINER_DATASET_ROOT' in message
+    assert 'does not exist' in message and 'set the environment variable' not in message
+    assert os.listdir(tmp_path) == []
+    # Not set: the default folder, and the variable offered as the way out.
+    monkeypatch.delenv('ONEFCHAINER_DATASET_ROOT')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_mnist()
+    message = str(info.value)
+    assert str(tmp_path / 'home' / '.onefchainer' / 'dataset' / 'mnist') in message
+    assert 'or set the environment variable ONEFCHAINER_DATASET_ROOT' in message
+    assert os.listdir(tmp_path) == []
+    # Fashion-MNIST's advice names Debian's package.
+    monkeypatch.setitem(chainer._MIRRORS, 'fashion-mnist', [])
+    monkeypatch.setattr(chainer, '_SYSTEM_DATASET_DIR', str(tmp_path / 'usr'))
+    with pytest.raises(chainer.DatasetError, match='dataset-fashion-mnist'):
+        chainer.get_fashion_mnist()
+
+
+@programs
+def test_train_mnist_reports_missing_data_without_traceback(tmp_path):
+    folder = tmp_path / 'mnist'
+    folder.mkdir()
+    for prefix in ('train', 't10k'):      # present (no download), but not IDX files
+        for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte'):
+            (folder / (prefix + suffix)).write_bytes(b'<html>proxy error</html>')
+    env = dict(os.environ, ONEFCHAINER_DATASET_ROOT=str(tmp_path), MPLBACKEND='Agg')
+    result = subprocess.run([sys.executable, 'train_mnist.py', '-e', '1', '-o',
+                             str(tmp_path / 'result')], cwd=HERE, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=300)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    assert 'DatasetError: ' in result.stderr and 'is not an IDX file' in result.stderr
+    assert str(folder) in result.stderr
+
+
+def test_progress_bar_shows_no_rate_before_it_has_one_and_whole_seconds(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    out = io.StringIO()
+    trainer.extend(extensions.ProgressBar(update_interval=1, out=out))
+    trainer.run()
+    drawings = out.getvalue().split('\033[J')[1:-1]
+    assert len(drawings) == trainer.updater.iteration
+    first = drawings[0].split('\n')
+    assert first[3] == ''                      # no rate line: there is no rate yet
+    for drawing in drawings[1:]:
+        status = drawing.split('\n')[3]
+        assert 'inf' not in status and 'nan' not in status
+        rate, estimate = re.fullmatch(
+            r' *(\S+) iters/sec\. Estimated time to finish: (\S+)\.', status).groups()
+        assert float(rate) > 0
+        assert re.fullmatch(r'\d+:\d\d:\d\d', estimate), estimate   # whole seconds
+
+
+def test_plot_report_labels_integer_epochs_and_keeps_the_legend_inside(tmp_path):
+    pytest.importorskip('matplotlib')
+    trainer, _ = make_trainer(tmp_path, stop=(3, 'epoch'))
+    drawn = []
+    trainer.extend(extensions.PlotReport(
+        ['main/loss', 'validation/main/loss'], 'epoch', filename='loss.png',
+        postprocess=lambda figure, axes, summary: drawn.append((figure, axes))))
+    trainer.extend(extensions.PlotReport(['main/accuracy', 'main/loss'], 'iteration',
+                                         filename='mixed.png'))
+    trainer.run()
+    figure, axes = drawn[-1]
+    assert axes.get_ylabel() == 'loss' and axes.get_xlabel() == 'epoch'
+    figure.canvas.draw()
+    low, high = axes.get_xlim()
+    ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
+    inside, legend = axes.get_window_extent(), axes.get_legend().get_window_extent()
+    assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1      # no margin for it
+    assert chainer._plot_y_label(['main/accuracy', 'main/loss']) == 'accuracy, loss'
+    with open(tmp_path / 'mixed.png', 'rb') as f:
+        assert f.read(8) == PNG_MAGIC
