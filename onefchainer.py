@@ -5167,7 +5167,7 @@ class PlotReport(Extension):
         axes.set_xlabel(self._x_key)
         axes.set_ylabel(_plot_y_label(self._y_keys))
         if self._x_key in ('epoch', 'iteration'):   # no tick at epoch 2.5
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         if self._grid:
             axes.grid()
         for key in self._y_keys:

@@ -2796,18 +2796,26 @@ def test_our_files_have_chainers_layout(tmp_path):
 # =============================================================================
 # Chapter 11. Data: datasets, downloads on loopback, iterators, batching
 # =============================================================================
-# The real MNIST files: $ONEFCHAINER_DATASET_ROOT (CI sets it to
-# ../shared/datasets), else a shared/datasets folder beside the checkout.
+# The real MNIST files: $ONEFCHAINER_DATASET_ROOT (CI sets it), else the
+# folder a first `python3 train_mnist.py` downloads into, else a
+# shared/datasets folder beside the checkout.
+MNIST_FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+               't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
 SHARED_DATASETS = next((root for root in
-                        [Path(os.environ.get('ONEFCHAINER_DATASET_ROOT', '/nonexistent'))] +
+                        [Path(os.environ.get('ONEFCHAINER_DATASET_ROOT', '/nonexistent')),
+                         Path('~/.onefchainer/dataset').expanduser()] +
                         [parent / 'shared' / 'datasets' for parent in Path(HERE).parents]
-                        if (root / 'mnist').is_dir()), None)
+                        if all((root / 'mnist' / name).is_file() or
+                               (root / 'mnist' / (name + '.gz')).is_file()
+                               for name in MNIST_FILES)), None)
 FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
 FASHION_FILES = [FASHION_ROOT / 'fashion-mnist' / (prefix + suffix + '.gz')
                  for prefix in ('train', 't10k')
                  for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte')]
 needs_mnist = pytest.mark.skipif(
-    SHARED_DATASETS is None, reason='shared/datasets/mnist not found')
+    SHARED_DATASETS is None, reason='needs the MNIST files: set ONEFCHAINER_DATASET_ROOT '
+    'to a folder holding mnist/ with the four official files ({}; .gz or not), or run '
+    '`python3 train_mnist.py` once to download them'.format(', '.join(MNIST_FILES)))
 # Datasets, their files and iterators live on the host, so a GPU run skips them;
 # concat_examples, which sends batches to a device, runs on both.
 host_datasets = cpu_only('datasets index host-side NumPy arrays and lists; no device is involved')
@@ -3228,6 +3236,9 @@ def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
 @pytest.mark.parametrize('name', ['mnist', 'fashion-mnist'])
 @mnist_bytes
 def test_checksum_table_matches_shared_sha256sums(name):
+    if not (SHARED_DATASETS / name / 'SHA256SUMS').is_file():
+        pytest.skip('{} has no {}/SHA256SUMS (the project\'s shared dataset folder has '
+                    'one; a downloaded root does not)'.format(SHARED_DATASETS, name))
     lines = (SHARED_DATASETS / name / 'SHA256SUMS').read_text().split('\n')
     listed = dict(reversed(line.split()) for line in lines if line.strip())
     assert listed == chainer._OFFICIAL_SHA256[name]
@@ -4076,7 +4087,8 @@ def test_snapshot_on_error(tmp_path):
 # --- PlotReport -------------------------------------------------------------------------
 
 def test_plot_report_writes_a_png(tmp_path):
-    pytest.importorskip('matplotlib')
+    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
+                        'python3 -m pip install -r requirements-dev.txt')
     trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
     trainer.extend(extensions.PlotReport(['main/loss', 'main/accuracy'], 'epoch',
                                          filename='loss.png'))
@@ -4595,7 +4607,8 @@ def test_progress_bar_shows_no_rate_before_it_has_one_and_whole_seconds(tmp_path
 
 
 def test_plot_report_labels_integer_epochs_and_keeps_the_legend_inside(tmp_path):
-    pytest.importorskip('matplotlib')
+    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
+                        'python3 -m pip install -r requirements-dev.txt')
     trainer, _ = make_trainer(tmp_path, stop=(3, 'epoch'))
     drawn = []
     trainer.extend(extensions.PlotReport(
