@@ -761,6 +761,10 @@ def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
 # ----- arithmetic ------------------------------------------------------------
 
 class Add(Function):
+    """Function node of a + b for two arrays of one dtype (broadcasting).
+    Backward: each input gets gy summed down to its own shape.
+    Chainer: chainer.functions.math.basic_math.Add.
+    """
     label = 'add'
 
     def forward(self, inputs):
@@ -775,6 +779,9 @@ class Add(Function):
 
 
 class AddConstant(Function):
+    """Function node of x + c for a scalar constant c (no gradient for c).
+    Chainer: chainer.functions.math.basic_math.AddConstant.
+    """
     label = 'add'
 
     def __init__(self, constant):
@@ -788,6 +795,10 @@ class AddConstant(Function):
 
 
 class Sub(Function):
+    """Function node of a - b for two arrays of one dtype (broadcasting).
+    Backward: gy for a, -gy for b, each summed down to its shape.
+    Chainer: chainer.functions.math.basic_math.Sub.
+    """
     label = 'sub'
 
     def forward(self, inputs):
@@ -802,6 +813,9 @@ class Sub(Function):
 
 
 class SubFromConstant(Function):
+    """Function node of c - x for a scalar constant c; backward -gy.
+    Chainer: chainer.functions.math.basic_math.SubFromConstant.
+    """
     label = 'sub'
 
     def __init__(self, constant):
@@ -815,6 +829,9 @@ class SubFromConstant(Function):
 
 
 class Mul(Function):
+    """Function node of a * b (elementwise, broadcasting, one dtype).
+    Backward: gy * b for a and gy * a for b. Chainer: chainer.functions.math.basic_math.Mul.
+    """
     label = 'mul'
 
     def forward(self, inputs):
@@ -829,6 +846,9 @@ class Mul(Function):
 
 
 class MulConstant(Function):
+    """Function node of x * c for a scalar constant c; backward gy * c.
+    Chainer: chainer.functions.math.basic_math.MulConstant.
+    """
     label = 'mul'
 
     def __init__(self, constant):
@@ -842,6 +862,9 @@ class MulConstant(Function):
 
 
 class Div(Function):
+    """Function node of a / b (elementwise, broadcasting, one dtype).
+    Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
+    """
     label = 'div'
 
     def forward(self, inputs):
@@ -857,6 +880,9 @@ class Div(Function):
 
 
 class DivFromConstant(Function):
+    """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
+    Chainer: chainer.functions.math.basic_math.DivFromConstant.
+    """
     label = 'div'
 
     def __init__(self, constant):
@@ -871,6 +897,7 @@ class DivFromConstant(Function):
 
 
 class Neg(Function):
+    """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
     label = 'neg'
 
     def forward(self, inputs):
@@ -881,6 +908,10 @@ class Neg(Function):
 
 
 class Pow(Function):
+    """Function node of a ** b for two arrays of one dtype (broadcasting).
+    Backward: gy * b * a**(b-1) for a, gy * a**b * log(a) for b (0 where a <= 0).
+    Chainer: chainer.functions.math.basic_math.Pow.
+    """
     label = 'pow'
 
     def forward(self, inputs):
@@ -899,6 +930,9 @@ class Pow(Function):
 
 
 class PowConstantExponent(Function):
+    """Function node of x ** c for a scalar exponent c; backward gy * c * x**(c-1).
+    Chainer: chainer.functions.math.basic_math.PowVarConst.
+    """
     label = 'pow'
 
     def __init__(self, exponent):
@@ -913,6 +947,9 @@ class PowConstantExponent(Function):
 
 
 class PowConstantBase(Function):
+    """Function node of c ** x for a scalar base c; backward gy * c**x * log(c).
+    Chainer: chainer.functions.math.basic_math.PowConstVar.
+    """
     label = 'pow'
 
     def __init__(self, base):
@@ -943,26 +980,58 @@ def add(*xs):
 
 
 def sub(a, b):
+    """Elementwise difference a - b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a Python/NumPy scalar. Returns a Variable. Raises TypeError when the
+    dtypes differ. Also `a - b` on a Variable. Chainer: a - b on chainer.Variable.
+    """
     return _arithmetic(a, b, Sub, _subtract_constant, SubFromConstant)
 
 
 def mul(a, b):
+    """Elementwise product a * b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. Returns a Variable. Raises TypeError when the dtypes differ.
+    Also `a * b` on a Variable. Chainer: a * b on chainer.Variable.
+    """
     return _arithmetic(a, b, Mul, MulConstant, MulConstant)
 
 
 def div(a, b):
+    """Elementwise quotient a / b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. Returns a Variable. Raises TypeError when the dtypes differ.
+    Also `a / b` on a Variable. Chainer: a / b on chainer.Variable.
+    """
     return _arithmetic(a, b, Div, _divide_by_constant, DivFromConstant)
 
 
 def neg(x):
+    """Elementwise negation -x of a Variable or array; returns a Variable.
+    Chainer: -x on chainer.Variable.
+    """
     return Neg()(x)
 
 
 def pow(a, b):     # the builtin is restored after Chapter 5 (see there)
+    """Elementwise power a ** b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. The gradient for b is a**b * log(a), taken as 0 where a <= 0.
+    Returns a Variable. Raises TypeError when the dtypes differ.
+    Chainer: a ** b on chainer.Variable.
+    """
     return _arithmetic(a, b, Pow, PowConstantExponent, PowConstantBase)
 
 
 class MatMul(Function):
+    """Function node of matmul(a, b) (optionally transposing the last two axes
+    of either); backward dA = dY B^T, dB = A^T dY.
+    Chainer: chainer.functions.math.matmul.MatMul.
+    """
     label = 'matmul'
 
     def __init__(self, transa=False, transb=False):
@@ -998,12 +1067,21 @@ class MatMul(Function):
 
 
 def matmul(a, b, transa=False, transb=False):
+    """Matrix product of a and b, batched over leading axes.
+
+    a: (..., N, K) or (..., K, N) with transa; b: (..., K, M) or (..., M, K)
+    with transb; transa/transb (default False) transpose the last two axes
+    first. Both need 2 or more dimensions and one dtype; leading axes broadcast.
+    Returns a Variable of shape (..., N, M). Raises ValueError on shapes that do
+    not fit, TypeError on differing dtypes. Chainer: chainer.functions.matmul.
+    """
     return MatMul(transa, transb)(a, b)
 
 
 # ----- elementwise math --------------------------------------------------------
 
 class Exp(Function):
+    """Function node of y = e**x; backward gy * y. Chainer: chainer.functions.math.exponential.Exp."""
     label = 'exp'
 
     def forward(self, inputs):
@@ -1015,6 +1093,9 @@ class Exp(Function):
 
 
 class Log(Function):
+    """Function node of y = log(x) (natural log); backward gy / x.
+    Chainer: chainer.functions.math.exponential.Log.
+    """
     label = 'log'
 
     def forward(self, inputs):
@@ -1025,6 +1106,7 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """Function node of y = sqrt(x); backward gy / (2 y). Chainer: chainer.functions.math.sqrt."""
     label = 'sqrt'
 
     def forward(self, inputs):
@@ -1036,14 +1118,23 @@ class Sqrt(Function):
 
 
 def exp(x):
+    """Elementwise exponential e**x of a float Variable or array; returns a
+    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
+    """
     return Exp()(x)
 
 
 def log(x):
+    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
+    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
+    """
     return Log()(x)
 
 
 def sqrt(x):
+    """Elementwise square root of a float Variable or array; returns a Variable.
+    Chainer: chainer.functions.sqrt.
+    """
     return Sqrt()(x)
 
 
@@ -1068,6 +1159,9 @@ def _keepdims_shape(shape, axes):
 
 
 class Sum(Function):
+    """Function node of x.sum(axis, keepdims); backward broadcasts gy back
+    to x's shape. Chainer: chainer.functions.math.sum.Sum.
+    """
     label = 'sum'
 
     def __init__(self, axis=None, keepdims=False):
@@ -1085,6 +1179,10 @@ class Sum(Function):
 
 
 class Max(Function):
+    """Function node of x.max(axis, keepdims) (x.min with take_min=True).
+    Backward: gy goes to the element(s) equal to the result, 0 elsewhere
+    (ties each get gy). Chainer: chainer.functions.math.minmax.Max.
+    """
     label = 'max'
 
     def __init__(self, axis=None, keepdims=False, take_min=False):
@@ -1106,6 +1204,9 @@ class Max(Function):
 
 
 class Min(Max):
+    """Function node of x.min(axis, keepdims); see Max.
+    Chainer: chainer.functions.math.minmax.Min.
+    """
     label = 'min'
 
     def __init__(self, axis=None, keepdims=False):
@@ -1113,10 +1214,23 @@ class Min(Max):
 
 
 def sum(x, axis=None, keepdims=False):
+    """Sum of the elements of x over `axis`.
+
+    x: Variable or array. axis: None (default, all axes), an int or a tuple of
+    ints (negative counts from the end). keepdims (default False) keeps the
+    summed axes with size 1. Returns a Variable. Raises ValueError for an axis
+    out of bounds. Chainer: chainer.functions.sum.
+    """
     return Sum(axis, keepdims)(x)
 
 
 def mean(x, axis=None, weights=None, keepdims=False):
+    """Arithmetic mean of x over `axis`: sum(x, axis) / (number of elements summed).
+
+    x: Variable or array; axis: None (all), int or tuple; keepdims default
+    False. weights is not supported (NotImplementedError unless None).
+    Returns a Variable. Chainer: chainer.functions.mean.
+    """
     if weights is not None:
         raise NotImplementedError('mean: weights are not supported')
     data = as_array(x)
@@ -1126,10 +1240,18 @@ def mean(x, axis=None, weights=None, keepdims=False):
 
 
 def max(x, axis=None, keepdims=False):
+    """Maximum of x over `axis` (None: all axes; int or tuple), keepdims default
+    False. Returns a Variable; the gradient flows to the maximal element(s).
+    Raises ValueError for an axis out of bounds. Chainer: chainer.functions.max.
+    """
     return Max(axis, keepdims)(x)
 
 
 def min(x, axis=None, keepdims=False):
+    """Minimum of x over `axis` (None: all axes; int or tuple), keepdims default
+    False. Returns a Variable; the gradient flows to the minimal element(s).
+    Raises ValueError for an axis out of bounds. Chainer: chainer.functions.min.
+    """
     return Min(axis, keepdims)(x)
 
 
@@ -1137,6 +1259,9 @@ def min(x, axis=None, keepdims=False):
 # These only move numbers around, so backward moves the gradient back.
 
 class Reshape(Function):
+    """Function node of x.reshape(shape); backward reshapes gy back.
+    Chainer: chainer.functions.array.reshape.Reshape.
+    """
     label = 'reshape'
 
     def __init__(self, shape):
@@ -1156,6 +1281,9 @@ class Reshape(Function):
 
 
 class Transpose(Function):
+    """Function node of x.transpose(axes) (None: reverse the axes); backward
+    applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
+    """
     label = 'transpose'
 
     def __init__(self, axes=None):
@@ -1176,6 +1304,9 @@ class Transpose(Function):
 
 
 class BroadcastTo(Function):
+    """Function node of broadcast_to(x, shape); backward sums gy back to
+    x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
+    """
     label = 'broadcast_to'
 
     def __init__(self, shape):
@@ -1194,6 +1325,9 @@ class BroadcastTo(Function):
 
 
 class Concat(Function):
+    """Function node of concatenate(xs, axis); backward splits gy at the
+    input boundaries. Chainer: chainer.functions.array.concat.Concat.
+    """
     label = 'concat'
 
     def __init__(self, axis=1):
@@ -1217,6 +1351,9 @@ class Concat(Function):
 
 
 class Stack(Function):
+    """Function node of stack(xs, axis); backward takes each slice of gy.
+    Chainer: chainer.functions.array.stack.
+    """
     label = 'stack'
 
     def __init__(self, axis=0):
@@ -1235,6 +1372,9 @@ class Stack(Function):
 
 
 class GetItem(Function):
+    """Function node of x[slices]; backward scatters gy into zeros of x's
+    shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
+    """
     label = 'get_item'
 
     def __init__(self, slices):
@@ -1253,32 +1393,64 @@ class GetItem(Function):
 
 
 def reshape(x, shape):
+    """x with a new shape of the same size (no copy where NumPy needs none).
+
+    shape: tuple of ints, one of them may be -1. Returns x itself as a Variable
+    when the shape is unchanged (no graph node, as in Chainer). Raises
+    ValueError when the sizes differ. Chainer: chainer.functions.reshape.
+    """
     if tuple(shape) == as_array(x).shape:
         return as_variable(x)     # as in Chainer: no op, no graph node
     return Reshape(shape)(x)
 
 
 def transpose(x, axes=None):
+    """x with its axes permuted: axes None (default) reverses them, else a
+    permutation of range(x.ndim). Returns a Variable. Raises ValueError for an
+    axes tuple that is not a permutation. Chainer: chainer.functions.transpose.
+    """
     return Transpose(axes)(x)
 
 
 def broadcast_to(x, shape):
+    """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
+    back. Returns a Variable. Raises ValueError when x cannot be broadcast.
+    Chainer: chainer.functions.broadcast_to.
+    """
     return BroadcastTo(shape)(x)
 
 
 def concat(xs, axis=1):
+    """Join the Variables/arrays in the sequence `xs` along `axis` (default 1).
+
+    All inputs need one dtype and equal sizes on every other axis. Returns a
+    Variable. Raises ValueError for shapes that do not fit, TypeError for mixed
+    dtypes. Chainer: chainer.functions.concat.
+    """
     return Concat(axis)(*xs)
 
 
 def stack(xs, axis=0):
+    """Stack the Variables/arrays in `xs` along a new axis `axis` (default 0).
+
+    All inputs need one shape and one dtype. Returns a Variable with one more
+    dimension. Raises ValueError/TypeError otherwise. Chainer: chainer.functions.stack.
+    """
     return Stack(axis)(*xs)
 
 
 def flatten(x):
+    """x reshaped to one dimension of x.size elements; returns a Variable.
+    Chainer: chainer.functions.flatten.
+    """
     return reshape(x, (as_array(x).size,))
 
 
 def expand_dims(x, axis):
+    """x with a new axis of size 1 inserted at `axis` (-ndim-1 <= axis <= ndim).
+    Returns a Variable. Raises ValueError for an axis out of bounds.
+    Chainer: chainer.functions.expand_dims.
+    """
     shape = list(as_array(x).shape)
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError('expand_dims: axis {} is out of bounds for shape {}'
@@ -1288,6 +1460,10 @@ def expand_dims(x, axis):
 
 
 def squeeze(x, axis=None):
+    """x without axes of size 1: all of them (axis None, default) or the given
+    int/tuple `axis`. Returns a Variable. Raises ValueError when a given axis has
+    a size other than 1. Chainer: chainer.functions.squeeze.
+    """
     shape = as_array(x).shape
     axes = _normalize_axis(axis, len(shape), 'squeeze')
     if axes is None:
@@ -1300,6 +1476,11 @@ def squeeze(x, axis=None):
 
 
 def get_item(x, slices):
+    """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
+    arrays, as NumPy indexes (a list of ints is taken as an integer array).
+    The gradient of an element picked twice is the sum of both.
+    Chainer: chainer.functions.get_item (also `x[...]` on a Variable).
+    """
     if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
         slices = np.asarray(slices)   # a list of ints is fancy indexing
     return GetItem(slices)(x)
@@ -1308,6 +1489,9 @@ def get_item(x, slices):
 # ----- activations ---------------------------------------------------------------
 
 class ReLU(Function):
+    """Function node of y = max(x, 0); backward gy where y > 0, else 0.
+    Chainer: chainer.functions.activation.relu.ReLU.
+    """
     label = 'relu'
 
     def forward(self, inputs):
@@ -1322,6 +1506,9 @@ class ReLU(Function):
 
 
 class LeakyReLU(Function):
+    """Function node of y = x where x >= 0, else slope * x; backward gy or
+    slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
+    """
     label = 'leaky_relu'
 
     def __init__(self, slope):
@@ -1338,6 +1525,9 @@ class LeakyReLU(Function):
 
 
 class Sigmoid(Function):
+    """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
+    cannot overflow); backward gy * y * (1 - y). Chainer: chainer.functions.activation.sigmoid.Sigmoid.
+    """
     label = 'sigmoid'
 
     def forward(self, inputs):
@@ -1353,6 +1543,9 @@ class Sigmoid(Function):
 
 
 class Tanh(Function):
+    """Function node of y = tanh(x); backward gy * (1 - y**2).
+    Chainer: chainer.functions.activation.tanh.Tanh.
+    """
     label = 'tanh'
 
     def forward(self, inputs):
@@ -1364,18 +1557,30 @@ class Tanh(Function):
 
 
 def relu(x):
+    """Rectified linear unit max(x, 0), elementwise, of a float Variable or array.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.relu.
+    """
     return ReLU()(x)
 
 
 def leaky_relu(x, slope=0.2):
+    """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
+    """
     return LeakyReLU(slope)(x)
 
 
 def sigmoid(x):
+    """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
+    """
     return Sigmoid()(x)
 
 
 def tanh(x):
+    """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
+    dtype. Chainer: chainer.functions.tanh.
+    """
     return Tanh()(x)
 
 
@@ -1394,6 +1599,9 @@ def _log_sum_exp(x, axis):
 
 
 class Softmax(Function):
+    """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
+    Chainer: chainer.functions.activation.softmax.Softmax.
+    """
     label = 'softmax'
 
     def __init__(self, axis=1):
@@ -1414,6 +1622,9 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    """Function node of y = x - log(sum(exp(x), axis)); backward
+    gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
+    """
     label = 'log_softmax'
 
     def __init__(self, axis=1):
@@ -1430,10 +1641,19 @@ class LogSoftmax(Function):
 
 
 def softmax(x, axis=1):
+    """Softmax along `axis` (default 1): exp(x) / sum(exp(x), axis), computed after
+    subtracting the maximum so it cannot overflow. x: float Variable or array,
+    e.g. scores of shape (N, C). Returns a Variable of x's shape whose values
+    along `axis` sum to 1. Chainer: chainer.functions.softmax.
+    """
     return Softmax(axis)(x)
 
 
 def log_softmax(x, axis=1):
+    """log(softmax(x, axis)) computed as x - max - log(sum(exp(x - max))): exact
+    even where softmax rounds to 0. axis default 1. Returns a Variable of x's
+    shape. Chainer: chainer.functions.log_softmax.
+    """
     return LogSoftmax(axis)(x)
 
 
@@ -1442,6 +1662,10 @@ def log_softmax(x, axis=1):
 # with more than two axes (images) are flattened after the batch axis.
 
 class LinearFunction(Function):
+    """Function node of y = x W^T (+ b). Backward: gx = gy W (skipped when x needs
+    no gradient), gW = gy^T x, gb = sum(gy, axis=0).
+    Chainer: chainer.functions.connection.linear.LinearFunction.
+    """
     label = 'linear'
 
     def forward(self, inputs):
@@ -1481,6 +1705,15 @@ class LinearFunction(Function):
 
 
 def linear(x, W, b=None, n_batch_axes=1):
+    """Fully connected layer y = x W^T + b.
+
+    x: (N, in_size), or (N, ...) flattened to (N, in_size); W: (out_size,
+    in_size) of x's dtype; b: (out_size,) or None (default, no bias).
+    n_batch_axes must be 1 (default; other values raise NotImplementedError).
+    Returns a Variable of shape (N, out_size). Raises ValueError for shapes
+    that do not fit and TypeError when x and W differ in dtype.
+    Chainer: chainer.functions.linear.
+    """
     if n_batch_axes != 1:
         raise NotImplementedError('linear: only n_batch_axes=1 is supported')
     if b is None:
@@ -1491,6 +1724,10 @@ def linear(x, W, b=None, n_batch_axes=1):
 # ----- dropout -----------------------------------------------------------------
 
 class Dropout(Function):
+    """Function node of dropout: y = x * mask, where mask is 0 with probability
+    `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
+    Chainer: chainer.functions.noise.dropout.Dropout.
+    """
     label = 'dropout'
 
     def __init__(self, ratio):
@@ -1513,6 +1750,13 @@ class Dropout(Function):
 
 
 def dropout(x, ratio=.5):
+    """Randomly zero elements of x with probability `ratio` (default .5) and scale
+    the rest by 1/(1 - ratio), so the expected value is unchanged.
+
+    Only while config.train is True; otherwise (and for ratio 0) x is returned
+    as it is, as a Variable. Raises ValueError unless 0 <= ratio < 1.
+    Chainer: chainer.functions.dropout.
+    """
     if not 0.0 <= ratio < 1.0:
         raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
     if not config.train or ratio == 0.0:
@@ -1530,6 +1774,11 @@ def dropout(x, ratio=.5):
 # log of a softmax that rounded to zero.
 
 class SoftmaxCrossEntropy(Function):
+    """Function node of softmax cross entropy: the loss -log softmax(x)[t] per
+    row, averaged (reduce='mean') or not (reduce='no'). Backward
+    (softmax(x) - onehot(t)) * weight / count.
+    Chainer: chainer.functions.loss.softmax_cross_entropy.SoftmaxCrossEntropy.
+    """
     label = 'softmax_cross_entropy'
 
     def __init__(self, normalize=True, ignore_label=-1, reduce='mean',
@@ -1601,6 +1850,21 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
                           soft_target_loss='cross-entropy'):
+    """Cross entropy of softmax(x) against integer labels t.
+
+        loss_n = -log softmax(x_n)[t_n]  (times class_weight[t_n] if given)
+
+    x: float scores (N, C) or (N, C, d1, ...); t: integer labels (N,) or
+    (N, d1, ...), each in [0, C) or equal to ignore_label (default -1, such
+    rows count 0). reduce='mean' (default) returns the scalar sum of losses
+    divided by the number of non-ignored labels (normalize=True, default) or by
+    N (normalize=False); reduce='no' returns the per-example losses, of t's
+    shape. class_weight: (C,) array or None. cache_score,
+    enable_double_backprop and soft_target_loss are accepted for Chainer's
+    signature and have no effect. Raises TypeError for non-float x or
+    non-integer t, ValueError for mismatched shapes, out-of-range labels or an
+    unknown reduce. Chainer: chainer.functions.softmax_cross_entropy.
+    """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
                          "got {!r}".format(reduce))
@@ -1608,6 +1872,10 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
 
 
 class MeanSquaredError(Function):
+    """Function node of mean((a - b)**2) over all elements; backward
+    2 (a - b) gy / size for a, its negative for b.
+    Chainer: chainer.functions.loss.mean_squared_error.MeanSquaredError.
+    """
     label = 'mean_squared_error'
 
     def forward(self, inputs):
@@ -1626,6 +1894,12 @@ class MeanSquaredError(Function):
 
 
 def mean_squared_error(x0, x1):
+    """Mean squared error sum((x0 - x1)**2) / x0.size, as a scalar Variable.
+
+    x0, x1: float Variables or arrays of one shape and one dtype. Raises
+    ValueError for differing shapes, TypeError for differing dtypes.
+    Chainer: chainer.functions.mean_squared_error.
+    """
     return MeanSquaredError()(x0, x1)
 
 
@@ -1649,6 +1923,9 @@ def accuracy(y, t, ignore_label=None):
 
 
 class Identity(Function):
+    """Function node that returns its inputs unchanged and passes the gradients
+    back unchanged. Chainer: chainer.functions.array.identity.Identity.
+    """
     label = 'identity'
 
     def forward(self, inputs):
@@ -1659,6 +1936,10 @@ class Identity(Function):
 
 
 def identity(*inputs):
+    """Return the inputs unchanged as new Variables (a node in the graph, no
+    copy of the data): one Variable for one input, else a tuple.
+    Chainer: chainer.functions.identity.
+    """
     return Identity()(*inputs)
 
 
@@ -1670,10 +1951,16 @@ def identity(*inputs):
 # x.__rsub__ and x.__rtruediv__) put the operands back in order first.
 
 def _reshape_method(self, *shape):
+    """x.reshape(*shape) or x.reshape(shape): F.reshape on this Variable.
+    Chainer: chainer.Variable.reshape.
+    """
     return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
 
 def _transpose_method(self, *axes):
+    """x.transpose(*axes), x.transpose(axes) or x.transpose() (reverse the axes):
+    F.transpose on this Variable. Chainer: chainer.Variable.transpose.
+    """
     if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
         axes = axes[0]
     return transpose(self, axes or None)
@@ -1681,7 +1968,8 @@ def _transpose_method(self, *axes):
 
 Variable.reshape = _reshape_method
 Variable.transpose = _transpose_method
-Variable.T = property(lambda self: transpose(self))
+Variable.T = property(lambda self: transpose(self),
+                      doc='x.T: the transpose of x, axes reversed (F.transpose). Chainer: chainer.Variable.T.')
 Variable.__getitem__ = lambda self, slices: get_item(self, slices)
 Variable.__neg__ = neg
 Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
@@ -1721,6 +2009,10 @@ del sum, max, min, pow
 # tree is what optimizers walk and what serializers save.
 
 def _get_fans(shape):
+    """(fan_in, fan_out) of a weight shape (out, in, *kernel): in * prod(kernel)
+    and out * prod(kernel). Raises ValueError for fewer than 2 dimensions.
+    Chainer: chainer.initializer.get_fans.
+    """
     if len(shape) < 2:
         raise ValueError('initializer: fan in/out need a shape with 2 or more '
                          'dimensions, got {}'.format(shape))
@@ -1742,10 +2034,15 @@ class Initializer:
         return _xp(array).random if self.rng is None else self.rng
 
     def __call__(self, array):
+        """Fill `array` (a NumPy or CuPy array) in place; returns None."""
         raise NotImplementedError
 
 
 class Constant(Initializer):
+    """Initializer that fills with `fill_value`: a scalar, or an array of the
+    parameter's shape (copied to the array's device). dtype: default None
+    (config.dtype). Chainer: chainer.initializers.Constant.
+    """
     def __init__(self, fill_value, dtype=None):
         super().__init__(dtype)
         self.fill_value = fill_value
@@ -1756,21 +2053,32 @@ class Constant(Initializer):
 
 
 class Zero(Constant):
+    """Initializer that fills with 0. Chainer: chainer.initializers.Zero."""
     def __init__(self, dtype=None):
         super().__init__(0.0, dtype)
 
 
 class One(Constant):
+    """Initializer that fills with 1. Chainer: chainer.initializers.One."""
     def __init__(self, dtype=None):
         super().__init__(1.0, dtype)
 
 
 class NaN(Constant):
+    """Initializer that fills with NaN: the placeholder of a parameter whose
+    values are to come from elsewhere (a file, copyparams), so that forgetting
+    them shows. Chainer: chainer.initializers.NaN.
+    """
     def __init__(self, dtype=None):
         super().__init__(np.nan, dtype)
 
 
 class Normal(Initializer):
+    """Initializer drawing from the normal distribution N(0, scale**2).
+    scale: standard deviation, default 0.05; dtype: default None (config.dtype);
+    rng: a numpy.random.RandomState-like generator, default None (the array
+    module's global one). Chainer: chainer.initializers.Normal.
+    """
     def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype, rng)
         self.scale = scale
@@ -1780,6 +2088,9 @@ class Normal(Initializer):
 
 
 class Uniform(Initializer):
+    """Initializer drawing from the uniform distribution U(-scale, scale).
+    scale default 0.05; dtype, rng as for Normal. Chainer: chainer.initializers.Uniform.
+    """
     def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype, rng)
         self.scale = scale
@@ -1789,7 +2100,11 @@ class Uniform(Initializer):
 
 
 class LeCunNormal(Initializer):
-    """N(0, scale^2 / fan_in)."""
+    """Initializer drawing from N(0, scale**2 / fan_in) (LeCun).
+    scale default 1.0; dtype, rng as for Normal; the array needs 2 or more
+    dimensions (ValueError otherwise). The default initialW of L.Linear.
+    Chainer: chainer.initializers.LeCunNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -1801,7 +2116,10 @@ class LeCunNormal(Initializer):
 
 
 class HeNormal(Initializer):
-    """N(0, scale^2 * 2 / fan), for ReLU networks."""
+    """Initializer drawing from N(0, scale**2 * 2 / fan) (He), for ReLU networks.
+    fan_option: 'fan_in' (default) or 'fan_out'; scale default 1.0; dtype, rng
+    as for Normal. Chainer: chainer.initializers.HeNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, fan_option='fan_in', rng=None):
         super().__init__(dtype, rng)
@@ -1815,7 +2133,9 @@ class HeNormal(Initializer):
 
 
 class GlorotNormal(Initializer):
-    """N(0, scale^2 * 2 / (fan_in + fan_out))."""
+    """Initializer drawing from N(0, scale**2 * 2 / (fan_in + fan_out)) (Glorot).
+    scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -1827,7 +2147,9 @@ class GlorotNormal(Initializer):
 
 
 class GlorotUniform(Initializer):
-    """U(-s, s) with s = scale * sqrt(6 / (fan_in + fan_out))."""
+    """Initializer drawing from U(-s, s), s = scale * sqrt(6 / (fan_in + fan_out)).
+    scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotUniform.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -1852,6 +2174,12 @@ def _get_initializer(spec, default=None):
 
 
 def generate_array(initializer, shape, xp, dtype=None, device=None):
+    """Return a new array of `shape` on `xp` (numpy or cupy), filled by `initializer`.
+
+    dtype: default the initializer's dtype, else config.dtype; device: if given,
+    overrides xp. Raises ValueError when a Constant holds an array of another
+    shape. Chainer: chainer.initializers.generate_array.
+    """
     dtype = np.dtype(dtype or getattr(initializer, 'dtype', None) or config.dtype)
     if device is not None:
         xp = get_device(device).xp
@@ -1889,9 +2217,16 @@ class Parameter(Variable):
 
     @property
     def is_initialized(self):
+        """True once the parameter has data (a lazily shaped one has None
+        until its first initialize). Chainer: chainer.Parameter.is_initialized.
+        """
         return self.data is not None
 
     def initialize(self, shape, xp=np):
+        """Create the data: a new array of `shape` (int or tuple) on `xp`
+        (default numpy) filled by the parameter's initializer; clears the gradient.
+        Chainer: chainer.Parameter.initialize.
+        """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
         self._grad = None
@@ -1923,6 +2258,10 @@ class Link:
 
     @contextlib.contextmanager
     def init_scope(self):
+        """Context manager: Parameters (and, in a Chain, Links) assigned as
+        attributes inside it are registered with this link and named after the
+        attribute. Chainer: chainer.Link.init_scope.
+        """
         old = self._within_init_scope
         object.__setattr__(self, '_within_init_scope', True)
         try:
@@ -1932,6 +2271,7 @@ class Link:
 
     @property
     def within_init_scope(self):
+        """True inside `with self.init_scope():`. Chainer: chainer.Link.within_init_scope."""
         return self._within_init_scope
 
     def __setattr__(self, name, value):
@@ -1948,6 +2288,10 @@ class Link:
         object.__delattr__(self, name)
 
     def add_param(self, name, shape=None, dtype=np.float32, initializer=None):
+        """Register a new Parameter `name`: of `shape` (None: uninitialized until
+        set), dtype default float32, filled by `initializer` (default NaN).
+        Raises AttributeError if the attribute exists. Chainer: chainer.Link.add_param.
+        """
         if name in self.__dict__:
             raise AttributeError('add_param: {!r} already exists on {}'.format(
                 name, type(self).__name__))
@@ -1958,19 +2302,33 @@ class Link:
             setattr(self, name, param)
 
     def add_persistent(self, name, value):
+        """Register `value` as a persistent attribute `name`: saved and loaded by
+        serializers and moved by to_device (arrays), but not updated by optimizers.
+        Raises AttributeError if the attribute exists. Chainer: chainer.Link.add_persistent.
+        """
         if name in self.__dict__:
             raise AttributeError('add_persistent: {!r} already exists'.format(name))
         self._persistent.append(name)
         object.__setattr__(self, name, value)
 
-    register_persistent = lambda self, name: self._persistent.append(name)
+    def register_persistent(self, name):
+        """Register the existing attribute `name` as persistent (see
+        add_persistent). Chainer: chainer.Link.register_persistent."""
+        self._persistent.append(name)
 
     # ----- walking the tree -----
     def params(self, include_uninit=True):
+        """Iterate over the Parameters of this link and of all its descendants
+        (include_uninit default True: also those without data).
+        Chainer: chainer.Link.params.
+        """
         for _, param in self.namedparams(include_uninit):
             yield param
 
     def namedparams(self, include_uninit=True):
+        """Iterate over (path, Parameter) pairs, paths like '/l1/W', sorted by name
+        within each link; include_uninit as in params. Chainer: chainer.Link.namedparams.
+        """
         # Sorted by name, as in Chainer: the order then does not depend on the
         # order of assignment in __init__.
         for name in sorted(self._params):
@@ -1979,25 +2337,43 @@ class Link:
                 yield '/' + name, param
 
     def links(self, skipself=False):
+        """Iterate over this link (unless skipself) and all its descendants.
+        Chainer: chainer.Link.links.
+        """
         for _, link in self.namedlinks(skipself):
             yield link
 
     def namedlinks(self, skipself=False):
+        """Iterate over (path, Link) pairs: '/' for this link (unless skipself),
+        '/l1', '/l1/l2' ... for descendants. Chainer: chainer.Link.namedlinks.
+        """
         if not skipself:
             yield '/', self
 
     def children(self):
+        """Iterate over the direct child links (none for a plain Link).
+        Chainer: chainer.Link.children.
+        """
         return iter(())
 
     def count_params(self):
+        """The total number of elements (an int) of the initialized parameters.
+        Chainer: chainer.Link.count_params.
+        """
         return int(np.sum([p.size for p in self.params() if p.data is not None]))
 
     # ----- gradients -----
     def cleargrads(self):
+        """Set the gradient of every parameter to None (the next backward then
+        writes instead of adding). Chainer: chainer.Link.cleargrads.
+        """
         for param in self.params():
             param.cleargrad()
 
     def zerograds(self):
+        """Set the gradient of every parameter to zeros (deprecated in Chainer in
+        favour of cleargrads). Chainer: chainer.Link.zerograds.
+        """
         for param in self.params():
             param.zerograd()
 
@@ -2049,11 +2425,17 @@ class Link:
                    for param in self.params())
 
     def enable_update(self):
+        """Let the optimizer update this link's parameters again (after
+        disable_update). Chainer: chainer.Link.enable_update.
+        """
         for param in self.params():
             if param.update_rule is not None:
                 param.update_rule.enabled = True
 
     def disable_update(self):
+        """Freeze this link's parameters: the optimizer skips them until
+        enable_update. Chainer: chainer.Link.disable_update.
+        """
         for param in self.params():
             if param.update_rule is not None:
                 param.update_rule.enabled = False
@@ -2061,15 +2443,23 @@ class Link:
     # ----- devices -----
     @property
     def device(self):
+        """The Device of the parameters (CPU for a link without initialized ones,
+        unless to_device chose another). Chainer: chainer.Link.device.
+        """
         for param in self.params(include_uninit=False):
             return _device_of(param.data)
         return getattr(self, '_device', CpuDevice())
 
     @property
     def xp(self):
+        """The array module of the link's device: numpy or cupy. Chainer: chainer.Link.xp."""
         return self.device.xp
 
     def to_device(self, device):
+        """Move every parameter, gradient and persistent array of this link and
+        its descendants to `device` (a Device or a spec such as '@numpy',
+        '@cupy:0', 0, -1); returns self. Chainer: chainer.Link.to_device.
+        """
         device = get_device(device)
         for link in self.links():
             object.__setattr__(link, '_device', device)
@@ -2082,13 +2472,23 @@ class Link:
         return self
 
     def to_cpu(self):
+        """Move the link to the CPU (to_device('@numpy')); returns self.
+        Chainer: chainer.Link.to_cpu.
+        """
         return self.to_device(CpuDevice())
 
     def to_gpu(self, device=None):
+        """Move the link to GPU `device` (default: the current one); returns self.
+        Needs CuPy. Chainer: chainer.Link.to_gpu.
+        """
         return self.to_device(_current_gpu() if device is None else device)
 
     # ----- saving (Chapter 8) -----
     def serialize(self, serializer):
+        """Save or load the parameters and persistent values through `serializer`
+        (Chapter 8); an uninitialized parameter takes its shape from the file.
+        Chainer: chainer.Link.serialize.
+        """
         for name in self._params:
             param = self.__dict__[name]
             value = serializer(name, param.data)
@@ -2099,13 +2499,18 @@ class Link:
             object.__setattr__(self, name, serializer(name, self.__dict__[name]))
 
     def __call__(self, *args, **kwargs):
+        """Run forward(*args, **kwargs) and return its result. Chainer: chainer.Link.__call__."""
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
+        """The computation of the link; subclasses define it. Raises
+        NotImplementedError on a plain Link. Chainer: chainer.Link.forward.
+        """
         raise NotImplementedError('{}.forward is not implemented'.format(
             type(self).__name__))
 
     def repeat(self, n_repeat, mode='init'):
+        """Not supported: raises NotImplementedError. Chainer: chainer.Link.repeat."""
         raise NotImplementedError('Link.repeat is not supported')
 
 
@@ -2140,6 +2545,10 @@ class Chain(Link):
         return getattr(self, name)
 
     def add_link(self, name, link):
+        """Register `link` as the child `name` (Chainer's older style; the same
+        as assigning it inside init_scope). Raises AttributeError if the attribute
+        exists. Chainer: chainer.Chain.add_link.
+        """
         if name in self.__dict__:
             raise AttributeError('add_link: {!r} already exists on {}'.format(
                 name, type(self).__name__))
@@ -2179,7 +2588,10 @@ class Chain(Link):
 
 
 class ChainList(Link):
-    """A link made of an ordered list of child links, named '0', '1', ..."""
+    """A link made of an ordered list of child links, named '0', '1', ...:
+    ChainList(link0, link1) or append(link). Indexing, len() and iteration
+    give the children. Chainer: chainer.ChainList.
+    """
 
     def __init__(self, *links):
         super().__init__()
@@ -2193,6 +2605,9 @@ class ChainList(Link):
         super().__setattr__(name, value)
 
     def add_link(self, link):
+        """Append `link` as the next child, named str(index).
+        Chainer: chainer.ChainList.add_link (also `append`).
+        """
         link.name = str(len(self._children))
         self._children.append(link)
 
@@ -2238,8 +2653,16 @@ class ChainList(Link):
 
 
 class Linear(Link):
-    """y = x W^T + b.  Linear(None, n) or Linear(n) learns in_size at the
-    first call, from the input's shape."""
+    """Fully connected layer: y = x W^T + b.
+
+    Linear(in_size, out_size), or Linear(out_size) / Linear(None, out_size) to
+    take in_size from the first input. Parameters: W of shape (out_size,
+    in_size) and b of shape (out_size,). nobias (default False): no b.
+    initialW: initializer, scalar or array for W (default LeCunNormal());
+    initial_bias: the same for b (default 0). Calling it: x of shape (N,
+    in_size) (or (N, ...), flattened) -> (N, out_size).
+    Chainer: chainer.links.Linear.
+    """
 
     def __init__(self, in_size, out_size=None, nobias=False, initialW=None,
                  initial_bias=None):
@@ -2255,6 +2678,10 @@ class Linear(Link):
                 _get_initializer(initial_bias, Zero()), out_size)
 
     def forward(self, x, n_batch_axes=1):
+        """Return linear(x, W, b): x of shape (N, in_size) or (N, ...) flattened;
+        on the first call a lazily sized W takes in_size from x.
+        n_batch_axes must be 1. Chainer: chainer.links.Linear.forward.
+        """
         if self.W.data is None:
             data = as_array(x)
             self.W.initialize((self.out_size, data.size // data.shape[0]), _xp(data))
@@ -2262,7 +2689,16 @@ class Linear(Link):
 
 
 class Classifier(Chain):
-    """Wraps a predictor: computes its loss and accuracy and reports both."""
+    """A Chain that computes the loss (and accuracy) of `predictor` and reports
+    them.
+
+    Calling classifier(x, t) returns lossfun(predictor(x), t) and reports
+    'loss' and, while compute_accuracy (default True), 'accuracy' =
+    accfun(y, t). lossfun default F.softmax_cross_entropy, accfun default
+    F.accuracy. label_key: which argument is the label, an int position
+    (default -1, the last) or a keyword name; the others go to the predictor.
+    Chainer: chainer.links.Classifier.
+    """
 
     compute_accuracy = True
 
@@ -2277,6 +2713,12 @@ class Classifier(Chain):
             self.predictor = predictor
 
     def forward(self, *args, **kwargs):
+        """Compute predictor(*args) and the loss against the label argument;
+        returns the loss Variable. Also sets self.y, self.loss and (if
+        compute_accuracy) self.accuracy, and reports 'loss' and 'accuracy' under
+        this link's observer name. Raises ValueError for a label_key out of range.
+        Chainer: chainer.links.Classifier.forward.
+        """
         if isinstance(self.label_key, int):
             if not -len(args) <= self.label_key < len(args):
                 raise ValueError('Classifier: label_key {} is out of range for {} '
@@ -2318,7 +2760,11 @@ links = _submodule('links', Linear=Linear, Classifier=Classifier)
 # `optimizer.lr = 0.1` reaches every rule.
 
 class Hyperparameter:
-    """Attribute bag that falls back to its parent's attributes."""
+    """Attribute bag of hyperparameters (lr, beta1, ...) that falls back to
+    its parent's attributes, so an update rule reads the optimizer's values
+    unless it sets its own. Raises AttributeError for a name set nowhere.
+    Chainer: chainer.optimizer.Hyperparameter.
+    """
 
     def __init__(self, parent=None):
         object.__setattr__(self, '_parent', parent)
@@ -2331,6 +2777,9 @@ class Hyperparameter:
         return getattr(self._parent, name)
 
     def get_dict(self):
+        """A dict of all hyperparameters, the parent's first, overridden by
+        this object's own. Chainer: chainer.optimizer.Hyperparameter.get_dict.
+        """
         d = {} if self._parent is None else self._parent.get_dict()
         d.update({k: v for k, v in vars(self).items() if k != '_parent'})
         return d
@@ -2350,7 +2799,12 @@ class _HyperparameterProxy:
 
 
 class UpdateRule:
-    """How one parameter is updated; `state` holds its arrays (e.g. m, v)."""
+    """How one parameter is updated. `hyperparam` reads the optimizer's
+    values unless set here; `state` (None until the first update) holds the
+    rule's arrays (e.g. m, v); `t` counts this rule's updates; `enabled`
+    False skips them. Subclasses define init_state and update_core (or
+    update_core_cpu / update_core_gpu). Chainer: chainer.UpdateRule.
+    """
 
     _state_from_file = False     # set by serialize: the state is host arrays
 
@@ -2371,9 +2825,17 @@ class UpdateRule:
         self._hooks[name or getattr(hook, 'name', type(hook).__name__)] = (hook, timing)
 
     def remove_hook(self, name):
+        """Remove the hook registered as `name` (KeyError if there is none).
+        Chainer: chainer.UpdateRule.remove_hook.
+        """
         del self._hooks[name]
 
     def update(self, param):
+        """Update `param` (a Parameter) from its gradient: count t, create the
+        state on first use, run the 'pre' hooks, update_core, the 'post' hooks.
+        Does nothing while disabled or when param.grad is None.
+        Chainer: chainer.UpdateRule.update.
+        """
         if not self.enabled or param.grad is None:
             return             # nothing to learn from: leave param and state alone
         self.t += 1
@@ -2398,20 +2860,33 @@ class UpdateRule:
                 hook(self, param)
 
     def init_state(self, param):
+        """Create the rule's state arrays in self.state (a dict), shaped like
+        param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
+        """
         pass
 
     # A rule writes update_core, or, as Chainer also allows, one method per device.
     def update_core(self, param):
+        """Update param.data in place from param.grad. The base
+        implementation calls update_core_cpu or update_core_gpu by the array type;
+        a rule overrides either this or those. Chainer: chainer.UpdateRule.update_core.
+        """
         if isinstance(param.data, np.ndarray):
             self.update_core_cpu(param)
         else:
             self.update_core_gpu(param)
 
     def update_core_cpu(self, param):
+        """update_core for NumPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_cpu.
+        """
         raise NotImplementedError('{}: define update_core or update_core_cpu'.format(
             type(self).__name__))
 
     def update_core_gpu(self, param):
+        """update_core for CuPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_gpu.
+        """
         raise NotImplementedError('{}: define update_core or update_core_gpu'.format(
             type(self).__name__))
 
@@ -2423,6 +2898,9 @@ class UpdateRule:
         return list(probe.state)
 
     def serialize(self, serializer):
+        """Save or load t and the state arrays; a rule without state loads
+        them from the file if it holds all of them. Chainer: chainer.UpdateRule.serialize.
+        """
         self.t = serializer('t', self.t)
         if self.state is None:
             if not isinstance(serializer, Deserializer):
@@ -2439,10 +2917,14 @@ class UpdateRule:
 
 
 class Optimizer:
-    """Updates the parameters of its target link.
+    """Updates the parameters of its target link:
 
         optimizer = optimizers.Adam().setup(model)
         optimizer.update(model, x, t)      # cleargrads, loss, backward, update
+
+    `t` counts updates, `epoch` epochs; hyperparameters live in `hyperparam`
+    and are also attributes (optimizer.lr = 0.1 reaches every rule).
+    Chainer: chainer.Optimizer (and chainer.GradientMethod).
     """
 
     target = None
@@ -2455,6 +2937,10 @@ class Optimizer:
         self._hooks = collections.OrderedDict()
 
     def setup(self, link):
+        """Make `link` (a Link) the target and give each of its parameters a new
+        update rule; resets t and epoch. Returns self. Raises TypeError for a
+        non-Link. Chainer: chainer.Optimizer.setup.
+        """
         if not isinstance(link, Link):
             raise TypeError('{}.setup: expected a Link, got {}'.format(
                 type(self).__name__, type(link).__name__))
@@ -2466,6 +2952,9 @@ class Optimizer:
         return self
 
     def create_update_rule(self):
+        """A new UpdateRule for one parameter; each optimizer defines it.
+        Chainer: chainer.GradientMethod.create_update_rule.
+        """
         raise NotImplementedError
 
     def _check_setup(self):
@@ -2516,9 +3005,16 @@ class Optimizer:
         self._hooks[name] = (hook, timing)
 
     def remove_hook(self, name):
+        """Remove the optimizer hook registered as `name` (KeyError if none).
+        Chainer: chainer.Optimizer.remove_hook.
+        """
         del self._hooks[name]
 
     def call_hooks(self, timing='pre'):
+        """Run the hooks of `timing` ('pre', default, or 'post'): per-parameter
+        hooks (call_for_each_param) on every parameter that has a gradient and an
+        enabled rule, others once with the optimizer. Chainer: chainer.Optimizer.call_hooks.
+        """
         for hook, hook_timing in list(self._hooks.values()):
             if hook_timing != timing:
                 continue
@@ -2530,9 +3026,15 @@ class Optimizer:
                 hook(self)
 
     def use_cleargrads(self, use=True):
+        """Accepted for Chainer 1 code; does nothing (gradients are always cleared
+        to None). Chainer: chainer.Optimizer.use_cleargrads.
+        """
         pass     # Chainer-1 compatibility: grads are always cleared to None
 
     def serialize(self, serializer):
+        """Save or load t, epoch and every parameter's update-rule state, under
+        the parameter's path. Chainer: chainer.Optimizer.serialize.
+        """
         self.t = serializer('t', self.t)
         self.epoch = serializer('epoch', self.epoch)
         for name, param in self.target.namedparams():
@@ -2544,11 +3046,15 @@ GradientMethod = Optimizer
 
 
 class SGDRule(UpdateRule):
+    """Update rule of SGD: p -= lr * grad. Chainer: chainer.optimizers.sgd.SGDRule."""
     def update_core(self, param):                  # p -= lr * grad
         param.data -= self.hyperparam.lr * param.grad
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent: p -= lr * grad for every parameter.
+    lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD.
+    """
     lr = _HyperparameterProxy('lr')
 
     def __init__(self, lr=0.01):
@@ -2560,6 +3066,9 @@ class SGD(Optimizer):
 
 
 class MomentumSGDRule(UpdateRule):
+    """Update rule of MomentumSGD: v = momentum * v - lr * grad; p += v.
+    State: v. Chainer: chainer.optimizers.momentum_sgd.MomentumSGDRule.
+    """
     def init_state(self, param):
         self.state['v'] = _xp(param.data).zeros_like(param.data)
 
@@ -2571,6 +3080,9 @@ class MomentumSGDRule(UpdateRule):
 
 
 class MomentumSGD(Optimizer):
+    """SGD with momentum: v = momentum * v - lr * grad; p += v.
+    lr default 0.01, momentum default 0.9. Chainer: chainer.optimizers.MomentumSGD.
+    """
     lr = _HyperparameterProxy('lr')
     momentum = _HyperparameterProxy('momentum')
 
@@ -2584,6 +3096,9 @@ class MomentumSGD(Optimizer):
 
 
 class AdaGradRule(UpdateRule):
+    """Update rule of AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
+    State: h. Chainer: chainer.optimizers.ada_grad.AdaGradRule.
+    """
     def init_state(self, param):
         self.state['h'] = _xp(param.data).zeros_like(param.data)
 
@@ -2594,6 +3109,9 @@ class AdaGradRule(UpdateRule):
 
 
 class AdaGrad(Optimizer):
+    """AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
+    lr default 0.001, eps default 1e-8. Chainer: chainer.optimizers.AdaGrad.
+    """
     lr = _HyperparameterProxy('lr')
     eps = _HyperparameterProxy('eps')
 
@@ -2607,6 +3125,9 @@ class AdaGrad(Optimizer):
 
 
 class AdaDeltaRule(UpdateRule):
+    """Update rule of AdaDelta (see AdaDelta). State: msg, msdx.
+    Chainer: chainer.optimizers.ada_delta.AdaDeltaRule.
+    """
     def init_state(self, param):
         xp = _xp(param.data)
         self.state['msg'] = xp.zeros_like(param.data)
@@ -2626,6 +3147,11 @@ class AdaDeltaRule(UpdateRule):
 
 
 class AdaDelta(Optimizer):
+    """AdaDelta, which needs no learning rate:
+    msg = rho msg + (1-rho) grad**2; dx = sqrt((msdx + eps) / (msg + eps)) grad;
+    msdx = rho msdx + (1-rho) dx**2; p -= dx.
+    rho default 0.95, eps default 1e-6. Chainer: chainer.optimizers.AdaDelta.
+    """
     rho = _HyperparameterProxy('rho')
     eps = _HyperparameterProxy('eps')
 
@@ -2639,6 +3165,9 @@ class AdaDelta(Optimizer):
 
 
 class RMSpropRule(UpdateRule):
+    """Update rule of RMSprop (see RMSprop). State: ms.
+    Chainer: chainer.optimizers.rmsprop.RMSpropRule.
+    """
     def init_state(self, param):
         self.state['ms'] = _xp(param.data).zeros_like(param.data)
 
@@ -2652,6 +3181,10 @@ class RMSpropRule(UpdateRule):
 
 
 class RMSprop(Optimizer):
+    """RMSprop: ms = alpha ms + (1-alpha) grad**2; p -= lr grad / (sqrt(ms) + eps),
+    or / sqrt(ms + eps) with eps_inside_sqrt. lr default 0.01, alpha 0.99,
+    eps 1e-8, eps_inside_sqrt False. Chainer: chainer.optimizers.RMSprop.
+    """
     lr = _HyperparameterProxy('lr')
     alpha = _HyperparameterProxy('alpha')
     eps = _HyperparameterProxy('eps')
@@ -2675,6 +3208,9 @@ def _adam_lr(hp, t):
 
 
 class AdamRule(UpdateRule):
+    """Update rule of Adam (see Adam). State: m, v (and vhat with amsgrad).
+    Chainer: chainer.optimizers.adam.AdamRule.
+    """
     def init_state(self, param):
         xp = _xp(param.data)
         self.state['m'] = xp.zeros_like(param.data)
@@ -2684,6 +3220,10 @@ class AdamRule(UpdateRule):
 
     @property
     def alpha_t(self):
+        """This rule's bias-corrected step size
+        alpha * sqrt(1 - beta2**t) / (1 - beta1**t). Raises RuntimeError before the
+        first update (t == 0). Chainer: chainer.optimizers.adam.AdamRule.alpha_t (also lr).
+        """
         return _adam_lr(self.hyperparam, self.t)
 
     lr = alpha_t      # Chainer's older name for the bias-corrected step size
@@ -2744,6 +3284,14 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
 
 
 class Adam(Optimizer):
+    """Adam:
+    m += (1-beta1)(grad - m); v += (1-beta2)(grad**2 - v);
+    p -= eta (alpha_t m / (sqrt(v) + eps) + weight_decay_rate p),
+    alpha_t = alpha sqrt(1 - beta2**t) / (1 - beta1**t). amsgrad uses the
+    running maximum of v. Defaults: alpha 0.001, beta1 0.9, beta2 0.999,
+    eps 1e-8, eta 1.0, weight_decay_rate 0, amsgrad False.
+    Chainer: chainer.optimizers.Adam.
+    """
     alpha = _HyperparameterProxy('alpha')
     beta1 = _HyperparameterProxy('beta1')
     beta2 = _HyperparameterProxy('beta2')
@@ -2781,7 +3329,9 @@ optimizers = _submodule(
 # be shared by two parameters (add passes one array to both of its inputs).
 
 class WeightDecay:
-    """L2 regularization: grad += rate * p."""
+    """Optimizer hook for L2 regularization: grad += rate * p before each
+    update (rate: a float). Chainer: chainer.optimizer_hooks.WeightDecay.
+    """
     name = 'WeightDecay'
     call_for_each_param = True
     timing = 'pre'
@@ -2790,11 +3340,14 @@ class WeightDecay:
         self.rate = rate
 
     def __call__(self, rule, param):
+        """Add rate * param.data to param.grad (a new array; `rule` is unused)."""
         param.grad = param.grad + self.rate * param.data
 
 
 class Lasso:
-    """L1 regularization: grad += rate * sign(p)."""
+    """Optimizer hook for L1 regularization: grad += rate * sign(p) before each
+    update (rate: a float). Chainer: chainer.optimizer_hooks.Lasso.
+    """
     name = 'Lasso'
     call_for_each_param = True
     timing = 'pre'
@@ -2803,11 +3356,15 @@ class Lasso:
         self.rate = rate
 
     def __call__(self, rule, param):
+        """Add rate * sign(param.data) to param.grad (a new array)."""
         param.grad = param.grad + self.rate * _xp(param.data).sign(param.data)
 
 
 class GradientHardClipping:
-    """Clip every gradient element into [lower_bound, upper_bound]."""
+    """Optimizer hook that clips every gradient element into
+    [lower_bound, upper_bound] before each update.
+    Chainer: chainer.optimizer_hooks.GradientHardClipping.
+    """
     name = 'GradientHardClipping'
     call_for_each_param = True
     timing = 'pre'
@@ -2816,11 +3373,15 @@ class GradientHardClipping:
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
 
     def __call__(self, rule, param):
+        """Replace param.grad by its elements clipped into the bounds."""
         param.grad = _xp(param.grad).clip(param.grad, self.lower_bound, self.upper_bound)
 
 
 class GradientClipping:
-    """Rescale all gradients together so their global L2 norm <= threshold."""
+    """Optimizer hook that rescales all gradients together so that their
+    global L2 norm is at most `threshold` (gradients scaled by threshold /
+    norm when norm exceeds it). Chainer: chainer.optimizer_hooks.GradientClipping.
+    """
     name = 'GradientClipping'
     call_for_each_param = False
     timing = 'pre'
@@ -2829,6 +3390,9 @@ class GradientClipping:
         self.threshold = threshold
 
     def __call__(self, opt):
+        """Rescale the gradients of opt.target's parameters when their
+        global L2 norm exceeds the threshold.
+        """
         params = [p for p in opt.target.params(False) if p.grad is not None]
         sum_of_squares = 0.0
         for p in params:     # summed where the grads live: one wait for a GPU, not one per param
@@ -2867,14 +3431,27 @@ optimizer = _submodule(
 # stops half-way, with part of the model already overwritten).
 
 class Serializer:
+    """Base of serializers: serializer[key] gives the serializer of a child
+    object, serializer(key, value) saves value (or, for a Deserializer, loads
+    and returns it). An object's serialize(serializer) calls both.
+    Chainer: chainer.Serializer.
+    """
     def __getitem__(self, key):
         raise NotImplementedError
 
     def __call__(self, key, value):
+        """Save `value` under `key` (a Serializer) or return the value loaded
+        from `key` (a Deserializer); `value` may be an array (filled in place when
+        loading), a scalar or None. Chainer: chainer.Serializer.__call__.
+        """
         raise NotImplementedError
 
 
 class Deserializer(Serializer):
+    """Base of deserializers, the loading side of Serializer.
+    check_only True means a dry pass that must change nothing.
+    Chainer: chainer.Deserializer.
+    """
     check_only = False     # True in load_npz's first pass, which must change nothing
 
     def stored(self, key):
@@ -2883,7 +3460,11 @@ class Deserializer(Serializer):
 
 
 class DictionarySerializer(Serializer):
-    """Collects {path: host array} from an object's serialize()."""
+    """Collects {path: host NumPy array} from an object's serialize(): paths
+    like 'predictor/l1/W'; None is stored as a 0-dim object array, as Chainer
+    does. target: the dict to fill (default a new one); path: prefix.
+    Chainer: chainer.serializers.DictionarySerializer.
+    """
 
     def __init__(self, target=None, path=''):
         self.target = {} if target is None else target
@@ -2904,6 +3485,9 @@ class DictionarySerializer(Serializer):
         return value
 
     def save(self, obj):
+        """Run obj.serialize(self), collecting its values into self.target.
+        Chainer: chainer.serializers.DictionarySerializer.save.
+        """
         obj.serialize(self)
 
 
@@ -2934,7 +3518,13 @@ def _write_atomically(path, write):
 
 
 def save_npz(file, obj, compression=True):
-    """Save `obj` (a Link, an Optimizer, a Trainer...) to an .npz file."""
+    """Save `obj` (a Link, Optimizer, Trainer ... anything with serialize) to an
+    .npz file in Chainer's key layout.
+
+    file: a path (written to a temporary file, then renamed into place) or an
+    open binary file. compression: default True (np.savez_compressed).
+    Chainer: chainer.serializers.save_npz.
+    """
     serializer = DictionarySerializer()
     serializer.save(obj)
     savez = np.savez_compressed if compression else np.savez
@@ -2945,8 +3535,13 @@ def save_npz(file, obj, compression=True):
 
 
 class NpzDeserializer(Deserializer):
-    """Reads values from a loaded npz.  With check_only=True it changes
-    nothing and only raises if the file does not fit the object."""
+    """Loads values from an open npz file (a dict-like of arrays) into an
+    object's serialize(). path: key prefix; strict (default True): a missing
+    key raises KeyError, else it is skipped; ignore_names: keys (a list or a
+    predicate) left alone; check_only: only raise if the file does not fit
+    (KeyError for a missing key, ValueError for a shape mismatch), change
+    nothing. Chainer: chainer.serializers.NpzDeserializer.
+    """
 
     def __init__(self, npz, path='', strict=True, ignore_names=None,
                  check_only=False, file_name='the file'):
@@ -3010,9 +3605,14 @@ class NpzDeserializer(Deserializer):
 
 
 def load_npz(file, obj, path='', strict=True, ignore_names=None):
-    """Load `obj` from an .npz written by save_npz (or by Chainer).
+    """Load `obj` from an .npz file written by save_npz or by Chainer.
 
-    `path` selects a sub-tree, e.g. 'updater/model:main/' in a snapshot.
+    file: a path or an open binary file. path: a key prefix selecting a
+    sub-tree, e.g. 'updater/model:main/' in a trainer snapshot. strict
+    (default True): a key missing from the file raises KeyError; False skips
+    it. ignore_names: keys, or a predicate on keys, to leave alone. The file is
+    checked completely before anything changes: on KeyError or ValueError
+    (shapes that differ) obj is untouched. Chainer: chainer.serializers.load_npz.
     """
     name = file if isinstance(file, (str, os.PathLike)) else 'the file'
     with np.load(file, allow_pickle=True) as npz:
@@ -3043,6 +3643,10 @@ _reporters = []
 
 
 class Reporter:
+    """Collects reported values into `observation` (a dict) under names
+    '<observer name>/<key>'. `with reporter:` makes it the current one, as does
+    scope(observation). Chainer: chainer.Reporter.
+    """
     def __init__(self):
         self._observer_names = {}
         self.observation = {}
@@ -3056,6 +3660,9 @@ class Reporter:
 
     @contextlib.contextmanager
     def scope(self, observation):
+        """Context manager: make this reporter current and collect into
+        `observation` (a dict) until the block ends. Chainer: chainer.Reporter.scope.
+        """
         old = self.observation
         self.observation = observation
         self.__enter__()
@@ -3066,13 +3673,25 @@ class Reporter:
             self.observation = old
 
     def add_observer(self, name, observer):
+        """Name `observer` (any object, e.g. a link) `name`: what it reports is
+        stored as '<name>/<key>'. Chainer: chainer.Reporter.add_observer.
+        """
         self._observer_names[id(observer)] = name
 
     def add_observers(self, prefix, observers):
+        """add_observer(prefix + name, observer) for each (name, observer) pair,
+        e.g. prefix 'main' and model.namedlinks(skipself=True).
+        Chainer: chainer.Reporter.add_observers.
+        """
         for name, observer in observers:
             self._observer_names[id(observer)] = prefix + name
 
     def report(self, values, observer=None):
+        """Store `values` (a dict of Variables, arrays or scalars) in the current
+        observation, keys prefixed with the observer's name when observer is
+        given. Variables are cut from the graph unless config.keep_graph_on_report.
+        Raises KeyError for an observer that was never added. Chainer: chainer.Reporter.report.
+        """
         if not config.keep_graph_on_report:
             values = {key: Variable(value.data, requires_grad=False)
                       if isinstance(value, Variable) else value
@@ -3087,17 +3706,27 @@ class Reporter:
 
 
 def get_current_reporter():
+    """The innermost active Reporter. Raises IndexError when there is none.
+    Chainer: chainer.get_current_reporter.
+    """
     return _reporters[-1]
 
 
 def report(values, observer=None):
-    """Report values to the current reporter; does nothing outside a scope."""
+    """Report `values` (a dict) to the current reporter, named after `observer`
+    when given (see Reporter.report); does nothing outside a reporter's scope.
+    Chainer: chainer.report.
+    """
     if _reporters:
         _reporters[-1].report(values, observer)
 
 
 @contextlib.contextmanager
 def report_scope(observation):
+    """Context manager: collect what is reported into `observation` (a dict)
+    on the current reporter until the block ends. Raises IndexError without
+    an active reporter. Chainer: chainer.report_scope.
+    """
     current = _reporters[-1]
     old = current.observation
     current.observation = observation
@@ -3119,6 +3748,10 @@ class Summary:
         self._n = 0
 
     def add(self, value, weight=1):
+        """Add `value` (a scalar, 0-dim array or Variable) with `weight` (default 1)
+        to the running sums; arrays stay on their device.
+        Chainer: chainer.reporter.Summary.add.
+        """
         if isinstance(value, Variable):
             value = value.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
@@ -3128,14 +3761,23 @@ class Summary:
         self._n += weight
 
     def compute_mean(self):
+        """The weighted mean of the added values, a float (NaN if none).
+        Chainer: chainer.reporter.Summary.compute_mean.
+        """
         return float(self._x) / self._n if self._n else float('nan')
 
     def make_statistics(self):
+        """(mean, standard deviation) of the added values, floats.
+        Chainer: chainer.reporter.Summary.make_statistics.
+        """
         mean = self.compute_mean()
         variance = float(self._x2) / self._n - mean * mean if self._n else float('nan')
         return mean, math.sqrt(max(variance, 0.0))
 
     def serialize(self, serializer):
+        """Save or load the running sums and the count.
+        Chainer: chainer.reporter.Summary.serialize.
+        """
         self._x = np.float64(serializer('_x', float(self._x)))
         self._x2 = np.float64(serializer('_x2', float(self._x2)))
         self._n = serializer('_n', self._n)
@@ -3148,6 +3790,10 @@ class DictSummary:
         self._summaries = collections.defaultdict(Summary)
 
     def add(self, d):
+        """Add each scalar value of the dict `d` (a value may be a (value, weight)
+        pair) to the Summary of its key; non-scalar values are ignored.
+        Chainer: chainer.reporter.DictSummary.add.
+        """
         for key, value in d.items():
             weight = 1
             if isinstance(value, tuple) and len(value) == 2:
@@ -3159,9 +3805,13 @@ class DictSummary:
                 self._summaries[key].add(value, weight)
 
     def compute_mean(self):
+        """{key: mean} for every key added. Chainer: chainer.reporter.DictSummary.compute_mean."""
         return {key: s.compute_mean() for key, s in self._summaries.items()}
 
     def make_statistics(self):
+        """{key: mean, key + '.std': standard deviation} for every key added.
+        Chainer: chainer.reporter.DictSummary.make_statistics.
+        """
         stats = {}
         for key, s in self._summaries.items():
             mean, std = s.make_statistics()
@@ -3170,6 +3820,9 @@ class DictSummary:
         return stats
 
     def serialize(self, serializer):
+        """Save or load every key's Summary; loading replaces what was summed.
+        Chainer: chainer.reporter.DictSummary.serialize.
+        """
         if not isinstance(serializer, Deserializer):
             names = list(self._summaries)
             serializer('_names', json.dumps(names))
@@ -3208,8 +3861,14 @@ reporter = _submodule(
 # float64, where eps=1e-3 gives errors around 1e-7.
 
 def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
-    """Central differences of sum(f() * grad_outputs) w.r.t. each input,
-    which `f` must read from `inputs` (they are modified and restored)."""
+    """Numerical gradients of sum(f() * grad_outputs) w.r.t. each array in
+    `inputs`, by central differences (f(x + eps) - f(x - eps)) / (2 eps) taken
+    element by element. f takes no arguments, reads the arrays of `inputs`
+    (modified and restored in place) and returns a sequence of arrays;
+    grad_outputs: one array (or None) per output. eps default 1e-3. Returns a
+    tuple of arrays shaped like the inputs. Raises ValueError unless eps > 0.
+    Chainer: chainer.gradient_check.numerical_grad.
+    """
     if eps <= 0:
         raise ValueError('numerical_grad: eps must be positive, got {}'.format(eps))
     grads = []
@@ -3235,9 +3894,15 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
                    rtol=1e-4, no_grads=None, dtype=None):
     """Assert that the backward of `func` matches numerical gradients.
 
-    x_data: an array or a tuple of arrays (integer arrays, such as labels,
-    are not differentiated).  y_grad: the output gradient(s); None for a
-    scalar output.  params: Parameters that func uses, also checked.
+    func: takes Variables, returns a Variable or a tuple. x_data: an array or a
+    tuple of arrays (integer ones, such as labels, are not differentiated
+    unless no_grads says otherwise). y_grad: the output gradient(s), or None
+    for a single-valued output. params: Parameters used by func, also checked.
+    eps default 1e-3; passes when allclose(backward, numerical, atol=1e-5,
+    rtol=1e-4) by default. dtype: cast float inputs and params first.
+    Raises AssertionError naming the input or parameter that differs, and
+    ValueError for y_grad None with a non-scalar output.
+    Chainer: chainer.gradient_check.check_backward.
     """
     xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
     if dtype is not None:
@@ -3288,13 +3953,21 @@ gradient_check = _submodule('gradient_check', numerical_grad=numerical_grad,
 
 
 def force_array(x, dtype=None):
-    """NumPy returns scalars from 0-dim operations; make them arrays again."""
+    """x as an array: NumPy turns 0-dim results into scalars, this turns them
+    back (cast to dtype if given). Chainer: chainer.utils.force_array.
+    """
     if isinstance(x, _array_types):
         return x if dtype is None else x.astype(dtype, copy=False)
     return np.asarray(x, dtype=dtype)
 
 
-utils = _submodule('utils', force_array=force_array, size_of_shape=lambda s: int(np.prod(s)))
+def _size_of_shape(shape):
+    """The number of elements of an array of `shape` (a tuple of ints), an int.
+    Chainer: chainer.utils.size_of_shape."""
+    return int(np.prod(shape))
+
+
+utils = _submodule('utils', force_array=force_array, size_of_shape=_size_of_shape)
 
 
 # =============================================================================
@@ -3700,7 +4373,9 @@ def _fetch_missing_files(dataset_name, file_names):
     for path in reversed(created):   # leave no empty folder behind
         try:
             os.rmdir(path)
-        except OSError:
+        except FileNotFoundError:    # never made: the server did not answer
+            continue
+        except OSError:              # not empty: someone else's now
             break
     raise DatasetError(
         'Could not get {} of the {} {} files (each server gets {:g} s to answer; '
@@ -3865,6 +4540,9 @@ def get_fashion_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
 
 
 def get_fashion_mnist_labels():
+    """The ten Fashion-MNIST class names, index = label: ['T-shirt/top',
+    'Trouser', ..., 'Ankle boot']. Chainer: chainer.datasets.get_fashion_mnist_labels.
+    """
     return ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
             'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
@@ -3882,9 +4560,16 @@ class Iterator:
         raise NotImplementedError
 
     def next(self):
+        """The next minibatch, as __next__ (Python 2 style name kept by Chainer).
+        Raises StopIteration at the end of a non-repeating iterator.
+        Chainer: chainer.dataset.Iterator.next.
+        """
         return self.__next__()
 
     def finalize(self):
+        """Release what the iterator holds (threads, files); nothing here. Also
+        called on leaving `with iterator:`. Chainer: chainer.dataset.Iterator.finalize.
+        """
         pass
 
     def __enter__(self):
@@ -3894,6 +4579,9 @@ class Iterator:
         self.finalize()
 
     def serialize(self, serializer):
+        """Save or load the iterator's position, for snapshots; nothing here.
+        Chainer: chainer.dataset.Iterator.serialize.
+        """
         pass
 
 
@@ -3902,10 +4590,17 @@ class OrderSampler:
     sampler(current_order, current_position) -> new order of the same size."""
 
     def __call__(self, current_order, current_position):
+        """Return the order (an integer array of len(current_order)) of the next
+        epoch; current_position is where the previous one stopped.
+        """
         raise NotImplementedError
 
 
 class ShuffleOrderSampler(OrderSampler):
+    """An OrderSampler returning a fresh random permutation each epoch, drawn
+    from `random_state` (a numpy.random.RandomState) or, if None (default),
+    from NumPy's global generator. Chainer: chainer.iterators.ShuffleOrderSampler.
+    """
     def __init__(self, random_state=None):
         self._random_state = random_state
 
@@ -3917,10 +4612,18 @@ class ShuffleOrderSampler(OrderSampler):
 
 
 class SerialIterator(Iterator):
-    """Visits the dataset in order or (by default) shuffled, batch_size
-    examples at a time.  When repeating, a batch that crosses the end of an
-    epoch is completed from the next epoch's (newly shuffled) order, so every
-    batch is full."""
+    """Iterates over `dataset` batch_size examples at a time, returning each
+    batch as a list of examples.
+
+    repeat (default True): loop over epochs forever; False: one pass, then
+    StopIteration (the last batch may be short). shuffle: None (default) and
+    True shuffle every epoch, False keeps the dataset order; order_sampler: a
+    callable choosing each epoch's order (not together with shuffle, else
+    ValueError). When repeating, a batch that crosses the end of an epoch is
+    completed from the next epoch, so every batch is full. Attributes: epoch,
+    epoch_detail (a float), is_new_epoch, current_position.
+    Chainer: chainer.iterators.SerialIterator.
+    """
 
     def __init__(self, dataset, batch_size, repeat=True, shuffle=None,
                  order_sampler=None):
@@ -3936,6 +4639,9 @@ class SerialIterator(Iterator):
         self.reset()
 
     def reset(self):
+        """Go back to the start: epoch 0, position 0, a new order.
+        Chainer: chainer.iterators.SerialIterator.reset.
+        """
         self.current_position = 0
         self.epoch = 0
         self.is_new_epoch = False
@@ -3947,6 +4653,7 @@ class SerialIterator(Iterator):
 
     @property
     def repeat(self):
+        """Whether the iterator loops over epochs forever. Chainer: SerialIterator.repeat."""
         return self._repeat
 
     @property
@@ -4121,18 +4828,33 @@ class Updater:
         """Called once by the Trainer's constructor; does nothing here."""
 
     def finalize(self):
+        """Release the updater's resources (its iterators); subclasses define it.
+        Chainer: chainer.training.Updater.finalize.
+        """
         raise NotImplementedError
 
     def get_optimizer(self, name):
+        """The optimizer registered as `name` (e.g. 'main'); KeyError if none.
+        Chainer: chainer.training.Updater.get_optimizer.
+        """
         raise NotImplementedError
 
     def get_all_optimizers(self):
+        """A dict {name: optimizer} of all optimizers.
+        Chainer: chainer.training.Updater.get_all_optimizers.
+        """
         raise NotImplementedError
 
     def update(self):
+        """Perform one training step and count the iteration.
+        Chainer: chainer.training.Updater.update.
+        """
         raise NotImplementedError
 
     def serialize(self, serializer):
+        """Save or load the updater's state (iterators, optimizers, models,
+        iteration count). Chainer: chainer.training.Updater.serialize.
+        """
         raise NotImplementedError
 
 
@@ -4198,21 +4920,34 @@ class StandardUpdater(Updater):
     # over its dataset.
     @property
     def epoch(self):
+        """Completed epochs of the 'main' iterator (an int).
+        Chainer: chainer.training.updaters.StandardUpdater.epoch.
+        """
         return self._iterators['main'].epoch
 
     @property
     def epoch_detail(self):
+        """Epochs done as a float (2.5: halfway through the third), from the
+        'main' iterator. Chainer: StandardUpdater.epoch_detail.
+        """
         return self._iterators['main'].epoch_detail
 
     @property
     def previous_epoch_detail(self):
+        """epoch_detail before the latest batch (None before the first).
+        Chainer: StandardUpdater.previous_epoch_detail.
+        """
         return self._iterators['main'].previous_epoch_detail
 
     @property
     def is_new_epoch(self):
+        """True if the latest batch finished an epoch. Chainer: StandardUpdater.is_new_epoch."""
         return self._iterators['main'].is_new_epoch
 
     def get_iterator(self, name):
+        """The iterator registered as `name` (e.g. 'main'); KeyError if none.
+        Chainer: StandardUpdater.get_iterator.
+        """
         return self._iterators[name]
 
     def get_optimizer(self, name):
@@ -4230,6 +4965,12 @@ class StandardUpdater(Updater):
         self.iteration += 1
 
     def update_core(self):
+        """One step: take the next batch of the 'main' iterator, convert it to
+        arrays on input_device, call optimizer.update(loss_func or the model,
+        *arrays) (a dict becomes keyword arguments) and, at an epoch's end, count
+        the optimizer's epoch. Override it for other training schemes.
+        Chainer: StandardUpdater.update_core.
+        """
         iterator = self._iterators['main']
         optimizer = self._optimizers['main']
         in_arrays = self.converter(iterator.next(), self.input_device)
@@ -4285,6 +5026,9 @@ class IntervalTrigger:
         self._previous_epoch_detail = 0.0
 
     def __call__(self, trainer):
+        """True if a multiple of `period` iterations/epochs was passed since the
+        previous call (see the class). Chainer: chainer.training.triggers.IntervalTrigger.__call__.
+        """
         updater = trainer.updater
         if self.unit == 'epoch':
             now = updater.epoch_detail
@@ -4303,9 +5047,15 @@ class IntervalTrigger:
         return before // self.period != now // self.period
 
     def get_training_length(self):
+        """(period, unit): as a stop trigger, the length of training (used by
+        ProgressBar). Chainer: IntervalTrigger.get_training_length.
+        """
         return self.period, self.unit
 
     def serialize(self, serializer):
+        """Save or load the iteration and epoch_detail of the previous call, so a
+        resumed run fires at the same points. Chainer: IntervalTrigger.serialize.
+        """
         try:
             self._previous_iteration = int(serializer(
                 'previous_iteration', self._previous_iteration))
@@ -4338,6 +5088,9 @@ class ManualScheduleTrigger:
         self._previous_epoch_detail = 0.0
 
     def __call__(self, trainer):
+        """True if training passed one of the points since the previous call;
+        sets `finished` once the last point is reached. Chainer: ManualScheduleTrigger.__call__.
+        """
         updater = trainer.updater
         if self.unit == 'epoch':
             now, before = updater.epoch_detail, self._previous_epoch_detail
@@ -4352,6 +5105,9 @@ class ManualScheduleTrigger:
         return fire
 
     def serialize(self, serializer):
+        """Save or load the previous call's position and `finished`.
+        Chainer: ManualScheduleTrigger.serialize.
+        """
         self._previous_iteration = int(serializer(
             'previous_iteration', self._previous_iteration))
         self._previous_epoch_detail = float(serializer(
@@ -4371,6 +5127,10 @@ class BestValueTrigger:
         self._best_value = None
 
     def __call__(self, trainer):
+        """At the end of each interval, True if the interval's mean of `key` is
+        better than every earlier one by compare(best, new); False otherwise and
+        between interval ends. Chainer: chainer.training.triggers.BestValueTrigger.__call__.
+        """
         value = trainer.observation.get(self._key)
         if value is not None:
             self._summary.add({self._key: value})
@@ -4386,6 +5146,9 @@ class BestValueTrigger:
         return False
 
     def serialize(self, serializer):
+        """Save or load the interval trigger, the running mean and the best value.
+        Chainer: BestValueTrigger.serialize.
+        """
         self._interval_trigger.serialize(serializer['interval_trigger'])
         self._summary.serialize(serializer['summary'])
         best = serializer('best_value', self._best_value)
@@ -4445,22 +5208,40 @@ class Extension:
 
     @property
     def default_name(self):
+        """The name the trainer uses unless given one: the class name.
+        Chainer: chainer.training.Extension.default_name.
+        """
         return type(self).__name__
 
     def __call__(self, trainer):
+        """Do the extension's work on `trainer`; subclasses define it
+        (NotImplementedError here). Chainer: chainer.training.Extension.__call__.
+        """
         raise NotImplementedError('{} does not implement __call__'.format(
             type(self).__name__))
 
     def initialize(self, trainer):
+        """Called by Trainer.run before the loop (also when resuming).
+        Chainer: chainer.training.Extension.initialize.
+        """
         pass
 
     def finalize(self):
+        """Called after the training loop, even when it failed.
+        Chainer: chainer.training.Extension.finalize.
+        """
         pass
 
     def on_error(self, trainer, exc, tb):
+        """Called when the training loop raises `exc` (with traceback `tb`),
+        before finalize. Chainer: chainer.training.Extension.on_error.
+        """
         pass
 
     def serialize(self, serializer):
+        """Save or load the extension's state in snapshots; nothing here.
+        Chainer: chainer.training.Extension.serialize.
+        """
         pass
 
 
@@ -4529,6 +5310,9 @@ class Trainer:
 
     @property
     def is_before_training(self):
+        """True while no update has run (updater.iteration == 0).
+        Chainer: chainer.training.Trainer.is_before_training.
+        """
         return self.updater.iteration == 0
 
     @property
@@ -4566,12 +5350,22 @@ class Trainer:
             extension, priority, get_trigger(trigger), call_before_training)
 
     def get_extension(self, name):
+        """The extension registered as `name`. Raises ValueError naming the
+        registered ones if there is none. Chainer: chainer.training.Trainer.get_extension.
+        """
         if name not in self._extensions:
             raise ValueError('Trainer.get_extension: no extension named {!r} '
                              '(have: {})'.format(name, ', '.join(self._extensions)))
         return self._extensions[name].extension
 
     def run(self, show_loop_exception_msg=True):
+        """Train: create `out`, initialize the extensions, then update and call
+        every extension whose trigger fires until the stop trigger fires. On an
+        exception, prints a note (unless show_loop_exception_msg is False), calls
+        every extension's on_error, and re-raises; extensions and the updater are
+        finalized in any case. Raises RuntimeError on a second run.
+        Chainer: chainer.training.Trainer.run.
+        """
         if self._done:
             raise RuntimeError('Trainer.run: this trainer has finished; to train '
                                'further, make a new Trainer and load a snapshot')
@@ -4627,6 +5421,10 @@ class Trainer:
         self._done = True
 
     def serialize(self, serializer):
+        """Save or load the updater, the stop trigger, every extension and its
+        trigger, and the elapsed time: a whole-trainer snapshot.
+        Chainer: chainer.training.Trainer.serialize.
+        """
         self.updater.serialize(serializer['updater'])
         if hasattr(self.stop_trigger, 'serialize'):
             self.stop_trigger.serialize(serializer['stop_trigger'])
@@ -4648,13 +5446,16 @@ class Trainer:
 # ----- evaluation ----------------------------------------------------------------
 
 class Evaluator(Extension):
-    """Runs the model over a whole validation iterator and reports the means
-    of what it reported, prefixed with this extension's name:
+    """Extension that runs the model over a whole validation iterator and
+    reports the means of what it reported, prefixed with its name:
     'validation/main/loss', 'validation/main/accuracy'.
 
-    It runs in test mode (config.train False: no dropout) and records no
-    graph (nothing is differentiated here), so the model is left exactly as
-    it was.
+    iterator: an iterator (repeat=False) or a dict of them ('main' is used);
+    target: the link to evaluate or a dict; converter: default
+    concat_examples; device: where batches are sent; eval_hook(evaluator):
+    called first; eval_func: called instead of target. progress_bar is
+    accepted and draws nothing. Runs with config.train False and no graph,
+    once per epoch by default. Chainer: chainer.training.extensions.Evaluator.
     """
 
     trigger = 1, 'epoch'
@@ -4678,15 +5479,19 @@ class Evaluator(Extension):
                               'repeat=False'.format(name))
 
     def get_iterator(self, name):
+        """The iterator registered as `name`. Chainer: Evaluator.get_iterator."""
         return self._iterators[name]
 
     def get_all_iterators(self):
+        """A dict {name: iterator}. Chainer: Evaluator.get_all_iterators."""
         return dict(self._iterators)
 
     def get_target(self, name):
+        """The link registered as `name`. Chainer: Evaluator.get_target."""
         return self._targets[name]
 
     def get_all_targets(self):
+        """A dict {name: link}. Chainer: Evaluator.get_all_targets."""
         return dict(self._targets)
 
     def __call__(self, trainer=None):
@@ -4703,6 +5508,10 @@ class Evaluator(Extension):
         return result
 
     def evaluate(self):
+        """Run eval_func (or the target) over every batch of the 'main' iterator
+        (reset first) and return {key: mean over batches} of what it reported.
+        Chainer: chainer.training.extensions.Evaluator.evaluate.
+        """
         iterator = self._iterators['main']
         eval_func = self.eval_func or self._targets['main']
         if self.eval_hook:
@@ -4754,6 +5563,7 @@ class LogReport(Extension):
 
     @property
     def log(self):
+        """The list of log entries (dicts) written so far. Chainer: LogReport.log."""
         return self._log
 
     def __call__(self, trainer):
@@ -4867,16 +5677,19 @@ def _format_duration(seconds):
 
 
 class ProgressBar(Extension):
-    """Every `update_interval` iterations draws, in place:
+    """Extension that draws, every `update_interval` iterations (default 100),
+    in place:
 
              total [##########........................................] 20.00%
         this epoch [#########################.........................] 50.00%
                500 iter, 1 epoch / 5 epochs
             231.62 iters/sec. Estimated time to finish: 0:00:17.
 
-    and moves the cursor back up ('\\033[4A') so the next drawing replaces
-    it.  The training length comes from the trainer's stop trigger unless
-    given as (length, unit).
+    and moves the cursor back up ('\033[4A') so the next drawing replaces it.
+    The rate line stays empty until there is a rate. training_length:
+    (length, unit), default taken from the trainer's stop trigger (TypeError if
+    it has none); bar_length default 50; out default sys.stdout.
+    Chainer: chainer.training.extensions.ProgressBar.
     """
 
     def __init__(self, training_length=None, update_interval=100, bar_length=50,
@@ -4964,6 +5777,9 @@ class Writer:
         self._post_save_hooks = []
 
     def __call__(self, filename, outdir, target):
+        """Write `target` to outdir/filename; subclasses define how.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.__call__.
+        """
         raise NotImplementedError
 
     def save(self, filename, outdir, target, savefun, **kwds):
@@ -4986,6 +5802,9 @@ class Writer:
         self._post_save_hooks.append(hook)
 
     def finalize(self):
+        """Wait for or release pending writes; nothing here.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.finalize.
+        """
         pass
 
 
@@ -5108,12 +5927,18 @@ def _warn_no_matplotlib():
 
 
 class PlotReport(Extension):
-    """Plots the interval means of `y_keys` against `x_key` ('iteration' or
-    'epoch') into out/<filename> (PNG), redrawn at every interval.
+    """Extension plotting the interval means of `y_keys` (a key or a list)
+    against `x_key` ('iteration' default, or 'epoch') into out/<filename>,
+    redrawn at every interval of `trigger` (default (1, 'epoch')).
 
-    matplotlib is imported only here, and its object-oriented API draws on
-    an Agg canvas: no window, and no change to the global matplotlib state
-    of the program.  Without matplotlib it warns once and does nothing.
+    The y axis is labelled with the keys' last parts ('loss'), integer x
+    values get integer ticks, the legend sits inside the axes. filename (or
+    Chainer's older file_name, default 'plot.png'): its extension picks the
+    format (.png, .pdf ...). marker default 'x', grid default True;
+    postprocess(figure, axes, summary) runs before saving. matplotlib is
+    imported only here and draws on an Agg canvas (no window, no global
+    state); without it the extension warns once and does nothing.
+    Chainer: chainer.training.extensions.PlotReport.
     """
 
     def __init__(self, y_keys, x_key='iteration', trigger=(1, 'epoch'),
@@ -5167,7 +5992,8 @@ class PlotReport(Extension):
         axes.set_xlabel(self._x_key)
         axes.set_ylabel(_plot_y_label(self._y_keys))
         if self._x_key in ('epoch', 'iteration'):   # no tick at epoch 2.5
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10],
+                                                     min_n_ticks=1))
         if self._grid:
             axes.grid()
         for key in self._y_keys:

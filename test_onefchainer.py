@@ -4609,22 +4609,101 @@ def test_progress_bar_shows_no_rate_before_it_has_one_and_whole_seconds(tmp_path
 def test_plot_report_labels_integer_epochs_and_keeps_the_legend_inside(tmp_path):
     pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
                         'python3 -m pip install -r requirements-dev.txt')
-    trainer, _ = make_trainer(tmp_path, stop=(3, 'epoch'))
-    drawn = []
-    trainer.extend(extensions.PlotReport(
-        ['main/loss', 'validation/main/loss'], 'epoch', filename='loss.png',
-        postprocess=lambda figure, axes, summary: drawn.append((figure, axes))))
-    trainer.extend(extensions.PlotReport(['main/accuracy', 'main/loss'], 'iteration',
-                                         filename='mixed.png'))
-    trainer.run()
-    figure, axes = drawn[-1]
-    assert axes.get_ylabel() == 'loss' and axes.get_xlabel() == 'epoch'
-    figure.canvas.draw()
-    low, high = axes.get_xlim()
-    ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
-    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
-    inside, legend = axes.get_window_extent(), axes.get_legend().get_window_extent()
-    assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1      # no margin for it
+    for epochs in (1, 3):              # one point, where ticks at 0.98, 1.02 threaten
+        trainer, _ = make_trainer(tmp_path / str(epochs), stop=(epochs, 'epoch'))
+        drawn = []
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'epoch', filename='loss.png',
+            postprocess=lambda figure, axes, summary: drawn.append((figure, axes))))
+        trainer.extend(extensions.PlotReport(['main/accuracy', 'main/loss'], 'iteration',
+                                             filename='mixed.png'))
+        trainer.run()
+        figure, axes = drawn[-1]
+        assert axes.get_ylabel() == 'loss' and axes.get_xlabel() == 'epoch'
+        figure.canvas.draw()
+        low, high = axes.get_xlim()
+        ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+        inside, legend = axes.get_window_extent(), axes.get_legend().get_window_extent()
+        assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1      # no margin for it
+        with open(tmp_path / str(epochs) / 'mixed.png', 'rb') as f:
+            assert f.read(8) == PNG_MAGIC
     assert chainer._plot_y_label(['main/accuracy', 'main/loss']) == 'accuracy, loss'
-    with open(tmp_path / 'mixed.png', 'rb') as f:
-        assert f.read(8) == PNG_MAGIC
+
+
+# Names of chapters 1-4 (devices, configuration, Variable, Function) that
+# still lack a docstring.  Those chapters are being rewritten; this list is to
+# shrink to nothing, and the test below fails for an entry that got one (or
+# no longer exists), so that it does.
+UNDOCUMENTED_FOR_NOW = set('''
+    onefchainer.cuda.to_cpu onefchainer.cuda.to_gpu onefchainer.cuda.get_device_from_id
+    onefchainer.backend.get_device_from_array
+    onefchainer.Device.use onefchainer.CpuDevice onefchainer.CpuDevice.send_array
+    onefchainer.GpuDevice onefchainer.GpuDevice.send_array
+    onefchainer.no_backprop_mode onefchainer.force_backprop_mode
+    onefchainer.is_debug onefchainer.set_debug onefchainer.as_array
+    onefchainer.Variable.array onefchainer.Variable.grad onefchainer.Variable.grad_var
+    onefchainer.Variable.cleargrad onefchainer.Variable.zerograd
+    onefchainer.Variable.shape onefchainer.Variable.ndim onefchainer.Variable.size
+    onefchainer.Variable.dtype onefchainer.Variable.xp onefchainer.Variable.device
+    onefchainer.Variable.item onefchainer.Variable.to_device onefchainer.Variable.to_cpu
+    onefchainer.Variable.to_gpu onefchainer.Variable.set_creator
+    onefchainer.Function.label onefchainer.Function.__call__
+    onefchainer.Function.forward onefchainer.Function.backward
+    onefchainer.Function.forward_cpu onefchainer.Function.forward_gpu
+    onefchainer.Function.backward_cpu onefchainer.Function.backward_gpu
+    onefchainer.Function.output_data
+'''.split())
+
+
+def public_api():
+    """{dotted name: object} for every public function and class that
+    onefchainer or one of its submodules (onefchainer.functions, .links,
+    .optimizers, .training.extensions, ...) offers, each under the first name
+    found, plus every public method and property (and __call__) that a public
+    class introduces.  An override is left out: help() shows the docstring of
+    the method it overrides, which is checked where that is introduced."""
+    modules = [chainer] + [module for name, module in sorted(sys.modules.items())
+                           if name.startswith('onefchainer.')]
+    found = {}
+    for module in modules:
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith('_') or getattr(obj, '__module__', None) != 'onefchainer':
+                continue
+            if isinstance(obj, type) or callable(obj) and hasattr(obj, '__code__'):
+                found.setdefault(id(obj), (module.__name__ + '.' + name, obj))
+    api = {}
+    for dotted, obj in found.values():
+        api[dotted] = obj
+        if not isinstance(obj, type):
+            continue
+        for name, member in vars(obj).items():
+            if name.startswith('_') and name != '__call__':
+                continue
+            if any(name in vars(base) for base in obj.__mro__[1:]):
+                continue
+            member = getattr(member, '__func__', member)      # static/class methods
+            if isinstance(member, property) or hasattr(member, '__code__'):
+                api[dotted + '.' + name] = member
+    return api
+
+
+def has_docstring(obj):
+    doc = obj.__dict__.get('__doc__') if isinstance(obj, type) else obj.__doc__
+    return doc is not None and len(doc.split()) >= 4      # a sentence, not a word
+
+
+def test_every_public_name_has_a_docstring():
+    api = public_api()
+    assert len(api) > 300                   # the walk did find the API
+    for name in ('onefchainer.functions.sum', 'onefchainer.Linear',
+                 'onefchainer.Link.namedparams', 'onefchainer.Adam',
+                 'onefchainer.Trainer.run', 'onefchainer.Variable.T'):
+        assert name in api, name
+    missing = sorted(name for name, obj in api.items()
+                     if not has_docstring(obj) and name not in UNDOCUMENTED_FOR_NOW)
+    assert missing == [], 'public names without a docstring: {}'.format(missing)
+    stale = sorted(name for name in UNDOCUMENTED_FOR_NOW
+                   if name not in api or has_docstring(api[name]))
+    assert stale == [], ('documented or gone now: remove them from '
+                         'UNDOCUMENTED_FOR_NOW: {}'.format(stale))
