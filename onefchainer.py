@@ -972,7 +972,12 @@ def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than 
 
 
 def add(*xs):
-    """Sum of any number of variables (F.add(a, b, c))."""
+    """Elementwise sum of any number of Variables or arrays: F.add(a, b, c).
+
+    All of one float dtype (shapes broadcast); a scalar may stand for one of
+    them. Returns a Variable. Raises TypeError when the dtypes differ.
+    Also `a + b` on a Variable. Chainer: chainer.functions.add.
+    """
     y = xs[0]
     for x in xs[1:]:
         y = _arithmetic(y, x, Add, AddConstant, AddConstant)
@@ -1081,7 +1086,8 @@ def matmul(a, b, transa=False, transb=False):
 # ----- elementwise math --------------------------------------------------------
 
 class Exp(Function):
-    """Function node of y = e**x; backward gy * y. Chainer: chainer.functions.math.exponential.Exp."""
+    """Function node of y = e**x; backward gy * y.
+    Chainer: chainer.functions.math.exponential.Exp."""
     label = 'exp'
 
     def forward(self, inputs):
@@ -1526,7 +1532,8 @@ class LeakyReLU(Function):
 
 class Sigmoid(Function):
     """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
-    cannot overflow); backward gy * y * (1 - y). Chainer: chainer.functions.activation.sigmoid.Sigmoid.
+    cannot overflow); backward gy * y * (1 - y).
+    Chainer: chainer.functions.activation.sigmoid.Sigmoid.
     """
     label = 'sigmoid'
 
@@ -1904,7 +1911,14 @@ def mean_squared_error(x0, x1):
 
 
 def accuracy(y, t, ignore_label=None):
-    """Fraction of rows whose arg-max equals the label (no gradient)."""
+    """Fraction of examples whose arg-max over axis 1 of y equals the label t.
+
+    y: scores (N, C) or (N, C, d1, ...); t: integer labels (N,) or (N, d1, ...).
+    Labels equal to ignore_label (default None: none) are left out of the
+    count (0 if all are). Returns a 0-dim Variable of y's dtype with no
+    gradient. Raises TypeError for non-integer t, ValueError for shapes that do
+    not match. Chainer: chainer.functions.accuracy.
+    """
     y, t = as_array(y), as_array(t)
     if t.dtype.kind not in 'iu':
         raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
@@ -1969,7 +1983,8 @@ def _transpose_method(self, *axes):
 Variable.reshape = _reshape_method
 Variable.transpose = _transpose_method
 Variable.T = property(lambda self: transpose(self),
-                      doc='x.T: the transpose of x, axes reversed (F.transpose). Chainer: chainer.Variable.T.')
+                      doc='x.T: the transpose of x, axes reversed (F.transpose). '
+                          'Chainer: chainer.Variable.T.')
 Variable.__getitem__ = lambda self, slices: get_item(self, slices)
 Variable.__neg__ = neg
 Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
@@ -2202,7 +2217,9 @@ initializers = _submodule(
 
 class Parameter(Variable):
     """A Variable owned by a link.  It may start *uninitialized* (data None)
-    when its shape is only known at the first forward pass."""
+    when its shape is only known at the first forward pass.
+    Chainer: chainer.Parameter.
+    """
 
     def __init__(self, initializer=None, shape=None, name=None):
         if isinstance(initializer, _array_types):
@@ -2246,6 +2263,7 @@ class Link:
     Assign parameters inside `with self.init_scope():` so the link registers
     them:   with self.init_scope(): self.W = Parameter(...)
     Calling a link calls its `forward`.
+    Chainer: chainer.Link.
     """
 
     def __init__(self, **params):
@@ -2378,7 +2396,9 @@ class Link:
             param.zerograd()
 
     def copyparams(self, link, copy_persistent=True):
-        """Copy every parameter value of `link` (same structure) into self."""
+        """Copy every parameter value of `link` (same structure) into self.
+        Chainer: chainer.Link.copyparams.
+        """
         source = dict(link.namedparams())
         for name, param in self.namedparams():
             if name not in source:
@@ -2398,7 +2418,9 @@ class Link:
         """A twin of this link.  'share' (the default): new Parameter objects
         around the *same* arrays, so an update of one is an update of both
         (e.g. a model for evaluation); 'copy': copies of the arrays; 'init':
-        fresh values from each parameter's initializer."""
+        fresh values from each parameter's initializer.
+        Chainer: chainer.Link.copy.
+        """
         if mode == 'copy':
             return copy.deepcopy(self)
         if mode == 'init':
@@ -2420,7 +2442,9 @@ class Link:
 
     @property
     def update_enabled(self):
-        """True if an optimizer would update at least one parameter."""
+        """True if an optimizer would update at least one parameter.
+        Chainer: chainer.Link.update_enabled.
+        """
         return any(param.update_rule is not None and param.update_rule.enabled
                    for param in self.params())
 
@@ -2816,7 +2840,9 @@ class UpdateRule:
         self._hooks = collections.OrderedDict()
 
     def add_hook(self, hook, name=None, timing='auto'):
-        """hook(rule, param) runs before ('pre') or after ('post') each update."""
+        """hook(rule, param) runs before ('pre') or after ('post') each update.
+        Chainer: chainer.UpdateRule.add_hook.
+        """
         if timing == 'auto':
             timing = getattr(hook, 'timing', 'pre')
         if timing not in ('pre', 'post'):
@@ -2964,7 +2990,9 @@ class Optimizer:
 
     def update(self, lossfun=None, *args, **kwds):
         """Update once.  With `lossfun`, first compute the loss from `args`,
-        clear the old gradients and run backward."""
+        clear the old gradients and run backward.
+        Chainer: chainer.Optimizer.update.
+        """
         self._check_setup()
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
@@ -2983,7 +3011,9 @@ class Optimizer:
 
     def new_epoch(self, auto=False):
         """Count one more epoch.  An updater with auto_new_epoch=True (the
-        default) calls this itself, with auto=True, at every epoch's end."""
+        default) calls this itself, with auto=True, at every epoch's end.
+        Chainer: chainer.Optimizer.new_epoch.
+        """
         if auto and not self.use_auto_new_epoch:
             raise RuntimeError('Optimizer.new_epoch(auto=True) is for updaters that '
                                'set optimizer.use_auto_new_epoch = True')
@@ -2995,7 +3025,9 @@ class Optimizer:
         self.epoch += 1
 
     def add_hook(self, hook, name=None, timing='auto'):
-        """Hooks run before each update: WeightDecay, GradientClipping, ..."""
+        """Hooks run before each update: WeightDecay, GradientClipping, ...
+        Chainer: chainer.Optimizer.add_hook.
+        """
         self._check_setup()
         name = name or getattr(hook, 'name', type(hook).__name__)
         if name in self._hooks:
@@ -3309,7 +3341,10 @@ class Adam(Optimizer):
 
     @property
     def alpha_t(self):
-        """The step size of the latest update, bias correction included."""
+        """The step size of the latest update, bias correction included.
+        Raises RuntimeError before the first update.
+        Chainer: chainer.optimizers.Adam.alpha_t (also lr).
+        """
         return _adam_lr(self.hyperparam, self.t)
 
     lr = alpha_t      # Chainer's older name, still what observe_lr reads
@@ -3738,7 +3773,9 @@ def report_scope(observation):
 
 class Summary:
     """Running mean and standard deviation of one reported value.  Values
-    stay arrays (on their device) until the mean is asked for."""
+    stay arrays (on their device) until the mean is asked for.
+    Chainer: chainer.reporter.Summary.
+    """
 
     def __init__(self):
         # NumPy float64 sums (a Python float would take on float32 from the
@@ -3784,7 +3821,9 @@ class Summary:
 
 
 class DictSummary:
-    """A Summary per key of the dicts added to it."""
+    """A Summary per key of the dicts added to it.
+    Chainer: chainer.reporter.DictSummary.
+    """
 
     def __init__(self):
         self._summaries = collections.defaultdict(Summary)
@@ -4011,7 +4050,9 @@ def _take_examples(dataset, indices):
 
 
 class TupleDataset:
-    """Dataset of tuples: example i is (datasets[0][i], datasets[1][i], ..)."""
+    """Dataset of tuples: example i is (datasets[0][i], datasets[1][i], ..).
+    Chainer: chainer.datasets.TupleDataset.
+    """
 
     def __init__(self, *datasets):
         if not datasets:
@@ -4040,7 +4081,9 @@ class TupleDataset:
 
 class SubDataset:
     """The examples start..finish-1 of `dataset`, optionally seen through a
-    permutation `order` of the whole base dataset.  Nothing is copied."""
+    permutation `order` of the whole base dataset.  Nothing is copied.
+    Chainer: chainer.datasets.SubDataset.
+    """
 
     def __init__(self, dataset, start, finish, order=None):
         if not 0 <= start <= finish <= len(dataset):
@@ -4082,7 +4125,9 @@ class SubDataset:
 
 
 def split_dataset(dataset, split_at, order=None):
-    """Split `dataset` into its first `split_at` examples and the rest."""
+    """Split `dataset` into its first `split_at` examples and the rest.
+    Chainer: chainer.datasets.split_dataset.
+    """
     if not isinstance(split_at, (int, np.integer)):
         raise TypeError('split_dataset: split_at must be an integer, but got {!r}'
                         .format(split_at))
@@ -4104,7 +4149,10 @@ def split_dataset_random(dataset, first_size, seed=None):
 # --- IDX files ---------------------------------------------------------------
 
 class DatasetError(RuntimeError):
-    """A dataset file is missing and cannot be downloaded, or is damaged."""
+    """A dataset file is missing and cannot be downloaded, or is damaged; the
+    message names every file concerned and what to do. A RuntimeError.
+    onefchainer's own: Chainer lets the underlying error through.
+    """
 
 
 # Third magic byte -> element type.  IDX stores multi-byte numbers big-endian.
@@ -4523,18 +4571,32 @@ def _get_mnist_like(dataset_name, withlabel, ndim, scale, dtype, label_dtype,
 
 def get_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
               label_dtype=np.int32, rgb_format=False):
-    """MNIST handwritten digits as (train, test): 60000 and 10000 examples of
-    28x28 pixels scaled to [0, scale].  ndim=1 gives (784,) images, 2 gives
-    (28, 28), 3 gives (1, 28, 28), or (3, 28, 28) with rgb_format.  With
-    withlabel each split is a TupleDataset(images, labels), else an array."""
+    """MNIST handwritten digits as (train, test): 60000 and 10000 examples.
+
+    Pixels are scaled from 0..255 to [0, scale] (scale default 1.) in dtype
+    (default config.dtype, float32). ndim=1 (default) gives images of shape
+    (784,), 2 gives (28, 28), 3 gives (1, 28, 28), or (3, 28, 28) with
+    rgb_format. withlabel (default True): each split is a TupleDataset(images,
+    labels of label_dtype, default int32); else an array of images.
+    The four official files are read from <dataset root>/mnist/ (see
+    get_dataset_root; .gz or decompressed) and downloaded there when missing,
+    each checked against its official SHA-256. Raises DatasetError listing every
+    file that could not be had, or naming a damaged one, with what to do;
+    ValueError for ndim not in 1, 2, 3. Chainer: chainer.datasets.get_mnist.
+    """
     return _get_mnist_like('mnist', withlabel, ndim, scale, dtype,
                            label_dtype, rgb_format)
 
 
 def get_fashion_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
                       label_dtype=np.int32, rgb_format=False):
-    """Fashion-MNIST (Zalando's clothing pictures), a drop-in replacement for
-    MNIST with the same shapes and arguments as get_mnist."""
+    """Fashion-MNIST (Zalando's clothing pictures, 10 classes; see
+    get_fashion_mnist_labels), a drop-in replacement for MNIST: the same shapes,
+    arguments, return values and errors as get_mnist. The files are read from
+    <dataset root>/fashion-mnist/, else from /usr/share/datasets/fashion-mnist/
+    (Debian's dataset-fashion-mnist package), else downloaded.
+    Chainer: chainer.datasets.get_fashion_mnist.
+    """
     return _get_mnist_like('fashion-mnist', withlabel, ndim, scale, dtype,
                            label_dtype, rgb_format)
 
@@ -4551,7 +4613,9 @@ def get_fashion_mnist_labels():
 
 class Iterator:
     """Base of all dataset iterators: a Python iterator over minibatches that
-    can also be snapshotted (serialize) and closed (finalize, or `with`)."""
+    can also be snapshotted (serialize) and closed (finalize, or `with`).
+    Chainer: chainer.dataset.Iterator.
+    """
 
     def __iter__(self):
         return self
@@ -4587,7 +4651,9 @@ class Iterator:
 
 class OrderSampler:
     """Chooses the order of the next epoch: called as
-    sampler(current_order, current_position) -> new order of the same size."""
+    sampler(current_order, current_position) -> new order of the same size.
+    Chainer: chainer.iterators.OrderSampler.
+    """
 
     def __call__(self, current_order, current_position):
         """Return the order (an integer array of len(current_order)) of the next
@@ -4662,12 +4728,16 @@ class SerialIterator(Iterator):
 
     @property
     def epoch_detail(self):
-        """Epochs done as a float, e.g. 2.5 is halfway through the third."""
+        """Epochs done as a float, e.g. 2.5 is halfway through the third.
+        Chainer: chainer.iterators.SerialIterator.epoch_detail.
+        """
         return self.epoch + self.current_position / max(self._epoch_size, 1)
 
     @property
     def previous_epoch_detail(self):
-        """epoch_detail before the latest batch; None before the first."""
+        """epoch_detail before the latest batch; None before the first.
+        Chainer: chainer.iterators.SerialIterator.previous_epoch_detail.
+        """
         if self._previous_epoch_detail < 0:
             return None
         return self._previous_epoch_detail
@@ -4747,7 +4817,9 @@ def concat_examples(batch, device=None, padding=None):
     """Turn a list of examples into batched arrays along a new first axis:
     arrays -> one array, tuples -> a tuple of arrays, dicts -> a dict of
     arrays.  Examples of different shapes are padded with `padding` (one value,
-    or a tuple/dict of values per field) up to the largest shape."""
+    or a tuple/dict of values per field) up to the largest shape.
+    Chainer: chainer.dataset.concat_examples.
+    """
     if len(batch) == 0:
         raise ValueError('concat_examples: the batch is empty, there is nothing to concatenate')
 
@@ -4768,7 +4840,9 @@ def concat_examples(batch, device=None, padding=None):
 
 
 def to_device(device, x):
-    """Send array `x` to `device` (None: leave it where it is)."""
+    """Send array `x` to `device` (None: leave it where it is).
+    Chainer: chainer.dataset.to_device.
+    """
     return _send_to_device(device, x)
 
 
@@ -4822,10 +4896,14 @@ _submodule('dataset.download', get_dataset_root=get_dataset_root,
 
 class Updater:
     """What the Trainer needs from an updater: update(), the counters
-    (iteration, epoch, epoch_detail), its optimizers, serialize()."""
+    (iteration, epoch, epoch_detail), its optimizers, serialize().
+    Chainer: chainer.training.Updater.
+    """
 
     def connect_trainer(self, trainer):
-        """Called once by the Trainer's constructor; does nothing here."""
+        """Called once by the Trainer's constructor; does nothing here.
+        Chainer: chainer.training.Updater.connect_trainer.
+        """
 
     def finalize(self):
         """Release the updater's resources (its iterators); subclasses define it.
@@ -4869,6 +4947,7 @@ class StandardUpdater(Updater):
     `iterator` and `optimizer` may be dicts of names; the epoch counters are
     those of the 'main' iterator.  For anything else (a GAN has two models
     and two losses) subclass it and override `update_core`.
+    Chainer: chainer.training.updaters.StandardUpdater.
     """
 
     # Class-level defaults, so that a subclass whose __init__ sets only
@@ -4913,7 +4992,9 @@ class StandardUpdater(Updater):
 
     @property
     def input_device(self):
-        """Where batches are sent: `input_device` if given, else `device`."""
+        """Where batches are sent: `input_device` if given, else `device`.
+        Chainer: chainer.training.updaters.StandardUpdater.input_device.
+        """
         return self.device if self._input_device is None else self._input_device
 
     # The epoch counters belong to the main iterator: an epoch is one pass
@@ -5011,6 +5092,7 @@ class IntervalTrigger:
     fires when floor(value / period) changed in between, which happens once
     per boundary however the batches fall.  That memory is saved in
     snapshots, so a resumed run fires at the same iterations.
+    Chainer: chainer.training.triggers.IntervalTrigger.
     """
 
     def __init__(self, period, unit):
@@ -5075,7 +5157,9 @@ class IntervalTrigger:
 
 class ManualScheduleTrigger:
     """Fires when training passes one of the given points:
-    ManualScheduleTrigger([10, 25], 'epoch')."""
+    ManualScheduleTrigger([10, 25], 'epoch').
+    Chainer: chainer.training.triggers.ManualScheduleTrigger.
+    """
 
     def __init__(self, points, unit):
         if unit not in ('epoch', 'iteration'):
@@ -5117,7 +5201,9 @@ class ManualScheduleTrigger:
 
 class BestValueTrigger:
     """Fires when the mean of a reported value over the latest interval is
-    the best so far, as judged by compare(best, new) -> bool."""
+    the best so far, as judged by compare(best, new) -> bool.
+    Chainer: chainer.training.triggers.BestValueTrigger.
+    """
 
     def __init__(self, key, compare, trigger=(1, 'epoch')):
         self._key = key
@@ -5156,14 +5242,18 @@ class BestValueTrigger:
 
 
 class MaxValueTrigger(BestValueTrigger):
-    """Fires when `key` reaches a new maximum, e.g. validation accuracy."""
+    """Fires when `key` reaches a new maximum, e.g. validation accuracy.
+    Chainer: chainer.training.triggers.MaxValueTrigger.
+    """
 
     def __init__(self, key, trigger=(1, 'epoch')):
         super().__init__(key, lambda best, new: new > best, trigger)
 
 
 class MinValueTrigger(BestValueTrigger):
-    """Fires when `key` reaches a new minimum, e.g. validation loss."""
+    """Fires when `key` reaches a new minimum, e.g. validation loss.
+    Chainer: chainer.training.triggers.MinValueTrigger.
+    """
 
     def __init__(self, key, trigger=(1, 'epoch')):
         super().__init__(key, lambda best, new: new < best, trigger)
@@ -5175,7 +5265,9 @@ def _never_fire_trigger(trainer):
 
 def get_trigger(trigger):
     """A callable is a trigger already; None never fires; a tuple such as
-    (1, 'epoch') becomes an IntervalTrigger."""
+    (1, 'epoch') becomes an IntervalTrigger.
+    Chainer: chainer.training.get_trigger.
+    """
     if callable(trigger):
         return trigger
     if trigger is None:
@@ -5200,7 +5292,9 @@ _PRIORITY_SNAPSHOT = -100
 
 
 class Extension:
-    """Base class for extensions with state; override __call__."""
+    """Base class for extensions with state; override __call__.
+    Chainer: chainer.training.Extension.
+    """
 
     trigger = 1, 'iteration'
     priority = PRIORITY_READER
@@ -5251,6 +5345,8 @@ def make_extension(trigger=None, default_name=None, priority=None,
 
         @make_extension(trigger=(1, 'epoch'))
         def halve_lr(trainer): trainer.updater.get_optimizer('main').lr /= 2
+
+    Chainer: chainer.training.make_extension.
     """
     def decorate(function):
         function.trigger = Extension.trigger if trigger is None else trigger
@@ -5317,7 +5413,10 @@ class Trainer:
 
     @property
     def elapsed_time(self):
-        """Seconds of training so far, including the runs before a resume."""
+        """Seconds of training so far, including the runs before a resume.
+        Raises RuntimeError before run() starts.
+        Chainer: chainer.training.Trainer.elapsed_time.
+        """
         if self._done:
             return self._final_elapsed_time
         if self._start_at is None:
@@ -5327,7 +5426,10 @@ class Trainer:
     def extend(self, extension, name=None, trigger=None, priority=None, *,
                call_before_training=False):
         """Register an extension.  Unset arguments come from the extension's
-        own attributes; a repeated name gets a suffix ('LogReport_1')."""
+        own attributes; a repeated name gets a suffix ('LogReport_1').
+        Raises TypeError for an extension without a name, ValueError for the
+        name 'training'. Chainer: chainer.training.Trainer.extend.
+        """
         if name is None:
             name = (getattr(extension, 'name', None) or
                     getattr(extension, 'default_name', None) or
@@ -5550,6 +5652,7 @@ class LogReport(Extension):
 
     It runs every iteration (to see every observation) and decides with its
     own `trigger` when an interval is over.
+    Chainer: chainer.training.extensions.LogReport.
     """
 
     def __init__(self, keys=None, trigger=(1, 'epoch'), postprocess=None,
@@ -5609,6 +5712,7 @@ class PrintReport(Extension):
     `log_report` is the name of a LogReport extended to the same trainer, or
     a LogReport object that this extension then drives itself.  `out`
     defaults to the sys.stdout of the moment of printing.
+    Chainer: chainer.training.extensions.PrintReport.
     """
 
     def __init__(self, entries, log_report='LogReport', out=None):
@@ -5771,7 +5875,9 @@ class ProgressBar(Extension):
 # by shuffling iterators) is not part of a snapshot.
 
 class Writer:
-    """How a snapshot reaches the disk: writer(filename, outdir, target)."""
+    """How a snapshot reaches the disk: writer(filename, outdir, target).
+    Chainer: chainer.training.extensions.snapshot_writers.Writer.
+    """
 
     def __init__(self):
         self._post_save_hooks = []
@@ -5784,7 +5890,9 @@ class Writer:
 
     def save(self, filename, outdir, target, savefun, **kwds):
         """savefun(path, target) into a private temporary folder in outdir,
-        then an atomic rename to outdir/filename."""
+        then an atomic rename to outdir/filename.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.save.
+        """
         destination = os.path.join(outdir, filename)
         os.makedirs(os.path.dirname(destination) or '.', exist_ok=True)
         folder = tempfile.mkdtemp(prefix='.' + os.path.basename(filename) + '.',
@@ -5809,7 +5917,9 @@ class Writer:
 
 
 class SimpleWriter(Writer):
-    """Calls savefun(path, target, **kwds) right away."""
+    """Calls savefun(path, target, **kwds) right away.
+    Chainer: chainer.training.extensions.snapshot_writers.SimpleWriter.
+    """
 
     def __init__(self, savefun=save_npz, **kwds):
         super().__init__()
@@ -5896,6 +6006,7 @@ def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
     n_retains: keep only the newest n files of this name pattern.
     autoload: at the start of run(), load the newest of them, if any.
     condition: a callable() -> bool; no snapshot when it says False.
+    Chainer: chainer.training.extensions.snapshot.
     """
     if savefun is not None and writer is not None:
         raise TypeError('snapshot: give savefun or writer, not both')
@@ -5907,7 +6018,9 @@ def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
 
 def snapshot_object(target, filename, savefun=None, **kwargs):
     """snapshot() of one object (a model, an optimizer), e.g.
-    snapshot_object(model, 'model_epoch_{.updater.epoch}')."""
+    snapshot_object(model, 'model_epoch_{.updater.epoch}').
+    Chainer: chainer.training.extensions.snapshot_object.
+    """
     return snapshot(savefun, filename, target=target, **kwargs)
 
 
@@ -5958,7 +6071,9 @@ class PlotReport(Extension):
 
     @classmethod
     def available(cls):
-        """Whether plots can be drawn (warns when they cannot)."""
+        """Whether plots can be drawn (warns when they cannot).
+        Chainer: chainer.training.extensions.PlotReport.available.
+        """
         if _matplotlib_available():
             return True
         _warn_no_matplotlib()
@@ -6105,6 +6220,7 @@ class DumpGraph(Extension):
     Reported values are normally cut from their graph (Chapter 9), so from
     `initialize` until the dump it turns config.keep_graph_on_report on,
     and then puts the old value back.
+    Chainer: chainer.training.extensions.DumpGraph.
     """
 
     default_name = 'dump_graph'
@@ -6173,7 +6289,9 @@ class DumpGraph(Extension):
 
 class ExponentialShift(Extension):
     """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
-    trigger, e.g. (10, 'epoch')), stopping at `target` if given."""
+    trigger, e.g. (10, 'epoch')), stopping at `target` if given.
+    Chainer: chainer.training.extensions.ExponentialShift.
+    """
 
     def __init__(self, attr, rate, init=None, target=None, optimizer=None):
         if rate < 0:
@@ -6217,7 +6335,9 @@ class ExponentialShift(Extension):
 
 class LinearShift(Extension):
     """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
-    between calls time_range[0] and time_range[1]; constant outside."""
+    between calls time_range[0] and time_range[1]; constant outside.
+    Chainer: chainer.training.extensions.LinearShift.
+    """
 
     def __init__(self, attr, value_range, time_range, optimizer=None):
         self._attr = attr
@@ -6255,7 +6375,9 @@ class LinearShift(Extension):
 
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under
-    `observation_key` (once per epoch by default), e.g. for LogReport."""
+    `observation_key` (once per epoch by default), e.g. for LogReport.
+    Chainer: chainer.training.extensions.observe_value.
+    """
     @make_extension(trigger=(1, 'epoch'), priority=PRIORITY_WRITER)
     def _observe_value(trainer):
         trainer.observation[observation_key] = target_func(trainer)
@@ -6264,7 +6386,9 @@ def observe_value(observation_key, target_func):
 
 def observe_lr(optimizer_name='main', observation_key='lr'):
     """observe_value of the optimizer's learning rate (`lr`; Adam's is the
-    effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t))."""
+    effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t)).
+    Chainer: chainer.training.extensions.observe_lr.
+    """
     return observe_value(observation_key,
                          lambda trainer: trainer.updater.get_optimizer(optimizer_name).lr)
 

@@ -4493,6 +4493,7 @@ def test_download_says_what_where_and_reports_every_missing_file(
     for name in TWO_TINY:          # one line per download: what, from where, to where
         assert 'Downloading tiny file {0}.gz from {1}{2}{0}.gz to {3}'.format(
             name, base, folder, two_tiny_files) in said
+    assert said.count(' MB in ') == 1          # how much came, for the one that came
     message = str(info.value)
     assert 'Could not get 1 of the 2 tiny files' in message
     assert '404' in message and 'tiny2-idx1-ubyte' in message
