@@ -4453,7 +4453,7 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
             continue
         print('Downloading {} file {}.gz from {} to {}'.format(
             dataset_name, file_name, url, folder), file=sys.stderr)
-        temporary = None
+        temporary, failed_before = None, len(failures)
         try:
             temporary = _fetch_url(url, folder, file_name, timeout)
             array, found_sha256 = _read_idx(temporary)
@@ -4479,6 +4479,9 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
         finally:
             if temporary is not None and os.path.exists(temporary):
                 os.remove(temporary)
+            if len(failures) > failed_before:  # said at once: a stalled network
+                print('  failed: ' + failures[-1][len(url) + 2:],   # shows after
+                      file=sys.stderr)                            # one timeout
     if not failures:
         failures.append('no mirror is known for {}'.format(dataset_name))
     return failures

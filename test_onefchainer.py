@@ -4494,6 +4494,7 @@ def test_download_says_what_where_and_reports_every_missing_file(
         assert 'Downloading tiny file {0}.gz from {1}{2}{0}.gz to {3}'.format(
             name, base, folder, two_tiny_files) in said
     assert said.count(' MB in ') == 1          # how much came, for the one that came
+    assert '  failed: HTTP Error 404' in said  # and at once what did not
     message = str(info.value)
     assert 'Could not get 1 of the 2 tiny files' in message
     assert '404' in message and 'tiny2-idx1-ubyte' in message
