@@ -358,10 +358,9 @@ class Variable:
             if not isinstance(grad, _array_types):
                 raise TypeError('Variable.grad: must be an array or None, not '
                                 '{}'.format(type(grad).__name__))
-            if self.data is not None and grad.shape != self.data.shape:
-                raise ValueError(
-                    'Variable.grad: shape {} does not match the data shape {}'
-                    .format(grad.shape, self.data.shape))
+            if self.data is not None and (grad.shape != self.data.shape or
+                                          grad.dtype != self.data.dtype):
+                _check_grad_input(None, None, self, grad)
         self._grad = grad
 
     @property
@@ -677,6 +676,8 @@ def _backprop(roots, retain_grad):
                 continue
             if not isinstance(gx, _array_types):   # NumPy's 0-dim scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
+            if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
+                _check_grad_input(function, inputs.index(x), x, gx)
             if x._grad is None:
                 x._grad = gx
             elif x in owned:
@@ -692,6 +693,22 @@ def _backprop(roots, retain_grad):
             for y in outputs:
                 if y is not None:
                     y._grad = None
+
+
+def _check_grad_input(function, index, x, gx):
+    """Raise unless gradient `gx` fits variable `x` (same shape and dtype),
+    naming who made it: input `index` of `function`'s backward, or, with
+    function None, an assignment to x.grad.  A wrong gradient stored silently
+    would turn up later as a dtype or shape change far from its cause."""
+    where = ('Variable.grad' if function is None else
+             '{}.backward: the gradient of input {}'.format(function.label, index))
+    if gx.shape != x.data.shape:
+        raise ValueError('{} has shape {} but the variable has shape {}; a gradient '
+                         'has the shape of its variable'.format(where, gx.shape, x.data.shape))
+    if gx.dtype != x.data.dtype:
+        raise TypeError('{} has dtype {} but the variable has dtype {}; cast it with '
+                        '.astype(numpy.{})'.format(where, gx.dtype, x.data.dtype,
+                                                   x.data.dtype))
 
 
 # =============================================================================
