@@ -729,7 +729,7 @@ def _sum_to(gx, shape):
     lead = gx.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
-    return gx.sum(axis=axes, keepdims=True).reshape(shape)
+    return gx.sum(axis=axes, keepdims=True, dtype=gx.dtype).reshape(shape)   # int32 stays int32
 
 
 def _check_dtypes(label, a, b):
@@ -742,6 +742,22 @@ def _check_same_dtype(label, arrays):
     if len({a.dtype for a in arrays}) > 1:
         raise TypeError('{}: dtypes differ: {}; convert with .astype(...)'.format(
             label, [str(a.dtype) for a in arrays]))
+
+
+def _require_float(label, *arrays):
+    """Raise unless every array holds floating-point numbers.
+
+    Integer arrays are welcome where the math stays exact (add, mul, sum,
+    reshape, indexing, relu...), but a function built on division, e^x, 1/x
+    or a float factor would truncate or silently switch to float64; its
+    gradient would be truncated too (the mean of three ints gets gradient 0).
+    """
+    for a in arrays:
+        if a.dtype.kind != 'f':
+            raise TypeError(
+                '{}: needs floating-point input, got dtype {} (shape {}); integer '
+                'math would truncate the result or its gradient; convert it with '
+                '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
 
 
 def _scalar_constant(value, like):
@@ -798,7 +814,10 @@ class AddConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] + self.constant,
+        y = inputs[0] + self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs
@@ -825,7 +844,10 @@ class SubFromConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return self.constant - inputs[0],
+        y = self.constant - inputs[0]
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return -grad_outputs[0],
@@ -852,7 +874,10 @@ class MulConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] * self.constant,
+        y = inputs[0] * self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs[0] * self.constant,
@@ -864,6 +889,7 @@ class Div(Function):
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('div', a, b)
+        _require_float('div', a)
         return a / b,
 
     def backward(self, inputs, grad_outputs):      # d(a/b)/db = -a/b^2
@@ -880,6 +906,7 @@ class DivFromConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
+        _require_float('div', inputs[0])
         return self.constant / inputs[0],
 
     def backward(self, inputs, grad_outputs):      # d(c/x)/dx = -c/x^2
@@ -903,6 +930,7 @@ class Pow(Function):
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('pow', a, b)
+        _require_float('pow', a)
         self.y = a ** b
         return self.y,
 
@@ -922,6 +950,7 @@ class PowConstantExponent(Function):
         self.exponent = exponent
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         return inputs[0] ** self.exponent,
 
     def backward(self, inputs, grad_outputs):      # d(x^c)/dx = c x^(c-1)
@@ -936,6 +965,7 @@ class PowConstantBase(Function):
         self.base = base
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         self.y = self.base ** inputs[0]
         return self.y,
 
@@ -948,7 +978,9 @@ def _subtract_constant(c):     # x - c is x + (-c)
 
 
 def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than a divide
-    return MulConstant(1.0 / c)
+    function = MulConstant(1.0 / c)
+    function.label = 'div'       # so that errors name what the user wrote
+    return function
 
 
 def add(*xs):
@@ -991,6 +1023,7 @@ class MatMul(Function):
             raise ValueError('matmul: both inputs need 2 or more dimensions, got '
                              'shapes {} and {}'.format(a.shape, b.shape))
         _check_dtypes('matmul', a, b)
+        _require_float('matmul', a)
         a = a.swapaxes(-1, -2) if self.transa else a
         b = b.swapaxes(-1, -2) if self.transb else b
         if a.shape[-1] != b.shape[-2]:
@@ -1024,6 +1057,7 @@ class Exp(Function):
     label = 'exp'
 
     def forward(self, inputs):
+        _require_float('exp', inputs[0])
         self.y = _xp(inputs[0]).exp(inputs[0])
         return self.y,
 
@@ -1035,6 +1069,7 @@ class Log(Function):
     label = 'log'
 
     def forward(self, inputs):
+        _require_float('log', inputs[0])
         return _xp(inputs[0]).log(inputs[0]),
 
     def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
@@ -1045,6 +1080,7 @@ class Sqrt(Function):
     label = 'sqrt'
 
     def forward(self, inputs):
+        _require_float('sqrt', inputs[0])
         self.y = _xp(inputs[0]).sqrt(inputs[0])
         return self.y,
 
@@ -1093,7 +1129,8 @@ class Sum(Function):
     def forward(self, inputs):
         x, = inputs
         self.axis = _normalize_axis(self.axis, x.ndim, 'sum')
-        return x.sum(axis=self.axis, keepdims=self.keepdims),
+        # dtype: NumPy would sum int32 into int64, and the gradient must keep x's dtype.
+        return x.sum(axis=self.axis, keepdims=self.keepdims, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
         x, = inputs
@@ -1137,6 +1174,7 @@ def mean(x, axis=None, weights=None, keepdims=False):
     if weights is not None:
         raise NotImplementedError('mean: weights are not supported')
     data = as_array(x)
+    _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
     return Sum(axes, keepdims)(x) * (1.0 / count)
@@ -1346,6 +1384,7 @@ class LeakyReLU(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('leaky_relu', x)
         return _xp(x).where(x >= 0, x, x * self.slope),
 
     def backward(self, inputs, grad_outputs):      # 1 where x >= 0, else slope
@@ -1359,6 +1398,7 @@ class Sigmoid(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('sigmoid', x)
         xp = _xp(x)
         # 1/(1+e^-x) written with tanh, which never overflows.
         self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
@@ -1373,6 +1413,7 @@ class Tanh(Function):
     label = 'tanh'
 
     def forward(self, inputs):
+        _require_float('tanh', inputs[0])
         self.y = _xp(inputs[0]).tanh(inputs[0])
         return self.y,
 
@@ -1418,6 +1459,7 @@ class Softmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('softmax', x)
         y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
         y /= y.sum(axis=self.axis, keepdims=True)
         self.y = y
@@ -1438,6 +1480,7 @@ class LogSoftmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('log_softmax', x)
         self.y = x - _log_sum_exp(x, self.axis)
         return self.y,
 
@@ -1476,6 +1519,7 @@ class LinearFunction(Function):
         if x.dtype != W.dtype:
             raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
                             'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
@@ -1515,6 +1559,7 @@ class Dropout(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('dropout', x)
         xp = _xp(x)
         # Scale the kept units by 1/(1-ratio) so the expected value is unchanged
         # and nothing needs rescaling at test time.
@@ -1633,6 +1678,7 @@ class MeanSquaredError(Function):
             raise ValueError('mean_squared_error: shapes differ: {} and {}'.format(
                 a.shape, b.shape))
         _check_dtypes('mean_squared_error', a, b)
+        _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
         return _xp(a).asarray(self.diff.dot(self.diff) / self.diff.size, dtype=a.dtype),
 
@@ -1651,6 +1697,7 @@ def accuracy(y, t, ignore_label=None):
     y, t = as_array(y), as_array(t)
     if t.dtype.kind not in 'iu':
         raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
+    _require_float('accuracy', y)
     if y.ndim < 2 or t.shape != y.shape[:1] + y.shape[2:]:
         raise ValueError('accuracy: y.shape {} and t.shape {} do not match'.format(
             y.shape, t.shape))
