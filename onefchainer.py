@@ -2488,18 +2488,41 @@ class UpdateRule:
 
     def serialize(self, serializer):
         self.t = serializer('t', self.t)
+        if not isinstance(serializer, Deserializer):
+            for key in self.state or ():   # no state yet (no update): nothing to save
+                self.state[key] = serializer(key, self.state[key])
+            return
+        names = list(self.state) if self.state is not None else \
+            self._state_names(Parameter(np.zeros(1, np.float32)))
+        present = [key for key in names if _is_stored(serializer, key)]
+        if not present:
+            # Saved before this rule's first update (by us or by Chainer, which
+            # writes no state then either): the rule is fresh again.
+            if not serializer.check_only:
+                self.state = None
+            return
+        if len(present) < len(names):
+            raise KeyError('load_npz: {} has update-rule state {} but not {}; '
+                           'nothing was loaded'.format(
+                               serializer.file_name if hasattr(serializer, 'file_name')
+                               else 'the file', present,
+                               [key for key in names if key not in present]))
         if self.state is None:
-            if not isinstance(serializer, Deserializer):
-                return              # no state yet: nothing to save
-            loaded = {}
-            for key in self._state_names(Parameter(np.zeros(1, np.float32))):
-                loaded[key] = serializer(key, None)
-            if all(value is not None for value in loaded.values()):
+            loaded = {key: serializer(key, None) for key in names}
+            if not serializer.check_only:
                 self.state = loaded
                 self._state_from_file = True
         else:
             for key in self.state:
                 self.state[key] = serializer(key, self.state[key])
+
+
+def _is_stored(deserializer, key):
+    """Whether `deserializer` holds a value under `key` (strict or not)."""
+    try:
+        return deserializer.stored(key) is not None
+    except KeyError:
+        return False
 
 
 class Optimizer:
@@ -2532,10 +2555,10 @@ class Optimizer:
     def create_update_rule(self):
         raise NotImplementedError
 
-    def _check_setup(self):
+    def _check_setup(self, method='update()'):
         if self.target is None:
-            raise RuntimeError('{}: call setup(link) before update()'.format(
-                type(self).__name__))
+            raise RuntimeError('{}: call setup(link) before {}'.format(
+                type(self).__name__, method))
 
     def update(self, lossfun=None, *args, **kwds):
         """Update once.  With `lossfun`, first compute the loss from `args`,
@@ -2571,7 +2594,7 @@ class Optimizer:
 
     def add_hook(self, hook, name=None, timing='auto'):
         """Hooks run before each update: WeightDecay, GradientClipping, ..."""
-        self._check_setup()
+        self._check_setup('add_hook()')
         name = name or getattr(hook, 'name', type(hook).__name__)
         if name in self._hooks:
             raise KeyError('add_hook: a hook named {!r} already exists'.format(name))
@@ -2597,6 +2620,7 @@ class Optimizer:
         pass     # Chainer-1 compatibility: grads are always cleared to None
 
     def serialize(self, serializer):
+        self._check_setup('saving or loading it (save_npz, load_npz, a snapshot)')
         self.t = serializer('t', self.t)
         self.epoch = serializer('epoch', self.epoch)
         for name, param in self.target.namedparams():
