@@ -760,6 +760,18 @@ def _require_float(label, *arrays):
                 '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
 
 
+def _input_data(label, x):
+    """The array behind argument `x` of `label`, for helpers that look at it
+    before any Function sees it; anything else gets the error a Function gives."""
+    if isinstance(x, Variable):
+        return x.data
+    if isinstance(x, _array_types):
+        return x
+    raise TypeError('{}: inputs must be Variables or numpy/cupy arrays, not {}; '
+                    'convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)'
+                    .format(label, type(x).__name__))
+
+
 def _scalar_constant(value, like):
     """`value` as a constant to combine with `like`, or None if it is no scalar.
 
@@ -1173,7 +1185,7 @@ def sum(x, axis=None, keepdims=False):
 def mean(x, axis=None, weights=None, keepdims=False):
     if weights is not None:
         raise NotImplementedError('mean: weights are not supported')
-    data = as_array(x)
+    data = _input_data('mean', x)
     _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
@@ -1308,7 +1320,7 @@ class GetItem(Function):
 
 
 def reshape(x, shape):
-    if tuple(shape) == as_array(x).shape:
+    if tuple(shape) == _input_data('reshape', x).shape:
         return as_variable(x)     # as in Chainer: no op, no graph node
     return Reshape(shape)(x)
 
@@ -1330,11 +1342,11 @@ def stack(xs, axis=0):
 
 
 def flatten(x):
-    return reshape(x, (as_array(x).size,))
+    return reshape(x, (_input_data('flatten', x).size,))
 
 
 def expand_dims(x, axis):
-    shape = list(as_array(x).shape)
+    shape = list(_input_data('expand_dims', x).shape)
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError('expand_dims: axis {} is out of bounds for shape {}'
                          .format(axis, tuple(shape)))
@@ -1343,7 +1355,7 @@ def expand_dims(x, axis):
 
 
 def squeeze(x, axis=None):
-    shape = as_array(x).shape
+    shape = _input_data('squeeze', x).shape
     axes = _normalize_axis(axis, len(shape), 'squeeze')
     if axes is None:
         axes = tuple(i for i, n in enumerate(shape) if n == 1)
@@ -1578,6 +1590,7 @@ def dropout(x, ratio=.5):
     if not 0.0 <= ratio < 1.0:
         raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
     if not config.train or ratio == 0.0:
+        _input_data('dropout', x)
         return as_variable(x)
     return Dropout(ratio)(x)
 
@@ -1694,7 +1707,7 @@ def mean_squared_error(x0, x1):
 
 def accuracy(y, t, ignore_label=None):
     """Fraction of rows whose arg-max equals the label (no gradient)."""
-    y, t = as_array(y), as_array(t)
+    y, t = _input_data('accuracy', y), _input_data('accuracy', t)
     if t.dtype.kind not in 'iu':
         raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
     _require_float('accuracy', y)
@@ -2320,9 +2333,22 @@ class Linear(Link):
 
     def forward(self, x, n_batch_axes=1):
         if self.W.data is None:
-            data = as_array(x)
-            self.W.initialize((self.out_size, data.size // data.shape[0]), _xp(data))
+            data = _check_first_input('Linear', x)
+            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
+
+
+def _check_first_input(link_name, x):
+    """The array of the first input of a link that learns its input size from
+    it, checked *before* anything is initialized: one example without its
+    batch axis would otherwise fix the weights to a wrong shape for good."""
+    data = _input_data(link_name, x)
+    if data.ndim < 2:
+        raise ValueError(
+            '{}: the input has shape {}, with no batch axis, so its size cannot be '
+            'learned from it; pass a batch, e.g. x[None] (shape {}) for one '
+            'example'.format(link_name, data.shape, (1,) + data.shape))
+    return data
 
 
 class Classifier(Chain):
@@ -2550,6 +2576,8 @@ class Optimizer:
         self.epoch = 0
         for param in link.params():
             param.update_rule = self.create_update_rule()
+        if next(link.params(), None) is None:
+            _warn_no_params(self, link)
         return self
 
     def create_update_rule(self):
@@ -2626,6 +2654,14 @@ class Optimizer:
         for name, param in self.target.namedparams():
             if param.update_rule is not None:
                 param.update_rule.serialize(serializer[name])
+
+
+def _warn_no_params(optimizer, link):
+    warnings.warn(
+        '{}.setup: {} has no parameters, so training will change nothing; '
+        'parameters and child links must be assigned inside '
+        '`with self.init_scope():` to be registered'.format(
+            type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
 GradientMethod = Optimizer
@@ -3044,10 +3080,13 @@ class NpzDeserializer(Deserializer):
         self.ignore_names = ignore_names or ()
         self.check_only = check_only
         self.file_name = file_name
+        self.tally = {'found': 0, 'missing': []}   # shared with the children
 
     def __getitem__(self, key):
-        return NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
-                               self.ignore_names, self.check_only, self.file_name)
+        child = NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
+                                self.ignore_names, self.check_only, self.file_name)
+        child.tally = self.tally
+        return child
 
     def stored(self, key):
         full_key = self.path + key.lstrip('/')
@@ -3063,10 +3102,13 @@ class NpzDeserializer(Deserializer):
         if key in self.ignore_names or (callable(self.ignore_names) and self.ignore_names(key)):
             return value
         if key not in self.npz:
+            self.tally['missing'].append(key)
             if not self.strict:
                 return value
-            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded (pass '
-                           'strict=False to skip missing keys)'.format(key, self.file_name))
+            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded ({})'.format(
+                key, self.file_name, _npz_key_hint(self.npz, key, self.path)
+                or 'pass strict=False to skip missing keys'))
+        self.tally['found'] += 1
         stored = self.npz[key]
         if stored.dtype == object:          # a parameter saved before initialization
             stored = stored[()]
@@ -3105,9 +3147,35 @@ def load_npz(file, obj, path='', strict=True, ignore_names=None):
     name = file if isinstance(file, (str, os.PathLike)) else 'the file'
     with np.load(file, allow_pickle=True) as npz:
         for check_only in (True, False):
-            obj.serialize(NpzDeserializer(npz, path, strict, ignore_names,
-                                          check_only, repr(os.fspath(name))
-                                          if name != 'the file' else name))
+            deserializer = NpzDeserializer(npz, path, strict, ignore_names, check_only,
+                                           repr(os.fspath(name)) if name != 'the file'
+                                           else name)
+            obj.serialize(deserializer)
+            tally = deserializer.tally
+            if check_only and tally['missing'] and not tally['found']:
+                # strict=False and not one key matched: loading "succeeded"
+                # with the object unchanged, which is never what was meant.
+                first = tally['missing'][0]
+                raise KeyError('load_npz: none of the {} keys that {} reads was found '
+                               'in {} (the first: {!r}), even with strict=False; nothing '
+                               'was loaded ({})'.format(
+                                   len(tally['missing']), type(obj).__name__,
+                                   deserializer.file_name, first,
+                                   _npz_key_hint(npz, first, path) or
+                                   'check the file and path={!r}'.format(path)))
+
+
+def _npz_key_hint(npz, key, path):
+    """Advice for a key missing from an npz: if the file holds it under a
+    longer prefix (a trainer snapshot keeps the model under
+    'updater/model:main/'), the path= that reaches it."""
+    relative = key[len(path):]
+    prefixes = sorted({name[:-len(relative)] for name in npz.files
+                       if name.endswith('/' + relative)})
+    if not prefixes:
+        return None
+    return 'the file has it under {}: pass path={!r}'.format(
+        ' and '.join(repr(p) for p in prefixes), prefixes[0])
 
 
 serializers = _submodule(
@@ -3991,6 +4059,14 @@ def _stack_examples(values, padding):
                 'concat_examples: cannot stack examples of different shapes {}; '
                 'pass padding= to pad them to a common shape'.format(
                     sorted({value.shape for value in values}))) from error
+    ndims = {value.ndim for value in values}
+    if len(ndims) > 1:
+        first = values[0].ndim
+        odd = next(i for i, value in enumerate(values) if value.ndim != first)
+        raise ValueError(
+            'concat_examples: padding needs examples with one number of axes, but '
+            'example 0 has shape {} and example {} has shape {}'.format(
+                values[0].shape, odd, values[odd].shape))
     shape = np.max([value.shape for value in values], axis=0)
     stacked = xp.full((len(values),) + tuple(shape), padding,
                       dtype=values[0].dtype)
@@ -4667,6 +4743,11 @@ class Evaluator(Extension):
 
     def evaluate(self):
         iterator = self._iterators['main']
+        if getattr(iterator, 'repeat', False):
+            raise ValueError(
+                "Evaluator: iterator 'main' repeats forever ({}(..., repeat=True)), "
+                'so evaluation would never end; create it with repeat=False'
+                .format(type(iterator).__name__))
         eval_func = self.eval_func or self._targets['main']
         if self.eval_hook:
             self.eval_hook(self)
@@ -4736,6 +4817,8 @@ class LogReport(Extension):
         entry['elapsed_time'] = trainer.elapsed_time
         if self._postprocess is not None:
             self._postprocess(entry)
+        if not self._log and self._keys is not None:
+            _warn_unreported_keys('LogReport', self._keys, entry)
         self._log.append(entry)
         if self._log_name is not None:
             text = json.dumps(self._log, indent=4).encode('utf-8')
@@ -4750,6 +4833,19 @@ class LogReport(Extension):
         text = serializer('_log', json.dumps(self._log))   # floats survive JSON exactly
         if isinstance(serializer, Deserializer):
             self._log = json.loads(text)
+
+
+def _warn_unreported_keys(owner, keys, entry):
+    """Warn, at the first log entry, about asked-for keys it lacks: a typo
+    would otherwise show as a blank column forever."""
+    unknown = [key for key in keys if key not in entry]
+    if unknown:
+        warnings.warn(
+            '{}: {} not in the first log entry, which has {}; check the spelling '
+            '(a key reported less often than the log is written, e.g. by an '
+            'Evaluator with a longer trigger, shows up later)'.format(
+                owner, ', '.join(repr(key) for key in unknown), sorted(entry)),
+            stacklevel=3)
 
 
 class PrintReport(Extension):
@@ -4791,6 +4887,8 @@ class PrintReport(Extension):
             raise TypeError('PrintReport: log_report must be a name or a '
                             'LogReport, not {}'.format(type(log_report).__name__))
         log = log_report.log
+        if self._log_len == 0 and log:
+            _warn_unreported_keys('PrintReport', self._entries, log[0])
         while self._log_len < len(log):
             # '\033[J' erases to the end of the screen: whatever a
             # ProgressBar drew below the cursor disappears under the row.
