@@ -760,6 +760,11 @@ def _require_float(label, *arrays):
                 '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
 
 
+def _require_inputs(label, xs):
+    if len(xs) == 0:
+        raise ValueError('{}: needs at least one input, got none'.format(label))
+
+
 def _input_data(label, x):
     """The array behind argument `x` of `label`, for helpers that look at it
     before any Function sees it; anything else gets the error a Function gives."""
@@ -997,6 +1002,7 @@ def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than 
 
 def add(*xs):
     """Sum of any number of variables (F.add(a, b, c))."""
+    _require_inputs('add', xs)
     y = xs[0]
     for x in xs[1:]:
         y = _arithmetic(y, x, Add, AddConstant, AddConstant)
@@ -1189,7 +1195,8 @@ def mean(x, axis=None, weights=None, keepdims=False):
     _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
-    return Sum(axes, keepdims)(x) * (1.0 / count)
+    # The mean of nothing is NaN, as in NumPy (whose warning is left out).
+    return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
 def max(x, axis=None, keepdims=False):
@@ -1334,10 +1341,12 @@ def broadcast_to(x, shape):
 
 
 def concat(xs, axis=1):
+    _require_inputs('concat', xs)
     return Concat(axis)(*xs)
 
 
 def stack(xs, axis=0):
+    _require_inputs('stack', xs)
     return Stack(axis)(*xs)
 
 
@@ -1368,7 +1377,7 @@ def squeeze(x, axis=None):
 
 def get_item(x, slices):
     if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
-        slices = np.asarray(slices)   # a list of ints is fancy indexing
+        slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
     return GetItem(slices)(x)
 
 
@@ -1693,11 +1702,12 @@ class MeanSquaredError(Function):
         _check_dtypes('mean_squared_error', a, b)
         _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
-        return _xp(a).asarray(self.diff.dot(self.diff) / self.diff.size, dtype=a.dtype),
+        n = self.diff.size         # 0: the mean of nothing is NaN, its gradient empty
+        return _xp(a).asarray(self.diff.dot(self.diff) / n if n else math.nan, dtype=a.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
         gy, = grad_outputs
-        ga = (self.diff * (gy * (2.0 / self.diff.size))).reshape(inputs[0].shape)
+        ga = (self.diff * (gy * (2.0 / max(self.diff.size, 1)))).reshape(inputs[0].shape)
         return ga, -ga
 
 
@@ -1716,7 +1726,9 @@ def accuracy(y, t, ignore_label=None):
             y.shape, t.shape))
     xp = _xp(y)
     hit = y.argmax(axis=1) == t
-    if ignore_label is None:
+    if hit.size == 0:                  # an empty batch: NaN, as NumPy's mean, without its warning
+        value = math.nan
+    elif ignore_label is None:
         value = hit.mean()
     else:
         valid = t != ignore_label
@@ -3960,6 +3972,9 @@ class SerialIterator(Iterator):
                              'both (shuffle=None lets order_sampler decide)')
         if order_sampler is None and (shuffle is None or shuffle):
             order_sampler = ShuffleOrderSampler()
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError('SerialIterator: batch_size must be a positive integer, '
+                             'got {!r}'.format(batch_size))
         self.dataset = dataset
         self.batch_size = batch_size
         self._repeat = repeat
@@ -4003,8 +4018,11 @@ class SerialIterator(Iterator):
 
     def __next__(self):
         epoch_size = self._epoch_size
-        if self._repeat and epoch_size == 0:
-            raise ValueError('cannot repeat over an empty dataset')
+        if epoch_size == 0:      # an empty dataset gives no batch, not one empty batch
+            if not self._repeat:
+                raise StopIteration
+            raise ValueError('SerialIterator: cannot repeat over an empty dataset '
+                             '(length 0); check how the dataset was built or split')
         self._previous_epoch_detail = self.epoch_detail
         if not self._repeat and self.epoch > 0:
             raise StopIteration
@@ -4757,6 +4775,7 @@ class Evaluator(Extension):
         else:
             batches = copy.copy(iterator)
         summary = DictSummary()
+        batch = None
         for batch in batches:
             observation = {}
             with report_scope(observation):
@@ -4769,6 +4788,10 @@ class Evaluator(Extension):
                     else:
                         eval_func(in_arrays)
             summary.add(observation)    # each batch counts once, as in Chainer
+        if batch is None:
+            raise ValueError("Evaluator: iterator 'main' gave no batch (its dataset has "
+                             'length {}), so there is nothing to evaluate'.format(
+                                 len(getattr(iterator, 'dataset', ()))))
         return summary.compute_mean()
 
     def finalize(self):
