@@ -1529,7 +1529,7 @@ class LinearFunction(Function):
         x, W = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) == 3 else None
         if x.ndim > 2:
-            x = x.reshape(len(x), -1)
+            x = x.reshape(len(x), math.prod(x.shape[1:]))
         if x.ndim != 2 or W.ndim != 2:
             raise ValueError('linear: x must have 2 or more dimensions and W 2, got '
                              'x.shape {} and W.shape {}'.format(inputs[0].shape, W.shape))
@@ -1552,7 +1552,7 @@ class LinearFunction(Function):
     def backward(self, inputs, grad_outputs):      # dx = dy W, dW = dy^T x, db = sum(dy)
         x, W = inputs[0], inputs[1]
         gy, = grad_outputs
-        x2 = x.reshape(len(x), -1) if x.ndim > 2 else x
+        x2 = x.reshape(len(x), math.prod(x.shape[1:])) if x.ndim > 2 else x
         # A data batch needs no gradient: skipping it saves the first layer's
         # biggest matrix product (a tenth of an MNIST training step).
         gx = (gy @ W).reshape(x.shape) if self.inputs[0].requires_grad else None
@@ -3092,7 +3092,7 @@ class NpzDeserializer(Deserializer):
         self.ignore_names = ignore_names or ()
         self.check_only = check_only
         self.file_name = file_name
-        self.tally = {'found': 0, 'missing': []}   # shared with the children
+        self.tally = {'found': 0, 'missing': [], 'root': path}   # shared with the children
 
     def __getitem__(self, key):
         child = NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
@@ -3118,7 +3118,7 @@ class NpzDeserializer(Deserializer):
             if not self.strict:
                 return value
             raise KeyError('load_npz: {!r} not found in {}; nothing was loaded ({})'.format(
-                key, self.file_name, _npz_key_hint(self.npz, key, self.path)
+                key, self.file_name, _npz_key_hint(self.npz, key, self.tally['root'])
                 or 'pass strict=False to skip missing keys'))
         self.tally['found'] += 1
         stored = self.npz[key]
