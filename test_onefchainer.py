@@ -4860,10 +4860,20 @@ def test_issue12_print_report_with_known_keys_does_not_warn(tmp_path):
         trainer.run()
 
 
+class _RepeatingButBounded(SerialIterator):
+    """repeat=True, but gives up after 10 batches, so a broken check fails
+    this test instead of hanging it."""
+    def __next__(self):
+        self.calls = getattr(self, 'calls', 0) + 1
+        if self.calls > 10:
+            raise AssertionError('the Evaluator iterated a repeating iterator')
+        return super().__next__()
+
+
 def test_issue12_evaluator_refuses_a_repeating_iterator():
     model, _ = make_model()
     with pytest.warns(UserWarning, match='repeat'):
-        evaluator = extensions.Evaluator(SerialIterator(make_dataset(10), 4), model)
+        evaluator = extensions.Evaluator(_RepeatingButBounded(make_dataset(10), 4), model)
     with pytest.raises(ValueError, match=r"Evaluator: iterator 'main' repeats forever"):
         evaluator()
 
