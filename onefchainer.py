@@ -3155,6 +3155,10 @@ def load_npz(file, obj, path='', strict=True, ignore_names=None):
     """Load `obj` from an .npz written by save_npz (or by Chainer).
 
     `path` selects a sub-tree, e.g. 'updater/model:main/' in a snapshot.
+    A key the object needs but the file lacks is a KeyError (naming the path=
+    to use when the file has it under a prefix); with strict=False it is
+    skipped, unless no key matches at all, which is a KeyError too.  On any
+    error nothing is loaded.  Chainer: serializers.load_npz.
     """
     name = file if isinstance(file, (str, os.PathLike)) else 'the file'
     with np.load(file, allow_pickle=True) as npz:
@@ -3963,7 +3967,8 @@ class SerialIterator(Iterator):
     """Visits the dataset in order or (by default) shuffled, batch_size
     examples at a time.  When repeating, a batch that crosses the end of an
     epoch is completed from the next epoch's (newly shuffled) order, so every
-    batch is full."""
+    batch is full.  An empty dataset gives no batch (repeat=False) or a
+    ValueError (repeat=True); batch_size below 1 is a ValueError."""
 
     def __init__(self, dataset, batch_size, repeat=True, shuffle=None,
                  order_sampler=None):
@@ -4711,7 +4716,8 @@ class Evaluator(Extension):
 
     It runs in test mode (config.train False: no dropout) and records no
     graph (nothing is differentiated here), so the model is left exactly as
-    it was.
+    it was.  An iterator that repeats (it would never end) or gives no batch
+    at all is a ValueError.
     """
 
     trigger = 1, 'epoch'

@@ -4883,3 +4883,12 @@ def test_issue12_concat_examples_with_padding_names_the_mismatched_example():
     with pytest.raises(ValueError, match=r'concat_examples: .*example 0 has shape \(3,\) and '
                                          r'example 2 has shape \(2, 2\)'):
         concat_examples(batch, padding=0)
+
+
+def test_issue12_classifier_on_an_empty_batch():
+    model = L.Classifier(L.Linear(3, 2)).to_device(TEST_DEVICE)
+    model.cleargrads()
+    loss = model(dev(np.zeros((0, 3), np.float32)), dev(np.zeros(0, np.int32)))
+    assert float(host(loss)) == 0.0 and np.isnan(float(host(model.accuracy)))
+    loss.backward()
+    np.testing.assert_array_equal(host(model.predictor.W.grad), np.zeros((2, 3)))
