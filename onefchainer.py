@@ -1147,13 +1147,14 @@ class Sum(Function):
     def forward(self, inputs):
         x, = inputs
         self.axis = _normalize_axis(self.axis, x.ndim, 'sum')
-        # dtype: NumPy would sum int32 into int64, and the gradient must keep x's dtype.
-        return x.sum(axis=self.axis, keepdims=self.keepdims, dtype=x.dtype),
+        return x.sum(axis=self.axis, keepdims=self.keepdims),
 
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
         x, = inputs
         gy = grad_outputs[0].reshape(_keepdims_shape(x.shape, self.axis))
-        return _xp(x).broadcast_to(gy, x.shape).copy(),
+        # astype copies; it also brings the int64 gradient of an int32 sum
+        # (NumPy sums small ints in int64, so the sum cannot overflow) back to x's dtype.
+        return _xp(x).broadcast_to(gy, x.shape).astype(x.dtype),
 
 
 class Max(Function):

@@ -4518,7 +4518,7 @@ def test_issue12_int_gradients_stay_exact_and_keep_their_dtype():
     a = Variable(dev(np.array([[1, -2, 3], [4, 5, -6]], np.int32)))
     b = Variable(dev(np.array([2, 3, 4], np.int32)))
     y = F.sum(F.relu(a * b + a[:, [0, 0, 1]]))
-    assert y.dtype == np.int32
+    assert y.dtype.kind == 'i'          # NumPy sums int32 in int64: the value cannot overflow
     y.backward()
     assert a.grad.dtype == np.int32 and b.grad.dtype == np.int32
     # d/da of relu(a*b + a[:, idx]): b where positive, plus the index counts
@@ -4892,3 +4892,11 @@ def test_issue12_classifier_on_an_empty_batch():
     assert float(host(loss)) == 0.0 and np.isnan(float(host(model.accuracy)))
     loss.backward()
     np.testing.assert_array_equal(host(model.predictor.W.grad), np.zeros((2, 3)))
+
+
+def test_issue12_sum_of_small_ints_does_not_overflow_and_its_gradient_keeps_the_dtype():
+    x = Variable(dev(np.full(300, 200, np.uint8)))
+    y = F.sum(x)
+    assert int(host(y)) == 60000
+    y.backward()
+    assert x.grad.dtype == np.uint8 and int(host(x.grad).sum()) == 300
