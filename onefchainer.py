@@ -358,10 +358,9 @@ class Variable:
             if not isinstance(grad, _array_types):
                 raise TypeError('Variable.grad: must be an array or None, not '
                                 '{}'.format(type(grad).__name__))
-            if self.data is not None and grad.shape != self.data.shape:
-                raise ValueError(
-                    'Variable.grad: shape {} does not match the data shape {}'
-                    .format(grad.shape, self.data.shape))
+            if self.data is not None and (grad.shape != self.data.shape or
+                                          grad.dtype != self.data.dtype):
+                _check_grad_input(None, None, self, grad)
         self._grad = grad
 
     @property
@@ -677,6 +676,8 @@ def _backprop(roots, retain_grad):
                 continue
             if not isinstance(gx, _array_types):   # NumPy's 0-dim scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
+            if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
+                _check_grad_input(function, inputs.index(x), x, gx)
             if x._grad is None:
                 x._grad = gx
             elif x in owned:
@@ -692,6 +693,22 @@ def _backprop(roots, retain_grad):
             for y in outputs:
                 if y is not None:
                     y._grad = None
+
+
+def _check_grad_input(function, index, x, gx):
+    """Raise unless gradient `gx` fits variable `x` (same shape and dtype),
+    naming who made it: input `index` of `function`'s backward, or, with
+    function None, an assignment to x.grad.  A wrong gradient stored silently
+    would turn up later as a dtype or shape change far from its cause."""
+    where = ('Variable.grad' if function is None else
+             '{}.backward: the gradient of input {}'.format(function.label, index))
+    if gx.shape != x.data.shape:
+        raise ValueError('{} has shape {} but the variable has shape {}; a gradient '
+                         'has the shape of its variable'.format(where, gx.shape, x.data.shape))
+    if gx.dtype != x.data.dtype:
+        raise TypeError('{} has dtype {} but the variable has dtype {}; cast it with '
+                        '.astype(numpy.{})'.format(where, gx.dtype, x.data.dtype,
+                                                   x.data.dtype))
 
 
 # =============================================================================
@@ -712,7 +729,7 @@ def _sum_to(gx, shape):
     lead = gx.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
-    return gx.sum(axis=axes, keepdims=True).reshape(shape)
+    return gx.sum(axis=axes, keepdims=True, dtype=gx.dtype).reshape(shape)   # int32 stays int32
 
 
 def _check_dtypes(label, a, b):
@@ -725,6 +742,39 @@ def _check_same_dtype(label, arrays):
     if len({a.dtype for a in arrays}) > 1:
         raise TypeError('{}: dtypes differ: {}; convert with .astype(...)'.format(
             label, [str(a.dtype) for a in arrays]))
+
+
+def _require_float(label, *arrays):
+    """Raise unless every array holds floating-point numbers.
+
+    Integer arrays are welcome where the math stays exact (add, mul, sum,
+    reshape, indexing, relu...), but a function built on division, e^x, 1/x
+    or a float factor would truncate or silently switch to float64; its
+    gradient would be truncated too (the mean of three ints gets gradient 0).
+    """
+    for a in arrays:
+        if a.dtype.kind != 'f':
+            raise TypeError(
+                '{}: needs floating-point input, got dtype {} (shape {}); integer '
+                'math would truncate the result or its gradient; convert it with '
+                '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
+
+
+def _require_inputs(label, xs):
+    if len(xs) == 0:
+        raise ValueError('{}: needs at least one input, got none'.format(label))
+
+
+def _input_data(label, x):
+    """The array behind argument `x` of `label`, for helpers that look at it
+    before any Function sees it; anything else gets the error a Function gives."""
+    if isinstance(x, Variable):
+        return x.data
+    if isinstance(x, _array_types):
+        return x
+    raise TypeError('{}: inputs must be Variables or numpy/cupy arrays, not {}; '
+                    'convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)'
+                    .format(label, type(x).__name__))
 
 
 def _scalar_constant(value, like):
@@ -788,7 +838,10 @@ class AddConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] + self.constant,
+        y = inputs[0] + self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs
@@ -822,7 +875,10 @@ class SubFromConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return self.constant - inputs[0],
+        y = self.constant - inputs[0]
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return -grad_outputs[0],
@@ -855,7 +911,10 @@ class MulConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] * self.constant,
+        y = inputs[0] * self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs[0] * self.constant,
@@ -870,6 +929,7 @@ class Div(Function):
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('div', a, b)
+        _require_float('div', a)
         return a / b,
 
     def backward(self, inputs, grad_outputs):      # d(a/b)/db = -a/b^2
@@ -889,6 +949,7 @@ class DivFromConstant(Function):
         self.constant = constant
 
     def forward(self, inputs):
+        _require_float('div', inputs[0])
         return self.constant / inputs[0],
 
     def backward(self, inputs, grad_outputs):      # d(c/x)/dx = -c/x^2
@@ -917,6 +978,7 @@ class Pow(Function):
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('pow', a, b)
+        _require_float('pow', a)
         self.y = a ** b
         return self.y,
 
@@ -939,6 +1001,7 @@ class PowConstantExponent(Function):
         self.exponent = exponent
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         return inputs[0] ** self.exponent,
 
     def backward(self, inputs, grad_outputs):      # d(x^c)/dx = c x^(c-1)
@@ -956,6 +1019,7 @@ class PowConstantBase(Function):
         self.base = base
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         self.y = self.base ** inputs[0]
         return self.y,
 
@@ -968,16 +1032,20 @@ def _subtract_constant(c):     # x - c is x + (-c)
 
 
 def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than a divide
-    return MulConstant(1.0 / c)
+    function = MulConstant(1.0 / c)
+    function.label = 'div'       # so that errors name what the user wrote
+    return function
 
 
 def add(*xs):
     """Elementwise sum of any number of Variables or arrays: F.add(a, b, c).
 
     All of one float dtype (shapes broadcast); a scalar may stand for one of
-    them. Returns a Variable. Raises TypeError when the dtypes differ.
-    Also `a + b` on a Variable. Chainer: chainer.functions.add.
+    them. Returns a Variable. Raises TypeError when the dtypes differ, and
+    ValueError for no input at all. Also `a + b` on a Variable.
+    Chainer: chainer.functions.add.
     """
+    _require_inputs('add', xs)
     y = xs[0]
     for x in xs[1:]:
         y = _arithmetic(y, x, Add, AddConstant, AddConstant)
@@ -1048,6 +1116,7 @@ class MatMul(Function):
             raise ValueError('matmul: both inputs need 2 or more dimensions, got '
                              'shapes {} and {}'.format(a.shape, b.shape))
         _check_dtypes('matmul', a, b)
+        _require_float('matmul', a)
         a = a.swapaxes(-1, -2) if self.transa else a
         b = b.swapaxes(-1, -2) if self.transb else b
         if a.shape[-1] != b.shape[-2]:
@@ -1091,6 +1160,7 @@ class Exp(Function):
     label = 'exp'
 
     def forward(self, inputs):
+        _require_float('exp', inputs[0])
         self.y = _xp(inputs[0]).exp(inputs[0])
         return self.y,
 
@@ -1105,6 +1175,7 @@ class Log(Function):
     label = 'log'
 
     def forward(self, inputs):
+        _require_float('log', inputs[0])
         return _xp(inputs[0]).log(inputs[0]),
 
     def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
@@ -1116,6 +1187,7 @@ class Sqrt(Function):
     label = 'sqrt'
 
     def forward(self, inputs):
+        _require_float('sqrt', inputs[0])
         self.y = _xp(inputs[0]).sqrt(inputs[0])
         return self.y,
 
@@ -1181,7 +1253,9 @@ class Sum(Function):
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
         x, = inputs
         gy = grad_outputs[0].reshape(_keepdims_shape(x.shape, self.axis))
-        return _xp(x).broadcast_to(gy, x.shape).copy(),
+        # astype copies; it also brings the int64 gradient of an int32 sum
+        # (NumPy sums small ints in int64, so the sum cannot overflow) back to x's dtype.
+        return _xp(x).broadcast_to(gy, x.shape).astype(x.dtype),
 
 
 class Max(Function):
@@ -1239,10 +1313,12 @@ def mean(x, axis=None, weights=None, keepdims=False):
     """
     if weights is not None:
         raise NotImplementedError('mean: weights are not supported')
-    data = as_array(x)
+    data = _input_data('mean', x)
+    _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
-    return Sum(axes, keepdims)(x) * (1.0 / count)
+    # The mean of nothing is NaN, as in NumPy (whose warning is left out).
+    return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
 def max(x, axis=None, keepdims=False):
@@ -1405,7 +1481,7 @@ def reshape(x, shape):
     when the shape is unchanged (no graph node, as in Chainer). Raises
     ValueError when the sizes differ. Chainer: chainer.functions.reshape.
     """
-    if tuple(shape) == as_array(x).shape:
+    if tuple(shape) == _input_data('reshape', x).shape:
         return as_variable(x)     # as in Chainer: no op, no graph node
     return Reshape(shape)(x)
 
@@ -1431,8 +1507,9 @@ def concat(xs, axis=1):
 
     All inputs need one dtype and equal sizes on every other axis. Returns a
     Variable. Raises ValueError for shapes that do not fit, TypeError for mixed
-    dtypes. Chainer: chainer.functions.concat.
+    dtypes or an empty sequence. Chainer: chainer.functions.concat.
     """
+    _require_inputs('concat', xs)
     return Concat(axis)(*xs)
 
 
@@ -1440,8 +1517,9 @@ def stack(xs, axis=0):
     """Stack the Variables/arrays in `xs` along a new axis `axis` (default 0).
 
     All inputs need one shape and one dtype. Returns a Variable with one more
-    dimension. Raises ValueError/TypeError otherwise. Chainer: chainer.functions.stack.
+    dimension. Raises ValueError/TypeError otherwise (also for no input). Chainer: chainer.functions.stack.
     """
+    _require_inputs('stack', xs)
     return Stack(axis)(*xs)
 
 
@@ -1449,7 +1527,7 @@ def flatten(x):
     """x reshaped to one dimension of x.size elements; returns a Variable.
     Chainer: chainer.functions.flatten.
     """
-    return reshape(x, (as_array(x).size,))
+    return reshape(x, (_input_data('flatten', x).size,))
 
 
 def expand_dims(x, axis):
@@ -1457,7 +1535,7 @@ def expand_dims(x, axis):
     Returns a Variable. Raises ValueError for an axis out of bounds.
     Chainer: chainer.functions.expand_dims.
     """
-    shape = list(as_array(x).shape)
+    shape = list(_input_data('expand_dims', x).shape)
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError('expand_dims: axis {} is out of bounds for shape {}'
                          .format(axis, tuple(shape)))
@@ -1470,7 +1548,7 @@ def squeeze(x, axis=None):
     int/tuple `axis`. Returns a Variable. Raises ValueError when a given axis has
     a size other than 1. Chainer: chainer.functions.squeeze.
     """
-    shape = as_array(x).shape
+    shape = _input_data('squeeze', x).shape
     axes = _normalize_axis(axis, len(shape), 'squeeze')
     if axes is None:
         axes = tuple(i for i, n in enumerate(shape) if n == 1)
@@ -1488,7 +1566,7 @@ def get_item(x, slices):
     Chainer: chainer.functions.get_item (also `x[...]` on a Variable).
     """
     if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
-        slices = np.asarray(slices)   # a list of ints is fancy indexing
+        slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
     return GetItem(slices)(x)
 
 
@@ -1522,6 +1600,7 @@ class LeakyReLU(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('leaky_relu', x)
         return _xp(x).where(x >= 0, x, x * self.slope),
 
     def backward(self, inputs, grad_outputs):      # 1 where x >= 0, else slope
@@ -1539,6 +1618,7 @@ class Sigmoid(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('sigmoid', x)
         xp = _xp(x)
         # 1/(1+e^-x) written with tanh, which never overflows.
         self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
@@ -1556,6 +1636,7 @@ class Tanh(Function):
     label = 'tanh'
 
     def forward(self, inputs):
+        _require_float('tanh', inputs[0])
         self.y = _xp(inputs[0]).tanh(inputs[0])
         return self.y,
 
@@ -1616,6 +1697,7 @@ class Softmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('softmax', x)
         y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
         y /= y.sum(axis=self.axis, keepdims=True)
         self.y = y
@@ -1639,6 +1721,7 @@ class LogSoftmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('log_softmax', x)
         self.y = x - _log_sum_exp(x, self.axis)
         return self.y,
 
@@ -1679,7 +1762,7 @@ class LinearFunction(Function):
         x, W = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) == 3 else None
         if x.ndim > 2:
-            x = x.reshape(len(x), -1)
+            x = x.reshape(len(x), math.prod(x.shape[1:]))
         if x.ndim != 2 or W.ndim != 2:
             raise ValueError('linear: x must have 2 or more dimensions and W 2, got '
                              'x.shape {} and W.shape {}'.format(inputs[0].shape, W.shape))
@@ -1690,6 +1773,7 @@ class LinearFunction(Function):
         if x.dtype != W.dtype:
             raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
                             'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
@@ -1701,7 +1785,7 @@ class LinearFunction(Function):
     def backward(self, inputs, grad_outputs):      # dx = dy W, dW = dy^T x, db = sum(dy)
         x, W = inputs[0], inputs[1]
         gy, = grad_outputs
-        x2 = x.reshape(len(x), -1) if x.ndim > 2 else x
+        x2 = x.reshape(len(x), math.prod(x.shape[1:])) if x.ndim > 2 else x
         # A data batch needs no gradient: skipping it saves the first layer's
         # biggest matrix product (a tenth of an MNIST training step).
         gx = (gy @ W).reshape(x.shape) if self.inputs[0].requires_grad else None
@@ -1742,6 +1826,7 @@ class Dropout(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('dropout', x)
         xp = _xp(x)
         # Scale the kept units by 1/(1-ratio) so the expected value is unchanged
         # and nothing needs rescaling at test time.
@@ -1767,6 +1852,7 @@ def dropout(x, ratio=.5):
     if not 0.0 <= ratio < 1.0:
         raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
     if not config.train or ratio == 0.0:
+        _input_data('dropout', x)
         return as_variable(x)
     return Dropout(ratio)(x)
 
@@ -1891,12 +1977,14 @@ class MeanSquaredError(Function):
             raise ValueError('mean_squared_error: shapes differ: {} and {}'.format(
                 a.shape, b.shape))
         _check_dtypes('mean_squared_error', a, b)
+        _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
-        return _xp(a).asarray(self.diff.dot(self.diff) / self.diff.size, dtype=a.dtype),
+        n = self.diff.size         # 0: the mean of nothing is NaN, its gradient empty
+        return _xp(a).asarray(self.diff.dot(self.diff) / n if n else math.nan, dtype=a.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
         gy, = grad_outputs
-        ga = (self.diff * (gy * (2.0 / self.diff.size))).reshape(inputs[0].shape)
+        ga = (self.diff * (gy * (2.0 / max(self.diff.size, 1)))).reshape(inputs[0].shape)
         return ga, -ga
 
 
@@ -1915,19 +2003,22 @@ def accuracy(y, t, ignore_label=None):
 
     y: scores (N, C) or (N, C, d1, ...); t: integer labels (N,) or (N, d1, ...).
     Labels equal to ignore_label (default None: none) are left out of the
-    count (0 if all are). Returns a 0-dim Variable of y's dtype with no
+    count (0 if all are; NaN for an empty batch). Returns a 0-dim Variable of y's dtype with no
     gradient. Raises TypeError for non-integer t, ValueError for shapes that do
     not match. Chainer: chainer.functions.accuracy.
     """
-    y, t = as_array(y), as_array(t)
+    y, t = _input_data('accuracy', y), _input_data('accuracy', t)
     if t.dtype.kind not in 'iu':
         raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
+    _require_float('accuracy', y)
     if y.ndim < 2 or t.shape != y.shape[:1] + y.shape[2:]:
         raise ValueError('accuracy: y.shape {} and t.shape {} do not match'.format(
             y.shape, t.shape))
     xp = _xp(y)
     hit = y.argmax(axis=1) == t
-    if ignore_label is None:
+    if hit.size == 0:                  # an empty batch: NaN, as NumPy's mean, without its warning
+        value = math.nan
+    elif ignore_label is None:
         value = hit.mean()
     else:
         valid = t != ignore_label
@@ -2707,9 +2798,22 @@ class Linear(Link):
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward.
         """
         if self.W.data is None:
-            data = as_array(x)
-            self.W.initialize((self.out_size, data.size // data.shape[0]), _xp(data))
+            data = _check_first_input('Linear', x)
+            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
+
+
+def _check_first_input(link_name, x):
+    """The array of the first input of a link that learns its input size from
+    it, checked *before* anything is initialized: one example without its
+    batch axis would otherwise fix the weights to a wrong shape for good."""
+    data = _input_data(link_name, x)
+    if data.ndim < 2:
+        raise ValueError(
+            '{}: the input has shape {}, with no batch axis, so its size cannot be '
+            'learned from it; pass a batch, e.g. x[None] (shape {}) for one '
+            'example'.format(link_name, data.shape, (1,) + data.shape))
+    return data
 
 
 class Classifier(Chain):
@@ -2928,18 +3032,41 @@ class UpdateRule:
         them from the file if it holds all of them. Chainer: chainer.UpdateRule.serialize.
         """
         self.t = serializer('t', self.t)
+        if not isinstance(serializer, Deserializer):
+            for key in self.state or ():   # no state yet (no update): nothing to save
+                self.state[key] = serializer(key, self.state[key])
+            return
+        names = list(self.state) if self.state is not None else \
+            self._state_names(Parameter(np.zeros(1, np.float32)))
+        present = [key for key in names if _is_stored(serializer, key)]
+        if not present:
+            # Saved before this rule's first update (by us or by Chainer, which
+            # writes no state then either): the rule is fresh again.
+            if not serializer.check_only:
+                self.state = None
+            return
+        if len(present) < len(names):
+            raise KeyError('load_npz: {} has update-rule state {} but not {}; '
+                           'nothing was loaded'.format(
+                               serializer.file_name if hasattr(serializer, 'file_name')
+                               else 'the file', present,
+                               [key for key in names if key not in present]))
         if self.state is None:
-            if not isinstance(serializer, Deserializer):
-                return              # no state yet: nothing to save
-            loaded = {}
-            for key in self._state_names(Parameter(np.zeros(1, np.float32))):
-                loaded[key] = serializer(key, None)
-            if all(value is not None for value in loaded.values()):
+            loaded = {key: serializer(key, None) for key in names}
+            if not serializer.check_only:
                 self.state = loaded
                 self._state_from_file = True
         else:
             for key in self.state:
                 self.state[key] = serializer(key, self.state[key])
+
+
+def _is_stored(deserializer, key):
+    """Whether `deserializer` holds a value under `key` (strict or not)."""
+    try:
+        return deserializer.stored(key) is not None
+    except KeyError:
+        return False
 
 
 class Optimizer:
@@ -2975,6 +3102,8 @@ class Optimizer:
         self.epoch = 0
         for param in link.params():
             param.update_rule = self.create_update_rule()
+        if next(link.params(), None) is None:
+            _warn_no_params(self, link)
         return self
 
     def create_update_rule(self):
@@ -2983,10 +3112,10 @@ class Optimizer:
         """
         raise NotImplementedError
 
-    def _check_setup(self):
+    def _check_setup(self, method='update()'):
         if self.target is None:
-            raise RuntimeError('{}: call setup(link) before update()'.format(
-                type(self).__name__))
+            raise RuntimeError('{}: call setup(link) before {}'.format(
+                type(self).__name__, method))
 
     def update(self, lossfun=None, *args, **kwds):
         """Update once.  With `lossfun`, first compute the loss from `args`,
@@ -3028,7 +3157,7 @@ class Optimizer:
         """Hooks run before each update: WeightDecay, GradientClipping, ...
         Chainer: chainer.Optimizer.add_hook.
         """
-        self._check_setup()
+        self._check_setup('add_hook()')
         name = name or getattr(hook, 'name', type(hook).__name__)
         if name in self._hooks:
             raise KeyError('add_hook: a hook named {!r} already exists'.format(name))
@@ -3065,13 +3194,23 @@ class Optimizer:
 
     def serialize(self, serializer):
         """Save or load t, epoch and every parameter's update-rule state, under
-        the parameter's path. Chainer: chainer.Optimizer.serialize.
+        the parameter's path. Raises RuntimeError before setup(link).
+        Chainer: chainer.Optimizer.serialize.
         """
+        self._check_setup('saving or loading it (save_npz, load_npz, a snapshot)')
         self.t = serializer('t', self.t)
         self.epoch = serializer('epoch', self.epoch)
         for name, param in self.target.namedparams():
             if param.update_rule is not None:
                 param.update_rule.serialize(serializer[name])
+
+
+def _warn_no_params(optimizer, link):
+    warnings.warn(
+        '{}.setup: {} has no parameters, so training will change nothing; '
+        'parameters and child links must be assigned inside '
+        '`with self.init_scope():` to be registered'.format(
+            type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
 GradientMethod = Optimizer
@@ -3586,10 +3725,13 @@ class NpzDeserializer(Deserializer):
         self.ignore_names = ignore_names or ()
         self.check_only = check_only
         self.file_name = file_name
+        self.tally = {'found': 0, 'missing': [], 'root': path}   # shared with the children
 
     def __getitem__(self, key):
-        return NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
-                               self.ignore_names, self.check_only, self.file_name)
+        child = NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
+                                self.ignore_names, self.check_only, self.file_name)
+        child.tally = self.tally
+        return child
 
     def stored(self, key):
         full_key = self.path + key.lstrip('/')
@@ -3605,10 +3747,13 @@ class NpzDeserializer(Deserializer):
         if key in self.ignore_names or (callable(self.ignore_names) and self.ignore_names(key)):
             return value
         if key not in self.npz:
+            self.tally['missing'].append(key)
             if not self.strict:
                 return value
-            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded (pass '
-                           'strict=False to skip missing keys)'.format(key, self.file_name))
+            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded ({})'.format(
+                key, self.file_name, _npz_key_hint(self.npz, key, self.tally['root'])
+                or 'pass strict=False to skip missing keys'))
+        self.tally['found'] += 1
         stored = self.npz[key]
         if stored.dtype == object:          # a parameter saved before initialization
             stored = stored[()]
@@ -3644,17 +3789,44 @@ def load_npz(file, obj, path='', strict=True, ignore_names=None):
 
     file: a path or an open binary file. path: a key prefix selecting a
     sub-tree, e.g. 'updater/model:main/' in a trainer snapshot. strict
-    (default True): a key missing from the file raises KeyError; False skips
-    it. ignore_names: keys, or a predicate on keys, to leave alone. The file is
+    (default True): a key missing from the file raises KeyError, naming the
+    path= to use when the file has it under a prefix; False skips it, unless
+    no key matches at all, which is a KeyError too. ignore_names: keys, or a predicate on keys, to leave alone. The file is
     checked completely before anything changes: on KeyError or ValueError
     (shapes that differ) obj is untouched. Chainer: chainer.serializers.load_npz.
     """
     name = file if isinstance(file, (str, os.PathLike)) else 'the file'
     with np.load(file, allow_pickle=True) as npz:
         for check_only in (True, False):
-            obj.serialize(NpzDeserializer(npz, path, strict, ignore_names,
-                                          check_only, repr(os.fspath(name))
-                                          if name != 'the file' else name))
+            deserializer = NpzDeserializer(npz, path, strict, ignore_names, check_only,
+                                           repr(os.fspath(name)) if name != 'the file'
+                                           else name)
+            obj.serialize(deserializer)
+            tally = deserializer.tally
+            if check_only and tally['missing'] and not tally['found']:
+                # strict=False and not one key matched: loading "succeeded"
+                # with the object unchanged, which is never what was meant.
+                first = tally['missing'][0]
+                raise KeyError('load_npz: none of the {} keys that {} reads was found '
+                               'in {} (the first: {!r}), even with strict=False; nothing '
+                               'was loaded ({})'.format(
+                                   len(tally['missing']), type(obj).__name__,
+                                   deserializer.file_name, first,
+                                   _npz_key_hint(npz, first, path) or
+                                   'check the file and path={!r}'.format(path)))
+
+
+def _npz_key_hint(npz, key, path):
+    """Advice for a key missing from an npz: if the file holds it under a
+    longer prefix (a trainer snapshot keeps the model under
+    'updater/model:main/'), the path= that reaches it."""
+    relative = key[len(path):]
+    prefixes = sorted({name[:-len(relative)] for name in npz.files
+                       if name.endswith('/' + relative)})
+    if not prefixes:
+        return None
+    return 'the file has it under {}: pass path={!r}'.format(
+        ' and '.join(repr(p) for p in prefixes), prefixes[0])
 
 
 serializers = _submodule(
@@ -4690,7 +4862,9 @@ class SerialIterator(Iterator):
     callable choosing each epoch's order (not together with shuffle, else
     ValueError). When repeating, a batch that crosses the end of an epoch is
     completed from the next epoch, so every batch is full. Attributes: epoch,
-    epoch_detail (a float), is_new_epoch, current_position.
+    epoch_detail (a float), is_new_epoch, current_position. An empty dataset
+    gives no batch (repeat=False) or a ValueError (repeat=True); batch_size
+    below 1 is a ValueError.
     Chainer: chainer.iterators.SerialIterator.
     """
 
@@ -4701,6 +4875,9 @@ class SerialIterator(Iterator):
                              'both (shuffle=None lets order_sampler decide)')
         if order_sampler is None and (shuffle is None or shuffle):
             order_sampler = ShuffleOrderSampler()
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError('SerialIterator: batch_size must be a positive integer, '
+                             'got {!r}'.format(batch_size))
         self.dataset = dataset
         self.batch_size = batch_size
         self._repeat = repeat
@@ -4752,8 +4929,11 @@ class SerialIterator(Iterator):
 
     def __next__(self):
         epoch_size = self._epoch_size
-        if self._repeat and epoch_size == 0:
-            raise ValueError('cannot repeat over an empty dataset')
+        if epoch_size == 0:      # an empty dataset gives no batch, not one empty batch
+            if not self._repeat:
+                raise StopIteration
+            raise ValueError('SerialIterator: cannot repeat over an empty dataset '
+                             '(length 0); check how the dataset was built or split')
         self._previous_epoch_detail = self.epoch_detail
         if not self._repeat and self.epoch > 0:
             raise StopIteration
@@ -4808,6 +4988,14 @@ def _stack_examples(values, padding):
                 'concat_examples: cannot stack examples of different shapes {}; '
                 'pass padding= to pad them to a common shape'.format(
                     sorted({value.shape for value in values}))) from error
+    ndims = {value.ndim for value in values}
+    if len(ndims) > 1:
+        first = values[0].ndim
+        odd = next(i for i, value in enumerate(values) if value.ndim != first)
+        raise ValueError(
+            'concat_examples: padding needs examples with one number of axes, but '
+            'example 0 has shape {} and example {} has shape {}'.format(
+                values[0].shape, odd, values[odd].shape))
     shape = np.max([value.shape for value in values], axis=0)
     stacked = xp.full((len(values),) + tuple(shape), padding,
                       dtype=values[0].dtype)
@@ -5560,7 +5748,9 @@ class Evaluator(Extension):
     concat_examples; device: where batches are sent; eval_hook(evaluator):
     called first; eval_func: called instead of target. progress_bar is
     accepted and draws nothing. Runs with config.train False and no graph,
-    once per epoch by default. Chainer: chainer.training.extensions.Evaluator.
+    once per epoch by default, so the model is left exactly as it was. An
+    iterator that repeats (it would never end) or gives no batch at all is a
+    ValueError. Chainer: chainer.training.extensions.Evaluator.
     """
 
     trigger = 1, 'epoch'
@@ -5618,6 +5808,11 @@ class Evaluator(Extension):
         Chainer: chainer.training.extensions.Evaluator.evaluate.
         """
         iterator = self._iterators['main']
+        if getattr(iterator, 'repeat', False):
+            raise ValueError(
+                "Evaluator: iterator 'main' repeats forever ({}(..., repeat=True)), "
+                'so evaluation would never end; create it with repeat=False'
+                .format(type(iterator).__name__))
         eval_func = self.eval_func or self._targets['main']
         if self.eval_hook:
             self.eval_hook(self)
@@ -5627,6 +5822,7 @@ class Evaluator(Extension):
         else:
             batches = copy.copy(iterator)
         summary = DictSummary()
+        batch = None
         for batch in batches:
             observation = {}
             with report_scope(observation):
@@ -5639,6 +5835,10 @@ class Evaluator(Extension):
                     else:
                         eval_func(in_arrays)
             summary.add(observation)    # each batch counts once, as in Chainer
+        if batch is None:
+            raise ValueError("Evaluator: iterator 'main' gave no batch (its dataset has "
+                             'length {}), so there is nothing to evaluate'.format(
+                                 len(getattr(iterator, 'dataset', ()))))
         return summary.compute_mean()
 
     def finalize(self):
@@ -5689,6 +5889,8 @@ class LogReport(Extension):
         entry['elapsed_time'] = trainer.elapsed_time
         if self._postprocess is not None:
             self._postprocess(entry)
+        if not self._log and self._keys is not None:
+            _warn_unreported_keys('LogReport', self._keys, entry)
         self._log.append(entry)
         if self._log_name is not None:
             text = json.dumps(self._log, indent=4).encode('utf-8')
@@ -5703,6 +5905,19 @@ class LogReport(Extension):
         text = serializer('_log', json.dumps(self._log))   # floats survive JSON exactly
         if isinstance(serializer, Deserializer):
             self._log = json.loads(text)
+
+
+def _warn_unreported_keys(owner, keys, entry):
+    """Warn, at the first log entry, about asked-for keys it lacks: a typo
+    would otherwise show as a blank column forever."""
+    unknown = [key for key in keys if key not in entry]
+    if unknown:
+        warnings.warn(
+            '{}: {} not in the first log entry, which has {}; check the spelling '
+            '(a key reported less often than the log is written, e.g. by an '
+            'Evaluator with a longer trigger, shows up later)'.format(
+                owner, ', '.join(repr(key) for key in unknown), sorted(entry)),
+            stacklevel=3)
 
 
 class PrintReport(Extension):
@@ -5745,6 +5960,8 @@ class PrintReport(Extension):
             raise TypeError('PrintReport: log_report must be a name or a '
                             'LogReport, not {}'.format(type(log_report).__name__))
         log = log_report.log
+        if self._log_len == 0 and log:
+            _warn_unreported_keys('PrintReport', self._entries, log[0])
         while self._log_len < len(log):
             # '\033[J' erases to the end of the screen: whatever a
             # ProgressBar drew below the cursor disappears under the row.

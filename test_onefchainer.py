@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import math
 import os
 import re
@@ -4709,3 +4710,448 @@ def test_every_public_name_has_a_docstring():
                    if name not in api or has_docstring(api[name]))
     assert stale == [], ('documented or gone now: remove them from '
                          'UNDOCUMENTED_FOR_NOW: {}'.format(stale))
+
+# ----- issue 12: checked gradients, float-only functions, empty inputs, optimizer files, hints -----
+
+class _TwiceFloat64Grad(Function):
+    """y = 2x whose backward (wrongly) returns float64 for any input."""
+    def forward(self, inputs):
+        return inputs[0] * 2,
+
+    def backward(self, inputs, grad_outputs):
+        gy, = grad_outputs
+        return gy * xp.ones(gy.shape) * 2,        # float64 ones: promotes float32
+
+
+class _SumKeepdimsGrad(Function):
+    """y = 2x whose backward (wrongly) returns a (1,) gradient."""
+    def forward(self, inputs):
+        return inputs[0] * 2,
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0].sum(keepdims=True),
+
+
+def test_issue12_backward_returning_another_dtype_is_caught():
+    x = Variable(dev(np.ones(3, np.float32)))
+    y = _TwiceFloat64Grad()(x)
+    y.grad = dev(np.ones(3, np.float32))
+    with pytest.raises(TypeError) as info:
+        y.backward()
+    message = str(info.value)
+    assert '_TwiceFloat64Grad' in message and 'input 0' in message
+    assert 'float64' in message and 'float32' in message
+    assert x.grad is None
+
+
+def test_issue12_backward_returning_another_shape_is_caught():
+    x = Variable(dev(np.ones(3, np.float32)))
+    y = _SumKeepdimsGrad()(x)
+    y.grad = dev(np.ones(3, np.float32))
+    with pytest.raises(ValueError) as info:
+        y.backward()
+    message = str(info.value)
+    assert '_SumKeepdimsGrad' in message and 'input 0' in message
+    assert '(1,)' in message and '(3,)' in message
+    assert x.grad is None
+
+
+def test_issue12_grad_of_another_dtype_or_shape_is_refused():
+    x = Variable(dev(np.ones((2, 3), np.float32)))
+    y = x * x
+    with pytest.raises(TypeError, match=r'Variable\.grad.*float64.*float32'):
+        y.grad = dev(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r'Variable\.grad.*\(3, 2\).*\(2, 3\)'):
+        y.grad = dev(np.ones((3, 2), np.float32))
+    assert y.grad is None                    # nothing was stored
+    with pytest.raises(TypeError, match='float64'):
+        Variable(dev(np.ones(2, np.float32)), grad=dev(np.ones(2)))
+
+
+def test_issue12_int_gradients_stay_exact_and_keep_their_dtype():
+    # add, mul, sum, broadcasting, indexing and relu are exact on integers
+    a = Variable(dev(np.array([[1, -2, 3], [4, 5, -6]], np.int32)))
+    b = Variable(dev(np.array([2, 3, 4], np.int32)))
+    y = F.sum(F.relu(a * b + a[:, [0, 0, 1]]))
+    assert y.dtype.kind == 'i'          # NumPy sums int32 in int64: the value cannot overflow
+    y.backward()
+    assert a.grad.dtype == np.int32 and b.grad.dtype == np.int32
+    # d/da of relu(a*b + a[:, idx]): b where positive, plus the index counts
+    pre = host(a) * host(b) + host(a)[:, [0, 0, 1]]
+    mask = (pre > 0).astype(np.int32)
+    expected_a = mask * host(b)
+    for row in range(2):
+        for j, src in enumerate([0, 0, 1]):
+            expected_a[row, src] += mask[row, j]
+    np.testing.assert_array_equal(host(a.grad), expected_a)
+    np.testing.assert_array_equal(host(b.grad), (mask * host(a)).sum(axis=0))
+
+
+INT_REFUSED = {   # name: call on int32 arrays; each needs floats
+    'exp': lambda i: F.exp(i), 'log': lambda i: F.log(i), 'sqrt': lambda i: F.sqrt(i),
+    'sigmoid': lambda i: F.sigmoid(i), 'tanh': lambda i: F.tanh(i),
+    'softmax': lambda i: F.softmax(i), 'log_softmax': lambda i: F.log_softmax(i),
+    'leaky_relu': lambda i: F.leaky_relu(i), 'linear': lambda i: F.linear(i, i),
+    'matmul': lambda i: F.matmul(i, i), 'mean': lambda i: F.mean(i),
+    'mean_squared_error': lambda i: F.mean_squared_error(i, i),
+    'softmax_cross_entropy': lambda i: F.softmax_cross_entropy(i, i[:, 0]),
+    'dropout': lambda i: F.dropout(i, 0.3), 'accuracy': lambda i: F.accuracy(i, i[:, 0]),
+    'div': lambda i: Variable(i) / Variable(i), 'div ': lambda i: Variable(i) / 2,
+    'div  ': lambda i: 2 / Variable(i), 'pow': lambda i: Variable(i) ** Variable(i),
+    'pow ': lambda i: Variable(i) ** 2, 'pow  ': lambda i: 2 ** Variable(i),
+    'mul': lambda i: Variable(i) * 1.5, 'add': lambda i: Variable(i) + 0.5,
+    'sub': lambda i: 0.5 - Variable(i),
+}
+
+
+@pytest.mark.parametrize('name', sorted(INT_REFUSED))
+def test_issue12_float_only_functions_refuse_integers(name):
+    ints = dev(np.array([[1, 0], [1, 1]], np.int32))
+    with pytest.raises(TypeError) as info:
+        INT_REFUSED[name](ints)
+    message = str(info.value)
+    assert message.startswith(name.strip() + ':') and 'int32' in message, message
+
+
+def test_issue12_the_issue_instances_of_integer_math():
+    with pytest.raises(TypeError, match='mean_squared_error.*int32'):
+        F.mean_squared_error(dev(np.array([1, 2, 3], 'i')), dev(np.zeros(3, 'i')))
+    x = Variable(dev(np.array([1, 2, 3], 'i')))
+    with pytest.raises(TypeError, match='mean.*int32'):
+        F.mean(x).backward()
+    assert x.grad is None
+    with pytest.raises(TypeError, match='dropout.*int32'):
+        F.dropout(dev(np.ones(4, 'i')), 0.3)
+    # and the float versions give the right values
+    assert float(F.mean_squared_error(dev(np.array([1, 2, 3], 'f')),
+                                      dev(np.zeros(3, 'f'))).data) == pytest.approx(14 / 3)
+
+
+def test_issue12_int_constants_that_stay_exact_are_kept():
+    i = dev(np.array([1, -2, 3], np.int32))
+    for y, expected in [(Variable(i) * 2, [2, -4, 6]), (Variable(i) + 1, [2, -1, 4]),
+                        (3 - Variable(i), [2, 5, 0]), (F.max(i), 3)]:
+        assert y.dtype == np.int32
+        np.testing.assert_array_equal(host(y), expected)
+
+
+# --- empty inputs ---
+
+def test_issue12_empty_dataset_gives_no_batch():
+    assert list(SerialIterator([], 4, repeat=False)) == []
+    assert list(SerialIterator([], 4, repeat=False, shuffle=False)) == []
+    with pytest.raises(ValueError, match='SerialIterator.*empty'):
+        next(SerialIterator([], 4))
+
+
+@pytest.mark.parametrize('batch_size', [0, -1, 2.5])
+def test_issue12_serial_iterator_refuses_a_batch_size_below_one(batch_size):
+    with pytest.raises(ValueError, match=r'SerialIterator: batch_size.*{}'.format(
+            re.escape(str(batch_size)))):
+        SerialIterator([1, 2], batch_size)
+
+
+def _grads_of_empty(func, *arrays):
+    xs = [Variable(dev(a)) for a in arrays]
+    y = func(*xs)
+    (y if y.size == 1 else F.sum(y)).backward()
+    return y, [x.grad for x in xs]
+
+
+@pytest.mark.parametrize('name, func, expected', [
+    ('sum', F.sum, 0.0),
+    ('mean', F.mean, math.nan),
+    ('mean_squared_error', lambda x: F.mean_squared_error(x, x * 1), math.nan),
+    ('softmax_cross_entropy', lambda x: F.softmax_cross_entropy(
+        x, dev(np.zeros(0, np.int32))), 0.0),
+])
+def test_issue12_losses_and_reductions_of_an_empty_batch(name, func, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')            # no NumPy warning either
+        y, grads = _grads_of_empty(func, np.zeros((0, 3), np.float32))
+    value = float(host(y))
+    assert (math.isnan(value) if math.isnan(expected) else value == expected), name
+    assert grads[0].shape == (0, 3) and grads[0].dtype == np.float32
+
+
+def test_issue12_mean_over_an_empty_axis_is_nan():
+    y = F.mean(dev(np.zeros((2, 0), np.float32)), axis=1)
+    assert y.shape == (2,) and np.isnan(host(y)).all()
+
+
+@pytest.mark.parametrize('name, func', [
+    ('softmax', F.softmax), ('log_softmax', F.log_softmax), ('relu', F.relu),
+    ('sigmoid', F.sigmoid), ('dropout', F.dropout),
+    ('linear', lambda x: L.Linear(3, 2).to_device(TEST_DEVICE)(x)),
+    ('lazy linear', lambda x: L.Linear(None, 2).to_device(TEST_DEVICE)(x)),
+    ('matmul', lambda x: F.matmul(x, dev(np.ones((3, 2), np.float32)))),
+    ('max over axis 1', lambda x: F.max(x, axis=1)),
+    ('concat', lambda x: F.concat([x, x], axis=0)),
+])
+def test_issue12_functions_and_links_pass_an_empty_batch_through(name, func):
+    y, grads = _grads_of_empty(func, np.zeros((0, 3), np.float32))
+    assert y.shape[0] == 0 and grads[0].shape == (0, 3), name
+
+
+def test_issue12_lazy_linear_learns_in_size_from_an_empty_batch():
+    link = L.Linear(None, 2).to_device(TEST_DEVICE)
+    link(dev(np.zeros((0, 4, 5), np.float32)))
+    assert link.W.shape == (2, 20)
+
+
+def test_issue12_accuracy_of_an_empty_batch_is_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for ignore_label in (None, -1):
+            value = F.accuracy(dev(np.zeros((0, 3), np.float32)), dev(np.zeros(0, np.int32)),
+                               ignore_label=ignore_label)
+            assert np.isnan(float(host(value)))
+
+
+def test_issue12_functions_of_no_inputs_say_so():
+    for name, call in [('concat', lambda: F.concat([])), ('stack', lambda: F.stack([])),
+                       ('add', lambda: F.add())]:
+        with pytest.raises(ValueError, match='^{}: needs at least one input'.format(name)):
+            call()
+
+
+def test_issue12_an_empty_index_list_selects_nothing():
+    x = Variable(dev(np.arange(3, dtype=np.float32)))
+    y = x[[]]
+    assert y.shape == (0,)
+    F.sum(y).backward()
+    np.testing.assert_array_equal(host(x.grad), [0, 0, 0])
+
+
+def test_issue12_evaluator_over_an_empty_dataset_says_so():
+    model, _ = make_model()
+    evaluator = extensions.Evaluator(SerialIterator([], 4, repeat=False), model)
+    with pytest.raises(ValueError, match="Evaluator: iterator 'main' gave no batch.*length 0"):
+        evaluator()
+
+
+def test_issue12_trainer_over_an_empty_dataset_says_so(tmp_path):
+    model, optimizer = make_model()
+    updater = chainer.StandardUpdater(SerialIterator([], 4), optimizer, device=TEST_DEVICE)
+    trainer = chainer.Trainer(updater, (1, 'epoch'), out=str(tmp_path))
+    with pytest.raises(ValueError, match='SerialIterator: cannot repeat over an empty dataset'):
+        trainer.run()
+
+
+# --- optimizer files ---
+
+@cpu_only('writes files')
+def test_issue12_optimizer_without_setup_cannot_be_saved_or_loaded(tmp_path):
+    path = str(tmp_path / 'o.npz')
+    with pytest.raises(RuntimeError, match=r'SGD: call setup\(link\) before saving or loading'):
+        serializers.save_npz(path, optimizers.SGD())
+    assert not os.path.exists(path)
+    serializers.save_npz(path, optimizers.SGD().setup(L.Linear(2, 3)))
+    with pytest.raises(RuntimeError, match=r'SGD: call setup\(link\) before saving or loading'):
+        serializers.load_npz(path, optimizers.SGD())
+
+
+def _linear_with(optimizer, seed=0):
+    np.random.seed(seed)
+    return optimizer.setup(L.Linear(2, 3))
+
+
+@cpu_only('writes files')
+@pytest.mark.parametrize('make', [optimizers.MomentumSGD, optimizers.Adam])
+def test_issue12_fresh_optimizer_round_trips(tmp_path, make):
+    path = str(tmp_path / 'o.npz')
+    serializers.save_npz(path, _linear_with(make()))
+    loaded = _linear_with(make())
+    serializers.load_npz(path, loaded)
+    assert all(p.update_rule.state is None for p in loaded.target.params())
+    # and it then trains exactly like a fresh one
+    fresh = _linear_with(make())
+    x = np.ones((4, 2), np.float32)
+    for opt in (loaded, fresh):
+        opt.update(lambda: F.sum(opt.target(x) ** 2))
+    np.testing.assert_array_equal(loaded.target.W.data, fresh.target.W.data)
+
+
+@cpu_only('writes files')
+def test_issue12_fresh_file_resets_a_used_optimizer_and_a_used_one_round_trips(tmp_path):
+    fresh_path, used_path = str(tmp_path / 'fresh.npz'), str(tmp_path / 'used.npz')
+    serializers.save_npz(fresh_path, _linear_with(optimizers.Adam()))
+    used = _linear_with(optimizers.Adam())
+    used.update(lambda: F.sum(used.target(np.ones((4, 2), np.float32)) ** 2))
+    serializers.save_npz(used_path, used)
+    other = _linear_with(optimizers.Adam())
+    serializers.load_npz(used_path, other)
+    np.testing.assert_array_equal(other.target.W.update_rule.state['m'],
+                                  used.target.W.update_rule.state['m'])
+    serializers.load_npz(fresh_path, used)
+    assert used.target.W.update_rule.state is None and used.t == 0
+
+
+@cpu_only('writes files')
+def test_issue12_chainer_style_fresh_optimizer_file_loads(tmp_path):
+    # Chainer 7.8.1 writes exactly these keys for a set-up MomentumSGD before any update.
+    path = str(tmp_path / 'chainer.npz')
+    np.savez(path, **{'W/t': np.array(0), 'b/t': np.array(0), 'epoch': np.array(0),
+                      't': np.array(0)})
+    opt = _linear_with(optimizers.MomentumSGD())
+    serializers.load_npz(path, opt)
+    assert [p.update_rule.state for p in opt.target.params()] == [None, None]
+
+
+@cpu_only('writes files')
+def test_issue12_partial_update_rule_state_is_refused_unchanged(tmp_path):
+    path = str(tmp_path / 'part.npz')
+    np.savez(path, **{'W/t': np.array(1), 'W/m': np.zeros((3, 2), np.float32),
+                      'b/t': np.array(0), 'epoch': np.array(0), 't': np.array(1)})
+    opt = _linear_with(optimizers.Adam())
+    with pytest.raises(KeyError, match=r"\['m'\] but not \['v'"):
+        serializers.load_npz(path, opt)
+    assert opt.t == 0 and opt.target.W.update_rule.t == 0
+
+
+# --- hints ---
+
+def test_issue12_add_hook_before_setup_names_add_hook():
+    with pytest.raises(RuntimeError, match=r'SGD: call setup\(link\) before add_hook\(\)'):
+        optimizers.SGD().add_hook(optimizer_hooks.WeightDecay(1e-4))
+
+
+@cpu_only('writes files')
+def test_issue12_load_npz_names_the_path_of_a_snapshot(tmp_path):
+    trainer, model = make_trainer(tmp_path, stop=(1, 'iteration'))
+    trainer.run()
+    path = str(tmp_path / 'snap.npz')
+    serializers.save_npz(path, trainer)
+    fresh, _ = make_model(seed=1)
+    before = {name: None if p.data is None else host(p).copy()
+              for name, p in fresh.namedparams()}
+    assert any(value is None for value in before.values())   # lazy weights
+    for strict in (True, False):
+        with pytest.raises(KeyError, match="path='updater/model:main/'"):
+            serializers.load_npz(path, fresh, strict=strict)
+        for name, p in fresh.namedparams():                     # nothing changed
+            assert (p.data is None if before[name] is None else
+                    np.array_equal(host(p), before[name])), name
+    serializers.load_npz(path, fresh, path='updater/model:main/')
+    for name, value in params_of(fresh).items():
+        np.testing.assert_array_equal(value, params_of(model)[name])
+
+
+@cpu_only('writes files')
+def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
+    path = str(tmp_path / 'other.npz')
+    np.savez(path, something=np.zeros(2))
+    link = L.Linear(2, 3)
+    with pytest.raises(KeyError, match="none of the 2 keys that Linear reads.*'W'"):
+        serializers.load_npz(path, link, strict=False)
+    np.savez(path, W=np.ones((3, 2), np.float32))      # one key matches: fine
+    serializers.load_npz(path, link, strict=False)
+    np.testing.assert_array_equal(link.W.data, np.ones((3, 2)))
+
+
+def test_issue12_lazy_linear_refuses_an_example_without_batch_axis():
+    link = L.Linear(None, 3).to_device(TEST_DEVICE)
+    with pytest.raises(ValueError, match=r'Linear: the input has shape \(4,\), with no batch axis'):
+        link(dev(np.ones(4, np.float32)))
+    assert link.W.data is None                     # nothing was initialized
+    assert link(dev(np.ones((2, 4), np.float32))).shape == (2, 3)
+
+
+@pytest.mark.parametrize('name, call', [
+    ('Linear', lambda x: L.Linear(None, 2)(x)), ('linear', lambda x: L.Linear(3, 2)(x)),
+    ('mean', F.mean), ('reshape', lambda x: F.reshape(x, (3,))), ('flatten', F.flatten),
+    ('expand_dims', lambda x: F.expand_dims(x, 0)), ('squeeze', F.squeeze),
+    ('relu', F.relu), ('accuracy', lambda x: F.accuracy(x, np.zeros(1, np.int32))),
+    ('dropout', F.dropout),
+])
+def test_issue12_every_entry_point_refuses_a_list_clearly(name, call):
+    with pytest.raises(TypeError, match=r'^{}: inputs must be Variables or numpy/cupy '
+                                        r'arrays, not list'.format(name)):
+        call([[1.0, 2.0, 3.0]])
+
+
+def test_issue12_dropout_in_test_mode_refuses_a_list_too():
+    with chainer.using_config('train', False):
+        with pytest.raises(TypeError, match='^dropout: inputs must be'):
+            F.dropout([1.0, 2.0])
+
+
+class _ForgotInitScope(Chain):
+    def __init__(self):
+        super().__init__()
+        self.l1 = L.Linear(2, 3)          # outside init_scope: not registered
+
+
+def test_issue12_setup_warns_about_a_link_without_parameters():
+    with pytest.warns(UserWarning, match=r'SGD\.setup: _ForgotInitScope has no parameters.*init_scope'):
+        optimizers.SGD().setup(_ForgotInitScope())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        optimizers.SGD().setup(L.Linear(2, 3))      # a link with parameters: no warning
+
+
+def test_issue12_print_report_and_log_report_warn_about_a_key_never_reported(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    out = io.StringIO()
+    trainer.extend(extensions.LogReport(keys=['main/loss', 'main/los']))
+    trainer.extend(extensions.PrintReport(['epoch', 'main/lss'], out=out))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        trainer.run()
+    messages = [str(w.message) for w in caught if 'first log entry' in str(w.message)]
+    assert len(messages) == 2                     # once each, not once per epoch
+    assert any(m.startswith('LogReport') and "'main/los'" in m and "'main/loss'" in m
+               for m in messages)
+    assert any(m.startswith('PrintReport') and "'main/lss'" in m and "'main/loss'" in m
+               for m in messages)
+
+
+def test_issue12_print_report_with_known_keys_does_not_warn(tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(1, 'epoch'))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.PrintReport(['epoch', 'main/loss'], out=io.StringIO()))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        trainer.run()
+
+
+class _RepeatingButBounded(SerialIterator):
+    """repeat=True, but gives up after 10 batches, so a broken check fails
+    this test instead of hanging it."""
+    def __next__(self):
+        self.calls = getattr(self, 'calls', 0) + 1
+        if self.calls > 10:
+            raise AssertionError('the Evaluator iterated a repeating iterator')
+        return super().__next__()
+
+
+def test_issue12_evaluator_refuses_a_repeating_iterator():
+    model, _ = make_model()
+    with pytest.warns(UserWarning, match='repeat'):
+        evaluator = extensions.Evaluator(_RepeatingButBounded(make_dataset(10), 4), model)
+    with pytest.raises(ValueError, match=r"Evaluator: iterator 'main' repeats forever"):
+        evaluator()
+
+
+def test_issue12_concat_examples_with_padding_names_the_mismatched_example():
+    batch = [np.ones(3, np.float32), np.ones(2, np.float32), np.ones((2, 2), np.float32)]
+    with pytest.raises(ValueError, match=r'concat_examples: .*example 0 has shape \(3,\) and '
+                                         r'example 2 has shape \(2, 2\)'):
+        concat_examples(batch, padding=0)
+
+
+def test_issue12_classifier_on_an_empty_batch():
+    model = L.Classifier(L.Linear(3, 2)).to_device(TEST_DEVICE)
+    model.cleargrads()
+    loss = model(dev(np.zeros((0, 3), np.float32)), dev(np.zeros(0, np.int32)))
+    assert float(host(loss)) == 0.0 and np.isnan(float(host(model.accuracy)))
+    loss.backward()
+    np.testing.assert_array_equal(host(model.predictor.W.grad), np.zeros((2, 3)))
+
+
+def test_issue12_sum_of_small_ints_does_not_overflow_and_its_gradient_keeps_the_dtype():
+    x = Variable(dev(np.full(300, 200, np.uint8)))
+    y = F.sum(x)
+    assert int(host(y)) == 60000
+    y.backward()
+    assert x.grad.dtype == np.uint8 and int(host(x.grad).sum()) == 300
