@@ -107,6 +107,7 @@ def _to_cpu(array):
     if array is None or isinstance(array, np.ndarray):
         return array
     if cupy is not None and isinstance(array, cupy.ndarray):
+        _raise_deferred_errors()            # reading anyway: report a bad label now
         return array.get()
     if isinstance(array, (list, tuple)):    # as cuda.to_cpu in Chainer: each one
         return type(array)(_to_cpu(a) for a in array)
@@ -388,6 +389,7 @@ class Variable:
         return len(self.data)
 
     def item(self):
+        _raise_deferred_errors()
         return self.data.item()
 
     def __repr__(self):
@@ -1551,6 +1553,8 @@ class SoftmaxCrossEntropy(Function):
                              'have shape {}'.format(label, x.shape, t.shape,
                                                     x.shape[:1] + x.shape[2:]))
         n_class = x.shape[1]
+        if _defers_checks(t):
+            return      # checked on the device in forward: see _label_check
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
         if bad.any():
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
@@ -1565,8 +1569,13 @@ class SoftmaxCrossEntropy(Function):
         shifted = x - x.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        self.valid = t != self.ignore_label
-        self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
+        deferred = _defers_checks(t)
+        if deferred:   # no sync: a bad label makes the loss NaN and raises at the next read
+            safe_t, self.valid, flagged = _label_check(t, x.shape[1], self.ignore_label)
+            self.t = safe_t[:, None]
+        else:
+            self.valid = t != self.ignore_label
+            self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
         # log softmax at the true class only: shifted[t] - log(sum e)
         log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
         self.y = e / s         # softmax, reused by backward
@@ -1576,9 +1585,16 @@ class SoftmaxCrossEntropy(Function):
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         if self.reduce == 'no':
+            if deferred:
+                loss = xp.where(flagged == _NO_BAD_LABEL, loss, np.nan)
             return loss.astype(x.dtype, copy=False),
-        count = self.valid.sum() if self.normalize else len(x)
-        self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
+        if deferred:    # the count stays on the device, and NaN marks a bad batch
+            worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
+            count = xp.maximum(self.valid.sum(), 1) if self.normalize else max(len(x), 1)
+            self.coeff = xp.where(worst == _NO_BAD_LABEL, 1.0 / count, np.nan).astype(x.dtype)
+        else:
+            count = self.valid.sum() if self.normalize else len(x)
+            self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
         return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
@@ -1595,6 +1611,89 @@ class SoftmaxCrossEntropy(Function):
         else:
             gx *= w * (gy * self.coeff)
         return gx, None
+
+
+# ----- label checks that wait for the next read (GPU) ---------------------------
+# On the CPU, checking that every label is in [0, n_class) costs a comparison.
+# On a GPU, `if bad.any()` makes Python wait until the device has computed
+# everything before it (a host sync) in every step, and the GPU then idles
+# while Python issues the next step.  So on a GPU the check stays on the
+# device: `_label_check` flags the bad labels in the same pass that prepares
+# the labels; their largest value is folded into one small device array per
+# (function, n_class, ignore_label); the batch's loss (and its gradient)
+# becomes NaN, so a value read directly is never silently wrong; and the
+# first read of a value on the host (cuda.to_cpu, Variable.item, the means
+# of the reporter's Summary that LogReport, PrintReport and Evaluator use)
+# raises the error, naming the function and the label.  config.debug makes
+# the check immediate on a GPU too, stopping at the batch itself.
+
+_DEFER_CHECKS_ON_CPU = False     # True runs the GPU's deferred path on the CPU (tests)
+_NO_BAD_LABEL = np.iinfo(np.int64).min
+_pending_label_checks = {}       # (label, n_class, ignore_label) -> worst bad label so far (device)
+_label_check_kernel = None       # built at first use on a GPU
+
+
+def _defers_checks(array):
+    """True if the checks of data in `array` must not make the host wait."""
+    if config.debug:
+        return False
+    return _DEFER_CHECKS_ON_CPU or not isinstance(array, np.ndarray)
+
+
+def _label_check(t, n_class, ignore_label):
+    """(safe_t, valid, flagged) for labels t, without a sync: safe_t is t with
+    ignored and bad labels replaced by 0 (so indexing with it stays in
+    bounds), valid is t != ignore_label, flagged is t where it is a bad label
+    (valid but outside [0, n_class)) and _NO_BAD_LABEL elsewhere (int64)."""
+    global _label_check_kernel
+    if isinstance(t, np.ndarray):
+        in_range = (t >= 0) & (t < n_class)
+        valid = t != ignore_label
+        safe_t = np.where(valid & in_range, t, 0).astype(t.dtype, copy=False)
+        flagged = np.where(valid & ~in_range, t.astype(np.int64), _NO_BAD_LABEL)
+        return safe_t, valid, flagged
+    if _label_check_kernel is None:     # one pass instead of eight launches
+        _label_check_kernel = cupy.ElementwiseKernel(
+            'S t, S n_class, S ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
+            '''
+            bool in_range = (t >= 0) && (t < n_class);
+            valid = (t != ignore);
+            safe_t = (valid && in_range) ? t : 0;
+            flagged = (valid && !in_range) ? t : none;
+            ''', 'onefchainer_label_check')
+    return _label_check_kernel(t, t.dtype.type(n_class), t.dtype.type(ignore_label),
+                               _NO_BAD_LABEL)
+
+
+def _remember_label_check(label, n_class, ignore_label, flagged):
+    """Fold the bad labels of one batch into the pending check of its kind;
+    returns the batch's worst bad label (a device 0-dim array)."""
+    worst = flagged.max()
+    key = (label, n_class, ignore_label)
+    pending = _pending_label_checks.get(key)
+    if pending is None:
+        _pending_label_checks[key] = worst.copy()
+    else:
+        _xp(pending).maximum(pending, worst, out=pending)
+    return worst
+
+
+def _raise_deferred_errors():
+    """Raise the error of a bad label that a GPU op found since the last read.
+    Called wherever a value is read on the host anyway, so it adds no sync of
+    its own to a training step."""
+    if not _pending_label_checks:
+        return
+    pending = list(_pending_label_checks.items())
+    _pending_label_checks.clear()
+    for (label, n_class, ignore_label), worst in pending:
+        worst = int(worst.item())
+        if worst != _NO_BAD_LABEL:
+            raise ValueError(
+                '{}: labels must be in [0, {}) or equal ignore_label ({}); a batch '
+                'since the last read held label {} (found on the device, so its loss '
+                'and gradient were NaN; set chainer.config.debug = True to stop at '
+                'the batch itself)'.format(label, n_class, ignore_label, worst))
 
 
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
@@ -3128,6 +3227,7 @@ class Summary:
         self._n += weight
 
     def compute_mean(self):
+        _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
         return float(self._x) / self._n if self._n else float('nan')
 
     def make_statistics(self):

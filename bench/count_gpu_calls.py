@@ -14,7 +14,7 @@ conversion to NumPy, so a forgotten transfer fails here too.
 
 `ElementwiseKernel` (the fused optimizer updates) is run by a tiny
 interpreter of the C subset those kernels are written in (declarations,
-assignments, + - * /, sqrt, max, where); that checks their formulas
+assignments, + - * /, c ? a : b, sqrt, max); that checks their formulas
 against the CPU path, but not that nvcc compiles them: the real check is on
 a GPU (bench/gpu_checks.sh).
 
@@ -176,42 +176,61 @@ FakeArray.__getitem__ = lambda self, key: (
 
 # ----- ElementwiseKernel: the C subset of onefchainer's kernels, run by NumPy -----
 
-_C_TO_PY = [(re.compile(r'\b(?:T|float|double|bool|int|long long|S)\s+(?=\w+\s*=)'), ''),
-            (re.compile(r'&&'), '&'), (re.compile(r'\|\|'), '|'), (re.compile(r'!(?!=)'), '~')]
-_C_FUNCTIONS = {'sqrt': np.sqrt, 'max': np.maximum, 'min': np.minimum, 'where': np.where,
-                'fabs': np.abs}
+_C_TO_PY = [(re.compile(r'&&'), '&'), (re.compile(r'\|\|'), '|'), (re.compile(r'!(?!=)'), '~')]
+_C_FUNCTIONS = {'sqrt': np.sqrt, 'max': np.maximum, 'min': np.minimum, 'fabs': np.abs}
+_C_TYPES = {'bool': np.bool_, 'float': np.float32, 'double': np.float64, 'int': np.int32,
+            'long long': np.int64}
+_STATEMENT = re.compile(r'(?:(bool|float|double|int|long long|[A-Z])\s+)?(\w+)\s*([-+*/]?=)\s*(.*)$',
+                        re.S)
+
+
+def _params(text):
+    return [tuple(p.split()) for p in text.split(',') if p.strip()]
 
 
 class _ElementwiseKernel:
+    """Runs the kernel's statements with NumPy, elementwise over whole arrays,
+    with CuPy's typing: a one-letter type is that of the arrays passed for it,
+    scalars are cast to their parameter's type, missing outputs are allocated."""
+
     def __init__(self, in_params, out_params, operation, name='kernel', **kwargs):
-        self.in_names = [p.split()[-1] for p in in_params.split(',') if p.strip()]
-        self.out_names = [p.split()[-1] for p in out_params.split(',') if p.strip()]
-        self.name = name
-        statements = operation
+        self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
         for pattern, replacement in _C_TO_PY:
-            statements = pattern.sub(replacement, statements)
-        self.statements = [s.strip() for s in statements.split(';') if s.strip()]
+            operation = pattern.sub(replacement, operation)
+        self.statements = [_STATEMENT.match(s.strip()).groups()
+                           for s in operation.split(';') if s.strip()]
 
     def __call__(self, *args):
         _count('call', 'ElementwiseKernel.' + self.name)
-        if len(args) != len(self.in_names) + len(self.out_names):
+        if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
             raise TypeError('{}: wrong number of arguments'.format(self.name))
-        arrays = {n: _unwrap(a) for n, a in zip(self.in_names + self.out_names, args)}
-        dtype = next(a.dtype for a in arrays.values() if isinstance(a, np.ndarray))
-        # In the kernel, T is the arrays' dtype: scalar arguments are cast to it.
-        scope = {n: (a if isinstance(a, np.ndarray) else dtype.type(a)) for n, a in arrays.items()}
+        params = self.ins + self.outs
+        values = [_unwrap(a) for a in args]
+        types = {}
+        for (kind, _), value in zip(params, values):
+            if len(kind) == 1 and isinstance(value, np.ndarray):
+                types.setdefault(kind, value.dtype)
+        dtype_of = (lambda kind: types[kind] if len(kind) == 1 else
+                    np.dtype(_C_TYPES.get(kind, kind)))
+        shape = np.broadcast_shapes(*[v.shape for v in values if isinstance(v, np.ndarray)])
+        for kind, _ in self.outs[len(values) - len(self.ins):]:
+            values.append(np.empty(shape, dtype_of(kind)))
+        scope = {name: (v if isinstance(v, np.ndarray) else dtype_of(kind).type(v))
+                 for (kind, name), v in zip(params, values)}
         scope.update(_C_FUNCTIONS)
-        for statement in self.statements:
-            target, op, expression = re.match(r'(\w+)\s*([-+*/]?=)\s*(.*)$', statement,
-                                              re.S).groups()
-            value = eval(expression, {'__builtins__': {}}, scope)
+        out_names = [name for _, name in self.outs]
+        for kind, target, op, expression in self.statements:
+            if '?' in expression:                      # c ? a : b
+                condition, rest = expression.split('?', 1)
+                expression = 'where({}, {})'.format(condition, ','.join(rest.split(':', 1)))
+            value = eval(expression, {'__builtins__': {}, 'where': np.where}, scope)
             if op != '=':
                 value = eval('a {} b'.format(op[0]), {}, {'a': scope[target], 'b': value})
-            if target in self.out_names:
-                scope[target][...] = value      # outputs are written in place
+            if target in out_names:
+                scope[target][...] = value             # outputs are written in place
             else:
-                scope[target] = np.asarray(value, dtype)
-        outputs = tuple(args[len(self.in_names):])
+                scope[target] = np.asarray(value, dtype_of(kind) if kind else None)
+        outputs = tuple(FakeArray(v) for v in values[len(self.ins):])
         return outputs[0] if len(outputs) == 1 else outputs
 
 
