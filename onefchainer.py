@@ -1654,15 +1654,14 @@ def _label_check(t, n_class, ignore_label):
         return safe_t, valid, flagged
     if _label_check_kernel is None:     # one pass instead of eight launches
         _label_check_kernel = cupy.ElementwiseKernel(
-            'S t, S n_class, S ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
+            'S t, int64 n_class, int64 ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
             '''
             bool in_range = (t >= 0) && (t < n_class);
             valid = (t != ignore);
             safe_t = (valid && in_range) ? t : 0;
             flagged = (valid && !in_range) ? t : none;
             ''', 'onefchainer_label_check')
-    return _label_check_kernel(t, t.dtype.type(n_class), t.dtype.type(ignore_label),
-                               _NO_BAD_LABEL)
+    return _label_check_kernel(t, n_class, ignore_label, _NO_BAD_LABEL)
 
 
 def _remember_label_check(label, n_class, ignore_label, flagged):
@@ -2642,8 +2641,76 @@ class Optimizer:
 GradientMethod = Optimizer
 
 
+# ----- fused updates on the GPU --------------------------------------------------
+# On the CPU each line of an update rule is one NumPy pass.  On a GPU each
+# would be one kernel launch, and for small parameters the launches cost more
+# than the arithmetic.  So on a GPU every rule runs as ONE elementwise kernel
+# per parameter, as in Chainer.  Each kernel computes the same formulas in the
+# same order as the rule's CPU code (with T the parameter's dtype, as NumPy
+# casts a Python scalar to it), and is compiled with --fmad=false: nvcc would
+# otherwise merge a * b + c into one fused multiply-add, rounded once instead
+# of twice, and the GPU's result would drift from the CPU's.  The kernels are
+# compiled at first use and cached here.
+
+_FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop body in CUDA C)
+    'sgd': ('T grad, T lr', 'T param', 'param -= lr * grad;'),
+    'momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += v;'''),
+    'adagrad': ('T grad, T lr, T eps', 'T param, T h', '''
+        h += grad * grad;
+        param -= lr * grad / (sqrt(h) + eps);'''),
+    'adadelta': ('T grad, T one_minus_rho, T rho, T eps', 'T param, T msg, T msdx', '''
+        msg *= rho;
+        msg += one_minus_rho * grad * grad;
+        T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
+        msdx *= rho;
+        msdx += one_minus_rho * dx * dx;
+        param -= dx;'''),
+    'rmsprop': ('T grad, T lr, T alpha, T one_minus_alpha, T eps, bool eps_inside_sqrt',
+                'T param, T ms', '''
+        ms *= alpha;
+        ms += one_minus_alpha * grad * grad;
+        T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
+        param -= lr * grad / denom;'''),
+    # Adam as _adam_step does it; multiplying by eta or decay = 1 changes nothing.
+    'adam': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+             'T param, T m, T v', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        T step = lr / (sqrt(v) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+    'amsgrad': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+                'T param, T m, T v, T vhat', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        vhat = max(vhat, v);
+        T step = lr / (sqrt(vhat) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+}
+_fused_kernels = {}
+
+
+def _fused_update(name, *args):
+    """Run the fused update `name` on GPU arrays: inputs, then the arrays it updates."""
+    kernel = _fused_kernels.get(name)
+    if kernel is None:
+        in_params, out_params, operation = _FUSED_UPDATES[name]
+        kernel = _fused_kernels[name] = cupy.ElementwiseKernel(
+            in_params, out_params, operation, 'onefchainer_' + name,
+            options=('--fmad=false',))
+    kernel(*args)
+
+
 class SGDRule(UpdateRule):
     def update_core(self, param):                  # p -= lr * grad
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('sgd', param.grad, self.hyperparam.lr, param.data)
         param.data -= self.hyperparam.lr * param.grad
 
 
@@ -2664,6 +2731,9 @@ class MomentumSGDRule(UpdateRule):
 
     def update_core(self, param):                  # v = momentum v - lr grad; p += v
         v = self.state['v']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('momentum_sgd', param.grad, self.hyperparam.lr,
+                                 self.hyperparam.momentum, param.data, v)
         v *= self.hyperparam.momentum
         v -= self.hyperparam.lr * param.grad
         param.data += v
@@ -2688,6 +2758,8 @@ class AdaGradRule(UpdateRule):
 
     def update_core(self, param):                  # h += g^2; p -= lr g / (sqrt(h) + eps)
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
         h += grad * grad
         param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
 
@@ -2716,6 +2788,9 @@ class AdaDeltaRule(UpdateRule):
         # g * rms(previous steps) / rms(gradients), so no learning rate is needed.
         grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
         msg, msdx = self.state['msg'], self.state['msdx']
+        if xp is not np:
+            return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
+                                 param.data, msg, msdx)
         msg *= hp.rho
         msg += (1 - hp.rho) * grad * grad
         dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
@@ -2743,6 +2818,9 @@ class RMSpropRule(UpdateRule):
 
     def update_core(self, param):                  # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
         grad, hp, ms = param.grad, self.hyperparam, self.state['ms']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
+                                 bool(hp.eps_inside_sqrt), param.data, ms)
         ms *= hp.alpha
         ms += (1 - hp.alpha) * grad * grad
         xp = _xp(ms)
@@ -2796,6 +2874,10 @@ class AdamRule(UpdateRule):
         if 'vhat' in self.state:
             arrays.append(self.state['vhat'])
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', param.grad,
+                                 *constants[:5], 1.0 - hp.eta * hp.weight_decay_rate,
+                                 param.data, *arrays[2:])
         size = param.data.size
         if isinstance(param.data, np.ndarray) and size > _ADAM_BLOCK and \
                 all(a.flags.c_contiguous for a in arrays):

@@ -21,6 +21,7 @@ a GPU (bench/gpu_checks.sh).
     python bench/count_gpu_calls.py [--steps 5] [--batchsize 100] [--optimizer Adam]
     python bench/count_gpu_calls.py --trainer 20   # through Trainer + LogReport/PrintReport/ProgressBar
     python bench/count_gpu_calls.py --json         # one JSON line, for the tests
+    python bench/count_gpu_calls.py --compare-optimizers   # fused updates vs the CPU path
 """
 import argparse
 import collections
@@ -371,6 +372,44 @@ def count_trainer(iterations, batchsize, optimizer_name):
     return deltas[2:], at_trigger, printed
 
 
+OPTIMIZER_CASES = [          # (name, keyword arguments): every fused kernel and branch
+    ('SGD', {'lr': 0.1}), ('MomentumSGD', {'lr': 0.1, 'momentum': 0.8}),
+    ('AdaGrad', {'lr': 0.05}), ('AdaDelta', {}), ('RMSprop', {'lr': 0.01}),
+    ('RMSprop', {'lr': 0.01, 'eps_inside_sqrt': True}), ('Adam', {}),
+    ('Adam', {'amsgrad': True, 'eta': 0.5, 'weight_decay_rate': 0.1})]
+
+
+def run_optimizer(name, kwargs, device, steps=3, dtype=np.float32):
+    """Parameters after `steps` updates of optimizers.<name>(**kwargs) on `device`,
+    from fixed data and gradients; returns them as NumPy arrays."""
+    import onefchainer as chainer
+    rng = np.random.RandomState(0)
+    link = chainer.Link()
+    with link.init_scope():
+        link.W = chainer.Parameter(rng.uniform(-1, 1, (7, 5)).astype(dtype))
+        link.b = chainer.Parameter(rng.uniform(-1, 1, (5,)).astype(dtype))
+    link.to_device(device)
+    optimizer = getattr(chainer.optimizers, name)(**kwargs).setup(link)
+    for _ in range(steps):
+        for param in link.params():
+            param.grad = chainer.get_device(device).send(
+                rng.uniform(-1, 1, param.shape).astype(dtype))
+        optimizer.update()
+    return [chainer.cuda.to_cpu(param.data) for param in link.params()]
+
+
+def compare_optimizers():
+    """For each case: the largest |GPU path - CPU path| over the parameters."""
+    result = {}
+    for name, kwargs in OPTIMIZER_CASES:
+        for dtype in (np.float32, np.float64):
+            cpu = run_optimizer(name, kwargs, '@numpy', dtype=dtype)
+            gpu = run_optimizer(name, kwargs, '@cupy:0', dtype=dtype)
+            key = '{}{} {}'.format(name, kwargs or '', np.dtype(dtype).name)
+            result[key] = max(float(np.max(np.abs(a - b))) for a, b in zip(cpu, gpu))
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=5)
@@ -378,6 +417,8 @@ def main():
     parser.add_argument('--optimizer', default='Adam')
     parser.add_argument('--trainer', type=int, default=0, metavar='N',
                         help='instead: N iterations through the Trainer with extensions')
+    parser.add_argument('--compare-optimizers', action='store_true',
+                        help='instead: each fused update rule against the CPU path (JSON)')
     parser.add_argument('--json', action='store_true', help='print one JSON line')
     parser.add_argument('--top', type=int, default=15, help='most frequent calls to list')
     args = parser.parse_args()
@@ -386,6 +427,9 @@ def main():
     import onefchainer
     assert onefchainer.cupy is sys.modules['cupy'], 'onefchainer did not pick up the stand-in'
 
+    if args.compare_optimizers:
+        print(json.dumps(compare_optimizers()))
+        return
     at_trigger, printed = collections.Counter(), ''
     if args.trainer:
         deltas, at_trigger, printed = count_trainer(args.trainer, args.batchsize, args.optimizer)
