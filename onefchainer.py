@@ -604,10 +604,30 @@ def _explain(function, in_data, error):
     if message.startswith(function.label.lower() + ':') or \
             message.startswith(function.label + ':'):
         return error
+    mixed = _mixed_devices_error(function, in_data)
+    if mixed is not None:
+        return mixed
     kind = (TypeError if isinstance(error, TypeError) else
             IndexError if isinstance(error, IndexError) else ValueError)
     return kind('{}: {} (inputs: {})'.format(
         function.label, message, _describe(in_data)))
+
+
+def _mixed_devices_error(function, in_data):
+    """The error for inputs on different devices, or None if they share one.
+    Only asked once forward has failed, so it costs the hot path nothing."""
+    devices = [(i, str(_device_of(a))) for i, a in enumerate(in_data)
+               if isinstance(a, _array_types)]
+    if len({device for _, device in devices}) < 2:
+        return None
+    names = getattr(function, 'input_names', ())
+    (i, first), (j, second) = devices[0], next(d for d in devices if d[1] != devices[0][1])
+    name_i = names[i] if i < len(names) else 'input {}'.format(i)
+    name_j = names[j] if j < len(names) else 'input {}'.format(j)
+    return TypeError(
+        '{}: {} is on {} but {} is on {}; send the batch with device.send(x) or '
+        'concat_examples(batch, device), or move the model with '
+        'model.to_device(device)'.format(function.label, name_i, first, name_j, second))
 
 
 def _check_finite(function, direction, arrays):
@@ -966,6 +986,7 @@ def pow(a, b):     # the builtin is restored after Chapter 5 (see there)
 
 class MatMul(Function):
     label = 'matmul'
+    input_names = ('a', 'b')
 
     def __init__(self, transa=False, transb=False):
         self.transa, self.transb = transa, transb
@@ -1445,6 +1466,7 @@ def log_softmax(x, axis=1):
 
 class LinearFunction(Function):
     label = 'linear'
+    input_names = ('x', 'W', 'b')      # for error messages
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -1533,6 +1555,7 @@ def dropout(x, ratio=.5):
 
 class SoftmaxCrossEntropy(Function):
     label = 'softmax_cross_entropy'
+    input_names = ('x', 't')
 
     def __init__(self, normalize=True, ignore_label=-1, reduce='mean',
                  class_weight=None):
