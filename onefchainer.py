@@ -1691,6 +1691,8 @@ def _remember_label_check(label, n_class, ignore_label, flagged):
     """Fold the bad labels of one batch into the pending check of its kind;
     returns the batch's worst bad label (a device 0-dim array)."""
     worst = flagged.max()
+    if not isinstance(worst, _array_types):     # NumPy gives a scalar
+        worst = np.asarray(worst)
     key = (label, n_class, ignore_label)
     pending = _pending_label_checks.get(key)
     if pending is None:

@@ -4479,3 +4479,180 @@ def test_minimum_program_learns_on_a_slice():
     accuracies = [float(row[2]) for row in rows]
     assert losses[1] < losses[0]
     assert accuracies[-1] > 0.5        # chance is 0.1; it reaches about 0.75
+
+
+# ----- issue 11: the GPU path: fused updates, no host syncs, mixed devices -----
+# bench/count_gpu_calls.py holds a recording stand-in for CuPy: in a new
+# Python process it takes CuPy's place before onefchainer is imported, so
+# onefchainer runs its GPU path on arrays that wrap NumPy, and every call and
+# host sync is counted.  These tests run it on the CPU; on a GPU run the
+# GPU-only tests below check the same things on the real CuPy.
+
+import textwrap                                   # noqa: E402
+
+sys.path.insert(0, os.path.join(HERE, 'bench'))
+import count_gpu_calls                            # noqa: E402
+
+
+def run_on_stand_in(code):
+    """Run `code` in a new process whose `cupy` is the recording stand-in."""
+    prelude = ('import sys; sys.path[:0] = [{!r}, {!r}]\nimport count_gpu_calls\n'
+               'count_gpu_calls.install()\n').format(HERE, os.path.join(HERE, 'bench'))
+    return run_program('-c', prelude + textwrap.dedent(code))
+
+
+def test_zero_host_syncs_per_training_step_through_the_trainer():
+    # MNIST MLP, Adam, StandardUpdater(device=0), LogReport/PrintReport/
+    # ProgressBar: between their triggers no step may wait for the device.
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--trainer', '8', '--json'))
+    assert result['syncs_per_step'] == [0] * 5, result['syncs']   # iterations 4 to 8
+    assert min(result['calls_per_step']) > 20       # the GPU path was taken and counted
+    assert result['syncs_at_trigger'] > 0           # LogReport reads the means: counted
+    assert result['printed_rows'] == 1
+
+
+@pytest.mark.parametrize('optimizer', ['SGD', 'MomentumSGD', 'AdaGrad', 'AdaDelta',
+                                       'RMSprop', 'Adam'])
+def test_zero_host_syncs_per_optimizer_update(optimizer):
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--steps', '2',
+                                    '--batchsize', '20', '--optimizer', optimizer, '--json'))
+    assert result['syncs_per_step'] == [0, 0], result['syncs']
+    assert result['h2d_per_step'] == [0, 0]         # no constant sent to the device per step
+
+
+def test_fused_updates_through_the_stand_in_equal_the_cpu_path():
+    # The stand-in runs each kernel's C statements with NumPy, so the same
+    # formulas in the same order give bit-identical parameters.
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--compare-optimizers'))
+    kernels = result.pop('kernels')
+    assert kernels == sorted('onefchainer_' + name for name in chainer._FUSED_UPDATES)
+    assert len(result) == 2 * len(count_gpu_calls.OPTIMIZER_CASES)
+    assert all(diff == 0.0 for diff in result.values()), result
+
+
+@pytest.mark.skipif(not ON_GPU, reason='GPU only: compares the compiled CuPy kernels with '
+                    'the CPU path (on the CPU the stand-in test checks their formulas)')
+@pytest.mark.parametrize('case', range(len(count_gpu_calls.OPTIMIZER_CASES)))
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fused_updates_on_the_gpu_match_the_cpu(case, dtype):
+    name, kwargs = count_gpu_calls.OPTIMIZER_CASES[case]
+    cpu = count_gpu_calls.run_optimizer(name, kwargs, '@numpy', dtype=dtype)
+    gpu = count_gpu_calls.run_optimizer(name, kwargs, TEST_DEVICE, dtype=dtype)
+    # Compiled with --fmad=false, the kernels do the CPU's IEEE operations
+    # (+ - * / sqrt, each correctly rounded) in the CPU's order, so they should
+    # agree to the bit; 4 ulps leave room for nothing but a reordered constant.
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(b, a, rtol=4 * np.finfo(dtype).eps,
+                                   atol=4 * np.finfo(dtype).eps)
+
+
+@pytest.fixture
+def deferred_checks(monkeypatch):
+    """Run the GPU's deferred label check on the CPU too, with nothing pending."""
+    monkeypatch.setattr(chainer, '_DEFER_CHECKS_ON_CPU', True)
+    chainer._pending_label_checks.clear()
+    yield
+    chainer._pending_label_checks.clear()
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'normalize': False}, {'ignore_label': 2},
+                                    {'reduce': 'no'}])
+def test_deferred_label_check_gives_the_same_loss_and_gradient(deferred_checks, kwargs):
+    x, t = f32(6, 4), np.array([0, 3, 2, 1, 2, 3], np.int32)
+    results = []
+    for defer in (False, True):
+        chainer._DEFER_CHECKS_ON_CPU = defer
+        xv = Variable(dev(x))
+        loss = F.softmax_cross_entropy(xv, dev(t), **kwargs)
+        F.sum(loss).backward()
+        results.append((host(loss), host(xv.grad)))
+    chainer._DEFER_CHECKS_ON_CPU = True
+    for immediate, deferred in zip(*results):
+        assert np.array_equal(immediate, deferred)
+        assert immediate.dtype == deferred.dtype == np.float32
+
+
+@pytest.mark.parametrize('read', ['item', 'to_cpu', 'summary', 'next_loss_item'])
+def test_a_bad_label_on_the_device_raises_at_the_next_read(deferred_checks, read):
+    if read == 'to_cpu' and not ON_GPU:
+        pytest.skip('GPU only: to_cpu of a NumPy array reads nothing from a device '
+                    '(the stand-in test reads a device array with to_cpu)')
+    x = Variable(dev(f32(4, 10)))
+    loss = F.softmax_cross_entropy(x, dev(np.array([1, 12, 3, -1], np.int32)))  # no error yet
+    loss.backward()
+    summary = chainer.reporter.Summary()
+    summary.add(loss)
+    reads = {'item': loss.item, 'to_cpu': lambda: cuda.to_cpu(loss.data),
+             'summary': summary.compute_mean,
+             'next_loss_item': lambda: F.softmax_cross_entropy(
+                 dev(f32(2, 10)), dev(np.array([0, 1], np.int32))).item()}
+    with pytest.raises(ValueError) as info:
+        reads[read]()
+    message = str(info.value)
+    assert message.startswith('softmax_cross_entropy:') and 'label 12' in message
+    assert '[0, 10)' in message and 'ignore_label (-1)' in message
+    # Never silently wrong: the loss and its gradient are NaN, and once raised
+    # the error is not raised again by later reads.
+    assert np.isnan(loss.item()) and np.isnan(host(x.grad)).all()
+
+
+def test_a_bad_label_with_debug_on_raises_at_once_on_every_device(deferred_checks):
+    with chainer.using_config('debug', True):
+        with pytest.raises(ValueError, match=r'softmax_cross_entropy: .*t\[1\] is 12'):
+            F.softmax_cross_entropy(dev(f32(3, 10)), dev(np.array([1, 12, 3], np.int32)))
+    assert not chainer._pending_label_checks
+
+
+def test_a_bad_label_stops_the_trainer_at_the_log_report(deferred_checks, tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    trainer.updater.get_iterator('main').dataset._datasets[1][::10] = 7   # 3 classes
+    trainer.extend(extensions.LogReport(trigger=(3, 'iteration')))
+    with pytest.raises(ValueError, match='softmax_cross_entropy: .* held label 7'):
+        trainer.run(show_loop_exception_msg=False)
+    assert trainer.updater.iteration == 3         # it ran on to the read, and no further
+
+
+def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels():
+    stdout = run_on_stand_in('''
+        import numpy as np, onefchainer as chainer, onefchainer.links as L
+        import onefchainer.functions as F
+        gpu = chainer.get_device('@cupy:0')
+        layer = L.Linear(3, 2).to_device(gpu)
+        for x, model_device in ((np.ones((4, 3), np.float32), gpu),
+                                (gpu.send(np.ones((4, 3), np.float32)), '@numpy')):
+            layer.to_device(model_device)
+            try:
+                layer(x)
+            except TypeError as error:
+                print(error)
+        loss = F.softmax_cross_entropy(gpu.send(np.ones((2, 3), np.float32)),
+                                       gpu.send(np.array([0, 5], np.int32)))
+        print('no error before the read; loss', float(loss.data))
+        try:
+            loss.item()
+        except ValueError as error:
+            print(error)
+        loss = F.softmax_cross_entropy(gpu.send(np.ones((2, 3), np.float32)),
+                                       gpu.send(np.array([-3, 0], np.int32)))
+        try:
+            chainer.cuda.to_cpu(loss.data)
+        except ValueError as error:
+            print(error)
+        print('syncs', sorted(k for k in count_gpu_calls.COUNTS if k.startswith('sync')))
+    ''')
+    lines = stdout.splitlines()
+    assert lines[0].startswith('linear: x is on @numpy but W is on @cupy:0; send the batch '
+                               'with device.send(x) or concat_examples(batch, device)')
+    assert lines[1].startswith('linear: x is on @cupy:0 but W is on @numpy')
+    assert lines[2] == 'no error before the read; loss nan'
+    assert lines[3].startswith('softmax_cross_entropy: labels must be in [0, 3)')
+    assert 'held label 5' in lines[3]
+    assert lines[4].startswith('softmax_cross_entropy:') and 'held label -3' in lines[4]
+
+
+@pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
+def test_mixed_devices_error_on_the_gpu():
+    layer = L.Linear(3, 2).to_device(TEST_DEVICE)
+    with pytest.raises(TypeError, match='linear: x is on @numpy but W is on {}'.format(
+            TEST_DEVICE)):
+        layer(np.ones((4, 3), np.float32))

@@ -407,6 +407,8 @@ def compare_optimizers():
             gpu = run_optimizer(name, kwargs, '@cupy:0', dtype=dtype)
             key = '{}{} {}'.format(name, kwargs or '', np.dtype(dtype).name)
             result[key] = max(float(np.max(np.abs(a - b))) for a, b in zip(cpu, gpu))
+    result['kernels'] = sorted(k.split('.', 1)[1] for k in COUNTS
+                               if k.startswith('call:ElementwiseKernel.onefchainer_'))
     return result
 
 
