@@ -1341,6 +1341,8 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
+        if not isinstance(self.y, np.ndarray):
+            return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
 
 
@@ -1613,8 +1615,13 @@ class SoftmaxCrossEntropy(Function):
             return loss.astype(x.dtype, copy=False),
         if deferred:    # the count stays on the device, and NaN marks a bad batch
             worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
-            count = xp.maximum(self.valid.sum(), 1) if self.normalize else max(len(x), 1)
-            self.coeff = xp.where(worst == _NO_BAD_LABEL, 1.0 / count, np.nan).astype(x.dtype)
+            count = self.valid.sum() if self.normalize else len(x)
+            if xp is np:
+                self.coeff = np.where(worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
+                                      np.nan).astype(x.dtype)
+            else:        # 1 / max(count, 1), or NaN after a bad label, in one launch
+                self.coeff = _fused_op('sce_coeff', count, worst, _NO_BAD_LABEL, np.nan,
+                                       xp.empty((), x.dtype))
         else:
             count = self.valid.sum() if self.normalize else len(x)
             self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
@@ -1718,6 +1725,27 @@ def _raise_deferred_errors():
                 'since the last read held label {} (found on the device, so its loss '
                 'and gradient were NaN; set chainer.config.debug = True to stop at '
                 'the batch itself)'.format(label, n_class, ignore_label, worst))
+
+
+# Small fused kernels for the GPU paths of ops: one launch where the NumPy
+# code takes several.  They compute what the CPU code computes, in its order.
+_FUSED_OPS = {     # name: (inputs, outputs, the loop body in CUDA C)
+    'relu_grad': ('T gy, T y', 'T gx', 'gx = gy * (y > 0);'),
+    'sce_coeff': ('int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
+        double n = count;
+        n = max(n, 1.0);
+        coeff = (worst == none) ? 1.0 / n : nan_value;'''),
+}
+_fused_op_kernels = {}
+
+
+def _fused_op(name, *args):
+    """Run the kernel `name` of _FUSED_OPS on GPU arrays; returns its output."""
+    kernel = _fused_op_kernels.get(name)
+    if kernel is None:
+        kernel = _fused_op_kernels[name] = cupy.ElementwiseKernel(
+            *_FUSED_OPS[name], 'onefchainer_' + name)
+    return kernel(*args)
 
 
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,

@@ -4639,7 +4639,19 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
             chainer.cuda.to_cpu(loss.data)
         except ValueError as error:
             print(error)
-        print('syncs', sorted(k for k in count_gpu_calls.COUNTS if k.startswith('sync')))
+        # the GPU path of softmax_cross_entropy and relu (fused kernels) against the CPU's
+        rng = np.random.RandomState(0)
+        x, t = rng.uniform(-2, 2, (6, 4)).astype(np.float32), np.array([0, 3, 2, 1, 2, 3], np.int32)
+        for kwargs in ({}, {'normalize': False}, {'ignore_label': 2}, {'reduce': 'no'}):
+            results = []
+            for device in ('@numpy', gpu):
+                xv = chainer.Variable(chainer.get_device(device).send(x))
+                loss = F.softmax_cross_entropy(F.relu(xv), chainer.get_device(device).send(t),
+                                               **kwargs)
+                F.sum(loss).backward()
+                results.append((chainer.cuda.to_cpu(loss.data), chainer.cuda.to_cpu(xv.grad)))
+            print(kwargs, all(np.array_equal(a, b) and a.dtype == b.dtype
+                              for a, b in zip(*results)))
     ''')
     lines = stdout.splitlines()
     assert lines[0].startswith('linear: x is on @numpy but W is on @cupy:0; send the batch '
@@ -4649,6 +4661,7 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
     assert lines[3].startswith('softmax_cross_entropy: labels must be in [0, 3)')
     assert 'held label 5' in lines[3]
     assert lines[4].startswith('softmax_cross_entropy:') and 'held label -3' in lines[4]
+    assert [line.endswith('True') for line in lines[5:]] == [True] * 4, lines[5:]
 
 
 @pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
