@@ -385,15 +385,17 @@ OPTIMIZER_CASES = [          # (name, keyword arguments): every fused kernel and
     ('Adam', {'amsgrad': True, 'eta': 0.5, 'weight_decay_rate': 0.1})]
 
 
-def run_optimizer(name, kwargs, device, steps=3, dtype=np.float32):
+def run_optimizer(name, kwargs, device, steps=5, dtype=np.float32):
     """Parameters after `steps` updates of optimizers.<name>(**kwargs) on `device`,
     from fixed data and gradients; returns them as NumPy arrays."""
     import onefchainer as chainer
     rng = np.random.RandomState(0)
     link = chainer.Link()
+    # Parameters as small as the steps, so that a step rounded differently
+    # shows in the result (added to values near 1 it would mostly vanish).
     with link.init_scope():
-        link.W = chainer.Parameter(rng.uniform(-1, 1, (7, 5)).astype(dtype))
-        link.b = chainer.Parameter(rng.uniform(-1, 1, (5,)).astype(dtype))
+        link.W = chainer.Parameter(rng.uniform(-1e-3, 1e-3, (64, 33)).astype(dtype))
+        link.b = chainer.Parameter(rng.uniform(-1e-3, 1e-3, (33,)).astype(dtype))
     link.to_device(device)
     optimizer = getattr(chainer.optimizers, name)(**kwargs).setup(link)
     for _ in range(steps):
