@@ -4597,6 +4597,15 @@ def test_a_bad_label_on_the_device_raises_at_the_next_read(deferred_checks, read
     assert np.isnan(loss.item()) and np.isnan(host(x.grad)).all()
 
 
+def test_a_bad_label_without_reduction_is_nan_in_its_row_and_raises_later(deferred_checks):
+    loss = F.softmax_cross_entropy(dev(f32(3, 10)), dev(np.array([1, 12, 3], np.int32)),
+                                   reduce='no')
+    # xp.isnan(...).tolist(), not host(...): on a GPU cuda.to_cpu is a read that raises
+    assert xp.isnan(loss.data).tolist() == [False, True, False]
+    with pytest.raises(ValueError, match='softmax_cross_entropy: .* held label 12'):
+        chainer.reporter.Summary().compute_mean()
+
+
 def test_a_bad_label_with_debug_on_raises_at_once_on_every_device(deferred_checks):
     with chainer.using_config('debug', True):
         with pytest.raises(ValueError, match=r'softmax_cross_entropy: .*t\[1\] is 12'):
