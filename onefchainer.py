@@ -1597,6 +1597,7 @@ class SoftmaxCrossEntropy(Function):
         deferred = _defers_checks(t)
         if deferred:   # no sync: a bad label makes the loss NaN and raises at the next read
             safe_t, self.valid, flagged = _label_check(t, x.shape[1], self.ignore_label)
+            worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
             self.t = safe_t[:, None]
         else:
             self.valid = t != self.ignore_label
@@ -1614,7 +1615,6 @@ class SoftmaxCrossEntropy(Function):
                 loss = xp.where(flagged == _NO_BAD_LABEL, loss, np.nan)
             return loss.astype(x.dtype, copy=False),
         if deferred:    # the count stays on the device, and NaN marks a bad batch
-            worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
             count = self.valid.sum() if self.normalize else len(x)
             if xp is np:
                 self.coeff = np.where(worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
