@@ -1731,6 +1731,10 @@ def _raise_deferred_errors():
 # code takes several.  They compute what the CPU code computes, in its order.
 _FUSED_OPS = {     # name: (inputs, outputs, the loop body in CUDA C)
     'relu_grad': ('T gy, T y', 'T gx', 'gx = gy * (y > 0);'),
+    'summary_add': ('T value, float64 weight', 'float64 x, float64 x2', '''
+        double v = value;
+        x += weight * v;
+        x2 += weight * v * v;'''),
     'sce_coeff': ('int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
         double n = count;
         n = max(n, 1.0);
@@ -3356,7 +3360,13 @@ class Summary:
         if isinstance(value, Variable):
             value = value.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
-            value = value.astype(np.float64)   # CuPy's scalar rules would keep float32 sums
+            # On the GPU: both sums in one launch, in float64, on the device.
+            if not isinstance(self._x, _array_types):
+                self._x = _xp(value).asarray(self._x, dtype=np.float64)
+                self._x2 = _xp(value).asarray(self._x2, dtype=np.float64)
+            _fused_op('summary_add', value.reshape(()), float(weight), self._x, self._x2)
+            self._n += weight
+            return
         self._x = self._x + weight * value
         self._x2 = self._x2 + weight * value * value
         self._n += weight

@@ -4661,6 +4661,13 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
                 results.append((chainer.cuda.to_cpu(loss.data), chainer.cuda.to_cpu(xv.grad)))
             print(kwargs, all(np.array_equal(a, b) and a.dtype == b.dtype
                               for a, b in zip(*results)))
+        # the reporter's Summary: on the GPU both sums in one kernel, in float64 as
+        # the CPU sums float64 values
+        summaries = [chainer.reporter.Summary() for _ in range(2)]
+        for i, value in enumerate(rng.uniform(0, 3, 7).astype(np.float32)):
+            summaries[0].add(np.asarray(value, np.float64), weight=1 + i % 2)
+            summaries[1].add(gpu.send(np.asarray(value)), weight=1 + i % 2)
+        print('summary', summaries[0].make_statistics() == summaries[1].make_statistics())
     ''')
     lines = stdout.splitlines()
     assert lines[0].startswith('linear: x is on @numpy but W is on @cupy:0; send the batch '
@@ -4670,7 +4677,7 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
     assert lines[3].startswith('softmax_cross_entropy: labels must be in [0, 3)')
     assert 'held label 5' in lines[3]
     assert lines[4].startswith('softmax_cross_entropy:') and 'held label -3' in lines[4]
-    assert [line.endswith('True') for line in lines[5:]] == [True] * 4, lines[5:]
+    assert [line.endswith('True') for line in lines[5:]] == [True] * 5, lines[5:]
 
 
 @pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
