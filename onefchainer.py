@@ -1756,6 +1756,16 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
                           soft_target_loss='cross-entropy'):
+    """Softmax cross entropy of scores x (N, C, ...) float and labels t (N, ...)
+    int, as chainer.functions.softmax_cross_entropy: the mean over the rows
+    whose label is not ignore_label (normalize=True) or over all N rows, or
+    per row with reduce='no'.
+
+    Raises TypeError/ValueError for bad dtypes or shapes, and ValueError for a
+    label outside [0, C) that is not ignore_label: at once on the CPU (and
+    with config.debug), and on a GPU, where checking at once would stall it,
+    at the next read of a value on the host, with that batch's loss NaN.
+    """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
                          "got {!r}".format(reduce))
