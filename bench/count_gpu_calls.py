@@ -268,9 +268,20 @@ class _FakeCupy(types.ModuleType):
     def asnumpy(array):
         return array.get() if isinstance(array, FakeArray) else np.asarray(array)
 
-    random = types.SimpleNamespace(  # CuPy's rand takes a dtype; NumPy's does not
-        rand=lambda *shape, dtype=np.float64: (
-            _count('call', 'random.rand'), FakeArray(np.random.rand(*shape).astype(dtype)))[-1])
+    class random:   # a random stream of its own, as CuPy's is not NumPy's
+        _state = np.random.RandomState(1234)
+
+        @classmethod
+        def seed(cls, seed=None):
+            cls._state.seed(seed)
+
+        def __getattr__(self, name):        # rand, normal, uniform ...; CuPy's take a dtype
+            def draw(*args, dtype=None, **kwargs):
+                _count('call', 'random.' + name)
+                drawn = np.asarray(getattr(self._state, name)(*args, **kwargs))
+                return FakeArray(drawn if dtype is None else drawn.astype(dtype))
+            return draw
+    random = random()
 
 
 def install():
