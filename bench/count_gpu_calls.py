@@ -22,6 +22,7 @@ a GPU (bench/gpu_checks.sh).
     python bench/count_gpu_calls.py --trainer 20   # through Trainer + LogReport/PrintReport/ProgressBar
     python bench/count_gpu_calls.py --json         # one JSON line, for the tests
     python bench/count_gpu_calls.py --compare-optimizers   # fused updates vs the CPU path
+    python bench/count_gpu_calls.py --pytest -q [args]     # the suite, the stand-in as its GPU
 """
 import argparse
 import collections
@@ -39,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 COUNTS = collections.Counter()     # 'call:<name>', 'sync:<name>', 'h2d:<name>'
 _HOST_INPUTS = {'asarray', 'array', 'asanyarray', 'ascontiguousarray'}
+_HOST_INDICES = {'at'}      # ufunc.at takes host index arrays, as CuPy's does
 
 
 def _count(kind, name):
@@ -77,6 +79,8 @@ class _Callable:
     def __call__(self, *args, **kwargs):
         _count('call', self._name)
         host = self._name.split('.')[-1] in _HOST_INPUTS
+        if self._name.split('.')[-1] in _HOST_INDICES:
+            return _wrap(self._target(*_unwrap(args, True), **_unwrap(kwargs, True)))
         if host and args and not isinstance(args[0], FakeArray) and np.size(args[0]) > 0:
             _count('h2d', self._name)
         return _wrap(self._target(*_unwrap(args, host), **_unwrap(kwargs, host)))
@@ -114,6 +118,10 @@ class FakeArray:
     def _sync(self, name):
         _count('sync', name)
         return self._a
+
+    def set(self, array, stream=None):       # host to device, into this array
+        _count('h2d', 'set')
+        self._a[...] = array
 
     def get(self, stream=None):
         return self._sync('get').copy()
@@ -169,10 +177,12 @@ for _name in ('add sub mul truediv floordiv mod pow matmul and or xor lshift rsh
                 _operator(_dunder.format(_name), _dunder.startswith('__i')))
 for _name in 'lt le gt ge eq ne neg pos abs invert getitem setitem'.split():
     setattr(FakeArray, '__{}__'.format(_name), _operator('__{}__'.format(_name), False))
+# CuPy takes host arrays as indices (it copies them over).
 FakeArray.__setitem__ = lambda self, key, value: (
-    _count('call', 'ndarray.__setitem__'), self._a.__setitem__(_unwrap(key), _unwrap(value)))[-1]
+    _count('call', 'ndarray.__setitem__'),
+    self._a.__setitem__(_unwrap(key, True), _unwrap(value)))[-1]
 FakeArray.__getitem__ = lambda self, key: (
-    _count('call', 'ndarray.__getitem__'), _wrap(self._a[_unwrap(key)]))[-1]
+    _count('call', 'ndarray.__getitem__'), _wrap(self._a[_unwrap(key, True)]))[-1]
 
 
 # ----- ElementwiseKernel: the C subset of onefchainer's kernels, run by NumPy -----
@@ -268,20 +278,31 @@ class _FakeCupy(types.ModuleType):
     def asnumpy(array):
         return array.get() if isinstance(array, FakeArray) else np.asarray(array)
 
-    class random:   # a random stream of its own, as CuPy's is not NumPy's
-        _state = np.random.RandomState(1234)
+    random = None     # set below: a random stream of its own, as CuPy's is not NumPy's
 
-        @classmethod
-        def seed(cls, seed=None):
-            cls._state.seed(seed)
 
-        def __getattr__(self, name):        # rand, normal, uniform ...; CuPy's take a dtype
-            def draw(*args, dtype=None, **kwargs):
-                _count('call', 'random.' + name)
-                drawn = np.asarray(getattr(self._state, name)(*args, **kwargs))
-                return FakeArray(drawn if dtype is None else drawn.astype(dtype))
-            return draw
-    random = random()
+class _Random:
+    """cupy.random: draws (rand, normal, uniform ...; with CuPy's dtype=) from
+    a stream of its own; RandomState makes another one."""
+
+    def __init__(self, seed=None):
+        self._state = np.random.RandomState(seed)
+
+    def seed(self, seed=None):
+        self._state.seed(seed)
+
+    def RandomState(self, seed=None):
+        return _Random(seed)
+
+    def __getattr__(self, name):
+        def draw(*args, dtype=None, **kwargs):
+            _count('call', 'random.' + name)
+            drawn = np.asarray(getattr(self._state, name)(*args, **kwargs))
+            return FakeArray(drawn if dtype is None else drawn.astype(dtype))
+        return draw
+
+
+_FakeCupy.random = _Random(1234)
 
 
 def install():
@@ -432,6 +453,11 @@ def compare_optimizers():
 
 
 def main():
+    if sys.argv[1:2] == ['--pytest']:      # the suite on the stand-in, as on a GPU
+        os.environ['ONEFCHAINER_TEST_DEVICE'] = '@cupy:0'
+        install()
+        import pytest
+        sys.exit(pytest.main(['-p', 'no:cacheprovider'] + sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--batchsize', '-b', type=int, default=100)
