@@ -613,23 +613,6 @@ def _explain(function, in_data, error):
         function.label, message, _describe(in_data)))
 
 
-def _mixed_devices_error(function, in_data):
-    """The error for inputs on different devices, or None if they share one.
-    Only asked once forward has failed, so it costs the hot path nothing."""
-    devices = [(i, str(_device_of(a))) for i, a in enumerate(in_data)
-               if isinstance(a, _array_types)]
-    if len({device for _, device in devices}) < 2:
-        return None
-    names = getattr(function, 'input_names', ())
-    (i, first), (j, second) = devices[0], next(d for d in devices if d[1] != devices[0][1])
-    name_i = names[i] if i < len(names) else 'input {}'.format(i)
-    name_j = names[j] if j < len(names) else 'input {}'.format(j)
-    return TypeError(
-        '{}: {} is on {} but {} is on {}; send the batch with device.send(x) or '
-        'concat_examples(batch, device), or move the model with '
-        'model.to_device(device)'.format(function.label, name_i, first, name_j, second))
-
-
 def _check_finite(function, direction, arrays):
     for i, a in enumerate(arrays):
         # Not _xp(a): a 0-dim NumPy result may still be a scalar here, not an ndarray.
@@ -747,6 +730,24 @@ def _check_same_dtype(label, arrays):
     if len({a.dtype for a in arrays}) > 1:
         raise TypeError('{}: dtypes differ: {}; convert with .astype(...)'.format(
             label, [str(a.dtype) for a in arrays]))
+
+
+def _mixed_devices_error(function, in_data):
+    """The error for inputs on different devices, or None if they share one.
+    Function.__call__ asks (through _explain) only once forward has failed,
+    so it costs the hot path nothing."""
+    devices = [(i, str(_device_of(a))) for i, a in enumerate(in_data)
+               if isinstance(a, _array_types)]
+    if len({device for _, device in devices}) < 2:
+        return None
+    names = getattr(function, 'input_names', ())
+    (i, first), (j, second) = devices[0], next(d for d in devices if d[1] != devices[0][1])
+    name_i = names[i] if i < len(names) else 'input {}'.format(i)
+    name_j = names[j] if j < len(names) else 'input {}'.format(j)
+    return TypeError(
+        '{}: {} is on {} but {} is on {}; send the batch with device.send(x) or '
+        'concat_examples(batch, device), or move the model with '
+        'model.to_device(device)'.format(function.label, name_i, first, name_j, second))
 
 
 def _scalar_constant(value, like):
