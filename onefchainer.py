@@ -1723,9 +1723,9 @@ def _raise_deferred_errors():
         if worst != _NO_BAD_LABEL:
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); a batch '
-                'since the last read held label {} (found on the device, so its loss '
-                'and gradient were NaN; set chainer.config.debug = True to stop at '
-                'the batch itself)'.format(label, n_class, ignore_label, worst))
+                'since the last read held label {} (found on the device, where that '
+                "batch's loss was made NaN; set chainer.config.debug = True to stop "
+                'at the batch itself)'.format(label, n_class, ignore_label, worst))
 
 
 # Small fused kernels for the GPU paths of ops: one launch where the NumPy
