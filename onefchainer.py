@@ -107,6 +107,7 @@ def _to_cpu(array):
     if array is None or isinstance(array, np.ndarray):
         return array
     if cupy is not None and isinstance(array, cupy.ndarray):
+        _raise_deferred_errors()            # reading anyway: report a bad label now
         return array.get()
     if isinstance(array, (list, tuple)):    # as cuda.to_cpu in Chainer: each one
         return type(array)(_to_cpu(a) for a in array)
@@ -387,6 +388,7 @@ class Variable:
         return len(self.data)
 
     def item(self):
+        _raise_deferred_errors()
         return self.data.item()
 
     def __repr__(self):
@@ -601,6 +603,9 @@ def _explain(function, in_data, error):
     if message.startswith(function.label.lower() + ':') or \
             message.startswith(function.label + ':'):
         return error
+    mixed = _mixed_devices_error(function, in_data)
+    if mixed is not None:
+        return mixed
     kind = (TypeError if isinstance(error, TypeError) else
             IndexError if isinstance(error, IndexError) else ValueError)
     return kind('{}: {} (inputs: {})'.format(
@@ -775,6 +780,24 @@ def _input_data(label, x):
     raise TypeError('{}: inputs must be Variables or numpy/cupy arrays, not {}; '
                     'convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)'
                     .format(label, type(x).__name__))
+
+
+def _mixed_devices_error(function, in_data):
+    """The error for inputs on different devices, or None if they share one.
+    Function.__call__ asks (through _explain) only once forward has failed,
+    so it costs the hot path nothing."""
+    devices = [(i, str(_device_of(a))) for i, a in enumerate(in_data)
+               if isinstance(a, _array_types)]
+    if len({device for _, device in devices}) < 2:
+        return None
+    names = getattr(function, 'input_names', ())
+    (i, first), (j, second) = devices[0], next(d for d in devices if d[1] != devices[0][1])
+    name_i = names[i] if i < len(names) else 'input {}'.format(i)
+    name_j = names[j] if j < len(names) else 'input {}'.format(j)
+    return TypeError(
+        '{}: {} is on {} but {} is on {}; send the batch with device.send(x) or '
+        'concat_examples(batch, device), or move the model with '
+        'model.to_device(device)'.format(function.label, name_i, first, name_j, second))
 
 
 def _scalar_constant(value, like):
@@ -1106,6 +1129,7 @@ class MatMul(Function):
     Chainer: chainer.functions.math.matmul.MatMul.
     """
     label = 'matmul'
+    input_names = ('a', 'b')
 
     def __init__(self, transa=False, transb=False):
         self.transa, self.transb = transa, transb
@@ -1586,6 +1610,8 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
+        if not isinstance(self.y, np.ndarray):
+            return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
 
 
@@ -1757,6 +1783,7 @@ class LinearFunction(Function):
     Chainer: chainer.functions.connection.linear.LinearFunction.
     """
     label = 'linear'
+    input_names = ('x', 'W', 'b')      # for error messages
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -1873,6 +1900,7 @@ class SoftmaxCrossEntropy(Function):
     Chainer: chainer.functions.loss.softmax_cross_entropy.SoftmaxCrossEntropy.
     """
     label = 'softmax_cross_entropy'
+    input_names = ('x', 't')
 
     def __init__(self, normalize=True, ignore_label=-1, reduce='mean',
                  class_weight=None):
@@ -1893,6 +1921,8 @@ class SoftmaxCrossEntropy(Function):
                              'have shape {}'.format(label, x.shape, t.shape,
                                                     x.shape[:1] + x.shape[2:]))
         n_class = x.shape[1]
+        if _defers_checks(t):
+            return      # checked on the device in forward: see _label_check
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
         if bad.any():
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
@@ -1907,8 +1937,14 @@ class SoftmaxCrossEntropy(Function):
         shifted = x - x.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        self.valid = t != self.ignore_label
-        self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
+        deferred = _defers_checks(t)
+        if deferred:   # no sync: a bad label makes the loss NaN and raises at the next read
+            safe_t, self.valid, flagged = _label_check(t, x.shape[1], self.ignore_label)
+            worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
+            self.t = safe_t[:, None]
+        else:
+            self.valid = t != self.ignore_label
+            self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
         # log softmax at the true class only: shifted[t] - log(sum e)
         log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
         self.y = e / s         # softmax, reused by backward
@@ -1918,9 +1954,20 @@ class SoftmaxCrossEntropy(Function):
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         if self.reduce == 'no':
+            if deferred:
+                loss = xp.where(flagged == _NO_BAD_LABEL, loss, np.nan)
             return loss.astype(x.dtype, copy=False),
-        count = self.valid.sum() if self.normalize else len(x)
-        self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
+        if deferred:    # the count stays on the device, and NaN marks a bad batch
+            count = self.valid.sum() if self.normalize else len(x)
+            if xp is np:
+                self.coeff = np.where(worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
+                                      np.nan).astype(x.dtype)
+            else:        # 1 / max(count, 1), or NaN after a bad label, in one launch
+                self.coeff = _fused_op('sce_coeff', count, worst, _NO_BAD_LABEL, np.nan,
+                                       xp.empty((), x.dtype))
+        else:
+            count = self.valid.sum() if self.normalize else len(x)
+            self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
         return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
@@ -1939,6 +1986,115 @@ class SoftmaxCrossEntropy(Function):
         return gx, None
 
 
+# ----- label checks that wait for the next read (GPU) ---------------------------
+# On the CPU, checking that every label is in [0, n_class) costs a comparison.
+# On a GPU, `if bad.any()` makes Python wait until the device has computed
+# everything before it (a host sync) in every step, and the GPU then idles
+# while Python issues the next step.  So on a GPU the check stays on the
+# device: `_label_check` flags the bad labels in the same pass that prepares
+# the labels; their largest value is folded into one small device array per
+# (function, n_class, ignore_label); the batch's loss (and its gradient)
+# becomes NaN, so a value read directly is never silently wrong; and the
+# first read of a value on the host (cuda.to_cpu, Variable.item, the means
+# of the reporter's Summary that LogReport, PrintReport and Evaluator use)
+# raises the error, naming the function and the label.  config.debug makes
+# the check immediate on a GPU too, stopping at the batch itself.
+
+_DEFER_CHECKS_ON_CPU = False     # True runs the GPU's deferred path on the CPU (tests)
+_NO_BAD_LABEL = np.iinfo(np.int64).min
+_pending_label_checks = {}       # (label, n_class, ignore_label) -> worst bad label so far (device)
+_label_check_kernel = None       # built at first use on a GPU
+
+
+def _defers_checks(array):
+    """True if the checks of data in `array` must not make the host wait."""
+    if config.debug:
+        return False
+    return _DEFER_CHECKS_ON_CPU or not isinstance(array, np.ndarray)
+
+
+def _label_check(t, n_class, ignore_label):
+    """(safe_t, valid, flagged) for labels t, without a sync: safe_t is t with
+    ignored and bad labels replaced by 0 (so indexing with it stays in
+    bounds), valid is t != ignore_label, flagged is t where it is a bad label
+    (valid but outside [0, n_class)) and _NO_BAD_LABEL elsewhere (int64)."""
+    global _label_check_kernel
+    if isinstance(t, np.ndarray):
+        in_range = (t >= 0) & (t < n_class)
+        valid = t != ignore_label
+        safe_t = np.where(valid & in_range, t, 0).astype(t.dtype, copy=False)
+        flagged = np.where(valid & ~in_range, t.astype(np.int64), _NO_BAD_LABEL)
+        return safe_t, valid, flagged
+    if _label_check_kernel is None:     # one pass instead of eight launches
+        _label_check_kernel = cupy.ElementwiseKernel(
+            'S t, int64 n_class, int64 ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
+            '''
+            bool in_range = (t >= 0) && (t < n_class);
+            valid = (t != ignore);
+            safe_t = (valid && in_range) ? t : 0;
+            flagged = (valid && !in_range) ? t : none;
+            ''', 'onefchainer_label_check')
+    return _label_check_kernel(t, n_class, ignore_label, _NO_BAD_LABEL)
+
+
+def _remember_label_check(label, n_class, ignore_label, flagged):
+    """Fold the bad labels of one batch into the pending check of its kind;
+    returns the batch's worst bad label (a device 0-dim array)."""
+    worst = flagged.max()
+    if not isinstance(worst, _array_types):     # NumPy gives a scalar
+        worst = np.asarray(worst)
+    key = (label, n_class, ignore_label)
+    pending = _pending_label_checks.get(key)
+    if pending is None:
+        _pending_label_checks[key] = worst.copy()
+    else:
+        _xp(pending).maximum(pending, worst, out=pending)
+    return worst
+
+
+def _raise_deferred_errors():
+    """Raise the error of a bad label that a GPU op found since the last read.
+    Called wherever a value is read on the host anyway, so it adds no sync of
+    its own to a training step."""
+    if not _pending_label_checks:
+        return
+    pending = list(_pending_label_checks.items())
+    _pending_label_checks.clear()
+    for (label, n_class, ignore_label), worst in pending:
+        worst = int(worst.item())
+        if worst != _NO_BAD_LABEL:
+            raise ValueError(
+                '{}: labels must be in [0, {}) or equal ignore_label ({}); a batch '
+                'since the last read held label {} (found on the device, where that '
+                "batch's loss was made NaN; set chainer.config.debug = True to stop "
+                'at the batch itself)'.format(label, n_class, ignore_label, worst))
+
+
+# Small fused kernels for the GPU paths of ops: one launch where the NumPy
+# code takes several.  They compute what the CPU code computes, in its order.
+_FUSED_OPS = {     # name: (inputs, outputs, the loop body in CUDA C)
+    'relu_grad': ('T gy, T y', 'T gx', 'gx = gy * (y > 0);'),
+    'summary_add': ('T value, float64 weight', 'float64 x, float64 x2', '''
+        double v = value;
+        x += weight * v;
+        x2 += weight * v * v;'''),
+    'sce_coeff': ('int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
+        double n = count;
+        n = max(n, 1.0);
+        coeff = (worst == none) ? 1.0 / n : nan_value;'''),
+}
+_fused_op_kernels = {}
+
+
+def _fused_op(name, *args):
+    """Run the kernel `name` of _FUSED_OPS on GPU arrays; returns its output."""
+    kernel = _fused_op_kernels.get(name)
+    if kernel is None:
+        kernel = _fused_op_kernels[name] = cupy.ElementwiseKernel(
+            *_FUSED_OPS[name], 'onefchainer_' + name)
+    return kernel(*args)
+
+
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
@@ -1955,8 +2111,11 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
     shape. class_weight: (C,) array or None. cache_score,
     enable_double_backprop and soft_target_loss are accepted for Chainer's
     signature and have no effect. Raises TypeError for non-float x or
-    non-integer t, ValueError for mismatched shapes, out-of-range labels or an
-    unknown reduce. Chainer: chainer.functions.softmax_cross_entropy.
+    non-integer t, ValueError for mismatched shapes or an unknown reduce, and
+    ValueError for a label outside [0, C) that is not ignore_label: at once on
+    the CPU (and with config.debug), and on a GPU, where checking at once would
+    stall it, at the next read of a value on the host, with that batch's loss
+    NaN. Chainer: chainer.functions.softmax_cross_entropy.
     """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
@@ -3216,9 +3375,77 @@ def _warn_no_params(optimizer, link):
 GradientMethod = Optimizer
 
 
+# ----- fused updates on the GPU --------------------------------------------------
+# On the CPU each line of an update rule is one NumPy pass.  On a GPU each
+# would be one kernel launch, and for small parameters the launches cost more
+# than the arithmetic.  So on a GPU every rule runs as ONE elementwise kernel
+# per parameter, as in Chainer.  Each kernel computes the same formulas in the
+# same order as the rule's CPU code (with T the parameter's dtype, as NumPy
+# casts a Python scalar to it), and is compiled with --fmad=false: nvcc would
+# otherwise merge a * b + c into one fused multiply-add, rounded once instead
+# of twice, and the GPU's result would drift from the CPU's.  The kernels are
+# compiled at first use and cached here.
+
+_FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop body in CUDA C)
+    'sgd': ('T grad, T lr', 'T param', 'param -= lr * grad;'),
+    'momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += v;'''),
+    'adagrad': ('T grad, T lr, T eps', 'T param, T h', '''
+        h += grad * grad;
+        param -= lr * grad / (sqrt(h) + eps);'''),
+    'adadelta': ('T grad, T one_minus_rho, T rho, T eps', 'T param, T msg, T msdx', '''
+        msg *= rho;
+        msg += one_minus_rho * grad * grad;
+        T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
+        msdx *= rho;
+        msdx += one_minus_rho * dx * dx;
+        param -= dx;'''),
+    'rmsprop': ('T grad, T lr, T alpha, T one_minus_alpha, T eps, bool eps_inside_sqrt',
+                'T param, T ms', '''
+        ms *= alpha;
+        ms += one_minus_alpha * grad * grad;
+        T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
+        param -= lr * grad / denom;'''),
+    # Adam as _adam_step does it; multiplying by eta or decay = 1 changes nothing.
+    'adam': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+             'T param, T m, T v', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        T step = lr / (sqrt(v) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+    'amsgrad': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+                'T param, T m, T v, T vhat', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        vhat = max(vhat, v);
+        T step = lr / (sqrt(vhat) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+}
+_fused_kernels = {}
+
+
+def _fused_update(name, *args):
+    """Run the fused update `name` on GPU arrays: inputs, then the arrays it updates."""
+    kernel = _fused_kernels.get(name)
+    if kernel is None:
+        in_params, out_params, operation = _FUSED_UPDATES[name]
+        kernel = _fused_kernels[name] = cupy.ElementwiseKernel(
+            in_params, out_params, operation, 'onefchainer_' + name,
+            options=('--fmad=false',))
+    kernel(*args)
+
+
 class SGDRule(UpdateRule):
     """Update rule of SGD: p -= lr * grad. Chainer: chainer.optimizers.sgd.SGDRule."""
     def update_core(self, param):                  # p -= lr * grad
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('sgd', param.grad, self.hyperparam.lr, param.data)
         param.data -= self.hyperparam.lr * param.grad
 
 
@@ -3245,6 +3472,9 @@ class MomentumSGDRule(UpdateRule):
 
     def update_core(self, param):                  # v = momentum v - lr grad; p += v
         v = self.state['v']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('momentum_sgd', param.grad, self.hyperparam.lr,
+                                 self.hyperparam.momentum, param.data, v)
         v *= self.hyperparam.momentum
         v -= self.hyperparam.lr * param.grad
         param.data += v
@@ -3275,6 +3505,8 @@ class AdaGradRule(UpdateRule):
 
     def update_core(self, param):                  # h += g^2; p -= lr g / (sqrt(h) + eps)
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
         h += grad * grad
         param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
 
@@ -3309,6 +3541,9 @@ class AdaDeltaRule(UpdateRule):
         # g * rms(previous steps) / rms(gradients), so no learning rate is needed.
         grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
         msg, msdx = self.state['msg'], self.state['msdx']
+        if xp is not np:
+            return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
+                                 param.data, msg, msdx)
         msg *= hp.rho
         msg += (1 - hp.rho) * grad * grad
         dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
@@ -3344,6 +3579,9 @@ class RMSpropRule(UpdateRule):
 
     def update_core(self, param):                  # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
         grad, hp, ms = param.grad, self.hyperparam, self.state['ms']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
+                                 bool(hp.eps_inside_sqrt), param.data, ms)
         ms *= hp.alpha
         ms += (1 - hp.alpha) * grad * grad
         xp = _xp(ms)
@@ -3408,6 +3646,10 @@ class AdamRule(UpdateRule):
         if 'vhat' in self.state:
             arrays.append(self.state['vhat'])
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', param.grad,
+                                 *constants[:5], 1.0 - hp.eta * hp.weight_decay_rate,
+                                 param.data, *arrays[2:])
         size = param.data.size
         if isinstance(param.data, np.ndarray) and size > _ADAM_BLOCK and \
                 all(a.flags.c_contiguous for a in arrays):
@@ -3964,7 +4206,13 @@ class Summary:
         if isinstance(value, Variable):
             value = value.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
-            value = value.astype(np.float64)   # CuPy's scalar rules would keep float32 sums
+            # On the GPU: both sums in one launch, in float64, on the device.
+            if not isinstance(self._x, _array_types):
+                self._x = _xp(value).asarray(self._x, dtype=np.float64)
+                self._x2 = _xp(value).asarray(self._x2, dtype=np.float64)
+            _fused_op('summary_add', value.reshape(()), float(weight), self._x, self._x2)
+            self._n += weight
+            return
         self._x = self._x + weight * value
         self._x2 = self._x2 + weight * value * value
         self._n += weight
@@ -3973,6 +4221,7 @@ class Summary:
         """The weighted mean of the added values, a float (NaN if none).
         Chainer: chainer.reporter.Summary.compute_mean.
         """
+        _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
         return float(self._x) / self._n if self._n else float('nan')
 
     def make_statistics(self):

@@ -1378,12 +1378,14 @@ def test_softmax_cross_entropy_float_labels():
 
 
 def test_softmax_cross_entropy_out_of_range_label():
+    # On the CPU the call raises; on a GPU the label is checked on the device
+    # and the error comes at the next read of a value (here host(...)).
     with pytest.raises(ValueError) as info:
-        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, 17, 2], np.int32)))
+        host(F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, 17, 2], np.int32))))
     message = str(info.value)
     assert 'softmax_cross_entropy' in message and '17' in message and '4' in message
     with pytest.raises(ValueError) as info:
-        F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, -5, 2], np.int32)))
+        host(F.softmax_cross_entropy(dev(f32(3, 4)), dev(np.array([0, -5, 2], np.int32))))
     assert '-5' in str(info.value)
 
 
@@ -1468,8 +1470,10 @@ def test_bad_input_errors_name_the_function_and_shapes(name):
     call, kind, words = BAD_INPUTS[name]
     with pytest.raises(kind) as info:
         call()
+    # By content, case aside: CuPy words some messages its own way
+    # ('Index 5 is out of bounds' where NumPy says 'index 5 is out of bounds').
     for word in words:
-        assert word in str(info.value), (word, str(info.value))
+        assert word.lower() in str(info.value).lower(), (word, str(info.value))
 
 
 @pytest.mark.parametrize('bad', [[1.0, 2.0], 3.0, 'abc'])
@@ -1681,7 +1685,14 @@ def test_linear_nobias_and_initializers():
     assert layer.b is None
     assert [n for n, _ in layer.namedparams()] == ['/W']
     x = f32(4, 3)
-    np.testing.assert_allclose(host(layer(dev(x))), x @ host(layer.W).T, rtol=1e-6)
+    # Against the exact product (float64 of the float32 inputs), within the
+    # rounding bound of a float32 dot product of length K = 3: |error| <=
+    # K * eps32 * (|x| @ |W|^T).  Any correct GEMM meets it, whatever its
+    # summation order or fused multiply-adds (a GPU's differs from NumPy's).
+    W = host(layer.W).astype(np.float64)
+    exact = x.astype(np.float64) @ W.T
+    bound = 3 * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(W).T)
+    assert np.all(np.abs(host(layer(dev(x))) - exact) <= bound)
     layer = L.Linear(3, 2, initialW=initializers.Constant(0.5), initial_bias=2.0)
     assert np.array_equal(layer.W.data, np.full((2, 3), 0.5, np.float32))
     assert np.array_equal(layer.b.data, np.full(2, 2.0, np.float32))
@@ -3821,7 +3832,21 @@ def test_reports_before_training_as_in_chainers_mnist_example(tmp_path):
     # with call_before_training=True: the log then opens with the untrained
     # model's score at epoch 0, iteration 0.
     trainer, model = make_trainer(tmp_path, stop=(2, 'epoch'))
-    test_iter = SerialIterator(make_dataset(60, seed=1), 30, repeat=False, shuffle=False)
+    # Progress must show whatever the starting weights (a GPU draws them from
+    # CuPy's random stream, not NumPy's): held-out examples of the training
+    # set's own rule (make_dataset(60, seed=1) follows another rule), and a
+    # step that gains a clear margin in 14 iterations (30 seeds on the CPU:
+    # the validation loss fell to at most 0.87 of its start).
+    trainer.updater.get_optimizer('main').alpha = 0.01
+    rule_rng = np.random.RandomState(0)           # as make_dataset(200) draws its rule
+    rule_rng.randn(200, 5)
+    rule = rule_rng.randn(5, 3).astype(np.float32)
+    x_val = rng(1).randn(60, 5).astype(np.float32)
+    validation = TupleDataset(x_val, (x_val @ rule).argmax(axis=1).astype(np.int32))
+    test_iter = SerialIterator(validation, 30, repeat=False, shuffle=False)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        untrained = np.mean([float(host(model(*dev(chainer.dataset.concat_examples(
+            validation[i:i + 30]))))) for i in (0, 30)])
     out = io.StringIO()
     trainer.extend(extensions.Evaluator(test_iter, model, device=TEST_DEVICE, progress_bar=True),
                    call_before_training=True)
@@ -3833,7 +3858,10 @@ def test_reports_before_training_as_in_chainers_mnist_example(tmp_path):
     assert [(e['epoch'], e['iteration']) for e in log] == [(0, 0), (1, 7), (2, 14)]
     assert set(log[0]) == {'validation/main/loss', 'validation/main/accuracy', 'epoch',
                            'iteration', 'elapsed_time'}
-    assert 'main/loss' in log[1] and log[2]['validation/main/loss'] < log[0]['validation/main/loss']
+    # Row 0 is the untrained model's score (the same batches, before any update).
+    np.testing.assert_allclose(log[0]['validation/main/loss'], untrained, rtol=1e-6)
+    assert 'main/loss' in log[1]
+    assert log[2]['validation/main/loss'] < 0.95 * log[0]['validation/main/loss']
     assert [line.split()[0] for line in out.getvalue().replace('\033[J', '').splitlines()] == \
         ['epoch', '0', '1', '2']
 
@@ -5155,3 +5183,209 @@ def test_issue12_sum_of_small_ints_does_not_overflow_and_its_gradient_keeps_the_
     assert int(host(y)) == 60000
     y.backward()
     assert x.grad.dtype == np.uint8 and int(host(x.grad).sum()) == 300
+
+# ----- issue 11: the GPU path: fused updates, no host syncs, mixed devices -----
+# bench/count_gpu_calls.py holds a recording stand-in for CuPy: in a new
+# Python process it takes CuPy's place before onefchainer is imported, so
+# onefchainer runs its GPU path on arrays that wrap NumPy, and every call and
+# host sync is counted.  These tests run it on the CPU; on a GPU run the
+# GPU-only tests below check the same things on the real CuPy.
+
+import textwrap                                   # noqa: E402
+
+sys.path.insert(0, os.path.join(HERE, 'bench'))
+import count_gpu_calls                            # noqa: E402
+
+
+def run_on_stand_in(code):
+    """Run `code` in a new process whose `cupy` is the recording stand-in."""
+    prelude = ('import sys; sys.path[:0] = [{!r}, {!r}]\nimport count_gpu_calls\n'
+               'count_gpu_calls.install()\n').format(HERE, os.path.join(HERE, 'bench'))
+    return run_program('-c', prelude + textwrap.dedent(code))
+
+
+def test_zero_host_syncs_per_training_step_through_the_trainer():
+    # MNIST MLP, Adam, StandardUpdater(device=0), LogReport/PrintReport/
+    # ProgressBar: between their triggers no step may wait for the device.
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--trainer', '8', '--json'))
+    assert result['syncs_per_step'] == [0] * 5, result['syncs']   # iterations 4 to 8
+    assert min(result['calls_per_step']) > 20       # the GPU path was taken and counted
+    assert result['syncs_at_trigger'] > 0           # LogReport reads the means: counted
+    assert result['printed_rows'] == 1
+
+
+def test_zero_host_syncs_per_update_of_every_optimizer():
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--steps', '2',
+                                    '--batchsize', '20', '--optimizer', 'all'))
+    assert len(result) == 6
+    for name, (calls, syncs, h2d) in result.items():
+        assert syncs == [0, 0], name
+        assert h2d == [0, 0], name            # no constant sent to the device per step
+        assert 0 < calls[0] == calls[1], name
+
+
+def test_fused_updates_through_the_stand_in_equal_the_cpu_path():
+    # The stand-in runs each kernel's C statements with NumPy, so the same
+    # formulas in the same order give bit-identical parameters.
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--compare-optimizers'))
+    kernels = result.pop('kernels')
+    assert kernels == sorted('onefchainer_' + name for name in chainer._FUSED_UPDATES)
+    assert len(result) == 2 * len(count_gpu_calls.OPTIMIZER_CASES)
+    assert all(diff == 0.0 for diff in result.values()), result
+
+
+@pytest.mark.skipif(not ON_GPU, reason='GPU only: compares the compiled CuPy kernels with '
+                    'the CPU path (on the CPU the stand-in test checks their formulas)')
+@pytest.mark.parametrize('case', range(len(count_gpu_calls.OPTIMIZER_CASES)))
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_fused_updates_on_the_gpu_match_the_cpu(case, dtype):
+    name, kwargs = count_gpu_calls.OPTIMIZER_CASES[case]
+    cpu = count_gpu_calls.run_optimizer(name, kwargs, '@numpy', dtype=dtype)
+    gpu = count_gpu_calls.run_optimizer(name, kwargs, TEST_DEVICE, dtype=dtype)
+    # Compiled with --fmad=false, the kernels do the CPU's IEEE operations
+    # (+ - * / sqrt, each correctly rounded) in the CPU's order, so they should
+    # agree to the bit; 4 ulps leave room for nothing but a reordered constant.
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(b, a, rtol=4 * np.finfo(dtype).eps,
+                                   atol=4 * np.finfo(dtype).eps)
+
+
+@pytest.fixture
+def deferred_checks(monkeypatch):
+    """Run the GPU's deferred label check on the CPU too, with nothing pending."""
+    monkeypatch.setattr(chainer, '_DEFER_CHECKS_ON_CPU', True)
+    chainer._pending_label_checks.clear()
+    yield
+    chainer._pending_label_checks.clear()
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'normalize': False}, {'ignore_label': 2},
+                                    {'reduce': 'no'}])
+def test_deferred_label_check_gives_the_same_loss_and_gradient(deferred_checks, kwargs):
+    x, t = f32(6, 4), np.array([0, 3, 2, 1, 2, 3], np.int32)
+    results = []
+    for defer in (False, True):
+        chainer._DEFER_CHECKS_ON_CPU = defer
+        xv = Variable(dev(x))
+        loss = F.softmax_cross_entropy(xv, dev(t), **kwargs)
+        F.sum(loss).backward()
+        results.append((host(loss), host(xv.grad)))
+    chainer._DEFER_CHECKS_ON_CPU = True
+    for immediate, deferred in zip(*results):
+        assert np.array_equal(immediate, deferred)
+        assert immediate.dtype == deferred.dtype == np.float32
+
+
+@pytest.mark.parametrize('read', ['item', 'to_cpu', 'summary', 'next_loss_item'])
+def test_a_bad_label_on_the_device_raises_at_the_next_read(deferred_checks, read):
+    if read == 'to_cpu' and not ON_GPU:
+        pytest.skip('GPU only: to_cpu of a NumPy array reads nothing from a device '
+                    '(the stand-in test reads a device array with to_cpu)')
+    x = Variable(dev(f32(4, 10)))
+    loss = F.softmax_cross_entropy(x, dev(np.array([1, 12, 3, -1], np.int32)))  # no error yet
+    loss.backward()
+    summary = chainer.reporter.Summary()
+    summary.add(loss)
+    reads = {'item': loss.item, 'to_cpu': lambda: cuda.to_cpu(loss.data),
+             'summary': summary.compute_mean,
+             'next_loss_item': lambda: F.softmax_cross_entropy(
+                 dev(f32(2, 10)), dev(np.array([0, 1], np.int32))).item()}
+    with pytest.raises(ValueError) as info:
+        reads[read]()
+    message = str(info.value)
+    assert message.startswith('softmax_cross_entropy:') and 'label 12' in message
+    assert '[0, 10)' in message and 'ignore_label (-1)' in message
+    # Never silently wrong: the loss and its gradient are NaN, and once raised
+    # the error is not raised again by later reads.
+    assert np.isnan(loss.item()) and np.isnan(host(x.grad)).all()
+
+
+def test_a_bad_label_without_reduction_is_nan_in_its_row_and_raises_later(deferred_checks):
+    loss = F.softmax_cross_entropy(dev(f32(3, 10)), dev(np.array([1, 12, 3], np.int32)),
+                                   reduce='no')
+    # xp.isnan(...).tolist(), not host(...): on a GPU cuda.to_cpu is a read that raises
+    assert xp.isnan(loss.data).tolist() == [False, True, False]
+    with pytest.raises(ValueError, match='softmax_cross_entropy: .* held label 12'):
+        chainer.reporter.Summary().compute_mean()
+
+
+def test_a_bad_label_with_debug_on_raises_at_once_on_every_device(deferred_checks):
+    with chainer.using_config('debug', True):
+        with pytest.raises(ValueError, match=r'softmax_cross_entropy: .*t\[1\] is 12'):
+            F.softmax_cross_entropy(dev(f32(3, 10)), dev(np.array([1, 12, 3], np.int32)))
+    assert not chainer._pending_label_checks
+
+
+def test_a_bad_label_stops_the_trainer_at_the_log_report(deferred_checks, tmp_path):
+    trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
+    trainer.updater.get_iterator('main').dataset._datasets[1][::10] = 7   # 3 classes
+    trainer.extend(extensions.LogReport(trigger=(3, 'iteration')))
+    with pytest.raises(ValueError, match='softmax_cross_entropy: .* held label 7'):
+        trainer.run(show_loop_exception_msg=False)
+    assert trainer.updater.iteration == 3         # it ran on to the read, and no further
+
+
+def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels():
+    stdout = run_on_stand_in('''
+        import numpy as np, onefchainer as chainer, onefchainer.links as L
+        import onefchainer.functions as F
+        gpu = chainer.get_device('@cupy:0')
+        layer = L.Linear(3, 2).to_device(gpu)
+        for x, model_device in ((np.ones((4, 3), np.float32), gpu),
+                                (gpu.send(np.ones((4, 3), np.float32)), '@numpy')):
+            layer.to_device(model_device)
+            try:
+                layer(x)
+            except TypeError as error:
+                print(error)
+        loss = F.softmax_cross_entropy(gpu.send(np.ones((2, 3), np.float32)),
+                                       gpu.send(np.array([0, 5], np.int32)))
+        print('no error before the read; loss', float(loss.data))
+        try:
+            loss.item()
+        except ValueError as error:
+            print(error)
+        loss = F.softmax_cross_entropy(gpu.send(np.ones((2, 3), np.float32)),
+                                       gpu.send(np.array([-3, 0], np.int32)))
+        try:
+            chainer.cuda.to_cpu(loss.data)
+        except ValueError as error:
+            print(error)
+        # the GPU path of softmax_cross_entropy and relu (fused kernels) against the CPU's
+        rng = np.random.RandomState(0)
+        x, t = rng.uniform(-2, 2, (6, 4)).astype(np.float32), np.array([0, 3, 2, 1, 2, 3], np.int32)
+        for kwargs in ({}, {'normalize': False}, {'ignore_label': 2}, {'reduce': 'no'}):
+            results = []
+            for device in ('@numpy', gpu):
+                xv = chainer.Variable(chainer.get_device(device).send(x))
+                loss = F.softmax_cross_entropy(F.relu(xv), chainer.get_device(device).send(t),
+                                               **kwargs)
+                F.sum(loss).backward()
+                results.append((chainer.cuda.to_cpu(loss.data), chainer.cuda.to_cpu(xv.grad)))
+            print(kwargs, all(np.array_equal(a, b) and a.dtype == b.dtype
+                              for a, b in zip(*results)))
+        # the reporter's Summary: on the GPU both sums in one kernel, in float64 as
+        # the CPU sums float64 values
+        summaries = [chainer.reporter.Summary() for _ in range(2)]
+        for i, value in enumerate(rng.uniform(0, 3, 7).astype(np.float32)):
+            summaries[0].add(np.asarray(value, np.float64), weight=1 + i % 2)
+            summaries[1].add(gpu.send(np.asarray(value)), weight=1 + i % 2)
+        print('summary', summaries[0].make_statistics() == summaries[1].make_statistics())
+    ''')
+    lines = stdout.splitlines()
+    assert lines[0].startswith('linear: x is on @numpy but W is on @cupy:0; send the batch '
+                               'with device.send(x) or concat_examples(batch, device)')
+    assert lines[1].startswith('linear: x is on @cupy:0 but W is on @numpy')
+    assert lines[2] == 'no error before the read; loss nan'
+    assert lines[3].startswith('softmax_cross_entropy: labels must be in [0, 3)')
+    assert 'held label 5' in lines[3]
+    assert lines[4].startswith('softmax_cross_entropy:') and 'held label -3' in lines[4]
+    assert [line.endswith('True') for line in lines[5:]] == [True] * 5, lines[5:]
+
+
+@pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
+def test_mixed_devices_error_on_the_gpu():
+    layer = L.Linear(3, 2).to_device(TEST_DEVICE)
+    with pytest.raises(TypeError, match='linear: x is on @numpy but W is on {}'.format(
+            TEST_DEVICE)):
+        layer(np.ones((4, 3), np.float32))
