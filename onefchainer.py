@@ -1920,15 +1920,18 @@ class SoftmaxCrossEntropy(Function):
             raise ValueError('{}: x.shape {} and t.shape {} do not match; t should '
                              'have shape {}'.format(label, x.shape, t.shape,
                                                     x.shape[:1] + x.shape[2:]))
-        n_class = x.shape[1]
-        if _defers_checks(t):
-            return      # checked on the device in forward: see _label_check
+
+    def _check_labels(self, t, n_class):
+        """(valid, t with ignored labels replaced by 0); a label outside
+        [0, n_class) that is not ignore_label raises ValueError."""
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
-        if bad.any():
+        if bad.any():       # on a GPU this would wait for the device: see Chapter 19
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
-                .format(label, n_class, self.ignore_label, list(index), int(t[index])))
+                .format(self.label, n_class, self.ignore_label, list(index), int(t[index])))
+        valid = t != self.ignore_label
+        return valid, _xp(t).where(valid, t, 0)      # ignored rows pick class 0, masked below
 
     def forward(self, inputs):
         x, t = inputs
@@ -1937,14 +1940,12 @@ class SoftmaxCrossEntropy(Function):
         shifted = x - x.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        deferred = _defers_checks(t)
-        if deferred:   # no sync: a bad label makes the loss NaN and raises at the next read
-            safe_t, self.valid, flagged = _label_check(t, x.shape[1], self.ignore_label)
-            worst = _remember_label_check(self.label, x.shape[1], self.ignore_label, flagged)
-            self.t = safe_t[:, None]
+        deferred = _defers_checks(t)     # on a GPU the label check waits: Chapter 19
+        if deferred:
+            self.valid, safe_t = self._check_labels_later(t, x.shape[1])
         else:
-            self.valid = t != self.ignore_label
-            self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
+            self.valid, safe_t = self._check_labels(t, x.shape[1])
+        self.t = safe_t[:, None]
         # log softmax at the true class only: shifted[t] - log(sum e)
         log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
         self.y = e / s         # softmax, reused by backward
@@ -1955,18 +1956,12 @@ class SoftmaxCrossEntropy(Function):
             loss *= self.weight
         if self.reduce == 'no':
             if deferred:
-                loss = xp.where(flagged == _NO_BAD_LABEL, loss, np.nan)
+                loss = self._nan_where_bad(loss)
             return loss.astype(x.dtype, copy=False),
-        if deferred:    # the count stays on the device, and NaN marks a bad batch
-            count = self.valid.sum() if self.normalize else len(x)
-            if xp is np:
-                self.coeff = np.where(worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
-                                      np.nan).astype(x.dtype)
-            else:        # 1 / max(count, 1), or NaN after a bad label, in one launch
-                self.coeff = _fused_op('sce_coeff', count, worst, _NO_BAD_LABEL, np.nan,
-                                       xp.empty((), x.dtype))
+        count = self.valid.sum() if self.normalize else len(x)
+        if deferred:
+            self.coeff = self._coefficient_later(count, x.dtype)
         else:
-            count = self.valid.sum() if self.normalize else len(x)
             self.coeff = 1.0 / max(int(count), 1)   # the builtin: see the end of this chapter
         return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
 
@@ -2069,6 +2064,29 @@ def _raise_deferred_errors():
                 "batch's loss was made NaN; set chainer.config.debug = True to stop "
                 'at the batch itself)'.format(label, n_class, ignore_label, worst))
 
+
+
+@_continue_class(SoftmaxCrossEntropy)
+class SoftmaxCrossEntropy:
+    # The deferred path of forward: the same values, and no host sync.
+
+    def _check_labels_later(self, t, n_class):
+        safe_t, valid, self._flagged = _label_check(t, n_class, self.ignore_label)
+        self._worst = _remember_label_check(self.label, n_class, self.ignore_label,
+                                            self._flagged)
+        return valid, safe_t
+
+    def _nan_where_bad(self, loss):
+        return _xp(loss).where(self._flagged == _NO_BAD_LABEL, loss, np.nan)
+
+    def _coefficient_later(self, count, dtype):
+        """1 / max(count, 1), or NaN after a bad label, computed on the device."""
+        xp = _xp(self.valid)
+        if xp is np:
+            return np.where(self._worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
+                            np.nan).astype(dtype)
+        return _fused_op('sce_coeff', count, self._worst, _NO_BAD_LABEL, np.nan,
+                         xp.empty((), dtype))      # one launch
 
 # Small fused kernels for the GPU paths of ops: one launch where the NumPy
 # code takes several.  They compute what the CPU code computes, in its order.
