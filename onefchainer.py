@@ -6225,3 +6225,59 @@ _not_supported(
     _submodule('computational_graph', ComputationalGraph=ComputationalGraph,
                build_computational_graph=build_computational_graph),
     missing='DotNode')
+
+
+# ----- methods Chainer's classes have that Chapters 3-7 did not need -------------
+
+def _variable_addgrad(self, var):
+    """Add `var`'s gradient to this one's (None counts as zero).  Chainer: Variable.addgrad."""
+    if var.grad is None:
+        return
+    self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
+        self.device, var.grad)
+
+
+def _variable_copydata(self, var):
+    """Copy `var`'s data into this variable's array in place (across devices).
+    Chainer: Variable.copydata."""
+    copyto(self.data, as_array(var))
+
+
+def _variable_mean(self, axis=None, weights=None, keepdims=False):
+    if weights is not None:
+        raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
+                                'onefchainer; use F.sum(x * w) / w.sum()')
+    return mean(self, axis=axis, keepdims=keepdims)
+
+
+def _link_addgrads(self, link):
+    """Add each gradient of `link` to this link's parameter of the same name.
+    Chainer: Link.addgrads."""
+    theirs = dict(link.namedparams())
+    for name, param in self.namedparams():
+        param.addgrad(theirs[name])
+
+
+def _method_not_supported(qualified_name, reason_key):
+    def method(self, *args, **kwargs):
+        raise NotSupportedError('chainer.{} is not supported by onefchainer: {}'.format(
+            qualified_name, _OUT_OF_SCOPE[reason_key]))
+    method.__name__ = qualified_name.rsplit('.', 1)[-1]
+    return method
+
+
+Variable.addgrad = _variable_addgrad
+Variable.copydata = _variable_copydata
+Variable.mean = _variable_mean
+Variable.raw_array = property(lambda self: self.data)
+Variable.label = property(lambda self: _variable_label(self))
+Link.addgrads = _link_addgrads
+for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
+                           (Link, 'to_chx from_chx', 'chainerx'),
+                           (Variable, 'to_intel64', 'chainerx'), (Link, 'to_intel64', 'chainerx'),
+                           (Link, 'add_hook delete_hook', 'hooks'),
+                           (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
+    for _name in _names.split():
+        if not hasattr(_cls, _name):
+            setattr(_cls, _name, _method_not_supported(_cls.__name__ + '.' + _name, _key))
+del _cls, _names, _key, _name

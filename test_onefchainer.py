@@ -4878,3 +4878,28 @@ def test_era_v7_custom_loop_runs_and_resumes(tmp_path):
         assert int(state['epoch']) == 3
     accuracy = float(second.split()[-1].split(':')[1])
     assert accuracy > 0.2
+
+
+def test_variable_and_link_methods_chainer_programs_call():
+    a = Variable(dev(np.array([1., 2.], np.float32)))
+    b = Variable(dev(np.array([0., 0.], np.float32)))
+    b.grad = dev(np.array([1., 2.], np.float32))
+    a.addgrad(b)
+    a.addgrad(b)
+    np.testing.assert_allclose(host(a.grad), [2., 4.])
+    assert b.grad is not a.grad
+    a.copydata(Variable(dev(np.array([5., 6.], np.float32))))
+    np.testing.assert_allclose(host(a.data), [5., 6.])
+    assert a.raw_array is a.data and a.label == '(2), float32'
+    assert float(host(a.mean())) == 5.5
+    one, two = L.Linear(2, 3), L.Linear(2, 3)
+    for link in (one, two):
+        link.to_device(TEST_DEVICE)
+        link.cleargrads()
+        F.sum(link(dev(np.ones((1, 2), np.float32)))).backward()
+    one.addgrads(two)
+    np.testing.assert_allclose(host(one.W.grad), 2 * host(two.W.grad))
+    with pytest.raises(chainer.NotSupportedError, match='Variable.to_chx .*ChainerX'):
+        a.to_chx()
+    with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
+        one.add_hook(None)
