@@ -5380,6 +5380,7 @@ _OUT_OF_SCOPE = {
                'gradient_check',
     'thread': 'per-thread configuration is out of scope: config is one global object',
     'dali': 'NVIDIA DALI is out of scope',
+    'ideep': 'iDeep (Intel CPU acceleration) is out of scope; NumPy is used on the CPU',
     'missing': 'not implemented here (see README, "Compatibility"); build it from what '
                'exists, e.g. as a Function subclass (Chapter 3)',
 }
@@ -5537,16 +5538,15 @@ _submodule(
     reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
     fuse=(cupy.fuse if cupy is not None else (lambda *a, **k: (lambda f: f))),
     memoize=_memoize, clear_memo=(cupy.clear_memo if cupy is not None else lambda: None),
-    Stream=(cupy.cuda.Stream if cupy is not None else None),
-    Event=(cupy.cuda.Event if cupy is not None else None),
+    Stream=(cupy.cuda.Stream if cupy is not None else _cupy_attribute('Stream')),
+    Event=(cupy.cuda.Event if cupy is not None else _cupy_attribute('Event')),
     cudnn_enabled=False, config=config,
     should_use_cudnn=lambda level, lowest_version=0: False,
     should_use_cudnn_tensor_core=lambda dtype: False,
     get_max_workspace_size=lambda: 0, set_max_workspace_size=lambda size: None)
 _not_supported(cuda, missing='get_cudnn_dropout_states get_cudnn_dropout_states_core')
 sys.modules[__name__ + '.backends.cuda'] = cuda      # chainer.backends.cuda is chainer.cuda
-_not_supported(backends, chainerx='intel64')
-_submodule('backends.intel64', is_ideep_available=lambda: False)
+_out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=lambda: False)
 
 
 # ----- chainer.backend ----------------------------------------------------------
@@ -5575,7 +5575,7 @@ def copyto(dst, src):
 
 _not_supported(
     _submodule('backend', using_device=using_device, copyto=copyto),
-    chainerx='ChainerxDevice from_chx to_chx Intel64Device')
+    chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
 
 
 # ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
@@ -6274,7 +6274,7 @@ Variable.label = property(lambda self: _variable_label(self))
 Link.addgrads = _link_addgrads
 for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
                            (Link, 'to_chx from_chx', 'chainerx'),
-                           (Variable, 'to_intel64', 'chainerx'), (Link, 'to_intel64', 'chainerx'),
+                           (Variable, 'to_intel64', 'ideep'), (Link, 'to_intel64', 'ideep'),
                            (Link, 'add_hook delete_hook', 'hooks'),
                            (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
     for _name in _names.split():

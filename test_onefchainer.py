@@ -4563,6 +4563,7 @@ CHAINER_OUT_OF_SCOPE = {
     'link_hooks': 'SpectralNormalization',
     'distributions': 'Normal Bernoulli',
     'testing': 'parameterize product',
+    'backends.intel64': 'Intel64Device ideep',
 }
 
 # In Chainer and not here for now (no design reason): each must either exist
