@@ -814,7 +814,7 @@ def _scalar_constant(value, like):
     if not isinstance(value, np.number):
         return None                    # bool and everything else: not a constant
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    return dtype.type(value) if dtype is not None and dtype.kind == 'f' else value
+    return dtype.type(value) if dtype is not None else value
 
 
 def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
@@ -828,7 +828,22 @@ def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
     constant = _scalar_constant(lhs, rhs)
     if constant is not None:
         return constant_lhs(constant)(rhs)
+    if not (isinstance(lhs, Variable) and isinstance(rhs, Variable)):
+        lhs, rhs = _cast_array_constant(lhs, rhs)
     return binary()(lhs, rhs)
+
+
+def _cast_array_constant(lhs, rhs):
+    """An array constant takes the dtype of the Variable it meets, as in
+    Chainer: float32 x + numpy.ones(2) (float64) is float32.  Two Variables
+    of different dtypes are not touched: the op then names both dtypes."""
+    if isinstance(lhs, Variable) and isinstance(rhs, _array_types):
+        if lhs.data is not None and rhs.dtype != lhs.data.dtype:
+            rhs = rhs.astype(lhs.data.dtype)
+    elif isinstance(rhs, Variable) and isinstance(lhs, _array_types):
+        if rhs.data is not None and lhs.dtype != rhs.data.dtype:
+            lhs = lhs.astype(rhs.data.dtype)
+    return lhs, rhs
 
 
 # ----- arithmetic ------------------------------------------------------------
@@ -2265,8 +2280,8 @@ Variable.__rtruediv__ = lambda self, other: div(other, self)
 Variable.__pow__ = pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)   # `pow` is the builtin again by then
-Variable.__matmul__ = lambda self, other: matmul(self, other)
-Variable.__rmatmul__ = lambda self, other: matmul(other, self)
+Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
+Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self))
 
 functions = _submodule('functions', **{name: obj for name, obj in globals().items() if name in (
     'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
@@ -6907,3 +6922,942 @@ _submodule(
     ExponentialShift=ExponentialShift, LinearShift=LinearShift,
     observe_lr=observe_lr, observe_value=observe_value)
 _submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)
+
+
+# =============================================================================
+# Chapter 13. Chainer compatibility
+# =============================================================================
+# Plumbing, not ideas: nothing here teaches anything new.  Real Chainer
+# programs reach the features above by many roads: module paths
+# (`from chainer.backends.cuda import to_cpu`, `chainer.datasets.mnist`),
+# function-style spellings of classes (`extensions.dump_graph`), and older
+# names Chainer v7 still accepts (`cuda.get_device(0).use()`).  This chapter
+# lays those roads to the same objects, so a Chainer program runs after only
+# its imports change.  A Chainer name whose feature is deliberately left out
+# (ChainerX, multi-GPU and multi-node training, RNNs, HDF5, ...) raises
+# NotSupportedError saying so, instead of a puzzling AttributeError.
+
+class NotSupportedError(NotImplementedError):
+    """Raised for a Chainer v7 name whose feature onefchainer leaves out."""
+
+
+# Why each family of names is left out; the keys are used by the lists below.
+_OUT_OF_SCOPE = {
+    'chainerx': 'ChainerX (Chainer\'s C++ array backend) is out of scope; NumPy and CuPy are used',
+    'multi': 'multi-GPU / multi-process training is out of scope; use one device',
+    'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
+    'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
+    'hooks': 'function and link hooks are out of scope',
+    'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
+    'distributions': 'probability distributions are out of scope',
+    'static': 'static-graph optimization is out of scope',
+    'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
+    'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
+              'use TupleDataset over arrays',
+    'data': 'only MNIST and Fashion-MNIST are provided as built-in datasets',
+    'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
+    'testing': 'chainer.testing (Chainer\'s own test helpers) is out of scope; use pytest and '
+               'gradient_check',
+    'thread': 'per-thread configuration is out of scope: config is one global object',
+    'dali': 'NVIDIA DALI is out of scope',
+    'ideep': 'iDeep (Intel CPU acceleration) is out of scope; NumPy is used on the CPU',
+    'missing': 'not implemented here (see README, "Compatibility"); build it from what '
+               'exists, e.g. as a Function subclass (Chapter 3)',
+}
+
+
+def _not_supported(module, reason_key=None, **names_by_reason):
+    """Make missing names of `module` raise NotSupportedError.
+
+    `names_by_reason` maps a key of _OUT_OF_SCOPE to a space-separated list
+    of Chainer names; `reason_key` (optional) covers every other non-dunder
+    name, for modules that are out of scope as a whole.  Other names still
+    raise AttributeError, so typos stay typos.  (Module-level __getattr__,
+    PEP 562, is consulted only for names the module does not have.)
+    """
+    reasons = dict(getattr(module, '_not_supported_reasons', {}))
+    for key, names in names_by_reason.items():
+        for name in names.split():
+            reasons[name] = key
+    module._not_supported_reasons = reasons
+    module._not_supported_default = reason_key or getattr(module, '_not_supported_default', None)
+
+    def __getattr__(name):
+        key = reasons.get(name)
+        if key is None and not name.startswith('__'):
+            key = module._not_supported_default
+        if key is None:
+            raise AttributeError('module {!r} has no attribute {!r}'.format(
+                module.__name__, name))
+        chainer_name = 'chainer' + module.__name__[len(__name__):] + '.' + name
+        raise NotSupportedError('{} is not supported by onefchainer: {}'.format(
+            chainer_name, _OUT_OF_SCOPE[key]))
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+def _out_of_scope_module(dotted_name, reason_key, **members):
+    """Register a module whose every (other) name raises NotSupportedError."""
+    return _not_supported(_submodule(dotted_name, **members), reason_key)
+
+
+# ----- chainer.cuda / chainer.backends.cuda: the pre-v6 device API ----------
+# Before `chainer.get_device`, a GPU was chosen with cupy's Device object
+# (`cuda.get_device_from_id(0).use()`, `with cuda.get_device(x):`) and the
+# CPU was a do-nothing DummyDevice.  The functions below return those objects
+# when CuPy is there, and DummyDevice for the CPU.
+
+class DummyDeviceType:
+    """The CPU in the pre-v6 CUDA API: a device that does nothing (id -1)."""
+
+    id = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def use(self):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def __eq__(self, other):
+        return isinstance(other, DummyDeviceType)
+
+    def __hash__(self):
+        return hash(DummyDeviceType)
+
+    def __int__(self):
+        return -1
+
+    def __repr__(self):
+        return '<DummyDevice>'
+
+
+DummyDevice = DummyDeviceType()
+
+
+def check_cuda_available():
+    """Raise RuntimeError unless CuPy (and so a GPU) can be used.  Chainer: cuda.check_cuda_available."""
+    _require_cupy('check_cuda_available')
+
+
+def _cuda_device_from_id(device_id):
+    """cupy.cuda.Device(device_id), or DummyDevice for None or a negative id.
+    Chainer: cuda.get_device_from_id."""
+    if device_id is None or int(device_id) < 0:
+        return DummyDevice
+    check_cuda_available()
+    return cupy.cuda.Device(int(device_id))
+
+
+def _cuda_device_from_array(*arrays):
+    """The cupy Device of the first CuPy array given, else DummyDevice.
+    Chainer: cuda.get_device_from_array."""
+    for array in arrays:
+        if isinstance(array, Variable):
+            array = array.data
+        if cupy is not None and isinstance(array, cupy.ndarray):
+            return array.device
+    return DummyDevice
+
+
+def _cuda_get_device(*args):
+    """The v1 spelling: an int id, a CuPy array or a cupy Device gives a cupy
+    Device; anything else (a NumPy array, None) DummyDevice.  Like Chainer's
+    cuda.get_device, an int always means a GPU, so it needs CuPy."""
+    for arg in args:
+        if isinstance(arg, (int, np.integer)) and not isinstance(arg, bool):
+            check_cuda_available()
+            return cupy.cuda.Device(int(arg))
+        if cupy is not None and isinstance(arg, (cupy.ndarray, cupy.cuda.Device)):
+            return arg.device if isinstance(arg, cupy.ndarray) else arg
+    return DummyDevice
+
+
+def _cupy_attribute(name):
+    """cupy.<name> for the kernel helpers, or a clear error without CuPy."""
+    def function(*args, **kwargs):
+        _require_cupy('cuda.' + name)
+        return getattr(cupy, name)(*args, **kwargs)
+    function.__name__ = name
+    return function
+
+
+def _cuda_copy(array, out=None, out_device=None, stream=None):
+    """Copy a CuPy array, optionally to another GPU or into `out`.  Chainer: cuda.copy."""
+    _require_cupy('cuda.copy')
+    if out is None:
+        with _cuda_device_from_id(out_device if out_device is not None
+                                  else array.device.id):
+            out = cupy.empty_like(array)
+    with array.device:
+        cupy.copyto(out, array)
+    return out
+
+
+def _memoize(for_each_device=False):
+    """cupy.memoize where CuPy is installed; else a decorator that returns the function."""
+    if cupy is not None:
+        return cupy.memoize(for_each_device)
+    return lambda function: function
+
+
+_submodule(
+    'cuda', DummyDevice=DummyDevice, DummyDeviceType=DummyDeviceType,
+    check_cuda_available=check_cuda_available,
+    get_device=_cuda_get_device, get_device_from_id=_cuda_device_from_id,
+    get_device_from_array=_cuda_device_from_array,
+    GpuDevice=GpuDevice, Device=(cupy.cuda.Device if cupy is not None else DummyDeviceType),
+    ndarray=(cupy.ndarray if cupy is not None else np.ndarray), copy=_cuda_copy,
+    elementwise=_cupy_attribute('ElementwiseKernel'),
+    reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
+    fuse=(cupy.fuse if cupy is not None else (lambda *a, **k: (lambda f: f))),
+    memoize=_memoize, clear_memo=(cupy.clear_memo if cupy is not None else lambda: None),
+    Stream=(cupy.cuda.Stream if cupy is not None else _cupy_attribute('Stream')),
+    Event=(cupy.cuda.Event if cupy is not None else _cupy_attribute('Event')),
+    cudnn_enabled=False, config=config,
+    should_use_cudnn=lambda level, lowest_version=0: False,
+    should_use_cudnn_tensor_core=lambda dtype: False,
+    get_max_workspace_size=lambda: 0, set_max_workspace_size=lambda size: None)
+_not_supported(cuda, missing='get_cudnn_dropout_states get_cudnn_dropout_states_core')
+sys.modules[__name__ + '.backends.cuda'] = cuda      # chainer.backends.cuda is chainer.cuda
+_out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=lambda: False)
+
+
+# ----- chainer.backend ----------------------------------------------------------
+
+@contextlib.contextmanager
+def using_device(device_spec):
+    """Make `device_spec` the current device inside a `with` block (CuPy's
+    current GPU; nothing for the CPU).  Chainer: chainer.using_device."""
+    device = get_device(device_spec)
+    if isinstance(device, GpuDevice):
+        with device.device:
+            yield
+    else:
+        yield
+
+
+def copyto(dst, src):
+    """Copy `src` into the array `dst` in place, across devices if needed.
+    Chainer: chainer.backend.copyto."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, _to_cpu(src))
+    else:
+        with dst.device:
+            cupy.copyto(dst, cupy.asarray(src))
+
+
+_not_supported(
+    _submodule('backend', using_device=using_device, copyto=copyto),
+    chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
+
+
+# ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
+# Chainer v6/v7 examples compare `device.xp is chainerx`; that stays False
+# here, and everything else in it says ChainerX is not supported.
+chainerx = _out_of_scope_module('chainerx', 'chainerx', is_available=lambda: False)
+
+
+# ----- chainer (top level) -------------------------------------------------------
+
+class DebugMode:
+    """`with chainer.DebugMode(True):` turns config.debug on in a block.
+    Chainer: chainer.DebugMode."""
+
+    def __init__(self, debug):
+        self._using = using_config('debug', debug)
+
+    def __enter__(self):
+        self._using.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self._using.__exit__(*exc_info)
+
+
+def backward(outputs, grad_outputs=None, **kwargs):
+    """Backprop from several outputs at once; `grad_outputs` gives each one's
+    gradient (None: 1 for a size-1 output).  Chainer: chainer.backward."""
+    outputs = list(outputs)
+    grad_outputs = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError('backward: {} outputs but {} grad_outputs'.format(
+            len(outputs), len(grad_outputs)))
+    for y, gy in zip(outputs, grad_outputs):
+        if gy is not None:
+            y.grad = gy
+        elif y.grad is None:
+            if y.size != 1:
+                raise ValueError('backward: an output of shape {} needs its grad_output'
+                                 .format(y.shape))
+            y.grad = _xp(y.data).ones_like(y.data)
+    _backprop(outputs, kwargs.get('retain_grad', False))
+
+
+def get_dtype(dtype=None, map_mixed16=None):
+    """`dtype` as a numpy dtype, or config.dtype if None.  Chainer: chainer.get_dtype."""
+    return np.dtype(config.dtype if dtype is None else dtype)
+
+
+def is_arrays_compatible(arrays):
+    """True if all arrays (None skipped) are of one kind: all NumPy or all CuPy."""
+    kinds = {type(a) for a in arrays if a is not None}
+    return len(kinds) <= 1
+
+
+def print_runtime_info(out=None):
+    """Print the versions of onefchainer, NumPy and CuPy."""
+    out = sys.stdout if out is None else out
+    out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
+        sys.platform, __version__, np.__version__,
+        'Not Available' if cupy is None else cupy.__version__))
+
+
+DeviceResident = Link          # here Link is the only thing that lives on a device
+AbstractSerializer = Serializer
+disable_experimental_feature_warning = False
+get_array_types = lambda: _array_types                      # noqa: E731
+get_cpu_array_types = lambda: (np.ndarray,)                 # noqa: E731
+should_use_cudnn = lambda level, lowest_version=0: False    # noqa: E731
+should_use_cudnn_tensor_core = lambda dtype: False          # noqa: E731
+
+
+class Sequential(ChainList):
+    """Links and functions applied one after another: Sequential(L.Linear(3, 4),
+    F.relu, L.Linear(4, 2)).  Links become children (their parameters are
+    optimized and saved); functions are just called.  Chainer: chainer.Sequential."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self._layers = []
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer):
+        if not callable(layer):
+            raise TypeError('Sequential: each layer must be a Link or a callable, not {}'
+                            .format(type(layer).__name__))
+        if isinstance(layer, Link):
+            self.add_link(layer)
+        self._layers.append(layer)
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __getitem__(self, index):
+        return self._layers[index]
+
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        children = iter(twin._children)     # the twin's links, in the same order
+        object.__setattr__(twin, '_layers', [
+            next(children) if isinstance(layer, Link) else layer for layer in self._layers])
+        return twin
+
+    def forward(self, *x):
+        for layer in self._layers:
+            x = layer(*x) if isinstance(x, tuple) else layer(x)
+        return x
+
+
+_not_supported(
+    _this_module,
+    chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
+    hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
+    distributions='Distribution kl_divergence register_kl cross_entropy',
+    static='static_graph static_code')
+
+
+# ----- chainer.configuration, .variable, .function, .link, .serializer ----------
+_not_supported(
+    _submodule('configuration', config=config, global_config=global_config,
+               using_config=using_config, GlobalConfig=_Config),
+    thread='LocalConfig')
+_not_supported(
+    _submodule('variable', Variable=Variable, Parameter=Parameter,
+               as_variable=as_variable, as_array=as_array),
+    double='VariableNode', missing='variable_repr variable_str')
+_not_supported(
+    _submodule('function', Function=Function, no_backprop_mode=no_backprop_mode,
+               force_backprop_mode=force_backprop_mode),
+    double='FunctionAdapter', hooks='FunctionHook')
+_submodule('link', Link=Link, Chain=Chain, ChainList=ChainList)
+_submodule('sequential', Sequential=Sequential)
+_submodule('serializer', AbstractSerializer=Serializer)
+for _name in ('function_hooks', 'link_hooks'):
+    _out_of_scope_module(_name, 'hooks')
+_out_of_scope_module('function_node', 'double')
+_out_of_scope_module('distributions', 'distributions')
+_out_of_scope_module('graph_optimizations', 'static')
+_out_of_scope_module('testing', 'testing')
+del _name
+
+
+# ----- chainer.functions and chainer.links ---------------------------------------
+# A few more functions that are one line on top of Chapter 5's (so their
+# gradients come for free), then the rest of Chainer's names, each saying why
+# it is absent.  (Convolution, pooling and batch normalization are not listed:
+# they are being added to Chapters 5 and 6.)
+
+def square(x):
+    """x * x, elementwise.  Chainer: F.square."""
+    return mul(x, x)
+
+
+def squared_error(x0, x1):
+    """(x0 - x1)^2, elementwise.  Chainer: F.squared_error (alias F.squared_difference)."""
+    return square(sub(x0, x1))
+
+
+def swapaxes(x, axis1, axis2):
+    """x with two axes exchanged.  Chainer: F.swapaxes."""
+    axes = list(range(as_array(x).ndim))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(x, tuple(axes))
+
+
+def hstack(xs):
+    """Concatenate along axis 1 (axis 0 for 1-d inputs).  Chainer: F.hstack."""
+    return concat(xs, axis=0 if as_array(xs[0]).ndim <= 1 else 1)
+
+
+def vstack(xs):
+    """Stack rows: 1-d inputs become rows of a 2-d result.  Chainer: F.vstack."""
+    if as_array(xs[0]).ndim <= 1:
+        xs = [reshape(x, (1, -1)) for x in xs]
+    return concat(xs, axis=0)
+
+
+def argmax(x, axis=None):
+    """Index of the largest element (int32, no gradient).  Chainer: F.argmax."""
+    data = as_array(x)
+    return Variable(_xp(data).asarray(data.argmax(axis=axis), dtype=np.int32),
+                    requires_grad=False)
+
+
+def argmin(x, axis=None):
+    """Index of the smallest element (int32, no gradient).  Chainer: F.argmin."""
+    data = as_array(x)
+    return Variable(_xp(data).asarray(data.argmin(axis=axis), dtype=np.int32),
+                    requires_grad=False)
+
+
+_submodule('functions', square=square, squared_error=squared_error,
+           squared_difference=squared_error, swapaxes=swapaxes, hstack=hstack,
+           vstack=vstack, argmax=argmax, argmin=argmin)
+_not_supported(
+    functions,
+    rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
+        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
+        'connectionist_temporal_classification crf1d argmax_crf1d',
+    missing='absolute absolute_error arccos arcsin arctan arctan2 arctanh as_strided '
+            'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
+            'batch_renormalization bernoulli_nll bias bilinear binary_accuracy black_out '
+            'broadcast cast ceil cholesky classification_summary clip clipped_relu '
+            'contrastive copy cos cosh crelu cross_covariance cumprod cumsum '
+            'decorrelated_batch_normalization decov depth2space det diagonal digamma '
+            'discriminative_margin_based_clustering_loss dstack einsum elu embed_id erf '
+            'erfc erfcinv erfcx erfinv expm1 f1_score fft fix '
+            'fixed_batch_renormalization fixed_decorrelated_batch_normalization flip fliplr '
+            'flipud floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
+            'group_normalization gumbel_softmax hard_sigmoid hinge huber_loss ifft inv '
+            'layer_normalization lgamma linear_interpolate local_response_normalization '
+            'log10 log1p log2 log_ndtr logsumexp maximum maxout mean_absolute_error minimum '
+            'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
+            'precision prelu prod r2_score recall relu6 repeat resize_images rollaxis rrelu '
+            'rsqrt scale scatter_add select_item selu separate shift sigmoid_cross_entropy '
+            'sign simplified_dropconnect sin sinh softplus space2depth sparse_matmul '
+            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to swish '
+            'tan tensordot tile triplet where zeta '
+            'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
+            'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
+            'convolution_1d convolution_3d convolution_nd deconvolution_1d deconvolution_2d '
+            'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
+            'depthwise_convolution_2d dilated_convolution_2d local_convolution_2d '
+            'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
+            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_2d unpooling_3d '
+            'unpooling_nd upsampling_2d')
+_not_supported(
+    links,
+    rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
+        'StatefulZoneoutLSTM StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU NStepBiGRU '
+        'NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh ChildSumTreeLSTM '
+        'NaryTreeLSTM CRF1d',
+    pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
+               'GoogLeNet',
+    missing='BatchRenormalization Bias Bilinear BinaryHierarchicalSoftmax BlackOut '
+            'DecorrelatedBatchNormalization EmbedID GroupNormalization Highway Inception '
+            'InceptionBN LayerNormalization Maxout NegativeSampling PReLU Parameter Scale '
+            'SimplifiedDropconnect Swish TheanoFunction Convolution1D Convolution3D '
+            'ConvolutionND Deconvolution1D Deconvolution2D Deconvolution3D DeconvolutionND '
+            'DeformableConvolution2D DepthwiseConvolution2D DilatedConvolution2D '
+            'LocalConvolution2D MLPConvolution2D')
+
+
+# ----- optimizers, hooks, initializers, serializers ------------------------------
+
+class AMSGrad(Adam):
+    """Adam with amsgrad=True.  Chainer: chainer.optimizers.AMSGrad."""
+
+    def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
+                 weight_decay_rate=0):
+        super().__init__(alpha, beta1, beta2, eps, eta, weight_decay_rate, amsgrad=True)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (set weight_decay_rate).  Chainer:
+    chainer.optimizers.AdamW."""
+
+
+class HeUniform(Initializer):
+    """U(-s, s) with s = scale * sqrt(6 / fan_in).  Chainer: initializers.HeUniform."""
+
+    def __init__(self, scale=1.0, dtype=None, rng=None):
+        super().__init__(dtype, rng)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, _ = _get_fans(array.shape)
+        Uniform(self.scale * math.sqrt(6.0 / fan_in), rng=self.rng)(array)
+
+
+class LeCunUniform(Initializer):
+    """U(-s, s) with s = scale * sqrt(3 / fan_in).  Chainer: initializers.LeCunUniform."""
+
+    def __init__(self, scale=1.0, dtype=None, rng=None):
+        super().__init__(dtype, rng)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, _ = _get_fans(array.shape)
+        Uniform(self.scale * math.sqrt(3.0 / fan_in), rng=self.rng)(array)
+
+
+_not_supported(
+    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW),
+    missing='AMSBound AdaBound CorrectedMomentumSGD MSVAG NesterovAG RMSpropGraves SMORMS3')
+_not_supported(optimizer_hooks, missing='GradientNoise GradientLARS')
+_not_supported(optimizer, missing='GradientNoise make_deprecation_message')
+_not_supported(
+    _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform),
+    missing='Identity Orthogonal DownsamplingConvFilter UpsamplingDeconvFilter')
+_not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
+_submodule('serializers.npz', save_npz=save_npz, load_npz=load_npz,
+           NpzDeserializer=NpzDeserializer, DictionarySerializer=DictionarySerializer)
+_out_of_scope_module('serializers.hdf5', 'hdf5')
+
+
+# ----- chainer.dataset and chainer.datasets ------------------------------------
+
+class DatasetMixin:
+    """Base class for a dataset written as get_example(i): indexing with an
+    int, a slice or a list of ints calls it.  Chainer: dataset.DatasetMixin."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.get_example(i) for i in range(*index.indices(len(self)))]
+        if isinstance(index, (list, np.ndarray)):
+            return [self.get_example(int(i)) for i in index]
+        return self.get_example(index)
+
+    def __len__(self):
+        raise NotImplementedError('{}: define __len__'.format(type(self).__name__))
+
+    def get_example(self, i):
+        raise NotImplementedError('{}: define get_example(i)'.format(type(self).__name__))
+
+
+class Converter:
+    """A batch converter object: `converter(batch, device)`.  Chainer:
+    dataset.Converter (made with the @converter() decorator)."""
+
+    def __init__(self, function=None):
+        self._function = function
+
+    def __call__(self, batch, device=None):
+        return self._function(batch, device)
+
+
+def converter():
+    """Decorator that turns `f(batch, device)` into a Converter.  Chainer: dataset.converter."""
+    return Converter
+
+
+def cache_or_load_file(path, creator, loader):
+    """loader(path) if the file exists, else creator(path) (which writes it
+    and returns the data).  Chainer: dataset.cache_or_load_file."""
+    if os.path.exists(path):
+        return loader(path)
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    return creator(path)
+
+
+class DictDataset:
+    """Dataset of dicts: example i is {key: dataset[i] for each keyword
+    dataset}.  Chainer: datasets.DictDataset."""
+
+    def __init__(self, **datasets):
+        if not datasets:
+            raise ValueError('DictDataset needs at least one dataset')
+        lengths = {key: len(d) for key, d in datasets.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError('DictDataset needs datasets of equal length, but got {}'
+                             .format(lengths))
+        self._datasets = datasets
+        self._length = next(iter(lengths.values()))
+
+    def __getitem__(self, index):
+        batches = {key: d[index] for key, d in self._datasets.items()}
+        if isinstance(index, slice):
+            return [dict(zip(batches, values)) for values in zip(*batches.values())]
+        return batches
+
+    def __len__(self):
+        return self._length
+
+
+class TransformDataset:
+    """`transform(dataset[i])` for each example, computed when asked.
+    Chainer: datasets.TransformDataset."""
+
+    def __init__(self, dataset, transform):
+        self._dataset = dataset
+        self._transform = transform
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._transform(self._dataset[index])
+
+    def __len__(self):
+        return len(self._dataset)
+
+
+class ConcatenatedDataset:
+    """The examples of several datasets, one after another.  Chainer:
+    datasets.ConcatenatedDataset."""
+
+    def __init__(self, *datasets):
+        self._datasets = datasets
+        self._ends = np.cumsum([len(d) for d in datasets])
+
+    def __len__(self):
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('ConcatenatedDataset: index {} out of range for length {}'
+                             .format(index, len(self)))
+        which = int(np.searchsorted(self._ends, index, side='right'))
+        start = 0 if which == 0 else int(self._ends[which - 1])
+        return self._datasets[which][index - start]
+
+
+def split_dataset_n(dataset, n, order=None):
+    """Split into n SubDatasets of (nearly) equal size.  Chainer: datasets.split_dataset_n."""
+    total = len(dataset)
+    bounds = [total * i // n for i in range(n + 1)]
+    return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
+
+
+def split_dataset_n_random(dataset, n, seed=None):
+    """split_dataset_n over a random permutation.  Chainer: datasets.split_dataset_n_random."""
+    return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
+
+
+def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
+    """n_folds (train, test) pairs, fold i tested on the i-th part.  Chainer:
+    datasets.get_cross_validation_datasets."""
+    n_folds = kwargs.get('n_fold', n_folds)
+    if order is None:
+        order = np.arange(len(dataset))
+    order = np.asarray(order)
+    total = len(dataset)
+    bounds = [total * i // n_folds for i in range(n_folds + 1)]
+    splits = []
+    for i in range(n_folds):
+        test = order[bounds[i]:bounds[i + 1]]
+        train = np.concatenate([order[:bounds[i]], order[bounds[i + 1]:]])
+        rolled = np.concatenate([train, test])     # train first, then the test fold
+        splits.append(split_dataset(dataset, len(train), rolled))
+    return splits
+
+
+def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
+    """get_cross_validation_datasets over a random permutation."""
+    order = np.random.RandomState(seed).permutation(len(dataset))
+    return get_cross_validation_datasets(dataset, n_folds, order)
+
+
+_submodule('dataset', DatasetMixin=DatasetMixin, Converter=Converter, converter=converter,
+           cache_or_load_file=cache_or_load_file)
+_not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
+_not_supported(
+    _submodule('dataset.convert', Converter=Converter, converter=converter,
+               concat_examples_func=concat_examples),
+    multi='ConcatWithAsyncTransfer Conveyor')
+_not_supported(_submodule('dataset.download', cache_or_load_file=cache_or_load_file),
+               missing='cached_download')
+_submodule('dataset.dataset_mixin', DatasetMixin=DatasetMixin)
+_submodule(
+    'datasets', DictDataset=DictDataset, TransformDataset=TransformDataset,
+    ConcatenatedDataset=ConcatenatedDataset, split_dataset_n=split_dataset_n,
+    split_dataset_n_random=split_dataset_n_random,
+    get_cross_validation_datasets=get_cross_validation_datasets,
+    get_cross_validation_datasets_random=get_cross_validation_datasets_random)
+_not_supported(
+    datasets,
+    images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
+           'MultiZippedImageDataset ZippedImageDataset PickleDataset PickleDatasetWriter '
+           'open_pickle_dataset open_pickle_dataset_writer TextDataset',
+    data='get_cifar10 get_cifar100 get_svhn get_ptb_words get_ptb_words_vocabulary '
+         'get_kuzushiji_mnist get_kuzushiji_mnist_labels')
+_not_supported(_submodule('datasets.mnist', get_mnist=get_mnist),
+               missing='make_npz preprocess_mnist')
+_not_supported(_submodule('datasets.fashion_mnist', get_fashion_mnist=get_fashion_mnist,
+                          get_fashion_mnist_labels=get_fashion_mnist_labels),
+               missing='make_npz preprocess_mnist')
+_submodule('datasets.tuple_dataset', TupleDataset=TupleDataset)
+_submodule('datasets.dict_dataset', DictDataset=DictDataset)
+_submodule('datasets.sub_dataset', SubDataset=SubDataset, split_dataset=split_dataset,
+           split_dataset_random=split_dataset_random, split_dataset_n=split_dataset_n,
+           split_dataset_n_random=split_dataset_n_random,
+           get_cross_validation_datasets=get_cross_validation_datasets,
+           get_cross_validation_datasets_random=get_cross_validation_datasets_random)
+_submodule('datasets.transform_dataset', TransformDataset=TransformDataset)
+_submodule('datasets.concatenated_dataset', ConcatenatedDataset=ConcatenatedDataset)
+
+
+# ----- chainer.iterators -----------------------------------------------------------
+# The parallel iterators load batches in worker processes or threads; only
+# the speed differs, so here they are the SerialIterator, taking (and
+# ignoring) their worker options.  They give the same batches as Chainer's
+# SerialIterator would for the same seed.
+
+class MultiprocessIterator(SerialIterator):
+    """SerialIterator that accepts MultiprocessIterator's options (n_processes,
+    n_prefetch, shared_mem, dataset_timeout, maxtasksperchild) and loads in
+    the main process.  Chainer: iterators.MultiprocessIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_processes=None,
+                 n_prefetch=1, shared_mem=None, order_sampler=None, dataset_timeout=30.0,
+                 maxtasksperchild=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
+class MultithreadIterator(SerialIterator):
+    """SerialIterator that accepts n_threads and loads in the calling thread.
+    Chainer: iterators.MultithreadIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_threads=1,
+                 order_sampler=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
+_not_supported(
+    _submodule('iterators', MultiprocessIterator=MultiprocessIterator,
+               MultithreadIterator=MultithreadIterator),
+    dali='DaliIterator')
+
+
+# ----- chainer.training ---------------------------------------------------------
+
+def dump_graph(root_name, filename=None, variable_style=None, function_style=None,
+               out_name='cg.dot'):
+    """The function spelling of DumpGraph (Chainer v1-v5 examples use it).
+    Chainer: extensions.dump_graph."""
+    return DumpGraph(root_name, filename, variable_style, function_style, out_name)
+
+
+@make_extension(trigger=(1, 'iteration'))
+def unchain_variables(trainer):
+    """Cut the graph behind every Variable in the trainer's observation, so
+    that it is freed now.  Chainer: extensions.unchain_variables."""
+    for value in trainer.observation.values():
+        if isinstance(value, Variable):
+            value.unchain_backward()
+
+
+class FailOnNonNumber(Extension):
+    """Stop training with a clear error once a parameter holds NaN or inf.
+    Chainer: extensions.FailOnNonNumber."""
+
+    def __call__(self, trainer):
+        for name, optimizer in trainer.updater.get_all_optimizers().items():
+            for path, param in optimizer.target.namedparams():
+                xp = _xp(param.data)
+                if param.data is not None and not xp.isfinite(param.data).all():
+                    raise RuntimeError(
+                        'FailOnNonNumber: parameter {} of optimizer {!r} holds NaN or '
+                        'inf after iteration {}; lower the learning rate or check the '
+                        'data'.format(path, name, trainer.updater.iteration))
+
+
+_submodule('training.extensions', dump_graph=dump_graph,
+           unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
+_not_supported(
+    training.extensions,
+    missing='InverseShift MicroAverage MultistepShift ParameterStatistics PolynomialShift '
+            'StepShift VariableStatisticsPlot WarmupShift')
+_submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
+           dump_graph=dump_graph)
+_not_supported(training, multi='ParallelUpdater')
+_not_supported(training.updaters, multi='ParallelUpdater MultiprocessParallelUpdater')
+_not_supported(training.updater, multi='ParallelUpdater')
+_not_supported(training.triggers, missing='EarlyStoppingTrigger OnceTrigger TimeTrigger')
+_not_supported(
+    training.extensions.snapshot_writers,
+    missing='StandardWriter ThreadWriter ProcessWriter QueueWriter ThreadQueueWriter '
+            'ProcessQueueWriter')
+
+
+# ----- chainer.gradient_check, chainer.utils, chainer.computational_graph ------
+
+class NondifferentiableError(Exception):
+    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
+
+
+def assert_allclose(x, y, atol=1e-5, rtol=1e-4, verbose=True):
+    """numpy.testing.assert_allclose on arrays from either device.
+    Chainer: testing.assert_allclose (also in gradient_check)."""
+    np.testing.assert_allclose(_to_cpu(as_array(x)), _to_cpu(as_array(y)),
+                               atol=atol, rtol=rtol, verbose=verbose)
+
+
+def force_type(dtype, value):
+    """`value` as an array of `dtype` (a scalar becomes a 0-dim array).  Chainer: utils.force_type."""
+    if isinstance(value, _array_types):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return np.asarray(value, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tempdir(**kwargs):
+    """A temporary folder for a `with` block, removed afterwards.  Chainer: utils.tempdir."""
+    folder = tempfile.mkdtemp(**kwargs)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def experimental(api_name):
+    """Chainer warns that an API is experimental; nothing here is, so this does nothing."""
+
+
+_not_supported(
+    _submodule('gradient_check', assert_allclose=assert_allclose,
+               NondifferentiableError=NondifferentiableError),
+    double='check_double_backward')
+_not_supported(
+    _submodule('utils', sum_to=_sum_to, force_type=force_type, tempdir=tempdir,
+               experimental=experimental),
+    missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')
+_submodule('testing', assert_allclose=assert_allclose)
+
+
+class ComputationalGraph:
+    """The graph behind one output Variable; dump() gives it as DOT text (what
+    DumpGraph writes).  Chainer: computational_graph.ComputationalGraph."""
+
+    def __init__(self, output, variable_style=None, function_style=None):
+        self._output = output
+        self._variable_style = variable_style
+        self._function_style = function_style
+
+    def dump(self, format='dot'):
+        if format != 'dot':
+            raise NotSupportedError('ComputationalGraph.dump: only format="dot" is supported, '
+                                    'not {!r}'.format(format))
+        return _graph_to_dot(self._output, self._variable_style, self._function_style)
+
+
+def build_computational_graph(outputs, remove_split=True, variable_style=None,
+                              function_style=None, **kwargs):
+    """The graph behind `outputs` (one Variable, or a sequence of exactly one).
+    Chainer: computational_graph.build_computational_graph."""
+    if isinstance(outputs, Variable):
+        outputs = [outputs]
+    outputs = list(outputs)
+    if len(outputs) != 1:
+        raise NotSupportedError('build_computational_graph: one output is supported here, '
+                                'got {}; build one graph per output'.format(len(outputs)))
+    return ComputationalGraph(outputs[0], variable_style, function_style)
+
+
+_not_supported(
+    _submodule('computational_graph', ComputationalGraph=ComputationalGraph,
+               build_computational_graph=build_computational_graph),
+    missing='DotNode')
+
+
+# ----- methods Chainer's classes have that Chapters 3-7 did not need -------------
+
+def _variable_addgrad(self, var):
+    """Add `var`'s gradient to this one's (None counts as zero).  Chainer: Variable.addgrad."""
+    if var.grad is None:
+        return
+    self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
+        self.device, var.grad)
+
+
+def _variable_copydata(self, var):
+    """Copy `var`'s data into this variable's array in place (across devices).
+    Chainer: Variable.copydata."""
+    copyto(self.data, as_array(var))
+
+
+def _variable_mean(self, axis=None, weights=None, keepdims=False):
+    if weights is not None:
+        raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
+                                'onefchainer; use F.sum(x * w) / w.sum()')
+    return mean(self, axis=axis, keepdims=keepdims)
+
+
+def _link_addgrads(self, link):
+    """Add each gradient of `link` to this link's parameter of the same name.
+    Chainer: Link.addgrads."""
+    theirs = dict(link.namedparams())
+    for name, param in self.namedparams():
+        param.addgrad(theirs[name])
+
+
+def _method_not_supported(qualified_name, reason_key):
+    def method(self, *args, **kwargs):
+        raise NotSupportedError('chainer.{} is not supported by onefchainer: {}'.format(
+            qualified_name, _OUT_OF_SCOPE[reason_key]))
+    method.__name__ = qualified_name.rsplit('.', 1)[-1]
+    return method
+
+
+Variable.addgrad = _variable_addgrad
+Variable.copydata = _variable_copydata
+Variable.mean = _variable_mean
+Variable.raw_array = property(lambda self: self.data)
+Variable.label = property(lambda self: _variable_label(self))
+Link.addgrads = _link_addgrads
+for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
+                           (Link, 'to_chx from_chx', 'chainerx'),
+                           (Variable, 'to_intel64', 'ideep'), (Link, 'to_intel64', 'ideep'),
+                           (Link, 'add_hook delete_hook', 'hooks'),
+                           (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
+    for _name in _names.split():
+        if not hasattr(_cls, _name):
+            setattr(_cls, _name, _method_not_supported(_cls.__name__ + '.' + _name, _key))
+del _cls, _names, _key, _name
