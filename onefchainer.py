@@ -104,6 +104,10 @@ def _xp(array):
 
 
 def _to_cpu(array):
+    """Return `array` as a NumPy array (a copy from the GPU; NumPy arrays and
+    None as they are; lists and tuples element by element).
+    Chainer: chainer.backends.cuda.to_cpu.
+    """
     if array is None or isinstance(array, np.ndarray):
         return array
     if cupy is not None and isinstance(array, cupy.ndarray):
@@ -124,6 +128,10 @@ def _require_cupy(what):
 
 
 def _to_gpu(array, device_id=None):
+    """Return `array` as a CuPy array on GPU `device_id` (default: the current
+    one); lists and tuples element by element, None as it is. Raises
+    RuntimeError without CuPy. Chainer: chainer.backends.cuda.to_gpu.
+    """
     _require_cupy('to_gpu')
     if array is None:
         return None
@@ -148,6 +156,9 @@ class Device:
         return self.send_array(arrays)
 
     def use(self):
+        """Make this device the current one (a no-op on the CPU).
+        Chainer: chainer.backend.Device.use.
+        """
         pass
 
     def __eq__(self, other):
@@ -167,9 +178,13 @@ class Device:
 
 
 class CpuDevice(Device):
+    """The CPU, where arrays are NumPy arrays; its name is '@numpy'.
+    Chainer: chainer.backend.CpuDevice.
+    """
     xp = np
 
     def send_array(self, array):
+        """Return `array` as a NumPy array (copied from the GPU if it lives there)."""
         return _to_cpu(array)
 
     def __str__(self):
@@ -177,6 +192,9 @@ class CpuDevice(Device):
 
 
 class GpuDevice(Device):
+    """GPU number `device_id`, where arrays are CuPy arrays; its name is
+    '@cupy:N'. Raises RuntimeError without CuPy. Chainer: chainer.backend.GpuDevice.
+    """
     def __init__(self, device_id):
         _require_cupy('get_device(@cupy:{})'.format(device_id))
         self.device_id = device_id
@@ -184,6 +202,7 @@ class GpuDevice(Device):
         self.xp = cupy
 
     def send_array(self, array):
+        """Return `array` as a CuPy array on this GPU (copied if needed)."""
         return _to_gpu(array, self.device_id)
 
     def use(self):
@@ -223,6 +242,9 @@ def _send_to_device(device, array):
 
 
 def _device_of(array):
+    """The Device that `array` lives on (CpuDevice for NumPy arrays and None).
+    Chainer: chainer.backend.get_device_from_array.
+    """
     if isinstance(array, np.ndarray) or array is None:
         return CpuDevice()
     return GpuDevice(array.device.id)
@@ -250,6 +272,9 @@ backend = _submodule(
 # code with `using_config`, which always puts the old value back.
 
 class _Config:
+    """The configuration object `config`: train, enable_backprop, debug, dtype, ...
+    Chainer: chainer.configuration.GlobalConfig.
+    """
     def __init__(self):
         self.train = True
         self.enable_backprop = True
@@ -260,6 +285,9 @@ class _Config:
         self.use_cudnn = 'never'
 
     def show(self, file=sys.stdout):
+        """Write every setting, one per line, to `file` (default sys.stdout).
+        Chainer: chainer.configuration.GlobalConfig.show.
+        """
         for name in sorted(vars(self)):
             file.write('{:<22}{}\n'.format(name, getattr(self, name)))
 
@@ -284,18 +312,28 @@ def using_config(name, value, config=config):
 
 
 def no_backprop_mode():
+    """`with no_backprop_mode():` records no graph inside the block (test time:
+    less memory, less time). Chainer: chainer.no_backprop_mode.
+    """
     return using_config('enable_backprop', False)
 
 
 def force_backprop_mode():
+    """`with force_backprop_mode():` records the graph inside the block even
+    where an outer no_backprop_mode turned it off. Chainer: chainer.force_backprop_mode.
+    """
     return using_config('enable_backprop', True)
 
 
 def is_debug():
+    """True if config.debug is on (every result checked for NaN/inf).
+    Chainer: chainer.is_debug.
+    """
     return bool(config.debug)
 
 
 def set_debug(debug):
+    """Turn config.debug on or off. Chainer: chainer.set_debug."""
     config.debug = debug
 
 
@@ -341,6 +379,7 @@ class Variable:
     # ----- the array and its gradient -----
     @property
     def array(self):
+        """The data array (the same as .data). Chainer: Variable.array."""
         return self.data
 
     @array.setter
@@ -366,12 +405,16 @@ class Variable:
 
     @property
     def grad_var(self):
+        """The gradient wrapped in a new Variable, or None. Chainer: Variable.grad_var."""
         return None if self._grad is None else Variable(self._grad)
 
     def cleargrad(self):
         self._grad = None
 
     def zerograd(self):
+        """Set the gradient to zeros of the data's shape and dtype.
+        Chainer: Variable.zerograd (deprecated there in favour of cleargrad).
+        """
         self._grad = None if self.data is None else _xp(self.data).zeros_like(self.data)
 
     # ----- array-like properties -----
@@ -379,8 +422,10 @@ class Variable:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: self.data.size)
     dtype = property(lambda self: self.data.dtype)
-    xp = property(lambda self: get_array_module(self.data))
-    device = property(lambda self: _device_of(self.data))
+    xp = property(lambda self: get_array_module(self.data),
+                  doc='The array module of the data: numpy or cupy. Chainer: Variable.xp.')
+    device = property(lambda self: _device_of(self.data),
+                      doc='The Device the data lives on. Chainer: Variable.device.')
 
     def __len__(self):
         if self.data.ndim == 0:
@@ -388,6 +433,9 @@ class Variable:
         return len(self.data)
 
     def item(self):
+        """The value of a one-element Variable as a Python number (raises
+        ValueError for more elements). Chainer: Variable.item.
+        """
         _raise_deferred_errors()
         return self.data.item()
 
@@ -405,19 +453,29 @@ class Variable:
 
     # ----- devices -----
     def to_device(self, device):
+        """Move data and grad to `device` (any spec get_device accepts); returns
+        self. Chainer: Variable.to_device.
+        """
         device = get_device(device)
         self.data = device.send(self.data)
         self._grad = device.send(self._grad)
         return self
 
     def to_cpu(self):
+        """Move data and grad to the CPU; returns self. Chainer: Variable.to_cpu."""
         return self.to_device(CpuDevice())
 
     def to_gpu(self, device=None):
+        """Move data and grad to GPU `device` (default: the current one); returns
+        self. Raises RuntimeError without CuPy. Chainer: Variable.to_gpu.
+        """
         return self.to_device(_current_gpu() if device is None else device)
 
     # ----- the graph -----
     def set_creator(self, function):
+        """Make `function` this variable's creator (rank follows).
+        Chainer: Variable.set_creator.
+        """
         self.creator = function
         self.rank = function.rank + 1
 
@@ -477,6 +535,9 @@ def as_variable(obj):
 
 
 def as_array(obj):
+    """The array of `obj` if it is a Variable, else `obj` itself.
+    Chainer: chainer.as_array.
+    """
     return obj.data if isinstance(obj, Variable) else obj
 
 
@@ -547,18 +608,33 @@ class Function:
     # Chainer also lets a Function write one method per device instead:
     # forward_cpu/forward_gpu and backward_cpu/backward_gpu.
     def forward(self, inputs):
+        """Compute the outputs from a tuple of input arrays.  This default calls
+        forward_cpu or forward_gpu by where the inputs live, as Chainer's
+        old-style functions may define. Chainer: Function.forward.
+        """
         on_cpu = isinstance(inputs[0], np.ndarray)
         return (self.forward_cpu if on_cpu else self.forward_gpu)(inputs)
 
     def backward(self, inputs, grad_outputs):
+        """Compute the input gradients from the inputs and output gradients.  This
+        default calls backward_cpu or backward_gpu by where the inputs live.
+        Chainer: Function.backward.
+        """
         on_cpu = isinstance(inputs[0], np.ndarray)
         return (self.backward_cpu if on_cpu else self.backward_gpu)(inputs, grad_outputs)
 
     def forward_cpu(self, inputs):
+        """Forward on NumPy arrays: define it (with forward_gpu) instead of forward.
+        Raises NotImplementedError unless overridden. Chainer: Function.forward_cpu.
+        """
         raise NotImplementedError('{}: write forward (or forward_cpu and forward_gpu)'
                                   .format(self.label))
 
     def backward_cpu(self, inputs, grad_outputs):
+        """Backward on NumPy arrays: define it (with backward_gpu) instead of
+        backward. Raises NotImplementedError unless overridden.
+        Chainer: Function.backward_cpu.
+        """
         raise NotImplementedError('{}: write backward (or backward_cpu and backward_gpu) '
                                   'to differentiate it'.format(self.label))
 
@@ -571,6 +647,9 @@ class Function:
 
     @property
     def output_data(self):
+        """The arrays of the outputs that still exist (None for dropped ones).
+        Chainer: Function.output_data.
+        """
         return tuple(None if y() is None else y().data for y in self.outputs)
 
     def unchain(self):
@@ -7020,9 +7099,11 @@ class DummyDeviceType:
         return False
 
     def use(self):
+        """Does nothing: the CPU needs no selecting. Chainer: cuda.DummyDevice.use."""
         pass
 
     def synchronize(self):
+        """Does nothing: the CPU does not run ahead. Chainer: cuda.DummyDevice.synchronize."""
         pass
 
     def __eq__(self, other):
@@ -7085,6 +7166,8 @@ def _cupy_attribute(name):
         _require_cupy('cuda.' + name)
         return getattr(cupy, name)(*args, **kwargs)
     function.__name__ = name
+    function.__doc__ = 'cupy.{} (Chainer: cuda.{}); without CuPy it raises RuntimeError.'.format(
+        name, name)
     return function
 
 
@@ -7098,6 +7181,41 @@ def _cuda_copy(array, out=None, out_device=None, stream=None):
     with array.device:
         cupy.copyto(out, array)
     return out
+
+
+def should_use_cudnn(level, lowest_version=0):
+    """False: onefchainer never calls cuDNN. Chainer: chainer.should_use_cudnn."""
+    return False
+
+
+def should_use_cudnn_tensor_core(dtype):
+    """False: onefchainer never calls cuDNN.
+    Chainer: chainer.should_use_cudnn_tensor_core."""
+    return False
+
+
+def _get_max_workspace_size():
+    """0: no cuDNN workspace is used. Chainer: cuda.get_max_workspace_size."""
+    return 0
+
+
+def _set_max_workspace_size(size):
+    """Accepted and ignored: no cuDNN workspace is used.
+    Chainer: cuda.set_max_workspace_size."""
+
+
+def _not_available():
+    """False: this backend is not supported by onefchainer."""
+    return False
+
+
+def _fuse_without_cupy(*args, **kwargs):
+    """Without CuPy, cuda.fuse() leaves the function as it is. Chainer: cuda.fuse."""
+    return lambda function: function
+
+
+def _clear_no_memo():
+    """Without CuPy there is no kernel cache to clear. Chainer: cuda.clear_memo."""
 
 
 def _memoize(for_each_device=False):
@@ -7116,17 +7234,18 @@ _submodule(
     ndarray=(cupy.ndarray if cupy is not None else np.ndarray), copy=_cuda_copy,
     elementwise=_cupy_attribute('ElementwiseKernel'),
     reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
-    fuse=(getattr(cupy, 'fuse', None) or (lambda *a, **k: (lambda f: f))),
-    memoize=_memoize, clear_memo=(getattr(cupy, 'clear_memo', None) or (lambda: None)),
+    fuse=(getattr(cupy, 'fuse', None) or _fuse_without_cupy),
+    memoize=_memoize, clear_memo=(getattr(cupy, 'clear_memo', None) or _clear_no_memo),
     Stream=getattr(getattr(cupy, 'cuda', None), 'Stream', None) or _cupy_attribute('Stream'),
     Event=getattr(getattr(cupy, 'cuda', None), 'Event', None) or _cupy_attribute('Event'),
     cudnn_enabled=False, config=config,
-    should_use_cudnn=lambda level, lowest_version=0: False,
-    should_use_cudnn_tensor_core=lambda dtype: False,
-    get_max_workspace_size=lambda: 0, set_max_workspace_size=lambda size: None)
+    should_use_cudnn=should_use_cudnn,
+    should_use_cudnn_tensor_core=should_use_cudnn_tensor_core,
+    get_max_workspace_size=_get_max_workspace_size,
+    set_max_workspace_size=_set_max_workspace_size)
 _not_supported(cuda, missing='get_cudnn_dropout_states get_cudnn_dropout_states_core')
 sys.modules[__name__ + '.backends.cuda'] = cuda      # chainer.backends.cuda is chainer.cuda
-_out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=lambda: False)
+_out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_available)
 
 
 # ----- chainer.backend ----------------------------------------------------------
@@ -7161,7 +7280,7 @@ _not_supported(
 # ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
 # Chainer v6/v7 examples compare `device.xp is chainerx`; that stays False
 # here, and everything else in it says ChainerX is not supported.
-chainerx = _out_of_scope_module('chainerx', 'chainerx', is_available=lambda: False)
+chainerx = _out_of_scope_module('chainerx', 'chainerx', is_available=_not_available)
 
 
 # ----- chainer (top level) -------------------------------------------------------
@@ -7221,10 +7340,17 @@ def print_runtime_info(out=None):
 DeviceResident = Link          # here Link is the only thing that lives on a device
 AbstractSerializer = Serializer
 disable_experimental_feature_warning = False
-get_array_types = lambda: _array_types                      # noqa: E731
-get_cpu_array_types = lambda: (np.ndarray,)                 # noqa: E731
-should_use_cudnn = lambda level, lowest_version=0: False    # noqa: E731
-should_use_cudnn_tensor_core = lambda dtype: False          # noqa: E731
+def get_array_types():
+    """The array types onefchainer takes: (numpy.ndarray[, cupy.ndarray]).
+    Chainer: chainer.get_array_types."""
+    return _array_types
+
+
+def get_cpu_array_types():
+    """The CPU array types: (numpy.ndarray,). Chainer: chainer.get_cpu_array_types."""
+    return (np.ndarray,)
+
+
 
 
 class Sequential(ChainList):
@@ -7469,6 +7595,9 @@ class DatasetMixin:
         raise NotImplementedError('{}: define __len__'.format(type(self).__name__))
 
     def get_example(self, i):
+        """Return example `i` (0 <= i < len(self)); write this in a subclass.
+        Chainer: chainer.dataset.DatasetMixin.get_example.
+        """
         raise NotImplementedError('{}: define get_example(i)'.format(type(self).__name__))
 
 
@@ -7480,6 +7609,7 @@ class Converter:
         self._function = function
 
     def __call__(self, batch, device=None):
+        """Convert `batch` (a list of examples) to arrays on `device`."""
         return self._function(batch, device)
 
 
@@ -7782,6 +7912,9 @@ class ComputationalGraph:
         self._function_style = function_style
 
     def dump(self, format='dot'):
+        """The graph as text in `format` ('dot', the default).
+        Chainer: chainer.computational_graph.ComputationalGraph.dump.
+        """
         if format != 'dot':
             raise NotSupportedError('ComputationalGraph.dump: only format="dot" is supported, '
                                     'not {!r}'.format(format))
@@ -7824,6 +7957,7 @@ def _variable_copydata(self, var):
 
 
 def _variable_mean(self, axis=None, weights=None, keepdims=False):
+    """F.mean(self, axis, keepdims=keepdims). Chainer: Variable.mean."""
     if weights is not None:
         raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
                                 'onefchainer; use F.sum(x * w) / w.sum()')
@@ -7843,14 +7977,18 @@ def _method_not_supported(qualified_name, reason_key):
         raise NotSupportedError('chainer.{} is not supported by onefchainer: {}'.format(
             qualified_name, _OUT_OF_SCOPE[reason_key]))
     method.__name__ = qualified_name.rsplit('.', 1)[-1]
+    method.__doc__ = 'Not supported by onefchainer ({}): raises NotSupportedError.'.format(
+        _OUT_OF_SCOPE[reason_key])
     return method
 
 
 Variable.addgrad = _variable_addgrad
 Variable.copydata = _variable_copydata
 Variable.mean = _variable_mean
-Variable.raw_array = property(lambda self: self.data)
-Variable.label = property(lambda self: _variable_label(self))
+Variable.raw_array = property(lambda self: self.data,
+                              doc='The data array. Chainer: Variable.raw_array.')
+Variable.label = property(lambda self: _variable_label(self),
+                          doc='A short description: shape and dtype. Chainer: Variable.label.')
 Link.addgrads = _link_addgrads
 for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
                            (Link, 'to_chx from_chx', 'chainerx'),
