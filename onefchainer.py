@@ -1,41 +1,27 @@
 """onefchainer: a Chainer-style deep-learning framework in one file.
 
-How to read this file
----------------------
 Read it top to bottom: the order is the order in which the ideas build on
-each other.  It has three parts.
+each other.
 
-PART I, THE IDEAS (chapters 1-8).  Everything a multi-layer perceptron needs
-to learn MNIST, and nothing else:
+PART I, THE IDEAS (chapters 1-8): everything a multi-layer perceptron needs
+to learn MNIST, and nothing else.  1. Arrays (NumPy or CuPy: `xp`);
+2. Configuration; 3. Variable and Function (running code records the graph);
+4. Backprop (walking the graph backwards); 5. The functions of an MLP;
+6. Links; 7. Optimizers (SGD, Adam); 8. Training, the loop that puts it all
+together.  Stop at "END OF PART I": you have seen every idea.
 
-    1. Arrays                    NumPy on the CPU, CuPy on the GPU: `xp`
-    2. Configuration             train/test mode, turning backprop off
-    3. Variable and Function     define-by-run: running code records the graph
-    4. Backprop                  walking the recorded graph backwards
-    5. The functions of an MLP   add, mul, linear, relu, softmax cross entropy
-    6. Links                     parameters and the objects that own them
-    7. Optimizers                SGD and Adam turn gradients into steps
-    8. Training                  the loop that puts it all together
+PART II, THE LIBRARY (chapters 9-17): more functions, initializers and
+links, convolutional networks, optimizers and hooks, serializers, the
+reporter, gradient checking, datasets and iterators, the Trainer and its
+extensions.
 
-    Stop at the line "END OF PART I" and you have seen every idea; the rest
-    is more of the same kind.
+PART III, PLUMBING (chapters 18-21): devices, speed paths, conveniences and
+error messages, Chainer compatibility.  Where it adds methods to a class of
+Part I, the class there ends with a comment saying so.
 
-PART II, THE LIBRARY (chapters 9-17).  More functions, initializers and
-links, convolutional networks, optimizers and hooks, saving and loading, the reporter, gradient
-checking, datasets and iterators, the Trainer and its extensions.
-
-PART III, PLUMBING (chapters 18-21).  Devices, speed paths, conveniences
-and error messages, Chainer compatibility: what a real framework needs and
-a learner can skip.  Some of it adds methods to the classes of Part I; a
-comment at the end of each such class says where.
-
-Programs written for Chainer v7 run after changing their imports, e.g.
-
-    import onefchainer as chainer
-    import onefchainer.functions as F
-    import onefchainer.links as L
-
-Only the standard library and NumPy are required.  CuPy (GPU) and matplotlib
+Programs written for Chainer v7 run after changing their imports
+(`import onefchainer as chainer`, `import onefchainer.functions as F`, ...).
+Only the standard library and NumPy are required; CuPy (GPU) and matplotlib
 (plots) are used when installed and asked for.
 """
 import collections
@@ -112,6 +98,9 @@ def _xp(array):
 
 
 class _Config:
+    """The configuration object `config`: train, enable_backprop, debug, dtype, ...
+    Chainer: chainer.configuration.GlobalConfig.
+    """
     def __init__(self):
         self.train = True
         self.enable_backprop = True
@@ -121,9 +110,7 @@ class _Config:
         self.type_check = True
         self.use_cudnn = 'never'
 
-    def show(self, file=sys.stdout):
-        for name in sorted(vars(self)):
-            file.write('{:<22}{}\n'.format(name, getattr(self, name)))
+    # Continued in Chapter 21 (show).
 
 
 config = _Config()
@@ -145,6 +132,9 @@ def using_config(name, value, config=config):
 
 
 def no_backprop_mode():
+    """`with no_backprop_mode():` records no graph inside the block (test time:
+    less memory, less time). Chainer: chainer.no_backprop_mode.
+    """
     return using_config('enable_backprop', False)
 
 
@@ -171,15 +161,11 @@ class Variable:
 
     Variable(data=None, name=None, grad=None, requires_grad=True)
 
-    data: a numpy.ndarray or cupy.ndarray of any shape and dtype (None for a
-        parameter whose shape is not known yet).
-    name: a label, used in graphs and messages.
-    grad: dL/d(this variable): an array of the data's shape and dtype, or None.
-    requires_grad: False for constants (data batches, labels): backprop then
-        computes no gradient for them.
-
-    Raises TypeError if data is not an array (convert lists with
-    numpy.asarray first).  Chainer: chainer.Variable.
+    data: a numpy/cupy array (None for a parameter not yet shaped); name: a
+    label for graphs and messages; grad: dL/d(this variable), an array like
+    data, or None; requires_grad: False for constants (data, labels), which
+    then get no gradient.  Raises TypeError if data is not an array.
+    Chainer: chainer.Variable.
     """
 
     # Without this, `ndarray * Variable` would be NumPy's multiplication,
@@ -259,6 +245,9 @@ def as_variable(obj):
 
 
 def as_array(obj):
+    """The array of `obj` if it is a Variable, else `obj` itself.
+    Chainer: chainer.as_array.
+    """
     return obj.data if isinstance(obj, Variable) else obj
 
 
@@ -270,14 +259,12 @@ class Function:
         forward(self, inputs)                -> tuple of output arrays
         backward(self, inputs, grad_outputs) -> tuple of input gradients
 
-    `backward` receives the same inputs as `forward` plus the gradient of
-    the loss w.r.t. each output, and returns the gradient w.r.t. each input
-    (None where an input needs none).  Calling the Function on Variables (or
-    arrays) runs forward and, when backprop is enabled and some input
-    requires a gradient, links the outputs to it so that Chapter 4 can call
-    backward later.  Returns one Variable, or a tuple for several outputs.
-    Errors raised in forward come back naming the function and the input
-    shapes.  Chainer: chainer.Function (the old-style function node).
+    `backward` gets the inputs of `forward` and the gradient of the loss
+    w.r.t. each output, and returns the gradient w.r.t. each input (None
+    where an input needs none).  Calling the Function on Variables (or
+    arrays) runs forward and, when backprop is enabled and an input needs a
+    gradient, links the outputs to it for Chapter 4.  Returns one Variable,
+    or a tuple.  Chainer: chainer.Function (the old-style function node).
     """
 
     rank = 0
@@ -290,6 +277,7 @@ class Function:
         return type(self).__name__
 
     def __call__(self, *inputs):
+        """Apply the function to Variables or arrays; see the class docstring."""
         # Every op comes through here, so one plain loop gathers the arrays,
         # whether any input needs a gradient and the highest rank at once.
         in_data = []
@@ -400,6 +388,8 @@ def _backprop(roots, retain_grad):
                 continue
             if not isinstance(gx, _array_types):      # NumPy returns 0-dim results as scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
+            if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
+                _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
             if x._grad is None:
                 x._grad = gx
             elif x in owned:        # a sum we allocated below: safe to add in place
@@ -440,7 +430,7 @@ def _sum_to(gx, shape):
     lead = gx.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
-    return gx.sum(axis=axes, keepdims=True).reshape(shape)
+    return gx.sum(axis=axes, keepdims=True, dtype=gx.dtype).reshape(shape)   # int32 stays int32
 
 
 def _check_dtypes(label, a, b):
@@ -452,6 +442,10 @@ def _check_dtypes(label, a, b):
 # ----- arithmetic ------------------------------------------------------------
 
 class Add(Function):
+    """Function node of a + b for two arrays of one dtype (broadcasting).
+    Backward: each input gets gy summed down to its own shape.
+    Chainer: chainer.functions.math.basic_math.Add.
+    """
     label = 'add'
 
     def forward(self, inputs):
@@ -466,6 +460,9 @@ class Add(Function):
 
 
 class Mul(Function):
+    """Function node of a * b (elementwise, broadcasting, one dtype).
+    Backward: gy * b for a and gy * a for b. Chainer: chainer.functions.math.basic_math.Mul.
+    """
     label = 'mul'
 
     def forward(self, inputs):
@@ -490,13 +487,18 @@ Variable.__mul__ = Variable.__rmul__ = lambda self, other: Mul()(self, other)
 # with more than two axes (images) are flattened after the batch axis.
 
 class LinearFunction(Function):
+    """Function node of y = x W^T (+ b). Backward: gx = gy W (skipped when x needs
+    no gradient), gW = gy^T x, gb = sum(gy, axis=0).
+    Chainer: chainer.functions.connection.linear.LinearFunction.
+    """
     label = 'linear'
+    input_names = ('x', 'W', 'b')      # for error messages
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) == 3 else None
         if x.ndim > 2:
-            x = x.reshape(len(x), -1)
+            x = x.reshape(len(x), math.prod(x.shape[1:]))
         if x.ndim != 2 or W.ndim != 2:
             raise ValueError('linear: x must have 2 or more dimensions and W 2, got '
                              'x.shape {} and W.shape {}'.format(inputs[0].shape, W.shape))
@@ -507,6 +509,7 @@ class LinearFunction(Function):
         if x.dtype != W.dtype:
             raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
                             'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
@@ -518,7 +521,7 @@ class LinearFunction(Function):
     def backward(self, inputs, grad_outputs):      # dx = dy W, dW = dy^T x, db = sum(dy)
         x, W = inputs[0], inputs[1]
         gy, = grad_outputs
-        x2 = x.reshape(len(x), -1) if x.ndim > 2 else x
+        x2 = x.reshape(len(x), math.prod(x.shape[1:])) if x.ndim > 2 else x
         # A data batch needs no gradient: skipping it saves the first layer's
         # biggest matrix product (a tenth of an MNIST training step).
         gx = (gy @ W).reshape(x.shape) if self.inputs[0].requires_grad else None
@@ -529,6 +532,15 @@ class LinearFunction(Function):
 
 
 def linear(x, W, b=None, n_batch_axes=1):
+    """Fully connected layer y = x W^T + b.
+
+    x: (N, in_size), or (N, ...) flattened to (N, in_size); W: (out_size,
+    in_size) of x's dtype; b: (out_size,) or None (default, no bias).
+    n_batch_axes must be 1 (default; other values raise NotImplementedError).
+    Returns a Variable of shape (N, out_size). Raises ValueError for shapes
+    that do not fit and TypeError when x and W differ in dtype.
+    Chainer: chainer.functions.linear.
+    """
     if n_batch_axes != 1:
         raise NotImplementedError('linear: only n_batch_axes=1 is supported')
     if b is None:
@@ -539,6 +551,9 @@ def linear(x, W, b=None, n_batch_axes=1):
 # ----- activations ---------------------------------------------------------------
 
 class ReLU(Function):
+    """Function node of y = max(x, 0); backward gy where y > 0, else 0.
+    Chainer: chainer.functions.activation.relu.ReLU.
+    """
     label = 'relu'
 
     def forward(self, inputs):
@@ -549,10 +564,15 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
+        if not isinstance(self.y, np.ndarray):
+            return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
 
 
 def relu(x):
+    """Rectified linear unit max(x, 0), elementwise, of a float Variable or array.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.relu.
+    """
     return ReLU()(x)
 
 
@@ -566,7 +586,13 @@ def relu(x):
 # log of a softmax that rounded to zero.
 
 class SoftmaxCrossEntropy(Function):
+    """Function node of softmax cross entropy: the loss -log softmax(x)[t] per
+    row, averaged (reduce='mean') or not (reduce='no'). Backward
+    (softmax(x) - onehot(t)) * weight / count.
+    Chainer: chainer.functions.loss.softmax_cross_entropy.SoftmaxCrossEntropy.
+    """
     label = 'softmax_cross_entropy'
+    input_names = ('x', 't')
 
     def __init__(self, normalize=True, ignore_label=-1, reduce='mean',
                  class_weight=None):
@@ -575,24 +601,17 @@ class SoftmaxCrossEntropy(Function):
         self.reduce = reduce
         self.class_weight = class_weight
 
-    def _check(self, x, t):
-        label = self.label
-        if x.dtype.kind != 'f':
-            raise TypeError('{}: x must hold float scores, got dtype {}'.format(label, x.dtype))
-        if t.dtype.kind not in 'iu':
-            raise TypeError('{}: t must hold integer labels, got dtype {}'.format(
-                label, t.dtype))
-        if x.ndim < 2 or t.shape != x.shape[:1] + x.shape[2:]:
-            raise ValueError('{}: x.shape {} and t.shape {} do not match; t should '
-                             'have shape {}'.format(label, x.shape, t.shape,
-                                                    x.shape[:1] + x.shape[2:]))
-        n_class = x.shape[1]
+    def _check_labels(self, t, n_class):
+        """(valid, t with ignored labels replaced by 0); a label outside
+        [0, n_class) that is not ignore_label raises ValueError."""
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
-        if bad.any():
+        if bad.any():       # on a GPU this would wait for the device: see Chapter 19
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
-                .format(label, n_class, self.ignore_label, list(index), int(t[index])))
+                .format(self.label, n_class, self.ignore_label, list(index), int(t[index])))
+        valid = t != self.ignore_label
+        return valid, _xp(t).where(valid, t, 0)      # ignored rows pick class 0, masked below
 
     def forward(self, inputs):
         x, t = inputs
@@ -601,8 +620,12 @@ class SoftmaxCrossEntropy(Function):
         shifted = x - x.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        self.valid = t != self.ignore_label
-        self.t = xp.where(self.valid, t, 0)[:, None]  # ignored rows pick class 0, masked below
+        deferred = _defers_checks(t)     # on a GPU the label check waits: Chapter 19
+        if deferred:
+            self.valid, safe_t = self._check_labels_later(t, x.shape[1])
+        else:
+            self.valid, safe_t = self._check_labels(t, x.shape[1])
+        self.t = safe_t[:, None]
         # log softmax at the true class only: shifted[t] - log(sum e)
         log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
         self.y = e / s         # softmax, reused by backward
@@ -612,9 +635,14 @@ class SoftmaxCrossEntropy(Function):
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         if self.reduce == 'no':
+            if deferred:
+                loss = self._nan_where_bad(loss)
             return loss.astype(x.dtype, copy=False),
         count = self.valid.sum() if self.normalize else len(x)
-        self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
+        if deferred:
+            self.coeff = self._coefficient_later(count, x.dtype)
+        else:
+            self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
         return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
@@ -632,34 +660,35 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
+    # Continued in Chapter 20 ().
+
 
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
                           soft_target_loss='cross-entropy'):
+    """Cross entropy of softmax(x) against integer labels t.
+
+        loss_n = -log softmax(x_n)[t_n]  (times class_weight[t_n] if given)
+
+    x: float scores (N, C) or (N, C, d1, ...); t: integer labels (N,) or
+    (N, d1, ...), each in [0, C) or equal to ignore_label (default -1, such
+    rows count 0). reduce='mean' (default) returns the scalar sum of losses
+    divided by the number of non-ignored labels (normalize=True, default) or by
+    N (normalize=False); reduce='no' returns the per-example losses, of t's
+    shape. class_weight: (C,) array or None. cache_score,
+    enable_double_backprop and soft_target_loss are accepted for Chainer's
+    signature and have no effect. Raises TypeError for non-float x or
+    non-integer t, ValueError for mismatched shapes or an unknown reduce, and
+    ValueError for a label outside [0, C) that is not ignore_label: at once on
+    the CPU (and with config.debug), and on a GPU, where checking at once would
+    stall it, at the next read of a value on the host, with that batch's loss
+    NaN. Chainer: chainer.functions.softmax_cross_entropy.
+    """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
                          "got {!r}".format(reduce))
     return SoftmaxCrossEntropy(normalize, ignore_label, reduce, class_weight)(x, t)
-
-
-def accuracy(y, t, ignore_label=None):
-    """Fraction of rows whose arg-max equals the label (no gradient)."""
-    y, t = as_array(y), as_array(t)
-    if t.dtype.kind not in 'iu':
-        raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
-    if y.ndim < 2 or t.shape != y.shape[:1] + y.shape[2:]:
-        raise ValueError('accuracy: y.shape {} and t.shape {} do not match'.format(
-            y.shape, t.shape))
-    xp = _xp(y)
-    hit = y.argmax(axis=1) == t
-    if ignore_label is None:
-        value = hit.mean()
-    else:
-        valid = t != ignore_label
-        total = valid.sum()
-        value = (hit & valid).sum() / xp.maximum(total, 1)   # 0 if all are ignored; no sync on a GPU
-    return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
 
 
 # =============================================================================
@@ -678,7 +707,9 @@ def accuracy(y, t, ignore_label=None):
 
 class Parameter(Variable):
     """A Variable owned by a link.  It may start *uninitialized* (data None)
-    when its shape is only known at the first forward pass."""
+    when its shape is only known at the first forward pass.
+    Chainer: chainer.Parameter.
+    """
 
     def __init__(self, initializer=None, shape=None, name=None):
         if isinstance(initializer, _array_types):
@@ -693,9 +724,16 @@ class Parameter(Variable):
 
     @property
     def is_initialized(self):
+        """True once the parameter has data (a lazily shaped one has None
+        until its first initialize). Chainer: chainer.Parameter.is_initialized.
+        """
         return self.data is not None
 
     def initialize(self, shape, xp=np):
+        """Create the data: a new array of `shape` (int or tuple) on `xp`
+        (default numpy) filled by the parameter's initializer; clears the gradient.
+        Chainer: chainer.Parameter.initialize.
+        """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
         self._grad = None
@@ -709,6 +747,7 @@ class Link:
     Assign parameters inside `with self.init_scope():` so the link registers
     them:   with self.init_scope(): self.W = Parameter(...)
     Calling a link calls its `forward`.
+    Chainer: chainer.Link.
     """
 
     def __init__(self, **params):
@@ -723,6 +762,10 @@ class Link:
 
     @contextlib.contextmanager
     def init_scope(self):
+        """Context manager: Parameters (and, in a Chain, Links) assigned as
+        attributes inside it are registered with this link and named after the
+        attribute. Chainer: chainer.Link.init_scope.
+        """
         old = self._within_init_scope
         object.__setattr__(self, '_within_init_scope', True)
         try:
@@ -737,12 +780,18 @@ class Link:
                 self._params.append(name)
         object.__setattr__(self, name, value)
 
-    # ----- walking the tree -----
     def params(self, include_uninit=True):
+        """Iterate over the Parameters of this link and of all its descendants
+        (include_uninit default True: also those without data).
+        Chainer: chainer.Link.params.
+        """
         for _, param in self.namedparams(include_uninit):
             yield param
 
     def namedparams(self, include_uninit=True):
+        """Iterate over (path, Parameter) pairs, paths like '/l1/W', sorted by name
+        within each link; include_uninit as in params. Chainer: chainer.Link.namedparams.
+        """
         # Sorted by name, as in Chainer: the order then does not depend on the
         # order of assignment in __init__.
         for name in sorted(self._params):
@@ -750,32 +799,25 @@ class Link:
             if include_uninit or param.data is not None:
                 yield '/' + name, param
 
-    def links(self, skipself=False):
-        for _, link in self.namedlinks(skipself):
-            yield link
-
-    def namedlinks(self, skipself=False):
-        if not skipself:
-            yield '/', self
-
-    def children(self):
-        return iter(())
-
-    # ----- gradients -----
     def cleargrads(self):
+        """Set the gradient of every parameter to None (the next backward then
+        writes instead of adding). Chainer: chainer.Link.cleargrads.
+        """
         for param in self.params():
             param.cleargrad()
 
     def __call__(self, *args, **kwargs):
+        """Run forward(*args, **kwargs) and return its result. Chainer: chainer.Link.__call__."""
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
+        """The link's computation, defined by subclasses. Chainer: Link.forward."""
         raise NotImplementedError('{}.forward is not implemented'.format(
             type(self).__name__))
 
-    # Continued in Chapter 10 (within_init_scope, __delattr__, add_param,
-    # add_persistent, ...); Chapter 13 (serialize); Chapter 18 (device, xp,
-    # to_device, to_cpu, ...).
+    # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
+    # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
+    # ...).
 
 
 class Chain(Link):
@@ -800,30 +842,27 @@ class Chain(Link):
                 self._children.append(name)
         super().__setattr__(name, value)
 
-    def children(self):                  # in lexical order of names, as in Chainer
-        for name in sorted(self._children):
-            yield self.__dict__[name]
-
     def namedparams(self, include_uninit=True):
         yield from super().namedparams(include_uninit)
         for name in sorted(self._children):
             for path, param in self.__dict__[name].namedparams(include_uninit):
                 yield '/' + name + path, param
 
-    def namedlinks(self, skipself=False):
-        if not skipself:
-            yield '/', self
-        for name in sorted(self._children):
-            for path, link in self.__dict__[name].namedlinks():
-                yield '/' + name + path.rstrip('/'), link
-
-    # Continued in Chapter 10 (__delattr__, __getitem__, add_link, copy);
-    # Chapter 13 (serialize).
+    # Continued in Chapter 10 (children, namedlinks, __delattr__, __getitem__,
+    # ...); Chapter 13 (serialize).
 
 
 class Linear(Link):
-    """y = x W^T + b.  Linear(None, n) or Linear(n) learns in_size at the
-    first call, from the input's shape."""
+    """Fully connected layer: y = x W^T + b.
+
+    Linear(in_size, out_size), or Linear(out_size) / Linear(None, out_size) to
+    take in_size from the first input. Parameters: W of shape (out_size,
+    in_size) and b of shape (out_size,). nobias (default False): no b.
+    initialW: initializer, scalar or array for W (default LeCunNormal());
+    initial_bias: the same for b (default 0). Calling it: x of shape (N,
+    in_size) (or (N, ...), flattened) -> (N, out_size).
+    Chainer: chainer.links.Linear.
+    """
 
     def __init__(self, in_size, out_size=None, nobias=False, initialW=None,
                  initial_bias=None):
@@ -839,9 +878,11 @@ class Linear(Link):
                 _get_initializer(initial_bias, Zero()), out_size)
 
     def forward(self, x, n_batch_axes=1):
+        """linear(x, W, b); a lazily sized W takes in_size from the first x.
+        n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
-            data = as_array(x)
-            self.W.initialize((self.out_size, data.size // data.shape[0]), _xp(data))
+            data = _check_first_input('Linear', x)
+            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
 
 
@@ -865,7 +906,9 @@ class Linear(Link):
 
 
 class Hyperparameter:
-    """Attribute bag that falls back to its parent's attributes."""
+    """Hyperparameters (lr, beta1, ...) that fall back to the parent's, so a
+    rule reads the optimizer's values unless it sets its own.
+    Chainer: chainer.optimizer.Hyperparameter."""
 
     def __init__(self, parent=None):
         object.__setattr__(self, '_parent', parent)
@@ -877,10 +920,7 @@ class Hyperparameter:
             raise AttributeError('hyperparameter {!r} is not defined'.format(name))
         return getattr(self._parent, name)
 
-    def get_dict(self):
-        d = {} if self._parent is None else self._parent.get_dict()
-        d.update({k: v for k, v in vars(self).items() if k != '_parent'})
-        return d
+    # Continued in Chapter 12 (get_dict).
 
 
 class _HyperparameterProxy:
@@ -901,12 +941,13 @@ class _HyperparameterProxy:
 
 
 class UpdateRule:
-    """How one parameter is updated; `state` holds its arrays (e.g. m, v).
+    """How one parameter is updated.
 
-    Subclasses write init_state(param), which fills self.state, and
-    update_core(param), which changes param.data in place from param.grad.
-    `hyperparam` reads what it does not hold itself from the optimizer's.
-    Chainer: chainer.UpdateRule.
+    `hyperparam` reads the optimizer's values unless set here; `state` (None
+    until the first update) holds the rule's arrays (e.g. m, v); `t` counts
+    this rule's updates; `enabled` False skips them.  Subclasses write
+    init_state(param), which fills self.state, and update_core(param), which
+    changes param.data in place from param.grad.  Chainer: chainer.UpdateRule.
     """
 
     _state_from_file = False     # True after a load put host arrays in state: Chapter 13
@@ -919,7 +960,8 @@ class UpdateRule:
         self._hooks = collections.OrderedDict()
 
     def update(self, param):
-        """Update `param` once from param.grad (nothing if grad is None or disabled)."""
+        """Update `param` from its gradient (count t, make the state, hooks,
+        update_core); nothing if disabled or grad is None. Chainer: UpdateRule.update."""
         if not self.enabled or param.grad is None:
             return             # nothing to learn from: leave param and state alone
         self.t += 1
@@ -937,17 +979,23 @@ class UpdateRule:
                 hook(self, param)
 
     def init_state(self, param):
-        """Create the state arrays (none by default)."""
+        """Create the rule's state arrays in self.state (a dict), shaped like
+        param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
+        """
 
     # Continued in Chapter 12 (add_hook, remove_hook); Chapter 13 (serialize);
     # Chapter 21 (update_core, update_core_cpu, update_core_gpu).
 
 
 class Optimizer:
-    """Updates the parameters of its target link.
+    """Updates the parameters of its target link:
 
         optimizer = optimizers.Adam().setup(model)
         optimizer.update(model, x, t)      # cleargrads, loss, backward, update
+
+    `t` counts updates, `epoch` epochs; hyperparameters live in `hyperparam`
+    and are also attributes (optimizer.lr = 0.1 reaches every rule).
+    Chainer: chainer.Optimizer (and chainer.GradientMethod).
     """
 
     target = None
@@ -959,6 +1007,10 @@ class Optimizer:
         self._hooks = collections.OrderedDict()
 
     def setup(self, link):
+        """Make `link` (a Link) the target and give each of its parameters a new
+        update rule; resets t and epoch. Returns self. Raises TypeError for a
+        non-Link. Chainer: chainer.Optimizer.setup.
+        """
         if not isinstance(link, Link):
             raise TypeError('{}.setup: expected a Link, got {}'.format(
                 type(self).__name__, type(link).__name__))
@@ -967,19 +1019,21 @@ class Optimizer:
         self.epoch = 0
         for param in link.params():
             param.update_rule = self.create_update_rule()
+        if next(link.params(), None) is None:
+            _warn_no_params(self, link)
         return self
 
     def create_update_rule(self):
+        """A new UpdateRule for one parameter; each optimizer defines it.
+        Chainer: chainer.GradientMethod.create_update_rule.
+        """
         raise NotImplementedError
-
-    def _check_setup(self):
-        if self.target is None:
-            raise RuntimeError('{}: call setup(link) before update()'.format(
-                type(self).__name__))
 
     def update(self, lossfun=None, *args, **kwds):
         """Update once.  With `lossfun`, first compute the loss from `args`,
-        clear the old gradients and run backward."""
+        clear the old gradients and run backward.
+        Chainer: chainer.Optimizer.update.
+        """
         self._check_setup()
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
@@ -997,15 +1051,22 @@ class Optimizer:
         self.call_hooks('post')
 
     # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
-    # remove_hook, ...); Chapter 13 (serialize); Chapter 21 (use_cleargrads).
+    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (); Chapter 21
+    # (use_cleargrads).
 
 
 class SGDRule(UpdateRule):
+    """Update rule of SGD: p -= lr * grad. Chainer: chainer.optimizers.sgd.SGDRule."""
     def update_core(self, param):                  # p -= lr * grad
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('sgd', param.grad, self.hyperparam.lr, param.data)
         param.data -= self.hyperparam.lr * param.grad
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent: p -= lr * grad for every parameter.
+    lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD.
+    """
     lr = _HyperparameterProxy('lr')
 
     def __init__(self, lr=0.01):
@@ -1016,15 +1077,10 @@ class SGD(Optimizer):
         return SGDRule(self.hyperparam)
 
 
-def _adam_lr(hp, t):
-    if t == 0:
-        raise RuntimeError('Adam: the learning rate is undefined before the '
-                           'first update (t == 0)')
-    return hp.alpha * math.sqrt(1.0 - hp.beta2 ** t) / (1.0 - hp.beta1 ** t)
-
-
 class AdamRule(UpdateRule):
-    """Adam's update of one parameter; state m, v (and vhat with amsgrad)."""
+    """Update rule of Adam (see Adam). State: m, v (and vhat with amsgrad).
+    Chainer: chainer.optimizers.adam.AdamRule.
+    """
 
     def init_state(self, param):
         xp = _xp(param.data)
@@ -1032,13 +1088,6 @@ class AdamRule(UpdateRule):
         self.state['v'] = xp.zeros_like(param.data)
         if self.hyperparam.amsgrad:
             self.state['vhat'] = xp.zeros_like(param.data)
-
-    @property
-    def alpha_t(self):
-        """The bias-corrected step size of the latest update."""
-        return _adam_lr(self.hyperparam, self.t)
-
-    lr = alpha_t      # Chainer's older name for the bias-corrected step size
 
     def update_core(self, param):
         hp = self.hyperparam
@@ -1078,6 +1127,14 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
 
 
 class Adam(Optimizer):
+    """Adam:
+    m += (1-beta1)(grad - m); v += (1-beta2)(grad**2 - v);
+    p -= eta (alpha_t m / (sqrt(v) + eps) + weight_decay_rate p),
+    alpha_t = alpha sqrt(1 - beta2**t) / (1 - beta1**t). amsgrad uses the
+    running maximum of v. Defaults: alpha 0.001, beta1 0.9, beta2 0.999,
+    eps 1e-8, eta 1.0, weight_decay_rate 0, amsgrad False.
+    Chainer: chainer.optimizers.Adam.
+    """
     alpha = _HyperparameterProxy('alpha')
     beta1 = _HyperparameterProxy('beta1')
     beta2 = _HyperparameterProxy('beta2')
@@ -1093,24 +1150,18 @@ class Adam(Optimizer):
         hp.alpha, hp.beta1, hp.beta2, hp.eps = alpha, beta1, beta2, eps
         hp.eta, hp.weight_decay_rate, hp.amsgrad = eta, weight_decay_rate, amsgrad
 
-    @property
-    def alpha_t(self):
-        """The step size of the latest update, bias correction included."""
-        return _adam_lr(self.hyperparam, self.t)
-
-    lr = alpha_t      # Chainer's older name, still what observe_lr reads
-
     def create_update_rule(self):
         return AdamRule(self.hyperparam)
+
+    # Continued in Chapter 12 (alpha_t, lr).
 
 
 # =============================================================================
 # Chapter 8. Training
 # =============================================================================
-# Everything is in place.  Training repeats four steps: take a batch, compute
-# the loss, backprop, update.  This program (tested as it stands in
-# test_onefchainer.py) trains an MLP on MNIST to about 97.5 % in five epochs;
-# train_mnist.py does the same with the Trainer of Chapter 17.
+# Training repeats four steps: take a batch, compute the loss, backprop,
+# update.  This program (tested as it stands) reaches about 97.5 % on MNIST
+# in five epochs; train_mnist.py does it with the Trainer of Chapter 17.
 #
 #     import numpy as np
 #     import onefchainer as chainer
@@ -1221,7 +1272,7 @@ def _scalar_constant(value, like):
     if not isinstance(value, np.number):
         return None                    # bool and everything else: not a constant
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    return dtype.type(value) if dtype is not None and dtype.kind == 'f' else value
+    return dtype.type(value) if dtype is not None else value
 
 
 def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
@@ -1235,23 +1286,48 @@ def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
     constant = _scalar_constant(lhs, rhs)
     if constant is not None:
         return constant_lhs(constant)(rhs)
+    if not (isinstance(lhs, Variable) and isinstance(rhs, Variable)):
+        lhs, rhs = _cast_array_constant(lhs, rhs)
     return binary()(lhs, rhs)
 
 
+def _cast_array_constant(lhs, rhs):
+    """An array constant takes the dtype of the Variable it meets, as in
+    Chainer: float32 x + numpy.ones(2) (float64) is float32.  Two Variables
+    of different dtypes are not touched: the op then names both dtypes."""
+    if isinstance(lhs, Variable) and isinstance(rhs, _array_types):
+        if lhs.data is not None and rhs.dtype != lhs.data.dtype:
+            rhs = rhs.astype(lhs.data.dtype)
+    elif isinstance(rhs, Variable) and isinstance(lhs, _array_types):
+        if rhs.data is not None and lhs.dtype != rhs.data.dtype:
+            lhs = lhs.astype(rhs.data.dtype)
+    return lhs, rhs
+
+
 class AddConstant(Function):
+    """Function node of x + c for a scalar constant c (no gradient for c).
+    Chainer: chainer.functions.math.basic_math.AddConstant.
+    """
     label = 'add'
 
     def __init__(self, constant):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] + self.constant,
+        y = inputs[0] + self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs
 
 
 class Sub(Function):
+    """Function node of a - b for two arrays of one dtype (broadcasting).
+    Backward: gy for a, -gy for b, each summed down to its shape.
+    Chainer: chainer.functions.math.basic_math.Sub.
+    """
     label = 'sub'
 
     def forward(self, inputs):
@@ -1266,37 +1342,53 @@ class Sub(Function):
 
 
 class SubFromConstant(Function):
+    """Function node of c - x for a scalar constant c; backward -gy.
+    Chainer: chainer.functions.math.basic_math.SubFromConstant.
+    """
     label = 'sub'
 
     def __init__(self, constant):
         self.constant = constant
 
     def forward(self, inputs):
-        return self.constant - inputs[0],
+        y = self.constant - inputs[0]
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return -grad_outputs[0],
 
 
 class MulConstant(Function):
+    """Function node of x * c for a scalar constant c; backward gy * c.
+    Chainer: chainer.functions.math.basic_math.MulConstant.
+    """
     label = 'mul'
 
     def __init__(self, constant):
         self.constant = constant
 
     def forward(self, inputs):
-        return inputs[0] * self.constant,
+        y = inputs[0] * self.constant
+        if y.dtype is not inputs[0].dtype:     # an int array and a float constant
+            _require_float(self.label, inputs[0])
+        return y,
 
     def backward(self, inputs, grad_outputs):
         return grad_outputs[0] * self.constant,
 
 
 class Div(Function):
+    """Function node of a / b (elementwise, broadcasting, one dtype).
+    Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
+    """
     label = 'div'
 
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('div', a, b)
+        _require_float('div', a)
         return a / b,
 
     def backward(self, inputs, grad_outputs):      # d(a/b)/db = -a/b^2
@@ -1307,12 +1399,16 @@ class Div(Function):
 
 
 class DivFromConstant(Function):
+    """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
+    Chainer: chainer.functions.math.basic_math.DivFromConstant.
+    """
     label = 'div'
 
     def __init__(self, constant):
         self.constant = constant
 
     def forward(self, inputs):
+        _require_float('div', inputs[0])
         return self.constant / inputs[0],
 
     def backward(self, inputs, grad_outputs):      # d(c/x)/dx = -c/x^2
@@ -1321,6 +1417,7 @@ class DivFromConstant(Function):
 
 
 class Neg(Function):
+    """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
     label = 'neg'
 
     def forward(self, inputs):
@@ -1331,11 +1428,16 @@ class Neg(Function):
 
 
 class Pow(Function):
+    """Function node of a ** b for two arrays of one dtype (broadcasting).
+    Backward: gy * b * a**(b-1) for a, gy * a**b * log(a) for b (0 where a <= 0).
+    Chainer: chainer.functions.math.basic_math.Pow.
+    """
     label = 'pow'
 
     def forward(self, inputs):
         a, b = inputs
         _check_dtypes('pow', a, b)
+        _require_float('pow', a)
         self.y = a ** b
         return self.y,
 
@@ -1349,12 +1451,16 @@ class Pow(Function):
 
 
 class PowConstantExponent(Function):
+    """Function node of x ** c for a scalar exponent c; backward gy * c * x**(c-1).
+    Chainer: chainer.functions.math.basic_math.PowVarConst.
+    """
     label = 'pow'
 
     def __init__(self, exponent):
         self.exponent = exponent
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         return inputs[0] ** self.exponent,
 
     def backward(self, inputs, grad_outputs):      # d(x^c)/dx = c x^(c-1)
@@ -1363,12 +1469,16 @@ class PowConstantExponent(Function):
 
 
 class PowConstantBase(Function):
+    """Function node of c ** x for a scalar base c; backward gy * c**x * log(c).
+    Chainer: chainer.functions.math.basic_math.PowConstVar.
+    """
     label = 'pow'
 
     def __init__(self, base):
         self.base = base
 
     def forward(self, inputs):
+        _require_float('pow', inputs[0])
         self.y = self.base ** inputs[0]
         return self.y,
 
@@ -1381,11 +1491,20 @@ def _subtract_constant(c):     # x - c is x + (-c)
 
 
 def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than a divide
-    return MulConstant(1.0 / c)
+    function = MulConstant(1.0 / c)
+    function.label = 'div'       # so that errors name what the user wrote
+    return function
 
 
 def add(*xs):
-    """Sum of any number of variables (F.add(a, b, c))."""
+    """Elementwise sum of any number of Variables or arrays: F.add(a, b, c).
+
+    All of one float dtype (shapes broadcast); a scalar may stand for one of
+    them. Returns a Variable. Raises TypeError when the dtypes differ, and
+    ValueError for no input at all. Also `a + b` on a Variable.
+    Chainer: chainer.functions.add.
+    """
+    _require_inputs('add', xs)
     y = xs[0]
     for x in xs[1:]:
         y = _arithmetic(y, x, Add, AddConstant, AddConstant)
@@ -1393,22 +1512,50 @@ def add(*xs):
 
 
 def sub(a, b):
+    """Elementwise difference a - b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a Python/NumPy scalar. Returns a Variable. Raises TypeError when the
+    dtypes differ. Also `a - b` on a Variable. Chainer: a - b on chainer.Variable.
+    """
     return _arithmetic(a, b, Sub, _subtract_constant, SubFromConstant)
 
 
 def mul(a, b):
+    """Elementwise product a * b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. Returns a Variable. Raises TypeError when the dtypes differ.
+    Also `a * b` on a Variable. Chainer: a * b on chainer.Variable.
+    """
     return _arithmetic(a, b, Mul, MulConstant, MulConstant)
 
 
 def div(a, b):
+    """Elementwise quotient a / b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. Returns a Variable. Raises TypeError when the dtypes differ.
+    Also `a / b` on a Variable. Chainer: a / b on chainer.Variable.
+    """
     return _arithmetic(a, b, Div, _divide_by_constant, DivFromConstant)
 
 
 def neg(x):
+    """Elementwise negation -x of a Variable or array; returns a Variable.
+    Chainer: -x on chainer.Variable.
+    """
     return Neg()(x)
 
 
 def pow(a, b):     # shadows the builtin until the end of the reductions
+    """Elementwise power a ** b.
+
+    a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
+    them a scalar. The gradient for b is a**b * log(a), taken as 0 where a <= 0.
+    Returns a Variable. Raises TypeError when the dtypes differ.
+    Chainer: a ** b on chainer.Variable.
+    """
     return _arithmetic(a, b, Pow, PowConstantExponent, PowConstantBase)
 
 
@@ -1419,10 +1566,16 @@ def pow(a, b):     # shadows the builtin until the end of the reductions
 # x.__rsub__ and x.__rtruediv__) put the operands back in order first.
 
 def _reshape_method(self, *shape):
+    """x.reshape(*shape) or x.reshape(shape): F.reshape on this Variable.
+    Chainer: chainer.Variable.reshape.
+    """
     return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
 
 def _transpose_method(self, *axes):
+    """x.transpose(*axes), x.transpose(axes) or x.transpose() (reverse the axes):
+    F.transpose on this Variable. Chainer: chainer.Variable.transpose.
+    """
     if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
         axes = axes[0]
     return transpose(self, axes or None)
@@ -1430,7 +1583,9 @@ def _transpose_method(self, *axes):
 
 Variable.reshape = _reshape_method
 Variable.transpose = _transpose_method
-Variable.T = property(lambda self: transpose(self))
+Variable.T = property(lambda self: transpose(self),
+                      doc='x.T: the transpose of x, axes reversed (F.transpose). '
+                          'Chainer: chainer.Variable.T.')
 Variable.__getitem__ = lambda self, slices: get_item(self, slices)
 Variable.__neg__ = neg
 Variable.__add__ = Variable.__radd__ = lambda self, other: _arithmetic(
@@ -1443,12 +1598,17 @@ Variable.__rtruediv__ = lambda self, other: div(other, self)
 Variable.__pow__ = pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)
-Variable.__matmul__ = lambda self, other: matmul(self, other)
-Variable.__rmatmul__ = lambda self, other: matmul(other, self)
+Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
+Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self))
 
 
 class MatMul(Function):
+    """Function node of matmul(a, b) (optionally transposing the last two axes
+    of either); backward dA = dY B^T, dB = A^T dY.
+    Chainer: chainer.functions.math.matmul.MatMul.
+    """
     label = 'matmul'
+    input_names = ('a', 'b')
 
     def __init__(self, transa=False, transb=False):
         self.transa, self.transb = transa, transb
@@ -1459,6 +1619,7 @@ class MatMul(Function):
             raise ValueError('matmul: both inputs need 2 or more dimensions, got '
                              'shapes {} and {}'.format(a.shape, b.shape))
         _check_dtypes('matmul', a, b)
+        _require_float('matmul', a)
         a = a.swapaxes(-1, -2) if self.transa else a
         b = b.swapaxes(-1, -2) if self.transb else b
         if a.shape[-1] != b.shape[-2]:
@@ -1483,15 +1644,26 @@ class MatMul(Function):
 
 
 def matmul(a, b, transa=False, transb=False):
+    """Matrix product of a and b, batched over leading axes.
+
+    a: (..., N, K) or (..., K, N) with transa; b: (..., K, M) or (..., M, K)
+    with transb; transa/transb (default False) transpose the last two axes
+    first. Both need 2 or more dimensions and one dtype; leading axes broadcast.
+    Returns a Variable of shape (..., N, M). Raises ValueError on shapes that do
+    not fit, TypeError on differing dtypes. Chainer: chainer.functions.matmul.
+    """
     return MatMul(transa, transb)(a, b)
 
 
 # ----- elementwise math --------------------------------------------------------
 
 class Exp(Function):
+    """Function node of y = e**x; backward gy * y.
+    Chainer: chainer.functions.math.exponential.Exp."""
     label = 'exp'
 
     def forward(self, inputs):
+        _require_float('exp', inputs[0])
         self.y = _xp(inputs[0]).exp(inputs[0])
         return self.y,
 
@@ -1500,9 +1672,13 @@ class Exp(Function):
 
 
 class Log(Function):
+    """Function node of y = log(x) (natural log); backward gy / x.
+    Chainer: chainer.functions.math.exponential.Log.
+    """
     label = 'log'
 
     def forward(self, inputs):
+        _require_float('log', inputs[0])
         return _xp(inputs[0]).log(inputs[0]),
 
     def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
@@ -1510,9 +1686,11 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """Function node of y = sqrt(x); backward gy / (2 y). Chainer: chainer.functions.math.sqrt."""
     label = 'sqrt'
 
     def forward(self, inputs):
+        _require_float('sqrt', inputs[0])
         self.y = _xp(inputs[0]).sqrt(inputs[0])
         return self.y,
 
@@ -1521,14 +1699,23 @@ class Sqrt(Function):
 
 
 def exp(x):
+    """Elementwise exponential e**x of a float Variable or array; returns a
+    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
+    """
     return Exp()(x)
 
 
 def log(x):
+    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
+    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
+    """
     return Log()(x)
 
 
 def sqrt(x):
+    """Elementwise square root of a float Variable or array; returns a Variable.
+    Chainer: chainer.functions.sqrt.
+    """
     return Sqrt()(x)
 
 
@@ -1553,6 +1740,9 @@ def _keepdims_shape(shape, axes):
 
 
 class Sum(Function):
+    """Function node of x.sum(axis, keepdims); backward broadcasts gy back
+    to x's shape. Chainer: chainer.functions.math.sum.Sum.
+    """
     label = 'sum'
 
     def __init__(self, axis=None, keepdims=False):
@@ -1566,10 +1756,16 @@ class Sum(Function):
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
         x, = inputs
         gy = grad_outputs[0].reshape(_keepdims_shape(x.shape, self.axis))
-        return _xp(x).broadcast_to(gy, x.shape).copy(),
+        # astype copies; it also brings the int64 gradient of an int32 sum
+        # (NumPy sums small ints in int64, so the sum cannot overflow) back to x's dtype.
+        return _xp(x).broadcast_to(gy, x.shape).astype(x.dtype),
 
 
 class Max(Function):
+    """Function node of x.max(axis, keepdims) (x.min with take_min=True).
+    Backward: gy goes to the element(s) equal to the result, 0 elsewhere
+    (ties each get gy). Chainer: chainer.functions.math.minmax.Max.
+    """
     label = 'max'
 
     def __init__(self, axis=None, keepdims=False, take_min=False):
@@ -1591,6 +1787,9 @@ class Max(Function):
 
 
 class Min(Max):
+    """Function node of x.min(axis, keepdims); see Max.
+    Chainer: chainer.functions.math.minmax.Min.
+    """
     label = 'min'
 
     def __init__(self, axis=None, keepdims=False):
@@ -1598,23 +1797,46 @@ class Min(Max):
 
 
 def sum(x, axis=None, keepdims=False):
+    """Sum of the elements of x over `axis`.
+
+    x: Variable or array. axis: None (default, all axes), an int or a tuple of
+    ints (negative counts from the end). keepdims (default False) keeps the
+    summed axes with size 1. Returns a Variable. Raises ValueError for an axis
+    out of bounds. Chainer: chainer.functions.sum.
+    """
     return Sum(axis, keepdims)(x)
 
 
 def mean(x, axis=None, weights=None, keepdims=False):
+    """Arithmetic mean of x over `axis`: sum(x, axis) / (number of elements summed).
+
+    x: Variable or array; axis: None (all), int or tuple; keepdims default
+    False. weights is not supported (NotImplementedError unless None).
+    Returns a Variable. Chainer: chainer.functions.mean.
+    """
     if weights is not None:
         raise NotImplementedError('mean: weights are not supported')
-    data = as_array(x)
+    data = _input_data('mean', x)
+    _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
-    return Sum(axes, keepdims)(x) * (1.0 / count)
+    # The mean of nothing is NaN, as in NumPy (whose warning is left out).
+    return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
 def max(x, axis=None, keepdims=False):
+    """Maximum of x over `axis` (None: all axes; int or tuple), keepdims default
+    False. Returns a Variable; the gradient flows to the maximal element(s).
+    Raises ValueError for an axis out of bounds. Chainer: chainer.functions.max.
+    """
     return Max(axis, keepdims)(x)
 
 
 def min(x, axis=None, keepdims=False):
+    """Minimum of x over `axis` (None: all axes; int or tuple), keepdims default
+    False. Returns a Variable; the gradient flows to the minimal element(s).
+    Raises ValueError for an axis out of bounds. Chainer: chainer.functions.min.
+    """
     return Min(axis, keepdims)(x)
 
 
@@ -1628,6 +1850,9 @@ del sum, max, min, pow
 # These only move numbers around, so backward moves the gradient back.
 
 class Reshape(Function):
+    """Function node of x.reshape(shape); backward reshapes gy back.
+    Chainer: chainer.functions.array.reshape.Reshape.
+    """
     label = 'reshape'
 
     def __init__(self, shape):
@@ -1647,6 +1872,9 @@ class Reshape(Function):
 
 
 class Transpose(Function):
+    """Function node of x.transpose(axes) (None: reverse the axes); backward
+    applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
+    """
     label = 'transpose'
 
     def __init__(self, axes=None):
@@ -1667,6 +1895,9 @@ class Transpose(Function):
 
 
 class BroadcastTo(Function):
+    """Function node of broadcast_to(x, shape); backward sums gy back to
+    x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
+    """
     label = 'broadcast_to'
 
     def __init__(self, shape):
@@ -1685,6 +1916,9 @@ class BroadcastTo(Function):
 
 
 class Concat(Function):
+    """Function node of concatenate(xs, axis); backward splits gy at the
+    input boundaries. Chainer: chainer.functions.array.concat.Concat.
+    """
     label = 'concat'
 
     def __init__(self, axis=1):
@@ -1708,6 +1942,9 @@ class Concat(Function):
 
 
 class Stack(Function):
+    """Function node of stack(xs, axis); backward takes each slice of gy.
+    Chainer: chainer.functions.array.stack.
+    """
     label = 'stack'
 
     def __init__(self, axis=0):
@@ -1726,6 +1963,9 @@ class Stack(Function):
 
 
 class GetItem(Function):
+    """Function node of x[slices]; backward scatters gy into zeros of x's
+    shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
+    """
     label = 'get_item'
 
     def __init__(self, slices):
@@ -1744,33 +1984,67 @@ class GetItem(Function):
 
 
 def reshape(x, shape):
-    if tuple(shape) == as_array(x).shape:
+    """x with a new shape of the same size (no copy where NumPy needs none).
+
+    shape: tuple of ints, one of them may be -1. Returns x itself as a Variable
+    when the shape is unchanged (no graph node, as in Chainer). Raises
+    ValueError when the sizes differ. Chainer: chainer.functions.reshape.
+    """
+    if tuple(shape) == _input_data('reshape', x).shape:
         return as_variable(x)     # as in Chainer: no op, no graph node
     return Reshape(shape)(x)
 
 
 def transpose(x, axes=None):
+    """x with its axes permuted: axes None (default) reverses them, else a
+    permutation of range(x.ndim). Returns a Variable. Raises ValueError for an
+    axes tuple that is not a permutation. Chainer: chainer.functions.transpose.
+    """
     return Transpose(axes)(x)
 
 
 def broadcast_to(x, shape):
+    """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
+    back. Returns a Variable. Raises ValueError when x cannot be broadcast.
+    Chainer: chainer.functions.broadcast_to.
+    """
     return BroadcastTo(shape)(x)
 
 
 def concat(xs, axis=1):
+    """Join the Variables/arrays in the sequence `xs` along `axis` (default 1).
+
+    All inputs need one dtype and equal sizes on every other axis. Returns a
+    Variable. Raises ValueError for shapes that do not fit, TypeError for mixed
+    dtypes or an empty sequence. Chainer: chainer.functions.concat.
+    """
+    _require_inputs('concat', xs)
     return Concat(axis)(*xs)
 
 
 def stack(xs, axis=0):
+    """Stack the Variables/arrays in `xs` along a new axis `axis` (default 0).
+
+    All inputs need one shape and one dtype. Returns a Variable with one more
+    dimension. Raises ValueError/TypeError otherwise (also for no input). Chainer: chainer.functions.stack.
+    """
+    _require_inputs('stack', xs)
     return Stack(axis)(*xs)
 
 
 def flatten(x):
-    return reshape(x, (as_array(x).size,))
+    """x reshaped to one dimension of x.size elements; returns a Variable.
+    Chainer: chainer.functions.flatten.
+    """
+    return reshape(x, (_input_data('flatten', x).size,))
 
 
 def expand_dims(x, axis):
-    shape = list(as_array(x).shape)
+    """x with a new axis of size 1 inserted at `axis` (-ndim-1 <= axis <= ndim).
+    Returns a Variable. Raises ValueError for an axis out of bounds.
+    Chainer: chainer.functions.expand_dims.
+    """
+    shape = list(_input_data('expand_dims', x).shape)
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError('expand_dims: axis {} is out of bounds for shape {}'
                          .format(axis, tuple(shape)))
@@ -1779,7 +2053,11 @@ def expand_dims(x, axis):
 
 
 def squeeze(x, axis=None):
-    shape = as_array(x).shape
+    """x without axes of size 1: all of them (axis None, default) or the given
+    int/tuple `axis`. Returns a Variable. Raises ValueError when a given axis has
+    a size other than 1. Chainer: chainer.functions.squeeze.
+    """
+    shape = _input_data('squeeze', x).shape
     axes = _normalize_axis(axis, len(shape), 'squeeze')
     if axes is None:
         axes = tuple(i for i, n in enumerate(shape) if n == 1)
@@ -1791,12 +2069,20 @@ def squeeze(x, axis=None):
 
 
 def get_item(x, slices):
+    """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
+    arrays, as NumPy indexes (a list of ints is taken as an integer array).
+    The gradient of an element picked twice is the sum of both.
+    Chainer: chainer.functions.get_item (also `x[...]` on a Variable).
+    """
     if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
-        slices = np.asarray(slices)   # a list of ints is fancy indexing
+        slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
     return GetItem(slices)(x)
 
 
 class LeakyReLU(Function):
+    """Function node of y = x where x >= 0, else slope * x; backward gy or
+    slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
+    """
     label = 'leaky_relu'
 
     def __init__(self, slope):
@@ -1804,6 +2090,7 @@ class LeakyReLU(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('leaky_relu', x)
         return _xp(x).where(x >= 0, x, x * self.slope),
 
     def backward(self, inputs, grad_outputs):      # 1 where x >= 0, else slope
@@ -1813,10 +2100,15 @@ class LeakyReLU(Function):
 
 
 class Sigmoid(Function):
+    """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
+    cannot overflow); backward gy * y * (1 - y).
+    Chainer: chainer.functions.activation.sigmoid.Sigmoid.
+    """
     label = 'sigmoid'
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('sigmoid', x)
         xp = _xp(x)
         # 1/(1+e^-x) written with tanh, which never overflows.
         self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
@@ -1828,9 +2120,13 @@ class Sigmoid(Function):
 
 
 class Tanh(Function):
+    """Function node of y = tanh(x); backward gy * (1 - y**2).
+    Chainer: chainer.functions.activation.tanh.Tanh.
+    """
     label = 'tanh'
 
     def forward(self, inputs):
+        _require_float('tanh', inputs[0])
         self.y = _xp(inputs[0]).tanh(inputs[0])
         return self.y,
 
@@ -1839,14 +2135,23 @@ class Tanh(Function):
 
 
 def leaky_relu(x, slope=0.2):
+    """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
+    """
     return LeakyReLU(slope)(x)
 
 
 def sigmoid(x):
+    """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
+    Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
+    """
     return Sigmoid()(x)
 
 
 def tanh(x):
+    """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
+    dtype. Chainer: chainer.functions.tanh.
+    """
     return Tanh()(x)
 
 
@@ -1865,6 +2170,9 @@ def _log_sum_exp(x, axis):
 
 
 class Softmax(Function):
+    """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
+    Chainer: chainer.functions.activation.softmax.Softmax.
+    """
     label = 'softmax'
 
     def __init__(self, axis=1):
@@ -1872,6 +2180,7 @@ class Softmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('softmax', x)
         y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
         y /= y.sum(axis=self.axis, keepdims=True)
         self.y = y
@@ -1885,6 +2194,9 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    """Function node of y = x - log(sum(exp(x), axis)); backward
+    gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
+    """
     label = 'log_softmax'
 
     def __init__(self, axis=1):
@@ -1892,6 +2204,7 @@ class LogSoftmax(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('log_softmax', x)
         self.y = x - _log_sum_exp(x, self.axis)
         return self.y,
 
@@ -1901,16 +2214,29 @@ class LogSoftmax(Function):
 
 
 def softmax(x, axis=1):
+    """Softmax along `axis` (default 1): exp(x) / sum(exp(x), axis), computed after
+    subtracting the maximum so it cannot overflow. x: float Variable or array,
+    e.g. scores of shape (N, C). Returns a Variable of x's shape whose values
+    along `axis` sum to 1. Chainer: chainer.functions.softmax.
+    """
     return Softmax(axis)(x)
 
 
 def log_softmax(x, axis=1):
+    """log(softmax(x, axis)) computed as x - max - log(sum(exp(x - max))): exact
+    even where softmax rounds to 0. axis default 1. Returns a Variable of x's
+    shape. Chainer: chainer.functions.log_softmax.
+    """
     return LogSoftmax(axis)(x)
 
 
 # ----- dropout -----------------------------------------------------------------
 
 class Dropout(Function):
+    """Function node of dropout: y = x * mask, where mask is 0 with probability
+    `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
+    Chainer: chainer.functions.noise.dropout.Dropout.
+    """
     label = 'dropout'
 
     def __init__(self, ratio):
@@ -1918,6 +2244,7 @@ class Dropout(Function):
 
     def forward(self, inputs):
         x, = inputs
+        _require_float('dropout', x)
         xp = _xp(x)
         # Scale the kept units by 1/(1-ratio) so the expected value is unchanged
         # and nothing needs rescaling at test time.
@@ -1933,14 +2260,26 @@ class Dropout(Function):
 
 
 def dropout(x, ratio=.5):
+    """Randomly zero elements of x with probability `ratio` (default .5) and scale
+    the rest by 1/(1 - ratio), so the expected value is unchanged.
+
+    Only while config.train is True; otherwise (and for ratio 0) x is returned
+    as it is, as a Variable. Raises ValueError unless 0 <= ratio < 1.
+    Chainer: chainer.functions.dropout.
+    """
     if not 0.0 <= ratio < 1.0:
         raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
     if not config.train or ratio == 0.0:
+        _input_data('dropout', x)
         return as_variable(x)
     return Dropout(ratio)(x)
 
 
 class MeanSquaredError(Function):
+    """Function node of mean((a - b)**2) over all elements; backward
+    2 (a - b) gy / size for a, its negative for b.
+    Chainer: chainer.functions.loss.mean_squared_error.MeanSquaredError.
+    """
     label = 'mean_squared_error'
 
     def forward(self, inputs):
@@ -1949,20 +2288,60 @@ class MeanSquaredError(Function):
             raise ValueError('mean_squared_error: shapes differ: {} and {}'.format(
                 a.shape, b.shape))
         _check_dtypes('mean_squared_error', a, b)
+        _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
-        return _xp(a).asarray(self.diff.dot(self.diff) / self.diff.size, dtype=a.dtype),
+        n = self.diff.size         # 0: the mean of nothing is NaN, its gradient empty
+        return _xp(a).asarray(self.diff.dot(self.diff) / n if n else math.nan, dtype=a.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
         gy, = grad_outputs
-        ga = (self.diff * (gy * (2.0 / self.diff.size))).reshape(inputs[0].shape)
+        ga = (self.diff * (gy * (2.0 / max(self.diff.size, 1)))).reshape(inputs[0].shape)
         return ga, -ga
 
 
 def mean_squared_error(x0, x1):
+    """Mean squared error sum((x0 - x1)**2) / x0.size, as a scalar Variable.
+
+    x0, x1: float Variables or arrays of one shape and one dtype. Raises
+    ValueError for differing shapes, TypeError for differing dtypes.
+    Chainer: chainer.functions.mean_squared_error.
+    """
     return MeanSquaredError()(x0, x1)
 
 
+def accuracy(y, t, ignore_label=None):
+    """Fraction of examples whose arg-max over axis 1 of y equals the label t.
+
+    y: scores (N, C) or (N, C, d1, ...); t: integer labels (N,) or (N, d1, ...).
+    Labels equal to ignore_label (default None: none) are left out of the
+    count (0 if all are; NaN for an empty batch). Returns a 0-dim Variable of y's dtype with no
+    gradient. Raises TypeError for non-integer t, ValueError for shapes that do
+    not match. Chainer: chainer.functions.accuracy.
+    """
+    y, t = _input_data('accuracy', y), _input_data('accuracy', t)
+    if t.dtype.kind not in 'iu':
+        raise TypeError('accuracy: t must hold integer labels, got dtype {}'.format(t.dtype))
+    _require_float('accuracy', y)
+    if y.ndim < 2 or t.shape != y.shape[:1] + y.shape[2:]:
+        raise ValueError('accuracy: y.shape {} and t.shape {} do not match'.format(
+            y.shape, t.shape))
+    xp = _xp(y)
+    hit = y.argmax(axis=1) == t
+    if hit.size == 0:                  # an empty batch: NaN, as NumPy's mean, without its warning
+        value = math.nan
+    elif ignore_label is None:
+        value = hit.mean()
+    else:
+        valid = t != ignore_label
+        total = valid.sum()
+        value = (hit & valid).sum() / xp.maximum(total, 1)   # 0 if all are ignored; no sync on a GPU
+    return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
+
+
 class Identity(Function):
+    """Function node that returns its inputs unchanged and passes the gradients
+    back unchanged. Chainer: chainer.functions.array.identity.Identity.
+    """
     label = 'identity'
 
     def forward(self, inputs):
@@ -1973,7 +2352,60 @@ class Identity(Function):
 
 
 def identity(*inputs):
+    """Return the inputs unchanged as new Variables (a node in the graph, no
+    copy of the data): one Variable for one input, else a tuple.
+    Chainer: chainer.functions.identity.
+    """
     return Identity()(*inputs)
+
+
+# ----- chainer.functions and chainer.links ---------------------------------------
+# A few more functions that are one line on top of Chapter 5's (so their
+# gradients come for free), then the rest of Chainer's names, each saying why
+# it is absent.  (Convolution, pooling and batch normalization are not listed:
+# they are being added to Chapters 5 and 6.)
+
+def square(x):
+    """x * x, elementwise.  Chainer: F.square."""
+    return mul(x, x)
+
+
+def squared_error(x0, x1):
+    """(x0 - x1)^2, elementwise.  Chainer: F.squared_error (alias F.squared_difference)."""
+    return square(sub(x0, x1))
+
+
+def swapaxes(x, axis1, axis2):
+    """x with two axes exchanged.  Chainer: F.swapaxes."""
+    axes = list(range(as_array(x).ndim))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(x, tuple(axes))
+
+
+def hstack(xs):
+    """Concatenate along axis 1 (axis 0 for 1-d inputs).  Chainer: F.hstack."""
+    return concat(xs, axis=0 if as_array(xs[0]).ndim <= 1 else 1)
+
+
+def vstack(xs):
+    """Stack rows: 1-d inputs become rows of a 2-d result.  Chainer: F.vstack."""
+    if as_array(xs[0]).ndim <= 1:
+        xs = [reshape(x, (1, -1)) for x in xs]
+    return concat(xs, axis=0)
+
+
+def argmax(x, axis=None):
+    """Index of the largest element (int32, no gradient).  Chainer: F.argmax."""
+    data = as_array(x)
+    return Variable(_xp(data).asarray(data.argmax(axis=axis), dtype=np.int32),
+                    requires_grad=False)
+
+
+def argmin(x, axis=None):
+    """Index of the smallest element (int32, no gradient).  Chainer: F.argmin."""
+    data = as_array(x)
+    return Variable(_xp(data).asarray(data.argmin(axis=axis), dtype=np.int32),
+                    requires_grad=False)
 
 
 # =============================================================================
@@ -1987,6 +2419,10 @@ def identity(*inputs):
 
 
 def _get_fans(shape):
+    """(fan_in, fan_out) of a weight shape (out, in, *kernel): in * prod(kernel)
+    and out * prod(kernel). Raises ValueError for fewer than 2 dimensions.
+    Chainer: chainer.initializer.get_fans.
+    """
     if len(shape) < 2:
         raise ValueError('initializer: fan in/out need a shape with 2 or more '
                          'dimensions, got {}'.format(shape))
@@ -2008,10 +2444,15 @@ class Initializer:
         return _xp(array).random if self.rng is None else self.rng
 
     def __call__(self, array):
+        """Fill `array` (a NumPy or CuPy array) in place; returns None."""
         raise NotImplementedError
 
 
 class Constant(Initializer):
+    """Initializer that fills with `fill_value`: a scalar, or an array of the
+    parameter's shape (copied to the array's device). dtype: default None
+    (config.dtype). Chainer: chainer.initializers.Constant.
+    """
     def __init__(self, fill_value, dtype=None):
         super().__init__(dtype)
         self.fill_value = fill_value
@@ -2022,21 +2463,32 @@ class Constant(Initializer):
 
 
 class Zero(Constant):
+    """Initializer that fills with 0. Chainer: chainer.initializers.Zero."""
     def __init__(self, dtype=None):
         super().__init__(0.0, dtype)
 
 
 class One(Constant):
+    """Initializer that fills with 1. Chainer: chainer.initializers.One."""
     def __init__(self, dtype=None):
         super().__init__(1.0, dtype)
 
 
 class NaN(Constant):
+    """Initializer that fills with NaN: the placeholder of a parameter whose
+    values are to come from elsewhere (a file, copyparams), so that forgetting
+    them shows. Chainer: chainer.initializers.NaN.
+    """
     def __init__(self, dtype=None):
         super().__init__(np.nan, dtype)
 
 
 class Normal(Initializer):
+    """Initializer drawing from the normal distribution N(0, scale**2).
+    scale: standard deviation, default 0.05; dtype: default None (config.dtype);
+    rng: a numpy.random.RandomState-like generator, default None (the array
+    module's global one). Chainer: chainer.initializers.Normal.
+    """
     def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype, rng)
         self.scale = scale
@@ -2046,6 +2498,9 @@ class Normal(Initializer):
 
 
 class Uniform(Initializer):
+    """Initializer drawing from the uniform distribution U(-scale, scale).
+    scale default 0.05; dtype, rng as for Normal. Chainer: chainer.initializers.Uniform.
+    """
     def __init__(self, scale=0.05, dtype=None, rng=None):
         super().__init__(dtype, rng)
         self.scale = scale
@@ -2055,7 +2510,11 @@ class Uniform(Initializer):
 
 
 class LeCunNormal(Initializer):
-    """N(0, scale^2 / fan_in)."""
+    """Initializer drawing from N(0, scale**2 / fan_in) (LeCun).
+    scale default 1.0; dtype, rng as for Normal; the array needs 2 or more
+    dimensions (ValueError otherwise). The default initialW of L.Linear.
+    Chainer: chainer.initializers.LeCunNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -2067,7 +2526,10 @@ class LeCunNormal(Initializer):
 
 
 class HeNormal(Initializer):
-    """N(0, scale^2 * 2 / fan), for ReLU networks."""
+    """Initializer drawing from N(0, scale**2 * 2 / fan) (He), for ReLU networks.
+    fan_option: 'fan_in' (default) or 'fan_out'; scale default 1.0; dtype, rng
+    as for Normal. Chainer: chainer.initializers.HeNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, fan_option='fan_in', rng=None):
         super().__init__(dtype, rng)
@@ -2081,7 +2543,9 @@ class HeNormal(Initializer):
 
 
 class GlorotNormal(Initializer):
-    """N(0, scale^2 * 2 / (fan_in + fan_out))."""
+    """Initializer drawing from N(0, scale**2 * 2 / (fan_in + fan_out)) (Glorot).
+    scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotNormal.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -2093,7 +2557,9 @@ class GlorotNormal(Initializer):
 
 
 class GlorotUniform(Initializer):
-    """U(-s, s) with s = scale * sqrt(6 / (fan_in + fan_out))."""
+    """Initializer drawing from U(-s, s), s = scale * sqrt(6 / (fan_in + fan_out)).
+    scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotUniform.
+    """
 
     def __init__(self, scale=1.0, dtype=None, rng=None):
         super().__init__(dtype, rng)
@@ -2102,6 +2568,30 @@ class GlorotUniform(Initializer):
     def __call__(self, array):
         fan_in, fan_out = _get_fans(array.shape)
         Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)), rng=self.rng)(array)
+
+
+class HeUniform(Initializer):
+    """U(-s, s) with s = scale * sqrt(6 / fan_in).  Chainer: initializers.HeUniform."""
+
+    def __init__(self, scale=1.0, dtype=None, rng=None):
+        super().__init__(dtype, rng)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, _ = _get_fans(array.shape)
+        Uniform(self.scale * math.sqrt(6.0 / fan_in), rng=self.rng)(array)
+
+
+class LeCunUniform(Initializer):
+    """U(-s, s) with s = scale * sqrt(3 / fan_in).  Chainer: initializers.LeCunUniform."""
+
+    def __init__(self, scale=1.0, dtype=None, rng=None):
+        super().__init__(dtype, rng)
+        self.scale = scale
+
+    def __call__(self, array):
+        fan_in, _ = _get_fans(array.shape)
+        Uniform(self.scale * math.sqrt(3.0 / fan_in), rng=self.rng)(array)
 
 
 def _get_initializer(spec, default=None):
@@ -2118,6 +2608,12 @@ def _get_initializer(spec, default=None):
 
 
 def generate_array(initializer, shape, xp, dtype=None, device=None):
+    """Return a new array of `shape` on `xp` (numpy or cupy), filled by `initializer`.
+
+    dtype: default the initializer's dtype, else config.dtype; device: if given,
+    overrides xp. Raises ValueError when a Constant holds an array of another
+    shape. Chainer: chainer.initializers.generate_array.
+    """
     dtype = np.dtype(dtype or getattr(initializer, 'dtype', None) or config.dtype)
     if device is not None:
         xp = get_device(device).xp
@@ -2135,6 +2631,7 @@ class Link:
 
     @property
     def within_init_scope(self):
+        """True inside `with self.init_scope():`. Chainer: chainer.Link.within_init_scope."""
         return self._within_init_scope
 
     def __delattr__(self, name):
@@ -2144,6 +2641,10 @@ class Link:
         object.__delattr__(self, name)
 
     def add_param(self, name, shape=None, dtype=np.float32, initializer=None):
+        """Register a new Parameter `name`: of `shape` (None: uninitialized until
+        set), dtype default float32, filled by `initializer` (default NaN).
+        Raises AttributeError if the attribute exists. Chainer: chainer.Link.add_param.
+        """
         if name in self.__dict__:
             raise AttributeError('add_param: {!r} already exists on {}'.format(
                 name, type(self).__name__))
@@ -2154,22 +2655,57 @@ class Link:
             setattr(self, name, param)
 
     def add_persistent(self, name, value):
+        """Register `value` as a persistent attribute `name`: saved and loaded by
+        serializers and moved by to_device (arrays), but not updated by optimizers.
+        Raises AttributeError if the attribute exists. Chainer: chainer.Link.add_persistent.
+        """
         if name in self.__dict__:
             raise AttributeError('add_persistent: {!r} already exists'.format(name))
         self._persistent.append(name)
         object.__setattr__(self, name, value)
 
-    register_persistent = lambda self, name: self._persistent.append(name)
+    def register_persistent(self, name):
+        """Register the existing attribute `name` as persistent (see
+        add_persistent). Chainer: chainer.Link.register_persistent."""
+        self._persistent.append(name)
+
+    def links(self, skipself=False):
+        """Iterate over this link (unless skipself) and all its descendants.
+        Chainer: chainer.Link.links.
+        """
+        for _, link in self.namedlinks(skipself):
+            yield link
+
+    def namedlinks(self, skipself=False):
+        """Iterate over (path, Link) pairs: '/' for this link (unless skipself),
+        '/l1', '/l1/l2' ... for descendants. Chainer: chainer.Link.namedlinks.
+        """
+        if not skipself:
+            yield '/', self
+
+    def children(self):
+        """Iterate over the direct child links (none for a plain Link).
+        Chainer: chainer.Link.children.
+        """
+        return iter(())
 
     def count_params(self):
+        """The total number of elements (an int) of the initialized parameters.
+        Chainer: chainer.Link.count_params.
+        """
         return int(np.sum([p.size for p in self.params() if p.data is not None]))
 
     def zerograds(self):
+        """Set the gradient of every parameter to zeros (deprecated in Chainer in
+        favour of cleargrads). Chainer: chainer.Link.zerograds.
+        """
         for param in self.params():
             param.zerograd()
 
     def copyparams(self, link, copy_persistent=True):
-        """Copy every parameter value of `link` (same structure) into self."""
+        """Copy every parameter value of `link` (same structure) into self.
+        Chainer: chainer.Link.copyparams.
+        """
         source = dict(link.namedparams())
         for name, param in self.namedparams():
             if name not in source:
@@ -2189,7 +2725,9 @@ class Link:
         """A twin of this link.  'share' (the default): new Parameter objects
         around the *same* arrays, so an update of one is an update of both
         (e.g. a model for evaluation); 'copy': copies of the arrays; 'init':
-        fresh values from each parameter's initializer."""
+        fresh values from each parameter's initializer.
+        Chainer: chainer.Link.copy.
+        """
         if mode == 'copy':
             return copy.deepcopy(self)
         if mode == 'init':
@@ -2211,21 +2749,30 @@ class Link:
 
     @property
     def update_enabled(self):
-        """True if an optimizer would update at least one parameter."""
+        """True if an optimizer would update at least one parameter.
+        Chainer: chainer.Link.update_enabled.
+        """
         return any(param.update_rule is not None and param.update_rule.enabled
                    for param in self.params())
 
     def enable_update(self):
+        """Let the optimizer update this link's parameters again (after
+        disable_update). Chainer: chainer.Link.enable_update.
+        """
         for param in self.params():
             if param.update_rule is not None:
                 param.update_rule.enabled = True
 
     def disable_update(self):
+        """Freeze this link's parameters: the optimizer skips them until
+        enable_update. Chainer: chainer.Link.disable_update.
+        """
         for param in self.params():
             if param.update_rule is not None:
                 param.update_rule.enabled = False
 
     def repeat(self, n_repeat, mode='init'):
+        """Not supported: raises NotImplementedError. Chainer: chainer.Link.repeat."""
         raise NotImplementedError('Link.repeat is not supported')
 
 
@@ -2241,11 +2788,19 @@ class Chain:
         return getattr(self, name)
 
     def add_link(self, name, link):
+        """Register `link` as the child `name` (Chainer's older style; the same
+        as assigning it inside init_scope). Raises AttributeError if the attribute
+        exists. Chainer: chainer.Chain.add_link.
+        """
         if name in self.__dict__:
             raise AttributeError('add_link: {!r} already exists on {}'.format(
                 name, type(self).__name__))
         with self.init_scope():
             setattr(self, name, link)
+
+    def children(self):                  # in lexical order of names, as in Chainer
+        for name in sorted(self._children):
+            yield self.__dict__[name]
 
     def copy(self, mode='share'):
         twin = super().copy(mode)
@@ -2256,9 +2811,19 @@ class Chain:
                 child.name = name
         return twin
 
+    def namedlinks(self, skipself=False):
+        if not skipself:
+            yield '/', self
+        for name in sorted(self._children):
+            for path, link in self.__dict__[name].namedlinks():
+                yield '/' + name + path.rstrip('/'), link
+
 
 class ChainList(Link):
-    """A link made of an ordered list of child links, named '0', '1', ..."""
+    """A link made of an ordered list of child links, named '0', '1', ...:
+    ChainList(link0, link1) or append(link). Indexing, len() and iteration
+    give the children. Chainer: chainer.ChainList.
+    """
 
     def __init__(self, *links):
         super().__init__()
@@ -2272,6 +2837,9 @@ class ChainList(Link):
         super().__setattr__(name, value)
 
     def add_link(self, link):
+        """Append `link` as the next child, named str(index).
+        Chainer: chainer.ChainList.add_link (also `append`).
+        """
         link.name = str(len(self._children))
         self._children.append(link)
 
@@ -2317,7 +2885,16 @@ class ChainList(Link):
 
 
 class Classifier(Chain):
-    """Wraps a predictor: computes its loss and accuracy and reports both."""
+    """A Chain that computes the loss (and accuracy) of `predictor` and reports
+    them.
+
+    Calling classifier(x, t) returns lossfun(predictor(x), t) and reports
+    'loss' and, while compute_accuracy (default True), 'accuracy' =
+    accfun(y, t). lossfun default F.softmax_cross_entropy, accfun default
+    F.accuracy. label_key: which argument is the label, an int position
+    (default -1, the last) or a keyword name; the others go to the predictor.
+    Chainer: chainer.links.Classifier.
+    """
 
     compute_accuracy = True
 
@@ -2332,6 +2909,12 @@ class Classifier(Chain):
             self.predictor = predictor
 
     def forward(self, *args, **kwargs):
+        """Compute predictor(*args) and the loss against the label argument;
+        returns the loss Variable. Also sets self.y, self.loss and (if
+        compute_accuracy) self.accuracy, and reports 'loss' and 'accuracy' under
+        this link's observer name. Raises ValueError for a label_key out of range.
+        Chainer: chainer.links.Classifier.forward.
+        """
         if isinstance(self.label_key, int):
             if not -len(args) <= self.label_key < len(args):
                 raise ValueError('Classifier: label_key {} is out of range for {} '
@@ -2362,7 +2945,9 @@ class Classifier(Chain):
 class UpdateRule:
 
     def add_hook(self, hook, name=None, timing='auto'):
-        """hook(rule, param) runs before ('pre') or after ('post') each update."""
+        """hook(rule, param) runs before ('pre') or after ('post') each update.
+        Chainer: chainer.UpdateRule.add_hook.
+        """
         if timing == 'auto':
             timing = getattr(hook, 'timing', 'pre')
         if timing not in ('pre', 'post'):
@@ -2371,7 +2956,59 @@ class UpdateRule:
         self._hooks[name or getattr(hook, 'name', type(hook).__name__)] = (hook, timing)
 
     def remove_hook(self, name):
+        """Remove the hook registered as `name` (KeyError if there is none).
+        Chainer: chainer.UpdateRule.remove_hook.
+        """
         del self._hooks[name]
+
+
+@_continue_class(Hyperparameter)
+class Hyperparameter:
+
+    def get_dict(self):
+        """A dict of all hyperparameters, the parent's first, overridden by
+        this object's own. Chainer: chainer.optimizer.Hyperparameter.get_dict.
+        """
+        d = {} if self._parent is None else self._parent.get_dict()
+        d.update({k: v for k, v in vars(self).items() if k != '_parent'})
+        return d
+
+
+def _adam_lr(hp, t):
+    if t == 0:
+        raise RuntimeError('Adam: the learning rate is undefined before the '
+                           'first update (t == 0)')
+    return hp.alpha * math.sqrt(1.0 - hp.beta2 ** t) / (1.0 - hp.beta1 ** t)
+
+
+# Adam's effective step size, bias correction included, for logs
+# (observe_lr reads optimizer.lr) and for Chainer's attribute names.
+
+@_continue_class(AdamRule)
+class AdamRule:
+    @property
+    def alpha_t(self):
+        """This rule's bias-corrected step size
+        alpha * sqrt(1 - beta2**t) / (1 - beta1**t). Raises RuntimeError before the
+        first update (t == 0). Chainer: chainer.optimizers.adam.AdamRule.alpha_t (also lr).
+        """
+        return _adam_lr(self.hyperparam, self.t)
+
+    lr = alpha_t      # Chainer's older name for the bias-corrected step size
+
+
+@_continue_class(Adam)
+class Adam:
+
+    @property
+    def alpha_t(self):
+        """The step size of the latest update, bias correction included.
+        Raises RuntimeError before the first update.
+        Chainer: chainer.optimizers.Adam.alpha_t (also lr).
+        """
+        return _adam_lr(self.hyperparam, self.t)
+
+    lr = alpha_t      # Chainer's older name, still what observe_lr reads
 
 
 @_continue_class(Optimizer)
@@ -2380,7 +3017,9 @@ class Optimizer:
 
     def new_epoch(self, auto=False):
         """Count one more epoch.  An updater with auto_new_epoch=True (the
-        default) calls this itself, with auto=True, at every epoch's end."""
+        default) calls this itself, with auto=True, at every epoch's end.
+        Chainer: chainer.Optimizer.new_epoch.
+        """
         if auto and not self.use_auto_new_epoch:
             raise RuntimeError('Optimizer.new_epoch(auto=True) is for updaters that '
                                'set optimizer.use_auto_new_epoch = True')
@@ -2392,8 +3031,10 @@ class Optimizer:
         self.epoch += 1
 
     def add_hook(self, hook, name=None, timing='auto'):
-        """Hooks run before each update: WeightDecay, GradientClipping, ..."""
-        self._check_setup()
+        """Hooks run before each update: WeightDecay, GradientClipping, ...
+        Chainer: chainer.Optimizer.add_hook.
+        """
+        self._check_setup('add_hook()')
         name = name or getattr(hook, 'name', type(hook).__name__)
         if name in self._hooks:
             raise KeyError('add_hook: a hook named {!r} already exists'.format(name))
@@ -2402,9 +3043,16 @@ class Optimizer:
         self._hooks[name] = (hook, timing)
 
     def remove_hook(self, name):
+        """Remove the optimizer hook registered as `name` (KeyError if none).
+        Chainer: chainer.Optimizer.remove_hook.
+        """
         del self._hooks[name]
 
     def call_hooks(self, timing='pre'):
+        """Run the hooks of `timing` ('pre', default, or 'post'): per-parameter
+        hooks (call_for_each_param) on every parameter that has a gradient and an
+        enabled rule, others once with the optimizer. Chainer: chainer.Optimizer.call_hooks.
+        """
         for hook, hook_timing in list(self._hooks.values()):
             if hook_timing != timing:
                 continue
@@ -2417,17 +3065,26 @@ class Optimizer:
 
 
 class MomentumSGDRule(UpdateRule):
+    """Update rule of MomentumSGD: v = momentum * v - lr * grad; p += v.
+    State: v. Chainer: chainer.optimizers.momentum_sgd.MomentumSGDRule.
+    """
     def init_state(self, param):
         self.state['v'] = _xp(param.data).zeros_like(param.data)
 
     def update_core(self, param):                  # v = momentum v - lr grad; p += v
         v = self.state['v']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('momentum_sgd', param.grad, self.hyperparam.lr,
+                                 self.hyperparam.momentum, param.data, v)
         v *= self.hyperparam.momentum
         v -= self.hyperparam.lr * param.grad
         param.data += v
 
 
 class MomentumSGD(Optimizer):
+    """SGD with momentum: v = momentum * v - lr * grad; p += v.
+    lr default 0.01, momentum default 0.9. Chainer: chainer.optimizers.MomentumSGD.
+    """
     lr = _HyperparameterProxy('lr')
     momentum = _HyperparameterProxy('momentum')
 
@@ -2441,16 +3098,24 @@ class MomentumSGD(Optimizer):
 
 
 class AdaGradRule(UpdateRule):
+    """Update rule of AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
+    State: h. Chainer: chainer.optimizers.ada_grad.AdaGradRule.
+    """
     def init_state(self, param):
         self.state['h'] = _xp(param.data).zeros_like(param.data)
 
     def update_core(self, param):                  # h += g^2; p -= lr g / (sqrt(h) + eps)
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
         h += grad * grad
         param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
 
 
 class AdaGrad(Optimizer):
+    """AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
+    lr default 0.001, eps default 1e-8. Chainer: chainer.optimizers.AdaGrad.
+    """
     lr = _HyperparameterProxy('lr')
     eps = _HyperparameterProxy('eps')
 
@@ -2464,6 +3129,9 @@ class AdaGrad(Optimizer):
 
 
 class AdaDeltaRule(UpdateRule):
+    """Update rule of AdaDelta (see AdaDelta). State: msg, msdx.
+    Chainer: chainer.optimizers.ada_delta.AdaDeltaRule.
+    """
     def init_state(self, param):
         xp = _xp(param.data)
         self.state['msg'] = xp.zeros_like(param.data)
@@ -2474,6 +3142,9 @@ class AdaDeltaRule(UpdateRule):
         # g * rms(previous steps) / rms(gradients), so no learning rate is needed.
         grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
         msg, msdx = self.state['msg'], self.state['msdx']
+        if xp is not np:
+            return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
+                                 param.data, msg, msdx)
         msg *= hp.rho
         msg += (1 - hp.rho) * grad * grad
         dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
@@ -2483,6 +3154,11 @@ class AdaDeltaRule(UpdateRule):
 
 
 class AdaDelta(Optimizer):
+    """AdaDelta, which needs no learning rate:
+    msg = rho msg + (1-rho) grad**2; dx = sqrt((msdx + eps) / (msg + eps)) grad;
+    msdx = rho msdx + (1-rho) dx**2; p -= dx.
+    rho default 0.95, eps default 1e-6. Chainer: chainer.optimizers.AdaDelta.
+    """
     rho = _HyperparameterProxy('rho')
     eps = _HyperparameterProxy('eps')
 
@@ -2496,11 +3172,17 @@ class AdaDelta(Optimizer):
 
 
 class RMSpropRule(UpdateRule):
+    """Update rule of RMSprop (see RMSprop). State: ms.
+    Chainer: chainer.optimizers.rmsprop.RMSpropRule.
+    """
     def init_state(self, param):
         self.state['ms'] = _xp(param.data).zeros_like(param.data)
 
     def update_core(self, param):                  # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
         grad, hp, ms = param.grad, self.hyperparam, self.state['ms']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
+                                 bool(hp.eps_inside_sqrt), param.data, ms)
         ms *= hp.alpha
         ms += (1 - hp.alpha) * grad * grad
         xp = _xp(ms)
@@ -2509,6 +3191,10 @@ class RMSpropRule(UpdateRule):
 
 
 class RMSprop(Optimizer):
+    """RMSprop: ms = alpha ms + (1-alpha) grad**2; p -= lr grad / (sqrt(ms) + eps),
+    or / sqrt(ms + eps) with eps_inside_sqrt. lr default 0.01, alpha 0.99,
+    eps 1e-8, eps_inside_sqrt False. Chainer: chainer.optimizers.RMSprop.
+    """
     lr = _HyperparameterProxy('lr')
     alpha = _HyperparameterProxy('alpha')
     eps = _HyperparameterProxy('eps')
@@ -2524,13 +3210,30 @@ class RMSprop(Optimizer):
         return RMSpropRule(self.hyperparam)
 
 
+# ----- optimizers, hooks, initializers, serializers ------------------------------
+
+class AMSGrad(Adam):
+    """Adam with amsgrad=True.  Chainer: chainer.optimizers.AMSGrad."""
+
+    def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
+                 weight_decay_rate=0):
+        super().__init__(alpha, beta1, beta2, eps, eta, weight_decay_rate, amsgrad=True)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (set weight_decay_rate).  Chainer:
+    chainer.optimizers.AdamW."""
+
+
 # ----- optimizer hooks ---------------------------------------------------------
 # Hooks change the gradients before the update rule sees them.  They assign
 # new arrays instead of modifying grads in place, since a gradient array may
 # be shared by two parameters (add passes one array to both of its inputs).
 
 class WeightDecay:
-    """L2 regularization: grad += rate * p."""
+    """Optimizer hook for L2 regularization: grad += rate * p before each
+    update (rate: a float). Chainer: chainer.optimizer_hooks.WeightDecay.
+    """
     name = 'WeightDecay'
     call_for_each_param = True
     timing = 'pre'
@@ -2539,11 +3242,14 @@ class WeightDecay:
         self.rate = rate
 
     def __call__(self, rule, param):
+        """Add rate * param.data to param.grad (a new array; `rule` is unused)."""
         param.grad = param.grad + self.rate * param.data
 
 
 class Lasso:
-    """L1 regularization: grad += rate * sign(p)."""
+    """Optimizer hook for L1 regularization: grad += rate * sign(p) before each
+    update (rate: a float). Chainer: chainer.optimizer_hooks.Lasso.
+    """
     name = 'Lasso'
     call_for_each_param = True
     timing = 'pre'
@@ -2552,11 +3258,15 @@ class Lasso:
         self.rate = rate
 
     def __call__(self, rule, param):
+        """Add rate * sign(param.data) to param.grad (a new array)."""
         param.grad = param.grad + self.rate * _xp(param.data).sign(param.data)
 
 
 class GradientHardClipping:
-    """Clip every gradient element into [lower_bound, upper_bound]."""
+    """Optimizer hook that clips every gradient element into
+    [lower_bound, upper_bound] before each update.
+    Chainer: chainer.optimizer_hooks.GradientHardClipping.
+    """
     name = 'GradientHardClipping'
     call_for_each_param = True
     timing = 'pre'
@@ -2565,11 +3275,15 @@ class GradientHardClipping:
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
 
     def __call__(self, rule, param):
+        """Replace param.grad by its elements clipped into the bounds."""
         param.grad = _xp(param.grad).clip(param.grad, self.lower_bound, self.upper_bound)
 
 
 class GradientClipping:
-    """Rescale all gradients together so their global L2 norm <= threshold."""
+    """Optimizer hook that rescales all gradients together so that their
+    global L2 norm is at most `threshold` (gradients scaled by threshold /
+    norm when norm exceeds it). Chainer: chainer.optimizer_hooks.GradientClipping.
+    """
     name = 'GradientClipping'
     call_for_each_param = False
     timing = 'pre'
@@ -2578,6 +3292,9 @@ class GradientClipping:
         self.threshold = threshold
 
     def __call__(self, opt):
+        """Rescale the gradients of opt.target's parameters when their
+        global L2 norm exceeds the threshold.
+        """
         params = [p for p in opt.target.params(False) if p.grad is not None]
         sum_of_squares = 0.0
         for p in params:     # summed where the grads live: one wait for a GPU, not one per param
@@ -2607,14 +3324,27 @@ class GradientClipping:
 # stops half-way, with part of the model already overwritten).
 
 class Serializer:
+    """Base of serializers: serializer[key] gives the serializer of a child
+    object, serializer(key, value) saves value (or, for a Deserializer, loads
+    and returns it). An object's serialize(serializer) calls both.
+    Chainer: chainer.Serializer.
+    """
     def __getitem__(self, key):
         raise NotImplementedError
 
     def __call__(self, key, value):
+        """Save `value` under `key` (a Serializer) or return the value loaded
+        from `key` (a Deserializer); `value` may be an array (filled in place when
+        loading), a scalar or None. Chainer: chainer.Serializer.__call__.
+        """
         raise NotImplementedError
 
 
 class Deserializer(Serializer):
+    """Base of deserializers, the loading side of Serializer.
+    check_only True means a dry pass that must change nothing.
+    Chainer: chainer.Deserializer.
+    """
     check_only = False     # True in load_npz's first pass, which must change nothing
 
     def stored(self, key):
@@ -2623,7 +3353,11 @@ class Deserializer(Serializer):
 
 
 class DictionarySerializer(Serializer):
-    """Collects {path: host array} from an object's serialize()."""
+    """Collects {path: host NumPy array} from an object's serialize(): paths
+    like 'predictor/l1/W'; None is stored as a 0-dim object array, as Chainer
+    does. target: the dict to fill (default a new one); path: prefix.
+    Chainer: chainer.serializers.DictionarySerializer.
+    """
 
     def __init__(self, target=None, path=''):
         self.target = {} if target is None else target
@@ -2644,6 +3378,9 @@ class DictionarySerializer(Serializer):
         return value
 
     def save(self, obj):
+        """Run obj.serialize(self), collecting its values into self.target.
+        Chainer: chainer.serializers.DictionarySerializer.save.
+        """
         obj.serialize(self)
 
 
@@ -2674,7 +3411,13 @@ def _write_atomically(path, write):
 
 
 def save_npz(file, obj, compression=True):
-    """Save `obj` (a Link, an Optimizer, a Trainer...) to an .npz file."""
+    """Save `obj` (a Link, Optimizer, Trainer ... anything with serialize) to an
+    .npz file in Chainer's key layout.
+
+    file: a path (written to a temporary file, then renamed into place) or an
+    open binary file. compression: default True (np.savez_compressed).
+    Chainer: chainer.serializers.save_npz.
+    """
     serializer = DictionarySerializer()
     serializer.save(obj)
     savez = np.savez_compressed if compression else np.savez
@@ -2685,8 +3428,13 @@ def save_npz(file, obj, compression=True):
 
 
 class NpzDeserializer(Deserializer):
-    """Reads values from a loaded npz.  With check_only=True it changes
-    nothing and only raises if the file does not fit the object."""
+    """Loads values from an open npz file (a dict-like of arrays) into an
+    object's serialize(). path: key prefix; strict (default True): a missing
+    key raises KeyError, else it is skipped; ignore_names: keys (a list or a
+    predicate) left alone; check_only: only raise if the file does not fit
+    (KeyError for a missing key, ValueError for a shape mismatch), change
+    nothing. Chainer: chainer.serializers.NpzDeserializer.
+    """
 
     def __init__(self, npz, path='', strict=True, ignore_names=None,
                  check_only=False, file_name='the file'):
@@ -2696,10 +3444,13 @@ class NpzDeserializer(Deserializer):
         self.ignore_names = ignore_names or ()
         self.check_only = check_only
         self.file_name = file_name
+        self.tally = {'found': 0, 'missing': [], 'root': path}   # shared with the children
 
     def __getitem__(self, key):
-        return NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
-                               self.ignore_names, self.check_only, self.file_name)
+        child = NpzDeserializer(self.npz, self.path + key.strip('/') + '/', self.strict,
+                                self.ignore_names, self.check_only, self.file_name)
+        child.tally = self.tally
+        return child
 
     def stored(self, key):
         full_key = self.path + key.lstrip('/')
@@ -2715,10 +3466,13 @@ class NpzDeserializer(Deserializer):
         if key in self.ignore_names or (callable(self.ignore_names) and self.ignore_names(key)):
             return value
         if key not in self.npz:
+            self.tally['missing'].append(key)
             if not self.strict:
                 return value
-            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded (pass '
-                           'strict=False to skip missing keys)'.format(key, self.file_name))
+            raise KeyError('load_npz: {!r} not found in {}; nothing was loaded ({})'.format(
+                key, self.file_name, _npz_key_hint(self.npz, key, self.tally['root'])
+                or 'pass strict=False to skip missing keys'))
+        self.tally['found'] += 1
         stored = self.npz[key]
         if stored.dtype == object:          # a parameter saved before initialization
             stored = stored[()]
@@ -2750,22 +3504,58 @@ class NpzDeserializer(Deserializer):
 
 
 def load_npz(file, obj, path='', strict=True, ignore_names=None):
-    """Load `obj` from an .npz written by save_npz (or by Chainer).
+    """Load `obj` from an .npz file written by save_npz or by Chainer.
 
-    `path` selects a sub-tree, e.g. 'updater/model:main/' in a snapshot.
+    file: a path or an open binary file. path: a key prefix selecting a
+    sub-tree, e.g. 'updater/model:main/' in a trainer snapshot. strict
+    (default True): a key missing from the file raises KeyError, naming the
+    path= to use when the file has it under a prefix; False skips it, unless
+    no key matches at all, which is a KeyError too. ignore_names: keys, or a predicate on keys, to leave alone. The file is
+    checked completely before anything changes: on KeyError or ValueError
+    (shapes that differ) obj is untouched. Chainer: chainer.serializers.load_npz.
     """
     name = file if isinstance(file, (str, os.PathLike)) else 'the file'
     with np.load(file, allow_pickle=True) as npz:
         for check_only in (True, False):
-            obj.serialize(NpzDeserializer(npz, path, strict, ignore_names,
-                                          check_only, repr(os.fspath(name))
-                                          if name != 'the file' else name))
+            deserializer = NpzDeserializer(npz, path, strict, ignore_names, check_only,
+                                           repr(os.fspath(name)) if name != 'the file'
+                                           else name)
+            obj.serialize(deserializer)
+            tally = deserializer.tally
+            if check_only and tally['missing'] and not tally['found']:
+                # strict=False and not one key matched: loading "succeeded"
+                # with the object unchanged, which is never what was meant.
+                first = tally['missing'][0]
+                raise KeyError('load_npz: none of the {} keys that {} reads was found '
+                               'in {} (the first: {!r}), even with strict=False; nothing '
+                               'was loaded ({})'.format(
+                                   len(tally['missing']), type(obj).__name__,
+                                   deserializer.file_name, first,
+                                   _npz_key_hint(npz, first, path) or
+                                   'check the file and path={!r}'.format(path)))
+
+
+def _npz_key_hint(npz, key, path):
+    """Advice for a key missing from an npz: if the file holds it under a
+    longer prefix (a trainer snapshot keeps the model under
+    'updater/model:main/'), the path= that reaches it."""
+    relative = key[len(path):]
+    prefixes = sorted({name[:-len(relative)] for name in npz.files
+                       if name.endswith('/' + relative)})
+    if not prefixes:
+        return None
+    return 'the file has it under {}: pass path={!r}'.format(
+        ' and '.join(repr(p) for p in prefixes), prefixes[0])
 
 
 @_continue_class(Link)
 class Link:
 
     def serialize(self, serializer):
+        """Save or load the parameters and persistent values through `serializer`
+        (Chapter 8); an uninitialized parameter takes its shape from the file.
+        Chainer: chainer.Link.serialize.
+        """
         for name in self._params:
             param = self.__dict__[name]
             value = serializer(name, param.data)
@@ -2810,14 +3600,32 @@ class UpdateRule:
         return list(probe.state)
 
     def serialize(self, serializer):
+        """Save or load t and the state arrays; a rule without state loads
+        them from the file if it holds all of them. Chainer: chainer.UpdateRule.serialize.
+        """
         self.t = serializer('t', self.t)
+        if not isinstance(serializer, Deserializer):
+            for key in self.state or ():   # no state yet (no update): nothing to save
+                self.state[key] = serializer(key, self.state[key])
+            return
+        names = list(self.state) if self.state is not None else \
+            self._state_names(Parameter(np.zeros(1, np.float32)))
+        present = [key for key in names if _is_stored(serializer, key)]
+        if not present:
+            # Saved before this rule's first update (by us or by Chainer, which
+            # writes no state then either): the rule is fresh again.
+            if not serializer.check_only:
+                self.state = None
+            return
+        if len(present) < len(names):
+            raise KeyError('load_npz: {} has update-rule state {} but not {}; '
+                           'nothing was loaded'.format(
+                               serializer.file_name if hasattr(serializer, 'file_name')
+                               else 'the file', present,
+                               [key for key in names if key not in present]))
         if self.state is None:
-            if not isinstance(serializer, Deserializer):
-                return              # no state yet: nothing to save
-            loaded = {}
-            for key in self._state_names(Parameter(np.zeros(1, np.float32))):
-                loaded[key] = serializer(key, None)
-            if all(value is not None for value in loaded.values()):
+            loaded = {key: serializer(key, None) for key in names}
+            if not serializer.check_only:
                 self.state = loaded
                 self._state_from_file = True
         else:
@@ -2825,10 +3633,23 @@ class UpdateRule:
                 self.state[key] = serializer(key, self.state[key])
 
 
+def _is_stored(deserializer, key):
+    """Whether `deserializer` holds a value under `key` (strict or not)."""
+    try:
+        return deserializer.stored(key) is not None
+    except KeyError:
+        return False
+
+
 @_continue_class(Optimizer)
 class Optimizer:
 
     def serialize(self, serializer):
+        """Save or load t, epoch and every parameter's update-rule state, under
+        the parameter's path. Raises RuntimeError before setup(link).
+        Chainer: chainer.Optimizer.serialize.
+        """
+        self._check_setup('saving or loading it (save_npz, load_npz, a snapshot)')
         self.t = serializer('t', self.t)
         self.epoch = serializer('epoch', self.epoch)
         for name, param in self.target.namedparams():
@@ -2852,6 +3673,10 @@ _reporters = []
 
 
 class Reporter:
+    """Collects reported values into `observation` (a dict) under names
+    '<observer name>/<key>'. `with reporter:` makes it the current one, as does
+    scope(observation). Chainer: chainer.Reporter.
+    """
     def __init__(self):
         self._observer_names = {}
         self.observation = {}
@@ -2865,6 +3690,9 @@ class Reporter:
 
     @contextlib.contextmanager
     def scope(self, observation):
+        """Context manager: make this reporter current and collect into
+        `observation` (a dict) until the block ends. Chainer: chainer.Reporter.scope.
+        """
         old = self.observation
         self.observation = observation
         self.__enter__()
@@ -2875,13 +3703,25 @@ class Reporter:
             self.observation = old
 
     def add_observer(self, name, observer):
+        """Name `observer` (any object, e.g. a link) `name`: what it reports is
+        stored as '<name>/<key>'. Chainer: chainer.Reporter.add_observer.
+        """
         self._observer_names[id(observer)] = name
 
     def add_observers(self, prefix, observers):
+        """add_observer(prefix + name, observer) for each (name, observer) pair,
+        e.g. prefix 'main' and model.namedlinks(skipself=True).
+        Chainer: chainer.Reporter.add_observers.
+        """
         for name, observer in observers:
             self._observer_names[id(observer)] = prefix + name
 
     def report(self, values, observer=None):
+        """Store `values` (a dict of Variables, arrays or scalars) in the current
+        observation, keys prefixed with the observer's name when observer is
+        given. Variables are cut from the graph unless config.keep_graph_on_report.
+        Raises KeyError for an observer that was never added. Chainer: chainer.Reporter.report.
+        """
         if not config.keep_graph_on_report:
             values = {key: Variable(value.data, requires_grad=False)
                       if isinstance(value, Variable) else value
@@ -2896,17 +3736,27 @@ class Reporter:
 
 
 def get_current_reporter():
+    """The innermost active Reporter. Raises IndexError when there is none.
+    Chainer: chainer.get_current_reporter.
+    """
     return _reporters[-1]
 
 
 def report(values, observer=None):
-    """Report values to the current reporter; does nothing outside a scope."""
+    """Report `values` (a dict) to the current reporter, named after `observer`
+    when given (see Reporter.report); does nothing outside a reporter's scope.
+    Chainer: chainer.report.
+    """
     if _reporters:
         _reporters[-1].report(values, observer)
 
 
 @contextlib.contextmanager
 def report_scope(observation):
+    """Context manager: collect what is reported into `observation` (a dict)
+    on the current reporter until the block ends. Raises IndexError without
+    an active reporter. Chainer: chainer.report_scope.
+    """
     current = _reporters[-1]
     old = current.observation
     current.observation = observation
@@ -2918,7 +3768,9 @@ def report_scope(observation):
 
 class Summary:
     """Running mean and standard deviation of one reported value.  Values
-    stay arrays (on their device) until the mean is asked for."""
+    stay arrays (on their device) until the mean is asked for.
+    Chainer: chainer.reporter.Summary.
+    """
 
     def __init__(self):
         # NumPy float64 sums (a Python float would take on float32 from the
@@ -2928,35 +3780,61 @@ class Summary:
         self._n = 0
 
     def add(self, value, weight=1):
+        """Add `value` (a scalar, 0-dim array or Variable) with `weight` (default 1)
+        to the running sums; arrays stay on their device.
+        Chainer: chainer.reporter.Summary.add.
+        """
         if isinstance(value, Variable):
             value = value.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
-            value = value.astype(np.float64)   # CuPy's scalar rules would keep float32 sums
+            # On the GPU: both sums in one launch, in float64, on the device.
+            if not isinstance(self._x, _array_types):
+                self._x = _xp(value).asarray(self._x, dtype=np.float64)
+                self._x2 = _xp(value).asarray(self._x2, dtype=np.float64)
+            _fused_op('summary_add', value.reshape(()), float(weight), self._x, self._x2)
+            self._n += weight
+            return
         self._x = self._x + weight * value
         self._x2 = self._x2 + weight * value * value
         self._n += weight
 
     def compute_mean(self):
+        """The weighted mean of the added values, a float (NaN if none).
+        Chainer: chainer.reporter.Summary.compute_mean.
+        """
+        _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
         return float(self._x) / self._n if self._n else float('nan')
 
     def make_statistics(self):
+        """(mean, standard deviation) of the added values, floats.
+        Chainer: chainer.reporter.Summary.make_statistics.
+        """
         mean = self.compute_mean()
         variance = float(self._x2) / self._n - mean * mean if self._n else float('nan')
         return mean, math.sqrt(max(variance, 0.0))
 
     def serialize(self, serializer):
+        """Save or load the running sums and the count.
+        Chainer: chainer.reporter.Summary.serialize.
+        """
         self._x = np.float64(serializer('_x', float(self._x)))
         self._x2 = np.float64(serializer('_x2', float(self._x2)))
         self._n = serializer('_n', self._n)
 
 
 class DictSummary:
-    """A Summary per key of the dicts added to it."""
+    """A Summary per key of the dicts added to it.
+    Chainer: chainer.reporter.DictSummary.
+    """
 
     def __init__(self):
         self._summaries = collections.defaultdict(Summary)
 
     def add(self, d):
+        """Add each scalar value of the dict `d` (a value may be a (value, weight)
+        pair) to the Summary of its key; non-scalar values are ignored.
+        Chainer: chainer.reporter.DictSummary.add.
+        """
         for key, value in d.items():
             weight = 1
             if isinstance(value, tuple) and len(value) == 2:
@@ -2968,9 +3846,13 @@ class DictSummary:
                 self._summaries[key].add(value, weight)
 
     def compute_mean(self):
+        """{key: mean} for every key added. Chainer: chainer.reporter.DictSummary.compute_mean."""
         return {key: s.compute_mean() for key, s in self._summaries.items()}
 
     def make_statistics(self):
+        """{key: mean, key + '.std': standard deviation} for every key added.
+        Chainer: chainer.reporter.DictSummary.make_statistics.
+        """
         stats = {}
         for key, s in self._summaries.items():
             mean, std = s.make_statistics()
@@ -2979,6 +3861,9 @@ class DictSummary:
         return stats
 
     def serialize(self, serializer):
+        """Save or load every key's Summary; loading replaces what was summed.
+        Chainer: chainer.reporter.DictSummary.serialize.
+        """
         if not isinstance(serializer, Deserializer):
             names = list(self._summaries)
             serializer('_names', json.dumps(names))
@@ -3013,8 +3898,14 @@ class DictSummary:
 # float64, where eps=1e-3 gives errors around 1e-7.
 
 def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
-    """Central differences of sum(f() * grad_outputs) w.r.t. each input,
-    which `f` must read from `inputs` (they are modified and restored)."""
+    """Numerical gradients of sum(f() * grad_outputs) w.r.t. each array in
+    `inputs`, by central differences (f(x + eps) - f(x - eps)) / (2 eps) taken
+    element by element. f takes no arguments, reads the arrays of `inputs`
+    (modified and restored in place) and returns a sequence of arrays;
+    grad_outputs: one array (or None) per output. eps default 1e-3. Returns a
+    tuple of arrays shaped like the inputs. Raises ValueError unless eps > 0.
+    Chainer: chainer.gradient_check.numerical_grad.
+    """
     if eps <= 0:
         raise ValueError('numerical_grad: eps must be positive, got {}'.format(eps))
     grads = []
@@ -3040,9 +3931,15 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
                    rtol=1e-4, no_grads=None, dtype=None):
     """Assert that the backward of `func` matches numerical gradients.
 
-    x_data: an array or a tuple of arrays (integer arrays, such as labels,
-    are not differentiated).  y_grad: the output gradient(s); None for a
-    scalar output.  params: Parameters that func uses, also checked.
+    func: takes Variables, returns a Variable or a tuple. x_data: an array or a
+    tuple of arrays (integer ones, such as labels, are not differentiated
+    unless no_grads says otherwise). y_grad: the output gradient(s), or None
+    for a single-valued output. params: Parameters used by func, also checked.
+    eps default 1e-3; passes when allclose(backward, numerical, atol=1e-5,
+    rtol=1e-4) by default. dtype: cast float inputs and params first.
+    Raises AssertionError naming the input or parameter that differs, and
+    ValueError for y_grad None with a non-scalar output.
+    Chainer: chainer.gradient_check.check_backward.
     """
     xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
     if dtype is not None:
@@ -3089,10 +3986,18 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
 
 
 def force_array(x, dtype=None):
-    """NumPy returns scalars from 0-dim operations; make them arrays again."""
+    """x as an array: NumPy turns 0-dim results into scalars, this turns them
+    back (cast to dtype if given). Chainer: chainer.utils.force_array.
+    """
     if isinstance(x, _array_types):
         return x if dtype is None else x.astype(dtype, copy=False)
     return np.asarray(x, dtype=dtype)
+
+
+def _size_of_shape(shape):
+    """The number of elements of an array of `shape` (a tuple of ints), an int.
+    Chainer: chainer.utils.size_of_shape."""
+    return int(np.prod(shape))
 
 
 # =============================================================================
@@ -3138,7 +4043,9 @@ def _take_examples(dataset, indices):
 
 
 class TupleDataset:
-    """Dataset of tuples: example i is (datasets[0][i], datasets[1][i], ..)."""
+    """Dataset of tuples: example i is (datasets[0][i], datasets[1][i], ..).
+    Chainer: chainer.datasets.TupleDataset.
+    """
 
     def __init__(self, *datasets):
         if not datasets:
@@ -3167,7 +4074,9 @@ class TupleDataset:
 
 class SubDataset:
     """The examples start..finish-1 of `dataset`, optionally seen through a
-    permutation `order` of the whole base dataset.  Nothing is copied."""
+    permutation `order` of the whole base dataset.  Nothing is copied.
+    Chainer: chainer.datasets.SubDataset.
+    """
 
     def __init__(self, dataset, start, finish, order=None):
         if not 0 <= start <= finish <= len(dataset):
@@ -3209,7 +4118,9 @@ class SubDataset:
 
 
 def split_dataset(dataset, split_at, order=None):
-    """Split `dataset` into its first `split_at` examples and the rest."""
+    """Split `dataset` into its first `split_at` examples and the rest.
+    Chainer: chainer.datasets.split_dataset.
+    """
     if not isinstance(split_at, (int, np.integer)):
         raise TypeError('split_dataset: split_at must be an integer, but got {!r}'
                         .format(split_at))
@@ -3228,10 +4139,164 @@ def split_dataset_random(dataset, first_size, seed=None):
     return split_dataset(dataset, first_size, order)
 
 
+# ----- chainer.dataset and chainer.datasets ------------------------------------
+
+class DatasetMixin:
+    """Base class for a dataset written as get_example(i): indexing with an
+    int, a slice or a list of ints calls it.  Chainer: dataset.DatasetMixin."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.get_example(i) for i in range(*index.indices(len(self)))]
+        if isinstance(index, (list, np.ndarray)):
+            return [self.get_example(int(i)) for i in index]
+        return self.get_example(index)
+
+    def __len__(self):
+        raise NotImplementedError('{}: define __len__'.format(type(self).__name__))
+
+    def get_example(self, i):
+        """Return example `i` (0 <= i < len(self)); write this in a subclass.
+        Chainer: chainer.dataset.DatasetMixin.get_example.
+        """
+        raise NotImplementedError('{}: define get_example(i)'.format(type(self).__name__))
+
+
+class Converter:
+    """A batch converter object: `converter(batch, device)`.  Chainer:
+    dataset.Converter (made with the @converter() decorator)."""
+
+    def __init__(self, function=None):
+        self._function = function
+
+    def __call__(self, batch, device=None):
+        """Convert `batch` (a list of examples) to arrays on `device`."""
+        return self._function(batch, device)
+
+
+def converter():
+    """Decorator that turns `f(batch, device)` into a Converter.  Chainer: dataset.converter."""
+    return Converter
+
+
+def cache_or_load_file(path, creator, loader):
+    """loader(path) if the file exists, else creator(path) (which writes it
+    and returns the data).  Chainer: dataset.cache_or_load_file."""
+    if os.path.exists(path):
+        return loader(path)
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    return creator(path)
+
+
+class DictDataset:
+    """Dataset of dicts: example i is {key: dataset[i] for each keyword
+    dataset}.  Chainer: datasets.DictDataset."""
+
+    def __init__(self, **datasets):
+        if not datasets:
+            raise ValueError('DictDataset needs at least one dataset')
+        lengths = {key: len(d) for key, d in datasets.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError('DictDataset needs datasets of equal length, but got {}'
+                             .format(lengths))
+        self._datasets = datasets
+        self._length = next(iter(lengths.values()))
+
+    def __getitem__(self, index):
+        batches = {key: d[index] for key, d in self._datasets.items()}
+        if isinstance(index, slice):
+            return [dict(zip(batches, values)) for values in zip(*batches.values())]
+        return batches
+
+    def __len__(self):
+        return self._length
+
+
+class TransformDataset:
+    """`transform(dataset[i])` for each example, computed when asked.
+    Chainer: datasets.TransformDataset."""
+
+    def __init__(self, dataset, transform):
+        self._dataset = dataset
+        self._transform = transform
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._transform(self._dataset[index])
+
+    def __len__(self):
+        return len(self._dataset)
+
+
+class ConcatenatedDataset:
+    """The examples of several datasets, one after another.  Chainer:
+    datasets.ConcatenatedDataset."""
+
+    def __init__(self, *datasets):
+        self._datasets = datasets
+        self._ends = np.cumsum([len(d) for d in datasets])
+
+    def __len__(self):
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('ConcatenatedDataset: index {} out of range for length {}'
+                             .format(index, len(self)))
+        which = int(np.searchsorted(self._ends, index, side='right'))
+        start = 0 if which == 0 else int(self._ends[which - 1])
+        return self._datasets[which][index - start]
+
+
+def split_dataset_n(dataset, n, order=None):
+    """Split into n SubDatasets of (nearly) equal size.  Chainer: datasets.split_dataset_n."""
+    total = len(dataset)
+    bounds = [total * i // n for i in range(n + 1)]
+    return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
+
+
+def split_dataset_n_random(dataset, n, seed=None):
+    """split_dataset_n over a random permutation.  Chainer: datasets.split_dataset_n_random."""
+    return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
+
+
+def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
+    """n_folds (train, test) pairs, fold i tested on the i-th part.  Chainer:
+    datasets.get_cross_validation_datasets."""
+    n_folds = kwargs.get('n_fold', n_folds)
+    if order is None:
+        order = np.arange(len(dataset))
+    order = np.asarray(order)
+    total = len(dataset)
+    bounds = [total * i // n_folds for i in range(n_folds + 1)]
+    splits = []
+    for i in range(n_folds):
+        test = order[bounds[i]:bounds[i + 1]]
+        train = np.concatenate([order[:bounds[i]], order[bounds[i + 1]:]])
+        rolled = np.concatenate([train, test])     # train first, then the test fold
+        splits.append(split_dataset(dataset, len(train), rolled))
+    return splits
+
+
+def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
+    """get_cross_validation_datasets over a random permutation."""
+    order = np.random.RandomState(seed).permutation(len(dataset))
+    return get_cross_validation_datasets(dataset, n_folds, order)
+
+
 # --- IDX files ---------------------------------------------------------------
 
 class DatasetError(RuntimeError):
-    """A dataset file is missing and cannot be downloaded, or is damaged."""
+    """A dataset file is missing and cannot be downloaded, or is damaged; the
+    message names every file concerned and what to do. A RuntimeError.
+    onefchainer's own: Chainer lets the underlying error through.
+    """
 
 
 # Third magic byte -> element type.  IDX stores multi-byte numbers big-endian.
@@ -3354,11 +4419,20 @@ _MIRRORS = {
         'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'],
 }
 _SYSTEM_DATASET_DIR = '/usr/share/datasets'
-_DOWNLOAD_TIMEOUT = 30  # seconds without a byte before giving up
+# Seconds a server gets to accept the connection and, after that, to send the
+# next bytes; ONEFCHAINER_DOWNLOAD_TIMEOUT overrides it.  Short, because a
+# firewall that drops packets otherwise looks like a hang.
+_DOWNLOAD_TIMEOUT = 10
+_DOWNLOAD_TIMEOUT_ENV = 'ONEFCHAINER_DOWNLOAD_TIMEOUT'
 
 
 def get_dataset_root():
-    """The folder that holds one subfolder per dataset."""
+    """Return the folder that holds one subfolder per dataset (a str).
+
+    In order: the path given to set_dataset_root(), the environment variable
+    ONEFCHAINER_DATASET_ROOT, else ~/.onefchainer/dataset ('~' expanded).
+    Chainer: chainer.dataset.get_dataset_root (its default differs).
+    """
     if _dataset_root_override is not None:
         return _dataset_root_override
     root = os.environ.get(_DATASET_ROOT_ENV) or os.path.join(
@@ -3367,40 +4441,85 @@ def get_dataset_root():
 
 
 def set_dataset_root(path):
-    """Use `path` as the dataset root from now on (beats the env variable)."""
+    """Use `path` (str) as the dataset root from now on; it takes precedence
+    over ONEFCHAINER_DATASET_ROOT.  Chainer: chainer.dataset.set_dataset_root."""
     global _dataset_root_override
     _dataset_root_override = path
 
 
 def get_dataset_directory(dataset_name, create_directory=True):
-    """<dataset root>/<dataset_name>, created unless told otherwise."""
+    """Return <dataset root>/<dataset_name> (a str), creating the folder (and
+    any missing parents) unless create_directory is False.
+    Chainer: chainer.dataset.get_dataset_directory."""
     path = os.path.join(get_dataset_root(), dataset_name)
     if create_directory:
         os.makedirs(path, exist_ok=True)
     return path
 
 
+def _download_timeout():
+    """Seconds to wait for a server: $ONEFCHAINER_DOWNLOAD_TIMEOUT or 10."""
+    text = os.environ.get(_DOWNLOAD_TIMEOUT_ENV)
+    if not text:
+        return _DOWNLOAD_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise DatasetError('{}={!r}: expected a positive number of seconds, e.g. '
+                           '{}=60'.format(_DOWNLOAD_TIMEOUT_ENV, text, _DOWNLOAD_TIMEOUT_ENV))
+    return seconds
+
+
 def _how_to_fix(dataset_name, file_name, folder):
-    return ('Put the official file {0}.gz (or the decompressed {0}) into {1} '
-            'by hand, or set the environment variable {2} to a folder whose '
-            '{3}/ subfolder holds it.'.format(
-                file_name, folder, _DATASET_ROOT_ENV, dataset_name))
+    """What the user can do about missing or bad files: the advice depends on
+    whether they chose the dataset root themselves."""
+    names = [file_name] if isinstance(file_name, str) else list(file_name)
+    if len(names) == 1:
+        files = 'the official file {0}.gz (or the decompressed {0})'.format(names[0])
+    else:
+        files = 'the official files {} (each .gz or decompressed)'.format(
+            ', '.join(names))
+    files += ', fetched elsewhere (from the URLs above, say),'
+    if _dataset_root_override is not None or os.environ.get(_DATASET_ROOT_ENV):
+        chosen_by = ('set_dataset_root()' if _dataset_root_override is not None
+                     else 'the environment variable ' + _DATASET_ROOT_ENV)
+        root = get_dataset_root()
+        advice = ('Put {} into {}. The dataset root {} was chosen by {}{}.'.format(
+            files, folder, root, chosen_by,
+            '' if os.path.isdir(root) else ' and does not exist (a typo?)'))
+    else:
+        advice = ('Put {} into {} by hand, or set the environment variable {} '
+                  'to a folder whose {}/ subfolder holds them.'.format(
+                      files, folder, _DATASET_ROOT_ENV, dataset_name))
+    if dataset_name == 'fashion-mnist':
+        advice += (" On Debian, the package dataset-fashion-mnist installs them "
+                   "into {}.".format(os.path.join(_SYSTEM_DATASET_DIR, dataset_name)))
+    return advice
+
+
+def _find_local_idx(dataset_name, file_name):
+    """The path of a local copy of an official file, or None.  The dataset
+    root first, then the read-only system folder where Debian's dataset
+    packages install (dataset-fashion-mnist); .gz wins if both exist."""
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name)):
+        for name in (file_name + '.gz', file_name):
+            path = os.path.join(place, name)
+            if os.path.isfile(path):
+                return path
+    return None
 
 
 def _load_idx(dataset_name, file_name):
     """Load one official IDX file of a dataset, downloading it if missing."""
     expected_sha256 = _OFFICIAL_SHA256[dataset_name][file_name]
     folder = get_dataset_directory(dataset_name, create_directory=False)
-    # The dataset root first, then the read-only system folder where Debian's
-    # dataset packages install (dataset-fashion-mnist); download if neither has it.
-    candidates = [os.path.join(place, name)
-                  for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name))
-                  for name in (file_name + '.gz', file_name)]   # .gz wins if both
-    for path in candidates:
-        if os.path.isfile(path):
-            break
-    else:
-        return _download_idx(dataset_name, file_name, folder, expected_sha256)
+    path = _find_local_idx(dataset_name, file_name)
+    if path is None:
+        _fetch_missing_files(dataset_name, [file_name])
+        path = os.path.join(folder, file_name + '.gz')
     try:
         array, found_sha256 = _read_idx(path)
     except DatasetError as error:
@@ -3417,70 +4536,142 @@ def _load_idx(dataset_name, file_name):
     return array
 
 
-def _download_idx(dataset_name, file_name, folder, expected_sha256):
-    """Fetch <file_name>.gz from the first mirror that serves the official
-    content, and return its parsed array.  The file only ever appears under
-    its final name complete and verified (written elsewhere, then renamed)."""
-    failures = []
-    for mirror in _MIRRORS.get(dataset_name, []):
-        url = mirror + file_name + '.gz'
-        temporary = None
+def _fetch_missing_files(dataset_name, file_names):
+    """Download each of `file_names` that no local folder holds.  Every file
+    is tried before anything is reported, and a server that did not answer is
+    not asked again, so a dead network costs one timeout per mirror, not one
+    per file.  Raises one DatasetError listing every file that could not be
+    had and what to do; a folder made for a download that failed is removed."""
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    missing = [name for name in file_names
+               if _find_local_idx(dataset_name, name) is None]
+    if not missing:
+        return
+    timeout = _download_timeout()
+    created = []                     # folders this call made, innermost last
+    parent = folder
+    while parent and not os.path.exists(parent):
+        created.insert(0, parent)
+        parent = os.path.dirname(parent)
+    failed, silent_mirrors = {}, set()
+    for file_name in missing:
+        failures = _download_idx(dataset_name, file_name, folder,
+                                 _OFFICIAL_SHA256[dataset_name][file_name],
+                                 timeout, silent_mirrors)
+        if failures is not None:
+            failed[file_name] = failures
+    if not failed:
+        return
+    for path in reversed(created):   # leave no empty folder behind
         try:
-            os.makedirs(folder, exist_ok=True)
-            # Same folder as the target, so os.replace is an atomic rename.
-            handle, temporary = tempfile.mkstemp(
-                prefix='.{}.'.format(file_name), suffix='.part', dir=folder)
-            with os.fdopen(handle, 'wb') as out:
-                _fetch_url(url, out)
+            os.rmdir(path)
+        except FileNotFoundError:    # never made: the server did not answer
+            continue
+        except OSError:              # not empty: someone else's now
+            break
+    raise DatasetError(
+        'Could not get {} of the {} {} files (each server gets {:g} s to answer; '
+        '{} changes that). Tried:\n{}\n{}'.format(
+            len(failed), len(file_names), dataset_name, timeout,
+            _DOWNLOAD_TIMEOUT_ENV, '\n'.join(
+                '  {}:\n{}'.format(name, '\n'.join('    ' + failure
+                                                   for failure in failures))
+                for name, failures in failed.items()),
+            _how_to_fix(dataset_name, list(failed), folder)))
+
+
+def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
+                  silent_mirrors):
+    """Fetch <file_name>.gz into `folder` from the first mirror that serves the
+    official content.  Returns None on success, else the list of what went
+    wrong at each mirror.  A mirror that could not be reached is added to
+    `silent_mirrors` and skipped from then on.  The file only ever appears
+    under its final name complete and verified (written elsewhere, renamed)."""
+    failures = []
+    mirrors = _MIRRORS.get(dataset_name, [])
+    if mirrors and all(mirror in silent_mirrors for mirror in mirrors):
+        return ['not tried: no server answered for an earlier file']
+    for mirror in mirrors:
+        url = mirror + file_name + '.gz'
+        if mirror in silent_mirrors:
+            continue
+        print('Downloading {} file {}.gz from {} to {}'.format(
+            dataset_name, file_name, url, folder), file=sys.stderr)
+        temporary, failed_before = None, len(failures)
+        try:
+            temporary = _fetch_url(url, folder, file_name, timeout)
             array, found_sha256 = _read_idx(temporary)
             if found_sha256 != expected_sha256:
                 failures.append('{}: downloaded, but the SHA-256 of its '
-                                'content is {}'.format(url, found_sha256))
+                                'content is {}, expected {}'.format(
+                                    url, found_sha256, expected_sha256))
                 continue
             os.chmod(temporary, 0o644)  # mkstemp makes it private (0600)
             os.replace(temporary, os.path.join(folder, file_name + '.gz'))
             temporary = None
-            return array
-        except Exception as error:  # any broken mirror: try the next one
+            return None
+        except urllib.error.HTTPError as error:   # the server answered: no
+            failures.append('{}: {}'.format(url, error))
+        except OSError as error:  # no connection, or it went silent
+            silent_mirrors.add(mirror)
+            reason = getattr(error, 'reason', error)
+            if 'timed out' in str(reason):
+                reason = 'no answer within {:g} s ({})'.format(timeout, reason)
+            failures.append('{}: {}'.format(url, reason))
+        except Exception as error:  # damaged content: try the next mirror
             failures.append('{}: {}'.format(url, error))
         finally:
             if temporary is not None and os.path.exists(temporary):
                 os.remove(temporary)
-    raise DatasetError(
-        'Could not get the {} file {} (the SHA-256 of its decompressed '
-        'content must be {}).\nTried:\n{}\n{}'.format(
-            dataset_name, file_name, expected_sha256,
-            '\n'.join('  ' + failure for failure in failures) or '  no mirror',
-            _how_to_fix(dataset_name, file_name, folder)))
+            if len(failures) > failed_before:  # said at once: a stalled network
+                print('  failed: ' + failures[-1][len(url) + 2:],   # shows after
+                      file=sys.stderr)                            # one timeout
+    if not failures:
+        failures.append('no mirror is known for {}'.format(dataset_name))
+    return failures
 
 
-def _fetch_url(url, out):
-    """Copy `url` into the open file `out`; live progress only on a terminal,
-    so logs and test output get a single line."""
+def _fetch_url(url, folder, file_name, timeout):
+    """Copy `url` into a new temporary file in `folder` (made only once the
+    server has answered) and return its path.  Live progress on a terminal;
+    logs and test output get one line at the end."""
     show_progress = sys.stderr is not None and sys.stderr.isatty()
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT) as reply:
-        print('Downloading {}'.format(url), file=sys.stderr)
-        total = int(reply.headers.get('Content-Length') or 0)
-        received, last_shown = 0, 0.0
-        while True:
-            chunk = reply.read(1 << 16)
-            if not chunk:
-                break
-            out.write(chunk)
-            received += len(chunk)
-            if show_progress and time.monotonic() - last_shown > 0.2:
-                last_shown = time.monotonic()
-                percent = ' ({:.0%})'.format(received / total) if total else ''
-                sys.stderr.write('\r  {:.1f} MB{}'.format(received / 1e6,
-                                                          percent))
-                sys.stderr.flush()
-    if show_progress:
-        sys.stderr.write('\r  {:.1f} MB, done\n'.format(received / 1e6))
-    # A connection that drops early just ends the stream: only the length
-    # the server announced tells a cut-short transfer from a complete one.
-    if total and received != total:
-        raise DatasetError('the transfer was cut short: received {} of the {} '
-                           'bytes the server announced'.format(received, total))
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        os.makedirs(folder, exist_ok=True)
+        # Same folder as the target, so os.replace is an atomic rename.
+        handle, temporary = tempfile.mkstemp(
+            prefix='.{}.'.format(file_name), suffix='.part', dir=folder)
+        try:
+            with os.fdopen(handle, 'wb') as out:
+                total = int(reply.headers.get('Content-Length') or 0)
+                received, started, last_shown = 0, time.monotonic(), 0.0
+                while True:
+                    chunk = reply.read(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    if show_progress and time.monotonic() - last_shown > 0.2:
+                        last_shown = time.monotonic()
+                        percent = ' of {:.1f} MB ({:.0%})'.format(
+                            total / 1e6, received / total) if total else ''
+                        sys.stderr.write('\r  {:.1f} MB{}'.format(
+                            received / 1e6, percent))
+                        sys.stderr.flush()
+            print('{}  {:.1f} MB in {:.1f} s'.format(
+                '\r' if show_progress else '', received / 1e6,
+                time.monotonic() - started), file=sys.stderr)
+            # A connection that drops early just ends the stream: only the
+            # length the server announced tells a cut-short transfer from a
+            # complete one.
+            if total and received != total:
+                raise DatasetError('the transfer was cut short: received {} of '
+                                   'the {} bytes the server announced'.format(
+                                       received, total))
+        except BaseException:
+            os.remove(temporary)
+            raise
+    return temporary
 
 
 # --- MNIST and Fashion-MNIST -------------------------------------------------
@@ -3511,6 +4702,10 @@ def _get_mnist_like(dataset_name, withlabel, ndim, scale, dtype, label_dtype,
                     rgb_format):
     if ndim not in (1, 2, 3):  # fail before reading 50 MB, not after
         raise ValueError('ndim must be 1, 2 or 3, but got {}'.format(ndim))
+    # Every missing file is fetched (or reported) before any is parsed.
+    _fetch_missing_files(dataset_name, [
+        prefix + suffix for prefix in ('train', 't10k')
+        for suffix in ('-labels-idx1-ubyte', '-images-idx3-ubyte')])
     splits = []
     for prefix in ('train', 't10k'):
         labels = _load_idx(dataset_name, prefix + '-labels-idx1-ubyte')
@@ -3523,23 +4718,40 @@ def _get_mnist_like(dataset_name, withlabel, ndim, scale, dtype, label_dtype,
 
 def get_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
               label_dtype=np.int32, rgb_format=False):
-    """MNIST handwritten digits as (train, test): 60000 and 10000 examples of
-    28x28 pixels scaled to [0, scale].  ndim=1 gives (784,) images, 2 gives
-    (28, 28), 3 gives (1, 28, 28), or (3, 28, 28) with rgb_format.  With
-    withlabel each split is a TupleDataset(images, labels), else an array."""
+    """MNIST handwritten digits as (train, test): 60000 and 10000 examples.
+
+    Pixels are scaled from 0..255 to [0, scale] (scale default 1.) in dtype
+    (default config.dtype, float32). ndim=1 (default) gives images of shape
+    (784,), 2 gives (28, 28), 3 gives (1, 28, 28), or (3, 28, 28) with
+    rgb_format. withlabel (default True): each split is a TupleDataset(images,
+    labels of label_dtype, default int32); else an array of images.
+    The four official files are read from <dataset root>/mnist/ (see
+    get_dataset_root; .gz or decompressed) and downloaded there when missing,
+    each checked against its official SHA-256. Raises DatasetError listing every
+    file that could not be had, or naming a damaged one, with what to do;
+    ValueError for ndim not in 1, 2, 3. Chainer: chainer.datasets.get_mnist.
+    """
     return _get_mnist_like('mnist', withlabel, ndim, scale, dtype,
                            label_dtype, rgb_format)
 
 
 def get_fashion_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
                       label_dtype=np.int32, rgb_format=False):
-    """Fashion-MNIST (Zalando's clothing pictures), a drop-in replacement for
-    MNIST with the same shapes and arguments as get_mnist."""
+    """Fashion-MNIST (Zalando's clothing pictures, 10 classes; see
+    get_fashion_mnist_labels), a drop-in replacement for MNIST: the same shapes,
+    arguments, return values and errors as get_mnist. The files are read from
+    <dataset root>/fashion-mnist/, else from /usr/share/datasets/fashion-mnist/
+    (Debian's dataset-fashion-mnist package), else downloaded.
+    Chainer: chainer.datasets.get_fashion_mnist.
+    """
     return _get_mnist_like('fashion-mnist', withlabel, ndim, scale, dtype,
                            label_dtype, rgb_format)
 
 
 def get_fashion_mnist_labels():
+    """The ten Fashion-MNIST class names, index = label: ['T-shirt/top',
+    'Trouser', ..., 'Ankle boot']. Chainer: chainer.datasets.get_fashion_mnist_labels.
+    """
     return ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
             'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
@@ -3548,7 +4760,9 @@ def get_fashion_mnist_labels():
 
 class Iterator:
     """Base of all dataset iterators: a Python iterator over minibatches that
-    can also be snapshotted (serialize) and closed (finalize, or `with`)."""
+    can also be snapshotted (serialize) and closed (finalize, or `with`).
+    Chainer: chainer.dataset.Iterator.
+    """
 
     def __iter__(self):
         return self
@@ -3557,9 +4771,16 @@ class Iterator:
         raise NotImplementedError
 
     def next(self):
+        """The next minibatch, as __next__ (Python 2 style name kept by Chainer).
+        Raises StopIteration at the end of a non-repeating iterator.
+        Chainer: chainer.dataset.Iterator.next.
+        """
         return self.__next__()
 
     def finalize(self):
+        """Release what the iterator holds (threads, files); nothing here. Also
+        called on leaving `with iterator:`. Chainer: chainer.dataset.Iterator.finalize.
+        """
         pass
 
     def __enter__(self):
@@ -3569,18 +4790,30 @@ class Iterator:
         self.finalize()
 
     def serialize(self, serializer):
+        """Save or load the iterator's position, for snapshots; nothing here.
+        Chainer: chainer.dataset.Iterator.serialize.
+        """
         pass
 
 
 class OrderSampler:
     """Chooses the order of the next epoch: called as
-    sampler(current_order, current_position) -> new order of the same size."""
+    sampler(current_order, current_position) -> new order of the same size.
+    Chainer: chainer.iterators.OrderSampler.
+    """
 
     def __call__(self, current_order, current_position):
+        """Return the order (an integer array of len(current_order)) of the next
+        epoch; current_position is where the previous one stopped.
+        """
         raise NotImplementedError
 
 
 class ShuffleOrderSampler(OrderSampler):
+    """An OrderSampler returning a fresh random permutation each epoch, drawn
+    from `random_state` (a numpy.random.RandomState) or, if None (default),
+    from NumPy's global generator. Chainer: chainer.iterators.ShuffleOrderSampler.
+    """
     def __init__(self, random_state=None):
         self._random_state = random_state
 
@@ -3592,10 +4825,20 @@ class ShuffleOrderSampler(OrderSampler):
 
 
 class SerialIterator(Iterator):
-    """Visits the dataset in order or (by default) shuffled, batch_size
-    examples at a time.  When repeating, a batch that crosses the end of an
-    epoch is completed from the next epoch's (newly shuffled) order, so every
-    batch is full."""
+    """Iterates over `dataset` batch_size examples at a time, returning each
+    batch as a list of examples.
+
+    repeat (default True): loop over epochs forever; False: one pass, then
+    StopIteration (the last batch may be short). shuffle: None (default) and
+    True shuffle every epoch, False keeps the dataset order; order_sampler: a
+    callable choosing each epoch's order (not together with shuffle, else
+    ValueError). When repeating, a batch that crosses the end of an epoch is
+    completed from the next epoch, so every batch is full. Attributes: epoch,
+    epoch_detail (a float), is_new_epoch, current_position. An empty dataset
+    gives no batch (repeat=False) or a ValueError (repeat=True); batch_size
+    below 1 is a ValueError.
+    Chainer: chainer.iterators.SerialIterator.
+    """
 
     def __init__(self, dataset, batch_size, repeat=True, shuffle=None,
                  order_sampler=None):
@@ -3604,6 +4847,9 @@ class SerialIterator(Iterator):
                              'both (shuffle=None lets order_sampler decide)')
         if order_sampler is None and (shuffle is None or shuffle):
             order_sampler = ShuffleOrderSampler()
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError('SerialIterator: batch_size must be a positive integer, '
+                             'got {!r}'.format(batch_size))
         self.dataset = dataset
         self.batch_size = batch_size
         self._repeat = repeat
@@ -3611,6 +4857,9 @@ class SerialIterator(Iterator):
         self.reset()
 
     def reset(self):
+        """Go back to the start: epoch 0, position 0, a new order.
+        Chainer: chainer.iterators.SerialIterator.reset.
+        """
         self.current_position = 0
         self.epoch = 0
         self.is_new_epoch = False
@@ -3622,6 +4871,7 @@ class SerialIterator(Iterator):
 
     @property
     def repeat(self):
+        """Whether the iterator loops over epochs forever. Chainer: SerialIterator.repeat."""
         return self._repeat
 
     @property
@@ -3630,12 +4880,16 @@ class SerialIterator(Iterator):
 
     @property
     def epoch_detail(self):
-        """Epochs done as a float, e.g. 2.5 is halfway through the third."""
+        """Epochs done as a float, e.g. 2.5 is halfway through the third.
+        Chainer: chainer.iterators.SerialIterator.epoch_detail.
+        """
         return self.epoch + self.current_position / max(self._epoch_size, 1)
 
     @property
     def previous_epoch_detail(self):
-        """epoch_detail before the latest batch; None before the first."""
+        """epoch_detail before the latest batch; None before the first.
+        Chainer: chainer.iterators.SerialIterator.previous_epoch_detail.
+        """
         if self._previous_epoch_detail < 0:
             return None
         return self._previous_epoch_detail
@@ -3647,8 +4901,11 @@ class SerialIterator(Iterator):
 
     def __next__(self):
         epoch_size = self._epoch_size
-        if self._repeat and epoch_size == 0:
-            raise ValueError('cannot repeat over an empty dataset')
+        if epoch_size == 0:      # an empty dataset gives no batch, not one empty batch
+            if not self._repeat:
+                raise StopIteration
+            raise ValueError('SerialIterator: cannot repeat over an empty dataset '
+                             '(length 0); check how the dataset was built or split')
         self._previous_epoch_detail = self.epoch_detail
         if not self._repeat and self.epoch > 0:
             raise StopIteration
@@ -3703,6 +4960,14 @@ def _stack_examples(values, padding):
                 'concat_examples: cannot stack examples of different shapes {}; '
                 'pass padding= to pad them to a common shape'.format(
                     sorted({value.shape for value in values}))) from error
+    ndims = {value.ndim for value in values}
+    if len(ndims) > 1:
+        first = values[0].ndim
+        odd = next(i for i, value in enumerate(values) if value.ndim != first)
+        raise ValueError(
+            'concat_examples: padding needs examples with one number of axes, but '
+            'example 0 has shape {} and example {} has shape {}'.format(
+                values[0].shape, odd, values[odd].shape))
     shape = np.max([value.shape for value in values], axis=0)
     stacked = xp.full((len(values),) + tuple(shape), padding,
                       dtype=values[0].dtype)
@@ -3715,7 +4980,9 @@ def concat_examples(batch, device=None, padding=None):
     """Turn a list of examples into batched arrays along a new first axis:
     arrays -> one array, tuples -> a tuple of arrays, dicts -> a dict of
     arrays.  Examples of different shapes are padded with `padding` (one value,
-    or a tuple/dict of values per field) up to the largest shape."""
+    or a tuple/dict of values per field) up to the largest shape.
+    Chainer: chainer.dataset.concat_examples.
+    """
     if len(batch) == 0:
         raise ValueError('concat_examples: the batch is empty, there is nothing to concatenate')
 
@@ -3736,7 +5003,9 @@ def concat_examples(batch, device=None, padding=None):
 
 
 def to_device(device, x):
-    """Send array `x` to `device` (None: leave it where it is)."""
+    """Send array `x` to `device` (None: leave it where it is).
+    Chainer: chainer.dataset.to_device.
+    """
     return _send_to_device(device, x)
 
 
@@ -3774,24 +5043,43 @@ def to_device(device, x):
 
 class Updater:
     """What the Trainer needs from an updater: update(), the counters
-    (iteration, epoch, epoch_detail), its optimizers, serialize()."""
+    (iteration, epoch, epoch_detail), its optimizers, serialize().
+    Chainer: chainer.training.Updater.
+    """
 
     def connect_trainer(self, trainer):
-        """Called once by the Trainer's constructor; does nothing here."""
+        """Called once by the Trainer's constructor; does nothing here.
+        Chainer: chainer.training.Updater.connect_trainer.
+        """
 
     def finalize(self):
+        """Release the updater's resources (its iterators); subclasses define it.
+        Chainer: chainer.training.Updater.finalize.
+        """
         raise NotImplementedError
 
     def get_optimizer(self, name):
+        """The optimizer registered as `name` (e.g. 'main'); KeyError if none.
+        Chainer: chainer.training.Updater.get_optimizer.
+        """
         raise NotImplementedError
 
     def get_all_optimizers(self):
+        """A dict {name: optimizer} of all optimizers.
+        Chainer: chainer.training.Updater.get_all_optimizers.
+        """
         raise NotImplementedError
 
     def update(self):
+        """Perform one training step and count the iteration.
+        Chainer: chainer.training.Updater.update.
+        """
         raise NotImplementedError
 
     def serialize(self, serializer):
+        """Save or load the updater's state (iterators, optimizers, models,
+        iteration count). Chainer: chainer.training.Updater.serialize.
+        """
         raise NotImplementedError
 
 
@@ -3806,6 +5094,7 @@ class StandardUpdater(Updater):
     `iterator` and `optimizer` may be dicts of names; the epoch counters are
     those of the 'main' iterator.  For anything else (a GAN has two models
     and two losses) subclass it and override `update_core`.
+    Chainer: chainer.training.updaters.StandardUpdater.
     """
 
     # Class-level defaults, so that a subclass whose __init__ sets only
@@ -3850,28 +5139,43 @@ class StandardUpdater(Updater):
 
     @property
     def input_device(self):
-        """Where batches are sent: `input_device` if given, else `device`."""
+        """Where batches are sent: `input_device` if given, else `device`.
+        Chainer: chainer.training.updaters.StandardUpdater.input_device.
+        """
         return self.device if self._input_device is None else self._input_device
 
     # The epoch counters belong to the main iterator: an epoch is one pass
     # over its dataset.
     @property
     def epoch(self):
+        """Completed epochs of the 'main' iterator (an int).
+        Chainer: chainer.training.updaters.StandardUpdater.epoch.
+        """
         return self._iterators['main'].epoch
 
     @property
     def epoch_detail(self):
+        """Epochs done as a float (2.5: halfway through the third), from the
+        'main' iterator. Chainer: StandardUpdater.epoch_detail.
+        """
         return self._iterators['main'].epoch_detail
 
     @property
     def previous_epoch_detail(self):
+        """epoch_detail before the latest batch (None before the first).
+        Chainer: StandardUpdater.previous_epoch_detail.
+        """
         return self._iterators['main'].previous_epoch_detail
 
     @property
     def is_new_epoch(self):
+        """True if the latest batch finished an epoch. Chainer: StandardUpdater.is_new_epoch."""
         return self._iterators['main'].is_new_epoch
 
     def get_iterator(self, name):
+        """The iterator registered as `name` (e.g. 'main'); KeyError if none.
+        Chainer: StandardUpdater.get_iterator.
+        """
         return self._iterators[name]
 
     def get_optimizer(self, name):
@@ -3889,6 +5193,12 @@ class StandardUpdater(Updater):
         self.iteration += 1
 
     def update_core(self):
+        """One step: take the next batch of the 'main' iterator, convert it to
+        arrays on input_device, call optimizer.update(loss_func or the model,
+        *arrays) (a dict becomes keyword arguments) and, at an epoch's end, count
+        the optimizer's epoch. Override it for other training schemes.
+        Chainer: StandardUpdater.update_core.
+        """
         iterator = self._iterators['main']
         optimizer = self._optimizers['main']
         in_arrays = self.converter(iterator.next(), self.input_device)
@@ -3929,6 +5239,7 @@ class IntervalTrigger:
     fires when floor(value / period) changed in between, which happens once
     per boundary however the batches fall.  That memory is saved in
     snapshots, so a resumed run fires at the same iterations.
+    Chainer: chainer.training.triggers.IntervalTrigger.
     """
 
     def __init__(self, period, unit):
@@ -3944,6 +5255,9 @@ class IntervalTrigger:
         self._previous_epoch_detail = 0.0
 
     def __call__(self, trainer):
+        """True if a multiple of `period` iterations/epochs was passed since the
+        previous call (see the class). Chainer: chainer.training.triggers.IntervalTrigger.__call__.
+        """
         updater = trainer.updater
         if self.unit == 'epoch':
             now = updater.epoch_detail
@@ -3962,9 +5276,15 @@ class IntervalTrigger:
         return before // self.period != now // self.period
 
     def get_training_length(self):
+        """(period, unit): as a stop trigger, the length of training (used by
+        ProgressBar). Chainer: IntervalTrigger.get_training_length.
+        """
         return self.period, self.unit
 
     def serialize(self, serializer):
+        """Save or load the iteration and epoch_detail of the previous call, so a
+        resumed run fires at the same points. Chainer: IntervalTrigger.serialize.
+        """
         try:
             self._previous_iteration = int(serializer(
                 'previous_iteration', self._previous_iteration))
@@ -3984,7 +5304,9 @@ class IntervalTrigger:
 
 class ManualScheduleTrigger:
     """Fires when training passes one of the given points:
-    ManualScheduleTrigger([10, 25], 'epoch')."""
+    ManualScheduleTrigger([10, 25], 'epoch').
+    Chainer: chainer.training.triggers.ManualScheduleTrigger.
+    """
 
     def __init__(self, points, unit):
         if unit not in ('epoch', 'iteration'):
@@ -3997,6 +5319,9 @@ class ManualScheduleTrigger:
         self._previous_epoch_detail = 0.0
 
     def __call__(self, trainer):
+        """True if training passed one of the points since the previous call;
+        sets `finished` once the last point is reached. Chainer: ManualScheduleTrigger.__call__.
+        """
         updater = trainer.updater
         if self.unit == 'epoch':
             now, before = updater.epoch_detail, self._previous_epoch_detail
@@ -4011,6 +5336,9 @@ class ManualScheduleTrigger:
         return fire
 
     def serialize(self, serializer):
+        """Save or load the previous call's position and `finished`.
+        Chainer: ManualScheduleTrigger.serialize.
+        """
         self._previous_iteration = int(serializer(
             'previous_iteration', self._previous_iteration))
         self._previous_epoch_detail = float(serializer(
@@ -4020,7 +5348,9 @@ class ManualScheduleTrigger:
 
 class BestValueTrigger:
     """Fires when the mean of a reported value over the latest interval is
-    the best so far, as judged by compare(best, new) -> bool."""
+    the best so far, as judged by compare(best, new) -> bool.
+    Chainer: chainer.training.triggers.BestValueTrigger.
+    """
 
     def __init__(self, key, compare, trigger=(1, 'epoch')):
         self._key = key
@@ -4030,6 +5360,10 @@ class BestValueTrigger:
         self._best_value = None
 
     def __call__(self, trainer):
+        """At the end of each interval, True if the interval's mean of `key` is
+        better than every earlier one by compare(best, new); False otherwise and
+        between interval ends. Chainer: chainer.training.triggers.BestValueTrigger.__call__.
+        """
         value = trainer.observation.get(self._key)
         if value is not None:
             self._summary.add({self._key: value})
@@ -4045,6 +5379,9 @@ class BestValueTrigger:
         return False
 
     def serialize(self, serializer):
+        """Save or load the interval trigger, the running mean and the best value.
+        Chainer: BestValueTrigger.serialize.
+        """
         self._interval_trigger.serialize(serializer['interval_trigger'])
         self._summary.serialize(serializer['summary'])
         best = serializer('best_value', self._best_value)
@@ -4052,14 +5389,18 @@ class BestValueTrigger:
 
 
 class MaxValueTrigger(BestValueTrigger):
-    """Fires when `key` reaches a new maximum, e.g. validation accuracy."""
+    """Fires when `key` reaches a new maximum, e.g. validation accuracy.
+    Chainer: chainer.training.triggers.MaxValueTrigger.
+    """
 
     def __init__(self, key, trigger=(1, 'epoch')):
         super().__init__(key, lambda best, new: new > best, trigger)
 
 
 class MinValueTrigger(BestValueTrigger):
-    """Fires when `key` reaches a new minimum, e.g. validation loss."""
+    """Fires when `key` reaches a new minimum, e.g. validation loss.
+    Chainer: chainer.training.triggers.MinValueTrigger.
+    """
 
     def __init__(self, key, trigger=(1, 'epoch')):
         super().__init__(key, lambda best, new: new < best, trigger)
@@ -4071,7 +5412,9 @@ def _never_fire_trigger(trainer):
 
 def get_trigger(trigger):
     """A callable is a trigger already; None never fires; a tuple such as
-    (1, 'epoch') becomes an IntervalTrigger."""
+    (1, 'epoch') becomes an IntervalTrigger.
+    Chainer: chainer.training.get_trigger.
+    """
     if callable(trigger):
         return trigger
     if trigger is None:
@@ -4096,7 +5439,9 @@ _PRIORITY_SNAPSHOT = -100
 
 
 class Extension:
-    """Base class for extensions with state; override __call__."""
+    """Base class for extensions with state; override __call__.
+    Chainer: chainer.training.Extension.
+    """
 
     trigger = 1, 'iteration'
     priority = PRIORITY_READER
@@ -4104,22 +5449,40 @@ class Extension:
 
     @property
     def default_name(self):
+        """The name the trainer uses unless given one: the class name.
+        Chainer: chainer.training.Extension.default_name.
+        """
         return type(self).__name__
 
     def __call__(self, trainer):
+        """Do the extension's work on `trainer`; subclasses define it
+        (NotImplementedError here). Chainer: chainer.training.Extension.__call__.
+        """
         raise NotImplementedError('{} does not implement __call__'.format(
             type(self).__name__))
 
     def initialize(self, trainer):
+        """Called by Trainer.run before the loop (also when resuming).
+        Chainer: chainer.training.Extension.initialize.
+        """
         pass
 
     def finalize(self):
+        """Called after the training loop, even when it failed.
+        Chainer: chainer.training.Extension.finalize.
+        """
         pass
 
     def on_error(self, trainer, exc, tb):
+        """Called when the training loop raises `exc` (with traceback `tb`),
+        before finalize. Chainer: chainer.training.Extension.on_error.
+        """
         pass
 
     def serialize(self, serializer):
+        """Save or load the extension's state in snapshots; nothing here.
+        Chainer: chainer.training.Extension.serialize.
+        """
         pass
 
 
@@ -4129,6 +5492,8 @@ def make_extension(trigger=None, default_name=None, priority=None,
 
         @make_extension(trigger=(1, 'epoch'))
         def halve_lr(trainer): trainer.updater.get_optimizer('main').lr /= 2
+
+    Chainer: chainer.training.make_extension.
     """
     def decorate(function):
         function.trigger = Extension.trigger if trigger is None else trigger
@@ -4188,11 +5553,17 @@ class Trainer:
 
     @property
     def is_before_training(self):
+        """True while no update has run (updater.iteration == 0).
+        Chainer: chainer.training.Trainer.is_before_training.
+        """
         return self.updater.iteration == 0
 
     @property
     def elapsed_time(self):
-        """Seconds of training so far, including the runs before a resume."""
+        """Seconds of training so far, including the runs before a resume.
+        Raises RuntimeError before run() starts.
+        Chainer: chainer.training.Trainer.elapsed_time.
+        """
         if self._done:
             return self._final_elapsed_time
         if self._start_at is None:
@@ -4202,7 +5573,10 @@ class Trainer:
     def extend(self, extension, name=None, trigger=None, priority=None, *,
                call_before_training=False):
         """Register an extension.  Unset arguments come from the extension's
-        own attributes; a repeated name gets a suffix ('LogReport_1')."""
+        own attributes; a repeated name gets a suffix ('LogReport_1').
+        Raises TypeError for an extension without a name, ValueError for the
+        name 'training'. Chainer: chainer.training.Trainer.extend.
+        """
         if name is None:
             name = (getattr(extension, 'name', None) or
                     getattr(extension, 'default_name', None) or
@@ -4225,12 +5599,22 @@ class Trainer:
             extension, priority, get_trigger(trigger), call_before_training)
 
     def get_extension(self, name):
+        """The extension registered as `name`. Raises ValueError naming the
+        registered ones if there is none. Chainer: chainer.training.Trainer.get_extension.
+        """
         if name not in self._extensions:
             raise ValueError('Trainer.get_extension: no extension named {!r} '
                              '(have: {})'.format(name, ', '.join(self._extensions)))
         return self._extensions[name].extension
 
     def run(self, show_loop_exception_msg=True):
+        """Train: create `out`, initialize the extensions, then update and call
+        every extension whose trigger fires until the stop trigger fires. On an
+        exception, prints a note (unless show_loop_exception_msg is False), calls
+        every extension's on_error, and re-raises; extensions and the updater are
+        finalized in any case. Raises RuntimeError on a second run.
+        Chainer: chainer.training.Trainer.run.
+        """
         if self._done:
             raise RuntimeError('Trainer.run: this trainer has finished; to train '
                                'further, make a new Trainer and load a snapshot')
@@ -4286,6 +5670,10 @@ class Trainer:
         self._done = True
 
     def serialize(self, serializer):
+        """Save or load the updater, the stop trigger, every extension and its
+        trigger, and the elapsed time: a whole-trainer snapshot.
+        Chainer: chainer.training.Trainer.serialize.
+        """
         self.updater.serialize(serializer['updater'])
         if hasattr(self.stop_trigger, 'serialize'):
             self.stop_trigger.serialize(serializer['stop_trigger'])
@@ -4307,13 +5695,18 @@ class Trainer:
 # ----- evaluation ----------------------------------------------------------------
 
 class Evaluator(Extension):
-    """Runs the model over a whole validation iterator and reports the means
-    of what it reported, prefixed with this extension's name:
+    """Extension that runs the model over a whole validation iterator and
+    reports the means of what it reported, prefixed with its name:
     'validation/main/loss', 'validation/main/accuracy'.
 
-    It runs in test mode (config.train False: no dropout) and records no
-    graph (nothing is differentiated here), so the model is left exactly as
-    it was.
+    iterator: an iterator (repeat=False) or a dict of them ('main' is used);
+    target: the link to evaluate or a dict; converter: default
+    concat_examples; device: where batches are sent; eval_hook(evaluator):
+    called first; eval_func: called instead of target. progress_bar is
+    accepted and draws nothing. Runs with config.train False and no graph,
+    once per epoch by default, so the model is left exactly as it was. An
+    iterator that repeats (it would never end) or gives no batch at all is a
+    ValueError. Chainer: chainer.training.extensions.Evaluator.
     """
 
     trigger = 1, 'epoch'
@@ -4337,15 +5730,19 @@ class Evaluator(Extension):
                               'repeat=False'.format(name))
 
     def get_iterator(self, name):
+        """The iterator registered as `name`. Chainer: Evaluator.get_iterator."""
         return self._iterators[name]
 
     def get_all_iterators(self):
+        """A dict {name: iterator}. Chainer: Evaluator.get_all_iterators."""
         return dict(self._iterators)
 
     def get_target(self, name):
+        """The link registered as `name`. Chainer: Evaluator.get_target."""
         return self._targets[name]
 
     def get_all_targets(self):
+        """A dict {name: link}. Chainer: Evaluator.get_all_targets."""
         return dict(self._targets)
 
     def __call__(self, trainer=None):
@@ -4362,7 +5759,16 @@ class Evaluator(Extension):
         return result
 
     def evaluate(self):
+        """Run eval_func (or the target) over every batch of the 'main' iterator
+        (reset first) and return {key: mean over batches} of what it reported.
+        Chainer: chainer.training.extensions.Evaluator.evaluate.
+        """
         iterator = self._iterators['main']
+        if getattr(iterator, 'repeat', False):
+            raise ValueError(
+                "Evaluator: iterator 'main' repeats forever ({}(..., repeat=True)), "
+                'so evaluation would never end; create it with repeat=False'
+                .format(type(iterator).__name__))
         eval_func = self.eval_func or self._targets['main']
         if self.eval_hook:
             self.eval_hook(self)
@@ -4372,6 +5778,7 @@ class Evaluator(Extension):
         else:
             batches = copy.copy(iterator)
         summary = DictSummary()
+        batch = None
         for batch in batches:
             observation = {}
             with report_scope(observation):
@@ -4384,6 +5791,10 @@ class Evaluator(Extension):
                     else:
                         eval_func(in_arrays)
             summary.add(observation)    # each batch counts once, as in Chainer
+        if batch is None:
+            raise ValueError("Evaluator: iterator 'main' gave no batch (its dataset has "
+                             'length {}), so there is nothing to evaluate'.format(
+                                 len(getattr(iterator, 'dataset', ()))))
         return summary.compute_mean()
 
     def finalize(self):
@@ -4400,6 +5811,7 @@ class LogReport(Extension):
 
     It runs every iteration (to see every observation) and decides with its
     own `trigger` when an interval is over.
+    Chainer: chainer.training.extensions.LogReport.
     """
 
     def __init__(self, keys=None, trigger=(1, 'epoch'), postprocess=None,
@@ -4413,6 +5825,7 @@ class LogReport(Extension):
 
     @property
     def log(self):
+        """The list of log entries (dicts) written so far. Chainer: LogReport.log."""
         return self._log
 
     def __call__(self, trainer):
@@ -4432,6 +5845,8 @@ class LogReport(Extension):
         entry['elapsed_time'] = trainer.elapsed_time
         if self._postprocess is not None:
             self._postprocess(entry)
+        if not self._log and self._keys is not None:
+            _warn_unreported_keys('LogReport', self._keys, entry)
         self._log.append(entry)
         if self._log_name is not None:
             text = json.dumps(self._log, indent=4).encode('utf-8')
@@ -4448,6 +5863,19 @@ class LogReport(Extension):
             self._log = json.loads(text)
 
 
+def _warn_unreported_keys(owner, keys, entry):
+    """Warn, at the first log entry, about asked-for keys it lacks: a typo
+    would otherwise show as a blank column forever."""
+    unknown = [key for key in keys if key not in entry]
+    if unknown:
+        warnings.warn(
+            '{}: {} not in the first log entry, which has {}; check the spelling '
+            '(a key reported less often than the log is written, e.g. by an '
+            'Evaluator with a longer trigger, shows up later)'.format(
+                owner, ', '.join(repr(key) for key in unknown), sorted(entry)),
+            stacklevel=3)
+
+
 class PrintReport(Extension):
     """Prints chosen entries of a LogReport's log as a table, one row per
     entry, as soon as the entry exists:
@@ -4458,6 +5886,7 @@ class PrintReport(Extension):
     `log_report` is the name of a LogReport extended to the same trainer, or
     a LogReport object that this extension then drives itself.  `out`
     defaults to the sys.stdout of the moment of printing.
+    Chainer: chainer.training.extensions.PrintReport.
     """
 
     def __init__(self, entries, log_report='LogReport', out=None):
@@ -4487,6 +5916,8 @@ class PrintReport(Extension):
             raise TypeError('PrintReport: log_report must be a name or a '
                             'LogReport, not {}'.format(type(log_report).__name__))
         log = log_report.log
+        if self._log_len == 0 and log:
+            _warn_unreported_keys('PrintReport', self._entries, log[0])
         while self._log_len < len(log):
             # '\033[J' erases to the end of the screen: whatever a
             # ProgressBar drew below the cursor disappears under the row.
@@ -4526,16 +5957,19 @@ def _format_duration(seconds):
 
 
 class ProgressBar(Extension):
-    """Every `update_interval` iterations draws, in place:
+    """Extension that draws, every `update_interval` iterations (default 100),
+    in place:
 
              total [##########........................................] 20.00%
         this epoch [#########################.........................] 50.00%
                500 iter, 1 epoch / 5 epochs
-            231.62 iters/sec. Estimated time to finish: 0:00:17.268163.
+            231.62 iters/sec. Estimated time to finish: 0:00:17.
 
-    and moves the cursor back up ('\\033[4A') so the next drawing replaces
-    it.  The training length comes from the trainer's stop trigger unless
-    given as (length, unit).
+    and moves the cursor back up ('\033[4A') so the next drawing replaces it.
+    The rate line stays empty until there is a rate. training_length:
+    (length, unit), default taken from the trainer's stop trigger (TypeError if
+    it has none); bar_length default 50; out default sys.stdout.
+    Chainer: chainer.training.extensions.ProgressBar.
     """
 
     def __init__(self, training_length=None, update_interval=100, bar_length=50,
@@ -4585,11 +6019,12 @@ class ProgressBar(Extension):
             iterations_per_second = (iteration - old_iteration) / span
             units_per_second = (done - (old_iteration if unit == 'iteration'
                                         else old_epoch)) / span
-        else:
-            iterations_per_second = units_per_second = float('inf')
-        remaining = (length - done) / units_per_second if units_per_second else float('inf')
-        out.write('{:10.5g} iters/sec. Estimated time to finish: {}.\n'.format(
-            iterations_per_second, _format_duration(remaining)))
+            remaining = (round((length - done) / units_per_second)
+                         if units_per_second > 0 else float('inf'))
+            out.write('{:10.5g} iters/sec. Estimated time to finish: {}.\n'.format(
+                iterations_per_second, _format_duration(remaining)))
+        else:   # the first drawing: no rate yet, so no line that pretends one
+            out.write('\n')
         out.write('\033[4A')          # back to the top of the bar
         if hasattr(out, 'flush'):
             out.flush()
@@ -4616,17 +6051,24 @@ class ProgressBar(Extension):
 # by shuffling iterators) is not part of a snapshot.
 
 class Writer:
-    """How a snapshot reaches the disk: writer(filename, outdir, target)."""
+    """How a snapshot reaches the disk: writer(filename, outdir, target).
+    Chainer: chainer.training.extensions.snapshot_writers.Writer.
+    """
 
     def __init__(self):
         self._post_save_hooks = []
 
     def __call__(self, filename, outdir, target):
+        """Write `target` to outdir/filename; subclasses define how.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.__call__.
+        """
         raise NotImplementedError
 
     def save(self, filename, outdir, target, savefun, **kwds):
         """savefun(path, target) into a private temporary folder in outdir,
-        then an atomic rename to outdir/filename."""
+        then an atomic rename to outdir/filename.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.save.
+        """
         destination = os.path.join(outdir, filename)
         os.makedirs(os.path.dirname(destination) or '.', exist_ok=True)
         folder = tempfile.mkdtemp(prefix='.' + os.path.basename(filename) + '.',
@@ -4644,11 +6086,16 @@ class Writer:
         self._post_save_hooks.append(hook)
 
     def finalize(self):
+        """Wait for or release pending writes; nothing here.
+        Chainer: chainer.training.extensions.snapshot_writers.Writer.finalize.
+        """
         pass
 
 
 class SimpleWriter(Writer):
-    """Calls savefun(path, target, **kwds) right away."""
+    """Calls savefun(path, target, **kwds) right away.
+    Chainer: chainer.training.extensions.snapshot_writers.SimpleWriter.
+    """
 
     def __init__(self, savefun=save_npz, **kwds):
         super().__init__()
@@ -4735,6 +6182,7 @@ def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
     n_retains: keep only the newest n files of this name pattern.
     autoload: at the start of run(), load the newest of them, if any.
     condition: a callable() -> bool; no snapshot when it says False.
+    Chainer: chainer.training.extensions.snapshot.
     """
     if savefun is not None and writer is not None:
         raise TypeError('snapshot: give savefun or writer, not both')
@@ -4746,7 +6194,9 @@ def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
 
 def snapshot_object(target, filename, savefun=None, **kwargs):
     """snapshot() of one object (a model, an optimizer), e.g.
-    snapshot_object(model, 'model_epoch_{.updater.epoch}')."""
+    snapshot_object(model, 'model_epoch_{.updater.epoch}').
+    Chainer: chainer.training.extensions.snapshot_object.
+    """
     return snapshot(savefun, filename, target=target, **kwargs)
 
 
@@ -4766,12 +6216,18 @@ def _warn_no_matplotlib():
 
 
 class PlotReport(Extension):
-    """Plots the interval means of `y_keys` against `x_key` ('iteration' or
-    'epoch') into out/<filename> (PNG), redrawn at every interval.
+    """Extension plotting the interval means of `y_keys` (a key or a list)
+    against `x_key` ('iteration' default, or 'epoch') into out/<filename>,
+    redrawn at every interval of `trigger` (default (1, 'epoch')).
 
-    matplotlib is imported only here, and its object-oriented API draws on
-    an Agg canvas: no window, and no change to the global matplotlib state
-    of the program.  Without matplotlib it warns once and does nothing.
+    The y axis is labelled with the keys' last parts ('loss'), integer x
+    values get integer ticks, the legend sits inside the axes. filename (or
+    Chainer's older file_name, default 'plot.png'): its extension picks the
+    format (.png, .pdf ...). marker default 'x', grid default True;
+    postprocess(figure, axes, summary) runs before saving. matplotlib is
+    imported only here and draws on an Agg canvas (no window, no global
+    state); without it the extension warns once and does nothing.
+    Chainer: chainer.training.extensions.PlotReport.
     """
 
     def __init__(self, y_keys, x_key='iteration', trigger=(1, 'epoch'),
@@ -4791,7 +6247,9 @@ class PlotReport(Extension):
 
     @classmethod
     def available(cls):
-        """Whether plots can be drawn (warns when they cannot)."""
+        """Whether plots can be drawn (warns when they cannot).
+        Chainer: chainer.training.extensions.PlotReport.available.
+        """
         if _matplotlib_available():
             return True
         _warn_no_matplotlib()
@@ -4818,10 +6276,15 @@ class PlotReport(Extension):
     def _draw(self, path):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
         figure = Figure()
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(111)
         axes.set_xlabel(self._x_key)
+        axes.set_ylabel(_plot_y_label(self._y_keys))
+        if self._x_key in ('epoch', 'iteration'):   # no tick at epoch 2.5
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10],
+                                                     min_n_ticks=1))
         if self._grid:
             axes.grid()
         for key in self._y_keys:
@@ -4832,11 +6295,13 @@ class PlotReport(Extension):
             return
         if self._postprocess is not None:
             self._postprocess(figure, axes, self._summary)
-        legend = axes.legend(bbox_to_anchor=(1.05, 1), loc='upper left',
-                             borderaxespad=0.)
+        # The legend inside the axes, where it hides the fewest points: no
+        # empty margin beside the plot.
+        axes.legend(loc='best')
+        figure.tight_layout()
         file_format = os.path.splitext(path)[1][1:] or 'png'   # loss.pdf: a PDF
         _write_atomically(path, lambda f: figure.savefig(
-            f, format=file_format, bbox_extra_artists=(legend,), bbox_inches='tight'))
+            f, format=file_format, bbox_inches='tight'))
 
     def serialize(self, serializer):
         key = '_plot_' + self._filename
@@ -4853,6 +6318,17 @@ class PlotReport(Extension):
         except KeyError:
             warnings.warn('PlotReport: the snapshot holds no running means (one '
                           'written by Chainer?); the next point averages fewer values')
+
+
+def _plot_y_label(y_keys):
+    """The y-axis label of a PlotReport: the last part of the plotted keys
+    ('loss' for main/loss and validation/main/loss), each distinct one once."""
+    names = []
+    for key in y_keys:
+        name = key.rsplit('/', 1)[-1]
+        if name not in names:
+            names.append(name)
+    return ', '.join(names)
 
 
 # ----- the graph, as a picture -----------------------------------------------------
@@ -4920,6 +6396,7 @@ class DumpGraph(Extension):
     Reported values are normally cut from their graph (Chapter 14), so from
     `initialize` until the dump it turns config.keep_graph_on_report on,
     and then puts the old value back.
+    Chainer: chainer.training.extensions.DumpGraph.
     """
 
     default_name = 'dump_graph'
@@ -4981,6 +6458,21 @@ class DumpGraph(Extension):
         self._flag_called = bool(serializer('_flag_called', self._flag_called))
 
 
+class FailOnNonNumber(Extension):
+    """Stop training with a clear error once a parameter holds NaN or inf.
+    Chainer: extensions.FailOnNonNumber."""
+
+    def __call__(self, trainer):
+        for name, optimizer in trainer.updater.get_all_optimizers().items():
+            for path, param in optimizer.target.namedparams():
+                xp = _xp(param.data)
+                if param.data is not None and not xp.isfinite(param.data).all():
+                    raise RuntimeError(
+                        'FailOnNonNumber: parameter {} of optimizer {!r} holds NaN or '
+                        'inf after iteration {}; lower the learning rate or check the '
+                        'data'.format(path, name, trainer.updater.iteration))
+
+
 # ----- hyperparameter schedules and observations ---------------------------------
 # Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
 # the step count `_t` and the last value are saved, so a resumed run goes on
@@ -4988,7 +6480,9 @@ class DumpGraph(Extension):
 
 class ExponentialShift(Extension):
     """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
-    trigger, e.g. (10, 'epoch')), stopping at `target` if given."""
+    trigger, e.g. (10, 'epoch')), stopping at `target` if given.
+    Chainer: chainer.training.extensions.ExponentialShift.
+    """
 
     def __init__(self, attr, rate, init=None, target=None, optimizer=None):
         if rate < 0:
@@ -5032,7 +6526,9 @@ class ExponentialShift(Extension):
 
 class LinearShift(Extension):
     """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
-    between calls time_range[0] and time_range[1]; constant outside."""
+    between calls time_range[0] and time_range[1]; constant outside.
+    Chainer: chainer.training.extensions.LinearShift.
+    """
 
     def __init__(self, attr, value_range, time_range, optimizer=None):
         self._attr = attr
@@ -5070,7 +6566,9 @@ class LinearShift(Extension):
 
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under
-    `observation_key` (once per epoch by default), e.g. for LogReport."""
+    `observation_key` (once per epoch by default), e.g. for LogReport.
+    Chainer: chainer.training.extensions.observe_value.
+    """
     @make_extension(trigger=(1, 'epoch'), priority=PRIORITY_WRITER)
     def _observe_value(trainer):
         trainer.observation[observation_key] = target_func(trainer)
@@ -5079,7 +6577,9 @@ def observe_value(observation_key, target_func):
 
 def observe_lr(optimizer_name='main', observation_key='lr'):
     """observe_value of the optimizer's learning rate (`lr`; Adam's is the
-    effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t))."""
+    effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t)).
+    Chainer: chainer.training.extensions.observe_lr.
+    """
     return observe_value(observation_key,
                          lambda trainer: trainer.updater.get_optimizer(optimizer_name).lr)
 
@@ -5102,9 +6602,14 @@ def observe_lr(optimizer_name='main', observation_key='lr'):
 
 
 def _to_cpu(array):
+    """Return `array` as a NumPy array (a copy from the GPU; NumPy arrays and
+    None as they are; lists and tuples element by element).
+    Chainer: chainer.backends.cuda.to_cpu.
+    """
     if array is None or isinstance(array, np.ndarray):
         return array
     if cupy is not None and isinstance(array, cupy.ndarray):
+        _raise_deferred_errors()            # reading anyway: report a bad label now
         return array.get()
     if isinstance(array, (list, tuple)):    # as cuda.to_cpu in Chainer: each one
         return type(array)(_to_cpu(a) for a in array)
@@ -5121,6 +6626,10 @@ def _require_cupy(what):
 
 
 def _to_gpu(array, device_id=None):
+    """Return `array` as a CuPy array on GPU `device_id` (default: the current
+    one); lists and tuples element by element, None as it is. Raises
+    RuntimeError without CuPy. Chainer: chainer.backends.cuda.to_gpu.
+    """
     _require_cupy('to_gpu')
     if array is None:
         return None
@@ -5145,6 +6654,9 @@ class Device:
         return self.send_array(arrays)
 
     def use(self):
+        """Make this device the current one (a no-op on the CPU).
+        Chainer: chainer.backend.Device.use.
+        """
         pass
 
     def __eq__(self, other):
@@ -5164,9 +6676,13 @@ class Device:
 
 
 class CpuDevice(Device):
+    """The CPU, where arrays are NumPy arrays; its name is '@numpy'.
+    Chainer: chainer.backend.CpuDevice.
+    """
     xp = np
 
     def send_array(self, array):
+        """Return `array` as a NumPy array (copied from the GPU if it lives there)."""
         return _to_cpu(array)
 
     def __str__(self):
@@ -5174,6 +6690,9 @@ class CpuDevice(Device):
 
 
 class GpuDevice(Device):
+    """GPU number `device_id`, where arrays are CuPy arrays; its name is
+    '@cupy:N'. Raises RuntimeError without CuPy. Chainer: chainer.backend.GpuDevice.
+    """
     def __init__(self, device_id):
         _require_cupy('get_device(@cupy:{})'.format(device_id))
         self.device_id = device_id
@@ -5181,6 +6700,7 @@ class GpuDevice(Device):
         self.xp = cupy
 
     def send_array(self, array):
+        """Return `array` as a CuPy array on this GPU (copied if needed)."""
         return _to_gpu(array, self.device_id)
 
     def use(self):
@@ -5220,6 +6740,9 @@ def _send_to_device(device, array):
 
 
 def _device_of(array):
+    """The Device that `array` lives on (CpuDevice for NumPy arrays and None).
+    Chainer: chainer.backend.get_device_from_array.
+    """
     if isinstance(array, np.ndarray) or array is None:
         return CpuDevice()
     return GpuDevice(array.device.id)
@@ -5232,20 +6755,29 @@ def _current_gpu():
 
 @_continue_class(Variable)
 class Variable:
-    xp = property(lambda self: get_array_module(self.data))
-    device = property(lambda self: _device_of(self.data))
+    xp = property(lambda self: get_array_module(self.data),
+                  doc='The array module of the data: numpy or cupy. Chainer: Variable.xp.')
+    device = property(lambda self: _device_of(self.data),
+                      doc='The Device the data lives on. Chainer: Variable.device.')
 
     # ----- devices -----
     def to_device(self, device):
+        """Move data and grad to `device` (any spec get_device accepts); returns
+        self. Chainer: Variable.to_device.
+        """
         device = get_device(device)
         self.data = device.send(self.data)
         self._grad = device.send(self._grad)
         return self
 
     def to_cpu(self):
+        """Move data and grad to the CPU; returns self. Chainer: Variable.to_cpu."""
         return self.to_device(CpuDevice())
 
     def to_gpu(self, device=None):
+        """Move data and grad to GPU `device` (default: the current one); returns
+        self. Raises RuntimeError without CuPy. Chainer: Variable.to_gpu.
+        """
         return self.to_device(_current_gpu() if device is None else device)
 
 
@@ -5267,15 +6799,23 @@ class Link:
     # ----- devices -----
     @property
     def device(self):
+        """The Device of the parameters (CPU for a link without initialized ones,
+        unless to_device chose another). Chainer: chainer.Link.device.
+        """
         for param in self.params(include_uninit=False):
             return _device_of(param.data)
         return getattr(self, '_device', CpuDevice())
 
     @property
     def xp(self):
+        """The array module of the link's device: numpy or cupy. Chainer: chainer.Link.xp."""
         return self.device.xp
 
     def to_device(self, device):
+        """Move every parameter, gradient and persistent array of this link and
+        its descendants to `device` (a Device or a spec such as '@numpy',
+        '@cupy:0', 0, -1); returns self. Chainer: chainer.Link.to_device.
+        """
         device = get_device(device)
         for link in self.links():
             object.__setattr__(link, '_device', device)
@@ -5288,9 +6828,15 @@ class Link:
         return self
 
     def to_cpu(self):
+        """Move the link to the CPU (to_device('@numpy')); returns self.
+        Chainer: chainer.Link.to_cpu.
+        """
         return self.to_device(CpuDevice())
 
     def to_gpu(self, device=None):
+        """Move the link to GPU `device` (default: the current one); returns self.
+        Needs CuPy. Chainer: chainer.Link.to_gpu.
+        """
         return self.to_device(_current_gpu() if device is None else device)
 
 
@@ -5303,14 +6849,24 @@ class Link:
 # the big weight matrices of an MLP, walking them in blocks that fit in the
 # cache keeps each block there for all ten passes instead of streaming every
 # array from memory ten times: about 3 ms of an MNIST training step.
+#
+# On a GPU each of those passes is a kernel launch, and launching costs more
+# than the arithmetic: every update rule runs as one fused kernel per
+# parameter instead (_FUSED_UPDATES below), with the CPU's formulas in the
+# CPU's order.
 
 _ADAM_BLOCK = 1 << 18      # elements: a block of each array stays in the cache
 _adam_scratch = {}         # dtype -> one block of scratch memory, reused
 
 
 def _adam_update(arrays, constants):
-    """Run _adam_step over [data, grad, m, v(, vhat)], block by block on the CPU."""
+    """Run _adam_step over [data, grad, m, v(, vhat)], block by block on the
+    CPU; on a GPU, run Adam's fused kernel instead."""
     data = arrays[0]
+    if not isinstance(data, np.ndarray):    # on a GPU: one fused kernel (below)
+        one_minus_decay = 1.0 - constants[4] * constants[5]    # 1 - eta weight_decay_rate
+        return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
+                             *constants[:5], one_minus_decay, data, *arrays[2:])
     size = data.size
     if isinstance(data, np.ndarray) and size > _ADAM_BLOCK and \
             all(a.flags.c_contiguous for a in arrays):
@@ -5324,6 +6880,203 @@ def _adam_update(arrays, constants):
     else:
         xp = _xp(data)
         _adam_step(xp, xp.empty_like(data), *arrays, constants=constants)
+
+
+# ----- fused updates on the GPU --------------------------------------------------
+# On the CPU each line of an update rule is one NumPy pass.  On a GPU each
+# would be one kernel launch, and for small parameters the launches cost more
+# than the arithmetic.  So on a GPU every rule runs as ONE elementwise kernel
+# per parameter, as in Chainer.  Each kernel computes the same formulas in the
+# same order as the rule's CPU code (with T the parameter's dtype, as NumPy
+# casts a Python scalar to it), and is compiled with --fmad=false: nvcc would
+# otherwise merge a * b + c into one fused multiply-add, rounded once instead
+# of twice, and the GPU's result would drift from the CPU's.  The kernels are
+# compiled at first use and cached here.
+
+_FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop body in CUDA C)
+    'sgd': ('T grad, T lr', 'T param', 'param -= lr * grad;'),
+    'momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += v;'''),
+    'adagrad': ('T grad, T lr, T eps', 'T param, T h', '''
+        h += grad * grad;
+        param -= lr * grad / (sqrt(h) + eps);'''),
+    'adadelta': ('T grad, T one_minus_rho, T rho, T eps', 'T param, T msg, T msdx', '''
+        msg *= rho;
+        msg += one_minus_rho * grad * grad;
+        T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
+        msdx *= rho;
+        msdx += one_minus_rho * dx * dx;
+        param -= dx;'''),
+    'rmsprop': ('T grad, T lr, T alpha, T one_minus_alpha, T eps, bool eps_inside_sqrt',
+                'T param, T ms', '''
+        ms *= alpha;
+        ms += one_minus_alpha * grad * grad;
+        T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
+        param -= lr * grad / denom;'''),
+    # Adam as _adam_step does it; multiplying by eta or decay = 1 changes nothing.
+    'adam': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+             'T param, T m, T v', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        T step = lr / (sqrt(v) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+    'amsgrad': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
+                'T param, T m, T v, T vhat', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        vhat = max(vhat, v);
+        T step = lr / (sqrt(vhat) + eps) * m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+}
+_fused_kernels = {}
+
+
+def _fused_update(name, *args):
+    """Run the fused update `name` on GPU arrays: inputs, then the arrays it updates."""
+    kernel = _fused_kernels.get(name)
+    if kernel is None:
+        in_params, out_params, operation = _FUSED_UPDATES[name]
+        kernel = _fused_kernels[name] = cupy.ElementwiseKernel(
+            in_params, out_params, operation, 'onefchainer_' + name,
+            options=('--fmad=false',))
+    kernel(*args)
+
+
+# ----- label checks that wait for the next read (GPU) ---------------------------
+# On the CPU, checking that every label is in [0, n_class) costs a comparison.
+# On a GPU, `if bad.any()` makes Python wait until the device has computed
+# everything before it (a host sync) in every step, and the GPU then idles
+# while Python issues the next step.  So on a GPU the check stays on the
+# device: `_label_check` flags the bad labels in the same pass that prepares
+# the labels; their largest value is folded into one small device array per
+# (function, n_class, ignore_label); the batch's loss (and its gradient)
+# becomes NaN, so a value read directly is never silently wrong; and the
+# first read of a value on the host (cuda.to_cpu, Variable.item, the means
+# of the reporter's Summary that LogReport, PrintReport and Evaluator use)
+# raises the error, naming the function and the label.  config.debug makes
+# the check immediate on a GPU too, stopping at the batch itself.
+
+_DEFER_CHECKS_ON_CPU = False     # True runs the GPU's deferred path on the CPU (tests)
+_NO_BAD_LABEL = np.iinfo(np.int64).min
+_pending_label_checks = {}       # (label, n_class, ignore_label) -> worst bad label so far (device)
+_label_check_kernel = None       # built at first use on a GPU
+
+
+def _defers_checks(array):
+    """True if the checks of data in `array` must not make the host wait."""
+    if config.debug:
+        return False
+    return _DEFER_CHECKS_ON_CPU or not isinstance(array, np.ndarray)
+
+
+def _label_check(t, n_class, ignore_label):
+    """(safe_t, valid, flagged) for labels t, without a sync: safe_t is t with
+    ignored and bad labels replaced by 0 (so indexing with it stays in
+    bounds), valid is t != ignore_label, flagged is t where it is a bad label
+    (valid but outside [0, n_class)) and _NO_BAD_LABEL elsewhere (int64)."""
+    global _label_check_kernel
+    if isinstance(t, np.ndarray):
+        in_range = (t >= 0) & (t < n_class)
+        valid = t != ignore_label
+        safe_t = np.where(valid & in_range, t, 0).astype(t.dtype, copy=False)
+        flagged = np.where(valid & ~in_range, t.astype(np.int64), _NO_BAD_LABEL)
+        return safe_t, valid, flagged
+    if _label_check_kernel is None:     # one pass instead of eight launches
+        _label_check_kernel = cupy.ElementwiseKernel(
+            'S t, int64 n_class, int64 ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
+            '''
+            bool in_range = (t >= 0) && (t < n_class);
+            valid = (t != ignore);
+            safe_t = (valid && in_range) ? t : 0;
+            flagged = (valid && !in_range) ? t : none;
+            ''', 'onefchainer_label_check')
+    return _label_check_kernel(t, n_class, ignore_label, _NO_BAD_LABEL)
+
+
+def _remember_label_check(label, n_class, ignore_label, flagged):
+    """Fold the bad labels of one batch into the pending check of its kind;
+    returns the batch's worst bad label (a device 0-dim array)."""
+    worst = flagged.max()
+    if not isinstance(worst, _array_types):     # NumPy gives a scalar
+        worst = np.asarray(worst)
+    key = (label, n_class, ignore_label)
+    pending = _pending_label_checks.get(key)
+    if pending is None:
+        _pending_label_checks[key] = worst.copy()
+    else:
+        _xp(pending).maximum(pending, worst, out=pending)
+    return worst
+
+
+def _raise_deferred_errors():
+    """Raise the error of a bad label that a GPU op found since the last read.
+    Called wherever a value is read on the host anyway, so it adds no sync of
+    its own to a training step."""
+    if not _pending_label_checks:
+        return
+    pending = list(_pending_label_checks.items())
+    _pending_label_checks.clear()
+    for (label, n_class, ignore_label), worst in pending:
+        worst = int(worst.item())
+        if worst != _NO_BAD_LABEL:
+            raise ValueError(
+                '{}: labels must be in [0, {}) or equal ignore_label ({}); a batch '
+                'since the last read held label {} (found on the device, where that '
+                "batch's loss was made NaN; set chainer.config.debug = True to stop "
+                'at the batch itself)'.format(label, n_class, ignore_label, worst))
+
+
+@_continue_class(SoftmaxCrossEntropy)
+class SoftmaxCrossEntropy:
+    # The deferred path of forward: the same values, and no host sync.
+
+    def _check_labels_later(self, t, n_class):
+        safe_t, valid, self._flagged = _label_check(t, n_class, self.ignore_label)
+        self._worst = _remember_label_check(self.label, n_class, self.ignore_label,
+                                            self._flagged)
+        return valid, safe_t
+
+    def _nan_where_bad(self, loss):
+        return _xp(loss).where(self._flagged == _NO_BAD_LABEL, loss, np.nan)
+
+    def _coefficient_later(self, count, dtype):
+        """1 / max(count, 1), or NaN after a bad label, computed on the device."""
+        xp = _xp(self.valid)
+        if xp is np:
+            return np.where(self._worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
+                            np.nan).astype(dtype)
+        return _fused_op('sce_coeff', count, self._worst, _NO_BAD_LABEL, np.nan,
+                         xp.empty((), dtype))      # one launch
+
+# Small fused kernels for the GPU paths of ops: one launch where the NumPy
+# code takes several.  They compute what the CPU code computes, in its order.
+_FUSED_OPS = {     # name: (inputs, outputs, the loop body in CUDA C)
+    'relu_grad': ('T gy, T y', 'T gx', 'gx = gy * (y > 0);'),
+    'summary_add': ('T value, float64 weight', 'float64 x, float64 x2', '''
+        double v = value;
+        x += weight * v;
+        x2 += weight * v * v;'''),
+    'sce_coeff': ('int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
+        double n = count;
+        n = max(n, 1.0);
+        coeff = (worst == none) ? 1.0 / n : nan_value;'''),
+}
+_fused_op_kernels = {}
+
+
+def _fused_op(name, *args):
+    """Run the kernel `name` of _FUSED_OPS on GPU arrays; returns its output."""
+    kernel = _fused_op_kernels.get(name)
+    if kernel is None:
+        kernel = _fused_op_kernels[name] = cupy.ElementwiseKernel(
+            *_FUSED_OPS[name], 'onefchainer_' + name)
+    return kernel(*args)
 
 
 # =============================================================================
@@ -5342,10 +7095,9 @@ def _checked_grad(variable, grad):
     if not isinstance(grad, _array_types):
         raise TypeError('Variable.grad: must be an array or None, not '
                         '{}'.format(type(grad).__name__))
-    if variable.data is not None and grad.shape != variable.data.shape:
-        raise ValueError(
-            'Variable.grad: shape {} does not match the data shape {}'
-            .format(grad.shape, variable.data.shape))
+    if variable.data is not None and (grad.shape != variable.data.shape or
+                                      grad.dtype != variable.data.dtype):
+        _check_grad_input(None, None, variable, grad)
     return grad
 
 
@@ -5368,6 +7120,7 @@ class Variable:
     # ----- the array and its gradient -----
     @property
     def array(self):
+        """The data array (the same as .data). Chainer: Variable.array."""
         return self.data
 
     @array.setter
@@ -5376,9 +7129,13 @@ class Variable:
 
     @property
     def grad_var(self):
+        """The gradient wrapped in a new Variable, or None. Chainer: Variable.grad_var."""
         return None if self._grad is None else Variable(self._grad)
 
     def zerograd(self):
+        """Set the gradient to zeros of the data's shape and dtype.
+        Chainer: Variable.zerograd (deprecated there in favour of cleargrad).
+        """
         self._grad = None if self.data is None else _xp(self.data).zeros_like(self.data)
 
     def __len__(self):
@@ -5387,6 +7144,10 @@ class Variable:
         return len(self.data)
 
     def item(self):
+        """The value of a one-element Variable as a Python number (raises
+        ValueError for more elements). Chainer: Variable.item.
+        """
+        _raise_deferred_errors()
         return self.data.item()
 
     def __repr__(self):
@@ -5424,6 +7185,9 @@ class Function:
 
     @property
     def output_data(self):
+        """The arrays of the outputs that still exist (None for dropped ones).
+        Chainer: Function.output_data.
+        """
         return tuple(None if y() is None else y().data for y in self.outputs)
 
     def unchain(self):
@@ -5446,6 +7210,9 @@ def _explain(function, in_data, error):
     if message.startswith(function.label.lower() + ':') or \
             message.startswith(function.label + ':'):
         return error
+    mixed = _mixed_devices_error(function, in_data)
+    if mixed is not None:
+        return mixed
     kind = (TypeError if isinstance(error, TypeError) else
             IndexError if isinstance(error, IndexError) else ValueError)
     return kind('{}: {} (inputs: {})'.format(
@@ -5460,6 +7227,119 @@ def _check_finite(function, direction, arrays):
             raise FloatingPointError(
                 '{}: NaN or inf in the {} output {} (shape {}); found because '
                 'config.debug is on'.format(function.label, direction, i, a.shape))
+
+
+@_continue_class(SoftmaxCrossEntropy)
+class SoftmaxCrossEntropy:
+
+    def _check(self, x, t):
+        label = self.label
+        if x.dtype.kind != 'f':
+            raise TypeError('{}: x must hold float scores, got dtype {}'.format(label, x.dtype))
+        if t.dtype.kind not in 'iu':
+            raise TypeError('{}: t must hold integer labels, got dtype {}'.format(
+                label, t.dtype))
+        if x.ndim < 2 or t.shape != x.shape[:1] + x.shape[2:]:
+            raise ValueError('{}: x.shape {} and t.shape {} do not match; t should '
+                             'have shape {}'.format(label, x.shape, t.shape,
+                                                    x.shape[:1] + x.shape[2:]))
+
+
+@_continue_class(Optimizer)
+class Optimizer:
+
+    def _check_setup(self, method='update()'):
+        if self.target is None:
+            raise RuntimeError('{}: call setup(link) before {}'.format(
+                type(self).__name__, method))
+
+
+def _check_grad_input(function, index, x, gx):
+    """Raise unless gradient `gx` fits variable `x` (same shape and dtype),
+    naming who made it: input `index` of `function`'s backward, or, with
+    function None, an assignment to x.grad.  A wrong gradient stored silently
+    would turn up later as a dtype or shape change far from its cause."""
+    where = ('Variable.grad' if function is None else
+             '{}.backward: the gradient of input {}'.format(function.label, index))
+    if gx.shape != x.data.shape:
+        raise ValueError('{} has shape {} but the variable has shape {}; a gradient '
+                         'has the shape of its variable'.format(where, gx.shape, x.data.shape))
+    if gx.dtype != x.data.dtype:
+        raise TypeError('{} has dtype {} but the variable has dtype {}; cast it with '
+                        '.astype(numpy.{})'.format(where, gx.dtype, x.data.dtype,
+                                                   x.data.dtype))
+
+
+def _require_float(label, *arrays):
+    """Raise unless every array holds floating-point numbers.
+
+    Integer arrays are welcome where the math stays exact (add, mul, sum,
+    reshape, indexing, relu...), but a function built on division, e^x, 1/x
+    or a float factor would truncate or silently switch to float64; its
+    gradient would be truncated too (the mean of three ints gets gradient 0).
+    """
+    for a in arrays:
+        if a.dtype.kind != 'f':
+            raise TypeError(
+                '{}: needs floating-point input, got dtype {} (shape {}); integer '
+                'math would truncate the result or its gradient; convert it with '
+                '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
+
+
+def _require_inputs(label, xs):
+    if len(xs) == 0:
+        raise ValueError('{}: needs at least one input, got none'.format(label))
+
+
+def _input_data(label, x):
+    """The array behind argument `x` of `label`, for helpers that look at it
+    before any Function sees it; anything else gets the error a Function gives."""
+    if isinstance(x, Variable):
+        return x.data
+    if isinstance(x, _array_types):
+        return x
+    raise TypeError('{}: inputs must be Variables or numpy/cupy arrays, not {}; '
+                    'convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)'
+                    .format(label, type(x).__name__))
+
+
+def _mixed_devices_error(function, in_data):
+    """The error for inputs on different devices, or None if they share one.
+    Function.__call__ asks (through _explain) only once forward has failed,
+    so it costs the hot path nothing."""
+    devices = [(i, str(_device_of(a))) for i, a in enumerate(in_data)
+               if isinstance(a, _array_types)]
+    if len({device for _, device in devices}) < 2:
+        return None
+    names = getattr(function, 'input_names', ())
+    (i, first), (j, second) = devices[0], next(d for d in devices if d[1] != devices[0][1])
+    name_i = names[i] if i < len(names) else 'input {}'.format(i)
+    name_j = names[j] if j < len(names) else 'input {}'.format(j)
+    return TypeError(
+        '{}: {} is on {} but {} is on {}; send the batch with device.send(x) or '
+        'concat_examples(batch, device), or move the model with '
+        'model.to_device(device)'.format(function.label, name_i, first, name_j, second))
+
+
+def _check_first_input(link_name, x):
+    """The array of the first input of a link that learns its input size from
+    it, checked *before* anything is initialized: one example without its
+    batch axis would otherwise fix the weights to a wrong shape for good."""
+    data = _input_data(link_name, x)
+    if data.ndim < 2:
+        raise ValueError(
+            '{}: the input has shape {}, with no batch axis, so its size cannot be '
+            'learned from it; pass a batch, e.g. x[None] (shape {}) for one '
+            'example'.format(link_name, data.shape, (1,) + data.shape))
+    return data
+
+
+def _warn_no_params(optimizer, link):
+    warnings.warn(
+        '{}.setup: {} has no parameters, so training will change nothing; '
+        'parameters and child links must be assigned inside '
+        '`with self.init_scope():` to be registered'.format(
+            type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
 # =============================================================================
@@ -5478,18 +7358,33 @@ class Function:
     # Chainer also lets a Function write one method per device instead:
     # forward_cpu/forward_gpu and backward_cpu/backward_gpu.
     def forward(self, inputs):
+        """Compute the outputs from a tuple of input arrays.  This default calls
+        forward_cpu or forward_gpu by where the inputs live, as Chainer's
+        old-style functions may define. Chainer: Function.forward.
+        """
         on_cpu = isinstance(inputs[0], np.ndarray)
         return (self.forward_cpu if on_cpu else self.forward_gpu)(inputs)
 
     def backward(self, inputs, grad_outputs):
+        """Compute the input gradients from the inputs and output gradients.  This
+        default calls backward_cpu or backward_gpu by where the inputs live.
+        Chainer: Function.backward.
+        """
         on_cpu = isinstance(inputs[0], np.ndarray)
         return (self.backward_cpu if on_cpu else self.backward_gpu)(inputs, grad_outputs)
 
     def forward_cpu(self, inputs):
+        """Forward on NumPy arrays: define it (with forward_gpu) instead of forward.
+        Raises NotImplementedError unless overridden. Chainer: Function.forward_cpu.
+        """
         raise NotImplementedError('{}: write forward (or forward_cpu and forward_gpu)'
                                   .format(self.label))
 
     def backward_cpu(self, inputs, grad_outputs):
+        """Backward on NumPy arrays: define it (with backward_gpu) instead of
+        backward. Raises NotImplementedError unless overridden.
+        Chainer: Function.backward_cpu.
+        """
         raise NotImplementedError('{}: write backward (or backward_cpu and backward_gpu) '
                                   'to differentiate it'.format(self.label))
 
@@ -5506,6 +7401,9 @@ class Variable:
 
     # ----- the graph -----
     def set_creator(self, function):
+        """Make `function` this variable's creator (rank follows).
+        Chainer: Variable.set_creator.
+        """
         self.creator = function
         self.rank = function.rank + 1
 
@@ -5515,16 +7413,26 @@ class UpdateRule:
 
     # A rule writes update_core, or, as Chainer also allows, one method per device.
     def update_core(self, param):
+        """Update param.data in place from param.grad. The base
+        implementation calls update_core_cpu or update_core_gpu by the array type;
+        a rule overrides either this or those. Chainer: chainer.UpdateRule.update_core.
+        """
         if isinstance(param.data, np.ndarray):
             self.update_core_cpu(param)
         else:
             self.update_core_gpu(param)
 
     def update_core_cpu(self, param):
+        """update_core for NumPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_cpu.
+        """
         raise NotImplementedError('{}: define update_core or update_core_cpu'.format(
             type(self).__name__))
 
     def update_core_gpu(self, param):
+        """update_core for CuPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_gpu.
+        """
         raise NotImplementedError('{}: define update_core or update_core_gpu'.format(
             type(self).__name__))
 
@@ -5533,18 +7441,39 @@ class UpdateRule:
 class Optimizer:
 
     def use_cleargrads(self, use=True):
+        """Accepted for Chainer 1 code; does nothing (gradients are always cleared
+        to None). Chainer: chainer.Optimizer.use_cleargrads.
+        """
         pass     # Chainer-1 compatibility: grads are always cleared to None
 
 
+@_continue_class(_Config)
+class _Config:
+
+    def show(self, file=sys.stdout):
+        """Write every setting, one per line, to `file` (default sys.stdout).
+        Chainer: chainer.configuration.GlobalConfig.show.
+        """
+        for name in sorted(vars(self)):
+            file.write('{:<22}{}\n'.format(name, getattr(self, name)))
+
+
 def force_backprop_mode():
+    """`with force_backprop_mode():` records the graph inside the block even
+    where an outer no_backprop_mode turned it off. Chainer: chainer.force_backprop_mode.
+    """
     return using_config('enable_backprop', True)
 
 
 def is_debug():
+    """True if config.debug is on (every result checked for NaN/inf).
+    Chainer: chainer.is_debug.
+    """
     return bool(config.debug)
 
 
 def set_debug(debug):
+    """Turn config.debug on or off. Chainer: chainer.set_debug."""
     config.debug = debug
 global_config = config   # one config: Chainer's per-thread layer is left out
 
@@ -5635,7 +7564,7 @@ gradient_check = _submodule('gradient_check', numerical_grad=numerical_grad,
                             check_backward=check_backward)
 
 
-utils = _submodule('utils', force_array=force_array, size_of_shape=lambda s: int(np.prod(s)))
+utils = _submodule('utils', force_array=force_array, size_of_shape=_size_of_shape)
 
 
 datasets = _submodule(
@@ -5683,3 +7612,743 @@ _submodule(
     ExponentialShift=ExponentialShift, LinearShift=LinearShift,
     observe_lr=observe_lr, observe_value=observe_value)
 _submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)
+
+
+# ----- the rest of Chainer's surface -------------------------------------------
+# Real Chainer
+# programs reach the features above by many roads: module paths
+# (`from chainer.backends.cuda import to_cpu`, `chainer.datasets.mnist`),
+# function-style spellings of classes (`extensions.dump_graph`), and older
+# names Chainer v7 still accepts (`cuda.get_device(0).use()`).  This chapter
+# lays those roads to the same objects, so a Chainer program runs after only
+# its imports change.  A Chainer name whose feature is deliberately left out
+# (ChainerX, multi-GPU and multi-node training, RNNs, HDF5, ...) raises
+# NotSupportedError saying so, instead of a puzzling AttributeError.
+
+class NotSupportedError(NotImplementedError):
+    """Raised for a Chainer v7 name whose feature onefchainer leaves out."""
+
+
+# Why each family of names is left out; the keys are used by the lists below.
+_OUT_OF_SCOPE = {
+    'chainerx': 'ChainerX (Chainer\'s C++ array backend) is out of scope; NumPy and CuPy are used',
+    'multi': 'multi-GPU / multi-process training is out of scope; use one device',
+    'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
+    'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
+    'hooks': 'function and link hooks are out of scope',
+    'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
+    'distributions': 'probability distributions are out of scope',
+    'static': 'static-graph optimization is out of scope',
+    'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
+    'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
+              'use TupleDataset over arrays',
+    'data': 'only MNIST and Fashion-MNIST are provided as built-in datasets',
+    'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
+    'testing': 'chainer.testing (Chainer\'s own test helpers) is out of scope; use pytest and '
+               'gradient_check',
+    'thread': 'per-thread configuration is out of scope: config is one global object',
+    'dali': 'NVIDIA DALI is out of scope',
+    'ideep': 'iDeep (Intel CPU acceleration) is out of scope; NumPy is used on the CPU',
+    'missing': 'not implemented here (see README, "Compatibility"); build it from what '
+               'exists, e.g. as a Function subclass (Chapter 3)',
+}
+
+
+def _not_supported(module, reason_key=None, **names_by_reason):
+    """Make missing names of `module` raise NotSupportedError.
+
+    `names_by_reason` maps a key of _OUT_OF_SCOPE to a space-separated list
+    of Chainer names; `reason_key` (optional) covers every other non-dunder
+    name, for modules that are out of scope as a whole.  Other names still
+    raise AttributeError, so typos stay typos.  (Module-level __getattr__,
+    PEP 562, is consulted only for names the module does not have.)
+    """
+    reasons = dict(getattr(module, '_not_supported_reasons', {}))
+    for key, names in names_by_reason.items():
+        for name in names.split():
+            reasons[name] = key
+    module._not_supported_reasons = reasons
+    module._not_supported_default = reason_key or getattr(module, '_not_supported_default', None)
+
+    def __getattr__(name):
+        key = reasons.get(name)
+        if key is None and not name.startswith('__'):
+            key = module._not_supported_default
+        if key is None:
+            raise AttributeError('module {!r} has no attribute {!r}'.format(
+                module.__name__, name))
+        chainer_name = 'chainer' + module.__name__[len(__name__):] + '.' + name
+        raise NotSupportedError('{} is not supported by onefchainer: {}'.format(
+            chainer_name, _OUT_OF_SCOPE[key]))
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+def _out_of_scope_module(dotted_name, reason_key, **members):
+    """Register a module whose every (other) name raises NotSupportedError."""
+    return _not_supported(_submodule(dotted_name, **members), reason_key)
+
+
+# ----- chainer.cuda / chainer.backends.cuda: the pre-v6 device API ----------
+# Before `chainer.get_device`, a GPU was chosen with cupy's Device object
+# (`cuda.get_device_from_id(0).use()`, `with cuda.get_device(x):`) and the
+# CPU was a do-nothing DummyDevice.  The functions below return those objects
+# when CuPy is there, and DummyDevice for the CPU.
+
+class DummyDeviceType:
+    """The CPU in the pre-v6 CUDA API: a device that does nothing (id -1)."""
+
+    id = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def use(self):
+        """Does nothing: the CPU needs no selecting. Chainer: cuda.DummyDevice.use."""
+        pass
+
+    def synchronize(self):
+        """Does nothing: the CPU does not run ahead. Chainer: cuda.DummyDevice.synchronize."""
+        pass
+
+    def __eq__(self, other):
+        return isinstance(other, DummyDeviceType)
+
+    def __hash__(self):
+        return hash(DummyDeviceType)
+
+    def __int__(self):
+        return -1
+
+    def __repr__(self):
+        return '<DummyDevice>'
+
+
+DummyDevice = DummyDeviceType()
+
+
+def check_cuda_available():
+    """Raise RuntimeError unless CuPy (and so a GPU) can be used.  Chainer: cuda.check_cuda_available."""
+    _require_cupy('check_cuda_available')
+
+
+def _cuda_device_from_id(device_id):
+    """cupy.cuda.Device(device_id), or DummyDevice for None or a negative id.
+    Chainer: cuda.get_device_from_id."""
+    if device_id is None or int(device_id) < 0:
+        return DummyDevice
+    check_cuda_available()
+    return cupy.cuda.Device(int(device_id))
+
+
+def _cuda_device_from_array(*arrays):
+    """The cupy Device of the first CuPy array given, else DummyDevice.
+    Chainer: cuda.get_device_from_array."""
+    for array in arrays:
+        if isinstance(array, Variable):
+            array = array.data
+        if cupy is not None and isinstance(array, cupy.ndarray):
+            return array.device
+    return DummyDevice
+
+
+def _cuda_get_device(*args):
+    """The v1 spelling: an int id, a CuPy array or a cupy Device gives a cupy
+    Device; anything else (a NumPy array, None) DummyDevice.  Like Chainer's
+    cuda.get_device, an int always means a GPU, so it needs CuPy."""
+    for arg in args:
+        if isinstance(arg, (int, np.integer)) and not isinstance(arg, bool):
+            check_cuda_available()
+            return cupy.cuda.Device(int(arg))
+        if cupy is not None and isinstance(arg, (cupy.ndarray, cupy.cuda.Device)):
+            return arg.device if isinstance(arg, cupy.ndarray) else arg
+    return DummyDevice
+
+
+def _cupy_attribute(name):
+    """cupy.<name> for the kernel helpers, or a clear error without CuPy."""
+    def function(*args, **kwargs):
+        _require_cupy('cuda.' + name)
+        return getattr(cupy, name)(*args, **kwargs)
+    function.__name__ = name
+    function.__doc__ = 'cupy.{} (Chainer: cuda.{}); without CuPy it raises RuntimeError.'.format(
+        name, name)
+    return function
+
+
+def _cuda_copy(array, out=None, out_device=None, stream=None):
+    """Copy a CuPy array, optionally to another GPU or into `out`.  Chainer: cuda.copy."""
+    _require_cupy('cuda.copy')
+    if out is None:
+        with _cuda_device_from_id(out_device if out_device is not None
+                                  else array.device.id):
+            out = cupy.empty_like(array)
+    with array.device:
+        cupy.copyto(out, array)
+    return out
+
+
+def should_use_cudnn(level, lowest_version=0):
+    """False: onefchainer never calls cuDNN. Chainer: chainer.should_use_cudnn."""
+    return False
+
+
+def should_use_cudnn_tensor_core(dtype):
+    """False: onefchainer never calls cuDNN.
+    Chainer: chainer.should_use_cudnn_tensor_core."""
+    return False
+
+
+def _get_max_workspace_size():
+    """0: no cuDNN workspace is used. Chainer: cuda.get_max_workspace_size."""
+    return 0
+
+
+def _set_max_workspace_size(size):
+    """Accepted and ignored: no cuDNN workspace is used.
+    Chainer: cuda.set_max_workspace_size."""
+
+
+def _not_available():
+    """False: this backend is not supported by onefchainer."""
+    return False
+
+
+def _fuse_without_cupy(*args, **kwargs):
+    """Without CuPy, cuda.fuse() leaves the function as it is. Chainer: cuda.fuse."""
+    return lambda function: function
+
+
+def _clear_no_memo():
+    """Without CuPy there is no kernel cache to clear. Chainer: cuda.clear_memo."""
+
+
+def _memoize(for_each_device=False):
+    """cupy.memoize where CuPy is installed; else a decorator that returns the function."""
+    if cupy is not None:
+        return cupy.memoize(for_each_device)
+    return lambda function: function
+
+
+_submodule(
+    'cuda', DummyDevice=DummyDevice, DummyDeviceType=DummyDeviceType,
+    check_cuda_available=check_cuda_available,
+    get_device=_cuda_get_device, get_device_from_id=_cuda_device_from_id,
+    get_device_from_array=_cuda_device_from_array,
+    GpuDevice=GpuDevice, Device=(cupy.cuda.Device if cupy is not None else DummyDeviceType),
+    ndarray=(cupy.ndarray if cupy is not None else np.ndarray), copy=_cuda_copy,
+    elementwise=_cupy_attribute('ElementwiseKernel'),
+    reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
+    fuse=(getattr(cupy, 'fuse', None) or _fuse_without_cupy),
+    memoize=_memoize, clear_memo=(getattr(cupy, 'clear_memo', None) or _clear_no_memo),
+    Stream=getattr(getattr(cupy, 'cuda', None), 'Stream', None) or _cupy_attribute('Stream'),
+    Event=getattr(getattr(cupy, 'cuda', None), 'Event', None) or _cupy_attribute('Event'),
+    cudnn_enabled=False, config=config,
+    should_use_cudnn=should_use_cudnn,
+    should_use_cudnn_tensor_core=should_use_cudnn_tensor_core,
+    get_max_workspace_size=_get_max_workspace_size,
+    set_max_workspace_size=_set_max_workspace_size)
+_not_supported(cuda, missing='get_cudnn_dropout_states get_cudnn_dropout_states_core')
+sys.modules[__name__ + '.backends.cuda'] = cuda      # chainer.backends.cuda is chainer.cuda
+_out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_available)
+
+
+# ----- chainer.backend ----------------------------------------------------------
+
+@contextlib.contextmanager
+def using_device(device_spec):
+    """Make `device_spec` the current device inside a `with` block (CuPy's
+    current GPU; nothing for the CPU).  Chainer: chainer.using_device."""
+    device = get_device(device_spec)
+    if isinstance(device, GpuDevice):
+        with device.device:
+            yield
+    else:
+        yield
+
+
+def copyto(dst, src):
+    """Copy `src` into the array `dst` in place, across devices if needed.
+    Chainer: chainer.backend.copyto."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, _to_cpu(src))
+    else:
+        with dst.device:
+            cupy.copyto(dst, cupy.asarray(src))
+
+
+_not_supported(
+    _submodule('backend', using_device=using_device, copyto=copyto),
+    chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
+
+
+# ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
+# Chainer v6/v7 examples compare `device.xp is chainerx`; that stays False
+# here, and everything else in it says ChainerX is not supported.
+chainerx = _out_of_scope_module('chainerx', 'chainerx', is_available=_not_available)
+
+
+# ----- chainer (top level) -------------------------------------------------------
+
+class DebugMode:
+    """`with chainer.DebugMode(True):` turns config.debug on in a block.
+    Chainer: chainer.DebugMode."""
+
+    def __init__(self, debug):
+        self._using = using_config('debug', debug)
+
+    def __enter__(self):
+        self._using.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self._using.__exit__(*exc_info)
+
+
+def backward(outputs, grad_outputs=None, **kwargs):
+    """Backprop from several outputs at once; `grad_outputs` gives each one's
+    gradient (None: 1 for a size-1 output).  Chainer: chainer.backward."""
+    outputs = list(outputs)
+    grad_outputs = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError('backward: {} outputs but {} grad_outputs'.format(
+            len(outputs), len(grad_outputs)))
+    for y, gy in zip(outputs, grad_outputs):
+        if gy is not None:
+            y.grad = gy
+        elif y.grad is None:
+            if y.size != 1:
+                raise ValueError('backward: an output of shape {} needs its grad_output'
+                                 .format(y.shape))
+            y.grad = _xp(y.data).ones_like(y.data)
+    _backprop(outputs, kwargs.get('retain_grad', False))
+
+
+def get_dtype(dtype=None, map_mixed16=None):
+    """`dtype` as a numpy dtype, or config.dtype if None.  Chainer: chainer.get_dtype."""
+    return np.dtype(config.dtype if dtype is None else dtype)
+
+
+def is_arrays_compatible(arrays):
+    """True if all arrays (None skipped) are of one kind: all NumPy or all CuPy."""
+    kinds = {type(a) for a in arrays if a is not None}
+    return len(kinds) <= 1
+
+
+def print_runtime_info(out=None):
+    """Print the versions of onefchainer, NumPy and CuPy."""
+    out = sys.stdout if out is None else out
+    out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
+        sys.platform, __version__, np.__version__,
+        'Not Available' if cupy is None else cupy.__version__))
+
+
+DeviceResident = Link          # here Link is the only thing that lives on a device
+AbstractSerializer = Serializer
+disable_experimental_feature_warning = False
+def get_array_types():
+    """The array types onefchainer takes: (numpy.ndarray[, cupy.ndarray]).
+    Chainer: chainer.get_array_types."""
+    return _array_types
+
+
+def get_cpu_array_types():
+    """The CPU array types: (numpy.ndarray,). Chainer: chainer.get_cpu_array_types."""
+    return (np.ndarray,)
+
+
+class Sequential(ChainList):
+    """Links and functions applied one after another: Sequential(L.Linear(3, 4),
+    F.relu, L.Linear(4, 2)).  Links become children (their parameters are
+    optimized and saved); functions are just called.  Chainer: chainer.Sequential."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self._layers = []
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer):
+        if not callable(layer):
+            raise TypeError('Sequential: each layer must be a Link or a callable, not {}'
+                            .format(type(layer).__name__))
+        if isinstance(layer, Link):
+            self.add_link(layer)
+        self._layers.append(layer)
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __getitem__(self, index):
+        return self._layers[index]
+
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        children = iter(twin._children)     # the twin's links, in the same order
+        object.__setattr__(twin, '_layers', [
+            next(children) if isinstance(layer, Link) else layer for layer in self._layers])
+        return twin
+
+    def forward(self, *x):
+        for layer in self._layers:
+            x = layer(*x) if isinstance(x, tuple) else layer(x)
+        return x
+
+
+_not_supported(
+    _this_module,
+    chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
+    hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
+    distributions='Distribution kl_divergence register_kl cross_entropy',
+    static='static_graph static_code')
+
+
+# ----- chainer.configuration, .variable, .function, .link, .serializer ----------
+_not_supported(
+    _submodule('configuration', config=config, global_config=global_config,
+               using_config=using_config, GlobalConfig=_Config),
+    thread='LocalConfig')
+_not_supported(
+    _submodule('variable', Variable=Variable, Parameter=Parameter,
+               as_variable=as_variable, as_array=as_array),
+    double='VariableNode', missing='variable_repr variable_str')
+_not_supported(
+    _submodule('function', Function=Function, no_backprop_mode=no_backprop_mode,
+               force_backprop_mode=force_backprop_mode),
+    double='FunctionAdapter', hooks='FunctionHook')
+_submodule('link', Link=Link, Chain=Chain, ChainList=ChainList)
+_submodule('sequential', Sequential=Sequential)
+_submodule('serializer', AbstractSerializer=Serializer)
+for _name in ('function_hooks', 'link_hooks'):
+    _out_of_scope_module(_name, 'hooks')
+_out_of_scope_module('function_node', 'double')
+_out_of_scope_module('distributions', 'distributions')
+_out_of_scope_module('graph_optimizations', 'static')
+_out_of_scope_module('testing', 'testing')
+del _name
+
+
+_submodule('functions', square=square, squared_error=squared_error,
+           squared_difference=squared_error, swapaxes=swapaxes, hstack=hstack,
+           vstack=vstack, argmax=argmax, argmin=argmin)
+_not_supported(
+    functions,
+    rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
+        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
+        'connectionist_temporal_classification crf1d argmax_crf1d',
+    missing='absolute absolute_error arccos arcsin arctan arctan2 arctanh as_strided '
+            'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
+            'batch_renormalization bernoulli_nll bias bilinear binary_accuracy black_out '
+            'broadcast cast ceil cholesky classification_summary clip clipped_relu '
+            'contrastive copy cos cosh crelu cross_covariance cumprod cumsum '
+            'decorrelated_batch_normalization decov depth2space det diagonal digamma '
+            'discriminative_margin_based_clustering_loss dstack einsum elu embed_id erf '
+            'erfc erfcinv erfcx erfinv expm1 f1_score fft fix '
+            'fixed_batch_renormalization fixed_decorrelated_batch_normalization flip fliplr '
+            'flipud floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
+            'group_normalization gumbel_softmax hard_sigmoid hinge huber_loss ifft inv '
+            'layer_normalization lgamma linear_interpolate local_response_normalization '
+            'log10 log1p log2 log_ndtr logsumexp maximum maxout mean_absolute_error minimum '
+            'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
+            'precision prelu prod r2_score recall relu6 repeat resize_images rollaxis rrelu '
+            'rsqrt scale scatter_add select_item selu separate shift sigmoid_cross_entropy '
+            'sign simplified_dropconnect sin sinh softplus space2depth sparse_matmul '
+            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to swish '
+            'tan tensordot tile triplet where zeta '
+            'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
+            'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
+            'convolution_1d convolution_3d convolution_nd deconvolution_1d deconvolution_2d '
+            'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
+            'depthwise_convolution_2d dilated_convolution_2d local_convolution_2d '
+            'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
+            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_2d unpooling_3d '
+            'unpooling_nd upsampling_2d')
+_not_supported(
+    links,
+    rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
+        'StatefulZoneoutLSTM StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU NStepBiGRU '
+        'NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh ChildSumTreeLSTM '
+        'NaryTreeLSTM CRF1d',
+    pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
+               'GoogLeNet',
+    missing='BatchRenormalization Bias Bilinear BinaryHierarchicalSoftmax BlackOut '
+            'DecorrelatedBatchNormalization EmbedID GroupNormalization Highway Inception '
+            'InceptionBN LayerNormalization Maxout NegativeSampling PReLU Parameter Scale '
+            'SimplifiedDropconnect Swish TheanoFunction Convolution1D Convolution3D '
+            'ConvolutionND Deconvolution1D Deconvolution2D Deconvolution3D DeconvolutionND '
+            'DeformableConvolution2D DepthwiseConvolution2D DilatedConvolution2D '
+            'LocalConvolution2D MLPConvolution2D')
+
+
+_not_supported(
+    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW),
+    missing='AMSBound AdaBound CorrectedMomentumSGD MSVAG NesterovAG RMSpropGraves SMORMS3')
+_not_supported(optimizer_hooks, missing='GradientNoise GradientLARS')
+_not_supported(optimizer, missing='GradientNoise make_deprecation_message')
+_not_supported(
+    _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform),
+    missing='Identity Orthogonal DownsamplingConvFilter UpsamplingDeconvFilter')
+_not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
+_submodule('serializers.npz', save_npz=save_npz, load_npz=load_npz,
+           NpzDeserializer=NpzDeserializer, DictionarySerializer=DictionarySerializer)
+_out_of_scope_module('serializers.hdf5', 'hdf5')
+
+
+_submodule('dataset', DatasetMixin=DatasetMixin, Converter=Converter, converter=converter,
+           cache_or_load_file=cache_or_load_file)
+_not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
+_not_supported(
+    _submodule('dataset.convert', Converter=Converter, converter=converter,
+               concat_examples_func=concat_examples),
+    multi='ConcatWithAsyncTransfer Conveyor')
+_not_supported(_submodule('dataset.download', cache_or_load_file=cache_or_load_file),
+               missing='cached_download')
+_submodule('dataset.dataset_mixin', DatasetMixin=DatasetMixin)
+_submodule(
+    'datasets', DictDataset=DictDataset, TransformDataset=TransformDataset,
+    ConcatenatedDataset=ConcatenatedDataset, split_dataset_n=split_dataset_n,
+    split_dataset_n_random=split_dataset_n_random,
+    get_cross_validation_datasets=get_cross_validation_datasets,
+    get_cross_validation_datasets_random=get_cross_validation_datasets_random)
+_not_supported(
+    datasets,
+    images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
+           'MultiZippedImageDataset ZippedImageDataset PickleDataset PickleDatasetWriter '
+           'open_pickle_dataset open_pickle_dataset_writer TextDataset',
+    data='get_cifar10 get_cifar100 get_svhn get_ptb_words get_ptb_words_vocabulary '
+         'get_kuzushiji_mnist get_kuzushiji_mnist_labels')
+_not_supported(_submodule('datasets.mnist', get_mnist=get_mnist),
+               missing='make_npz preprocess_mnist')
+_not_supported(_submodule('datasets.fashion_mnist', get_fashion_mnist=get_fashion_mnist,
+                          get_fashion_mnist_labels=get_fashion_mnist_labels),
+               missing='make_npz preprocess_mnist')
+_submodule('datasets.tuple_dataset', TupleDataset=TupleDataset)
+_submodule('datasets.dict_dataset', DictDataset=DictDataset)
+_submodule('datasets.sub_dataset', SubDataset=SubDataset, split_dataset=split_dataset,
+           split_dataset_random=split_dataset_random, split_dataset_n=split_dataset_n,
+           split_dataset_n_random=split_dataset_n_random,
+           get_cross_validation_datasets=get_cross_validation_datasets,
+           get_cross_validation_datasets_random=get_cross_validation_datasets_random)
+_submodule('datasets.transform_dataset', TransformDataset=TransformDataset)
+_submodule('datasets.concatenated_dataset', ConcatenatedDataset=ConcatenatedDataset)
+
+
+# ----- chainer.iterators -----------------------------------------------------------
+# The parallel iterators load batches in worker processes or threads; only
+# the speed differs, so here they are the SerialIterator, taking (and
+# ignoring) their worker options.  They give the same batches as Chainer's
+# SerialIterator would for the same seed.
+
+class MultiprocessIterator(SerialIterator):
+    """SerialIterator that accepts MultiprocessIterator's options (n_processes,
+    n_prefetch, shared_mem, dataset_timeout, maxtasksperchild) and loads in
+    the main process.  Chainer: iterators.MultiprocessIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_processes=None,
+                 n_prefetch=1, shared_mem=None, order_sampler=None, dataset_timeout=30.0,
+                 maxtasksperchild=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
+class MultithreadIterator(SerialIterator):
+    """SerialIterator that accepts n_threads and loads in the calling thread.
+    Chainer: iterators.MultithreadIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_threads=1,
+                 order_sampler=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
+_not_supported(
+    _submodule('iterators', MultiprocessIterator=MultiprocessIterator,
+               MultithreadIterator=MultithreadIterator),
+    dali='DaliIterator')
+
+
+# ----- chainer.training ---------------------------------------------------------
+
+def dump_graph(root_name, filename=None, variable_style=None, function_style=None,
+               out_name='cg.dot'):
+    """The function spelling of DumpGraph (Chainer v1-v5 examples use it).
+    Chainer: extensions.dump_graph."""
+    return DumpGraph(root_name, filename, variable_style, function_style, out_name)
+
+
+@make_extension(trigger=(1, 'iteration'))
+def unchain_variables(trainer):
+    """Cut the graph behind every Variable in the trainer's observation, so
+    that it is freed now.  Chainer: extensions.unchain_variables."""
+    for value in trainer.observation.values():
+        if isinstance(value, Variable):
+            value.unchain_backward()
+
+
+_submodule('training.extensions', dump_graph=dump_graph,
+           unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
+_not_supported(
+    training.extensions,
+    missing='InverseShift MicroAverage MultistepShift ParameterStatistics PolynomialShift '
+            'StepShift VariableStatisticsPlot WarmupShift')
+_submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
+           dump_graph=dump_graph)
+_not_supported(training, multi='ParallelUpdater')
+_not_supported(training.updaters, multi='ParallelUpdater MultiprocessParallelUpdater')
+_not_supported(training.updater, multi='ParallelUpdater')
+_not_supported(training.triggers, missing='EarlyStoppingTrigger OnceTrigger TimeTrigger')
+_not_supported(
+    training.extensions.snapshot_writers,
+    missing='StandardWriter ThreadWriter ProcessWriter QueueWriter ThreadQueueWriter '
+            'ProcessQueueWriter')
+
+
+# ----- chainer.gradient_check, chainer.utils, chainer.computational_graph ------
+
+class NondifferentiableError(Exception):
+    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
+
+
+def assert_allclose(x, y, atol=1e-5, rtol=1e-4, verbose=True):
+    """numpy.testing.assert_allclose on arrays from either device.
+    Chainer: testing.assert_allclose (also in gradient_check)."""
+    np.testing.assert_allclose(_to_cpu(as_array(x)), _to_cpu(as_array(y)),
+                               atol=atol, rtol=rtol, verbose=verbose)
+
+
+def force_type(dtype, value):
+    """`value` as an array of `dtype` (a scalar becomes a 0-dim array).  Chainer: utils.force_type."""
+    if isinstance(value, _array_types):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return np.asarray(value, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tempdir(**kwargs):
+    """A temporary folder for a `with` block, removed afterwards.  Chainer: utils.tempdir."""
+    folder = tempfile.mkdtemp(**kwargs)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def experimental(api_name):
+    """Chainer warns that an API is experimental; nothing here is, so this does nothing."""
+
+
+_not_supported(
+    _submodule('gradient_check', assert_allclose=assert_allclose,
+               NondifferentiableError=NondifferentiableError),
+    double='check_double_backward')
+_not_supported(
+    _submodule('utils', sum_to=_sum_to, force_type=force_type, tempdir=tempdir,
+               experimental=experimental),
+    missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')
+_submodule('testing', assert_allclose=assert_allclose)
+
+
+class ComputationalGraph:
+    """The graph behind one output Variable; dump() gives it as DOT text (what
+    DumpGraph writes).  Chainer: computational_graph.ComputationalGraph."""
+
+    def __init__(self, output, variable_style=None, function_style=None):
+        self._output = output
+        self._variable_style = variable_style
+        self._function_style = function_style
+
+    def dump(self, format='dot'):
+        """The graph as text in `format` ('dot', the default).
+        Chainer: chainer.computational_graph.ComputationalGraph.dump.
+        """
+        if format != 'dot':
+            raise NotSupportedError('ComputationalGraph.dump: only format="dot" is supported, '
+                                    'not {!r}'.format(format))
+        return _graph_to_dot(self._output, self._variable_style, self._function_style)
+
+
+def build_computational_graph(outputs, remove_split=True, variable_style=None,
+                              function_style=None, **kwargs):
+    """The graph behind `outputs` (one Variable, or a sequence of exactly one).
+    Chainer: computational_graph.build_computational_graph."""
+    if isinstance(outputs, Variable):
+        outputs = [outputs]
+    outputs = list(outputs)
+    if len(outputs) != 1:
+        raise NotSupportedError('build_computational_graph: one output is supported here, '
+                                'got {}; build one graph per output'.format(len(outputs)))
+    return ComputationalGraph(outputs[0], variable_style, function_style)
+
+
+_not_supported(
+    _submodule('computational_graph', ComputationalGraph=ComputationalGraph,
+               build_computational_graph=build_computational_graph),
+    missing='DotNode')
+
+
+# ----- methods Chainer's classes have that Chapters 3-7 did not need -------------
+
+def _variable_addgrad(self, var):
+    """Add `var`'s gradient to this one's (None counts as zero).  Chainer: Variable.addgrad."""
+    if var.grad is None:
+        return
+    self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
+        self.device, var.grad)
+
+
+def _variable_copydata(self, var):
+    """Copy `var`'s data into this variable's array in place (across devices).
+    Chainer: Variable.copydata."""
+    copyto(self.data, as_array(var))
+
+
+def _variable_mean(self, axis=None, weights=None, keepdims=False):
+    """F.mean(self, axis, keepdims=keepdims). Chainer: Variable.mean."""
+    if weights is not None:
+        raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
+                                'onefchainer; use F.sum(x * w) / w.sum()')
+    return mean(self, axis=axis, keepdims=keepdims)
+
+
+def _link_addgrads(self, link):
+    """Add each gradient of `link` to this link's parameter of the same name.
+    Chainer: Link.addgrads."""
+    theirs = dict(link.namedparams())
+    for name, param in self.namedparams():
+        param.addgrad(theirs[name])
+
+
+def _method_not_supported(qualified_name, reason_key):
+    def method(self, *args, **kwargs):
+        raise NotSupportedError('chainer.{} is not supported by onefchainer: {}'.format(
+            qualified_name, _OUT_OF_SCOPE[reason_key]))
+    method.__name__ = qualified_name.rsplit('.', 1)[-1]
+    method.__doc__ = 'Not supported by onefchainer ({}): raises NotSupportedError.'.format(
+        _OUT_OF_SCOPE[reason_key])
+    return method
+
+
+Variable.addgrad = _variable_addgrad
+Variable.copydata = _variable_copydata
+Variable.mean = _variable_mean
+Variable.raw_array = property(lambda self: self.data,
+                              doc='The data array. Chainer: Variable.raw_array.')
+Variable.label = property(lambda self: _variable_label(self),
+                          doc='A short description: shape and dtype. Chainer: Variable.label.')
+Link.addgrads = _link_addgrads
+for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
+                           (Link, 'to_chx from_chx', 'chainerx'),
+                           (Variable, 'to_intel64', 'ideep'), (Link, 'to_intel64', 'ideep'),
+                           (Link, 'add_hook delete_hook', 'hooks'),
+                           (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
+    for _name in _names.split():
+        if not hasattr(_cls, _name):
+            setattr(_cls, _name, _method_not_supported(_cls.__name__ + '.' + _name, _key))
+del _cls, _names, _key, _name

@@ -17,6 +17,7 @@ matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
 snapshot of the whole trainer.
 """
 import argparse
+import sys
 
 import onefchainer as chainer
 import onefchainer.functions as F
@@ -98,10 +99,15 @@ def main():
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
 
-    if args.dataset == 'mnist':
-        train, test = chainer.datasets.get_mnist()
-    else:
-        train, test = chainer.datasets.get_fashion_mnist()
+    try:
+        if args.dataset == 'mnist':
+            train, test = chainer.datasets.get_mnist()
+        else:
+            train, test = chainer.datasets.get_fashion_mnist()
+    except (RuntimeError, OSError) as error:
+        # No network and no local files is an expected failure, and the
+        # message lists every missing file and what to do: no traceback.
+        sys.exit('{}: {}'.format(type(error).__name__, error))
     # A quick run (a smoke test) takes only the first examples of each set.
     if args.train_size is not None:
         train, _ = chainer.datasets.split_dataset(train, args.train_size)
