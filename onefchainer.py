@@ -345,10 +345,13 @@ def _as_input(function, x):
 # so the gradient of every variable can be computed from the gradients of
 # the variables after it.  We must therefore visit functions in *reverse
 # topological order*: a function may run its backward only once every
-# function that used its outputs has run.  `rank` (the longest distance from
-# a leaf) gives that order cheaply: a max-heap on rank always pops a
-# function no unvisited function depends on.  The loop is iterative, so a
-# graph of a million ops needs no recursion.
+# function that used its outputs has run.  `rank` gives that order cheaply:
+# a function's rank is the highest rank of its inputs, and its outputs get
+# rank + 1, so every function that uses a variable outranks the function
+# that made it.  A max-heap on rank therefore always pops a function that no
+# unvisited function depends on.  For y = f(g(x), x):  g has rank 0, its
+# output rank 1, f rank 1; backward pops f, then g.  The loop is iterative,
+# so a graph of a million ops needs no recursion.
 #
 # A variable used twice (x + x, or two branches meeting: a "diamond") gets
 # the sum of both contributions.  The gradient of an intermediate variable
@@ -365,7 +368,12 @@ def _backprop(roots, retain_grad):
         if root.creator is not None and root.creator not in seen:
             seen.add(root.creator)
             heapq.heappush(heap, (-root.creator.rank, next(tie), root.creator))
-    owned = set()     # variables whose grad is an array of our own (see below)
+    # Accumulating: the first gradient a variable gets is stored as it is, and
+    # that array may be shared: for y = x + x, Add's backward hands the same
+    # gy to both inputs.  Adding the second contribution *in place* would then
+    # also change gy.  So the first sum makes a new array, which is ours: the
+    # variable goes into `owned`, and later sums may add into it in place.
+    owned = set()
     while heap:
         function = heapq.heappop(heap)[2]
         inputs = function.inputs
@@ -392,9 +400,9 @@ def _backprop(roots, retain_grad):
                 _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
             if x._grad is None:
                 x._grad = gx
-            elif x in owned:        # a sum we allocated below: safe to add in place
+            elif x in owned:        # an array of our own: add in place
                 x._grad += gx
-            else:   # never in place into gx: add passes one array to both inputs
+            else:                   # maybe shared: a new array, ours from now on
                 x._grad = x._grad + gx
                 owned.add(x)
             creator = x.creator
@@ -660,7 +668,7 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
-    # Continued in Chapter 20 ().
+    # Continued in Chapter 20 (_check).
 
 
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
@@ -680,10 +688,8 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
     enable_double_backprop and soft_target_loss are accepted for Chainer's
     signature and have no effect. Raises TypeError for non-float x or
     non-integer t, ValueError for mismatched shapes or an unknown reduce, and
-    ValueError for a label outside [0, C) that is not ignore_label: at once on
-    the CPU (and with config.debug), and on a GPU, where checking at once would
-    stall it, at the next read of a value on the host, with that batch's loss
-    NaN. Chainer: chainer.functions.softmax_cross_entropy.
+    ValueError for a label outside [0, C) that is not ignore_label (on a GPU
+    at the next read of a value: Chapter 19). Chainer: F.softmax_cross_entropy.
     """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
@@ -991,7 +997,7 @@ class Optimizer:
     """Updates the parameters of its target link:
 
         optimizer = optimizers.Adam().setup(model)
-        optimizer.update(model, x, t)      # cleargrads, loss, backward, update
+        optimizer.update(lossfun, x, t)    # lossfun(x, t), cleargrads, backward, update
 
     `t` counts updates, `epoch` epochs; hyperparameters live in `hyperparam`
     and are also attributes (optimizer.lr = 0.1 reaches every rule).
@@ -1051,8 +1057,8 @@ class Optimizer:
         self.call_hooks('post')
 
     # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
-    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (); Chapter 21
-    # (use_cleargrads).
+    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup);
+    # Chapter 21 (use_cleargrads).
 
 
 class SGDRule(UpdateRule):
@@ -1065,8 +1071,7 @@ class SGDRule(UpdateRule):
 
 class SGD(Optimizer):
     """Stochastic gradient descent: p -= lr * grad for every parameter.
-    lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD.
-    """
+    lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD."""
     lr = _HyperparameterProxy('lr')
 
     def __init__(self, lr=0.01):
@@ -1078,9 +1083,7 @@ class SGD(Optimizer):
 
 
 class AdamRule(UpdateRule):
-    """Update rule of Adam (see Adam). State: m, v (and vhat with amsgrad).
-    Chainer: chainer.optimizers.adam.AdamRule.
-    """
+    """Adam's rule for one parameter: state m, v (vhat with amsgrad)."""
 
     def init_state(self, param):
         xp = _xp(param.data)
@@ -1127,13 +1130,9 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
 
 
 class Adam(Optimizer):
-    """Adam:
-    m += (1-beta1)(grad - m); v += (1-beta2)(grad**2 - v);
-    p -= eta (alpha_t m / (sqrt(v) + eps) + weight_decay_rate p),
-    alpha_t = alpha sqrt(1 - beta2**t) / (1 - beta1**t). amsgrad uses the
-    running maximum of v. Defaults: alpha 0.001, beta1 0.9, beta2 0.999,
-    eps 1e-8, eta 1.0, weight_decay_rate 0, amsgrad False.
-    Chainer: chainer.optimizers.Adam.
+    """Adam, by the formulas that open this chapter; amsgrad uses the running
+    maximum of v.  Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8,
+    eta 1.0, weight_decay_rate 0, amsgrad False.  Chainer: chainer.optimizers.Adam.
     """
     alpha = _HyperparameterProxy('alpha')
     beta1 = _HyperparameterProxy('beta1')
@@ -1178,13 +1177,13 @@ class Adam(Optimizer):
 #         def forward(self, x):
 #             return self.l2(F.relu(self.l1(x)))
 #
-#     train, test = chainer.datasets.get_mnist()     # reading the files: Chapter 16
+#     train, test = chainer.datasets.get_mnist()   # datasets of (image, label): Ch. 16
 #     model = MLP()
 #     optimizer = chainer.optimizers.Adam().setup(model)
 #     for epoch in range(5):
 #         order = np.random.permutation(len(train))
 #         for i in range(0, len(order), 100):
-#             x, t = train[order[i:i + 100]]          # a batch: (100, 784), (100,)
+#             x, t = train[order[i:i + 100]]     # images (100, 784), labels (100,)
 #             loss = F.softmax_cross_entropy(model(x), t)
 #             model.cleargrads()
 #             loss.backward()
