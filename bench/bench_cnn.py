@@ -110,13 +110,12 @@ def make_torch(weights):
             return self.l2(nn.functional.dropout(relu(self.l1(h.flatten(1))), 0.5))
 
     model = CNN()
+    torch_names = {'W': 'weight', 'b': 'bias', 'gamma': 'weight', 'beta': 'bias'}
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in weights.items():
-            dict(model.named_parameters())[name.split('/', 2)[2].replace('/', '.')
-                                           .replace('.W', '.weight').replace('.b', '.bias')
-                                           .replace('.gamma', '.weight')
-                                           .replace('.beta', '.bias')].copy_(
-                torch.from_numpy(value))
+        for name, value in weights.items():          # '/predictor/conv1/W' -> 'conv1.weight'
+            link, param = name.split('/')[-2:]
+            params[link + '.' + torch_names[param]].copy_(torch.from_numpy(value))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
     loss_fn = nn.CrossEntropyLoss()
 
