@@ -65,8 +65,9 @@ class CNN(chainer.Chain):
             x = F.reshape(x, (len(x), 1, 28, 28))
         h = F.max_pooling_2d(F.relu(self.bn1(self.conv1(x))), 2)
         h = F.max_pooling_2d(F.relu(self.bn2(self.conv2(h))), 2)
-        h = F.dropout(F.relu(self.l1(h)), 0.5)
-        return self.l2(h)
+        # No dropout: with batch normalization it only slowed learning down
+        # (98.7 % after 3 epochs with dropout 0.5 on the 128 units).
+        return self.l2(F.relu(self.l1(h)))
 
 
 def parse_args():
