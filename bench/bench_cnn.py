@@ -2,7 +2,7 @@
 
 Model (train_mnist.py --arch cnn): conv 3x3 1->32, batch norm, ReLU, max
 pool 2; conv 3x3 32->64, batch norm, ReLU, max pool 2; Linear 3136->128,
-ReLU, dropout 0.5; Linear 128->10; softmax cross entropy, Adam, batch 100.
+ReLU; Linear 128->10; softmax cross entropy, Adam, batch 100.
 Every framework starts from the same weights and sees the same batches;
 steps are timed in interleaved chunks so that machine noise hits all alike;
 times are the median chunk, ratios the median of the chunk-by-chunk ratios
@@ -75,7 +75,7 @@ def make_chain(chainer, F, L):
         def forward(self, x):
             h = F.max_pooling_2d(F.relu(self.bn1(self.conv1(x))), 2)
             h = F.max_pooling_2d(F.relu(self.bn2(self.conv2(h))), 2)
-            return self.l2(F.dropout(F.relu(self.l1(h)), 0.5))
+            return self.l2(F.relu(self.l1(h)))
     return CNN
 
 
@@ -107,7 +107,7 @@ def make_torch(weights):
             relu, pool = nn.functional.relu, nn.functional.max_pool2d
             h = pool(relu(self.bn1(self.conv1(x))), 2)
             h = pool(relu(self.bn2(self.conv2(h))), 2)
-            return self.l2(nn.functional.dropout(relu(self.l1(h.flatten(1))), 0.5))
+            return self.l2(relu(self.l1(h.flatten(1))))
 
     model = CNN()
     torch_names = {'W': 'weight', 'b': 'bias', 'gamma': 'weight', 'beta': 'bias'}
