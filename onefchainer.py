@@ -3242,6 +3242,10 @@ class BatchNormalizationFunction(Function):
             raise ValueError('batch_normalization: beta.shape {} != gamma.shape {}'
                              .format(beta.shape, gamma.shape))
         self.axis, expanded = _bn_axes(self.label, x, gamma, self.axis)
+        for name, a in (('running_mean', self.running_mean), ('running_var', self.running_var)):
+            if a is not None and a.shape != gamma.shape:    # checked before either is updated
+                raise ValueError('batch_normalization: {}.shape {} != gamma.shape {}'
+                                 .format(name, a.shape, gamma.shape))
         self.expanded = expanded
         xp = _xp(x)
         mean = x.mean(axis=self.axis, keepdims=True)

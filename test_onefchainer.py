@@ -4748,6 +4748,12 @@ def test_convolution_layers_reject_bad_input_naming_the_function_and_shapes():
     with pytest.raises(ValueError, match=r'batch_normalization: gamma and beta must have shape '
                                          r'\(3,\) .* got gamma.shape \(4,\)'):
         F.batch_normalization(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+    running_mean, running_var = np.zeros(3, np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r'batch_normalization: running_var.shape \(4,\) != '
+                                         r'gamma.shape \(3,\)'):
+        F.batch_normalization(x, np.ones(3, np.float32), np.zeros(3, np.float32),
+                              running_mean=running_mean, running_var=running_var)
+    assert not running_mean.any()                  # neither running average was touched
     with pytest.raises(TypeError, match='stride must be an int or a pair'):
         F.convolution_2d(x, W, stride=(1, 2, 3))
     # a lazy link checks before it takes its shape: a bad first call changes nothing
