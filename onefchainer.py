@@ -4064,6 +4064,11 @@ def _col2im(gcol, h, w, stride, pad, cover_all=False):
 # ----- convolution -------------------------------------------------------------
 
 class Convolution2DFunction(Function):
+    """Function node of convolution_2d: im2col, then one matrix product;
+    backward: gW from col and gy, gx by col2im of W^T gy, gb by summing gy.
+    Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
+    """
+
     label = 'convolution_2d'
 
     def __init__(self, stride=1, pad=0, cover_all=False):
@@ -4142,6 +4147,10 @@ def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, 
 
 
 class Im2Col(Function):
+    """Function node of im2col: every kh x kw patch as a column of channels;
+    backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
+    """
+
     label = 'im2col'
 
     def __init__(self, ksize, stride, pad, cover_all):
@@ -4179,6 +4188,10 @@ def im2col(x, ksize, stride=1, pad=0, cover_all=False, dilate=1):
 # Chainer does, so a window hanging over the border averages in the zeros.
 
 class MaxPooling2D(Function):
+    """Function node of max_pooling_2d: the maximum of each window; backward
+    routes gy to the (first) maximal element. Chainer: chainer.functions.MaxPooling2D.
+    """
+
     label = 'max_pooling_2d'
 
     def __init__(self, ksize, stride=None, pad=0, cover_all=True):
@@ -4241,6 +4254,11 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
 
 
 class AveragePooling2D(Function):
+    """Function node of average_pooling_2d: the mean of each kh x kw window
+    (padding counted as zeros); backward spreads gy / (kh kw) over the window.
+    Chainer: chainer.functions.pooling.average_pooling_2d.AveragePooling2D.
+    """
+
     label = 'average_pooling_2d'
 
     def __init__(self, ksize, stride=None, pad=0):
@@ -4318,6 +4336,11 @@ def _bn_axes(label, x, gamma, axis):
 
 
 class BatchNormalizationFunction(Function):
+    """Function node of batch_normalization in training: normalizes with the
+    batch's mean and variance and updates the running averages in place.
+    Chainer: chainer.functions.normalization.batch_normalization.BatchNormalization.
+    """
+
     label = 'batch_normalization'
 
     def __init__(self, eps=2e-5, running_mean=None, running_var=None, decay=0.9, axis=None):
@@ -4385,6 +4408,11 @@ def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var
 
 
 class FixedBatchNormalization(Function):
+    """Function node of fixed_batch_normalization: normalizes with a given
+    mean and variance; all five inputs get gradients.
+    Chainer: chainer.functions.normalization.batch_normalization.FixedBatchNormalization.
+    """
+
     label = 'fixed_batch_normalization'
 
     def __init__(self, eps=2e-5, axis=None):
