@@ -2358,11 +2358,9 @@ def identity(*inputs):
     return Identity()(*inputs)
 
 
-# ----- chainer.functions and chainer.links ---------------------------------------
-# A few more functions that are one line on top of Chapter 5's (so their
-# gradients come for free), then the rest of Chainer's names, each saying why
-# it is absent.  (Convolution, pooling and batch normalization are not listed:
-# they are being added to Chapters 5 and 6.)
+# ----- a few more of Chainer's functions ---------------------------------------
+# Each is one line on top of the functions above, so its gradient comes for
+# free.
 
 def square(x):
     """x * x, elementwise.  Chainer: F.square."""
@@ -4194,7 +4192,7 @@ class Link:
 
     def serialize(self, serializer):
         """Save or load the parameters and persistent values through `serializer`
-        (Chapter 8); an uninitialized parameter takes its shape from the file.
+        (Chapter 13); an uninitialized parameter takes its shape from the file.
         Chainer: chainer.Link.serialize.
         """
         for name in self._params:
