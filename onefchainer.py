@@ -8254,11 +8254,10 @@ _submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=S
 
 
 # ----- the rest of Chainer's surface -------------------------------------------
-# Real Chainer
-# programs reach the features above by many roads: module paths
+# Real Chainer programs reach the features above by many roads: module paths
 # (`from chainer.backends.cuda import to_cpu`, `chainer.datasets.mnist`),
 # function-style spellings of classes (`extensions.dump_graph`), and older
-# names Chainer v7 still accepts (`cuda.get_device(0).use()`).  This chapter
+# names Chainer v7 still accepts (`cuda.get_device(0).use()`).  What follows
 # lays those roads to the same objects, so a Chainer program runs after only
 # its imports change.  A Chainer name whose feature is deliberately left out
 # (ChainerX, multi-GPU and multi-node training, RNNs, HDF5, ...) raises
