@@ -6284,7 +6284,7 @@ def test_train_mnist_program_trains_the_cnn(tmp_path):
     out = tmp_path / 'result'
     stdout = run_program('train_mnist.py', '--arch', 'cnn', '-e', '1', '-b', '50',
                          '--train-size', '200', '--test-size', '100', '--noplot', '-o', str(out))
-    assert '# arch: cnn' in stdout and '# unit: 128' in stdout
+    assert '# arch: cnn' in stdout and '# unit: 256' in stdout
     with open(out / 'log') as f:
         log = json.load(f)
     assert [(e['epoch'], e['iteration']) for e in log] == [(1, 4)]

@@ -48,9 +48,10 @@ class MLP(chainer.Chain):
 class CNN(chainer.Chain):
     """Two 3x3 convolutions (32 and 64 channels), each followed by batch
     normalization, ReLU and 2x2 max pooling, then two fully connected layers:
-    28x28 -> 14x14 -> 7x7 -> 128 units -> n_out."""
+    28x28 -> 14x14 -> 7x7 -> 256 units -> n_out, with dropout 0.25 before
+    each fully connected layer."""
 
-    def __init__(self, n_out, n_units=128):
+    def __init__(self, n_out, n_units=256):
         super().__init__()
         with self.init_scope():
             # No bias before batch normalization: its beta plays that part.
@@ -66,9 +67,10 @@ class CNN(chainer.Chain):
             x = F.reshape(x, (len(x), 1, 28, 28))
         h = F.max_pooling_2d(F.relu(self.bn1(self.conv1(x))), 2)
         h = F.max_pooling_2d(F.relu(self.bn2(self.conv2(h))), 2)
-        # No dropout: with batch normalization it only slowed learning down
-        # (98.7 % after 3 epochs with dropout 0.5 on the 128 units).
-        return self.l2(F.relu(self.l1(h)))
+        # Dropout 0.25 on the pooled features and on the hidden units: without
+        # it the network fits the training set and stops near 99.1 %.
+        h = F.dropout(h, 0.25)
+        return self.l2(F.dropout(F.relu(self.l1(h)), 0.25))
 
 
 def parse_args():
@@ -97,7 +99,7 @@ def parse_args():
                              'convolutional network')
     parser.add_argument('--unit', '-u', type=int, default=None,
                         help='number of units in each hidden layer (default: '
-                             '1000 for the MLP, 128 for the CNN)')
+                             '1000 for the MLP, 256 for the CNN)')
     parser.add_argument('--noplot', dest='plot', action='store_false',
                         help='do not draw loss.png and accuracy.png')
     parser.add_argument('--dataset', choices=('mnist', 'fashion-mnist'),
@@ -116,7 +118,7 @@ def main():
     device = chainer.get_device(args.gpu if args.gpu is not None else args.device)
 
     if args.unit is None:
-        args.unit = 1000 if args.arch == 'mlp' else 128
+        args.unit = 1000 if args.arch == 'mlp' else 256
 
     print('Device: {}'.format(device))
     print('# arch: {}'.format(args.arch))
