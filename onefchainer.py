@@ -2363,44 +2363,59 @@ def identity(*inputs):
 # free.
 
 def square(x):
-    """x * x, elementwise.  Chainer: F.square."""
+    """x * x, elementwise: a Variable of x's shape and dtype (float).
+    Gradient 2 x gy.  Chainer: chainer.functions.square."""
     return mul(x, x)
 
 
 def squared_error(x0, x1):
-    """(x0 - x1)^2, elementwise.  Chainer: F.squared_error (alias F.squared_difference)."""
+    """(x0 - x1)^2, elementwise, for two float arrays of one shape and dtype
+    (broadcasting as in sub); returns a Variable, not reduced.
+    Chainer: chainer.functions.squared_error (alias F.squared_difference)."""
     return square(sub(x0, x1))
 
 
 def swapaxes(x, axis1, axis2):
-    """x with two axes exchanged.  Chainer: F.swapaxes."""
-    axes = list(range(as_array(x).ndim))
+    """x with axes axis1 and axis2 exchanged (a transpose; negative axes count
+    from the end).  Returns a Variable; IndexError for an axis out of range.
+    Chainer: chainer.functions.swapaxes."""
+    axes = list(range(_input_data('swapaxes', x).ndim))
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return transpose(x, tuple(axes))
 
 
 def hstack(xs):
-    """Concatenate along axis 1 (axis 0 for 1-d inputs).  Chainer: F.hstack."""
-    return concat(xs, axis=0 if as_array(xs[0]).ndim <= 1 else 1)
+    """Concatenate the sequence xs along axis 1 (axis 0 for 1-d inputs); the
+    shapes must agree elsewhere.  Returns a Variable; ValueError for no input.
+    Chainer: chainer.functions.hstack."""
+    _require_inputs('hstack', xs)
+    return concat(xs, axis=0 if _input_data('hstack', xs[0]).ndim <= 1 else 1)
 
 
 def vstack(xs):
-    """Stack rows: 1-d inputs become rows of a 2-d result.  Chainer: F.vstack."""
-    if as_array(xs[0]).ndim <= 1:
+    """Concatenate the sequence xs along axis 0; 1-d inputs of length n become
+    rows (1, n) first.  Returns a Variable; ValueError for no input.
+    Chainer: chainer.functions.vstack."""
+    _require_inputs('vstack', xs)
+    if _input_data('vstack', xs[0]).ndim <= 1:
         xs = [reshape(x, (1, -1)) for x in xs]
     return concat(xs, axis=0)
 
 
 def argmax(x, axis=None):
-    """Index of the largest element (int32, no gradient).  Chainer: F.argmax."""
-    data = as_array(x)
+    """Index of the largest element of x, over all of x (axis None, default)
+    or along `axis`.  Returns an int32 Variable with no gradient.
+    Chainer: chainer.functions.argmax."""
+    data = _input_data('argmax', x)
     return Variable(_xp(data).asarray(data.argmax(axis=axis), dtype=np.int32),
                     requires_grad=False)
 
 
 def argmin(x, axis=None):
-    """Index of the smallest element (int32, no gradient).  Chainer: F.argmin."""
-    data = as_array(x)
+    """Index of the smallest element of x, over all of x (axis None, default)
+    or along `axis`.  Returns an int32 Variable with no gradient.
+    Chainer: chainer.functions.argmin."""
+    data = _input_data('argmin', x)
     return Variable(_xp(data).asarray(data.argmin(axis=axis), dtype=np.int32),
                     requires_grad=False)
 
@@ -3852,7 +3867,9 @@ class RMSprop(Optimizer):
 # ----- optimizers, hooks, initializers, serializers ------------------------------
 
 class AMSGrad(Adam):
-    """Adam with amsgrad=True.  Chainer: chainer.optimizers.AMSGrad."""
+    """Adam with amsgrad=True: steps use the running maximum of v, so the
+    step size never grows back.  Same arguments and defaults as Adam.
+    Chainer: chainer.optimizers.AMSGrad."""
 
     def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
                  weight_decay_rate=0):
@@ -3860,8 +3877,9 @@ class AMSGrad(Adam):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (set weight_decay_rate).  Chainer:
-    chainer.optimizers.AdamW."""
+    """Adam with decoupled weight decay: p -= eta weight_decay_rate p besides
+    the Adam step (set weight_decay_rate; default 0).  Same arguments as Adam.
+    Chainer: chainer.optimizers.AdamW."""
 
 
 # ----- optimizer hooks ---------------------------------------------------------
@@ -4894,14 +4912,18 @@ class ConcatenatedDataset:
 
 
 def split_dataset_n(dataset, n, order=None):
-    """Split into n SubDatasets of (nearly) equal size.  Chainer: datasets.split_dataset_n."""
+    """A list of n SubDatasets of dataset, of sizes differing by at most one,
+    in the given `order` (an index array; default the dataset's own order).
+    Chainer: chainer.datasets.split_dataset_n."""
     total = len(dataset)
     bounds = [total * i // n for i in range(n + 1)]
     return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
 
 
 def split_dataset_n_random(dataset, n, seed=None):
-    """split_dataset_n over a random permutation.  Chainer: datasets.split_dataset_n_random."""
+    """split_dataset_n over a random permutation of dataset, drawn from
+    numpy.random.RandomState(seed) (seed None: a fresh one).
+    Chainer: chainer.datasets.split_dataset_n_random."""
     return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
 
 
@@ -4924,7 +4946,9 @@ def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
 
 
 def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
-    """get_cross_validation_datasets over a random permutation."""
+    """get_cross_validation_datasets over a random permutation of dataset,
+    drawn from numpy.random.RandomState(seed); returns n_folds (train, test)
+    pairs of SubDatasets.  Chainer: chainer.datasets.get_cross_validation_datasets_random."""
     order = np.random.RandomState(seed).permutation(len(dataset))
     return get_cross_validation_datasets(dataset, n_folds, order)
 
@@ -8577,7 +8601,9 @@ def is_arrays_compatible(arrays):
 
 
 def print_runtime_info(out=None):
-    """Print the versions of onefchainer, NumPy and CuPy."""
+    """Write the platform and the versions of onefchainer, NumPy and CuPy
+    ('Not Available' without it) to `out` (default sys.stdout).
+    Chainer: chainer.print_runtime_info."""
     out = sys.stdout if out is None else out
     out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
         sys.platform, __version__, np.__version__,
