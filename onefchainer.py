@@ -1208,17 +1208,19 @@ class Adam(Optimizer):
 # From here on, some chapters add methods to classes of Part I.  They write
 #
 #     @_continue_class(Link)
-#     class Link:
+#     class _LinkTreeAndCopies:
 #         def copy(self, mode='share'): ...
 #
 # which reads "class Link, continued": the methods are added to the class
-# defined earlier, exactly as if they had been written there.
+# defined earlier, exactly as if they had been written there.  The body's
+# name only says what it adds.
 
 def _continue_class(cls):
     """Class decorator: add the members of the decorated class body to `cls`.
 
-    Returns `cls` itself, so the name stays bound to the original class.
-    A zero-argument super() in the added methods refers to `cls`.
+    The body's own name is only a label (_LinkDevices: Link's device
+    methods); it ends up bound to `cls` itself.  A zero-argument super() in
+    the added methods refers to `cls`.
     """
     def add_members(body):
         for name, member in vars(body).items():
@@ -2639,7 +2641,7 @@ def generate_array(initializer, shape, xp, dtype=None, device=None):
 
 
 @_continue_class(Link)
-class Link:
+class _LinkTreeAndCopies:
 
     @property
     def within_init_scope(self):
@@ -2789,7 +2791,7 @@ class Link:
 
 
 @_continue_class(Chain)
-class Chain:
+class _ChainTreeAndCopies:
 
     def __delattr__(self, name):
         if name in self._children:
@@ -3596,7 +3598,7 @@ class _BNInitializer(Initializer):
 
 
 @_continue_class(UpdateRule)
-class UpdateRule:
+class _UpdateRuleHooks:
 
     def add_hook(self, hook, name=None, timing='auto'):
         """hook(rule, param) runs before ('pre') or after ('post') each update.
@@ -3617,7 +3619,7 @@ class UpdateRule:
 
 
 @_continue_class(Hyperparameter)
-class Hyperparameter:
+class _HyperparameterAsDict:
 
     def get_dict(self):
         """A dict of all hyperparameters, the parent's first, overridden by
@@ -3639,7 +3641,7 @@ def _adam_lr(hp, t):
 # (observe_lr reads optimizer.lr) and for Chainer's attribute names.
 
 @_continue_class(AdamRule)
-class AdamRule:
+class _AdamRuleStepSize:
     @property
     def alpha_t(self):
         """This rule's bias-corrected step size
@@ -3652,7 +3654,7 @@ class AdamRule:
 
 
 @_continue_class(Adam)
-class Adam:
+class _AdamStepSize:
 
     @property
     def alpha_t(self):
@@ -3666,7 +3668,7 @@ class Adam:
 
 
 @_continue_class(Optimizer)
-class Optimizer:
+class _OptimizerHooks:
     use_auto_new_epoch = False   # set by an updater that calls new_epoch itself
 
     def new_epoch(self, auto=False):
@@ -4206,7 +4208,7 @@ def _npz_key_hint(npz, key, path):
 
 
 @_continue_class(Link)
-class Link:
+class _LinkSerialization:
 
     def serialize(self, serializer):
         """Save or load the parameters and persistent values through `serializer`
@@ -4224,7 +4226,7 @@ class Link:
 
 
 @_continue_class(Chain)
-class Chain:
+class _ChainSerialization:
 
     def serialize(self, serializer):
         super().serialize(serializer)
@@ -4238,7 +4240,7 @@ class Chain:
 # loads the optimizer first).
 
 @_continue_class(UpdateRule)
-class UpdateRule:
+class _UpdateRuleLoadedState:
     def _move_loaded_state(self, param):
         self._state_from_file = False
         device = _device_of(param.data)
@@ -4247,7 +4249,7 @@ class UpdateRule:
 
 
 @_continue_class(UpdateRule)
-class UpdateRule:
+class _UpdateRuleSerialization:
 
     def _state_names(self, param):
         """The state keys this rule would create, without creating them."""
@@ -4299,7 +4301,7 @@ def _is_stored(deserializer, key):
 
 
 @_continue_class(Optimizer)
-class Optimizer:
+class _OptimizerSerialization:
 
     def serialize(self, serializer):
         """Save or load t, epoch and every parameter's update-rule state, under
@@ -7417,7 +7419,7 @@ def _current_gpu():
 
 
 @_continue_class(Variable)
-class Variable:
+class _VariableDevices:
     xp = property(lambda self: get_array_module(self.data),
                   doc='The array module of the data: numpy or cupy. Chainer: Variable.xp.')
     device = property(lambda self: _device_of(self.data),
@@ -7445,7 +7447,7 @@ class Variable:
 
 
 @_continue_class(Parameter)
-class Parameter:
+class _ParameterDevices:
 
     def to_device(self, device):
         super().to_device(device)
@@ -7457,7 +7459,7 @@ class Parameter:
 
 
 @_continue_class(Link)
-class Link:
+class _LinkDevices:
 
     # ----- devices -----
     @property
@@ -7696,7 +7698,7 @@ def _raise_deferred_errors():
 
 
 @_continue_class(SoftmaxCrossEntropy)
-class SoftmaxCrossEntropy:
+class _SoftmaxCrossEntropyOnTheGPU:
     # The deferred path of forward: the same values, and no host sync.
 
     def _check_labels_later(self, t, n_class):
@@ -7778,7 +7780,7 @@ def _checked_grad_inputs(function, grad_inputs):
 
 
 @_continue_class(Variable)
-class Variable:
+class _VariableConveniences:
 
     # ----- the array and its gradient -----
     @property
@@ -7844,7 +7846,7 @@ class Variable:
 
 
 @_continue_class(Function)
-class Function:
+class _FunctionConveniences:
 
     @property
     def output_data(self):
@@ -7893,7 +7895,7 @@ def _check_finite(function, direction, arrays):
 
 
 @_continue_class(SoftmaxCrossEntropy)
-class SoftmaxCrossEntropy:
+class _SoftmaxCrossEntropyChecks:
 
     def _check(self, x, t):
         label = self.label
@@ -7909,7 +7911,7 @@ class SoftmaxCrossEntropy:
 
 
 @_continue_class(Optimizer)
-class Optimizer:
+class _OptimizerChecks:
 
     def _check_setup(self, method='update()'):
         if self.target is None:
@@ -8016,7 +8018,7 @@ def _warn_no_params(optimizer, link):
 
 
 @_continue_class(Function)
-class Function:
+class _FunctionCompatibility:
 
     # Chainer also lets a Function write one method per device instead:
     # forward_cpu/forward_gpu and backward_cpu/backward_gpu.
@@ -8060,7 +8062,7 @@ class Function:
 
 
 @_continue_class(Variable)
-class Variable:
+class _VariableCompatibility:
 
     # ----- the graph -----
     def set_creator(self, function):
@@ -8072,7 +8074,7 @@ class Variable:
 
 
 @_continue_class(UpdateRule)
-class UpdateRule:
+class _UpdateRuleCompatibility:
 
     # A rule writes update_core, or, as Chainer also allows, one method per device.
     def update_core(self, param):
@@ -8101,7 +8103,7 @@ class UpdateRule:
 
 
 @_continue_class(Optimizer)
-class Optimizer:
+class _OptimizerCompatibility:
 
     def use_cleargrads(self, use=True):
         """Accepted for Chainer 1 code; does nothing (gradients are always cleared
@@ -8111,7 +8113,7 @@ class Optimizer:
 
 
 @_continue_class(_Config)
-class _Config:
+class _ConfigCompatibility:
 
     def show(self, file=sys.stdout):
         """Write every setting, one per line, to `file` (default sys.stdout).
