@@ -3495,7 +3495,7 @@ class Convolution2D(Link):
 
     def forward(self, x):
         if self.W.data is None:
-            data = as_array(x)
+            data = _input_data('Convolution2D', x)
             # Check before W takes its shape, so a bad first call changes nothing.
             _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad)
             self.in_channels = data.shape[1]
@@ -3551,7 +3551,7 @@ class BatchNormalization(Link):
                 param.initialize(shape, xp)
 
     def forward(self, x, finetune=False):
-        data = as_array(x)
+        data = _input_data('BatchNormalization', x)
         if self.avg_mean is None:
             if any(not -data.ndim <= a < data.ndim for a in self.axis):
                 raise ValueError('BatchNormalization: axis {} does not fit x.shape {}'

@@ -6291,3 +6291,15 @@ def test_train_mnist_program_trains_the_cnn(tmp_path):
     with np.load(out / 'snapshot_iter_4') as snapshot:     # the CNN's parameters were saved
         assert snapshot['updater/model:main/predictor/conv1/W'].shape == (32, 1, 3, 3)
         assert 'updater/model:main/predictor/bn1/avg_var' in snapshot.files
+
+
+def test_convolution_links_say_a_list_is_no_input():
+    # Every entry point names itself when given a list; a lazy link stays untouched.
+    for link, name in ((L.Convolution2D(None, 3, 3), 'Convolution2D'),
+                       (L.BatchNormalization(3), 'BatchNormalization')):
+        with pytest.raises(TypeError, match=name + ': inputs must be Variables'):
+            link([[1.0, 2.0]])
+    conv = L.Convolution2D(None, 3, 3)
+    with pytest.raises(TypeError):
+        conv([[1.0]])
+    assert conv.W.data is None
