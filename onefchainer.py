@@ -7533,8 +7533,7 @@ def _adam_update(arrays, constants):
         return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
                              *constants[:5], one_minus_decay, data, *arrays[2:])
     size = data.size
-    if isinstance(data, np.ndarray) and size > _ADAM_BLOCK and \
-            all(a.flags.c_contiguous for a in arrays):
+    if size > _ADAM_BLOCK and all(a.flags.c_contiguous for a in arrays):
         flat = [a.reshape(-1) for a in arrays]
         scratch = _adam_scratch.get(data.dtype)
         if scratch is None:       # one block of scratch, reused: fresh pages cost faults
@@ -7543,8 +7542,7 @@ def _adam_update(arrays, constants):
             block = [a[start:start + _ADAM_BLOCK] for a in flat]
             _adam_step(np, scratch[:len(block[0])], *block, constants=constants)
     else:
-        xp = _xp(data)
-        _adam_step(xp, xp.empty_like(data), *arrays, constants=constants)
+        _adam_step(np, np.empty_like(data), *arrays, constants=constants)
 
 
 # ----- fused updates on the GPU --------------------------------------------------
