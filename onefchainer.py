@@ -1159,7 +1159,7 @@ class Adam(Optimizer):
 # Chapter 8. Training
 # =============================================================================
 # Training repeats four steps: take a batch, compute the loss, backprop,
-# update.  This program (tested as it stands) reaches about 97.5 % on MNIST
+# update.  This program (tested as it stands) reaches about 97 % on MNIST
 # in five epochs; train_mnist.py does it with the Trainer of Chapter 17.
 #
 #     import numpy as np
