@@ -6071,6 +6071,187 @@ class MinValueTrigger(BestValueTrigger):
         super().__init__(key, lambda best, new: new < best, trigger)
 
 
+class OnceTrigger:
+    """Fires at the first call only, i.e. after the first iteration; with
+    call_on_resume=True also at the first call after a resume from a snapshot.
+    `finished` (True once it will not fire again) makes the Trainer skip the
+    extension's initialize() on resume.
+    Chainer: chainer.training.triggers.OnceTrigger.
+    """
+
+    def __init__(self, call_on_resume=False):
+        self._flag_first = True            # saved: has it fired in this run?
+        self._flag_resumed = call_on_resume    # not saved: fire again after a load
+
+    @property
+    def finished(self):
+        """True if the trigger will not fire again.
+        Chainer: OnceTrigger.finished.
+        """
+        return not (self._flag_first or self._flag_resumed)
+
+    def __call__(self, trainer):
+        """True at the first call (and, with call_on_resume, the first after a
+        resume), False after. Chainer: OnceTrigger.__call__.
+        """
+        fire = not self.finished
+        self._flag_first = self._flag_resumed = False
+        return fire
+
+    def serialize(self, serializer):
+        """Save or load whether it has yet to fire ('_flag_first', Chainer's key).
+        Chainer: OnceTrigger.serialize.
+        """
+        try:
+            self._flag_first = bool(serializer('_flag_first', self._flag_first))
+        except KeyError:
+            # An old snapshot: most likely taken after the first iteration.
+            warnings.warn('OnceTrigger: the snapshot does not say whether it has '
+                          'fired; assuming it has')
+            self._flag_first = False
+
+
+class TimeTrigger:
+    """Fires at the first call after each `period` seconds of training
+    (trainer.elapsed_time, which continues across a resume): after period,
+    2 * period, ... Raises ValueError for period <= 0.
+    Chainer: chainer.training.triggers.TimeTrigger.
+    """
+
+    def __init__(self, period):
+        if not period > 0:
+            raise ValueError('TimeTrigger: period must be positive, got {!r}'.format(period))
+        self._period = period
+        self._next_time = period
+
+    def __call__(self, trainer):
+        """True if elapsed_time has passed the next multiple of `period`; the
+        next one is then a period later. Chainer: TimeTrigger.__call__.
+        """
+        if trainer.elapsed_time <= self._next_time:
+            return False
+        # Chainer adds one period, so after a long pause it fires at several
+        # consecutive calls until it has caught up; kept that way.
+        self._next_time += self._period
+        return True
+
+    def serialize(self, serializer):
+        """Save or load the next firing time ('next_time', Chainer's key).
+        Chainer: TimeTrigger.serialize.
+        """
+        self._next_time = float(serializer('next_time', self._next_time))
+
+
+class EarlyStoppingTrigger:
+    """A stop trigger for early stopping: at the end of each `check_trigger`
+    interval it takes the mean of `monitor` over the interval; when that mean
+    has failed to beat the best one for `patience` checks in a row, it fires.
+    It also fires when `max_trigger` does, the longest training allowed.
+
+    mode: 'min' (lower is better), 'max', or 'auto' ('max' if 'accuracy' is
+    in the key, else 'min').  verbose=True prints the comparison chosen and
+    the epoch at which it stops.  `patients` is accepted as an old spelling
+    of `patience` (default 3), as in Chainer.  Raises ValueError for another
+    mode or patience < 1, TypeError for both spellings.  Unlike Chainer's, its
+    state (best value, count, interval sums, inner triggers) is saved in
+    snapshots.  One value cannot be: the stop trigger reads iteration N's
+    observation after the extensions, snapshot included, so a run resumed
+    from snapshot_iter_N computes that interval's mean without iteration N.
+    Chainer: chainer.training.triggers.EarlyStoppingTrigger.
+    """
+
+    def __init__(self, check_trigger=(1, 'epoch'), monitor='main/loss', patience=None,
+                 mode='auto', verbose=False, max_trigger=(100, 'epoch'), **kwargs):
+        patients = kwargs.pop('patients', None)
+        if kwargs:
+            raise TypeError('EarlyStoppingTrigger: unexpected keyword argument(s) '
+                            '{}'.format(', '.join(sorted(kwargs))))
+        if patients is not None and patience is not None:
+            raise TypeError("EarlyStoppingTrigger: give 'patience' or its old "
+                            "spelling 'patients', not both")
+        patience = 3 if patience is None and patients is None else (
+            patience if patients is None else patients)
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError('EarlyStoppingTrigger: patience must be an int >= 1, '
+                             'got {!r}'.format(patience))
+        if mode not in ('auto', 'max', 'min'):
+            raise ValueError("EarlyStoppingTrigger: mode must be 'auto', 'max' or "
+                             "'min', not {!r}".format(mode))
+        if mode == 'auto':
+            mode = 'max' if 'accuracy' in monitor else 'min'
+        self.monitor = monitor
+        self.patience = patience
+        self.verbose = verbose
+        self.count = 0               # checks in a row without a new best
+        if mode == 'max':
+            self._compare = lambda new, best: new > best
+        else:
+            self._compare = lambda new, best: new < best
+        self.best = -math.inf if mode == 'max' else math.inf
+        self._interval_trigger = get_trigger(check_trigger)
+        self._max_trigger = get_trigger(max_trigger)
+        self._summary = DictSummary()
+        self._loaded = False         # True between loading a snapshot and the next call
+        if verbose:
+            print('EarlyStoppingTrigger: {} is better when {}'.format(
+                monitor, 'greater' if mode == 'max' else 'less'))
+
+    def __call__(self, trainer):
+        """True if training should stop: max_trigger fired, or this check's mean
+        was not the best for `patience` checks in a row.
+        Chainer: EarlyStoppingTrigger.__call__.
+        """
+        observation = trainer.observation
+        loaded, self._loaded = self._loaded, False
+        if self.monitor in observation:
+            self._summary.add({self.monitor: observation[self.monitor]})
+        if self._max_trigger(trainer):
+            return True
+        if not self._interval_trigger(trainer):
+            return False
+        # The first call after a resume comes before any update, so nothing
+        # is reported yet: check with the values the snapshot held.
+        resumed_check = loaded and self.monitor in self._summary.compute_mean()
+        if self.monitor not in observation and not resumed_check:
+            # As Chainer: the check needs the value reported at its iteration.
+            warnings.warn('EarlyStoppingTrigger: {!r} was not reported at iteration '
+                          '{}'.format(self.monitor, trainer.updater.iteration))
+            return False
+        mean = self._summary.compute_mean()[self.monitor]
+        self._summary = DictSummary()
+        if self._compare(mean, self.best):
+            self.best, self.count = mean, 0
+        else:
+            self.count += 1
+        if self.count >= self.patience:
+            if self.verbose:
+                print('EarlyStoppingTrigger: stopping at epoch {}'.format(
+                    trainer.updater.epoch))
+            return True
+        return False
+
+    def get_training_length(self):
+        """max_trigger's (period, unit), the longest the training can be (used by
+        ProgressBar). Chainer: EarlyStoppingTrigger.get_training_length.
+        """
+        return self._max_trigger.get_training_length()
+
+    def serialize(self, serializer):
+        """Save or load best, count, the interval's sums and both inner
+        triggers (Chainer saves none of it; a Chainer snapshot, lacking the
+        keys, leaves a fresh state with a warning).
+        """
+        try:
+            self._interval_trigger.serialize(serializer['interval_trigger'])
+            self._max_trigger.serialize(serializer['max_trigger'])
+            self._summary.serialize(serializer['summary'])
+            self.best = float(serializer('best', self.best))
+            self.count = int(serializer('count', self.count))
+            self._loaded = isinstance(serializer, Deserializer)
+        except KeyError:
+            warnings.warn('EarlyStoppingTrigger: the snapshot holds no state of it '
+                          '(Chainer does not save one); starting its count afresh')
+
 def _never_fire_trigger(trainer):
     return False
 
@@ -7229,6 +7410,286 @@ class LinearShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
+# The schedules below share two small pieces.  A shift writes its value with
+# setattr, which would quietly create a new attribute that no update rule
+# reads if `attr` were misspelt ('lr' on Adam, whose step size is 'alpha'),
+# so initialize() checks the name once, before the first update.
+
+def _shift_optimizer(shift, trainer):
+    optimizer = shift._optimizer or trainer.updater.get_optimizer('main')
+    names = optimizer.hyperparam.get_dict()
+    if shift._attr not in names:
+        raise AttributeError('{}: {} has no hyperparameter {!r}; its hyperparameters '
+                             'are {}'.format(type(shift).__name__, type(optimizer).__name__,
+                                             shift._attr, sorted(names)))
+    return optimizer
+
+
+def _stop_at_target(value, target, growing):
+    # As ExponentialShift: stop once the value has passed `target`, comparing
+    # value / target with 1 so that negative schedules work too.  Multiplying
+    # by target**2 > 0 gives the same test without dividing, so a value or
+    # target of 0 needs no special case.
+    if target is None:
+        return value
+    if growing:
+        passed = value * target > target * target
+    else:
+        passed = value * target < target * target
+    return target if passed else value
+
+
+def _require_positive(label, name, value):
+    if not value > 0:
+        raise ValueError('{}: {} must be positive, got {!r}'.format(label, name, value))
+
+
+class StepShift(Extension):
+    """Multiplies optimizer.<attr> by `gamma` every `step` calls: after t calls
+    it is init * gamma ** floor(t / step), stopped at `target` if given.
+    init=None takes the optimizer's value when training starts; optimizer=None
+    means the trainer's 'main' one.  Extended with the default trigger it is
+    called every iteration.  Raises ValueError for step <= 0 or gamma < 0, and
+    AttributeError (when training starts) if `attr` is not a hyperparameter of
+    the optimizer.  Chainer: chainer.training.extensions.StepShift.
+    """
+
+    def __init__(self, attr, gamma, step, init=None, target=None, optimizer=None):
+        _require_positive('StepShift', 'step', step)
+        if gamma < 0:
+            raise ValueError('StepShift: gamma must not be negative, got {!r}'.format(gamma))
+        self._attr = attr
+        self._gamma = gamma
+        self._step = step
+        self._init = init
+        self._target = target
+        self._optimizer = optimizer
+        self._t = 0
+        self._last_value = None
+
+    def _set(self, optimizer, value):
+        setattr(optimizer, self._attr, value)
+        self._last_value = value
+
+    def initialize(self, trainer):
+        optimizer = _shift_optimizer(self, trainer)
+        if self._init is None:
+            self._init = getattr(optimizer, self._attr)
+        # Resuming: the optimizer forgot the value, the snapshot did not.
+        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+
+    def __call__(self, trainer):
+        self._t += 1
+        value = self._init * self._gamma ** (self._t // self._step)
+        value = _stop_at_target(value, self._target, growing=self._gamma > 1)
+        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
+
+    def serialize(self, serializer):
+        """Save or load the call count `_t` and `_last_value` (Chainer's keys).
+        Chainer: StepShift.serialize.
+        """
+        self._t = int(serializer('_t', self._t))
+        value = serializer('_last_value', self._last_value)
+        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+
+
+class MultistepShift(Extension):
+    """Multiplies optimizer.<attr> by `gamma` at each call count listed in
+    `step_value` (increasing): init before step_value[0], init * gamma from
+    there to step_value[1], init * gamma**2 after that, and so on.  `init`
+    must be given (None: the optimizer's value when training starts).
+    Raises ValueError for an empty or unsorted step_value or gamma < 0, and
+    AttributeError (when training starts) if `attr` is not a hyperparameter of
+    the optimizer.  Chainer: chainer.training.extensions.MultistepShift.
+    """
+
+    def __init__(self, attr, gamma, step_value, init, optimizer=None):
+        step_value = list(step_value)
+        if not step_value or any(b <= a for a, b in zip(step_value, step_value[1:])):
+            raise ValueError('MultistepShift: step_value must be a non-empty, strictly '
+                             'increasing sequence, got {!r}'.format(step_value))
+        if gamma < 0:
+            raise ValueError('MultistepShift: gamma must not be negative, got '
+                             '{!r}'.format(gamma))
+        self._attr = attr
+        self._gamma = gamma
+        self._step_value = step_value
+        self._init = init
+        self._optimizer = optimizer
+        self._current_step = 0      # how many of step_value were passed
+        self._t = 0
+
+    def _value(self):
+        return self._init * self._gamma ** self._current_step
+
+    def initialize(self, trainer):
+        optimizer = _shift_optimizer(self, trainer)
+        if self._init is None:
+            self._init = getattr(optimizer, self._attr)
+        # init * gamma**current_step, not init: Chainer sets init here, so a
+        # run resumed after a step would train with the old value until the
+        # next call; this way it goes on as if it had never stopped.
+        setattr(optimizer, self._attr, self._value())
+
+    def __call__(self, trainer):
+        self._t += 1
+        if (self._current_step < len(self._step_value)
+                and self._t >= self._step_value[self._current_step]):
+            self._current_step += 1
+        setattr(self._optimizer or trainer.updater.get_optimizer('main'),
+                self._attr, self._value())
+
+    def serialize(self, serializer):
+        """Save or load `_t` and `_current_step` (Chainer's keys).
+        Chainer: MultistepShift.serialize.
+        """
+        self._t = int(serializer('_t', self._t))
+        self._current_step = int(serializer('_current_step', self._current_step))
+
+
+class WarmupShift(Extension):
+    """Moves optimizer.<attr> linearly from `warmup_start` to `init` over the
+    first `warmup_iter` calls: after t calls it is
+    (t * init + (warmup_iter - t) * warmup_start) / warmup_iter, and from call
+    warmup_iter on the extension leaves the attribute alone (another schedule
+    may take over).  warmup_start=None takes the optimizer's value when
+    training starts.  Raises ValueError for warmup_iter <= 0, and
+    AttributeError (when training starts) if `attr` is not a hyperparameter of
+    the optimizer.  Chainer: chainer.training.extensions.WarmupShift.
+    """
+
+    def __init__(self, attr, warmup_start, warmup_iter, init, optimizer=None):
+        _require_positive('WarmupShift', 'warmup_iter', warmup_iter)
+        self._attr = attr
+        self._warmup_start = warmup_start
+        self._warmup_iter = warmup_iter
+        self._init = init
+        self._optimizer = optimizer
+        self._t = 0
+
+    def _value(self):
+        t, n = min(self._t, self._warmup_iter), self._warmup_iter
+        return (t * self._init + (n - t) * self._warmup_start) / n
+
+    def initialize(self, trainer):
+        optimizer = _shift_optimizer(self, trainer)
+        if self._warmup_start is None:
+            self._warmup_start = getattr(optimizer, self._attr)
+        # The value for the calls done so far: warmup_start on a fresh run.
+        # (Chainer sets warmup_start, so a run resumed after the warm-up
+        # would stay at warmup_start for good.)
+        setattr(optimizer, self._attr, self._value())
+
+    def __call__(self, trainer):
+        self._t += 1
+        if self._t <= self._warmup_iter:
+            setattr(self._optimizer or trainer.updater.get_optimizer('main'),
+                    self._attr, self._value())
+
+    def serialize(self, serializer):
+        """Save or load the call count `_t` (Chainer's key).
+        Chainer: WarmupShift.serialize.
+        """
+        self._t = int(serializer('_t', self._t))
+
+
+class PolynomialShift(Extension):
+    """Decays optimizer.<attr> polynomially to 0 over `max_count` calls: after
+    t calls it is init * max(1 - t / max_count, 0) ** rate (0 from call
+    max_count on), stopped at `target` if given.  A negative rate makes it
+    grow instead, to inf at max_count unless `target` stops it.  init=None
+    takes the optimizer's value when training starts.  Raises ValueError for
+    max_count <= 0, and AttributeError (when training starts) if `attr` is not
+    a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.PolynomialShift.
+    """
+
+    def __init__(self, attr, rate, max_count, init=None, target=None, optimizer=None):
+        _require_positive('PolynomialShift', 'max_count', max_count)
+        self._attr = attr
+        self._rate = rate
+        self._max_count = max_count
+        self._init = init
+        self._target = target
+        self._optimizer = optimizer
+        self._t = 0
+        self._last_value = None
+
+    def _set(self, optimizer, value):
+        setattr(optimizer, self._attr, value)
+        self._last_value = value
+
+    def initialize(self, trainer):
+        optimizer = _shift_optimizer(self, trainer)
+        if self._init is None:
+            self._init = getattr(optimizer, self._attr)
+        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+
+    def __call__(self, trainer):
+        self._t += 1
+        decay = max(1 - self._t / self._max_count, 0)
+        if decay == 0 and self._rate < 0:    # 0 ** negative: Python raises
+            value = math.copysign(math.inf, self._init)
+        else:
+            value = self._init * decay ** self._rate
+        value = _stop_at_target(value, self._target, growing=self._rate < 0)
+        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
+
+    def serialize(self, serializer):
+        """Save or load `_t` and `_last_value` (Chainer's keys).
+        Chainer: PolynomialShift.serialize.
+        """
+        self._t = int(serializer('_t', self._t))
+        value = serializer('_last_value', self._last_value)
+        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+
+
+class InverseShift(Extension):
+    """Caffe's 'inv' policy: after t calls optimizer.<attr> is
+    init * (1 + gamma * t) ** (-power), stopped at `target` if given (it grows
+    when power < 0).  init=None takes the optimizer's value when training
+    starts.  Raises ValueError for gamma < 0, and AttributeError (when training
+    starts) if `attr` is not a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.InverseShift.
+    """
+
+    def __init__(self, attr, gamma, power, init=None, target=None, optimizer=None):
+        if gamma < 0:
+            raise ValueError('InverseShift: gamma must not be negative, got '
+                             '{!r}'.format(gamma))
+        self._attr = attr
+        self._gamma = gamma
+        self._power = power
+        self._init = init
+        self._target = target
+        self._optimizer = optimizer
+        self._t = 0
+        self._last_value = None
+
+    def _set(self, optimizer, value):
+        setattr(optimizer, self._attr, value)
+        self._last_value = value
+
+    def initialize(self, trainer):
+        optimizer = _shift_optimizer(self, trainer)
+        if self._init is None:
+            self._init = getattr(optimizer, self._attr)
+        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+
+    def __call__(self, trainer):
+        self._t += 1
+        value = self._init * (1 + self._gamma * self._t) ** (-self._power)
+        value = _stop_at_target(value, self._target, growing=self._power < 0)
+        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
+
+    def serialize(self, serializer):
+        """Save or load `_t` and `_last_value` (Chainer's keys).
+        Chainer: InverseShift.serialize.
+        """
+        self._t = int(serializer('_t', self._t))
+        value = serializer('_last_value', self._last_value)
+        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under
     `observation_key` (once per epoch by default), e.g. for LogReport.
@@ -8265,15 +8726,18 @@ _submodule('training.extension', Extension=Extension, make_extension=make_extens
            PRIORITY_READER=PRIORITY_READER)
 _submodule('training.triggers', IntervalTrigger=IntervalTrigger,
            ManualScheduleTrigger=ManualScheduleTrigger, BestValueTrigger=BestValueTrigger,
-           MaxValueTrigger=MaxValueTrigger, MinValueTrigger=MinValueTrigger)
+           MaxValueTrigger=MaxValueTrigger, MinValueTrigger=MinValueTrigger,
+           OnceTrigger=OnceTrigger, TimeTrigger=TimeTrigger,
+           EarlyStoppingTrigger=EarlyStoppingTrigger)
 _submodule('training.trigger', get_trigger=get_trigger, IntervalTrigger=IntervalTrigger)
 _submodule('training.util', get_trigger=get_trigger)
 _submodule(
     'training.extensions', Evaluator=Evaluator, LogReport=LogReport,
     PrintReport=PrintReport, ProgressBar=ProgressBar, snapshot=snapshot,
     snapshot_object=snapshot_object, PlotReport=PlotReport, DumpGraph=DumpGraph,
-    ExponentialShift=ExponentialShift, LinearShift=LinearShift,
-    observe_lr=observe_lr, observe_value=observe_value)
+    ExponentialShift=ExponentialShift, LinearShift=LinearShift, StepShift=StepShift,
+    MultistepShift=MultistepShift, WarmupShift=WarmupShift, PolynomialShift=PolynomialShift,
+    InverseShift=InverseShift, observe_lr=observe_lr, observe_value=observe_value)
 _submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)
 
 
@@ -8867,14 +9331,12 @@ _submodule('training.extensions', dump_graph=dump_graph,
            unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
 _not_supported(
     training.extensions,
-    missing='InverseShift MicroAverage MultistepShift ParameterStatistics PolynomialShift '
-            'StepShift VariableStatisticsPlot WarmupShift')
+    missing='MicroAverage ParameterStatistics VariableStatisticsPlot')
 _submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
            dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')
 _not_supported(training.updaters, multi='ParallelUpdater MultiprocessParallelUpdater')
 _not_supported(training.updater, multi='ParallelUpdater')
-_not_supported(training.triggers, missing='EarlyStoppingTrigger OnceTrigger TimeTrigger')
 _not_supported(
     training.extensions.snapshot_writers,
     missing='StandardWriter ThreadWriter ProcessWriter QueueWriter ThreadQueueWriter '

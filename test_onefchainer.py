@@ -5507,9 +5507,11 @@ CHAINER_PROVIDED = {
                 'StandardUpdater Trainer Updater get_trigger make_extension',
     'training.extensions': 'DumpGraph Evaluator ExponentialShift FailOnNonNumber LinearShift '
                            'LogReport PlotReport PrintReport ProgressBar dump_graph observe_lr '
-                           'observe_value snapshot snapshot_object unchain_variables',
+                           'observe_value snapshot snapshot_object unchain_variables '
+                           'StepShift MultistepShift WarmupShift PolynomialShift InverseShift',
     'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
-                         'MaxValueTrigger MinValueTrigger',
+                         'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
+                         'EarlyStoppingTrigger',
     'training.updaters': 'StandardUpdater',
     'training.updater': 'StandardUpdater Updater',
     'training.trainer': 'Trainer',
@@ -5562,8 +5564,7 @@ CHAINER_NOT_YET = {
     'optimizers': 'NesterovAG RMSpropGraves SMORMS3 CorrectedMomentumSGD AdaBound',
     'optimizer_hooks': 'GradientNoise GradientLARS',
     'initializers': 'Orthogonal Identity',
-    'training.extensions': 'StepShift MultistepShift WarmupShift ParameterStatistics',
-    'training.triggers': 'EarlyStoppingTrigger OnceTrigger TimeTrigger',
+    'training.extensions': 'ParameterStatistics',
     'utils': 'WalkerAlias',
 }
 
@@ -6306,3 +6307,305 @@ def test_convolution_links_say_a_list_is_no_input():
     with pytest.raises(TypeError):
         conv([[1.0]])
     assert conv.W.data is None
+
+
+# ----- Chainer names added: schedules and triggers (Chapter 17) -----
+
+def schedule_trainer(out, shift, stop=(8, 'iteration'), trigger=(1, 'iteration'),
+                     optimizer=None, attr='lr'):
+    """A MomentumSGD(lr=0.1) trainer, 4 iterations an epoch, with `shift`, a
+    probe recording optimizer.<attr> as each update used it (it runs before
+    the shift, PRIORITY_WRITER), and a snapshot every 3 iterations."""
+    model, _ = make_model()
+    optimizer = optimizer or chainer.optimizers.MomentumSGD(lr=0.1)
+    optimizer.setup(model)
+    updater = chainer.StandardUpdater(SerialIterator(make_dataset(40), 10), optimizer,
+                                      device=TEST_DEVICE)
+    trainer = chainer.Trainer(updater, stop, out=str(out))
+    seen = []
+    trainer.extend(lambda tr: seen.append(getattr(optimizer, attr)), name='probe',
+                   priority=chainer.PRIORITY_WRITER)
+    trainer.extend(shift, trigger=trigger)
+    trainer.extend(extensions.snapshot(), trigger=(3, 'iteration'))
+    return trainer, seen, optimizer
+
+
+# seen[i] is the value the (i+1)-th update used: the value after i calls.
+SCHEDULES = {
+    # init * gamma ** floor(t / step)
+    'step': (lambda: extensions.StepShift('lr', 0.5, 3, init=0.8),
+             [0.8, 0.8, 0.8, 0.4, 0.4, 0.4, 0.2, 0.2]),
+    'step_target': (lambda: extensions.StepShift('lr', 0.5, 3, init=0.8, target=0.3),
+                    [0.8, 0.8, 0.8, 0.4, 0.4, 0.4, 0.3, 0.3]),
+    'step_up': (lambda: extensions.StepShift('lr', 2.0, 2, target=0.3),   # init from lr=0.1
+                [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3]),
+    # init, then init * gamma from call 2 on, init * gamma**2 from call 5 on
+    'multistep': (lambda: extensions.MultistepShift('lr', 0.5, [2, 5], 1.0),
+                  [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]),
+    # (t * init + (4 - t) * start) / 4 for t <= 4, then left alone
+    'warmup': (lambda: extensions.WarmupShift('lr', 0.0, 4, 0.8),
+               [0.0, 0.2, 0.4, 0.6, 0.8, 0.8, 0.8, 0.8]),
+    # init * max(1 - t / 4, 0) ** 2
+    'polynomial': (lambda: extensions.PolynomialShift('lr', 2, 4, init=0.8),
+                   [0.8, 0.45, 0.2, 0.05, 0.0, 0.0, 0.0, 0.0]),
+    'polynomial_target': (lambda: extensions.PolynomialShift('lr', 2, 4, init=0.8, target=0.1),
+                          [0.8, 0.45, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]),
+    # rate < 0 grows: 0.1 / (1 - t/4), stopped at 0.3 (and at t = 4, where it is inf)
+    'polynomial_up': (lambda: extensions.PolynomialShift('lr', -1, 4, target=0.3),
+                      [0.1, 0.1 / 0.75, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3]),
+    # init * (1 + gamma t) ** -power
+    'inverse': (lambda: extensions.InverseShift('lr', 1.0, 1.0, init=0.8),
+                [0.8, 0.4, 0.8 / 3, 0.2, 0.16, 0.8 / 6, 0.8 / 7, 0.1]),
+    'inverse_target': (lambda: extensions.InverseShift('lr', 1.0, 1.0, init=0.8, target=0.25),
+                       [0.8, 0.4, 0.8 / 3, 0.25, 0.25, 0.25, 0.25, 0.25]),
+    'inverse_up': (lambda: extensions.InverseShift('lr', 0.5, -2.0, init=0.1, target=0.5),
+                   [0.1, 0.225, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SCHEDULES))
+def test_schedules_set_the_hand_computed_values(tmp_path, name):
+    make_shift, expected = SCHEDULES[name]
+    trainer, seen, optimizer = schedule_trainer(tmp_path, make_shift())
+    trainer.run()
+    assert seen == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize('name', sorted(SCHEDULES))
+@pytest.mark.parametrize('resume_at', [3, 6])
+def test_schedules_resume_from_a_snapshot_exactly(tmp_path, name, resume_at):
+    make_shift, expected = SCHEDULES[name]
+    straight, _, straight_opt = schedule_trainer(tmp_path / 'a', make_shift())
+    straight.run()
+    resumed, seen, resumed_opt = schedule_trainer(tmp_path / 'b', make_shift())
+    serializers.load_npz(str(tmp_path / 'a' / 'snapshot_iter_{}'.format(resume_at)), resumed)
+    resumed.run()
+    # Updates resume_at+1 .. 8 used the values an unbroken run used.
+    assert seen == pytest.approx(expected[resume_at:], rel=1e-12, abs=0)
+    assert resumed_opt.lr == straight_opt.lr
+
+
+def test_schedule_snapshots_hold_chainers_keys(tmp_path):
+    for shift, keys in ((extensions.StepShift('lr', 0.5, 3), {'_t', '_last_value'}),
+                        (extensions.MultistepShift('lr', 0.5, [2], None), {'_t', '_current_step'}),
+                        (extensions.WarmupShift('lr', 0.0, 4, 0.1), {'_t'}),
+                        (extensions.PolynomialShift('lr', 1, 9), {'_t', '_last_value'}),
+                        (extensions.InverseShift('lr', 1, 1), {'_t', '_last_value'})):
+        out = tmp_path / type(shift).__name__
+        trainer, _, _ = schedule_trainer(out, shift, stop=(3, 'iteration'))
+        trainer.run()
+        prefix = 'extensions/{}/'.format(type(shift).__name__)
+        with np.load(str(out / 'snapshot_iter_3')) as npz:
+            assert {k[len(prefix):] for k in npz.files if k.startswith(prefix)} == keys
+            assert int(npz[prefix + '_t']) == 3
+
+
+def test_schedules_per_epoch(tmp_path):
+    # Called at each epoch's end (4 iterations): halved after epochs 1 and 2.
+    trainer, seen, _ = schedule_trainer(tmp_path, extensions.StepShift('lr', 0.5, 1, init=0.8),
+                                        stop=(3, 'epoch'), trigger=(1, 'epoch'))
+    trainer.run()
+    assert seen == [0.8] * 4 + [0.4] * 4 + [0.2] * 4
+    trainer, seen, _ = schedule_trainer(tmp_path / 'w', extensions.WarmupShift('lr', 0.0, 2, 0.8),
+                                        stop=(3, 'epoch'), trigger=(1, 'epoch'))
+    trainer.run()
+    assert seen == [0.0] * 4 + [0.4] * 4 + [0.8] * 4
+
+
+def test_warmup_shift_leaves_the_attribute_alone_after_the_warm_up(tmp_path):
+    # Something else sets lr after the warm-up: WarmupShift does not write after call 2.
+    trainer, seen, optimizer = schedule_trainer(tmp_path,
+                                                extensions.WarmupShift('lr', 0.0, 2, 0.8))
+    trainer.extend(lambda tr: setattr(optimizer, 'lr', 0.5), name='set',
+                   trigger=triggers.ManualScheduleTrigger(4, 'iteration'))
+    trainer.run()
+    assert seen == [0.0, 0.4, 0.8, 0.8, 0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize('make_shift', [
+    lambda: extensions.StepShift('lrr', 0.5, 3),
+    lambda: extensions.MultistepShift('lrr', 0.5, [2], 1.0),
+    lambda: extensions.WarmupShift('lrr', 0.0, 4, 0.8),
+    lambda: extensions.PolynomialShift('lrr', 2, 4),
+    lambda: extensions.InverseShift('lrr', 1.0, 1.0, init=0.8),
+])
+def test_schedules_reject_an_unknown_hyperparameter_before_training(tmp_path, make_shift):
+    trainer, seen, optimizer = schedule_trainer(tmp_path, make_shift())
+    with pytest.raises(AttributeError, match=r"Shift: MomentumSGD has no hyperparameter 'lrr'"):
+        trainer.run(show_loop_exception_msg=False)
+    assert optimizer.t == 0 and seen == [] and not hasattr(optimizer, 'lrr')
+    # Adam's learning rate is 'alpha'; its 'lr' is the read-only bias-corrected step.
+    trainer, _, _ = schedule_trainer(tmp_path / 'adam', extensions.StepShift('lr', 0.5, 3),
+                                     optimizer=chainer.optimizers.Adam())
+    with pytest.raises(AttributeError, match="Adam has no hyperparameter 'lr'.*'alpha'"):
+        trainer.run(show_loop_exception_msg=False)
+
+
+def test_schedules_reject_bad_arguments():
+    for make, match in ((lambda: extensions.StepShift('lr', 0.5, 0), 'StepShift: step'),
+                        (lambda: extensions.StepShift('lr', -0.5, 2), 'StepShift: gamma'),
+                        (lambda: extensions.MultistepShift('lr', 0.5, [5, 2], 1.0),
+                         'MultistepShift: step_value'),
+                        (lambda: extensions.MultistepShift('lr', 0.5, [], 1.0),
+                         'MultistepShift: step_value'),
+                        (lambda: extensions.MultistepShift('lr', -1, [2], 1.0),
+                         'MultistepShift: gamma'),
+                        (lambda: extensions.WarmupShift('lr', 0.0, 0, 0.8),
+                         'WarmupShift: warmup_iter'),
+                        (lambda: extensions.PolynomialShift('lr', 2, 0), 'PolynomialShift: max_count'),
+                        (lambda: extensions.InverseShift('lr', -1.0, 1.0), 'InverseShift: gamma')):
+        with pytest.raises(ValueError, match=match):
+            make()
+
+
+# --- OnceTrigger, TimeTrigger, EarlyStoppingTrigger ----------------------------------
+
+class CountingInit(chainer.training.Extension):
+    def __init__(self):
+        self.initialized = 0
+
+    def initialize(self, trainer):
+        self.initialized += 1
+
+    def __call__(self, trainer):
+        pass
+
+
+@pytest.mark.parametrize('call_on_resume', [False, True])
+def test_once_trigger_fires_once_and_on_resume_if_asked(tmp_path, call_on_resume):
+    def build(out):
+        trainer, _ = make_trainer(out, stop=(12, 'iteration'))
+        fired = []
+        trainer.extend(lambda tr: fired.append(tr.updater.iteration), name='probe',
+                       trigger=triggers.OnceTrigger(call_on_resume))
+        counting = CountingInit()
+        trainer.extend(counting, name='counting', trigger=triggers.OnceTrigger(call_on_resume))
+        trainer.extend(extensions.snapshot(), trigger=(5, 'iteration'))
+        return trainer, fired, counting
+
+    straight, fired, counting = build(tmp_path / 'a')
+    straight.run()
+    assert fired == [1] and counting.initialized == 1
+    with np.load(str(tmp_path / 'a' / 'snapshot_iter_5')) as npz:
+        assert bool(npz['extension_triggers/probe/_flag_first']) is False
+    resumed, fired, counting = build(tmp_path / 'b')
+    serializers.load_npz(str(tmp_path / 'a' / 'snapshot_iter_5'), resumed)
+    assert resumed.get_extension('probe') is not None
+    resumed.run()
+    # finished triggers skip initialize(), as Chainer's Trainer does.
+    assert fired == ([6] if call_on_resume else [])
+    assert counting.initialized == (1 if call_on_resume else 0)
+
+
+def test_time_trigger_fires_after_each_period(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
+    trainer, _ = make_trainer(tmp_path, stop=(20, 'iteration'))
+    # Each iteration takes 0.25 s of this clock (advanced before the others run).
+    trainer.extend(lambda tr: clock.__setitem__(0, clock[0] + 0.25), name='tick',
+                   priority=chainer.PRIORITY_WRITER + 1)
+    fired = []
+    trainer.extend(lambda tr: fired.append(tr.updater.iteration), name='probe',
+                   trigger=triggers.TimeTrigger(1.0))
+    trainer.run()
+    # elapsed = 0.25 i must exceed 1, 2, 3, 4 s: iterations 5, 9, 13, 17.
+    assert fired == [5, 9, 13, 17]
+
+    # After a pause it catches up one period per call, as Chainer's does;
+    # next_time is saved under Chainer's key.
+    class FakeTrainer:
+        elapsed_time = 0.0
+    trigger, fake, fired = triggers.TimeTrigger(1.0), FakeTrainer(), []
+    for t in [0.5, 1.0, 1.2, 1.5, 2.7, 2.8, 5.0, 5.1, 5.2]:
+        fake.elapsed_time = t
+        fired.append(trigger(fake))
+    assert fired == [False, False, True, False, True, False, True, True, True]
+    path = str(tmp_path / 'time_trigger.npz')
+    serializers.save_npz(path, trigger)
+    with np.load(path) as npz:
+        assert npz.files == ['next_time'] and float(npz['next_time']) == 6.0
+    fresh = triggers.TimeTrigger(1.0)
+    serializers.load_npz(path, fresh)
+    fake.elapsed_time = 5.9
+    assert fresh(fake) is False
+    with pytest.raises(ValueError, match='TimeTrigger: period'):
+        triggers.TimeTrigger(0)
+
+
+# 4 iterations an epoch; the epoch means are 5, 3, 4, 3, 3.5, 1: the best is
+# 3 at epoch 2, then three checks fail to beat it (4; 3, which only ties;
+# 3.5), so with patience 3 training stops at the end of epoch 5.  Epoch 3
+# holds a 2, which would be a new best if single values were compared.
+EARLY_VALUES = [5] * 4 + [2, 4, 3, 3] + [2, 6, 4, 4] + [3] * 4 + [3.5] * 4 + [1] * 4
+
+
+def early_stopping_trainer(out, values=EARLY_VALUES, key='v', **kwargs):
+    model, _ = make_model()
+    optimizer = chainer.optimizers.MomentumSGD(lr=0.01).setup(model)
+    updater = chainer.StandardUpdater(SerialIterator(make_dataset(40), 10), optimizer,
+                                      device=TEST_DEVICE)
+    stop = triggers.EarlyStoppingTrigger(monitor=key, **kwargs)
+    trainer = chainer.Trainer(updater, stop, out=str(out))
+    trainer.extend(lambda tr: tr.observation.__setitem__(key, values[tr.updater.iteration - 1]),
+                   name='feed', priority=chainer.PRIORITY_WRITER)
+    trainer.extend(extensions.snapshot(), trigger=(1, 'epoch'))
+    return trainer, stop
+
+
+def test_early_stopping_trigger_stops_at_the_right_epoch(tmp_path):
+    trainer, stop = early_stopping_trainer(tmp_path / 'a')
+    trainer.run()
+    assert (trainer.updater.epoch, trainer.updater.iteration) == (5, 20)
+    assert stop.best == 3.0 and stop.count == 3
+    assert stop.get_training_length() == (100, 'epoch')
+    # patience 4 (as the old spelling 'patients') sees epoch 6's 1 in time.
+    trainer, stop = early_stopping_trainer(tmp_path / 'b', values=EARLY_VALUES + [9] * 40,
+                                           patients=4)
+    trainer.run()
+    assert trainer.updater.epoch == 10 and stop.best == 1.0
+    # 'accuracy' in the key: greater is better.  Means 1, 3, 2, 2.5, 3 -> stops at 5.
+    acc = [1] * 4 + [3] * 4 + [2] * 4 + [2.5] * 4 + [3] * 4 + [9] * 4
+    trainer, stop = early_stopping_trainer(tmp_path / 'c', values=acc, key='main/accuracy')
+    trainer.run()
+    assert trainer.updater.epoch == 5 and stop.best == 3.0
+    # mode='max' on a loss, and max_trigger bounding the run.
+    trainer, _ = early_stopping_trainer(tmp_path / 'd', mode='max', patience=10,
+                                        max_trigger=(3, 'epoch'))
+    trainer.run()
+    assert trainer.updater.iteration == 12
+
+
+STEADY_VALUES = [5] * 4 + [3] * 4 + [4] * 4 + [3] * 4 + [3.5] * 4 + [1] * 4   # means as above
+
+
+@pytest.mark.parametrize('resume_at,count', [(12, 0), (16, 1)])
+def test_early_stopping_trigger_resumes_where_it_left_off(tmp_path, resume_at, count):
+    # A snapshot at the end of an epoch is taken before the stop trigger
+    # checks that epoch: at 12 it holds epoch 3's first three values.
+    straight, _ = early_stopping_trainer(tmp_path / 'a', values=STEADY_VALUES)
+    straight.run()
+    path = str(tmp_path / 'a' / 'snapshot_iter_{}'.format(resume_at))
+    with np.load(path) as npz:
+        assert float(npz['stop_trigger/best']) == 3.0
+        assert int(npz['stop_trigger/count']) == count
+        assert any(k.startswith('stop_trigger/summary/') for k in npz.files)
+        assert int(npz['stop_trigger/interval_trigger/previous_iteration']) == resume_at - 1
+    resumed, stop = early_stopping_trainer(tmp_path / 'b', values=STEADY_VALUES)
+    serializers.load_npz(path, resumed)
+    # The snapshot lacks iteration N's value (see the docstring): these values
+    # make the epoch means the same without it.
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')       # the resumed check is not skipped
+        resumed.run()
+    assert resumed.updater.iteration == straight.updater.iteration == 20
+
+
+def test_early_stopping_trigger_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="'patience' or its old spelling 'patients'"):
+        triggers.EarlyStoppingTrigger(patience=2, patients=2)
+    with pytest.raises(ValueError, match="mode must be 'auto', 'max' or 'min', not 'maximum'"):
+        triggers.EarlyStoppingTrigger(mode='maximum')
+    with pytest.raises(ValueError, match='patience must be an int >= 1'):
+        triggers.EarlyStoppingTrigger(patience=0)
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        triggers.EarlyStoppingTrigger(patiense=2)
