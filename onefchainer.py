@@ -7319,6 +7319,116 @@ class FailOnNonNumber(Extension):
                         'data'.format(path, name, trainer.updater.iteration))
 
 
+# Per-parameter statistics for the log.  Each takes the flattened array and
+# returns a scalar, or several (percentile), on the array's device: the
+# extension adds them up without copying anything to the host.
+_PARAMETER_STATISTICS = {
+    'mean': lambda x: _xp(x).mean(x),
+    'std': lambda x: _xp(x).std(x),
+    'min': lambda x: _xp(x).min(x),
+    'max': lambda x: _xp(x).max(x),
+    'zeros': lambda x: _xp(x).count_nonzero(x == 0),
+    # The points of a normal distribution at -3 .. +3 standard deviations.
+    'percentile': lambda x: _xp(x).percentile(x, (0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87)),
+}
+
+
+class ParameterStatistics(Extension):
+    """Reports statistics of the parameters (report_params) and gradients
+    (report_grads) of `links` (a Link or a list of them), averaged over the
+    calls between firings of `trigger` (default (1, 'epoch')), under keys
+
+        [prefix/]<link name><parameter path>/<data|grad>/<statistic>
+
+    e.g. 'None/predictor/l1/W/grad/std' for a root link (its name is None, as
+    in Chainer); a statistic with several values gets '/0', '/1', ...
+    `statistics`: 'default' (mean, std, min, max, zeros: the count of exact
+    zeros, percentile: at 0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87), None
+    (none), or a dict {name: function of a 1-d array}.  skip_nan_params=True
+    reports NaN instead of the statistics of an array holding a NaN.
+    Parameters or gradients that are None (not initialized, not computed) are
+    skipped.  Extend it with the default trigger (every iteration) so that it
+    sees every update.  Raises TypeError if `links` holds a non-Link or
+    `statistics` is neither 'default', None nor a dict.
+    Chainer: chainer.training.extensions.ParameterStatistics.
+    """
+
+    default_name = 'parameter_statistics'
+    priority = PRIORITY_WRITER
+    report_key_template = '{prefix}{link_name}{param_name}/{attr_name}/{function_name}'
+    default_statistics = _PARAMETER_STATISTICS
+
+    def __init__(self, links, statistics='default', report_params=True, report_grads=True,
+                 prefix=None, trigger=(1, 'epoch'), skip_nan_params=False):
+        links = list(links) if isinstance(links, (list, tuple)) else [links]
+        for link in links:
+            if not isinstance(link, Link):
+                raise TypeError('ParameterStatistics: links must be Links, got a '
+                                '{}'.format(type(link).__name__))
+        if isinstance(statistics, str) and statistics == 'default':
+            statistics = self.default_statistics
+        elif statistics is None:
+            statistics = {}
+        elif not isinstance(statistics, dict):
+            raise TypeError("ParameterStatistics: statistics must be 'default', None or "
+                            "a dict of functions, not {!r}".format(statistics))
+        self._links = links
+        self._statistics = dict(statistics)
+        self._attrs = [a for a, on in (('data', report_params), ('grad', report_grads)) if on]
+        self._prefix = prefix
+        self._trigger = get_trigger(trigger)
+        self._summary = DictSummary()
+        self._skip_nan_params = skip_nan_params
+
+    def __call__(self, trainer):
+        """Add this call's statistics to the running means; when the trigger
+        fires, report the means and start afresh. Chainer: ParameterStatistics.__call__.
+        """
+        statistics = {}
+        prefix = self._prefix + '/' if self._prefix else ''
+        for link in self._links:
+            for param_name, param in link.namedparams():
+                for attr_name in self._attrs:
+                    array = getattr(param, attr_name)
+                    if array is None:
+                        continue
+                    array = array.ravel()
+                    # where() instead of `if isnan.any()`: no wait for the GPU.
+                    has_nan = _xp(array).isnan(array).any() if self._skip_nan_params else None
+                    for function_name, function in self._statistics.items():
+                        value = function(array)
+                        if has_nan is not None:
+                            value = _xp(array).where(has_nan, np.nan, value)
+                        key = self.report_key_template.format(
+                            prefix=prefix, link_name=link.name, param_name=param_name,
+                            attr_name=attr_name, function_name=function_name)
+                        if isinstance(value, _array_types) and value.size > 1:
+                            statistics.update(('{}/{}'.format(key, i), v)
+                                              for i, v in enumerate(value))
+                        else:
+                            statistics[key] = value
+        self._summary.add(statistics)
+        if self._trigger(trainer):
+            report(self._summary.compute_mean())
+            self._summary = DictSummary()
+
+    def register_statistics(self, name, function):
+        """Add a statistic: `function` maps a 1-d array to a number or an array
+        of numbers, reported under `name`. Chainer: ParameterStatistics.register_statistics.
+        """
+        self._statistics[name] = function
+
+    def serialize(self, serializer):
+        """Save or load the trigger and the sums since it last fired (Chainer
+        saves neither; a Chainer snapshot leaves them fresh, with a warning).
+        """
+        try:
+            self._trigger.serialize(serializer['trigger'])
+            self._summary.serialize(serializer['summary'])
+        except KeyError:
+            warnings.warn('ParameterStatistics: the snapshot holds no state of it '
+                          '(Chainer does not save one); starting its means afresh')
+
 # ----- hyperparameter schedules and observations ---------------------------------
 # Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
 # the step count `_t` and the last value are saved, so a resumed run goes on
@@ -8737,7 +8847,8 @@ _submodule(
     snapshot_object=snapshot_object, PlotReport=PlotReport, DumpGraph=DumpGraph,
     ExponentialShift=ExponentialShift, LinearShift=LinearShift, StepShift=StepShift,
     MultistepShift=MultistepShift, WarmupShift=WarmupShift, PolynomialShift=PolynomialShift,
-    InverseShift=InverseShift, observe_lr=observe_lr, observe_value=observe_value)
+    InverseShift=InverseShift, ParameterStatistics=ParameterStatistics,
+    observe_lr=observe_lr, observe_value=observe_value)
 _submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)
 
 
@@ -9331,7 +9442,7 @@ _submodule('training.extensions', dump_graph=dump_graph,
            unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
 _not_supported(
     training.extensions,
-    missing='MicroAverage ParameterStatistics VariableStatisticsPlot')
+    missing='MicroAverage VariableStatisticsPlot')
 _submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
            dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')

@@ -5508,7 +5508,8 @@ CHAINER_PROVIDED = {
     'training.extensions': 'DumpGraph Evaluator ExponentialShift FailOnNonNumber LinearShift '
                            'LogReport PlotReport PrintReport ProgressBar dump_graph observe_lr '
                            'observe_value snapshot snapshot_object unchain_variables '
-                           'StepShift MultistepShift WarmupShift PolynomialShift InverseShift',
+                           'StepShift MultistepShift WarmupShift PolynomialShift InverseShift '
+                           'ParameterStatistics',
     'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
                          'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
                          'EarlyStoppingTrigger',
@@ -5564,7 +5565,6 @@ CHAINER_NOT_YET = {
     'optimizers': 'NesterovAG RMSpropGraves SMORMS3 CorrectedMomentumSGD AdaBound',
     'optimizer_hooks': 'GradientNoise GradientLARS',
     'initializers': 'Orthogonal Identity',
-    'training.extensions': 'ParameterStatistics',
     'utils': 'WalkerAlias',
 }
 
@@ -6609,3 +6609,97 @@ def test_early_stopping_trigger_rejects_bad_arguments():
         triggers.EarlyStoppingTrigger(patience=0)
     with pytest.raises(TypeError, match='unexpected keyword'):
         triggers.EarlyStoppingTrigger(patiense=2)
+
+
+# --- ParameterStatistics ---------------------------------------------------------------
+
+STATS_W = (np.arange(15, dtype=np.float32) - 7).reshape(3, 5)     # -7 .. 7, one zero
+
+
+def stats_trainer(out, stop=(2, 'epoch'), **kwargs):
+    """lr = 0, so W stays STATS_W and b zeros; the gradients change per batch.
+    4 iterations an epoch; a probe records each update's mean W gradient."""
+    model = L.Classifier(L.Linear(5, 3, initialW=STATS_W, initial_bias=0))
+    optimizer = chainer.optimizers.SGD(lr=0.0).setup(model)
+    iterator = SerialIterator(make_dataset(40), 10, order_sampler=stateless_sampler)
+    trainer = chainer.Trainer(chainer.StandardUpdater(iterator, optimizer, device=TEST_DEVICE),
+                              stop, out=str(out))
+    grad_means = []
+    trainer.extend(lambda tr: grad_means.append(float(host(model.predictor.W.grad).mean())),
+                   name='probe', priority=chainer.PRIORITY_WRITER)
+    trainer.extend(extensions.ParameterStatistics(model, **kwargs))
+    trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
+    trainer.extend(extensions.snapshot(), trigger=(3, 'iteration'))
+    return trainer, grad_means
+
+
+def test_parameter_statistics_reports_the_means_at_each_trigger(tmp_path):
+    trainer, grad_means = stats_trainer(tmp_path)
+    trainer.run()
+    log = trainer.get_extension('LogReport').log
+    key = 'None/predictor/W/{}/{}'.format
+    # Reported only when its trigger, (1, 'epoch'), fires: iterations 4 and 8.
+    assert [e['iteration'] for e in log if key('data', 'mean') in e] == [4, 8]
+    entry = log[3]
+    assert float(entry[key('data', 'mean')]) == 0.0
+    assert float(entry[key('data', 'min')]) == -7.0 and float(entry[key('data', 'max')]) == 7.0
+    assert float(entry[key('data', 'zeros')]) == 1.0
+    assert float(entry['None/predictor/b/data/zeros']) == 3.0
+    # std of -7..7: sqrt(2 * (1 + 4 + ... + 49) / 15) = sqrt(280 / 15)
+    assert float(entry[key('data', 'std')]) == pytest.approx(math.sqrt(280 / 15), rel=1e-6)
+    # percentile at 50 is the median 0; at 15.87 of 15 sorted values -7..7:
+    # position 0.1587 * 14 = 2.2218 -> -5 + 0.2218
+    assert float(entry[key('data', 'percentile') + '/3']) == 0.0
+    assert float(entry[key('data', 'percentile') + '/2']) == pytest.approx(-5 + 0.2218, rel=1e-5)
+    assert key('data', 'percentile') + '/7' not in entry
+    # Gradients: the mean over the epoch's four calls of each call's mean.
+    for e, calls in ((log[3], grad_means[0:4]), (log[7], grad_means[4:8])):
+        assert float(e[key('grad', 'mean')]) == pytest.approx(sum(calls) / 4, rel=1e-5)
+
+
+def test_parameter_statistics_options():
+    link = L.Linear(2, 2, initialW=np.array([[1, 2], [3, np.nan]], np.float32),
+                    initial_bias=np.array([4, 0], np.float32))
+    link.name = 'lin'
+
+    def call(extension):
+        observation = {}
+        with chainer.Reporter().scope(observation):
+            extension(None)
+        return {k: float(v) for k, v in observation.items()}
+
+    fire = lambda trainer: True                        # noqa: E731  (a trigger)
+    ext = extensions.ParameterStatistics(link, statistics={'max': np.max}, report_grads=False,
+                                         prefix='p', trigger=fire, skip_nan_params=True)
+    ext.register_statistics('two', lambda x: np.array([x.min(), x.size]))
+    got = call(ext)
+    assert set(got) == {'p/lin/b/data/max', 'p/lin/b/data/two/0', 'p/lin/b/data/two/1',
+                        'p/lin/W/data/max', 'p/lin/W/data/two/0', 'p/lin/W/data/two/1'}
+    assert got['p/lin/b/data/max'] == 4.0 and got['p/lin/b/data/two/1'] == 2.0
+    assert math.isnan(got['p/lin/W/data/max']) and math.isnan(got['p/lin/W/data/two/1'])
+    # Without skip_nan_params the functions see the NaN themselves; grads are
+    # None before any backward, and skipped.
+    got = call(extensions.ParameterStatistics([link], {'size': np.size}, trigger=fire))
+    assert got == {'lin/W/data/size': 4.0, 'lin/b/data/size': 2.0}
+    assert call(extensions.ParameterStatistics(link, None, trigger=fire)) == {}
+    with pytest.raises(TypeError, match='ParameterStatistics: links must be Links'):
+        extensions.ParameterStatistics([link, 'W'])
+    with pytest.raises(TypeError, match="ParameterStatistics: statistics must be 'default'"):
+        extensions.ParameterStatistics(link, statistics='mean')
+    assert extensions.ParameterStatistics(link).default_name == 'parameter_statistics'
+
+
+def test_parameter_statistics_resume_exactly(tmp_path):
+    straight, _ = stats_trainer(tmp_path / 'a')
+    straight.run()
+    with np.load(str(tmp_path / 'a' / 'snapshot_iter_6')) as npz:
+        assert any(k.startswith('extensions/parameter_statistics/summary/') for k in npz.files)
+    resumed, _ = stats_trainer(tmp_path / 'b')
+    serializers.load_npz(str(tmp_path / 'a' / 'snapshot_iter_6'), resumed)
+    resumed.run()
+    # Epoch 2's report (iteration 8) averages iterations 5-8, 5 and 6 from the file.
+    a = straight.get_extension('LogReport').log
+    b = resumed.get_extension('LogReport').log
+    # (The log of iterations 1-6 came from the file too.)
+    assert [e['iteration'] for e in b if 'None/predictor/W/grad/mean' in e] == [4, 8]
+    assert without_time(a) == without_time(b)
