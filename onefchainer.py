@@ -2970,12 +2970,12 @@ class ELU(Function):
     """
     label = 'elu'
 
-    def __init__(self, alpha=1.0):
-        self.alpha = float(alpha)
+    def __init__(self, alpha=1.0, label='elu'):
+        self.alpha, self.label = float(alpha), label
 
     def forward(self, inputs):
         x, = inputs
-        _require_float('elu', x)
+        _require_float(self.label, x)
         xp = _xp(x)
         # expm1 of min(x, 0): the branch not taken must not overflow either.
         return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)) * self.alpha),
@@ -3046,7 +3046,7 @@ def selu(x, alpha=1.6732632423543772848170429916717,
     (the values that keep activations at mean 0, variance 1). Returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.selu.
     """
-    return mul(elu(x, alpha), scale)
+    return mul(ELU(alpha, 'selu')(x), scale)     # 'selu' names it in errors
 
 
 def hard_sigmoid(x):
