@@ -1940,7 +1940,9 @@ class Clip(Function):
     def forward(self, inputs):
         x, = inputs
         _require_float('clip', x)
-        return _xp(x).clip(x, self.x_min, self.x_max),
+        xp = _xp(x)
+        y = x if self.x_min is None else xp.maximum(x, x.dtype.type(self.x_min))
+        return y if self.x_max is None else xp.minimum(y, x.dtype.type(self.x_max)),
 
     def backward(self, inputs, grad_outputs):      # 1 inside [x_min, x_max], 0 outside
         x, = inputs

@@ -6360,9 +6360,9 @@ MORE_GRAD_CASES = {
     'repeat': (lambda x: F.repeat(x, 2, axis=1), [f64(2, 3)]),
     'repeat_uneven': (lambda x: F.repeat(x, (2, 0, 3), axis=-1), [f64(2, 3)]),
     'repeat_flat': (lambda x: F.repeat(x, 3), [f64(2, 2)]),
-    'where': (lambda x, y: F.where(np.array([[True, False, True]] * 2), x, y),
+    'where': (lambda x, y: F.where(dev(np.array([[True, False, True]] * 2)), x, y),
               [f64(2, 3), f64(2, 3, seed=1)]),
-    'where_broadcast': (lambda x, y: F.where(np.array([True, False, False]), x, y),
+    'where_broadcast': (lambda x, y: F.where(dev(np.array([True, False, False])), x, y),
                         [f64(2, 3), f64(1, seed=1)]),
     'cast': (lambda x: F.cast(x, np.float32) * np.float32(2), [f64(2, 3)]),
     'separate': (lambda x: F.separate(x, axis=1), [f64(2, 3, 2)]),
@@ -6631,6 +6631,8 @@ def test_embed_id_and_the_embed_id_link():
     np.testing.assert_array_equal(host(F.embed_id(dev(x), dev(W))), [[2, 2, 2], [1, 1, 1]])
     np.testing.assert_array_equal(host(F.embed_id(dev(x), dev(W), ignore_label=1)),
                                   [[2, 2, 2], [0, 0, 0]])
+    np.testing.assert_array_equal(host(F.embed_id(dev(np.array([0, -1], np.int32)), dev(W + 1),
+                                                  ignore_label=-1)), [[1, 1, 1], [0, 0, 0]])
     w = Variable(dev(W))
     ids = np.array([[2, 0], [2, -1]], np.int32)
     y = F.embed_id(dev(ids), w, ignore_label=-1)
@@ -6638,15 +6640,16 @@ def test_embed_id_and_the_embed_id_link():
     y.grad = dev(np.arange(12, dtype=np.float32).reshape(2, 2, 3))
     y.backward()
     np.testing.assert_array_equal(host(w.grad), [[3, 4, 5], [0, 0, 0], [6, 8, 10]])  # 2 twice
-    with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
-        F.embed_id(dev(np.array([3], np.int32)), dev(W))
-    with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
-        F.embed_id(dev(np.array([-1], np.int32)), dev(W))          # no silent wrap-around
+    with chainer.using_config('debug', ON_GPU):               # a GPU checks ids in debug mode
+        with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
+            F.embed_id(dev(np.array([3], np.int32)), dev(W))
+        with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
+            F.embed_id(dev(np.array([-1], np.int32)), dev(W))      # no silent wrap-around
     with pytest.raises(TypeError, match='embed_id: x must be signed integer'):
         F.embed_id(dev(np.array([1.0])), dev(W))
-    layer = L.EmbedID(3, 3, initialW=W, ignore_label=-1).to_device(TEST_DEVICE)
+    layer = L.EmbedID(3, 3, initialW=W + 1, ignore_label=-1).to_device(TEST_DEVICE)
     np.testing.assert_array_equal(host(layer(dev(np.array([1, -1], np.int32)))),
-                                  [[1, 1, 1], [0, 0, 0]])
+                                  [[2, 2, 2], [0, 0, 0]])
     assert [name for name, _ in layer.namedparams()] == ['/W']
     np.random.seed(0)
     big = L.EmbedID(200, 50)                                   # Normal(1.0) by default
