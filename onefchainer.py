@@ -1720,6 +1720,420 @@ def sqrt(x):
     return Sqrt()(x)
 
 
+# ----- more elementwise math ---------------------------------------------------
+# The same pattern, one Function per formula.  Where the derivative is
+# cheaper from the output (tan' = 1 + tan^2), forward keeps y.
+
+class Absolute(Function):
+    """Function node of y = |x|; backward gy * sign(x) (0 at x = 0).
+    Chainer: chainer.functions.math.basic_math.Absolute.
+    """
+    label = 'absolute'
+
+    def forward(self, inputs):
+        _require_float('absolute', inputs[0])
+        return abs(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # |x|' = sign(x)
+        return grad_outputs[0] * _xp(inputs[0]).sign(inputs[0]),
+
+
+class Sin(Function):
+    """Function node of y = sin(x); backward gy * cos(x).
+    Chainer: chainer.functions.math.trigonometric.Sin.
+    """
+    label = 'sin'
+
+    def forward(self, inputs):
+        _require_float('sin', inputs[0])
+        return _xp(inputs[0]).sin(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # sin' = cos
+        return grad_outputs[0] * _xp(inputs[0]).cos(inputs[0]),
+
+
+class Cos(Function):
+    """Function node of y = cos(x); backward -gy * sin(x).
+    Chainer: chainer.functions.math.trigonometric.Cos.
+    """
+    label = 'cos'
+
+    def forward(self, inputs):
+        _require_float('cos', inputs[0])
+        return _xp(inputs[0]).cos(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # cos' = -sin
+        return -grad_outputs[0] * _xp(inputs[0]).sin(inputs[0]),
+
+
+class Tan(Function):
+    """Function node of y = tan(x); backward gy * (1 + y**2).
+    Chainer: chainer.functions.math.trigonometric.Tan.
+    """
+    label = 'tan'
+
+    def forward(self, inputs):
+        _require_float('tan', inputs[0])
+        self.y = _xp(inputs[0]).tan(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # tan' = 1/cos^2 = 1 + tan^2
+        return grad_outputs[0] * (1 + self.y * self.y),
+
+
+class Arcsin(Function):
+    """Function node of y = arcsin(x); backward gy / sqrt(1 - x**2).
+    Chainer: chainer.functions.math.inv_trigonometric.Arcsin.
+    """
+    label = 'arcsin'
+
+    def forward(self, inputs):
+        _require_float('arcsin', inputs[0])
+        return _xp(inputs[0]).arcsin(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # arcsin' = 1/sqrt(1 - x^2)
+        x, = inputs
+        return grad_outputs[0] / _xp(x).sqrt(1 - x * x),
+
+
+class Arccos(Function):
+    """Function node of y = arccos(x); backward -gy / sqrt(1 - x**2).
+    Chainer: chainer.functions.math.inv_trigonometric.Arccos.
+    """
+    label = 'arccos'
+
+    def forward(self, inputs):
+        _require_float('arccos', inputs[0])
+        return _xp(inputs[0]).arccos(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # arccos' = -1/sqrt(1 - x^2)
+        x, = inputs
+        return -grad_outputs[0] / _xp(x).sqrt(1 - x * x),
+
+
+class Arctan(Function):
+    """Function node of y = arctan(x); backward gy / (1 + x**2).
+    Chainer: chainer.functions.math.inv_trigonometric.Arctan.
+    """
+    label = 'arctan'
+
+    def forward(self, inputs):
+        _require_float('arctan', inputs[0])
+        return _xp(inputs[0]).arctan(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # arctan' = 1/(1 + x^2)
+        x, = inputs
+        return grad_outputs[0] / (1 + x * x),
+
+
+class Sinh(Function):
+    """Function node of y = sinh(x); backward gy * cosh(x).
+    Chainer: chainer.functions.math.hyperbolic.Sinh.
+    """
+    label = 'sinh'
+
+    def forward(self, inputs):
+        _require_float('sinh', inputs[0])
+        return _xp(inputs[0]).sinh(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # sinh' = cosh
+        return grad_outputs[0] * _xp(inputs[0]).cosh(inputs[0]),
+
+
+class Cosh(Function):
+    """Function node of y = cosh(x); backward gy * sinh(x).
+    Chainer: chainer.functions.math.hyperbolic.Cosh.
+    """
+    label = 'cosh'
+
+    def forward(self, inputs):
+        _require_float('cosh', inputs[0])
+        return _xp(inputs[0]).cosh(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # cosh' = sinh
+        return grad_outputs[0] * _xp(inputs[0]).sinh(inputs[0]),
+
+
+class Log1p(Function):
+    """Function node of y = log(1 + x), exact for tiny x; backward gy / (1 + x).
+    Chainer: chainer.functions.math.logarithm_1p.Log1p.
+    """
+    label = 'log1p'
+
+    def forward(self, inputs):
+        _require_float('log1p', inputs[0])
+        return _xp(inputs[0]).log1p(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # log(1+x)' = 1/(1+x)
+        return grad_outputs[0] / (1 + inputs[0]),
+
+
+class Expm1(Function):
+    """Function node of y = e**x - 1, exact for tiny x; backward gy * (y + 1).
+    Chainer: chainer.functions.math.exponential_m1.Expm1.
+    """
+    label = 'expm1'
+
+    def forward(self, inputs):
+        _require_float('expm1', inputs[0])
+        self.y = _xp(inputs[0]).expm1(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (e^x - 1)' = e^x = y + 1
+        return grad_outputs[0] * (self.y + 1),
+
+
+class Log2(Function):
+    """Function node of y = log2(x); backward gy / (x log 2).
+    Chainer: chainer.functions.math.exponential.Log2.
+    """
+    label = 'log2'
+
+    def forward(self, inputs):
+        _require_float('log2', inputs[0])
+        return _xp(inputs[0]).log2(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # log2(x)' = 1/(x ln 2)
+        return grad_outputs[0] / (inputs[0] * math.log(2.0)),
+
+
+class Log10(Function):
+    """Function node of y = log10(x); backward gy / (x log 10).
+    Chainer: chainer.functions.math.exponential.Log10.
+    """
+    label = 'log10'
+
+    def forward(self, inputs):
+        _require_float('log10', inputs[0])
+        return _xp(inputs[0]).log10(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # log10(x)' = 1/(x ln 10)
+        return grad_outputs[0] / (inputs[0] * math.log(10.0)),
+
+
+class Rsqrt(Function):
+    """Function node of y = 1 / sqrt(x); backward -gy * y**3 / 2.
+    Chainer: chainer.functions.rsqrt (there a composition of sqrt and a division).
+    """
+    label = 'rsqrt'
+
+    def forward(self, inputs):
+        _require_float('rsqrt', inputs[0])
+        self.y = 1 / _xp(inputs[0]).sqrt(inputs[0])
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (x^-1/2)' = -x^-3/2 / 2 = -y^3/2
+        y = self.y
+        return grad_outputs[0] * (y * y * y) * -0.5,
+
+
+class Clip(Function):
+    """Function node of y = min(max(x, x_min), x_max) (either bound may be None);
+    backward gy where x_min <= x <= x_max, else 0 (the bounds count as inside).
+    Chainer: chainer.functions.math.clip.Clip.
+    """
+    label = 'clip'
+
+    def __init__(self, x_min, x_max):
+        self.x_min, self.x_max = x_min, x_max
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('clip', x)
+        xp = _xp(x)
+        y = x if self.x_min is None else xp.maximum(x, x.dtype.type(self.x_min))
+        return y if self.x_max is None else xp.minimum(y, x.dtype.type(self.x_max)),
+
+    def backward(self, inputs, grad_outputs):      # 1 inside [x_min, x_max], 0 outside
+        x, = inputs
+        gx = grad_outputs[0]
+        if self.x_min is not None:
+            gx = gx * (x >= self.x_min)
+        if self.x_max is not None:
+            gx = gx * (x <= self.x_max)
+        return gx,
+
+
+class Maximum(Function):
+    """Function node of y = max(x1, x2) elementwise (broadcasting, one float
+    dtype); backward: gy to x1 where x1 >= x2, else to x2 (a tie goes to x1).
+    Chainer: chainer.functions.math.maximum.Maximum.
+    """
+    label = 'maximum'
+    input_names = ('x1', 'x2')
+
+    def __init__(self, take_min=False):
+        self.take_min = take_min
+
+    def forward(self, inputs):
+        x1, x2 = inputs
+        _check_dtypes(self.label, x1, x2)
+        _require_float(self.label, x1)
+        xp = _xp(x1)
+        return (xp.minimum if self.take_min else xp.maximum)(x1, x2),
+
+    def backward(self, inputs, grad_outputs):      # the winner gets gy
+        x1, x2 = inputs
+        gy, = grad_outputs
+        xp = _xp(gy)
+        first = x1 <= x2 if self.take_min else x1 >= x2
+        zero = gy.dtype.type(0)
+        return (_sum_to(xp.where(first, gy, zero), x1.shape),
+                _sum_to(xp.where(first, zero, gy), x2.shape))
+
+
+class Minimum(Maximum):
+    """Function node of y = min(x1, x2) elementwise; backward: gy to x1 where
+    x1 <= x2, else to x2. Chainer: chainer.functions.math.minimum.Minimum.
+    """
+    label = 'minimum'
+
+    def __init__(self):
+        super().__init__(take_min=True)
+
+
+def absolute(x):
+    """Elementwise absolute value |x| of a float Variable or array (also
+    abs(x) on a Variable). The gradient is sign(x) gy, 0 at x = 0. Returns a
+    Variable of x's shape and dtype; TypeError for integer x.
+    Chainer: chainer.functions.absolute.
+    """
+    return Absolute()(x)
+
+
+def sin(x):
+    """Elementwise sine of a float Variable or array (radians); returns a
+    Variable of x's shape and dtype. Chainer: chainer.functions.sin.
+    """
+    return Sin()(x)
+
+
+def cos(x):
+    """Elementwise cosine of a float Variable or array (radians); returns a
+    Variable of x's shape and dtype. Chainer: chainer.functions.cos.
+    """
+    return Cos()(x)
+
+
+def tan(x):
+    """Elementwise tangent of a float Variable or array (radians); returns a
+    Variable of x's shape and dtype. Chainer: chainer.functions.tan.
+    """
+    return Tan()(x)
+
+
+def arcsin(x):
+    """Elementwise inverse sine of a float Variable or array, in [-pi/2, pi/2]
+    (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
+    Returns a Variable. Chainer: chainer.functions.arcsin.
+    """
+    return Arcsin()(x)
+
+
+def arccos(x):
+    """Elementwise inverse cosine of a float Variable or array, in [0, pi]
+    (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
+    Chainer: chainer.functions.arccos.
+    """
+    return Arccos()(x)
+
+
+def arctan(x):
+    """Elementwise inverse tangent of a float Variable or array, in (-pi/2,
+    pi/2); gradient 1/(1 + x**2). Returns a Variable.
+    Chainer: chainer.functions.arctan.
+    """
+    return Arctan()(x)
+
+
+def sinh(x):
+    """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
+    array; returns a Variable. Chainer: chainer.functions.sinh.
+    """
+    return Sinh()(x)
+
+
+def cosh(x):
+    """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
+    array; returns a Variable. Chainer: chainer.functions.cosh.
+    """
+    return Cosh()(x)
+
+
+def log1p(x):
+    """Elementwise log(1 + x) of a float Variable or array, accurate where x
+    is tiny; returns a Variable. Chainer: chainer.functions.log1p.
+    """
+    return Log1p()(x)
+
+
+def expm1(x):
+    """Elementwise e**x - 1 of a float Variable or array, accurate where x is
+    tiny; returns a Variable. Chainer: chainer.functions.expm1.
+    """
+    return Expm1()(x)
+
+
+def log2(x):
+    """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
+    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
+    """
+    return Log2()(x)
+
+
+def log10(x):
+    """Elementwise base-10 logarithm of a float Variable or array (x <= 0
+    gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
+    """
+    return Log10()(x)
+
+
+def rsqrt(x):
+    """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
+    array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
+    """
+    return Rsqrt()(x)
+
+
+def clip(x, x_min, x_max):
+    """Elementwise clip: x_min where x < x_min, x_max where x > x_max, else x.
+
+    x: float Variable or array; x_min, x_max: numbers, one of them may be None
+    (no bound on that side). The gradient is gy inside [x_min, x_max] (bounds
+    included) and 0 outside. Returns a Variable of x's shape and dtype. Raises
+    ValueError when both bounds are None or x_min >= x_max, TypeError for
+    integer x. Chainer: chainer.functions.clip.
+    """
+    if x_min is None and x_max is None:
+        raise ValueError('clip: x_min and x_max are both None; give at least one bound')
+    if x_min is not None and x_max is not None and x_min >= x_max:
+        raise ValueError('clip: x_min ({}) must be less than x_max ({})'.format(x_min, x_max))
+    return Clip(x_min, x_max)(x)
+
+
+def maximum(x1, x2):
+    """Elementwise maximum of x1 and x2: float Variables or arrays of one
+    dtype whose shapes broadcast. The gradient goes to x1 where x1 >= x2, else
+    to x2. Returns a Variable. Raises TypeError for differing or integer
+    dtypes, ValueError for shapes that do not broadcast.
+    Chainer: chainer.functions.maximum.
+    """
+    return Maximum()(x1, x2)
+
+
+def minimum(x1, x2):
+    """Elementwise minimum of x1 and x2: float Variables or arrays of one
+    dtype whose shapes broadcast. The gradient goes to x1 where x1 <= x2, else
+    to x2. Returns a Variable. Raises TypeError for differing or integer
+    dtypes, ValueError for shapes that do not broadcast.
+    Chainer: chainer.functions.minimum.
+    """
+    return Minimum()(x1, x2)
+
+
+Variable.__abs__ = absolute
+
+
 # ----- reductions --------------------------------------------------------------
 
 def _normalize_axis(axis, ndim, label):
@@ -1797,6 +2211,69 @@ class Min(Max):
         super().__init__(axis, keepdims, take_min=True)
 
 
+class Prod(Function):
+    """Function node of x.prod(axis, keepdims). Backward: each element gets gy
+    times the product of the *other* elements of its group, computed from
+    running products from the left and from the right, so that a zero in x
+    gives the right gradient (dividing y by x would give NaN).
+    Chainer: chainer.functions.math.prod.Prod.
+    """
+    label = 'prod'
+
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('prod', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'prod')
+        return _xp(x).asarray(x.prod(axis=self.axis, keepdims=self.keepdims)),
+
+    def backward(self, inputs, grad_outputs):      # d(prod)/dx_i = prod_{j != i} x_j
+        x, = inputs
+        xp = _xp(x)
+        axes = tuple(range(x.ndim)) if self.axis is None else self.axis
+        kept = [a for a in range(x.ndim) if a not in axes]
+        order = kept + list(axes)                  # the reduced axes last, as one
+        moved = x.transpose(order)
+        groups = moved.reshape(moved.shape[:len(kept)] + (-1,))
+        if groups.shape[-1] == 0:
+            return xp.zeros_like(x),
+        ones = xp.ones(groups.shape[:-1] + (1,), x.dtype)
+        before = xp.cumprod(xp.concatenate([ones, groups[..., :-1]], axis=-1), axis=-1)
+        after = xp.cumprod(xp.concatenate([ones, groups[..., :0:-1]], axis=-1), axis=-1)
+        others = (before * after[..., ::-1]).reshape(moved.shape)
+        others = others.transpose(tuple(np.argsort(order)))
+        gy = grad_outputs[0].reshape(_keepdims_shape(x.shape, self.axis))
+        return gy * others,
+
+
+class Cumsum(Function):
+    """Function node of the cumulative sum along `axis` (None: of x flattened).
+    Backward: y_i = sum_{j <= i} x_j, so x_j gets sum_{i >= j} gy_i, a
+    cumulative sum of gy taken from the far end.
+    Chainer: chainer.functions.math.cumsum.Cumsum.
+    """
+    label = 'cumsum'
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('cumsum', x)
+        if self.axis is not None:
+            self.axis = _normalize_axis(self.axis, x.ndim, 'cumsum')[0]
+        return _xp(x).cumsum(x, axis=self.axis),
+
+    def backward(self, inputs, grad_outputs):      # x_j feeds every y_i with i >= j
+        x, = inputs
+        gy, = grad_outputs
+        axis = 0 if self.axis is None else self.axis
+        flipped = _xp(gy).flip(gy, axis)
+        return _xp(gy).flip(flipped.cumsum(axis=axis), axis).reshape(x.shape),
+
+
 def sum(x, axis=None, keepdims=False):
     """Sum of the elements of x over `axis`.
 
@@ -1839,6 +2316,40 @@ def min(x, axis=None, keepdims=False):
     Raises ValueError for an axis out of bounds. Chainer: chainer.functions.min.
     """
     return Min(axis, keepdims)(x)
+
+
+def prod(x, axis=None, keepdims=False):
+    """Product of the elements of x over `axis`.
+
+    x: float Variable or array; axis: None (default, all axes), an int or a
+    tuple of distinct ints; keepdims (default False) keeps the reduced axes
+    with size 1. The gradient of each element is gy times the product of the
+    others (exact where x has zeros). Returns a Variable. Raises TypeError for
+    integer x or an axis of another type, ValueError for an axis out of bounds
+    or repeated. Chainer: chainer.functions.prod.
+    """
+    if axis is not None:
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+        if not isinstance(axes, tuple) or not all(
+                isinstance(a, (int, np.integer)) for a in axes):
+            raise TypeError('prod: axis must be None, an int or a tuple of ints, got {!r}'
+                            .format(axis))
+        if len(set(axes)) != len(axes):
+            raise ValueError('prod: axis {} repeats an axis'.format(axis))
+    return Prod(axis, keepdims)(x)
+
+
+def cumsum(x, axis=None):
+    """Cumulative sum of x along `axis` (an int, negative from the end), or of
+    x flattened to one axis when axis is None (the default).
+
+    x: float Variable or array. Returns a Variable of x's shape (1-d of x.size
+    for axis None). Raises TypeError for integer x or a non-int axis,
+    ValueError for an axis out of bounds. Chainer: chainer.functions.cumsum.
+    """
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
+    return Cumsum(axis)(x)
 
 
 # sum, max, min and pow above took the names of Python builtins.  Chapter 21
@@ -2080,6 +2591,279 @@ def get_item(x, slices):
     return GetItem(slices)(x)
 
 
+# ----- more shapes: flips, tiles, repeats, choices, casts --------------------
+
+class Flip(Function):
+    """Function node of x reversed along `axis`; backward reverses gy back.
+    Chainer: chainer.functions.array.flip.Flip (also FlipLR, FlipUD).
+    """
+    label = 'flip'
+
+    def __init__(self, axis, label='flip'):
+        self.axis, self.label = axis, label
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError('{}: axis {} is out of bounds for shape {}'.format(
+                self.label, self.axis, x.shape))
+        return _xp(x).flip(x, self.axis),
+
+    def backward(self, inputs, grad_outputs):      # a flip is its own inverse
+        return _xp(grad_outputs[0]).flip(grad_outputs[0], self.axis),
+
+
+class Tile(Function):
+    """Function node of numpy.tile(x, reps). Backward: output index
+    (r, s) on each axis (copy r of element s) is reshaped into two axes, and
+    the copies are summed. Chainer: chainer.functions.array.tile.Tile.
+    """
+    label = 'tile'
+
+    def __init__(self, reps):
+        self.reps = reps
+
+    def forward(self, inputs):
+        return _xp(inputs[0]).tile(inputs[0], self.reps),
+
+    def backward(self, inputs, grad_outputs):      # each element got used once per copy
+        x, = inputs
+        n = len(x.shape) if len(x.shape) > len(self.reps) else len(self.reps)
+        reps = (1,) * (n - len(self.reps)) + self.reps
+        shape = (1,) * (n - x.ndim) + x.shape
+        split = [size for pair in zip(reps, shape) for size in pair]
+        gy = grad_outputs[0]
+        return gy.reshape(split).sum(axis=tuple(range(0, 2 * n, 2)),
+                                     dtype=gy.dtype).reshape(x.shape),
+
+
+class Repeat(Function):
+    """Function node of numpy.repeat(x, repeats, axis) (axis None: x
+    flattened first). Backward: each element gets the sum of the gradients of
+    its copies. Chainer: chainer.functions.array.repeat.Repeat.
+    """
+    label = 'repeat'
+
+    def __init__(self, repeats, axis=None):
+        self.repeats, self.axis = repeats, axis
+
+    def forward(self, inputs):
+        x, = inputs
+        if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
+            raise ValueError('repeat: axis {} is out of bounds for shape {}'.format(
+                self.axis, x.shape))
+        repeats = self.repeats[0] if len(self.repeats) == 1 else list(self.repeats)
+        return _xp(x).repeat(x, repeats, self.axis),
+
+    def backward(self, inputs, grad_outputs):      # the copies' gradients add up
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(gy)
+        source = (x.size,) if self.axis is None else x.shape
+        axis = 0 if self.axis is None else self.axis % x.ndim
+        n = source[axis]
+        if len(self.repeats) == 1:                 # copies sit side by side: reshape and sum
+            split = source[:axis] + (n, self.repeats[0]) + source[axis + 1:]
+            gx = gy.reshape(split).sum(axis=axis + 1, dtype=gy.dtype)
+        else:                                      # uneven copies: scatter-add by index
+            index = xp.asarray(np.repeat(np.arange(n), self.repeats))
+            moved = xp.moveaxis(gy, axis, 0)
+            gx = xp.zeros((n,) + moved.shape[1:], gy.dtype)
+            xp.add.at(gx, index, moved)
+            gx = xp.moveaxis(gx, 0, axis)
+        return gx.reshape(x.shape),
+
+
+class Where(Function):
+    """Function node of y = x where condition, else y (condition, x and y
+    broadcast). Backward: gy goes to x where condition holds and to y
+    elsewhere, each summed down to its shape.
+    Chainer: chainer.functions.array.where.Where.
+    """
+    label = 'where'
+    input_names = ('x', 'y')
+
+    def __init__(self, condition):
+        self.condition = condition
+
+    def forward(self, inputs):
+        x, y = inputs
+        _check_dtypes('where', x, y)
+        return _xp(x).where(self.condition, x, y),
+
+    def backward(self, inputs, grad_outputs):      # each element came from x or from y
+        x, y = inputs
+        gy, = grad_outputs
+        xp = _xp(gy)
+        zero = gy.dtype.type(0)
+        return (_sum_to(xp.where(self.condition, gy, zero), x.shape),
+                _sum_to(xp.where(self.condition, zero, gy), y.shape))
+
+
+class Cast(Function):
+    """Function node of x.astype(typ); backward casts gy back to x's dtype
+    (no gradient for an integer x). Chainer: chainer.functions.array.cast.Cast.
+    """
+    label = 'cast'
+
+    def __init__(self, typ):
+        self.typ = typ
+
+    def forward(self, inputs):
+        return inputs[0].astype(self.typ, copy=False),
+
+    def backward(self, inputs, grad_outputs):      # only the dtype changed
+        x, = inputs
+        if x.dtype.kind != 'f':
+            return None,
+        return grad_outputs[0].astype(x.dtype, copy=False),
+
+
+class Separate(Function):
+    """Function node that cuts x along `axis` into x.shape[axis] arrays, that
+    axis removed. Backward stacks the gradients again (zeros for an output
+    that got none). Chainer: chainer.functions.array.separate.Separate.
+    """
+    label = 'separate'
+
+    def __init__(self, axis=0):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError('separate: axis {} is out of bounds for shape {}'.format(
+                self.axis, x.shape))
+        return tuple(x.take(i, axis=self.axis) for i in range(x.shape[self.axis]))
+
+    def backward(self, inputs, grad_outputs):      # piece i is slice i of x
+        x, = inputs
+        xp = _xp(x)
+        shape = x.shape[:self.axis % x.ndim] + x.shape[self.axis % x.ndim + 1:]
+        grads = [xp.zeros(shape, x.dtype) if g is None else g for g in grad_outputs]
+        return xp.stack(grads, axis=self.axis),
+
+
+def _int_or_ints(label, name, value):
+    """`value` (an int or a tuple/list of ints) as a tuple, checked >= 0."""
+    values = (value,) if isinstance(value, (int, np.integer)) else value
+    if not isinstance(values, (tuple, list)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise TypeError('{}: {} must be an int or a tuple of ints, got {!r}'.format(
+            label, name, value))
+    if any(v < 0 for v in values):
+        raise ValueError('{}: {} must be >= 0, got {!r}'.format(label, name, value))
+    return tuple(int(v) for v in values)
+
+
+def _int_axis(label, axis):
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError('{}: axis must be an int, got {!r}'.format(label, axis))
+    return int(axis)
+
+
+def flip(x, axis):
+    """x reversed along the int `axis` (negative counts from the end); the
+    gradient is reversed back. Returns a Variable. Raises TypeError for a
+    non-int axis, ValueError for an axis out of bounds.
+    Chainer: chainer.functions.flip.
+    """
+    return Flip(_int_axis('flip', axis))(x)
+
+
+def fliplr(a):
+    """a reversed along axis 1 (left/right); a needs 2 or more dimensions
+    (else ValueError). Returns a Variable. Chainer: chainer.functions.fliplr.
+    """
+    if _input_data('fliplr', a).ndim < 2:
+        raise ValueError('fliplr: needs 2 or more dimensions, got shape {}'.format(
+            _input_data('fliplr', a).shape))
+    return Flip(1, 'fliplr')(a)
+
+
+def flipud(a):
+    """a reversed along axis 0 (up/down); a needs 1 or more dimensions (else
+    ValueError). Returns a Variable. Chainer: chainer.functions.flipud.
+    """
+    if _input_data('flipud', a).ndim < 1:
+        raise ValueError('flipud: needs 1 or more dimensions, got shape ()')
+    return Flip(0, 'flipud')(a)
+
+
+def tile(x, reps):
+    """x repeated as a whole `reps` times along each axis, as numpy.tile.
+
+    reps: an int or a tuple of ints >= 0; when reps and x.ndim differ, the
+    shorter one is padded with 1s at the front. The gradient of an element is
+    the sum over its copies. Returns a Variable. Raises TypeError for reps of
+    another type, ValueError for a negative one. Chainer: chainer.functions.tile.
+    """
+    return Tile(_int_or_ints('tile', 'reps', reps))(x)
+
+
+def repeat(x, repeats, axis=None):
+    """Each element of x repeated, as numpy.repeat.
+
+    repeats: an int (every element that often) or a tuple of ints >= 0, one
+    per element along `axis`; axis: an int, or None (default) to repeat the
+    elements of x flattened (the result is then 1-d). The gradient of an
+    element is the sum over its copies. Returns a Variable. Raises TypeError
+    for repeats or axis of another type, ValueError for a negative count, an
+    axis out of bounds or a tuple of the wrong length.
+    Chainer: chainer.functions.repeat.
+    """
+    repeats = _int_or_ints('repeat', 'repeats', repeats)
+    if axis is not None:
+        axis = _int_axis('repeat', axis)
+    return Repeat(repeats, axis)(x)
+
+
+def where(condition, x, y):
+    """Elementwise choice: x where `condition` is True, else y.
+
+    condition: a bool array or Variable (no gradient); x, y: Variables or
+    arrays of one dtype. The shapes of all three broadcast. The gradient goes
+    to x where condition holds and to y elsewhere. Returns a Variable. Raises
+    TypeError for a non-bool condition or differing dtypes, ValueError for
+    shapes that do not broadcast. Chainer: chainer.functions.where.
+    """
+    condition = _input_data('where', condition)
+    if condition.dtype != np.bool_:
+        raise TypeError('where: condition must be a bool array, got dtype {}'.format(
+            condition.dtype))
+    shapes = [condition.shape, _input_data('where', x).shape, _input_data('where', y).shape]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError('where: shapes of condition, x and y do not broadcast: {}'
+                         .format(shapes)) from None
+    return Where(condition)(x, y)
+
+
+def cast(x, typ):
+    """x converted to dtype `typ` (anything numpy.dtype accepts: numpy.float32,
+    'float16', ...). The gradient is cast back to x's dtype (none for an
+    integer x). If x already has that dtype, x itself is returned as a
+    Variable when backprop is off (config.enable_backprop False), else a new
+    graph node. Raises TypeError for a typ that is no dtype.
+    Chainer: chainer.functions.cast.
+    """
+    dtype = np.dtype(typ)
+    if _input_data('cast', x).dtype == dtype and not config.enable_backprop:
+        return as_variable(x)
+    return Cast(dtype)(x)
+
+
+def separate(x, axis=0):
+    """The slices of x along `axis` (default 0), that axis removed: a tuple of
+    x.shape[axis] Variables (x of shape (2, 3, 4) with axis=1 gives three of
+    shape (2, 4)). Backward stacks the gradients again. Raises ValueError for
+    an axis out of bounds. Chainer: chainer.functions.separate.
+    """
+    ys = Separate(_int_axis('separate', axis))(x)
+    return ys if isinstance(ys, tuple) else (ys,)
+
+
 class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
@@ -2154,6 +2938,144 @@ def tanh(x):
     dtype. Chainer: chainer.functions.tanh.
     """
     return Tanh()(x)
+
+
+# ----- more activations ----------------------------------------------------------
+
+class Softplus(Function):
+    """Function node of y = log(1 + e**(beta x)) / beta, computed as
+    (max(beta x, 0) + log1p(e**-|beta x|)) / beta so that e**(beta x) cannot
+    overflow; backward gy * sigmoid(beta x).
+    Chainer: chainer.functions.activation.softplus.Softplus.
+    """
+    label = 'softplus'
+
+    def __init__(self, beta=1.0):
+        self.beta = float(beta)
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('softplus', x)
+        xp = _xp(x)
+        bx = x * self.beta
+        return (xp.maximum(bx, 0) + xp.log1p(xp.exp(-abs(bx)))) * (1.0 / self.beta),
+
+    def backward(self, inputs, grad_outputs):      # softplus' = sigmoid(beta x)
+        x, = inputs
+        sigmoid_bx = _xp(x).tanh(x * (0.5 * self.beta)) * 0.5 + 0.5
+        return grad_outputs[0] * sigmoid_bx,
+
+
+class ELU(Function):
+    """Function node of y = x where x > 0, else alpha (e**x - 1); backward gy
+    where x > 0, else gy * alpha e**x. Chainer: chainer.functions.activation.elu.ELU.
+    """
+    label = 'elu'
+
+    def __init__(self, alpha=1.0, label='elu'):
+        self.alpha, self.label = float(alpha), label
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float(self.label, x)
+        xp = _xp(x)
+        # expm1 of min(x, 0): the branch not taken must not overflow either.
+        return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)) * self.alpha),
+
+    def backward(self, inputs, grad_outputs):      # 1 where x > 0, else alpha e^x
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        return xp.where(x > 0, gy, gy * xp.exp(xp.minimum(x, 0)) * self.alpha),
+
+
+class HardSigmoid(Function):
+    """Function node of y = clip(0.2 x + 0.5, 0, 1); backward 0.2 gy where
+    -2.5 < x < 2.5, else 0. Chainer: chainer.functions.activation.hard_sigmoid.HardSigmoid.
+    """
+    label = 'hard_sigmoid'
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('hard_sigmoid', x)
+        return _xp(x).clip(x * 0.2 + 0.5, 0.0, 1.0),
+
+    def backward(self, inputs, grad_outputs):      # slope 0.2 on the ramp, 0 on the flats
+        x, = inputs
+        return grad_outputs[0] * ((-2.5 < x) & (x < 2.5)) * 0.2,
+
+
+class ClippedReLU(Function):
+    """Function node of y = min(max(x, 0), z); backward gy where 0 < x < z,
+    else 0. Chainer: chainer.functions.activation.clipped_relu.ClippedReLU.
+    """
+    label = 'clipped_relu'
+
+    def __init__(self, z, label='clipped_relu'):
+        self.z, self.label = z, label
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float(self.label, x)
+        return _xp(x).clip(x, 0.0, self.z),
+
+    def backward(self, inputs, grad_outputs):      # 1 between the two flats
+        x, = inputs
+        return grad_outputs[0] * ((0 < x) & (x < self.z)),
+
+
+def softplus(x, beta=1.0):
+    """Softplus log(1 + e**(beta x)) / beta, elementwise, a smooth ReLU that
+    cannot overflow; beta default 1.0. Gradient sigmoid(beta x). Returns a
+    Variable of x's shape and dtype; TypeError for integer x.
+    Chainer: chainer.functions.softplus.
+    """
+    return Softplus(beta)(x)
+
+
+def elu(x, alpha=1.0):
+    """Exponential linear unit: x where x > 0, else alpha (e**x - 1),
+    elementwise; alpha default 1.0. Returns a Variable of x's shape and dtype;
+    TypeError for integer x. Chainer: chainer.functions.elu.
+    """
+    return ELU(alpha)(x)
+
+
+def selu(x, alpha=1.6732632423543772848170429916717,
+         scale=1.0507009873554804934193349852946):
+    """Scaled ELU: scale * elu(x, alpha), with Chainer's defaults alpha
+    1.6732632423543772848170429916717 and scale 1.0507009873554804934193349852946
+    (the values that keep activations at mean 0, variance 1). Returns a
+    Variable of x's shape and dtype. Chainer: chainer.functions.selu.
+    """
+    return mul(ELU(alpha, 'selu')(x), scale)     # 'selu' names it in errors
+
+
+def hard_sigmoid(x):
+    """Piecewise-linear sigmoid: 0 for x < -2.5, 0.2 x + 0.5 between, 1 for
+    x > 2.5, elementwise. Returns a Variable of x's shape and dtype;
+    TypeError for integer x. Chainer: chainer.functions.hard_sigmoid.
+    """
+    return HardSigmoid()(x)
+
+
+def clipped_relu(x, z=20.0):
+    """ReLU capped at z: min(max(x, 0), z), elementwise; z default 20.0, a
+    number > 0 (else ValueError; TypeError for a non-number). The gradient is
+    1 where 0 < x < z. Returns a Variable. Chainer: chainer.functions.clipped_relu.
+    """
+    if isinstance(z, bool) or not isinstance(z, (int, float, np.integer, np.floating)):
+        raise TypeError('clipped_relu: z must be a number, got {!r}'.format(z))
+    if not z > 0:
+        raise ValueError('clipped_relu: z must be > 0, got {}'.format(z))
+    return ClippedReLU(float(z))(x)
+
+
+def relu6(x):
+    """ReLU capped at 6: min(max(x, 0), 6), elementwise (clipped_relu with
+    z=6). Returns a Variable of x's shape and dtype. Chainer: chainer.functions.relu6.
+    """
+    return ClippedReLU(6.0, 'relu6')(x)
 
 
 # ----- softmax -------------------------------------------------------------------
@@ -2310,6 +3232,193 @@ def mean_squared_error(x0, x1):
     return MeanSquaredError()(x0, x1)
 
 
+def _check_pair(label, a, b):
+    """Two inputs of a loss: one shape, one float dtype."""
+    if a.shape != b.shape:
+        raise ValueError('{}: shapes differ: {} and {}'.format(label, a.shape, b.shape))
+    _check_dtypes(label, a, b)
+    _require_float(label, a)
+
+
+class AbsoluteError(Function):
+    """Function node of |x0 - x1| elementwise; backward sign(x0 - x1) gy for
+    x0, its negative for x1. Chainer: chainer.functions.loss.absolute_error.AbsoluteError.
+    """
+    label = 'absolute_error'
+
+    def forward(self, inputs):
+        _check_pair(self.label, *inputs)
+        self.diff = inputs[0] - inputs[1]
+        return abs(self.diff),
+
+    def backward(self, inputs, grad_outputs):      # |d|' = sign(d)
+        gx = grad_outputs[0] * _xp(self.diff).sign(self.diff)
+        return gx, -gx
+
+
+class MeanAbsoluteError(Function):
+    """Function node of mean(|x0 - x1|) over all elements; backward
+    sign(x0 - x1) gy / size for x0, its negative for x1.
+    Chainer: chainer.functions.loss.mean_absolute_error.MeanAbsoluteError.
+    """
+    label = 'mean_absolute_error'
+
+    def forward(self, inputs):
+        _check_pair(self.label, *inputs)
+        self.diff = inputs[0] - inputs[1]
+        n = self.diff.size         # 0: the mean of nothing is NaN, as for mean_squared_error
+        return _xp(self.diff).asarray(abs(self.diff).sum() / n if n else math.nan,
+                                      dtype=self.diff.dtype),
+
+    def backward(self, inputs, grad_outputs):      # d/dx0 mean|x0-x1| = sign(x0-x1)/n
+        gy, = grad_outputs
+        gx = _xp(self.diff).sign(self.diff) * (gy * (1.0 / max(self.diff.size, 1)))
+        return gx, -gx
+
+
+class HuberLoss(Function):
+    """Function node of the Huber loss of d = x - t: d**2 / 2 where |d| <= delta,
+    else delta (|d| - delta / 2); summed along axis 1 (reduce=
+    'sum_along_second_axis') or not (reduce='no'). Backward: clip(d, -delta,
+    delta) gy for x, its negative for t.
+    Chainer: chainer.functions.loss.huber_loss.HuberLoss.
+    """
+    label = 'huber_loss'
+    input_names = ('x', 't')
+
+    def __init__(self, delta, reduce='sum_along_second_axis'):
+        self.delta, self.reduce = delta, reduce
+
+    def forward(self, inputs):
+        x, t = inputs
+        _check_pair(self.label, x, t)
+        if self.reduce == 'sum_along_second_axis' and x.ndim < 2:
+            raise ValueError("huber_loss: reduce='sum_along_second_axis' needs 2 or more "
+                             'dimensions, got shape {}'.format(x.shape))
+        xp = _xp(x)
+        self.diff = x - t
+        size = abs(self.diff)
+        # Quadratic near 0, linear beyond delta: the two pieces meet smoothly at |d| = delta.
+        y = xp.where(size <= self.delta, self.diff * self.diff * 0.5,
+                     (size - 0.5 * self.delta) * self.delta)
+        return (y.sum(axis=1) if self.reduce == 'sum_along_second_axis' else y),
+
+    def backward(self, inputs, grad_outputs):      # d loss / d x = clip(d, -delta, delta)
+        gy, = grad_outputs
+        if self.reduce == 'sum_along_second_axis':
+            gy = _xp(gy).expand_dims(gy, 1)
+        gx = _xp(gy).clip(self.diff, -self.delta, self.delta) * gy
+        return gx, -gx
+
+
+class SigmoidCrossEntropy(Function):
+    """Function node of the cross entropy of sigmoid(x) against 0/1 labels t:
+    loss = -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))), 0 where t == -1,
+    computed as log(1 + e**-|x|) - x (t - [x >= 0]), which cannot overflow.
+    Backward: (sigmoid(x) - t) gy, 0 where t == -1, divided as the loss was.
+    Chainer: chainer.functions.loss.sigmoid_cross_entropy.SigmoidCrossEntropy.
+    """
+    label = 'sigmoid_cross_entropy'
+    input_names = ('x', 't')
+    ignore_label = -1
+
+    def __init__(self, normalize=True, reduce='mean'):
+        self.normalize, self.reduce = normalize, reduce
+
+    def forward(self, inputs):
+        x, t = inputs
+        _require_float(self.label, x)
+        if t.dtype.kind != 'i':
+            raise TypeError('sigmoid_cross_entropy: t must hold signed integer labels '
+                            '(0, 1 or -1), got dtype {}'.format(t.dtype))
+        if x.shape != t.shape:
+            raise ValueError('sigmoid_cross_entropy: x.shape {} and t.shape {} differ'
+                             .format(x.shape, t.shape))
+        xp = _xp(x)
+        self.valid = t != self.ignore_label
+        self.t = t.astype(x.dtype)
+        loss = xp.log1p(xp.exp(-abs(x))) - x * (self.t - (x >= 0))
+        loss = xp.where(self.valid, loss, x.dtype.type(0))
+        if self.reduce == 'no':
+            return loss,
+        if self.normalize:       # over the labels that count; an array, so no wait on a GPU
+            count = xp.maximum(self.valid.sum(), 1)
+            self.coeff = (1.0 / count).astype(x.dtype)
+        else:                    # over the batch
+            self.coeff = 1.0 / (len(x) if x.ndim and len(x) else 1)
+        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+
+    def backward(self, inputs, grad_outputs):      # d loss / dx = sigmoid(x) - t
+        x, t = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        sigmoid_x = xp.tanh(x * 0.5) * 0.5 + 0.5
+        gx = xp.where(self.valid, sigmoid_x - self.t, x.dtype.type(0))
+        gx *= gy if self.reduce == 'no' else gy * self.coeff
+        return gx, None
+
+
+def absolute_error(x0, x1):
+    """Elementwise absolute error |x0 - x1|, not reduced.
+
+    x0, x1: float Variables or arrays of one shape and dtype. The gradient is
+    sign(x0 - x1) gy (0 where they are equal). Returns a Variable of their
+    shape. Raises ValueError for differing shapes, TypeError for differing or
+    integer dtypes. Chainer: chainer.functions.absolute_error.
+    """
+    return AbsoluteError()(x0, x1)
+
+
+def mean_absolute_error(x0, x1):
+    """Mean absolute error sum(|x0 - x1|) / x0.size, as a scalar Variable.
+
+    x0, x1: float Variables or arrays of one shape and dtype (NaN for empty
+    ones). Raises ValueError for differing shapes, TypeError for differing or
+    integer dtypes. Chainer: chainer.functions.mean_absolute_error.
+    """
+    return MeanAbsoluteError()(x0, x1)
+
+
+def huber_loss(x, t, delta, reduce='sum_along_second_axis'):
+    """Huber loss of d = x - t, elementwise:
+
+        d**2 / 2                  where |d| <= delta
+        delta (|d| - delta / 2)   elsewhere
+
+    x, t: float Variables or arrays of one shape and dtype, e.g. (N, K);
+    delta: a float > 0. reduce='sum_along_second_axis' (default) sums over
+    axis 1, giving shape (N,) for (N, K) (x needs 2 or more dimensions);
+    reduce='no' keeps the elementwise losses. Returns a Variable. Raises
+    ValueError for another reduce or differing shapes, TypeError for differing
+    or integer dtypes. Chainer: chainer.functions.huber_loss.
+    """
+    if reduce not in ('sum_along_second_axis', 'no'):
+        raise ValueError("huber_loss: reduce must be 'sum_along_second_axis' or 'no', "
+                         'got {!r}'.format(reduce))
+    return HuberLoss(delta, reduce)(x, t)
+
+
+def sigmoid_cross_entropy(x, t, normalize=True, reduce='mean'):
+    """Cross entropy of sigmoid(x) against binary labels t, elementwise:
+
+        loss = -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))
+
+    x: float scores (pre-sigmoid), any shape such as (N, K); t: signed integer
+    labels of x's shape, each 0 or 1, or -1 to ignore that element (its loss
+    and gradient are 0; labels are not otherwise checked). reduce='mean'
+    (default) returns the scalar sum of the losses divided by the number of
+    labels that are not -1 (normalize=True, default; at least 1) or by N =
+    len(x) (normalize=False); reduce='no' returns the elementwise losses, of
+    x's shape (normalize is then ignored). Raises TypeError for integer x or
+    non-signed-integer t, ValueError for differing shapes or another reduce.
+    Chainer: chainer.functions.sigmoid_cross_entropy.
+    """
+    if reduce not in ('mean', 'no'):
+        raise ValueError("sigmoid_cross_entropy: reduce must be 'mean' or 'no', "
+                         'got {!r}'.format(reduce))
+    return SigmoidCrossEntropy(normalize, reduce)(x, t)
+
+
 def accuracy(y, t, ignore_label=None):
     """Fraction of examples whose arg-max over axis 1 of y equals the label t.
 
@@ -2420,6 +3529,72 @@ def argmin(x, axis=None):
     data = _input_data('argmin', x)
     return Variable(_xp(data).asarray(data.argmin(axis=axis), dtype=np.int32),
                     requires_grad=False)
+
+
+# ----- embeddings ------------------------------------------------------------------
+# embed_id(x, W) is W[x]: row x of W for every integer id in x.  It is the
+# product of a one-hot vector with W, without building the one-hot, and its
+# gradient adds gy into the rows that were picked.
+
+class EmbedIDFunction(Function):
+    """Function node of y = W[x] (zeros where x == ignore_label); backward
+    scatter-adds gy into the rows of W that x picked (no gradient for x).
+    Chainer: chainer.functions.connection.embed_id.EmbedIDFunction.
+    """
+    label = 'embed_id'
+    input_names = ('x', 'W')
+
+    def __init__(self, ignore_label=None):
+        self.ignore_label = ignore_label
+
+    def forward(self, inputs):
+        x, W = inputs
+        if x.dtype.kind != 'i' or x.ndim < 1:
+            raise TypeError('embed_id: x must be signed integer ids with 1 or more '
+                            'dimensions, got dtype {} shape {}'.format(x.dtype, x.shape))
+        if W.ndim != 2:
+            raise ValueError('embed_id: W must have 2 dimensions (n_ids, size), got '
+                             'shape {}'.format(W.shape))
+        _require_float('embed_id', W)
+        xp = _xp(W)
+        self.ignored = None if self.ignore_label is None else x == self.ignore_label
+        ids = x if self.ignored is None else xp.where(self.ignored, 0, x)
+        # A negative id would silently wrap around; the check reads the
+        # values, which on a GPU means waiting, so there only in debug mode.
+        if xp is np or config.debug:
+            bad = (ids < 0) | (ids >= len(W))
+            if bad.any():
+                raise ValueError('embed_id: ids must be in [0, {}) or equal ignore_label '
+                                 '({}); got {}'.format(len(W), self.ignore_label,
+                                                       int(x[bad][0])))
+        self.ids = ids
+        y = W[ids]
+        if self.ignored is not None:
+            y[self.ignored] = 0
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # row i of W gets the sum of gy where x == i
+        x, W = inputs
+        gy, = grad_outputs
+        xp = _xp(W)
+        if self.ignored is not None:
+            gy = xp.where(self.ignored[..., None], gy.dtype.type(0), gy)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.ids, gy)
+        return None, gW
+
+
+def embed_id(x, W, ignore_label=None):
+    """Word embedding: y[..., :] = W[x[...]], the row of W for each integer id.
+
+    x: signed integer ids (B,) or of any shape with 1 or more dimensions, each
+    in [0, V) or equal to ignore_label; W: float (V, d). ignore_label (default
+    None): an int whose ids give zero vectors. Only W gets a gradient. Returns
+    a Variable of shape x.shape + (d,). Raises TypeError for a non-integer x,
+    ValueError for an id out of range (on a GPU only with config.debug, as in
+    Chainer) or a W that is not 2-d. Chainer: chainer.functions.embed_id.
+    """
+    return EmbedIDFunction(ignore_label)(x, W)
 
 
 # =============================================================================
@@ -2946,6 +4121,30 @@ class Classifier(Chain):
             self.accuracy = self.accfun(self.y, t)
             report({'accuracy': self.accuracy}, self)
         return self.loss
+
+
+class EmbedID(Link):
+    """Embedding layer: a table W of in_size vectors of size out_size, looked
+    up by integer ids (F.embed_id).
+
+    EmbedID(in_size, out_size, initialW=None, ignore_label=None). W has shape
+    (in_size, out_size); initialW: initializer, scalar or array (default
+    Normal(1.0), standard normal values). ignore_label: an int whose ids give
+    zero vectors. Calling it: integer ids x -> x.shape + (out_size,). Saved in
+    npz files under the key W. Chainer: chainer.links.EmbedID.
+    """
+
+    def __init__(self, in_size, out_size, initialW=None, ignore_label=None):
+        super().__init__()
+        self.ignore_label = ignore_label
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, Normal(1.0)))
+            self.W.initialize((in_size, out_size))
+
+    def forward(self, x):
+        """embed_id(x, W, ignore_label) for integer ids x.
+        Chainer: chainer.links.EmbedID.forward."""
+        return embed_id(x, self.W, self.ignore_label)
 
 
 # =============================================================================
@@ -9280,30 +10479,36 @@ _submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormali
 _submodule('functions', square=square, squared_error=squared_error,
            squared_difference=squared_error, swapaxes=swapaxes, hstack=hstack,
            vstack=vstack, argmax=argmax, argmin=argmin)
+_submodule('functions', **{name: globals()[name] for name in (
+    'absolute sin cos tan arcsin arccos arctan sinh cosh log1p expm1 log2 log10 rsqrt '
+    'clip maximum minimum prod cumsum flip fliplr flipud tile repeat where cast separate '
+    'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
+    'mean_absolute_error absolute_error embed_id').split()})
+_submodule('links', EmbedID=EmbedID)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='absolute absolute_error arccos arcsin arctan arctan2 arctanh as_strided '
+    missing='arctan2 arctanh as_strided '
             'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
             'batch_renormalization bernoulli_nll bias bilinear binary_accuracy black_out '
-            'broadcast cast ceil cholesky classification_summary clip clipped_relu '
-            'contrastive copy cos cosh crelu cross_covariance cumprod cumsum '
+            'broadcast ceil cholesky classification_summary '
+            'contrastive copy crelu cross_covariance cumprod '
             'decorrelated_batch_normalization decov depth2space det diagonal digamma '
-            'discriminative_margin_based_clustering_loss dstack einsum elu embed_id erf '
-            'erfc erfcinv erfcx erfinv expm1 f1_score fft fix '
-            'fixed_batch_renormalization fixed_decorrelated_batch_normalization flip fliplr '
-            'flipud floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
-            'group_normalization gumbel_softmax hard_sigmoid hinge huber_loss ifft inv '
+            'discriminative_margin_based_clustering_loss dstack einsum erf '
+            'erfc erfcinv erfcx erfinv f1_score fft fix '
+            'fixed_batch_renormalization fixed_decorrelated_batch_normalization '
+            'floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
+            'group_normalization gumbel_softmax hinge ifft inv '
             'layer_normalization lgamma linear_interpolate local_response_normalization '
-            'log10 log1p log2 log_ndtr logsumexp maximum maxout mean_absolute_error minimum '
+            'log_ndtr logsumexp maxout '
             'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
-            'precision prelu prod r2_score recall relu6 repeat resize_images rollaxis rrelu '
-            'rsqrt scale scatter_add select_item selu separate shift sigmoid_cross_entropy '
-            'sign simplified_dropconnect sin sinh softplus space2depth sparse_matmul '
+            'precision prelu r2_score recall resize_images rollaxis rrelu '
+            'scale scatter_add select_item shift '
+            'sign simplified_dropconnect space2depth sparse_matmul '
             'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to swish '
-            'tan tensordot tile triplet where zeta '
+            'tensordot triplet zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
             'convolution_1d convolution_3d convolution_nd deconvolution_1d deconvolution_2d '
@@ -9321,7 +10526,7 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BatchRenormalization Bias Bilinear BinaryHierarchicalSoftmax BlackOut '
-            'DecorrelatedBatchNormalization EmbedID GroupNormalization Highway Inception '
+            'DecorrelatedBatchNormalization GroupNormalization Highway Inception '
             'InceptionBN LayerNormalization Maxout NegativeSampling PReLU Parameter Scale '
             'SimplifiedDropconnect Swish TheanoFunction Convolution1D Convolution3D '
             'ConvolutionND Deconvolution1D Deconvolution2D Deconvolution3D DeconvolutionND '

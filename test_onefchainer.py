@@ -5461,12 +5461,15 @@ CHAINER_PROVIDED = {
         'is_arrays_compatible is_debug no_backprop_mode print_runtime_info report '
         'report_scope set_debug should_use_cudnn should_use_cudnn_tensor_core '
         'using_config using_device',
-    'functions': 'accuracy add argmax argmin broadcast_to concat dropout exp expand_dims '
-                 'flatten get_item hstack identity leaky_relu linear log log_softmax matmul '
-                 'max mean mean_squared_error min relu reshape sigmoid softmax '
-                 'softmax_cross_entropy sqrt square squared_difference squared_error squeeze '
-                 'stack sum swapaxes tanh transpose vstack',
-    'links': 'Classifier Linear',
+    'functions': 'absolute absolute_error accuracy add arccos arcsin arctan argmax argmin '
+                 'broadcast_to cast clip clipped_relu concat cos cosh cumsum dropout elu embed_id '
+                 'exp expand_dims expm1 flatten flip fliplr flipud get_item hard_sigmoid hstack '
+                 'huber_loss identity leaky_relu linear log log10 log1p log2 log_softmax matmul '
+                 'max maximum mean mean_absolute_error mean_squared_error min minimum prod relu '
+                 'relu6 repeat reshape rsqrt selu separate sigmoid sigmoid_cross_entropy sin sinh '
+                 'softmax softmax_cross_entropy softplus sqrt square squared_difference '
+                 'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where',
+    'links': 'Classifier EmbedID Linear',
     'optimizers': 'AMSGrad AdaDelta AdaGrad Adam AdamW MomentumSGD RMSprop SGD',
     'optimizer_hooks': 'GradientClipping GradientHardClipping Lasso WeightDecay',
     'optimizer': 'GradientClipping GradientHardClipping GradientMethod Hyperparameter '
@@ -5559,9 +5562,8 @@ CHAINER_OUT_OF_SCOPE = {
 # In Chainer and not here for now (no design reason): each must either exist
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
-    'functions': 'absolute clip cos sin maximum minimum prod softplus elu huber_loss '
-                 'sigmoid_cross_entropy embed_id deconvolution_2d unpooling_2d',
-    'links': 'EmbedID PReLU LayerNormalization Deconvolution2D',
+    'functions': 'deconvolution_2d unpooling_2d',
+    'links': 'PReLU LayerNormalization Deconvolution2D',
     'optimizers': 'NesterovAG RMSpropGraves SMORMS3 CorrectedMomentumSGD AdaBound',
     'optimizer_hooks': 'GradientNoise GradientLARS',
     'initializers': 'Orthogonal Identity',
@@ -6703,3 +6705,361 @@ def test_parameter_statistics_resume_exactly(tmp_path):
     # (The log of iterations 1-6 came from the file too.)
     assert [e['iteration'] for e in b if 'None/predictor/W/grad/mean' in e] == [4, 8]
     assert without_time(a) == without_time(b)
+
+
+# ----- Chainer names added: more functions (Chapter 9) and EmbedID (Chapter 10) -----
+# Gradients: float64 numerical checks through check(); inputs are kept away
+# from kinks (|x| = 0, clip bounds, ties) where a numerical gradient is not
+# the one-sided value backward gives.  Values: NumPy formulas written out here.
+
+def _away_from(points, x, margin=0.1):
+    """x with every element at least `margin` from each of `points`."""
+    for p in points:
+        near = np.abs(x - p) < margin
+        x = np.where(near, p + margin * np.where(x >= p, 1.5, -1.5), x)
+    return x
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_W = f64(5, 3, seed=7)
+
+MORE_GRAD_CASES = {
+    'absolute': (F.absolute, [_away_from([0], f64(3, 4))]),
+    'sin': (F.sin, [f64(3, 4, low=-3, high=3)]),
+    'cos': (F.cos, [f64(3, 4, low=-3, high=3)]),
+    'tan': (F.tan, [f64(3, 4, low=-1.2, high=1.2)]),
+    'arcsin': (F.arcsin, [f64(3, 4, low=-0.9, high=0.9)]),
+    'arccos': (F.arccos, [f64(3, 4, low=-0.9, high=0.9)]),
+    'arctan': (F.arctan, [f64(3, 4, low=-3, high=3)]),
+    'sinh': (F.sinh, [f64(3, 4, low=-2, high=2)]),
+    'cosh': (F.cosh, [f64(3, 4, low=-2, high=2)]),
+    'log1p': (F.log1p, [f64(3, 4, low=-0.5, high=2)]),
+    'expm1': (F.expm1, [f64(3, 4, low=-2, high=2)]),
+    'log2': (F.log2, [f64(3, 4, low=0.5, high=3)]),
+    'log10': (F.log10, [f64(3, 4, low=0.5, high=3)]),
+    'rsqrt': (F.rsqrt, [f64(3, 4, low=0.5, high=3)]),
+    'clip': (lambda x: F.clip(x, -0.5, 0.4), [_away_from([-0.5, 0.4], f64(3, 4), 0.05)]),
+    'clip_min_only': (lambda x: F.clip(x, -0.5, None), [_away_from([-0.5], f64(3, 4), 0.05)]),
+    'maximum': (F.maximum, [f64(3, 4), f64(3, 4, seed=1)]),
+    'maximum_broadcast': (F.maximum, [f64(3, 4), f64(4, seed=1)]),
+    'minimum': (F.minimum, [f64(3, 4), f64(1, 4, seed=1)]),
+    'prod_all': (F.prod, [f64(2, 3, low=0.5, high=1.5)]),
+    'prod_axis': (lambda x: F.prod(x, axis=(0, 2), keepdims=True), [f64(2, 3, 2)]),
+    'prod_with_zero': (lambda x: F.prod(x, axis=1), [np.array([[0.0, 2.0, 3.0], [0.0, 0.0, 1.5]])]),
+    'cumsum': (lambda x: F.cumsum(x, axis=-1), [f64(2, 3, 4)]),
+    'cumsum_flat': (F.cumsum, [f64(2, 3)]),
+    'flip': (lambda x: F.flip(x, 1), [f64(2, 3, 4)]),
+    'fliplr': (F.fliplr, [f64(2, 3)]),
+    'flipud': (F.flipud, [f64(2, 3)]),
+    'tile': (lambda x: F.tile(x, (2, 1, 3)), [f64(2, 3)]),
+    'tile_int': (lambda x: F.tile(x, 2), [f64(2, 3)]),
+    'repeat': (lambda x: F.repeat(x, 2, axis=1), [f64(2, 3)]),
+    'repeat_uneven': (lambda x: F.repeat(x, (2, 0, 3), axis=-1), [f64(2, 3)]),
+    'repeat_flat': (lambda x: F.repeat(x, 3), [f64(2, 2)]),
+    'where': (lambda x, y: F.where(dev(np.array([[True, False, True]] * 2)), x, y),
+              [f64(2, 3), f64(2, 3, seed=1)]),
+    'where_broadcast': (lambda x, y: F.where(dev(np.array([True, False, False])), x, y),
+                        [f64(2, 3), f64(1, seed=1)]),
+    'cast': (lambda x: F.cast(x, np.float32) * np.float32(2), [f64(2, 3)]),
+    'separate': (lambda x: F.separate(x, axis=1), [f64(2, 3, 2)]),
+    'softplus': (F.softplus, [f64(3, 4, low=-3, high=3)]),
+    'softplus_beta': (lambda x: F.softplus(x, beta=2.5), [f64(3, 4, low=-3, high=3)]),
+    'elu': (lambda x: F.elu(x, alpha=0.7), [_away_from([0], f64(3, 4, low=-2, high=2))]),
+    'selu': (F.selu, [_away_from([0], f64(3, 4, low=-2, high=2))]),
+    'hard_sigmoid': (F.hard_sigmoid, [_away_from([-2.5, 2.5], f64(3, 4, low=-4, high=4))]),
+    'clipped_relu': (lambda x: F.clipped_relu(x, 0.5), [_away_from([0, 0.5], f64(3, 4))]),
+    'relu6': (F.relu6, [_away_from([0, 6], f64(3, 4, low=-3, high=9))]),
+    'absolute_error': (F.absolute_error, [_away_from([0], f64(3, 4)), np.zeros((3, 4))]),
+    'mean_absolute_error': (F.mean_absolute_error,
+                            [_away_from([0], f64(3, 4)), np.zeros((3, 4))]),
+    'huber_loss': (lambda x, t: F.huber_loss(x, t, 0.6),
+                   [_away_from([-0.6, 0.6], f64(3, 4, low=-2, high=2)), np.zeros((3, 4))]),
+    'huber_loss_no': (lambda x, t: F.huber_loss(x, t, 0.6, reduce='no'),
+                      [_away_from([-0.6, 0.6], f64(3, 4, low=-2, high=2)), np.zeros((3, 4))]),
+    'sigmoid_cross_entropy': (lambda x: F.sigmoid_cross_entropy(
+        x, dev(np.array([[1, 0, -1], [0, -1, 1]], np.int32))), [f64(2, 3, low=-3, high=3)]),
+    'sigmoid_cross_entropy_no': (lambda x: F.sigmoid_cross_entropy(
+        x, dev(np.array([[1, 0, -1], [0, -1, 1]], np.int32)), reduce='no'),
+        [f64(2, 3, low=-3, high=3)]),
+    'sigmoid_cross_entropy_batch': (lambda x: F.sigmoid_cross_entropy(
+        x, dev(np.array([[1, 0, -1], [0, -1, 1]], np.int32)), normalize=False),
+        [f64(2, 3, low=-3, high=3)]),
+    'embed_id': (lambda W: F.embed_id(dev(np.array([[1, 4], [1, -1]], np.int32)), W,
+                                      ignore_label=-1), [_W]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_GRAD_CASES))
+def test_more_functions_gradients(name):
+    func, xs = MORE_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+MORE_VALUE_CASES = {   # name: (F call on x, the same written with NumPy)
+    'absolute': (F.absolute, np.abs),
+    'sin': (F.sin, np.sin), 'cos': (F.cos, np.cos), 'tan': (F.tan, lambda x: np.sin(x) / np.cos(x)),
+    'arcsin': (F.arcsin, lambda x: np.arctan2(x, np.sqrt(1 - x * x))),
+    'arccos': (F.arccos, lambda x: np.pi / 2 - np.arctan2(x, np.sqrt(1 - x * x))),
+    'arctan': (F.arctan, lambda x: np.arcsin(x / np.sqrt(1 + x * x))),
+    'sinh': (F.sinh, lambda x: (np.exp(x) - np.exp(-x)) / 2),
+    'cosh': (F.cosh, lambda x: (np.exp(x) + np.exp(-x)) / 2),
+    'log1p': (F.log1p, lambda x: np.log(1 + x)), 'expm1': (F.expm1, lambda x: np.exp(x) - 1),
+    'log2': (lambda x: F.log2(x + 2), lambda x: np.log(x + 2) / np.log(2)),
+    'log10': (lambda x: F.log10(x + 2), lambda x: np.log(x + 2) / np.log(10)),
+    'rsqrt': (lambda x: F.rsqrt(x + 2), lambda x: (x + 2) ** -0.5),
+    'softplus': (lambda x: F.softplus(x, beta=2.0), lambda x: np.log(1 + np.exp(2 * x)) / 2),
+    'elu': (lambda x: F.elu(x, alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * (np.exp(x) - 1))),
+    'selu': (F.selu, lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * (np.exp(x) - 1))),
+    'hard_sigmoid': (lambda x: F.hard_sigmoid(x * 4),
+                     lambda x: np.minimum(np.maximum(0.8 * x + 0.5, 0), 1)),
+    'clipped_relu': (lambda x: F.clipped_relu(x, 0.3), lambda x: np.minimum(np.maximum(x, 0), 0.3)),
+    'relu6': (lambda x: F.relu6(x * 10), lambda x: np.minimum(np.maximum(10 * x, 0), 6)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_VALUE_CASES))
+def test_more_elementwise_values_follow_their_formulas(name):
+    func, formula = MORE_VALUE_CASES[name]
+    x = f64(4, 5, low=-0.9, high=0.9)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        y = func(dev(x.astype(dtype)))
+        assert y.dtype == dtype and y.shape == x.shape, name
+        np.testing.assert_allclose(host(y), formula(x), rtol=rtol, atol=rtol, err_msg=name)
+
+
+MORE_INT_REFUSED = {   # name: call on int32 arrays; each needs floats
+    'absolute': F.absolute, 'sin': F.sin, 'cos': F.cos, 'tan': F.tan, 'arcsin': F.arcsin,
+    'arccos': F.arccos, 'arctan': F.arctan, 'sinh': F.sinh, 'cosh': F.cosh,
+    'log1p': F.log1p, 'expm1': F.expm1, 'log2': F.log2, 'log10': F.log10, 'rsqrt': F.rsqrt,
+    'clip': lambda i: F.clip(i, 0, 1), 'maximum': lambda i: F.maximum(i, i),
+    'minimum': lambda i: F.minimum(i, i), 'prod': F.prod, 'cumsum': F.cumsum,
+    'softplus': F.softplus, 'elu': F.elu, 'selu': F.selu, 'hard_sigmoid': F.hard_sigmoid,
+    'clipped_relu': F.clipped_relu, 'relu6': F.relu6,
+    'absolute_error': lambda i: F.absolute_error(i, i),
+    'mean_absolute_error': lambda i: F.mean_absolute_error(i, i),
+    'huber_loss': lambda i: F.huber_loss(i, i, 1.0),
+    'sigmoid_cross_entropy': lambda i: F.sigmoid_cross_entropy(i, i),
+    'embed_id': lambda i: F.embed_id(i[0], i),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_INT_REFUSED))
+def test_more_float_only_functions_refuse_integers(name):
+    ints = dev(np.array([[1, 0], [1, 1]], np.int32))
+    with pytest.raises(TypeError) as info:
+        MORE_INT_REFUSED[name](ints)
+    message = str(info.value)
+    assert message.startswith(name + ':') and 'int32' in message, message
+
+
+def test_clip_maximum_minimum_values_and_where_the_gradient_goes():
+    x = Variable(dev(np.array([-2.0, -0.5, 0.0, 0.4, 3.0])))
+    y = F.clip(x, -0.5, 0.4)
+    np.testing.assert_array_equal(host(y), [-0.5, -0.5, 0.0, 0.4, 0.4])
+    F.sum(y).backward()
+    np.testing.assert_array_equal(host(x.grad), [0, 1, 1, 1, 0])     # bounds count as inside
+    with pytest.raises(ValueError, match='clip.*both None'):
+        F.clip(x, None, None)
+    with pytest.raises(ValueError, match=r'clip: x_min \(1\) must be less than x_max \(0\)'):
+        F.clip(x, 1, 0)
+    a = Variable(dev(np.array([1.0, 2.0, 3.0])))
+    b = Variable(dev(np.array([3.0, 2.0, 1.0])))
+    F.sum(F.maximum(a, b) * dev(np.array([1.0, 10.0, 100.0]))).backward()
+    np.testing.assert_array_equal(host(a.grad), [0, 10, 100])        # a tie goes to x1
+    np.testing.assert_array_equal(host(b.grad), [1, 0, 0])
+    a.cleargrad(), b.cleargrad()
+    y = F.minimum(a, b)
+    np.testing.assert_array_equal(host(y), [1, 2, 1])
+    F.sum(y).backward()
+    np.testing.assert_array_equal(host(a.grad), [1, 1, 0])
+    with pytest.raises(TypeError, match='maximum: dtypes differ'):
+        F.maximum(dev(np.ones(2, np.float32)), dev(np.ones(2)))
+    with pytest.raises(ValueError, match=r'minimum: .*\(2,\).*\(3,\)'):
+        F.minimum(dev(np.ones(2)), dev(np.ones(3)))
+    assert host(abs(Variable(dev(np.array([-1.5, 2.0]))))).tolist() == [1.5, 2.0]
+
+
+def test_prod_and_cumsum_values():
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 4.0, 5.0]])
+    assert float(host(F.prod(dev(x)))) == 0.0
+    np.testing.assert_array_equal(host(F.prod(dev(x), axis=1)), [6.0, 0.0])
+    assert F.prod(dev(x), axis=-1, keepdims=True).shape == (2, 1)
+    v = Variable(dev(x))
+    F.sum(F.prod(v, axis=1)).backward()                      # the product of the others
+    np.testing.assert_array_equal(host(v.grad), [[6, 3, 2], [20, 0, 0]])
+    with pytest.raises(ValueError, match='prod: axis .* repeats'):
+        F.prod(dev(x), axis=(1, 1))
+    with pytest.raises(ValueError, match='prod: axis 2 is out of bounds'):
+        F.prod(dev(x), axis=2)
+    np.testing.assert_array_equal(host(F.cumsum(dev(x), axis=1)), [[1, 3, 6], [0, 4, 9]])
+    np.testing.assert_array_equal(host(F.cumsum(dev(x), axis=0)), [[1, 2, 3], [1, 6, 8]])
+    np.testing.assert_array_equal(host(F.cumsum(dev(x))), [1, 3, 6, 6, 10, 15])
+    v = Variable(dev(x))
+    y = F.cumsum(v, axis=1)
+    y.grad = dev(np.array([[1.0, 10.0, 100.0], [1.0, 1.0, 1.0]]))
+    y.backward()
+    np.testing.assert_array_equal(host(v.grad), [[111, 110, 100], [3, 2, 1]])
+    with pytest.raises(TypeError, match='cumsum: axis'):
+        F.cumsum(dev(x), axis=(0,))
+
+
+def test_flip_tile_repeat_where_cast_separate_values():
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(host(F.flip(dev(x), -1)), [[2, 1, 0], [5, 4, 3]])
+    np.testing.assert_array_equal(host(F.fliplr(dev(x))), [[2, 1, 0], [5, 4, 3]])
+    np.testing.assert_array_equal(host(F.flipud(dev(x))), [[3, 4, 5], [0, 1, 2]])
+    with pytest.raises(ValueError, match='fliplr: needs 2 or more'):
+        F.fliplr(dev(np.ones(3)))
+    with pytest.raises(TypeError, match='flip: axis must be an int'):
+        F.flip(dev(x), None)
+    np.testing.assert_array_equal(host(F.tile(dev(np.array([1.0, 2.0])), (2, 2))),
+                                  [[1, 2, 1, 2], [1, 2, 1, 2]])
+    assert F.tile(dev(x), 2).shape == (2, 6)
+    with pytest.raises(ValueError, match='tile: reps must be >= 0'):
+        F.tile(dev(x), -1)
+    np.testing.assert_array_equal(host(F.repeat(dev(np.array([1.0, 2.0])), 2)), [1, 1, 2, 2])
+    np.testing.assert_array_equal(host(F.repeat(dev(x), (1, 0, 2), axis=1)),
+                                  [[0, 2, 2], [3, 5, 5]])
+    v = Variable(dev(x))
+    y = F.repeat(v, (1, 0, 2), axis=1)
+    y.grad = dev(np.array([[1.0, 10.0, 100.0], [1.0, 2.0, 3.0]]))
+    y.backward()
+    np.testing.assert_array_equal(host(v.grad), [[1, 0, 110], [1, 0, 5]])
+    with pytest.raises(TypeError, match='repeat: repeats must be an int'):
+        F.repeat(dev(x), 1.5)
+    cond = dev(np.array([[True, False, True], [False, False, True]]))
+    np.testing.assert_array_equal(host(F.where(cond, dev(x), dev(-x))), [[0, -1, 2], [-3, -4, 5]])
+    with pytest.raises(TypeError, match='where: condition must be a bool array'):
+        F.where(dev(np.ones((2, 3))), dev(x), dev(x))
+    with pytest.raises(TypeError, match='where: dtypes differ'):
+        F.where(cond, dev(x), dev(x.astype(np.float32)))
+    with pytest.raises(ValueError, match=r'where: shapes .* \[\(2, 3\), \(2, 3\), \(2,\)\]'):
+        F.where(cond, dev(x), dev(np.ones(2)))
+    v = Variable(dev(x))
+    y = F.cast(v, 'float16')
+    assert y.dtype == np.float16
+    F.sum(y).backward()
+    assert v.grad.dtype == np.float64
+    np.testing.assert_array_equal(host(v.grad), np.ones((2, 3)))
+    with chainer.no_backprop_mode():
+        assert F.cast(v, np.float64) is v                    # as in Chainer: no node
+    assert F.cast(v, np.float64) is not v
+    assert F.cast(dev(np.array([1.7, -2.2])), np.int32).data.tolist() == [1, -2]
+    parts = F.separate(dev(np.arange(24.0).reshape(2, 3, 4)), axis=1)
+    assert isinstance(parts, tuple) and len(parts) == 3 and parts[1].shape == (2, 4)
+    np.testing.assert_array_equal(host(parts[2]), np.arange(24.0).reshape(2, 3, 4)[:, 2])
+    assert isinstance(F.separate(dev(np.ones((1, 2)))), tuple)
+    v = Variable(dev(x))
+    F.sum(F.separate(v, axis=0)[1] * 2.0).backward()         # the other part got no gradient
+    np.testing.assert_array_equal(host(v.grad), [[0, 0, 0], [2, 2, 2]])
+
+
+def test_activations_at_their_edges():
+    x = dev(np.array([-1000.0, -2.5, 0.0, 2.5, 1000.0]))
+    np.testing.assert_allclose(host(F.softplus(x)), [0, np.log1p(np.exp(-2.5)), np.log(2),
+                                                     2.5 + np.log1p(np.exp(-2.5)), 1000])
+    np.testing.assert_allclose(host(F.elu(x)), [-1, np.expm1(-2.5), 0, 2.5, 1000])
+    np.testing.assert_allclose(host(F.hard_sigmoid(x)), [0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(host(F.relu6(x)), [0, 0, 0, 2.5, 6])
+    np.testing.assert_allclose(host(F.clipped_relu(x)), [0, 0, 0, 2.5, 20])
+    np.testing.assert_allclose(host(F.selu(x))[0], -_SELU_SCALE * _SELU_ALPHA)
+    with pytest.raises(ValueError, match='clipped_relu: z must be > 0'):
+        F.clipped_relu(x, 0.0)
+    v = Variable(dev(np.array([-3.0, -1.0, 1.0, 3.0])))
+    F.sum(F.hard_sigmoid(v)).backward()
+    np.testing.assert_allclose(host(v.grad), [0, 0.2, 0.2, 0])
+
+
+def test_absolute_and_huber_losses_values():
+    x = np.array([[-2.0, 0.5, 1.0], [3.0, 0.0, -0.25]])
+    t = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(host(F.absolute_error(dev(x), dev(t))), np.abs(x - t))
+    assert float(host(F.mean_absolute_error(dev(x), dev(t)))) == pytest.approx(5.75 / 6)
+    # delta 1: |d| <= 1 gives d^2/2, else |d| - 1/2
+    elementwise = [[1.5, 0.125, 0.5], [1.5, 0.0, 0.03125]]
+    np.testing.assert_allclose(host(F.huber_loss(dev(x), dev(t), 1.0, reduce='no')), elementwise)
+    np.testing.assert_allclose(host(F.huber_loss(dev(x), dev(t), 1.0)), [2.125, 1.53125])
+    v = Variable(dev(x))
+    F.sum(F.huber_loss(v, dev(t), 1.0)).backward()           # clip(d, -1, 1)
+    np.testing.assert_allclose(host(v.grad), [[-1, 0.5, 1], [1, 0, -0.25]])
+    with pytest.raises(ValueError, match="huber_loss: reduce must be"):
+        F.huber_loss(dev(x), dev(t), 1.0, reduce='mean')
+    with pytest.raises(ValueError, match=r'huber_loss: shapes differ: \(2, 3\) and \(3, 2\)'):
+        F.huber_loss(dev(x), dev(t.T.copy()), 1.0)
+    with pytest.raises(ValueError, match='mean_absolute_error: shapes differ'):
+        F.mean_absolute_error(dev(x), dev(t[0]))
+
+
+def test_sigmoid_cross_entropy_values_and_ignored_labels():
+    x = np.array([[-2.0, 0.5, 7.0], [3.0, 0.0, -40.0]])
+    t = np.array([[1, 0, -1], [0, -1, 1]], np.int32)
+    p = _sigmoid(x)
+    per = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    per = np.where(t == -1, 0.0, per)
+    np.testing.assert_allclose(host(F.sigmoid_cross_entropy(dev(x), dev(t), reduce='no')), per)
+    np.testing.assert_allclose(float(host(F.sigmoid_cross_entropy(dev(x), dev(t)))),
+                               per.sum() / 4)                  # 4 labels count
+    np.testing.assert_allclose(float(host(F.sigmoid_cross_entropy(dev(x), dev(t),
+                                                                  normalize=False))),
+                               per.sum() / 2)                  # over the batch of 2
+    v = Variable(dev(x))
+    F.sigmoid_cross_entropy(v, dev(t)).backward()
+    np.testing.assert_allclose(host(v.grad), np.where(t == -1, 0, p - t) / 4)
+    all_ignored = F.sigmoid_cross_entropy(dev(x), dev(np.full((2, 3), -1, np.int32)))
+    assert float(host(all_ignored)) == 0.0
+    y32 = F.sigmoid_cross_entropy(dev(x.astype(np.float32)), dev(t))
+    assert y32.dtype == np.float32
+    with pytest.raises(TypeError, match='sigmoid_cross_entropy: t must hold signed integer'):
+        F.sigmoid_cross_entropy(dev(x), dev(x))
+    with pytest.raises(ValueError, match='sigmoid_cross_entropy: x.shape'):
+        F.sigmoid_cross_entropy(dev(x), dev(t[0]))
+    with pytest.raises(ValueError, match="reduce must be 'mean' or 'no'"):
+        F.sigmoid_cross_entropy(dev(x), dev(t), reduce='sum')
+
+
+def test_embed_id_and_the_embed_id_link():
+    W = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], np.float32)
+    x = np.array([2, 1], np.int32)
+    np.testing.assert_array_equal(host(F.embed_id(dev(x), dev(W))), [[2, 2, 2], [1, 1, 1]])
+    np.testing.assert_array_equal(host(F.embed_id(dev(x), dev(W), ignore_label=1)),
+                                  [[2, 2, 2], [0, 0, 0]])
+    np.testing.assert_array_equal(host(F.embed_id(dev(np.array([0, -1], np.int32)), dev(W + 1),
+                                                  ignore_label=-1)), [[1, 1, 1], [0, 0, 0]])
+    w = Variable(dev(W))
+    ids = np.array([[2, 0], [2, -1]], np.int32)
+    y = F.embed_id(dev(ids), w, ignore_label=-1)
+    assert y.shape == (2, 2, 3)
+    y.grad = dev(np.arange(12, dtype=np.float32).reshape(2, 2, 3))
+    y.backward()
+    np.testing.assert_array_equal(host(w.grad), [[3, 4, 5], [0, 0, 0], [6, 8, 10]])  # 2 twice
+    with chainer.using_config('debug', ON_GPU):               # a GPU checks ids in debug mode
+        with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
+            F.embed_id(dev(np.array([3], np.int32)), dev(W))
+        with pytest.raises(ValueError, match=r'embed_id: ids must be in \[0, 3\)'):
+            F.embed_id(dev(np.array([-1], np.int32)), dev(W))      # no silent wrap-around
+    with pytest.raises(TypeError, match='embed_id: x must be signed integer'):
+        F.embed_id(dev(np.array([1.0])), dev(W))
+    layer = L.EmbedID(3, 3, initialW=W + 1, ignore_label=-1).to_device(TEST_DEVICE)
+    np.testing.assert_array_equal(host(layer(dev(np.array([1, -1], np.int32)))),
+                                  [[2, 2, 2], [0, 0, 0]])
+    assert [name for name, _ in layer.namedparams()] == ['/W']
+    np.random.seed(0)
+    big = L.EmbedID(200, 50)                                   # Normal(1.0) by default
+    assert big.W.shape == (200, 50) and 0.9 < float(big.W.data.std()) < 1.1
+
+
+@cpu_only('files')
+def test_embed_id_link_saves_its_table_under_key_W(tmp_path):
+    layer = L.EmbedID(4, 2)
+    serializers.save_npz(str(tmp_path / 'e.npz'), layer)
+    with np.load(str(tmp_path / 'e.npz')) as saved:
+        assert saved.files == ['W']
+        np.testing.assert_array_equal(saved['W'], layer.W.data)
+    other = L.EmbedID(4, 2)
+    serializers.load_npz(str(tmp_path / 'e.npz'), other)
+    np.testing.assert_array_equal(other.W.data, layer.W.data)
