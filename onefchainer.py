@@ -1085,11 +1085,6 @@ class SGD(Optimizer):
 class AdamRule(UpdateRule):
     """Adam's rule for one parameter: state m, v (vhat with amsgrad)."""
 
-    def __init__(self, parent_hyperparam=None):
-        super().__init__(parent_hyperparam)
-        # AdaBound (Chapter 12) scales final_lr by alpha / the alpha of now.
-        self.initial_alpha = getattr(self.hyperparam, 'alpha', None)
-
     def init_state(self, param):
         xp = _xp(param.data)
         self.state['m'] = xp.zeros_like(param.data)
@@ -1106,15 +1101,12 @@ class AdamRule(UpdateRule):
         if 'vhat' in self.state:
             arrays.append(self.state['vhat'])
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
-        bounds = self.bounds if hp.adabound else None     # AdaBound: Chapter 12
-        _adam_update(arrays, constants, bounds)   # _adam_step below, made fast: Chapter 19
+        _adam_update(arrays, constants, hp.adabound and self.bounds)   # Chapters 19, 12
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
-    """One Adam update of `data` in place, the formulas above in Chainer's
-    operation order; `step` is scratch memory of data's shape.  Each line
-    writes into an existing array, so the update allocates nothing.
-    `bounds` (lower, upper), for AdaBound, clips the step size per element."""
+    """One Adam update of `data` in place, the formulas above in Chainer's operation order;
+    `step`: scratch memory of data's shape.  Each line writes into an array: no allocation."""
     one_minus_beta1, one_minus_beta2, eps, lr, eta, weight_decay_rate = constants
     xp.subtract(grad, m, out=step)
     step *= one_minus_beta1
@@ -1128,8 +1120,8 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
     xp.sqrt(v, out=step)
     step += eps
     xp.divide(lr, step, out=step)
-    if bounds is not None:                     # AdaBound: lower <= lr / (sqrt(v) + eps) <= upper
-        xp.clip(step, bounds[0], bounds[1], out=step)
+    if bounds:                                 # AdaBound: clip into (lower, upper)
+        xp.clip(step, *bounds, out=step)
     step *= m                                  # lr m / (sqrt(v) + eps)
     if eta != 1.0:
         step *= eta
@@ -1140,12 +1132,9 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
 
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
-    maximum of v; adabound clips lr / (sqrt(v) + eps) into bounds that close
-    in on final_lr at a speed set by gamma (see AdaBound, Chapter 12).
-    Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8, eta 1.0,
-    weight_decay_rate 0, amsgrad False, adabound False, final_lr 0.1,
-    gamma 1e-3.  Chainer: chainer.optimizers.Adam.
-    """
+    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
+    Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8, eta 1.0, weight_decay_rate 0,
+    amsgrad False, adabound False, final_lr 0.1, gamma 1e-3. Chainer: chainer.optimizers.Adam."""
     alpha = _HyperparameterProxy('alpha')
     beta1 = _HyperparameterProxy('beta1')
     beta2 = _HyperparameterProxy('beta2')
@@ -1153,13 +1142,9 @@ class Adam(Optimizer):
     eta = _HyperparameterProxy('eta')
     weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
     amsgrad = _HyperparameterProxy('amsgrad')
-    adabound = _HyperparameterProxy('adabound')
-    final_lr = _HyperparameterProxy('final_lr')
-    gamma = _HyperparameterProxy('gamma')
 
     def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
-                 weight_decay_rate=0, amsgrad=False, adabound=False, final_lr=0.1,
-                 gamma=1e-3):
+                 weight_decay_rate=0, amsgrad=False, adabound=False, final_lr=0.1, gamma=1e-3):
         super().__init__()
         hp = self.hyperparam
         hp.alpha, hp.beta1, hp.beta2, hp.eps = alpha, beta1, beta2, eps
@@ -1169,7 +1154,7 @@ class Adam(Optimizer):
     def create_update_rule(self):
         return AdamRule(self.hyperparam)
 
-    # Continued in Chapter 12 (alpha_t, lr).
+    # Continued in Chapter 12 (alpha_t, lr, adabound).
 
 
 # =============================================================================
@@ -2625,10 +2610,12 @@ class LeCunUniform(Initializer):
         Uniform(self.scale * math.sqrt(3.0 / fan_in), rng=self.rng)(array)
 
 
-class Identity(Initializer):
+class _IdentityInitializer(Initializer):
     """Initializer that fills a square matrix with scale * I.  scale default
     1.0; dtype default None (config.dtype).  Raises ValueError unless the
-    array is 2-D and square. Chainer: chainer.initializers.Identity.
+    array is 2-D and square.  Registered as initializers.Identity (Chapter 21;
+    the name Identity here is F.identity's Function, Chapter 9).
+    Chainer: chainer.initializers.Identity.
     """
 
     def __init__(self, scale=1.0, dtype=None):
@@ -3729,6 +3716,11 @@ def _adam_lr(hp, t):
 
 @_continue_class(AdamRule)
 class _AdamRuleStepSize:
+
+    def __init__(self, parent_hyperparam=None):
+        super().__init__(parent_hyperparam)
+        # AdaBound's bounds scale final_lr by alpha now / alpha at the rule's start.
+        self.initial_alpha = getattr(self.hyperparam, 'alpha', None)
     @property
     def alpha_t(self):
         """This rule's bias-corrected step size
@@ -3758,6 +3750,9 @@ class _AdamRuleStepSize:
 
 @_continue_class(Adam)
 class _AdamStepSize:
+    adabound = _HyperparameterProxy('adabound')
+    final_lr = _HyperparameterProxy('final_lr')
+    gamma = _HyperparameterProxy('gamma')
 
     @property
     def alpha_t(self):
@@ -7888,11 +7883,11 @@ _adam_scratch = {}         # dtype -> one block of scratch memory, reused
 def _adam_update(arrays, constants, bounds=None):
     """Run _adam_step over [data, grad, m, v(, vhat)], block by block on the
     CPU; on a GPU, run Adam's fused kernel instead.  bounds: AdaBound's
-    (lower, upper), or None."""
+    (lower, upper), or None or False for Adam's unclipped steps."""
     data = arrays[0]
     if not isinstance(data, np.ndarray):    # on a GPU: one fused kernel (below)
         one_minus_decay = 1.0 - constants[4] * constants[5]    # 1 - eta weight_decay_rate
-        if bounds is not None:
+        if bounds:
             return _fused_update('adabound' if len(arrays) == 4 else 'amsbound', arrays[1],
                                  *constants[:5], one_minus_decay, *bounds, data, *arrays[2:])
         return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
@@ -9183,7 +9178,7 @@ _not_supported(_submodule('optimizer', GradientNoise=GradientNoise),
                missing='make_deprecation_message')
 _not_supported(
     _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform,
-               Identity=Identity, Orthogonal=Orthogonal),
+               Identity=_IdentityInitializer, Orthogonal=Orthogonal),
     missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 _not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
 _submodule('serializers.npz', save_npz=save_npz, load_npz=load_npz,
