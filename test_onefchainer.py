@@ -6368,17 +6368,16 @@ def hand_adabound(alpha=0.001, beta1=0.9, beta2=0.999, final_lr=0.1, gamma=1e-3,
         step = alpha_t / (np.sqrt(vhat if amsgrad else v) + eps)
         lower = final_lr * (1 - 1 / (gamma * t + 1))
         upper = final_lr * (1 + 1 / (gamma * t))
-        if clipped is not None:
-            clipped.update({'lower': np.any(step < lower) or clipped.get('lower', False),
-                            'upper': np.any(step > upper) or clipped.get('upper', False)})
+        if clipped is not None:      # a clip that shows: where m is not 0
+            clipped['lower'] = clipped.get('lower', False) or bool(np.any((step < lower) & (m != 0)))
+            clipped['upper'] = clipped.get('upper', False) or bool(np.any((step > upper) & (m != 0)))
         p = p - eta * np.clip(step, lower, upper) * m
         yield p
 
 
-# Both bounds clip in 3 steps with these (checked below); with the second,
-# AMSBound's vhat also changes steps inside the bounds.
-_BOUND_ARGS = dict(alpha=0.001, beta2=0.5, final_lr=0.1, gamma=1.0)
-_AMSBOUND_ARGS = dict(alpha=0.003, beta2=0.5, final_lr=0.1, gamma=0.3)
+# With these both bounds clip within 3 steps, for AdaBound and AMSBound, and
+# AMSBound's vhat changes steps inside the bounds (checked below).
+_BOUND_ARGS = dict(alpha=0.01, beta2=0.5, final_lr=0.1, gamma=1.0)
 
 NEW_OPTIMIZER_CASES = {
     'NesterovAG': (lambda: optimizers.NesterovAG(), lambda: hand_nesterov_ag()),
@@ -6397,10 +6396,10 @@ NEW_OPTIMIZER_CASES = {
     'AdaBound': (lambda: optimizers.AdaBound(), lambda: hand_adabound()),
     'AdaBound_args': (lambda: optimizers.AdaBound(**_BOUND_ARGS),
                       lambda: hand_adabound(**_BOUND_ARGS)),
-    'AMSBound_args': (lambda: optimizers.AMSBound(eta=0.5, **_AMSBOUND_ARGS),
-                      lambda: hand_adabound(eta=0.5, amsgrad=True, **_AMSBOUND_ARGS)),
-    'Adam_amsbound': (lambda: optimizers.Adam(amsgrad=True, adabound=True, **_AMSBOUND_ARGS),
-                      lambda: hand_adabound(amsgrad=True, **_AMSBOUND_ARGS)),
+    'AMSBound_args': (lambda: optimizers.AMSBound(eta=0.5, **_BOUND_ARGS),
+                      lambda: hand_adabound(eta=0.5, amsgrad=True, **_BOUND_ARGS)),
+    'Adam_amsbound': (lambda: optimizers.Adam(amsgrad=True, adabound=True, **_BOUND_ARGS),
+                      lambda: hand_adabound(amsgrad=True, **_BOUND_ARGS)),
     'Adam_adabound': (lambda: optimizers.Adam(adabound=True, **_BOUND_ARGS),
                       lambda: hand_adabound(**_BOUND_ARGS)),
 }
@@ -6417,14 +6416,35 @@ def test_new_optimizer_matches_hand_formula(name):
 
 
 def test_adabound_cases_clip_at_both_bounds_and_amsbound_differs():
-    for args, amsgrad in ((_BOUND_ARGS, False), (_AMSBOUND_ARGS, True)):
+    for amsgrad in (False, True):
         clipped = {}
-        last = list(hand_adabound(clipped=clipped, amsgrad=amsgrad, **args))[-1]
+        last = list(hand_adabound(clipped=clipped, amsgrad=amsgrad, **_BOUND_ARGS))[-1]
         assert clipped == {'lower': True, 'upper': True}
-        assert not np.allclose(last, list(hand_adam(alpha=args['alpha'], beta2=0.5,
-                                                    amsgrad=amsgrad))[-1])
-    assert not np.allclose(list(hand_adabound(**_AMSBOUND_ARGS))[-1],
-                           list(hand_adabound(amsgrad=True, **_AMSBOUND_ARGS))[-1])
+        assert not np.allclose(last, list(hand_adam(alpha=0.01, beta2=0.5, amsgrad=amsgrad))[-1])
+    assert not np.allclose(list(hand_adabound(**_BOUND_ARGS))[-1],
+                           list(hand_adabound(amsgrad=True, **_BOUND_ARGS))[-1])
+
+
+def test_corrected_momentum_sgd_applies_a_new_lr_to_the_whole_velocity():
+    # Equal to MomentumSGD while lr is constant; when a schedule halves lr,
+    # the velocity (kept without lr) is scaled at once, MomentumSGD's is not.
+    lrs = [0.1, 0.05, 0.05]
+    for cls, corrected in ((optimizers.CorrectedMomentumSGD, True),
+                           (optimizers.MomentumSGD, False)):
+        link = OneParam()
+        opt = cls(lr=lrs[0], momentum=0.5).setup(link)
+        p, v = P0.copy(), np.zeros(4)
+        for lr, g in zip(lrs, GRADS):
+            opt.lr = lr
+            link.p.grad = dev(g.copy())
+            opt.update()
+            if corrected:
+                v = 0.5 * v - g
+                p = p + lr * v
+            else:
+                v = 0.5 * v - lr * g
+                p = p + v
+            np.testing.assert_allclose(host(link.p), p, rtol=1e-12, atol=1e-15)
 
 
 def test_new_optimizer_defaults():
