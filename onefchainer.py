@@ -1101,13 +1101,12 @@ class AdamRule(UpdateRule):
         if 'vhat' in self.state:
             arrays.append(self.state['vhat'])
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
-        _adam_update(arrays, constants)     # _adam_step below, made fast: Chapter 19
+        _adam_update(arrays, constants, hp.adabound and self.bounds)   # Chapters 19, 12
 
 
-def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
-    """One Adam update of `data` in place, the formulas above in Chainer's
-    operation order; `step` is scratch memory of data's shape.  Each line
-    writes into an existing array, so the update allocates nothing."""
+def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
+    """One Adam update of `data` in place, the formulas above in Chainer's operation order;
+    `step`: scratch memory of data's shape.  Each line writes into an array: no allocation."""
     one_minus_beta1, one_minus_beta2, eps, lr, eta, weight_decay_rate = constants
     xp.subtract(grad, m, out=step)
     step *= one_minus_beta1
@@ -1121,6 +1120,8 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
     xp.sqrt(v, out=step)
     step += eps
     xp.divide(lr, step, out=step)
+    if bounds:                                 # AdaBound: clip into (lower, upper)
+        xp.clip(step, *bounds, out=step)
     step *= m                                  # lr m / (sqrt(v) + eps)
     if eta != 1.0:
         step *= eta
@@ -1131,9 +1132,9 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=()):
 
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
-    maximum of v.  Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8,
-    eta 1.0, weight_decay_rate 0, amsgrad False.  Chainer: chainer.optimizers.Adam.
-    """
+    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
+    Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8, eta 1.0, weight_decay_rate 0,
+    amsgrad False, adabound False, final_lr 0.1, gamma 1e-3. Chainer: chainer.optimizers.Adam."""
     alpha = _HyperparameterProxy('alpha')
     beta1 = _HyperparameterProxy('beta1')
     beta2 = _HyperparameterProxy('beta2')
@@ -1143,16 +1144,17 @@ class Adam(Optimizer):
     amsgrad = _HyperparameterProxy('amsgrad')
 
     def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
-                 weight_decay_rate=0, amsgrad=False):
+                 weight_decay_rate=0, amsgrad=False, adabound=False, final_lr=0.1, gamma=1e-3):
         super().__init__()
         hp = self.hyperparam
         hp.alpha, hp.beta1, hp.beta2, hp.eps = alpha, beta1, beta2, eps
         hp.eta, hp.weight_decay_rate, hp.amsgrad = eta, weight_decay_rate, amsgrad
+        hp.adabound, hp.final_lr, hp.gamma = adabound, final_lr, gamma
 
     def create_update_rule(self):
         return AdamRule(self.hyperparam)
 
-    # Continued in Chapter 12 (alpha_t, lr).
+    # Continued in Chapter 12 (alpha_t, lr, adabound).
 
 
 # =============================================================================
@@ -3783,6 +3785,75 @@ class LeCunUniform(Initializer):
         Uniform(self.scale * math.sqrt(3.0 / fan_in), rng=self.rng)(array)
 
 
+class _IdentityInitializer(Initializer):
+    """Initializer that fills a square matrix with scale * I.  scale default
+    1.0; dtype default None (config.dtype).  Raises ValueError unless the
+    array is 2-D and square.  Registered as initializers.Identity (Chapter 21;
+    the name Identity here is F.identity's Function, Chapter 9).
+    Chainer: chainer.initializers.Identity.
+    """
+
+    def __init__(self, scale=1.0, dtype=None):
+        super().__init__(dtype)
+        self.scale = scale
+
+    def __call__(self, array):
+        shape = array.shape
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError('Identity: the array must be a square matrix, got shape '
+                             '{}'.format(shape))
+        array[...] = _xp(array).identity(shape[0]) * self.scale
+
+
+_ORTHOGONAL_MODES = {       # mode: (needs in >= out, needs in <= out)
+    'auto': (False, False), 'projection': (False, True),
+    'embedding': (True, False), 'basis': (True, True)}
+
+
+class Orthogonal(Initializer):
+    """Initializer with orthonormal rows (or columns) times scale (Saxe et
+    al. 2013): the array, seen as a matrix (out, in) = (shape[0], the product
+    of the rest), is Q of the QR decomposition of a standard normal matrix
+    (of its transpose when in > out), with signs making R's diagonal
+    positive, so Q is drawn uniformly.  A 0-dim array gets +-scale.
+    scale default 1.1; dtype default None; mode 'auto' (default, any
+    shape), 'projection' (in >= out), 'embedding' (in <= out) or 'basis'
+    (in == out): ValueError for another shape or mode, or an empty array;
+    rng as for Normal, default numpy.random (drawn on the host, also for a
+    GPU array). Chainer: chainer.initializers.Orthogonal.
+    """
+
+    def __init__(self, scale=1.1, dtype=None, mode='auto', rng=None):
+        if mode not in _ORTHOGONAL_MODES:
+            raise ValueError('Orthogonal: mode must be one of {}, not {!r}'.format(
+                ', '.join(map(repr, _ORTHOGONAL_MODES)), mode))
+        super().__init__(dtype, rng)
+        self.scale = scale
+        self.mode = mode
+
+    def __call__(self, array):
+        rng = np.random if self.rng is None else self.rng
+        if array.ndim == 0:
+            array[...] = self.scale * (2 * int(rng.randint(2)) - 1)
+            return
+        if array.size == 0:
+            raise ValueError('Orthogonal: the array must not be empty, got shape '
+                             '{}'.format(array.shape))
+        out_dim, in_dim = array.shape[0], array.size // array.shape[0]
+        needs_embedding, needs_projection = _ORTHOGONAL_MODES[self.mode]
+        if (needs_embedding and in_dim > out_dim) or (needs_projection and in_dim < out_dim):
+            raise ValueError('Orthogonal: cannot make an orthogonal {} of shape {} (in {}, '
+                             'out {})'.format(self.mode, array.shape, in_dim, out_dim))
+        # QR on the host: a few milliseconds once, and CuPy's needs cuSOLVER.
+        a = _to_cpu(rng.normal(size=(out_dim, in_dim)))
+        transpose = in_dim > out_dim     # QR gives orthonormal columns: make them the long side
+        q, r = np.linalg.qr(a.T if transpose else a)
+        q *= np.copysign(self.scale, np.diag(r))
+        if transpose:
+            q = q.T
+        array[...] = _device_of(array).send(q.reshape(array.shape).astype(array.dtype))
+
+
 def _get_initializer(spec, default=None):
     """Accept what Chainer accepts for initialW: None, a scalar, an array,
     an Initializer or any callable that fills an array."""
@@ -4793,7 +4864,10 @@ class _BNInitializer(Initializer):
 # Chapter 12. More optimizers and hooks
 # =============================================================================
 # MomentumSGD, AdaGrad, AdaDelta and RMSprop, each an update rule beside its
-# optimizer, and the hooks that change gradients before any rule sees them.
+# optimizer, their variants (NesterovAG, CorrectedMomentumSGD, RMSpropGraves,
+# SMORMS3, AdaBound), and the hooks that change gradients before any rule
+# sees them.  Every rule has its CPU formulas here and, for a GPU, one fused
+# kernel with the same formulas in the same order (_FUSED_UPDATES, Chapter 19).
 
 
 @_continue_class(UpdateRule)
@@ -4841,6 +4915,11 @@ def _adam_lr(hp, t):
 
 @_continue_class(AdamRule)
 class _AdamRuleStepSize:
+
+    def __init__(self, parent_hyperparam=None):
+        super().__init__(parent_hyperparam)
+        # AdaBound's bounds scale final_lr by alpha now / alpha at the rule's start.
+        self.initial_alpha = getattr(self.hyperparam, 'alpha', None)
     @property
     def alpha_t(self):
         """This rule's bias-corrected step size
@@ -4851,9 +4930,28 @@ class _AdamRuleStepSize:
 
     lr = alpha_t      # Chainer's older name for the bias-corrected step size
 
+    @property
+    def bounds(self):
+        """AdaBound's (lower, upper) bounds on the step size at update t:
+        f * (1 - 1 / (gamma t + 1)) and f * (1 + 1 / (gamma t)), where
+        f = final_lr * alpha / initial_alpha follows a schedule's change of
+        alpha.  Both close in on f.  Raises RuntimeError before the first
+        update (t == 0). Chainer: chainer.optimizers.adam.AdamRule.bounds.
+        """
+        if self.t == 0:
+            raise RuntimeError('AdaBound: the bounds are undefined before the first '
+                               'update (t == 0)')
+        hp = self.hyperparam
+        final_lr = hp.final_lr * hp.alpha / self.initial_alpha
+        return (final_lr * (1.0 - 1.0 / (hp.gamma * self.t + 1)),
+                final_lr * (1.0 + 1.0 / (hp.gamma * self.t)))
+
 
 @_continue_class(Adam)
 class _AdamStepSize:
+    adabound = _HyperparameterProxy('adabound')
+    final_lr = _HyperparameterProxy('final_lr')
+    gamma = _HyperparameterProxy('gamma')
 
     @property
     def alpha_t(self):
@@ -4950,6 +5048,80 @@ class MomentumSGD(Optimizer):
 
     def create_update_rule(self):
         return MomentumSGDRule(self.hyperparam)
+
+
+class NesterovAGRule(UpdateRule):
+    """Update rule of NesterovAG (see NesterovAG). State: v.
+    Chainer: chainer.optimizers.nesterov_ag.NesterovAGRule.
+    """
+    def init_state(self, param):
+        self.state['v'] = _xp(param.data).zeros_like(param.data)
+
+    def update_core(self, param):
+        grad, hp, v = param.grad, self.hyperparam, self.state['v']
+        lr, momentum = hp.lr, hp.momentum
+        # The step looks ahead: MomentumSGD's step plus momentum times the next one.
+        momentum_squared, lr_one_plus_momentum = momentum * momentum, (1 + momentum) * lr
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('nesterov_ag', grad, lr, momentum, momentum_squared,
+                                 lr_one_plus_momentum, param.data, v)
+        v *= momentum
+        v -= lr * grad
+        param.data += momentum_squared * v
+        param.data -= lr_one_plus_momentum * grad
+
+
+class NesterovAG(Optimizer):
+    """Nesterov's accelerated gradient: v = momentum v - lr grad;
+    p += momentum**2 v - (1 + momentum) lr grad.
+    lr default 0.01, momentum default 0.9. Chainer: chainer.optimizers.NesterovAG.
+    """
+    lr = _HyperparameterProxy('lr')
+    momentum = _HyperparameterProxy('momentum')
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.momentum = momentum
+
+    def create_update_rule(self):
+        return NesterovAGRule(self.hyperparam)
+
+
+class CorrectedMomentumSGDRule(UpdateRule):
+    """Update rule of CorrectedMomentumSGD: v = momentum v - grad; p += lr v.
+    State: v. Chainer: chainer.optimizers.corrected_momentum_sgd.CorrectedMomentumSGDRule.
+    """
+    def init_state(self, param):
+        self.state['v'] = _xp(param.data).zeros_like(param.data)
+
+    def update_core(self, param):                  # v = momentum v - g; p += lr v
+        v, hp = self.state['v'], self.hyperparam
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('corrected_momentum_sgd', param.grad, hp.lr, hp.momentum,
+                                 param.data, v)
+        v *= hp.momentum
+        v -= param.grad
+        param.data += hp.lr * v
+
+
+class CorrectedMomentumSGD(Optimizer):
+    """Momentum SGD with lr outside the velocity: v = momentum v - grad;
+    p += lr v.  With a constant lr it steps as MomentumSGD does; when a
+    schedule changes lr, the new lr applies to the whole velocity at once
+    (Goyal et al. 2017, "momentum correction").  lr default 0.01, momentum
+    default 0.9. Chainer: chainer.optimizers.CorrectedMomentumSGD.
+    """
+    lr = _HyperparameterProxy('lr')
+    momentum = _HyperparameterProxy('momentum')
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.momentum = momentum
+
+    def create_update_rule(self):
+        return CorrectedMomentumSGDRule(self.hyperparam)
 
 
 class AdaGradRule(UpdateRule):
@@ -5065,6 +5237,102 @@ class RMSprop(Optimizer):
         return RMSpropRule(self.hyperparam)
 
 
+class RMSpropGravesRule(UpdateRule):
+    """Update rule of RMSpropGraves (see RMSpropGraves). State: n, g, delta.
+    Chainer: chainer.optimizers.rmsprop_graves.RMSpropGravesRule.
+    """
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['n'] = xp.zeros_like(param.data)
+        self.state['g'] = xp.zeros_like(param.data)
+        self.state['delta'] = xp.zeros_like(param.data)
+
+    def update_core(self, param):
+        # n - g**2 estimates the gradient's variance, not its mean square as
+        # RMSprop's ms does: steps are scaled by how noisy the gradient is.
+        grad, hp = param.grad, self.hyperparam
+        n, g, delta = self.state['n'], self.state['g'], self.state['delta']
+        alpha, one_minus_alpha = hp.alpha, 1 - hp.alpha
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('rmsprop_graves', grad, hp.lr, alpha, one_minus_alpha,
+                                 hp.momentum, hp.eps, param.data, n, g, delta)
+        n *= alpha
+        n += one_minus_alpha * grad * grad
+        g *= alpha
+        g += one_minus_alpha * grad
+        delta *= hp.momentum
+        delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
+        param.data += delta
+
+
+class RMSpropGraves(Optimizer):
+    """Alex Graves's RMSprop: n = alpha n + (1-alpha) grad**2;
+    g = alpha g + (1-alpha) grad; delta = momentum delta - lr grad / sqrt(n - g**2 + eps);
+    p += delta.  lr default 1e-4, alpha 0.95, momentum 0.9, eps 1e-4.
+    Chainer: chainer.optimizers.RMSpropGraves.
+    """
+    lr = _HyperparameterProxy('lr')
+    alpha = _HyperparameterProxy('alpha')
+    momentum = _HyperparameterProxy('momentum')
+    eps = _HyperparameterProxy('eps')
+
+    def __init__(self, lr=1e-4, alpha=0.95, momentum=0.9, eps=1e-4):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.alpha = alpha
+        self.hyperparam.momentum = momentum
+        self.hyperparam.eps = eps
+
+    def create_update_rule(self):
+        return RMSpropGravesRule(self.hyperparam)
+
+
+class SMORMS3Rule(UpdateRule):
+    """Update rule of SMORMS3 (see SMORMS3). State: mem (starts at 1), g, g2.
+    Chainer: chainer.optimizers.smorms3.SMORMS3Rule.
+    """
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['mem'] = xp.ones_like(param.data)
+        self.state['g'] = xp.zeros_like(param.data)
+        self.state['g2'] = xp.zeros_like(param.data)
+
+    def update_core(self, param):
+        # mem is a per-element memory length: averages over about mem steps,
+        # shortened where g**2 / g2 says the gradient keeps its sign (x near 1).
+        grad, hp = param.grad, self.hyperparam
+        mem, g, g2 = self.state['mem'], self.state['g'], self.state['g2']
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('smorms3', grad, hp.lr, hp.eps, param.data, mem, g, g2)
+        r = 1 / (mem + 1)
+        g *= 1 - r
+        g += r * grad
+        g2 *= 1 - r
+        g2 += r * grad * grad
+        x = g * g / (g2 + hp.eps)
+        param.data -= grad * np.minimum(x, hp.lr) / (np.sqrt(g2) + hp.eps)
+        mem *= 1 - x
+        mem += 1
+
+
+class SMORMS3(Optimizer):
+    """Simon Funk's SMORMS3: r = 1 / (mem + 1); g = (1-r) g + r grad;
+    g2 = (1-r) g2 + r grad**2; x = g**2 / (g2 + eps);
+    p -= grad min(x, lr) / (sqrt(g2) + eps); mem = 1 + mem (1 - x).
+    lr default 0.001, eps default 1e-16. Chainer: chainer.optimizers.SMORMS3.
+    """
+    lr = _HyperparameterProxy('lr')
+    eps = _HyperparameterProxy('eps')
+
+    def __init__(self, lr=0.001, eps=1e-16):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.eps = eps
+
+    def create_update_rule(self):
+        return SMORMS3Rule(self.hyperparam)
+
+
 # ----- optimizers, hooks, initializers, serializers ------------------------------
 
 class AMSGrad(Adam):
@@ -5081,6 +5349,34 @@ class AdamW(Adam):
     """Adam with decoupled weight decay: p -= eta weight_decay_rate p besides
     the Adam step (set weight_decay_rate; default 0).  Same arguments as Adam.
     Chainer: chainer.optimizers.AdamW."""
+
+
+# AdaBound starts as Adam and ends as SGD with lr final_lr: Adam's per-element
+# step size lr / (sqrt(v) + eps) is clipped into AdamRule.bounds, which
+# tighten around final_lr as t grows (gamma sets how fast).
+
+class AdaBound(Adam):
+    """Adam with adabound=True: the step size alpha_t / (sqrt(v) + eps) is
+    clipped into [lower, upper] (AdamRule.bounds), which close in on
+    final_lr.  Arguments (this order): alpha 0.001, beta1 0.9, beta2 0.999,
+    final_lr 0.1, gamma 1e-3, eps 1e-8, eta 1.0.
+    Chainer: chainer.optimizers.AdaBound."""
+
+    def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, final_lr=0.1, gamma=1e-3,
+                 eps=1e-8, eta=1.0):
+        super().__init__(alpha, beta1, beta2, eps, eta, amsgrad=False, adabound=True,
+                         final_lr=final_lr, gamma=gamma)
+
+
+class AMSBound(Adam):
+    """AdaBound on AMSGrad (amsgrad=True, adabound=True): the running maximum
+    of v, and the step size clipped into AdamRule.bounds.  Same arguments
+    and defaults as AdaBound. Chainer: chainer.optimizers.AMSBound."""
+
+    def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, final_lr=0.1, gamma=1e-3,
+                 eps=1e-8, eta=1.0):
+        super().__init__(alpha, beta1, beta2, eps, eta, amsgrad=True, adabound=True,
+                         final_lr=final_lr, gamma=gamma)
 
 
 # ----- optimizer hooks ---------------------------------------------------------
@@ -5162,6 +5458,66 @@ class GradientClipping:
         if rate < 1:
             for p in params:
                 p.grad = p.grad * p.grad.dtype.type(rate)
+
+
+def _exponential_decay_noise(xp, shape, dtype, hook, rule):
+    """GradientNoise's default noise: N(0, sigma**2) with
+    sigma**2 = hook.eta / (1 + rule.t)**0.55, annealed as training goes on
+    (Neelakantan et al. 2015). Chainer:
+    chainer.optimizer_hooks.gradient_noise.exponential_decay_noise."""
+    std = math.sqrt(hook.eta / (1 + rule.t) ** 0.55)
+    return xp.random.normal(0, std, shape).astype(dtype, copy=False)
+
+
+class GradientNoise:
+    """Optimizer hook that adds noise to each gradient before the update:
+    grad += noise_func(xp, grad.shape, grad.dtype, hook, rule).  The default
+    noise_func draws N(0, eta / (1 + t)**0.55), t the rule's update count when
+    the hook runs (as an optimizer hook, before the rule counts this update:
+    0 at the first); eta, a float, sets the scale (0.01, 0.3 or 1.0 in the
+    paper).  The draws come from the array module's global generator
+    (numpy.random, cupy.random). Chainer: chainer.optimizer_hooks.GradientNoise.
+    """
+    name = 'GradientNoise'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, eta, noise_func=_exponential_decay_noise):
+        self.eta = eta
+        self.noise_func = noise_func
+
+    def __call__(self, rule, param):
+        """Add noise_func's noise to param.grad (a new array)."""
+        grad = param.grad
+        param.grad = grad + self.noise_func(_xp(grad), grad.shape, grad.dtype, self, rule)
+
+
+class GradientLARS:
+    """Optimizer hook for layer-wise adaptive rate scaling (LARS, You et al.
+    2017): per parameter, grad = (grad + weight_decay p) * rate, with
+    rate = |p| / (eps + |grad| + weight_decay |p|) (L2 norms) where
+    |p| > threshold, and 1 elsewhere, so a layer's step is sized to its
+    weights.  threshold default 1e-2, weight_decay 0.0, eps 1e-9.
+    Chainer: chainer.optimizer_hooks.GradientLARS.
+    """
+    name = 'GradientLARS'
+    call_for_each_param = True
+    timing = 'pre'
+
+    def __init__(self, threshold=1e-2, weight_decay=0.0, eps=1e-9):
+        self.threshold = threshold
+        self.weight_decay = weight_decay
+        self.eps = eps
+
+    def __call__(self, rule, param):
+        """Replace param.grad by its rescaled, weight-decayed value (a new array)."""
+        p, grad = param.data, param.grad
+        xp = _xp(p)
+        p_norm, g_norm = xp.linalg.norm(p), xp.linalg.norm(grad)
+        # Chosen on the device, so that a GPU never waits for the norms.
+        rate = xp.where(p_norm > self.threshold,
+                        p_norm / (self.eps + g_norm + self.weight_decay * p_norm), 1.0)
+        param.grad = (grad + self.weight_decay * p) * rate.astype(grad.dtype)
 
 
 # =============================================================================
@@ -9294,12 +9650,16 @@ _ADAM_BLOCK = 1 << 18      # elements: a block of each array stays in the cache
 _adam_scratch = {}         # dtype -> one block of scratch memory, reused
 
 
-def _adam_update(arrays, constants):
+def _adam_update(arrays, constants, bounds=None):
     """Run _adam_step over [data, grad, m, v(, vhat)], block by block on the
-    CPU; on a GPU, run Adam's fused kernel instead."""
+    CPU; on a GPU, run Adam's fused kernel instead.  bounds: AdaBound's
+    (lower, upper), or None or False for Adam's unclipped steps."""
     data = arrays[0]
     if not isinstance(data, np.ndarray):    # on a GPU: one fused kernel (below)
         one_minus_decay = 1.0 - constants[4] * constants[5]    # 1 - eta weight_decay_rate
+        if bounds:
+            return _fused_update('adabound' if len(arrays) == 4 else 'amsbound', arrays[1],
+                                 *constants[:5], one_minus_decay, *bounds, data, *arrays[2:])
         return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
                              *constants[:5], one_minus_decay, data, *arrays[2:])
     size = data.size
@@ -9310,9 +9670,10 @@ def _adam_update(arrays, constants):
             scratch = _adam_scratch[data.dtype] = np.empty(_ADAM_BLOCK, data.dtype)
         for start in range(0, size, _ADAM_BLOCK):
             block = [a[start:start + _ADAM_BLOCK] for a in flat]
-            _adam_step(np, scratch[:len(block[0])], *block, constants=constants)
+            _adam_step(np, scratch[:len(block[0])], *block, constants=constants,
+                       bounds=bounds)
     else:
-        _adam_step(np, np.empty_like(data), *arrays, constants=constants)
+        _adam_step(np, np.empty_like(data), *arrays, constants=constants, bounds=bounds)
 
 
 # ----- fused updates on the GPU --------------------------------------------------
@@ -9366,6 +9727,59 @@ _FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop bod
         step *= eta;
         param *= decay;
         param -= step;'''),
+    # AdaBound and AMSBound: Adam and AMSGrad with the step size clipped, as np.clip does.
+    'adabound': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay, '
+                 'T lower, T upper', 'T param, T m, T v', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        T step = lr / (sqrt(v) + eps);
+        step = min(max(step, lower), upper);
+        step *= m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+    'amsbound': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay, '
+                 'T lower, T upper', 'T param, T m, T v, T vhat', '''
+        m += one_minus_beta1 * (grad - m);
+        v += one_minus_beta2 * (grad * grad - v);
+        vhat = max(vhat, v);
+        T step = lr / (sqrt(vhat) + eps);
+        step = min(max(step, lower), upper);
+        step *= m;
+        step *= eta;
+        param *= decay;
+        param -= step;'''),
+    # Chapter 12's rules.
+    # momentum_squared and lr_one_plus_momentum: the CPU's Python products, made once
+    'nesterov_ag': ('T grad, T lr, T momentum, T momentum_squared, T lr_one_plus_momentum',
+                    'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += momentum_squared * v;
+        param -= lr_one_plus_momentum * grad;'''),
+    'corrected_momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
+        v *= momentum;
+        v -= grad;
+        param += lr * v;'''),
+    'rmsprop_graves': ('T grad, T lr, T alpha, T one_minus_alpha, T momentum, T eps',
+                       'T param, T n, T g, T delta', '''
+        n *= alpha;
+        n += one_minus_alpha * grad * grad;
+        g *= alpha;
+        g += one_minus_alpha * grad;
+        delta *= momentum;
+        delta -= lr * grad / sqrt(n - g * g + eps);
+        param += delta;'''),
+    'smorms3': ('T grad, T lr, T eps', 'T param, T mem, T g, T g2', '''
+        T r = 1 / (mem + 1);
+        g *= 1 - r;
+        g += r * grad;
+        g2 *= 1 - r;
+        g2 += r * grad * grad;
+        T x = g * g / (g2 + eps);
+        param -= grad * min(x, lr) / (sqrt(g2) + eps);
+        mem *= 1 - x;
+        mem += 1;'''),
 }
 _fused_kernels = {}
 
@@ -10535,13 +10949,17 @@ _not_supported(
 
 
 _not_supported(
-    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW),
-    missing='AMSBound AdaBound CorrectedMomentumSGD MSVAG NesterovAG RMSpropGraves SMORMS3')
-_not_supported(optimizer_hooks, missing='GradientNoise GradientLARS')
-_not_supported(optimizer, missing='GradientNoise make_deprecation_message')
+    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
+               AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
+               NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3),
+    missing='MSVAG')
+_submodule('optimizer_hooks', GradientNoise=GradientNoise, GradientLARS=GradientLARS)
+_not_supported(_submodule('optimizer', GradientNoise=GradientNoise),
+               missing='make_deprecation_message')
 _not_supported(
-    _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform),
-    missing='Identity Orthogonal DownsamplingConvFilter UpsamplingDeconvFilter')
+    _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform,
+               Identity=_IdentityInitializer, Orthogonal=Orthogonal),
+    missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 _not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
 _submodule('serializers.npz', save_npz=save_npz, load_npz=load_npz,
            NpzDeserializer=NpzDeserializer, DictionarySerializer=DictionarySerializer)

@@ -5269,7 +5269,7 @@ def test_zero_host_syncs_per_training_step_through_the_trainer():
 def test_zero_host_syncs_per_update_of_every_optimizer():
     result = json.loads(run_program('bench/count_gpu_calls.py', '--steps', '2',
                                     '--batchsize', '20', '--optimizer', 'all'))
-    assert len(result) == 6
+    assert list(result) == list(count_gpu_calls.ALL_OPTIMIZERS)
     for name, (calls, syncs, h2d) in result.items():
         assert syncs == [0, 0], name
         assert h2d == [0, 0], name            # no constant sent to the device per step
@@ -5470,12 +5470,16 @@ CHAINER_PROVIDED = {
                  'softmax softmax_cross_entropy softplus sqrt square squared_difference '
                  'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where',
     'links': 'Classifier EmbedID Linear',
-    'optimizers': 'AMSGrad AdaDelta AdaGrad Adam AdamW MomentumSGD RMSprop SGD',
-    'optimizer_hooks': 'GradientClipping GradientHardClipping Lasso WeightDecay',
-    'optimizer': 'GradientClipping GradientHardClipping GradientMethod Hyperparameter '
-                 'HyperparameterProxy Lasso Optimizer UpdateRule WeightDecay',
-    'initializers': 'Constant GlorotNormal GlorotUniform HeNormal HeUniform LeCunNormal '
-                    'LeCunUniform NaN Normal One Uniform Zero generate_array',
+    'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
+                  'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
+                  'SMORMS3',
+    'optimizer_hooks': 'GradientClipping GradientHardClipping GradientLARS GradientNoise '
+                       'Lasso WeightDecay',
+    'optimizer': 'GradientClipping GradientHardClipping GradientMethod GradientNoise '
+                 'Hyperparameter HyperparameterProxy Lasso Optimizer UpdateRule WeightDecay',
+    'initializers': 'Constant GlorotNormal GlorotUniform HeNormal HeUniform Identity '
+                    'LeCunNormal LeCunUniform NaN Normal One Orthogonal Uniform Zero '
+                    'generate_array',
     'serializers': 'DictionarySerializer NpzDeserializer load_npz save_npz',
     'serializer': 'AbstractSerializer Deserializer Serializer',
     'reporter': 'DictSummary Reporter Summary get_current_reporter report report_scope',
@@ -5564,9 +5568,9 @@ CHAINER_OUT_OF_SCOPE = {
 CHAINER_NOT_YET = {
     'functions': 'deconvolution_2d unpooling_2d',
     'links': 'PReLU LayerNormalization Deconvolution2D',
-    'optimizers': 'NesterovAG RMSpropGraves SMORMS3 CorrectedMomentumSGD AdaBound',
-    'optimizer_hooks': 'GradientNoise GradientLARS',
-    'initializers': 'Orthogonal Identity',
+    'optimizers': 'MSVAG',
+    'optimizer': 'make_deprecation_message',
+    'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
     'utils': 'WalkerAlias',
 }
 
@@ -7063,3 +7067,353 @@ def test_embed_id_link_saves_its_table_under_key_W(tmp_path):
     other = L.EmbedID(4, 2)
     serializers.load_npz(str(tmp_path / 'e.npz'), other)
     np.testing.assert_array_equal(other.W.data, layer.W.data)
+
+
+# ----- Chainer names added: more optimizers, optimizer hooks, initializers -----
+# Each optimizer against Chainer's formula written out in NumPy (float64, the
+# 3 steps of GRADS from P0; run_steps of Chapter 12's tests), its GPU kernel
+# against its CPU path through the CuPy stand-in (OPTIMIZER_CASES of
+# bench/count_gpu_calls.py, test_fused_updates_through_the_stand_in_...), and
+# its state under Chainer's npz keys.
+
+def hand_nesterov_ag(lr=0.01, momentum=0.9):
+    p, v = P0.copy(), np.zeros(4)
+    for g in GRADS:
+        v = momentum * v - lr * g
+        p = p + momentum * momentum * v - (1 + momentum) * lr * g
+        yield p
+
+
+def hand_corrected_momentum_sgd(lr=0.01, momentum=0.9):
+    p, v = P0.copy(), np.zeros(4)
+    for g in GRADS:
+        v = momentum * v - g
+        p = p + lr * v
+        yield p
+
+
+def hand_rmsprop_graves(lr=1e-4, alpha=0.95, momentum=0.9, eps=1e-4):
+    p, n, mean, delta = P0.copy(), np.zeros(4), np.zeros(4), np.zeros(4)
+    for g in GRADS:
+        n = alpha * n + (1 - alpha) * g ** 2
+        mean = alpha * mean + (1 - alpha) * g
+        delta = momentum * delta - lr * g / np.sqrt(n - mean ** 2 + eps)
+        p = p + delta
+        yield p
+
+
+def hand_smorms3(lr=0.001, eps=1e-16):
+    p, mem, mean, g2 = P0.copy(), np.ones(4), np.zeros(4), np.zeros(4)
+    for g in GRADS:
+        r = 1 / (mem + 1)
+        mean = (1 - r) * mean + r * g
+        g2 = (1 - r) * g2 + r * g ** 2
+        x = mean ** 2 / (g2 + eps)
+        p = p - g * np.minimum(x, lr) / (np.sqrt(g2) + eps)
+        mem = 1 + mem * (1 - x)
+        yield p
+
+
+def hand_adabound(alpha=0.001, beta1=0.9, beta2=0.999, final_lr=0.1, gamma=1e-3, eps=1e-8,
+                  eta=1.0, amsgrad=False, clipped=None):
+    p, m, v, vhat = P0.copy(), np.zeros(4), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(GRADS, start=1):
+        m = m + (1 - beta1) * (g - m)
+        v = v + (1 - beta2) * (g * g - v)
+        vhat = np.maximum(vhat, v)
+        alpha_t = alpha * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        step = alpha_t / (np.sqrt(vhat if amsgrad else v) + eps)
+        lower = final_lr * (1 - 1 / (gamma * t + 1))
+        upper = final_lr * (1 + 1 / (gamma * t))
+        if clipped is not None:      # a clip that shows: where m is not 0
+            clipped['lower'] = clipped.get('lower', False) or bool(np.any((step < lower) & (m != 0)))
+            clipped['upper'] = clipped.get('upper', False) or bool(np.any((step > upper) & (m != 0)))
+        p = p - eta * np.clip(step, lower, upper) * m
+        yield p
+
+
+# With these both bounds clip within 3 steps, for AdaBound and AMSBound, and
+# AMSBound's vhat changes steps inside the bounds (checked below).
+_BOUND_ARGS = dict(alpha=0.01, beta2=0.5, final_lr=0.1, gamma=1.0)
+
+NEW_OPTIMIZER_CASES = {
+    'NesterovAG': (lambda: optimizers.NesterovAG(), lambda: hand_nesterov_ag()),
+    'NesterovAG_args': (lambda: optimizers.NesterovAG(lr=0.1, momentum=0.5),
+                        lambda: hand_nesterov_ag(0.1, 0.5)),
+    'CorrectedMomentumSGD': (lambda: optimizers.CorrectedMomentumSGD(),
+                             lambda: hand_corrected_momentum_sgd()),
+    'CorrectedMomentumSGD_args': (lambda: optimizers.CorrectedMomentumSGD(lr=0.1, momentum=0.5),
+                                  lambda: hand_corrected_momentum_sgd(0.1, 0.5)),
+    'RMSpropGraves': (lambda: optimizers.RMSpropGraves(), lambda: hand_rmsprop_graves()),
+    'RMSpropGraves_args': (lambda: optimizers.RMSpropGraves(lr=0.1, alpha=0.5, momentum=0.3,
+                                                            eps=1e-2),
+                           lambda: hand_rmsprop_graves(0.1, 0.5, 0.3, 1e-2)),
+    'SMORMS3': (lambda: optimizers.SMORMS3(), lambda: hand_smorms3()),
+    'SMORMS3_args': (lambda: optimizers.SMORMS3(lr=0.3, eps=1e-3), lambda: hand_smorms3(0.3, 1e-3)),
+    'AdaBound': (lambda: optimizers.AdaBound(), lambda: hand_adabound()),
+    'AdaBound_args': (lambda: optimizers.AdaBound(**_BOUND_ARGS),
+                      lambda: hand_adabound(**_BOUND_ARGS)),
+    'AMSBound_args': (lambda: optimizers.AMSBound(eta=0.5, **_BOUND_ARGS),
+                      lambda: hand_adabound(eta=0.5, amsgrad=True, **_BOUND_ARGS)),
+    'Adam_amsbound': (lambda: optimizers.Adam(amsgrad=True, adabound=True, **_BOUND_ARGS),
+                      lambda: hand_adabound(amsgrad=True, **_BOUND_ARGS)),
+    'Adam_adabound': (lambda: optimizers.Adam(adabound=True, **_BOUND_ARGS),
+                      lambda: hand_adabound(**_BOUND_ARGS)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(NEW_OPTIMIZER_CASES))
+def test_new_optimizer_matches_hand_formula(name):
+    make, hand = NEW_OPTIMIZER_CASES[name]
+    got, expected = run_steps(make()), list(hand())
+    assert len(got) == len(expected) == 3
+    for step, (actual, want) in enumerate(zip(got, expected), start=1):
+        np.testing.assert_allclose(actual, want, rtol=1e-12, atol=1e-15,
+                                   err_msg='{} step {}'.format(name, step))
+
+
+def test_adabound_cases_clip_at_both_bounds_and_amsbound_differs():
+    for amsgrad in (False, True):
+        clipped = {}
+        last = list(hand_adabound(clipped=clipped, amsgrad=amsgrad, **_BOUND_ARGS))[-1]
+        assert clipped == {'lower': True, 'upper': True}
+        assert not np.allclose(last, list(hand_adam(alpha=0.01, beta2=0.5, amsgrad=amsgrad))[-1])
+    assert not np.allclose(list(hand_adabound(**_BOUND_ARGS))[-1],
+                           list(hand_adabound(amsgrad=True, **_BOUND_ARGS))[-1])
+
+
+def test_corrected_momentum_sgd_applies_a_new_lr_to_the_whole_velocity():
+    # Equal to MomentumSGD while lr is constant; when a schedule halves lr,
+    # the velocity (kept without lr) is scaled at once, MomentumSGD's is not.
+    lrs = [0.1, 0.05, 0.05]
+    for cls, corrected in ((optimizers.CorrectedMomentumSGD, True),
+                           (optimizers.MomentumSGD, False)):
+        link = OneParam()
+        opt = cls(lr=lrs[0], momentum=0.5).setup(link)
+        p, v = P0.copy(), np.zeros(4)
+        for lr, g in zip(lrs, GRADS):
+            opt.lr = lr
+            link.p.grad = dev(g.copy())
+            opt.update()
+            if corrected:
+                v = 0.5 * v - g
+                p = p + lr * v
+            else:
+                v = 0.5 * v - lr * g
+                p = p + v
+            np.testing.assert_allclose(host(link.p), p, rtol=1e-12, atol=1e-15)
+
+
+def test_new_optimizer_defaults():
+    n = optimizers.NesterovAG()
+    assert (n.lr, n.momentum) == (0.01, 0.9)
+    c = optimizers.CorrectedMomentumSGD()
+    assert (c.lr, c.momentum) == (0.01, 0.9)
+    g = optimizers.RMSpropGraves()
+    assert (g.lr, g.alpha, g.momentum, g.eps) == (1e-4, 0.95, 0.9, 1e-4)
+    s = optimizers.SMORMS3()
+    assert (s.lr, s.eps) == (0.001, 1e-16)
+    adam = optimizers.Adam()
+    assert (adam.adabound, adam.final_lr, adam.gamma) == (False, 0.1, 1e-3)
+    for cls, amsgrad in ((optimizers.AdaBound, False), (optimizers.AMSBound, True)):
+        o = cls()
+        assert (o.alpha, o.beta1, o.beta2, o.final_lr, o.gamma, o.eps, o.eta, o.amsgrad,
+                o.adabound, o.weight_decay_rate) == (0.001, 0.9, 0.999, 0.1, 1e-3, 1e-8, 1.0,
+                                                     amsgrad, True, 0)
+    # Chainer's positional order: alpha, beta1, beta2, final_lr, gamma, eps, eta
+    o = optimizers.AdaBound(0.01, 0.8, 0.7, 0.2, 0.3, 1e-6, 0.5)
+    assert (o.alpha, o.beta1, o.beta2, o.final_lr, o.gamma, o.eps, o.eta) == \
+        (0.01, 0.8, 0.7, 0.2, 0.3, 1e-6, 0.5)
+
+
+def test_adabound_bounds_follow_t_and_a_change_of_alpha():
+    opt = optimizers.AdaBound(alpha=0.01, final_lr=0.2, gamma=0.5).setup(OneParam())
+    rule = opt.target.p.update_rule
+    with pytest.raises(RuntimeError, match='before the first update'):
+        rule.bounds
+    for _ in range(2):
+        opt.target.p.grad = dev(np.ones(4))
+        opt.update()
+    assert rule.bounds == pytest.approx((0.2 * (1 - 1 / 2.0), 0.2 * (1 + 1 / 1.0)))
+    opt.alpha = 0.005                   # as ExponentialShift('alpha', 0.5) would
+    assert rule.bounds == pytest.approx((0.1 * 0.5, 0.1 * 2.0))
+
+
+@pytest.mark.parametrize('make,keys', [
+    (lambda: optimizers.NesterovAG(lr=0.1), ['v']),
+    (lambda: optimizers.CorrectedMomentumSGD(lr=0.1), ['v']),
+    (lambda: optimizers.RMSpropGraves(lr=0.1), ['delta', 'g', 'n']),
+    (lambda: optimizers.SMORMS3(lr=0.1), ['g', 'g2', 'mem']),
+    (lambda: optimizers.AMSBound(**_BOUND_ARGS), ['m', 'v', 'vhat']),
+])
+def test_new_optimizer_state_saves_under_chainers_keys_and_resumes(tmp_path, make, keys):
+    opt = make().setup(OneParam())
+    run_steps(opt, GRADS[:2])
+    path = str(tmp_path / 'opt.npz')
+    serializers.save_npz(path, opt)
+    with np.load(path) as npz:
+        assert sorted(npz.files) == sorted(['t', 'epoch', 'p/t'] + ['p/' + k for k in keys])
+    link = opt.target
+    resumed = make().setup(link)
+    serializers.load_npz(path, resumed)
+    assert resumed.t == 2 and link.p.update_rule.t == 2
+    continued = make().setup(OneParam())
+    want = run_steps(continued, GRADS)[-1]
+    link.p.data = dev(np.array(run_steps(make().setup(OneParam()), GRADS[:2])[-1]))
+    link.p.grad = dev(GRADS[2].copy())
+    resumed.update()
+    np.testing.assert_allclose(host(link.p), want, rtol=1e-12, atol=1e-15)
+
+
+def test_gradient_noise_adds_the_annealed_gaussian():
+    link = OneParam()
+    opt = optimizers.SGD(lr=1.0).setup(link)
+    opt.add_hook(chainer.optimizer_hooks.GradientNoise(0.3))
+    xp = chainer.get_array_module(link.p.data)
+    xp.random.seed(7)
+    link.p.grad = dev(GRADS[0].copy())
+    opt.update()
+    # An optimizer hook runs before the rules count this update, so t is 0
+    # at the first one, as in Chainer: sigma**2 = 0.3 / 1**0.55.
+    xp.random.seed(7)
+    noise = host(xp.random.normal(0, math.sqrt(0.3), (4,)))
+    np.testing.assert_allclose(host(link.p), P0 - (GRADS[0] + noise), rtol=1e-12)
+    # As a hook of the rule itself it runs after the count: t is 1.
+    link.p.update_rule.add_hook(chainer.optimizer_hooks.GradientNoise(0.3))
+    opt.remove_hook('GradientNoise')
+    before = host(link.p).copy()
+    xp.random.seed(8)
+    link.p.grad = dev(GRADS[0].copy())
+    opt.update()
+    xp.random.seed(8)      # t is 2 now: sigma**2 = 0.3 / 3**0.55
+    noise = host(xp.random.normal(0, math.sqrt(0.3 / 3 ** 0.55), (4,)))
+    np.testing.assert_allclose(host(link.p), before - (GRADS[0] + noise), rtol=1e-12)
+    assert chainer.optimizer.GradientNoise is chainer.optimizer_hooks.GradientNoise
+
+
+def test_gradient_noise_calls_noise_func_with_chainers_arguments():
+    calls = []
+
+    def noise_func(xp, shape, dtype, hook, rule):
+        calls.append((shape, dtype, hook.eta, rule.t))
+        return xp.full(shape, 0.25, dtype)
+
+    link = OneParam()
+    opt = optimizers.SGD(lr=1.0).setup(link)
+    opt.add_hook(chainer.optimizer_hooks.GradientNoise(0.01, noise_func=noise_func))
+    shared = dev(GRADS[0].copy())
+    for _ in range(2):
+        link.p.grad = shared
+        opt.update()
+    assert calls == [((4,), np.dtype(np.float64), 0.01, 0), ((4,), np.dtype(np.float64), 0.01, 1)]
+    np.testing.assert_allclose(host(link.p), P0 - 2 * (GRADS[0] + 0.25), rtol=1e-12)
+    np.testing.assert_array_equal(host(shared), GRADS[0])     # a new array, not in place
+
+
+def hand_lars(p, g, threshold=1e-2, weight_decay=0.0, eps=1e-9):
+    p_norm, g_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(g * g))
+    rate = p_norm / (eps + g_norm + weight_decay * p_norm) if p_norm > threshold else 1.0
+    return (g + weight_decay * p) * rate
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'weight_decay': 0.1, 'eps': 1e-3},
+                                    {'threshold': 10.0, 'weight_decay': 0.1}])
+def test_gradient_lars_rescales_each_parameter(kwargs):
+    class Two(Link):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.a = chainer.Parameter(dev(P0.copy()))
+                self.b = chainer.Parameter(dev(np.array([[0.001, -0.002]])))
+    link = Two()
+    grads = {'a': GRADS[1], 'b': np.array([[3.0, 4.0]])}
+    opt = optimizers.SGD(lr=1.0).setup(link)
+    opt.add_hook(chainer.optimizer_hooks.GradientLARS(**kwargs))
+    for name, g in grads.items():
+        getattr(link, name).grad = dev(g.copy())
+    opt.update()
+    np.testing.assert_allclose(host(link.a), P0 - hand_lars(P0, GRADS[1], **kwargs), rtol=1e-12)
+    b0 = np.array([[0.001, -0.002]])       # |b| < threshold 0.01: rate 1
+    np.testing.assert_allclose(host(link.b), b0 - hand_lars(b0, grads['b'], **kwargs),
+                               rtol=1e-12)
+    if kwargs.get('threshold', 1e-2) < 1:   # the norm rule really scaled `a`
+        assert not np.allclose(hand_lars(P0, GRADS[1], **kwargs),
+                               GRADS[1] + kwargs.get('weight_decay', 0.0) * P0)
+    hook = chainer.optimizer_hooks.GradientLARS()
+    assert (hook.threshold, hook.weight_decay, hook.eps) == (1e-2, 0.0, 1e-9)
+    assert link.a.grad.dtype == np.float64
+
+
+def test_gradient_lars_keeps_float32_and_the_gpu_path_has_no_sync():
+    link = OneParam()
+    link.p.data = link.p.data.astype(np.float32)
+    opt = optimizers.SGD(lr=1.0).setup(link)
+    opt.add_hook(chainer.optimizer_hooks.GradientLARS())
+    link.p.grad = dev(GRADS[1].astype(np.float32))
+    opt.update()
+    assert link.p.data.dtype == np.float32
+    np.testing.assert_allclose(host(link.p), P0 - hand_lars(P0, GRADS[1]), rtol=1e-5)
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        link = chainer.links.Linear(3, 2).to_device('@cupy:0')
+        opt = chainer.optimizers.SGD().setup(link)
+        opt.add_hook(chainer.optimizer_hooks.GradientLARS(weight_decay=0.1))
+        opt.add_hook(chainer.optimizer_hooks.GradientNoise(0.3))
+        for p in link.params():
+            p.grad = chainer.get_device('@cupy:0').send(np.ones(p.shape, np.float32))
+        before = count_gpu_calls.COUNTS.copy()
+        opt.update()
+        delta = count_gpu_calls.COUNTS - before
+        print(json.dumps(sorted(k for k in delta if not k.startswith('call:'))))
+    ''')
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_identity_initializer():
+    array = dev(np.full((3, 3), 7.0, np.float32))
+    chainer.initializers.Identity(scale=2.5)(array)
+    np.testing.assert_array_equal(host(array), 2.5 * np.eye(3))
+    assert chainer.initializers.Identity().scale == 1.0
+    W = L.Linear(4, 4, initialW=chainer.initializers.Identity()).W
+    np.testing.assert_array_equal(host(W), np.eye(4))
+    for shape in ((2, 3), (3,), (2, 2, 2)):
+        with pytest.raises(ValueError, match=r'Identity: .*square matrix.*' +
+                           re.escape(str(shape))):
+            chainer.initializers.Identity()(np.empty(shape))
+
+
+@pytest.mark.parametrize('shape', [(3, 5), (5, 3), (4, 4), (6, 2, 2), (2, 3, 2, 2)])
+def test_orthogonal_initializer_gives_scaled_orthonormal_rows_or_columns(shape):
+    array = dev(np.empty(shape, np.float64))
+    chainer.initializers.Orthogonal(scale=1.5, rng=np.random.RandomState(0))(array)
+    m = host(array).reshape(shape[0], -1)
+    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    np.testing.assert_allclose(gram, 1.5 ** 2 * np.eye(min(m.shape)), atol=1e-12)
+    # Chainer's recipe: Q of QR of the (transposed) normal draw, R's diagonal made positive.
+    a = np.random.RandomState(0).normal(size=m.shape)
+    transpose = m.shape[1] > m.shape[0]
+    q, r = np.linalg.qr(a.T if transpose else a)
+    q = q * np.sign(np.diag(r)) * 1.5
+    np.testing.assert_allclose(m, q.T if transpose else q, atol=1e-12)
+
+
+def test_orthogonal_defaults_modes_and_errors():
+    init = chainer.initializers.Orthogonal()
+    assert (init.scale, init.dtype, init.mode) == (1.1, None, 'auto')
+    zero_dim = np.empty(())
+    init(zero_dim)
+    assert abs(float(zero_dim)) == 1.1
+    np.random.seed(0)
+    W = L.Linear(5, 3, initialW=init).W         # rows orthogonal, norm 1.1
+    np.testing.assert_allclose(host(W) @ host(W).T, 1.21 * np.eye(3), atol=1e-5)
+    O = chainer.initializers.Orthogonal
+    O(mode='projection')(np.empty((3, 5)))
+    O(mode='embedding')(np.empty((5, 3)))
+    O(mode='basis')(np.empty((3, 3)))
+    for mode, shape in (('projection', (5, 3)), ('embedding', (3, 5)), ('basis', (3, 4))):
+        with pytest.raises(ValueError, match='Orthogonal: cannot make an orthogonal ' + mode):
+            O(mode=mode)(np.empty(shape))
+    with pytest.raises(ValueError, match="Orthogonal: mode must be one of .*'sideways'"):
+        O(mode='sideways')
+    with pytest.raises(ValueError, match=r'must not be empty.*\(0, 3\)'):
+        O()(np.empty((0, 3)))

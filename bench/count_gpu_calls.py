@@ -414,7 +414,15 @@ OPTIMIZER_CASES = [          # (name, keyword arguments): every fused kernel and
     ('SGD', {'lr': 0.1}), ('MomentumSGD', {'lr': 0.1, 'momentum': 0.8}),
     ('AdaGrad', {'lr': 0.05}), ('AdaDelta', {}), ('RMSprop', {'lr': 0.01}),
     ('RMSprop', {'lr': 0.01, 'eps_inside_sqrt': True}), ('Adam', {}),
-    ('Adam', {'amsgrad': True, 'eta': 0.5, 'weight_decay_rate': 0.1})]
+    ('Adam', {'amsgrad': True, 'eta': 0.5, 'weight_decay_rate': 0.1}),
+    ('NesterovAG', {'lr': 0.1, 'momentum': 0.8}), ('CorrectedMomentumSGD', {'lr': 0.1}),
+    ('RMSpropGraves', {'lr': 0.01}), ('SMORMS3', {'lr': 0.01}),
+    ('AdaBound', {'alpha': 0.01, 'final_lr': 0.05, 'gamma': 0.1}),
+    ('AMSBound', {'alpha': 0.01, 'final_lr': 0.05, 'gamma': 0.1, 'eta': 0.5})]
+
+
+ALL_OPTIMIZERS = ('SGD', 'MomentumSGD', 'AdaGrad', 'AdaDelta', 'RMSprop', 'Adam', 'NesterovAG',
+                  'CorrectedMomentumSGD', 'RMSpropGraves', 'SMORMS3', 'AdaBound', 'AMSBound')
 
 
 def run_optimizer(name, kwargs, device, steps=5, dtype=np.float32):
@@ -480,8 +488,7 @@ def main():
         return
     if args.optimizer == 'all':
         print(json.dumps({name: _per_step(count_steps(args.steps, args.batchsize, name)[0])
-                          for name in ('SGD', 'MomentumSGD', 'AdaGrad', 'AdaDelta',
-                                       'RMSprop', 'Adam')}))
+                          for name in ALL_OPTIMIZERS}))
         return
     at_trigger, printed = collections.Counter(), ''
     if args.trainer:
