@@ -10,10 +10,9 @@ to learn MNIST, and nothing else.  1. Arrays (NumPy or CuPy: `xp`);
 6. Links; 7. Optimizers (SGD, Adam); 8. Training, the loop that puts it all
 together.  Stop at "END OF PART I": you have seen every idea.
 
-PART II, THE LIBRARY (chapters 9-17): more functions, initializers and
-links, convolutional networks, optimizers and hooks, serializers, the
-reporter, gradient checking, datasets and iterators, the Trainer and its
-extensions.
+PART II, THE LIBRARY (chapters 9-17): more functions, initializers and links,
+convolutional networks, optimizers and hooks, serializers, the reporter,
+gradient checking, datasets and iterators, the Trainer and its extensions.
 
 PART III, PLUMBING (chapters 18-21): devices, speed paths, conveniences and
 error messages, Chainer compatibility.  Where it adds methods to a class of
@@ -374,6 +373,8 @@ def _backprop(roots, retain_grad):
     # also change gy.  So the first sum makes a new array, which is ours: the
     # variable goes into `owned`, and later sums may add into it in place.
     owned = set()
+    # A grad an intermediate had before this pass is replaced, a leaf's added to.
+    reached = set(roots)
     while heap:
         function = heapq.heappop(heap)[2]
         inputs = function.inputs
@@ -398,21 +399,21 @@ def _backprop(roots, retain_grad):
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
             if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
                 _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
-            if x._grad is None:
+            if x not in reached and (x._grad is None or x.creator is not None):
                 x._grad = gx
             elif x in owned:        # an array of our own: add in place
                 x._grad += gx
             else:                   # maybe shared: a new array, ours from now on
                 x._grad = x._grad + gx
                 owned.add(x)
+            reached.add(x)
             creator = x.creator
             if creator is not None and creator not in seen:
                 seen.add(creator)
                 heapq.heappush(heap, (-creator.rank, next(tie), creator))
         if not retain_grad:
-            # Each gradient is freed as soon as its function has used it, so
-            # backward never holds more than a frontier of the graph's grads.
-            # (As in Chainer, the loss's own grad goes too.)
+            # Each grad is freed once its function has used it (the loss's too, as
+            # in Chainer): backward holds no more than a frontier of the graph's grads.
             for y in outputs:
                 if y is not None:
                     y._grad = None
@@ -1193,7 +1194,6 @@ class Adam(Optimizer):
 #         with chainer.using_config('train', False), chainer.no_backprop_mode():
 #             x, t = test[np.arange(len(test))]
 #             print(epoch + 1, F.accuracy(model(x), t).data)
-#
 
 
 # =============================================================================

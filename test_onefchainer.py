@@ -611,6 +611,33 @@ def test_retain_grad():
     assert y.grad is None
 
 
+def test_an_intermediate_grad_from_before_a_pass_is_not_added_into_it():
+    # As in Chainer 7 (checked against 7.8.1): an intermediate's old grad, left
+    # by a retain_grad pass or set by hand, is replaced by this pass's; only
+    # leaves accumulate.  (It used to be added in: a second retain_grad pass
+    # gave 3x the gradient, a third after that 6x.)
+    x = Variable(dev(np.array([1.0, 2.0])))
+    h = x * 3.0
+    y = F.sum(h * h)
+    for _ in range(3):
+        x.cleargrad()
+        y.backward(retain_grad=True)
+        np.testing.assert_allclose(host(x.grad), 18 * host(x))
+        np.testing.assert_allclose(host(h.grad), 2 * host(h))
+    h.grad = dev(np.array([5.0, 5.0]))          # by hand, then a pass from the loss
+    x.cleargrad()
+    y.backward()
+    np.testing.assert_allclose(host(x.grad), 18 * host(x))
+    # h used twice: its two contributions in one pass still add up
+    x.cleargrad()
+    h = x * 3.0
+    y = F.sum(h * h + h)
+    y.backward(retain_grad=True)
+    y.backward(retain_grad=True)                # x is a leaf: it accumulates
+    np.testing.assert_allclose(host(h.grad), 2 * host(h) + 1)
+    np.testing.assert_allclose(host(x.grad), 2 * 3 * (2 * host(h) + 1))
+
+
 def test_non_scalar_backward_requires_grad():
     x = Variable(dev(np.ones((2, 3))))
     y = x * 2.0
