@@ -3572,7 +3572,9 @@ class EmbedIDFunction(Function):
         self.ids = ids
         y = W[ids]
         if self.ignored is not None:
-            y[self.ignored] = 0
+            # where, not y[mask] = 0: on CuPy a boolean-mask assignment waits
+            # for the device to count the mask.
+            y = xp.where(self.ignored[..., None], W.dtype.type(0), y)
         return y,
 
     def backward(self, inputs, grad_outputs):      # row i of W gets the sum of gy where x == i
@@ -7726,8 +7728,11 @@ class EarlyStoppingTrigger:
                             "spelling 'patients', not both")
         patience = 3 if patience is None and patients is None else (
             patience if patients is None else patients)
-        if not (isinstance(patience, int) and patience >= 1):
-            raise ValueError('EarlyStoppingTrigger: patience must be an int >= 1, '
+        # Any real number >= 1, as Chainer compares the count with it (3, 3.0,
+        # numpy.int64(3)); a bool or 0 is a mistake.
+        if isinstance(patience, bool) or not (isinstance(patience, (int, float, np.number))
+                                              and patience >= 1):
+            raise ValueError('EarlyStoppingTrigger: patience must be a number >= 1, '
                              'got {!r}'.format(patience))
         if mode not in ('auto', 'max', 'min'):
             raise ValueError("EarlyStoppingTrigger: mode must be 'auto', 'max' or "
@@ -9161,8 +9166,8 @@ class StepShift(Extension):
 class MultistepShift(Extension):
     """Multiplies optimizer.<attr> by `gamma` at each call count listed in
     `step_value` (increasing): init before step_value[0], init * gamma from
-    there to step_value[1], init * gamma**2 after that, and so on.  `init`
-    must be given (None: the optimizer's value when training starts).
+    there to step_value[1], init * gamma**2 after that, and so on.  `init` is
+    required; None takes the optimizer's value when training starts.
     Raises ValueError for an empty or unsorted step_value or gamma < 0, and
     AttributeError (when training starts) if `attr` is not a hyperparameter of
     the optimizer.  Chainer: chainer.training.extensions.MultistepShift.
@@ -9297,7 +9302,7 @@ class PolynomialShift(Extension):
             value = math.copysign(math.inf, self._init)
         else:
             value = self._init * decay ** self._rate
-        value = _stop_at_target(value, self._target, growing=self._rate < 0)
+        value = _stop_at_target(value, self._target, growing=self._rate <= 0)
         self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
 
     def serialize(self, serializer):

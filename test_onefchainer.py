@@ -6386,6 +6386,10 @@ SCHEDULES = {
     # rate < 0 grows: 0.1 / (1 - t/4), stopped at 0.3 (and at t = 4, where it is inf)
     'polynomial_up': (lambda: extensions.PolynomialShift('lr', -1, 4, target=0.3),
                       [0.1, 0.1 / 0.75, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3]),
+    # rate 0 counts as growing, as in Chainer (its test is rate > 0 for
+    # shrinking): a target below init is passed at once
+    'polynomial_flat': (lambda: extensions.PolynomialShift('lr', 0, 4, init=0.8, target=0.5),
+                        [0.8, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]),
     # init * (1 + gamma t) ** -power
     'inverse': (lambda: extensions.InverseShift('lr', 1.0, 1.0, init=0.8),
                 [0.8, 0.4, 0.8 / 3, 0.2, 0.16, 0.8 / 6, 0.8 / 7, 0.1]),
@@ -6638,8 +6642,11 @@ def test_early_stopping_trigger_rejects_bad_arguments():
         triggers.EarlyStoppingTrigger(patience=2, patients=2)
     with pytest.raises(ValueError, match="mode must be 'auto', 'max' or 'min', not 'maximum'"):
         triggers.EarlyStoppingTrigger(mode='maximum')
-    with pytest.raises(ValueError, match='patience must be an int >= 1'):
-        triggers.EarlyStoppingTrigger(patience=0)
+    for bad in (0, 0.5, True, '3'):
+        with pytest.raises(ValueError, match='patience must be a number >= 1'):
+            triggers.EarlyStoppingTrigger(patience=bad)
+    for good in (3, 3.0, np.int64(3)):       # Chainer accepts these
+        assert triggers.EarlyStoppingTrigger(patience=good).patience == 3
     with pytest.raises(TypeError, match='unexpected keyword'):
         triggers.EarlyStoppingTrigger(patiense=2)
 
@@ -7394,6 +7401,25 @@ def test_gradient_lars_keeps_float32_and_the_gpu_path_has_no_sync():
         print(json.dumps(sorted(k for k in delta if not k.startswith('call:'))))
     ''')
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_embed_id_with_ignore_label_does_not_wait_for_the_device():
+    # The ignored rows are zeroed with where(): a boolean-mask assignment
+    # (y[mask] = 0) makes CuPy wait for the device to count the mask.
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        device = chainer.get_device('@cupy:0')
+        embed = chainer.links.EmbedID(5, 3, ignore_label=-1).to_device(device)
+        ids = device.send(np.array([0, -1, 4, 2], np.int32))
+        before = count_gpu_calls.COUNTS.copy()
+        y = embed(ids)
+        chainer.functions.sum(y).backward()
+        delta = count_gpu_calls.COUNTS - before
+        print(json.dumps([sorted(k for k in delta if k.startswith('sync:')),
+                          y.array.get()[1].tolist()]))
+    ''')
+    syncs, ignored_row = json.loads(out.strip().splitlines()[-1])
+    assert syncs == [] and ignored_row == [0.0, 0.0, 0.0]
 
 
 def test_identity_initializer():

@@ -177,12 +177,22 @@ for _name in ('add sub mul truediv floordiv mod pow matmul and or xor lshift rsh
                 _operator(_dunder.format(_name), _dunder.startswith('__i')))
 for _name in 'lt le gt ge eq ne neg pos abs invert getitem setitem'.split():
     setattr(FakeArray, '__{}__'.format(_name), _operator('__{}__'.format(_name), False))
-# CuPy takes host arrays as indices (it copies them over).
-FakeArray.__setitem__ = lambda self, key, value: (
-    _count('call', 'ndarray.__setitem__'),
-    self._a.__setitem__(_unwrap(key, True), _unwrap(value)))[-1]
-FakeArray.__getitem__ = lambda self, key: (
-    _count('call', 'ndarray.__getitem__'), _wrap(self._a[_unwrap(key, True)]))[-1]
+
+
+def _count_index(what, key):
+    # CuPy takes host arrays as indices (it copies them over).  A boolean
+    # mask on the device is a sync: CuPy reads how many entries are True
+    # before it can size the result (cupy/_core/_routines_indexing).
+    _count('call', 'ndarray.' + what)
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, FakeArray) and k._a.dtype == np.bool_ for k in keys):
+        _count('sync', 'ndarray.{}[boolean mask]'.format(what))
+    return _unwrap(key, True)
+
+
+FakeArray.__setitem__ = lambda self, key, value: self._a.__setitem__(
+    _count_index('__setitem__', key), _unwrap(value))
+FakeArray.__getitem__ = lambda self, key: _wrap(self._a[_count_index('__getitem__', key)])
 
 
 # ----- ElementwiseKernel: the C subset of onefchainer's kernels, run by NumPy -----
