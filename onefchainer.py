@@ -3693,16 +3693,18 @@ class BilinearFunction(Function):
         e1, e2, W = inputs[:3]
         _require_float('bilinear', e1)
         _check_same_dtype('bilinear', inputs)
-        a = e1.reshape(len(e1), -1) if e1.ndim else e1
-        c = e2.reshape(len(e2), -1) if e2.ndim else e2
+        if e1.ndim < 1 or e2.ndim < 1 or W.ndim != 3:
+            raise ValueError('bilinear: e1 and e2 need a batch axis and W 3 dimensions '
+                             '(J, K, L); got e1 {}, e2 {}, W {}'.format(e1.shape, e2.shape,
+                                                                         W.shape))
+        a, c = e1.reshape(len(e1), -1), e2.reshape(len(e2), -1)   # axes after the first, flat
         shapes = [('W', W.shape, (a.shape[-1], c.shape[-1], W.shape[-1]))]
         if len(inputs) == 6:
             V1, V2, b = inputs[3:]
             L_ = W.shape[-1]
             shapes += [('V1', V1.shape, (a.shape[-1], L_)), ('V2', V2.shape, (c.shape[-1], L_)),
                        ('b', b.shape, (L_,))]
-        if e1.ndim < 1 or e2.ndim < 1 or len(e1) != len(e2) or W.ndim != 3 or \
-                any(got != want for _, got, want in shapes):
+        if len(e1) != len(e2) or any(got != want for _, got, want in shapes):
             raise ValueError('bilinear: expected e1 (I, J), e2 (I, K), W (J, K, L), V1 (J, L), '
                              'V2 (K, L), b (L,); got e1 {}, e2 {}, {}'.format(
                                  e1.shape, e2.shape, ', '.join(

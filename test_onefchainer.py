@@ -7545,6 +7545,9 @@ def test_links2_functions_bad_inputs():
     with pytest.raises(ValueError, match=r'bilinear: expected e1 \(I, J\).*got e1 \(2, 3\), '
                                          r'e2 \(2, 4\), W \(2, 4, 5\)'):
         F.bilinear(x, dev(f64(2, 4)), dev(f64(2, 4, 5)))
+    with pytest.raises(ValueError, match=r'bilinear: e1 and e2 need a batch axis and W 3 '
+                                         r'dimensions \(J, K, L\); got e1 \(2, 3\), e2 \(\), W \(3, 1\)'):
+        F.bilinear(x, dev(np.array(1.0)), dev(f64(3, 1)))
     with pytest.raises(ValueError, match='bilinear: give all of V1, V2 and b, or none'):
         F.bilinear(x, dev(f64(2, 4)), dev(f64(3, 4, 5)), V1=dev(f64(3, 5)))
     with pytest.raises(ValueError, match=r'layer_normalization: x must be \(N, D\).*'
