@@ -3080,6 +3080,96 @@ def relu6(x):
     return ClippedReLU(6.0, 'relu6')(x)
 
 
+# ----- activations with learned slopes: prelu and swish ---------------------------
+# Both take a weight array W of shape x.shape[1:1 + W.ndim]: one slope per
+# channel (or per leading feature axes), shared over the batch axis and any
+# trailing axes.  Its gradient therefore sums over those shared axes.
+
+def _per_feature(label, x, W, name):
+    """Check a per-feature weight W against x; returns (the shape W takes to
+    broadcast against x, the axes W is shared over)."""
+    _require_float(label, x)
+    _check_same_dtype(label, (x, W))
+    if x.ndim < W.ndim + 1 or x.shape[1:1 + W.ndim] != W.shape:
+        raise ValueError('{}: {}.shape {} must equal x.shape[1:{}] (x.shape {}, the first '
+                         'axis being the batch)'.format(label, name, W.shape, 1 + W.ndim,
+                                                        x.shape))
+    expanded = (1,) + W.shape + (1,) * (x.ndim - W.ndim - 1)
+    return expanded, (0,) + tuple(range(1 + W.ndim, x.ndim))
+
+
+class PReLUFunction(Function):
+    """Function node of y = x where x >= 0, else W x (W broadcast per feature);
+    backward gy or W gy for x, and the sum of x gy where x < 0 for W.
+    Chainer: chainer.functions.activation.prelu.PReLUFunction.
+    """
+    label = 'prelu'
+    input_names = ('x', 'W')
+
+    def forward(self, inputs):
+        x, W = inputs
+        self.expanded, self.shared = _per_feature('prelu', x, W, 'W')
+        self.negative = x < 0
+        return _xp(x).where(self.negative, x * W.reshape(self.expanded), x),
+
+    def backward(self, inputs, grad_outputs):      # dy/dx = 1 or W; dy/dW = x where x < 0
+        x, W = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        gx = xp.where(self.negative, gy * W.reshape(self.expanded), gy)
+        gW = xp.where(self.negative, x * gy, x.dtype.type(0)).sum(axis=self.shared)
+        return gx, gW.reshape(W.shape)
+
+
+class SwishFunction(Function):
+    """Function node of y = x sigmoid(beta x) (beta broadcast per feature);
+    backward gy (beta y + s (1 - beta y)) for x and the sum of gy y (x - y)
+    for beta, s = sigmoid(beta x). Chainer: chainer.functions.activation.swish.Swish.
+    """
+    label = 'swish'
+    input_names = ('x', 'beta')
+
+    def forward(self, inputs):
+        x, beta = inputs
+        self.expanded, self.shared = _per_feature('swish', x, beta, 'beta')
+        beta = beta.reshape(self.expanded)
+        self.s = _xp(x).tanh(x * beta * 0.5) * 0.5 + 0.5    # sigmoid, as in Sigmoid
+        self.y = x * self.s
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):
+        x, beta = inputs
+        gy, = grad_outputs
+        s, y = self.s, self.y
+        by = beta.reshape(self.expanded) * y
+        gx = gy * (by + s * (1 - by))              # d/dx x s(bx) = s + b x s (1 - s)
+        gbeta = (gy * y * (x - y)).sum(axis=self.shared)   # d/db x s(bx) = x^2 s (1 - s)
+        return gx, gbeta.reshape(beta.shape)
+
+
+def prelu(x, W):
+    """Parametric ReLU: y = x where x >= 0, else W * x, elementwise.
+
+    x: float (N, ...) with the batch first; W: x's dtype, shape
+    x.shape[1:1 + W.ndim] (shape () for one slope, (C,) for one per channel),
+    broadcast over the batch and the trailing axes.  Both get gradients.
+    Returns a Variable of x's shape.  Raises ValueError when W's shape does not
+    fit x, TypeError for integer x or mixed dtypes. Chainer: chainer.functions.prelu.
+    """
+    return PReLUFunction()(x, W)
+
+
+def swish(x, beta):
+    """Swish activation: y = x * sigmoid(beta * x), elementwise.
+
+    x: float (N, ...); beta: x's dtype, shape x.shape[1:1 + beta.ndim],
+    broadcast like prelu's W.  Both get gradients.  Returns a Variable of x's
+    shape.  Raises ValueError when beta's shape does not fit x, TypeError for
+    integer x or mixed dtypes. Chainer: chainer.functions.swish.
+    """
+    return SwishFunction()(x, beta)
+
+
 # ----- softmax -------------------------------------------------------------------
 # softmax(x)_i = e^{x_i} / sum_j e^{x_j}.  Subtracting max(x) first changes
 # nothing mathematically but keeps e^x from overflowing (the log-sum-exp
@@ -3531,6 +3621,138 @@ def argmin(x, axis=None):
     data = _input_data('argmin', x)
     return Variable(_xp(data).asarray(data.argmin(axis=axis), dtype=np.int32),
                     requires_grad=False)
+
+
+# ----- broadcast products, maxout and the bilinear form ----------------------------
+# scale and bias follow Caffe's broadcasting: y has shape y.shape placed at
+# `axis` of x, padded with 1s on both sides, then broadcast (x (N, 3, 4, 5)
+# with y (3, 4) and axis 1 uses y as (1, 3, 4, 1)).  Built from reshape,
+# broadcast_to, mul and add, so their gradients come for free.
+
+def _caffe_broadcast(label, x, y, axis):
+    """y reshaped so that it broadcasts against x from `axis` on."""
+    x_shape = _input_data(label, x).shape
+    y_shape = _input_data(label, y).shape
+    if not 0 <= axis <= len(x_shape) - len(y_shape) \
+            or x_shape[axis:axis + len(y_shape)] != y_shape:
+        raise ValueError('{}: y.shape {} must equal x.shape[{}:{}] (x.shape {}, axis {})'
+                         .format(label, y_shape, axis, axis + len(y_shape), x_shape, axis))
+    padded = (1,) * axis + y_shape + (1,) * (len(x_shape) - axis - len(y_shape))
+    return broadcast_to(reshape(y, padded), x_shape)
+
+
+def scale(x, y, axis=1):
+    """Elementwise product x * y, with y broadcast from `axis` of x: y.shape
+    must equal x.shape[axis:axis + y.ndim] (axis default 1, a non-negative int).
+    Returns a Variable of x's shape; both get gradients.  Raises ValueError
+    when the shapes do not fit. Chainer: chainer.functions.scale.
+    """
+    return mul(x, _caffe_broadcast('scale', x, y, axis))
+
+
+def bias(x, y, axis=1):
+    """Elementwise sum x + y, with y broadcast from `axis` of x as in scale.
+    Returns a Variable of x's shape; both get gradients.  Raises ValueError
+    when the shapes do not fit. Chainer: chainer.functions.bias.
+    """
+    return add(x, _caffe_broadcast('bias', x, y, axis))
+
+
+def maxout(x, pool_size, axis=1):
+    """Maxout: split `axis` of x (size M * pool_size) into (M, pool_size) and
+    take the maximum over each pool: y[..., m, ...] = max_p x[..., m * pool_size + p, ...].
+
+    x: float array; pool_size: a positive int dividing x.shape[axis]; axis
+    default 1.  Returns a Variable of x's shape with x.shape[axis] divided by
+    pool_size; the gradient goes to the pool's maximum.  Raises ValueError
+    for a bad pool_size or axis. Chainer: chainer.functions.maxout.
+    """
+    shape = _input_data('maxout', x).shape
+    if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) \
+            or pool_size <= 0:
+        raise ValueError('maxout: pool_size must be a positive int, got {!r}'.format(pool_size))
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError('maxout: axis {} is out of range for x.shape {}'.format(axis, shape))
+    axis %= len(shape)
+    if shape[axis] % pool_size:
+        raise ValueError('maxout: x.shape[{}] = {} is not divisible by pool_size {} '
+                         '(x.shape {})'.format(axis, shape[axis], pool_size, shape))
+    pooled = shape[:axis] + (shape[axis] // pool_size, pool_size) + shape[axis + 1:]
+    return _functions_named_like_builtins['max'](reshape(x, pooled), axis=axis + 1)
+
+
+class BilinearFunction(Function):
+    """Function node of y[i, l] = sum_jk e1[i, j] e2[i, k] W[j, k, l]
+    (+ e1 V1 + e2 V2 + b when given); backward contracts gy with the other
+    factors. Chainer: chainer.functions.connection.bilinear.BilinearFunction.
+    """
+    label = 'bilinear'
+    input_names = ('e1', 'e2', 'W', 'V1', 'V2', 'b')
+
+    def forward(self, inputs):
+        e1, e2, W = inputs[:3]
+        _require_float('bilinear', e1)
+        _check_same_dtype('bilinear', inputs)
+        if e1.ndim < 1 or e2.ndim < 1 or W.ndim != 3:
+            raise ValueError('bilinear: e1 and e2 need a batch axis and W 3 dimensions '
+                             '(J, K, L); got e1 {}, e2 {}, W {}'.format(e1.shape, e2.shape,
+                                                                         W.shape))
+        a, c = e1.reshape(len(e1), -1), e2.reshape(len(e2), -1)   # axes after the first, flat
+        shapes = [('W', W.shape, (a.shape[-1], c.shape[-1], W.shape[-1]))]
+        if len(inputs) == 6:
+            V1, V2, b = inputs[3:]
+            L_ = W.shape[-1]
+            shapes += [('V1', V1.shape, (a.shape[-1], L_)), ('V2', V2.shape, (c.shape[-1], L_)),
+                       ('b', b.shape, (L_,))]
+        if len(e1) != len(e2) or any(got != want for _, got, want in shapes):
+            raise ValueError('bilinear: expected e1 (I, J), e2 (I, K), W (J, K, L), V1 (J, L), '
+                             'V2 (K, L), b (L,); got e1 {}, e2 {}, {}'.format(
+                                 e1.shape, e2.shape, ', '.join(
+                                     '{} {}'.format(n, s) for n, s, _ in shapes)))
+        self.a, self.c = a, c
+        # The outer product of each row pair, flattened, meets W as one matrix.
+        self.ac = (a[:, :, None] * c[:, None, :]).reshape(len(a), -1)
+        y = self.ac.dot(W.reshape(-1, W.shape[-1]))
+        if len(inputs) == 6:
+            y += a.dot(V1) + c.dot(V2) + b
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        e1, e2, W = inputs[:3]
+        gy, = grad_outputs
+        a, c = self.a, self.c
+        J, K, L_ = W.shape
+        g_ac = gy.dot(W.reshape(-1, L_).T).reshape(len(a), J, K)   # dL/d(a_j c_k)
+        ga = (g_ac * c[:, None, :]).sum(axis=2)
+        gc = (g_ac * a[:, :, None]).sum(axis=1)
+        gW = self.ac.T.dot(gy).reshape(W.shape)
+        if len(inputs) == 3:
+            return ga.reshape(e1.shape), gc.reshape(e2.shape), gW
+        V1, V2, b = inputs[3:]
+        ga += gy.dot(V1.T)
+        gc += gy.dot(V2.T)
+        return (ga.reshape(e1.shape), gc.reshape(e2.shape), gW, a.T.dot(gy), c.T.dot(gy),
+                gy.sum(axis=0))
+
+
+def bilinear(e1, e2, W, V1=None, V2=None, b=None):
+    """Bilinear form of two batches of vectors:
+    y[i, l] = sum_jk e1[i, j] e2[i, k] W[j, k, l] + sum_j e1[i, j] V1[j, l]
+              + sum_k e2[i, k] V2[k, l] + b[l].
+
+    e1: float (I, J) and e2 (I, K) (more axes are flattened after the first);
+    W: (J, K, L); V1 (J, L), V2 (K, L), b (L,): all three or none (default
+    None: the linear terms are left out).  One dtype throughout; all get
+    gradients.  Returns a Variable of shape (I, L).  Raises ValueError for
+    shapes that do not fit or only some of V1, V2, b. Chainer: chainer.functions.bilinear.
+    """
+    given = [v is not None for v in (V1, V2, b)]
+    if any(given) and not all(given):
+        raise ValueError('bilinear: give all of V1, V2 and b, or none of them; got V1 {}, '
+                         'V2 {}, b {}'.format(*['given' if g else 'None' for g in given]))
+    if all(given):
+        return BilinearFunction()(e1, e2, W, V1, V2, b)
+    return BilinearFunction()(e1, e2, W)
 
 
 # ----- embeddings ------------------------------------------------------------------
@@ -4220,6 +4442,283 @@ class EmbedID(Link):
         return embed_id(x, self.W, self.ignore_label)
 
 
+# ----- more links: learned activations, broadcast products, maxout, bilinear ----------
+# Each holds its parameters as Linear and EmbedID do (assigned in
+# init_scope, so npz files use Chainer's keys) and calls a function of
+# Chapter 9; the links made of links (Scale, Maxout, Highway) are Chains.
+
+def _check_link_input(link_name, x, param, name):
+    """x's array, after checking that param (per-feature, as in prelu) fits
+    x.shape[1:]: the error then names the link, not only the function."""
+    data = _input_data(link_name, x)
+    if param.data is not None and data.shape[1:1 + param.ndim] != param.shape:
+        raise ValueError('{}: the input has shape {} but {} has shape {}; it must equal '
+                         'x.shape[1:{}]'.format(link_name, data.shape, name, param.shape,
+                                                1 + param.ndim))
+    return data
+
+
+class PReLU(Link):
+    """Parametric ReLU with a learned slope W (F.prelu).
+
+    PReLU(shape=(), init=0.25): W has `shape` (() for one slope shared by all
+    features, (C,) for one per channel) and starts at `init`.  Calling it: x
+    (N, ...) with x.shape[1:1 + W.ndim] == W.shape -> same shape.  Saved key:
+    W.  Raises ValueError for an input that does not fit W.
+    Chainer: chainer.links.PReLU.
+    """
+
+    def __init__(self, shape=(), init=0.25):
+        super().__init__()
+        with self.init_scope():
+            self.W = Parameter(init, shape)
+
+    def forward(self, x):
+        """prelu(x, W). Chainer: chainer.links.PReLU.forward."""
+        _check_link_input('PReLU', x, self.W, 'W')
+        return prelu(x, self.W)
+
+
+class Swish(Link):
+    """Swish activation x * sigmoid(beta x) with a learned beta (F.swish).
+
+    Swish(beta_shape, beta_init=1.0): beta has shape beta_shape and starts at
+    beta_init; beta_shape None takes x.shape[1:] from the first input.
+    Calling it: x (N, ...) -> same shape.  Saved key: beta.  Raises
+    ValueError for an input that does not fit beta. Chainer: chainer.links.Swish.
+    """
+
+    def __init__(self, beta_shape, beta_init=1.0):
+        super().__init__()
+        with self.init_scope():
+            self.beta = Parameter(Constant(beta_init), beta_shape)
+
+    def forward(self, x):
+        """swish(x, beta); a lazily shaped beta takes x.shape[1:].
+        Chainer: chainer.links.Swish.forward."""
+        data = _check_link_input('Swish', x, self.beta, 'beta')
+        if self.beta.data is None:
+            self.beta.initialize(_check_first_input('Swish', data).shape[1:], _xp(data))
+        return swish(x, self.beta)
+
+
+class Bias(Link):
+    """Learned broadcast sum x + b (F.bias).
+
+    Bias(axis=1, shape=None): b has `shape` and starts at 0; with shape None
+    the link has no parameter and is called with the summand: link(x, y).
+    Calling it: link(x) -> bias(x, b, axis).  Saved key: b.  Raises
+    ValueError for the wrong number of inputs or shapes that do not fit.
+    Chainer: chainer.links.Bias.
+    """
+
+    def __init__(self, axis=1, shape=None):
+        super().__init__()
+        self.axis = axis
+        if shape is not None:
+            with self.init_scope():
+                self.b = Parameter(0, shape)
+
+    def forward(self, *xs):
+        """bias(x, b, axis), or bias(x, y, axis) for a link without b.
+        Chainer: chainer.links.Bias.forward."""
+        x, y = _learned_or_given('Bias', xs, getattr(self, 'b', None))
+        return bias(x, y, self.axis)
+
+
+class Scale(Chain):
+    """Learned broadcast product x * W (F.scale), optionally plus a Bias.
+
+    Scale(axis=1, W_shape=None, bias_term=False, bias_shape=None): W has
+    W_shape and starts at 1; with W_shape None there is no W and the link is
+    called with the factor: link(x, y).  bias_term=True adds a child Bias
+    link `bias` of W_shape (or bias_shape when there is no W; ValueError if
+    neither is given).  Saved keys: W, bias/b.  Chainer: chainer.links.Scale.
+    """
+
+    def __init__(self, axis=1, W_shape=None, bias_term=False, bias_shape=None):
+        super().__init__()
+        self.axis = axis
+        with self.init_scope():
+            if W_shape is not None:
+                self.W = Parameter(1, W_shape)
+            if bias_term:
+                if W_shape is None and bias_shape is None:
+                    raise ValueError('Scale: bias_term=True needs W_shape or bias_shape')
+                self.bias = Bias(axis, W_shape if W_shape is not None else bias_shape)
+
+    def forward(self, *xs):
+        """scale(x, W, axis) (or scale(x, y, axis) without W), then the bias
+        if there is one. Chainer: chainer.links.Scale.forward."""
+        x, y = _learned_or_given('Scale', xs, getattr(self, 'W', None))
+        z = scale(x, y, self.axis)
+        return self.bias(z) if 'bias' in self._children else z
+
+
+def _learned_or_given(link_name, xs, param):
+    """(x, the second operand): the link's parameter, or the caller's."""
+    want = 1 if param is not None else 2
+    if len(xs) != want:
+        raise ValueError('{}: expected {} input{} ({}), got {}'.format(
+            link_name, want, 's' if want == 2 else '',
+            'x; the link holds the other' if want == 1 else 'x and y: the link holds no '
+            'parameter', len(xs)))
+    return (xs[0], param) if want == 1 else xs
+
+
+class Maxout(Chain):
+    """Fully connected maxout layer: y[i] = max_p (W[i, p] . x + b[i, p]).
+
+    Maxout(in_size, out_size, pool_size, initialW=None, initial_bias=0): a
+    child Linear `linear` (in_size -> out_size * pool_size; in_size None
+    reads it from the first input), then F.maxout with pool_size.  initialW:
+    initializer, scalar, or an array of shape (out_size, pool_size, in_size);
+    initial_bias: likewise, an array of shape (out_size, pool_size), or None
+    for no bias.  Calling it: x (N, in_size) -> (N, out_size).  Saved keys:
+    linear/W, linear/b.  Raises ValueError for arrays of another ndim.
+    Chainer: chainer.links.Maxout.
+    """
+
+    def __init__(self, in_size, out_size, pool_size, initialW=None, initial_bias=0):
+        super().__init__()
+        units = out_size * pool_size
+        split = (out_size, pool_size)
+        initialW = _reshaped_initializer('Maxout', 'initialW', initialW, 3, split)
+        initial_bias = _reshaped_initializer('Maxout', 'initial_bias', initial_bias, 2, split)
+        self.out_size, self.pool_size = out_size, pool_size
+        with self.init_scope():
+            self.linear = Linear(in_size, units, nobias=initial_bias is None,
+                                 initialW=initialW, initial_bias=initial_bias)
+
+    def forward(self, x):
+        """maxout(linear(x), pool_size). Chainer: chainer.links.Maxout.forward."""
+        return maxout(self.linear(x), self.pool_size)
+
+
+def _reshaped_initializer(link_name, name, spec, ndim, split):
+    """Maxout's initializers see its weights as (out_size, pool_size, ...);
+    the Linear inside holds them flat, (out_size * pool_size, ...)."""
+    if isinstance(spec, _array_types):
+        if spec.ndim != ndim:
+            raise ValueError('{}: {} must have {} dimensions (out_size, pool_size{}), got '
+                             'shape {}'.format(link_name, name, ndim,
+                                               ', in_size' if ndim == 3 else '', spec.shape))
+        return spec.reshape((-1,) + spec.shape[2:])
+    if callable(spec) and not isinstance(spec, Initializer):
+        def fill(array):       # a plain function fills the unflattened view (no copy)
+            spec(array.reshape(split + array.shape[1:]))
+        return fill
+    return spec
+
+
+class Bilinear(Link):
+    """Bilinear layer (F.bilinear): y = e1 W e2 + e1 V1 + e2 V2 + b.
+
+    Bilinear(left_size, right_size, out_size, nobias=False, initialW=None,
+    initial_bias=None).  W: (left_size, right_size, out_size), default
+    LeCunNormal; V1 (left_size, out_size), V2 (right_size, out_size) and b
+    (out_size,) unless nobias.  initial_bias: None (V1, V2 LeCunNormal, b 0)
+    or a tuple of three initializers/scalars/arrays for V1, V2, b.  Calling
+    it: e1 (N, left_size), e2 (N, right_size) -> (N, out_size).  Saved keys:
+    W, V1, V2, b.  Raises ValueError for arrays of the wrong shape, an
+    initial_bias that is not a 3-tuple, or inputs that do not fit.
+    Chainer: chainer.links.Bilinear.
+    """
+
+    def __init__(self, left_size, right_size, out_size, nobias=False, initialW=None,
+                 initial_bias=None):
+        super().__init__()
+        self.in_sizes = (left_size, right_size)
+        self.nobias = nobias
+        shapes = {'W': (left_size, right_size, out_size), 'V1': (left_size, out_size),
+                  'V2': (right_size, out_size), 'b': (out_size,)}
+        initials = {'W': initialW}
+        if not nobias:
+            if initial_bias is None:
+                initials.update(V1=None, V2=None, b=0)
+            elif isinstance(initial_bias, tuple) and len(initial_bias) == 3:
+                initials.update(zip(('V1', 'V2', 'b'), initial_bias))
+            else:
+                raise ValueError('Bilinear: initial_bias must be None or a tuple of 3 '
+                                 '(for V1, V2, b), got {!r}'.format(initial_bias))
+        with self.init_scope():
+            for name, spec in initials.items():
+                if isinstance(spec, _array_types) and spec.shape != shapes[name]:
+                    raise ValueError('Bilinear: the initial {} has shape {}, expected {}'
+                                     .format(name, spec.shape, shapes[name]))
+                setattr(self, name, Parameter(_get_initializer(spec, LeCunNormal()),
+                                              shapes[name]))
+
+    def forward(self, e1, e2):
+        """bilinear(e1, e2, W[, V1, V2, b]). Chainer: chainer.links.Bilinear.forward."""
+        left, right = (_input_data('Bilinear', e).shape for e in (e1, e2))
+        if len(left) < 1 or len(right) < 1 or \
+                (int(np.prod(left[1:])), int(np.prod(right[1:]))) != self.in_sizes:
+            raise ValueError('Bilinear: expected inputs of shape (N, {}) and (N, {}), got '
+                             '{} and {}'.format(*self.in_sizes, left, right))
+        if self.nobias:
+            return bilinear(e1, e2, self.W)
+        return bilinear(e1, e2, self.W, self.V1, self.V2, self.b)
+
+
+class Highway(Chain):
+    """Highway layer: y = activate(plain(x)) * t + x * (1 - t), with the
+    transform gate t = sigmoid(transform(x)).
+
+    Highway(in_out_size, nobias=False, activate=relu, init_Wh=None,
+    init_Wt=None, init_bh=None, init_bt=-1): two child Linear links of
+    in_out_size -> in_out_size, `plain` (initialW init_Wh, initial_bias
+    init_bh) and `transform` (init_Wt, init_bt; the bias starts at -1 so the
+    layer first mostly carries x through).  Calling it: x (N, in_out_size)
+    -> same shape.  Saved keys: plain/W, plain/b, transform/W, transform/b.
+    Chainer: chainer.links.Highway.
+    """
+
+    def __init__(self, in_out_size, nobias=False, activate=relu, init_Wh=None,
+                 init_Wt=None, init_bh=None, init_bt=-1):
+        super().__init__()
+        self.activate = activate
+        with self.init_scope():
+            self.plain = Linear(in_out_size, in_out_size, nobias=nobias,
+                                initialW=init_Wh, initial_bias=init_bh)
+            self.transform = Linear(in_out_size, in_out_size, nobias=nobias,
+                                    initialW=init_Wt, initial_bias=init_bt)
+
+    def forward(self, x):
+        """The gated mix of activate(plain(x)) and x. Chainer: chainer.links.Highway.forward."""
+        size = self.plain.W.shape[1]
+        shape = _input_data('Highway', x).shape
+        if len(shape) != 2 or shape[1] != size:
+            raise ValueError('Highway: expected an input of shape (N, {}), got {}'
+                             .format(size, shape))
+        t = sigmoid(self.transform(x))
+        return add(mul(self.activate(self.plain(x)), t), mul(x, sub(1, t)))
+
+
+class ParameterLink(Link):
+    """A link that holds one array as its parameter W and returns it when
+    called (Chainer's old way to train a bare array).
+
+    ParameterLink(array): W is a Parameter holding `array` (its dtype and
+    device kept).  Calling it returns W through identity, so gradients reach
+    W.  Saved key: W.  Filed as chainer.links.Parameter (the name
+    chainer.Parameter is the Variable class). Chainer: chainer.links.Parameter.
+    """
+
+    def __init__(self, array):
+        super().__init__()
+        if not isinstance(array, _array_types):
+            raise TypeError('Parameter: expected a numpy/cupy array, got {}'
+                            .format(type(array).__name__))
+        with self.init_scope():
+            self.W = Parameter(array)
+
+    def forward(self, volatile='off'):
+        """identity(W); `volatile` (Chainer v1's flag) is accepted and ignored.
+        Chainer: chainer.links.Parameter.forward."""
+        return identity(self.W)
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -4734,6 +5233,130 @@ def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
     return FixedBatchNormalization(eps, axis)(x, gamma, beta, mean, var)
 
 
+# ----- layer and group normalization ---------------------------------------------
+# batch_normalization averages each feature over the batch; these average
+# each example over its own features instead (layer: all of them; group: the
+# channels of one group and their pixels), so they act the same in training
+# and at test time and need no running averages.  Both reduce to
+# normalizing the rows of a matrix, whose gradient, with g = gy * gamma, is
+#     gx = inv_std (g - mean(g) - x_hat mean(g x_hat))      (means along the row)
+# the same as batch normalization's with rows in place of columns.
+
+def _normalize_rows(x, eps):
+    """x_hat = (x - mean) / sqrt(var + eps) for each row of the 2-d x, and the
+    1 / sqrt(var + eps) of each row (shape (rows, 1))."""
+    centered = x - x.mean(axis=1, keepdims=True)
+    var = (centered * centered).mean(axis=1, keepdims=True)
+    inv_std = 1.0 / _xp(x).sqrt(var + x.dtype.type(eps))
+    return centered * inv_std, inv_std
+
+
+def _normalize_rows_grad(g, x_hat, inv_std):
+    return inv_std * (g - g.mean(axis=1, keepdims=True)
+                      - x_hat * (g * x_hat).mean(axis=1, keepdims=True))
+
+
+class LayerNormalizationFunction(Function):
+    """Function node of y = gamma x_hat + beta, x_hat each row of x normalized
+    to mean 0 and variance 1 (plus eps); backward as in the comment above.
+    Chainer: chainer.functions.normalization.layer_normalization.LayerNormalization.
+    """
+    label = 'layer_normalization'
+    input_names = ('x', 'gamma', 'beta')
+
+    def __init__(self, eps=1e-5):
+        self.eps = eps
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        _require_float(self.label, x)
+        _check_same_dtype(self.label, inputs)
+        if x.ndim != 2 or gamma.shape != (x.shape[1],) or beta.shape != gamma.shape:
+            raise ValueError('layer_normalization: x must be (N, D) and gamma, beta (D,); '
+                             'got x.shape {}, gamma.shape {}, beta.shape {}'
+                             .format(x.shape, gamma.shape, beta.shape))
+        self.x_hat, self.inv_std = _normalize_rows(x, self.eps)
+        return self.x_hat * gamma + beta,
+
+    def backward(self, inputs, grad_outputs):
+        x, gamma, beta = inputs
+        gy, = grad_outputs
+        gx = _normalize_rows_grad(gy * gamma, self.x_hat, self.inv_std)
+        return gx, (gy * self.x_hat).sum(axis=0), gy.sum(axis=0)
+
+
+class GroupNormalizationFunction(Function):
+    """Function node of group normalization: the channels of x (N, C, ...)
+    split into `groups`; each (example, group) block normalized to mean 0 and
+    variance 1 (plus eps), then y = gamma[c] x_hat + beta[c].
+    Chainer: chainer.functions.normalization.group_normalization.GroupNormalization.
+    """
+    label = 'group_normalization'
+    input_names = ('x', 'gamma', 'beta')
+
+    def __init__(self, groups, eps=1e-5):
+        self.groups, self.eps = groups, eps
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        _require_float(self.label, x)
+        _check_same_dtype(self.label, inputs)
+        if x.ndim < 2 or gamma.shape != (x.shape[1],) or beta.shape != gamma.shape:
+            raise ValueError('group_normalization: x must be (N, C, ...) and gamma, beta '
+                             '(C,); got x.shape {}, gamma.shape {}, beta.shape {}'
+                             .format(x.shape, gamma.shape, beta.shape))
+        _check_groups('group_normalization', x.shape, self.groups)
+        n, c = x.shape[:2]
+        x_hat, self.inv_std = _normalize_rows(x.reshape(n * self.groups, -1), self.eps)
+        self.x_hat = x_hat.reshape(n, c, -1)       # channel axis back, pixels flat
+        y = self.x_hat * gamma[:, None] + beta[:, None]
+        return y.reshape(x.shape),
+
+    def backward(self, inputs, grad_outputs):
+        x, gamma, beta = inputs
+        n, c = x.shape[:2]
+        gy = grad_outputs[0].reshape(n, c, -1)
+        g = (gy * gamma[:, None]).reshape(n * self.groups, -1)
+        gx = _normalize_rows_grad(g, self.x_hat.reshape(n * self.groups, -1), self.inv_std)
+        return (gx.reshape(x.shape), (gy * self.x_hat).sum(axis=(0, 2)),
+                gy.sum(axis=(0, 2)))
+
+
+def _check_groups(label, shape, groups):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+        raise TypeError('{}: groups must be a positive int, got {!r}'.format(label, groups))
+    if len(shape) < 2 or shape[1] % groups:
+        raise ValueError('{}: the channel count x.shape[1] must be divisible by groups {}; '
+                         'got x.shape {}'.format(label, groups, shape))
+
+
+def layer_normalization(x, gamma, beta, eps=1e-5):
+    """Layer normalization: each row of x normalized by its own mean and
+    variance, then scaled and shifted: y = gamma (x - mu) / sqrt(var + eps) + beta.
+
+    x: float (N, D); gamma, beta: (D,), x's dtype; eps default 1e-5.  All
+    three get gradients.  Returns a Variable of shape (N, D).  Raises
+    ValueError on other shapes, TypeError for integer x or mixed dtypes.
+    Chainer: chainer.functions.layer_normalization.
+    """
+    return LayerNormalizationFunction(eps)(x, gamma, beta)
+
+
+def group_normalization(x, groups, gamma, beta, eps=1e-5):
+    """Group normalization: the C channels of x split into `groups` groups of
+    C / groups; each group of each example normalized by its own mean and
+    variance (over its channels and all their pixels), then
+    y[:, c] = gamma[c] x_hat[:, c] + beta[c].
+
+    x: float (N, C, ...); groups: a positive int dividing C; gamma, beta:
+    (C,), x's dtype; eps default 1e-5.  Returns a Variable of x's shape.
+    Raises ValueError when C is not divisible by groups or shapes do not fit,
+    TypeError for a non-int groups, integer x or mixed dtypes.
+    Chainer: chainer.functions.group_normalization.
+    """
+    return GroupNormalizationFunction(groups, eps)(x, gamma, beta)
+
+
 # ----- the links -----------------------------------------------------------------
 
 class Convolution2D(Link):
@@ -4848,6 +5471,78 @@ class BatchNormalization(Link):
     def start_finetuning(self):
         """Restart the count of finetune batches (N)."""
         self.N = 0
+
+
+class LayerNormalization(Link):
+    """Layer normalization with learned gamma and beta (F.layer_normalization).
+
+    LayerNormalization(size=None, eps=1e-6, initial_gamma=None,
+    initial_beta=None).  size: the unit count D, or None to read it from the
+    first input.  eps default 1e-6 (Chainer's link default; the function's is
+    1e-5).  gamma starts at 1 and beta at 0 unless initial_gamma /
+    initial_beta (initializer, scalar or array) say otherwise.  Calling it:
+    x (N, D) -> (N, D).  Saved keys: gamma, beta.  Raises ValueError for an
+    input that is not (N, D). Chainer: chainer.links.LayerNormalization.
+    """
+
+    def __init__(self, size=None, eps=1e-6, initial_gamma=None, initial_beta=None):
+        super().__init__()
+        self.eps = eps
+        with self.init_scope():
+            self.gamma = Parameter(_get_initializer(initial_gamma, One()))
+            self.beta = Parameter(_get_initializer(initial_beta, Zero()))
+        if size is not None:
+            self.gamma.initialize(size)
+            self.beta.initialize(size)
+
+    def forward(self, x):
+        """layer_normalization(x, gamma, beta, eps); a lazily sized link takes
+        D from the first x. Chainer: chainer.links.LayerNormalization.forward."""
+        data = _input_data('LayerNormalization', x)
+        if data.ndim != 2 or (self.gamma.data is not None and
+                              data.shape[1:] != self.gamma.shape):
+            raise ValueError('LayerNormalization: x must have shape (N, {}), got {}'.format(
+                'D' if self.gamma.data is None else self.gamma.shape[0], data.shape))
+        if self.gamma.data is None:
+            self.gamma.initialize(data.shape[1], _xp(data))
+            self.beta.initialize(data.shape[1], _xp(data))
+        return layer_normalization(x, self.gamma, self.beta, self.eps)
+
+
+class GroupNormalization(Link):
+    """Group normalization with learned gamma and beta (F.group_normalization).
+
+    GroupNormalization(groups, size=None, eps=1e-5, initial_gamma=None,
+    initial_beta=None).  groups: how many groups the channels split into (it
+    must divide the channel count); size: the channel count C, or None to
+    read x.shape[1] of the first input.  gamma starts at 1 and beta at 0
+    unless initial_gamma / initial_beta say otherwise.  Calling it: x
+    (N, C, ...) -> same shape.  Saved keys: gamma, beta.  Raises ValueError
+    for an input whose channels do not fit. Chainer: chainer.links.GroupNormalization.
+    """
+
+    def __init__(self, groups, size=None, eps=1e-5, initial_gamma=None, initial_beta=None):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        with self.init_scope():
+            self.gamma = Parameter(_get_initializer(initial_gamma, One()))
+            self.beta = Parameter(_get_initializer(initial_beta, Zero()))
+        if size is not None:
+            self.gamma.initialize(size)
+            self.beta.initialize(size)
+
+    def forward(self, x):
+        """group_normalization(x, groups, gamma, beta, eps); a lazily sized link
+        takes C from the first x. Chainer: chainer.links.GroupNormalization.forward."""
+        data = _input_data('GroupNormalization', x)
+        _check_groups('GroupNormalization', data.shape, self.groups)   # before gamma takes a shape
+        if self.gamma.data is None:
+            self.gamma.initialize(data.shape[1], _xp(data))
+            self.beta.initialize(data.shape[1], _xp(data))
+        elif data.shape[1] != self.gamma.shape[0]:
+            raise ValueError('GroupNormalization: x has {} channels (shape {}) but gamma has '
+                             'shape {}'.format(data.shape[1], data.shape, self.gamma.shape))
+        return group_normalization(x, self.groups, self.gamma, self.beta, self.eps)
 
 
 class _BNInitializer(Initializer):
@@ -10904,6 +11599,12 @@ _submodule('functions', **{name: globals()[name] for name in (
     'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
     'mean_absolute_error absolute_error embed_id').split()})
 _submodule('links', EmbedID=EmbedID)
+_submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
+           bilinear=bilinear, layer_normalization=layer_normalization,
+           group_normalization=group_normalization)
+_submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
+           Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
+           LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
@@ -10911,7 +11612,7 @@ _not_supported(
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='arctan2 arctanh as_strided '
             'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
-            'batch_renormalization bernoulli_nll bias bilinear binary_accuracy black_out '
+            'batch_renormalization bernoulli_nll binary_accuracy black_out '
             'broadcast ceil cholesky classification_summary '
             'contrastive copy crelu cross_covariance cumprod '
             'decorrelated_batch_normalization decov depth2space det diagonal digamma '
@@ -10919,14 +11620,14 @@ _not_supported(
             'erfc erfcinv erfcx erfinv f1_score fft fix '
             'fixed_batch_renormalization fixed_decorrelated_batch_normalization '
             'floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
-            'group_normalization gumbel_softmax hinge ifft inv '
-            'layer_normalization lgamma linear_interpolate local_response_normalization '
-            'log_ndtr logsumexp maxout '
+            'gumbel_softmax hinge ifft inv '
+            'lgamma linear_interpolate local_response_normalization '
+            'log_ndtr logsumexp '
             'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
-            'precision prelu r2_score recall resize_images rollaxis rrelu '
-            'scale scatter_add select_item shift '
+            'precision r2_score recall resize_images rollaxis rrelu '
+            'scatter_add select_item shift '
             'sign simplified_dropconnect space2depth sparse_matmul '
-            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to swish '
+            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to '
             'tensordot triplet zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
@@ -10944,10 +11645,9 @@ _not_supported(
         'NaryTreeLSTM CRF1d',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BatchRenormalization Bias Bilinear BinaryHierarchicalSoftmax BlackOut '
-            'DecorrelatedBatchNormalization GroupNormalization Highway Inception '
-            'InceptionBN LayerNormalization Maxout NegativeSampling PReLU Parameter Scale '
-            'SimplifiedDropconnect Swish TheanoFunction Convolution1D Convolution3D '
+    missing='BatchRenormalization BinaryHierarchicalSoftmax BlackOut '
+            'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
+            'SimplifiedDropconnect TheanoFunction Convolution1D Convolution3D '
             'ConvolutionND Deconvolution1D Deconvolution2D Deconvolution3D DeconvolutionND '
             'DeformableConvolution2D DepthwiseConvolution2D DilatedConvolution2D '
             'LocalConvolution2D MLPConvolution2D')

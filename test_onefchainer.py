@@ -5495,8 +5495,10 @@ CHAINER_PROVIDED = {
                  'max maximum mean mean_absolute_error mean_squared_error min minimum prod relu '
                  'relu6 repeat reshape rsqrt selu separate sigmoid sigmoid_cross_entropy sin sinh '
                  'softmax softmax_cross_entropy softplus sqrt square squared_difference '
-                 'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where',
-    'links': 'Classifier EmbedID Linear',
+                 'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where '
+                 'prelu swish scale bias maxout bilinear layer_normalization group_normalization',
+    'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
+             'Parameter LayerNormalization GroupNormalization',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3',
@@ -5594,7 +5596,7 @@ CHAINER_OUT_OF_SCOPE = {
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
     'functions': 'deconvolution_2d unpooling_2d',
-    'links': 'PReLU LayerNormalization Deconvolution2D',
+    'links': 'Deconvolution2D',
     'optimizers': 'MSVAG',
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
@@ -7470,3 +7472,366 @@ def test_orthogonal_defaults_modes_and_errors():
         O(mode='sideways')
     with pytest.raises(ValueError, match=r'must not be empty.*\(0, 3\)'):
         O()(np.empty((0, 3)))
+
+
+# ----- Chainer names added: learned activations, normalizations and more links -----
+# prelu, swish, scale, bias, maxout, bilinear (Chapter 9), layer_ and
+# group_normalization (Chapter 11) and their links.  Gradients: float64
+# numerical checks; values: NumPy formulas written out here.
+
+def _np_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _np_normalize(x, axis, eps):
+    mu = x.mean(axis=axis, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axis, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps)
+
+
+def _np_group_norm(x, groups, gamma, beta, eps):
+    n, c = x.shape[:2]
+    x_hat = _np_normalize(x.reshape(n, groups, -1), 2, eps).reshape(x.shape)
+    extra = (1,) * (x.ndim - 2)
+    return x_hat * gamma.reshape((c,) + extra) + beta.reshape((c,) + extra)
+
+
+LINKS2_GRAD_CASES = {
+    'prelu_scalar': (F.prelu, [_away_from([0], f64(3, 4)), np.array(0.3)]),
+    'prelu_channels': (F.prelu, [_away_from([0], f64(2, 3, 2, 2)), f64(3, seed=2)]),
+    'swish_scalar': (F.swish, [f64(3, 4, low=-3, high=3), np.array(1.3)]),
+    'swish_channels': (F.swish, [f64(2, 3, 2, low=-3, high=3), f64(3, 2, seed=2)]),
+    'scale': (F.scale, [f64(2, 3, 4, 2), f64(3, 4, seed=1)]),
+    'scale_axis2': (lambda x, y: F.scale(x, y, axis=2), [f64(2, 3, 4), f64(4, seed=1)]),
+    'bias': (F.bias, [f64(2, 3, 4, 2), f64(3, 4, seed=1)]),
+    'bias_axis0': (lambda x, y: F.bias(x, y, axis=0), [f64(2, 3), f64(2, seed=1)]),
+    'maxout': (lambda x: F.maxout(x, 3), [f64(2, 6)]),
+    'maxout_axis2': (lambda x: F.maxout(x, 2, axis=2), [f64(2, 3, 4, 2)]),
+    'bilinear': (F.bilinear, [f64(3, 2), f64(3, 4, seed=1), f64(2, 4, 5, seed=2)]),
+    'bilinear_linear_terms': (F.bilinear, [f64(3, 2), f64(3, 4, seed=1), f64(2, 4, 5, seed=2),
+                                           f64(2, 5, seed=3), f64(4, 5, seed=4), f64(5, seed=5)]),
+    'bilinear_flattened': (F.bilinear, [f64(3, 2, 1), f64(3, 2, 2, seed=1),
+                                        f64(2, 4, 5, seed=2)]),
+    'layer_normalization': (F.layer_normalization,
+                            [f64(3, 5), f64(5, seed=1, low=0.5, high=1.5), f64(5, seed=2)]),
+    'group_normalization': (lambda x, g, b: F.group_normalization(x, 2, g, b),
+                            [f64(2, 4, 3, 2), f64(4, seed=1, low=0.5, high=1.5), f64(4, seed=2)]),
+    'group_normalization_2d': (lambda x, g, b: F.group_normalization(x, 2, g, b),
+                               [f64(4, 6), f64(6, seed=1, low=0.5, high=1.5), f64(6, seed=2)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(LINKS2_GRAD_CASES))
+def test_links2_functions_gradients(name):
+    func, xs = LINKS2_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+def test_prelu_and_swish_values():
+    x = f64(2, 3, 2, low=-2, high=2)
+    W = np.array([0.1, -0.5, 2.0])
+    expected = np.where(x >= 0, x, x * W[None, :, None])
+    np.testing.assert_allclose(host(F.prelu(dev(x), dev(W))), expected)
+    assert host(F.prelu(dev(np.array([[-2.0, 3.0]])), dev(np.array(0.25)))).tolist() == [[-0.5, 3.0]]
+    beta = f64(3, 2, seed=4)
+    np.testing.assert_allclose(host(F.swish(dev(x), dev(beta))),
+                               x * _np_sigmoid(beta[None] * x), rtol=1e-12)
+    # beta 1 is x sigmoid(x) (SiLU); large |x| does not overflow
+    big = np.array([[-800.0, 800.0]])
+    assert host(F.swish(dev(big), dev(np.array(1.0)))).tolist() == [[-0.0, 800.0]]
+
+
+def test_scale_bias_maxout_bilinear_values():
+    x, y = f64(2, 3, 4, 5), f64(3, 4, seed=1)
+    np.testing.assert_allclose(host(F.scale(dev(x), dev(y))), x * y[None, :, :, None])
+    np.testing.assert_allclose(host(F.bias(dev(x), dev(y))), x + y[None, :, :, None])
+    z = f64(5, seed=2)
+    np.testing.assert_allclose(host(F.scale(dev(x), dev(z), axis=3)), x * z)
+    m = np.arange(12.0).reshape(2, 6)[:, [1, 0, 2, 5, 4, 3]]
+    assert host(F.maxout(dev(m), 3)).tolist() == [[2.0, 5.0], [8.0, 11.0]]
+    assert F.maxout(dev(f64(2, 3, 4)), 2, axis=-1).shape == (2, 3, 2)
+    e1, e2, W = f64(3, 2), f64(3, 4, seed=1), f64(2, 4, 5, seed=2)
+    V1, V2, b = f64(2, 5, seed=3), f64(4, 5, seed=4), f64(5, seed=5)
+    quad = np.einsum('ij,ik,jkl->il', e1, e2, W)
+    np.testing.assert_allclose(host(F.bilinear(dev(e1), dev(e2), dev(W))), quad)
+    np.testing.assert_allclose(host(F.bilinear(*dev((e1, e2, W, V1, V2, b)))),
+                               quad + e1 @ V1 + e2 @ V2 + b)
+
+
+def test_layer_and_group_normalization_values():
+    x, gamma, beta = f64(3, 5), f64(5, seed=1), f64(5, seed=2)
+    np.testing.assert_allclose(host(F.layer_normalization(*dev((x, gamma, beta)))),
+                               _np_normalize(x, 1, 1e-5) * gamma + beta, rtol=1e-12)
+    np.testing.assert_allclose(host(F.layer_normalization(*dev((x, gamma, beta)), eps=0.5)),
+                               _np_normalize(x, 1, 0.5) * gamma + beta, rtol=1e-12)
+    x, gamma, beta = f64(2, 6, 3, 2), f64(6, seed=1), f64(6, seed=2)
+    np.testing.assert_allclose(host(F.group_normalization(dev(x), 3, *dev((gamma, beta)))),
+                               _np_group_norm(x, 3, gamma, beta, 1e-5), rtol=1e-12)
+    # one group per channel is instance normalization; one group is layer normalization
+    np.testing.assert_allclose(host(F.group_normalization(dev(x), 6, *dev((gamma, beta)))),
+                               _np_normalize(x, (2, 3), 1e-5) * gamma[:, None, None]
+                               + beta[:, None, None], rtol=1e-12)
+    ones, zeros = np.ones(6), np.zeros(6)
+    np.testing.assert_allclose(host(F.group_normalization(dev(x), 1, *dev((ones, zeros)))),
+                               _np_normalize(x, (1, 2, 3), 1e-5), rtol=1e-12)
+
+
+def test_links2_functions_bad_inputs():
+    x = dev(f64(2, 3))
+    with pytest.raises(ValueError, match=r'prelu: W.shape \(4,\) must equal x.shape\[1:2\].*\(2, 3\)'):
+        F.prelu(x, dev(f64(4)))
+    with pytest.raises(TypeError, match='prelu: needs floating-point'):
+        F.prelu(dev(np.ones((2, 3), np.int32)), dev(np.ones(3, np.int32)))
+    with pytest.raises(TypeError, match='swish: dtypes differ'):
+        F.swish(x, dev(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match=r'scale: y.shape \(2,\) must equal x.shape\[1:2\]'):
+        F.scale(x, dev(f64(2)))
+    with pytest.raises(ValueError, match=r'bias: y.shape \(3,\) must equal x.shape\[2:3\]'):
+        F.bias(x, dev(f64(3)), axis=2)
+    with pytest.raises(ValueError, match=r'maxout: x.shape\[1\] = 3 is not divisible by '
+                                         r'pool_size 2 \(x.shape \(2, 3\)\)'):
+        F.maxout(x, 2)
+    with pytest.raises(ValueError, match='maxout: pool_size must be a positive int'):
+        F.maxout(x, 0)
+    with pytest.raises(ValueError, match='maxout: axis 2 is out of range'):
+        F.maxout(x, 1, axis=2)
+    with pytest.raises(ValueError, match=r'bilinear: expected e1 \(I, J\).*got e1 \(2, 3\), '
+                                         r'e2 \(2, 4\), W \(2, 4, 5\)'):
+        F.bilinear(x, dev(f64(2, 4)), dev(f64(2, 4, 5)))
+    with pytest.raises(ValueError, match=r'bilinear: e1 and e2 need a batch axis and W 3 '
+                                         r'dimensions \(J, K, L\); got e1 \(2, 3\), e2 \(\), W \(3, 1\)'):
+        F.bilinear(x, dev(np.array(1.0)), dev(f64(3, 1)))
+    with pytest.raises(ValueError, match='bilinear: give all of V1, V2 and b, or none'):
+        F.bilinear(x, dev(f64(2, 4)), dev(f64(3, 4, 5)), V1=dev(f64(3, 5)))
+    with pytest.raises(ValueError, match=r'layer_normalization: x must be \(N, D\).*'
+                                         r'x.shape \(2, 3, 1\)'):
+        F.layer_normalization(dev(f64(2, 3, 1)), dev(f64(3)), dev(f64(3)))
+    with pytest.raises(ValueError, match=r'layer_normalization: .*gamma.shape \(4,\)'):
+        F.layer_normalization(x, dev(f64(4)), dev(f64(4)))
+    with pytest.raises(ValueError, match=r'group_normalization: the channel count x.shape\[1\] '
+                                         r'must be divisible by groups 2; got x.shape \(2, 3\)'):
+        F.group_normalization(x, 2, dev(f64(3)), dev(f64(3)))
+    with pytest.raises(TypeError, match='group_normalization: groups must be a positive int'):
+        F.group_normalization(x, 1.5, dev(f64(3)), dev(f64(3)))
+
+
+def _npz_keys(link, tmp_path):
+    path = str(tmp_path / 'link.npz')
+    serializers.save_npz(path, link)
+    with np.load(path) as saved:
+        return sorted(saved.files)
+
+
+def _npz_round_trip(make, tmp_path):
+    """Save a link, load it into a fresh one, and return both."""
+    saved, fresh = make(), make()
+    for p in saved.params():
+        p.data[...] = rng(len(p.name)).uniform(-1, 1, p.shape)
+    path = str(tmp_path / 'round.npz')
+    serializers.save_npz(path, saved)
+    serializers.load_npz(path, fresh)
+    for (name, p), (_, q) in zip(sorted(saved.namedparams()), sorted(fresh.namedparams())):
+        np.testing.assert_array_equal(host(p), host(q), err_msg=name)
+    return saved, fresh
+
+
+def test_prelu_and_swish_links(tmp_path):
+    link = L.PReLU()
+    assert link.W.shape == () and float(link.W.data) == 0.25 and link.W.dtype == np.float32
+    link = L.PReLU((3,), init=0.1).to_device(TEST_DEVICE)
+    x = _away_from([0], f64(2, 3, 2))
+    gradient_check.check_backward(link, dev(x), dev(f64(2, 3, 2, seed=1)), params=(link.W,),
+                                  dtype=np.float64, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(host(link(dev(x))), np.where(x >= 0, x, 0.1 * x))
+    assert _npz_keys(L.PReLU((3,)), tmp_path) == ['W']
+    _npz_round_trip(lambda: L.PReLU((3,)), tmp_path)
+    with pytest.raises(ValueError, match=r'PReLU: the input has shape \(2, 4\) but W has '
+                                         r'shape \(3,\)'):
+        link(dev(f64(2, 4)))
+    swish = L.Swish(None, beta_init=0.5)
+    assert swish.beta.data is None
+    with pytest.raises(ValueError, match='Swish: the input has shape'):
+        swish(np.ones(3, np.float32))              # no batch axis: nothing is initialized
+    assert swish.beta.data is None
+    swish.to_device(TEST_DEVICE)
+    x = f64(2, 3, 2, low=-2, high=2)
+    y = swish(dev(x.astype(np.float32)))
+    assert swish.beta.shape == (3, 2) and host(swish.beta).tolist() == [[0.5] * 2] * 3
+    np.testing.assert_allclose(host(y), x * _np_sigmoid(0.5 * x), rtol=1e-5)
+    gradient_check.check_backward(swish, dev(x), dev(f64(2, 3, 2, seed=1)),
+                                  params=(swish.beta,), dtype=np.float64, atol=1e-6, rtol=1e-5)
+    assert _npz_keys(L.Swish((3,)), tmp_path) == ['beta']
+    _npz_round_trip(lambda: L.Swish((3,)), tmp_path)
+
+
+def test_scale_and_bias_links(tmp_path):
+    link = L.Scale(W_shape=(3,), bias_term=True).to_device(TEST_DEVICE)
+    assert host(link.W).tolist() == [1, 1, 1] and host(link.bias.b).tolist() == [0, 0, 0]
+    x = f64(2, 3, 4)
+    gradient_check.check_backward(link, dev(x), dev(f64(2, 3, 4, seed=1)),
+                                  params=(link.W, link.bias.b), dtype=np.float64,
+                                  atol=1e-6, rtol=1e-5)
+    link.W.data[...] = dev(np.array([1.0, 2.0, 3.0], np.float32))
+    link.bias.b.data[...] = dev(np.array([0.5, 0.0, -1.0], np.float32))
+    np.testing.assert_allclose(host(link(dev(x))),
+                               x * np.array([1, 2, 3.])[:, None] + np.array([.5, 0, -1])[:, None],
+                               rtol=1e-6)
+    assert _npz_keys(L.Scale(W_shape=(3,), bias_term=True), tmp_path) == ['W', 'bias/b']
+    _npz_round_trip(lambda: L.Scale(W_shape=(3,), bias_term=True), tmp_path)
+    with chainer.using_config('dtype', np.float64):
+        given = L.Scale(axis=2, bias_term=True, bias_shape=(4,))
+    assert not hasattr(given, 'W') and given.bias.b.shape == (4,)
+    y = f64(4, seed=3)
+    np.testing.assert_allclose(host(given(x, y)), x * y)
+    with pytest.raises(ValueError, match=r'Scale: expected 2 inputs \(x and y'):
+        given(x)
+    with pytest.raises(ValueError, match=r'Scale: expected 1 input \(x; the link holds'):
+        link(dev(x), dev(x))
+    with pytest.raises(ValueError, match='Scale: bias_term=True needs W_shape or bias_shape'):
+        L.Scale(bias_term=True)
+    b = L.Bias(shape=(3, 4)).to_device(TEST_DEVICE)
+    gradient_check.check_backward(b, dev(x), dev(f64(2, 3, 4, seed=1)), params=(b.b,),
+                                  dtype=np.float64, atol=1e-6, rtol=1e-5)
+    assert _npz_keys(L.Bias(shape=(3,)), tmp_path) == ['b']
+    assert list(L.Bias().params()) == []
+    np.testing.assert_allclose(host(L.Bias(axis=0)(x, f64(2, seed=4))),
+                               x + f64(2, seed=4)[:, None, None])
+    with pytest.raises(ValueError, match=r'bias: y.shape \(2,\) must equal x.shape\[1:2\]'):
+        L.Bias(shape=(2,))(x)
+
+
+def test_maxout_link(tmp_path):
+    W = f64(2, 3, 4)                         # (out_size, pool_size, in_size)
+    bias = f64(2, 3, seed=1)
+    link = L.Maxout(4, 2, 3, initialW=W, initial_bias=bias).to_device(TEST_DEVICE)
+    assert link.linear.W.shape == (6, 4) and link.linear.b.shape == (6,)
+    x = f64(5, 4, seed=2)
+    expected = (np.einsum('opi,ni->nop', W, x) + bias).max(axis=2)
+    np.testing.assert_allclose(host(link(dev(x.astype(np.float32)))), expected, rtol=1e-5)
+    gradient_check.check_backward(link, dev(x), dev(f64(5, 2, seed=3)),
+                                  params=(link.linear.W, link.linear.b), dtype=np.float64,
+                                  atol=1e-6, rtol=1e-5)
+    assert _npz_keys(L.Maxout(4, 2, 3), tmp_path) == ['linear/W', 'linear/b']
+    _npz_round_trip(lambda: L.Maxout(4, 2, 3), tmp_path)
+    assert host(L.Maxout(4, 2, 3).linear.b).tolist() == [0] * 6     # initial_bias default 0
+    assert L.Maxout(4, 2, 3, initial_bias=None).linear.b is None
+    lazy = L.Maxout(None, 2, 3)
+    assert lazy(np.ones((1, 7), np.float32)).shape == (1, 2) and lazy.linear.W.shape == (6, 7)
+
+    def by_pool(array):                      # a plain function sees (out, pool, in)
+        assert array.shape == (2, 3, 4)
+        array[...] = np.arange(3.0)[None, :, None]
+    filled = L.Maxout(4, 2, 3, initialW=by_pool)
+    assert host(filled.linear.W)[:, 0].tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(ValueError, match=r'Maxout: initialW must have 3 dimensions.*\(6, 4\)'):
+        L.Maxout(4, 2, 3, initialW=np.ones((6, 4)))
+
+
+def test_bilinear_link(tmp_path):
+    link = L.Bilinear(2, 3, 4).to_device(TEST_DEVICE)
+    assert (link.W.shape, link.V1.shape, link.V2.shape, link.b.shape) == \
+        ((2, 3, 4), (2, 4), (3, 4), (4,))
+    assert host(link.b).tolist() == [0] * 4 and host(link.V1).std() > 0
+    e1, e2 = f64(5, 2), f64(5, 3, seed=1)
+    gradient_check.check_backward(link, (dev(e1), dev(e2)), dev(f64(5, 4, seed=2)),
+                                  params=(link.W, link.V1, link.V2, link.b), dtype=np.float64,
+                                  atol=1e-6, rtol=1e-5)
+    W, V1, V2, b = (host(p).astype(np.float64) for p in (link.W, link.V1, link.V2, link.b))
+    np.testing.assert_allclose(host(link(dev(e1), dev(e2))),
+                               np.einsum('ij,ik,jkl->il', e1, e2, W) + e1 @ V1 + e2 @ V2 + b)
+    assert _npz_keys(L.Bilinear(2, 3, 4), tmp_path) == ['V1', 'V2', 'W', 'b']
+    _npz_round_trip(lambda: L.Bilinear(2, 3, 4), tmp_path)
+    nobias = L.Bilinear(2, 3, 4, nobias=True)
+    assert [name for name, _ in nobias.namedparams()] == ['/W']
+    set_ = L.Bilinear(2, 3, 4, initialW=1.0, initial_bias=(2.0, np.ones((3, 4)), 0.5))
+    assert host(set_.V1).tolist() == [[2.0] * 4] * 2 and host(set_.b).tolist() == [0.5] * 4
+    with pytest.raises(ValueError, match=r'Bilinear: expected inputs of shape \(N, 2\) and '
+                                         r'\(N, 3\), got \(5, 3\) and \(5, 3\)'):
+        link(dev(e2), dev(e2))
+    with pytest.raises(ValueError, match='Bilinear: initial_bias must be None or a tuple of 3'):
+        L.Bilinear(2, 3, 4, initial_bias=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r'Bilinear: the initial W has shape \(2, 3\), '
+                                         r'expected \(2, 3, 4\)'):
+        L.Bilinear(2, 3, 4, initialW=np.ones((2, 3)))
+
+
+def test_highway_link(tmp_path):
+    link = L.Highway(3).to_device(TEST_DEVICE)
+    assert host(link.transform.b).tolist() == [-1] * 3 and host(link.plain.b).tolist() == [0] * 3
+    x = f64(4, 3)
+    Wh, bh, Wt, bt = (host(p).astype(np.float64) for p in (
+        link.plain.W, link.plain.b, link.transform.W, link.transform.b))
+    t = _np_sigmoid(x @ Wt.T + bt)
+    np.testing.assert_allclose(host(link(dev(x.astype(np.float32)))),
+                               np.maximum(x @ Wh.T + bh, 0) * t + x * (1 - t), rtol=1e-5)
+    tanh_link = L.Highway(3, activate=F.tanh).to_device(TEST_DEVICE)
+    gradient_check.check_backward(tanh_link, dev(x), dev(f64(4, 3, seed=1)),
+                                  params=tuple(p for _, p in sorted(tanh_link.namedparams())),
+                                  dtype=np.float64, atol=1e-6, rtol=1e-5)
+    assert _npz_keys(L.Highway(3), tmp_path) == ['plain/W', 'plain/b', 'transform/W',
+                                                 'transform/b']
+    _npz_round_trip(lambda: L.Highway(3), tmp_path)
+    assert [n for n, _ in L.Highway(3, nobias=True).namedparams()] == ['/plain/W', '/transform/W']
+    with pytest.raises(ValueError, match=r'Highway: expected an input of shape \(N, 3\), got '
+                                         r'\(4, 2\)'):
+        link(dev(f32(4, 2)))
+
+
+def test_parameter_link(tmp_path):
+    array = np.arange(6, dtype=np.float64).reshape(2, 3)
+    link = L.Parameter(array)
+    assert link.W.data is array and link.W.dtype == np.float64
+    assert L.Parameter is not chainer.Parameter
+    link.to_device(TEST_DEVICE)
+    y = link()
+    assert host(y).tolist() == array.tolist()
+    F.sum(y * y).backward()
+    assert host(link.W.grad).tolist() == (2 * array).tolist()
+    assert _npz_keys(link, tmp_path) == ['W']
+    _npz_round_trip(lambda: L.Parameter(np.zeros((2, 3))), tmp_path)
+    with pytest.raises(TypeError, match='Parameter: expected a numpy/cupy array, got list'):
+        L.Parameter([1.0, 2.0])
+
+
+def test_layer_and_group_normalization_links(tmp_path):
+    ln = L.LayerNormalization()
+    assert ln.eps == 1e-6 and ln.gamma.data is None         # Chainer's link default, not 1e-5
+    with pytest.raises(ValueError, match=r'LayerNormalization: x must have shape \(N, D\), '
+                                         r'got \(2, 3, 4\)'):
+        ln(np.ones((2, 3, 4), np.float32))
+    assert ln.gamma.data is None                            # a bad first call changes nothing
+    ln.to_device(TEST_DEVICE)
+    x = f64(3, 5)
+    y = ln(dev(x.astype(np.float32)))
+    assert host(ln.gamma).tolist() == [1] * 5 and host(ln.beta).tolist() == [0] * 5
+    np.testing.assert_allclose(host(y), _np_normalize(x, 1, 1e-6), rtol=1e-4, atol=1e-5)
+    gradient_check.check_backward(ln, dev(x), dev(f64(3, 5, seed=1)), params=(ln.gamma, ln.beta),
+                                  dtype=np.float64, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r'LayerNormalization: x must have shape \(N, 5\), '
+                                         r'got \(3, 4\)'):
+        ln(dev(f64(3, 4)))
+    assert _npz_keys(L.LayerNormalization(5), tmp_path) == ['beta', 'gamma']
+    _npz_round_trip(lambda: L.LayerNormalization(5), tmp_path)
+    assert host(L.LayerNormalization(2, initial_gamma=2.0, initial_beta=np.array([1., 3.]))
+                .beta).tolist() == [1, 3]
+    gn = L.GroupNormalization(2)
+    assert gn.eps == 1e-5 and gn.gamma.data is None
+    with pytest.raises(ValueError, match=r'GroupNormalization: the channel count x.shape\[1\] '
+                                         r'must be divisible by groups 2; got x.shape \(2, 3, 4\)'):
+        gn(np.ones((2, 3, 4), np.float32))
+    assert gn.gamma.data is None
+    gn.to_device(TEST_DEVICE)
+    x = f64(2, 4, 3)
+    gn(dev(x.astype(np.float32)))
+    assert gn.gamma.shape == (4,) and gn.beta.shape == (4,)
+    gradient_check.check_backward(gn, dev(x), dev(f64(2, 4, 3, seed=1)),
+                                  params=(gn.gamma, gn.beta), dtype=np.float64,
+                                  atol=1e-6, rtol=1e-5)
+    gn.gamma.data[...] = dev(np.array([1.0, 2.0, 0.5, 1.5]))
+    np.testing.assert_allclose(host(gn(dev(x))), _np_group_norm(
+        x, 2, np.array([1.0, 2.0, 0.5, 1.5]), np.zeros(4), 1e-5), rtol=1e-10)
+    with pytest.raises(ValueError, match=r'GroupNormalization: x has 6 channels \(shape '
+                                         r'\(2, 6, 3\)\) but gamma has shape \(4,\)'):
+        gn(dev(f64(2, 6, 3)))
+    assert _npz_keys(L.GroupNormalization(2, 4), tmp_path) == ['beta', 'gamma']
+    _npz_round_trip(lambda: L.GroupNormalization(2, 4), tmp_path)
