@@ -10362,18 +10362,26 @@ def _adam_update(arrays, constants, bounds=None):
                                  *constants[:5], one_minus_decay, *bounds, data, *arrays[2:])
         return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
                              *constants[:5], one_minus_decay, data, *arrays[2:])
+    interm = data.dtype
+    if interm == np.float16:
+        # As Chainer: a float16 parameter is updated in float32 (m and v stay
+        # float16).  In float16, eps = 1e-8 rounds to 0 and a zero gradient
+        # would make 0 / 0 = NaN.  (The GPU kernels do not do this yet.)
+        interm = np.dtype(np.float32)
+        arrays = [data, arrays[1].astype(interm)] + list(arrays[2:])
     size = data.size
     if size > _ADAM_BLOCK and all(a.flags.c_contiguous for a in arrays):
         flat = [a.reshape(-1) for a in arrays]
-        scratch = _adam_scratch.get(data.dtype)
+        scratch = _adam_scratch.get(interm)
         if scratch is None:       # one block of scratch, reused: fresh pages cost faults
-            scratch = _adam_scratch[data.dtype] = np.empty(_ADAM_BLOCK, data.dtype)
+            scratch = _adam_scratch[interm] = np.empty(_ADAM_BLOCK, interm)
         for start in range(0, size, _ADAM_BLOCK):
             block = [a[start:start + _ADAM_BLOCK] for a in flat]
             _adam_step(np, scratch[:len(block[0])], *block, constants=constants,
                        bounds=bounds)
     else:
-        _adam_step(np, np.empty_like(data), *arrays, constants=constants, bounds=bounds)
+        _adam_step(np, np.empty_like(data, interm), *arrays, constants=constants,
+                   bounds=bounds)
 
 
 # ----- fused updates on the GPU --------------------------------------------------

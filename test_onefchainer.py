@@ -2012,6 +2012,26 @@ def test_optimizer_defaults():
     assert adam.hyperparam.get_dict()['alpha'] == 0.001
 
 
+def test_adam_updates_a_float16_parameter_in_float32_as_chainer():
+    # In float16 Adam's eps (1e-8) rounds to 0, so an entry whose gradient
+    # has always been 0 would step by 0 / 0 = NaN.  Chainer updates float16
+    # parameters in float32; the values below are Chainer 7.8.1's for this
+    # run.  (On the CPU; the GPU kernels still compute in float16.)
+    for kwargs in ({}, {'amsgrad': True}):
+        link = chainer.Link()
+        with link.init_scope():
+            link.p = chainer.Parameter(np.ones(3, np.float16))
+        opt = optimizers.Adam(**kwargs).setup(link)
+        for g in ([0, 1, 0], [0, 1, 0], [0.5, -2, 0], [0, 0, 0.25]):
+            link.p.grad = np.array(g, np.float16)
+            opt.update()
+        assert link.p.dtype == np.float16
+        assert link.p.update_rule.state['m'].dtype == np.float16
+        np.testing.assert_array_equal(link.p.data, np.array([0.999, 0.998, 0.9995], np.float16))
+        np.testing.assert_array_equal(link.p.update_rule.state['m'],
+                                      np.array([0.04498, -0.02615, 0.025], np.float16))
+
+
 def test_adam_lr_property():
     adam = optimizers.Adam(alpha=0.01).setup(OneParam())
     with pytest.raises(RuntimeError):
