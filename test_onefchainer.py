@@ -6168,11 +6168,9 @@ def test_convolution_2d_link_forms_and_initialization():
     assert short.W.shape == (8, 5, 3, 3) and y.shape == (2, 8, 4, 4)
     lazy = L.Convolution2D(None, 4, (2, 3), initialW=initializers.One(), initial_bias=0.5)
     assert host(lazy(np.ones((1, 2, 4, 4), np.float32))).tolist()[0][0][0] == [12.5, 12.5]
-    for bad in ({'dilate': 2}, {'groups': 2}):
-        with pytest.raises(NotImplementedError, match='dilate=1 and groups=1'):
-            L.Convolution2D(3, 4, 3, **bad)
-    with pytest.raises(NotImplementedError, match='convolution_2d'):
-        F.convolution_2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), dilate=2)
+    with pytest.raises(ValueError, match=r'Convolution2D: in_channels \(3\) must divide by '
+                                         r'groups \(2\)'):
+        L.Convolution2D(3, 4, 3, groups=2)
 
 
 def test_convolution_layers_reject_bad_input_naming_the_function_and_shapes():
