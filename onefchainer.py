@@ -4723,13 +4723,17 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     ksize, stride, pad: int or pair; stride=None means stride = ksize.
     cover_all=True (Chainer's default) adds a last partial window so every
     pixel is covered: out_h = (H + 2 pad - kh + stride - 1) // stride + 1.
-    Padding never wins (it is -inf).  Returns (N, C, out_h, out_w).  Raises
-    ValueError on a non-4-D x or a window larger than the padded input.
-    Follows chainer.functions.max_pooling_2d (return_indices not supported).
+    Padding never wins (it is -inf).  Returns y (N, C, out_h, out_w); with
+    return_indices=True, the pair (y, indices), indices an int32 array of
+    y's shape holding each maximum's offset u*kw + v in its window (what
+    upsampling_2d takes).  Raises ValueError on a non-4-D x or a window
+    larger than the padded input.  Follows chainer.functions.max_pooling_2d.
     """
+    function = MaxPooling2D(ksize, stride, pad, cover_all)
+    y = function(x)
     if return_indices:
-        raise NotImplementedError('max_pooling_2d: return_indices=True is not supported')
-    return MaxPooling2D(ksize, stride, pad, cover_all)(x)
+        return y, function.winner.astype(np.int32)
+    return y
 
 
 class AveragePooling2D(Function):
@@ -4772,6 +4776,138 @@ def average_pooling_2d(x, ksize, stride=None, pad=0):
     padded input.  Follows chainer.functions.average_pooling_2d.
     """
     return AveragePooling2D(ksize, stride, pad)(x)
+
+
+# ----- unpooling and upsampling ---------------------------------------------------
+# The way back up.  Unpooling copies every pixel into its whole kh x kw
+# window of a larger image, windows placed as pooling would place them
+# (copies adding up where windows overlap): col2im of x broadcast over the
+# kernel offsets, a deconvolution with a kernel of ones per channel.
+# Upsampling copies each pixel to one place only, the offset where max
+# pooling found the maximum, and leaves the rest of the window zero.  The
+# output size inverts pooling's (default cover_all=True) rule:
+#
+#     out_h = sy (h - 1) + kh - 2 ph  (- (sy - 1) with cover_all)
+#
+# Backward reads gy's windows, im2col's patch view: unpooling sums each
+# window, upsampling picks the element at the remembered offset.
+
+class _Unpool(Function):
+    """The shared part of unpooling_2d and upsampling_2d: sizes and checks."""
+
+    def __init__(self, ksize, stride, pad, outsize, cover_all):
+        self.ksize = _pair(ksize, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.outsize = None if outsize is None else _pair(outsize, 'outsize', self.label)
+        self.cover_all = cover_all
+
+    def _output_size(self, x):
+        if x.ndim != 4:
+            raise ValueError('{}: x must be 4-D (batch, channels, height, width), got shape '
+                             '{}'.format(self.label, x.shape))
+        _require_float(self.label, x)
+        sizes = []
+        for i in (0, 1):
+            k, s, p, size = self.ksize[i], self.stride[i], self.pad[i], x.shape[2 + i]
+            if k < 1 or s < 1 or p < 0:
+                raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize '
+                                 '{}, stride {}, pad {}'.format(self.label, self.ksize,
+                                                                self.stride, self.pad))
+            out = (s * (size - 1) + k - 2 * p - (s - 1 if self.cover_all else 0)
+                   if self.outsize is None else self.outsize[i])
+            if out < 1 or _conv_outsize(out, k, s, p, self.cover_all) != size:
+                raise ValueError('{}: output size {} along axis {} does not pool back to x\'s '
+                                 '{} (x.shape {}, ksize {}, stride {}, pad {}, outsize {}, '
+                                 'cover_all {})'.format(self.label, out, 2 + i, size, x.shape,
+                                                        self.ksize, self.stride, self.pad,
+                                                        self.outsize, self.cover_all))
+            sizes.append(out)
+        return sizes
+
+    def _windows(self, gy):
+        """gy's windows, (N, C, kh, kw, h, w): the patches pooling would read."""
+        return _patches(gy, self.ksize, self.stride, self.pad, self.cover_all)
+
+
+class Unpooling2D(_Unpool):
+    """Function node of unpooling_2d: col2im of x repeated over each window;
+    backward sums gy over each window.
+    Chainer: chainer.functions.pooling.unpooling_2d.Unpooling2D.
+    """
+
+    label = 'unpooling_2d'
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = self._output_size(x)
+        col = _xp(x).broadcast_to(x[:, :, None, None], x.shape[:2] + self.ksize + x.shape[2:])
+        return _col2im(col, out_h, out_w, self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):       # each copy's gradient flows back
+        return self._windows(grad_outputs[0]).sum(axis=(2, 3)),
+
+
+def unpooling_2d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Copy every pixel of x (N, C, h, w) into its whole ksize window of a larger image.
+
+    The inverse placement of pooling (overlapping copies add up).  ksize,
+    stride, pad: int or pair; stride=None means ksize.  The output is (N,
+    C, out_h, out_w) with out_h = stride (h - 1) + kh - 2 pad, less stride
+    - 1 when cover_all (the default, as in max_pooling_2d), or outsize (a
+    pair) if given.  Raises ValueError on a non-4-D x or an outsize that
+    pooling would not bring back to h; TypeError on an integer x.
+    Follows chainer.functions.unpooling_2d.
+    """
+    return Unpooling2D(ksize, stride, pad, outsize, cover_all)(x)
+
+
+class Upsampling2D(_Unpool):
+    """Function node of upsampling_2d: each pixel to the offset `indices`
+    names in its window; backward reads gy back from the same place.
+    Chainer: chainer.functions.pooling.upsampling_2d.Upsampling2D.
+    """
+
+    label = 'upsampling_2d'
+
+    def __init__(self, indices, ksize, stride, pad, outsize, cover_all):
+        super().__init__(ksize, stride, pad, outsize, cover_all)
+        self.indices = indices
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = self._output_size(x)
+        if self.indices.shape != x.shape:
+            raise ValueError('upsampling_2d: indices.shape {} != x.shape {}'
+                             .format(self.indices.shape, x.shape))
+        xp = _xp(x)
+        kh, kw = self.ksize
+        col = xp.zeros(x.shape[:2] + self.ksize + x.shape[2:], dtype=x.dtype)
+        for k in range(kh * kw):
+            col[:, :, k // kw, k % kw] = xp.where(self.indices == k, x, 0)
+        return _col2im(col, out_h, out_w, self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):
+        windows = self._windows(grad_outputs[0])
+        kh, kw = self.ksize
+        gx = _xp(windows).zeros(inputs[0].shape, dtype=windows.dtype)
+        for k in range(kh * kw):
+            gx += windows[:, :, k // kw, k % kw] * (self.indices == k)
+        return gx,
+
+
+def upsampling_2d(x, indices, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Put every pixel of x (N, C, h, w) where max pooling found it; zeros elsewhere.
+
+    indices: an integer array of x's shape, each entry the offset u*kw + v
+    within its ksize window, as max_pooling_2d(..., return_indices=True)
+    returns it.  ksize, stride, pad, outsize, cover_all and the output size
+    as in unpooling_2d (pass the pooling's own arguments, and outsize = the
+    pooled image's size to get that size back).  Raises ValueError on
+    mismatched indices or sizes.  Follows chainer.functions.upsampling_2d.
+    """
+    indices = _input_data('upsampling_2d', indices)
+    return Upsampling2D(indices, ksize, stride, pad, outsize, cover_all)(x)
 
 
 # ----- batch normalization -------------------------------------------------------
@@ -11215,7 +11351,8 @@ _submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
            batch_normalization=batch_normalization,
            fixed_batch_normalization=fixed_batch_normalization,
            deconvolution_2d=deconvolution_2d, dilated_convolution_2d=dilated_convolution_2d,
-           depthwise_convolution_2d=depthwise_convolution_2d)
+           depthwise_convolution_2d=depthwise_convolution_2d, unpooling_2d=unpooling_2d,
+           upsampling_2d=upsampling_2d)
 _submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization,
            Deconvolution2D=Deconvolution2D, DilatedConvolution2D=DilatedConvolution2D,
            DepthwiseConvolution2D=DepthwiseConvolution2D)
@@ -11260,8 +11397,8 @@ _not_supported(
             'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
             'local_convolution_2d '
             'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
-            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_2d unpooling_3d '
-            'unpooling_nd upsampling_2d')
+            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_3d '
+            'unpooling_nd')
 _not_supported(
     links,
     rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
