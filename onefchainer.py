@@ -4555,8 +4555,9 @@ class Deconvolution2DFunction(Function):
                     'deconvolution_2d: no output size fits: x.shape {} with W.shape {}, '
                     'stride {}, pad {}, dilate {} gives {} along axis {}{}'.format(
                         x.shape, W.shape, self.stride, self.pad, self.dilate, out, axis,
-                        '' if given is None else ' (outsize {}), whose convolution would '
-                        'have {} to {}, not {}'.format(self.outsize, low, high, size)))
+                        '' if given is None else ' (outsize {}), which a convolution maps '
+                        'to {}, not {}'.format(self.outsize, low if low == high else
+                                               '{} or {}'.format(low, high), size)))
             cover_all = cover_all or size != low
             sizes.append(out)
         return tuple(sizes), cover_all
