@@ -4508,9 +4508,11 @@ def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
 #     out_h = sy (h - 1) + (kh - 1) dy + 1 - 2 ph
 #
 # (the inverse of the convolution size rule; padding now crops the output).
-# Since several out_h give back the same h under the floor of convolution's
-# rule, `outsize` may ask for up to sy - 1 more rows; those extra rows are
-# the ones a cover_all convolution would read.  The W of a deconvolution is
+# Several out_h give back the same h under the floor of convolution's rule,
+# so `outsize` may differ from it by up to sy - 1 either way: extra rows get
+# no stamp (only b), missing rows crop the last stamps, and then the
+# convolution that maps the output back onto x needs cover_all to reach
+# every pixel of x (backward uses it so).  The W of a deconvolution is
 # the W of the convolution it transposes, (in_channels, out_channels / G,
 # kh, kw): its first axis meets x.  Backward is then a convolution forward:
 #
@@ -4615,8 +4617,8 @@ def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, g
     onto the output window it maps to.  x: (N, C, h, w); W: (C, out_channels
     / groups, kh, kw); b: (out_channels,) or None.  stride, pad, dilate: int
     or pair.  The output is (N, out_channels, out_h, out_w) with out_h = sy
-    (h - 1) + (kh - 1) dy + 1 - 2 ph, or outsize (a pair), which may exceed
-    that by up to sy - 1.  Raises ValueError on non-4-D inputs, a channel
+    (h - 1) + (kh - 1) dy + 1 - 2 ph, or outsize (a pair), which may differ
+    from that by up to sy - 1 either way.  Raises ValueError on non-4-D inputs, a channel
     mismatch, or an outsize whose convolution would not give back h.
     Follows chainer.functions.deconvolution_2d.
     """
