@@ -4777,38 +4777,44 @@ def _pair(value, what, label):
     return int(pair[0]), int(pair[1])
 
 
-def _conv_outsize(size, k, s, p, cover_all=False):
+def _conv_outsize(size, k, s, p, cover_all=False, d=1):
     """Output length along one axis, Chainer's rule.  cover_all adds one more
-    window when the last one would leave input pixels unvisited."""
+    window when the last one would leave input pixels unvisited; a kernel
+    dilated by d spans (k - 1) d + 1 pixels."""
+    k = (k - 1) * d + 1
     if cover_all:
         return (size + p * 2 - k + s - 1) // s + 1
     return (size + p * 2 - k) // s + 1
 
 
-def _check_image(label, x_shape, ksize, stride, pad, cover_all=False):
+def _check_image(label, x_shape, ksize, stride, pad, cover_all=False, dilate=(1, 1)):
     """Validate a 4-D input against a kernel; return (out_h, out_w)."""
     if len(x_shape) != 4:
         raise ValueError('{}: x must be 4-D (batch, channels, height, width), got '
                          'shape {}'.format(label, tuple(x_shape)))
-    (kh, kw), (sy, sx), (ph, pw) = ksize, stride, pad
-    if sy < 1 or sx < 1 or ph < 0 or pw < 0 or kh < 1 or kw < 1:
-        raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize {}, '
-                         'stride {}, pad {}'.format(label, ksize, stride, pad))
+    (kh, kw), (sy, sx), (ph, pw), (dy, dx) = ksize, stride, pad, dilate
+    if sy < 1 or sx < 1 or ph < 0 or pw < 0 or kh < 1 or kw < 1 or dy < 1 or dx < 1:
+        raise ValueError('{}: ksize, stride and dilate must be >= 1 and pad >= 0, got ksize '
+                         '{}, stride {}, pad {}, dilate {}'.format(label, ksize, stride, pad,
+                                                                  dilate))
     h, w = x_shape[2:]
+    kh, kw = (kh - 1) * dy + 1, (kw - 1) * dx + 1       # the span of a dilated kernel
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError('{}: the kernel {}x{} is larger than the padded input {}x{} '
-                         '(x.shape {}, pad {}); pad more or use a smaller kernel'
-                         .format(label, kh, kw, h + 2 * ph, w + 2 * pw, tuple(x_shape), pad))
-    return (_conv_outsize(h, kh, sy, ph, cover_all), _conv_outsize(w, kw, sx, pw, cover_all))
+                         '(x.shape {}, pad {}{}); pad more or use a smaller kernel'
+                         .format(label, kh, kw, h + 2 * ph, w + 2 * pw, tuple(x_shape), pad,
+                                 '' if dilate == (1, 1) else ', dilate {}'.format(dilate)))
+    return ((h + 2 * ph - kh + (sy - 1 if cover_all else 0)) // sy + 1,
+            (w + 2 * pw - kw + (sx - 1 if cover_all else 0)) // sx + 1)
 
 
-def _patches(x, ksize, stride, pad, cover_all=False, pad_value=0):
+def _patches(x, ksize, stride, pad, cover_all=False, pad_value=0, dilate=(1, 1)):
     """im2col as a view: (N, C, kh, kw, out_h, out_w), no data copied except
-    the padding.  Element [n, c, u, v, i, j] is x_padded[n, c, sy*i+u, sx*j+v]."""
-    (kh, kw), (sy, sx), (ph, pw) = ksize, stride, pad
+    the padding.  Element [n, c, u, v, i, j] is x_padded[n, c, sy*i+dy*u, sx*j+dx*v]."""
+    (kh, kw), (sy, sx), (ph, pw), (dy, dx) = ksize, stride, pad, dilate
     n, c, h, w = x.shape
-    out_h = _conv_outsize(h, kh, sy, ph, cover_all)
-    out_w = _conv_outsize(w, kw, sx, pw, cover_all)
+    out_h = _conv_outsize(h, kh, sy, ph, cover_all, dy)
+    out_w = _conv_outsize(w, kw, sx, pw, cover_all, dx)
     xp = _xp(x)
     # cover_all's extra window may reach up to s - 1 pixels past the padding.
     extra_h, extra_w = (sy - 1, sx - 1) if cover_all else (0, 0)
@@ -4820,49 +4826,80 @@ def _patches(x, ksize, stride, pad, cover_all=False, pad_value=0):
     strides = x.strides
     as_strided = (np.lib.stride_tricks if xp is np else cupy.lib.stride_tricks).as_strided
     return as_strided(x, (n, c, kh, kw, out_h, out_w),
-                      strides[:4] + (strides[2] * sy, strides[3] * sx))
+                      strides[:2] + (strides[2] * dy, strides[3] * dx,
+                                     strides[2] * sy, strides[3] * sx))
 
 
-def _col2im(gcol, h, w, stride, pad, cover_all=False):
+def _col2im(gcol, h, w, stride, pad, dilate=(1, 1)):
     """The adjoint of _patches: sum each patch copy's gradient back onto the
     pixel it came from.  gcol: (N, C, kh, kw, out_h, out_w) -> (N, C, h, w)
-    (the first two axes may as well be (C, N): they are only carried along)."""
+    (the first two axes may as well be (C, N): they are only carried along).
+    Copies that landed in the padding (or past it, under cover_all) drop out."""
     n, c, kh, kw, out_h, out_w = gcol.shape
-    (sy, sx), (ph, pw) = stride, pad
-    extra_h, extra_w = (sy - 1, sx - 1) if cover_all else (0, 0)
-    gx = _xp(gcol).zeros((n, c, h + 2 * ph + extra_h, w + 2 * pw + extra_w), dtype=gcol.dtype)
+    (sy, sx), (ph, pw), (dy, dx) = stride, pad, dilate
+    # Room for every slice: the padded image, or the last window if it reaches further.
+    full_h = max(h + 2 * ph, sy * (out_h - 1) + (kh - 1) * dy + 1)
+    full_w = max(w + 2 * pw, sx * (out_w - 1) + (kw - 1) * dx + 1)
+    gx = _xp(gcol).zeros((n, c, full_h, full_w), dtype=gcol.dtype)
     for u in range(kh):
         for v in range(kw):
-            gx[:, :, u:u + sy * out_h:sy, v:v + sx * out_w:sx] += gcol[:, :, u, v]
+            gx[:, :, dy * u:dy * u + sy * out_h:sy, dx * v:dx * v + sx * out_w:sx] += \
+                gcol[:, :, u, v]
     return gx[:, :, ph:ph + h, pw:pw + w]
 
 
 # ----- convolution -------------------------------------------------------------
+# Two generalizations cost almost nothing on top of im2col.
+#
+# Dilation d spreads the kernel's taps d pixels apart, so a 3x3 kernel sees a
+# 5x5 field at d = 2 with no more weights:
+#
+#     y[n, o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] x[n, c, sy*i + dy*u, sx*j + dx*v]
+#
+# It only changes the strides of the patch view (a step of u moves dy rows),
+# and col2im's slices start at dy*u instead of u; the kernel spans
+# (k - 1) d + 1 pixels in the output size rule.
+#
+# Groups G split the C input channels and the O output channels into G
+# equal blocks; output block g sees only input block g, so W is
+# (O, C/G, kh, kw).  With the patch matrix cut into G row blocks the single
+# product becomes G of them, one batched matmul:
+#
+#     y2[g] = W2[g] @ col[g],    W2: (G, O/G, C/G*kh*kw),  col: (G, C/G*kh*kw, N*out_h*out_w)
+#
+# and backward is the same per block.  G = C with one filter per channel is
+# the depthwise convolution.
 
 class Convolution2DFunction(Function):
-    """Function node of convolution_2d: im2col, then one matrix product;
-    backward: gW from col and gy, gx by col2im of W^T gy, gb by summing gy.
-    Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
+    """Function node of convolution_2d: im2col, then one matrix product per
+    group; backward: gW from col and gy, gx by col2im of W^T gy, gb by
+    summing gy.  Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
     """
 
     label = 'convolution_2d'
 
-    def __init__(self, stride=1, pad=0, cover_all=False):
+    def __init__(self, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
         self.stride = _pair(stride, 'stride', self.label)
         self.pad = _pair(pad, 'pad', self.label)
         self.cover_all = cover_all
+        self.dilate = _pair(dilate, 'dilate', self.label)
+        self.groups = _check_groups(self.label, groups)
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) == 3 else None
         if W.ndim != 4:
-            raise ValueError('convolution_2d: W must be 4-D (out_channels, in_channels, kh, '
-                             'kw), got W.shape {}'.format(W.shape))
+            raise ValueError('convolution_2d: W must be 4-D (out_channels, in_channels / '
+                             'groups, kh, kw), got W.shape {}'.format(W.shape))
         out_h, out_w = _check_image(self.label, x.shape, W.shape[2:], self.stride, self.pad,
-                                    self.cover_all)
-        if x.shape[1] != W.shape[1]:
+                                    self.cover_all, self.dilate)
+        g = self.groups
+        if x.shape[1] != W.shape[1] * g or W.shape[0] % g:
             raise ValueError('convolution_2d: x has {} channels but W expects {} (x.shape {}, '
-                             'W.shape {})'.format(x.shape[1], W.shape[1], x.shape, W.shape))
+                             'W.shape {}){}'.format(
+                                 x.shape[1], W.shape[1] * g, x.shape, W.shape,
+                                 '' if g == 1 else ' with groups={} (W.shape[0] must divide '
+                                 'by it too)'.format(g)))
         if x.dtype != W.dtype:
             raise TypeError('convolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
                             'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
@@ -4871,9 +4908,11 @@ class Convolution2DFunction(Function):
                              .format(b.shape, W.shape[0]))
         n, out_channels = len(x), W.shape[0]
         # The one copy of the forward pass: the patches, kept for dL/dW.
-        patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all)
-        self.col = patches.transpose(1, 2, 3, 0, 4, 5).reshape(-1, n * out_h * out_w)
-        y = W.reshape(out_channels, -1) @ self.col       # (O, N*out_h*out_w)
+        patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
+                           dilate=self.dilate)
+        self.col = patches.transpose(1, 2, 3, 0, 4, 5).reshape(g, -1, n * out_h * out_w)
+        y = W.reshape(g, out_channels // g, -1) @ self.col     # (G, O/G, N*out_h*out_w)
+        y = y.reshape(out_channels, -1)
         if b is not None:
             y += b[:, None]
         # Swapping the axes back is a view: y is laid out channel-major, which
@@ -4884,41 +4923,207 @@ class Convolution2DFunction(Function):
         x, W = inputs[0], inputs[1]
         gy = grad_outputs[0]
         n, out_channels = gy.shape[:2]
+        g = self.groups
         # Free when gy is laid out like our output, else one copy.
-        gy2 = gy.transpose(1, 0, 2, 3).reshape(out_channels, -1)   # (O, N*out_h*out_w)
-        gW = (gy2 @ self.col.T).reshape(W.shape)
+        gy2 = gy.transpose(1, 0, 2, 3).reshape(g, out_channels // g, -1)
+        gW = (gy2 @ self.col.swapaxes(1, 2)).reshape(W.shape)
         gx = None
         if self.inputs[0].requires_grad:      # a data batch needs none
-            gcol = W.reshape(out_channels, -1).T @ gy2           # (C*kh*kw, N*out_h*out_w)
+            gcol = W.reshape(g, out_channels // g, -1).swapaxes(1, 2) @ gy2
             # col2im with the channel axis first, the layout gcol already has,
             # so each of its slices is one contiguous block; swapped back after.
-            gcol = gcol.reshape(W.shape[1:] + (n,) + gy.shape[2:]).transpose(0, 3, 1, 2, 4, 5)
-            gx = _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad,
-                         self.cover_all).transpose(1, 0, 2, 3)
+            gcol = gcol.reshape((x.shape[1],) + W.shape[2:] + (n,) + gy.shape[2:])
+            gx = _col2im(gcol.transpose(0, 3, 1, 2, 4, 5), x.shape[2], x.shape[3],
+                         self.stride, self.pad, self.dilate).transpose(1, 0, 2, 3)
         if len(inputs) == 3:
-            return gx, gW, gy2.sum(axis=1)
+            return gx, gW, gy2.sum(axis=2).reshape(-1)
         return gx, gW
 
 
-def _check_dilate_groups(label, dilate, groups):
-    if _pair(dilate, 'dilate', label) != (1, 1) or groups != 1:
-        raise NotImplementedError('{}: only dilate=1 and groups=1 are supported, got '
-                                  'dilate={!r}, groups={!r}'.format(label, dilate, groups))
+def _check_groups(label, groups):
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError('{}: groups must be a positive int, got {!r}'.format(label, groups))
+    return int(groups)
 
 
 def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
     """2-D convolution (cross-correlation, as in Chainer) of NCHW images.
 
-    x: (N, C, H, W); W: (out_channels, C, kh, kw); b: (out_channels,) or None.
-    stride, pad: int or (row, column) pair.  cover_all=True adds one output
-    row/column where the last window would miss input pixels.  Returns
-    (N, out_channels, out_h, out_w), out_h = (H + 2 pad - kh) // stride + 1.
-    Raises ValueError on a non-4-D x, a channel mismatch or a kernel larger
-    than the padded input; NotImplementedError for dilate or groups != 1.
+    y[n, o, i, j] = b[o] + sum_{c,u,v} W[o, c, u, v] x[n, c', sy i + dy u, sx j + dx v]
+    over the input channels c' of o's group.  x: (N, C, H, W); W:
+    (out_channels, C / groups, kh, kw); b: (out_channels,) or None.  stride,
+    pad, dilate: int or (row, column) pair.  cover_all=True adds one output
+    row/column where the last window would miss input pixels.  groups splits
+    the channels into that many independent blocks (C and out_channels must
+    divide by it).  Returns (N, out_channels, out_h, out_w), out_h = (H + 2
+    pad - ((kh - 1) dilate + 1)) // stride + 1.  Raises ValueError on a
+    non-4-D x, a channel mismatch or a kernel larger than the padded input.
     Follows chainer.functions.convolution_2d.
     """
-    _check_dilate_groups('convolution_2d', dilate, groups)
-    function = Convolution2DFunction(stride, pad, cover_all)
+    function = Convolution2DFunction(stride, pad, cover_all, dilate, groups)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+def dilated_convolution_2d(x, W, b=None, stride=1, pad=0, dilate=1, cover_all=False):
+    """convolution_2d with the kernel's taps `dilate` pixels apart.
+
+    x: (N, C, H, W); W: (out_channels, C, kh, kw); b: (out_channels,) or None.
+    Same as convolution_2d(x, W, b, stride, pad, cover_all, dilate=dilate);
+    out_h = (H + 2 pad - ((kh - 1) dilate + 1)) // stride + 1.  Raises as
+    convolution_2d.  Follows chainer.functions.dilated_convolution_2d.
+    """
+    return convolution_2d(x, W, b, stride, pad, cover_all, dilate=dilate)
+
+
+def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
+    """Convolve each input channel separately with its own M filters.
+
+    y[n, c M + m, i, j] = b[c M + m] + sum_{u,v} W[m, c, u, v] x[n, c, sy i + u, sx j + v].
+    x: (N, C, H, W); W: (M, C, kh, kw) (M, the channel multiplier, first, as
+    in Chainer); b: (C M,) or None.  Returns (N, C M, out_h, out_w).  It is
+    convolution_2d with groups=C and W rearranged to (C M, 1, kh, kw).
+    Raises ValueError when W is not 4-D or W.shape[1] != C.
+    Follows chainer.functions.depthwise_convolution_2d.
+    """
+    w_shape = _input_data('depthwise_convolution_2d', W).shape
+    if len(w_shape) != 4:
+        raise ValueError('depthwise_convolution_2d: W must be 4-D (channel_multiplier, '
+                         'in_channels, kh, kw), got W.shape {}'.format(w_shape))
+    multiplier, in_channels, kh, kw = w_shape
+    # Output channel c*M + m belongs to group c: bring c to the front first.
+    W = reshape(transpose(W, (1, 0, 2, 3)), (in_channels * multiplier, 1, kh, kw))
+    return convolution_2d(x, W, b, stride, pad, groups=in_channels)
+
+
+# ----- deconvolution (transposed convolution) ------------------------------------
+# Convolution is linear in x: y2 = W2 @ im2col(x).  Its transpose, which
+# carries a gradient at the output back to the input, is therefore
+#
+#     x -> col2im(W2^T @ x2)
+#
+# i.e. exactly convolution's backward w.r.t. x, and it is a layer in its own
+# right: every input pixel stamps a kh x kw copy of the kernel, scaled by
+# its value, onto the output, sy pixels further for each step, the stamps
+# adding where they overlap.  So the image grows:
+#
+#     out_h = sy (h - 1) + (kh - 1) dy + 1 - 2 ph
+#
+# (the inverse of the convolution size rule; padding now crops the output).
+# Several out_h give back the same h under the floor of convolution's rule,
+# so `outsize` may differ from it by up to sy - 1 either way: extra rows get
+# no stamp (only b), missing rows crop the last stamps, and then the
+# convolution that maps the output back onto x needs cover_all to reach
+# every pixel of x (backward uses it so).  The W of a deconvolution is
+# the W of the convolution it transposes, (in_channels, out_channels / G,
+# kh, kw): its first axis meets x.  Backward is then a convolution forward:
+#
+#     dL/dx = convolution_2d(gy, W)        dL/dW2 = x2 @ im2col(gy)^T
+
+class Deconvolution2DFunction(Function):
+    """Function node of deconvolution_2d: one matrix product (per group),
+    then col2im; backward: im2col of gy, then the products of a convolution.
+    Chainer: chainer.functions.connection.deconvolution_2d.Deconvolution2DFunction.
+    """
+
+    label = 'deconvolution_2d'
+
+    def __init__(self, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+        self.stride = _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.outsize = None if outsize is None else _pair(outsize, 'outsize', self.label)
+        self.dilate = _pair(dilate, 'dilate', self.label)
+        self.groups = _check_groups(self.label, groups)
+
+    def _output_size(self, x, W):
+        """(out_h, out_w), checked against x's size; and whether the
+        convolution that maps the output back onto x needs cover_all."""
+        if x.ndim != 4 or W.ndim != 4:
+            raise ValueError('deconvolution_2d: x and W must be 4-D, got x.shape {}, W.shape '
+                             '{}'.format(x.shape, W.shape))
+        (sy, sx), (ph, pw), (dy, dx) = self.stride, self.pad, self.dilate
+        if min(sy, sx, dy, dx) < 1 or min(ph, pw) < 0:
+            raise ValueError('deconvolution_2d: stride and dilate must be >= 1 and pad >= 0, '
+                             'got stride {}, pad {}, dilate {}'.format(self.stride, self.pad,
+                                                                     self.dilate))
+        sizes, cover_all = [], False
+        for axis, s, p, d, given in ((2, sy, ph, dy, None if self.outsize is None
+                                      else self.outsize[0]),
+                                     (3, sx, pw, dx, None if self.outsize is None
+                                      else self.outsize[1])):
+            size, k = x.shape[axis], W.shape[axis]
+            out = s * (size - 1) + (k - 1) * d + 1 - 2 * p if given is None else given
+            low, high = _conv_outsize(out, k, s, p, False, d), _conv_outsize(out, k, s, p, True, d)
+            if out < 1 or not low <= size <= high:
+                raise ValueError(
+                    'deconvolution_2d: no output size fits: x.shape {} with W.shape {}, '
+                    'stride {}, pad {}, dilate {} gives {} along axis {}{}'.format(
+                        x.shape, W.shape, self.stride, self.pad, self.dilate, out, axis,
+                        '' if given is None else ' (outsize {}), which a convolution maps '
+                        'to {}, not {}'.format(self.outsize, low if low == high else
+                                               '{} or {}'.format(low, high), size)))
+            cover_all = cover_all or size != low
+            sizes.append(out)
+        return tuple(sizes), cover_all
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        (out_h, out_w), self.cover_all = self._output_size(x, W)
+        g = self.groups
+        if x.shape[1] != W.shape[0] or W.shape[0] % g:
+            raise ValueError('deconvolution_2d: x has {} channels but W expects {} (x.shape '
+                             '{}, W.shape {}){}'.format(
+                                 x.shape[1], W.shape[0], x.shape, W.shape,
+                                 '' if g == 1 else ' with groups={} (which must divide '
+                                 'W.shape[0])'.format(g)))
+        if x.dtype != W.dtype:
+            raise TypeError('deconvolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
+                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        out_channels = W.shape[1] * g
+        if b is not None and b.shape != (out_channels,):
+            raise ValueError('deconvolution_2d: b.shape {} != (W.shape[1] * groups,) = ({},)'
+                             .format(b.shape, out_channels))
+        n, in_channels, h, w = x.shape
+        x2 = x.transpose(1, 0, 2, 3).reshape(g, in_channels // g, -1)    # (G, C/G, N*h*w)
+        W2 = W.reshape(g, in_channels // g, -1)                    # (G, C/G, O/G*kh*kw)
+        gcol = (W2.swapaxes(1, 2) @ x2).reshape((out_channels,) + W.shape[2:] + (n, h, w))
+        y = _col2im(gcol.transpose(0, 3, 1, 2, 4, 5), out_h, out_w, self.stride, self.pad,
+                    self.dilate)                                   # (O, N, out_h, out_w)
+        if b is not None:
+            y += b[:, None, None, None]
+        return y.transpose(1, 0, 2, 3),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[0], inputs[1]
+        gy, = grad_outputs
+        g = self.groups
+        n, in_channels, h, w = x.shape
+        # The patches of gy that the forward pass stamped, one column per x pixel.
+        col = _patches(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
+                       dilate=self.dilate)
+        col = col.transpose(1, 2, 3, 0, 4, 5).reshape(g, -1, n * h * w)   # (G, O/G*kh*kw, P)
+        x2 = x.transpose(1, 0, 2, 3).reshape(g, in_channels // g, -1)
+        gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
+        gx = (W.reshape(g, in_channels // g, -1) @ col).reshape(in_channels, n, h, w)
+        gx = gx.transpose(1, 0, 2, 3)
+        if len(inputs) == 3:
+            return gx, gW, gy.sum(axis=(0, 2, 3))
+        return gx, gW
+
+
+def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, groups=1):
+    """2-D transposed convolution: the adjoint of convolution_2d with the same W.
+
+    y = col2im(W2^T @ x2) + b: each input pixel adds W[c, o] times its value
+    onto the output window it maps to.  x: (N, C, h, w); W: (C, out_channels
+    / groups, kh, kw); b: (out_channels,) or None.  stride, pad, dilate: int
+    or pair.  The output is (N, out_channels, out_h, out_w) with out_h = sy
+    (h - 1) + (kh - 1) dy + 1 - 2 ph, or outsize (a pair), which may differ
+    from that by up to sy - 1 either way.  Raises ValueError on non-4-D inputs, a channel
+    mismatch, or an outsize whose convolution would not give back h.
+    Follows chainer.functions.deconvolution_2d.
+    """
+    function = Deconvolution2DFunction(stride, pad, outsize, dilate, groups)
     return function(x, W) if b is None else function(x, W, b)
 
 
@@ -4929,32 +5134,34 @@ class Im2Col(Function):
 
     label = 'im2col'
 
-    def __init__(self, ksize, stride, pad, cover_all):
+    def __init__(self, ksize, stride, pad, cover_all, dilate=1):
         self.ksize = _pair(ksize, 'ksize', self.label)
         self.stride = _pair(stride, 'stride', self.label)
         self.pad = _pair(pad, 'pad', self.label)
         self.cover_all = cover_all
+        self.dilate = _pair(dilate, 'dilate', self.label)
 
     def forward(self, inputs):
         x, = inputs
         out_h, out_w = _check_image(self.label, x.shape, self.ksize, self.stride, self.pad,
-                                    self.cover_all)
-        col = _patches(x, self.ksize, self.stride, self.pad, self.cover_all)
+                                    self.cover_all, self.dilate)
+        col = _patches(x, self.ksize, self.stride, self.pad, self.cover_all,
+                       dilate=self.dilate)
         return col.reshape(len(x), -1, out_h, out_w),
 
     def backward(self, inputs, grad_outputs):
         x, = inputs
         gy, = grad_outputs
         gcol = gy.reshape(x.shape[:2] + self.ksize + gy.shape[2:])
-        return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad, self.cover_all),
+        return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad, self.dilate),
 
 
 def im2col(x, ksize, stride=1, pad=0, cover_all=False, dilate=1):
     """The patches of x (N, C, H, W) as channels: (N, C*kh*kw, out_h, out_w),
     channel c*kh*kw + u*kw + v holding the pixel at kernel offset (u, v) of
-    channel c.  Arguments as in convolution_2d.  Follows chainer.functions.im2col."""
-    _check_dilate_groups('im2col', dilate, 1)
-    return Im2Col(ksize, stride, pad, cover_all)(x)
+    channel c (dilate spaces the offsets).  Arguments as in convolution_2d.
+    Follows chainer.functions.im2col."""
+    return Im2Col(ksize, stride, pad, cover_all, dilate)(x)
 
 
 # ----- pooling -------------------------------------------------------------------
@@ -5020,13 +5227,17 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     ksize, stride, pad: int or pair; stride=None means stride = ksize.
     cover_all=True (Chainer's default) adds a last partial window so every
     pixel is covered: out_h = (H + 2 pad - kh + stride - 1) // stride + 1.
-    Padding never wins (it is -inf).  Returns (N, C, out_h, out_w).  Raises
-    ValueError on a non-4-D x or a window larger than the padded input.
-    Follows chainer.functions.max_pooling_2d (return_indices not supported).
+    Padding never wins (it is -inf).  Returns y (N, C, out_h, out_w); with
+    return_indices=True, the pair (y, indices), indices an int32 array of
+    y's shape holding each maximum's offset u*kw + v in its window (what
+    upsampling_2d takes).  Raises ValueError on a non-4-D x or a window
+    larger than the padded input.  Follows chainer.functions.max_pooling_2d.
     """
+    function = MaxPooling2D(ksize, stride, pad, cover_all)
+    y = function(x)
     if return_indices:
-        raise NotImplementedError('max_pooling_2d: return_indices=True is not supported')
-    return MaxPooling2D(ksize, stride, pad, cover_all)(x)
+        return y, function.winner.astype(np.int32)
+    return y
 
 
 class AveragePooling2D(Function):
@@ -5069,6 +5280,138 @@ def average_pooling_2d(x, ksize, stride=None, pad=0):
     padded input.  Follows chainer.functions.average_pooling_2d.
     """
     return AveragePooling2D(ksize, stride, pad)(x)
+
+
+# ----- unpooling and upsampling ---------------------------------------------------
+# The way back up.  Unpooling copies every pixel into its whole kh x kw
+# window of a larger image, windows placed as pooling would place them
+# (copies adding up where windows overlap): col2im of x broadcast over the
+# kernel offsets, a deconvolution with a kernel of ones per channel.
+# Upsampling copies each pixel to one place only, the offset where max
+# pooling found the maximum, and leaves the rest of the window zero.  The
+# output size inverts pooling's (default cover_all=True) rule:
+#
+#     out_h = sy (h - 1) + kh - 2 ph  (- (sy - 1) with cover_all)
+#
+# Backward reads gy's windows, im2col's patch view: unpooling sums each
+# window, upsampling picks the element at the remembered offset.
+
+class _Unpool(Function):
+    """The shared part of unpooling_2d and upsampling_2d: sizes and checks."""
+
+    def __init__(self, ksize, stride, pad, outsize, cover_all):
+        self.ksize = _pair(ksize, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _pair(stride, 'stride', self.label)
+        self.pad = _pair(pad, 'pad', self.label)
+        self.outsize = None if outsize is None else _pair(outsize, 'outsize', self.label)
+        self.cover_all = cover_all
+
+    def _output_size(self, x):
+        if x.ndim != 4:
+            raise ValueError('{}: x must be 4-D (batch, channels, height, width), got shape '
+                             '{}'.format(self.label, x.shape))
+        _require_float(self.label, x)
+        sizes = []
+        for i in (0, 1):
+            k, s, p, size = self.ksize[i], self.stride[i], self.pad[i], x.shape[2 + i]
+            if k < 1 or s < 1 or p < 0:
+                raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize '
+                                 '{}, stride {}, pad {}'.format(self.label, self.ksize,
+                                                                self.stride, self.pad))
+            out = (s * (size - 1) + k - 2 * p - (s - 1 if self.cover_all else 0)
+                   if self.outsize is None else self.outsize[i])
+            if out < 1 or _conv_outsize(out, k, s, p, self.cover_all) != size:
+                raise ValueError('{}: output size {} along axis {} does not pool back to x\'s '
+                                 '{} (x.shape {}, ksize {}, stride {}, pad {}, outsize {}, '
+                                 'cover_all {})'.format(self.label, out, 2 + i, size, x.shape,
+                                                        self.ksize, self.stride, self.pad,
+                                                        self.outsize, self.cover_all))
+            sizes.append(out)
+        return sizes
+
+    def _windows(self, gy):
+        """gy's windows, (N, C, kh, kw, h, w): the patches pooling would read."""
+        return _patches(gy, self.ksize, self.stride, self.pad, self.cover_all)
+
+
+class Unpooling2D(_Unpool):
+    """Function node of unpooling_2d: col2im of x repeated over each window;
+    backward sums gy over each window.
+    Chainer: chainer.functions.pooling.unpooling_2d.Unpooling2D.
+    """
+
+    label = 'unpooling_2d'
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = self._output_size(x)
+        col = _xp(x).broadcast_to(x[:, :, None, None], x.shape[:2] + self.ksize + x.shape[2:])
+        return _col2im(col, out_h, out_w, self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):       # each copy's gradient flows back
+        return self._windows(grad_outputs[0]).sum(axis=(2, 3)),
+
+
+def unpooling_2d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Copy every pixel of x (N, C, h, w) into its whole ksize window of a larger image.
+
+    The inverse placement of pooling (overlapping copies add up).  ksize,
+    stride, pad: int or pair; stride=None means ksize.  The output is (N,
+    C, out_h, out_w) with out_h = stride (h - 1) + kh - 2 pad, less stride
+    - 1 when cover_all (the default, as in max_pooling_2d), or outsize (a
+    pair) if given.  Raises ValueError on a non-4-D x or an outsize that
+    pooling would not bring back to h; TypeError on an integer x.
+    Follows chainer.functions.unpooling_2d.
+    """
+    return Unpooling2D(ksize, stride, pad, outsize, cover_all)(x)
+
+
+class Upsampling2D(_Unpool):
+    """Function node of upsampling_2d: each pixel to the offset `indices`
+    names in its window; backward reads gy back from the same place.
+    Chainer: chainer.functions.pooling.upsampling_2d.Upsampling2D.
+    """
+
+    label = 'upsampling_2d'
+
+    def __init__(self, indices, ksize, stride, pad, outsize, cover_all):
+        super().__init__(ksize, stride, pad, outsize, cover_all)
+        self.indices = indices
+
+    def forward(self, inputs):
+        x, = inputs
+        out_h, out_w = self._output_size(x)
+        if self.indices.shape != x.shape:
+            raise ValueError('upsampling_2d: indices.shape {} != x.shape {}'
+                             .format(self.indices.shape, x.shape))
+        xp = _xp(x)
+        kh, kw = self.ksize
+        col = xp.zeros(x.shape[:2] + self.ksize + x.shape[2:], dtype=x.dtype)
+        for k in range(kh * kw):
+            col[:, :, k // kw, k % kw] = xp.where(self.indices == k, x, 0)
+        return _col2im(col, out_h, out_w, self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):
+        windows = self._windows(grad_outputs[0])
+        kh, kw = self.ksize
+        gx = _xp(windows).zeros(inputs[0].shape, dtype=windows.dtype)
+        for k in range(kh * kw):
+            gx += windows[:, :, k // kw, k % kw] * (self.indices == k)
+        return gx,
+
+
+def upsampling_2d(x, indices, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Put every pixel of x (N, C, h, w) where max pooling found it; zeros elsewhere.
+
+    indices: an integer array of x's shape, each entry the offset u*kw + v
+    within its ksize window, as max_pooling_2d(..., return_indices=True)
+    returns it.  ksize, stride, pad, outsize, cover_all and the output size
+    as in unpooling_2d (pass the pooling's own arguments, and outsize = the
+    pooled image's size to get that size back).  Raises ValueError on
+    mismatched indices or sizes.  Follows chainer.functions.upsampling_2d.
+    """
+    indices = _input_data('upsampling_2d', indices)
+    return Upsampling2D(indices, ksize, stride, pad, outsize, cover_all)(x)
 
 
 # ----- batch normalization -------------------------------------------------------
@@ -5360,42 +5703,165 @@ def group_normalization(x, groups, gamma, beta, eps=1e-5):
 # ----- the links -----------------------------------------------------------------
 
 class Convolution2D(Link):
-    """A convolution layer: owns W (out_channels, in_channels, kh, kw) and b.
+    """A convolution layer: owns W (out_channels, in_channels / groups, kh, kw) and b.
 
     Convolution2D(in_channels, out_channels, ksize, stride=1, pad=0, ...), or
     the short form Convolution2D(out_channels, ksize), or in_channels=None:
     in_channels is then read from the first input.  W starts LeCunNormal, b
     zero (nobias=True: no b).  Calling it on x (N, C, H, W) returns
-    F.convolution_2d(x, W, b, stride, pad).  dilate and groups other than 1
-    raise NotImplementedError.  Follows chainer.links.Convolution2D.
+    F.convolution_2d(x, W, b, stride, pad, dilate=dilate, groups=groups).
+    Raises ValueError when in_channels or out_channels does not divide by
+    groups.  Follows chainer.links.Convolution2D.
     """
 
     def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
                  nobias=False, initialW=None, initial_bias=None, *, dilate=1, groups=1):
         super().__init__()
-        _check_dilate_groups('Convolution2D', dilate, groups)
         if ksize is None:                      # the short form (out_channels, ksize)
             in_channels, out_channels, ksize = None, in_channels, out_channels
-        self.ksize = _pair(ksize, 'ksize', 'Convolution2D')
-        self.stride = _pair(stride, 'stride', 'Convolution2D')
-        self.pad = _pair(pad, 'pad', 'Convolution2D')
+        label = type(self).__name__
+        self.ksize = _pair(ksize, 'ksize', label)
+        self.stride = _pair(stride, 'stride', label)
+        self.pad = _pair(pad, 'pad', label)
+        self.dilate = _pair(dilate, 'dilate', label)
+        self.groups = _check_groups(label, groups)
+        _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.dilate, self.groups = 1, 1
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self.W.initialize((out_channels, in_channels) + self.ksize)
+                self._initialize_params(in_channels, np)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
+    def _initialize_params(self, in_channels, xp):
+        _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
+        self.in_channels = in_channels
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+
     def forward(self, x):
         if self.W.data is None:
-            data = _input_data('Convolution2D', x)
+            data = _input_data(type(self).__name__, x)
             # Check before W takes its shape, so a bad first call changes nothing.
-            _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad)
-            self.in_channels = data.shape[1]
-            self.W.initialize((self.out_channels, data.shape[1]) + self.ksize, _xp(data))
-        return convolution_2d(x, self.W, self.b, self.stride, self.pad)
+            _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad,
+                         dilate=self.dilate)
+            self._initialize_params(data.shape[1], _xp(data))
+        return convolution_2d(x, self.W, self.b, self.stride, self.pad, dilate=self.dilate,
+                              groups=self.groups)
+
+
+def _check_link_groups(label, channels, groups, what):
+    if channels is not None and channels % groups:
+        raise ValueError('{}: {} ({}) must divide by groups ({})'
+                         .format(label, what, channels, groups))
+
+
+class DilatedConvolution2D(Convolution2D):
+    """A dilated convolution layer: Convolution2D with the taps `dilate` apart.
+
+    DilatedConvolution2D(in_channels, out_channels, ksize=None, stride=1,
+    pad=0, dilate=1, nobias=False, initialW=None, initial_bias=None) (note
+    dilate's place: fifth, as in Chainer), or the short form
+    (out_channels, ksize).  W: (out_channels, in_channels, kh, kw), LeCunNormal;
+    b zero.  Calling it returns F.dilated_convolution_2d(x, W, b, stride,
+    pad, dilate).  Follows chainer.links.DilatedConvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0, dilate=1,
+                 nobias=False, initialW=None, initial_bias=None):
+        super().__init__(in_channels, out_channels, ksize, stride, pad, nobias, initialW,
+                         initial_bias, dilate=dilate)
+
+
+class DepthwiseConvolution2D(Link):
+    """A depthwise convolution layer: channel_multiplier filters per input channel.
+
+    W: (channel_multiplier, in_channels, kh, kw), drawn from HeNormal with
+    scale 1/sqrt(2) (Chainer's default); b: (in_channels *
+    channel_multiplier,) zero (nobias=True: none).  in_channels=None reads
+    it from the first input (W and b wait until then).  Calling it on x
+    (N, in_channels, H, W) returns F.depthwise_convolution_2d(x, W, b,
+    stride, pad).  Follows chainer.links.DepthwiseConvolution2D.
+    """
+
+    def __init__(self, in_channels, channel_multiplier, ksize, stride=1, pad=0,
+                 nobias=False, initialW=None, initial_bias=None):
+        super().__init__()
+        label = 'DepthwiseConvolution2D'
+        self.ksize = _pair(ksize, 'ksize', label)
+        self.stride = _pair(stride, 'stride', label)
+        self.pad = _pair(pad, 'pad', label)
+        self.channel_multiplier = channel_multiplier
+        self.nobias = nobias
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, HeNormal(1 / math.sqrt(2))))
+            self.b = None if nobias else Parameter(_get_initializer(initial_bias, Zero()))
+        if in_channels is not None:
+            self._initialize_params(in_channels, np)
+
+    def _initialize_params(self, in_channels, xp):
+        self.W.initialize((self.channel_multiplier, in_channels) + self.ksize, xp)
+        if self.b is not None:
+            self.b.initialize(self.channel_multiplier * in_channels, xp)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = _input_data('DepthwiseConvolution2D', x)
+            _check_image('depthwise_convolution_2d', data.shape, self.ksize, self.stride,
+                         self.pad)
+            self._initialize_params(data.shape[1], _xp(data))
+        return depthwise_convolution_2d(x, self.W, self.b, self.stride, self.pad)
+
+
+class Deconvolution2D(Link):
+    """A transposed convolution layer: owns W (in_channels, out_channels / groups, kh, kw) and b.
+
+    Deconvolution2D(in_channels, out_channels, ksize, stride=1, pad=0,
+    nobias=False, outsize=None, ...), the short form (out_channels, ksize),
+    or in_channels=None, read from the first input.  W starts LeCunNormal
+    (its fan-in is out_channels / groups * kh * kw, W's axes after the
+    first), b zero.  Calling it on x returns F.deconvolution_2d(x, W, b,
+    stride, pad, outsize, dilate=dilate, groups=groups).  Raises ValueError
+    when in_channels or out_channels does not divide by groups.
+    Follows chainer.links.Deconvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 nobias=False, outsize=None, initialW=None, initial_bias=None, *,
+                 dilate=1, groups=1):
+        super().__init__()
+        if ksize is None:                      # the short form (out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        label = 'Deconvolution2D'
+        self.ksize = _pair(ksize, 'ksize', label)
+        self.stride = _pair(stride, 'stride', label)
+        self.pad = _pair(pad, 'pad', label)
+        self.dilate = _pair(dilate, 'dilate', label)
+        self.outsize = None if outsize is None else _pair(outsize, 'outsize', label)
+        self.groups = _check_groups(label, groups)
+        _check_link_groups(label, out_channels, self.groups, 'out_channels')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_channels is not None:
+                self._initialize_params(in_channels, np)
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_channels)
+
+    def _initialize_params(self, in_channels, xp):
+        _check_link_groups('Deconvolution2D', in_channels, self.groups, 'in_channels')
+        self.in_channels = in_channels
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = _input_data('Deconvolution2D', x)
+            if data.ndim != 4:
+                raise ValueError('Deconvolution2D: x must be 4-D (batch, channels, height, '
+                                 'width), got shape {}'.format(data.shape))
+            self._initialize_params(data.shape[1], _xp(data))
+        return deconvolution_2d(x, self.W, self.b, self.stride, self.pad, self.outsize,
+                                dilate=self.dilate, groups=self.groups)
 
 
 class BatchNormalization(Link):
@@ -11594,8 +12060,13 @@ del _name
 _submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
            max_pooling_2d=max_pooling_2d, average_pooling_2d=average_pooling_2d,
            batch_normalization=batch_normalization,
-           fixed_batch_normalization=fixed_batch_normalization)
-_submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization)
+           fixed_batch_normalization=fixed_batch_normalization,
+           deconvolution_2d=deconvolution_2d, dilated_convolution_2d=dilated_convolution_2d,
+           depthwise_convolution_2d=depthwise_convolution_2d, unpooling_2d=unpooling_2d,
+           upsampling_2d=upsampling_2d)
+_submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization,
+           Deconvolution2D=Deconvolution2D, DilatedConvolution2D=DilatedConvolution2D,
+           DepthwiseConvolution2D=DepthwiseConvolution2D)
 
 
 _submodule('functions', square=square, squared_error=squared_error,
@@ -11639,12 +12110,12 @@ _not_supported(
             'tensordot triplet zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
-            'convolution_1d convolution_3d convolution_nd deconvolution_1d deconvolution_2d '
+            'convolution_1d convolution_3d convolution_nd deconvolution_1d '
             'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
-            'depthwise_convolution_2d dilated_convolution_2d local_convolution_2d '
+            'local_convolution_2d '
             'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
-            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_2d unpooling_3d '
-            'unpooling_nd upsampling_2d')
+            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_3d '
+            'unpooling_nd')
 _not_supported(
     links,
     rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
@@ -11656,8 +12127,8 @@ _not_supported(
     missing='BatchRenormalization BinaryHierarchicalSoftmax BlackOut '
             'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
             'SimplifiedDropconnect TheanoFunction Convolution1D Convolution3D '
-            'ConvolutionND Deconvolution1D Deconvolution2D Deconvolution3D DeconvolutionND '
-            'DeformableConvolution2D DepthwiseConvolution2D DilatedConvolution2D '
+            'ConvolutionND Deconvolution1D Deconvolution3D DeconvolutionND '
+            'DeformableConvolution2D '
             'LocalConvolution2D MLPConvolution2D')
 
 

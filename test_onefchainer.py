@@ -5516,9 +5516,12 @@ CHAINER_PROVIDED = {
                  'relu6 repeat reshape rsqrt selu separate sigmoid sigmoid_cross_entropy sin sinh '
                  'softmax softmax_cross_entropy softplus sqrt square squared_difference '
                  'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where '
-                 'prelu swish scale bias maxout bilinear layer_normalization group_normalization',
+                 'prelu swish scale bias maxout bilinear layer_normalization group_normalization '
+                 'deconvolution_2d dilated_convolution_2d depthwise_convolution_2d '
+                 'unpooling_2d upsampling_2d',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
-             'Parameter LayerNormalization GroupNormalization',
+             'Parameter LayerNormalization GroupNormalization '
+             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3',
@@ -5615,8 +5618,6 @@ CHAINER_OUT_OF_SCOPE = {
 # In Chainer and not here for now (no design reason): each must either exist
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
-    'functions': 'deconvolution_2d unpooling_2d',
-    'links': 'Deconvolution2D',
     'optimizers': 'MSVAG',
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
@@ -6217,11 +6218,9 @@ def test_convolution_2d_link_forms_and_initialization():
     assert short.W.shape == (8, 5, 3, 3) and y.shape == (2, 8, 4, 4)
     lazy = L.Convolution2D(None, 4, (2, 3), initialW=initializers.One(), initial_bias=0.5)
     assert host(lazy(np.ones((1, 2, 4, 4), np.float32))).tolist()[0][0][0] == [12.5, 12.5]
-    for bad in ({'dilate': 2}, {'groups': 2}):
-        with pytest.raises(NotImplementedError, match='dilate=1 and groups=1'):
-            L.Convolution2D(3, 4, 3, **bad)
-    with pytest.raises(NotImplementedError, match='convolution_2d'):
-        F.convolution_2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), dilate=2)
+    with pytest.raises(ValueError, match=r'Convolution2D: in_channels \(3\) must divide by '
+                                         r'groups \(2\)'):
+        L.Convolution2D(3, 4, 3, groups=2)
 
 
 def test_convolution_layers_reject_bad_input_naming_the_function_and_shapes():
@@ -7855,3 +7854,321 @@ def test_layer_and_group_normalization_links(tmp_path):
         gn(dev(f64(2, 6, 3)))
     assert _npz_keys(L.GroupNormalization(2, 4), tmp_path) == ['beta', 'gamma']
     _npz_round_trip(lambda: L.GroupNormalization(2, 4), tmp_path)
+
+
+# ----- Chainer names added: transposed, dilated, grouped and depthwise convolutions, unpooling -----
+# References are loops written out here from the definitions (no im2col), the
+# adjoint identity <conv(x), y> = <x, deconv(y)>, and numerical gradients in float64.
+# Chainer 7.8.1 gave the same values (outside the repository, not committed).
+
+def conv_general_by_loops(x, W, stride, pad, dilate, groups):
+    """y[n, o, i, j] = sum_{c in o's group, u, v} W[o, c', u, v] xpad[n, c, sy i + dy u, sx j + dx v]."""
+    (sy, sx), (ph, pw), (dy, dx) = stride, pad, dilate
+    n, c, h, w = x.shape
+    out_c, cg, kh, kw = W.shape
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    xpad[:, :, ph:ph + h, pw:pw + w] = x
+    out_h = (h + 2 * ph - (kh - 1) * dy - 1) // sy + 1
+    out_w = (w + 2 * pw - (kw - 1) * dx - 1) // sx + 1
+    y = np.zeros((n, out_c, out_h, out_w))
+    per_group = out_c // groups
+    for o in range(out_c):
+        first = (o // per_group) * cg
+        for i in range(out_h):
+            for j in range(out_w):
+                for u in range(kh):
+                    for v in range(kw):
+                        y[:, o, i, j] += xpad[:, first:first + cg, sy * i + dy * u,
+                                              sx * j + dx * v] @ W[o, :, u, v]
+    return y
+
+
+def deconv_by_loops(x, W, stride, pad, dilate, groups, outsize):
+    """Each x[n, c, i, j] stamps x * W[c, o', u, v] at (sy i + dy u - ph, sx j + dx v - pw)."""
+    (sy, sx), (ph, pw), (dy, dx) = stride, pad, dilate
+    n, c, h, w = x.shape
+    _, og, kh, kw = W.shape
+    out_h, out_w = outsize
+    y = np.zeros((n, og * groups, out_h, out_w))
+    per_group = c // groups
+    for ci in range(c):
+        first = (ci // per_group) * og
+        for i in range(h):
+            for j in range(w):
+                for u in range(kh):
+                    for v in range(kw):
+                        r, s = sy * i + dy * u - ph, sx * j + dx * v - pw
+                        if 0 <= r < out_h and 0 <= s < out_w:
+                            y[:, first:first + og, r, s] += np.outer(x[:, ci, i, j], W[ci, :, u, v])
+    return y
+
+
+GENERAL_CONV_CASES = [  # (x shape, W shape, stride, pad, dilate, groups)
+    ((2, 3, 5, 5), (4, 3, 3, 3), (1, 1), (0, 0), (2, 2), 1),
+    ((1, 4, 7, 6), (6, 2, 3, 2), (2, 1), (1, 2), (2, 1), 2),
+    ((2, 6, 5, 4), (3, 2, 2, 2), (1, 2), (1, 0), (1, 3), 3),
+    ((1, 4, 4, 5), (4, 1, 3, 3), (2, 2), (1, 1), (1, 1), 4),    # depthwise-like
+]
+
+
+@pytest.mark.parametrize('x_shape,W_shape,stride,pad,dilate,groups', GENERAL_CONV_CASES)
+def test_convolution_2d_dilate_groups_match_loops_and_numerical_gradient(
+        x_shape, W_shape, stride, pad, dilate, groups):
+    x, W, b = f64(*x_shape, seed=1), f64(*W_shape, seed=2), f64(W_shape[0], seed=3)
+    y = F.convolution_2d(dev(x), dev(W), dev(b), stride, pad, dilate=dilate, groups=groups)
+    expected = conv_general_by_loops(x, W, stride, pad, dilate, groups) + b[None, :, None, None]
+    np.testing.assert_allclose(host(y), expected, rtol=1e-12, atol=1e-12)
+    check(lambda x, W, b: F.convolution_2d(x, W, b, stride, pad, dilate=dilate, groups=groups),
+          x, W, b)
+
+
+DECONV_CASES = [  # (x shape, W shape, stride, pad, dilate, groups, outsize)
+    ((2, 3, 3, 4), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1, None),
+    ((1, 2, 3, 3), (2, 3, 3, 2), (2, 3), (1, 0), (1, 1), 1, None),
+    ((1, 2, 3, 3), (2, 3, 3, 3), (3, 2), (1, 1), (1, 1), 1, (8, 6)),   # outsize beyond the rule
+    ((2, 4, 3, 2), (4, 1, 2, 3), (2, 1), (0, 1), (2, 2), 2, None),
+    ((1, 6, 2, 3), (6, 2, 3, 3), (2, 2), (1, 1), (1, 2), 3, (4, 7)),
+    ((2, 2, 3, 4), (2, 2, 3, 2), (3, 2), (0, 1), (1, 1), 1, (7, 6)),   # outsize below the rule
+]
+
+
+def _deconv_outsize(x_shape, W_shape, stride, pad, dilate, outsize):
+    if outsize is not None:
+        return outsize
+    return tuple(s * (n - 1) + (k - 1) * d + 1 - 2 * p for n, k, s, p, d in
+                 zip(x_shape[2:], W_shape[2:], stride, pad, dilate))
+
+
+@pytest.mark.parametrize('x_shape,W_shape,stride,pad,dilate,groups,outsize', DECONV_CASES)
+def test_deconvolution_2d_matches_loops_adjoint_and_numerical_gradient(
+        x_shape, W_shape, stride, pad, dilate, groups, outsize):
+    x, W = f64(*x_shape, seed=1), f64(*W_shape, seed=2)
+    b = f64(W_shape[1] * groups, seed=3)
+    size = _deconv_outsize(x_shape, W_shape, stride, pad, dilate, outsize)
+    y = F.deconvolution_2d(dev(x), dev(W), dev(b), stride, pad, outsize, dilate=dilate,
+                           groups=groups)
+    expected = deconv_by_loops(x, W, stride, pad, dilate, groups, size)
+    assert y.shape == (x_shape[0], W_shape[1] * groups) + tuple(size)
+    np.testing.assert_allclose(host(y), expected + b[None, :, None, None], rtol=1e-12,
+                               atol=1e-12)
+    # The transpose of the convolution with the same W: <conv(z), x> == <z, deconv(x)>.
+    z = f64(*y.shape, seed=4)
+    cover_all = any(n != (m + 2 * p - (k - 1) * d - 1) // s + 1 for n, m, k, s, p, d in
+                    zip(x_shape[2:], size, W_shape[2:], stride, pad, dilate))
+    conv_z = F.convolution_2d(dev(z), dev(W), None, stride, pad, cover_all, dilate=dilate,
+                              groups=groups)
+    assert conv_z.shape == x.shape
+    unbiased = F.deconvolution_2d(dev(x), dev(W), None, stride, pad, outsize, dilate=dilate,
+                                  groups=groups)
+    assert np.sum(host(conv_z) * x) == pytest.approx(np.sum(z * host(unbiased)), rel=1e-12)
+    check(lambda x, W, b: F.deconvolution_2d(x, W, b, stride, pad, outsize, dilate=dilate,
+                                             groups=groups), x, W, b)
+    check(lambda x, W: F.deconvolution_2d(x, W, stride=stride, pad=pad, outsize=outsize,
+                                          dilate=dilate, groups=groups), x, W)
+
+
+def test_deconvolution_2d_hand_computed_and_bad_input():
+    # stride 2 stamps the 2x2 kernel at every other pixel, and the stamps do not overlap.
+    x = np.array([[[[1.0, 2.0]]]])
+    W = np.array([[[[1.0, 10.0], [100.0, 1000.0]]]])
+    y = host(F.deconvolution_2d(dev(x), dev(W), stride=2))
+    assert y.tolist() == [[[[1, 10, 2, 20], [100, 1000, 200, 2000]]]]
+    # stride 1: the stamps overlap in the middle column and add up.
+    assert host(F.deconvolution_2d(dev(x), dev(W))).tolist() == [[[[1, 12, 20],
+                                                                  [100, 1200, 2000]]]]
+    with pytest.raises(ValueError, match=r'deconvolution_2d: x has 2 channels but W expects 3 '
+                                         r'\(x.shape \(1, 2, 3, 3\), W.shape \(3, 1, 2, 2\)\)'):
+        F.deconvolution_2d(np.ones((1, 2, 3, 3)), np.ones((3, 1, 2, 2)))
+    with pytest.raises(ValueError, match=r'deconvolution_2d: no output size fits.*outsize '
+                                         r'\(9, 7\)\), which a convolution maps to 4, not 3'):
+        F.deconvolution_2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)), stride=2,
+                           outsize=(9, 7))
+    with pytest.raises(ValueError, match=r'\(outsize \(8, 8\)\), which a convolution maps to '
+                                         r'3 or 4, not 2'):
+        F.deconvolution_2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3)), stride=2,
+                           outsize=(8, 8))
+    with pytest.raises(ValueError, match='deconvolution_2d: x and W must be 4-D'):
+        F.deconvolution_2d(np.ones((1, 3, 3)), np.ones((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r'b.shape \(3,\) != \(W.shape\[1\] \* groups,\)'):
+        F.deconvolution_2d(np.ones((1, 1, 3, 3)), np.ones((1, 2, 3, 3)), np.ones(3))
+    with pytest.raises(ValueError, match='with groups=2'):
+        F.deconvolution_2d(np.ones((1, 3, 3, 3)), np.ones((3, 2, 3, 3)), groups=2)
+
+
+def test_convolution_2d_groups_and_dilate_bad_input():
+    with pytest.raises(ValueError, match=r'convolution_2d: x has 4 channels but W expects 6 '
+                                         r'\(x.shape .*\) with groups=3'):
+        F.convolution_2d(np.ones((1, 4, 5, 5)), np.ones((3, 2, 3, 3)), groups=3)
+    with pytest.raises(ValueError, match='groups must be a positive int'):
+        F.convolution_2d(np.ones((1, 4, 5, 5)), np.ones((4, 4, 3, 3)), groups=0)
+    with pytest.raises(ValueError, match=r'the kernel 7x7 is larger than the padded input 5x5 '
+                                         r'.*dilate \(3, 3\)'):
+        F.dilated_convolution_2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), dilate=3)
+    # im2col spaces its offsets too: offset (1, 1) of a 2x2 kernel dilated by 2.
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    assert host(F.im2col(dev(x), 2, dilate=2))[0, 3].tolist() == [[10, 11], [14, 15]]
+
+
+def test_dilated_and_depthwise_convolution_functions():
+    x, W, b = f64(2, 3, 7, 7, seed=1), f64(4, 3, 2, 3, seed=2), f64(4, seed=3)
+    y = F.dilated_convolution_2d(dev(x), dev(W), dev(b), 2, 1, 3)      # stride, pad, dilate
+    expected = conv_general_by_loops(x, W, (2, 2), (1, 1), (3, 3), 1) + b[None, :, None, None]
+    np.testing.assert_allclose(host(y), expected, rtol=1e-12, atol=1e-12)
+    # depthwise: W (multiplier, C, kh, kw); output channel c*M + m is W[m, c] on channel c.
+    W = f64(2, 3, 3, 3, seed=4)
+    b = f64(6, seed=5)
+    y = host(F.depthwise_convolution_2d(dev(x), dev(W), dev(b), 2, 1))
+    assert y.shape == (2, 6, 4, 4)
+    for c in range(3):
+        for m in range(2):
+            alone = conv_general_by_loops(x[:, c:c + 1], W[m:m + 1, c:c + 1], (2, 2), (1, 1),
+                                          (1, 1), 1)
+            np.testing.assert_allclose(y[:, c * 2 + m], alone[:, 0] + b[c * 2 + m], rtol=1e-12,
+                                       atol=1e-12)
+    check(lambda x, W, b: F.depthwise_convolution_2d(x, W, b, 2, 1), x, W, b)
+    with pytest.raises(ValueError, match='depthwise_convolution_2d: W must be 4-D'):
+        F.depthwise_convolution_2d(x, W[0])
+
+
+def test_deconvolution_2d_link_forms_initialization_and_npz(tmp_path):
+    full = L.Deconvolution2D(3, 8, 4, stride=2, pad=1)
+    assert full.W.shape == (3, 8, 4, 4) and full.b.shape == (8,) and not host(full.b).any()
+    # LeCunNormal over W's fan-in, out_channels*kh*kw, as Chainer computes it
+    assert np.std(full.W.data) == pytest.approx(1 / math.sqrt(8 * 16), rel=0.15)
+    x = np.ones((1, 3, 10, 10), np.float32)
+    short = L.Deconvolution2D(7, 4, nobias=True)        # (out_channels, ksize), lazy
+    assert short.W.data is None and short.b is None
+    assert short(x).shape == (1, 7, 13, 13) and short.W.shape == (3, 7, 4, 4)
+    assert L.Deconvolution2D(None, 7, 4, 2, 1)(x).shape == (1, 7, 20, 20)
+    assert L.Deconvolution2D(3, 7, 4, 2, 1, outsize=(21, 21))(x).shape == (1, 7, 21, 21)
+    grouped = L.Deconvolution2D(4, 6, 3, groups=2, dilate=2, initialW=initializers.One())
+    assert grouped.W.shape == (4, 3, 3, 3)
+    y = grouped(np.ones((1, 4, 2, 2), np.float32))
+    assert y.shape == (1, 6, 6, 6) and host(y)[0, :, 0, 0].tolist() == [2] * 6
+    with pytest.raises(ValueError, match=r'Deconvolution2D: out_channels \(5\) must divide by '
+                                         r'groups \(2\)'):
+        L.Deconvolution2D(4, 5, 3, groups=2)
+    path = str(tmp_path / 'deconv.npz')
+    serializers.save_npz(path, full)
+    with np.load(path) as saved:
+        assert sorted(saved.files) == ['W', 'b'] and saved['W'].shape == (3, 8, 4, 4)
+    lazy = L.Deconvolution2D(8, 4)
+    serializers.load_npz(path, lazy)
+    assert np.array_equal(host(lazy.W.data), host(full.W.data))
+
+
+def test_convolution_links_with_dilate_groups_and_depthwise():
+    grouped = L.Convolution2D(4, 6, 3, pad=2, dilate=2, groups=2)
+    assert grouped.W.shape == (6, 2, 3, 3)
+    x = f32(2, 4, 5, 5)
+    expected = conv_general_by_loops(x.astype(np.float64), host(grouped.W.data).astype(np.float64),
+                                     (1, 1), (2, 2), (2, 2), 2)
+    np.testing.assert_allclose(host(grouped(x)), expected, rtol=1e-4, atol=1e-5)
+    lazy = L.Convolution2D(6, 3, groups=3)
+    assert lazy(x[:, :3]).shape == (2, 6, 3, 3) and lazy.W.shape == (6, 1, 3, 3)
+    dilated = L.DilatedConvolution2D(4, 2, 3, 1, 2, 2)          # dilate is the fifth argument
+    assert dilated.dilate == (2, 2) and dilated(x).shape == (2, 2, 5, 5)
+    assert L.DilatedConvolution2D(2, 3)(x).shape == (2, 2, 3, 3)
+    depth = L.DepthwiseConvolution2D(4, 3, 2, stride=2)
+    assert depth.W.shape == (3, 4, 2, 2) and depth.b.shape == (12,)
+    y = depth(x)
+    assert y.shape == (2, 12, 2, 2)
+    np.testing.assert_allclose(host(y), host(F.depthwise_convolution_2d(x, depth.W, depth.b, 2)))
+    later = L.DepthwiseConvolution2D(None, 2, 3, nobias=True)
+    assert later.W.data is None and later.b is None
+    assert later(x).shape == (2, 8, 3, 3) and later.W.shape == (2, 4, 3, 3)
+    # Chainer's default: HeNormal(1/sqrt(2)), i.e. standard deviation sqrt(1/fan_in)
+    big = L.DepthwiseConvolution2D(64, 2, 5)
+    assert np.std(big.W.data) == pytest.approx(1 / math.sqrt(64 * 25), rel=0.1)
+
+
+UNPOOL_CASES = [  # (x shape, ksize, stride, pad, outsize, cover_all)
+    ((2, 3, 3, 4), 2, None, 0, None, True),
+    ((1, 2, 3, 4), 3, 2, 1, None, True),
+    ((1, 2, 3, 4), (3, 2), (2, 1), 0, None, False),
+    ((1, 2, 3, 3), 2, None, 0, (5, 6), True),
+    ((1, 1, 4, 4), 2, None, 1, None, True),
+]
+
+
+def unpool_by_loops(x, ksize, stride, pad, outsize, cover_all, indices=None):
+    """Each x[n, c, i, j] is added at (sy i + u - ph, sx j + v - pw) for every
+    window offset (u, v), or only at offset indices[n, c, i, j]."""
+    kh, kw = (ksize, ksize) if isinstance(ksize, int) else ksize
+    stride = (kh, kw) if stride is None else stride
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    n, c, h, w = x.shape
+    if outsize is None:
+        extra = (sy - 1, sx - 1) if cover_all else (0, 0)
+        outsize = (sy * (h - 1) + kh - 2 * ph - extra[0], sx * (w - 1) + kw - 2 * pw - extra[1])
+    y = np.zeros((n, c) + tuple(outsize))
+    for b in range(n):
+        for ch in range(c):
+            for i in range(h):
+                for j in range(w):
+                    for u in range(kh):
+                        for v in range(kw):
+                            if indices is not None and indices[b, ch, i, j] != u * kw + v:
+                                continue
+                            r, s = sy * i + u - ph, sx * j + v - pw
+                            if 0 <= r < outsize[0] and 0 <= s < outsize[1]:
+                                y[b, ch, r, s] += x[b, ch, i, j]
+    return y
+
+
+@pytest.mark.parametrize('x_shape,ksize,stride,pad,outsize,cover_all', UNPOOL_CASES)
+def test_unpooling_2d_matches_loops_and_numerical_gradient(x_shape, ksize, stride, pad, outsize,
+                                                           cover_all):
+    x = f64(*x_shape)
+    y = F.unpooling_2d(dev(x), ksize, stride, pad, outsize, cover_all)
+    np.testing.assert_allclose(host(y), unpool_by_loops(x, ksize, stride, pad, outsize,
+                                                        cover_all), rtol=1e-12, atol=1e-12)
+    check(lambda x: F.unpooling_2d(x, ksize, stride, pad, outsize, cover_all), x)
+
+
+def test_unpooling_2d_hand_computed_and_bad_input():
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    assert host(F.unpooling_2d(dev(x), 2, cover_all=False)).tolist() == [
+        [[[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]]]
+    # cover_all=True (the default) undoes a pooling whose last window was partial.
+    assert host(F.unpooling_2d(dev(x), 2)).tolist() == [[[[1, 1, 2], [1, 1, 2], [3, 3, 4]]]]
+    with pytest.raises(ValueError, match=r'unpooling_2d: output size 7 along axis 2 does not '
+                                         r'pool back to x\'s 2'):
+        F.unpooling_2d(x, 2, outsize=(7, 4))
+    with pytest.raises(TypeError, match='unpooling_2d: needs floating-point input'):
+        F.unpooling_2d(np.ones((1, 1, 2, 2), np.int32), 2)
+    with pytest.raises(ValueError, match='unpooling_2d: x must be 4-D'):
+        F.unpooling_2d(np.ones((1, 2, 2)), 2)
+
+
+@pytest.mark.parametrize('x_shape,ksize,stride,pad,cover_all', [
+    ((2, 3, 7, 6), 3, 2, 1, True),
+    ((1, 2, 6, 6), 2, None, 0, True),
+    ((1, 2, 7, 5), 3, 3, 0, False),
+    ((1, 1, 5, 6), (2, 3), (1, 2), (1, 0), True),
+])
+def test_max_pooling_indices_and_upsampling_2d(x_shape, ksize, stride, pad, cover_all):
+    x = distinct(*x_shape)
+    y, indices = F.max_pooling_2d(dev(x), ksize, stride, pad, cover_all, return_indices=True)
+    assert indices.shape == y.shape and indices.dtype == np.int32
+    # Each index names the window offset holding the maximum.
+    kw = ksize if isinstance(ksize, int) else ksize[1]
+    windows = host(F.im2col(dev(x), ksize, ksize if stride is None else stride, pad, cover_all))
+    if not cover_all:       # im2col pads with zeros: compare where windows are whole
+        picked = np.take_along_axis(windows.reshape(y.shape[:2] + (-1,) + y.shape[2:]),
+                                    host(indices)[:, :, None].astype(np.int64), axis=2)[:, :, 0]
+        np.testing.assert_array_equal(picked, host(y))
+    assert int(host(indices).max()) < (kw if isinstance(ksize, int) else ksize[0]) * kw
+    up = F.upsampling_2d(y, indices, ksize, stride, pad, x_shape[2:], cover_all)
+    assert up.shape == x.shape
+    expected = unpool_by_loops(host(y), ksize, stride, pad, x_shape[2:], cover_all,
+                               host(indices))
+    np.testing.assert_allclose(host(up), expected, rtol=1e-12, atol=1e-12)
+    # With non-overlapping windows the maxima land back where they came from.
+    if stride is None:
+        np.testing.assert_array_equal(host(up)[host(up) != 0], x[host(up) != 0])
+    check(lambda y: F.upsampling_2d(y, indices, ksize, stride, pad, x_shape[2:], cover_all),
+          host(y))
+    with pytest.raises(ValueError, match=r'upsampling_2d: indices.shape .* != x.shape'):
+        F.upsampling_2d(y, indices[:, :, :1], ksize, stride, pad, x_shape[2:], cover_all)
