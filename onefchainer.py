@@ -5648,7 +5648,7 @@ class GroupNormalizationFunction(Function):
             raise ValueError('group_normalization: x must be (N, C, ...) and gamma, beta '
                              '(C,); got x.shape {}, gamma.shape {}, beta.shape {}'
                              .format(x.shape, gamma.shape, beta.shape))
-        _check_groups('group_normalization', x.shape, self.groups)
+        _check_group_count('group_normalization', x.shape, self.groups)
         n, c = x.shape[:2]
         x_hat, self.inv_std = _normalize_rows(x.reshape(n * self.groups, -1), self.eps)
         self.x_hat = x_hat.reshape(n, c, -1)       # channel axis back, pixels flat
@@ -5665,7 +5665,7 @@ class GroupNormalizationFunction(Function):
                 gy.sum(axis=(0, 2)))
 
 
-def _check_groups(label, shape, groups):
+def _check_group_count(label, shape, groups):
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
         raise TypeError('{}: groups must be a positive int, got {!r}'.format(label, groups))
     if len(shape) < 2 or shape[1] % groups:
@@ -6001,7 +6001,7 @@ class GroupNormalization(Link):
         """group_normalization(x, groups, gamma, beta, eps); a lazily sized link
         takes C from the first x. Chainer: chainer.links.GroupNormalization.forward."""
         data = _input_data('GroupNormalization', x)
-        _check_groups('GroupNormalization', data.shape, self.groups)   # before gamma takes a shape
+        _check_group_count('GroupNormalization', data.shape, self.groups)   # before gamma takes a shape
         if self.gamma.data is None:
             self.gamma.initialize(data.shape[1], _xp(data))
             self.beta.initialize(data.shape[1], _xp(data))

@@ -4580,6 +4580,20 @@ def test_chapter_8_program_trains_mnist_as_printed(tmp_path):
     assert float(rows[-1][1]) > 0.96
 
 
+def test_every_top_level_name_is_defined_once():
+    # One file, many hands: a second `def _check_groups` further down would
+    # silently replace the first for every caller above it.
+    import ast
+    import collections
+    with open(SOURCE_PATH) as f:
+        tree = ast.parse(f.read())
+    names = collections.Counter()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names[node.name] += 1
+    assert [name for name, count in names.items() if count > 1] == []
+
+
 def test_part_one_stays_within_its_budgets():
     # Part I must stay a one-sitting read: the core (Variable, Function, the
     # backprop walk) ends by line 450 with at most 200 lines of code, and
