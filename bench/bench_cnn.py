@@ -7,8 +7,8 @@ Every framework starts from the same weights and sees the same batches;
 steps are timed in interleaved chunks so that machine noise hits all alike;
 times are the median chunk, ratios the median of the chunk-by-chunk ratios
 against onefchainer.  Chainer and PyTorch are timed when importable (run
-this with a Python that has them, e.g. /work/venv-chainer/bin/python for
-Chainer 7.8.1); they are never required.
+this with a Python that has Chainer 7.8.1 or PyTorch installed); they are
+never required.
 
     python bench/bench_cnn.py [--steps 100] [--threads 1]
 """
