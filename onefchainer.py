@@ -2866,6 +2866,529 @@ def separate(x, axis=0):
     return ys if isinstance(ys, tuple) else (ys,)
 
 
+# ----- splitting, padding, moving axes, diagonals, contractions --------------
+# Most of these are again pure moves: backward sends each gradient element
+# back to the place its value came from.  tensordot is a matrix product over
+# chosen axes, so its backward is two more tensordots.
+
+class SplitAxis(Function):
+    """Function node that cuts x along `axis` at the given indices (or into
+    equal sections); backward concatenates the gradients again (zeros for
+    a piece that got none). Chainer: chainer.functions.array.split_axis.SplitAxis.
+    """
+    label = 'split_axis'
+
+    def __init__(self, indices_or_sections, axis):
+        self.indices_or_sections, self.axis = indices_or_sections, axis
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError('split_axis: axis {} is out of bounds for shape {}'.format(
+                self.axis, x.shape))
+        sections = self.indices_or_sections
+        if isinstance(sections, int) and x.shape[self.axis] % sections:
+            raise ValueError('split_axis: axis {} of shape {} (size {}) does not split '
+                             'into {} equal sections'.format(self.axis, x.shape,
+                                                             x.shape[self.axis], sections))
+        return tuple(_xp(x).split(x, sections, axis=self.axis))
+
+    def backward(self, inputs, grad_outputs):      # the pieces side by side again
+        x, = inputs
+        xp = _xp(x)
+        grads = [xp.zeros(y().shape, x.dtype) if g is None else g
+                 for g, y in zip(grad_outputs, self.outputs)]
+        return xp.concatenate(grads, axis=self.axis),
+
+
+class Pad(Function):
+    """Function node of numpy.pad(x, pad_width, mode, **keywords). Backward:
+    'constant' padding adds new numbers, so gx is the middle of gy; 'edge',
+    'reflect', 'symmetric' and 'wrap' copy elements of x into the border,
+    so each element gets the gradients of all its copies (found by padding
+    the element indices the same way). Chainer: chainer.functions.array.pad.Pad.
+    """
+    label = 'pad'
+
+    def __init__(self, pad_width, mode, keywords):
+        self.pad_width, self.mode, self.keywords = pad_width, mode, keywords
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('pad', x)
+        try:
+            self.widths = np.broadcast_to(np.asarray(self.pad_width, dtype=np.intp),
+                                          (x.ndim, 2))
+        except ValueError:
+            raise ValueError('pad: pad_width {!r} does not fit the {} axes of shape {}'
+                             .format(self.pad_width, x.ndim, x.shape)) from None
+        if (self.widths < 0).any():
+            raise ValueError('pad: pad_width must be >= 0, got {!r}'.format(self.pad_width))
+        return _xp(x).pad(x, self.widths, mode=self.mode, **self.keywords),
+
+    def backward(self, inputs, grad_outputs):      # each element of x gets its copies' gy
+        x, = inputs
+        gy, = grad_outputs
+        if self.mode == 'constant':
+            return gy[tuple(slice(before, before + n)
+                            for (before, _), n in zip(self.widths, x.shape))],
+        xp = _xp(x)
+        source = xp.pad(xp.arange(x.size).reshape(x.shape), self.widths, mode=self.mode)
+        gx = xp.bincount(source.ravel(), weights=gy.ravel(), minlength=x.size)
+        return gx.astype(x.dtype, copy=False).reshape(x.shape),
+
+
+class Broadcast(Function):
+    """Function node that broadcasts all inputs to one shape; backward sums
+    each gradient back to its input's shape.
+    Chainer: chainer.functions.array.broadcast.Broadcast.
+    """
+    label = 'broadcast'
+
+    def forward(self, inputs):
+        try:
+            shape = np.broadcast_shapes(*[x.shape for x in inputs])
+        except ValueError:
+            raise ValueError('broadcast: shapes {} do not broadcast'.format(
+                [x.shape for x in inputs])) from None
+        return tuple(_xp(x).broadcast_to(x, shape) for x in inputs)
+
+    def backward(self, inputs, grad_outputs):      # a stretched input was used many times
+        return tuple(None if g is None else _sum_to(g, x.shape)
+                     for x, g in zip(inputs, grad_outputs))
+
+
+class Copy(Function):
+    """Function node that sends x to another device; backward sends gy back
+    to x's device. Chainer: chainer.functions.array.copy.Copy.
+    """
+    label = 'copy'
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, inputs):
+        return self.device.send(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # the same numbers, moved back
+        return _device_of(inputs[0]).send(grad_outputs[0]),
+
+
+class Diagonal(Function):
+    """Function node of numpy.diagonal(x, offset, axis1, axis2) (the diagonal
+    as the last axis); backward writes gy onto the same diagonal of zeros.
+    Chainer: chainer.functions.array.diagonal.Diagonal.
+    """
+    label = 'diagonal'
+
+    def __init__(self, offset, axis1, axis2):
+        self.offset, self.axis1, self.axis2 = offset, axis1, axis2
+
+    def forward(self, inputs):
+        x, = inputs
+        return _xp(x).diagonal(x, self.offset, self.axis1, self.axis2).copy(),
+
+    def backward(self, inputs, grad_outputs):      # y_i = x[i, i + offset]
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        gx = xp.zeros_like(x)
+        square = xp.moveaxis(gx, (self.axis1, self.axis2), (-2, -1))   # a view into gx
+        i = xp.arange(gy.shape[-1])
+        if self.offset >= 0:
+            square[..., i, i + self.offset] = gy
+        else:
+            square[..., i - self.offset, i] = gy
+        return gx,
+
+
+class TensorDot(Function):
+    """Function node of numpy.tensordot(a, b, (a_axes, b_axes)): a sum over
+    the paired axes. Backward: ga = gy . b summed over b's free axes, gb =
+    a . gy summed over a's free axes, each transposed back to its input's
+    axis order. Chainer: chainer.functions.math.tensordot.TensorDot.
+    """
+    label = 'tensordot'
+    input_names = ('a', 'b')
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('tensordot', a, b)
+        _require_float('tensordot', a)
+        if isinstance(self.axes, (int, np.integer)):
+            if not 0 <= self.axes <= min(a.ndim, b.ndim):
+                raise ValueError('tensordot: axes={} needs that many axes in a (shape {}) '
+                                 'and b (shape {})'.format(self.axes, a.shape, b.shape))
+            a_axes, b_axes = range(a.ndim - self.axes, a.ndim), range(self.axes)
+        else:
+            a_axes, b_axes = [(v,) if isinstance(v, (int, np.integer)) else v
+                              for v in self.axes]
+        try:
+            self.a_axes = [_normalize_axis(int(i), a.ndim, 'tensordot')[0] for i in a_axes]
+            self.b_axes = [_normalize_axis(int(i), b.ndim, 'tensordot')[0] for i in b_axes]
+        except TypeError:
+            raise TypeError('tensordot: axes must be an int or a pair of ints or int '
+                            'sequences, got {!r}'.format(self.axes)) from None
+        if len(self.a_axes) != len(self.b_axes) or any(
+                a.shape[i] != b.shape[j] for i, j in zip(self.a_axes, self.b_axes)):
+            raise ValueError('tensordot: axes {} of a (shape {}) and {} of b (shape {}) '
+                             'do not pair up'.format(self.a_axes, a.shape, self.b_axes,
+                                                     b.shape))
+        return _xp(a).tensordot(a, b, (self.a_axes, self.b_axes)),
+
+    def backward(self, inputs, grad_outputs):      # dY/dA: contract gy with B's free axes
+        a, b = inputs
+        gy, = grad_outputs
+        xp = _xp(a)
+        a_free = [i for i in range(a.ndim) if i not in self.a_axes]
+        b_free = [j for j in range(b.ndim) if j not in self.b_axes]
+        n = len(a_free)
+        ga = xp.tensordot(gy, b, (list(range(n, gy.ndim)), b_free))
+        ga_axes = a_free + [self.a_axes[self.b_axes.index(j)] for j in sorted(self.b_axes)]
+        gb = xp.tensordot(a, gy, (a_free, list(range(n))))
+        gb_axes = [self.b_axes[self.a_axes.index(i)] for i in sorted(self.a_axes)] + b_free
+        return (ga.transpose(np.argsort(ga_axes)).astype(a.dtype, copy=False),
+                gb.transpose(np.argsort(gb_axes)).astype(b.dtype, copy=False))
+
+
+class SumTo(Function):
+    """Function node that sums x down to `shape` (undoing a broadcast);
+    backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
+    """
+    label = 'sum_to'
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, inputs):
+        x, = inputs
+        lead = x.ndim - len(self.shape)
+        if lead < 0 or any(n not in (1, m) for n, m in zip(self.shape, x.shape[lead:])):
+            raise ValueError('sum_to: shape {} cannot be summed to {} (x would have to '
+                             'broadcast to it)'.format(x.shape, self.shape))
+        return _sum_to(x, self.shape),
+
+    def backward(self, inputs, grad_outputs):      # each x_i fed one y_j
+        return _xp(inputs[0]).broadcast_to(grad_outputs[0], inputs[0].shape).copy(),
+
+
+class SelectItem(Function):
+    """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
+    of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
+    """
+    label = 'select_item'
+    input_names = ('x', 't')
+
+    def forward(self, inputs):
+        x, t = inputs
+        if t.dtype.kind not in 'iu' or x.ndim != 2 or t.shape != x.shape[:1]:
+            raise ValueError('select_item: needs x of 2 dimensions (B, N) and integer t '
+                             'of shape (B,), got x {} {} and t {} {}'.format(
+                                 x.shape, x.dtype, t.shape, t.dtype))
+        xp = _xp(x)
+        # A label out of range would wrap around or fail later; reading the
+        # labels on a GPU waits for it, so there only in debug mode.
+        if (xp is np or config.debug) and ((t < 0) | (t >= x.shape[1])).any():
+            raise ValueError('select_item: labels t must be in [0, {}), got {}'.format(
+                x.shape[1], t))
+        self.rows = xp.arange(len(t))
+        return x[self.rows, t],
+
+    def backward(self, inputs, grad_outputs):      # only the picked element gets gy
+        x, t = inputs
+        gx = _xp(x).zeros_like(x)
+        gx[self.rows, t] = grad_outputs[0]
+        return gx, None
+
+
+class Permutate(Function):
+    """Function node of y = x[indices] along `axis` (inv=True: y[indices] = x);
+    backward applies the inverse permutation to gy.
+    Chainer: chainer.functions.array.permutate.Permutate.
+    """
+    label = 'permutate'
+
+    def __init__(self, indices, axis, inv):
+        self.indices, self.axis, self.inv = indices, axis, inv
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim or len(self.indices) != x.shape[self.axis]:
+            raise ValueError('permutate: indices of length {} do not fit axis {} of '
+                             'shape {}'.format(len(self.indices), self.axis, x.shape))
+        xp = _xp(x)
+        indices = xp.asarray(self.indices)
+        # Checking that the indices are a permutation reads them: on a GPU
+        # that waits, so there only in debug mode.
+        if (xp is np or config.debug) and not (
+                xp.sort(indices) == xp.arange(len(indices))).all():
+            raise ValueError('permutate: indices must be a permutation of 0..{}, got {}'
+                             .format(len(indices) - 1, self.indices))
+        inverse = xp.empty_like(indices)
+        inverse[indices] = xp.arange(len(indices), dtype=indices.dtype)
+        self.forward_order, self.backward_order = (
+            (inverse, indices) if self.inv else (indices, inverse))
+        return x.take(self.forward_order, axis=self.axis),
+
+    def backward(self, inputs, grad_outputs):      # undo the permutation
+        return grad_outputs[0].take(self.backward_order, axis=self.axis),
+
+
+def split_axis(x, indices_or_sections, axis, force_tuple=True):
+    """x cut into pieces along `axis`, as numpy.split.
+
+    indices_or_sections: an int n (n equal pieces; the size along axis must
+    divide by n) or a sorted sequence of ints (the cut points). axis: an int.
+    Returns a tuple of Variables; with force_tuple=False a single piece is
+    returned as a Variable, not a 1-tuple. Backward concatenates the pieces'
+    gradients. Raises ValueError for an uneven split, unsorted indices or an
+    axis out of bounds, TypeError for indices that are not ints.
+    Chainer: chainer.functions.split_axis.
+    """
+    axis = _int_axis('split_axis', axis)
+    if isinstance(indices_or_sections, (int, np.integer)) and not isinstance(
+            indices_or_sections, bool):
+        if indices_or_sections <= 0:
+            raise ValueError('split_axis: the number of sections must be > 0, got {}'
+                             .format(indices_or_sections))
+        sections = int(indices_or_sections)
+    else:
+        sections = list(np.asarray(as_array(indices_or_sections)).tolist()) \
+            if not isinstance(indices_or_sections, (list, tuple)) else list(indices_or_sections)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                   for i in sections):
+            raise TypeError('split_axis: indices_or_sections must be an int or a sequence '
+                            'of ints, got {!r}'.format(indices_or_sections))
+        if sections != sorted(sections):
+            raise ValueError('split_axis: indices must be sorted, got {}'.format(sections))
+        sections = [int(i) for i in sections]
+    ys = SplitAxis(sections, axis)(x)
+    ys = ys if isinstance(ys, tuple) else (ys,)
+    return ys if force_tuple or len(ys) != 1 else ys[0]
+
+
+_PAD_MODES = ('constant', 'edge', 'reflect', 'symmetric', 'wrap')
+
+
+def pad(x, pad_width, mode, **keywords):
+    """x with a border added to each axis, as numpy.pad.
+
+    x: float Variable or array. pad_width: an int (that many before and after
+    on every axis), a pair (before, after) for every axis, or one pair per
+    axis. mode: 'constant' (keyword constant_values, default 0), or one of
+    'edge', 'reflect', 'symmetric', 'wrap', whose borders copy elements of x
+    (their gradients flow back to those elements). Returns a Variable.
+    Raises ValueError for another mode or a pad_width that does not fit,
+    TypeError for integer x. Chainer: chainer.functions.pad.
+    """
+    if mode not in _PAD_MODES:
+        raise ValueError('pad: mode must be one of {}, got {!r}'.format(_PAD_MODES, mode))
+    return Pad(pad_width, mode, keywords)(x)
+
+
+def _axes_tuple(label, name, axes, ndim):
+    values = (axes,) if isinstance(axes, (int, np.integer)) else axes
+    if not isinstance(values, (tuple, list)) or not all(
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in values):
+        raise TypeError('{}: {} must be an int or a tuple of ints, got {!r}'.format(
+            label, name, axes))
+    for a in values:
+        if not -ndim <= a < ndim:
+            raise ValueError('{}: {} {} is out of bounds for {} dimensions'.format(
+                label, name, a, ndim))
+    values = [int(a) % ndim for a in values]
+    if len(set(values)) != len(values):
+        raise ValueError('{}: {} {!r} repeats an axis'.format(label, name, axes))
+    return values
+
+
+def moveaxis(x, source, destination):
+    """x with the axes `source` moved to the places `destination` (ints or
+    tuples of ints of one length, negative from the end), the other axes
+    keeping their order, as numpy.moveaxis. Returns a Variable (a
+    transpose). Raises TypeError for non-int axes, ValueError for axes out of
+    bounds, repeated or of differing lengths. Chainer: chainer.functions.moveaxis.
+    """
+    ndim = _input_data('moveaxis', x).ndim
+    source = _axes_tuple('moveaxis', 'source', source, ndim)
+    destination = _axes_tuple('moveaxis', 'destination', destination, ndim)
+    if len(source) != len(destination):
+        raise ValueError('moveaxis: source {} and destination {} differ in length'.format(
+            source, destination))
+    order = [a for a in range(ndim) if a not in source]
+    for place, axis in sorted(zip(destination, source)):
+        order.insert(place, axis)
+    return transpose(x, tuple(order))
+
+
+def rollaxis(x, axis, start=0):
+    """x with axis `axis` moved to just before position `start` (default 0),
+    as numpy.rollaxis: -ndim <= axis < ndim, -ndim <= start <= ndim. Returns a
+    Variable (a transpose). Raises TypeError for non-int arguments,
+    ValueError for ones out of bounds. Chainer: chainer.functions.rollaxis.
+    """
+    ndim = _input_data('rollaxis', x).ndim
+    axis = _int_axis('rollaxis', axis)
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
+        raise TypeError('rollaxis: start must be an int, got {!r}'.format(start))
+    if not -ndim <= axis < ndim or not -ndim <= start <= ndim:
+        raise ValueError('rollaxis: axis {} or start {} is out of bounds for {} dimensions'
+                         .format(axis, start, ndim))
+    axis, start = axis % ndim, (start + ndim if start < 0 else start)
+    if axis < start:
+        start -= 1                 # the axis leaves its old place first
+    order = [a for a in range(ndim) if a != axis]
+    order.insert(start, axis)
+    return transpose(x, tuple(order))
+
+
+def broadcast(*args):
+    """The inputs broadcast to one common shape, by NumPy's rules.
+
+    args: Variables or arrays (one or more). Returns a tuple of Variables, or
+    for a single input that input as a Variable (as in Chainer). Gradients
+    are summed back to each input's shape. Raises ValueError for no input or
+    shapes that do not broadcast. Chainer: chainer.functions.broadcast.
+    """
+    _require_inputs('broadcast', args)
+    if len(args) == 1:
+        return as_variable(_input_data('broadcast', args[0]) if not isinstance(
+            args[0], Variable) else args[0])
+    return Broadcast()(*args)
+
+
+def copy(x, dst):     # takes the stdlib module's name until the end of this section
+    """x copied to device `dst`: -1, '@numpy' or a CpuDevice for the CPU, N,
+    '@cupy:N' or a GpuDevice for GPU N (anything get_device accepts). On the
+    same device no copy is made. The gradient is sent back to x's device.
+    Returns a Variable. Raises ValueError for an unknown device specifier.
+    Chainer: chainer.functions.copy.
+    """
+    _input_data('copy', x)
+    return Copy(get_device(dst))(x)
+
+
+def dstack(xs):
+    """The sequence xs joined along a third axis, as numpy.dstack: 1-d
+    inputs (N,) become (1, N, 1), 2-d (M, N) become (M, N, 1), then all are
+    concatenated along axis 2. All need one dtype and equal other sizes.
+    Returns a Variable. Raises ValueError for no input or shapes that do not
+    fit. Chainer: chainer.functions.dstack.
+    """
+    _require_inputs('dstack', xs)
+    shaped = []
+    for x in xs:
+        shape = _input_data('dstack', x).shape
+        if len(shape) < 3:
+            shape = {0: (1, 1, 1), 1: (1,) + shape + (1,), 2: shape + (1,)}[len(shape)]
+            x = reshape(x, shape)
+        shaped.append(x)
+    return Concat(axis=2)(*shaped)
+
+
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    """The diagonal x[..., i, i + offset] of the two axes axis1 and axis2
+    (defaults 0 and 1), as numpy.diagonal: those axes are removed and the
+    diagonal becomes the last axis. offset > 0 goes above the main diagonal,
+    < 0 below. Returns a Variable (a copy); the gradient goes back onto the
+    diagonal. Raises ValueError for x with fewer than 2 dimensions or equal
+    or out-of-bounds axes. Chainer: chainer.functions.diagonal.
+    """
+    ndim = _input_data('diagonal', x).ndim
+    if ndim < 2:
+        raise ValueError('diagonal: x needs 2 or more dimensions, got {}'.format(ndim))
+    axis1, axis2 = _axes_tuple('diagonal', 'axes', (axis1, axis2), ndim)
+    return Diagonal(int(offset), axis1, axis2)(x)
+
+
+def tensordot(a, b, axes=2):
+    """Tensor dot product: sum of a * b over pairs of axes, as numpy.tensordot.
+
+    a, b: float Variables or arrays of one dtype. axes: an int n (the last n
+    axes of a with the first n of b; default 2) or a pair (a_axes, b_axes) of
+    ints or equal-length int sequences. Returns a Variable whose shape is a's
+    remaining axes then b's. Raises ValueError when the paired sizes differ,
+    TypeError for integer or differing dtypes.
+    Chainer: chainer.functions.tensordot.
+    """
+    if not isinstance(axes, (int, np.integer)) and not (
+            isinstance(axes, (tuple, list)) and len(axes) == 2):
+        raise TypeError('tensordot: axes must be an int or a pair (a_axes, b_axes), got '
+                        '{!r}'.format(axes))
+    return TensorDot(axes)(a, b)
+
+
+def batch_matmul(a, b, transa=False, transb=False):
+    """Matrix products of two batches of matrices (deprecated in Chainer for
+    matmul, and warns DeprecationWarning as Chainer does).
+
+    a, b: float Variables or arrays of one dtype, each (B, M, N) (B matrices)
+    or (B, N) (B column vectors, N x 1). transa/transb (default False)
+    transpose each matrix first. Returns a 3-d Variable (B, M, K). Raises
+    ValueError for inputs that are not 2-d or 3-d or whose sizes do not fit.
+    Chainer: chainer.functions.batch_matmul.
+    """
+    warnings.warn('batch_matmul is deprecated. Use matmul instead.', DeprecationWarning)
+    shapes = [_input_data('batch_matmul', v).shape for v in (a, b)]
+    if any(len(s) not in (2, 3) for s in shapes):
+        raise ValueError('batch_matmul: a and b need 2 or 3 dimensions, got shapes {} '
+                         'and {}'.format(*shapes))
+    a, b = [reshape(v, s if len(s) == 3 else s + (1,)) for v, s in zip((a, b), shapes)]
+    return MatMul(transa, transb)(a, b)
+
+
+def sum_to(x, shape):
+    """x summed down to `shape`, the reverse of broadcast_to: leading axes
+    are summed away and axes where shape has 1 are summed to 1. Returns x
+    itself as a Variable when the shape is already `shape`. Raises
+    ValueError when x could not have been broadcast from `shape`.
+    Chainer: chainer.functions.sum_to.
+    """
+    shape = tuple(shape)
+    if _input_data('sum_to', x).shape == shape:
+        return as_variable(x)
+    return SumTo(shape)(x)
+
+
+def select_item(x, t):
+    """y[i] = x[i, t[i]]: one element of each row of x.
+
+    x: Variable or array (B, N); t: integer array (B,), each in [0, N).
+    Returns a Variable (B,); the gradient goes to the picked elements only.
+    Raises ValueError for other shapes, non-integer t or a label out of range
+    (on a GPU only in debug mode, as in Chainer).
+    Chainer: chainer.functions.select_item.
+    """
+    return SelectItem()(x, t)
+
+
+def permutate(x, indices, axis=0, inv=False):
+    """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
+    inv=True the inverse, y[indices[i]] = x[i].
+
+    indices: a 1-d integer array or Variable, a permutation of
+    0..x.shape[axis]-1. Returns a Variable; the gradient is permuted back.
+    Raises ValueError for indices that are not a 1-d int array, not a
+    permutation (checked on a GPU only in debug mode) or of the wrong length.
+    Chainer: chainer.functions.permutate.
+    """
+    indices = as_array(indices)
+    if not isinstance(indices, _array_types) or indices.dtype.kind != 'i' \
+            or indices.ndim != 1:
+        raise ValueError('permutate: indices must be a one-dimensional int array, got '
+                         '{!r}'.format(indices))
+    return Permutate(indices, _int_axis('permutate', axis), inv)(x)
+
+
+# copy above took the name of the stdlib module copy, which Chapter 10 uses;
+# Chapter 21 files the function under F.copy, and the name goes back here.
+_functions_named_like_modules = {'copy': copy}
+copy = sys.modules['copy']
+
+
 class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
