@@ -2133,6 +2133,134 @@ def minimum(x1, x2):
     return Minimum()(x1, x2)
 
 
+class Arctan2(Function):
+    """Function node of y = arctan2(x1, x2), the angle of the point (x2, x1)
+    (broadcasting, one float dtype); backward gy * x2 / (x1**2 + x2**2) for
+    x1 and -gy * x1 / (x1**2 + x2**2) for x2.
+    Chainer: chainer.functions.math.trigonometric.Arctan2.
+    """
+    label = 'arctan2'
+    input_names = ('x1', 'x2')
+
+    def forward(self, inputs):
+        x1, x2 = inputs
+        _check_dtypes('arctan2', x1, x2)
+        _require_float('arctan2', x1)
+        return _xp(x1).arctan2(x1, x2),
+
+    def backward(self, inputs, grad_outputs):      # d atan(x1/x2) = (x2 dx1 - x1 dx2) / r^2
+        x1, x2 = inputs
+        g = grad_outputs[0] / (x1 * x1 + x2 * x2)
+        return _sum_to(g * x2, x1.shape), _sum_to(-g * x1, x2.shape)
+
+
+class Arctanh(Function):
+    """Function node of y = arctanh(x); backward gy / (1 - x**2).
+    Chainer: chainer.functions.math.arctanh.Arctanh.
+    """
+    label = 'arctanh'
+
+    def forward(self, inputs):
+        _require_float('arctanh', inputs[0])
+        return _xp(inputs[0]).arctanh(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # arctanh' = 1/(1 - x^2)
+        x, = inputs
+        return grad_outputs[0] / (1 - x * x),
+
+
+class Fmod(Function):
+    """Function node of y = fmod(x, divisor) = x - fix(x / divisor) * divisor
+    (the remainder with the sign of x; broadcasting, one float dtype).
+    Backward: gy for x, -fix(x / divisor) * gy for divisor.
+    Chainer: chainer.functions.math.fmod.Fmod.
+    """
+    label = 'fmod'
+    input_names = ('x', 'divisor')
+
+    def forward(self, inputs):
+        x, divisor = inputs
+        _check_dtypes('fmod', x, divisor)
+        _require_float('fmod', x)
+        return _xp(x).fmod(x, divisor),
+
+    def backward(self, inputs, grad_outputs):      # the quotient fix(x/d) is a step function
+        x, divisor = inputs
+        gy, = grad_outputs
+        return (_sum_to(gy, x.shape),
+                _sum_to(-_xp(x).fix(x / divisor) * gy, divisor.shape))
+
+
+def arctan2(x1, x2):
+    """Elementwise angle arctan(x1 / x2) of the point (x2, x1), in [-pi, pi],
+    as numpy.arctan2. x1, x2: float Variables or arrays of one dtype whose
+    shapes broadcast. Gradients x2 / (x1**2 + x2**2) and -x1 / (x1**2 + x2**2).
+    Returns a Variable. Raises TypeError for differing or integer dtypes.
+    Chainer: chainer.functions.arctan2.
+    """
+    return Arctan2()(x1, x2)
+
+
+def arctanh(x):
+    """Elementwise inverse hyperbolic tangent of a float Variable or array
+    (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
+    Variable. Chainer: chainer.functions.arctanh.
+    """
+    return Arctanh()(x)
+
+
+def fmod(x, divisor):
+    """Elementwise remainder of x / divisor with the sign of x (numpy.fmod):
+    x - fix(x / divisor) * divisor. x, divisor: float Variables or arrays of
+    one dtype whose shapes broadcast. Gradients 1 for x and -fix(x / divisor)
+    for divisor. Returns a Variable. Raises TypeError for differing or integer
+    dtypes. Chainer: chainer.functions.fmod.
+    """
+    return Fmod()(x, divisor)
+
+
+# sign, floor, ceil and fix are step functions: their derivative is 0 almost
+# everywhere, so, as in Chainer, they return a Variable outside the graph
+# (requires_grad False) and backprop stops there.
+
+def _step_function(label, x, step):
+    data = _input_data(label, x)
+    y = step(data)
+    return Variable(y if y.dtype == data.dtype else y.astype(data.dtype), requires_grad=False)
+
+
+def sign(x):
+    """Elementwise sign of x: -1 where x < 0, 0 where x == 0, 1 where x > 0,
+    in x's dtype. Not differentiable: returns a Variable with no gradient and
+    no link to x. Chainer: chainer.functions.sign.
+    """
+    return _step_function('sign', x, lambda a: _xp(a).sign(a))
+
+
+def floor(x):
+    """Elementwise floor (the largest integer <= x), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.floor.
+    """
+    return _step_function('floor', x, lambda a: _xp(a).floor(a))
+
+
+def ceil(x):
+    """Elementwise ceiling (the smallest integer >= x), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.ceil.
+    """
+    return _step_function('ceil', x, lambda a: _xp(a).ceil(a))
+
+
+def fix(x):
+    """Elementwise rounding toward zero (numpy.fix), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.fix.
+    """
+    return _step_function('fix', x, lambda a: _xp(a).fix(a))
+
+
 Variable.__abs__ = absolute
 
 
@@ -2352,6 +2480,127 @@ def cumsum(x, axis=None):
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
     return Cumsum(axis)(x)
+
+
+class LogSumExp(Function):
+    """Function node of y = log(sum(exp(x), axis)), computed after taking out
+    the maximum so that exp cannot overflow; backward gy * exp(x - y)
+    (softmax times gy). Chainer: chainer.functions.math.logsumexp.LogSumExp.
+    """
+    label = 'logsumexp'
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('logsumexp', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'logsumexp')
+        self.y = _log_sum_exp(x, self.axis)          # with keepdims, for backward
+        return self.y.reshape([n for i, n in enumerate(x.shape)
+                               if self.axis is not None and i not in self.axis]),
+
+    def backward(self, inputs, grad_outputs):      # d/dx_i log sum e^x = e^{x_i} / sum e^x
+        x, = inputs
+        gy = grad_outputs[0].reshape(self.y.shape)
+        return gy * _xp(x).exp(x - self.y),
+
+
+class NormalizeL2(Function):
+    """Function node of y = x / (||x|| + eps), ||x|| the L2 norm along `axis`.
+    Backward: gy / (||x|| + eps) - x * sum(x gy) / (||x|| (||x|| + eps)**2),
+    the second term 0 where ||x|| is 0.
+    Chainer: chainer.functions.normalization.l2_normalization.NormalizeL2.
+    """
+    label = 'normalize'
+
+    def __init__(self, eps, axis):
+        self.eps, self.axis = eps, axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('normalize', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'normalize')
+        self.norm = _xp(x).sqrt((x * x).sum(axis=self.axis, keepdims=True))
+        self.scale = x.dtype.type(1) / (self.norm + x.dtype.type(self.eps))
+        return x * self.scale,
+
+    def backward(self, inputs, grad_outputs):      # quotient rule; d||x||/dx = x / ||x||
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        along = (x * gy).sum(axis=self.axis, keepdims=True)
+        zero = self.norm == 0
+        along = xp.where(zero, x.dtype.type(0), along / xp.where(zero, 1, self.norm))
+        return (gy - x * along * self.scale) * self.scale,
+
+
+def average(x, axis=None, weights=None, keepdims=False):
+    """Weighted mean sum(x * w, axis) / sum(w) over `axis`.
+
+    x: float Variable or array. axis: None (default, all axes), an int or a
+    tuple of ints (only None or one axis with weights). weights: None (all 1:
+    the plain mean), else a Variable or array of x's shape for axis None, or
+    of shape (x.shape[axis],) for an int axis; weights get gradients too.
+    keepdims (default False) keeps the reduced axes with size 1. Returns a
+    Variable. Raises ValueError for a tuple axis with weights, repeated
+    axes, or weights of the wrong shape. Chainer: chainer.functions.average.
+    """
+    if weights is None:
+        return mean(x, axis, keepdims=keepdims)
+    data = _input_data('average', x)
+    axes = _normalize_axis(axis, data.ndim, 'average')
+    if axis is not None and not isinstance(axis, (int, np.integer)) and \
+            len(set(axes)) != len(axis):
+        raise ValueError('average: axis {} repeats an axis'.format(axis))
+    if axes is not None and len(axes) > 1:
+        raise ValueError('average: a tuple axis is not supported with weights, got {}'
+                         .format(axis))
+    w_shape = _input_data('average', weights).shape
+    wanted = data.shape if axes is None else (data.shape[axes[0]],)
+    if w_shape != wanted:
+        raise ValueError('average: weights must have shape {} for x of shape {} and '
+                         'axis {}, got {}'.format(wanted, data.shape, axis, w_shape))
+    if axes is not None:
+        weights = reshape(weights, (1,) * axes[0] + wanted + (1,) * (data.ndim - axes[0] - 1))
+    total = Sum(axes, keepdims)(mul(x, weights))
+    return total / broadcast_to(Sum()(weights), total.shape)
+
+
+def logsumexp(x, axis=None):
+    """log(sum(exp(x), axis)), computed without overflow (the maximum is
+    taken out first). x: float Variable or array; axis: None (default, all
+    axes), an int or a tuple of ints. The gradient is softmax(x) along axis
+    times gy. Returns a Variable. Raises ValueError for an axis out of
+    bounds, TypeError for integer x. Chainer: chainer.functions.logsumexp.
+    """
+    return LogSumExp(axis)(x)
+
+
+def normalize(x, eps=1e-5, axis=1):
+    """L2 normalization: x / (sqrt(sum(x**2, axis)) + eps), no reduction.
+
+    x: float Variable or array, e.g. (N, K); eps (default 1e-5) keeps a zero
+    vector from dividing by 0; axis: an int or tuple of ints (default 1).
+    Returns a Variable of x's shape. Raises ValueError for an axis out of
+    bounds, TypeError for integer x. Chainer: chainer.functions.normalize.
+    """
+    return NormalizeL2(eps, axis)(x)
+
+
+def batch_l2_norm_squared(x):
+    """Squared L2 norm of each example: sum(x[n]**2) over all axes but the
+    first. x: float Variable or array (N, ...) with 2 or more dimensions.
+    Returns a Variable (N,); gradient 2 x gy. Raises ValueError for fewer than
+    2 dimensions, TypeError for integer x.
+    Chainer: chainer.functions.batch_l2_norm_squared.
+    """
+    data = _input_data('batch_l2_norm_squared', x)
+    _require_float('batch_l2_norm_squared', data)
+    if data.ndim < 2:
+        raise ValueError('batch_l2_norm_squared: x needs 2 or more dimensions, got shape '
+                         '{}'.format(data.shape))
+    return Sum(tuple(range(1, data.ndim)))(mul(x, x))
 
 
 # sum, max, min and pow above took the names of Python builtins.  Chapter 21
