@@ -4222,6 +4222,339 @@ def accuracy(y, t, ignore_label=None):
     return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
 
 
+# ----- more losses and metrics ---------------------------------------------------
+# Hinge and contrastive losses have kinks, so they get their own backward;
+# the losses of a VAE and the triplet loss are short formulas over the
+# functions above.  The metrics at the end are not differentiable: like
+# accuracy they return Variables outside the graph.
+
+class Hinge(Function):
+    """Function node of the hinge loss of scores x (N, K) against labels t
+    (N,): d = max(0, 1 - x) at the true class, max(0, 1 + x) at the others,
+    loss d (norm 'L1') or d**2 ('L2'), summed and divided by N
+    (reduce='mean') or not (reduce='no'). Backward: +-gy where d > 0 (L1)
+    or +-2 d gy (L2), the sign - at the true class.
+    Chainer: chainer.functions.loss.hinge.Hinge.
+    """
+    label = 'hinge'
+    input_names = ('x', 't')
+
+    def __init__(self, norm='L1', reduce='mean'):
+        self.norm, self.reduce = norm, reduce
+
+    def forward(self, inputs):
+        x, t = inputs
+        _require_float('hinge', x)
+        if t.dtype.kind not in 'iu' or x.ndim != 2 or t.shape != x.shape[:1]:
+            raise ValueError('hinge: needs float x (N, K) and integer t (N,), got x {} {} '
+                             'and t {} {}'.format(x.shape, x.dtype, t.shape, t.dtype))
+        xp = _xp(x)
+        # Labels are read on the CPU only; a GPU would have to wait for them.
+        if xp is np and ((t < 0) | (t >= x.shape[1])).any():
+            raise ValueError('hinge: labels t must be in [0, {}), got {}'.format(
+                x.shape[1], t))
+        self.sign = xp.ones_like(x)
+        self.sign[xp.arange(len(t)), t] = -1           # -1 at the true class
+        self.d = xp.maximum(1 + self.sign * x, x.dtype.type(0))
+        loss = self.d if self.norm == 'L1' else self.d * self.d
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / max(len(x), 1), dtype=x.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # d(1 +- x)/dx = +-1 where positive
+        x, t = inputs
+        gy, = grad_outputs
+        if self.reduce == 'mean':
+            gy = gy / max(len(x), 1)
+        slope = (self.d > 0) if self.norm == 'L1' else 2 * self.d
+        return gy * slope * self.sign, None
+
+
+class Contrastive(Function):
+    """Function node of the contrastive loss of pairs (x0[n], x1[n]) with
+    labels y[n] (1 similar, 0 dissimilar): with d = ||x0 - x1||,
+    loss = (y d**2 + (1 - y) max(margin - d, 0)**2) / 2, averaged over N
+    (reduce='mean') or not ('no'). Backward for x0: (y - (1 - y)
+    max(margin - d, 0) / d) (x0 - x1) gy, with d at least 1e-7; x1 gets the
+    negative. Chainer: chainer.functions.loss.contrastive.Contrastive.
+    """
+    label = 'contrastive'
+    input_names = ('x0', 'x1', 'y')
+
+    def __init__(self, margin, reduce):
+        self.margin, self.reduce = margin, reduce
+
+    def forward(self, inputs):
+        x0, x1, y = inputs
+        _check_dtypes('contrastive', x0, x1)
+        _require_float('contrastive', x0)
+        if x0.shape != x1.shape or x0.ndim != 2 or y.shape != x0.shape[:1] \
+                or y.dtype.kind not in 'iu' or len(x0) == 0:
+            raise ValueError('contrastive: needs x0, x1 of one shape (N, K), N > 0, and '
+                             'integer y (N,), got {}, {} and y {} {}'.format(
+                                 x0.shape, x1.shape, y.shape, y.dtype))
+        xp = _xp(x0)
+        self.diff = x0 - x1
+        dist_sq = (self.diff * self.diff).sum(axis=1)
+        self.dist = xp.sqrt(dist_sq)
+        self.gap = xp.maximum(self.margin - self.dist, x0.dtype.type(0))
+        self.y = y.astype(x0.dtype)
+        loss = (self.y * dist_sq + (1 - self.y) * self.gap * self.gap) * 0.5
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / len(x0), dtype=x0.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # d||x0 - x1|| / dx0 = (x0 - x1) / d
+        x0 = inputs[0]
+        gy, = grad_outputs
+        xp = _xp(x0)
+        gy = gy / len(x0) if self.reduce == 'mean' else gy
+        eps = 5e-3 if x0.dtype == np.float16 else 1e-7   # 1/1e-7 overflows float16
+        pull = self.y - (1 - self.y) * self.gap / xp.maximum(self.dist, x0.dtype.type(eps))
+        gx0 = (pull * gy)[:, None] * self.diff
+        return gx0, -gx0, None
+
+
+def _reduce_loss(label, loss, reduce):
+    """loss summed (reduce='sum'), averaged ('mean') or left elementwise ('no')."""
+    if reduce == 'sum':
+        return Sum()(loss)
+    if reduce == 'mean':
+        return mean(loss)
+    return loss
+
+
+def _check_reduce(label, reduce, allowed):
+    if reduce not in allowed:
+        raise ValueError('{}: reduce must be one of {}, got {!r}'.format(label, allowed, reduce))
+
+
+def hinge(x, t, norm='L1', reduce='mean'):
+    """Hinge loss for one-of-K classification.
+
+        loss[n, k] = max(0, 1 - s x[n, k]) ** p,  s = 1 if k == t[n] else -1
+
+    p = 1 for norm='L1' (default), 2 for 'L2'. x: float scores (N, K); t:
+    integer labels (N,) in [0, K). reduce='mean' (default) returns the scalar
+    sum of all losses divided by N; 'no' returns the (N, K) losses. Raises
+    NotImplementedError for another norm, ValueError for another reduce,
+    shapes that do not fit or labels out of range (checked on the CPU).
+    Chainer: chainer.functions.hinge.
+    """
+    if norm not in ('L1', 'L2'):
+        raise NotImplementedError("hinge: norm must be 'L1' or 'L2', got {!r}".format(norm))
+    _check_reduce('hinge', reduce, ('mean', 'no'))
+    return Hinge(norm, reduce)(x, t)
+
+
+def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
+    """KL divergence of N(mean, exp(ln_var)) (diagonal) from N(0, I), as in a
+    VAE: elementwise (mean**2 + exp(ln_var) - ln_var - 1) / 2.
+
+    mean, ln_var: float Variables or arrays of one shape and dtype.
+    reduce='sum' (default) sums everything, 'mean' averages, 'no' keeps the
+    elementwise values. Returns a Variable. Raises ValueError for another
+    reduce. Chainer: chainer.functions.gaussian_kl_divergence.
+    """
+    _check_reduce('gaussian_kl_divergence', reduce, ('sum', 'mean', 'no'))
+    loss = (mul(mean, mean) + exp(ln_var) - ln_var - 1) * 0.5
+    return _reduce_loss('gaussian_kl_divergence', loss, reduce)
+
+
+def gaussian_nll(x, mean, ln_var, reduce='sum'):
+    """Negative log-likelihood of x under N(mean, exp(ln_var)) (diagonal),
+    elementwise (ln_var + log(2 pi)) / 2 + (x - mean)**2 exp(-ln_var) / 2.
+
+    x, mean, ln_var: float Variables or arrays of one shape and dtype.
+    reduce='sum' (default), 'mean' or 'no' as in gaussian_kl_divergence.
+    Returns a Variable. Raises ValueError for another reduce.
+    Chainer: chainer.functions.gaussian_nll.
+    """
+    _check_reduce('gaussian_nll', reduce, ('sum', 'mean', 'no'))
+    diff = sub(x, mean)
+    loss = (ln_var + math.log(2 * math.pi)) * 0.5 + diff * diff * exp(-as_variable(ln_var)) * 0.5
+    return _reduce_loss('gaussian_nll', loss, reduce)
+
+
+def bernoulli_nll(x, y, reduce='sum'):
+    """Negative log-likelihood of x under Bernoulli(sigmoid(y)), elementwise
+    -(x log p + (1 - x) log(1 - p)) with p = sigmoid(y), computed as
+    softplus(y) - x y so that it cannot overflow.
+
+    x: float data (usually in [0, 1]); y: float pre-sigmoid parameters of x's
+    shape and dtype. reduce='sum' (default), 'mean' or 'no'. Returns a
+    Variable. Raises ValueError for another reduce.
+    Chainer: chainer.functions.bernoulli_nll.
+    """
+    _check_reduce('bernoulli_nll', reduce, ('sum', 'mean', 'no'))
+    return _reduce_loss('bernoulli_nll', softplus(y) - mul(x, y), reduce)
+
+
+def contrastive(x0, x1, y, margin=1, reduce='mean'):
+    """Contrastive loss of pairs: with d[n] = ||x0[n] - x1[n]||,
+
+        loss[n] = (y[n] d[n]**2 + (1 - y[n]) max(margin - d[n], 0)**2) / 2
+
+    x0, x1: float (N, K) of one shape and dtype, N > 0; y: integer (N,), 1
+    for a similar pair, 0 for a dissimilar one. margin: a number > 0 (default
+    1). reduce='mean' (default) averages over N, 'no' returns (N,). Raises
+    ValueError for margin <= 0, another reduce or shapes that do not fit.
+    Chainer: chainer.functions.contrastive.
+    """
+    if margin <= 0:
+        raise ValueError('contrastive: margin must be > 0, got {}'.format(margin))
+    _check_reduce('contrastive', reduce, ('mean', 'no'))
+    return Contrastive(margin, reduce)(x0, x1, y)
+
+
+def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
+    """Triplet loss: for each row n,
+
+        loss[n] = max(||a[n] - p[n]||**2 - ||a[n] - n[n]||**2 + margin, 0)
+
+    anchor, positive, negative: float Variables or arrays of one shape (N, K)
+    and dtype, N > 0. margin: a number > 0 (default 0.2). reduce='mean'
+    (default) averages over N, 'no' returns (N,). Raises ValueError for
+    margin <= 0, another reduce or differing shapes.
+    Chainer: chainer.functions.triplet.
+    """
+    if margin <= 0:
+        raise ValueError('triplet: margin must be > 0, got {}'.format(margin))
+    _check_reduce('triplet', reduce, ('mean', 'no'))
+    shapes = [_input_data('triplet', v).shape for v in (anchor, positive, negative)]
+    if len(set(shapes)) != 1 or len(shapes[0]) < 2 or shapes[0][0] == 0:
+        raise ValueError('triplet: anchor, positive and negative need one shape (N, K), '
+                         'N > 0, got {}'.format(shapes))
+    to_positive, to_negative = sub(anchor, positive), sub(anchor, negative)
+    gap = Sum(1)(to_positive * to_positive - to_negative * to_negative)
+    loss = relu(gap + margin)
+    return mean(loss) if reduce == 'mean' else loss
+
+
+def binary_accuracy(y, t):
+    """Fraction of elements whose prediction [y >= 0] equals the label t.
+
+    y: float scores of any shape; t: signed integer labels of y's shape, 1,
+    0, or -1 to ignore that element. The count is over labels that are not
+    -1 (at least 1, so all ignored gives 0). Returns a 0-dim Variable of y's
+    dtype with no gradient. Raises TypeError for integer y or non-signed t,
+    ValueError for differing shapes. Chainer: chainer.functions.binary_accuracy.
+    """
+    y, t = _input_data('binary_accuracy', y), _input_data('binary_accuracy', t)
+    _require_float('binary_accuracy', y)
+    if t.dtype.kind != 'i':
+        raise TypeError('binary_accuracy: t must hold signed integer labels, got dtype {}'
+                        .format(t.dtype))
+    if y.shape != t.shape:
+        raise ValueError('binary_accuracy: y.shape {} and t.shape {} differ'.format(
+            y.shape, t.shape))
+    xp = _xp(y)
+    count = xp.maximum((t != -1).sum(), 1)       # an array: no wait on a GPU
+    hits = ((y >= 0) == t).sum()                 # t == -1 never equals True or False
+    return Variable(xp.asarray(hits / count, dtype=y.dtype), requires_grad=False)
+
+
+def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
+    """Coefficient of determination R**2 = 1 - SS_res / SS_tot per output
+    (column), with SS_res = sum((pred - true)**2, axis 0) and SS_tot =
+    sum((true - mean(true, axis 0))**2, axis 0); 0 where SS_tot is 0.
+
+    pred, true: float Variables or arrays of one shape. multioutput
+    'uniform_average' (default) returns the mean over outputs (a 0-dim
+    Variable), 'raw_values' one value per output. sample_weight must be None.
+    No gradient. Raises NotImplementedError for sample_weight, ValueError for
+    another multioutput or differing shapes. Chainer: chainer.functions.r2_score.
+    """
+    if sample_weight is not None:
+        raise NotImplementedError('r2_score: sample_weight is not supported (as in Chainer)')
+    if multioutput not in ('uniform_average', 'raw_values'):
+        raise ValueError("r2_score: multioutput must be 'uniform_average' or 'raw_values', "
+                         "got {!r}".format(multioutput))
+    pred, true = _input_data('r2_score', pred), _input_data('r2_score', true)
+    _require_float('r2_score', pred, true)
+    if pred.shape != true.shape:
+        raise ValueError('r2_score: pred.shape {} and true.shape {} differ'.format(
+            pred.shape, true.shape))
+    xp = _xp(pred)
+    residual = ((pred - true) ** 2).sum(axis=0)
+    total = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
+    flat = total == 0
+    score = xp.where(flat, 0.0, 1 - residual / xp.where(flat, 1, total)).astype(pred.dtype)
+    if multioutput == 'uniform_average':
+        score = xp.asarray(score.mean(), dtype=pred.dtype)
+    return Variable(score, requires_grad=False)
+
+
+def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
+    """Per-class precision, recall, F-beta score and support of a batch.
+
+    With pred = argmax(y, axis 1), for each class c: precision = tp / (tp +
+    fp) (NaN if c was never predicted), recall = tp / (tp + fn) (NaN if c
+    never occurs in t), F-beta = (1 + beta**2) P R / (beta**2 P + R), support
+    = the number of labels equal to c. y: float scores (N, C, d1, ...); t:
+    integer labels (N, d1, ...); elements whose label is ignore_label
+    (default -1) are left out. label_num: the number of classes (default
+    None: t.max() + 1, read from the device). Returns a tuple of four
+    Variables of shape (label_num,) without gradient: precision, recall,
+    F-beta (float64, as in Chainer) and support (integers). Raises TypeError
+    for integer y or non-integer t, ValueError for shapes that do not match.
+    Chainer: chainer.functions.classification_summary.
+    """
+    y, t = _input_data('classification_summary', y), _input_data('classification_summary', t)
+    _require_float('classification_summary', y)
+    if t.dtype.kind not in 'iu':
+        raise TypeError('classification_summary: t must hold integer labels, got dtype {}'
+                        .format(t.dtype))
+    if y.ndim < 2 or y.ndim < t.ndim or y.shape[0] != t.shape[0] \
+            or y.shape[2:t.ndim + 1] != t.shape[1:] or any(n != 1 for n in y.shape[t.ndim + 1:]):
+        raise ValueError('classification_summary: y.shape {} and t.shape {} do not match'
+                         .format(y.shape, t.shape))
+    xp = _xp(y)
+    t = t.astype(np.int32, copy=False).ravel()
+    if label_num is None:
+        label_num = int(t.max()) + 1 if t.size else 0
+    ignored = t == ignore_label
+    # Ignored elements are counted in an extra class label_num, then dropped.
+    pred = xp.where(ignored, label_num, y.argmax(axis=1).ravel())
+    true = xp.where(ignored, label_num, t)
+    support = xp.bincount(true, minlength=label_num + 1)[:label_num]
+    relevant = xp.bincount(pred, minlength=label_num + 1)[:label_num]
+    tp = xp.bincount(xp.where(pred == true, true, label_num), minlength=label_num + 1)[:label_num]
+    with np.errstate(divide='ignore', invalid='ignore'):   # 0/0 is NaN, as in Chainer
+        precision = tp / relevant
+        recall = tp / support
+        b2 = beta * beta
+        fbeta = (1 + b2) * precision * recall / (b2 * precision + recall)
+    return tuple(Variable(a, requires_grad=False) for a in (precision, recall, fbeta, support))
+
+
+def precision(y, t, label_num=None, ignore_label=-1):
+    """Per-class precision tp / (tp + fp) of argmax(y, axis 1) against t, and
+    the support: the tuple (precision, support) of classification_summary,
+    whose docstring has the arguments. Chainer: chainer.functions.precision.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[0], summary[3]
+
+
+def recall(y, t, label_num=None, ignore_label=-1):
+    """Per-class recall tp / (tp + fn) of argmax(y, axis 1) against t, and the
+    support: the tuple (recall, support) of classification_summary, whose
+    docstring has the arguments. Chainer: chainer.functions.recall.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[1], summary[3]
+
+
+def f1_score(y, t, label_num=None, ignore_label=-1):
+    """Per-class F1 score 2 P R / (P + R) of argmax(y, axis 1) against t, and
+    the support: the tuple (f1, support) of classification_summary with
+    beta=1, whose docstring has the arguments. Chainer: chainer.functions.f1_score.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[2], summary[3]
+
+
 class Identity(Function):
     """Function node that returns its inputs unchanged and passes the gradients
     back unchanged. Chainer: chainer.functions.array.identity.Identity.
