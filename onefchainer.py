@@ -3140,13 +3140,15 @@ class SplitAxis(Function):
             raise ValueError('split_axis: axis {} of shape {} (size {}) does not split '
                              'into {} equal sections'.format(self.axis, x.shape,
                                                              x.shape[self.axis], sections))
-        return tuple(_xp(x).split(x, sections, axis=self.axis))
+        ys = tuple(_xp(x).split(x, sections, axis=self.axis))
+        self.shapes = [y.shape for y in ys]      # for pieces that get no gradient
+        return ys
 
     def backward(self, inputs, grad_outputs):      # the pieces side by side again
         x, = inputs
         xp = _xp(x)
-        grads = [xp.zeros(y().shape, x.dtype) if g is None else g
-                 for g, y in zip(grad_outputs, self.outputs)]
+        grads = [xp.zeros(shape, x.dtype) if g is None else g
+                 for g, shape in zip(grad_outputs, self.shapes)]
         return xp.concatenate(grads, axis=self.axis),
 
 
@@ -12003,31 +12005,38 @@ _submodule('functions', **{name: globals()[name] for name in (
     'clip maximum minimum prod cumsum flip fliplr flipud tile repeat where cast separate '
     'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
     'mean_absolute_error absolute_error embed_id').split()})
+_submodule('functions', copy=_functions_named_like_modules['copy'], **{
+    name: globals()[name] for name in (
+        'split_axis pad moveaxis rollaxis broadcast dstack diagonal tensordot batch_matmul '
+        'sum_to select_item permutate average logsumexp normalize batch_l2_norm_squared '
+        'arctan2 arctanh fmod sign floor ceil fix hinge gaussian_kl_divergence gaussian_nll '
+        'bernoulli_nll contrastive triplet binary_accuracy r2_score precision recall '
+        'f1_score classification_summary').split()})
 _submodule('links', EmbedID=EmbedID)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='arctan2 arctanh as_strided '
-            'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
-            'batch_renormalization bernoulli_nll bias bilinear binary_accuracy black_out '
-            'broadcast ceil cholesky classification_summary '
-            'contrastive copy crelu cross_covariance cumprod '
-            'decorrelated_batch_normalization decov depth2space det diagonal digamma '
-            'discriminative_margin_based_clustering_loss dstack einsum erf '
-            'erfc erfcinv erfcx erfinv f1_score fft fix '
+    missing='as_strided '
+            'batch_det batch_inv '
+            'batch_renormalization bias bilinear black_out '
+            'cholesky '
+            'crelu cross_covariance cumprod '
+            'decorrelated_batch_normalization decov depth2space det digamma '
+            'discriminative_margin_based_clustering_loss einsum erf '
+            'erfc erfcinv erfcx erfinv fft '
             'fixed_batch_renormalization fixed_decorrelated_batch_normalization '
-            'floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
-            'group_normalization gumbel_softmax hinge ifft inv '
+            'forget gaussian '
+            'group_normalization gumbel_softmax ifft inv '
             'layer_normalization lgamma linear_interpolate local_response_normalization '
-            'log_ndtr logsumexp maxout '
-            'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
-            'precision prelu r2_score recall resize_images rollaxis rrelu '
-            'scale scatter_add select_item shift '
-            'sign simplified_dropconnect space2depth sparse_matmul '
-            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to swish '
-            'tensordot triplet zeta '
+            'log_ndtr maxout '
+            'ndtr ndtri negative_sampling polygamma '
+            'prelu resize_images rrelu '
+            'scale scatter_add shift '
+            'simplified_dropconnect space2depth sparse_matmul '
+            'spatial_transformer_grid spatial_transformer_sampler swish '
+            'zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
             'convolution_1d convolution_3d convolution_nd deconvolution_1d deconvolution_2d '
