@@ -2225,7 +2225,7 @@ def fmod(x, divisor):
 
 def _step_function(label, x, step):
     data = _input_data(label, x)
-    y = step(data)
+    y = _xp(data).asarray(step(data))          # NumPy gives a 0-dim input back as a scalar
     return Variable(y if y.dtype == data.dtype else y.astype(data.dtype), requires_grad=False)
 
 
@@ -3301,8 +3301,9 @@ class TensorDot(Function):
         ga_axes = a_free + [self.a_axes[self.b_axes.index(j)] for j in sorted(self.b_axes)]
         gb = xp.tensordot(a, gy, (a_free, list(range(n))))
         gb_axes = [self.b_axes[self.a_axes.index(i)] for i in sorted(self.a_axes)] + b_free
-        return (ga.transpose(np.argsort(ga_axes)).astype(a.dtype, copy=False),
-                gb.transpose(np.argsort(gb_axes)).astype(b.dtype, copy=False))
+        ga = ga.transpose(tuple(np.argsort(ga_axes).tolist()))
+        gb = gb.transpose(tuple(np.argsort(gb_axes).tolist()))
+        return ga.astype(a.dtype, copy=False), gb.astype(b.dtype, copy=False)
 
 
 class SumTo(Function):

@@ -7487,6 +7487,7 @@ SHAPE_MATH_LOSS_GRAD_CASES = {
 }
 
 
+@pytest.mark.filterwarnings('ignore:batch_matmul is deprecated:DeprecationWarning')
 @pytest.mark.parametrize('name', sorted(SHAPE_MATH_LOSS_GRAD_CASES))
 def test_shape_math_loss_gradients(name):
     func, xs = SHAPE_MATH_LOSS_GRAD_CASES[name]
@@ -7637,6 +7638,7 @@ def test_reductions_and_math_values():
         assert y.dtype == np.float32 and y.creator is None and not y.requires_grad
         np.testing.assert_array_equal(host(y), expected)
     assert F.floor(dev(np.array([3, -2], np.int32))).dtype == np.int32
+    assert float(host(F.floor(dev(np.array(1.5))))) == 1.0        # a 0-dim input stays an array
     for name, func in (('arctan2', lambda i: F.arctan2(i, i)), ('arctanh', F.arctanh),
                        ('fmod', lambda i: F.fmod(i, i)), ('logsumexp', F.logsumexp),
                        ('normalize', F.normalize), ('tensordot', lambda i: F.tensordot(i, i))):
