@@ -2133,6 +2133,134 @@ def minimum(x1, x2):
     return Minimum()(x1, x2)
 
 
+class Arctan2(Function):
+    """Function node of y = arctan2(x1, x2), the angle of the point (x2, x1)
+    (broadcasting, one float dtype); backward gy * x2 / (x1**2 + x2**2) for
+    x1 and -gy * x1 / (x1**2 + x2**2) for x2.
+    Chainer: chainer.functions.math.trigonometric.Arctan2.
+    """
+    label = 'arctan2'
+    input_names = ('x1', 'x2')
+
+    def forward(self, inputs):
+        x1, x2 = inputs
+        _check_dtypes('arctan2', x1, x2)
+        _require_float('arctan2', x1)
+        return _xp(x1).arctan2(x1, x2),
+
+    def backward(self, inputs, grad_outputs):      # d atan(x1/x2) = (x2 dx1 - x1 dx2) / r^2
+        x1, x2 = inputs
+        g = grad_outputs[0] / (x1 * x1 + x2 * x2)
+        return _sum_to(g * x2, x1.shape), _sum_to(-g * x1, x2.shape)
+
+
+class Arctanh(Function):
+    """Function node of y = arctanh(x); backward gy / (1 - x**2).
+    Chainer: chainer.functions.math.arctanh.Arctanh.
+    """
+    label = 'arctanh'
+
+    def forward(self, inputs):
+        _require_float('arctanh', inputs[0])
+        return _xp(inputs[0]).arctanh(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # arctanh' = 1/(1 - x^2)
+        x, = inputs
+        return grad_outputs[0] / (1 - x * x),
+
+
+class Fmod(Function):
+    """Function node of y = fmod(x, divisor) = x - fix(x / divisor) * divisor
+    (the remainder with the sign of x; broadcasting, one float dtype).
+    Backward: gy for x, -fix(x / divisor) * gy for divisor.
+    Chainer: chainer.functions.math.fmod.Fmod.
+    """
+    label = 'fmod'
+    input_names = ('x', 'divisor')
+
+    def forward(self, inputs):
+        x, divisor = inputs
+        _check_dtypes('fmod', x, divisor)
+        _require_float('fmod', x)
+        return _xp(x).fmod(x, divisor),
+
+    def backward(self, inputs, grad_outputs):      # the quotient fix(x/d) is a step function
+        x, divisor = inputs
+        gy, = grad_outputs
+        return (_sum_to(gy, x.shape),
+                _sum_to(-_xp(x).fix(x / divisor) * gy, divisor.shape))
+
+
+def arctan2(x1, x2):
+    """Elementwise angle arctan(x1 / x2) of the point (x2, x1), in [-pi, pi],
+    as numpy.arctan2. x1, x2: float Variables or arrays of one dtype whose
+    shapes broadcast. Gradients x2 / (x1**2 + x2**2) and -x1 / (x1**2 + x2**2).
+    Returns a Variable. Raises TypeError for differing or integer dtypes.
+    Chainer: chainer.functions.arctan2.
+    """
+    return Arctan2()(x1, x2)
+
+
+def arctanh(x):
+    """Elementwise inverse hyperbolic tangent of a float Variable or array
+    (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
+    Variable. Chainer: chainer.functions.arctanh.
+    """
+    return Arctanh()(x)
+
+
+def fmod(x, divisor):
+    """Elementwise remainder of x / divisor with the sign of x (numpy.fmod):
+    x - fix(x / divisor) * divisor. x, divisor: float Variables or arrays of
+    one dtype whose shapes broadcast. Gradients 1 for x and -fix(x / divisor)
+    for divisor. Returns a Variable. Raises TypeError for differing or integer
+    dtypes. Chainer: chainer.functions.fmod.
+    """
+    return Fmod()(x, divisor)
+
+
+# sign, floor, ceil and fix are step functions: their derivative is 0 almost
+# everywhere, so, as in Chainer, they return a Variable outside the graph
+# (requires_grad False) and backprop stops there.
+
+def _step_function(label, x, step):
+    data = _input_data(label, x)
+    y = _xp(data).asarray(step(data))          # NumPy gives a 0-dim input back as a scalar
+    return Variable(y if y.dtype == data.dtype else y.astype(data.dtype), requires_grad=False)
+
+
+def sign(x):
+    """Elementwise sign of x: -1 where x < 0, 0 where x == 0, 1 where x > 0,
+    in x's dtype. Not differentiable: returns a Variable with no gradient and
+    no link to x. Chainer: chainer.functions.sign.
+    """
+    return _step_function('sign', x, lambda a: _xp(a).sign(a))
+
+
+def floor(x):
+    """Elementwise floor (the largest integer <= x), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.floor.
+    """
+    return _step_function('floor', x, lambda a: _xp(a).floor(a))
+
+
+def ceil(x):
+    """Elementwise ceiling (the smallest integer >= x), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.ceil.
+    """
+    return _step_function('ceil', x, lambda a: _xp(a).ceil(a))
+
+
+def fix(x):
+    """Elementwise rounding toward zero (numpy.fix), in x's dtype. Not
+    differentiable: returns a Variable with no gradient and no link to x.
+    Chainer: chainer.functions.fix.
+    """
+    return _step_function('fix', x, lambda a: _xp(a).fix(a))
+
+
 Variable.__abs__ = absolute
 
 
@@ -2352,6 +2480,127 @@ def cumsum(x, axis=None):
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
     return Cumsum(axis)(x)
+
+
+class LogSumExp(Function):
+    """Function node of y = log(sum(exp(x), axis)), computed after taking out
+    the maximum so that exp cannot overflow; backward gy * exp(x - y)
+    (softmax times gy). Chainer: chainer.functions.math.logsumexp.LogSumExp.
+    """
+    label = 'logsumexp'
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('logsumexp', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'logsumexp')
+        self.y = _log_sum_exp(x, self.axis)          # with keepdims, for backward
+        return self.y.reshape([n for i, n in enumerate(x.shape)
+                               if self.axis is not None and i not in self.axis]),
+
+    def backward(self, inputs, grad_outputs):      # d/dx_i log sum e^x = e^{x_i} / sum e^x
+        x, = inputs
+        gy = grad_outputs[0].reshape(self.y.shape)
+        return gy * _xp(x).exp(x - self.y),
+
+
+class NormalizeL2(Function):
+    """Function node of y = x / (||x|| + eps), ||x|| the L2 norm along `axis`.
+    Backward: gy / (||x|| + eps) - x * sum(x gy) / (||x|| (||x|| + eps)**2),
+    the second term 0 where ||x|| is 0.
+    Chainer: chainer.functions.normalization.l2_normalization.NormalizeL2.
+    """
+    label = 'normalize'
+
+    def __init__(self, eps, axis):
+        self.eps, self.axis = eps, axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('normalize', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'normalize')
+        self.norm = _xp(x).sqrt((x * x).sum(axis=self.axis, keepdims=True))
+        self.scale = x.dtype.type(1) / (self.norm + x.dtype.type(self.eps))
+        return x * self.scale,
+
+    def backward(self, inputs, grad_outputs):      # quotient rule; d||x||/dx = x / ||x||
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        along = (x * gy).sum(axis=self.axis, keepdims=True)
+        zero = self.norm == 0
+        along = xp.where(zero, x.dtype.type(0), along / xp.where(zero, 1, self.norm))
+        return (gy - x * along * self.scale) * self.scale,
+
+
+def average(x, axis=None, weights=None, keepdims=False):
+    """Weighted mean sum(x * w, axis) / sum(w) over `axis`.
+
+    x: float Variable or array. axis: None (default, all axes), an int or a
+    tuple of ints (only None or one axis with weights). weights: None (all 1:
+    the plain mean), else a Variable or array of x's shape for axis None, or
+    of shape (x.shape[axis],) for an int axis; weights get gradients too.
+    keepdims (default False) keeps the reduced axes with size 1. Returns a
+    Variable. Raises ValueError for a tuple axis with weights, repeated
+    axes, or weights of the wrong shape. Chainer: chainer.functions.average.
+    """
+    if weights is None:
+        return mean(x, axis, keepdims=keepdims)
+    data = _input_data('average', x)
+    axes = _normalize_axis(axis, data.ndim, 'average')
+    if axis is not None and not isinstance(axis, (int, np.integer)) and \
+            len(set(axes)) != len(axis):
+        raise ValueError('average: axis {} repeats an axis'.format(axis))
+    if axes is not None and len(axes) > 1:
+        raise ValueError('average: a tuple axis is not supported with weights, got {}'
+                         .format(axis))
+    w_shape = _input_data('average', weights).shape
+    wanted = data.shape if axes is None else (data.shape[axes[0]],)
+    if w_shape != wanted:
+        raise ValueError('average: weights must have shape {} for x of shape {} and '
+                         'axis {}, got {}'.format(wanted, data.shape, axis, w_shape))
+    if axes is not None:
+        weights = reshape(weights, (1,) * axes[0] + wanted + (1,) * (data.ndim - axes[0] - 1))
+    total = Sum(axes, keepdims)(mul(x, weights))
+    return total / broadcast_to(Sum()(weights), total.shape)
+
+
+def logsumexp(x, axis=None):
+    """log(sum(exp(x), axis)), computed without overflow (the maximum is
+    taken out first). x: float Variable or array; axis: None (default, all
+    axes), an int or a tuple of ints. The gradient is softmax(x) along axis
+    times gy. Returns a Variable. Raises ValueError for an axis out of
+    bounds, TypeError for integer x. Chainer: chainer.functions.logsumexp.
+    """
+    return LogSumExp(axis)(x)
+
+
+def normalize(x, eps=1e-5, axis=1):
+    """L2 normalization: x / (sqrt(sum(x**2, axis)) + eps), no reduction.
+
+    x: float Variable or array, e.g. (N, K); eps (default 1e-5) keeps a zero
+    vector from dividing by 0; axis: an int or tuple of ints (default 1).
+    Returns a Variable of x's shape. Raises ValueError for an axis out of
+    bounds, TypeError for integer x. Chainer: chainer.functions.normalize.
+    """
+    return NormalizeL2(eps, axis)(x)
+
+
+def batch_l2_norm_squared(x):
+    """Squared L2 norm of each example: sum(x[n]**2) over all axes but the
+    first. x: float Variable or array (N, ...) with 2 or more dimensions.
+    Returns a Variable (N,); gradient 2 x gy. Raises ValueError for fewer than
+    2 dimensions, TypeError for integer x.
+    Chainer: chainer.functions.batch_l2_norm_squared.
+    """
+    data = _input_data('batch_l2_norm_squared', x)
+    _require_float('batch_l2_norm_squared', data)
+    if data.ndim < 2:
+        raise ValueError('batch_l2_norm_squared: x needs 2 or more dimensions, got shape '
+                         '{}'.format(data.shape))
+    return Sum(tuple(range(1, data.ndim)))(mul(x, x))
 
 
 # sum, max, min and pow above took the names of Python builtins.  Chapter 21
@@ -2864,6 +3113,532 @@ def separate(x, axis=0):
     """
     ys = Separate(_int_axis('separate', axis))(x)
     return ys if isinstance(ys, tuple) else (ys,)
+
+
+# ----- splitting, padding, moving axes, diagonals, contractions --------------
+# Most of these are again pure moves: backward sends each gradient element
+# back to the place its value came from.  tensordot is a matrix product over
+# chosen axes, so its backward is two more tensordots.
+
+class SplitAxis(Function):
+    """Function node that cuts x along `axis` at the given indices (or into
+    equal sections); backward concatenates the gradients again (zeros for
+    a piece that got none). Chainer: chainer.functions.array.split_axis.SplitAxis.
+    """
+    label = 'split_axis'
+
+    def __init__(self, indices_or_sections, axis):
+        self.indices_or_sections, self.axis = indices_or_sections, axis
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError('split_axis: axis {} is out of bounds for shape {}'.format(
+                self.axis, x.shape))
+        sections = self.indices_or_sections
+        if isinstance(sections, int) and x.shape[self.axis] % sections:
+            raise ValueError('split_axis: axis {} of shape {} (size {}) does not split '
+                             'into {} equal sections'.format(self.axis, x.shape,
+                                                             x.shape[self.axis], sections))
+        ys = tuple(_xp(x).split(x, sections, axis=self.axis))
+        self.shapes = [y.shape for y in ys]      # for pieces that get no gradient
+        return ys
+
+    def backward(self, inputs, grad_outputs):      # the pieces side by side again
+        x, = inputs
+        xp = _xp(x)
+        grads = [xp.zeros(shape, x.dtype) if g is None else g
+                 for g, shape in zip(grad_outputs, self.shapes)]
+        return xp.concatenate(grads, axis=self.axis),
+
+
+class Pad(Function):
+    """Function node of numpy.pad(x, pad_width, mode, **keywords). Backward:
+    'constant' padding adds new numbers, so gx is the middle of gy; 'edge',
+    'reflect', 'symmetric' and 'wrap' copy elements of x into the border,
+    so each element gets the gradients of all its copies (found by padding
+    the element indices the same way). Chainer: chainer.functions.array.pad.Pad.
+    """
+    label = 'pad'
+
+    def __init__(self, pad_width, mode, keywords):
+        self.pad_width, self.mode, self.keywords = pad_width, mode, keywords
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('pad', x)
+        try:
+            self.widths = np.broadcast_to(np.asarray(self.pad_width, dtype=np.intp),
+                                          (x.ndim, 2))
+        except ValueError:
+            raise ValueError('pad: pad_width {!r} does not fit the {} axes of shape {}'
+                             .format(self.pad_width, x.ndim, x.shape)) from None
+        if (self.widths < 0).any():
+            raise ValueError('pad: pad_width must be >= 0, got {!r}'.format(self.pad_width))
+        return _xp(x).pad(x, self.widths, mode=self.mode, **self.keywords),
+
+    def backward(self, inputs, grad_outputs):      # each element of x gets its copies' gy
+        x, = inputs
+        gy, = grad_outputs
+        if self.mode == 'constant':
+            return gy[tuple(slice(before, before + n)
+                            for (before, _), n in zip(self.widths, x.shape))],
+        xp = _xp(x)
+        source = xp.pad(xp.arange(x.size).reshape(x.shape), self.widths, mode=self.mode)
+        gx = xp.bincount(source.ravel(), weights=gy.ravel(), minlength=x.size)
+        return gx.astype(x.dtype, copy=False).reshape(x.shape),
+
+
+class Broadcast(Function):
+    """Function node that broadcasts all inputs to one shape; backward sums
+    each gradient back to its input's shape.
+    Chainer: chainer.functions.array.broadcast.Broadcast.
+    """
+    label = 'broadcast'
+
+    def forward(self, inputs):
+        try:
+            shape = np.broadcast_shapes(*[x.shape for x in inputs])
+        except ValueError:
+            raise ValueError('broadcast: shapes {} do not broadcast'.format(
+                [x.shape for x in inputs])) from None
+        return tuple(_xp(x).broadcast_to(x, shape) for x in inputs)
+
+    def backward(self, inputs, grad_outputs):      # a stretched input was used many times
+        return tuple(None if g is None else _sum_to(g, x.shape)
+                     for x, g in zip(inputs, grad_outputs))
+
+
+class Copy(Function):
+    """Function node that sends x to another device; backward sends gy back
+    to x's device. Chainer: chainer.functions.array.copy.Copy.
+    """
+    label = 'copy'
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, inputs):
+        return self.device.send(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):      # the same numbers, moved back
+        return _device_of(inputs[0]).send(grad_outputs[0]),
+
+
+class Diagonal(Function):
+    """Function node of numpy.diagonal(x, offset, axis1, axis2) (the diagonal
+    as the last axis); backward writes gy onto the same diagonal of zeros.
+    Chainer: chainer.functions.array.diagonal.Diagonal.
+    """
+    label = 'diagonal'
+
+    def __init__(self, offset, axis1, axis2):
+        self.offset, self.axis1, self.axis2 = offset, axis1, axis2
+
+    def forward(self, inputs):
+        x, = inputs
+        return _xp(x).diagonal(x, self.offset, self.axis1, self.axis2).copy(),
+
+    def backward(self, inputs, grad_outputs):      # y_i = x[i, i + offset]
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        gx = xp.zeros_like(x)
+        square = xp.moveaxis(gx, (self.axis1, self.axis2), (-2, -1))   # a view into gx
+        i = xp.arange(gy.shape[-1])
+        if self.offset >= 0:
+            square[..., i, i + self.offset] = gy
+        else:
+            square[..., i - self.offset, i] = gy
+        return gx,
+
+
+class TensorDot(Function):
+    """Function node of numpy.tensordot(a, b, (a_axes, b_axes)): a sum over
+    the paired axes. Backward: ga = gy . b summed over b's free axes, gb =
+    a . gy summed over a's free axes, each transposed back to its input's
+    axis order. Chainer: chainer.functions.math.tensordot.TensorDot.
+    """
+    label = 'tensordot'
+    input_names = ('a', 'b')
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_dtypes('tensordot', a, b)
+        _require_float('tensordot', a)
+        if isinstance(self.axes, (int, np.integer)):
+            if not 0 <= self.axes <= min(a.ndim, b.ndim):
+                raise ValueError('tensordot: axes={} needs that many axes in a (shape {}) '
+                                 'and b (shape {})'.format(self.axes, a.shape, b.shape))
+            a_axes, b_axes = range(a.ndim - self.axes, a.ndim), range(self.axes)
+        else:
+            a_axes, b_axes = [(v,) if isinstance(v, (int, np.integer)) else v
+                              for v in self.axes]
+        try:
+            self.a_axes = [_normalize_axis(int(i), a.ndim, 'tensordot')[0] for i in a_axes]
+            self.b_axes = [_normalize_axis(int(i), b.ndim, 'tensordot')[0] for i in b_axes]
+        except TypeError:
+            raise TypeError('tensordot: axes must be an int or a pair of ints or int '
+                            'sequences, got {!r}'.format(self.axes)) from None
+        if len(self.a_axes) != len(self.b_axes) or any(
+                a.shape[i] != b.shape[j] for i, j in zip(self.a_axes, self.b_axes)):
+            raise ValueError('tensordot: axes {} of a (shape {}) and {} of b (shape {}) '
+                             'do not pair up'.format(self.a_axes, a.shape, self.b_axes,
+                                                     b.shape))
+        return _xp(a).tensordot(a, b, (self.a_axes, self.b_axes)),
+
+    def backward(self, inputs, grad_outputs):      # dY/dA: contract gy with B's free axes
+        a, b = inputs
+        gy, = grad_outputs
+        xp = _xp(a)
+        a_free = [i for i in range(a.ndim) if i not in self.a_axes]
+        b_free = [j for j in range(b.ndim) if j not in self.b_axes]
+        n = len(a_free)
+        ga = xp.tensordot(gy, b, (list(range(n, gy.ndim)), b_free))
+        ga_axes = a_free + [self.a_axes[self.b_axes.index(j)] for j in sorted(self.b_axes)]
+        gb = xp.tensordot(a, gy, (a_free, list(range(n))))
+        gb_axes = [self.b_axes[self.a_axes.index(i)] for i in sorted(self.a_axes)] + b_free
+        ga = ga.transpose(tuple(np.argsort(ga_axes).tolist()))
+        gb = gb.transpose(tuple(np.argsort(gb_axes).tolist()))
+        return ga.astype(a.dtype, copy=False), gb.astype(b.dtype, copy=False)
+
+
+class SumTo(Function):
+    """Function node that sums x down to `shape` (undoing a broadcast);
+    backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
+    """
+    label = 'sum_to'
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, inputs):
+        x, = inputs
+        lead = x.ndim - len(self.shape)
+        if lead < 0 or any(n not in (1, m) for n, m in zip(self.shape, x.shape[lead:])):
+            raise ValueError('sum_to: shape {} cannot be summed to {} (x would have to '
+                             'broadcast to it)'.format(x.shape, self.shape))
+        return _sum_to(x, self.shape),
+
+    def backward(self, inputs, grad_outputs):      # each x_i fed one y_j
+        return _xp(inputs[0]).broadcast_to(grad_outputs[0], inputs[0].shape).copy(),
+
+
+class SelectItem(Function):
+    """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
+    of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
+    """
+    label = 'select_item'
+    input_names = ('x', 't')
+
+    def forward(self, inputs):
+        x, t = inputs
+        if t.dtype.kind not in 'iu' or x.ndim != 2 or t.shape != x.shape[:1]:
+            raise ValueError('select_item: needs x of 2 dimensions (B, N) and integer t '
+                             'of shape (B,), got x {} {} and t {} {}'.format(
+                                 x.shape, x.dtype, t.shape, t.dtype))
+        xp = _xp(x)
+        # A label out of range would wrap around or fail later; reading the
+        # labels on a GPU waits for it, so there only in debug mode.
+        if (xp is np or config.debug) and ((t < 0) | (t >= x.shape[1])).any():
+            raise ValueError('select_item: labels t must be in [0, {}), got {}'.format(
+                x.shape[1], t))
+        self.rows = xp.arange(len(t))
+        return x[self.rows, t],
+
+    def backward(self, inputs, grad_outputs):      # only the picked element gets gy
+        x, t = inputs
+        gx = _xp(x).zeros_like(x)
+        gx[self.rows, t] = grad_outputs[0]
+        return gx, None
+
+
+class Permutate(Function):
+    """Function node of y = x[indices] along `axis` (inv=True: y[indices] = x);
+    backward applies the inverse permutation to gy.
+    Chainer: chainer.functions.array.permutate.Permutate.
+    """
+    label = 'permutate'
+
+    def __init__(self, indices, axis, inv):
+        self.indices, self.axis, self.inv = indices, axis, inv
+
+    def forward(self, inputs):
+        x, = inputs
+        if not -x.ndim <= self.axis < x.ndim or len(self.indices) != x.shape[self.axis]:
+            raise ValueError('permutate: indices of length {} do not fit axis {} of '
+                             'shape {}'.format(len(self.indices), self.axis, x.shape))
+        xp = _xp(x)
+        indices = xp.asarray(self.indices)
+        # Checking that the indices are a permutation reads them: on a GPU
+        # that waits, so there only in debug mode.
+        if (xp is np or config.debug) and not (
+                xp.sort(indices) == xp.arange(len(indices))).all():
+            raise ValueError('permutate: indices must be a permutation of 0..{}, got {}'
+                             .format(len(indices) - 1, self.indices))
+        inverse = xp.empty_like(indices)
+        inverse[indices] = xp.arange(len(indices), dtype=indices.dtype)
+        self.forward_order, self.backward_order = (
+            (inverse, indices) if self.inv else (indices, inverse))
+        return x.take(self.forward_order, axis=self.axis),
+
+    def backward(self, inputs, grad_outputs):      # undo the permutation
+        return grad_outputs[0].take(self.backward_order, axis=self.axis),
+
+
+def split_axis(x, indices_or_sections, axis, force_tuple=True):
+    """x cut into pieces along `axis`, as numpy.split.
+
+    indices_or_sections: an int n (n equal pieces; the size along axis must
+    divide by n) or a sorted sequence of ints (the cut points). axis: an int.
+    Returns a tuple of Variables; with force_tuple=False a single piece is
+    returned as a Variable, not a 1-tuple. Backward concatenates the pieces'
+    gradients. Raises ValueError for an uneven split, unsorted indices or an
+    axis out of bounds, TypeError for indices that are not ints.
+    Chainer: chainer.functions.split_axis.
+    """
+    axis = _int_axis('split_axis', axis)
+    if isinstance(indices_or_sections, (int, np.integer)) and not isinstance(
+            indices_or_sections, bool):
+        if indices_or_sections <= 0:
+            raise ValueError('split_axis: the number of sections must be > 0, got {}'
+                             .format(indices_or_sections))
+        sections = int(indices_or_sections)
+    else:
+        sections = list(np.asarray(as_array(indices_or_sections)).tolist()) \
+            if not isinstance(indices_or_sections, (list, tuple)) else list(indices_or_sections)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                   for i in sections):
+            raise TypeError('split_axis: indices_or_sections must be an int or a sequence '
+                            'of ints, got {!r}'.format(indices_or_sections))
+        if sections != sorted(sections):
+            raise ValueError('split_axis: indices must be sorted, got {}'.format(sections))
+        sections = [int(i) for i in sections]
+    ys = SplitAxis(sections, axis)(x)
+    ys = ys if isinstance(ys, tuple) else (ys,)
+    return ys if force_tuple or len(ys) != 1 else ys[0]
+
+
+_PAD_MODES = ('constant', 'edge', 'reflect', 'symmetric', 'wrap')
+
+
+def pad(x, pad_width, mode, **keywords):
+    """x with a border added to each axis, as numpy.pad.
+
+    x: float Variable or array. pad_width: an int (that many before and after
+    on every axis), a pair (before, after) for every axis, or one pair per
+    axis. mode: 'constant' (keyword constant_values, default 0), or one of
+    'edge', 'reflect', 'symmetric', 'wrap', whose borders copy elements of x
+    (their gradients flow back to those elements). Returns a Variable.
+    Raises ValueError for another mode or a pad_width that does not fit,
+    TypeError for integer x. Chainer: chainer.functions.pad.
+    """
+    if mode not in _PAD_MODES:
+        raise ValueError('pad: mode must be one of {}, got {!r}'.format(_PAD_MODES, mode))
+    return Pad(pad_width, mode, keywords)(x)
+
+
+def _axes_tuple(label, name, axes, ndim):
+    values = (axes,) if isinstance(axes, (int, np.integer)) else axes
+    if not isinstance(values, (tuple, list)) or not all(
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in values):
+        raise TypeError('{}: {} must be an int or a tuple of ints, got {!r}'.format(
+            label, name, axes))
+    for a in values:
+        if not -ndim <= a < ndim:
+            raise ValueError('{}: {} {} is out of bounds for {} dimensions'.format(
+                label, name, a, ndim))
+    values = [int(a) % ndim for a in values]
+    if len(set(values)) != len(values):
+        raise ValueError('{}: {} {!r} repeats an axis'.format(label, name, axes))
+    return values
+
+
+def moveaxis(x, source, destination):
+    """x with the axes `source` moved to the places `destination` (ints or
+    tuples of ints of one length, negative from the end), the other axes
+    keeping their order, as numpy.moveaxis. Returns a Variable (a
+    transpose). Raises TypeError for non-int axes, ValueError for axes out of
+    bounds, repeated or of differing lengths. Chainer: chainer.functions.moveaxis.
+    """
+    ndim = _input_data('moveaxis', x).ndim
+    source = _axes_tuple('moveaxis', 'source', source, ndim)
+    destination = _axes_tuple('moveaxis', 'destination', destination, ndim)
+    if len(source) != len(destination):
+        raise ValueError('moveaxis: source {} and destination {} differ in length'.format(
+            source, destination))
+    order = [a for a in range(ndim) if a not in source]
+    for place, axis in sorted(zip(destination, source)):
+        order.insert(place, axis)
+    return transpose(x, tuple(order))
+
+
+def rollaxis(x, axis, start=0):
+    """x with axis `axis` moved to just before position `start` (default 0),
+    as numpy.rollaxis: -ndim <= axis < ndim, -ndim <= start <= ndim. Returns a
+    Variable (a transpose). Raises TypeError for non-int arguments,
+    ValueError for ones out of bounds. Chainer: chainer.functions.rollaxis.
+    """
+    ndim = _input_data('rollaxis', x).ndim
+    axis = _int_axis('rollaxis', axis)
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
+        raise TypeError('rollaxis: start must be an int, got {!r}'.format(start))
+    if not -ndim <= axis < ndim or not -ndim <= start <= ndim:
+        raise ValueError('rollaxis: axis {} or start {} is out of bounds for {} dimensions'
+                         .format(axis, start, ndim))
+    axis, start = axis % ndim, (start + ndim if start < 0 else start)
+    if axis < start:
+        start -= 1                 # the axis leaves its old place first
+    order = [a for a in range(ndim) if a != axis]
+    order.insert(start, axis)
+    return transpose(x, tuple(order))
+
+
+def broadcast(*args):
+    """The inputs broadcast to one common shape, by NumPy's rules.
+
+    args: Variables or arrays (one or more). Returns a tuple of Variables, or
+    for a single input that input as a Variable (as in Chainer). Gradients
+    are summed back to each input's shape. Raises ValueError for no input or
+    shapes that do not broadcast. Chainer: chainer.functions.broadcast.
+    """
+    _require_inputs('broadcast', args)
+    if len(args) == 1:
+        return as_variable(_input_data('broadcast', args[0]) if not isinstance(
+            args[0], Variable) else args[0])
+    return Broadcast()(*args)
+
+
+def copy(x, dst):     # takes the stdlib module's name until the end of this section
+    """x copied to device `dst`: -1, '@numpy' or a CpuDevice for the CPU, N,
+    '@cupy:N' or a GpuDevice for GPU N (anything get_device accepts). On the
+    same device no copy is made. The gradient is sent back to x's device.
+    Returns a Variable. Raises ValueError for an unknown device specifier.
+    Chainer: chainer.functions.copy.
+    """
+    _input_data('copy', x)
+    return Copy(get_device(dst))(x)
+
+
+def dstack(xs):
+    """The sequence xs joined along a third axis, as numpy.dstack: 1-d
+    inputs (N,) become (1, N, 1), 2-d (M, N) become (M, N, 1), then all are
+    concatenated along axis 2. All need one dtype and equal other sizes.
+    Returns a Variable. Raises ValueError for no input or shapes that do not
+    fit. Chainer: chainer.functions.dstack.
+    """
+    _require_inputs('dstack', xs)
+    shaped = []
+    for x in xs:
+        shape = _input_data('dstack', x).shape
+        if len(shape) < 3:
+            shape = {0: (1, 1, 1), 1: (1,) + shape + (1,), 2: shape + (1,)}[len(shape)]
+            x = reshape(x, shape)
+        shaped.append(x)
+    return Concat(axis=2)(*shaped)
+
+
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    """The diagonal x[..., i, i + offset] of the two axes axis1 and axis2
+    (defaults 0 and 1), as numpy.diagonal: those axes are removed and the
+    diagonal becomes the last axis. offset > 0 goes above the main diagonal,
+    < 0 below. Returns a Variable (a copy); the gradient goes back onto the
+    diagonal. Raises ValueError for x with fewer than 2 dimensions or equal
+    or out-of-bounds axes. Chainer: chainer.functions.diagonal.
+    """
+    ndim = _input_data('diagonal', x).ndim
+    if ndim < 2:
+        raise ValueError('diagonal: x needs 2 or more dimensions, got {}'.format(ndim))
+    axis1, axis2 = _axes_tuple('diagonal', 'axes', (axis1, axis2), ndim)
+    return Diagonal(int(offset), axis1, axis2)(x)
+
+
+def tensordot(a, b, axes=2):
+    """Tensor dot product: sum of a * b over pairs of axes, as numpy.tensordot.
+
+    a, b: float Variables or arrays of one dtype. axes: an int n (the last n
+    axes of a with the first n of b; default 2) or a pair (a_axes, b_axes) of
+    ints or equal-length int sequences. Returns a Variable whose shape is a's
+    remaining axes then b's. Raises ValueError when the paired sizes differ,
+    TypeError for integer or differing dtypes.
+    Chainer: chainer.functions.tensordot.
+    """
+    if not isinstance(axes, (int, np.integer)) and not (
+            isinstance(axes, (tuple, list)) and len(axes) == 2):
+        raise TypeError('tensordot: axes must be an int or a pair (a_axes, b_axes), got '
+                        '{!r}'.format(axes))
+    return TensorDot(axes)(a, b)
+
+
+def batch_matmul(a, b, transa=False, transb=False):
+    """Matrix products of two batches of matrices (deprecated in Chainer for
+    matmul, and warns DeprecationWarning as Chainer does).
+
+    a, b: float Variables or arrays of one dtype, each (B, M, N) (B matrices)
+    or (B, N) (B column vectors, N x 1). transa/transb (default False)
+    transpose each matrix first. Returns a 3-d Variable (B, M, K). Raises
+    ValueError for inputs that are not 2-d or 3-d or whose sizes do not fit.
+    Chainer: chainer.functions.batch_matmul.
+    """
+    warnings.warn('batch_matmul is deprecated. Use matmul instead.', DeprecationWarning)
+    shapes = [_input_data('batch_matmul', v).shape for v in (a, b)]
+    if any(len(s) not in (2, 3) for s in shapes):
+        raise ValueError('batch_matmul: a and b need 2 or 3 dimensions, got shapes {} '
+                         'and {}'.format(*shapes))
+    a, b = [reshape(v, s if len(s) == 3 else s + (1,)) for v, s in zip((a, b), shapes)]
+    return MatMul(transa, transb)(a, b)
+
+
+def sum_to(x, shape):
+    """x summed down to `shape`, the reverse of broadcast_to: leading axes
+    are summed away and axes where shape has 1 are summed to 1. Returns x
+    itself as a Variable when the shape is already `shape`. Raises
+    ValueError when x could not have been broadcast from `shape`.
+    Chainer: chainer.functions.sum_to.
+    """
+    shape = tuple(shape)
+    if _input_data('sum_to', x).shape == shape:
+        return as_variable(x)
+    return SumTo(shape)(x)
+
+
+def select_item(x, t):
+    """y[i] = x[i, t[i]]: one element of each row of x.
+
+    x: Variable or array (B, N); t: integer array (B,), each in [0, N).
+    Returns a Variable (B,); the gradient goes to the picked elements only.
+    Raises ValueError for other shapes, non-integer t or a label out of range
+    (on a GPU only in debug mode, as in Chainer).
+    Chainer: chainer.functions.select_item.
+    """
+    return SelectItem()(x, t)
+
+
+def permutate(x, indices, axis=0, inv=False):
+    """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
+    inv=True the inverse, y[indices[i]] = x[i].
+
+    indices: a 1-d integer array or Variable, a permutation of
+    0..x.shape[axis]-1. Returns a Variable; the gradient is permuted back.
+    Raises ValueError for indices that are not a 1-d int array, not a
+    permutation (checked on a GPU only in debug mode) or of the wrong length.
+    Chainer: chainer.functions.permutate.
+    """
+    indices = as_array(indices)
+    if not isinstance(indices, _array_types) or indices.dtype.kind != 'i' \
+            or indices.ndim != 1:
+        raise ValueError('permutate: indices must be a one-dimensional int array, got '
+                         '{!r}'.format(indices))
+    return Permutate(indices, _int_axis('permutate', axis), inv)(x)
+
+
+# copy above took the name of the stdlib module copy, which Chapter 10 uses;
+# Chapter 21 files the function under F.copy, and the name goes back here.
+_functions_named_like_modules = {'copy': copy}
+copy = sys.modules['copy']
 
 
 class LeakyReLU(Function):
@@ -3538,6 +4313,339 @@ def accuracy(y, t, ignore_label=None):
         total = valid.sum()
         value = (hit & valid).sum() / xp.maximum(total, 1)   # 0 if all are ignored; no sync on a GPU
     return Variable(xp.asarray(value, dtype=y.dtype), requires_grad=False)
+
+
+# ----- more losses and metrics ---------------------------------------------------
+# Hinge and contrastive losses have kinks, so they get their own backward;
+# the losses of a VAE and the triplet loss are short formulas over the
+# functions above.  The metrics at the end are not differentiable: like
+# accuracy they return Variables outside the graph.
+
+class Hinge(Function):
+    """Function node of the hinge loss of scores x (N, K) against labels t
+    (N,): d = max(0, 1 - x) at the true class, max(0, 1 + x) at the others,
+    loss d (norm 'L1') or d**2 ('L2'), summed and divided by N
+    (reduce='mean') or not (reduce='no'). Backward: +-gy where d > 0 (L1)
+    or +-2 d gy (L2), the sign - at the true class.
+    Chainer: chainer.functions.loss.hinge.Hinge.
+    """
+    label = 'hinge'
+    input_names = ('x', 't')
+
+    def __init__(self, norm='L1', reduce='mean'):
+        self.norm, self.reduce = norm, reduce
+
+    def forward(self, inputs):
+        x, t = inputs
+        _require_float('hinge', x)
+        if t.dtype.kind not in 'iu' or x.ndim != 2 or t.shape != x.shape[:1]:
+            raise ValueError('hinge: needs float x (N, K) and integer t (N,), got x {} {} '
+                             'and t {} {}'.format(x.shape, x.dtype, t.shape, t.dtype))
+        xp = _xp(x)
+        # Labels are read on the CPU only; a GPU would have to wait for them.
+        if xp is np and ((t < 0) | (t >= x.shape[1])).any():
+            raise ValueError('hinge: labels t must be in [0, {}), got {}'.format(
+                x.shape[1], t))
+        self.sign = xp.ones_like(x)
+        self.sign[xp.arange(len(t)), t] = -1           # -1 at the true class
+        self.d = xp.maximum(1 + self.sign * x, x.dtype.type(0))
+        loss = self.d if self.norm == 'L1' else self.d * self.d
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / max(len(x), 1), dtype=x.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # d(1 +- x)/dx = +-1 where positive
+        x, t = inputs
+        gy, = grad_outputs
+        if self.reduce == 'mean':
+            gy = gy / max(len(x), 1)
+        slope = (self.d > 0) if self.norm == 'L1' else 2 * self.d
+        return gy * slope * self.sign, None
+
+
+class Contrastive(Function):
+    """Function node of the contrastive loss of pairs (x0[n], x1[n]) with
+    labels y[n] (1 similar, 0 dissimilar): with d = ||x0 - x1||,
+    loss = (y d**2 + (1 - y) max(margin - d, 0)**2) / 2, averaged over N
+    (reduce='mean') or not ('no'). Backward for x0: (y - (1 - y)
+    max(margin - d, 0) / d) (x0 - x1) gy, with d at least 1e-7; x1 gets the
+    negative. Chainer: chainer.functions.loss.contrastive.Contrastive.
+    """
+    label = 'contrastive'
+    input_names = ('x0', 'x1', 'y')
+
+    def __init__(self, margin, reduce):
+        self.margin, self.reduce = margin, reduce
+
+    def forward(self, inputs):
+        x0, x1, y = inputs
+        _check_dtypes('contrastive', x0, x1)
+        _require_float('contrastive', x0)
+        if x0.shape != x1.shape or x0.ndim != 2 or y.shape != x0.shape[:1] \
+                or y.dtype.kind not in 'iu' or len(x0) == 0:
+            raise ValueError('contrastive: needs x0, x1 of one shape (N, K), N > 0, and '
+                             'integer y (N,), got {}, {} and y {} {}'.format(
+                                 x0.shape, x1.shape, y.shape, y.dtype))
+        xp = _xp(x0)
+        self.diff = x0 - x1
+        dist_sq = (self.diff * self.diff).sum(axis=1)
+        self.dist = xp.sqrt(dist_sq)
+        self.gap = xp.maximum(self.margin - self.dist, x0.dtype.type(0))
+        self.y = y.astype(x0.dtype)
+        loss = (self.y * dist_sq + (1 - self.y) * self.gap * self.gap) * 0.5
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / len(x0), dtype=x0.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # d||x0 - x1|| / dx0 = (x0 - x1) / d
+        x0 = inputs[0]
+        gy, = grad_outputs
+        xp = _xp(x0)
+        gy = gy / len(x0) if self.reduce == 'mean' else gy
+        eps = 5e-3 if x0.dtype == np.float16 else 1e-7   # 1/1e-7 overflows float16
+        pull = self.y - (1 - self.y) * self.gap / xp.maximum(self.dist, x0.dtype.type(eps))
+        gx0 = (pull * gy)[:, None] * self.diff
+        return gx0, -gx0, None
+
+
+def _reduce_loss(label, loss, reduce):
+    """loss summed (reduce='sum'), averaged ('mean') or left elementwise ('no')."""
+    if reduce == 'sum':
+        return Sum()(loss)
+    if reduce == 'mean':
+        return mean(loss)
+    return loss
+
+
+def _check_reduce(label, reduce, allowed):
+    if reduce not in allowed:
+        raise ValueError('{}: reduce must be one of {}, got {!r}'.format(label, allowed, reduce))
+
+
+def hinge(x, t, norm='L1', reduce='mean'):
+    """Hinge loss for one-of-K classification.
+
+        loss[n, k] = max(0, 1 - s x[n, k]) ** p,  s = 1 if k == t[n] else -1
+
+    p = 1 for norm='L1' (default), 2 for 'L2'. x: float scores (N, K); t:
+    integer labels (N,) in [0, K). reduce='mean' (default) returns the scalar
+    sum of all losses divided by N; 'no' returns the (N, K) losses. Raises
+    NotImplementedError for another norm, ValueError for another reduce,
+    shapes that do not fit or labels out of range (checked on the CPU).
+    Chainer: chainer.functions.hinge.
+    """
+    if norm not in ('L1', 'L2'):
+        raise NotImplementedError("hinge: norm must be 'L1' or 'L2', got {!r}".format(norm))
+    _check_reduce('hinge', reduce, ('mean', 'no'))
+    return Hinge(norm, reduce)(x, t)
+
+
+def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
+    """KL divergence of N(mean, exp(ln_var)) (diagonal) from N(0, I), as in a
+    VAE: elementwise (mean**2 + exp(ln_var) - ln_var - 1) / 2.
+
+    mean, ln_var: float Variables or arrays of one shape and dtype.
+    reduce='sum' (default) sums everything, 'mean' averages, 'no' keeps the
+    elementwise values. Returns a Variable. Raises ValueError for another
+    reduce. Chainer: chainer.functions.gaussian_kl_divergence.
+    """
+    _check_reduce('gaussian_kl_divergence', reduce, ('sum', 'mean', 'no'))
+    loss = (mul(mean, mean) + exp(ln_var) - ln_var - 1) * 0.5
+    return _reduce_loss('gaussian_kl_divergence', loss, reduce)
+
+
+def gaussian_nll(x, mean, ln_var, reduce='sum'):
+    """Negative log-likelihood of x under N(mean, exp(ln_var)) (diagonal),
+    elementwise (ln_var + log(2 pi)) / 2 + (x - mean)**2 exp(-ln_var) / 2.
+
+    x, mean, ln_var: float Variables or arrays of one shape and dtype.
+    reduce='sum' (default), 'mean' or 'no' as in gaussian_kl_divergence.
+    Returns a Variable. Raises ValueError for another reduce.
+    Chainer: chainer.functions.gaussian_nll.
+    """
+    _check_reduce('gaussian_nll', reduce, ('sum', 'mean', 'no'))
+    diff = sub(x, mean)
+    loss = (ln_var + math.log(2 * math.pi)) * 0.5 + diff * diff * exp(-as_variable(ln_var)) * 0.5
+    return _reduce_loss('gaussian_nll', loss, reduce)
+
+
+def bernoulli_nll(x, y, reduce='sum'):
+    """Negative log-likelihood of x under Bernoulli(sigmoid(y)), elementwise
+    -(x log p + (1 - x) log(1 - p)) with p = sigmoid(y), computed as
+    softplus(y) - x y so that it cannot overflow.
+
+    x: float data (usually in [0, 1]); y: float pre-sigmoid parameters of x's
+    shape and dtype. reduce='sum' (default), 'mean' or 'no'. Returns a
+    Variable. Raises ValueError for another reduce.
+    Chainer: chainer.functions.bernoulli_nll.
+    """
+    _check_reduce('bernoulli_nll', reduce, ('sum', 'mean', 'no'))
+    return _reduce_loss('bernoulli_nll', softplus(y) - mul(x, y), reduce)
+
+
+def contrastive(x0, x1, y, margin=1, reduce='mean'):
+    """Contrastive loss of pairs: with d[n] = ||x0[n] - x1[n]||,
+
+        loss[n] = (y[n] d[n]**2 + (1 - y[n]) max(margin - d[n], 0)**2) / 2
+
+    x0, x1: float (N, K) of one shape and dtype, N > 0; y: integer (N,), 1
+    for a similar pair, 0 for a dissimilar one. margin: a number > 0 (default
+    1). reduce='mean' (default) averages over N, 'no' returns (N,). Raises
+    ValueError for margin <= 0, another reduce or shapes that do not fit.
+    Chainer: chainer.functions.contrastive.
+    """
+    if margin <= 0:
+        raise ValueError('contrastive: margin must be > 0, got {}'.format(margin))
+    _check_reduce('contrastive', reduce, ('mean', 'no'))
+    return Contrastive(margin, reduce)(x0, x1, y)
+
+
+def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
+    """Triplet loss: for each row n,
+
+        loss[n] = max(||a[n] - p[n]||**2 - ||a[n] - n[n]||**2 + margin, 0)
+
+    anchor, positive, negative: float Variables or arrays of one shape (N, K)
+    and dtype, N > 0. margin: a number > 0 (default 0.2). reduce='mean'
+    (default) averages over N, 'no' returns (N,). Raises ValueError for
+    margin <= 0, another reduce or differing shapes.
+    Chainer: chainer.functions.triplet.
+    """
+    if margin <= 0:
+        raise ValueError('triplet: margin must be > 0, got {}'.format(margin))
+    _check_reduce('triplet', reduce, ('mean', 'no'))
+    shapes = [_input_data('triplet', v).shape for v in (anchor, positive, negative)]
+    if len(set(shapes)) != 1 or len(shapes[0]) < 2 or shapes[0][0] == 0:
+        raise ValueError('triplet: anchor, positive and negative need one shape (N, K), '
+                         'N > 0, got {}'.format(shapes))
+    to_positive, to_negative = sub(anchor, positive), sub(anchor, negative)
+    gap = Sum(1)(to_positive * to_positive - to_negative * to_negative)
+    loss = relu(gap + margin)
+    return mean(loss) if reduce == 'mean' else loss
+
+
+def binary_accuracy(y, t):
+    """Fraction of elements whose prediction [y >= 0] equals the label t.
+
+    y: float scores of any shape; t: signed integer labels of y's shape, 1,
+    0, or -1 to ignore that element. The count is over labels that are not
+    -1 (at least 1, so all ignored gives 0). Returns a 0-dim Variable of y's
+    dtype with no gradient. Raises TypeError for integer y or non-signed t,
+    ValueError for differing shapes. Chainer: chainer.functions.binary_accuracy.
+    """
+    y, t = _input_data('binary_accuracy', y), _input_data('binary_accuracy', t)
+    _require_float('binary_accuracy', y)
+    if t.dtype.kind != 'i':
+        raise TypeError('binary_accuracy: t must hold signed integer labels, got dtype {}'
+                        .format(t.dtype))
+    if y.shape != t.shape:
+        raise ValueError('binary_accuracy: y.shape {} and t.shape {} differ'.format(
+            y.shape, t.shape))
+    xp = _xp(y)
+    count = xp.maximum((t != -1).sum(), 1)       # an array: no wait on a GPU
+    hits = ((y >= 0) == t).sum()                 # t == -1 never equals True or False
+    return Variable(xp.asarray(hits / count, dtype=y.dtype), requires_grad=False)
+
+
+def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
+    """Coefficient of determination R**2 = 1 - SS_res / SS_tot per output
+    (column), with SS_res = sum((pred - true)**2, axis 0) and SS_tot =
+    sum((true - mean(true, axis 0))**2, axis 0); 0 where SS_tot is 0.
+
+    pred, true: float Variables or arrays of one shape. multioutput
+    'uniform_average' (default) returns the mean over outputs (a 0-dim
+    Variable), 'raw_values' one value per output. sample_weight must be None.
+    No gradient. Raises NotImplementedError for sample_weight, ValueError for
+    another multioutput or differing shapes. Chainer: chainer.functions.r2_score.
+    """
+    if sample_weight is not None:
+        raise NotImplementedError('r2_score: sample_weight is not supported (as in Chainer)')
+    if multioutput not in ('uniform_average', 'raw_values'):
+        raise ValueError("r2_score: multioutput must be 'uniform_average' or 'raw_values', "
+                         "got {!r}".format(multioutput))
+    pred, true = _input_data('r2_score', pred), _input_data('r2_score', true)
+    _require_float('r2_score', pred, true)
+    if pred.shape != true.shape:
+        raise ValueError('r2_score: pred.shape {} and true.shape {} differ'.format(
+            pred.shape, true.shape))
+    xp = _xp(pred)
+    residual = ((pred - true) ** 2).sum(axis=0)
+    total = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
+    flat = total == 0
+    score = xp.where(flat, 0.0, 1 - residual / xp.where(flat, 1, total)).astype(pred.dtype)
+    if multioutput == 'uniform_average':
+        score = xp.asarray(score.mean(), dtype=pred.dtype)
+    return Variable(score, requires_grad=False)
+
+
+def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
+    """Per-class precision, recall, F-beta score and support of a batch.
+
+    With pred = argmax(y, axis 1), for each class c: precision = tp / (tp +
+    fp) (NaN if c was never predicted), recall = tp / (tp + fn) (NaN if c
+    never occurs in t), F-beta = (1 + beta**2) P R / (beta**2 P + R), support
+    = the number of labels equal to c. y: float scores (N, C, d1, ...); t:
+    integer labels (N, d1, ...); elements whose label is ignore_label
+    (default -1) are left out. label_num: the number of classes (default
+    None: t.max() + 1, read from the device). Returns a tuple of four
+    Variables of shape (label_num,) without gradient: precision, recall,
+    F-beta (float64, as in Chainer) and support (integers). Raises TypeError
+    for integer y or non-integer t, ValueError for shapes that do not match.
+    Chainer: chainer.functions.classification_summary.
+    """
+    y, t = _input_data('classification_summary', y), _input_data('classification_summary', t)
+    _require_float('classification_summary', y)
+    if t.dtype.kind not in 'iu':
+        raise TypeError('classification_summary: t must hold integer labels, got dtype {}'
+                        .format(t.dtype))
+    if y.ndim < 2 or y.ndim < t.ndim or y.shape[0] != t.shape[0] \
+            or y.shape[2:t.ndim + 1] != t.shape[1:] or any(n != 1 for n in y.shape[t.ndim + 1:]):
+        raise ValueError('classification_summary: y.shape {} and t.shape {} do not match'
+                         .format(y.shape, t.shape))
+    xp = _xp(y)
+    t = t.astype(np.int32, copy=False).ravel()
+    if label_num is None:
+        label_num = int(t.max()) + 1 if t.size else 0
+    ignored = t == ignore_label
+    # Ignored elements are counted in an extra class label_num, then dropped.
+    pred = xp.where(ignored, label_num, y.argmax(axis=1).ravel())
+    true = xp.where(ignored, label_num, t)
+    support = xp.bincount(true, minlength=label_num + 1)[:label_num]
+    relevant = xp.bincount(pred, minlength=label_num + 1)[:label_num]
+    tp = xp.bincount(xp.where(pred == true, true, label_num), minlength=label_num + 1)[:label_num]
+    with np.errstate(divide='ignore', invalid='ignore'):   # 0/0 is NaN, as in Chainer
+        precision = tp / relevant
+        recall = tp / support
+        b2 = beta * beta
+        fbeta = (1 + b2) * precision * recall / (b2 * precision + recall)
+    return tuple(Variable(a, requires_grad=False) for a in (precision, recall, fbeta, support))
+
+
+def precision(y, t, label_num=None, ignore_label=-1):
+    """Per-class precision tp / (tp + fp) of argmax(y, axis 1) against t, and
+    the support: the tuple (precision, support) of classification_summary,
+    whose docstring has the arguments. Chainer: chainer.functions.precision.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[0], summary[3]
+
+
+def recall(y, t, label_num=None, ignore_label=-1):
+    """Per-class recall tp / (tp + fn) of argmax(y, axis 1) against t, and the
+    support: the tuple (recall, support) of classification_summary, whose
+    docstring has the arguments. Chainer: chainer.functions.recall.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[1], summary[3]
+
+
+def f1_score(y, t, label_num=None, ignore_label=-1):
+    """Per-class F1 score 2 P R / (P + R) of argmax(y, axis 1) against t, and
+    the support: the tuple (f1, support) of classification_summary with
+    beta=1, whose docstring has the arguments. Chainer: chainer.functions.f1_score.
+    """
+    summary = classification_summary(y, t, label_num, 1.0, ignore_label)
+    return summary[2], summary[3]
 
 
 class Identity(Function):
@@ -12077,6 +13185,13 @@ _submodule('functions', **{name: globals()[name] for name in (
     'clip maximum minimum prod cumsum flip fliplr flipud tile repeat where cast separate '
     'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
     'mean_absolute_error absolute_error embed_id').split()})
+_submodule('functions', copy=_functions_named_like_modules['copy'], **{
+    name: globals()[name] for name in (
+        'split_axis pad moveaxis rollaxis broadcast dstack diagonal tensordot batch_matmul '
+        'sum_to select_item permutate average logsumexp normalize batch_l2_norm_squared '
+        'arctan2 arctanh fmod sign floor ceil fix hinge gaussian_kl_divergence gaussian_nll '
+        'bernoulli_nll contrastive triplet binary_accuracy r2_score precision recall '
+        'f1_score classification_summary').split()})
 _submodule('links', EmbedID=EmbedID)
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
@@ -12089,25 +13204,15 @@ _not_supported(
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='arctan2 arctanh as_strided '
-            'average batch_det batch_inv batch_l2_norm_squared batch_matmul '
-            'batch_renormalization bernoulli_nll binary_accuracy black_out '
-            'broadcast ceil cholesky classification_summary '
-            'contrastive copy crelu cross_covariance cumprod '
-            'decorrelated_batch_normalization decov depth2space det diagonal digamma '
-            'discriminative_margin_based_clustering_loss dstack einsum erf '
-            'erfc erfcinv erfcx erfinv f1_score fft fix '
-            'fixed_batch_renormalization fixed_decorrelated_batch_normalization '
-            'floor fmod forget gaussian gaussian_kl_divergence gaussian_nll '
-            'gumbel_softmax hinge ifft inv '
-            'lgamma linear_interpolate local_response_normalization '
-            'log_ndtr logsumexp '
-            'moveaxis ndtr ndtri negative_sampling normalize pad permutate polygamma '
-            'precision r2_score recall resize_images rollaxis rrelu '
-            'scatter_add select_item shift '
-            'sign simplified_dropconnect space2depth sparse_matmul '
-            'spatial_transformer_grid spatial_transformer_sampler split_axis sum_to '
-            'tensordot triplet zeta '
+    missing='as_strided batch_det batch_inv batch_renormalization black_out cholesky '
+            'crelu cross_covariance cumprod decorrelated_batch_normalization decov '
+            'depth2space det digamma discriminative_margin_based_clustering_loss einsum '
+            'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
+            'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
+            'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
+            'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
+            'simplified_dropconnect space2depth sparse_matmul spatial_transformer_grid '
+            'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
             'convolution_1d convolution_3d convolution_nd deconvolution_1d '

@@ -5532,7 +5532,12 @@ CHAINER_PROVIDED = {
                  'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where '
                  'prelu swish scale bias maxout bilinear layer_normalization group_normalization '
                  'deconvolution_2d dilated_convolution_2d depthwise_convolution_2d '
-                 'unpooling_2d upsampling_2d',
+                 'unpooling_2d upsampling_2d '
+                 'split_axis pad moveaxis rollaxis broadcast copy dstack diagonal tensordot '
+                 'batch_matmul sum_to select_item permutate average logsumexp normalize '
+                 'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
+                 'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
+                 'binary_accuracy r2_score precision recall f1_score classification_summary',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8186,3 +8191,317 @@ def test_max_pooling_indices_and_upsampling_2d(x_shape, ksize, stride, pad, cove
           host(y))
     with pytest.raises(ValueError, match=r'upsampling_2d: indices.shape .* != x.shape'):
         F.upsampling_2d(y, indices[:, :, :1], ksize, stride, pad, x_shape[2:], cover_all)
+
+
+# ----- Chainer names added: shapes, reductions and math, losses and metrics (Chapter 9) -----
+# Gradients: float64 numerical checks through check(), away from kinks.
+# Values: small hand-computed cases or NumPy formulas written out here.
+
+_LABELS = np.array([2, 0, 1], np.int32)
+
+SHAPE_MATH_LOSS_GRAD_CASES = {
+    'split_axis': (lambda x: F.split_axis(x, [1, 3], axis=1), [f64(2, 4)]),
+    'split_axis_sections': (lambda x: F.split_axis(x, 2, axis=0)[1], [f64(4, 3)]),
+    'pad_constant': (lambda x: F.pad(x, ((1, 0), (2, 1)), 'constant', constant_values=3.0),
+                     [f64(2, 3)]),
+    'pad_reflect': (lambda x: F.pad(x, 2, 'reflect'), [f64(3, 4)]),
+    'pad_edge': (lambda x: F.pad(x, (1, 2), 'edge'), [f64(2, 3)]),
+    'pad_wrap': (lambda x: F.pad(x, 1, 'wrap'), [f64(2, 3)]),
+    'moveaxis': (lambda x: F.moveaxis(x, (0, 2), (-1, 0)), [f64(2, 3, 4)]),
+    'rollaxis': (lambda x: F.rollaxis(x, 2, 1), [f64(2, 3, 4)]),
+    'broadcast': (lambda a, b: F.broadcast(a, b), [f64(3, 1), f64(4, seed=1)]),
+    'copy': (lambda x: F.copy(x, TEST_DEVICE) * 2.0, [f64(2, 3)]),
+    'dstack_1d': (lambda a, b: F.dstack([a, b]), [f64(3), f64(3, seed=1)]),
+    'dstack_3d': (lambda a, b: F.dstack([a, b]), [f64(2, 2, 1), f64(2, 2, 3, seed=1)]),
+    'diagonal': (lambda x: F.diagonal(x, 1, 2, 0), [f64(3, 2, 4)]),
+    'diagonal_below': (lambda x: F.diagonal(x, -1), [f64(4, 3)]),
+    'tensordot': (lambda a, b: F.tensordot(a, b, ((2, 0), (0, 2))),
+                  [f64(2, 3, 4), f64(4, 5, 2, seed=1)]),
+    'tensordot_int': (lambda a, b: F.tensordot(a, b, 1), [f64(2, 3), f64(3, 4, seed=1)]),
+    'batch_matmul': (lambda a, b: F.batch_matmul(a, b, transa=True),
+                     [f64(2, 3, 4), f64(2, 3, seed=1)]),
+    'sum_to': (lambda x: F.sum_to(x, (3, 1)), [f64(2, 3, 4)]),
+    'select_item': (lambda x: F.select_item(x, dev(_LABELS)), [f64(3, 4)]),
+    'permutate': (lambda x: F.permutate(x, dev(np.array([1, 2, 0], np.int32)), axis=1),
+                  [f64(2, 3)]),
+    'permutate_inv': (lambda x: F.permutate(x, dev(np.array([1, 2, 0], np.int32)), inv=True),
+                      [f64(3, 2)]),
+    'average_weights': (lambda x, w: F.average(x, axis=1, weights=w, keepdims=True),
+                        [f64(2, 3), f64(3, seed=1, low=0.5, high=1.5)]),
+    'average_all_weights': (lambda x, w: F.average(x, weights=w),
+                            [f64(2, 3), f64(2, 3, seed=1, low=0.5, high=1.5)]),
+    'logsumexp': (lambda x: F.logsumexp(x, axis=(0, 2)), [f64(2, 3, 2, low=-3, high=3)]),
+    'logsumexp_all': (F.logsumexp, [f64(2, 3)]),
+    'normalize': (F.normalize, [f64(3, 4)]),
+    'normalize_axes': (lambda x: F.normalize(x, eps=0.1, axis=(0, 2)), [f64(2, 3, 2)]),
+    'batch_l2_norm_squared': (F.batch_l2_norm_squared, [f64(3, 2, 2)]),
+    'arctan2': (F.arctan2, [f64(3, 4), f64(4, seed=1, low=0.5, high=1.5)]),
+    'arctanh': (F.arctanh, [f64(3, 4, low=-0.8, high=0.8)]),
+    'fmod': (F.fmod, [_away_from([-1.2, 0.0, 1.2], f64(3, 4, low=-2, high=2)),
+                      np.full((3, 4), 1.2)]),
+    'hinge_l1': (lambda x: F.hinge(x, dev(_LABELS)), [_away_from([-1, 1], f64(3, 4, low=-2, high=2))]),
+    'hinge_l2_no': (lambda x: F.hinge(x, dev(_LABELS), norm='L2', reduce='no'),
+                    [_away_from([-1, 1], f64(3, 4, low=-2, high=2))]),
+    'gaussian_kl_divergence': (F.gaussian_kl_divergence, [f64(2, 3), f64(2, 3, seed=1)]),
+    'gaussian_nll': (lambda x, m, v: F.gaussian_nll(x, m, v, reduce='mean'),
+                     [f64(2, 3), f64(2, 3, seed=1), f64(2, 3, seed=2)]),
+    'bernoulli_nll': (lambda x, y: F.bernoulli_nll(x, y, reduce='no'),
+                      [f64(2, 3, low=0, high=1), f64(2, 3, seed=1, low=-3, high=3)]),
+    'contrastive': (lambda a, b: F.contrastive(a, b, dev(np.array([1, 0, 0], np.int32)),
+                                               margin=2.0), [f64(3, 2), f64(3, 2, seed=1)]),
+    'contrastive_no': (lambda a, b: F.contrastive(a, b, dev(np.array([0, 1, 0], np.int32)),
+                                                  reduce='no'), [f64(3, 2), f64(3, 2, seed=1)]),
+    'triplet': (lambda a, p, n: F.triplet(a, p, n, margin=1.0),
+                [f64(4, 3), f64(4, 3, seed=1), f64(4, 3, seed=2)]),
+}
+
+
+@pytest.mark.filterwarnings('ignore:batch_matmul is deprecated:DeprecationWarning')
+@pytest.mark.parametrize('name', sorted(SHAPE_MATH_LOSS_GRAD_CASES))
+def test_shape_math_loss_gradients(name):
+    func, xs = SHAPE_MATH_LOSS_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+def test_split_pad_move_and_broadcast_values():
+    x = np.arange(12.0).reshape(3, 4)
+    parts = F.split_axis(dev(x), [1, 3], axis=1)
+    assert isinstance(parts, tuple) and [p.shape for p in parts] == [(3, 1), (3, 2), (3, 1)]
+    np.testing.assert_array_equal(host(parts[1]), x[:, 1:3])
+    assert isinstance(F.split_axis(dev(x), 1, 0, force_tuple=False), Variable)
+    assert isinstance(F.split_axis(dev(x), 1, 0), tuple)
+    with pytest.raises(ValueError, match='split_axis: .* does not split into 3 equal'):
+        F.split_axis(dev(x), 3, axis=1)
+    with pytest.raises(ValueError, match='split_axis: indices must be sorted'):
+        F.split_axis(dev(x), [3, 1], axis=1)
+    v = Variable(dev(x))
+    F.sum(F.split_axis(v, 2, axis=1)[1] * 3.0).backward()     # the first piece got no gradient
+    np.testing.assert_array_equal(host(v.grad), [[0, 0, 3, 3]] * 3)
+    row = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(host(F.pad(dev(row), ((0, 0), (1, 2)), 'constant')),
+                                  [[0, 1, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(host(F.pad(dev(row), ((0, 0), (0, 2)), 'reflect')),
+                                  [[1, 2, 3, 2, 1]])
+    v = Variable(dev(row))
+    F.sum(F.pad(v, ((0, 0), (0, 2)), 'reflect')).backward()  # 2 and 1 are copied once more
+    np.testing.assert_array_equal(host(v.grad), [[2, 2, 1]])
+    with pytest.raises(ValueError, match="pad: mode must be one of .*'median'"):
+        F.pad(dev(row), 1, 'median')
+    with pytest.raises(TypeError, match='pad: needs floating-point'):
+        F.pad(dev(np.ones(2, np.int32)), 1, 'constant')
+    a = np.zeros((2, 3, 4, 5))
+    for src, dst in ((0, -1), ((0, 1), (3, 0)), ((-1, 1), (1, 2))):
+        assert F.moveaxis(dev(a), src, dst).shape == np.moveaxis(a, src, dst).shape
+    for axis in range(-4, 4):
+        for start in range(-4, 5):
+            assert F.rollaxis(dev(a), axis, start).shape == np.rollaxis(a, axis, start).shape
+    with pytest.raises(ValueError, match='moveaxis: source .* repeats'):
+        F.moveaxis(dev(a), (0, 0), (1, 2))
+    with pytest.raises(ValueError, match='rollaxis: axis 4 or start 0 is out of bounds'):
+        F.rollaxis(dev(a), 4)
+    p, q = F.broadcast(dev(np.ones((3, 1))), dev(np.arange(4.0)))
+    assert p.shape == q.shape == (3, 4)
+    np.testing.assert_array_equal(host(q)[2], [0, 1, 2, 3])
+    assert isinstance(F.broadcast(dev(x)), Variable)
+    with pytest.raises(ValueError, match=r'broadcast: shapes \[\(3, 4\), \(3,\)\]'):
+        F.broadcast(dev(x), dev(np.ones(3)))
+    c = F.copy(Variable(dev(x)), -1)
+    assert isinstance(c.data, np.ndarray)
+    np.testing.assert_array_equal(c.data, x)
+    np.testing.assert_array_equal(host(F.dstack([dev(np.ones(2)), dev(np.zeros(2))])),
+                                  [[[1, 0], [1, 0]]])
+
+
+def test_diagonal_tensordot_batch_matmul_sum_to_select_permutate_values():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    for offset, a1, a2 in ((0, 0, 1), (1, 2, 0), (-1, 1, 2)):
+        np.testing.assert_array_equal(host(F.diagonal(dev(x), offset, a1, a2)),
+                                      np.diagonal(x, offset, a1, a2))
+    m = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(host(F.diagonal(dev(m), 1)), [1, 5])
+    v = Variable(dev(m))
+    F.sum(F.diagonal(v, -1)).backward()
+    np.testing.assert_array_equal(host(v.grad), [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    a, b = f64(2, 3, 4), f64(4, 3, 5, seed=1)
+    np.testing.assert_allclose(host(F.tensordot(dev(a), dev(b), ((1, 2), (1, 0)))),
+                               np.einsum('ijk,kjl->il', a, b))
+    np.testing.assert_allclose(host(F.tensordot(dev(a), dev(a), 3)), (a * a).sum())
+    with pytest.raises(ValueError, match='tensordot: axes .* do not pair up'):
+        F.tensordot(dev(a), dev(b), ((1,), (0,)))
+    with pytest.warns(DeprecationWarning, match='batch_matmul is deprecated'):
+        y = F.batch_matmul(dev(np.array([[1.0, 2.0]])), dev(np.array([[3.0, 4.0]])), transb=True)
+    np.testing.assert_array_equal(host(y), [[[3, 4], [6, 8]]])      # columns times rows
+    with pytest.warns(DeprecationWarning):
+        assert F.batch_matmul(dev(a), dev(a), transa=True).shape == (2, 4, 4)
+    np.testing.assert_array_equal(host(F.sum_to(dev(np.ones((2, 3, 4))), (3, 1))), [[8]] * 3)
+    v = Variable(dev(np.ones((2, 3))))
+    assert F.sum_to(v, (2, 3)) is v
+    with pytest.raises(ValueError, match=r'sum_to: shape \(2, 3\) cannot be summed to \(2,\)'):
+        F.sum_to(dev(np.ones((2, 3))), (2,))
+    s = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(host(F.select_item(dev(s), dev(np.array([2, 0], np.int32)))),
+                                  [2, 3])
+    v = Variable(dev(s))
+    F.sum(F.select_item(v, dev(np.array([1, 1], np.int32)))).backward()
+    np.testing.assert_array_equal(host(v.grad), [[0, 1, 0], [0, 1, 0]])
+    with chainer.using_config('debug', ON_GPU):
+        with pytest.raises(ValueError, match=r'select_item: labels t must be in \[0, 3\)'):
+            F.select_item(dev(s), dev(np.array([3, 0], np.int32)))
+    p = np.arange(6.0).reshape(3, 2)
+    order = dev(np.array([2, 0, 1], np.int32))
+    np.testing.assert_array_equal(host(F.permutate(dev(p), order)), [[4, 5], [0, 1], [2, 3]])
+    np.testing.assert_array_equal(host(F.permutate(dev(p), order, inv=True)),
+                                  [[2, 3], [4, 5], [0, 1]])
+    np.testing.assert_array_equal(host(F.permutate(dev(p), dev(np.array([1, 0], np.int32)),
+                                                   axis=-1)), [[1, 0], [3, 2], [5, 4]])
+    with chainer.using_config('debug', ON_GPU):
+        with pytest.raises(ValueError, match='permutate: indices must be a permutation'):
+            F.permutate(dev(p), dev(np.array([0, 0, 1], np.int32)))
+    with pytest.raises(ValueError, match='permutate: indices must be a one-dimensional int'):
+        F.permutate(dev(p), dev(np.array([0.0, 1.0, 2.0])))
+
+
+def test_reductions_and_math_values():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 6.0, 8.0]])
+    w = np.array([1.0, 0.0, 3.0])
+    np.testing.assert_allclose(host(F.average(dev(x), axis=1, weights=dev(w))),
+                               [10 / 4, 28 / 4])
+    assert float(host(F.average(dev(x)))) == pytest.approx(4.0)
+    assert F.average(dev(x), axis=0, weights=dev(np.array([1.0, 3.0])),
+                     keepdims=True).shape == (1, 3)
+    with pytest.raises(ValueError, match='average: a tuple axis is not supported with weights'):
+        F.average(dev(x), axis=(0, 1), weights=dev(x))
+    with pytest.raises(ValueError, match=r'average: weights must have shape \(3,\)'):
+        F.average(dev(x), axis=1, weights=dev(np.ones(2)))
+    big = np.array([[1000.0, 1000.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(host(F.logsumexp(dev(big), axis=1)),
+                               [1000 + np.log(2), np.log(np.exp(-1) + 1)])
+    np.testing.assert_allclose(host(F.logsumexp(dev(x))), np.log(np.exp(x).sum()))
+    v = Variable(dev(big))
+    F.sum(F.logsumexp(v, axis=1)).backward()                  # the softmax of each row
+    np.testing.assert_allclose(host(v.grad)[0], [0.5, 0.5])
+    n = np.array([[3.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(host(F.normalize(dev(n))), [[3 / (5 + 1e-5), 4 / (5 + 1e-5)], [0, 0]])
+    v = Variable(dev(n))
+    y = F.normalize(v)
+    y.grad = dev(np.array([[1.0, 0.0], [1.0, 1.0]]))
+    y.backward()
+    r = 5 + 1e-5          # d(x0 / (|x| + eps)) = 1 / r - x0 x / (|x| r^2); 1 / eps at x = 0
+    np.testing.assert_allclose(host(v.grad), [[1 / r - 9 / (5 * r * r), -12 / (5 * r * r)],
+                                              [1e5, 1e5]])
+    np.testing.assert_allclose(host(F.batch_l2_norm_squared(dev(x))), [14, 116])
+    with pytest.raises(ValueError, match='batch_l2_norm_squared: x needs 2 or more'):
+        F.batch_l2_norm_squared(dev(np.ones(3)))
+    np.testing.assert_allclose(host(F.arctan2(dev(np.array([1.0, -1.0])), dev(np.array([-1.0, 0.0])))),
+                               [3 * np.pi / 4, -np.pi / 2])
+    np.testing.assert_allclose(host(F.arctanh(dev(np.array([0.5])))), [0.5 * np.log(3)])
+    np.testing.assert_array_equal(host(F.fmod(dev(np.array([5.5, -5.5])), dev(np.array([2.0, 2.0])))),
+                                  [1.5, -1.5])
+    with pytest.raises(TypeError, match='fmod: dtypes differ'):
+        F.fmod(dev(np.ones(2)), dev(np.ones(2, np.float32)))
+    s = np.array([-1.5, -0.5, 0.0, 0.5, 2.5], np.float32)
+    v = Variable(dev(s))
+    for func, expected in ((F.sign, [-1, -1, 0, 1, 1]), (F.floor, [-2, -1, 0, 0, 2]),
+                           (F.ceil, [-1, -0.0, 0, 1, 3]), (F.fix, [-1, 0, 0, 0, 2])):
+        y = func(v)
+        assert y.dtype == np.float32 and y.creator is None and not y.requires_grad
+        np.testing.assert_array_equal(host(y), expected)
+    assert F.floor(dev(np.array([3, -2], np.int32))).dtype == np.int32
+    assert float(host(F.floor(dev(np.array(1.5))))) == 1.0        # a 0-dim input stays an array
+    for name, func in (('arctan2', lambda i: F.arctan2(i, i)), ('arctanh', F.arctanh),
+                       ('fmod', lambda i: F.fmod(i, i)), ('logsumexp', F.logsumexp),
+                       ('normalize', F.normalize), ('tensordot', lambda i: F.tensordot(i, i))):
+        with pytest.raises(TypeError, match='^' + name + ': .*int32'):
+            func(dev(np.array([[1, 0], [1, 1]], np.int32)))
+
+
+def test_hinge_contrastive_triplet_and_vae_losses_values():
+    x = np.array([[0.5, -2.0, 1.5], [0.2, 0.3, -0.4]])
+    t = np.array([0, 2], np.int32)
+    # true class: max(0, 1 - x); others: max(0, 1 + x)
+    per = np.array([[0.5, 0.0, 2.5], [1.2, 1.3, 1.4]])
+    np.testing.assert_allclose(host(F.hinge(dev(x), dev(t), reduce='no')), per)
+    np.testing.assert_allclose(float(host(F.hinge(dev(x), dev(t)))), per.sum() / 2)
+    np.testing.assert_allclose(float(host(F.hinge(dev(x), dev(t), 'L2'))), (per ** 2).sum() / 2)
+    v = Variable(dev(x))
+    F.hinge(v, dev(t)).backward()
+    np.testing.assert_allclose(host(v.grad), [[-0.5, 0, 0.5], [0.5, 0.5, -0.5]])
+    with pytest.raises(NotImplementedError, match="hinge: norm must be 'L1' or 'L2'"):
+        F.hinge(dev(x), dev(t), norm='L3')
+    with pytest.raises(ValueError, match='hinge: needs float x'):
+        F.hinge(dev(x), dev(t[:1]))
+    x0 = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    x1 = np.array([[3.0, 4.0], [0.6, 0.8], [3.0, 4.0]])
+    y = np.array([1, 0, 0], np.int32)
+    # d = 5, 1, 5: similar 25/2; dissimilar max(2 - 1, 0)^2 / 2 = 0.5; max(2 - 5, 0) = 0
+    np.testing.assert_allclose(host(F.contrastive(dev(x0), dev(x1), dev(y), margin=2,
+                                                  reduce='no')), [12.5, 0.5, 0])
+    np.testing.assert_allclose(float(host(F.contrastive(dev(x0), dev(x1), dev(y), margin=2))),
+                               13 / 3)
+    v = Variable(dev(x0))
+    F.contrastive(v, dev(x1), dev(y), margin=2, reduce='no').grad  # forward only
+    F.sum(F.contrastive(v, dev(x1), dev(y), margin=2, reduce='no')).backward()
+    # similar: x0 - x1; dissimilar: -(2 - 1) / 1 * (x0 - x1); beyond the margin: 0
+    np.testing.assert_allclose(host(v.grad), [[-3, -4], [0.6, 0.8], [0, 0]])
+    with pytest.raises(ValueError, match='contrastive: margin must be > 0'):
+        F.contrastive(dev(x0), dev(x1), dev(y), margin=0)
+    a = np.array([[0.0, 0.0], [0.0, 0.0]])
+    p = np.array([[1.0, 0.0], [2.0, 0.0]])
+    n = np.array([[0.0, 2.0], [0.0, 1.0]])
+    # 1 - 4 + 0.2 < 0 -> 0; 4 - 1 + 0.2 = 3.2
+    np.testing.assert_allclose(host(F.triplet(dev(a), dev(p), dev(n), reduce='no')), [0, 3.2])
+    np.testing.assert_allclose(float(host(F.triplet(dev(a), dev(p), dev(n)))), 1.6)
+    with pytest.raises(ValueError, match='triplet: anchor, positive and negative need one shape'):
+        F.triplet(dev(a), dev(p), dev(n[:1]))
+    mean, ln_var = np.array([[0.5, -1.0]]), np.array([[0.0, np.log(2.0)]])
+    kl = (mean ** 2 + np.exp(ln_var) - ln_var - 1) / 2
+    np.testing.assert_allclose(float(host(F.gaussian_kl_divergence(dev(mean), dev(ln_var)))),
+                               kl.sum())
+    np.testing.assert_allclose(host(F.gaussian_kl_divergence(dev(mean), dev(ln_var),
+                                                             reduce='no')), kl)
+    d = np.array([[1.0, 0.0]])
+    nll = 0.5 * (np.log(2 * np.pi) + ln_var) + (d - mean) ** 2 / (2 * np.exp(ln_var))
+    np.testing.assert_allclose(float(host(F.gaussian_nll(dev(d), dev(mean), dev(ln_var),
+                                                         reduce='mean'))), nll.mean())
+    b = np.array([[1.0, 0.0]])
+    q = 1 / (1 + np.exp(-mean))
+    np.testing.assert_allclose(float(host(F.bernoulli_nll(dev(b), dev(mean)))),
+                               -(b * np.log(q) + (1 - b) * np.log(1 - q)).sum())
+    with pytest.raises(ValueError, match="bernoulli_nll: reduce must be one of"):
+        F.bernoulli_nll(dev(b), dev(mean), reduce='none')
+
+
+def test_binary_accuracy_r2_score_and_classification_summary_values():
+    y = np.array([[-2.0, 0.0], [3.0, -5.0]])
+    for t, expected in (([[0, 1], [1, 0]], 1.0), ([[0, 0], [1, 1]], 0.5),
+                        ([[0, -1], [1, -1]], 1.0), ([[-1, -1], [-1, -1]], 0.0)):
+        acc = F.binary_accuracy(dev(y), dev(np.array(t, np.int32)))
+        assert float(host(acc)) == expected and acc.dtype == np.float64 and not acc.requires_grad
+    with pytest.raises(ValueError, match='binary_accuracy: y.shape'):
+        F.binary_accuracy(dev(y), dev(np.zeros(2, np.int32)))
+    true = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+    pred = np.array([[1.0, 1.0], [2.0, 2.0], [2.0, 3.0]])
+    # column 0: 1 - 1/2; column 1: SS_tot is 0, so 0 as in Chainer
+    np.testing.assert_allclose(host(F.r2_score(dev(pred), dev(true), multioutput='raw_values')),
+                               [0.5, 0.0])
+    np.testing.assert_allclose(float(host(F.r2_score(dev(pred), dev(true)))), 0.25)
+    with pytest.raises(NotImplementedError, match='r2_score: sample_weight'):
+        F.r2_score(dev(pred), dev(true), sample_weight=dev(np.ones(3)))
+    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.1, 0.2, 0.7],
+                       [0.1, 0.2, 0.7]])
+    labels = np.array([0, 1, 1, -1, 2], np.int32)           # predictions 0 1 0 (2) 2
+    precision, recall, fbeta, support = F.classification_summary(dev(scores), dev(labels))
+    np.testing.assert_allclose(host(precision), [0.5, 1, 1])
+    np.testing.assert_allclose(host(recall), [1, 0.5, 1])
+    np.testing.assert_allclose(host(fbeta), [2 / 3, 2 / 3, 1])
+    np.testing.assert_array_equal(host(support), [1, 2, 1])
+    p, s = F.precision(dev(scores), dev(labels), label_num=4)
+    assert p.shape == (4,) and np.isnan(host(p)[3]) and host(s).tolist() == [1, 2, 1, 0]
+    r, _ = F.recall(dev(scores), dev(labels))
+    np.testing.assert_allclose(host(r), [1, 0.5, 1])
+    f, _ = F.f1_score(dev(scores), dev(labels))
+    np.testing.assert_allclose(host(f), [2 / 3, 2 / 3, 1])
+    _, _, f2, _ = F.classification_summary(dev(scores), dev(labels), beta=2.0)
+    np.testing.assert_allclose(host(f2)[0], 5 * 0.5 / (4 * 0.5 + 1))
+    with pytest.raises(ValueError, match='classification_summary: y.shape'):
+        F.classification_summary(dev(scores), dev(labels[:3]))
