@@ -1264,18 +1264,34 @@ def _check_same_dtype(label, arrays):
 def _scalar_constant(value, like):
     """`value` as a constant to combine with `like`, or None if it is no scalar.
 
-    Python scalars stay as they are: NumPy then keeps the array's dtype
-    (float32 * 2.0 is float32).  A NumPy scalar (np.float64(2)) would promote
+    Python scalars stay as they are: NumPy 2 then keeps the array's dtype
+    (float32 * 2.0 is float32; NumPy 1.x: see below).  A NumPy scalar (np.float64(2)) would promote
     float32 data to float64 under NumPy 2's rules, so it is cast to the
     array's dtype, as Chainer does.
     """
     kind = type(value)
     if kind is float or kind is int:   # the common case, decided without isinstance
-        return value
+        if _PYTHON_SCALARS_ARE_WEAK:
+            return value
+        return _numpy1_scalar(value, like)
     if not isinstance(value, np.number):
         return None                    # bool and everything else: not a constant
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
     return dtype.type(value) if dtype is not None else value
+
+
+# NumPy 2 (NEP 50) lets a Python scalar take the array's dtype.  NumPy 1.x
+# does too, except for a 0-dim array: there float32 * 2.0 is float64.
+_PYTHON_SCALARS_ARE_WEAK = int(np.__version__.split('.')[0]) >= 2
+
+
+def _numpy1_scalar(value, like):
+    """A Python scalar cast to `like`'s dtype, as NumPy 2 would use it (NumPy 1.x
+    only).  A float with integer data is left alone: the op refuses it."""
+    dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
+    if dtype is None or (dtype.kind != 'f' and type(value) is float):
+        return value
+    return dtype.type(value)
 
 
 def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
@@ -1494,7 +1510,8 @@ def _subtract_constant(c):     # x - c is x + (-c)
 
 
 def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than a divide
-    function = MulConstant(1.0 / c)
+    # (A NumPy float c keeps its dtype in 1/c; NumPy 1.x would make it float64.)
+    function = MulConstant(c.dtype.type(1) / c if isinstance(c, np.floating) else 1.0 / c)
     function.label = 'div'       # so that errors name what the user wrote
     return function
 
@@ -6610,7 +6627,9 @@ class BatchNormalizationFunction(Function):
         x, gamma, beta = inputs
         gy, = grad_outputs
         expanded = self.expanded
-        m = x.size // gamma.size
+        # m in x's dtype: NumPy 1.x turns float32 / int into float64 once the
+        # int passes 65535 (a batch of 100 28x28 maps has m = 78400).
+        m = x.dtype.type(x.size // gamma.size)
         gbeta = gy.sum(axis=self.axis)
         ggamma = (gy * self.x_hat).sum(axis=self.axis)
         gx = gy - (gbeta / m).reshape(expanded)

@@ -6171,6 +6171,22 @@ def test_batch_normalization_values_running_averages_and_gradient(shape, axis):
         atol=1e-7, rtol=1e-6)
 
 
+def test_float32_stays_float32_on_numpy_1():
+    # NumPy 1.x promotes float32 to float64 where NumPy 2 does not: a 0-dim
+    # array with a Python float (F.sum(x) * 2.0, F.mean), and an array divided
+    # by an int above 65535 (batch normalization over 100 maps of 28x28 has
+    # m = 78400).  CI runs NumPy 2, where this always held; it failed on NumPy
+    # 1.26 before each case was fixed.
+    x = Variable(dev(f32(2, 2, 128, 257)))                 # m = 2 * 128 * 257 = 65792
+    gamma, beta = dev(np.ones(2, np.float32)), dev(np.zeros(2, np.float32))
+    for y in (F.sum(F.batch_normalization(x, gamma, beta) ** 2), F.sum(x) * 2.0,
+              F.sum(x) / 3, F.mean(x), 1 - F.sum(x), F.sum(x) / np.float64(3)):
+        assert y.dtype == np.float32
+        x.cleargrad()
+        y.backward()
+        assert x.grad.dtype == np.float32
+
+
 def test_batch_normalization_link_switches_between_train_and_test():
     bn = L.BatchNormalization(3, decay=0.5, dtype=np.float64).to_device(TEST_DEVICE)
     x1 = f64(4, 3, 2, 2, seed=16) * 2 + 1
