@@ -2436,11 +2436,12 @@ def mean(x, axis=None, weights=None, keepdims=False):
     """Arithmetic mean of x over `axis`: sum(x, axis) / (number of elements summed).
 
     x: Variable or array; axis: None (all), int or tuple; keepdims default
-    False. weights is not supported (NotImplementedError unless None).
-    Returns a Variable. Chainer: chainer.functions.mean.
+    False. With weights it is average(x, axis, weights, keepdims), as in
+    Chainer (where mean is average). Returns a Variable.
+    Chainer: chainer.functions.mean.
     """
     if weights is not None:
-        raise NotImplementedError('mean: weights are not supported')
+        return average(x, axis, weights, keepdims)      # further down this chapter
     data = _input_data('mean', x)
     _require_float('mean', data)
     axes = _normalize_axis(axis, data.ndim, 'mean')

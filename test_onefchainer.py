@@ -8382,6 +8382,8 @@ def test_reductions_and_math_values():
     w = np.array([1.0, 0.0, 3.0])
     np.testing.assert_allclose(host(F.average(dev(x), axis=1, weights=dev(w))),
                                [10 / 4, 28 / 4])
+    # Chainer's F.mean is average: it takes weights too
+    np.testing.assert_allclose(host(F.mean(dev(x), axis=1, weights=dev(w))), [10 / 4, 28 / 4])
     assert float(host(F.average(dev(x)))) == pytest.approx(4.0)
     assert F.average(dev(x), axis=0, weights=dev(np.array([1.0, 3.0])),
                      keepdims=True).shape == (1, 3)
