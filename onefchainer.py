@@ -3158,6 +3158,10 @@ class SplitAxis(Function):
             raise ValueError('split_axis: axis {} of shape {} (size {}) does not split '
                              'into {} equal sections'.format(self.axis, x.shape,
                                                              x.shape[self.axis], sections))
+        if not isinstance(sections, int) and sections and sections[-1] > x.shape[self.axis]:
+            # NumPy would return empty pieces past the end; Chainer refuses.
+            raise ValueError('split_axis: index {} is past the end of axis {} of shape {}'
+                             .format(sections[-1], self.axis, x.shape))
         ys = tuple(_xp(x).split(x, sections, axis=self.axis))
         self.shapes = [y.shape for y in ys]      # for pieces that get no gradient
         return ys
@@ -4376,8 +4380,8 @@ class Hinge(Function):
         x, t = inputs
         gy, = grad_outputs
         if self.reduce == 'mean':
-            gy = gy / max(len(x), 1)
-        slope = (self.d > 0) if self.norm == 'L1' else 2 * self.d
+            gy = gy / x.dtype.type(max(len(x), 1))      # in x's dtype, on NumPy 1.x too
+        slope = (self.d > 0).astype(x.dtype) if self.norm == 'L1' else 2 * self.d
         return gy * slope * self.sign, None
 
 
@@ -6526,18 +6530,18 @@ class Upsampling2D(_Unpool):
         return gx,
 
 
-def upsampling_2d(x, indices, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+def upsampling_2d(x, indexes, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     """Put every pixel of x (N, C, h, w) where max pooling found it; zeros elsewhere.
 
-    indices: an integer array of x's shape, each entry the offset u*kw + v
+    indexes: an integer array of x's shape, each entry the offset u*kw + v
     within its ksize window, as max_pooling_2d(..., return_indices=True)
     returns it.  ksize, stride, pad, outsize, cover_all and the output size
     as in unpooling_2d (pass the pooling's own arguments, and outsize = the
     pooled image's size to get that size back).  Raises ValueError on
-    mismatched indices or sizes.  Follows chainer.functions.upsampling_2d.
+    mismatched indexes or sizes.  Follows chainer.functions.upsampling_2d.
     """
-    indices = _input_data('upsampling_2d', indices)
-    return Upsampling2D(indices, ksize, stride, pad, outsize, cover_all)(x)
+    indexes = _input_data('upsampling_2d', indexes)
+    return Upsampling2D(indexes, ksize, stride, pad, outsize, cover_all)(x)
 
 
 # ----- batch normalization -------------------------------------------------------
