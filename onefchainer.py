@@ -1265,9 +1265,9 @@ def _scalar_constant(value, like):
     """`value` as a constant to combine with `like`, or None if it is no scalar.
 
     Python scalars stay as they are: NumPy 2 then keeps the array's dtype
-    (float32 * 2.0 is float32; NumPy 1.x: see below).  A NumPy scalar (np.float64(2)) would promote
-    float32 data to float64 under NumPy 2's rules, so it is cast to the
-    array's dtype, as Chainer does.
+    (float32 * 2.0 is float32; for NumPy 1.x see below).  A NumPy scalar
+    (np.float64(2)) would promote float32 data to float64 under NumPy 2's
+    rules, so it is cast to the array's dtype, as Chainer does.
     """
     kind = type(value)
     if kind is float or kind is int:   # the common case, decided without isinstance
@@ -4086,6 +4086,8 @@ def dropout(x, ratio=.5):
         return as_variable(x)
     return Dropout(ratio)(x)
 
+
+# ----- losses ------------------------------------------------------------------
 
 class MeanSquaredError(Function):
     """Function node of mean((a - b)**2) over all elements; backward
