@@ -5537,10 +5537,12 @@ CHAINER_PROVIDED = {
                  'batch_matmul sum_to select_item permutate average logsumexp normalize '
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
-                 'binary_accuracy r2_score precision recall f1_score classification_summary',
+                 'binary_accuracy r2_score precision recall f1_score classification_summary'
+                 ' convolution_nd convolution_1d convolution_3d',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
-             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
+             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
+             ' ConvolutionND Convolution1D Convolution3D',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3',
@@ -8552,3 +8554,132 @@ def test_gradient_cases_stay_float32(name):
     for x in xs:
         if x.dtype.kind == 'f' and x.grad is not None:
             assert x.grad.dtype == np.float32, name
+
+
+# ----- Chainer names added: N-dimensional convolution and pooling -----
+# The loop definitions below are written out independently of im2col: one
+# output element at a time, straight from the formulas.
+
+def _conv_loop(x, W, b, stride, pad, dilate, groups):
+    """y[n, o, i...] = b[o] + sum W[o, c, u...] x_padded[n, c_g, s i + d u ...]."""
+    nd = x.ndim - 2
+    xp_ = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    ks = W.shape[2:]
+    outs = [(x.shape[2 + a] + 2 * pad[a] - (ks[a] - 1) * dilate[a] - 1) // stride[a] + 1
+            for a in range(nd)]
+    o_per, c_per = W.shape[0] // groups, W.shape[1]
+    y = np.zeros((x.shape[0], W.shape[0]) + tuple(outs))
+    for n in range(x.shape[0]):
+        for o in range(W.shape[0]):
+            g = o // o_per
+            for i in np.ndindex(*outs):
+                total = 0.0 if b is None else b[o]
+                for c in range(c_per):
+                    for u in np.ndindex(*ks):
+                        pos = tuple(stride[a] * i[a] + dilate[a] * u[a] for a in range(nd))
+                        total += W[(o, c) + u] * xp_[(n, g * c_per + c) + pos]
+                y[(n, o) + i] = total
+    return y
+
+
+ND_GRAD_CASES = {
+    'convolution_1d': (lambda x, W, b: F.convolution_1d(x, W, b, stride=2, pad=1, dilate=2,
+                                                       groups=2),
+                       [f64(2, 4, 9), f64(6, 2, 3, seed=1), f64(6, seed=2)]),
+    'convolution_1d_cover_all': (lambda x, W: F.convolution_1d(x, W, stride=3, cover_all=True),
+                                 [f64(2, 2, 8), f64(3, 2, 2, seed=1)]),
+    'convolution_3d': (lambda x, W, b: F.convolution_3d(x, W, b, stride=(2, 1, 1),
+                                                       pad=(1, 0, 1), dilate=(1, 2, 1)),
+                       [f64(1, 2, 4, 5, 3), f64(3, 2, 2, 2, 2, seed=1), f64(3, seed=2)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ND_GRAD_CASES))
+def test_nd_gradients(name):
+    func, xs = ND_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+@pytest.mark.parametrize('name', sorted(ND_GRAD_CASES))
+def test_nd_gradient_cases_stay_float32(name):
+    func, xs = ND_GRAD_CASES[name]
+    xs = [Variable(dev(x.astype(np.float32))) for x in xs]
+    y = func(*xs)
+    assert y.dtype == np.float32
+    F.sum(y).backward()
+    assert [x.grad.dtype for x in xs] == [np.float32] * len(xs)
+
+
+@pytest.mark.parametrize('xs,ws,kw', [
+    ((2, 4, 9), (6, 2, 3), dict(stride=(2,), pad=(1,), dilate=(2,), groups=2)),
+    ((2, 3, 7), (2, 3, 4), dict(stride=(1,), pad=(0,), dilate=(1,), groups=1)),
+    ((1, 2, 4, 5, 3), (3, 2, 2, 2, 2), dict(stride=(2, 1, 1), pad=(1, 0, 1),
+                                           dilate=(1, 2, 1), groups=1)),
+    ((2, 4, 3, 3, 4), (2, 2, 1, 2, 3), dict(stride=(1, 2, 1), pad=(0, 1, 1),
+                                           dilate=(1, 1, 1), groups=2)),
+])
+def test_convolution_nd_matches_the_loop_definition(xs, ws, kw):
+    x, W, b = f64(*xs), f64(*ws, seed=1), f64(ws[0], seed=2)
+    y = F.convolution_nd(dev(x), dev(W), dev(b), **kw)
+    np.testing.assert_allclose(host(y), _conv_loop(x, W, b, **kw), rtol=1e-12, atol=1e-12)
+    named = F.convolution_1d if x.ndim == 3 else F.convolution_3d
+    np.testing.assert_allclose(host(named(dev(x), dev(W), dev(b), **kw)), host(y))
+
+
+def test_convolution_nd_in_2d_is_convolution_2d():
+    x, W, b = f64(2, 4, 7, 6), f64(6, 2, 3, 2, seed=1), f64(6, seed=2)
+    kw = dict(stride=(2, 1), pad=1, cover_all=True, dilate=(1, 2), groups=2)
+    xs = [Variable(dev(a)) for a in (x, W, b)]
+    ys = [Variable(dev(a)) for a in (x, W, b)]
+    y_nd = F.convolution_nd(*xs, **kw)
+    y_2d = F.convolution_2d(*ys, **kw)
+    np.testing.assert_allclose(host(y_nd), host(y_2d), rtol=1e-12, atol=1e-12)
+    gy = dev(f64(*y_2d.shape, seed=3))
+    y_nd.grad, y_2d.grad = gy, gy.copy()
+    y_nd.backward()
+    y_2d.backward()
+    for a, b_ in zip(xs, ys):
+        np.testing.assert_allclose(host(a.grad), host(b_.grad), rtol=1e-12, atol=1e-12)
+
+
+def test_convolution_nd_bad_inputs_name_the_function_and_shapes():
+    x, W = dev(f32(2, 3, 8)), dev(f32(4, 3, 3))
+    with pytest.raises(ValueError, match=r'convolution_1d: .*\(2, 3, 8, 8\)'):
+        F.convolution_1d(dev(f32(2, 3, 8, 8)), W)
+    with pytest.raises(ValueError, match=r'convolution_3d: .*\(2, 3, 8\)'):
+        F.convolution_3d(x, W)
+    with pytest.raises(ValueError, match=r'convolution_nd: .*\(2, 3, 8\).*\(4, 2, 3\)'):
+        F.convolution_nd(x, dev(f32(4, 2, 3)))
+    with pytest.raises(ValueError, match=r'convolution_nd: .*W.shape \(4, 3, 3, 3\)'):
+        F.convolution_nd(x, dev(f32(4, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r'convolution_nd: the kernel \(9,\).*\(8,\)'):
+        F.convolution_nd(x, dev(f32(4, 3, 9)))
+    with pytest.raises(TypeError, match='convolution_nd: stride must be an int or a tuple of 1'):
+        F.convolution_nd(x, W, stride=(1, 1))
+    with pytest.raises(TypeError, match=r'convolution_nd: x.dtype \(float32\) != W.dtype'):
+        F.convolution_nd(x, dev(f64(4, 3, 3)))
+
+
+def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
+    link = L.ConvolutionND(3, 4, 6, 3, stride=2, pad=1, groups=2).to_device(TEST_DEVICE)
+    assert link.W.shape == (6, 2, 3, 3, 3) and link.b.shape == (6,)
+    x = dev(f32(2, 4, 5, 6, 7))
+    y = link(x)
+    assert y.shape == (2, 6, 3, 3, 4) and y.dtype == np.float32
+    np.testing.assert_allclose(host(y), host(F.convolution_nd(x, link.W, link.b, 2, 1,
+                                                              groups=2)))
+    lazy = L.ConvolutionND(1, 5, 2, nobias=True)       # the short form, in_channels lazily
+    assert lazy.W.data is None and lazy.b is None
+    assert lazy(dev(f32(2, 3, 7))).shape == (2, 5, 6) and lazy.W.shape == (5, 3, 2)
+    c1 = L.Convolution1D(3, 4, 3, pad=1)
+    c3 = L.Convolution3D(2, 4, (1, 2, 3))
+    assert c1.W.shape == (4, 3, 3) and c3.W.shape == (4, 2, 1, 2, 3)
+    assert c1(f32(1, 3, 5)).shape == (1, 4, 5)
+    with pytest.raises(ValueError, match=r'Convolution1D: x must have 1 spatial axes.*\(1, 3, 5, 5\)'):
+        L.Convolution1D(None, 4, 3)(f32(1, 3, 5, 5))
+    serializers.save_npz(str(tmp_path / 'c.npz'), c3)
+    with np.load(str(tmp_path / 'c.npz')) as npz:
+        assert set(npz.files) == {'W', 'b'}
+    other = L.Convolution3D(2, 4, (1, 2, 3))
+    serializers.load_npz(str(tmp_path / 'c.npz'), other)
+    np.testing.assert_array_equal(other.W.data, c3.W.data)
