@@ -6746,6 +6746,165 @@ def convolution_3d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
 
 
+class MaxPoolingND(Function):
+    """Function node of max_pooling_nd: MaxPooling2D with d spatial axes (a
+    running maximum over the k1*...*kd window offsets; gy goes to the first
+    maximum).  Chainer: chainer.functions.pooling.max_pooling_nd.MaxPoolingND.
+    """
+
+    label = 'max_pooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, cover_all=True):
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                                 self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        _check_volume(self.label, x.shape, self.ksize, self.stride, self.pad, self.cover_all)
+        _require_float(self.label, x)
+        xp = _xp(x)
+        windows = _patches_nd(x, self.ksize, self.stride, self.pad, self.cover_all, -np.inf)
+        offsets = list(itertools.product(*[range(k) for k in self.ksize]))
+        y = windows[(slice(None), slice(None)) + offsets[0]].copy()
+        self.winner = xp.zeros(y.shape, dtype=np.int8 if len(offsets) < 128 else np.int32)
+        for k, offset in enumerate(offsets[1:], 1):
+            candidate = windows[(slice(None), slice(None)) + offset]
+            better = candidate > y
+            xp.copyto(y, candidate, where=better)
+            xp.copyto(self.winner, k, where=better)
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(gy)
+        # The patch gradient of offset k is gy where k won: col2im of that.
+        gcol = xp.zeros(gy.shape[:2] + self.ksize + gy.shape[2:], dtype=gy.dtype)
+        for k, offset in enumerate(itertools.product(*[range(k) for k in self.ksize])):
+            gcol[(slice(None), slice(None)) + offset] = gy * (self.winner == k)
+        return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
+
+
+def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """The maximum of each window of x (N, C, s1, ..., sd), per channel.
+
+    ksize, stride, pad: an int or d ints; stride=None means ksize.
+    cover_all=True (Chainer's default) keeps a last partial window: each
+    output length is (size + 2 pad - k + stride - 1) // stride + 1.  Padding
+    is -inf, never the maximum.  Returns y (N, C, o1, ..., od); with
+    return_indices=True, (y, indices), indices int32 of y's shape holding
+    each maximum's flat offset in its window (row-major over k1..kd).
+    Raises ValueError on fewer than 3 axes or a window larger than the
+    padded input, TypeError on integer x.  Chainer: chainer.functions.max_pooling_nd.
+    """
+    function = MaxPoolingND(_spatial_ndim('max_pooling_nd', x), ksize, stride, pad, cover_all)
+    y = function(x)
+    if return_indices:
+        return y, function.winner.astype(np.int32)
+    return y
+
+
+def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """max_pooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
+    3-D.  Chainer: chainer.functions.max_pooling_1d."""
+    _spatial_ndim('max_pooling_1d', x, 1)
+    return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
+
+
+def max_pooling_3d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """max_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
+    unless x is 5-D.  Chainer: chainer.functions.max_pooling_3d."""
+    _spatial_ndim('max_pooling_3d', x, 3)
+    return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
+
+
+class AveragePoolingND(Function):
+    """Function node of average_pooling_nd: each window's sum divided by its
+    size (pad_value=0: the full k1*...*kd; None: the pixels inside x only);
+    backward spreads gy / size over the window.
+    Chainer: chainer.functions.pooling.average_pooling_nd.AveragePoolingND.
+    """
+
+    label = 'average_pooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, pad_value=0):
+        if pad_value is not None and not (isinstance(pad_value, (int, float)) and
+                                          pad_value == 0):
+            raise ValueError('average_pooling_nd: pad_value must be 0 or None, got {!r}'
+                             .format(pad_value))
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                                 self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.pad_value = pad_value
+
+    def _scale(self, x, outs):
+        """1 / window size: a scalar, or (with pad_value=None) an array of the
+        output's spatial shape, the product of the in-bounds count per axis."""
+        if self.pad_value is not None:
+            return x.dtype.type(1.0 / math.prod(self.ksize))
+        xp = _xp(x)
+        count = None
+        for size, k, s, p, o in zip(x.shape[2:], self.ksize, self.stride, self.pad, outs):
+            start = np.arange(o) * s - p
+            inside = np.minimum(start + k, size) - np.maximum(start, 0)
+            count = inside if count is None else np.multiply.outer(count, inside)
+        return xp.asarray(1.0 / count, dtype=x.dtype)
+
+    def forward(self, inputs):
+        x, = inputs
+        outs = _check_volume(self.label, x.shape, self.ksize, self.stride, self.pad)
+        _require_float(self.label, x)
+        d = self.ndim
+        y = _patches_nd(x, self.ksize, self.stride, self.pad).sum(axis=tuple(range(2, 2 + d)))
+        self.scale = self._scale(x, outs)
+        y *= self.scale
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        share = gy * self.scale
+        d = self.ndim
+        gcol = _xp(gy).broadcast_to(share[(slice(None), slice(None)) + (None,) * d],
+                                    gy.shape[:2] + self.ksize + gy.shape[2:])
+        return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
+
+
+def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
+    """The mean of each window of x (N, C, s1, ..., sd), per channel.
+
+    ksize, stride, pad: an int or d ints; stride=None means ksize.  Each
+    output length is (size + 2 pad - k) // stride + 1.  pad_value=0 counts
+    the padding as zeros and divides every window by k1*...*kd; pad_value=None
+    divides each window by the number of its pixels inside x.  Returns (N, C,
+    o1, ..., od).  Raises ValueError on fewer than 3 axes, a window larger
+    than the padded input or another pad_value; TypeError on integer x.
+    Chainer: chainer.functions.average_pooling_nd.
+    """
+    return AveragePoolingND(_spatial_ndim('average_pooling_nd', x), ksize, stride, pad,
+                            pad_value)(x)
+
+
+def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
+    """average_pooling_nd of a signal x (N, C, L).  Raises ValueError unless
+    x is 3-D.  Chainer: chainer.functions.average_pooling_1d."""
+    _spatial_ndim('average_pooling_1d', x, 1)
+    return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
+def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
+    """average_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
+    unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
+    _spatial_ndim('average_pooling_3d', x, 3)
+    return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
 # ----- batch normalization -------------------------------------------------------
 # Over the axes that are averaged (all but the channel axis by default: the
 # batch, and the pixels of an image), with m values per channel:
@@ -13478,7 +13637,10 @@ _submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
            deconvolution_2d=deconvolution_2d, dilated_convolution_2d=dilated_convolution_2d,
            depthwise_convolution_2d=depthwise_convolution_2d, unpooling_2d=unpooling_2d,
            upsampling_2d=upsampling_2d, convolution_nd=convolution_nd,
-           convolution_1d=convolution_1d, convolution_3d=convolution_3d)
+           convolution_1d=convolution_1d, convolution_3d=convolution_3d,
+           max_pooling_nd=max_pooling_nd, max_pooling_1d=max_pooling_1d,
+           max_pooling_3d=max_pooling_3d, average_pooling_nd=average_pooling_nd,
+           average_pooling_1d=average_pooling_1d, average_pooling_3d=average_pooling_3d)
 _submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization,
            Deconvolution2D=Deconvolution2D, DilatedConvolution2D=DilatedConvolution2D,
            DepthwiseConvolution2D=DepthwiseConvolution2D, ConvolutionND=ConvolutionND,
@@ -13526,8 +13688,7 @@ _not_supported(
             'deconvolution_1d '
             'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
             'local_convolution_2d '
-            'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
-            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_3d '
+            'unpooling_1d unpooling_3d '
             'unpooling_nd')
 _not_supported(
     links,

@@ -5538,7 +5538,9 @@ CHAINER_PROVIDED = {
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
                  'binary_accuracy r2_score precision recall f1_score classification_summary'
-                 ' convolution_nd convolution_1d convolution_3d',
+                 ' convolution_nd convolution_1d convolution_3d'
+                 ' max_pooling_nd max_pooling_1d max_pooling_3d average_pooling_nd'
+                 ' average_pooling_1d average_pooling_3d',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
@@ -8588,6 +8590,14 @@ ND_GRAD_CASES = {
                        [f64(2, 4, 9), f64(6, 2, 3, seed=1), f64(6, seed=2)]),
     'convolution_1d_cover_all': (lambda x, W: F.convolution_1d(x, W, stride=3, cover_all=True),
                                  [f64(2, 2, 8), f64(3, 2, 2, seed=1)]),
+    # Distinct values a grid apart, so no window holds a near-tie for its maximum.
+    'max_pooling_1d': (lambda x: F.max_pooling_1d(x, 3, 2, 1),
+                       [rng(3).permutation(30).reshape(2, 3, 5) * 0.1]),
+    'max_pooling_3d': (lambda x: F.max_pooling_3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0)),
+                       [rng(4).permutation(120).reshape(1, 2, 3, 5, 4) * 0.1]),
+    'average_pooling_1d': (lambda x: F.average_pooling_1d(x, 3, 2, 1), [f64(2, 3, 6)]),
+    'average_pooling_3d_none': (lambda x: F.average_pooling_3d(x, 2, 1, 1, pad_value=None),
+                                [f64(1, 2, 3, 2, 3)]),
     'convolution_3d': (lambda x, W, b: F.convolution_3d(x, W, b, stride=(2, 1, 1),
                                                        pad=(1, 0, 1), dilate=(1, 2, 1)),
                        [f64(1, 2, 4, 5, 3), f64(3, 2, 2, 2, 2, seed=1), f64(3, seed=2)]),
@@ -8683,3 +8693,75 @@ def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
     other = L.Convolution3D(2, 4, (1, 2, 3))
     serializers.load_npz(str(tmp_path / 'c.npz'), other)
     np.testing.assert_array_equal(other.W.data, c3.W.data)
+
+
+def _pool_loop(x, ksize, stride, pad, reduce, pad_value, cover_all=False):
+    """Each window of x reduced, windows placed by the one-axis size rule;
+    pixels outside x take pad_value (None: left out)."""
+    nd = x.ndim - 2
+    outs = [(x.shape[2 + a] + 2 * pad[a] - ksize[a] + (stride[a] - 1 if cover_all else 0))
+            // stride[a] + 1 for a in range(nd)]
+    y = np.zeros(x.shape[:2] + tuple(outs))
+    for n, c in np.ndindex(*x.shape[:2]):
+        for i in np.ndindex(*outs):
+            values = []
+            for u in np.ndindex(*ksize):
+                pos = tuple(stride[a] * i[a] + u[a] - pad[a] for a in range(nd))
+                if all(0 <= pos[a] < x.shape[2 + a] for a in range(nd)):
+                    values.append(x[(n, c) + pos])
+                elif pad_value is not None:
+                    values.append(pad_value)
+            y[(n, c) + i] = reduce(values)
+    return y
+
+
+@pytest.mark.parametrize('shape,ksize,stride,pad', [
+    ((2, 3, 9), (3,), (2,), (1,)),
+    ((2, 2, 10), (4,), (3,), (0,)),
+    ((1, 2, 4, 5, 3), (2, 3, 2), (1, 2, 2), (1, 1, 0)),
+    ((2, 1, 3, 3, 4), (2, 2, 2), (2, 2, 2), (0, 0, 1)),
+])
+def test_pooling_nd_matches_the_loop_definition(shape, ksize, stride, pad):
+    x = f64(*shape)
+    for cover_all in (True, False):
+        y = F.max_pooling_nd(dev(x), ksize, stride, pad, cover_all=cover_all)
+        np.testing.assert_array_equal(host(y), _pool_loop(x, ksize, stride, pad, max, None,
+                                                          cover_all))
+    y = F.average_pooling_nd(dev(x), ksize, stride, pad)
+    np.testing.assert_allclose(host(y), _pool_loop(x, ksize, stride, pad, np.mean, 0.0),
+                               rtol=1e-12)
+    y = F.average_pooling_nd(dev(x), ksize, stride, pad, pad_value=None)
+    np.testing.assert_allclose(host(y), _pool_loop(x, ksize, stride, pad, np.mean, None),
+                               rtol=1e-12)
+    one, three = ((F.max_pooling_1d, F.average_pooling_1d) if x.ndim == 3 else
+                  (F.max_pooling_3d, F.average_pooling_3d))
+    np.testing.assert_array_equal(host(one(dev(x), ksize, stride, pad)),
+                                  host(F.max_pooling_nd(dev(x), ksize, stride, pad)))
+    np.testing.assert_array_equal(host(three(dev(x), ksize, stride, pad)),
+                                  host(F.average_pooling_nd(dev(x), ksize, stride, pad)))
+
+
+def test_pooling_nd_in_2d_and_indices():
+    x = f64(2, 3, 7, 6)
+    np.testing.assert_array_equal(host(F.max_pooling_nd(dev(x), (3, 2), (2, 1), 1)),
+                                  host(F.max_pooling_2d(dev(x), (3, 2), (2, 1), 1)))
+    np.testing.assert_allclose(host(F.average_pooling_nd(dev(x), 3, 2, 1)),
+                               host(F.average_pooling_2d(dev(x), 3, 2, 1)), rtol=1e-12)
+    x = np.array([[[0.5, 3.0, -1.0, 2.0, 7.0]]])
+    y, indices = F.max_pooling_1d(dev(x), 2, return_indices=True)
+    np.testing.assert_array_equal(host(y), [[[3.0, 2.0, 7.0]]])
+    np.testing.assert_array_equal(host(indices), [[[1, 1, 0]]])
+    assert indices.dtype == np.int32
+
+
+def test_pooling_nd_bad_inputs():
+    with pytest.raises(ValueError, match=r'max_pooling_3d: .*\(2, 3, 4\)'):
+        F.max_pooling_3d(dev(f32(2, 3, 4)), 2)
+    with pytest.raises(ValueError, match=r'average_pooling_1d: .*\(2, 3, 4, 4\)'):
+        F.average_pooling_1d(dev(f32(2, 3, 4, 4)), 2)
+    with pytest.raises(ValueError, match=r'max_pooling_nd: the kernel \(5,\).*\(4,\)'):
+        F.max_pooling_nd(dev(f32(2, 3, 4)), 5)
+    with pytest.raises(ValueError, match='average_pooling_nd: pad_value must be 0 or None'):
+        F.average_pooling_nd(dev(f32(2, 3, 4)), 2, pad_value=1)
+    with pytest.raises(TypeError, match='max_pooling_nd'):
+        F.max_pooling_nd(dev(np.arange(8).reshape(1, 1, 8)), 2)
