@@ -5980,6 +5980,45 @@ def _col2im(gcol, h, w, stride, pad, dilate=(1, 1)):
     return gx[:, :, ph:ph + h, pw:pw + w]
 
 
+def _patches_nd(x, ksize, stride, pad, cover_all=False, pad_value=0, dilate=None):
+    """_patches with any number d of spatial axes: the view (N, C, k1..kd,
+    o1..od) of x (N, C, s1..sd).  The 2-D one above stays as it is, spelled
+    out, for the speed of the common case."""
+    sizes = x.shape[2:]
+    dilate = (1,) * len(sizes) if dilate is None else dilate
+    outs = tuple(_conv_outsize(size, k, s, p, cover_all, d)
+                 for size, k, s, p, d in zip(sizes, ksize, stride, pad, dilate))
+    xp = _xp(x)
+    extras = tuple(s - 1 for s in stride) if cover_all else (0,) * len(sizes)
+    if any(pad) or any(extras):
+        padded = xp.full(x.shape[:2] + tuple(size + 2 * p + e for size, p, e in
+                                             zip(sizes, pad, extras)),
+                         pad_value, dtype=x.dtype)
+        padded[(Ellipsis,) + tuple(slice(p, p + size) for p, size in zip(pad, sizes))] = x
+        x = padded
+    strides = x.strides
+    as_strided = (np.lib.stride_tricks if xp is np else cupy.lib.stride_tricks).as_strided
+    return as_strided(x, x.shape[:2] + tuple(ksize) + outs,
+                      strides[:2] + tuple(st * d for st, d in zip(strides[2:], dilate))
+                      + tuple(st * s for st, s in zip(strides[2:], stride)))
+
+
+def _col2im_nd(gcol, sizes, stride, pad, dilate=None):
+    """_col2im with d spatial axes: (N, C, k1..kd, o1..od) -> (N, C, s1..sd),
+    one strided slice added per kernel offset (a loop over prod(k) offsets)."""
+    d = len(sizes)
+    ksize, outs = gcol.shape[2:2 + d], gcol.shape[2 + d:]
+    dilate = (1,) * d if dilate is None else dilate
+    full = tuple(max(size + 2 * p, s * (o - 1) + (k - 1) * dl + 1) for size, k, s, p, dl, o
+                 in zip(sizes, ksize, stride, pad, dilate, outs))
+    gx = _xp(gcol).zeros(gcol.shape[:2] + full, dtype=gcol.dtype)
+    for offset in itertools.product(*[range(k) for k in ksize]):
+        gx[(Ellipsis,) + tuple(slice(dl * u, dl * u + s * o, s) for u, s, dl, o
+                               in zip(offset, stride, dilate, outs))] += \
+            gcol[(slice(None), slice(None)) + offset]
+    return gx[(Ellipsis,) + tuple(slice(p, p + size) for p, size in zip(pad, sizes))]
+
+
 # ----- convolution -------------------------------------------------------------
 # Two generalizations cost almost nothing on top of im2col.
 #
@@ -6546,6 +6585,328 @@ def upsampling_2d(x, indexes, ksize, stride=None, pad=0, outsize=None, cover_all
     return Upsampling2D(indexes, ksize, stride, pad, outsize, cover_all)(x)
 
 
+# ----- N spatial axes: convolution_nd, pooling_nd, deconvolution_nd, unpooling_nd ---
+# Nothing above depends on there being two spatial axes.  With d of them (a
+# signal (N, C, L) for d = 1, a volume (N, C, D, H, W) for d = 3) the patch
+# view is (N, C, k1..kd, o1..od), element
+#
+#     x_padded[n, c, s1*i1 + d1*u1, ..., sd*id + dd*ud]
+#
+# each output length follows the same one-axis rule, and col2im loops over
+# the k1*...*kd kernel offsets instead of kh*kw.  So the N-D functions below
+# are the 2-D ones with the axis lists spelled generally (_patches_nd,
+# _col2im_nd); the 2-D functions keep their own spelled-out code, the path
+# a CNN runs every step.  W gains one kernel axis per spatial axis:
+# convolution's is (O, C/G, k1..kd), deconvolution's (C, O/G, k1..kd).
+
+def _ntuple(value, n, what, label):
+    """Chainer's `stride=2` or `stride=(2, 1, 1)`: an int or n ints."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if len(values) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                   for v in values):
+        raise TypeError('{}: {} must be an int or a tuple of {} ints, got {!r}'
+                        .format(label, what, n, value))
+    return tuple(int(v) for v in values)
+
+
+def _check_volume(label, x_shape, ksize, stride, pad, cover_all=False, dilate=None):
+    """Validate x (N, C, s1..sd) against a kernel; return the output lengths."""
+    sizes = tuple(x_shape[2:])
+    dilate = (1,) * len(sizes) if dilate is None else dilate
+    if min(ksize + stride + dilate) < 1 or min(pad) < 0:
+        raise ValueError('{}: ksize, stride and dilate must be >= 1 and pad >= 0, got ksize '
+                         '{}, stride {}, pad {}, dilate {}'.format(label, ksize, stride, pad,
+                                                                  dilate))
+    spans = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilate))
+    padded = tuple(size + 2 * p for size, p in zip(sizes, pad))
+    if any(span > room for span, room in zip(spans, padded)):
+        raise ValueError('{}: the kernel {} is larger than the padded input {} (x.shape {}, '
+                         'pad {}, dilate {}); pad more or use a smaller kernel'
+                         .format(label, spans, padded, tuple(x_shape), pad, dilate))
+    return tuple(_conv_outsize(size, k, s, p, cover_all, d)
+                 for size, k, s, p, d in zip(sizes, ksize, stride, pad, dilate))
+
+
+def _spatial_ndim(label, x, want=None):
+    """The number of spatial axes of x (N, C, s1..sd); `want` (1, 3) checks it."""
+    ndim = _input_data(label, x).ndim - 2
+    if ndim < 1 or (want is not None and ndim != want):
+        raise ValueError('{}: x must have {} spatial axes (batch, channels, {}), got shape {}'
+                         .format(label, want or '1 or more', want and ', '.join(
+                             ['length'] if want == 1 else ['depth', 'height', 'width'])
+                             or 'spatial...', _input_data(label, x).shape))
+    return ndim
+
+
+def _to_front(ndim, *axes):
+    """The transpose that brings `axes` of an (N, C, ...) array to the front."""
+    return axes + tuple(a for a in range(ndim) if a not in axes)
+
+
+class ConvolutionNDFunction(Function):
+    """Function node of convolution_nd: Convolution2DFunction with d spatial
+    axes (im2col by _patches_nd, col2im by _col2im_nd).
+    Chainer: chainer.functions.connection.convolution_nd.ConvolutionND.
+    """
+
+    label = 'convolution_nd'
+
+    def __init__(self, ndim, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
+        self.ndim = ndim
+        self.stride = _ntuple(stride, ndim, 'stride', self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.cover_all = cover_all
+        self.dilate = _ntuple(dilate, ndim, 'dilate', self.label)
+        self.groups = _check_groups(self.label, groups)
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        d, g = self.ndim, self.groups
+        if x.ndim != d + 2 or W.ndim != d + 2:
+            raise ValueError('convolution_nd: x and W must both be {}-D ((batch, channels, '
+                             'spatial...) and (out_channels, in_channels / groups, k...)), got '
+                             'x.shape {}, W.shape {}'.format(d + 2, x.shape, W.shape))
+        outs = _check_volume(self.label, x.shape, W.shape[2:], self.stride, self.pad,
+                             self.cover_all, self.dilate)
+        if x.shape[1] != W.shape[1] * g or W.shape[0] % g:
+            raise ValueError('convolution_nd: x has {} channels but W expects {} (x.shape {}, '
+                             'W.shape {}, groups {}; W.shape[0] must divide by groups)'
+                             .format(x.shape[1], W.shape[1] * g, x.shape, W.shape, g))
+        if x.dtype != W.dtype:
+            raise TypeError('convolution_nd: x.dtype ({}) != W.dtype ({})'
+                            .format(x.dtype, W.dtype))
+        if b is not None and b.shape != (W.shape[0],):
+            raise ValueError('convolution_nd: b.shape {} != (W.shape[0],) = ({},)'
+                             .format(b.shape, W.shape[0]))
+        n, out_channels = len(x), W.shape[0]
+        patches = _patches_nd(x, W.shape[2:], self.stride, self.pad, self.cover_all,
+                              dilate=self.dilate)
+        # (C, k1..kd, N, o1..od): channel and kernel offsets are the rows of col.
+        order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+        self.col = patches.transpose(order).reshape(g, -1, n * math.prod(outs))
+        y = (W.reshape(g, out_channels // g, -1) @ self.col).reshape((out_channels, n) + outs)
+        if b is not None:
+            y += b.reshape((-1,) + (1,) * (d + 1))
+        return y.transpose(_to_front(d + 2, 1, 0)),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[0], inputs[1]
+        gy = grad_outputs[0]
+        d, g = self.ndim, self.groups
+        n, out_channels = gy.shape[:2]
+        gy2 = gy.transpose(_to_front(d + 2, 1, 0)).reshape(g, out_channels // g, -1)
+        gW = (gy2 @ self.col.swapaxes(1, 2)).reshape(W.shape)
+        gx = None
+        if self.inputs[0].requires_grad:
+            gcol = W.reshape(g, out_channels // g, -1).swapaxes(1, 2) @ gy2
+            gcol = gcol.reshape((x.shape[1],) + W.shape[2:] + (n,) + gy.shape[2:])
+            # (C, N, k..., o...) for col2im, the channel axis first as in 2-D.
+            gcol = gcol.transpose(_to_front(2 + 2 * d, 0, d + 1))
+            gx = _col2im_nd(gcol, x.shape[2:], self.stride, self.pad, self.dilate)
+            gx = gx.transpose(_to_front(d + 2, 1, 0))
+        if len(inputs) == 3:
+            return gx, gW, gy2.sum(axis=2).reshape(-1)
+        return gx, gW
+
+
+def convolution_nd(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
+    """N-dimensional convolution (cross-correlation) of x (N, C, s1, ..., sd).
+
+    y[n, o, i1..id] = b[o] + sum_{c, u1..ud} W[o, c, u1..ud]
+    x[n, c', s1 i1 + d1 u1, ..., sd id + dd ud] over the channels c' of o's
+    group.  W: (out_channels, C / groups, k1, ..., kd); b: (out_channels,) or
+    None.  stride, pad, dilate: an int or d ints.  Each output length is
+    (size + 2 pad - ((k - 1) dilate + 1)) // stride + 1 (cover_all=True: one
+    more where the last window would miss input).  d = 2 gives convolution_2d.
+    Returns (N, out_channels, o1, ..., od).  Raises ValueError when x and W
+    do not have the same ndim (>= 3), the channels do not match, or a kernel
+    is larger than the padded input.  Chainer: chainer.functions.convolution_nd.
+    """
+    ndim = _spatial_ndim('convolution_nd', x)
+    function = ConvolutionNDFunction(ndim, stride, pad, cover_all, dilate, groups)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+def convolution_1d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
+    """convolution_nd for signals: x (N, C, L), W (out_channels, C / groups, k).
+
+    Returns (N, out_channels, out_l).  Raises ValueError unless x is 3-D.
+    Chainer: chainer.functions.convolution_1d.
+    """
+    _spatial_ndim('convolution_1d', x, 1)
+    return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
+
+
+def convolution_3d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
+    """convolution_nd for volumes: x (N, C, D, H, W), W (out_channels, C / groups, kd, kh, kw).
+
+    Returns (N, out_channels, out_d, out_h, out_w).  Raises ValueError
+    unless x is 5-D.  Chainer: chainer.functions.convolution_3d.
+    """
+    _spatial_ndim('convolution_3d', x, 3)
+    return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
+
+
+class MaxPoolingND(Function):
+    """Function node of max_pooling_nd: MaxPooling2D with d spatial axes (a
+    running maximum over the k1*...*kd window offsets; gy goes to the first
+    maximum).  Chainer: chainer.functions.pooling.max_pooling_nd.MaxPoolingND.
+    """
+
+    label = 'max_pooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, cover_all=True):
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                                 self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        _check_volume(self.label, x.shape, self.ksize, self.stride, self.pad, self.cover_all)
+        _require_float(self.label, x)
+        xp = _xp(x)
+        windows = _patches_nd(x, self.ksize, self.stride, self.pad, self.cover_all, -np.inf)
+        offsets = list(itertools.product(*[range(k) for k in self.ksize]))
+        y = windows[(slice(None), slice(None)) + offsets[0]].copy()
+        self.winner = xp.zeros(y.shape, dtype=np.int8 if len(offsets) < 128 else np.int32)
+        for k, offset in enumerate(offsets[1:], 1):
+            candidate = windows[(slice(None), slice(None)) + offset]
+            better = candidate > y
+            xp.copyto(y, candidate, where=better)
+            xp.copyto(self.winner, k, where=better)
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(gy)
+        # The patch gradient of offset k is gy where k won: col2im of that.
+        gcol = xp.zeros(gy.shape[:2] + self.ksize + gy.shape[2:], dtype=gy.dtype)
+        for k, offset in enumerate(itertools.product(*[range(k) for k in self.ksize])):
+            gcol[(slice(None), slice(None)) + offset] = gy * (self.winner == k)
+        return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
+
+
+def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """The maximum of each window of x (N, C, s1, ..., sd), per channel.
+
+    ksize, stride, pad: an int or d ints; stride=None means ksize.
+    cover_all=True (Chainer's default) keeps a last partial window: each
+    output length is (size + 2 pad - k + stride - 1) // stride + 1.  Padding
+    is -inf, never the maximum.  Returns y (N, C, o1, ..., od); with
+    return_indices=True, (y, indices), indices int32 of y's shape holding
+    each maximum's flat offset in its window (row-major over k1..kd).
+    Raises ValueError on fewer than 3 axes or a window larger than the
+    padded input, TypeError on integer x.  Chainer: chainer.functions.max_pooling_nd.
+    """
+    function = MaxPoolingND(_spatial_ndim('max_pooling_nd', x), ksize, stride, pad, cover_all)
+    y = function(x)
+    if return_indices:
+        return y, function.winner.astype(np.int32)
+    return y
+
+
+def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """max_pooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
+    3-D.  Chainer: chainer.functions.max_pooling_1d."""
+    _spatial_ndim('max_pooling_1d', x, 1)
+    return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
+
+
+def max_pooling_3d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
+    """max_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
+    unless x is 5-D.  Chainer: chainer.functions.max_pooling_3d."""
+    _spatial_ndim('max_pooling_3d', x, 3)
+    return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
+
+
+class AveragePoolingND(Function):
+    """Function node of average_pooling_nd: each window's sum divided by its
+    size (pad_value=0: the full k1*...*kd; None: the pixels inside x only);
+    backward spreads gy / size over the window.
+    Chainer: chainer.functions.pooling.average_pooling_nd.AveragePoolingND.
+    """
+
+    label = 'average_pooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, pad_value=0):
+        if pad_value is not None and not (isinstance(pad_value, (int, float)) and
+                                          pad_value == 0):
+            raise ValueError('average_pooling_nd: pad_value must be 0 or None, got {!r}'
+                             .format(pad_value))
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                                 self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.pad_value = pad_value
+
+    def _scale(self, x, outs):
+        """1 / window size: a scalar, or (with pad_value=None) an array of the
+        output's spatial shape, the product of the in-bounds count per axis."""
+        if self.pad_value is not None:
+            return x.dtype.type(1.0 / math.prod(self.ksize))
+        xp = _xp(x)
+        count = None
+        for size, k, s, p, o in zip(x.shape[2:], self.ksize, self.stride, self.pad, outs):
+            start = np.arange(o) * s - p
+            inside = np.minimum(start + k, size) - np.maximum(start, 0)
+            count = inside if count is None else np.multiply.outer(count, inside)
+        return xp.asarray(1.0 / count, dtype=x.dtype)
+
+    def forward(self, inputs):
+        x, = inputs
+        outs = _check_volume(self.label, x.shape, self.ksize, self.stride, self.pad)
+        _require_float(self.label, x)
+        d = self.ndim
+        y = _patches_nd(x, self.ksize, self.stride, self.pad).sum(axis=tuple(range(2, 2 + d)))
+        self.scale = self._scale(x, outs)
+        y *= self.scale
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy, = grad_outputs
+        share = gy * self.scale
+        d = self.ndim
+        gcol = _xp(gy).broadcast_to(share[(slice(None), slice(None)) + (None,) * d],
+                                    gy.shape[:2] + self.ksize + gy.shape[2:])
+        return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
+
+
+def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
+    """The mean of each window of x (N, C, s1, ..., sd), per channel.
+
+    ksize, stride, pad: an int or d ints; stride=None means ksize.  Each
+    output length is (size + 2 pad - k) // stride + 1.  pad_value=0 counts
+    the padding as zeros and divides every window by k1*...*kd; pad_value=None
+    divides each window by the number of its pixels inside x.  Returns (N, C,
+    o1, ..., od).  Raises ValueError on fewer than 3 axes, a window larger
+    than the padded input or another pad_value; TypeError on integer x.
+    Chainer: chainer.functions.average_pooling_nd.
+    """
+    return AveragePoolingND(_spatial_ndim('average_pooling_nd', x), ksize, stride, pad,
+                            pad_value)(x)
+
+
+def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
+    """average_pooling_nd of a signal x (N, C, L).  Raises ValueError unless
+    x is 3-D.  Chainer: chainer.functions.average_pooling_1d."""
+    _spatial_ndim('average_pooling_1d', x, 1)
+    return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
+def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
+    """average_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
+    unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
+    _spatial_ndim('average_pooling_3d', x, 3)
+    return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
 # ----- batch normalization -------------------------------------------------------
 # Over the axes that are averaged (all but the channel axis by default: the
 # batch, and the pixels of an image), with m values per channel:
@@ -6996,6 +7357,86 @@ class Deconvolution2D(Link):
             self._initialize_params(data.shape[1], _xp(data))
         return deconvolution_2d(x, self.W, self.b, self.stride, self.pad, self.outsize,
                                 dilate=self.dilate, groups=self.groups)
+
+
+class ConvolutionND(Link):
+    """An N-dimensional convolution layer: owns W (out_channels, in_channels / groups, k1..kd) and b.
+
+    ConvolutionND(ndim, in_channels, out_channels, ksize=None, stride=1,
+    pad=0, nobias=False, initialW=None, initial_bias=None, cover_all=False,
+    dilate=1, groups=1), or the short form (ndim, out_channels, ksize), or
+    in_channels=None, read from the first input.  ksize, stride, pad,
+    dilate: an int or ndim ints.  W starts LeCunNormal, b zero (nobias=True:
+    none); saved keys W, b.  Calling it on x (N, C, s1..sd) returns
+    F.convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups).
+    Raises ValueError when a channel count does not divide by groups.
+    Chainer: chainer.links.ConvolutionND.
+    """
+
+    def __init__(self, ndim, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 nobias=False, initialW=None, initial_bias=None, cover_all=False, dilate=1,
+                 groups=1):
+        super().__init__()
+        if ksize is None:                      # the short form (ndim, out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        label = type(self).__name__
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', label)
+        self.stride = _ntuple(stride, ndim, 'stride', label)
+        self.pad = _ntuple(pad, ndim, 'pad', label)
+        self.dilate = _ntuple(dilate, ndim, 'dilate', label)
+        self.cover_all = cover_all
+        self.groups = _check_groups(label, groups)
+        _check_link_groups(label, out_channels, self.groups, 'out_channels')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_channels is not None:
+                self._initialize_params(in_channels, np)
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_channels)
+
+    def _initialize_params(self, in_channels, xp):
+        _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
+        self.in_channels = in_channels
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = _input_data(type(self).__name__, x)
+            # Check before W takes its shape, so a bad first call changes nothing.
+            _spatial_ndim(type(self).__name__, data, self.ndim)
+            _check_volume('convolution_nd', data.shape, self.ksize, self.stride, self.pad,
+                          self.cover_all, self.dilate)
+            self._initialize_params(data.shape[1], _xp(data))
+        return convolution_nd(x, self.W, self.b, self.stride, self.pad, self.cover_all,
+                              self.dilate, self.groups)
+
+
+class Convolution1D(ConvolutionND):
+    """ConvolutionND with ndim=1: W (out_channels, in_channels / groups, k).
+
+    Convolution1D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with ConvolutionND's other arguments.  Chainer: chainer.links.Convolution1D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 initialW=None, initial_bias=None, cover_all=False, dilate=1, groups=1):
+        super().__init__(1, in_channels, out_channels, ksize, stride, pad, nobias, initialW,
+                         initial_bias, cover_all, dilate, groups)
+
+
+class Convolution3D(ConvolutionND):
+    """ConvolutionND with ndim=3: W (out_channels, in_channels / groups, kd, kh, kw).
+
+    Convolution3D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with ConvolutionND's other arguments.  Chainer: chainer.links.Convolution3D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 initialW=None, initial_bias=None, cover_all=False, dilate=1, groups=1):
+        super().__init__(3, in_channels, out_channels, ksize, stride, pad, nobias, initialW,
+                         initial_bias, cover_all, dilate, groups)
 
 
 class BatchNormalization(Link):
@@ -13197,10 +13638,15 @@ _submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
            fixed_batch_normalization=fixed_batch_normalization,
            deconvolution_2d=deconvolution_2d, dilated_convolution_2d=dilated_convolution_2d,
            depthwise_convolution_2d=depthwise_convolution_2d, unpooling_2d=unpooling_2d,
-           upsampling_2d=upsampling_2d)
+           upsampling_2d=upsampling_2d, convolution_nd=convolution_nd,
+           convolution_1d=convolution_1d, convolution_3d=convolution_3d,
+           max_pooling_nd=max_pooling_nd, max_pooling_1d=max_pooling_1d,
+           max_pooling_3d=max_pooling_3d, average_pooling_nd=average_pooling_nd,
+           average_pooling_1d=average_pooling_1d, average_pooling_3d=average_pooling_3d)
 _submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization,
            Deconvolution2D=Deconvolution2D, DilatedConvolution2D=DilatedConvolution2D,
-           DepthwiseConvolution2D=DepthwiseConvolution2D)
+           DepthwiseConvolution2D=DepthwiseConvolution2D, ConvolutionND=ConvolutionND,
+           Convolution1D=Convolution1D, Convolution3D=Convolution3D)
 
 
 _submodule('functions', square=square, squared_error=squared_error,
@@ -13241,11 +13687,10 @@ _not_supported(
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
-            'convolution_1d convolution_3d convolution_nd deconvolution_1d '
+            'deconvolution_1d '
             'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
             'local_convolution_2d '
-            'max_pooling_1d max_pooling_3d max_pooling_nd average_pooling_1d '
-            'average_pooling_3d average_pooling_nd unpooling_1d unpooling_3d '
+            'unpooling_1d unpooling_3d '
             'unpooling_nd')
 _not_supported(
     links,
@@ -13257,8 +13702,8 @@ _not_supported(
                'GoogLeNet',
     missing='BatchRenormalization BinaryHierarchicalSoftmax BlackOut '
             'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
-            'SimplifiedDropconnect TheanoFunction Convolution1D Convolution3D '
-            'ConvolutionND Deconvolution1D Deconvolution3D DeconvolutionND '
+            'SimplifiedDropconnect TheanoFunction '
+            'Deconvolution1D Deconvolution3D DeconvolutionND '
             'DeformableConvolution2D '
             'LocalConvolution2D MLPConvolution2D')
 

@@ -5537,10 +5537,14 @@ CHAINER_PROVIDED = {
                  'batch_matmul sum_to select_item permutate average logsumexp normalize '
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
-                 'binary_accuracy r2_score precision recall f1_score classification_summary',
+                 'binary_accuracy r2_score precision recall f1_score classification_summary'
+                 ' convolution_nd convolution_1d convolution_3d'
+                 ' max_pooling_nd max_pooling_1d max_pooling_3d average_pooling_nd'
+                 ' average_pooling_1d average_pooling_3d',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
-             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
+             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
+             ' ConvolutionND Convolution1D Convolution3D',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3',
@@ -8552,3 +8556,212 @@ def test_gradient_cases_stay_float32(name):
     for x in xs:
         if x.dtype.kind == 'f' and x.grad is not None:
             assert x.grad.dtype == np.float32, name
+
+
+# ----- Chainer names added: N-dimensional convolution and pooling -----
+# The loop definitions below are written out independently of im2col: one
+# output element at a time, straight from the formulas.
+
+def _conv_loop(x, W, b, stride, pad, dilate, groups):
+    """y[n, o, i...] = b[o] + sum W[o, c, u...] x_padded[n, c_g, s i + d u ...]."""
+    nd = x.ndim - 2
+    xp_ = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    ks = W.shape[2:]
+    outs = [(x.shape[2 + a] + 2 * pad[a] - (ks[a] - 1) * dilate[a] - 1) // stride[a] + 1
+            for a in range(nd)]
+    o_per, c_per = W.shape[0] // groups, W.shape[1]
+    y = np.zeros((x.shape[0], W.shape[0]) + tuple(outs))
+    for n in range(x.shape[0]):
+        for o in range(W.shape[0]):
+            g = o // o_per
+            for i in np.ndindex(*outs):
+                total = 0.0 if b is None else b[o]
+                for c in range(c_per):
+                    for u in np.ndindex(*ks):
+                        pos = tuple(stride[a] * i[a] + dilate[a] * u[a] for a in range(nd))
+                        total += W[(o, c) + u] * xp_[(n, g * c_per + c) + pos]
+                y[(n, o) + i] = total
+    return y
+
+
+ND_GRAD_CASES = {
+    'convolution_1d': (lambda x, W, b: F.convolution_1d(x, W, b, stride=2, pad=1, dilate=2,
+                                                       groups=2),
+                       [f64(2, 4, 9), f64(6, 2, 3, seed=1), f64(6, seed=2)]),
+    'convolution_1d_cover_all': (lambda x, W: F.convolution_1d(x, W, stride=3, cover_all=True),
+                                 [f64(2, 2, 8), f64(3, 2, 2, seed=1)]),
+    # Distinct values a grid apart, so no window holds a near-tie for its maximum.
+    'max_pooling_1d': (lambda x: F.max_pooling_1d(x, 3, 2, 1),
+                       [rng(3).permutation(30).reshape(2, 3, 5) * 0.1]),
+    'max_pooling_3d': (lambda x: F.max_pooling_3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0)),
+                       [rng(4).permutation(120).reshape(1, 2, 3, 5, 4) * 0.1]),
+    'average_pooling_1d': (lambda x: F.average_pooling_1d(x, 3, 2, 1), [f64(2, 3, 6)]),
+    'average_pooling_3d_none': (lambda x: F.average_pooling_3d(x, 2, 1, 1, pad_value=None),
+                                [f64(1, 2, 3, 2, 3)]),
+    'convolution_3d': (lambda x, W, b: F.convolution_3d(x, W, b, stride=(2, 1, 1),
+                                                       pad=(1, 0, 1), dilate=(1, 2, 1)),
+                       [f64(1, 2, 4, 5, 3), f64(3, 2, 2, 2, 2, seed=1), f64(3, seed=2)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ND_GRAD_CASES))
+def test_nd_gradients(name):
+    func, xs = ND_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+@pytest.mark.parametrize('name', sorted(ND_GRAD_CASES))
+def test_nd_gradient_cases_stay_float32(name):
+    func, xs = ND_GRAD_CASES[name]
+    xs = [Variable(dev(x.astype(np.float32))) for x in xs]
+    y = func(*xs)
+    assert y.dtype == np.float32
+    F.sum(y).backward()
+    assert [x.grad.dtype for x in xs] == [np.float32] * len(xs)
+
+
+@pytest.mark.parametrize('xs,ws,kw', [
+    ((2, 4, 9), (6, 2, 3), dict(stride=(2,), pad=(1,), dilate=(2,), groups=2)),
+    ((2, 3, 7), (2, 3, 4), dict(stride=(1,), pad=(0,), dilate=(1,), groups=1)),
+    ((1, 2, 4, 5, 3), (3, 2, 2, 2, 2), dict(stride=(2, 1, 1), pad=(1, 0, 1),
+                                           dilate=(1, 2, 1), groups=1)),
+    ((2, 4, 3, 3, 4), (2, 2, 1, 2, 3), dict(stride=(1, 2, 1), pad=(0, 1, 1),
+                                           dilate=(1, 1, 1), groups=2)),
+])
+def test_convolution_nd_matches_the_loop_definition(xs, ws, kw):
+    x, W, b = f64(*xs), f64(*ws, seed=1), f64(ws[0], seed=2)
+    y = F.convolution_nd(dev(x), dev(W), dev(b), **kw)
+    np.testing.assert_allclose(host(y), _conv_loop(x, W, b, **kw), rtol=1e-12, atol=1e-12)
+    named = F.convolution_1d if x.ndim == 3 else F.convolution_3d
+    np.testing.assert_allclose(host(named(dev(x), dev(W), dev(b), **kw)), host(y))
+
+
+def test_convolution_nd_in_2d_is_convolution_2d():
+    x, W, b = f64(2, 4, 7, 6), f64(6, 2, 3, 2, seed=1), f64(6, seed=2)
+    kw = dict(stride=(2, 1), pad=1, cover_all=True, dilate=(1, 2), groups=2)
+    xs = [Variable(dev(a)) for a in (x, W, b)]
+    ys = [Variable(dev(a)) for a in (x, W, b)]
+    y_nd = F.convolution_nd(*xs, **kw)
+    y_2d = F.convolution_2d(*ys, **kw)
+    np.testing.assert_allclose(host(y_nd), host(y_2d), rtol=1e-12, atol=1e-12)
+    gy = dev(f64(*y_2d.shape, seed=3))
+    y_nd.grad, y_2d.grad = gy, gy.copy()
+    y_nd.backward()
+    y_2d.backward()
+    for a, b_ in zip(xs, ys):
+        np.testing.assert_allclose(host(a.grad), host(b_.grad), rtol=1e-12, atol=1e-12)
+
+
+def test_convolution_nd_bad_inputs_name_the_function_and_shapes():
+    x, W = dev(f32(2, 3, 8)), dev(f32(4, 3, 3))
+    with pytest.raises(ValueError, match=r'convolution_1d: .*\(2, 3, 8, 8\)'):
+        F.convolution_1d(dev(f32(2, 3, 8, 8)), W)
+    with pytest.raises(ValueError, match=r'convolution_3d: .*\(2, 3, 8\)'):
+        F.convolution_3d(x, W)
+    with pytest.raises(ValueError, match=r'convolution_nd: .*\(2, 3, 8\).*\(4, 2, 3\)'):
+        F.convolution_nd(x, dev(f32(4, 2, 3)))
+    with pytest.raises(ValueError, match=r'convolution_nd: .*W.shape \(4, 3, 3, 3\)'):
+        F.convolution_nd(x, dev(f32(4, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r'convolution_nd: the kernel \(9,\).*\(8,\)'):
+        F.convolution_nd(x, dev(f32(4, 3, 9)))
+    with pytest.raises(TypeError, match='convolution_nd: stride must be an int or a tuple of 1'):
+        F.convolution_nd(x, W, stride=(1, 1))
+    with pytest.raises(TypeError, match=r'convolution_nd: x.dtype \(float32\) != W.dtype'):
+        F.convolution_nd(x, dev(f64(4, 3, 3)))
+
+
+def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
+    link = L.ConvolutionND(3, 4, 6, 3, stride=2, pad=1, groups=2).to_device(TEST_DEVICE)
+    assert link.W.shape == (6, 2, 3, 3, 3) and link.b.shape == (6,)
+    x = dev(f32(2, 4, 5, 6, 7))
+    y = link(x)
+    assert y.shape == (2, 6, 3, 3, 4) and y.dtype == np.float32
+    np.testing.assert_allclose(host(y), host(F.convolution_nd(x, link.W, link.b, 2, 1,
+                                                              groups=2)))
+    lazy = L.ConvolutionND(1, 5, 2, nobias=True)       # the short form, in_channels lazily
+    assert lazy.W.data is None and lazy.b is None
+    assert lazy(dev(f32(2, 3, 7))).shape == (2, 5, 6) and lazy.W.shape == (5, 3, 2)
+    c1 = L.Convolution1D(3, 4, 3, pad=1)
+    c3 = L.Convolution3D(2, 4, (1, 2, 3))
+    assert c1.W.shape == (4, 3, 3) and c3.W.shape == (4, 2, 1, 2, 3)
+    assert c1(f32(1, 3, 5)).shape == (1, 4, 5)
+    with pytest.raises(ValueError, match=r'Convolution1D: x must have 1 spatial axes.*\(1, 3, 5, 5\)'):
+        L.Convolution1D(None, 4, 3)(f32(1, 3, 5, 5))
+    serializers.save_npz(str(tmp_path / 'c.npz'), c3)
+    with np.load(str(tmp_path / 'c.npz')) as npz:
+        assert set(npz.files) == {'W', 'b'}
+    other = L.Convolution3D(2, 4, (1, 2, 3))
+    serializers.load_npz(str(tmp_path / 'c.npz'), other)
+    np.testing.assert_array_equal(other.W.data, c3.W.data)
+
+
+def _pool_loop(x, ksize, stride, pad, reduce, pad_value, cover_all=False):
+    """Each window of x reduced, windows placed by the one-axis size rule;
+    pixels outside x take pad_value (None: left out)."""
+    nd = x.ndim - 2
+    outs = [(x.shape[2 + a] + 2 * pad[a] - ksize[a] + (stride[a] - 1 if cover_all else 0))
+            // stride[a] + 1 for a in range(nd)]
+    y = np.zeros(x.shape[:2] + tuple(outs))
+    for n, c in np.ndindex(*x.shape[:2]):
+        for i in np.ndindex(*outs):
+            values = []
+            for u in np.ndindex(*ksize):
+                pos = tuple(stride[a] * i[a] + u[a] - pad[a] for a in range(nd))
+                if all(0 <= pos[a] < x.shape[2 + a] for a in range(nd)):
+                    values.append(x[(n, c) + pos])
+                elif pad_value is not None:
+                    values.append(pad_value)
+            y[(n, c) + i] = reduce(values)
+    return y
+
+
+@pytest.mark.parametrize('shape,ksize,stride,pad', [
+    ((2, 3, 9), (3,), (2,), (1,)),
+    ((2, 2, 10), (4,), (3,), (0,)),
+    ((1, 2, 4, 5, 3), (2, 3, 2), (1, 2, 2), (1, 1, 0)),
+    ((2, 1, 3, 3, 4), (2, 2, 2), (2, 2, 2), (0, 0, 1)),
+])
+def test_pooling_nd_matches_the_loop_definition(shape, ksize, stride, pad):
+    x = f64(*shape)
+    for cover_all in (True, False):
+        y = F.max_pooling_nd(dev(x), ksize, stride, pad, cover_all=cover_all)
+        np.testing.assert_array_equal(host(y), _pool_loop(x, ksize, stride, pad, max, None,
+                                                          cover_all))
+    y = F.average_pooling_nd(dev(x), ksize, stride, pad)
+    np.testing.assert_allclose(host(y), _pool_loop(x, ksize, stride, pad, np.mean, 0.0),
+                               rtol=1e-12)
+    y = F.average_pooling_nd(dev(x), ksize, stride, pad, pad_value=None)
+    np.testing.assert_allclose(host(y), _pool_loop(x, ksize, stride, pad, np.mean, None),
+                               rtol=1e-12)
+    one, three = ((F.max_pooling_1d, F.average_pooling_1d) if x.ndim == 3 else
+                  (F.max_pooling_3d, F.average_pooling_3d))
+    np.testing.assert_array_equal(host(one(dev(x), ksize, stride, pad)),
+                                  host(F.max_pooling_nd(dev(x), ksize, stride, pad)))
+    np.testing.assert_array_equal(host(three(dev(x), ksize, stride, pad)),
+                                  host(F.average_pooling_nd(dev(x), ksize, stride, pad)))
+
+
+def test_pooling_nd_in_2d_and_indices():
+    x = f64(2, 3, 7, 6)
+    np.testing.assert_array_equal(host(F.max_pooling_nd(dev(x), (3, 2), (2, 1), 1)),
+                                  host(F.max_pooling_2d(dev(x), (3, 2), (2, 1), 1)))
+    np.testing.assert_allclose(host(F.average_pooling_nd(dev(x), 3, 2, 1)),
+                               host(F.average_pooling_2d(dev(x), 3, 2, 1)), rtol=1e-12)
+    x = np.array([[[0.5, 3.0, -1.0, 2.0, 7.0]]])
+    y, indices = F.max_pooling_1d(dev(x), 2, return_indices=True)
+    np.testing.assert_array_equal(host(y), [[[3.0, 2.0, 7.0]]])
+    np.testing.assert_array_equal(host(indices), [[[1, 1, 0]]])
+    assert indices.dtype == np.int32
+
+
+def test_pooling_nd_bad_inputs():
+    with pytest.raises(ValueError, match=r'max_pooling_3d: .*\(2, 3, 4\)'):
+        F.max_pooling_3d(dev(f32(2, 3, 4)), 2)
+    with pytest.raises(ValueError, match=r'average_pooling_1d: .*\(2, 3, 4, 4\)'):
+        F.average_pooling_1d(dev(f32(2, 3, 4, 4)), 2)
+    with pytest.raises(ValueError, match=r'max_pooling_nd: the kernel \(5,\).*\(4,\)'):
+        F.max_pooling_nd(dev(f32(2, 3, 4)), 5)
+    with pytest.raises(ValueError, match='average_pooling_nd: pad_value must be 0 or None'):
+        F.average_pooling_nd(dev(f32(2, 3, 4)), 2, pad_value=1)
+    with pytest.raises(TypeError, match='max_pooling_nd'):
+        F.max_pooling_nd(dev(np.arange(8).reshape(1, 1, 8)), 2)
