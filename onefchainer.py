@@ -6708,6 +6708,125 @@ def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
     return FixedBatchNormalization(eps, axis)(x, gamma, beta, mean, var)
 
 
+# ----- batch renormalization -----------------------------------------------------
+# Batch normalization trains on batch statistics but tests on running ones;
+# with small or correlated batches the two disagree.  Renormalization corrects
+# the batch's x_hat towards what the running statistics would give:
+#
+#     sigma = sqrt(var + eps),  sigma_run = sqrt(running_var + eps)
+#     r = clip(sigma / sigma_run, 1/rmax, rmax)
+#     d = clip((mu - running_mean) / sigma_run, -dmax, dmax)
+#     y = gamma (x_hat r + d) + beta
+#
+# r and d are treated as constants in backward (the paper's stop-gradient),
+# so the gradient is batch normalization's with gamma r in place of gamma.
+# rmax=1, dmax=0 gives r=1, d=0: plain batch normalization.
+
+class BatchRenormalizationFunction(Function):
+    """Function node of batch_renormalization: batch normalization corrected
+    by r and d towards the running statistics (updated in place only when
+    update_statistics).
+    Chainer: chainer.functions.normalization.batch_renormalization.BatchRenormalizationFunction.
+    """
+
+    label = 'batch_renormalization'
+
+    def __init__(self, eps, running_mean, running_var, decay, rmax, dmax, update_statistics):
+        self.eps, self.decay, self.rmax, self.dmax = eps, decay, rmax, dmax
+        self.running_mean, self.running_var = running_mean, running_var
+        self.update_statistics = update_statistics
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        _require_float(self.label, x)
+        _check_same_dtype(self.label, (x, gamma, beta))
+        if beta.shape != gamma.shape:
+            raise ValueError('batch_renormalization: beta.shape {} != gamma.shape {}'
+                             .format(beta.shape, gamma.shape))
+        axis = (0,) + tuple(range(1 + gamma.ndim, x.ndim))   # gamma covers x.shape[1:1+M]
+        self.axis, expanded = _bn_axes(self.label, x, gamma, axis)
+        for name, a in (('running_mean', self.running_mean), ('running_var', self.running_var)):
+            if a.shape != gamma.shape:
+                raise ValueError('batch_renormalization: {}.shape {} != gamma.shape {}'
+                                 .format(name, a.shape, gamma.shape))
+        self.expanded = expanded
+        xp = _xp(x)
+        dtype = x.dtype.type
+        mean = x.mean(axis=self.axis, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=self.axis, keepdims=True)
+        self.std = xp.sqrt(var + dtype(self.eps))
+        running_std = xp.sqrt(self.running_var + dtype(self.eps)).reshape(expanded)
+        self.r = xp.clip(self.std / running_std, dtype(1.0 / self.rmax), dtype(self.rmax))
+        self.d = d = xp.clip((mean - self.running_mean.reshape(expanded)) / running_std,
+                    dtype(-self.dmax), dtype(self.dmax))
+        self.x_hat = centered / self.std
+        y = self.x_hat * self.r
+        y += d
+        y *= gamma.reshape(expanded)
+        y += beta.reshape(expanded)
+        if self.update_statistics:       # after r and d used the old averages
+            m = x.size // gamma.size
+            self.running_mean *= self.decay
+            self.running_mean += (1 - self.decay) * mean.reshape(gamma.shape)
+            self.running_var *= self.decay
+            self.running_var += ((1 - self.decay) * m / max(m - 1.0, 1.0)) * \
+                var.reshape(gamma.shape)
+        return y,
+
+    def backward(self, inputs, grad_outputs):   # batch normalization's, gamma -> gamma r
+        x, gamma, beta = inputs
+        gy, = grad_outputs
+        expanded = self.expanded
+        m = x.dtype.type(x.size // gamma.size)
+        gbeta = gy.sum(axis=self.axis)
+        g_xhat = (gy * self.x_hat).sum(axis=self.axis, keepdims=True)
+        # gamma's gradient is sum(gy (x_hat r + d)), with r and d per channel
+        ggamma = (g_xhat * self.r + gbeta.reshape(expanded) * self.d).reshape(gamma.shape)
+        gx = gy - (gbeta / m).reshape(expanded)
+        gx -= self.x_hat * (g_xhat / m)
+        gx *= gamma.reshape(expanded) * self.r / self.std
+        return gx, ggamma, gbeta
+
+
+def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=None,
+                          running_var=None, decay=0.9, update_statistics=False):
+    """Batch renormalization: gamma (x_hat r + d) + beta, x_hat = (x - mu)/sigma.
+
+    sigma = sqrt(var + eps) of the batch, sigma_run = sqrt(running_var + eps),
+    r = clip(sigma / sigma_run, 1/rmax, rmax), d = clip((mu - running_mean) /
+    sigma_run, -dmax, dmax); r and d get no gradient.  x: (N, C, ...);
+    gamma, beta: x.shape[1:1+M] (M = gamma.ndim), averaging over the other
+    axes.  running_mean, running_var (gamma's shape) are required; they are
+    updated in place (momentum decay, variance made unbiased by m/(m-1))
+    only when update_statistics=True.  Returns y of x's shape.  Raises
+    TypeError without running_mean/running_var or on mixed or integer
+    dtypes, ValueError on mismatched shapes.
+    Chainer: chainer.functions.batch_renormalization.
+    """
+    if running_mean is None:
+        raise TypeError('batch_renormalization: running_mean is required')
+    if running_var is None:
+        raise TypeError('batch_renormalization: running_var is required')
+    running_mean = _input_data('batch_renormalization', running_mean)
+    running_var = _input_data('batch_renormalization', running_var)
+    return BatchRenormalizationFunction(eps, running_mean, running_var, decay, rmax, dmax,
+                                        update_statistics)(x, gamma, beta)
+
+
+def fixed_batch_renormalization(x, gamma, beta, mean, var, eps=2e-5):
+    """Test-time batch renormalization: gamma (x - mean)/sqrt(var + eps) + beta.
+
+    The same as fixed_batch_normalization (r and d vanish with the running
+    statistics), which Chainer v7 recommends instead; shapes as there.
+    Returns y of x's shape.  Chainer: chainer.functions.fixed_batch_renormalization.
+    """
+    ndim = _input_data('fixed_batch_renormalization', x).ndim
+    head = 1 + _input_data('fixed_batch_renormalization', gamma).ndim
+    return fixed_batch_normalization(x, gamma, beta, mean, var, eps,
+                                     axis=(0,) + tuple(range(head, ndim)))
+
+
 # ----- layer and group normalization ---------------------------------------------
 # batch_normalization averages each feature over the batch; these average
 # each example over its own features instead (layer: all of them; group: the
@@ -7069,6 +7188,48 @@ class BatchNormalization(Link):
     def start_finetuning(self):
         """Restart the count of finetune batches (N)."""
         self.N = 0
+
+
+class BatchRenormalization(BatchNormalization):
+    """Batch renormalization with learned gamma, beta and running statistics.
+
+    BatchRenormalization(size, rmax=1, dmax=0, decay=0.9, eps=2e-5,
+    dtype=None, use_gamma=True, use_beta=True, initial_gamma=None,
+    initial_beta=None, initial_avg_mean=None, initial_avg_var=None).
+    size: the channel count (int or shape).  In config.train it calls
+    F.batch_renormalization with avg_mean/avg_var, updating them (momentum
+    decay; finetune=True averages all batches, counting them in N);
+    otherwise F.fixed_batch_normalization with them.  rmax and dmax bound
+    the corrections r and d (the defaults make it batch normalization).
+    Saved keys: gamma, beta, avg_mean, avg_var, N, as BatchNormalization.
+    Chainer: chainer.links.BatchRenormalization.
+    """
+
+    def __init__(self, size, rmax=1, dmax=0, decay=0.9, eps=2e-5, dtype=None,
+                 use_gamma=True, use_beta=True, initial_gamma=None, initial_beta=None,
+                 initial_avg_mean=None, initial_avg_var=None):
+        if size is None:
+            raise ValueError('BatchRenormalization: size is required (the channel count)')
+        super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
+                         initial_beta, initial_avg_mean=initial_avg_mean,
+                         initial_avg_var=initial_avg_var)
+        self.rmax, self.dmax = rmax, dmax
+
+    def forward(self, x, finetune=False):
+        xp = _xp(self.avg_mean)
+        gamma = self.gamma if self.gamma is not None else xp.ones_like(self.avg_mean)
+        beta = self.beta if self.beta is not None else xp.zeros_like(self.avg_mean)
+        if not config.train:
+            return fixed_batch_renormalization(x, gamma, beta, self.avg_mean, self.avg_var,
+                                               self.eps)
+        if finetune:
+            self.N += 1
+            decay = 1.0 - 1.0 / self.N
+        else:
+            decay = self.decay
+        return batch_renormalization(x, gamma, beta, self.rmax, self.dmax, self.eps,
+                                     self.avg_mean, self.avg_var, decay,
+                                     update_statistics=True)
 
 
 class LayerNormalization(Link):
@@ -13217,21 +13378,24 @@ _submodule('functions', copy=_functions_named_like_modules['copy'], **{
         'bernoulli_nll contrastive triplet binary_accuracy r2_score precision recall '
         'f1_score classification_summary').split()})
 _submodule('links', EmbedID=EmbedID)
+_submodule('functions', batch_renormalization=batch_renormalization,
+           fixed_batch_renormalization=fixed_batch_renormalization)
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
+_submodule('links', BatchRenormalization=BatchRenormalization)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='as_strided batch_det batch_inv batch_renormalization black_out cholesky '
+    missing='as_strided batch_det batch_inv black_out cholesky '
             'crelu cross_covariance cumprod decorrelated_batch_normalization decov '
             'depth2space det digamma discriminative_margin_based_clustering_loss einsum '
-            'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
+            'erf erfc erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
             'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
             'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
@@ -13253,7 +13417,7 @@ _not_supported(
         'NaryTreeLSTM CRF1d',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BatchRenormalization BinaryHierarchicalSoftmax BlackOut '
+    missing='BinaryHierarchicalSoftmax BlackOut '
             'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
             'SimplifiedDropconnect TheanoFunction Convolution1D Convolution3D '
             'ConvolutionND Deconvolution1D Deconvolution3D DeconvolutionND '

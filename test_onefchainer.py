@@ -5537,10 +5537,12 @@ CHAINER_PROVIDED = {
                  'batch_matmul sum_to select_item permutate average logsumexp normalize '
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
-                 'binary_accuracy r2_score precision recall f1_score classification_summary',
+                 'binary_accuracy r2_score precision recall f1_score classification_summary '
+                 'batch_renormalization fixed_batch_renormalization',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
-             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
+             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D '
+             'BatchRenormalization',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3',
@@ -8552,3 +8554,118 @@ def test_gradient_cases_stay_float32(name):
     for x in xs:
         if x.dtype.kind == 'f' and x.grad is not None:
             assert x.grad.dtype == np.float32, name
+
+
+# ----- Chainer names added: batch renormalization, MSVAG, MicroAverage, dropconnect, NIN/Inception -----
+
+def brn_by_hand(x, gamma, beta, rmax, dmax, eps, running_mean, running_var):
+    # Ioffe 2017, Algorithm 1, as Chainer v7 computes it (biased batch variance)
+    axes = (0,) + tuple(range(1 + gamma.ndim, x.ndim))
+    shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
+    mu = x.mean(axis=axes).reshape(shape)
+    sigma = np.sqrt(x.var(axis=axes).reshape(shape) + eps)
+    sigma_run = np.sqrt(running_var.reshape(shape) + eps)
+    r = np.clip(sigma / sigma_run, 1 / rmax, rmax)
+    d = np.clip((mu - running_mean.reshape(shape)) / sigma_run, -dmax, dmax)
+    return gamma.reshape(shape) * ((x - mu) / sigma * r + d) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize('shape,gshape', [((5, 3), (3,)), ((4, 3, 2, 2), (3,)),
+                                          ((4, 3, 2, 3), (3, 2))])
+def test_batch_renormalization_values_statistics_and_gradient(shape, gshape):
+    x = f64(*shape, seed=31) * 3 + 1
+    gamma, beta = f64(*gshape, seed=32) + 1.5, f64(*gshape, seed=33)
+    # running statistics far from the batch's: r and d both sit on their bounds
+    mean, var = np.full(gshape, -2.0), np.full(gshape, 0.05)
+    running_mean, running_var = dev(mean.copy()), dev(var.copy())
+    y = F.batch_renormalization(dev(x), dev(gamma), dev(beta), 1.5, 0.4, 1e-3,
+                                running_mean, running_var, 0.8)
+    np.testing.assert_allclose(host(y), brn_by_hand(x, gamma, beta, 1.5, 0.4, 1e-3, mean, var),
+                               rtol=1e-12)
+    assert (host(running_mean) == mean).all() and (host(running_var) == var).all()
+    F.batch_renormalization(dev(x), dev(gamma), dev(beta), 1.5, 0.4, 1e-3, running_mean,
+                            running_var, 0.8, update_statistics=True)
+    axes = (0,) + tuple(range(1 + len(gshape), len(shape)))
+    m = x.size // gamma.size
+    np.testing.assert_allclose(host(running_mean), 0.8 * mean + 0.2 * x.mean(axis=axes))
+    np.testing.assert_allclose(host(running_var), 0.8 * var + 0.2 * x.var(axis=axes) * m / (m - 1))
+    # with r and d clipped they are constants, so the numerical gradient sees
+    # the analytic one (Chainer's backward treats them as constants always)
+    gradient_check.check_backward(
+        lambda x, g, b: F.batch_renormalization(x, g, b, 1.5, 0.4, 1e-3, dev(mean.copy()),
+                                                dev(var.copy())),
+        (dev(x), dev(gamma), dev(beta)), dev(f64(*shape, seed=34)), atol=1e-7, rtol=1e-6)
+    # rmax=1, dmax=0: exactly batch normalization, values and gradients
+    xs = [Variable(dev(x)) for _ in range(2)]
+    y1 = F.batch_renormalization(xs[0], dev(gamma), dev(beta), 1, 0, 1e-3, dev(mean.copy()),
+                                 dev(var.copy()))
+    y2 = F.batch_normalization(xs[1], dev(gamma), dev(beta), 1e-3,
+                               axis=axes) if len(gshape) == 1 else None
+    if y2 is not None:
+        np.testing.assert_allclose(host(y1.array), host(y2.array), rtol=1e-12, atol=1e-14)
+        F.sum(y1 * dev(x)).backward()
+        F.sum(y2 * dev(x)).backward()
+        np.testing.assert_allclose(host(xs[0].grad), host(xs[1].grad), rtol=1e-10, atol=1e-12)
+    fixed = F.fixed_batch_renormalization(dev(x), dev(gamma), dev(beta), dev(mean), dev(var),
+                                          eps=1e-3)
+    expected = F.fixed_batch_normalization(dev(x), dev(gamma), dev(beta), dev(mean), dev(var),
+                                           eps=1e-3, axis=axes)
+    np.testing.assert_allclose(host(fixed.array), host(expected.array), rtol=1e-12)
+
+
+def test_batch_renormalization_bad_input_and_float32():
+    x, g, b = dev(f32(4, 3)), dev(np.ones(3, np.float32)), dev(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match='batch_renormalization: running_mean is required'):
+        F.batch_renormalization(x, g, b, 2, 1)
+    with pytest.raises(TypeError, match='batch_renormalization: running_var is required'):
+        F.batch_renormalization(x, g, b, 2, 1, running_mean=dev(np.zeros(3, np.float32)))
+    stats = lambda n: (dev(np.zeros(n, np.float32)), dev(np.ones(n, np.float32)))
+    with pytest.raises(ValueError, match=r'batch_renormalization: running_var.shape \(4,\) '
+                                         r'!= gamma.shape \(3,\)'):
+        F.batch_renormalization(x, g, b, 2, 1, 2e-5, stats(3)[0], stats(4)[1])
+    with pytest.raises(ValueError, match='batch_renormalization: gamma and beta must have'):
+        F.batch_renormalization(x, dev(np.ones(4, np.float32)), dev(np.zeros(4, np.float32)),
+                                2, 1, 2e-5, *stats(4))
+    with pytest.raises(TypeError, match='batch_renormalization'):
+        F.batch_renormalization(dev(np.ones((4, 3), np.int32)), dev(np.ones(3, np.int32)),
+                                dev(np.zeros(3, np.int32)), 2, 1, 2e-5, *stats(3))
+    xv = Variable(x)
+    y = F.batch_renormalization(xv, g, b, 2, 1, 2e-5, *stats(3), update_statistics=True)
+    assert y.dtype == np.float32
+    F.sum(y * y).backward()
+    assert xv.grad.dtype == np.float32
+
+
+def test_batch_renormalization_link_train_test_and_npz(tmp_path):
+    brn = L.BatchRenormalization(3, rmax=1.5, dmax=0.4, decay=0.5,
+                                 dtype=np.float64).to_device(TEST_DEVICE)
+    x1 = f64(4, 3, 2, 2, seed=35) * 2 + 1
+    x2 = f64(4, 3, 2, 2, seed=36) - 3
+    with chainer.using_config('train', True):
+        y1 = brn(dev(x1))
+        brn(dev(x2))
+    np.testing.assert_allclose(host(y1), brn_by_hand(x1, np.ones(3), np.zeros(3), 1.5, 0.4, 2e-5,
+                                                     np.zeros(3), np.ones(3)), rtol=1e-12)
+    m, axes = 16, (0, 2, 3)
+    mean, var = np.zeros(3), np.ones(3)
+    for x in (x1, x2):
+        mean = 0.5 * mean + 0.5 * x.mean(axis=axes)
+        var = 0.5 * var + 0.5 * x.var(axis=axes) * m / (m - 1)
+    np.testing.assert_allclose(host(brn.avg_mean), mean)
+    np.testing.assert_allclose(host(brn.avg_var), var)
+    with chainer.using_config('train', False):
+        y = brn(dev(x1))
+    np.testing.assert_allclose(host(y), (x1 - mean.reshape(1, 3, 1, 1))
+                               / np.sqrt(var.reshape(1, 3, 1, 1) + 2e-5), rtol=1e-12)
+    assert sorted(p for p, _ in brn.namedparams()) == ['/beta', '/gamma']
+    path = str(tmp_path / 'brn.npz')
+    serializers.save_npz(path, brn)
+    assert sorted(np.load(path).files) == ['N', 'avg_mean', 'avg_var', 'beta', 'gamma']
+    loaded = L.BatchRenormalization(3, dtype=np.float64)
+    serializers.load_npz(path, loaded)
+    np.testing.assert_array_equal(loaded.avg_var, host(brn.avg_var))
+    assert L.BatchRenormalization(3).gamma.dtype == np.float32
+    frozen = L.BatchRenormalization(2, use_gamma=False, use_beta=False)
+    assert frozen.gamma is None and frozen.beta is None
+    with pytest.raises(ValueError, match='BatchRenormalization: size is required'):
+        L.BatchRenormalization(None)
