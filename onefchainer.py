@@ -7789,6 +7789,72 @@ class SMORMS3(Optimizer):
         return SMORMS3Rule(self.hyperparam)
 
 
+class MSVAGRule(UpdateRule):
+    """Update rule of MSVAG (see MSVAG). State: m, v; beta_power (beta**t,
+    an attribute, not saved, as in Chainer).
+    Chainer: chainer.optimizers.msvag.MSVAGRule.
+    """
+    def __init__(self, parent_hyperparam=None):
+        super().__init__(parent_hyperparam)
+        self.beta_power = self.hyperparam.beta
+
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['m'] = xp.zeros_like(param.data)
+        self.state['v'] = xp.zeros_like(param.data)
+
+    def update_core(self, param):
+        # mt and vt estimate the gradient's mean and mean square; s its variance
+        # (rho corrects for the correlation of the moving averages).  The
+        # step is Adam's direction without the division, shrunk where the
+        # variance dominates the squared mean: factor = mt^2 / (mt^2 + rho s).
+        grad, hp = param.grad, self.hyperparam
+        m, v = self.state['m'], self.state['v']
+        beta, beta_power = hp.beta, self.beta_power
+        rho = min((1 - beta) ** 2 * (1 - beta_power ** 2)
+                  / ((1 - beta_power) ** 2 * (1 - beta ** 2)), 0.9999)
+        self.beta_power = beta_power * beta
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('msvag', grad, hp.lr, 1 - beta, 1 - beta_power, rho, 1 - rho,
+                                 hp.eta, hp.weight_decay_rate, param.data, m, v)
+        m += (1 - beta) * (grad - m)
+        v += (1 - beta) * (grad * grad - v)
+        mt = m / (1 - beta_power)
+        vt = v / (1 - beta_power)
+        mt2 = mt * mt
+        s = (vt - mt2) / (1 - rho)
+        with np.errstate(invalid='ignore', divide='ignore'):    # 0/0 where m = v = 0
+            factor = np.clip(mt2 / (mt2 + rho * s), 0, 1)
+        factor[np.isnan(factor)] = 0
+        param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
+
+
+class MSVAG(Optimizer):
+    """M-SVAG (Balles and Hennig 2017, "Dissecting Adam"), with decoupled
+    weight decay.  With b = beta, bt = beta**t:
+    m = b m + (1-b) grad; v = b v + (1-b) grad**2; mt = m / (1-bt);
+    vt = v / (1-bt); rho = min((1-b)**2 (1-bt**2) / ((1-bt)**2 (1-b**2)), 0.9999);
+    s = (vt - mt**2) / (1-rho); factor = clip(mt**2 / (mt**2 + rho s), 0, 1)
+    (0 where that is 0/0); p -= eta (lr mt factor + weight_decay_rate p).
+    lr default 0.1, beta 0.9, eta 1.0, weight_decay_rate 0.
+    Chainer: chainer.optimizers.MSVAG.
+    """
+    lr = _HyperparameterProxy('lr')
+    beta = _HyperparameterProxy('beta')
+    eta = _HyperparameterProxy('eta')
+    weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
+
+    def __init__(self, lr=0.1, beta=0.9, eta=1.0, weight_decay_rate=0):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.beta = beta
+        self.hyperparam.eta = eta
+        self.hyperparam.weight_decay_rate = weight_decay_rate
+
+    def create_update_rule(self):
+        return MSVAGRule(self.hyperparam)
+
+
 # ----- optimizers, hooks, initializers, serializers ------------------------------
 
 class AMSGrad(Adam):
@@ -12247,6 +12313,20 @@ _FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop bod
         param -= grad * min(x, lr) / (sqrt(g2) + eps);
         mem *= 1 - x;
         mem += 1;'''),
+    # factor: np.clip's bounds, and the CPU's NaN (from 0/0 where m = v = 0) made 0
+    'msvag': ('T grad, T lr, T one_minus_beta, T one_minus_beta_power, T rho, T one_minus_rho, '
+              'T eta, T weight_decay_rate', 'T param, T m, T v', '''
+        m += one_minus_beta * (grad - m);
+        v += one_minus_beta * (grad * grad - v);
+        T mt = m / one_minus_beta_power;
+        T vt = v / one_minus_beta_power;
+        T mt2 = mt * mt;
+        T s = (vt - mt2) / one_minus_rho;
+        T factor = mt2 / (mt2 + rho * s);
+        factor = factor < 0 ? 0 : factor;
+        factor = factor > 1 ? 1 : factor;
+        factor = (m == 0) && (v == 0) ? 0 : factor;
+        param -= eta * (lr * mt * factor + weight_decay_rate * param);'''),
 }
 _fused_kernels = {}
 
@@ -13425,11 +13505,10 @@ _not_supported(
             'LocalConvolution2D MLPConvolution2D')
 
 
-_not_supported(
-    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
-               AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
-               NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3),
-    missing='MSVAG')
+_submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
+           AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
+           NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3,
+           MSVAG=MSVAG)
 _submodule('optimizer_hooks', GradientNoise=GradientNoise, GradientLARS=GradientLARS)
 _not_supported(_submodule('optimizer', GradientNoise=GradientNoise),
                missing='make_deprecation_message')

@@ -5545,7 +5545,8 @@ CHAINER_PROVIDED = {
              'BatchRenormalization',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
-                  'SMORMS3',
+                  'SMORMS3 '
+                  'MSVAG',
     'optimizer_hooks': 'GradientClipping GradientHardClipping GradientLARS GradientNoise '
                        'Lasso WeightDecay',
     'optimizer': 'GradientClipping GradientHardClipping GradientMethod GradientNoise '
@@ -5639,7 +5640,6 @@ CHAINER_OUT_OF_SCOPE = {
 # In Chainer and not here for now (no design reason): each must either exist
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
-    'optimizers': 'MSVAG',
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
     'utils': 'WalkerAlias',
@@ -8669,3 +8669,53 @@ def test_batch_renormalization_link_train_test_and_npz(tmp_path):
     assert frozen.gamma is None and frozen.beta is None
     with pytest.raises(ValueError, match='BatchRenormalization: size is required'):
         L.BatchRenormalization(None)
+
+
+def opt_args(opt):
+    return opt.eta * opt.weight_decay_rate
+
+
+def hand_msvag(lr=0.1, beta=0.9, eta=1.0, weight_decay_rate=0.0):
+    # Balles & Hennig 2017, M-SVAG, with Chainer's rho, cap and decoupled decay
+    p, m, v = P0.copy(), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(GRADS, start=1):
+        m = beta * m + (1 - beta) * g
+        v = beta * v + (1 - beta) * g * g
+        bt = beta ** t
+        rho = min((1 - beta) ** 2 * (1 - bt ** 2) / ((1 - bt) ** 2 * (1 - beta ** 2)), 0.9999)
+        mt, vt = m / (1 - bt), v / (1 - bt)
+        s = (vt - mt ** 2) / (1 - rho)
+        denom = mt ** 2 + rho * s
+        factor = np.array([min(max(a / b, 0.0), 1.0) if b != 0 else 0.0
+                           for a, b in zip(mt ** 2, denom)])
+        p = p - eta * (lr * mt * factor + weight_decay_rate * p)
+        yield p
+
+
+@pytest.mark.parametrize('make,hand', [
+    (lambda: optimizers.MSVAG(), lambda: hand_msvag()),
+    (lambda: optimizers.MSVAG(lr=0.3, beta=0.5, eta=0.7, weight_decay_rate=0.1),
+     lambda: hand_msvag(0.3, 0.5, 0.7, 0.1))])
+def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
+    got, expected = run_steps(make()), list(hand())
+    assert len(got) == 3
+    for step, (actual, want) in enumerate(zip(got, expected), start=1):
+        np.testing.assert_allclose(actual, want, rtol=1e-12, atol=1e-15, err_msg=str(step))
+    # GRADS[0][3] = 0: m = v = 0 after step 1 there, factor 0 (not NaN): only decay
+    assert np.isfinite(got[0]).all() and got[0][3] == pytest.approx(
+        P0[3] * (1 - opt_args(make()) ), rel=1e-12)
+    opt = optimizers.MSVAG()
+    assert (opt.lr, opt.beta, opt.eta, opt.weight_decay_rate) == (0.1, 0.9, 1.0, 0)
+    link = OneParam()
+    opt.setup(link)
+    link.p.grad = dev(GRADS[1].copy())
+    opt.update()
+    serializers.save_npz(str(tmp_path / 'o.npz'), opt)
+    assert sorted(np.load(str(tmp_path / 'o.npz')).files) == ['epoch', 'p/m', 'p/t', 'p/v', 't']
+    f32_link = Link()
+    with f32_link.init_scope():
+        f32_link.w = chainer.Parameter(dev(f32(3, seed=40)))
+    opt = optimizers.MSVAG().setup(f32_link)
+    f32_link.w.grad = dev(f32(3, seed=41))
+    opt.update()
+    assert f32_link.w.dtype == np.float32 and opt.target.w.update_rule.state['m'].dtype == np.float32
