@@ -11509,6 +11509,49 @@ class ParameterStatistics(Extension):
             warnings.warn('ParameterStatistics: the snapshot holds no state of it '
                           '(Chainer does not save one); starting its means afresh')
 
+
+class MicroAverage(Extension):
+    """Reports the micro-average sum(n_i) / sum(d_i) of two observed values
+    under `result_key`, once per firing of `trigger` (default (1, 'epoch')),
+    then starts the sums afresh.  The n_i (e.g. the count of correct
+    predictions) and d_i (e.g. the batch size) are read from the observation
+    at `numerator_key` and `denominator_key`; iterations reporting either
+    one not are skipped (the trigger is not consulted either).  Unlike the
+    mean of the per-batch ratios (the macro-average), batches weigh by d_i.
+    The sums are saved in snapshots as _numerator and _denominator.
+    Chainer: chainer.training.extensions.MicroAverage.
+    """
+
+    priority = PRIORITY_EDITOR
+
+    def __init__(self, numerator_key, denominator_key, result_key, trigger=(1, 'epoch')):
+        self._trigger = get_trigger(trigger)
+        self._numerator_key = numerator_key
+        self._denominator_key = denominator_key
+        self._result_key = result_key
+        self._numerator = 0
+        self._denominator = 0
+
+    def __call__(self, trainer):
+        observation = trainer.observation
+        if self._numerator_key not in observation or self._denominator_key not in observation:
+            return
+        # Device values stay sums on the device: no wait for the GPU per step.
+        self._numerator = self._numerator + observation[self._numerator_key]
+        self._denominator = self._denominator + observation[self._denominator_key]
+        if self._trigger(trainer):
+            numerator, denominator = self._numerator, self._denominator
+            if isinstance(numerator, _array_types) and not isinstance(numerator, np.ndarray):
+                result = numerator / denominator        # read (and waited for) by the reporter
+            else:
+                result = float(numerator) / denominator
+            self._numerator = self._denominator = 0
+            report({self._result_key: result})
+
+    def serialize(self, serializer):
+        self._numerator = serializer('_numerator', self._numerator)
+        self._denominator = serializer('_denominator', self._denominator)
+
 # ----- hyperparameter schedules and observations ---------------------------------
 # Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
 # the step count `_t` and the last value are saved, so a resumed run goes on
@@ -13620,8 +13663,8 @@ def unchain_variables(trainer):
 _submodule('training.extensions', dump_graph=dump_graph,
            unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
 _not_supported(
-    training.extensions,
-    missing='MicroAverage VariableStatisticsPlot')
+    _submodule('training.extensions', MicroAverage=MicroAverage),
+    missing='VariableStatisticsPlot')
 _submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
            dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')

@@ -5590,7 +5590,8 @@ CHAINER_PROVIDED = {
                            'LogReport PlotReport PrintReport ProgressBar dump_graph observe_lr '
                            'observe_value snapshot snapshot_object unchain_variables '
                            'StepShift MultistepShift WarmupShift PolynomialShift InverseShift '
-                           'ParameterStatistics',
+                           'ParameterStatistics '
+                           'MicroAverage',
     'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
                          'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
                          'EarlyStoppingTrigger',
@@ -8719,3 +8720,41 @@ def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
     f32_link.w.grad = dev(f32(3, seed=41))
     opt.update()
     assert f32_link.w.dtype == np.float32 and opt.target.w.update_rule.state['m'].dtype == np.float32
+
+
+def test_micro_average_sums_numerators_and_denominators_between_firings(tmp_path):
+    fires = iter([False, True, False, True])
+    ext = chainer.training.extensions.MicroAverage('main/correct', 'main/total',
+                                                   'main/accuracy', trigger=lambda t: next(fires))
+    assert ext.priority == chainer.training.PRIORITY_EDITOR
+
+    class FakeTrainer:
+        observation = {}
+    trainer, results = FakeTrainer(), []
+    # None: nothing reported; (7, None): only the numerator: both skipped
+    batches = [(3, 4), None, (7, None), (1, 10), (5, 5), (0, 2)]
+    for batch in batches:
+        reporter = chainer.Reporter()
+        trainer.observation = {}
+        with reporter.scope(trainer.observation):
+            if batch is not None:
+                trainer.observation['main/correct'] = np.int64(batch[0])
+                if batch[1] is not None:
+                    trainer.observation['main/total'] = batch[1]
+            ext(trainer)
+        results.append(trainer.observation.get('main/accuracy'))
+    # micro: (3 + 1) / (4 + 10), not the macro (3/4 + 1/10) / 2; then 5 / 7
+    assert results == [None, None, None, pytest.approx(4 / 14, rel=1e-15), None,
+                       pytest.approx(5 / 7, rel=1e-15)]
+    assert isinstance(results[3], float)
+    ext2 = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+    with chainer.Reporter().scope({}):
+        trainer.observation = {'n': 2, 'd': 8}
+        ext2._trigger = lambda t: False
+        ext2(trainer)
+    path = str(tmp_path / 'micro.npz')
+    serializers.save_npz(path, ext2)
+    assert sorted(np.load(path).files) == ['_denominator', '_numerator']
+    loaded = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+    serializers.load_npz(path, loaded)
+    assert (int(loaded._numerator), int(loaded._denominator)) == (2, 8)
