@@ -5848,6 +5848,135 @@ class ParameterLink(Link):
         Chainer: chainer.links.Parameter.forward."""
         return identity(self.W)
 
+# ----- simplified dropconnect ---------------------------------------------------------
+# Dropout drops units; dropconnect drops single weights: each example n sees
+# its own thinned matrix (the mask M[n] of 0s and 1s, kept with probability
+# 1 - ratio, the kept weights scaled by 1/(1 - ratio)):
+#
+#     y[n] = (W * M[n] / (1 - ratio)) x[n] + b
+#
+# Backward: gx[n] = gy[n] (W * M[n]) / (1 - ratio);
+#           gW = sum_n (gy[n] outer x[n]) * M[n] / (1 - ratio);  gb = sum_n gy[n].
+# ("Simplified": the paper samples the pre-activation from a Gaussian at test
+# time; here test time is the plain linear layer.)
+
+class SimplifiedDropconnectFunction(Function):
+    """Function node of simplified_dropconnect: a linear layer whose weights
+    are masked per example (batchwise mask (n, M, N)) or for the whole batch
+    (M, N).  Chainer: chainer.functions.noise.simplified_dropconnect.SimplifiedDropconnect.
+    """
+
+    label = 'simplified_dropconnect'
+
+    def __init__(self, ratio, mask, use_batchwise_mask):
+        self.ratio, self.mask, self.use_batchwise_mask = ratio, mask, use_batchwise_mask
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        _require_float(self.label, x, W)
+        _check_same_dtype(self.label, inputs)
+        if x.ndim < 2 or W.ndim != 2 or int(np.prod(x.shape[1:])) != W.shape[1]:
+            raise ValueError('simplified_dropconnect: x must be (n, ...) with N = W.shape[1] '
+                             'values per example and W 2-D, got x.shape {}, W.shape {}'
+                             .format(x.shape, W.shape))
+        if len(inputs) == 3 and inputs[2].shape != W.shape[:1]:
+            raise ValueError('simplified_dropconnect: b.shape {} != (W.shape[0],) = {}'
+                             .format(inputs[2].shape, W.shape[:1]))
+        xp = _xp(x)
+        n = x.shape[0]
+        if self.mask is None:
+            shape = ((n,) if self.use_batchwise_mask else ()) + W.shape
+            draws = xp.random.rand(*shape) if xp is np else \
+                xp.random.rand(*shape, dtype=np.float32)
+            self.mask = draws >= self.ratio
+        elif self.mask.shape not in ((n,) + W.shape, W.shape):
+            raise ValueError('simplified_dropconnect: mask must have shape {} or {}, got {}'
+                             .format((n,) + W.shape, W.shape, self.mask.shape))
+        self.x_mat = x.reshape(n, -1)
+        scale = W.dtype.type(1.0 / (1.0 - self.ratio))
+        self.W_masked = W * scale * self.mask        # (n, M, N) or (M, N)
+        if self.W_masked.ndim == 3:
+            y = xp.matmul(self.W_masked, self.x_mat[:, :, None])[:, :, 0]
+        else:
+            y = self.x_mat.dot(self.W_masked.T)
+        if len(inputs) == 3:
+            y += inputs[2]
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[:2]
+        gy, = grad_outputs
+        xp = _xp(gy)
+        scale = W.dtype.type(1.0 / (1.0 - self.ratio))
+        if self.W_masked.ndim == 3:
+            gx = xp.matmul(gy[:, None, :], self.W_masked)[:, 0, :]
+            gW = (gy[:, :, None] * self.x_mat[:, None, :] * self.mask).sum(axis=0)
+        else:
+            gx = gy.dot(self.W_masked)
+            gW = gy.T.dot(self.x_mat) * self.mask
+        gW *= scale
+        grads = (gx.reshape(x.shape), gW)
+        return grads + (gy.sum(axis=0),) if len(inputs) == 3 else grads
+
+
+def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
+                           use_batchwise_mask=True):
+    """Linear layer with dropconnect: y[n] = (W * mask[n] / (1 - ratio)) x[n] + b.
+
+    x: (n, ...) flattened to (n, N); W: (M, N); b: (M,) or None.  mask: None
+    (drawn: each weight kept with probability 1 - ratio, per example with
+    use_batchwise_mask=True (n, M, N), else one (M, N) for the batch), or a
+    given array/Variable of shape (n, M, N) or (M, N) (then
+    use_batchwise_mask is ignored).  train=False uses ratio 0 (the plain
+    linear layer, a given mask still applied).  Returns y (n, M).  Raises
+    ValueError on bad shapes or ratio outside [0, 1), TypeError on integer
+    or mixed dtypes.  Chainer: chainer.functions.simplified_dropconnect.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError('simplified_dropconnect: ratio must be in [0, 1), got {}'
+                         .format(ratio))
+    if not train:
+        ratio = 0.0
+    if mask is not None:
+        mask = _input_data('simplified_dropconnect', mask)
+    inputs = (x, W) if b is None else (x, W, b)
+    return SimplifiedDropconnectFunction(ratio, mask, use_batchwise_mask)(*inputs)
+
+
+class SimplifiedDropconnect(Link):
+    """Linear layer with simplified dropconnect (F.simplified_dropconnect).
+
+    SimplifiedDropconnect(in_size, out_size, ratio=.5, nobias=False,
+    initialW=None, initial_bias=None).  W (out_size, in_size) starts from
+    HeNormal(1/sqrt(2)) unless initialW, b (out_size,) at 0 unless
+    initial_bias; in_size None takes it from the first input.  Calling it:
+    link(x, train=True, mask=None, use_batchwise_mask=True) -> (n,
+    out_size); a given mask is also kept as the persistent `mask` (saved),
+    as in Chainer.  Saved keys: W, b.  Chainer: chainer.links.SimplifiedDropconnect.
+    """
+
+    def __init__(self, in_size, out_size, ratio=.5, nobias=False, initialW=None,
+                 initial_bias=None):
+        super().__init__()
+        self.out_size, self.ratio = out_size, ratio
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, HeNormal(1.0 / np.sqrt(2))))
+            if in_size is not None:
+                self.W.initialize((out_size, in_size))
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_size)
+
+    def forward(self, x, train=True, mask=None, use_batchwise_mask=True):
+        """simplified_dropconnect(x, W, b, ratio, train, mask, use_batchwise_mask).
+        Chainer: chainer.links.SimplifiedDropconnect.forward."""
+        if self.W.data is None:
+            data = _check_first_input('SimplifiedDropconnect', x)
+            self.W.initialize((self.out_size, data.size // len(data)), _xp(data))
+        if mask is not None and 'mask' not in self.__dict__:
+            self.add_persistent('mask', mask)
+        return simplified_dropconnect(x, self.W, self.b, self.ratio, train, mask,
+                                      use_batchwise_mask)
+
 
 # =============================================================================
 # Chapter 11. Convolutional networks
@@ -7230,6 +7359,79 @@ class BatchRenormalization(BatchNormalization):
         return batch_renormalization(x, gamma, beta, self.rmax, self.dmax, self.eps,
                                      self.avg_mean, self.avg_var, decay,
                                      update_statistics=True)
+
+
+# ----- network-in-network and inception blocks: chains of convolutions ---------------
+
+class MLPConvolution2D(ChainList):
+    """Network-in-network "mlpconv": a convolution followed by 1x1
+    convolutions, i.e. a small MLP applied at every pixel.
+
+    MLPConvolution2D(in_channels, out_channels, ksize=None, stride=1, pad=0,
+    activation=relu, *, conv_init=None, bias_init=None).  out_channels: a
+    non-empty sequence of channel counts; the first Convolution2D has
+    ksize/stride/pad, the rest are 1x1.  MLPConvolution2D(out_channels,
+    ksize) (ksize None) takes in_channels from the first input.  Calling it:
+    activation between the convolutions, none after the last.  Saved keys:
+    0/W, 0/b, 1/W, ...  Raises ValueError on an empty out_channels.
+    Chainer: chainer.links.MLPConvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 activation=relu, *, conv_init=None, bias_init=None):
+        if ksize is None:          # MLPConvolution2D(out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        out_channels = list(out_channels)
+        if not out_channels:
+            raise ValueError('MLPConvolution2D: out_channels must name at least one '
+                             'convolution, got {}'.format(out_channels))
+        convs = [Convolution2D(in_channels, out_channels[0], ksize, stride, pad,
+                               initialW=conv_init, initial_bias=bias_init)]
+        convs += [Convolution2D(n_in, n_out, 1, initialW=conv_init, initial_bias=bias_init)
+                  for n_in, n_out in zip(out_channels, out_channels[1:])]
+        super().__init__(*convs)
+        self.activation = activation
+
+    def forward(self, x):
+        """activation between the convolutions. Chainer: MLPConvolution2D.forward."""
+        for conv in self[:-1]:
+            x = self.activation(conv(x))
+        return self[-1](x)
+
+
+class Inception(Chain):
+    """The GoogLeNet inception block: four branches side by side, their
+    outputs concatenated along the channels and passed through relu:
+
+        conv1(x),  conv3(relu(proj3(x))),  conv5(relu(proj5(x))),
+        projp(max_pooling_2d(x, 3, stride=1, pad=1))
+
+    Inception(in_channels, out1, proj3, out3, proj5, out5, proj_pool,
+    conv_init=None, bias_init=None): conv1, proj3, proj5, projp are 1x1,
+    conv3 3x3 (pad 1), conv5 5x5 (pad 2), so x (N, in_channels, H, W) gives
+    (N, out1 + out3 + out5 + proj_pool, H, W).  Saved keys: conv1/W, conv1/b,
+    proj3/..., conv3/..., proj5/..., conv5/..., projp/...
+    Chainer: chainer.links.Inception.
+    """
+
+    def __init__(self, in_channels, out1, proj3, out3, proj5, out5, proj_pool,
+                 conv_init=None, bias_init=None):
+        super().__init__()
+        init = dict(initialW=conv_init, initial_bias=bias_init)
+        with self.init_scope():
+            self.conv1 = Convolution2D(in_channels, out1, 1, **init)
+            self.proj3 = Convolution2D(in_channels, proj3, 1, **init)
+            self.conv3 = Convolution2D(proj3, out3, 3, pad=1, **init)
+            self.proj5 = Convolution2D(in_channels, proj5, 1, **init)
+            self.conv5 = Convolution2D(proj5, out5, 5, pad=2, **init)
+            self.projp = Convolution2D(in_channels, proj_pool, 1, **init)
+
+    def forward(self, x):
+        """relu(concat of the four branches). Chainer: Inception.forward."""
+        branches = (self.conv1(x), self.conv3(relu(self.proj3(x))),
+                    self.conv5(relu(self.proj5(x))),
+                    self.projp(max_pooling_2d(x, 3, stride=1, pad=1)))
+        return relu(concat(branches, axis=1))
 
 
 class LayerNormalization(Link):
@@ -13502,14 +13704,17 @@ _submodule('functions', copy=_functions_named_like_modules['copy'], **{
         'f1_score classification_summary').split()})
 _submodule('links', EmbedID=EmbedID)
 _submodule('functions', batch_renormalization=batch_renormalization,
-           fixed_batch_renormalization=fixed_batch_renormalization)
+           fixed_batch_renormalization=fixed_batch_renormalization,
+           simplified_dropconnect=simplified_dropconnect)
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
-_submodule('links', BatchRenormalization=BatchRenormalization)
+_submodule('links', BatchRenormalization=BatchRenormalization,
+           SimplifiedDropconnect=SimplifiedDropconnect, MLPConvolution2D=MLPConvolution2D,
+           Inception=Inception)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
@@ -13522,7 +13727,7 @@ _not_supported(
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
             'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
             'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
-            'simplified_dropconnect space2depth sparse_matmul spatial_transformer_grid '
+            'space2depth sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
@@ -13541,11 +13746,11 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut '
-            'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
-            'SimplifiedDropconnect TheanoFunction Convolution1D Convolution3D '
+            'DecorrelatedBatchNormalization InceptionBN NegativeSampling '
+            'TheanoFunction Convolution1D Convolution3D '
             'ConvolutionND Deconvolution1D Deconvolution3D DeconvolutionND '
             'DeformableConvolution2D '
-            'LocalConvolution2D MLPConvolution2D')
+            'LocalConvolution2D')
 
 
 _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,

@@ -5538,11 +5538,13 @@ CHAINER_PROVIDED = {
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
                  'binary_accuracy r2_score precision recall f1_score classification_summary '
-                 'batch_renormalization fixed_batch_renormalization',
+                 'batch_renormalization fixed_batch_renormalization '
+                 'simplified_dropconnect',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D '
-             'BatchRenormalization',
+             'BatchRenormalization '
+             'SimplifiedDropconnect MLPConvolution2D Inception',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
                   'SMORMS3 '
@@ -8758,3 +8760,124 @@ def test_micro_average_sums_numerators_and_denominators_between_firings(tmp_path
     loaded = chainer.training.extensions.MicroAverage('n', 'd', 'r')
     serializers.load_npz(path, loaded)
     assert (int(loaded._numerator), int(loaded._denominator)) == (2, 8)
+
+
+def dropconnect_by_hand(x, W, b, mask, ratio):
+    x = x.reshape(len(x), -1)
+    masked = W * mask / (1 - ratio)
+    y = np.einsum('nmk,nk->nm', masked, x) if mask.ndim == 3 else x @ masked.T
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize('batchwise,with_bias', [(True, True), (False, True), (True, False)])
+def test_simplified_dropconnect_values_and_gradient(batchwise, with_bias):
+    x, W, b = f64(4, 2, 3, seed=41), f64(5, 6, seed=42), f64(5, seed=43)
+    rng = np.random.RandomState(44)
+    mask = rng.rand(*((4, 5, 6) if batchwise else (5, 6))) >= 0.3
+    bias = dev(b) if with_bias else None
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, mask=dev(mask))
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, W, b if with_bias else None,
+                                                            mask, 0.3), rtol=1e-12)
+    inputs = (dev(x), dev(W)) + ((dev(b),) if with_bias else ())
+    gradient_check.check_backward(
+        lambda *a: F.simplified_dropconnect(a[0], a[1], a[2] if with_bias else None, 0.3,
+                                            mask=dev(mask)),
+        inputs, dev(f64(4, 5, seed=45)), atol=1e-7, rtol=1e-6)
+    # test time: the plain linear layer (a given mask still applies, unscaled)
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, train=False)
+    np.testing.assert_allclose(host(y), x.reshape(4, -1) @ W.T + (b if with_bias else 0),
+                               rtol=1e-12)
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, train=False, mask=dev(mask))
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, W, b if with_bias else None,
+                                                            mask, 0.0), rtol=1e-12)
+
+
+def test_simplified_dropconnect_draws_its_mask_and_checks_inputs():
+    x, W = dev(np.ones((200, 1), np.float32)), dev(np.ones((50, 1), np.float32))
+    y = F.simplified_dropconnect(x, W, ratio=0.25)
+    assert y.dtype == np.float32 and y.shape == (200, 50)
+    values = host(y)
+    assert set(np.unique(values)) == {0.0, np.float32(1 / 0.75)}      # dropped or scaled
+    assert abs((values == 0).mean() - 0.25) < 0.03
+    assert not (values == values[0]).all()          # a mask per example
+    shared = host(F.simplified_dropconnect(x, W, ratio=0.25, use_batchwise_mask=False))
+    assert (shared == shared[0]).all()              # one mask for the batch
+    xv = Variable(dev(f32(3, 4)))
+    F.sum(F.simplified_dropconnect(xv, dev(f32(2, 4)), dev(f32(2)))).backward()
+    assert xv.grad.dtype == np.float32
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: x must be .* x.shape '
+                                         r'\(3, 4\), W.shape \(2, 5\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 5)))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: b.shape \(3,\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), dev(f32(3)))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: mask must have shape'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), mask=dev(np.ones((4, 2, 4))))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: ratio must be in \[0, 1\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), ratio=1.0)
+    with pytest.raises(TypeError, match='simplified_dropconnect'):
+        F.simplified_dropconnect(dev(np.ones((3, 4), np.int32)), dev(np.ones((2, 4), np.int32)))
+
+
+def test_simplified_dropconnect_link(tmp_path):
+    link = L.SimplifiedDropconnect(None, 3, ratio=0.2).to_device(TEST_DEVICE)
+    x = f32(2, 2, 2, seed=46)
+    mask = np.random.RandomState(47).rand(2, 3, 4) >= 0.2
+    y = link(dev(x), mask=dev(mask))
+    assert link.W.shape == (3, 4) and link.W.dtype == np.float32
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, host(link.W), host(link.b), mask,
+                                                            0.2), rtol=1e-5)
+    path = str(tmp_path / 'sdc.npz')
+    serializers.save_npz(path, link)
+    assert sorted(np.load(path).files) == ['W', 'b', 'mask']     # a given mask is kept, as Chainer
+    fixed = L.SimplifiedDropconnect(4, 3, nobias=True, initialW=0.5)
+    assert fixed.b is None and (fixed.W.array == 0.5).all()
+    np.testing.assert_allclose(host(fixed.to_device(TEST_DEVICE)(dev(x), train=False)),
+                               x.reshape(2, -1).sum(axis=1, keepdims=True) * 0.5 * np.ones(3),
+                               rtol=1e-6)
+    big = L.SimplifiedDropconnect(2000, 100)      # HeNormal(1/sqrt(2)): std sqrt(1/in_size)
+    assert abs(big.W.array.std() - np.sqrt(1 / 2000)) < 0.002
+
+
+def test_mlp_convolution_2d_and_inception(tmp_path):
+    x = f64(2, 3, 6, 5, seed=48)
+    mlp = L.MLPConvolution2D(3, (4, 5, 2), 3, stride=2, pad=1, activation=F.tanh,
+                             bias_init=0.1).to_device(TEST_DEVICE)
+    assert [c.W.shape for c in mlp] == [(4, 3, 3, 3), (5, 4, 1, 1), (2, 5, 1, 1)]
+    assert all((host(c.b.array) == np.float32(0.1)).all() for c in mlp)
+    for conv in mlp:           # float64 for the comparison
+        conv.W.array = conv.W.array.astype(np.float64)
+        conv.b.array = conv.b.array.astype(np.float64)
+    h = x
+    for i, conv in enumerate(mlp):
+        W, b = host(conv.W.array), host(conv.b.array)
+        h = host(F.convolution_2d(h, W, b, stride=2 if i == 0 else 1, pad=1 if i == 0 else 0).array)
+        if i < 2:
+            h = np.tanh(h)
+    np.testing.assert_allclose(host(mlp(dev(x)).array), h, rtol=1e-12)
+    lazy = L.MLPConvolution2D((4, 2), 3)        # in_channels from the first input
+    assert lazy(f32(1, 3, 5, 5)).shape == (1, 2, 3, 3)
+    path = str(tmp_path / 'mlp.npz')
+    serializers.save_npz(path, lazy)
+    assert sorted(np.load(path).files) == ['0/W', '0/b', '1/W', '1/b']
+    with pytest.raises(ValueError, match='MLPConvolution2D: out_channels must name'):
+        L.MLPConvolution2D(3, (), 3)
+
+    inc = L.Inception(3, 2, 3, 4, 2, 3, 2, bias_init=0.05).to_device(TEST_DEVICE)
+    y = inc(dev(f32(2, 3, 6, 5, seed=49)))
+    assert y.shape == (2, 2 + 4 + 3 + 2, 6, 5) and y.dtype == np.float32
+    assert (host(inc.conv5.W).shape, host(inc.conv3.W).shape) == ((3, 2, 5, 5), (4, 3, 3, 3))
+    for link in inc.children():
+        link.W.array = link.W.array.astype(np.float64)
+        link.b.array = link.b.array.astype(np.float64)
+    conv = lambda name, h, pad=0: F.convolution_2d(h, host(getattr(inc, name).W.array),
+                                                  host(getattr(inc, name).b.array), pad=pad).array
+    relu = lambda a: np.maximum(a, 0)
+    pooled = host(F.max_pooling_2d(x, 3, stride=1, pad=1).array)
+    expected = relu(np.concatenate([conv('conv1', x), conv('conv3', relu(conv('proj3', x)), 1),
+                                    conv('conv5', relu(conv('proj5', x)), 2),
+                                    conv('projp', pooled)], axis=1))
+    np.testing.assert_allclose(host(inc(dev(x)).array), expected, rtol=1e-12)
+    path = str(tmp_path / 'inception.npz')
+    serializers.save_npz(path, inc)
+    assert sorted(np.load(path).files) == sorted('{}/{}'.format(c, p) for c in (
+        'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
