@@ -11754,6 +11754,159 @@ class MicroAverage(Extension):
         self._numerator = serializer('_numerator', self._numerator)
         self._denominator = serializer('_denominator', self._denominator)
 
+
+def _variables_of(targets):
+    """The Variables in `targets`: a Variable, a Link's parameters (also the
+    uninitialized ones), or lists and tuples of them, in order."""
+    if isinstance(targets, Variable):
+        return [targets]
+    if isinstance(targets, Link):
+        return list(targets.params(include_uninit=True))
+    if isinstance(targets, (list, tuple)):
+        return [v for target in targets for v in _variables_of(target)]
+    return []
+
+
+class VariableStatisticsPlot(Extension):
+    """Plots, against the iteration, the mean, standard deviation and
+    percentiles of the values (report_data) and gradients (report_grad) of
+    `targets` (a Variable, a Link, or a list of them; all their arrays are
+    pooled), into out/<filename> (default 'statistics.png'; Chainer's older
+    file_name is accepted) whenever `trigger` (default (1, 'epoch')) fires.
+
+    VariableStatisticsPlot(targets, max_sample_size=1000, report_data=True,
+    report_grad=True, plot_mean=True, plot_std=True, percentile_sigmas=(0,
+    0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87, 100), trigger=(1, 'epoch'),
+    filename=None, figsize=None, marker=None, grid=True).  Every call
+    computes the statistics (on the arrays' device; an array that is None
+    counts as zeros) and keeps at most max_sample_size of them, a uniform
+    random sample of all calls (reservoir sampling).  Layout: a column for
+    data and one for grad; a row for mean and std (an error bar when both),
+    a row for the percentiles (bands between symmetric pairs, a line for the
+    middle one).  matplotlib is imported only when drawing; without it the
+    extension warns and does nothing.  Raises ValueError if targets hold no
+    Variable or nothing is to be plotted.
+    Chainer: chainer.training.extensions.VariableStatisticsPlot.
+    """
+
+    def __init__(self, targets, max_sample_size=1000, report_data=True, report_grad=True,
+                 plot_mean=True, plot_std=True,
+                 percentile_sigmas=(0, 0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87, 100),
+                 trigger=(1, 'epoch'), filename=None, figsize=None, marker=None, grid=True,
+                 **kwargs):
+        file_name = kwargs.pop('file_name', 'statistics.png')
+        if kwargs:
+            raise TypeError('VariableStatisticsPlot: unexpected arguments {}'
+                            .format(sorted(kwargs)))
+        self._vars = _variables_of(targets)
+        if not self._vars:
+            raise ValueError('VariableStatisticsPlot: targets hold no Variable to collect '
+                             'statistics of (got {!r})'.format(targets))
+        if isinstance(percentile_sigmas, (int, float)):
+            percentile_sigmas = (percentile_sigmas,)
+        self._percentiles = tuple(percentile_sigmas or ())
+        if not (plot_mean or plot_std or self._percentiles):
+            raise ValueError('VariableStatisticsPlot: nothing to plot (plot_mean, plot_std '
+                             'and percentile_sigmas all off)')
+        self._keys = [k for k, on in (('data', report_data), ('grad', report_grad)) if on]
+        self._plot_mean, self._plot_std = bool(plot_mean), bool(plot_std)
+        self._trigger = get_trigger(trigger)
+        self._filename = filename if filename is not None else file_name
+        self._figsize, self._marker, self._grid = figsize, marker, grid
+        self._max_sample_size = max_sample_size
+        self._samples = []      # (iteration, statistics (keys, values), on the device)
+        self._seen = 0
+
+    @staticmethod
+    def available():
+        """Whether matplotlib can be imported (warns when not).
+        Chainer: VariableStatisticsPlot.available."""
+        if _matplotlib_available():
+            return True
+        _warn_no_matplotlib()
+        return False
+
+    def _statistics(self):
+        """(len(keys), n_statistics) float32 array of this call, on the device."""
+        xp = _xp(self._vars[0].data) if self._vars[0].data is not None else np
+        n = self._plot_mean + self._plot_std + len(self._percentiles)
+        rows = []
+        for key in self._keys:
+            arrays = [getattr(v, key).ravel() for v in self._vars
+                      if getattr(v, key) is not None]
+            if not arrays:
+                rows.append(xp.zeros(n, np.float32))
+                continue
+            x = xp.concatenate(arrays)
+            row = ([x.mean(keepdims=True)] if self._plot_mean else []) + \
+                ([x.std(keepdims=True)] if self._plot_std else [])
+            if self._percentiles:
+                row.append(xp.percentile(x, self._percentiles))
+            rows.append(xp.concatenate([xp.asarray(r).ravel() for r in row]).astype(np.float32))
+        return xp.stack(rows)
+
+    def __call__(self, trainer):
+        if not self.available():
+            return
+        sample = (trainer.updater.iteration, self._statistics())
+        # Reservoir sampling: the k-th call replaces a random kept sample
+        # with probability size / k, so every call is kept equally likely
+        # (drawn from NumPy's global generator, as Chainer: np.random.seed
+        # repeats it).
+        if len(self._samples) < self._max_sample_size:
+            self._samples.append(sample)
+        elif np.random.random_sample() < self._max_sample_size / float(self._seen + 1):
+            self._samples[np.random.randint(self._max_sample_size)] = sample
+        self._seen += 1
+        if self._trigger(trainer):
+            self._draw(os.path.join(trainer.out, self._filename))
+
+    def _draw(self, path):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        samples = sorted(self._samples, key=lambda s: s[0])
+        iterations = [s[0] for s in samples]
+        data = np.stack([_to_cpu(s[1]) for s in samples])      # (samples, keys, statistics)
+        n_rows = int(self._plot_mean or self._plot_std) + int(bool(self._percentiles))
+        figure = Figure(figsize=self._figsize)
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(n_rows, len(self._keys), sharex=True, squeeze=False)
+        color = 'C0'
+        offset = self._plot_mean + self._plot_std
+        n = len(self._percentiles)
+        for col, key in enumerate(self._keys):
+            row = 0
+            axes[0, col].set_title(key)
+            if offset:
+                if offset == 2:
+                    axes[0, col].errorbar(iterations, data[:, col, 0], data[:, col, 1],
+                                          color=color, ecolor=(0.12, 0.47, 0.71, 0.2),
+                                          label='mean, std', marker=self._marker)
+                else:
+                    axes[0, col].plot(iterations, data[:, col, 0], color=color,
+                                      label='mean' if self._plot_mean else 'std',
+                                      marker=self._marker)
+                row = 1
+            if n:
+                ax = axes[row, col]
+                for i in range(n // 2):   # a band from the i-th lowest to the i-th highest
+                    ax.fill_between(iterations, data[:, col, offset + i],
+                                    data[:, col, offset + n - 1 - i], color=color, alpha=0.2,
+                                    linewidth=0,
+                                    label='percentile' if i == n // 2 - 1 and n % 2 == 0
+                                    else '_nolegend_')
+                if n % 2:
+                    ax.plot(iterations, data[:, col, offset + n // 2], color=color,
+                            label='percentile', marker=self._marker)
+                ax.set_xlabel('iteration')
+        for ax in axes.ravel():
+            ax.legend()
+            if self._grid:
+                ax.grid()
+                ax.set_axisbelow(True)
+        file_format = os.path.splitext(path)[1][1:] or 'png'
+        _write_atomically(path, lambda f: figure.savefig(f, format=file_format))
+
 # ----- hyperparameter schedules and observations ---------------------------------
 # Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
 # the step count `_t` and the last value are saved, so a resumed run goes on
@@ -13867,9 +14020,8 @@ def unchain_variables(trainer):
 
 _submodule('training.extensions', dump_graph=dump_graph,
            unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
-_not_supported(
-    _submodule('training.extensions', MicroAverage=MicroAverage),
-    missing='VariableStatisticsPlot')
+_submodule('training.extensions', MicroAverage=MicroAverage,
+           VariableStatisticsPlot=VariableStatisticsPlot)
 _submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
            dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')

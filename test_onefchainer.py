@@ -5593,7 +5593,7 @@ CHAINER_PROVIDED = {
                            'observe_value snapshot snapshot_object unchain_variables '
                            'StepShift MultistepShift WarmupShift PolynomialShift InverseShift '
                            'ParameterStatistics '
-                           'MicroAverage',
+                           'MicroAverage VariableStatisticsPlot',
     'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
                          'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
                          'EarlyStoppingTrigger',
@@ -8881,3 +8881,76 @@ def test_mlp_convolution_2d_and_inception(tmp_path):
     serializers.save_npz(path, inc)
     assert sorted(np.load(path).files) == sorted('{}/{}'.format(c, p) for c in (
         'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
+
+
+def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
+    pytest.importorskip('matplotlib')
+    link = Link()
+    with link.init_scope():
+        link.W = chainer.Parameter(dev(f32(3, 4, seed=50)))
+        link.b = chainer.Parameter(dev(f32(4, seed=51)))
+    extra = Variable(dev(f32(5, seed=52)))
+
+    class FakeUpdater:
+        iteration = 0
+
+    class FakeTrainer:
+        updater, out = FakeUpdater(), str(tmp_path)
+    trainer, fires = FakeTrainer(), [False] * 9 + [True]
+    ext = chainer.training.extensions.VariableStatisticsPlot(
+        [link, extra], max_sample_size=4, percentile_sigmas=(0, 50, 100),
+        trigger=lambda t: fires[t.updater.iteration - 1], file_name='stats.png')
+    for it in range(1, 11):
+        trainer.updater.iteration = it
+        link.W.array = link.W.array * 2
+        link.W.grad = dev(np.full((3, 4), float(it), np.float32))   # b, extra: no grad
+        ext(trainer)
+        if it == 1:
+            x = np.concatenate([host(link.W.array).ravel(), host(link.b.array),
+                                host(extra.array)])
+            g = np.concatenate([np.ones(12)])
+            np.testing.assert_allclose(
+                host(ext._samples[0][1]),
+                [[x.mean(), x.std(), x.min(), np.median(x), x.max()],
+                 [g.mean(), 0, 1, 1, 1]], rtol=1e-6)
+            assert host(ext._samples[0][1]).dtype == np.float32
+    assert len(ext._samples) == 4 and ext._seen == 10       # a sample of 4 of the 10 calls
+    assert len({it for it, _ in ext._samples}) == 4
+    assert (tmp_path / 'stats.png').read_bytes()[:4] == b'\x89PNG'
+    for kwargs in ({'plot_mean': False}, {'plot_std': False, 'percentile_sigmas': 50},
+                   {'percentile_sigmas': (), 'report_grad': False},
+                   {'percentile_sigmas': (2.28, 50, 97.72, 100)}):
+        one = chainer.training.extensions.VariableStatisticsPlot(link, filename='one.png',
+                                                                 trigger=lambda t: True,
+                                                                 **kwargs)
+        one(trainer)
+        assert (tmp_path / 'one.png').exists()
+        (tmp_path / 'one.png').unlink()
+    with pytest.raises(ValueError, match='VariableStatisticsPlot: targets hold no Variable'):
+        chainer.training.extensions.VariableStatisticsPlot([])
+    with pytest.raises(ValueError, match='VariableStatisticsPlot: nothing to plot'):
+        chainer.training.extensions.VariableStatisticsPlot(link, plot_mean=False,
+                                                           plot_std=False, percentile_sigmas=())
+    with pytest.raises(TypeError, match='VariableStatisticsPlot: unexpected arguments'):
+        chainer.training.extensions.VariableStatisticsPlot(link, wscale=1)
+
+
+def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
+    pytest.importorskip('matplotlib')
+    var = Variable(dev(np.ones(2, np.float32)))
+
+    class FakeTrainer:
+        class updater:
+            iteration = 0
+    kept = {it: 0 for it in range(1, 5)}
+    np.random.seed(53)
+    for _ in range(300):          # 2 kept of 4 calls: each call kept with probability 1/2
+        ext = chainer.training.extensions.VariableStatisticsPlot(
+            var, max_sample_size=2, report_grad=False, percentile_sigmas=(),
+            trigger=lambda t: False)
+        for it in range(1, 5):
+            FakeTrainer.updater.iteration = it
+            ext(FakeTrainer)
+        for it, _ in ext._samples:
+            kept[it] += 1
+    assert all(abs(kept[it] / 300 - 0.5) < 0.12 for it in range(1, 5)), kept
