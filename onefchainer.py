@@ -5850,6 +5850,135 @@ class ParameterLink(Link):
         Chainer: chainer.links.Parameter.forward."""
         return identity(self.W)
 
+# ----- simplified dropconnect ---------------------------------------------------------
+# Dropout drops units; dropconnect drops single weights: each example n sees
+# its own thinned matrix (the mask M[n] of 0s and 1s, kept with probability
+# 1 - ratio, the kept weights scaled by 1/(1 - ratio)):
+#
+#     y[n] = (W * M[n] / (1 - ratio)) x[n] + b
+#
+# Backward: gx[n] = gy[n] (W * M[n]) / (1 - ratio);
+#           gW = sum_n (gy[n] outer x[n]) * M[n] / (1 - ratio);  gb = sum_n gy[n].
+# ("Simplified": the paper samples the pre-activation from a Gaussian at test
+# time; here test time is the plain linear layer.)
+
+class SimplifiedDropconnectFunction(Function):
+    """Function node of simplified_dropconnect: a linear layer whose weights
+    are masked per example (batchwise mask (n, M, N)) or for the whole batch
+    (M, N).  Chainer: chainer.functions.noise.simplified_dropconnect.SimplifiedDropconnect.
+    """
+
+    label = 'simplified_dropconnect'
+
+    def __init__(self, ratio, mask, use_batchwise_mask):
+        self.ratio, self.mask, self.use_batchwise_mask = ratio, mask, use_batchwise_mask
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        _require_float(self.label, x, W)
+        _check_same_dtype(self.label, inputs)
+        if x.ndim < 2 or W.ndim != 2 or int(np.prod(x.shape[1:])) != W.shape[1]:
+            raise ValueError('simplified_dropconnect: x must be (n, ...) with N = W.shape[1] '
+                             'values per example and W 2-D, got x.shape {}, W.shape {}'
+                             .format(x.shape, W.shape))
+        if len(inputs) == 3 and inputs[2].shape != W.shape[:1]:
+            raise ValueError('simplified_dropconnect: b.shape {} != (W.shape[0],) = {}'
+                             .format(inputs[2].shape, W.shape[:1]))
+        xp = _xp(x)
+        n = x.shape[0]
+        if self.mask is None:
+            shape = ((n,) if self.use_batchwise_mask else ()) + W.shape
+            draws = xp.random.rand(*shape) if xp is np else \
+                xp.random.rand(*shape, dtype=np.float32)
+            self.mask = draws >= self.ratio
+        elif self.mask.shape not in ((n,) + W.shape, W.shape):
+            raise ValueError('simplified_dropconnect: mask must have shape {} or {}, got {}'
+                             .format((n,) + W.shape, W.shape, self.mask.shape))
+        self.x_mat = x.reshape(n, -1)
+        scale = W.dtype.type(1.0 / (1.0 - self.ratio))
+        self.W_masked = W * scale * self.mask        # (n, M, N) or (M, N)
+        if self.W_masked.ndim == 3:
+            y = xp.matmul(self.W_masked, self.x_mat[:, :, None])[:, :, 0]
+        else:
+            y = self.x_mat.dot(self.W_masked.T)
+        if len(inputs) == 3:
+            y += inputs[2]
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[:2]
+        gy, = grad_outputs
+        xp = _xp(gy)
+        scale = W.dtype.type(1.0 / (1.0 - self.ratio))
+        if self.W_masked.ndim == 3:
+            gx = xp.matmul(gy[:, None, :], self.W_masked)[:, 0, :]
+            gW = (gy[:, :, None] * self.x_mat[:, None, :] * self.mask).sum(axis=0)
+        else:
+            gx = gy.dot(self.W_masked)
+            gW = gy.T.dot(self.x_mat) * self.mask
+        gW *= scale
+        grads = (gx.reshape(x.shape), gW)
+        return grads + (gy.sum(axis=0),) if len(inputs) == 3 else grads
+
+
+def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
+                           use_batchwise_mask=True):
+    """Linear layer with dropconnect: y[n] = (W * mask[n] / (1 - ratio)) x[n] + b.
+
+    x: (n, ...) flattened to (n, N); W: (M, N); b: (M,) or None.  mask: None
+    (drawn: each weight kept with probability 1 - ratio, per example with
+    use_batchwise_mask=True (n, M, N), else one (M, N) for the batch), or a
+    given array/Variable of shape (n, M, N) or (M, N) (then
+    use_batchwise_mask is ignored).  train=False uses ratio 0 (the plain
+    linear layer, a given mask still applied).  Returns y (n, M).  Raises
+    ValueError on bad shapes or ratio outside [0, 1), TypeError on integer
+    or mixed dtypes.  Chainer: chainer.functions.simplified_dropconnect.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError('simplified_dropconnect: ratio must be in [0, 1), got {}'
+                         .format(ratio))
+    if not train:
+        ratio = 0.0
+    if mask is not None:
+        mask = _input_data('simplified_dropconnect', mask)
+    inputs = (x, W) if b is None else (x, W, b)
+    return SimplifiedDropconnectFunction(ratio, mask, use_batchwise_mask)(*inputs)
+
+
+class SimplifiedDropconnect(Link):
+    """Linear layer with simplified dropconnect (F.simplified_dropconnect).
+
+    SimplifiedDropconnect(in_size, out_size, ratio=.5, nobias=False,
+    initialW=None, initial_bias=None).  W (out_size, in_size) starts from
+    HeNormal(1/sqrt(2)) unless initialW, b (out_size,) at 0 unless
+    initial_bias; in_size None takes it from the first input.  Calling it:
+    link(x, train=True, mask=None, use_batchwise_mask=True) -> (n,
+    out_size); a given mask is also kept as the persistent `mask` (saved),
+    as in Chainer.  Saved keys: W, b.  Chainer: chainer.links.SimplifiedDropconnect.
+    """
+
+    def __init__(self, in_size, out_size, ratio=.5, nobias=False, initialW=None,
+                 initial_bias=None):
+        super().__init__()
+        self.out_size, self.ratio = out_size, ratio
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, HeNormal(1.0 / np.sqrt(2))))
+            if in_size is not None:
+                self.W.initialize((out_size, in_size))
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_size)
+
+    def forward(self, x, train=True, mask=None, use_batchwise_mask=True):
+        """simplified_dropconnect(x, W, b, ratio, train, mask, use_batchwise_mask).
+        Chainer: chainer.links.SimplifiedDropconnect.forward."""
+        if self.W.data is None:
+            data = _check_first_input('SimplifiedDropconnect', x)
+            self.W.initialize((self.out_size, data.size // len(data)), _xp(data))
+        if mask is not None and 'mask' not in self.__dict__:
+            self.add_persistent('mask', mask)
+        return simplified_dropconnect(x, self.W, self.b, self.ratio, train, mask,
+                                      use_batchwise_mask)
+
 
 # =============================================================================
 # Chapter 11. Convolutional networks
@@ -7071,6 +7200,125 @@ def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
     return FixedBatchNormalization(eps, axis)(x, gamma, beta, mean, var)
 
 
+# ----- batch renormalization -----------------------------------------------------
+# Batch normalization trains on batch statistics but tests on running ones;
+# with small or correlated batches the two disagree.  Renormalization corrects
+# the batch's x_hat towards what the running statistics would give:
+#
+#     sigma = sqrt(var + eps),  sigma_run = sqrt(running_var + eps)
+#     r = clip(sigma / sigma_run, 1/rmax, rmax)
+#     d = clip((mu - running_mean) / sigma_run, -dmax, dmax)
+#     y = gamma (x_hat r + d) + beta
+#
+# r and d are treated as constants in backward (the paper's stop-gradient),
+# so the gradient is batch normalization's with gamma r in place of gamma.
+# rmax=1, dmax=0 gives r=1, d=0: plain batch normalization.
+
+class BatchRenormalizationFunction(Function):
+    """Function node of batch_renormalization: batch normalization corrected
+    by r and d towards the running statistics (updated in place only when
+    update_statistics).
+    Chainer: chainer.functions.normalization.batch_renormalization.BatchRenormalizationFunction.
+    """
+
+    label = 'batch_renormalization'
+
+    def __init__(self, eps, running_mean, running_var, decay, rmax, dmax, update_statistics):
+        self.eps, self.decay, self.rmax, self.dmax = eps, decay, rmax, dmax
+        self.running_mean, self.running_var = running_mean, running_var
+        self.update_statistics = update_statistics
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        _require_float(self.label, x)
+        _check_same_dtype(self.label, (x, gamma, beta))
+        if beta.shape != gamma.shape:
+            raise ValueError('batch_renormalization: beta.shape {} != gamma.shape {}'
+                             .format(beta.shape, gamma.shape))
+        axis = (0,) + tuple(range(1 + gamma.ndim, x.ndim))   # gamma covers x.shape[1:1+M]
+        self.axis, expanded = _bn_axes(self.label, x, gamma, axis)
+        for name, a in (('running_mean', self.running_mean), ('running_var', self.running_var)):
+            if a.shape != gamma.shape:
+                raise ValueError('batch_renormalization: {}.shape {} != gamma.shape {}'
+                                 .format(name, a.shape, gamma.shape))
+        self.expanded = expanded
+        xp = _xp(x)
+        dtype = x.dtype.type
+        mean = x.mean(axis=self.axis, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=self.axis, keepdims=True)
+        self.std = xp.sqrt(var + dtype(self.eps))
+        running_std = xp.sqrt(self.running_var + dtype(self.eps)).reshape(expanded)
+        self.r = xp.clip(self.std / running_std, dtype(1.0 / self.rmax), dtype(self.rmax))
+        self.d = d = xp.clip((mean - self.running_mean.reshape(expanded)) / running_std,
+                    dtype(-self.dmax), dtype(self.dmax))
+        self.x_hat = centered / self.std
+        y = self.x_hat * self.r
+        y += d
+        y *= gamma.reshape(expanded)
+        y += beta.reshape(expanded)
+        if self.update_statistics:       # after r and d used the old averages
+            m = x.size // gamma.size
+            self.running_mean *= self.decay
+            self.running_mean += (1 - self.decay) * mean.reshape(gamma.shape)
+            self.running_var *= self.decay
+            self.running_var += ((1 - self.decay) * m / max(m - 1.0, 1.0)) * \
+                var.reshape(gamma.shape)
+        return y,
+
+    def backward(self, inputs, grad_outputs):   # batch normalization's, gamma -> gamma r
+        x, gamma, beta = inputs
+        gy, = grad_outputs
+        expanded = self.expanded
+        m = x.dtype.type(x.size // gamma.size)
+        gbeta = gy.sum(axis=self.axis)
+        g_xhat = (gy * self.x_hat).sum(axis=self.axis, keepdims=True)
+        # gamma's gradient is sum(gy (x_hat r + d)), with r and d per channel
+        ggamma = (g_xhat * self.r + gbeta.reshape(expanded) * self.d).reshape(gamma.shape)
+        gx = gy - (gbeta / m).reshape(expanded)
+        gx -= self.x_hat * (g_xhat / m)
+        gx *= gamma.reshape(expanded) * self.r / self.std
+        return gx, ggamma, gbeta
+
+
+def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=None,
+                          running_var=None, decay=0.9, update_statistics=False):
+    """Batch renormalization: gamma (x_hat r + d) + beta, x_hat = (x - mu)/sigma.
+
+    sigma = sqrt(var + eps) of the batch, sigma_run = sqrt(running_var + eps),
+    r = clip(sigma / sigma_run, 1/rmax, rmax), d = clip((mu - running_mean) /
+    sigma_run, -dmax, dmax); r and d get no gradient.  x: (N, C, ...);
+    gamma, beta: x.shape[1:1+M] (M = gamma.ndim), averaging over the other
+    axes.  running_mean, running_var (gamma's shape) are required; they are
+    updated in place (momentum decay, variance made unbiased by m/(m-1))
+    only when update_statistics=True.  Returns y of x's shape.  Raises
+    TypeError without running_mean/running_var or on mixed or integer
+    dtypes, ValueError on mismatched shapes.
+    Chainer: chainer.functions.batch_renormalization.
+    """
+    if running_mean is None:
+        raise TypeError('batch_renormalization: running_mean is required')
+    if running_var is None:
+        raise TypeError('batch_renormalization: running_var is required')
+    running_mean = _input_data('batch_renormalization', running_mean)
+    running_var = _input_data('batch_renormalization', running_var)
+    return BatchRenormalizationFunction(eps, running_mean, running_var, decay, rmax, dmax,
+                                        update_statistics)(x, gamma, beta)
+
+
+def fixed_batch_renormalization(x, gamma, beta, mean, var, eps=2e-5):
+    """Test-time batch renormalization: gamma (x - mean)/sqrt(var + eps) + beta.
+
+    The same as fixed_batch_normalization (r and d vanish with the running
+    statistics), which Chainer v7 recommends instead; shapes as there.
+    Returns y of x's shape.  Chainer: chainer.functions.fixed_batch_renormalization.
+    """
+    ndim = _input_data('fixed_batch_renormalization', x).ndim
+    head = 1 + _input_data('fixed_batch_renormalization', gamma).ndim
+    return fixed_batch_normalization(x, gamma, beta, mean, var, eps,
+                                     axis=(0,) + tuple(range(head, ndim)))
+
+
 # ----- layer and group normalization ---------------------------------------------
 # batch_normalization averages each feature over the batch; these average
 # each example over its own features instead (layer: all of them; group: the
@@ -7512,6 +7760,121 @@ class BatchNormalization(Link):
     def start_finetuning(self):
         """Restart the count of finetune batches (N)."""
         self.N = 0
+
+
+class BatchRenormalization(BatchNormalization):
+    """Batch renormalization with learned gamma, beta and running statistics.
+
+    BatchRenormalization(size, rmax=1, dmax=0, decay=0.9, eps=2e-5,
+    dtype=None, use_gamma=True, use_beta=True, initial_gamma=None,
+    initial_beta=None, initial_avg_mean=None, initial_avg_var=None).
+    size: the channel count (int or shape).  In config.train it calls
+    F.batch_renormalization with avg_mean/avg_var, updating them (momentum
+    decay; finetune=True averages all batches, counting them in N);
+    otherwise F.fixed_batch_normalization with them.  rmax and dmax bound
+    the corrections r and d (the defaults make it batch normalization).
+    Saved keys: gamma, beta, avg_mean, avg_var, N, as BatchNormalization.
+    Chainer: chainer.links.BatchRenormalization.
+    """
+
+    def __init__(self, size, rmax=1, dmax=0, decay=0.9, eps=2e-5, dtype=None,
+                 use_gamma=True, use_beta=True, initial_gamma=None, initial_beta=None,
+                 initial_avg_mean=None, initial_avg_var=None):
+        if size is None:
+            raise ValueError('BatchRenormalization: size is required (the channel count)')
+        super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
+                         initial_beta, initial_avg_mean=initial_avg_mean,
+                         initial_avg_var=initial_avg_var)
+        self.rmax, self.dmax = rmax, dmax
+
+    def forward(self, x, finetune=False):
+        xp = _xp(self.avg_mean)
+        gamma = self.gamma if self.gamma is not None else xp.ones_like(self.avg_mean)
+        beta = self.beta if self.beta is not None else xp.zeros_like(self.avg_mean)
+        if not config.train:
+            return fixed_batch_renormalization(x, gamma, beta, self.avg_mean, self.avg_var,
+                                               self.eps)
+        if finetune:
+            self.N += 1
+            decay = 1.0 - 1.0 / self.N
+        else:
+            decay = self.decay
+        return batch_renormalization(x, gamma, beta, self.rmax, self.dmax, self.eps,
+                                     self.avg_mean, self.avg_var, decay,
+                                     update_statistics=True)
+
+
+# ----- network-in-network and inception blocks: chains of convolutions ---------------
+
+class MLPConvolution2D(ChainList):
+    """Network-in-network "mlpconv": a convolution followed by 1x1
+    convolutions, i.e. a small MLP applied at every pixel.
+
+    MLPConvolution2D(in_channels, out_channels, ksize=None, stride=1, pad=0,
+    activation=relu, *, conv_init=None, bias_init=None).  out_channels: a
+    non-empty sequence of channel counts; the first Convolution2D has
+    ksize/stride/pad, the rest are 1x1.  MLPConvolution2D(out_channels,
+    ksize) (ksize None) takes in_channels from the first input.  Calling it:
+    activation between the convolutions, none after the last.  Saved keys:
+    0/W, 0/b, 1/W, ...  Raises ValueError on an empty out_channels.
+    Chainer: chainer.links.MLPConvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 activation=relu, *, conv_init=None, bias_init=None):
+        if ksize is None:          # MLPConvolution2D(out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        out_channels = list(out_channels)
+        if not out_channels:
+            raise ValueError('MLPConvolution2D: out_channels must name at least one '
+                             'convolution, got {}'.format(out_channels))
+        convs = [Convolution2D(in_channels, out_channels[0], ksize, stride, pad,
+                               initialW=conv_init, initial_bias=bias_init)]
+        convs += [Convolution2D(n_in, n_out, 1, initialW=conv_init, initial_bias=bias_init)
+                  for n_in, n_out in zip(out_channels, out_channels[1:])]
+        super().__init__(*convs)
+        self.activation = activation
+
+    def forward(self, x):
+        """activation between the convolutions. Chainer: MLPConvolution2D.forward."""
+        for conv in self[:-1]:
+            x = self.activation(conv(x))
+        return self[-1](x)
+
+
+class Inception(Chain):
+    """The GoogLeNet inception block: four branches side by side, their
+    outputs concatenated along the channels and passed through relu:
+
+        conv1(x),  conv3(relu(proj3(x))),  conv5(relu(proj5(x))),
+        projp(max_pooling_2d(x, 3, stride=1, pad=1))
+
+    Inception(in_channels, out1, proj3, out3, proj5, out5, proj_pool,
+    conv_init=None, bias_init=None): conv1, proj3, proj5, projp are 1x1,
+    conv3 3x3 (pad 1), conv5 5x5 (pad 2), so x (N, in_channels, H, W) gives
+    (N, out1 + out3 + out5 + proj_pool, H, W).  Saved keys: conv1/W, conv1/b,
+    proj3/..., conv3/..., proj5/..., conv5/..., projp/...
+    Chainer: chainer.links.Inception.
+    """
+
+    def __init__(self, in_channels, out1, proj3, out3, proj5, out5, proj_pool,
+                 conv_init=None, bias_init=None):
+        super().__init__()
+        init = dict(initialW=conv_init, initial_bias=bias_init)
+        with self.init_scope():
+            self.conv1 = Convolution2D(in_channels, out1, 1, **init)
+            self.proj3 = Convolution2D(in_channels, proj3, 1, **init)
+            self.conv3 = Convolution2D(proj3, out3, 3, pad=1, **init)
+            self.proj5 = Convolution2D(in_channels, proj5, 1, **init)
+            self.conv5 = Convolution2D(proj5, out5, 5, pad=2, **init)
+            self.projp = Convolution2D(in_channels, proj_pool, 1, **init)
+
+    def forward(self, x):
+        """relu(concat of the four branches). Chainer: Inception.forward."""
+        branches = (self.conv1(x), self.conv3(relu(self.proj3(x))),
+                    self.conv5(relu(self.proj5(x))),
+                    self.projp(max_pooling_2d(x, 3, stride=1, pad=1)))
+        return relu(concat(branches, axis=1))
 
 
 class LayerNormalization(Link):
@@ -8069,6 +8432,72 @@ class SMORMS3(Optimizer):
 
     def create_update_rule(self):
         return SMORMS3Rule(self.hyperparam)
+
+
+class MSVAGRule(UpdateRule):
+    """Update rule of MSVAG (see MSVAG). State: m, v; beta_power (beta**t,
+    an attribute, not saved, as in Chainer).
+    Chainer: chainer.optimizers.msvag.MSVAGRule.
+    """
+    def __init__(self, parent_hyperparam=None):
+        super().__init__(parent_hyperparam)
+        self.beta_power = self.hyperparam.beta
+
+    def init_state(self, param):
+        xp = _xp(param.data)
+        self.state['m'] = xp.zeros_like(param.data)
+        self.state['v'] = xp.zeros_like(param.data)
+
+    def update_core(self, param):
+        # mt and vt estimate the gradient's mean and mean square; s its variance
+        # (rho corrects for the correlation of the moving averages).  The
+        # step is Adam's direction without the division, shrunk where the
+        # variance dominates the squared mean: factor = mt^2 / (mt^2 + rho s).
+        grad, hp = param.grad, self.hyperparam
+        m, v = self.state['m'], self.state['v']
+        beta, beta_power = hp.beta, self.beta_power
+        rho = min((1 - beta) ** 2 * (1 - beta_power ** 2)
+                  / ((1 - beta_power) ** 2 * (1 - beta ** 2)), 0.9999)
+        self.beta_power = beta_power * beta
+        if not isinstance(param.data, np.ndarray):
+            return _fused_update('msvag', grad, hp.lr, 1 - beta, 1 - beta_power, rho, 1 - rho,
+                                 hp.eta, hp.weight_decay_rate, param.data, m, v)
+        m += (1 - beta) * (grad - m)
+        v += (1 - beta) * (grad * grad - v)
+        mt = m / (1 - beta_power)
+        vt = v / (1 - beta_power)
+        mt2 = mt * mt
+        s = (vt - mt2) / (1 - rho)
+        with np.errstate(invalid='ignore', divide='ignore'):    # 0/0 where m = v = 0
+            factor = np.clip(mt2 / (mt2 + rho * s), 0, 1)
+        factor[np.isnan(factor)] = 0
+        param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
+
+
+class MSVAG(Optimizer):
+    """M-SVAG (Balles and Hennig 2017, "Dissecting Adam"), with decoupled
+    weight decay.  With b = beta, bt = beta**t:
+    m = b m + (1-b) grad; v = b v + (1-b) grad**2; mt = m / (1-bt);
+    vt = v / (1-bt); rho = min((1-b)**2 (1-bt**2) / ((1-bt)**2 (1-b**2)), 0.9999);
+    s = (vt - mt**2) / (1-rho); factor = clip(mt**2 / (mt**2 + rho s), 0, 1)
+    (0 where that is 0/0); p -= eta (lr mt factor + weight_decay_rate p).
+    lr default 0.1, beta 0.9, eta 1.0, weight_decay_rate 0.
+    Chainer: chainer.optimizers.MSVAG.
+    """
+    lr = _HyperparameterProxy('lr')
+    beta = _HyperparameterProxy('beta')
+    eta = _HyperparameterProxy('eta')
+    weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
+
+    def __init__(self, lr=0.1, beta=0.9, eta=1.0, weight_decay_rate=0):
+        super().__init__()
+        self.hyperparam.lr = lr
+        self.hyperparam.beta = beta
+        self.hyperparam.eta = eta
+        self.hyperparam.weight_decay_rate = weight_decay_rate
+
+    def create_update_rule(self):
+        return MSVAGRule(self.hyperparam)
 
 
 # ----- optimizers, hooks, initializers, serializers ------------------------------
@@ -11725,6 +12154,202 @@ class ParameterStatistics(Extension):
             warnings.warn('ParameterStatistics: the snapshot holds no state of it '
                           '(Chainer does not save one); starting its means afresh')
 
+
+class MicroAverage(Extension):
+    """Reports the micro-average sum(n_i) / sum(d_i) of two observed values
+    under `result_key`, once per firing of `trigger` (default (1, 'epoch')),
+    then starts the sums afresh.  The n_i (e.g. the count of correct
+    predictions) and d_i (e.g. the batch size) are read from the observation
+    at `numerator_key` and `denominator_key`; iterations reporting either
+    one not are skipped (the trigger is not consulted either).  Unlike the
+    mean of the per-batch ratios (the macro-average), batches weigh by d_i.
+    The sums are saved in snapshots as _numerator and _denominator.
+    Chainer: chainer.training.extensions.MicroAverage.
+    """
+
+    priority = PRIORITY_EDITOR
+
+    def __init__(self, numerator_key, denominator_key, result_key, trigger=(1, 'epoch')):
+        self._trigger = get_trigger(trigger)
+        self._numerator_key = numerator_key
+        self._denominator_key = denominator_key
+        self._result_key = result_key
+        self._numerator = 0
+        self._denominator = 0
+
+    def __call__(self, trainer):
+        observation = trainer.observation
+        if self._numerator_key not in observation or self._denominator_key not in observation:
+            return
+        # Device values stay sums on the device: no wait for the GPU per step.
+        self._numerator = self._numerator + observation[self._numerator_key]
+        self._denominator = self._denominator + observation[self._denominator_key]
+        if self._trigger(trainer):
+            numerator, denominator = self._numerator, self._denominator
+            if isinstance(numerator, _array_types) and not isinstance(numerator, np.ndarray):
+                result = numerator / denominator        # read (and waited for) by the reporter
+            else:
+                result = float(numerator) / denominator
+            self._numerator = self._denominator = 0
+            report({self._result_key: result})
+
+    def serialize(self, serializer):
+        self._numerator = serializer('_numerator', self._numerator)
+        self._denominator = serializer('_denominator', self._denominator)
+
+
+def _variables_of(targets):
+    """The Variables in `targets`: a Variable, a Link's parameters (also the
+    uninitialized ones), or lists and tuples of them, in order."""
+    if isinstance(targets, Variable):
+        return [targets]
+    if isinstance(targets, Link):
+        return list(targets.params(include_uninit=True))
+    if isinstance(targets, (list, tuple)):
+        return [v for target in targets for v in _variables_of(target)]
+    return []
+
+
+class VariableStatisticsPlot(Extension):
+    """Plots, against the iteration, the mean, standard deviation and
+    percentiles of the values (report_data) and gradients (report_grad) of
+    `targets` (a Variable, a Link, or a list of them; all their arrays are
+    pooled), into out/<filename> (default 'statistics.png'; Chainer's older
+    file_name is accepted) whenever `trigger` (default (1, 'epoch')) fires.
+
+    VariableStatisticsPlot(targets, max_sample_size=1000, report_data=True,
+    report_grad=True, plot_mean=True, plot_std=True, percentile_sigmas=(0,
+    0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87, 100), trigger=(1, 'epoch'),
+    filename=None, figsize=None, marker=None, grid=True).  Every call
+    computes the statistics (on the arrays' device; an array that is None
+    counts as zeros) and keeps at most max_sample_size of them, a uniform
+    random sample of all calls (reservoir sampling).  Layout: a column for
+    data and one for grad; a row for mean and std (an error bar when both),
+    a row for the percentiles (bands between symmetric pairs, a line for the
+    middle one).  matplotlib is imported only when drawing; without it the
+    extension warns and does nothing.  Raises ValueError if targets hold no
+    Variable or nothing is to be plotted.
+    Chainer: chainer.training.extensions.VariableStatisticsPlot.
+    """
+
+    def __init__(self, targets, max_sample_size=1000, report_data=True, report_grad=True,
+                 plot_mean=True, plot_std=True,
+                 percentile_sigmas=(0, 0.13, 2.28, 15.87, 50, 84.13, 97.72, 99.87, 100),
+                 trigger=(1, 'epoch'), filename=None, figsize=None, marker=None, grid=True,
+                 **kwargs):
+        file_name = kwargs.pop('file_name', 'statistics.png')
+        if kwargs:
+            raise TypeError('VariableStatisticsPlot: unexpected arguments {}'
+                            .format(sorted(kwargs)))
+        self._vars = _variables_of(targets)
+        if not self._vars:
+            raise ValueError('VariableStatisticsPlot: targets hold no Variable to collect '
+                             'statistics of (got {!r})'.format(targets))
+        if isinstance(percentile_sigmas, (int, float)):
+            percentile_sigmas = (percentile_sigmas,)
+        self._percentiles = tuple(percentile_sigmas or ())
+        if not (plot_mean or plot_std or self._percentiles):
+            raise ValueError('VariableStatisticsPlot: nothing to plot (plot_mean, plot_std '
+                             'and percentile_sigmas all off)')
+        self._keys = [k for k, on in (('data', report_data), ('grad', report_grad)) if on]
+        self._plot_mean, self._plot_std = bool(plot_mean), bool(plot_std)
+        self._trigger = get_trigger(trigger)
+        self._filename = filename if filename is not None else file_name
+        self._figsize, self._marker, self._grid = figsize, marker, grid
+        self._max_sample_size = max_sample_size
+        self._samples = []      # (iteration, statistics (keys, values), on the device)
+        self._seen = 0
+
+    @staticmethod
+    def available():
+        """Whether matplotlib can be imported (warns when not).
+        Chainer: VariableStatisticsPlot.available."""
+        if _matplotlib_available():
+            return True
+        _warn_no_matplotlib()
+        return False
+
+    def _statistics(self):
+        """(len(keys), n_statistics) float32 array of this call, on the device."""
+        xp = _xp(self._vars[0].data) if self._vars[0].data is not None else np
+        n = self._plot_mean + self._plot_std + len(self._percentiles)
+        rows = []
+        for key in self._keys:
+            arrays = [getattr(v, key).ravel() for v in self._vars
+                      if getattr(v, key) is not None]
+            if not arrays:
+                rows.append(xp.zeros(n, np.float32))
+                continue
+            x = xp.concatenate(arrays)
+            row = ([x.mean(keepdims=True)] if self._plot_mean else []) + \
+                ([x.std(keepdims=True)] if self._plot_std else [])
+            if self._percentiles:
+                row.append(xp.percentile(x, self._percentiles))
+            rows.append(xp.concatenate([xp.asarray(r).ravel() for r in row]).astype(np.float32))
+        return xp.stack(rows)
+
+    def __call__(self, trainer):
+        if not self.available():
+            return
+        sample = (trainer.updater.iteration, self._statistics())
+        # Reservoir sampling: the k-th call replaces a random kept sample
+        # with probability size / k, so every call is kept equally likely
+        # (drawn from NumPy's global generator, as Chainer: np.random.seed
+        # repeats it).
+        if len(self._samples) < self._max_sample_size:
+            self._samples.append(sample)
+        elif np.random.random_sample() < self._max_sample_size / float(self._seen + 1):
+            self._samples[np.random.randint(self._max_sample_size)] = sample
+        self._seen += 1
+        if self._trigger(trainer):
+            self._draw(os.path.join(trainer.out, self._filename))
+
+    def _draw(self, path):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        samples = sorted(self._samples, key=lambda s: s[0])
+        iterations = [s[0] for s in samples]
+        data = np.stack([_to_cpu(s[1]) for s in samples])      # (samples, keys, statistics)
+        n_rows = int(self._plot_mean or self._plot_std) + int(bool(self._percentiles))
+        figure = Figure(figsize=self._figsize)
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(n_rows, len(self._keys), sharex=True, squeeze=False)
+        color = 'C0'
+        offset = self._plot_mean + self._plot_std
+        n = len(self._percentiles)
+        for col, key in enumerate(self._keys):
+            row = 0
+            axes[0, col].set_title(key)
+            if offset:
+                if offset == 2:
+                    axes[0, col].errorbar(iterations, data[:, col, 0], data[:, col, 1],
+                                          color=color, ecolor=(0.12, 0.47, 0.71, 0.2),
+                                          label='mean, std', marker=self._marker)
+                else:
+                    axes[0, col].plot(iterations, data[:, col, 0], color=color,
+                                      label='mean' if self._plot_mean else 'std',
+                                      marker=self._marker)
+                row = 1
+            if n:
+                ax = axes[row, col]
+                for i in range(n // 2):   # a band from the i-th lowest to the i-th highest
+                    ax.fill_between(iterations, data[:, col, offset + i],
+                                    data[:, col, offset + n - 1 - i], color=color, alpha=0.2,
+                                    linewidth=0,
+                                    label='percentile' if i == n // 2 - 1 and n % 2 == 0
+                                    else '_nolegend_')
+                if n % 2:
+                    ax.plot(iterations, data[:, col, offset + n // 2], color=color,
+                            label='percentile', marker=self._marker)
+                ax.set_xlabel('iteration')
+        for ax in axes.ravel():
+            ax.legend()
+            if self._grid:
+                ax.grid()
+                ax.set_axisbelow(True)
+        file_format = os.path.splitext(path)[1][1:] or 'png'
+        _write_atomically(path, lambda f: figure.savefig(f, format=file_format))
+
 # ----- hyperparameter schedules and observations ---------------------------------
 # Schedules set an optimizer attribute (lr, alpha, momentum) at each call;
 # the step count `_t` and the last value are saved, so a resumed run goes on
@@ -12529,6 +13154,20 @@ _FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop bod
         param -= grad * min(x, lr) / (sqrt(g2) + eps);
         mem *= 1 - x;
         mem += 1;'''),
+    # factor: np.clip's bounds, and the CPU's NaN (from 0/0 where m = v = 0) made 0
+    'msvag': ('T grad, T lr, T one_minus_beta, T one_minus_beta_power, T rho, T one_minus_rho, '
+              'T eta, T weight_decay_rate', 'T param, T m, T v', '''
+        m += one_minus_beta * (grad - m);
+        v += one_minus_beta * (grad * grad - v);
+        T mt = m / one_minus_beta_power;
+        T vt = v / one_minus_beta_power;
+        T mt2 = mt * mt;
+        T s = (vt - mt2) / one_minus_rho;
+        T factor = mt2 / (mt2 + rho * s);
+        factor = factor < 0 ? 0 : factor;
+        factor = factor > 1 ? 1 : factor;
+        factor = (m == 0) && (v == 0) ? 0 : factor;
+        param -= eta * (lr * mt * factor + weight_decay_rate * param);'''),
 }
 _fused_kernels = {}
 
@@ -13665,25 +14304,31 @@ _submodule('functions', copy=_functions_named_like_modules['copy'], **{
         'bernoulli_nll contrastive triplet binary_accuracy r2_score precision recall '
         'f1_score classification_summary').split()})
 _submodule('links', EmbedID=EmbedID)
+_submodule('functions', batch_renormalization=batch_renormalization,
+           fixed_batch_renormalization=fixed_batch_renormalization,
+           simplified_dropconnect=simplified_dropconnect)
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
+_submodule('links', BatchRenormalization=BatchRenormalization,
+           SimplifiedDropconnect=SimplifiedDropconnect, MLPConvolution2D=MLPConvolution2D,
+           Inception=Inception)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='as_strided batch_det batch_inv batch_renormalization black_out cholesky '
+    missing='as_strided batch_det batch_inv black_out cholesky '
             'crelu cross_covariance cumprod decorrelated_batch_normalization decov '
             'depth2space det digamma discriminative_margin_based_clustering_loss einsum '
-            'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
+            'erf erfc erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
             'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
             'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
-            'simplified_dropconnect space2depth sparse_matmul spatial_transformer_grid '
+            'space2depth sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
@@ -13700,19 +14345,17 @@ _not_supported(
         'NaryTreeLSTM CRF1d',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BatchRenormalization BinaryHierarchicalSoftmax BlackOut '
-            'DecorrelatedBatchNormalization Inception InceptionBN NegativeSampling '
-            'SimplifiedDropconnect TheanoFunction '
-            'Deconvolution1D Deconvolution3D DeconvolutionND '
+    missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
+            'InceptionBN NegativeSampling TheanoFunction Deconvolution1D Deconvolution3D '
+            'DeconvolutionND '
             'DeformableConvolution2D '
-            'LocalConvolution2D MLPConvolution2D')
+            'LocalConvolution2D')
 
 
-_not_supported(
-    _submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
-               AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
-               NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3),
-    missing='MSVAG')
+_submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
+           AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
+           NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3,
+           MSVAG=MSVAG)
 _submodule('optimizer_hooks', GradientNoise=GradientNoise, GradientLARS=GradientLARS)
 _not_supported(_submodule('optimizer', GradientNoise=GradientNoise),
                missing='make_deprecation_message')
@@ -13823,9 +14466,8 @@ def unchain_variables(trainer):
 
 _submodule('training.extensions', dump_graph=dump_graph,
            unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
-_not_supported(
-    training.extensions,
-    missing='MicroAverage VariableStatisticsPlot')
+_submodule('training.extensions', MicroAverage=MicroAverage,
+           VariableStatisticsPlot=VariableStatisticsPlot)
 _submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
            dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')

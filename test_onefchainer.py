@@ -5540,14 +5540,17 @@ CHAINER_PROVIDED = {
                  'binary_accuracy r2_score precision recall f1_score classification_summary'
                  ' convolution_nd convolution_1d convolution_3d'
                  ' max_pooling_nd max_pooling_1d max_pooling_3d average_pooling_nd'
-                 ' average_pooling_1d average_pooling_3d',
+                 ' average_pooling_1d average_pooling_3d'
+                 ' batch_renormalization fixed_batch_renormalization simplified_dropconnect',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
-             ' ConvolutionND Convolution1D Convolution3D',
+             ' ConvolutionND Convolution1D Convolution3D'
+             ' BatchRenormalization SimplifiedDropconnect MLPConvolution2D Inception',
     'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
                   'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
-                  'SMORMS3',
+                  'SMORMS3 '
+                  'MSVAG',
     'optimizer_hooks': 'GradientClipping GradientHardClipping GradientLARS GradientNoise '
                        'Lasso WeightDecay',
     'optimizer': 'GradientClipping GradientHardClipping GradientMethod GradientNoise '
@@ -5591,7 +5594,8 @@ CHAINER_PROVIDED = {
                            'LogReport PlotReport PrintReport ProgressBar dump_graph observe_lr '
                            'observe_value snapshot snapshot_object unchain_variables '
                            'StepShift MultistepShift WarmupShift PolynomialShift InverseShift '
-                           'ParameterStatistics',
+                           'ParameterStatistics '
+                           'MicroAverage VariableStatisticsPlot',
     'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
                          'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
                          'EarlyStoppingTrigger',
@@ -5641,7 +5645,6 @@ CHAINER_OUT_OF_SCOPE = {
 # In Chainer and not here for now (no design reason): each must either exist
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
-    'optimizers': 'MSVAG',
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
     'utils': 'WalkerAlias',
@@ -8765,3 +8768,400 @@ def test_pooling_nd_bad_inputs():
         F.average_pooling_nd(dev(f32(2, 3, 4)), 2, pad_value=1)
     with pytest.raises(TypeError, match='max_pooling_nd'):
         F.max_pooling_nd(dev(np.arange(8).reshape(1, 1, 8)), 2)
+
+
+# ----- Chainer names added: batch renormalization, MSVAG, MicroAverage, dropconnect, NIN/Inception -----
+
+def brn_by_hand(x, gamma, beta, rmax, dmax, eps, running_mean, running_var):
+    # Ioffe 2017, Algorithm 1, as Chainer v7 computes it (biased batch variance)
+    axes = (0,) + tuple(range(1 + gamma.ndim, x.ndim))
+    shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
+    mu = x.mean(axis=axes).reshape(shape)
+    sigma = np.sqrt(x.var(axis=axes).reshape(shape) + eps)
+    sigma_run = np.sqrt(running_var.reshape(shape) + eps)
+    r = np.clip(sigma / sigma_run, 1 / rmax, rmax)
+    d = np.clip((mu - running_mean.reshape(shape)) / sigma_run, -dmax, dmax)
+    return gamma.reshape(shape) * ((x - mu) / sigma * r + d) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize('shape,gshape', [((5, 3), (3,)), ((4, 3, 2, 2), (3,)),
+                                          ((4, 3, 2, 3), (3, 2))])
+def test_batch_renormalization_values_statistics_and_gradient(shape, gshape):
+    x = f64(*shape, seed=31) * 3 + 1
+    gamma, beta = f64(*gshape, seed=32) + 1.5, f64(*gshape, seed=33)
+    # running statistics far from the batch's: r and d both sit on their bounds
+    mean, var = np.full(gshape, -2.0), np.full(gshape, 0.05)
+    running_mean, running_var = dev(mean.copy()), dev(var.copy())
+    y = F.batch_renormalization(dev(x), dev(gamma), dev(beta), 1.5, 0.4, 1e-3,
+                                running_mean, running_var, 0.8)
+    np.testing.assert_allclose(host(y), brn_by_hand(x, gamma, beta, 1.5, 0.4, 1e-3, mean, var),
+                               rtol=1e-12)
+    assert (host(running_mean) == mean).all() and (host(running_var) == var).all()
+    F.batch_renormalization(dev(x), dev(gamma), dev(beta), 1.5, 0.4, 1e-3, running_mean,
+                            running_var, 0.8, update_statistics=True)
+    axes = (0,) + tuple(range(1 + len(gshape), len(shape)))
+    m = x.size // gamma.size
+    np.testing.assert_allclose(host(running_mean), 0.8 * mean + 0.2 * x.mean(axis=axes))
+    np.testing.assert_allclose(host(running_var), 0.8 * var + 0.2 * x.var(axis=axes) * m / (m - 1))
+    # with r and d clipped they are constants, so the numerical gradient sees
+    # the analytic one (Chainer's backward treats them as constants always)
+    gradient_check.check_backward(
+        lambda x, g, b: F.batch_renormalization(x, g, b, 1.5, 0.4, 1e-3, dev(mean.copy()),
+                                                dev(var.copy())),
+        (dev(x), dev(gamma), dev(beta)), dev(f64(*shape, seed=34)), atol=1e-7, rtol=1e-6)
+    # rmax=1, dmax=0: exactly batch normalization, values and gradients
+    xs = [Variable(dev(x)) for _ in range(2)]
+    y1 = F.batch_renormalization(xs[0], dev(gamma), dev(beta), 1, 0, 1e-3, dev(mean.copy()),
+                                 dev(var.copy()))
+    y2 = F.batch_normalization(xs[1], dev(gamma), dev(beta), 1e-3,
+                               axis=axes) if len(gshape) == 1 else None
+    if y2 is not None:
+        np.testing.assert_allclose(host(y1.array), host(y2.array), rtol=1e-12, atol=1e-14)
+        F.sum(y1 * dev(x)).backward()
+        F.sum(y2 * dev(x)).backward()
+        np.testing.assert_allclose(host(xs[0].grad), host(xs[1].grad), rtol=1e-10, atol=1e-12)
+    fixed = F.fixed_batch_renormalization(dev(x), dev(gamma), dev(beta), dev(mean), dev(var),
+                                          eps=1e-3)
+    expected = F.fixed_batch_normalization(dev(x), dev(gamma), dev(beta), dev(mean), dev(var),
+                                           eps=1e-3, axis=axes)
+    np.testing.assert_allclose(host(fixed.array), host(expected.array), rtol=1e-12)
+
+
+def test_batch_renormalization_bad_input_and_float32():
+    x, g, b = dev(f32(4, 3)), dev(np.ones(3, np.float32)), dev(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match='batch_renormalization: running_mean is required'):
+        F.batch_renormalization(x, g, b, 2, 1)
+    with pytest.raises(TypeError, match='batch_renormalization: running_var is required'):
+        F.batch_renormalization(x, g, b, 2, 1, running_mean=dev(np.zeros(3, np.float32)))
+    stats = lambda n: (dev(np.zeros(n, np.float32)), dev(np.ones(n, np.float32)))
+    with pytest.raises(ValueError, match=r'batch_renormalization: running_var.shape \(4,\) '
+                                         r'!= gamma.shape \(3,\)'):
+        F.batch_renormalization(x, g, b, 2, 1, 2e-5, stats(3)[0], stats(4)[1])
+    with pytest.raises(ValueError, match='batch_renormalization: gamma and beta must have'):
+        F.batch_renormalization(x, dev(np.ones(4, np.float32)), dev(np.zeros(4, np.float32)),
+                                2, 1, 2e-5, *stats(4))
+    with pytest.raises(TypeError, match='batch_renormalization'):
+        F.batch_renormalization(dev(np.ones((4, 3), np.int32)), dev(np.ones(3, np.int32)),
+                                dev(np.zeros(3, np.int32)), 2, 1, 2e-5, *stats(3))
+    xv = Variable(x)
+    y = F.batch_renormalization(xv, g, b, 2, 1, 2e-5, *stats(3), update_statistics=True)
+    assert y.dtype == np.float32
+    F.sum(y * y).backward()
+    assert xv.grad.dtype == np.float32
+
+
+def test_batch_renormalization_link_train_test_and_npz(tmp_path):
+    brn = L.BatchRenormalization(3, rmax=1.5, dmax=0.4, decay=0.5,
+                                 dtype=np.float64).to_device(TEST_DEVICE)
+    x1 = f64(4, 3, 2, 2, seed=35) * 2 + 1
+    x2 = f64(4, 3, 2, 2, seed=36) - 3
+    with chainer.using_config('train', True):
+        y1 = brn(dev(x1))
+        brn(dev(x2))
+    np.testing.assert_allclose(host(y1), brn_by_hand(x1, np.ones(3), np.zeros(3), 1.5, 0.4, 2e-5,
+                                                     np.zeros(3), np.ones(3)), rtol=1e-12)
+    m, axes = 16, (0, 2, 3)
+    mean, var = np.zeros(3), np.ones(3)
+    for x in (x1, x2):
+        mean = 0.5 * mean + 0.5 * x.mean(axis=axes)
+        var = 0.5 * var + 0.5 * x.var(axis=axes) * m / (m - 1)
+    np.testing.assert_allclose(host(brn.avg_mean), mean)
+    np.testing.assert_allclose(host(brn.avg_var), var)
+    with chainer.using_config('train', False):
+        y = brn(dev(x1))
+    np.testing.assert_allclose(host(y), (x1 - mean.reshape(1, 3, 1, 1))
+                               / np.sqrt(var.reshape(1, 3, 1, 1) + 2e-5), rtol=1e-12)
+    assert sorted(p for p, _ in brn.namedparams()) == ['/beta', '/gamma']
+    path = str(tmp_path / 'brn.npz')
+    serializers.save_npz(path, brn)
+    assert sorted(np.load(path).files) == ['N', 'avg_mean', 'avg_var', 'beta', 'gamma']
+    loaded = L.BatchRenormalization(3, dtype=np.float64)
+    serializers.load_npz(path, loaded)
+    np.testing.assert_array_equal(loaded.avg_var, host(brn.avg_var))
+    assert L.BatchRenormalization(3).gamma.dtype == np.float32
+    frozen = L.BatchRenormalization(2, use_gamma=False, use_beta=False)
+    assert frozen.gamma is None and frozen.beta is None
+    with pytest.raises(ValueError, match='BatchRenormalization: size is required'):
+        L.BatchRenormalization(None)
+
+
+def opt_args(opt):
+    return opt.eta * opt.weight_decay_rate
+
+
+def hand_msvag(lr=0.1, beta=0.9, eta=1.0, weight_decay_rate=0.0):
+    # Balles & Hennig 2017, M-SVAG, with Chainer's rho, cap and decoupled decay
+    p, m, v = P0.copy(), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(GRADS, start=1):
+        m = beta * m + (1 - beta) * g
+        v = beta * v + (1 - beta) * g * g
+        bt = beta ** t
+        rho = min((1 - beta) ** 2 * (1 - bt ** 2) / ((1 - bt) ** 2 * (1 - beta ** 2)), 0.9999)
+        mt, vt = m / (1 - bt), v / (1 - bt)
+        s = (vt - mt ** 2) / (1 - rho)
+        denom = mt ** 2 + rho * s
+        factor = np.array([min(max(a / b, 0.0), 1.0) if b != 0 else 0.0
+                           for a, b in zip(mt ** 2, denom)])
+        p = p - eta * (lr * mt * factor + weight_decay_rate * p)
+        yield p
+
+
+@pytest.mark.parametrize('make,hand', [
+    (lambda: optimizers.MSVAG(), lambda: hand_msvag()),
+    (lambda: optimizers.MSVAG(lr=0.3, beta=0.5, eta=0.7, weight_decay_rate=0.1),
+     lambda: hand_msvag(0.3, 0.5, 0.7, 0.1))])
+def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
+    got, expected = run_steps(make()), list(hand())
+    assert len(got) == 3
+    for step, (actual, want) in enumerate(zip(got, expected), start=1):
+        np.testing.assert_allclose(actual, want, rtol=1e-12, atol=1e-15, err_msg=str(step))
+    # GRADS[0][3] = 0: m = v = 0 after step 1 there, factor 0 (not NaN): only decay
+    assert np.isfinite(got[0]).all() and got[0][3] == pytest.approx(
+        P0[3] * (1 - opt_args(make()) ), rel=1e-12)
+    opt = optimizers.MSVAG()
+    assert (opt.lr, opt.beta, opt.eta, opt.weight_decay_rate) == (0.1, 0.9, 1.0, 0)
+    link = OneParam()
+    opt.setup(link)
+    link.p.grad = dev(GRADS[1].copy())
+    opt.update()
+    serializers.save_npz(str(tmp_path / 'o.npz'), opt)
+    assert sorted(np.load(str(tmp_path / 'o.npz')).files) == ['epoch', 'p/m', 'p/t', 'p/v', 't']
+    f32_link = Link()
+    with f32_link.init_scope():
+        f32_link.w = chainer.Parameter(dev(f32(3, seed=40)))
+    opt = optimizers.MSVAG().setup(f32_link)
+    f32_link.w.grad = dev(f32(3, seed=41))
+    opt.update()
+    assert f32_link.w.dtype == np.float32 and opt.target.w.update_rule.state['m'].dtype == np.float32
+
+
+def test_micro_average_sums_numerators_and_denominators_between_firings(tmp_path):
+    fires = iter([False, True, False, True])
+    ext = chainer.training.extensions.MicroAverage('main/correct', 'main/total',
+                                                   'main/accuracy', trigger=lambda t: next(fires))
+    assert ext.priority == chainer.training.PRIORITY_EDITOR
+
+    class FakeTrainer:
+        observation = {}
+    trainer, results = FakeTrainer(), []
+    # None: nothing reported; (7, None): only the numerator: both skipped
+    batches = [(3, 4), None, (7, None), (1, 10), (5, 5), (0, 2)]
+    for batch in batches:
+        reporter = chainer.Reporter()
+        trainer.observation = {}
+        with reporter.scope(trainer.observation):
+            if batch is not None:
+                trainer.observation['main/correct'] = np.int64(batch[0])
+                if batch[1] is not None:
+                    trainer.observation['main/total'] = batch[1]
+            ext(trainer)
+        results.append(trainer.observation.get('main/accuracy'))
+    # micro: (3 + 1) / (4 + 10), not the macro (3/4 + 1/10) / 2; then 5 / 7
+    assert results == [None, None, None, pytest.approx(4 / 14, rel=1e-15), None,
+                       pytest.approx(5 / 7, rel=1e-15)]
+    assert isinstance(results[3], float)
+    ext2 = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+    with chainer.Reporter().scope({}):
+        trainer.observation = {'n': 2, 'd': 8}
+        ext2._trigger = lambda t: False
+        ext2(trainer)
+    path = str(tmp_path / 'micro.npz')
+    serializers.save_npz(path, ext2)
+    assert sorted(np.load(path).files) == ['_denominator', '_numerator']
+    loaded = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+    serializers.load_npz(path, loaded)
+    assert (int(loaded._numerator), int(loaded._denominator)) == (2, 8)
+
+
+def dropconnect_by_hand(x, W, b, mask, ratio):
+    x = x.reshape(len(x), -1)
+    masked = W * mask / (1 - ratio)
+    y = np.einsum('nmk,nk->nm', masked, x) if mask.ndim == 3 else x @ masked.T
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize('batchwise,with_bias', [(True, True), (False, True), (True, False)])
+def test_simplified_dropconnect_values_and_gradient(batchwise, with_bias):
+    x, W, b = f64(4, 2, 3, seed=41), f64(5, 6, seed=42), f64(5, seed=43)
+    rng = np.random.RandomState(44)
+    mask = rng.rand(*((4, 5, 6) if batchwise else (5, 6))) >= 0.3
+    bias = dev(b) if with_bias else None
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, mask=dev(mask))
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, W, b if with_bias else None,
+                                                            mask, 0.3), rtol=1e-12)
+    inputs = (dev(x), dev(W)) + ((dev(b),) if with_bias else ())
+    gradient_check.check_backward(
+        lambda *a: F.simplified_dropconnect(a[0], a[1], a[2] if with_bias else None, 0.3,
+                                            mask=dev(mask)),
+        inputs, dev(f64(4, 5, seed=45)), atol=1e-7, rtol=1e-6)
+    # test time: the plain linear layer (a given mask still applies, unscaled)
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, train=False)
+    np.testing.assert_allclose(host(y), x.reshape(4, -1) @ W.T + (b if with_bias else 0),
+                               rtol=1e-12)
+    y = F.simplified_dropconnect(dev(x), dev(W), bias, 0.3, train=False, mask=dev(mask))
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, W, b if with_bias else None,
+                                                            mask, 0.0), rtol=1e-12)
+
+
+def test_simplified_dropconnect_draws_its_mask_and_checks_inputs():
+    x, W = dev(np.ones((200, 1), np.float32)), dev(np.ones((50, 1), np.float32))
+    y = F.simplified_dropconnect(x, W, ratio=0.25)
+    assert y.dtype == np.float32 and y.shape == (200, 50)
+    values = host(y)
+    assert set(np.unique(values)) == {0.0, np.float32(1 / 0.75)}      # dropped or scaled
+    assert abs((values == 0).mean() - 0.25) < 0.03
+    assert not (values == values[0]).all()          # a mask per example
+    shared = host(F.simplified_dropconnect(x, W, ratio=0.25, use_batchwise_mask=False))
+    assert (shared == shared[0]).all()              # one mask for the batch
+    xv = Variable(dev(f32(3, 4)))
+    F.sum(F.simplified_dropconnect(xv, dev(f32(2, 4)), dev(f32(2)))).backward()
+    assert xv.grad.dtype == np.float32
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: x must be .* x.shape '
+                                         r'\(3, 4\), W.shape \(2, 5\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 5)))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: b.shape \(3,\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), dev(f32(3)))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: mask must have shape'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), mask=dev(np.ones((4, 2, 4))))
+    with pytest.raises(ValueError, match=r'simplified_dropconnect: ratio must be in \[0, 1\)'):
+        F.simplified_dropconnect(dev(f32(3, 4)), dev(f32(2, 4)), ratio=1.0)
+    with pytest.raises(TypeError, match='simplified_dropconnect'):
+        F.simplified_dropconnect(dev(np.ones((3, 4), np.int32)), dev(np.ones((2, 4), np.int32)))
+
+
+def test_simplified_dropconnect_link(tmp_path):
+    link = L.SimplifiedDropconnect(None, 3, ratio=0.2).to_device(TEST_DEVICE)
+    x = f32(2, 2, 2, seed=46)
+    mask = np.random.RandomState(47).rand(2, 3, 4) >= 0.2
+    y = link(dev(x), mask=dev(mask))
+    assert link.W.shape == (3, 4) and link.W.dtype == np.float32
+    np.testing.assert_allclose(host(y), dropconnect_by_hand(x, host(link.W), host(link.b), mask,
+                                                            0.2), rtol=1e-5)
+    path = str(tmp_path / 'sdc.npz')
+    serializers.save_npz(path, link)
+    assert sorted(np.load(path).files) == ['W', 'b', 'mask']     # a given mask is kept, as Chainer
+    fixed = L.SimplifiedDropconnect(4, 3, nobias=True, initialW=0.5)
+    assert fixed.b is None and (fixed.W.array == 0.5).all()
+    np.testing.assert_allclose(host(fixed.to_device(TEST_DEVICE)(dev(x), train=False)),
+                               x.reshape(2, -1).sum(axis=1, keepdims=True) * 0.5 * np.ones(3),
+                               rtol=1e-6)
+    big = L.SimplifiedDropconnect(2000, 100)      # HeNormal(1/sqrt(2)): std sqrt(1/in_size)
+    assert abs(big.W.array.std() - np.sqrt(1 / 2000)) < 0.002
+
+
+def test_mlp_convolution_2d_and_inception(tmp_path):
+    x = f64(2, 3, 6, 5, seed=48)
+    mlp = L.MLPConvolution2D(3, (4, 5, 2), 3, stride=2, pad=1, activation=F.tanh,
+                             bias_init=0.1).to_device(TEST_DEVICE)
+    assert [c.W.shape for c in mlp] == [(4, 3, 3, 3), (5, 4, 1, 1), (2, 5, 1, 1)]
+    assert all((host(c.b.array) == np.float32(0.1)).all() for c in mlp)
+    for conv in mlp:           # float64 for the comparison
+        conv.W.array = conv.W.array.astype(np.float64)
+        conv.b.array = conv.b.array.astype(np.float64)
+    h = x
+    for i, conv in enumerate(mlp):
+        W, b = host(conv.W.array), host(conv.b.array)
+        h = host(F.convolution_2d(h, W, b, stride=2 if i == 0 else 1, pad=1 if i == 0 else 0).array)
+        if i < 2:
+            h = np.tanh(h)
+    np.testing.assert_allclose(host(mlp(dev(x)).array), h, rtol=1e-12)
+    lazy = L.MLPConvolution2D((4, 2), 3)        # in_channels from the first input
+    assert lazy(f32(1, 3, 5, 5)).shape == (1, 2, 3, 3)
+    path = str(tmp_path / 'mlp.npz')
+    serializers.save_npz(path, lazy)
+    assert sorted(np.load(path).files) == ['0/W', '0/b', '1/W', '1/b']
+    with pytest.raises(ValueError, match='MLPConvolution2D: out_channels must name'):
+        L.MLPConvolution2D(3, (), 3)
+
+    inc = L.Inception(3, 2, 3, 4, 2, 3, 2, bias_init=0.05).to_device(TEST_DEVICE)
+    y = inc(dev(f32(2, 3, 6, 5, seed=49)))
+    assert y.shape == (2, 2 + 4 + 3 + 2, 6, 5) and y.dtype == np.float32
+    assert (host(inc.conv5.W).shape, host(inc.conv3.W).shape) == ((3, 2, 5, 5), (4, 3, 3, 3))
+    for link in inc.children():
+        link.W.array = link.W.array.astype(np.float64)
+        link.b.array = link.b.array.astype(np.float64)
+    conv = lambda name, h, pad=0: F.convolution_2d(h, host(getattr(inc, name).W.array),
+                                                  host(getattr(inc, name).b.array), pad=pad).array
+    relu = lambda a: np.maximum(a, 0)
+    pooled = host(F.max_pooling_2d(x, 3, stride=1, pad=1).array)
+    expected = relu(np.concatenate([conv('conv1', x), conv('conv3', relu(conv('proj3', x)), 1),
+                                    conv('conv5', relu(conv('proj5', x)), 2),
+                                    conv('projp', pooled)], axis=1))
+    np.testing.assert_allclose(host(inc(dev(x)).array), expected, rtol=1e-12)
+    path = str(tmp_path / 'inception.npz')
+    serializers.save_npz(path, inc)
+    assert sorted(np.load(path).files) == sorted('{}/{}'.format(c, p) for c in (
+        'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
+
+
+def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
+    pytest.importorskip('matplotlib')
+    link = Link()
+    with link.init_scope():
+        link.W = chainer.Parameter(dev(f32(3, 4, seed=50)))
+        link.b = chainer.Parameter(dev(f32(4, seed=51)))
+    extra = Variable(dev(f32(5, seed=52)))
+
+    class FakeUpdater:
+        iteration = 0
+
+    class FakeTrainer:
+        updater, out = FakeUpdater(), str(tmp_path)
+    trainer, fires = FakeTrainer(), [False] * 9 + [True]
+    ext = chainer.training.extensions.VariableStatisticsPlot(
+        [link, extra], max_sample_size=4, percentile_sigmas=(0, 50, 100),
+        trigger=lambda t: fires[t.updater.iteration - 1], file_name='stats.png')
+    for it in range(1, 11):
+        trainer.updater.iteration = it
+        link.W.array = link.W.array * 2
+        link.W.grad = dev(np.full((3, 4), float(it), np.float32))   # b, extra: no grad
+        ext(trainer)
+        if it == 1:
+            x = np.concatenate([host(link.W.array).ravel(), host(link.b.array),
+                                host(extra.array)])
+            g = np.concatenate([np.ones(12)])
+            np.testing.assert_allclose(
+                host(ext._samples[0][1]),
+                [[x.mean(), x.std(), x.min(), np.median(x), x.max()],
+                 [g.mean(), 0, 1, 1, 1]], rtol=1e-6)
+            assert host(ext._samples[0][1]).dtype == np.float32
+    assert len(ext._samples) == 4 and ext._seen == 10       # a sample of 4 of the 10 calls
+    assert len({it for it, _ in ext._samples}) == 4
+    assert (tmp_path / 'stats.png').read_bytes()[:4] == b'\x89PNG'
+    for kwargs in ({'plot_mean': False}, {'plot_std': False, 'percentile_sigmas': 50},
+                   {'percentile_sigmas': (), 'report_grad': False},
+                   {'percentile_sigmas': (2.28, 50, 97.72, 100)}):
+        one = chainer.training.extensions.VariableStatisticsPlot(link, filename='one.png',
+                                                                 trigger=lambda t: True,
+                                                                 **kwargs)
+        one(trainer)
+        assert (tmp_path / 'one.png').exists()
+        (tmp_path / 'one.png').unlink()
+    with pytest.raises(ValueError, match='VariableStatisticsPlot: targets hold no Variable'):
+        chainer.training.extensions.VariableStatisticsPlot([])
+    with pytest.raises(ValueError, match='VariableStatisticsPlot: nothing to plot'):
+        chainer.training.extensions.VariableStatisticsPlot(link, plot_mean=False,
+                                                           plot_std=False, percentile_sigmas=())
+    with pytest.raises(TypeError, match='VariableStatisticsPlot: unexpected arguments'):
+        chainer.training.extensions.VariableStatisticsPlot(link, wscale=1)
+
+
+def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
+    pytest.importorskip('matplotlib')
+    var = Variable(dev(np.ones(2, np.float32)))
+
+    class FakeTrainer:
+        class updater:
+            iteration = 0
+    kept = {it: 0 for it in range(1, 5)}
+    np.random.seed(53)
+    for _ in range(300):          # 2 kept of 4 calls: each call kept with probability 1/2
+        ext = chainer.training.extensions.VariableStatisticsPlot(
+            var, max_sample_size=2, report_grad=False, percentile_sigmas=(),
+            trigger=lambda t: False)
+        for it in range(1, 5):
+            FakeTrainer.updater.iteration = it
+            ext(FakeTrainer)
+        for it, _ in ext._samples:
+            kept[it] += 1
+    assert all(abs(kept[it] / 300 - 0.5) < 0.12 for it in range(1, 5)), kept

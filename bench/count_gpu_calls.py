@@ -428,11 +428,14 @@ OPTIMIZER_CASES = [          # (name, keyword arguments): every fused kernel and
     ('NesterovAG', {'lr': 0.1, 'momentum': 0.8}), ('CorrectedMomentumSGD', {'lr': 0.1}),
     ('RMSpropGraves', {'lr': 0.01}), ('SMORMS3', {'lr': 0.01}),
     ('AdaBound', {'alpha': 0.01, 'final_lr': 0.05, 'gamma': 0.1}),
-    ('AMSBound', {'alpha': 0.01, 'final_lr': 0.05, 'gamma': 0.1, 'eta': 0.5})]
+    ('AMSBound', {'alpha': 0.01, 'final_lr': 0.05, 'gamma': 0.1, 'eta': 0.5}),
+    ('MSVAG', {'lr': 0.01}), ('MSVAG', {'lr': 0.01, 'beta': 0.5, 'eta': 0.5,
+                                        'weight_decay_rate': 0.1})]
 
 
 ALL_OPTIMIZERS = ('SGD', 'MomentumSGD', 'AdaGrad', 'AdaDelta', 'RMSprop', 'Adam', 'NesterovAG',
-                  'CorrectedMomentumSGD', 'RMSpropGraves', 'SMORMS3', 'AdaBound', 'AMSBound')
+                  'CorrectedMomentumSGD', 'RMSpropGraves', 'SMORMS3', 'AdaBound', 'AMSBound',
+                  'MSVAG')
 
 
 def run_optimizer(name, kwargs, device, steps=5, dtype=np.float32):
