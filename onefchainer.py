@@ -2421,6 +2421,43 @@ class Cumsum(Function):
         return _xp(gy).flip(flipped.cumsum(axis=axis), axis).reshape(x.shape),
 
 
+class Cumprod(Function):
+    """Function node of the cumulative product along `axis` (None: of x
+    flattened).  Backward without dividing by x (which may hold zeros):
+    y_i = x_0 ... x_i, so x_j gets y_{j-1} * z_j with z_j = sum_{i >= j}
+    gy_i x_{j+1} ... x_i, run from the far end as z_j = gy_j + x_{j+1} z_{j+1}.
+    Chainer: chainer.functions.math.cumprod.Cumprod.
+    """
+    label = 'cumprod'
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('cumprod', x)
+        if self.axis is not None:
+            self.axis = _normalize_axis(self.axis, x.ndim, 'cumprod')[0]
+        self.y = _xp(x).cumprod(x, axis=self.axis)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # product rule, one factor at a time
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        axis = 0 if self.axis is None else self.axis
+        xs = x.reshape(-1) if self.axis is None else x
+        xs, gy, y = [xp.moveaxis(a, axis, 0) for a in (xs, gy, self.y.reshape(xs.shape))]
+        if len(gy) == 0:
+            return xp.zeros_like(x),
+        z = xp.empty_like(gy)
+        z[-1] = gy[-1]
+        for j in range(len(gy) - 2, -1, -1):         # a Python loop over the axis only
+            z[j] = gy[j] + xs[j + 1] * z[j + 1]
+        z[1:] *= y[:-1]
+        return xp.moveaxis(z, 0, axis).reshape(x.shape),
+
+
 def sum(x, axis=None, keepdims=False):
     """Sum of the elements of x over `axis`.
 
@@ -2498,6 +2535,20 @@ def cumsum(x, axis=None):
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
     return Cumsum(axis)(x)
+
+
+def cumprod(x, axis=None):
+    """Cumulative product of x along `axis` (an int, negative from the end),
+    or of x flattened to one axis when axis is None (the default).
+
+    x: float Variable or array. Returns a Variable of x's shape (1-d of
+    x.size for axis None); the gradient is exact where x has zeros. Raises
+    TypeError for integer x or a non-int axis, ValueError for an axis out of
+    bounds. Chainer: chainer.functions.cumprod.
+    """
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        raise TypeError('cumprod: axis must be an int or None, got {!r}'.format(axis))
+    return Cumprod(axis)(x)
 
 
 class LogSumExp(Function):
@@ -3595,6 +3646,106 @@ def tensordot(a, b, axes=2):
     return TensorDot(axes)(a, b)
 
 
+def _einsum_parse(subscripts, shapes):
+    """Explicit subscripts for `shapes`: ([one string per operand], output),
+    each '...' replaced by capital letters, and the implicit output (the
+    letters used once, sorted, after the '...' axes) written out."""
+    if not isinstance(subscripts, str):
+        raise TypeError('einsum: subscripts must be a str, got {!r}'.format(subscripts))
+    spec = subscripts.replace(' ', '')
+    inputs, arrow, output = spec.partition('->')
+    inputs = inputs.split(',')
+    if len(inputs) != len(shapes):
+        raise ValueError('einsum: {!r} names {} operands, got {}'.format(
+            subscripts, len(inputs), len(shapes)))
+    for part in inputs + [output]:
+        letters = part.replace('...', '')
+        if not all('a' <= c <= 'z' or 'A' <= c <= 'Z' for c in letters) or \
+                part.count('...') > 1:
+            raise ValueError('einsum: bad subscripts {!r} (letters, one optional '
+                             '"..." per operand, commas and one "->")'.format(subscripts))
+    spare = [c for c in 'ZYXWVUTSRQPONMLKJIHGFEDCBA' if c not in spec]
+    widest = 0
+    expanded = []
+    for part, shape in zip(inputs, shapes):
+        width = len(shape) - len(part.replace('...', ''))
+        if width < 0 or (width > 0 and '...' not in part):
+            raise ValueError('einsum: subscripts {!r} do not fit an operand of shape {}'
+                             .format(part, shape))
+        widest = width if width > widest else widest
+        expanded.append((part, width))
+    ellipsis_all = ''.join(spare[:widest])
+    result = [part.replace('...', ellipsis_all[widest - width:]) for part, width in expanded]
+    if arrow:
+        output = output.replace('...', ellipsis_all)
+    else:
+        joined = ''.join(p.replace('...', '') for p in inputs)
+        output = ellipsis_all + ''.join(sorted(c for c in set(joined) if joined.count(c) == 1))
+    for c in output:
+        if not any(c in part for part in result):
+            raise ValueError('einsum: output letter {!r} of {!r} is in no operand'
+                             .format(c, subscripts))
+    return result, output
+
+
+class Einsum(Function):
+    """Function node of numpy.einsum with explicit subscripts.  Backward: the
+    gradient for operand k is again an einsum, of gy with the other operands,
+    onto k's letters; a letter summed in k alone is broadcast back, and a
+    repeated letter (a diagonal, 'ii') puts the gradient on that diagonal.
+    Chainer: chainer.functions.math.einsum.EinSum.
+    """
+    label = 'einsum'
+
+    def __init__(self, subscripts):
+        self.subscripts = subscripts
+
+    def forward(self, inputs):
+        _require_float('einsum', *inputs)
+        _check_same_dtype('einsum', inputs)
+        self.ins, self.out = _einsum_parse(self.subscripts, [a.shape for a in inputs])
+        spec = ','.join(self.ins) + '->' + self.out
+        return _xp(inputs[0]).asarray(_xp(inputs[0]).einsum(spec, *inputs)),
+
+    def backward(self, inputs, grad_outputs):      # linear in each operand
+        xp = _xp(inputs[0])
+        gy, = grad_outputs
+        grads = []
+        for k, (a, part) in enumerate(zip(inputs, self.ins)):
+            others = [(p, x) for i, (p, x) in enumerate(zip(self.ins, inputs)) if i != k]
+            seen = self.out + ''.join(p for p, _ in others)
+            unique = ''.join(c for i, c in enumerate(part) if part.index(c) == i)
+            kept = ''.join(c for c in unique if c in seen)
+            spec = ','.join([self.out] + [p for p, _ in others]) + '->' + kept
+            g = xp.einsum(spec, gy, *[x for _, x in others])
+            size = {c: a.shape[part.index(c)] for c in unique}
+            g = g.reshape([size[c] if c in kept else 1 for c in unique])
+            g = xp.broadcast_to(g, [size[c] for c in unique])
+            if len(unique) < len(part):               # a diagonal: write g onto it
+                full = xp.zeros_like(a)
+                index = tuple(xp.arange(size[c]).reshape(
+                    [-1 if u == c else 1 for u in unique]) for c in part)
+                full[index] = g
+                g = full
+            grads.append(xp.ascontiguousarray(g, dtype=a.dtype))
+        return tuple(grads)
+
+
+def einsum(subscripts, *operands):
+    """Einstein summation, as numpy.einsum: einsum('ij,jk->ik', a, b) is a @ b.
+
+    subscripts: a str of letters per operand, separated by commas, with an
+    optional '...' for leading axes and an optional '->output' (without it
+    the output is the letters used once, sorted). operands: float Variables
+    or arrays of one dtype. Each operand gets a gradient (repeated letters
+    such as 'ii->i' included). Returns a Variable. Raises ValueError for
+    subscripts that do not fit the operands, TypeError for integer or
+    differing dtypes. Chainer: chainer.functions.einsum.
+    """
+    _require_inputs('einsum', operands)
+    return Einsum(subscripts)(*operands)
+
+
 def batch_matmul(a, b, transa=False, transb=False):
     """Matrix products of two batches of matrices (deprecated in Chainer for
     matmul, and warns DeprecationWarning as Chainer does).
@@ -3612,6 +3763,149 @@ def batch_matmul(a, b, transa=False, transb=False):
                          'and {}'.format(*shapes))
     a, b = [reshape(v, s if len(s) == 3 else s + (1,)) for v, s in zip((a, b), shapes)]
     return MatMul(transa, transb)(a, b)
+
+
+# ----- linear algebra: determinants, inverses, Cholesky, einsum -------------------
+# Forward is xp.linalg; backward is the matrix calculus of each formula,
+# written with the forward's results (the inverse, the determinant) kept.
+
+def _require_square(label, a, ndim):
+    if a.ndim != ndim or a.shape[-1] != a.shape[-2]:
+        raise ValueError('{}: needs {} of square matrices, got shape {}'.format(
+            label, 'a batch (B, N, N)' if ndim == 3 else 'one (N, N)', a.shape))
+
+
+def _transposed(a):
+    return a.swapaxes(-1, -2)
+
+
+class BatchDet(Function):
+    """Function node of y[b] = det(a[b]) for a (B, N, N) (or one (N, N) with
+    ndim 2); backward gy * det(a) * inv(a)^T, Jacobi's formula.
+    Chainer: chainer.functions.math.det.BatchDet.
+    """
+    label = 'det'
+
+    def __init__(self, ndim):
+        self.ndim = ndim
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float(self.label, a)
+        _require_square(self.label, a, self.ndim)
+        self.y = _xp(a).linalg.det(a)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d det(a) = det(a) tr(inv(a) da)
+        a, = inputs
+        scale = (grad_outputs[0] * self.y)[..., None, None]
+        return scale * _transposed(_xp(a).linalg.inv(a)),
+
+
+class BatchInv(Function):
+    """Function node of y[b] = inv(a[b]) for a (B, N, N) (or one (N, N) with
+    ndim 2); backward -y^T gy y^T.  Chainer: chainer.functions.math.inv.BatchInv.
+    """
+    label = 'inv'
+
+    def __init__(self, ndim):
+        self.ndim = ndim
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float(self.label, a)
+        _require_square(self.label, a, self.ndim)
+        xp = _xp(a)
+        try:
+            self.y = xp.linalg.inv(a)
+        except np.linalg.LinAlgError:
+            raise ValueError('{}: input has singular matrices (shape {})'.format(
+                self.label, a.shape)) from None
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d inv(a) = -inv(a) da inv(a)
+        yt = _transposed(self.y)
+        return -_xp(yt).matmul(_xp(yt).matmul(yt, grad_outputs[0]), yt),
+
+
+class Cholesky(Function):
+    """Function node of the lower-triangular L with L L^T = a (a symmetric
+    positive definite, (N, N)).  Backward (Murray 2016): with
+    phi = L^T gy on and below the diagonal, the diagonal halved, and
+    s = L^-T phi L^-1, the gradient is (s + s^T) / 2, symmetric because
+    only a's symmetric part matters.
+    Chainer: chainer.functions.math.cholesky.Cholesky.
+    """
+    label = 'cholesky'
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float('cholesky', a)
+        _require_square('cholesky', a, 2)
+        xp = _xp(a)
+        try:
+            self.y = xp.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            raise ValueError('cholesky: input is not positive definite (shape {})'
+                             .format(a.shape)) from None
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # from d(L L^T) = da, L triangular
+        y = self.y
+        xp = _xp(y)
+        n = y.shape[0]
+        mask = xp.tri(n, dtype=y.dtype) - y.dtype.type(0.5) * xp.eye(n, dtype=y.dtype)
+        phi = mask * y.T.dot(grad_outputs[0])
+        y_inv = xp.linalg.inv(y)
+        s = y_inv.T.dot(phi).dot(y_inv)
+        return (s + s.T) * y.dtype.type(0.5),
+
+
+def det(a):
+    """Determinant of one square matrix a: a float Variable or array (N, N).
+    Returns a 0-dim Variable; the gradient is gy * det(a) * inv(a)^T (a must
+    be invertible for backward). Raises ValueError for a shape that is not
+    (N, N), TypeError for integer a. Chainer: chainer.functions.det.
+    """
+    return BatchDet(2)(a)
+
+
+def batch_det(a):
+    """Determinants of a batch of square matrices: a is a float Variable or
+    array (B, N, N). Returns a Variable (B,). Raises ValueError for another
+    shape, TypeError for integer a. Chainer: chainer.functions.batch_det.
+    """
+    return BatchDet(3)(a)
+
+
+def inv(a):
+    """Inverse of one square matrix a: a float Variable or array (N, N).
+    Returns a Variable (N, N); the gradient is -inv(a)^T gy inv(a)^T.
+    Raises ValueError for another shape or a singular matrix (on the CPU;
+    CuPy returns NaN or inf instead), TypeError for integer a.
+    Chainer: chainer.functions.inv.
+    """
+    return BatchInv(2)(a)
+
+
+def batch_inv(a):
+    """Inverses of a batch of square matrices: a is a float Variable or array
+    (B, N, N). Returns a Variable (B, N, N). Raises ValueError for another
+    shape or a singular matrix (on the CPU), TypeError for integer a.
+    Chainer: chainer.functions.batch_inv.
+    """
+    return BatchInv(3)(a)
+
+
+def cholesky(a):
+    """Cholesky factor: the lower-triangular L with L L^T = a, for a float
+    Variable or array a (N, N), symmetric positive definite (only its lower
+    triangle is read). Returns a Variable (N, N); the gradient is symmetric.
+    Raises ValueError for another shape or a matrix that is not positive
+    definite (on the CPU), TypeError for integer a.
+    Chainer: chainer.functions.cholesky.
+    """
+    return Cholesky()(a)
 
 
 def sum_to(x, shape):
@@ -3718,11 +4012,95 @@ class Tanh(Function):
         return grad_outputs[0] * (1 - self.y * self.y),
 
 
+class CReLU(Function):
+    """Function node of y = concat(max(0, x), max(0, -x)) along `axis`;
+    backward gy_first * (x > 0) - gy_second * (x < 0).
+    Chainer: chainer.functions.activation.crelu.CReLU.
+    """
+    label = 'crelu'
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('crelu', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'crelu')[0]
+        zero = x.dtype.type(0)
+        xp = _xp(x)
+        return xp.concatenate([xp.maximum(x, zero), xp.maximum(-x, zero)], self.axis),
+
+    def backward(self, inputs, grad_outputs):      # each half is a relu, of x and of -x
+        x, = inputs
+        first, second = _xp(x).split(grad_outputs[0], 2, self.axis)
+        return first * (x > 0) - second * (x < 0),
+
+
+class RReLU(Function):
+    """Function node of y = x where x >= 0, else r * x, r an array of x's
+    shape; backward gy where y >= 0, else r * gy.
+    Chainer: chainer.functions.activation.rrelu.RReLU.
+    """
+    label = 'rrelu'
+
+    def __init__(self, lower, upper, r):
+        self.lower, self.upper, self.r = lower, upper, r
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('rrelu', x)
+        xp = _xp(x)
+        if self.r is not None:
+            if self.r.shape != x.shape or self.r.dtype != x.dtype:
+                raise ValueError('rrelu: r must have x\'s shape {} and dtype {}, got {} '
+                                 'and {}'.format(x.shape, x.dtype, self.r.shape, self.r.dtype))
+        if not config.train:              # test mode: the mean slope, as Chainer
+            self.r = xp.full(x.shape, (self.lower + self.upper) / 2, dtype=x.dtype)
+        elif self.r is None:              # train mode: a fresh slope per element
+            self.r = xp.random.uniform(self.lower, self.upper, x.shape).astype(x.dtype)
+        self.negative = x < 0
+        return xp.where(self.negative, x * self.r, x),
+
+    def backward(self, inputs, grad_outputs):      # slope 1 or r, as in forward
+        gy, = grad_outputs
+        return _xp(gy).where(self.negative, gy * self.r, gy),
+
+
 def leaky_relu(x, slope=0.2):
     """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
     """
     return LeakyReLU(slope)(x)
+
+
+def crelu(x, axis=1):
+    """Concatenated ReLU: concat(max(0, x), max(0, -x)) along `axis`
+    (default 1), so that axis doubles in size.
+
+    x: float Variable or array. Returns a Variable. Raises TypeError for
+    integer x or a non-int axis, ValueError for an axis out of bounds.
+    Chainer: chainer.functions.crelu.
+    """
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError('crelu: axis must be an int, got {!r}'.format(axis))
+    return CReLU(axis)(x)
+
+
+def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
+    """Randomized leaky ReLU: x where x >= 0, else r * x, elementwise.
+
+    In training (config.train True) r is drawn uniformly from [l, u) for each
+    element, unless an array r (x's shape and dtype, on x's device) is given;
+    in test mode r is (l + u) / 2 everywhere. Defaults l = 1/8, u = 1/3; they
+    need 0 <= l < u < 1. Returns a Variable, or (Variable, r) when return_r
+    is True. Raises ValueError for bad l, u or r, TypeError for integer x.
+    Chainer: chainer.functions.rrelu.
+    """
+    if not (0.0 <= l < 1.0 and 0.0 <= u < 1.0 and l < u):
+        raise ValueError('rrelu: needs 0 <= l < u < 1, got l={} and u={}'.format(l, u))
+    function = RReLU(l, u, r)
+    y = function(x)
+    return (y, function.r) if return_r else y
 
 
 def sigmoid(x):
@@ -13220,6 +13598,8 @@ _submodule('links', EmbedID=EmbedID)
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
+_submodule('functions', **{name: globals()[name] for name in (
+    'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -13228,13 +13608,13 @@ _not_supported(
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='as_strided batch_det batch_inv batch_renormalization black_out cholesky '
-            'crelu cross_covariance cumprod decorrelated_batch_normalization decov '
-            'depth2space det digamma discriminative_margin_based_clustering_loss einsum '
+    missing='as_strided batch_renormalization black_out '
+            'cross_covariance decorrelated_batch_normalization decov '
+            'depth2space digamma discriminative_margin_based_clustering_loss '
             'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
-            'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
-            'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
+            'lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
+            'ndtri negative_sampling polygamma resize_images scatter_add shift '
             'simplified_dropconnect space2depth sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
