@@ -5537,7 +5537,8 @@ CHAINER_PROVIDED = {
                  'batch_matmul sum_to select_item permutate average logsumexp normalize '
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
-                 'binary_accuracy r2_score precision recall f1_score classification_summary',
+                 'binary_accuracy r2_score precision recall f1_score classification_summary '
+                 'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8527,6 +8528,142 @@ def test_binary_accuracy_r2_score_and_classification_summary_values():
         F.classification_summary(dev(scores), dev(labels[:3]))
 
 
+# ----- Chainer names added: more functions (cumprod, crelu, rrelu, einsum, linear algebra) -----
+# Gradients: float64 numerical checks through check(); the same cases run in
+# float32 below.  Values: hand-computed small cases or NumPy formulas.
+
+_EYE3 = np.eye(3)
+_RRELU_R = f64(3, 4, seed=5, low=0.125, high=1 / 3)
+
+MORE_FUNCTIONS_GRAD_CASES = {
+    'cumprod_axis': (lambda x: F.cumprod(x, axis=1), [f64(2, 4, 3, low=0.5, high=1.5)]),
+    'cumprod_none': (F.cumprod, [f64(2, 3, low=-1.5, high=1.5)]),
+    'cumprod_zero': (lambda x: F.cumprod(x, axis=-1),
+                     [np.array([[2.0, 0.0, 3.0, -1.5], [0.5, 1.5, 0.0, 0.0]])]),
+    'crelu': (F.crelu, [_away_from([0], f64(2, 3, 2))]),
+    'crelu_last': (lambda x: F.crelu(x, axis=-1), [_away_from([0], f64(3, 2))]),
+    'rrelu_r': (lambda x: F.rrelu(x, r=dev(_RRELU_R).astype(x.dtype)),
+                [_away_from([0], f64(3, 4))]),
+    'einsum_matmul': (lambda a, b: F.einsum('ij,jk->ik', a, b), [f64(2, 3), f64(3, 4, seed=1)]),
+    'einsum_implicit': (lambda a, b: F.einsum('ij,kj', a, b), [f64(2, 3), f64(4, 3, seed=1)]),
+    'einsum_diagonal': (lambda a, b: F.einsum('bii,bj->bij', a, b),
+                        [f64(2, 3, 3), f64(2, 4, seed=1)]),
+    'einsum_ellipsis': (lambda a, b: F.einsum('...ij,...j->...i', a, b),
+                        [f64(2, 3, 4), f64(2, 4, seed=1)]),
+    'einsum_summed_alone': (lambda a, b: F.einsum('ijk,il->jl', a, b),
+                            [f64(2, 3, 4), f64(2, 5, seed=1)]),
+    'det': (F.det, [f64(3, 3) + 2 * _EYE3]),
+    'batch_det': (F.batch_det, [f64(2, 3, 3) + 2 * _EYE3]),
+    'inv': (F.inv, [f64(3, 3) + 2 * _EYE3]),
+    'batch_inv': (F.batch_inv, [f64(2, 3, 3) + 2 * _EYE3]),
+    # Cholesky reads one triangle; a symmetric input makes the check fair.
+    'cholesky': (lambda x: F.cholesky(x + F.transpose(x) + dev(4 * _EYE3).astype(x.dtype)),
+                 [f64(3, 3)]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_FUNCTIONS_GRAD_CASES))
+def test_more_functions_gradients(name):
+    func, xs = MORE_FUNCTIONS_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+def test_cumprod_values_and_errors():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x), axis=1)), [[1, 2, 6], [4, 20, 120]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x), axis=0)), [[1, 2, 3], [4, 10, 18]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x))), [1, 2, 6, 24, 120, 720])
+    # A zero: y = (2, 0, 0); dy/dx0 = 1, dy/dx1 = 2 + 2*3 = 8, dy/dx2 = 0 (no division).
+    v = Variable(dev(np.array([2.0, 0.0, 3.0])))
+    F.sum(F.cumprod(v)).backward()
+    np.testing.assert_array_equal(host(v.grad), [1, 8, 0])
+    with pytest.raises(TypeError, match='cumprod: needs floating-point'):
+        F.cumprod(dev(np.arange(3)))
+    with pytest.raises(ValueError, match='cumprod: axis 2 is out of bounds'):
+        F.cumprod(dev(x), axis=2)
+    with pytest.raises(TypeError, match='cumprod: axis must be an int or None'):
+        F.cumprod(dev(x), axis=(0,))
+
+
+def test_crelu_and_rrelu_values():
+    x = np.array([[-1.0, 0.0], [2.0, -3.0]], np.float32)
+    y = F.crelu(dev(x))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(host(y), [[0, 0, 1, 0], [2, 0, 0, 3]])
+    assert F.crelu(dev(x), axis=0).shape == (4, 2)
+    with pytest.raises(ValueError, match='crelu: axis 2 is out of bounds'):
+        F.crelu(dev(x), axis=2)
+    with pytest.raises(TypeError, match='crelu: needs floating-point'):
+        F.crelu(dev(np.arange(4).reshape(2, 2)))
+    x = f64(20, 30, low=-2, high=2)
+    y, r = F.rrelu(dev(x), return_r=True)                 # config.train is True by default
+    r = host(r)
+    assert r.shape == x.shape and r.min() >= 1 / 8 and r.max() < 1 / 3 and r.std() > 0.01
+    np.testing.assert_array_equal(host(y), np.where(x < 0, x * r, x))
+    with chainer.using_config('train', False):            # test mode: the mean slope
+        np.testing.assert_allclose(host(F.rrelu(dev(x), l=0.1, u=0.3)),
+                                   np.where(x < 0, 0.2 * x, x), rtol=1e-15)
+    given = np.full(x.shape, 0.25)
+    np.testing.assert_array_equal(host(F.rrelu(dev(x), r=dev(given))), np.where(x < 0, x / 4, x))
+    with pytest.raises(ValueError, match='rrelu: needs 0 <= l < u < 1'):
+        F.rrelu(dev(x), l=0.5, u=0.2)
+    with pytest.raises(ValueError, match="rrelu: r must have x's shape"):
+        F.rrelu(dev(x), r=dev(given[:2]))
+
+
+def test_einsum_values_and_errors():
+    a, b = f64(2, 3), f64(3, 4, seed=1)
+    np.testing.assert_allclose(host(F.einsum('ij,jk->ik', dev(a), dev(b))), a @ b, rtol=1e-13)
+    np.testing.assert_allclose(host(F.einsum('ij,jk', dev(a), dev(b))), a @ b, rtol=1e-13)
+    np.testing.assert_allclose(host(F.einsum('ji', dev(a))), a.T)      # implicit: sorted letters
+    m = f64(2, 3, 3)
+    np.testing.assert_array_equal(host(F.einsum('...ii->...i', dev(m))),
+                                  [[m[k, i, i] for i in range(3)] for k in range(2)])
+    assert float(host(F.einsum('ij,ij->', dev(a), dev(a)))) == pytest.approx((a * a).sum())
+    v = Variable(dev(m[0]))
+    F.sum(F.einsum('ii->i', v)).backward()                # the trace's gradient is I
+    np.testing.assert_array_equal(host(v.grad), np.eye(3))
+    with pytest.raises(ValueError, match='einsum: .* names 2 operands, got 1'):
+        F.einsum('ij,jk->ik', dev(a))
+    with pytest.raises(ValueError, match='einsum: bad subscripts'):
+        F.einsum('i1->i', dev(a))
+    with pytest.raises(ValueError, match=r'do not fit an operand of shape \(2, 3\)'):
+        F.einsum('ijk->i', dev(a))
+    with pytest.raises(TypeError, match='einsum: needs floating-point'):
+        F.einsum('ij->j', dev(np.ones((2, 2), np.int32)))
+
+
+def test_det_inv_cholesky_values_and_errors():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert float(host(F.det(dev(a)))) == pytest.approx(1 * 4 - 2 * 3)
+    np.testing.assert_allclose(host(F.inv(dev(a))), np.array([[4, -2], [-3, 1]]) / -2.0)
+    m = f64(4, 3, 3)
+    sarrus = (m[:, 0, 0] * m[:, 1, 1] * m[:, 2, 2] + m[:, 0, 1] * m[:, 1, 2] * m[:, 2, 0]
+              + m[:, 0, 2] * m[:, 1, 0] * m[:, 2, 1] - m[:, 0, 2] * m[:, 1, 1] * m[:, 2, 0]
+              - m[:, 0, 0] * m[:, 1, 2] * m[:, 2, 1] - m[:, 0, 1] * m[:, 1, 0] * m[:, 2, 2])
+    assert F.batch_det(dev(m)).shape == (4,) and F.det(dev(a)).shape == ()
+    np.testing.assert_allclose(host(F.batch_det(dev(m))), sarrus, rtol=1e-12)
+    for k, mk in enumerate(host(F.batch_inv(dev(m)))):
+        np.testing.assert_allclose(m[k] @ mk, np.eye(3), atol=1e-10)
+    low = host(F.cholesky(dev(np.array([[4.0, 2.0], [2.0, 3.0]]))))
+    np.testing.assert_allclose(low, [[2, 0], [1, np.sqrt(2)]], rtol=1e-15)
+    assert F.cholesky(dev(a.astype(np.float32) @ a.T.astype(np.float32))).dtype == np.float32
+    with pytest.raises(ValueError, match=r'det: needs one \(N, N\) of square matrices, got '
+                       r'shape \(4, 3, 3\)'):
+        F.det(dev(m))
+    with pytest.raises(ValueError, match=r'det: needs a batch \(B, N, N\)'):
+        F.batch_det(dev(a))
+    with pytest.raises(ValueError, match=r'inv: .* got shape \(2, 3\)'):
+        F.inv(dev(f64(2, 3)))
+    with pytest.raises(TypeError, match='det: needs floating-point'):
+        F.det(dev(np.eye(2, dtype=np.int64)))
+    if TEST_DEVICE.xp is np:                               # CuPy answers NaN, as in Chainer
+        with pytest.raises(ValueError, match='inv: input has singular matrices'):
+            F.inv(np.ones((2, 2)))
+        with pytest.raises(ValueError, match='cholesky: input is not positive definite'):
+            F.cholesky(-np.eye(2))
+
+
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
 # The gradient checks run in float64.  NumPy 1.x (which requirements allow)
 # promotes float32 to float64 in places NumPy 2 does not, so each case also
@@ -8535,7 +8672,8 @@ def test_binary_accuracy_r2_score_and_classification_summary_values():
 
 def _float32_cases():
     cases = {}
-    for table in (GRAD_CASES, MORE_GRAD_CASES, LINKS2_GRAD_CASES, SHAPE_MATH_LOSS_GRAD_CASES):
+    for table in (GRAD_CASES, MORE_GRAD_CASES, LINKS2_GRAD_CASES, SHAPE_MATH_LOSS_GRAD_CASES,
+                  MORE_FUNCTIONS_GRAD_CASES):
         cases.update(table)
     return cases
 
