@@ -2835,6 +2835,42 @@ def transpose(x, axes=None):
     return Transpose(axes)(x)
 
 
+def depth2space(X, r):
+    """Subpixel rearrangement: channels become r x r spatial blocks.
+
+    X: Variable or array (B, C * r * r, H, W); r: int block size. Output
+    element (b, c, h * r + i, w * r + j) is X[b, (i * r + j) * C + c, h, w],
+    so the result is (B, C, H * r, W * r). A reshape and a transpose, so the
+    gradient moves back. Raises ValueError for X not 4-d or channels not a
+    multiple of r * r. Chainer: chainer.functions.depth2space.
+    """
+    shape = _input_data('depth2space', X).shape
+    if len(shape) != 4 or shape[1] % (r * r):
+        raise ValueError('depth2space: X must be (B, C * r * r, H, W) with r={}, got shape '
+                         '{}'.format(r, shape))
+    b, c, h, w = shape
+    c //= r * r
+    y = transpose(reshape(X, (b, r, r, c, h, w)), (0, 3, 4, 1, 5, 2))
+    return reshape(y, (b, c, h * r, w * r))
+
+
+def space2depth(X, r):
+    """The inverse of depth2space: r x r spatial blocks become channels.
+
+    X: Variable or array (B, C, H, W) with H and W multiples of r. Output
+    element (b, (i * r + j) * C + c, h, w) is X[b, c, h * r + i, w * r + j],
+    so the result is (B, C * r * r, H / r, W / r). Raises ValueError for X
+    not 4-d or H, W not multiples of r. Chainer: chainer.functions.space2depth.
+    """
+    shape = _input_data('space2depth', X).shape
+    if len(shape) != 4 or shape[2] % r or shape[3] % r:
+        raise ValueError('space2depth: X must be (B, C, H, W) with H and W multiples of '
+                         'r={}, got shape {}'.format(r, shape))
+    b, c, h, w = shape
+    y = transpose(reshape(X, (b, c, h // r, r, w // r, r)), (0, 3, 5, 1, 2, 4))
+    return reshape(y, (b, r * r * c, h // r, w // r))
+
+
 def broadcast_to(x, shape):
     """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
     back. Returns a Variable. Raises ValueError when x cannot be broadcast.
@@ -5084,6 +5120,36 @@ def squared_error(x0, x1):
     (broadcasting as in sub); returns a Variable, not reduced.
     Chainer: chainer.functions.squared_error (alias F.squared_difference)."""
     return square(sub(x0, x1))
+
+
+class LinearInterpolate(Function):
+    """Function node of z = p * x + (1 - p) * y; backward (x - y) gz,
+    p gz, (1 - p) gz. Chainer: chainer.functions.math.linear_interpolate.
+    """
+    label = 'linear_interpolate'
+
+    def forward(self, inputs):
+        p, x, y = inputs
+        _require_float('linear_interpolate', p, x, y)
+        _check_same_dtype('linear_interpolate', inputs)
+        if not p.shape == x.shape == y.shape:
+            raise ValueError('linear_interpolate: p, x and y need one shape, got {}, {} '
+                             'and {}'.format(p.shape, x.shape, y.shape))
+        return p * x + (1 - p) * y,
+
+    def backward(self, inputs, grad_outputs):      # linear in x and y, and in p
+        p, x, y = inputs
+        gz, = grad_outputs
+        return (x - y) * gz, p * gz, (1 - p) * gz
+
+
+def linear_interpolate(p, x, y):
+    """Elementwise p * x + (1 - p) * y. p, x, y: float Variables or arrays of
+    one shape and dtype; all three get gradients. Returns a Variable. Raises
+    ValueError for differing shapes, TypeError for integer or differing
+    dtypes. Chainer: chainer.functions.linear_interpolate.
+    """
+    return LinearInterpolate()(p, x, y)
 
 
 def swapaxes(x, axis1, axis2):
@@ -13599,7 +13665,8 @@ _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
 _submodule('functions', **{name: globals()[name] for name in (
-    'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky').split()})
+    'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
+    'space2depth linear_interpolate').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -13610,12 +13677,12 @@ _not_supported(
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided batch_renormalization black_out '
             'cross_covariance decorrelated_batch_normalization decov '
-            'depth2space digamma discriminative_margin_based_clustering_loss '
+            'digamma discriminative_margin_based_clustering_loss '
             'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
-            'lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
+            'lgamma local_response_normalization log_ndtr ndtr '
             'ndtri negative_sampling polygamma resize_images scatter_add shift '
-            'simplified_dropconnect space2depth sparse_matmul spatial_transformer_grid '
+            'simplified_dropconnect sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '

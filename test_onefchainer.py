@@ -5538,7 +5538,8 @@ CHAINER_PROVIDED = {
                  'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
                  'binary_accuracy r2_score precision recall f1_score classification_summary '
-                 'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky',
+                 'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
+                 'depth2space space2depth linear_interpolate',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8559,6 +8560,10 @@ MORE_FUNCTIONS_GRAD_CASES = {
     # Cholesky reads one triangle; a symmetric input makes the check fair.
     'cholesky': (lambda x: F.cholesky(x + F.transpose(x) + dev(4 * _EYE3).astype(x.dtype)),
                  [f64(3, 3)]),
+    'depth2space': (lambda x: F.depth2space(x, 2), [f64(2, 8, 2, 3)]),
+    'space2depth': (lambda x: F.space2depth(x, 2), [f64(1, 2, 4, 6)]),
+    'linear_interpolate': (F.linear_interpolate, [f64(2, 3, low=0, high=1), f64(2, 3, seed=1),
+                                                  f64(2, 3, seed=2)]),
 }
 
 
@@ -8662,6 +8667,26 @@ def test_det_inv_cholesky_values_and_errors():
             F.inv(np.ones((2, 2)))
         with pytest.raises(ValueError, match='cholesky: input is not positive definite'):
             F.cholesky(-np.eye(2))
+
+
+def test_depth2space_space2depth_and_linear_interpolate_values():
+    x = np.arange(2 * 8 * 2 * 3, dtype=np.float64).reshape(2, 8, 2, 3)
+    y = host(F.depth2space(dev(x), 2))
+    assert y.shape == (2, 2, 4, 6)
+    for b, c, h, w, i, j in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 2, 1, 0), (0, 1, 0, 1, 1, 1)]:
+        assert y[b, c, h * 2 + i, w * 2 + j] == x[b, (i * 2 + j) * 2 + c, h, w]
+    np.testing.assert_array_equal(host(F.space2depth(dev(y), 2)), x)    # the inverse
+    with pytest.raises(ValueError, match=r'depth2space: X must be .* got shape \(2, 6, 2, 3\)'):
+        F.depth2space(dev(x[:, :6]), 2)
+    with pytest.raises(ValueError, match=r'space2depth: .* got shape \(2, 2, 4, 5\)'):
+        F.space2depth(dev(y[..., :5]), 2)
+    p, a, b = f64(2, 3, low=0, high=1), f64(2, 3, seed=1), f64(2, 3, seed=2)
+    np.testing.assert_allclose(host(F.linear_interpolate(dev(p), dev(a), dev(b))),
+                               p * a + (1 - p) * b, rtol=1e-15)
+    with pytest.raises(ValueError, match='linear_interpolate: p, x and y need one shape'):
+        F.linear_interpolate(dev(p), dev(a), dev(b[:1]))
+    with pytest.raises(TypeError, match='linear_interpolate: needs floating-point'):
+        F.linear_interpolate(dev(p), dev(a), dev(np.ones((2, 3), np.int32)))
 
 
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
