@@ -7276,6 +7276,137 @@ def group_normalization(x, groups, gamma, beta, eps=1e-5):
     return GroupNormalizationFunction(groups, eps)(x, gamma, beta)
 
 
+
+# ----- local response normalization and image resizing -----------------------------
+# LRN (AlexNet) divides each channel by the energy of its neighbours; resizing
+# is a fixed linear map per axis, so one matrix for rows and one for columns
+# carry both the forward and (transposed) the backward.
+
+def _channel_window_sum(a, half):
+    """sum of a over channels c - half .. c + half (axis 1), clipped at the ends."""
+    total = a.copy()
+    for i in range(1, half + 1):
+        total[:, i:] += a[:, :-i]
+        total[:, :-i] += a[:, i:]
+    return total
+
+
+class LocalResponseNormalization(Function):
+    """Function node of y = x * s**-beta, s = k + alpha * (sum of x**2 over
+    the channels within n // 2 of each channel).  Backward:
+    gy * s**-beta - 2 alpha beta x * (window sum of y gy / s).
+    Chainer: chainer.functions.normalization.local_response_normalization.
+    """
+    label = 'local_response_normalization'
+
+    def __init__(self, n, k, alpha, beta):
+        self.n, self.k, self.alpha, self.beta = n, k, alpha, beta
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('local_response_normalization', x)
+        if x.ndim < 2:
+            raise ValueError('local_response_normalization: x needs 2 or more dimensions '
+                             '(N, C, ...), got shape {}'.format(x.shape))
+        dtype = x.dtype.type
+        self.s = dtype(self.k) + dtype(self.alpha) * _channel_window_sum(x * x, self.n // 2)
+        self.scale = self.s ** dtype(-self.beta)
+        self.y = x * self.scale
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # x_c enters its own y and its neighbours' s
+        x, = inputs
+        gy, = grad_outputs
+        dtype = x.dtype.type
+        around = _channel_window_sum(self.y * gy / self.s, self.n // 2)
+        return gy * self.scale - dtype(2 * self.alpha * self.beta) * x * around,
+
+
+def local_response_normalization(x, n=5, k=2, alpha=1e-4, beta=.75):
+    """Local response normalization across channels (AlexNet):
+    y = x / (k + alpha * sum_{|c' - c| <= n // 2} x_c'^2) ** beta.
+
+    x: float Variable or array (N, C, ...); n (default 5) the window of
+    channels, k (default 2), alpha (default 1e-4), beta (default 0.75).
+    Returns a Variable of x's shape. Raises ValueError for fewer than 2
+    dimensions, TypeError for integer x.
+    Chainer: chainer.functions.local_response_normalization.
+    """
+    return LocalResponseNormalization(n, k, alpha, beta)(x)
+
+
+def _resize_matrix(xp, out_size, in_size, mode, align_corners, dtype):
+    """(out_size, in_size) matrix taking a line of in_size pixels to out_size:
+    each row holds the weights (1 - w, w) of the two nearest source pixels
+    (bilinear), or one 1 (nearest)."""
+    rows = np.arange(out_size)
+    if mode == 'nearest':
+        low = np.minimum(np.floor(rows * (in_size / out_size)), in_size - 1)
+        weight = np.zeros(out_size)
+    else:
+        if align_corners:
+            position = np.linspace(0, in_size - 1, num=out_size)
+        else:           # pixel centres: output centre i sits at (i + 0.5) * in / out - 0.5
+            position = np.maximum((rows + 0.5) * (in_size / out_size) - 0.5, 0)
+        weight, low = np.modf(position)
+    low = low.astype(np.intp)
+    high = np.minimum(low + 1, in_size - 1)
+    matrix = np.zeros((out_size, in_size))
+    matrix[rows, low] += 1 - weight
+    matrix[rows, high] += weight
+    return xp.asarray(matrix.astype(dtype))
+
+
+class ResizeImages(Function):
+    """Function node of y = R_h x R_w^T on each image (R_h, R_w the resize
+    matrices of the two axes); backward R_h^T gy R_w.
+    Chainer: chainer.functions.array.resize_images.ResizeImages.
+    """
+    label = 'resize_images'
+
+    def __init__(self, output_shape, mode, align_corners):
+        self.output_shape, self.mode, self.align_corners = output_shape, mode, align_corners
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('resize_images', x)
+        if x.ndim != 4:
+            raise ValueError('resize_images: x must be (N, C, H, W), got shape {}'
+                             .format(x.shape))
+        xp = _xp(x)
+        self.rows, self.cols = [
+            _resize_matrix(xp, out, size, self.mode, self.align_corners, x.dtype)
+            for out, size in zip(self.output_shape, x.shape[2:])]
+        return xp.einsum('ph,nchw,qw->ncpq', self.rows, x, self.cols),
+
+    def backward(self, inputs, grad_outputs):      # a linear map: its transpose
+        return _xp(inputs[0]).einsum('ph,ncpq,qw->nchw', self.rows, grad_outputs[0],
+                                     self.cols),
+
+
+def resize_images(x, output_shape, *, mode='bilinear', align_corners=True):
+    """Images resized to output_shape = (out_H, out_W).
+
+    x: float Variable or array (N, C, H, W). mode: 'bilinear' (default; each
+    output pixel mixes its four nearest input pixels) or 'nearest' (input
+    pixel floor(i * H / out_H)). align_corners (default True): corner pixels
+    map onto corner pixels (source position i * (H - 1) / (out_H - 1));
+    False maps pixel centres ((i + 0.5) * H / out_H - 0.5, clipped at 0).
+    Returns a Variable (N, C, out_H, out_W). Raises ValueError for another
+    mode, shape or output_shape, TypeError for integer x. Chainer: chainer.
+    functions.resize_images (which takes float32 only; float64 works here).
+    """
+    if mode not in ('bilinear', 'nearest'):
+        raise ValueError("resize_images: mode must be 'bilinear' or 'nearest', got {!r}"
+                         .format(mode))
+    output_shape = tuple(output_shape)
+    if len(output_shape) != 2 or not all(
+            isinstance(n, (int, np.integer)) and n > 0 for n in output_shape):
+        raise ValueError('resize_images: output_shape must be two positive ints, got {}'
+                         .format(output_shape))
+    return ResizeImages(output_shape, mode, align_corners)(x)
+
+
 # ----- the links -----------------------------------------------------------------
 
 class Convolution2D(Link):
@@ -13666,7 +13797,7 @@ _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout
            group_normalization=group_normalization)
 _submodule('functions', **{name: globals()[name] for name in (
     'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
-    'space2depth linear_interpolate').split()})
+    'space2depth linear_interpolate local_response_normalization resize_images').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -13680,8 +13811,8 @@ _not_supported(
             'digamma discriminative_margin_based_clustering_loss '
             'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
             'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
-            'lgamma local_response_normalization log_ndtr ndtr '
-            'ndtri negative_sampling polygamma resize_images scatter_add shift '
+            'lgamma log_ndtr ndtr '
+            'ndtri negative_sampling polygamma scatter_add shift '
             'simplified_dropconnect sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

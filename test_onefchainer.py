@@ -5539,7 +5539,8 @@ CHAINER_PROVIDED = {
                  'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
                  'binary_accuracy r2_score precision recall f1_score classification_summary '
                  'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
-                 'depth2space space2depth linear_interpolate',
+                 'depth2space space2depth linear_interpolate '
+                 'local_response_normalization resize_images',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8564,6 +8565,15 @@ MORE_FUNCTIONS_GRAD_CASES = {
     'space2depth': (lambda x: F.space2depth(x, 2), [f64(1, 2, 4, 6)]),
     'linear_interpolate': (F.linear_interpolate, [f64(2, 3, low=0, high=1), f64(2, 3, seed=1),
                                                   f64(2, 3, seed=2)]),
+    'local_response_normalization': (F.local_response_normalization, [f64(2, 7, 3, low=-3, high=3)]),
+    'local_response_normalization_n4': (
+        lambda x: F.local_response_normalization(x, n=4, k=1, alpha=0.1, beta=0.5),
+        [f64(2, 5, low=-2, high=2)]),
+    'resize_images_bilinear': (lambda x: F.resize_images(x, (5, 3)), [f64(2, 1, 3, 4)]),
+    'resize_images_centres': (lambda x: F.resize_images(x, (4, 7), align_corners=False),
+                              [f64(1, 2, 3, 4)]),
+    'resize_images_nearest': (lambda x: F.resize_images(x, (5, 2), mode='nearest'),
+                              [f64(1, 2, 3, 4)]),
 }
 
 
@@ -8687,6 +8697,34 @@ def test_depth2space_space2depth_and_linear_interpolate_values():
         F.linear_interpolate(dev(p), dev(a), dev(b[:1]))
     with pytest.raises(TypeError, match='linear_interpolate: needs floating-point'):
         F.linear_interpolate(dev(p), dev(a), dev(np.ones((2, 3), np.int32)))
+
+
+def test_local_response_normalization_and_resize_images_values():
+    x = f64(2, 6, 3, low=-3, high=3)
+    y = host(F.local_response_normalization(dev(x), n=3, k=1.5, alpha=0.2, beta=0.6))
+    for c in range(6):
+        window = sum(x[:, d] ** 2 for d in range(max(c - 1, 0), min(c + 2, 6)))
+        np.testing.assert_allclose(y[:, c], x[:, c] / (1.5 + 0.2 * window) ** 0.6, rtol=1e-13)
+    with pytest.raises(ValueError, match='local_response_normalization: x needs 2 or more'):
+        F.local_response_normalization(dev(x[0, 0]))
+    with pytest.raises(TypeError, match='local_response_normalization: needs floating-point'):
+        F.local_response_normalization(dev(np.ones((2, 3), np.int32)))
+    img = np.array([[[[0.0, 1.0], [2.0, 3.0]]]], np.float32)
+    y = F.resize_images(dev(img), (3, 3))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(host(y)[0, 0], [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]])
+    np.testing.assert_array_equal(host(F.resize_images(dev(img), (4, 4), mode='nearest'))[0, 0],
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    # Pixel centres: sources -0.25 (clipped to 0), 0.25, 0.75, 1.25 (its right pixel clipped).
+    np.testing.assert_allclose(host(F.resize_images(dev(img[:, :, :1]), (1, 4),
+                                                    align_corners=False))[0, 0],
+                               [[0, 0.25, 0.75, 1]])
+    with pytest.raises(ValueError, match="resize_images: mode must be 'bilinear' or 'nearest'"):
+        F.resize_images(dev(img), (3, 3), mode='bicubic')
+    with pytest.raises(ValueError, match=r'resize_images: x must be \(N, C, H, W\)'):
+        F.resize_images(dev(img[0]), (3, 3))
+    with pytest.raises(ValueError, match='resize_images: output_shape must be two positive'):
+        F.resize_images(dev(img), (3, 0))
 
 
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
