@@ -2947,6 +2947,49 @@ def get_item(x, slices):
     return GetItem(slices)(x)
 
 
+class ScatterAdd(Function):
+    """Function node of y = a with b added at a[slices] (repeated indices
+    add up, as numpy.add.at); backward gy for a, gy[slices] for b.
+    Chainer: chainer.functions.array.scatter_add.ScatterAdd.
+    """
+    label = 'scatter_add'
+
+    def __init__(self, slices):
+        self.slices = slices
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_same_dtype('scatter_add', inputs)
+        y = a.copy()
+        target = y[self.slices].shape
+        if target != b.shape:
+            raise ValueError('scatter_add: b must have the shape {} of a[slices] (no '
+                             'broadcasting, as in Chainer), got {}'.format(target, b.shape))
+        _xp(a).add.at(y, self.slices, b)
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # y = a + (b placed at slices)
+        gy, = grad_outputs
+        return gy, gy[self.slices]
+
+
+def scatter_add(a, slices, b):
+    """A copy of a with b added at a[slices]; a itself is not changed.
+
+    slices: what get_item takes (ints, slices, None, Ellipsis, integer or
+    boolean arrays, a tuple of them; a list of ints is an integer array).
+    Elements picked more than once get every value added. b: a Variable or
+    array of a's dtype and exactly a[slices]'s shape. Returns a Variable;
+    a and b both get gradients. Raises ValueError when b's shape differs.
+    Chainer: chainer.functions.scatter_add.
+    """
+    if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
+        slices = np.asarray(slices, dtype=np.intp)
+    elif isinstance(slices, list):
+        slices = tuple(slices)
+    return ScatterAdd(slices)(a, b)
+
+
 # ----- more shapes: flips, tiles, repeats, choices, casts --------------------
 
 class Flip(Function):
@@ -4454,6 +4497,26 @@ def log_softmax(x, axis=1):
     shape. Chainer: chainer.functions.log_softmax.
     """
     return LogSoftmax(axis)(x)
+
+
+def gumbel_softmax(log_pi, tau=0.1, axis=1):
+    """Gumbel-softmax sample: softmax((log_pi + g) / tau, axis), g drawn
+    from the standard Gumbel distribution for each element (fresh on every
+    call, in train and test mode alike, as in Chainer).
+
+    log_pi: float Variable or array of (unnormalized) log-probabilities;
+    tau: temperature (default 0.1; a float, or a Variable/array that
+    broadcasts); axis (default 1). Gradients flow to log_pi (and tau). A
+    0-dim log_pi gives ones(()), as in Chainer. Returns a Variable.
+    Chainer: chainer.functions.gumbel_softmax.
+    """
+    data = _input_data('gumbel_softmax', log_pi)
+    _require_float('gumbel_softmax', data)
+    xp = _xp(data)
+    if data.ndim < 1:
+        return Variable(xp.ones((), data.dtype))
+    g = xp.random.gumbel(size=data.shape).astype(data.dtype)
+    return softmax((log_pi + g) / tau, axis=axis)
 
 
 # ----- dropout -----------------------------------------------------------------
@@ -7277,10 +7340,10 @@ def group_normalization(x, groups, gamma, beta, eps=1e-5):
 
 
 
-# ----- local response normalization and image resizing -----------------------------
+# ----- local response normalization, resizing and shifting images -------------------
 # LRN (AlexNet) divides each channel by the energy of its neighbours; resizing
 # is a fixed linear map per axis, so one matrix for rows and one for columns
-# carry both the forward and (transposed) the backward.
+# carry both the forward and (transposed) the backward; shift only moves pixels.
 
 def _channel_window_sum(a, half):
     """sum of a over channels c - half .. c + half (axis 1), clipped at the ends."""
@@ -7405,6 +7468,67 @@ def resize_images(x, output_shape, *, mode='bilinear', align_corners=True):
         raise ValueError('resize_images: output_shape must be two positive ints, got {}'
                          .format(output_shape))
     return ResizeImages(output_shape, mode, align_corners)(x)
+
+
+def _shift_groups(src, kh, kw, dy, dx):
+    """Each channel group of src moved by its own offset of the kh x kw
+    grid (times dilate), zeros coming in; the centre offset (0, 0) goes to
+    the last group, which also takes the channels left over."""
+    y = _xp(src).zeros_like(src)
+    groups = kh * kw
+    size = src.shape[1] // groups
+    height, width = src.shape[2:]
+    for i in range(groups):
+        g = {(groups - 1) // 2: groups - 1, groups - 1: (groups - 1) // 2}.get(i, i)
+        sy, sx = (g // kw - kh // 2) * dy, (g % kw - kw // 2) * dx
+        channels = slice(i * size, (i + 1) * size if i < groups - 1 else None)
+        rows_out = slice(max(sy, 0), height + min(sy, 0))
+        rows_in = slice(max(-sy, 0), height + min(-sy, 0))
+        cols_out = slice(max(sx, 0), width + min(sx, 0))
+        cols_in = slice(max(-sx, 0), width + min(-sx, 0))
+        y[:, channels, rows_out, cols_out] = src[:, channels, rows_in, cols_in]
+    return y
+
+
+class Shift(Function):
+    """Function node of the shift operation: channel group g moved by
+    offset g of a kh x kw grid (times dilate); backward moves gy back by
+    the opposite offsets. Chainer: chainer.functions.connection.shift.Shift.
+    """
+    label = 'shift'
+
+    def __init__(self, kh, kw, dy, dx):
+        self.kh, self.kw, self.dy, self.dx = kh, kw, dy, dx
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('shift', x)
+        if x.ndim != 4 or x.shape[1] < self.kh * self.kw:
+            raise ValueError('shift: x must be (N, C, H, W) with C >= kh * kw = {}, got '
+                             'shape {}'.format(self.kh * self.kw, x.shape))
+        return _shift_groups(x, self.kh, self.kw, self.dy, self.dx),
+
+    def backward(self, inputs, grad_outputs):      # a move: move the gradient back
+        return _shift_groups(grad_outputs[0], self.kh, self.kw, -self.dy, -self.dx),
+
+
+def shift(x, ksize=3, dilate=1):
+    """Shift (Wu et al. 2017), a zero-parameter stand-in for a spatial
+    convolution: the channels of x (N, C, H, W) are split into kh * kw
+    groups (C // (kh kw) channels each, the rest joining the last), and
+    group g is moved by ((g // kw - kh // 2) dy, (g % kw - kw // 2) dx)
+    pixels, zeros filling in, except that the unmoved centre offset goes to
+    the last group (and the last offset to the middle group). ksize
+    (default 3) and dilate (default 1): ints or pairs; ksize must be odd.
+    Returns a Variable of x's shape. Raises ValueError for an even ksize,
+    x not 4-d or C < kh * kw, TypeError for integer x.
+    Chainer: chainer.functions.shift.
+    """
+    kh, kw = ksize if isinstance(ksize, (tuple, list)) else (ksize, ksize)
+    dy, dx = dilate if isinstance(dilate, (tuple, list)) else (dilate, dilate)
+    if kh % 2 != 1 or kw % 2 != 1:
+        raise ValueError('shift: ksize must be odd, got {}'.format(ksize))
+    return Shift(kh, kw, dy, dx)(x)
 
 
 # ----- the links -----------------------------------------------------------------
@@ -13797,7 +13921,8 @@ _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout
            group_normalization=group_normalization)
 _submodule('functions', **{name: globals()[name] for name in (
     'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
-    'space2depth linear_interpolate local_response_normalization resize_images').split()})
+    'space2depth linear_interpolate local_response_normalization resize_images '
+    'scatter_add shift gumbel_softmax').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -13810,9 +13935,9 @@ _not_supported(
             'cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss '
             'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
-            'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
+            'fixed_decorrelated_batch_normalization forget gaussian ifft '
             'lgamma log_ndtr ndtr '
-            'ndtri negative_sampling polygamma scatter_add shift '
+            'ndtri negative_sampling polygamma '
             'simplified_dropconnect sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

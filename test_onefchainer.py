@@ -5540,7 +5540,8 @@ CHAINER_PROVIDED = {
                  'binary_accuracy r2_score precision recall f1_score classification_summary '
                  'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
                  'depth2space space2depth linear_interpolate '
-                 'local_response_normalization resize_images',
+                 'local_response_normalization resize_images '
+                 'scatter_add shift gumbel_softmax',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8574,6 +8575,12 @@ MORE_FUNCTIONS_GRAD_CASES = {
                               [f64(1, 2, 3, 4)]),
     'resize_images_nearest': (lambda x: F.resize_images(x, (5, 2), mode='nearest'),
                               [f64(1, 2, 3, 4)]),
+    'scatter_add': (lambda a, b: F.scatter_add(a, (slice(None), [0, 2, 0]), b),
+                    [f64(4, 5), f64(4, 3, seed=1)]),
+    'scatter_add_rows': (lambda a, b: F.scatter_add(a, [1, 1, 3], b),
+                         [f64(4, 2), f64(3, 2, seed=1)]),
+    'shift': (F.shift, [f64(2, 10, 4, 5)]),
+    'shift_dilated': (lambda x: F.shift(x, ksize=(3, 1), dilate=(2, -1)), [f64(1, 4, 5, 3)]),
 }
 
 
@@ -8725,6 +8732,46 @@ def test_local_response_normalization_and_resize_images_values():
         F.resize_images(dev(img[0]), (3, 3))
     with pytest.raises(ValueError, match='resize_images: output_shape must be two positive'):
         F.resize_images(dev(img), (3, 0))
+
+
+def test_scatter_add_shift_and_gumbel_softmax_values():
+    a, b = f64(4, 5), f64(3, 5, seed=1)
+    expected = a.copy()
+    for k, row in enumerate([1, 1, 3]):                   # row 1 gets two rows of b
+        expected[row] += b[k]
+    va = Variable(dev(a))
+    y = F.scatter_add(va, [1, 1, 3], dev(b))
+    np.testing.assert_array_equal(host(y), expected)
+    np.testing.assert_array_equal(host(va), a)            # a is not changed
+    with pytest.raises(ValueError, match=r'scatter_add: b must have the shape \(3, 5\)'):
+        F.scatter_add(dev(a), [1, 1, 3], dev(b[:, :2]))
+    x = f64(1, 9, 3, 3)
+    y = host(F.shift(dev(x)))
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y[0, 0, :2, :2], x[0, 0, 1:, 1:])      # offset (-1, -1)
+    np.testing.assert_array_equal(y[0, 0, 2], 0)
+    np.testing.assert_array_equal(y[0, 4, 1:, 1:], x[0, 4, :2, :2])     # offset (1, 1)
+    np.testing.assert_array_equal(y[0, 4, 0], 0)
+    np.testing.assert_array_equal(y[0, 8], x[0, 8])                    # the centre: last
+    np.testing.assert_array_equal(y[0, 1, :2, :], x[0, 1, 1:, :])      # offset (-1, 0)
+    with pytest.raises(ValueError, match='shift: ksize must be odd'):
+        F.shift(dev(x), ksize=2)
+    with pytest.raises(ValueError, match=r'shift: x must be \(N, C, H, W\) with C >= kh \* kw'):
+        F.shift(dev(x[:, :8]))
+    log_pi = np.log(np.array([[0.7, 0.2, 0.1]] * 500))
+    xp.random.seed(0)
+    y = host(F.gumbel_softmax(dev(log_pi), tau=0.01))
+    np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-12)
+    picks = np.bincount(y.argmax(axis=1), minlength=3) / 500.0   # samples of the categories
+    np.testing.assert_allclose(picks, [0.7, 0.2, 0.1], atol=0.07)
+    assert (y.max(axis=1) > 0.99).mean() > 0.9                   # low tau: nearly one-hot
+    xp.random.seed(1)
+    first = host(F.gumbel_softmax(dev(log_pi[:2]), axis=1))
+    xp.random.seed(1)
+    np.testing.assert_array_equal(host(F.gumbel_softmax(dev(log_pi[:2]))), first)
+    assert host(F.gumbel_softmax(dev(np.float32(0.5) * np.ones(())))).tolist() == 1.0
+    with pytest.raises(TypeError, match='gumbel_softmax: needs floating-point'):
+        F.gumbel_softmax(dev(np.ones((2, 3), np.int32)))
 
 
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
