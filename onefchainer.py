@@ -2278,6 +2278,199 @@ def fix(x):
     return _step_function('fix', x, lambda a: _xp(a).fix(a))
 
 
+
+# ----- special functions: erf, erfc, ndtr, log_ndtr, lgamma --------------------
+# NumPy has none of these, and this file does without SciPy: on the CPU each
+# element goes through Python's math module (slow, one call per element, but
+# exact to double precision); on a GPU a small CUDA kernel is compiled on
+# first use from CUDA's own erf, erfc, normcdf, erfcx and lgamma.
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_special_kernels = {}
+
+
+def _elementwise_special(label, x, on_cpu, cuda_code):
+    """on_cpu (a float -> float function) applied to every element of x,
+    or on CuPy arrays the CUDA expression cuda_code (of x, giving y)."""
+    xp = _xp(x)
+    if xp is np:
+        return np.asarray(np.frompyfunc(on_cpu, 1, 1)(x), dtype=x.dtype)
+    kernel = _special_kernels.get(label)
+    if kernel is None:
+        if not hasattr(xp, 'ElementwiseKernel'):
+            raise NotImplementedError('{}: needs cupy.ElementwiseKernel for {} arrays'
+                                      .format(label, xp.__name__))
+        kernel = xp.ElementwiseKernel('T x', 'T y', cuda_code, 'onefchainer_' + label)
+        _special_kernels[label] = kernel
+    return kernel(x)
+
+
+def _log_ndtr_scalar(x):
+    if x > 0:                  # ndtr near 1: log1p keeps the small tail
+        return math.log1p(-0.5 * math.erfc(x / _SQRT2))
+    if x > -30:
+        return math.log(0.5 * math.erfc(-x / _SQRT2))
+    # Far left erfc underflows: Phi(x) = phi(x) / -x * (1 - 1/x^2 + 3/x^4 - ...).
+    s = 1.0 / (x * x)
+    return (-0.5 * x * x - math.log(-x) - _LOG_SQRT_2PI
+            + math.log1p(s * (-1 + s * (3 + s * (-15 + s * 105)))))
+
+
+def _lgamma_scalar(x):
+    try:
+        return math.lgamma(x)
+    except ValueError:         # a pole (0, -1, -2, ...): SciPy's gammaln says inf
+        return math.inf
+
+
+def _digamma(x):
+    """psi(x) = d/dx log|Gamma(x)|, elementwise in x's dtype, on NumPy or CuPy:
+    psi(x) = psi(x + 1) - 1/x lifts x to 10 or more, where the asymptotic
+    series is exact to double precision; x < 1/2 first reflects,
+    psi(x) = psi(1 - x) - pi / tan(pi x)."""
+    xp = _xp(x)
+    z = x.astype(np.float64)
+    reflect = z < 0.5
+    z = xp.where(reflect, 1 - z, z)
+    shift = xp.zeros_like(z)
+    for _ in range(10):
+        small = z < 10
+        shift -= xp.where(small, 1 / z, 0)
+        z = xp.where(small, z + 1, z)
+    s = 1 / (z * z)
+    psi = xp.log(z) - 0.5 / z - s * (1 / 12 - s * (1 / 120 - s * (1 / 252 - s * (
+        1 / 240 - s / 132)))) + shift
+    psi = xp.where(reflect, psi - math.pi / xp.tan(math.pi * x.astype(np.float64)), psi)
+    return psi.astype(x.dtype)
+
+
+class Erf(Function):
+    """Function node of y = erf(x); backward gy * 2/sqrt(pi) exp(-x^2).
+    Chainer: chainer.functions.math.erf.Erf.
+    """
+    label = 'erf'
+
+    def forward(self, inputs):
+        _require_float('erf', inputs[0])
+        return _elementwise_special('erf', inputs[0], math.erf, 'y = erf(x)'),
+
+    def backward(self, inputs, grad_outputs):      # erf' = 2/sqrt(pi) e^{-x^2}
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
+
+
+class Erfc(Function):
+    """Function node of y = erfc(x) = 1 - erf(x), exact for large x;
+    backward -gy * 2/sqrt(pi) exp(-x^2). Chainer: chainer.functions.math.erfc.Erfc.
+    """
+    label = 'erfc'
+
+    def forward(self, inputs):
+        _require_float('erfc', inputs[0])
+        return _elementwise_special('erfc', inputs[0], math.erfc, 'y = erfc(x)'),
+
+    def backward(self, inputs, grad_outputs):      # erfc' = -erf'
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(-2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
+
+
+class Ndtr(Function):
+    """Function node of the standard normal CDF y = Phi(x) = erfc(-x/sqrt 2)/2;
+    backward gy * exp(-x^2/2) / sqrt(2 pi). Chainer: chainer.functions.math.ndtr.Ndtr.
+    """
+    label = 'ndtr'
+
+    def forward(self, inputs):
+        _require_float('ndtr', inputs[0])
+        return _elementwise_special('ndtr', inputs[0],
+                                    lambda v: 0.5 * math.erfc(-v / _SQRT2), 'y = normcdf(x)'),
+
+    def backward(self, inputs, grad_outputs):      # Phi' = the normal density phi
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(1 / math.sqrt(2 * math.pi))
+                                  * _xp(x).exp(x * x * x.dtype.type(-0.5))),
+
+
+class LogNdtr(Function):
+    """Function node of y = log Phi(x), accurate in both tails; backward
+    gy * phi(x) / Phi(x), taken as exp(-x^2/2 - y) / sqrt(2 pi) so it stays
+    finite far left. Chainer: chainer.functions.math.log_ndtr.LogNdtr.
+    """
+    label = 'log_ndtr'
+
+    def forward(self, inputs):
+        _require_float('log_ndtr', inputs[0])
+        self.y = _elementwise_special(
+            'log_ndtr', inputs[0], _log_ndtr_scalar,
+            'y = x > 0 ? log1p(-normcdf(-x)) : log(erfcx(-x * sqrt(0.5)) / 2) - x * x / 2')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (log Phi)' = phi / Phi
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(1 / math.sqrt(2 * math.pi))
+                                  * _xp(x).exp(x * x * x.dtype.type(-0.5) - self.y)),
+
+
+class LGamma(Function):
+    """Function node of y = log|Gamma(x)| (inf at 0, -1, -2, ...); backward
+    gy * digamma(x). Chainer: chainer.functions.math.lgamma.LGamma.
+    """
+    label = 'lgamma'
+
+    def forward(self, inputs):
+        _require_float('lgamma', inputs[0])
+        return _elementwise_special('lgamma', inputs[0], _lgamma_scalar, 'y = lgamma(x)'),
+
+    def backward(self, inputs, grad_outputs):      # (log Gamma)' = psi, the digamma function
+        return grad_outputs[0] * _digamma(inputs[0]),
+
+
+def erf(x):
+    """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
+    of a float Variable or array (CPU: Python's math.erf per element; GPU: a
+    CUDA kernel compiled on first use). Returns a Variable of x's shape and
+    dtype. Raises TypeError for integer x. Chainer: chainer.functions.erf.
+    """
+    return Erf()(x)
+
+
+def erfc(x):
+    """Elementwise complementary error function erfc(x) = 1 - erf(x), without
+    the cancellation for large x; float Variable or array in, Variable of the
+    same shape and dtype out. Raises TypeError for integer x.
+    Chainer: chainer.functions.erfc.
+    """
+    return Erfc()(x)
+
+
+def ndtr(x):
+    """Elementwise standard normal cumulative distribution
+    Phi(x) = (1 + erf(x / sqrt 2)) / 2 (computed as erfc(-x / sqrt 2) / 2);
+    float Variable or array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.ndtr.
+    """
+    return Ndtr()(x)
+
+
+def log_ndtr(x):
+    """Elementwise log Phi(x), the log of the standard normal CDF, accurate
+    far into both tails (no SciPy needed, unlike Chainer's CPU version);
+    float Variable or array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.log_ndtr.
+    """
+    return LogNdtr()(x)
+
+
+def lgamma(x):
+    """Elementwise log|Gamma(x)| (inf at 0, -1, -2, ...), with gradient
+    digamma(x) (computed here by recurrence and asymptotic series; no SciPy
+    needed, unlike Chainer's CPU version); float Variable or array in,
+    Variable out. Raises TypeError for integer x. Chainer: chainer.functions.lgamma.
+    """
+    return LGamma()(x)
+
+
 Variable.__abs__ = absolute
 
 
@@ -13922,7 +14115,7 @@ _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout
 _submodule('functions', **{name: globals()[name] for name in (
     'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
     'space2depth linear_interpolate local_response_normalization resize_images '
-    'scatter_add shift gumbel_softmax').split()})
+    'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -13934,9 +14127,8 @@ _not_supported(
     missing='as_strided batch_renormalization black_out '
             'cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss '
-            'erf erfc erfcinv erfcx erfinv fft fixed_batch_renormalization '
+            'erfcinv erfcx erfinv fft fixed_batch_renormalization '
             'fixed_decorrelated_batch_normalization forget gaussian ifft '
-            'lgamma log_ndtr ndtr '
             'ndtri negative_sampling polygamma '
             'simplified_dropconnect sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '

@@ -5541,7 +5541,7 @@ CHAINER_PROVIDED = {
                  'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
                  'depth2space space2depth linear_interpolate '
                  'local_response_normalization resize_images '
-                 'scatter_add shift gumbel_softmax',
+                 'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D',
@@ -8581,6 +8581,11 @@ MORE_FUNCTIONS_GRAD_CASES = {
                          [f64(4, 2), f64(3, 2, seed=1)]),
     'shift': (F.shift, [f64(2, 10, 4, 5)]),
     'shift_dilated': (lambda x: F.shift(x, ksize=(3, 1), dilate=(2, -1)), [f64(1, 4, 5, 3)]),
+    'erf': (F.erf, [f64(3, 4, low=-2, high=2)]),
+    'erfc': (F.erfc, [f64(3, 4, low=-2, high=2)]),
+    'ndtr': (F.ndtr, [f64(3, 4, low=-3, high=3)]),
+    'log_ndtr': (F.log_ndtr, [np.array([-35.0, -12.5, -3.0, -0.4, 0.0, 0.7, 4.0, 9.0])]),
+    'lgamma': (F.lgamma, [np.array([[-2.5, -0.7, 0.3, 1.0], [2.2, 4.5, 11.0, 40.0]])]),
 }
 
 
@@ -8772,6 +8777,42 @@ def test_scatter_add_shift_and_gumbel_softmax_values():
     assert host(F.gumbel_softmax(dev(np.float32(0.5) * np.ones(())))).tolist() == 1.0
     with pytest.raises(TypeError, match='gumbel_softmax: needs floating-point'):
         F.gumbel_softmax(dev(np.ones((2, 3), np.int32)))
+
+
+def test_erf_ndtr_lgamma_values_and_errors():
+    x = np.array([-2.5, -1.0, 0.0, 0.3, 1.7])
+    np.testing.assert_allclose(host(F.erf(dev(x))), [math.erf(v) for v in x], rtol=1e-15)
+    np.testing.assert_allclose(host(F.erfc(dev(x))), [1 - math.erf(v) for v in x], rtol=1e-14)
+    assert float(host(F.erfc(dev(np.array(10.0))))) == pytest.approx(2.088487583762545e-45,
+                                                                      rel=1e-12)
+    np.testing.assert_allclose(host(F.ndtr(dev(np.array([0.0, 1.959963984540054, -1.0])))),
+                               [0.5, 0.975, 0.15865525393145707], rtol=1e-13)
+    # log Phi far left, where Phi itself is ~1e-268, and near 1 on the right.
+    left = float(host(F.log_ndtr(dev(np.array(-35.0)))))
+    assert left == pytest.approx(math.log(0.5 * math.erfc(35 / math.sqrt(2))), rel=1e-13)
+    # Past erfc's underflow: Phi(x) ~ phi(x) / -x * (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8).
+    series = 1 - 1 / 50 ** 2 + 3 / 50 ** 4 - 15 / 50 ** 6 + 105 / 50 ** 8
+    assert float(host(F.log_ndtr(dev(np.array(-50.0))))) == pytest.approx(
+        -1250 - math.log(50 * math.sqrt(2 * math.pi)) + math.log(series), rel=1e-14)
+    assert float(host(F.log_ndtr(dev(np.array(9.0))))) == pytest.approx(
+        -0.5 * math.erfc(9 / math.sqrt(2)), rel=1e-10)
+    y = host(F.lgamma(dev(np.array([5.0, 0.5, -0.5, 0.0, -2.0]))))
+    np.testing.assert_allclose(y[:3], [math.log(24), 0.5 * math.log(math.pi),
+                                       math.log(2 * math.sqrt(math.pi))], rtol=1e-14)
+    assert np.isposinf(y[3:]).all()                            # poles
+    v = Variable(dev(np.array([1.0, 0.5, -0.5, 4.0])))         # gradient: digamma
+    F.sum(F.lgamma(v)).backward()
+    euler = 0.5772156649015329
+    psi_half = -euler - 2 * math.log(2)
+    np.testing.assert_allclose(host(v.grad), [-euler, psi_half, psi_half + 2,
+                                              -euler + 1 + 1 / 2 + 1 / 3], rtol=1e-13, atol=1e-13)
+    v = Variable(dev(np.array([0.8], np.float32)))
+    F.sum(F.erf(v)).backward()
+    assert v.grad.dtype == np.float32
+    np.testing.assert_allclose(host(v.grad), 2 / math.sqrt(math.pi) * math.exp(-0.64), rtol=1e-6)
+    for f in (F.erf, F.erfc, F.ndtr, F.log_ndtr, F.lgamma):
+        with pytest.raises(TypeError, match=f.__name__ + ': needs floating-point'):
+            f(dev(np.arange(3)))
 
 
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
