@@ -3991,6 +3991,9 @@ class Einsum(Function):
             spec = ','.join([self.out] + [p for p, _ in others]) + '->' + kept
             g = xp.einsum(spec, gy, *[x for _, x in others])
             size = {c: a.shape[part.index(c)] for c in unique}
+            for i, c in enumerate(kept):          # a size-1 axis that einsum broadcast
+                if g.shape[i] != size[c]:
+                    g = g.sum(axis=i, keepdims=True)
             g = g.reshape([size[c] if c in kept else 1 for c in unique])
             g = xp.broadcast_to(g, [size[c] for c in unique])
             if len(unique) < len(part):               # a diagonal: write g onto it
@@ -4009,8 +4012,9 @@ def einsum(subscripts, *operands):
     subscripts: a str of letters per operand, separated by commas, with an
     optional '...' for leading axes and an optional '->output' (without it
     the output is the letters used once, sorted). operands: float Variables
-    or arrays of one dtype. Each operand gets a gradient (repeated letters
-    such as 'ii->i' included). Returns a Variable. Raises ValueError for
+    or arrays of one dtype; axes of size 1 broadcast as in NumPy (Chainer
+    wants equal '...' shapes). Each operand gets a gradient (repeated
+    letters such as 'ii->i' included). Returns a Variable. Raises ValueError for
     subscripts that do not fit the operands, TypeError for integer or
     differing dtypes. Chainer: chainer.functions.einsum.
     """

@@ -8553,6 +8553,8 @@ MORE_FUNCTIONS_GRAD_CASES = {
                         [f64(2, 3, 3), f64(2, 4, seed=1)]),
     'einsum_ellipsis': (lambda a, b: F.einsum('...ij,...j->...i', a, b),
                         [f64(2, 3, 4), f64(2, 4, seed=1)]),
+    'einsum_broadcast': (lambda a, b: F.einsum('...ij,...jk->...ik', a, b),   # size-1 '...'
+                         [f64(1, 2, 3), f64(4, 3, 2, seed=1)]),
     'einsum_summed_alone': (lambda a, b: F.einsum('ijk,il->jl', a, b),
                             [f64(2, 3, 4), f64(2, 5, seed=1)]),
     'det': (F.det, [f64(3, 3) + 2 * _EYE3]),
