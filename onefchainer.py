@@ -2278,6 +2278,199 @@ def fix(x):
     return _step_function('fix', x, lambda a: _xp(a).fix(a))
 
 
+
+# ----- special functions: erf, erfc, ndtr, log_ndtr, lgamma --------------------
+# NumPy has none of these, and this file does without SciPy: on the CPU each
+# element goes through Python's math module (slow, one call per element, but
+# exact to double precision); on a GPU a small CUDA kernel is compiled on
+# first use from CUDA's own erf, erfc, normcdf, erfcx and lgamma.
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_special_kernels = {}
+
+
+def _elementwise_special(label, x, on_cpu, cuda_code):
+    """on_cpu (a float -> float function) applied to every element of x,
+    or on CuPy arrays the CUDA expression cuda_code (of x, giving y)."""
+    xp = _xp(x)
+    if xp is np:
+        return np.asarray(np.frompyfunc(on_cpu, 1, 1)(x), dtype=x.dtype)
+    kernel = _special_kernels.get(label)
+    if kernel is None:
+        if not hasattr(xp, 'ElementwiseKernel'):
+            raise NotImplementedError('{}: needs cupy.ElementwiseKernel for {} arrays'
+                                      .format(label, xp.__name__))
+        kernel = xp.ElementwiseKernel('T x', 'T y', cuda_code, 'onefchainer_' + label)
+        _special_kernels[label] = kernel
+    return kernel(x)
+
+
+def _log_ndtr_scalar(x):
+    if x > 0:                  # ndtr near 1: log1p keeps the small tail
+        return math.log1p(-0.5 * math.erfc(x / _SQRT2))
+    if x > -30:
+        return math.log(0.5 * math.erfc(-x / _SQRT2))
+    # Far left erfc underflows: Phi(x) = phi(x) / -x * (1 - 1/x^2 + 3/x^4 - ...).
+    s = 1.0 / (x * x)
+    return (-0.5 * x * x - math.log(-x) - _LOG_SQRT_2PI
+            + math.log1p(s * (-1 + s * (3 + s * (-15 + s * 105)))))
+
+
+def _lgamma_scalar(x):
+    try:
+        return math.lgamma(x)
+    except ValueError:         # a pole (0, -1, -2, ...): SciPy's gammaln says inf
+        return math.inf
+
+
+def _digamma(x):
+    """psi(x) = d/dx log|Gamma(x)|, elementwise in x's dtype, on NumPy or CuPy:
+    psi(x) = psi(x + 1) - 1/x lifts x to 10 or more, where the asymptotic
+    series is exact to double precision; x < 1/2 first reflects,
+    psi(x) = psi(1 - x) - pi / tan(pi x)."""
+    xp = _xp(x)
+    z = x.astype(np.float64)
+    reflect = z < 0.5
+    z = xp.where(reflect, 1 - z, z)
+    shift = xp.zeros_like(z)
+    for _ in range(10):
+        small = z < 10
+        shift -= xp.where(small, 1 / z, 0)
+        z = xp.where(small, z + 1, z)
+    s = 1 / (z * z)
+    psi = xp.log(z) - 0.5 / z - s * (1 / 12 - s * (1 / 120 - s * (1 / 252 - s * (
+        1 / 240 - s / 132)))) + shift
+    psi = xp.where(reflect, psi - math.pi / xp.tan(math.pi * x.astype(np.float64)), psi)
+    return psi.astype(x.dtype)
+
+
+class Erf(Function):
+    """Function node of y = erf(x); backward gy * 2/sqrt(pi) exp(-x^2).
+    Chainer: chainer.functions.math.erf.Erf.
+    """
+    label = 'erf'
+
+    def forward(self, inputs):
+        _require_float('erf', inputs[0])
+        return _elementwise_special('erf', inputs[0], math.erf, 'y = erf(x)'),
+
+    def backward(self, inputs, grad_outputs):      # erf' = 2/sqrt(pi) e^{-x^2}
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
+
+
+class Erfc(Function):
+    """Function node of y = erfc(x) = 1 - erf(x), exact for large x;
+    backward -gy * 2/sqrt(pi) exp(-x^2). Chainer: chainer.functions.math.erfc.Erfc.
+    """
+    label = 'erfc'
+
+    def forward(self, inputs):
+        _require_float('erfc', inputs[0])
+        return _elementwise_special('erfc', inputs[0], math.erfc, 'y = erfc(x)'),
+
+    def backward(self, inputs, grad_outputs):      # erfc' = -erf'
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(-2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
+
+
+class Ndtr(Function):
+    """Function node of the standard normal CDF y = Phi(x) = erfc(-x/sqrt 2)/2;
+    backward gy * exp(-x^2/2) / sqrt(2 pi). Chainer: chainer.functions.math.ndtr.Ndtr.
+    """
+    label = 'ndtr'
+
+    def forward(self, inputs):
+        _require_float('ndtr', inputs[0])
+        return _elementwise_special('ndtr', inputs[0],
+                                    lambda v: 0.5 * math.erfc(-v / _SQRT2), 'y = normcdf(x)'),
+
+    def backward(self, inputs, grad_outputs):      # Phi' = the normal density phi
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(1 / math.sqrt(2 * math.pi))
+                                  * _xp(x).exp(x * x * x.dtype.type(-0.5))),
+
+
+class LogNdtr(Function):
+    """Function node of y = log Phi(x), accurate in both tails; backward
+    gy * phi(x) / Phi(x), taken as exp(-x^2/2 - y) / sqrt(2 pi) so it stays
+    finite far left. Chainer: chainer.functions.math.log_ndtr.LogNdtr.
+    """
+    label = 'log_ndtr'
+
+    def forward(self, inputs):
+        _require_float('log_ndtr', inputs[0])
+        self.y = _elementwise_special(
+            'log_ndtr', inputs[0], _log_ndtr_scalar,
+            'y = x > 0 ? log1p(-normcdf(-x)) : log(erfcx(-x * sqrt(0.5)) / 2) - x * x / 2')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # (log Phi)' = phi / Phi
+        x, = inputs
+        return grad_outputs[0] * (x.dtype.type(1 / math.sqrt(2 * math.pi))
+                                  * _xp(x).exp(x * x * x.dtype.type(-0.5) - self.y)),
+
+
+class LGamma(Function):
+    """Function node of y = log|Gamma(x)| (inf at 0, -1, -2, ...); backward
+    gy * digamma(x). Chainer: chainer.functions.math.lgamma.LGamma.
+    """
+    label = 'lgamma'
+
+    def forward(self, inputs):
+        _require_float('lgamma', inputs[0])
+        return _elementwise_special('lgamma', inputs[0], _lgamma_scalar, 'y = lgamma(x)'),
+
+    def backward(self, inputs, grad_outputs):      # (log Gamma)' = psi, the digamma function
+        return grad_outputs[0] * _digamma(inputs[0]),
+
+
+def erf(x):
+    """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
+    of a float Variable or array (CPU: Python's math.erf per element; GPU: a
+    CUDA kernel compiled on first use). Returns a Variable of x's shape and
+    dtype. Raises TypeError for integer x. Chainer: chainer.functions.erf.
+    """
+    return Erf()(x)
+
+
+def erfc(x):
+    """Elementwise complementary error function erfc(x) = 1 - erf(x), without
+    the cancellation for large x; float Variable or array in, Variable of the
+    same shape and dtype out. Raises TypeError for integer x.
+    Chainer: chainer.functions.erfc.
+    """
+    return Erfc()(x)
+
+
+def ndtr(x):
+    """Elementwise standard normal cumulative distribution
+    Phi(x) = (1 + erf(x / sqrt 2)) / 2 (computed as erfc(-x / sqrt 2) / 2);
+    float Variable or array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.ndtr.
+    """
+    return Ndtr()(x)
+
+
+def log_ndtr(x):
+    """Elementwise log Phi(x), the log of the standard normal CDF, accurate
+    far into both tails (no SciPy needed, unlike Chainer's CPU version);
+    float Variable or array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.log_ndtr.
+    """
+    return LogNdtr()(x)
+
+
+def lgamma(x):
+    """Elementwise log|Gamma(x)| (inf at 0, -1, -2, ...), with gradient
+    digamma(x) (computed here by recurrence and asymptotic series; no SciPy
+    needed, unlike Chainer's CPU version); float Variable or array in,
+    Variable out. Raises TypeError for integer x. Chainer: chainer.functions.lgamma.
+    """
+    return LGamma()(x)
+
+
 Variable.__abs__ = absolute
 
 
@@ -2421,6 +2614,43 @@ class Cumsum(Function):
         return _xp(gy).flip(flipped.cumsum(axis=axis), axis).reshape(x.shape),
 
 
+class Cumprod(Function):
+    """Function node of the cumulative product along `axis` (None: of x
+    flattened).  Backward without dividing by x (which may hold zeros):
+    y_i = x_0 ... x_i, so x_j gets y_{j-1} * z_j with z_j = sum_{i >= j}
+    gy_i x_{j+1} ... x_i, run from the far end as z_j = gy_j + x_{j+1} z_{j+1}.
+    Chainer: chainer.functions.math.cumprod.Cumprod.
+    """
+    label = 'cumprod'
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('cumprod', x)
+        if self.axis is not None:
+            self.axis = _normalize_axis(self.axis, x.ndim, 'cumprod')[0]
+        self.y = _xp(x).cumprod(x, axis=self.axis)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # product rule, one factor at a time
+        x, = inputs
+        gy, = grad_outputs
+        xp = _xp(x)
+        axis = 0 if self.axis is None else self.axis
+        xs = x.reshape(-1) if self.axis is None else x
+        xs, gy, y = [xp.moveaxis(a, axis, 0) for a in (xs, gy, self.y.reshape(xs.shape))]
+        if len(gy) == 0:
+            return xp.zeros_like(x),
+        z = xp.empty_like(gy)
+        z[-1] = gy[-1]
+        for j in range(len(gy) - 2, -1, -1):         # a Python loop over the axis only
+            z[j] = gy[j] + xs[j + 1] * z[j + 1]
+        z[1:] *= y[:-1]
+        return xp.moveaxis(z, 0, axis).reshape(x.shape),
+
+
 def sum(x, axis=None, keepdims=False):
     """Sum of the elements of x over `axis`.
 
@@ -2498,6 +2728,20 @@ def cumsum(x, axis=None):
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
     return Cumsum(axis)(x)
+
+
+def cumprod(x, axis=None):
+    """Cumulative product of x along `axis` (an int, negative from the end),
+    or of x flattened to one axis when axis is None (the default).
+
+    x: float Variable or array. Returns a Variable of x's shape (1-d of
+    x.size for axis None); the gradient is exact where x has zeros. Raises
+    TypeError for integer x or a non-int axis, ValueError for an axis out of
+    bounds. Chainer: chainer.functions.cumprod.
+    """
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        raise TypeError('cumprod: axis must be an int or None, got {!r}'.format(axis))
+    return Cumprod(axis)(x)
 
 
 class LogSumExp(Function):
@@ -2784,6 +3028,42 @@ def transpose(x, axes=None):
     return Transpose(axes)(x)
 
 
+def depth2space(X, r):
+    """Subpixel rearrangement: channels become r x r spatial blocks.
+
+    X: Variable or array (B, C * r * r, H, W); r: int block size. Output
+    element (b, c, h * r + i, w * r + j) is X[b, (i * r + j) * C + c, h, w],
+    so the result is (B, C, H * r, W * r). A reshape and a transpose, so the
+    gradient moves back. Raises ValueError for X not 4-d or channels not a
+    multiple of r * r. Chainer: chainer.functions.depth2space.
+    """
+    shape = _input_data('depth2space', X).shape
+    if len(shape) != 4 or shape[1] % (r * r):
+        raise ValueError('depth2space: X must be (B, C * r * r, H, W) with r={}, got shape '
+                         '{}'.format(r, shape))
+    b, c, h, w = shape
+    c //= r * r
+    y = transpose(reshape(X, (b, r, r, c, h, w)), (0, 3, 4, 1, 5, 2))
+    return reshape(y, (b, c, h * r, w * r))
+
+
+def space2depth(X, r):
+    """The inverse of depth2space: r x r spatial blocks become channels.
+
+    X: Variable or array (B, C, H, W) with H and W multiples of r. Output
+    element (b, (i * r + j) * C + c, h, w) is X[b, c, h * r + i, w * r + j],
+    so the result is (B, C * r * r, H / r, W / r). Raises ValueError for X
+    not 4-d or H, W not multiples of r. Chainer: chainer.functions.space2depth.
+    """
+    shape = _input_data('space2depth', X).shape
+    if len(shape) != 4 or shape[2] % r or shape[3] % r:
+        raise ValueError('space2depth: X must be (B, C, H, W) with H and W multiples of '
+                         'r={}, got shape {}'.format(r, shape))
+    b, c, h, w = shape
+    y = transpose(reshape(X, (b, c, h // r, r, w // r, r)), (0, 3, 5, 1, 2, 4))
+    return reshape(y, (b, r * r * c, h // r, w // r))
+
+
 def broadcast_to(x, shape):
     """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
     back. Returns a Variable. Raises ValueError when x cannot be broadcast.
@@ -2858,6 +3138,49 @@ def get_item(x, slices):
     if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
         slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
     return GetItem(slices)(x)
+
+
+class ScatterAdd(Function):
+    """Function node of y = a with b added at a[slices] (repeated indices
+    add up, as numpy.add.at); backward gy for a, gy[slices] for b.
+    Chainer: chainer.functions.array.scatter_add.ScatterAdd.
+    """
+    label = 'scatter_add'
+
+    def __init__(self, slices):
+        self.slices = slices
+
+    def forward(self, inputs):
+        a, b = inputs
+        _check_same_dtype('scatter_add', inputs)
+        y = a.copy()
+        target = y[self.slices].shape
+        if target != b.shape:
+            raise ValueError('scatter_add: b must have the shape {} of a[slices] (no '
+                             'broadcasting, as in Chainer), got {}'.format(target, b.shape))
+        _xp(a).add.at(y, self.slices, b)
+        return y,
+
+    def backward(self, inputs, grad_outputs):      # y = a + (b placed at slices)
+        gy, = grad_outputs
+        return gy, gy[self.slices]
+
+
+def scatter_add(a, slices, b):
+    """A copy of a with b added at a[slices]; a itself is not changed.
+
+    slices: what get_item takes (ints, slices, None, Ellipsis, integer or
+    boolean arrays, a tuple of them; a list of ints is an integer array).
+    Elements picked more than once get every value added. b: a Variable or
+    array of a's dtype and exactly a[slices]'s shape. Returns a Variable;
+    a and b both get gradients. Raises ValueError when b's shape differs.
+    Chainer: chainer.functions.scatter_add.
+    """
+    if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
+        slices = np.asarray(slices, dtype=np.intp)
+    elif isinstance(slices, list):
+        slices = tuple(slices)
+    return ScatterAdd(slices)(a, b)
 
 
 # ----- more shapes: flips, tiles, repeats, choices, casts --------------------
@@ -3595,6 +3918,110 @@ def tensordot(a, b, axes=2):
     return TensorDot(axes)(a, b)
 
 
+def _einsum_parse(subscripts, shapes):
+    """Explicit subscripts for `shapes`: ([one string per operand], output),
+    each '...' replaced by capital letters, and the implicit output (the
+    letters used once, sorted, after the '...' axes) written out."""
+    if not isinstance(subscripts, str):
+        raise TypeError('einsum: subscripts must be a str, got {!r}'.format(subscripts))
+    spec = subscripts.replace(' ', '')
+    inputs, arrow, output = spec.partition('->')
+    inputs = inputs.split(',')
+    if len(inputs) != len(shapes):
+        raise ValueError('einsum: {!r} names {} operands, got {}'.format(
+            subscripts, len(inputs), len(shapes)))
+    for part in inputs + [output]:
+        letters = part.replace('...', '')
+        if not all('a' <= c <= 'z' or 'A' <= c <= 'Z' for c in letters) or \
+                part.count('...') > 1:
+            raise ValueError('einsum: bad subscripts {!r} (letters, one optional '
+                             '"..." per operand, commas and one "->")'.format(subscripts))
+    spare = [c for c in 'ZYXWVUTSRQPONMLKJIHGFEDCBA' if c not in spec]
+    widest = 0
+    expanded = []
+    for part, shape in zip(inputs, shapes):
+        width = len(shape) - len(part.replace('...', ''))
+        if width < 0 or (width > 0 and '...' not in part):
+            raise ValueError('einsum: subscripts {!r} do not fit an operand of shape {}'
+                             .format(part, shape))
+        widest = width if width > widest else widest
+        expanded.append((part, width))
+    ellipsis_all = ''.join(spare[:widest])
+    result = [part.replace('...', ellipsis_all[widest - width:]) for part, width in expanded]
+    if arrow:
+        output = output.replace('...', ellipsis_all)
+    else:
+        joined = ''.join(p.replace('...', '') for p in inputs)
+        output = ellipsis_all + ''.join(sorted(c for c in set(joined) if joined.count(c) == 1))
+    for c in output:
+        if not any(c in part for part in result):
+            raise ValueError('einsum: output letter {!r} of {!r} is in no operand'
+                             .format(c, subscripts))
+    return result, output
+
+
+class Einsum(Function):
+    """Function node of numpy.einsum with explicit subscripts.  Backward: the
+    gradient for operand k is again an einsum, of gy with the other operands,
+    onto k's letters; a letter summed in k alone is broadcast back, and a
+    repeated letter (a diagonal, 'ii') puts the gradient on that diagonal.
+    Chainer: chainer.functions.math.einsum.EinSum.
+    """
+    label = 'einsum'
+
+    def __init__(self, subscripts):
+        self.subscripts = subscripts
+
+    def forward(self, inputs):
+        _require_float('einsum', *inputs)
+        _check_same_dtype('einsum', inputs)
+        self.ins, self.out = _einsum_parse(self.subscripts, [a.shape for a in inputs])
+        spec = ','.join(self.ins) + '->' + self.out
+        return _xp(inputs[0]).asarray(_xp(inputs[0]).einsum(spec, *inputs)),
+
+    def backward(self, inputs, grad_outputs):      # linear in each operand
+        xp = _xp(inputs[0])
+        gy, = grad_outputs
+        grads = []
+        for k, (a, part) in enumerate(zip(inputs, self.ins)):
+            others = [(p, x) for i, (p, x) in enumerate(zip(self.ins, inputs)) if i != k]
+            seen = self.out + ''.join(p for p, _ in others)
+            unique = ''.join(c for i, c in enumerate(part) if part.index(c) == i)
+            kept = ''.join(c for c in unique if c in seen)
+            spec = ','.join([self.out] + [p for p, _ in others]) + '->' + kept
+            g = xp.einsum(spec, gy, *[x for _, x in others])
+            size = {c: a.shape[part.index(c)] for c in unique}
+            for i, c in enumerate(kept):          # a size-1 axis that einsum broadcast
+                if g.shape[i] != size[c]:
+                    g = g.sum(axis=i, keepdims=True)
+            g = g.reshape([size[c] if c in kept else 1 for c in unique])
+            g = xp.broadcast_to(g, [size[c] for c in unique])
+            if len(unique) < len(part):               # a diagonal: write g onto it
+                full = xp.zeros_like(a)
+                index = tuple(xp.arange(size[c]).reshape(
+                    [-1 if u == c else 1 for u in unique]) for c in part)
+                full[index] = g
+                g = full
+            grads.append(xp.ascontiguousarray(g, dtype=a.dtype))
+        return tuple(grads)
+
+
+def einsum(subscripts, *operands):
+    """Einstein summation, as numpy.einsum: einsum('ij,jk->ik', a, b) is a @ b.
+
+    subscripts: a str of letters per operand, separated by commas, with an
+    optional '...' for leading axes and an optional '->output' (without it
+    the output is the letters used once, sorted). operands: float Variables
+    or arrays of one dtype; axes of size 1 broadcast as in NumPy (Chainer
+    wants equal '...' shapes). Each operand gets a gradient (repeated
+    letters such as 'ii->i' included). Returns a Variable. Raises ValueError for
+    subscripts that do not fit the operands, TypeError for integer or
+    differing dtypes. Chainer: chainer.functions.einsum.
+    """
+    _require_inputs('einsum', operands)
+    return Einsum(subscripts)(*operands)
+
+
 def batch_matmul(a, b, transa=False, transb=False):
     """Matrix products of two batches of matrices (deprecated in Chainer for
     matmul, and warns DeprecationWarning as Chainer does).
@@ -3612,6 +4039,149 @@ def batch_matmul(a, b, transa=False, transb=False):
                          'and {}'.format(*shapes))
     a, b = [reshape(v, s if len(s) == 3 else s + (1,)) for v, s in zip((a, b), shapes)]
     return MatMul(transa, transb)(a, b)
+
+
+# ----- linear algebra: determinants, inverses, Cholesky, einsum -------------------
+# Forward is xp.linalg; backward is the matrix calculus of each formula,
+# written with the forward's results (the inverse, the determinant) kept.
+
+def _require_square(label, a, ndim):
+    if a.ndim != ndim or a.shape[-1] != a.shape[-2]:
+        raise ValueError('{}: needs {} of square matrices, got shape {}'.format(
+            label, 'a batch (B, N, N)' if ndim == 3 else 'one (N, N)', a.shape))
+
+
+def _transposed(a):
+    return a.swapaxes(-1, -2)
+
+
+class BatchDet(Function):
+    """Function node of y[b] = det(a[b]) for a (B, N, N) (or one (N, N) with
+    ndim 2); backward gy * det(a) * inv(a)^T, Jacobi's formula.
+    Chainer: chainer.functions.math.det.BatchDet.
+    """
+    label = 'det'
+
+    def __init__(self, ndim):
+        self.ndim = ndim
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float(self.label, a)
+        _require_square(self.label, a, self.ndim)
+        self.y = _xp(a).linalg.det(a)
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d det(a) = det(a) tr(inv(a) da)
+        a, = inputs
+        scale = (grad_outputs[0] * self.y)[..., None, None]
+        return scale * _transposed(_xp(a).linalg.inv(a)),
+
+
+class BatchInv(Function):
+    """Function node of y[b] = inv(a[b]) for a (B, N, N) (or one (N, N) with
+    ndim 2); backward -y^T gy y^T.  Chainer: chainer.functions.math.inv.BatchInv.
+    """
+    label = 'inv'
+
+    def __init__(self, ndim):
+        self.ndim = ndim
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float(self.label, a)
+        _require_square(self.label, a, self.ndim)
+        xp = _xp(a)
+        try:
+            self.y = xp.linalg.inv(a)
+        except np.linalg.LinAlgError:
+            raise ValueError('{}: input has singular matrices (shape {})'.format(
+                self.label, a.shape)) from None
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # d inv(a) = -inv(a) da inv(a)
+        yt = _transposed(self.y)
+        return -_xp(yt).matmul(_xp(yt).matmul(yt, grad_outputs[0]), yt),
+
+
+class Cholesky(Function):
+    """Function node of the lower-triangular L with L L^T = a (a symmetric
+    positive definite, (N, N)).  Backward (Murray 2016): with
+    phi = L^T gy on and below the diagonal, the diagonal halved, and
+    s = L^-T phi L^-1, the gradient is (s + s^T) / 2, symmetric because
+    only a's symmetric part matters.
+    Chainer: chainer.functions.math.cholesky.Cholesky.
+    """
+    label = 'cholesky'
+
+    def forward(self, inputs):
+        a, = inputs
+        _require_float('cholesky', a)
+        _require_square('cholesky', a, 2)
+        xp = _xp(a)
+        try:
+            self.y = xp.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            raise ValueError('cholesky: input is not positive definite (shape {})'
+                             .format(a.shape)) from None
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # from d(L L^T) = da, L triangular
+        y = self.y
+        xp = _xp(y)
+        n = y.shape[0]
+        mask = xp.tri(n, dtype=y.dtype) - y.dtype.type(0.5) * xp.eye(n, dtype=y.dtype)
+        phi = mask * y.T.dot(grad_outputs[0])
+        y_inv = xp.linalg.inv(y)
+        s = y_inv.T.dot(phi).dot(y_inv)
+        return (s + s.T) * y.dtype.type(0.5),
+
+
+def det(a):
+    """Determinant of one square matrix a: a float Variable or array (N, N).
+    Returns a 0-dim Variable; the gradient is gy * det(a) * inv(a)^T (a must
+    be invertible for backward). Raises ValueError for a shape that is not
+    (N, N), TypeError for integer a. Chainer: chainer.functions.det.
+    """
+    return BatchDet(2)(a)
+
+
+def batch_det(a):
+    """Determinants of a batch of square matrices: a is a float Variable or
+    array (B, N, N). Returns a Variable (B,). Raises ValueError for another
+    shape, TypeError for integer a. Chainer: chainer.functions.batch_det.
+    """
+    return BatchDet(3)(a)
+
+
+def inv(a):
+    """Inverse of one square matrix a: a float Variable or array (N, N).
+    Returns a Variable (N, N); the gradient is -inv(a)^T gy inv(a)^T.
+    Raises ValueError for another shape or a singular matrix (on the CPU;
+    CuPy returns NaN or inf instead), TypeError for integer a.
+    Chainer: chainer.functions.inv.
+    """
+    return BatchInv(2)(a)
+
+
+def batch_inv(a):
+    """Inverses of a batch of square matrices: a is a float Variable or array
+    (B, N, N). Returns a Variable (B, N, N). Raises ValueError for another
+    shape or a singular matrix (on the CPU), TypeError for integer a.
+    Chainer: chainer.functions.batch_inv.
+    """
+    return BatchInv(3)(a)
+
+
+def cholesky(a):
+    """Cholesky factor: the lower-triangular L with L L^T = a, for a float
+    Variable or array a (N, N), symmetric positive definite (only its lower
+    triangle is read). Returns a Variable (N, N); the gradient is symmetric.
+    Raises ValueError for another shape or a matrix that is not positive
+    definite (on the CPU), TypeError for integer a.
+    Chainer: chainer.functions.cholesky.
+    """
+    return Cholesky()(a)
 
 
 def sum_to(x, shape):
@@ -3718,11 +4288,95 @@ class Tanh(Function):
         return grad_outputs[0] * (1 - self.y * self.y),
 
 
+class CReLU(Function):
+    """Function node of y = concat(max(0, x), max(0, -x)) along `axis`;
+    backward gy_first * (x > 0) - gy_second * (x < 0).
+    Chainer: chainer.functions.activation.crelu.CReLU.
+    """
+    label = 'crelu'
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('crelu', x)
+        self.axis = _normalize_axis(self.axis, x.ndim, 'crelu')[0]
+        zero = x.dtype.type(0)
+        xp = _xp(x)
+        return xp.concatenate([xp.maximum(x, zero), xp.maximum(-x, zero)], self.axis),
+
+    def backward(self, inputs, grad_outputs):      # each half is a relu, of x and of -x
+        x, = inputs
+        first, second = _xp(x).split(grad_outputs[0], 2, self.axis)
+        return first * (x > 0) - second * (x < 0),
+
+
+class RReLU(Function):
+    """Function node of y = x where x >= 0, else r * x, r an array of x's
+    shape; backward gy where y >= 0, else r * gy.
+    Chainer: chainer.functions.activation.rrelu.RReLU.
+    """
+    label = 'rrelu'
+
+    def __init__(self, lower, upper, r):
+        self.lower, self.upper, self.r = lower, upper, r
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('rrelu', x)
+        xp = _xp(x)
+        if self.r is not None:
+            if self.r.shape != x.shape or self.r.dtype != x.dtype:
+                raise ValueError('rrelu: r must have x\'s shape {} and dtype {}, got {} '
+                                 'and {}'.format(x.shape, x.dtype, self.r.shape, self.r.dtype))
+        if not config.train:              # test mode: the mean slope, as Chainer
+            self.r = xp.full(x.shape, (self.lower + self.upper) / 2, dtype=x.dtype)
+        elif self.r is None:              # train mode: a fresh slope per element
+            self.r = xp.random.uniform(self.lower, self.upper, x.shape).astype(x.dtype)
+        self.negative = x < 0
+        return xp.where(self.negative, x * self.r, x),
+
+    def backward(self, inputs, grad_outputs):      # slope 1 or r, as in forward
+        gy, = grad_outputs
+        return _xp(gy).where(self.negative, gy * self.r, gy),
+
+
 def leaky_relu(x, slope=0.2):
     """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
     """
     return LeakyReLU(slope)(x)
+
+
+def crelu(x, axis=1):
+    """Concatenated ReLU: concat(max(0, x), max(0, -x)) along `axis`
+    (default 1), so that axis doubles in size.
+
+    x: float Variable or array. Returns a Variable. Raises TypeError for
+    integer x or a non-int axis, ValueError for an axis out of bounds.
+    Chainer: chainer.functions.crelu.
+    """
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError('crelu: axis must be an int, got {!r}'.format(axis))
+    return CReLU(axis)(x)
+
+
+def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
+    """Randomized leaky ReLU: x where x >= 0, else r * x, elementwise.
+
+    In training (config.train True) r is drawn uniformly from [l, u) for each
+    element, unless an array r (x's shape and dtype, on x's device) is given;
+    in test mode r is (l + u) / 2 everywhere. Defaults l = 1/8, u = 1/3; they
+    need 0 <= l < u < 1. Returns a Variable, or (Variable, r) when return_r
+    is True. Raises ValueError for bad l, u or r, TypeError for integer x.
+    Chainer: chainer.functions.rrelu.
+    """
+    if not (0.0 <= l < 1.0 and 0.0 <= u < 1.0 and l < u):
+        raise ValueError('rrelu: needs 0 <= l < u < 1, got l={} and u={}'.format(l, u))
+    function = RReLU(l, u, r)
+    y = function(x)
+    return (y, function.r) if return_r else y
 
 
 def sigmoid(x):
@@ -4040,6 +4694,26 @@ def log_softmax(x, axis=1):
     shape. Chainer: chainer.functions.log_softmax.
     """
     return LogSoftmax(axis)(x)
+
+
+def gumbel_softmax(log_pi, tau=0.1, axis=1):
+    """Gumbel-softmax sample: softmax((log_pi + g) / tau, axis), g drawn
+    from the standard Gumbel distribution for each element (fresh on every
+    call, in train and test mode alike, as in Chainer).
+
+    log_pi: float Variable or array of (unnormalized) log-probabilities;
+    tau: temperature (default 0.1; a float, or a Variable/array that
+    broadcasts); axis (default 1). Gradients flow to log_pi (and tau). A
+    0-dim log_pi gives ones(()), as in Chainer. Returns a Variable.
+    Chainer: chainer.functions.gumbel_softmax.
+    """
+    data = _input_data('gumbel_softmax', log_pi)
+    _require_float('gumbel_softmax', data)
+    xp = _xp(data)
+    if data.ndim < 1:
+        return Variable(xp.ones((), data.dtype))
+    g = xp.random.gumbel(size=data.shape).astype(data.dtype)
+    return softmax((log_pi + g) / tau, axis=axis)
 
 
 # ----- dropout -----------------------------------------------------------------
@@ -4708,6 +5382,36 @@ def squared_error(x0, x1):
     (broadcasting as in sub); returns a Variable, not reduced.
     Chainer: chainer.functions.squared_error (alias F.squared_difference)."""
     return square(sub(x0, x1))
+
+
+class LinearInterpolate(Function):
+    """Function node of z = p * x + (1 - p) * y; backward (x - y) gz,
+    p gz, (1 - p) gz. Chainer: chainer.functions.math.linear_interpolate.
+    """
+    label = 'linear_interpolate'
+
+    def forward(self, inputs):
+        p, x, y = inputs
+        _require_float('linear_interpolate', p, x, y)
+        _check_same_dtype('linear_interpolate', inputs)
+        if not p.shape == x.shape == y.shape:
+            raise ValueError('linear_interpolate: p, x and y need one shape, got {}, {} '
+                             'and {}'.format(p.shape, x.shape, y.shape))
+        return p * x + (1 - p) * y,
+
+    def backward(self, inputs, grad_outputs):      # linear in x and y, and in p
+        p, x, y = inputs
+        gz, = grad_outputs
+        return (x - y) * gz, p * gz, (1 - p) * gz
+
+
+def linear_interpolate(p, x, y):
+    """Elementwise p * x + (1 - p) * y. p, x, y: float Variables or arrays of
+    one shape and dtype; all three get gradients. Returns a Variable. Raises
+    ValueError for differing shapes, TypeError for integer or differing
+    dtypes. Chainer: chainer.functions.linear_interpolate.
+    """
+    return LinearInterpolate()(p, x, y)
 
 
 def swapaxes(x, axis1, axis2):
@@ -7441,6 +8145,198 @@ def group_normalization(x, groups, gamma, beta, eps=1e-5):
     Chainer: chainer.functions.group_normalization.
     """
     return GroupNormalizationFunction(groups, eps)(x, gamma, beta)
+
+
+
+# ----- local response normalization, resizing and shifting images -------------------
+# LRN (AlexNet) divides each channel by the energy of its neighbours; resizing
+# is a fixed linear map per axis, so one matrix for rows and one for columns
+# carry both the forward and (transposed) the backward; shift only moves pixels.
+
+def _channel_window_sum(a, half):
+    """sum of a over channels c - half .. c + half (axis 1), clipped at the ends."""
+    total = a.copy()
+    for i in range(1, half + 1):
+        total[:, i:] += a[:, :-i]
+        total[:, :-i] += a[:, i:]
+    return total
+
+
+class LocalResponseNormalization(Function):
+    """Function node of y = x * s**-beta, s = k + alpha * (sum of x**2 over
+    the channels within n // 2 of each channel).  Backward:
+    gy * s**-beta - 2 alpha beta x * (window sum of y gy / s).
+    Chainer: chainer.functions.normalization.local_response_normalization.
+    """
+    label = 'local_response_normalization'
+
+    def __init__(self, n, k, alpha, beta):
+        self.n, self.k, self.alpha, self.beta = n, k, alpha, beta
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('local_response_normalization', x)
+        if x.ndim < 2:
+            raise ValueError('local_response_normalization: x needs 2 or more dimensions '
+                             '(N, C, ...), got shape {}'.format(x.shape))
+        dtype = x.dtype.type
+        self.s = dtype(self.k) + dtype(self.alpha) * _channel_window_sum(x * x, self.n // 2)
+        self.scale = self.s ** dtype(-self.beta)
+        self.y = x * self.scale
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # x_c enters its own y and its neighbours' s
+        x, = inputs
+        gy, = grad_outputs
+        dtype = x.dtype.type
+        around = _channel_window_sum(self.y * gy / self.s, self.n // 2)
+        return gy * self.scale - dtype(2 * self.alpha * self.beta) * x * around,
+
+
+def local_response_normalization(x, n=5, k=2, alpha=1e-4, beta=.75):
+    """Local response normalization across channels (AlexNet):
+    y = x / (k + alpha * sum_{|c' - c| <= n // 2} x_c'^2) ** beta.
+
+    x: float Variable or array (N, C, ...); n (default 5) the window of
+    channels, k (default 2), alpha (default 1e-4), beta (default 0.75).
+    Returns a Variable of x's shape. Raises ValueError for fewer than 2
+    dimensions, TypeError for integer x.
+    Chainer: chainer.functions.local_response_normalization.
+    """
+    return LocalResponseNormalization(n, k, alpha, beta)(x)
+
+
+def _resize_matrix(xp, out_size, in_size, mode, align_corners, dtype):
+    """(out_size, in_size) matrix taking a line of in_size pixels to out_size:
+    each row holds the weights (1 - w, w) of the two nearest source pixels
+    (bilinear), or one 1 (nearest)."""
+    rows = np.arange(out_size)
+    if mode == 'nearest':
+        low = np.minimum(np.floor(rows * (in_size / out_size)), in_size - 1)
+        weight = np.zeros(out_size)
+    else:
+        if align_corners:
+            position = np.linspace(0, in_size - 1, num=out_size)
+        else:           # pixel centres: output centre i sits at (i + 0.5) * in / out - 0.5
+            position = np.maximum((rows + 0.5) * (in_size / out_size) - 0.5, 0)
+        weight, low = np.modf(position)
+    low = low.astype(np.intp)
+    high = np.minimum(low + 1, in_size - 1)
+    matrix = np.zeros((out_size, in_size))
+    matrix[rows, low] += 1 - weight
+    matrix[rows, high] += weight
+    return xp.asarray(matrix.astype(dtype))
+
+
+class ResizeImages(Function):
+    """Function node of y = R_h x R_w^T on each image (R_h, R_w the resize
+    matrices of the two axes); backward R_h^T gy R_w.
+    Chainer: chainer.functions.array.resize_images.ResizeImages.
+    """
+    label = 'resize_images'
+
+    def __init__(self, output_shape, mode, align_corners):
+        self.output_shape, self.mode, self.align_corners = output_shape, mode, align_corners
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('resize_images', x)
+        if x.ndim != 4:
+            raise ValueError('resize_images: x must be (N, C, H, W), got shape {}'
+                             .format(x.shape))
+        xp = _xp(x)
+        self.rows, self.cols = [
+            _resize_matrix(xp, out, size, self.mode, self.align_corners, x.dtype)
+            for out, size in zip(self.output_shape, x.shape[2:])]
+        return xp.einsum('ph,nchw,qw->ncpq', self.rows, x, self.cols),
+
+    def backward(self, inputs, grad_outputs):      # a linear map: its transpose
+        return _xp(inputs[0]).einsum('ph,ncpq,qw->nchw', self.rows, grad_outputs[0],
+                                     self.cols),
+
+
+def resize_images(x, output_shape, *, mode='bilinear', align_corners=True):
+    """Images resized to output_shape = (out_H, out_W).
+
+    x: float Variable or array (N, C, H, W). mode: 'bilinear' (default; each
+    output pixel mixes its four nearest input pixels) or 'nearest' (input
+    pixel floor(i * H / out_H)). align_corners (default True): corner pixels
+    map onto corner pixels (source position i * (H - 1) / (out_H - 1));
+    False maps pixel centres ((i + 0.5) * H / out_H - 0.5, clipped at 0).
+    Returns a Variable (N, C, out_H, out_W). Raises ValueError for another
+    mode, shape or output_shape, TypeError for integer x. Chainer: chainer.
+    functions.resize_images (which takes float32 only; float64 works here).
+    """
+    if mode not in ('bilinear', 'nearest'):
+        raise ValueError("resize_images: mode must be 'bilinear' or 'nearest', got {!r}"
+                         .format(mode))
+    output_shape = tuple(output_shape)
+    if len(output_shape) != 2 or not all(
+            isinstance(n, (int, np.integer)) and n > 0 for n in output_shape):
+        raise ValueError('resize_images: output_shape must be two positive ints, got {}'
+                         .format(output_shape))
+    return ResizeImages(output_shape, mode, align_corners)(x)
+
+
+def _shift_groups(src, kh, kw, dy, dx):
+    """Each channel group of src moved by its own offset of the kh x kw
+    grid (times dilate), zeros coming in; the centre offset (0, 0) goes to
+    the last group, which also takes the channels left over."""
+    y = _xp(src).zeros_like(src)
+    groups = kh * kw
+    size = src.shape[1] // groups
+    height, width = src.shape[2:]
+    for i in range(groups):
+        g = {(groups - 1) // 2: groups - 1, groups - 1: (groups - 1) // 2}.get(i, i)
+        sy, sx = (g // kw - kh // 2) * dy, (g % kw - kw // 2) * dx
+        channels = slice(i * size, (i + 1) * size if i < groups - 1 else None)
+        rows_out = slice(max(sy, 0), height + min(sy, 0))
+        rows_in = slice(max(-sy, 0), height + min(-sy, 0))
+        cols_out = slice(max(sx, 0), width + min(sx, 0))
+        cols_in = slice(max(-sx, 0), width + min(-sx, 0))
+        y[:, channels, rows_out, cols_out] = src[:, channels, rows_in, cols_in]
+    return y
+
+
+class Shift(Function):
+    """Function node of the shift operation: channel group g moved by
+    offset g of a kh x kw grid (times dilate); backward moves gy back by
+    the opposite offsets. Chainer: chainer.functions.connection.shift.Shift.
+    """
+    label = 'shift'
+
+    def __init__(self, kh, kw, dy, dx):
+        self.kh, self.kw, self.dy, self.dx = kh, kw, dy, dx
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float('shift', x)
+        if x.ndim != 4 or x.shape[1] < self.kh * self.kw:
+            raise ValueError('shift: x must be (N, C, H, W) with C >= kh * kw = {}, got '
+                             'shape {}'.format(self.kh * self.kw, x.shape))
+        return _shift_groups(x, self.kh, self.kw, self.dy, self.dx),
+
+    def backward(self, inputs, grad_outputs):      # a move: move the gradient back
+        return _shift_groups(grad_outputs[0], self.kh, self.kw, -self.dy, -self.dx),
+
+
+def shift(x, ksize=3, dilate=1):
+    """Shift (Wu et al. 2017), a zero-parameter stand-in for a spatial
+    convolution: the channels of x (N, C, H, W) are split into kh * kw
+    groups (C // (kh kw) channels each, the rest joining the last), and
+    group g is moved by ((g // kw - kh // 2) dy, (g % kw - kw // 2) dx)
+    pixels, zeros filling in, except that the unmoved centre offset goes to
+    the last group (and the last offset to the middle group). ksize
+    (default 3) and dilate (default 1): ints or pairs; ksize must be odd.
+    Returns a Variable of x's shape. Raises ValueError for an even ksize,
+    x not 4-d or C < kh * kw, TypeError for integer x.
+    Chainer: chainer.functions.shift.
+    """
+    kh, kw = ksize if isinstance(ksize, (tuple, list)) else (ksize, ksize)
+    dy, dx = dilate if isinstance(dilate, (tuple, list)) else (dilate, dilate)
+    if kh % 2 != 1 or kw % 2 != 1:
+        raise ValueError('shift: ksize must be odd, got {}'.format(ksize))
+    return Shift(kh, kw, dy, dx)(x)
 
 
 # ----- the links -----------------------------------------------------------------
@@ -14310,6 +15206,10 @@ _submodule('functions', batch_renormalization=batch_renormalization,
 _submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
            bilinear=bilinear, layer_normalization=layer_normalization,
            group_normalization=group_normalization)
+_submodule('functions', **{name: globals()[name] for name in (
+    'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
+    'space2depth linear_interpolate local_response_normalization resize_images '
+    'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma').split()})
 _submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
            Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
            LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
@@ -14321,14 +15221,10 @@ _not_supported(
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='as_strided batch_det batch_inv black_out cholesky '
-            'crelu cross_covariance cumprod decorrelated_batch_normalization decov '
-            'depth2space det digamma discriminative_margin_based_clustering_loss einsum '
-            'erf erfc erfcinv erfcx erfinv fft '
-            'fixed_decorrelated_batch_normalization forget gaussian gumbel_softmax ifft '
-            'inv lgamma linear_interpolate local_response_normalization log_ndtr ndtr '
-            'ndtri negative_sampling polygamma resize_images rrelu scatter_add shift '
-            'space2depth sparse_matmul spatial_transformer_grid '
+    missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
+            'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
+            'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
+            'negative_sampling polygamma sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '

@@ -5541,7 +5541,11 @@ CHAINER_PROVIDED = {
                  ' convolution_nd convolution_1d convolution_3d'
                  ' max_pooling_nd max_pooling_1d max_pooling_3d average_pooling_nd'
                  ' average_pooling_1d average_pooling_3d'
-                 ' batch_renormalization fixed_batch_renormalization simplified_dropconnect',
+                 ' batch_renormalization fixed_batch_renormalization simplified_dropconnect '
+                 'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
+                 'depth2space space2depth linear_interpolate '
+                 'local_response_normalization resize_images '
+                 'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma',
     'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
              'Parameter LayerNormalization GroupNormalization '
              'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
@@ -8534,6 +8538,292 @@ def test_binary_accuracy_r2_score_and_classification_summary_values():
         F.classification_summary(dev(scores), dev(labels[:3]))
 
 
+# ----- Chainer names added: more functions (cumprod, crelu, rrelu, einsum, linear algebra) -----
+# Gradients: float64 numerical checks through check(); the same cases run in
+# float32 below.  Values: hand-computed small cases or NumPy formulas.
+
+_EYE3 = np.eye(3)
+_RRELU_R = f64(3, 4, seed=5, low=0.125, high=1 / 3)
+
+MORE_FUNCTIONS_GRAD_CASES = {
+    'cumprod_axis': (lambda x: F.cumprod(x, axis=1), [f64(2, 4, 3, low=0.5, high=1.5)]),
+    'cumprod_none': (F.cumprod, [f64(2, 3, low=-1.5, high=1.5)]),
+    'cumprod_zero': (lambda x: F.cumprod(x, axis=-1),
+                     [np.array([[2.0, 0.0, 3.0, -1.5], [0.5, 1.5, 0.0, 0.0]])]),
+    'crelu': (F.crelu, [_away_from([0], f64(2, 3, 2))]),
+    'crelu_last': (lambda x: F.crelu(x, axis=-1), [_away_from([0], f64(3, 2))]),
+    'rrelu_r': (lambda x: F.rrelu(x, r=dev(_RRELU_R).astype(x.dtype)),
+                [_away_from([0], f64(3, 4))]),
+    'einsum_matmul': (lambda a, b: F.einsum('ij,jk->ik', a, b), [f64(2, 3), f64(3, 4, seed=1)]),
+    'einsum_implicit': (lambda a, b: F.einsum('ij,kj', a, b), [f64(2, 3), f64(4, 3, seed=1)]),
+    'einsum_diagonal': (lambda a, b: F.einsum('bii,bj->bij', a, b),
+                        [f64(2, 3, 3), f64(2, 4, seed=1)]),
+    'einsum_ellipsis': (lambda a, b: F.einsum('...ij,...j->...i', a, b),
+                        [f64(2, 3, 4), f64(2, 4, seed=1)]),
+    'einsum_broadcast': (lambda a, b: F.einsum('...ij,...jk->...ik', a, b),   # size-1 '...'
+                         [f64(1, 2, 3), f64(4, 3, 2, seed=1)]),
+    'einsum_summed_alone': (lambda a, b: F.einsum('ijk,il->jl', a, b),
+                            [f64(2, 3, 4), f64(2, 5, seed=1)]),
+    'det': (F.det, [f64(3, 3) + 2 * _EYE3]),
+    'batch_det': (F.batch_det, [f64(2, 3, 3) + 2 * _EYE3]),
+    'inv': (F.inv, [f64(3, 3) + 2 * _EYE3]),
+    'batch_inv': (F.batch_inv, [f64(2, 3, 3) + 2 * _EYE3]),
+    # Cholesky reads one triangle; a symmetric input makes the check fair.
+    'cholesky': (lambda x: F.cholesky(x + F.transpose(x) + dev(4 * _EYE3).astype(x.dtype)),
+                 [f64(3, 3)]),
+    'depth2space': (lambda x: F.depth2space(x, 2), [f64(2, 8, 2, 3)]),
+    'space2depth': (lambda x: F.space2depth(x, 2), [f64(1, 2, 4, 6)]),
+    'linear_interpolate': (F.linear_interpolate, [f64(2, 3, low=0, high=1), f64(2, 3, seed=1),
+                                                  f64(2, 3, seed=2)]),
+    'local_response_normalization': (F.local_response_normalization, [f64(2, 7, 3, low=-3, high=3)]),
+    'local_response_normalization_n4': (
+        lambda x: F.local_response_normalization(x, n=4, k=1, alpha=0.1, beta=0.5),
+        [f64(2, 5, low=-2, high=2)]),
+    'resize_images_bilinear': (lambda x: F.resize_images(x, (5, 3)), [f64(2, 1, 3, 4)]),
+    'resize_images_centres': (lambda x: F.resize_images(x, (4, 7), align_corners=False),
+                              [f64(1, 2, 3, 4)]),
+    'resize_images_nearest': (lambda x: F.resize_images(x, (5, 2), mode='nearest'),
+                              [f64(1, 2, 3, 4)]),
+    'scatter_add': (lambda a, b: F.scatter_add(a, (slice(None), [0, 2, 0]), b),
+                    [f64(4, 5), f64(4, 3, seed=1)]),
+    'scatter_add_rows': (lambda a, b: F.scatter_add(a, [1, 1, 3], b),
+                         [f64(4, 2), f64(3, 2, seed=1)]),
+    'shift': (F.shift, [f64(2, 10, 4, 5)]),
+    'shift_dilated': (lambda x: F.shift(x, ksize=(3, 1), dilate=(2, -1)), [f64(1, 4, 5, 3)]),
+    'erf': (F.erf, [f64(3, 4, low=-2, high=2)]),
+    'erfc': (F.erfc, [f64(3, 4, low=-2, high=2)]),
+    'ndtr': (F.ndtr, [f64(3, 4, low=-3, high=3)]),
+    'log_ndtr': (F.log_ndtr, [np.array([-35.0, -12.5, -3.0, -0.4, 0.0, 0.7, 4.0, 9.0])]),
+    'lgamma': (F.lgamma, [np.array([[-2.5, -0.7, 0.3, 1.0], [2.2, 4.5, 11.0, 40.0]])]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_FUNCTIONS_GRAD_CASES))
+def test_more_functions_gradients(name):
+    func, xs = MORE_FUNCTIONS_GRAD_CASES[name]
+    check(func, *[x.copy() for x in xs])
+
+
+def test_cumprod_values_and_errors():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x), axis=1)), [[1, 2, 6], [4, 20, 120]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x), axis=0)), [[1, 2, 3], [4, 10, 18]])
+    np.testing.assert_array_equal(host(F.cumprod(dev(x))), [1, 2, 6, 24, 120, 720])
+    # A zero: y = (2, 0, 0); dy/dx0 = 1, dy/dx1 = 2 + 2*3 = 8, dy/dx2 = 0 (no division).
+    v = Variable(dev(np.array([2.0, 0.0, 3.0])))
+    F.sum(F.cumprod(v)).backward()
+    np.testing.assert_array_equal(host(v.grad), [1, 8, 0])
+    with pytest.raises(TypeError, match='cumprod: needs floating-point'):
+        F.cumprod(dev(np.arange(3)))
+    with pytest.raises(ValueError, match='cumprod: axis 2 is out of bounds'):
+        F.cumprod(dev(x), axis=2)
+    with pytest.raises(TypeError, match='cumprod: axis must be an int or None'):
+        F.cumprod(dev(x), axis=(0,))
+
+
+def test_crelu_and_rrelu_values():
+    x = np.array([[-1.0, 0.0], [2.0, -3.0]], np.float32)
+    y = F.crelu(dev(x))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(host(y), [[0, 0, 1, 0], [2, 0, 0, 3]])
+    assert F.crelu(dev(x), axis=0).shape == (4, 2)
+    with pytest.raises(ValueError, match='crelu: axis 2 is out of bounds'):
+        F.crelu(dev(x), axis=2)
+    with pytest.raises(TypeError, match='crelu: needs floating-point'):
+        F.crelu(dev(np.arange(4).reshape(2, 2)))
+    x = f64(20, 30, low=-2, high=2)
+    y, r = F.rrelu(dev(x), return_r=True)                 # config.train is True by default
+    r = host(r)
+    assert r.shape == x.shape and r.min() >= 1 / 8 and r.max() < 1 / 3 and r.std() > 0.01
+    np.testing.assert_array_equal(host(y), np.where(x < 0, x * r, x))
+    with chainer.using_config('train', False):            # test mode: the mean slope
+        np.testing.assert_allclose(host(F.rrelu(dev(x), l=0.1, u=0.3)),
+                                   np.where(x < 0, 0.2 * x, x), rtol=1e-15)
+    given = np.full(x.shape, 0.25)
+    np.testing.assert_array_equal(host(F.rrelu(dev(x), r=dev(given))), np.where(x < 0, x / 4, x))
+    with pytest.raises(ValueError, match='rrelu: needs 0 <= l < u < 1'):
+        F.rrelu(dev(x), l=0.5, u=0.2)
+    with pytest.raises(ValueError, match="rrelu: r must have x's shape"):
+        F.rrelu(dev(x), r=dev(given[:2]))
+
+
+def test_einsum_values_and_errors():
+    a, b = f64(2, 3), f64(3, 4, seed=1)
+    np.testing.assert_allclose(host(F.einsum('ij,jk->ik', dev(a), dev(b))), a @ b, rtol=1e-13)
+    np.testing.assert_allclose(host(F.einsum('ij,jk', dev(a), dev(b))), a @ b, rtol=1e-13)
+    np.testing.assert_allclose(host(F.einsum('ji', dev(a))), a.T)      # implicit: sorted letters
+    m = f64(2, 3, 3)
+    np.testing.assert_array_equal(host(F.einsum('...ii->...i', dev(m))),
+                                  [[m[k, i, i] for i in range(3)] for k in range(2)])
+    assert float(host(F.einsum('ij,ij->', dev(a), dev(a)))) == pytest.approx((a * a).sum())
+    v = Variable(dev(m[0]))
+    F.sum(F.einsum('ii->i', v)).backward()                # the trace's gradient is I
+    np.testing.assert_array_equal(host(v.grad), np.eye(3))
+    with pytest.raises(ValueError, match='einsum: .* names 2 operands, got 1'):
+        F.einsum('ij,jk->ik', dev(a))
+    with pytest.raises(ValueError, match='einsum: bad subscripts'):
+        F.einsum('i1->i', dev(a))
+    with pytest.raises(ValueError, match=r'do not fit an operand of shape \(2, 3\)'):
+        F.einsum('ijk->i', dev(a))
+    with pytest.raises(TypeError, match='einsum: needs floating-point'):
+        F.einsum('ij->j', dev(np.ones((2, 2), np.int32)))
+
+
+def test_det_inv_cholesky_values_and_errors():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert float(host(F.det(dev(a)))) == pytest.approx(1 * 4 - 2 * 3)
+    np.testing.assert_allclose(host(F.inv(dev(a))), np.array([[4, -2], [-3, 1]]) / -2.0)
+    m = f64(4, 3, 3)
+    sarrus = (m[:, 0, 0] * m[:, 1, 1] * m[:, 2, 2] + m[:, 0, 1] * m[:, 1, 2] * m[:, 2, 0]
+              + m[:, 0, 2] * m[:, 1, 0] * m[:, 2, 1] - m[:, 0, 2] * m[:, 1, 1] * m[:, 2, 0]
+              - m[:, 0, 0] * m[:, 1, 2] * m[:, 2, 1] - m[:, 0, 1] * m[:, 1, 0] * m[:, 2, 2])
+    assert F.batch_det(dev(m)).shape == (4,) and F.det(dev(a)).shape == ()
+    np.testing.assert_allclose(host(F.batch_det(dev(m))), sarrus, rtol=1e-12)
+    for k, mk in enumerate(host(F.batch_inv(dev(m)))):
+        np.testing.assert_allclose(m[k] @ mk, np.eye(3), atol=1e-10)
+    low = host(F.cholesky(dev(np.array([[4.0, 2.0], [2.0, 3.0]]))))
+    np.testing.assert_allclose(low, [[2, 0], [1, np.sqrt(2)]], rtol=1e-15)
+    assert F.cholesky(dev(a.astype(np.float32) @ a.T.astype(np.float32))).dtype == np.float32
+    with pytest.raises(ValueError, match=r'det: needs one \(N, N\) of square matrices, got '
+                       r'shape \(4, 3, 3\)'):
+        F.det(dev(m))
+    with pytest.raises(ValueError, match=r'det: needs a batch \(B, N, N\)'):
+        F.batch_det(dev(a))
+    with pytest.raises(ValueError, match=r'inv: .* got shape \(2, 3\)'):
+        F.inv(dev(f64(2, 3)))
+    with pytest.raises(TypeError, match='det: needs floating-point'):
+        F.det(dev(np.eye(2, dtype=np.int64)))
+    if TEST_DEVICE.xp is np:                               # CuPy answers NaN, as in Chainer
+        with pytest.raises(ValueError, match='inv: input has singular matrices'):
+            F.inv(np.ones((2, 2)))
+        with pytest.raises(ValueError, match='cholesky: input is not positive definite'):
+            F.cholesky(-np.eye(2))
+
+
+def test_depth2space_space2depth_and_linear_interpolate_values():
+    x = np.arange(2 * 8 * 2 * 3, dtype=np.float64).reshape(2, 8, 2, 3)
+    y = host(F.depth2space(dev(x), 2))
+    assert y.shape == (2, 2, 4, 6)
+    for b, c, h, w, i, j in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 2, 1, 0), (0, 1, 0, 1, 1, 1)]:
+        assert y[b, c, h * 2 + i, w * 2 + j] == x[b, (i * 2 + j) * 2 + c, h, w]
+    np.testing.assert_array_equal(host(F.space2depth(dev(y), 2)), x)    # the inverse
+    with pytest.raises(ValueError, match=r'depth2space: X must be .* got shape \(2, 6, 2, 3\)'):
+        F.depth2space(dev(x[:, :6]), 2)
+    with pytest.raises(ValueError, match=r'space2depth: .* got shape \(2, 2, 4, 5\)'):
+        F.space2depth(dev(y[..., :5]), 2)
+    p, a, b = f64(2, 3, low=0, high=1), f64(2, 3, seed=1), f64(2, 3, seed=2)
+    np.testing.assert_allclose(host(F.linear_interpolate(dev(p), dev(a), dev(b))),
+                               p * a + (1 - p) * b, rtol=1e-15)
+    with pytest.raises(ValueError, match='linear_interpolate: p, x and y need one shape'):
+        F.linear_interpolate(dev(p), dev(a), dev(b[:1]))
+    with pytest.raises(TypeError, match='linear_interpolate: needs floating-point'):
+        F.linear_interpolate(dev(p), dev(a), dev(np.ones((2, 3), np.int32)))
+
+
+def test_local_response_normalization_and_resize_images_values():
+    x = f64(2, 6, 3, low=-3, high=3)
+    y = host(F.local_response_normalization(dev(x), n=3, k=1.5, alpha=0.2, beta=0.6))
+    for c in range(6):
+        window = sum(x[:, d] ** 2 for d in range(max(c - 1, 0), min(c + 2, 6)))
+        np.testing.assert_allclose(y[:, c], x[:, c] / (1.5 + 0.2 * window) ** 0.6, rtol=1e-13)
+    with pytest.raises(ValueError, match='local_response_normalization: x needs 2 or more'):
+        F.local_response_normalization(dev(x[0, 0]))
+    with pytest.raises(TypeError, match='local_response_normalization: needs floating-point'):
+        F.local_response_normalization(dev(np.ones((2, 3), np.int32)))
+    img = np.array([[[[0.0, 1.0], [2.0, 3.0]]]], np.float32)
+    y = F.resize_images(dev(img), (3, 3))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(host(y)[0, 0], [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]])
+    np.testing.assert_array_equal(host(F.resize_images(dev(img), (4, 4), mode='nearest'))[0, 0],
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    # Pixel centres: sources -0.25 (clipped to 0), 0.25, 0.75, 1.25 (its right pixel clipped).
+    np.testing.assert_allclose(host(F.resize_images(dev(img[:, :, :1]), (1, 4),
+                                                    align_corners=False))[0, 0],
+                               [[0, 0.25, 0.75, 1]])
+    with pytest.raises(ValueError, match="resize_images: mode must be 'bilinear' or 'nearest'"):
+        F.resize_images(dev(img), (3, 3), mode='bicubic')
+    with pytest.raises(ValueError, match=r'resize_images: x must be \(N, C, H, W\)'):
+        F.resize_images(dev(img[0]), (3, 3))
+    with pytest.raises(ValueError, match='resize_images: output_shape must be two positive'):
+        F.resize_images(dev(img), (3, 0))
+
+
+def test_scatter_add_shift_and_gumbel_softmax_values():
+    a, b = f64(4, 5), f64(3, 5, seed=1)
+    expected = a.copy()
+    for k, row in enumerate([1, 1, 3]):                   # row 1 gets two rows of b
+        expected[row] += b[k]
+    va = Variable(dev(a))
+    y = F.scatter_add(va, [1, 1, 3], dev(b))
+    np.testing.assert_array_equal(host(y), expected)
+    np.testing.assert_array_equal(host(va), a)            # a is not changed
+    with pytest.raises(ValueError, match=r'scatter_add: b must have the shape \(3, 5\)'):
+        F.scatter_add(dev(a), [1, 1, 3], dev(b[:, :2]))
+    x = f64(1, 9, 3, 3)
+    y = host(F.shift(dev(x)))
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y[0, 0, :2, :2], x[0, 0, 1:, 1:])      # offset (-1, -1)
+    np.testing.assert_array_equal(y[0, 0, 2], 0)
+    np.testing.assert_array_equal(y[0, 4, 1:, 1:], x[0, 4, :2, :2])     # offset (1, 1)
+    np.testing.assert_array_equal(y[0, 4, 0], 0)
+    np.testing.assert_array_equal(y[0, 8], x[0, 8])                    # the centre: last
+    np.testing.assert_array_equal(y[0, 1, :2, :], x[0, 1, 1:, :])      # offset (-1, 0)
+    with pytest.raises(ValueError, match='shift: ksize must be odd'):
+        F.shift(dev(x), ksize=2)
+    with pytest.raises(ValueError, match=r'shift: x must be \(N, C, H, W\) with C >= kh \* kw'):
+        F.shift(dev(x[:, :8]))
+    log_pi = np.log(np.array([[0.7, 0.2, 0.1]] * 500))
+    xp.random.seed(0)
+    y = host(F.gumbel_softmax(dev(log_pi), tau=0.01))
+    np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-12)
+    picks = np.bincount(y.argmax(axis=1), minlength=3) / 500.0   # samples of the categories
+    np.testing.assert_allclose(picks, [0.7, 0.2, 0.1], atol=0.07)
+    assert (y.max(axis=1) > 0.99).mean() > 0.9                   # low tau: nearly one-hot
+    xp.random.seed(1)
+    first = host(F.gumbel_softmax(dev(log_pi[:2]), axis=1))
+    xp.random.seed(1)
+    np.testing.assert_array_equal(host(F.gumbel_softmax(dev(log_pi[:2]))), first)
+    assert host(F.gumbel_softmax(dev(np.float32(0.5) * np.ones(())))).tolist() == 1.0
+    with pytest.raises(TypeError, match='gumbel_softmax: needs floating-point'):
+        F.gumbel_softmax(dev(np.ones((2, 3), np.int32)))
+
+
+def test_erf_ndtr_lgamma_values_and_errors():
+    x = np.array([-2.5, -1.0, 0.0, 0.3, 1.7])
+    np.testing.assert_allclose(host(F.erf(dev(x))), [math.erf(v) for v in x], rtol=1e-15)
+    np.testing.assert_allclose(host(F.erfc(dev(x))), [1 - math.erf(v) for v in x], rtol=1e-14)
+    assert float(host(F.erfc(dev(np.array(10.0))))) == pytest.approx(2.088487583762545e-45,
+                                                                      rel=1e-12)
+    np.testing.assert_allclose(host(F.ndtr(dev(np.array([0.0, 1.959963984540054, -1.0])))),
+                               [0.5, 0.975, 0.15865525393145707], rtol=1e-13)
+    # log Phi far left, where Phi itself is ~1e-268, and near 1 on the right.
+    left = float(host(F.log_ndtr(dev(np.array(-35.0)))))
+    assert left == pytest.approx(math.log(0.5 * math.erfc(35 / math.sqrt(2))), rel=1e-13)
+    # Past erfc's underflow: Phi(x) ~ phi(x) / -x * (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8).
+    series = 1 - 1 / 50 ** 2 + 3 / 50 ** 4 - 15 / 50 ** 6 + 105 / 50 ** 8
+    assert float(host(F.log_ndtr(dev(np.array(-50.0))))) == pytest.approx(
+        -1250 - math.log(50 * math.sqrt(2 * math.pi)) + math.log(series), rel=1e-14)
+    assert float(host(F.log_ndtr(dev(np.array(9.0))))) == pytest.approx(
+        -0.5 * math.erfc(9 / math.sqrt(2)), rel=1e-10)
+    y = host(F.lgamma(dev(np.array([5.0, 0.5, -0.5, 0.0, -2.0]))))
+    np.testing.assert_allclose(y[:3], [math.log(24), 0.5 * math.log(math.pi),
+                                       math.log(2 * math.sqrt(math.pi))], rtol=1e-14)
+    assert np.isposinf(y[3:]).all()                            # poles
+    v = Variable(dev(np.array([1.0, 0.5, -0.5, 4.0])))         # gradient: digamma
+    F.sum(F.lgamma(v)).backward()
+    euler = 0.5772156649015329
+    psi_half = -euler - 2 * math.log(2)
+    np.testing.assert_allclose(host(v.grad), [-euler, psi_half, psi_half + 2,
+                                              -euler + 1 + 1 / 2 + 1 / 3], rtol=1e-13, atol=1e-13)
+    v = Variable(dev(np.array([0.8], np.float32)))
+    F.sum(F.erf(v)).backward()
+    assert v.grad.dtype == np.float32
+    np.testing.assert_allclose(host(v.grad), 2 / math.sqrt(math.pi) * math.exp(-0.64), rtol=1e-6)
+    for f in (F.erf, F.erfc, F.ndtr, F.log_ndtr, F.lgamma):
+        with pytest.raises(TypeError, match=f.__name__ + ': needs floating-point'):
+            f(dev(np.arange(3)))
+
+
 # ----- float32 in, float32 out: every gradient case above, run in float32 -----
 # The gradient checks run in float64.  NumPy 1.x (which requirements allow)
 # promotes float32 to float64 in places NumPy 2 does not, so each case also
@@ -8542,7 +8832,8 @@ def test_binary_accuracy_r2_score_and_classification_summary_values():
 
 def _float32_cases():
     cases = {}
-    for table in (GRAD_CASES, MORE_GRAD_CASES, LINKS2_GRAD_CASES, SHAPE_MATH_LOSS_GRAD_CASES):
+    for table in (GRAD_CASES, MORE_GRAD_CASES, LINKS2_GRAD_CASES, SHAPE_MATH_LOSS_GRAD_CASES,
+                  MORE_FUNCTIONS_GRAD_CASES):
         cases.update(table)
     return cases
 
