@@ -1253,6 +1253,13 @@ def _continue_class(cls):
 # F.sum, F.max, F.min and F.pow take the names of Python builtins; the end
 # of the section on reductions deletes those names again, so everywhere
 # else in this file sum, max, min and pow are Python's own.
+#
+# Sections, in order: operators on Variables; elementwise math (exp, log,
+# trigonometric, clip, maximum, ...); special functions (erf, lgamma, ...);
+# reductions; shapes (reshape, transpose, concat, get_item, flips, tiles,
+# split_axis, pad, tensordot, einsum, ...); linear algebra (det, inv,
+# cholesky); activations; softmax; dropout; losses; more losses and metrics;
+# composites; broadcast products, maxout, bilinear; embeddings.
 
 
 def _check_same_dtype(label, arrays):
@@ -4041,7 +4048,56 @@ def batch_matmul(a, b, transa=False, transb=False):
     return MatMul(transa, transb)(a, b)
 
 
-# ----- linear algebra: determinants, inverses, Cholesky, einsum -------------------
+def sum_to(x, shape):
+    """x summed down to `shape`, the reverse of broadcast_to: leading axes
+    are summed away and axes where shape has 1 are summed to 1. Returns x
+    itself as a Variable when the shape is already `shape`. Raises
+    ValueError when x could not have been broadcast from `shape`.
+    Chainer: chainer.functions.sum_to.
+    """
+    shape = tuple(shape)
+    if _input_data('sum_to', x).shape == shape:
+        return as_variable(x)
+    return SumTo(shape)(x)
+
+
+def select_item(x, t):
+    """y[i] = x[i, t[i]]: one element of each row of x.
+
+    x: Variable or array (B, N); t: integer array (B,), each in [0, N).
+    Returns a Variable (B,); the gradient goes to the picked elements only.
+    Raises ValueError for other shapes, non-integer t or a label out of range
+    (on a GPU only in debug mode, as in Chainer).
+    Chainer: chainer.functions.select_item.
+    """
+    return SelectItem()(x, t)
+
+
+def permutate(x, indices, axis=0, inv=False):
+    """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
+    inv=True the inverse, y[indices[i]] = x[i].
+
+    indices: a 1-d integer array or Variable, a permutation of
+    0..x.shape[axis]-1. Returns a Variable; the gradient is permuted back.
+    Raises ValueError for indices that are not a 1-d int array, not a
+    permutation (checked on a GPU only in debug mode) or of the wrong length.
+    Chainer: chainer.functions.permutate.
+    """
+    indices = as_array(indices)
+    if not isinstance(indices, _array_types) or indices.dtype.kind != 'i' \
+            or indices.ndim != 1:
+        raise ValueError('permutate: indices must be a one-dimensional int array, got '
+                         '{!r}'.format(indices))
+    return Permutate(indices, _int_axis('permutate', axis), inv)(x)
+
+
+# copy above took the name of the stdlib module copy, which Chapter 10 uses;
+# Chapter 21 files the function under F.copy, and the name goes back here.
+_functions_named_like_modules = {'copy': copy}
+copy = sys.modules['copy']
+
+
+# ----- linear algebra: determinants, inverses, Cholesky ----------------------------
 # Forward is xp.linalg; backward is the matrix calculus of each formula,
 # written with the forward's results (the inverse, the determinant) kept.
 
@@ -4184,54 +4240,7 @@ def cholesky(a):
     return Cholesky()(a)
 
 
-def sum_to(x, shape):
-    """x summed down to `shape`, the reverse of broadcast_to: leading axes
-    are summed away and axes where shape has 1 are summed to 1. Returns x
-    itself as a Variable when the shape is already `shape`. Raises
-    ValueError when x could not have been broadcast from `shape`.
-    Chainer: chainer.functions.sum_to.
-    """
-    shape = tuple(shape)
-    if _input_data('sum_to', x).shape == shape:
-        return as_variable(x)
-    return SumTo(shape)(x)
-
-
-def select_item(x, t):
-    """y[i] = x[i, t[i]]: one element of each row of x.
-
-    x: Variable or array (B, N); t: integer array (B,), each in [0, N).
-    Returns a Variable (B,); the gradient goes to the picked elements only.
-    Raises ValueError for other shapes, non-integer t or a label out of range
-    (on a GPU only in debug mode, as in Chainer).
-    Chainer: chainer.functions.select_item.
-    """
-    return SelectItem()(x, t)
-
-
-def permutate(x, indices, axis=0, inv=False):
-    """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
-    inv=True the inverse, y[indices[i]] = x[i].
-
-    indices: a 1-d integer array or Variable, a permutation of
-    0..x.shape[axis]-1. Returns a Variable; the gradient is permuted back.
-    Raises ValueError for indices that are not a 1-d int array, not a
-    permutation (checked on a GPU only in debug mode) or of the wrong length.
-    Chainer: chainer.functions.permutate.
-    """
-    indices = as_array(indices)
-    if not isinstance(indices, _array_types) or indices.dtype.kind != 'i' \
-            or indices.ndim != 1:
-        raise ValueError('permutate: indices must be a one-dimensional int array, got '
-                         '{!r}'.format(indices))
-    return Permutate(indices, _int_axis('permutate', axis), inv)(x)
-
-
-# copy above took the name of the stdlib module copy, which Chapter 10 uses;
-# Chapter 21 files the function under F.copy, and the name goes back here.
-_functions_named_like_modules = {'copy': copy}
-copy = sys.modules['copy']
-
+# ----- activations: leaky_relu, crelu, rrelu, sigmoid, tanh -----------------------
 
 class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
@@ -5367,9 +5376,9 @@ def identity(*inputs):
     return Identity()(*inputs)
 
 
-# ----- a few more of Chainer's functions ---------------------------------------
-# Each is one line on top of the functions above, so its gradient comes for
-# free.
+# ----- composites: square, squared_error, swapaxes, hstack, vstack, argmax ----
+# Each but linear_interpolate is one line on top of the functions above, so
+# its gradient comes for free.
 
 def square(x):
     """x * x, elementwise: a Variable of x's shape and dtype (float).
