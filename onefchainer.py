@@ -3999,8 +3999,10 @@ class Einsum(Function):
             g = xp.einsum(spec, gy, *[x for _, x in others])
             size = {c: a.shape[part.index(c)] for c in unique}
             for i, c in enumerate(kept):          # a size-1 axis that einsum broadcast
-                if g.shape[i] != size[c]:
-                    g = g.sum(axis=i, keepdims=True)
+                if g.shape[i] != size[c] and size[c] == 1:
+                    g = g.sum(axis=i, keepdims=True)      # a's axis was broadcast: sum back
+                elif g.shape[i] != size[c]:               # the others' axis was: spread out
+                    g = xp.broadcast_to(g, g.shape[:i] + (size[c],) + g.shape[i + 1:])
             g = g.reshape([size[c] if c in kept else 1 for c in unique])
             g = xp.broadcast_to(g, [size[c] for c in unique])
             if len(unique) < len(part):               # a diagonal: write g onto it
@@ -4347,8 +4349,8 @@ class RReLU(Function):
         return xp.where(self.negative, x * self.r, x),
 
     def backward(self, inputs, grad_outputs):      # slope 1 or r, as in forward
-        gy, = grad_outputs
-        return _xp(gy).where(self.negative, gy * self.r, gy),
+        gy, = grad_outputs        # (gy may be a NumPy scalar for a 0-dim x: xp from r)
+        return _xp(self.r).where(self.negative, gy * self.r, gy),
 
 
 def leaky_relu(x, slope=0.2):
@@ -5406,12 +5408,13 @@ class LinearInterpolate(Function):
         if not p.shape == x.shape == y.shape:
             raise ValueError('linear_interpolate: p, x and y need one shape, got {}, {} '
                              'and {}'.format(p.shape, x.shape, y.shape))
-        return p * x + (1 - p) * y,
+        one = p.dtype.type(1)       # not 1: NumPy 1.x makes 1 - p float64 for a 0-dim p
+        return p * x + (one - p) * y,
 
     def backward(self, inputs, grad_outputs):      # linear in x and y, and in p
         p, x, y = inputs
         gz, = grad_outputs
-        return (x - y) * gz, p * gz, (1 - p) * gz
+        return (x - y) * gz, p * gz, (p.dtype.type(1) - p) * gz
 
 
 def linear_interpolate(p, x, y):
@@ -13079,8 +13082,10 @@ class MicroAverage(Extension):
         self._numerator_key = numerator_key
         self._denominator_key = denominator_key
         self._result_key = result_key
-        self._numerator = 0
-        self._denominator = 0
+        # Floats, not ints: a snapshot loads into the type held here, and
+        # sums such as accuracy * batch size are fractional.
+        self._numerator = 0.0
+        self._denominator = 0.0
 
     def __call__(self, trainer):
         observation = trainer.observation
@@ -13095,7 +13100,7 @@ class MicroAverage(Extension):
                 result = numerator / denominator        # read (and waited for) by the reporter
             else:
                 result = float(numerator) / denominator
-            self._numerator = self._denominator = 0
+            self._numerator = self._denominator = 0.0
             report({self._result_key: result})
 
     def serialize(self, serializer):

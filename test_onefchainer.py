@@ -8562,6 +8562,12 @@ MORE_FUNCTIONS_GRAD_CASES = {
                         [f64(2, 3, 4), f64(2, 4, seed=1)]),
     'einsum_broadcast': (lambda a, b: F.einsum('...ij,...jk->...ik', a, b),   # size-1 '...'
                          [f64(1, 2, 3), f64(4, 3, 2, seed=1)]),
+    # the other way round: b's j meets a's size-1 j, so b's gradient is spread
+    'einsum_broadcast_other': (lambda a, b: F.einsum('ij,j', a, b), [f64(3, 1), f64(4, seed=1)]),
+    'rrelu_0dim': (lambda x: F.rrelu(x, r=dev(np.asarray(0.25)).astype(x.dtype)),
+                   [np.asarray(-1.5)]),
+    'linear_interpolate_0dim': (F.linear_interpolate, [np.asarray(0.3), np.asarray(1.5),
+                                                       np.asarray(-0.5)]),
     'einsum_summed_alone': (lambda a, b: F.einsum('ijk,il->jl', a, b),
                             [f64(2, 3, 4), f64(2, 5, seed=1)]),
     'det': (F.det, [f64(3, 3) + 2 * _EYE3]),
@@ -8619,6 +8625,14 @@ def test_cumprod_values_and_errors():
         F.cumprod(dev(x), axis=2)
     with pytest.raises(TypeError, match='cumprod: axis must be an int or None'):
         F.cumprod(dev(x), axis=(0,))
+
+
+def test_rrelu_backward_of_a_0dim_input():
+    # y * y hands rrelu a NumPy scalar as its gradient, not an array.
+    x = Variable(dev(np.asarray(-1.5, np.float32)))
+    y = F.rrelu(x, r=dev(np.asarray(0.25, np.float32)))
+    (y * y).backward()
+    assert float(host(x.grad)) == pytest.approx(2 * (-1.5 * 0.25) * 0.25)
 
 
 def test_crelu_and_rrelu_values():
@@ -9262,6 +9276,16 @@ def test_micro_average_sums_numerators_and_denominators_between_firings(tmp_path
     loaded = chainer.training.extensions.MicroAverage('n', 'd', 'r')
     serializers.load_npz(path, loaded)
     assert (int(loaded._numerator), int(loaded._denominator)) == (2, 8)
+    # fractional sums (accuracy * batch size) come back whole, not truncated
+    with chainer.Reporter().scope({}):
+        trainer.observation = {'n': 7.5, 'd': 10}
+        ext3 = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+        ext3._trigger = lambda t: False
+        ext3(trainer)
+    serializers.save_npz(path, ext3)
+    loaded = chainer.training.extensions.MicroAverage('n', 'd', 'r')
+    serializers.load_npz(path, loaded)
+    assert (loaded._numerator, loaded._denominator) == (7.5, 10.0)
 
 
 def dropconnect_by_hand(x, W, b, mask, ratio):
