@@ -6926,7 +6926,7 @@ class Convolution2DFunction(Function):
         # The one copy of the forward pass: the patches, kept for dL/dW.
         patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
                            dilate=self.dilate)
-        self.col = patches.transpose(1, 2, 3, 0, 4, 5).reshape(g, -1, n * out_h * out_w)
+        self.col = patches.transpose(1, 2, 3, 0, 4, 5).reshape(g, W[0].size, n * out_h * out_w)
         y = W.reshape(g, out_channels // g, -1) @ self.col     # (G, O/G, N*out_h*out_w)
         y = y.reshape(out_channels, -1)
         if b is not None:
@@ -7117,7 +7117,7 @@ class Deconvolution2DFunction(Function):
         # The patches of gy that the forward pass stamped, one column per x pixel.
         col = _patches(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
                        dilate=self.dilate)
-        col = col.transpose(1, 2, 3, 0, 4, 5).reshape(g, -1, n * h * w)   # (G, O/G*kh*kw, P)
+        col = col.transpose(1, 2, 3, 0, 4, 5).reshape(g, W[0].size, n * h * w)  # (G, O/G*kh*kw, P)
         x2 = x.transpose(1, 0, 2, 3).reshape(g, in_channels // g, -1)
         gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
         gx = (W.reshape(g, in_channels // g, -1) @ col).reshape(in_channels, n, h, w)
@@ -7529,7 +7529,7 @@ class ConvolutionNDFunction(Function):
                               dilate=self.dilate)
         # (C, k1..kd, N, o1..od): channel and kernel offsets are the rows of col.
         order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
-        self.col = patches.transpose(order).reshape(g, -1, n * math.prod(outs))
+        self.col = patches.transpose(order).reshape(g, W[0].size, n * math.prod(outs))
         y = (W.reshape(g, out_channels // g, -1) @ self.col).reshape((out_channels, n) + outs)
         if b is not None:
             y += b.reshape((-1,) + (1,) * (d + 1))

@@ -9480,3 +9480,21 @@ def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
         for it, _ in ext._samples:
             kept[it] += 1
     assert all(abs(kept[it] / 300 - 0.5) < 0.12 for it in range(1, 5)), kept
+
+
+def test_convolutions_of_an_empty_batch():
+    # As Chainer: a batch of 0 gives 0 outputs of the right shape, and a zero
+    # gradient for W (the patch matrix has 0 columns, not an unknown row count).
+    for f, x, W, out_shape in [
+            (F.convolution_2d, np.zeros((0, 2, 5, 5), np.float32), f32(6, 2, 3, 3), (0, 6, 3, 3)),
+            (lambda x, W: F.convolution_2d(x, W, groups=2), np.zeros((0, 4, 5, 5), np.float32),
+             f32(6, 2, 3, 3), (0, 6, 3, 3)),
+            (F.convolution_nd, np.zeros((0, 3, 4, 4, 4), np.float32), f32(4, 3, 2, 2, 2),
+             (0, 4, 3, 3, 3)),
+            (F.deconvolution_2d, np.zeros((0, 3, 4, 4), np.float32), f32(3, 5, 3, 3),
+             (0, 5, 6, 6))]:
+        x, W = Variable(dev(x)), Variable(dev(W))
+        y = f(x, W)
+        assert y.shape == out_shape
+        F.sum(y).backward()
+        assert x.grad.shape == x.shape and not host(W.grad).any()
