@@ -1747,210 +1747,57 @@ def sqrt(x):
 
 
 # ----- more elementwise math ---------------------------------------------------
-# The same pattern, one Function per formula.  Where the derivative is
-# cheaper from the output (tan' = 1 + tan^2), forward keeps y.
+# The pattern of exp and log for many more formulas, so the Function is
+# written once and each row below holds a formula with its derivative beside
+# it: y = f(x), and gx = f'(x) gy, from x or, where that is cheaper, from the
+# output y (tan' = 1 + tan^2).  Chainer writes one class per row (Sin, ...).
 
-class Absolute(Function):
-    """Function node of y = |x|; backward gy * sign(x) (0 at x = 0).
-    Chainer: chainer.functions.math.basic_math.Absolute.
-    """
-    label = 'absolute'
-
-    def forward(self, inputs):
-        _require_float('absolute', inputs[0])
-        return abs(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # |x|' = sign(x)
-        return grad_outputs[0] * _xp(inputs[0]).sign(inputs[0]),
-
-
-class Sin(Function):
-    """Function node of y = sin(x); backward gy * cos(x).
-    Chainer: chainer.functions.math.trigonometric.Sin.
-    """
-    label = 'sin'
-
-    def forward(self, inputs):
-        _require_float('sin', inputs[0])
-        return _xp(inputs[0]).sin(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # sin' = cos
-        return grad_outputs[0] * _xp(inputs[0]).cos(inputs[0]),
+_ELEMENTWISE = {       # label: (y = f(x), gx from x, y and gy, does gx read y?)
+    'absolute': (lambda xp, x: abs(x), lambda xp, x, y, gy: gy * xp.sign(x), False),
+    'sin': (lambda xp, x: xp.sin(x), lambda xp, x, y, gy: gy * xp.cos(x), False),
+    'cos': (lambda xp, x: xp.cos(x), lambda xp, x, y, gy: -gy * xp.sin(x), False),
+    'tan': (lambda xp, x: xp.tan(x), lambda xp, x, y, gy: gy * (1 + y * y), True),
+    'arcsin': (lambda xp, x: xp.arcsin(x), lambda xp, x, y, gy: gy / xp.sqrt(1 - x * x), False),
+    'arccos': (lambda xp, x: xp.arccos(x), lambda xp, x, y, gy: -gy / xp.sqrt(1 - x * x), False),
+    'arctan': (lambda xp, x: xp.arctan(x), lambda xp, x, y, gy: gy / (1 + x * x), False),
+    'arctanh': (lambda xp, x: xp.arctanh(x), lambda xp, x, y, gy: gy / (1 - x * x), False),
+    'sinh': (lambda xp, x: xp.sinh(x), lambda xp, x, y, gy: gy * xp.cosh(x), False),
+    'cosh': (lambda xp, x: xp.cosh(x), lambda xp, x, y, gy: gy * xp.sinh(x), False),
+    'log1p': (lambda xp, x: xp.log1p(x), lambda xp, x, y, gy: gy / (1 + x), False),
+    'expm1': (lambda xp, x: xp.expm1(x), lambda xp, x, y, gy: gy * (y + 1), True),
+    'log2': (lambda xp, x: xp.log2(x), lambda xp, x, y, gy: gy / (x * math.log(2.0)), False),
+    'log10': (lambda xp, x: xp.log10(x), lambda xp, x, y, gy: gy / (x * math.log(10.0)), False),
+    'rsqrt': (lambda xp, x: xp.reciprocal(xp.sqrt(x)),          # (x^-1/2)' = -y^3 / 2
+              lambda xp, x, y, gy: gy * (y * y * y) * -0.5, True),
+}
 
 
-class Cos(Function):
-    """Function node of y = cos(x); backward -gy * sin(x).
-    Chainer: chainer.functions.math.trigonometric.Cos.
-    """
-    label = 'cos'
+class _Elementwise(Function):
+    """Function node of one row of _ELEMENTWISE, named by its label: forward
+    y = f(x) for float x, backward f'(x) gy.  Chainer: one class per formula,
+    e.g. chainer.functions.math.trigonometric.Sin."""
 
-    def forward(self, inputs):
-        _require_float('cos', inputs[0])
-        return _xp(inputs[0]).cos(inputs[0]),
+    def __init__(self, label):
+        self._label = label
+        self.f, self.df, self.keeps_y = _ELEMENTWISE[label]
+        self.y = None
 
-    def backward(self, inputs, grad_outputs):      # cos' = -sin
-        return -grad_outputs[0] * _xp(inputs[0]).sin(inputs[0]),
-
-
-class Tan(Function):
-    """Function node of y = tan(x); backward gy * (1 + y**2).
-    Chainer: chainer.functions.math.trigonometric.Tan.
-    """
-    label = 'tan'
+    @property
+    def label(self):
+        return self._label
 
     def forward(self, inputs):
-        _require_float('tan', inputs[0])
-        self.y = _xp(inputs[0]).tan(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # tan' = 1/cos^2 = 1 + tan^2
-        return grad_outputs[0] * (1 + self.y * self.y),
-
-
-class Arcsin(Function):
-    """Function node of y = arcsin(x); backward gy / sqrt(1 - x**2).
-    Chainer: chainer.functions.math.inv_trigonometric.Arcsin.
-    """
-    label = 'arcsin'
-
-    def forward(self, inputs):
-        _require_float('arcsin', inputs[0])
-        return _xp(inputs[0]).arcsin(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # arcsin' = 1/sqrt(1 - x^2)
         x, = inputs
-        return grad_outputs[0] / _xp(x).sqrt(1 - x * x),
+        _require_float(self._label, x)
+        y = self.f(_xp(x), x)
+        if self.keeps_y:
+            self.y = y
+        return y,
 
-
-class Arccos(Function):
-    """Function node of y = arccos(x); backward -gy / sqrt(1 - x**2).
-    Chainer: chainer.functions.math.inv_trigonometric.Arccos.
-    """
-    label = 'arccos'
-
-    def forward(self, inputs):
-        _require_float('arccos', inputs[0])
-        return _xp(inputs[0]).arccos(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # arccos' = -1/sqrt(1 - x^2)
+    def backward(self, inputs, grad_outputs):
         x, = inputs
-        return -grad_outputs[0] / _xp(x).sqrt(1 - x * x),
-
-
-class Arctan(Function):
-    """Function node of y = arctan(x); backward gy / (1 + x**2).
-    Chainer: chainer.functions.math.inv_trigonometric.Arctan.
-    """
-    label = 'arctan'
-
-    def forward(self, inputs):
-        _require_float('arctan', inputs[0])
-        return _xp(inputs[0]).arctan(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # arctan' = 1/(1 + x^2)
-        x, = inputs
-        return grad_outputs[0] / (1 + x * x),
-
-
-class Sinh(Function):
-    """Function node of y = sinh(x); backward gy * cosh(x).
-    Chainer: chainer.functions.math.hyperbolic.Sinh.
-    """
-    label = 'sinh'
-
-    def forward(self, inputs):
-        _require_float('sinh', inputs[0])
-        return _xp(inputs[0]).sinh(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # sinh' = cosh
-        return grad_outputs[0] * _xp(inputs[0]).cosh(inputs[0]),
-
-
-class Cosh(Function):
-    """Function node of y = cosh(x); backward gy * sinh(x).
-    Chainer: chainer.functions.math.hyperbolic.Cosh.
-    """
-    label = 'cosh'
-
-    def forward(self, inputs):
-        _require_float('cosh', inputs[0])
-        return _xp(inputs[0]).cosh(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # cosh' = sinh
-        return grad_outputs[0] * _xp(inputs[0]).sinh(inputs[0]),
-
-
-class Log1p(Function):
-    """Function node of y = log(1 + x), exact for tiny x; backward gy / (1 + x).
-    Chainer: chainer.functions.math.logarithm_1p.Log1p.
-    """
-    label = 'log1p'
-
-    def forward(self, inputs):
-        _require_float('log1p', inputs[0])
-        return _xp(inputs[0]).log1p(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # log(1+x)' = 1/(1+x)
-        return grad_outputs[0] / (1 + inputs[0]),
-
-
-class Expm1(Function):
-    """Function node of y = e**x - 1, exact for tiny x; backward gy * (y + 1).
-    Chainer: chainer.functions.math.exponential_m1.Expm1.
-    """
-    label = 'expm1'
-
-    def forward(self, inputs):
-        _require_float('expm1', inputs[0])
-        self.y = _xp(inputs[0]).expm1(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (e^x - 1)' = e^x = y + 1
-        return grad_outputs[0] * (self.y + 1),
-
-
-class Log2(Function):
-    """Function node of y = log2(x); backward gy / (x log 2).
-    Chainer: chainer.functions.math.exponential.Log2.
-    """
-    label = 'log2'
-
-    def forward(self, inputs):
-        _require_float('log2', inputs[0])
-        return _xp(inputs[0]).log2(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # log2(x)' = 1/(x ln 2)
-        return grad_outputs[0] / (inputs[0] * math.log(2.0)),
-
-
-class Log10(Function):
-    """Function node of y = log10(x); backward gy / (x log 10).
-    Chainer: chainer.functions.math.exponential.Log10.
-    """
-    label = 'log10'
-
-    def forward(self, inputs):
-        _require_float('log10', inputs[0])
-        return _xp(inputs[0]).log10(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # log10(x)' = 1/(x ln 10)
-        return grad_outputs[0] / (inputs[0] * math.log(10.0)),
-
-
-class Rsqrt(Function):
-    """Function node of y = 1 / sqrt(x); backward -gy * y**3 / 2.
-    Chainer: chainer.functions.rsqrt (there a composition of sqrt and a division).
-    """
-    label = 'rsqrt'
-
-    def forward(self, inputs):
-        _require_float('rsqrt', inputs[0])
-        self.y = 1 / _xp(inputs[0]).sqrt(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (x^-1/2)' = -x^-3/2 / 2 = -y^3/2
-        y = self.y
-        return grad_outputs[0] * (y * y * y) * -0.5,
+        # In x's dtype: on NumPy 1.x, 1 + x * x of a 0-dim float32 is float64.
+        return self.df(_xp(x), x, self.y, grad_outputs[0]).astype(x.dtype, copy=False),
 
 
 class Clip(Function):
@@ -2024,28 +1871,28 @@ def absolute(x):
     Variable of x's shape and dtype; TypeError for integer x.
     Chainer: chainer.functions.absolute.
     """
-    return Absolute()(x)
+    return _Elementwise('absolute')(x)
 
 
 def sin(x):
     """Elementwise sine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.sin.
     """
-    return Sin()(x)
+    return _Elementwise('sin')(x)
 
 
 def cos(x):
     """Elementwise cosine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.cos.
     """
-    return Cos()(x)
+    return _Elementwise('cos')(x)
 
 
 def tan(x):
     """Elementwise tangent of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.tan.
     """
-    return Tan()(x)
+    return _Elementwise('tan')(x)
 
 
 def arcsin(x):
@@ -2053,7 +1900,7 @@ def arcsin(x):
     (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
     Returns a Variable. Chainer: chainer.functions.arcsin.
     """
-    return Arcsin()(x)
+    return _Elementwise('arcsin')(x)
 
 
 def arccos(x):
@@ -2061,7 +1908,7 @@ def arccos(x):
     (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
     Chainer: chainer.functions.arccos.
     """
-    return Arccos()(x)
+    return _Elementwise('arccos')(x)
 
 
 def arctan(x):
@@ -2069,56 +1916,56 @@ def arctan(x):
     pi/2); gradient 1/(1 + x**2). Returns a Variable.
     Chainer: chainer.functions.arctan.
     """
-    return Arctan()(x)
+    return _Elementwise('arctan')(x)
 
 
 def sinh(x):
     """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.sinh.
     """
-    return Sinh()(x)
+    return _Elementwise('sinh')(x)
 
 
 def cosh(x):
     """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.cosh.
     """
-    return Cosh()(x)
+    return _Elementwise('cosh')(x)
 
 
 def log1p(x):
     """Elementwise log(1 + x) of a float Variable or array, accurate where x
     is tiny; returns a Variable. Chainer: chainer.functions.log1p.
     """
-    return Log1p()(x)
+    return _Elementwise('log1p')(x)
 
 
 def expm1(x):
     """Elementwise e**x - 1 of a float Variable or array, accurate where x is
     tiny; returns a Variable. Chainer: chainer.functions.expm1.
     """
-    return Expm1()(x)
+    return _Elementwise('expm1')(x)
 
 
 def log2(x):
     """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
     """
-    return Log2()(x)
+    return _Elementwise('log2')(x)
 
 
 def log10(x):
     """Elementwise base-10 logarithm of a float Variable or array (x <= 0
     gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
     """
-    return Log10()(x)
+    return _Elementwise('log10')(x)
 
 
 def rsqrt(x):
     """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
     array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
     """
-    return Rsqrt()(x)
+    return _Elementwise('rsqrt')(x)
 
 
 def clip(x, x_min, x_max):
@@ -2178,21 +2025,6 @@ class Arctan2(Function):
         return _sum_to(g * x2, x1.shape), _sum_to(-g * x1, x2.shape)
 
 
-class Arctanh(Function):
-    """Function node of y = arctanh(x); backward gy / (1 - x**2).
-    Chainer: chainer.functions.math.arctanh.Arctanh.
-    """
-    label = 'arctanh'
-
-    def forward(self, inputs):
-        _require_float('arctanh', inputs[0])
-        return _xp(inputs[0]).arctanh(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # arctanh' = 1/(1 - x^2)
-        x, = inputs
-        return grad_outputs[0] / (1 - x * x),
-
-
 class Fmod(Function):
     """Function node of y = fmod(x, divisor) = x - fix(x / divisor) * divisor
     (the remainder with the sign of x; broadcasting, one float dtype).
@@ -2230,7 +2062,7 @@ def arctanh(x):
     (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
     Variable. Chainer: chainer.functions.arctanh.
     """
-    return Arctanh()(x)
+    return _Elementwise('arctanh')(x)
 
 
 def fmod(x, divisor):

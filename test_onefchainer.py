@@ -4582,16 +4582,18 @@ def test_chapter_8_program_trains_mnist_as_printed(tmp_path):
 
 def test_every_top_level_name_is_defined_once():
     # One file, many hands: a second `def _check_groups` further down would
-    # silently replace the first for every caller above it.
+    # silently replace the first for every caller above it, and a second
+    # test of the same name would silently keep the first from running.
     import ast
     import collections
-    with open(SOURCE_PATH) as f:
-        tree = ast.parse(f.read())
-    names = collections.Counter()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names[node.name] += 1
-    assert [name for name, count in names.items() if count > 1] == []
+    for path in (SOURCE_PATH, os.path.abspath(__file__)):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        names = collections.Counter()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names[node.name] += 1
+        assert [name for name, count in names.items() if count > 1] == [], path
 
 
 def test_part_one_stays_within_its_budgets():
@@ -8605,7 +8607,7 @@ MORE_FUNCTIONS_GRAD_CASES = {
 
 
 @pytest.mark.parametrize('name', sorted(MORE_FUNCTIONS_GRAD_CASES))
-def test_more_functions_gradients(name):
+def test_cumprod_einsum_linalg_image_and_special_gradients(name):
     func, xs = MORE_FUNCTIONS_GRAD_CASES[name]
     check(func, *[x.copy() for x in xs])
 
@@ -9498,3 +9500,14 @@ def test_convolutions_of_an_empty_batch():
         assert y.shape == out_shape
         F.sum(y).backward()
         assert x.grad.shape == x.shape and not host(W.grad).any()
+
+
+@pytest.mark.parametrize('label', sorted(chainer._ELEMENTWISE))
+def test_elementwise_table_rows_keep_a_0dim_float32_float32(label):
+    # 0-dim inputs meet Python numbers in the derivatives (1 + x * x): on
+    # NumPy 1.x that alone would make float64.
+    x = Variable(dev(np.asarray(0.4, np.float32)))
+    y = getattr(F, label)(x)
+    assert y.dtype == np.float32
+    (y * y).backward()
+    assert x.grad.dtype == np.float32
