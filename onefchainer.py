@@ -117,7 +117,9 @@ config = _Config()
 
 @contextlib.contextmanager
 def using_config(name, value, config=config):
-    """Set `config.<name>` to `value` inside a `with` block."""
+    """Set `config.<name>` (a str) to `value` inside a `with` block; on leaving it,
+    also by an exception, the old value is restored (or the name removed if it
+    was unset).  Yields nothing.  Chainer: chainer.using_config."""
     had_value = hasattr(config, name)
     old = getattr(config, name, None)
     setattr(config, name, value)
@@ -1008,9 +1010,12 @@ class Optimizer:
     target = None
     t = 0
     epoch = 0
+    update_rule_class = None      # each optimizer's rule, made per parameter by setup
 
-    def __init__(self):
+    def __init__(self, **hyperparams):
         self.hyperparam = Hyperparameter()
+        for name, value in hyperparams.items():
+            setattr(self.hyperparam, name, value)
         self._hooks = collections.OrderedDict()
 
     def setup(self, link):
@@ -1031,10 +1036,12 @@ class Optimizer:
         return self
 
     def create_update_rule(self):
-        """A new UpdateRule for one parameter; each optimizer defines it.
-        Chainer: chainer.GradientMethod.create_update_rule.
+        """A new UpdateRule for one parameter: update_rule_class(hyperparam), or
+        an override. Chainer: chainer.GradientMethod.create_update_rule.
         """
-        raise NotImplementedError
+        if self.update_rule_class is None:
+            raise NotImplementedError('{} names no update_rule_class'.format(type(self).__name__))
+        return self.update_rule_class(self.hyperparam)
 
     def update(self, lossfun=None, *args, **kwds):
         """Update once.  With `lossfun`, first compute the loss from `args`,
@@ -1074,13 +1081,10 @@ class SGD(Optimizer):
     """Stochastic gradient descent: p -= lr * grad for every parameter.
     lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD."""
     lr = _HyperparameterProxy('lr')
+    update_rule_class = SGDRule
 
     def __init__(self, lr=0.01):
-        super().__init__()
-        self.hyperparam.lr = lr
-
-    def create_update_rule(self):
-        return SGDRule(self.hyperparam)
+        super().__init__(lr=lr)
 
 
 class AdamRule(UpdateRule):
@@ -1143,17 +1147,13 @@ class Adam(Optimizer):
     eta = _HyperparameterProxy('eta')
     weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
     amsgrad = _HyperparameterProxy('amsgrad')
+    update_rule_class = AdamRule
 
     def __init__(self, alpha=0.001, beta1=0.9, beta2=0.999, eps=1e-8, eta=1.0,
                  weight_decay_rate=0, amsgrad=False, adabound=False, final_lr=0.1, gamma=1e-3):
-        super().__init__()
-        hp = self.hyperparam
-        hp.alpha, hp.beta1, hp.beta2, hp.eps = alpha, beta1, beta2, eps
-        hp.eta, hp.weight_decay_rate, hp.amsgrad = eta, weight_decay_rate, amsgrad
-        hp.adabound, hp.final_lr, hp.gamma = adabound, final_lr, gamma
-
-    def create_update_rule(self):
-        return AdamRule(self.hyperparam)
+        super().__init__(alpha=alpha, beta1=beta1, beta2=beta2, eps=eps, eta=eta,
+                         weight_decay_rate=weight_decay_rate, amsgrad=amsgrad,
+                         adabound=adabound, final_lr=final_lr, gamma=gamma)
 
     # Continued in Chapter 12 (alpha_t, lr, adabound).
 
@@ -8881,14 +8881,10 @@ class MomentumSGD(Optimizer):
     """
     lr = _HyperparameterProxy('lr')
     momentum = _HyperparameterProxy('momentum')
+    update_rule_class = MomentumSGDRule
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.momentum = momentum
-
-    def create_update_rule(self):
-        return MomentumSGDRule(self.hyperparam)
+        super().__init__(lr=lr, momentum=momentum)
 
 
 class NesterovAGRule(UpdateRule):
@@ -8919,14 +8915,10 @@ class NesterovAG(Optimizer):
     """
     lr = _HyperparameterProxy('lr')
     momentum = _HyperparameterProxy('momentum')
+    update_rule_class = NesterovAGRule
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.momentum = momentum
-
-    def create_update_rule(self):
-        return NesterovAGRule(self.hyperparam)
+        super().__init__(lr=lr, momentum=momentum)
 
 
 class CorrectedMomentumSGDRule(UpdateRule):
@@ -8955,14 +8947,10 @@ class CorrectedMomentumSGD(Optimizer):
     """
     lr = _HyperparameterProxy('lr')
     momentum = _HyperparameterProxy('momentum')
+    update_rule_class = CorrectedMomentumSGDRule
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.momentum = momentum
-
-    def create_update_rule(self):
-        return CorrectedMomentumSGDRule(self.hyperparam)
+        super().__init__(lr=lr, momentum=momentum)
 
 
 class AdaGradRule(UpdateRule):
@@ -8986,14 +8974,10 @@ class AdaGrad(Optimizer):
     """
     lr = _HyperparameterProxy('lr')
     eps = _HyperparameterProxy('eps')
+    update_rule_class = AdaGradRule
 
     def __init__(self, lr=0.001, eps=1e-8):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.eps = eps
-
-    def create_update_rule(self):
-        return AdaGradRule(self.hyperparam)
+        super().__init__(lr=lr, eps=eps)
 
 
 class AdaDeltaRule(UpdateRule):
@@ -9029,14 +9013,10 @@ class AdaDelta(Optimizer):
     """
     rho = _HyperparameterProxy('rho')
     eps = _HyperparameterProxy('eps')
+    update_rule_class = AdaDeltaRule
 
     def __init__(self, rho=0.95, eps=1e-6):
-        super().__init__()
-        self.hyperparam.rho = rho
-        self.hyperparam.eps = eps
-
-    def create_update_rule(self):
-        return AdaDeltaRule(self.hyperparam)
+        super().__init__(rho=rho, eps=eps)
 
 
 class RMSpropRule(UpdateRule):
@@ -9066,16 +9046,10 @@ class RMSprop(Optimizer):
     lr = _HyperparameterProxy('lr')
     alpha = _HyperparameterProxy('alpha')
     eps = _HyperparameterProxy('eps')
+    update_rule_class = RMSpropRule
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, eps_inside_sqrt=False):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.alpha = alpha
-        self.hyperparam.eps = eps
-        self.hyperparam.eps_inside_sqrt = eps_inside_sqrt
-
-    def create_update_rule(self):
-        return RMSpropRule(self.hyperparam)
+        super().__init__(lr=lr, alpha=alpha, eps=eps, eps_inside_sqrt=eps_inside_sqrt)
 
 
 class RMSpropGravesRule(UpdateRule):
@@ -9116,16 +9090,10 @@ class RMSpropGraves(Optimizer):
     alpha = _HyperparameterProxy('alpha')
     momentum = _HyperparameterProxy('momentum')
     eps = _HyperparameterProxy('eps')
+    update_rule_class = RMSpropGravesRule
 
     def __init__(self, lr=1e-4, alpha=0.95, momentum=0.9, eps=1e-4):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.alpha = alpha
-        self.hyperparam.momentum = momentum
-        self.hyperparam.eps = eps
-
-    def create_update_rule(self):
-        return RMSpropGravesRule(self.hyperparam)
+        super().__init__(lr=lr, alpha=alpha, momentum=momentum, eps=eps)
 
 
 class SMORMS3Rule(UpdateRule):
@@ -9164,14 +9132,10 @@ class SMORMS3(Optimizer):
     """
     lr = _HyperparameterProxy('lr')
     eps = _HyperparameterProxy('eps')
+    update_rule_class = SMORMS3Rule
 
     def __init__(self, lr=0.001, eps=1e-16):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.eps = eps
-
-    def create_update_rule(self):
-        return SMORMS3Rule(self.hyperparam)
+        super().__init__(lr=lr, eps=eps)
 
 
 class MSVAGRule(UpdateRule):
@@ -9228,16 +9192,10 @@ class MSVAG(Optimizer):
     beta = _HyperparameterProxy('beta')
     eta = _HyperparameterProxy('eta')
     weight_decay_rate = _HyperparameterProxy('weight_decay_rate')
+    update_rule_class = MSVAGRule
 
     def __init__(self, lr=0.1, beta=0.9, eta=1.0, weight_decay_rate=0):
-        super().__init__()
-        self.hyperparam.lr = lr
-        self.hyperparam.beta = beta
-        self.hyperparam.eta = eta
-        self.hyperparam.weight_decay_rate = weight_decay_rate
-
-    def create_update_rule(self):
-        return MSVAGRule(self.hyperparam)
+        super().__init__(lr=lr, beta=beta, eta=eta, weight_decay_rate=weight_decay_rate)
 
 
 # ----- optimizers, hooks, initializers, serializers ------------------------------
@@ -14450,7 +14408,10 @@ def is_debug():
 
 
 def set_debug(debug):
-    """Turn config.debug on or off. Chainer: chainer.set_debug."""
+    """Set config.debug to `debug` (a bool; False by default).  Debug mode
+    raises at the first NaN or inf a forward or backward produces, naming the
+    function, and makes a GPU check labels and ids at once (with a host sync)
+    instead of at the next read.  Returns None.  Chainer: chainer.set_debug."""
     config.debug = debug
 global_config = config   # one config: Chainer's per-thread layer is left out
 
