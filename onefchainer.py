@@ -6576,14 +6576,19 @@ class SimplifiedDropconnect(Link):
 # channel to zero mean and unit variance over the batch, so that deep stacks
 # of layers train with larger learning rates.
 
+def _ntuple(value, n, what, label):
+    """Chainer's `stride=2` or `stride=(2, 1, 1)`: an int or n ints."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if len(values) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                   for v in values):
+        raise TypeError('{}: {} must be an int or {}, got {!r}'.format(
+            label, what, 'a pair of ints' if n == 2 else 'a tuple of {} ints'.format(n), value))
+    return tuple(int(v) for v in values)
+
+
 def _pair(value, what, label):
     """Chainer's `stride=2` or `stride=(2, 1)`: an int or a pair of ints."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                 for v in pair):
-        raise TypeError('{}: {} must be an int or a pair of ints, got {!r}'
-                        .format(label, what, value))
-    return int(pair[0]), int(pair[1])
+    return _ntuple(value, 2, what, label)
 
 
 def _conv_outsize(size, k, s, p, cover_all=False, d=1):
@@ -7275,16 +7280,6 @@ def upsampling_2d(x, indexes, ksize, stride=None, pad=0, outsize=None, cover_all
 # _col2im_nd); the 2-D functions keep their own spelled-out code, the path
 # a CNN runs every step.  W gains one kernel axis per spatial axis:
 # convolution's is (O, C/G, k1..kd), deconvolution's (C, O/G, k1..kd).
-
-def _ntuple(value, n, what, label):
-    """Chainer's `stride=2` or `stride=(2, 1, 1)`: an int or n ints."""
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
-    if len(values) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                   for v in values):
-        raise TypeError('{}: {} must be an int or a tuple of {} ints, got {!r}'
-                        .format(label, what, n, value))
-    return tuple(int(v) for v in values)
-
 
 def _check_volume(label, x_shape, ksize, stride, pad, cover_all=False, dilate=None):
     """Validate x (N, C, s1..sd) against a kernel; return the output lengths."""
