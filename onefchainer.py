@@ -112,6 +112,7 @@ class _Config:
     # Continued in Chapter 21 (show).
 
 
+
 config = _Config()
 
 
@@ -234,8 +235,10 @@ class Variable:
 
     __hash__ = object.__hash__
 
-    # Continued in Chapter 18 (xp, device, to_device, to_cpu, ...); Chapter 20
-    # (array, grad_var, zerograd, __len__, ...); Chapter 21 (set_creator).
+    # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
+    # __pow__, __getitem__, reshape, T, ...); Chapter 18 (xp, device, to_device,
+    # to_cpu, ...); Chapter 20 (array, grad_var, zerograd, __len__, ...);
+    # Chapter 21 (set_creator, addgrad, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -434,6 +437,25 @@ def _backprop(roots, retain_grad):
 # output gradient over the stretched axes: `_sum_to` does that.
 
 
+# Each public name says, where it is defined, which of Chainer's modules
+# hold it: `@_export('functions')` above `def relu` (below) makes it
+# onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 21
+# builds the modules from these marks.
+_exports = {}     # module path ('functions', 'training.extensions') -> {name: object}
+
+
+def _export(*modules, **objects):
+    """Put the decorated definition (or the keyword `objects`) in `modules`."""
+    for module in modules:
+        _exports.setdefault(module, {}).update(objects)
+
+    def mark(definition):
+        for module in modules:
+            _exports[module][definition.__name__] = definition
+        return definition
+    return mark
+
+
 def _sum_to(gx, shape):
     """Sum `gx` down to `shape`, undoing NumPy broadcasting."""
     if gx.shape == shape:
@@ -442,6 +464,7 @@ def _sum_to(gx, shape):
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
     return gx.sum(axis=axes, keepdims=True, dtype=gx.dtype).reshape(shape)   # int32 stays int32
+_export('utils', sum_to=_sum_to)
 
 
 def _check_dtypes(label, a, b):
@@ -542,6 +565,7 @@ class LinearFunction(Function):
         return gx, gW
 
 
+@_export('functions')
 def linear(x, W, b=None, n_batch_axes=1):
     """Fully connected layer y = x W^T + b.
 
@@ -580,6 +604,7 @@ class ReLU(Function):
         return grad_outputs[0] * (self.y > 0),
 
 
+@_export('functions')
 def relu(x):
     """Rectified linear unit max(x, 0), elementwise, of a float Variable or array.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.relu.
@@ -671,9 +696,11 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
-    # Continued in Chapter 20 (_check).
+    # Continued in Chapter 19 (_check_labels_later, _nan_where_bad,
+    # _coefficient_later); Chapter 20 (_check).
 
 
+@_export('functions')
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
@@ -714,6 +741,7 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
 # tree is what optimizers walk and what serializers save.
 
 
+@_export('variable')
 class Parameter(Variable):
     """A Variable owned by a link.  It may start *uninitialized* (data None)
     when its shape is only known at the first forward pass.
@@ -750,6 +778,7 @@ class Parameter(Variable):
     # Continued in Chapter 18 (to_device).
 
 
+@_export('link')
 class Link:
     """An object that owns parameters (and, in a Chain, other links).
 
@@ -826,9 +855,10 @@ class Link:
 
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
     # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
-    # ...).
+    # ...); Chapter 21 (addgrads).
 
 
+@_export('link')
 class Chain(Link):
     """A link made of named child links:
 
@@ -861,6 +891,7 @@ class Chain(Link):
     # ...); Chapter 13 (serialize).
 
 
+@_export('links')
 class Linear(Link):
     """Fully connected layer: y = x W^T + b.
 
@@ -914,6 +945,7 @@ class Linear(Link):
 # `optimizer.lr = 0.1` reaches every rule.
 
 
+@_export('optimizer')
 class Hyperparameter:
     """Hyperparameters (lr, beta1, ...) that fall back to the parent's, so a
     rule reads the optimizer's values unless it sets its own.
@@ -947,8 +979,10 @@ class _HyperparameterProxy:
 
     def __set__(self, optimizer, value):
         setattr(optimizer.hyperparam, self.name, value)
+_export('optimizer', HyperparameterProxy=_HyperparameterProxy)
 
 
+@_export('optimizer')
 class UpdateRule:
     """How one parameter is updated.
 
@@ -996,6 +1030,7 @@ class UpdateRule:
     # Chapter 21 (update_core, update_core_cpu, update_core_gpu).
 
 
+@_export('optimizer')
 class Optimizer:
     """Updates the parameters of its target link:
 
@@ -1077,6 +1112,7 @@ class SGDRule(UpdateRule):
         param.data -= self.hyperparam.lr * param.grad
 
 
+@_export('optimizers')
 class SGD(Optimizer):
     """Stochastic gradient descent: p -= lr * grad for every parameter.
     lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD."""
@@ -1108,6 +1144,8 @@ class AdamRule(UpdateRule):
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
         _adam_update(arrays, constants, hp.adabound and self.bounds)   # Chapters 19, 12
 
+    # Continued in Chapter 12 (__init__, alpha_t, bounds).
+
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
     """One Adam update of `data` in place, the formulas above in Chainer's operation order;
@@ -1135,6 +1173,7 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
     data -= step
 
 
+@_export('optimizers')
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
     maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
@@ -1523,6 +1562,7 @@ def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than 
     return function
 
 
+@_export('functions')
 def add(*xs):
     """Elementwise sum of any number of Variables or arrays: F.add(a, b, c).
 
@@ -1538,6 +1578,7 @@ def add(*xs):
     return y
 
 
+@_export('functions')
 def sub(a, b):
     """Elementwise difference a - b.
 
@@ -1548,6 +1589,7 @@ def sub(a, b):
     return _arithmetic(a, b, Sub, _subtract_constant, SubFromConstant)
 
 
+@_export('functions')
 def mul(a, b):
     """Elementwise product a * b.
 
@@ -1558,6 +1600,7 @@ def mul(a, b):
     return _arithmetic(a, b, Mul, MulConstant, MulConstant)
 
 
+@_export('functions')
 def div(a, b):
     """Elementwise quotient a / b.
 
@@ -1568,6 +1611,7 @@ def div(a, b):
     return _arithmetic(a, b, Div, _divide_by_constant, DivFromConstant)
 
 
+@_export('functions')
 def neg(x):
     """Elementwise negation -x of a Variable or array; returns a Variable.
     Chainer: -x on chainer.Variable.
@@ -1575,6 +1619,7 @@ def neg(x):
     return Neg()(x)
 
 
+@_export('functions')
 def pow(a, b):     # shadows the builtin until the end of the reductions
     """Elementwise power a ** b.
 
@@ -1670,6 +1715,7 @@ class MatMul(Function):
         return _sum_to(ga, a.shape), _sum_to(gb, b.shape)
 
 
+@_export('functions')
 def matmul(a, b, transa=False, transb=False):
     """Matrix product of a and b, batched over leading axes.
 
@@ -1725,6 +1771,7 @@ class Sqrt(Function):
         return grad_outputs[0] / (2 * self.y),
 
 
+@_export('functions')
 def exp(x):
     """Elementwise exponential e**x of a float Variable or array; returns a
     Variable of the same shape and dtype. Chainer: chainer.functions.exp.
@@ -1732,6 +1779,7 @@ def exp(x):
     return Exp()(x)
 
 
+@_export('functions')
 def log(x):
     """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
@@ -1739,6 +1787,7 @@ def log(x):
     return Log()(x)
 
 
+@_export('functions')
 def sqrt(x):
     """Elementwise square root of a float Variable or array; returns a Variable.
     Chainer: chainer.functions.sqrt.
@@ -1865,6 +1914,7 @@ class Minimum(Maximum):
         super().__init__(take_min=True)
 
 
+@_export('functions')
 def absolute(x):
     """Elementwise absolute value |x| of a float Variable or array (also
     abs(x) on a Variable). The gradient is sign(x) gy, 0 at x = 0. Returns a
@@ -1874,6 +1924,7 @@ def absolute(x):
     return _Elementwise('absolute')(x)
 
 
+@_export('functions')
 def sin(x):
     """Elementwise sine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.sin.
@@ -1881,6 +1932,7 @@ def sin(x):
     return _Elementwise('sin')(x)
 
 
+@_export('functions')
 def cos(x):
     """Elementwise cosine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.cos.
@@ -1888,6 +1940,7 @@ def cos(x):
     return _Elementwise('cos')(x)
 
 
+@_export('functions')
 def tan(x):
     """Elementwise tangent of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.tan.
@@ -1895,6 +1948,7 @@ def tan(x):
     return _Elementwise('tan')(x)
 
 
+@_export('functions')
 def arcsin(x):
     """Elementwise inverse sine of a float Variable or array, in [-pi/2, pi/2]
     (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
@@ -1903,6 +1957,7 @@ def arcsin(x):
     return _Elementwise('arcsin')(x)
 
 
+@_export('functions')
 def arccos(x):
     """Elementwise inverse cosine of a float Variable or array, in [0, pi]
     (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
@@ -1911,6 +1966,7 @@ def arccos(x):
     return _Elementwise('arccos')(x)
 
 
+@_export('functions')
 def arctan(x):
     """Elementwise inverse tangent of a float Variable or array, in (-pi/2,
     pi/2); gradient 1/(1 + x**2). Returns a Variable.
@@ -1919,6 +1975,7 @@ def arctan(x):
     return _Elementwise('arctan')(x)
 
 
+@_export('functions')
 def sinh(x):
     """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.sinh.
@@ -1926,6 +1983,7 @@ def sinh(x):
     return _Elementwise('sinh')(x)
 
 
+@_export('functions')
 def cosh(x):
     """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.cosh.
@@ -1933,6 +1991,7 @@ def cosh(x):
     return _Elementwise('cosh')(x)
 
 
+@_export('functions')
 def log1p(x):
     """Elementwise log(1 + x) of a float Variable or array, accurate where x
     is tiny; returns a Variable. Chainer: chainer.functions.log1p.
@@ -1940,6 +1999,7 @@ def log1p(x):
     return _Elementwise('log1p')(x)
 
 
+@_export('functions')
 def expm1(x):
     """Elementwise e**x - 1 of a float Variable or array, accurate where x is
     tiny; returns a Variable. Chainer: chainer.functions.expm1.
@@ -1947,6 +2007,7 @@ def expm1(x):
     return _Elementwise('expm1')(x)
 
 
+@_export('functions')
 def log2(x):
     """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
@@ -1954,6 +2015,7 @@ def log2(x):
     return _Elementwise('log2')(x)
 
 
+@_export('functions')
 def log10(x):
     """Elementwise base-10 logarithm of a float Variable or array (x <= 0
     gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
@@ -1961,6 +2023,7 @@ def log10(x):
     return _Elementwise('log10')(x)
 
 
+@_export('functions')
 def rsqrt(x):
     """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
     array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
@@ -1968,6 +2031,7 @@ def rsqrt(x):
     return _Elementwise('rsqrt')(x)
 
 
+@_export('functions')
 def clip(x, x_min, x_max):
     """Elementwise clip: x_min where x < x_min, x_max where x > x_max, else x.
 
@@ -1984,6 +2048,7 @@ def clip(x, x_min, x_max):
     return Clip(x_min, x_max)(x)
 
 
+@_export('functions')
 def maximum(x1, x2):
     """Elementwise maximum of x1 and x2: float Variables or arrays of one
     dtype whose shapes broadcast. The gradient goes to x1 where x1 >= x2, else
@@ -1994,6 +2059,7 @@ def maximum(x1, x2):
     return Maximum()(x1, x2)
 
 
+@_export('functions')
 def minimum(x1, x2):
     """Elementwise minimum of x1 and x2: float Variables or arrays of one
     dtype whose shapes broadcast. The gradient goes to x1 where x1 <= x2, else
@@ -2047,6 +2113,7 @@ class Fmod(Function):
                 _sum_to(-_xp(x).fix(x / divisor) * gy, divisor.shape))
 
 
+@_export('functions')
 def arctan2(x1, x2):
     """Elementwise angle arctan(x1 / x2) of the point (x2, x1), in [-pi, pi],
     as numpy.arctan2. x1, x2: float Variables or arrays of one dtype whose
@@ -2057,6 +2124,7 @@ def arctan2(x1, x2):
     return Arctan2()(x1, x2)
 
 
+@_export('functions')
 def arctanh(x):
     """Elementwise inverse hyperbolic tangent of a float Variable or array
     (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
@@ -2065,6 +2133,7 @@ def arctanh(x):
     return _Elementwise('arctanh')(x)
 
 
+@_export('functions')
 def fmod(x, divisor):
     """Elementwise remainder of x / divisor with the sign of x (numpy.fmod):
     x - fix(x / divisor) * divisor. x, divisor: float Variables or arrays of
@@ -2085,6 +2154,7 @@ def _step_function(label, x, step):
     return Variable(y if y.dtype == data.dtype else y.astype(data.dtype), requires_grad=False)
 
 
+@_export('functions')
 def sign(x):
     """Elementwise sign of x: -1 where x < 0, 0 where x == 0, 1 where x > 0,
     in x's dtype. Not differentiable: returns a Variable with no gradient and
@@ -2093,6 +2163,7 @@ def sign(x):
     return _step_function('sign', x, lambda a: _xp(a).sign(a))
 
 
+@_export('functions')
 def floor(x):
     """Elementwise floor (the largest integer <= x), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
@@ -2101,6 +2172,7 @@ def floor(x):
     return _step_function('floor', x, lambda a: _xp(a).floor(a))
 
 
+@_export('functions')
 def ceil(x):
     """Elementwise ceiling (the smallest integer >= x), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
@@ -2109,13 +2181,13 @@ def ceil(x):
     return _step_function('ceil', x, lambda a: _xp(a).ceil(a))
 
 
+@_export('functions')
 def fix(x):
     """Elementwise rounding toward zero (numpy.fix), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
     Chainer: chainer.functions.fix.
     """
     return _step_function('fix', x, lambda a: _xp(a).fix(a))
-
 
 
 # ----- special functions: erf, erfc, ndtr, log_ndtr, lgamma --------------------
@@ -2265,6 +2337,7 @@ class LGamma(Function):
         return grad_outputs[0] * _digamma(inputs[0]),
 
 
+@_export('functions')
 def erf(x):
     """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
     of a float Variable or array (CPU: Python's math.erf per element; GPU: a
@@ -2274,6 +2347,7 @@ def erf(x):
     return Erf()(x)
 
 
+@_export('functions')
 def erfc(x):
     """Elementwise complementary error function erfc(x) = 1 - erf(x), without
     the cancellation for large x; float Variable or array in, Variable of the
@@ -2283,6 +2357,7 @@ def erfc(x):
     return Erfc()(x)
 
 
+@_export('functions')
 def ndtr(x):
     """Elementwise standard normal cumulative distribution
     Phi(x) = (1 + erf(x / sqrt 2)) / 2 (computed as erfc(-x / sqrt 2) / 2);
@@ -2292,6 +2367,7 @@ def ndtr(x):
     return Ndtr()(x)
 
 
+@_export('functions')
 def log_ndtr(x):
     """Elementwise log Phi(x), the log of the standard normal CDF, accurate
     far into both tails (no SciPy needed, unlike Chainer's CPU version);
@@ -2301,6 +2377,7 @@ def log_ndtr(x):
     return LogNdtr()(x)
 
 
+@_export('functions')
 def lgamma(x):
     """Elementwise log|Gamma(x)| (inf at 0, -1, -2, ...), with gradient
     digamma(x) (computed here by recurrence and asymptotic series; no SciPy
@@ -2490,6 +2567,7 @@ class Cumprod(Function):
         return xp.moveaxis(z, 0, axis).reshape(x.shape),
 
 
+@_export('functions')
 def sum(x, axis=None, keepdims=False):
     """Sum of the elements of x over `axis`.
 
@@ -2501,6 +2579,7 @@ def sum(x, axis=None, keepdims=False):
     return Sum(axis, keepdims)(x)
 
 
+@_export('functions')
 def mean(x, axis=None, weights=None, keepdims=False):
     """Arithmetic mean of x over `axis`: sum(x, axis) / (number of elements summed).
 
@@ -2519,6 +2598,7 @@ def mean(x, axis=None, weights=None, keepdims=False):
     return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
+@_export('functions')
 def max(x, axis=None, keepdims=False):
     """Maximum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the maximal element(s).
@@ -2527,6 +2607,7 @@ def max(x, axis=None, keepdims=False):
     return Max(axis, keepdims)(x)
 
 
+@_export('functions')
 def min(x, axis=None, keepdims=False):
     """Minimum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the minimal element(s).
@@ -2535,6 +2616,7 @@ def min(x, axis=None, keepdims=False):
     return Min(axis, keepdims)(x)
 
 
+@_export('functions')
 def prod(x, axis=None, keepdims=False):
     """Product of the elements of x over `axis`.
 
@@ -2556,6 +2638,7 @@ def prod(x, axis=None, keepdims=False):
     return Prod(axis, keepdims)(x)
 
 
+@_export('functions')
 def cumsum(x, axis=None):
     """Cumulative sum of x along `axis` (an int, negative from the end), or of
     x flattened to one axis when axis is None (the default).
@@ -2569,6 +2652,7 @@ def cumsum(x, axis=None):
     return Cumsum(axis)(x)
 
 
+@_export('functions')
 def cumprod(x, axis=None):
     """Cumulative product of x along `axis` (an int, negative from the end),
     or of x flattened to one axis when axis is None (the default).
@@ -2636,6 +2720,7 @@ class NormalizeL2(Function):
         return (gy - x * along * self.scale) * self.scale,
 
 
+@_export('functions')
 def average(x, axis=None, weights=None, keepdims=False):
     """Weighted mean sum(x * w, axis) / sum(w) over `axis`.
 
@@ -2668,6 +2753,7 @@ def average(x, axis=None, weights=None, keepdims=False):
     return total / broadcast_to(Sum()(weights), total.shape)
 
 
+@_export('functions')
 def logsumexp(x, axis=None):
     """log(sum(exp(x), axis)), computed without overflow (the maximum is
     taken out first). x: float Variable or array; axis: None (default, all
@@ -2678,6 +2764,7 @@ def logsumexp(x, axis=None):
     return LogSumExp(axis)(x)
 
 
+@_export('functions')
 def normalize(x, eps=1e-5, axis=1):
     """L2 normalization: x / (sqrt(sum(x**2, axis)) + eps), no reduction.
 
@@ -2689,6 +2776,7 @@ def normalize(x, eps=1e-5, axis=1):
     return NormalizeL2(eps, axis)(x)
 
 
+@_export('functions')
 def batch_l2_norm_squared(x):
     """Squared L2 norm of each example: sum(x[n]**2) over all axes but the
     first. x: float Variable or array (N, ...) with 2 or more dimensions.
@@ -2847,6 +2935,7 @@ class GetItem(Function):
         return gx,
 
 
+@_export('functions')
 def reshape(x, shape):
     """x with a new shape of the same size (no copy where NumPy needs none).
 
@@ -2859,6 +2948,7 @@ def reshape(x, shape):
     return Reshape(shape)(x)
 
 
+@_export('functions')
 def transpose(x, axes=None):
     """x with its axes permuted: axes None (default) reverses them, else a
     permutation of range(x.ndim). Returns a Variable. Raises ValueError for an
@@ -2867,6 +2957,7 @@ def transpose(x, axes=None):
     return Transpose(axes)(x)
 
 
+@_export('functions')
 def depth2space(X, r):
     """Subpixel rearrangement: channels become r x r spatial blocks.
 
@@ -2886,6 +2977,7 @@ def depth2space(X, r):
     return reshape(y, (b, c, h * r, w * r))
 
 
+@_export('functions')
 def space2depth(X, r):
     """The inverse of depth2space: r x r spatial blocks become channels.
 
@@ -2903,6 +2995,7 @@ def space2depth(X, r):
     return reshape(y, (b, r * r * c, h // r, w // r))
 
 
+@_export('functions')
 def broadcast_to(x, shape):
     """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
     back. Returns a Variable. Raises ValueError when x cannot be broadcast.
@@ -2911,6 +3004,7 @@ def broadcast_to(x, shape):
     return BroadcastTo(shape)(x)
 
 
+@_export('functions')
 def concat(xs, axis=1):
     """Join the Variables/arrays in the sequence `xs` along `axis` (default 1).
 
@@ -2922,6 +3016,7 @@ def concat(xs, axis=1):
     return Concat(axis)(*xs)
 
 
+@_export('functions')
 def stack(xs, axis=0):
     """Stack the Variables/arrays in `xs` along a new axis `axis` (default 0).
 
@@ -2932,6 +3027,7 @@ def stack(xs, axis=0):
     return Stack(axis)(*xs)
 
 
+@_export('functions')
 def flatten(x):
     """x reshaped to one dimension of x.size elements; returns a Variable.
     Chainer: chainer.functions.flatten.
@@ -2939,6 +3035,7 @@ def flatten(x):
     return reshape(x, (_input_data('flatten', x).size,))
 
 
+@_export('functions')
 def expand_dims(x, axis):
     """x with a new axis of size 1 inserted at `axis` (-ndim-1 <= axis <= ndim).
     Returns a Variable. Raises ValueError for an axis out of bounds.
@@ -2952,6 +3049,7 @@ def expand_dims(x, axis):
     return reshape(x, shape)
 
 
+@_export('functions')
 def squeeze(x, axis=None):
     """x without axes of size 1: all of them (axis None, default) or the given
     int/tuple `axis`. Returns a Variable. Raises ValueError when a given axis has
@@ -2968,6 +3066,7 @@ def squeeze(x, axis=None):
     return reshape(x, [n for i, n in enumerate(shape) if i not in axes])
 
 
+@_export('functions')
 def get_item(x, slices):
     """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
     arrays, as NumPy indexes (a list of ints is taken as an integer array).
@@ -3005,6 +3104,7 @@ class ScatterAdd(Function):
         return gy, gy[self.slices]
 
 
+@_export('functions')
 def scatter_add(a, slices, b):
     """A copy of a with b added at a[slices]; a itself is not changed.
 
@@ -3193,6 +3293,7 @@ def _int_axis(label, axis):
     return int(axis)
 
 
+@_export('functions')
 def flip(x, axis):
     """x reversed along the int `axis` (negative counts from the end); the
     gradient is reversed back. Returns a Variable. Raises TypeError for a
@@ -3202,6 +3303,7 @@ def flip(x, axis):
     return Flip(_int_axis('flip', axis))(x)
 
 
+@_export('functions')
 def fliplr(a):
     """a reversed along axis 1 (left/right); a needs 2 or more dimensions
     (else ValueError). Returns a Variable. Chainer: chainer.functions.fliplr.
@@ -3212,6 +3314,7 @@ def fliplr(a):
     return Flip(1, 'fliplr')(a)
 
 
+@_export('functions')
 def flipud(a):
     """a reversed along axis 0 (up/down); a needs 1 or more dimensions (else
     ValueError). Returns a Variable. Chainer: chainer.functions.flipud.
@@ -3221,6 +3324,7 @@ def flipud(a):
     return Flip(0, 'flipud')(a)
 
 
+@_export('functions')
 def tile(x, reps):
     """x repeated as a whole `reps` times along each axis, as numpy.tile.
 
@@ -3232,6 +3336,7 @@ def tile(x, reps):
     return Tile(_int_or_ints('tile', 'reps', reps))(x)
 
 
+@_export('functions')
 def repeat(x, repeats, axis=None):
     """Each element of x repeated, as numpy.repeat.
 
@@ -3249,6 +3354,7 @@ def repeat(x, repeats, axis=None):
     return Repeat(repeats, axis)(x)
 
 
+@_export('functions')
 def where(condition, x, y):
     """Elementwise choice: x where `condition` is True, else y.
 
@@ -3271,6 +3377,7 @@ def where(condition, x, y):
     return Where(condition)(x, y)
 
 
+@_export('functions')
 def cast(x, typ):
     """x converted to dtype `typ` (anything numpy.dtype accepts: numpy.float32,
     'float16', ...). The gradient is cast back to x's dtype (none for an
@@ -3285,6 +3392,7 @@ def cast(x, typ):
     return Cast(dtype)(x)
 
 
+@_export('functions')
 def separate(x, axis=0):
     """The slices of x along `axis` (default 0), that axis removed: a tuple of
     x.shape[axis] Variables (x of shape (2, 3, 4) with axis=1 gives three of
@@ -3573,6 +3681,7 @@ class Permutate(Function):
         return grad_outputs[0].take(self.backward_order, axis=self.axis),
 
 
+@_export('functions')
 def split_axis(x, indices_or_sections, axis, force_tuple=True):
     """x cut into pieces along `axis`, as numpy.split.
 
@@ -3609,6 +3718,7 @@ def split_axis(x, indices_or_sections, axis, force_tuple=True):
 _PAD_MODES = ('constant', 'edge', 'reflect', 'symmetric', 'wrap')
 
 
+@_export('functions')
 def pad(x, pad_width, mode, **keywords):
     """x with a border added to each axis, as numpy.pad.
 
@@ -3641,6 +3751,7 @@ def _axes_tuple(label, name, axes, ndim):
     return values
 
 
+@_export('functions')
 def moveaxis(x, source, destination):
     """x with the axes `source` moved to the places `destination` (ints or
     tuples of ints of one length, negative from the end), the other axes
@@ -3660,6 +3771,7 @@ def moveaxis(x, source, destination):
     return transpose(x, tuple(order))
 
 
+@_export('functions')
 def rollaxis(x, axis, start=0):
     """x with axis `axis` moved to just before position `start` (default 0),
     as numpy.rollaxis: -ndim <= axis < ndim, -ndim <= start <= ndim. Returns a
@@ -3681,6 +3793,7 @@ def rollaxis(x, axis, start=0):
     return transpose(x, tuple(order))
 
 
+@_export('functions')
 def broadcast(*args):
     """The inputs broadcast to one common shape, by NumPy's rules.
 
@@ -3696,6 +3809,7 @@ def broadcast(*args):
     return Broadcast()(*args)
 
 
+@_export('functions')
 def copy(x, dst):     # takes the stdlib module's name until the end of this section
     """x copied to device `dst`: -1, '@numpy' or a CpuDevice for the CPU, N,
     '@cupy:N' or a GpuDevice for GPU N (anything get_device accepts). On the
@@ -3707,6 +3821,7 @@ def copy(x, dst):     # takes the stdlib module's name until the end of this sec
     return Copy(get_device(dst))(x)
 
 
+@_export('functions')
 def dstack(xs):
     """The sequence xs joined along a third axis, as numpy.dstack: 1-d
     inputs (N,) become (1, N, 1), 2-d (M, N) become (M, N, 1), then all are
@@ -3725,6 +3840,7 @@ def dstack(xs):
     return Concat(axis=2)(*shaped)
 
 
+@_export('functions')
 def diagonal(x, offset=0, axis1=0, axis2=1):
     """The diagonal x[..., i, i + offset] of the two axes axis1 and axis2
     (defaults 0 and 1), as numpy.diagonal: those axes are removed and the
@@ -3740,6 +3856,7 @@ def diagonal(x, offset=0, axis1=0, axis2=1):
     return Diagonal(int(offset), axis1, axis2)(x)
 
 
+@_export('functions')
 def tensordot(a, b, axes=2):
     """Tensor dot product: sum of a * b over pairs of axes, as numpy.tensordot.
 
@@ -3847,6 +3964,7 @@ class Einsum(Function):
         return tuple(grads)
 
 
+@_export('functions')
 def einsum(subscripts, *operands):
     """Einstein summation, as numpy.einsum: einsum('ij,jk->ik', a, b) is a @ b.
 
@@ -3863,6 +3981,7 @@ def einsum(subscripts, *operands):
     return Einsum(subscripts)(*operands)
 
 
+@_export('functions')
 def batch_matmul(a, b, transa=False, transb=False):
     """Matrix products of two batches of matrices (deprecated in Chainer for
     matmul, and warns DeprecationWarning as Chainer does).
@@ -3882,6 +4001,7 @@ def batch_matmul(a, b, transa=False, transb=False):
     return MatMul(transa, transb)(a, b)
 
 
+@_export('functions')
 def sum_to(x, shape):
     """x summed down to `shape`, the reverse of broadcast_to: leading axes
     are summed away and axes where shape has 1 are summed to 1. Returns x
@@ -3895,6 +4015,7 @@ def sum_to(x, shape):
     return SumTo(shape)(x)
 
 
+@_export('functions')
 def select_item(x, t):
     """y[i] = x[i, t[i]]: one element of each row of x.
 
@@ -3907,6 +4028,7 @@ def select_item(x, t):
     return SelectItem()(x, t)
 
 
+@_export('functions')
 def permutate(x, indices, axis=0, inv=False):
     """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
     inv=True the inverse, y[indices[i]] = x[i].
@@ -4027,6 +4149,7 @@ class Cholesky(Function):
         return (s + s.T) * y.dtype.type(0.5),
 
 
+@_export('functions')
 def det(a):
     """Determinant of one square matrix a: a float Variable or array (N, N).
     Returns a 0-dim Variable; the gradient is gy * det(a) * inv(a)^T (a must
@@ -4036,6 +4159,7 @@ def det(a):
     return BatchDet(2)(a)
 
 
+@_export('functions')
 def batch_det(a):
     """Determinants of a batch of square matrices: a is a float Variable or
     array (B, N, N). Returns a Variable (B,). Raises ValueError for another
@@ -4044,6 +4168,7 @@ def batch_det(a):
     return BatchDet(3)(a)
 
 
+@_export('functions')
 def inv(a):
     """Inverse of one square matrix a: a float Variable or array (N, N).
     Returns a Variable (N, N); the gradient is -inv(a)^T gy inv(a)^T.
@@ -4054,6 +4179,7 @@ def inv(a):
     return BatchInv(2)(a)
 
 
+@_export('functions')
 def batch_inv(a):
     """Inverses of a batch of square matrices: a is a float Variable or array
     (B, N, N). Returns a Variable (B, N, N). Raises ValueError for another
@@ -4063,6 +4189,7 @@ def batch_inv(a):
     return BatchInv(3)(a)
 
 
+@_export('functions')
 def cholesky(a):
     """Cholesky factor: the lower-triangular L with L L^T = a, for a float
     Variable or array a (N, N), symmetric positive definite (only its lower
@@ -4185,6 +4312,7 @@ class RReLU(Function):
         return _xp(self.r).where(self.negative, gy * self.r, gy),
 
 
+@_export('functions')
 def leaky_relu(x, slope=0.2):
     """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
@@ -4192,6 +4320,7 @@ def leaky_relu(x, slope=0.2):
     return LeakyReLU(slope)(x)
 
 
+@_export('functions')
 def crelu(x, axis=1):
     """Concatenated ReLU: concat(max(0, x), max(0, -x)) along `axis`
     (default 1), so that axis doubles in size.
@@ -4205,6 +4334,7 @@ def crelu(x, axis=1):
     return CReLU(axis)(x)
 
 
+@_export('functions')
 def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     """Randomized leaky ReLU: x where x >= 0, else r * x, elementwise.
 
@@ -4222,6 +4352,7 @@ def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     return (y, function.r) if return_r else y
 
 
+@_export('functions')
 def sigmoid(x):
     """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
@@ -4229,6 +4360,7 @@ def sigmoid(x):
     return Sigmoid()(x)
 
 
+@_export('functions')
 def tanh(x):
     """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
     dtype. Chainer: chainer.functions.tanh.
@@ -4320,6 +4452,7 @@ class ClippedReLU(Function):
         return grad_outputs[0] * ((0 < x) & (x < self.z)),
 
 
+@_export('functions')
 def softplus(x, beta=1.0):
     """Softplus log(1 + e**(beta x)) / beta, elementwise, a smooth ReLU that
     cannot overflow; beta default 1.0. Gradient sigmoid(beta x). Returns a
@@ -4329,6 +4462,7 @@ def softplus(x, beta=1.0):
     return Softplus(beta)(x)
 
 
+@_export('functions')
 def elu(x, alpha=1.0):
     """Exponential linear unit: x where x > 0, else alpha (e**x - 1),
     elementwise; alpha default 1.0. Returns a Variable of x's shape and dtype;
@@ -4337,6 +4471,7 @@ def elu(x, alpha=1.0):
     return ELU(alpha)(x)
 
 
+@_export('functions')
 def selu(x, alpha=1.6732632423543772848170429916717,
          scale=1.0507009873554804934193349852946):
     """Scaled ELU: scale * elu(x, alpha), with Chainer's defaults alpha
@@ -4347,6 +4482,7 @@ def selu(x, alpha=1.6732632423543772848170429916717,
     return mul(ELU(alpha, 'selu')(x), scale)     # 'selu' names it in errors
 
 
+@_export('functions')
 def hard_sigmoid(x):
     """Piecewise-linear sigmoid: 0 for x < -2.5, 0.2 x + 0.5 between, 1 for
     x > 2.5, elementwise. Returns a Variable of x's shape and dtype;
@@ -4355,6 +4491,7 @@ def hard_sigmoid(x):
     return HardSigmoid()(x)
 
 
+@_export('functions')
 def clipped_relu(x, z=20.0):
     """ReLU capped at z: min(max(x, 0), z), elementwise; z default 20.0, a
     number > 0 (else ValueError; TypeError for a non-number). The gradient is
@@ -4367,6 +4504,7 @@ def clipped_relu(x, z=20.0):
     return ClippedReLU(float(z))(x)
 
 
+@_export('functions')
 def relu6(x):
     """ReLU capped at 6: min(max(x, 0), 6), elementwise (clipped_relu with
     z=6). Returns a Variable of x's shape and dtype. Chainer: chainer.functions.relu6.
@@ -4441,6 +4579,7 @@ class SwishFunction(Function):
         return gx, gbeta.reshape(beta.shape)
 
 
+@_export('functions')
 def prelu(x, W):
     """Parametric ReLU: y = x where x >= 0, else W * x, elementwise.
 
@@ -4453,6 +4592,7 @@ def prelu(x, W):
     return PReLUFunction()(x, W)
 
 
+@_export('functions')
 def swish(x, beta):
     """Swish activation: y = x * sigmoid(beta * x), elementwise.
 
@@ -4522,6 +4662,7 @@ class LogSoftmax(Function):
         return gy - _xp(gy).exp(self.y) * gy.sum(axis=self.axis, keepdims=True),
 
 
+@_export('functions')
 def softmax(x, axis=1):
     """Softmax along `axis` (default 1): exp(x) / sum(exp(x), axis), computed after
     subtracting the maximum so it cannot overflow. x: float Variable or array,
@@ -4531,6 +4672,7 @@ def softmax(x, axis=1):
     return Softmax(axis)(x)
 
 
+@_export('functions')
 def log_softmax(x, axis=1):
     """log(softmax(x, axis)) computed as x - max - log(sum(exp(x - max))): exact
     even where softmax rounds to 0. axis default 1. Returns a Variable of x's
@@ -4539,6 +4681,7 @@ def log_softmax(x, axis=1):
     return LogSoftmax(axis)(x)
 
 
+@_export('functions')
 def gumbel_softmax(log_pi, tau=0.1, axis=1):
     """Gumbel-softmax sample: softmax((log_pi + g) / tau, axis), g drawn
     from the standard Gumbel distribution for each element (fresh on every
@@ -4588,6 +4731,7 @@ class Dropout(Function):
         return grad_outputs[0] * self.mask,
 
 
+@_export('functions')
 def dropout(x, ratio=.5):
     """Randomly zero elements of x with probability `ratio` (default .5) and scale
     the rest by 1/(1 - ratio), so the expected value is unchanged.
@@ -4630,6 +4774,7 @@ class MeanSquaredError(Function):
         return ga, -ga
 
 
+@_export('functions')
 def mean_squared_error(x0, x1):
     """Mean squared error sum((x0 - x1)**2) / x0.size, as a scalar Variable.
 
@@ -4766,6 +4911,7 @@ class SigmoidCrossEntropy(Function):
         return gx, None
 
 
+@_export('functions')
 def absolute_error(x0, x1):
     """Elementwise absolute error |x0 - x1|, not reduced.
 
@@ -4777,6 +4923,7 @@ def absolute_error(x0, x1):
     return AbsoluteError()(x0, x1)
 
 
+@_export('functions')
 def mean_absolute_error(x0, x1):
     """Mean absolute error sum(|x0 - x1|) / x0.size, as a scalar Variable.
 
@@ -4787,6 +4934,7 @@ def mean_absolute_error(x0, x1):
     return MeanAbsoluteError()(x0, x1)
 
 
+@_export('functions')
 def huber_loss(x, t, delta, reduce='sum_along_second_axis'):
     """Huber loss of d = x - t, elementwise:
 
@@ -4806,6 +4954,7 @@ def huber_loss(x, t, delta, reduce='sum_along_second_axis'):
     return HuberLoss(delta, reduce)(x, t)
 
 
+@_export('functions')
 def sigmoid_cross_entropy(x, t, normalize=True, reduce='mean'):
     """Cross entropy of sigmoid(x) against binary labels t, elementwise:
 
@@ -4827,6 +4976,7 @@ def sigmoid_cross_entropy(x, t, normalize=True, reduce='mean'):
     return SigmoidCrossEntropy(normalize, reduce)(x, t)
 
 
+@_export('functions')
 def accuracy(y, t, ignore_label=None):
     """Fraction of examples whose arg-max over axis 1 of y equals the label t.
 
@@ -4963,6 +5113,7 @@ def _check_reduce(label, reduce, allowed):
         raise ValueError('{}: reduce must be one of {}, got {!r}'.format(label, allowed, reduce))
 
 
+@_export('functions')
 def hinge(x, t, norm='L1', reduce='mean'):
     """Hinge loss for one-of-K classification.
 
@@ -4981,6 +5132,7 @@ def hinge(x, t, norm='L1', reduce='mean'):
     return Hinge(norm, reduce)(x, t)
 
 
+@_export('functions')
 def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
     """KL divergence of N(mean, exp(ln_var)) (diagonal) from N(0, I), as in a
     VAE: elementwise (mean**2 + exp(ln_var) - ln_var - 1) / 2.
@@ -4995,6 +5147,7 @@ def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
     return _reduce_loss('gaussian_kl_divergence', loss, reduce)
 
 
+@_export('functions')
 def gaussian_nll(x, mean, ln_var, reduce='sum'):
     """Negative log-likelihood of x under N(mean, exp(ln_var)) (diagonal),
     elementwise (ln_var + log(2 pi)) / 2 + (x - mean)**2 exp(-ln_var) / 2.
@@ -5010,6 +5163,7 @@ def gaussian_nll(x, mean, ln_var, reduce='sum'):
     return _reduce_loss('gaussian_nll', loss, reduce)
 
 
+@_export('functions')
 def bernoulli_nll(x, y, reduce='sum'):
     """Negative log-likelihood of x under Bernoulli(sigmoid(y)), elementwise
     -(x log p + (1 - x) log(1 - p)) with p = sigmoid(y), computed as
@@ -5024,6 +5178,7 @@ def bernoulli_nll(x, y, reduce='sum'):
     return _reduce_loss('bernoulli_nll', softplus(y) - mul(x, y), reduce)
 
 
+@_export('functions')
 def contrastive(x0, x1, y, margin=1, reduce='mean'):
     """Contrastive loss of pairs: with d[n] = ||x0[n] - x1[n]||,
 
@@ -5041,6 +5196,7 @@ def contrastive(x0, x1, y, margin=1, reduce='mean'):
     return Contrastive(margin, reduce)(x0, x1, y)
 
 
+@_export('functions')
 def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
     """Triplet loss: for each row n,
 
@@ -5065,6 +5221,7 @@ def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
     return mean(loss) if reduce == 'mean' else loss
 
 
+@_export('functions')
 def binary_accuracy(y, t):
     """Fraction of elements whose prediction [y >= 0] equals the label t.
 
@@ -5088,6 +5245,7 @@ def binary_accuracy(y, t):
     return Variable(xp.asarray(hits / count, dtype=y.dtype), requires_grad=False)
 
 
+@_export('functions')
 def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
     """Coefficient of determination R**2 = 1 - SS_res / SS_tot per output
     (column), with SS_res = sum((pred - true)**2, axis 0) and SS_tot =
@@ -5119,6 +5277,7 @@ def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
     return Variable(score, requires_grad=False)
 
 
+@_export('functions')
 def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
     """Per-class precision, recall, F-beta score and support of a batch.
 
@@ -5162,6 +5321,7 @@ def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
     return tuple(Variable(a, requires_grad=False) for a in (precision, recall, fbeta, support))
 
 
+@_export('functions')
 def precision(y, t, label_num=None, ignore_label=-1):
     """Per-class precision tp / (tp + fp) of argmax(y, axis 1) against t, and
     the support: the tuple (precision, support) of classification_summary,
@@ -5171,6 +5331,7 @@ def precision(y, t, label_num=None, ignore_label=-1):
     return summary[0], summary[3]
 
 
+@_export('functions')
 def recall(y, t, label_num=None, ignore_label=-1):
     """Per-class recall tp / (tp + fn) of argmax(y, axis 1) against t, and the
     support: the tuple (recall, support) of classification_summary, whose
@@ -5180,6 +5341,7 @@ def recall(y, t, label_num=None, ignore_label=-1):
     return summary[1], summary[3]
 
 
+@_export('functions')
 def f1_score(y, t, label_num=None, ignore_label=-1):
     """Per-class F1 score 2 P R / (P + R) of argmax(y, axis 1) against t, and
     the support: the tuple (f1, support) of classification_summary with
@@ -5202,6 +5364,7 @@ class Identity(Function):
         return grad_outputs
 
 
+@_export('functions')
 def identity(*inputs):
     """Return the inputs unchanged as new Variables (a node in the graph, no
     copy of the data): one Variable for one input, else a tuple.
@@ -5214,17 +5377,20 @@ def identity(*inputs):
 # Each but linear_interpolate is one line on top of the functions above, so
 # its gradient comes for free.
 
+@_export('functions')
 def square(x):
     """x * x, elementwise: a Variable of x's shape and dtype (float).
     Gradient 2 x gy.  Chainer: chainer.functions.square."""
     return mul(x, x)
 
 
+@_export('functions')
 def squared_error(x0, x1):
     """(x0 - x1)^2, elementwise, for two float arrays of one shape and dtype
     (broadcasting as in sub); returns a Variable, not reduced.
     Chainer: chainer.functions.squared_error (alias F.squared_difference)."""
     return square(sub(x0, x1))
+_export('functions', squared_difference=squared_error)
 
 
 class LinearInterpolate(Function):
@@ -5249,6 +5415,7 @@ class LinearInterpolate(Function):
         return (x - y) * gz, p * gz, (p.dtype.type(1) - p) * gz
 
 
+@_export('functions')
 def linear_interpolate(p, x, y):
     """Elementwise p * x + (1 - p) * y. p, x, y: float Variables or arrays of
     one shape and dtype; all three get gradients. Returns a Variable. Raises
@@ -5258,6 +5425,7 @@ def linear_interpolate(p, x, y):
     return LinearInterpolate()(p, x, y)
 
 
+@_export('functions')
 def swapaxes(x, axis1, axis2):
     """x with axes axis1 and axis2 exchanged (a transpose; negative axes count
     from the end).  Returns a Variable; IndexError for an axis out of range.
@@ -5267,6 +5435,7 @@ def swapaxes(x, axis1, axis2):
     return transpose(x, tuple(axes))
 
 
+@_export('functions')
 def hstack(xs):
     """Concatenate the sequence xs along axis 1 (axis 0 for 1-d inputs); the
     shapes must agree elsewhere.  Returns a Variable; ValueError for no input.
@@ -5275,6 +5444,7 @@ def hstack(xs):
     return concat(xs, axis=0 if _input_data('hstack', xs[0]).ndim <= 1 else 1)
 
 
+@_export('functions')
 def vstack(xs):
     """Concatenate the sequence xs along axis 0; 1-d inputs of length n become
     rows (1, n) first.  Returns a Variable; ValueError for no input.
@@ -5285,6 +5455,7 @@ def vstack(xs):
     return concat(xs, axis=0)
 
 
+@_export('functions')
 def argmax(x, axis=None):
     """Index of the largest element of x, over all of x (axis None, default)
     or along `axis`.  Returns an int32 Variable with no gradient.
@@ -5294,6 +5465,7 @@ def argmax(x, axis=None):
                     requires_grad=False)
 
 
+@_export('functions')
 def argmin(x, axis=None):
     """Index of the smallest element of x, over all of x (axis None, default)
     or along `axis`.  Returns an int32 Variable with no gradient.
@@ -5321,6 +5493,7 @@ def _caffe_broadcast(label, x, y, axis):
     return broadcast_to(reshape(y, padded), x_shape)
 
 
+@_export('functions')
 def scale(x, y, axis=1):
     """Elementwise product x * y, with y broadcast from `axis` of x: y.shape
     must equal x.shape[axis:axis + y.ndim] (axis default 1, a non-negative int).
@@ -5330,6 +5503,7 @@ def scale(x, y, axis=1):
     return mul(x, _caffe_broadcast('scale', x, y, axis))
 
 
+@_export('functions')
 def bias(x, y, axis=1):
     """Elementwise sum x + y, with y broadcast from `axis` of x as in scale.
     Returns a Variable of x's shape; both get gradients.  Raises ValueError
@@ -5338,6 +5512,7 @@ def bias(x, y, axis=1):
     return add(x, _caffe_broadcast('bias', x, y, axis))
 
 
+@_export('functions')
 def maxout(x, pool_size, axis=1):
     """Maxout: split `axis` of x (size M * pool_size) into (M, pool_size) and
     take the maximum over each pool: y[..., m, ...] = max_p x[..., m * pool_size + p, ...].
@@ -5415,6 +5590,7 @@ class BilinearFunction(Function):
                 gy.sum(axis=0))
 
 
+@_export('functions')
 def bilinear(e1, e2, W, V1=None, V2=None, b=None):
     """Bilinear form of two batches of vectors:
     y[i, l] = sum_jk e1[i, j] e2[i, k] W[j, k, l] + sum_j e1[i, j] V1[j, l]
@@ -5490,6 +5666,7 @@ class EmbedIDFunction(Function):
         return None, gW
 
 
+@_export('functions')
 def embed_id(x, W, ignore_label=None):
     """Word embedding: y[..., :] = W[x[...]], the row of W for each integer id.
 
@@ -5523,8 +5700,10 @@ def _get_fans(shape):
                          'dimensions, got {}'.format(shape))
     receptive = int(np.prod(shape[2:]))
     return shape[1] * receptive, shape[0] * receptive
+_export('initializers', get_fans=_get_fans)
 
 
+@_export('initializers')
 class Initializer:
     """Fills an array in place: `initializer(array)`.  Random ones draw from
     `rng` if given, else from the array's module: on the CPU NumPy's global
@@ -5543,6 +5722,7 @@ class Initializer:
         raise NotImplementedError
 
 
+@_export('initializers')
 class Constant(Initializer):
     """Initializer that fills with `fill_value`: a scalar, or an array of the
     parameter's shape (copied to the array's device). dtype: default None
@@ -5557,18 +5737,21 @@ class Constant(Initializer):
         array[...] = _device_of(array).send(fill) if isinstance(fill, _array_types) else fill
 
 
+@_export('initializers')
 class Zero(Constant):
     """Initializer that fills with 0. Chainer: chainer.initializers.Zero."""
     def __init__(self, dtype=None):
         super().__init__(0.0, dtype)
 
 
+@_export('initializers')
 class One(Constant):
     """Initializer that fills with 1. Chainer: chainer.initializers.One."""
     def __init__(self, dtype=None):
         super().__init__(1.0, dtype)
 
 
+@_export('initializers')
 class NaN(Constant):
     """Initializer that fills with NaN: the placeholder of a parameter whose
     values are to come from elsewhere (a file, copyparams), so that forgetting
@@ -5578,6 +5761,7 @@ class NaN(Constant):
         super().__init__(np.nan, dtype)
 
 
+@_export('initializers')
 class Normal(Initializer):
     """Initializer drawing from the normal distribution N(0, scale**2).
     scale: standard deviation, default 0.05; dtype: default None (config.dtype);
@@ -5592,6 +5776,7 @@ class Normal(Initializer):
         array[...] = self._random(array).normal(0.0, self.scale, array.shape)
 
 
+@_export('initializers')
 class Uniform(Initializer):
     """Initializer drawing from the uniform distribution U(-scale, scale).
     scale default 0.05; dtype, rng as for Normal. Chainer: chainer.initializers.Uniform.
@@ -5604,6 +5789,7 @@ class Uniform(Initializer):
         array[...] = self._random(array).uniform(-self.scale, self.scale, array.shape)
 
 
+@_export('initializers')
 class LeCunNormal(Initializer):
     """Initializer drawing from N(0, scale**2 / fan_in) (LeCun).
     scale default 1.0; dtype, rng as for Normal; the array needs 2 or more
@@ -5620,6 +5806,7 @@ class LeCunNormal(Initializer):
         Normal(self.scale * math.sqrt(1.0 / fan_in), rng=self.rng)(array)
 
 
+@_export('initializers')
 class HeNormal(Initializer):
     """Initializer drawing from N(0, scale**2 * 2 / fan) (He), for ReLU networks.
     fan_option: 'fan_in' (default) or 'fan_out'; scale default 1.0; dtype, rng
@@ -5637,6 +5824,7 @@ class HeNormal(Initializer):
         Normal(self.scale * math.sqrt(2.0 / fan), rng=self.rng)(array)
 
 
+@_export('initializers')
 class GlorotNormal(Initializer):
     """Initializer drawing from N(0, scale**2 * 2 / (fan_in + fan_out)) (Glorot).
     scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotNormal.
@@ -5651,6 +5839,7 @@ class GlorotNormal(Initializer):
         Normal(self.scale * math.sqrt(2.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
+@_export('initializers')
 class GlorotUniform(Initializer):
     """Initializer drawing from U(-s, s), s = scale * sqrt(6 / (fan_in + fan_out)).
     scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotUniform.
@@ -5665,6 +5854,7 @@ class GlorotUniform(Initializer):
         Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
+@_export('initializers')
 class HeUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(6 / fan_in).  Chainer: initializers.HeUniform."""
 
@@ -5677,6 +5867,7 @@ class HeUniform(Initializer):
         Uniform(self.scale * math.sqrt(6.0 / fan_in), rng=self.rng)(array)
 
 
+@_export('initializers')
 class LeCunUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(3 / fan_in).  Chainer: initializers.LeCunUniform."""
 
@@ -5707,6 +5898,7 @@ class _IdentityInitializer(Initializer):
             raise ValueError('Identity: the array must be a square matrix, got shape '
                              '{}'.format(shape))
         array[...] = _xp(array).identity(shape[0]) * self.scale
+_export('initializers', Identity=_IdentityInitializer)
 
 
 _ORTHOGONAL_MODES = {       # mode: (needs in >= out, needs in <= out)
@@ -5714,6 +5906,7 @@ _ORTHOGONAL_MODES = {       # mode: (needs in >= out, needs in <= out)
     'embedding': (True, False), 'basis': (True, True)}
 
 
+@_export('initializers')
 class Orthogonal(Initializer):
     """Initializer with orthonormal rows (or columns) times scale (Saxe et
     al. 2013): the array, seen as a matrix (out, in) = (shape[0], the product
@@ -5758,6 +5951,7 @@ class Orthogonal(Initializer):
         array[...] = _device_of(array).send(q.reshape(array.shape).astype(array.dtype))
 
 
+@_export('initializers')
 def _get_initializer(spec, default=None):
     """Accept what Chainer accepts for initialW: None, a scalar, an array,
     an Initializer or any callable that fills an array."""
@@ -5771,6 +5965,7 @@ def _get_initializer(spec, default=None):
                     'Initializer, got {}'.format(type(spec).__name__))
 
 
+@_export('initializers')
 def generate_array(initializer, shape, xp, dtype=None, device=None):
     """Return a new array of `shape` on `xp` (numpy or cupy), filled by `initializer`.
 
@@ -5983,6 +6178,7 @@ class _ChainTreeAndCopies:
                 yield '/' + name + path.rstrip('/'), link
 
 
+@_export('link')
 class ChainList(Link):
     """A link made of an ordered list of child links, named '0', '1', ...:
     ChainList(link0, link1) or append(link). Indexing, len() and iteration
@@ -6048,6 +6244,46 @@ class ChainList(Link):
             link.serialize(serializer[str(i)])
 
 
+@_export('sequential')
+class Sequential(ChainList):
+    """Links and functions applied one after another: Sequential(L.Linear(3, 4),
+    F.relu, L.Linear(4, 2)).  Links become children (their parameters are
+    optimized and saved); functions are just called.  Chainer: chainer.Sequential."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self._layers = []
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer):
+        if not callable(layer):
+            raise TypeError('Sequential: each layer must be a Link or a callable, not {}'
+                            .format(type(layer).__name__))
+        if isinstance(layer, Link):
+            self.add_link(layer)
+        self._layers.append(layer)
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __getitem__(self, index):
+        return self._layers[index]
+
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        children = iter(twin._children)     # the twin's links, in the same order
+        object.__setattr__(twin, '_layers', [
+            next(children) if isinstance(layer, Link) else layer for layer in self._layers])
+        return twin
+
+    def forward(self, *x):
+        for layer in self._layers:
+            x = layer(*x) if isinstance(x, tuple) else layer(x)
+        return x
+
+
+@_export('links')
 class Classifier(Chain):
     """A Chain that computes the loss (and accuracy) of `predictor` and reports
     them.
@@ -6098,6 +6334,7 @@ class Classifier(Chain):
         return self.loss
 
 
+@_export('links')
 class EmbedID(Link):
     """Embedding layer: a table W of in_size vectors of size out_size, looked
     up by integer ids (F.embed_id).
@@ -6138,6 +6375,7 @@ def _check_link_input(link_name, x, param, name):
     return data
 
 
+@_export('links')
 class PReLU(Link):
     """Parametric ReLU with a learned slope W (F.prelu).
 
@@ -6159,6 +6397,7 @@ class PReLU(Link):
         return prelu(x, self.W)
 
 
+@_export('links')
 class Swish(Link):
     """Swish activation x * sigmoid(beta x) with a learned beta (F.swish).
 
@@ -6182,6 +6421,7 @@ class Swish(Link):
         return swish(x, self.beta)
 
 
+@_export('links')
 class Bias(Link):
     """Learned broadcast sum x + b (F.bias).
 
@@ -6206,6 +6446,7 @@ class Bias(Link):
         return bias(x, y, self.axis)
 
 
+@_export('links')
 class Scale(Chain):
     """Learned broadcast product x * W (F.scale), optionally plus a Bias.
 
@@ -6246,6 +6487,7 @@ def _learned_or_given(link_name, xs, param):
     return (xs[0], param) if want == 1 else xs
 
 
+@_export('links')
 class Maxout(Chain):
     """Fully connected maxout layer: y[i] = max_p (W[i, p] . x + b[i, p]).
 
@@ -6291,6 +6533,7 @@ def _reshaped_initializer(link_name, name, spec, ndim, split):
     return spec
 
 
+@_export('links')
 class Bilinear(Link):
     """Bilinear layer (F.bilinear): y = e1 W e2 + e1 V1 + e2 V2 + b.
 
@@ -6341,6 +6584,7 @@ class Bilinear(Link):
         return bilinear(e1, e2, self.W, self.V1, self.V2, self.b)
 
 
+@_export('links')
 class Highway(Chain):
     """Highway layer: y = activate(plain(x)) * t + x * (1 - t), with the
     transform gate t = sigmoid(transform(x)).
@@ -6397,6 +6641,7 @@ class ParameterLink(Link):
         """identity(W); `volatile` (Chainer v1's flag) is accepted and ignored.
         Chainer: chainer.links.Parameter.forward."""
         return identity(self.W)
+_export('links', Parameter=ParameterLink)
 
 # ----- simplified dropconnect ---------------------------------------------------------
 # Dropout drops units; dropconnect drops single weights: each example n sees
@@ -6469,6 +6714,7 @@ class SimplifiedDropconnectFunction(Function):
         return grads + (gy.sum(axis=0),) if len(inputs) == 3 else grads
 
 
+@_export('functions')
 def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
                            use_batchwise_mask=True):
     """Linear layer with dropconnect: y[n] = (W * mask[n] / (1 - ratio)) x[n] + b.
@@ -6493,6 +6739,7 @@ def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
     return SimplifiedDropconnectFunction(ratio, mask, use_batchwise_mask)(*inputs)
 
 
+@_export('links')
 class SimplifiedDropconnect(Link):
     """Linear layer with simplified dropconnect (F.simplified_dropconnect).
 
@@ -6599,6 +6846,24 @@ def _conv_outsize(size, k, s, p, cover_all=False, d=1):
     if cover_all:
         return (size + p * 2 - k + s - 1) // s + 1
     return (size + p * 2 - k) // s + 1
+
+
+@_export('utils')
+def get_conv_outsize(size, k, s, p, cover_all=False, d=1):
+    """The output length of a convolution along one axis: input length `size`,
+    kernel `k`, stride `s`, padding `p`, dilation `d` (ints); cover_all
+    (default False) adds the window that reaches the last pixels.  Returns
+    an int. Chainer: chainer.utils.get_conv_outsize."""
+    return _conv_outsize(size, k, s, p, cover_all, d)
+
+
+@_export('utils')
+def get_deconv_outsize(size, k, s, p, cover_all=False, d=1):
+    """The output length of a deconvolution along one axis, the inverse of
+    get_conv_outsize: s (size - 1) + (k - 1) d + 1 - 2 p, one pixel less with
+    cover_all (default False).  Returns an int. Chainer: chainer.utils.get_deconv_outsize."""
+    k = (k - 1) * d + 1
+    return s * (size - 1) + k - 2 * p - (s - 1 if cover_all else 0)
 
 
 def _check_image(label, x_shape, ksize, stride, pad, cover_all=False, dilate=(1, 1)):
@@ -6799,6 +7064,7 @@ def _check_groups(label, groups):
     return int(groups)
 
 
+@_export('functions')
 def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
     """2-D convolution (cross-correlation, as in Chainer) of NCHW images.
 
@@ -6817,6 +7083,7 @@ def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, 
     return function(x, W) if b is None else function(x, W, b)
 
 
+@_export('functions')
 def dilated_convolution_2d(x, W, b=None, stride=1, pad=0, dilate=1, cover_all=False):
     """convolution_2d with the kernel's taps `dilate` pixels apart.
 
@@ -6828,6 +7095,7 @@ def dilated_convolution_2d(x, W, b=None, stride=1, pad=0, dilate=1, cover_all=Fa
     return convolution_2d(x, W, b, stride, pad, cover_all, dilate=dilate)
 
 
+@_export('functions')
 def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
     """Convolve each input channel separately with its own M filters.
 
@@ -6964,6 +7232,7 @@ class Deconvolution2DFunction(Function):
         return gx, gW
 
 
+@_export('functions')
 def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, groups=1):
     """2-D transposed convolution: the adjoint of convolution_2d with the same W.
 
@@ -7009,6 +7278,7 @@ class Im2Col(Function):
         return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad, self.dilate),
 
 
+@_export('functions')
 def im2col(x, ksize, stride=1, pad=0, cover_all=False, dilate=1):
     """The patches of x (N, C, H, W) as channels: (N, C*kh*kw, out_h, out_w),
     channel c*kh*kw + u*kw + v holding the pixel at kernel offset (u, v) of
@@ -7074,6 +7344,7 @@ class MaxPooling2D(Function):
         return gx[:, :, ph:ph + h, pw:pw + w],
 
 
+@_export('functions')
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """The maximum of each ksize window of x (N, C, H, W), per channel.
 
@@ -7123,6 +7394,7 @@ class AveragePooling2D(Function):
         return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad),
 
 
+@_export('functions')
 def average_pooling_2d(x, ksize, stride=None, pad=0):
     """The mean of each ksize window of x (N, C, H, W), per channel.
 
@@ -7205,6 +7477,7 @@ class Unpooling2D(_Unpool):
         return self._windows(grad_outputs[0]).sum(axis=(2, 3)),
 
 
+@_export('functions')
 def unpooling_2d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     """Copy every pixel of x (N, C, h, w) into its whole ksize window of a larger image.
 
@@ -7253,6 +7526,7 @@ class Upsampling2D(_Unpool):
         return gx,
 
 
+@_export('functions')
 def upsampling_2d(x, indexes, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     """Put every pixel of x (N, C, h, w) where max pooling found it; zeros elsewhere.
 
@@ -7382,6 +7656,7 @@ class ConvolutionNDFunction(Function):
         return gx, gW
 
 
+@_export('functions')
 def convolution_nd(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """N-dimensional convolution (cross-correlation) of x (N, C, s1, ..., sd).
 
@@ -7400,6 +7675,7 @@ def convolution_nd(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return function(x, W) if b is None else function(x, W, b)
 
 
+@_export('functions')
 def convolution_1d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """convolution_nd for signals: x (N, C, L), W (out_channels, C / groups, k).
 
@@ -7410,6 +7686,7 @@ def convolution_1d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
 
 
+@_export('functions')
 def convolution_3d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """convolution_nd for volumes: x (N, C, D, H, W), W (out_channels, C / groups, kd, kh, kw).
 
@@ -7463,6 +7740,7 @@ class MaxPoolingND(Function):
         return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
 
 
+@_export('functions')
 def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """The maximum of each window of x (N, C, s1, ..., sd), per channel.
 
@@ -7482,6 +7760,7 @@ def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return y
 
 
+@_export('functions')
 def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """max_pooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
     3-D.  Chainer: chainer.functions.max_pooling_1d."""
@@ -7489,6 +7768,7 @@ def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
 
 
+@_export('functions')
 def max_pooling_3d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """max_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
     unless x is 5-D.  Chainer: chainer.functions.max_pooling_3d."""
@@ -7550,6 +7830,7 @@ class AveragePoolingND(Function):
         return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
 
 
+@_export('functions')
 def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
     """The mean of each window of x (N, C, s1, ..., sd), per channel.
 
@@ -7565,6 +7846,7 @@ def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
                             pad_value)(x)
 
 
+@_export('functions')
 def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
     """average_pooling_nd of a signal x (N, C, L).  Raises ValueError unless
     x is 3-D.  Chainer: chainer.functions.average_pooling_1d."""
@@ -7572,6 +7854,7 @@ def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
     return average_pooling_nd(x, ksize, stride, pad, pad_value)
 
 
+@_export('functions')
 def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
     """average_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
     unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
@@ -7678,6 +7961,7 @@ class BatchNormalizationFunction(Function):
         return gx, ggamma, gbeta
 
 
+@_export('functions')
 def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var=None,
                         decay=0.9, axis=None):
     """Normalize x with its own batch statistics: gamma (x - mu)/sqrt(var + eps) + beta.
@@ -7733,6 +8017,7 @@ class FixedBatchNormalization(Function):
         return gx, ggamma, gbeta, gmean, gvar
 
 
+@_export('functions')
 def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
     """Normalize x with given statistics: gamma (x - mean)/sqrt(var + eps) + beta.
 
@@ -7824,6 +8109,7 @@ class BatchRenormalizationFunction(Function):
         return gx, ggamma, gbeta
 
 
+@_export('functions')
 def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=None,
                           running_var=None, decay=0.9, update_statistics=False):
     """Batch renormalization: gamma (x_hat r + d) + beta, x_hat = (x - mu)/sigma.
@@ -7849,6 +8135,7 @@ def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=Non
                                         update_statistics)(x, gamma, beta)
 
 
+@_export('functions')
 def fixed_batch_renormalization(x, gamma, beta, mean, var, eps=2e-5):
     """Test-time batch renormalization: gamma (x - mean)/sqrt(var + eps) + beta.
 
@@ -7959,6 +8246,7 @@ def _check_group_count(label, shape, groups):
                          'got x.shape {}'.format(label, groups, shape))
 
 
+@_export('functions')
 def layer_normalization(x, gamma, beta, eps=1e-5):
     """Layer normalization: each row of x normalized by its own mean and
     variance, then scaled and shifted: y = gamma (x - mu) / sqrt(var + eps) + beta.
@@ -7971,6 +8259,7 @@ def layer_normalization(x, gamma, beta, eps=1e-5):
     return LayerNormalizationFunction(eps)(x, gamma, beta)
 
 
+@_export('functions')
 def group_normalization(x, groups, gamma, beta, eps=1e-5):
     """Group normalization: the C channels of x split into `groups` groups of
     C / groups; each group of each example normalized by its own mean and
@@ -7984,7 +8273,6 @@ def group_normalization(x, groups, gamma, beta, eps=1e-5):
     Chainer: chainer.functions.group_normalization.
     """
     return GroupNormalizationFunction(groups, eps)(x, gamma, beta)
-
 
 
 # ----- local response normalization, resizing and shifting images -------------------
@@ -8032,6 +8320,7 @@ class LocalResponseNormalization(Function):
         return gy * self.scale - dtype(2 * self.alpha * self.beta) * x * around,
 
 
+@_export('functions')
 def local_response_normalization(x, n=5, k=2, alpha=1e-4, beta=.75):
     """Local response normalization across channels (AlexNet):
     y = x / (k + alpha * sum_{|c' - c| <= n // 2} x_c'^2) ** beta.
@@ -8094,6 +8383,7 @@ class ResizeImages(Function):
                                      self.cols),
 
 
+@_export('functions')
 def resize_images(x, output_shape, *, mode='bilinear', align_corners=True):
     """Images resized to output_shape = (out_H, out_W).
 
@@ -8159,6 +8449,7 @@ class Shift(Function):
         return _shift_groups(grad_outputs[0], self.kh, self.kw, -self.dy, -self.dx),
 
 
+@_export('functions')
 def shift(x, ksize=3, dilate=1):
     """Shift (Wu et al. 2017), a zero-parameter stand-in for a spatial
     convolution: the channels of x (N, C, H, W) are split into kh * kw
@@ -8180,6 +8471,7 @@ def shift(x, ksize=3, dilate=1):
 
 # ----- the links -----------------------------------------------------------------
 
+@_export('links')
 class Convolution2D(Link):
     """A convolution layer: owns W (out_channels, in_channels / groups, kh, kw) and b.
 
@@ -8234,6 +8526,7 @@ def _check_link_groups(label, channels, groups, what):
                          .format(label, what, channels, groups))
 
 
+@_export('links')
 class DilatedConvolution2D(Convolution2D):
     """A dilated convolution layer: Convolution2D with the taps `dilate` apart.
 
@@ -8251,6 +8544,7 @@ class DilatedConvolution2D(Convolution2D):
                          initial_bias, dilate=dilate)
 
 
+@_export('links')
 class DepthwiseConvolution2D(Link):
     """A depthwise convolution layer: channel_multiplier filters per input channel.
 
@@ -8291,6 +8585,7 @@ class DepthwiseConvolution2D(Link):
         return depthwise_convolution_2d(x, self.W, self.b, self.stride, self.pad)
 
 
+@_export('links')
 class Deconvolution2D(Link):
     """A transposed convolution layer: owns W (in_channels, out_channels / groups, kh, kw) and b.
 
@@ -8342,6 +8637,7 @@ class Deconvolution2D(Link):
                                 dilate=self.dilate, groups=self.groups)
 
 
+@_export('links')
 class ConvolutionND(Link):
     """An N-dimensional convolution layer: owns W (out_channels, in_channels / groups, k1..kd) and b.
 
@@ -8396,6 +8692,7 @@ class ConvolutionND(Link):
                               self.dilate, self.groups)
 
 
+@_export('links')
 class Convolution1D(ConvolutionND):
     """ConvolutionND with ndim=1: W (out_channels, in_channels / groups, k).
 
@@ -8409,6 +8706,7 @@ class Convolution1D(ConvolutionND):
                          initial_bias, cover_all, dilate, groups)
 
 
+@_export('links')
 class Convolution3D(ConvolutionND):
     """ConvolutionND with ndim=3: W (out_channels, in_channels / groups, kd, kh, kw).
 
@@ -8422,6 +8720,7 @@ class Convolution3D(ConvolutionND):
                          initial_bias, cover_all, dilate, groups)
 
 
+@_export('links')
 class BatchNormalization(Link):
     """Batch normalization with learned gamma, beta and running statistics.
 
@@ -8497,6 +8796,7 @@ class BatchNormalization(Link):
         self.N = 0
 
 
+@_export('links')
 class BatchRenormalization(BatchNormalization):
     """Batch renormalization with learned gamma, beta and running statistics.
 
@@ -8541,6 +8841,7 @@ class BatchRenormalization(BatchNormalization):
 
 # ----- network-in-network and inception blocks: chains of convolutions ---------------
 
+@_export('links')
 class MLPConvolution2D(ChainList):
     """Network-in-network "mlpconv": a convolution followed by 1x1
     convolutions, i.e. a small MLP applied at every pixel.
@@ -8577,6 +8878,7 @@ class MLPConvolution2D(ChainList):
         return self[-1](x)
 
 
+@_export('links')
 class Inception(Chain):
     """The GoogLeNet inception block: four branches side by side, their
     outputs concatenated along the channels and passed through relu:
@@ -8612,6 +8914,7 @@ class Inception(Chain):
         return relu(concat(branches, axis=1))
 
 
+@_export('links')
 class LayerNormalization(Link):
     """Layer normalization with learned gamma and beta (F.layer_normalization).
 
@@ -8648,6 +8951,7 @@ class LayerNormalization(Link):
         return layer_normalization(x, self.gamma, self.beta, self.eps)
 
 
+@_export('links')
 class GroupNormalization(Link):
     """Group normalization with learned gamma and beta (F.group_normalization).
 
@@ -8870,6 +9174,7 @@ class MomentumSGDRule(UpdateRule):
         param.data += v
 
 
+@_export('optimizers')
 class MomentumSGD(Optimizer):
     """SGD with momentum: v = momentum * v - lr * grad; p += v.
     lr default 0.01, momentum default 0.9. Chainer: chainer.optimizers.MomentumSGD.
@@ -8903,6 +9208,7 @@ class NesterovAGRule(UpdateRule):
         param.data -= lr_one_plus_momentum * grad
 
 
+@_export('optimizers')
 class NesterovAG(Optimizer):
     """Nesterov's accelerated gradient: v = momentum v - lr grad;
     p += momentum**2 v - (1 + momentum) lr grad.
@@ -8933,6 +9239,7 @@ class CorrectedMomentumSGDRule(UpdateRule):
         param.data += hp.lr * v
 
 
+@_export('optimizers')
 class CorrectedMomentumSGD(Optimizer):
     """Momentum SGD with lr outside the velocity: v = momentum v - grad;
     p += lr v.  With a constant lr it steps as MomentumSGD does; when a
@@ -8963,6 +9270,7 @@ class AdaGradRule(UpdateRule):
         param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
 
 
+@_export('optimizers')
 class AdaGrad(Optimizer):
     """AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
     lr default 0.001, eps default 1e-8. Chainer: chainer.optimizers.AdaGrad.
@@ -9000,6 +9308,7 @@ class AdaDeltaRule(UpdateRule):
         param.data -= dx
 
 
+@_export('optimizers')
 class AdaDelta(Optimizer):
     """AdaDelta, which needs no learning rate:
     msg = rho msg + (1-rho) grad**2; dx = sqrt((msdx + eps) / (msg + eps)) grad;
@@ -9033,6 +9342,7 @@ class RMSpropRule(UpdateRule):
         param.data -= hp.lr * grad / denom
 
 
+@_export('optimizers')
 class RMSprop(Optimizer):
     """RMSprop: ms = alpha ms + (1-alpha) grad**2; p -= lr grad / (sqrt(ms) + eps),
     or / sqrt(ms + eps) with eps_inside_sqrt. lr default 0.01, alpha 0.99,
@@ -9075,6 +9385,7 @@ class RMSpropGravesRule(UpdateRule):
         param.data += delta
 
 
+@_export('optimizers')
 class RMSpropGraves(Optimizer):
     """Alex Graves's RMSprop: n = alpha n + (1-alpha) grad**2;
     g = alpha g + (1-alpha) grad; delta = momentum delta - lr grad / sqrt(n - g**2 + eps);
@@ -9119,6 +9430,7 @@ class SMORMS3Rule(UpdateRule):
         mem += 1
 
 
+@_export('optimizers')
 class SMORMS3(Optimizer):
     """Simon Funk's SMORMS3: r = 1 / (mem + 1); g = (1-r) g + r grad;
     g2 = (1-r) g2 + r grad**2; x = g**2 / (g2 + eps);
@@ -9173,6 +9485,7 @@ class MSVAGRule(UpdateRule):
         param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
 
 
+@_export('optimizers')
 class MSVAG(Optimizer):
     """M-SVAG (Balles and Hennig 2017, "Dissecting Adam"), with decoupled
     weight decay.  With b = beta, bt = beta**t:
@@ -9195,6 +9508,7 @@ class MSVAG(Optimizer):
 
 # ----- optimizers, hooks, initializers, serializers ------------------------------
 
+@_export('optimizers')
 class AMSGrad(Adam):
     """Adam with amsgrad=True: steps use the running maximum of v, so the
     step size never grows back.  Same arguments and defaults as Adam.
@@ -9205,6 +9519,7 @@ class AMSGrad(Adam):
         super().__init__(alpha, beta1, beta2, eps, eta, weight_decay_rate, amsgrad=True)
 
 
+@_export('optimizers')
 class AdamW(Adam):
     """Adam with decoupled weight decay: p -= eta weight_decay_rate p besides
     the Adam step (set weight_decay_rate; default 0).  Same arguments as Adam.
@@ -9215,6 +9530,7 @@ class AdamW(Adam):
 # step size lr / (sqrt(v) + eps) is clipped into AdamRule.bounds, which
 # tighten around final_lr as t grows (gamma sets how fast).
 
+@_export('optimizers')
 class AdaBound(Adam):
     """Adam with adabound=True: the step size alpha_t / (sqrt(v) + eps) is
     clipped into [lower, upper] (AdamRule.bounds), which close in on
@@ -9228,6 +9544,7 @@ class AdaBound(Adam):
                          final_lr=final_lr, gamma=gamma)
 
 
+@_export('optimizers')
 class AMSBound(Adam):
     """AdaBound on AMSGrad (amsgrad=True, adabound=True): the running maximum
     of v, and the step size clipped into AdamRule.bounds.  Same arguments
@@ -9244,6 +9561,7 @@ class AMSBound(Adam):
 # new arrays instead of modifying grads in place, since a gradient array may
 # be shared by two parameters (add passes one array to both of its inputs).
 
+@_export('optimizer', 'optimizer_hooks')
 class WeightDecay:
     """Optimizer hook for L2 regularization: grad += rate * p before each
     update (rate: a float). Chainer: chainer.optimizer_hooks.WeightDecay.
@@ -9260,6 +9578,7 @@ class WeightDecay:
         param.grad = param.grad + self.rate * param.data
 
 
+@_export('optimizer', 'optimizer_hooks')
 class Lasso:
     """Optimizer hook for L1 regularization: grad += rate * sign(p) before each
     update (rate: a float). Chainer: chainer.optimizer_hooks.Lasso.
@@ -9276,6 +9595,7 @@ class Lasso:
         param.grad = param.grad + self.rate * _xp(param.data).sign(param.data)
 
 
+@_export('optimizer', 'optimizer_hooks')
 class GradientHardClipping:
     """Optimizer hook that clips every gradient element into
     [lower_bound, upper_bound] before each update.
@@ -9293,6 +9613,7 @@ class GradientHardClipping:
         param.grad = _xp(param.grad).clip(param.grad, self.lower_bound, self.upper_bound)
 
 
+@_export('optimizer', 'optimizer_hooks')
 class GradientClipping:
     """Optimizer hook that rescales all gradients together so that their
     global L2 norm is at most `threshold` (gradients scaled by threshold /
@@ -9329,6 +9650,7 @@ def _exponential_decay_noise(xp, shape, dtype, hook, rule):
     return xp.random.normal(0, std, shape).astype(dtype, copy=False)
 
 
+@_export('optimizer', 'optimizer_hooks')
 class GradientNoise:
     """Optimizer hook that adds noise to each gradient before the update:
     grad += noise_func(xp, grad.shape, grad.dtype, hook, rule).  The default
@@ -9352,6 +9674,7 @@ class GradientNoise:
         param.grad = grad + self.noise_func(_xp(grad), grad.shape, grad.dtype, self, rule)
 
 
+@_export('optimizer_hooks')
 class GradientLARS:
     """Optimizer hook for layer-wise adaptive rate scaling (LARS, You et al.
     2017): per parameter, grad = (grad + weight_decay p) * rate, with
@@ -9397,6 +9720,7 @@ class GradientLARS:
 # So a file that does not fit leaves the model untouched (Chainer itself
 # stops half-way, with part of the model already overwritten).
 
+@_export('serializer', 'serializers')
 class Serializer:
     """Base of serializers: serializer[key] gives the serializer of a child
     object, serializer(key, value) saves value (or, for a Deserializer, loads
@@ -9412,8 +9736,10 @@ class Serializer:
         loading), a scalar or None. Chainer: chainer.Serializer.__call__.
         """
         raise NotImplementedError
+_export('serializer', AbstractSerializer=Serializer)
 
 
+@_export('serializer', 'serializers')
 class Deserializer(Serializer):
     """Base of deserializers, the loading side of Serializer.
     check_only True means a dry pass that must change nothing.
@@ -9426,6 +9752,7 @@ class Deserializer(Serializer):
         return self(key, None)
 
 
+@_export('serializers', 'serializers.npz')
 class DictionarySerializer(Serializer):
     """Collects {path: host NumPy array} from an object's serialize(): paths
     like 'predictor/l1/W'; None is stored as a 0-dim object array, as Chainer
@@ -9484,6 +9811,7 @@ def _write_atomically(path, write):
         raise
 
 
+@_export('serializers', 'serializers.npz')
 def save_npz(file, obj, compression=True):
     """Save `obj` (a Link, Optimizer, Trainer ... anything with serialize) to an
     .npz file in Chainer's key layout.
@@ -9501,6 +9829,7 @@ def save_npz(file, obj, compression=True):
         savez(file, **serializer.target)
 
 
+@_export('serializers', 'serializers.npz')
 class NpzDeserializer(Deserializer):
     """Loads values from an open npz file (a dict-like of arrays) into an
     object's serialize(). path: key prefix; strict (default True): a missing
@@ -9577,6 +9906,7 @@ class NpzDeserializer(Deserializer):
         return stored[()] if stored.ndim == 0 else stored
 
 
+@_export('serializers', 'serializers.npz')
 def load_npz(file, obj, path='', strict=True, ignore_names=None):
     """Load `obj` from an .npz file written by save_npz or by Chainer.
 
@@ -9746,6 +10076,7 @@ class _OptimizerSerialization:
 _reporters = []
 
 
+@_export('reporter')
 class Reporter:
     """Collects reported values into `observation` (a dict) under names
     '<observer name>/<key>'. `with reporter:` makes it the current one, as does
@@ -9809,6 +10140,7 @@ class Reporter:
         self.observation.update(values)
 
 
+@_export('reporter')
 def get_current_reporter():
     """The innermost active Reporter. Raises IndexError when there is none.
     Chainer: chainer.get_current_reporter.
@@ -9816,6 +10148,7 @@ def get_current_reporter():
     return _reporters[-1]
 
 
+@_export('reporter')
 def report(values, observer=None):
     """Report `values` (a dict) to the current reporter, named after `observer`
     when given (see Reporter.report); does nothing outside a reporter's scope.
@@ -9825,6 +10158,7 @@ def report(values, observer=None):
         _reporters[-1].report(values, observer)
 
 
+@_export('reporter')
 @contextlib.contextmanager
 def report_scope(observation):
     """Context manager: collect what is reported into `observation` (a dict)
@@ -9840,6 +10174,7 @@ def report_scope(observation):
         current.observation = old
 
 
+@_export('reporter')
 class Summary:
     """Running mean and standard deviation of one reported value.  Values
     stay arrays (on their device) until the mean is asked for.
@@ -9896,6 +10231,7 @@ class Summary:
         self._n = serializer('_n', self._n)
 
 
+@_export('reporter')
 class DictSummary:
     """A Summary per key of the dicts added to it.
     Chainer: chainer.reporter.DictSummary.
@@ -9971,6 +10307,7 @@ class DictSummary:
 # numerical gradient to compare with the one backward computes.  Do it in
 # float64, where eps=1e-3 gives errors around 1e-7.
 
+@_export('gradient_check')
 def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
     """Numerical gradients of sum(f() * grad_outputs) w.r.t. each array in
     `inputs`, by central differences (f(x + eps) - f(x - eps)) / (2 eps) taken
@@ -10001,6 +10338,7 @@ def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
     return tuple(grads)
 
 
+@_export('gradient_check')
 def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
                    rtol=1e-4, no_grads=None, dtype=None):
     """Assert that the backward of `func` matches numerical gradients.
@@ -10059,6 +10397,20 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
                         == expected.shape else float('inf'), atol, rtol, actual, expected))
 
 
+@_export('gradient_check')
+class NondifferentiableError(Exception):
+    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
+
+
+@_export('gradient_check', 'testing')
+def assert_allclose(x, y, atol=1e-5, rtol=1e-4, verbose=True):
+    """numpy.testing.assert_allclose on arrays from either device.
+    Chainer: testing.assert_allclose (also in gradient_check)."""
+    np.testing.assert_allclose(_to_cpu(as_array(x)), _to_cpu(as_array(y)),
+                               atol=atol, rtol=rtol, verbose=verbose)
+
+
+@_export('utils')
 def force_array(x, dtype=None):
     """x as an array: NumPy turns 0-dim results into scalars, this turns them
     back (cast to dtype if given). Chainer: chainer.utils.force_array.
@@ -10068,10 +10420,35 @@ def force_array(x, dtype=None):
     return np.asarray(x, dtype=dtype)
 
 
+@_export('utils')
+def force_type(dtype, value):
+    """`value` as an array of `dtype` (a scalar becomes a 0-dim array).  Chainer: utils.force_type."""
+    if isinstance(value, _array_types):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return np.asarray(value, dtype=dtype)
+
+
+@_export('utils')
+@contextlib.contextmanager
+def tempdir(**kwargs):
+    """A temporary folder for a `with` block, removed afterwards.  Chainer: utils.tempdir."""
+    folder = tempfile.mkdtemp(**kwargs)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@_export('utils')
+def experimental(api_name):
+    """Chainer warns that an API is experimental; nothing here is, so this does nothing."""
+
+
 def _size_of_shape(shape):
     """The number of elements of an array of `shape` (a tuple of ints), an int.
     Chainer: chainer.utils.size_of_shape."""
     return int(np.prod(shape))
+_export('utils', size_of_shape=_size_of_shape)
 
 
 # =============================================================================
@@ -10116,6 +10493,7 @@ def _take_examples(dataset, indices):
     return [dataset[i] for i in np.asarray(indices).tolist()]  # ints: fastest
 
 
+@_export('datasets', 'datasets.tuple_dataset')
 class TupleDataset:
     """Dataset of tuples: example i is (datasets[0][i], datasets[1][i], ..).
     Chainer: chainer.datasets.TupleDataset.
@@ -10146,6 +10524,7 @@ class TupleDataset:
         return self._length
 
 
+@_export('datasets', 'datasets.sub_dataset')
 class SubDataset:
     """The examples start..finish-1 of `dataset`, optionally seen through a
     permutation `order` of the whole base dataset.  Nothing is copied.
@@ -10191,6 +10570,7 @@ class SubDataset:
         return index if self._order is None else self._order[index]
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def split_dataset(dataset, split_at, order=None):
     """Split `dataset` into its first `split_at` examples and the rest.
     Chainer: chainer.datasets.split_dataset.
@@ -10206,6 +10586,7 @@ def split_dataset(dataset, split_at, order=None):
             SubDataset(dataset, split_at, total, order))
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def split_dataset_random(dataset, first_size, seed=None):
     """Like split_dataset, but over a random permutation (reproducible with
     `seed`; the same seed gives the same split as Chainer)."""
@@ -10215,6 +10596,7 @@ def split_dataset_random(dataset, first_size, seed=None):
 
 # ----- chainer.dataset and chainer.datasets ------------------------------------
 
+@_export('dataset', 'dataset.dataset_mixin')
 class DatasetMixin:
     """Base class for a dataset written as get_example(i): indexing with an
     int, a slice or a list of ints calls it.  Chainer: dataset.DatasetMixin."""
@@ -10236,6 +10618,7 @@ class DatasetMixin:
         raise NotImplementedError('{}: define get_example(i)'.format(type(self).__name__))
 
 
+@_export('dataset', 'dataset.convert')
 class Converter:
     """A batch converter object: `converter(batch, device)`.  Chainer:
     dataset.Converter (made with the @converter() decorator)."""
@@ -10248,11 +10631,13 @@ class Converter:
         return self._function(batch, device)
 
 
+@_export('dataset', 'dataset.convert')
 def converter():
     """Decorator that turns `f(batch, device)` into a Converter.  Chainer: dataset.converter."""
     return Converter
 
 
+@_export('dataset', 'dataset.download')
 def cache_or_load_file(path, creator, loader):
     """loader(path) if the file exists, else creator(path) (which writes it
     and returns the data).  Chainer: dataset.cache_or_load_file."""
@@ -10263,6 +10648,7 @@ def cache_or_load_file(path, creator, loader):
     return creator(path)
 
 
+@_export('datasets', 'datasets.dict_dataset')
 class DictDataset:
     """Dataset of dicts: example i is {key: dataset[i] for each keyword
     dataset}.  Chainer: datasets.DictDataset."""
@@ -10287,6 +10673,7 @@ class DictDataset:
         return self._length
 
 
+@_export('datasets', 'datasets.transform_dataset')
 class TransformDataset:
     """`transform(dataset[i])` for each example, computed when asked.
     Chainer: datasets.TransformDataset."""
@@ -10304,6 +10691,7 @@ class TransformDataset:
         return len(self._dataset)
 
 
+@_export('datasets', 'datasets.concatenated_dataset')
 class ConcatenatedDataset:
     """The examples of several datasets, one after another.  Chainer:
     datasets.ConcatenatedDataset."""
@@ -10328,6 +10716,7 @@ class ConcatenatedDataset:
         return self._datasets[which][index - start]
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def split_dataset_n(dataset, n, order=None):
     """A list of n SubDatasets of dataset, of sizes differing by at most one,
     in the given `order` (an index array; default the dataset's own order).
@@ -10337,6 +10726,7 @@ def split_dataset_n(dataset, n, order=None):
     return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def split_dataset_n_random(dataset, n, seed=None):
     """split_dataset_n over a random permutation of dataset, drawn from
     numpy.random.RandomState(seed) (seed None: a fresh one).
@@ -10344,6 +10734,7 @@ def split_dataset_n_random(dataset, n, seed=None):
     return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
     """n_folds (train, test) pairs, fold i tested on the i-th part.  Chainer:
     datasets.get_cross_validation_datasets."""
@@ -10362,6 +10753,7 @@ def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
     return splits
 
 
+@_export('datasets', 'datasets.sub_dataset')
 def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
     """get_cross_validation_datasets over a random permutation of dataset,
     drawn from numpy.random.RandomState(seed); returns n_folds (train, test)
@@ -10372,6 +10764,7 @@ def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
 
 # --- IDX files ---------------------------------------------------------------
 
+@_export('datasets')
 class DatasetError(RuntimeError):
     """A dataset file is missing and cannot be downloaded, or is damaged; the
     message names every file concerned and what to do. A RuntimeError.
@@ -10506,6 +10899,7 @@ _DOWNLOAD_TIMEOUT = 10
 _DOWNLOAD_TIMEOUT_ENV = 'ONEFCHAINER_DOWNLOAD_TIMEOUT'
 
 
+@_export('dataset', 'dataset.download')
 def get_dataset_root():
     """Return the folder that holds one subfolder per dataset (a str).
 
@@ -10520,6 +10914,7 @@ def get_dataset_root():
     return os.path.expanduser(root)
 
 
+@_export('dataset', 'dataset.download')
 def set_dataset_root(path):
     """Use `path` (str) as the dataset root from now on; it takes precedence
     over ONEFCHAINER_DATASET_ROOT.  Chainer: chainer.dataset.set_dataset_root."""
@@ -10527,6 +10922,7 @@ def set_dataset_root(path):
     _dataset_root_override = path
 
 
+@_export('dataset', 'dataset.download')
 def get_dataset_directory(dataset_name, create_directory=True):
     """Return <dataset root>/<dataset_name> (a str), creating the folder (and
     any missing parents) unless create_directory is False.
@@ -10796,6 +11192,7 @@ def _get_mnist_like(dataset_name, withlabel, ndim, scale, dtype, label_dtype,
     return tuple(splits)
 
 
+@_export('datasets', 'datasets.mnist')
 def get_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
               label_dtype=np.int32, rgb_format=False):
     """MNIST handwritten digits as (train, test): 60000 and 10000 examples.
@@ -10815,6 +11212,7 @@ def get_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
                            label_dtype, rgb_format)
 
 
+@_export('datasets', 'datasets.fashion_mnist')
 def get_fashion_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
                       label_dtype=np.int32, rgb_format=False):
     """Fashion-MNIST (Zalando's clothing pictures, 10 classes; see
@@ -10828,6 +11226,7 @@ def get_fashion_mnist(withlabel=True, ndim=1, scale=1., dtype=None,
                            label_dtype, rgb_format)
 
 
+@_export('datasets', 'datasets.fashion_mnist')
 def get_fashion_mnist_labels():
     """The ten Fashion-MNIST class names, index = label: ['T-shirt/top',
     'Trouser', ..., 'Ankle boot']. Chainer: chainer.datasets.get_fashion_mnist_labels.
@@ -10838,6 +11237,7 @@ def get_fashion_mnist_labels():
 
 # --- Iterators ---------------------------------------------------------------
 
+@_export('dataset', 'dataset.iterator')
 class Iterator:
     """Base of all dataset iterators: a Python iterator over minibatches that
     can also be snapshotted (serialize) and closed (finalize, or `with`).
@@ -10876,6 +11276,7 @@ class Iterator:
         pass
 
 
+@_export('iterators')
 class OrderSampler:
     """Chooses the order of the next epoch: called as
     sampler(current_order, current_position) -> new order of the same size.
@@ -10889,6 +11290,7 @@ class OrderSampler:
         raise NotImplementedError
 
 
+@_export('iterators')
 class ShuffleOrderSampler(OrderSampler):
     """An OrderSampler returning a fresh random permutation each epoch, drawn
     from `random_state` (a numpy.random.RandomState) or, if None (default),
@@ -10904,6 +11306,7 @@ class ShuffleOrderSampler(OrderSampler):
         return generator.permutation(len(current_order))
 
 
+@_export('iterators')
 class SerialIterator(Iterator):
     """Iterates over `dataset` batch_size examples at a time, returning each
     batch as a list of examples.
@@ -11026,6 +11429,38 @@ class SerialIterator(Iterator):
             'previous_epoch_detail', self._previous_epoch_detail))
 
 
+# The parallel iterators load batches in worker processes or threads; only
+# the speed differs, so here they are the SerialIterator, taking (and
+# ignoring) their worker options.  They give the same batches as Chainer's
+# SerialIterator would for the same seed.
+@_export('iterators')
+class MultiprocessIterator(SerialIterator):
+    """SerialIterator that accepts MultiprocessIterator's options (n_processes,
+    n_prefetch, shared_mem, dataset_timeout, maxtasksperchild) and loads in
+    the main process.  Chainer: iterators.MultiprocessIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_processes=None,
+                 n_prefetch=1, shared_mem=None, order_sampler=None, dataset_timeout=30.0,
+                 maxtasksperchild=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
+@_export('iterators')
+class MultithreadIterator(SerialIterator):
+    """SerialIterator that accepts n_threads and loads in the calling thread.
+    Chainer: iterators.MultithreadIterator."""
+
+    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_threads=1,
+                 order_sampler=None):
+        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
+
+    def finalize(self):
+        pass
+
+
 # --- Batching ----------------------------------------------------------------
 
 def _stack_examples(values, padding):
@@ -11056,6 +11491,7 @@ def _stack_examples(values, padding):
     return stacked
 
 
+@_export('dataset', 'dataset.convert')
 def concat_examples(batch, device=None, padding=None):
     """Turn a list of examples into batched arrays along a new first axis:
     arrays -> one array, tuples -> a tuple of arrays, dicts -> a dict of
@@ -11080,8 +11516,10 @@ def concat_examples(batch, device=None, padding=None):
             padding = dict.fromkeys(first, padding)
         return {key: field(key, padding[key]) for key in first}
     return _send_to_device(device, _stack_examples(batch, padding))
+_export('dataset.convert', concat_examples_func=concat_examples)
 
 
+@_export('dataset', 'dataset.convert')
 def to_device(device, x):
     """Send array `x` to `device` (None: leave it where it is).
     Chainer: chainer.dataset.to_device.
@@ -11121,6 +11559,7 @@ def to_device(device, x):
 
 # ----- updaters ----------------------------------------------------------------
 
+@_export('training', 'training.updater')
 class Updater:
     """What the Trainer needs from an updater: update(), the counters
     (iteration, epoch, epoch_detail), its optimizers, serialize().
@@ -11163,6 +11602,7 @@ class Updater:
         raise NotImplementedError
 
 
+@_export('training', 'training.updater', 'training.updaters')
 class StandardUpdater(Updater):
     """One step = one batch from the 'main' iterator through the 'main'
     optimizer:
@@ -11309,6 +11749,7 @@ class StandardUpdater(Updater):
 # A trigger is a callable(trainer) -> bool.  Wherever one is expected, a tuple
 # such as (20, 'epoch') or (500, 'iteration') may be given instead.
 
+@_export('training', 'training.trigger', 'training.triggers')
 class IntervalTrigger:
     """Fires every `period` iterations or epochs: (2, 'epoch') fires at the
     ends of epochs 2, 4, 6, ...
@@ -11382,6 +11823,7 @@ class IntervalTrigger:
         return '{}({}, {!r})'.format(type(self).__name__, self.period, self.unit)
 
 
+@_export('training.triggers')
 class ManualScheduleTrigger:
     """Fires when training passes one of the given points:
     ManualScheduleTrigger([10, 25], 'epoch').
@@ -11426,6 +11868,7 @@ class ManualScheduleTrigger:
         self.finished = bool(serializer('finished', self.finished))
 
 
+@_export('training.triggers')
 class BestValueTrigger:
     """Fires when the mean of a reported value over the latest interval is
     the best so far, as judged by compare(best, new) -> bool.
@@ -11468,6 +11911,7 @@ class BestValueTrigger:
         self._best_value = None if best is None else float(best)
 
 
+@_export('training.triggers')
 class MaxValueTrigger(BestValueTrigger):
     """Fires when `key` reaches a new maximum, e.g. validation accuracy.
     Chainer: chainer.training.triggers.MaxValueTrigger.
@@ -11477,6 +11921,7 @@ class MaxValueTrigger(BestValueTrigger):
         super().__init__(key, lambda best, new: new > best, trigger)
 
 
+@_export('training.triggers')
 class MinValueTrigger(BestValueTrigger):
     """Fires when `key` reaches a new minimum, e.g. validation loss.
     Chainer: chainer.training.triggers.MinValueTrigger.
@@ -11486,6 +11931,7 @@ class MinValueTrigger(BestValueTrigger):
         super().__init__(key, lambda best, new: new < best, trigger)
 
 
+@_export('training.triggers')
 class OnceTrigger:
     """Fires at the first call only, i.e. after the first iteration; with
     call_on_resume=True also at the first call after a resume from a snapshot.
@@ -11526,6 +11972,7 @@ class OnceTrigger:
             self._flag_first = False
 
 
+@_export('training.triggers')
 class TimeTrigger:
     """Fires at the first call after each `period` seconds of training
     (trainer.elapsed_time, which continues across a resume): after period,
@@ -11557,6 +12004,7 @@ class TimeTrigger:
         self._next_time = float(serializer('next_time', self._next_time))
 
 
+@_export('training.triggers')
 class EarlyStoppingTrigger:
     """A stop trigger for early stopping: at the end of each `check_trigger`
     interval it takes the mean of `monitor` over the interval; when that mean
@@ -11674,6 +12122,7 @@ def _never_fire_trigger(trainer):
     return False
 
 
+@_export('training', 'training.trigger', 'training.util')
 def get_trigger(trigger):
     """A callable is a trigger already; None never fires; a tuple such as
     (1, 'epoch') becomes an IntervalTrigger.
@@ -11696,12 +12145,15 @@ def get_trigger(trigger):
 PRIORITY_WRITER = 300    # writes observations (Evaluator): runs first
 PRIORITY_EDITOR = 200    # edits observations
 PRIORITY_READER = 100    # reads them (LogReport, PrintReport): the default
+_export('training', 'training.extension', PRIORITY_WRITER=PRIORITY_WRITER,
+        PRIORITY_EDITOR=PRIORITY_EDITOR, PRIORITY_READER=PRIORITY_READER)
 # Snapshots run after everything else: by then LogReport has filed this
 # iteration and every trigger has seen it, so a resumed run neither loses
 # nor repeats anything.
 _PRIORITY_SNAPSHOT = -100
 
 
+@_export('training', 'training.extension')
 class Extension:
     """Base class for extensions with state; override __call__.
     Chainer: chainer.training.Extension.
@@ -11750,6 +12202,7 @@ class Extension:
         pass
 
 
+@_export('training', 'training.extension')
 def make_extension(trigger=None, default_name=None, priority=None,
                    finalizer=None, initializer=None, on_error=None):
     """Decorator giving a plain function the attributes of an extension:
@@ -11780,6 +12233,7 @@ class _ExtensionEntry:
 
 # ----- the trainer -------------------------------------------------------------
 
+@_export('training', 'training.trainer')
 class Trainer:
     """Runs `updater.update()` until `stop_trigger` fires, calling the
     extensions after every update:
@@ -11958,6 +12412,7 @@ class Trainer:
 
 # ----- evaluation ----------------------------------------------------------------
 
+@_export('training.extensions')
 class Evaluator(Extension):
     """Extension that runs the model over a whole validation iterator and
     reports the means of what it reported, prefixed with its name:
@@ -12068,6 +12523,7 @@ class Evaluator(Extension):
 
 # ----- logging and printing ----------------------------------------------------
 
+@_export('training.extensions')
 class LogReport(Extension):
     """Averages the observations over each interval of `trigger` and appends
     the means, with 'epoch', 'iteration' and 'elapsed_time', to `log`; the
@@ -12140,6 +12596,7 @@ def _warn_unreported_keys(owner, keys, entry):
             stacklevel=3)
 
 
+@_export('training.extensions')
 class PrintReport(Extension):
     """Prints chosen entries of a LogReport's log as a table, one row per
     entry, as soon as the entry exists:
@@ -12220,6 +12677,7 @@ def _format_duration(seconds):
     return text
 
 
+@_export('training.extensions')
 class ProgressBar(Extension):
     """Extension that draws, every `update_interval` iterations (default 100),
     in place:
@@ -12314,6 +12772,7 @@ class ProgressBar(Extension):
 # the run starts.  Caveat, as in Chainer: NumPy's global random state (used
 # by shuffling iterators) is not part of a snapshot.
 
+@_export('training.extensions.snapshot_writers')
 class Writer:
     """How a snapshot reaches the disk: writer(filename, outdir, target).
     Chainer: chainer.training.extensions.snapshot_writers.Writer.
@@ -12356,6 +12815,7 @@ class Writer:
         pass
 
 
+@_export('training.extensions.snapshot_writers')
 class SimpleWriter(Writer):
     """Calls savefun(path, target, **kwds) right away.
     Chainer: chainer.training.extensions.snapshot_writers.SimpleWriter.
@@ -12436,6 +12896,7 @@ class _Snapshot(Extension):
             self.writer.finalize()
 
 
+@_export('training.extensions')
 def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
              target=None, condition=None, writer=None, snapshot_on_error=False,
              n_retains=-1, autoload=False):
@@ -12456,6 +12917,7 @@ def snapshot(savefun=None, filename='snapshot_iter_{.updater.iteration}', *,
                      n_retains, autoload)
 
 
+@_export('training.extensions')
 def snapshot_object(target, filename, savefun=None, **kwargs):
     """snapshot() of one object (a model, an optimizer), e.g.
     snapshot_object(model, 'model_epoch_{.updater.epoch}').
@@ -12479,6 +12941,7 @@ def _warn_no_matplotlib():
                   'plotted (pip install matplotlib)')
 
 
+@_export('training.extensions')
 class PlotReport(Extension):
     """Extension plotting the interval means of `y_keys` (a key or a list)
     against `x_key` ('iteration' default, or 'epoch') into out/<filename>,
@@ -12653,6 +13116,7 @@ def _graph_to_dot(root, variable_style=None, function_style=None):
     return '\n'.join(lines + edges + ['}']) + '\n'
 
 
+@_export('training.extensions', 'training.extensions.computational_graph')
 class DumpGraph(Extension):
     """Writes the graph behind the reported value `root_name` (e.g.
     'main/loss') of the first iteration to out/<filename> as DOT.
@@ -12722,6 +13186,59 @@ class DumpGraph(Extension):
         self._flag_called = bool(serializer('_flag_called', self._flag_called))
 
 
+@_export('training.extensions', 'training.extensions.computational_graph')
+def dump_graph(root_name, filename=None, variable_style=None, function_style=None,
+               out_name='cg.dot'):
+    """The function spelling of DumpGraph (Chainer v1-v5 examples use it).
+    Chainer: extensions.dump_graph."""
+    return DumpGraph(root_name, filename, variable_style, function_style, out_name)
+
+
+@_export('training.extensions')
+@make_extension(trigger=(1, 'iteration'))
+def unchain_variables(trainer):
+    """Cut the graph behind every Variable in the trainer's observation, so
+    that it is freed now.  Chainer: extensions.unchain_variables."""
+    for value in trainer.observation.values():
+        if isinstance(value, Variable):
+            value.unchain_backward()
+
+
+@_export('computational_graph')
+class ComputationalGraph:
+    """The graph behind one output Variable; dump() gives it as DOT text (what
+    DumpGraph writes).  Chainer: computational_graph.ComputationalGraph."""
+
+    def __init__(self, output, variable_style=None, function_style=None):
+        self._output = output
+        self._variable_style = variable_style
+        self._function_style = function_style
+
+    def dump(self, format='dot'):
+        """The graph as text in `format` ('dot', the default).
+        Chainer: chainer.computational_graph.ComputationalGraph.dump.
+        """
+        if format != 'dot':
+            raise NotSupportedError('ComputationalGraph.dump: only format="dot" is supported, '
+                                    'not {!r}'.format(format))
+        return _graph_to_dot(self._output, self._variable_style, self._function_style)
+
+
+@_export('computational_graph')
+def build_computational_graph(outputs, remove_split=True, variable_style=None,
+                              function_style=None, **kwargs):
+    """The graph behind `outputs` (one Variable, or a sequence of exactly one).
+    Chainer: computational_graph.build_computational_graph."""
+    if isinstance(outputs, Variable):
+        outputs = [outputs]
+    outputs = list(outputs)
+    if len(outputs) != 1:
+        raise NotSupportedError('build_computational_graph: one output is supported here, '
+                                'got {}; build one graph per output'.format(len(outputs)))
+    return ComputationalGraph(outputs[0], variable_style, function_style)
+
+
+@_export('training.extensions')
 class FailOnNonNumber(Extension):
     """Stop training with a clear error once a parameter holds NaN or inf.
     Chainer: extensions.FailOnNonNumber."""
@@ -12751,6 +13268,7 @@ _PARAMETER_STATISTICS = {
 }
 
 
+@_export('training.extensions')
 class ParameterStatistics(Extension):
     """Reports statistics of the parameters (report_params) and gradients
     (report_grads) of `links` (a Link or a list of them), averaged over the
@@ -12848,6 +13366,7 @@ class ParameterStatistics(Extension):
                           '(Chainer does not save one); starting its means afresh')
 
 
+@_export('training.extensions')
 class MicroAverage(Extension):
     """Reports the micro-average sum(n_i) / sum(d_i) of two observed values
     under `result_key`, once per firing of `trigger` (default (1, 'epoch')),
@@ -12905,6 +13424,7 @@ def _variables_of(targets):
     return []
 
 
+@_export('training.extensions')
 class VariableStatisticsPlot(Extension):
     """Plots, against the iteration, the mean, standard deviation and
     percentiles of the values (report_data) and gradients (report_grad) of
@@ -13050,6 +13570,7 @@ class VariableStatisticsPlot(Extension):
 # the step count `_t` and the last value are saved, so a resumed run goes on
 # with the same values.
 
+@_export('training.extensions')
 class ExponentialShift(Extension):
     """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
     trigger, e.g. (10, 'epoch')), stopping at `target` if given.
@@ -13096,6 +13617,7 @@ class ExponentialShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
+@_export('training.extensions')
 class LinearShift(Extension):
     """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
     between calls time_range[0] and time_range[1]; constant outside.
@@ -13170,6 +13692,7 @@ def _require_positive(label, name, value):
         raise ValueError('{}: {} must be positive, got {!r}'.format(label, name, value))
 
 
+@_export('training.extensions')
 class StepShift(Extension):
     """Multiplies optimizer.<attr> by `gamma` every `step` calls: after t calls
     it is init * gamma ** floor(t / step), stopped at `target` if given.
@@ -13219,6 +13742,7 @@ class StepShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
+@_export('training.extensions')
 class MultistepShift(Extension):
     """Multiplies optimizer.<attr> by `gamma` at each call count listed in
     `step_value` (increasing): init before step_value[0], init * gamma from
@@ -13273,6 +13797,7 @@ class MultistepShift(Extension):
         self._current_step = int(serializer('_current_step', self._current_step))
 
 
+@_export('training.extensions')
 class WarmupShift(Extension):
     """Moves optimizer.<attr> linearly from `warmup_start` to `init` over the
     first `warmup_iter` calls: after t calls it is
@@ -13319,6 +13844,7 @@ class WarmupShift(Extension):
         self._t = int(serializer('_t', self._t))
 
 
+@_export('training.extensions')
 class PolynomialShift(Extension):
     """Decays optimizer.<attr> polynomially to 0 over `max_count` calls: after
     t calls it is init * max(1 - t / max_count, 0) ** rate (0 from call
@@ -13370,6 +13896,7 @@ class PolynomialShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
+@_export('training.extensions')
 class InverseShift(Extension):
     """Caffe's 'inv' policy: after t calls optimizer.<attr> is
     init * (1 + gamma * t) ** (-power), stopped at `target` if given (it grows
@@ -13416,6 +13943,7 @@ class InverseShift(Extension):
         value = serializer('_last_value', self._last_value)
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
+@_export('training.extensions')
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under
     `observation_key` (once per epoch by default), e.g. for LogReport.
@@ -13427,6 +13955,7 @@ def observe_value(observation_key, target_func):
     return _observe_value
 
 
+@_export('training.extensions')
 def observe_lr(optimizer_name='main', observation_key='lr'):
     """observe_value of the optimizer's learning rate (`lr`; Adam's is the
     effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t)).
@@ -13466,6 +13995,7 @@ def _to_cpu(array):
     if isinstance(array, (list, tuple)):    # as cuda.to_cpu in Chainer: each one
         return type(array)(_to_cpu(a) for a in array)
     return np.asarray(array)
+_export('cuda', to_cpu=_to_cpu)
 
 
 def _require_cupy(what):
@@ -13490,8 +14020,10 @@ def _to_gpu(array, device_id=None):
     device_id = cupy.cuda.runtime.getDevice() if device_id is None else device_id
     with cupy.cuda.Device(device_id):
         return cupy.asarray(array)
+_export('cuda', to_gpu=_to_gpu)
 
 
+@_export('backend')
 class Device:
     """Where arrays live.  `xp` is its array module; `send` moves arrays."""
 
@@ -13527,6 +14059,7 @@ class Device:
         return '<Device {}>'.format(self)
 
 
+@_export('backend')
 class CpuDevice(Device):
     """The CPU, where arrays are NumPy arrays; its name is '@numpy'.
     Chainer: chainer.backend.CpuDevice.
@@ -13541,6 +14074,7 @@ class CpuDevice(Device):
         return '@numpy'
 
 
+@_export('backend', 'cuda')
 class GpuDevice(Device):
     """GPU number `device_id`, where arrays are CuPy arrays; its name is
     '@cupy:N'. Raises RuntimeError without CuPy. Chainer: chainer.backend.GpuDevice.
@@ -13562,6 +14096,7 @@ class GpuDevice(Device):
         return '@cupy:{}'.format(self.device_id)
 
 
+@_export('backend')
 def get_device(device_spec):
     """Return the Device named by `device_spec`.
 
@@ -13598,6 +14133,58 @@ def _device_of(array):
     if isinstance(array, np.ndarray) or array is None:
         return CpuDevice()
     return GpuDevice(array.device.id)
+
+
+@_export('backend')
+@contextlib.contextmanager
+def using_device(device_spec):
+    """Make `device_spec` the current device inside a `with` block (CuPy's
+    current GPU; nothing for the CPU).  Chainer: chainer.using_device."""
+    device = get_device(device_spec)
+    if isinstance(device, GpuDevice):
+        with device.device:
+            yield
+    else:
+        yield
+
+
+@_export('backend')
+def copyto(dst, src):
+    """Copy `src` into the array `dst` in place, across devices if needed.
+    Chainer: chainer.backend.copyto."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, _to_cpu(src))
+    else:
+        with dst.device:
+            cupy.copyto(dst, cupy.asarray(src))
+
+
+def get_array_types():
+    """The array types onefchainer takes: (numpy.ndarray[, cupy.ndarray]).
+    Chainer: chainer.get_array_types."""
+    return _array_types
+
+
+def get_cpu_array_types():
+    """The CPU array types: (numpy.ndarray,). Chainer: chainer.get_cpu_array_types."""
+    return (np.ndarray,)
+
+
+def is_arrays_compatible(arrays):
+    """True if all arrays (None skipped) are of one kind: all NumPy or all CuPy."""
+    kinds = {type(a) for a in arrays if a is not None}
+    return len(kinds) <= 1
+
+
+def print_runtime_info(out=None):
+    """Write the platform and the versions of onefchainer, NumPy and CuPy
+    ('Not Available' without it) to `out` (default sys.stdout).
+    Chainer: chainer.print_runtime_info."""
+    out = sys.stdout if out is None else out
+    out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
+        sys.platform, __version__, np.__version__,
+        'Not Available' if cupy is None else cupy.__version__))
+_export('backend', get_device_from_array=_device_of)
 
 
 def _current_gpu():
@@ -14044,6 +14631,69 @@ def _checked_grad_inputs(function, grad_inputs):
     return grad_inputs
 
 
+# ----- switches and backprop from the top level: chainer.DebugMode, chainer.backward --
+
+class DebugMode:
+    """`with chainer.DebugMode(True):` turns config.debug on in a block.
+    Chainer: chainer.DebugMode."""
+
+    def __init__(self, debug):
+        self._using = using_config('debug', debug)
+
+    def __enter__(self):
+        self._using.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self._using.__exit__(*exc_info)
+
+
+@_export('function')
+def force_backprop_mode():
+    """`with force_backprop_mode():` records the graph inside the block even
+    where an outer no_backprop_mode turned it off. Chainer: chainer.force_backprop_mode.
+    """
+    return using_config('enable_backprop', True)
+
+
+def is_debug():
+    """True if config.debug is on (every result checked for NaN/inf).
+    Chainer: chainer.is_debug.
+    """
+    return bool(config.debug)
+
+
+def set_debug(debug):
+    """Set config.debug to `debug` (a bool; False by default).  Debug mode
+    raises at the first NaN or inf a forward or backward produces, naming the
+    function, and makes a GPU check labels and ids at once (with a host sync)
+    instead of at the next read.  Returns None.  Chainer: chainer.set_debug."""
+    config.debug = debug
+
+
+def get_dtype(dtype=None, map_mixed16=None):
+    """`dtype` as a numpy dtype, or config.dtype if None.  Chainer: chainer.get_dtype."""
+    return np.dtype(config.dtype if dtype is None else dtype)
+
+
+def backward(outputs, grad_outputs=None, **kwargs):
+    """Backprop from several outputs at once; `grad_outputs` gives each one's
+    gradient (None: 1 for a size-1 output).  Chainer: chainer.backward."""
+    outputs = list(outputs)
+    grad_outputs = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError('backward: {} outputs but {} grad_outputs'.format(
+            len(outputs), len(grad_outputs)))
+    for y, gy in zip(outputs, grad_outputs):
+        if gy is not None:
+            y.grad = gy
+        elif y.grad is None:
+            if y.size != 1:
+                raise ValueError('backward: an output of shape {} needs its grad_output'
+                                 .format(y.shape))
+            y.grad = _xp(y.data).ones_like(y.data)
+    _backprop(outputs, kwargs.get('retain_grad', False))
+
+
 @_continue_class(Variable)
 class _VariableConveniences:
 
@@ -14388,30 +15038,7 @@ class _ConfigCompatibility:
             file.write('{:<22}{}\n'.format(name, getattr(self, name)))
 
 
-def force_backprop_mode():
-    """`with force_backprop_mode():` records the graph inside the block even
-    where an outer no_backprop_mode turned it off. Chainer: chainer.force_backprop_mode.
-    """
-    return using_config('enable_backprop', True)
-
-
-def is_debug():
-    """True if config.debug is on (every result checked for NaN/inf).
-    Chainer: chainer.is_debug.
-    """
-    return bool(config.debug)
-
-
-def set_debug(debug):
-    """Set config.debug to `debug` (a bool; False by default).  Debug mode
-    raises at the first NaN or inf a forward or backward produces, naming the
-    function, and makes a GPU check labels and ids at once (with a host sync)
-    instead of at the next read.  Returns None.  Chainer: chainer.set_debug."""
-    config.debug = debug
 global_config = config   # one config: Chainer's per-thread layer is left out
-
-
-GradientMethod = Optimizer
 
 _this_module = sys.modules[__name__]
 
@@ -14434,121 +15061,24 @@ def _submodule(dotted_name, **members):
     return module
 
 
-cuda = _submodule(
-    'cuda', cupy=cupy, available=cupy is not None,
-    to_cpu=_to_cpu, to_gpu=_to_gpu, get_array_module=get_array_module,
-    get_device_from_id=lambda device_id: get_device(
-        -1 if device_id is None else device_id))
-backends = _submodule('backends', cuda=cuda)
-backend = _submodule(
-    'backend', get_array_module=get_array_module, get_device=get_device,
-    get_device_from_array=_device_of, Device=Device, CpuDevice=CpuDevice,
-    GpuDevice=GpuDevice, cuda=cuda)
-
-functions = _submodule('functions', **{name: obj for name, obj in globals().items() if name in (
-    'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
-    'transpose broadcast_to concat stack flatten expand_dims squeeze get_item '
-    'relu leaky_relu sigmoid tanh softmax log_softmax linear dropout '
-    'softmax_cross_entropy mean_squared_error accuracy identity').split()},
-    **_functions_named_like_builtins)
+# The modules, from the marks that Chapters 1-20 left at each definition
+# (parents first: `training` before `training.extensions`).  Each also
+# becomes a global here, so `functions` below is onefchainer.functions.
+for _path in sorted(_exports, key=lambda path: path.count('.')):
+    _submodule(_path, **_exports[_path])
 
 
-initializers = _submodule(
-    'initializers', Initializer=Initializer, Constant=Constant, Zero=Zero,
-    One=One, NaN=NaN, Normal=Normal, Uniform=Uniform, LeCunNormal=LeCunNormal,
-    HeNormal=HeNormal, GlorotNormal=GlorotNormal, GlorotUniform=GlorotUniform,
-    generate_array=generate_array, get_fans=_get_fans,
-    _get_initializer=_get_initializer)
-
-
-links = _submodule('links', Linear=Linear, Classifier=Classifier)
-
-
-optimizers = _submodule(
-    'optimizers', SGD=SGD, MomentumSGD=MomentumSGD, AdaGrad=AdaGrad,
-    AdaDelta=AdaDelta, RMSprop=RMSprop, Adam=Adam)
-
-
-optimizer_hooks = _submodule(
-    'optimizer_hooks', WeightDecay=WeightDecay, Lasso=Lasso,
-    GradientClipping=GradientClipping, GradientHardClipping=GradientHardClipping)
-# Older Chainer code finds the hooks in chainer.optimizer too.
-optimizer = _submodule(
-    'optimizer', Optimizer=Optimizer, GradientMethod=GradientMethod,
-    UpdateRule=UpdateRule, Hyperparameter=Hyperparameter,
-    HyperparameterProxy=_HyperparameterProxy, WeightDecay=WeightDecay, Lasso=Lasso,
-    GradientClipping=GradientClipping, GradientHardClipping=GradientHardClipping)
-
-
-serializers = _submodule(
-    'serializers', save_npz=save_npz, load_npz=load_npz, Serializer=Serializer,
-    Deserializer=Deserializer, DictionarySerializer=DictionarySerializer,
-    NpzDeserializer=NpzDeserializer)
-serializer = _submodule('serializer', Serializer=Serializer, Deserializer=Deserializer)
-
-
-reporter = _submodule(
-    'reporter', Reporter=Reporter, report=report, report_scope=report_scope,
-    get_current_reporter=get_current_reporter, Summary=Summary,
-    DictSummary=DictSummary)
-
-
-gradient_check = _submodule('gradient_check', numerical_grad=numerical_grad,
-                            check_backward=check_backward)
-
-
-utils = _submodule('utils', force_array=force_array, size_of_shape=_size_of_shape)
-
-
-datasets = _submodule(
-    'datasets', TupleDataset=TupleDataset, SubDataset=SubDataset,
-    split_dataset=split_dataset, split_dataset_random=split_dataset_random,
-    get_mnist=get_mnist, get_fashion_mnist=get_fashion_mnist,
-    get_fashion_mnist_labels=get_fashion_mnist_labels, DatasetError=DatasetError)
-iterators = _submodule(
-    'iterators', SerialIterator=SerialIterator, OrderSampler=OrderSampler,
-    ShuffleOrderSampler=ShuffleOrderSampler)
-dataset = _submodule(
-    'dataset', concat_examples=concat_examples, to_device=to_device,
-    Iterator=Iterator, get_dataset_root=get_dataset_root,
-    set_dataset_root=set_dataset_root, get_dataset_directory=get_dataset_directory)
-_submodule('dataset.convert', concat_examples=concat_examples, to_device=to_device)
-_submodule('dataset.iterator', Iterator=Iterator)
-_submodule('dataset.download', get_dataset_root=get_dataset_root,
-           set_dataset_root=set_dataset_root, get_dataset_directory=get_dataset_directory)
-
-
-# ----- namespaces ------------------------------------------------------------------
-# Chainer's module layout: chainer.training.Trainer,
-# chainer.training.extensions.LogReport, chainer.training.triggers...
-
-training = _submodule(
-    'training', Trainer=Trainer, Updater=Updater, StandardUpdater=StandardUpdater,
-    Extension=Extension, make_extension=make_extension, get_trigger=get_trigger,
-    IntervalTrigger=IntervalTrigger, PRIORITY_WRITER=PRIORITY_WRITER,
-    PRIORITY_EDITOR=PRIORITY_EDITOR, PRIORITY_READER=PRIORITY_READER)
-_submodule('training.updaters', StandardUpdater=StandardUpdater)
-_submodule('training.updater', Updater=Updater, StandardUpdater=StandardUpdater)
-_submodule('training.trainer', Trainer=Trainer)
-_submodule('training.extension', Extension=Extension, make_extension=make_extension,
-           PRIORITY_WRITER=PRIORITY_WRITER, PRIORITY_EDITOR=PRIORITY_EDITOR,
-           PRIORITY_READER=PRIORITY_READER)
-_submodule('training.triggers', IntervalTrigger=IntervalTrigger,
-           ManualScheduleTrigger=ManualScheduleTrigger, BestValueTrigger=BestValueTrigger,
-           MaxValueTrigger=MaxValueTrigger, MinValueTrigger=MinValueTrigger,
-           OnceTrigger=OnceTrigger, TimeTrigger=TimeTrigger,
-           EarlyStoppingTrigger=EarlyStoppingTrigger)
-_submodule('training.trigger', get_trigger=get_trigger, IntervalTrigger=IntervalTrigger)
-_submodule('training.util', get_trigger=get_trigger)
-_submodule(
-    'training.extensions', Evaluator=Evaluator, LogReport=LogReport,
-    PrintReport=PrintReport, ProgressBar=ProgressBar, snapshot=snapshot,
-    snapshot_object=snapshot_object, PlotReport=PlotReport, DumpGraph=DumpGraph,
-    ExponentialShift=ExponentialShift, LinearShift=LinearShift, StepShift=StepShift,
-    MultistepShift=MultistepShift, WarmupShift=WarmupShift, PolynomialShift=PolynomialShift,
-    InverseShift=InverseShift, ParameterStatistics=ParameterStatistics,
-    observe_lr=observe_lr, observe_value=observe_value)
-_submodule('training.extensions.snapshot_writers', Writer=Writer, SimpleWriter=SimpleWriter)
+# What a definition cannot mark: plain values, the modules that hold modules,
+# and the names of Chapters 1-4, which come before the marks are introduced.
+_submodule('cuda', cupy=cupy, available=cupy is not None)
+_submodule('backends', cuda=cuda)
+_submodule('backend', cuda=cuda, get_array_module=get_array_module)
+_submodule('cuda', get_array_module=get_array_module)
+_submodule('configuration', GlobalConfig=_Config, using_config=using_config)
+_submodule('variable', Variable=Variable, as_variable=as_variable, as_array=as_array)
+_submodule('function', Function=Function, no_backprop_mode=no_backprop_mode)
+GradientMethod = Optimizer     # Chainer's name for the base of gradient-based optimizers
+_submodule('optimizer', GradientMethod=GradientMethod)
 
 
 # ----- the rest of Chainer's surface -------------------------------------------
@@ -14770,24 +15300,22 @@ def _memoize(for_each_device=False):
     return lambda function: function
 
 
-_submodule(
-    'cuda', DummyDevice=DummyDevice, DummyDeviceType=DummyDeviceType,
-    check_cuda_available=check_cuda_available,
-    get_device=_cuda_get_device, get_device_from_id=_cuda_device_from_id,
-    get_device_from_array=_cuda_device_from_array,
-    GpuDevice=GpuDevice, Device=(cupy.cuda.Device if cupy is not None else DummyDeviceType),
-    ndarray=(cupy.ndarray if cupy is not None else np.ndarray), copy=_cuda_copy,
-    elementwise=_cupy_attribute('ElementwiseKernel'),
-    reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
-    fuse=(getattr(cupy, 'fuse', None) or _fuse_without_cupy),
-    memoize=_memoize, clear_memo=(getattr(cupy, 'clear_memo', None) or _clear_no_memo),
-    Stream=getattr(getattr(cupy, 'cuda', None), 'Stream', None) or _cupy_attribute('Stream'),
-    Event=getattr(getattr(cupy, 'cuda', None), 'Event', None) or _cupy_attribute('Event'),
-    cudnn_enabled=False, config=config,
-    should_use_cudnn=should_use_cudnn,
-    should_use_cudnn_tensor_core=should_use_cudnn_tensor_core,
-    get_max_workspace_size=_get_max_workspace_size,
-    set_max_workspace_size=_set_max_workspace_size)
+_submodule('cuda', DummyDevice=DummyDevice, DummyDeviceType=DummyDeviceType,
+           check_cuda_available=check_cuda_available, get_device=_cuda_get_device,
+           get_device_from_id=_cuda_device_from_id,
+           get_device_from_array=_cuda_device_from_array,
+           Device=cupy.cuda.Device if cupy is not None else DummyDeviceType,
+           ndarray=cupy.ndarray if cupy is not None else np.ndarray, copy=_cuda_copy,
+           elementwise=_cupy_attribute('ElementwiseKernel'),
+           reduce=_cupy_attribute('ReductionKernel'), raw=_cupy_attribute('RawKernel'),
+           fuse=getattr(cupy, 'fuse', None) or _fuse_without_cupy, memoize=_memoize,
+           clear_memo=getattr(cupy, 'clear_memo', None) or _clear_no_memo,
+           Stream=getattr(getattr(cupy, 'cuda', None), 'Stream', None) or _cupy_attribute('Stream'),
+           Event=getattr(getattr(cupy, 'cuda', None), 'Event', None) or _cupy_attribute('Event'),
+           cudnn_enabled=False, config=config, should_use_cudnn=should_use_cudnn,
+           should_use_cudnn_tensor_core=should_use_cudnn_tensor_core,
+           get_max_workspace_size=_get_max_workspace_size,
+           set_max_workspace_size=_set_max_workspace_size)
 _not_supported(cuda, missing='get_cudnn_dropout_states get_cudnn_dropout_states_core')
 sys.modules[__name__ + '.backends.cuda'] = cuda      # chainer.backends.cuda is chainer.cuda
 _out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_available)
@@ -14795,30 +15323,9 @@ _out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_availa
 
 # ----- chainer.backend ----------------------------------------------------------
 
-@contextlib.contextmanager
-def using_device(device_spec):
-    """Make `device_spec` the current device inside a `with` block (CuPy's
-    current GPU; nothing for the CPU).  Chainer: chainer.using_device."""
-    device = get_device(device_spec)
-    if isinstance(device, GpuDevice):
-        with device.device:
-            yield
-    else:
-        yield
-
-
-def copyto(dst, src):
-    """Copy `src` into the array `dst` in place, across devices if needed.
-    Chainer: chainer.backend.copyto."""
-    if isinstance(dst, np.ndarray):
-        np.copyto(dst, _to_cpu(src))
-    else:
-        with dst.device:
-            cupy.copyto(dst, cupy.asarray(src))
-
 
 _not_supported(
-    _submodule('backend', using_device=using_device, copyto=copyto),
+    backend,
     chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
 
 
@@ -14830,110 +15337,10 @@ chainerx = _out_of_scope_module('chainerx', 'chainerx', is_available=_not_availa
 
 # ----- chainer (top level) -------------------------------------------------------
 
-class DebugMode:
-    """`with chainer.DebugMode(True):` turns config.debug on in a block.
-    Chainer: chainer.DebugMode."""
-
-    def __init__(self, debug):
-        self._using = using_config('debug', debug)
-
-    def __enter__(self):
-        self._using.__enter__()
-
-    def __exit__(self, *exc_info):
-        return self._using.__exit__(*exc_info)
-
-
-def backward(outputs, grad_outputs=None, **kwargs):
-    """Backprop from several outputs at once; `grad_outputs` gives each one's
-    gradient (None: 1 for a size-1 output).  Chainer: chainer.backward."""
-    outputs = list(outputs)
-    grad_outputs = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
-    if len(grad_outputs) != len(outputs):
-        raise ValueError('backward: {} outputs but {} grad_outputs'.format(
-            len(outputs), len(grad_outputs)))
-    for y, gy in zip(outputs, grad_outputs):
-        if gy is not None:
-            y.grad = gy
-        elif y.grad is None:
-            if y.size != 1:
-                raise ValueError('backward: an output of shape {} needs its grad_output'
-                                 .format(y.shape))
-            y.grad = _xp(y.data).ones_like(y.data)
-    _backprop(outputs, kwargs.get('retain_grad', False))
-
-
-def get_dtype(dtype=None, map_mixed16=None):
-    """`dtype` as a numpy dtype, or config.dtype if None.  Chainer: chainer.get_dtype."""
-    return np.dtype(config.dtype if dtype is None else dtype)
-
-
-def is_arrays_compatible(arrays):
-    """True if all arrays (None skipped) are of one kind: all NumPy or all CuPy."""
-    kinds = {type(a) for a in arrays if a is not None}
-    return len(kinds) <= 1
-
-
-def print_runtime_info(out=None):
-    """Write the platform and the versions of onefchainer, NumPy and CuPy
-    ('Not Available' without it) to `out` (default sys.stdout).
-    Chainer: chainer.print_runtime_info."""
-    out = sys.stdout if out is None else out
-    out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
-        sys.platform, __version__, np.__version__,
-        'Not Available' if cupy is None else cupy.__version__))
-
 
 DeviceResident = Link          # here Link is the only thing that lives on a device
 AbstractSerializer = Serializer
 disable_experimental_feature_warning = False
-def get_array_types():
-    """The array types onefchainer takes: (numpy.ndarray[, cupy.ndarray]).
-    Chainer: chainer.get_array_types."""
-    return _array_types
-
-
-def get_cpu_array_types():
-    """The CPU array types: (numpy.ndarray,). Chainer: chainer.get_cpu_array_types."""
-    return (np.ndarray,)
-
-
-class Sequential(ChainList):
-    """Links and functions applied one after another: Sequential(L.Linear(3, 4),
-    F.relu, L.Linear(4, 2)).  Links become children (their parameters are
-    optimized and saved); functions are just called.  Chainer: chainer.Sequential."""
-
-    def __init__(self, *layers):
-        super().__init__()
-        self._layers = []
-        for layer in layers:
-            self.append(layer)
-
-    def append(self, layer):
-        if not callable(layer):
-            raise TypeError('Sequential: each layer must be a Link or a callable, not {}'
-                            .format(type(layer).__name__))
-        if isinstance(layer, Link):
-            self.add_link(layer)
-        self._layers.append(layer)
-
-    def __len__(self):
-        return len(self._layers)
-
-    def __getitem__(self, index):
-        return self._layers[index]
-
-    def copy(self, mode='share'):
-        twin = super().copy(mode)
-        children = iter(twin._children)     # the twin's links, in the same order
-        object.__setattr__(twin, '_layers', [
-            next(children) if isinstance(layer, Link) else layer for layer in self._layers])
-        return twin
-
-    def forward(self, *x):
-        for layer in self._layers:
-            x = layer(*x) if isinstance(x, tuple) else layer(x)
-        return x
 
 
 _not_supported(
@@ -14946,20 +15353,12 @@ _not_supported(
 
 # ----- chainer.configuration, .variable, .function, .link, .serializer ----------
 _not_supported(
-    _submodule('configuration', config=config, global_config=global_config,
-               using_config=using_config, GlobalConfig=_Config),
+    _submodule('configuration', config=config, global_config=global_config),
     thread='LocalConfig')
 _not_supported(
-    _submodule('variable', Variable=Variable, Parameter=Parameter,
-               as_variable=as_variable, as_array=as_array),
+    variable,
     double='VariableNode', missing='variable_repr variable_str')
-_not_supported(
-    _submodule('function', Function=Function, no_backprop_mode=no_backprop_mode,
-               force_backprop_mode=force_backprop_mode),
-    double='FunctionAdapter', hooks='FunctionHook')
-_submodule('link', Link=Link, Chain=Chain, ChainList=ChainList)
-_submodule('sequential', Sequential=Sequential)
-_submodule('serializer', AbstractSerializer=Serializer)
+_not_supported(function, double='FunctionAdapter', hooks='FunctionHook')
 for _name in ('function_hooks', 'link_hooks'):
     _out_of_scope_module(_name, 'hooks')
 _out_of_scope_module('function_node', 'double')
@@ -14969,55 +15368,8 @@ _out_of_scope_module('testing', 'testing')
 del _name
 
 
-_submodule('functions', convolution_2d=convolution_2d, im2col=im2col,
-           max_pooling_2d=max_pooling_2d, average_pooling_2d=average_pooling_2d,
-           batch_normalization=batch_normalization,
-           fixed_batch_normalization=fixed_batch_normalization,
-           deconvolution_2d=deconvolution_2d, dilated_convolution_2d=dilated_convolution_2d,
-           depthwise_convolution_2d=depthwise_convolution_2d, unpooling_2d=unpooling_2d,
-           upsampling_2d=upsampling_2d, convolution_nd=convolution_nd,
-           convolution_1d=convolution_1d, convolution_3d=convolution_3d,
-           max_pooling_nd=max_pooling_nd, max_pooling_1d=max_pooling_1d,
-           max_pooling_3d=max_pooling_3d, average_pooling_nd=average_pooling_nd,
-           average_pooling_1d=average_pooling_1d, average_pooling_3d=average_pooling_3d)
-_submodule('links', Convolution2D=Convolution2D, BatchNormalization=BatchNormalization,
-           Deconvolution2D=Deconvolution2D, DilatedConvolution2D=DilatedConvolution2D,
-           DepthwiseConvolution2D=DepthwiseConvolution2D, ConvolutionND=ConvolutionND,
-           Convolution1D=Convolution1D, Convolution3D=Convolution3D)
 
 
-_submodule('functions', square=square, squared_error=squared_error,
-           squared_difference=squared_error, swapaxes=swapaxes, hstack=hstack,
-           vstack=vstack, argmax=argmax, argmin=argmin)
-_submodule('functions', **{name: globals()[name] for name in (
-    'absolute sin cos tan arcsin arccos arctan sinh cosh log1p expm1 log2 log10 rsqrt '
-    'clip maximum minimum prod cumsum flip fliplr flipud tile repeat where cast separate '
-    'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
-    'mean_absolute_error absolute_error embed_id').split()})
-_submodule('functions', copy=_functions_named_like_modules['copy'], **{
-    name: globals()[name] for name in (
-        'split_axis pad moveaxis rollaxis broadcast dstack diagonal tensordot batch_matmul '
-        'sum_to select_item permutate average logsumexp normalize batch_l2_norm_squared '
-        'arctan2 arctanh fmod sign floor ceil fix hinge gaussian_kl_divergence gaussian_nll '
-        'bernoulli_nll contrastive triplet binary_accuracy r2_score precision recall '
-        'f1_score classification_summary').split()})
-_submodule('links', EmbedID=EmbedID)
-_submodule('functions', batch_renormalization=batch_renormalization,
-           fixed_batch_renormalization=fixed_batch_renormalization,
-           simplified_dropconnect=simplified_dropconnect)
-_submodule('functions', prelu=prelu, swish=swish, scale=scale, bias=bias, maxout=maxout,
-           bilinear=bilinear, layer_normalization=layer_normalization,
-           group_normalization=group_normalization)
-_submodule('functions', **{name: globals()[name] for name in (
-    'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky depth2space '
-    'space2depth linear_interpolate local_response_normalization resize_images '
-    'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma').split()})
-_submodule('links', PReLU=PReLU, Swish=Swish, Scale=Scale, Bias=Bias, Maxout=Maxout,
-           Bilinear=Bilinear, Highway=Highway, Parameter=ParameterLink,
-           LayerNormalization=LayerNormalization, GroupNormalization=GroupNormalization)
-_submodule('links', BatchRenormalization=BatchRenormalization,
-           SimplifiedDropconnect=SimplifiedDropconnect, MLPConvolution2D=MLPConvolution2D,
-           Inception=Inception)
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
@@ -15050,39 +15402,21 @@ _not_supported(
             'LocalConvolution2D')
 
 
-_submodule('optimizers', AMSGrad=AMSGrad, AdamW=AdamW, AdaBound=AdaBound,
-           AMSBound=AMSBound, CorrectedMomentumSGD=CorrectedMomentumSGD,
-           NesterovAG=NesterovAG, RMSpropGraves=RMSpropGraves, SMORMS3=SMORMS3,
-           MSVAG=MSVAG)
-_submodule('optimizer_hooks', GradientNoise=GradientNoise, GradientLARS=GradientLARS)
-_not_supported(_submodule('optimizer', GradientNoise=GradientNoise),
+_not_supported(optimizer,
                missing='make_deprecation_message')
 _not_supported(
-    _submodule('initializers', HeUniform=HeUniform, LeCunUniform=LeCunUniform,
-               Identity=_IdentityInitializer, Orthogonal=Orthogonal),
+    initializers,
     missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 _not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
-_submodule('serializers.npz', save_npz=save_npz, load_npz=load_npz,
-           NpzDeserializer=NpzDeserializer, DictionarySerializer=DictionarySerializer)
 _out_of_scope_module('serializers.hdf5', 'hdf5')
 
 
-_submodule('dataset', DatasetMixin=DatasetMixin, Converter=Converter, converter=converter,
-           cache_or_load_file=cache_or_load_file)
 _not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
 _not_supported(
-    _submodule('dataset.convert', Converter=Converter, converter=converter,
-               concat_examples_func=concat_examples),
+    dataset.convert,
     multi='ConcatWithAsyncTransfer Conveyor')
-_not_supported(_submodule('dataset.download', cache_or_load_file=cache_or_load_file),
+_not_supported(dataset.download,
                missing='cached_download')
-_submodule('dataset.dataset_mixin', DatasetMixin=DatasetMixin)
-_submodule(
-    'datasets', DictDataset=DictDataset, TransformDataset=TransformDataset,
-    ConcatenatedDataset=ConcatenatedDataset, split_dataset_n=split_dataset_n,
-    split_dataset_n_random=split_dataset_n_random,
-    get_cross_validation_datasets=get_cross_validation_datasets,
-    get_cross_validation_datasets_random=get_cross_validation_datasets_random)
 _not_supported(
     datasets,
     images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
@@ -15090,84 +15424,21 @@ _not_supported(
            'open_pickle_dataset open_pickle_dataset_writer TextDataset',
     data='get_cifar10 get_cifar100 get_svhn get_ptb_words get_ptb_words_vocabulary '
          'get_kuzushiji_mnist get_kuzushiji_mnist_labels')
-_not_supported(_submodule('datasets.mnist', get_mnist=get_mnist),
+_not_supported(datasets.mnist,
                missing='make_npz preprocess_mnist')
-_not_supported(_submodule('datasets.fashion_mnist', get_fashion_mnist=get_fashion_mnist,
-                          get_fashion_mnist_labels=get_fashion_mnist_labels),
+_not_supported(datasets.fashion_mnist,
                missing='make_npz preprocess_mnist')
-_submodule('datasets.tuple_dataset', TupleDataset=TupleDataset)
-_submodule('datasets.dict_dataset', DictDataset=DictDataset)
-_submodule('datasets.sub_dataset', SubDataset=SubDataset, split_dataset=split_dataset,
-           split_dataset_random=split_dataset_random, split_dataset_n=split_dataset_n,
-           split_dataset_n_random=split_dataset_n_random,
-           get_cross_validation_datasets=get_cross_validation_datasets,
-           get_cross_validation_datasets_random=get_cross_validation_datasets_random)
-_submodule('datasets.transform_dataset', TransformDataset=TransformDataset)
-_submodule('datasets.concatenated_dataset', ConcatenatedDataset=ConcatenatedDataset)
 
 
 # ----- chainer.iterators -----------------------------------------------------------
-# The parallel iterators load batches in worker processes or threads; only
-# the speed differs, so here they are the SerialIterator, taking (and
-# ignoring) their worker options.  They give the same batches as Chainer's
-# SerialIterator would for the same seed.
-
-class MultiprocessIterator(SerialIterator):
-    """SerialIterator that accepts MultiprocessIterator's options (n_processes,
-    n_prefetch, shared_mem, dataset_timeout, maxtasksperchild) and loads in
-    the main process.  Chainer: iterators.MultiprocessIterator."""
-
-    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_processes=None,
-                 n_prefetch=1, shared_mem=None, order_sampler=None, dataset_timeout=30.0,
-                 maxtasksperchild=None):
-        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
-
-    def finalize(self):
-        pass
-
-
-class MultithreadIterator(SerialIterator):
-    """SerialIterator that accepts n_threads and loads in the calling thread.
-    Chainer: iterators.MultithreadIterator."""
-
-    def __init__(self, dataset, batch_size, repeat=True, shuffle=None, n_threads=1,
-                 order_sampler=None):
-        super().__init__(dataset, batch_size, repeat, shuffle, order_sampler)
-
-    def finalize(self):
-        pass
-
-
 _not_supported(
-    _submodule('iterators', MultiprocessIterator=MultiprocessIterator,
-               MultithreadIterator=MultithreadIterator),
+    iterators,
     dali='DaliIterator')
 
 
 # ----- chainer.training ---------------------------------------------------------
 
-def dump_graph(root_name, filename=None, variable_style=None, function_style=None,
-               out_name='cg.dot'):
-    """The function spelling of DumpGraph (Chainer v1-v5 examples use it).
-    Chainer: extensions.dump_graph."""
-    return DumpGraph(root_name, filename, variable_style, function_style, out_name)
 
-
-@make_extension(trigger=(1, 'iteration'))
-def unchain_variables(trainer):
-    """Cut the graph behind every Variable in the trainer's observation, so
-    that it is freed now.  Chainer: extensions.unchain_variables."""
-    for value in trainer.observation.values():
-        if isinstance(value, Variable):
-            value.unchain_backward()
-
-
-_submodule('training.extensions', dump_graph=dump_graph,
-           unchain_variables=unchain_variables, FailOnNonNumber=FailOnNonNumber)
-_submodule('training.extensions', MicroAverage=MicroAverage,
-           VariableStatisticsPlot=VariableStatisticsPlot)
-_submodule('training.extensions.computational_graph', DumpGraph=DumpGraph,
-           dump_graph=dump_graph)
 _not_supported(training, multi='ParallelUpdater')
 _not_supported(training.updaters, multi='ParallelUpdater MultiprocessParallelUpdater')
 _not_supported(training.updater, multi='ParallelUpdater')
@@ -15179,84 +15450,17 @@ _not_supported(
 
 # ----- chainer.gradient_check, chainer.utils, chainer.computational_graph ------
 
-class NondifferentiableError(Exception):
-    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
-
-
-def assert_allclose(x, y, atol=1e-5, rtol=1e-4, verbose=True):
-    """numpy.testing.assert_allclose on arrays from either device.
-    Chainer: testing.assert_allclose (also in gradient_check)."""
-    np.testing.assert_allclose(_to_cpu(as_array(x)), _to_cpu(as_array(y)),
-                               atol=atol, rtol=rtol, verbose=verbose)
-
-
-def force_type(dtype, value):
-    """`value` as an array of `dtype` (a scalar becomes a 0-dim array).  Chainer: utils.force_type."""
-    if isinstance(value, _array_types):
-        return value if value.dtype == dtype else value.astype(dtype)
-    return np.asarray(value, dtype=dtype)
-
-
-@contextlib.contextmanager
-def tempdir(**kwargs):
-    """A temporary folder for a `with` block, removed afterwards.  Chainer: utils.tempdir."""
-    folder = tempfile.mkdtemp(**kwargs)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def experimental(api_name):
-    """Chainer warns that an API is experimental; nothing here is, so this does nothing."""
-
 
 _not_supported(
-    _submodule('gradient_check', assert_allclose=assert_allclose,
-               NondifferentiableError=NondifferentiableError),
+    gradient_check,
     double='check_double_backward')
 _not_supported(
-    _submodule('utils', sum_to=_sum_to, force_type=force_type, tempdir=tempdir,
-               experimental=experimental),
+    utils,
     missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')
-_submodule('testing', assert_allclose=assert_allclose)
-
-
-class ComputationalGraph:
-    """The graph behind one output Variable; dump() gives it as DOT text (what
-    DumpGraph writes).  Chainer: computational_graph.ComputationalGraph."""
-
-    def __init__(self, output, variable_style=None, function_style=None):
-        self._output = output
-        self._variable_style = variable_style
-        self._function_style = function_style
-
-    def dump(self, format='dot'):
-        """The graph as text in `format` ('dot', the default).
-        Chainer: chainer.computational_graph.ComputationalGraph.dump.
-        """
-        if format != 'dot':
-            raise NotSupportedError('ComputationalGraph.dump: only format="dot" is supported, '
-                                    'not {!r}'.format(format))
-        return _graph_to_dot(self._output, self._variable_style, self._function_style)
-
-
-def build_computational_graph(outputs, remove_split=True, variable_style=None,
-                              function_style=None, **kwargs):
-    """The graph behind `outputs` (one Variable, or a sequence of exactly one).
-    Chainer: computational_graph.build_computational_graph."""
-    if isinstance(outputs, Variable):
-        outputs = [outputs]
-    outputs = list(outputs)
-    if len(outputs) != 1:
-        raise NotSupportedError('build_computational_graph: one output is supported here, '
-                                'got {}; build one graph per output'.format(len(outputs)))
-    return ComputationalGraph(outputs[0], variable_style, function_style)
 
 
 _not_supported(
-    _submodule('computational_graph', ComputationalGraph=ComputationalGraph,
-               build_computational_graph=build_computational_graph),
+    computational_graph,
     missing='DotNode')
 
 
@@ -15319,3 +15523,29 @@ for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
         if not hasattr(_cls, _name):
             setattr(_cls, _name, _method_not_supported(_cls.__name__ + '.' + _name, _key))
 del _cls, _names, _key, _name
+
+
+# ----- help() on each module ----------------------------------------------------
+# The modules are filled from the marks at the definitions, so nothing else
+# lists their names: make `help(onefchainer.functions)` do it, each name with
+# the first line of its docstring, and set __all__ so that pydoc documents
+# every one (it otherwise skips what a module did not define itself).
+
+def _summary(obj):
+    if not isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+        return 'a {}'.format(type(obj).__name__)
+    paragraph = ' '.join((obj.__doc__ or '').strip().split('\n\n')[0].split())
+    sentence = paragraph.split('. ')[0].rstrip('.')
+    return sentence if len(sentence) <= 80 else sentence[:77] + '...'
+
+
+for _module in list(sys.modules.values()):
+    if getattr(_module, '__name__', '').startswith(__name__ + '.') and \
+            sys.modules[_module.__name__] is _module and '__all__' not in vars(_module):
+        _names = sorted(name for name, obj in vars(_module).items()
+                        if not name.startswith('_') and not isinstance(obj, types.ModuleType))
+        _module.__all__ = _names
+        _module.__doc__ = 'chainer{}, as onefchainer has it: {} names.\n\n{}\n'.format(
+            _module.__name__[len(__name__):], len(_names), '\n'.join(
+                '{:<34} {}'.format(name, _summary(vars(_module)[name])) for name in _names))
+del _module, _names

@@ -5,6 +5,7 @@ Run:  python -m pytest -q test_onefchainer.py
 Every test checks real behaviour against NumPy or against formulas written
 out here by hand; nothing of onefchainer is mocked.
 """
+import collections
 import functools
 import gc
 import gzip
@@ -4596,6 +4597,84 @@ def test_every_top_level_name_is_defined_once():
         assert [name for name, count in names.items() if count > 1] == [], path
 
 
+def _chapter_of_line():
+    """A function: line number (1-based) of onefchainer.py -> its chapter number."""
+    import bisect
+    with open(SOURCE_PATH) as f:
+        lines = f.read().split('\n')
+    starts, numbers = [], []
+    for i, line in enumerate(lines[1:], 2):
+        match = re.match(r'# Chapter (\d+)\. ', line)
+        if match and lines[i - 2].startswith('# ====='):
+            starts.append(i)
+            numbers.append(int(match.group(1)))
+    return lambda number: numbers[bisect.bisect_right(starts, number) - 1] if \
+        number >= starts[0] else 0
+
+
+def test_every_class_continued_later_says_where():
+    # A class is written in one place; where a later chapter adds to it on
+    # purpose (devices, files, Chainer's spellings: @_continue_class(X), or
+    # X.name = ... assignments), the class ends with "# Continued in Chapter N
+    # (names ...)" naming exactly those chapters, and each name listed is one
+    # that chapter adds.  A Part II class is continued only by Part III.
+    import ast
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    lines = source.split('\n')
+    tree = ast.parse(source)
+    chapter = _chapter_of_line()
+    classes = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and not any(
+                isinstance(d, ast.Call) and getattr(d.func, 'id', '') == '_continue_class'
+                for d in node.decorator_list):
+            classes.setdefault(node.name, node)
+    added = collections.defaultdict(lambda: collections.defaultdict(set))  # class -> ch -> names
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for d in node.decorator_list:
+                if isinstance(d, ast.Call) and getattr(d.func, 'id', '') == '_continue_class':
+                    members = added[d.args[0].id][chapter(node.lineno)]
+                    for item in node.body:
+                        if isinstance(item, (ast.FunctionDef, ast.ClassDef)):
+                            members.add(item.name)
+                        elif isinstance(item, ast.Assign):
+                            members.update(t.id for t in item.targets
+                                           if isinstance(t, ast.Name))
+
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                        and target.value.id in classes:
+                    added[target.value.id][chapter(node.lineno)].add(target.attr)
+    problems = []
+    for name, by_chapter in sorted(added.items()):
+        cls = classes[name]
+        own = chapter(cls.lineno)
+        end = cls.end_lineno      # the class's closing comments are indented, after its code
+        while end < len(lines) and (not lines[end].strip() or lines[end].startswith(' ')):
+            end += 1
+        text = ' '.join(line.strip().lstrip('#').strip() for line in
+                        lines[cls.lineno - 1:end] if line.strip().startswith('#'))
+        said = text[text.index('Continued in'):] if 'Continued in' in text else ''
+        told = {int(n): set(re.findall(r'[A-Za-z_]\w*', names)) for n, names in
+                re.findall(r'Chapter (\d+) \(([^)]*)\)', said)}
+        later = {n: members for n, members in by_chapter.items() if n != own}
+        if set(told) != set(later):
+            problems.append('{} (Chapter {}) says it is continued in chapters {}, but chapters '
+                            '{} add to it'.format(name, own, sorted(told), sorted(later)))
+        for n, names in told.items():
+            stale = names - later.get(n, set())
+            if stale:
+                problems.append('{}: Chapter {} does not add {}'.format(
+                    name, n, sorted(stale)))
+        if 9 <= own <= 17 and any(n <= 17 for n in later):
+            problems.append('{} (Part II, Chapter {}) is continued by Part II chapters {}: '
+                            'write it in one place'.format(name, own, sorted(later)))
+    assert problems == []
+
+
 def test_part_one_stays_within_its_budgets():
     # Part I must stay a one-sitting read: the core (Variable, Function, the
     # backprop walk) ends by line 450 with at most 200 lines of code, and
@@ -5506,106 +5585,58 @@ def test_mixed_devices_error_on_the_gpu():
         layer(np.ones((4, 3), np.float32))
 
 # ----- issue 10: Chainer's own programs run with only their imports changed -----
-# The public names of each Chainer v7 module, written out from Chainer's API
-# reference, split into what onefchainer provides and what it deliberately
-# leaves out.  Every provided name must import the ways programs import it;
+# The public names of each Chainer v7 module, split into what onefchainer
+# provides and what it deliberately leaves out: for the 20 modules that
+# README counts, from Chainer 7.8.1's own list; for Chainer's other module
+# paths, written out here.  Every provided name must import the ways programs import it;
 # every left-out name must say it is not supported (NotSupportedError), never
-# a bare AttributeError.  (Convolution, pooling and batch normalization are
-# left out of these lists: they are being added separately.)
+# a bare AttributeError.
 import importlib
 import subprocess
 
+# Chainer 7.8.1's public names in the 20 modules that README's compatibility
+# table counts, as that release lists them (dir(), no modules).
+with open(os.path.join(HERE, 'testdata', 'chainer781', 'public_names.json')) as _file:
+    CHAINER_781_NAMES = json.load(_file)['modules']
+del _file
+
+
+def _chainer_path(module):
+    return 'onefchainer' + ('.' + module if module else '')
+
+
+def _chainer_name_status(module, name):
+    """'provided', 'out of scope' or 'not yet' (NotSupportedError with the key
+    'missing'); an AttributeError propagates."""
+    imported = importlib.import_module(_chainer_path(module))
+    try:
+        getattr(imported, name)
+    except chainer.NotSupportedError:
+        key = imported._not_supported_reasons.get(name, imported._not_supported_default)
+        return 'not yet' if key == 'missing' else 'out of scope'
+    return 'provided'
+
+
 CHAINER_PROVIDED = {
-    '': 'AbstractSerializer Chain ChainList DebugMode DeviceResident DictSummary '
-        'Function GradientMethod Initializer Link Optimizer Parameter Reporter Sequential '
-        'Serializer Deserializer Summary UpdateRule Variable as_array as_variable backward '
-        'config disable_experimental_feature_warning force_backprop_mode get_array_types '
-        'get_cpu_array_types get_current_reporter get_device get_dtype global_config '
-        'is_arrays_compatible is_debug no_backprop_mode print_runtime_info report '
-        'report_scope set_debug should_use_cudnn should_use_cudnn_tensor_core '
-        'using_config using_device',
-    'functions': 'absolute absolute_error accuracy add arccos arcsin arctan argmax argmin '
-                 'broadcast_to cast clip clipped_relu concat cos cosh cumsum dropout elu embed_id '
-                 'exp expand_dims expm1 flatten flip fliplr flipud get_item hard_sigmoid hstack '
-                 'huber_loss identity leaky_relu linear log log10 log1p log2 log_softmax matmul '
-                 'max maximum mean mean_absolute_error mean_squared_error min minimum prod relu '
-                 'relu6 repeat reshape rsqrt selu separate sigmoid sigmoid_cross_entropy sin sinh '
-                 'softmax softmax_cross_entropy softplus sqrt square squared_difference '
-                 'squared_error squeeze stack sum swapaxes tan tanh tile transpose vstack where '
-                 'prelu swish scale bias maxout bilinear layer_normalization group_normalization '
-                 'deconvolution_2d dilated_convolution_2d depthwise_convolution_2d '
-                 'unpooling_2d upsampling_2d '
-                 'split_axis pad moveaxis rollaxis broadcast copy dstack diagonal tensordot '
-                 'batch_matmul sum_to select_item permutate average logsumexp normalize '
-                 'batch_l2_norm_squared arctan2 arctanh fmod sign floor ceil fix hinge '
-                 'gaussian_kl_divergence gaussian_nll bernoulli_nll contrastive triplet '
-                 'binary_accuracy r2_score precision recall f1_score classification_summary'
-                 ' convolution_nd convolution_1d convolution_3d'
-                 ' max_pooling_nd max_pooling_1d max_pooling_3d average_pooling_nd'
-                 ' average_pooling_1d average_pooling_3d'
-                 ' batch_renormalization fixed_batch_renormalization simplified_dropconnect '
-                 'cumprod crelu rrelu einsum det inv batch_det batch_inv cholesky '
-                 'depth2space space2depth linear_interpolate '
-                 'local_response_normalization resize_images '
-                 'scatter_add shift gumbel_softmax erf erfc ndtr log_ndtr lgamma',
-    'links': 'Classifier EmbedID Linear PReLU Swish Scale Bias Maxout Bilinear Highway '
-             'Parameter LayerNormalization GroupNormalization '
-             'Deconvolution2D DilatedConvolution2D DepthwiseConvolution2D'
-             ' ConvolutionND Convolution1D Convolution3D'
-             ' BatchRenormalization SimplifiedDropconnect MLPConvolution2D Inception',
-    'optimizers': 'AMSBound AMSGrad AdaBound AdaDelta AdaGrad Adam AdamW '
-                  'CorrectedMomentumSGD MomentumSGD NesterovAG RMSprop RMSpropGraves SGD '
-                  'SMORMS3 '
-                  'MSVAG',
-    'optimizer_hooks': 'GradientClipping GradientHardClipping GradientLARS GradientNoise '
-                       'Lasso WeightDecay',
     'optimizer': 'GradientClipping GradientHardClipping GradientMethod GradientNoise '
                  'Hyperparameter HyperparameterProxy Lasso Optimizer UpdateRule WeightDecay',
-    'initializers': 'Constant GlorotNormal GlorotUniform HeNormal HeUniform Identity '
-                    'LeCunNormal LeCunUniform NaN Normal One Orthogonal Uniform Zero '
-                    'generate_array',
-    'serializers': 'DictionarySerializer NpzDeserializer load_npz save_npz',
     'serializer': 'AbstractSerializer Deserializer Serializer',
-    'reporter': 'DictSummary Reporter Summary get_current_reporter report report_scope',
-    'configuration': 'GlobalConfig config global_config using_config',
     'variable': 'Parameter Variable as_array as_variable',
     'function': 'Function force_backprop_mode no_backprop_mode',
     'link': 'Chain ChainList Link',
     'computational_graph': 'ComputationalGraph build_computational_graph',
-    'backend': 'CpuDevice Device GpuDevice copyto get_array_module get_device '
-               'get_device_from_array using_device',
     'cuda': 'Device DummyDevice DummyDeviceType Event GpuDevice Stream available '
             'check_cuda_available clear_memo config copy cudnn_enabled cupy elementwise fuse '
             'get_array_module get_device get_device_from_array get_device_from_id '
             'get_max_workspace_size memoize ndarray raw reduce set_max_workspace_size '
             'should_use_cudnn should_use_cudnn_tensor_core to_cpu to_gpu',
-    'dataset': 'Converter DatasetMixin Iterator cache_or_load_file concat_examples converter '
-               'get_dataset_directory get_dataset_root set_dataset_root to_device',
     'dataset.convert': 'Converter concat_examples concat_examples_func converter to_device',
     'dataset.iterator': 'Iterator',
     'dataset.download': 'cache_or_load_file get_dataset_directory get_dataset_root '
                         'set_dataset_root',
-    'datasets': 'ConcatenatedDataset DictDataset SubDataset TransformDataset TupleDataset '
-                'get_cross_validation_datasets get_cross_validation_datasets_random '
-                'get_fashion_mnist get_fashion_mnist_labels get_mnist split_dataset '
-                'split_dataset_n split_dataset_n_random split_dataset_random',
     'datasets.mnist': 'get_mnist',
     'datasets.fashion_mnist': 'get_fashion_mnist get_fashion_mnist_labels',
     'datasets.tuple_dataset': 'TupleDataset',
-    'iterators': 'MultiprocessIterator MultithreadIterator OrderSampler SerialIterator '
-                 'ShuffleOrderSampler',
-    'training': 'Extension IntervalTrigger PRIORITY_EDITOR PRIORITY_READER PRIORITY_WRITER '
-                'StandardUpdater Trainer Updater get_trigger make_extension',
-    'training.extensions': 'DumpGraph Evaluator ExponentialShift FailOnNonNumber LinearShift '
-                           'LogReport PlotReport PrintReport ProgressBar dump_graph observe_lr '
-                           'observe_value snapshot snapshot_object unchain_variables '
-                           'StepShift MultistepShift WarmupShift PolynomialShift InverseShift '
-                           'ParameterStatistics '
-                           'MicroAverage VariableStatisticsPlot',
-    'training.triggers': 'BestValueTrigger IntervalTrigger ManualScheduleTrigger '
-                         'MaxValueTrigger MinValueTrigger OnceTrigger TimeTrigger '
-                         'EarlyStoppingTrigger',
-    'training.updaters': 'StandardUpdater',
     'training.updater': 'StandardUpdater Updater',
     'training.trainer': 'Trainer',
     'training.extension': 'Extension PRIORITY_EDITOR PRIORITY_READER PRIORITY_WRITER '
@@ -5613,12 +5644,10 @@ CHAINER_PROVIDED = {
     'training.trigger': 'IntervalTrigger get_trigger',
     'training.util': 'get_trigger',
     'training.extensions.snapshot_writers': 'SimpleWriter Writer',
-    'gradient_check': 'NondifferentiableError assert_allclose check_backward numerical_grad',
-    'utils': 'experimental force_array force_type size_of_shape sum_to tempdir',
 }
-# Chainer's other paths to the same modules.
-CHAINER_PROVIDED['backends.cuda'] = CHAINER_PROVIDED['cuda']
-
+# The 20 modules that README counts: what onefchainer provides of Chainer's names.
+CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_name_status(
+    module, name) == 'provided') for module, names in CHAINER_781_NAMES.items()})
 # Out of scope by design: each must raise NotSupportedError naming itself.
 CHAINER_OUT_OF_SCOPE = {
     '': 'Distribution Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
@@ -5657,13 +5686,37 @@ CHAINER_NOT_YET = {
 }
 
 
+def test_every_chainer_name_is_provided_or_says_why():
+    # All 550 names: none may be a bare AttributeError.
+    for module, names in sorted(CHAINER_781_NAMES.items()):
+        for name in names:
+            assert _chainer_name_status(module, name) in ('provided', 'out of scope', 'not yet')
+
+
+def test_readme_compatibility_table_counts_chainers_names():
+    # README's module-by-module table is counted from the same list: a name
+    # added or left out changes the count, and the test says what to write.
+    counts = {}
+    for module, names in CHAINER_781_NAMES.items():
+        statuses = [_chainer_name_status(module, name) for name in names]
+        counts[module] = [len(names)] + [statuses.count(status) for status in
+                                         ('provided', 'out of scope', 'not yet')]
+    counts['total'] = [sum(row[i] for row in counts.values()) for i in range(4)]
+    with open(os.path.join(HERE, 'README.md')) as f:
+        readme = f.read()
+    table = readme[readme.index('| module | Chainer names |'):].split('\n\n')[0]
+    written = {}
+    for line in table.split('\n')[2:]:
+        cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+        name = re.search(r'`chainer((?:\.\w+)*)`|\*\*(total)\*\*', cells[0])
+        module = name.group(2) or name.group(1)[1:]
+        written[module] = [int(re.search(r'\d+', cell).group()) for cell in cells[1:5]]
+    assert written == counts, 'README\'s table should read: {}'.format(counts)
+
+
 def _module_cases(table):
     return [(module, name) for module, names in sorted(table.items())
             for name in names.split()]
-
-
-def _chainer_path(module):
-    return 'onefchainer' + ('.' + module if module else '')
 
 
 @pytest.mark.parametrize('module', sorted(CHAINER_PROVIDED))
@@ -5699,6 +5752,36 @@ def test_chainer_names_not_yet_here_say_so(module, name):
         getattr(imported, name)
     except chainer.NotSupportedError as error:
         assert 'not supported by onefchainer' in str(error) and name in str(error)
+
+
+def test_help_on_each_module_lists_its_names():
+    # The modules are built from the marks at the definitions; help() must
+    # still show a reader what is in them, with a line about each.
+    import pydoc
+    for module, name, words in ((F, 'relu', 'Rectified linear unit'),
+                                (L, 'Linear', 'Fully connected layer'),
+                                (chainer.training.extensions, 'LogReport', ''),
+                                (chainer.optimizers, 'Adam', 'Adam')):
+        public = sorted(n for n, obj in vars(module).items()
+                        if not n.startswith('_') and not isinstance(obj, type(module)))
+        assert module.__all__ == public
+        line = next(line for line in module.__doc__.split('\n') if line.startswith(name + ' '))
+        assert words in line and len(line.split(None, 1)[1]) > 10, line
+        assert name in pydoc.render_doc(module, renderer=pydoc.plaintext)
+
+
+def test_convolution_output_sizes_as_chainer_utils():
+    # Values from Chainer 7.8.1's chainer.utils.get_conv_outsize / get_deconv_outsize.
+    utils = chainer.utils
+    assert [utils.get_conv_outsize(7, 3, 2, 1), utils.get_conv_outsize(7, 3, 2, 1, cover_all=True),
+            utils.get_conv_outsize(7, 3, 1, 0, d=2)] == [4, 4, 3]
+    assert [utils.get_deconv_outsize(4, 3, 2, 1),
+            utils.get_deconv_outsize(4, 3, 2, 1, cover_all=True),
+            utils.get_deconv_outsize(5, 3, 1, 0, d=2)] == [7, 6, 9]
+    for size in range(1, 9):       # a deconvolution undoes the convolution's size
+        for k, s, p in ((3, 1, 1), (3, 2, 1), (4, 2, 1), (5, 3, 2)):
+            out = utils.get_deconv_outsize(size, k, s, p)
+            assert out < 1 or utils.get_conv_outsize(out, k, s, p) == size
 
 
 def test_unknown_names_stay_attribute_errors():
