@@ -464,6 +464,7 @@ def _sum_to(gx, shape):
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and gx.shape[lead + i] != 1)
     return gx.sum(axis=axes, keepdims=True, dtype=gx.dtype).reshape(shape)   # int32 stays int32
+_export('utils.array', sum_to=_sum_to)
 _export('utils', sum_to=_sum_to)
 
 
@@ -475,6 +476,7 @@ def _check_dtypes(label, a, b):
 
 # ----- arithmetic ------------------------------------------------------------
 
+@_export('functions.math.basic_math')
 class Add(Function):
     """Function node of a + b for two arrays of one dtype (broadcasting).
     Backward: each input gets gy summed down to its own shape.
@@ -493,6 +495,7 @@ class Add(Function):
         return _sum_to(gy, a.shape), _sum_to(gy, b.shape)
 
 
+@_export('functions.math.basic_math')
 class Mul(Function):
     """Function node of a * b (elementwise, broadcasting, one dtype).
     Backward: gy * b for a and gy * a for b. Chainer: chainer.functions.math.basic_math.Mul.
@@ -520,6 +523,7 @@ Variable.__mul__ = Variable.__rmul__ = lambda self, other: Mul()(self, other)
 # y = x W^T + b, with W of shape (out_size, in_size) as in Chainer.  Inputs
 # with more than two axes (images) are flattened after the batch axis.
 
+@_export('functions.connection.linear')
 class LinearFunction(Function):
     """Function node of y = x W^T (+ b). Backward: gx = gy W (skipped when x needs
     no gradient), gW = gy^T x, gb = sum(gy, axis=0).
@@ -565,7 +569,7 @@ class LinearFunction(Function):
         return gx, gW
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.linear')
 def linear(x, W, b=None, n_batch_axes=1):
     """Fully connected layer y = x W^T + b.
 
@@ -585,6 +589,7 @@ def linear(x, W, b=None, n_batch_axes=1):
 
 # ----- activations ---------------------------------------------------------------
 
+@_export('functions.activation.relu')
 class ReLU(Function):
     """Function node of y = max(x, 0); backward gy where y > 0, else 0.
     Chainer: chainer.functions.activation.relu.ReLU.
@@ -604,7 +609,7 @@ class ReLU(Function):
         return grad_outputs[0] * (self.y > 0),
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.relu')
 def relu(x):
     """Rectified linear unit max(x, 0), elementwise, of a float Variable or array.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.relu.
@@ -621,6 +626,7 @@ def relu(x):
 # Fusing the two steps gives that short gradient and avoids ever taking the
 # log of a softmax that rounded to zero.
 
+@_export('functions.loss.softmax_cross_entropy')
 class SoftmaxCrossEntropy(Function):
     """Function node of softmax cross entropy: the loss -log softmax(x)[t] per
     row, averaged (reduce='mean') or not (reduce='no'). Backward
@@ -700,7 +706,7 @@ class SoftmaxCrossEntropy(Function):
     # _coefficient_later); Chapter 20 (_check).
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.softmax_cross_entropy')
 def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
                           class_weight=None, ignore_label=-1, reduce='mean',
                           enable_double_backprop=False,
@@ -856,6 +862,7 @@ class Link:
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
     # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
     # ...); Chapter 21 (addgrads).
+_export('device_resident', DeviceResident=Link)
 
 
 @_export('link')
@@ -891,7 +898,7 @@ class Chain(Link):
     # ...); Chapter 13 (serialize).
 
 
-@_export('links')
+@_export('links', 'links.connection.linear')
 class Linear(Link):
     """Fully connected layer: y = x W^T + b.
 
@@ -1104,6 +1111,7 @@ class Optimizer:
     # Chapter 21 (use_cleargrads).
 
 
+@_export('optimizers.sgd')
 class SGDRule(UpdateRule):
     """Update rule of SGD: p -= lr * grad. Chainer: chainer.optimizers.sgd.SGDRule."""
     def update_core(self, param):                  # p -= lr * grad
@@ -1112,7 +1120,7 @@ class SGDRule(UpdateRule):
         param.data -= self.hyperparam.lr * param.grad
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.sgd')
 class SGD(Optimizer):
     """Stochastic gradient descent: p -= lr * grad for every parameter.
     lr: learning rate, default 0.01. Chainer: chainer.optimizers.SGD."""
@@ -1123,6 +1131,7 @@ class SGD(Optimizer):
         super().__init__(lr=lr)
 
 
+@_export('optimizers.adam')
 class AdamRule(UpdateRule):
     """Adam's rule for one parameter: state m, v (vhat with amsgrad)."""
 
@@ -1173,7 +1182,7 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
     data -= step
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.adam')
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
     maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
@@ -1369,6 +1378,7 @@ def _cast_array_constant(lhs, rhs):
     return lhs, rhs
 
 
+@_export('functions.math.basic_math')
 class AddConstant(Function):
     """Function node of x + c for a scalar constant c (no gradient for c).
     Chainer: chainer.functions.math.basic_math.AddConstant.
@@ -1388,6 +1398,7 @@ class AddConstant(Function):
         return grad_outputs
 
 
+@_export('functions.math.basic_math')
 class Sub(Function):
     """Function node of a - b for two arrays of one dtype (broadcasting).
     Backward: gy for a, -gy for b, each summed down to its shape.
@@ -1406,6 +1417,7 @@ class Sub(Function):
         return _sum_to(gy, a.shape), _sum_to(-gy, b.shape)
 
 
+@_export('functions.math.basic_math')
 class SubFromConstant(Function):
     """Function node of c - x for a scalar constant c; backward -gy.
     Chainer: chainer.functions.math.basic_math.SubFromConstant.
@@ -1425,6 +1437,7 @@ class SubFromConstant(Function):
         return -grad_outputs[0],
 
 
+@_export('functions.math.basic_math')
 class MulConstant(Function):
     """Function node of x * c for a scalar constant c; backward gy * c.
     Chainer: chainer.functions.math.basic_math.MulConstant.
@@ -1444,6 +1457,7 @@ class MulConstant(Function):
         return grad_outputs[0] * self.constant,
 
 
+@_export('functions.math.basic_math')
 class Div(Function):
     """Function node of a / b (elementwise, broadcasting, one dtype).
     Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
@@ -1463,6 +1477,7 @@ class Div(Function):
         return _sum_to(ga, a.shape), _sum_to(-ga * a / b, b.shape)
 
 
+@_export('functions.math.basic_math')
 class DivFromConstant(Function):
     """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
     Chainer: chainer.functions.math.basic_math.DivFromConstant.
@@ -1481,6 +1496,7 @@ class DivFromConstant(Function):
         return -grad_outputs[0] * self.constant / (x * x),
 
 
+@_export('functions.math.basic_math')
 class Neg(Function):
     """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
     label = 'neg'
@@ -1562,7 +1578,7 @@ def _divide_by_constant(c):    # x / c is x * (1/c): a multiply is cheaper than 
     return function
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def add(*xs):
     """Elementwise sum of any number of Variables or arrays: F.add(a, b, c).
 
@@ -1578,7 +1594,7 @@ def add(*xs):
     return y
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def sub(a, b):
     """Elementwise difference a - b.
 
@@ -1589,7 +1605,7 @@ def sub(a, b):
     return _arithmetic(a, b, Sub, _subtract_constant, SubFromConstant)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def mul(a, b):
     """Elementwise product a * b.
 
@@ -1600,7 +1616,7 @@ def mul(a, b):
     return _arithmetic(a, b, Mul, MulConstant, MulConstant)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def div(a, b):
     """Elementwise quotient a / b.
 
@@ -1611,7 +1627,7 @@ def div(a, b):
     return _arithmetic(a, b, Div, _divide_by_constant, DivFromConstant)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def neg(x):
     """Elementwise negation -x of a Variable or array; returns a Variable.
     Chainer: -x on chainer.Variable.
@@ -1674,6 +1690,7 @@ Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, oth
 Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self))
 
 
+@_export('functions.math.matmul')
 class MatMul(Function):
     """Function node of matmul(a, b) (optionally transposing the last two axes
     of either); backward dA = dY B^T, dB = A^T dY.
@@ -1715,7 +1732,7 @@ class MatMul(Function):
         return _sum_to(ga, a.shape), _sum_to(gb, b.shape)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math', 'functions.math.matmul')
 def matmul(a, b, transa=False, transb=False):
     """Matrix product of a and b, batched over leading axes.
 
@@ -1730,6 +1747,7 @@ def matmul(a, b, transa=False, transb=False):
 
 # ----- elementwise math --------------------------------------------------------
 
+@_export('functions.math.exponential')
 class Exp(Function):
     """Function node of y = e**x; backward gy * y.
     Chainer: chainer.functions.math.exponential.Exp."""
@@ -1744,6 +1762,7 @@ class Exp(Function):
         return grad_outputs[0] * self.y,
 
 
+@_export('functions.math.exponential')
 class Log(Function):
     """Function node of y = log(x) (natural log); backward gy / x.
     Chainer: chainer.functions.math.exponential.Log.
@@ -1758,6 +1777,7 @@ class Log(Function):
         return grad_outputs[0] / inputs[0],
 
 
+@_export('functions.math.sqrt')
 class Sqrt(Function):
     """Function node of y = sqrt(x); backward gy / (2 y). Chainer: chainer.functions.math.sqrt."""
     label = 'sqrt'
@@ -1771,7 +1791,7 @@ class Sqrt(Function):
         return grad_outputs[0] / (2 * self.y),
 
 
-@_export('functions')
+@_export('functions', 'functions.math.exponential')
 def exp(x):
     """Elementwise exponential e**x of a float Variable or array; returns a
     Variable of the same shape and dtype. Chainer: chainer.functions.exp.
@@ -1779,7 +1799,7 @@ def exp(x):
     return Exp()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.exponential')
 def log(x):
     """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
@@ -1787,7 +1807,7 @@ def log(x):
     return Log()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.sqrt')
 def sqrt(x):
     """Elementwise square root of a float Variable or array; returns a Variable.
     Chainer: chainer.functions.sqrt.
@@ -1849,6 +1869,7 @@ class _Elementwise(Function):
         return self.df(_xp(x), x, self.y, grad_outputs[0]).astype(x.dtype, copy=False),
 
 
+@_export('functions.math.clip')
 class Clip(Function):
     """Function node of y = min(max(x, x_min), x_max) (either bound may be None);
     backward gy where x_min <= x <= x_max, else 0 (the bounds count as inside).
@@ -1876,6 +1897,7 @@ class Clip(Function):
         return gx,
 
 
+@_export('functions.math.maximum')
 class Maximum(Function):
     """Function node of y = max(x1, x2) elementwise (broadcasting, one float
     dtype); backward: gy to x1 where x1 >= x2, else to x2 (a tie goes to x1).
@@ -1904,6 +1926,7 @@ class Maximum(Function):
                 _sum_to(xp.where(first, zero, gy), x2.shape))
 
 
+@_export('functions.math.minimum')
 class Minimum(Maximum):
     """Function node of y = min(x1, x2) elementwise; backward: gy to x1 where
     x1 <= x2, else to x2. Chainer: chainer.functions.math.minimum.Minimum.
@@ -1914,7 +1937,7 @@ class Minimum(Maximum):
         super().__init__(take_min=True)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.basic_math')
 def absolute(x):
     """Elementwise absolute value |x| of a float Variable or array (also
     abs(x) on a Variable). The gradient is sign(x) gy, 0 at x = 0. Returns a
@@ -1924,7 +1947,7 @@ def absolute(x):
     return _Elementwise('absolute')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def sin(x):
     """Elementwise sine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.sin.
@@ -1932,7 +1955,7 @@ def sin(x):
     return _Elementwise('sin')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def cos(x):
     """Elementwise cosine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.cos.
@@ -1940,7 +1963,7 @@ def cos(x):
     return _Elementwise('cos')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def tan(x):
     """Elementwise tangent of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.tan.
@@ -1948,7 +1971,7 @@ def tan(x):
     return _Elementwise('tan')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def arcsin(x):
     """Elementwise inverse sine of a float Variable or array, in [-pi/2, pi/2]
     (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
@@ -1957,7 +1980,7 @@ def arcsin(x):
     return _Elementwise('arcsin')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def arccos(x):
     """Elementwise inverse cosine of a float Variable or array, in [0, pi]
     (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
@@ -1966,7 +1989,7 @@ def arccos(x):
     return _Elementwise('arccos')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def arctan(x):
     """Elementwise inverse tangent of a float Variable or array, in (-pi/2,
     pi/2); gradient 1/(1 + x**2). Returns a Variable.
@@ -1975,7 +1998,7 @@ def arctan(x):
     return _Elementwise('arctan')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.hyperbolic')
 def sinh(x):
     """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.sinh.
@@ -1983,7 +2006,7 @@ def sinh(x):
     return _Elementwise('sinh')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.hyperbolic')
 def cosh(x):
     """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.cosh.
@@ -1991,7 +2014,7 @@ def cosh(x):
     return _Elementwise('cosh')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.logarithm_1p')
 def log1p(x):
     """Elementwise log(1 + x) of a float Variable or array, accurate where x
     is tiny; returns a Variable. Chainer: chainer.functions.log1p.
@@ -1999,7 +2022,7 @@ def log1p(x):
     return _Elementwise('log1p')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.exponential_m1')
 def expm1(x):
     """Elementwise e**x - 1 of a float Variable or array, accurate where x is
     tiny; returns a Variable. Chainer: chainer.functions.expm1.
@@ -2007,7 +2030,7 @@ def expm1(x):
     return _Elementwise('expm1')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.exponential')
 def log2(x):
     """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
@@ -2015,7 +2038,7 @@ def log2(x):
     return _Elementwise('log2')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.exponential')
 def log10(x):
     """Elementwise base-10 logarithm of a float Variable or array (x <= 0
     gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
@@ -2023,7 +2046,7 @@ def log10(x):
     return _Elementwise('log10')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.sqrt')
 def rsqrt(x):
     """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
     array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
@@ -2031,7 +2054,7 @@ def rsqrt(x):
     return _Elementwise('rsqrt')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.clip')
 def clip(x, x_min, x_max):
     """Elementwise clip: x_min where x < x_min, x_max where x > x_max, else x.
 
@@ -2048,7 +2071,7 @@ def clip(x, x_min, x_max):
     return Clip(x_min, x_max)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.maximum')
 def maximum(x1, x2):
     """Elementwise maximum of x1 and x2: float Variables or arrays of one
     dtype whose shapes broadcast. The gradient goes to x1 where x1 >= x2, else
@@ -2059,7 +2082,7 @@ def maximum(x1, x2):
     return Maximum()(x1, x2)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.minimum')
 def minimum(x1, x2):
     """Elementwise minimum of x1 and x2: float Variables or arrays of one
     dtype whose shapes broadcast. The gradient goes to x1 where x1 <= x2, else
@@ -2070,6 +2093,7 @@ def minimum(x1, x2):
     return Minimum()(x1, x2)
 
 
+@_export('functions.math.trigonometric')
 class Arctan2(Function):
     """Function node of y = arctan2(x1, x2), the angle of the point (x2, x1)
     (broadcasting, one float dtype); backward gy * x2 / (x1**2 + x2**2) for
@@ -2091,6 +2115,7 @@ class Arctan2(Function):
         return _sum_to(g * x2, x1.shape), _sum_to(-g * x1, x2.shape)
 
 
+@_export('functions.math.fmod')
 class Fmod(Function):
     """Function node of y = fmod(x, divisor) = x - fix(x / divisor) * divisor
     (the remainder with the sign of x; broadcasting, one float dtype).
@@ -2113,7 +2138,7 @@ class Fmod(Function):
                 _sum_to(-_xp(x).fix(x / divisor) * gy, divisor.shape))
 
 
-@_export('functions')
+@_export('functions', 'functions.math.trigonometric')
 def arctan2(x1, x2):
     """Elementwise angle arctan(x1 / x2) of the point (x2, x1), in [-pi, pi],
     as numpy.arctan2. x1, x2: float Variables or arrays of one dtype whose
@@ -2124,7 +2149,7 @@ def arctan2(x1, x2):
     return Arctan2()(x1, x2)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.arctanh')
 def arctanh(x):
     """Elementwise inverse hyperbolic tangent of a float Variable or array
     (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
@@ -2133,7 +2158,7 @@ def arctanh(x):
     return _Elementwise('arctanh')(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.fmod')
 def fmod(x, divisor):
     """Elementwise remainder of x / divisor with the sign of x (numpy.fmod):
     x - fix(x / divisor) * divisor. x, divisor: float Variables or arrays of
@@ -2154,7 +2179,7 @@ def _step_function(label, x, step):
     return Variable(y if y.dtype == data.dtype else y.astype(data.dtype), requires_grad=False)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.sign')
 def sign(x):
     """Elementwise sign of x: -1 where x < 0, 0 where x == 0, 1 where x > 0,
     in x's dtype. Not differentiable: returns a Variable with no gradient and
@@ -2163,7 +2188,7 @@ def sign(x):
     return _step_function('sign', x, lambda a: _xp(a).sign(a))
 
 
-@_export('functions')
+@_export('functions', 'functions.math.floor')
 def floor(x):
     """Elementwise floor (the largest integer <= x), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
@@ -2172,7 +2197,7 @@ def floor(x):
     return _step_function('floor', x, lambda a: _xp(a).floor(a))
 
 
-@_export('functions')
+@_export('functions', 'functions.math.ceil')
 def ceil(x):
     """Elementwise ceiling (the smallest integer >= x), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
@@ -2181,7 +2206,7 @@ def ceil(x):
     return _step_function('ceil', x, lambda a: _xp(a).ceil(a))
 
 
-@_export('functions')
+@_export('functions', 'functions.math.fix')
 def fix(x):
     """Elementwise rounding toward zero (numpy.fix), in x's dtype. Not
     differentiable: returns a Variable with no gradient and no link to x.
@@ -2256,6 +2281,7 @@ def _digamma(x):
     return psi.astype(x.dtype)
 
 
+@_export('functions.math.erf')
 class Erf(Function):
     """Function node of y = erf(x); backward gy * 2/sqrt(pi) exp(-x^2).
     Chainer: chainer.functions.math.erf.Erf.
@@ -2271,6 +2297,7 @@ class Erf(Function):
         return grad_outputs[0] * (x.dtype.type(2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
 
 
+@_export('functions.math.erfc')
 class Erfc(Function):
     """Function node of y = erfc(x) = 1 - erf(x), exact for large x;
     backward -gy * 2/sqrt(pi) exp(-x^2). Chainer: chainer.functions.math.erfc.Erfc.
@@ -2286,6 +2313,7 @@ class Erfc(Function):
         return grad_outputs[0] * (x.dtype.type(-2 / math.sqrt(math.pi)) * _xp(x).exp(-x * x)),
 
 
+@_export('functions.math.ndtr')
 class Ndtr(Function):
     """Function node of the standard normal CDF y = Phi(x) = erfc(-x/sqrt 2)/2;
     backward gy * exp(-x^2/2) / sqrt(2 pi). Chainer: chainer.functions.math.ndtr.Ndtr.
@@ -2303,6 +2331,7 @@ class Ndtr(Function):
                                   * _xp(x).exp(x * x * x.dtype.type(-0.5))),
 
 
+@_export('functions.math.log_ndtr')
 class LogNdtr(Function):
     """Function node of y = log Phi(x), accurate in both tails; backward
     gy * phi(x) / Phi(x), taken as exp(-x^2/2 - y) / sqrt(2 pi) so it stays
@@ -2323,6 +2352,7 @@ class LogNdtr(Function):
                                   * _xp(x).exp(x * x * x.dtype.type(-0.5) - self.y)),
 
 
+@_export('functions.math.lgamma')
 class LGamma(Function):
     """Function node of y = log|Gamma(x)| (inf at 0, -1, -2, ...); backward
     gy * digamma(x). Chainer: chainer.functions.math.lgamma.LGamma.
@@ -2337,7 +2367,7 @@ class LGamma(Function):
         return grad_outputs[0] * _digamma(inputs[0]),
 
 
-@_export('functions')
+@_export('functions', 'functions.math.erf')
 def erf(x):
     """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
     of a float Variable or array (CPU: Python's math.erf per element; GPU: a
@@ -2347,7 +2377,7 @@ def erf(x):
     return Erf()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.erfc')
 def erfc(x):
     """Elementwise complementary error function erfc(x) = 1 - erf(x), without
     the cancellation for large x; float Variable or array in, Variable of the
@@ -2357,7 +2387,7 @@ def erfc(x):
     return Erfc()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.ndtr')
 def ndtr(x):
     """Elementwise standard normal cumulative distribution
     Phi(x) = (1 + erf(x / sqrt 2)) / 2 (computed as erfc(-x / sqrt 2) / 2);
@@ -2367,7 +2397,7 @@ def ndtr(x):
     return Ndtr()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.log_ndtr')
 def log_ndtr(x):
     """Elementwise log Phi(x), the log of the standard normal CDF, accurate
     far into both tails (no SciPy needed, unlike Chainer's CPU version);
@@ -2377,7 +2407,7 @@ def log_ndtr(x):
     return LogNdtr()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.lgamma')
 def lgamma(x):
     """Elementwise log|Gamma(x)| (inf at 0, -1, -2, ...), with gradient
     digamma(x) (computed here by recurrence and asymptotic series; no SciPy
@@ -2410,6 +2440,7 @@ def _keepdims_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
+@_export('functions.math.sum')
 class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
     to x's shape. Chainer: chainer.functions.math.sum.Sum.
@@ -2432,6 +2463,7 @@ class Sum(Function):
         return _xp(x).broadcast_to(gy, x.shape).astype(x.dtype),
 
 
+@_export('functions.math.minmax')
 class Max(Function):
     """Function node of x.max(axis, keepdims) (x.min with take_min=True).
     Backward: gy goes to the element(s) equal to the result, 0 elsewhere
@@ -2457,6 +2489,7 @@ class Max(Function):
         return gy * (x == self.y),
 
 
+@_export('functions.math.minmax')
 class Min(Max):
     """Function node of x.min(axis, keepdims); see Max.
     Chainer: chainer.functions.math.minmax.Min.
@@ -2467,6 +2500,7 @@ class Min(Max):
         super().__init__(axis, keepdims, take_min=True)
 
 
+@_export('functions.math.prod')
 class Prod(Function):
     """Function node of x.prod(axis, keepdims). Backward: each element gets gy
     times the product of the *other* elements of its group, computed from
@@ -2504,6 +2538,7 @@ class Prod(Function):
         return gy * others,
 
 
+@_export('functions.math.cumsum')
 class Cumsum(Function):
     """Function node of the cumulative sum along `axis` (None: of x flattened).
     Backward: y_i = sum_{j <= i} x_j, so x_j gets sum_{i >= j} gy_i, a
@@ -2530,6 +2565,7 @@ class Cumsum(Function):
         return _xp(gy).flip(flipped.cumsum(axis=axis), axis).reshape(x.shape),
 
 
+@_export('functions.math.cumprod')
 class Cumprod(Function):
     """Function node of the cumulative product along `axis` (None: of x
     flattened).  Backward without dividing by x (which may hold zeros):
@@ -2616,7 +2652,7 @@ def min(x, axis=None, keepdims=False):
     return Min(axis, keepdims)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.prod')
 def prod(x, axis=None, keepdims=False):
     """Product of the elements of x over `axis`.
 
@@ -2638,7 +2674,7 @@ def prod(x, axis=None, keepdims=False):
     return Prod(axis, keepdims)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.cumsum')
 def cumsum(x, axis=None):
     """Cumulative sum of x along `axis` (an int, negative from the end), or of
     x flattened to one axis when axis is None (the default).
@@ -2652,7 +2688,7 @@ def cumsum(x, axis=None):
     return Cumsum(axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.cumprod')
 def cumprod(x, axis=None):
     """Cumulative product of x along `axis` (an int, negative from the end),
     or of x flattened to one axis when axis is None (the default).
@@ -2667,6 +2703,7 @@ def cumprod(x, axis=None):
     return Cumprod(axis)(x)
 
 
+@_export('functions.math.logsumexp')
 class LogSumExp(Function):
     """Function node of y = log(sum(exp(x), axis)), computed after taking out
     the maximum so that exp cannot overflow; backward gy * exp(x - y)
@@ -2691,6 +2728,7 @@ class LogSumExp(Function):
         return gy * _xp(x).exp(x - self.y),
 
 
+@_export('functions.normalization.l2_normalization')
 class NormalizeL2(Function):
     """Function node of y = x / (||x|| + eps), ||x|| the L2 norm along `axis`.
     Backward: gy / (||x|| + eps) - x * sum(x gy) / (||x|| (||x|| + eps)**2),
@@ -2720,7 +2758,7 @@ class NormalizeL2(Function):
         return (gy - x * along * self.scale) * self.scale,
 
 
-@_export('functions')
+@_export('functions', 'functions.math.average')
 def average(x, axis=None, weights=None, keepdims=False):
     """Weighted mean sum(x * w, axis) / sum(w) over `axis`.
 
@@ -2753,7 +2791,7 @@ def average(x, axis=None, weights=None, keepdims=False):
     return total / broadcast_to(Sum()(weights), total.shape)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.log_softmax', 'functions.math.logsumexp')
 def logsumexp(x, axis=None):
     """log(sum(exp(x), axis)), computed without overflow (the maximum is
     taken out first). x: float Variable or array; axis: None (default, all
@@ -2764,7 +2802,7 @@ def logsumexp(x, axis=None):
     return LogSumExp(axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.l2_normalization')
 def normalize(x, eps=1e-5, axis=1):
     """L2 normalization: x / (sqrt(sum(x**2, axis)) + eps), no reduction.
 
@@ -2776,7 +2814,7 @@ def normalize(x, eps=1e-5, axis=1):
     return NormalizeL2(eps, axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.batch_l2_norm_squared')
 def batch_l2_norm_squared(x):
     """Squared L2 norm of each example: sum(x[n]**2) over all axes but the
     first. x: float Variable or array (N, ...) with 2 or more dimensions.
@@ -2801,6 +2839,7 @@ del sum, max, min, pow
 # ----- shapes ------------------------------------------------------------------
 # These only move numbers around, so backward moves the gradient back.
 
+@_export('functions.array.reshape')
 class Reshape(Function):
     """Function node of x.reshape(shape); backward reshapes gy back.
     Chainer: chainer.functions.array.reshape.Reshape.
@@ -2823,6 +2862,7 @@ class Reshape(Function):
         return grad_outputs[0].reshape(inputs[0].shape),
 
 
+@_export('functions.array.transpose')
 class Transpose(Function):
     """Function node of x.transpose(axes) (None: reverse the axes); backward
     applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
@@ -2846,6 +2886,7 @@ class Transpose(Function):
         return grad_outputs[0].transpose(inverse),
 
 
+@_export('functions.array.broadcast')
 class BroadcastTo(Function):
     """Function node of broadcast_to(x, shape); backward sums gy back to
     x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
@@ -2867,6 +2908,7 @@ class BroadcastTo(Function):
         return _sum_to(grad_outputs[0], inputs[0].shape),
 
 
+@_export('functions.array.concat')
 class Concat(Function):
     """Function node of concatenate(xs, axis); backward splits gy at the
     input boundaries. Chainer: chainer.functions.array.concat.Concat.
@@ -2893,6 +2935,7 @@ class Concat(Function):
         return tuple(_xp(inputs[0]).split(grad_outputs[0], bounds, axis=self.axis))
 
 
+@_export('functions.array.stack')
 class Stack(Function):
     """Function node of stack(xs, axis); backward takes each slice of gy.
     Chainer: chainer.functions.array.stack.
@@ -2914,6 +2957,7 @@ class Stack(Function):
         return tuple(gy.take(i, axis=self.axis) for i in range(len(inputs)))
 
 
+@_export('functions.array.get_item')
 class GetItem(Function):
     """Function node of x[slices]; backward scatters gy into zeros of x's
     shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
@@ -2935,7 +2979,7 @@ class GetItem(Function):
         return gx,
 
 
-@_export('functions')
+@_export('functions', 'functions.array.reshape')
 def reshape(x, shape):
     """x with a new shape of the same size (no copy where NumPy needs none).
 
@@ -2948,7 +2992,7 @@ def reshape(x, shape):
     return Reshape(shape)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.transpose')
 def transpose(x, axes=None):
     """x with its axes permuted: axes None (default) reverses them, else a
     permutation of range(x.ndim). Returns a Variable. Raises ValueError for an
@@ -2957,7 +3001,7 @@ def transpose(x, axes=None):
     return Transpose(axes)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.depth2space')
 def depth2space(X, r):
     """Subpixel rearrangement: channels become r x r spatial blocks.
 
@@ -2977,7 +3021,7 @@ def depth2space(X, r):
     return reshape(y, (b, c, h * r, w * r))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.space2depth')
 def space2depth(X, r):
     """The inverse of depth2space: r x r spatial blocks become channels.
 
@@ -2995,7 +3039,7 @@ def space2depth(X, r):
     return reshape(y, (b, r * r * c, h // r, w // r))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.broadcast')
 def broadcast_to(x, shape):
     """x broadcast to `shape` (a tuple) by NumPy's rules; the gradient is summed
     back. Returns a Variable. Raises ValueError when x cannot be broadcast.
@@ -3004,7 +3048,7 @@ def broadcast_to(x, shape):
     return BroadcastTo(shape)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.concat')
 def concat(xs, axis=1):
     """Join the Variables/arrays in the sequence `xs` along `axis` (default 1).
 
@@ -3016,7 +3060,7 @@ def concat(xs, axis=1):
     return Concat(axis)(*xs)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.stack')
 def stack(xs, axis=0):
     """Stack the Variables/arrays in `xs` along a new axis `axis` (default 0).
 
@@ -3027,7 +3071,7 @@ def stack(xs, axis=0):
     return Stack(axis)(*xs)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.flatten')
 def flatten(x):
     """x reshaped to one dimension of x.size elements; returns a Variable.
     Chainer: chainer.functions.flatten.
@@ -3035,7 +3079,7 @@ def flatten(x):
     return reshape(x, (_input_data('flatten', x).size,))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.expand_dims')
 def expand_dims(x, axis):
     """x with a new axis of size 1 inserted at `axis` (-ndim-1 <= axis <= ndim).
     Returns a Variable. Raises ValueError for an axis out of bounds.
@@ -3049,7 +3093,7 @@ def expand_dims(x, axis):
     return reshape(x, shape)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.squeeze')
 def squeeze(x, axis=None):
     """x without axes of size 1: all of them (axis None, default) or the given
     int/tuple `axis`. Returns a Variable. Raises ValueError when a given axis has
@@ -3066,7 +3110,7 @@ def squeeze(x, axis=None):
     return reshape(x, [n for i, n in enumerate(shape) if i not in axes])
 
 
-@_export('functions')
+@_export('functions', 'functions.array.get_item')
 def get_item(x, slices):
     """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
     arrays, as NumPy indexes (a list of ints is taken as an integer array).
@@ -3078,6 +3122,7 @@ def get_item(x, slices):
     return GetItem(slices)(x)
 
 
+@_export('functions.array.scatter_add')
 class ScatterAdd(Function):
     """Function node of y = a with b added at a[slices] (repeated indices
     add up, as numpy.add.at); backward gy for a, gy[slices] for b.
@@ -3104,7 +3149,7 @@ class ScatterAdd(Function):
         return gy, gy[self.slices]
 
 
-@_export('functions')
+@_export('functions', 'functions.array.scatter_add')
 def scatter_add(a, slices, b):
     """A copy of a with b added at a[slices]; a itself is not changed.
 
@@ -3124,6 +3169,7 @@ def scatter_add(a, slices, b):
 
 # ----- more shapes: flips, tiles, repeats, choices, casts --------------------
 
+@_export('functions.array.flip')
 class Flip(Function):
     """Function node of x reversed along `axis`; backward reverses gy back.
     Chainer: chainer.functions.array.flip.Flip (also FlipLR, FlipUD).
@@ -3144,6 +3190,7 @@ class Flip(Function):
         return _xp(grad_outputs[0]).flip(grad_outputs[0], self.axis),
 
 
+@_export('functions.array.tile')
 class Tile(Function):
     """Function node of numpy.tile(x, reps). Backward: output index
     (r, s) on each axis (copy r of element s) is reshaped into two axes, and
@@ -3168,6 +3215,7 @@ class Tile(Function):
                                      dtype=gy.dtype).reshape(x.shape),
 
 
+@_export('functions.array.repeat')
 class Repeat(Function):
     """Function node of numpy.repeat(x, repeats, axis) (axis None: x
     flattened first). Backward: each element gets the sum of the gradients of
@@ -3205,6 +3253,7 @@ class Repeat(Function):
         return gx.reshape(x.shape),
 
 
+@_export('functions.array.where')
 class Where(Function):
     """Function node of y = x where condition, else y (condition, x and y
     broadcast). Backward: gy goes to x where condition holds and to y
@@ -3231,6 +3280,7 @@ class Where(Function):
                 _sum_to(xp.where(self.condition, zero, gy), y.shape))
 
 
+@_export('functions.array.cast')
 class Cast(Function):
     """Function node of x.astype(typ); backward casts gy back to x's dtype
     (no gradient for an integer x). Chainer: chainer.functions.array.cast.Cast.
@@ -3250,6 +3300,7 @@ class Cast(Function):
         return grad_outputs[0].astype(x.dtype, copy=False),
 
 
+@_export('functions.array.separate')
 class Separate(Function):
     """Function node that cuts x along `axis` into x.shape[axis] arrays, that
     axis removed. Backward stacks the gradients again (zeros for an output
@@ -3293,7 +3344,7 @@ def _int_axis(label, axis):
     return int(axis)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.flip')
 def flip(x, axis):
     """x reversed along the int `axis` (negative counts from the end); the
     gradient is reversed back. Returns a Variable. Raises TypeError for a
@@ -3303,7 +3354,7 @@ def flip(x, axis):
     return Flip(_int_axis('flip', axis))(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.fliplr')
 def fliplr(a):
     """a reversed along axis 1 (left/right); a needs 2 or more dimensions
     (else ValueError). Returns a Variable. Chainer: chainer.functions.fliplr.
@@ -3314,7 +3365,7 @@ def fliplr(a):
     return Flip(1, 'fliplr')(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.flipud')
 def flipud(a):
     """a reversed along axis 0 (up/down); a needs 1 or more dimensions (else
     ValueError). Returns a Variable. Chainer: chainer.functions.flipud.
@@ -3324,7 +3375,7 @@ def flipud(a):
     return Flip(0, 'flipud')(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.tile')
 def tile(x, reps):
     """x repeated as a whole `reps` times along each axis, as numpy.tile.
 
@@ -3336,7 +3387,7 @@ def tile(x, reps):
     return Tile(_int_or_ints('tile', 'reps', reps))(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.repeat')
 def repeat(x, repeats, axis=None):
     """Each element of x repeated, as numpy.repeat.
 
@@ -3354,7 +3405,7 @@ def repeat(x, repeats, axis=None):
     return Repeat(repeats, axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.where')
 def where(condition, x, y):
     """Elementwise choice: x where `condition` is True, else y.
 
@@ -3377,7 +3428,7 @@ def where(condition, x, y):
     return Where(condition)(x, y)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.cast')
 def cast(x, typ):
     """x converted to dtype `typ` (anything numpy.dtype accepts: numpy.float32,
     'float16', ...). The gradient is cast back to x's dtype (none for an
@@ -3392,7 +3443,7 @@ def cast(x, typ):
     return Cast(dtype)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.separate')
 def separate(x, axis=0):
     """The slices of x along `axis` (default 0), that axis removed: a tuple of
     x.shape[axis] Variables (x of shape (2, 3, 4) with axis=1 gives three of
@@ -3408,6 +3459,7 @@ def separate(x, axis=0):
 # back to the place its value came from.  tensordot is a matrix product over
 # chosen axes, so its backward is two more tensordots.
 
+@_export('functions.array.split_axis')
 class SplitAxis(Function):
     """Function node that cuts x along `axis` at the given indices (or into
     equal sections); backward concatenates the gradients again (zeros for
@@ -3444,6 +3496,7 @@ class SplitAxis(Function):
         return xp.concatenate(grads, axis=self.axis),
 
 
+@_export('functions.array.pad')
 class Pad(Function):
     """Function node of numpy.pad(x, pad_width, mode, **keywords). Backward:
     'constant' padding adds new numbers, so gx is the middle of gy; 'edge',
@@ -3481,6 +3534,7 @@ class Pad(Function):
         return gx.astype(x.dtype, copy=False).reshape(x.shape),
 
 
+@_export('functions.array.broadcast')
 class Broadcast(Function):
     """Function node that broadcasts all inputs to one shape; backward sums
     each gradient back to its input's shape.
@@ -3501,6 +3555,7 @@ class Broadcast(Function):
                      for x, g in zip(inputs, grad_outputs))
 
 
+@_export('functions.array.copy')
 class Copy(Function):
     """Function node that sends x to another device; backward sends gy back
     to x's device. Chainer: chainer.functions.array.copy.Copy.
@@ -3517,6 +3572,7 @@ class Copy(Function):
         return _device_of(inputs[0]).send(grad_outputs[0]),
 
 
+@_export('functions.array.diagonal')
 class Diagonal(Function):
     """Function node of numpy.diagonal(x, offset, axis1, axis2) (the diagonal
     as the last axis); backward writes gy onto the same diagonal of zeros.
@@ -3545,6 +3601,7 @@ class Diagonal(Function):
         return gx,
 
 
+@_export('functions.math.tensordot')
 class TensorDot(Function):
     """Function node of numpy.tensordot(a, b, (a_axes, b_axes)): a sum over
     the paired axes. Backward: ga = gy . b summed over b's free axes, gb =
@@ -3598,6 +3655,7 @@ class TensorDot(Function):
         return ga.astype(a.dtype, copy=False), gb.astype(b.dtype, copy=False)
 
 
+@_export('functions.math.sum')
 class SumTo(Function):
     """Function node that sums x down to `shape` (undoing a broadcast);
     backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
@@ -3619,6 +3677,7 @@ class SumTo(Function):
         return _xp(inputs[0]).broadcast_to(grad_outputs[0], inputs[0].shape).copy(),
 
 
+@_export('functions.array.select_item')
 class SelectItem(Function):
     """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
     of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
@@ -3648,6 +3707,7 @@ class SelectItem(Function):
         return gx, None
 
 
+@_export('functions.array.permutate')
 class Permutate(Function):
     """Function node of y = x[indices] along `axis` (inv=True: y[indices] = x);
     backward applies the inverse permutation to gy.
@@ -3681,7 +3741,7 @@ class Permutate(Function):
         return grad_outputs[0].take(self.backward_order, axis=self.axis),
 
 
-@_export('functions')
+@_export('functions', 'functions.array.split_axis')
 def split_axis(x, indices_or_sections, axis, force_tuple=True):
     """x cut into pieces along `axis`, as numpy.split.
 
@@ -3718,7 +3778,7 @@ def split_axis(x, indices_or_sections, axis, force_tuple=True):
 _PAD_MODES = ('constant', 'edge', 'reflect', 'symmetric', 'wrap')
 
 
-@_export('functions')
+@_export('functions', 'functions.array.pad')
 def pad(x, pad_width, mode, **keywords):
     """x with a border added to each axis, as numpy.pad.
 
@@ -3751,7 +3811,7 @@ def _axes_tuple(label, name, axes, ndim):
     return values
 
 
-@_export('functions')
+@_export('functions', 'functions.array.moveaxis')
 def moveaxis(x, source, destination):
     """x with the axes `source` moved to the places `destination` (ints or
     tuples of ints of one length, negative from the end), the other axes
@@ -3771,7 +3831,7 @@ def moveaxis(x, source, destination):
     return transpose(x, tuple(order))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.rollaxis')
 def rollaxis(x, axis, start=0):
     """x with axis `axis` moved to just before position `start` (default 0),
     as numpy.rollaxis: -ndim <= axis < ndim, -ndim <= start <= ndim. Returns a
@@ -3793,7 +3853,7 @@ def rollaxis(x, axis, start=0):
     return transpose(x, tuple(order))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.broadcast')
 def broadcast(*args):
     """The inputs broadcast to one common shape, by NumPy's rules.
 
@@ -3821,7 +3881,7 @@ def copy(x, dst):     # takes the stdlib module's name until the end of this sec
     return Copy(get_device(dst))(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.dstack')
 def dstack(xs):
     """The sequence xs joined along a third axis, as numpy.dstack: 1-d
     inputs (N,) become (1, N, 1), 2-d (M, N) become (M, N, 1), then all are
@@ -3840,7 +3900,7 @@ def dstack(xs):
     return Concat(axis=2)(*shaped)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.diagonal')
 def diagonal(x, offset=0, axis1=0, axis2=1):
     """The diagonal x[..., i, i + offset] of the two axes axis1 and axis2
     (defaults 0 and 1), as numpy.diagonal: those axes are removed and the
@@ -3856,7 +3916,7 @@ def diagonal(x, offset=0, axis1=0, axis2=1):
     return Diagonal(int(offset), axis1, axis2)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.tensordot')
 def tensordot(a, b, axes=2):
     """Tensor dot product: sum of a * b over pairs of axes, as numpy.tensordot.
 
@@ -3964,7 +4024,7 @@ class Einsum(Function):
         return tuple(grads)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.einsum')
 def einsum(subscripts, *operands):
     """Einstein summation, as numpy.einsum: einsum('ij,jk->ik', a, b) is a @ b.
 
@@ -3981,7 +4041,7 @@ def einsum(subscripts, *operands):
     return Einsum(subscripts)(*operands)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.matmul')
 def batch_matmul(a, b, transa=False, transb=False):
     """Matrix products of two batches of matrices (deprecated in Chainer for
     matmul, and warns DeprecationWarning as Chainer does).
@@ -4001,7 +4061,7 @@ def batch_matmul(a, b, transa=False, transb=False):
     return MatMul(transa, transb)(a, b)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.sum')
 def sum_to(x, shape):
     """x summed down to `shape`, the reverse of broadcast_to: leading axes
     are summed away and axes where shape has 1 are summed to 1. Returns x
@@ -4015,7 +4075,7 @@ def sum_to(x, shape):
     return SumTo(shape)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.select_item')
 def select_item(x, t):
     """y[i] = x[i, t[i]]: one element of each row of x.
 
@@ -4028,7 +4088,7 @@ def select_item(x, t):
     return SelectItem()(x, t)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.permutate')
 def permutate(x, indices, axis=0, inv=False):
     """x reordered along `axis` (default 0): y[i] = x[indices[i]]; with
     inv=True the inverse, y[indices[i]] = x[i].
@@ -4067,6 +4127,7 @@ def _transposed(a):
     return a.swapaxes(-1, -2)
 
 
+@_export('functions.math.det')
 class BatchDet(Function):
     """Function node of y[b] = det(a[b]) for a (B, N, N) (or one (N, N) with
     ndim 2); backward gy * det(a) * inv(a)^T, Jacobi's formula.
@@ -4090,6 +4151,7 @@ class BatchDet(Function):
         return scale * _transposed(_xp(a).linalg.inv(a)),
 
 
+@_export('functions.math.inv')
 class BatchInv(Function):
     """Function node of y[b] = inv(a[b]) for a (B, N, N) (or one (N, N) with
     ndim 2); backward -y^T gy y^T.  Chainer: chainer.functions.math.inv.BatchInv.
@@ -4116,6 +4178,7 @@ class BatchInv(Function):
         return -_xp(yt).matmul(_xp(yt).matmul(yt, grad_outputs[0]), yt),
 
 
+@_export('functions.math.cholesky')
 class Cholesky(Function):
     """Function node of the lower-triangular L with L L^T = a (a symmetric
     positive definite, (N, N)).  Backward (Murray 2016): with
@@ -4149,7 +4212,7 @@ class Cholesky(Function):
         return (s + s.T) * y.dtype.type(0.5),
 
 
-@_export('functions')
+@_export('functions', 'functions.math.det')
 def det(a):
     """Determinant of one square matrix a: a float Variable or array (N, N).
     Returns a 0-dim Variable; the gradient is gy * det(a) * inv(a)^T (a must
@@ -4159,7 +4222,7 @@ def det(a):
     return BatchDet(2)(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.det')
 def batch_det(a):
     """Determinants of a batch of square matrices: a is a float Variable or
     array (B, N, N). Returns a Variable (B,). Raises ValueError for another
@@ -4168,7 +4231,7 @@ def batch_det(a):
     return BatchDet(3)(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.inv')
 def inv(a):
     """Inverse of one square matrix a: a float Variable or array (N, N).
     Returns a Variable (N, N); the gradient is -inv(a)^T gy inv(a)^T.
@@ -4179,7 +4242,7 @@ def inv(a):
     return BatchInv(2)(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.inv')
 def batch_inv(a):
     """Inverses of a batch of square matrices: a is a float Variable or array
     (B, N, N). Returns a Variable (B, N, N). Raises ValueError for another
@@ -4189,7 +4252,7 @@ def batch_inv(a):
     return BatchInv(3)(a)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.cholesky')
 def cholesky(a):
     """Cholesky factor: the lower-triangular L with L L^T = a, for a float
     Variable or array a (N, N), symmetric positive definite (only its lower
@@ -4203,6 +4266,7 @@ def cholesky(a):
 
 # ----- activations: leaky_relu, crelu, rrelu, sigmoid, tanh -----------------------
 
+@_export('functions.activation.leaky_relu')
 class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
@@ -4223,6 +4287,7 @@ class LeakyReLU(Function):
         return _xp(x).where(x >= 0, gy, gy * self.slope),
 
 
+@_export('functions.activation.sigmoid')
 class Sigmoid(Function):
     """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
     cannot overflow); backward gy * y * (1 - y).
@@ -4243,6 +4308,7 @@ class Sigmoid(Function):
         return grad_outputs[0] * y * (1 - y),
 
 
+@_export('functions.activation.tanh')
 class Tanh(Function):
     """Function node of y = tanh(x); backward gy * (1 - y**2).
     Chainer: chainer.functions.activation.tanh.Tanh.
@@ -4258,6 +4324,7 @@ class Tanh(Function):
         return grad_outputs[0] * (1 - self.y * self.y),
 
 
+@_export('functions.activation.crelu')
 class CReLU(Function):
     """Function node of y = concat(max(0, x), max(0, -x)) along `axis`;
     backward gy_first * (x > 0) - gy_second * (x < 0).
@@ -4282,6 +4349,7 @@ class CReLU(Function):
         return first * (x > 0) - second * (x < 0),
 
 
+@_export('functions.activation.rrelu')
 class RReLU(Function):
     """Function node of y = x where x >= 0, else r * x, r an array of x's
     shape; backward gy where y >= 0, else r * gy.
@@ -4312,7 +4380,7 @@ class RReLU(Function):
         return _xp(self.r).where(self.negative, gy * self.r, gy),
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.leaky_relu')
 def leaky_relu(x, slope=0.2):
     """Leaky ReLU: x where x >= 0, else slope * x (slope default 0.2), elementwise.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.leaky_relu.
@@ -4320,7 +4388,7 @@ def leaky_relu(x, slope=0.2):
     return LeakyReLU(slope)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.crelu')
 def crelu(x, axis=1):
     """Concatenated ReLU: concat(max(0, x), max(0, -x)) along `axis`
     (default 1), so that axis doubles in size.
@@ -4334,7 +4402,7 @@ def crelu(x, axis=1):
     return CReLU(axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.rrelu')
 def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     """Randomized leaky ReLU: x where x >= 0, else r * x, elementwise.
 
@@ -4352,7 +4420,7 @@ def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     return (y, function.r) if return_r else y
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.sigmoid')
 def sigmoid(x):
     """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
@@ -4360,7 +4428,7 @@ def sigmoid(x):
     return Sigmoid()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.tanh')
 def tanh(x):
     """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
     dtype. Chainer: chainer.functions.tanh.
@@ -4370,6 +4438,7 @@ def tanh(x):
 
 # ----- more activations ----------------------------------------------------------
 
+@_export('functions.activation.softplus')
 class Softplus(Function):
     """Function node of y = log(1 + e**(beta x)) / beta, computed as
     (max(beta x, 0) + log1p(e**-|beta x|)) / beta so that e**(beta x) cannot
@@ -4394,6 +4463,7 @@ class Softplus(Function):
         return grad_outputs[0] * sigmoid_bx,
 
 
+@_export('functions.activation.elu')
 class ELU(Function):
     """Function node of y = x where x > 0, else alpha (e**x - 1); backward gy
     where x > 0, else gy * alpha e**x. Chainer: chainer.functions.activation.elu.ELU.
@@ -4417,6 +4487,7 @@ class ELU(Function):
         return xp.where(x > 0, gy, gy * xp.exp(xp.minimum(x, 0)) * self.alpha),
 
 
+@_export('functions.activation.hard_sigmoid')
 class HardSigmoid(Function):
     """Function node of y = clip(0.2 x + 0.5, 0, 1); backward 0.2 gy where
     -2.5 < x < 2.5, else 0. Chainer: chainer.functions.activation.hard_sigmoid.HardSigmoid.
@@ -4433,6 +4504,7 @@ class HardSigmoid(Function):
         return grad_outputs[0] * ((-2.5 < x) & (x < 2.5)) * 0.2,
 
 
+@_export('functions.activation.clipped_relu')
 class ClippedReLU(Function):
     """Function node of y = min(max(x, 0), z); backward gy where 0 < x < z,
     else 0. Chainer: chainer.functions.activation.clipped_relu.ClippedReLU.
@@ -4452,7 +4524,7 @@ class ClippedReLU(Function):
         return grad_outputs[0] * ((0 < x) & (x < self.z)),
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.softplus')
 def softplus(x, beta=1.0):
     """Softplus log(1 + e**(beta x)) / beta, elementwise, a smooth ReLU that
     cannot overflow; beta default 1.0. Gradient sigmoid(beta x). Returns a
@@ -4462,7 +4534,7 @@ def softplus(x, beta=1.0):
     return Softplus(beta)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.elu')
 def elu(x, alpha=1.0):
     """Exponential linear unit: x where x > 0, else alpha (e**x - 1),
     elementwise; alpha default 1.0. Returns a Variable of x's shape and dtype;
@@ -4471,7 +4543,7 @@ def elu(x, alpha=1.0):
     return ELU(alpha)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.selu')
 def selu(x, alpha=1.6732632423543772848170429916717,
          scale=1.0507009873554804934193349852946):
     """Scaled ELU: scale * elu(x, alpha), with Chainer's defaults alpha
@@ -4482,7 +4554,7 @@ def selu(x, alpha=1.6732632423543772848170429916717,
     return mul(ELU(alpha, 'selu')(x), scale)     # 'selu' names it in errors
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.hard_sigmoid')
 def hard_sigmoid(x):
     """Piecewise-linear sigmoid: 0 for x < -2.5, 0.2 x + 0.5 between, 1 for
     x > 2.5, elementwise. Returns a Variable of x's shape and dtype;
@@ -4491,7 +4563,7 @@ def hard_sigmoid(x):
     return HardSigmoid()(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.clipped_relu')
 def clipped_relu(x, z=20.0):
     """ReLU capped at z: min(max(x, 0), z), elementwise; z default 20.0, a
     number > 0 (else ValueError; TypeError for a non-number). The gradient is
@@ -4504,7 +4576,7 @@ def clipped_relu(x, z=20.0):
     return ClippedReLU(float(z))(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.clipped_relu')
 def relu6(x):
     """ReLU capped at 6: min(max(x, 0), 6), elementwise (clipped_relu with
     z=6). Returns a Variable of x's shape and dtype. Chainer: chainer.functions.relu6.
@@ -4530,6 +4602,7 @@ def _per_feature(label, x, W, name):
     return expanded, (0,) + tuple(range(1 + W.ndim, x.ndim))
 
 
+@_export('functions.activation.prelu')
 class PReLUFunction(Function):
     """Function node of y = x where x >= 0, else W x (W broadcast per feature);
     backward gy or W gy for x, and the sum of x gy where x < 0 for W.
@@ -4579,7 +4652,7 @@ class SwishFunction(Function):
         return gx, gbeta.reshape(beta.shape)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.prelu')
 def prelu(x, W):
     """Parametric ReLU: y = x where x >= 0, else W * x, elementwise.
 
@@ -4592,7 +4665,7 @@ def prelu(x, W):
     return PReLUFunction()(x, W)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.swish')
 def swish(x, beta):
     """Swish activation: y = x * sigmoid(beta * x), elementwise.
 
@@ -4618,6 +4691,7 @@ def _log_sum_exp(x, axis):
     return m + xp.log(s)
 
 
+@_export('functions.activation.softmax')
 class Softmax(Function):
     """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
     Chainer: chainer.functions.activation.softmax.Softmax.
@@ -4642,6 +4716,7 @@ class Softmax(Function):
         return gx,
 
 
+@_export('functions.activation.log_softmax')
 class LogSoftmax(Function):
     """Function node of y = x - log(sum(exp(x), axis)); backward
     gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
@@ -4662,7 +4737,7 @@ class LogSoftmax(Function):
         return gy - _xp(gy).exp(self.y) * gy.sum(axis=self.axis, keepdims=True),
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.softmax')
 def softmax(x, axis=1):
     """Softmax along `axis` (default 1): exp(x) / sum(exp(x), axis), computed after
     subtracting the maximum so it cannot overflow. x: float Variable or array,
@@ -4672,7 +4747,7 @@ def softmax(x, axis=1):
     return Softmax(axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.log_softmax')
 def log_softmax(x, axis=1):
     """log(softmax(x, axis)) computed as x - max - log(sum(exp(x - max))): exact
     even where softmax rounds to 0. axis default 1. Returns a Variable of x's
@@ -4681,7 +4756,7 @@ def log_softmax(x, axis=1):
     return LogSoftmax(axis)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.noise.gumbel_softmax')
 def gumbel_softmax(log_pi, tau=0.1, axis=1):
     """Gumbel-softmax sample: softmax((log_pi + g) / tau, axis), g drawn
     from the standard Gumbel distribution for each element (fresh on every
@@ -4704,6 +4779,7 @@ def gumbel_softmax(log_pi, tau=0.1, axis=1):
 
 # ----- dropout -----------------------------------------------------------------
 
+@_export('functions.noise.dropout')
 class Dropout(Function):
     """Function node of dropout: y = x * mask, where mask is 0 with probability
     `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
@@ -4731,7 +4807,7 @@ class Dropout(Function):
         return grad_outputs[0] * self.mask,
 
 
-@_export('functions')
+@_export('functions', 'functions.noise.dropout')
 def dropout(x, ratio=.5):
     """Randomly zero elements of x with probability `ratio` (default .5) and scale
     the rest by 1/(1 - ratio), so the expected value is unchanged.
@@ -4750,6 +4826,7 @@ def dropout(x, ratio=.5):
 
 # ----- losses ------------------------------------------------------------------
 
+@_export('functions.loss.mean_squared_error')
 class MeanSquaredError(Function):
     """Function node of mean((a - b)**2) over all elements; backward
     2 (a - b) gy / size for a, its negative for b.
@@ -4774,7 +4851,7 @@ class MeanSquaredError(Function):
         return ga, -ga
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.mean_squared_error')
 def mean_squared_error(x0, x1):
     """Mean squared error sum((x0 - x1)**2) / x0.size, as a scalar Variable.
 
@@ -4793,6 +4870,7 @@ def _check_pair(label, a, b):
     _require_float(label, a)
 
 
+@_export('functions.loss.absolute_error')
 class AbsoluteError(Function):
     """Function node of |x0 - x1| elementwise; backward sign(x0 - x1) gy for
     x0, its negative for x1. Chainer: chainer.functions.loss.absolute_error.AbsoluteError.
@@ -4809,6 +4887,7 @@ class AbsoluteError(Function):
         return gx, -gx
 
 
+@_export('functions.loss.mean_absolute_error')
 class MeanAbsoluteError(Function):
     """Function node of mean(|x0 - x1|) over all elements; backward
     sign(x0 - x1) gy / size for x0, its negative for x1.
@@ -4829,6 +4908,7 @@ class MeanAbsoluteError(Function):
         return gx, -gx
 
 
+@_export('functions.loss.huber_loss')
 class HuberLoss(Function):
     """Function node of the Huber loss of d = x - t: d**2 / 2 where |d| <= delta,
     else delta (|d| - delta / 2); summed along axis 1 (reduce=
@@ -4864,6 +4944,7 @@ class HuberLoss(Function):
         return gx, -gx
 
 
+@_export('functions.loss.sigmoid_cross_entropy')
 class SigmoidCrossEntropy(Function):
     """Function node of the cross entropy of sigmoid(x) against 0/1 labels t:
     loss = -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))), 0 where t == -1,
@@ -4911,7 +4992,7 @@ class SigmoidCrossEntropy(Function):
         return gx, None
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.absolute_error')
 def absolute_error(x0, x1):
     """Elementwise absolute error |x0 - x1|, not reduced.
 
@@ -4923,7 +5004,7 @@ def absolute_error(x0, x1):
     return AbsoluteError()(x0, x1)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.mean_absolute_error')
 def mean_absolute_error(x0, x1):
     """Mean absolute error sum(|x0 - x1|) / x0.size, as a scalar Variable.
 
@@ -4934,7 +5015,7 @@ def mean_absolute_error(x0, x1):
     return MeanAbsoluteError()(x0, x1)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.huber_loss')
 def huber_loss(x, t, delta, reduce='sum_along_second_axis'):
     """Huber loss of d = x - t, elementwise:
 
@@ -4954,7 +5035,7 @@ def huber_loss(x, t, delta, reduce='sum_along_second_axis'):
     return HuberLoss(delta, reduce)(x, t)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.sigmoid_cross_entropy')
 def sigmoid_cross_entropy(x, t, normalize=True, reduce='mean'):
     """Cross entropy of sigmoid(x) against binary labels t, elementwise:
 
@@ -4976,7 +5057,7 @@ def sigmoid_cross_entropy(x, t, normalize=True, reduce='mean'):
     return SigmoidCrossEntropy(normalize, reduce)(x, t)
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.accuracy')
 def accuracy(y, t, ignore_label=None):
     """Fraction of examples whose arg-max over axis 1 of y equals the label t.
 
@@ -5012,6 +5093,7 @@ def accuracy(y, t, ignore_label=None):
 # functions above.  The metrics at the end are not differentiable: like
 # accuracy they return Variables outside the graph.
 
+@_export('functions.loss.hinge')
 class Hinge(Function):
     """Function node of the hinge loss of scores x (N, K) against labels t
     (N,): d = max(0, 1 - x) at the true class, max(0, 1 + x) at the others,
@@ -5054,6 +5136,7 @@ class Hinge(Function):
         return gy * slope * self.sign, None
 
 
+@_export('functions.loss.contrastive')
 class Contrastive(Function):
     """Function node of the contrastive loss of pairs (x0[n], x1[n]) with
     labels y[n] (1 similar, 0 dissimilar): with d = ||x0 - x1||,
@@ -5113,7 +5196,7 @@ def _check_reduce(label, reduce, allowed):
         raise ValueError('{}: reduce must be one of {}, got {!r}'.format(label, allowed, reduce))
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.hinge')
 def hinge(x, t, norm='L1', reduce='mean'):
     """Hinge loss for one-of-K classification.
 
@@ -5132,7 +5215,7 @@ def hinge(x, t, norm='L1', reduce='mean'):
     return Hinge(norm, reduce)(x, t)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.vae')
 def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
     """KL divergence of N(mean, exp(ln_var)) (diagonal) from N(0, I), as in a
     VAE: elementwise (mean**2 + exp(ln_var) - ln_var - 1) / 2.
@@ -5147,7 +5230,7 @@ def gaussian_kl_divergence(mean, ln_var, reduce='sum'):
     return _reduce_loss('gaussian_kl_divergence', loss, reduce)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.vae')
 def gaussian_nll(x, mean, ln_var, reduce='sum'):
     """Negative log-likelihood of x under N(mean, exp(ln_var)) (diagonal),
     elementwise (ln_var + log(2 pi)) / 2 + (x - mean)**2 exp(-ln_var) / 2.
@@ -5163,7 +5246,7 @@ def gaussian_nll(x, mean, ln_var, reduce='sum'):
     return _reduce_loss('gaussian_nll', loss, reduce)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.vae')
 def bernoulli_nll(x, y, reduce='sum'):
     """Negative log-likelihood of x under Bernoulli(sigmoid(y)), elementwise
     -(x log p + (1 - x) log(1 - p)) with p = sigmoid(y), computed as
@@ -5178,7 +5261,7 @@ def bernoulli_nll(x, y, reduce='sum'):
     return _reduce_loss('bernoulli_nll', softplus(y) - mul(x, y), reduce)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.contrastive')
 def contrastive(x0, x1, y, margin=1, reduce='mean'):
     """Contrastive loss of pairs: with d[n] = ||x0[n] - x1[n]||,
 
@@ -5196,7 +5279,7 @@ def contrastive(x0, x1, y, margin=1, reduce='mean'):
     return Contrastive(margin, reduce)(x0, x1, y)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.triplet')
 def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
     """Triplet loss: for each row n,
 
@@ -5221,7 +5304,7 @@ def triplet(anchor, positive, negative, margin=0.2, reduce='mean'):
     return mean(loss) if reduce == 'mean' else loss
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.binary_accuracy')
 def binary_accuracy(y, t):
     """Fraction of elements whose prediction [y >= 0] equals the label t.
 
@@ -5245,7 +5328,7 @@ def binary_accuracy(y, t):
     return Variable(xp.asarray(hits / count, dtype=y.dtype), requires_grad=False)
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.r2_score')
 def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
     """Coefficient of determination R**2 = 1 - SS_res / SS_tot per output
     (column), with SS_res = sum((pred - true)**2, axis 0) and SS_tot =
@@ -5277,7 +5360,7 @@ def r2_score(pred, true, sample_weight=None, multioutput='uniform_average'):
     return Variable(score, requires_grad=False)
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.classification_summary')
 def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
     """Per-class precision, recall, F-beta score and support of a batch.
 
@@ -5321,7 +5404,7 @@ def classification_summary(y, t, label_num=None, beta=1.0, ignore_label=-1):
     return tuple(Variable(a, requires_grad=False) for a in (precision, recall, fbeta, support))
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.classification_summary')
 def precision(y, t, label_num=None, ignore_label=-1):
     """Per-class precision tp / (tp + fp) of argmax(y, axis 1) against t, and
     the support: the tuple (precision, support) of classification_summary,
@@ -5331,7 +5414,7 @@ def precision(y, t, label_num=None, ignore_label=-1):
     return summary[0], summary[3]
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.classification_summary')
 def recall(y, t, label_num=None, ignore_label=-1):
     """Per-class recall tp / (tp + fn) of argmax(y, axis 1) against t, and the
     support: the tuple (recall, support) of classification_summary, whose
@@ -5341,7 +5424,7 @@ def recall(y, t, label_num=None, ignore_label=-1):
     return summary[1], summary[3]
 
 
-@_export('functions')
+@_export('functions', 'functions.evaluation.classification_summary')
 def f1_score(y, t, label_num=None, ignore_label=-1):
     """Per-class F1 score 2 P R / (P + R) of argmax(y, axis 1) against t, and
     the support: the tuple (f1, support) of classification_summary with
@@ -5351,6 +5434,7 @@ def f1_score(y, t, label_num=None, ignore_label=-1):
     return summary[2], summary[3]
 
 
+@_export('functions.math.identity')
 class Identity(Function):
     """Function node that returns its inputs unchanged and passes the gradients
     back unchanged. Chainer: chainer.functions.array.identity.Identity.
@@ -5364,7 +5448,7 @@ class Identity(Function):
         return grad_outputs
 
 
-@_export('functions')
+@_export('functions', 'functions.math.identity')
 def identity(*inputs):
     """Return the inputs unchanged as new Variables (a node in the graph, no
     copy of the data): one Variable for one input, else a tuple.
@@ -5377,22 +5461,24 @@ def identity(*inputs):
 # Each but linear_interpolate is one line on top of the functions above, so
 # its gradient comes for free.
 
-@_export('functions')
+@_export('functions', 'functions.math.square')
 def square(x):
     """x * x, elementwise: a Variable of x's shape and dtype (float).
     Gradient 2 x gy.  Chainer: chainer.functions.square."""
     return mul(x, x)
 
 
-@_export('functions')
+@_export('functions', 'functions.loss.squared_error')
 def squared_error(x0, x1):
     """(x0 - x1)^2, elementwise, for two float arrays of one shape and dtype
     (broadcasting as in sub); returns a Variable, not reduced.
     Chainer: chainer.functions.squared_error (alias F.squared_difference)."""
     return square(sub(x0, x1))
+_export('functions.loss.squared_error', squared_difference=squared_error)
 _export('functions', squared_difference=squared_error)
 
 
+@_export('functions.math.linear_interpolate')
 class LinearInterpolate(Function):
     """Function node of z = p * x + (1 - p) * y; backward (x - y) gz,
     p gz, (1 - p) gz. Chainer: chainer.functions.math.linear_interpolate.
@@ -5415,7 +5501,7 @@ class LinearInterpolate(Function):
         return (x - y) * gz, p * gz, (p.dtype.type(1) - p) * gz
 
 
-@_export('functions')
+@_export('functions', 'functions.math.linear_interpolate')
 def linear_interpolate(p, x, y):
     """Elementwise p * x + (1 - p) * y. p, x, y: float Variables or arrays of
     one shape and dtype; all three get gradients. Returns a Variable. Raises
@@ -5425,7 +5511,7 @@ def linear_interpolate(p, x, y):
     return LinearInterpolate()(p, x, y)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.swapaxes')
 def swapaxes(x, axis1, axis2):
     """x with axes axis1 and axis2 exchanged (a transpose; negative axes count
     from the end).  Returns a Variable; IndexError for an axis out of range.
@@ -5435,7 +5521,7 @@ def swapaxes(x, axis1, axis2):
     return transpose(x, tuple(axes))
 
 
-@_export('functions')
+@_export('functions', 'functions.array.hstack')
 def hstack(xs):
     """Concatenate the sequence xs along axis 1 (axis 0 for 1-d inputs); the
     shapes must agree elsewhere.  Returns a Variable; ValueError for no input.
@@ -5444,7 +5530,7 @@ def hstack(xs):
     return concat(xs, axis=0 if _input_data('hstack', xs[0]).ndim <= 1 else 1)
 
 
-@_export('functions')
+@_export('functions', 'functions.array.vstack')
 def vstack(xs):
     """Concatenate the sequence xs along axis 0; 1-d inputs of length n become
     rows (1, n) first.  Returns a Variable; ValueError for no input.
@@ -5455,7 +5541,7 @@ def vstack(xs):
     return concat(xs, axis=0)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.minmax')
 def argmax(x, axis=None):
     """Index of the largest element of x, over all of x (axis None, default)
     or along `axis`.  Returns an int32 Variable with no gradient.
@@ -5465,7 +5551,7 @@ def argmax(x, axis=None):
                     requires_grad=False)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.minmax')
 def argmin(x, axis=None):
     """Index of the smallest element of x, over all of x (axis None, default)
     or along `axis`.  Returns an int32 Variable with no gradient.
@@ -5493,7 +5579,7 @@ def _caffe_broadcast(label, x, y, axis):
     return broadcast_to(reshape(y, padded), x_shape)
 
 
-@_export('functions')
+@_export('functions', 'functions.math.scale')
 def scale(x, y, axis=1):
     """Elementwise product x * y, with y broadcast from `axis` of x: y.shape
     must equal x.shape[axis:axis + y.ndim] (axis default 1, a non-negative int).
@@ -5503,7 +5589,7 @@ def scale(x, y, axis=1):
     return mul(x, _caffe_broadcast('scale', x, y, axis))
 
 
-@_export('functions')
+@_export('functions', 'functions.math.bias')
 def bias(x, y, axis=1):
     """Elementwise sum x + y, with y broadcast from `axis` of x as in scale.
     Returns a Variable of x's shape; both get gradients.  Raises ValueError
@@ -5512,7 +5598,7 @@ def bias(x, y, axis=1):
     return add(x, _caffe_broadcast('bias', x, y, axis))
 
 
-@_export('functions')
+@_export('functions', 'functions.activation.maxout')
 def maxout(x, pool_size, axis=1):
     """Maxout: split `axis` of x (size M * pool_size) into (M, pool_size) and
     take the maximum over each pool: y[..., m, ...] = max_p x[..., m * pool_size + p, ...].
@@ -5536,6 +5622,7 @@ def maxout(x, pool_size, axis=1):
     return _functions_named_like_builtins['max'](reshape(x, pooled), axis=axis + 1)
 
 
+@_export('functions.connection.bilinear')
 class BilinearFunction(Function):
     """Function node of y[i, l] = sum_jk e1[i, j] e2[i, k] W[j, k, l]
     (+ e1 V1 + e2 V2 + b when given); backward contracts gy with the other
@@ -5590,7 +5677,7 @@ class BilinearFunction(Function):
                 gy.sum(axis=0))
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.bilinear')
 def bilinear(e1, e2, W, V1=None, V2=None, b=None):
     """Bilinear form of two batches of vectors:
     y[i, l] = sum_jk e1[i, j] e2[i, k] W[j, k, l] + sum_j e1[i, j] V1[j, l]
@@ -5616,6 +5703,7 @@ def bilinear(e1, e2, W, V1=None, V2=None, b=None):
 # product of a one-hot vector with W, without building the one-hot, and its
 # gradient adds gy into the rows that were picked.
 
+@_export('functions.connection.embed_id')
 class EmbedIDFunction(Function):
     """Function node of y = W[x] (zeros where x == ignore_label); backward
     scatter-adds gy into the rows of W that x picked (no gradient for x).
@@ -5666,7 +5754,7 @@ class EmbedIDFunction(Function):
         return None, gW
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.embed_id')
 def embed_id(x, W, ignore_label=None):
     """Word embedding: y[..., :] = W[x[...]], the row of W for each integer id.
 
@@ -5703,7 +5791,7 @@ def _get_fans(shape):
 _export('initializers', get_fans=_get_fans)
 
 
-@_export('initializers')
+@_export('initializer', 'initializers')
 class Initializer:
     """Fills an array in place: `initializer(array)`.  Random ones draw from
     `rng` if given, else from the array's module: on the CPU NumPy's global
@@ -5722,7 +5810,7 @@ class Initializer:
         raise NotImplementedError
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.constant')
 class Constant(Initializer):
     """Initializer that fills with `fill_value`: a scalar, or an array of the
     parameter's shape (copied to the array's device). dtype: default None
@@ -5737,21 +5825,21 @@ class Constant(Initializer):
         array[...] = _device_of(array).send(fill) if isinstance(fill, _array_types) else fill
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.constant')
 class Zero(Constant):
     """Initializer that fills with 0. Chainer: chainer.initializers.Zero."""
     def __init__(self, dtype=None):
         super().__init__(0.0, dtype)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.constant')
 class One(Constant):
     """Initializer that fills with 1. Chainer: chainer.initializers.One."""
     def __init__(self, dtype=None):
         super().__init__(1.0, dtype)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.constant')
 class NaN(Constant):
     """Initializer that fills with NaN: the placeholder of a parameter whose
     values are to come from elsewhere (a file, copyparams), so that forgetting
@@ -5761,7 +5849,7 @@ class NaN(Constant):
         super().__init__(np.nan, dtype)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.normal')
 class Normal(Initializer):
     """Initializer drawing from the normal distribution N(0, scale**2).
     scale: standard deviation, default 0.05; dtype: default None (config.dtype);
@@ -5776,7 +5864,7 @@ class Normal(Initializer):
         array[...] = self._random(array).normal(0.0, self.scale, array.shape)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.uniform')
 class Uniform(Initializer):
     """Initializer drawing from the uniform distribution U(-scale, scale).
     scale default 0.05; dtype, rng as for Normal. Chainer: chainer.initializers.Uniform.
@@ -5789,7 +5877,7 @@ class Uniform(Initializer):
         array[...] = self._random(array).uniform(-self.scale, self.scale, array.shape)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.normal')
 class LeCunNormal(Initializer):
     """Initializer drawing from N(0, scale**2 / fan_in) (LeCun).
     scale default 1.0; dtype, rng as for Normal; the array needs 2 or more
@@ -5806,7 +5894,7 @@ class LeCunNormal(Initializer):
         Normal(self.scale * math.sqrt(1.0 / fan_in), rng=self.rng)(array)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.normal')
 class HeNormal(Initializer):
     """Initializer drawing from N(0, scale**2 * 2 / fan) (He), for ReLU networks.
     fan_option: 'fan_in' (default) or 'fan_out'; scale default 1.0; dtype, rng
@@ -5824,7 +5912,7 @@ class HeNormal(Initializer):
         Normal(self.scale * math.sqrt(2.0 / fan), rng=self.rng)(array)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.normal')
 class GlorotNormal(Initializer):
     """Initializer drawing from N(0, scale**2 * 2 / (fan_in + fan_out)) (Glorot).
     scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotNormal.
@@ -5839,7 +5927,7 @@ class GlorotNormal(Initializer):
         Normal(self.scale * math.sqrt(2.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.uniform')
 class GlorotUniform(Initializer):
     """Initializer drawing from U(-s, s), s = scale * sqrt(6 / (fan_in + fan_out)).
     scale default 1.0; dtype, rng as for Normal. Chainer: chainer.initializers.GlorotUniform.
@@ -5854,7 +5942,7 @@ class GlorotUniform(Initializer):
         Uniform(self.scale * math.sqrt(6.0 / (fan_in + fan_out)), rng=self.rng)(array)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.uniform')
 class HeUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(6 / fan_in).  Chainer: initializers.HeUniform."""
 
@@ -5867,7 +5955,7 @@ class HeUniform(Initializer):
         Uniform(self.scale * math.sqrt(6.0 / fan_in), rng=self.rng)(array)
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.uniform')
 class LeCunUniform(Initializer):
     """U(-s, s) with s = scale * sqrt(3 / fan_in).  Chainer: initializers.LeCunUniform."""
 
@@ -5898,6 +5986,7 @@ class _IdentityInitializer(Initializer):
             raise ValueError('Identity: the array must be a square matrix, got shape '
                              '{}'.format(shape))
         array[...] = _xp(array).identity(shape[0]) * self.scale
+_export('initializers.constant', Identity=_IdentityInitializer)
 _export('initializers', Identity=_IdentityInitializer)
 
 
@@ -5906,7 +5995,7 @@ _ORTHOGONAL_MODES = {       # mode: (needs in >= out, needs in <= out)
     'embedding': (True, False), 'basis': (True, True)}
 
 
-@_export('initializers')
+@_export('initializers', 'initializers.orthogonal')
 class Orthogonal(Initializer):
     """Initializer with orthonormal rows (or columns) times scale (Saxe et
     al. 2013): the array, seen as a matrix (out, in) = (shape[0], the product
@@ -6334,7 +6423,7 @@ class Classifier(Chain):
         return self.loss
 
 
-@_export('links')
+@_export('links', 'links.connection.embed_id')
 class EmbedID(Link):
     """Embedding layer: a table W of in_size vectors of size out_size, looked
     up by integer ids (F.embed_id).
@@ -6375,7 +6464,7 @@ def _check_link_input(link_name, x, param, name):
     return data
 
 
-@_export('links')
+@_export('links', 'links.activation.prelu')
 class PReLU(Link):
     """Parametric ReLU with a learned slope W (F.prelu).
 
@@ -6397,7 +6486,7 @@ class PReLU(Link):
         return prelu(x, self.W)
 
 
-@_export('links')
+@_export('links', 'links.activation.swish')
 class Swish(Link):
     """Swish activation x * sigmoid(beta x) with a learned beta (F.swish).
 
@@ -6421,7 +6510,7 @@ class Swish(Link):
         return swish(x, self.beta)
 
 
-@_export('links')
+@_export('links', 'links.connection.bias')
 class Bias(Link):
     """Learned broadcast sum x + b (F.bias).
 
@@ -6446,7 +6535,7 @@ class Bias(Link):
         return bias(x, y, self.axis)
 
 
-@_export('links')
+@_export('links', 'links.connection.scale')
 class Scale(Chain):
     """Learned broadcast product x * W (F.scale), optionally plus a Bias.
 
@@ -6487,7 +6576,7 @@ def _learned_or_given(link_name, xs, param):
     return (xs[0], param) if want == 1 else xs
 
 
-@_export('links')
+@_export('links', 'links.activation.maxout')
 class Maxout(Chain):
     """Fully connected maxout layer: y[i] = max_p (W[i, p] . x + b[i, p]).
 
@@ -6533,7 +6622,7 @@ def _reshaped_initializer(link_name, name, spec, ndim, split):
     return spec
 
 
-@_export('links')
+@_export('links', 'links.connection.bilinear')
 class Bilinear(Link):
     """Bilinear layer (F.bilinear): y = e1 W e2 + e1 V1 + e2 V2 + b.
 
@@ -6584,7 +6673,7 @@ class Bilinear(Link):
         return bilinear(e1, e2, self.W, self.V1, self.V2, self.b)
 
 
-@_export('links')
+@_export('links', 'links.connection.highway')
 class Highway(Chain):
     """Highway layer: y = activate(plain(x)) * t + x * (1 - t), with the
     transform gate t = sigmoid(transform(x)).
@@ -6641,6 +6730,7 @@ class ParameterLink(Link):
         """identity(W); `volatile` (Chainer v1's flag) is accepted and ignored.
         Chainer: chainer.links.Parameter.forward."""
         return identity(self.W)
+_export('links.connection.parameter', Parameter=ParameterLink)
 _export('links', Parameter=ParameterLink)
 
 # ----- simplified dropconnect ---------------------------------------------------------
@@ -6714,7 +6804,7 @@ class SimplifiedDropconnectFunction(Function):
         return grads + (gy.sum(axis=0),) if len(inputs) == 3 else grads
 
 
-@_export('functions')
+@_export('functions', 'functions.noise.simplified_dropconnect')
 def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
                            use_batchwise_mask=True):
     """Linear layer with dropconnect: y[n] = (W * mask[n] / (1 - ratio)) x[n] + b.
@@ -6739,7 +6829,7 @@ def simplified_dropconnect(x, W, b=None, ratio=.5, train=True, mask=None,
     return SimplifiedDropconnectFunction(ratio, mask, use_batchwise_mask)(*inputs)
 
 
-@_export('links')
+@_export('links', 'links.activation.simplified_dropconnect')
 class SimplifiedDropconnect(Link):
     """Linear layer with simplified dropconnect (F.simplified_dropconnect).
 
@@ -6848,7 +6938,7 @@ def _conv_outsize(size, k, s, p, cover_all=False, d=1):
     return (size + p * 2 - k) // s + 1
 
 
-@_export('utils')
+@_export('utils', 'utils.conv')
 def get_conv_outsize(size, k, s, p, cover_all=False, d=1):
     """The output length of a convolution along one axis: input length `size`,
     kernel `k`, stride `s`, padding `p`, dilation `d` (ints); cover_all
@@ -6857,7 +6947,7 @@ def get_conv_outsize(size, k, s, p, cover_all=False, d=1):
     return _conv_outsize(size, k, s, p, cover_all, d)
 
 
-@_export('utils')
+@_export('utils', 'utils.conv')
 def get_deconv_outsize(size, k, s, p, cover_all=False, d=1):
     """The output length of a deconvolution along one axis, the inverse of
     get_conv_outsize: s (size - 1) + (k - 1) d + 1 - 2 p, one pixel less with
@@ -6988,6 +7078,7 @@ def _col2im_nd(gcol, sizes, stride, pad, dilate=None):
 # and backward is the same per block.  G = C with one filter per channel is
 # the depthwise convolution.
 
+@_export('functions.connection.convolution_2d')
 class Convolution2DFunction(Function):
     """Function node of convolution_2d: im2col, then one matrix product per
     group; backward: gW from col and gy, gx by col2im of W^T gy, gb by
@@ -7064,7 +7155,7 @@ def _check_groups(label, groups):
     return int(groups)
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.convolution_2d')
 def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
     """2-D convolution (cross-correlation, as in Chainer) of NCHW images.
 
@@ -7083,7 +7174,7 @@ def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, 
     return function(x, W) if b is None else function(x, W, b)
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.dilated_convolution_2d')
 def dilated_convolution_2d(x, W, b=None, stride=1, pad=0, dilate=1, cover_all=False):
     """convolution_2d with the kernel's taps `dilate` pixels apart.
 
@@ -7095,7 +7186,7 @@ def dilated_convolution_2d(x, W, b=None, stride=1, pad=0, dilate=1, cover_all=Fa
     return convolution_2d(x, W, b, stride, pad, cover_all, dilate=dilate)
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.depthwise_convolution_2d')
 def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
     """Convolve each input channel separately with its own M filters.
 
@@ -7140,6 +7231,7 @@ def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
 #
 #     dL/dx = convolution_2d(gy, W)        dL/dW2 = x2 @ im2col(gy)^T
 
+@_export('functions.connection.deconvolution_2d')
 class Deconvolution2DFunction(Function):
     """Function node of deconvolution_2d: one matrix product (per group),
     then col2im; backward: im2col of gy, then the products of a convolution.
@@ -7232,7 +7324,7 @@ class Deconvolution2DFunction(Function):
         return gx, gW
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.deconvolution_2d')
 def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, groups=1):
     """2-D transposed convolution: the adjoint of convolution_2d with the same W.
 
@@ -7249,6 +7341,7 @@ def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, g
     return function(x, W) if b is None else function(x, W, b)
 
 
+@_export('functions.array.im2col')
 class Im2Col(Function):
     """Function node of im2col: every kh x kw patch as a column of channels;
     backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
@@ -7278,7 +7371,7 @@ class Im2Col(Function):
         return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad, self.dilate),
 
 
-@_export('functions')
+@_export('functions', 'functions.array.im2col')
 def im2col(x, ksize, stride=1, pad=0, cover_all=False, dilate=1):
     """The patches of x (N, C, H, W) as channels: (N, C*kh*kw, out_h, out_w),
     channel c*kh*kw + u*kw + v holding the pixel at kernel offset (u, v) of
@@ -7344,7 +7437,7 @@ class MaxPooling2D(Function):
         return gx[:, :, ph:ph + h, pw:pw + w],
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.max_pooling_nd')
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """The maximum of each ksize window of x (N, C, H, W), per channel.
 
@@ -7364,6 +7457,7 @@ def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return y
 
 
+@_export('functions.pooling.average_pooling_2d')
 class AveragePooling2D(Function):
     """Function node of average_pooling_2d: the mean of each kh x kw window
     (padding counted as zeros); backward spreads gy / (kh kw) over the window.
@@ -7394,7 +7488,7 @@ class AveragePooling2D(Function):
         return _col2im(gcol, x.shape[2], x.shape[3], self.stride, self.pad),
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.average_pooling_2d')
 def average_pooling_2d(x, ksize, stride=None, pad=0):
     """The mean of each ksize window of x (N, C, H, W), per channel.
 
@@ -7459,6 +7553,7 @@ class _Unpool(Function):
         return _patches(gy, self.ksize, self.stride, self.pad, self.cover_all)
 
 
+@_export('functions.pooling.unpooling_2d')
 class Unpooling2D(_Unpool):
     """Function node of unpooling_2d: col2im of x repeated over each window;
     backward sums gy over each window.
@@ -7477,7 +7572,7 @@ class Unpooling2D(_Unpool):
         return self._windows(grad_outputs[0]).sum(axis=(2, 3)),
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.unpooling_2d')
 def unpooling_2d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     """Copy every pixel of x (N, C, h, w) into its whole ksize window of a larger image.
 
@@ -7492,6 +7587,7 @@ def unpooling_2d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     return Unpooling2D(ksize, stride, pad, outsize, cover_all)(x)
 
 
+@_export('functions.pooling.upsampling_2d')
 class Upsampling2D(_Unpool):
     """Function node of upsampling_2d: each pixel to the offset `indices`
     names in its window; backward reads gy back from the same place.
@@ -7526,7 +7622,7 @@ class Upsampling2D(_Unpool):
         return gx,
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.upsampling_2d')
 def upsampling_2d(x, indexes, ksize, stride=None, pad=0, outsize=None, cover_all=True):
     """Put every pixel of x (N, C, h, w) where max pooling found it; zeros elsewhere.
 
@@ -7656,7 +7752,7 @@ class ConvolutionNDFunction(Function):
         return gx, gW
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.convolution_nd')
 def convolution_nd(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """N-dimensional convolution (cross-correlation) of x (N, C, s1, ..., sd).
 
@@ -7675,7 +7771,7 @@ def convolution_nd(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return function(x, W) if b is None else function(x, W, b)
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.convolution_nd')
 def convolution_1d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """convolution_nd for signals: x (N, C, L), W (out_channels, C / groups, k).
 
@@ -7686,7 +7782,7 @@ def convolution_1d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.convolution_nd')
 def convolution_3d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, groups=1):
     """convolution_nd for volumes: x (N, C, D, H, W), W (out_channels, C / groups, kd, kh, kw).
 
@@ -7697,6 +7793,7 @@ def convolution_3d(x, W, b=None, stride=1, pad=0, cover_all=False, dilate=1, gro
     return convolution_nd(x, W, b, stride, pad, cover_all, dilate, groups)
 
 
+@_export('functions.pooling.max_pooling_nd')
 class MaxPoolingND(Function):
     """Function node of max_pooling_nd: MaxPooling2D with d spatial axes (a
     running maximum over the k1*...*kd window offsets; gy goes to the first
@@ -7740,7 +7837,7 @@ class MaxPoolingND(Function):
         return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.max_pooling_nd')
 def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """The maximum of each window of x (N, C, s1, ..., sd), per channel.
 
@@ -7760,7 +7857,7 @@ def max_pooling_nd(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return y
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.max_pooling_nd')
 def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """max_pooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
     3-D.  Chainer: chainer.functions.max_pooling_1d."""
@@ -7768,7 +7865,7 @@ def max_pooling_1d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.max_pooling_nd')
 def max_pooling_3d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=False):
     """max_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
     unless x is 5-D.  Chainer: chainer.functions.max_pooling_3d."""
@@ -7776,6 +7873,7 @@ def max_pooling_3d(x, ksize, stride=None, pad=0, cover_all=True, return_indices=
     return max_pooling_nd(x, ksize, stride, pad, cover_all, return_indices)
 
 
+@_export('functions.pooling.average_pooling_nd')
 class AveragePoolingND(Function):
     """Function node of average_pooling_nd: each window's sum divided by its
     size (pad_value=0: the full k1*...*kd; None: the pixels inside x only);
@@ -7830,7 +7928,7 @@ class AveragePoolingND(Function):
         return _col2im_nd(gcol, x.shape[2:], self.stride, self.pad),
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.average_pooling_nd')
 def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
     """The mean of each window of x (N, C, s1, ..., sd), per channel.
 
@@ -7846,7 +7944,7 @@ def average_pooling_nd(x, ksize, stride=None, pad=0, pad_value=0):
                             pad_value)(x)
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.average_pooling_nd')
 def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
     """average_pooling_nd of a signal x (N, C, L).  Raises ValueError unless
     x is 3-D.  Chainer: chainer.functions.average_pooling_1d."""
@@ -7854,7 +7952,7 @@ def average_pooling_1d(x, ksize, stride=None, pad=0, pad_value=0):
     return average_pooling_nd(x, ksize, stride, pad, pad_value)
 
 
-@_export('functions')
+@_export('functions', 'functions.pooling.average_pooling_nd')
 def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
     """average_pooling_nd of a volume x (N, C, D, H, W).  Raises ValueError
     unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
@@ -7961,7 +8059,7 @@ class BatchNormalizationFunction(Function):
         return gx, ggamma, gbeta
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.batch_normalization')
 def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var=None,
                         decay=0.9, axis=None):
     """Normalize x with its own batch statistics: gamma (x - mu)/sqrt(var + eps) + beta.
@@ -7977,6 +8075,7 @@ def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var
         x, gamma, beta)
 
 
+@_export('functions.normalization.batch_normalization')
 class FixedBatchNormalization(Function):
     """Function node of fixed_batch_normalization: normalizes with a given
     mean and variance; all five inputs get gradients.
@@ -8017,7 +8116,7 @@ class FixedBatchNormalization(Function):
         return gx, ggamma, gbeta, gmean, gvar
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.batch_normalization')
 def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
     """Normalize x with given statistics: gamma (x - mean)/sqrt(var + eps) + beta.
 
@@ -8042,6 +8141,7 @@ def fixed_batch_normalization(x, gamma, beta, mean, var, eps=2e-5, axis=None):
 # so the gradient is batch normalization's with gamma r in place of gamma.
 # rmax=1, dmax=0 gives r=1, d=0: plain batch normalization.
 
+@_export('functions.normalization.batch_renormalization')
 class BatchRenormalizationFunction(Function):
     """Function node of batch_renormalization: batch normalization corrected
     by r and d towards the running statistics (updated in place only when
@@ -8109,7 +8209,7 @@ class BatchRenormalizationFunction(Function):
         return gx, ggamma, gbeta
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.batch_renormalization')
 def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=None,
                           running_var=None, decay=0.9, update_statistics=False):
     """Batch renormalization: gamma (x_hat r + d) + beta, x_hat = (x - mu)/sigma.
@@ -8135,7 +8235,7 @@ def batch_renormalization(x, gamma, beta, rmax, dmax, eps=2e-5, running_mean=Non
                                         update_statistics)(x, gamma, beta)
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.batch_renormalization')
 def fixed_batch_renormalization(x, gamma, beta, mean, var, eps=2e-5):
     """Test-time batch renormalization: gamma (x - mean)/sqrt(var + eps) + beta.
 
@@ -8246,7 +8346,7 @@ def _check_group_count(label, shape, groups):
                          'got x.shape {}'.format(label, groups, shape))
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.layer_normalization')
 def layer_normalization(x, gamma, beta, eps=1e-5):
     """Layer normalization: each row of x normalized by its own mean and
     variance, then scaled and shifted: y = gamma (x - mu) / sqrt(var + eps) + beta.
@@ -8259,7 +8359,7 @@ def layer_normalization(x, gamma, beta, eps=1e-5):
     return LayerNormalizationFunction(eps)(x, gamma, beta)
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.group_normalization')
 def group_normalization(x, groups, gamma, beta, eps=1e-5):
     """Group normalization: the C channels of x split into `groups` groups of
     C / groups; each group of each example normalized by its own mean and
@@ -8289,6 +8389,7 @@ def _channel_window_sum(a, half):
     return total
 
 
+@_export('functions.normalization.local_response_normalization')
 class LocalResponseNormalization(Function):
     """Function node of y = x * s**-beta, s = k + alpha * (sum of x**2 over
     the channels within n // 2 of each channel).  Backward:
@@ -8320,7 +8421,7 @@ class LocalResponseNormalization(Function):
         return gy * self.scale - dtype(2 * self.alpha * self.beta) * x * around,
 
 
-@_export('functions')
+@_export('functions', 'functions.normalization.local_response_normalization')
 def local_response_normalization(x, n=5, k=2, alpha=1e-4, beta=.75):
     """Local response normalization across channels (AlexNet):
     y = x / (k + alpha * sum_{|c' - c| <= n // 2} x_c'^2) ** beta.
@@ -8356,6 +8457,7 @@ def _resize_matrix(xp, out_size, in_size, mode, align_corners, dtype):
     return xp.asarray(matrix.astype(dtype))
 
 
+@_export('functions.array.resize_images')
 class ResizeImages(Function):
     """Function node of y = R_h x R_w^T on each image (R_h, R_w the resize
     matrices of the two axes); backward R_h^T gy R_w.
@@ -8383,7 +8485,7 @@ class ResizeImages(Function):
                                      self.cols),
 
 
-@_export('functions')
+@_export('functions', 'functions.array.resize_images')
 def resize_images(x, output_shape, *, mode='bilinear', align_corners=True):
     """Images resized to output_shape = (out_H, out_W).
 
@@ -8427,6 +8529,7 @@ def _shift_groups(src, kh, kw, dy, dx):
     return y
 
 
+@_export('functions.connection.shift')
 class Shift(Function):
     """Function node of the shift operation: channel group g moved by
     offset g of a kh x kw grid (times dilate); backward moves gy back by
@@ -8449,7 +8552,7 @@ class Shift(Function):
         return _shift_groups(grad_outputs[0], self.kh, self.kw, -self.dy, -self.dx),
 
 
-@_export('functions')
+@_export('functions', 'functions.connection.shift')
 def shift(x, ksize=3, dilate=1):
     """Shift (Wu et al. 2017), a zero-parameter stand-in for a spatial
     convolution: the channels of x (N, C, H, W) are split into kh * kw
@@ -8471,7 +8574,7 @@ def shift(x, ksize=3, dilate=1):
 
 # ----- the links -----------------------------------------------------------------
 
-@_export('links')
+@_export('links', 'links.connection.convolution_2d')
 class Convolution2D(Link):
     """A convolution layer: owns W (out_channels, in_channels / groups, kh, kw) and b.
 
@@ -8526,7 +8629,7 @@ def _check_link_groups(label, channels, groups, what):
                          .format(label, what, channels, groups))
 
 
-@_export('links')
+@_export('links', 'links.connection.dilated_convolution_2d')
 class DilatedConvolution2D(Convolution2D):
     """A dilated convolution layer: Convolution2D with the taps `dilate` apart.
 
@@ -8544,7 +8647,7 @@ class DilatedConvolution2D(Convolution2D):
                          initial_bias, dilate=dilate)
 
 
-@_export('links')
+@_export('links', 'links.connection.depthwise_convolution_2d')
 class DepthwiseConvolution2D(Link):
     """A depthwise convolution layer: channel_multiplier filters per input channel.
 
@@ -8585,7 +8688,7 @@ class DepthwiseConvolution2D(Link):
         return depthwise_convolution_2d(x, self.W, self.b, self.stride, self.pad)
 
 
-@_export('links')
+@_export('links', 'links.connection.deconvolution_2d')
 class Deconvolution2D(Link):
     """A transposed convolution layer: owns W (in_channels, out_channels / groups, kh, kw) and b.
 
@@ -8637,7 +8740,7 @@ class Deconvolution2D(Link):
                                 dilate=self.dilate, groups=self.groups)
 
 
-@_export('links')
+@_export('links', 'links.connection.convolution_nd')
 class ConvolutionND(Link):
     """An N-dimensional convolution layer: owns W (out_channels, in_channels / groups, k1..kd) and b.
 
@@ -8692,7 +8795,7 @@ class ConvolutionND(Link):
                               self.dilate, self.groups)
 
 
-@_export('links')
+@_export('links', 'links.connection.convolution_nd')
 class Convolution1D(ConvolutionND):
     """ConvolutionND with ndim=1: W (out_channels, in_channels / groups, k).
 
@@ -8706,7 +8809,7 @@ class Convolution1D(ConvolutionND):
                          initial_bias, cover_all, dilate, groups)
 
 
-@_export('links')
+@_export('links', 'links.connection.convolution_nd')
 class Convolution3D(ConvolutionND):
     """ConvolutionND with ndim=3: W (out_channels, in_channels / groups, kd, kh, kw).
 
@@ -8720,7 +8823,7 @@ class Convolution3D(ConvolutionND):
                          initial_bias, cover_all, dilate, groups)
 
 
-@_export('links')
+@_export('links', 'links.normalization.batch_normalization')
 class BatchNormalization(Link):
     """Batch normalization with learned gamma, beta and running statistics.
 
@@ -8796,7 +8899,7 @@ class BatchNormalization(Link):
         self.N = 0
 
 
-@_export('links')
+@_export('links', 'links.normalization.batch_renormalization')
 class BatchRenormalization(BatchNormalization):
     """Batch renormalization with learned gamma, beta and running statistics.
 
@@ -8841,7 +8944,7 @@ class BatchRenormalization(BatchNormalization):
 
 # ----- network-in-network and inception blocks: chains of convolutions ---------------
 
-@_export('links')
+@_export('links', 'links.connection.mlp_convolution_2d')
 class MLPConvolution2D(ChainList):
     """Network-in-network "mlpconv": a convolution followed by 1x1
     convolutions, i.e. a small MLP applied at every pixel.
@@ -8878,7 +8981,7 @@ class MLPConvolution2D(ChainList):
         return self[-1](x)
 
 
-@_export('links')
+@_export('links', 'links.connection.inception')
 class Inception(Chain):
     """The GoogLeNet inception block: four branches side by side, their
     outputs concatenated along the channels and passed through relu:
@@ -8914,7 +9017,7 @@ class Inception(Chain):
         return relu(concat(branches, axis=1))
 
 
-@_export('links')
+@_export('links', 'links.normalization.layer_normalization')
 class LayerNormalization(Link):
     """Layer normalization with learned gamma and beta (F.layer_normalization).
 
@@ -8951,7 +9054,7 @@ class LayerNormalization(Link):
         return layer_normalization(x, self.gamma, self.beta, self.eps)
 
 
-@_export('links')
+@_export('links', 'links.normalization.group_normalization')
 class GroupNormalization(Link):
     """Group normalization with learned gamma and beta (F.group_normalization).
 
@@ -9157,6 +9260,7 @@ class _OptimizerHooks:
                 hook(self)
 
 
+@_export('optimizers.momentum_sgd')
 class MomentumSGDRule(UpdateRule):
     """Update rule of MomentumSGD: v = momentum * v - lr * grad; p += v.
     State: v. Chainer: chainer.optimizers.momentum_sgd.MomentumSGDRule.
@@ -9174,7 +9278,7 @@ class MomentumSGDRule(UpdateRule):
         param.data += v
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.momentum_sgd')
 class MomentumSGD(Optimizer):
     """SGD with momentum: v = momentum * v - lr * grad; p += v.
     lr default 0.01, momentum default 0.9. Chainer: chainer.optimizers.MomentumSGD.
@@ -9187,6 +9291,7 @@ class MomentumSGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum)
 
 
+@_export('optimizers.nesterov_ag')
 class NesterovAGRule(UpdateRule):
     """Update rule of NesterovAG (see NesterovAG). State: v.
     Chainer: chainer.optimizers.nesterov_ag.NesterovAGRule.
@@ -9208,7 +9313,7 @@ class NesterovAGRule(UpdateRule):
         param.data -= lr_one_plus_momentum * grad
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.nesterov_ag')
 class NesterovAG(Optimizer):
     """Nesterov's accelerated gradient: v = momentum v - lr grad;
     p += momentum**2 v - (1 + momentum) lr grad.
@@ -9222,6 +9327,7 @@ class NesterovAG(Optimizer):
         super().__init__(lr=lr, momentum=momentum)
 
 
+@_export('optimizers.corrected_momentum_sgd')
 class CorrectedMomentumSGDRule(UpdateRule):
     """Update rule of CorrectedMomentumSGD: v = momentum v - grad; p += lr v.
     State: v. Chainer: chainer.optimizers.corrected_momentum_sgd.CorrectedMomentumSGDRule.
@@ -9239,7 +9345,7 @@ class CorrectedMomentumSGDRule(UpdateRule):
         param.data += hp.lr * v
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.corrected_momentum_sgd')
 class CorrectedMomentumSGD(Optimizer):
     """Momentum SGD with lr outside the velocity: v = momentum v - grad;
     p += lr v.  With a constant lr it steps as MomentumSGD does; when a
@@ -9255,6 +9361,7 @@ class CorrectedMomentumSGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum)
 
 
+@_export('optimizers.ada_grad')
 class AdaGradRule(UpdateRule):
     """Update rule of AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
     State: h. Chainer: chainer.optimizers.ada_grad.AdaGradRule.
@@ -9270,7 +9377,7 @@ class AdaGradRule(UpdateRule):
         param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.ada_grad')
 class AdaGrad(Optimizer):
     """AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
     lr default 0.001, eps default 1e-8. Chainer: chainer.optimizers.AdaGrad.
@@ -9283,6 +9390,7 @@ class AdaGrad(Optimizer):
         super().__init__(lr=lr, eps=eps)
 
 
+@_export('optimizers.ada_delta')
 class AdaDeltaRule(UpdateRule):
     """Update rule of AdaDelta (see AdaDelta). State: msg, msdx.
     Chainer: chainer.optimizers.ada_delta.AdaDeltaRule.
@@ -9308,7 +9416,7 @@ class AdaDeltaRule(UpdateRule):
         param.data -= dx
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.ada_delta')
 class AdaDelta(Optimizer):
     """AdaDelta, which needs no learning rate:
     msg = rho msg + (1-rho) grad**2; dx = sqrt((msdx + eps) / (msg + eps)) grad;
@@ -9323,6 +9431,7 @@ class AdaDelta(Optimizer):
         super().__init__(rho=rho, eps=eps)
 
 
+@_export('optimizers.rmsprop')
 class RMSpropRule(UpdateRule):
     """Update rule of RMSprop (see RMSprop). State: ms.
     Chainer: chainer.optimizers.rmsprop.RMSpropRule.
@@ -9342,7 +9451,7 @@ class RMSpropRule(UpdateRule):
         param.data -= hp.lr * grad / denom
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.rmsprop')
 class RMSprop(Optimizer):
     """RMSprop: ms = alpha ms + (1-alpha) grad**2; p -= lr grad / (sqrt(ms) + eps),
     or / sqrt(ms + eps) with eps_inside_sqrt. lr default 0.01, alpha 0.99,
@@ -9357,6 +9466,7 @@ class RMSprop(Optimizer):
         super().__init__(lr=lr, alpha=alpha, eps=eps, eps_inside_sqrt=eps_inside_sqrt)
 
 
+@_export('optimizers.rmsprop_graves')
 class RMSpropGravesRule(UpdateRule):
     """Update rule of RMSpropGraves (see RMSpropGraves). State: n, g, delta.
     Chainer: chainer.optimizers.rmsprop_graves.RMSpropGravesRule.
@@ -9385,7 +9495,7 @@ class RMSpropGravesRule(UpdateRule):
         param.data += delta
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.rmsprop_graves')
 class RMSpropGraves(Optimizer):
     """Alex Graves's RMSprop: n = alpha n + (1-alpha) grad**2;
     g = alpha g + (1-alpha) grad; delta = momentum delta - lr grad / sqrt(n - g**2 + eps);
@@ -9402,6 +9512,7 @@ class RMSpropGraves(Optimizer):
         super().__init__(lr=lr, alpha=alpha, momentum=momentum, eps=eps)
 
 
+@_export('optimizers.smorms3')
 class SMORMS3Rule(UpdateRule):
     """Update rule of SMORMS3 (see SMORMS3). State: mem (starts at 1), g, g2.
     Chainer: chainer.optimizers.smorms3.SMORMS3Rule.
@@ -9430,7 +9541,7 @@ class SMORMS3Rule(UpdateRule):
         mem += 1
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.smorms3')
 class SMORMS3(Optimizer):
     """Simon Funk's SMORMS3: r = 1 / (mem + 1); g = (1-r) g + r grad;
     g2 = (1-r) g2 + r grad**2; x = g**2 / (g2 + eps);
@@ -9445,6 +9556,7 @@ class SMORMS3(Optimizer):
         super().__init__(lr=lr, eps=eps)
 
 
+@_export('optimizers.msvag')
 class MSVAGRule(UpdateRule):
     """Update rule of MSVAG (see MSVAG). State: m, v; beta_power (beta**t,
     an attribute, not saved, as in Chainer).
@@ -9485,7 +9597,7 @@ class MSVAGRule(UpdateRule):
         param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.msvag')
 class MSVAG(Optimizer):
     """M-SVAG (Balles and Hennig 2017, "Dissecting Adam"), with decoupled
     weight decay.  With b = beta, bt = beta**t:
@@ -9508,7 +9620,7 @@ class MSVAG(Optimizer):
 
 # ----- optimizers, hooks, initializers, serializers ------------------------------
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.adam')
 class AMSGrad(Adam):
     """Adam with amsgrad=True: steps use the running maximum of v, so the
     step size never grows back.  Same arguments and defaults as Adam.
@@ -9519,7 +9631,7 @@ class AMSGrad(Adam):
         super().__init__(alpha, beta1, beta2, eps, eta, weight_decay_rate, amsgrad=True)
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.adam')
 class AdamW(Adam):
     """Adam with decoupled weight decay: p -= eta weight_decay_rate p besides
     the Adam step (set weight_decay_rate; default 0).  Same arguments as Adam.
@@ -9530,7 +9642,7 @@ class AdamW(Adam):
 # step size lr / (sqrt(v) + eps) is clipped into AdamRule.bounds, which
 # tighten around final_lr as t grows (gamma sets how fast).
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.adam')
 class AdaBound(Adam):
     """Adam with adabound=True: the step size alpha_t / (sqrt(v) + eps) is
     clipped into [lower, upper] (AdamRule.bounds), which close in on
@@ -9544,7 +9656,7 @@ class AdaBound(Adam):
                          final_lr=final_lr, gamma=gamma)
 
 
-@_export('optimizers')
+@_export('optimizers', 'optimizers.adam')
 class AMSBound(Adam):
     """AdaBound on AMSGrad (amsgrad=True, adabound=True): the running maximum
     of v, and the step size clipped into AdamRule.bounds.  Same arguments
@@ -9561,7 +9673,7 @@ class AMSBound(Adam):
 # new arrays instead of modifying grads in place, since a gradient array may
 # be shared by two parameters (add passes one array to both of its inputs).
 
-@_export('optimizer', 'optimizer_hooks')
+@_export('optimizer', 'optimizer_hooks', 'optimizer_hooks.weight_decay')
 class WeightDecay:
     """Optimizer hook for L2 regularization: grad += rate * p before each
     update (rate: a float). Chainer: chainer.optimizer_hooks.WeightDecay.
@@ -9578,7 +9690,7 @@ class WeightDecay:
         param.grad = param.grad + self.rate * param.data
 
 
-@_export('optimizer', 'optimizer_hooks')
+@_export('optimizer', 'optimizer_hooks', 'optimizer_hooks.lasso')
 class Lasso:
     """Optimizer hook for L1 regularization: grad += rate * sign(p) before each
     update (rate: a float). Chainer: chainer.optimizer_hooks.Lasso.
@@ -9595,7 +9707,7 @@ class Lasso:
         param.grad = param.grad + self.rate * _xp(param.data).sign(param.data)
 
 
-@_export('optimizer', 'optimizer_hooks')
+@_export('optimizer', 'optimizer_hooks', 'optimizer_hooks.gradient_hard_clipping')
 class GradientHardClipping:
     """Optimizer hook that clips every gradient element into
     [lower_bound, upper_bound] before each update.
@@ -9613,7 +9725,7 @@ class GradientHardClipping:
         param.grad = _xp(param.grad).clip(param.grad, self.lower_bound, self.upper_bound)
 
 
-@_export('optimizer', 'optimizer_hooks')
+@_export('optimizer', 'optimizer_hooks', 'optimizer_hooks.gradient_clipping')
 class GradientClipping:
     """Optimizer hook that rescales all gradients together so that their
     global L2 norm is at most `threshold` (gradients scaled by threshold /
@@ -9650,7 +9762,7 @@ def _exponential_decay_noise(xp, shape, dtype, hook, rule):
     return xp.random.normal(0, std, shape).astype(dtype, copy=False)
 
 
-@_export('optimizer', 'optimizer_hooks')
+@_export('optimizer', 'optimizer_hooks', 'optimizer_hooks.gradient_noise')
 class GradientNoise:
     """Optimizer hook that adds noise to each gradient before the update:
     grad += noise_func(xp, grad.shape, grad.dtype, hook, rule).  The default
@@ -9674,7 +9786,7 @@ class GradientNoise:
         param.grad = grad + self.noise_func(_xp(grad), grad.shape, grad.dtype, self, rule)
 
 
-@_export('optimizer_hooks')
+@_export('optimizer_hooks', 'optimizer_hooks.gradient_lars')
 class GradientLARS:
     """Optimizer hook for layer-wise adaptive rate scaling (LARS, You et al.
     2017): per parameter, grad = (grad + weight_decay p) * rate, with
@@ -10439,7 +10551,7 @@ def tempdir(**kwargs):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@_export('utils')
+@_export('utils', 'utils.experimental')
 def experimental(api_name):
     """Chainer warns that an API is experimental; nothing here is, so this does nothing."""
 
@@ -10448,6 +10560,7 @@ def _size_of_shape(shape):
     """The number of elements of an array of `shape` (a tuple of ints), an int.
     Chainer: chainer.utils.size_of_shape."""
     return int(np.prod(shape))
+_export('utils.array', size_of_shape=_size_of_shape)
 _export('utils', size_of_shape=_size_of_shape)
 
 
@@ -11276,7 +11389,7 @@ class Iterator:
         pass
 
 
-@_export('iterators')
+@_export('iterators', 'iterators.order_samplers')
 class OrderSampler:
     """Chooses the order of the next epoch: called as
     sampler(current_order, current_position) -> new order of the same size.
@@ -11290,7 +11403,7 @@ class OrderSampler:
         raise NotImplementedError
 
 
-@_export('iterators')
+@_export('iterators', 'iterators.order_samplers')
 class ShuffleOrderSampler(OrderSampler):
     """An OrderSampler returning a fresh random permutation each epoch, drawn
     from `random_state` (a numpy.random.RandomState) or, if None (default),
@@ -11306,7 +11419,7 @@ class ShuffleOrderSampler(OrderSampler):
         return generator.permutation(len(current_order))
 
 
-@_export('iterators')
+@_export('iterators', 'iterators.serial_iterator')
 class SerialIterator(Iterator):
     """Iterates over `dataset` batch_size examples at a time, returning each
     batch as a list of examples.
@@ -11433,7 +11546,7 @@ class SerialIterator(Iterator):
 # the speed differs, so here they are the SerialIterator, taking (and
 # ignoring) their worker options.  They give the same batches as Chainer's
 # SerialIterator would for the same seed.
-@_export('iterators')
+@_export('iterators', 'iterators.multiprocess_iterator')
 class MultiprocessIterator(SerialIterator):
     """SerialIterator that accepts MultiprocessIterator's options (n_processes,
     n_prefetch, shared_mem, dataset_timeout, maxtasksperchild) and loads in
@@ -11448,7 +11561,7 @@ class MultiprocessIterator(SerialIterator):
         pass
 
 
-@_export('iterators')
+@_export('iterators', 'iterators.multithread_iterator')
 class MultithreadIterator(SerialIterator):
     """SerialIterator that accepts n_threads and loads in the calling thread.
     Chainer: iterators.MultithreadIterator."""
@@ -11602,7 +11715,8 @@ class Updater:
         raise NotImplementedError
 
 
-@_export('training', 'training.updater', 'training.updaters')
+@_export('training', 'training.updater', 'training.updaters',
+         'training.updaters.standard_updater')
 class StandardUpdater(Updater):
     """One step = one batch from the 'main' iterator through the 'main'
     optimizer:
@@ -11749,7 +11863,8 @@ class StandardUpdater(Updater):
 # A trigger is a callable(trainer) -> bool.  Wherever one is expected, a tuple
 # such as (20, 'epoch') or (500, 'iteration') may be given instead.
 
-@_export('training', 'training.trigger', 'training.triggers')
+@_export('training', 'training.trigger', 'training.triggers',
+         'training.triggers.interval_trigger')
 class IntervalTrigger:
     """Fires every `period` iterations or epochs: (2, 'epoch') fires at the
     ends of epochs 2, 4, 6, ...
@@ -11823,7 +11938,7 @@ class IntervalTrigger:
         return '{}({}, {!r})'.format(type(self).__name__, self.period, self.unit)
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.manual_schedule_trigger')
 class ManualScheduleTrigger:
     """Fires when training passes one of the given points:
     ManualScheduleTrigger([10, 25], 'epoch').
@@ -11868,7 +11983,7 @@ class ManualScheduleTrigger:
         self.finished = bool(serializer('finished', self.finished))
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.minmax_value_trigger')
 class BestValueTrigger:
     """Fires when the mean of a reported value over the latest interval is
     the best so far, as judged by compare(best, new) -> bool.
@@ -11911,7 +12026,7 @@ class BestValueTrigger:
         self._best_value = None if best is None else float(best)
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.minmax_value_trigger')
 class MaxValueTrigger(BestValueTrigger):
     """Fires when `key` reaches a new maximum, e.g. validation accuracy.
     Chainer: chainer.training.triggers.MaxValueTrigger.
@@ -11921,7 +12036,7 @@ class MaxValueTrigger(BestValueTrigger):
         super().__init__(key, lambda best, new: new > best, trigger)
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.minmax_value_trigger')
 class MinValueTrigger(BestValueTrigger):
     """Fires when `key` reaches a new minimum, e.g. validation loss.
     Chainer: chainer.training.triggers.MinValueTrigger.
@@ -11931,7 +12046,7 @@ class MinValueTrigger(BestValueTrigger):
         super().__init__(key, lambda best, new: new < best, trigger)
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.once_trigger')
 class OnceTrigger:
     """Fires at the first call only, i.e. after the first iteration; with
     call_on_resume=True also at the first call after a resume from a snapshot.
@@ -11972,7 +12087,7 @@ class OnceTrigger:
             self._flag_first = False
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.time_trigger')
 class TimeTrigger:
     """Fires at the first call after each `period` seconds of training
     (trainer.elapsed_time, which continues across a resume): after period,
@@ -12004,7 +12119,7 @@ class TimeTrigger:
         self._next_time = float(serializer('next_time', self._next_time))
 
 
-@_export('training.triggers')
+@_export('training.triggers', 'training.triggers.early_stopping_trigger')
 class EarlyStoppingTrigger:
     """A stop trigger for early stopping: at the end of each `check_trigger`
     interval it takes the mean of `monitor` over the interval; when that mean
@@ -12412,7 +12527,7 @@ class Trainer:
 
 # ----- evaluation ----------------------------------------------------------------
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.evaluator')
 class Evaluator(Extension):
     """Extension that runs the model over a whole validation iterator and
     reports the means of what it reported, prefixed with its name:
@@ -12523,7 +12638,7 @@ class Evaluator(Extension):
 
 # ----- logging and printing ----------------------------------------------------
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.log_report')
 class LogReport(Extension):
     """Averages the observations over each interval of `trigger` and appends
     the means, with 'epoch', 'iteration' and 'elapsed_time', to `log`; the
@@ -12596,7 +12711,7 @@ def _warn_unreported_keys(owner, keys, entry):
             stacklevel=3)
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.print_report')
 class PrintReport(Extension):
     """Prints chosen entries of a LogReport's log as a table, one row per
     entry, as soon as the entry exists:
@@ -12677,7 +12792,7 @@ def _format_duration(seconds):
     return text
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.progress_bar')
 class ProgressBar(Extension):
     """Extension that draws, every `update_interval` iterations (default 100),
     in place:
@@ -12941,7 +13056,7 @@ def _warn_no_matplotlib():
                   'plotted (pip install matplotlib)')
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.plot_report')
 class PlotReport(Extension):
     """Extension plotting the interval means of `y_keys` (a key or a list)
     against `x_key` ('iteration' default, or 'epoch') into out/<filename>,
@@ -13194,7 +13309,7 @@ def dump_graph(root_name, filename=None, variable_style=None, function_style=Non
     return DumpGraph(root_name, filename, variable_style, function_style, out_name)
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.variable_unchain')
 @make_extension(trigger=(1, 'iteration'))
 def unchain_variables(trainer):
     """Cut the graph behind every Variable in the trainer's observation, so
@@ -13238,7 +13353,7 @@ def build_computational_graph(outputs, remove_split=True, variable_style=None,
     return ComputationalGraph(outputs[0], variable_style, function_style)
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.fail_on_nonnumber')
 class FailOnNonNumber(Extension):
     """Stop training with a clear error once a parameter holds NaN or inf.
     Chainer: extensions.FailOnNonNumber."""
@@ -13268,7 +13383,7 @@ _PARAMETER_STATISTICS = {
 }
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.parameter_statistics')
 class ParameterStatistics(Extension):
     """Reports statistics of the parameters (report_params) and gradients
     (report_grads) of `links` (a Link or a list of them), averaged over the
@@ -13366,7 +13481,7 @@ class ParameterStatistics(Extension):
                           '(Chainer does not save one); starting its means afresh')
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.micro_average')
 class MicroAverage(Extension):
     """Reports the micro-average sum(n_i) / sum(d_i) of two observed values
     under `result_key`, once per firing of `trigger` (default (1, 'epoch')),
@@ -13424,7 +13539,7 @@ def _variables_of(targets):
     return []
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.variable_statistics_plot')
 class VariableStatisticsPlot(Extension):
     """Plots, against the iteration, the mean, standard deviation and
     percentiles of the values (report_data) and gradients (report_grad) of
@@ -13570,7 +13685,7 @@ class VariableStatisticsPlot(Extension):
 # the step count `_t` and the last value are saved, so a resumed run goes on
 # with the same values.
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.exponential_shift')
 class ExponentialShift(Extension):
     """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
     trigger, e.g. (10, 'epoch')), stopping at `target` if given.
@@ -13617,7 +13732,7 @@ class ExponentialShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.linear_shift')
 class LinearShift(Extension):
     """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
     between calls time_range[0] and time_range[1]; constant outside.
@@ -13692,7 +13807,7 @@ def _require_positive(label, name, value):
         raise ValueError('{}: {} must be positive, got {!r}'.format(label, name, value))
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.step_shift')
 class StepShift(Extension):
     """Multiplies optimizer.<attr> by `gamma` every `step` calls: after t calls
     it is init * gamma ** floor(t / step), stopped at `target` if given.
@@ -13742,7 +13857,7 @@ class StepShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.multistep_shift')
 class MultistepShift(Extension):
     """Multiplies optimizer.<attr> by `gamma` at each call count listed in
     `step_value` (increasing): init before step_value[0], init * gamma from
@@ -13797,7 +13912,7 @@ class MultistepShift(Extension):
         self._current_step = int(serializer('_current_step', self._current_step))
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.warmup_shift')
 class WarmupShift(Extension):
     """Moves optimizer.<attr> linearly from `warmup_start` to `init` over the
     first `warmup_iter` calls: after t calls it is
@@ -13844,7 +13959,7 @@ class WarmupShift(Extension):
         self._t = int(serializer('_t', self._t))
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.polynomial_shift')
 class PolynomialShift(Extension):
     """Decays optimizer.<attr> polynomially to 0 over `max_count` calls: after
     t calls it is init * max(1 - t / max_count, 0) ** rate (0 from call
@@ -13896,7 +14011,7 @@ class PolynomialShift(Extension):
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.inverse_shift')
 class InverseShift(Extension):
     """Caffe's 'inv' policy: after t calls optimizer.<attr> is
     init * (1 + gamma * t) ** (-power), stopped at `target` if given (it grows
@@ -13943,7 +14058,7 @@ class InverseShift(Extension):
         value = serializer('_last_value', self._last_value)
         self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.value_observation')
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under
     `observation_key` (once per epoch by default), e.g. for LogReport.
@@ -13955,7 +14070,7 @@ def observe_value(observation_key, target_func):
     return _observe_value
 
 
-@_export('training.extensions')
+@_export('training.extensions', 'training.extensions.value_observation')
 def observe_lr(optimizer_name='main', observation_key='lr'):
     """observe_value of the optimizer's learning rate (`lr`; Adam's is the
     effective step size alpha * sqrt(1 - beta2^t) / (1 - beta1^t)).
@@ -15050,21 +15165,24 @@ def _submodule(dotted_name, **members):
     looks for a package on disk, so registering a module object there is all
     it takes.  The object is also set as an attribute of its parent.
     """
+    head, _, name = dotted_name.rpartition('.')
     parent = _this_module
-    for part in dotted_name.split('.')[:-1]:
-        parent = getattr(parent, part)
+    if head:     # a parent is made if needed, and is a package: it holds modules
+        parent = _submodule(head)
+        parent.__path__ = getattr(parent, '__path__', [])
     full_name = __name__ + '.' + dotted_name
     module = sys.modules.get(full_name) or types.ModuleType(full_name)
     module.__dict__.update(members)
     sys.modules[full_name] = module
-    setattr(parent, dotted_name.rsplit('.', 1)[-1], module)
+    if isinstance(getattr(parent, name, module), types.ModuleType):
+        setattr(parent, name, module)      # but utils.experimental stays the function
     return module
 
 
-# The modules, from the marks that Chapters 1-20 left at each definition
-# (parents first: `training` before `training.extensions`).  Each also
-# becomes a global here, so `functions` below is onefchainer.functions.
-for _path in sorted(_exports, key=lambda path: path.count('.')):
+# The modules, from the marks that Chapters 1-20 left at each definition.
+# Each top-level one also becomes a global here: `functions` below is
+# onefchainer.functions.
+for _path in sorted(_exports):
     _submodule(_path, **_exports[_path])
 
 

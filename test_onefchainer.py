@@ -5784,6 +5784,32 @@ def test_convolution_output_sizes_as_chainer_utils():
             assert out < 1 or utils.get_conv_outsize(out, k, s, p) == size
 
 
+def test_chainer_module_paths_below_the_top_level_import():
+    # Programs import chainer.functions.activation.relu, chainer.links.connection.linear,
+    # ...: each such path of Chainer 7.8.1 holding names that onefchainer provides
+    # imports every way programs import it, gives the same objects as the top
+    # level, and is a package where Chainer's is one.
+    with open(os.path.join(HERE, 'testdata', 'chainer781', 'module_tree.json')) as f:
+        tree = json.load(f)['modules']
+    assert len(tree) > 200
+    for path, entry in sorted(tree.items()):
+        module = importlib.import_module('onefchainer.' + path)
+        parent = chainer
+        for part in path.split('.'):
+            parent = getattr(parent, part)
+        # (chainer.utils.experimental is the function, as in Chainer, not its module)
+        assert parent is module or not isinstance(parent, type(chainer)), path
+        assert hasattr(module, '__path__') or not entry['package'], path
+        if entry['names']:
+            namespace = {}
+            exec('from onefchainer.{} import {}'.format(path, ', '.join(entry['names'])),
+                 namespace)
+            top = importlib.import_module('onefchainer.' + path.split('.')[0])
+            for name in entry['names']:
+                same = getattr(top, name, None) or getattr(chainer, name)
+                assert namespace[name] is same, (path, name)
+
+
 def test_unknown_names_stay_attribute_errors():
     # A typo is not a Chainer name: it must not be dressed up as "not supported".
     for module in (chainer, F, L, chainer.training.extensions):
