@@ -15044,7 +15044,10 @@ def _warn_no_params(optimizer, link):
 # and so on.  This is one file, so those modules are made here: Python finds
 # `import onefchainer.functions` in `sys.modules` before it looks for a
 # package on disk, so registering a module object there is all it takes.
-# Older names and Chainer's per-device method variants live here too.
+# What goes in each module was marked where it is defined (`@_export`,
+# Chapter 5); this chapter builds the modules from the marks, and holds what
+# is only about compatibility: older names, Chainer's per-device method
+# variants, and the names left out on purpose, each saying why.
 
 
 @_continue_class(Function)
@@ -15188,10 +15191,9 @@ for _path in sorted(_exports):
 
 # What a definition cannot mark: plain values, the modules that hold modules,
 # and the names of Chapters 1-4, which come before the marks are introduced.
-_submodule('cuda', cupy=cupy, available=cupy is not None)
+_submodule('cuda', cupy=cupy, available=cupy is not None, get_array_module=get_array_module)
 _submodule('backends', cuda=cuda)
 _submodule('backend', cuda=cuda, get_array_module=get_array_module)
-_submodule('cuda', get_array_module=get_array_module)
 _submodule('configuration', GlobalConfig=_Config, using_config=using_config)
 _submodule('variable', Variable=Variable, as_variable=as_variable, as_array=as_array)
 _submodule('function', Function=Function, no_backprop_mode=no_backprop_mode)
