@@ -13050,22 +13050,41 @@ class VariableStatisticsPlot(Extension):
 # the step count `_t` and the last value are saved, so a resumed run goes on
 # with the same values.
 
-class ExponentialShift(Extension):
-    """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
-    trigger, e.g. (10, 'epoch')), stopping at `target` if given.
-    Chainer: chainer.training.extensions.ExponentialShift.
+class _Shift(Extension):
+    """What every schedule below shares; each subclass says only how its
+    value changes, in _value(): the value of optimizer.<attr> after self._t
+    calls.  `optimizer` None means the trainer's 'main' one.  When training
+    starts, initialize() checks that `attr` is one of the optimizer's
+    hyperparameters: setattr would quietly create a new attribute that no
+    update rule reads if it were misspelt ('lr' on Adam, whose step size is
+    'alpha'), so a misspelt name raises AttributeError before the first
+    update.  It also takes the schedule's starting value from the optimizer
+    when that argument is None, and sets the value for the calls done so far
+    (the snapshot's last value when resuming).  A `target` stops the value
+    once passed (see _stop_at_target).  Snapshots hold `_t` and
+    `_last_value` (Chainer's keys), or only `_t` where Chainer saves no more.
+    Chainer: the ExponentialShift ... InverseShift classes, each on its own.
     """
 
-    def __init__(self, attr, rate, init=None, target=None, optimizer=None):
-        if rate < 0:
-            raise ValueError('ExponentialShift: rate must not be negative')
+    # Which argument None means "the optimizer's value when training starts".
+    _start_from_optimizer = '_init'
+    # Chainer's snapshot layout: _t and _last_value, or _t alone.
+    _saves_last_value = True
+
+    def __init__(self, attr, init=None, target=None, optimizer=None):
         self._attr = attr
-        self._rate = rate
         self._init = init
         self._target = target
         self._optimizer = optimizer
         self._t = 0
         self._last_value = None
+
+    def _value(self):
+        raise NotImplementedError
+
+    def _growing(self):
+        """Whether the value grows, which says on which side the target lies."""
+        return False
 
     def _get_optimizer(self, trainer):
         return self._optimizer or trainer.updater.get_optimizer('main')
@@ -13076,85 +13095,38 @@ class ExponentialShift(Extension):
 
     def initialize(self, trainer):
         optimizer = self._get_optimizer(trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+        names = optimizer.hyperparam.get_dict()
+        if self._attr not in names:
+            raise AttributeError('{}: {} has no hyperparameter {!r}; its hyperparameters '
+                                 'are {}'.format(type(self).__name__, type(optimizer).__name__,
+                                                 self._attr, sorted(names)))
+        start = self._start_from_optimizer
+        if start is not None and getattr(self, start) is None:
+            setattr(self, start, getattr(optimizer, self._attr))
+        # Resuming: the optimizer forgot the value, the snapshot did not.  A
+        # fresh run starts at the value after 0 calls (init), target or not.
+        resumed = self._saves_last_value and self._last_value is not None
+        self._set(optimizer, self._last_value if resumed else self._value())
 
     def __call__(self, trainer):
         self._t += 1
-        value = self._init * self._rate ** self._t
-        if self._target is not None:
-            # Stop at the target; the ratio test works for negative values too.
-            passed = value / self._target > 1 if self._rate > 1 else value / self._target < 1
-            if passed:
-                value = self._target
+        value = _stop_at_target(self._value(), self._target, self._growing())
         self._set(self._get_optimizer(trainer), value)
 
     def serialize(self, serializer):
+        """Save or load the call count `_t` and, where Chainer saves it,
+        `_last_value`.  Chainer: the schedules' serialize.
+        """
         self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
-
-
-class LinearShift(Extension):
-    """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
-    between calls time_range[0] and time_range[1]; constant outside.
-    Chainer: chainer.training.extensions.LinearShift.
-    """
-
-    def __init__(self, attr, value_range, time_range, optimizer=None):
-        self._attr = attr
-        self._value_range = value_range
-        self._time_range = time_range
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
-
-    def _value(self):
-        (t1, t2), (v1, v2) = self._time_range, self._value_range
-        if self._t <= t1:
-            return v1
-        if self._t >= t2:
-            return v2
-        return v1 + (v2 - v1) * (self._t - t1) / (t2 - t1)
-
-    def _set(self, trainer, value):
-        optimizer = self._optimizer or trainer.updater.get_optimizer('main')
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
-
-    def initialize(self, trainer):
-        self._set(trainer, self._value() if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        self._set(trainer, self._value())
-
-    def serialize(self, serializer):
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
-
-
-# The schedules below share two small pieces.  A shift writes its value with
-# setattr, which would quietly create a new attribute that no update rule
-# reads if `attr` were misspelt ('lr' on Adam, whose step size is 'alpha'),
-# so initialize() checks the name once, before the first update.
-
-def _shift_optimizer(shift, trainer):
-    optimizer = shift._optimizer or trainer.updater.get_optimizer('main')
-    names = optimizer.hyperparam.get_dict()
-    if shift._attr not in names:
-        raise AttributeError('{}: {} has no hyperparameter {!r}; its hyperparameters '
-                             'are {}'.format(type(shift).__name__, type(optimizer).__name__,
-                                             shift._attr, sorted(names)))
-    return optimizer
+        if self._saves_last_value:
+            value = serializer('_last_value', self._last_value)
+            self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
 def _stop_at_target(value, target, growing):
-    # As ExponentialShift: stop once the value has passed `target`, comparing
-    # value / target with 1 so that negative schedules work too.  Multiplying
-    # by target**2 > 0 gives the same test without dividing, so a value or
+    # Stop once the value has passed `target`, comparing value / target with
+    # 1 (Chainer's test) so that negative schedules work too.  Multiplying by
+    # target**2 > 0 gives the same test without dividing, so a value or
     # target of 0 needs no special case.
     if target is None:
         return value
@@ -13170,7 +13142,55 @@ def _require_positive(label, name, value):
         raise ValueError('{}: {} must be positive, got {!r}'.format(label, name, value))
 
 
-class StepShift(Extension):
+class ExponentialShift(_Shift):
+    """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
+    trigger, e.g. (10, 'epoch')): after t calls it is init * rate ** t,
+    stopped at `target` if given.  init=None takes the optimizer's value when
+    training starts; optimizer=None means the trainer's 'main' one.  Raises
+    ValueError for rate < 0, and AttributeError (when training starts) if
+    `attr` is not a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.ExponentialShift.
+    """
+
+    def __init__(self, attr, rate, init=None, target=None, optimizer=None):
+        if rate < 0:
+            raise ValueError('ExponentialShift: rate must not be negative, got '
+                             '{!r}'.format(rate))
+        super().__init__(attr, init, target, optimizer)
+        self._rate = rate
+
+    def _value(self):
+        return self._init * self._rate ** self._t
+
+    def _growing(self):
+        return self._rate > 1
+
+
+class LinearShift(_Shift):
+    """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
+    between calls time_range[0] and time_range[1]; constant outside.
+    optimizer=None means the trainer's 'main' one.  Raises AttributeError
+    (when training starts) if `attr` is not a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.LinearShift.
+    """
+
+    _start_from_optimizer = None      # both ends are given
+
+    def __init__(self, attr, value_range, time_range, optimizer=None):
+        super().__init__(attr, optimizer=optimizer)
+        self._value_range = value_range
+        self._time_range = time_range
+
+    def _value(self):
+        (t1, t2), (v1, v2) = self._time_range, self._value_range
+        if self._t <= t1:
+            return v1
+        if self._t >= t2:
+            return v2
+        return v1 + (v2 - v1) * (self._t - t1) / (t2 - t1)
+
+
+class StepShift(_Shift):
     """Multiplies optimizer.<attr> by `gamma` every `step` calls: after t calls
     it is init * gamma ** floor(t / step), stopped at `target` if given.
     init=None takes the optimizer's value when training starts; optimizer=None
@@ -13184,42 +13204,18 @@ class StepShift(Extension):
         _require_positive('StepShift', 'step', step)
         if gamma < 0:
             raise ValueError('StepShift: gamma must not be negative, got {!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._gamma = gamma
         self._step = step
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
+    def _value(self):
+        return self._init * self._gamma ** (self._t // self._step)
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        # Resuming: the optimizer forgot the value, the snapshot did not.
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        value = self._init * self._gamma ** (self._t // self._step)
-        value = _stop_at_target(value, self._target, growing=self._gamma > 1)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
-
-    def serialize(self, serializer):
-        """Save or load the call count `_t` and `_last_value` (Chainer's keys).
-        Chainer: StepShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._gamma > 1
 
 
-class MultistepShift(Extension):
+class MultistepShift(_Shift):
     """Multiplies optimizer.<attr> by `gamma` at each call count listed in
     `step_value` (increasing): init before step_value[0], init * gamma from
     there to step_value[1], init * gamma**2 after that, and so on.  `init` is
@@ -13229,6 +13225,8 @@ class MultistepShift(Extension):
     the optimizer.  Chainer: chainer.training.extensions.MultistepShift.
     """
 
+    _saves_last_value = False     # _current_step says it
+
     def __init__(self, attr, gamma, step_value, init, optimizer=None):
         step_value = list(step_value)
         if not step_value or any(b <= a for a, b in zip(step_value, step_value[1:])):
@@ -13237,43 +13235,33 @@ class MultistepShift(Extension):
         if gamma < 0:
             raise ValueError('MultistepShift: gamma must not be negative, got '
                              '{!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, optimizer=optimizer)
         self._gamma = gamma
         self._step_value = step_value
-        self._init = init
-        self._optimizer = optimizer
         self._current_step = 0      # how many of step_value were passed
-        self._t = 0
 
+    # initialize() sets init * gamma**current_step, not init: Chainer sets
+    # init, so a run resumed after a step would train with the old value until
+    # the next call; this way it goes on as if it had never stopped.
     def _value(self):
         return self._init * self._gamma ** self._current_step
-
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        # init * gamma**current_step, not init: Chainer sets init here, so a
-        # run resumed after a step would train with the old value until the
-        # next call; this way it goes on as if it had never stopped.
-        setattr(optimizer, self._attr, self._value())
 
     def __call__(self, trainer):
         self._t += 1
         if (self._current_step < len(self._step_value)
                 and self._t >= self._step_value[self._current_step]):
             self._current_step += 1
-        setattr(self._optimizer or trainer.updater.get_optimizer('main'),
-                self._attr, self._value())
+        self._set(self._get_optimizer(trainer), self._value())
 
     def serialize(self, serializer):
         """Save or load `_t` and `_current_step` (Chainer's keys).
         Chainer: MultistepShift.serialize.
         """
-        self._t = int(serializer('_t', self._t))
+        super().serialize(serializer)
         self._current_step = int(serializer('_current_step', self._current_step))
 
 
-class WarmupShift(Extension):
+class WarmupShift(_Shift):
     """Moves optimizer.<attr> linearly from `warmup_start` to `init` over the
     first `warmup_iter` calls: after t calls it is
     (t * init + (warmup_iter - t) * warmup_start) / warmup_iter, and from call
@@ -13284,42 +13272,29 @@ class WarmupShift(Extension):
     the optimizer.  Chainer: chainer.training.extensions.WarmupShift.
     """
 
+    _start_from_optimizer = '_warmup_start'
+    _saves_last_value = False
+
     def __init__(self, attr, warmup_start, warmup_iter, init, optimizer=None):
         _require_positive('WarmupShift', 'warmup_iter', warmup_iter)
-        self._attr = attr
+        super().__init__(attr, init, optimizer=optimizer)
         self._warmup_start = warmup_start
         self._warmup_iter = warmup_iter
-        self._init = init
-        self._optimizer = optimizer
-        self._t = 0
 
+    # initialize() sets the value for the calls done so far: warmup_start on
+    # a fresh run.  (Chainer sets warmup_start, so a run resumed after the
+    # warm-up would stay at warmup_start for good.)
     def _value(self):
         t, n = min(self._t, self._warmup_iter), self._warmup_iter
         return (t * self._init + (n - t) * self._warmup_start) / n
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._warmup_start is None:
-            self._warmup_start = getattr(optimizer, self._attr)
-        # The value for the calls done so far: warmup_start on a fresh run.
-        # (Chainer sets warmup_start, so a run resumed after the warm-up
-        # would stay at warmup_start for good.)
-        setattr(optimizer, self._attr, self._value())
-
     def __call__(self, trainer):
         self._t += 1
-        if self._t <= self._warmup_iter:
-            setattr(self._optimizer or trainer.updater.get_optimizer('main'),
-                    self._attr, self._value())
-
-    def serialize(self, serializer):
-        """Save or load the call count `_t` (Chainer's key).
-        Chainer: WarmupShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
+        if self._t <= self._warmup_iter:      # after that, leave it alone
+            self._set(self._get_optimizer(trainer), self._value())
 
 
-class PolynomialShift(Extension):
+class PolynomialShift(_Shift):
     """Decays optimizer.<attr> polynomially to 0 over `max_count` calls: after
     t calls it is init * max(1 - t / max_count, 0) ** rate (0 from call
     max_count on), stopped at `target` if given.  A negative rate makes it
@@ -13332,45 +13307,21 @@ class PolynomialShift(Extension):
 
     def __init__(self, attr, rate, max_count, init=None, target=None, optimizer=None):
         _require_positive('PolynomialShift', 'max_count', max_count)
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._rate = rate
         self._max_count = max_count
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
-
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
+    def _value(self):
         decay = max(1 - self._t / self._max_count, 0)
         if decay == 0 and self._rate < 0:    # 0 ** negative: Python raises
-            value = math.copysign(math.inf, self._init)
-        else:
-            value = self._init * decay ** self._rate
-        value = _stop_at_target(value, self._target, growing=self._rate <= 0)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
+            return math.copysign(math.inf, self._init)
+        return self._init * decay ** self._rate
 
-    def serialize(self, serializer):
-        """Save or load `_t` and `_last_value` (Chainer's keys).
-        Chainer: PolynomialShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._rate <= 0
 
 
-class InverseShift(Extension):
+class InverseShift(_Shift):
     """Caffe's 'inv' policy: after t calls optimizer.<attr> is
     init * (1 + gamma * t) ** (-power), stopped at `target` if given (it grows
     when power < 0).  init=None takes the optimizer's value when training
@@ -13383,38 +13334,15 @@ class InverseShift(Extension):
         if gamma < 0:
             raise ValueError('InverseShift: gamma must not be negative, got '
                              '{!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._gamma = gamma
         self._power = power
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
+    def _value(self):
+        return self._init * (1 + self._gamma * self._t) ** (-self._power)
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        value = self._init * (1 + self._gamma * self._t) ** (-self._power)
-        value = _stop_at_target(value, self._target, growing=self._power < 0)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
-
-    def serialize(self, serializer):
-        """Save or load `_t` and `_last_value` (Chainer's keys).
-        Chainer: InverseShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._power < 0
 
 def observe_value(observation_key, target_func):
     """Extension putting target_func(trainer) into the observation under

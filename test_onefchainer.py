@@ -6434,6 +6434,18 @@ def schedule_trainer(out, shift, stop=(8, 'iteration'), trigger=(1, 'iteration')
 
 # seen[i] is the value the (i+1)-th update used: the value after i calls.
 SCHEDULES = {
+    # init * rate ** t
+    'exponential': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8),
+                    [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625]),
+    'exponential_target': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8, target=0.15),
+                           [0.8, 0.4, 0.2, 0.15, 0.15, 0.15, 0.15, 0.15]),
+    # a target of 0 is never passed by a shrinking value (Chainer divides by it)
+    'exponential_target_zero': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8,
+                                                                    target=0),
+                                [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625]),
+    # value_range[0] up to call 2, value_range[1] from call 6 on, linear between
+    'linear': (lambda: extensions.LinearShift('lr', (0.8, 0.0), (2, 6)),
+               [0.8, 0.8, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0]),
     # init * gamma ** floor(t / step)
     'step': (lambda: extensions.StepShift('lr', 0.5, 3, init=0.8),
              [0.8, 0.8, 0.8, 0.4, 0.4, 0.4, 0.2, 0.2]),
@@ -6492,7 +6504,9 @@ def test_schedules_resume_from_a_snapshot_exactly(tmp_path, name, resume_at):
 
 
 def test_schedule_snapshots_hold_chainers_keys(tmp_path):
-    for shift, keys in ((extensions.StepShift('lr', 0.5, 3), {'_t', '_last_value'}),
+    for shift, keys in ((extensions.ExponentialShift('lr', 0.5), {'_t', '_last_value'}),
+                        (extensions.LinearShift('lr', (0.1, 0.0), (1, 5)), {'_t', '_last_value'}),
+                        (extensions.StepShift('lr', 0.5, 3), {'_t', '_last_value'}),
                         (extensions.MultistepShift('lr', 0.5, [2], None), {'_t', '_current_step'}),
                         (extensions.WarmupShift('lr', 0.0, 4, 0.1), {'_t'}),
                         (extensions.PolynomialShift('lr', 1, 9), {'_t', '_last_value'}),
@@ -6529,6 +6543,8 @@ def test_warmup_shift_leaves_the_attribute_alone_after_the_warm_up(tmp_path):
 
 
 @pytest.mark.parametrize('make_shift', [
+    lambda: extensions.ExponentialShift('lrr', 0.5),
+    lambda: extensions.LinearShift('lrr', (0.9, 0.5), (2, 6)),
     lambda: extensions.StepShift('lrr', 0.5, 3),
     lambda: extensions.MultistepShift('lrr', 0.5, [2], 1.0),
     lambda: extensions.WarmupShift('lrr', 0.0, 4, 0.8),
