@@ -1683,76 +1683,18 @@ def matmul(a, b, transa=False, transb=False):
 
 
 # ----- elementwise math --------------------------------------------------------
-
-class Exp(Function):
-    """Function node of y = e**x; backward gy * y.
-    Chainer: chainer.functions.math.exponential.Exp."""
-    label = 'exp'
-
-    def forward(self, inputs):
-        _require_float('exp', inputs[0])
-        self.y = _xp(inputs[0]).exp(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (e^x)' = e^x
-        return grad_outputs[0] * self.y,
-
-
-class Log(Function):
-    """Function node of y = log(x) (natural log); backward gy / x.
-    Chainer: chainer.functions.math.exponential.Log.
-    """
-    label = 'log'
-
-    def forward(self, inputs):
-        _require_float('log', inputs[0])
-        return _xp(inputs[0]).log(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
-        return grad_outputs[0] / inputs[0],
-
-
-class Sqrt(Function):
-    """Function node of y = sqrt(x); backward gy / (2 y). Chainer: chainer.functions.math.sqrt."""
-    label = 'sqrt'
-
-    def forward(self, inputs):
-        _require_float('sqrt', inputs[0])
-        self.y = _xp(inputs[0]).sqrt(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (sqrt x)' = 1/(2 sqrt x)
-        return grad_outputs[0] / (2 * self.y),
-
-
-def exp(x):
-    """Elementwise exponential e**x of a float Variable or array; returns a
-    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
-    """
-    return Exp()(x)
-
-
-def log(x):
-    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
-    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
-    """
-    return Log()(x)
-
-
-def sqrt(x):
-    """Elementwise square root of a float Variable or array; returns a Variable.
-    Chainer: chainer.functions.sqrt.
-    """
-    return Sqrt()(x)
-
-
-# ----- more elementwise math ---------------------------------------------------
-# The pattern of exp and log for many more formulas, so the Function is
-# written once and each row below holds a formula with its derivative beside
-# it: y = f(x), and gx = f'(x) gy, from x or, where that is cheaper, from the
-# output y (tan' = 1 + tan^2).  Chainer writes one class per row (Sin, ...).
+# A one-input formula needs no class of its own: each row below holds
+# y = f(x) beside its derivative, gx = f'(x) gy, written with x or, where
+# that is cheaper, with the output y ((e^x)' = e^x, tan' = 1 + tan^2), and
+# one Function serves every row.  Chainer writes one class per row (Exp,
+# Sin, ...).  The activations sigmoid and tanh are rows too (their functions
+# are with the other activations, below): their derivatives are formulas
+# of y.
 
 _ELEMENTWISE = {       # label: (y = f(x), gx from x, y and gy, does gx read y?)
+    'exp': (lambda xp, x: xp.exp(x), lambda xp, x, y, gy: gy * y, True),
+    'log': (lambda xp, x: xp.log(x), lambda xp, x, y, gy: gy / x, False),
+    'sqrt': (lambda xp, x: xp.sqrt(x), lambda xp, x, y, gy: gy / (2 * y), True),
     'absolute': (lambda xp, x: abs(x), lambda xp, x, y, gy: gy * xp.sign(x), False),
     'sin': (lambda xp, x: xp.sin(x), lambda xp, x, y, gy: gy * xp.cos(x), False),
     'cos': (lambda xp, x: xp.cos(x), lambda xp, x, y, gy: -gy * xp.sin(x), False),
@@ -1769,36 +1711,73 @@ _ELEMENTWISE = {       # label: (y = f(x), gx from x, y and gy, does gx read y?)
     'log10': (lambda xp, x: xp.log10(x), lambda xp, x, y, gy: gy / (x * math.log(10.0)), False),
     'rsqrt': (lambda xp, x: xp.reciprocal(xp.sqrt(x)),          # (x^-1/2)' = -y^3 / 2
               lambda xp, x, y, gy: gy * (y * y * y) * -0.5, True),
+    # 1 / (1 + e^-x) written with tanh, which never overflows; s' = s (1 - s)
+    'sigmoid': (lambda xp, x: xp.tanh(x * 0.5) * 0.5 + 0.5,
+                lambda xp, x, y, gy: gy * y * (1 - y), True),
+    'tanh': (lambda xp, x: xp.tanh(x), lambda xp, x, y, gy: gy * (1 - y * y), True),
 }
 
 
 class _Elementwise(Function):
-    """Function node of one row of _ELEMENTWISE, named by its label: forward
-    y = f(x) for float x, backward f'(x) gy.  Chainer: one class per formula,
-    e.g. chainer.functions.math.trigonometric.Sin."""
+    """Function node of one row of _ELEMENTWISE: forward y = f(x) for float
+    x, backward f'(x) gy.  Each row has its subclass, _ELEMENTWISE_FUNCTION[label]
+    (made below), holding the row as class attributes (label, f, df, keeps_y),
+    so that making a node runs no __init__: exp, log, sigmoid, tanh... are on
+    hot paths.  Chainer: one class per formula, e.g.
+    chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
+    """
 
-    def __init__(self, label):
-        self._label = label
-        self.f, self.df, self.keeps_y = _ELEMENTWISE[label]
-        self.y = None
-
-    @property
-    def label(self):
-        return self._label
+    y = None
 
     def forward(self, inputs):
         x, = inputs
-        _require_float(self._label, x)
-        y = self.f(_xp(x), x)
+        if x.dtype.kind != 'f':               # (the test inline: a call less per op)
+            _require_float(self.label, x)
+        self.xp = xp = _xp(x)                 # kept for backward, for the same reason
+        y = self.f(xp, x)
         if self.keeps_y:
             self.y = y
         return y,
 
     def backward(self, inputs, grad_outputs):
         x, = inputs
+        gx = self.df(self.xp, x, self.y, grad_outputs[0])
         # In x's dtype: on NumPy 1.x, 1 + x * x of a 0-dim float32 is float64.
-        return self.df(_xp(x), x, self.y, grad_outputs[0]).astype(x.dtype, copy=False),
+        # (`is`, not ==: a dtype comparison costs as much as a small op; an
+        # equal dtype that is another object only costs a copy.)
+        return (gx if gx.dtype is x.dtype else gx.astype(x.dtype)),
 
+
+_ELEMENTWISE_FUNCTION = {
+    label: type('_Elementwise_' + label, (_Elementwise,),
+                {'label': label, 'f': staticmethod(f), 'df': staticmethod(df),
+                 'keeps_y': keeps_y})
+    for label, (f, df, keeps_y) in _ELEMENTWISE.items()}
+
+
+def exp(x):
+    """Elementwise exponential e**x of a float Variable or array; returns a
+    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
+    """
+    return _ELEMENTWISE_FUNCTION['exp']()(x)
+
+
+def log(x):
+    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
+    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
+    """
+    return _ELEMENTWISE_FUNCTION['log']()(x)
+
+
+def sqrt(x):
+    """Elementwise square root of a float Variable or array; returns a Variable.
+    Chainer: chainer.functions.sqrt.
+    """
+    return _ELEMENTWISE_FUNCTION['sqrt']()(x)
+
+
+# ----- more elementwise math ---------------------------------------------------
+# clip, maximum and minimum, then the functions of the table's other rows.
 
 class Clip(Function):
     """Function node of y = min(max(x, x_min), x_max) (either bound may be None);
@@ -1871,28 +1850,28 @@ def absolute(x):
     Variable of x's shape and dtype; TypeError for integer x.
     Chainer: chainer.functions.absolute.
     """
-    return _Elementwise('absolute')(x)
+    return _ELEMENTWISE_FUNCTION['absolute']()(x)
 
 
 def sin(x):
     """Elementwise sine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.sin.
     """
-    return _Elementwise('sin')(x)
+    return _ELEMENTWISE_FUNCTION['sin']()(x)
 
 
 def cos(x):
     """Elementwise cosine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.cos.
     """
-    return _Elementwise('cos')(x)
+    return _ELEMENTWISE_FUNCTION['cos']()(x)
 
 
 def tan(x):
     """Elementwise tangent of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.tan.
     """
-    return _Elementwise('tan')(x)
+    return _ELEMENTWISE_FUNCTION['tan']()(x)
 
 
 def arcsin(x):
@@ -1900,7 +1879,7 @@ def arcsin(x):
     (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
     Returns a Variable. Chainer: chainer.functions.arcsin.
     """
-    return _Elementwise('arcsin')(x)
+    return _ELEMENTWISE_FUNCTION['arcsin']()(x)
 
 
 def arccos(x):
@@ -1908,7 +1887,7 @@ def arccos(x):
     (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
     Chainer: chainer.functions.arccos.
     """
-    return _Elementwise('arccos')(x)
+    return _ELEMENTWISE_FUNCTION['arccos']()(x)
 
 
 def arctan(x):
@@ -1916,56 +1895,56 @@ def arctan(x):
     pi/2); gradient 1/(1 + x**2). Returns a Variable.
     Chainer: chainer.functions.arctan.
     """
-    return _Elementwise('arctan')(x)
+    return _ELEMENTWISE_FUNCTION['arctan']()(x)
 
 
 def sinh(x):
     """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.sinh.
     """
-    return _Elementwise('sinh')(x)
+    return _ELEMENTWISE_FUNCTION['sinh']()(x)
 
 
 def cosh(x):
     """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.cosh.
     """
-    return _Elementwise('cosh')(x)
+    return _ELEMENTWISE_FUNCTION['cosh']()(x)
 
 
 def log1p(x):
     """Elementwise log(1 + x) of a float Variable or array, accurate where x
     is tiny; returns a Variable. Chainer: chainer.functions.log1p.
     """
-    return _Elementwise('log1p')(x)
+    return _ELEMENTWISE_FUNCTION['log1p']()(x)
 
 
 def expm1(x):
     """Elementwise e**x - 1 of a float Variable or array, accurate where x is
     tiny; returns a Variable. Chainer: chainer.functions.expm1.
     """
-    return _Elementwise('expm1')(x)
+    return _ELEMENTWISE_FUNCTION['expm1']()(x)
 
 
 def log2(x):
     """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
     """
-    return _Elementwise('log2')(x)
+    return _ELEMENTWISE_FUNCTION['log2']()(x)
 
 
 def log10(x):
     """Elementwise base-10 logarithm of a float Variable or array (x <= 0
     gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
     """
-    return _Elementwise('log10')(x)
+    return _ELEMENTWISE_FUNCTION['log10']()(x)
 
 
 def rsqrt(x):
     """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
     array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
     """
-    return _Elementwise('rsqrt')(x)
+    return _ELEMENTWISE_FUNCTION['rsqrt']()(x)
 
 
 def clip(x, x_min, x_max):
@@ -2062,7 +2041,7 @@ def arctanh(x):
     (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
     Variable. Chainer: chainer.functions.arctanh.
     """
-    return _Elementwise('arctanh')(x)
+    return _ELEMENTWISE_FUNCTION['arctanh']()(x)
 
 
 def fmod(x, divisor):
@@ -4096,41 +4075,6 @@ class LeakyReLU(Function):
         return _xp(x).where(x >= 0, gy, gy * self.slope),
 
 
-class Sigmoid(Function):
-    """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
-    cannot overflow); backward gy * y * (1 - y).
-    Chainer: chainer.functions.activation.sigmoid.Sigmoid.
-    """
-    label = 'sigmoid'
-
-    def forward(self, inputs):
-        x, = inputs
-        _require_float('sigmoid', x)
-        xp = _xp(x)
-        # 1/(1+e^-x) written with tanh, which never overflows.
-        self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # s' = s (1 - s)
-        y = self.y
-        return grad_outputs[0] * y * (1 - y),
-
-
-class Tanh(Function):
-    """Function node of y = tanh(x); backward gy * (1 - y**2).
-    Chainer: chainer.functions.activation.tanh.Tanh.
-    """
-    label = 'tanh'
-
-    def forward(self, inputs):
-        _require_float('tanh', inputs[0])
-        self.y = _xp(inputs[0]).tanh(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # tanh' = 1 - tanh^2
-        return grad_outputs[0] * (1 - self.y * self.y),
-
-
 class CReLU(Function):
     """Function node of y = concat(max(0, x), max(0, -x)) along `axis`;
     backward gy_first * (x > 0) - gy_second * (x < 0).
@@ -4222,18 +4166,21 @@ def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     return (y, function.r) if return_r else y
 
 
+# sigmoid and tanh are one-input formulas: their rows, each beside its
+# derivative, are in the table of 'elementwise math' above.
+
 def sigmoid(x):
     """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
     """
-    return Sigmoid()(x)
+    return _ELEMENTWISE_FUNCTION['sigmoid']()(x)
 
 
 def tanh(x):
     """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
     dtype. Chainer: chainer.functions.tanh.
     """
-    return Tanh()(x)
+    return _ELEMENTWISE_FUNCTION['tanh']()(x)
 
 
 # ----- more activations ----------------------------------------------------------
