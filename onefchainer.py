@@ -15152,11 +15152,9 @@ def _variable_copydata(self, var):
 
 
 def _variable_mean(self, axis=None, weights=None, keepdims=False):
-    """F.mean(self, axis, keepdims=keepdims). Chainer: Variable.mean."""
-    if weights is not None:
-        raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
-                                'onefchainer; use F.sum(x * w) / w.sum()')
-    return mean(self, axis=axis, keepdims=keepdims)
+    """F.mean(self, axis, weights, keepdims): with weights, F.average.
+    Chainer: Variable.mean."""
+    return mean(self, axis, weights, keepdims)
 
 
 def _link_addgrads(self, link):

@@ -8416,6 +8416,13 @@ def test_reductions_and_math_values():
                                [10 / 4, 28 / 4])
     # Chainer's F.mean is average: it takes weights too
     np.testing.assert_allclose(host(F.mean(dev(x), axis=1, weights=dev(w))), [10 / 4, 28 / 4])
+    # and so does Variable.mean, with its gradient (it had kept an old NotSupportedError)
+    v = Variable(dev(x))
+    y = v.mean(axis=1, weights=dev(w), keepdims=True)
+    assert y.shape == (2, 1)
+    np.testing.assert_allclose(host(y.data), [[10 / 4], [28 / 4]])
+    F.sum(y).backward()
+    np.testing.assert_allclose(host(v.grad), np.tile(w / 4, (2, 1)))
     assert float(host(F.average(dev(x)))) == pytest.approx(4.0)
     assert F.average(dev(x), axis=0, weights=dev(np.array([1.0, 3.0])),
                      keepdims=True).shape == (1, 3)
