@@ -1250,9 +1250,10 @@ def _continue_class(cls):
 # a reduction in backward, and NumPy then keeps x's dtype (float32 * 2.0 is
 # float32).  Then the operators of Variable are rebound to the F functions.
 #
-# F.sum, F.max, F.min and F.pow take the names of Python builtins; the end
-# of the section on reductions deletes those names again, so everywhere
-# else in this file sum, max, min and pow are Python's own.
+# F.sum, F.max, F.min and F.pow have the names of Python builtins, and
+# F.copy that of the stdlib module copy: here they are written _sum, _max,
+# _min, _pow and _copy, so that everywhere in this file sum, max, min, pow
+# and copy are Python's own; Chapter 21 files them under F's names.
 #
 # Sections, in order: operators on Variables; elementwise math (exp, log,
 # trigonometric, clip, maximum, ...); special functions (erf, lgamma, ...);
@@ -1575,7 +1576,7 @@ def neg(x):
     return Neg()(x)
 
 
-def pow(a, b):     # shadows the builtin until the end of the reductions
+def _pow(a, b):     # F.pow (a builtin's name: see the start of this chapter)
     """Elementwise power a ** b.
 
     a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
@@ -1622,7 +1623,7 @@ Variable.__rsub__ = lambda self, other: sub(other, self)
 Variable.__mul__ = Variable.__rmul__ = mul
 Variable.__truediv__ = div
 Variable.__rtruediv__ = lambda self, other: div(other, self)
-Variable.__pow__ = pow
+Variable.__pow__ = _pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)
 Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
@@ -2469,7 +2470,7 @@ class Cumprod(Function):
         return xp.moveaxis(z, 0, axis).reshape(x.shape),
 
 
-def sum(x, axis=None, keepdims=False):
+def _sum(x, axis=None, keepdims=False):     # F.sum
     """Sum of the elements of x over `axis`.
 
     x: Variable or array. axis: None (default, all axes), an int or a tuple of
@@ -2498,7 +2499,7 @@ def mean(x, axis=None, weights=None, keepdims=False):
     return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
-def max(x, axis=None, keepdims=False):
+def _max(x, axis=None, keepdims=False):     # F.max
     """Maximum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the maximal element(s).
     Raises ValueError for an axis out of bounds. Chainer: chainer.functions.max.
@@ -2506,7 +2507,7 @@ def max(x, axis=None, keepdims=False):
     return Max(axis, keepdims)(x)
 
 
-def min(x, axis=None, keepdims=False):
+def _min(x, axis=None, keepdims=False):     # F.min
     """Minimum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the minimal element(s).
     Raises ValueError for an axis out of bounds. Chainer: chainer.functions.min.
@@ -2681,12 +2682,6 @@ def batch_l2_norm_squared(x):
         raise ValueError('batch_l2_norm_squared: x needs 2 or more dimensions, got shape '
                          '{}'.format(data.shape))
     return Sum(tuple(range(1, data.ndim)))(mul(x, x))
-
-
-# sum, max, min and pow above took the names of Python builtins.  Chapter 21
-# files them under F (F.sum, ...); from here on, the names mean Python's own.
-_functions_named_like_builtins = {'sum': sum, 'max': max, 'min': min, 'pow': pow}
-del sum, max, min, pow
 
 
 # ----- shapes ------------------------------------------------------------------
@@ -3675,7 +3670,7 @@ def broadcast(*args):
     return Broadcast()(*args)
 
 
-def copy(x, dst):     # takes the stdlib module's name until the end of this section
+def _copy(x, dst):     # F.copy (the stdlib module's name: see the start of this chapter)
     """x copied to device `dst`: -1, '@numpy' or a CpuDevice for the CPU, N,
     '@cupy:N' or a GpuDevice for GPU N (anything get_device accepts). On the
     same device no copy is made. The gradient is sent back to x's device.
@@ -3902,12 +3897,6 @@ def permutate(x, indices, axis=0, inv=False):
         raise ValueError('permutate: indices must be a one-dimensional int array, got '
                          '{!r}'.format(indices))
     return Permutate(indices, _int_axis('permutate', axis), inv)(x)
-
-
-# copy above took the name of the stdlib module copy, which Chapter 10 uses;
-# Chapter 21 files the function under F.copy, and the name goes back here.
-_functions_named_like_modules = {'copy': copy}
-copy = sys.modules['copy']
 
 
 # ----- linear algebra: determinants, inverses, Cholesky ----------------------------
@@ -5305,7 +5294,7 @@ def maxout(x, pool_size, axis=1):
         raise ValueError('maxout: x.shape[{}] = {} is not divisible by pool_size {} '
                          '(x.shape {})'.format(axis, shape[axis], pool_size, shape))
     pooled = shape[:axis] + (shape[axis] // pool_size, pool_size) + shape[axis + 1:]
-    return _functions_named_like_builtins['max'](reshape(x, pooled), axis=axis + 1)
+    return _max(reshape(x, pooled), axis=axis + 1)
 
 
 class BilinearFunction(Function):
@@ -14321,11 +14310,19 @@ backend = _submodule(
     GpuDevice=GpuDevice, cuda=cuda)
 
 functions = _submodule('functions', **{name: obj for name, obj in globals().items() if name in (
-    'add sub mul div neg pow matmul exp log sqrt sum mean max min reshape '
+    'add sub mul div neg matmul exp log sqrt mean reshape '
     'transpose broadcast_to concat stack flatten expand_dims squeeze get_item '
     'relu leaky_relu sigmoid tanh softmax log_softmax linear dropout '
     'softmax_cross_entropy mean_squared_error accuracy identity').split()},
-    **_functions_named_like_builtins)
+    sum=_sum, max=_max, min=_min, pow=_pow)
+
+# Chapter 9 wrote these five _sum, ... so that the builtins (and the module
+# copy) keep their names in this file; outside, help() and repr() show
+# Chainer's names.
+for _function, _name in ((_sum, 'sum'), (_max, 'max'), (_min, 'min'), (_pow, 'pow'),
+                         (_copy, 'copy')):
+    _function.__name__ = _function.__qualname__ = _name
+del _function, _name
 
 
 initializers = _submodule(
@@ -14869,7 +14866,7 @@ _submodule('functions', **{name: globals()[name] for name in (
     'clip maximum minimum prod cumsum flip fliplr flipud tile repeat where cast separate '
     'softplus elu selu hard_sigmoid relu6 clipped_relu huber_loss sigmoid_cross_entropy '
     'mean_absolute_error absolute_error embed_id').split()})
-_submodule('functions', copy=_functions_named_like_modules['copy'], **{
+_submodule('functions', copy=_copy, **{
     name: globals()[name] for name in (
         'split_axis pad moveaxis rollaxis broadcast dstack diagonal tensordot batch_matmul '
         'sum_to select_item permutate average logsumexp normalize batch_l2_norm_squared '

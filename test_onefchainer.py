@@ -145,6 +145,13 @@ def test_builtins_not_shadowed_in_module():
     # Chapter 5 is defined: afterwards the module-level names are gone.
     assert F.sum is not sum
     assert 'sum' not in vars(chainer) or vars(chainer)['sum'] is sum
+    # ... and they keep Chainer's names outside (help, repr); so does F.copy,
+    # while onefchainer.copy stays the stdlib module.
+    import copy
+    assert [f.__name__ for f in (F.sum, F.max, F.min, F.pow, F.copy)] == \
+        ['sum', 'max', 'min', 'pow', 'copy']
+    assert repr(F.max).startswith('<function max ') and chainer.copy is copy
+    assert chainer.Variable.__pow__ is F.pow
 
 
 # =============================================================================
