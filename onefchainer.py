@@ -296,10 +296,10 @@ class Function:
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
-            raise _explain(self, in_data, error) from None   # names the function: Chapter 20
+            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 20
+            raise                             # the same error, down to forward's failing line
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
-
         outputs = []
         for y in out_data:
             if not isinstance(y, _array_types):   # NumPy returns 0-dim results as scalars
@@ -13999,18 +13999,37 @@ def _describe(arrays):
 
 
 def _explain(function, in_data, error):
-    """Turn an error raised inside forward into one that names the function."""
+    """Give an error raised inside forward the function's name and its
+    inputs' shapes and dtypes, keeping the error itself: Function.__call__
+    re-raises it, so its type (a user's ValueError subclass stays one) and
+    its traceback, down to the line of forward that failed, reach the user.
+    Usually the message becomes 'label: message (inputs: shapes dtypes)'.
+    An exception that writes its own message (NumPy's AxisError) gets that
+    line as a note instead (Python 3.11+; before, a new error of its type,
+    or of its kind, says it and is raised from it).  Inputs on different
+    devices raise the error that says so, caused by this one."""
     message = str(error)
-    if message.startswith(function.label.lower() + ':') or \
-            message.startswith(function.label + ':'):
-        return error
+    label = function.label
+    if message.startswith(label.lower() + ':') or message.startswith(label + ':'):
+        return                             # it names the function already
     mixed = _mixed_devices_error(function, in_data)
     if mixed is not None:
-        return mixed
-    kind = (TypeError if isinstance(error, TypeError) else
-            IndexError if isinstance(error, IndexError) else ValueError)
-    return kind('{}: {} (inputs: {})'.format(
-        function.label, message, _describe(in_data)))
+        raise mixed from error
+    context = '{}: {} (inputs: {})'.format(label, message, _describe(in_data))
+    if type(error).__str__ is BaseException.__str__:      # str(error) is args[0]
+        error.args = (context,)
+    elif hasattr(error, 'add_note'):
+        error.add_note(context)
+    else:
+        try:
+            replacement = type(error)(context)
+        except Exception:                  # a constructor that wants more
+            replacement = None
+        if replacement is None or context not in str(replacement):
+            replacement = (TypeError if isinstance(error, TypeError) else
+                           IndexError if isinstance(error, IndexError) else
+                           ValueError)(context)
+        raise replacement from error
 
 
 def _check_finite(function, direction, arrays):

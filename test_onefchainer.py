@@ -908,6 +908,82 @@ def test_user_function_without_backward():
         F.sum(y).backward()
 
 
+class TakesColumnFive(Function):
+    def forward(self, inputs):
+        x, = inputs
+        return x[:, 5],                      # the user's bug: x has 3 columns
+
+
+class ShapeMismatch(ValueError):
+    """A user's own error type."""
+
+
+class Picky(Function):
+    def forward(self, inputs):
+        raise ShapeMismatch('wants a (3,) input')
+
+
+class SumsAxis3(Function):
+    def forward(self, inputs):
+        return inputs[0].sum(axis=3),        # NumPy's AxisError (a ValueError and IndexError)
+
+
+def test_user_function_error_keeps_its_type_and_the_users_line():
+    import traceback
+    with pytest.raises(IndexError, match=r'TakesColumnFive: .*5.*\(inputs: \(2, 3\) float32\)') \
+            as info:
+        TakesColumnFive()(Variable(dev(np.ones((2, 3), np.float32))))
+    assert type(info.value) is IndexError
+    # The traceback goes down to the user's line, not only into onefchainer.
+    users = [f for f in traceback.extract_tb(info.value.__traceback__)
+             if f.filename == __file__ and f.name == 'forward']
+    assert len(users) == 1 and 'return x[:, 5],' in users[0].line
+    # A subclass stays that subclass, with the context in its message.
+    with pytest.raises(ShapeMismatch) as info:
+        Picky()(Variable(dev(np.ones(2, np.float32))))
+    assert str(info.value) == 'Picky: wants a (3,) input (inputs: (2,) float32)'
+    assert any(f.name == 'forward' and 'ShapeMismatch' in f.line
+               for f in traceback.extract_tb(info.value.__traceback__))
+    # NumPy's AxisError keeps its type (its message is its own: the context is
+    # a note on Python 3.11+, or the message of the error it causes before).
+    axis_error = getattr(np, 'exceptions', np).AxisError
+    with pytest.raises((axis_error, ValueError)) as info:
+        SumsAxis3()(Variable(dev(np.ones((2, 3), np.float32))))
+    error = info.value
+    if sys.version_info >= (3, 11):
+        assert isinstance(error, axis_error)
+        assert error.__notes__ == ['SumsAxis3: {} (inputs: (2, 3) float32)'.format(
+            str(error))]
+    else:
+        assert 'SumsAxis3: ' in str(error) and isinstance(error.__cause__, axis_error)
+
+
+class OwnMessage(ValueError):
+    """An error that writes its own message and, as before Python 3.11, has
+    no add_note."""
+
+    def __str__(self):
+        return 'own message {}'.format(self.args)
+
+    def __getattribute__(self, name):
+        if name == 'add_note':
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class RaisesOwnMessage(Function):
+    def forward(self, inputs):
+        raise OwnMessage(7)
+
+
+def test_user_function_error_with_its_own_message_and_no_add_note():
+    # A new error of its type says the context, raised from the original.
+    with pytest.raises(OwnMessage) as info:
+        RaisesOwnMessage()(Variable(dev(np.ones(2, np.float32))))
+    assert isinstance(info.value.__cause__, OwnMessage)
+    assert 'RaisesOwnMessage: own message (7,) (inputs: (2,) float32)' in str(info.value)
+
+
 def test_user_function_with_per_device_methods():
     # Chainer's other v1 style: forward_cpu/backward_cpu (and _gpu) per device.
     class Cube(Function):
