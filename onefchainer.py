@@ -2306,6 +2306,16 @@ def _normalize_axis(axis, ndim, label):
     return tuple(sorted(a % ndim for a in axes))
 
 
+def _int_axis(label, axis, none_too=False):
+    """`axis` as an int (a bool is not one), or None where none_too says so."""
+    if axis is None and none_too:
+        return None
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError('{}: axis must be an int{}, got {!r}'.format(
+            label, ' or None' if none_too else '', axis))
+    return int(axis)
+
+
 def _keepdims_shape(shape, axes):
     """The shape a reduction over `axes` has with keepdims=True."""
     if axes is None:
@@ -2544,9 +2554,7 @@ def cumsum(x, axis=None):
     for axis None). Raises TypeError for integer x or a non-int axis,
     ValueError for an axis out of bounds. Chainer: chainer.functions.cumsum.
     """
-    if axis is not None and not isinstance(axis, (int, np.integer)):
-        raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
-    return Cumsum(axis)(x)
+    return Cumsum(_int_axis('cumsum', axis, none_too=True))(x)
 
 
 def cumprod(x, axis=None):
@@ -2558,9 +2566,7 @@ def cumprod(x, axis=None):
     TypeError for integer x or a non-int axis, ValueError for an axis out of
     bounds. Chainer: chainer.functions.cumprod.
     """
-    if axis is not None and not isinstance(axis, (int, np.integer)):
-        raise TypeError('cumprod: axis must be an int or None, got {!r}'.format(axis))
-    return Cumprod(axis)(x)
+    return Cumprod(_int_axis('cumprod', axis, none_too=True))(x)
 
 
 class LogSumExp(Function):
@@ -3159,12 +3165,6 @@ def _int_or_ints(label, name, value):
     if any(v < 0 for v in values):
         raise ValueError('{}: {} must be >= 0, got {!r}'.format(label, name, value))
     return tuple(int(v) for v in values)
-
-
-def _int_axis(label, axis):
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise TypeError('{}: axis must be an int, got {!r}'.format(label, axis))
-    return int(axis)
 
 
 def flip(x, axis):
@@ -4133,9 +4133,7 @@ def crelu(x, axis=1):
     integer x or a non-int axis, ValueError for an axis out of bounds.
     Chainer: chainer.functions.crelu.
     """
-    if not isinstance(axis, (int, np.integer)):
-        raise TypeError('crelu: axis must be an int, got {!r}'.format(axis))
-    return CReLU(axis)(x)
+    return CReLU(_int_axis('crelu', axis))(x)
 
 
 def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
@@ -5284,9 +5282,7 @@ def maxout(x, pool_size, axis=1):
     for a bad pool_size or axis. Chainer: chainer.functions.maxout.
     """
     shape = _input_data('maxout', x).shape
-    if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) \
-            or pool_size <= 0:
-        raise ValueError('maxout: pool_size must be a positive int, got {!r}'.format(pool_size))
+    pool_size = _positive_int('maxout', 'pool_size', pool_size)
     if not -len(shape) <= axis < len(shape):
         raise ValueError('maxout: axis {} is out of range for x.shape {}'.format(axis, shape))
     axis %= len(shape)
@@ -6672,7 +6668,7 @@ class Convolution2DFunction(Function):
         self.pad = _pair(pad, 'pad', self.label)
         self.cover_all = cover_all
         self.dilate = _pair(dilate, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -6727,12 +6723,6 @@ class Convolution2DFunction(Function):
         if len(inputs) == 3:
             return gx, gW, gy2.sum(axis=2).reshape(-1)
         return gx, gW
-
-
-def _check_groups(label, groups):
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError('{}: groups must be a positive int, got {!r}'.format(label, groups))
-    return int(groups)
 
 
 def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
@@ -6821,7 +6811,7 @@ class Deconvolution2DFunction(Function):
         self.pad = _pair(pad, 'pad', self.label)
         self.outsize = None if outsize is None else _pair(outsize, 'outsize', self.label)
         self.dilate = _pair(dilate, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def _output_size(self, x, W):
         """(out_h, out_w), checked against x's size; and whether the
@@ -6976,8 +6966,7 @@ class MaxPooling2D(Function):
         x, = inputs
         out_h, out_w = _check_image(self.label, x.shape, self.ksize, self.stride, self.pad,
                                     self.cover_all)
-        if x.dtype.kind != 'f':
-            raise TypeError('max_pooling_2d: x must be floating point, got {}'.format(x.dtype))
+        _require_float(self.label, x)
         xp = _xp(x)
         windows = _patches(x, self.ksize, self.stride, self.pad, self.cover_all, -np.inf)
         # A running maximum over the kh*kw window offsets, each a strided view
@@ -7265,7 +7254,7 @@ class ConvolutionNDFunction(Function):
         self.pad = _ntuple(pad, ndim, 'pad', self.label)
         self.cover_all = cover_all
         self.dilate = _ntuple(dilate, ndim, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -7888,8 +7877,7 @@ class GroupNormalizationFunction(Function):
 
 
 def _check_group_count(label, shape, groups):
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
-        raise TypeError('{}: groups must be a positive int, got {!r}'.format(label, groups))
+    _positive_int(label, 'groups', groups)
     if len(shape) < 2 or shape[1] % groups:
         raise ValueError('{}: the channel count x.shape[1] must be divisible by groups {}; '
                          'got x.shape {}'.format(label, groups, shape))
@@ -8138,7 +8126,7 @@ class Convolution2D(Link):
         self.stride = _pair(stride, 'stride', label)
         self.pad = _pair(pad, 'pad', label)
         self.dilate = _pair(dilate, 'dilate', label)
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -8252,7 +8240,7 @@ class Deconvolution2D(Link):
         self.pad = _pair(pad, 'pad', label)
         self.dilate = _pair(dilate, 'dilate', label)
         self.outsize = None if outsize is None else _pair(outsize, 'outsize', label)
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -8305,7 +8293,7 @@ class ConvolutionND(Link):
         self.pad = _ntuple(pad, ndim, 'pad', label)
         self.dilate = _ntuple(dilate, ndim, 'dilate', label)
         self.cover_all = cover_all
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -14097,6 +14085,16 @@ def _require_float(label, *arrays):
                 '{}: needs floating-point input, got dtype {} (shape {}); integer '
                 'math would truncate the result or its gradient; convert it with '
                 '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
+
+
+def _positive_int(label, name, value):
+    """`value` as an int: TypeError unless it is one (a bool is not),
+    ValueError unless it is positive."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError('{}: {} must be a positive int, got {!r}'.format(label, name, value))
+    if value <= 0:
+        raise ValueError('{}: {} must be a positive int, got {!r}'.format(label, name, value))
+    return int(value)
 
 
 def _require_inputs(label, xs):

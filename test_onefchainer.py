@@ -8735,6 +8735,33 @@ def test_cumprod_values_and_errors():
         F.cumprod(dev(x), axis=(0,))
 
 
+def test_an_int_argument_is_checked_the_same_everywhere():
+    # A bool is no axis (True would quietly mean axis 1), as flip already said;
+    # crelu, cumsum and cumprod had a check of their own that let it through.
+    x = dev(f64(2, 3))
+    for f in (F.crelu, F.cumsum, F.cumprod, F.flip):
+        with pytest.raises(TypeError, match=f.__name__ + ': axis must be an int'):
+            f(x, axis=True)
+    # groups and pool_size: TypeError for what is no int, ValueError for an
+    # int that is not positive (convolution said ValueError for both,
+    # group_normalization TypeError for both, maxout ValueError for both).
+    image, W = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))
+    for call, name in ((lambda g: F.convolution_2d(image, W, groups=g), 'convolution_2d'),
+                       (lambda g: F.group_normalization(x, g, dev(f64(3)), dev(f64(3))),
+                        'group_normalization'),
+                       (lambda g: F.maxout(x, g), 'maxout')):
+        with pytest.raises(TypeError, match=name + ': .* must be a positive int, got 1.5'):
+            call(1.5)
+        with pytest.raises(TypeError, match=name + ': .* must be a positive int, got True'):
+            call(True)
+        with pytest.raises(ValueError, match=name + ': .* must be a positive int, got 0'):
+            call(0)
+    # Integer images: max_pooling_2d says what max_pooling_nd and the others say.
+    for pool in (F.max_pooling_2d, F.max_pooling_nd):
+        with pytest.raises(TypeError, match=pool.__name__ + ': needs floating-point input'):
+            pool(dev(np.arange(16).reshape(1, 1, 4, 4)), 2)
+
+
 def test_rrelu_backward_of_a_0dim_input():
     # y * y hands rrelu a NumPy scalar as its gradient, not an array.
     x = Variable(dev(np.asarray(-1.5, np.float32)))
