@@ -112,7 +112,6 @@ class _Config:
     # Continued in Chapter 21 (show).
 
 
-
 config = _Config()
 
 
@@ -299,10 +298,10 @@ class Function:
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
-            raise _explain(self, in_data, error) from None   # names the function: Chapter 20
+            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 20
+            raise                             # the same error, down to forward's failing line
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
-
         outputs = []
         for y in out_data:
             if not isinstance(y, _array_types):   # NumPy returns 0-dim results as scalars
@@ -1109,6 +1108,7 @@ class Optimizer:
     # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
     # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup);
     # Chapter 21 (use_cleargrads).
+_export('optimizer', GradientMethod=Optimizer)
 
 
 @_export('optimizers.sgd')
@@ -1298,9 +1298,10 @@ def _continue_class(cls):
 # a reduction in backward, and NumPy then keeps x's dtype (float32 * 2.0 is
 # float32).  Then the operators of Variable are rebound to the F functions.
 #
-# F.sum, F.max, F.min and F.pow take the names of Python builtins; the end
-# of the section on reductions deletes those names again, so everywhere
-# else in this file sum, max, min and pow are Python's own.
+# F.sum, F.max, F.min and F.pow have the names of Python builtins, and
+# F.copy that of the stdlib module copy: here they are written _sum, _max,
+# _min, _pow and _copy, so that everywhere in this file sum, max, min, pow
+# and copy are Python's own; Chapter 21 files them under F's names.
 #
 # Sections, in order: operators on Variables; elementwise math (exp, log,
 # trigonometric, clip, maximum, ...); special functions (erf, lgamma, ...);
@@ -1635,8 +1636,7 @@ def neg(x):
     return Neg()(x)
 
 
-@_export('functions')
-def pow(a, b):     # shadows the builtin until the end of the reductions
+def _pow(a, b):     # F.pow (a builtin's name: see the start of this chapter)
     """Elementwise power a ** b.
 
     a, b: Variables or arrays of one float dtype (shapes broadcast), or one of
@@ -1645,6 +1645,8 @@ def pow(a, b):     # shadows the builtin until the end of the reductions
     Chainer: a ** b on chainer.Variable.
     """
     return _arithmetic(a, b, Pow, PowConstantExponent, PowConstantBase)
+_export('functions.math.basic_math', pow=_pow)
+_export('functions', pow=_pow)
 
 
 # ----- operators on Variables ------------------------------------------------
@@ -1683,7 +1685,7 @@ Variable.__rsub__ = lambda self, other: sub(other, self)
 Variable.__mul__ = Variable.__rmul__ = mul
 Variable.__truediv__ = div
 Variable.__rtruediv__ = lambda self, other: div(other, self)
-Variable.__pow__ = pow
+Variable.__pow__ = _pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)
 Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
@@ -1746,82 +1748,18 @@ def matmul(a, b, transa=False, transb=False):
 
 
 # ----- elementwise math --------------------------------------------------------
-
-@_export('functions.math.exponential')
-class Exp(Function):
-    """Function node of y = e**x; backward gy * y.
-    Chainer: chainer.functions.math.exponential.Exp."""
-    label = 'exp'
-
-    def forward(self, inputs):
-        _require_float('exp', inputs[0])
-        self.y = _xp(inputs[0]).exp(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (e^x)' = e^x
-        return grad_outputs[0] * self.y,
-
-
-@_export('functions.math.exponential')
-class Log(Function):
-    """Function node of y = log(x) (natural log); backward gy / x.
-    Chainer: chainer.functions.math.exponential.Log.
-    """
-    label = 'log'
-
-    def forward(self, inputs):
-        _require_float('log', inputs[0])
-        return _xp(inputs[0]).log(inputs[0]),
-
-    def backward(self, inputs, grad_outputs):      # (log x)' = 1/x
-        return grad_outputs[0] / inputs[0],
-
-
-@_export('functions.math.sqrt')
-class Sqrt(Function):
-    """Function node of y = sqrt(x); backward gy / (2 y). Chainer: chainer.functions.math.sqrt."""
-    label = 'sqrt'
-
-    def forward(self, inputs):
-        _require_float('sqrt', inputs[0])
-        self.y = _xp(inputs[0]).sqrt(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # (sqrt x)' = 1/(2 sqrt x)
-        return grad_outputs[0] / (2 * self.y),
-
-
-@_export('functions', 'functions.math.exponential')
-def exp(x):
-    """Elementwise exponential e**x of a float Variable or array; returns a
-    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
-    """
-    return Exp()(x)
-
-
-@_export('functions', 'functions.math.exponential')
-def log(x):
-    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
-    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
-    """
-    return Log()(x)
-
-
-@_export('functions', 'functions.math.sqrt')
-def sqrt(x):
-    """Elementwise square root of a float Variable or array; returns a Variable.
-    Chainer: chainer.functions.sqrt.
-    """
-    return Sqrt()(x)
-
-
-# ----- more elementwise math ---------------------------------------------------
-# The pattern of exp and log for many more formulas, so the Function is
-# written once and each row below holds a formula with its derivative beside
-# it: y = f(x), and gx = f'(x) gy, from x or, where that is cheaper, from the
-# output y (tan' = 1 + tan^2).  Chainer writes one class per row (Sin, ...).
+# A one-input formula needs no class of its own: each row below holds
+# y = f(x) beside its derivative, gx = f'(x) gy, written with x or, where
+# that is cheaper, with the output y ((e^x)' = e^x, tan' = 1 + tan^2), and
+# one Function serves every row.  Chainer writes one class per row (Exp,
+# Sin, ...).  The activations sigmoid and tanh are rows too (their functions
+# are with the other activations, below): their derivatives are formulas
+# of y.
 
 _ELEMENTWISE = {       # label: (y = f(x), gx from x, y and gy, does gx read y?)
+    'exp': (lambda xp, x: xp.exp(x), lambda xp, x, y, gy: gy * y, True),
+    'log': (lambda xp, x: xp.log(x), lambda xp, x, y, gy: gy / x, False),
+    'sqrt': (lambda xp, x: xp.sqrt(x), lambda xp, x, y, gy: gy / (2 * y), True),
     'absolute': (lambda xp, x: abs(x), lambda xp, x, y, gy: gy * xp.sign(x), False),
     'sin': (lambda xp, x: xp.sin(x), lambda xp, x, y, gy: gy * xp.cos(x), False),
     'cos': (lambda xp, x: xp.cos(x), lambda xp, x, y, gy: -gy * xp.sin(x), False),
@@ -1838,36 +1776,76 @@ _ELEMENTWISE = {       # label: (y = f(x), gx from x, y and gy, does gx read y?)
     'log10': (lambda xp, x: xp.log10(x), lambda xp, x, y, gy: gy / (x * math.log(10.0)), False),
     'rsqrt': (lambda xp, x: xp.reciprocal(xp.sqrt(x)),          # (x^-1/2)' = -y^3 / 2
               lambda xp, x, y, gy: gy * (y * y * y) * -0.5, True),
+    # 1 / (1 + e^-x) written with tanh, which never overflows; s' = s (1 - s)
+    'sigmoid': (lambda xp, x: xp.tanh(x * 0.5) * 0.5 + 0.5,
+                lambda xp, x, y, gy: gy * y * (1 - y), True),
+    'tanh': (lambda xp, x: xp.tanh(x), lambda xp, x, y, gy: gy * (1 - y * y), True),
 }
 
 
 class _Elementwise(Function):
-    """Function node of one row of _ELEMENTWISE, named by its label: forward
-    y = f(x) for float x, backward f'(x) gy.  Chainer: one class per formula,
-    e.g. chainer.functions.math.trigonometric.Sin."""
+    """Function node of one row of _ELEMENTWISE: forward y = f(x) for float
+    x, backward f'(x) gy.  Each row has its subclass, _ELEMENTWISE_FUNCTION[label]
+    (made below), holding the row as class attributes (label, f, df, keeps_y),
+    so that making a node runs no __init__: exp, log, sigmoid, tanh... are on
+    hot paths.  Chainer: one class per formula, e.g.
+    chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
+    """
 
-    def __init__(self, label):
-        self._label = label
-        self.f, self.df, self.keeps_y = _ELEMENTWISE[label]
-        self.y = None
-
-    @property
-    def label(self):
-        return self._label
+    y = None
 
     def forward(self, inputs):
         x, = inputs
-        _require_float(self._label, x)
-        y = self.f(_xp(x), x)
+        if x.dtype.kind != 'f':               # (the test inline: a call less per op)
+            _require_float(self.label, x)
+        self.xp = xp = _xp(x)                 # kept for backward, for the same reason
+        y = self.f(xp, x)
         if self.keeps_y:
             self.y = y
         return y,
 
     def backward(self, inputs, grad_outputs):
         x, = inputs
+        gx = self.df(self.xp, x, self.y, grad_outputs[0])
         # In x's dtype: on NumPy 1.x, 1 + x * x of a 0-dim float32 is float64.
-        return self.df(_xp(x), x, self.y, grad_outputs[0]).astype(x.dtype, copy=False),
+        # (`is`, not ==: a dtype comparison costs as much as a small op; an
+        # equal dtype that is another object only costs a copy.)
+        return (gx if gx.dtype is x.dtype else gx.astype(x.dtype)),
 
+
+_ELEMENTWISE_FUNCTION = {
+    label: type('_Elementwise_' + label, (_Elementwise,),
+                {'label': label, 'f': staticmethod(f), 'df': staticmethod(df),
+                 'keeps_y': keeps_y})
+    for label, (f, df, keeps_y) in _ELEMENTWISE.items()}
+
+
+@_export('functions', 'functions.math.exponential')
+def exp(x):
+    """Elementwise exponential e**x of a float Variable or array; returns a
+    Variable of the same shape and dtype. Chainer: chainer.functions.exp.
+    """
+    return _ELEMENTWISE_FUNCTION['exp']()(x)
+
+
+@_export('functions', 'functions.math.exponential')
+def log(x):
+    """Elementwise natural logarithm of a float Variable or array (x <= 0 gives
+    -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log.
+    """
+    return _ELEMENTWISE_FUNCTION['log']()(x)
+
+
+@_export('functions', 'functions.math.sqrt')
+def sqrt(x):
+    """Elementwise square root of a float Variable or array; returns a Variable.
+    Chainer: chainer.functions.sqrt.
+    """
+    return _ELEMENTWISE_FUNCTION['sqrt']()(x)
+
+
+# ----- more elementwise math ---------------------------------------------------
+# clip, maximum and minimum, then the functions of the table's other rows.
 
 @_export('functions.math.clip')
 class Clip(Function):
@@ -1944,7 +1922,7 @@ def absolute(x):
     Variable of x's shape and dtype; TypeError for integer x.
     Chainer: chainer.functions.absolute.
     """
-    return _Elementwise('absolute')(x)
+    return _ELEMENTWISE_FUNCTION['absolute']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1952,7 +1930,7 @@ def sin(x):
     """Elementwise sine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.sin.
     """
-    return _Elementwise('sin')(x)
+    return _ELEMENTWISE_FUNCTION['sin']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1960,7 +1938,7 @@ def cos(x):
     """Elementwise cosine of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.cos.
     """
-    return _Elementwise('cos')(x)
+    return _ELEMENTWISE_FUNCTION['cos']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1968,7 +1946,7 @@ def tan(x):
     """Elementwise tangent of a float Variable or array (radians); returns a
     Variable of x's shape and dtype. Chainer: chainer.functions.tan.
     """
-    return _Elementwise('tan')(x)
+    return _ELEMENTWISE_FUNCTION['tan']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1977,7 +1955,7 @@ def arcsin(x):
     (NaN outside [-1, 1], as NumPy gives); gradient 1/sqrt(1 - x**2).
     Returns a Variable. Chainer: chainer.functions.arcsin.
     """
-    return _Elementwise('arcsin')(x)
+    return _ELEMENTWISE_FUNCTION['arcsin']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1986,7 +1964,7 @@ def arccos(x):
     (NaN outside [-1, 1]); gradient -1/sqrt(1 - x**2). Returns a Variable.
     Chainer: chainer.functions.arccos.
     """
-    return _Elementwise('arccos')(x)
+    return _ELEMENTWISE_FUNCTION['arccos']()(x)
 
 
 @_export('functions', 'functions.math.trigonometric')
@@ -1995,7 +1973,7 @@ def arctan(x):
     pi/2); gradient 1/(1 + x**2). Returns a Variable.
     Chainer: chainer.functions.arctan.
     """
-    return _Elementwise('arctan')(x)
+    return _ELEMENTWISE_FUNCTION['arctan']()(x)
 
 
 @_export('functions', 'functions.math.hyperbolic')
@@ -2003,7 +1981,7 @@ def sinh(x):
     """Elementwise hyperbolic sine (e**x - e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.sinh.
     """
-    return _Elementwise('sinh')(x)
+    return _ELEMENTWISE_FUNCTION['sinh']()(x)
 
 
 @_export('functions', 'functions.math.hyperbolic')
@@ -2011,7 +1989,7 @@ def cosh(x):
     """Elementwise hyperbolic cosine (e**x + e**-x)/2 of a float Variable or
     array; returns a Variable. Chainer: chainer.functions.cosh.
     """
-    return _Elementwise('cosh')(x)
+    return _ELEMENTWISE_FUNCTION['cosh']()(x)
 
 
 @_export('functions', 'functions.math.logarithm_1p')
@@ -2019,7 +1997,7 @@ def log1p(x):
     """Elementwise log(1 + x) of a float Variable or array, accurate where x
     is tiny; returns a Variable. Chainer: chainer.functions.log1p.
     """
-    return _Elementwise('log1p')(x)
+    return _ELEMENTWISE_FUNCTION['log1p']()(x)
 
 
 @_export('functions', 'functions.math.exponential_m1')
@@ -2027,7 +2005,7 @@ def expm1(x):
     """Elementwise e**x - 1 of a float Variable or array, accurate where x is
     tiny; returns a Variable. Chainer: chainer.functions.expm1.
     """
-    return _Elementwise('expm1')(x)
+    return _ELEMENTWISE_FUNCTION['expm1']()(x)
 
 
 @_export('functions', 'functions.math.exponential')
@@ -2035,7 +2013,7 @@ def log2(x):
     """Elementwise base-2 logarithm of a float Variable or array (x <= 0 gives
     -inf or NaN, as NumPy does); returns a Variable. Chainer: chainer.functions.log2.
     """
-    return _Elementwise('log2')(x)
+    return _ELEMENTWISE_FUNCTION['log2']()(x)
 
 
 @_export('functions', 'functions.math.exponential')
@@ -2043,7 +2021,7 @@ def log10(x):
     """Elementwise base-10 logarithm of a float Variable or array (x <= 0
     gives -inf or NaN); returns a Variable. Chainer: chainer.functions.log10.
     """
-    return _Elementwise('log10')(x)
+    return _ELEMENTWISE_FUNCTION['log10']()(x)
 
 
 @_export('functions', 'functions.math.sqrt')
@@ -2051,7 +2029,7 @@ def rsqrt(x):
     """Elementwise reciprocal square root 1 / sqrt(x) of a float Variable or
     array; gradient -x**-1.5 / 2. Returns a Variable. Chainer: chainer.functions.rsqrt.
     """
-    return _Elementwise('rsqrt')(x)
+    return _ELEMENTWISE_FUNCTION['rsqrt']()(x)
 
 
 @_export('functions', 'functions.math.clip')
@@ -2155,7 +2133,7 @@ def arctanh(x):
     (+-inf at +-1, NaN outside [-1, 1]); gradient 1 / (1 - x**2). Returns a
     Variable. Chainer: chainer.functions.arctanh.
     """
-    return _Elementwise('arctanh')(x)
+    return _ELEMENTWISE_FUNCTION['arctanh']()(x)
 
 
 @_export('functions', 'functions.math.fmod')
@@ -2433,6 +2411,16 @@ def _normalize_axis(axis, ndim, label):
     return tuple(sorted(a % ndim for a in axes))
 
 
+def _int_axis(label, axis, none_too=False):
+    """`axis` as an int (a bool is not one), or None where none_too says so."""
+    if axis is None and none_too:
+        return None
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError('{}: axis must be an int{}, got {!r}'.format(
+            label, ' or None' if none_too else '', axis))
+    return int(axis)
+
+
 def _keepdims_shape(shape, axes):
     """The shape a reduction over `axes` has with keepdims=True."""
     if axes is None:
@@ -2603,8 +2591,7 @@ class Cumprod(Function):
         return xp.moveaxis(z, 0, axis).reshape(x.shape),
 
 
-@_export('functions')
-def sum(x, axis=None, keepdims=False):
+def _sum(x, axis=None, keepdims=False):     # F.sum
     """Sum of the elements of x over `axis`.
 
     x: Variable or array. axis: None (default, all axes), an int or a tuple of
@@ -2613,6 +2600,8 @@ def sum(x, axis=None, keepdims=False):
     out of bounds. Chainer: chainer.functions.sum.
     """
     return Sum(axis, keepdims)(x)
+_export('functions.math.sum', sum=_sum)
+_export('functions', sum=_sum)
 
 
 @_export('functions')
@@ -2634,22 +2623,24 @@ def mean(x, axis=None, weights=None, keepdims=False):
     return Sum(axes, keepdims)(x) * (1.0 / count if count else math.nan)
 
 
-@_export('functions')
-def max(x, axis=None, keepdims=False):
+def _max(x, axis=None, keepdims=False):     # F.max
     """Maximum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the maximal element(s).
     Raises ValueError for an axis out of bounds. Chainer: chainer.functions.max.
     """
     return Max(axis, keepdims)(x)
+_export('functions.math.minmax', max=_max)
+_export('functions', max=_max)
 
 
-@_export('functions')
-def min(x, axis=None, keepdims=False):
+def _min(x, axis=None, keepdims=False):     # F.min
     """Minimum of x over `axis` (None: all axes; int or tuple), keepdims default
     False. Returns a Variable; the gradient flows to the minimal element(s).
     Raises ValueError for an axis out of bounds. Chainer: chainer.functions.min.
     """
     return Min(axis, keepdims)(x)
+_export('functions.math.minmax', min=_min)
+_export('functions', min=_min)
 
 
 @_export('functions', 'functions.math.prod')
@@ -2683,9 +2674,7 @@ def cumsum(x, axis=None):
     for axis None). Raises TypeError for integer x or a non-int axis,
     ValueError for an axis out of bounds. Chainer: chainer.functions.cumsum.
     """
-    if axis is not None and not isinstance(axis, (int, np.integer)):
-        raise TypeError('cumsum: axis must be an int or None, got {!r}'.format(axis))
-    return Cumsum(axis)(x)
+    return Cumsum(_int_axis('cumsum', axis, none_too=True))(x)
 
 
 @_export('functions', 'functions.math.cumprod')
@@ -2698,9 +2687,7 @@ def cumprod(x, axis=None):
     TypeError for integer x or a non-int axis, ValueError for an axis out of
     bounds. Chainer: chainer.functions.cumprod.
     """
-    if axis is not None and not isinstance(axis, (int, np.integer)):
-        raise TypeError('cumprod: axis must be an int or None, got {!r}'.format(axis))
-    return Cumprod(axis)(x)
+    return Cumprod(_int_axis('cumprod', axis, none_too=True))(x)
 
 
 @_export('functions.math.logsumexp')
@@ -2828,12 +2815,6 @@ def batch_l2_norm_squared(x):
         raise ValueError('batch_l2_norm_squared: x needs 2 or more dimensions, got shape '
                          '{}'.format(data.shape))
     return Sum(tuple(range(1, data.ndim)))(mul(x, x))
-
-
-# sum, max, min and pow above took the names of Python builtins.  Chapter 21
-# files them under F (F.sum, ...); from here on, the names mean Python's own.
-_functions_named_like_builtins = {'sum': sum, 'max': max, 'min': min, 'pow': pow}
-del sum, max, min, pow
 
 
 # ----- shapes ------------------------------------------------------------------
@@ -3336,12 +3317,6 @@ def _int_or_ints(label, name, value):
     if any(v < 0 for v in values):
         raise ValueError('{}: {} must be >= 0, got {!r}'.format(label, name, value))
     return tuple(int(v) for v in values)
-
-
-def _int_axis(label, axis):
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise TypeError('{}: axis must be an int, got {!r}'.format(label, axis))
-    return int(axis)
 
 
 @_export('functions', 'functions.array.flip')
@@ -3869,8 +3844,7 @@ def broadcast(*args):
     return Broadcast()(*args)
 
 
-@_export('functions')
-def copy(x, dst):     # takes the stdlib module's name until the end of this section
+def _copy(x, dst):     # F.copy (the stdlib module's name: see the start of this chapter)
     """x copied to device `dst`: -1, '@numpy' or a CpuDevice for the CPU, N,
     '@cupy:N' or a GpuDevice for GPU N (anything get_device accepts). On the
     same device no copy is made. The gradient is sent back to x's device.
@@ -3879,6 +3853,16 @@ def copy(x, dst):     # takes the stdlib module's name until the end of this sec
     """
     _input_data('copy', x)
     return Copy(get_device(dst))(x)
+_export('functions.array.copy', copy=_copy)
+_export('functions', copy=_copy)
+
+# _sum, _max, _min, _pow and _copy are written so that Python's builtins (and
+# the module copy) keep their names in this file; outside, help() and repr()
+# show Chainer's names.
+for _function, _name in ((_sum, 'sum'), (_max, 'max'), (_min, 'min'), (_pow, 'pow'),
+                         (_copy, 'copy')):
+    _function.__name__ = _function.__qualname__ = _name
+del _function, _name
 
 
 @_export('functions', 'functions.array.dstack')
@@ -4107,12 +4091,6 @@ def permutate(x, indices, axis=0, inv=False):
     return Permutate(indices, _int_axis('permutate', axis), inv)(x)
 
 
-# copy above took the name of the stdlib module copy, which Chapter 10 uses;
-# Chapter 21 files the function under F.copy, and the name goes back here.
-_functions_named_like_modules = {'copy': copy}
-copy = sys.modules['copy']
-
-
 # ----- linear algebra: determinants, inverses, Cholesky ----------------------------
 # Forward is xp.linalg; backward is the matrix calculus of each formula,
 # written with the forward's results (the inverse, the determinant) kept.
@@ -4287,43 +4265,6 @@ class LeakyReLU(Function):
         return _xp(x).where(x >= 0, gy, gy * self.slope),
 
 
-@_export('functions.activation.sigmoid')
-class Sigmoid(Function):
-    """Function node of y = 1 / (1 + e**-x) (computed as tanh(x/2)/2 + 1/2, which
-    cannot overflow); backward gy * y * (1 - y).
-    Chainer: chainer.functions.activation.sigmoid.Sigmoid.
-    """
-    label = 'sigmoid'
-
-    def forward(self, inputs):
-        x, = inputs
-        _require_float('sigmoid', x)
-        xp = _xp(x)
-        # 1/(1+e^-x) written with tanh, which never overflows.
-        self.y = xp.tanh(x * 0.5) * 0.5 + 0.5
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # s' = s (1 - s)
-        y = self.y
-        return grad_outputs[0] * y * (1 - y),
-
-
-@_export('functions.activation.tanh')
-class Tanh(Function):
-    """Function node of y = tanh(x); backward gy * (1 - y**2).
-    Chainer: chainer.functions.activation.tanh.Tanh.
-    """
-    label = 'tanh'
-
-    def forward(self, inputs):
-        _require_float('tanh', inputs[0])
-        self.y = _xp(inputs[0]).tanh(inputs[0])
-        return self.y,
-
-    def backward(self, inputs, grad_outputs):      # tanh' = 1 - tanh^2
-        return grad_outputs[0] * (1 - self.y * self.y),
-
-
 @_export('functions.activation.crelu')
 class CReLU(Function):
     """Function node of y = concat(max(0, x), max(0, -x)) along `axis`;
@@ -4397,9 +4338,7 @@ def crelu(x, axis=1):
     integer x or a non-int axis, ValueError for an axis out of bounds.
     Chainer: chainer.functions.crelu.
     """
-    if not isinstance(axis, (int, np.integer)):
-        raise TypeError('crelu: axis must be an int, got {!r}'.format(axis))
-    return CReLU(axis)(x)
+    return CReLU(_int_axis('crelu', axis))(x)
 
 
 @_export('functions', 'functions.activation.rrelu')
@@ -4420,12 +4359,15 @@ def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
     return (y, function.r) if return_r else y
 
 
+# sigmoid and tanh are one-input formulas: their rows, each beside its
+# derivative, are in the table of 'elementwise math' above.
+
 @_export('functions', 'functions.activation.sigmoid')
 def sigmoid(x):
     """Logistic sigmoid 1 / (1 + e**-x), elementwise, without overflow for large |x|.
     Returns a Variable of the same shape and dtype. Chainer: chainer.functions.sigmoid.
     """
-    return Sigmoid()(x)
+    return _ELEMENTWISE_FUNCTION['sigmoid']()(x)
 
 
 @_export('functions', 'functions.activation.tanh')
@@ -4433,7 +4375,7 @@ def tanh(x):
     """Hyperbolic tangent, elementwise; returns a Variable of the same shape and
     dtype. Chainer: chainer.functions.tanh.
     """
-    return Tanh()(x)
+    return _ELEMENTWISE_FUNCTION['tanh']()(x)
 
 
 # ----- more activations ----------------------------------------------------------
@@ -5609,9 +5551,7 @@ def maxout(x, pool_size, axis=1):
     for a bad pool_size or axis. Chainer: chainer.functions.maxout.
     """
     shape = _input_data('maxout', x).shape
-    if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) \
-            or pool_size <= 0:
-        raise ValueError('maxout: pool_size must be a positive int, got {!r}'.format(pool_size))
+    pool_size = _positive_int('maxout', 'pool_size', pool_size)
     if not -len(shape) <= axis < len(shape):
         raise ValueError('maxout: axis {} is out of range for x.shape {}'.format(axis, shape))
     axis %= len(shape)
@@ -5619,7 +5559,7 @@ def maxout(x, pool_size, axis=1):
         raise ValueError('maxout: x.shape[{}] = {} is not divisible by pool_size {} '
                          '(x.shape {})'.format(axis, shape[axis], pool_size, shape))
     pooled = shape[:axis] + (shape[axis] // pool_size, pool_size) + shape[axis + 1:]
-    return _functions_named_like_builtins['max'](reshape(x, pooled), axis=axis + 1)
+    return _max(reshape(x, pooled), axis=axis + 1)
 
 
 @_export('functions.connection.bilinear')
@@ -7092,7 +7032,7 @@ class Convolution2DFunction(Function):
         self.pad = _pair(pad, 'pad', self.label)
         self.cover_all = cover_all
         self.dilate = _pair(dilate, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -7147,12 +7087,6 @@ class Convolution2DFunction(Function):
         if len(inputs) == 3:
             return gx, gW, gy2.sum(axis=2).reshape(-1)
         return gx, gW
-
-
-def _check_groups(label, groups):
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError('{}: groups must be a positive int, got {!r}'.format(label, groups))
-    return int(groups)
 
 
 @_export('functions', 'functions.connection.convolution_2d')
@@ -7245,7 +7179,7 @@ class Deconvolution2DFunction(Function):
         self.pad = _pair(pad, 'pad', self.label)
         self.outsize = None if outsize is None else _pair(outsize, 'outsize', self.label)
         self.dilate = _pair(dilate, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def _output_size(self, x, W):
         """(out_h, out_w), checked against x's size; and whether the
@@ -7403,8 +7337,7 @@ class MaxPooling2D(Function):
         x, = inputs
         out_h, out_w = _check_image(self.label, x.shape, self.ksize, self.stride, self.pad,
                                     self.cover_all)
-        if x.dtype.kind != 'f':
-            raise TypeError('max_pooling_2d: x must be floating point, got {}'.format(x.dtype))
+        _require_float(self.label, x)
         xp = _xp(x)
         windows = _patches(x, self.ksize, self.stride, self.pad, self.cover_all, -np.inf)
         # A running maximum over the kh*kw window offsets, each a strided view
@@ -7699,7 +7632,7 @@ class ConvolutionNDFunction(Function):
         self.pad = _ntuple(pad, ndim, 'pad', self.label)
         self.cover_all = cover_all
         self.dilate = _ntuple(dilate, ndim, 'dilate', self.label)
-        self.groups = _check_groups(self.label, groups)
+        self.groups = _positive_int(self.label, 'groups', groups)
 
     def forward(self, inputs):
         x, W = inputs[0], inputs[1]
@@ -8339,8 +8272,7 @@ class GroupNormalizationFunction(Function):
 
 
 def _check_group_count(label, shape, groups):
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
-        raise TypeError('{}: groups must be a positive int, got {!r}'.format(label, groups))
+    _positive_int(label, 'groups', groups)
     if len(shape) < 2 or shape[1] % groups:
         raise ValueError('{}: the channel count x.shape[1] must be divisible by groups {}; '
                          'got x.shape {}'.format(label, groups, shape))
@@ -8597,7 +8529,7 @@ class Convolution2D(Link):
         self.stride = _pair(stride, 'stride', label)
         self.pad = _pair(pad, 'pad', label)
         self.dilate = _pair(dilate, 'dilate', label)
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -8714,7 +8646,7 @@ class Deconvolution2D(Link):
         self.pad = _pair(pad, 'pad', label)
         self.dilate = _pair(dilate, 'dilate', label)
         self.outsize = None if outsize is None else _pair(outsize, 'outsize', label)
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -8768,7 +8700,7 @@ class ConvolutionND(Link):
         self.pad = _ntuple(pad, ndim, 'pad', label)
         self.dilate = _ntuple(dilate, ndim, 'dilate', label)
         self.cover_all = cover_all
-        self.groups = _check_groups(label, groups)
+        self.groups = _positive_int(label, 'groups', groups)
         _check_link_groups(label, out_channels, self.groups, 'out_channels')
         self.in_channels, self.out_channels = in_channels, out_channels
         with self.init_scope():
@@ -13685,23 +13617,41 @@ class VariableStatisticsPlot(Extension):
 # the step count `_t` and the last value are saved, so a resumed run goes on
 # with the same values.
 
-@_export('training.extensions', 'training.extensions.exponential_shift')
-class ExponentialShift(Extension):
-    """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
-    trigger, e.g. (10, 'epoch')), stopping at `target` if given.
-    Chainer: chainer.training.extensions.ExponentialShift.
+class _Shift(Extension):
+    """What every schedule below shares; each subclass says only how its
+    value changes, in _value(): the value of optimizer.<attr> after self._t
+    calls.  `optimizer` None means the trainer's 'main' one.  When training
+    starts, initialize() checks that `attr` is one of the optimizer's
+    hyperparameters: setattr would quietly create a new attribute that no
+    update rule reads if it were misspelt ('lr' on Adam, whose step size is
+    'alpha'), so a misspelt name raises AttributeError before the first
+    update.  It also takes the schedule's starting value from the optimizer
+    when that argument is None, and sets the value for the calls done so far
+    (the snapshot's last value when resuming).  A `target` stops the value
+    once passed (see _stop_at_target).  Snapshots hold `_t` and
+    `_last_value` (Chainer's keys), or only `_t` where Chainer saves no more.
+    Chainer: the ExponentialShift ... InverseShift classes, each on its own.
     """
 
-    def __init__(self, attr, rate, init=None, target=None, optimizer=None):
-        if rate < 0:
-            raise ValueError('ExponentialShift: rate must not be negative')
+    # Which argument None means "the optimizer's value when training starts".
+    _start_from_optimizer = '_init'
+    # Chainer's snapshot layout: _t and _last_value, or _t alone.
+    _saves_last_value = True
+
+    def __init__(self, attr, init=None, target=None, optimizer=None):
         self._attr = attr
-        self._rate = rate
         self._init = init
         self._target = target
         self._optimizer = optimizer
         self._t = 0
         self._last_value = None
+
+    def _value(self):
+        raise NotImplementedError
+
+    def _growing(self):
+        """Whether the value grows, which says on which side the target lies."""
+        return False
 
     def _get_optimizer(self, trainer):
         return self._optimizer or trainer.updater.get_optimizer('main')
@@ -13712,86 +13662,38 @@ class ExponentialShift(Extension):
 
     def initialize(self, trainer):
         optimizer = self._get_optimizer(trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
+        names = optimizer.hyperparam.get_dict()
+        if self._attr not in names:
+            raise AttributeError('{}: {} has no hyperparameter {!r}; its hyperparameters '
+                                 'are {}'.format(type(self).__name__, type(optimizer).__name__,
+                                                 self._attr, sorted(names)))
+        start = self._start_from_optimizer
+        if start is not None and getattr(self, start) is None:
+            setattr(self, start, getattr(optimizer, self._attr))
+        # Resuming: the optimizer forgot the value, the snapshot did not.  A
+        # fresh run starts at the value after 0 calls (init), target or not.
+        resumed = self._saves_last_value and self._last_value is not None
+        self._set(optimizer, self._last_value if resumed else self._value())
 
     def __call__(self, trainer):
         self._t += 1
-        value = self._init * self._rate ** self._t
-        if self._target is not None:
-            # Stop at the target; the ratio test works for negative values too.
-            passed = value / self._target > 1 if self._rate > 1 else value / self._target < 1
-            if passed:
-                value = self._target
+        value = _stop_at_target(self._value(), self._target, self._growing())
         self._set(self._get_optimizer(trainer), value)
 
     def serialize(self, serializer):
+        """Save or load the call count `_t` and, where Chainer saves it,
+        `_last_value`.  Chainer: the schedules' serialize.
+        """
         self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
-
-
-@_export('training.extensions', 'training.extensions.linear_shift')
-class LinearShift(Extension):
-    """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
-    between calls time_range[0] and time_range[1]; constant outside.
-    Chainer: chainer.training.extensions.LinearShift.
-    """
-
-    def __init__(self, attr, value_range, time_range, optimizer=None):
-        self._attr = attr
-        self._value_range = value_range
-        self._time_range = time_range
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
-
-    def _value(self):
-        (t1, t2), (v1, v2) = self._time_range, self._value_range
-        if self._t <= t1:
-            return v1
-        if self._t >= t2:
-            return v2
-        return v1 + (v2 - v1) * (self._t - t1) / (t2 - t1)
-
-    def _set(self, trainer, value):
-        optimizer = self._optimizer or trainer.updater.get_optimizer('main')
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
-
-    def initialize(self, trainer):
-        self._set(trainer, self._value() if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        self._set(trainer, self._value())
-
-    def serialize(self, serializer):
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
-
-
-# The schedules below share two small pieces.  A shift writes its value with
-# setattr, which would quietly create a new attribute that no update rule
-# reads if `attr` were misspelt ('lr' on Adam, whose step size is 'alpha'),
-# so initialize() checks the name once, before the first update.
-
-def _shift_optimizer(shift, trainer):
-    optimizer = shift._optimizer or trainer.updater.get_optimizer('main')
-    names = optimizer.hyperparam.get_dict()
-    if shift._attr not in names:
-        raise AttributeError('{}: {} has no hyperparameter {!r}; its hyperparameters '
-                             'are {}'.format(type(shift).__name__, type(optimizer).__name__,
-                                             shift._attr, sorted(names)))
-    return optimizer
+        if self._saves_last_value:
+            value = serializer('_last_value', self._last_value)
+            self._last_value = value.item() if isinstance(value, np.ndarray) else value
 
 
 def _stop_at_target(value, target, growing):
-    # As ExponentialShift: stop once the value has passed `target`, comparing
-    # value / target with 1 so that negative schedules work too.  Multiplying
-    # by target**2 > 0 gives the same test without dividing, so a value or
+    # Stop once the value has passed `target`, comparing value / target with
+    # 1 (Chainer's test) so that negative schedules work too.  Multiplying by
+    # target**2 > 0 gives the same test without dividing, so a value or
     # target of 0 needs no special case.
     if target is None:
         return value
@@ -13807,8 +13709,58 @@ def _require_positive(label, name, value):
         raise ValueError('{}: {} must be positive, got {!r}'.format(label, name, value))
 
 
+@_export('training.extensions', 'training.extensions.exponential_shift')
+class ExponentialShift(_Shift):
+    """Multiplies optimizer.<attr> by `rate` at each call (extend it with a
+    trigger, e.g. (10, 'epoch')): after t calls it is init * rate ** t,
+    stopped at `target` if given.  init=None takes the optimizer's value when
+    training starts; optimizer=None means the trainer's 'main' one.  Raises
+    ValueError for rate < 0, and AttributeError (when training starts) if
+    `attr` is not a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.ExponentialShift.
+    """
+
+    def __init__(self, attr, rate, init=None, target=None, optimizer=None):
+        if rate < 0:
+            raise ValueError('ExponentialShift: rate must not be negative, got '
+                             '{!r}'.format(rate))
+        super().__init__(attr, init, target, optimizer)
+        self._rate = rate
+
+    def _value(self):
+        return self._init * self._rate ** self._t
+
+    def _growing(self):
+        return self._rate > 1
+
+
+@_export('training.extensions', 'training.extensions.linear_shift')
+class LinearShift(_Shift):
+    """Moves optimizer.<attr> linearly from value_range[0] to value_range[1]
+    between calls time_range[0] and time_range[1]; constant outside.
+    optimizer=None means the trainer's 'main' one.  Raises AttributeError
+    (when training starts) if `attr` is not a hyperparameter of the optimizer.
+    Chainer: chainer.training.extensions.LinearShift.
+    """
+
+    _start_from_optimizer = None      # both ends are given
+
+    def __init__(self, attr, value_range, time_range, optimizer=None):
+        super().__init__(attr, optimizer=optimizer)
+        self._value_range = value_range
+        self._time_range = time_range
+
+    def _value(self):
+        (t1, t2), (v1, v2) = self._time_range, self._value_range
+        if self._t <= t1:
+            return v1
+        if self._t >= t2:
+            return v2
+        return v1 + (v2 - v1) * (self._t - t1) / (t2 - t1)
+
+
 @_export('training.extensions', 'training.extensions.step_shift')
-class StepShift(Extension):
+class StepShift(_Shift):
     """Multiplies optimizer.<attr> by `gamma` every `step` calls: after t calls
     it is init * gamma ** floor(t / step), stopped at `target` if given.
     init=None takes the optimizer's value when training starts; optimizer=None
@@ -13822,43 +13774,19 @@ class StepShift(Extension):
         _require_positive('StepShift', 'step', step)
         if gamma < 0:
             raise ValueError('StepShift: gamma must not be negative, got {!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._gamma = gamma
         self._step = step
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
+    def _value(self):
+        return self._init * self._gamma ** (self._t // self._step)
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        # Resuming: the optimizer forgot the value, the snapshot did not.
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        value = self._init * self._gamma ** (self._t // self._step)
-        value = _stop_at_target(value, self._target, growing=self._gamma > 1)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
-
-    def serialize(self, serializer):
-        """Save or load the call count `_t` and `_last_value` (Chainer's keys).
-        Chainer: StepShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._gamma > 1
 
 
 @_export('training.extensions', 'training.extensions.multistep_shift')
-class MultistepShift(Extension):
+class MultistepShift(_Shift):
     """Multiplies optimizer.<attr> by `gamma` at each call count listed in
     `step_value` (increasing): init before step_value[0], init * gamma from
     there to step_value[1], init * gamma**2 after that, and so on.  `init` is
@@ -13868,6 +13796,8 @@ class MultistepShift(Extension):
     the optimizer.  Chainer: chainer.training.extensions.MultistepShift.
     """
 
+    _saves_last_value = False     # _current_step says it
+
     def __init__(self, attr, gamma, step_value, init, optimizer=None):
         step_value = list(step_value)
         if not step_value or any(b <= a for a, b in zip(step_value, step_value[1:])):
@@ -13876,44 +13806,34 @@ class MultistepShift(Extension):
         if gamma < 0:
             raise ValueError('MultistepShift: gamma must not be negative, got '
                              '{!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, optimizer=optimizer)
         self._gamma = gamma
         self._step_value = step_value
-        self._init = init
-        self._optimizer = optimizer
         self._current_step = 0      # how many of step_value were passed
-        self._t = 0
 
+    # initialize() sets init * gamma**current_step, not init: Chainer sets
+    # init, so a run resumed after a step would train with the old value until
+    # the next call; this way it goes on as if it had never stopped.
     def _value(self):
         return self._init * self._gamma ** self._current_step
-
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        # init * gamma**current_step, not init: Chainer sets init here, so a
-        # run resumed after a step would train with the old value until the
-        # next call; this way it goes on as if it had never stopped.
-        setattr(optimizer, self._attr, self._value())
 
     def __call__(self, trainer):
         self._t += 1
         if (self._current_step < len(self._step_value)
                 and self._t >= self._step_value[self._current_step]):
             self._current_step += 1
-        setattr(self._optimizer or trainer.updater.get_optimizer('main'),
-                self._attr, self._value())
+        self._set(self._get_optimizer(trainer), self._value())
 
     def serialize(self, serializer):
         """Save or load `_t` and `_current_step` (Chainer's keys).
         Chainer: MultistepShift.serialize.
         """
-        self._t = int(serializer('_t', self._t))
+        super().serialize(serializer)
         self._current_step = int(serializer('_current_step', self._current_step))
 
 
 @_export('training.extensions', 'training.extensions.warmup_shift')
-class WarmupShift(Extension):
+class WarmupShift(_Shift):
     """Moves optimizer.<attr> linearly from `warmup_start` to `init` over the
     first `warmup_iter` calls: after t calls it is
     (t * init + (warmup_iter - t) * warmup_start) / warmup_iter, and from call
@@ -13924,43 +13844,30 @@ class WarmupShift(Extension):
     the optimizer.  Chainer: chainer.training.extensions.WarmupShift.
     """
 
+    _start_from_optimizer = '_warmup_start'
+    _saves_last_value = False
+
     def __init__(self, attr, warmup_start, warmup_iter, init, optimizer=None):
         _require_positive('WarmupShift', 'warmup_iter', warmup_iter)
-        self._attr = attr
+        super().__init__(attr, init, optimizer=optimizer)
         self._warmup_start = warmup_start
         self._warmup_iter = warmup_iter
-        self._init = init
-        self._optimizer = optimizer
-        self._t = 0
 
+    # initialize() sets the value for the calls done so far: warmup_start on
+    # a fresh run.  (Chainer sets warmup_start, so a run resumed after the
+    # warm-up would stay at warmup_start for good.)
     def _value(self):
         t, n = min(self._t, self._warmup_iter), self._warmup_iter
         return (t * self._init + (n - t) * self._warmup_start) / n
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._warmup_start is None:
-            self._warmup_start = getattr(optimizer, self._attr)
-        # The value for the calls done so far: warmup_start on a fresh run.
-        # (Chainer sets warmup_start, so a run resumed after the warm-up
-        # would stay at warmup_start for good.)
-        setattr(optimizer, self._attr, self._value())
-
     def __call__(self, trainer):
         self._t += 1
-        if self._t <= self._warmup_iter:
-            setattr(self._optimizer or trainer.updater.get_optimizer('main'),
-                    self._attr, self._value())
-
-    def serialize(self, serializer):
-        """Save or load the call count `_t` (Chainer's key).
-        Chainer: WarmupShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
+        if self._t <= self._warmup_iter:      # after that, leave it alone
+            self._set(self._get_optimizer(trainer), self._value())
 
 
 @_export('training.extensions', 'training.extensions.polynomial_shift')
-class PolynomialShift(Extension):
+class PolynomialShift(_Shift):
     """Decays optimizer.<attr> polynomially to 0 over `max_count` calls: after
     t calls it is init * max(1 - t / max_count, 0) ** rate (0 from call
     max_count on), stopped at `target` if given.  A negative rate makes it
@@ -13973,46 +13880,22 @@ class PolynomialShift(Extension):
 
     def __init__(self, attr, rate, max_count, init=None, target=None, optimizer=None):
         _require_positive('PolynomialShift', 'max_count', max_count)
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._rate = rate
         self._max_count = max_count
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
-
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
+    def _value(self):
         decay = max(1 - self._t / self._max_count, 0)
         if decay == 0 and self._rate < 0:    # 0 ** negative: Python raises
-            value = math.copysign(math.inf, self._init)
-        else:
-            value = self._init * decay ** self._rate
-        value = _stop_at_target(value, self._target, growing=self._rate <= 0)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
+            return math.copysign(math.inf, self._init)
+        return self._init * decay ** self._rate
 
-    def serialize(self, serializer):
-        """Save or load `_t` and `_last_value` (Chainer's keys).
-        Chainer: PolynomialShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._rate <= 0
 
 
 @_export('training.extensions', 'training.extensions.inverse_shift')
-class InverseShift(Extension):
+class InverseShift(_Shift):
     """Caffe's 'inv' policy: after t calls optimizer.<attr> is
     init * (1 + gamma * t) ** (-power), stopped at `target` if given (it grows
     when power < 0).  init=None takes the optimizer's value when training
@@ -14025,38 +13908,15 @@ class InverseShift(Extension):
         if gamma < 0:
             raise ValueError('InverseShift: gamma must not be negative, got '
                              '{!r}'.format(gamma))
-        self._attr = attr
+        super().__init__(attr, init, target, optimizer)
         self._gamma = gamma
         self._power = power
-        self._init = init
-        self._target = target
-        self._optimizer = optimizer
-        self._t = 0
-        self._last_value = None
 
-    def _set(self, optimizer, value):
-        setattr(optimizer, self._attr, value)
-        self._last_value = value
+    def _value(self):
+        return self._init * (1 + self._gamma * self._t) ** (-self._power)
 
-    def initialize(self, trainer):
-        optimizer = _shift_optimizer(self, trainer)
-        if self._init is None:
-            self._init = getattr(optimizer, self._attr)
-        self._set(optimizer, self._init if self._last_value is None else self._last_value)
-
-    def __call__(self, trainer):
-        self._t += 1
-        value = self._init * (1 + self._gamma * self._t) ** (-self._power)
-        value = _stop_at_target(value, self._target, growing=self._power < 0)
-        self._set(self._optimizer or trainer.updater.get_optimizer('main'), value)
-
-    def serialize(self, serializer):
-        """Save or load `_t` and `_last_value` (Chainer's keys).
-        Chainer: InverseShift.serialize.
-        """
-        self._t = int(serializer('_t', self._t))
-        value = serializer('_last_value', self._last_value)
-        self._last_value = value.item() if isinstance(value, np.ndarray) else value
+    def _growing(self):
+        return self._power < 0
 
 @_export('training.extensions', 'training.extensions.value_observation')
 def observe_value(observation_key, target_func):
@@ -14299,6 +14159,8 @@ def print_runtime_info(out=None):
     out.write('Platform: {}\nonefchainer: {}\nNumPy: {}\nCuPy: {}\n'.format(
         sys.platform, __version__, np.__version__,
         'Not Available' if cupy is None else cupy.__version__))
+
+
 _export('backend', get_device_from_array=_device_of)
 
 
@@ -14746,8 +14608,6 @@ def _checked_grad_inputs(function, grad_inputs):
     return grad_inputs
 
 
-# ----- switches and backprop from the top level: chainer.DebugMode, chainer.backward --
-
 class DebugMode:
     """`with chainer.DebugMode(True):` turns config.debug on in a block.
     Chainer: chainer.DebugMode."""
@@ -14807,6 +14667,9 @@ def backward(outputs, grad_outputs=None, **kwargs):
                                  .format(y.shape))
             y.grad = _xp(y.data).ones_like(y.data)
     _backprop(outputs, kwargs.get('retain_grad', False))
+
+
+# ----- switches and backprop from the top level: chainer.DebugMode, chainer.backward --
 
 
 @_continue_class(Variable)
@@ -14900,18 +14763,37 @@ def _describe(arrays):
 
 
 def _explain(function, in_data, error):
-    """Turn an error raised inside forward into one that names the function."""
+    """Give an error raised inside forward the function's name and its
+    inputs' shapes and dtypes, keeping the error itself: Function.__call__
+    re-raises it, so its type (a user's ValueError subclass stays one) and
+    its traceback, down to the line of forward that failed, reach the user.
+    Usually the message becomes 'label: message (inputs: shapes dtypes)'.
+    An exception that writes its own message (NumPy's AxisError) gets that
+    line as a note instead (Python 3.11+; before, a new error of its type,
+    or of its kind, says it and is raised from it).  Inputs on different
+    devices raise the error that says so, caused by this one."""
     message = str(error)
-    if message.startswith(function.label.lower() + ':') or \
-            message.startswith(function.label + ':'):
-        return error
+    label = function.label
+    if message.startswith(label.lower() + ':') or message.startswith(label + ':'):
+        return                             # it names the function already
     mixed = _mixed_devices_error(function, in_data)
     if mixed is not None:
-        return mixed
-    kind = (TypeError if isinstance(error, TypeError) else
-            IndexError if isinstance(error, IndexError) else ValueError)
-    return kind('{}: {} (inputs: {})'.format(
-        function.label, message, _describe(in_data)))
+        raise mixed from error
+    context = '{}: {} (inputs: {})'.format(label, message, _describe(in_data))
+    if type(error).__str__ is BaseException.__str__:      # str(error) is args[0]
+        error.args = (context,)
+    elif hasattr(error, 'add_note'):
+        error.add_note(context)
+    else:
+        try:
+            replacement = type(error)(context)
+        except Exception:                  # a constructor that wants more
+            replacement = None
+        if replacement is None or context not in str(replacement):
+            replacement = (TypeError if isinstance(error, TypeError) else
+                           IndexError if isinstance(error, IndexError) else
+                           ValueError)(context)
+        raise replacement from error
 
 
 def _check_finite(function, direction, arrays):
@@ -14979,6 +14861,16 @@ def _require_float(label, *arrays):
                 '{}: needs floating-point input, got dtype {} (shape {}); integer '
                 'math would truncate the result or its gradient; convert it with '
                 '.astype(numpy.float32)'.format(label, a.dtype, a.shape))
+
+
+def _positive_int(label, name, value):
+    """`value` as an int: TypeError unless it is one (a bool is not),
+    ValueError unless it is positive."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError('{}: {} must be a positive int, got {!r}'.format(label, name, value))
+    if value <= 0:
+        raise ValueError('{}: {} must be a positive int, got {!r}'.format(label, name, value))
+    return int(value)
 
 
 def _require_inputs(label, xs):
@@ -15198,7 +15090,6 @@ _submodule('configuration', GlobalConfig=_Config, using_config=using_config)
 _submodule('variable', Variable=Variable, as_variable=as_variable, as_array=as_array)
 _submodule('function', Function=Function, no_backprop_mode=no_backprop_mode)
 GradientMethod = Optimizer     # Chainer's name for the base of gradient-based optimizers
-_submodule('optimizer', GradientMethod=GradientMethod)
 
 
 # ----- the rest of Chainer's surface -------------------------------------------
@@ -15488,8 +15379,6 @@ _out_of_scope_module('testing', 'testing')
 del _name
 
 
-
-
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
@@ -15601,11 +15490,9 @@ def _variable_copydata(self, var):
 
 
 def _variable_mean(self, axis=None, weights=None, keepdims=False):
-    """F.mean(self, axis, keepdims=keepdims). Chainer: Variable.mean."""
-    if weights is not None:
-        raise NotSupportedError('Variable.mean: weights (F.average) is not supported by '
-                                'onefchainer; use F.sum(x * w) / w.sum()')
-    return mean(self, axis=axis, keepdims=keepdims)
+    """F.mean(self, axis, weights, keepdims): with weights, F.average.
+    Chainer: Variable.mean."""
+    return mean(self, axis, weights, keepdims)
 
 
 def _link_addgrads(self, link):

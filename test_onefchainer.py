@@ -146,6 +146,13 @@ def test_builtins_not_shadowed_in_module():
     # Chapter 5 is defined: afterwards the module-level names are gone.
     assert F.sum is not sum
     assert 'sum' not in vars(chainer) or vars(chainer)['sum'] is sum
+    # ... and they keep Chainer's names outside (help, repr); so does F.copy,
+    # while onefchainer.copy stays the stdlib module.
+    import copy
+    assert [f.__name__ for f in (F.sum, F.max, F.min, F.pow, F.copy)] == \
+        ['sum', 'max', 'min', 'pow', 'copy']
+    assert repr(F.max).startswith('<function max ') and chainer.copy is copy
+    assert chainer.Variable.__pow__ is F.pow
 
 
 # =============================================================================
@@ -900,6 +907,82 @@ def test_user_function_without_backward():
     y = NoBackward()(Variable(dev(np.ones(2))))
     with pytest.raises(NotImplementedError, match='NoBackward'):
         F.sum(y).backward()
+
+
+class TakesColumnFive(Function):
+    def forward(self, inputs):
+        x, = inputs
+        return x[:, 5],                      # the user's bug: x has 3 columns
+
+
+class ShapeMismatch(ValueError):
+    """A user's own error type."""
+
+
+class Picky(Function):
+    def forward(self, inputs):
+        raise ShapeMismatch('wants a (3,) input')
+
+
+class SumsAxis3(Function):
+    def forward(self, inputs):
+        return inputs[0].sum(axis=3),        # NumPy's AxisError (a ValueError and IndexError)
+
+
+def test_user_function_error_keeps_its_type_and_the_users_line():
+    import traceback
+    with pytest.raises(IndexError, match=r'TakesColumnFive: .*5.*\(inputs: \(2, 3\) float32\)') \
+            as info:
+        TakesColumnFive()(Variable(dev(np.ones((2, 3), np.float32))))
+    assert type(info.value) is IndexError
+    # The traceback goes down to the user's line, not only into onefchainer.
+    users = [f for f in traceback.extract_tb(info.value.__traceback__)
+             if f.filename == __file__ and f.name == 'forward']
+    assert len(users) == 1 and 'return x[:, 5],' in users[0].line
+    # A subclass stays that subclass, with the context in its message.
+    with pytest.raises(ShapeMismatch) as info:
+        Picky()(Variable(dev(np.ones(2, np.float32))))
+    assert str(info.value) == 'Picky: wants a (3,) input (inputs: (2,) float32)'
+    assert any(f.name == 'forward' and 'ShapeMismatch' in f.line
+               for f in traceback.extract_tb(info.value.__traceback__))
+    # NumPy's AxisError keeps its type (its message is its own: the context is
+    # a note on Python 3.11+, or the message of the error it causes before).
+    axis_error = getattr(np, 'exceptions', np).AxisError
+    with pytest.raises((axis_error, ValueError)) as info:
+        SumsAxis3()(Variable(dev(np.ones((2, 3), np.float32))))
+    error = info.value
+    if sys.version_info >= (3, 11):
+        assert isinstance(error, axis_error)
+        assert error.__notes__ == ['SumsAxis3: {} (inputs: (2, 3) float32)'.format(
+            str(error))]
+    else:
+        assert 'SumsAxis3: ' in str(error) and isinstance(error.__cause__, axis_error)
+
+
+class OwnMessage(ValueError):
+    """An error that writes its own message and, as before Python 3.11, has
+    no add_note."""
+
+    def __str__(self):
+        return 'own message {}'.format(self.args)
+
+    def __getattribute__(self, name):
+        if name == 'add_note':
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class RaisesOwnMessage(Function):
+    def forward(self, inputs):
+        raise OwnMessage(7)
+
+
+def test_user_function_error_with_its_own_message_and_no_add_note():
+    # A new error of its type says the context, raised from the original.
+    with pytest.raises(OwnMessage) as info:
+        RaisesOwnMessage()(Variable(dev(np.ones(2, np.float32))))
+    assert isinstance(info.value.__cause__, OwnMessage)
+    assert 'RaisesOwnMessage: own message (7,) (inputs: (2,) float32)' in str(info.value)
 
 
 def test_user_function_with_per_device_methods():
@@ -6543,6 +6626,18 @@ def schedule_trainer(out, shift, stop=(8, 'iteration'), trigger=(1, 'iteration')
 
 # seen[i] is the value the (i+1)-th update used: the value after i calls.
 SCHEDULES = {
+    # init * rate ** t
+    'exponential': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8),
+                    [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625]),
+    'exponential_target': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8, target=0.15),
+                           [0.8, 0.4, 0.2, 0.15, 0.15, 0.15, 0.15, 0.15]),
+    # a target of 0 is never passed by a shrinking value (Chainer divides by it)
+    'exponential_target_zero': (lambda: extensions.ExponentialShift('lr', 0.5, init=0.8,
+                                                                    target=0),
+                                [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625]),
+    # value_range[0] up to call 2, value_range[1] from call 6 on, linear between
+    'linear': (lambda: extensions.LinearShift('lr', (0.8, 0.0), (2, 6)),
+               [0.8, 0.8, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0]),
     # init * gamma ** floor(t / step)
     'step': (lambda: extensions.StepShift('lr', 0.5, 3, init=0.8),
              [0.8, 0.8, 0.8, 0.4, 0.4, 0.4, 0.2, 0.2]),
@@ -6601,7 +6696,9 @@ def test_schedules_resume_from_a_snapshot_exactly(tmp_path, name, resume_at):
 
 
 def test_schedule_snapshots_hold_chainers_keys(tmp_path):
-    for shift, keys in ((extensions.StepShift('lr', 0.5, 3), {'_t', '_last_value'}),
+    for shift, keys in ((extensions.ExponentialShift('lr', 0.5), {'_t', '_last_value'}),
+                        (extensions.LinearShift('lr', (0.1, 0.0), (1, 5)), {'_t', '_last_value'}),
+                        (extensions.StepShift('lr', 0.5, 3), {'_t', '_last_value'}),
                         (extensions.MultistepShift('lr', 0.5, [2], None), {'_t', '_current_step'}),
                         (extensions.WarmupShift('lr', 0.0, 4, 0.1), {'_t'}),
                         (extensions.PolynomialShift('lr', 1, 9), {'_t', '_last_value'}),
@@ -6638,6 +6735,8 @@ def test_warmup_shift_leaves_the_attribute_alone_after_the_warm_up(tmp_path):
 
 
 @pytest.mark.parametrize('make_shift', [
+    lambda: extensions.ExponentialShift('lrr', 0.5),
+    lambda: extensions.LinearShift('lrr', (0.9, 0.5), (2, 6)),
     lambda: extensions.StepShift('lrr', 0.5, 3),
     lambda: extensions.MultistepShift('lrr', 0.5, [2], 1.0),
     lambda: extensions.WarmupShift('lrr', 0.0, 4, 0.8),
@@ -8509,6 +8608,13 @@ def test_reductions_and_math_values():
                                [10 / 4, 28 / 4])
     # Chainer's F.mean is average: it takes weights too
     np.testing.assert_allclose(host(F.mean(dev(x), axis=1, weights=dev(w))), [10 / 4, 28 / 4])
+    # and so does Variable.mean, with its gradient (it had kept an old NotSupportedError)
+    v = Variable(dev(x))
+    y = v.mean(axis=1, weights=dev(w), keepdims=True)
+    assert y.shape == (2, 1)
+    np.testing.assert_allclose(host(y.data), [[10 / 4], [28 / 4]])
+    F.sum(y).backward()
+    np.testing.assert_allclose(host(v.grad), np.tile(w / 4, (2, 1)))
     assert float(host(F.average(dev(x)))) == pytest.approx(4.0)
     assert F.average(dev(x), axis=0, weights=dev(np.array([1.0, 3.0])),
                      keepdims=True).shape == (1, 3)
@@ -8736,6 +8842,33 @@ def test_cumprod_values_and_errors():
         F.cumprod(dev(x), axis=2)
     with pytest.raises(TypeError, match='cumprod: axis must be an int or None'):
         F.cumprod(dev(x), axis=(0,))
+
+
+def test_an_int_argument_is_checked_the_same_everywhere():
+    # A bool is no axis (True would quietly mean axis 1), as flip already said;
+    # crelu, cumsum and cumprod had a check of their own that let it through.
+    x = dev(f64(2, 3))
+    for f in (F.crelu, F.cumsum, F.cumprod, F.flip):
+        with pytest.raises(TypeError, match=f.__name__ + ': axis must be an int'):
+            f(x, axis=True)
+    # groups and pool_size: TypeError for what is no int, ValueError for an
+    # int that is not positive (convolution said ValueError for both,
+    # group_normalization TypeError for both, maxout ValueError for both).
+    image, W = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))
+    for call, name in ((lambda g: F.convolution_2d(image, W, groups=g), 'convolution_2d'),
+                       (lambda g: F.group_normalization(x, g, dev(f64(3)), dev(f64(3))),
+                        'group_normalization'),
+                       (lambda g: F.maxout(x, g), 'maxout')):
+        with pytest.raises(TypeError, match=name + ': .* must be a positive int, got 1.5'):
+            call(1.5)
+        with pytest.raises(TypeError, match=name + ': .* must be a positive int, got True'):
+            call(True)
+        with pytest.raises(ValueError, match=name + ': .* must be a positive int, got 0'):
+            call(0)
+    # Integer images: max_pooling_2d says what max_pooling_nd and the others say.
+    for pool in (F.max_pooling_2d, F.max_pooling_nd):
+        with pytest.raises(TypeError, match=pool.__name__ + ': needs floating-point input'):
+            pool(dev(np.arange(16).reshape(1, 1, 4, 4)), 2)
 
 
 def test_rrelu_backward_of_a_0dim_input():
