@@ -400,7 +400,7 @@ def _backprop(roots, retain_grad):
             if not isinstance(gx, _array_types):      # NumPy returns 0-dim results as scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
             if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
-                _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
+                _check_grad_input(function, [v is x for v in inputs].index(True), x, gx)
             if x not in reached and (x._grad is None or x.creator is not None):
                 x._grad = gx
             elif x in owned:        # an array of our own: add in place
@@ -14069,9 +14069,53 @@ class _VariableConveniences:
         self._grad = None if self.data is None else _xp(self.data).zeros_like(self.data)
 
     def __len__(self):
-        if self.data.ndim == 0:
-            raise TypeError('len() of a 0-dimensional Variable')
+        if self.data is None or self.data.ndim == 0:
+            raise TypeError('len() of a {} Variable'.format(
+                '0-dimensional' if self.data is not None else 'data-less (uninitialized)'))
         return len(self.data)
+
+    def __iter__(self):          # the rows, each a Variable of the graph (as Chainer)
+        rows = len(self)         # raises for 0-dim and data-less, as NumPy does for 0-dim
+        return (self[i] for i in range(rows))
+
+    # ----- Python's protocols -----
+    # Answering these would be silently wrong: `if loss == 0:` would compare
+    # objects, `bool(Variable(zeros(3)))` would be True.  Each raises
+    # TypeError, as in Chainer, saying how to ask the array instead.  (NumPy
+    # arrays on the left hand over to these too: __array_priority__.)
+    def __eq__(self, other):
+        raise _no_comparison('==')
+
+    def __ne__(self, other):
+        raise _no_comparison('!=')
+
+    def __lt__(self, other):
+        raise _no_comparison('<')
+
+    def __le__(self, other):
+        raise _no_comparison('<=')
+
+    def __gt__(self, other):
+        raise _no_comparison('>')
+
+    def __ge__(self, other):
+        raise _no_comparison('>=')
+
+    # Defining __eq__ would make the class unhashable; Variables stay hashed by
+    # identity (Chainer's are unhashable): backprop's sets and a user's dict
+    # keyed by parameter rely on it, and == never answers, so no two differ.
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        raise TypeError('a Variable has no truth value (if v:, v and w); ask its '
+                        'array: bool(v.array) for one element, v.array.any() or .all()')
+
+    def __contains__(self, value):
+        raise TypeError('`x in variable` is not defined; ask the array: '
+                        'x in v.array')
+
+    def __pos__(self):           # +v is v, as in Chainer
+        return self
 
     def item(self):
         """The value of a one-element Variable as a Python number (raises
@@ -14108,6 +14152,12 @@ class _VariableConveniences:
                     pending.append(x.creator)
             function.unchain()
         self.creator = None
+
+
+def _no_comparison(op):
+    return TypeError('Variables do not support {}: it would compare objects, not '
+                     'values; compare the arrays instead, e.g. v.array {} 0 or '
+                     'numpy.array_equal(v.array, w.array)'.format(op, op))
 
 
 @_continue_class(Function)

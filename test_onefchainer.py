@@ -14,6 +14,7 @@ import io
 import json
 import re
 import math
+import operator
 import os
 import re
 import socket
@@ -290,6 +291,62 @@ def test_variable_properties():
     with pytest.raises(TypeError):
         len(Variable(dev(np.array(1.0))))
     assert Variable(dev(np.array(2.5))).item() == 2.5
+
+
+# Python's protocols on a Variable: a comparison or truth test that answered
+# would be silently wrong (`if loss == 0:` compared objects, not values), so
+# each raises TypeError as in Chainer, or does what Chainer does.
+_COMPARISONS = {'==': lambda a, b: a == b, '!=': lambda a, b: a != b,
+                '<': lambda a, b: a < b, '<=': lambda a, b: a <= b,
+                '>': lambda a, b: a > b, '>=': lambda a, b: a >= b}
+
+
+@pytest.mark.parametrize('op', sorted(_COMPARISONS))
+@pytest.mark.parametrize('kind', ['vector', '0-dim', 'int', 'parameter', 'uninitialized'])
+def test_variable_comparisons_raise(op, kind):
+    v = {'vector': lambda: Variable(dev(np.zeros(3, np.float32))),
+         '0-dim': lambda: Variable(dev(np.array(0., np.float32))),
+         'int': lambda: Variable(dev(np.array([3], np.int32))),
+         'parameter': lambda: chainer.Parameter(dev(np.zeros(3, np.float32))),
+         'uninitialized': lambda: chainer.Parameter()}[kind]()
+    compare = _COMPARISONS[op]
+    for other in (0, 0.0, None, 'a', v, Variable(dev(np.zeros(3, np.float32))),
+                  dev(np.zeros(3, np.float32)), np.float32(0)):
+        with pytest.raises(TypeError) as info:
+            compare(v, other)
+        assert op in str(info.value) and '.array' in str(info.value)
+        with pytest.raises(TypeError):
+            compare(other, v)          # reflected, NumPy arrays on the left included
+
+
+def test_variable_truth_membership_iteration_and_numbers_raise_or_follow_chainer():
+    zeros = Variable(dev(np.zeros(3, np.float32)))
+    scalar = Variable(dev(np.array(1., np.float32)))
+    lazy = chainer.Parameter()
+    for v in (zeros, scalar, Variable(dev(np.ones(1, np.float32))), lazy):
+        with pytest.raises(TypeError) as info:
+            bool(v)                          # was True for zeros(3)
+        assert 'truth value' in str(info.value)
+        with pytest.raises(TypeError) as info:
+            0 in v                           # was False (an identity test)
+        assert '.array' in str(info.value)
+        for number in (int, float, complex, operator.index):
+            with pytest.raises(TypeError):
+                number(v)
+    with pytest.raises(TypeError) as info:
+        zeros in [Variable(dev(np.zeros(3, np.float32)))]    # compares with ==, as in Chainer
+    assert '==' in str(info.value)
+    for v in (scalar, lazy):
+        with pytest.raises(TypeError) as info:
+            iter(v)                          # 0-dim: was an empty iteration
+        with pytest.raises(TypeError):
+            len(v)                           # uninitialized: was AttributeError
+    items = list(zeros)                      # rows, as Variables of the graph (Chainer too)
+    assert len(items) == 3 and all(isinstance(x, Variable) and x.shape == () for x in items)
+    assert +zeros is zeros                   # Chainer's unary plus
+    # Hashed by identity, deliberately (Chainer's are unhashable): the graph
+    # and a user's dict keyed by parameter rely on it, and == never answers.
+    assert {zeros: 1}[zeros] == 1 and zeros in {zeros} and zeros in [zeros]
 
 
 def test_variable_repr_and_str():
