@@ -740,12 +740,12 @@ class Parameter(Variable):
 
     def initialize(self, shape, xp=np):
         """Create the data: a new array of `shape` (int or tuple) on `xp`
-        (default numpy) filled by the parameter's initializer; clears the gradient.
-        Chainer: chainer.Parameter.initialize.
+        (default numpy) filled by the parameter's initializer; clears the gradient
+        (zeros if zerograd came first: Chapter 20). Chainer: Parameter.initialize.
         """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
-        self._grad = None
+        self._grad = xp.zeros_like(self.data) if self.__dict__.pop('_zeros_asked', 0) else None
 
     # Continued in Chapter 18 (to_device).
 
@@ -5854,9 +5854,13 @@ class _LinkTreeAndCopies:
         return iter(())
 
     def count_params(self):
-        """The total number of elements (an int) of the initialized parameters.
-        Chainer: chainer.Link.count_params.
+        """The total number of elements (an int) of the initialized parameters;
+        warns (UserWarning) for each one without data. Chainer: chainer.Link.count_params.
         """
+        for path, param in self.namedparams():
+            if param.data is None:
+                warnings.warn('count_params: parameter {} is not initialized yet (no '
+                              'shape), so the count leaves it out'.format(path), stacklevel=2)
         return int(np.sum([p.size for p in self.params() if p.data is not None]))
 
     def zerograds(self):
@@ -5876,6 +5880,11 @@ class _LinkTreeAndCopies:
                 raise ValueError('copyparams: {} has no parameter {}'.format(
                     type(link).__name__, name))
             src = source[name].data
+            if src is None:       # Chainer skips it silently: self keeps other values
+                if param.data is None:
+                    continue      # neither has data yet: nothing to copy
+                raise ValueError('copyparams: {} of the source has no data (it is not '
+                                 'initialized: run the source once first)'.format(name))
             if param.data is None:
                 param.initialize(src.shape, self.xp)
             param.data[...] = _device_of(param.data).send(src)     # across devices too
@@ -14154,6 +14163,32 @@ class _VariableConveniences:
         self.creator = None
 
 
+@_continue_class(Parameter)
+class _ParameterWithoutData:
+
+    # A lazily shaped parameter has no data until its first forward; the
+    # paths other than forward must not leave it half made (a grad, no data).
+    def zerograd(self):
+        """Set the gradient to zeros; without data yet, once initialize gives
+        it a shape (as Chainer). Chainer: Parameter.zerograd."""
+        if self.data is None:
+            self._zeros_asked = True
+        else:
+            self._grad = _xp(self.data).zeros_like(self.data)
+
+    def cleargrad(self):
+        """Forget the gradient (grad = None), and a zerograd asked for before
+        there was data. Chainer: Parameter.cleargrad."""
+        self._grad = None
+        self.__dict__.pop('_zeros_asked', None)
+
+    def update(self):
+        """Update the data by the parameter's update rule (set by an optimizer's
+        setup); nothing without a rule or data. Chainer: Parameter.update."""
+        if self.update_rule is not None and self.data is not None:
+            self.update_rule.update(self)
+
+
 def _no_comparison(op):
     return TypeError('Variables do not support {}: it would compare objects, not '
                      'values; compare the arrays instead, e.g. v.array {} 0 or '
@@ -15313,17 +15348,28 @@ _not_supported(
 # ----- methods Chainer's classes have that Chapters 3-7 did not need -------------
 
 def _variable_addgrad(self, var):
-    """Add `var`'s gradient to this one's (None counts as zero).  Chainer: Variable.addgrad."""
+    """Add `var`'s gradient to this one's (None counts as zero); a Parameter
+    without data first takes the gradient's shape (its initializer's values).
+    Chainer: Variable.addgrad."""
     if var.grad is None:
         return
+    if self.data is None and isinstance(self, Parameter):
+        self.initialize(var.grad.shape, _xp(var.grad))
     self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
         self.device, var.grad)
 
 
 def _variable_copydata(self, var):
-    """Copy `var`'s data into this variable's array in place (across devices).
-    Chainer: Variable.copydata."""
-    copyto(self.data, as_array(var))
+    """Copy `var`'s data into this variable's array in place (across devices);
+    a Parameter without data first takes the source's shape. Raises ValueError
+    for a source without data. Chainer: Variable.copydata."""
+    source = as_array(var)
+    if source is None:       # Chainer copies the NaN it fills the source with
+        raise ValueError('copydata: the source {} has no data (it is not initialized); '
+                         'nothing was copied'.format(getattr(var, 'name', None) or 'variable'))
+    if self.data is None and isinstance(self, Parameter):
+        self.initialize(source.shape, _xp(source))
+    copyto(self.data, source)
 
 
 def _variable_mean(self, axis=None, weights=None, keepdims=False):

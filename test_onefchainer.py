@@ -1681,6 +1681,24 @@ def test_cleargrads_zerograds():
                for p in model.params())
 
 
+def test_zerograds_before_the_first_forward_gives_zero_gradients():
+    # Chainer: zerograds() on a lazily shaped link means zeros once W has a
+    # shape; the first forward used to leave W.grad None.
+    x = dev(np.ones((1, 3), np.float32))
+    model = L.Linear(None, 2).to_device(TEST_DEVICE)
+    model.zerograds()
+    model(x)
+    assert model.W.grad is not None and model.W.grad.shape == (2, 3)
+    assert not host(model.W.grad).any() and isinstance(model.W.grad, xp.ndarray)
+    F.sum(model(x)).backward()            # zeros, then the gradient adds in
+    np.testing.assert_allclose(host(model.W.grad), np.ones((2, 3)))
+    lazy = L.Linear(None, 2)
+    lazy.zerograds()
+    lazy.cleargrads()                     # the later request wins, as in Chainer
+    lazy(dev(np.ones((1, 3), np.float32)))
+    assert lazy.W.grad is None
+
+
 def test_add_param_and_add_link():
     link = Link()
     link.add_param('w', (2, 3))
@@ -6037,6 +6055,76 @@ def test_variable_and_link_methods_chainer_programs_call():
         a.to_chx()
     with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
         one.add_hook(None)
+
+
+def _run_once(link, batch):
+    link.cleargrads()
+    F.sum(link(dev(np.ones((1, batch), np.float32)))).backward()
+    return link
+
+
+def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
+    # addgrads into a link that never ran: W takes the gradient's shape and
+    # its initializer's values (Chainer too); it had a grad but no data.
+    lazy, ran = L.Linear(None, 2).to_device(TEST_DEVICE), _run_once(
+        L.Linear(3, 2).to_device(TEST_DEVICE), 3)
+    lazy.addgrads(ran)
+    assert lazy.W.data is not None and lazy.W.shape == (2, 3)
+    assert np.isfinite(host(lazy.W.data)).all() and isinstance(lazy.W.data, xp.ndarray)
+    np.testing.assert_allclose(host(lazy.W.grad), host(ran.W.grad))
+    # ... and from a link that never ran: no gradient there, nothing added
+    before = host(ran.W.grad).copy()
+    ran.addgrads(L.Linear(None, 2))
+    np.testing.assert_allclose(host(ran.W.grad), before)
+    # copydata into a Parameter without data: it takes the source's shape
+    p = chainer.Parameter()
+    p.copydata(chainer.Parameter(dev(np.ones((2, 2), np.float32))))
+    np.testing.assert_allclose(host(p.data), np.ones((2, 2)))
+    # from one without data: Chainer copies the NaN it initializes; that is
+    # data destroyed, so it raises and changes nothing
+    q = chainer.Parameter(dev(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match='copydata: the source .*no data'):
+        q.copydata(chainer.Parameter())
+    np.testing.assert_allclose(host(q.data), [1., 1.])
+    # copyparams from a link that never ran into one with values: Chainer
+    # leaves them unchanged without a word; here it says so and changes nothing
+    target = L.Linear(3, 2).to_device(TEST_DEVICE)
+    kept = host(target.W.data).copy()
+    with pytest.raises(ValueError, match=r'copyparams: /W .*no data'):
+        target.copyparams(L.Linear(None, 2))
+    np.testing.assert_allclose(host(target.W.data), kept)
+    both_lazy = L.Linear(None, 2)
+    both_lazy.copyparams(L.Linear(None, 2))          # nothing to copy: fine
+    assert both_lazy.W.data is None
+    # count_params leaves out what has no shape, and says so (as Chainer)
+    with pytest.warns(UserWarning, match='/W .*not .*initialized'):
+        assert L.Linear(None, 2).count_params() == 2
+    # Parameter.update: the rule updates it; none (or no data): nothing
+    model = _run_once(L.Linear(3, 2).to_device(TEST_DEVICE), 3)
+    optimizers.SGD(lr=1.0).setup(model)
+    expected = host(model.W.data) - host(model.W.grad)
+    model.W.update()
+    np.testing.assert_allclose(host(model.W.data), expected, rtol=1e-6)
+    chainer.Parameter().update()
+    chainer.Parameter(dev(np.ones(2, np.float32))).update()
+    # cleargrads, to_device, copy, serialize, the optimizers and their hooks
+    # skip a parameter without data (Chainer's optimizers raise a RuntimeError)
+    lazy = L.Linear(None, 2)
+    lazy.cleargrads()
+    lazy.to_device(TEST_DEVICE)
+    assert lazy.copy().W.data is None and lazy.copy('init').W.data is None
+    optimizer = optimizers.Adam().setup(lazy)
+    optimizer.add_hook(optimizer_hooks.WeightDecay(0.1))
+    optimizer.add_hook(optimizer_hooks.GradientClipping(1.0))
+    optimizer.update()
+    assert lazy.W.data is None
+    path = str(tmp_path / 'lazy.npz')             # a file of a link that never ran
+    serializers.save_npz(path, lazy)
+    again, ran = L.Linear(None, 2), L.Linear(3, 2)
+    kept = ran.W.data.copy()
+    serializers.load_npz(path, again)
+    serializers.load_npz(path, ran)
+    assert again.W.data is None and np.array_equal(ran.W.data, kept)
 
 # ----- issue 14: convolutional networks (convolution, pooling, batch normalization) -----
 # Reference values come three ways: loops written out here (a convolution is
