@@ -5790,6 +5790,14 @@ def generate_array(initializer, shape, xp, dtype=None, device=None):
     return array
 
 
+def _check_same_shape(operation, path, mine, theirs):
+    """Raise ValueError naming `path` and both shapes unless they agree (mine
+    None: a parameter without data takes any shape)."""
+    if mine is not None and mine.shape != theirs.shape:
+        raise ValueError('{}: {} has shape {} here but {} in the source; nothing was '
+                         'changed'.format(operation, path, mine.shape, theirs.shape))
+
+
 @_continue_class(Link)
 class _LinkTreeAndCopies:
 
@@ -5871,28 +5879,47 @@ class _LinkTreeAndCopies:
             param.zerograd()
 
     def copyparams(self, link, copy_persistent=True):
-        """Copy every parameter value of `link` (same structure) into self.
-        Chainer: chainer.Link.copyparams.
+        """Copy every parameter value (and, with copy_persistent, every
+        persistent value) of `link`, of the same structure, into self.  Raises
+        ValueError naming the path and both shapes for a missing or misshapen
+        parameter, before anything is copied. Chainer: chainer.Link.copyparams.
         """
+        # Every pair is checked before the first copy: a failed copyparams
+        # changes nothing (Chainer's stops half-way, with NumPy's message).
         source = dict(link.namedparams())
+        pairs = []
         for name, param in self.namedparams():
             if name not in source:
-                raise ValueError('copyparams: {} has no parameter {}'.format(
-                    type(link).__name__, name))
+                raise ValueError('copyparams: {} has no parameter {}; nothing was '
+                                 'copied'.format(type(link).__name__, name))
             src = source[name].data
             if src is None:       # Chainer skips it silently: self keeps other values
                 if param.data is None:
                     continue      # neither has data yet: nothing to copy
                 raise ValueError('copyparams: {} of the source has no data (it is not '
                                  'initialized: run the source once first)'.format(name))
+            _check_same_shape('copyparams', name, param.data, src)
+            pairs.append((param, src))
+        persistents = []
+        if copy_persistent:
+            theirs = dict(link.namedlinks())
+            for path, own in self.namedlinks():
+                for key in own._persistent:
+                    name = path.rstrip('/') + '/' + key
+                    if path not in theirs or key not in theirs[path].__dict__:
+                        raise ValueError('copyparams: {} has no persistent value {}; '
+                                         'nothing was copied'.format(type(link).__name__, name))
+                    value = theirs[path].__dict__[key]
+                    mine = own.__dict__.get(key)
+                    if isinstance(value, _array_types) and isinstance(mine, _array_types):
+                        _check_same_shape('copyparams', name, mine, value)
+                    persistents.append((own, key, value))
+        for param, src in pairs:
             if param.data is None:
                 param.initialize(src.shape, self.xp)
             param.data[...] = _device_of(param.data).send(src)     # across devices too
-        if copy_persistent:
-            for (name, own), (_, other) in zip(self.namedlinks(), link.namedlinks()):
-                for key in own._persistent:
-                    value = other.__dict__[key]
-                    object.__setattr__(own, key, copy.deepcopy(value))
+        for own, key, value in persistents:
+            object.__setattr__(own, key, copy.deepcopy(value))
 
     def copy(self, mode='share'):
         """A twin of this link.  'share' (the default): new Parameter objects
@@ -15353,6 +15380,7 @@ def _variable_addgrad(self, var):
     Chainer: Variable.addgrad."""
     if var.grad is None:
         return
+    _check_same_shape('addgrad', self.name or 'the variable', self.data, var.grad)
     if self.data is None and isinstance(self, Parameter):
         self.initialize(var.grad.shape, _xp(var.grad))
     self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
@@ -15367,6 +15395,7 @@ def _variable_copydata(self, var):
     if source is None:       # Chainer copies the NaN it fills the source with
         raise ValueError('copydata: the source {} has no data (it is not initialized); '
                          'nothing was copied'.format(getattr(var, 'name', None) or 'variable'))
+    _check_same_shape('copydata', self.name or 'the variable', self.data, source)
     if self.data is None and isinstance(self, Parameter):
         self.initialize(source.shape, _xp(source))
     copyto(self.data, source)
@@ -15382,10 +15411,26 @@ def _variable_mean(self, axis=None, weights=None, keepdims=False):
 
 def _link_addgrads(self, link):
     """Add each gradient of `link` to this link's parameter of the same name.
-    Chainer: Link.addgrads."""
+    Raises ValueError/TypeError naming the path and both shapes/dtypes for a
+    missing or misfitting parameter, before anything is added. Chainer: Link.addgrads."""
     theirs = dict(link.namedparams())
-    for name, param in self.namedparams():
-        param.addgrad(theirs[name])
+    pairs = []
+    for name, param in self.namedparams():        # every pair checked before the first add
+        if name not in theirs:
+            raise ValueError('addgrads: {} has no parameter {}; nothing was '
+                             'added'.format(type(link).__name__, name))
+        other = theirs[name]
+        if other.grad is not None:
+            _check_same_shape('addgrads', name, param.data, other.grad)
+            dtype = (param.data.dtype if param.data is not None else   # what initialize makes
+                     np.dtype(getattr(param.initializer, 'dtype', None) or config.dtype))
+            if other.grad.dtype != dtype:
+                raise TypeError('addgrads: the gradient of {} has dtype {} in the source but '
+                                'the parameter here {}; nothing was added'.format(
+                                    name, other.grad.dtype, dtype))
+        pairs.append((param, other))
+    for param, other in pairs:
+        param.addgrad(other)
 
 
 def _method_not_supported(qualified_name, reason_key):

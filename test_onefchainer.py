@@ -6126,6 +6126,72 @@ def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
     serializers.load_npz(path, ran)
     assert again.W.data is None and np.array_equal(ran.W.data, kept)
 
+
+def _three_children(third_in, value=0.):
+    chain = Chain()
+    with chain.init_scope():
+        chain.a = L.Linear(2, 2, initialW=value)
+        chain.b = L.Linear(2, 2, initialW=value)
+        chain.c = L.Linear(third_in, 2, initialW=value)
+    for p in chain.params():
+        p.grad = np.full_like(p.data, value + 1)
+    return chain.to_device(TEST_DEVICE)
+
+
+@pytest.mark.parametrize('operation', ['copyparams', 'addgrads'])
+def test_operations_over_many_parameters_check_every_pair_before_acting(operation):
+    # The third child's W differs: the first two used to be overwritten (or
+    # added to) before NumPy's error, which named no parameter.
+    mine, theirs = _three_children(2), _three_children(3, value=5.)
+    before = {name: (host(p.data).copy(), host(p.grad).copy())
+              for name, p in mine.namedparams()}
+    with pytest.raises(ValueError) as info:
+        getattr(mine, operation)(theirs)
+    message = str(info.value)
+    assert operation in message and '/c/W' in message
+    assert '(2, 2)' in message and '(2, 3)' in message and 'nothing was' in message
+    for name, p in mine.namedparams():
+        np.testing.assert_array_equal(host(p.data), before[name][0])
+        np.testing.assert_array_equal(host(p.grad), before[name][1])
+    # a child missing in the source: named too, nothing changed
+    del theirs.c
+    with pytest.raises(ValueError, match=operation + r'.*/c/'):
+        getattr(mine, operation)(theirs)
+    np.testing.assert_array_equal(host(mine.a.W.data), before['/a/W'][0])
+
+
+def test_copyparams_persistents_and_addgrads_dtypes_are_checked_first():
+    mine, theirs = L.BatchNormalization(3), L.BatchNormalization(3)
+    theirs.avg_mean = np.ones(4, np.float32)          # a persistent of another shape
+    theirs.gamma.data[...] = 7
+    with pytest.raises(ValueError, match=r'copyparams: /avg_mean .*\(3,\).*\(4,\)'):
+        mine.copyparams(theirs)
+    assert (mine.gamma.data == 1).all()               # the parameters were not copied
+    mine.copyparams(theirs, copy_persistent=False)    # parameters only: fine
+    assert (mine.gamma.data == 7).all()
+    a = L.Linear(2, 2)
+    with chainer.using_config('dtype', np.float64):
+        b = L.Linear(2, 2)                            # a float64 twin
+    for link in (a, b):
+        for p in link.params():
+            p.grad = np.ones_like(p.data)
+    with pytest.raises(TypeError, match='addgrads: .*/W .*float64.*float32'):
+        a.addgrads(b)
+    assert (a.b.grad == 1).all()                      # /b was not added to
+
+
+def test_variable_addgrad_and_copydata_refuse_other_shapes():
+    # NumPy would broadcast a (3,) gradient or array into (2, 3) silently (Chainer does)
+    v = Variable(dev(np.zeros((2, 3), np.float32)), name='v')
+    w = Variable(dev(np.ones(3, np.float32)))
+    w.grad = dev(np.ones(3, np.float32))
+    v.grad = dev(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r'addgrad: v has shape \(2, 3\) here but \(3,\)'):
+        v.addgrad(w)
+    with pytest.raises(ValueError, match=r'copydata: v has shape \(2, 3\) here but \(3,\)'):
+        v.copydata(w)
+    assert not host(v.grad).any() and not host(v.data).any()
+
 # ----- issue 14: convolutional networks (convolution, pooling, batch normalization) -----
 # Reference values come three ways: loops written out here (a convolution is
 # a sum over the kernel at each output pixel), small cases worked by hand,
