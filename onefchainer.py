@@ -1274,7 +1274,8 @@ def _scalar_constant(value, like):
     Python scalars stay as they are: NumPy 2 then keeps the array's dtype
     (float32 * 2.0 is float32; for NumPy 1.x see below).  A NumPy scalar
     (np.float64(2)) would promote float32 data to float64 under NumPy 2's
-    rules, so it is cast to the array's dtype, as Chainer does.
+    rules, so it is cast to the array's dtype, as Chainer does, except a
+    float for integer data (_truncates).
     """
     kind = type(value)
     if kind is float or kind is int:   # the common case, decided without isinstance
@@ -1284,7 +1285,19 @@ def _scalar_constant(value, like):
     if not isinstance(value, np.number):
         return None                    # bool and everything else: not a constant
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    return dtype.type(value) if dtype is not None else value
+    if dtype is None or _truncates(dtype, value.dtype):
+        return value
+    return dtype.type(value)
+
+
+# Integer data meeting a float: the one rule, whatever form the float takes
+# (a Python float, a NumPy scalar, an array).  Casting the float to the data's
+# dtype would truncate it silently (int32 * numpy.float32(1.5) is * 1); so
+# it is never cast, and the operation refuses it: a constant's op sees its
+# result change dtype (AddConstant.forward), an array constant is refused by
+# _cast_array_constant, and two Variables of different dtypes by the op.
+def _truncates(dtype, constant_dtype):
+    return dtype.kind in 'biu' and constant_dtype.kind in 'fc'
 
 
 # NumPy 2 (NEP 50) lets a Python scalar take the array's dtype.  NumPy 1.x
@@ -1296,7 +1309,7 @@ def _numpy1_scalar(value, like):
     """A Python scalar cast to `like`'s dtype, as NumPy 2 would use it (NumPy 1.x
     only).  A float with integer data is left alone: the op refuses it."""
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    if dtype is None or (dtype.kind != 'f' and type(value) is float):
+    if dtype is None or (type(value) is float and _truncates(dtype, np.dtype(float))):
         return value
     return dtype.type(value)
 
@@ -1313,21 +1326,28 @@ def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
     if constant is not None:
         return constant_lhs(constant)(rhs)
     if not (isinstance(lhs, Variable) and isinstance(rhs, Variable)):
-        lhs, rhs = _cast_array_constant(lhs, rhs)
+        lhs, rhs = _cast_array_constant(lhs, rhs, binary.label)
     return binary()(lhs, rhs)
 
 
-def _cast_array_constant(lhs, rhs):
+def _cast_array_constant(lhs, rhs, label):
     """An array constant takes the dtype of the Variable it meets, as in
-    Chainer: float32 x + numpy.ones(2) (float64) is float32.  Two Variables
-    of different dtypes are not touched: the op then names both dtypes."""
+    Chainer: float32 x + numpy.ones(2) (float64) is float32, except a float
+    array for an integer Variable, which raises TypeError (_truncates).  Two
+    Variables of different dtypes are not touched: the op names both dtypes."""
     if isinstance(lhs, Variable) and isinstance(rhs, _array_types):
-        if lhs.data is not None and rhs.dtype != lhs.data.dtype:
-            rhs = rhs.astype(lhs.data.dtype)
+        variable, constant = lhs, rhs
     elif isinstance(rhs, Variable) and isinstance(lhs, _array_types):
-        if rhs.data is not None and lhs.dtype != rhs.data.dtype:
-            lhs = lhs.astype(rhs.data.dtype)
-    return lhs, rhs
+        variable, constant = rhs, lhs
+    else:
+        return lhs, rhs
+    data = variable.data
+    if data is None or constant.dtype == data.dtype:
+        return lhs, rhs
+    if _truncates(data.dtype, constant.dtype):
+        _require_float(label, data)
+    constant = constant.astype(data.dtype)
+    return (variable, constant) if variable is lhs else (constant, variable)
 
 
 class AddConstant(Function):
@@ -1625,8 +1645,8 @@ Variable.__rtruediv__ = lambda self, other: div(other, self)
 Variable.__pow__ = pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)
-Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
-Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self))
+Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other, 'matmul'))
+Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self, 'matmul'))
 
 
 class MatMul(Function):

@@ -5967,8 +5967,35 @@ def test_two_variables_of_different_dtypes_still_raise():
 
 
 def test_numpy_scalar_constants_take_the_variable_dtype():
+    x = Variable(dev(np.array([1., 2.], np.float32)))
+    assert (x * np.float64(1.5)).dtype == np.float32        # Chainer casts, here too
     xi = Variable(dev(np.array([1, 2], np.int32)))
-    assert (xi * np.float64(1.5)).dtype == np.int32         # Chainer casts, here too
+    assert (xi * np.int64(3)).dtype == np.int32             # an integer constant stays exact
+
+
+_INT_MEETS_FLOAT = {
+    'python float': 1.5, 'numpy.float32': np.float32(1.5), 'numpy.float64': np.float64(0.5),
+    'numpy.float16': np.float16(2.0), 'float32 array': np.array([1.5, 2.5], np.float32),
+    '0-dim float64 array': np.array(0.5)}
+_OPERATORS = {'+': lambda a, b: a + b, '-': lambda a, b: a - b, '*': lambda a, b: a * b,
+              '/': lambda a, b: a / b, '**': lambda a, b: a ** b, 'F.add': F.add,
+              'F.sub': F.sub, 'F.mul': F.mul, 'F.div': F.div}
+
+
+@pytest.mark.parametrize('shape', [(2,), ()])
+@pytest.mark.parametrize('constant', sorted(_INT_MEETS_FLOAT))
+@pytest.mark.parametrize('operator_name', sorted(_OPERATORS))
+def test_an_integer_variable_meeting_any_float_raises(operator_name, constant, shape):
+    # One rule whatever form the float takes: `v * 1.5` raised, but
+    # `v * numpy.float32(1.5)` and `v + float32 array` truncated silently to
+    # int32 (as Chainer does, where the operator lets them through).
+    op, c = _OPERATORS[operator_name], _INT_MEETS_FLOAT[constant]
+    v = Variable(dev(np.full(shape, 3, np.int32)))
+    c = dev(c) if isinstance(c, np.ndarray) else c
+    for left, right in ((v, c), (c, v)):
+        with pytest.raises(TypeError) as info:
+            op(left, right)
+        assert 'int32' in str(info.value) and 'floating-point' in str(info.value)
 
 
 # ----- programs in the style of each Chainer era -----------------------------------
