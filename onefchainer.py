@@ -82,8 +82,8 @@ def get_array_module(*args):
 
 
 def _xp(array):
-    # The one-array fast path of get_array_module, used on every op.
-    return np if isinstance(array, np.ndarray) else cupy
+    # The one-array fast path of get_array_module, used on every op (np.generic: a 0-dim result).
+    return np if isinstance(array, (np.ndarray, np.generic)) else cupy
 
 
 # =============================================================================
@@ -406,7 +406,7 @@ def _backprop(roots, retain_grad):
             elif x in owned:        # an array of our own: add in place
                 x._grad += gx
             else:                   # maybe shared: a new array, ours from now on
-                x._grad = x._grad + gx
+                x._grad = _xp(gx).add(x._grad, gx, out=_xp(gx).empty_like(gx))  # 0-dim too
                 owned.add(x)
             reached.add(x)
             creator = x.creator
@@ -575,7 +575,7 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
-        if not isinstance(self.y, np.ndarray):
+        if not isinstance(self.y, (np.ndarray, np.generic)):     # (0-dim: a NumPy scalar)
             return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
 
@@ -2768,7 +2768,7 @@ class Transpose(Function):
         x, = inputs
         if self.axes is None:
             self.axes = tuple(range(x.ndim))[::-1]
-        if sorted(a % x.ndim for a in self.axes) != list(range(x.ndim)):
+        if sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):   # 0-dim: ()
             raise ValueError('transpose: axes {} are not a permutation of the '
                              '{} axes of shape {}'.format(self.axes, x.ndim, x.shape))
         return x.transpose(self.axes),
@@ -3379,12 +3379,14 @@ class Pad(Function):
                              .format(self.pad_width, x.ndim, x.shape)) from None
         if (self.widths < 0).any():
             raise ValueError('pad: pad_width must be >= 0, got {!r}'.format(self.pad_width))
+        if x.ndim == 0:             # no axis to pad (NumPy's pad fails on it): x itself
+            return x.copy(),
         return _xp(x).pad(x, self.widths, mode=self.mode, **self.keywords),
 
     def backward(self, inputs, grad_outputs):      # each element of x gets its copies' gy
         x, = inputs
         gy, = grad_outputs
-        if self.mode == 'constant':
+        if self.mode == 'constant' or x.ndim == 0:
             return gy[tuple(slice(before, before + n)
                             for (before, _), n in zip(self.widths, x.shape))],
         xp = _xp(x)
@@ -3863,7 +3865,7 @@ class Einsum(Function):
                     [-1 if u == c else 1 for u in unique]) for c in part)
                 full[index] = g
                 g = full
-            grads.append(xp.ascontiguousarray(g, dtype=a.dtype))
+            grads.append(xp.asarray(g, dtype=a.dtype, order='C'))   # 0-dim stays 0-dim
         return tuple(grads)
 
 
@@ -5292,7 +5294,10 @@ def hstack(xs):
     shapes must agree elsewhere.  Returns a Variable; ValueError for no input.
     Chainer: chainer.functions.hstack."""
     _require_inputs('hstack', xs)
-    return concat(xs, axis=0 if _input_data('hstack', xs[0]).ndim <= 1 else 1)
+    ndim = _input_data('hstack', xs[0]).ndim
+    if ndim == 0:                  # 0-dim inputs become (1,) first, as in NumPy
+        xs = [reshape(x, (1,)) for x in xs]
+    return concat(xs, axis=0 if ndim <= 1 else 1)
 
 
 def vstack(xs):
@@ -9225,7 +9230,7 @@ class MSVAGRule(UpdateRule):
         s = (vt - mt2) / (1 - rho)
         with np.errstate(invalid='ignore', divide='ignore'):    # 0/0 where m = v = 0
             factor = np.clip(mt2 / (mt2 + rho * s), 0, 1)
-        factor[np.isnan(factor)] = 0
+        factor = np.where(np.isnan(factor), 0, factor)     # (not factor[...] =: 0-dim is a scalar)
         param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
 
 
@@ -14078,6 +14083,8 @@ def _checked_grad(variable, grad):
         return None
     if isinstance(grad, Variable):
         grad = grad.data
+    if isinstance(grad, np.generic):     # NumPy's 0-dim result (an optimizer hook's, say)
+        grad = np.asarray(grad)
     if not isinstance(grad, _array_types):
         raise TypeError('Variable.grad: must be an array or None, not '
                         '{}'.format(type(grad).__name__))
@@ -15403,8 +15410,11 @@ def _variable_addgrad(self, var):
     _check_same_shape('addgrad', self.name or 'the variable', self.data, var.grad)
     if self.data is None and isinstance(self, Parameter):
         self.initialize(var.grad.shape, _xp(var.grad))
-    self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
-        self.device, var.grad)
+    if self.grad is None:
+        self.grad = var.grad.copy()
+    else:                    # out=: a 0-dim sum would be a NumPy scalar
+        self.grad = _xp(self.grad).add(self.grad, _send_to_device(self.device, var.grad),
+                                       out=_xp(self.grad).empty_like(self.grad))
 
 
 def _variable_copydata(self, var):

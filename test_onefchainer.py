@@ -7513,6 +7513,34 @@ def test_new_optimizer_matches_hand_formula(name):
                                    err_msg='{} step {}'.format(name, step))
 
 
+_ALL_OPTIMIZERS = ['SGD', 'MomentumSGD', 'NesterovAG', 'CorrectedMomentumSGD', 'AdaGrad',
+                   'AdaDelta', 'RMSprop', 'RMSpropGraves', 'SMORMS3', 'MSVAG', 'Adam',
+                   'AMSGrad', 'AdamW', 'AdaBound', 'AMSBound']
+_ALL_HOOKS = [None, lambda: optimizer_hooks.WeightDecay(0.1), lambda: optimizer_hooks.Lasso(0.1),
+              lambda: optimizer_hooks.GradientClipping(0.1),
+              lambda: optimizer_hooks.GradientHardClipping(-0.1, 0.1),
+              lambda: optimizer_hooks.GradientLARS()]
+
+
+@pytest.mark.parametrize('name', _ALL_OPTIMIZERS)
+def test_every_optimizer_and_hook_updates_a_0_dim_parameter_as_a_1_element_one(name):
+    # MSVAG raised "'numpy.float32' object does not support item assignment";
+    # every hook raised "Variable.grad: must be an array", its 0-dim result a scalar
+    for hook in _ALL_HOOKS:
+        finals = []
+        for shape in ((), (1,)):
+            link = OneParam(np.full(shape, 0.5))
+            optimizer = getattr(optimizers, name)().setup(link)
+            if hook is not None:
+                optimizer.add_hook(hook())
+            for g in (0.3, -0.2, 0.1):
+                link.p.grad = dev(np.full(shape, g))
+                optimizer.update()
+            assert link.p.shape == shape and isinstance(link.p.data, xp.ndarray)
+            finals.append(float(host(link.p.data).ravel()[0]))
+        assert finals[0] == pytest.approx(finals[1], rel=1e-6), (name, hook)
+
+
 def test_adabound_cases_clip_at_both_bounds_and_amsbound_differs():
     for amsgrad in (False, True):
         clipped = {}
@@ -9104,6 +9132,70 @@ def test_gradient_cases_stay_float32(name):
     for x in xs:
         if x.dtype.kind == 'f' and x.grad is not None:
             assert x.grad.dtype == np.float32, name
+
+
+# ----- 0-dimensional data: every gradient case above, on 0-dim inputs -----
+# NumPy gives a 0-dim result as a scalar (numpy.float64, not an ndarray),
+# which a saved value, a gradient sum or a hook then trips over.  Each case
+# whose forward takes 0-dim inputs (most elementwise ones, the losses, the
+# reductions) must pass its gradient check there, with 0-dim ndarray grads.
+
+def _zero_dim(x):
+    return x.ravel()[:1].reshape(()).copy() if x.size else x
+
+
+def test_gradient_cases_on_0_dim_inputs():
+    ran, failed = [], []
+    for name, (func, xs) in sorted(_float32_cases().items()):
+        xs = [_zero_dim(x) for x in xs]
+        try:
+            with chainer.no_backprop_mode(), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                func(*[Variable(dev(x.copy())) for x in xs])
+        except (TypeError, ValueError, IndexError):     # (AxisError is both)
+            continue                       # needs axes (a batch, a matrix): refused, fine
+        ran.append(name)
+        try:
+            check(func, *[x.copy() for x in xs])
+            variables = [Variable(dev(x.copy())) for x in xs]
+            ys = func(*variables)
+            ys = ys if isinstance(ys, tuple) else (ys,)
+            F.sum(F.stack([F.sum(y) for y in ys])).backward()
+            for x in variables:
+                if x.grad is not None:
+                    assert isinstance(x.grad, xp.ndarray) and x.grad.shape == (), type(x.grad)
+        except Exception as error:         # collected, so that one run names them all
+            failed.append('{}: {}: {}'.format(name, type(error).__name__, error))
+    assert len(ran) > 90, len(ran)         # broad: most of the tables take 0-dim inputs
+    assert not failed, '\n'.join(failed)
+
+
+def test_functions_whose_forward_failed_on_0_dim_inputs():
+    x = Variable(dev(np.array(0.7)))
+    t = Variable(dev(np.array(0.2)))
+    # F.pad: "zero-size array to reduction operation minimum"; Chainer: x, gradient 1
+    for mode in ('constant', 'edge', 'reflect', 'wrap'):
+        y = F.pad(x, 0, mode)
+        assert y.shape == () and float(host(y)) == 0.7
+        check(lambda a: F.pad(a, 0, mode), np.array(0.7))
+    check(lambda a, b: F.mean_absolute_error(a, b), np.array(0.7), np.array(0.2))
+    assert float(host(F.mean_absolute_error(x, t))) == pytest.approx(0.5)
+    y = F.hstack([x, t])                      # as numpy.hstack: 0-dim inputs become (1,)
+    assert y.shape == (2,) and np.allclose(host(y), [0.7, 0.2])
+    check(lambda a, b: F.hstack([a, b]), np.array(0.7), np.array(0.2))
+    check(lambda a: F.einsum(',->', a, a), np.array(0.7))
+
+
+def test_a_0_dim_variable_used_twice_and_addgrad_keep_ndarray_gradients():
+    x = Variable(dev(np.array(0.5, np.float32)))
+    (x * x + x).backward()                    # the second contribution was a NumPy scalar
+    assert isinstance(x.grad, xp.ndarray) and float(host(x.grad)) == 2.0
+    w = Variable(dev(np.array(0.1, np.float32)))
+    w.grad = dev(np.array(1.0, np.float32))
+    x.addgrad(w)                              # raised: 'must be an array, not float32'
+    assert isinstance(x.grad, xp.ndarray) and float(host(x.grad)) == 3.0
+    x.grad = np.float32(4.0) if not ON_GPU else dev(np.array(4.0, np.float32))
+    assert x.grad.shape == () and float(host(x.grad)) == 4.0   # a NumPy scalar is taken as 0-dim
 
 
 # ----- Chainer names added: N-dimensional convolution and pooling -----
