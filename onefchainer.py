@@ -9673,14 +9673,24 @@ def load_npz(file, obj, path='', strict=True, ignore_names=None):
 def _npz_key_hint(npz, key, path):
     """Advice for a key missing from an npz: if the file holds it under a
     longer prefix (a trainer snapshot keeps the model under
-    'updater/model:main/'), the path= that reaches it."""
+    'updater/model:main/'), the path= that reaches it; if under a shorter
+    one (a bare model's file loaded into L.Classifier(model)), the child
+    link to load it into, since no path= or strict=False can do that."""
     relative = key[len(path):]
     prefixes = sorted({name[:-len(relative)] for name in npz.files
                        if name.endswith('/' + relative)})
-    if not prefixes:
-        return None
-    return 'the file has it under {}: pass path={!r}'.format(
-        ' and '.join(repr(p) for p in prefixes), prefixes[0])
+    if prefixes:
+        return 'the file has it under {}: pass path={!r}'.format(
+            ' and '.join(repr(p) for p in prefixes), prefixes[0])
+    parts = relative.split('/')
+    for cut in range(1, len(parts)):           # the longest tail the file holds
+        if path + '/'.join(parts[cut:]) in npz.files:
+            child = ''.join('[{}]'.format(p) if p.isdigit() else '.' + p
+                            for p in parts[:cut])
+            return ('the file has it as {!r}: it was saved from the link this object '
+                    'holds at {!r}; load it into that link: load_npz(file, obj{})'.format(
+                        path + '/'.join(parts[cut:]), '/'.join(parts[:cut]), child))
+    return None
 
 
 @_continue_class(Link)

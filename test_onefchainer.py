@@ -5267,6 +5267,26 @@ def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
     np.testing.assert_array_equal(link.W.data, np.ones((3, 2)))
 
 
+@cpu_only('writes files')
+def test_load_npz_of_a_bare_model_into_its_classifier_names_the_child_to_load_into(tmp_path):
+    # The hint pointed to strict=False, which then failed too; it now leads to
+    # what works: loading into model.predictor (no path= can strip a prefix).
+    path = str(tmp_path / 'bare.npz')
+    saved = L.Linear(3, 2)
+    serializers.save_npz(path, saved)
+    classifier = L.Classifier(L.Linear(3, 2))
+    for strict in (True, False):
+        with pytest.raises(KeyError) as info:
+            serializers.load_npz(path, classifier, strict=strict)
+        assert 'strict=False to skip' not in str(info.value)
+        assert "load_npz(file, obj.predictor)" in str(info.value), str(info.value)
+    serializers.load_npz(path, classifier.predictor)           # what the hint says works
+    np.testing.assert_array_equal(classifier.predictor.W.data, saved.W.data)
+    chain_list = ChainList(ChainList(L.Linear(3, 2)))           # ChainList children: obj[0]
+    with pytest.raises(KeyError, match=r'load_npz\(file, obj\[0\]\[0\]\)'):
+        serializers.load_npz(path, chain_list)
+
+
 def test_issue12_lazy_linear_refuses_an_example_without_batch_axis():
     link = L.Linear(None, 3).to_device(TEST_DEVICE)
     with pytest.raises(ValueError, match=r'Linear: the input has shape \(4,\), with no batch axis'):
