@@ -14241,15 +14241,17 @@ class _ParameterWithoutData:
             self._grad = _xp(self.data).zeros_like(self.data)
 
     def cleargrad(self):
-        """Forget the gradient (grad = None), and a zerograd asked for before
-        there was data. Chainer: Parameter.cleargrad."""
+        """Forget the gradient (grad = None), a zerograd asked for before there
+        was data and a loss scale (Chapter 21). Chainer: Parameter.cleargrad."""
         self._grad = None
         self.__dict__.pop('_zeros_asked', None)
+        self.__dict__.pop('_loss_scale', None)
 
     def update(self):
         """Update the data by the parameter's update rule (set by an optimizer's
         setup); nothing without a rule or data. Chainer: Parameter.update."""
         if self.update_rule is not None and self.data is not None:
+            _unscale_gradient(self)            # a backward(loss_scale=...): Chapter 21
             self.update_rule.update(self)
 
 
@@ -15449,6 +15451,97 @@ def _variable_mean(self, axis=None, weights=None, keepdims=False):
     return mean(self, axis=axis, keepdims=keepdims)
 
 
+# ----- loss scaling ---------------------------------------------------------------
+# backward(loss_scale=s) starts from s instead of 1, so that small float16
+# gradients do not round to zero on the way back: every gradient is s times
+# the true one.  Each parameter it reaches remembers s, and the optimizer's
+# next update divides the gradient by s before anything else (its hooks
+# included), so the step is the one the true gradient gives.  Parameter's
+# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
+
+_backward_from_one = Variable.backward              # Chapter 3's
+_update_from_gradients = Optimizer.update           # Chapter 7's
+_loss_scale_used = False     # until a backward(loss_scale=...), update looks at nothing
+
+
+def _variable_backward(self, retain_grad=False, enable_double_backprop=False,
+                       loss_scale=None):
+    """Compute the gradient of this variable w.r.t. every variable behind it
+    (Chapter 3's backward).  loss_scale (default None): a positive number the
+    starting gradient 1 of a one-element output is multiplied by (a grad set
+    by hand is used as it is), so every gradient is scaled by it; each
+    Parameter reached keeps it, and Optimizer.update divides its gradient by
+    it first, so the update is unchanged.  Raises ValueError for a loss_scale
+    that is not a positive number. Chainer: Variable.backward.
+    """
+    if loss_scale is None:
+        return _backward_from_one(self, retain_grad, enable_double_backprop)
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.number)) \
+            or not 0 < loss_scale < math.inf:
+        raise ValueError('backward: loss_scale must be a positive number, not '
+                         '{!r}'.format(loss_scale))
+    global _loss_scale_used
+    _loss_scale_used = True
+    if self._grad is None and self.data is not None and self.data.size == 1:
+        self._grad = _xp(self.data).full_like(self.data, loss_scale)
+    leaves, seen = {self} if self.creator is None else set(), set()
+    pending = [self.creator] if self.creator is not None else []
+    while pending:                  # the leaves behind self, before backprop runs
+        function = pending.pop()
+        for x in function.inputs or ():
+            if x.creator is None:
+                leaves.add(x)
+            elif x.creator not in seen:
+                seen.add(x.creator)
+                pending.append(x.creator)
+    _backward_from_one(self, retain_grad, enable_double_backprop)
+    for leaf in leaves:
+        if isinstance(leaf, Parameter) and leaf._grad is not None:
+            leaf._loss_scale = float(loss_scale)
+
+
+def _unscale_gradient(param):
+    """Divide the gradient of `param` by the loss_scale its backward used (in
+    float32 for float16, where a large scale would be inf), and forget it."""
+    scale = param.__dict__.pop('_loss_scale', None)
+    if scale is not None and param._grad is not None:
+        grad = param._grad
+        wide = grad.astype(np.float32) if grad.dtype == np.float16 else grad
+        param.grad = (wide / wide.dtype.type(scale)).astype(grad.dtype, copy=False)
+
+
+def _optimizer_update(self, lossfun=None, *args, **kwds):
+    """Update once (Chapter 7's update).  With `lossfun`, first compute the loss
+    from `args`, clear the old gradients and run backward, with the loss_scale
+    of set_loss_scale if one was set.  Gradients a backward(loss_scale=...)
+    scaled are divided by the scale first. Chainer: chainer.Optimizer.update.
+    """
+    loss_scale = getattr(self, '_loss_scale', None)
+    if lossfun is not None and loss_scale is not None:
+        self._check_setup()
+        loss = lossfun(*args, **kwds)
+        self.target.cleargrads()
+        loss.backward(loss_scale=loss_scale)
+        del loss
+        lossfun = None
+    if _loss_scale_used:
+        for param in self.target.params(include_uninit=False):
+            _unscale_gradient(param)
+    return _update_from_gradients(self, lossfun, *args, **kwds)
+
+
+def _optimizer_set_loss_scale(self, loss_scale):
+    """Scale every loss update(lossfun, ...) backpropagates by `loss_scale` (a
+    positive number; None: no scaling); the update itself is unchanged.
+    Chainer: chainer.Optimizer.set_loss_scale (static loss scaling).
+    """
+    if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(
+            loss_scale, (int, float, np.number)) or not 0 < loss_scale < math.inf):
+        raise ValueError('set_loss_scale: loss_scale must be a positive number or None, '
+                         'not {!r}'.format(loss_scale))
+    self._loss_scale = loss_scale
+
+
 def _link_addgrads(self, link):
     """Add each gradient of `link` to this link's parameter of the same name.
     Raises ValueError/TypeError naming the path and both shapes/dtypes for a
@@ -15484,6 +15577,9 @@ def _method_not_supported(qualified_name, reason_key):
 
 
 Variable.addgrad = _variable_addgrad
+Variable.backward = _variable_backward
+Optimizer.update = _optimizer_update
+Optimizer.set_loss_scale = _optimizer_set_loss_scale
 Variable.copydata = _variable_copydata
 Variable.mean = _variable_mean
 Variable.raw_array = property(lambda self: self.data,

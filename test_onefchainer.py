@@ -642,6 +642,51 @@ def test_grad_accumulates_over_backward_calls():
     np.testing.assert_allclose(host(x.grad), 4 * np.exp(host(x)))
 
 
+def _loss_scaled_training(loss_scale, use_lossfun=False):
+    model = L.Linear(3, 2, initialW=np.linspace(-1, 1, 6).reshape(2, 3).astype(np.float32))
+    model.to_device(TEST_DEVICE)
+    optimizer = optimizers.MomentumSGD(lr=0.1).setup(model)
+    optimizer.add_hook(optimizer_hooks.WeightDecay(0.01))
+    optimizer.add_hook(optimizer_hooks.GradientClipping(0.5))
+    x = dev(np.ones((4, 3), np.float32))
+    grads = []
+    for _ in range(2):
+        if use_lossfun:
+            optimizer.set_loss_scale(loss_scale)
+            optimizer.update(lambda: F.sum(model(x) ** 2))
+        else:
+            model.cleargrads()
+            F.sum(model(x) ** 2).backward(loss_scale=loss_scale)
+            grads.append(host(model.W.grad).copy())
+            optimizer.update()
+    return host(model.W.data), grads
+
+
+def test_backward_loss_scale_scales_gradients_and_leaves_the_update_unchanged():
+    # backward(loss_scale=...), Chainer's, raised 'unexpected keyword argument'.
+    plain, plain_grads = _loss_scaled_training(None)
+    scaled, scaled_grads = _loss_scaled_training(8.0)
+    np.testing.assert_array_equal(scaled_grads[0], 8 * plain_grads[0])   # gradients scaled
+    # the update divides first, hooks included (Chainer's WeightDecay and
+    # GradientClipping see the scaled gradient: its weights differ by 0.045)
+    np.testing.assert_allclose(scaled, plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_loss_scaled_training(8.0, use_lossfun=True)[0], plain,
+                               rtol=1e-6, atol=1e-7)                       # set_loss_scale
+    p = chainer.Parameter(dev(np.array([1., 2.], np.float32)))
+    link = Link()
+    with link.init_scope():
+        link.p = p
+    optimizers.SGD(lr=1.0).setup(link)
+    F.sum(p * p).backward(loss_scale=4)
+    p.cleargrad()                             # forgets the scale with the gradient
+    F.sum(p * p).backward()
+    p.update()
+    np.testing.assert_allclose(host(p.data), [-1., -2.])                 # p - 1.0 * 2p
+    for bad in (0, -1.0, float('nan'), float('inf'), True, '8'):
+        with pytest.raises(ValueError, match='loss_scale'):
+            F.sum(p * p).backward(loss_scale=bad)
+
+
 def test_retain_grad():
     x = Variable(dev(np.array([1.0, 2.0])))
     h = x * 3.0
