@@ -14089,6 +14089,7 @@ def _fused_op(name, *args):
 
 def _checked_grad(variable, grad):
     """What the Variable.grad setter stores: the array of `grad`, checked."""
+    variable.__dict__.pop('_grad_at_update', None)     # a new grad: debug mode's, Chapter 21
     if grad is None:
         return None
     if isinstance(grad, Variable):
@@ -14239,6 +14240,7 @@ class _ParameterWithoutData:
             self._zeros_asked = True
         else:
             self._grad = _xp(self.data).zeros_like(self.data)
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
 
     def cleargrad(self):
         """Forget the gradient (grad = None), a zerograd asked for before there
@@ -14246,6 +14248,7 @@ class _ParameterWithoutData:
         self._grad = None
         self.__dict__.pop('_zeros_asked', None)
         self.__dict__.pop('_loss_scale', None)
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
 
     def update(self):
         """Update the data by the parameter's update rule (set by an optimizer's
@@ -15514,7 +15517,9 @@ def _optimizer_update(self, lossfun=None, *args, **kwds):
     """Update once (Chapter 7's update).  With `lossfun`, first compute the loss
     from `args`, clear the old gradients and run backward, with the loss_scale
     of set_loss_scale if one was set.  Gradients a backward(loss_scale=...)
-    scaled are divided by the scale first. Chainer: chainer.Optimizer.update.
+    scaled are divided by the scale first.  In config.debug mode, warns
+    (UserWarning) of a gradient added to since the last update used it: a
+    forgotten cleargrads(). Chainer: chainer.Optimizer.update.
     """
     loss_scale = getattr(self, '_loss_scale', None)
     if lossfun is not None and loss_scale is not None:
@@ -15524,10 +15529,36 @@ def _optimizer_update(self, lossfun=None, *args, **kwds):
         loss.backward(loss_scale=loss_scale)
         del loss
         lossfun = None
+    if self.target is None or not (_loss_scale_used or config.debug):
+        return _update_from_gradients(self, lossfun, *args, **kwds)    # the common case
     if _loss_scale_used:
         for param in self.target.params(include_uninit=False):
             _unscale_gradient(param)
-    return _update_from_gradients(self, lossfun, *args, **kwds)
+    if not config.debug:
+        return _update_from_gradients(self, lossfun, *args, **kwds)
+    _warn_accumulated_gradients(self)
+    result = _update_from_gradients(self, lossfun, *args, **kwds)
+    for param in self.target.params(include_uninit=False):
+        param._grad_at_update = param._grad      # cleargrad and the grad setter drop it
+    return result
+
+
+def _warn_accumulated_gradients(optimizer):
+    """In debug mode: warn if a gradient an update used was added to since
+    (backward adds into a gradient nobody cleared), so that this update would
+    apply two steps' gradients at once: a forgotten cleargrads()."""
+    stale = [path for path, param in optimizer.target.namedparams(include_uninit=False)
+             if param._grad is not None and '_grad_at_update' in param.__dict__
+             and param._grad is not param.__dict__['_grad_at_update']]
+    if stale:
+        warnings.warn(
+            '{}.update: the gradient of {} was added to since the last update, which had '
+            'used it (no cleargrads() in between), so this update applies the sum of both '
+            "steps' gradients; call model.cleargrads() before loss.backward(), or "
+            'optimizer.update(lossfun, ...), which does (config.debug)'.format(
+                type(optimizer).__name__, ', '.join(stale[:3]) +
+                (' and {} more'.format(len(stale) - 3) if len(stale) > 3 else '')),
+            stacklevel=3)
 
 
 def _optimizer_set_loss_scale(self, loss_scale):

@@ -687,6 +687,45 @@ def test_backward_loss_scale_scales_gradients_and_leaves_the_update_unchanged():
             F.sum(p * p).backward(loss_scale=bad)
 
 
+def test_debug_mode_warns_of_a_gradient_accumulated_across_two_updates():
+    # Forgetting cleargrads() between steps adds each step's gradient to the
+    # last (as in Chainer, silently); in debug mode the update now says so.
+    model = L.Linear(3, 2).to_device(TEST_DEVICE)
+    optimizer = optimizers.SGD().setup(model)
+    x = dev(np.ones((1, 3), np.float32))
+
+    def steps(step):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for _ in range(3):
+                step()
+        return [str(w.message) for w in caught if 'added to since' in str(w.message)]
+
+    def forgetting():
+        F.sum(model(x)).backward()
+        optimizer.update()
+
+    def clearing():
+        model.cleargrads()
+        F.sum(model(x)).backward()
+        optimizer.update()
+
+    def setting():
+        model.W.grad = dev(np.ones((2, 3), np.float32))
+        model.b.grad = dev(np.ones(2, np.float32))
+        optimizer.update()
+
+    assert steps(forgetting) == []                # not in debug mode: nothing, as before
+    assert all('_grad_at_update' not in p.__dict__ for p in model.params())
+    with chainer.using_config('debug', True):
+        model.cleargrads()
+        messages = steps(forgetting)
+        assert len(messages) == 2 and '/W' in messages[0] and 'cleargrads()' in messages[0]
+        for fine in (clearing, setting, lambda: optimizer.update(lambda: F.sum(model(x)))):
+            model.cleargrads()
+            assert steps(fine) == []
+
+
 def test_retain_grad():
     x = Variable(dev(np.array([1.0, 2.0])))
     h = x * 3.0
