@@ -6102,6 +6102,33 @@ def test_an_integer_variable_meeting_any_float_raises(operator_name, constant, s
         assert 'int32' in str(info.value) and 'floating-point' in str(info.value)
 
 
+def test_every_function_given_an_integer_and_a_float_input_raises():
+    # The same rule beyond the operators: no function mixes int32 data with a
+    # float input by casting either (the mixed float dtypes that Chainer v7
+    # accepts are floats only).
+    vi = Variable(dev(np.array([[3, 4]], np.int32)))
+    ff = dev(np.array([[1.5, 2.5]], np.float32))
+    calls = {
+        'einsum': lambda: F.einsum('ij,ij->ij', vi, ff),
+        'tensordot': lambda: F.tensordot(vi, ff.T, 1),
+        'squared_difference': lambda: F.squared_difference(vi, ff),
+        'mean_squared_error': lambda: F.mean_squared_error(vi, ff),
+        'absolute_error': lambda: F.absolute_error(vi, ff),
+        'huber_loss': lambda: F.huber_loss(vi, ff, 1.0),
+        'average': lambda: F.average(vi, weights=ff[0], axis=1),
+        'where': lambda: F.where(dev(np.array([[True, False]])), vi, ff),
+        'maximum': lambda: F.maximum(vi, ff), 'minimum': lambda: F.minimum(vi, ff),
+        'scale': lambda: F.scale(vi, ff[0], axis=1), 'bias': lambda: F.bias(vi, ff[0], axis=1),
+        'fmod': lambda: F.fmod(vi, ff), 'arctan2': lambda: F.arctan2(vi, ff),
+        'matmul': lambda: F.matmul(vi, ff.T), 'linear': lambda: F.linear(vi, ff),
+        'concat': lambda: F.concat([vi, ff]), 'stack': lambda: F.stack([vi, ff]),
+        'add of three': lambda: F.add(vi, vi, ff), 'clip': lambda: F.clip(vi, 0.5, 3.5),
+        '@': lambda: vi @ ff.T, 'reflected @': lambda: ff.T @ vi}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match='int32'):
+            call()
+
+
 # ----- programs in the style of each Chainer era -----------------------------------
 ERA_PROGRAMS = os.path.join(HERE, 'testdata', 'era_programs')
 
