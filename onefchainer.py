@@ -82,8 +82,8 @@ def get_array_module(*args):
 
 
 def _xp(array):
-    # The one-array fast path of get_array_module, used on every op.
-    return np if isinstance(array, np.ndarray) else cupy
+    # The one-array fast path of get_array_module, used on every op (np.generic: a 0-dim result).
+    return np if isinstance(array, (np.ndarray, np.generic)) else cupy
 
 
 # =============================================================================
@@ -237,7 +237,7 @@ class Variable:
     # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
     # __pow__, __getitem__, reshape, T, ...); Chapter 18 (xp, device, to_device,
     # to_cpu, ...); Chapter 20 (array, grad_var, zerograd, __len__, ...);
-    # Chapter 21 (set_creator, addgrad, copydata, mean, ...).
+    # Chapter 21 (set_creator, addgrad, backward, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -402,13 +402,13 @@ def _backprop(roots, retain_grad):
             if not isinstance(gx, _array_types):      # NumPy returns 0-dim results as scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
             if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
-                _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
+                _check_grad_input(function, [v is x for v in inputs].index(True), x, gx)
             if x not in reached and (x._grad is None or x.creator is not None):
                 x._grad = gx
             elif x in owned:        # an array of our own: add in place
                 x._grad += gx
             else:                   # maybe shared: a new array, ours from now on
-                x._grad = x._grad + gx
+                x._grad = _xp(gx).add(x._grad, gx, out=_xp(gx).empty_like(gx))  # 0-dim too
                 owned.add(x)
             reached.add(x)
             creator = x.creator
@@ -603,7 +603,7 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
-        if not isinstance(self.y, np.ndarray):
+        if not isinstance(self.y, (np.ndarray, np.generic)):     # (0-dim: a NumPy scalar)
             return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
 
@@ -773,14 +773,14 @@ class Parameter(Variable):
 
     def initialize(self, shape, xp=np):
         """Create the data: a new array of `shape` (int or tuple) on `xp`
-        (default numpy) filled by the parameter's initializer; clears the gradient.
-        Chainer: chainer.Parameter.initialize.
+        (default numpy) filled by the parameter's initializer; clears the gradient
+        (zeros if zerograd came first: Chapter 20). Chainer: Parameter.initialize.
         """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
-        self._grad = None
+        self._grad = xp.zeros_like(self.data) if self.__dict__.pop('_zeros_asked', 0) else None
 
-    # Continued in Chapter 18 (to_device).
+    # Continued in Chapter 18 (to_device); Chapter 20 (zerograd, cleargrad, update).
 
 
 @_export('link')
@@ -1107,7 +1107,7 @@ class Optimizer:
 
     # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
     # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup);
-    # Chapter 21 (use_cleargrads).
+    # Chapter 21 (use_cleargrads, update, set_loss_scale).
 _export('optimizer', GradientMethod=Optimizer)
 
 
@@ -1323,7 +1323,8 @@ def _scalar_constant(value, like):
     Python scalars stay as they are: NumPy 2 then keeps the array's dtype
     (float32 * 2.0 is float32; for NumPy 1.x see below).  A NumPy scalar
     (np.float64(2)) would promote float32 data to float64 under NumPy 2's
-    rules, so it is cast to the array's dtype, as Chainer does.
+    rules, so it is cast to the array's dtype, as Chainer does, except a
+    float for integer data (_truncates).
     """
     kind = type(value)
     if kind is float or kind is int:   # the common case, decided without isinstance
@@ -1333,7 +1334,19 @@ def _scalar_constant(value, like):
     if not isinstance(value, np.number):
         return None                    # bool and everything else: not a constant
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    return dtype.type(value) if dtype is not None else value
+    if dtype is None or _truncates(dtype, value.dtype):
+        return value
+    return dtype.type(value)
+
+
+# Integer data meeting a float: the one rule, whatever form the float takes
+# (a Python float, a NumPy scalar, an array).  Casting the float to the data's
+# dtype would truncate it silently (int32 * numpy.float32(1.5) is * 1); so
+# it is never cast, and the operation refuses it: a constant's op sees its
+# result change dtype (AddConstant.forward), an array constant is refused by
+# _cast_array_constant, and two Variables of different dtypes by the op.
+def _truncates(dtype, constant_dtype):
+    return dtype.kind in 'biu' and constant_dtype.kind in 'fc'
 
 
 # NumPy 2 (NEP 50) lets a Python scalar take the array's dtype.  NumPy 1.x
@@ -1345,7 +1358,7 @@ def _numpy1_scalar(value, like):
     """A Python scalar cast to `like`'s dtype, as NumPy 2 would use it (NumPy 1.x
     only).  A float with integer data is left alone: the op refuses it."""
     dtype = getattr(like.data if isinstance(like, Variable) else like, 'dtype', None)
-    if dtype is None or (dtype.kind != 'f' and type(value) is float):
+    if dtype is None or (type(value) is float and _truncates(dtype, np.dtype(float))):
         return value
     return dtype.type(value)
 
@@ -1362,21 +1375,28 @@ def _arithmetic(lhs, rhs, binary, constant_rhs, constant_lhs):
     if constant is not None:
         return constant_lhs(constant)(rhs)
     if not (isinstance(lhs, Variable) and isinstance(rhs, Variable)):
-        lhs, rhs = _cast_array_constant(lhs, rhs)
+        lhs, rhs = _cast_array_constant(lhs, rhs, binary.label)
     return binary()(lhs, rhs)
 
 
-def _cast_array_constant(lhs, rhs):
+def _cast_array_constant(lhs, rhs, label):
     """An array constant takes the dtype of the Variable it meets, as in
-    Chainer: float32 x + numpy.ones(2) (float64) is float32.  Two Variables
-    of different dtypes are not touched: the op then names both dtypes."""
+    Chainer: float32 x + numpy.ones(2) (float64) is float32, except a float
+    array for an integer Variable, which raises TypeError (_truncates).  Two
+    Variables of different dtypes are not touched: the op names both dtypes."""
     if isinstance(lhs, Variable) and isinstance(rhs, _array_types):
-        if lhs.data is not None and rhs.dtype != lhs.data.dtype:
-            rhs = rhs.astype(lhs.data.dtype)
+        variable, constant = lhs, rhs
     elif isinstance(rhs, Variable) and isinstance(lhs, _array_types):
-        if rhs.data is not None and lhs.dtype != rhs.data.dtype:
-            lhs = lhs.astype(rhs.data.dtype)
-    return lhs, rhs
+        variable, constant = rhs, lhs
+    else:
+        return lhs, rhs
+    data = variable.data
+    if data is None or constant.dtype == data.dtype:
+        return lhs, rhs
+    if _truncates(data.dtype, constant.dtype):
+        _require_float(label, data)
+    constant = constant.astype(data.dtype)
+    return (variable, constant) if variable is lhs else (constant, variable)
 
 
 @_export('functions.math.basic_math')
@@ -1688,8 +1708,8 @@ Variable.__rtruediv__ = lambda self, other: div(other, self)
 Variable.__pow__ = _pow
 Variable.__rpow__ = lambda self, other: _arithmetic(
     other, self, Pow, PowConstantExponent, PowConstantBase)
-Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other))
-Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self))
+Variable.__matmul__ = lambda self, other: matmul(*_cast_array_constant(self, other, 'matmul'))
+Variable.__rmatmul__ = lambda self, other: matmul(*_cast_array_constant(other, self, 'matmul'))
 
 
 @_export('functions.math.matmul')
@@ -2857,7 +2877,7 @@ class Transpose(Function):
         x, = inputs
         if self.axes is None:
             self.axes = tuple(range(x.ndim))[::-1]
-        if sorted(a % x.ndim for a in self.axes) != list(range(x.ndim)):
+        if sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):   # 0-dim: ()
             raise ValueError('transpose: axes {} are not a permutation of the '
                              '{} axes of shape {}'.format(self.axes, x.ndim, x.shape))
         return x.transpose(self.axes),
@@ -3495,12 +3515,14 @@ class Pad(Function):
                              .format(self.pad_width, x.ndim, x.shape)) from None
         if (self.widths < 0).any():
             raise ValueError('pad: pad_width must be >= 0, got {!r}'.format(self.pad_width))
+        if x.ndim == 0:             # no axis to pad (NumPy's pad fails on it): x itself
+            return x.copy(),
         return _xp(x).pad(x, self.widths, mode=self.mode, **self.keywords),
 
     def backward(self, inputs, grad_outputs):      # each element of x gets its copies' gy
         x, = inputs
         gy, = grad_outputs
-        if self.mode == 'constant':
+        if self.mode == 'constant' or x.ndim == 0:
             return gy[tuple(slice(before, before + n)
                             for (before, _), n in zip(self.widths, x.shape))],
         xp = _xp(x)
@@ -4004,7 +4026,7 @@ class Einsum(Function):
                     [-1 if u == c else 1 for u in unique]) for c in part)
                 full[index] = g
                 g = full
-            grads.append(xp.ascontiguousarray(g, dtype=a.dtype))
+            grads.append(xp.asarray(g, dtype=a.dtype, order='C'))   # 0-dim stays 0-dim
         return tuple(grads)
 
 
@@ -5469,7 +5491,10 @@ def hstack(xs):
     shapes must agree elsewhere.  Returns a Variable; ValueError for no input.
     Chainer: chainer.functions.hstack."""
     _require_inputs('hstack', xs)
-    return concat(xs, axis=0 if _input_data('hstack', xs[0]).ndim <= 1 else 1)
+    ndim = _input_data('hstack', xs[0]).ndim
+    if ndim == 0:                  # 0-dim inputs become (1,) first, as in NumPy
+        xs = [reshape(x, (1,)) for x in xs]
+    return concat(xs, axis=0 if ndim <= 1 else 1)
 
 
 @_export('functions', 'functions.array.vstack')
@@ -6014,6 +6039,14 @@ def generate_array(initializer, shape, xp, dtype=None, device=None):
     return array
 
 
+def _check_same_shape(operation, path, mine, theirs):
+    """Raise ValueError naming `path` and both shapes unless they agree (mine
+    None: a parameter without data takes any shape)."""
+    if mine is not None and mine.shape != theirs.shape:
+        raise ValueError('{}: {} has shape {} here but {} in the source; nothing was '
+                         'changed'.format(operation, path, mine.shape, theirs.shape))
+
+
 @_continue_class(Link)
 class _LinkTreeAndCopies:
 
@@ -6078,9 +6111,13 @@ class _LinkTreeAndCopies:
         return iter(())
 
     def count_params(self):
-        """The total number of elements (an int) of the initialized parameters.
-        Chainer: chainer.Link.count_params.
+        """The total number of elements (an int) of the initialized parameters;
+        warns (UserWarning) for each one without data. Chainer: chainer.Link.count_params.
         """
+        for path, param in self.namedparams():
+            if param.data is None:
+                warnings.warn('count_params: parameter {} is not initialized yet (no '
+                              'shape), so the count leaves it out'.format(path), stacklevel=2)
         return int(np.sum([p.size for p in self.params() if p.data is not None]))
 
     def zerograds(self):
@@ -6091,23 +6128,47 @@ class _LinkTreeAndCopies:
             param.zerograd()
 
     def copyparams(self, link, copy_persistent=True):
-        """Copy every parameter value of `link` (same structure) into self.
-        Chainer: chainer.Link.copyparams.
+        """Copy every parameter value (and, with copy_persistent, every
+        persistent value) of `link`, of the same structure, into self.  Raises
+        ValueError naming the path and both shapes for a missing or misshapen
+        parameter, before anything is copied. Chainer: chainer.Link.copyparams.
         """
+        # Every pair is checked before the first copy: a failed copyparams
+        # changes nothing (Chainer's stops half-way, with NumPy's message).
         source = dict(link.namedparams())
+        pairs = []
         for name, param in self.namedparams():
             if name not in source:
-                raise ValueError('copyparams: {} has no parameter {}'.format(
-                    type(link).__name__, name))
+                raise ValueError('copyparams: {} has no parameter {}; nothing was '
+                                 'copied'.format(type(link).__name__, name))
             src = source[name].data
+            if src is None:       # Chainer skips it silently: self keeps other values
+                if param.data is None:
+                    continue      # neither has data yet: nothing to copy
+                raise ValueError('copyparams: {} of the source has no data (it is not '
+                                 'initialized: run the source once first)'.format(name))
+            _check_same_shape('copyparams', name, param.data, src)
+            pairs.append((param, src))
+        persistents = []
+        if copy_persistent:
+            theirs = dict(link.namedlinks())
+            for path, own in self.namedlinks():
+                for key in own._persistent:
+                    name = path.rstrip('/') + '/' + key
+                    if path not in theirs or key not in theirs[path].__dict__:
+                        raise ValueError('copyparams: {} has no persistent value {}; '
+                                         'nothing was copied'.format(type(link).__name__, name))
+                    value = theirs[path].__dict__[key]
+                    mine = own.__dict__.get(key)
+                    if isinstance(value, _array_types) and isinstance(mine, _array_types):
+                        _check_same_shape('copyparams', name, mine, value)
+                    persistents.append((own, key, value))
+        for param, src in pairs:
             if param.data is None:
                 param.initialize(src.shape, self.xp)
             param.data[...] = _device_of(param.data).send(src)     # across devices too
-        if copy_persistent:
-            for (name, own), (_, other) in zip(self.namedlinks(), link.namedlinks()):
-                for key in own._persistent:
-                    value = other.__dict__[key]
-                    object.__setattr__(own, key, copy.deepcopy(value))
+        for own, key, value in persistents:
+            object.__setattr__(own, key, copy.deepcopy(value))
 
     def copy(self, mode='share'):
         """A twin of this link.  'share' (the default): new Parameter objects
@@ -9525,7 +9586,7 @@ class MSVAGRule(UpdateRule):
         s = (vt - mt2) / (1 - rho)
         with np.errstate(invalid='ignore', divide='ignore'):    # 0/0 where m = v = 0
             factor = np.clip(mt2 / (mt2 + rho * s), 0, 1)
-        factor[np.isnan(factor)] = 0
+        factor = np.where(np.isnan(factor), 0, factor)     # (not factor[...] =: 0-dim is a scalar)
         param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
 
 
@@ -9986,14 +10047,24 @@ def load_npz(file, obj, path='', strict=True, ignore_names=None):
 def _npz_key_hint(npz, key, path):
     """Advice for a key missing from an npz: if the file holds it under a
     longer prefix (a trainer snapshot keeps the model under
-    'updater/model:main/'), the path= that reaches it."""
+    'updater/model:main/'), the path= that reaches it; if under a shorter
+    one (a bare model's file loaded into L.Classifier(model)), the child
+    link to load it into, since no path= or strict=False can do that."""
     relative = key[len(path):]
     prefixes = sorted({name[:-len(relative)] for name in npz.files
                        if name.endswith('/' + relative)})
-    if not prefixes:
-        return None
-    return 'the file has it under {}: pass path={!r}'.format(
-        ' and '.join(repr(p) for p in prefixes), prefixes[0])
+    if prefixes:
+        return 'the file has it under {}: pass path={!r}'.format(
+            ' and '.join(repr(p) for p in prefixes), prefixes[0])
+    parts = relative.split('/')
+    for cut in range(1, len(parts)):           # the longest tail the file holds
+        if path + '/'.join(parts[cut:]) in npz.files:
+            child = ''.join('[{}]'.format(p) if p.isdigit() else '.' + p
+                            for p in parts[:cut])
+            return ('the file has it as {!r}: it was saved from the link this object '
+                    'holds at {!r}; load it into that link: load_npz(file, obj{})'.format(
+                        path + '/'.join(parts[cut:]), '/'.join(parts[:cut]), child))
+    return None
 
 
 @_continue_class(Link)
@@ -14582,10 +14653,13 @@ def _fused_op(name, *args):
 
 def _checked_grad(variable, grad):
     """What the Variable.grad setter stores: the array of `grad`, checked."""
+    variable.__dict__.pop('_grad_at_update', None)     # a new grad: debug mode's, Chapter 21
     if grad is None:
         return None
     if isinstance(grad, Variable):
         grad = grad.data
+    if isinstance(grad, np.generic):     # NumPy's 0-dim result (an optimizer hook's, say)
+        grad = np.asarray(grad)
     if not isinstance(grad, _array_types):
         raise TypeError('Variable.grad: must be an array or None, not '
                         '{}'.format(type(grad).__name__))
@@ -14697,9 +14771,53 @@ class _VariableConveniences:
         self._grad = None if self.data is None else _xp(self.data).zeros_like(self.data)
 
     def __len__(self):
-        if self.data.ndim == 0:
-            raise TypeError('len() of a 0-dimensional Variable')
+        if self.data is None or self.data.ndim == 0:
+            raise TypeError('len() of a {} Variable'.format(
+                '0-dimensional' if self.data is not None else 'data-less (uninitialized)'))
         return len(self.data)
+
+    def __iter__(self):          # the rows, each a Variable of the graph (as Chainer)
+        rows = len(self)         # raises for 0-dim and data-less, as NumPy does for 0-dim
+        return (self[i] for i in range(rows))
+
+    # ----- Python's protocols -----
+    # Answering these would be silently wrong: `if loss == 0:` would compare
+    # objects, `bool(Variable(zeros(3)))` would be True.  Each raises
+    # TypeError, as in Chainer, saying how to ask the array instead.  (NumPy
+    # arrays on the left hand over to these too: __array_priority__.)
+    def __eq__(self, other):
+        raise _no_comparison('==')
+
+    def __ne__(self, other):
+        raise _no_comparison('!=')
+
+    def __lt__(self, other):
+        raise _no_comparison('<')
+
+    def __le__(self, other):
+        raise _no_comparison('<=')
+
+    def __gt__(self, other):
+        raise _no_comparison('>')
+
+    def __ge__(self, other):
+        raise _no_comparison('>=')
+
+    # Defining __eq__ would make the class unhashable; Variables stay hashed by
+    # identity (Chainer's are unhashable): backprop's sets and a user's dict
+    # keyed by parameter rely on it, and == never answers, so no two differ.
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        raise TypeError('a Variable has no truth value (if v:, v and w); ask its '
+                        'array: bool(v.array) for one element, v.array.any() or .all()')
+
+    def __contains__(self, value):
+        raise TypeError('`x in variable` is not defined; ask the array: '
+                        'x in v.array')
+
+    def __pos__(self):           # +v is v, as in Chainer
+        return self
 
     def item(self):
         """The value of a one-element Variable as a Python number (raises
@@ -14736,6 +14854,42 @@ class _VariableConveniences:
                     pending.append(x.creator)
             function.unchain()
         self.creator = None
+
+
+@_continue_class(Parameter)
+class _ParameterWithoutData:
+
+    # A lazily shaped parameter has no data until its first forward; the
+    # paths other than forward must not leave it half made (a grad, no data).
+    def zerograd(self):
+        """Set the gradient to zeros; without data yet, once initialize gives
+        it a shape (as Chainer). Chainer: Parameter.zerograd."""
+        if self.data is None:
+            self._zeros_asked = True
+        else:
+            self._grad = _xp(self.data).zeros_like(self.data)
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
+
+    def cleargrad(self):
+        """Forget the gradient (grad = None), a zerograd asked for before there
+        was data and a loss scale (Chapter 21). Chainer: Parameter.cleargrad."""
+        self._grad = None
+        self.__dict__.pop('_zeros_asked', None)
+        self.__dict__.pop('_loss_scale', None)
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
+
+    def update(self):
+        """Update the data by the parameter's update rule (set by an optimizer's
+        setup); nothing without a rule or data. Chainer: Parameter.update."""
+        if self.update_rule is not None and self.data is not None:
+            _unscale_gradient(self)            # a backward(loss_scale=...): Chapter 21
+            self.update_rule.update(self)
+
+
+def _no_comparison(op):
+    return TypeError('Variables do not support {}: it would compare objects, not '
+                     'values; compare the arrays instead, e.g. v.array {} 0 or '
+                     'numpy.array_equal(v.array, w.array)'.format(op, op))
 
 
 @_continue_class(Function)
@@ -15476,17 +15630,33 @@ _not_supported(
 # ----- methods Chainer's classes have that Chapters 3-7 did not need -------------
 
 def _variable_addgrad(self, var):
-    """Add `var`'s gradient to this one's (None counts as zero).  Chainer: Variable.addgrad."""
+    """Add `var`'s gradient to this one's (None counts as zero); a Parameter
+    without data first takes the gradient's shape (its initializer's values).
+    Chainer: Variable.addgrad."""
     if var.grad is None:
         return
-    self.grad = var.grad.copy() if self.grad is None else self.grad + _send_to_device(
-        self.device, var.grad)
+    _check_same_shape('addgrad', self.name or 'the variable', self.data, var.grad)
+    if self.data is None and isinstance(self, Parameter):
+        self.initialize(var.grad.shape, _xp(var.grad))
+    if self.grad is None:
+        self.grad = var.grad.copy()
+    else:                    # out=: a 0-dim sum would be a NumPy scalar
+        self.grad = _xp(self.grad).add(self.grad, _send_to_device(self.device, var.grad),
+                                       out=_xp(self.grad).empty_like(self.grad))
 
 
 def _variable_copydata(self, var):
-    """Copy `var`'s data into this variable's array in place (across devices).
-    Chainer: Variable.copydata."""
-    copyto(self.data, as_array(var))
+    """Copy `var`'s data into this variable's array in place (across devices);
+    a Parameter without data first takes the source's shape. Raises ValueError
+    for a source without data. Chainer: Variable.copydata."""
+    source = as_array(var)
+    if source is None:       # Chainer copies the NaN it fills the source with
+        raise ValueError('copydata: the source {} has no data (it is not initialized); '
+                         'nothing was copied'.format(getattr(var, 'name', None) or 'variable'))
+    _check_same_shape('copydata', self.name or 'the variable', self.data, source)
+    if self.data is None and isinstance(self, Parameter):
+        self.initialize(source.shape, _xp(source))
+    copyto(self.data, source)
 
 
 def _variable_mean(self, axis=None, weights=None, keepdims=False):
@@ -15495,12 +15665,147 @@ def _variable_mean(self, axis=None, weights=None, keepdims=False):
     return mean(self, axis, weights, keepdims)
 
 
+# ----- loss scaling ---------------------------------------------------------------
+# backward(loss_scale=s) starts from s instead of 1, so that small float16
+# gradients do not round to zero on the way back: every gradient is s times
+# the true one.  Each parameter it reaches remembers s, and the optimizer's
+# next update divides the gradient by s before anything else (its hooks
+# included), so the step is the one the true gradient gives.  Parameter's
+# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
+
+_backward_from_one = Variable.backward              # Chapter 3's
+_update_from_gradients = Optimizer.update           # Chapter 7's
+_loss_scale_used = False     # until a backward(loss_scale=...), update looks at nothing
+
+
+def _variable_backward(self, retain_grad=False, enable_double_backprop=False,
+                       loss_scale=None):
+    """Compute the gradient of this variable w.r.t. every variable behind it
+    (Chapter 3's backward).  loss_scale (default None): a positive number the
+    starting gradient 1 of a one-element output is multiplied by (a grad set
+    by hand is used as it is), so every gradient is scaled by it; each
+    Parameter reached keeps it, and Optimizer.update divides its gradient by
+    it first, so the update is unchanged.  Raises ValueError for a loss_scale
+    that is not a positive number. Chainer: Variable.backward.
+    """
+    if loss_scale is None:
+        return _backward_from_one(self, retain_grad, enable_double_backprop)
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.number)) \
+            or not 0 < loss_scale < math.inf:
+        raise ValueError('backward: loss_scale must be a positive number, not '
+                         '{!r}'.format(loss_scale))
+    global _loss_scale_used
+    _loss_scale_used = True
+    if self._grad is None and self.data is not None and self.data.size == 1:
+        self._grad = _xp(self.data).full_like(self.data, loss_scale)
+    leaves, seen = {self} if self.creator is None else set(), set()
+    pending = [self.creator] if self.creator is not None else []
+    while pending:                  # the leaves behind self, before backprop runs
+        function = pending.pop()
+        for x in function.inputs or ():
+            if x.creator is None:
+                leaves.add(x)
+            elif x.creator not in seen:
+                seen.add(x.creator)
+                pending.append(x.creator)
+    _backward_from_one(self, retain_grad, enable_double_backprop)
+    for leaf in leaves:
+        if isinstance(leaf, Parameter) and leaf._grad is not None:
+            leaf._loss_scale = float(loss_scale)
+
+
+def _unscale_gradient(param):
+    """Divide the gradient of `param` by the loss_scale its backward used (in
+    float32 for float16, where a large scale would be inf), and forget it."""
+    scale = param.__dict__.pop('_loss_scale', None)
+    if scale is not None and param._grad is not None:
+        grad = param._grad
+        wide = grad.astype(np.float32) if grad.dtype == np.float16 else grad
+        param.grad = (wide / wide.dtype.type(scale)).astype(grad.dtype, copy=False)
+
+
+def _optimizer_update(self, lossfun=None, *args, **kwds):
+    """Update once (Chapter 7's update).  With `lossfun`, first compute the loss
+    from `args`, clear the old gradients and run backward, with the loss_scale
+    of set_loss_scale if one was set.  Gradients a backward(loss_scale=...)
+    scaled are divided by the scale first.  In config.debug mode, warns
+    (UserWarning) of a gradient added to since the last update used it: a
+    forgotten cleargrads(). Chainer: chainer.Optimizer.update.
+    """
+    loss_scale = getattr(self, '_loss_scale', None)
+    if lossfun is not None and loss_scale is not None:
+        self._check_setup()
+        loss = lossfun(*args, **kwds)
+        self.target.cleargrads()
+        loss.backward(loss_scale=loss_scale)
+        del loss
+        lossfun = None
+    if self.target is None or not (_loss_scale_used or config.debug):
+        return _update_from_gradients(self, lossfun, *args, **kwds)    # the common case
+    if _loss_scale_used:
+        for param in self.target.params(include_uninit=False):
+            _unscale_gradient(param)
+    if not config.debug:
+        return _update_from_gradients(self, lossfun, *args, **kwds)
+    _warn_accumulated_gradients(self)
+    result = _update_from_gradients(self, lossfun, *args, **kwds)
+    for param in self.target.params(include_uninit=False):
+        param._grad_at_update = param._grad      # cleargrad and the grad setter drop it
+    return result
+
+
+def _warn_accumulated_gradients(optimizer):
+    """In debug mode: warn if a gradient an update used was added to since
+    (backward adds into a gradient nobody cleared), so that this update would
+    apply two steps' gradients at once: a forgotten cleargrads()."""
+    stale = [path for path, param in optimizer.target.namedparams(include_uninit=False)
+             if param._grad is not None and '_grad_at_update' in param.__dict__
+             and param._grad is not param.__dict__['_grad_at_update']]
+    if stale:
+        warnings.warn(
+            '{}.update: the gradient of {} was added to since the last update, which had '
+            'used it (no cleargrads() in between), so this update applies the sum of both '
+            "steps' gradients; call model.cleargrads() before loss.backward(), or "
+            'optimizer.update(lossfun, ...), which does (config.debug)'.format(
+                type(optimizer).__name__, ', '.join(stale[:3]) +
+                (' and {} more'.format(len(stale) - 3) if len(stale) > 3 else '')),
+            stacklevel=3)
+
+
+def _optimizer_set_loss_scale(self, loss_scale):
+    """Scale every loss update(lossfun, ...) backpropagates by `loss_scale` (a
+    positive number; None: no scaling); the update itself is unchanged.
+    Chainer: chainer.Optimizer.set_loss_scale (static loss scaling).
+    """
+    if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(
+            loss_scale, (int, float, np.number)) or not 0 < loss_scale < math.inf):
+        raise ValueError('set_loss_scale: loss_scale must be a positive number or None, '
+                         'not {!r}'.format(loss_scale))
+    self._loss_scale = loss_scale
+
+
 def _link_addgrads(self, link):
     """Add each gradient of `link` to this link's parameter of the same name.
-    Chainer: Link.addgrads."""
+    Raises ValueError/TypeError naming the path and both shapes/dtypes for a
+    missing or misfitting parameter, before anything is added. Chainer: Link.addgrads."""
     theirs = dict(link.namedparams())
-    for name, param in self.namedparams():
-        param.addgrad(theirs[name])
+    pairs = []
+    for name, param in self.namedparams():        # every pair checked before the first add
+        if name not in theirs:
+            raise ValueError('addgrads: {} has no parameter {}; nothing was '
+                             'added'.format(type(link).__name__, name))
+        other = theirs[name]
+        if other.grad is not None:
+            _check_same_shape('addgrads', name, param.data, other.grad)
+            dtype = (param.data.dtype if param.data is not None else   # what initialize makes
+                     np.dtype(getattr(param.initializer, 'dtype', None) or config.dtype))
+            if other.grad.dtype != dtype:
+                raise TypeError('addgrads: the gradient of {} has dtype {} in the source but '
+                                'the parameter here {}; nothing was added'.format(
+                                    name, other.grad.dtype, dtype))
+        pairs.append((param, other))
+    for param, other in pairs:
+        param.addgrad(other)
 
 
 def _method_not_supported(qualified_name, reason_key):
@@ -15514,6 +15819,9 @@ def _method_not_supported(qualified_name, reason_key):
 
 
 Variable.addgrad = _variable_addgrad
+Variable.backward = _variable_backward
+Optimizer.update = _optimizer_update
+Optimizer.set_loss_scale = _optimizer_set_loss_scale
 Variable.copydata = _variable_copydata
 Variable.mean = _variable_mean
 Variable.raw_array = property(lambda self: self.data,

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import math
+import operator
 import os
 import re
 import socket
@@ -298,6 +299,62 @@ def test_variable_properties():
     with pytest.raises(TypeError):
         len(Variable(dev(np.array(1.0))))
     assert Variable(dev(np.array(2.5))).item() == 2.5
+
+
+# Python's protocols on a Variable: a comparison or truth test that answered
+# would be silently wrong (`if loss == 0:` compared objects, not values), so
+# each raises TypeError as in Chainer, or does what Chainer does.
+_COMPARISONS = {'==': lambda a, b: a == b, '!=': lambda a, b: a != b,
+                '<': lambda a, b: a < b, '<=': lambda a, b: a <= b,
+                '>': lambda a, b: a > b, '>=': lambda a, b: a >= b}
+
+
+@pytest.mark.parametrize('op', sorted(_COMPARISONS))
+@pytest.mark.parametrize('kind', ['vector', '0-dim', 'int', 'parameter', 'uninitialized'])
+def test_variable_comparisons_raise(op, kind):
+    v = {'vector': lambda: Variable(dev(np.zeros(3, np.float32))),
+         '0-dim': lambda: Variable(dev(np.array(0., np.float32))),
+         'int': lambda: Variable(dev(np.array([3], np.int32))),
+         'parameter': lambda: chainer.Parameter(dev(np.zeros(3, np.float32))),
+         'uninitialized': lambda: chainer.Parameter()}[kind]()
+    compare = _COMPARISONS[op]
+    for other in (0, 0.0, None, 'a', v, Variable(dev(np.zeros(3, np.float32))),
+                  dev(np.zeros(3, np.float32)), np.float32(0)):
+        with pytest.raises(TypeError) as info:
+            compare(v, other)
+        assert op in str(info.value) and '.array' in str(info.value)
+        with pytest.raises(TypeError):
+            compare(other, v)          # reflected, NumPy arrays on the left included
+
+
+def test_variable_truth_membership_iteration_and_numbers_raise_or_follow_chainer():
+    zeros = Variable(dev(np.zeros(3, np.float32)))
+    scalar = Variable(dev(np.array(1., np.float32)))
+    lazy = chainer.Parameter()
+    for v in (zeros, scalar, Variable(dev(np.ones(1, np.float32))), lazy):
+        with pytest.raises(TypeError) as info:
+            bool(v)                          # was True for zeros(3)
+        assert 'truth value' in str(info.value)
+        with pytest.raises(TypeError) as info:
+            0 in v                           # was False (an identity test)
+        assert '.array' in str(info.value)
+        for number in (int, float, complex, operator.index):
+            with pytest.raises(TypeError):
+                number(v)
+    with pytest.raises(TypeError) as info:
+        zeros in [Variable(dev(np.zeros(3, np.float32)))]    # compares with ==, as in Chainer
+    assert '==' in str(info.value)
+    for v in (scalar, lazy):
+        with pytest.raises(TypeError) as info:
+            iter(v)                          # 0-dim: was an empty iteration
+        with pytest.raises(TypeError):
+            len(v)                           # uninitialized: was AttributeError
+    items = list(zeros)                      # rows, as Variables of the graph (Chainer too)
+    assert len(items) == 3 and all(isinstance(x, Variable) and x.shape == () for x in items)
+    assert +zeros is zeros                   # Chainer's unary plus
+    # Hashed by identity, deliberately (Chainer's are unhashable): the graph
+    # and a user's dict keyed by parameter rely on it, and == never answers.
+    assert {zeros: 1}[zeros] == 1 and zeros in {zeros} and zeros in [zeros]
 
 
 def test_variable_repr_and_str():
@@ -591,6 +648,90 @@ def test_grad_accumulates_over_backward_calls():
     y.backward()
     y.backward()
     np.testing.assert_allclose(host(x.grad), 4 * np.exp(host(x)))
+
+
+def _loss_scaled_training(loss_scale, use_lossfun=False):
+    model = L.Linear(3, 2, initialW=np.linspace(-1, 1, 6).reshape(2, 3).astype(np.float32))
+    model.to_device(TEST_DEVICE)
+    optimizer = optimizers.MomentumSGD(lr=0.1).setup(model)
+    optimizer.add_hook(optimizer_hooks.WeightDecay(0.01))
+    optimizer.add_hook(optimizer_hooks.GradientClipping(0.5))
+    x = dev(np.ones((4, 3), np.float32))
+    grads = []
+    for _ in range(2):
+        if use_lossfun:
+            optimizer.set_loss_scale(loss_scale)
+            optimizer.update(lambda: F.sum(model(x) ** 2))
+        else:
+            model.cleargrads()
+            F.sum(model(x) ** 2).backward(loss_scale=loss_scale)
+            grads.append(host(model.W.grad).copy())
+            optimizer.update()
+    return host(model.W.data), grads
+
+
+def test_backward_loss_scale_scales_gradients_and_leaves_the_update_unchanged():
+    # backward(loss_scale=...), Chainer's, raised 'unexpected keyword argument'.
+    plain, plain_grads = _loss_scaled_training(None)
+    scaled, scaled_grads = _loss_scaled_training(8.0)
+    np.testing.assert_array_equal(scaled_grads[0], 8 * plain_grads[0])   # gradients scaled
+    # the update divides first, hooks included (Chainer's WeightDecay and
+    # GradientClipping see the scaled gradient: its weights differ by 0.045)
+    np.testing.assert_allclose(scaled, plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_loss_scaled_training(8.0, use_lossfun=True)[0], plain,
+                               rtol=1e-6, atol=1e-7)                       # set_loss_scale
+    p = chainer.Parameter(dev(np.array([1., 2.], np.float32)))
+    link = Link()
+    with link.init_scope():
+        link.p = p
+    optimizers.SGD(lr=1.0).setup(link)
+    F.sum(p * p).backward(loss_scale=4)
+    p.cleargrad()                             # forgets the scale with the gradient
+    F.sum(p * p).backward()
+    p.update()
+    np.testing.assert_allclose(host(p.data), [-1., -2.])                 # p - 1.0 * 2p
+    for bad in (0, -1.0, float('nan'), float('inf'), True, '8'):
+        with pytest.raises(ValueError, match='loss_scale'):
+            F.sum(p * p).backward(loss_scale=bad)
+
+
+def test_debug_mode_warns_of_a_gradient_accumulated_across_two_updates():
+    # Forgetting cleargrads() between steps adds each step's gradient to the
+    # last (as in Chainer, silently); in debug mode the update now says so.
+    model = L.Linear(3, 2).to_device(TEST_DEVICE)
+    optimizer = optimizers.SGD().setup(model)
+    x = dev(np.ones((1, 3), np.float32))
+
+    def steps(step):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for _ in range(3):
+                step()
+        return [str(w.message) for w in caught if 'added to since' in str(w.message)]
+
+    def forgetting():
+        F.sum(model(x)).backward()
+        optimizer.update()
+
+    def clearing():
+        model.cleargrads()
+        F.sum(model(x)).backward()
+        optimizer.update()
+
+    def setting():
+        model.W.grad = dev(np.ones((2, 3), np.float32))
+        model.b.grad = dev(np.ones(2, np.float32))
+        optimizer.update()
+
+    assert steps(forgetting) == []                # not in debug mode: nothing, as before
+    assert all('_grad_at_update' not in p.__dict__ for p in model.params())
+    with chainer.using_config('debug', True):
+        model.cleargrads()
+        messages = steps(forgetting)
+        assert len(messages) == 2 and '/W' in messages[0] and 'cleargrads()' in messages[0]
+        for fine in (clearing, setting, lambda: optimizer.update(lambda: F.sum(model(x)))):
+            model.cleargrads()
+            assert steps(fine) == []
 
 
 def test_retain_grad():
@@ -1706,6 +1847,24 @@ def test_cleargrads_zerograds():
     model.zerograds()
     assert all(p.grad is not None and not p.grad.any() and p.grad.shape == p.shape
                for p in model.params())
+
+
+def test_zerograds_before_the_first_forward_gives_zero_gradients():
+    # Chainer: zerograds() on a lazily shaped link means zeros once W has a
+    # shape; the first forward used to leave W.grad None.
+    x = dev(np.ones((1, 3), np.float32))
+    model = L.Linear(None, 2).to_device(TEST_DEVICE)
+    model.zerograds()
+    model(x)
+    assert model.W.grad is not None and model.W.grad.shape == (2, 3)
+    assert not host(model.W.grad).any() and isinstance(model.W.grad, xp.ndarray)
+    F.sum(model(x)).backward()            # zeros, then the gradient adds in
+    np.testing.assert_allclose(host(model.W.grad), np.ones((2, 3)))
+    lazy = L.Linear(None, 2)
+    lazy.zerograds()
+    lazy.cleargrads()                     # the later request wins, as in Chainer
+    lazy(dev(np.ones((1, 3), np.float32)))
+    assert lazy.W.grad is None
 
 
 def test_add_param_and_add_link():
@@ -5354,6 +5513,26 @@ def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
     np.testing.assert_array_equal(link.W.data, np.ones((3, 2)))
 
 
+@cpu_only('writes files')
+def test_load_npz_of_a_bare_model_into_its_classifier_names_the_child_to_load_into(tmp_path):
+    # The hint pointed to strict=False, which then failed too; it now leads to
+    # what works: loading into model.predictor (no path= can strip a prefix).
+    path = str(tmp_path / 'bare.npz')
+    saved = L.Linear(3, 2)
+    serializers.save_npz(path, saved)
+    classifier = L.Classifier(L.Linear(3, 2))
+    for strict in (True, False):
+        with pytest.raises(KeyError) as info:
+            serializers.load_npz(path, classifier, strict=strict)
+        assert 'strict=False to skip' not in str(info.value)
+        assert "load_npz(file, obj.predictor)" in str(info.value), str(info.value)
+    serializers.load_npz(path, classifier.predictor)           # what the hint says works
+    np.testing.assert_array_equal(classifier.predictor.W.data, saved.W.data)
+    chain_list = ChainList(ChainList(L.Linear(3, 2)))           # ChainList children: obj[0]
+    with pytest.raises(KeyError, match=r'load_npz\(file, obj\[0\]\[0\]\)'):
+        serializers.load_npz(path, chain_list)
+
+
 def test_issue12_lazy_linear_refuses_an_example_without_batch_axis():
     link = L.Linear(None, 3).to_device(TEST_DEVICE)
     with pytest.raises(ValueError, match=r'Linear: the input has shape \(4,\), with no batch axis'):
@@ -6084,8 +6263,62 @@ def test_two_variables_of_different_dtypes_still_raise():
 
 
 def test_numpy_scalar_constants_take_the_variable_dtype():
+    x = Variable(dev(np.array([1., 2.], np.float32)))
+    assert (x * np.float64(1.5)).dtype == np.float32        # Chainer casts, here too
     xi = Variable(dev(np.array([1, 2], np.int32)))
-    assert (xi * np.float64(1.5)).dtype == np.int32         # Chainer casts, here too
+    assert (xi * np.int64(3)).dtype == np.int32             # an integer constant stays exact
+
+
+_INT_MEETS_FLOAT = {
+    'python float': 1.5, 'numpy.float32': np.float32(1.5), 'numpy.float64': np.float64(0.5),
+    'numpy.float16': np.float16(2.0), 'float32 array': np.array([1.5, 2.5], np.float32),
+    '0-dim float64 array': np.array(0.5)}
+_OPERATORS = {'+': lambda a, b: a + b, '-': lambda a, b: a - b, '*': lambda a, b: a * b,
+              '/': lambda a, b: a / b, '**': lambda a, b: a ** b, 'F.add': F.add,
+              'F.sub': F.sub, 'F.mul': F.mul, 'F.div': F.div}
+
+
+@pytest.mark.parametrize('shape', [(2,), ()])
+@pytest.mark.parametrize('constant', sorted(_INT_MEETS_FLOAT))
+@pytest.mark.parametrize('operator_name', sorted(_OPERATORS))
+def test_an_integer_variable_meeting_any_float_raises(operator_name, constant, shape):
+    # One rule whatever form the float takes: `v * 1.5` raised, but
+    # `v * numpy.float32(1.5)` and `v + float32 array` truncated silently to
+    # int32 (as Chainer does, where the operator lets them through).
+    op, c = _OPERATORS[operator_name], _INT_MEETS_FLOAT[constant]
+    v = Variable(dev(np.full(shape, 3, np.int32)))
+    c = dev(c) if isinstance(c, np.ndarray) else c
+    for left, right in ((v, c), (c, v)):
+        with pytest.raises(TypeError) as info:
+            op(left, right)
+        assert 'int32' in str(info.value) and 'floating-point' in str(info.value)
+
+
+def test_every_function_given_an_integer_and_a_float_input_raises():
+    # The same rule beyond the operators: no function mixes int32 data with a
+    # float input by casting either (the mixed float dtypes that Chainer v7
+    # accepts are floats only).
+    vi = Variable(dev(np.array([[3, 4]], np.int32)))
+    ff = dev(np.array([[1.5, 2.5]], np.float32))
+    calls = {
+        'einsum': lambda: F.einsum('ij,ij->ij', vi, ff),
+        'tensordot': lambda: F.tensordot(vi, ff.T, 1),
+        'squared_difference': lambda: F.squared_difference(vi, ff),
+        'mean_squared_error': lambda: F.mean_squared_error(vi, ff),
+        'absolute_error': lambda: F.absolute_error(vi, ff),
+        'huber_loss': lambda: F.huber_loss(vi, ff, 1.0),
+        'average': lambda: F.average(vi, weights=ff[0], axis=1),
+        'where': lambda: F.where(dev(np.array([[True, False]])), vi, ff),
+        'maximum': lambda: F.maximum(vi, ff), 'minimum': lambda: F.minimum(vi, ff),
+        'scale': lambda: F.scale(vi, ff[0], axis=1), 'bias': lambda: F.bias(vi, ff[0], axis=1),
+        'fmod': lambda: F.fmod(vi, ff), 'arctan2': lambda: F.arctan2(vi, ff),
+        'matmul': lambda: F.matmul(vi, ff.T), 'linear': lambda: F.linear(vi, ff),
+        'concat': lambda: F.concat([vi, ff]), 'stack': lambda: F.stack([vi, ff]),
+        'add of three': lambda: F.add(vi, vi, ff), 'clip': lambda: F.clip(vi, 0.5, 3.5),
+        '@': lambda: vi @ ff.T, 'reflected @': lambda: ff.T @ vi}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match='int32'):
+            call()
 
 
 # ----- programs in the style of each Chainer era -----------------------------------
@@ -6172,6 +6405,142 @@ def test_variable_and_link_methods_chainer_programs_call():
         a.to_chx()
     with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
         one.add_hook(None)
+
+
+def _run_once(link, batch):
+    link.cleargrads()
+    F.sum(link(dev(np.ones((1, batch), np.float32)))).backward()
+    return link
+
+
+def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
+    # addgrads into a link that never ran: W takes the gradient's shape and
+    # its initializer's values (Chainer too); it had a grad but no data.
+    lazy, ran = L.Linear(None, 2).to_device(TEST_DEVICE), _run_once(
+        L.Linear(3, 2).to_device(TEST_DEVICE), 3)
+    lazy.addgrads(ran)
+    assert lazy.W.data is not None and lazy.W.shape == (2, 3)
+    assert np.isfinite(host(lazy.W.data)).all() and isinstance(lazy.W.data, xp.ndarray)
+    np.testing.assert_allclose(host(lazy.W.grad), host(ran.W.grad))
+    # ... and from a link that never ran: no gradient there, nothing added
+    before = host(ran.W.grad).copy()
+    ran.addgrads(L.Linear(None, 2))
+    np.testing.assert_allclose(host(ran.W.grad), before)
+    # copydata into a Parameter without data: it takes the source's shape
+    p = chainer.Parameter()
+    p.copydata(chainer.Parameter(dev(np.ones((2, 2), np.float32))))
+    np.testing.assert_allclose(host(p.data), np.ones((2, 2)))
+    # from one without data: Chainer copies the NaN it initializes; that is
+    # data destroyed, so it raises and changes nothing
+    q = chainer.Parameter(dev(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match='copydata: the source .*no data'):
+        q.copydata(chainer.Parameter())
+    np.testing.assert_allclose(host(q.data), [1., 1.])
+    # copyparams from a link that never ran into one with values: Chainer
+    # leaves them unchanged without a word; here it says so and changes nothing
+    target = L.Linear(3, 2).to_device(TEST_DEVICE)
+    kept = host(target.W.data).copy()
+    with pytest.raises(ValueError, match=r'copyparams: /W .*no data'):
+        target.copyparams(L.Linear(None, 2))
+    np.testing.assert_allclose(host(target.W.data), kept)
+    both_lazy = L.Linear(None, 2)
+    both_lazy.copyparams(L.Linear(None, 2))          # nothing to copy: fine
+    assert both_lazy.W.data is None
+    # count_params leaves out what has no shape, and says so (as Chainer)
+    with pytest.warns(UserWarning, match='/W .*not .*initialized'):
+        assert L.Linear(None, 2).count_params() == 2
+    # Parameter.update: the rule updates it; none (or no data): nothing
+    model = _run_once(L.Linear(3, 2).to_device(TEST_DEVICE), 3)
+    optimizers.SGD(lr=1.0).setup(model)
+    expected = host(model.W.data) - host(model.W.grad)
+    model.W.update()
+    np.testing.assert_allclose(host(model.W.data), expected, rtol=1e-6)
+    chainer.Parameter().update()
+    chainer.Parameter(dev(np.ones(2, np.float32))).update()
+    # cleargrads, to_device, copy, serialize, the optimizers and their hooks
+    # skip a parameter without data (Chainer's optimizers raise a RuntimeError)
+    lazy = L.Linear(None, 2)
+    lazy.cleargrads()
+    lazy.to_device(TEST_DEVICE)
+    assert lazy.copy().W.data is None and lazy.copy('init').W.data is None
+    optimizer = optimizers.Adam().setup(lazy)
+    optimizer.add_hook(optimizer_hooks.WeightDecay(0.1))
+    optimizer.add_hook(optimizer_hooks.GradientClipping(1.0))
+    optimizer.update()
+    assert lazy.W.data is None
+    path = str(tmp_path / 'lazy.npz')             # a file of a link that never ran
+    serializers.save_npz(path, lazy)
+    again, ran = L.Linear(None, 2), L.Linear(3, 2)
+    kept = ran.W.data.copy()
+    serializers.load_npz(path, again)
+    serializers.load_npz(path, ran)
+    assert again.W.data is None and np.array_equal(ran.W.data, kept)
+
+
+def _three_children(third_in, value=0.):
+    chain = Chain()
+    with chain.init_scope():
+        chain.a = L.Linear(2, 2, initialW=value)
+        chain.b = L.Linear(2, 2, initialW=value)
+        chain.c = L.Linear(third_in, 2, initialW=value)
+    for p in chain.params():
+        p.grad = np.full_like(p.data, value + 1)
+    return chain.to_device(TEST_DEVICE)
+
+
+@pytest.mark.parametrize('operation', ['copyparams', 'addgrads'])
+def test_operations_over_many_parameters_check_every_pair_before_acting(operation):
+    # The third child's W differs: the first two used to be overwritten (or
+    # added to) before NumPy's error, which named no parameter.
+    mine, theirs = _three_children(2), _three_children(3, value=5.)
+    before = {name: (host(p.data).copy(), host(p.grad).copy())
+              for name, p in mine.namedparams()}
+    with pytest.raises(ValueError) as info:
+        getattr(mine, operation)(theirs)
+    message = str(info.value)
+    assert operation in message and '/c/W' in message
+    assert '(2, 2)' in message and '(2, 3)' in message and 'nothing was' in message
+    for name, p in mine.namedparams():
+        np.testing.assert_array_equal(host(p.data), before[name][0])
+        np.testing.assert_array_equal(host(p.grad), before[name][1])
+    # a child missing in the source: named too, nothing changed
+    del theirs.c
+    with pytest.raises(ValueError, match=operation + r'.*/c/'):
+        getattr(mine, operation)(theirs)
+    np.testing.assert_array_equal(host(mine.a.W.data), before['/a/W'][0])
+
+
+def test_copyparams_persistents_and_addgrads_dtypes_are_checked_first():
+    mine, theirs = L.BatchNormalization(3), L.BatchNormalization(3)
+    theirs.avg_mean = np.ones(4, np.float32)          # a persistent of another shape
+    theirs.gamma.data[...] = 7
+    with pytest.raises(ValueError, match=r'copyparams: /avg_mean .*\(3,\).*\(4,\)'):
+        mine.copyparams(theirs)
+    assert (mine.gamma.data == 1).all()               # the parameters were not copied
+    mine.copyparams(theirs, copy_persistent=False)    # parameters only: fine
+    assert (mine.gamma.data == 7).all()
+    a = L.Linear(2, 2)
+    with chainer.using_config('dtype', np.float64):
+        b = L.Linear(2, 2)                            # a float64 twin
+    for link in (a, b):
+        for p in link.params():
+            p.grad = np.ones_like(p.data)
+    with pytest.raises(TypeError, match='addgrads: .*/W .*float64.*float32'):
+        a.addgrads(b)
+    assert (a.b.grad == 1).all()                      # /b was not added to
+
+
+def test_variable_addgrad_and_copydata_refuse_other_shapes():
+    # NumPy would broadcast a (3,) gradient or array into (2, 3) silently (Chainer does)
+    v = Variable(dev(np.zeros((2, 3), np.float32)), name='v')
+    w = Variable(dev(np.ones(3, np.float32)))
+    w.grad = dev(np.ones(3, np.float32))
+    v.grad = dev(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r'addgrad: v has shape \(2, 3\) here but \(3,\)'):
+        v.addgrad(w)
+    with pytest.raises(ValueError, match=r'copydata: v has shape \(2, 3\) here but \(3,\)'):
+        v.copydata(w)
+    assert not host(v.grad).any() and not host(v.data).any()
 
 # ----- issue 14: convolutional networks (convolution, pooling, batch normalization) -----
 # Reference values come three ways: loops written out here (a convolution is
@@ -7481,6 +7850,34 @@ def test_new_optimizer_matches_hand_formula(name):
     for step, (actual, want) in enumerate(zip(got, expected), start=1):
         np.testing.assert_allclose(actual, want, rtol=1e-12, atol=1e-15,
                                    err_msg='{} step {}'.format(name, step))
+
+
+_ALL_OPTIMIZERS = ['SGD', 'MomentumSGD', 'NesterovAG', 'CorrectedMomentumSGD', 'AdaGrad',
+                   'AdaDelta', 'RMSprop', 'RMSpropGraves', 'SMORMS3', 'MSVAG', 'Adam',
+                   'AMSGrad', 'AdamW', 'AdaBound', 'AMSBound']
+_ALL_HOOKS = [None, lambda: optimizer_hooks.WeightDecay(0.1), lambda: optimizer_hooks.Lasso(0.1),
+              lambda: optimizer_hooks.GradientClipping(0.1),
+              lambda: optimizer_hooks.GradientHardClipping(-0.1, 0.1),
+              lambda: optimizer_hooks.GradientLARS()]
+
+
+@pytest.mark.parametrize('name', _ALL_OPTIMIZERS)
+def test_every_optimizer_and_hook_updates_a_0_dim_parameter_as_a_1_element_one(name):
+    # MSVAG raised "'numpy.float32' object does not support item assignment";
+    # every hook raised "Variable.grad: must be an array", its 0-dim result a scalar
+    for hook in _ALL_HOOKS:
+        finals = []
+        for shape in ((), (1,)):
+            link = OneParam(np.full(shape, 0.5))
+            optimizer = getattr(optimizers, name)().setup(link)
+            if hook is not None:
+                optimizer.add_hook(hook())
+            for g in (0.3, -0.2, 0.1):
+                link.p.grad = dev(np.full(shape, g))
+                optimizer.update()
+            assert link.p.shape == shape and isinstance(link.p.data, xp.ndarray)
+            finals.append(float(host(link.p.data).ravel()[0]))
+        assert finals[0] == pytest.approx(finals[1], rel=1e-6), (name, hook)
 
 
 def test_adabound_cases_clip_at_both_bounds_and_amsbound_differs():
@@ -9108,6 +9505,70 @@ def test_gradient_cases_stay_float32(name):
     for x in xs:
         if x.dtype.kind == 'f' and x.grad is not None:
             assert x.grad.dtype == np.float32, name
+
+
+# ----- 0-dimensional data: every gradient case above, on 0-dim inputs -----
+# NumPy gives a 0-dim result as a scalar (numpy.float64, not an ndarray),
+# which a saved value, a gradient sum or a hook then trips over.  Each case
+# whose forward takes 0-dim inputs (most elementwise ones, the losses, the
+# reductions) must pass its gradient check there, with 0-dim ndarray grads.
+
+def _zero_dim(x):
+    return x.ravel()[:1].reshape(()).copy() if x.size else x
+
+
+def test_gradient_cases_on_0_dim_inputs():
+    ran, failed = [], []
+    for name, (func, xs) in sorted(_float32_cases().items()):
+        xs = [_zero_dim(x) for x in xs]
+        try:
+            with chainer.no_backprop_mode(), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                func(*[Variable(dev(x.copy())) for x in xs])
+        except (TypeError, ValueError, IndexError):     # (AxisError is both)
+            continue                       # needs axes (a batch, a matrix): refused, fine
+        ran.append(name)
+        try:
+            check(func, *[x.copy() for x in xs])
+            variables = [Variable(dev(x.copy())) for x in xs]
+            ys = func(*variables)
+            ys = ys if isinstance(ys, tuple) else (ys,)
+            F.sum(F.stack([F.sum(y) for y in ys])).backward()
+            for x in variables:
+                if x.grad is not None:
+                    assert isinstance(x.grad, xp.ndarray) and x.grad.shape == (), type(x.grad)
+        except Exception as error:         # collected, so that one run names them all
+            failed.append('{}: {}: {}'.format(name, type(error).__name__, error))
+    assert len(ran) > 90, len(ran)         # broad: most of the tables take 0-dim inputs
+    assert not failed, '\n'.join(failed)
+
+
+def test_functions_whose_forward_failed_on_0_dim_inputs():
+    x = Variable(dev(np.array(0.7)))
+    t = Variable(dev(np.array(0.2)))
+    # F.pad: "zero-size array to reduction operation minimum"; Chainer: x, gradient 1
+    for mode in ('constant', 'edge', 'reflect', 'wrap'):
+        y = F.pad(x, 0, mode)
+        assert y.shape == () and float(host(y)) == 0.7
+        check(lambda a: F.pad(a, 0, mode), np.array(0.7))
+    check(lambda a, b: F.mean_absolute_error(a, b), np.array(0.7), np.array(0.2))
+    assert float(host(F.mean_absolute_error(x, t))) == pytest.approx(0.5)
+    y = F.hstack([x, t])                      # as numpy.hstack: 0-dim inputs become (1,)
+    assert y.shape == (2,) and np.allclose(host(y), [0.7, 0.2])
+    check(lambda a, b: F.hstack([a, b]), np.array(0.7), np.array(0.2))
+    check(lambda a: F.einsum(',->', a, a), np.array(0.7))
+
+
+def test_a_0_dim_variable_used_twice_and_addgrad_keep_ndarray_gradients():
+    x = Variable(dev(np.array(0.5, np.float32)))
+    (x * x + x).backward()                    # the second contribution was a NumPy scalar
+    assert isinstance(x.grad, xp.ndarray) and float(host(x.grad)) == 2.0
+    w = Variable(dev(np.array(0.1, np.float32)))
+    w.grad = dev(np.array(1.0, np.float32))
+    x.addgrad(w)                              # raised: 'must be an array, not float32'
+    assert isinstance(x.grad, xp.ndarray) and float(host(x.grad)) == 3.0
+    x.grad = np.float32(4.0) if not ON_GPU else dev(np.array(4.0, np.float32))
+    assert x.grad.shape == () and float(host(x.grad)) == 4.0   # a NumPy scalar is taken as 0-dim
 
 
 # ----- Chainer names added: N-dimensional convolution and pooling -----
