@@ -10329,36 +10329,37 @@ class ConcatenatedDataset:
 
 
 def split_dataset_n(dataset, n, order=None):
-    """A list of n SubDatasets of dataset, of sizes differing by at most one,
-    in the given `order` (an index array; default the dataset's own order).
+    """A list of n SubDatasets of dataset, each of len(dataset) // n examples
+    (the last len(dataset) % n are in none, as Chainer documents), in the given
+    `order` (an index array; default the dataset's own order).
     Chainer: chainer.datasets.split_dataset_n."""
-    total = len(dataset)
-    bounds = [total * i // n for i in range(n + 1)]
-    return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
+    size = len(dataset) // n
+    return [SubDataset(dataset, size * i, size * (i + 1), order) for i in range(n)]
 
 
 def split_dataset_n_random(dataset, n, seed=None):
     """split_dataset_n over a random permutation of dataset, drawn from
-    numpy.random.RandomState(seed) (seed None: a fresh one).
+    numpy.random.RandomState(seed) (seed None: a fresh one); the same seed
+    picks the same examples as Chainer's.
     Chainer: chainer.datasets.split_dataset_n_random."""
     return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
 
 
 def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
-    """n_folds (train, test) pairs, fold i tested on the i-th part.  Chainer:
-    datasets.get_cross_validation_datasets."""
+    """n_folds (train, test) pairs of SubDatasets covering the dataset.  The
+    parts are len(dataset) * i // n_folds apart; as in Chainer, the first
+    pair tests on the LAST part and trains on the rest in order, and each
+    next pair rotates the order right by its test part, so pair k tests on
+    the k-th part from the end.  Chainer: datasets.get_cross_validation_datasets."""
     n_folds = kwargs.get('n_fold', n_folds)
-    if order is None:
-        order = np.arange(len(dataset))
-    order = np.asarray(order)
+    order = np.arange(len(dataset)) if order is None else np.asarray(order)
     total = len(dataset)
     bounds = [total * i // n_folds for i in range(n_folds + 1)]
     splits = []
-    for i in range(n_folds):
-        test = order[bounds[i]:bounds[i + 1]]
-        train = np.concatenate([order[:bounds[i]], order[bounds[i + 1]:]])
-        rolled = np.concatenate([train, test])     # train first, then the test fold
-        splits.append(split_dataset(dataset, len(train), rolled))
+    for i in reversed(range(n_folds)):
+        test_size = bounds[i + 1] - bounds[i]
+        splits.append(split_dataset(dataset, total - test_size, order))
+        order = np.roll(order, test_size)    # the test part moves to the front
     return splits
 
 

@@ -5841,13 +5841,43 @@ def test_dataset_helpers_follow_chainer():
     assert doubled[2] == 8 and doubled[:2] == [0, 2]
     d = chainer.datasets.DictDataset(x=np.arange(4), t=[5, 6, 7, 8])
     assert d[1] == {'x': 1, 't': 6} and d[0:2] == [{'x': 0, 't': 5}, {'x': 1, 't': 6}]
+    # As Chainer's documentation promises: len(dataset) // n examples each,
+    # the remainder left out (this test had asserted the old, covering split).
     parts = chainer.datasets.split_dataset_n(np.arange(10), 3)
-    assert [list(p[0:len(p)]) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert [list(p[0:len(p)]) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     folds = chainer.datasets.get_cross_validation_datasets(np.arange(6), 3)
     assert len(folds) == 3
     for i, (train, test) in enumerate(folds):
-        assert sorted(test[0:len(test)]) == [2 * i, 2 * i + 1]
+        assert sorted(test[0:len(test)]) == [4 - 2 * i, 5 - 2 * i]     # the last part first
         assert sorted(list(train[0:len(train)]) + list(test[0:len(test)])) == list(range(6))
+
+
+def test_split_dataset_n_and_cross_validation_pick_chainers_samples():
+    # The lists are what Chainer 7.8.1 returns for the same calls and seeds.
+    def items(subsets):
+        return [[int(v) for v in s[0:len(s)]] for s in subsets]
+    data = np.arange(10)
+    assert items(chainer.datasets.split_dataset_n(data, 4)) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert items(chainer.datasets.split_dataset_n(data, 11)) == [[]] * 11
+    assert items(chainer.datasets.split_dataset_n(data, 3, order=data[::-1])) == \
+        [[9, 8, 7], [6, 5, 4], [3, 2, 1]]
+    assert items(chainer.datasets.split_dataset_n_random(data, 3, seed=0)) == \
+        [[2, 8, 4], [9, 1, 6], [7, 3, 0]]
+    assert items(chainer.datasets.split_dataset_n_random(data, 4, seed=1)) == \
+        [[2, 9], [6, 4], [0, 3], [1, 7]]
+    folds = chainer.datasets.get_cross_validation_datasets(data, 3)
+    assert [items(f) for f in folds] == [[[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]],
+                                         [[6, 7, 8, 9, 0, 1, 2], [3, 4, 5]],
+                                         [[3, 4, 5, 6, 7, 8, 9], [0, 1, 2]]]
+    folds = chainer.datasets.get_cross_validation_datasets(data, 3, order=data[::-1])
+    assert [items(f) for f in folds] == [[[9, 8, 7, 6, 5, 4], [3, 2, 1, 0]],
+                                         [[3, 2, 1, 0, 9, 8, 7], [6, 5, 4]],
+                                         [[6, 5, 4, 3, 2, 1, 0], [9, 8, 7]]]
+    folds = chainer.datasets.get_cross_validation_datasets_random(data, 4, seed=0)
+    assert [items(f) for f in folds] == [[[2, 8, 4, 9, 1, 6, 7], [3, 0, 5]],
+                                         [[3, 0, 5, 2, 8, 4, 9, 1], [6, 7]],
+                                         [[6, 7, 3, 0, 5, 2, 8], [4, 9, 1]],
+                                         [[4, 9, 1, 6, 7, 3, 0, 5], [2, 8]]]
 
 
 @host_iterators
