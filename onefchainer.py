@@ -2970,12 +2970,19 @@ def squeeze(x, axis=None):
 
 def get_item(x, slices):
     """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
-    arrays, as NumPy indexes (a list of ints is taken as an integer array).
+    arrays, as NumPy indexes (a list is an array: of ints an integer index, of
+    bools a mask).
     The gradient of an element picked twice is the sum of both.
     Chainer: chainer.functions.get_item (also `x[...]` on a Variable).
     """
-    if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
-        slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
+    if isinstance(slices, list):
+        # As NumPy: a list is an array index, of bools a mask (True is an int
+        # to Python, so it must not become 1), of lists a 2-d index, [] empty.
+        index = np.asarray(slices)
+        if index.dtype.kind in 'biu':
+            slices = index
+        elif index.size == 0:
+            slices = index.astype(np.intp)
     return GetItem(slices)(x)
 
 

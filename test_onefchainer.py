@@ -1022,6 +1022,8 @@ GRAD_CASES = {
     'get_item_fancy_repeats': (lambda a: F.get_item(a, [0, 2, 0, 0]), [f64(3, 2)]),
     'get_item_fancy_array': (lambda a: a[np.array([1, 1, 0]), 1:], [f64(3, 4)]),
     'get_item_bool_mask': (lambda a: a[np.array([True, False, True])], [f64(3, 2)]),
+    'get_item_bool_list': (lambda a: F.get_item(a, [True, False, True]), [f64(3, 2)]),
+    'get_item_nested_list': (lambda a: F.get_item(a, [[0, 2], [2, 2]]), [f64(3, 2)]),
     # activations (data kept away from the kink at 0)
     'relu': (F.relu, [np.array([[-1.0, -0.3, 0.2], [0.7, -0.8, 1.5]])]),
     'leaky_relu': (lambda a: F.leaky_relu(a, slope=0.1), [np.array([[-1.0, -0.3, 0.2], [0.7, -0.8, 1.5]])]),
@@ -1053,6 +1055,31 @@ def test_gradient(name):
         # distinct values: no ties, so the max is differentiable
         xs = [rng(5).permutation(xs[0].size).reshape(xs[0].shape) * 0.1]
     check(func, *[x.copy() for x in xs])
+
+
+def test_get_item_means_what_numpy_means_for_every_index_form():
+    # Forward against NumPy's own indexing, backward against add.at of the
+    # same index (each element's gradient summed over its picks).
+    a = f64(2, 3, 4)
+    forms = [1, -1, (0, 1), slice(None, None, -1), (slice(None), slice(None, None, 2)),
+             (Ellipsis, 1), (None, 0), (None, Ellipsis, None), np.array([1, 0, 1]), [1, 0],
+             (slice(None), [0, 2, 0]), a[..., 0] > 0, a > 0.5, (np.array([0, 1]), np.array([1, 2])),
+             (np.array([[0], [1]]), slice(None), np.array([0, 3])), (0, slice(None), [1, 2]),
+             ([0, 1], Ellipsis, [1, 2]), np.int64(1), (slice(1, None), None, -1), (np.array(1),),
+             [True, False], np.array([False, True]), (slice(None), [True, False, True]),
+             (0, np.array([], np.int64)), [], [[0, 1], [1, 0]], (1, Ellipsis, None, [0, 0, 3]),
+             True, (Ellipsis, np.array([[1, 2], [3, 3]]))]
+    for index in forms:
+        x = Variable(dev(a.copy()))
+        y = F.get_item(x, index)
+        assert host(y).shape == a[index].shape, repr(index)
+        np.testing.assert_array_equal(host(y), a[index], err_msg=repr(index))
+        gy = f64(*a[index].shape, seed=3)
+        y.grad = dev(gy)
+        y.backward()
+        expected = np.zeros_like(a)
+        np.add.at(expected, index, gy)
+        np.testing.assert_array_equal(host(x.grad), expected, err_msg=repr(index))
 
 
 def test_gradient_check_also_checks_params():
