@@ -10107,6 +10107,41 @@ def _size_of_shape(shape):
 
 # --- Datasets ----------------------------------------------------------------
 
+def _example_positions(index, length, owner):
+    """What `index` means in NumPy for a dataset of `length` examples: an
+    int position (negative ones count from the end), or an array of them for
+    a slice, a list or array of ints, or a boolean mask of one entry per
+    example.  Raises IndexError (TypeError for other kinds of index) naming
+    `owner` and the index as given."""
+    if isinstance(index, slice):
+        return np.arange(*index.indices(length))
+    if isinstance(index, (list, np.ndarray)):
+        positions = np.asarray(index)
+        if positions.ndim == 0:
+            return _example_positions(positions.item(), length, owner)
+        if positions.dtype == np.bool_:
+            if positions.shape != (length,):
+                raise IndexError('{}: a boolean mask needs one entry per example, shape '
+                                 '({},), got shape {}'.format(owner, length, positions.shape))
+            return np.flatnonzero(positions)
+        if positions.size == 0:
+            return positions.astype(np.intp).reshape(-1)
+        if positions.ndim != 1 or positions.dtype.kind not in 'iu':
+            raise IndexError('{}: an index array must be 1-d, of ints or bools, got {!r}'
+                             .format(owner, index))
+        outside = (positions < -length) | (positions >= length)
+        if outside.any():
+            raise IndexError('{}: index {} out of range for length {} (in {})'.format(
+                owner, positions[outside][0], length, positions.tolist()))
+        return positions % length
+    if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+        if not -length <= index < length:
+            raise IndexError('{}: index {} out of range for length {}'.format(owner, index, length))
+        return int(index) % length
+    raise TypeError('{}: an index must be an int, a slice, a list or array of ints or a '
+                    'boolean mask, got {!r}'.format(owner, index))
+
+
 def _take_examples(dataset, indices):
     """Return the examples at `indices` (integers) as a list.
 
@@ -10178,11 +10213,10 @@ class SubDataset:
         return self._size
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            index = np.arange(*index.indices(self._size))
-        if not isinstance(index, (list, np.ndarray)):
-            return self._dataset[self._base_positions(index)]
-        return self._take(index)     # a list of examples, as in Chainer
+        positions = _example_positions(index, self._size, 'SubDataset')
+        if not isinstance(positions, np.ndarray):
+            return self._dataset[self._base_positions(positions)]
+        return self._take(positions)     # a list of examples, as in Chainer
 
     def _take(self, indices):
         positions = self._base_positions(np.asarray(indices, dtype=np.intp))
@@ -10227,10 +10261,12 @@ class DatasetMixin:
     int, a slice or a list of ints calls it.  Chainer: dataset.DatasetMixin."""
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.get_example(i) for i in range(*index.indices(len(self)))]
-        if isinstance(index, (list, np.ndarray)):
-            return [self.get_example(int(i)) for i in index]
+        # An int goes to get_example as given (as in Chainer: len is not needed)
+        if isinstance(index, (slice, list, np.ndarray)):
+            positions = _example_positions(index, len(self), type(self).__name__)
+            if isinstance(positions, np.ndarray):
+                return [self.get_example(i) for i in positions.tolist()]
+            index = positions
         return self.get_example(index)
 
     def __len__(self):
@@ -10303,8 +10339,11 @@ class TransformDataset:
         self._transform = transform
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+        if isinstance(index, (slice, list, np.ndarray)):
+            positions = _example_positions(index, len(self), 'TransformDataset')
+            if isinstance(positions, np.ndarray):     # one transform per example
+                return [self._transform(self._dataset[i]) for i in positions.tolist()]
+            index = positions
         return self._transform(self._dataset[index])
 
     def __len__(self):
@@ -10323,13 +10362,9 @@ class ConcatenatedDataset:
         return int(self._ends[-1]) if len(self._ends) else 0
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError('ConcatenatedDataset: index {} out of range for length {}'
-                             .format(index, len(self)))
+        index = _example_positions(index, len(self), 'ConcatenatedDataset')
+        if isinstance(index, np.ndarray):
+            return [self[i] for i in index.tolist()]
         which = int(np.searchsorted(self._ends, index, side='right'))
         start = 0 if which == 0 else int(self._ends[which - 1])
         return self._datasets[which][index - start]

@@ -3035,6 +3035,51 @@ def test_sub_dataset():
 
 
 @host_datasets
+def test_datasets_take_chainers_index_forms_with_numpys_meaning():
+    # ints (negative ones count from the end), slices with steps, lists and
+    # arrays of ints, 0-dim arrays and boolean masks, on every dataset class;
+    # lists, arrays and masks give a list of examples (TupleDataset and
+    # DictDataset pass the index to each column, as in Chainer).
+    base = np.arange(10) * 1.5
+    mask = np.arange(10) % 3 == 0
+
+    class Base(chainer.dataset.DatasetMixin):
+        def __len__(self):
+            return 10
+
+        def get_example(self, i):
+            return base[i]
+
+    datasets = {
+        'SubDataset': (chainer.datasets.SubDataset(base, 0, 10), base),
+        'SubDataset order': (chainer.datasets.SubDataset(base, 0, 10, order=np.arange(10)[::-1]),
+                             base[::-1]),
+        'ConcatenatedDataset': (chainer.datasets.ConcatenatedDataset(base[:4], base[4:]), base),
+        'TransformDataset': (chainer.datasets.TransformDataset(base, lambda v: v), base),
+        'DatasetMixin': (Base(), base),
+    }
+    for name, (dataset, expected) in datasets.items():
+        for index in (0, -1, -7, 9, np.int64(2), np.array(3)):
+            assert dataset[index] == expected[index], (name, index)
+        for index in (slice(1, 4), slice(None, None, -2), [0, 2], [-1, 0], np.array([1, 3]),
+                      [], mask, list(mask)):
+            got = dataset[index]
+            assert isinstance(got, list), (name, index)
+            assert got == list(expected[np.asarray(index, dtype=None if len(index) else int)]
+                               if not isinstance(index, slice) else expected[index]), (name, index)
+        for index in (10, -11, [0, 10], np.array([-11])):
+            with pytest.raises(IndexError, match=re.escape(str(index if np.ndim(index) == 0
+                                                               else np.asarray(index).tolist()))):
+                dataset[index]
+        with pytest.raises(IndexError, match=r'mask.*\(10,\).*\(2,\)'):
+            dataset[np.array([True, False])]
+    for columns in (chainer.TupleDataset(base, base * 2), chainer.datasets.DictDataset(a=base)):
+        for index in ([0, 2], np.array([1, 3]), mask, np.array(3), -1):
+            first = columns[index][0] if isinstance(columns[index], tuple) else columns[index]['a']
+            np.testing.assert_array_equal(first, base[index])
+
+
+@host_datasets
 def test_sub_dataset_errors():
     with pytest.raises(ValueError, match='finish=11, len.dataset.=10'):
         chainer.SubDataset(list(range(10)), 0, 11)
