@@ -9974,55 +9974,148 @@ class DictSummary:
 #
 #     (f(x + eps) - f(x - eps)) / (2 eps)
 #
-# so nudging each input element both ways and watching the outputs gives a
-# numerical gradient to compare with the one backward computes.  Do it in
-# float64, where eps=1e-3 gives errors around 1e-7.
+# so nudging the inputs both ways and watching the outputs gives a numerical
+# derivative to compare with the one backward computes.  Nudging each element
+# in turn (numerical_grad) costs two forward passes per element: hours for a
+# large input.  check_backward, as Chainer's, nudges all of them at once along
+# one random direction d instead: the derivative of t -> f(x + t d) at t = 0
+# must be gx . d, the dot product of backward's gradient with d.  A wrong
+# gradient would have to be wrong exactly orthogonally to a random d to pass.
 
-def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
+class NondifferentiableError(Exception):
+    """Raised by numerical_grad and check_backward with
+    detect_nondifferentiable=True when f has a kink, jump or change of
+    finiteness within eps of the point. Chainer: gradient_check.NondifferentiableError.
+    """
+
+
+def _central_difference(outputs_at, grad_outputs, eps, detect_nondifferentiable=False,
+                        diff_atol=0, diff_rtol=1e-2, where='x'):
+    """The derivative at t = 0 of sum(outputs_at(t) * grad_outputs), in float64.
+    outputs_at(t): a list of arrays.  Two points (t = -eps, +eps) by default;
+    with detect_nondifferentiable five (-eps, -eps/2, 0, eps/2, eps), which are
+    first checked to lie on one smooth curve (see _check_smooth), and the
+    derivative is the five-point one, exact up to eps**4."""
+    if not detect_nondifferentiable:
+        samples = [outputs_at(-eps), outputs_at(eps)]
+        weights = (-1.0 / (2 * eps), 1.0 / (2 * eps))
+    else:
+        samples = [outputs_at(t) for t in (-eps, -eps / 2, 0.0, eps / 2, eps)]
+        _check_smooth(samples, eps, diff_atol, diff_rtol, where)
+        samples = samples[:2] + samples[3:]
+        weights = tuple(w / (6 * eps) for w in (1.0, -8.0, 8.0, -1.0))
+    total = 0
+    for i, gy in enumerate(grad_outputs):
+        if gy is None:
+            continue
+        change = sum(w * ys[i] for w, ys in zip(weights, samples))
+        total = total + (change * gy.astype(np.float64, copy=False)).sum()
+    return total
+
+
+def _check_smooth(samples, eps, diff_atol, diff_rtol, where):
+    # Five samples of a function differentiable at t = 0 lie on a parabola,
+    # up to eps**3: an output whose samples change finiteness, or miss their
+    # least-squares parabola by more than diff_atol + diff_rtol * their
+    # spread (root mean square), crosses a kink or a jump.
+    t = np.vander(np.arange(5.0) - 2, 3)
+    for i in range(len(samples[0])):
+        stack = _to_cpu(_xp(samples[0][i]).stack([ys[i] for ys in samples])).reshape(5, -1)
+        if stack.size == 0:
+            continue
+        finite = np.isfinite(stack)
+        problem = None
+        if (finite != finite[:1]).any():
+            problem = 'turns non-finite'
+        elif finite.all():
+            fit, _, _, _ = np.linalg.lstsq(t, stack, rcond=None)
+            misfit = np.sqrt(((t @ fit - stack) ** 2).mean(axis=0))
+            spread = stack.max(axis=0) - stack.min(axis=0)
+            if ((misfit > diff_atol + diff_rtol * spread) & (spread > 0)).any():
+                problem = 'has a kink or jump'
+        if problem:
+            raise NondifferentiableError(
+                'numerical gradient: output {} {} within eps={} of the point, moving {}; '
+                'samples at -eps, -eps/2, 0, eps/2, eps:\n{}'.format(
+                    i, problem, eps, where, stack[:, :8]))
+
+
+def numerical_grad(f, inputs, grad_outputs, eps=1e-3, detect_nondifferentiable=False,
+                   diff_atol=0, diff_rtol=1e-2, center_outputs=None):
     """Numerical gradients of sum(f() * grad_outputs) w.r.t. each array in
     `inputs`, by central differences (f(x + eps) - f(x - eps)) / (2 eps) taken
-    element by element. f takes no arguments, reads the arrays of `inputs`
-    (modified and restored in place) and returns a sequence of arrays;
-    grad_outputs: one array (or None) per output. eps default 1e-3. Returns a
-    tuple of arrays shaped like the inputs. Raises ValueError unless eps > 0.
+    element by element (two calls of f per element). f takes no arguments,
+    reads the arrays of `inputs` (modified and restored in place) and returns
+    a sequence of arrays; grad_outputs: one array (or None) per output. eps
+    default 1e-3. detect_nondifferentiable (default False): sample five
+    points per element and raise NondifferentiableError where they are not
+    on one smooth curve (tolerance diff_atol + diff_rtol * their spread).
+    center_outputs is accepted and ignored (as in Chainer). Returns a tuple
+    of float64 arrays shaped like the inputs. Raises ValueError unless eps > 0.
     Chainer: chainer.gradient_check.numerical_grad.
     """
     if eps <= 0:
         raise ValueError('numerical_grad: eps must be positive, got {}'.format(eps))
     grads = []
-    for x in inputs:
-        gx = _xp(x).zeros_like(x)
+    for k, x in enumerate(inputs):
+        gx = _xp(x).zeros(x.shape, np.float64)
         for index in np.ndindex(*x.shape):
             original = x[index].copy()
-            x[index] = original + eps
-            plus = [_xp(y).array(y, copy=True) for y in f()]
-            x[index] = original - eps
-            minus = [_xp(y).array(y, copy=True) for y in f()]
-            x[index] = original
-            total = 0
-            for yp, ym, gy in zip(plus, minus, grad_outputs):
-                if gy is not None:
-                    total = total + ((yp - ym) * gy).sum()
-            gx[index] = total / (2 * eps)
+
+            def outputs_at(t):
+                x[index] = original + t
+                try:
+                    return [_xp(y).array(y, dtype=np.float64) for y in f()]
+                finally:
+                    x[index] = original
+            gx[index] = _central_difference(outputs_at, grad_outputs, eps,
+                                            detect_nondifferentiable, diff_atol, diff_rtol,
+                                            'input {} at {}'.format(k, index))
         grads.append(gx)
     return tuple(grads)
 
 
+def _random_direction(shapes):
+    """Arrays of `shapes` (host NumPy, float64) together of length 1, drawn
+    at random from a fixed seed: the same direction on every run, and the
+    global numpy.random stream (which the code under test may use) is left
+    alone.  Each element gets at least 1/10 of an even share, so no element
+    can be left out of the check."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    total = sum(sizes)
+    d = np.random.RandomState(21).normal(size=total)
+    if total:
+        d = np.copysign(np.sqrt(0.99 * d * d / (d * d).sum() + 0.01 / total), d)
+    parts = np.split(d, np.cumsum(sizes)[:-1]) if sizes else []
+    return [part.reshape(shape) for part, shape in zip(parts, shapes)]
+
+
 def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
-                   rtol=1e-4, no_grads=None, dtype=None):
+                   rtol=1e-4, no_grads=None, dtype=None, detect_nondifferentiable=False,
+                   elementwise=False):
     """Assert that the backward of `func` matches numerical gradients.
 
     func: takes Variables, returns a Variable or a tuple. x_data: an array or a
     tuple of arrays (integer ones, such as labels, are not differentiated
     unless no_grads says otherwise). y_grad: the output gradient(s), or None
-    for a single-valued output. params: Parameters used by func, also checked.
-    eps default 1e-3; passes when allclose(backward, numerical, atol=1e-5,
-    rtol=1e-4) by default. dtype: cast float inputs and params first.
-    Raises AssertionError naming the input or parameter that differs, and
-    ValueError for y_grad None with a non-scalar output.
+    for a single-valued output. params: a Parameter or a sequence of them,
+    used by func, also checked. eps default 1e-3; dtype: cast float inputs
+    and params first. As in Chainer, the check is along one random direction
+    d (drawn from a fixed seed, unlike Chainer's from numpy.random, so the
+    check never moves the caller's random stream) over all checked inputs and
+    params: the numerical
+    derivative of t -> func(x + t d) must match sum(gx * d) within
+    allclose(atol=1e-5, rtol=1e-4) by default; it costs a few forward passes
+    whatever the size.  elementwise=True (not in Chainer) compares every
+    element's numerical gradient instead, two forward passes per element.
+    detect_nondifferentiable (default False): raise NondifferentiableError
+    when func has a kink or jump within eps of x (five samples per derivative).
+    Raises AssertionError naming the input or parameter whose gradient is
+    wrong, and ValueError for y_grad None with a non-scalar output.
     Chainer: chainer.gradient_check.check_backward.
     """
     xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
+    params = (params,) if isinstance(params, Variable) else tuple(params)  # one Parameter: a 1-tuple
     if dtype is not None:
         xs = tuple(x.astype(dtype) if x.dtype.kind == 'f' else x for x in xs)
         for p in params:
@@ -10048,22 +10141,75 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
     _backprop(list(ys), retain_grad=False)
 
     checked = [v for v in variables if v.requires_grad] + list(params)
-    def f():
+    names = ['input {}'.format(i) for i, v in enumerate(variables) if v.requires_grad] + \
+        ['parameter {!r}'.format(p.name) for p in params]
+    backward = [_to_cpu(v.grad) if v.grad is not None else np.zeros(v.shape, v.dtype)
+                for v in checked]
+
+    def outputs():
         with no_backprop_mode():
             out = func(*[Variable(v.data) for v in variables])
-        return [y.data for y in (out if isinstance(out, tuple) else (out,))]
-    numeric = numerical_grad(f, [v.data for v in checked], y_grads, eps)
-    for i, (v, expected) in enumerate(zip(checked, numeric)):
-        actual = v.grad if v.grad is not None else _xp(v.data).zeros_like(v.data)
-        actual, expected = _to_cpu(actual), _to_cpu(expected)
-        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol, rtol=rtol):
-            what = 'input {}'.format(i) if i < len(checked) - len(params) else \
-                'parameter {!r}'.format(v.name)
-            raise AssertionError(
-                'check_backward: the gradient of {} does not match the numerical one '
-                '(max abs error {:.3g}, atol={}, rtol={})\nbackward:\n{}\nnumerical:\n{}'
-                .format(what, float(np.abs(actual - expected).max()) if actual.shape
-                        == expected.shape else float('inf'), atol, rtol, actual, expected))
+        return [_xp(y.data).array(y.data, dtype=np.float64)
+                for y in (out if isinstance(out, tuple) else (out,))]
+
+    if elementwise:
+        numeric = numerical_grad(outputs, [v.data for v in checked], y_grads, eps,
+                                 detect_nondifferentiable, diff_rtol=rtol)
+        for name, actual, expected in zip(names, backward, numeric):
+            expected = _to_cpu(expected)
+            if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol,
+                                                                 rtol=rtol):
+                raise AssertionError(
+                    'check_backward: the gradient of {} does not match the numerical one '
+                    '(max abs error {:.3g}, atol={}, rtol={})\nbackward:\n{}\nnumerical:\n{}'
+                    .format(name, float(np.abs(actual - expected).max()) if actual.shape
+                            == expected.shape else float('inf'), atol, rtol, actual, expected))
+        return
+
+    for name, actual, v in zip(names, backward, checked):
+        if actual.shape != v.shape:
+            raise AssertionError('check_backward: the gradient of {} has shape {}, the {} '
+                                 'has shape {}'.format(name, actual.shape, name, v.shape))
+    directions = _random_direction([v.shape for v in checked])
+    originals = [v.data for v in checked]
+    on_device = [_xp(x).asarray(d) for x, d in zip(originals, directions)]
+
+    def along(moved):
+        # The numerical derivative of func along the direction, moving only
+        # the checked variables in `moved`, and backward's (sum of gx . d).
+        def outputs_at(t):
+            for k in moved:
+                x = originals[k]
+                checked[k].data = _xp(x).asarray(x.astype(np.float64) + t * on_device[k],
+                                                 dtype=x.dtype)     # (0-dim stays an array)
+            try:
+                return outputs()
+            finally:
+                for k in moved:
+                    checked[k].data = originals[k]
+        numeric = float(_central_difference(
+            outputs_at, y_grads, eps, detect_nondifferentiable, 0, rtol,
+            'along a random direction of ' + ', '.join(names[k] for k in moved)))
+        analytic = float(sum((backward[k].astype(np.float64) * directions[k]).sum()
+                             for k in moved))
+        return numeric, analytic
+
+    numeric, analytic = along(range(len(checked)))
+    if np.isclose(analytic, numeric, atol=atol, rtol=rtol):
+        return
+    # Which one is wrong?  The same check with one variable moved at a time.
+    wrong = []
+    for k in range(len(checked)):
+        numeric_k, analytic_k = along([k])
+        if not np.isclose(analytic_k, numeric_k, atol=atol, rtol=rtol):
+            wrong.append('{} (numerical {:.6g}, backward {:.6g})'.format(
+                names[k], numeric_k, analytic_k))
+    raise AssertionError(
+        'check_backward: the gradient of {} does not match the numerical one along a '
+        'random direction d: numerical derivative {:.6g}, backward sum(gx * d) {:.6g} '
+        '(atol={}, rtol={}, eps={}); elementwise=True compares every element'.format(
+            ', '.join(wrong) or 'all inputs and parameters together', numeric, analytic,
+            atol, rtol, eps))
 
 
 def force_array(x, dtype=None):
@@ -15221,10 +15367,6 @@ _not_supported(
 
 
 # ----- chainer.gradient_check, chainer.utils, chainer.computational_graph ------
-
-class NondifferentiableError(Exception):
-    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
-
 
 def assert_allclose(x, y, atol=1e-5, rtol=1e-4, verbose=True):
     """numpy.testing.assert_allclose on arrays from either device.

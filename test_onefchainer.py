@@ -1098,6 +1098,70 @@ def test_gradient_check_also_checks_params():
                                       dev(f64(3)), dev(f64(3, seed=5)), params=(w,))
 
 
+class OneElementWrong(Function):
+    """y = x * x with backward wrong in one element only (by 0.1, an edge
+    case's forgotten term)."""
+
+    def forward(self, inputs):
+        return inputs[0] * inputs[0],
+
+    def backward(self, inputs, grad_outputs):
+        gx = 2 * inputs[0] * grad_outputs[0]
+        gx[(1,) * gx.ndim] += 0.1
+        return gx,
+
+
+def test_check_backward_is_directional_and_its_cost_does_not_grow_with_the_input():
+    # Chainer's own tests check a (300000, 2) input; element by element that
+    # took hours, along one random direction it is a few forward passes.
+    x = f64(300000, 2)
+    started = time.perf_counter()
+    gradient_check.check_backward(lambda v: v * v, dev(x), dev(f64(300000, 2, seed=1)))
+    assert time.perf_counter() - started < 2.0
+    # One direction still catches one element in 2000 off by 0.1 (each
+    # element has at least a tenth of an even share of the direction), by
+    # default and element by element; either way the input is named.
+    for shape in ((3, 4), (50, 40)):
+        for elementwise in (False, True):
+            if elementwise and shape == (50, 40):
+                continue
+            with pytest.raises(AssertionError, match='input 0'):
+                gradient_check.check_backward(lambda v: OneElementWrong()(v), dev(f64(*shape)),
+                                              dev(f64(*shape, seed=1)), elementwise=elementwise)
+    gradient_check.check_backward(lambda v: v * v, dev(f64(3, 4)), dev(f64(3, 4, seed=1)),
+                                  elementwise=True)
+
+
+def test_check_backward_takes_chainers_argument_forms():
+    # A single Parameter as params is a 1-tuple, as in Chainer (it had been
+    # iterated over, row by row, and reported a false mismatch).
+    W = chainer.Parameter(dev(f64(2, 3, seed=1)))
+    b = chainer.Parameter(dev(f64(2, seed=2)))
+    gradient_check.check_backward(lambda v: F.linear(v, W, b), dev(f64(4, 3)),
+                                  dev(f64(4, 2, seed=3)), W)
+    gradient_check.check_backward(lambda v: F.linear(v, W, b), dev(f64(4, 3)),
+                                  dev(f64(4, 2, seed=3)), [W, b])
+    # detect_nondifferentiable: relu at 0 has a kink, away from 0 it is smooth
+    at_kink = np.array([[0.0, 0.5], [-0.5, 1.0]])
+    with pytest.raises(gradient_check.NondifferentiableError, match='kink'):
+        gradient_check.check_backward(F.relu, dev(at_kink), dev(f64(2, 2)),
+                                      detect_nondifferentiable=True)
+    with pytest.raises(gradient_check.NondifferentiableError):
+        gradient_check.check_backward(F.relu, dev(at_kink), dev(f64(2, 2)),
+                                      detect_nondifferentiable=True, elementwise=True)
+    gradient_check.check_backward(F.relu, dev(at_kink + 0.25), dev(f64(2, 2)),
+                                  detect_nondifferentiable=True)
+    # a jump to infinity (log at 0) is one too
+    near_zero, smooth = dev(np.array([0.0005, 1.0])), dev(np.array([0.3, 1.0]))
+    with np.errstate(divide='ignore'), \
+            pytest.raises(gradient_check.NondifferentiableError, match='non-finite'):
+        gradient_check.numerical_grad(lambda: (np.log(np.abs(near_zero)),), (near_zero,),
+                                      (dev(np.ones(2)),), detect_nondifferentiable=True)
+    g, = gradient_check.numerical_grad(lambda: (np.cos(smooth),), (smooth,),
+                                       (dev(np.ones(2)),), detect_nondifferentiable=True)
+    np.testing.assert_allclose(host(g), -np.sin([0.3, 1.0]), rtol=1e-10)  # five points: eps**4
+
+
 def test_gradient_check_with_dtype_option():
     # float32 data checked in float64, as Chainer's dtype= argument does.  A
     # cubic's central difference is off by eps^2 x: in float64 that is within
