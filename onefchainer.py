@@ -766,8 +766,12 @@ class Link:
         object.__setattr__(self, '_persistent', [])
         object.__setattr__(self, '_within_init_scope', False)
         self.name = None
-        for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
-            self.add_param(name, shape)
+        for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form,
+            dtype = np.float32                  # or Link(W=((3, 2), 'd')) with a dtype
+            if isinstance(shape, tuple) and len(shape) == 2 and \
+                    not isinstance(shape[1], (int, np.integer)):
+                shape, dtype = shape
+            self.add_param(name, shape, dtype)
 
     @contextlib.contextmanager
     def init_scope(self):
@@ -9867,6 +9871,8 @@ class Summary:
         """
         if isinstance(value, Variable):
             value = value.data
+        if isinstance(weight, Variable):     # a 0-dim Variable, as Chainer takes
+            weight = weight.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
             # On the GPU: both sums in one launch, in float64, on the device.
             if not isinstance(self._x, _array_types):
@@ -9884,7 +9890,7 @@ class Summary:
         Chainer: chainer.reporter.Summary.compute_mean.
         """
         _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
-        return float(self._x) / self._n if self._n else float('nan')
+        return float(float(self._x) / self._n) if self._n else float('nan')
 
     def make_statistics(self):
         """(mean, standard deviation) of the added values, floats.
@@ -9920,6 +9926,11 @@ class DictSummary:
             weight = 1
             if isinstance(value, tuple) and len(value) == 2:
                 value, weight = value
+                if isinstance(weight, Variable):
+                    weight = weight.data
+                if np.ndim(weight) != 0:
+                    raise ValueError('DictSummary.add: the weight of {!r} must be a scalar, '
+                                     'got shape {}'.format(key, np.shape(weight)))
             if isinstance(value, Variable):
                 value = value.data
             if isinstance(value, (int, float, np.number)) or \

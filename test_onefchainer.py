@@ -1737,6 +1737,16 @@ def test_add_param_and_add_link():
     assert old.W.shape == (3, 2)
 
 
+def test_link_takes_parameters_as_shape_and_dtype_pairs():
+    # Chainer's Link(x=((2, 3), 'd')): a parameter given as (shape, dtype)
+    link = Link(x=((2, 3), 'd'), y=(4,), z=3, h=((), np.float16), w=(2, np.dtype('float64')))
+    assert (link.x.shape, link.x.dtype) == ((2, 3), np.float64)
+    assert (link.y.shape, link.y.dtype) == ((4,), np.float32)
+    assert (link.z.shape, link.z.dtype) == ((3,), np.float32)
+    assert (link.h.shape, link.h.dtype) == ((), np.float16)
+    assert (link.w.shape, link.w.dtype) == ((2,), np.float64)
+
+
 def test_link_copy_share_copy_init():
     np.random.seed(0)
     model = L.Classifier(ChainList(L.Linear(3, 4), L.Linear(4, 2))).to_device(TEST_DEVICE)
@@ -2758,6 +2768,15 @@ def test_dict_summary_statistics():
     weighted.add({'w': (2.0, 3)})
     weighted.add({'w': (6.0, 1)})
     assert weighted.compute_mean()['w'] == pytest.approx((2 * 3 + 6) / 4)
+    # weights as Chainer takes them: ints, floats, 0-dim arrays and Variables
+    forms = reporter.DictSummary()
+    forms.add({'w': (np.float32(2.0), np.array(3)), 'v': (Variable(np.array(1.0)), 2.0)})
+    forms.add({'w': (6.0, Variable(np.array(1.0))), 'v': (4.0, np.float64(1))})
+    means = forms.compute_mean()
+    assert means == {'w': pytest.approx(3.0), 'v': pytest.approx(2.0)}
+    assert all(type(m) is float for m in means.values())
+    with pytest.raises(ValueError, match="weight of 'w'.*\\(2,\\)"):
+        forms.add({'w': (1.0, np.ones(2))})
     s = reporter.Summary()
     assert math.isnan(s.compute_mean())
     s.add(np.float32(3.0))
