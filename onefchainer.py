@@ -766,12 +766,8 @@ class Link:
         object.__setattr__(self, '_persistent', [])
         object.__setattr__(self, '_within_init_scope', False)
         self.name = None
-        for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form,
-            dtype = np.float32                  # or Link(W=((3, 2), 'd')) with a dtype
-            if isinstance(shape, tuple) and len(shape) == 2 and \
-                    not isinstance(shape[1], (int, np.integer)):
-                shape, dtype = shape
-            self.add_param(name, shape, dtype)
+        for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
+            self.add_param(name, *_shape_and_dtype(shape))
 
     @contextlib.contextmanager
     def init_scope(self):
@@ -5799,6 +5795,16 @@ def generate_array(initializer, shape, xp, dtype=None, device=None):
                          'shape {}'.format(initializer.fill_value.shape, tuple(shape)))
     initializer(array)
     return array
+
+
+def _shape_and_dtype(value):
+    """(shape, dtype) of a parameter given to Link(**params) as Chainer takes
+    it: a shape (an int, a tuple of ints or None; float32), or a pair
+    (shape, dtype) such as ((2, 3), 'd')."""
+    if isinstance(value, tuple) and len(value) == 2 and \
+            not isinstance(value[1], (int, np.integer)):
+        return value
+    return value, np.float32
 
 
 @_continue_class(Link)
