@@ -8965,6 +8965,21 @@ class CorrectedMomentumSGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum)
 
 
+def _step_in_float32(step, data, grad, *state):
+    """Run step(data, grad, *state), which updates data and the state arrays
+    in place (CPU).  A float16 parameter is stepped in float32 copies that are
+    stored back, as Chainer's Adam does: in float16 the eps of these rules
+    (1e-8, 1e-16) rounds to 0, and an entry whose gradient has always been 0
+    would step by 0 / 0 = NaN.  The state stays float16, as in Chainer.
+    (The GPU kernels still compute in the parameter's dtype.)"""
+    if data.dtype != np.float16:
+        return step(data, grad, *state)
+    wide = [a.astype(np.float32) for a in (data, grad) + state]
+    step(*wide)
+    for narrow, value in zip((data,) + state, wide[:1] + wide[2:]):
+        narrow[...] = value
+
+
 class AdaGradRule(UpdateRule):
     """Update rule of AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
     State: h. Chainer: chainer.optimizers.ada_grad.AdaGradRule.
@@ -8976,8 +8991,10 @@ class AdaGradRule(UpdateRule):
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
         if not isinstance(param.data, np.ndarray):
             return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
-        h += grad * grad
-        param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
+        def step(data, grad, h):
+            h += grad * grad
+            data -= hp.lr * grad / (np.sqrt(h) + hp.eps)
+        _step_in_float32(step, param.data, grad, h)
 
 
 class AdaGrad(Optimizer):
@@ -9009,12 +9026,14 @@ class AdaDeltaRule(UpdateRule):
         if xp is not np:
             return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
                                  param.data, msg, msdx)
-        msg *= hp.rho
-        msg += (1 - hp.rho) * grad * grad
-        dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
-        msdx *= hp.rho
-        msdx += (1 - hp.rho) * dx * dx
-        param.data -= dx
+        def step(data, grad, msg, msdx):
+            msg *= hp.rho
+            msg += (1 - hp.rho) * grad * grad
+            dx = np.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
+            msdx *= hp.rho
+            msdx += (1 - hp.rho) * dx * dx
+            data -= dx
+        _step_in_float32(step, param.data, grad, msg, msdx)
 
 
 class AdaDelta(Optimizer):
@@ -9043,11 +9062,12 @@ class RMSpropRule(UpdateRule):
         if not isinstance(param.data, np.ndarray):
             return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
                                  bool(hp.eps_inside_sqrt), param.data, ms)
-        ms *= hp.alpha
-        ms += (1 - hp.alpha) * grad * grad
-        xp = _xp(ms)
-        denom = xp.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else xp.sqrt(ms) + hp.eps
-        param.data -= hp.lr * grad / denom
+        def step(data, grad, ms):
+            ms *= hp.alpha
+            ms += (1 - hp.alpha) * grad * grad
+            denom = np.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else np.sqrt(ms) + hp.eps
+            data -= hp.lr * grad / denom
+        _step_in_float32(step, param.data, grad, ms)
 
 
 class RMSprop(Optimizer):
@@ -9083,13 +9103,15 @@ class RMSpropGravesRule(UpdateRule):
         if not isinstance(param.data, np.ndarray):
             return _fused_update('rmsprop_graves', grad, hp.lr, alpha, one_minus_alpha,
                                  hp.momentum, hp.eps, param.data, n, g, delta)
-        n *= alpha
-        n += one_minus_alpha * grad * grad
-        g *= alpha
-        g += one_minus_alpha * grad
-        delta *= hp.momentum
-        delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
-        param.data += delta
+        def step(data, grad, n, g, delta):
+            n *= alpha
+            n += one_minus_alpha * grad * grad
+            g *= alpha
+            g += one_minus_alpha * grad
+            delta *= hp.momentum
+            delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
+            data += delta
+        _step_in_float32(step, param.data, grad, n, g, delta)
 
 
 class RMSpropGraves(Optimizer):
@@ -9125,15 +9147,17 @@ class SMORMS3Rule(UpdateRule):
         mem, g, g2 = self.state['mem'], self.state['g'], self.state['g2']
         if not isinstance(param.data, np.ndarray):
             return _fused_update('smorms3', grad, hp.lr, hp.eps, param.data, mem, g, g2)
-        r = 1 / (mem + 1)
-        g *= 1 - r
-        g += r * grad
-        g2 *= 1 - r
-        g2 += r * grad * grad
-        x = g * g / (g2 + hp.eps)
-        param.data -= grad * np.minimum(x, hp.lr) / (np.sqrt(g2) + hp.eps)
-        mem *= 1 - x
-        mem += 1
+        def step(data, grad, mem, g, g2):
+            r = 1 / (mem + 1)
+            g *= 1 - r
+            g += r * grad
+            g2 *= 1 - r
+            g2 += r * grad * grad
+            x = g * g / (g2 + hp.eps)
+            data -= grad * np.minimum(x, hp.lr) / (np.sqrt(g2) + hp.eps)
+            mem *= 1 - x
+            mem += 1
+        _step_in_float32(step, param.data, grad, mem, g, g2)
 
 
 class SMORMS3(Optimizer):

@@ -2133,6 +2133,34 @@ def test_adam_updates_a_float16_parameter_in_float32_as_chainer():
                                       np.array([0.04498, -0.02615, 0.025], np.float16))
 
 
+@pytest.mark.parametrize('name, kwargs', [
+    ('AdaGrad', {'eps': 1e-8}), ('AdaDelta', {'eps': 1e-8}), ('RMSprop', {'eps': 1e-8}),
+    ('RMSprop', {'eps': 1e-8, 'eps_inside_sqrt': True}), ('RMSpropGraves', {'eps': 1e-8}),
+    ('SMORMS3', {}), ('MSVAG', {}), ('Adam', {}), ('AdaBound', {}), ('AMSBound', {}),
+    ('SGD', {}), ('MomentumSGD', {}), ('NesterovAG', {}), ('CorrectedMomentumSGD', {})])
+def test_every_optimizer_updates_a_float16_parameter_in_float32(name, kwargs):
+    # With float16 parameters eps = 1e-8 (SMORMS3's default 1e-16) rounds to
+    # 0, and an entry whose gradient has always been 0 stepped by 0 / 0 =
+    # NaN (Chainer 7.8.1 too, except RMSprop, which refuses such an eps).
+    # Computed in float32 and stored back, the result is the float32 run's
+    # to float16 precision, and dtypes stay float16.
+    runs = {}
+    for dtype in (np.float16, np.float32):
+        link = chainer.Link()
+        with link.init_scope():
+            link.p = chainer.Parameter(np.ones(3, dtype))
+        opt = getattr(optimizers, name)(**kwargs).setup(link)
+        for g in ([0, 0, 0], [0, 1, 0], [0, 1, 0], [0.5, -2, 0], [0, 0, 0.25]):
+            link.p.grad = np.array(g, dtype)
+            opt.update()
+        assert link.p.dtype == dtype
+        assert all(v.dtype == dtype for v in link.p.update_rule.state.values()
+                   if isinstance(v, np.ndarray))
+        runs[dtype] = link.p.data
+    assert np.isfinite(runs[np.float16]).all(), runs[np.float16]
+    np.testing.assert_allclose(runs[np.float16], runs[np.float32], atol=2e-3)
+
+
 def test_adam_lr_property():
     adam = optimizers.Adam(alpha=0.01).setup(OneParam())
     with pytest.raises(RuntimeError):
