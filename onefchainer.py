@@ -654,7 +654,7 @@ class SoftmaxCrossEntropy(Function):
             self.coeff = self._coefficient_later(count, x.dtype)
         else:
             self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
-        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+        return xp.asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
         x, t = inputs
@@ -2333,6 +2333,20 @@ def _keepdims_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
+def _accumulator(dtype):
+    """The dtype to add up values of `dtype` in: float32 for float16, as in
+    Chainer's means and losses (softmax_cross_entropy's since Chapter 5), else
+    None (the dtype itself).  float16 tops out at 65504, and a running float16
+    sum of ones stops growing at 2048, where 2048 + 1 rounds back to 2048."""
+    return np.float32 if dtype == np.float16 else None
+
+
+def _sum_wide(a, axis=None, keepdims=False):
+    """a.sum(axis, keepdims) added up in _accumulator(a.dtype): float32 for
+    float16 (and returned in float32: the caller divides, then casts back)."""
+    return a.sum(axis=axis, keepdims=keepdims, dtype=_accumulator(a.dtype))
+
+
 class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
     to x's shape. Chainer: chainer.functions.math.sum.Sum.
@@ -2345,6 +2359,8 @@ class Sum(Function):
     def forward(self, inputs):
         x, = inputs
         self.axis = _normalize_axis(self.axis, x.ndim, 'sum')
+        if x.dtype == np.float16:      # see _sum_wide
+            return _sum_wide(x, self.axis, self.keepdims).astype(np.float16),
         return x.sum(axis=self.axis, keepdims=self.keepdims),
 
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
@@ -2513,6 +2529,8 @@ def mean(x, axis=None, weights=None, keepdims=False):
         return average(x, axis, weights, keepdims)      # further down this chapter
     data = _input_data('mean', x)
     _require_float('mean', data)
+    if data.dtype == np.float16:    # a float16 sum would overflow first: in float32
+        return cast(mean(cast(x, np.float32), axis, keepdims=keepdims), np.float16)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
     # The mean of nothing is NaN, as in NumPy (whose warning is left out).
@@ -2622,9 +2640,11 @@ class NormalizeL2(Function):
         x, = inputs
         _require_float('normalize', x)
         self.axis = _normalize_axis(self.axis, x.ndim, 'normalize')
-        self.norm = _xp(x).sqrt((x * x).sum(axis=self.axis, keepdims=True))
-        self.scale = x.dtype.type(1) / (self.norm + x.dtype.type(self.eps))
-        return x * self.scale,
+        # float16 in float32: its squares overflow above 256, and 1 / eps above 65504
+        wide = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
+        self.norm = _xp(x).sqrt((wide * wide).sum(axis=self.axis, keepdims=True))
+        self.scale = 1 / (self.norm + self.eps)
+        return (x * self.scale).astype(x.dtype, copy=False),
 
     def backward(self, inputs, grad_outputs):      # quotient rule; d||x||/dx = x / ||x||
         x, = inputs
@@ -2633,7 +2653,7 @@ class NormalizeL2(Function):
         along = (x * gy).sum(axis=self.axis, keepdims=True)
         zero = self.norm == 0
         along = xp.where(zero, x.dtype.type(0), along / xp.where(zero, 1, self.norm))
-        return (gy - x * along * self.scale) * self.scale,
+        return ((gy - x * along * self.scale) * self.scale).astype(x.dtype, copy=False),
 
 
 def average(x, axis=None, weights=None, keepdims=False):
@@ -2650,6 +2670,9 @@ def average(x, axis=None, weights=None, keepdims=False):
     if weights is None:
         return mean(x, axis, keepdims=keepdims)
     data = _input_data('average', x)
+    if data.dtype == np.float16:    # as mean: the sums in float32
+        return cast(average(cast(x, np.float32), axis, cast(weights, np.float32), keepdims),
+                    np.float16)
     axes = _normalize_axis(axis, data.ndim, 'average')
     if axis is not None and not isinstance(axis, (int, np.integer)) and \
             len(set(axes)) != len(axis):
@@ -4478,11 +4501,16 @@ def swish(x, beta):
 # where softmax itself would round to 0.
 
 def _log_sum_exp(x, axis):
-    """log(sum(exp(x), axis)) with keepdims, computed without overflow."""
+    """log(sum(exp(x), axis)) with keepdims, computed without overflow, in
+    x's dtype (float16 summed in float32)."""
     xp = _xp(x)
     m = x.max(axis=axis, keepdims=True)
-    s = xp.exp(x - m).sum(axis=axis, keepdims=True)
-    return m + xp.log(s)
+    # A row of -inf, or one holding +inf, is not shifted: inf - inf would be
+    # NaN, where the answer is -inf (log 0) or +inf.
+    m = xp.where(xp.isinf(m), x.dtype.type(0), m)
+    s = _sum_wide(xp.exp(x - m), axis, keepdims=True)
+    with np.errstate(divide='ignore'):       # log(0) = -inf is the answer
+        return (m + xp.log(s)).astype(x.dtype, copy=False)
 
 
 class Softmax(Function):
@@ -4498,7 +4526,7 @@ class Softmax(Function):
         x, = inputs
         _require_float('softmax', x)
         y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
-        y /= y.sum(axis=self.axis, keepdims=True)
+        y /= _sum_wide(y, self.axis, keepdims=True)
         self.y = y
         return y,
 
@@ -4629,7 +4657,8 @@ class MeanSquaredError(Function):
         _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
         n = self.diff.size         # 0: the mean of nothing is NaN, its gradient empty
-        return _xp(a).asarray(self.diff.dot(self.diff) / n if n else math.nan, dtype=a.dtype),
+        wide = self.diff.astype(np.promote_types(a.dtype, np.float32), copy=False)  # _sum_wide
+        return _xp(a).asarray(wide.dot(wide) / n if n else math.nan, dtype=a.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
         gy, = grad_outputs
@@ -4682,7 +4711,7 @@ class MeanAbsoluteError(Function):
         _check_pair(self.label, *inputs)
         self.diff = inputs[0] - inputs[1]
         n = self.diff.size         # 0: the mean of nothing is NaN, as for mean_squared_error
-        return _xp(self.diff).asarray(abs(self.diff).sum() / n if n else math.nan,
+        return _xp(self.diff).asarray(_sum_wide(abs(self.diff)) / n if n else math.nan,
                                       dtype=self.diff.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/dx0 mean|x0-x1| = sign(x0-x1)/n
@@ -4752,16 +4781,18 @@ class SigmoidCrossEntropy(Function):
         xp = _xp(x)
         self.valid = t != self.ignore_label
         self.t = t.astype(x.dtype)
-        loss = xp.log1p(xp.exp(-abs(x))) - x * (self.t - (x >= 0))
+        # -x (t - [x >= 0]) is |x| where the label disagrees with x's sign and 0
+        # where it agrees, also for x = +-inf (where the product would be NaN)
+        loss = xp.log1p(xp.exp(-abs(x))) + xp.where(self.t != (x >= 0), abs(x), 0)
         loss = xp.where(self.valid, loss, x.dtype.type(0))
         if self.reduce == 'no':
             return loss,
         if self.normalize:       # over the labels that count; an array, so no wait on a GPU
             count = xp.maximum(self.valid.sum(), 1)
-            self.coeff = (1.0 / count).astype(x.dtype)
+            self.coeff = (1.0 / count).astype(np.promote_types(x.dtype, np.float32))
         else:                    # over the batch
             self.coeff = 1.0 / (len(x) if x.ndim and len(x) else 1)
-        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+        return xp.asarray(_sum_wide(loss) * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # d loss / dx = sigmoid(x) - t
         x, t = inputs
@@ -4899,7 +4930,7 @@ class Hinge(Function):
         self.d = xp.maximum(1 + self.sign * x, x.dtype.type(0))
         loss = self.d if self.norm == 'L1' else self.d * self.d
         if self.reduce == 'mean':
-            return xp.asarray(loss.sum() / max(len(x), 1), dtype=x.dtype),
+            return xp.asarray(_sum_wide(loss) / max(len(x), 1), dtype=x.dtype),
         return loss,
 
     def backward(self, inputs, grad_outputs):      # d(1 +- x)/dx = +-1 where positive
@@ -4942,7 +4973,7 @@ class Contrastive(Function):
         self.y = y.astype(x0.dtype)
         loss = (self.y * dist_sq + (1 - self.y) * self.gap * self.gap) * 0.5
         if self.reduce == 'mean':
-            return xp.asarray(loss.sum() / len(x0), dtype=x0.dtype),
+            return xp.asarray(_sum_wide(loss) / len(x0), dtype=x0.dtype),
         return loss,
 
     def backward(self, inputs, grad_outputs):      # d||x0 - x1|| / dx0 = (x0 - x1) / d

@@ -1179,6 +1179,76 @@ def test_concat_default_axis_is_1():
     assert np.array_equal(host(F.concat(dev((a, b)))), np.concatenate((a, b), axis=1))
 
 
+def test_float16_reductions_accumulate_in_float32():
+    # float16 tops out at 65504, and a running float16 sum of ones stops at
+    # 2048: sums, means, losses and normalizations of float16 data add up in
+    # float32, as Chainer's softmax_cross_entropy and mean do, and return
+    # float16.  Each expected value is the float64 computation.
+    r = rng(0)
+    n = 300000
+    x = r.randn(n, 10).astype(np.float16)
+    t = r.randint(0, 10, n).astype(np.int32)
+    x64 = x.astype(np.float64)
+    log_p = x64 - np.log(np.exp(x64).sum(axis=1, keepdims=True))
+    ones, zeros = np.ones(n, np.float16), np.zeros(n, np.float16)
+    labels01 = (r.rand(n, 10) > 0.5).astype(np.int32)
+    sigmoid_ce = np.logaddexp(0, x64) - x64 * labels01
+    hinge = np.maximum(0, 1 - np.where(np.arange(10) == t[:, None], 1, -1) * x64).sum() / n
+    cases = {
+        'softmax_cross_entropy': (F.softmax_cross_entropy(dev(x), dev(t)),
+                                  -log_p[np.arange(n), t].mean()),
+        'sigmoid_cross_entropy': (F.sigmoid_cross_entropy(dev(x), dev(labels01)),
+                                  sigmoid_ce.sum() / (n * 10)),
+        'mean': (F.mean(dev(ones)), 1.0),
+        'mean axis 0': (F.mean(dev(x * 0 + 1), axis=0), np.ones(10)),
+        'sum axis 0': (F.sum(dev(np.ones((5000, 3), np.float16)), axis=0), np.full(3, 5000.0)),
+        'average': (F.average(dev(ones), weights=dev(ones)), 1.0),
+        'mean_squared_error': (F.mean_squared_error(dev(ones), dev(zeros)), 1.0),
+        'mean_absolute_error': (F.mean_absolute_error(dev(ones), dev(zeros)), 1.0),
+        'hinge': (F.hinge(dev(x), dev(t)), hinge),
+        'contrastive': (F.contrastive(dev(np.ones((n, 2), np.float16)),
+                                      dev(np.zeros((n, 2), np.float16)), dev(np.ones(n, np.int32))),
+                        1.0),
+        'logsumexp': (F.logsumexp(dev(np.zeros((1, n), np.float16)), axis=1), [np.log(n)]),
+        'log_softmax': (F.log_softmax(dev(np.zeros((1, 100000), np.float16)))[0, :3],
+                        [-np.log(100000)] * 3),
+        'softmax': (F.softmax(dev(np.zeros((1, 100000), np.float16)))[0, :3], [1e-5] * 3),
+        'normalize': (F.normalize(dev(np.array([[300.0, 400.0], [0, 0]], np.float16))),
+                      [[0.6, 0.8], [0, 0]]),
+    }
+    for name, (y, expected) in cases.items():
+        assert y.dtype == np.float16, name
+        np.testing.assert_allclose(host(y).astype(np.float64), expected, rtol=2e-3, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_reductions_of_infinite_and_extreme_rows_follow_the_math():
+    inf = np.inf
+    for dtype in (np.float32, np.float16, np.float64):
+        rows = np.array([[-inf, -inf, -inf], [inf, 0, 1], [-inf, 0, 1], [6e4, 6e4, 0]], dtype)
+        lse = host(F.logsumexp(dev(rows), axis=1))
+        np.testing.assert_allclose(lse[:3], [-inf, inf, np.log(1 + np.e)], rtol=1e-3)
+        np.testing.assert_allclose(lse[3], 6e4 + np.log(2), rtol=1e-3)
+        np.testing.assert_allclose(host(F.log_softmax(dev(rows[2:])))[0], [-inf, -np.log(1 + np.e),
+                                   1 - np.log(1 + np.e)], rtol=1e-3)
+        np.testing.assert_allclose(host(F.softmax(dev(rows[2:]))), [[0, 1 / (1 + np.e),
+                                   np.e / (1 + np.e)], [0.5, 0.5, 0]], rtol=1e-3)
+        np.testing.assert_array_equal(host(F.max(dev(rows), axis=1)), [-inf, inf, 1, 6e4])
+        # sigmoid cross entropy: -inf or inf logits cost 0 when right, inf when wrong
+        logits = np.array([-inf, inf, -inf, inf, 0], dtype)
+        loss = host(F.sigmoid_cross_entropy(dev(logits), dev(np.array([0, 1, 1, 0, 1], np.int32)),
+                                            reduce='no'))
+        np.testing.assert_allclose(loss, [0, 0, inf, inf, np.log(2)], rtol=1e-3)
+        # softmax cross entropy of a row with -inf: the other classes share it
+        sce = F.softmax_cross_entropy(dev(rows[2:3]), dev(np.array([2], np.int32)))
+        np.testing.assert_allclose(host(sce), np.log(1 + np.e) - 1, rtol=1e-3)
+        # normalize: no overflow of squares in float16, 0 stays 0 (1 / eps overflows float16)
+        tiny = np.array([[6e-8, -6e-8], [0, 0], [6e4, 6e4]], dtype)
+        expected = tiny.astype(np.float64) / (np.sqrt((tiny.astype(np.float64) ** 2).sum(
+            axis=1, keepdims=True)) + 1e-5)
+        np.testing.assert_allclose(host(F.normalize(dev(tiny))), expected, rtol=2e-3, atol=1e-7)
+
+
 def test_log_softmax_axis_values():
     a = f64(2, 3, 4)
     for axis in (0, 1, 2, -1):
