@@ -400,7 +400,7 @@ def _backprop(roots, retain_grad):
             if not isinstance(gx, _array_types):      # NumPy returns 0-dim results as scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
             if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
-                _check_grad_input(function, inputs.index(x), x, gx)     # Chapter 20
+                gx = _check_grad_input(function, inputs.index(x), x, gx)    # Chapter 20
             if x not in reached and (x._grad is None or x.creator is not None):
                 x._grad = gx
             elif x in owned:        # an array of our own: add in place
@@ -517,15 +517,16 @@ class LinearFunction(Function):
             raise ValueError('linear: x.shape[1] ({}) != W.shape[1] ({}) (x.shape '
                              '{}, W.shape {})'.format(x.shape[1], W.shape[1],
                                                       inputs[0].shape, W.shape))
-        if x.dtype != W.dtype:
-            raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 20
+            W = _in_dtype_of(self, x, W)
         _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
                 raise ValueError('linear: b.shape {} != (W.shape[0],) = ({},)'
                                  .format(b.shape, W.shape[0]))
+            if b.dtype != x.dtype:      # as in Chainer v7, which mixes W's dtype only
+                raise TypeError('linear: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
             y += b         # in place: y is our own fresh array
         return y,
 
@@ -545,12 +546,11 @@ class LinearFunction(Function):
 def linear(x, W, b=None, n_batch_axes=1):
     """Fully connected layer y = x W^T + b.
 
-    x: (N, in_size), or (N, ...) flattened to (N, in_size); W: (out_size,
-    in_size) of x's dtype; b: (out_size,) or None (default, no bias).
-    n_batch_axes must be 1 (default; other values raise NotImplementedError).
-    Returns a Variable of shape (N, out_size). Raises ValueError for shapes
-    that do not fit and TypeError when x and W differ in dtype.
-    Chainer: chainer.functions.linear.
+    x: float (N, in_size), or (N, ...) flattened; W: (out_size, in_size) of any
+    float dtype (as in Chainer v7: used in x's dtype, gW in W's); b: (out_size,)
+    of x's dtype or None (default). n_batch_axes must be 1 (else NotImplementedError).
+    Returns a Variable (N, out_size) of x's dtype. Raises ValueError for shapes
+    that do not fit, TypeError for b of another dtype. Chainer: chainer.functions.linear.
     """
     if n_batch_axes != 1:
         raise NotImplementedError('linear: only n_batch_axes=1 is supported')
@@ -1645,7 +1645,8 @@ class MatMul(Function):
         if a.ndim < 2 or b.ndim < 2:
             raise ValueError('matmul: both inputs need 2 or more dimensions, got '
                              'shapes {} and {}'.format(a.shape, b.shape))
-        _check_dtypes('matmul', a, b)
+        if a.dtype != b.dtype:      # Chainer v7: mixed floats give NumPy's promoted dtype
+            _mixed_floats(self, a, b)
         _require_float('matmul', a)
         a = a.swapaxes(-1, -2) if self.transa else a
         b = b.swapaxes(-1, -2) if self.transb else b
@@ -3481,7 +3482,8 @@ class TensorDot(Function):
 
     def forward(self, inputs):
         a, b = inputs
-        _check_dtypes('tensordot', a, b)
+        if a.dtype != b.dtype:      # Chainer v7: mixed floats give NumPy's promoted dtype
+            _mixed_floats(self, a, b)
         _require_float('tensordot', a)
         if isinstance(self.axes, (int, np.integer)):
             if not 0 <= self.axes <= min(a.ndim, b.ndim):
@@ -3905,6 +3907,8 @@ def batch_matmul(a, b, transa=False, transb=False):
     """
     warnings.warn('batch_matmul is deprecated. Use matmul instead.', DeprecationWarning)
     shapes = [_input_data('batch_matmul', v).shape for v in (a, b)]
+    _check_dtypes('batch_matmul', _input_data('batch_matmul', a),     # Chainer v7 mixes
+                  _input_data('batch_matmul', b))                     # them in matmul only
     if any(len(s) not in (2, 3) for s in shapes):
         raise ValueError('batch_matmul: a and b need 2 or 3 dimensions, got shapes {} '
                          'and {}'.format(*shapes))
@@ -6472,7 +6476,11 @@ class SimplifiedDropconnectFunction(Function):
     def forward(self, inputs):
         x, W = inputs[:2]
         _require_float(self.label, x, W)
-        _check_same_dtype(self.label, inputs)
+        if W.dtype != x.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
+        if len(inputs) == 3 and inputs[2].dtype != x.dtype:     # as in Chainer v7
+            raise TypeError('simplified_dropconnect: b.dtype {} != x.dtype {}'
+                            .format(inputs[2].dtype, x.dtype))
         if x.ndim < 2 or W.ndim != 2 or int(np.prod(x.shape[1:])) != W.shape[1]:
             raise ValueError('simplified_dropconnect: x must be (n, ...) with N = W.shape[1] '
                              'values per example and W 2-D, got x.shape {}, W.shape {}'
@@ -6801,12 +6809,13 @@ class Convolution2DFunction(Function):
                                  x.shape[1], W.shape[1] * g, x.shape, W.shape,
                                  '' if g == 1 else ' with groups={} (W.shape[0] must divide '
                                  'by it too)'.format(g)))
-        if x.dtype != W.dtype:
-            raise TypeError('convolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
         if b is not None and b.shape != (W.shape[0],):
             raise ValueError('convolution_2d: b.shape {} != (W.shape[0],) = ({},)'
                              .format(b.shape, W.shape[0]))
+        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
+            raise TypeError('convolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
         n, out_channels = len(x), W.shape[0]
         # The one copy of the forward pass: the patches, kept for dL/dW.
         patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
@@ -6977,9 +6986,11 @@ class Deconvolution2DFunction(Function):
                                  x.shape[1], W.shape[0], x.shape, W.shape,
                                  '' if g == 1 else ' with groups={} (which must divide '
                                  'W.shape[0])'.format(g)))
-        if x.dtype != W.dtype:
-            raise TypeError('deconvolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
+        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
+            raise TypeError('deconvolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype,
+                                                                              x.dtype))
         out_channels = W.shape[1] * g
         if b is not None and b.shape != (out_channels,):
             raise ValueError('deconvolution_2d: b.shape {} != (W.shape[1] * groups,) = ({},)'
@@ -7393,9 +7404,8 @@ class ConvolutionNDFunction(Function):
             raise ValueError('convolution_nd: x has {} channels but W expects {} (x.shape {}, '
                              'W.shape {}, groups {}; W.shape[0] must divide by groups)'
                              .format(x.shape[1], W.shape[1] * g, x.shape, W.shape, g))
-        if x.dtype != W.dtype:
-            raise TypeError('convolution_nd: x.dtype ({}) != W.dtype ({})'
-                            .format(x.dtype, W.dtype))
+        if x.dtype != W.dtype or b is not None and b.dtype != x.dtype:
+            W, b = _in_dtype_of(self, x, W, b)      # Chainer v7 mixes float dtypes, b's too
         if b is not None and b.shape != (W.shape[0],):
             raise ValueError('convolution_nd: b.shape {} != (W.shape[0],) = ({},)'
                              .format(b.shape, W.shape[0]))
@@ -7684,7 +7694,10 @@ class BatchNormalizationFunction(Function):
 
     def forward(self, inputs):
         x, gamma, beta = inputs
-        _check_same_dtype(self.label, (x, gamma, beta))
+        if not x.dtype == gamma.dtype == beta.dtype:    # Chainer v7's mixed precision:
+            if gamma.dtype != beta.dtype:                   # x's dtype may differ, not these
+                _check_dtypes('batch_normalization: gamma and beta', gamma, beta)
+            gamma, beta = _in_dtype_of(self, x, gamma, beta)    # y in x's dtype
         if beta.shape != gamma.shape:
             raise ValueError('batch_normalization: beta.shape {} != gamma.shape {}'
                              .format(beta.shape, gamma.shape))
@@ -7734,8 +7747,11 @@ def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var
     without the averaged axes, (C,) by default (axis=None averages all axes
     but 1).  running_mean/running_var (arrays of gamma's shape), if given,
     are updated in place with the momentum `decay` (the variance unbiased by
-    m/(m-1)).  Returns y of x's shape.  Raises ValueError on mismatched
-    shapes, TypeError on mixed dtypes.  Follows chainer.functions.batch_normalization.
+    m/(m-1)).  gamma and beta may have another float dtype than x (Chainer
+    v7's mixed precision, e.g. float16 x with float32 parameters): y has x's
+    dtype, each gradient its variable's.  Returns y of x's shape.  Raises
+    ValueError on mismatched shapes, TypeError for a non-float dtype.
+    Follows chainer.functions.batch_normalization.
     """
     return BatchNormalizationFunction(eps, running_mean, running_var, decay, axis)(
         x, gamma, beta)
@@ -7755,7 +7771,8 @@ class FixedBatchNormalization(Function):
 
     def forward(self, inputs):
         x, gamma, beta, mean, var = inputs
-        _check_same_dtype(self.label, inputs)
+        if any(a.dtype != x.dtype for a in inputs):     # Chainer v7's mixed precision
+            gamma, beta, mean, var = _in_dtype_of(self, x, gamma, beta, mean, var)
         self.axis, expanded = _bn_axes(self.label, x, gamma, self.axis)
         for name, a in (('beta', beta), ('mean', mean), ('var', var)):
             if a.shape != gamma.shape:
@@ -7977,7 +7994,8 @@ class GroupNormalizationFunction(Function):
     def forward(self, inputs):
         x, gamma, beta = inputs
         _require_float(self.label, x)
-        _check_same_dtype(self.label, inputs)
+        if not x.dtype == gamma.dtype == beta.dtype:    # Chainer v7's mixed precision
+            gamma, beta = _in_dtype_of(self, x, gamma, beta)
         if x.ndim < 2 or gamma.shape != (x.shape[1],) or beta.shape != gamma.shape:
             raise ValueError('group_normalization: x must be (N, C, ...) and gamma, beta '
                              '(C,); got x.shape {}, gamma.shape {}, beta.shape {}'
@@ -14446,19 +14464,51 @@ class _OptimizerChecks:
 
 
 def _check_grad_input(function, index, x, gx):
-    """Raise unless gradient `gx` fits variable `x` (same shape and dtype),
-    naming who made it: input `index` of `function`'s backward, or, with
-    function None, an assignment to x.grad.  A wrong gradient stored silently
-    would turn up later as a dtype or shape change far from its cause."""
+    """Return gradient `gx` for variable `x`; raise unless it fits (same shape
+    and dtype), naming who made it: input `index` of `function`'s backward, or,
+    with function None, an assignment to x.grad.  A wrong gradient stored
+    silently would turn up later as a dtype or shape change far from its
+    cause.  Only a function that takes mixed float dtypes (mixed_dtypes, see
+    _in_dtype_of) has a float gradient cast to its variable's float dtype."""
     where = ('Variable.grad' if function is None else
              '{}.backward: the gradient of input {}'.format(function.label, index))
     if gx.shape != x.data.shape:
         raise ValueError('{} has shape {} but the variable has shape {}; a gradient '
                          'has the shape of its variable'.format(where, gx.shape, x.data.shape))
+    if gx.dtype != x.data.dtype and getattr(function, 'mixed_dtypes', False) and \
+            gx.dtype.kind == 'f' and x.data.dtype.kind == 'f':
+        return gx.astype(x.data.dtype)
     if gx.dtype != x.data.dtype:
         raise TypeError('{} has dtype {} but the variable has dtype {}; cast it with '
                         '.astype(numpy.{})'.format(where, gx.dtype, x.data.dtype,
                                                    x.data.dtype))
+    return gx
+
+
+def _mixed_floats(function, a, b):
+    """Chainer v7's matmul and tensordot of two float dtypes: the result in
+    NumPy's promoted dtype, each gradient cast back to its input's
+    (_check_grad_input).  Other dtype pairs raise TypeError, as before."""
+    if a.dtype.kind != 'f' or b.dtype.kind != 'f':
+        _check_dtypes(function.label, a, b)
+    function.mixed_dtypes = True
+
+
+def _in_dtype_of(function, x, *arrays):
+    """Chainer v7's mixed dtypes: the float `arrays` (weights such as W, gamma,
+    beta; None stays None) in float x's dtype, so the result has x's dtype;
+    `function` is marked mixed_dtypes, so that each gradient is cast back to
+    its own variable's dtype (_check_grad_input).  Returns one array for one,
+    else a tuple.  An x or array that is not float raises TypeError naming
+    the function and the dtypes."""
+    floats = [a for a in (x,) + arrays if a is not None]
+    if any(a.dtype.kind != 'f' for a in floats):
+        raise TypeError('{}: x.dtype ({}) and the dtypes of the weights ({}) must be float '
+                        'dtypes; convert x with x.astype(numpy.float32)'.format(
+                            function.label, x.dtype, ', '.join(str(a.dtype) for a in floats[1:])))
+    function.mixed_dtypes = True
+    cast = tuple(None if a is None else a.astype(x.dtype, copy=False) for a in arrays)
+    return cast[0] if len(cast) == 1 else cast
 
 
 def _require_float(label, *arrays):

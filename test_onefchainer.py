@@ -1551,11 +1551,103 @@ def test_linear_wrong_input_size_message():
 
 
 def test_linear_wrong_dtype_message():
-    layer = L.Linear(3, 2).to_device(TEST_DEVICE)
+    # float64 data into a float32 model runs, as in Chainer v7 (this test had
+    # asserted the refusal: the issue calls it a bug); an int input and a
+    # bias of another dtype than x are still refused, naming both dtypes.
+    layer = L.Linear(3, 2, nobias=True).to_device(TEST_DEVICE)
+    assert layer(dev(np.zeros((2, 3), np.float64))).dtype == np.float64
     with pytest.raises(TypeError) as info:
-        layer(dev(np.zeros((2, 3), np.float64)))
+        layer(dev(np.zeros((2, 3), np.int32)))
     message = str(info.value)
-    assert 'linear' in message and 'float64' in message and 'float32' in message
+    assert 'linear' in message and 'int32' in message and 'float32' in message
+    with pytest.raises(TypeError, match=r'linear: b.dtype float32 != x.dtype float64'):
+        L.Linear(3, 2).to_device(TEST_DEVICE)(dev(np.zeros((2, 3), np.float64)))
+
+
+_DROPCONNECT_MASK = rng(3).rand(4, 3) > 0.3
+_MIXED_CASES = {      # name: (function, [arrays as x's dtype, then as the weights'], v7 result)
+    'linear': (lambda x, W: F.linear(x, W), [(2, 3)], [(4, 3)], 'x'),
+    'linear_b': (lambda x, b, W: F.linear(x, W, b), [(2, 3), (4,)], [(4, 3)], 'x'),
+    'convolution_2d': (lambda x, b, W: F.convolution_2d(x, W, b), [(1, 2, 4, 4), (3,)],
+                       [(3, 2, 3, 3)], 'x'),
+    'deconvolution_2d': (lambda x, b, W: F.deconvolution_2d(x, W, b), [(1, 2, 4, 4), (3,)],
+                         [(2, 3, 3, 3)], 'x'),
+    'dilated_convolution_2d': (lambda x, W: F.dilated_convolution_2d(x, W, dilate=2),
+                               [(1, 2, 6, 6)], [(3, 2, 2, 2)], 'x'),
+    'depthwise_convolution_2d': (F.depthwise_convolution_2d, [(1, 2, 4, 4)], [(2, 2, 3, 3)], 'x'),
+    'convolution_nd': (F.convolution_nd, [(1, 2, 5)], [(3, 2, 3), (3,)], 'x'),
+    'simplified_dropconnect': (
+        lambda x, b, W: F.simplified_dropconnect(x, W, b, mask=dev(_DROPCONNECT_MASK)),
+        [(2, 3), (4,)], [(4, 3)], 'x'),
+    'batch_normalization': (F.batch_normalization, [(5, 3)], [(3,), (3,)], 'x'),
+    'batch_normalization_axis': (lambda x, g, b: F.batch_normalization(x, g, b, axis=(0, 2)),
+                                 [(4, 3, 2)], [(3,), (3,)], 'x'),
+    'fixed_batch_normalization': (
+        lambda x, g, b, m, v: F.fixed_batch_normalization(x, g, b, m, abs(v) + 1),
+        [(5, 3)], [(3,), (3,), (3,), (3,)], 'x'),
+    'group_normalization': (lambda x, g, b: F.group_normalization(x, 1, g, b), [(4, 2, 3)],
+                            [(2,), (2,)], 'x'),
+    'tensordot': (lambda a, b: F.tensordot(a, b, axes=1), [(2, 3)], [(3, 4)], 'promoted'),
+    'matmul': (F.matmul, [(2, 3)], [(3, 4)], 'promoted'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_MIXED_CASES))
+def test_functions_take_chainer_v7s_mixed_float_dtypes(name):
+    # Every pair of float dtypes, as Chainer v7's tests run them: the result
+    # in x's dtype (NumPy's promoted dtype for tensordot and matmul), each
+    # gradient in its own variable's; the gradients checked numerically
+    # where float16 rounding leaves something to check.
+    func, x_shapes, w_shapes, result = _MIXED_CASES[name]
+    dtypes = (np.float16, np.float32, np.float64)
+    for x_dtype in dtypes:
+        for w_dtype in dtypes:
+            if x_dtype == w_dtype:
+                continue
+            arrays = [f64(*shape, seed=i).astype(x_dtype) for i, shape in enumerate(x_shapes)]
+            arrays += [f64(*shape, seed=9 + i).astype(w_dtype) for i, shape in enumerate(w_shapes)]
+            variables = [Variable(dev(a)) for a in arrays]
+            y = func(*variables)
+            expected = x_dtype if result == 'x' else np.promote_types(x_dtype, w_dtype)
+            assert y.dtype == expected, (name, x_dtype, w_dtype)
+            y.grad = dev(np.ones(y.shape, y.dtype))
+            y.backward()
+            assert [v.grad.dtype for v in variables] == [a.dtype for a in arrays], name
+            if np.float16 not in (x_dtype, w_dtype):
+                ys = y.array
+                check(func, *arrays, atol=1e-3, rtol=1e-3) if ys.dtype == np.float64 else \
+                    check(func, *arrays, atol=5e-3, rtol=5e-3)
+
+
+def test_chainer_v7s_refusals_of_mixed_dtypes_stay():
+    x16, x32, w32 = dev(f32(2, 3).astype(np.float16)), dev(f32(2, 3)), dev(f32(4, 3))
+    with pytest.raises(TypeError, match=r'linear: b.dtype float32 != x.dtype float16'):
+        F.linear(x16, w32, dev(f32(4)))
+    with pytest.raises(TypeError, match=r'convolution_2d: b.dtype float32 != x.dtype float16'):
+        F.convolution_2d(dev(f32(1, 2, 4, 4).astype(np.float16)), dev(f32(3, 2, 3, 3)),
+                         dev(f32(3)))
+    with pytest.raises(TypeError, match=r'deconvolution_2d: b.dtype float32 != x.dtype float16'):
+        F.deconvolution_2d(dev(f32(1, 2, 4, 4).astype(np.float16)), dev(f32(2, 3, 3, 3)),
+                           dev(f32(3)))
+    with pytest.raises(TypeError, match='simplified_dropconnect: b.dtype float32 != x.dtype'):
+        F.simplified_dropconnect(x16, w32, dev(f32(4)))
+    with pytest.raises(TypeError, match='batch_normalization: gamma and beta: dtypes differ'):
+        F.batch_normalization(x16, dev(f32(3)), dev(f32(3).astype(np.float16)))
+    with pytest.raises(TypeError, match='dtypes differ'):
+        F.layer_normalization(x16, dev(f32(3)), dev(f32(3)))
+    with pytest.raises(TypeError, match='dtypes differ'):
+        F.bilinear(x16, x16, dev(f32(3, 3, 2)))
+    with pytest.raises(TypeError, match='dtypes differ'):
+        Variable(x16) + Variable(x32)
+    with pytest.raises(TypeError, match='dtypes differ'):
+        F.mean_squared_error(x16, x32)
+    with pytest.raises(TypeError, match='dtypes differ'):
+        F.concat((x16, x32))
+    with pytest.raises(TypeError, match='batch_matmul: dtypes differ'), \
+            pytest.warns(DeprecationWarning):
+        F.batch_matmul(dev(f32(2, 2, 3)), dev(f64(2, 3, 4)))
+    with pytest.raises(TypeError, match='matmul: dtypes differ'):
+        F.matmul(x32, dev(np.ones((3, 2), np.int32)))
 
 
 def test_softmax_cross_entropy_float_labels():
@@ -1637,8 +1729,9 @@ BAD_INPUTS = {   # call, exception, words the message must hold (the function, t
                    ValueError, ['mean_squared_error', '(2, 3)', '(3, 2)']),
     'mse_dtypes': (lambda: F.mean_squared_error(dev(f32(2, 3)), dev(f64(2, 3))),
                    TypeError, ['mean_squared_error', 'float32', 'float64']),
-    'matmul_dtypes': (lambda: F.matmul(dev(f32(2, 3)), dev(f64(3, 2))),
-                      TypeError, ['matmul', 'float32', 'float64']),
+    # (float32 with float64 is Chainer v7's mixed form; a float with an int is refused)
+    'matmul_dtypes': (lambda: F.matmul(dev(f32(2, 3)), dev(np.ones((3, 2), np.int32))),
+                      TypeError, ['matmul', 'float32', 'int32']),
     'matmul_1d': (lambda: F.matmul(dev(f32(3)), dev(f32(3, 2))),
                   ValueError, ['matmul', '(3,)', '(3, 2)']),
     'mul_broadcast': (lambda: Variable(dev(f32(2, 3))) * Variable(dev(f32(4))),
@@ -9259,8 +9352,10 @@ def test_convolution_nd_bad_inputs_name_the_function_and_shapes():
         F.convolution_nd(x, dev(f32(4, 3, 9)))
     with pytest.raises(TypeError, match='convolution_nd: stride must be an int or a tuple of 1'):
         F.convolution_nd(x, W, stride=(1, 1))
-    with pytest.raises(TypeError, match=r'convolution_nd: x.dtype \(float32\) != W.dtype'):
-        F.convolution_nd(x, dev(f64(4, 3, 3)))
+    # (float64 W with float32 x is Chainer v7's mixed form: see
+    # test_functions_take_chainer_v7s_mixed_float_dtypes; integer x is refused)
+    with pytest.raises(TypeError, match=r'convolution_nd: x.dtype \(int32\).*float'):
+        F.convolution_nd(dev(np.zeros((2, 3, 8), np.int32)), dev(f64(4, 3, 3)))
 
 
 def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
