@@ -7728,15 +7728,18 @@ class BatchNormalizationFunction(Function):
         x, gamma, beta = inputs
         gy, = grad_outputs
         expanded = self.expanded
-        # m in x's dtype: NumPy 1.x turns float32 / int into float64 once the
-        # int passes 65535 (a batch of 100 28x28 maps has m = 78400).
-        m = x.dtype.type(x.size // gamma.size)
-        gbeta = gy.sum(axis=self.axis)
-        ggamma = (gy * self.x_hat).sum(axis=self.axis)
+        # float16 sums in float32 (_sum_wide): a running float16 sum of 10,000
+        # ones stops at 2048, and m = 78,400 would overflow float16.
+        gbeta = _sum_wide(gy, self.axis)
+        ggamma = _sum_wide(gy * self.x_hat, self.axis)
+        # m in the sums' dtype: NumPy 1.x turns float32 / int into float64 once
+        # the int passes 65535 (a batch of 100 28x28 maps has m = 78400).
+        m = gbeta.dtype.type(x.size // gamma.size)
         gx = gy - (gbeta / m).reshape(expanded)
         gx -= self.x_hat * (ggamma / m).reshape(expanded)
         gx *= gamma.reshape(expanded) * self.inv_std
-        return gx, ggamma, gbeta
+        return (gx.astype(x.dtype, copy=False), ggamma.astype(gamma.dtype, copy=False),
+                gbeta.astype(beta.dtype, copy=False))
 
 
 def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var=None,

@@ -1220,6 +1220,20 @@ def test_float16_reductions_accumulate_in_float32():
         assert y.dtype == np.float16, name
         np.testing.assert_allclose(host(y).astype(np.float64), expected, rtol=2e-3, atol=1e-6,
                                    err_msg=name)
+    # batch_normalization's backward sums over the batch: gy = 1 gives
+    # gbeta = N and gx = 0 (a float16 sum had stopped at 2048), also with
+    # float32 gamma and beta (the mixed-precision form)
+    for param_dtype in (np.float16, np.float32):
+        x = Variable(dev(r.randn(10000, 3).astype(np.float16)))
+        gamma = Variable(dev(np.ones(3, param_dtype)))
+        beta = Variable(dev(np.zeros(3, param_dtype)))
+        y = F.batch_normalization(x, gamma, beta)
+        y.grad = dev(np.ones(y.shape, np.float16))
+        y.backward()
+        assert (x.grad.dtype, gamma.grad.dtype, beta.grad.dtype) == (np.float16,) + \
+            (param_dtype,) * 2
+        np.testing.assert_allclose(host(beta.grad), [10000] * 3, rtol=1e-3)
+        np.testing.assert_allclose(host(x.grad).astype(np.float32), 0, atol=2e-3)
 
 
 def test_reductions_of_infinite_and_extreme_rows_follow_the_math():
