@@ -7979,7 +7979,9 @@ class LayerNormalizationFunction(Function):
         x, gamma, beta = inputs
         gy, = grad_outputs
         gx = _normalize_rows_grad(gy * gamma, self.x_hat, self.inv_std)
-        return gx, (gy * self.x_hat).sum(axis=0), gy.sum(axis=0)
+        # over the batch, float16 in float32 (_sum_wide)
+        return (gx, _sum_wide(gy * self.x_hat, 0).astype(gamma.dtype, copy=False),
+                _sum_wide(gy, 0).astype(beta.dtype, copy=False))
 
 
 class GroupNormalizationFunction(Function):
@@ -8016,8 +8018,9 @@ class GroupNormalizationFunction(Function):
         gy = grad_outputs[0].reshape(n, c, -1)
         g = (gy * gamma[:, None]).reshape(n * self.groups, -1)
         gx = _normalize_rows_grad(g, self.x_hat.reshape(n * self.groups, -1), self.inv_std)
-        return (gx.reshape(x.shape), (gy * self.x_hat).sum(axis=(0, 2)),
-                gy.sum(axis=(0, 2)))
+        return (gx.reshape(x.shape),                # float16 sums in float32 (_sum_wide)
+                _sum_wide(gy * self.x_hat, (0, 2)).astype(gamma.dtype, copy=False),
+                _sum_wide(gy, (0, 2)).astype(beta.dtype, copy=False))
 
 
 def _check_group_count(label, shape, groups):

@@ -1234,6 +1234,16 @@ def test_float16_reductions_accumulate_in_float32():
             (param_dtype,) * 2
         np.testing.assert_allclose(host(beta.grad), [10000] * 3, rtol=1e-3)
         np.testing.assert_allclose(host(x.grad).astype(np.float32), 0, atol=2e-3)
+    # and layer and group normalization's gamma and beta gradients
+    for norm in (lambda x, g, b: F.layer_normalization(x, g, b),
+                 lambda x, g, b: F.group_normalization(x[:, :, None], 1, g, b)):
+        gamma = Variable(dev(np.ones(3, np.float16)))
+        beta = Variable(dev(np.zeros(3, np.float16)))
+        y = norm(dev(r.randn(10000, 3).astype(np.float16)), gamma, beta)
+        y.grad = dev(np.ones(y.shape, np.float16))
+        y.backward()
+        assert (gamma.grad.dtype, beta.grad.dtype) == (np.float16, np.float16)
+        np.testing.assert_allclose(host(beta.grad), [10000] * 3, rtol=1e-3)
 
 
 def test_reductions_of_infinite_and_extreme_rows_follow_the_math():
