@@ -10207,11 +10207,18 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
     detect_nondifferentiable (default False): raise NondifferentiableError
     when func has a kink or jump within eps of x (five samples per derivative).
     Raises AssertionError naming the input or parameter whose gradient is
-    wrong, and ValueError for y_grad None with a non-scalar output.
+    wrong, and ValueError for y_grad None with a non-scalar output, for
+    y_grad not of the outputs' number and shapes, for no_grads not of the
+    inputs' number and for a dtype that is not float.
     Chainer: chainer.gradient_check.check_backward.
     """
     xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
     params = (params,) if isinstance(params, Variable) else tuple(params)  # one Parameter: a 1-tuple
+    if dtype is not None and np.dtype(dtype).kind != 'f':
+        raise ValueError('check_backward: dtype must be a float dtype, got {}'.format(dtype))
+    if no_grads is not None and len(no_grads) != len(xs):
+        raise ValueError('check_backward: no_grads has {} entries for {} inputs'.format(
+            len(no_grads), len(xs)))
     if dtype is not None:
         xs = tuple(x.astype(dtype) if x.dtype.kind == 'f' else x for x in xs)
         for p in params:
@@ -10228,6 +10235,12 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
         y_grads = tuple(_xp(y.data).ones_like(y.data) for y in ys)
     else:
         y_grads = tuple(y_grad) if isinstance(y_grad, (tuple, list)) else (y_grad,)
+        if len(y_grads) != len(ys) or any(g is not None and g.shape != y.shape
+                                          for g, y in zip(y_grads, ys)):
+            raise ValueError('check_backward: y_grad must give one gradient per output, of its '
+                             'shape: outputs {}, y_grad {}'.format(
+                                 [y.shape for y in ys],
+                                 [None if g is None else g.shape for g in y_grads]))
         if dtype is not None:
             y_grads = tuple(g if g is None else g.astype(dtype) for g in y_grads)
     for param in params:

@@ -1141,6 +1141,17 @@ def test_check_backward_takes_chainers_argument_forms():
                                   dev(f64(4, 2, seed=3)), W)
     gradient_check.check_backward(lambda v: F.linear(v, W, b), dev(f64(4, 3)),
                                   dev(f64(4, 2, seed=3)), [W, b])
+    # arguments that do not fit are refused, as in Chainer (a short no_grads
+    # or y_grad had been cut off silently by zip)
+    with pytest.raises(ValueError, match='no_grads has 1 entries for 2 inputs'):
+        gradient_check.check_backward(lambda a, b: a * b, (dev(f64(3)), dev(f64(3))),
+                                      dev(f64(3)), no_grads=[False])
+    with pytest.raises(ValueError, match=r'outputs \[\(3,\), \(3,\)\], y_grad \[\(3,\)\]'):
+        gradient_check.check_backward(lambda a: (a * 2.0, a * 3.0), dev(f64(3)), (dev(f64(3)),))
+    with pytest.raises(ValueError, match=r'outputs \[\(3,\)\], y_grad \[\(2,\)\]'):
+        gradient_check.check_backward(lambda a: a * 2.0, dev(f64(3)), dev(f64(2)))
+    with pytest.raises(ValueError, match='dtype must be a float dtype'):
+        gradient_check.check_backward(lambda a: a * 2.0, dev(f64(3)), dev(f64(3)), dtype=np.int32)
     # detect_nondifferentiable: relu at 0 has a kink, away from 0 it is smooth
     at_kink = np.array([[0.0, 0.5], [-0.5, 1.0]])
     with pytest.raises(gradient_check.NondifferentiableError, match='kink'):
