@@ -402,7 +402,7 @@ def _backprop(roots, retain_grad):
             if not isinstance(gx, _array_types):      # NumPy returns 0-dim results as scalars
                 gx = _xp(x.data).asarray(gx, dtype=x.data.dtype)
             if gx.shape != x.data.shape or gx.dtype is not x.data.dtype:
-                _check_grad_input(function, [v is x for v in inputs].index(True), x, gx)
+                gx = _check_grad_input(function, [v is x for v in inputs].index(True), x, gx)
             if x not in reached and (x._grad is None or x.creator is not None):
                 x._grad = gx
             elif x in owned:        # an array of our own: add in place
@@ -543,15 +543,16 @@ class LinearFunction(Function):
             raise ValueError('linear: x.shape[1] ({}) != W.shape[1] ({}) (x.shape '
                              '{}, W.shape {})'.format(x.shape[1], W.shape[1],
                                                       inputs[0].shape, W.shape))
-        if x.dtype != W.dtype:
-            raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 20
+            W = _in_dtype_of(self, x, W)
         _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
                 raise ValueError('linear: b.shape {} != (W.shape[0],) = ({},)'
                                  .format(b.shape, W.shape[0]))
+            if b.dtype != x.dtype:      # as in Chainer v7, which mixes W's dtype only
+                raise TypeError('linear: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
             y += b         # in place: y is our own fresh array
         return y,
 
@@ -572,12 +573,11 @@ class LinearFunction(Function):
 def linear(x, W, b=None, n_batch_axes=1):
     """Fully connected layer y = x W^T + b.
 
-    x: (N, in_size), or (N, ...) flattened to (N, in_size); W: (out_size,
-    in_size) of x's dtype; b: (out_size,) or None (default, no bias).
-    n_batch_axes must be 1 (default; other values raise NotImplementedError).
-    Returns a Variable of shape (N, out_size). Raises ValueError for shapes
-    that do not fit and TypeError when x and W differ in dtype.
-    Chainer: chainer.functions.linear.
+    x: float (N, in_size), or (N, ...) flattened; W: (out_size, in_size) of any
+    float dtype (as in Chainer v7: used in x's dtype, gW in W's); b: (out_size,)
+    of x's dtype or None (default). n_batch_axes must be 1 (else NotImplementedError).
+    Returns a Variable (N, out_size) of x's dtype. Raises ValueError for shapes
+    that do not fit, TypeError for b of another dtype. Chainer: chainer.functions.linear.
     """
     if n_batch_axes != 1:
         raise NotImplementedError('linear: only n_batch_axes=1 is supported')
@@ -684,7 +684,7 @@ class SoftmaxCrossEntropy(Function):
             self.coeff = self._coefficient_later(count, x.dtype)
         else:
             self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
-        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+        return xp.asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
         x, t = inputs
@@ -801,7 +801,7 @@ class Link:
         object.__setattr__(self, '_within_init_scope', False)
         self.name = None
         for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
-            self.add_param(name, shape)
+            self.add_param(name, *_shape_and_dtype(shape))
 
     @contextlib.contextmanager
     def init_scope(self):
@@ -1729,7 +1729,8 @@ class MatMul(Function):
         if a.ndim < 2 or b.ndim < 2:
             raise ValueError('matmul: both inputs need 2 or more dimensions, got '
                              'shapes {} and {}'.format(a.shape, b.shape))
-        _check_dtypes('matmul', a, b)
+        if a.dtype != b.dtype:      # Chainer v7: mixed floats give NumPy's promoted dtype
+            _mixed_floats(self, a, b)
         _require_float('matmul', a)
         a = a.swapaxes(-1, -2) if self.transa else a
         b = b.swapaxes(-1, -2) if self.transb else b
@@ -2448,6 +2449,20 @@ def _keepdims_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
+def _accumulator(dtype):
+    """The dtype to add up values of `dtype` in: float32 for float16, as in
+    Chainer's means and losses (softmax_cross_entropy's since Chapter 5), else
+    None (the dtype itself).  float16 tops out at 65504, and a running float16
+    sum of ones stops growing at 2048, where 2048 + 1 rounds back to 2048."""
+    return np.float32 if dtype == np.float16 else None
+
+
+def _sum_wide(a, axis=None, keepdims=False):
+    """a.sum(axis, keepdims) added up in _accumulator(a.dtype): float32 for
+    float16 (and returned in float32: the caller divides, then casts back)."""
+    return a.sum(axis=axis, keepdims=keepdims, dtype=_accumulator(a.dtype))
+
+
 @_export('functions.math.sum')
 class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
@@ -2461,6 +2476,8 @@ class Sum(Function):
     def forward(self, inputs):
         x, = inputs
         self.axis = _normalize_axis(self.axis, x.ndim, 'sum')
+        if x.dtype == np.float16:      # see _sum_wide
+            return _sum_wide(x, self.axis, self.keepdims).astype(np.float16),
         return x.sum(axis=self.axis, keepdims=self.keepdims),
 
     def backward(self, inputs, grad_outputs):      # every x_i gets dL/dy
@@ -2637,6 +2654,8 @@ def mean(x, axis=None, weights=None, keepdims=False):
         return average(x, axis, weights, keepdims)      # further down this chapter
     data = _input_data('mean', x)
     _require_float('mean', data)
+    if data.dtype == np.float16:    # a float16 sum would overflow first: in float32
+        return cast(mean(cast(x, np.float32), axis, keepdims=keepdims), np.float16)
     axes = _normalize_axis(axis, data.ndim, 'mean')
     count = data.size if axes is None else int(np.prod([data.shape[a] for a in axes]))
     # The mean of nothing is NaN, as in NumPy (whose warning is left out).
@@ -2751,9 +2770,11 @@ class NormalizeL2(Function):
         x, = inputs
         _require_float('normalize', x)
         self.axis = _normalize_axis(self.axis, x.ndim, 'normalize')
-        self.norm = _xp(x).sqrt((x * x).sum(axis=self.axis, keepdims=True))
-        self.scale = x.dtype.type(1) / (self.norm + x.dtype.type(self.eps))
-        return x * self.scale,
+        # float16 in float32: its squares overflow above 256, and 1 / eps above 65504
+        wide = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
+        self.norm = _xp(x).sqrt((wide * wide).sum(axis=self.axis, keepdims=True))
+        self.scale = 1 / (self.norm + self.eps)
+        return (x * self.scale).astype(x.dtype, copy=False),
 
     def backward(self, inputs, grad_outputs):      # quotient rule; d||x||/dx = x / ||x||
         x, = inputs
@@ -2762,7 +2783,7 @@ class NormalizeL2(Function):
         along = (x * gy).sum(axis=self.axis, keepdims=True)
         zero = self.norm == 0
         along = xp.where(zero, x.dtype.type(0), along / xp.where(zero, 1, self.norm))
-        return (gy - x * along * self.scale) * self.scale,
+        return ((gy - x * along * self.scale) * self.scale).astype(x.dtype, copy=False),
 
 
 @_export('functions', 'functions.math.average')
@@ -2780,6 +2801,9 @@ def average(x, axis=None, weights=None, keepdims=False):
     if weights is None:
         return mean(x, axis, keepdims=keepdims)
     data = _input_data('average', x)
+    if data.dtype == np.float16:    # as mean: the sums in float32
+        return cast(average(cast(x, np.float32), axis, cast(weights, np.float32), keepdims),
+                    np.float16)
     axes = _normalize_axis(axis, data.ndim, 'average')
     if axis is not None and not isinstance(axis, (int, np.integer)) and \
             len(set(axes)) != len(axis):
@@ -3114,12 +3138,19 @@ def squeeze(x, axis=None):
 @_export('functions', 'functions.array.get_item')
 def get_item(x, slices):
     """x[slices] as a Variable: ints, slices, None, Ellipsis, integer or boolean
-    arrays, as NumPy indexes (a list of ints is taken as an integer array).
+    arrays, as NumPy indexes (a list is an array: of ints an integer index, of
+    bools a mask).
     The gradient of an element picked twice is the sum of both.
     Chainer: chainer.functions.get_item (also `x[...]` on a Variable).
     """
-    if isinstance(slices, list) and all(isinstance(s, (int, np.integer)) for s in slices):
-        slices = np.asarray(slices, dtype=np.intp)   # a list of ints (even []) is fancy indexing
+    if isinstance(slices, list):
+        # As NumPy: a list is an array index, of bools a mask (True is an int
+        # to Python, so it must not become 1), of lists a 2-d index, [] empty.
+        index = np.asarray(slices)
+        if index.dtype.kind in 'biu':
+            slices = index
+        elif index.size == 0:
+            slices = index.astype(np.intp)
     return GetItem(slices)(x)
 
 
@@ -3613,7 +3644,8 @@ class TensorDot(Function):
 
     def forward(self, inputs):
         a, b = inputs
-        _check_dtypes('tensordot', a, b)
+        if a.dtype != b.dtype:      # Chainer v7: mixed floats give NumPy's promoted dtype
+            _mixed_floats(self, a, b)
         _require_float('tensordot', a)
         if isinstance(self.axes, (int, np.integer)):
             if not 0 <= self.axes <= min(a.ndim, b.ndim):
@@ -4060,6 +4092,8 @@ def batch_matmul(a, b, transa=False, transb=False):
     """
     warnings.warn('batch_matmul is deprecated. Use matmul instead.', DeprecationWarning)
     shapes = [_input_data('batch_matmul', v).shape for v in (a, b)]
+    _check_dtypes('batch_matmul', _input_data('batch_matmul', a),     # Chainer v7 mixes
+                  _input_data('batch_matmul', b))                     # them in matmul only
     if any(len(s) not in (2, 3) for s in shapes):
         raise ValueError('batch_matmul: a and b need 2 or 3 dimensions, got shapes {} '
                          'and {}'.format(*shapes))
@@ -4648,11 +4682,16 @@ def swish(x, beta):
 # where softmax itself would round to 0.
 
 def _log_sum_exp(x, axis):
-    """log(sum(exp(x), axis)) with keepdims, computed without overflow."""
+    """log(sum(exp(x), axis)) with keepdims, computed without overflow, in
+    x's dtype (float16 summed in float32)."""
     xp = _xp(x)
     m = x.max(axis=axis, keepdims=True)
-    s = xp.exp(x - m).sum(axis=axis, keepdims=True)
-    return m + xp.log(s)
+    # A row of -inf, or one holding +inf, is not shifted: inf - inf would be
+    # NaN, where the answer is -inf (log 0) or +inf.
+    m = xp.where(xp.isinf(m), x.dtype.type(0), m)
+    s = _sum_wide(xp.exp(x - m), axis, keepdims=True)
+    with np.errstate(divide='ignore'):       # log(0) = -inf is the answer
+        return (m + xp.log(s)).astype(x.dtype, copy=False)
 
 
 @_export('functions.activation.softmax')
@@ -4669,7 +4708,7 @@ class Softmax(Function):
         x, = inputs
         _require_float('softmax', x)
         y = _xp(x).exp(x - x.max(axis=self.axis, keepdims=True))
-        y /= y.sum(axis=self.axis, keepdims=True)
+        y /= _sum_wide(y, self.axis, keepdims=True)
         self.y = y
         return y,
 
@@ -4807,7 +4846,8 @@ class MeanSquaredError(Function):
         _require_float('mean_squared_error', a)
         self.diff = (a - b).ravel()
         n = self.diff.size         # 0: the mean of nothing is NaN, its gradient empty
-        return _xp(a).asarray(self.diff.dot(self.diff) / n if n else math.nan, dtype=a.dtype),
+        wide = self.diff.astype(np.promote_types(a.dtype, np.float32), copy=False)  # _sum_wide
+        return _xp(a).asarray(wide.dot(wide) / n if n else math.nan, dtype=a.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/da mean((a-b)^2) = 2(a-b)/n
         gy, = grad_outputs
@@ -4863,7 +4903,7 @@ class MeanAbsoluteError(Function):
         _check_pair(self.label, *inputs)
         self.diff = inputs[0] - inputs[1]
         n = self.diff.size         # 0: the mean of nothing is NaN, as for mean_squared_error
-        return _xp(self.diff).asarray(abs(self.diff).sum() / n if n else math.nan,
+        return _xp(self.diff).asarray(_sum_wide(abs(self.diff)) / n if n else math.nan,
                                       dtype=self.diff.dtype),
 
     def backward(self, inputs, grad_outputs):      # d/dx0 mean|x0-x1| = sign(x0-x1)/n
@@ -4935,16 +4975,18 @@ class SigmoidCrossEntropy(Function):
         xp = _xp(x)
         self.valid = t != self.ignore_label
         self.t = t.astype(x.dtype)
-        loss = xp.log1p(xp.exp(-abs(x))) - x * (self.t - (x >= 0))
+        # -x (t - [x >= 0]) is |x| where the label disagrees with x's sign and 0
+        # where it agrees, also for x = +-inf (where the product would be NaN)
+        loss = xp.log1p(xp.exp(-abs(x))) + xp.where(self.t != (x >= 0), abs(x), 0)
         loss = xp.where(self.valid, loss, x.dtype.type(0))
         if self.reduce == 'no':
             return loss,
         if self.normalize:       # over the labels that count; an array, so no wait on a GPU
             count = xp.maximum(self.valid.sum(), 1)
-            self.coeff = (1.0 / count).astype(x.dtype)
+            self.coeff = (1.0 / count).astype(np.promote_types(x.dtype, np.float32))
         else:                    # over the batch
             self.coeff = 1.0 / (len(x) if x.ndim and len(x) else 1)
-        return xp.asarray(loss.sum() * self.coeff, dtype=x.dtype),
+        return xp.asarray(_sum_wide(loss) * self.coeff, dtype=x.dtype),
 
     def backward(self, inputs, grad_outputs):      # d loss / dx = sigmoid(x) - t
         x, t = inputs
@@ -5088,7 +5130,7 @@ class Hinge(Function):
         self.d = xp.maximum(1 + self.sign * x, x.dtype.type(0))
         loss = self.d if self.norm == 'L1' else self.d * self.d
         if self.reduce == 'mean':
-            return xp.asarray(loss.sum() / max(len(x), 1), dtype=x.dtype),
+            return xp.asarray(_sum_wide(loss) / max(len(x), 1), dtype=x.dtype),
         return loss,
 
     def backward(self, inputs, grad_outputs):      # d(1 +- x)/dx = +-1 where positive
@@ -5132,7 +5174,7 @@ class Contrastive(Function):
         self.y = y.astype(x0.dtype)
         loss = (self.y * dist_sq + (1 - self.y) * self.gap * self.gap) * 0.5
         if self.reduce == 'mean':
-            return xp.asarray(loss.sum() / len(x0), dtype=x0.dtype),
+            return xp.asarray(_sum_wide(loss) / len(x0), dtype=x0.dtype),
         return loss,
 
     def backward(self, inputs, grad_outputs):      # d||x0 - x1|| / dx0 = (x0 - x1) / d
@@ -6047,6 +6089,16 @@ def _check_same_shape(operation, path, mine, theirs):
                          'changed'.format(operation, path, mine.shape, theirs.shape))
 
 
+def _shape_and_dtype(value):
+    """(shape, dtype) of a parameter given to Link(**params) as Chainer takes
+    it: a shape (an int, a tuple of ints or None; float32), or a pair
+    (shape, dtype) such as ((2, 3), 'd')."""
+    if isinstance(value, tuple) and len(value) == 2 and \
+            not isinstance(value[1], (int, np.integer)):
+        return value
+    return value, np.float32
+
+
 @_continue_class(Link)
 class _LinkTreeAndCopies:
 
@@ -6760,7 +6812,11 @@ class SimplifiedDropconnectFunction(Function):
     def forward(self, inputs):
         x, W = inputs[:2]
         _require_float(self.label, x, W)
-        _check_same_dtype(self.label, inputs)
+        if W.dtype != x.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
+        if len(inputs) == 3 and inputs[2].dtype != x.dtype:     # as in Chainer v7
+            raise TypeError('simplified_dropconnect: b.dtype {} != x.dtype {}'
+                            .format(inputs[2].dtype, x.dtype))
         if x.ndim < 2 or W.ndim != 2 or int(np.prod(x.shape[1:])) != W.shape[1]:
             raise ValueError('simplified_dropconnect: x must be (n, ...) with N = W.shape[1] '
                              'values per example and W 2-D, got x.shape {}, W.shape {}'
@@ -7110,12 +7166,13 @@ class Convolution2DFunction(Function):
                                  x.shape[1], W.shape[1] * g, x.shape, W.shape,
                                  '' if g == 1 else ' with groups={} (W.shape[0] must divide '
                                  'by it too)'.format(g)))
-        if x.dtype != W.dtype:
-            raise TypeError('convolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
         if b is not None and b.shape != (W.shape[0],):
             raise ValueError('convolution_2d: b.shape {} != (W.shape[0],) = ({},)'
                              .format(b.shape, W.shape[0]))
+        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
+            raise TypeError('convolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
         n, out_channels = len(x), W.shape[0]
         # The one copy of the forward pass: the patches, kept for dL/dW.
         patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
@@ -7284,9 +7341,11 @@ class Deconvolution2DFunction(Function):
                                  x.shape[1], W.shape[0], x.shape, W.shape,
                                  '' if g == 1 else ' with groups={} (which must divide '
                                  'W.shape[0])'.format(g)))
-        if x.dtype != W.dtype:
-            raise TypeError('deconvolution_2d: x.dtype ({}) != W.dtype ({}); convert the '
-                            'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
+        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
+        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
+            raise TypeError('deconvolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype,
+                                                                              x.dtype))
         out_channels = W.shape[1] * g
         if b is not None and b.shape != (out_channels,):
             raise ValueError('deconvolution_2d: b.shape {} != (W.shape[1] * groups,) = ({},)'
@@ -7709,9 +7768,8 @@ class ConvolutionNDFunction(Function):
             raise ValueError('convolution_nd: x has {} channels but W expects {} (x.shape {}, '
                              'W.shape {}, groups {}; W.shape[0] must divide by groups)'
                              .format(x.shape[1], W.shape[1] * g, x.shape, W.shape, g))
-        if x.dtype != W.dtype:
-            raise TypeError('convolution_nd: x.dtype ({}) != W.dtype ({})'
-                            .format(x.dtype, W.dtype))
+        if x.dtype != W.dtype or b is not None and b.dtype != x.dtype:
+            W, b = _in_dtype_of(self, x, W, b)      # Chainer v7 mixes float dtypes, b's too
         if b is not None and b.shape != (W.shape[0],):
             raise ValueError('convolution_nd: b.shape {} != (W.shape[0],) = ({},)'
                              .format(b.shape, W.shape[0]))
@@ -8011,7 +8069,10 @@ class BatchNormalizationFunction(Function):
 
     def forward(self, inputs):
         x, gamma, beta = inputs
-        _check_same_dtype(self.label, (x, gamma, beta))
+        if not x.dtype == gamma.dtype == beta.dtype:    # Chainer v7's mixed precision:
+            if gamma.dtype != beta.dtype:                   # x's dtype may differ, not these
+                _check_dtypes('batch_normalization: gamma and beta', gamma, beta)
+            gamma, beta = _in_dtype_of(self, x, gamma, beta)    # y in x's dtype
         if beta.shape != gamma.shape:
             raise ValueError('batch_normalization: beta.shape {} != gamma.shape {}'
                              .format(beta.shape, gamma.shape))
@@ -8042,15 +8103,18 @@ class BatchNormalizationFunction(Function):
         x, gamma, beta = inputs
         gy, = grad_outputs
         expanded = self.expanded
-        # m in x's dtype: NumPy 1.x turns float32 / int into float64 once the
-        # int passes 65535 (a batch of 100 28x28 maps has m = 78400).
-        m = x.dtype.type(x.size // gamma.size)
-        gbeta = gy.sum(axis=self.axis)
-        ggamma = (gy * self.x_hat).sum(axis=self.axis)
+        # float16 sums in float32 (_sum_wide): a running float16 sum of 10,000
+        # ones stops at 2048, and m = 78,400 would overflow float16.
+        gbeta = _sum_wide(gy, self.axis)
+        ggamma = _sum_wide(gy * self.x_hat, self.axis)
+        # m in the sums' dtype: NumPy 1.x turns float32 / int into float64 once
+        # the int passes 65535 (a batch of 100 28x28 maps has m = 78400).
+        m = gbeta.dtype.type(x.size // gamma.size)
         gx = gy - (gbeta / m).reshape(expanded)
         gx -= self.x_hat * (ggamma / m).reshape(expanded)
         gx *= gamma.reshape(expanded) * self.inv_std
-        return gx, ggamma, gbeta
+        return (gx.astype(x.dtype, copy=False), ggamma.astype(gamma.dtype, copy=False),
+                gbeta.astype(beta.dtype, copy=False))
 
 
 @_export('functions', 'functions.normalization.batch_normalization')
@@ -8062,8 +8126,11 @@ def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var
     without the averaged axes, (C,) by default (axis=None averages all axes
     but 1).  running_mean/running_var (arrays of gamma's shape), if given,
     are updated in place with the momentum `decay` (the variance unbiased by
-    m/(m-1)).  Returns y of x's shape.  Raises ValueError on mismatched
-    shapes, TypeError on mixed dtypes.  Follows chainer.functions.batch_normalization.
+    m/(m-1)).  gamma and beta may have another float dtype than x (Chainer
+    v7's mixed precision, e.g. float16 x with float32 parameters): y has x's
+    dtype, each gradient its variable's.  Returns y of x's shape.  Raises
+    ValueError on mismatched shapes, TypeError for a non-float dtype.
+    Follows chainer.functions.batch_normalization.
     """
     return BatchNormalizationFunction(eps, running_mean, running_var, decay, axis)(
         x, gamma, beta)
@@ -8084,7 +8151,8 @@ class FixedBatchNormalization(Function):
 
     def forward(self, inputs):
         x, gamma, beta, mean, var = inputs
-        _check_same_dtype(self.label, inputs)
+        if any(a.dtype != x.dtype for a in inputs):     # Chainer v7's mixed precision
+            gamma, beta, mean, var = _in_dtype_of(self, x, gamma, beta, mean, var)
         self.axis, expanded = _bn_axes(self.label, x, gamma, self.axis)
         for name, a in (('beta', beta), ('mean', mean), ('var', var)):
             if a.shape != gamma.shape:
@@ -8292,7 +8360,9 @@ class LayerNormalizationFunction(Function):
         x, gamma, beta = inputs
         gy, = grad_outputs
         gx = _normalize_rows_grad(gy * gamma, self.x_hat, self.inv_std)
-        return gx, (gy * self.x_hat).sum(axis=0), gy.sum(axis=0)
+        # over the batch, float16 in float32 (_sum_wide)
+        return (gx, _sum_wide(gy * self.x_hat, 0).astype(gamma.dtype, copy=False),
+                _sum_wide(gy, 0).astype(beta.dtype, copy=False))
 
 
 class GroupNormalizationFunction(Function):
@@ -8310,7 +8380,8 @@ class GroupNormalizationFunction(Function):
     def forward(self, inputs):
         x, gamma, beta = inputs
         _require_float(self.label, x)
-        _check_same_dtype(self.label, inputs)
+        if not x.dtype == gamma.dtype == beta.dtype:    # Chainer v7's mixed precision
+            gamma, beta = _in_dtype_of(self, x, gamma, beta)
         if x.ndim < 2 or gamma.shape != (x.shape[1],) or beta.shape != gamma.shape:
             raise ValueError('group_normalization: x must be (N, C, ...) and gamma, beta '
                              '(C,); got x.shape {}, gamma.shape {}, beta.shape {}'
@@ -8328,8 +8399,9 @@ class GroupNormalizationFunction(Function):
         gy = grad_outputs[0].reshape(n, c, -1)
         g = (gy * gamma[:, None]).reshape(n * self.groups, -1)
         gx = _normalize_rows_grad(g, self.x_hat.reshape(n * self.groups, -1), self.inv_std)
-        return (gx.reshape(x.shape), (gy * self.x_hat).sum(axis=(0, 2)),
-                gy.sum(axis=(0, 2)))
+        return (gx.reshape(x.shape),                # float16 sums in float32 (_sum_wide)
+                _sum_wide(gy * self.x_hat, (0, 2)).astype(gamma.dtype, copy=False),
+                _sum_wide(gy, (0, 2)).astype(beta.dtype, copy=False))
 
 
 def _check_group_count(label, shape, groups):
@@ -9354,6 +9426,21 @@ class CorrectedMomentumSGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum)
 
 
+def _step_in_float32(step, data, grad, *state):
+    """Run step(data, grad, *state), which updates data and the state arrays
+    in place (CPU).  A float16 parameter is stepped in float32 copies that are
+    stored back, as Chainer's Adam does: in float16 the eps of these rules
+    (1e-8, 1e-16) rounds to 0, and an entry whose gradient has always been 0
+    would step by 0 / 0 = NaN.  The state stays float16, as in Chainer.
+    (The GPU kernels still compute in the parameter's dtype.)"""
+    if data.dtype != np.float16:
+        return step(data, grad, *state)
+    wide = [a.astype(np.float32) for a in (data, grad) + state]
+    step(*wide)
+    for narrow, value in zip((data,) + state, wide[:1] + wide[2:]):
+        narrow[...] = value
+
+
 @_export('optimizers.ada_grad')
 class AdaGradRule(UpdateRule):
     """Update rule of AdaGrad: h += grad**2; p -= lr * grad / (sqrt(h) + eps).
@@ -9366,8 +9453,10 @@ class AdaGradRule(UpdateRule):
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
         if not isinstance(param.data, np.ndarray):
             return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
-        h += grad * grad
-        param.data -= hp.lr * grad / (_xp(h).sqrt(h) + hp.eps)
+        def step(data, grad, h):
+            h += grad * grad
+            data -= hp.lr * grad / (np.sqrt(h) + hp.eps)
+        _step_in_float32(step, param.data, grad, h)
 
 
 @_export('optimizers', 'optimizers.ada_grad')
@@ -9401,12 +9490,14 @@ class AdaDeltaRule(UpdateRule):
         if xp is not np:
             return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
                                  param.data, msg, msdx)
-        msg *= hp.rho
-        msg += (1 - hp.rho) * grad * grad
-        dx = xp.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
-        msdx *= hp.rho
-        msdx += (1 - hp.rho) * dx * dx
-        param.data -= dx
+        def step(data, grad, msg, msdx):
+            msg *= hp.rho
+            msg += (1 - hp.rho) * grad * grad
+            dx = np.sqrt((msdx + hp.eps) / (msg + hp.eps)) * grad
+            msdx *= hp.rho
+            msdx += (1 - hp.rho) * dx * dx
+            data -= dx
+        _step_in_float32(step, param.data, grad, msg, msdx)
 
 
 @_export('optimizers', 'optimizers.ada_delta')
@@ -9437,11 +9528,12 @@ class RMSpropRule(UpdateRule):
         if not isinstance(param.data, np.ndarray):
             return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
                                  bool(hp.eps_inside_sqrt), param.data, ms)
-        ms *= hp.alpha
-        ms += (1 - hp.alpha) * grad * grad
-        xp = _xp(ms)
-        denom = xp.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else xp.sqrt(ms) + hp.eps
-        param.data -= hp.lr * grad / denom
+        def step(data, grad, ms):
+            ms *= hp.alpha
+            ms += (1 - hp.alpha) * grad * grad
+            denom = np.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else np.sqrt(ms) + hp.eps
+            data -= hp.lr * grad / denom
+        _step_in_float32(step, param.data, grad, ms)
 
 
 @_export('optimizers', 'optimizers.rmsprop')
@@ -9479,13 +9571,15 @@ class RMSpropGravesRule(UpdateRule):
         if not isinstance(param.data, np.ndarray):
             return _fused_update('rmsprop_graves', grad, hp.lr, alpha, one_minus_alpha,
                                  hp.momentum, hp.eps, param.data, n, g, delta)
-        n *= alpha
-        n += one_minus_alpha * grad * grad
-        g *= alpha
-        g += one_minus_alpha * grad
-        delta *= hp.momentum
-        delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
-        param.data += delta
+        def step(data, grad, n, g, delta):
+            n *= alpha
+            n += one_minus_alpha * grad * grad
+            g *= alpha
+            g += one_minus_alpha * grad
+            delta *= hp.momentum
+            delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
+            data += delta
+        _step_in_float32(step, param.data, grad, n, g, delta)
 
 
 @_export('optimizers', 'optimizers.rmsprop_graves')
@@ -9523,15 +9617,17 @@ class SMORMS3Rule(UpdateRule):
         mem, g, g2 = self.state['mem'], self.state['g'], self.state['g2']
         if not isinstance(param.data, np.ndarray):
             return _fused_update('smorms3', grad, hp.lr, hp.eps, param.data, mem, g, g2)
-        r = 1 / (mem + 1)
-        g *= 1 - r
-        g += r * grad
-        g2 *= 1 - r
-        g2 += r * grad * grad
-        x = g * g / (g2 + hp.eps)
-        param.data -= grad * np.minimum(x, hp.lr) / (np.sqrt(g2) + hp.eps)
-        mem *= 1 - x
-        mem += 1
+        def step(data, grad, mem, g, g2):
+            r = 1 / (mem + 1)
+            g *= 1 - r
+            g += r * grad
+            g2 *= 1 - r
+            g2 += r * grad * grad
+            x = g * g / (g2 + hp.eps)
+            data -= grad * np.minimum(x, hp.lr) / (np.sqrt(g2) + hp.eps)
+            mem *= 1 - x
+            mem += 1
+        _step_in_float32(step, param.data, grad, mem, g, g2)
 
 
 @_export('optimizers', 'optimizers.smorms3')
@@ -10310,6 +10406,8 @@ class Summary:
         """
         if isinstance(value, Variable):
             value = value.data
+        if isinstance(weight, Variable):     # a 0-dim Variable, as Chainer takes
+            weight = weight.data
         if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
             # On the GPU: both sums in one launch, in float64, on the device.
             if not isinstance(self._x, _array_types):
@@ -10327,7 +10425,7 @@ class Summary:
         Chainer: chainer.reporter.Summary.compute_mean.
         """
         _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
-        return float(self._x) / self._n if self._n else float('nan')
+        return float(float(self._x) / self._n) if self._n else float('nan')
 
     def make_statistics(self):
         """(mean, standard deviation) of the added values, floats.
@@ -10364,6 +10462,11 @@ class DictSummary:
             weight = 1
             if isinstance(value, tuple) and len(value) == 2:
                 value, weight = value
+                if isinstance(weight, Variable):
+                    weight = weight.data
+                if np.ndim(weight) != 0:
+                    raise ValueError('DictSummary.add: the weight of {!r} must be a scalar, '
+                                     'got shape {}'.format(key, np.shape(weight)))
             if isinstance(value, Variable):
                 value = value.data
             if isinstance(value, (int, float, np.number)) or \
@@ -10418,57 +10521,158 @@ class DictSummary:
 #
 #     (f(x + eps) - f(x - eps)) / (2 eps)
 #
-# so nudging each input element both ways and watching the outputs gives a
-# numerical gradient to compare with the one backward computes.  Do it in
-# float64, where eps=1e-3 gives errors around 1e-7.
+# so nudging the inputs both ways and watching the outputs gives a numerical
+# derivative to compare with the one backward computes.  Nudging each element
+# in turn (numerical_grad) costs two forward passes per element: hours for a
+# large input.  check_backward, as Chainer's, nudges all of them at once along
+# one random direction d instead: the derivative of t -> f(x + t d) at t = 0
+# must be gx . d, the dot product of backward's gradient with d.  A wrong
+# gradient would have to be wrong exactly orthogonally to a random d to pass.
 
 @_export('gradient_check')
-def numerical_grad(f, inputs, grad_outputs, eps=1e-3):
+class NondifferentiableError(Exception):
+    """Raised by numerical_grad and check_backward with
+    detect_nondifferentiable=True when f has a kink, jump or change of
+    finiteness within eps of the point. Chainer: gradient_check.NondifferentiableError.
+    """
+
+
+def _central_difference(outputs_at, grad_outputs, eps, detect_nondifferentiable=False,
+                        diff_atol=0, diff_rtol=1e-2, where='x'):
+    """The derivative at t = 0 of sum(outputs_at(t) * grad_outputs), in float64.
+    outputs_at(t): a list of arrays.  Two points (t = -eps, +eps) by default;
+    with detect_nondifferentiable five (-eps, -eps/2, 0, eps/2, eps), which are
+    first checked to lie on one smooth curve (see _check_smooth), and the
+    derivative is the five-point one, exact up to eps**4."""
+    if not detect_nondifferentiable:
+        samples = [outputs_at(-eps), outputs_at(eps)]
+        weights = (-1.0 / (2 * eps), 1.0 / (2 * eps))
+    else:
+        samples = [outputs_at(t) for t in (-eps, -eps / 2, 0.0, eps / 2, eps)]
+        _check_smooth(samples, eps, diff_atol, diff_rtol, where)
+        samples = samples[:2] + samples[3:]
+        weights = tuple(w / (6 * eps) for w in (1.0, -8.0, 8.0, -1.0))
+    total = 0
+    for i, gy in enumerate(grad_outputs):
+        if gy is None:
+            continue
+        change = sum(w * ys[i] for w, ys in zip(weights, samples))
+        total = total + (change * gy.astype(np.float64, copy=False)).sum()
+    return total
+
+
+def _check_smooth(samples, eps, diff_atol, diff_rtol, where):
+    # Five samples of a function differentiable at t = 0 lie on a parabola,
+    # up to eps**3: an output whose samples change finiteness, or miss their
+    # least-squares parabola by more than diff_atol + diff_rtol * their
+    # spread (root mean square), crosses a kink or a jump.
+    t = np.vander(np.arange(5.0) - 2, 3)
+    for i in range(len(samples[0])):
+        stack = _to_cpu(_xp(samples[0][i]).stack([ys[i] for ys in samples])).reshape(5, -1)
+        if stack.size == 0:
+            continue
+        finite = np.isfinite(stack)
+        problem = None
+        if (finite != finite[:1]).any():
+            problem = 'turns non-finite'
+        elif finite.all():
+            fit, _, _, _ = np.linalg.lstsq(t, stack, rcond=None)
+            misfit = np.sqrt(((t @ fit - stack) ** 2).mean(axis=0))
+            spread = stack.max(axis=0) - stack.min(axis=0)
+            if ((misfit > diff_atol + diff_rtol * spread) & (spread > 0)).any():
+                problem = 'has a kink or jump'
+        if problem:
+            raise NondifferentiableError(
+                'numerical gradient: output {} {} within eps={} of the point, moving {}; '
+                'samples at -eps, -eps/2, 0, eps/2, eps:\n{}'.format(
+                    i, problem, eps, where, stack[:, :8]))
+
+
+@_export('gradient_check')
+def numerical_grad(f, inputs, grad_outputs, eps=1e-3, detect_nondifferentiable=False,
+                   diff_atol=0, diff_rtol=1e-2, center_outputs=None):
     """Numerical gradients of sum(f() * grad_outputs) w.r.t. each array in
     `inputs`, by central differences (f(x + eps) - f(x - eps)) / (2 eps) taken
-    element by element. f takes no arguments, reads the arrays of `inputs`
-    (modified and restored in place) and returns a sequence of arrays;
-    grad_outputs: one array (or None) per output. eps default 1e-3. Returns a
-    tuple of arrays shaped like the inputs. Raises ValueError unless eps > 0.
+    element by element (two calls of f per element). f takes no arguments,
+    reads the arrays of `inputs` (modified and restored in place) and returns
+    a sequence of arrays; grad_outputs: one array (or None) per output. eps
+    default 1e-3. detect_nondifferentiable (default False): sample five
+    points per element and raise NondifferentiableError where they are not
+    on one smooth curve (tolerance diff_atol + diff_rtol * their spread).
+    center_outputs is accepted and ignored (as in Chainer). Returns a tuple
+    of float64 arrays shaped like the inputs. Raises ValueError unless eps > 0.
     Chainer: chainer.gradient_check.numerical_grad.
     """
     if eps <= 0:
         raise ValueError('numerical_grad: eps must be positive, got {}'.format(eps))
     grads = []
-    for x in inputs:
-        gx = _xp(x).zeros_like(x)
+    for k, x in enumerate(inputs):
+        gx = _xp(x).zeros(x.shape, np.float64)
         for index in np.ndindex(*x.shape):
             original = x[index].copy()
-            x[index] = original + eps
-            plus = [_xp(y).array(y, copy=True) for y in f()]
-            x[index] = original - eps
-            minus = [_xp(y).array(y, copy=True) for y in f()]
-            x[index] = original
-            total = 0
-            for yp, ym, gy in zip(plus, minus, grad_outputs):
-                if gy is not None:
-                    total = total + ((yp - ym) * gy).sum()
-            gx[index] = total / (2 * eps)
+
+            def outputs_at(t):
+                x[index] = original + t
+                try:
+                    return [_xp(y).array(y, dtype=np.float64) for y in f()]
+                finally:
+                    x[index] = original
+            gx[index] = _central_difference(outputs_at, grad_outputs, eps,
+                                            detect_nondifferentiable, diff_atol, diff_rtol,
+                                            'input {} at {}'.format(k, index))
         grads.append(gx)
     return tuple(grads)
 
 
+def _random_direction(shapes):
+    """Arrays of `shapes` (host NumPy, float64) together of length 1, drawn
+    at random from a fixed seed: the same direction on every run, and the
+    global numpy.random stream (which the code under test may use) is left
+    alone.  Each element gets at least 1/10 of an even share, so no element
+    can be left out of the check."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    total = sum(sizes)
+    d = np.random.RandomState(21).normal(size=total)
+    if total:
+        d = np.copysign(np.sqrt(0.99 * d * d / (d * d).sum() + 0.01 / total), d)
+    parts = np.split(d, np.cumsum(sizes)[:-1]) if sizes else []
+    return [part.reshape(shape) for part, shape in zip(parts, shapes)]
+
+
 @_export('gradient_check')
 def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
-                   rtol=1e-4, no_grads=None, dtype=None):
+                   rtol=1e-4, no_grads=None, dtype=None, detect_nondifferentiable=False,
+                   elementwise=False):
     """Assert that the backward of `func` matches numerical gradients.
 
     func: takes Variables, returns a Variable or a tuple. x_data: an array or a
     tuple of arrays (integer ones, such as labels, are not differentiated
     unless no_grads says otherwise). y_grad: the output gradient(s), or None
-    for a single-valued output. params: Parameters used by func, also checked.
-    eps default 1e-3; passes when allclose(backward, numerical, atol=1e-5,
-    rtol=1e-4) by default. dtype: cast float inputs and params first.
-    Raises AssertionError naming the input or parameter that differs, and
-    ValueError for y_grad None with a non-scalar output.
+    for a single-valued output. params: a Parameter or a sequence of them,
+    used by func, also checked. eps default 1e-3; dtype: cast float inputs
+    and params first. As in Chainer, the check is along one random direction
+    d (drawn from a fixed seed, unlike Chainer's from numpy.random, so the
+    check never moves the caller's random stream) over all checked inputs and
+    params: the numerical
+    derivative of t -> func(x + t d) must match sum(gx * d) within
+    allclose(atol=1e-5, rtol=1e-4) by default; it costs a few forward passes
+    whatever the size.  elementwise=True (not in Chainer) compares every
+    element's numerical gradient instead, two forward passes per element.
+    detect_nondifferentiable (default False): raise NondifferentiableError
+    when func has a kink or jump within eps of x (five samples per derivative).
+    Raises AssertionError naming the input or parameter whose gradient is
+    wrong, and ValueError for y_grad None with a non-scalar output, for
+    y_grad not of the outputs' number and shapes, for no_grads not of the
+    inputs' number and for a dtype that is not float.
     Chainer: chainer.gradient_check.check_backward.
     """
     xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
+    params = (params,) if isinstance(params, Variable) else tuple(params)  # one Parameter: a 1-tuple
+    if dtype is not None and np.dtype(dtype).kind != 'f':
+        raise ValueError('check_backward: dtype must be a float dtype, got {}'.format(dtype))
+    if no_grads is not None and len(no_grads) != len(xs):
+        raise ValueError('check_backward: no_grads has {} entries for {} inputs'.format(
+            len(no_grads), len(xs)))
     if dtype is not None:
         xs = tuple(x.astype(dtype) if x.dtype.kind == 'f' else x for x in xs)
         for p in params:
@@ -10485,6 +10689,12 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
         y_grads = tuple(_xp(y.data).ones_like(y.data) for y in ys)
     else:
         y_grads = tuple(y_grad) if isinstance(y_grad, (tuple, list)) else (y_grad,)
+        if len(y_grads) != len(ys) or any(g is not None and g.shape != y.shape
+                                          for g, y in zip(y_grads, ys)):
+            raise ValueError('check_backward: y_grad must give one gradient per output, of its '
+                             'shape: outputs {}, y_grad {}'.format(
+                                 [y.shape for y in ys],
+                                 [None if g is None else g.shape for g in y_grads]))
         if dtype is not None:
             y_grads = tuple(g if g is None else g.astype(dtype) for g in y_grads)
     for param in params:
@@ -10494,27 +10704,75 @@ def check_backward(func, x_data, y_grad, params=(), eps=1e-3, atol=1e-5,
     _backprop(list(ys), retain_grad=False)
 
     checked = [v for v in variables if v.requires_grad] + list(params)
-    def f():
+    names = ['input {}'.format(i) for i, v in enumerate(variables) if v.requires_grad] + \
+        ['parameter {!r}'.format(p.name) for p in params]
+    backward = [_to_cpu(v.grad) if v.grad is not None else np.zeros(v.shape, v.dtype)
+                for v in checked]
+
+    def outputs():
         with no_backprop_mode():
             out = func(*[Variable(v.data) for v in variables])
-        return [y.data for y in (out if isinstance(out, tuple) else (out,))]
-    numeric = numerical_grad(f, [v.data for v in checked], y_grads, eps)
-    for i, (v, expected) in enumerate(zip(checked, numeric)):
-        actual = v.grad if v.grad is not None else _xp(v.data).zeros_like(v.data)
-        actual, expected = _to_cpu(actual), _to_cpu(expected)
-        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol, rtol=rtol):
-            what = 'input {}'.format(i) if i < len(checked) - len(params) else \
-                'parameter {!r}'.format(v.name)
-            raise AssertionError(
-                'check_backward: the gradient of {} does not match the numerical one '
-                '(max abs error {:.3g}, atol={}, rtol={})\nbackward:\n{}\nnumerical:\n{}'
-                .format(what, float(np.abs(actual - expected).max()) if actual.shape
-                        == expected.shape else float('inf'), atol, rtol, actual, expected))
+        return [_xp(y.data).array(y.data, dtype=np.float64)
+                for y in (out if isinstance(out, tuple) else (out,))]
 
+    if elementwise:
+        numeric = numerical_grad(outputs, [v.data for v in checked], y_grads, eps,
+                                 detect_nondifferentiable, diff_rtol=rtol)
+        for name, actual, expected in zip(names, backward, numeric):
+            expected = _to_cpu(expected)
+            if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol,
+                                                                 rtol=rtol):
+                raise AssertionError(
+                    'check_backward: the gradient of {} does not match the numerical one '
+                    '(max abs error {:.3g}, atol={}, rtol={})\nbackward:\n{}\nnumerical:\n{}'
+                    .format(name, float(np.abs(actual - expected).max()) if actual.shape
+                            == expected.shape else float('inf'), atol, rtol, actual, expected))
+        return
 
-@_export('gradient_check')
-class NondifferentiableError(Exception):
-    """Chainer's gradient_check.NondifferentiableError (never raised here)."""
+    for name, actual, v in zip(names, backward, checked):
+        if actual.shape != v.shape:
+            raise AssertionError('check_backward: the gradient of {} has shape {}, the {} '
+                                 'has shape {}'.format(name, actual.shape, name, v.shape))
+    directions = _random_direction([v.shape for v in checked])
+    originals = [v.data for v in checked]
+    on_device = [_xp(x).asarray(d) for x, d in zip(originals, directions)]
+
+    def along(moved):
+        # The numerical derivative of func along the direction, moving only
+        # the checked variables in `moved`, and backward's (sum of gx . d).
+        def outputs_at(t):
+            for k in moved:
+                x = originals[k]
+                checked[k].data = _xp(x).asarray(x.astype(np.float64) + t * on_device[k],
+                                                 dtype=x.dtype)     # (0-dim stays an array)
+            try:
+                return outputs()
+            finally:
+                for k in moved:
+                    checked[k].data = originals[k]
+        numeric = float(_central_difference(
+            outputs_at, y_grads, eps, detect_nondifferentiable, 0, rtol,
+            'along a random direction of ' + ', '.join(names[k] for k in moved)))
+        analytic = float(sum((backward[k].astype(np.float64) * directions[k]).sum()
+                             for k in moved))
+        return numeric, analytic
+
+    numeric, analytic = along(range(len(checked)))
+    if np.isclose(analytic, numeric, atol=atol, rtol=rtol):
+        return
+    # Which one is wrong?  The same check with one variable moved at a time.
+    wrong = []
+    for k in range(len(checked)):
+        numeric_k, analytic_k = along([k])
+        if not np.isclose(analytic_k, numeric_k, atol=atol, rtol=rtol):
+            wrong.append('{} (numerical {:.6g}, backward {:.6g})'.format(
+                names[k], numeric_k, analytic_k))
+    raise AssertionError(
+        'check_backward: the gradient of {} does not match the numerical one along a '
+        'random direction d: numerical derivative {:.6g}, backward sum(gx * d) {:.6g} '
+        '(atol={}, rtol={}, eps={}); elementwise=True compares every element'.format(
+            ', '.join(wrong) or 'all inputs and parameters together', numeric, analytic,
+            atol, rtol, eps))
 
 
 @_export('gradient_check', 'testing')
@@ -10593,6 +10851,41 @@ _export('utils', size_of_shape=_size_of_shape)
 
 # --- Datasets ----------------------------------------------------------------
 
+def _example_positions(index, length, owner):
+    """What `index` means in NumPy for a dataset of `length` examples: an
+    int position (negative ones count from the end), or an array of them for
+    a slice, a list or array of ints, or a boolean mask of one entry per
+    example.  Raises IndexError (TypeError for other kinds of index) naming
+    `owner` and the index as given."""
+    if isinstance(index, slice):
+        return np.arange(*index.indices(length))
+    if isinstance(index, (list, np.ndarray)):
+        positions = np.asarray(index)
+        if positions.ndim == 0:
+            return _example_positions(positions.item(), length, owner)
+        if positions.dtype == np.bool_:
+            if positions.shape != (length,):
+                raise IndexError('{}: a boolean mask needs one entry per example, shape '
+                                 '({},), got shape {}'.format(owner, length, positions.shape))
+            return np.flatnonzero(positions)
+        if positions.size == 0:
+            return positions.astype(np.intp).reshape(-1)
+        if positions.ndim != 1 or positions.dtype.kind not in 'iu':
+            raise IndexError('{}: an index array must be 1-d, of ints or bools, got {!r}'
+                             .format(owner, index))
+        outside = (positions < -length) | (positions >= length)
+        if outside.any():
+            raise IndexError('{}: index {} out of range for length {} (in {})'.format(
+                owner, positions[outside][0], length, positions.tolist()))
+        return positions % length
+    if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+        if not -length <= index < length:
+            raise IndexError('{}: index {} out of range for length {}'.format(owner, index, length))
+        return int(index) % length
+    raise TypeError('{}: an index must be an int, a slice, a list or array of ints or a '
+                    'boolean mask, got {!r}'.format(owner, index))
+
+
 def _take_examples(dataset, indices):
     """Return the examples at `indices` (integers) as a list.
 
@@ -10666,11 +10959,10 @@ class SubDataset:
         return self._size
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            index = np.arange(*index.indices(self._size))
-        if not isinstance(index, (list, np.ndarray)):
-            return self._dataset[self._base_positions(index)]
-        return self._take(index)     # a list of examples, as in Chainer
+        positions = _example_positions(index, self._size, 'SubDataset')
+        if not isinstance(positions, np.ndarray):
+            return self._dataset[self._base_positions(positions)]
+        return self._take(positions)     # a list of examples, as in Chainer
 
     def _take(self, indices):
         positions = self._base_positions(np.asarray(indices, dtype=np.intp))
@@ -10718,10 +11010,12 @@ class DatasetMixin:
     int, a slice or a list of ints calls it.  Chainer: dataset.DatasetMixin."""
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.get_example(i) for i in range(*index.indices(len(self)))]
-        if isinstance(index, (list, np.ndarray)):
-            return [self.get_example(int(i)) for i in index]
+        # An int goes to get_example as given (as in Chainer: len is not needed)
+        if isinstance(index, (slice, list, np.ndarray)):
+            positions = _example_positions(index, len(self), type(self).__name__)
+            if isinstance(positions, np.ndarray):
+                return [self.get_example(i) for i in positions.tolist()]
+            index = positions
         return self.get_example(index)
 
     def __len__(self):
@@ -10799,8 +11093,11 @@ class TransformDataset:
         self._transform = transform
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+        if isinstance(index, (slice, list, np.ndarray)):
+            positions = _example_positions(index, len(self), 'TransformDataset')
+            if isinstance(positions, np.ndarray):     # one transform per example
+                return [self._transform(self._dataset[i]) for i in positions.tolist()]
+            index = positions
         return self._transform(self._dataset[index])
 
     def __len__(self):
@@ -10820,13 +11117,9 @@ class ConcatenatedDataset:
         return int(self._ends[-1]) if len(self._ends) else 0
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError('ConcatenatedDataset: index {} out of range for length {}'
-                             .format(index, len(self)))
+        index = _example_positions(index, len(self), 'ConcatenatedDataset')
+        if isinstance(index, np.ndarray):
+            return [self[i] for i in index.tolist()]
         which = int(np.searchsorted(self._ends, index, side='right'))
         start = 0 if which == 0 else int(self._ends[which - 1])
         return self._datasets[which][index - start]
@@ -10834,38 +11127,39 @@ class ConcatenatedDataset:
 
 @_export('datasets', 'datasets.sub_dataset')
 def split_dataset_n(dataset, n, order=None):
-    """A list of n SubDatasets of dataset, of sizes differing by at most one,
-    in the given `order` (an index array; default the dataset's own order).
+    """A list of n SubDatasets of dataset, each of len(dataset) // n examples
+    (the last len(dataset) % n are in none, as Chainer documents), in the given
+    `order` (an index array; default the dataset's own order).
     Chainer: chainer.datasets.split_dataset_n."""
-    total = len(dataset)
-    bounds = [total * i // n for i in range(n + 1)]
-    return [SubDataset(dataset, bounds[i], bounds[i + 1], order) for i in range(n)]
+    size = len(dataset) // n
+    return [SubDataset(dataset, size * i, size * (i + 1), order) for i in range(n)]
 
 
 @_export('datasets', 'datasets.sub_dataset')
 def split_dataset_n_random(dataset, n, seed=None):
     """split_dataset_n over a random permutation of dataset, drawn from
-    numpy.random.RandomState(seed) (seed None: a fresh one).
+    numpy.random.RandomState(seed) (seed None: a fresh one); the same seed
+    picks the same examples as Chainer's.
     Chainer: chainer.datasets.split_dataset_n_random."""
     return split_dataset_n(dataset, n, np.random.RandomState(seed).permutation(len(dataset)))
 
 
 @_export('datasets', 'datasets.sub_dataset')
 def get_cross_validation_datasets(dataset, n_folds=None, order=None, **kwargs):
-    """n_folds (train, test) pairs, fold i tested on the i-th part.  Chainer:
-    datasets.get_cross_validation_datasets."""
+    """n_folds (train, test) pairs of SubDatasets covering the dataset.  The
+    parts are len(dataset) * i // n_folds apart; as in Chainer, the first
+    pair tests on the LAST part and trains on the rest in order, and each
+    next pair rotates the order right by its test part, so pair k tests on
+    the k-th part from the end.  Chainer: datasets.get_cross_validation_datasets."""
     n_folds = kwargs.get('n_fold', n_folds)
-    if order is None:
-        order = np.arange(len(dataset))
-    order = np.asarray(order)
+    order = np.arange(len(dataset)) if order is None else np.asarray(order)
     total = len(dataset)
     bounds = [total * i // n_folds for i in range(n_folds + 1)]
     splits = []
-    for i in range(n_folds):
-        test = order[bounds[i]:bounds[i + 1]]
-        train = np.concatenate([order[:bounds[i]], order[bounds[i + 1]:]])
-        rolled = np.concatenate([train, test])     # train first, then the test fold
-        splits.append(split_dataset(dataset, len(train), rolled))
+    for i in reversed(range(n_folds)):
+        test_size = bounds[i + 1] - bounds[i]
+        splits.append(split_dataset(dataset, total - test_size, order))
+        order = np.roll(order, test_size)    # the test part moves to the front
     return splits
 
 
@@ -14986,19 +15280,51 @@ class _OptimizerChecks:
 
 
 def _check_grad_input(function, index, x, gx):
-    """Raise unless gradient `gx` fits variable `x` (same shape and dtype),
-    naming who made it: input `index` of `function`'s backward, or, with
-    function None, an assignment to x.grad.  A wrong gradient stored silently
-    would turn up later as a dtype or shape change far from its cause."""
+    """Return gradient `gx` for variable `x`; raise unless it fits (same shape
+    and dtype), naming who made it: input `index` of `function`'s backward, or,
+    with function None, an assignment to x.grad.  A wrong gradient stored
+    silently would turn up later as a dtype or shape change far from its
+    cause.  Only a function that takes mixed float dtypes (mixed_dtypes, see
+    _in_dtype_of) has a float gradient cast to its variable's float dtype."""
     where = ('Variable.grad' if function is None else
              '{}.backward: the gradient of input {}'.format(function.label, index))
     if gx.shape != x.data.shape:
         raise ValueError('{} has shape {} but the variable has shape {}; a gradient '
                          'has the shape of its variable'.format(where, gx.shape, x.data.shape))
+    if gx.dtype != x.data.dtype and getattr(function, 'mixed_dtypes', False) and \
+            gx.dtype.kind == 'f' and x.data.dtype.kind == 'f':
+        return gx.astype(x.data.dtype)
     if gx.dtype != x.data.dtype:
         raise TypeError('{} has dtype {} but the variable has dtype {}; cast it with '
                         '.astype(numpy.{})'.format(where, gx.dtype, x.data.dtype,
                                                    x.data.dtype))
+    return gx
+
+
+def _mixed_floats(function, a, b):
+    """Chainer v7's matmul and tensordot of two float dtypes: the result in
+    NumPy's promoted dtype, each gradient cast back to its input's
+    (_check_grad_input).  Other dtype pairs raise TypeError, as before."""
+    if a.dtype.kind != 'f' or b.dtype.kind != 'f':
+        _check_dtypes(function.label, a, b)
+    function.mixed_dtypes = True
+
+
+def _in_dtype_of(function, x, *arrays):
+    """Chainer v7's mixed dtypes: the float `arrays` (weights such as W, gamma,
+    beta; None stays None) in float x's dtype, so the result has x's dtype;
+    `function` is marked mixed_dtypes, so that each gradient is cast back to
+    its own variable's dtype (_check_grad_input).  Returns one array for one,
+    else a tuple.  An x or array that is not float raises TypeError naming
+    the function and the dtypes."""
+    floats = [a for a in (x,) + arrays if a is not None]
+    if any(a.dtype.kind != 'f' for a in floats):
+        raise TypeError('{}: x.dtype ({}) and the dtypes of the weights ({}) must be float '
+                        'dtypes; convert x with x.astype(numpy.float32)'.format(
+                            function.label, x.dtype, ', '.join(str(a.dtype) for a in floats[1:])))
+    function.mixed_dtypes = True
+    cast = tuple(None if a is None else a.astype(x.dtype, copy=False) for a in arrays)
+    return cast[0] if len(cast) == 1 else cast
 
 
 def _require_float(label, *arrays):
