@@ -520,7 +520,7 @@ class LinearFunction(Function):
         if x.dtype != W.dtype:
             raise TypeError('linear: x.dtype ({}) != W.dtype ({}); convert the '
                             'input with x.astype(numpy.{})'.format(x.dtype, W.dtype, W.dtype))
-        _require_float('linear', W)
+        _require_float('linear', W)      # an integer W raises: Chapter 20
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
         if b is not None:
             if b.shape != (W.shape[0],):
@@ -719,7 +719,7 @@ class Parameter(Variable):
     def __init__(self, initializer=None, shape=None, name=None):
         if isinstance(initializer, _array_types):
             super().__init__(initializer, name=name)
-            self.initializer = Constant(initializer)
+            self.initializer = Constant(initializer)     # initializers: Chapter 10
         else:
             super().__init__(None, name=name)
             self.initializer = _get_initializer(initializer, NaN())
@@ -763,7 +763,7 @@ class Link:
         object.__setattr__(self, '_within_init_scope', False)
         self.name = None
         for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
-            self.add_param(name, shape)
+            self.add_param(name, shape)      # Chapter 10
 
     @contextlib.contextmanager
     def init_scope(self):
@@ -835,7 +835,7 @@ class Chain(Link):
     def __init__(self, **links):
         super().__init__()
         object.__setattr__(self, '_children', [])
-        for name, link in links.items():
+        for name, link in links.items():     # Chainer's older style (Chapter 10)
             self.add_link(name, link)
 
     def __setattr__(self, name, value):
@@ -886,7 +886,7 @@ class Linear(Link):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
-            data = _check_first_input('Linear', x)
+            data = _check_first_input('Linear', x)      # its array: Chapter 20
             self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
 
@@ -1027,7 +1027,7 @@ class Optimizer:
         for param in link.params():
             param.update_rule = self.create_update_rule()
         if next(link.params(), None) is None:
-            _warn_no_params(self, link)
+            _warn_no_params(self, link)       # Chapter 20
         return self
 
     def create_update_rule(self):
@@ -1043,7 +1043,7 @@ class Optimizer:
         clear the old gradients and run backward.
         Chainer: chainer.Optimizer.update.
         """
-        self._check_setup()
+        self._check_setup()       # setup() must come first: Chapter 20
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
             self.target.cleargrads()
