@@ -13935,20 +13935,18 @@ _adam_scratch = {}         # dtype -> one block of scratch memory, reused
 def _adam_kernel(name, amsgrad, adabound):
     """Adam's update as one kernel, _adam_step line by line (multiplying by eta
     or decay = 1 changes nothing), with AMSGrad's and AdaBound's lines."""
-    v = 'vhat' if amsgrad else 'v'
-    return _FusedKernel(
-        name, 'T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay'
-        + (', T lower, T upper' if adabound else ''),
-        'T param, T m, T v' + (', T vhat' if amsgrad else ''), '''
-        m += one_minus_beta1 * (grad - m);
-        v += one_minus_beta2 * (grad * grad - v);''' + ('''
-        vhat = max(vhat, v);''' if amsgrad else '') + '''
-        T step = lr / (sqrt({}) + eps);'''.format(v) + ('''
-        step = min(max(step, lower), upper);''' if adabound else '') + '''
-        step *= m;
-        step *= eta;
-        param *= decay;
-        param -= step;''')
+    inputs = 'T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay'
+    outputs = 'T param, T m, T v'
+    body = ['m += one_minus_beta1 * (grad - m);', 'v += one_minus_beta2 * (grad * grad - v);']
+    if amsgrad:
+        outputs += ', T vhat'
+        body.append('vhat = max(vhat, v);')
+    body.append('T step = lr / (sqrt({}) + eps);'.format('vhat' if amsgrad else 'v'))
+    if adabound:
+        inputs += ', T lower, T upper'
+        body.append('step = min(max(step, lower), upper);')       # as np.clip
+    body += ['step *= m;', 'step *= eta;', 'param *= decay;', 'param -= step;']
+    return _FusedKernel(name, inputs, outputs, '\n'.join(body))
 
 
 @_continue_class(AdamRule)
