@@ -39,6 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 COUNTS = collections.Counter()     # 'call:<name>', 'sync:<name>', 'h2d:<name>'
+COMPILED = set()                   # the kernels made, each with its compile options
 _HOST_INPUTS = {'asarray', 'array', 'asanyarray', 'ascontiguousarray'}
 _HOST_INDICES = {'at'}      # ufunc.at takes host index arrays, as CuPy's does
 
@@ -217,8 +218,8 @@ class _ElementwiseKernel:
     def __init__(self, in_params, out_params, operation, name='kernel', **kwargs):
         self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
         # Recorded, not applied: NumPy rounds every operation anyway.
-        _count('compile', name + ('' if '--fmad=false' in kwargs.get('options', ()) else
-                                  ' without --fmad=false'))
+        COMPILED.add(name + ('' if '--fmad=false' in kwargs.get('options', ()) else
+                             ' without --fmad=false'))
         for pattern, replacement in _C_TO_PY:
             operation = pattern.sub(replacement, operation)
         self.statements = [_STATEMENT.match(s.strip()).groups()
@@ -520,7 +521,7 @@ def main():
               'syncs': sorted(k for k in names if k.startswith('sync:')),
               'syncs_at_trigger': sum(v for k, v in at_trigger.items() if k.startswith('sync:')),
               'printed_rows': printed.count('\n') - 1 if printed else 0,
-              'compiled': sorted(k.split(':', 1)[1] for k in COUNTS if k.startswith('compile:'))}
+              'compiled': sorted(COMPILED)}
     if args.json:
         print(json.dumps(result))
         return
