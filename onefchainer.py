@@ -603,9 +603,9 @@ class ReLU(Function):
         return self.y,
 
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
-        if not isinstance(self.y, (np.ndarray, np.generic)):     # (0-dim: a NumPy scalar)
-            return _fused_op('relu_grad', grad_outputs[0], self.y),   # one launch, not two
         return grad_outputs[0] * (self.y > 0),
+
+    # Continued in Chapter 19 (backward, grad_kernel).
 
 
 @_export('functions', 'functions.activation.relu')
@@ -646,7 +646,7 @@ class SoftmaxCrossEntropy(Function):
         """(valid, t with ignored labels replaced by 0); a label outside
         [0, n_class) that is not ignore_label raises ValueError."""
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
-        if bad.any():       # on a GPU this would wait for the device: see Chapter 19
+        if bad.any():       # on a GPU this would wait for the device: Chapter 19 defers it
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
@@ -656,35 +656,31 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, inputs):
         x, t = inputs
-        self._check(x, t)
+        self._check(x, t)                  # shapes and dtypes: Chapter 20
+        self.valid, safe_t = self._check_labels(t, x.shape[1])
+        loss = self._losses(x, safe_t)
+        if self.reduce == 'no':
+            return loss.astype(x.dtype, copy=False),
+        count = self.valid.sum() if self.normalize else len(x)
+        self.coeff = 1.0 / max(int(count), 1)
+        return _xp(x).asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
+
+    def _losses(self, x, safe_t):
+        """-log softmax(x)[t] per row (times class_weight[t]); keeps softmax(x) for backward."""
         xp = _xp(x)
         shifted = x - x.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        deferred = _defers_checks(t)     # on a GPU the label check waits: Chapter 19
-        if deferred:
-            self.valid, safe_t = self._check_labels_later(t, x.shape[1])
-        else:
-            self.valid, safe_t = self._check_labels(t, x.shape[1])
         self.t = safe_t[:, None]
         # log softmax at the true class only: shifted[t] - log(sum e)
         log_p = (xp.take_along_axis(shifted, self.t, axis=1) - xp.log(s))[:, 0]
         self.y = e / s         # softmax, reused by backward
         loss = -log_p * self.valid
         if self.class_weight is not None:
-            class_weight = _device_of(x).send(self.class_weight)   # a host array is fine too
+            class_weight = _device_of(x).send(self.class_weight)   # a host array: Chapter 18
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
-        if self.reduce == 'no':
-            if deferred:
-                loss = self._nan_where_bad(loss)
-            return loss.astype(x.dtype, copy=False),
-        count = self.valid.sum() if self.normalize else len(x)
-        if deferred:
-            self.coeff = self._coefficient_later(count, x.dtype)
-        else:
-            self.coeff = 1.0 / max(int(count), 1)   # Python's max (see Chapter 9)
-        return xp.asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
+        return loss
 
     def backward(self, inputs, grad_outputs):      # (softmax - onehot) * weight
         x, t = inputs
@@ -701,8 +697,7 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
-    # Continued in Chapter 19 (_check_labels_later, _nan_where_bad,
-    # _coefficient_later); Chapter 20 (_check).
+    # Continued in Chapter 19 (forward, _coefficient_later); Chapter 20 (_check).
 
 
 @_export('functions', 'functions.loss.softmax_cross_entropy')
@@ -756,7 +751,7 @@ class Parameter(Variable):
     def __init__(self, initializer=None, shape=None, name=None):
         if isinstance(initializer, _array_types):
             super().__init__(initializer, name=name)
-            self.initializer = Constant(initializer)
+            self.initializer = Constant(initializer)     # initializers: Chapter 10
         else:
             super().__init__(None, name=name)
             self.initializer = _get_initializer(initializer, NaN())
@@ -801,7 +796,7 @@ class Link:
         object.__setattr__(self, '_within_init_scope', False)
         self.name = None
         for name, shape in params.items():   # Chainer's old Link(W=(3, 2)) form
-            self.add_param(name, *_shape_and_dtype(shape))
+            self.add_param(name, *_shape_and_dtype(shape))    # Chapter 10
 
     @contextlib.contextmanager
     def init_scope(self):
@@ -875,7 +870,7 @@ class Chain(Link):
     def __init__(self, **links):
         super().__init__()
         object.__setattr__(self, '_children', [])
-        for name, link in links.items():
+        for name, link in links.items():     # Chainer's older style (Chapter 10)
             self.add_link(name, link)
 
     def __setattr__(self, name, value):
@@ -927,7 +922,7 @@ class Linear(Link):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
-            data = _check_first_input('Linear', x)
+            data = _check_first_input('Linear', x)      # its array: Chapter 20
             self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
 
@@ -1032,8 +1027,8 @@ class UpdateRule:
         param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
         """
 
-    # Continued in Chapter 12 (add_hook, remove_hook); Chapter 13 (serialize);
-    # Chapter 21 (update_core, update_core_cpu, update_core_gpu).
+    # Continued in Chapter 12 (update_core, update_core_gpu, add_hook, ...); Chapter 13
+    # (serialize).
 
 
 @_export('optimizer')
@@ -1073,7 +1068,7 @@ class Optimizer:
         for param in link.params():
             param.update_rule = self.create_update_rule()
         if next(link.params(), None) is None:
-            _warn_no_params(self, link)
+            _warn_no_params(self, link)       # Chapter 20
         return self
 
     def create_update_rule(self):
@@ -1089,7 +1084,7 @@ class Optimizer:
         clear the old gradients and run backward.
         Chainer: chainer.Optimizer.update.
         """
-        self._check_setup()
+        self._check_setup()       # setup() must come first: Chapter 20
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
             self.target.cleargrads()
@@ -1115,9 +1110,9 @@ _export('optimizer', GradientMethod=Optimizer)
 class SGDRule(UpdateRule):
     """Update rule of SGD: p -= lr * grad. Chainer: chainer.optimizers.sgd.SGDRule."""
     def update_core(self, param):                  # p -= lr * grad
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('sgd', param.grad, self.hyperparam.lr, param.data)
         param.data -= self.hyperparam.lr * param.grad
+
+    # Continued in Chapter 19 (update_core, update_core_gpu, gpu_kernel).
 
 
 @_export('optimizers', 'optimizers.sgd')
@@ -1147,13 +1142,16 @@ class AdamRule(UpdateRule):
         # Read each hyperparameter once: every read walks to the optimizer.
         beta1, beta2, t = hp.beta1, hp.beta2, self.t
         lr = hp.alpha * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        arrays = [param.data, param.grad, self.state['m'], self.state['v']]
-        if 'vhat' in self.state:
-            arrays.append(self.state['vhat'])
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
-        _adam_update(arrays, constants, hp.adabound and self.bounds)   # Chapters 19, 12
+        bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 12
+        self._step(param, constants, bounds)     # Chapter 19 makes it faster
 
-    # Continued in Chapter 12 (__init__, alpha_t, bounds).
+    def _step(self, param, constants, bounds=None):    # _adam_step (below) on param's arrays
+        data, state = param.data, self.state
+        _adam_step(_xp(data), _xp(data).empty_like(data), data, param.grad, state['m'],
+                   state['v'], state.get('vhat'), constants, bounds)
+
+    # Continued in Chapter 12 (__init__, alpha_t, bounds); Chapter 19 (_step).
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
@@ -9174,8 +9172,69 @@ class _BNInitializer(Initializer):
 # MomentumSGD, AdaGrad, AdaDelta and RMSprop, each an update rule beside its
 # optimizer, their variants (NesterovAG, CorrectedMomentumSGD, RMSpropGraves,
 # SMORMS3, AdaBound), and the hooks that change gradients before any rule
-# sees them.  Every rule has its CPU formulas here and, for a GPU, one fused
-# kernel with the same formulas in the same order (_FUSED_UPDATES, Chapter 19).
+# sees them.
+#
+# Each rule writes its formulas twice, side by side.  update_core_cpu runs
+# them in NumPy, one pass over the arrays per line.  On a GPU each pass would
+# be a kernel launch, and for small parameters the launches cost more than
+# the arithmetic, so `gpu_kernel` holds the same formulas in the same order
+# as the loop body of ONE elementwise kernel in CUDA C, and update_core_gpu
+# runs it per parameter, passing the arrays and numbers by name.  (How the
+# kernels are compiled, and why the GPU then rounds as NumPy does: Chapter 19.)
+# A new optimizer is its rule (both halves) and its Optimizer, here.
+
+
+class _FusedKernel:
+    """An elementwise GPU kernel: `body`, in CUDA C, runs once per element over
+    the named `inputs` and `outputs`, e.g. 'T grad, T lr' and 'T param' (T:
+    the arrays' dtype; a number passed for a T is cast to it).  Outputs are
+    updated in place, or made when not passed.  Call it with every input, then
+    the outputs, by name; returns the output array(s).  Compiled at the first
+    call as 'onefchainer_' + name (Chapter 19)."""
+
+    def __init__(self, name, inputs, outputs, body):
+        self.name, self.inputs, self.outputs, self.body = name, inputs, outputs, body
+        self.names = [p.split()[-1] for p in (inputs + ',' + outputs).split(',')]
+        self.n_inputs = inputs.count(',') + 1
+        self.compiled = None
+
+    def __call__(self, **arguments):
+        names = self.names[:len(arguments)]       # CuPy takes them by position
+        if len(names) < self.n_inputs or arguments.keys() != set(names):
+            raise TypeError('kernel {}: got the arguments {}; it takes {}, then {}'.format(
+                self.name, sorted(arguments), self.inputs, self.outputs))
+        return (self.compiled or self.compile())(*[arguments[name] for name in names])
+
+    # Continued in Chapter 19 (compile).
+
+
+@_continue_class(UpdateRule)
+class _UpdateRulePerDevice:
+
+    # A rule writes update_core, or, as here and in Chainer, one method per device.
+    def update_core(self, param):
+        """Update param.data in place from param.grad. The base
+        implementation calls update_core_cpu or update_core_gpu by the array type;
+        a rule overrides either this or those. Chainer: chainer.UpdateRule.update_core.
+        """
+        if isinstance(param.data, np.ndarray):
+            self.update_core_cpu(param)
+        else:
+            self.update_core_gpu(param)
+
+    def update_core_cpu(self, param):
+        """update_core for NumPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_cpu.
+        """
+        raise NotImplementedError('{}: define update_core or update_core_cpu'.format(
+            type(self).__name__))
+
+    def update_core_gpu(self, param):
+        """update_core for CuPy arrays; raises NotImplementedError unless a
+        subclass defines it. Chainer: chainer.UpdateRule.update_core_gpu.
+        """
+        raise NotImplementedError('{}: define update_core or update_core_gpu'.format(
+            type(self).__name__))
 
 
 @_continue_class(UpdateRule)
@@ -9333,14 +9392,21 @@ class MomentumSGDRule(UpdateRule):
     def init_state(self, param):
         self.state['v'] = _xp(param.data).zeros_like(param.data)
 
-    def update_core(self, param):                  # v = momentum v - lr grad; p += v
+    def update_core_cpu(self, param):              # v = momentum v - lr grad; p += v
         v = self.state['v']
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('momentum_sgd', param.grad, self.hyperparam.lr,
-                                 self.hyperparam.momentum, param.data, v)
         v *= self.hyperparam.momentum
         v -= self.hyperparam.lr * param.grad
         param.data += v
+
+    gpu_kernel = _FusedKernel('momentum_sgd', 'T grad, T lr, T momentum', 'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += v;''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, momentum=hp.momentum,
+                        param=param.data, v=self.state['v'])
 
 
 @_export('optimizers', 'optimizers.momentum_sgd')
@@ -9364,18 +9430,31 @@ class NesterovAGRule(UpdateRule):
     def init_state(self, param):
         self.state['v'] = _xp(param.data).zeros_like(param.data)
 
-    def update_core(self, param):
+    def update_core_cpu(self, param):
         grad, hp, v = param.grad, self.hyperparam, self.state['v']
         lr, momentum = hp.lr, hp.momentum
         # The step looks ahead: MomentumSGD's step plus momentum times the next one.
         momentum_squared, lr_one_plus_momentum = momentum * momentum, (1 + momentum) * lr
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('nesterov_ag', grad, lr, momentum, momentum_squared,
-                                 lr_one_plus_momentum, param.data, v)
         v *= momentum
         v -= lr * grad
         param.data += momentum_squared * v
         param.data -= lr_one_plus_momentum * grad
+
+    # momentum_squared and lr_one_plus_momentum: the CPU's Python products, made once
+    gpu_kernel = _FusedKernel(
+        'nesterov_ag', 'T grad, T lr, T momentum, T momentum_squared, T lr_one_plus_momentum',
+        'T param, T v', '''
+        v *= momentum;
+        v -= lr * grad;
+        param += momentum_squared * v;
+        param -= lr_one_plus_momentum * grad;''')
+
+    def update_core_gpu(self, param):
+        lr, momentum = self.hyperparam.lr, self.hyperparam.momentum
+        self.gpu_kernel(grad=param.grad, lr=lr, momentum=momentum,
+                        momentum_squared=momentum * momentum,
+                        lr_one_plus_momentum=(1 + momentum) * lr,
+                        param=param.data, v=self.state['v'])
 
 
 @_export('optimizers', 'optimizers.nesterov_ag')
@@ -9400,14 +9479,22 @@ class CorrectedMomentumSGDRule(UpdateRule):
     def init_state(self, param):
         self.state['v'] = _xp(param.data).zeros_like(param.data)
 
-    def update_core(self, param):                  # v = momentum v - g; p += lr v
+    def update_core_cpu(self, param):              # v = momentum v - g; p += lr v
         v, hp = self.state['v'], self.hyperparam
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('corrected_momentum_sgd', param.grad, hp.lr, hp.momentum,
-                                 param.data, v)
         v *= hp.momentum
         v -= param.grad
         param.data += hp.lr * v
+
+    gpu_kernel = _FusedKernel('corrected_momentum_sgd', 'T grad, T lr, T momentum',
+                              'T param, T v', '''
+        v *= momentum;
+        v -= grad;
+        param += lr * v;''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, momentum=hp.momentum,
+                        param=param.data, v=self.state['v'])
 
 
 @_export('optimizers', 'optimizers.corrected_momentum_sgd')
@@ -9449,14 +9536,21 @@ class AdaGradRule(UpdateRule):
     def init_state(self, param):
         self.state['h'] = _xp(param.data).zeros_like(param.data)
 
-    def update_core(self, param):                  # h += g^2; p -= lr g / (sqrt(h) + eps)
+    def update_core_cpu(self, param):              # h += g^2; p -= lr g / (sqrt(h) + eps)
         grad, h, hp = param.grad, self.state['h'], self.hyperparam
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('adagrad', grad, hp.lr, hp.eps, param.data, h)
         def step(data, grad, h):
             h += grad * grad
             data -= hp.lr * grad / (np.sqrt(h) + hp.eps)
         _step_in_float32(step, param.data, grad, h)
+
+    gpu_kernel = _FusedKernel('adagrad', 'T grad, T lr, T eps', 'T param, T h', '''
+        h += grad * grad;
+        param -= lr * grad / (sqrt(h) + eps);''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, eps=hp.eps, param=param.data,
+                        h=self.state['h'])
 
 
 @_export('optimizers', 'optimizers.ada_grad')
@@ -9482,14 +9576,11 @@ class AdaDeltaRule(UpdateRule):
         self.state['msg'] = xp.zeros_like(param.data)
         self.state['msdx'] = xp.zeros_like(param.data)
 
-    def update_core(self, param):
+    def update_core_cpu(self, param):
         # msg: mean square gradient, msdx: mean square step; the step is
         # g * rms(previous steps) / rms(gradients), so no learning rate is needed.
-        grad, hp, xp = param.grad, self.hyperparam, _xp(param.data)
+        grad, hp = param.grad, self.hyperparam
         msg, msdx = self.state['msg'], self.state['msdx']
-        if xp is not np:
-            return _fused_update('adadelta', grad, 1 - hp.rho, hp.rho, hp.eps,
-                                 param.data, msg, msdx)
         def step(data, grad, msg, msdx):
             msg *= hp.rho
             msg += (1 - hp.rho) * grad * grad
@@ -9498,6 +9589,20 @@ class AdaDeltaRule(UpdateRule):
             msdx += (1 - hp.rho) * dx * dx
             data -= dx
         _step_in_float32(step, param.data, grad, msg, msdx)
+
+    gpu_kernel = _FusedKernel('adadelta', 'T grad, T one_minus_rho, T rho, T eps',
+                              'T param, T msg, T msdx', '''
+        msg *= rho;
+        msg += one_minus_rho * grad * grad;
+        T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
+        msdx *= rho;
+        msdx += one_minus_rho * dx * dx;
+        param -= dx;''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        self.gpu_kernel(grad=param.grad, one_minus_rho=1 - hp.rho, rho=hp.rho, eps=hp.eps,
+                        param=param.data, msg=self.state['msg'], msdx=self.state['msdx'])
 
 
 @_export('optimizers', 'optimizers.ada_delta')
@@ -9523,17 +9628,28 @@ class RMSpropRule(UpdateRule):
     def init_state(self, param):
         self.state['ms'] = _xp(param.data).zeros_like(param.data)
 
-    def update_core(self, param):                  # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
+    def update_core_cpu(self, param):              # ms = a ms + (1-a) g^2; p -= lr g / (sqrt(ms) + eps)
         grad, hp, ms = param.grad, self.hyperparam, self.state['ms']
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('rmsprop', grad, hp.lr, hp.alpha, 1 - hp.alpha, hp.eps,
-                                 bool(hp.eps_inside_sqrt), param.data, ms)
         def step(data, grad, ms):
             ms *= hp.alpha
             ms += (1 - hp.alpha) * grad * grad
             denom = np.sqrt(ms + hp.eps) if hp.eps_inside_sqrt else np.sqrt(ms) + hp.eps
             data -= hp.lr * grad / denom
         _step_in_float32(step, param.data, grad, ms)
+
+    gpu_kernel = _FusedKernel(
+        'rmsprop', 'T grad, T lr, T alpha, T one_minus_alpha, T eps, bool eps_inside_sqrt',
+        'T param, T ms', '''
+        ms *= alpha;
+        ms += one_minus_alpha * grad * grad;
+        T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
+        param -= lr * grad / denom;''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, alpha=hp.alpha, one_minus_alpha=1 - hp.alpha,
+                        eps=hp.eps, eps_inside_sqrt=bool(hp.eps_inside_sqrt),
+                        param=param.data, ms=self.state['ms'])
 
 
 @_export('optimizers', 'optimizers.rmsprop')
@@ -9562,15 +9678,12 @@ class RMSpropGravesRule(UpdateRule):
         self.state['g'] = xp.zeros_like(param.data)
         self.state['delta'] = xp.zeros_like(param.data)
 
-    def update_core(self, param):
+    def update_core_cpu(self, param):
         # n - g**2 estimates the gradient's variance, not its mean square as
         # RMSprop's ms does: steps are scaled by how noisy the gradient is.
         grad, hp = param.grad, self.hyperparam
         n, g, delta = self.state['n'], self.state['g'], self.state['delta']
         alpha, one_minus_alpha = hp.alpha, 1 - hp.alpha
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('rmsprop_graves', grad, hp.lr, alpha, one_minus_alpha,
-                                 hp.momentum, hp.eps, param.data, n, g, delta)
         def step(data, grad, n, g, delta):
             n *= alpha
             n += one_minus_alpha * grad * grad
@@ -9580,6 +9693,23 @@ class RMSpropGravesRule(UpdateRule):
             delta -= hp.lr * grad / np.sqrt(n - g * g + hp.eps)
             data += delta
         _step_in_float32(step, param.data, grad, n, g, delta)
+
+    gpu_kernel = _FusedKernel(
+        'rmsprop_graves', 'T grad, T lr, T alpha, T one_minus_alpha, T momentum, T eps',
+        'T param, T n, T g, T delta', '''
+        n *= alpha;
+        n += one_minus_alpha * grad * grad;
+        g *= alpha;
+        g += one_minus_alpha * grad;
+        delta *= momentum;
+        delta -= lr * grad / sqrt(n - g * g + eps);
+        param += delta;''')
+
+    def update_core_gpu(self, param):
+        hp, state = self.hyperparam, self.state
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, alpha=hp.alpha, one_minus_alpha=1 - hp.alpha,
+                        momentum=hp.momentum, eps=hp.eps, param=param.data,
+                        n=state['n'], g=state['g'], delta=state['delta'])
 
 
 @_export('optimizers', 'optimizers.rmsprop_graves')
@@ -9610,13 +9740,11 @@ class SMORMS3Rule(UpdateRule):
         self.state['g'] = xp.zeros_like(param.data)
         self.state['g2'] = xp.zeros_like(param.data)
 
-    def update_core(self, param):
+    def update_core_cpu(self, param):
         # mem is a per-element memory length: averages over about mem steps,
         # shortened where g**2 / g2 says the gradient keeps its sign (x near 1).
         grad, hp = param.grad, self.hyperparam
         mem, g, g2 = self.state['mem'], self.state['g'], self.state['g2']
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('smorms3', grad, hp.lr, hp.eps, param.data, mem, g, g2)
         def step(data, grad, mem, g, g2):
             r = 1 / (mem + 1)
             g *= 1 - r
@@ -9628,6 +9756,22 @@ class SMORMS3Rule(UpdateRule):
             mem *= 1 - x
             mem += 1
         _step_in_float32(step, param.data, grad, mem, g, g2)
+
+    gpu_kernel = _FusedKernel('smorms3', 'T grad, T lr, T eps', 'T param, T mem, T g, T g2', '''
+        T r = 1 / (mem + 1);
+        g *= 1 - r;
+        g += r * grad;
+        g2 *= 1 - r;
+        g2 += r * grad * grad;
+        T x = g * g / (g2 + eps);
+        param -= grad * min(x, lr) / (sqrt(g2) + eps);
+        mem *= 1 - x;
+        mem += 1;''')
+
+    def update_core_gpu(self, param):
+        hp, state = self.hyperparam, self.state
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, eps=hp.eps, param=param.data,
+                        mem=state['mem'], g=state['g'], g2=state['g2'])
 
 
 @_export('optimizers', 'optimizers.smorms3')
@@ -9660,20 +9804,22 @@ class MSVAGRule(UpdateRule):
         self.state['m'] = xp.zeros_like(param.data)
         self.state['v'] = xp.zeros_like(param.data)
 
-    def update_core(self, param):
+    def _next_beta_power(self):
+        """(beta, beta**t, rho) of this update; beta_power moves on to beta**(t+1)."""
+        beta, beta_power = self.hyperparam.beta, self.beta_power
+        rho = min((1 - beta) ** 2 * (1 - beta_power ** 2)
+                  / ((1 - beta_power) ** 2 * (1 - beta ** 2)), 0.9999)
+        self.beta_power = beta_power * beta
+        return beta, beta_power, rho
+
+    def update_core_cpu(self, param):
         # mt and vt estimate the gradient's mean and mean square; s its variance
         # (rho corrects for the correlation of the moving averages).  The
         # step is Adam's direction without the division, shrunk where the
         # variance dominates the squared mean: factor = mt^2 / (mt^2 + rho s).
         grad, hp = param.grad, self.hyperparam
         m, v = self.state['m'], self.state['v']
-        beta, beta_power = hp.beta, self.beta_power
-        rho = min((1 - beta) ** 2 * (1 - beta_power ** 2)
-                  / ((1 - beta_power) ** 2 * (1 - beta ** 2)), 0.9999)
-        self.beta_power = beta_power * beta
-        if not isinstance(param.data, np.ndarray):
-            return _fused_update('msvag', grad, hp.lr, 1 - beta, 1 - beta_power, rho, 1 - rho,
-                                 hp.eta, hp.weight_decay_rate, param.data, m, v)
+        beta, beta_power, rho = self._next_beta_power()
         m += (1 - beta) * (grad - m)
         v += (1 - beta) * (grad * grad - v)
         mt = m / (1 - beta_power)
@@ -9684,6 +9830,30 @@ class MSVAGRule(UpdateRule):
             factor = np.clip(mt2 / (mt2 + rho * s), 0, 1)
         factor = np.where(np.isnan(factor), 0, factor)     # (not factor[...] =: 0-dim is a scalar)
         param.data -= hp.eta * (hp.lr * mt * factor + hp.weight_decay_rate * param.data)
+
+    # factor: np.clip's bounds, and the CPU's NaN (from 0/0 where m = v = 0) made 0
+    gpu_kernel = _FusedKernel(
+        'msvag', 'T grad, T lr, T one_minus_beta, T one_minus_beta_power, T rho, '
+        'T one_minus_rho, T eta, T weight_decay_rate', 'T param, T m, T v', '''
+        m += one_minus_beta * (grad - m);
+        v += one_minus_beta * (grad * grad - v);
+        T mt = m / one_minus_beta_power;
+        T vt = v / one_minus_beta_power;
+        T mt2 = mt * mt;
+        T s = (vt - mt2) / one_minus_rho;
+        T factor = mt2 / (mt2 + rho * s);
+        factor = factor < 0 ? 0 : factor;
+        factor = factor > 1 ? 1 : factor;
+        factor = (m == 0) && (v == 0) ? 0 : factor;
+        param -= eta * (lr * mt * factor + weight_decay_rate * param);''')
+
+    def update_core_gpu(self, param):
+        hp = self.hyperparam
+        beta, beta_power, rho = self._next_beta_power()
+        self.gpu_kernel(grad=param.grad, lr=hp.lr, one_minus_beta=1 - beta,
+                        one_minus_beta_power=1 - beta_power, rho=rho, one_minus_rho=1 - rho,
+                        eta=hp.eta, weight_decay_rate=hp.weight_decay_rate,
+                        param=param.data, m=self.state['m'], v=self.state['v'])
 
 
 @_export('optimizers', 'optimizers.msvag')
@@ -10413,12 +10583,20 @@ class Summary:
             if not isinstance(self._x, _array_types):
                 self._x = _xp(value).asarray(self._x, dtype=np.float64)
                 self._x2 = _xp(value).asarray(self._x2, dtype=np.float64)
-            _fused_op('summary_add', value.reshape(()), float(weight), self._x, self._x2)
+            self.gpu_kernel(value=value.reshape(()), weight=float(weight), x=self._x,
+                            x2=self._x2)
             self._n += weight
             return
         self._x = self._x + weight * value
         self._x2 = self._x2 + weight * value * value
         self._n += weight
+
+    # The two sums of add on a GPU, in one launch (a _FusedKernel, Chapter 12).
+    gpu_kernel = _FusedKernel('summary_add', 'T value, float64 weight',
+                              'float64 x, float64 x2', '''
+        double v = value;
+        x += weight * v;
+        x2 += weight * v * v;''')
 
     def compute_mean(self):
         """The weighted mean of the added values, a float (NaN if none).
@@ -14624,187 +14802,127 @@ class _LinkDevices:
 # =============================================================================
 # Chapter 19. Speed paths
 # =============================================================================
-# Code that exists only to be fast, with what it buys.
-#
+# Code that exists only to be fast, with what it buys.  Where it speeds up a
+# class of Part I, it continues that class; the arithmetic stays the one
+# Part I shows.
+
+# ----- fused kernels on the GPU --------------------------------------------------
+# Every update rule and a few ops run on a GPU as one elementwise kernel
+# (_FusedKernel, Chapter 12) that computes the formulas of their CPU code in
+# its order, with T the parameter's dtype as NumPy casts a Python scalar to
+# it.  They are compiled with --fmad=false: nvcc would otherwise merge
+# a * b + c into one fused multiply-add, rounded once instead of twice, and
+# the GPU's result would drift from the CPU's.
+
+@_continue_class(_FusedKernel)
+class _FusedKernelCompiled:
+
+    def compile(self):
+        """Compile the kernel with CuPy (at its first call) and keep it."""
+        self.compiled = cupy.ElementwiseKernel(
+            self.inputs, self.outputs, self.body, 'onefchainer_' + self.name,
+            options=('--fmad=false',))
+        return self.compiled
+
+
+# ----- Chapter 5's ReLU and Chapter 7's rules, continued ----------------------------
+# On a GPU, ReLU's backward would be two launches (compare, multiply) and SGD's
+# update two (multiply, subtract): one kernel each does the same.
+
+@_continue_class(ReLU)
+class _ReLUOnTheGPU:
+    backward_cpu = ReLU.backward                   # Chapter 5's
+    grad_kernel = _FusedKernel('relu_grad', 'T gy, T y', 'T gx', 'gx = gy * (y > 0);')
+
+    def backward(self, inputs, grad_outputs):
+        if isinstance(self.y, (np.ndarray, np.generic)):     # (0-dim: a NumPy scalar)
+            return self.backward_cpu(inputs, grad_outputs)
+        return self.grad_kernel(gy=grad_outputs[0], y=self.y),
+
+
+@_continue_class(SGDRule)
+class _SGDRuleOnTheGPU:
+    update_core_cpu = SGDRule.update_core          # Chapter 7's
+    update_core = UpdateRule.update_core           # picks the device (Chapter 12)
+    gpu_kernel = _FusedKernel('sgd', 'T grad, T lr', 'T param', 'param -= lr * grad;')
+
+    def update_core_gpu(self, param):
+        self.gpu_kernel(grad=param.grad, lr=self.hyperparam.lr, param=param.data)
+
+
 # Adam on the CPU: _adam_step makes about ten passes over each array.  For
 # the big weight matrices of an MLP, walking them in blocks that fit in the
 # cache keeps each block there for all ten passes instead of streaming every
-# array from memory ten times: about 3 ms of an MNIST training step.
-#
-# On a GPU each of those passes is a kernel launch, and launching costs more
-# than the arithmetic: every update rule runs as one fused kernel per
-# parameter instead (_FUSED_UPDATES below), with the CPU's formulas in the
-# CPU's order.
+# array from memory ten times: about 3 ms of an MNIST training step.  On a
+# GPU, the ten passes are one kernel.
 
 _ADAM_BLOCK = 1 << 18      # elements: a block of each array stays in the cache
 _adam_scratch = {}         # dtype -> one block of scratch memory, reused
 
 
-def _adam_update(arrays, constants, bounds=None):
-    """Run _adam_step over [data, grad, m, v(, vhat)], block by block on the
-    CPU; on a GPU, run Adam's fused kernel instead.  bounds: AdaBound's
-    (lower, upper), or None or False for Adam's unclipped steps."""
-    data = arrays[0]
-    if not isinstance(data, np.ndarray):    # on a GPU: one fused kernel (below)
-        one_minus_decay = 1.0 - constants[4] * constants[5]    # 1 - eta weight_decay_rate
-        if bounds:
-            return _fused_update('adabound' if len(arrays) == 4 else 'amsbound', arrays[1],
-                                 *constants[:5], one_minus_decay, *bounds, data, *arrays[2:])
-        return _fused_update('adam' if len(arrays) == 4 else 'amsgrad', arrays[1],
-                             *constants[:5], one_minus_decay, data, *arrays[2:])
-    interm = data.dtype
-    if interm == np.float16:
-        # As Chainer: a float16 parameter is updated in float32 (m and v stay
-        # float16).  In float16, eps = 1e-8 rounds to 0 and a zero gradient
-        # would make 0 / 0 = NaN.  (The GPU kernels do not do this yet.)
-        interm = np.dtype(np.float32)
-        arrays = [data, arrays[1].astype(interm)] + list(arrays[2:])
-    size = data.size
-    if size > _ADAM_BLOCK and all(a.flags.c_contiguous for a in arrays):
-        flat = [a.reshape(-1) for a in arrays]
-        scratch = _adam_scratch.get(interm)
-        if scratch is None:       # one block of scratch, reused: fresh pages cost faults
-            scratch = _adam_scratch[interm] = np.empty(_ADAM_BLOCK, interm)
-        for start in range(0, size, _ADAM_BLOCK):
-            block = [a[start:start + _ADAM_BLOCK] for a in flat]
-            _adam_step(np, scratch[:len(block[0])], *block, constants=constants,
+def _adam_kernel(name, amsgrad, adabound):
+    """Adam's update as one kernel, _adam_step line by line (multiplying by eta
+    or decay = 1 changes nothing), with AMSGrad's and AdaBound's lines."""
+    inputs = 'T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay'
+    outputs = 'T param, T m, T v'
+    body = ['m += one_minus_beta1 * (grad - m);', 'v += one_minus_beta2 * (grad * grad - v);']
+    if amsgrad:
+        outputs += ', T vhat'
+        body.append('vhat = max(vhat, v);')
+    body.append('T step = lr / (sqrt({}) + eps);'.format('vhat' if amsgrad else 'v'))
+    if adabound:
+        inputs += ', T lower, T upper'
+        body.append('step = min(max(step, lower), upper);')       # as np.clip
+    body += ['step *= m;', 'step *= eta;', 'param *= decay;', 'param -= step;']
+    return _FusedKernel(name, inputs, outputs, '\n'.join(body))
+
+
+@_continue_class(AdamRule)
+class _AdamRuleSpeedPaths:
+    gpu_kernels = {    # (amsgrad, adabound): kernel
+        (False, False): _adam_kernel('adam', False, False),
+        (True, False): _adam_kernel('amsgrad', True, False),
+        (False, True): _adam_kernel('adabound', False, True),
+        (True, True): _adam_kernel('amsbound', True, True)}
+
+    def _step(self, param, constants, bounds=None):
+        # Chapter 7's _step: _adam_step over the arrays, block by block on the
+        # CPU; on a GPU, one kernel.
+        data, state = param.data, self.state
+        arrays = [data, param.grad, state['m'], state['v']]
+        if 'vhat' in state:
+            arrays.append(state['vhat'])
+        if not isinstance(data, np.ndarray):
+            return self._step_gpu(arrays, constants, bounds)
+        interm = data.dtype
+        if interm == np.float16:
+            # As Chainer: a float16 parameter is updated in float32 (m and v stay
+            # float16).  In float16, eps = 1e-8 rounds to 0 and a zero gradient
+            # would make 0 / 0 = NaN.  (The GPU kernels do not do this yet.)
+            interm = np.dtype(np.float32)
+            arrays = [data, arrays[1].astype(interm)] + list(arrays[2:])
+        size = data.size
+        if size > _ADAM_BLOCK and all(a.flags.c_contiguous for a in arrays):
+            flat = [a.reshape(-1) for a in arrays]
+            scratch = _adam_scratch.get(interm)
+            if scratch is None:       # one block of scratch, reused: fresh pages cost faults
+                scratch = _adam_scratch[interm] = np.empty(_ADAM_BLOCK, interm)
+            for start in range(0, size, _ADAM_BLOCK):
+                block = [a[start:start + _ADAM_BLOCK] for a in flat]
+                _adam_step(np, scratch[:len(block[0])], *block, constants=constants,
+                           bounds=bounds)
+        else:
+            _adam_step(np, np.empty_like(data, interm), *arrays, constants=constants,
                        bounds=bounds)
-    else:
-        _adam_step(np, np.empty_like(data, interm), *arrays, constants=constants,
-                   bounds=bounds)
 
-
-# ----- fused updates on the GPU --------------------------------------------------
-# On the CPU each line of an update rule is one NumPy pass.  On a GPU each
-# would be one kernel launch, and for small parameters the launches cost more
-# than the arithmetic.  So on a GPU every rule runs as ONE elementwise kernel
-# per parameter, as in Chainer.  Each kernel computes the same formulas in the
-# same order as the rule's CPU code (with T the parameter's dtype, as NumPy
-# casts a Python scalar to it), and is compiled with --fmad=false: nvcc would
-# otherwise merge a * b + c into one fused multiply-add, rounded once instead
-# of twice, and the GPU's result would drift from the CPU's.  The kernels are
-# compiled at first use and cached here.
-
-_FUSED_UPDATES = {     # name: (inputs, outputs (updated in place), the loop body in CUDA C)
-    'sgd': ('T grad, T lr', 'T param', 'param -= lr * grad;'),
-    'momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
-        v *= momentum;
-        v -= lr * grad;
-        param += v;'''),
-    'adagrad': ('T grad, T lr, T eps', 'T param, T h', '''
-        h += grad * grad;
-        param -= lr * grad / (sqrt(h) + eps);'''),
-    'adadelta': ('T grad, T one_minus_rho, T rho, T eps', 'T param, T msg, T msdx', '''
-        msg *= rho;
-        msg += one_minus_rho * grad * grad;
-        T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
-        msdx *= rho;
-        msdx += one_minus_rho * dx * dx;
-        param -= dx;'''),
-    'rmsprop': ('T grad, T lr, T alpha, T one_minus_alpha, T eps, bool eps_inside_sqrt',
-                'T param, T ms', '''
-        ms *= alpha;
-        ms += one_minus_alpha * grad * grad;
-        T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
-        param -= lr * grad / denom;'''),
-    # Adam as _adam_step does it; multiplying by eta or decay = 1 changes nothing.
-    'adam': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
-             'T param, T m, T v', '''
-        m += one_minus_beta1 * (grad - m);
-        v += one_minus_beta2 * (grad * grad - v);
-        T step = lr / (sqrt(v) + eps) * m;
-        step *= eta;
-        param *= decay;
-        param -= step;'''),
-    'amsgrad': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay',
-                'T param, T m, T v, T vhat', '''
-        m += one_minus_beta1 * (grad - m);
-        v += one_minus_beta2 * (grad * grad - v);
-        vhat = max(vhat, v);
-        T step = lr / (sqrt(vhat) + eps) * m;
-        step *= eta;
-        param *= decay;
-        param -= step;'''),
-    # AdaBound and AMSBound: Adam and AMSGrad with the step size clipped, as np.clip does.
-    'adabound': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay, '
-                 'T lower, T upper', 'T param, T m, T v', '''
-        m += one_minus_beta1 * (grad - m);
-        v += one_minus_beta2 * (grad * grad - v);
-        T step = lr / (sqrt(v) + eps);
-        step = min(max(step, lower), upper);
-        step *= m;
-        step *= eta;
-        param *= decay;
-        param -= step;'''),
-    'amsbound': ('T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr, T eta, T decay, '
-                 'T lower, T upper', 'T param, T m, T v, T vhat', '''
-        m += one_minus_beta1 * (grad - m);
-        v += one_minus_beta2 * (grad * grad - v);
-        vhat = max(vhat, v);
-        T step = lr / (sqrt(vhat) + eps);
-        step = min(max(step, lower), upper);
-        step *= m;
-        step *= eta;
-        param *= decay;
-        param -= step;'''),
-    # Chapter 12's rules.
-    # momentum_squared and lr_one_plus_momentum: the CPU's Python products, made once
-    'nesterov_ag': ('T grad, T lr, T momentum, T momentum_squared, T lr_one_plus_momentum',
-                    'T param, T v', '''
-        v *= momentum;
-        v -= lr * grad;
-        param += momentum_squared * v;
-        param -= lr_one_plus_momentum * grad;'''),
-    'corrected_momentum_sgd': ('T grad, T lr, T momentum', 'T param, T v', '''
-        v *= momentum;
-        v -= grad;
-        param += lr * v;'''),
-    'rmsprop_graves': ('T grad, T lr, T alpha, T one_minus_alpha, T momentum, T eps',
-                       'T param, T n, T g, T delta', '''
-        n *= alpha;
-        n += one_minus_alpha * grad * grad;
-        g *= alpha;
-        g += one_minus_alpha * grad;
-        delta *= momentum;
-        delta -= lr * grad / sqrt(n - g * g + eps);
-        param += delta;'''),
-    'smorms3': ('T grad, T lr, T eps', 'T param, T mem, T g, T g2', '''
-        T r = 1 / (mem + 1);
-        g *= 1 - r;
-        g += r * grad;
-        g2 *= 1 - r;
-        g2 += r * grad * grad;
-        T x = g * g / (g2 + eps);
-        param -= grad * min(x, lr) / (sqrt(g2) + eps);
-        mem *= 1 - x;
-        mem += 1;'''),
-    # factor: np.clip's bounds, and the CPU's NaN (from 0/0 where m = v = 0) made 0
-    'msvag': ('T grad, T lr, T one_minus_beta, T one_minus_beta_power, T rho, T one_minus_rho, '
-              'T eta, T weight_decay_rate', 'T param, T m, T v', '''
-        m += one_minus_beta * (grad - m);
-        v += one_minus_beta * (grad * grad - v);
-        T mt = m / one_minus_beta_power;
-        T vt = v / one_minus_beta_power;
-        T mt2 = mt * mt;
-        T s = (vt - mt2) / one_minus_rho;
-        T factor = mt2 / (mt2 + rho * s);
-        factor = factor < 0 ? 0 : factor;
-        factor = factor > 1 ? 1 : factor;
-        factor = (m == 0) && (v == 0) ? 0 : factor;
-        param -= eta * (lr * mt * factor + weight_decay_rate * param);'''),
-}
-_fused_kernels = {}
-
-
-def _fused_update(name, *args):
-    """Run the fused update `name` on GPU arrays: inputs, then the arrays it updates."""
-    kernel = _fused_kernels.get(name)
-    if kernel is None:
-        in_params, out_params, operation = _FUSED_UPDATES[name]
-        kernel = _fused_kernels[name] = cupy.ElementwiseKernel(
-            in_params, out_params, operation, 'onefchainer_' + name,
-            options=('--fmad=false',))
-    kernel(*args)
+    def _step_gpu(self, arrays, constants, bounds):
+        one_minus_beta1, one_minus_beta2, eps, lr, eta, weight_decay_rate = constants
+        named = dict(zip(('param', 'grad', 'm', 'v', 'vhat'), arrays))
+        if bounds:
+            named['lower'], named['upper'] = bounds
+        self.gpu_kernels[len(arrays) == 5, bool(bounds)](
+            one_minus_beta1=one_minus_beta1, one_minus_beta2=one_minus_beta2, eps=eps, lr=lr,
+            eta=eta, decay=1.0 - eta * weight_decay_rate, **named)
 
 
 # ----- label checks that wait for the next read (GPU) ---------------------------
@@ -14824,7 +14942,6 @@ def _fused_update(name, *args):
 _DEFER_CHECKS_ON_CPU = False     # True runs the GPU's deferred path on the CPU (tests)
 _NO_BAD_LABEL = np.iinfo(np.int64).min
 _pending_label_checks = {}       # (label, n_class, ignore_label) -> worst bad label so far (device)
-_label_check_kernel = None       # built at first use on a GPU
 
 
 def _defers_checks(array):
@@ -14834,28 +14951,27 @@ def _defers_checks(array):
     return _DEFER_CHECKS_ON_CPU or not isinstance(array, np.ndarray)
 
 
+_label_check_kernel = _FusedKernel(      # one pass instead of eight launches
+    'label_check', 'S t, int64 n_class, int64 ignore, int64 none',
+    'S safe_t, bool valid, int64 flagged', '''
+    bool in_range = (t >= 0) && (t < n_class);
+    valid = (t != ignore);
+    safe_t = (valid && in_range) ? t : 0;
+    flagged = (valid && !in_range) ? t : none;''')
+
+
 def _label_check(t, n_class, ignore_label):
     """(safe_t, valid, flagged) for labels t, without a sync: safe_t is t with
     ignored and bad labels replaced by 0 (so indexing with it stays in
     bounds), valid is t != ignore_label, flagged is t where it is a bad label
     (valid but outside [0, n_class)) and _NO_BAD_LABEL elsewhere (int64)."""
-    global _label_check_kernel
     if isinstance(t, np.ndarray):
         in_range = (t >= 0) & (t < n_class)
         valid = t != ignore_label
         safe_t = np.where(valid & in_range, t, 0).astype(t.dtype, copy=False)
         flagged = np.where(valid & ~in_range, t.astype(np.int64), _NO_BAD_LABEL)
         return safe_t, valid, flagged
-    if _label_check_kernel is None:     # one pass instead of eight launches
-        _label_check_kernel = cupy.ElementwiseKernel(
-            'S t, int64 n_class, int64 ignore, int64 none', 'S safe_t, bool valid, int64 flagged',
-            '''
-            bool in_range = (t >= 0) && (t < n_class);
-            valid = (t != ignore);
-            safe_t = (valid && in_range) ? t : 0;
-            flagged = (valid && !in_range) ? t : none;
-            ''', 'onefchainer_label_check')
-    return _label_check_kernel(t, n_class, ignore_label, _NO_BAD_LABEL)
+    return _label_check_kernel(t=t, n_class=n_class, ignore=ignore_label, none=_NO_BAD_LABEL)
 
 
 def _remember_label_check(label, n_class, ignore_label, flagged):
@@ -14893,49 +15009,40 @@ def _raise_deferred_errors():
 
 @_continue_class(SoftmaxCrossEntropy)
 class _SoftmaxCrossEntropyOnTheGPU:
-    # The deferred path of forward: the same values, and no host sync.
+    # Chapter 5's forward checks the labels at once.  Where checks are deferred,
+    # this one computes the same values without a host sync.
+    _forward_checking_at_once = SoftmaxCrossEntropy.forward
 
-    def _check_labels_later(self, t, n_class):
-        safe_t, valid, self._flagged = _label_check(t, n_class, self.ignore_label)
-        self._worst = _remember_label_check(self.label, n_class, self.ignore_label,
-                                            self._flagged)
-        return valid, safe_t
+    def forward(self, inputs):
+        x, t = inputs
+        if not _defers_checks(t):
+            return self._forward_checking_at_once(inputs)
+        self._check(x, t)
+        n_class = x.shape[1]
+        safe_t, self.valid, flagged = _label_check(t, n_class, self.ignore_label)
+        worst = _remember_label_check(self.label, n_class, self.ignore_label, flagged)
+        loss = self._losses(x, safe_t)
+        if self.reduce == 'no':
+            loss = _xp(loss).where(flagged == _NO_BAD_LABEL, loss, np.nan)
+            return loss.astype(x.dtype, copy=False),
+        count = self.valid.sum() if self.normalize else len(x)
+        self.coeff = self._coefficient_later(count, worst, x.dtype)
+        return _xp(x).asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
 
-    def _nan_where_bad(self, loss):
-        return _xp(loss).where(self._flagged == _NO_BAD_LABEL, loss, np.nan)
+    coefficient_kernel = _FusedKernel(
+        'sce_coeff', 'int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
+        double n = count;
+        n = max(n, 1.0);
+        coeff = (worst == none) ? 1.0 / n : nan_value;''')
 
-    def _coefficient_later(self, count, dtype):
+    def _coefficient_later(self, count, worst, dtype):
         """1 / max(count, 1), or NaN after a bad label, computed on the device."""
         xp = _xp(self.valid)
         if xp is np:
-            return np.where(self._worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
+            return np.where(worst == _NO_BAD_LABEL, 1.0 / max(int(count), 1),
                             np.nan).astype(dtype)
-        return _fused_op('sce_coeff', count, self._worst, _NO_BAD_LABEL, np.nan,
-                         xp.empty((), dtype))      # one launch
-
-# Small fused kernels for the GPU paths of ops: one launch where the NumPy
-# code takes several.  They compute what the CPU code computes, in its order.
-_FUSED_OPS = {     # name: (inputs, outputs, the loop body in CUDA C)
-    'relu_grad': ('T gy, T y', 'T gx', 'gx = gy * (y > 0);'),
-    'summary_add': ('T value, float64 weight', 'float64 x, float64 x2', '''
-        double v = value;
-        x += weight * v;
-        x2 += weight * v * v;'''),
-    'sce_coeff': ('int64 count, int64 worst, int64 none, float64 nan_value', 'T coeff', '''
-        double n = count;
-        n = max(n, 1.0);
-        coeff = (worst == none) ? 1.0 / n : nan_value;'''),
-}
-_fused_op_kernels = {}
-
-
-def _fused_op(name, *args):
-    """Run the kernel `name` of _FUSED_OPS on GPU arrays; returns its output."""
-    kernel = _fused_op_kernels.get(name)
-    if kernel is None:
-        kernel = _fused_op_kernels[name] = cupy.ElementwiseKernel(
-            *_FUSED_OPS[name], 'onefchainer_' + name)
-    return kernel(*args)
+        return self.coefficient_kernel(count=count, worst=worst, none=_NO_BAD_LABEL,
+                                       nan_value=np.nan, coeff=xp.empty((), dtype))  # one launch
 
 
 # =============================================================================
@@ -15476,35 +15583,6 @@ class _VariableCompatibility:
         """
         self.creator = function
         self.rank = function.rank + 1
-
-
-@_continue_class(UpdateRule)
-class _UpdateRuleCompatibility:
-
-    # A rule writes update_core, or, as Chainer also allows, one method per device.
-    def update_core(self, param):
-        """Update param.data in place from param.grad. The base
-        implementation calls update_core_cpu or update_core_gpu by the array type;
-        a rule overrides either this or those. Chainer: chainer.UpdateRule.update_core.
-        """
-        if isinstance(param.data, np.ndarray):
-            self.update_core_cpu(param)
-        else:
-            self.update_core_gpu(param)
-
-    def update_core_cpu(self, param):
-        """update_core for NumPy arrays; raises NotImplementedError unless a
-        subclass defines it. Chainer: chainer.UpdateRule.update_core_cpu.
-        """
-        raise NotImplementedError('{}: define update_core or update_core_cpu'.format(
-            type(self).__name__))
-
-    def update_core_gpu(self, param):
-        """update_core for CuPy arrays; raises NotImplementedError unless a
-        subclass defines it. Chainer: chainer.UpdateRule.update_core_gpu.
-        """
-        raise NotImplementedError('{}: define update_core or update_core_gpu'.format(
-            type(self).__name__))
 
 
 @_continue_class(Optimizer)

@@ -6066,9 +6066,34 @@ def test_fused_updates_through_the_stand_in_equal_the_cpu_path():
     # formulas in the same order give bit-identical parameters.
     result = json.loads(run_program('bench/count_gpu_calls.py', '--compare-optimizers'))
     kernels = result.pop('kernels')
-    assert kernels == sorted('onefchainer_' + name for name in chainer._FUSED_UPDATES)
+    # Every kernel that an update rule holds (Adam's four in a dict) ran.
+    held = []
+    for rule in vars(chainer).values():
+        if isinstance(rule, type) and issubclass(rule, chainer.UpdateRule):
+            for value in vars(rule).values():
+                held += value.values() if isinstance(value, dict) else [value]
+    assert kernels == sorted({'onefchainer_' + kernel.name for kernel in held
+                              if isinstance(kernel, chainer._FusedKernel)})
     assert len(result) == 2 * len(count_gpu_calls.OPTIMIZER_CASES)
     assert all(diff == 0.0 for diff in result.values()), result
+
+
+def test_every_fused_kernel_is_compiled_with_fmad_false():
+    # Without --fmad=false nvcc fuses a * b + c into one rounding where NumPy
+    # rounds twice: the ops' kernels (relu_grad, summary_add, ...) as much as
+    # the optimizers'.  The stand-in records the options each kernel got.
+    result = json.loads(run_program('bench/count_gpu_calls.py', '--trainer', '4', '--json'))
+    assert {'onefchainer_' + name for name in ('adam', 'relu_grad', 'summary_add', 'sce_coeff',
+                                               'label_check')} <= set(result['compiled'])
+    assert not [name for name in result['compiled'] if ' without ' in name], result['compiled']
+
+
+def test_a_fused_kernel_takes_its_arguments_by_name():
+    kernel = chainer._FusedKernel('scale', 'T x, T a', 'T y', 'y = a * x;')
+    assert kernel.names == ['x', 'a', 'y']
+    for arguments in ({'x': 1, 'y': 2}, {'x': 1, 'b': 2}, {'x': 1, 'a': 2, 'z': 3}):
+        with pytest.raises(TypeError, match=r"kernel scale: got the arguments .*T x, T a"):
+            kernel(**arguments)     # a missing or misspelled name: before any GPU is needed
 
 
 @pytest.mark.skipif(not ON_GPU, reason='GPU only: compares the compiled CuPy kernels with '

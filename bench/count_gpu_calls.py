@@ -39,6 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 COUNTS = collections.Counter()     # 'call:<name>', 'sync:<name>', 'h2d:<name>'
+COMPILED = set()                   # the kernels made, each with its compile options
 _HOST_INPUTS = {'asarray', 'array', 'asanyarray', 'ascontiguousarray'}
 _HOST_INDICES = {'at'}      # ufunc.at takes host index arrays, as CuPy's does
 
@@ -216,6 +217,9 @@ class _ElementwiseKernel:
 
     def __init__(self, in_params, out_params, operation, name='kernel', **kwargs):
         self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
+        # Recorded, not applied: NumPy rounds every operation anyway.
+        COMPILED.add(name + ('' if '--fmad=false' in kwargs.get('options', ()) else
+                             ' without --fmad=false'))
         for pattern, replacement in _C_TO_PY:
             operation = pattern.sub(replacement, operation)
         self.statements = [_STATEMENT.match(s.strip()).groups()
@@ -516,7 +520,8 @@ def main():
               'h2d_per_step': h2d,
               'syncs': sorted(k for k in names if k.startswith('sync:')),
               'syncs_at_trigger': sum(v for k, v in at_trigger.items() if k.startswith('sync:')),
-              'printed_rows': printed.count('\n') - 1 if printed else 0}
+              'printed_rows': printed.count('\n') - 1 if printed else 0,
+              'compiled': sorted(COMPILED)}
     if args.json:
         print(json.dumps(result))
         return
