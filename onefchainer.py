@@ -440,18 +440,17 @@ def _backprop(roots, retain_grad):
 # hold it: `@_export('functions')` above `def relu` (below) makes it
 # onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 21
 # builds the modules from these marks.
-_exports = {}     # module path ('functions', 'training.extensions') -> {name: object}
+_exports = collections.defaultdict(dict)   # module path -> {name: object}
 
 
 def _export(*modules, **objects):
     """Put the decorated definition (or the keyword `objects`) in `modules`."""
-    for module in modules:
-        _exports.setdefault(module, {}).update(objects)
-
     def mark(definition):
         for module in modules:
             _exports[module][definition.__name__] = definition
         return definition
+    for module in modules:
+        _exports[module].update(objects)
     return mark
 
 

@@ -5301,7 +5301,8 @@ def test_every_class_continued_later_says_where():
 def test_part_one_stays_within_its_budgets():
     # Part I must stay a one-sitting read: the core (Variable, Function, the
     # backprop walk) ends by line 450 with at most 200 lines of code, and
-    # Part I ends by about line 1,200.
+    # Part I ends by about line 1,200 (1,250: the marks that export each public
+    # name where it is defined, @_export, and their explanation, cost 40 lines).
     import ast
     with open(SOURCE_PATH) as f:
         source = f.read()
@@ -5325,7 +5326,7 @@ def test_part_one_stays_within_its_budgets():
     assert code <= 200, code
     assert max(node.end_lineno for node in core.values()) <= 450
     end_of_part_one = next(i for i, line in enumerate(lines, 1) if 'END OF PART I.' in line)
-    assert end_of_part_one <= 1200
+    assert end_of_part_one <= 1250
     assert 'class Link' in source[:source.index('END OF PART I.')]
 
 # ----- issue 13: a first run and a reference that need no guessing -----
