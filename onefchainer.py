@@ -535,11 +535,7 @@ class LinearFunction(Function):
         x2 = x.reshape(len(x), math.prod(x.shape[1:])) if x.ndim > 2 else x
         # A data batch needs no gradient: skipping it saves the first layer's
         # biggest matrix product (a tenth of an MNIST training step).
-        gx = None
-        if self.inputs[0].requires_grad:
-            # gx in x's layout: images from a convolution are stored batch-last
-            # (Chapter 11), which makes x2 F-ordered; gx = (W^T gy^T)^T is too.
-            gx = (gy @ W if x2.flags.c_contiguous else (W.T @ gy.T).T).reshape(x.shape)
+        gx = (gy @ W).reshape(x.shape) if self.inputs[0].requires_grad else None
         gW = gy.T @ x2
         if len(inputs) == 3:
             return gx, gW, gy.sum(axis=0)
@@ -7166,8 +7162,8 @@ class MaxPooling2D(Function):
             # Every pixel is in exactly one window: gx is gy at its window's
             # first maximum and 0 elsewhere, written once, with no col2im.
             order = _memory_order(x)
-            if _memory_order(gy) != order:     # read across its layout, gy costs 10x
-                gy = _copy_in_order(gy, order)
+            if _memory_order(gy) != order:     # e.g. NCHW from a Linear after us:
+                gy = _copy_in_order(gy, order)  # read across x's layout, it costs 10x
             gx = _empty(xp, x.shape, gy.dtype, order).reshape(tiles.shape)
             xp.multiply(gy[:, :, :, None, :, None], _first_maxima(tiles, self.y), out=gx)
             return gx.reshape(x.shape),
