@@ -6135,7 +6135,7 @@ def test_max_pooling_2d_tiled_windows_send_ties_to_the_first_maximum():
     for k, window in enumerate(windows):
         x[k // 4, 0, :, 2 * (k % 4):2 * (k % 4) + 2] = window
     first = [0, 1, 2, 1, 0, 3, 0, 2]            # where each window's gradient must go
-    for layout in ((0, 1, 2, 3), (1, 2, 3, 0)):          # NCHW, and batch-last as convolutions give
+    for layout in ((0, 1, 2, 3), (1, 2, 3, 0)):     # NCHW, and batch-last as convolutions give
         xl = dev(np.ascontiguousarray(x.transpose(layout)).transpose(np.argsort(layout)))
         v = Variable(xl)
         y, indices = F.max_pooling_2d(v, 2, return_indices=True)
