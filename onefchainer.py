@@ -7732,7 +7732,7 @@ def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
 # products, sum((x - mu)^2) and sum(gy (x - mu)), are einsum's, with no
 # array of products written first.  Forward and backward of the CNN's two
 # batch normalizations: 28 ms per step before, 15.5 ms after (CPU time,
-# NumPy 1.26, bench_cnn.py's breakdown); in one block, 20 % slower.  The
+# NumPy 1.26, bench_cnn.py's breakdown); in one block, 30 % slower.  The
 # statistics stay float32, and two-pass: sum((x - mu)^2), not sum(x^2) - m mu^2,
 # which cancels in float32.
 
