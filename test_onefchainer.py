@@ -7069,6 +7069,26 @@ def test_convolution_2d_by_hand():
     assert host(Wv.grad).tolist() == [[[[8, 12], [20, 24]]]]   # sum of each pixel's windows
 
 
+def test_convolution_2d_output_is_batch_last():
+    # Chapter 11 stores images (C, H, W, N) in memory between the layers:
+    # im2col's copies and the ops after the product run along the batch.
+    x, W = f64(3, 2, 5, 4, seed=27), f64(4, 2, 3, 3, seed=28)
+    y = F.convolution_2d(dev(x), dev(W), pad=1)
+    assert y.shape == (3, 4, 5, 4) and y.data.transpose(1, 2, 3, 0).flags.c_contiguous
+    # a batch-last input gives the same values as an NCHW one
+    x_last = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    np.testing.assert_allclose(host(F.convolution_2d(dev(x_last), dev(W), pad=1)), host(y),
+                               rtol=1e-12, atol=1e-12)
+    # Linear on batch-last images, and back
+    h = Variable(y.data)
+    Wl = f64(6, 80, seed=29)
+    out = F.linear(h, dev(Wl))
+    gy = f64(3, 6, seed=30)
+    out.grad = dev(gy)
+    out.backward()
+    np.testing.assert_allclose(host(h.grad), (gy @ Wl).reshape(3, 4, 5, 4), rtol=1e-12)
+
+
 @pytest.mark.parametrize('ksize,stride,pad,cover_all,shape', [
     (2, None, 0, True, (2, 3, 4, 4)),
     (2, None, 0, True, (2, 2, 5, 5)),      # odd size: cover_all keeps a partial last window
@@ -7101,6 +7121,37 @@ def test_max_pooling_2d_by_hand():
     v = Variable(dev(ties))
     F.sum(F.max_pooling_2d(v, 2)).backward()
     assert host(v.grad).tolist() == [[[[1, 0], [0, 0]]]]
+
+
+def test_max_pooling_2d_tiled_windows_send_ties_to_the_first_maximum():
+    # Windows that tile x (stride = ksize, no padding) take the reshape path;
+    # the other windows take the patch path, which the loops above check.
+    # Each 2x2 window here ties in a different pattern (offsets u*2 + v).
+    windows = [[[1, 1], [1, 1]], [[0, 2], [2, 0]], [[0, 0], [3, 3]], [[0, 4], [0, 4]],
+               [[5, 0], [0, 5]], [[0, 0], [0, 6]], [[7, 0], [7, 7]], [[1, 0], [8, 8]]]
+    x = np.zeros((2, 1, 2, 8))
+    for k, window in enumerate(windows):
+        x[k // 4, 0, :, 2 * (k % 4):2 * (k % 4) + 2] = window
+    first = [0, 1, 2, 1, 0, 3, 0, 2]            # where each window's gradient must go
+    for layout in ((0, 1, 2, 3), (1, 2, 3, 0)):     # NCHW, and batch-last as convolutions give
+        xl = dev(np.ascontiguousarray(x.transpose(layout)).transpose(np.argsort(layout)))
+        v = Variable(xl)
+        y, indices = F.max_pooling_2d(v, 2, return_indices=True)
+        assert host(y).reshape(-1).tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert host(indices).reshape(-1).tolist() == first
+        gy = np.arange(1.0, 9.0).reshape(y.shape)
+        y.grad = dev(gy)
+        y.backward()
+        expected = np.zeros_like(x)
+        for k, offset in enumerate(first):
+            expected[k // 4, 0, offset // 2, 2 * (k % 4) + offset % 2] = k + 1
+        assert host(v.grad).tolist() == expected.tolist()
+    # a 3x3 tiling, against the loops and the numerical gradient
+    x = distinct(2, 3, 6, 9, seed=21)
+    np.testing.assert_array_equal(host(F.max_pooling_2d(dev(x), 3)),
+                                  pool_by_loops(x, 3, 3, 0, 'max'))
+    gradient_check.check_backward(lambda x: F.max_pooling_2d(x, 3), dev(x),
+                                  dev(f64(2, 3, 2, 3, seed=22)), atol=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize('ksize,stride,pad,shape', [
@@ -7180,6 +7231,26 @@ def test_batch_normalization_values_running_averages_and_gradient(shape, axis):
         lambda *a: F.fixed_batch_normalization(*a, eps=1e-3, axis=axis),
         (dev(x), dev(gamma), dev(beta), dev(mean), dev(var)), dev(f64(*shape, seed=15)),
         atol=1e-7, rtol=1e-6)
+
+
+def test_batch_normalization_in_blocks_of_channels_of_batch_last_images(monkeypatch):
+    # On the CPU the channels are normalized a cache-sized block at a time;
+    # with blocks of 64 values, each of the 4 channels (75 values) is a block
+    # of its own, and the images come batch-last, as from a convolution.
+    monkeypatch.setattr(chainer, '_BN_BLOCK', 64)
+    x = f64(3, 4, 5, 5, seed=23) * 3 + 1
+    x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    gamma, beta = f64(4, seed=24) + 1.5, f64(4, seed=25)
+    running_mean, running_var = dev(np.zeros(4)), dev(np.ones(4))
+    y = F.batch_normalization(dev(x), dev(gamma), dev(beta), eps=1e-3,
+                              running_mean=running_mean, running_var=running_var)
+    np.testing.assert_allclose(host(y), bn_by_hand(x, gamma, beta, (0, 2, 3), 1e-3),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host(running_mean), 0.1 * x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(host(running_var), 0.9 + 0.1 * x.var(axis=(0, 2, 3)) * 75 / 74)
+    gradient_check.check_backward(
+        lambda x, g, b: F.batch_normalization(x, g, b, eps=1e-3),
+        (dev(x), dev(gamma), dev(beta)), dev(f64(3, 4, 5, 5, seed=26)), atol=1e-7, rtol=1e-6)
 
 
 def test_float32_stays_float32_on_numpy_1():
