@@ -236,8 +236,8 @@ class Variable:
 
     # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
     # __pow__, __getitem__, reshape, T, ...); Chapter 18 (xp, device, to_device,
-    # to_cpu, ...); Chapter 20 (array, grad_var, zerograd, __len__, ...);
-    # Chapter 21 (set_creator, addgrad, backward, copydata, mean, ...).
+    # to_cpu, ...); Chapter 20 (array, grad_var, backward, __len__, ...);
+    # Chapter 21 (set_creator, addgrad, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -1100,8 +1100,8 @@ class Optimizer:
         self.call_hooks('post')
 
     # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
-    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup);
-    # Chapter 21 (use_cleargrads, update, set_loss_scale).
+    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup, update,
+    # set_loss_scale); Chapter 21 (use_cleargrads).
 _export('optimizer', GradientMethod=Optimizer)
 
 
@@ -15703,6 +15703,130 @@ def _warn_no_params(optimizer, link):
             type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
+# ----- loss scaling ---------------------------------------------------------------
+# backward(loss_scale=s) starts from s instead of 1, so that small float16
+# gradients do not round to zero on the way back: every gradient is s times
+# the true one.  Each parameter it reaches remembers s, and the optimizer's
+# next update divides the gradient by s before anything else (its hooks
+# included), so the step is the one the true gradient gives.  Parameter's
+# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
+
+_backward_from_one = Variable.backward              # Chapter 3's
+_update_from_gradients = Optimizer.update           # Chapter 7's
+_loss_scale_used = False     # until a backward(loss_scale=...), update looks at nothing
+
+
+def _variable_backward(self, retain_grad=False, enable_double_backprop=False,
+                       loss_scale=None):
+    """Compute the gradient of this variable w.r.t. every variable behind it
+    (Chapter 3's backward).  loss_scale (default None): a positive number the
+    starting gradient 1 of a one-element output is multiplied by (a grad set
+    by hand is used as it is), so every gradient is scaled by it; each
+    Parameter reached keeps it, and Optimizer.update divides its gradient by
+    it first, so the update is unchanged.  Raises ValueError for a loss_scale
+    that is not a positive number. Chainer: Variable.backward.
+    """
+    if loss_scale is None:
+        return _backward_from_one(self, retain_grad, enable_double_backprop)
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.number)) \
+            or not 0 < loss_scale < math.inf:
+        raise ValueError('backward: loss_scale must be a positive number, not '
+                         '{!r}'.format(loss_scale))
+    global _loss_scale_used
+    _loss_scale_used = True
+    if self._grad is None and self.data is not None and self.data.size == 1:
+        self._grad = _xp(self.data).full_like(self.data, loss_scale)
+    leaves, seen = {self} if self.creator is None else set(), set()
+    pending = [self.creator] if self.creator is not None else []
+    while pending:                  # the leaves behind self, before backprop runs
+        function = pending.pop()
+        for x in function.inputs or ():
+            if x.creator is None:
+                leaves.add(x)
+            elif x.creator not in seen:
+                seen.add(x.creator)
+                pending.append(x.creator)
+    _backward_from_one(self, retain_grad, enable_double_backprop)
+    for leaf in leaves:
+        if isinstance(leaf, Parameter) and leaf._grad is not None:
+            leaf._loss_scale = float(loss_scale)
+
+
+def _unscale_gradient(param):
+    """Divide the gradient of `param` by the loss_scale its backward used (in
+    float32 for float16, where a large scale would be inf), and forget it."""
+    scale = param.__dict__.pop('_loss_scale', None)
+    if scale is not None and param._grad is not None:
+        grad = param._grad
+        wide = grad.astype(np.float32) if grad.dtype == np.float16 else grad
+        param.grad = (wide / wide.dtype.type(scale)).astype(grad.dtype, copy=False)
+
+
+def _optimizer_update(self, lossfun=None, *args, **kwds):
+    """Update once (Chapter 7's update).  With `lossfun`, first compute the loss
+    from `args`, clear the old gradients and run backward, with the loss_scale
+    of set_loss_scale if one was set.  Gradients a backward(loss_scale=...)
+    scaled are divided by the scale first.  In config.debug mode, warns
+    (UserWarning) of a gradient added to since the last update used it: a
+    forgotten cleargrads(). Chainer: chainer.Optimizer.update.
+    """
+    loss_scale = getattr(self, '_loss_scale', None)
+    if lossfun is not None and loss_scale is not None:
+        self._check_setup()
+        loss = lossfun(*args, **kwds)
+        self.target.cleargrads()
+        loss.backward(loss_scale=loss_scale)
+        del loss
+        lossfun = None
+    if self.target is None or not (_loss_scale_used or config.debug):
+        return _update_from_gradients(self, lossfun, *args, **kwds)    # the common case
+    if _loss_scale_used:
+        for param in self.target.params(include_uninit=False):
+            _unscale_gradient(param)
+    if not config.debug:
+        return _update_from_gradients(self, lossfun, *args, **kwds)
+    _warn_accumulated_gradients(self)
+    result = _update_from_gradients(self, lossfun, *args, **kwds)
+    for param in self.target.params(include_uninit=False):
+        param._grad_at_update = param._grad      # cleargrad and the grad setter drop it
+    return result
+
+
+def _warn_accumulated_gradients(optimizer):
+    """In debug mode: warn if a gradient an update used was added to since
+    (backward adds into a gradient nobody cleared), so that this update would
+    apply two steps' gradients at once: a forgotten cleargrads()."""
+    stale = [path for path, param in optimizer.target.namedparams(include_uninit=False)
+             if param._grad is not None and '_grad_at_update' in param.__dict__
+             and param._grad is not param.__dict__['_grad_at_update']]
+    if stale:
+        warnings.warn(
+            '{}.update: the gradient of {} was added to since the last update, which had '
+            'used it (no cleargrads() in between), so this update applies the sum of both '
+            "steps' gradients; call model.cleargrads() before loss.backward(), or "
+            'optimizer.update(lossfun, ...), which does (config.debug)'.format(
+                type(optimizer).__name__, ', '.join(stale[:3]) +
+                (' and {} more'.format(len(stale) - 3) if len(stale) > 3 else '')),
+            stacklevel=3)
+
+
+def _optimizer_set_loss_scale(self, loss_scale):
+    """Scale every loss update(lossfun, ...) backpropagates by `loss_scale` (a
+    positive number; None: no scaling); the update itself is unchanged.
+    Chainer: chainer.Optimizer.set_loss_scale (static loss scaling).
+    """
+    if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(
+            loss_scale, (int, float, np.number)) or not 0 < loss_scale < math.inf):
+        raise ValueError('set_loss_scale: loss_scale must be a positive number or None, '
+                         'not {!r}'.format(loss_scale))
+    self._loss_scale = loss_scale
+
+
+Variable.backward = _variable_backward
+Optimizer.update = _optimizer_update
+Optimizer.set_loss_scale = _optimizer_set_loss_scale
+
+
 # =============================================================================
 # Chapter 21. Chainer compatibility
 # =============================================================================
@@ -16256,125 +16380,6 @@ def _variable_mean(self, axis=None, weights=None, keepdims=False):
     return mean(self, axis, weights, keepdims)
 
 
-# ----- loss scaling ---------------------------------------------------------------
-# backward(loss_scale=s) starts from s instead of 1, so that small float16
-# gradients do not round to zero on the way back: every gradient is s times
-# the true one.  Each parameter it reaches remembers s, and the optimizer's
-# next update divides the gradient by s before anything else (its hooks
-# included), so the step is the one the true gradient gives.  Parameter's
-# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
-
-_backward_from_one = Variable.backward              # Chapter 3's
-_update_from_gradients = Optimizer.update           # Chapter 7's
-_loss_scale_used = False     # until a backward(loss_scale=...), update looks at nothing
-
-
-def _variable_backward(self, retain_grad=False, enable_double_backprop=False,
-                       loss_scale=None):
-    """Compute the gradient of this variable w.r.t. every variable behind it
-    (Chapter 3's backward).  loss_scale (default None): a positive number the
-    starting gradient 1 of a one-element output is multiplied by (a grad set
-    by hand is used as it is), so every gradient is scaled by it; each
-    Parameter reached keeps it, and Optimizer.update divides its gradient by
-    it first, so the update is unchanged.  Raises ValueError for a loss_scale
-    that is not a positive number. Chainer: Variable.backward.
-    """
-    if loss_scale is None:
-        return _backward_from_one(self, retain_grad, enable_double_backprop)
-    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.number)) \
-            or not 0 < loss_scale < math.inf:
-        raise ValueError('backward: loss_scale must be a positive number, not '
-                         '{!r}'.format(loss_scale))
-    global _loss_scale_used
-    _loss_scale_used = True
-    if self._grad is None and self.data is not None and self.data.size == 1:
-        self._grad = _xp(self.data).full_like(self.data, loss_scale)
-    leaves, seen = {self} if self.creator is None else set(), set()
-    pending = [self.creator] if self.creator is not None else []
-    while pending:                  # the leaves behind self, before backprop runs
-        function = pending.pop()
-        for x in function.inputs or ():
-            if x.creator is None:
-                leaves.add(x)
-            elif x.creator not in seen:
-                seen.add(x.creator)
-                pending.append(x.creator)
-    _backward_from_one(self, retain_grad, enable_double_backprop)
-    for leaf in leaves:
-        if isinstance(leaf, Parameter) and leaf._grad is not None:
-            leaf._loss_scale = float(loss_scale)
-
-
-def _unscale_gradient(param):
-    """Divide the gradient of `param` by the loss_scale its backward used (in
-    float32 for float16, where a large scale would be inf), and forget it."""
-    scale = param.__dict__.pop('_loss_scale', None)
-    if scale is not None and param._grad is not None:
-        grad = param._grad
-        wide = grad.astype(np.float32) if grad.dtype == np.float16 else grad
-        param.grad = (wide / wide.dtype.type(scale)).astype(grad.dtype, copy=False)
-
-
-def _optimizer_update(self, lossfun=None, *args, **kwds):
-    """Update once (Chapter 7's update).  With `lossfun`, first compute the loss
-    from `args`, clear the old gradients and run backward, with the loss_scale
-    of set_loss_scale if one was set.  Gradients a backward(loss_scale=...)
-    scaled are divided by the scale first.  In config.debug mode, warns
-    (UserWarning) of a gradient added to since the last update used it: a
-    forgotten cleargrads(). Chainer: chainer.Optimizer.update.
-    """
-    loss_scale = getattr(self, '_loss_scale', None)
-    if lossfun is not None and loss_scale is not None:
-        self._check_setup()
-        loss = lossfun(*args, **kwds)
-        self.target.cleargrads()
-        loss.backward(loss_scale=loss_scale)
-        del loss
-        lossfun = None
-    if self.target is None or not (_loss_scale_used or config.debug):
-        return _update_from_gradients(self, lossfun, *args, **kwds)    # the common case
-    if _loss_scale_used:
-        for param in self.target.params(include_uninit=False):
-            _unscale_gradient(param)
-    if not config.debug:
-        return _update_from_gradients(self, lossfun, *args, **kwds)
-    _warn_accumulated_gradients(self)
-    result = _update_from_gradients(self, lossfun, *args, **kwds)
-    for param in self.target.params(include_uninit=False):
-        param._grad_at_update = param._grad      # cleargrad and the grad setter drop it
-    return result
-
-
-def _warn_accumulated_gradients(optimizer):
-    """In debug mode: warn if a gradient an update used was added to since
-    (backward adds into a gradient nobody cleared), so that this update would
-    apply two steps' gradients at once: a forgotten cleargrads()."""
-    stale = [path for path, param in optimizer.target.namedparams(include_uninit=False)
-             if param._grad is not None and '_grad_at_update' in param.__dict__
-             and param._grad is not param.__dict__['_grad_at_update']]
-    if stale:
-        warnings.warn(
-            '{}.update: the gradient of {} was added to since the last update, which had '
-            'used it (no cleargrads() in between), so this update applies the sum of both '
-            "steps' gradients; call model.cleargrads() before loss.backward(), or "
-            'optimizer.update(lossfun, ...), which does (config.debug)'.format(
-                type(optimizer).__name__, ', '.join(stale[:3]) +
-                (' and {} more'.format(len(stale) - 3) if len(stale) > 3 else '')),
-            stacklevel=3)
-
-
-def _optimizer_set_loss_scale(self, loss_scale):
-    """Scale every loss update(lossfun, ...) backpropagates by `loss_scale` (a
-    positive number; None: no scaling); the update itself is unchanged.
-    Chainer: chainer.Optimizer.set_loss_scale (static loss scaling).
-    """
-    if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(
-            loss_scale, (int, float, np.number)) or not 0 < loss_scale < math.inf):
-        raise ValueError('set_loss_scale: loss_scale must be a positive number or None, '
-                         'not {!r}'.format(loss_scale))
-    self._loss_scale = loss_scale
-
-
 def _link_addgrads(self, link):
     """Add each gradient of `link` to this link's parameter of the same name.
     Raises ValueError/TypeError naming the path and both shapes/dtypes for a
@@ -16410,9 +16415,6 @@ def _method_not_supported(qualified_name, reason_key):
 
 
 Variable.addgrad = _variable_addgrad
-Variable.backward = _variable_backward
-Optimizer.update = _optimizer_update
-Optimizer.set_loss_scale = _optimizer_set_loss_scale
 Variable.copydata = _variable_copydata
 Variable.mean = _variable_mean
 Variable.raw_array = property(lambda self: self.data,
