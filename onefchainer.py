@@ -10,13 +10,20 @@ to learn MNIST, and nothing else.  1. Arrays (NumPy or CuPy: `xp`);
 6. Links; 7. Optimizers (SGD, Adam); 8. Training, the loop that puts it all
 together.  Stop at "END OF PART I": you have seen every idea.
 
-PART II, THE LIBRARY (chapters 9-17): more functions, initializers and links,
-convolutional networks, optimizers and hooks, serializers, the reporter,
-gradient checking, datasets and iterators, the Trainer and its extensions.
+PART II, THE LIBRARY (chapters 9-17): 9. More functions; 10. Initializers
+and more links; 11. Convolutional networks; 12. More optimizers and hooks;
+13. Serializers; 14. Reporter; 15. Gradient check; 16. Data: datasets,
+downloading, iterators, batching; 17. The training loop: Trainer and
+extensions.
 
-PART III, PLUMBING (chapters 18-21): devices, speed paths, conveniences and
-error messages, Chainer compatibility.  Where it adds methods to a class of
-Part I, the class there ends with a comment saying so.
+PART III, PLUMBING (chapters 18-21): 18. Devices; 19. Speed paths;
+20. Conveniences, checks and error messages; 21. Chainer compatibility.
+Where it adds methods to a class of Part I, the class there ends with a
+comment saying so.
+
+Each chapter starts at a line "# Chapter N. Title" between two rules of
+'=': search for "# Chapter 9." to go to chapter 9.  README.md's table gives
+each chapter's lines.
 
 Programs written for Chainer v7 run after changing their imports
 (`import onefchainer as chainer`, `import onefchainer.functions as F`, ...).

@@ -4626,6 +4626,89 @@ def test_part_one_stays_within_its_budgets():
     assert end_of_part_one <= 1200
     assert 'class Link' in source[:source.index('END OF PART I.')]
 
+
+def chapters_script():
+    """docs/chapters.py, the script that writes README's chapter table, as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('chapters', os.path.join(HERE, 'docs',
+                                                                           'chapters.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_chapter_table_matches_the_chapter_headers():
+    # README's table of line ranges goes stale with every edit of the file;
+    # the script rewrites it from the chapter headers, and this says when to.
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    with open(os.path.join(HERE, 'README.md')) as f:
+        readme = f.read()
+    outline = script.outline(source)
+    assert [e['number'] for e in outline if e['kind'] == 'part'] == ['I', 'II', 'III']
+    assert [e['number'] for e in outline if e['kind'] == 'chapter'] == \
+        [str(n) for n in range(1, 22)]
+    assert script.updated(readme, source) == readme, \
+        "README.md's chapter table does not match onefchainer.py: run python3 docs/chapters.py"
+    by_title, _ = script._teaches(readme)
+    assert [e['title'] for e in outline if e['kind'] == 'chapter'
+            and not by_title.get(e['title'])] == [], 'chapters without "what it teaches"'
+
+
+def test_chapter_table_follows_the_file_and_keeps_what_each_chapter_teaches():
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    with open(os.path.join(HERE, 'README.md')) as f:
+        readme = f.read()
+    lines = source.split('\n')
+    rows = {e['number']: (e['first'], e['last']) for e in script.outline(source)}
+    # Chapter 2's first line of text is the line after its header's closing rule.
+    for n, (first, last) in rows.items():
+        if n.isdigit():
+            assert lines[first - 1].startswith('# ====') and lines[first] == \
+                '# Chapter {}. '.format(n) + next(e['title'] for e in script.outline(source)
+                                                  if e['number'] == n)
+            assert lines[last - 1].strip() and first < last
+    # Three lines more in chapter 9, and chapter 10 renamed: the ranges move
+    # from chapter 9 on, the figures of Part I stay, every description stays.
+    ninth = lines.index('# Chapter 9. More functions') + 2
+    edited = lines[:ninth] + ['x = 1', '', 'y = 2'] + lines[ninth:]
+    edited[edited.index('# Chapter 10. Initializers and more links')] = \
+        '# Chapter 10. Initializers and links'
+    new = script.updated(readme, '\n'.join(edited))
+    moved = {e['number']: (e['first'], e['last'])
+             for e in script.outline('\n'.join(edited))}
+    for n, (first, last) in rows.items():
+        after = n == 'III' or n.isdigit() and int(n) >= 10       # wholly after the edit
+        holds = n in ('II', '9')                                  # holds the edit
+        assert moved[n] == (first + 3 * after, last + 3 * (after or holds)), n
+        assert '| {}–{} |'.format(*moved[n]) in new, n
+    assert '10. Initializers and links | initializers, `ChainList`' in new
+    assert script.table(source, readme).split('`END OF PART I`')[1] == \
+        script.table('\n'.join(edited), readme).split('`END OF PART I`')[1]
+    assert new != readme and script.updated(new, source) == readme     # and back
+
+
+def test_opening_guide_names_every_chapter_and_how_to_find_it():
+    # The docstring at the top is the file's table of contents: every
+    # chapter by number and title, and a search string that finds each one
+    # (no line numbers, which would go stale).
+    import ast
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    guide = ' '.join(ast.get_docstring(ast.parse(source)).split())
+    lines = source.split('\n')
+    for entry in script.outline(source):
+        if entry['kind'] == 'chapter':
+            assert '{}. {}'.format(entry['number'], entry['title']) in guide, entry
+            header = '# Chapter {}.'.format(entry['number'])
+            assert [i for i, line in enumerate(lines, 1) if line.startswith(header)] == \
+                [entry['first'] + 1]
+    assert 'search for "# Chapter 9." to go to chapter 9' in guide
+
 # ----- issue 13: a first run and a reference that need no guessing -----
 
 TWO_TINY = {TINY_NAME: TINY, 'tiny2-idx1-ubyte': np.arange(5, dtype=np.uint8)}
