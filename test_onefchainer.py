@@ -4531,6 +4531,76 @@ def test_train_mnist_program_runs_and_resumes(tmp_path):
     assert not leftovers(out)
 
 
+def run_program_on_a_terminal(*args):
+    """run_program, with stdout a pseudo-terminal (POSIX); returns its raw bytes as text."""
+    import pty
+    env = dict(os.environ, ONEFCHAINER_DATASET_ROOT=str(SHARED_DATASETS), MPLBACKEND='Agg')
+    terminal, stdout = pty.openpty()
+    process = subprocess.Popen([sys.executable] + list(args), cwd=HERE, env=env,
+                               stdout=stdout, stderr=subprocess.PIPE)
+    os.close(stdout)
+    said = []
+    while True:                 # read as it comes: a full terminal would block the program
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:         # EIO: the program has closed its end
+            break
+        if not chunk:
+            break
+        said.append(chunk)
+    os.close(terminal)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=300) == 0, stderr
+    return b''.join(said).decode().replace('\r\n', '\n')
+
+
+SUMMARY = re.compile(r'Finished (\d+) epochs? in (\d+\.\d) s(?: \((\d+\.\d) s per epoch\))?, '
+                     r'validation accuracy (\d+\.\d\d) %; wrote (.+) to (.+)')
+
+
+@needs_mnist
+@programs
+@pytest.mark.skipif(os.name != 'posix', reason='POSIX pseudo-terminals')
+def test_train_mnist_ends_with_a_line_that_says_how_it_went(tmp_path):
+    # The progress bar wipes itself at the end; what stays is one plain line:
+    # it finished, the last test accuracy, the files it wrote and where.
+    def check(last, out, epochs):
+        match = SUMMARY.fullmatch(last)
+        assert match, repr(last)
+        with open(out / 'log') as f:
+            log = json.load(f)
+        assert int(match.group(1)) == epochs == len(log)
+        assert float(match.group(2)) >= log[-1]['elapsed_time'] - 0.05
+        if epochs > 1:
+            assert float(match.group(3)) == pytest.approx(float(match.group(2)) / epochs,
+                                                          abs=0.06)
+        assert float(match.group(4)) == pytest.approx(
+            100 * log[-1]['validation/main/accuracy'], abs=0.005)
+        assert match.group(5).split(', ') == sorted(set(os.listdir(out)) - {'notes.txt'})
+        assert 'snapshot_iter_{}'.format(100 * epochs) in match.group(5)
+        assert match.group(6) == str(out)
+
+    common = ['-u', '20', '-b', '10', '--train-size', '1000', '--test-size', '500']
+    # A pipe: the wipe's escape codes end a line of their own, the summary
+    # is the last line and holds none.
+    out = tmp_path / 'piped'
+    out.mkdir()
+    (out / 'notes.txt').write_text('there before the run: not written by it')
+    stdout = run_program('train_mnist.py', '-e', '1', '-o', str(out), *common)
+    assert '       100 iter, 1 epoch / 1 epochs' in stdout    # the bar was drawn
+    lines = stdout.split('\n')
+    assert lines[-1] == '' and lines[-3].endswith('\033[J')
+    check(lines[-2], out, 1)
+    # A terminal: the summary is written where the wiped bar was.
+    out = tmp_path / 'terminal'
+    stdout = run_program_on_a_terminal('train_mnist.py', '-e', '2', '-o', str(out), *common)
+    assert '       200 iter, 2 epoch / 2 epochs' in stdout
+    lines = stdout.split('\n')
+    assert lines[-1] == '' and lines[-2].startswith('\033[4A\033[JFinished')
+    check(lines[-2][len('\033[4A\033[J'):], out, 2)
+
+
 @needs_mnist
 @programs
 def test_minimum_program_learns_on_a_slice():
