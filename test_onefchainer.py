@@ -59,9 +59,39 @@ xp = TEST_DEVICE.xp
 ON_GPU = xp is not np
 
 
+# ----- why a test skips -------------------------------------------------------
+# The summary that pyproject.toml asks pytest for (-rs) says why tests
+# skipped, one line a reason, with what to do ("SKIPPED [11] ...: needs MNIST:
+# run ...").  pytest puts skips on one line when they have one reason and are
+# raised from one line: skip_because's.  A skip mark (skipif) or a skip in a
+# fixture is reported at each test's own line, so these skip inside the test;
+# its fixtures have run by then (the mnist fixture gives None without files).
+
+def skip_because(reason):
+    pytest.skip(reason)
+
+
+def skip_unless(condition, reason):
+    """Decorator: the test skips, saying why, unless condition is true."""
+    def decorate(test):
+        @functools.wraps(test)           # pytest still sees the test's own arguments
+        def test_or_skip(*args, **kwargs):
+            if not condition:
+                skip_because(reason)
+            return test(*args, **kwargs)
+        return test_or_skip
+    return decorate
+
+
+NEEDS_GPU = 'needs a GPU: install CuPy and run with ONEFCHAINER_TEST_DEVICE=@cupy:0'
+gpu_only = skip_unless(ON_GPU, NEEDS_GPU)
+needs_matplotlib = skip_unless(chainer._matplotlib_available(),
+                               'needs matplotlib: python3 -m pip install -r requirements-dev.txt')
+
+
 def cpu_only(reason):
     """Skip on a GPU run: the test checks something that lives on the host."""
-    return pytest.mark.skipif(ON_GPU, reason='CPU only: ' + reason)
+    return skip_unless(not ON_GPU, 'CPU only: ' + reason)
 
 
 def dev(array):
@@ -174,7 +204,7 @@ def test_get_device_rejects_junk(spec):
 def test_get_device_gpu_without_cupy(spec):
     try:
         import cupy  # noqa: F401
-        pytest.skip('CuPy is installed')
+        skip_because('CuPy is installed')
     except ImportError:
         pass
     with pytest.raises(RuntimeError) as info:
@@ -2871,10 +2901,11 @@ FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
 FASHION_FILES = [FASHION_ROOT / 'fashion-mnist' / (prefix + suffix + '.gz')
                  for prefix in ('train', 't10k')
                  for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte')]
-needs_mnist = pytest.mark.skipif(
-    SHARED_DATASETS is None, reason='needs the MNIST files: set ONEFCHAINER_DATASET_ROOT '
-    'to a folder holding mnist/ with the four official files ({}; .gz or not), or run '
-    '`python3 train_mnist.py` once to download them'.format(', '.join(MNIST_FILES)))
+NEEDS_MNIST = ('needs MNIST: run python3 train_mnist.py once (it downloads MNIST), or set '
+               'ONEFCHAINER_DATASET_ROOT to a folder holding mnist/ with the four official '
+               'files (README: "Offline")')
+
+needs_mnist = skip_unless(SHARED_DATASETS is not None, NEEDS_MNIST)
 # Datasets, their files and iterators live on the host, so a GPU run skips them;
 # concat_examples, which sends batches to a device, runs on both.
 host_datasets = cpu_only('datasets index host-side NumPy arrays and lists; no device is involved')
@@ -3244,6 +3275,8 @@ def test_download_with_server_down_names_the_folder(tiny_dataset,
 
 @pytest.fixture(scope='module')
 def mnist():
+    if SHARED_DATASETS is None:
+        return None               # the tests that take it are needs_mnist: they skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('ONEFCHAINER_DATASET_ROOT', str(SHARED_DATASETS))
         return chainer.get_mnist()
@@ -3296,8 +3329,8 @@ def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
 @mnist_bytes
 def test_checksum_table_matches_shared_sha256sums(name):
     if not (SHARED_DATASETS / name / 'SHA256SUMS').is_file():
-        pytest.skip('{} has no {}/SHA256SUMS (the project\'s shared dataset folder has '
-                    'one; a downloaded root does not)'.format(SHARED_DATASETS, name))
+        skip_because('no SHA256SUMS file beside the dataset to compare the checksum table '
+                     'with (a download writes none; nothing is missing)')
     lines = (SHARED_DATASETS / name / 'SHA256SUMS').read_text().split('\n')
     listed = dict(reversed(line.split()) for line in lines if line.strip())
     assert listed == chainer._OFFICIAL_SHA256[name]
@@ -3331,10 +3364,9 @@ def test_invalid_ndim_fails_before_loading(monkeypatch, tmp_path):
         chainer.get_mnist()
 
 
-@pytest.mark.skipif(not all(path.is_file() for path in FASHION_FILES),
-                    reason='Fashion-MNIST not installed: apt-get install '
-                           'dataset-fashion-mnist puts it in '
-                           '/usr/share/datasets/fashion-mnist/')
+@skip_unless(all(path.is_file() for path in FASHION_FILES),
+             'needs Fashion-MNIST where Debian puts it: apt-get install '
+             'dataset-fashion-mnist (into /usr/share/datasets/fashion-mnist/)')
 @mnist_bytes
 def test_get_fashion_mnist(monkeypatch):
     monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(FASHION_ROOT))
@@ -4164,9 +4196,8 @@ def test_snapshot_on_error(tmp_path):
 
 # --- PlotReport -------------------------------------------------------------------------
 
+@needs_matplotlib
 def test_plot_report_writes_a_png(tmp_path):
-    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
-                        'python3 -m pip install -r requirements-dev.txt')
     trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
     trainer.extend(extensions.PlotReport(['main/loss', 'main/accuracy'], 'epoch',
                                          filename='loss.png'))
@@ -4919,9 +4950,8 @@ def test_progress_bar_shows_no_rate_before_it_has_one_and_whole_seconds(tmp_path
         assert re.fullmatch(r'\d+:\d\d:\d\d', estimate), estimate   # whole seconds
 
 
+@needs_matplotlib
 def test_plot_report_labels_integer_epochs_and_keeps_the_legend_inside(tmp_path):
-    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
-                        'python3 -m pip install -r requirements-dev.txt')
     for epochs in (1, 3):              # one point, where ticks at 0.98, 1.02 threaten
         trainer, _ = make_trainer(tmp_path / str(epochs), stop=(epochs, 'epoch'))
         drawn = []
@@ -5502,8 +5532,9 @@ def test_fused_updates_through_the_stand_in_equal_the_cpu_path():
     assert all(diff == 0.0 for diff in result.values()), result
 
 
-@pytest.mark.skipif(not ON_GPU, reason='GPU only: compares the compiled CuPy kernels with '
-                    'the CPU path (on the CPU the stand-in test checks their formulas)')
+# Compares the compiled CuPy kernels with the CPU path (on the CPU the
+# stand-in test checks their formulas).
+@gpu_only
 @pytest.mark.parametrize('case', range(len(count_gpu_calls.OPTIMIZER_CASES)))
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 def test_fused_updates_on_the_gpu_match_the_cpu(case, dtype):
@@ -5547,8 +5578,9 @@ def test_deferred_label_check_gives_the_same_loss_and_gradient(deferred_checks, 
 @pytest.mark.parametrize('read', ['item', 'to_cpu', 'summary', 'next_loss_item'])
 def test_a_bad_label_on_the_device_raises_at_the_next_read(deferred_checks, read):
     if read == 'to_cpu' and not ON_GPU:
-        pytest.skip('GPU only: to_cpu of a NumPy array reads nothing from a device '
-                    '(the stand-in test reads a device array with to_cpu)')
+        # to_cpu of a NumPy array reads nothing from a device (the stand-in
+        # test reads a device array with to_cpu)
+        skip_because(NEEDS_GPU)
     x = Variable(dev(f32(4, 10)))
     loss = F.softmax_cross_entropy(x, dev(np.array([1, 12, 3, -1], np.int32)))  # no error yet
     loss.backward()
@@ -5651,7 +5683,7 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
     assert [line.endswith('True') for line in lines[5:]] == [True] * 5, lines[5:]
 
 
-@pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
+@gpu_only                       # a NumPy batch into a model on the GPU
 def test_mixed_devices_error_on_the_gpu():
     layer = L.Linear(3, 2).to_device(TEST_DEVICE)
     with pytest.raises(TypeError, match='linear: x is on @numpy but W is on {}'.format(
@@ -5884,7 +5916,7 @@ def test_cuda_legacy_device_functions_on_the_cpu():
         assert cuda.get_device(0).id == 0 and cuda.get_device_from_id(0).id == 0
 
 
-@pytest.mark.skipif(not ON_GPU, reason='needs a GPU')
+@gpu_only
 def test_cuda_legacy_device_functions_on_the_gpu():
     gpu_array = dev(np.zeros(3, np.float32))
     assert cuda.get_device_from_array(gpu_array).id == gpu_array.device.id
@@ -5895,6 +5927,22 @@ def test_cuda_legacy_device_functions_on_the_gpu():
     v = Variable(np.ones(2, np.float32))
     v.to_gpu()
     assert isinstance(v.data, chainer.cupy.ndarray)
+
+
+@cpu_only('the GPU tests it runs skip only on the CPU')
+def test_plain_pytest_says_why_tests_skipped_one_line_a_reason():
+    # README's `python3 -m pytest -q`, without -rs: pyproject.toml asks for
+    # the skip summary, and the GPU tests' skips share one line.
+    names = ('test_mixed_devices_error_on_the_gpu', 'test_cuda_legacy_device_functions_on_the_gpu',
+             'test_a_bad_label_on_the_device_raises_at_the_next_read and to_cpu')
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                             '-k', ' or '.join('({})'.format(name) for name in names)],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=300)
+    assert result.returncode == 0, result.stdout
+    skipped = [line for line in result.stdout.split('\n') if line.startswith('SKIPPED')]
+    assert len(skipped) == 1, result.stdout
+    assert skipped[0].startswith('SKIPPED [3] ') and skipped[0].endswith(': ' + NEEDS_GPU)
 
 
 def test_dump_graph_function_form_is_the_extension():
@@ -9564,8 +9612,8 @@ def test_mlp_convolution_2d_and_inception(tmp_path):
         'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
 
 
+@needs_matplotlib
 def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
-    pytest.importorskip('matplotlib')
     link = Link()
     with link.init_scope():
         link.W = chainer.Parameter(dev(f32(3, 4, seed=50)))
@@ -9616,8 +9664,8 @@ def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
         chainer.training.extensions.VariableStatisticsPlot(link, wscale=1)
 
 
+@needs_matplotlib
 def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
-    pytest.importorskip('matplotlib')
     var = Variable(dev(np.ones(2, np.float32)))
 
     class FakeTrainer:
