@@ -60,7 +60,7 @@ ON_GPU = xp is not np
 
 
 # ----- why a test skips -------------------------------------------------------
-# The summary that pyproject.toml asks pytest for (-rs) says why tests
+# The summary that pyproject.toml asks pytest for (-rfEs) says why tests
 # skipped, one line a reason, with what to do ("SKIPPED [11] ...: needs MNIST:
 # run ...").  pytest puts skips on one line when they have one reason and are
 # raised from one line: skip_because's.  A skip mark (skipif) or a skip in a

@@ -17,8 +17,9 @@ Files written to --out: log (JSON), loss.png and accuracy.png (with
 matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
 snapshot of the whole trainer.  The last line says how it went:
 
-    Finished 20 epochs in 168.4 s (8.4 s per epoch), validation accuracy 98.16 %;
-    wrote accuracy.png, cg.dot, log, loss.png, snapshot_iter_12000 to result
+    Finished 20 epochs in <seconds> s (<seconds> s per epoch), validation
+    accuracy <percent> %; wrote accuracy.png, cg.dot, log, loss.png,
+    snapshot_iter_12000 to result
 """
 import argparse
 import os
