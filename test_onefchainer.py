@@ -4748,8 +4748,8 @@ def test_readme_chapter_table_matches_the_chapter_headers():
         readme = f.read()
     outline = script.outline(source)
     assert [e['number'] for e in outline if e['kind'] == 'part'] == ['I', 'II', 'III']
-    assert [e['number'] for e in outline if e['kind'] == 'chapter'] == \
-        [str(n) for n in range(1, 22)]
+    numbers = [e['number'] for e in outline if e['kind'] == 'chapter']
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)] and len(numbers) >= 21
     assert script.updated(readme, source) == readme, \
         "README.md's chapter table does not match onefchainer.py: run python3 docs/chapters.py"
     by_title, _ = script._teaches(readme)
@@ -4804,7 +4804,9 @@ def test_opening_guide_names_every_chapter_and_how_to_find_it():
     lines = source.split('\n')
     for entry in script.outline(source):
         if entry['kind'] == 'chapter':
-            assert '{}. {}'.format(entry['number'], entry['title']) in guide, entry
+            assert '{}. {}'.format(entry['number'], entry['title']) in guide, \
+                'the opening docstring should name chapter "{}. {}"'.format(entry['number'],
+                                                                          entry['title'])
             header = '# Chapter {}.'.format(entry['number'])
             assert [i for i, line in enumerate(lines, 1) if line.startswith(header)] == \
                 [entry['first'] + 1]
