@@ -1,27 +1,27 @@
 """onefchainer: a Chainer-style deep-learning framework in one file.
 
 Read it top to bottom: the order is the order in which the ideas build on
-each other.
+each other.  Chapter N starts at the line "# Chapter N. Title": search for
+"# Chapter 9." to go to chapter 9.
 
-PART I, THE IDEAS (chapters 1-8): everything a multi-layer perceptron needs
-to learn MNIST, and nothing else.  1. Arrays (NumPy or CuPy: `xp`);
-2. Configuration; 3. Variable and Function (running code records the graph);
-4. Backprop (walking the graph backwards); 5. The functions of an MLP;
-6. Links; 7. Optimizers (SGD, Adam); 8. Training, the loop that puts it all
-together.  Stop at "END OF PART I": you have seen every idea.
+PART I, THE IDEAS: everything a multi-layer perceptron needs to learn MNIST,
+and nothing else: 1. Arrays (`xp`: NumPy or CuPy); 2. Configuration;
+3. Variable and Function (running code records the graph); 4. Backprop;
+5. The functions of an MLP; 6. Links; 7. Optimizers (SGD, Adam);
+8. Training.  Stop at "END OF PART I": you have seen every idea.
 
-PART II, THE LIBRARY (chapters 9-17): more functions, initializers and links,
-convolutional networks, optimizers and hooks, serializers, the reporter,
-gradient checking, datasets and iterators, the Trainer and its extensions.
+PART II, THE LIBRARY: 9. More functions; 10. Initializers and more links;
+11. Convolutional networks; 12. More optimizers and hooks; 13. Serializers;
+14. Reporter; 15. Gradient check; 16. Data: datasets, downloading,
+iterators, batching; 17. The training loop: Trainer and extensions.
 
-PART III, PLUMBING (chapters 18-21): devices, speed paths, conveniences and
-error messages, Chainer compatibility.  Where it adds methods to a class of
-Part I, the class there ends with a comment saying so.
+PART III, PLUMBING: 18. Devices; 19. Speed paths; 20. Conveniences, checks
+and error messages; 21. Chainer compatibility.  Where it adds methods to a
+class of Part I, the class there ends with a comment saying so.
 
-Programs written for Chainer v7 run after changing their imports
-(`import onefchainer as chainer`, `import onefchainer.functions as F`, ...).
-Only the standard library and NumPy are required; CuPy (GPU) and matplotlib
-(plots) are used when installed and asked for.
+Chainer v7 programs run after changing their imports (`import onefchainer
+as chainer`, ...).  Only the standard library and NumPy are required; CuPy
+(GPU) and matplotlib (plots) are used when installed and asked for.
 """
 import collections
 import contextlib

@@ -61,9 +61,39 @@ xp = TEST_DEVICE.xp
 ON_GPU = xp is not np
 
 
+# ----- why a test skips -------------------------------------------------------
+# The summary that pyproject.toml asks pytest for (-rfEs) says why tests
+# skipped, one line a reason, with what to do ("SKIPPED [11] ...: needs MNIST:
+# run ...").  pytest puts skips on one line when they have one reason and are
+# raised from one line: skip_because's.  A skip mark (skipif) or a skip in a
+# fixture is reported at each test's own line, so these skip inside the test;
+# its fixtures have run by then (the mnist fixture gives None without files).
+
+def skip_because(reason):
+    pytest.skip(reason)
+
+
+def skip_unless(condition, reason):
+    """Decorator: the test skips, saying why, unless condition is true."""
+    def decorate(test):
+        @functools.wraps(test)           # pytest still sees the test's own arguments
+        def test_or_skip(*args, **kwargs):
+            if not condition:
+                skip_because(reason)
+            return test(*args, **kwargs)
+        return test_or_skip
+    return decorate
+
+
+NEEDS_GPU = 'needs a GPU: install CuPy and run with ONEFCHAINER_TEST_DEVICE=@cupy:0'
+gpu_only = skip_unless(ON_GPU, NEEDS_GPU)
+needs_matplotlib = skip_unless(chainer._matplotlib_available(),
+                               'needs matplotlib: python3 -m pip install -r requirements-dev.txt')
+
+
 def cpu_only(reason):
     """Skip on a GPU run: the test checks something that lives on the host."""
-    return pytest.mark.skipif(ON_GPU, reason='CPU only: ' + reason)
+    return skip_unless(not ON_GPU, 'CPU only: ' + reason)
 
 
 def dev(array):
@@ -183,7 +213,7 @@ def test_get_device_rejects_junk(spec):
 def test_get_device_gpu_without_cupy(spec):
     try:
         import cupy  # noqa: F401
-        pytest.skip('CuPy is installed')
+        skip_because('CuPy is installed')
     except ImportError:
         pass
     with pytest.raises(RuntimeError) as info:
@@ -3450,10 +3480,11 @@ FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
 FASHION_FILES = [FASHION_ROOT / 'fashion-mnist' / (prefix + suffix + '.gz')
                  for prefix in ('train', 't10k')
                  for suffix in ('-images-idx3-ubyte', '-labels-idx1-ubyte')]
-needs_mnist = pytest.mark.skipif(
-    SHARED_DATASETS is None, reason='needs the MNIST files: set ONEFCHAINER_DATASET_ROOT '
-    'to a folder holding mnist/ with the four official files ({}; .gz or not), or run '
-    '`python3 train_mnist.py` once to download them'.format(', '.join(MNIST_FILES)))
+NEEDS_MNIST = ('needs MNIST: run python3 train_mnist.py once (it downloads MNIST), or set '
+               'ONEFCHAINER_DATASET_ROOT to a folder holding mnist/ with the four official '
+               'files (README: "Offline")')
+
+needs_mnist = skip_unless(SHARED_DATASETS is not None, NEEDS_MNIST)
 # Datasets, their files and iterators live on the host, so a GPU run skips them;
 # concat_examples, which sends batches to a device, runs on both.
 host_datasets = cpu_only('datasets index host-side NumPy arrays and lists; no device is involved')
@@ -3868,6 +3899,8 @@ def test_download_with_server_down_names_the_folder(tiny_dataset,
 
 @pytest.fixture(scope='module')
 def mnist():
+    if SHARED_DATASETS is None:
+        return None               # the tests that take it are needs_mnist: they skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('ONEFCHAINER_DATASET_ROOT', str(SHARED_DATASETS))
         return chainer.get_mnist()
@@ -3920,8 +3953,8 @@ def test_real_decompressed_mnist_file_accepted(monkeypatch, tmp_path):
 @mnist_bytes
 def test_checksum_table_matches_shared_sha256sums(name):
     if not (SHARED_DATASETS / name / 'SHA256SUMS').is_file():
-        pytest.skip('{} has no {}/SHA256SUMS (the project\'s shared dataset folder has '
-                    'one; a downloaded root does not)'.format(SHARED_DATASETS, name))
+        skip_because('no SHA256SUMS file beside the dataset to compare the checksum table '
+                     'with (a download writes none; nothing is missing)')
     lines = (SHARED_DATASETS / name / 'SHA256SUMS').read_text().split('\n')
     listed = dict(reversed(line.split()) for line in lines if line.strip())
     assert listed == chainer._OFFICIAL_SHA256[name]
@@ -3955,10 +3988,9 @@ def test_invalid_ndim_fails_before_loading(monkeypatch, tmp_path):
         chainer.get_mnist()
 
 
-@pytest.mark.skipif(not all(path.is_file() for path in FASHION_FILES),
-                    reason='Fashion-MNIST not installed: apt-get install '
-                           'dataset-fashion-mnist puts it in '
-                           '/usr/share/datasets/fashion-mnist/')
+@skip_unless(all(path.is_file() for path in FASHION_FILES),
+             'needs Fashion-MNIST where Debian puts it: apt-get install '
+             'dataset-fashion-mnist (into /usr/share/datasets/fashion-mnist/)')
 @mnist_bytes
 def test_get_fashion_mnist(monkeypatch):
     monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(FASHION_ROOT))
@@ -4788,9 +4820,8 @@ def test_snapshot_on_error(tmp_path):
 
 # --- PlotReport -------------------------------------------------------------------------
 
+@needs_matplotlib
 def test_plot_report_writes_a_png(tmp_path):
-    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
-                        'python3 -m pip install -r requirements-dev.txt')
     trainer, _ = make_trainer(tmp_path, stop=(2, 'epoch'))
     trainer.extend(extensions.PlotReport(['main/loss', 'main/accuracy'], 'epoch',
                                          filename='loss.png'))
@@ -5155,6 +5186,76 @@ def test_train_mnist_program_runs_and_resumes(tmp_path):
     assert not leftovers(out)
 
 
+def run_program_on_a_terminal(*args):
+    """run_program, with stdout a pseudo-terminal (POSIX); returns its raw bytes as text."""
+    import pty
+    env = dict(os.environ, ONEFCHAINER_DATASET_ROOT=str(SHARED_DATASETS), MPLBACKEND='Agg')
+    terminal, stdout = pty.openpty()
+    process = subprocess.Popen([sys.executable] + list(args), cwd=HERE, env=env,
+                               stdout=stdout, stderr=subprocess.PIPE)
+    os.close(stdout)
+    said = []
+    while True:                 # read as it comes: a full terminal would block the program
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:         # EIO: the program has closed its end
+            break
+        if not chunk:
+            break
+        said.append(chunk)
+    os.close(terminal)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=300) == 0, stderr
+    return b''.join(said).decode().replace('\r\n', '\n')
+
+
+SUMMARY = re.compile(r'Finished (\d+) epochs? in (\d+\.\d) s(?: \((\d+\.\d) s per epoch\))?, '
+                     r'validation accuracy (\d+\.\d\d) %; wrote (.+) to (.+)')
+
+
+@needs_mnist
+@programs
+@pytest.mark.skipif(os.name != 'posix', reason='POSIX pseudo-terminals')
+def test_train_mnist_ends_with_a_line_that_says_how_it_went(tmp_path):
+    # The progress bar wipes itself at the end; what stays is one plain line:
+    # it finished, the last test accuracy, the files it wrote and where.
+    def check(last, out, epochs):
+        match = SUMMARY.fullmatch(last)
+        assert match, repr(last)
+        with open(out / 'log') as f:
+            log = json.load(f)
+        assert int(match.group(1)) == epochs == len(log)
+        assert float(match.group(2)) >= log[-1]['elapsed_time'] - 0.05
+        if epochs > 1:
+            assert float(match.group(3)) == pytest.approx(float(match.group(2)) / epochs,
+                                                          abs=0.06)
+        assert float(match.group(4)) == pytest.approx(
+            100 * log[-1]['validation/main/accuracy'], abs=0.005)
+        assert match.group(5).split(', ') == sorted(set(os.listdir(out)) - {'notes.txt'})
+        assert 'snapshot_iter_{}'.format(100 * epochs) in match.group(5)
+        assert match.group(6) == str(out)
+
+    common = ['-u', '20', '-b', '10', '--train-size', '1000', '--test-size', '500']
+    # A pipe: the wipe's escape codes end a line of their own, the summary
+    # is the last line and holds none.
+    out = tmp_path / 'piped'
+    out.mkdir()
+    (out / 'notes.txt').write_text('there before the run: not written by it')
+    stdout = run_program('train_mnist.py', '-e', '1', '-o', str(out), *common)
+    assert '       100 iter, 1 epoch / 1 epochs' in stdout    # the bar was drawn
+    lines = stdout.split('\n')
+    assert lines[-1] == '' and lines[-3].endswith('\033[J')
+    check(lines[-2], out, 1)
+    # A terminal: the summary is written where the wiped bar was.
+    out = tmp_path / 'terminal'
+    stdout = run_program_on_a_terminal('train_mnist.py', '-e', '2', '-o', str(out), *common)
+    assert '       200 iter, 2 epoch / 2 epochs' in stdout
+    lines = stdout.split('\n')
+    assert lines[-1] == '' and lines[-2].startswith('\033[4A\033[JFinished')
+    check(lines[-2][len('\033[4A\033[J'):], out, 2)
+
+
 @needs_mnist
 @programs
 def test_minimum_program_learns_on_a_slice():
@@ -5329,6 +5430,91 @@ def test_part_one_stays_within_its_budgets():
     assert end_of_part_one <= 1250
     assert 'class Link' in source[:source.index('END OF PART I.')]
 
+
+def chapters_script():
+    """docs/chapters.py, the script that writes README's chapter table, as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('chapters', os.path.join(HERE, 'docs',
+                                                                           'chapters.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_chapter_table_matches_the_chapter_headers():
+    # README's table of line ranges goes stale with every edit of the file;
+    # the script rewrites it from the chapter headers, and this says when to.
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    with open(os.path.join(HERE, 'README.md')) as f:
+        readme = f.read()
+    outline = script.outline(source)
+    assert [e['number'] for e in outline if e['kind'] == 'part'] == ['I', 'II', 'III']
+    numbers = [e['number'] for e in outline if e['kind'] == 'chapter']
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)] and len(numbers) >= 21
+    assert script.updated(readme, source) == readme, \
+        "README.md's chapter table does not match onefchainer.py: run python3 docs/chapters.py"
+    by_title, _ = script._teaches(readme)
+    assert [e['title'] for e in outline if e['kind'] == 'chapter'
+            and not by_title.get(e['title'])] == [], 'chapters without "what it teaches"'
+
+
+def test_chapter_table_follows_the_file_and_keeps_what_each_chapter_teaches():
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    with open(os.path.join(HERE, 'README.md')) as f:
+        readme = f.read()
+    lines = source.split('\n')
+    rows = {e['number']: (e['first'], e['last']) for e in script.outline(source)}
+    # Chapter 2's first line of text is the line after its header's closing rule.
+    for n, (first, last) in rows.items():
+        if n.isdigit():
+            assert lines[first - 1].startswith('# ====') and lines[first] == \
+                '# Chapter {}. '.format(n) + next(e['title'] for e in script.outline(source)
+                                                  if e['number'] == n)
+            assert lines[last - 1].strip() and first < last
+    # Three lines more in chapter 9, and chapter 10 renamed: the ranges move
+    # from chapter 9 on, the figures of Part I stay, every description stays.
+    ninth = lines.index('# Chapter 9. More functions') + 2
+    edited = lines[:ninth] + ['x = 1', '', 'y = 2'] + lines[ninth:]
+    edited[edited.index('# Chapter 10. Initializers and more links')] = \
+        '# Chapter 10. Initializers and links'
+    new = script.updated(readme, '\n'.join(edited))
+    moved = {e['number']: (e['first'], e['last'])
+             for e in script.outline('\n'.join(edited))}
+    for n, (first, last) in rows.items():
+        after = n == 'III' or n.isdigit() and int(n) >= 10       # wholly after the edit
+        holds = n in ('II', '9')                                  # holds the edit
+        assert moved[n] == (first + 3 * after, last + 3 * (after or holds)), n
+        assert '| {}–{} |'.format(*moved[n]) in new, n
+    assert '10. Initializers and links | initializers, `ChainList`' in new
+    assert script.table(source, readme).split('`END OF PART I`')[1] == \
+        script.table('\n'.join(edited), readme).split('`END OF PART I`')[1]
+    assert new != readme and script.updated(new, source) == readme     # and back
+
+
+def test_opening_guide_names_every_chapter_and_how_to_find_it():
+    # The docstring at the top is the file's table of contents: every
+    # chapter by number and title, and a search string that finds each one
+    # (no line numbers, which would go stale).
+    import ast
+    script = chapters_script()
+    with open(SOURCE_PATH) as f:
+        source = f.read()
+    guide = ' '.join(ast.get_docstring(ast.parse(source)).split())
+    lines = source.split('\n')
+    for entry in script.outline(source):
+        if entry['kind'] == 'chapter':
+            assert '{}. {}'.format(entry['number'], entry['title']) in guide, \
+                'the opening docstring should name chapter "{}. {}"'.format(entry['number'],
+                                                                          entry['title'])
+            header = '# Chapter {}.'.format(entry['number'])
+            assert [i for i, line in enumerate(lines, 1) if line.startswith(header)] == \
+                [entry['first'] + 1]
+    assert 'search for "# Chapter 9." to go to chapter 9' in guide
+
 # ----- issue 13: a first run and a reference that need no guessing -----
 
 TWO_TINY = {TINY_NAME: TINY, 'tiny2-idx1-ubyte': np.arange(5, dtype=np.uint8)}
@@ -5469,9 +5655,8 @@ def test_progress_bar_shows_no_rate_before_it_has_one_and_whole_seconds(tmp_path
         assert re.fullmatch(r'\d+:\d\d:\d\d', estimate), estimate   # whole seconds
 
 
+@needs_matplotlib
 def test_plot_report_labels_integer_epochs_and_keeps_the_legend_inside(tmp_path):
-    pytest.importorskip('matplotlib', reason='matplotlib is not installed: '
-                        'python3 -m pip install -r requirements-dev.txt')
     for epochs in (1, 3):              # one point, where ticks at 0.98, 1.02 threaten
         trainer, _ = make_trainer(tmp_path / str(epochs), stop=(epochs, 'epoch'))
         drawn = []
@@ -6097,8 +6282,9 @@ def test_a_fused_kernel_takes_its_arguments_by_name():
             kernel(**arguments)     # a missing or misspelled name: before any GPU is needed
 
 
-@pytest.mark.skipif(not ON_GPU, reason='GPU only: compares the compiled CuPy kernels with '
-                    'the CPU path (on the CPU the stand-in test checks their formulas)')
+# Compares the compiled CuPy kernels with the CPU path (on the CPU the
+# stand-in test checks their formulas).
+@gpu_only
 @pytest.mark.parametrize('case', range(len(count_gpu_calls.OPTIMIZER_CASES)))
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 def test_fused_updates_on_the_gpu_match_the_cpu(case, dtype):
@@ -6142,8 +6328,9 @@ def test_deferred_label_check_gives_the_same_loss_and_gradient(deferred_checks, 
 @pytest.mark.parametrize('read', ['item', 'to_cpu', 'summary', 'next_loss_item'])
 def test_a_bad_label_on_the_device_raises_at_the_next_read(deferred_checks, read):
     if read == 'to_cpu' and not ON_GPU:
-        pytest.skip('GPU only: to_cpu of a NumPy array reads nothing from a device '
-                    '(the stand-in test reads a device array with to_cpu)')
+        # to_cpu of a NumPy array reads nothing from a device (the stand-in
+        # test reads a device array with to_cpu)
+        skip_because(NEEDS_GPU)
     x = Variable(dev(f32(4, 10)))
     loss = F.softmax_cross_entropy(x, dev(np.array([1, 12, 3, -1], np.int32)))  # no error yet
     loss.backward()
@@ -6246,7 +6433,7 @@ def test_gpu_path_through_the_stand_in_errors_for_mixed_devices_and_bad_labels()
     assert [line.endswith('True') for line in lines[5:]] == [True] * 5, lines[5:]
 
 
-@pytest.mark.skipif(not ON_GPU, reason='GPU only: a NumPy batch into a model on the GPU')
+@gpu_only                       # a NumPy batch into a model on the GPU
 def test_mixed_devices_error_on_the_gpu():
     layer = L.Linear(3, 2).to_device(TEST_DEVICE)
     with pytest.raises(TypeError, match='linear: x is on @numpy but W is on {}'.format(
@@ -6509,7 +6696,7 @@ def test_cuda_legacy_device_functions_on_the_cpu():
         assert cuda.get_device(0).id == 0 and cuda.get_device_from_id(0).id == 0
 
 
-@pytest.mark.skipif(not ON_GPU, reason='needs a GPU')
+@gpu_only
 def test_cuda_legacy_device_functions_on_the_gpu():
     gpu_array = dev(np.zeros(3, np.float32))
     assert cuda.get_device_from_array(gpu_array).id == gpu_array.device.id
@@ -6520,6 +6707,22 @@ def test_cuda_legacy_device_functions_on_the_gpu():
     v = Variable(np.ones(2, np.float32))
     v.to_gpu()
     assert isinstance(v.data, chainer.cupy.ndarray)
+
+
+@cpu_only('the GPU tests it runs skip only on the CPU')
+def test_plain_pytest_says_why_tests_skipped_one_line_a_reason():
+    # README's `python3 -m pytest -q`, without -rs: pyproject.toml asks for
+    # the skip summary, and the GPU tests' skips share one line.
+    names = ('test_mixed_devices_error_on_the_gpu', 'test_cuda_legacy_device_functions_on_the_gpu',
+             'test_a_bad_label_on_the_device_raises_at_the_next_read and to_cpu')
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                             '-k', ' or '.join('({})'.format(name) for name in names)],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=300)
+    assert result.returncode == 0, result.stdout
+    skipped = [line for line in result.stdout.split('\n') if line.startswith('SKIPPED')]
+    assert len(skipped) == 1, result.stdout
+    assert skipped[0].startswith('SKIPPED [3] ') and skipped[0].endswith(': ' + NEEDS_GPU)
 
 
 def test_dump_graph_function_form_is_the_extension():
@@ -10624,8 +10827,8 @@ def test_mlp_convolution_2d_and_inception(tmp_path):
         'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
 
 
+@needs_matplotlib
 def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
-    pytest.importorskip('matplotlib')
     link = Link()
     with link.init_scope():
         link.W = chainer.Parameter(dev(f32(3, 4, seed=50)))
@@ -10676,8 +10879,8 @@ def test_variable_statistics_plot_collects_samples_and_draws(tmp_path):
         chainer.training.extensions.VariableStatisticsPlot(link, wscale=1)
 
 
+@needs_matplotlib
 def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
-    pytest.importorskip('matplotlib')
     var = Variable(dev(np.ones(2, np.float32)))
 
     class FakeTrainer:

@@ -15,9 +15,14 @@ the program uses only Chainer's API: replace the `onefchainer` imports by
 
 Files written to --out: log (JSON), loss.png and accuracy.png (with
 matplotlib), cg.dot (the graph of the first iteration, for Graphviz) and a
-snapshot of the whole trainer.
+snapshot of the whole trainer.  The last line says how it went:
+
+    Finished 20 epochs in <seconds> s (<seconds> s per epoch), validation
+    accuracy <percent> %; wrote accuracy.png, cg.dot, log, loss.png,
+    snapshot_iter_12000 to result
 """
 import argparse
+import os
 import sys
 
 import onefchainer as chainer
@@ -175,7 +180,8 @@ def main():
         # epoch lets it settle.
         trainer.extend(extensions.ExponentialShift('alpha', 0.7), trigger=(1, 'epoch'))
     # Epoch averages of everything reported, written to <out>/log.
-    trainer.extend(extensions.LogReport())
+    log_report = extensions.LogReport()
+    trainer.extend(log_report)
     if args.plot and extensions.PlotReport.available():
         trainer.extend(extensions.PlotReport(
             ['main/loss', 'validation/main/loss'], 'epoch', filename='loss.png'))
@@ -190,7 +196,37 @@ def main():
     if args.resume is not None:
         chainer.serializers.load_npz(args.resume, trainer)
 
+    before = files_in(args.out)
     trainer.run()
+    # ProgressBar leaves the cursor at the top of the bar it has wiped: on a
+    # terminal the summary takes the bar's place.  In a file or a pipe the
+    # wipe's escape codes end no line, so end it first.
+    if not sys.stdout.isatty():
+        print()
+    print(summary(trainer, log_report.log, args.out, before))
+
+
+def files_in(folder):
+    """{name: (size, modification time)} of the files in folder."""
+    if not os.path.isdir(folder):
+        return {}
+    return {entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns)
+            for entry in os.scandir(folder) if entry.is_file()}
+
+
+def summary(trainer, log, out, before):
+    """One line: how long it took, the last test accuracy, what went where."""
+    epochs = trainer.updater.epoch
+    line = 'Finished {} epoch{} in {:.1f} s'.format(
+        epochs, '' if epochs == 1 else 's', trainer.elapsed_time)
+    if epochs > 1:
+        line += ' ({:.1f} s per epoch)'.format(trainer.elapsed_time / epochs)
+    if log and 'validation/main/accuracy' in log[-1]:
+        line += ', validation accuracy {:.2f} %'.format(
+            100 * log[-1]['validation/main/accuracy'])
+    written = sorted(name for name, stamp in files_in(out).items()
+                     if before.get(name) != stamp)
+    return line + '; wrote {} to {}'.format(', '.join(written) or 'nothing', out)
 
 
 if __name__ == '__main__':
