@@ -9390,7 +9390,20 @@ class _FusedKernel:
         if len(names) < self.n_inputs or arguments.keys() != set(names):
             raise TypeError('kernel {}: got the arguments {}; it takes {}, then {}'.format(
                 self.name, sorted(arguments), self.inputs, self.outputs))
-        return (self.compiled or self.compile())(*[arguments[name] for name in names])
+        arrays = [arguments[name] for name in names]
+        kernel = self.compiled or self.compile()
+        if len(names) == len(self.names) and any(
+                getattr(a, 'dtype', None) == np.float16 for a in arrays[self.n_inputs:]):
+            # An update of float16 arrays runs in float32 copies, as the CPU rules
+            # do (_step_in_float32): in float16, eps = 1e-8 is 0 and 0 / 0 is NaN.
+            wide = [a.astype(np.float32) if getattr(a, 'dtype', None) == np.float16 else a
+                    for a in arrays]
+            kernel(*wide)
+            for narrow, value in zip(arrays[self.n_inputs:], wide[self.n_inputs:]):
+                if value is not narrow:
+                    narrow[...] = value
+            return arrays[self.n_inputs:] if len(arrays) - self.n_inputs > 1 else arrays[-1]
+        return kernel(*arrays)
 
     # Continued in Chapter 19 (compile).
 
@@ -9706,7 +9719,7 @@ def _step_in_float32(step, data, grad, *state):
     stored back, as Chainer's Adam does: in float16 the eps of these rules
     (1e-8, 1e-16) rounds to 0, and an entry whose gradient has always been 0
     would step by 0 / 0 = NaN.  The state stays float16, as in Chainer.
-    (The GPU kernels still compute in the parameter's dtype.)"""
+    (On a GPU, _FusedKernel does the same for every rule's kernel.)"""
     if data.dtype != np.float16:
         return step(data, grad, *state)
     wide = [a.astype(np.float32) for a in (data, grad) + state]
@@ -15085,7 +15098,7 @@ class _AdamRuleSpeedPaths:
         if interm == np.float16:
             # As Chainer: a float16 parameter is updated in float32 (m and v stay
             # float16).  In float16, eps = 1e-8 rounds to 0 and a zero gradient
-            # would make 0 / 0 = NaN.  (The GPU kernels do not do this yet.)
+            # would make 0 / 0 = NaN.  (On a GPU, _FusedKernel does the same.)
             interm = np.dtype(np.float32)
             arrays = [data, arrays[1].astype(interm)] + list(arrays[2:])
         size = data.size

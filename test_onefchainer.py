@@ -5810,6 +5810,40 @@ def test_fused_updates_through_the_stand_in_equal_the_cpu_path():
     assert all(diff == 0.0 for diff in result.values()), result
 
 
+def test_float16_updates_on_the_gpu_run_in_float32_as_on_the_cpu():
+    # The kernels compute in the arrays' dtype: a float16 parameter with
+    # eps = 1e-8 (0 in float16) and a zero gradient gave NaN on the GPU for
+    # AdaGrad, AdaDelta, RMSprop, RMSpropGraves, SMORMS3 and Adam, as on the
+    # CPU before its rules stepped float16 in float32.  Through the stand-in,
+    # each optimizer's GPU run is finite and equals its CPU run to float16's
+    # rounding (NesterovAG's CPU rule computes in float16: one ulp).
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        result = {}
+        for name, kwargs in [('AdaGrad', {'eps': 1e-8}), ('AdaDelta', {'eps': 1e-8}),
+                             ('RMSprop', {'eps': 1e-8}), ('RMSpropGraves', {'eps': 1e-8}),
+                             ('SMORMS3', {}), ('MSVAG', {}), ('Adam', {}), ('AMSBound', {}),
+                             ('MomentumSGD', {}), ('NesterovAG', {})]:
+            runs = []
+            for device in ('@numpy', '@cupy:0'):
+                link = chainer.Link()
+                with link.init_scope():
+                    link.p = chainer.Parameter(np.ones(3, np.float16))
+                link.to_device(device)
+                opt = getattr(chainer.optimizers, name)(**kwargs).setup(link)
+                for g in ([0, 0, 0], [0, 1, 0], [0, 1, 0], [0.5, -2, 0], [0, 0, 0.25]):
+                    link.p.grad = chainer.get_device(device).send(np.array(g, np.float16))
+                    opt.update()
+                assert link.p.dtype == np.float16
+                runs.append(np.asarray(chainer.cuda.to_cpu(link.p.data), np.float64))
+            result[name] = [bool(np.isfinite(runs[1]).all()), float(abs(runs[0] - runs[1]).max())]
+        print(json.dumps(result))
+    ''')
+    result = json.loads(out.strip().splitlines()[-1])
+    assert all(finite for finite, _ in result.values()), result
+    assert all(difference <= 5e-4 for _, difference in result.values()), result
+
+
 def test_a_fused_kernel_takes_its_arguments_by_name():
     kernel = chainer._FusedKernel('scale', 'T x, T a', 'T y', 'y = a * x;')
     assert kernel.names == ['x', 'a', 'y']
