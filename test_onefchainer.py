@@ -10286,7 +10286,8 @@ def test_readme_compatibility_table_counts_chainers_names():
         name = re.search(r'`chainer((?:\.\w+)*)`|\*\*(total)\*\*', cells[0])
         module = name.group(2) or name.group(1)[1:]
         written[module] = [int(re.search(r'\d+', cell).group()) for cell in cells[1:5]]
-    assert written == counts, 'README\'s table should read: {}'.format(counts)
+    assert written == counts, 'README\'s table should read {}: run python3 docs/chapters.py'.format(
+        counts)
 
 
 def _module_cases(table):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rewrite README.md's chapter table from onefchainer.py's chapter headers.
+"""Rewrite README.md's chapter table from onefchainer.py's chapter headers,
+and the numbers of its compatibility table from what onefchainer provides.
 
     python3 docs/chapters.py           # rewrite the table in README.md
     python3 docs/chapters.py --check   # only say whether it is up to date (exit 1 if not)
@@ -145,23 +146,65 @@ def updated(readme, source):
     return head + BEGIN + table(source, old_block) + END + tail
 
 
+def compatibility_counts():
+    """{module ('' for chainer itself, 'total'): [Chainer's names, provided,
+    out of scope, not yet]}, from Chainer 7.8.1's names
+    (testdata/chainer781/public_names.json) and what onefchainer answers for each."""
+    import importlib
+    import json
+    sys.path.insert(0, ROOT)
+    import onefchainer
+    with open(os.path.join(ROOT, 'testdata', 'chainer781', 'public_names.json')) as f:
+        names = json.load(f)['modules']
+    counts = {}
+    for module, chainer_names in names.items():
+        imported = importlib.import_module('onefchainer' + ('.' + module if module else ''))
+        row = [len(chainer_names), 0, 0, 0]
+        for name in chainer_names:
+            try:
+                getattr(imported, name)
+                row[1] += 1
+            except onefchainer.NotSupportedError:
+                key = imported._not_supported_reasons.get(name, imported._not_supported_default)
+                row[3 if key == 'missing' else 2] += 1
+        counts[module] = row
+    counts['total'] = [sum(row[i] for row in counts.values()) for i in range(4)]
+    return counts
+
+
+def with_counts(readme, counts):
+    """README text with the numbers of its compatibility table (module by
+    module) set to `counts`; the words after each number are kept."""
+    start = readme.index('| module | Chainer names |')
+    end = readme.index('\n\n', start)
+    rows = readme[start:end].split('\n')
+    for i, line in enumerate(rows[2:], 2):
+        cells = line.strip().strip('|').split('|')
+        name = re.search(r'`chainer((?:\.\w+)*)`|\*\*(total)\*\*', cells[0])
+        module = name.group(2) or name.group(1)[1:]
+        for column in range(1, 5):
+            cells[column] = re.sub(r'\d+', str(counts[module][column - 1]), cells[column], 1)
+        rows[i] = '|' + '|'.join(cells) + '|'
+    return readme[:start] + '\n'.join(rows) + readme[end:]
+
+
 def main(argv):
     with open(SOURCE, encoding='utf-8') as f:
         source = f.read()
     with open(README, encoding='utf-8') as f:
         readme = f.read()
-    new = updated(readme, source)
+    new = with_counts(updated(readme, source), compatibility_counts())
     if '--check' in argv:
         if new != readme:
-            print('README.md\'s chapter table does not match onefchainer.py: '
-                  'run python3 docs/chapters.py')
+            print('README.md\'s chapter or compatibility table does not match '
+                  'onefchainer.py: run python3 docs/chapters.py')
             return 1
         print('README.md\'s chapter table matches onefchainer.py')
         return 0
     if new != readme:
         with open(README, 'w', encoding='utf-8') as f:
             f.write(new)
-        print('README.md: chapter table rewritten')
+        print('README.md: tables rewritten')
     else:
         print('README.md: chapter table already up to date')
     missing = [entry['number'] for entry in outline(source)
