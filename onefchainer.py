@@ -8215,18 +8215,23 @@ class BatchNormalizationFunction(Function):
                 raise ValueError('batch_normalization: {}.shape {} != gamma.shape {}'
                                  .format(name, a.shape, gamma.shape))
         xp = _xp(x)
-        x2 = _channel_rows(x, self.axis)             # (K, m): a view for batch-last images
+        # The averaged axes in x's memory order, kept: backward reads gy in
+        # the same order, whatever gy's own layout (a batch-last x may meet a
+        # C-contiguous gy, or a broadcast one).
+        self.order = _averaged_order(x, self.axis)
+        x2 = _channel_rows(x, self.axis, self.order)  # (K, m): a view for batch-last images
         m = x2.shape[1]
+        wide = np.dtype(_accumulator(x.dtype) or x.dtype)   # float16's statistics in float32
         y2 = xp.empty(x2.shape, x.dtype)
-        self.mean = xp.empty(len(x2), x.dtype)
-        self.inv_std = xp.empty(len(x2), x.dtype)
-        var_all = xp.empty(len(x2), x.dtype)
+        self.mean = xp.empty(len(x2), wide)
+        self.inv_std = xp.empty(len(x2), wide)
+        var_all = xp.empty(len(x2), wide)
         gamma2, beta2 = gamma.reshape(-1, 1), beta.reshape(-1, 1)
         for rows, centered in _row_blocks(x2):
-            mean = x2[rows].mean(axis=1, keepdims=True)
-            xp.subtract(x2[rows], mean, out=centered)
-            var = xp.einsum('ij,ij->i', centered, centered)[:, None] / x.dtype.type(m)
-            inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
+            mean = x2[rows].mean(axis=1, keepdims=True, dtype=wide)
+            xp.subtract(x2[rows], mean, out=centered, casting='unsafe')
+            var = xp.einsum('ij,ij->i', centered, centered, dtype=wide)[:, None] / wide.type(m)
+            inv_std = 1.0 / xp.sqrt(var + wide.type(self.eps))
             self.mean[rows], var_all[rows], self.inv_std[rows] = mean[:, 0], var[:, 0], \
                 inv_std[:, 0]
             xp.multiply(centered, inv_std * gamma2[rows], out=y2[rows])   # gamma x_hat
@@ -8237,13 +8242,13 @@ class BatchNormalizationFunction(Function):
             self.running_mean += (1 - self.decay) * self.mean.reshape(gamma.shape)
             self.running_var *= self.decay
             self.running_var += (1 - self.decay) * unbiased * var_all.reshape(gamma.shape)
-        return _channel_rows_back(y2, x, self.axis),
+        return _channel_rows_back(y2, x, self.axis, self.order),
 
     def backward(self, inputs, grad_outputs):
         x, gamma, beta = inputs
         gy, = grad_outputs
         xp = _xp(x)
-        x2, gy2 = _channel_rows(x, self.axis), _channel_rows(gy, self.axis)
+        x2, gy2 = (_channel_rows(a, self.axis, self.order) for a in (x, gy))
         # The sums in float32 for float16 (_accumulator): a running float16 sum
         # of 10,000 ones stops at 2048, and m = 78,400 would overflow float16.
         # m in the sums' dtype: NumPy 1.x turns float32 / int into float64 once
@@ -8265,25 +8270,29 @@ class BatchNormalizationFunction(Function):
             xp.multiply(gy2[rows], scale, out=gx2[rows])
             gx2[rows] += centered
             gx2[rows] -= scale * (gbeta[rows, None] / m)
-        return (_channel_rows_back(gx2, x, self.axis),
+        return (_channel_rows_back(gx2, x, self.axis, self.order),
                 ggamma.reshape(gamma.shape).astype(gamma.dtype, copy=False),
                 gbeta.reshape(gamma.shape).astype(beta.dtype, copy=False))
 
 
-def _channel_rows(x, axis):
+def _averaged_order(x, axis):
+    """The averaged axes of x, outermost in memory first (as _memory_order)."""
+    return sorted(axis, key=lambda a: -abs(x.strides[a]))
+
+
+def _channel_rows(x, axis, averaged):
     """x as a (K, m) matrix: a row for each of the K normalized entries (the
-    channels), its m averaged values (batch and pixels) along it, in memory
-    order: a view for the batch-last images of a convolution, else a copy."""
+    channels), its m averaged values (batch and pixels) along it in the order
+    `averaged` (_averaged_order): a view for the batch-last images of a
+    convolution, else a copy.  The same `averaged` pairs x's and gy's elements."""
     kept = [a for a in range(x.ndim) if a not in axis]
-    averaged = sorted(axis, key=lambda a: -abs(x.strides[a]))
     k = math.prod(x.shape[a] for a in kept)
-    return x.transpose(kept + averaged).reshape(k, x.size // max(k, 1))
+    return x.transpose(kept + list(averaged)).reshape(k, x.size // max(k, 1))
 
 
-def _channel_rows_back(y2, x, axis):
+def _channel_rows_back(y2, x, axis, averaged):
     """The inverse of _channel_rows: y2 (K, m) as an array of x's shape (a view)."""
-    kept = [a for a in range(x.ndim) if a not in axis]
-    order = kept + sorted(axis, key=lambda a: -abs(x.strides[a]))
+    order = [a for a in range(x.ndim) if a not in axis] + list(averaged)
     return y2.reshape([x.shape[a] for a in order]).transpose(tuple(np.argsort(order)))
 
 

@@ -4795,6 +4795,29 @@ def test_chapter_11_gradients_stay_float32(name):
     check_stays_float32(func, xs, name)
 
 
+def test_batch_normalization_pairs_x_and_gy_whatever_their_layouts():
+    # A convolution's output is batch-last in memory; the gradient that comes
+    # back may be C-contiguous (a Linear, F.mean over the pixels) or a
+    # broadcast.  Pairing gy's rows by gy's own strides gave wrong gradients
+    # (ggamma off by 18 here); and float16 statistics must not overflow
+    # (m = 78,400 is inf in float16: the output was all NaN).
+    rng = np.random.RandomState(0)
+    x = np.empty((3, 5, 5, 4)).transpose(3, 0, 1, 2)
+    x[...] = rng.randn(4, 3, 5, 5)
+    gamma, beta = rng.rand(3) + 0.5, rng.randn(3)
+    gradient_check.check_backward(F.batch_normalization, (x, gamma, beta),
+                                  rng.randn(4, 3, 5, 5), elementwise=True)
+    W, images = rng.randn(3, 2, 3, 3), rng.randn(4, 2, 6, 6)
+    gradient_check.check_backward(
+        lambda x, W, g, b: F.mean(F.batch_normalization(F.convolution_2d(x, W, pad=1), g, b),
+                                  axis=(2, 3)),
+        (images, W, gamma, beta), rng.randn(4, 3), elementwise=True)
+    x16 = (rng.randn(100, 4, 28, 28) * 10).astype(np.float16)
+    y = F.batch_normalization(x16, np.ones(4, np.float16), np.zeros(4, np.float16))
+    assert y.dtype == np.float16 and np.isfinite(y.data).all()
+    assert abs(float(y.data.astype(np.float32).std()) - 1) < 1e-2
+
+
 # ----- 0-dimensional data: every gradient case of Chapters 5, 9 and 11, on 0-dim inputs -----
 # NumPy gives a 0-dim result as a scalar (numpy.float64, not an ndarray),
 # which a saved value, a gradient sum or a hook then trips over.  Each case
