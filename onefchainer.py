@@ -29,6 +29,7 @@ import copy
 import gzip
 import hashlib
 import heapq
+import inspect
 import io
 import itertools
 import json
@@ -1026,8 +1027,8 @@ class UpdateRule:
         param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
         """
 
-    # Continued in Chapter 12 (update_core, update_core_gpu, add_hook, ...); Chapter 13
-    # (serialize).
+    # Continued in Chapter 12 (__init__, update_core, update_core_gpu, add_hook, ...);
+    # Chapter 13 (serialize).
 
 
 @_export('optimizer')
@@ -1093,6 +1094,8 @@ class Optimizer:
         for param in params:
             if param.update_rule is None:   # added after setup(); hooks need its rule too
                 param.update_rule = self.create_update_rule()
+            if param.grad is None:    # unused by this loss: as in Chainer, still decays
+                param.grad = _xp(param.data).zeros_like(param.data)
         self.call_hooks('pre')
         self.t += 1
         for param in params:
@@ -1143,14 +1146,14 @@ class AdamRule(UpdateRule):
         lr = hp.alpha * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
         bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 12
-        self._step(param, constants, bounds)     # Chapter 19 makes it faster
+        self._step(param, constants, bounds)     # Chapter 19: faster; float16 in float32
 
     def _step(self, param, constants, bounds=None):    # _adam_step (below) on param's arrays
         data, state = param.data, self.state
         _adam_step(_xp(data), _xp(data).empty_like(data), data, param.grad, state['m'],
                    state['v'], state.get('vhat'), constants, bounds)
 
-    # Continued in Chapter 12 (__init__, alpha_t, bounds); Chapter 19 (_step).
+    # Continued in Chapter 12 (__init__, alpha_t, bounds); Chapter 19 (update_core, _step).
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
@@ -1298,7 +1301,7 @@ def _continue_class(cls):
 # F.sum, F.max, F.min and F.pow have the names of Python builtins, and
 # F.copy that of the stdlib module copy: here they are written _sum, _max,
 # _min, _pow and _copy, so that everywhere in this file sum, max, min, pow
-# and copy are Python's own; Chapter 21 files them under F's names.
+# and copy are Python's own; their marks file them under F's names.
 #
 # Sections, in order: operators on Variables; elementwise math (exp, log,
 # trigonometric, clip, maximum, ...); special functions (erf, lgamma, ...);
@@ -5975,8 +5978,8 @@ class LeCunUniform(Initializer):
 class _IdentityInitializer(Initializer):
     """Initializer that fills a square matrix with scale * I.  scale default
     1.0; dtype default None (config.dtype).  Raises ValueError unless the
-    array is 2-D and square.  Registered as initializers.Identity (Chapter 21;
-    the name Identity here is F.identity's Function, Chapter 9).
+    array is 2-D and square.  Marked as initializers.Identity below (the
+    name Identity here is F.identity's Function, Chapter 9).
     Chainer: chainer.initializers.Identity.
     """
 
@@ -9386,10 +9389,13 @@ class _FusedKernel:
     the arrays' dtype; a number passed for a T is cast to it).  Outputs are
     updated in place, or made when not passed.  Call it with every input, then
     the outputs, by name; returns the output array(s).  Compiled at the first
-    call as 'onefchainer_' + name (Chapter 19)."""
+    call as 'onefchainer_' + name (Chapter 19).  float16_in_float32: an update
+    of float16 arrays runs in float32 copies stored back, as the rules whose
+    CPU half uses _step_in_float32 (or Adam's float32 step) do."""
 
-    def __init__(self, name, inputs, outputs, body):
+    def __init__(self, name, inputs, outputs, body, float16_in_float32=False):
         self.name, self.inputs, self.outputs, self.body = name, inputs, outputs, body
+        self.float16_in_float32 = float16_in_float32
         self.names = [p.split()[-1] for p in (inputs + ',' + outputs).split(',')]
         self.n_inputs = inputs.count(',') + 1
         self.compiled = None
@@ -9401,17 +9407,17 @@ class _FusedKernel:
                 self.name, sorted(arguments), self.inputs, self.outputs))
         arrays = [arguments[name] for name in names]
         kernel = self.compiled or self.compile()
-        if len(names) == len(self.names) and any(
+        if self.float16_in_float32 and len(names) == len(self.names) and any(
                 getattr(a, 'dtype', None) == np.float16 for a in arrays[self.n_inputs:]):
-            # An update of float16 arrays runs in float32 copies, as the CPU rules
-            # do (_step_in_float32): in float16, eps = 1e-8 is 0 and 0 / 0 is NaN.
+            # In float16, eps = 1e-8 is 0 and 0 / 0 is NaN: step float32 copies.
             wide = [a.astype(np.float32) if getattr(a, 'dtype', None) == np.float16 else a
                     for a in arrays]
             kernel(*wide)
             for narrow, value in zip(arrays[self.n_inputs:], wide[self.n_inputs:]):
                 if value is not narrow:
                     narrow[...] = value
-            return arrays[self.n_inputs:] if len(arrays) - self.n_inputs > 1 else arrays[-1]
+            outputs = tuple(arrays[self.n_inputs:])
+            return outputs if len(outputs) > 1 else outputs[0]
         return kernel(*arrays)
 
     # Continued in Chapter 19 (compile).
@@ -9467,6 +9473,54 @@ class _UpdateRuleHooks:
         del self._hooks[name]
 
 
+# A rule also stands alone, as in Chainer: AdamRule(alpha=0.01) sets its own
+# alpha, and AdamRule() reads Adam's defaults, taken from Adam.__init__'s
+# signature so that each default is written once.
+
+def _default_hyperparam(rule_class):
+    """Hyperparameter holding the defaults of the optimizer that uses
+    `rule_class` (or a base rule of it), or None if no optimizer does."""
+    optimizers, todo = [], [Optimizer]
+    while todo:
+        optimizers.append(todo.pop())
+        todo += optimizers[-1].__subclasses__()
+    for rule in rule_class.__mro__:
+        users = [o for o in optimizers if o.update_rule_class is rule]
+        if users:    # the optimizer named after the rule (Adam, not AMSGrad)
+            owner = next((o for o in users if o.__name__ + 'Rule' == rule.__name__), users[0])
+            defaults = Hyperparameter()
+            for p in list(inspect.signature(owner.__init__).parameters.values())[1:]:
+                if p.default is not p.empty:
+                    setattr(defaults, p.name, p.default)
+            return defaults
+    return None
+
+
+@_continue_class(UpdateRule)
+class _UpdateRuleStandingAlone:
+    _init_with_parent = UpdateRule.__init__        # Chapter 7's
+
+    def __init__(self, parent_hyperparam=None, **hyperparams):
+        """A rule reading `parent_hyperparam` (default: the defaults of its
+        optimizer, e.g. Adam's for AdamRule); keywords (alpha=..., lr=...) set
+        the rule's own values, None leaves one as it is.  An unknown keyword
+        raises TypeError. Chainer: chainer.UpdateRule and each rule's __init__.
+        """
+        if parent_hyperparam is None or hyperparams:     # (an optimizer's setup passes neither)
+            defaults = _default_hyperparam(type(self))
+            known = defaults.get_dict() if defaults is not None else {}
+            unknown = sorted(set(hyperparams) - set(known))
+            if unknown:
+                raise TypeError('{}: unknown hyperparameter(s) {}; it takes {}'.format(
+                    type(self).__name__, ', '.join(unknown), ', '.join(sorted(known)) or 'none'))
+            if parent_hyperparam is None:
+                parent_hyperparam = defaults
+        self._init_with_parent(parent_hyperparam)
+        for name, value in hyperparams.items():
+            if value is not None:
+                setattr(self.hyperparam, name, value)
+
+
 @_continue_class(Hyperparameter)
 class _HyperparameterAsDict:
 
@@ -9492,8 +9546,8 @@ def _adam_lr(hp, t):
 @_continue_class(AdamRule)
 class _AdamRuleStepSize:
 
-    def __init__(self, parent_hyperparam=None):
-        super().__init__(parent_hyperparam)
+    def __init__(self, parent_hyperparam=None, **hyperparams):
+        super().__init__(parent_hyperparam, **hyperparams)
         # AdaBound's bounds scale final_lr by alpha now / alpha at the rule's start.
         self.initial_alpha = getattr(self.hyperparam, 'alpha', None)
     @property
@@ -9728,7 +9782,7 @@ def _step_in_float32(step, data, grad, *state):
     stored back, as Chainer's Adam does: in float16 the eps of these rules
     (1e-8, 1e-16) rounds to 0, and an entry whose gradient has always been 0
     would step by 0 / 0 = NaN.  The state stays float16, as in Chainer.
-    (On a GPU, _FusedKernel does the same for every rule's kernel.)"""
+    (Their GPU kernels do the same: float16_in_float32.)"""
     if data.dtype != np.float16:
         return step(data, grad, *state)
     wide = [a.astype(np.float32) for a in (data, grad) + state]
@@ -9754,7 +9808,7 @@ class AdaGradRule(UpdateRule):
 
     gpu_kernel = _FusedKernel('adagrad', 'T grad, T lr, T eps', 'T param, T h', '''
         h += grad * grad;
-        param -= lr * grad / (sqrt(h) + eps);''')
+        param -= lr * grad / (sqrt(h) + eps);''', float16_in_float32=True)
 
     def update_core_gpu(self, param):
         hp = self.hyperparam
@@ -9806,7 +9860,7 @@ class AdaDeltaRule(UpdateRule):
         T dx = sqrt((msdx + eps) / (msg + eps)) * grad;
         msdx *= rho;
         msdx += one_minus_rho * dx * dx;
-        param -= dx;''')
+        param -= dx;''', float16_in_float32=True)
 
     def update_core_gpu(self, param):
         hp = self.hyperparam
@@ -9852,7 +9906,7 @@ class RMSpropRule(UpdateRule):
         ms *= alpha;
         ms += one_minus_alpha * grad * grad;
         T denom = eps_inside_sqrt ? sqrt(ms + eps) : sqrt(ms) + eps;
-        param -= lr * grad / denom;''')
+        param -= lr * grad / denom;''', float16_in_float32=True)
 
     def update_core_gpu(self, param):
         hp = self.hyperparam
@@ -9912,7 +9966,7 @@ class RMSpropGravesRule(UpdateRule):
         g += one_minus_alpha * grad;
         delta *= momentum;
         delta -= lr * grad / sqrt(n - g * g + eps);
-        param += delta;''')
+        param += delta;''', float16_in_float32=True)
 
     def update_core_gpu(self, param):
         hp, state = self.hyperparam, self.state
@@ -9975,7 +10029,7 @@ class SMORMS3Rule(UpdateRule):
         T x = g * g / (g2 + eps);
         param -= grad * min(x, lr) / (sqrt(g2) + eps);
         mem *= 1 - x;
-        mem += 1;''')
+        mem += 1;''', float16_in_float32=True)
 
     def update_core_gpu(self, param):
         hp, state = self.hyperparam, self.state
@@ -10004,8 +10058,8 @@ class MSVAGRule(UpdateRule):
     an attribute, not saved, as in Chainer).
     Chainer: chainer.optimizers.msvag.MSVAGRule.
     """
-    def __init__(self, parent_hyperparam=None):
-        super().__init__(parent_hyperparam)
+    def __init__(self, parent_hyperparam=None, **hyperparams):
+        super().__init__(parent_hyperparam, **hyperparams)
         self.beta_power = self.hyperparam.beta
 
     def init_state(self, param):
@@ -15083,7 +15137,7 @@ def _adam_kernel(name, amsgrad, adabound):
         inputs += ', T lower, T upper'
         body.append('step = min(max(step, lower), upper);')       # as np.clip
     body += ['step *= m;', 'step *= eta;', 'param *= decay;', 'param -= step;']
-    return _FusedKernel(name, inputs, outputs, '\n'.join(body))
+    return _FusedKernel(name, inputs, outputs, '\n'.join(body), float16_in_float32=True)
 
 
 @_continue_class(AdamRule)
@@ -15093,6 +15147,9 @@ class _AdamRuleSpeedPaths:
         (True, False): _adam_kernel('amsgrad', True, False),
         (False, True): _adam_kernel('adabound', False, True),
         (True, True): _adam_kernel('amsbound', True, True)}
+
+    update_core_cpu = update_core_gpu = AdamRule.update_core     # Chapter 7's, which
+    update_core = UpdateRule.update_core     # a subclass may override per device (Chapter 12)
 
     def _step(self, param, constants, bounds=None):
         # Chapter 7's _step: _adam_step over the arrays, block by block on the
@@ -15186,7 +15243,10 @@ def _label_check(t, n_class, ignore_label):
 def _remember_label_check(label, n_class, ignore_label, flagged):
     """Fold the bad labels of one batch into the pending check of its kind;
     returns the batch's worst bad label (a device 0-dim array)."""
-    worst = flagged.max()
+    if flagged.size == 0:           # an empty batch has no worst label (max would raise)
+        worst = _xp(flagged).full((), _NO_BAD_LABEL, flagged.dtype)
+    else:
+        worst = flagged.max()
     if not isinstance(worst, _array_types):     # NumPy gives a scalar
         worst = np.asarray(worst)
     key = (label, n_class, ignore_label)
@@ -15235,7 +15295,7 @@ class _SoftmaxCrossEntropyOnTheGPU:
             loss = _xp(loss).where(flagged == _NO_BAD_LABEL, loss, np.nan)
             return loss.astype(x.dtype, copy=False),
         count = self.valid.sum() if self.normalize else len(x)
-        self.coeff = self._coefficient_later(count, worst, x.dtype)
+        self.coeff = self._coefficient_later(count, worst, _accumulator(x.dtype) or x.dtype)
         return _xp(x).asarray(loss.sum(dtype=_accumulator(x.dtype)) * self.coeff, dtype=x.dtype),
 
     coefficient_kernel = _FusedKernel(
@@ -15263,7 +15323,7 @@ class _SoftmaxCrossEntropyOnTheGPU:
 
 def _checked_grad(variable, grad):
     """What the Variable.grad setter stores: the array of `grad`, checked."""
-    variable.__dict__.pop('_grad_at_update', None)     # a new grad: debug mode's, Chapter 21
+    variable.__dict__.pop('_grad_at_update', None)     # a new grad: debug mode's, below
     if grad is None:
         return None
     if isinstance(grad, Variable):
@@ -15478,21 +15538,21 @@ class _ParameterWithoutData:
             self._zeros_asked = True
         else:
             self._grad = _xp(self.data).zeros_like(self.data)
-        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, above
 
     def cleargrad(self):
         """Forget the gradient (grad = None), a zerograd asked for before there
-        was data and a loss scale (Chapter 21). Chainer: Parameter.cleargrad."""
+        was data and a loss scale (below). Chainer: Parameter.cleargrad."""
         self._grad = None
         self.__dict__.pop('_zeros_asked', None)
         self.__dict__.pop('_loss_scale', None)
-        self.__dict__.pop('_grad_at_update', None)     # debug mode's, Chapter 21
+        self.__dict__.pop('_grad_at_update', None)     # debug mode's, above
 
     def update(self):
         """Update the data by the parameter's update rule (set by an optimizer's
         setup); nothing without a rule or data. Chainer: Parameter.update."""
         if self.update_rule is not None and self.data is not None:
-            _unscale_gradient(self)            # a backward(loss_scale=...): Chapter 21
+            _unscale_gradient(self)            # a backward(loss_scale=...): below
             self.update_rule.update(self)
 
 

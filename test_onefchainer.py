@@ -1938,7 +1938,9 @@ def test_deepcopy_of_model_and_optimizer():
         assert p.data is not q.data and np.array_equal(host(p), host(q)), name
 
 
-def test_parameter_without_grad_is_untouched():
+def test_parameter_without_grad_gets_a_zero_grad_and_is_updated_as_in_chainer():
+    # Chainer's optimizer gives a parameter that the loss did not reach a zero
+    # gradient and updates it: a zero step, but state made and weight decay applied.
     for make in (optimizers.SGD, optimizers.MomentumSGD, optimizers.Adam,
                  optimizers.AdaGrad, optimizers.AdaDelta, optimizers.RMSprop):
         chain = Chain(a=OneParam(), b=OneParam())
@@ -1947,7 +1949,46 @@ def test_parameter_without_grad_is_untouched():
         opt.update()
         assert np.array_equal(host(chain.b.p), P0), make.__name__
         assert not np.array_equal(host(chain.a.p), P0), make.__name__
-        assert chain.b.p.update_rule.state is None
+        assert np.array_equal(host(chain.b.p.grad), np.zeros(4)), make.__name__
+        assert chain.b.p.update_rule.t == 1, make.__name__
+    chain = Chain(a=OneParam(), b=OneParam())
+    opt = optimizers.Adam(weight_decay_rate=0.1).setup(chain)
+    chain.a.p.grad = dev(np.ones(4))
+    opt.update()
+    np.testing.assert_allclose(host(chain.b.p), P0 * 0.9, rtol=1e-6)   # Chainer 7.8.1: the same
+
+
+def test_update_rule_stands_alone_with_its_optimizers_defaults_and_keywords():
+    rule = optimizers.adam.AdamRule(alpha=0.1)
+    assert rule.hyperparam.alpha == 0.1 and rule.hyperparam.beta2 == 0.999
+    p = chainer.Parameter(dev(np.ones(3)))
+    p.grad = dev(np.ones(3))
+    rule.update(p)
+    np.testing.assert_allclose(host(p), 0.9, rtol=1e-6)     # Chainer 7.8.1: 0.90000004
+    assert optimizers.sgd.SGDRule().hyperparam.lr == 0.01
+    assert optimizers.MomentumSGD(lr=0.5).setup(OneParam()).target.p.update_rule \
+        .hyperparam.lr == 0.5
+    with pytest.raises(TypeError, match=r'SGDRule: unknown hyperparameter\(s\) alpha; it takes lr'):
+        optimizers.sgd.SGDRule(alpha=0.1)
+
+
+def test_adam_rule_subclass_may_override_update_core_cpu():
+    calls = []
+
+    class CountingAdamRule(optimizers.adam.AdamRule):
+        def update_core_cpu(self, param):
+            calls.append('cpu')
+            super().update_core_cpu(param)
+
+        def update_core_gpu(self, param):
+            calls.append('gpu')
+            super().update_core_gpu(param)
+
+    p = chainer.Parameter(dev(np.ones(3)))
+    p.grad = dev(np.ones(3))
+    CountingAdamRule(alpha=0.1).update(p)
+    assert calls == ['cpu' if xp is np else 'gpu']
+    np.testing.assert_allclose(host(p), 0.9, rtol=1e-6)
 
 
 def test_parameter_added_after_setup_is_updated_with_hooks():
@@ -2010,8 +2051,8 @@ def test_chapter_8_program_trains_mnist_as_printed(tmp_path):
 # =============================================================================
 
 def test_builtins_not_shadowed_in_module():
-    # F.sum/max/min/pow shadow the builtins inside the module only while
-    # Chapter 5 is defined: afterwards the module-level names are gone.
+    # F.sum/max/min/pow are written _sum, _max, ... in the module, so the
+    # module's sum, max, min and pow stay Python's builtins.
     assert F.sum is not sum
     assert 'sum' not in vars(chainer) or vars(chainer)['sum'] is sum
     # ... and they keep Chainer's names outside (help, repr); so does F.copy,
