@@ -4715,7 +4715,7 @@ class Softmax(Function):
     def backward(self, inputs, grad_outputs):      # dx = y * (dy - sum(dy * y))
         y = self.y
         gx = y * grad_outputs[0]
-        gx -= y * gx.sum(axis=self.axis, keepdims=True)
+        gx -= y * _sum_wide(gx, self.axis, keepdims=True)      # (float16: summed in float32)
         return gx,
 
 
@@ -4737,7 +4737,8 @@ class LogSoftmax(Function):
 
     def backward(self, inputs, grad_outputs):      # dx = dy - softmax * sum(dy)
         gy, = grad_outputs
-        return gy - _xp(gy).exp(self.y) * gy.sum(axis=self.axis, keepdims=True),
+        gx = gy - _xp(gy).exp(self.y) * _sum_wide(gy, self.axis, keepdims=True)
+        return gx.astype(gy.dtype, copy=False),        # (float16: summed in float32)
 
 
 @_export('functions', 'functions.activation.softmax')
@@ -8367,12 +8368,13 @@ class FixedBatchNormalization(Function):
         x, gamma, beta, mean, var = inputs
         gy, = grad_outputs
         x_hat = (x - mean.reshape(self.expanded)) * self.inv_std.reshape(self.expanded)
-        gbeta = gy.sum(axis=self.axis)
-        ggamma = (gy * x_hat).sum(axis=self.axis)
+        gbeta = _sum_wide(gy, self.axis)            # (float16: summed in float32)
+        ggamma = _sum_wide(gy * x_hat, self.axis)
         gx = gy * (gamma * self.inv_std).reshape(self.expanded)
         gmean = -gamma * self.inv_std * gbeta
         gvar = -0.5 * gamma * self.inv_std * self.inv_std * ggamma   # d inv_std/dvar = -inv_std^3/2
-        return gx, ggamma, gbeta, gmean, gvar
+        return gx, ggamma.astype(x.dtype, copy=False), gbeta.astype(x.dtype, copy=False), \
+            gmean.astype(x.dtype, copy=False), gvar.astype(x.dtype, copy=False)
 
 
 @_export('functions', 'functions.normalization.batch_normalization')

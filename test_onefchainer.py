@@ -2406,6 +2406,27 @@ def test_concat_default_axis_is_1():
     assert np.array_equal(host(F.concat(dev((a, b)))), np.concatenate((a, b), axis=1))
 
 
+def test_float16_backward_sums_accumulate_in_float32():
+    # The sums inside backward too: fixed_batch_normalization's gbeta over 4096
+    # rows of ones (float16 would stop at 2048) and log_softmax's sum along
+    # axis 0 (its error was 5.0 on gradients up to 15).
+    x = chainer.Variable(dev(rng(0).randn(4096, 2).astype(np.float16)))
+    stats = [chainer.Variable(dev(np.full(2, v, np.float16))) for v in (1, 0, 0, 1)]
+    y = F.fixed_batch_normalization(x, *stats)
+    y.grad = xp.ones_like(y.data)
+    y.backward()
+    np.testing.assert_array_equal(host(stats[1].grad), [4096, 4096])
+    assert all(s.grad.dtype == np.float16 for s in stats)
+    x = chainer.Variable(dev(rng(1).randn(3000, 2).astype(np.float16)))
+    y = F.log_softmax(x, axis=0)
+    y.grad = xp.ones_like(y.data)
+    y.backward()
+    x64 = host(x.data).astype(np.float64)
+    expected = 1 - 3000 * np.exp(x64) / np.exp(x64).sum(axis=0)
+    assert x.grad.dtype == np.float16
+    np.testing.assert_allclose(host(x.grad), expected, rtol=1e-2, atol=0.05)   # float16 y
+
+
 def test_float16_reductions_accumulate_in_float32():
     # float16 tops out at 65504, and a running float16 sum of ones stops at
     # 2048: sums, means, losses and normalizations of float16 data add up in
