@@ -10843,7 +10843,8 @@ class Summary:
             value = value.data
         if isinstance(weight, Variable):     # a 0-dim Variable, as Chainer takes
             weight = weight.data
-        if not isinstance(value, np.ndarray) and isinstance(value, _array_types):
+        if not isinstance(value, np.ndarray) and isinstance(value, _array_types) and \
+                value.ndim == 0:
             # On the GPU: both sums in one launch, in float64, on the device.
             if not isinstance(self._x, _array_types):
                 self._x = _xp(value).asarray(self._x, dtype=np.float64)
@@ -10864,17 +10865,25 @@ class Summary:
         x2 += weight * v * v;''')
 
     def compute_mean(self):
-        """The weighted mean of the added values, a float (NaN if none).
+        """The weighted mean of the added values: a float for scalars (NaN if
+        none), an array of their shape for arrays (as Chainer, elementwise).
         Chainer: chainer.reporter.Summary.compute_mean.
         """
         _raise_deferred_errors()     # a bad label seen on a GPU surfaces here
-        return float(float(self._x) / self._n) if self._n else float('nan')
+        if not self._n:
+            return float('nan')
+        if getattr(self._x, 'ndim', 0):
+            return self._x / self._n
+        return float(float(self._x) / self._n)
 
     def make_statistics(self):
-        """(mean, standard deviation) of the added values, floats.
-        Chainer: chainer.reporter.Summary.make_statistics.
+        """(mean, standard deviation) of the added values: floats, or arrays
+        for arrays. Chainer: chainer.reporter.Summary.make_statistics.
         """
         mean = self.compute_mean()
+        if getattr(mean, 'ndim', 0):
+            xp = _xp(mean)
+            return mean, xp.sqrt(xp.maximum(self._x2 / self._n - mean * mean, 0.0))
         variance = float(self._x2) / self._n - mean * mean if self._n else float('nan')
         return mean, math.sqrt(max(variance, 0.0))
 
@@ -10882,8 +10891,12 @@ class Summary:
         """Save or load the running sums and the count.
         Chainer: chainer.reporter.Summary.serialize.
         """
-        self._x = np.float64(serializer('_x', float(self._x)))
-        self._x2 = np.float64(serializer('_x2', float(self._x2)))
+        for name in ('_x', '_x2'):
+            value = getattr(self, name)
+            if getattr(value, 'ndim', 0):          # sums of arrays stay arrays
+                setattr(self, name, serializer(name, value))
+            else:
+                setattr(self, name, np.float64(serializer(name, float(value))))
         self._n = serializer('_n', self._n)
 
 

@@ -6971,6 +6971,19 @@ def test_reported_variables_are_cut_from_graph():
     assert observation['loss'] is loss
 
 
+def test_summary_of_arrays_is_elementwise_as_in_chainer(tmp_path):
+    summary = chainer.reporter.Summary()
+    summary.add(dev(np.array([2.0, 3.0])))
+    summary.add(dev(np.array([4.0, 5.0])))
+    mean, std = summary.make_statistics()
+    np.testing.assert_allclose(host(mean), [3.0, 4.0])   # Chainer 7.8.1: array([3., 4.])
+    np.testing.assert_allclose(host(std), [1.0, 1.0])
+    one = chainer.reporter.Summary()
+    for v in (2.0, 4.0):
+        one.add(dev(np.array([v])))                     # one element, not 0-dim
+    np.testing.assert_allclose(host(one.compute_mean()), [3.0])
+
+
 def test_dict_summary_statistics():
     summary = reporter.DictSummary()
     values = [1.0, 2.0, 4.0, 9.0]
