@@ -9362,6 +9362,293 @@ class _BNInitializer(Initializer):
         self.initializer(array)
 
 
+# ----- Recurrent networks, continued: structured outputs and other cells -----
+# A recurrent network gives one score vector per position; two losses look at
+# the whole sequence of them at once.
+#
+# A linear-chain CRF scores a whole label sequence y_1..y_l of sentence x:
+#
+#     score(y) = sum_i x_i[y_i] + sum_i cost[y_i, y_(i+1)]
+#     loss     = log Z - score(y_gold),    Z = sum over all K^l sequences of e^score
+#
+# Z is a sum over exponentially many paths, but it factorizes: the forward
+# algorithm keeps alpha_i[k] = log of the sum over all paths ending in label k,
+#
+#     alpha_1 = x_1,    alpha_(i+1)[k] = logsumexp_j(alpha_i[j] + cost[j, k]) + x_(i+1)[k]
+#
+# and log Z = logsumexp_k alpha_l[k], l steps of K x K work.  Its gradient is
+# a probability: d log Z / d x_i[k] is the marginal P(y_i = k) and
+# d log Z / d cost[j, k] the expected number of j -> k transitions, both read
+# from alpha and the backward sums beta (the same recursion run from the
+# end):  P(y_i = k) = exp(alpha_i[k] + beta_i[k] - log Z).  So the loss's
+# gradient is "expected counts minus the gold path's counts", and backward
+# costs what forward did.  Replacing logsumexp by max gives Viterbi's best
+# path (argmax_crf1d).
+#
+# Batches, as in Chainer: sequences sorted by decreasing length, transposed:
+# xs[t] holds position t of every sequence still running, (B_t, K) with
+# B_0 >= B_1 >= ...; the first B_t rows of xs[t - 1] continue in xs[t].
+
+
+def _logsumexp_axis(a, axis):
+    """log(sum(exp(a), axis)) with the maximum taken out (no overflow)."""
+    xp = _xp(a)
+    m = a.max(axis=axis, keepdims=True)
+    return (m + xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _one_hot(labels, n, dtype):
+    """(len(labels), n) rows of 0 and 1: a one-pass scatter on every device."""
+    return (labels[:, None] == _xp(labels).arange(n)).astype(dtype)
+
+
+def _sequence_arrays(label, name, xs):
+    data = [_input_data(label, x) for x in xs] if isinstance(xs, (list, tuple)) else None
+    if not data:
+        raise TypeError('{}: {} must be a non-empty list of arrays, one per position, got '
+                        '{}'.format(label, name, type(xs).__name__ if data is None else 'none'))
+    return data
+
+
+def _check_crf_inputs(label, cost, xs, ys=None):
+    """Raise unless cost is (K, K), each xs[t] is (B_t, K) with B_t not growing
+    and ys[t] integer (B_t,); returns ys' arrays."""
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError('{}: cost must be a square (K, K) matrix, got shape {}'
+                         .format(label, cost.shape))
+    for t, x in enumerate(xs):
+        if x.ndim != 2 or x.shape[1] != cost.shape[0]:
+            raise ValueError('{}: xs[{}] must have shape (B, {}) for a cost of shape {}, got '
+                             '{}'.format(label, t, cost.shape[0], cost.shape, x.shape))
+        if t and len(x) > len(xs[t - 1]):
+            raise ValueError(
+                '{}: the batch may only shrink along the sequence (sort the sequences by '
+                'decreasing length and transpose them), but xs[{}] has {} rows and xs[{}] {}'
+                .format(label, t, len(x), t - 1, len(xs[t - 1])))
+        if x.dtype != cost.dtype:
+            raise TypeError('{}: xs[{}].dtype {} != cost.dtype {}'
+                            .format(label, t, x.dtype, cost.dtype))
+    _require_float(label, cost)
+    if ys is None:
+        return None
+    ys = _sequence_arrays(label, 'ys', ys)
+    if len(ys) != len(xs):
+        raise ValueError('{}: ys has {} positions and xs {}'.format(label, len(ys), len(xs)))
+    for t, (x, y) in enumerate(zip(xs, ys)):
+        if y.shape != x.shape[:1] or y.dtype.kind not in 'iu':
+            raise ValueError('{}: ys[{}] must be integer labels of shape {}, got {} {}'
+                             .format(label, t, x.shape[:1], y.dtype, y.shape))
+    return ys
+
+
+class _CRF1d(Function):
+    """Function node of the CRF loss log Z - score(gold) per sequence: inputs
+    (cost, *xs), the gold labels `ys` kept as arrays. Forward: the alphas;
+    backward: the betas, then marginals minus gold counts."""
+    label = 'crf1d'
+
+    def __init__(self, ys, reduce):
+        self.ys, self.reduce = ys, reduce
+
+    def forward(self, inputs):
+        cost, xs = inputs[0], inputs[1:]
+        xp = _xp(cost)
+        alpha = xs[0]
+        self.alphas = [alpha]
+        logz = xp.empty(len(alpha), cost.dtype)
+        for x in xs[1:]:
+            b = len(x)
+            if b < len(alpha):       # the sequences in rows b.. ended one step ago
+                logz[b:len(alpha)] = _logsumexp_axis(alpha[b:], 1)
+            alpha = _logsumexp_axis(alpha[:b, :, None] + cost, 1) + x
+            self.alphas.append(alpha)
+        logz[:len(alpha)] = _logsumexp_axis(alpha, 1)
+        self.logz = logz
+        ys = self.ys
+        score = xp.take_along_axis(xs[0], ys[0][:, None].astype(np.intp), 1)[:, 0]
+        for t in range(1, len(xs)):
+            b = len(xs[t])
+            y, y_prev = ys[t].astype(np.intp), ys[t - 1][:b].astype(np.intp)
+            score[:b] += xp.take_along_axis(xs[t], y[:, None], 1)[:, 0] + cost[y_prev, y]
+        loss = logz - score
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / len(loss), dtype=cost.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # marginals - gold counts
+        cost, xs = inputs[0], inputs[1:]
+        xp, K, dtype = _xp(cost), cost.shape[0], cost.dtype
+        gy, = grad_outputs
+        n = len(xs[0])
+        g = xp.full(n, gy / n, dtype) if self.reduce == 'mean' else gy
+        gcost = xp.zeros_like(cost)
+        gxs = [None] * len(xs)
+        beta = xp.zeros_like(xs[-1])      # nothing after a sequence's last position
+        for t in range(len(xs) - 1, -1, -1):
+            b = len(xs[t])
+            gt = g[:b, None]
+            onehot = _one_hot(self.ys[t], K, dtype)
+            gxs[t] = (xp.exp(self.alphas[t] + beta - self.logz[:b, None]) - onehot) * gt
+            if t == 0:
+                break
+            # u[b, j, k]: from label j at t - 1, through k at t, to every ending
+            u = cost + (xs[t] + beta)[:, None, :]
+            pair = xp.exp(self.alphas[t - 1][:b, :, None] + u
+                          - self.logz[:b, None, None]) * gt[:, :, None]
+            gcost += pair.sum(axis=0)
+            gcost -= _one_hot(self.ys[t - 1][:b], K, dtype).T @ (onehot * gt)
+            beta_prev = xp.zeros_like(xs[t - 1])    # rows b..: their sequence ends at t - 1
+            beta_prev[:b] = _logsumexp_axis(u, 2)
+            beta = beta_prev
+        return (gcost,) + tuple(gxs)
+
+
+@_export('functions', 'functions.loss.crf1d')
+def crf1d(cost, xs, ys, reduce='mean'):
+    """Negative log-likelihood of a linear-chain CRF: log Z - score(ys) per sequence.
+
+    cost: float (K, K) transition costs (cost[j, k] from label j to label k);
+    xs: list of float (B_t, K) Variables or arrays, position t of each
+    sequence still running, B_0 >= B_1 >= ... (sequences sorted by decreasing
+    length, then transposed); ys: list of integer (B_t,) gold labels, the
+    same way. reduce='mean' (default): the sum of the B_0 losses divided by
+    B_0, a scalar; 'no': the (B_0,) losses. cost and every xs[t] get
+    gradients. Raises ValueError for shapes that do not fit (or a batch that
+    grows) and an unknown reduce, TypeError for mixed dtypes.
+    Chainer: chainer.functions.crf1d.
+    """
+    if reduce not in ('mean', 'no'):
+        raise ValueError("crf1d: reduce must be 'mean' or 'no', got {!r}".format(reduce))
+    data = _sequence_arrays('crf1d', 'xs', xs)
+    ys = _check_crf_inputs('crf1d', _input_data('crf1d', cost), data, ys)
+    return _CRF1d(ys, reduce)(cost, *xs)
+
+
+class _ArgmaxCRF1d(Function):
+    """Function node of Viterbi's best path: inputs (cost, *xs), output the best
+    path's score per sequence; the path itself is kept in `.path`. Backward:
+    the score is a sum along that path, so gy lands on its entries."""
+    label = 'argmax_crf1d'
+
+    def forward(self, inputs):
+        cost, xs = inputs[0], inputs[1:]
+        xp = _xp(cost)
+        alpha = xs[0]
+        alphas, back = [alpha], []
+        for x in xs[1:]:
+            s = alpha[:len(x), :, None] + cost      # s[b, j, k]: best path ending j, then k
+            back.append(s.argmax(axis=1))
+            alpha = s.max(axis=1) + x
+            alphas.append(alpha)
+        # Walk back from the last position; rows whose sequence ends at t take
+        # their best final label there, the others follow the back pointers.
+        labels = alpha.argmax(axis=1)
+        score = [alpha.max(axis=1)]
+        path = [labels]
+        for t in range(len(xs) - 2, -1, -1):
+            labels = xp.take_along_axis(back[t], labels[:, None], 1)[:, 0]
+            rest = alphas[t][len(labels):]
+            if len(rest):
+                labels = xp.concatenate([labels, rest.argmax(axis=1)])
+                score.append(rest.max(axis=1))
+            path.append(labels)
+        self.path = [p.astype(np.int32) for p in path[::-1]]
+        return xp.concatenate(score),
+
+    def backward(self, inputs, grad_outputs):      # 1 on the best path's entries
+        cost, xs = inputs[0], inputs[1:]
+        K, dtype = cost.shape[0], cost.dtype
+        gy, = grad_outputs
+        gxs, gcost = [], _xp(cost).zeros_like(cost)
+        for t, labels in enumerate(self.path):
+            gt = gy[:len(labels), None]
+            onehot = _one_hot(labels, K, dtype)
+            gxs.append(onehot * gt)
+            if t:
+                gcost += _one_hot(self.path[t - 1][:len(labels)], K, dtype).T @ gxs[-1]
+        return (gcost,) + tuple(gxs)
+
+
+@_export('functions', 'functions.loss.crf1d')
+def argmax_crf1d(cost, xs):
+    """The best label sequence of a linear-chain CRF (Viterbi) and its score.
+
+    cost and xs as in crf1d. Returns (score, path): score a Variable (B_0,),
+    the highest score(y) of each sequence (differentiable: gradient 1 on the
+    path's entries of xs and cost); path a list of int32 arrays, path[t] of
+    shape (B_t,), the best labels at position t. Raises as crf1d.
+    Chainer: chainer.functions.argmax_crf1d.
+    """
+    data = _sequence_arrays('argmax_crf1d', 'xs', xs)
+    _check_crf_inputs('argmax_crf1d', _input_data('argmax_crf1d', cost), data)
+    node = _ArgmaxCRF1d()
+    score = node(cost, *xs)
+    return score, node.path
+
+
+def _argsort_by_length(seqs):
+    """Indices that sort sequences by decreasing length (Chainer's order)."""
+    return np.argsort([-len(s) for s in seqs]).astype(np.int32)
+
+
+def _transpose_sequences(seqs):
+    """Sequences (longest first) -> one Variable per position, rows in order;
+    one concat and one indexing per position, all differentiable."""
+    lengths = [len(s) for s in seqs]
+    starts = np.cumsum([0] + lengths[:-1])
+    flat = concat(list(seqs), axis=0)
+    xp = _xp(flat.data)
+    return [get_item(flat, xp.asarray(starts[[i for i, n in enumerate(lengths) if n > t]] + t))
+            for t in range(lengths[0])]
+
+
+def _untranspose_paths(path, order):
+    """Per-position label arrays -> one array per sequence, in the callers' order."""
+    xp = _xp(path[0])
+    lengths = [sum(1 for p in path if len(p) > b) for b in range(len(path[0]))]
+    by_rank = [xp.stack([p[b] for p in path[:n]]) for b, n in enumerate(lengths)]
+    out = [None] * len(order)
+    for rank, index in enumerate(order):
+        out[index] = by_rank[rank]
+    return out
+
+
+@_export('links', 'links.loss.crf1d')
+class CRF1d(Link):
+    """Linear-chain CRF loss layer with a learned transition matrix.
+
+    CRF1d(n_label, initial_cost=None): a Parameter `cost` of shape (n_label,
+    n_label) (npz key 'cost'), zeros unless initial_cost (an initializer,
+    scalar or array) says otherwise. Calling it: crf1d(cost, xs, ys, reduce)
+    (F.crf1d); with transpose=True xs and ys are instead one (length, K)
+    array / (length,) labels per sequence, in any order, and are sorted and
+    transposed here. argmax(xs, transpose=False): (score, path) of
+    F.argmax_crf1d; with transpose=True the paths come back one per
+    sequence, in the given order. Chainer: chainer.links.CRF1d.
+    """
+
+    def __init__(self, n_label, initial_cost=None):
+        super().__init__()
+        with self.init_scope():
+            self.cost = Parameter(_get_initializer(initial_cost, Zero()), (n_label, n_label))
+
+    def forward(self, xs, ys, reduce='mean', transpose=False):
+        """The CRF loss of the sequences; see the class docstring."""
+        if transpose:
+            order = _argsort_by_length(xs)
+            xs = _transpose_sequences([xs[i] for i in order])
+            ys = [as_array(y) for y in _transpose_sequences([ys[i] for i in order])]
+        return crf1d(self.cost, xs, ys, reduce)
+
+    def argmax(self, xs, transpose=False):
+        """(score, path) of the best label sequences; see the class docstring."""
+        if not transpose:
+            return argmax_crf1d(self.cost, xs)
+        order = _argsort_by_length(xs)
+        score, path = argmax_crf1d(self.cost, _transpose_sequences([xs[i] for i in order]))
+        return score, _untranspose_paths(path, order)
+
+
 # =============================================================================
 # Chapter 12. More optimizers and hooks
 # =============================================================================
@@ -16274,7 +16561,7 @@ _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
-        'connectionist_temporal_classification crf1d argmax_crf1d',
+        'connectionist_temporal_classification',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
@@ -16292,7 +16579,7 @@ _not_supported(
     rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
         'StatefulZoneoutLSTM StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU NStepBiGRU '
         'NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh ChildSumTreeLSTM '
-        'NaryTreeLSTM CRF1d',
+        'NaryTreeLSTM',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
