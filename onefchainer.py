@@ -9649,6 +9649,181 @@ class CRF1d(Link):
         return score, _untranspose_paths(path, order)
 
 
+# Connectionist temporal classification (CTC) scores a label sequence l
+# (length M) against T >= M per-frame distributions y_t = softmax(x_t) when
+# the alignment is unknown: a frame may repeat the previous symbol or emit
+# the blank, so "aab-b" and "-ab-b" both read "abb" once repeats merge and
+# blanks go.  The loss is -log of the sum over every alignment.  Insert
+# blanks around the labels, l' = (-, l_1, -, l_2, ..., -), of length
+# S = 2M + 1; an alignment is a walk through l' that at each frame stays,
+# moves one step, or skips a blank between two different labels:
+#
+#     alpha_t[s] = logsumexp(alpha_(t-1)[s], alpha_(t-1)[s-1], alpha_(t-1)[s-2] if l'_s != l'_(s-2))
+#                  + log y_t[l'_s]
+#
+# starting before frame 0 at s = 0 and ending at s = S-1 or S-2.  The
+# backward sums beta run the same walk from the end, and the gradient with
+# respect to the scores x (before the softmax, which is why CTC takes raw
+# scores) is y_t[k] - sum_(s: l'_s = k) exp(alpha_t[s] + beta_t[s] - log p).
+# Everything stays in log space: over a hundred frames, p underflows.
+# A log of zero is Chainer's -1e10 (-1e4 in float16), not -inf, so that
+# logsumexp of unreachable states never computes -inf - (-inf).
+
+
+@_export('functions.loss.ctc')
+class ConnectionistTemporalClassification(Function):
+    """Function node of the CTC loss; inputs (input_length, label_length, t, x)
+    with x (T, B, V) raw scores. Forward: log_softmax, then the alphas;
+    backward: the betas, softmax(x) minus the label posteriors, zero after
+    each input's length. Chainer: chainer.functions.loss.ctc.ConnectionistTemporalClassification.
+    """
+    label = 'connectionist_temporal_classification'
+    input_names = ('input_length', 'label_length', 't', 'x')
+
+    def __init__(self, blank_symbol, reduce='mean'):
+        if reduce not in ('mean', 'no'):
+            raise ValueError("connectionist_temporal_classification: reduce must be 'mean' "
+                             "or 'no', got {!r}".format(reduce))
+        self.blank_symbol, self.reduce = blank_symbol, reduce
+
+    def _check(self, input_length, label_length, t, x):
+        label = self.label
+        if x.ndim != 3 or x.dtype.kind != 'f':
+            raise TypeError('{}: x must be float scores of shape (T, B, V), got {} {}'
+                            .format(label, x.dtype, x.shape))
+        B = x.shape[1]
+        if t.ndim != 2 or t.dtype.kind not in 'iu' or len(t) != B:
+            raise ValueError('{}: t must be integer labels of shape (B, M) = ({}, M), got {} {}'
+                             .format(label, B, t.dtype, t.shape))
+        for name, a in (('input_length', input_length), ('label_length', label_length)):
+            if a.shape != (B,) or a.dtype.kind not in 'iu':
+                raise ValueError('{}: {} must be integers of shape ({},), got {} {}'
+                                 .format(label, name, B, a.dtype, a.shape))
+        if _xp(x) is np or config.debug:       # on a GPU reading values waits for it
+            if (input_length > len(x)).any() or (input_length < 0).any():
+                raise ValueError('{}: input_length must be in [0, {}] (x has {} steps), got {}'
+                                 .format(label, len(x), len(x), input_length))
+            if (label_length > t.shape[1]).any() or (label_length < 0).any():
+                raise ValueError('{}: label_length must be in [0, {}] (t.shape {}), got {}'
+                                 .format(label, t.shape[1], t.shape, label_length))
+            used = _xp(t).arange(t.shape[1]) < label_length[:, None]
+            if ((t < 0) | (t >= x.shape[2]))[used].any():
+                raise ValueError('{}: labels must be in [0, {}), got {}'
+                                 .format(label, x.shape[2], t[used]))
+
+    def forward(self, inputs):
+        input_length, label_length, t, x = inputs
+        self._check(input_length, label_length, t, x)
+        xp = _xp(x)
+        self.dtype = x.dtype
+        if x.dtype == np.float16:          # the sums over frames in float32
+            x = x.astype(np.float32)
+        T, B, V = x.shape
+        zero = x.dtype.type(-1e4 if self.dtype == np.float16 else -1e10)
+        shifted = x - x.max(axis=2, keepdims=True)
+        log_y = shifted - xp.log(xp.exp(shifted).sum(axis=2, keepdims=True))
+        self.y = xp.exp(log_y)
+        # l': blanks around the labels (padding past label_length is blank too)
+        M = t.shape[1]
+        path = xp.full((B, 2 * M + 1), self.blank_symbol, np.intp)
+        path[:, 1::2] = xp.where(xp.arange(M) < label_length[:, None], t, self.blank_symbol)
+        S = 2 * label_length.astype(np.intp) + 1
+        self.valid = xp.arange(2 * M + 1) < S[:, None]
+        self.skip = path[:, 2:] != path[:, :-2]    # may jump s-2 -> s (two labels that differ)
+        self.emit = log_y[:, xp.arange(B)[:, None], path]         # (T, B, S): log y_t[l'_s]
+        self.path, self.zero, self.S, self.input_length = path, zero, S, input_length
+        alpha = xp.full((B, 2 * M + 1), zero, x.dtype)
+        alpha[:, 0] = 0
+        self.alphas = []
+        for step in range(T):
+            walked = xp.where(self.valid, self._walk(alpha, forward=True) + self.emit[step], zero)
+            alpha = xp.where((step < input_length)[:, None], walked, alpha)  # frozen past the end
+            self.alphas.append(alpha)
+        final = xp.stack([xp.take_along_axis(alpha, (S - 1)[:, None], 1)[:, 0],
+                          xp.where(S >= 2, xp.take_along_axis(
+                              alpha, xp.maximum(S - 2, 0)[:, None], 1)[:, 0], zero)])
+        self.log_p = _logsumexp_axis(final, 0)
+        loss = -self.log_p
+        if self.reduce == 'mean':
+            loss = loss.mean()
+        return xp.asarray(loss, dtype=self.dtype),
+
+    def _walk(self, a, forward):
+        """logsumexp of the three ways into each state: stay, one step, a skip."""
+        xp, zero = _xp(a), self.zero
+        one, two = xp.full_like(a, zero), xp.full_like(a, zero)
+        if forward:          # from s-1 and s-2
+            one[:, 1:] = a[:, :-1]
+            two[:, 2:] = xp.where(self.skip, a[:, :-2], zero)
+        else:                # from s+1 and s+2
+            one[:, :-1] = a[:, 1:]
+            two[:, :-2] = xp.where(self.skip, a[:, 2:], zero)
+        return _logsumexp_axis(xp.stack([a, one, two]), 0)
+
+    def backward(self, inputs, grad_outputs):      # softmax - label posteriors
+        input_length = self.input_length
+        xp, zero, S = _xp(self.y), self.zero, self.S
+        T, B, V = self.y.shape
+        gy, = grad_outputs
+        gy = gy.astype(self.y.dtype, copy=False)
+        g = gy / B * xp.ones(B, self.y.dtype) if self.reduce == 'mean' else gy
+        rows = xp.arange(B)
+        end = xp.full_like(self.alphas[0], zero)     # beta at each input's last frame
+        end[rows, xp.maximum(S - 2, 0)] = xp.where(S >= 2, 0, zero).astype(end.dtype)
+        end[rows, S - 1] = 0               # after the line above: S - 2 is S - 1 when S = 1
+        onehot = (self.path[:, :, None] == xp.arange(V)).astype(self.y.dtype)   # (B, S, V)
+        gx = xp.empty_like(self.y)
+        beta = end
+        for step in range(T - 1, -1, -1):
+            if step < T - 1:
+                walked = xp.where(self.valid, self._walk(beta + self.emit[step + 1], False), zero)
+                beta = xp.where((step < input_length - 1)[:, None], walked, end)
+            posterior = xp.exp(self.alphas[step] + beta - self.log_p[:, None])
+            label_posterior = xp.matmul(posterior[:, None, :], onehot)[:, 0]
+            live = (step < input_length).astype(self.y.dtype)
+            gx[step] = (self.y[step] - label_posterior) * (g * live)[:, None]
+        return None, None, None, gx.astype(self.dtype, copy=False)
+
+
+@_export('functions', 'functions.loss.ctc')
+def connectionist_temporal_classification(x, t, blank_symbol, input_length=None,
+                                          label_length=None, reduce='mean'):
+    """Connectionist temporal classification loss: -log p(t | x) summed over
+    every alignment of the labels to the frames.
+
+    x: a list of T float Variables or arrays (B, V), the raw scores of each
+    frame (the softmax is taken here; do not apply it first); t: integer
+    labels (B, M), each in [0, V); blank_symbol: the blank's index, an int in
+    [0, V); input_length: integer (B,), the frames used of each sequence
+    (default all T); label_length: integer (B,), the labels used of each row
+    of t (default all M). reduce='mean' (default): the mean over the batch, a
+    scalar; 'no': the (B,) losses. Only x gets a gradient. A label sequence
+    that cannot fit its frames gives a loss near 1e10 (Chainer's log of 0).
+    Raises TypeError for x not a list or a non-int blank_symbol, ValueError
+    for shapes, lengths or labels out of range. Chainer:
+    chainer.functions.connectionist_temporal_classification.
+    """
+    label = 'connectionist_temporal_classification'
+    if not isinstance(x, (list, tuple)) or not x:
+        raise TypeError('{}: x must be a non-empty list of (B, V) Variables or arrays, one per '
+                        'frame, got {}'.format(label, type(x).__name__))
+    if not isinstance(blank_symbol, (int, np.integer)) or isinstance(blank_symbol, bool):
+        raise TypeError('{}: blank_symbol must be a non-negative int, got {!r}'
+                        .format(label, blank_symbol))
+    first = _input_data(label, x[0])
+    if first.ndim != 2 or not 0 <= blank_symbol < first.shape[1]:
+        raise ValueError('{}: each x[i] must be (B, V) with blank_symbol in [0, V), got shape {} '
+                         'and blank_symbol {}'.format(label, first.shape, blank_symbol))
+    xp = _xp(first)
+    t = as_array(t)
+    if input_length is None:
+        input_length = xp.full(len(first), len(x), np.int32)
+    if label_length is None:
+        label_length = xp.full(len(t), t.shape[1] if t.ndim == 2 else 0, np.int32)
+    return ConnectionistTemporalClassification(blank_symbol, reduce)(
+        as_array(input_length), as_array(label_length), t, stack(x))
+
+
 # =============================================================================
 # Chapter 12. More optimizers and hooks
 # =============================================================================
@@ -16560,8 +16735,7 @@ del _name
 _not_supported(
     functions,
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
-        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
-        'connectionist_temporal_classification',
+        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
