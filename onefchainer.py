@@ -9824,6 +9824,452 @@ def connectionist_temporal_classification(x, t, blank_symbol, input_length=None,
         as_array(input_length), as_array(label_length), t, stack(x))
 
 
+# ----- zoneout ------------------------------------------------------------------
+# Dropout for a recurrent state: instead of zeroing a unit, zoneout keeps its
+# previous value.  Each unit of the new state x is replaced, with probability
+# `ratio`, by the old state h:  y = where(keep_x, x, h); gradients go down
+# the branch each unit took.  Nothing is scaled, since each unit is one of
+# two real values either way; at test time y = x.
+
+@_export('functions.noise.zoneout')
+class Zoneout(Function):
+    """Function node of zoneout: y = where(mask, x, h), mask true with
+    probability 1 - zoneout_ratio; backward gy to x where the mask holds,
+    to h elsewhere. Chainer: chainer.functions.noise.zoneout.Zoneout.
+    """
+    label = 'zoneout'
+    input_names = ('h', 'x')
+
+    def __init__(self, zoneout_ratio):
+        self.zoneout_ratio = zoneout_ratio
+
+    def forward(self, inputs):
+        h, x = inputs
+        _check_same_dtype('zoneout', inputs)
+        if h.shape != x.shape:
+            raise ValueError('zoneout: h and x need one shape, got {} and {}'
+                             .format(h.shape, x.shape))
+        xp = _xp(x)
+        # NumPy's rand, as Chainer draws it: a seeded run keeps the same units.
+        draws = xp.random.rand(*x.shape) if xp is np else xp.random.rand(*x.shape,
+                                                                           dtype=np.float32)
+        self.flag_x = draws >= self.zoneout_ratio
+        return xp.where(self.flag_x, x, h),
+
+    def backward(self, inputs, grad_outputs):      # each unit's gradient to its source
+        gy, = grad_outputs
+        zero = gy.dtype.type(0)
+        xp = _xp(gy)
+        return xp.where(self.flag_x, zero, gy), xp.where(self.flag_x, gy, zero)
+
+
+def _no_train_argument(label, kwargs):
+    if kwargs:
+        if 'train' in kwargs:
+            raise ValueError("{}: the train argument is not supported anymore; use "
+                             "chainer.using_config('train', ...)".format(label))
+        raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
+
+
+@_export('functions', 'functions.noise.zoneout')
+def zoneout(h, x, ratio=.5, **kwargs):
+    """Zoneout: each element of x replaced by the element of h (the previous
+    state) with probability `ratio` (default .5), only while config.train is
+    True; otherwise x is returned (as a Variable). h, x: float Variables or
+    arrays of one shape and dtype; both get gradients. Raises ValueError for
+    differing shapes or Chainer's old train= argument.
+    Chainer: chainer.functions.zoneout.
+    """
+    _no_train_argument('zoneout', kwargs)
+    if not config.train:
+        _input_data('zoneout', h)
+        return as_variable(x)
+    return Zoneout(ratio)(h, x)
+
+
+# ----- more recurrent cells: MGU, peephole and zoneout LSTMs -------------------
+# The minimal gated unit keeps one gate f of the GRU's two, which both
+# forgets and writes:
+#
+#     f = sigmoid(W_f [h, x]),   h_bar = tanh(W_h [f * h, x]),   h' = f * h_bar + (1 - f) * h
+#
+# A peephole LSTM lets the gates also look at the cell c (i and f at the old
+# one, o at the new one); a zoneout LSTM is the plain LSTM whose c and h are
+# zoned out.  Chainer's LSTMs interleave the four gates in the columns of
+# their Linear layers (a, i, f, o, a, i, ...): column 4k + g is gate g of
+# unit k, so a model saved by Chainer loads here unchanged.
+
+def _interleaved_gates(lstm_in):
+    """a, i, f, o of an LSTM pre-activation (B, 4n) laid out as Chainer's."""
+    return separate(reshape(lstm_in, (len(lstm_in), lstm_in.shape[1] // 4, 4)), axis=2)
+
+
+@_export('links.rnn.mgu')
+class MGUBase(Chain):
+    """The parameters and step of a minimal gated unit: W_f and W_h, Linear
+    layers (n_inputs + n_units -> n_units) on the concatenation [h, x].
+    Chainer: chainer.links.rnn.mgu.MGUBase.
+    """
+
+    def __init__(self, n_inputs, n_units):
+        super().__init__()
+        with self.init_scope():
+            self.W_f = Linear(n_inputs + n_units, n_units)
+            self.W_h = Linear(n_inputs + n_units, n_units)
+
+    def _call_mgu(self, h, x):
+        f = sigmoid(self.W_f(concat([h, x])))
+        h_bar = tanh(self.W_h(concat([f * h, x])))
+        return linear_interpolate(f, h_bar, h)
+
+
+@_export('links', 'links.rnn.mgu')
+class StatelessMGU(MGUBase):
+    """Minimal gated unit, one step, the state passed in: forward(h, x) -> h'.
+
+    StatelessMGU(in_size, out_size): Linear layers W_f and W_h, each of
+    (in_size + out_size) -> out_size (npz keys W_f/W, W_f/b, W_h/W, W_h/b).
+    h: (B, out_size), x: (B, in_size), one dtype; returns h' (B, out_size).
+    Chainer: chainer.links.StatelessMGU.
+    """
+
+    def forward(self, h, x):
+        """h' = f * tanh(W_h [f * h, x]) + (1 - f) * h, f = sigmoid(W_f [h, x])."""
+        return self._call_mgu(h, x)
+
+
+@_export('links', 'links.rnn.mgu')
+class StatefulMGU(MGUBase):
+    """Minimal gated unit that keeps its state: forward(x) -> h, stored in self.h.
+
+    StatefulMGU(in_size, out_size): parameters as StatelessMGU. The first
+    call after reset_state() starts from h = 0 of config.dtype (Chainer's
+    choice). set_state(h) sets it (a Variable); reset_state() forgets it.
+    Chainer: chainer.links.StatefulMGU.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__(in_size, out_size)
+        self._state_size = out_size
+        self.reset_state()
+
+    def set_state(self, h):
+        """Use the Variable h as the state (moved to the link's device)."""
+        if not isinstance(h, Variable):
+            raise TypeError('StatefulMGU.set_state: h must be a Variable, not {}'
+                            .format(type(h).__name__))
+        h.to_device(self.device)
+        self.h = h
+
+    def reset_state(self):
+        """Forget the state: the next call starts from zeros."""
+        self.h = None
+
+    def forward(self, x):
+        """One step from the kept state; returns and keeps the new h."""
+        h = self.h
+        if h is None:
+            h = Variable(self.xp.zeros((len(x), self._state_size), dtype=get_dtype()))
+        self.h = self._call_mgu(h, x)
+        return self.h
+
+
+class _StatefulLSTMState:
+    """reset_state and set_state of the stateful LSTMs below (states c and h)."""
+
+    def reset_state(self):
+        """Forget c and h: the next call starts from zeros."""
+        self.c = self.h = None
+
+    def set_state(self, c, h):
+        """Use the Variables c and h as the state (moved to the link's device)."""
+        for name, v in (('c', c), ('h', h)):
+            if not isinstance(v, Variable):
+                raise TypeError('{}.set_state: {} must be a Variable, not {}'
+                                .format(type(self).__name__, name, type(v).__name__))
+            v.to_device(self.device)
+        self.c, self.h = c, h
+
+    def _zero_state(self, x):
+        return Variable(self.xp.zeros((len(x), self.state_size), dtype=x.dtype))
+
+
+@_export('links', 'links.rnn.peephole')
+class StatefulPeepholeLSTM(_StatefulLSTMState, Chain):
+    """LSTM with peephole connections, keeping c and h between calls.
+
+    StatefulPeepholeLSTM(in_size, out_size): Linear layers upward
+    (in_size -> 4 out_size), lateral (out_size -> 4 out_size, no bias) and
+    peep_i, peep_f, peep_o (out_size -> out_size, no bias); npz keys as
+    Chainer's. forward(x) (B, in_size) -> h (B, out_size):
+
+        a, i, f, o = gates of upward(x) + lateral(h)   (interleaved, as Chainer)
+        c' = tanh(a) sigmoid(i + peep_i(c)) + sigmoid(f + peep_f(c)) c
+        h' = sigmoid(o + peep_o(c')) tanh(c')
+
+    The first call starts from c = 0 (of x's dtype) and no h; reset_state()
+    forgets both. Chainer: chainer.links.StatefulPeepholeLSTM.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__()
+        self.state_size = out_size
+        self.reset_state()
+        with self.init_scope():
+            self.upward = Linear(in_size, 4 * out_size)
+            self.lateral = Linear(out_size, 4 * out_size, nobias=True)
+            self.peep_i = Linear(out_size, out_size, nobias=True)
+            self.peep_f = Linear(out_size, out_size, nobias=True)
+            self.peep_o = Linear(out_size, out_size, nobias=True)
+
+    def forward(self, x):
+        """One step; returns and keeps the new h (and c)."""
+        lstm_in = self.upward(x)
+        if self.h is not None:
+            lstm_in = lstm_in + self.lateral(self.h)
+        if self.c is None:
+            self.c = self._zero_state(x)
+        a, i, f, o = _interleaved_gates(lstm_in)
+        c = tanh(a) * sigmoid(i + self.peep_i(self.c)) + sigmoid(f + self.peep_f(self.c)) * self.c
+        self.c = c
+        self.h = sigmoid(o + self.peep_o(c)) * tanh(c)
+        return self.h
+
+
+@_export('links', 'links.rnn.zoneoutlstm')
+class StatefulZoneoutLSTM(_StatefulLSTMState, Chain):
+    """LSTM whose cell and output are zoned out (F.zoneout), keeping c and h.
+
+    StatefulZoneoutLSTM(in_size, out_size, c_ratio=0.5, h_ratio=0.5): Linear
+    layers upward (in_size -> 4 out_size) and lateral (out_size -> 4
+    out_size, no bias), npz keys as Chainer's. forward(x) (B, in_size) -> h:
+
+        a, i, f, o = gates of upward(x) + lateral(h)   (interleaved, as Chainer)
+        c_new = tanh(a) sigmoid(i) + sigmoid(f) c
+        c' = zoneout(c, c_new, c_ratio);  h' = zoneout(h, sigmoid(o) tanh(c_new), h_ratio)
+
+    (zoneout only while training: then c' = c_new and h' = sigmoid(o) tanh(c_new)).
+    The first call starts from c = h = 0 of x's dtype. Raises ValueError for
+    Chainer's old train= argument. Chainer: chainer.links.StatefulZoneoutLSTM.
+    """
+
+    def __init__(self, in_size, out_size, c_ratio=0.5, h_ratio=0.5, **kwargs):
+        _no_train_argument('StatefulZoneoutLSTM', kwargs)
+        super().__init__()
+        self.state_size = out_size
+        self.c_ratio, self.h_ratio = c_ratio, h_ratio
+        self.reset_state()
+        with self.init_scope():
+            self.upward = Linear(in_size, 4 * out_size)
+            self.lateral = Linear(out_size, 4 * out_size, nobias=True)
+
+    def forward(self, x):
+        """One step; returns and keeps the new h (and c)."""
+        lstm_in = self.upward(x)
+        if self.h is not None:
+            lstm_in = lstm_in + self.lateral(self.h)
+        else:
+            self.h = self._zero_state(x)
+        if self.c is None:
+            self.c = self._zero_state(x)
+        a, i, f, o = _interleaved_gates(lstm_in)
+        c_new = tanh(a) * sigmoid(i) + sigmoid(f) * self.c
+        self.c = zoneout(self.c, c_new, self.c_ratio)
+        self.h = zoneout(self.h, sigmoid(o) * tanh(c_new), self.h_ratio)
+        return self.h
+
+
+# ----- tree LSTMs ----------------------------------------------------------------
+# A tree LSTM runs over a parse tree instead of a sequence: a node combines
+# its N children's cells with one forget gate per child,
+#
+#     c = tanh(a) sigmoid(i) + sum_n sigmoid(f_n) c_n,     h = sigmoid(o) tanh(c)
+#
+# where x = [a, i, o, f_1, ..., f_N] holds (3 + N) blocks of the cell's width
+# one after another (not interleaved, unlike Chainer's LSTM).  One Function
+# does the whole cell in one elementwise pass, forward and backward.
+
+def _sigmoid_via_tanh(x):
+    half = x.dtype.type(0.5)         # no overflow of exp(-x) for very negative x
+    return _xp(x).tanh(x * half) * half + half
+
+
+@_export('functions.rnn.tree_lstm')
+class TreeLSTM(Function):
+    """Function node of the tree LSTM cell: inputs (c_1, ..., c_N, x), outputs
+    (c, h). Backward from gc and gh (either may be None).
+    Chainer: chainer.functions.rnn.tree_lstm.TreeLSTM.
+    """
+    label = 'tree_lstm'
+
+    def forward(self, inputs):
+        cs, x = inputs[:-1], inputs[-1]
+        n = len(cs)
+        for j, c in enumerate(cs):
+            if c.dtype != x.dtype or c.ndim != x.ndim or c.ndim < 2 or len(c) != len(x) or \
+                    x.shape[1] != (3 + n) * c.shape[1] or c.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    'tree_lstm: with {} cells x must be (B, {} * units, ...) and each cell '
+                    '(B, units, ...) of x\'s dtype, got x {} {} and c_{} {} {}'.format(
+                        n, 3 + n, x.dtype, x.shape, j + 1, c.dtype, c.shape))
+        _require_float('tree_lstm', x)
+        xp = _xp(x)
+        r = x.reshape((len(x), 3 + n, x.shape[1] // (3 + n)) + x.shape[2:])
+        self.a = xp.tanh(r[:, 0])
+        self.i = _sigmoid_via_tanh(r[:, 1])
+        self.o = _sigmoid_via_tanh(r[:, 2])
+        self.fs = _sigmoid_via_tanh(r[:, 3:])
+        c = self.a * self.i
+        for j in range(n):
+            c += self.fs[:, j] * cs[j]
+        self.tanh_c = xp.tanh(c)
+        return c, self.o * self.tanh_c
+
+    def backward(self, inputs, grad_outputs):      # through c = a i + sum f_n c_n, h = o tanh(c)
+        cs, x = inputs[:-1], inputs[-1]
+        gc, gh = grad_outputs
+        xp = _xp(x)
+        gc = 0 if gc is None else gc
+        gh = 0 if gh is None else gh
+        a, i, o, fs, co = self.a, self.i, self.o, self.fs, self.tanh_c
+        total = gh * o * (1 - co * co) + gc          # dL/dc, from h and from c itself
+        gx = xp.empty_like(x)
+        g = gx.reshape((len(x), 3 + len(cs), x.shape[1] // (3 + len(cs))) + x.shape[2:])
+        g[:, 0] = total * i * (1 - a * a)
+        g[:, 1] = total * a * i * (1 - i)
+        g[:, 2] = gh * co * o * (1 - o)
+        gcs = []
+        for j, c in enumerate(cs):
+            f = fs[:, j]
+            g[:, 3 + j] = total * c * f * (1 - f)
+            gcs.append(total * f)
+        return tuple(gcs) + (gx,)
+
+
+@_export('functions', 'functions.rnn.tree_lstm')
+def tree_lstm(*inputs):
+    """Tree LSTM cell over N children: tree_lstm(c_1, ..., c_N, x) -> (c, h).
+
+    x: float (B, (3 + N) * units, ...), the blocks a, i, o, f_1..f_N one after
+    another; each c_n: (B, units, ...) of x's dtype. c = tanh(a) sigmoid(i) +
+    sum_n sigmoid(f_n) c_n, h = sigmoid(o) tanh(c). Returns the Variables
+    (c, h); every input gets a gradient. Raises ValueError for shapes or
+    dtypes that do not fit. Chainer: chainer.functions.tree_lstm.
+    """
+    if len(inputs) < 2:
+        raise ValueError('tree_lstm: needs at least one cell and x, got {} inputs'
+                         .format(len(inputs)))
+    return TreeLSTM()(*inputs)
+
+
+def _zero_children(vs, shape, dtype, xp):
+    """Missing children (None) as zero states."""
+    if any(v is None for v in vs):
+        zero = xp.zeros(shape, dtype=dtype)
+        return tuple(zero if v is None else v for v in vs)
+    return tuple(vs)
+
+
+def _tree_input(link, cs, hs, x):
+    """x, or zeros (B, in_size) shaped from the first child state given."""
+    if x is not None:
+        return x
+    given = [v for v in tuple(cs) + tuple(hs) if v is not None]
+    if not given:
+        raise ValueError('{}: all inputs (cs, hs, x) are None'.format(type(link).__name__))
+    return link.xp.zeros((len(given[0]), link.in_size), dtype=given[0].dtype)
+
+
+@_export('links', 'links.rnn.tree_lstm')
+class ChildSumTreeLSTM(Chain):
+    """Child-sum tree LSTM: any number of children, in any order.
+
+    ChildSumTreeLSTM(in_size, out_size): Linear layers W_x (in_size -> 4
+    out_size), W_h_aio (out_size -> 3 out_size, no bias) and W_h_f (out_size
+    -> out_size, no bias), npz keys as Chainer's. forward(c_1, ..., c_N, h_1,
+    ..., h_N, x) -> (c, h), each (B, out_size): a, i, o come from W_x(x) and
+    W_h_aio(sum of the h_n); child n's forget gate from W_x(x) and W_h_f(h_n).
+    A child given as None counts as zeros; x None counts as zeros; with no
+    child, c = sigmoid(i) tanh(a). Raises ValueError for an even number of
+    arguments or all None. Chainer: chainer.links.ChildSumTreeLSTM.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__()
+        with self.init_scope():
+            self.W_x = Linear(in_size, 4 * out_size)
+            self.W_h_aio = Linear(out_size, 3 * out_size, nobias=True)
+            self.W_h_f = Linear(out_size, out_size, nobias=True)
+        self.in_size = in_size
+        self.state_size = out_size
+
+    def forward(self, *cshsx):
+        """(c, h) of the parent node; see the class docstring."""
+        if len(cshsx) % 2 != 1:
+            raise ValueError('ChildSumTreeLSTM: give c_1..c_N, h_1..h_N and x (an odd number '
+                             'of arguments), got {}'.format(len(cshsx)))
+        n = len(cshsx) // 2
+        cs, hs = cshsx[:n], cshsx[n:-1]
+        x = _tree_input(self, cs, hs, cshsx[-1])
+        aio_x, f_x = split_axis(self.W_x(x), [3 * self.state_size], axis=1)
+        if n == 0:
+            a, i, o = split_axis(aio_x, 3, axis=1)
+            c = sigmoid(i) * tanh(a)
+            return c, sigmoid(o) * tanh(c)
+        shape, dtype = (len(x), self.state_size), x.dtype
+        hs = _zero_children(hs, shape, dtype, self.xp)
+        cs = _zero_children(cs, shape, dtype, self.xp)
+        h_sum = hs[0]
+        for h in hs[1:]:
+            h_sum = h_sum + h
+        aio = self.W_h_aio(h_sum) + aio_x
+        # every child's h through W_h_f in one product, then side by side
+        f_h = concat(split_axis(self.W_h_f(concat(hs, axis=0)), n, axis=0), axis=1)
+        f = f_h + concat([f_x] * n, axis=1)
+        return tree_lstm(*(cs + (concat([aio, f], axis=1),)))
+
+
+@_export('links', 'links.rnn.tree_lstm')
+class NaryTreeLSTM(Chain):
+    """N-ary tree LSTM: exactly n_ary children, whose order matters.
+
+    NaryTreeLSTM(in_size, out_size, n_ary=2): Linear layers W_x (in_size ->
+    (3 + n_ary) out_size) and W_h1..W_h<n_ary> (out_size -> (3 + n_ary)
+    out_size, no bias), npz keys as Chainer's. forward(c_1, ..., c_N, h_1,
+    ..., h_N, x) -> (c, h): tree_lstm(c_1, ..., c_N, W_x(x) + sum_n W_hn(h_n)).
+    A child given as None counts as zeros; x None counts as zeros. Raises
+    ValueError for n_ary < 1, another number of arguments than 2 n_ary + 1,
+    or all None. Chainer: chainer.links.NaryTreeLSTM.
+    """
+
+    def __init__(self, in_size, out_size, n_ary=2):
+        if n_ary < 1:
+            raise ValueError('NaryTreeLSTM: n_ary must be at least 1, got {}'.format(n_ary))
+        super().__init__()
+        with self.init_scope():
+            self.W_x = Linear(in_size, (3 + n_ary) * out_size)
+            for n in range(1, n_ary + 1):
+                setattr(self, 'W_h{}'.format(n),
+                        Linear(out_size, (3 + n_ary) * out_size, nobias=True))
+        self.in_size = in_size
+        self.state_size = out_size
+        self.n_ary = n_ary
+
+    def forward(self, *cshsx):
+        """(c, h) of the parent node; see the class docstring."""
+        if len(cshsx) != 2 * self.n_ary + 1:
+            raise ValueError('NaryTreeLSTM: give c_1..c_{0}, h_1..h_{0} and x ({1} arguments), '
+                             'got {2}'.format(self.n_ary, 2 * self.n_ary + 1, len(cshsx)))
+        cs, hs = cshsx[:self.n_ary], cshsx[self.n_ary:-1]
+        x = _tree_input(self, cs, hs, cshsx[-1])
+        pre = self.W_x(x)
+        for n, h in enumerate(hs, start=1):
+            if h is not None:
+                pre = pre + getattr(self, 'W_h{}'.format(n))(h)
+        cs = _zero_children(cs, (len(x), self.state_size), x.dtype, self.xp)
+        return tree_lstm(*(cs + (pre,)))
+
+
 # =============================================================================
 # Chapter 12. More optimizers and hooks
 # =============================================================================
@@ -16734,8 +17180,8 @@ del _name
 
 _not_supported(
     functions,
-    rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
-        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence',
+    rnn='lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
+        'n_step_rnn n_step_birnn transpose_sequence pad_sequence',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
@@ -16750,10 +17196,8 @@ _not_supported(
             'unpooling_nd')
 _not_supported(
     links,
-    rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
-        'StatefulZoneoutLSTM StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU NStepBiGRU '
-        'NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh ChildSumTreeLSTM '
-        'NaryTreeLSTM',
+    rnn='LSTM GRU StatefulGRU StatelessGRU StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU '
+        'NStepBiGRU NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '

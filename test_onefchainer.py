@@ -10252,9 +10252,9 @@ CHAINER_OUT_OF_SCOPE = {
         'cross_entropy get_compute_mode get_function_hooks grad kl_divergence mixed16 '
         'register_kl static_code static_graph',
     'functions': 'lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru n_step_rnn '
-                 'n_step_birnn tree_lstm zoneout',
+                 'n_step_birnn',
     'links': 'LSTM GRU NStepLSTM NStepBiLSTM NStepGRU StatefulGRU StatelessLSTM '
-             'StatefulPeepholeLSTM ChildSumTreeLSTM NaryTreeLSTM VGG16Layers '
+             'VGG16Layers '
              'VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers GoogLeNet',
     'serializers': 'HDF5Deserializer HDF5Serializer load_hdf5 save_hdf5',
     'configuration': 'LocalConfig',
