@@ -9402,45 +9402,6 @@ def _one_hot(labels, n, dtype):
     return (labels[:, None] == _xp(labels).arange(n)).astype(dtype)
 
 
-def _sequence_arrays(label, name, xs):
-    data = [_input_data(label, x) for x in xs] if isinstance(xs, (list, tuple)) else None
-    if not data:
-        raise TypeError('{}: {} must be a non-empty list of arrays, one per position, got '
-                        '{}'.format(label, name, type(xs).__name__ if data is None else 'none'))
-    return data
-
-
-def _check_crf_inputs(label, cost, xs, ys=None):
-    """Raise unless cost is (K, K), each xs[t] is (B_t, K) with B_t not growing
-    and ys[t] integer (B_t,); returns ys' arrays."""
-    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-        raise ValueError('{}: cost must be a square (K, K) matrix, got shape {}'
-                         .format(label, cost.shape))
-    for t, x in enumerate(xs):
-        if x.ndim != 2 or x.shape[1] != cost.shape[0]:
-            raise ValueError('{}: xs[{}] must have shape (B, {}) for a cost of shape {}, got '
-                             '{}'.format(label, t, cost.shape[0], cost.shape, x.shape))
-        if t and len(x) > len(xs[t - 1]):
-            raise ValueError(
-                '{}: the batch may only shrink along the sequence (sort the sequences by '
-                'decreasing length and transpose them), but xs[{}] has {} rows and xs[{}] {}'
-                .format(label, t, len(x), t - 1, len(xs[t - 1])))
-        if x.dtype != cost.dtype:
-            raise TypeError('{}: xs[{}].dtype {} != cost.dtype {}'
-                            .format(label, t, x.dtype, cost.dtype))
-    _require_float(label, cost)
-    if ys is None:
-        return None
-    ys = _sequence_arrays(label, 'ys', ys)
-    if len(ys) != len(xs):
-        raise ValueError('{}: ys has {} positions and xs {}'.format(label, len(ys), len(xs)))
-    for t, (x, y) in enumerate(zip(xs, ys)):
-        if y.shape != x.shape[:1] or y.dtype.kind not in 'iu':
-            raise ValueError('{}: ys[{}] must be integer labels of shape {}, got {} {}'
-                             .format(label, t, x.shape[:1], y.dtype, y.shape))
-    return ys
-
-
 class _CRF1d(Function):
     """Function node of the CRF loss log Z - score(gold) per sequence: inputs
     (cost, *xs), the gold labels `ys` kept as arrays. Forward: the alphas;
@@ -9605,11 +9566,12 @@ def _transpose_sequences(seqs):
 def _untranspose_paths(path, order):
     """Per-position label arrays -> one array per sequence, in the callers' order."""
     xp = _xp(path[0])
-    lengths = [sum(1 for p in path if len(p) > b) for b in range(len(path[0]))]
-    by_rank = [xp.stack([p[b] for p in path[:n]]) for b, n in enumerate(lengths)]
+    flat = xp.concatenate(path)
+    offsets = np.cumsum([0] + [len(p) for p in path])      # where position t starts in flat
     out = [None] * len(order)
-    for rank, index in enumerate(order):
-        out[index] = by_rank[rank]
+    for rank, index in enumerate(order):     # the sequence of rank r is row r while it runs
+        n = sum(1 for p in path if len(p) > rank)
+        out[index] = flat[xp.asarray(offsets[:n] + rank)]
     return out
 
 
@@ -9658,8 +9620,8 @@ class CRF1d(Link):
 # S = 2M + 1; an alignment is a walk through l' that at each frame stays,
 # moves one step, or skips a blank between two different labels:
 #
-#     alpha_t[s] = logsumexp(alpha_(t-1)[s], alpha_(t-1)[s-1], alpha_(t-1)[s-2] if l'_s != l'_(s-2))
-#                  + log y_t[l'_s]
+#     alpha_t[s] = logsumexp(alpha_(t-1)[s], alpha_(t-1)[s-1],
+#                            alpha_(t-1)[s-2] if l'_s != l'_(s-2))  +  log y_t[l'_s]
 #
 # starting before frame 0 at s = 0 and ending at s = S-1 or S-2.  The
 # backward sums beta run the same walk from the end, and the gradient with
@@ -10268,6 +10230,47 @@ class NaryTreeLSTM(Chain):
                 pre = pre + getattr(self, 'W_h{}'.format(n))(h)
         cs = _zero_children(cs, (len(x), self.state_size), x.dtype, self.xp)
         return tree_lstm(*(cs + (pre,)))
+
+
+# ----- plumbing of this section: the input checks of crf1d and argmax_crf1d -----
+
+def _sequence_arrays(label, name, xs):
+    data = [_input_data(label, x) for x in xs] if isinstance(xs, (list, tuple)) else None
+    if not data:
+        raise TypeError('{}: {} must be a non-empty list of arrays, one per position, got '
+                        '{}'.format(label, name, type(xs).__name__ if data is None else 'none'))
+    return data
+
+
+def _check_crf_inputs(label, cost, xs, ys=None):
+    """Raise unless cost is (K, K), each xs[t] is (B_t, K) with B_t not growing
+    and ys[t] integer (B_t,); returns ys' arrays."""
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError('{}: cost must be a square (K, K) matrix, got shape {}'
+                         .format(label, cost.shape))
+    for t, x in enumerate(xs):
+        if x.ndim != 2 or x.shape[1] != cost.shape[0]:
+            raise ValueError('{}: xs[{}] must have shape (B, {}) for a cost of shape {}, got '
+                             '{}'.format(label, t, cost.shape[0], cost.shape, x.shape))
+        if t and len(x) > len(xs[t - 1]):
+            raise ValueError(
+                '{}: the batch may only shrink along the sequence (sort the sequences by '
+                'decreasing length and transpose them), but xs[{}] has {} rows and xs[{}] {}'
+                .format(label, t, len(x), t - 1, len(xs[t - 1])))
+        if x.dtype != cost.dtype:
+            raise TypeError('{}: xs[{}].dtype {} != cost.dtype {}'
+                            .format(label, t, x.dtype, cost.dtype))
+    _require_float(label, cost)
+    if ys is None:
+        return None
+    ys = _sequence_arrays(label, 'ys', ys)
+    if len(ys) != len(xs):
+        raise ValueError('{}: ys has {} positions and xs {}'.format(label, len(ys), len(xs)))
+    for t, (x, y) in enumerate(zip(xs, ys)):
+        if y.shape != x.shape[:1] or y.dtype.kind not in 'iu':
+            raise ValueError('{}: ys[{}] must be integer labels of shape {}, got {} {}'
+                             .format(label, t, x.shape[:1], y.dtype, y.shape))
+    return ys
 
 
 # =============================================================================

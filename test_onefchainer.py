@@ -5729,13 +5729,14 @@ def test_crf1d_link_with_transposed_sequences_matches_chainer(rnn_cases, tmp_pat
         _close(s.grad, c['crflink/gx{}'.format(i)], i)
         assert (host(path[i]) == c['crflink/path{}'.format(i)]).all()
     assert _npz_keys(L.CRF1d(3), tmp_path) == ['cost']
-    assert (L.CRF1d(3).cost.data == 0).all() and (L.CRF1d(2, initial_cost=0.5).cost.data == 0.5).all()
+    assert (L.CRF1d(3).cost.data == 0).all()
+    assert (L.CRF1d(2, initial_cost=0.5).cost.data == 0.5).all()
 
 
 def test_crf1d_says_what_is_wrong():
     cost, x = np.zeros((3, 3), np.float32), np.zeros((2, 3), np.float32)
     y = np.zeros(2, np.int32)
-    with pytest.raises(ValueError, match=r'crf1d: the batch may only shrink .* xs\[1\] has 3 rows'):
+    with pytest.raises(ValueError, match=r'crf1d: the batch may only shrink .* xs\[1\] has 3'):
         F.crf1d(cost, [x, np.zeros((3, 3), np.float32)], [y, np.zeros(3, np.int32)])
     with pytest.raises(ValueError, match=r'crf1d: cost must be a square'):
         F.crf1d(np.zeros((3, 2), np.float32), [x], [y])
@@ -5904,7 +5905,8 @@ def test_stateful_cells_keep_and_reset_their_state():
     peephole = L.StatefulPeepholeLSTM(3, 2)
     peephole(x)
     assert peephole.c.shape == peephole.h.shape == (4, 2)
-    peephole.set_state(Variable(np.zeros((4, 2), np.float32)), Variable(np.zeros((4, 2), np.float32)))
+    zeros = Variable(np.zeros((4, 2), np.float32))
+    peephole.set_state(zeros, zeros)
     peephole.reset_state()
     assert peephole.c is None and peephole.h is None
     with chainer.using_config('train', False):     # no zoneout: a plain LSTM step
@@ -5963,7 +5965,8 @@ def test_rnn_continued_gradients_stay_float32(name):
     check_stays_float32(func, xs, name)
 
 
-@pytest.mark.parametrize('make', [lambda: L.StatefulMGU(3, 2), lambda: L.StatefulPeepholeLSTM(3, 2),
+@pytest.mark.parametrize('make', [lambda: L.StatefulMGU(3, 2),
+                                  lambda: L.StatefulPeepholeLSTM(3, 2),
                                   lambda: L.StatefulZoneoutLSTM(3, 2)],
                          ids=['mgu', 'peephole', 'zoneout_lstm'])
 def test_stateful_cells_gradients_over_three_steps(make):

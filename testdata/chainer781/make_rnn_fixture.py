@@ -129,8 +129,9 @@ for name in ('childsum', 'nary'):
     link.cleargrads()
     backward([c, h, c2, h2], gys)
     for i, (cv, hv) in enumerate(zip(cs, hs)):
-        cases.update({'{}/c_in{}'.format(name, i): cv.array, '{}/h_in{}'.format(name, i): hv.array,
-                      '{}/gc_in{}'.format(name, i): cv.grad, '{}/gh_in{}'.format(name, i): hv.grad})
+        for key, value in (('c_in', cv.array), ('h_in', hv.array), ('gc_in', cv.grad),
+                           ('gh_in', hv.grad)):
+            cases['{}/{}{}'.format(name, key, i)] = value
     cases.update({'{}/x'.format(name): x.array, '{}/gx'.format(name): x.grad,
                   '{}/c'.format(name): c.array, '{}/h'.format(name): h.array,
                   '{}/c2'.format(name): c2.array, '{}/h2'.format(name): h2.array})
