@@ -9441,7 +9441,7 @@ class _CRF1d(Function):
         xp, K, dtype = _xp(cost), cost.shape[0], cost.dtype
         gy, = grad_outputs
         n = len(xs[0])
-        g = xp.full(n, gy / n, dtype) if self.reduce == 'mean' else gy
+        g = gy / dtype.type(n) * xp.ones(n, dtype) if self.reduce == 'mean' else gy
         gcost = xp.zeros_like(cost)
         gxs = [None] * len(xs)
         beta = xp.zeros_like(xs[-1])      # nothing after a sequence's last position
