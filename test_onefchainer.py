@@ -5789,6 +5789,49 @@ def test_ctc_against_every_alignment():
                 p += np.prod([y[i, k] for i, k in enumerate(frames)])
         assert abs(loss[b] + np.log(p)) < 1e-12, b
 
+def test_ctc_teaches_a_frame_classifier_to_read_label_sequences():
+    # Frames "speak" 3 symbols of 1..4, each for 2 or 3 frames and followed by
+    # a silent (blank, 0) frame, in noise; only the symbol sequence is given.
+    # A linear classifier of single frames trained with CTC learns to read it
+    # back (greedy decoding: best class per frame, repeats merged, blanks dropped).
+    r = rng(18)
+    V, T, B = 5, 12, 16
+
+    def sample():
+        labels = r.randint(1, V, (B, 3)).astype(np.int32)
+        frames = np.zeros((T, B, V), np.float32)
+        for b in range(B):
+            t = 0
+            for k in labels[b]:
+                n = r.randint(2, 4)
+                frames[t:t + n, b, k] = 1
+                frames[t + n, b, 0] = 1
+                t += n + 1
+            frames[t:, b, 0] = 1
+        return frames + r.randn(*frames.shape).astype(np.float32) * 0.3, labels
+
+    np.random.seed(0)                  # the initial weights
+    model = L.Linear(V, V).to_device(TEST_DEVICE)
+    optimizer = optimizers.Adam(0.05)
+    optimizer.setup(model)
+    losses = []
+    for _ in range(150):
+        x, t = sample()
+        loss = F.connectionist_temporal_classification([model(f) for f in dev(x)], dev(t), 0)
+        model.cleargrads()
+        loss.backward()
+        optimizer.update()
+        losses.append(float(host(loss)))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) / 6
+    right = []
+    for _ in range(4):
+        x, t = sample()
+        best = np.stack([host(model(f)).argmax(axis=1) for f in dev(x)], axis=1)
+        read = [[k for i, k in enumerate(p) if k != 0 and (i == 0 or k != p[i - 1])] for p in best]
+        right += [seq == list(labels) for seq, labels in zip(read, t)]
+    # (a guess is right once in 64; one noisy frame read wrong spoils a sequence)
+    assert np.mean(right) > 0.5
+
 
 def test_ctc_says_what_is_wrong():
     x = [np.zeros((2, 3), np.float32)] * 4
