@@ -9367,6 +9367,917 @@ class _BNInitializer(Initializer):
         self.initializer(array)
 
 
+# ----- Recurrent networks, continued: structured outputs and other cells -----
+# A recurrent network gives one score vector per position; two losses look at
+# the whole sequence of them at once.
+#
+# A linear-chain CRF scores a whole label sequence y_1..y_l of sentence x:
+#
+#     score(y) = sum_i x_i[y_i] + sum_i cost[y_i, y_(i+1)]
+#     loss     = log Z - score(y_gold),    Z = sum over all K^l sequences of e^score
+#
+# Z is a sum over exponentially many paths, but it factorizes: the forward
+# algorithm keeps alpha_i[k] = log of the sum over all paths ending in label k,
+#
+#     alpha_1 = x_1,    alpha_(i+1)[k] = logsumexp_j(alpha_i[j] + cost[j, k]) + x_(i+1)[k]
+#
+# and log Z = logsumexp_k alpha_l[k], l steps of K x K work.  Its gradient is
+# a probability: d log Z / d x_i[k] is the marginal P(y_i = k) and
+# d log Z / d cost[j, k] the expected number of j -> k transitions, both read
+# from alpha and the backward sums beta (the same recursion run from the
+# end):  P(y_i = k) = exp(alpha_i[k] + beta_i[k] - log Z).  So the loss's
+# gradient is "expected counts minus the gold path's counts", and backward
+# costs what forward did.  Replacing logsumexp by max gives Viterbi's best
+# path (argmax_crf1d).
+#
+# Batches, as in Chainer: sequences sorted by decreasing length, transposed:
+# xs[t] holds position t of every sequence still running, (B_t, K) with
+# B_0 >= B_1 >= ...; the first B_t rows of xs[t - 1] continue in xs[t].
+
+
+def _logsumexp_axis(a, axis):
+    """log(sum(exp(a), axis)) with the maximum taken out (no overflow)."""
+    xp = _xp(a)
+    m = a.max(axis=axis, keepdims=True)
+    return (m + xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _one_hot(labels, n, dtype):
+    """(len(labels), n) rows of 0 and 1: a one-pass scatter on every device."""
+    return (labels[:, None] == _xp(labels).arange(n)).astype(dtype)
+
+
+class _CRF1d(Function):
+    """Function node of the CRF loss log Z - score(gold) per sequence: inputs
+    (cost, *xs), the gold labels `ys` kept as arrays. Forward: the alphas;
+    backward: the betas, then marginals minus gold counts."""
+    label = 'crf1d'
+
+    def __init__(self, ys, reduce):
+        self.ys, self.reduce = ys, reduce
+
+    def forward(self, inputs):
+        cost, xs = inputs[0], inputs[1:]
+        xp = _xp(cost)
+        alpha = xs[0]
+        self.alphas = [alpha]
+        logz = xp.empty(len(alpha), cost.dtype)
+        for x in xs[1:]:
+            b = len(x)
+            if b < len(alpha):       # the sequences in rows b.. ended one step ago
+                logz[b:len(alpha)] = _logsumexp_axis(alpha[b:], 1)
+            alpha = _logsumexp_axis(alpha[:b, :, None] + cost, 1) + x
+            self.alphas.append(alpha)
+        logz[:len(alpha)] = _logsumexp_axis(alpha, 1)
+        self.logz = logz
+        ys = self.ys
+        score = xp.take_along_axis(xs[0], ys[0][:, None].astype(np.intp), 1)[:, 0]
+        for t in range(1, len(xs)):
+            b = len(xs[t])
+            y, y_prev = ys[t].astype(np.intp), ys[t - 1][:b].astype(np.intp)
+            score[:b] += xp.take_along_axis(xs[t], y[:, None], 1)[:, 0] + cost[y_prev, y]
+        loss = logz - score
+        if self.reduce == 'mean':
+            return xp.asarray(loss.sum() / len(loss), dtype=cost.dtype),
+        return loss,
+
+    def backward(self, inputs, grad_outputs):      # marginals - gold counts
+        cost, xs = inputs[0], inputs[1:]
+        xp, K, dtype = _xp(cost), cost.shape[0], cost.dtype
+        gy, = grad_outputs
+        n = len(xs[0])
+        g = gy / dtype.type(n) * xp.ones(n, dtype) if self.reduce == 'mean' else gy
+        gcost = xp.zeros_like(cost)
+        gxs = [None] * len(xs)
+        beta = xp.zeros_like(xs[-1])      # nothing after a sequence's last position
+        for t in range(len(xs) - 1, -1, -1):
+            b = len(xs[t])
+            gt = g[:b, None]
+            onehot = _one_hot(self.ys[t], K, dtype)
+            gxs[t] = (xp.exp(self.alphas[t] + beta - self.logz[:b, None]) - onehot) * gt
+            if t == 0:
+                break
+            # u[b, j, k]: from label j at t - 1, through k at t, to every ending
+            u = cost + (xs[t] + beta)[:, None, :]
+            pair = xp.exp(self.alphas[t - 1][:b, :, None] + u
+                          - self.logz[:b, None, None]) * gt[:, :, None]
+            gcost += pair.sum(axis=0)
+            gcost -= _one_hot(self.ys[t - 1][:b], K, dtype).T @ (onehot * gt)
+            beta_prev = xp.zeros_like(xs[t - 1])    # rows b..: their sequence ends at t - 1
+            beta_prev[:b] = _logsumexp_axis(u, 2)
+            beta = beta_prev
+        return (gcost,) + tuple(gxs)
+
+
+@_export('functions', 'functions.loss.crf1d')
+def crf1d(cost, xs, ys, reduce='mean'):
+    """Negative log-likelihood of a linear-chain CRF: log Z - score(ys) per sequence.
+
+    cost: float (K, K) transition costs (cost[j, k] from label j to label k);
+    xs: list of float (B_t, K) Variables or arrays, position t of each
+    sequence still running, B_0 >= B_1 >= ... (sequences sorted by decreasing
+    length, then transposed); ys: list of integer (B_t,) gold labels, the
+    same way. reduce='mean' (default): the sum of the B_0 losses divided by
+    B_0, a scalar; 'no': the (B_0,) losses. cost and every xs[t] get
+    gradients. Raises ValueError for shapes that do not fit (or a batch that
+    grows) and an unknown reduce, TypeError for mixed dtypes.
+    Chainer: chainer.functions.crf1d.
+    """
+    if reduce not in ('mean', 'no'):
+        raise ValueError("crf1d: reduce must be 'mean' or 'no', got {!r}".format(reduce))
+    data = _sequence_arrays('crf1d', 'xs', xs)
+    ys = _check_crf_inputs('crf1d', _input_data('crf1d', cost), data, ys)
+    return _CRF1d(ys, reduce)(cost, *xs)
+
+
+class _ArgmaxCRF1d(Function):
+    """Function node of Viterbi's best path: inputs (cost, *xs), output the best
+    path's score per sequence; the path itself is kept in `.path`. Backward:
+    the score is a sum along that path, so gy lands on its entries."""
+    label = 'argmax_crf1d'
+
+    def forward(self, inputs):
+        cost, xs = inputs[0], inputs[1:]
+        xp = _xp(cost)
+        alpha = xs[0]
+        alphas, back = [alpha], []
+        for x in xs[1:]:
+            s = alpha[:len(x), :, None] + cost      # s[b, j, k]: best path ending j, then k
+            back.append(s.argmax(axis=1))
+            alpha = s.max(axis=1) + x
+            alphas.append(alpha)
+        # Walk back from the last position; rows whose sequence ends at t take
+        # their best final label there, the others follow the back pointers.
+        labels = alpha.argmax(axis=1)
+        score = [alpha.max(axis=1)]
+        path = [labels]
+        for t in range(len(xs) - 2, -1, -1):
+            labels = xp.take_along_axis(back[t], labels[:, None], 1)[:, 0]
+            rest = alphas[t][len(labels):]
+            if len(rest):
+                labels = xp.concatenate([labels, rest.argmax(axis=1)])
+                score.append(rest.max(axis=1))
+            path.append(labels)
+        self.path = [p.astype(np.int32) for p in path[::-1]]
+        return xp.concatenate(score),
+
+    def backward(self, inputs, grad_outputs):      # 1 on the best path's entries
+        cost, xs = inputs[0], inputs[1:]
+        K, dtype = cost.shape[0], cost.dtype
+        gy, = grad_outputs
+        gxs, gcost = [], _xp(cost).zeros_like(cost)
+        for t, labels in enumerate(self.path):
+            gt = gy[:len(labels), None]
+            onehot = _one_hot(labels, K, dtype)
+            gxs.append(onehot * gt)
+            if t:
+                gcost += _one_hot(self.path[t - 1][:len(labels)], K, dtype).T @ gxs[-1]
+        return (gcost,) + tuple(gxs)
+
+
+@_export('functions', 'functions.loss.crf1d')
+def argmax_crf1d(cost, xs):
+    """The best label sequence of a linear-chain CRF (Viterbi) and its score.
+
+    cost and xs as in crf1d. Returns (score, path): score a Variable (B_0,),
+    the highest score(y) of each sequence (differentiable: gradient 1 on the
+    path's entries of xs and cost); path a list of int32 arrays, path[t] of
+    shape (B_t,), the best labels at position t. Raises as crf1d.
+    Chainer: chainer.functions.argmax_crf1d.
+    """
+    data = _sequence_arrays('argmax_crf1d', 'xs', xs)
+    _check_crf_inputs('argmax_crf1d', _input_data('argmax_crf1d', cost), data)
+    node = _ArgmaxCRF1d()
+    score = node(cost, *xs)
+    return score, node.path
+
+
+def _argsort_by_length(seqs):
+    """Indices that sort sequences by decreasing length (Chainer's order)."""
+    return np.argsort([-len(s) for s in seqs]).astype(np.int32)
+
+
+def _transpose_sequences(seqs):
+    """Sequences (longest first) -> one Variable per position, rows in order;
+    one concat and one indexing per position, all differentiable."""
+    lengths = [len(s) for s in seqs]
+    starts = np.cumsum([0] + lengths[:-1])
+    flat = concat(list(seqs), axis=0)
+    xp = _xp(flat.data)
+    return [get_item(flat, xp.asarray(starts[[i for i, n in enumerate(lengths) if n > t]] + t))
+            for t in range(lengths[0])]
+
+
+def _untranspose_paths(path, order):
+    """Per-position label arrays -> one array per sequence, in the callers' order."""
+    xp = _xp(path[0])
+    flat = xp.concatenate(path)
+    offsets = np.cumsum([0] + [len(p) for p in path])      # where position t starts in flat
+    out = [None] * len(order)
+    for rank, index in enumerate(order):     # the sequence of rank r is row r while it runs
+        n = sum(1 for p in path if len(p) > rank)
+        out[index] = flat[xp.asarray(offsets[:n] + rank)]
+    return out
+
+
+@_export('links', 'links.loss.crf1d')
+class CRF1d(Link):
+    """Linear-chain CRF loss layer with a learned transition matrix.
+
+    CRF1d(n_label, initial_cost=None): a Parameter `cost` of shape (n_label,
+    n_label) (npz key 'cost'), zeros unless initial_cost (an initializer,
+    scalar or array) says otherwise. Calling it: crf1d(cost, xs, ys, reduce)
+    (F.crf1d); with transpose=True xs and ys are instead one (length, K)
+    array / (length,) labels per sequence, in any order, and are sorted and
+    transposed here. argmax(xs, transpose=False): (score, path) of
+    F.argmax_crf1d; with transpose=True the paths come back one per
+    sequence, in the given order. Chainer: chainer.links.CRF1d.
+    """
+
+    def __init__(self, n_label, initial_cost=None):
+        super().__init__()
+        with self.init_scope():
+            self.cost = Parameter(_get_initializer(initial_cost, Zero()), (n_label, n_label))
+
+    def forward(self, xs, ys, reduce='mean', transpose=False):
+        """The CRF loss of the sequences; see the class docstring."""
+        if transpose:
+            order = _argsort_by_length(xs)
+            xs = _transpose_sequences([xs[i] for i in order])
+            ys = [as_array(y) for y in _transpose_sequences([ys[i] for i in order])]
+        return crf1d(self.cost, xs, ys, reduce)
+
+    def argmax(self, xs, transpose=False):
+        """(score, path) of the best label sequences; see the class docstring."""
+        if not transpose:
+            return argmax_crf1d(self.cost, xs)
+        order = _argsort_by_length(xs)
+        score, path = argmax_crf1d(self.cost, _transpose_sequences([xs[i] for i in order]))
+        return score, _untranspose_paths(path, order)
+
+
+# Connectionist temporal classification (CTC) scores a label sequence l
+# (length M) against T >= M per-frame distributions y_t = softmax(x_t) when
+# the alignment is unknown: a frame may repeat the previous symbol or emit
+# the blank, so "aab-b" and "-ab-b" both read "abb" once repeats merge and
+# blanks go.  The loss is -log of the sum over every alignment.  Insert
+# blanks around the labels, l' = (-, l_1, -, l_2, ..., -), of length
+# S = 2M + 1; an alignment is a walk through l' that at each frame stays,
+# moves one step, or skips a blank between two different labels:
+#
+#     alpha_t[s] = logsumexp(alpha_(t-1)[s], alpha_(t-1)[s-1],
+#                            alpha_(t-1)[s-2] if l'_s != l'_(s-2))  +  log y_t[l'_s]
+#
+# starting before frame 0 at s = 0 and ending at s = S-1 or S-2.  The
+# backward sums beta run the same walk from the end, and the gradient with
+# respect to the scores x (before the softmax, which is why CTC takes raw
+# scores) is y_t[k] - sum_(s: l'_s = k) exp(alpha_t[s] + beta_t[s] - log p).
+# Everything stays in log space: over a hundred frames, p underflows.
+# A log of zero is Chainer's -1e10 (-1e4 in float16), not -inf, so that
+# logsumexp of unreachable states never computes -inf - (-inf).
+
+
+@_export('functions.loss.ctc')
+class ConnectionistTemporalClassification(Function):
+    """Function node of the CTC loss; inputs (input_length, label_length, t, x)
+    with x (T, B, V) raw scores. Forward: log_softmax, then the alphas;
+    backward: the betas, softmax(x) minus the label posteriors, zero after
+    each input's length. Chainer: chainer.functions.loss.ctc.ConnectionistTemporalClassification.
+    """
+    label = 'connectionist_temporal_classification'
+    input_names = ('input_length', 'label_length', 't', 'x')
+
+    def __init__(self, blank_symbol, reduce='mean'):
+        if reduce not in ('mean', 'no'):
+            raise ValueError("connectionist_temporal_classification: reduce must be 'mean' "
+                             "or 'no', got {!r}".format(reduce))
+        self.blank_symbol, self.reduce = blank_symbol, reduce
+
+    def _check(self, input_length, label_length, t, x):
+        label = self.label
+        if x.ndim != 3 or x.dtype.kind != 'f':
+            raise TypeError('{}: x must be float scores of shape (T, B, V), got {} {}'
+                            .format(label, x.dtype, x.shape))
+        B = x.shape[1]
+        if t.ndim != 2 or t.dtype.kind not in 'iu' or len(t) != B:
+            raise ValueError('{}: t must be integer labels of shape (B, M) = ({}, M), got {} {}'
+                             .format(label, B, t.dtype, t.shape))
+        for name, a in (('input_length', input_length), ('label_length', label_length)):
+            if a.shape != (B,) or a.dtype.kind not in 'iu':
+                raise ValueError('{}: {} must be integers of shape ({},), got {} {}'
+                                 .format(label, name, B, a.dtype, a.shape))
+        if _xp(x) is np or config.debug:       # on a GPU reading values waits for it
+            if (input_length > len(x)).any() or (input_length < 0).any():
+                raise ValueError('{}: input_length must be in [0, {}] (x has {} steps), got {}'
+                                 .format(label, len(x), len(x), input_length))
+            if (label_length > t.shape[1]).any() or (label_length < 0).any():
+                raise ValueError('{}: label_length must be in [0, {}] (t.shape {}), got {}'
+                                 .format(label, t.shape[1], t.shape, label_length))
+            used = _xp(t).arange(t.shape[1]) < label_length[:, None]
+            if ((t < 0) | (t >= x.shape[2]))[used].any():
+                raise ValueError('{}: labels must be in [0, {}), got {}'
+                                 .format(label, x.shape[2], t[used]))
+
+    def forward(self, inputs):
+        input_length, label_length, t, x = inputs
+        self._check(input_length, label_length, t, x)
+        xp = _xp(x)
+        self.dtype = x.dtype
+        if x.dtype == np.float16:          # the sums over frames in float32
+            x = x.astype(np.float32)
+        T, B, V = x.shape
+        zero = x.dtype.type(-1e4 if self.dtype == np.float16 else -1e10)
+        shifted = x - x.max(axis=2, keepdims=True)
+        log_y = shifted - xp.log(xp.exp(shifted).sum(axis=2, keepdims=True))
+        self.y = xp.exp(log_y)
+        # l': blanks around the labels (padding past label_length is blank too)
+        M = t.shape[1]
+        path = xp.full((B, 2 * M + 1), self.blank_symbol, np.intp)
+        path[:, 1::2] = xp.where(xp.arange(M) < label_length[:, None], t, self.blank_symbol)
+        S = 2 * label_length.astype(np.intp) + 1
+        self.valid = xp.arange(2 * M + 1) < S[:, None]
+        self.skip = path[:, 2:] != path[:, :-2]    # may jump s-2 -> s (two labels that differ)
+        self.emit = log_y[:, xp.arange(B)[:, None], path]         # (T, B, S): log y_t[l'_s]
+        self.path, self.zero, self.S, self.input_length = path, zero, S, input_length
+        alpha = xp.full((B, 2 * M + 1), zero, x.dtype)
+        alpha[:, 0] = 0
+        self.alphas = []
+        for step in range(T):
+            walked = xp.where(self.valid, self._walk(alpha, forward=True) + self.emit[step], zero)
+            alpha = xp.where((step < input_length)[:, None], walked, alpha)  # frozen past the end
+            self.alphas.append(alpha)
+        final = xp.stack([xp.take_along_axis(alpha, (S - 1)[:, None], 1)[:, 0],
+                          xp.where(S >= 2, xp.take_along_axis(
+                              alpha, xp.maximum(S - 2, 0)[:, None], 1)[:, 0], zero)])
+        self.log_p = _logsumexp_axis(final, 0)
+        loss = -self.log_p
+        if self.reduce == 'mean':
+            loss = loss.mean()
+        return xp.asarray(loss, dtype=self.dtype),
+
+    def _walk(self, a, forward):
+        """logsumexp of the three ways into each state: stay, one step, a skip."""
+        xp, zero = _xp(a), self.zero
+        one, two = xp.full_like(a, zero), xp.full_like(a, zero)
+        if forward:          # from s-1 and s-2
+            one[:, 1:] = a[:, :-1]
+            two[:, 2:] = xp.where(self.skip, a[:, :-2], zero)
+        else:                # from s+1 and s+2
+            one[:, :-1] = a[:, 1:]
+            two[:, :-2] = xp.where(self.skip, a[:, 2:], zero)
+        return _logsumexp_axis(xp.stack([a, one, two]), 0)
+
+    def backward(self, inputs, grad_outputs):      # softmax - label posteriors
+        input_length = self.input_length
+        xp, zero, S = _xp(self.y), self.zero, self.S
+        T, B, V = self.y.shape
+        gy, = grad_outputs
+        gy = gy.astype(self.y.dtype, copy=False)
+        g = gy / B * xp.ones(B, self.y.dtype) if self.reduce == 'mean' else gy
+        rows = xp.arange(B)
+        end = xp.full_like(self.alphas[0], zero)     # beta at each input's last frame
+        end[rows, xp.maximum(S - 2, 0)] = xp.where(S >= 2, 0, zero).astype(end.dtype)
+        end[rows, S - 1] = 0               # after the line above: S - 2 is S - 1 when S = 1
+        onehot = (self.path[:, :, None] == xp.arange(V)).astype(self.y.dtype)   # (B, S, V)
+        gx = xp.empty_like(self.y)
+        beta = end
+        for step in range(T - 1, -1, -1):
+            if step < T - 1:
+                walked = xp.where(self.valid, self._walk(beta + self.emit[step + 1], False), zero)
+                beta = xp.where((step < input_length - 1)[:, None], walked, end)
+            posterior = xp.exp(self.alphas[step] + beta - self.log_p[:, None])
+            label_posterior = xp.matmul(posterior[:, None, :], onehot)[:, 0]
+            live = (step < input_length).astype(self.y.dtype)
+            gx[step] = (self.y[step] - label_posterior) * (g * live)[:, None]
+        return None, None, None, gx.astype(self.dtype, copy=False)
+
+
+@_export('functions', 'functions.loss.ctc')
+def connectionist_temporal_classification(x, t, blank_symbol, input_length=None,
+                                          label_length=None, reduce='mean'):
+    """Connectionist temporal classification loss: -log p(t | x) summed over
+    every alignment of the labels to the frames.
+
+    x: a list of T float Variables or arrays (B, V), the raw scores of each
+    frame (the softmax is taken here; do not apply it first); t: integer
+    labels (B, M), each in [0, V); blank_symbol: the blank's index, an int in
+    [0, V); input_length: integer (B,), the frames used of each sequence
+    (default all T); label_length: integer (B,), the labels used of each row
+    of t (default all M). reduce='mean' (default): the mean over the batch, a
+    scalar; 'no': the (B,) losses. Only x gets a gradient. A label sequence
+    that cannot fit its frames gives a loss near 1e10 (Chainer's log of 0).
+    Raises TypeError for x not a list or a non-int blank_symbol, ValueError
+    for shapes, lengths or labels out of range. Chainer:
+    chainer.functions.connectionist_temporal_classification.
+    """
+    label = 'connectionist_temporal_classification'
+    if not isinstance(x, (list, tuple)) or not x:
+        raise TypeError('{}: x must be a non-empty list of (B, V) Variables or arrays, one per '
+                        'frame, got {}'.format(label, type(x).__name__))
+    if not isinstance(blank_symbol, (int, np.integer)) or isinstance(blank_symbol, bool):
+        raise TypeError('{}: blank_symbol must be a non-negative int, got {!r}'
+                        .format(label, blank_symbol))
+    first = _input_data(label, x[0])
+    if first.ndim != 2 or not 0 <= blank_symbol < first.shape[1]:
+        raise ValueError('{}: each x[i] must be (B, V) with blank_symbol in [0, V), got shape {} '
+                         'and blank_symbol {}'.format(label, first.shape, blank_symbol))
+    xp = _xp(first)
+    t = as_array(t)
+    if input_length is None:
+        input_length = xp.full(len(first), len(x), np.int32)
+    if label_length is None:
+        label_length = xp.full(len(t), t.shape[1] if t.ndim == 2 else 0, np.int32)
+    return ConnectionistTemporalClassification(blank_symbol, reduce)(
+        as_array(input_length), as_array(label_length), t, stack(x))
+
+
+# ----- zoneout ------------------------------------------------------------------
+# Dropout for a recurrent state: instead of zeroing a unit, zoneout keeps its
+# previous value.  Each unit of the new state x is replaced, with probability
+# `ratio`, by the old state h:  y = where(keep_x, x, h); gradients go down
+# the branch each unit took.  Nothing is scaled, since each unit is one of
+# two real values either way; at test time y = x.
+
+@_export('functions.noise.zoneout')
+class Zoneout(Function):
+    """Function node of zoneout: y = where(mask, x, h), mask true with
+    probability 1 - zoneout_ratio; backward gy to x where the mask holds,
+    to h elsewhere. Chainer: chainer.functions.noise.zoneout.Zoneout.
+    """
+    label = 'zoneout'
+    input_names = ('h', 'x')
+
+    def __init__(self, zoneout_ratio):
+        self.zoneout_ratio = zoneout_ratio
+
+    def forward(self, inputs):
+        h, x = inputs
+        _check_same_dtype('zoneout', inputs)
+        if h.shape != x.shape:
+            raise ValueError('zoneout: h and x need one shape, got {} and {}'
+                             .format(h.shape, x.shape))
+        xp = _xp(x)
+        # NumPy's rand, as Chainer draws it: a seeded run keeps the same units.
+        draws = xp.random.rand(*x.shape) if xp is np else xp.random.rand(*x.shape,
+                                                                           dtype=np.float32)
+        self.flag_x = draws >= self.zoneout_ratio
+        return xp.where(self.flag_x, x, h),
+
+    def backward(self, inputs, grad_outputs):      # each unit's gradient to its source
+        gy, = grad_outputs
+        zero = gy.dtype.type(0)
+        xp = _xp(gy)
+        return xp.where(self.flag_x, zero, gy), xp.where(self.flag_x, gy, zero)
+
+
+def _no_train_argument(label, kwargs):
+    if kwargs:
+        if 'train' in kwargs:
+            raise ValueError("{}: the train argument is not supported anymore; use "
+                             "chainer.using_config('train', ...)".format(label))
+        raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
+
+
+@_export('functions', 'functions.noise.zoneout')
+def zoneout(h, x, ratio=.5, **kwargs):
+    """Zoneout: each element of x replaced by the element of h (the previous
+    state) with probability `ratio` (default .5), only while config.train is
+    True; otherwise x is returned (as a Variable). h, x: float Variables or
+    arrays of one shape and dtype; both get gradients. Raises ValueError for
+    differing shapes or Chainer's old train= argument.
+    Chainer: chainer.functions.zoneout.
+    """
+    _no_train_argument('zoneout', kwargs)
+    if not config.train:
+        _input_data('zoneout', h)
+        return as_variable(x)
+    return Zoneout(ratio)(h, x)
+
+
+# ----- more recurrent cells: MGU, peephole and zoneout LSTMs -------------------
+# The minimal gated unit keeps one gate f of the GRU's two, which both
+# forgets and writes:
+#
+#     f = sigmoid(W_f [h, x]),   h_bar = tanh(W_h [f * h, x]),   h' = f * h_bar + (1 - f) * h
+#
+# A peephole LSTM lets the gates also look at the cell c (i and f at the old
+# one, o at the new one); a zoneout LSTM is the plain LSTM whose c and h are
+# zoned out.  Chainer's LSTMs interleave the four gates in the columns of
+# their Linear layers (a, i, f, o, a, i, ...): column 4k + g is gate g of
+# unit k, so a model saved by Chainer loads here unchanged.
+
+def _interleaved_gates(lstm_in):
+    """a, i, f, o of an LSTM pre-activation (B, 4n) laid out as Chainer's."""
+    return separate(reshape(lstm_in, (len(lstm_in), lstm_in.shape[1] // 4, 4)), axis=2)
+
+
+@_export('links.rnn.mgu')
+class MGUBase(Chain):
+    """The parameters and step of a minimal gated unit: W_f and W_h, Linear
+    layers (n_inputs + n_units -> n_units) on the concatenation [h, x].
+    Chainer: chainer.links.rnn.mgu.MGUBase.
+    """
+
+    def __init__(self, n_inputs, n_units):
+        super().__init__()
+        with self.init_scope():
+            self.W_f = Linear(n_inputs + n_units, n_units)
+            self.W_h = Linear(n_inputs + n_units, n_units)
+
+    def _call_mgu(self, h, x):
+        f = sigmoid(self.W_f(concat([h, x])))
+        h_bar = tanh(self.W_h(concat([f * h, x])))
+        return linear_interpolate(f, h_bar, h)
+
+
+@_export('links', 'links.rnn.mgu')
+class StatelessMGU(MGUBase):
+    """Minimal gated unit, one step, the state passed in: forward(h, x) -> h'.
+
+    StatelessMGU(in_size, out_size): Linear layers W_f and W_h, each of
+    (in_size + out_size) -> out_size (npz keys W_f/W, W_f/b, W_h/W, W_h/b).
+    h: (B, out_size), x: (B, in_size), one dtype; returns h' (B, out_size).
+    Chainer: chainer.links.StatelessMGU.
+    """
+
+    def forward(self, h, x):
+        """h' = f * tanh(W_h [f * h, x]) + (1 - f) * h, f = sigmoid(W_f [h, x])."""
+        return self._call_mgu(h, x)
+
+
+@_export('links', 'links.rnn.mgu')
+class StatefulMGU(MGUBase):
+    """Minimal gated unit that keeps its state: forward(x) -> h, stored in self.h.
+
+    StatefulMGU(in_size, out_size): parameters as StatelessMGU. The first
+    call after reset_state() starts from h = 0 of config.dtype (Chainer's
+    choice). set_state(h) sets it (a Variable); reset_state() forgets it.
+    Chainer: chainer.links.StatefulMGU.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__(in_size, out_size)
+        self._state_size = out_size
+        self.reset_state()
+
+    def set_state(self, h):
+        """Use the Variable h as the state (moved to the link's device)."""
+        if not isinstance(h, Variable):
+            raise TypeError('StatefulMGU.set_state: h must be a Variable, not {}'
+                            .format(type(h).__name__))
+        h.to_device(self.device)
+        self.h = h
+
+    def reset_state(self):
+        """Forget the state: the next call starts from zeros."""
+        self.h = None
+
+    def forward(self, x):
+        """One step from the kept state; returns and keeps the new h."""
+        h = self.h
+        if h is None:
+            h = Variable(self.xp.zeros((len(x), self._state_size), dtype=get_dtype()))
+        self.h = self._call_mgu(h, x)
+        return self.h
+
+
+class _StatefulLSTMState:
+    """reset_state and set_state of the stateful LSTMs below (states c and h)."""
+
+    def reset_state(self):
+        """Forget c and h: the next call starts from zeros."""
+        self.c = self.h = None
+
+    def set_state(self, c, h):
+        """Use the Variables c and h as the state (moved to the link's device)."""
+        for name, v in (('c', c), ('h', h)):
+            if not isinstance(v, Variable):
+                raise TypeError('{}.set_state: {} must be a Variable, not {}'
+                                .format(type(self).__name__, name, type(v).__name__))
+            v.to_device(self.device)
+        self.c, self.h = c, h
+
+    def _zero_state(self, x):
+        return Variable(self.xp.zeros((len(x), self.state_size), dtype=x.dtype))
+
+
+@_export('links', 'links.rnn.peephole')
+class StatefulPeepholeLSTM(_StatefulLSTMState, Chain):
+    """LSTM with peephole connections, keeping c and h between calls.
+
+    StatefulPeepholeLSTM(in_size, out_size): Linear layers upward
+    (in_size -> 4 out_size), lateral (out_size -> 4 out_size, no bias) and
+    peep_i, peep_f, peep_o (out_size -> out_size, no bias); npz keys as
+    Chainer's. forward(x) (B, in_size) -> h (B, out_size):
+
+        a, i, f, o = gates of upward(x) + lateral(h)   (interleaved, as Chainer)
+        c' = tanh(a) sigmoid(i + peep_i(c)) + sigmoid(f + peep_f(c)) c
+        h' = sigmoid(o + peep_o(c')) tanh(c')
+
+    The first call starts from c = 0 (of x's dtype) and no h; reset_state()
+    forgets both. Chainer: chainer.links.StatefulPeepholeLSTM.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__()
+        self.state_size = out_size
+        self.reset_state()
+        with self.init_scope():
+            self.upward = Linear(in_size, 4 * out_size)
+            self.lateral = Linear(out_size, 4 * out_size, nobias=True)
+            self.peep_i = Linear(out_size, out_size, nobias=True)
+            self.peep_f = Linear(out_size, out_size, nobias=True)
+            self.peep_o = Linear(out_size, out_size, nobias=True)
+
+    def forward(self, x):
+        """One step; returns and keeps the new h (and c)."""
+        lstm_in = self.upward(x)
+        if self.h is not None:
+            lstm_in = lstm_in + self.lateral(self.h)
+        if self.c is None:
+            self.c = self._zero_state(x)
+        a, i, f, o = _interleaved_gates(lstm_in)
+        c = tanh(a) * sigmoid(i + self.peep_i(self.c)) + sigmoid(f + self.peep_f(self.c)) * self.c
+        self.c = c
+        self.h = sigmoid(o + self.peep_o(c)) * tanh(c)
+        return self.h
+
+
+@_export('links', 'links.rnn.zoneoutlstm')
+class StatefulZoneoutLSTM(_StatefulLSTMState, Chain):
+    """LSTM whose cell and output are zoned out (F.zoneout), keeping c and h.
+
+    StatefulZoneoutLSTM(in_size, out_size, c_ratio=0.5, h_ratio=0.5): Linear
+    layers upward (in_size -> 4 out_size) and lateral (out_size -> 4
+    out_size, no bias), npz keys as Chainer's. forward(x) (B, in_size) -> h:
+
+        a, i, f, o = gates of upward(x) + lateral(h)   (interleaved, as Chainer)
+        c_new = tanh(a) sigmoid(i) + sigmoid(f) c
+        c' = zoneout(c, c_new, c_ratio);  h' = zoneout(h, sigmoid(o) tanh(c_new), h_ratio)
+
+    (zoneout only while training: then c' = c_new and h' = sigmoid(o) tanh(c_new)).
+    The first call starts from c = h = 0 of x's dtype. Raises ValueError for
+    Chainer's old train= argument. Chainer: chainer.links.StatefulZoneoutLSTM.
+    """
+
+    def __init__(self, in_size, out_size, c_ratio=0.5, h_ratio=0.5, **kwargs):
+        _no_train_argument('StatefulZoneoutLSTM', kwargs)
+        super().__init__()
+        self.state_size = out_size
+        self.c_ratio, self.h_ratio = c_ratio, h_ratio
+        self.reset_state()
+        with self.init_scope():
+            self.upward = Linear(in_size, 4 * out_size)
+            self.lateral = Linear(out_size, 4 * out_size, nobias=True)
+
+    def forward(self, x):
+        """One step; returns and keeps the new h (and c)."""
+        lstm_in = self.upward(x)
+        if self.h is not None:
+            lstm_in = lstm_in + self.lateral(self.h)
+        else:
+            self.h = self._zero_state(x)
+        if self.c is None:
+            self.c = self._zero_state(x)
+        a, i, f, o = _interleaved_gates(lstm_in)
+        c_new = tanh(a) * sigmoid(i) + sigmoid(f) * self.c
+        self.c = zoneout(self.c, c_new, self.c_ratio)
+        self.h = zoneout(self.h, sigmoid(o) * tanh(c_new), self.h_ratio)
+        return self.h
+
+
+# ----- tree LSTMs ----------------------------------------------------------------
+# A tree LSTM runs over a parse tree instead of a sequence: a node combines
+# its N children's cells with one forget gate per child,
+#
+#     c = tanh(a) sigmoid(i) + sum_n sigmoid(f_n) c_n,     h = sigmoid(o) tanh(c)
+#
+# where x = [a, i, o, f_1, ..., f_N] holds (3 + N) blocks of the cell's width
+# one after another (not interleaved, unlike Chainer's LSTM).  One Function
+# does the whole cell in one elementwise pass, forward and backward.
+
+def _sigmoid_via_tanh(x):
+    half = x.dtype.type(0.5)         # no overflow of exp(-x) for very negative x
+    return _xp(x).tanh(x * half) * half + half
+
+
+@_export('functions.rnn.tree_lstm')
+class TreeLSTM(Function):
+    """Function node of the tree LSTM cell: inputs (c_1, ..., c_N, x), outputs
+    (c, h). Backward from gc and gh (either may be None).
+    Chainer: chainer.functions.rnn.tree_lstm.TreeLSTM.
+    """
+    label = 'tree_lstm'
+
+    def forward(self, inputs):
+        cs, x = inputs[:-1], inputs[-1]
+        n = len(cs)
+        for j, c in enumerate(cs):
+            if c.dtype != x.dtype or c.ndim != x.ndim or c.ndim < 2 or len(c) != len(x) or \
+                    x.shape[1] != (3 + n) * c.shape[1] or c.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    'tree_lstm: with {} cells x must be (B, {} * units, ...) and each cell '
+                    '(B, units, ...) of x\'s dtype, got x {} {} and c_{} {} {}'.format(
+                        n, 3 + n, x.dtype, x.shape, j + 1, c.dtype, c.shape))
+        _require_float('tree_lstm', x)
+        xp = _xp(x)
+        r = x.reshape((len(x), 3 + n, x.shape[1] // (3 + n)) + x.shape[2:])
+        self.a = xp.tanh(r[:, 0])
+        self.i = _sigmoid_via_tanh(r[:, 1])
+        self.o = _sigmoid_via_tanh(r[:, 2])
+        self.fs = _sigmoid_via_tanh(r[:, 3:])
+        c = self.a * self.i
+        for j in range(n):
+            c += self.fs[:, j] * cs[j]
+        self.tanh_c = xp.tanh(c)
+        return c, self.o * self.tanh_c
+
+    def backward(self, inputs, grad_outputs):      # through c = a i + sum f_n c_n, h = o tanh(c)
+        cs, x = inputs[:-1], inputs[-1]
+        gc, gh = grad_outputs
+        xp = _xp(x)
+        gc = 0 if gc is None else gc
+        gh = 0 if gh is None else gh
+        a, i, o, fs, co = self.a, self.i, self.o, self.fs, self.tanh_c
+        total = gh * o * (1 - co * co) + gc          # dL/dc, from h and from c itself
+        gx = xp.empty_like(x)
+        g = gx.reshape((len(x), 3 + len(cs), x.shape[1] // (3 + len(cs))) + x.shape[2:])
+        g[:, 0] = total * i * (1 - a * a)
+        g[:, 1] = total * a * i * (1 - i)
+        g[:, 2] = gh * co * o * (1 - o)
+        gcs = []
+        for j, c in enumerate(cs):
+            f = fs[:, j]
+            g[:, 3 + j] = total * c * f * (1 - f)
+            gcs.append(total * f)
+        return tuple(gcs) + (gx,)
+
+
+@_export('functions', 'functions.rnn.tree_lstm')
+def tree_lstm(*inputs):
+    """Tree LSTM cell over N children: tree_lstm(c_1, ..., c_N, x) -> (c, h).
+
+    x: float (B, (3 + N) * units, ...), the blocks a, i, o, f_1..f_N one after
+    another; each c_n: (B, units, ...) of x's dtype. c = tanh(a) sigmoid(i) +
+    sum_n sigmoid(f_n) c_n, h = sigmoid(o) tanh(c). Returns the Variables
+    (c, h); every input gets a gradient. Raises ValueError for shapes or
+    dtypes that do not fit. Chainer: chainer.functions.tree_lstm.
+    """
+    if len(inputs) < 2:
+        raise ValueError('tree_lstm: needs at least one cell and x, got {} inputs'
+                         .format(len(inputs)))
+    return TreeLSTM()(*inputs)
+
+
+def _zero_children(vs, shape, dtype, xp):
+    """Missing children (None) as zero states."""
+    if any(v is None for v in vs):
+        zero = xp.zeros(shape, dtype=dtype)
+        return tuple(zero if v is None else v for v in vs)
+    return tuple(vs)
+
+
+def _tree_input(link, cs, hs, x):
+    """x, or zeros (B, in_size) shaped from the first child state given."""
+    if x is not None:
+        return x
+    given = [v for v in tuple(cs) + tuple(hs) if v is not None]
+    if not given:
+        raise ValueError('{}: all inputs (cs, hs, x) are None'.format(type(link).__name__))
+    return link.xp.zeros((len(given[0]), link.in_size), dtype=given[0].dtype)
+
+
+@_export('links', 'links.rnn.tree_lstm')
+class ChildSumTreeLSTM(Chain):
+    """Child-sum tree LSTM: any number of children, in any order.
+
+    ChildSumTreeLSTM(in_size, out_size): Linear layers W_x (in_size -> 4
+    out_size), W_h_aio (out_size -> 3 out_size, no bias) and W_h_f (out_size
+    -> out_size, no bias), npz keys as Chainer's. forward(c_1, ..., c_N, h_1,
+    ..., h_N, x) -> (c, h), each (B, out_size): a, i, o come from W_x(x) and
+    W_h_aio(sum of the h_n); child n's forget gate from W_x(x) and W_h_f(h_n).
+    A child given as None counts as zeros; x None counts as zeros; with no
+    child, c = sigmoid(i) tanh(a). Raises ValueError for an even number of
+    arguments or all None. Chainer: chainer.links.ChildSumTreeLSTM.
+    """
+
+    def __init__(self, in_size, out_size):
+        super().__init__()
+        with self.init_scope():
+            self.W_x = Linear(in_size, 4 * out_size)
+            self.W_h_aio = Linear(out_size, 3 * out_size, nobias=True)
+            self.W_h_f = Linear(out_size, out_size, nobias=True)
+        self.in_size = in_size
+        self.state_size = out_size
+
+    def forward(self, *cshsx):
+        """(c, h) of the parent node; see the class docstring."""
+        if len(cshsx) % 2 != 1:
+            raise ValueError('ChildSumTreeLSTM: give c_1..c_N, h_1..h_N and x (an odd number '
+                             'of arguments), got {}'.format(len(cshsx)))
+        n = len(cshsx) // 2
+        cs, hs = cshsx[:n], cshsx[n:-1]
+        x = _tree_input(self, cs, hs, cshsx[-1])
+        aio_x, f_x = split_axis(self.W_x(x), [3 * self.state_size], axis=1)
+        if n == 0:
+            a, i, o = split_axis(aio_x, 3, axis=1)
+            c = sigmoid(i) * tanh(a)
+            return c, sigmoid(o) * tanh(c)
+        shape, dtype = (len(x), self.state_size), x.dtype
+        hs = _zero_children(hs, shape, dtype, self.xp)
+        cs = _zero_children(cs, shape, dtype, self.xp)
+        h_sum = hs[0]
+        for h in hs[1:]:
+            h_sum = h_sum + h
+        aio = self.W_h_aio(h_sum) + aio_x
+        # every child's h through W_h_f in one product, then side by side
+        f_h = concat(split_axis(self.W_h_f(concat(hs, axis=0)), n, axis=0), axis=1)
+        f = f_h + concat([f_x] * n, axis=1)
+        return tree_lstm(*(cs + (concat([aio, f], axis=1),)))
+
+
+@_export('links', 'links.rnn.tree_lstm')
+class NaryTreeLSTM(Chain):
+    """N-ary tree LSTM: exactly n_ary children, whose order matters.
+
+    NaryTreeLSTM(in_size, out_size, n_ary=2): Linear layers W_x (in_size ->
+    (3 + n_ary) out_size) and W_h1..W_h<n_ary> (out_size -> (3 + n_ary)
+    out_size, no bias), npz keys as Chainer's. forward(c_1, ..., c_N, h_1,
+    ..., h_N, x) -> (c, h): tree_lstm(c_1, ..., c_N, W_x(x) + sum_n W_hn(h_n)).
+    A child given as None counts as zeros; x None counts as zeros. Raises
+    ValueError for n_ary < 1, another number of arguments than 2 n_ary + 1,
+    or all None. Chainer: chainer.links.NaryTreeLSTM.
+    """
+
+    def __init__(self, in_size, out_size, n_ary=2):
+        if n_ary < 1:
+            raise ValueError('NaryTreeLSTM: n_ary must be at least 1, got {}'.format(n_ary))
+        super().__init__()
+        with self.init_scope():
+            self.W_x = Linear(in_size, (3 + n_ary) * out_size)
+            for n in range(1, n_ary + 1):
+                setattr(self, 'W_h{}'.format(n),
+                        Linear(out_size, (3 + n_ary) * out_size, nobias=True))
+        self.in_size = in_size
+        self.state_size = out_size
+        self.n_ary = n_ary
+
+    def forward(self, *cshsx):
+        """(c, h) of the parent node; see the class docstring."""
+        if len(cshsx) != 2 * self.n_ary + 1:
+            raise ValueError('NaryTreeLSTM: give c_1..c_{0}, h_1..h_{0} and x ({1} arguments), '
+                             'got {2}'.format(self.n_ary, 2 * self.n_ary + 1, len(cshsx)))
+        cs, hs = cshsx[:self.n_ary], cshsx[self.n_ary:-1]
+        x = _tree_input(self, cs, hs, cshsx[-1])
+        pre = self.W_x(x)
+        for n, h in enumerate(hs, start=1):
+            if h is not None:
+                pre = pre + getattr(self, 'W_h{}'.format(n))(h)
+        cs = _zero_children(cs, (len(x), self.state_size), x.dtype, self.xp)
+        return tree_lstm(*(cs + (pre,)))
+
+
+# ----- plumbing of this section: the input checks of crf1d and argmax_crf1d -----
+
+def _sequence_arrays(label, name, xs):
+    data = [_input_data(label, x) for x in xs] if isinstance(xs, (list, tuple)) else None
+    if not data:
+        raise TypeError('{}: {} must be a non-empty list of arrays, one per position, got '
+                        '{}'.format(label, name, type(xs).__name__ if data is None else 'none'))
+    return data
+
+
+def _check_crf_inputs(label, cost, xs, ys=None):
+    """Raise unless cost is (K, K), each xs[t] is (B_t, K) with B_t not growing
+    and ys[t] integer (B_t,); returns ys' arrays."""
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError('{}: cost must be a square (K, K) matrix, got shape {}'
+                         .format(label, cost.shape))
+    for t, x in enumerate(xs):
+        if x.ndim != 2 or x.shape[1] != cost.shape[0]:
+            raise ValueError('{}: xs[{}] must have shape (B, {}) for a cost of shape {}, got '
+                             '{}'.format(label, t, cost.shape[0], cost.shape, x.shape))
+        if t and len(x) > len(xs[t - 1]):
+            raise ValueError(
+                '{}: the batch may only shrink along the sequence (sort the sequences by '
+                'decreasing length and transpose them), but xs[{}] has {} rows and xs[{}] {}'
+                .format(label, t, len(x), t - 1, len(xs[t - 1])))
+        if x.dtype != cost.dtype:
+            raise TypeError('{}: xs[{}].dtype {} != cost.dtype {}'
+                            .format(label, t, x.dtype, cost.dtype))
+    _require_float(label, cost)
+    if ys is None:
+        return None
+    ys = _sequence_arrays(label, 'ys', ys)
+    if len(ys) != len(xs):
+        raise ValueError('{}: ys has {} positions and xs {}'.format(label, len(ys), len(xs)))
+    for t, (x, y) in enumerate(zip(xs, ys)):
+        if y.shape != x.shape[:1] or y.dtype.kind not in 'iu':
+            raise ValueError('{}: ys[{}] must be integer labels of shape {}, got {} {}'
+                             .format(label, t, x.shape[:1], y.dtype, y.shape))
+    return ys
+
+
 # =============================================================================
 # Chapter 12. More optimizers and hooks
 # =============================================================================
@@ -16347,9 +17258,8 @@ del _name
 
 _not_supported(
     functions,
-    rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
-        'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
-        'connectionist_temporal_classification crf1d argmax_crf1d',
+    rnn='lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
+        'n_step_rnn n_step_birnn transpose_sequence pad_sequence',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
@@ -16364,10 +17274,8 @@ _not_supported(
             'unpooling_nd')
 _not_supported(
     links,
-    rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
-        'StatefulZoneoutLSTM StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU NStepBiGRU '
-        'NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh ChildSumTreeLSTM '
-        'NaryTreeLSTM CRF1d',
+    rnn='LSTM GRU StatefulGRU StatelessGRU StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU '
+        'NStepBiGRU NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
