@@ -26,6 +26,7 @@ as chainer`, ...).  Only the standard library and NumPy are required; CuPy
 import collections
 import contextlib
 import copy
+import functools
 import gzip
 import hashlib
 import heapq
@@ -16490,7 +16491,6 @@ _OUT_OF_SCOPE = {
     'hooks': 'function and link hooks are out of scope',
     'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
     'distributions': 'probability distributions are out of scope',
-    'static': 'static-graph optimization is out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
               'use TupleDataset over arrays',
@@ -16734,8 +16734,7 @@ _not_supported(
     _this_module,
     chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
     hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
-    distributions='Distribution kl_divergence register_kl cross_entropy',
-    static='static_graph static_code')
+    distributions='Distribution kl_divergence register_kl cross_entropy')
 
 
 # ----- chainer.configuration, .variable, .function, .link, .serializer ----------
@@ -16750,9 +16749,81 @@ for _name in ('function_hooks', 'link_hooks'):
     _out_of_scope_module(_name, 'hooks')
 _out_of_scope_module('function_node', 'double')
 _out_of_scope_module('distributions', 'distributions')
-_out_of_scope_module('graph_optimizations', 'static')
 _out_of_scope_module('testing', 'testing')
 del _name
+
+
+# ----- chainer.graph_optimizations: static_graph and static_code ---------------
+# Chainer's @static_graph records the first call of a chain's __call__ and
+# from then on replays that recorded schedule instead of the Python code; it
+# is an optimization of a define-by-run program, whose results it must not
+# change.  So here it runs the program define-by-run, every call, which is
+# what Chainer itself does under `using_config('use_static_graph', False)`.
+# One difference a program can see: Chainer runs the plain Python of a
+# static chain's __call__ (a print, a counter) only on the first call unless
+# it sits in a @static_code function; here every line runs on every call.
+
+class _ScheduleManager:
+    """What a static chain's `schedule_manager` attribute offers programs:
+    end_forward(), which in Chainer releases the recorded schedule between two
+    forward passes; nothing is recorded here, so it does nothing."""
+
+    def end_forward(self):
+        """Mark the end of a forward pass (nothing to do define-by-run)."""
+
+
+def _decorator_with_options(name, options, args, kwargs, wrap):
+    """`@name` or `@name(**options)`: check the keywords, then wrap."""
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise TypeError('{}() got unexpected keyword argument(s) {}; it takes {}'.format(
+            name, ', '.join(unknown), ', '.join(options)))
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return wrap(args[0])
+    if args:
+        raise TypeError('{}: use @{} or @{}(keyword=value, ...), got positional '
+                        'arguments {!r}'.format(name, name, name, args))
+    return wrap
+
+
+def static_graph(*args, **kwargs):
+    """Decorator for a Chain's __call__/forward marking it as a static graph;
+    here the method runs define-by-run on every call, unchanged (its results
+    are Chainer's; Chainer's speed-up from replaying a recorded schedule is
+    not had). Used as @static_graph or @static_graph(force_test_define_by_run=
+    False, minimize_cache_size=True, verbosity_level=0, enable_double_backprop=
+    False); the options are accepted and have nothing to change. The chain
+    gets a `schedule_manager` whose end_forward() does nothing. Raises
+    TypeError for another keyword. Chainer: chainer.static_graph
+    (chainer.graph_optimizations.static_graph.static_graph).
+    """
+    def wrap(method):
+        @functools.wraps(method)
+        def run_define_by_run(chain, *inputs, **keywords):
+            if 'schedule_manager' not in chain.__dict__:
+                chain.__dict__['schedule_manager'] = _ScheduleManager()
+            return method(chain, *inputs, **keywords)
+        return run_define_by_run
+    return _decorator_with_options(
+        'static_graph', ('force_test_define_by_run', 'minimize_cache_size',
+                         'verbosity_level', 'enable_double_backprop'), args, kwargs, wrap)
+
+
+def static_code(*args, **kwargs):
+    """Decorator for code a static chain must run on every call (side
+    effects, a counter); define-by-run every call runs anyway, so the function
+    is returned as it is. Used as @static_code or @static_code(func_name=...).
+    Chainer: chainer.static_code
+    (chainer.graph_optimizations.static_graph_utilities.static_code).
+    """
+    return _decorator_with_options('static_code', ('func_name',), args, kwargs,
+                                   lambda function: function)
+
+
+config.use_static_graph = True         # Chainer's switch; False changes nothing here
+_submodule('graph_optimizations', static_code=static_code)
+_submodule('graph_optimizations.static_graph', static_graph=static_graph)
+_submodule('graph_optimizations.static_graph_utilities', static_code=static_code)
 
 
 _not_supported(

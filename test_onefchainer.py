@@ -10564,7 +10564,7 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
 CHAINER_OUT_OF_SCOPE = {
     '': 'Distribution Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
         'cross_entropy get_compute_mode get_function_hooks grad kl_divergence mixed16 '
-        'register_kl static_code static_graph',
+        'register_kl',
     'functions': 'lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru n_step_rnn '
                  'n_step_birnn tree_lstm zoneout crf1d argmax_crf1d',
     'links': 'LSTM GRU NStepLSTM NStepBiLSTM NStepGRU StatefulGRU StatelessLSTM '
@@ -10707,6 +10707,66 @@ def test_chainer_module_paths_below_the_top_level_import():
             for name in entry['names']:
                 same = getattr(top, name, None) or getattr(chainer, name)
                 assert namespace[name] is same, (path, name)
+
+
+def test_static_graph_runs_the_chain_define_by_run_every_call():
+    # Chainer's static-graph examples: @static_graph on __call__, with and
+    # without options, a @static_code side effect; results equal the
+    # undecorated chain's, gradients flow, and every call runs the code.
+    from onefchainer.graph_optimizations.static_graph import static_graph
+    from onefchainer.graph_optimizations.static_graph_utilities import static_code
+    assert static_graph is chainer.static_graph and static_code is chainer.static_code
+    assert chainer.graph_optimizations.static_code is static_code
+
+    class MLP(chainer.Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(None, 5)
+                self.l2 = L.Linear(5, 3)
+            self.calls = self.side_effects = 0
+
+        @static_code
+        def count(self):
+            self.side_effects += 1
+
+        @static_code(func_name='note')
+        def note(self, inputs=None, outputs=None):
+            return inputs
+
+        def plain(self, x):
+            return self.l2(F.relu(self.l1(x)))
+
+        @static_graph
+        def __call__(self, x):
+            self.calls += 1
+            self.count()
+            return self.plain(x)
+
+        @static_graph(verbosity_level=1, minimize_cache_size=False,
+                      force_test_define_by_run=True, enable_double_backprop=False)
+        def forward(self, x):
+            assert self.note(inputs=[x]) == [x]
+            return self.plain(x)
+
+    model = MLP()
+    x = np.random.RandomState(0).randn(4, 6).astype(np.float32)
+    for step in range(3):
+        y = model(x)
+        np.testing.assert_array_equal(y.array, model.plain(x).array)
+        model.cleargrads()
+        F.sum(y * y).backward()
+        assert model.l1.W.grad is not None and np.abs(model.l1.W.grad).sum() > 0
+        model.schedule_manager.end_forward()
+    assert (model.calls, model.side_effects) == (3, 3)
+    with chainer.using_config('use_static_graph', False), chainer.using_config('train', False):
+        np.testing.assert_array_equal(model.forward(x).array, model.plain(x).array)
+    assert chainer.config.use_static_graph is True
+    assert MLP.__call__.__name__ == '__call__'
+    with pytest.raises(TypeError, match='static_graph.*verbosity'):
+        static_graph(verbose=1)
+    with pytest.raises(TypeError, match='static_code.*func_name'):
+        static_code(name='x')
 
 
 def test_unknown_names_stay_attribute_errors():
