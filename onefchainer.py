@@ -10545,6 +10545,142 @@ def _npz_key_hint(npz, key, path):
     return None
 
 
+# --- HDF5 files (h5py, optional) ----------------------------------------------
+# The same key tree in an HDF5 file: each child object is a group, each value
+# a dataset ('predictor/l1/W'), None an empty dataset; arrays of more than one
+# element are gzip-compressed.  h5py is imported only when a file is used, so
+# onefchainer itself still needs only NumPy.  Loading reads the file into a
+# {path: array} dict and goes through NpzDeserializer's two passes: a file
+# that does not fit changes nothing, as with load_npz.
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise RuntimeError('HDF5 files need the h5py package, which is not installed: '
+                           'pip install h5py (or use save_npz/load_npz, which need '
+                           'nothing more)') from None
+    return h5py
+
+
+@_export('serializers', 'serializers.hdf5')
+class HDF5Serializer(Serializer):
+    """Writes an object's serialize() into an h5py Group `group`: each child
+    a subgroup, each value a dataset under its key, None an empty dataset
+    (h5py.Empty('f')), arrays of more than one element gzip-compressed at
+    level `compression` (default 4; None for none). Raises RuntimeError
+    naming `pip install h5py` without h5py. Chainer: chainer.serializers.HDF5Serializer.
+    """
+
+    def __init__(self, group, compression=4):
+        self._h5py = _h5py()
+        self.group = group
+        self.compression = compression
+
+    def __getitem__(self, key):
+        return HDF5Serializer(self.group.require_group(key.strip('/')), self.compression)
+
+    def __call__(self, key, value):
+        key = key.lstrip('/')
+        if value is None:
+            self.group.create_dataset(key, data=self._h5py.Empty('f'))
+            return value
+        array = _to_cpu(value) if isinstance(value, _array_types) else np.asarray(value)
+        if array.dtype == object:
+            raise TypeError('HDF5Serializer: {!r} under {} is a {}, which HDF5 cannot '
+                            'store (only numbers and arrays of them)'.format(
+                                key, self.group.name, type(value).__name__))
+        self.group.create_dataset(key, data=array,
+                                  compression=None if array.size <= 1 else self.compression)
+        return value
+
+    def save(self, obj):
+        """Run obj.serialize(self), writing its values into the group."""
+        obj.serialize(self)
+
+
+@_export('serializers', 'serializers.hdf5')
+def save_hdf5(filename, obj, compression=4):
+    """Save `obj` (anything with serialize(), or a dict {key: array}) to the
+    HDF5 file `filename` in Chainer's layout, gzip level `compression`
+    (default 4). The file is written under a temporary name and renamed into
+    place, so a failure leaves any old file as it was. Raises RuntimeError
+    naming `pip install h5py` without h5py, TypeError for a value HDF5 cannot
+    hold. Chainer: chainer.serializers.save_hdf5.
+    """
+    h5py = _h5py()
+
+    def write(stream):
+        with h5py.File(stream, 'w') as f:
+            if isinstance(obj, dict):
+                serializer = HDF5Serializer(f, compression)
+                for key, value in obj.items():
+                    serializer(key, value)
+            else:
+                HDF5Serializer(f, compression).save(obj)
+    _write_atomically(filename, write)
+
+
+class _FlatHDF5(dict):
+    """{path: array} of every dataset in an h5py group, with `files` as an
+    NpzFile has (NpzDeserializer's key hints read it)."""
+
+    @property
+    def files(self):
+        return list(self)
+
+
+def _read_hdf5_group(group):
+    values = _FlatHDF5()
+
+    def take(name, item):
+        if hasattr(item, 'shape'):           # a dataset (groups have no shape)
+            values[name] = np.asarray(None if item.shape is None else item[()])
+    group.visititems(take)
+    return values
+
+
+@_export('serializers', 'serializers.hdf5')
+class HDF5Deserializer(NpzDeserializer):
+    """Loads an object's values from an h5py Group `group` written by
+    save_hdf5 or by Chainer. strict (default True): a missing key raises
+    KeyError, else it is skipped. load(obj) checks the whole group before it
+    changes anything (KeyError for a missing key, ValueError for a shape
+    that differs). Chainer: chainer.serializers.HDF5Deserializer.
+    """
+
+    def __init__(self, group, strict=True):
+        _h5py()
+        super().__init__(_read_hdf5_group(group), '', strict,
+                         file_name=repr(group.file.filename) if group.name == '/' else
+                         'the group {!r} of {!r}'.format(group.name, group.file.filename))
+        self.group = group
+
+    def load(self, obj):
+        """Load obj from the group: a checking pass, then the real one."""
+        for check_only in (True, False):
+            deserializer = NpzDeserializer(self.npz, '', self.strict, None, check_only,
+                                           self.file_name)
+            try:
+                obj.serialize(deserializer)
+            except (KeyError, ValueError) as error:
+                message = error.args[0] if error.args else ''
+                raise type(error)(str(message).replace('load_npz', 'load_hdf5')) from None
+
+
+@_export('serializers', 'serializers.hdf5')
+def load_hdf5(filename, obj):
+    """Load `obj` from the HDF5 file `filename` written by save_hdf5 or by
+    Chainer. The file is checked completely first: on KeyError (a missing
+    key) or ValueError (a shape that differs) obj is untouched. Raises
+    RuntimeError naming `pip install h5py` without h5py.
+    Chainer: chainer.serializers.load_hdf5.
+    """
+    h5py = _h5py()
+    with h5py.File(filename, 'r') as f:
+        HDF5Deserializer(f).load(obj)
+
+
 @_continue_class(Link)
 class _LinkSerialization:
 
@@ -16489,7 +16625,6 @@ _OUT_OF_SCOPE = {
     'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
     'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
     'hooks': 'function and link hooks are out of scope',
-    'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
     'distributions': 'probability distributions are out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
@@ -16863,8 +16998,6 @@ _not_supported(optimizer,
 _not_supported(
     initializers,
     missing='DownsamplingConvFilter UpsamplingDeconvFilter')
-_not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
-_out_of_scope_module('serializers.hdf5', 'hdf5')
 
 
 _not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
