@@ -26,7 +26,6 @@ as chainer`, ...).  Only the standard library and NumPy are required; CuPy
 import collections
 import contextlib
 import copy
-import functools
 import gzip
 import hashlib
 import heapq
@@ -46,7 +45,6 @@ import urllib.error
 import urllib.request
 import warnings
 import weakref
-import zlib
 
 import numpy as np
 
@@ -789,6 +787,7 @@ class Link:
     Calling a link calls its `forward`.
     Chainer: chainer.Link.
     """
+    _within_init_scope = False   # also before __init__: plain attributes may come first
 
     def __init__(self, **params):
         # object.__setattr__: our __setattr__ below reads _within_init_scope,
@@ -916,16 +915,19 @@ class Linear(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_size is not None:
-                self.W.initialize((out_size, in_size))
+                self._initialize_params(in_size)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_size)
+
+    def _initialize_params(self, in_size):    # Chainer's hook: subclasses override it
+        self.W.initialize((self.out_size, in_size), self.xp)     # on the link's device
 
     def forward(self, x, n_batch_axes=1):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
             data = _check_first_input('Linear', x)      # its array: Chapter 20
-            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
+            self._initialize_params(int(np.prod(data.shape[1:])))
         return linear(x, self.W, self.b, n_batch_axes)
 
 
@@ -6273,8 +6275,19 @@ class _LinkTreeAndCopies:
                 param.update_rule.enabled = False
 
     def repeat(self, n_repeat, mode='init'):
-        """Not supported: raises NotImplementedError. Chainer: chainer.Link.repeat."""
-        raise NotImplementedError('Link.repeat is not supported')
+        """A Sequential of n_repeat copies of this link, each made by
+        copy(mode): 'init' (default) re-initializes each copy's parameters
+        from their initializers, 'copy' gives independent copies of the same
+        values, 'share' copies sharing this link's arrays. n_repeat <= 0: an
+        empty Sequential. Raises ValueError for another mode.
+        Chainer: chainer.Link.repeat (also Sequential.repeat).
+        """
+        if n_repeat <= 0:
+            return Sequential()
+        if mode not in ('init', 'copy', 'share'):
+            raise ValueError("Link.repeat: mode must be 'init', 'copy' or 'share', "
+                             "not {!r}".format(mode))
+        return Sequential(*[self.copy(mode) for _ in range(n_repeat)])
 
 
 @_continue_class(Chain)
@@ -11556,21 +11569,43 @@ class DatasetMixin:
 
 @_export('dataset', 'dataset.convert')
 class Converter:
-    """A batch converter object: `converter(batch, device)`.  Chainer:
-    dataset.Converter (made with the @converter() decorator)."""
+    """Base of batch converters: subclasses define __call__(batch, device),
+    returning the batch converted and sent to device. The @converter()
+    decorator makes one of a function. Chainer: chainer.dataset.Converter.
+    """
 
-    def __init__(self, function=None):
-        self._function = function
-
-    def __call__(self, batch, device=None):
+    def __call__(self, batch, device):
         """Convert `batch` (a list of examples) to arrays on `device`."""
-        return self._function(batch, device)
+        raise NotImplementedError('{}: define __call__(batch, device)'.format(
+            type(self).__name__))
+
+
+class _FunctionConverter(Converter):
+    """A function made a Converter by @converter(): called with whatever
+    arguments it takes (extra keywords such as with_label too), the device
+    (the second argument, or device=) turned into a Device first."""
+
+    def __init__(self, function):
+        if not callable(function):
+            raise TypeError('converter(): can only wrap a callable, got {!r}'.format(function))
+        self.base_callable = function
+
+    def __call__(self, *args, **kwargs):
+        if len(args) >= 2:
+            args = (args[0], None if args[1] is None else get_device(args[1])) + args[2:]
+        elif kwargs.get('device') is not None:
+            kwargs['device'] = get_device(kwargs['device'])
+        return self.base_callable(*args, **kwargs)
 
 
 @_export('dataset', 'dataset.convert')
 def converter():
-    """Decorator that turns `f(batch, device)` into a Converter.  Chainer: dataset.converter."""
-    return Converter
+    """Decorator: @converter() over `f(batch, device, ...)` gives a Converter
+    calling f with the same arguments, the device (an int, '@numpy', a
+    Device ...) given to f as a Device (None stays None); f may take more
+    arguments, e.g. keywords. Chainer: chainer.dataset.converter.
+    """
+    return _FunctionConverter
 
 
 @_export('dataset', 'dataset.download')
@@ -12767,7 +12802,7 @@ def _read_tar_members(path, wanted):
                 found[name] = data
                 if len(found) == len(wanted):
                     break
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, OSError, EOFError, gzip.zlib.error) as error:
         raise DatasetError('{} is not a readable .tar.gz archive ({}: {}); delete it '
                            'and get the official file again'.format(
                                path, type(error).__name__, error)) from None
@@ -12802,7 +12837,7 @@ class _InflatingReader:
 
     def __init__(self, raw, size):
         self._raw, self._left = raw, size
-        self._inflater = zlib.decompressobj()
+        self._inflater = gzip.zlib.decompressobj()
 
     def readinto(self, view):
         filled = 0
@@ -12935,7 +12970,7 @@ def _read_mat(path, names):
                 if array is not None:
                     found[name] = array
                 raw.seek(end)
-    except zlib.error as error:
+    except gzip.zlib.error as error:
         raise DatasetError('{}: a compressed variable is damaged (zlib: {})'.format(
             path, error)) from None
     missing = [name for name in names if name not in found]
@@ -16846,9 +16881,36 @@ _out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_availa
 # ----- chainer.backend ----------------------------------------------------------
 
 
+# Chainer's other device classes exist, so that programs' isinstance checks
+# (`isinstance(device, backend.ChainerxDevice)`) run and answer False; making
+# one says why it cannot be.
+
+class _DeviceNotHere(Device):
+    _reason_key = None
+
+    def __init__(self, *args, **kwargs):
+        raise NotSupportedError('chainer.backend.{} is not supported by onefchainer: {}'.format(
+            type(self).__name__, _OUT_OF_SCOPE[self._reason_key]))
+
+
+class ChainerxDevice(_DeviceNotHere):
+    """A ChainerX device: the class exists for isinstance checks (no device
+    is one); creating one raises NotSupportedError. Chainer: chainer.backend.ChainerxDevice."""
+    _reason_key = 'chainerx'
+
+
+class Intel64Device(_DeviceNotHere):
+    """An iDeep (Intel64) device: the class exists for isinstance checks (no
+    device is one); creating one raises NotSupportedError.
+    Chainer: chainer.backend.Intel64Device."""
+    _reason_key = 'ideep'
+
+
+_submodule('backend', ChainerxDevice=ChainerxDevice, Intel64Device=Intel64Device)
+_submodule('backends.intel64', Intel64Device=Intel64Device)
 _not_supported(
     backend,
-    chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
+    chainerx='from_chx to_chx')
 
 
 # ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
@@ -16933,11 +16995,13 @@ def static_graph(*args, **kwargs):
     (chainer.graph_optimizations.static_graph.static_graph).
     """
     def wrap(method):
-        @functools.wraps(method)
         def run_define_by_run(chain, *inputs, **keywords):
             if 'schedule_manager' not in chain.__dict__:
                 chain.__dict__['schedule_manager'] = _ScheduleManager()
             return method(chain, *inputs, **keywords)
+        for attribute in ('__module__', '__name__', '__qualname__', '__doc__'):
+            setattr(run_define_by_run, attribute, getattr(method, attribute, None))
+        run_define_by_run.__wrapped__ = method
         return run_define_by_run
     return _decorator_with_options(
         'static_graph', ('force_test_define_by_run', 'minimize_cache_size',
