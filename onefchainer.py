@@ -12341,6 +12341,7 @@ def _get_cifar(name, withlabel, ndim, scale, dtype):
                         path, member, data.size, record, label_bytes))
             parts.append(data.reshape(-1, record))
         records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts                              # the batches' bytes go before the floats come
         labels = records[:, label_bytes - 1]   # CIFAR-100: the fine label, the 2nd byte
         if labels.size and labels.max() >= classes:
             raise DatasetError('{}: a label in {} is {}, but {} has {} classes'.format(
@@ -12350,7 +12351,7 @@ def _get_cifar(name, withlabel, ndim, scale, dtype):
             images = images.reshape(-1, 3, 32, 32)
         images = _scaled_images(images, scale, dtype)
         splits.append(TupleDataset(images, labels.astype(np.int32)) if withlabel else images)
-        del records, parts
+        del records
     return tuple(splits)
 
 
