@@ -10381,15 +10381,16 @@ class DictionarySerializer(Serializer):
         obj.serialize(self)
 
 
-def _write_atomically(path, write):
+def _write_atomically(path, write, mode='wb'):
     """Write to a temporary file beside `path`, then rename it into place:
-    a crash mid-write never leaves a truncated file under the real name."""
+    a crash mid-write never leaves a truncated file under the real name.
+    (mode 'w+b' for writers that read back what they wrote, as HDF5 does.)"""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
                                      suffix='.tmp', dir=folder)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with os.fdopen(fd, mode) as f:
             write(f)
         # mkstemp makes the file private (0600); give it the mode a plain
         # open() would: the old file's, or 0666 less the umask.
@@ -10595,8 +10596,8 @@ class HDF5Serializer(Serializer):
 
     def __call__(self, key, value):
         key = key.lstrip('/')
-        if value is None:
-            self.group.create_dataset(key, data=self._h5py.Empty('f'))
+        if value is None or isinstance(value, str):   # a str (LogReport's log) as text
+            self.group.create_dataset(key, data=self._h5py.Empty('f') if value is None else value)
             return value
         array = _to_cpu(value) if isinstance(value, _array_types) else np.asarray(value)
         if array.dtype == object:
@@ -10631,7 +10632,7 @@ def save_hdf5(filename, obj, compression=4):
                     serializer(key, value)
             else:
                 HDF5Serializer(f, compression).save(obj)
-    _write_atomically(filename, write)
+    _write_atomically(filename, write, 'w+b')
 
 
 class _FlatHDF5(dict):
@@ -10648,7 +10649,8 @@ def _read_hdf5_group(group):
 
     def take(name, item):
         if hasattr(item, 'shape'):           # a dataset (groups have no shape)
-            values[name] = np.asarray(None if item.shape is None else item[()])
+            value = None if item.shape is None else item[()]
+            values[name] = np.asarray(value.decode() if isinstance(value, bytes) else value)
     group.visititems(take)
     return values
 

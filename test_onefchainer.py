@@ -6983,6 +6983,36 @@ def test_save_hdf5_is_atomic(tmp_path):
     assert Path(path).read_bytes() == original
 
 
+@needs_h5py
+def test_trainer_snapshot_through_save_hdf5_resumes(tmp_path):
+    # extensions.snapshot(savefun=save_hdf5) and load_hdf5(path, trainer): the
+    # LogReport's log (a JSON str) comes back as text, the run goes on
+    x = np.random.RandomState(2).randn(20, 3).astype(np.float32)
+    t = (x[:, 0] > 0).astype(np.int32)
+
+    def make(epochs):
+        model = L.Classifier(L.Linear(3, 2))
+        optimizer = optimizers.Adam()
+        optimizer.setup(model)
+        iterator = chainer.iterators.SerialIterator(chainer.TupleDataset(x, t), 5)
+        trainer = chainer.training.Trainer(chainer.training.updaters.StandardUpdater(
+            iterator, optimizer), (epochs, 'epoch'), out=str(tmp_path))
+        log = chainer.training.extensions.LogReport()
+        trainer.extend(log)
+        return trainer, model, log
+
+    trainer, model, log = make(2)
+    trainer.extend(chainer.training.extensions.snapshot(
+        savefun=serializers.save_hdf5, filename='snapshot.h5'), trigger=(2, 'epoch'))
+    trainer.run()
+    resumed, model2, log2 = make(3)
+    serializers.load_hdf5(str(tmp_path / 'snapshot.h5'), resumed)
+    assert resumed.updater.iteration == 8 and log2.log == log.log and len(log.log) == 2
+    np.testing.assert_array_equal(model2.predictor.W.array, model.predictor.W.array)
+    resumed.run()
+    assert resumed.updater.iteration == 12 and len(log2.log) == 3
+
+
 def test_hdf5_without_h5py_says_pip_install_h5py(tmp_path):
     # h5py made unimportable in a fresh interpreter: a clear error, and
     # onefchainer itself imports without it
