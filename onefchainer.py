@@ -9461,8 +9461,9 @@ def _lstm_cell_forward(c_prev, pa, pi, pf, po, act):
     activated gates are written to `act`, views (a, i, f, o) kept for backward."""
     a, i, f, o = act
     if _xp(c_prev) is not np:
-        c, h = _lstm_kernel('forward')(c_prev=c_prev, pa=pa, pi=pi, pf=pf, po=po,
-                                       a=a, i=i, f=f, o=o)[4:]
+        c, h = _xp(c_prev).empty_like(c_prev), _xp(c_prev).empty_like(c_prev)
+        _lstm_kernel('forward')(c_prev=c_prev, pa=pa, pi=pi, pf=pf, po=po,
+                                a=a, i=i, f=f, o=o, c=c, h=h)
         return c, h
     np.tanh(pa, out=a)
     for gate, pre in ((i, pi), (f, pf), (o, po)):
@@ -9485,8 +9486,10 @@ def _lstm_cell_backward(act, c, c_prev, gc, gh, grads):
     gh = xp.zeros_like(c) if gh is None else gh
     ga, gi, gf, go = grads
     if xp is not np:
-        return _lstm_kernel('backward')(a=a, i=i, f=f, o=o, c=c, c_prev=c_prev, gc=gc,
-                                        gh=gh, ga=ga, gi=gi, gf=gf, go=go)[4]
+        gc_prev = xp.empty_like(c)
+        _lstm_kernel('backward')(a=a, i=i, f=f, o=o, c=c, c_prev=c_prev, gc=gc, gh=gh,
+                                 ga=ga, gi=gi, gf=gf, go=go, gc_prev=gc_prev)
+        return gc_prev
     tc = np.tanh(c)
     go[...] = gh * tc * o * (1 - o)              # h = o tanh(c)
     g = gh * o * (1 - tc * tc)                    # dL/dc: through h, and directly

@@ -5911,7 +5911,7 @@ def test_gru_link_matches_chainer781(tmp_path):
 # ----- the links' own behaviour --------------------------------------------------------
 
 def test_lstm_link_state_lazy_size_and_initial_values():
-    link = L.LSTM(5)                              # in_size from the first x
+    link = L.LSTM(5).to_device(TEST_DEVICE)       # in_size from the first x
     assert link.upward.W.data is None
     x = dev(f32(3, 7))
     y1 = link(x)
