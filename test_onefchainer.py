@@ -6034,6 +6034,69 @@ def test_truncated_bptt_with_unchain_backward():
     for (name, p), (_, q) in zip(sorted(link.namedparams()), sorted(twin.namedparams())):
         np.testing.assert_allclose(host(p.grad), host(q.grad), rtol=1e-13, err_msg=name)
 
+# ----- a character-level language model on a real text ----------------------------
+# The GNU GPL v3 as Debian's base-files package ships it (35,149 characters,
+# 76 distinct): the first 90% to train on, the rest to measure.  On the held-
+# out tenth a unigram model (the characters' frequencies) has perplexity 33.1
+# and a bigram model (add-one counts) 16.5; embed 96 -> L.LSTM(96, 96) ->
+# Linear, trained with truncated BPTT (35 steps, batch 64, Adam alpha=0.02)
+# for 50 updates (about 2.3 passes over the text) reaches about 8.1.
+
+GPL3 = '/usr/share/common-licenses/GPL-3'
+
+
+def _char_lm_perplexity(updates, seed=0):
+    with open(GPL3, encoding='utf-8') as f:
+        text = f.read()
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], np.int32)
+    split = len(ids) * 9 // 10
+    train, valid = ids[:split], ids[split:]
+    np.random.seed(seed)
+
+    class CharLM(Chain):
+        def __init__(self, n_chars, units=96):
+            super().__init__()
+            with self.init_scope():
+                self.embed = L.EmbedID(n_chars, units)
+                self.lstm = L.LSTM(units, units)
+                self.out = L.Linear(units, n_chars)
+
+        def forward(self, x):
+            return self.out(self.lstm(self.embed(x)))
+    model = CharLM(len(chars)).to_device(TEST_DEVICE)
+    optimizer = optimizers.Adam(alpha=0.02).setup(model)
+    batch, bprop_len = 64, 35
+    streams = dev(train[:len(train) // batch * batch].reshape(batch, -1))  # 64 parallel readers
+    position = 0
+    for _ in range(updates):
+        loss = 0
+        for _ in range(bprop_len):
+            if position + 1 >= streams.shape[1]:
+                position = 0
+                model.lstm.reset_state()
+            loss += F.softmax_cross_entropy(model(streams[:, position]),
+                                            streams[:, position + 1])
+            position += 1
+        model.cleargrads()
+        loss.backward()
+        loss.unchain_backward()       # truncated BPTT: the state goes on, its graph not
+        optimizer.update()
+    model.lstm.reset_state()
+    held_out = dev(valid[:len(valid) // 8 * 8].reshape(8, -1))
+    total = 0.0
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for t in range(held_out.shape[1] - 1):
+            total += float(F.softmax_cross_entropy(model(held_out[:, t]),
+                                                   held_out[:, t + 1]).array)
+    return math.exp(total / (held_out.shape[1] - 1))
+
+
+@skip_unless(os.path.exists(GPL3), 'needs ' + GPL3 + " (Debian's base-files package)")
+def test_char_lstm_language_model_learns_the_gpl():
+    perplexity = _char_lm_perplexity(50)
+    assert perplexity < 9.0, perplexity       # the bigram model's is 16.5
+
 
 # =============================================================================
 # Chapter 12. More optimizers and hooks
