@@ -9920,21 +9920,24 @@ class _RecurrentLayer(Function):
             s, e = bounds[t], bounds[t + 1]
             H_prev[s:e] = hp = H[:e - s]            # (read before H and C are written)
             self.C_prev[s:e] = cp = C[:e - s]
-            g = hp @ WhT
-            g += P[s:e]
-            if xp is np:       # one pass for the three sigmoid gates, side by side
-                A[s:e] = g
-                _sigmoid_in_place(A[s:e, :3 * n])
-                np.tanh(A[s:e, 3 * n:], out=A[s:e, 3 * n:])
-                i, f, o, a = (A[s:e, k * n:(k + 1) * n] for k in range(4))
-                c = i * a
+            if xp is np:
+                # Written in place into the kept arrays: no copies. One pass does
+                # the three sigmoid gates, side by side.
+                g = np.matmul(hp, WhT, out=A[s:e])
+                g += P[s:e]
+                _sigmoid_in_place(g[:, :3 * n])
+                np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
+                i, f, o, a = (g[:, k * n:(k + 1) * n] for k in range(4))
+                c = np.multiply(i, a, out=self.C_new[s:e])
                 c += f * cp
-                h = np.tanh(c)
+                h = np.tanh(c, out=Y[s:e])
                 h *= o
             else:
+                g = hp @ WhT
+                g += P[s:e]
                 c, h = _lstm_cell_forward(cp, *self._gates(g, n), self._gates(A[s:e], n))
-            self.C_new[s:e] = C[:e - s] = c
-            Y[s:e] = H[:e - s] = h
+                self.C_new[s:e], Y[s:e] = c, h
+            C[:e - s], H[:e - s] = c, h
         return Y, H, C
 
     @staticmethod
