@@ -5826,6 +5826,41 @@ def test_n_step_dropout_only_while_training():
     np.testing.assert_array_equal(host(c)[0], host(b)[0])  # layer 0 did not
 
 
+def test_lstm_cell_is_one_kernel_each_way_on_the_gpu():
+    # Through the CuPy stand-in: an L.LSTM step and a 2-layer NStepLSTM run the
+    # cell as one elementwise kernel per step forward and one backward, never a
+    # launch per gate, and give the CPU's values.
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        L, F = chainer.links, chainer.functions
+        result = {}
+        for name in ('lstm', 'nstep'):
+            runs = []
+            for device in ('@numpy', '@cupy:0'):
+                np.random.seed(0)
+                with chainer.using_config('dtype', np.float64):
+                    link = L.LSTM(3, 4) if name == 'lstm' else L.NStepLSTM(2, 3, 4, 0.0)
+                link.to_device(device)
+                send = chainer.get_device(device).send
+                before = count_gpu_calls.COUNTS.copy()
+                if name == 'lstm':
+                    loss = sum(F.sum(link(send(np.full((2, 3), t / 5.0)))) for t in range(5))
+                else:
+                    xs = [send(np.linspace(-1, 1, 3 * n).reshape(n, 3)) for n in (5, 3)]
+                    loss = sum(F.sum(y) for y in link(None, None, xs)[2])
+                loss.backward()
+                delta = count_gpu_calls.COUNTS - before
+                runs.append(np.concatenate([np.ravel(chainer.cuda.to_cpu(p.grad))
+                                            for _, p in sorted(link.namedparams())]))
+            result[name] = [delta['call:ElementwiseKernel.onefchainer_lstm_cell'],
+                            delta['call:ElementwiseKernel.onefchainer_lstm_cell_grad'],
+                            float(abs(runs[0] - runs[1]).max())]
+        print(json.dumps(result))
+    ''')
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result['lstm'][:2] == [5, 5] and result['nstep'][:2] == [10, 10], result
+    assert result['lstm'][2] < 1e-12 and result['nstep'][2] < 1e-12, result
+
 # ----- the links, side by side with Chainer 7.8.1 -----------------------------------
 
 def _rnn_fixture(name, link, tmp_path):

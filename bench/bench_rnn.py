@@ -13,6 +13,11 @@ weights and data for every framework:
          and Adam.  PyTorch: nn.Embedding -> nn.LSTM over the 35 tokens at
          once -> nn.Linear, cross entropy, the state detached between steps.
 
+On the CPU PyTorch's nn.LSTM runs oneDNN's fused LSTM kernels; 'pytorch-gemm'
+is the same model with them switched off (torch.backends.mkldnn.enabled =
+False), PyTorch's own matrix products and elementwise ops, as onefchainer
+runs NumPy's.
+
 Steps are timed in interleaved chunks (machine noise hits all alike); the
 time is the median chunk's per step, the ratio the median of the chunk-by-
 chunk ratios (other / onefchainer: above 1, onefchainer is faster).  Chainer
@@ -232,6 +237,18 @@ def lm_torch(torch, tokens, w):
     return step
 
 
+def without_onednn(torch, step):
+    """The step with PyTorch's oneDNN (mkldnn) kernels off: its nn.LSTM then runs
+    on its own matrix products and elementwise ops, as onefchainer does on NumPy's."""
+    def plain():
+        torch.backends.mkldnn.enabled = False
+        try:
+            return step()
+        finally:
+            torch.backends.mkldnn.enabled = True
+    return plain
+
+
 # ----- timing ------------------------------------------------------------------------
 
 def time_chunks(steps, chunks, chunk):
@@ -274,6 +291,7 @@ def main():
             steps['chainer'] = nstep_chainer_like(chainer, data, weights)
         if torch:
             steps['pytorch'] = nstep_torch(torch, data, weights)
+            steps['pytorch-gemm'] = without_onednn(torch, nstep_torch(torch, data, weights))
         losses = {name: step() for name, step in steps.items()}
         print('  first losses (the same weights and data):', {
             k: round(v, 6) for k, v in losses.items()})
@@ -286,6 +304,7 @@ def main():
             steps['chainer'] = lm_chainer_like(chainer, tokens, weights)
         if torch:
             steps['pytorch'] = lm_torch(torch, tokens, weights)
+            steps['pytorch-gemm'] = without_onednn(torch, lm_torch(torch, tokens, weights))
         losses = {name: step() for name, step in steps.items()}
         print('  first losses (the same weights and data):', {
             k: round(v, 6) for k, v in losses.items()})
