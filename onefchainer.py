@@ -9383,6 +9383,1262 @@ class _BNInitializer(Initializer):
         self.initializer(array)
 
 
+# =============================================================================
+# Chapter RNN. Recurrent networks
+# =============================================================================
+# A recurrent network reads a sequence x_1, ..., x_T one step at a time and
+# carries a state h from each step to the next:
+#
+#     h_t = f(W x_t + U h_{t-1} + b)          (the same W, U, b at every step)
+#
+# Run for T steps, that is a feed-forward graph T layers deep whose layers
+# share their weights, and define-by-run records it as it runs.  Backprop
+# through that unrolled graph is "backprop through time" (BPTT) and needs
+# nothing new: Chapter 4 already sums the gradient of a weight used at every
+# step.  Going back one step,
+#
+#     dL/dh_{t-1} = U^T (f'(.) * dL/dh_t)  +  what the loss at t-1 adds,
+#
+# so the gradient that reaches step t - k has been multiplied by k Jacobians
+# diag(f') U^T.  Where they shrink vectors (|f'| <= 1 for tanh, and U not
+# large) it fades geometrically: the network cannot learn that a word depends
+# on one 30 steps back.  (Where they stretch it explodes: clip the gradient,
+# Chapter 12's GradientClipping.)
+#
+# The LSTM adds a *cell* c that is updated by addition, guarded by gates
+# between 0 and 1, all four computed from W x_t + U h_{t-1} + b:
+#
+#     a = tanh(.)  i = sigmoid(.)  f = sigmoid(.)  o = sigmoid(.)
+#     c_t = i * a + f * c_{t-1}        (write the input a where i opens,
+#     h_t = o * tanh(c_t)               keep the old cell where f opens)
+#
+# Now dc_t/dc_{t-1} = f, elementwise: no matrix, no squashing derivative.
+# With the forget gate open (its bias starts at 1, so f starts near 0.73) a
+# gradient rides along the cell for many steps.  The GRU does the same with
+# two gates and no separate cell: h_t = (1 - z) * h' + z * h_{t-1}.
+#
+# Truncated BPTT: a language model reads one long text.  Backprop every k
+# steps, then call loss.unchain_backward() (Chapter 20): the graph behind the
+# state is dropped, the state's *values* carry on into the next k steps, the
+# gradient stops there, and memory stays that of k steps.
+#
+# Batches of sequences of different lengths ("NStep"): F.n_step_lstm takes
+# a time-major list, xs[t] of shape (B_t, I), the sequences sorted longest
+# first so that B_0 >= B_1 >= ...; at step t the sequences still running are
+# the first B_t rows, so a step works on a prefix of the state and needs no
+# mask.  F.transpose_sequence turns a sorted list of sequences into that form;
+# the links (L.NStepLSTM, ...) take the sequences as they come and sort,
+# transpose and undo both for you.
+#
+# Speed: W x_t does not depend on the state, so one matrix product makes it
+# for all steps of a layer at once; only U h_{t-1} must wait for the step
+# before.  Here a whole layer (one direction) is one Function: its forward is
+# the loop over t, its backward the loop back (BPTT written out), and U's
+# gradient is one product over all steps at the end.  The cell itself is one
+# elementwise pass (one kernel on a GPU), never a Function per gate.
+#
+# What it learns: a character-level model of the GNU GPL v3 as Debian ships
+# it (/usr/share/common-licenses/GPL-3, 76 distinct characters), embed 96 ->
+# L.LSTM(96, 96) -> Linear, 50 updates of truncated BPTT (35 steps, batch 64,
+# Adam alpha=0.02: a few seconds), reaches a perplexity of about 8.1 on the
+# held-out last tenth, where a bigram model gets 16.5 and the characters'
+# frequencies alone 33.1 (the test checks < 9).
+
+
+# ----- the LSTM cell: F.lstm -----------------------------------------------------
+# Chainer's layout of the 4N pre-activations x (N, 4N): N groups of four,
+# (a, i, f, o) for unit 0, then for unit 1, ...  sigmoid(x) is computed as
+# tanh(x/2)/2 + 1/2, which is the same function and cannot overflow.
+
+def _lstm_gates(x):
+    """Views a, i, f, o of x in Chainer's interleaved gate layout."""
+    r = x.reshape((len(x), x.shape[1] // 4, 4) + x.shape[2:])
+    return r[:, :, 0], r[:, :, 1], r[:, :, 2], r[:, :, 3]
+
+
+def _sigmoid_in_place(v):
+    v *= 0.5
+    _xp(v).tanh(v, out=v)
+    v *= 0.5
+    v += 0.5
+    return v
+
+
+# On a GPU each cell is one kernel, forward and backward: the same formulas.
+# (_FusedKernel comes in Chapter 12, so they are made at their first use.)
+_LSTM_KERNELS = {}
+
+
+def _lstm_kernel(direction):
+    if not _LSTM_KERNELS:
+        _LSTM_KERNELS['forward'] = _FusedKernel(
+            'lstm_cell', 'T c_prev, T pa, T pi, T pf, T po', 'T a, T i, T f, T o, T c, T h',
+            'a = tanh(pa); i = tanh(pi * 0.5) * 0.5 + 0.5; f = tanh(pf * 0.5) * 0.5 + 0.5;'
+            'o = tanh(po * 0.5) * 0.5 + 0.5; c = i * a + f * c_prev; h = o * tanh(c);')
+        _LSTM_KERNELS['backward'] = _FusedKernel(
+            'lstm_cell_grad', 'T a, T i, T f, T o, T c, T c_prev, T gc, T gh',
+            'T ga, T gi, T gf, T go, T gc_prev',
+            'T tc = tanh(c); T g = gh * o * (1 - tc * tc) + gc; ga = g * i * (1 - a * a);'
+            'gi = g * a * i * (1 - i); gf = g * c_prev * f * (1 - f);'
+            'go = gh * tc * o * (1 - o); gc_prev = g * f;')
+    return _LSTM_KERNELS[direction]
+
+
+def _lstm_cell_forward(c_prev, pa, pi, pf, po, act):
+    """One LSTM step: pre-activations pa, pi, pf, po (B, N) -> (c, h); the
+    activated gates are written to `act`, views (a, i, f, o) kept for backward."""
+    a, i, f, o = act
+    if _xp(c_prev) is not np:
+        c, h = _xp(c_prev).empty_like(c_prev), _xp(c_prev).empty_like(c_prev)
+        _lstm_kernel('forward')(c_prev=c_prev, pa=pa, pi=pi, pf=pf, po=po,
+                                a=a, i=i, f=f, o=o, c=c, h=h)
+        return c, h
+    np.tanh(pa, out=a)
+    for gate, pre in ((i, pi), (f, pf), (o, po)):
+        if gate is not pre:
+            gate[...] = pre
+        _sigmoid_in_place(gate)
+    c = i * a
+    c += f * c_prev
+    h = np.tanh(c)
+    h *= o
+    return c, h
+
+
+def _lstm_cell_backward(act, c, c_prev, gc, gh, grads):
+    """The step back: writes dL/d(pa, pi, pf, po) into `grads` (four views)
+    and returns dL/dc_prev.  gc, gh: the gradients of c and h (None: zero)."""
+    a, i, f, o = act
+    xp = _xp(c)
+    gc = xp.zeros_like(c) if gc is None else gc
+    gh = xp.zeros_like(c) if gh is None else gh
+    ga, gi, gf, go = grads
+    if xp is not np:
+        gc_prev = xp.empty_like(c)
+        _lstm_kernel('backward')(a=a, i=i, f=f, o=o, c=c, c_prev=c_prev, gc=gc, gh=gh,
+                                 ga=ga, gi=gi, gf=gf, go=go, gc_prev=gc_prev)
+        return gc_prev
+    tc = np.tanh(c)
+    go[...] = gh * tc * o * (1 - o)              # h = o tanh(c)
+    g = gh * o * (1 - tc * tc)                    # dL/dc: through h, and directly
+    g += gc
+    ga[...] = g * i * (1 - a * a)                # c = i a + f c_prev
+    gi[...] = g * a * i * (1 - i)
+    gf[...] = g * c_prev * f * (1 - f)
+    g *= f                                        # dc/dc_prev = f: the gradient's highway
+    return g
+
+
+class LSTMFunction(Function):
+    """Function node of the LSTM cell (F.lstm): inputs (c_prev, x), outputs
+    (c, h). Forward and backward are one elementwise pass each (one kernel on
+    a GPU). Chainer: chainer.functions.rnn.lstm.LSTM.
+    """
+    label = 'lstm'
+    input_names = ('c_prev', 'x')
+
+    def forward(self, inputs):
+        c_prev, x = inputs
+        if x.ndim < 2 or c_prev.ndim != x.ndim or x.shape[1] != 4 * c_prev.shape[1] \
+                or len(x) > len(c_prev) or x.shape[2:] != c_prev.shape[2:]:
+            raise ValueError(
+                'lstm: x must have shape (B, 4 * N, ...) for c_prev of shape (B0, N, ...) '
+                'with B <= B0; got c_prev.shape {} and x.shape {}'.format(c_prev.shape, x.shape))
+        _require_float('lstm', c_prev)
+        _check_dtypes('lstm', c_prev, x)
+        batch = len(x)
+        if isinstance(x, np.ndarray):
+            # The gates are interleaved: a sigmoid over all of x (contiguous, fast),
+            # then a redone with tanh, beats three sigmoids over strided views.
+            self.act = act = _lstm_gates(_sigmoid_in_place(x.copy()))
+            np.tanh(_lstm_gates(x)[0], out=act[0])
+            a, i, f, o = act
+            c_new = i * a
+            c_new += f * c_prev[:batch]
+            h = np.tanh(c_new)
+            h *= o
+        else:
+            self.act = act = _lstm_gates(_xp(x).empty_like(x))
+            c_new, h = _lstm_cell_forward(c_prev[:batch], *_lstm_gates(x), act)
+        if batch < len(c_prev):   # the rows past x's batch keep their cell
+            c_new = _xp(x).concatenate([c_new, c_prev[batch:]])
+        self.c = c_new
+        return c_new, h
+
+    def backward(self, inputs, grad_outputs):
+        c_prev, x = inputs
+        gc, gh = grad_outputs
+        batch = len(x)
+        gx = _xp(x).empty_like(x)
+        gc_prev = _lstm_cell_backward(self.act, self.c[:batch], c_prev[:batch],
+                                      None if gc is None else gc[:batch], gh, _lstm_gates(gx))
+        if batch < len(c_prev):
+            rest = _xp(x).zeros_like(c_prev[batch:]) if gc is None else gc[batch:]
+            gc_prev = _xp(x).concatenate([gc_prev, rest])
+        return gc_prev, gx
+_export('functions.rnn.lstm', LSTM=LSTMFunction)    # Chainer's name; L.LSTM is the link
+
+
+@_export('functions', 'functions.rnn.lstm')
+def lstm(c_prev, x):
+    """The LSTM cell with forget gate: from the previous cell c_prev (B0, N)
+    and the pre-activations x (B, 4N) (B <= B0; usually W x_t + U h_{t-1} + b),
+
+        a, i, f, o = tanh, sigmoid, sigmoid, sigmoid of x's four gates
+        c = i * a + f * c_prev;  h = o * tanh(c)
+
+    x's columns hold the gates interleaved as in Chainer: column 4k + g is
+    gate g (0: a, 1: i, 2: f, 3: o) of unit k. Extra trailing axes are allowed
+    (c_prev (B0, N, ...), x (B, 4N, ...)). When B < B0 the last B0 - B rows of
+    the cell are passed on unchanged. Returns (c, h): Variables of shapes
+    (B0, N, ...) and (B, N, ...), in x's dtype. Raises ValueError for shapes
+    that do not fit, TypeError for integer or mixed dtypes.
+    Chainer: chainer.functions.lstm.
+    """
+    return LSTMFunction()(c_prev, x)
+
+
+@_export('functions.rnn.slstm')
+class SLSTM(Function):
+    """Function node of the S-LSTM cell (F.slstm): inputs (c_prev1, c_prev2,
+    x1, x2), outputs (c, h); one pass each way, in xp's array operations.
+    Chainer: chainer.functions.rnn.slstm.SLSTM.
+    """
+    label = 'slstm'
+    input_names = ('c_prev1', 'c_prev2', 'x1', 'x2')
+
+    def forward(self, inputs):
+        c1, c2, x1, x2 = inputs
+        if not (c1.ndim >= 2 and c1.shape == c2.shape and x1.shape == x2.shape and
+                x1.shape[0] == c1.shape[0] and x1.shape[1] == 4 * c1.shape[1] and
+                x1.shape[2:] == c1.shape[2:]):
+            raise ValueError(
+                'slstm: needs c_prev1, c_prev2 of one shape (B, N, ...) and x1, x2 of shape '
+                '(B, 4 * N, ...); got {}'.format([a.shape for a in inputs]))
+        _require_float('slstm', c1)
+        _check_same_dtype('slstm', inputs)
+        xp = _xp(x1)
+        a1, i1, f1, o1 = _lstm_gates(x1)
+        a2, i2, f2, o2 = _lstm_gates(x2)
+        self.gates = [xp.tanh(a1), _sigmoid_in_place(i1.copy()), _sigmoid_in_place(f1.copy()),
+                      xp.tanh(a2), _sigmoid_in_place(i2.copy()), _sigmoid_in_place(f2.copy()),
+                      _sigmoid_in_place(o1 + o2)]
+        a1, i1, f1, a2, i2, f2, o = self.gates
+        self.c = a1 * i1 + a2 * i2 + f1 * c1 + f2 * c2
+        self.tc = xp.tanh(self.c)
+        return self.c, o * self.tc
+
+    def backward(self, inputs, grad_outputs):
+        c1, c2, x1, x2 = inputs
+        xp = _xp(x1)
+        gc, gh = grad_outputs
+        gc = xp.zeros_like(c1) if gc is None else gc
+        gh = xp.zeros_like(c1) if gh is None else gh
+        a1, i1, f1, a2, i2, f2, o = self.gates
+        g = gh * o * (1 - self.tc * self.tc) + gc
+        go = gh * self.tc * o * (1 - o)                 # o = sigmoid(o1 + o2): both get it
+        gx1, gx2 = xp.empty_like(x1), xp.empty_like(x2)
+        for gx, a, i, f, c in ((gx1, a1, i1, f1, c1), (gx2, a2, i2, f2, c2)):
+            ga_, gi_, gf_, go_ = _lstm_gates(gx)
+            ga_[...] = g * i * (1 - a * a)
+            gi_[...] = g * a * i * (1 - i)
+            gf_[...] = g * c * f * (1 - f)
+            go_[...] = go
+        return g * f1, g * f2, gx1, gx2
+
+
+@_export('functions', 'functions.rnn.slstm')
+def slstm(c_prev1, c_prev2, x1, x2):
+    """The S-LSTM cell, which merges two LSTM states (e.g. the children of a
+    tree node): from cells c_prev1, c_prev2 (B, N) and pre-activations x1, x2
+    (B, 4N) in F.lstm's interleaved layout (a, i, f, o),
+
+        c = a1 * i1 + a2 * i2 + f1 * c_prev1 + f2 * c_prev2
+        h = sigmoid(o1 + o2) * tanh(c)
+
+    (a: tanh, i, f: sigmoid of their gates). Returns (c, h), each (B, N).
+    Raises ValueError for shapes that do not fit, TypeError for integer or
+    mixed dtypes. Chainer: chainer.functions.slstm.
+    """
+    return SLSTM()(c_prev1, c_prev2, x1, x2)
+
+
+# ----- the LSTM links ---------------------------------------------------------------
+# upward (x -> 4N) and lateral (h -> 4N, no bias) are Linear children, as in
+# Chainer, so a model's npz keys are upward/W, upward/b and lateral/W.  Each
+# gate's block of N rows is initialized on its own (the block's fan-in is
+# the matrix's); the forget gate's biases (columns 2, 6, 10, ... of F.lstm's
+# layout) start at forget_bias_init = 1, the others at bias_init = 0.
+
+class _LSTMBase(Chain):
+
+    def __init__(self, in_size, out_size=None, lateral_init=None, upward_init=None,
+                 bias_init=None, forget_bias_init=None):
+        if out_size is None:
+            in_size, out_size = None, in_size
+        super().__init__()
+        self.state_size = out_size
+        self.lateral_init, self.upward_init = lateral_init, upward_init
+        self.bias_init = 0 if bias_init is None else bias_init
+        self.forget_bias_init = 1 if forget_bias_init is None else forget_bias_init
+        with self.init_scope():
+            self.upward = Linear(in_size, 4 * out_size, initialW=0)
+            self.lateral = Linear(out_size, 4 * out_size, initialW=0, nobias=True)
+        if in_size is not None:
+            self._initialize_params()
+
+    def _initialize_params(self):
+        n = self.state_size
+        for link, spec in ((self.lateral, self.lateral_init), (self.upward, self.upward_init)):
+            initializer = _get_initializer(spec, LeCunNormal())
+            for start in range(0, 4 * n, n):
+                initializer(link.W.data[start:start + n])
+        a, i, f, o = _lstm_gates(self.upward.b.data.reshape(1, 4 * n))
+        bias, forget = (_get_initializer(s) for s in (self.bias_init, self.forget_bias_init))
+        for gate, initializer in ((a, bias), (i, bias), (f, forget), (o, bias)):
+            # Initializers fill contiguous arrays: fill a copy, then put it back.
+            block = _xp(gate).empty(gate.shape, gate.dtype)
+            initializer(block)
+            gate[...] = block
+
+    def _lazy_init(self, x):
+        if self.upward.W.data is None:
+            data = _check_first_input(type(self).__name__, x)
+            self.upward.W.initialize((4 * self.state_size, math.prod(data.shape[1:])),
+                                     _xp(data))
+            self._initialize_params()
+
+
+@_export('links', 'links.rnn.lstm')
+class StatelessLSTM(_LSTMBase):
+    """A fully connected LSTM layer that keeps no state: forward(c, h, x) ->
+    (c_new, h_new) = F.lstm(c, upward(x) + lateral(h)).
+
+    StatelessLSTM(in_size, out_size=None, lateral_init=None, upward_init=None,
+    bias_init=None, forget_bias_init=None); StatelessLSTM(out_size) or
+    in_size=None take in_size from the first x. Children: upward (Linear
+    in_size -> 4 out_size) and lateral (Linear out_size -> 4 out_size, no
+    bias), npz keys upward/W, upward/b, lateral/W. Weights: LeCunNormal per
+    gate block unless *_init says otherwise; biases 0, the forget gate's 1.
+    c or h may be None (zeros, no lateral term). Chainer: chainer.links.StatelessLSTM.
+    """
+
+    def forward(self, c, h, x):
+        """One step: (c, h) of shape (B, out_size) or None, x (B, in_size) ->
+        (c_new, h_new). Chainer: chainer.links.StatelessLSTM.forward."""
+        self._lazy_init(x)
+        lstm_in = self.upward(x)
+        if h is not None:
+            lstm_in = lstm_in + self.lateral(h)
+        if c is None:
+            c = Variable(self.xp.zeros((len(lstm_in.data), self.state_size), lstm_in.dtype),
+                         requires_grad=False)
+        return lstm(c, lstm_in)
+
+
+@_export('links', 'links.rnn.lstm')
+class LSTM(_LSTMBase):
+    """A fully connected LSTM layer that keeps its cell c and output h between
+    calls: y = link(x_t) for each step; reset_state() before a new sequence.
+
+    LSTM(in_size, out_size=None, lateral_init=None, upward_init=None,
+    bias_init=None, forget_bias_init=None); LSTM(out_size) or in_size=None
+    take in_size from the first x. Children and initial values as
+    StatelessLSTM's (npz keys upward/W, upward/b, lateral/W). A batch smaller
+    than the last one updates the first rows of the state only (sort
+    sequences longest first); a larger one raises TypeError. Attributes c, h:
+    the state Variables (None after reset_state). Chainer: chainer.links.LSTM.
+    """
+
+    def __init__(self, in_size, out_size=None, lateral_init=None, upward_init=None,
+                 bias_init=None, forget_bias_init=None):
+        super().__init__(in_size, out_size, lateral_init, upward_init, bias_init,
+                         forget_bias_init)
+        self.reset_state()
+
+    def reset_state(self):
+        """Forget the state: c = h = None. Chainer: chainer.links.LSTM.reset_state."""
+        self.c = self.h = None
+
+    def set_state(self, c, h):
+        """Set the state to Variables c and h (B, out_size), moved to the
+        link's device. Chainer: chainer.links.LSTM.set_state."""
+        if not isinstance(c, Variable) or not isinstance(h, Variable):
+            raise TypeError('LSTM.set_state: c and h must be Variables, got {} and {}'
+                            .format(type(c).__name__, type(h).__name__))
+        self.c, self.h = c.to_device(self.device), h.to_device(self.device)
+
+    def forward(self, x):
+        """One step: x (B, in_size) -> h (B, out_size), updating c and h.
+        Chainer: chainer.links.LSTM.forward."""
+        self._lazy_init(x)
+        batch = len(_input_data('LSTM', x))
+        lstm_in = self.upward(x)
+        h_rest = None
+        if self.h is not None:
+            size = len(self.h.data)
+            if size < batch:
+                raise TypeError('LSTM: the batch of x ({}) is larger than the state h ({}); '
+                                'reset_state() before a larger batch, or sort sequences '
+                                'longest first'.format(batch, size))
+            if batch == 0:
+                h_rest = self.h
+            elif size > batch:
+                h_update, h_rest = split_axis(self.h, [batch], axis=0)
+                lstm_in = lstm_in + self.lateral(h_update)
+            else:
+                lstm_in = lstm_in + self.lateral(self.h)
+        if self.c is None:
+            self.c = Variable(self.xp.zeros((batch, self.state_size), lstm_in.dtype),
+                              requires_grad=False)
+        self.c, y = lstm(self.c, lstm_in)
+        if h_rest is None:
+            self.h = y
+        elif batch == 0:
+            self.h = h_rest
+        else:
+            self.h = concat([y, h_rest], axis=0)
+        return y
+
+    def to_device(self, device):
+        super().to_device(device)
+        for name in ('c', 'h'):
+            state = getattr(self, name, None)
+            if state is not None:
+                state.to_device(device)
+        return self
+
+
+# ----- sequences of different lengths: transpose_sequence, pad_sequence ------------
+
+@_export('functions.array.transpose_sequence')
+class TransposeSequence(Function):
+    """Function node of transpose_sequence: sequences sorted longest first ->
+    one array per step; backward is the same transpose the other way.
+    Chainer: chainer.functions.array.transpose_sequence.TransposeSequence.
+    """
+    label = 'transpose_sequence'
+
+    def forward(self, inputs):
+        for before, after in zip(inputs, inputs[1:]):
+            if len(before) < len(after) or before.shape[1:] != after.shape[1:]:
+                raise ValueError(
+                    'transpose_sequence: the sequences must be sorted longest first and '
+                    'agree after their first axis; got shapes {}'.format(
+                        [x.shape for x in inputs]))
+        return _transpose_lists(inputs)
+
+    def backward(self, inputs, grad_outputs):
+        xp = _xp(inputs[0])
+        steps = [xp.zeros((sum(len(x) > t for x in inputs),) + inputs[0].shape[1:],
+                          inputs[0].dtype) if g is None else g
+                 for t, g in enumerate(grad_outputs)]
+        grads = _transpose_lists(steps)
+        # A sequence of length 0 got no step: its gradient is empty.
+        return tuple(grads) + tuple(xp.zeros_like(x) for x in inputs[len(grads):])
+
+
+def _transpose_lists(xs):
+    """[x_j (L_j, ...)] with L_0 >= L_1 >= ... -> [y_t (B_t, ...)]: y_t[j] = x_j[t]."""
+    xs = [x for x in xs if len(x)]
+    if not xs:
+        return ()
+    xp = _xp(xs[0])
+    return tuple(xp.stack([x[t] for x in xs if len(x) > t]) for t in range(len(xs[0])))
+
+
+@_export('functions', 'functions.array.transpose_sequence')
+def transpose_sequence(xs):
+    """Transpose a list of sequences: [x_0, x_1, ...], x_j of shape (L_j, ...)
+    sorted longest first (L_0 >= L_1 >= ...), becomes one Variable per step t,
+    of shape (B_t, ...), where B_t is how many sequences are longer than t and
+    row j is x_j[t]. ([(0, 1, 2, 3), (4, 5), (6,)] -> [(0, 4, 6), (1, 5), (2,),
+    (3,)].) Applying it twice gives the sequences back. Returns a tuple of
+    Variables (empty for an empty list). Raises ValueError for an unsorted list
+    or shapes that disagree. Chainer: chainer.functions.transpose_sequence.
+    """
+    if not xs:
+        return ()
+    ys = TransposeSequence()(*xs)
+    return ys if isinstance(ys, tuple) else (ys,)
+
+
+@_export('functions.array.pad_sequence')
+class PadSequence(Function):
+    """Function node of pad_sequence; backward cuts each sequence's part out
+    of gy. Chainer: chainer.functions.array.pad_sequence.PadSequence.
+    """
+    label = 'pad_sequence'
+
+    def __init__(self, length, padding):
+        self.length, self.padding = length, padding
+
+    def forward(self, inputs):
+        if any(x.ndim == 0 or x.shape[1:] != inputs[0].shape[1:] for x in inputs):
+            raise ValueError('pad_sequence: every array needs a first axis and the same '
+                             'shape after it; got {}'.format([x.shape for x in inputs]))
+        _check_same_dtype('pad_sequence', inputs)
+        longest = max(len(x) for x in inputs)
+        length = longest if self.length is None else self.length
+        if longest > length:
+            raise ValueError('pad_sequence: length={} is shorter than the longest array ({})'
+                             .format(length, longest))
+        y = _xp(inputs[0]).full((len(inputs), length) + inputs[0].shape[1:], self.padding,
+                                inputs[0].dtype)
+        for row, x in zip(y, inputs):
+            row[:len(x)] = x
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        gy, = grad_outputs
+        return tuple(gy[j, :len(x)] for j, x in enumerate(inputs))
+
+
+@_export('functions', 'functions.array.pad_sequence')
+def pad_sequence(xs, length=None, padding=0):
+    """Stack arrays of different lengths into one, padded: xs[j] of shape
+    (L_j, ...) -> y of shape (len(xs), length, ...) with y[j, :L_j] = xs[j] and
+    `padding` (default 0) after. length: default the longest L_j. Raises
+    ValueError for a length shorter than an array or shapes that disagree
+    after the first axis. Chainer: chainer.functions.pad_sequence.
+    """
+    return PadSequence(length, padding)(*xs)
+
+
+# ----- n-step networks: a layer as one Function ------------------------------------
+# The batch is *packed*: the rows of all steps one after another, step t's
+# B_t rows at bounds[t]:bounds[t + 1] (time-major, longest sequences first).
+# P, the input projections W x_t + b of all steps, is one matrix product
+# made before the layer runs.  The layer keeps the state H (and C) of every
+# sequence; step t reads and writes the first B_t rows, so a sequence that
+# has ended keeps its last state, which is what hy returns.  Run backwards
+# (the second direction of a bidirectional layer) the same holds: a sequence
+# starts from hx when its first step comes.
+#
+# Gate blocks of P (and of the gradient G); Chainer numbers the weights
+#     'lstm': i, f, a, o (ws 0-3 act on x, 4-7 on h), stacked here as i, f, o, a
+#     'gru':  r, z, h' (ws 0-2 on x, 3-5 on h)    'rnn_*': one block (w0, w1)
+
+class _RecurrentLayer(Function):
+    """One layer in one direction of an n-step network over a packed batch.
+    Inputs: P (sum B_t, G N), h0 (B, N), c0 (B, N) ('lstm' only), Wh (G N, N),
+    bh (G N,). Outputs: Y (sum B_t, N), h_t of every step in P's rows, hy
+    (B, N) and, for 'lstm', cy (B, N)."""
+    label = 'n_step_rnn_layer'
+
+    def __init__(self, mode, batch_sizes, reverse):
+        self.mode, self.reverse = mode, reverse
+        self.bounds = [0] + np.cumsum(batch_sizes).tolist()
+        self.steps = list(range(len(batch_sizes)))[::-1 if reverse else 1]
+
+    def forward(self, inputs):
+        P, h0, Wh, bh = inputs[0], inputs[1], inputs[-2], inputs[-1]
+        xp, n, bounds = _xp(P), h0.shape[1], self.bounds
+        _check_same_dtype(self.label, inputs)
+        if self.mode == 'gru':
+            return self._forward_gru(P, h0, Wh, bh)
+        WhT = Wh.T
+        H = h0.copy()
+        self.Y = Y = xp.empty((len(P), n), P.dtype)
+        self.H_prev = H_prev = xp.empty_like(Y)       # the h_{t-1} each step used
+        P = P + bh
+        if self.mode != 'lstm':
+            relu = self.mode == 'rnn_relu'
+            for t in self.steps:
+                s, e = bounds[t], bounds[t + 1]
+                H_prev[s:e] = hp = H[:e - s]        # (hp is read before H is written)
+                h = hp @ WhT
+                h += P[s:e]
+                h = xp.maximum(h, 0, out=h) if relu else xp.tanh(h, out=h)
+                H[:e - s] = Y[s:e] = h
+            return Y, H
+        C = inputs[2].copy()
+        self.A = A = xp.empty_like(P)                  # the activated gates
+        self.C_prev, self.C_new = xp.empty_like(Y), xp.empty_like(Y)
+        for t in self.steps:
+            s, e = bounds[t], bounds[t + 1]
+            H_prev[s:e] = hp = H[:e - s]            # (read before H and C are written)
+            self.C_prev[s:e] = cp = C[:e - s]
+            if xp is np:
+                # Written in place into the kept arrays: no copies. One pass does
+                # the three sigmoid gates, side by side.
+                g = np.matmul(hp, WhT, out=A[s:e])
+                g += P[s:e]
+                _sigmoid_in_place(g[:, :3 * n])
+                np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
+                i, f, o, a = (g[:, k * n:(k + 1) * n] for k in range(4))
+                c = np.multiply(i, a, out=self.C_new[s:e])
+                c += f * cp
+                h = np.tanh(c, out=Y[s:e])
+                h *= o
+            else:
+                g = hp @ WhT
+                g += P[s:e]
+                c, h = _lstm_cell_forward(cp, *self._gates(g, n), self._gates(A[s:e], n))
+                self.C_new[s:e], Y[s:e] = c, h
+            C[:e - s], H[:e - s] = c, h
+        return Y, H, C
+
+    @staticmethod
+    def _gates(block, n):
+        """(a, i, f, o) views of an (B, 4N) block in the i, f, o, a order."""
+        return block[:, 3 * n:], block[:, :n], block[:, n:2 * n], block[:, 2 * n:3 * n]
+
+    def backward(self, inputs, grad_outputs):
+        P, h0, Wh = inputs[0], inputs[1], inputs[-2]
+        xp, n, bounds = _xp(P), h0.shape[1], self.bounds
+        gY = grad_outputs[0]
+        gH = xp.zeros_like(h0) if grad_outputs[1] is None else grad_outputs[1].copy()
+        if self.mode == 'gru':
+            return self._backward_gru(P, h0, Wh, gY, gH)
+        G = xp.empty_like(P)                          # dL/d(pre-activations)
+        if self.mode != 'lstm':
+            Y = self.Y
+            deriv = (Y > 0).astype(Y.dtype) if self.mode == 'rnn_relu' else 1 - Y * Y
+            for t in reversed(self.steps):
+                s, e = bounds[t], bounds[t + 1]
+                gh = gH[:e - s] if gY is None else gH[:e - s] + gY[s:e]
+                g = G[s:e] = gh * deriv[s:e]
+                gH[:e - s] = g @ Wh
+            return G, gH, G.T @ self.H_prev, G.sum(axis=0)
+        gC = xp.zeros_like(h0) if grad_outputs[2] is None else grad_outputs[2].copy()
+        A = self.A
+        if xp is np:
+            # Everything that does not wait for the step after is done at once,
+            # over all steps: per step only a few passes and one product remain.
+            i, f, o, a = (A[:, k * n:(k + 1) * n] for k in range(4))
+            tc = np.tanh(self.C_new)
+            through_h = o * (1 - tc * tc)             # dc/dh's factor: h = o tanh(c)
+            D = np.empty_like(A)                      # d(gate)/d(pre-activation) times
+            D[:, :n] = a * i * (1 - i)                # what multiplies it in c or h
+            D[:, n:2 * n] = self.C_prev * f * (1 - f)
+            D[:, 2 * n:3 * n] = tc * o * (1 - o)
+            D[:, 3 * n:] = i * (1 - a * a)
+            for t in reversed(self.steps):
+                s, e = bounds[t], bounds[t + 1]
+                gh = gH[:e - s] if gY is None else gH[:e - s] + gY[s:e]
+                gc = gh * through_h[s:e]
+                gc += gC[:e - s]
+                g = G[s:e].reshape(e - s, 4, n)
+                np.multiply(D[s:e].reshape(e - s, 4, n), gc[:, None], out=g)
+                np.multiply(D[s:e, 2 * n:3 * n], gh, out=g[:, 2])     # o acts on h, not c
+                gC[:e - s] = gc * f[s:e]
+                gH[:e - s] = G[s:e] @ Wh
+        else:
+            for t in reversed(self.steps):
+                s, e = bounds[t], bounds[t + 1]
+                gh = gH[:e - s] if gY is None else gH[:e - s] + gY[s:e]
+                gC[:e - s] = _lstm_cell_backward(
+                    self._gates(A[s:e], n), self.C_new[s:e], self.C_prev[s:e], gC[:e - s],
+                    gh, self._gates(G[s:e], n))
+                gH[:e - s] = G[s:e] @ Wh
+        return G, gH, gC, G.T @ self.H_prev, G.sum(axis=0)
+
+    # The GRU: r and z gate U h + b_h as a whole, h' only through r * (U_h' h + b_h').
+    def _forward_gru(self, P, h0, Wh, bh):
+        xp, n, bounds = _xp(P), h0.shape[1], self.bounds
+        WhT = Wh.T
+        H = h0.copy()
+        self.Y = Y = xp.empty((len(P), n), P.dtype)
+        self.H_prev = xp.empty_like(Y)
+        self.RZ = xp.empty((len(P), 2 * n), P.dtype)
+        self.Uh = xp.empty_like(Y)                    # U_h' h_{t-1} + b_h'
+        self.Hbar = xp.empty_like(Y)                  # h'
+        for t in self.steps:
+            s, e = bounds[t], bounds[t + 1]
+            self.H_prev[s:e] = hp = H[:e - s]
+            u = hp @ WhT
+            u += bh
+            rz = self.RZ[s:e]
+            xp.add(P[s:e, :2 * n], u[:, :2 * n], out=rz)
+            _sigmoid_in_place(rz)
+            self.Uh[s:e] = u[:, 2 * n:]
+            hbar = self.Hbar[s:e] = xp.tanh(P[s:e, 2 * n:] + rz[:, :n] * u[:, 2 * n:])
+            h = hp - hbar                             # h = (1 - z) h' + z h_{t-1}
+            h *= rz[:, n:]
+            h += hbar
+            Y[s:e] = H[:e - s] = h
+        return Y, H
+
+    def _backward_gru(self, P, h0, Wh, gY, gH):
+        xp, n, bounds = _xp(P), h0.shape[1], self.bounds
+        GX = xp.empty_like(P)              # dL/dP
+        GU = xp.empty_like(P)              # dL/d(U h + b_h): differs from GX in the h' block
+        Y, H_prev, RZ = self.Y, self.H_prev, self.RZ
+        for t in reversed(self.steps):
+            s, e = bounds[t], bounds[t + 1]
+            gh = gH[:e - s] if gY is None else gH[:e - s] + gY[s:e]
+            r, z, hp = RZ[s:e, :n], RZ[s:e, n:], H_prev[s:e]
+            hbar = self.Hbar[s:e]
+            g_pre = gh * (1 - z) * (1 - hbar * hbar)            # through h' = tanh(.)
+            GX[s:e, 2 * n:] = g_pre
+            GU[s:e, 2 * n:] = g_pre * r
+            GX[s:e, :n] = GU[s:e, :n] = g_pre * self.Uh[s:e] * r * (1 - r)
+            GX[s:e, n:2 * n] = GU[s:e, n:2 * n] = gh * (hp - hbar) * z * (1 - z)
+            gH[:e - s] = gh * z + GU[s:e] @ Wh
+        return GX, gH, GU.T @ H_prev, GU.sum(axis=0)
+
+
+_N_WEIGHTS = {'lstm': 8, 'gru': 6, 'rnn_tanh': 2, 'rnn_relu': 2}
+
+
+def _n_step_packed(mode, n_layers, dropout_ratio, hx, cx, ws, bs, x, batch_sizes,
+                   directions, label):
+    """The n-step network over a packed batch x (sum B_t, I): (hy, cy, Y).
+    hy, cy: (n_layers * directions, B, N) stacked; cy is None unless 'lstm'."""
+    n_weights = _N_WEIGHTS[mode]
+    if len(ws) != n_layers * directions or len(bs) != n_layers * directions or any(
+            len(w) != n_weights for w in ws) or any(len(b) != n_weights for b in bs):
+        raise ValueError(
+            '{}: ws and bs need n_layers * {} = {} lists of {} arrays each; got {} lists '
+            'of lengths {}'.format(label, directions, n_layers * directions, n_weights,
+                                   len(ws), [len(w) for w in ws]))
+    x_in, w_in = x.shape[1], ws[0][0].shape[1]
+    if x_in != w_in:
+        raise ValueError('{}: inconsistent input size in input values and weight '
+                         'parameters: {} != {} (the inputs have {} columns, ws[0][0] has '
+                         'shape {})'.format(label, x_in, w_in, x_in, ws[0][0].shape))
+    hx_data = _input_data(label, hx)
+    if hx_data.ndim != 3 or len(hx_data) != n_layers * directions or \
+            (batch_sizes and batch_sizes[0] > hx_data.shape[1]):
+        raise ValueError('{}: hx must have shape (n_layers * {} = {}, B >= {}, N), got {}'
+                         .format(label, directions, n_layers * directions,
+                                 batch_sizes[0] if batch_sizes else 0, hx_data.shape))
+    hs = separate(hx)
+    cs = separate(cx) if mode == 'lstm' else None
+    half = n_weights // 2
+    hy, cy = [], []
+    for layer in range(n_layers):
+        outs = []
+        for d in range(directions):
+            k = layer * directions + d
+            w, b = ws[k], bs[k]
+            inp = x if layer == 0 else dropout(x, dropout_ratio)
+            if half == 1:
+                Wx, bx, Wh, bh = w[0], b[0], w[1], b[1]
+            else:
+                # The LSTM's ws are i, f, a, o: stacked i, f, o, a the sigmoids are adjacent.
+                blocks = (0, 1, 3, 2) if mode == 'lstm' else range(half)
+                Wx, bx = concat([w[j] for j in blocks], axis=0), concat([b[j] for j in blocks], axis=0)
+                Wh = concat([w[half + j] for j in blocks], axis=0)
+                bh = concat([b[half + j] for j in blocks], axis=0)
+            p = linear(inp, Wx, bx)
+            states = (hs[k], cs[k]) if mode == 'lstm' else (hs[k],)
+            out = _RecurrentLayer(mode, batch_sizes, d == 1)(p, *states, Wh, bh)
+            outs.append(out[0])
+            hy.append(out[1])
+            if mode == 'lstm':
+                cy.append(out[2])
+        x = outs[0] if directions == 1 else concat(outs, axis=1)
+    return stack(hy), (stack(cy) if mode == 'lstm' else None), x
+
+
+def _check_n_step_kwargs(label, kwargs):
+    if 'train' in kwargs or 'use_cudnn' in kwargs:
+        raise ValueError('{}: the {} argument is not supported anymore; use '
+                         'chainer.using_config'.format(label, sorted(kwargs)[0]))
+    if kwargs:
+        raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
+
+
+def _n_step(mode, n_layers, dropout_ratio, hx, cx, ws, bs, xs, directions, label):
+    """The functional n-step networks: xs a time-major list -> (hy, cy, ys)."""
+    if not xs:
+        raise ValueError('{}: xs is empty; give at least one step'.format(label))
+    batch_sizes = [len(_input_data(label, x)) for x in xs]
+    if any(a < b for a, b in zip(batch_sizes, batch_sizes[1:])):
+        raise ValueError(
+            '{}: xs[t] must not grow with t (sort the sequences longest first and '
+            'transpose them with F.transpose_sequence); got batch sizes {}'
+            .format(label, batch_sizes))
+    x = concat(xs, axis=0) if len(xs) > 1 else as_variable(xs[0])
+    hy, cy, y = _n_step_packed(mode, n_layers, dropout_ratio, hx, cx, ws, bs, x,
+                               batch_sizes, directions, label)
+    ys = split_axis(y, np.cumsum(batch_sizes[:-1]).tolist(), axis=0) if len(xs) > 1 else (y,)
+    return hy, cy, tuple(ys)
+
+
+@_export('functions', 'functions.rnn.n_step_lstm')
+def n_step_lstm(n_layers, dropout_ratio, hx, cx, ws, bs, xs, **kwargs):
+    """A stacked LSTM over a batch of sequences, all steps in one call:
+
+        i = sigmoid(W0 x + W4 h + b0 + b4)    f = sigmoid(W1 x + W5 h + b1 + b5)
+        a = tanh(W2 x + W6 h + b2 + b6)       o = sigmoid(W3 x + W7 h + b3 + b7)
+        c_t = f * c_{t-1} + i * a;            h_t = o * tanh(c_t)
+
+    layer k's input is layer k-1's h (after dropout with dropout_ratio while
+    config.train). hx, cx: (n_layers, B, N) initial states; ws[k], bs[k]: the
+    eight (N, I) / (N, N) matrices and eight (N,) biases of layer k (I the
+    input size for k = 0, else N). xs: a time-major list, xs[t] of shape
+    (B_t, I) with B_0 >= B_1 >= ... (F.transpose_sequence of sequences
+    sorted longest first). Returns (hy, cy, ys): hy, cy of hx's shape (each
+    sequence's last state), ys a tuple of (B_t, N) Variables, the last
+    layer's h_t. Raises ValueError for shapes that do not fit or a growing
+    batch; the train and use_cudnn arguments raise ValueError (use
+    chainer.using_config). Chainer: chainer.functions.n_step_lstm.
+    """
+    _check_n_step_kwargs('n_step_lstm', kwargs)
+    return _n_step('lstm', n_layers, dropout_ratio, hx, cx, ws, bs, xs, 1, 'n_step_lstm')
+
+
+@_export('functions', 'functions.rnn.n_step_lstm')
+def n_step_bilstm(n_layers, dropout_ratio, hx, cx, ws, bs, xs, **kwargs):
+    """A stacked bidirectional LSTM: n_step_lstm's cell run forward and backward
+    in time in each layer, the two h_t concatenated (2N) as the next layer's
+    input and as ys. hx, cx: (2 n_layers, B, N); ws[2k + d], bs[2k + d]: the
+    weights of layer k, direction d (0 forward, 1 backward), layer 0's input
+    matrices (N, I), later layers' (N, 2N). Returns (hy, cy, ys), ys[t] of shape
+    (B_t, 2N). Errors as n_step_lstm's. Chainer: chainer.functions.n_step_bilstm.
+    """
+    _check_n_step_kwargs('n_step_bilstm', kwargs)
+    return _n_step('lstm', n_layers, dropout_ratio, hx, cx, ws, bs, xs, 2, 'n_step_bilstm')
+
+
+@_export('functions', 'functions.rnn.n_step_gru')
+def n_step_gru(n_layers, dropout_ratio, hx, ws, bs, xs, **kwargs):
+    """A stacked GRU over a batch of sequences:
+
+        r = sigmoid(W0 x + W3 h + b0 + b3)    z = sigmoid(W1 x + W4 h + b1 + b4)
+        h' = tanh(W2 x + b2 + r * (W5 h + b5))
+        h_t = (1 - z) * h' + z * h_{t-1}
+
+    hx: (n_layers, B, N); ws[k], bs[k]: six matrices and six biases per
+    layer; xs as n_step_lstm's. Returns (hy, ys). Errors as n_step_lstm's.
+    Chainer: chainer.functions.n_step_gru.
+    """
+    _check_n_step_kwargs('n_step_gru', kwargs)
+    hy, _, ys = _n_step('gru', n_layers, dropout_ratio, hx, None, ws, bs, xs, 1, 'n_step_gru')
+    return hy, ys
+
+
+@_export('functions', 'functions.rnn.n_step_gru')
+def n_step_bigru(n_layers, dropout_ratio, hx, ws, bs, xs, **kwargs):
+    """A stacked bidirectional GRU (n_step_gru's cell both ways, h concatenated);
+    hx (2 n_layers, B, N), ws[2k + d] / bs[2k + d] as in n_step_bilstm.
+    Returns (hy, ys), ys[t] of shape (B_t, 2N). Chainer: chainer.functions.n_step_bigru.
+    """
+    _check_n_step_kwargs('n_step_bigru', kwargs)
+    hy, _, ys = _n_step('gru', n_layers, dropout_ratio, hx, None, ws, bs, xs, 2,
+                        'n_step_bigru')
+    return hy, ys
+
+
+def _rnn_mode(label, activation):
+    if activation not in ('tanh', 'relu'):
+        raise ValueError('{}: invalid activation {!r}; use "tanh" or "relu"'.format(
+            label, activation))
+    return 'rnn_' + activation
+
+
+@_export('functions', 'functions.rnn.n_step_rnn')
+def n_step_rnn(n_layers, dropout_ratio, hx, ws, bs, xs, activation='tanh', **kwargs):
+    """A stacked plain RNN, h_t = act(W0 x_t + W1 h_{t-1} + b0 + b1), act 'tanh'
+    (default) or 'relu'. hx: (n_layers, B, N); ws[k], bs[k]: two matrices and
+    two biases per layer; xs as n_step_lstm's. Returns (hy, ys). Raises
+    ValueError for another activation, and as n_step_lstm.
+    Chainer: chainer.functions.n_step_rnn.
+    """
+    _check_n_step_kwargs('n_step_rnn', kwargs)
+    hy, _, ys = _n_step(_rnn_mode('n_step_rnn', activation), n_layers, dropout_ratio, hx,
+                        None, ws, bs, xs, 1, 'n_step_rnn')
+    return hy, ys
+
+
+@_export('functions', 'functions.rnn.n_step_rnn')
+def n_step_birnn(n_layers, dropout_ratio, hx, ws, bs, xs, activation='tanh', **kwargs):
+    """A stacked bidirectional plain RNN (n_step_rnn both ways, h concatenated);
+    hx (2 n_layers, B, N), ws[2k + d] / bs[2k + d] as in n_step_bilstm.
+    Returns (hy, ys). Chainer: chainer.functions.n_step_birnn.
+    """
+    _check_n_step_kwargs('n_step_birnn', kwargs)
+    hy, _, ys = _n_step(_rnn_mode('n_step_birnn', activation), n_layers, dropout_ratio, hx,
+                        None, ws, bs, xs, 2, 'n_step_birnn')
+    return hy, ys
+
+
+# ----- the n-step links ---------------------------------------------------------------
+# Each layer and direction is a child Link named '0', '1', ... holding w0, b0,
+# w1, b1, ... (Chainer's names, so npz files load either way).  A link takes
+# a plain list of sequences in any order: it sorts them longest first,
+# packs them time-major in one gather (_PackSequences), runs the layers and
+# scatters the outputs back to the caller's order, hy and cy included.
+
+class _PackSequences(Function):
+    """Sequences xs[j] (L_j, I) -> the packed time-major (sum L_j, I): row
+    `rows[k]` of their concatenation goes to row k. Backward scatters back."""
+    label = 'pack_sequences'
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def forward(self, inputs):
+        xp = _xp(inputs[0])
+        whole = xp.concatenate(inputs) if len(inputs) > 1 else inputs[0]
+        return whole[xp.asarray(self.rows)],
+
+    def backward(self, inputs, grad_outputs):
+        gy, = grad_outputs
+        xp = _xp(gy)
+        g = xp.empty_like(gy)
+        g[xp.asarray(self.rows)] = gy
+        return tuple(xp.split(g, np.cumsum([len(x) for x in inputs[:-1]]).tolist()))
+
+
+class _UnpackSequences(Function):
+    """The inverse of _PackSequences: packed Y -> one Variable per sequence."""
+    label = 'unpack_sequences'
+
+    def __init__(self, rows, lengths):
+        self.rows, self.lengths = rows, lengths
+
+    def forward(self, inputs):
+        y, = inputs
+        xp = _xp(y)
+        whole = xp.empty_like(y)
+        whole[xp.asarray(self.rows)] = y
+        return tuple(xp.split(whole, np.cumsum(self.lengths[:-1]).tolist()))
+
+    def backward(self, inputs, grad_outputs):
+        y, = inputs
+        xp = _xp(y)
+        grads = [xp.zeros((n,) + y.shape[1:], y.dtype) if g is None else g
+                 for g, n in zip(grad_outputs, self.lengths)]
+        return xp.concatenate(grads)[xp.asarray(self.rows)],
+
+
+def _packing(lengths):
+    """(order, batch_sizes, rows) for sequences of these lengths: order sorts
+    them longest first; row block t of the packed batch holds step t of the
+    first batch_sizes[t] sorted sequences, rows[k] its row in the concatenation."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind='stable')
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[order]
+    sorted_lengths = lengths[order]
+    batch_sizes = [int((sorted_lengths > t).sum()) for t in range(int(sorted_lengths[0]))]
+    rows = np.concatenate([starts[:b] + t for t, b in enumerate(batch_sizes)])
+    return order.astype(np.int32), batch_sizes, rows
+
+
+@_export('links.rnn.n_step_rnn')
+class NStepRNNBase(ChainList):
+    """The base of the n-step links: n_layers layers (both directions where
+    use_bi_direction) of n_weights matrices and biases each.
+
+    Subclass(n_layers, in_size, out_size, dropout, *, initialW=None,
+    initial_bias=None): matrices (out_size, in_size) for the input of layer 0,
+    (out_size, out_size * directions) for later layers' inputs, (out_size,
+    out_size) for the state; initialW default LeCunNormal, initial_bias 0.
+    Children '0', '1', ... (layer k, direction d is child k * directions + d),
+    each with w0, b0, w1, b1, ...; ws and bs list them. The use_cudnn,
+    use_bi_direction and activation arguments raise ValueError.
+    Chainer: chainer.links.rnn.n_step_rnn.NStepRNNBase.
+    """
+    n_weights = 2
+    use_bi_direction = False
+    mode = 'rnn_tanh'
+
+    def __init__(self, n_layers, in_size, out_size, dropout, *, initialW=None,
+                 initial_bias=None, **kwargs):
+        for name in ('use_cudnn', 'use_bi_direction', 'activation'):
+            if name in kwargs:
+                raise ValueError('{}: the {} argument is not supported anymore'.format(
+                    type(self).__name__, name))
+        if kwargs:
+            raise TypeError('{}: unexpected keyword arguments {}'.format(
+                type(self).__name__, sorted(kwargs)))
+        directions = 2 if self.use_bi_direction else 1
+        W_init = _get_initializer(initialW, LeCunNormal())
+        b_init = _get_initializer(0 if initial_bias is None else initial_bias)
+        layers = []
+        for i in range(n_layers):
+            for _ in range(directions):
+                layer = Link()
+                with layer.init_scope():
+                    for j in range(self.n_weights):
+                        w_in = out_size if j >= self.n_weights // 2 else \
+                            in_size if i == 0 else out_size * directions
+                        setattr(layer, 'w%d' % j, Parameter(W_init, (out_size, w_in)))
+                        setattr(layer, 'b%d' % j, Parameter(b_init, out_size))
+                layers.append(layer)
+        super().__init__(*layers)
+        self.n_layers, self.dropout, self.out_size = n_layers, dropout, out_size
+        self.direction = directions
+        self._list_weights()
+
+    def _list_weights(self):
+        self.ws = [[getattr(layer, 'w%d' % j) for j in range(self.n_weights)] for layer in self]
+        self.bs = [[getattr(layer, 'b%d' % j) for j in range(self.n_weights)] for layer in self]
+
+    def copy(self, mode='share'):
+        twin = super().copy(mode)
+        twin._list_weights()
+        return twin
+
+    @property
+    def n_cells(self):
+        """How many state arrays the network carries: 2 (h, c) for LSTMs, else 1."""
+        return 2 if self.mode == 'lstm' else 1
+
+    def init_hx(self, xs):
+        """Zeros (n_layers * directions, len(xs), out_size) in xs[0]'s dtype."""
+        shape = (self.n_layers * self.direction, len(xs), self.out_size)
+        return Variable(self.xp.zeros(shape, dtype=_input_data(type(self).__name__, xs[0]).dtype),
+                        requires_grad=False)
+
+    def rnn(self, *args):
+        """The functional form this link runs (F.n_step_lstm, ...), on
+        time-major inputs: rnn(n_layers, dropout, hx[, cx], ws, bs, xs)."""
+        raise NotImplementedError
+
+    def forward(self, hx, xs, **kwargs):
+        """hx (n_layers * directions, B, out_size) or None (zeros) and xs, a
+        list of B sequences (L_j, in_size) in any order -> (hy, ys): hy of hx's
+        shape, ys a list of (L_j, out_size * directions) Variables in xs's order.
+        Chainer: NStepRNNBase.forward."""
+        (hy,), ys = self._call([hx], xs, **kwargs)
+        return hy, ys
+
+    def _call(self, hs, xs, **kwargs):
+        label = type(self).__name__
+        if 'train' in kwargs:
+            raise ValueError('{}: the train argument is not supported anymore; use '
+                             'chainer.using_config'.format(label))
+        if kwargs:
+            raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
+        if not isinstance(xs, (list, tuple)) or not xs:
+            raise TypeError('{}: xs must be a non-empty list of sequences, got {!r}'
+                            .format(label, type(xs).__name__))
+        lengths = [len(_input_data(label, x)) for x in xs]
+        if min(lengths) == 0:
+            raise ValueError('{}: every sequence needs at least one step; got lengths {}'
+                             .format(label, lengths))
+        order, batch_sizes, rows = _packing(lengths)
+        xp = self.xp
+        states = []
+        for h in hs:
+            if h is None:
+                states.append(self.init_hx(xs))
+            else:
+                states.append(permutate(h, xp.asarray(order), axis=1))
+        x = _PackSequences(rows)(*xs)
+        hy, cy, y = _n_step_packed(self.mode, self.n_layers, self.dropout, states[0],
+                                   states[1] if len(states) > 1 else None, self.ws, self.bs,
+                                   x, batch_sizes, self.direction, label)
+        ys = _UnpackSequences(rows, lengths)(y)
+        ys = list(ys) if isinstance(ys, tuple) else [ys]
+        hys = [permutate(h, xp.asarray(order), axis=1, inv=True)
+               for h in ((hy, cy) if len(hs) > 1 else (hy,))]
+        return hys, ys
+
+
+@_export('links.rnn.n_step_lstm')
+class NStepLSTMBase(NStepRNNBase):
+    """The base of NStepLSTM and NStepBiLSTM (eight weights per layer, forward
+    takes and returns c too). Chainer: chainer.links.rnn.n_step_lstm.NStepLSTMBase.
+    """
+    n_weights = 8
+    mode = 'lstm'
+
+    def forward(self, hx, cx, xs, **kwargs):
+        """hx, cx (n_layers * directions, B, out_size) or None (zeros) and xs,
+        a list of B sequences (L_j, in_size) in any order -> (hy, cy, ys), ys a
+        list of (L_j, out_size * directions) Variables in xs's order.
+        Chainer: NStepLSTM.forward."""
+        (hy, cy), ys = self._call([hx, cx], xs, **kwargs)
+        return hy, cy, ys
+
+
+@_export('links', 'links.rnn.n_step_lstm')
+class NStepLSTM(NStepLSTMBase):
+    """A stacked LSTM over a list of sequences (F.n_step_lstm).
+    NStepLSTM(n_layers, in_size, out_size, dropout, *, initialW=None,
+    initial_bias=None); see NStepRNNBase for the parameters (eight matrices
+    per layer, w0-w3 on the input, w4-w7 on h; npz keys 0/w0, 0/b0, ...).
+    forward(hx, cx, xs) -> (hy, cy, ys). Chainer: chainer.links.NStepLSTM.
+    """
+
+    def rnn(self, *args):
+        return n_step_lstm(*args)
+
+
+@_export('links', 'links.rnn.n_step_lstm')
+class NStepBiLSTM(NStepLSTMBase):
+    """A stacked bidirectional LSTM over a list of sequences (F.n_step_bilstm);
+    as NStepLSTM, children 2k (forward) and 2k + 1 (backward) for layer k, ys
+    of width 2 out_size. Chainer: chainer.links.NStepBiLSTM.
+    """
+    use_bi_direction = True
+
+    def rnn(self, *args):
+        return n_step_bilstm(*args)
+
+
+@_export('links.rnn.n_step_gru')
+class NStepGRUBase(NStepRNNBase):
+    """The base of NStepGRU and NStepBiGRU: six matrices per layer (w0-w2 on
+    the input, w3-w5 on h). Chainer: chainer.links.rnn.n_step_gru.NStepGRUBase.
+    """
+    n_weights = 6
+    mode = 'gru'
+
+
+@_export('links', 'links.rnn.n_step_gru')
+class NStepGRU(NStepGRUBase):
+    """A stacked GRU over a list of sequences (F.n_step_gru); see NStepGRUBase.
+    forward(hx, xs) -> (hy, ys). Chainer: chainer.links.NStepGRU.
+    """
+
+    def rnn(self, *args):
+        return n_step_gru(*args)
+
+
+@_export('links', 'links.rnn.n_step_gru')
+class NStepBiGRU(NStepGRUBase):
+    """A stacked bidirectional GRU over a list of sequences (F.n_step_bigru).
+    Chainer: chainer.links.NStepBiGRU.
+    """
+    use_bi_direction = True
+
+    def rnn(self, *args):
+        return n_step_bigru(*args)
+
+
+@_export('links', 'links.rnn.n_step_rnn')
+class NStepRNNTanh(NStepRNNBase):
+    """A stacked tanh RNN over a list of sequences (F.n_step_rnn): w0 on the
+    input, w1 on h. forward(hx, xs) -> (hy, ys). Chainer: chainer.links.NStepRNNTanh.
+    """
+
+    def rnn(self, *args):
+        return n_step_rnn(*args, activation='tanh')
+
+
+@_export('links', 'links.rnn.n_step_rnn')
+class NStepRNNReLU(NStepRNNBase):
+    """A stacked ReLU RNN over a list of sequences (F.n_step_rnn with
+    activation='relu'). Chainer: chainer.links.NStepRNNReLU.
+    """
+    mode = 'rnn_relu'
+
+    def rnn(self, *args):
+        return n_step_rnn(*args, activation='relu')
+
+
+@_export('links', 'links.rnn.n_step_rnn')
+class NStepBiRNNTanh(NStepRNNBase):
+    """A stacked bidirectional tanh RNN (F.n_step_birnn). Chainer: chainer.links.NStepBiRNNTanh."""
+    use_bi_direction = True
+
+    def rnn(self, *args):
+        return n_step_birnn(*args, activation='tanh')
+
+
+@_export('links', 'links.rnn.n_step_rnn')
+class NStepBiRNNReLU(NStepRNNBase):
+    """A stacked bidirectional ReLU RNN (F.n_step_birnn, 'relu').
+    Chainer: chainer.links.NStepBiRNNReLU."""
+    use_bi_direction = True
+    mode = 'rnn_relu'
+
+    def rnn(self, *args):
+        return n_step_birnn(*args, activation='relu')
+
+
+# ----- GRU links ------------------------------------------------------------------------
+# Chainer's one-step GRUs have six Linear children and, unlike F.n_step_gru,
+# mix with z on the *new* value: h_t = z * h' + (1 - z) * h_{t-1}; and the
+# stateful one's first step (no h yet) is h_1 = z * h'.
+
+class _GRUBase(Chain):
+
+    def __init__(self, in_size, out_size, init=None, inner_init=None, bias_init=None):
+        super().__init__()
+        with self.init_scope():
+            for name, size, initialW in (('W_r', in_size, init), ('U_r', out_size, inner_init),
+                                         ('W_z', in_size, init), ('U_z', out_size, inner_init),
+                                         ('W', in_size, init), ('U', out_size, inner_init)):
+                setattr(self, name, Linear(size, out_size, initialW=initialW,
+                                           initial_bias=bias_init))
+
+
+@_export('links', 'links.rnn.gru')
+class StatelessGRU(_GRUBase):
+    """A GRU step that keeps no state: forward(h, x) -> h_new,
+
+        r = sigmoid(W_r x + U_r h)    z = sigmoid(W_z x + U_z h)
+        h' = tanh(W x + U (r * h));   h_new = z * h' + (1 - z) * h
+
+    StatelessGRU(in_size, out_size, init=None, inner_init=None, bias_init=None):
+    six Linear children W_r, U_r, W_z, U_z, W, U (npz keys W_r/W, W_r/b, ...);
+    init for the W_*, inner_init for the U_* (default LeCunNormal), biases
+    bias_init (default 0). Chainer: chainer.links.StatelessGRU.
+    """
+
+    def forward(self, h, x):
+        r = sigmoid(self.W_r(x) + self.U_r(h))
+        z = sigmoid(self.W_z(x) + self.U_z(h))
+        h_bar = tanh(self.W(x) + self.U(r * h))
+        return linear_interpolate(z, h_bar, h)
+
+
+@_export('links', 'links.rnn.gru')
+class StatefulGRU(_GRUBase):
+    """A GRU that keeps its state h between calls: forward(x) -> h, as
+    StatelessGRU's step with the kept h (the first step after reset_state
+    gives z * h'). StatefulGRU(in_size, out_size, init=None, inner_init=None,
+    bias_init=0). set_state(h), reset_state(). Chainer: chainer.links.StatefulGRU.
+    """
+
+    def __init__(self, in_size, out_size, init=None, inner_init=None, bias_init=0):
+        super().__init__(in_size, out_size, init, inner_init, bias_init)
+        self.state_size = out_size
+        self.reset_state()
+
+    def set_state(self, h):
+        """Set the state to Variable h (B, out_size), moved to the link's device."""
+        if not isinstance(h, Variable):
+            raise TypeError('{}.set_state: h must be a Variable, got {}'.format(
+                type(self).__name__, type(h).__name__))
+        self.h = h.to_device(self.device)
+
+    def reset_state(self):
+        """Forget the state: h = None. Chainer: StatefulGRU.reset_state."""
+        self.h = None
+
+    def forward(self, x):
+        z = self.W_z(x)
+        h_bar = self.W(x)
+        if self.h is not None:
+            r = sigmoid(self.W_r(x) + self.U_r(self.h))
+            z = z + self.U_z(self.h)
+            h_bar = h_bar + self.U(r * self.h)
+        z, h_bar = sigmoid(z), tanh(h_bar)
+        self.h = z * h_bar if self.h is None else linear_interpolate(z, h_bar, self.h)
+        return self.h
+
+    def to_device(self, device):
+        super().to_device(device)
+        if getattr(self, 'h', None) is not None:
+            self.h.to_device(device)
+        return self
+
+
+@_export('links', 'links.rnn.gru')
+class GRU(StatefulGRU):
+    """Chainer v7's GRU: the stateful one (StatefulGRU), called with one
+    argument; two arguments (the stateless call of Chainer v1) raise
+    ValueError pointing to StatelessGRU. Chainer: chainer.links.GRU.
+    """
+
+    def forward(self, *args):
+        if len(args) != 1:
+            raise ValueError(
+                'GRU: forward takes one argument, got {}{}'.format(
+                    len(args), '; since Chainer v2 GRU is stateful: use StatelessGRU for '
+                    'forward(h, x)' if len(args) == 2 else ''))
+        return super().forward(args[0])
+
+
 # ----- Recurrent networks, continued: structured outputs and other cells -----
 # A recurrent network gives one score vector per position; two losses look at
 # the whole sequence of them at once.
@@ -17646,7 +18902,6 @@ class NotSupportedError(NotImplementedError):
 _OUT_OF_SCOPE = {
     'chainerx': 'ChainerX (Chainer\'s C++ array backend) is out of scope; NumPy and CuPy are used',
     'multi': 'multi-GPU / multi-process training is out of scope; use one device',
-    'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
     'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
     'hooks': 'function and link hooks are out of scope',
     'distributions': 'probability distributions are out of scope',
@@ -18016,8 +19271,6 @@ _submodule('graph_optimizations.static_graph_utilities', static_code=static_code
 
 _not_supported(
     functions,
-    rnn='lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
-        'n_step_rnn n_step_birnn transpose_sequence pad_sequence',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
@@ -18032,8 +19285,6 @@ _not_supported(
             'unpooling_nd')
 _not_supported(
     links,
-    rnn='LSTM GRU StatefulGRU StatelessGRU StatelessLSTM NStepLSTM NStepBiLSTM NStepGRU '
-        'NStepBiGRU NStepRNNReLU NStepRNNTanh NStepBiRNNReLU NStepBiRNNTanh',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '

@@ -12,9 +12,9 @@ and so is every *host sync*: anything that needs a device value on the host
 apart.  Like CuPy, it refuses NumPy arrays as operands and implicit
 conversion to NumPy, so a forgotten transfer fails here too.
 
-`ElementwiseKernel` (the fused optimizer updates) is run by a tiny
+`ElementwiseKernel` (the fused optimizer updates, the LSTM cell) is run by a tiny
 interpreter of the C subset those kernels are written in (declarations,
-assignments, + - * /, c ? a : b, sqrt, max); that checks their formulas
+assignments, + - * /, c ? a : b, sqrt, max, tanh); that checks their formulas
 against the CPU path, but not that nvcc compiles them: the real check is on
 a GPU (bench/gpu_checks.sh).
 
@@ -199,7 +199,8 @@ FakeArray.__getitem__ = lambda self, key: _wrap(self._a[_count_index('__getitem_
 # ----- ElementwiseKernel: the C subset of onefchainer's kernels, run by NumPy -----
 
 _C_TO_PY = [(re.compile(r'&&'), '&'), (re.compile(r'\|\|'), '|'), (re.compile(r'!(?!=)'), '~')]
-_C_FUNCTIONS = {'sqrt': np.sqrt, 'max': np.maximum, 'min': np.minimum, 'fabs': np.abs}
+_C_FUNCTIONS = {'sqrt': np.sqrt, 'max': np.maximum, 'min': np.minimum, 'fabs': np.abs,
+                'tanh': np.tanh}
 _C_TYPES = {'bool': np.bool_, 'float': np.float32, 'double': np.float64, 'int': np.int32,
             'long long': np.int64}
 _STATEMENT = re.compile(r'(?:(bool|float|double|int|long long|[A-Z])\s+)?(\w+)\s*([-+*/]?=)\s*(.*)$',
