@@ -11774,7 +11774,9 @@ def _grad_on_variables(roots, root_grads, inputs=None, retain_grad=False):
             elif config.enable_backprop:
                 grads[x] = grads[x] + gx               # recorded: a sum has a gradient too
             else:
-                grads[x] = Variable(grads[x].data + gx.data, requires_grad=False)
+                total = _xp(gx.data).add(grads[x].data, gx.data, out=_xp(gx.data).empty_like(
+                    gx.data))                          # (0-dim: still an array)
+                grads[x] = Variable(total, requires_grad=False)
             if x.creator is not None:
                 push(x.creator)
         if not retain_grad:
