@@ -429,7 +429,8 @@ def _backprop(roots, retain_grad):
 # Every operation is a Function subclass with its forward and its backward
 # side by side, plus a lower-case helper (`F.relu(x)`) that applies it.  The
 # derivative sits next to the formula it differentiates.  This chapter has
-# only what a multi-layer perceptron needs; Chapter 9 has the rest.
+# only what a multi-layer perceptron needs; Chapter 9 has the rest.  (Their
+# backwards on Variables, for second derivatives, are in Chapter HIGHER.)
 #
 # Broadcasting: NumPy stretches a (3,) array to (2, 3) in `a + b`.  The
 # stretched input was *used* twice, so its gradient is the sum of the
@@ -1401,6 +1402,7 @@ class AddConstant(Function):
     """Function node of x + c for a scalar constant c (no gradient for c).
     Chainer: chainer.functions.math.basic_math.AddConstant.
     """
+    # Second derivatives: _add_constant_on_variables (Chapter HIGHER).
     label = 'add'
 
     def __init__(self, constant):
@@ -1422,6 +1424,7 @@ class Sub(Function):
     Backward: gy for a, -gy for b, each summed down to its shape.
     Chainer: chainer.functions.math.basic_math.Sub.
     """
+    # Second derivatives: _sub_on_variables (Chapter HIGHER).
     label = 'sub'
 
     def forward(self, inputs):
@@ -1440,6 +1443,7 @@ class SubFromConstant(Function):
     """Function node of c - x for a scalar constant c; backward -gy.
     Chainer: chainer.functions.math.basic_math.SubFromConstant.
     """
+    # Second derivatives: _neg_on_variables (Chapter HIGHER).
     label = 'sub'
 
     def __init__(self, constant):
@@ -1460,6 +1464,7 @@ class MulConstant(Function):
     """Function node of x * c for a scalar constant c; backward gy * c.
     Chainer: chainer.functions.math.basic_math.MulConstant.
     """
+    # Second derivatives: _mul_constant_on_variables (Chapter HIGHER).
     label = 'mul'
 
     def __init__(self, constant):
@@ -1480,6 +1485,7 @@ class Div(Function):
     """Function node of a / b (elementwise, broadcasting, one dtype).
     Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
     """
+    # Second derivatives: _div_on_variables (Chapter HIGHER).
     label = 'div'
 
     def forward(self, inputs):
@@ -1500,6 +1506,7 @@ class DivFromConstant(Function):
     """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
     Chainer: chainer.functions.math.basic_math.DivFromConstant.
     """
+    # Second derivatives: _div_from_constant_on_variables (Chapter HIGHER).
     label = 'div'
 
     def __init__(self, constant):
@@ -1517,6 +1524,7 @@ class DivFromConstant(Function):
 @_export('functions.math.basic_math')
 class Neg(Function):
     """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
+    # Second derivatives: _neg_on_variables (Chapter HIGHER).
     label = 'neg'
 
     def forward(self, inputs):
@@ -1531,6 +1539,7 @@ class Pow(Function):
     Backward: gy * b * a**(b-1) for a, gy * a**b * log(a) for b (0 where a <= 0).
     Chainer: chainer.functions.math.basic_math.Pow.
     """
+    # Second derivatives: _pow_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def forward(self, inputs):
@@ -1553,6 +1562,7 @@ class PowConstantExponent(Function):
     """Function node of x ** c for a scalar exponent c; backward gy * c * x**(c-1).
     Chainer: chainer.functions.math.basic_math.PowVarConst.
     """
+    # Second derivatives: _pow_constant_exponent_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def __init__(self, exponent):
@@ -1571,6 +1581,7 @@ class PowConstantBase(Function):
     """Function node of c ** x for a scalar base c; backward gy * c**x * log(c).
     Chainer: chainer.functions.math.basic_math.PowConstVar.
     """
+    # Second derivatives: _pow_constant_base_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def __init__(self, base):
@@ -1715,6 +1726,7 @@ class MatMul(Function):
     of either); backward dA = dY B^T, dB = A^T dY.
     Chainer: chainer.functions.math.matmul.MatMul.
     """
+    # Second derivatives: _matmul_on_variables (Chapter HIGHER).
     label = 'matmul'
     input_names = ('a', 'b')
 
@@ -1809,6 +1821,7 @@ class _Elementwise(Function):
     hot paths.  Chainer: one class per formula, e.g.
     chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
     """
+    # Second derivatives: each row's df run on Variables, _elementwise_on_variables (Chapter HIGHER).
 
     y = None
 
@@ -2465,6 +2478,7 @@ class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
     to x's shape. Chainer: chainer.functions.math.sum.Sum.
     """
+    # Second derivatives: _sum_on_variables (Chapter HIGHER).
     label = 'sum'
 
     def __init__(self, axis=None, keepdims=False):
@@ -2866,6 +2880,7 @@ class Reshape(Function):
     """Function node of x.reshape(shape); backward reshapes gy back.
     Chainer: chainer.functions.array.reshape.Reshape.
     """
+    # Second derivatives: _reshape_on_variables (Chapter HIGHER).
     label = 'reshape'
 
     def __init__(self, shape):
@@ -2889,6 +2904,7 @@ class Transpose(Function):
     """Function node of x.transpose(axes) (None: reverse the axes); backward
     applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
     """
+    # Second derivatives: _transpose_on_variables (Chapter HIGHER).
     label = 'transpose'
 
     def __init__(self, axes=None):
@@ -2913,6 +2929,7 @@ class BroadcastTo(Function):
     """Function node of broadcast_to(x, shape); backward sums gy back to
     x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
     """
+    # Second derivatives: _broadcast_to_on_variables (Chapter HIGHER).
     label = 'broadcast_to'
 
     def __init__(self, shape):
@@ -2935,6 +2952,7 @@ class Concat(Function):
     """Function node of concatenate(xs, axis); backward splits gy at the
     input boundaries. Chainer: chainer.functions.array.concat.Concat.
     """
+    # Second derivatives: _concat_on_variables (Chapter HIGHER).
     label = 'concat'
 
     def __init__(self, axis=1):
@@ -2984,6 +3002,7 @@ class GetItem(Function):
     """Function node of x[slices]; backward scatters gy into zeros of x's
     shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
     """
+    # Second derivatives: _get_item_on_variables (Chapter HIGHER).
     label = 'get_item'
 
     def __init__(self, slices):
@@ -3157,6 +3176,7 @@ class ScatterAdd(Function):
     add up, as numpy.add.at); backward gy for a, gy[slices] for b.
     Chainer: chainer.functions.array.scatter_add.ScatterAdd.
     """
+    # Second derivatives: _scatter_add_on_variables (Chapter HIGHER).
     label = 'scatter_add'
 
     def __init__(self, slices):
@@ -3314,6 +3334,7 @@ class Cast(Function):
     """Function node of x.astype(typ); backward casts gy back to x's dtype
     (no gradient for an integer x). Chainer: chainer.functions.array.cast.Cast.
     """
+    # Second derivatives: _cast_on_variables (Chapter HIGHER).
     label = 'cast'
 
     def __init__(self, typ):
@@ -3488,6 +3509,7 @@ class SplitAxis(Function):
     equal sections); backward concatenates the gradients again (zeros for
     a piece that got none). Chainer: chainer.functions.array.split_axis.SplitAxis.
     """
+    # Second derivatives: _split_axis_on_variables (Chapter HIGHER).
     label = 'split_axis'
 
     def __init__(self, indices_or_sections, axis):
@@ -3686,6 +3708,7 @@ class SumTo(Function):
     """Function node that sums x down to `shape` (undoing a broadcast);
     backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
     """
+    # Second derivatives: _sum_to_on_variables (Chapter HIGHER).
     label = 'sum_to'
 
     def __init__(self, shape):
@@ -4302,6 +4325,7 @@ class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
     """
+    # Second derivatives: _leaky_relu_on_variables (Chapter HIGHER).
     label = 'leaky_relu'
 
     def __init__(self, slope):
@@ -4440,6 +4464,7 @@ class Softplus(Function):
     overflow; backward gy * sigmoid(beta x).
     Chainer: chainer.functions.activation.softplus.Softplus.
     """
+    # Second derivatives: _softplus_on_variables (Chapter HIGHER).
     label = 'softplus'
 
     def __init__(self, beta=1.0):
@@ -4463,6 +4488,7 @@ class ELU(Function):
     """Function node of y = x where x > 0, else alpha (e**x - 1); backward gy
     where x > 0, else gy * alpha e**x. Chainer: chainer.functions.activation.elu.ELU.
     """
+    # Second derivatives: _elu_on_variables (Chapter HIGHER).
     label = 'elu'
 
     def __init__(self, alpha=1.0, label='elu'):
@@ -4696,6 +4722,7 @@ class Softmax(Function):
     """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
     Chainer: chainer.functions.activation.softmax.Softmax.
     """
+    # Second derivatives: _softmax_on_variables (Chapter HIGHER).
     label = 'softmax'
 
     def __init__(self, axis=1):
@@ -4721,6 +4748,7 @@ class LogSoftmax(Function):
     """Function node of y = x - log(sum(exp(x), axis)); backward
     gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
     """
+    # Second derivatives: _log_softmax_on_variables (Chapter HIGHER).
     label = 'log_softmax'
 
     def __init__(self, axis=1):
@@ -4785,6 +4813,7 @@ class Dropout(Function):
     `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
     Chainer: chainer.functions.noise.dropout.Dropout.
     """
+    # Second derivatives: _dropout_on_variables (Chapter HIGHER).
     label = 'dropout'
 
     def __init__(self, ratio):
@@ -4832,6 +4861,7 @@ class MeanSquaredError(Function):
     2 (a - b) gy / size for a, its negative for b.
     Chainer: chainer.functions.loss.mean_squared_error.MeanSquaredError.
     """
+    # Second derivatives: _mean_squared_error_on_variables (Chapter HIGHER).
     label = 'mean_squared_error'
 
     def forward(self, inputs):
@@ -4953,6 +4983,7 @@ class SigmoidCrossEntropy(Function):
     Backward: (sigmoid(x) - t) gy, 0 where t == -1, divided as the loss was.
     Chainer: chainer.functions.loss.sigmoid_cross_entropy.SigmoidCrossEntropy.
     """
+    # Second derivatives: _sigmoid_cross_entropy_on_variables (Chapter HIGHER).
     label = 'sigmoid_cross_entropy'
     input_names = ('x', 't')
     ignore_label = -1
@@ -7201,6 +7232,7 @@ class Convolution2DFunction(Function):
     group; backward: gW from col and gy, gx by col2im of W^T gy, gb by
     summing gy.  Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
     """
+    # Second derivatives: _convolution_2d_on_variables (Chapter HIGHER).
 
     label = 'convolution_2d'
 
@@ -7349,6 +7381,7 @@ class Deconvolution2DFunction(Function):
     then col2im; backward: im2col of gy, then the products of a convolution.
     Chainer: chainer.functions.connection.deconvolution_2d.Deconvolution2DFunction.
     """
+    # Second derivatives: _deconvolution_2d_on_variables (Chapter HIGHER).
 
     label = 'deconvolution_2d'
 
@@ -7506,6 +7539,7 @@ class MaxPooling2D(Function):
     `winner`, each maximum's offset in its window, for upsampling_2d.
     Chainer: chainer.functions.MaxPooling2D.
     """
+    # Second derivatives: _max_pooling_2d_on_variables (Chapter HIGHER).
 
     label = 'max_pooling_2d'
 
@@ -7635,6 +7669,7 @@ class AveragePooling2D(Function):
     (padding counted as zeros); backward spreads gy / (kh kw) over the window.
     Chainer: chainer.functions.pooling.average_pooling_2d.AveragePooling2D.
     """
+    # Second derivatives: _average_pooling_2d_on_variables (Chapter HIGHER).
 
     label = 'average_pooling_2d'
 
@@ -8533,6 +8568,7 @@ class LayerNormalizationFunction(Function):
     to mean 0 and variance 1 (plus eps); backward as in the comment above.
     Chainer: chainer.functions.normalization.layer_normalization.LayerNormalization.
     """
+    # Second derivatives: _layer_normalization_composite (Chapter HIGHER).
     label = 'layer_normalization'
     input_names = ('x', 'gamma', 'beta')
 
