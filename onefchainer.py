@@ -12,8 +12,9 @@ and nothing else: 1. Arrays (`xp`: NumPy or CuPy); 2. Configuration;
 
 PART II, THE LIBRARY: 9. More functions; 10. Initializers and more links;
 11. Convolutional networks; 12. More optimizers and hooks; 13. Serializers;
-14. Reporter; 15. Gradient check; 16. Data: datasets, downloading,
-iterators, batching; 17. The training loop: Trainer and extensions.
+14. Reporter; 15. Gradient check; HIGHER. Higher-order derivatives;
+16. Data: datasets, downloading, iterators, batching; 17. The training
+loop: Trainer and extensions.
 
 PART III, PLUMBING: 18. Devices; 19. Speed paths; 20. Conveniences, checks
 and error messages; 21. Chainer compatibility.  Where it adds methods to a

@@ -7148,9 +7148,9 @@ def _seeded_dropout(x):
     return F.dropout(x, 0.4) * x
 
 
-_LABELS = np.array([1, 0, 4, 2], np.int32)
-_LABELS_IGNORED = np.array([1, -1, 4, 2], np.int32)
-_BINARY_LABELS = np.array([[1, 0, -1, 1], [0, 0, 1, -1], [1, 1, 0, 0]], np.int32)
+_HIGHER_LABELS = np.array([1, 0, 4, 2], np.int32)
+_HIGHER_LABELS_IGNORED = np.array([1, -1, 4, 2], np.int32)
+_HIGHER_BINARY_LABELS = np.array([[1, 0, -1, 1], [0, 0, 1, -1], [1, 1, 0, 0]], np.int32)
 
 # Every function that claims double backprop, by its Function class, with
 # inputs where it is smooth; the second derivative must not vanish where
@@ -7208,18 +7208,18 @@ CHAPTER_HIGHER_CASES = {
     'cast': (lambda x: F.cast(F.cast(x, np.float64) ** 3, x.dtype), [f64(3, 4)]),
     'mean_squared_error': (lambda a, b: F.mean_squared_error(a * a, b), [f64(3, 4),
                                                                         f64(3, 4, seed=1)]),
-    'softmax_cross_entropy': (lambda x: F.softmax_cross_entropy(x, dev(_LABELS)),
+    'softmax_cross_entropy': (lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS)),
                               [f64(4, 5)]),
     'softmax_cross_entropy_no': (
-        lambda x: F.softmax_cross_entropy(x, dev(_LABELS_IGNORED), reduce='no'), [f64(4, 5)]),
+        lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS_IGNORED), reduce='no'), [f64(4, 5)]),
     'softmax_cross_entropy_weight': (
-        lambda x: F.softmax_cross_entropy(x, dev(_LABELS_IGNORED), normalize=False,
+        lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS_IGNORED), normalize=False,
                                           class_weight=dev(f64(5, seed=3, **POS))),
         [f64(4, 5)]),
-    'sigmoid_cross_entropy': (lambda x: F.sigmoid_cross_entropy(x, dev(_BINARY_LABELS)),
+    'sigmoid_cross_entropy': (lambda x: F.sigmoid_cross_entropy(x, dev(_HIGHER_BINARY_LABELS)),
                               [f64(3, 4)]),
     'sigmoid_cross_entropy_no': (
-        lambda x: F.sigmoid_cross_entropy(x, dev(_BINARY_LABELS), normalize=False, reduce='no'),
+        lambda x: F.sigmoid_cross_entropy(x, dev(_HIGHER_BINARY_LABELS), normalize=False, reduce='no'),
         [f64(3, 4)]),
     'layer_normalization': (lambda x, g, b: F.layer_normalization(x, g, b),
                             [f64(3, 5), f64(5, seed=1), f64(5, seed=2)]),
