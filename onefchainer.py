@@ -1885,6 +1885,7 @@ class Clip(Function):
     backward gy where x_min <= x <= x_max, else 0 (the bounds count as inside).
     Chainer: chainer.functions.math.clip.Clip.
     """
+    # Second derivatives: _clip_on_variables (Chapter HIGHER).
     label = 'clip'
 
     def __init__(self, x_min, x_max):
@@ -1913,6 +1914,7 @@ class Maximum(Function):
     dtype); backward: gy to x1 where x1 >= x2, else to x2 (a tie goes to x1).
     Chainer: chainer.functions.math.maximum.Maximum.
     """
+    # Second derivatives: _maximum_on_variables (Chapter HIGHER).
     label = 'maximum'
     input_names = ('x1', 'x2')
 
@@ -2506,6 +2508,7 @@ class Max(Function):
     Backward: gy goes to the element(s) equal to the result, 0 elsewhere
     (ties each get gy). Chainer: chainer.functions.math.minmax.Max.
     """
+    # Second derivatives: _max_on_variables (Chapter HIGHER).
     label = 'max'
 
     def __init__(self, axis=None, keepdims=False, take_min=False):
@@ -2747,6 +2750,7 @@ class LogSumExp(Function):
     the maximum so that exp cannot overflow; backward gy * exp(x - y)
     (softmax times gy). Chainer: chainer.functions.math.logsumexp.LogSumExp.
     """
+    # Second derivatives: _logsumexp_on_variables (Chapter HIGHER).
     label = 'logsumexp'
 
     def __init__(self, axis=None):
@@ -2981,6 +2985,7 @@ class Stack(Function):
     """Function node of stack(xs, axis); backward takes each slice of gy.
     Chainer: chainer.functions.array.stack.
     """
+    # Second derivatives: _stack_on_variables (Chapter HIGHER).
     label = 'stack'
 
     def __init__(self, axis=0):
@@ -3224,6 +3229,7 @@ class Flip(Function):
     """Function node of x reversed along `axis`; backward reverses gy back.
     Chainer: chainer.functions.array.flip.Flip (also FlipLR, FlipUD).
     """
+    # Second derivatives: _flip_on_variables (Chapter HIGHER).
     label = 'flip'
 
     def __init__(self, axis, label='flip'):
@@ -3310,6 +3316,7 @@ class Where(Function):
     elsewhere, each summed down to its shape.
     Chainer: chainer.functions.array.where.Where.
     """
+    # Second derivatives: _where_on_variables (Chapter HIGHER).
     label = 'where'
     input_names = ('x', 'y')
 
@@ -3357,6 +3364,7 @@ class Separate(Function):
     axis removed. Backward stacks the gradients again (zeros for an output
     that got none). Chainer: chainer.functions.array.separate.Separate.
     """
+    # Second derivatives: _separate_on_variables (Chapter HIGHER).
     label = 'separate'
 
     def __init__(self, axis=0):
@@ -3588,6 +3596,7 @@ class Broadcast(Function):
     each gradient back to its input's shape.
     Chainer: chainer.functions.array.broadcast.Broadcast.
     """
+    # Second derivatives: _broadcast_on_variables (Chapter HIGHER).
     label = 'broadcast'
 
     def forward(self, inputs):
@@ -4514,6 +4523,7 @@ class HardSigmoid(Function):
     """Function node of y = clip(0.2 x + 0.5, 0, 1); backward 0.2 gy where
     -2.5 < x < 2.5, else 0. Chainer: chainer.functions.activation.hard_sigmoid.HardSigmoid.
     """
+    # Second derivatives: _hard_sigmoid_on_variables (Chapter HIGHER).
     label = 'hard_sigmoid'
 
     def forward(self, inputs):
@@ -4531,6 +4541,7 @@ class ClippedReLU(Function):
     """Function node of y = min(max(x, 0), z); backward gy where 0 < x < z,
     else 0. Chainer: chainer.functions.activation.clipped_relu.ClippedReLU.
     """
+    # Second derivatives: _clipped_relu_on_variables (Chapter HIGHER).
     label = 'clipped_relu'
 
     def __init__(self, z, label='clipped_relu'):
@@ -5474,6 +5485,7 @@ class Identity(Function):
     """Function node that returns its inputs unchanged and passes the gradients
     back unchanged. Chainer: chainer.functions.array.identity.Identity.
     """
+    # Second derivatives: _identity_on_variables (Chapter HIGHER).
     label = 'identity'
 
     def forward(self, inputs):
@@ -11549,6 +11561,88 @@ def _get_item_on_variables(f, xs, ys, gys):     # gy scattered into zeros, as a 
 @_backward_on_variables(ScatterAdd)
 def _scatter_add_on_variables(f, xs, ys, gys):
     return gys[0], get_item(gys[0], f.slices)
+
+
+@_backward_on_variables(Identity)
+def _identity_on_variables(f, xs, ys, gys):
+    return gys
+
+
+@_backward_on_variables(Broadcast)
+def _broadcast_on_variables(f, xs, ys, gys):
+    return tuple(None if g is None else _sum_to_var(g, x.shape) for x, g in zip(xs, gys))
+
+
+@_backward_on_variables(Stack)
+def _stack_on_variables(f, xs, ys, gys):
+    return separate(gys[0], f.axis)
+
+
+@_backward_on_variables(Separate)
+def _separate_on_variables(f, xs, ys, gys):
+    x, = xs
+    axis = f.axis % x.ndim
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    return stack([Variable(_xp(x.data).zeros(shape, x.dtype), requires_grad=False)
+                  if g is None else g for g in gys], axis=f.axis),
+
+
+@_backward_on_variables(Flip)
+def _flip_on_variables(f, xs, ys, gys):
+    return Flip(f.axis, f.label)(gys[0]),
+
+
+# ----- piecewise functions: their derivatives are masks fixed by x -----------------
+
+@_backward_on_variables(Clip)
+def _clip_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    inside = _xp(x).ones(x.shape, np.bool_)
+    if f.x_min is not None:
+        inside &= x >= f.x_min
+    if f.x_max is not None:
+        inside &= x <= f.x_max
+    return gys[0] * _constant(inside, x.dtype),
+
+
+@_backward_on_variables(HardSigmoid)
+def _hard_sigmoid_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    return gys[0] * (_constant((-2.5 < x) & (x < 2.5), x.dtype) * 0.2),
+
+
+@_backward_on_variables(ClippedReLU)
+def _clipped_relu_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    return gys[0] * _constant((0 < x) & (x < f.z), x.dtype),
+
+
+@_backward_on_variables(Maximum, Minimum)
+def _maximum_on_variables(f, xs, ys, gys):
+    (x1, x2), gy = xs, gys[0]
+    first = _constant(x1.data <= x2.data if f.take_min else x1.data >= x2.data, gy.dtype)
+    return _sum_to_var(gy * first, x1.shape), _sum_to_var(gy * (1 - first), x2.shape)
+
+
+@_backward_on_variables(Where)
+def _where_on_variables(f, xs, ys, gys):
+    (x, y), gy = xs, gys[0]
+    chosen = _constant(_xp(gy.data).broadcast_to(f.condition, gy.shape), gy.dtype)
+    return _sum_to_var(gy * chosen, x.shape), _sum_to_var(gy * (1 - chosen), y.shape)
+
+
+@_backward_on_variables(Max, Min)
+def _max_on_variables(f, xs, ys, gys):
+    x, = xs
+    winners = _constant(x.data == f.y, x.dtype)
+    return broadcast_to(reshape(gys[0], f.y.shape), x.shape) * winners,
+
+
+@_backward_on_variables(LogSumExp)
+def _logsumexp_on_variables(f, xs, ys, gys):
+    x, = xs
+    shape = _keepdims_shape(x.shape, f.axis)
+    return reshape(gys[0], shape) * exp(x - reshape(ys[0], shape)),
 
 
 # ----- losses ----------------------------------------------------------------------

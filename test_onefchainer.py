@@ -7150,6 +7150,7 @@ def _seeded_dropout(x):
 
 _HIGHER_LABELS = np.array([1, 0, 4, 2], np.int32)
 _HIGHER_LABELS_IGNORED = np.array([1, -1, 4, 2], np.int32)
+_HIGHER_CONDITION = np.array([[True, False, True], [False, False, True]])
 _HIGHER_BINARY_LABELS = np.array([[1, 0, -1, 1], [0, 0, 1, -1], [1, 1, 0, 0]], np.int32)
 
 # Every function that claims double backprop, by its Function class, with
@@ -7226,6 +7227,20 @@ CHAPTER_HIGHER_CASES = {
     'average_pooling_2d': (lambda x: F.average_pooling_2d(x, 3, 2, 1) ** 2, [f64(2, 2, 5, 5)]),
     'max_pooling_2d': (lambda x: F.max_pooling_2d(x, 3, 2, 1) ** 2, [_distinct(2, 2, 6, 5)]),
     'max_pooling_2d_tiles': (lambda x: F.max_pooling_2d(x, 2) ** 2, [_distinct(2, 2, 4, 6)]),
+    'identity_broadcast': (lambda a, b: F.identity(*F.broadcast(a, b))[1] * a,
+                           [f64(2, 3), f64(3, seed=1)]),
+    'stack_separate': (lambda a, b: F.separate(F.stack([a, b * a], axis=1), axis=0)[1] ** 2,
+                       [f64(2, 3), f64(2, 3, seed=1)]),
+    'flip': (lambda x: F.flip(x, 1) * x + F.fliplr(x) ** 3, [f64(2, 3)]),
+    'clip': (lambda x: F.clip(x, -0.5, 0.5) * x, [_away_from_kinks(3, 4) * 0.6]),
+    'hard_sigmoid': (lambda x: F.hard_sigmoid(x) * x, [_away_from_kinks(3, 4) * 2]),
+    'clipped_relu': (lambda x: F.clipped_relu(x, 0.8) * x, [_away_from_kinks(3, 4) * 0.6]),
+    'maximum': (lambda a, b: F.maximum(a, b) * a, [_distinct(2, 3), _distinct(3, seed=1) + 0.1]),
+    'minimum': (lambda a, b: F.minimum(a, b) * b, [_distinct(2, 3), _distinct(2, 3, seed=1) + 0.1]),
+    'where': (lambda a, b: F.where(dev(_HIGHER_CONDITION), a * a, b) * b, [f64(2, 3), f64(3, seed=1)]),
+    'max_min': (lambda x: F.max(x, axis=1) * F.min(x, axis=1, keepdims=True)[:, 0],
+                [_distinct(3, 4)]),
+    'logsumexp': (lambda x: F.logsumexp(x, axis=1) ** 2, [f64(3, 4)]),
 }
 for _label in sorted(chainer._ELEMENTWISE):
     # Chapter 9's table, each row on an input inside its domain
