@@ -11275,15 +11275,16 @@ _export('utils', size_of_shape=_size_of_shape)
 # leads back through the backward ops to x.  Backprop on gx (or on anything
 # computed from it) gives second derivatives:
 #
-#     y = x^3          gx = 3 x^2 gy     (recorded: x -> square -> mul)
-#                      d(gx)/dx = 6 x gy
+#     y = x^3          gx = 3 x^2 gy     (recorded: x -> x^2 -> times 3 gy)
+#                      d(gx)/dx = 6 x gy (backprop through those two ops)
 #
 # Two switches ask for it.  `y.backward(enable_double_backprop=True)` leaves
 # each leaf's grad_var a Variable in the graph, and `chainer.grad(outputs,
 # inputs, enable_double_backprop=True)` returns the gradients of `inputs`
-# only, as Variables, without touching any .grad.  Without the switch both
-# run the array backwards of Chapter 4, so first-order training does not
-# pay for this chapter.  Worked examples, each run by the tests:
+# only, as Variables, without touching any .grad.  Without the switch,
+# backward is Chapter 4's walk, untouched, and chainer.grad calls the same
+# array backwards: first-order training does not pay for this chapter.
+# Worked examples, each run by the tests:
 #
 #   The second derivative of a polynomial: with y = x^3 - 2x,
 #       gx, = chainer.grad([y], [x], enable_double_backprop=True)   # 3x^2 - 2
@@ -11826,7 +11827,7 @@ _BACKWARD_ON_VARIABLES[LayerNormalizationFunction] = _by_composition(
 # The walk of Chapter 4 again, with two differences: the gradients are
 # Variables (kept in a dict, not in .grad), and only the functions that lead
 # to the wanted inputs are visited, so chainer.grad w.r.t. a critic's input
-# never walks into the generator that made it.  With config.enable_backprop
+# runs no backward of the generator that made it.  With config.enable_backprop
 # off (chainer.grad without double backprop) each function runs its array
 # backward, so every Function works; with it on, the backward on Variables.
 
@@ -12076,7 +12077,7 @@ class FunctionNode:
             for y in outputs:
                 y.creator, y.rank = in_node, self.rank + 1
             in_node.outputs = self.outputs = tuple(weakref.ref(y) for y in outputs)
-            self._in_graph = in_node
+            self._in_graph = weakref.ref(in_node)     # not a cycle: freed with the graph
             if self._output_indexes_to_retain is not None:
                 self._retained_output_data = tuple(
                     out_data[i] for i in self._output_indexes_to_retain)
@@ -12158,11 +12159,11 @@ class FunctionNode:
             y = refs[i]()
             if y is None:
                 y = Variable(data)
-                y.creator, y.rank = self._in_graph, self.rank + 1
+                y.creator, y.rank = self._in_graph(), self.rank + 1
                 refs[i] = weakref.ref(y)
                 self._revived = getattr(self, '_revived', ()) + (y,)
             outputs.append(y)
-        self.outputs = self._in_graph.outputs = tuple(refs)
+        self.outputs = self._in_graph().outputs = tuple(refs)
         return tuple(outputs)
 
     @property
@@ -12175,7 +12176,9 @@ class FunctionNode:
 
     def unchain(self):
         """Drop the node's links to its inputs and outputs. Chainer: FunctionNode.unchain."""
-        self._in_graph.unchain()
+        in_graph = self._in_graph()
+        if in_graph is not None:
+            in_graph.unchain()
         self.inputs = None
 
 

@@ -7597,6 +7597,13 @@ def test_a_users_function_node_runs_with_and_without_double_backprop():
         assert _MulAdd().apply((x, y, z))[0].creator is None
     with pytest.raises(NotImplementedError, match='forward'):
         chainer.FunctionNode().apply((x,))
+    # the node and its place in the graph make no reference cycle: the graph
+    # goes by reference counting, as in Chapter 3
+    node = _MulAdd()
+    ref = weakref.ref(node)
+    w, = node.apply((x, y, z))
+    del node, w
+    assert ref() is None
 
 
 def test_function_node_calls_check_type_forward_when_type_check_exists():
