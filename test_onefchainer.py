@@ -7306,6 +7306,36 @@ def test_check_double_backward_detects_a_wrong_second_derivative():
         gradient_check.check_double_backward(cube, x, gy, ggx)
 
 
+def test_check_double_backward_checks_params_too():
+    W = chainer.Parameter(dev(f64(2, 3, seed=1)))
+    b = chainer.Parameter(dev(f64(2, seed=2)))
+    gradient_check.check_double_backward(
+        lambda x: F.tanh(F.linear(x, W, b)), dev(f64(4, 3)), dev(f64(4, 2, seed=3)),
+        dev(f64(4, 3, seed=4)), params=(W, b),
+        params_grad_grad=(dev(f64(2, 3, seed=5)), dev(f64(2, seed=6))))
+    # gx = gy w with w taken as a constant: its derivative w.r.t. w is lost, and named
+    class ScaleWrongTwice(chainer.FunctionNode):
+        def forward(self, inputs):
+            self.retain_inputs((0, 1))
+            return inputs[0] * inputs[1],
+
+        def backward(self, indexes, grad_outputs):
+            x, w = self.get_retained_inputs()
+            gy, = grad_outputs
+            return gy * Variable(w.data), gy * x
+
+    w = chainer.Parameter(dev(f64(3, seed=7)), name='w')
+    with pytest.raises(AssertionError, match="parameter 'w'"):
+        gradient_check.check_double_backward(
+            lambda x: ScaleWrongTwice().apply((x, w))[0], dev(f64(3)), dev(f64(3, seed=8)),
+            dev(f64(3, seed=9)), params=(w,), params_grad_grad=(dev(f64(3, seed=10)),))
+    # an old-style Function, whose backward is on arrays, says it cannot
+    with pytest.raises(NotImplementedError, match='WrongParamBackward'):
+        gradient_check.check_double_backward(
+            lambda x: WrongParamBackward()(x, w), dev(f64(3)), dev(f64(3, seed=8)),
+            dev(f64(3, seed=9)), params=(w,), params_grad_grad=(dev(f64(3, seed=10)),))
+
+
 def test_third_derivatives_through_convolution():
     # convolution's dW is a Function of its own (Convolution2DGradW) whose
     # backward on Variables runs only at third order: check the gradient of
