@@ -4641,6 +4641,7 @@ class PReLUFunction(Function):
     backward gy or W gy for x, and the sum of x gy where x < 0 for W.
     Chainer: chainer.functions.activation.prelu.PReLUFunction.
     """
+    # Second derivatives: _prelu_composite (Chapter HIGHER).
     label = 'prelu'
     input_names = ('x', 'W')
 
@@ -4664,6 +4665,7 @@ class SwishFunction(Function):
     backward gy (beta y + s (1 - beta y)) for x and the sum of gy y (x - y)
     for beta, s = sigmoid(beta x). Chainer: chainer.functions.activation.swish.Swish.
     """
+    # Second derivatives: _swish_composite (Chapter HIGHER).
     label = 'swish'
     input_names = ('x', 'beta')
 
@@ -4918,6 +4920,7 @@ class AbsoluteError(Function):
     """Function node of |x0 - x1| elementwise; backward sign(x0 - x1) gy for
     x0, its negative for x1. Chainer: chainer.functions.loss.absolute_error.AbsoluteError.
     """
+    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
     label = 'absolute_error'
 
     def forward(self, inputs):
@@ -4936,6 +4939,7 @@ class MeanAbsoluteError(Function):
     sign(x0 - x1) gy / size for x0, its negative for x1.
     Chainer: chainer.functions.loss.mean_absolute_error.MeanAbsoluteError.
     """
+    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
     label = 'mean_absolute_error'
 
     def forward(self, inputs):
@@ -8238,6 +8242,7 @@ class BatchNormalizationFunction(Function):
     batch's mean and variance and updates the running averages in place.
     Chainer: chainer.functions.normalization.batch_normalization.BatchNormalization.
     """
+    # Second derivatives: _batch_normalization_composite (Chapter HIGHER).
 
     label = 'batch_normalization'
 
@@ -8384,6 +8389,7 @@ class FixedBatchNormalization(Function):
     mean and variance; all five inputs get gradients.
     Chainer: chainer.functions.normalization.batch_normalization.FixedBatchNormalization.
     """
+    # Second derivatives: _fixed_batch_normalization_composite (Chapter HIGHER).
 
     label = 'fixed_batch_normalization'
 
@@ -8614,6 +8620,7 @@ class GroupNormalizationFunction(Function):
     variance 1 (plus eps), then y = gamma[c] x_hat + beta[c].
     Chainer: chainer.functions.normalization.group_normalization.GroupNormalization.
     """
+    # Second derivatives: _group_normalization_composite (Chapter HIGHER).
     label = 'group_normalization'
     input_names = ('x', 'gamma', 'beta')
 
@@ -11795,11 +11802,13 @@ def _max_pooling_winners(f, x):
     return ((channel * x.shape[2] + rows) * x.shape[3] + columns).ravel()
 
 
-# ----- layer normalization: differentiated through its own composition ------------
-# Its backward is a long formula.  Rather than differentiate that by hand,
-# compute y again from F ops (mean, subtract, rsqrt, ...), each of which has
-# a backward on Variables, and backprop through them: the recomputation
-# costs one more forward pass, only when double backprop is asked for.
+# ----- normalizations: differentiated through their own composition ---------------
+# Their backwards are long formulas.  Rather than differentiate those by
+# hand, compute y again from F ops (mean, subtract, rsqrt, ...), each of
+# which has a backward on Variables, and backprop through them: the
+# recomputation costs one more forward pass, only when double backprop is
+# asked for.  Swish and PReLU, whose gradients w.r.t. their per-feature
+# parameters sum over the batch, are done the same way.
 
 def _by_composition(composite):
     """A rule computing the gradients of `composite(f, *xs)`, the function
@@ -11821,6 +11830,60 @@ def _layer_normalization_composite(f, x, gamma, beta):
 
 _BACKWARD_ON_VARIABLES[LayerNormalizationFunction] = _by_composition(
     _layer_normalization_composite)
+
+
+def _in_dtype(a, x):
+    """a in x's dtype (Chainer v7 lets normalization parameters differ)."""
+    return a if a.dtype == x.dtype else cast(a, x.dtype)
+
+
+def _batch_normalization_composite(f, x, gamma, beta):
+    shape = _keepdims_shape(x.shape, f.axis)      # gamma's axes, the averaged ones 1
+    centered = x - mean(x, axis=f.axis, keepdims=True)
+    variance = mean(centered * centered, axis=f.axis, keepdims=True)
+    return (centered * rsqrt(variance + f.eps) * reshape(_in_dtype(gamma, x), shape)
+            + reshape(_in_dtype(beta, x), shape))
+
+
+def _fixed_batch_normalization_composite(f, x, gamma, beta, mu, var):
+    gamma, beta, mu, var = (reshape(_in_dtype(a, x), f.expanded)
+                            for a in (gamma, beta, mu, var))
+    return (x - mu) * (gamma * rsqrt(var + f.eps)) + beta
+
+
+def _group_normalization_composite(f, x, gamma, beta):
+    n, c = x.shape[:2]
+    rows = reshape(x, (n * f.groups, -1))
+    centered = rows - mean(rows, axis=1, keepdims=True)
+    variance = mean(centered * centered, axis=1, keepdims=True)
+    x_hat = reshape(centered * rsqrt(variance + f.eps), (n, c, -1))
+    gamma, beta = (reshape(_in_dtype(a, x), (c, 1)) for a in (gamma, beta))
+    return reshape(x_hat * gamma + beta, x.shape)
+
+
+def _swish_composite(f, x, beta):
+    return x * sigmoid(x * reshape(beta, f.expanded))
+
+
+def _prelu_composite(f, x, W):
+    negative = _constant(f.negative, x.dtype)
+    return x * (1 - negative) + x * reshape(W, f.expanded) * negative
+
+
+for _function, _composite in ((BatchNormalizationFunction, _batch_normalization_composite),
+                              (FixedBatchNormalization, _fixed_batch_normalization_composite),
+                              (GroupNormalizationFunction, _group_normalization_composite),
+                              (SwishFunction, _swish_composite),
+                              (PReLUFunction, _prelu_composite)):
+    _BACKWARD_ON_VARIABLES[_function] = _by_composition(_composite)
+del _function, _composite
+
+
+@_backward_on_variables(AbsoluteError, MeanAbsoluteError)
+def _absolute_error_on_variables(f, xs, ys, gys):     # sign(x0 - x1), a constant
+    sign_ = _constant(_xp(f.diff).sign(f.diff), f.diff.dtype)
+    gx = gys[0] * sign_ * (1.0 / max(f.diff.size, 1) if isinstance(f, MeanAbsoluteError) else 1.0)
+    return gx, -gx
 
 
 # ----- backprop on Variables ---------------------------------------------------------

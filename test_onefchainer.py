@@ -7241,6 +7241,21 @@ CHAPTER_HIGHER_CASES = {
     'max_min': (lambda x: F.max(x, axis=1) * F.min(x, axis=1, keepdims=True)[:, 0],
                 [_distinct(3, 4)]),
     'logsumexp': (lambda x: F.logsumexp(x, axis=1) ** 2, [f64(3, 4)]),
+    'batch_normalization': (lambda x, g, b: F.batch_normalization(x, g, b),
+                            [f64(4, 3, 2, 2), f64(3, seed=1), f64(3, seed=2)]),
+    'batch_normalization_2d': (lambda x, g, b: F.batch_normalization(x, g, b, eps=1e-3),
+                               [f64(5, 3), f64(3, seed=1), f64(3, seed=2)]),
+    'fixed_batch_normalization': (
+        lambda x, g, b, m, v: F.fixed_batch_normalization(x, g, b, m, v) ** 2,
+        [f64(4, 3, 2), f64(3, seed=1), f64(3, seed=2), f64(3, seed=3), f64(3, seed=4, **POS)]),
+    'group_normalization': (lambda x, g, b: F.group_normalization(x, 2, g, b),
+                            [f64(2, 4, 3), f64(4, seed=1), f64(4, seed=2)]),
+    'swish': (lambda x, beta: F.swish(x, beta), [f64(2, 3, 2), f64(3, seed=1)]),
+    'prelu': (lambda x, W: F.prelu(x, W) * x, [_away_from_kinks(2, 3, 2), f64(3, seed=1)]),
+    'absolute_error': (lambda a, b: F.absolute_error(a, b) * a,
+                       [_distinct(2, 3), _distinct(2, 3, seed=1) + 0.1]),
+    'mean_absolute_error': (lambda a, b: F.mean_absolute_error(a * a, b),
+                            [_distinct(2, 3) * 0.3, _distinct(2, 3, seed=1) * 0.3 + 0.05]),
 }
 for _label in sorted(chainer._ELEMENTWISE):
     # Chapter 9's table, each row on an input inside its domain
@@ -7390,6 +7405,10 @@ _CHAINER_DOUBLE_CASES = {
     'average_pooling_2d': lambda x: F.average_pooling_2d(x, 3, 2, 1) ** 2,
     'max_pooling_2d': lambda x: F.max_pooling_2d(x, 3, 2, 1) ** 2,
     'max_pooling_2d_tiles': lambda x: F.max_pooling_2d(x, 2) ** 2,
+    'batch_normalization': lambda x, g, b: F.batch_normalization(x, g, b),
+    'group_normalization': lambda x, g, b: F.group_normalization(x, 2, g, b),
+    'swish': lambda x, beta: F.swish(x, beta),
+    'prelu': lambda x, W: F.prelu(x, W) * x,
 }
 
 

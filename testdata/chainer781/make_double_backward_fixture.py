@@ -83,6 +83,12 @@ CASES = {
                            [rand(2, 2, 5, 5)]),
     'max_pooling_2d': (lambda x: F.max_pooling_2d(x, 3, 2, 1) ** 2, [rand(2, 2, 6, 6)]),
     'max_pooling_2d_tiles': (lambda x: F.max_pooling_2d(x, 2) ** 2, [rand(2, 2, 6, 6)]),
+    'batch_normalization': (lambda x, g, b: F.batch_normalization(x, g, b),
+                            [rand(4, 3, 2, 2), rand(3), rand(3)]),
+    'group_normalization': (lambda x, g, b: F.group_normalization(x, 2, g, b),
+                            [rand(2, 4, 3), rand(4), rand(4)]),
+    'swish': (lambda x, beta: F.swish(x, beta), [rand(2, 3, 2), rand(3)]),
+    'prelu': (lambda x, W: F.prelu(x, W) * x, [away_from_kinks(2, 3, 2), rand(3)]),
 }
 
 for name, (f, xs) in CASES.items():
