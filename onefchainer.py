@@ -2585,6 +2585,7 @@ class Cumsum(Function):
     cumulative sum of gy taken from the far end.
     Chainer: chainer.functions.math.cumsum.Cumsum.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'cumsum'
 
     def __init__(self, axis=None):
@@ -3252,6 +3253,7 @@ class Tile(Function):
     (r, s) on each axis (copy r of element s) is reshaped into two axes, and
     the copies are summed. Chainer: chainer.functions.array.tile.Tile.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'tile'
 
     def __init__(self, reps):
@@ -3277,6 +3279,7 @@ class Repeat(Function):
     flattened first). Backward: each element gets the sum of the gradients of
     its copies. Chainer: chainer.functions.array.repeat.Repeat.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'repeat'
 
     def __init__(self, repeats, axis=None):
@@ -3558,6 +3561,7 @@ class Pad(Function):
     so each element gets the gradients of all its copies (found by padding
     the element indices the same way). Chainer: chainer.functions.array.pad.Pad.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'pad'
 
     def __init__(self, pad_width, mode, keywords):
@@ -3617,6 +3621,7 @@ class Copy(Function):
     """Function node that sends x to another device; backward sends gy back
     to x's device. Chainer: chainer.functions.array.copy.Copy.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'copy'
 
     def __init__(self, device):
@@ -3635,6 +3640,7 @@ class Diagonal(Function):
     as the last axis); backward writes gy onto the same diagonal of zeros.
     Chainer: chainer.functions.array.diagonal.Diagonal.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'diagonal'
 
     def __init__(self, offset, axis1, axis2):
@@ -3772,6 +3778,7 @@ class Permutate(Function):
     backward applies the inverse permutation to gy.
     Chainer: chainer.functions.array.permutate.Permutate.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'permutate'
 
     def __init__(self, indices, axis, inv):
@@ -7510,6 +7517,7 @@ class Im2Col(Function):
     """Function node of im2col: every kh x kw patch as a column of channels;
     backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'im2col'
 
@@ -7783,6 +7791,7 @@ class Unpooling2D(_Unpool):
     backward sums gy over each window.
     Chainer: chainer.functions.pooling.unpooling_2d.Unpooling2D.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'unpooling_2d'
 
@@ -7817,6 +7826,7 @@ class Upsampling2D(_Unpool):
     names in its window; backward reads gy back from the same place.
     Chainer: chainer.functions.pooling.upsampling_2d.Upsampling2D.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'upsampling_2d'
 
@@ -8103,6 +8113,7 @@ class AveragePoolingND(Function):
     backward spreads gy / size over the window.
     Chainer: chainer.functions.pooling.average_pooling_nd.AveragePoolingND.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'average_pooling_nd'
 
@@ -11314,8 +11325,10 @@ _export('utils', size_of_shape=_size_of_shape)
 # the class stays as it is).  A one-line formula is written out; where the
 # backward is itself a linear map with no op of its own (convolution's dW,
 # get_item's scatter), it becomes a Function with a backward of its own; a
-# long formula (layer normalization) is differentiated by recomputing the
-# function from F ops and backpropagating through those.  A function not
+# function linear in x (tile, pad, cumsum, ...) needs no formula at all,
+# since its backward is its adjoint (_Adjoint, below); a long formula (the
+# normalizations) is differentiated by recomputing the function from F ops
+# and backpropagating through those.  A function not
 # in the table raises NotImplementedError naming itself when double backprop
 # reaches it: never a silently wrong second derivative.
 #
@@ -11651,6 +11664,54 @@ def _logsumexp_on_variables(f, xs, ys, gys):
     x, = xs
     shape = _keepdims_shape(x.shape, f.axis)
     return reshape(gys[0], shape) * exp(x - reshape(ys[0], shape)),
+
+
+# ----- linear functions: their backward is their adjoint --------------------------
+# A function linear in x (tile, repeat, pad, cumsum, im2col, unpooling...)
+# is y = A x, and its backward gx = A^T gy does not read x at all.  So one
+# node serves them all: _Adjoint(f) computes A^T gy with f's own array
+# backward, and its backward is A again, f's forward (less f(0), so that an
+# affine f such as padding with a constant works too).  A is then
+# differentiated to any order with no formula written for it.
+
+class _Adjoint(Function):
+    """Function node of gx = A^T gy for a Function f(x) = A x (+ b) of one
+    input: forward is f's backward, backward is f's forward minus f(0)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    @property
+    def label(self):
+        return 'the gradient of ' + self.f.label
+
+    def forward(self, inputs):
+        gy, = inputs
+        gx = self.f.backward((self.f.inputs[0].data,), (gy,))[0]
+        return gx if isinstance(gx, _array_types) else _xp(gy).asarray(gx),
+
+    def backward(self, inputs, grad_outputs):
+        return _apply_linear_part(self.f, grad_outputs[0], on_arrays=True),
+
+
+def _apply_linear_part(f, x, on_arrays=False):
+    """A x for f(x) = A x + b: f applied to x, less f applied to zeros (b), by
+    a copy of f so that f's own state stays as its forward left it."""
+    zeros = _xp(as_array(x)).zeros_like(as_array(x))
+    if on_arrays:
+        return copy.copy(f).forward((x,))[0] - copy.copy(f).forward((zeros,))[0]
+    return copy.copy(f)(x) - copy.copy(f)(Variable(zeros, requires_grad=False))
+
+
+@_backward_on_variables(Cumsum, Tile, Repeat, Pad, Permutate, Diagonal, Im2Col, Copy,
+                        Unpooling2D, Upsampling2D, AveragePoolingND)
+def _linear_on_variables_by_adjoint(f, xs, ys, gys):
+    return _Adjoint(f)(gys[0]),
+
+
+@_backward_on_variables(_Adjoint)
+def _adjoint_on_variables(f, xs, ys, gys):
+    return _apply_linear_part(f.f, gys[0]),
 
 
 # ----- losses ----------------------------------------------------------------------

@@ -7241,6 +7241,20 @@ CHAPTER_HIGHER_CASES = {
     'max_min': (lambda x: F.max(x, axis=1) * F.min(x, axis=1, keepdims=True)[:, 0],
                 [_distinct(3, 4)]),
     'logsumexp': (lambda x: F.logsumexp(x, axis=1) ** 2, [f64(3, 4)]),
+    # the linear functions, through _Adjoint
+    'cumsum': (lambda x: F.cumsum(x, axis=1) ** 2, [f64(3, 4)]),
+    'tile': (lambda x: F.tile(x, (2, 1, 3)) ** 2, [f64(2, 3)]),
+    'repeat': (lambda x: F.sum(F.repeat(x, 2, axis=1) ** 2) + F.sum(F.repeat(x, [1, 3], axis=0)
+                                                                  ** 3), [f64(2, 3)]),
+    'pad': (lambda x: F.sum(F.pad(x, ((1, 0), (2, 1)), 'constant', constant_values=0.5) ** 2)
+            + F.sum(F.pad(x, 1, 'reflect') ** 3), [f64(2, 3)]),
+    'permutate': (lambda x: F.permutate(x, np.array([2, 0, 1], np.int32), axis=1) ** 2,
+                  [f64(2, 3)]),
+    'diagonal': (lambda x: F.diagonal(x, 1) ** 2, [f64(3, 4)]),
+    'im2col': (lambda x: F.im2col(x, 3, stride=2, pad=1) ** 2, [f64(2, 2, 5, 4)]),
+    'unpooling_2d': (lambda x: F.unpooling_2d(x, 2, outsize=(5, 6)) ** 2, [f64(2, 2, 3, 3)]),
+    'average_pooling_nd': (lambda x: F.average_pooling_nd(x, 2, pad=1, pad_value=None) ** 2,
+                           [f64(2, 2, 3, 4, 3)]),
     'batch_normalization': (lambda x, g, b: F.batch_normalization(x, g, b),
                             [f64(4, 3, 2, 2), f64(3, seed=1), f64(3, seed=2)]),
     'batch_normalization_2d': (lambda x, g, b: F.batch_normalization(x, g, b, eps=1e-3),
@@ -7355,17 +7369,41 @@ def test_third_derivatives_through_convolution():
     # convolution's dW is a Function of its own (Convolution2DGradW) whose
     # backward on Variables runs only at third order: check the gradient of
     # the gradient, as a function, twice more.
-    gy = dev(f64(2, 3, 3, 3, seed=3))
-
-    def first_order(x, W):
+    def first_order(x, W, gy=Variable(dev(f64(2, 3, 3, 3, seed=3)))):
         with chainer.using_config('enable_backprop', True):
             y = F.convolution_2d(x, W, stride=2, pad=1) ** 2
-            return tuple(chainer.grad([y], [x, W], [Variable(gy)], enable_double_backprop=True))
+            return tuple(chainer.grad([y], [x, W], [gy], enable_double_backprop=True))
 
     x, W = dev(f64(2, 2, 5, 5)), dev(f64(3, 2, 3, 3, seed=1))
     gradient_check.check_double_backward(
         first_order, (x, W), (dev(f64(*x.shape, seed=4)), dev(f64(*W.shape, seed=5))),
         (dev(f64(*x.shape, seed=6)), dev(f64(*W.shape, seed=7))))
+    _second_order_on_variables_equals_on_arrays(first_order, [x, W], (2, 3, 3, 3))
+
+
+def test_third_derivatives_through_a_linear_function_and_its_adjoint():
+    # pad's gradient is _Adjoint(pad), whose backward is pad again, less the
+    # constant it pads with (an affine function's linear part): third order.
+    def first_order(x, gy=Variable(dev(f64(3, 6, seed=3)))):
+        with chainer.using_config('enable_backprop', True):
+            y = F.pad(x, ((1, 0), (2, 1)), 'constant', constant_values=0.5) ** 3
+            return tuple(chainer.grad([y], [x], [gy], enable_double_backprop=True))
+
+    gradient_check.check_double_backward(first_order, dev(f64(2, 3)), dev(f64(2, 3, seed=4)),
+                                         dev(f64(2, 3, seed=5)))
+    _second_order_on_variables_equals_on_arrays(first_order, [dev(f64(2, 3))], (3, 6))
+
+
+def _second_order_on_variables_equals_on_arrays(first_order, xs, gy_shape):
+    # (check_double_backward differentiates; a value off by a constant
+    # passes it, so the values are compared too, also w.r.t. the first gy.)
+    variables = [Variable(x) for x in xs] + [Variable(dev(f64(*gy_shape, seed=8)))]
+    gs = first_order(*variables)
+    ggs = [Variable(dev(rng(9).uniform(-1, 1, g.shape))) for g in gs]
+    recorded = chainer.grad(list(gs), variables, ggs, enable_double_backprop=True)
+    on_arrays = chainer.grad(list(gs), variables, ggs)
+    for a, b in zip(recorded, on_arrays):
+        np.testing.assert_allclose(host(a), host(b), rtol=1e-12, atol=1e-14)
 
 
 def _double_backward_fixture():
@@ -7672,10 +7710,10 @@ def test_function_node_calls_check_type_forward_when_type_check_exists():
 
 def test_double_backprop_refuses_a_function_without_it_by_name():
     x = Variable(dev(f64(2, 3)))
-    y = F.sum(F.cumsum(x, axis=1) ** 2)
-    with pytest.raises(NotImplementedError, match='cumsum'):
+    y = F.sum(F.cumprod(x, axis=1) ** 2)
+    with pytest.raises(NotImplementedError, match='cumprod'):
         chainer.grad([y], [x], enable_double_backprop=True)
-    with pytest.raises(NotImplementedError, match='cumsum'):
+    with pytest.raises(NotImplementedError, match='cumprod'):
         y.backward(enable_double_backprop=True)
     gx, = chainer.grad([y], [x])         # the first order runs every function's array backward
     assert gx.creator is None
@@ -7684,7 +7722,7 @@ def test_double_backprop_refuses_a_function_without_it_by_name():
     np.testing.assert_allclose(host(gx), host(x.grad))
     # only the functions between outputs and inputs are walked: a generator
     # with such a function behind x_hat does not stop the gradient penalty
-    x_hat = F.cumsum(x, axis=1)
+    x_hat = F.cumprod(x, axis=1)
     g, = chainer.grad([F.sum(x_hat ** 3)], [x_hat], enable_double_backprop=True)
     np.testing.assert_allclose(host(g), 3 * host(x_hat) ** 2)
 
