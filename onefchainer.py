@@ -11320,9 +11320,9 @@ _export('utils', size_of_shape=_size_of_shape)
 #       penalty = lam * F.mean((F.sqrt(F.batch_l2_norm_squared(g)) - 1) ** 2)
 #
 # How the built-in functions do it: each Function class that supports it
-# has its backward on Variables registered below, beside its formula
-# (_BACKWARD_ON_VARIABLES, a class -> function table; the array backward of
-# the class stays as it is).  A one-line formula is written out; where the
+# has its backward on Variables registered below (_BACKWARD_ON_VARIABLES,
+# a class -> function table), and says where in a comment under its
+# docstring; the array backward of the class stays as it is.  A one-line formula is written out; where the
 # backward is itself a linear map with no op of its own (convolution's dW,
 # get_item's scatter), it becomes a Function with a backward of its own; a
 # function linear in x (tile, pad, cumsum, ...) needs no formula at all,
