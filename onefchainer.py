@@ -3747,6 +3747,7 @@ class SelectItem(Function):
     """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
     of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
     """
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
     label = 'select_item'
     input_names = ('x', 't')
 
@@ -5768,6 +5769,7 @@ class EmbedIDFunction(Function):
     scatter-adds gy into the rows of W that x picked (no gradient for x).
     Chainer: chainer.functions.connection.embed_id.EmbedIDFunction.
     """
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
     label = 'embed_id'
     input_names = ('x', 'W')
 
@@ -11675,11 +11677,12 @@ def _logsumexp_on_variables(f, xs, ys, gys):
 # differentiated to any order with no formula written for it.
 
 class _Adjoint(Function):
-    """Function node of gx = A^T gy for a Function f(x) = A x (+ b) of one
-    input: forward is f's backward, backward is f's forward minus f(0)."""
+    """Function node of gx = A^T gy for a Function f linear (or affine) in its
+    input `index` (the others integer: ids, labels): forward is f's backward,
+    backward is f's forward minus f at 0."""
 
-    def __init__(self, f):
-        self.f = f
+    def __init__(self, f, index=0):
+        self.f, self.index = f, index
 
     @property
     def label(self):
@@ -11687,20 +11690,26 @@ class _Adjoint(Function):
 
     def forward(self, inputs):
         gy, = inputs
-        gx = self.f.backward((self.f.inputs[0].data,), (gy,))[0]
+        gx = self.f.backward(tuple(x.data for x in self.f.inputs), (gy,))[self.index]
         return gx if isinstance(gx, _array_types) else _xp(gy).asarray(gx),
 
     def backward(self, inputs, grad_outputs):
-        return _apply_linear_part(self.f, grad_outputs[0], on_arrays=True),
+        return _apply_linear_part(self.f, self.index, grad_outputs[0], on_arrays=True),
 
 
-def _apply_linear_part(f, x, on_arrays=False):
-    """A x for f(x) = A x + b: f applied to x, less f applied to zeros (b), by
-    a copy of f so that f's own state stays as its forward left it."""
-    zeros = _xp(as_array(x)).zeros_like(as_array(x))
-    if on_arrays:
-        return copy.copy(f).forward((x,))[0] - copy.copy(f).forward((zeros,))[0]
-    return copy.copy(f)(x) - copy.copy(f)(Variable(zeros, requires_grad=False))
+def _apply_linear_part(f, index, x, on_arrays=False):
+    """A x for f(..., x, ...) = A x + b (x its input `index`): f applied to x,
+    less f applied to zeros (b), by copies of f so that f's own state stays as
+    its forward left it."""
+    data = as_array(x)
+    zeros = _xp(data).zeros_like(data)
+    others = [v.data if on_arrays else v for v in f.inputs]
+
+    def f_at(value):
+        inputs = others[:index] + [value] + others[index + 1:]
+        return copy.copy(f).forward(tuple(inputs))[0] if on_arrays else copy.copy(f)(*inputs)
+
+    return f_at(x) - f_at(zeros if on_arrays else Variable(zeros, requires_grad=False))
 
 
 @_backward_on_variables(Cumsum, Tile, Repeat, Pad, Permutate, Diagonal, Im2Col, Copy,
@@ -11709,9 +11718,16 @@ def _linear_on_variables_by_adjoint(f, xs, ys, gys):
     return _Adjoint(f)(gys[0]),
 
 
+@_backward_on_variables(SelectItem, EmbedIDFunction)
+def _linear_in_one_input_on_variables(f, xs, ys, gys):     # select_item's x, embed_id's W
+    index = 0 if isinstance(f, SelectItem) else 1
+    gx = _Adjoint(f, index)(gys[0])
+    return (gx, None) if index == 0 else (None, gx)
+
+
 @_backward_on_variables(_Adjoint)
 def _adjoint_on_variables(f, xs, ys, gys):
-    return _apply_linear_part(f.f, gys[0]),
+    return _apply_linear_part(f.f, f.index, gys[0]),
 
 
 # ----- losses ----------------------------------------------------------------------

@@ -7253,6 +7253,10 @@ CHAPTER_HIGHER_CASES = {
     'diagonal': (lambda x: F.diagonal(x, 1) ** 2, [f64(3, 4)]),
     'im2col': (lambda x: F.im2col(x, 3, stride=2, pad=1) ** 2, [f64(2, 2, 5, 4)]),
     'unpooling_2d': (lambda x: F.unpooling_2d(x, 2, outsize=(5, 6)) ** 2, [f64(2, 2, 3, 3)]),
+    'select_item': (lambda x: F.select_item(x, dev(np.array([2, 0, 1], np.int32))) ** 3,
+                    [f64(3, 4)]),
+    'embed_id': (lambda W: F.embed_id(dev(np.array([[1, 0], [3, 1]], np.int32)), W,
+                                      ignore_label=3) ** 2, [f64(4, 3)]),
     'average_pooling_nd': (lambda x: F.average_pooling_nd(x, 2, pad=1, pad_value=None) ** 2,
                            [f64(2, 2, 3, 4, 3)]),
     'batch_normalization': (lambda x, g, b: F.batch_normalization(x, g, b),
@@ -7392,6 +7396,16 @@ def test_third_derivatives_through_a_linear_function_and_its_adjoint():
     gradient_check.check_double_backward(first_order, dev(f64(2, 3)), dev(f64(2, 3, seed=4)),
                                          dev(f64(2, 3, seed=5)))
     _second_order_on_variables_equals_on_arrays(first_order, [dev(f64(2, 3))], (3, 6))
+
+    # embed_id is linear in W (x holds ids): its adjoint is indexed by input
+    def embed_first_order(W, gy=Variable(dev(f64(2, 2, 3, seed=3)))):
+        with chainer.using_config('enable_backprop', True):
+            y = F.embed_id(dev(np.array([[1, 0], [3, 1]], np.int32)), W, ignore_label=3) ** 3
+            return tuple(chainer.grad([y], [W], [gy], enable_double_backprop=True))
+
+    gradient_check.check_double_backward(embed_first_order, dev(f64(4, 3)),
+                                         dev(f64(4, 3, seed=4)), dev(f64(4, 3, seed=5)))
+    _second_order_on_variables_equals_on_arrays(embed_first_order, [dev(f64(4, 3))], (2, 2, 3))
 
 
 def _second_order_on_variables_equals_on_arrays(first_order, xs, gy_shape):
