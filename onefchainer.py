@@ -215,7 +215,7 @@ class Variable:
         needs its `.grad` set first (else ValueError).  Afterwards each leaf
         that requires a gradient holds dL/dx in `.grad`, summed into what was
         there; intermediate gradients are dropped unless retain_grad=True.
-        enable_double_backprop=True: Variables with a graph (Chapter HIGHER).
+        enable_double_backprop=True: gradients that record a graph (Chapter HIGHER).
         Chainer: Variable.backward.
         """
         if enable_double_backprop:     # backward on Variables, recorded: Chapter HIGHER
@@ -1822,7 +1822,8 @@ class _Elementwise(Function):
     hot paths.  Chainer: one class per formula, e.g.
     chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
     """
-    # Second derivatives: each row's df run on Variables, _elementwise_on_variables (Chapter HIGHER).
+    # Second derivatives: each row's df run on Variables,
+    # _elementwise_on_variables (Chapter HIGHER).
 
     y = None
 
@@ -11321,17 +11322,17 @@ _export('utils', size_of_shape=_size_of_shape)
 #       g, = chainer.grad([critic(x_hat)], [x_hat], enable_double_backprop=True)
 #       penalty = lam * F.mean((F.sqrt(F.batch_l2_norm_squared(g)) - 1) ** 2)
 #
-# How the built-in functions do it: each Function class that supports it
-# has its backward on Variables registered below (_BACKWARD_ON_VARIABLES,
-# a class -> function table), and says where in a comment under its
-# docstring; the array backward of the class stays as it is.  A one-line formula is written out; where the
-# backward is itself a linear map with no op of its own (convolution's dW,
-# get_item's scatter), it becomes a Function with a backward of its own; a
-# function linear in x (tile, pad, cumsum, ...) needs no formula at all,
-# since its backward is its adjoint (_Adjoint, below); a long formula (the
-# normalizations) is differentiated by recomputing the function from F ops
-# and backpropagating through those.  A function not
-# in the table raises NotImplementedError naming itself when double backprop
+# How the built-in functions do it: each Function class that supports it has
+# its backward on Variables registered below (_BACKWARD_ON_VARIABLES, a class
+# -> function table), and says where in a comment under its docstring; the
+# array backward of the class stays as it is.  A one-line formula is written
+# out; where the backward is itself a linear map with no op of its own
+# (convolution's dW, get_item's scatter), it becomes a Function with a
+# backward of its own; a function linear in x (tile, pad, cumsum, ...) needs
+# no formula at all, since its backward is its adjoint (_Adjoint, below); a
+# long formula (the normalizations) is differentiated by recomputing the
+# function from F ops and backpropagating through those.  A function not in
+# the table raises NotImplementedError naming itself when double backprop
 # reaches it: never a silently wrong second derivative.
 #
 # Users write such functions as Chainer v3+ does, as a FunctionNode: forward
@@ -12308,7 +12309,8 @@ class FunctionNode:
 
     @property
     def output_data(self):
-        """The arrays of the retained outputs (None for others). Chainer: FunctionNode.output_data."""
+        """The arrays of the retained outputs (None for others).
+        Chainer: FunctionNode.output_data."""
         data = [None] * len(self.outputs)
         for i, y in zip(self._output_indexes_to_retain or (), self._retained_output_data or ()):
             data[i] = y
