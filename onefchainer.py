@@ -12,8 +12,9 @@ and nothing else: 1. Arrays (`xp`: NumPy or CuPy); 2. Configuration;
 
 PART II, THE LIBRARY: 9. More functions; 10. Initializers and more links;
 11. Convolutional networks; 12. More optimizers and hooks; 13. Serializers;
-14. Reporter; 15. Gradient check; 16. Data: datasets, downloading,
-iterators, batching; 17. The training loop: Trainer and extensions.
+14. Reporter; 15. Gradient check; HIGHER. Higher-order derivatives;
+16. Data: datasets, downloading, iterators, batching; 17. The training
+loop: Trainer and extensions.
 
 PART III, PLUMBING: 18. Devices; 19. Speed paths; 20. Conveniences, checks
 and error messages; 21. Chainer compatibility.  Where it adds methods to a
@@ -216,11 +217,11 @@ class Variable:
         needs its `.grad` set first (else ValueError).  Afterwards each leaf
         that requires a gradient holds dL/dx in `.grad`, summed into what was
         there; intermediate gradients are dropped unless retain_grad=True.
-        enable_double_backprop=True raises NotImplementedError.
+        enable_double_backprop=True: gradients that record a graph (Chapter HIGHER).
         Chainer: Variable.backward.
         """
-        if enable_double_backprop:     # backward here works on arrays, not Variables
-            raise NotImplementedError('backward: enable_double_backprop is not supported')
+        if enable_double_backprop:     # backward on Variables, recorded: Chapter HIGHER
+            return _backward_recording(self, retain_grad)
         if self._grad is None:
             if self.data.size != 1:
                 raise ValueError(
@@ -431,7 +432,8 @@ def _backprop(roots, retain_grad):
 # Every operation is a Function subclass with its forward and its backward
 # side by side, plus a lower-case helper (`F.relu(x)`) that applies it.  The
 # derivative sits next to the formula it differentiates.  This chapter has
-# only what a multi-layer perceptron needs; Chapter 9 has the rest.
+# only what a multi-layer perceptron needs; Chapter 9 has the rest.  (Their
+# backwards on Variables, for second derivatives, are in Chapter HIGHER.)
 #
 # Broadcasting: NumPy stretches a (3,) array to (2, 3) in `a + b`.  The
 # stretched input was *used* twice, so its gradient is the sum of the
@@ -1409,6 +1411,7 @@ class AddConstant(Function):
     """Function node of x + c for a scalar constant c (no gradient for c).
     Chainer: chainer.functions.math.basic_math.AddConstant.
     """
+    # Second derivatives: _add_constant_on_variables (Chapter HIGHER).
     label = 'add'
 
     def __init__(self, constant):
@@ -1430,6 +1433,7 @@ class Sub(Function):
     Backward: gy for a, -gy for b, each summed down to its shape.
     Chainer: chainer.functions.math.basic_math.Sub.
     """
+    # Second derivatives: _sub_on_variables (Chapter HIGHER).
     label = 'sub'
 
     def forward(self, inputs):
@@ -1448,6 +1452,7 @@ class SubFromConstant(Function):
     """Function node of c - x for a scalar constant c; backward -gy.
     Chainer: chainer.functions.math.basic_math.SubFromConstant.
     """
+    # Second derivatives: _neg_on_variables (Chapter HIGHER).
     label = 'sub'
 
     def __init__(self, constant):
@@ -1468,6 +1473,7 @@ class MulConstant(Function):
     """Function node of x * c for a scalar constant c; backward gy * c.
     Chainer: chainer.functions.math.basic_math.MulConstant.
     """
+    # Second derivatives: _mul_constant_on_variables (Chapter HIGHER).
     label = 'mul'
 
     def __init__(self, constant):
@@ -1488,6 +1494,7 @@ class Div(Function):
     """Function node of a / b (elementwise, broadcasting, one dtype).
     Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
     """
+    # Second derivatives: _div_on_variables (Chapter HIGHER).
     label = 'div'
 
     def forward(self, inputs):
@@ -1508,6 +1515,7 @@ class DivFromConstant(Function):
     """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
     Chainer: chainer.functions.math.basic_math.DivFromConstant.
     """
+    # Second derivatives: _div_from_constant_on_variables (Chapter HIGHER).
     label = 'div'
 
     def __init__(self, constant):
@@ -1525,6 +1533,7 @@ class DivFromConstant(Function):
 @_export('functions.math.basic_math')
 class Neg(Function):
     """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
+    # Second derivatives: _neg_on_variables (Chapter HIGHER).
     label = 'neg'
 
     def forward(self, inputs):
@@ -1539,6 +1548,7 @@ class Pow(Function):
     Backward: gy * b * a**(b-1) for a, gy * a**b * log(a) for b (0 where a <= 0).
     Chainer: chainer.functions.math.basic_math.Pow.
     """
+    # Second derivatives: _pow_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def forward(self, inputs):
@@ -1561,6 +1571,7 @@ class PowConstantExponent(Function):
     """Function node of x ** c for a scalar exponent c; backward gy * c * x**(c-1).
     Chainer: chainer.functions.math.basic_math.PowVarConst.
     """
+    # Second derivatives: _pow_constant_exponent_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def __init__(self, exponent):
@@ -1579,6 +1590,7 @@ class PowConstantBase(Function):
     """Function node of c ** x for a scalar base c; backward gy * c**x * log(c).
     Chainer: chainer.functions.math.basic_math.PowConstVar.
     """
+    # Second derivatives: _pow_constant_base_on_variables (Chapter HIGHER).
     label = 'pow'
 
     def __init__(self, base):
@@ -1723,6 +1735,7 @@ class MatMul(Function):
     of either); backward dA = dY B^T, dB = A^T dY.
     Chainer: chainer.functions.math.matmul.MatMul.
     """
+    # Second derivatives: _matmul_on_variables (Chapter HIGHER).
     label = 'matmul'
     input_names = ('a', 'b')
 
@@ -1817,6 +1830,8 @@ class _Elementwise(Function):
     hot paths.  Chainer: one class per formula, e.g.
     chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
     """
+    # Second derivatives: each row's df run on Variables,
+    # _elementwise_on_variables (Chapter HIGHER).
 
     y = None
 
@@ -1879,6 +1894,7 @@ class Clip(Function):
     backward gy where x_min <= x <= x_max, else 0 (the bounds count as inside).
     Chainer: chainer.functions.math.clip.Clip.
     """
+    # Second derivatives: _clip_on_variables (Chapter HIGHER).
     label = 'clip'
 
     def __init__(self, x_min, x_max):
@@ -1907,6 +1923,7 @@ class Maximum(Function):
     dtype); backward: gy to x1 where x1 >= x2, else to x2 (a tie goes to x1).
     Chainer: chainer.functions.math.maximum.Maximum.
     """
+    # Second derivatives: _maximum_on_variables (Chapter HIGHER).
     label = 'maximum'
     input_names = ('x1', 'x2')
 
@@ -2473,6 +2490,7 @@ class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
     to x's shape. Chainer: chainer.functions.math.sum.Sum.
     """
+    # Second derivatives: _sum_on_variables (Chapter HIGHER).
     label = 'sum'
 
     def __init__(self, axis=None, keepdims=False):
@@ -2499,6 +2517,7 @@ class Max(Function):
     Backward: gy goes to the element(s) equal to the result, 0 elsewhere
     (ties each get gy). Chainer: chainer.functions.math.minmax.Max.
     """
+    # Second derivatives: _max_on_variables (Chapter HIGHER).
     label = 'max'
 
     def __init__(self, axis=None, keepdims=False, take_min=False):
@@ -2575,6 +2594,7 @@ class Cumsum(Function):
     cumulative sum of gy taken from the far end.
     Chainer: chainer.functions.math.cumsum.Cumsum.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'cumsum'
 
     def __init__(self, axis=None):
@@ -2740,6 +2760,7 @@ class LogSumExp(Function):
     the maximum so that exp cannot overflow; backward gy * exp(x - y)
     (softmax times gy). Chainer: chainer.functions.math.logsumexp.LogSumExp.
     """
+    # Second derivatives: _logsumexp_on_variables (Chapter HIGHER).
     label = 'logsumexp'
 
     def __init__(self, axis=None):
@@ -2874,6 +2895,7 @@ class Reshape(Function):
     """Function node of x.reshape(shape); backward reshapes gy back.
     Chainer: chainer.functions.array.reshape.Reshape.
     """
+    # Second derivatives: _reshape_on_variables (Chapter HIGHER).
     label = 'reshape'
 
     def __init__(self, shape):
@@ -2897,6 +2919,7 @@ class Transpose(Function):
     """Function node of x.transpose(axes) (None: reverse the axes); backward
     applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
     """
+    # Second derivatives: _transpose_on_variables (Chapter HIGHER).
     label = 'transpose'
 
     def __init__(self, axes=None):
@@ -2921,6 +2944,7 @@ class BroadcastTo(Function):
     """Function node of broadcast_to(x, shape); backward sums gy back to
     x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
     """
+    # Second derivatives: _broadcast_to_on_variables (Chapter HIGHER).
     label = 'broadcast_to'
 
     def __init__(self, shape):
@@ -2943,6 +2967,7 @@ class Concat(Function):
     """Function node of concatenate(xs, axis); backward splits gy at the
     input boundaries. Chainer: chainer.functions.array.concat.Concat.
     """
+    # Second derivatives: _concat_on_variables (Chapter HIGHER).
     label = 'concat'
 
     def __init__(self, axis=1):
@@ -2970,6 +2995,7 @@ class Stack(Function):
     """Function node of stack(xs, axis); backward takes each slice of gy.
     Chainer: chainer.functions.array.stack.
     """
+    # Second derivatives: _stack_on_variables (Chapter HIGHER).
     label = 'stack'
 
     def __init__(self, axis=0):
@@ -2992,6 +3018,7 @@ class GetItem(Function):
     """Function node of x[slices]; backward scatters gy into zeros of x's
     shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
     """
+    # Second derivatives: _get_item_on_variables (Chapter HIGHER).
     label = 'get_item'
 
     def __init__(self, slices):
@@ -3165,6 +3192,7 @@ class ScatterAdd(Function):
     add up, as numpy.add.at); backward gy for a, gy[slices] for b.
     Chainer: chainer.functions.array.scatter_add.ScatterAdd.
     """
+    # Second derivatives: _scatter_add_on_variables (Chapter HIGHER).
     label = 'scatter_add'
 
     def __init__(self, slices):
@@ -3211,6 +3239,7 @@ class Flip(Function):
     """Function node of x reversed along `axis`; backward reverses gy back.
     Chainer: chainer.functions.array.flip.Flip (also FlipLR, FlipUD).
     """
+    # Second derivatives: _flip_on_variables (Chapter HIGHER).
     label = 'flip'
 
     def __init__(self, axis, label='flip'):
@@ -3233,6 +3262,7 @@ class Tile(Function):
     (r, s) on each axis (copy r of element s) is reshaped into two axes, and
     the copies are summed. Chainer: chainer.functions.array.tile.Tile.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'tile'
 
     def __init__(self, reps):
@@ -3258,6 +3288,7 @@ class Repeat(Function):
     flattened first). Backward: each element gets the sum of the gradients of
     its copies. Chainer: chainer.functions.array.repeat.Repeat.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'repeat'
 
     def __init__(self, repeats, axis=None):
@@ -3297,6 +3328,7 @@ class Where(Function):
     elsewhere, each summed down to its shape.
     Chainer: chainer.functions.array.where.Where.
     """
+    # Second derivatives: _where_on_variables (Chapter HIGHER).
     label = 'where'
     input_names = ('x', 'y')
 
@@ -3322,6 +3354,7 @@ class Cast(Function):
     """Function node of x.astype(typ); backward casts gy back to x's dtype
     (no gradient for an integer x). Chainer: chainer.functions.array.cast.Cast.
     """
+    # Second derivatives: _cast_on_variables (Chapter HIGHER).
     label = 'cast'
 
     def __init__(self, typ):
@@ -3343,6 +3376,7 @@ class Separate(Function):
     axis removed. Backward stacks the gradients again (zeros for an output
     that got none). Chainer: chainer.functions.array.separate.Separate.
     """
+    # Second derivatives: _separate_on_variables (Chapter HIGHER).
     label = 'separate'
 
     def __init__(self, axis=0):
@@ -3496,6 +3530,7 @@ class SplitAxis(Function):
     equal sections); backward concatenates the gradients again (zeros for
     a piece that got none). Chainer: chainer.functions.array.split_axis.SplitAxis.
     """
+    # Second derivatives: _split_axis_on_variables (Chapter HIGHER).
     label = 'split_axis'
 
     def __init__(self, indices_or_sections, axis):
@@ -3535,6 +3570,7 @@ class Pad(Function):
     so each element gets the gradients of all its copies (found by padding
     the element indices the same way). Chainer: chainer.functions.array.pad.Pad.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'pad'
 
     def __init__(self, pad_width, mode, keywords):
@@ -3573,6 +3609,7 @@ class Broadcast(Function):
     each gradient back to its input's shape.
     Chainer: chainer.functions.array.broadcast.Broadcast.
     """
+    # Second derivatives: _broadcast_on_variables (Chapter HIGHER).
     label = 'broadcast'
 
     def forward(self, inputs):
@@ -3593,6 +3630,7 @@ class Copy(Function):
     """Function node that sends x to another device; backward sends gy back
     to x's device. Chainer: chainer.functions.array.copy.Copy.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'copy'
 
     def __init__(self, device):
@@ -3611,6 +3649,7 @@ class Diagonal(Function):
     as the last axis); backward writes gy onto the same diagonal of zeros.
     Chainer: chainer.functions.array.diagonal.Diagonal.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'diagonal'
 
     def __init__(self, offset, axis1, axis2):
@@ -3694,6 +3733,7 @@ class SumTo(Function):
     """Function node that sums x down to `shape` (undoing a broadcast);
     backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
     """
+    # Second derivatives: _sum_to_on_variables (Chapter HIGHER).
     label = 'sum_to'
 
     def __init__(self, shape):
@@ -3716,6 +3756,7 @@ class SelectItem(Function):
     """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
     of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
     """
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
     label = 'select_item'
     input_names = ('x', 't')
 
@@ -3747,6 +3788,7 @@ class Permutate(Function):
     backward applies the inverse permutation to gy.
     Chainer: chainer.functions.array.permutate.Permutate.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
     label = 'permutate'
 
     def __init__(self, indices, axis, inv):
@@ -4310,6 +4352,7 @@ class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
     """
+    # Second derivatives: _leaky_relu_on_variables (Chapter HIGHER).
     label = 'leaky_relu'
 
     def __init__(self, slope):
@@ -4448,6 +4491,7 @@ class Softplus(Function):
     overflow; backward gy * sigmoid(beta x).
     Chainer: chainer.functions.activation.softplus.Softplus.
     """
+    # Second derivatives: _softplus_on_variables (Chapter HIGHER).
     label = 'softplus'
 
     def __init__(self, beta=1.0):
@@ -4471,6 +4515,7 @@ class ELU(Function):
     """Function node of y = x where x > 0, else alpha (e**x - 1); backward gy
     where x > 0, else gy * alpha e**x. Chainer: chainer.functions.activation.elu.ELU.
     """
+    # Second derivatives: _elu_on_variables (Chapter HIGHER).
     label = 'elu'
 
     def __init__(self, alpha=1.0, label='elu'):
@@ -4495,6 +4540,7 @@ class HardSigmoid(Function):
     """Function node of y = clip(0.2 x + 0.5, 0, 1); backward 0.2 gy where
     -2.5 < x < 2.5, else 0. Chainer: chainer.functions.activation.hard_sigmoid.HardSigmoid.
     """
+    # Second derivatives: _hard_sigmoid_on_variables (Chapter HIGHER).
     label = 'hard_sigmoid'
 
     def forward(self, inputs):
@@ -4512,6 +4558,7 @@ class ClippedReLU(Function):
     """Function node of y = min(max(x, 0), z); backward gy where 0 < x < z,
     else 0. Chainer: chainer.functions.activation.clipped_relu.ClippedReLU.
     """
+    # Second derivatives: _clipped_relu_on_variables (Chapter HIGHER).
     label = 'clipped_relu'
 
     def __init__(self, z, label='clipped_relu'):
@@ -4611,6 +4658,7 @@ class PReLUFunction(Function):
     backward gy or W gy for x, and the sum of x gy where x < 0 for W.
     Chainer: chainer.functions.activation.prelu.PReLUFunction.
     """
+    # Second derivatives: _prelu_composite (Chapter HIGHER).
     label = 'prelu'
     input_names = ('x', 'W')
 
@@ -4634,6 +4682,7 @@ class SwishFunction(Function):
     backward gy (beta y + s (1 - beta y)) for x and the sum of gy y (x - y)
     for beta, s = sigmoid(beta x). Chainer: chainer.functions.activation.swish.Swish.
     """
+    # Second derivatives: _swish_composite (Chapter HIGHER).
     label = 'swish'
     input_names = ('x', 'beta')
 
@@ -4704,6 +4753,7 @@ class Softmax(Function):
     """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
     Chainer: chainer.functions.activation.softmax.Softmax.
     """
+    # Second derivatives: _softmax_on_variables (Chapter HIGHER).
     label = 'softmax'
 
     def __init__(self, axis=1):
@@ -4729,6 +4779,7 @@ class LogSoftmax(Function):
     """Function node of y = x - log(sum(exp(x), axis)); backward
     gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
     """
+    # Second derivatives: _log_softmax_on_variables (Chapter HIGHER).
     label = 'log_softmax'
 
     def __init__(self, axis=1):
@@ -4794,6 +4845,7 @@ class Dropout(Function):
     `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
     Chainer: chainer.functions.noise.dropout.Dropout.
     """
+    # Second derivatives: _dropout_on_variables (Chapter HIGHER).
     label = 'dropout'
 
     def __init__(self, ratio):
@@ -4841,6 +4893,7 @@ class MeanSquaredError(Function):
     2 (a - b) gy / size for a, its negative for b.
     Chainer: chainer.functions.loss.mean_squared_error.MeanSquaredError.
     """
+    # Second derivatives: _mean_squared_error_on_variables (Chapter HIGHER).
     label = 'mean_squared_error'
 
     def forward(self, inputs):
@@ -4885,6 +4938,7 @@ class AbsoluteError(Function):
     """Function node of |x0 - x1| elementwise; backward sign(x0 - x1) gy for
     x0, its negative for x1. Chainer: chainer.functions.loss.absolute_error.AbsoluteError.
     """
+    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
     label = 'absolute_error'
 
     def forward(self, inputs):
@@ -4903,6 +4957,7 @@ class MeanAbsoluteError(Function):
     sign(x0 - x1) gy / size for x0, its negative for x1.
     Chainer: chainer.functions.loss.mean_absolute_error.MeanAbsoluteError.
     """
+    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
     label = 'mean_absolute_error'
 
     def forward(self, inputs):
@@ -4962,6 +5017,7 @@ class SigmoidCrossEntropy(Function):
     Backward: (sigmoid(x) - t) gy, 0 where t == -1, divided as the loss was.
     Chainer: chainer.functions.loss.sigmoid_cross_entropy.SigmoidCrossEntropy.
     """
+    # Second derivatives: _sigmoid_cross_entropy_on_variables (Chapter HIGHER).
     label = 'sigmoid_cross_entropy'
     input_names = ('x', 't')
     ignore_label = -1
@@ -5451,6 +5507,7 @@ class Identity(Function):
     """Function node that returns its inputs unchanged and passes the gradients
     back unchanged. Chainer: chainer.functions.array.identity.Identity.
     """
+    # Second derivatives: _identity_on_variables (Chapter HIGHER).
     label = 'identity'
 
     def forward(self, inputs):
@@ -5722,6 +5779,7 @@ class EmbedIDFunction(Function):
     scatter-adds gy into the rows of W that x picked (no gradient for x).
     Chainer: chainer.functions.connection.embed_id.EmbedIDFunction.
     """
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
     label = 'embed_id'
     input_names = ('x', 'W')
 
@@ -7221,6 +7279,7 @@ class Convolution2DFunction(Function):
     group; backward: gW from col and gy, gx by col2im of W^T gy, gb by
     summing gy.  Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
     """
+    # Second derivatives: _convolution_2d_on_variables (Chapter HIGHER).
 
     label = 'convolution_2d'
 
@@ -7369,6 +7428,7 @@ class Deconvolution2DFunction(Function):
     then col2im; backward: im2col of gy, then the products of a convolution.
     Chainer: chainer.functions.connection.deconvolution_2d.Deconvolution2DFunction.
     """
+    # Second derivatives: _deconvolution_2d_on_variables (Chapter HIGHER).
 
     label = 'deconvolution_2d'
 
@@ -7480,6 +7540,7 @@ class Im2Col(Function):
     """Function node of im2col: every kh x kw patch as a column of channels;
     backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'im2col'
 
@@ -7526,6 +7587,7 @@ class MaxPooling2D(Function):
     `winner`, each maximum's offset in its window, for upsampling_2d.
     Chainer: chainer.functions.MaxPooling2D.
     """
+    # Second derivatives: _max_pooling_2d_on_variables (Chapter HIGHER).
 
     label = 'max_pooling_2d'
 
@@ -7655,6 +7717,7 @@ class AveragePooling2D(Function):
     (padding counted as zeros); backward spreads gy / (kh kw) over the window.
     Chainer: chainer.functions.pooling.average_pooling_2d.AveragePooling2D.
     """
+    # Second derivatives: _average_pooling_2d_on_variables (Chapter HIGHER).
 
     label = 'average_pooling_2d'
 
@@ -7751,6 +7814,7 @@ class Unpooling2D(_Unpool):
     backward sums gy over each window.
     Chainer: chainer.functions.pooling.unpooling_2d.Unpooling2D.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'unpooling_2d'
 
@@ -7785,6 +7849,7 @@ class Upsampling2D(_Unpool):
     names in its window; backward reads gy back from the same place.
     Chainer: chainer.functions.pooling.upsampling_2d.Upsampling2D.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'upsampling_2d'
 
@@ -8071,6 +8136,7 @@ class AveragePoolingND(Function):
     backward spreads gy / size over the window.
     Chainer: chainer.functions.pooling.average_pooling_nd.AveragePoolingND.
     """
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
 
     label = 'average_pooling_nd'
 
@@ -8210,6 +8276,7 @@ class BatchNormalizationFunction(Function):
     batch's mean and variance and updates the running averages in place.
     Chainer: chainer.functions.normalization.batch_normalization.BatchNormalization.
     """
+    # Second derivatives: _batch_normalization_composite (Chapter HIGHER).
 
     label = 'batch_normalization'
 
@@ -8356,6 +8423,7 @@ class FixedBatchNormalization(Function):
     mean and variance; all five inputs get gradients.
     Chainer: chainer.functions.normalization.batch_normalization.FixedBatchNormalization.
     """
+    # Second derivatives: _fixed_batch_normalization_composite (Chapter HIGHER).
 
     label = 'fixed_batch_normalization'
 
@@ -8554,6 +8622,7 @@ class LayerNormalizationFunction(Function):
     to mean 0 and variance 1 (plus eps); backward as in the comment above.
     Chainer: chainer.functions.normalization.layer_normalization.LayerNormalization.
     """
+    # Second derivatives: _layer_normalization_composite (Chapter HIGHER).
     label = 'layer_normalization'
     input_names = ('x', 'gamma', 'beta')
 
@@ -8586,6 +8655,7 @@ class GroupNormalizationFunction(Function):
     variance 1 (plus eps), then y = gamma[c] x_hat + beta[c].
     Chainer: chainer.functions.normalization.group_normalization.GroupNormalization.
     """
+    # Second derivatives: _group_normalization_composite (Chapter HIGHER).
     label = 'group_normalization'
     input_names = ('x', 'gamma', 'beta')
 
@@ -13603,6 +13673,1121 @@ _export('utils', size_of_shape=_size_of_shape)
 
 
 # =============================================================================
+# Chapter HIGHER. Higher-order derivatives
+# =============================================================================
+# Every backward so far takes arrays and returns arrays.  That is why it is
+# fast, and also why it stops at first derivatives: the arrays it computes
+# are numbers with no history, so nothing records *how* dL/dx was made, and
+# dL/dx cannot be differentiated again.
+#
+# The cure is to write backward on Variables, with the same F ops forward
+# uses.  Then running backward records a graph of its own, like any other
+# code (Chapter 3), and its result gx = dL/dx is a Variable whose creator
+# leads back through the backward ops to x.  Backprop on gx (or on anything
+# computed from it) gives second derivatives:
+#
+#     y = x^3          gx = 3 x^2 gy     (recorded: x -> x^2 -> times 3 gy)
+#                      d(gx)/dx = 6 x gy (backprop through those two ops)
+#
+# Two switches ask for it.  `y.backward(enable_double_backprop=True)` leaves
+# each leaf's grad_var a Variable in the graph, and `chainer.grad(outputs,
+# inputs, enable_double_backprop=True)` returns the gradients of `inputs`
+# only, as Variables, without touching any .grad.  Without the switch,
+# backward is Chapter 4's walk, untouched, and chainer.grad calls the same
+# array backwards: first-order training does not pay for this chapter.
+# Worked examples, each run by the tests:
+#
+#   The second derivative of a polynomial: with y = x^3 - 2x,
+#       gx, = chainer.grad([y], [x], enable_double_backprop=True)   # 3x^2 - 2
+#       ggx, = chainer.grad([gx], [x])                               # 6x
+#   Newton's method for the minimum of f: the step is f'(x) / f''(x),
+#       x.data -= gx.data / ggx.data     (repeat: quadratic convergence)
+#   A Hessian-vector product H v without forming H (n^2 numbers): the
+#   gradient of the scalar g . v is H v, one extra backward:
+#       g, = chainer.grad([loss], [w], enable_double_backprop=True)
+#       hv, = chainer.grad([F.sum(g * v)], [w])
+#   A gradient penalty (WGAN-GP): the critic's gradient at x_hat should have
+#   norm 1, and the penalty's own gradient w.r.t. the critic's weights goes
+#   through that gradient:
+#       g, = chainer.grad([critic(x_hat)], [x_hat], enable_double_backprop=True)
+#       penalty = lam * F.mean((F.sqrt(F.batch_l2_norm_squared(g)) - 1) ** 2)
+#
+# How the built-in functions do it: each Function class that supports it has
+# its backward on Variables registered below (_BACKWARD_ON_VARIABLES, a class
+# -> function table), and says where in a comment under its docstring; the
+# array backward of the class stays as it is.  A one-line formula is written
+# out; where the backward is itself a linear map with no op of its own
+# (convolution's dW, get_item's scatter), it becomes a Function with a
+# backward of its own; a function linear in x (tile, pad, cumsum, ...) needs
+# no formula at all, since its backward is its adjoint (_Adjoint, below); a
+# long formula (the normalizations) is differentiated by recomputing the
+# function from F ops and backpropagating through those.  A function not in
+# the table raises NotImplementedError naming itself when double backprop
+# reaches it: never a silently wrong second derivative.
+#
+# Users write such functions as Chainer v3+ does, as a FunctionNode: forward
+# on arrays, backward(target_input_indexes, grad_outputs) on Variables, the
+# inputs and outputs it needs kept with retain_inputs/retain_outputs.
+
+_BACKWARD_ON_VARIABLES = {}     # Function class -> rule(f, xs, ys, gys) -> tuple of grads
+
+
+def _backward_on_variables(*classes):
+    """Register the decorated rule as the backward on Variables of `classes`.
+    rule(f, xs, ys, gys): f the Function node, xs its input Variables, ys its
+    output Variables (None for dropped ones), gys their gradients (Variables,
+    None where an output got none); returns one gradient Variable (or None)
+    per input, written with F ops so that it records its own graph."""
+    def register(rule):
+        for cls in classes:
+            _BACKWARD_ON_VARIABLES[cls] = rule
+        return rule
+    return register
+
+
+def _sum_to_var(gx, shape):
+    """F.sum_to on a Variable, skipped when the shape is already right."""
+    return gx if gx.shape == shape else sum_to(gx, shape)
+
+
+def _constant(array, dtype):
+    """An array of the forward pass (a mask, indices as weights) used as a
+    constant in a backward on Variables: it has no gradient, so it needs no
+    place in the graph."""
+    return array.astype(dtype, copy=False)
+
+
+# ----- arithmetic (Chapters 5 and 9) ---------------------------------------------
+# Each rule is its class's backward with arrays replaced by Variables: the
+# products and sums now record themselves.
+
+@_backward_on_variables(Add)
+def _add_on_variables(f, xs, ys, gys):
+    return _sum_to_var(gys[0], xs[0].shape), _sum_to_var(gys[0], xs[1].shape)
+
+
+@_backward_on_variables(Sub)
+def _sub_on_variables(f, xs, ys, gys):
+    return _sum_to_var(gys[0], xs[0].shape), _sum_to_var(-gys[0], xs[1].shape)
+
+
+@_backward_on_variables(Mul)
+def _mul_on_variables(f, xs, ys, gys):      # d(ab)/da = b: the gradient now depends on b
+    (a, b), gy = xs, gys[0]
+    return _sum_to_var(gy * b, a.shape), _sum_to_var(gy * a, b.shape)
+
+
+@_backward_on_variables(Div)
+def _div_on_variables(f, xs, ys, gys):
+    (a, b), gy = xs, gys[0]
+    ga = gy / b
+    return _sum_to_var(ga, a.shape), _sum_to_var(-ga * a / b, b.shape)
+
+
+@_backward_on_variables(AddConstant)
+def _add_constant_on_variables(f, xs, ys, gys):
+    return gys[0],
+
+
+@_backward_on_variables(SubFromConstant, Neg)
+def _neg_on_variables(f, xs, ys, gys):
+    return -gys[0],
+
+
+@_backward_on_variables(MulConstant)
+def _mul_constant_on_variables(f, xs, ys, gys):
+    return gys[0] * f.constant,
+
+
+@_backward_on_variables(DivFromConstant)
+def _div_from_constant_on_variables(f, xs, ys, gys):
+    x, = xs
+    return -gys[0] * f.constant / (x * x),
+
+
+@_backward_on_variables(Pow)
+def _pow_on_variables(f, xs, ys, gys):
+    (a, b), gy = xs, gys[0]
+    positive = _constant(a.data > 0, a.dtype)     # log a only where it is defined
+    safe_a = a * positive + (1 - positive)
+    ga = gy * b * a ** (b - 1)
+    gb = gy * ys[0] * log(safe_a)
+    return _sum_to_var(ga, a.shape), _sum_to_var(gb, b.shape)
+
+
+@_backward_on_variables(PowConstantExponent)
+def _pow_constant_exponent_on_variables(f, xs, ys, gys):
+    x, = xs
+    return gys[0] * f.exponent * x ** (f.exponent - 1),
+
+
+@_backward_on_variables(PowConstantBase)
+def _pow_constant_base_on_variables(f, xs, ys, gys):
+    return gys[0] * ys[0] * math.log(f.base),
+
+
+@_backward_on_variables(MatMul)
+def _matmul_on_variables(f, xs, ys, gys):
+    # Y = A' B' (A' = A^T with transa): dA' = dY B'^T, dB' = A'^T dY, written
+    # straight in terms of a and b with matmul's own transpose flags.
+    (a, b), gy = xs, gys[0]
+    if f.transa:
+        ga = matmul(b, gy, transa=f.transb, transb=True)
+    else:
+        ga = matmul(gy, b, transb=not f.transb)
+    if f.transb:
+        gb = matmul(gy, a, transa=True, transb=f.transa)
+    else:
+        gb = matmul(a, gy, transa=not f.transa)
+    return _sum_to_var(ga, a.shape), _sum_to_var(gb, b.shape)
+
+
+@_backward_on_variables(LinearFunction)
+def _linear_on_variables(f, xs, ys, gys):
+    x, W, gy = xs[0], xs[1], gys[0]
+    Wx = W if W.dtype == x.dtype else cast(W, x.dtype)      # Chainer v7's mixed dtypes
+    x2 = reshape(x, (len(x), -1)) if x.ndim > 2 else x
+    gx = reshape(matmul(gy, Wx), x.shape) if x.requires_grad else None
+    gW = None
+    if W.requires_grad:
+        gW = matmul(gy, x2, transa=True)
+        gW = gW if gW.dtype == W.dtype else cast(gW, W.dtype)
+    return (gx, gW, _sum(gy, axis=0)) if len(xs) == 3 else (gx, gW)
+
+
+# ----- elementwise math: Chapter 9's table, run on Variables -----------------------
+# Each row's derivative gx = df(xp, x, y, gy) was written with operators and
+# xp.cos, xp.sqrt, ...  Handed Variables and this namespace of F ops in place
+# of xp, the same formula records its graph: the table needs no second copy.
+
+_F_AS_XP = types.SimpleNamespace(cos=cos, sin=sin, cosh=cosh, sinh=sinh, sqrt=sqrt,
+                                 exp=exp, sign=sign)
+
+
+@_backward_on_variables(*_ELEMENTWISE_FUNCTION.values())
+def _elementwise_on_variables(f, xs, ys, gys):
+    x, = xs
+    gx = f.df(_F_AS_XP, x, ys[0], gys[0])
+    return (gx if gx.dtype == x.dtype else cast(gx, x.dtype)),
+
+
+# ----- activations ---------------------------------------------------------------
+# ReLU's and leaky ReLU's derivatives are masks fixed by x: constants, whose
+# own derivative is 0 (almost everywhere).  ELU's depends on y.
+
+@_backward_on_variables(ReLU)
+def _relu_on_variables(f, xs, ys, gys):
+    return gys[0] * _constant(f.y > 0, f.y.dtype),
+
+
+@_backward_on_variables(LeakyReLU)
+def _leaky_relu_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    return gys[0] * _xp(x).where(x >= 0, x.dtype.type(1), x.dtype.type(f.slope)),
+
+
+@_backward_on_variables(ELU)
+def _elu_on_variables(f, xs, ys, gys):     # x <= 0: alpha e^x = y + alpha
+    x = xs[0].data
+    negative = _constant(x <= 0, x.dtype)
+    return gys[0] * (ys[0] * negative + (1 - negative + f.alpha * negative)),
+
+
+@_backward_on_variables(Softplus)
+def _softplus_on_variables(f, xs, ys, gys):
+    return gys[0] * sigmoid(xs[0] * f.beta),
+
+
+@_backward_on_variables(Softmax)
+def _softmax_on_variables(f, xs, ys, gys):
+    y, gy = ys[0], gys[0]
+    y_gy = y * gy
+    return y_gy - y * _sum(y_gy, axis=f.axis, keepdims=True),
+
+
+@_backward_on_variables(LogSoftmax)
+def _log_softmax_on_variables(f, xs, ys, gys):
+    gy = gys[0]
+    return gy - exp(ys[0]) * _sum(gy, axis=f.axis, keepdims=True),
+
+
+@_backward_on_variables(Dropout)
+def _dropout_on_variables(f, xs, ys, gys):
+    return gys[0] * f.mask,
+
+
+# ----- sums and shapes -------------------------------------------------------------
+
+@_backward_on_variables(Sum)
+def _sum_on_variables(f, xs, ys, gys):
+    x, = xs
+    return broadcast_to(reshape(gys[0], _keepdims_shape(x.shape, f.axis)), x.shape),
+
+
+@_backward_on_variables(SumTo)
+def _sum_to_on_variables(f, xs, ys, gys):
+    return broadcast_to(gys[0], xs[0].shape),
+
+
+@_backward_on_variables(BroadcastTo)
+def _broadcast_to_on_variables(f, xs, ys, gys):
+    return _sum_to_var(gys[0], xs[0].shape),
+
+
+@_backward_on_variables(Reshape)
+def _reshape_on_variables(f, xs, ys, gys):
+    return reshape(gys[0], xs[0].shape),
+
+
+@_backward_on_variables(Transpose)
+def _transpose_on_variables(f, xs, ys, gys):
+    inverse = tuple(int(i) for i in np.argsort([a % xs[0].ndim for a in f.axes]))
+    return transpose(gys[0], inverse),
+
+
+@_backward_on_variables(Cast)
+def _cast_on_variables(f, xs, ys, gys):
+    x, = xs
+    return (cast(gys[0], x.dtype) if x.dtype.kind == 'f' else None),
+
+
+@_backward_on_variables(Concat)
+def _concat_on_variables(f, xs, ys, gys):
+    bounds = np.cumsum([x.shape[f.axis] for x in xs])[:-1].tolist()
+    return split_axis(gys[0], bounds, f.axis, force_tuple=True)
+
+
+@_backward_on_variables(SplitAxis)
+def _split_axis_on_variables(f, xs, ys, gys):
+    x, = xs
+    pieces = [Variable(_xp(x.data).zeros(shape, x.dtype), requires_grad=False)
+              if g is None else g for g, shape in zip(gys, f.shapes)]
+    return concat(pieces, axis=f.axis),
+
+
+@_backward_on_variables(GetItem)
+def _get_item_on_variables(f, xs, ys, gys):     # gy scattered into zeros, as a Function
+    x, = xs
+    zeros = Variable(_xp(x.data).zeros_like(x.data), requires_grad=False)
+    return ScatterAdd(f.slices)(zeros, gys[0]),
+
+
+@_backward_on_variables(ScatterAdd)
+def _scatter_add_on_variables(f, xs, ys, gys):
+    return gys[0], get_item(gys[0], f.slices)
+
+
+@_backward_on_variables(Identity)
+def _identity_on_variables(f, xs, ys, gys):
+    return gys
+
+
+@_backward_on_variables(Broadcast)
+def _broadcast_on_variables(f, xs, ys, gys):
+    return tuple(None if g is None else _sum_to_var(g, x.shape) for x, g in zip(xs, gys))
+
+
+@_backward_on_variables(Stack)
+def _stack_on_variables(f, xs, ys, gys):
+    return separate(gys[0], f.axis)
+
+
+@_backward_on_variables(Separate)
+def _separate_on_variables(f, xs, ys, gys):
+    x, = xs
+    axis = f.axis % x.ndim
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    return stack([Variable(_xp(x.data).zeros(shape, x.dtype), requires_grad=False)
+                  if g is None else g for g in gys], axis=f.axis),
+
+
+@_backward_on_variables(Flip)
+def _flip_on_variables(f, xs, ys, gys):
+    return Flip(f.axis, f.label)(gys[0]),
+
+
+# ----- piecewise functions: their derivatives are masks fixed by x -----------------
+
+@_backward_on_variables(Clip)
+def _clip_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    inside = _xp(x).ones(x.shape, np.bool_)
+    if f.x_min is not None:
+        inside &= x >= f.x_min
+    if f.x_max is not None:
+        inside &= x <= f.x_max
+    return gys[0] * _constant(inside, x.dtype),
+
+
+@_backward_on_variables(HardSigmoid)
+def _hard_sigmoid_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    return gys[0] * (_constant((-2.5 < x) & (x < 2.5), x.dtype) * 0.2),
+
+
+@_backward_on_variables(ClippedReLU)
+def _clipped_relu_on_variables(f, xs, ys, gys):
+    x = xs[0].data
+    return gys[0] * _constant((0 < x) & (x < f.z), x.dtype),
+
+
+@_backward_on_variables(Maximum, Minimum)
+def _maximum_on_variables(f, xs, ys, gys):
+    (x1, x2), gy = xs, gys[0]
+    first = _constant(x1.data <= x2.data if f.take_min else x1.data >= x2.data, gy.dtype)
+    return _sum_to_var(gy * first, x1.shape), _sum_to_var(gy * (1 - first), x2.shape)
+
+
+@_backward_on_variables(Where)
+def _where_on_variables(f, xs, ys, gys):
+    (x, y), gy = xs, gys[0]
+    chosen = _constant(_xp(gy.data).broadcast_to(f.condition, gy.shape), gy.dtype)
+    return _sum_to_var(gy * chosen, x.shape), _sum_to_var(gy * (1 - chosen), y.shape)
+
+
+@_backward_on_variables(Max, Min)
+def _max_on_variables(f, xs, ys, gys):
+    x, = xs
+    winners = _constant(x.data == f.y, x.dtype)
+    return broadcast_to(reshape(gys[0], f.y.shape), x.shape) * winners,
+
+
+@_backward_on_variables(LogSumExp)
+def _logsumexp_on_variables(f, xs, ys, gys):
+    x, = xs
+    shape = _keepdims_shape(x.shape, f.axis)
+    return reshape(gys[0], shape) * exp(x - reshape(ys[0], shape)),
+
+
+# ----- linear functions: their backward is their adjoint --------------------------
+# A function linear in x (tile, repeat, pad, cumsum, im2col, unpooling...)
+# is y = A x, and its backward gx = A^T gy does not read x at all.  So one
+# node serves them all: _Adjoint(f) computes A^T gy with f's own array
+# backward, and its backward is A again, f's forward (less f(0), so that an
+# affine f such as padding with a constant works too).  A is then
+# differentiated to any order with no formula written for it.
+
+class _Adjoint(Function):
+    """Function node of gx = A^T gy for a Function f linear (or affine) in its
+    input `index` (the others integer: ids, labels): forward is f's backward,
+    backward is f's forward minus f at 0."""
+
+    def __init__(self, f, index=0):
+        self.f, self.index = f, index
+
+    @property
+    def label(self):
+        return 'the gradient of ' + self.f.label
+
+    def forward(self, inputs):
+        gy, = inputs
+        gx = self.f.backward(tuple(x.data for x in self.f.inputs), (gy,))[self.index]
+        return gx if isinstance(gx, _array_types) else _xp(gy).asarray(gx),
+
+    def backward(self, inputs, grad_outputs):
+        return _apply_linear_part(self.f, self.index, grad_outputs[0], on_arrays=True),
+
+
+def _apply_linear_part(f, index, x, on_arrays=False):
+    """A x for f(..., x, ...) = A x + b (x its input `index`): f applied to x,
+    less f applied to zeros (b), by copies of f so that f's own state stays as
+    its forward left it."""
+    data = as_array(x)
+    zeros = _xp(data).zeros_like(data)
+    others = [v.data if on_arrays else v for v in f.inputs]
+
+    def f_at(value):
+        inputs = others[:index] + [value] + others[index + 1:]
+        return copy.copy(f).forward(tuple(inputs))[0] if on_arrays else copy.copy(f)(*inputs)
+
+    return f_at(x) - f_at(zeros if on_arrays else Variable(zeros, requires_grad=False))
+
+
+@_backward_on_variables(Cumsum, Tile, Repeat, Pad, Permutate, Diagonal, Im2Col, Copy,
+                        Unpooling2D, Upsampling2D, AveragePoolingND)
+def _linear_on_variables_by_adjoint(f, xs, ys, gys):
+    return _Adjoint(f)(gys[0]),
+
+
+@_backward_on_variables(SelectItem, EmbedIDFunction)
+def _linear_in_one_input_on_variables(f, xs, ys, gys):     # select_item's x, embed_id's W
+    index = 0 if isinstance(f, SelectItem) else 1
+    gx = _Adjoint(f, index)(gys[0])
+    return (gx, None) if index == 0 else (None, gx)
+
+
+@_backward_on_variables(_Adjoint)
+def _adjoint_on_variables(f, xs, ys, gys):
+    return _apply_linear_part(f.f, f.index, gys[0]),
+
+
+# ----- losses ----------------------------------------------------------------------
+
+def _coefficient(coeff, dtype):
+    """A loss's 1/count, a float or a 0-dim array, as a constant of `dtype`."""
+    return coeff if isinstance(coeff, float) else _constant(coeff, dtype)
+
+
+@_backward_on_variables(MeanSquaredError)
+def _mean_squared_error_on_variables(f, xs, ys, gys):
+    a, b = xs
+    ga = (a - b) * (gys[0] * (2.0 / max(a.size, 1)))
+    return ga, -ga
+
+
+@_backward_on_variables(SoftmaxCrossEntropy)
+def _softmax_cross_entropy_on_variables(f, xs, ys, gys):
+    x, gy = xs[0], gys[0]
+    xp = _xp(x.data)
+    classes = xp.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
+    one_hot = _constant(classes == f.t, x.dtype)
+    w = _constant((f.valid if f.class_weight is None else f.weight)[:, None], x.dtype)
+    if f.reduce == 'no':
+        return (softmax(x, axis=1) - one_hot) * (expand_dims(gy, 1) * w), None
+    return (softmax(x, axis=1) - one_hot) * (gy * _coefficient(f.coeff, x.dtype) * w), None
+
+
+@_backward_on_variables(SigmoidCrossEntropy)
+def _sigmoid_cross_entropy_on_variables(f, xs, ys, gys):
+    x, gy = xs[0], gys[0]
+    scale = gy if f.reduce == 'no' else gy * _coefficient(f.coeff, x.dtype)
+    return (sigmoid(x) - f.t) * _constant(f.valid, x.dtype) * scale, None
+
+
+# ----- convolution and pooling (Chapter 11) ----------------------------------------
+# convolution_2d is linear in x and in W.  Its dx is a deconvolution of gy
+# with the same W; its dW pairs x with gy, which no op does yet:
+# Convolution2DGradW below is that pairing as a Function, and its own
+# backward is again a deconvolution (for x) and a convolution (for gy), so
+# derivatives of any order exist.  Deconvolution swaps the roles.
+
+class Convolution2DGradW(Function):
+    """Function node of gW = dL/dW of convolution_2d from x (N, C, H, W) and
+    gy (N, O, out_h, out_w), for a W of shape w_shape: what the convolution's
+    backward computes, as a node so it can be differentiated again.
+    Chainer: chainer.functions.connection.convolution_2d.Convolution2DGradW.
+    """
+    label = 'convolution_2d_grad_w'
+
+    def __init__(self, conv, w_shape):
+        self.stride, self.pad, self.dilate = conv.stride, conv.pad, conv.dilate
+        self.cover_all, self.groups, self.w_shape = conv.cover_all, conv.groups, w_shape
+
+    def forward(self, inputs):
+        x, gy = inputs
+        g, out_channels = self.groups, self.w_shape[0]
+        patches = _patches(x, self.w_shape[2:], self.stride, self.pad, self.cover_all,
+                           dilate=self.dilate)
+        col = patches.transpose(1, 2, 3, 4, 5, 0).reshape(g, math.prod(self.w_shape[1:]), -1)
+        gy2 = gy.transpose(1, 2, 3, 0).reshape(g, out_channels // g, -1)
+        return (gy2 @ col.swapaxes(1, 2)).reshape(self.w_shape),
+
+    def backward(self, inputs, grad_outputs):     # bilinear in x and gy
+        x, gy = inputs
+        ggW, = grad_outputs
+        gx = Deconvolution2DFunction(self.stride, self.pad, x.shape[2:], self.dilate,
+                                     self.groups).forward((gy, ggW))[0]
+        ggy = Convolution2DFunction(self.stride, self.pad, self.cover_all, self.dilate,
+                                    self.groups).forward((x, ggW))[0]
+        return gx, ggy
+
+
+@_backward_on_variables(Convolution2DGradW)
+def _convolution_2d_grad_w_on_variables(f, xs, ys, gys):
+    (x, gy), ggW = xs, gys[0]
+    gx = deconvolution_2d(gy, ggW, stride=f.stride, pad=f.pad, outsize=x.shape[2:],
+                          dilate=f.dilate, groups=f.groups)
+    ggy = convolution_2d(x, ggW, stride=f.stride, pad=f.pad, cover_all=f.cover_all,
+                         dilate=f.dilate, groups=f.groups)
+    return gx, ggy
+
+
+@_backward_on_variables(Convolution2DFunction)
+def _convolution_2d_on_variables(f, xs, ys, gys):
+    x, W, gy = xs[0], xs[1], gys[0]
+    Wx = W if W.dtype == x.dtype else cast(W, x.dtype)
+    gx = gW = None
+    if x.requires_grad:
+        gx = deconvolution_2d(gy, Wx, stride=f.stride, pad=f.pad, outsize=x.shape[2:],
+                              dilate=f.dilate, groups=f.groups)
+    if W.requires_grad:
+        gW = Convolution2DGradW(f, W.shape)(x, gy)
+        gW = gW if gW.dtype == W.dtype else cast(gW, W.dtype)
+    return (gx, gW, _sum(gy, axis=(0, 2, 3))) if len(xs) == 3 else (gx, gW)
+
+
+@_backward_on_variables(Deconvolution2DFunction)
+def _deconvolution_2d_on_variables(f, xs, ys, gys):
+    x, W, gy = xs[0], xs[1], gys[0]
+    Wx = W if W.dtype == x.dtype else cast(W, x.dtype)
+    conv = Convolution2DFunction(f.stride, f.pad, f.cover_all, f.dilate, f.groups)
+    gx = conv(gy, Wx) if x.requires_grad else None
+    gW = None
+    if W.requires_grad:
+        gW = Convolution2DGradW(conv, W.shape)(gy, x)     # the convolution from y back to x
+        gW = gW if gW.dtype == W.dtype else cast(gW, W.dtype)
+    return (gx, gW, _sum(gy, axis=(0, 2, 3))) if len(xs) == 3 else (gx, gW)
+
+
+@_backward_on_variables(AveragePooling2D)
+def _average_pooling_2d_on_variables(f, xs, ys, gys):
+    # Average pooling is a convolution of each channel with a kernel of
+    # 1/(kh kw): its gradient is that convolution's, a deconvolution of gy.
+    x, gy = xs[0], gys[0]
+    n, c, h, w = x.shape
+    kernel = _xp(x.data).full((1, 1) + f.ksize, 1.0 / (f.ksize[0] * f.ksize[1]), x.dtype)
+    gx = deconvolution_2d(reshape(gy, (n * c, 1) + gy.shape[2:]), kernel, stride=f.stride,
+                          pad=f.pad, outsize=(h, w))
+    return reshape(gx, x.shape),
+
+
+@_backward_on_variables(MaxPooling2D)
+def _max_pooling_2d_on_variables(f, xs, ys, gys):
+    # Each gy goes to where its window's maximum was: with those places
+    # fixed, a scatter, which is get_item's backward on x's flat elements.
+    x, gy = xs[0], gys[0]
+    flat = _xp(x.data).zeros(x.size, x.dtype)
+    index = _max_pooling_winners(f, x.data)
+    zeros = Variable(flat, requires_grad=False)
+    return reshape(ScatterAdd(index)(zeros, reshape(gy, (-1,))), x.shape),
+
+
+def _max_pooling_winners(f, x):
+    """For each output of max pooling f, the index into x.ravel() of the
+    element that won its window (the first maximum on ties, as backward)."""
+    xp = _xp(x)
+    (kh, kw), (sy, sx), (ph, pw) = f.ksize, f.stride, f.pad
+    tiles = f._tiles(x)
+    if tiles is not None:
+        first = _first_maxima(tiles, f.y)                  # (N, C, out_h, kh, out_w, kw)
+        winner = first.transpose(0, 1, 2, 4, 3, 5).reshape(f.y.shape + (kh * kw,)).argmax(-1)
+    else:
+        winner = f.winner
+    n, c, out_h, out_w = winner.shape
+    rows = xp.arange(out_h).reshape(-1, 1) * sy + winner // kw - ph
+    columns = xp.arange(out_w) * sx + winner % kw - pw
+    channel = xp.arange(n * c).reshape(n, c, 1, 1)
+    return ((channel * x.shape[2] + rows) * x.shape[3] + columns).ravel()
+
+
+# ----- normalizations: differentiated through their own composition ---------------
+# Their backwards are long formulas.  Rather than differentiate those by
+# hand, compute y again from F ops (mean, subtract, rsqrt, ...), each of
+# which has a backward on Variables, and backprop through them: the
+# recomputation costs one more forward pass, only when double backprop is
+# asked for.  Swish and PReLU, whose gradients w.r.t. their per-feature
+# parameters sum over the batch, are done the same way.
+
+def _by_composition(composite):
+    """A rule computing the gradients of `composite(f, *xs)`, the function
+    written with F ops, by backprop through it (recording its graph)."""
+    def rule(f, xs, ys, gys):
+        outputs = composite(f, *xs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(y, gy) for y, gy in zip(outputs, gys) if gy is not None]
+        grads = _grad_on_variables([y for y, _ in pairs], [gy for _, gy in pairs], list(xs))
+        return tuple(grads.get(x) for x in xs)
+    return rule
+
+
+def _layer_normalization_composite(f, x, gamma, beta):
+    centered = x - mean(x, axis=1, keepdims=True)
+    variance = mean(centered * centered, axis=1, keepdims=True)
+    return centered * rsqrt(variance + f.eps) * gamma + beta
+
+
+_BACKWARD_ON_VARIABLES[LayerNormalizationFunction] = _by_composition(
+    _layer_normalization_composite)
+
+
+def _in_dtype(a, x):
+    """a in x's dtype (Chainer v7 lets normalization parameters differ)."""
+    return a if a.dtype == x.dtype else cast(a, x.dtype)
+
+
+def _batch_normalization_composite(f, x, gamma, beta):
+    shape = _keepdims_shape(x.shape, f.axis)      # gamma's axes, the averaged ones 1
+    centered = x - mean(x, axis=f.axis, keepdims=True)
+    variance = mean(centered * centered, axis=f.axis, keepdims=True)
+    return (centered * rsqrt(variance + f.eps) * reshape(_in_dtype(gamma, x), shape)
+            + reshape(_in_dtype(beta, x), shape))
+
+
+def _fixed_batch_normalization_composite(f, x, gamma, beta, mu, var):
+    gamma, beta, mu, var = (reshape(_in_dtype(a, x), f.expanded)
+                            for a in (gamma, beta, mu, var))
+    return (x - mu) * (gamma * rsqrt(var + f.eps)) + beta
+
+
+def _group_normalization_composite(f, x, gamma, beta):
+    n, c = x.shape[:2]
+    rows = reshape(x, (n * f.groups, -1))
+    centered = rows - mean(rows, axis=1, keepdims=True)
+    variance = mean(centered * centered, axis=1, keepdims=True)
+    x_hat = reshape(centered * rsqrt(variance + f.eps), (n, c, -1))
+    gamma, beta = (reshape(_in_dtype(a, x), (c, 1)) for a in (gamma, beta))
+    return reshape(x_hat * gamma + beta, x.shape)
+
+
+def _swish_composite(f, x, beta):
+    return x * sigmoid(x * reshape(beta, f.expanded))
+
+
+def _prelu_composite(f, x, W):
+    negative = _constant(f.negative, x.dtype)
+    return x * (1 - negative) + x * reshape(W, f.expanded) * negative
+
+
+for _function, _composite in ((BatchNormalizationFunction, _batch_normalization_composite),
+                              (FixedBatchNormalization, _fixed_batch_normalization_composite),
+                              (GroupNormalizationFunction, _group_normalization_composite),
+                              (SwishFunction, _swish_composite),
+                              (PReLUFunction, _prelu_composite)):
+    _BACKWARD_ON_VARIABLES[_function] = _by_composition(_composite)
+del _function, _composite
+
+
+@_backward_on_variables(AbsoluteError, MeanAbsoluteError)
+def _absolute_error_on_variables(f, xs, ys, gys):     # sign(x0 - x1), a constant
+    sign_ = _constant(_xp(f.diff).sign(f.diff), f.diff.dtype)
+    gx = gys[0] * sign_ * (1.0 / max(f.diff.size, 1) if isinstance(f, MeanAbsoluteError) else 1.0)
+    return gx, -gx
+
+
+# ----- backprop on Variables ---------------------------------------------------------
+# The walk of Chapter 4 again, with two differences: the gradients are
+# Variables (kept in a dict, not in .grad), and only the functions that lead
+# to the wanted inputs are visited, so chainer.grad w.r.t. a critic's input
+# runs no backward of the generator that made it.  With config.enable_backprop
+# off (chainer.grad without double backprop) each function runs its array
+# backward, so every Function works; with it on, the backward on Variables.
+
+def _functions_leading_to(roots, inputs):
+    """The functions behind `roots` from which one of `inputs` can be reached."""
+    targets = set(inputs)
+    found, pending = set(), [y.creator for y in roots if y.creator is not None]
+    while pending:
+        function = pending.pop()
+        if function not in found:
+            found.add(function)
+            pending.extend(x.creator for x in function.inputs if x.creator is not None)
+    leading = set()
+    for function in sorted(found, key=lambda f: f.rank):    # inputs' creators come first
+        if any(x in targets or x.creator in leading for x in function.inputs):
+            leading.add(function)
+    return leading
+
+
+def _backward_of(function, xs, ys, gys):
+    """The gradients of function's inputs as Variables: recorded (the backward
+    on Variables) when config.enable_backprop is on, else the array backward."""
+    if not config.enable_backprop:
+        in_data = tuple(x.data for x in xs)
+        gxs = function.backward(in_data, tuple(None if g is None else g.data for g in gys))
+        if type(gxs) is not tuple or len(gxs) != len(xs) or config.debug:
+            gxs = _checked_grad_inputs(function, gxs)
+        return tuple(None if gx is None else Variable(
+            gx if isinstance(gx, _array_types) else _xp(x.data).asarray(gx, x.dtype),
+            requires_grad=False) for x, gx in zip(xs, gxs))
+    rule = _BACKWARD_ON_VARIABLES.get(type(function))
+    if rule is None:
+        raise NotImplementedError(
+            '{} ({}): double backprop is not supported by this function; its backward '
+            'works on arrays only, so its gradient cannot be differentiated again. Write '
+            'it as a chainer.FunctionNode with backward on Variables, or compute the '
+            'first-order gradient only (enable_double_backprop=False)'.format(
+                function.label, type(function).__name__))
+    gxs = rule(function, xs, ys, gys)
+    if type(gxs) is not tuple or len(gxs) != len(xs):
+        gxs = _checked_grad_inputs(function, gxs)
+    return gxs
+
+
+def _grad_on_variables(roots, root_grads, inputs=None, retain_grad=False):
+    """Backprop from `roots`, whose gradients are the Variables `root_grads`.
+    Returns {variable: gradient Variable}: for `inputs` (None: every leaf
+    reached), and with retain_grad for every variable reached."""
+    grads = {}
+    for y, gy in zip(roots, root_grads):
+        grads[y] = gy if y not in grads else grads[y] + gy
+    leading = None if inputs is None else _functions_leading_to(roots, inputs)
+    keep = set() if inputs is None else set(inputs)
+    heap, seen, tie = [], set(), itertools.count()
+
+    def push(function):
+        if function not in seen and (leading is None or function in leading):
+            seen.add(function)
+            heapq.heappush(heap, (-function.rank, next(tie), function))
+
+    for y in roots:
+        if y.creator is not None:
+            push(y.creator)
+    while heap:
+        function = heapq.heappop(heap)[2]
+        xs = function.inputs
+        ys = tuple(ref() for ref in function.outputs)
+        gys = tuple(None if y is None else grads.get(y) for y in ys)
+        for x, gx in zip(xs, _backward_of(function, xs, ys, gys)):
+            if gx is None or not x.requires_grad:
+                continue
+            if gx.shape != x.shape or gx.dtype != x.dtype:
+                _check_grad_input(function, [v is x for v in xs].index(True), x, gx.data)
+            if x not in grads:
+                grads[x] = gx
+            elif config.enable_backprop:
+                grads[x] = grads[x] + gx               # recorded: a sum has a gradient too
+            else:
+                total = _xp(gx.data).add(grads[x].data, gx.data, out=_xp(gx.data).empty_like(
+                    gx.data))                          # (0-dim: still an array)
+                grads[x] = Variable(total, requires_grad=False)
+            if x.creator is not None:
+                push(x.creator)
+        if not retain_grad:
+            for y in ys:      # freed once used, as in Chapter 4, unless asked for
+                if y is not None and y not in keep:
+                    grads.pop(y, None)
+    return grads
+
+
+def _grad_variable(variable):
+    """variable's gradient as a Variable: the one double backprop stored, with
+    its graph, while .grad is still its array; else the array wrapped."""
+    kept = getattr(variable, '_grad_var', None)
+    if kept is not None and kept.data is variable._grad:
+        return kept
+    return None if variable._grad is None else Variable(variable._grad, requires_grad=False)
+
+
+def _set_grad_var(variable, grad):
+    """Store a gradient Variable: its array in .grad, the Variable itself (with
+    its graph) for .grad_var."""
+    variable._grad = None if grad is None else grad.data
+    variable._grad_var = grad
+
+
+def _backward_recording(self, retain_grad):
+    """Variable.backward(enable_double_backprop=True) (Chapter 3): the same
+    gradients, computed on Variables; each leaf's grad_var keeps its graph."""
+    if self._grad is None:
+        if self.data.size != 1:
+            raise ValueError(
+                'backward: this variable has shape {}, so its gradient cannot be assumed '
+                'to be 1; reduce it to one value first (e.g. F.sum(y)) or set y.grad to an '
+                'array of shape {}'.format(self.data.shape, self.data.shape))
+        self._grad = _xp(self.data).ones_like(self.data)
+    with using_config('enable_backprop', True):
+        grads = _grad_on_variables([self], [_grad_variable(self)], retain_grad=retain_grad)
+        for x, gx in grads.items():
+            if x.creator is None and x is not self and x._grad is not None:
+                gx = _grad_variable(x) + gx            # a leaf's gradient adds up
+            if x.creator is None or retain_grad:
+                _set_grad_var(x, gx)
+    if not retain_grad and self.creator is not None:
+        self._grad = None
+
+
+@_export('function_node')
+def grad(outputs, inputs, grad_outputs=None, grad_inputs=None, set_grad=False,
+         retain_grad=False, enable_double_backprop=False, loss_scale=None):
+    """The gradients of `outputs` w.r.t. `inputs`, as a list of Variables.
+
+    outputs, inputs: lists (or tuples) of Variables.  grad_outputs: one
+    Variable or array per output, None for an array of ones (of the output's
+    shape); None for all ones.  grad_inputs: per input, a Variable added to
+    its gradient (None: nothing).  Only the paths from outputs to inputs are
+    walked, and no variable's .grad is touched, unless set_grad=True (each
+    input's grad_var becomes its result) or retain_grad=True (every variable
+    reached keeps its gradient).  enable_double_backprop=True records the
+    gradients' graph, so they can be differentiated again (Chapter HIGHER).
+    loss_scale multiplies the grad_outputs first.  An input the outputs do
+    not depend on gets None.  Raises TypeError for outputs, inputs or
+    grad_outputs that are not lists or tuples, ValueError for lengths that
+    differ, NotImplementedError when double backprop meets a function that
+    does not support it.  Chainer: chainer.grad.
+    """
+    for name, value in (('outputs', outputs), ('inputs', inputs),
+                        ('grad_outputs', grad_outputs), ('grad_inputs', grad_inputs)):
+        if not isinstance(value, (tuple, list)) and (value is not None or name in
+                                                     ('outputs', 'inputs')):
+            raise TypeError('grad: {} must be a tuple or a list{}, not {}'.format(
+                name, '' if name in ('outputs', 'inputs') else ' or None',
+                type(value).__name__))
+    for name, value, against in (('grad_outputs', grad_outputs, outputs),
+                                 ('grad_inputs', grad_inputs, inputs)):
+        if value is not None and len(value) != len(against):
+            raise ValueError('grad: {} has {} entries for {} {}'.format(
+                name, len(value), len(against), 'outputs' if against is outputs else 'inputs'))
+    root_grads = []
+    for y, gy in zip(outputs, grad_outputs or [None] * len(outputs)):
+        if gy is None:
+            gy = _xp(y.data).ones_like(y.data)
+        gy = gy if isinstance(gy, Variable) else Variable(gy, requires_grad=False)
+        if loss_scale is not None:
+            gy = gy * loss_scale
+        root_grads.append(gy)
+    with using_config('enable_backprop', enable_double_backprop):
+        grads = _grad_on_variables(list(outputs), root_grads, list(inputs), retain_grad)
+        result = []
+        for x, g_in in zip(inputs, grad_inputs or [None] * len(inputs)):
+            gx = grads.get(x)
+            if g_in is not None:
+                g_in = g_in if isinstance(g_in, Variable) else Variable(g_in,
+                                                                        requires_grad=False)
+                gx = g_in if gx is None else g_in + gx
+            result.append(gx)
+    if retain_grad:
+        for variable, gx in grads.items():
+            _set_grad_var(variable, gx)
+        for x, gx in zip(inputs, result):
+            _set_grad_var(x, gx)
+    elif set_grad:
+        for x, gx in zip(inputs, result):
+            _set_grad_var(x, gx)
+    return result
+
+
+# ----- FunctionNode: a function whose backward is written on Variables ---------------
+
+@_export('function_node')
+class FunctionNode:
+    """The base of new-style functions (Chainer v3+): forward on arrays,
+    backward on Variables, so every function written so differentiates twice.
+
+    Subclass it and write
+        forward(self, inputs) -> tuple of arrays (or forward_cpu / forward_gpu)
+        backward(self, target_input_indexes, grad_outputs) -> tuple of Variables
+    and call `node.apply(inputs)` (a new node per call), which returns a tuple
+    of Variables.  In forward, `self.retain_inputs(indexes)` and
+    `self.retain_outputs(indexes)` say which inputs and outputs backward
+    needs; backward gets them as Variables of the graph from
+    get_retained_inputs() and get_retained_outputs().  backward returns one
+    gradient (a Variable or None) per input, or per index in
+    target_input_indexes (the inputs that need one).  check_type_forward(in_types),
+    if defined, is called with the inputs' types when config.type_check is on
+    and chainer.utils.type_check is there.  In the graph the node stands as a
+    Function (_FunctionNodeInGraph) whose array backward calls this backward
+    without recording.  Chainer: chainer.FunctionNode.
+    """
+
+    inputs = None
+    outputs = None
+    rank = 0
+    _input_indexes_to_retain = None
+    _output_indexes_to_retain = None
+    _retained_output_data = None
+
+    @property
+    def label(self):
+        """The name used in messages (the class name by default)."""
+        return type(self).__name__
+
+    def apply(self, inputs):
+        """Run forward on `inputs` (Variables or arrays) and, when backprop is on
+        and an input needs a gradient, record this node; returns a tuple of
+        Variables. Chainer: FunctionNode.apply."""
+        in_node = _FunctionNodeInGraph(self)
+        variables = [x if isinstance(x, Variable) else _as_input(in_node, x) for x in inputs]
+        in_data = tuple(x.data for x in variables)
+        if config.type_check and type(self).check_type_forward is not \
+                FunctionNode.check_type_forward:
+            self._check_types(in_data)
+        self._input_indexes_to_retain = self._output_indexes_to_retain = None
+        out_data = self.forward(in_data)
+        if not isinstance(out_data, tuple):
+            raise TypeError('{}.forward must return a tuple of arrays, not {}'.format(
+                self.label, type(out_data).__name__))
+        out_data = tuple(y if isinstance(y, _array_types) else _xp(in_data[0]).asarray(y)
+                         for y in out_data)
+        requires_grad = any(x.requires_grad for x in variables)
+        outputs = tuple(Variable(y, requires_grad=requires_grad) for y in out_data)
+        if config.debug:
+            _check_finite(in_node, 'forward', out_data)
+        if requires_grad and config.enable_backprop:
+            in_node.inputs = self.inputs = tuple(variables)
+            in_node.rank = self.rank = max([x.rank for x in variables], default=0)
+            for y in outputs:
+                y.creator, y.rank = in_node, self.rank + 1
+            in_node.outputs = self.outputs = tuple(weakref.ref(y) for y in outputs)
+            self._in_graph = weakref.ref(in_node)     # not a cycle: freed with the graph
+            if self._output_indexes_to_retain is not None:
+                self._retained_output_data = tuple(
+                    out_data[i] for i in self._output_indexes_to_retain)
+        return outputs
+
+    def forward(self, inputs):
+        """Compute the output arrays from the input arrays; this default calls
+        forward_cpu or forward_gpu by where the inputs live. Chainer: FunctionNode.forward."""
+        on_cpu = not inputs or isinstance(inputs[0], (np.ndarray, np.generic))
+        return (self.forward_cpu if on_cpu else self.forward_gpu)(inputs)
+
+    def forward_cpu(self, inputs):
+        """Forward on NumPy arrays: write it (and forward_gpu) or forward.
+        Raises NotImplementedError unless overridden. Chainer: FunctionNode.forward_cpu."""
+        raise NotImplementedError('{}: write forward (or forward_cpu and forward_gpu)'
+                                  .format(self.label))
+
+    forward_gpu = forward_cpu
+
+    def backward(self, target_input_indexes, grad_outputs):
+        """The gradients (Variables) of the inputs at target_input_indexes, from
+        those of the outputs (Variables, None for an output with none); this
+        default returns None for each. Chainer: FunctionNode.backward."""
+        return (None,) * len(target_input_indexes)
+
+    def backward_accumulate(self, target_input_indexes, grad_outputs, grad_inputs):
+        """backward, with grad_inputs (Variables or None, one per target) added.
+        Chainer: FunctionNode.backward_accumulate."""
+        gxs = self._grads_of_targets(target_input_indexes,
+                                     self.backward(target_input_indexes, grad_outputs))
+        return tuple(gx if g_in is None else g_in if gx is None else gx + g_in
+                     for gx, g_in in zip(gxs, grad_inputs))
+
+    def _grads_of_targets(self, target_input_indexes, gxs):
+        gxs = tuple(gxs) if isinstance(gxs, (tuple, list)) else (gxs,)
+        if len(gxs) == len(self.inputs):
+            return tuple(gxs[i] for i in target_input_indexes)
+        if len(gxs) != len(target_input_indexes):
+            raise ValueError('{}.backward returned {} gradients; it must return one per '
+                             'input ({}) or per target input index ({})'.format(
+                                 self.label, len(gxs), len(self.inputs),
+                                 len(target_input_indexes)))
+        return gxs
+
+    def check_type_forward(self, in_types):
+        """Check the inputs' types (chainer.utils.type_check); none by default.
+        Chainer: FunctionNode.check_type_forward."""
+
+    def _check_types(self, in_data):
+        try:
+            type_check = getattr(utils, 'type_check')
+            get_types = type_check.get_types
+        except (AttributeError, NotImplementedError):
+            return                           # no chainer.utils.type_check here
+        self.check_type_forward(get_types(in_data, 'in_types', False))
+
+    def retain_inputs(self, indexes):
+        """Call in forward: the inputs (their indexes) that backward will need.
+        Chainer: FunctionNode.retain_inputs."""
+        self._input_indexes_to_retain = tuple(indexes)
+
+    def retain_outputs(self, indexes):
+        """Call in forward: the outputs (their indexes) that backward will need.
+        Chainer: FunctionNode.retain_outputs."""
+        self._output_indexes_to_retain = tuple(indexes)
+
+    def get_retained_inputs(self):
+        """The retained inputs, as the Variables of the graph (so a backward that
+        uses them records its dependence on them). Chainer: FunctionNode.get_retained_inputs."""
+        return tuple(self.inputs[i] for i in self._input_indexes_to_retain or ())
+
+    def get_retained_outputs(self):
+        """The retained outputs as Variables of the graph; one the user dropped is
+        made again from its kept array, still this node's output.
+        Chainer: FunctionNode.get_retained_outputs."""
+        outputs = []
+        refs = list(self.outputs)
+        for i, data in zip(self._output_indexes_to_retain or (), self._retained_output_data):
+            y = refs[i]()
+            if y is None:
+                y = Variable(data)
+                y.creator, y.rank = self._in_graph(), self.rank + 1
+                refs[i] = weakref.ref(y)
+                self._revived = getattr(self, '_revived', ()) + (y,)
+            outputs.append(y)
+        self.outputs = self._in_graph().outputs = tuple(refs)
+        return tuple(outputs)
+
+    @property
+    def output_data(self):
+        """The arrays of the retained outputs (None for others).
+        Chainer: FunctionNode.output_data."""
+        data = [None] * len(self.outputs)
+        for i, y in zip(self._output_indexes_to_retain or (), self._retained_output_data or ()):
+            data[i] = y
+        return tuple(data)
+
+    def unchain(self):
+        """Drop the node's links to its inputs and outputs. Chainer: FunctionNode.unchain."""
+        in_graph = self._in_graph()
+        if in_graph is not None:
+            in_graph.unchain()
+        self.inputs = None
+
+
+class _FunctionNodeInGraph(Function):
+    """The Function that stands for a FunctionNode in the graph: backprop
+    (Chapter 4) calls its array backward, which runs the node's backward on
+    Variables without recording; double backprop calls the node's directly."""
+
+    def __init__(self, node):
+        self.node = node
+
+    @property
+    def label(self):
+        return self.node.label
+
+    def backward(self, inputs, grad_outputs):
+        with no_backprop_mode():
+            gxs = _function_node_on_variables(self, self.inputs, None, tuple(
+                None if g is None else Variable(g, requires_grad=False) for g in grad_outputs))
+        return tuple(None if gx is None else gx.data for gx in gxs)
+
+
+@_backward_on_variables(_FunctionNodeInGraph)
+def _function_node_on_variables(f, xs, ys, gys):
+    targets = tuple(i for i, x in enumerate(xs) if x.requires_grad)
+    gxs = f.node.backward_accumulate(targets, gys, (None,) * len(targets))
+    grads = [None] * len(xs)
+    for i, gx in zip(targets, gxs):
+        grads[i] = gx if gx is None or isinstance(gx, Variable) else Variable(gx)
+    return tuple(grads)
+
+
+# ----- check_double_backward -----------------------------------------------------------
+
+@_export('gradient_check')
+def check_double_backward(func, x_data, y_grad, x_grad_grad, params=(), params_grad_grad=(),
+                          eps=1e-3, atol=1e-4, rtol=1e-3, no_grads=None, dtype=None,
+                          detect_nondifferentiable=False):
+    """Assert that the second derivatives of `func` match numerical ones.
+
+    It runs check_backward (Chapter 15) on the first-order gradient as a
+    function: inputs (x, gy) -> (gx, gparams), gx computed by backprop with
+    double backprop on, checked with x_grad_grad (and params_grad_grad) as its
+    output gradients.  x_data, y_grad: arrays or tuples of them; x_grad_grad:
+    one array per differentiable input (None: no check of it); params and
+    params_grad_grad likewise.  eps 1e-3, atol 1e-4, rtol 1e-3 by default;
+    dtype casts the float inputs first; no_grads marks inputs not to
+    differentiate.  Raises AssertionError naming what is wrong (as
+    check_backward), NotImplementedError for a function without double backprop.
+    Chainer: chainer.gradient_check.check_double_backward.
+    """
+    xs = tuple(x_data) if isinstance(x_data, (tuple, list)) else (x_data,)
+    gys = tuple(y_grad) if isinstance(y_grad, (tuple, list)) else (y_grad,)
+    ggxs = tuple(x_grad_grad) if isinstance(x_grad_grad, (tuple, list)) else (x_grad_grad,)
+    params = (params,) if isinstance(params, Variable) else tuple(params)
+    ggparams = tuple(params_grad_grad) if isinstance(params_grad_grad, (tuple, list)) else \
+        (params_grad_grad,)
+    if no_grads is None:
+        no_grads = [x.dtype.kind != 'f' for x in xs]
+    n = len(xs)
+
+    def first_order_grad(*inputs):
+        variables, grad_outputs = inputs[:n], inputs[n:]
+        with using_config('enable_backprop', True):     # check_backward's probes turn it off
+            ys = func(*variables)
+        ys = ys if isinstance(ys, tuple) else (ys,)
+        wanted = [x for x, ng in zip(variables, no_grads) if not ng] + list(params)
+        grads = grad(list(ys), wanted, list(grad_outputs), enable_double_backprop=True)
+        return tuple(g if g is not None else Variable(
+            _xp(v.data).zeros_like(v.data), requires_grad=False) for g, v in zip(grads, wanted))
+
+    check_backward(first_order_grad, xs + gys, ggxs + ggparams, params=params, eps=eps,
+                   atol=atol, rtol=rtol, no_grads=list(no_grads) + [False] * len(gys),
+                   dtype=dtype, detect_nondifferentiable=detect_nondifferentiable)
+
+
+# =============================================================================
 # Chapter 16. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
@@ -18246,11 +19431,20 @@ def backward(outputs, grad_outputs=None, **kwargs):
     for y, gy in zip(outputs, grad_outputs):
         if gy is not None:
             y.grad = gy
+            if isinstance(gy, Variable):     # kept for double backprop (Chapter HIGHER)
+                y._grad_var = gy
         elif y.grad is None:
             if y.size != 1:
                 raise ValueError('backward: an output of shape {} needs its grad_output'
                                  .format(y.shape))
             y.grad = _xp(y.data).ones_like(y.data)
+    if kwargs.get('enable_double_backprop', False):      # Chapter HIGHER
+        if len(outputs) != 1:     # one loss: the sum of the outputs' products with their grads
+            total = sum(_sum(y * _grad_variable(y)) for y in outputs)
+            total.grad = _xp(total.data).ones_like(total.data)
+            outputs = [total]
+        _backward_recording(outputs[0], kwargs.get('retain_grad', False))
+        return
     _backprop(outputs, kwargs.get('retain_grad', False))
 
 
@@ -18272,7 +19466,11 @@ class _VariableConveniences:
 
     @property
     def grad_var(self):
-        """The gradient wrapped in a new Variable, or None. Chainer: Variable.grad_var."""
+        """The gradient as a Variable (after double backprop the one with its graph,
+        Chapter HIGHER), or None. Chainer: Variable.grad_var."""
+        kept = getattr(self, '_grad_var', None)
+        if kept is not None and kept.data is self._grad:
+            return kept
         return None if self._grad is None else Variable(self._grad)
 
     def zerograd(self):
@@ -18902,7 +20100,8 @@ class NotSupportedError(NotImplementedError):
 _OUT_OF_SCOPE = {
     'chainerx': 'ChainerX (Chainer\'s C++ array backend) is out of scope; NumPy and CuPy are used',
     'multi': 'multi-GPU / multi-process training is out of scope; use one device',
-    'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
+    'double': 'Chainer\'s graph internals are left out: a Variable is its own graph node, '
+              'and a FunctionNode (Chapter HIGHER) or a Function (Chapter 3) needs no adapter',
     'hooks': 'function and link hooks are out of scope',
     'distributions': 'probability distributions are out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
@@ -19173,7 +20372,7 @@ disable_experimental_feature_warning = False
 
 _not_supported(
     _this_module,
-    chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
+    chainerx='Fallback get_compute_mode', double='FunctionAdapter',
     hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
     distributions='Distribution kl_divergence register_kl cross_entropy')
 
@@ -19188,7 +20387,6 @@ _not_supported(
 _not_supported(function, double='FunctionAdapter', hooks='FunctionHook')
 for _name in ('function_hooks', 'link_hooks'):
     _out_of_scope_module(_name, 'hooks')
-_out_of_scope_module('function_node', 'double')
 _out_of_scope_module('distributions', 'distributions')
 _out_of_scope_module('testing', 'testing')
 del _name
@@ -19339,10 +20537,6 @@ _not_supported(
 
 # ----- chainer.gradient_check, chainer.utils, chainer.computational_graph ------
 
-
-_not_supported(
-    gradient_check,
-    double='check_double_backward')
 _not_supported(
     utils,
     missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')

@@ -1199,8 +1199,9 @@ def test_non_scalar_backward_requires_grad():
     z = Variable(dev(np.array([[2.0]])))
     (z * 5.0).backward()
     assert z.grad.shape == (1, 1) and z.grad[0, 0] == 5.0
-    with pytest.raises(NotImplementedError):
-        F.sum(x).backward(enable_double_backprop=True)
+    x.cleargrad()                               # and so does a pass on Variables
+    F.sum(x).backward(enable_double_backprop=True)
+    np.testing.assert_allclose(host(x.grad), np.ones((2, 3)))
 
 
 def test_long_chain_backward_no_recursion_error():
@@ -8465,6 +8466,684 @@ def test_gradient_check_with_dtype_option():
 
 
 # =============================================================================
+# Chapter HIGHER. Higher-order derivatives
+# =============================================================================
+
+def _away_from_kinks(*shape, seed=0):
+    """Values 0.1 to 1.5 away from 0 on either side: relu and friends are smooth there."""
+    r = rng(seed)
+    return r.uniform(0.1, 1.5, shape) * r.choice([-1, 1], shape)
+
+
+def _distinct(*shape, seed=0):
+    """Values 0.2 apart, shuffled: no window of a max pooling nears a tie."""
+    return (rng(seed).permutation(int(np.prod(shape))).reshape(shape) * 0.2 - 3.0)
+
+
+def _seeded_dropout(x):
+    xp.random.seed(3)                # the same mask at every call of check_backward
+    return F.dropout(x, 0.4) * x
+
+
+_HIGHER_LABELS = np.array([1, 0, 4, 2], np.int32)
+_HIGHER_LABELS_IGNORED = np.array([1, -1, 4, 2], np.int32)
+_HIGHER_CONDITION = np.array([[True, False, True], [False, False, True]])
+_HIGHER_BINARY_LABELS = np.array([[1, 0, -1, 1], [0, 0, 1, -1], [1, 1, 0, 0]], np.int32)
+
+# Every function that claims double backprop, by its Function class, with
+# inputs where it is smooth; the second derivative must not vanish where
+# the function is not linear (that is why some are multiplied by x).
+CHAPTER_HIGHER_CASES = {
+    'add_bcast': (lambda a, b: (a + b) * a, [f64(2, 3), f64(3, seed=1)]),
+    'sub_bcast': (lambda a, b: (a - b) * b, [f64(2, 1), f64(1, 3, seed=1)]),
+    'mul_bcast': (lambda a, b: a * b * a, [f64(4, 2, 3), f64(2, 1, seed=1)]),
+    'div_bcast': (lambda a, b: a / b, [f64(2, 3), f64(3, seed=1, **POS)]),
+    'constants': (lambda a: (a + 2.0) * (3.0 - a) * 1.5 + 2.0 / (a + 3.0) - a,
+                  [f64(2, 3)]),
+    'pow': (lambda a, b: a ** b, [f64(2, 3, **POS), f64(2, 3, seed=1)]),
+    'pow_constants': (lambda a: a ** 3.0 + 2.0 ** a, [f64(2, 3, **POS)]),
+    'matmul': (lambda a, b: F.matmul(a, b) ** 2, [f64(3, 4), f64(4, 2, seed=1)]),
+    'matmul_ta': (lambda a, b: F.matmul(a, b, transa=True), [f64(4, 3), f64(4, 2, seed=1)]),
+    'matmul_tb': (lambda a, b: F.matmul(a, b, transb=True), [f64(3, 4), f64(2, 4, seed=1)]),
+    'matmul_tab': (lambda a, b: F.matmul(a, b, transa=True, transb=True),
+                   [f64(4, 3), f64(2, 4, seed=1)]),
+    'matmul_batch': (lambda a, b: F.matmul(a, b), [f64(2, 3, 4), f64(4, 2, seed=1)]),
+    'linear': (lambda x, W, b: F.tanh(F.linear(x, W, b)), [f64(3, 4), f64(2, 4, seed=1),
+                                                          f64(2, seed=2)]),
+    'linear_image': (lambda x, W: F.linear(x, W) ** 2, [f64(3, 2, 2), f64(2, 4, seed=1)]),
+    'convolution_2d': (lambda x, W, b: F.convolution_2d(x, W, b, stride=2, pad=1) ** 2,
+                       [f64(2, 3, 6, 5), f64(4, 3, 3, 3, seed=1), f64(4, seed=2)]),
+    'convolution_2d_groups': (
+        lambda x, W: F.convolution_2d(x, W, stride=(1, 2), pad=(0, 1), cover_all=True,
+                                      dilate=(2, 1), groups=2) ** 2,
+        [f64(2, 4, 7, 6), f64(4, 2, 2, 3, seed=1)]),
+    'deconvolution_2d': (lambda x, W, b: F.deconvolution_2d(x, W, b, stride=2, pad=1) ** 2,
+                         [f64(2, 3, 4, 4), f64(3, 2, 3, 3, seed=1), f64(2, seed=2)]),
+    'deconvolution_2d_outsize': (
+        lambda x, W: F.deconvolution_2d(x, W, stride=2, pad=1, outsize=(8, 6), groups=3) ** 2,
+        [f64(2, 3, 4, 3), f64(3, 1, 3, 3, seed=1)]),
+    'relu': (lambda x: F.relu(x) * x, [_away_from_kinks(3, 4)]),
+    'leaky_relu': (lambda x: F.leaky_relu(x, 0.3) * x, [_away_from_kinks(3, 4)]),
+    'elu': (lambda x: F.elu(x, 0.7), [_away_from_kinks(3, 4)]),
+    'softplus': (lambda x: F.softplus(x, 2.0), [f64(3, 4)]),
+    'softmax': (lambda x: F.softmax(x, axis=1), [f64(3, 4)]),
+    'log_softmax': (lambda x: F.log_softmax(x, axis=0), [f64(3, 4)]),
+    'dropout': (_seeded_dropout, [f64(3, 4)]),
+    'square': (lambda x: F.square(x) * x, [f64(3, 4)]),
+    'sum': (lambda x: F.sum(x * x, axis=(0, 2), keepdims=True), [f64(2, 3, 2)]),
+    'mean': (lambda x: F.mean(x ** 3, axis=1), [f64(3, 4)]),
+    'batch_l2_norm_squared': (lambda x: F.sqrt(F.batch_l2_norm_squared(x)),
+                              [f64(3, 2, 2, **POS)]),
+    'reshape_transpose': (lambda x: F.transpose(F.reshape(x, (4, 3)), (1, 0)) ** 3,
+                          [f64(3, 4)]),
+    'broadcast_to_sum_to': (lambda x: F.sum_to(F.broadcast_to(x, (2, 3, 4)) ** 2, (3, 1)),
+                            [f64(3, 1)]),
+    'concat_split_axis': (lambda a, b: F.split_axis(F.concat([a, b * a], axis=1), [1, 4], 1)[1]
+                          ** 2, [f64(2, 3), f64(2, 3, seed=1)]),
+    'get_item': (lambda x: F.sum(x[:, [0, 2, 2]] ** 2) + F.sum(x[1:, ::-1] ** 3), [f64(3, 4)]),
+    'scatter_add': (lambda a, b: F.scatter_add(a, (slice(None), [0, 2, 0]), b * b) * a,
+                    [f64(2, 3), f64(2, 3, seed=1)]),
+    'cast': (lambda x: F.cast(F.cast(x, np.float64) ** 3, x.dtype), [f64(3, 4)]),
+    'mean_squared_error': (lambda a, b: F.mean_squared_error(a * a, b), [f64(3, 4),
+                                                                        f64(3, 4, seed=1)]),
+    'softmax_cross_entropy': (lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS)),
+                              [f64(4, 5)]),
+    'softmax_cross_entropy_no': (
+        lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS_IGNORED), reduce='no'), [f64(4, 5)]),
+    'softmax_cross_entropy_weight': (
+        lambda x: F.softmax_cross_entropy(x, dev(_HIGHER_LABELS_IGNORED), normalize=False,
+                                          class_weight=dev(f64(5, seed=3, **POS))),
+        [f64(4, 5)]),
+    'sigmoid_cross_entropy': (lambda x: F.sigmoid_cross_entropy(x, dev(_HIGHER_BINARY_LABELS)),
+                              [f64(3, 4)]),
+    'sigmoid_cross_entropy_no': (
+        lambda x: F.sigmoid_cross_entropy(x, dev(_HIGHER_BINARY_LABELS), normalize=False, reduce='no'),
+        [f64(3, 4)]),
+    'layer_normalization': (lambda x, g, b: F.layer_normalization(x, g, b),
+                            [f64(3, 5), f64(5, seed=1), f64(5, seed=2)]),
+    'average_pooling_2d': (lambda x: F.average_pooling_2d(x, 3, 2, 1) ** 2, [f64(2, 2, 5, 5)]),
+    'max_pooling_2d': (lambda x: F.max_pooling_2d(x, 3, 2, 1) ** 2, [_distinct(2, 2, 6, 5)]),
+    'max_pooling_2d_tiles': (lambda x: F.max_pooling_2d(x, 2) ** 2, [_distinct(2, 2, 4, 6)]),
+    'identity_broadcast': (lambda a, b: F.identity(*F.broadcast(a, b))[1] * a,
+                           [f64(2, 3), f64(3, seed=1)]),
+    'stack_separate': (lambda a, b: F.separate(F.stack([a, b * a], axis=1), axis=0)[1] ** 2,
+                       [f64(2, 3), f64(2, 3, seed=1)]),
+    'flip': (lambda x: F.flip(x, 1) * x + F.fliplr(x) ** 3, [f64(2, 3)]),
+    'clip': (lambda x: F.clip(x, -0.5, 0.5) * x, [_away_from_kinks(3, 4) * 0.6]),
+    'hard_sigmoid': (lambda x: F.hard_sigmoid(x) * x, [_away_from_kinks(3, 4) * 2]),
+    'clipped_relu': (lambda x: F.clipped_relu(x, 0.8) * x, [_away_from_kinks(3, 4) * 0.6]),
+    'maximum': (lambda a, b: F.maximum(a, b) * a, [_distinct(2, 3), _distinct(3, seed=1) + 0.1]),
+    'minimum': (lambda a, b: F.minimum(a, b) * b, [_distinct(2, 3), _distinct(2, 3, seed=1) + 0.1]),
+    'where': (lambda a, b: F.where(dev(_HIGHER_CONDITION), a * a, b) * b, [f64(2, 3), f64(3, seed=1)]),
+    'max_min': (lambda x: F.max(x, axis=1) * F.min(x, axis=1, keepdims=True)[:, 0],
+                [_distinct(3, 4)]),
+    'logsumexp': (lambda x: F.logsumexp(x, axis=1) ** 2, [f64(3, 4)]),
+    # the linear functions, through _Adjoint
+    'cumsum': (lambda x: F.cumsum(x, axis=1) ** 2, [f64(3, 4)]),
+    'tile': (lambda x: F.tile(x, (2, 1, 3)) ** 2, [f64(2, 3)]),
+    'repeat': (lambda x: F.sum(F.repeat(x, 2, axis=1) ** 2) + F.sum(F.repeat(x, [1, 3], axis=0)
+                                                                  ** 3), [f64(2, 3)]),
+    'pad': (lambda x: F.sum(F.pad(x, ((1, 0), (2, 1)), 'constant', constant_values=0.5) ** 2)
+            + F.sum(F.pad(x, 1, 'reflect') ** 3), [f64(2, 3)]),
+    'permutate': (lambda x: F.permutate(x, np.array([2, 0, 1], np.int32), axis=1) ** 2,
+                  [f64(2, 3)]),
+    'diagonal': (lambda x: F.diagonal(x, 1) ** 2, [f64(3, 4)]),
+    'im2col': (lambda x: F.im2col(x, 3, stride=2, pad=1) ** 2, [f64(2, 2, 5, 4)]),
+    'unpooling_2d': (lambda x: F.unpooling_2d(x, 2, outsize=(5, 6)) ** 2, [f64(2, 2, 3, 3)]),
+    'select_item': (lambda x: F.select_item(x, dev(np.array([2, 0, 1], np.int32))) ** 3,
+                    [f64(3, 4)]),
+    'embed_id': (lambda W: F.embed_id(dev(np.array([[1, 0], [3, 1]], np.int32)), W,
+                                      ignore_label=3) ** 2, [f64(4, 3)]),
+    'average_pooling_nd': (lambda x: F.average_pooling_nd(x, 2, pad=1, pad_value=None) ** 2,
+                           [f64(2, 2, 3, 4, 3)]),
+    'batch_normalization': (lambda x, g, b: F.batch_normalization(x, g, b),
+                            [f64(4, 3, 2, 2), f64(3, seed=1), f64(3, seed=2)]),
+    'batch_normalization_2d': (lambda x, g, b: F.batch_normalization(x, g, b, eps=1e-3),
+                               [f64(5, 3), f64(3, seed=1), f64(3, seed=2)]),
+    'fixed_batch_normalization': (
+        lambda x, g, b, m, v: F.fixed_batch_normalization(x, g, b, m, v) ** 2,
+        [f64(4, 3, 2), f64(3, seed=1), f64(3, seed=2), f64(3, seed=3), f64(3, seed=4, **POS)]),
+    'group_normalization': (lambda x, g, b: F.group_normalization(x, 2, g, b),
+                            [f64(2, 4, 3), f64(4, seed=1), f64(4, seed=2)]),
+    'swish': (lambda x, beta: F.swish(x, beta), [f64(2, 3, 2), f64(3, seed=1)]),
+    'prelu': (lambda x, W: F.prelu(x, W) * x, [_away_from_kinks(2, 3, 2), f64(3, seed=1)]),
+    'absolute_error': (lambda a, b: F.absolute_error(a, b) * a,
+                       [_distinct(2, 3), _distinct(2, 3, seed=1) + 0.1]),
+    'mean_absolute_error': (lambda a, b: F.mean_absolute_error(a * a, b),
+                            [_distinct(2, 3) * 0.3, _distinct(2, 3, seed=1) * 0.3 + 0.05]),
+}
+for _label in sorted(chainer._ELEMENTWISE):
+    # Chapter 9's table, each row on an input inside its domain
+    _low, _high = {'arcsin': (-0.8, 0.8), 'arccos': (-0.8, 0.8), 'arctanh': (-0.8, 0.8),
+                   'tan': (-1.0, 1.0)}.get(_label, (0.3, 1.2))
+    CHAPTER_HIGHER_CASES['elementwise_' + _label] = (
+        functools.partial(lambda label, x: getattr(F, label)(x), _label),
+        [f64(3, 4, low=_low, high=_high)])
+del _label, _low, _high
+
+
+def _double_backward_check(name, dtype):
+    func, xs = CHAPTER_HIGHER_CASES[name]
+    xs = [x.copy() for x in xs]
+    with chainer.no_backprop_mode():
+        y = func(*[Variable(dev(x)) for x in xs])
+    r = rng(11)
+    gy = r.uniform(-1, 1, y.shape)
+    ggxs = [r.uniform(-1, 1, x.shape) for x in xs]
+    cast = lambda a: dev(a.astype(dtype))       # noqa: E731
+    tolerance = dict(atol=1e-4, rtol=1e-3) if dtype == np.float64 else \
+        dict(eps=1e-2, atol=2e-2, rtol=2e-2)
+    gradient_check.check_double_backward(func, tuple(cast(x) for x in xs), cast(gy),
+                                         tuple(cast(g) for g in ggxs), **tolerance)
+    # check_double_backward differentiates the first-order gradient of the
+    # backward on Variables; that gradient must also be the array backward's.
+    variables = [Variable(cast(x)) for x in xs]
+    ys = [func(*variables)]
+    recorded = chainer.grad(ys, variables, [cast(gy)], enable_double_backprop=True)
+    on_arrays = chainer.grad(ys, variables, [cast(gy)])
+    for a, b in zip(recorded, on_arrays):
+        np.testing.assert_allclose(host(a), host(b), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize('name', sorted(CHAPTER_HIGHER_CASES))
+def test_chapter_higher_double_backward(name):
+    _double_backward_check(name, np.float64)
+
+
+@pytest.mark.parametrize('name', sorted(CHAPTER_HIGHER_CASES))
+def test_chapter_higher_double_backward_float32(name):
+    _double_backward_check(name, np.float32)
+
+
+def test_check_double_backward_detects_a_wrong_second_derivative():
+    # A FunctionNode whose first derivative is right and whose backward on
+    # Variables is wrong: check_backward passes, check_double_backward does not.
+    class CubeWrongTwice(chainer.FunctionNode):
+        def forward(self, inputs):
+            self.retain_inputs((0,))
+            return inputs[0] ** 3,
+
+        def backward(self, indexes, grad_outputs):
+            x, = self.get_retained_inputs()
+            gy, = grad_outputs
+            return gy * Variable(3 * x.data * x.data),       # right value, no graph: d2 = 0
+
+    x, gy, ggx = dev(f64(3, **POS)), dev(f64(3, seed=1)), dev(f64(3, seed=2))
+    cube = lambda v: CubeWrongTwice().apply((v,))[0]    # noqa: E731
+    gradient_check.check_backward(cube, x, gy)
+    with pytest.raises(AssertionError, match='check_backward'):
+        gradient_check.check_double_backward(cube, x, gy, ggx)
+
+
+def test_check_double_backward_checks_params_too():
+    W = chainer.Parameter(dev(f64(2, 3, seed=1)))
+    b = chainer.Parameter(dev(f64(2, seed=2)))
+    gradient_check.check_double_backward(
+        lambda x: F.tanh(F.linear(x, W, b)), dev(f64(4, 3)), dev(f64(4, 2, seed=3)),
+        dev(f64(4, 3, seed=4)), params=(W, b),
+        params_grad_grad=(dev(f64(2, 3, seed=5)), dev(f64(2, seed=6))))
+    # gx = gy w with w taken as a constant: its derivative w.r.t. w is lost, and named
+    class ScaleWrongTwice(chainer.FunctionNode):
+        def forward(self, inputs):
+            self.retain_inputs((0, 1))
+            return inputs[0] * inputs[1],
+
+        def backward(self, indexes, grad_outputs):
+            x, w = self.get_retained_inputs()
+            gy, = grad_outputs
+            return gy * Variable(w.data), gy * x
+
+    w = chainer.Parameter(dev(f64(3, seed=7)), name='w')
+    with pytest.raises(AssertionError, match="parameter 'w'"):
+        gradient_check.check_double_backward(
+            lambda x: ScaleWrongTwice().apply((x, w))[0], dev(f64(3)), dev(f64(3, seed=8)),
+            dev(f64(3, seed=9)), params=(w,), params_grad_grad=(dev(f64(3, seed=10)),))
+    # an old-style Function, whose backward is on arrays, says it cannot
+    with pytest.raises(NotImplementedError, match='WrongParamBackward'):
+        gradient_check.check_double_backward(
+            lambda x: WrongParamBackward()(x, w), dev(f64(3)), dev(f64(3, seed=8)),
+            dev(f64(3, seed=9)), params=(w,), params_grad_grad=(dev(f64(3, seed=10)),))
+
+
+def test_third_derivatives_through_convolution():
+    # convolution's dW is a Function of its own (Convolution2DGradW) whose
+    # backward on Variables runs only at third order: check the gradient of
+    # the gradient, as a function, twice more.
+    def first_order(x, W, gy=Variable(dev(f64(2, 3, 3, 3, seed=3)))):
+        with chainer.using_config('enable_backprop', True):
+            y = F.convolution_2d(x, W, stride=2, pad=1) ** 2
+            return tuple(chainer.grad([y], [x, W], [gy], enable_double_backprop=True))
+
+    x, W = dev(f64(2, 2, 5, 5)), dev(f64(3, 2, 3, 3, seed=1))
+    gradient_check.check_double_backward(
+        first_order, (x, W), (dev(f64(*x.shape, seed=4)), dev(f64(*W.shape, seed=5))),
+        (dev(f64(*x.shape, seed=6)), dev(f64(*W.shape, seed=7))))
+    _second_order_on_variables_equals_on_arrays(first_order, [x, W], (2, 3, 3, 3))
+
+
+def test_third_derivatives_through_a_linear_function_and_its_adjoint():
+    # pad's gradient is _Adjoint(pad), whose backward is pad again, less the
+    # constant it pads with (an affine function's linear part): third order.
+    def first_order(x, gy=Variable(dev(f64(3, 6, seed=3)))):
+        with chainer.using_config('enable_backprop', True):
+            y = F.pad(x, ((1, 0), (2, 1)), 'constant', constant_values=0.5) ** 3
+            return tuple(chainer.grad([y], [x], [gy], enable_double_backprop=True))
+
+    gradient_check.check_double_backward(first_order, dev(f64(2, 3)), dev(f64(2, 3, seed=4)),
+                                         dev(f64(2, 3, seed=5)))
+    _second_order_on_variables_equals_on_arrays(first_order, [dev(f64(2, 3))], (3, 6))
+
+    # embed_id is linear in W (x holds ids): its adjoint is indexed by input
+    def embed_first_order(W, gy=Variable(dev(f64(2, 2, 3, seed=3)))):
+        with chainer.using_config('enable_backprop', True):
+            y = F.embed_id(dev(np.array([[1, 0], [3, 1]], np.int32)), W, ignore_label=3) ** 3
+            return tuple(chainer.grad([y], [W], [gy], enable_double_backprop=True))
+
+    gradient_check.check_double_backward(embed_first_order, dev(f64(4, 3)),
+                                         dev(f64(4, 3, seed=4)), dev(f64(4, 3, seed=5)))
+    _second_order_on_variables_equals_on_arrays(embed_first_order, [dev(f64(4, 3))], (2, 2, 3))
+
+
+def _second_order_on_variables_equals_on_arrays(first_order, xs, gy_shape):
+    # (check_double_backward differentiates; a value off by a constant
+    # passes it, so the values are compared too, also w.r.t. the first gy.)
+    variables = [Variable(x) for x in xs] + [Variable(dev(f64(*gy_shape, seed=8)))]
+    gs = first_order(*variables)
+    ggs = [Variable(dev(rng(9).uniform(-1, 1, g.shape))) for g in gs]
+    recorded = chainer.grad(list(gs), variables, ggs, enable_double_backprop=True)
+    on_arrays = chainer.grad(list(gs), variables, ggs)
+    for a, b in zip(recorded, on_arrays):
+        np.testing.assert_allclose(host(a), host(b), rtol=1e-12, atol=1e-14)
+
+
+def _double_backward_fixture():
+    return np.load(os.path.join(HERE, 'testdata', 'chainer781', 'double_backward.npz'))
+
+
+_CHAINER_DOUBLE_CASES = {
+    'poly': lambda x: x ** 3 - 2 * x * x + x / (1 + x * x),
+    'pow': lambda a, b: a ** b,
+    'broadcast': lambda a, b: a * b + a / (b + 3) - b,
+    'matmul': lambda a, b: F.matmul(a, b),
+    'matmul_t': lambda a, b: F.matmul(a, b, transa=True, transb=True),
+    'linear': lambda x, W, b: F.linear(x, W, b),
+    'conv': lambda x, W, b: F.convolution_2d(x, W, b, stride=2, pad=1),
+    'deconv': lambda x, W, b: F.deconvolution_2d(x, W, b, stride=2, pad=1),
+    'relu': lambda x: F.relu(x) * x,
+    'leaky_relu': lambda x: F.leaky_relu(x, 0.3) * x,
+    'elu': lambda x: F.elu(x, 0.7),
+    'sigmoid': F.sigmoid,
+    'tanh': F.tanh,
+    'softplus': lambda x: F.softplus(x, 2.0),
+    'exp': F.exp,
+    'log': F.log,
+    'sqrt': F.sqrt,
+    'square': lambda x: F.square(x) * x,
+    'sum_mean': lambda x: F.sum(x * x, axis=1) + F.mean(x ** 3, axis=1),
+    'bl2': lambda x: F.sqrt(F.batch_l2_norm_squared(x)),
+    'shapes': lambda x: F.sum(F.broadcast_to(F.transpose(F.reshape(x, (4, 3)))[None],
+                                             (2, 3, 4)) ** 3, axis=0),
+    'concat_get_item': lambda x: F.concat([x, x[:, ::-1] * x], axis=1)[:, [0, 2, 2, 5]] ** 2,
+    'mse': lambda a, b: F.mean_squared_error(a, b),
+    'softmax_cross_entropy': lambda x, t: F.softmax_cross_entropy(
+        x, t, enable_double_backprop=True),
+    'log_softmax': F.log_softmax,
+    'sigmoid_cross_entropy': lambda x, t: F.sigmoid_cross_entropy(x, t),
+    'layer_normalization': lambda x, g, b: F.layer_normalization(x, g, b),
+    'average_pooling_2d': lambda x: F.average_pooling_2d(x, 3, 2, 1) ** 2,
+    'max_pooling_2d': lambda x: F.max_pooling_2d(x, 3, 2, 1) ** 2,
+    'max_pooling_2d_tiles': lambda x: F.max_pooling_2d(x, 2) ** 2,
+    'batch_normalization': lambda x, g, b: F.batch_normalization(x, g, b),
+    'group_normalization': lambda x, g, b: F.group_normalization(x, 2, g, b),
+    'swish': lambda x, beta: F.swish(x, beta),
+    'prelu': lambda x, W: F.prelu(x, W) * x,
+}
+
+
+@pytest.mark.parametrize('name', sorted(_CHAINER_DOUBLE_CASES))
+def test_chapter_higher_matches_chainer_781(name):
+    # testdata/chainer781/make_double_backward_fixture.py wrote Chainer's
+    # gradients, and the gradients of sum(gx * ggx) w.r.t. x and gy.
+    data = _double_backward_fixture()
+    key = 'case/{}/'.format(name)
+    xs = [data[key + 'x{}'.format(i)] for i in range(3) if key + 'x{}'.format(i) in data]
+    variables = [Variable(dev(x)) for x in xs]
+    floats = [v for v in variables if v.dtype.kind == 'f']
+    y = _CHAINER_DOUBLE_CASES[name](*variables)
+    gy = Variable(dev(data[key + 'gy']))
+    gxs = chainer.grad([y], floats, [gy], enable_double_backprop=True)
+    ggxs = [dev(data[key + 'ggx{}'.format(i)]) for i in range(len(floats))]
+    second = chainer.grad([sum(F.sum(gx * ggx) for gx, ggx in zip(gxs, ggxs))], floats + [gy])
+    np.testing.assert_allclose(host(y), data[key + 'y'], rtol=1e-10, atol=1e-12)
+    for i, (gx, dd) in enumerate(zip(gxs, second)):
+        np.testing.assert_allclose(host(gx), data[key + 'gx{}'.format(i)], rtol=1e-10,
+                                   atol=1e-12)
+        np.testing.assert_allclose(0 if dd is None else host(dd), data[key + 'ddx{}'.format(i)],
+                                   rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(host(second[-1]), data[key + 'ddgy'], rtol=1e-9, atol=1e-12)
+
+
+def test_chapter_higher_worked_examples():
+    # The chapter's examples.  A polynomial: y = x^3 - 2x, y' = 3x^2 - 2, y'' = 6x.
+    x = Variable(dev(np.array([1.5, -0.3, 2.0])))
+    y = x ** 3 - 2 * x
+    gx, = chainer.grad([y], [x], enable_double_backprop=True)
+    np.testing.assert_allclose(host(gx), 3 * host(x) ** 2 - 2)
+    assert gx.creator is not None and x.grad is None       # a Variable of the graph; .grad untouched
+    ggx, = chainer.grad([gx], [x])
+    np.testing.assert_allclose(host(ggx), 6 * host(x))
+    # the same through backward: the leaf's grad_var keeps the graph
+    F.sum(y).backward(enable_double_backprop=True)
+    g = x.grad_var
+    assert g.creator is not None
+    np.testing.assert_allclose(host(g), 3 * host(x) ** 2 - 2)
+    x.cleargrad()
+    F.sum(g).backward()
+    np.testing.assert_allclose(host(x.grad), 6 * host(x))
+    # Newton's method: the minimum of f(x) = x^4 - 3x^2 + x near x = 1.5
+    x = Variable(dev(np.array(1.5)))
+    for _ in range(8):
+        f = x ** 4 - 3 * x ** 2 + x
+        gx, = chainer.grad([f], [x], enable_double_backprop=True)
+        ggx, = chainer.grad([gx], [x])
+        x.data = x.data - gx.data / ggx.data
+    assert abs(float(4 * host(x) ** 3 - 6 * host(x) + 1)) < 1e-12     # f'(x) = 0
+    assert float(12 * host(x) ** 2 - 6) > 0                          # a minimum
+    # Third order: (x^4)''' = 24 x
+    x = Variable(dev(np.array([0.5, 2.0])))
+    g1, = chainer.grad([F.sum(x ** 4)], [x], enable_double_backprop=True)
+    g2, = chainer.grad([F.sum(g1)], [x], enable_double_backprop=True)
+    g3, = chainer.grad([F.sum(g2)], [x])
+    np.testing.assert_allclose(host(g3), 24 * np.array([0.5, 2.0]))
+
+
+def _mlp_loss(model, x, t):
+    return F.softmax_cross_entropy(model(x), t)
+
+
+def test_hessian_vector_products_of_an_mlp_match_finite_differences_and_chainer():
+    data = _double_backward_fixture()
+    with chainer.using_config('dtype', np.float64):
+        model = chainer.Sequential(L.Linear(4, 8), F.tanh, L.Linear(8, 3))
+    model.to_device(TEST_DEVICE)
+    x, t = dev(data['hvp/x']), dev(data['hvp/t'])
+    model(x)
+    params = sorted(model.namedparams())
+    for name, p in params:
+        p.data[...] = dev(data['hvp' + name])
+    ps = [p for _, p in params]
+    vs = [dev(data['hvp/v' + name]) for name, _ in params]
+    gs = chainer.grad([_mlp_loss(model, x, t)], ps, enable_double_backprop=True)
+    hv = chainer.grad([sum(F.sum(g * v) for g, v in zip(gs, vs))], ps)
+    for (name, _), h in zip(params, hv):     # Chainer 7.8.1's H v
+        np.testing.assert_allclose(host(h), data['hvp/hv' + name], rtol=1e-9, atol=1e-12)
+
+    def gradient_at(step):       # the gradient at w + step v, first order only
+        originals = [p.data.copy() for p in ps]
+        for p, v in zip(ps, vs):
+            p.data += step * v
+        g = chainer.grad([_mlp_loss(model, x, t)], ps)
+        for p, o in zip(ps, originals):
+            p.data[...] = o
+        return [host(gi) for gi in g]
+
+    eps = 1e-5
+    for h, plus, minus in zip(hv, gradient_at(eps), gradient_at(-eps)):
+        np.testing.assert_allclose(host(h), (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
+class _Critic(Chain):
+    """A WGAN critic as Chainer projects write it: convolutions and leaky ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.c1 = L.Convolution2D(1, 4, 3, stride=2, pad=1)
+            self.c2 = L.Convolution2D(4, 8, 3, stride=2, pad=1)
+            self.l3 = L.Linear(8 * 2 * 2, 1)
+
+    def __call__(self, x):
+        h = F.leaky_relu(self.c1(x), 0.2)
+        h = F.leaky_relu(self.c2(h), 0.2)
+        return self.l3(h)
+
+
+def _critic_loss(critic, x_real, x_fake, eps, lam=10.0):
+    # The WGAN-GP critic loss: Wasserstein estimate plus the gradient penalty
+    x_hat = Variable(eps * x_real + (1 - eps) * x_fake)
+    grad, = chainer.grad([critic(x_hat)], [x_hat], enable_double_backprop=True)
+    grad = F.sqrt(F.batch_l2_norm_squared(grad))
+    loss_gp = lam * F.mean_squared_error(grad, xp.ones_like(grad.data))
+    return F.mean(critic(x_fake)) - F.mean(critic(x_real)) + loss_gp
+
+
+def test_wgan_gp_critic_trains_matching_chainer_and_finite_differences():
+    data = _double_backward_fixture()
+    with chainer.using_config('dtype', np.float64):
+        critic = _Critic()
+    critic.to_device(TEST_DEVICE)
+    critic(dev(np.zeros((1, 1, 8, 8))))
+    params = sorted(critic.namedparams())
+    for name, p in params:
+        p.data[...] = dev(data['wgan' + name])
+    optimizer = chainer.optimizers.Adam(alpha=1e-2, beta1=0.5, beta2=0.9)
+    optimizer.setup(critic)
+    for step in range(3):
+        batch = [dev(data['wgan/{}{}'.format(k, step)]) for k in ('x_real', 'x_fake', 'eps')]
+        loss = _critic_loss(critic, *batch)
+        critic.cleargrads()
+        loss.backward()
+        np.testing.assert_allclose(host(loss), data['wgan/loss{}'.format(step)], rtol=1e-10)
+        if step == 0:
+            for name, p in params:
+                np.testing.assert_allclose(host(p.grad), data['wgan/grad0' + name],
+                                           rtol=1e-9, atol=1e-12)
+            # and the gradients, which go through the penalty's gradient, against
+            # the loss's finite differences along a random direction
+            ps = [p for _, p in params]
+            direction = [rng(7).uniform(-1, 1, p.shape) for p in ps]
+            originals = [p.data.copy() for p in ps]
+
+            def loss_at(t):
+                for p, o, d in zip(ps, originals, direction):
+                    p.data[...] = o + t * dev(d)
+                value = float(host(_critic_loss(critic, *batch)))
+                for p, o in zip(ps, originals):
+                    p.data[...] = o
+                return value
+
+            numeric = (loss_at(1e-5) - loss_at(-1e-5)) / 2e-5
+            analytic = sum(float((host(p.grad) * d).sum()) for p, d in zip(ps, direction))
+            assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic))
+        optimizer.update()
+    for name, p in params:          # three Adam steps later, still Chainer's parameters
+        np.testing.assert_allclose(host(p), data['wgan/after' + name], rtol=1e-8, atol=1e-10)
+
+
+class _MulAdd(chainer.FunctionNode):
+    """w = x * y + z, written as Chainer v7's guide writes a new function."""
+
+    def forward_cpu(self, inputs):
+        self.retain_inputs((0, 1))
+        x, y, z = inputs
+        return x * y + z,
+
+    forward_gpu = forward_cpu
+
+    def backward(self, target_input_indexes, grad_outputs):
+        x, y = self.get_retained_inputs()
+        gw, = grad_outputs
+        return y * gw, x * gw, gw
+
+
+class _ExpAdd(chainer.FunctionNode):
+    """(w, e) = (exp(x) + exp(y), exp(x)): two outputs, and backward reuses the
+    retained output e = exp(x) as its own derivative."""
+
+    def forward(self, inputs):
+        xp_ = chainer.backend.get_array_module(*inputs)
+        x, y = inputs
+        self.retain_inputs((1,))
+        self.retain_outputs((1,))
+        e = xp_.exp(x)
+        return e + xp_.exp(y), e
+
+    def backward(self, target_input_indexes, grad_outputs):
+        y, = self.get_retained_inputs()
+        e, = self.get_retained_outputs()
+        gw, ge = grad_outputs
+        g = gw if ge is None else ge if gw is None else gw + ge
+        gy = None if gw is None else F.exp(y) * gw
+        return tuple(gi for i, gi in enumerate((e * g, gy)) if i in target_input_indexes)
+
+
+def test_a_users_function_node_runs_with_and_without_double_backprop():
+    a, b, c = (dev(f64(2, 3, seed=s)) for s in (1, 2, 3))
+    muladd = lambda x, y, z: _MulAdd().apply((x, y, z))[0]    # noqa: E731
+    gradient_check.check_backward(muladd, (a, b, c), dev(f64(2, 3, seed=4)))
+    gradient_check.check_double_backward(
+        muladd, (a, b, c), dev(f64(2, 3, seed=4)), tuple(dev(f64(2, 3, seed=s)) for s in (5, 6, 7)))
+    x, y, z = Variable(a), Variable(b), Variable(c)
+    w, = _MulAdd().apply((x, y, z))
+    assert isinstance(w.creator.node, _MulAdd)
+    F.sum(w * w).backward(enable_double_backprop=True)
+    np.testing.assert_allclose(host(x.grad), 2 * host(w) * host(y))
+    # an array input gets no gradient; backward asks only for the targets
+    w, = _MulAdd().apply((x, b, c))
+    assert len(w.creator.inputs) == 3 and not w.creator.inputs[1].requires_grad
+    # two outputs, one retained output, one output without a gradient
+    expadd = lambda x, y: _ExpAdd().apply((x, y))         # noqa: E731
+    gradient_check.check_backward(expadd, (a, b), (dev(f64(2, 3, seed=5)), dev(f64(2, 3, seed=6))))
+    gradient_check.check_double_backward(lambda x, y: expadd(x, y)[0], (a, b),
+                                         dev(f64(2, 3, seed=5)),
+                                         (dev(f64(2, 3, seed=6)), dev(f64(2, 3, seed=7))))
+    # a dropped output that backward retained is made again, still in the graph
+    x = Variable(a)
+    node = _ExpAdd()
+    w, e = node.apply((x, Variable(b)))
+    del e
+    gx, = chainer.grad([w], [x], enable_double_backprop=True)
+    np.testing.assert_allclose(host(gx), np.exp(host(a)))
+    revived, = node.get_retained_outputs()
+    np.testing.assert_allclose(host(revived), np.exp(host(a)))
+    assert revived.creator is w.creator
+    ggx, = chainer.grad([F.sum(gx)], [x])                # through the revived output
+    np.testing.assert_allclose(host(ggx), np.exp(host(a)))
+    # no backprop recorded under no_backprop_mode; forward_cpu missing says so
+    with chainer.no_backprop_mode():
+        assert _MulAdd().apply((x, y, z))[0].creator is None
+    with pytest.raises(NotImplementedError, match='forward'):
+        chainer.FunctionNode().apply((x,))
+    # the node and its place in the graph make no reference cycle: the graph
+    # goes by reference counting, as in Chapter 3
+    node = _MulAdd()
+    ref = weakref.ref(node)
+    w, = node.apply((x, y, z))
+    del node, w
+    assert ref() is None
+
+
+def test_function_node_calls_check_type_forward_when_type_check_exists():
+    seen = []
+
+    class Checked(chainer.FunctionNode):
+        def check_type_forward(self, in_types):
+            seen.append(len(in_types))
+
+        def forward(self, inputs):
+            return inputs[0] * 2,
+
+    Checked().apply((dev(f64(2)),))
+    type_check = getattr(chainer.utils, 'type_check', None)
+    assert seen == ([1] if type_check is not None and hasattr(type_check, 'get_types') else [])
+
+
+def test_double_backprop_refuses_a_function_without_it_by_name():
+    x = Variable(dev(f64(2, 3)))
+    y = F.sum(F.cumprod(x, axis=1) ** 2)
+    with pytest.raises(NotImplementedError, match='cumprod'):
+        chainer.grad([y], [x], enable_double_backprop=True)
+    with pytest.raises(NotImplementedError, match='cumprod'):
+        y.backward(enable_double_backprop=True)
+    gx, = chainer.grad([y], [x])         # the first order runs every function's array backward
+    assert gx.creator is None
+    x.cleargrad()
+    y.backward()
+    np.testing.assert_allclose(host(gx), host(x.grad))
+    # only the functions between outputs and inputs are walked: a generator
+    # with such a function behind x_hat does not stop the gradient penalty
+    x_hat = F.cumprod(x, axis=1)
+    g, = chainer.grad([F.sum(x_hat ** 3)], [x_hat], enable_double_backprop=True)
+    np.testing.assert_allclose(host(g), 3 * host(x_hat) ** 2)
+
+
+def test_grad_arguments_as_chainers():
+    x = Variable(dev(f64(2, 3)))
+    u = Variable(dev(f64(2, 3, seed=1)))
+    h = x * x
+    y = h * 3.0
+    gy = dev(f64(2, 3, seed=2))
+    gx, gu = chainer.grad([y], [x, u], [gy])
+    np.testing.assert_allclose(host(gx), 6 * host(x) * host(gy))
+    assert gu is None                                     # y does not depend on u
+    assert x.grad is None and h.grad is None and y.grad is None
+    # None: ones; grad_inputs added; an intermediate input; loss_scale
+    gx, gh = chainer.grad([y], [x, h], grad_inputs=[Variable(dev(np.ones((2, 3)))), None],
+                          loss_scale=2.0)
+    np.testing.assert_allclose(host(gx), 2 * 6 * host(x) + 1)
+    np.testing.assert_allclose(host(gh), 2 * 3.0 * np.ones((2, 3)))
+    # set_grad and retain_grad
+    chainer.grad([y], [x], [gy], set_grad=True)
+    np.testing.assert_allclose(host(x.grad), 6 * host(x) * host(gy))
+    assert h.grad is None
+    x.cleargrad()
+    chainer.grad([y], [x], [gy], retain_grad=True)
+    np.testing.assert_allclose(host(h.grad), 3 * host(gy))
+    np.testing.assert_allclose(host(x.grad), 6 * host(x) * host(gy))
+    with pytest.raises(TypeError, match='outputs'):
+        chainer.grad(y, [x])
+    with pytest.raises(TypeError, match='grad_outputs'):
+        chainer.grad([y], [x], gy)
+    with pytest.raises(ValueError, match='grad_outputs'):
+        chainer.grad([y], [x], [gy, gy])
+    with pytest.raises(ValueError, match='grad_inputs'):
+        chainer.grad([y], [x], grad_inputs=[None, None])
+
+
+def test_double_backprop_through_backward_adds_into_leaves_and_frees_the_rest():
+    x = Variable(dev(np.array([1.0, 2.0])))
+    x.grad = dev(np.array([10.0, 10.0]))
+    h = x * x
+    y = F.sum(h * x)
+    y.backward(enable_double_backprop=True)            # a leaf's grad adds up, as in Chapter 4
+    np.testing.assert_allclose(host(x.grad), 10 + 3 * host(x) ** 2)
+    assert h.grad is None and y.grad is None
+    y2 = F.sum(h * x)
+    y2.backward(enable_double_backprop=True, retain_grad=True)
+    np.testing.assert_allclose(host(h.grad), host(x))
+    # chainer.backward with grad_outputs and double backprop; loss_scale too
+    x.cleargrad()
+    chainer.backward([h], [Variable(dev(np.array([1.0, 1.0])))], enable_double_backprop=True)
+    assert x.grad_var.creator is not None
+    np.testing.assert_allclose(host(x.grad), 2 * host(x))
+    x.cleargrad()
+    F.sum(h * x).backward(enable_double_backprop=True, loss_scale=4.0)
+    np.testing.assert_allclose(host(x.grad), 4 * 3 * host(x) ** 2)
+    # the first order path stores no Variable
+    z = Variable(dev(np.array([1.0, 2.0])))
+    F.sum(z * z).backward()
+    assert z.grad_var.creator is None and '_grad_var' not in vars(z)
+
+
+def test_chapter_higher_names_are_chainers():
+    import onefchainer.function_node as function_node
+    assert function_node.FunctionNode is chainer.FunctionNode
+    assert function_node.grad is chainer.grad
+    assert gradient_check.check_double_backward is chainer.gradient_check.check_double_backward
+
+
+# =============================================================================
 # Chapter 16. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
@@ -11897,8 +12576,8 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
     module, name) == 'provided') for module, names in CHAINER_781_NAMES.items()})
 # Out of scope by design: each must raise NotSupportedError naming itself.
 CHAINER_OUT_OF_SCOPE = {
-    '': 'Distribution Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
-        'cross_entropy get_compute_mode get_function_hooks grad kl_divergence mixed16 '
+    '': 'Distribution Fallback FunctionAdapter FunctionHook LinkHook '
+        'cross_entropy get_compute_mode get_function_hooks kl_divergence mixed16 '
         'register_kl',
     'functions': '',
     'links': 'VGG16Layers '
@@ -11911,7 +12590,6 @@ CHAINER_OUT_OF_SCOPE = {
     'iterators': 'DaliIterator',
     'training': 'ParallelUpdater',
     'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
-    'gradient_check': 'check_double_backward',
     'variable': 'VariableNode',
     'chainerx': 'ndarray array zeros get_device',
     'function_hooks': 'TimerHook PrintHook',
