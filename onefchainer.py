@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import math
+import operator
 import os
 import shutil
 import struct
@@ -15723,6 +15724,496 @@ def _warn_no_params(optimizer, link):
         'parameters and child links must be assigned inside '
         '`with self.init_scope():` to be registered'.format(
             type(optimizer).__name__, type(link).__name__), stacklevel=3)
+
+
+# ----- chainer.utils.type_check: checks a Function declares -----------------------
+# A Function may define check_type_forward(in_types) to state what its inputs
+# must be, in expressions that read like the condition itself:
+#
+#     x_type, = in_types
+#     type_check.expect(in_types.size() == 1, x_type.dtype.kind == 'f', x_type.ndim == 2)
+#
+# The check runs twice only when it fails.  First the expressions are plain
+# values (in_types holds the arrays, `==` is Python's): fast, and all a passing
+# check needs.  On a failure it runs again on *lazy* expressions: in_types[0]
+# is then a named node, `x.ndim == 2` builds a tree instead of a bool, and the
+# tree that is false prints itself both as written and with its values
+# ("Expect: in_types[0].ndim == 2 / Actual: 3 != 2").  Function.__call__
+# is untouched: only a subclass that defines check_type_forward gets a
+# __call__ that runs it (Function.__init_subclass__ below), so other functions
+# pay nothing.
+
+class TypeInfo:
+    """The type of one array as a check sees it: shape, dtype, ndim, size.
+    Chainer: chainer.utils.type_check.TypeInfo."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+
+    @property
+    def size(self):
+        """The number of elements (the product of shape)."""
+        return _type_prod(self.shape)
+
+
+class TypeInfoTuple(tuple):
+    """The named TypeInfo expressions of a function's inputs; size() is the
+    expression for their number. Chainer: chainer.utils.type_check.TypeInfoTuple."""
+
+    def size(self):
+        """An expression for the number of inputs (named '<name>.size')."""
+        return _TypeVariable(len(self), '{}.size'.format(self.name))
+
+
+class LightTypeInfoTuple(tuple):
+    """The input arrays themselves, for the fast first run of a check; size()
+    is their number. Chainer: chainer.utils.type_check.LightTypeInfoTuple."""
+
+    def size(self):
+        """The number of inputs."""
+        return len(self)
+
+
+class Expr:
+    """A lazy expression: operators build a tree, eval() computes it, str()
+    writes it as source.  A comparison is a Testable whose expect() raises
+    InvalidType when false.  Using one as a bool raises RuntimeError (`a and b`
+    would silently test only b). Chainer: chainer.utils.type_check.Expr."""
+
+    def __init__(self, priority):
+        self.priority = priority       # Python's operator precedence, for parentheses
+
+    def eval(self):
+        """The value of the expression."""
+        raise NotImplementedError
+
+    def __getattr__(self, name):
+        if name.startswith('__'):      # copy, pickle and friends probe for these
+            raise AttributeError(name)
+        return GetAttr(self, name)
+
+    def __getitem__(self, key):
+        return GetItem(self, key)
+
+    def __call__(self, *args):
+        return Call(self, args)
+
+    def __bool__(self):
+        raise RuntimeError('an Expr of type_check cannot be used as a bool (an `and` or '
+                           '`if` of expressions would test only one); pass each condition '
+                           'to type_check.expect, or get a value with type_check.eval()')
+
+    __hash__ = object.__hash__
+
+
+def _type_operator(symbol, priority, function, flipped=False):
+    def build(self, other):
+        lhs, rhs = (other, self) if flipped else (self, other)
+        return BinaryOperator(priority, lhs, rhs, symbol, function, symbol == '**')
+    return build
+
+
+def _type_comparison(symbol, negation, function):
+    return lambda self, other: BoolBinaryOperator(self, other, symbol, negation, function)
+
+
+def _type_unary(symbol, function):
+    return lambda self: UnaryOperator(6, self, symbol, function)
+
+
+for _symbol, _negation, _function in (
+        ('==', '!=', '__eq__'), ('!=', '==', '__ne__'), ('<', '>=', '__lt__'),
+        ('<=', '>', '__le__'), ('>', '<=', '__gt__'), ('>=', '<', '__ge__')):
+    setattr(Expr, _function, _type_comparison(_symbol, _negation, getattr(operator, _function)))
+for _symbol, _priority, _name in (      # precedence as in Python's grammar
+        ('+', 4, 'add'), ('-', 4, 'sub'), ('*', 5, 'mul'), ('/', 5, 'truediv'),
+        ('//', 5, 'floordiv'), ('%', 5, 'mod'), ('**', 7, 'pow'), ('<<', 3, 'lshift'),
+        ('>>', 3, 'rshift'), ('&', 2, 'and'), ('^', 1, 'xor'), ('|', 0, 'or')):
+    _function = getattr(operator, '__{}__'.format(_name))
+    setattr(Expr, '__{}__'.format(_name), _type_operator(_symbol, _priority, _function))
+    setattr(Expr, '__r{}__'.format(_name), _type_operator(_symbol, _priority, _function, True))
+for _symbol, _name in (('-', 'neg'), ('+', 'pos'), ('~', 'invert')):
+    setattr(Expr, '__{}__'.format(_name), _type_unary(
+        _symbol, getattr(operator, '__{}__'.format(_name))))
+del _symbol, _negation, _function, _priority, _name
+
+
+def _type_value(v):
+    """The value of an expression, or of a list/tuple of them."""
+    if isinstance(v, Expr):
+        return v.eval()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_type_value(x) for x in v)
+    return v
+
+
+def _type_source(v):
+    """How `v` reads in a message: expressions as written, other values by repr."""
+    if isinstance(v, Expr):
+        return str(v)
+    if isinstance(v, list):
+        return '[{}]'.format(', '.join(map(_type_source, v)))
+    if isinstance(v, tuple):
+        return '({},)'.format(_type_source(v[0])) if len(v) == 1 else \
+            '({})'.format(', '.join(map(_type_source, v)))
+    return repr(v)
+
+
+class Atom(Expr):
+    """An expression that needs no parentheses. Chainer: type_check.Atom."""
+
+    def __init__(self):
+        super().__init__(8)
+
+
+class Constant(Atom):
+    """A fixed value, written by its repr. Chainer: type_check.Constant."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def __str__(self):
+        return _type_source(self.value)
+
+    def eval(self):
+        return self.value
+
+
+class _TypeVariable(Atom):
+    """A value with a name (in_types[0], in_types.size): messages show the name.
+    Chainer: chainer.utils.type_check.Variable."""
+
+    def __init__(self, value, name):
+        super().__init__()
+        self.value, self.name = value, name
+
+    def __str__(self):
+        return self.name
+
+    def eval(self):
+        return self.value
+
+
+class GetAttr(Atom):
+    """obj.name, evaluated late. Chainer: type_check.GetAttr."""
+
+    def __init__(self, obj, name):
+        super().__init__()
+        self.obj, self.name = obj, name
+
+    def __str__(self):
+        name = self.name.value if isinstance(self.name, Constant) else self.name
+        if isinstance(name, str):
+            return '{}.{}'.format(_type_source(self.obj), name)
+        return 'getattr({}, {})'.format(_type_source(self.obj), _type_source(self.name))
+
+    def eval(self):
+        return getattr(_type_value(self.obj), _type_value(self.name))
+
+
+def _type_key_source(key):
+    if key is Ellipsis:
+        return '...'
+    if isinstance(key, slice):
+        parts = ['' if v is None else _type_source(v) for v in (key.start, key.stop, key.step)]
+        return ':'.join(parts if key.step is not None else parts[:2])
+    if isinstance(key, tuple):
+        return ', '.join(map(_type_key_source, key))
+    return _type_source(key)
+
+
+class GetItem(Atom):
+    """obj[key], evaluated late. Chainer: type_check.GetItem."""
+
+    def __init__(self, obj, key):
+        super().__init__()
+        self.obj, self.key = obj, key
+
+    def __str__(self):
+        return '{}[{}]'.format(_type_source(self.obj), _type_key_source(self.key))
+
+    def eval(self):
+        return _type_value(self.obj)[_type_value(self.key)]
+
+
+class Call(Atom):
+    """obj(*args), evaluated late. Chainer: type_check.Call."""
+
+    def __init__(self, obj, args):
+        super().__init__()
+        self.obj, self.args = obj, tuple(args)
+
+    def __str__(self):
+        return '{}({})'.format(_type_source(self.obj), ', '.join(map(_type_source, self.args)))
+
+    def eval(self):
+        return _type_value(self.obj)(*[_type_value(a) for a in self.args])
+
+
+class UnaryOperator(Expr):
+    """-x, +x, ~x of an expression. Chainer: type_check.UnaryOperator."""
+
+    def __init__(self, priority, term, exp, func):
+        super().__init__(priority)
+        self.term, self.exp, self.func = term, exp, func
+
+    def eval(self):
+        return self.func(_type_value(self.term))
+
+    def __str__(self):
+        text = _type_source(self.term)
+        if isinstance(self.term, Expr) and self.term.priority < self.priority:
+            text = '(' + text + ')'
+        return self.exp + text
+
+
+class BinaryOperator(Expr):
+    """lhs <op> rhs of expressions (or values). Chainer: type_check.BinaryOperator."""
+
+    def __init__(self, priority, lhs, rhs, exp, func, right_associative=False):
+        super().__init__(priority)
+        self.lhs, self.rhs, self.exp, self.func = lhs, rhs, exp, func
+        self.right_associative = right_associative
+
+    def eval(self):
+        return self.func(_type_value(self.lhs), _type_value(self.rhs))
+
+    def __str__(self):
+        # A side of equal precedence needs parentheses where the grouping would
+        # otherwise read the other way: a - (b - c), (a ** b) ** c.
+        def side(term, own_side_binds):
+            text = _type_source(term)
+            if isinstance(term, Expr) and (self.priority > term.priority or (
+                    self.priority == term.priority and not own_side_binds)):
+                text = '(' + text + ')'
+            return text
+        return '{} {} {}'.format(side(self.lhs, not self.right_associative), self.exp,
+                                 side(self.rhs, self.right_associative))
+
+
+class Testable:
+    """An expression type_check.expect can test. Chainer: type_check.Testable."""
+
+    def expect(self):
+        """Raise InvalidType unless the condition holds."""
+        raise NotImplementedError
+
+
+class BoolBinaryOperator(BinaryOperator, Testable):
+    """A comparison; expect() raises InvalidType with the condition as written
+    and the values that broke it. Chainer: type_check.BoolBinaryOperator."""
+
+    def __init__(self, lhs, rhs, exp, inv, func):
+        super().__init__(-1, lhs, rhs, exp, func)
+        self.inv = inv
+
+    def expect(self):
+        left, right = _type_value(self.lhs), _type_value(self.rhs)
+        if not self.func(left, right):
+            raise InvalidType('{} {} {}'.format(self.lhs, self.exp, self.rhs),
+                              '{} {} {}'.format(left, self.inv, right))
+
+
+_type_checked_function = [None]     # the Function whose check is running, for messages
+_type_light_mode = [False]
+
+
+class InvalidType(Exception):
+    """A Function's inputs broke its check_type_forward.  The message is
+    'Expect: <condition>' and 'Actual: <values>', headed by the function
+    ("Invalid operation is performed in: <label> (Forward)"); .expect and
+    .actual hold the two. Chainer: chainer.utils.type_check.InvalidType."""
+
+    def __init__(self, expect, actual, msg=None):
+        if msg is None:
+            msg = 'Expect: {}\nActual: {}'.format(expect, actual)
+            if _type_checked_function[0] is not None:
+                msg = '\nInvalid operation is performed in: {} (Forward)\n\n{}'.format(
+                    _type_checked_function[0].label, msg)
+        super().__init__(msg)
+        self.expect, self.actual = expect, actual
+
+    def __reduce__(self):
+        return InvalidType, (self.expect, self.actual, self.args[0])
+
+
+@contextlib.contextmanager
+def get_function_check_context(f):
+    """`with get_function_check_context(f):` InvalidType raised inside names
+    f. Chainer: type_check.get_function_check_context."""
+    outer, _type_checked_function[0] = _type_checked_function[0], f
+    try:
+        yield
+    finally:
+        _type_checked_function[0] = outer
+
+
+def get_types(data, name, accept_none, *, shapes=None):
+    """A TypeInfoTuple of named expressions, '<name>[i]', for the arrays of
+    the tuple `data` (None allowed if accept_none). Chainer: type_check.get_types."""
+    shapes = shapes or [None if x is None else x.shape for x in data]
+    info = TypeInfoTuple(
+        _TypeVariable(TypeInfo((), None) if x is None and accept_none else
+                      TypeInfo(shape, x.dtype), '{}[{}]'.format(name, i))
+        for i, (x, shape) in enumerate(zip(data, shapes)))
+    info.name = name
+    return info
+
+
+def get_light_types(data, *, shapes=None):
+    """The arrays themselves (or TypeInfos of `shapes`), for a check's fast run.
+    Chainer: type_check.get_light_types."""
+    if shapes is not None:
+        data = [TypeInfo(shape, x.dtype) for x, shape in zip(data, shapes)]
+    return LightTypeInfoTuple(data)
+
+
+def expect(*bool_exprs):
+    """Test each condition in turn; raise InvalidType at the first false one.
+    Each is a comparison of type_check expressions (or a plain bool in the
+    fast run). Chainer: chainer.utils.type_check.expect."""
+    if _type_light_mode[0]:
+        if not all(bool_exprs):
+            raise InvalidType('', '')
+        return
+    for condition in bool_exprs:
+        if not isinstance(condition, Testable):
+            raise TypeError('type_check.expect: each condition must compare a type_check '
+                            'expression (e.g. x_type.ndim == 2), not a {}'.format(
+                                type(condition).__name__))
+        condition.expect()
+
+
+def same_types(*arrays):
+    """True if the arrays are all NumPy or all CuPy arrays.
+    Chainer: chainer.utils.type_check.same_types."""
+    return all(isinstance(x, np.ndarray) for x in arrays) or (
+        cupy is not None and all(isinstance(x, cupy.ndarray) for x in arrays))
+
+
+def _type_eval(exp):
+    """The value of a type_check expression (the value itself in the fast run).
+    Chainer: chainer.utils.type_check.eval."""
+    return exp if _type_light_mode[0] else exp.eval()
+
+
+def make_variable(value, name):
+    """A named value to use in conditions (the value itself in the fast run).
+    Chainer: type_check.make_variable."""
+    return value if _type_light_mode[0] else _TypeVariable(value, name)
+
+
+def _argname(in_types, names):
+    """Name the inputs in messages ('x' rather than 'in_types[0]'); raise
+    InvalidType unless there is one name per input. Chainer: type_check._argname."""
+    if len(in_types) != len(names):
+        raise InvalidType('{} argument(s)'.format(len(names)),
+                          '{} argument(s)'.format(len(in_types)), 'Invalid number of arguments')
+    for in_type, name in zip(in_types, names):
+        if isinstance(in_type, _TypeVariable):
+            in_type.name = name
+
+
+class LightMode:
+    """`with type_check.light_mode:` conditions are plain values (the fast run).
+    Chainer: type_check.LightMode."""
+
+    def __enter__(self):
+        _type_light_mode[0] = True
+
+    def __exit__(self, *exc_info):
+        _type_light_mode[0] = False
+
+
+light_mode = LightMode()
+
+
+def in_light_mode():
+    """True inside `with type_check.light_mode:`. Chainer: type_check.in_light_mode."""
+    return _type_light_mode[0]
+
+
+def _type_prod(xs):
+    result = 1
+    for x in xs:
+        result *= x
+    return result
+
+
+_prod = _TypeVariable(_type_prod, 'prod')
+
+
+def prod(xs):
+    """The product of xs, as an expression 'prod(...)' (a number in the fast
+    run). Chainer: chainer.utils.type_check.prod."""
+    return _type_prod(xs) if _type_light_mode[0] else _prod(xs)
+
+
+def expect_broadcast_shapes(*shape_types):
+    """Raise InvalidType unless the shapes (expressions) broadcast together,
+    listing each. Chainer: chainer.utils.type_check.expect_broadcast_shapes."""
+    shapes = [_type_eval(s) for s in shape_types]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise InvalidType('', '', msg='\n'.join(
+            ['cannot broadcast inputs of the following shapes:'] +
+            ['{} = {}'.format(s, v) for s, v in zip(shape_types, shapes)])) from None
+
+
+def _check_types_forward(function, in_data):
+    """Run function.check_type_forward on the input arrays: fast on the arrays
+    themselves, and only if that fails again on expressions, for the message."""
+    try:
+        with light_mode:
+            function.check_type_forward(LightTypeInfoTuple(in_data))
+        return
+    except InvalidType:
+        pass
+    with get_function_check_context(function):
+        function.check_type_forward(get_types(in_data, 'in_types', False))
+
+
+def _calling_with_type_check(call):
+    """`call` (a Function's __call__) preceded by the class's check_type_forward."""
+    def __call__(self, *inputs):
+        if config.type_check:
+            _check_types_forward(self, tuple(x.data if isinstance(x, Variable) else x
+                                             for x in inputs))
+        return call(self, *inputs)
+    __call__._checks_types = True
+    __call__.__doc__ = call.__doc__
+    return __call__
+
+
+@_continue_class(Function)
+class _FunctionTypeCheck:
+
+    def check_type_forward(self, in_types):
+        """Declare what the inputs must be, with type_check.expect on in_types
+        (a tuple of one type expression per input: .shape, .dtype, .ndim,
+        .size; in_types.size() is their number).  Override it; the default
+        checks nothing (and is never called). Chainer: Function.check_type_forward."""
+
+    @classmethod
+    def __init_subclass__(cls, **kwargs):
+        super(Function, cls).__init_subclass__(**kwargs)
+        if cls.check_type_forward is not Function.check_type_forward and \
+                not getattr(cls.__call__, '_checks_types', False):
+            cls.__call__ = _calling_with_type_check(cls.__call__)
+
+
+_export('utils.type_check', TypeInfo=TypeInfo, TypeInfoTuple=TypeInfoTuple,
+        LightTypeInfoTuple=LightTypeInfoTuple, Expr=Expr, Atom=Atom, Constant=Constant,
+        Variable=_TypeVariable, GetAttr=GetAttr, GetItem=GetItem, Call=Call,
+        UnaryOperator=UnaryOperator, BinaryOperator=BinaryOperator, Testable=Testable,
+        BoolBinaryOperator=BoolBinaryOperator, InvalidType=InvalidType,
+        get_function_check_context=get_function_check_context, get_types=get_types,
+        get_light_types=get_light_types, expect=expect, same_types=same_types,
+        eval=_type_eval, make_variable=make_variable, _argname=_argname, LightMode=LightMode,
+        light_mode=light_mode, in_light_mode=in_light_mode, prod=prod,
+        expect_broadcast_shapes=expect_broadcast_shapes)
 
 
 # ----- loss scaling ---------------------------------------------------------------

@@ -10154,6 +10154,107 @@ def test_more_float_only_functions_refuse_integers(name):
     assert message.startswith(name + ':') and 'int32' in message, message
 
 
+# ----- chainer.utils.type_check ---------------------------------------------------
+
+with open(os.path.join(HERE, 'testdata', 'chainer781', 'misc.json')) as _file:
+    CHAINER_781_MISC = json.load(_file)       # written by testdata/chainer781/make_misc_fixture.py
+del _file
+
+
+class _CheckedDot(Function):
+    # the same check as the fixture script's, so the messages must be Chainer's
+    label = 'Checked'      # the fixture's class name, which messages show
+    def check_type_forward(self, in_types):
+        from onefchainer.utils import type_check
+        type_check._argname(in_types, ('x', 'w'))
+        x_type, w_type = in_types
+        type_check.expect(x_type.dtype.kind == 'f', x_type.dtype == w_type.dtype,
+                          x_type.ndim == 2, x_type.shape[1] == w_type.shape[0],
+                          x_type.size > 0, x_type.shape[0] * 2 >= w_type.shape[0] + 1)
+
+    def forward(self, inputs):
+        return inputs[0].dot(inputs[1]),
+
+    def backward(self, inputs, grad_outputs):
+        x, w = inputs
+        gy, = grad_outputs
+        return gy.dot(w.T), x.T.dot(gy)
+
+
+TYPE_CHECK_CASES = {
+    'kind': (np.zeros((2, 3), np.int32), np.zeros((3, 4), np.int32)),
+    'dtype': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float64)),
+    'ndim': (np.zeros((2, 3, 1), np.float32), np.zeros((3, 4), np.float32)),
+    'shape': (np.zeros((2, 3), np.float32), np.zeros((5, 4), np.float32)),
+    'size': (np.zeros((0, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'count': (np.zeros((2, 3), np.float32),),
+    'arith': (np.zeros((1, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'passes': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32)),
+}
+
+
+@pytest.mark.parametrize('case', sorted(TYPE_CHECK_CASES))
+def test_check_type_forward_raises_chainers_invalid_type(case):
+    from onefchainer.utils import type_check
+    expected = CHAINER_781_MISC['type_check/' + case]
+    inputs = [dev(a) for a in TYPE_CHECK_CASES[case]]
+    if expected is None:
+        y = _CheckedDot()(*[Variable(a) for a in inputs])
+        assert y.shape == (2, 4)
+        return
+    with pytest.raises(type_check.InvalidType) as info:
+        _CheckedDot()(*inputs)
+    assert str(info.value) == expected
+    with chainer.using_config('type_check', False):      # the switch turns checks off
+        if case in ('size', 'arith', 'passes'):
+            _CheckedDot()(*inputs)
+
+
+def test_type_check_expressions_read_as_chainers():
+    from onefchainer.utils import type_check
+    x, y = type_check.Variable(1, 'x'), type_check.Variable(2, 'y')
+    exprs = {'nested_sub': x - (y - x), 'pow': (x ** y) ** x, 'neg': -(x + y) * y,
+             'slice': x.shape[1:3], 'call': type_check.prod(x.shape),
+             'mixed': 2 * x + y // 3 % x}
+    for name, expr in exprs.items():
+        assert str(expr) == CHAINER_781_MISC['type_check_str/' + name]
+    assert type_check.eval(2 * x + y // 3 % x) == 2 and type_check.eval(x ** y) == 1
+    assert type_check.eval((x - y) * 3) == -3
+    with pytest.raises(RuntimeError, match='bool'):
+        bool(x == y)
+    with pytest.raises(type_check.InvalidType, match='Expect: x < y - 1\nActual: 1 >= 1'):
+        type_check.expect(x < y - 1)
+    type_check.expect(x + 1 == y, x != y)
+    with pytest.raises(type_check.InvalidType, match='cannot broadcast'):
+        type_check.expect_broadcast_shapes(type_check.Variable((2, 3), 'a.shape'),
+                                           type_check.Variable((4,), 'b.shape'))
+    assert type_check.same_types(np.zeros(1), np.zeros(2))
+    assert not type_check.same_types(np.zeros(1), 3)
+
+
+def test_functions_without_a_type_check_keep_the_plain_call():
+    # check_type_forward costs nothing unless a class defines it
+    class Plain(Function):
+        def forward(self, inputs):
+            return inputs[0] * 2,
+
+    class Checked(Plain):
+        def check_type_forward(self, in_types):
+            from onefchainer.utils import type_check
+            type_check.expect(in_types[0].ndim == 1)
+
+    class Sub(Checked):       # inherits the check, wrapped once
+        pass
+
+    assert Plain.__call__ is Function.__call__
+    assert Checked.__call__ is not Function.__call__ and Sub.__call__ is Checked.__call__
+    from onefchainer.utils import type_check
+    with pytest.raises(type_check.InvalidType, match=r'Sub \(Forward\)'):
+        Sub()(np.zeros((2, 2), np.float32))
+    y = Sub()(Variable(np.ones(3, np.float32)))
+    np.testing.assert_array_equal(y.array, 2 * np.ones(3))
+
+
 # =============================================================================
 # Chapter 21. Chainer compatibility
 # =============================================================================

@@ -1,0 +1,64 @@
+"""Write Chainer 7.8.1 reference values for type_check, distributions, hooks and
+the word2vec/deconvolution links.
+
+Run with the reference venv:  /work/venv-chainer/bin/python make_misc_fixture.py [outdir]
+Writes into outdir (default: this file's folder):
+  misc.json  type_check/*: the messages of InvalidType for a few failing checks,
+             and str() of a few expressions
+  misc.npz   inputs and Chainer's outputs and gradients (see each section)
+Only Chainer's public API is called.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import chainer
+from chainer.utils import type_check
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+rng = np.random.RandomState(7812)
+texts = {}
+arrays = {}
+
+
+# ----- type_check -----
+class Checked(chainer.Function):
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'w'))
+        x_type, w_type = in_types
+        type_check.expect(x_type.dtype.kind == 'f', x_type.dtype == w_type.dtype,
+                          x_type.ndim == 2, x_type.shape[1] == w_type.shape[0],
+                          x_type.size > 0, x_type.shape[0] * 2 >= w_type.shape[0] + 1)
+
+    def forward(self, inputs):
+        return inputs[0].dot(inputs[1]),
+
+
+CASES = {
+    'kind': (np.zeros((2, 3), np.int32), np.zeros((3, 4), np.int32)),
+    'dtype': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float64)),
+    'ndim': (np.zeros((2, 3, 1), np.float32), np.zeros((3, 4), np.float32)),
+    'shape': (np.zeros((2, 3), np.float32), np.zeros((5, 4), np.float32)),
+    'size': (np.zeros((0, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'count': (np.zeros((2, 3), np.float32),),
+    'arith': (np.zeros((1, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'passes': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32)),
+}
+for name, inputs in CASES.items():
+    try:
+        Checked()(*inputs)
+        texts['type_check/' + name] = None
+    except type_check.InvalidType as error:
+        texts['type_check/' + name] = str(error)
+x, y = type_check.Variable(1, 'x'), type_check.Variable(2, 'y')
+for name, expr in {'nested_sub': x - (y - x), 'pow': (x ** y) ** x, 'neg': -(x + y) * y,
+                   'slice': x.shape[1:3], 'call': type_check.prod(x.shape),
+                   'mixed': 2 * x + y // 3 % x}.items():
+    texts['type_check_str/' + name] = str(expr)
+
+
+if __name__ == '__main__':
+    with open(os.path.join(OUT, 'misc.json'), 'w') as f:
+        json.dump(texts, f, indent=1, sort_keys=True)
+    np.savez_compressed(os.path.join(OUT, 'misc.npz'), **arrays)
