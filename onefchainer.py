@@ -15743,7 +15743,7 @@ def _warn_no_params(optimizer, link):
 # __call__ that runs it (Function.__init_subclass__ below), so other functions
 # pay nothing.
 
-class TypeInfo:
+class _TypeInfo:
     """The type of one array as a check sees it: shape, dtype, ndim, size.
     Chainer: chainer.utils.type_check.TypeInfo."""
 
@@ -15756,7 +15756,7 @@ class TypeInfo:
         return _type_prod(self.shape)
 
 
-class TypeInfoTuple(tuple):
+class _TypeInfoTuple(tuple):
     """The named TypeInfo expressions of a function's inputs; size() is the
     expression for their number. Chainer: chainer.utils.type_check.TypeInfoTuple."""
 
@@ -15765,7 +15765,7 @@ class TypeInfoTuple(tuple):
         return _TypeVariable(len(self), '{}.size'.format(self.name))
 
 
-class LightTypeInfoTuple(tuple):
+class _LightTypeInfoTuple(tuple):
     """The input arrays themselves, for the fast first run of a check; size()
     is their number. Chainer: chainer.utils.type_check.LightTypeInfoTuple."""
 
@@ -15774,7 +15774,7 @@ class LightTypeInfoTuple(tuple):
         return len(self)
 
 
-class Expr:
+class _TypeExpr:
     """A lazy expression: operators build a tree, eval() computes it, str()
     writes it as source.  A comparison is a Testable whose expect() raises
     InvalidType when false.  Using one as a bool raises RuntimeError (`a and b`
@@ -15790,13 +15790,13 @@ class Expr:
     def __getattr__(self, name):
         if name.startswith('__'):      # copy, pickle and friends probe for these
             raise AttributeError(name)
-        return GetAttr(self, name)
+        return _TypeGetAttr(self, name)
 
     def __getitem__(self, key):
-        return GetItem(self, key)
+        return _TypeGetItem(self, key)
 
     def __call__(self, *args):
-        return Call(self, args)
+        return _TypeCall(self, args)
 
     def __bool__(self):
         raise RuntimeError('an Expr of type_check cannot be used as a bool (an `and` or '
@@ -15809,38 +15809,40 @@ class Expr:
 def _type_operator(symbol, priority, function, flipped=False):
     def build(self, other):
         lhs, rhs = (other, self) if flipped else (self, other)
-        return BinaryOperator(priority, lhs, rhs, symbol, function, symbol == '**')
+        return _TypeBinary(priority, lhs, rhs, symbol, function, symbol == '**')
     return build
 
 
 def _type_comparison(symbol, negation, function):
-    return lambda self, other: BoolBinaryOperator(self, other, symbol, negation, function)
+    return lambda self, other: _TypeComparison(self, other, symbol, negation, function)
 
 
 def _type_unary(symbol, function):
-    return lambda self: UnaryOperator(6, self, symbol, function)
+    return lambda self: _TypeUnary(6, self, symbol, function)
 
 
 for _symbol, _negation, _function in (
         ('==', '!=', '__eq__'), ('!=', '==', '__ne__'), ('<', '>=', '__lt__'),
         ('<=', '>', '__le__'), ('>', '<=', '__gt__'), ('>=', '<', '__ge__')):
-    setattr(Expr, _function, _type_comparison(_symbol, _negation, getattr(operator, _function)))
+    setattr(_TypeExpr, _function,
+            _type_comparison(_symbol, _negation, getattr(operator, _function)))
 for _symbol, _priority, _name in (      # precedence as in Python's grammar
         ('+', 4, 'add'), ('-', 4, 'sub'), ('*', 5, 'mul'), ('/', 5, 'truediv'),
         ('//', 5, 'floordiv'), ('%', 5, 'mod'), ('**', 7, 'pow'), ('<<', 3, 'lshift'),
         ('>>', 3, 'rshift'), ('&', 2, 'and'), ('^', 1, 'xor'), ('|', 0, 'or')):
     _function = getattr(operator, '__{}__'.format(_name))
-    setattr(Expr, '__{}__'.format(_name), _type_operator(_symbol, _priority, _function))
-    setattr(Expr, '__r{}__'.format(_name), _type_operator(_symbol, _priority, _function, True))
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_operator(_symbol, _priority, _function))
+    setattr(_TypeExpr, '__r{}__'.format(_name),
+            _type_operator(_symbol, _priority, _function, True))
 for _symbol, _name in (('-', 'neg'), ('+', 'pos'), ('~', 'invert')):
-    setattr(Expr, '__{}__'.format(_name), _type_unary(
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_unary(
         _symbol, getattr(operator, '__{}__'.format(_name))))
 del _symbol, _negation, _function, _priority, _name
 
 
 def _type_value(v):
     """The value of an expression, or of a list/tuple of them."""
-    if isinstance(v, Expr):
+    if isinstance(v, _TypeExpr):
         return v.eval()
     if isinstance(v, (list, tuple)):
         return type(v)(_type_value(x) for x in v)
@@ -15849,7 +15851,7 @@ def _type_value(v):
 
 def _type_source(v):
     """How `v` reads in a message: expressions as written, other values by repr."""
-    if isinstance(v, Expr):
+    if isinstance(v, _TypeExpr):
         return str(v)
     if isinstance(v, list):
         return '[{}]'.format(', '.join(map(_type_source, v)))
@@ -15859,14 +15861,14 @@ def _type_source(v):
     return repr(v)
 
 
-class Atom(Expr):
+class _TypeAtom(_TypeExpr):
     """An expression that needs no parentheses. Chainer: type_check.Atom."""
 
     def __init__(self):
         super().__init__(8)
 
 
-class Constant(Atom):
+class _TypeConstant(_TypeAtom):
     """A fixed value, written by its repr. Chainer: type_check.Constant."""
 
     def __init__(self, value):
@@ -15880,7 +15882,7 @@ class Constant(Atom):
         return self.value
 
 
-class _TypeVariable(Atom):
+class _TypeVariable(_TypeAtom):
     """A value with a name (in_types[0], in_types.size): messages show the name.
     Chainer: chainer.utils.type_check.Variable."""
 
@@ -15895,7 +15897,7 @@ class _TypeVariable(Atom):
         return self.value
 
 
-class GetAttr(Atom):
+class _TypeGetAttr(_TypeAtom):
     """obj.name, evaluated late. Chainer: type_check.GetAttr."""
 
     def __init__(self, obj, name):
@@ -15903,7 +15905,7 @@ class GetAttr(Atom):
         self.obj, self.name = obj, name
 
     def __str__(self):
-        name = self.name.value if isinstance(self.name, Constant) else self.name
+        name = self.name.value if isinstance(self.name, _TypeConstant) else self.name
         if isinstance(name, str):
             return '{}.{}'.format(_type_source(self.obj), name)
         return 'getattr({}, {})'.format(_type_source(self.obj), _type_source(self.name))
@@ -15923,7 +15925,7 @@ def _type_key_source(key):
     return _type_source(key)
 
 
-class GetItem(Atom):
+class _TypeGetItem(_TypeAtom):
     """obj[key], evaluated late. Chainer: type_check.GetItem."""
 
     def __init__(self, obj, key):
@@ -15937,7 +15939,7 @@ class GetItem(Atom):
         return _type_value(self.obj)[_type_value(self.key)]
 
 
-class Call(Atom):
+class _TypeCall(_TypeAtom):
     """obj(*args), evaluated late. Chainer: type_check.Call."""
 
     def __init__(self, obj, args):
@@ -15951,7 +15953,7 @@ class Call(Atom):
         return _type_value(self.obj)(*[_type_value(a) for a in self.args])
 
 
-class UnaryOperator(Expr):
+class _TypeUnary(_TypeExpr):
     """-x, +x, ~x of an expression. Chainer: type_check.UnaryOperator."""
 
     def __init__(self, priority, term, exp, func):
@@ -15963,12 +15965,12 @@ class UnaryOperator(Expr):
 
     def __str__(self):
         text = _type_source(self.term)
-        if isinstance(self.term, Expr) and self.term.priority < self.priority:
+        if isinstance(self.term, _TypeExpr) and self.term.priority < self.priority:
             text = '(' + text + ')'
         return self.exp + text
 
 
-class BinaryOperator(Expr):
+class _TypeBinary(_TypeExpr):
     """lhs <op> rhs of expressions (or values). Chainer: type_check.BinaryOperator."""
 
     def __init__(self, priority, lhs, rhs, exp, func, right_associative=False):
@@ -15984,7 +15986,7 @@ class BinaryOperator(Expr):
         # otherwise read the other way: a - (b - c), (a ** b) ** c.
         def side(term, own_side_binds):
             text = _type_source(term)
-            if isinstance(term, Expr) and (self.priority > term.priority or (
+            if isinstance(term, _TypeExpr) and (self.priority > term.priority or (
                     self.priority == term.priority and not own_side_binds)):
                 text = '(' + text + ')'
             return text
@@ -15992,7 +15994,7 @@ class BinaryOperator(Expr):
                                  side(self.rhs, self.right_associative))
 
 
-class Testable:
+class _TypeTestable:
     """An expression type_check.expect can test. Chainer: type_check.Testable."""
 
     def expect(self):
@@ -16000,7 +16002,7 @@ class Testable:
         raise NotImplementedError
 
 
-class BoolBinaryOperator(BinaryOperator, Testable):
+class _TypeComparison(_TypeBinary, _TypeTestable):
     """A comparison; expect() raises InvalidType with the condition as written
     and the values that broke it. Chainer: type_check.BoolBinaryOperator."""
 
@@ -16039,7 +16041,7 @@ class InvalidType(Exception):
 
 
 @contextlib.contextmanager
-def get_function_check_context(f):
+def _type_check_context(f):
     """`with get_function_check_context(f):` InvalidType raised inside names
     f. Chainer: type_check.get_function_check_context."""
     outer, _type_checked_function[0] = _type_checked_function[0], f
@@ -16049,27 +16051,27 @@ def get_function_check_context(f):
         _type_checked_function[0] = outer
 
 
-def get_types(data, name, accept_none, *, shapes=None):
+def _get_types(data, name, accept_none, *, shapes=None):
     """A TypeInfoTuple of named expressions, '<name>[i]', for the arrays of
     the tuple `data` (None allowed if accept_none). Chainer: type_check.get_types."""
     shapes = shapes or [None if x is None else x.shape for x in data]
-    info = TypeInfoTuple(
-        _TypeVariable(TypeInfo((), None) if x is None and accept_none else
-                      TypeInfo(shape, x.dtype), '{}[{}]'.format(name, i))
+    info = _TypeInfoTuple(
+        _TypeVariable(_TypeInfo((), None) if x is None and accept_none else
+                      _TypeInfo(shape, x.dtype), '{}[{}]'.format(name, i))
         for i, (x, shape) in enumerate(zip(data, shapes)))
     info.name = name
     return info
 
 
-def get_light_types(data, *, shapes=None):
+def _get_light_types(data, *, shapes=None):
     """The arrays themselves (or TypeInfos of `shapes`), for a check's fast run.
     Chainer: type_check.get_light_types."""
     if shapes is not None:
-        data = [TypeInfo(shape, x.dtype) for x, shape in zip(data, shapes)]
-    return LightTypeInfoTuple(data)
+        data = [_TypeInfo(shape, x.dtype) for x, shape in zip(data, shapes)]
+    return _LightTypeInfoTuple(data)
 
 
-def expect(*bool_exprs):
+def _type_expect(*bool_exprs):
     """Test each condition in turn; raise InvalidType at the first false one.
     Each is a comparison of type_check expressions (or a plain bool in the
     fast run). Chainer: chainer.utils.type_check.expect."""
@@ -16078,14 +16080,14 @@ def expect(*bool_exprs):
             raise InvalidType('', '')
         return
     for condition in bool_exprs:
-        if not isinstance(condition, Testable):
+        if not isinstance(condition, _TypeTestable):
             raise TypeError('type_check.expect: each condition must compare a type_check '
                             'expression (e.g. x_type.ndim == 2), not a {}'.format(
                                 type(condition).__name__))
         condition.expect()
 
 
-def same_types(*arrays):
+def _same_types(*arrays):
     """True if the arrays are all NumPy or all CuPy arrays.
     Chainer: chainer.utils.type_check.same_types."""
     return all(isinstance(x, np.ndarray) for x in arrays) or (
@@ -16098,7 +16100,7 @@ def _type_eval(exp):
     return exp if _type_light_mode[0] else exp.eval()
 
 
-def make_variable(value, name):
+def _make_type_variable(value, name):
     """A named value to use in conditions (the value itself in the fast run).
     Chainer: type_check.make_variable."""
     return value if _type_light_mode[0] else _TypeVariable(value, name)
@@ -16115,7 +16117,7 @@ def _argname(in_types, names):
             in_type.name = name
 
 
-class LightMode:
+class _TypeLightMode:
     """`with type_check.light_mode:` conditions are plain values (the fast run).
     Chainer: type_check.LightMode."""
 
@@ -16126,10 +16128,10 @@ class LightMode:
         _type_light_mode[0] = False
 
 
-light_mode = LightMode()
+_type_light = _TypeLightMode()
 
 
-def in_light_mode():
+def _in_light_mode():
     """True inside `with type_check.light_mode:`. Chainer: type_check.in_light_mode."""
     return _type_light_mode[0]
 
@@ -16144,13 +16146,13 @@ def _type_prod(xs):
 _prod = _TypeVariable(_type_prod, 'prod')
 
 
-def prod(xs):
-    """The product of xs, as an expression 'prod(...)' (a number in the fast
-    run). Chainer: chainer.utils.type_check.prod."""
+def _type_check_prod(xs):
+    """The product of xs, as an expression 'prod(...)' (a number in the
+    fast run). Chainer: chainer.utils.type_check.prod."""
     return _type_prod(xs) if _type_light_mode[0] else _prod(xs)
 
 
-def expect_broadcast_shapes(*shape_types):
+def _expect_broadcast_shapes(*shape_types):
     """Raise InvalidType unless the shapes (expressions) broadcast together,
     listing each. Chainer: chainer.utils.type_check.expect_broadcast_shapes."""
     shapes = [_type_eval(s) for s in shape_types]
@@ -16166,13 +16168,13 @@ def _check_types_forward(function, in_data):
     """Run function.check_type_forward on the input arrays: fast on the arrays
     themselves, and only if that fails again on expressions, for the message."""
     try:
-        with light_mode:
-            function.check_type_forward(LightTypeInfoTuple(in_data))
+        with _type_light:
+            function.check_type_forward(_LightTypeInfoTuple(in_data))
         return
     except InvalidType:
         pass
-    with get_function_check_context(function):
-        function.check_type_forward(get_types(in_data, 'in_types', False))
+    with _type_check_context(function):
+        function.check_type_forward(_get_types(in_data, 'in_types', False))
 
 
 def _calling_with_type_check(call):
@@ -16204,16 +16206,23 @@ class _FunctionTypeCheck:
             cls.__call__ = _calling_with_type_check(cls.__call__)
 
 
-_export('utils.type_check', TypeInfo=TypeInfo, TypeInfoTuple=TypeInfoTuple,
-        LightTypeInfoTuple=LightTypeInfoTuple, Expr=Expr, Atom=Atom, Constant=Constant,
-        Variable=_TypeVariable, GetAttr=GetAttr, GetItem=GetItem, Call=Call,
-        UnaryOperator=UnaryOperator, BinaryOperator=BinaryOperator, Testable=Testable,
-        BoolBinaryOperator=BoolBinaryOperator, InvalidType=InvalidType,
-        get_function_check_context=get_function_check_context, get_types=get_types,
-        get_light_types=get_light_types, expect=expect, same_types=same_types,
-        eval=_type_eval, make_variable=make_variable, _argname=_argname, LightMode=LightMode,
-        light_mode=light_mode, in_light_mode=in_light_mode, prod=prod,
-        expect_broadcast_shapes=expect_broadcast_shapes)
+# Chainer's names for them (the module-level ones here are private: `Constant`,
+# `GetItem` and `prod` already name an initializer and two functions).
+_export('utils.type_check', TypeInfo=_TypeInfo, TypeInfoTuple=_TypeInfoTuple,
+        LightTypeInfoTuple=_LightTypeInfoTuple, Expr=_TypeExpr, Atom=_TypeAtom,
+        Constant=_TypeConstant, Variable=_TypeVariable, GetAttr=_TypeGetAttr,
+        GetItem=_TypeGetItem, Call=_TypeCall, UnaryOperator=_TypeUnary,
+        BinaryOperator=_TypeBinary, Testable=_TypeTestable, BoolBinaryOperator=_TypeComparison,
+        InvalidType=InvalidType, get_function_check_context=_type_check_context,
+        get_types=_get_types, get_light_types=_get_light_types, expect=_type_expect,
+        same_types=_same_types, eval=_type_eval, make_variable=_make_type_variable,
+        _argname=_argname, LightMode=_TypeLightMode, light_mode=_type_light,
+        in_light_mode=_in_light_mode, prod=_type_check_prod,
+        expect_broadcast_shapes=_expect_broadcast_shapes)
+for _name, _class in _exports['utils.type_check'].items():     # help() shows Chainer's names
+    if isinstance(_class, type) and _class is not InvalidType:
+        _class.__name__ = _class.__qualname__ = _name
+del _name, _class
 
 
 # ----- loss scaling ---------------------------------------------------------------
