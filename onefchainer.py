@@ -26,6 +26,7 @@ as chainer`, ...).  Only the standard library and NumPy are required; CuPy
 import collections
 import contextlib
 import copy
+import functools
 import gzip
 import hashlib
 import heapq
@@ -33,7 +34,6 @@ import io
 import itertools
 import json
 import math
-import operator
 import os
 import shutil
 import struct
@@ -575,12 +575,12 @@ def linear(x, W, b=None, n_batch_axes=1):
 
     x: float (N, in_size), or (N, ...) flattened; W: (out_size, in_size) of any
     float dtype (as in Chainer v7: used in x's dtype, gW in W's); b: (out_size,)
-    of x's dtype or None (default). n_batch_axes must be 1 (else NotImplementedError).
+    of x's dtype or None (default). n_batch_axes: x's leading axes that are batch axes.
     Returns a Variable (N, out_size) of x's dtype. Raises ValueError for shapes
     that do not fit, TypeError for b of another dtype. Chainer: chainer.functions.linear.
     """
-    if n_batch_axes != 1:
-        raise NotImplementedError('linear: only n_batch_axes=1 is supported')
+    if n_batch_axes != 1:            # the batch axes folded into one: Chapter 20
+        return _linear_over_batch_axes(x, W, b, n_batch_axes)
     if b is None:
         return LinearFunction()(x, W)
     return LinearFunction()(x, W, b)
@@ -920,10 +920,10 @@ class Linear(Link):
 
     def forward(self, x, n_batch_axes=1):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
-        n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
+        n_batch_axes: x's leading batch axes. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
             data = _check_first_input('Linear', x)      # its array: Chapter 20
-            self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
+            self.W.initialize((self.out_size, int(np.prod(data.shape[n_batch_axes:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
 
 
@@ -2362,6 +2362,52 @@ class LGamma(Function):
 
     def backward(self, inputs, grad_outputs):      # (log Gamma)' = psi, the digamma function
         return grad_outputs[0] * _digamma(inputs[0]),
+
+
+def _trigamma(x):
+    """psi'(x), the derivative of digamma, elementwise in x's dtype, the same
+    way: psi'(x) = psi'(x + 1) + 1/x^2 lifts x to 10 or more, then the
+    asymptotic series; x < 1/2 reflects, psi'(x) = pi^2 / sin^2(pi x) - psi'(1 - x)."""
+    xp = _xp(x)
+    z = x.astype(np.float64)
+    reflect = z < 0.5
+    z = xp.where(reflect, 1 - z, z)
+    shift = xp.zeros_like(z)
+    for _ in range(10):
+        small = z < 10
+        shift += xp.where(small, 1 / (z * z), 0)
+        z = xp.where(small, z + 1, z)
+    s = 1 / (z * z)
+    psi1 = 1 / z + s / 2 + s / z * (1 / 6 - s * (1 / 30 - s * (1 / 42 - s / 30))) + shift
+    psi1 = xp.where(reflect, (math.pi / xp.sin(math.pi * x.astype(np.float64))) ** 2 - psi1,
+                    psi1)
+    return psi1.astype(x.dtype)
+
+
+@_export('functions.math.digamma')
+class DiGamma(Function):
+    """Function node of y = psi(x) = d/dx log Gamma(x); backward gy * psi'(x).
+    Chainer: chainer.functions.math.digamma.DiGamma.
+    """
+    label = 'digamma'
+
+    def forward(self, inputs):
+        _require_float('digamma', inputs[0])
+        return _digamma(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * _trigamma(inputs[0]),
+
+
+@_export('functions', 'functions.math.digamma')
+def digamma(x):
+    """Elementwise digamma psi(x) = Gamma'(x) / Gamma(x) (poles at 0, -1, ...),
+    with gradient psi'(x); by recurrence and asymptotic series, on NumPy or
+    CuPy (no SciPy needed, unlike Chainer's CPU version). Float Variable or
+    array in, Variable of its shape and dtype out. Raises TypeError for
+    integer x. Chainer: chainer.functions.digamma.
+    """
+    return DiGamma()(x)
 
 
 @_export('functions', 'functions.math.erf')
@@ -10901,6 +10947,832 @@ class DictSummary:
 
 
 # =============================================================================
+# Chapter DIST. Probability distributions
+# =============================================================================
+# A distribution object answers questions about a random variable: its mean
+# and variance, the log density of a point, a random sample.  Its parameters
+# are Variables (a network's outputs, say), and every answer is computed
+# from them with the functions of Chapters 5 and 9, so gradients flow back
+# through any of them.  A variational autoencoder needs exactly that:
+#
+#     q = Normal(mu, log_scale=ln_sigma)      mu, ln_sigma: the encoder's outputs
+#     z = q.sample()                          mu + sigma * eps, eps ~ N(0, 1)
+#     loss = -p(z).log_prob(x) + kl_divergence(q, prior)
+#
+# Sampling is *reparameterized* where the distribution allows: the noise eps
+# is drawn without reference to the parameters and then moved and scaled by
+# them, so d(sample)/d(mu) = 1 and d(sample)/d(sigma) = eps.
+#
+# Shapes.  A sample has shape sample_shape + batch_shape + event_shape.  The
+# batch axes hold independent distributions of possibly different parameters
+# (a batch of Normals); the event axes belong to one draw (the d coordinates
+# of a d-dimensional MultivariateNormal).  log_prob(x) reduces the event axes
+# away and returns sample_shape + batch_shape.  Independent(d, n) turns the
+# last n batch axes of d into event axes: log_prob then sums over them.
+#
+# KL divergence KL(p || q) = E_p[log p(x) - log q(x)] has a closed form for
+# many pairs of families; each is registered for its pair of classes with
+# @register_kl(P, Q), and kl_divergence(p, q) looks the pair up.
+
+_KL_DIVERGENCES = {}      # (class of p, class of q) -> function(p, q)
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@_export('distribution')
+class Distribution:
+    """The base of probability distributions: subclasses give batch_shape,
+    event_shape and what they can compute of mean, variance, stddev, entropy,
+    log_prob, prob, cdf, sample_n, ...; the rest raise NotImplementedError.
+    sample(sample_shape) is sample_n reshaped. Chainer: chainer.Distribution.
+    """
+
+    def _missing(self, name):
+        return NotImplementedError('{}: {} is not available for this distribution'.format(
+            type(self).__name__, name))
+
+    batch_shape = property(lambda self: _raise(self._missing('batch_shape')),
+                           doc='The shape of the independent distributions (a tuple).')
+    event_shape = property(lambda self: _raise(self._missing('event_shape')),
+                           doc='The shape of one draw (a tuple; () for scalar ones).')
+    params = property(lambda self: _raise(self._missing('params')),
+                      doc='The parameters, a dict of name -> Variable.')
+
+    def sample(self, sample_shape=()):
+        """A Variable of random draws, sample_shape + batch_shape + event_shape
+        (sample_shape: an int or a tuple; () draws one, without a sample
+        axis). Chainer: Distribution.sample."""
+        if isinstance(sample_shape, (int, np.integer)):
+            sample_shape = (int(sample_shape),)
+        sample_shape = tuple(sample_shape)
+        samples = self.sample_n(math.prod(sample_shape))
+        return samples.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def sample_n(self, n):
+        """A Variable of n draws, (n,) + batch_shape + event_shape.
+        Chainer: Distribution.sample_n."""
+        raise self._missing('sample_n')
+
+    def prob(self, x):
+        """The density (or mass) at x: exp(log_prob(x)). Chainer: Distribution.prob."""
+        return exp(self.log_prob(x))
+
+    def log_prob(self, x):
+        """The log density (or mass) at x, sample_shape + batch_shape.
+        Chainer: Distribution.log_prob."""
+        raise self._missing('log_prob')
+
+    def perplexity(self, x):
+        """The perplexity at x, exp(-log_prob(x)). Chainer: Distribution.perplexity."""
+        return exp(-self.log_prob(x))
+
+    @property
+    def stddev(self):
+        """The standard deviation: sqrt(variance). Chainer: Distribution.stddev."""
+        return sqrt(self.variance)
+
+    @property
+    def xp(self):
+        """numpy or cupy: where the parameters are. Chainer: Distribution.xp."""
+        return get_array_module(*self.params.values())
+
+    def _copy_to(self, target):
+        target.__dict__ = copy.copy(self.__dict__)
+        return target
+
+
+def _raise(error):
+    raise error
+
+
+for _name in ('mean', 'variance', 'covariance', 'entropy', 'mode', 'support'):
+    setattr(Distribution, _name, property(
+        lambda self, _name=_name: _raise(self._missing(_name)),
+        doc='Not available for this distribution unless a subclass defines it.'))
+for _name in ('cdf', 'icdf', 'log_cdf', 'survival_function', 'log_survival_function'):
+    setattr(Distribution, _name, lambda self, x, _name=_name: _raise(self._missing(_name)))
+    getattr(Distribution, _name).__name__ = _name
+    getattr(Distribution, _name).__doc__ = (
+        'The {} at x, where a subclass defines it (else NotImplementedError). '
+        'Chainer: Distribution.{}.'.format(_name.replace('_', ' '), _name))
+del _name
+
+
+@_export('distribution')
+def register_kl(Dist1, Dist2):
+    """Decorator: `@register_kl(P, Q)` above def kl(p, q) makes it the
+    kl_divergence of a P and a Q. Chainer: chainer.register_kl."""
+    def register(kl):
+        _KL_DIVERGENCES[Dist1, Dist2] = kl
+        return kl
+    return register
+
+
+@_export('distribution')
+def kl_divergence(dist1, dist2):
+    """KL(dist1 || dist2) = E_dist1[log dist1(x) - log dist2(x)], by the
+    function registered for their classes (or their bases), a Variable of
+    their batch shape. Raises NotImplementedError for a pair with none.
+    Chainer: chainer.kl_divergence."""
+    for p_class in type(dist1).__mro__:
+        for q_class in type(dist2).__mro__:
+            kl = _KL_DIVERGENCES.get((p_class, q_class))
+            if kl is not None:
+                return kl(dist1, dist2)
+    raise NotImplementedError(
+        'kl_divergence: no KL divergence is registered for {} and {}; register one with '
+        '@register_kl({}, {})'.format(type(dist1).__name__, type(dist2).__name__,
+                                      type(dist1).__name__, type(dist2).__name__))
+
+
+@_export('distribution')
+def cross_entropy(dist1, dist2):
+    """H(dist1, dist2) = entropy(dist1) + KL(dist1 || dist2).
+    Chainer: chainer.cross_entropy."""
+    return dist1.entropy + kl_divergence(dist1, dist2)
+
+
+def _parameter(value):
+    return value if isinstance(value, Variable) else Variable(value, requires_grad=False)
+
+
+def _one_of(label, **given):
+    """The one argument of `given` that is not None; ValueError otherwise."""
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) != 1:
+        raise ValueError('{}: give exactly one of {} (got {})'.format(
+            label, ' or '.join(given), ', '.join(named) or 'none'))
+    return named[0]
+
+
+def _as_x(x, like):
+    """A point to evaluate at: an array is cast to the parameters' dtype."""
+    if isinstance(x, Variable):
+        return x
+    return x.astype(like.dtype, copy=False) if x.dtype != like.dtype else x
+
+
+def _xlogx(p):
+    """p log p with 0 log 0 = 0 (and gradient 0 there instead of -inf)."""
+    positive = p.array > 0
+    return p * log(where(positive, p, _xp(p.array).ones_like(p.array)))
+
+
+def _noise(xp, kind, shape, dtype, *args):
+    """Random numbers from xp.random.<kind>(*args, size=shape) (the same draws
+    as Chainer's for one seed), drawn in float64 and cast to `dtype`."""
+    if kind == 'uniform':
+        return xp.random.uniform(0, 1, shape).astype(dtype, copy=False)
+    return getattr(xp.random, kind)(*args, size=shape).astype(dtype, copy=False)
+
+
+# ----- Normal: p(x) = exp(-(x - mu)^2 / (2 sigma^2)) / sqrt(2 pi sigma^2) -----
+
+# (Normal and Uniform already name initializers, Chapter 10: these are
+# _NormalDistribution and _UniformDistribution here, Normal and Uniform in
+# onefchainer.distributions.)
+class _NormalDistribution(Distribution):
+    """The normal distribution N(loc, scale^2), elementwise.
+
+    Normal(loc, scale=None, *, log_scale=None): loc and exactly one of scale
+    (sigma > 0) or log_scale (log sigma), Variables or arrays of one float
+    dtype, broadcasting to batch_shape = loc.shape.  Samples are
+    loc + scale * eps (reparameterized).  Raises ValueError unless exactly
+    one of scale and log_scale is given. Chainer: chainer.distributions.Normal.
+    """
+
+    def __init__(self, loc, scale=None, **kwargs):
+        log_scale = kwargs.pop('log_scale', None)
+        if kwargs:
+            raise TypeError('Normal: unexpected arguments {}'.format(sorted(kwargs)))
+        self._given = _one_of('Normal', scale=scale, log_scale=log_scale)
+        self.loc = _parameter(loc)
+        if scale is not None:
+            self.scale = _parameter(scale)
+        else:
+            self.log_scale = _parameter(log_scale)
+
+    @functools.cached_property
+    def scale(self):
+        """sigma (from log_scale if that was given)."""
+        return exp(self.log_scale)
+
+    @functools.cached_property
+    def log_scale(self):
+        """log sigma (from scale if that was given)."""
+        return log(self.scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc)
+    stddev = property(lambda self: self.scale)
+    variance = property(lambda self: self.scale ** 2)
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    @property
+    def entropy(self):
+        """log sigma + log(2 pi e) / 2."""
+        return self.log_scale + 0.5 * (_LOG_2PI + 1)
+
+    def log_prob(self, x):
+        """-(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2."""
+        return -0.5 * _LOG_2PI - self.log_scale - 0.5 * (_as_x(x, self.loc) - self.loc) ** 2 \
+            / self.variance
+
+    def cdf(self, x):
+        """Phi((x - mu) / sigma)."""
+        return ndtr((_as_x(x, self.loc) - self.loc) / self.scale)
+
+    def log_cdf(self, x):
+        """log Phi((x - mu) / sigma), accurate in the tails."""
+        return log_ndtr((_as_x(x, self.loc) - self.loc) / self.scale)
+
+    def survival_function(self, x):
+        """1 - cdf(x) = Phi((mu - x) / sigma)."""
+        return ndtr((self.loc - _as_x(x, self.loc)) / self.scale)
+
+    def log_survival_function(self, x):
+        """log(1 - cdf(x))."""
+        return log_ndtr((self.loc - _as_x(x, self.loc)) / self.scale)
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'standard_normal', (n,) + self.loc.shape,
+                     self.loc.dtype)
+        return self.loc + self.scale * eps
+
+
+@register_kl(_NormalDistribution, _NormalDistribution)
+def _kl_normal_normal(p, q):
+    # log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2
+    return q.log_scale - p.log_scale + 0.5 * (p.variance + (p.loc - q.loc) ** 2) \
+        / q.variance - 0.5
+
+
+# ----- Bernoulli: P(x = 1) = p = sigmoid(logit) ---------------------------------
+
+@_export('distributions', 'distributions.bernoulli')
+class Bernoulli(Distribution):
+    """A coin: x = 1 with probability p, 0 otherwise, elementwise.
+
+    Bernoulli(p=None, logit=None, binary_check=False): exactly one of p or
+    logit = log(p / (1 - p)) (float Variables or arrays; batch_shape is their
+    shape).  log_prob is computed from the logit, stably:
+    log P(x) = x logit - log(1 + e^logit).  binary_check=True makes
+    log_prob -inf and prob 0 for an x other than 0 and 1.  Samples are ints
+    (no gradient: a draw is not differentiable).
+    Chainer: chainer.distributions.Bernoulli.
+    """
+
+    def __init__(self, p=None, logit=None, binary_check=False):
+        given = _one_of('Bernoulli', p=p, logit=logit)
+        if given == 'p':
+            self.p = _parameter(p)
+        else:
+            self.logit = _parameter(logit)
+        self.binary_check = binary_check
+
+    @functools.cached_property
+    def p(self):
+        """The probability of 1 (from logit if that was given)."""
+        return sigmoid(self.logit)
+
+    @functools.cached_property
+    def logit(self):
+        """log(p / (1 - p)) (from p if that was given)."""
+        return log(self.p) - log1p(-self.p)
+
+    batch_shape = property(lambda self: (self.p if 'p' in self.__dict__ else self.logit).shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.p)
+    variance = property(lambda self: self.p * (1 - self.p))
+    support = '{0, 1}'
+    params = property(lambda self: {'logit': self.logit})
+
+    @property
+    def entropy(self):
+        """-p log p - (1 - p) log(1 - p)."""
+        return -_xlogx(self.p) - _xlogx(1 - self.p)
+
+    def log_prob(self, x):
+        """x logit - softplus(logit), written as logit (x - 1) - softplus(-logit)."""
+        logit = self.logit
+        x = _as_x(x, logit)
+        y = logit * (x - 1) - softplus(-logit)
+        if self.binary_check:
+            data = as_array(x)
+            valid = (data == 0) | (data == 1)
+            y = where(_xp(data).broadcast_to(valid, y.shape), y,
+                      _xp(data).full(y.shape, -np.inf, y.dtype))
+        return y
+
+    def prob(self, x):
+        """x p + (1 - x)(1 - p) (0 for x not in {0, 1} with binary_check)."""
+        x = _as_x(x, self.p)
+        y = x * self.p + (1 - x) * (1 - self.p)
+        if self.binary_check:
+            data = as_array(x)
+            y = y * ((data == 0) | (data == 1)).astype(y.dtype)
+        return y
+
+    def sample_n(self, n):
+        p = self.p.array
+        return Variable(_xp(p).random.binomial(1, p, size=(n,) + p.shape),
+                        requires_grad=False)
+
+
+@register_kl(Bernoulli, Bernoulli)
+def _kl_bernoulli_bernoulli(p, q):
+    # sum over x in {0, 1} of P(x) (log P(x) - log Q(x)), through the logits
+    return (p.logit - q.logit) * (p.p - 1) - softplus(-p.logit) + softplus(-q.logit)
+
+
+# ----- Independent: the last batch axes become event axes -----------------------
+
+@_export('distributions', 'distributions.independent')
+class Independent(Distribution):
+    """A distribution whose last `reinterpreted_batch_ndims` batch axes are
+    made event axes: log_prob, entropy (sums) and prob, cdf (products)
+    reduce over them, so a batch of Normals becomes one diagonal Gaussian.
+    Default None: all batch axes but the first. Raises ValueError for more
+    axes than the batch has. Chainer: chainer.distributions.Independent.
+    """
+
+    def __init__(self, distribution, reinterpreted_batch_ndims=None):
+        ndim = len(distribution.batch_shape)
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = max(0, ndim - 1)
+        elif reinterpreted_batch_ndims > ndim:
+            raise ValueError('Independent: reinterpreted_batch_ndims is {} but the '
+                             'distribution has only {} batch axes (batch_shape {})'.format(
+                                 reinterpreted_batch_ndims, ndim, distribution.batch_shape))
+        self.distribution = distribution
+        self.reinterpreted_batch_ndims = reinterpreted_batch_ndims
+        cut = ndim - reinterpreted_batch_ndims
+        self._shapes = (distribution.batch_shape[:cut],
+                        distribution.batch_shape[cut:] + distribution.event_shape)
+
+    def _reduce(self, reduction, value):
+        axes = tuple(range(-self.reinterpreted_batch_ndims, 0))
+        return reduction(value, axis=axes) if axes else value
+
+    batch_shape = property(lambda self: self._shapes[0])
+    event_shape = property(lambda self: self._shapes[1])
+    mean = property(lambda self: self.distribution.mean)
+    mode = property(lambda self: self.distribution.mode)
+    variance = property(lambda self: self.distribution.variance)
+    stddev = property(lambda self: self.distribution.stddev)
+    support = property(lambda self: self.distribution.support)
+    params = property(lambda self: self.distribution.params)
+    xp = property(lambda self: self.distribution.xp)
+    entropy = property(lambda self: self._reduce(_sum, self.distribution.entropy))
+
+    def log_prob(self, x):
+        return self._reduce(_sum, self.distribution.log_prob(x))
+
+    def prob(self, x):
+        return self._reduce(prod, self.distribution.prob(x))
+
+    def cdf(self, x):
+        return self._reduce(prod, self.distribution.cdf(x))
+
+    def log_cdf(self, x):
+        return self._reduce(_sum, self.distribution.log_cdf(x))
+
+    def survival_function(self, x):
+        return self._reduce(prod, self.distribution.survival_function(x))
+
+    def log_survival_function(self, x):
+        return self._reduce(_sum, self.distribution.log_survival_function(x))
+
+    def perplexity(self, x):
+        return self._reduce(prod, self.distribution.perplexity(x))
+
+    def icdf(self, x):
+        raise RuntimeError('Independent.icdf: a multivariate cdf has no inverse')
+
+    def sample_n(self, n):
+        return self.distribution.sample_n(n)
+
+
+@register_kl(Independent, Independent)
+def _kl_independent_independent(p, q):
+    # KL of a product of independent factors is the sum of the factors' KLs
+    if p.event_shape != q.event_shape:
+        raise ValueError('kl_divergence: Independent distributions of event shapes {} and '
+                         '{} are not comparable'.format(p.event_shape, q.event_shape))
+    if p.distribution.event_shape != q.distribution.event_shape:
+        raise NotImplementedError('kl_divergence: Independents of bases with different '
+                                  'event shapes')
+    axes = len(p.event_shape) - len(p.distribution.event_shape)
+    kl = kl_divergence(p.distribution, q.distribution)
+    return _sum(kl, axis=tuple(range(-axes, 0))) if axes else kl
+
+
+# ----- Categorical: P(x = i) = p_i over the last axis ----------------------------
+
+@_export('distributions', 'distributions.categorical')
+class Categorical(Distribution):
+    """One of K classes: P(x = i) = p[..., i].
+
+    Categorical(p=None, *, logit=None): exactly one of p (probabilities
+    summing to 1 over the last axis) or logit (log p up to a constant; then
+    log p = log_softmax(logit)), float, (..., K); batch_shape drops the last
+    axis.  log_prob(x) takes int class indices of shape sample + batch.
+    Samples are int64 indices (no gradient). Chainer: chainer.distributions.Categorical.
+    """
+
+    def __init__(self, p=None, **kwargs):
+        logit = kwargs.pop('logit', None)
+        if kwargs:
+            raise TypeError('Categorical: unexpected arguments {}'.format(sorted(kwargs)))
+        if _one_of('Categorical', p=p, logit=logit) == 'p':
+            self.p = _parameter(p)
+        else:
+            self._logit = _parameter(logit)
+
+    @functools.cached_property
+    def p(self):
+        """The class probabilities, (..., K)."""
+        return exp(self.log_p)
+
+    @functools.cached_property
+    def log_p(self):
+        """log p, (..., K)."""
+        if 'p' in self.__dict__:
+            return log(self.p)
+        return log_softmax(self._logit, axis=-1)
+
+    batch_shape = property(lambda self: (self.p if 'p' in self.__dict__ else
+                                         self._logit).shape[:-1])
+    event_shape = property(lambda self: ())
+    params = property(lambda self: {'p': self.p})
+
+    @property
+    def entropy(self):
+        """-sum_i p_i log p_i."""
+        return -_sum(_xlogx(self.p), axis=-1)
+
+    def log_prob(self, x):
+        """log p[..., x] for int classes x of shape sample_shape + batch_shape."""
+        index = as_array(x).astype(np.int32)
+        xp = _xp(index)
+        grid = xp.meshgrid(*[xp.arange(n) for n in self.batch_shape], indexing='ij')
+        return self.log_p[tuple(grid) + (index,)]
+
+    def sample_n(self, n):
+        p = self.p.array
+        xp = _xp(p)
+        u = xp.random.uniform(0, 1, (n,) + p.shape[:-1] + (1,))
+        # the inverse cdf: the first class whose cumulative probability passes u
+        index = (xp.cumsum(p, axis=-1) < u).sum(axis=-1)
+        return Variable(xp.minimum(index, p.shape[-1] - 1).astype(np.int64), requires_grad=False)
+
+
+@register_kl(Categorical, Categorical)
+def _kl_categorical_categorical(p, q):
+    return _sum(p.p * (p.log_p - q.log_p), axis=-1)
+
+
+# ----- Uniform on [low, high] -------------------------------------------------------
+
+class _UniformDistribution(Distribution):
+    """The uniform distribution on [low, high]: density 1 / (high - low).
+
+    Uniform(*, low=, high=) or Uniform(*, loc=, scale=) (low = loc,
+    high = loc + scale): float Variables or arrays; batch_shape is low's
+    shape.  Samples are low + scale * u, u ~ U(0, 1) (reparameterized).
+    Raises ValueError unless exactly one pair is given.
+    Chainer: chainer.distributions.Uniform.
+    """
+
+    def __init__(self, **kwargs):
+        low, high = kwargs.pop('low', None), kwargs.pop('high', None)
+        loc, scale = kwargs.pop('loc', None), kwargs.pop('scale', None)
+        if kwargs:
+            raise TypeError('Uniform: unexpected arguments {}'.format(sorted(kwargs)))
+        by_bounds = low is not None and high is not None
+        if by_bounds == (loc is not None and scale is not None):
+            raise ValueError('Uniform: give either low and high or loc and scale (not both)')
+        self._by_bounds = by_bounds
+        if by_bounds:
+            self.low, self.high = _parameter(low), _parameter(high)
+        else:
+            self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    low = functools.cached_property(lambda self: self.loc)
+    high = functools.cached_property(lambda self: self.loc + self.scale)
+    loc = functools.cached_property(lambda self: self.low)
+    scale = functools.cached_property(lambda self: self.high - self.low)
+    batch_shape = property(lambda self: self.low.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: (self.high + self.low) / 2)
+    variance = property(lambda self: self.scale ** 2 / 12)
+    entropy = property(lambda self: log(self.scale))
+    support = '[low, high]'
+    params = property(lambda self: {'low': self.low, 'high': self.high} if self._by_bounds
+                      else {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        """-log(high - low) inside [low, high], -inf outside."""
+        x = _as_x(x, self.low)
+        data = as_array(x)
+        logp = broadcast_to(-log(self.scale), data.shape)
+        inside = (data >= self.low.array) & (data <= self.high.array)
+        return where(inside, logp, _xp(data).full(data.shape, -np.inf, logp.dtype))
+
+    def cdf(self, x):
+        return clip((_as_x(x, self.low) - self.loc) / self.scale, 0., 1.)
+
+    def icdf(self, x):
+        return _as_x(x, self.low) * self.scale + self.loc
+
+    def sample_n(self, n):
+        return self.icdf(_noise(_xp(self.low.array), 'uniform', (n,) + self.low.shape,
+                                self.low.dtype))
+
+
+@register_kl(_UniformDistribution, _UniformDistribution)
+def _kl_uniform_uniform(p, q):
+    # log of the ratio of the widths; infinite where p's support leaves q's
+    outside = (p.high.array > q.high.array) | (p.low.array < q.low.array)
+    kl = log(q.high - q.low) - log(p.high - p.low)
+    return where(outside, _xp(outside).full(kl.shape, np.inf, kl.dtype), kl)
+
+
+# ----- Laplace: p(x) = exp(-|x - mu| / b) / (2 b) ---------------------------------
+
+@_export('distributions', 'distributions.laplace')
+class Laplace(Distribution):
+    """The Laplace distribution of location loc (mu) and scale (b > 0).
+    Samples are loc + scale * eps, eps standard Laplace (reparameterized).
+    Chainer: chainer.distributions.Laplace.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc)
+    mode = property(lambda self: self.loc)
+    variance = property(lambda self: 2 * self.scale ** 2)
+    stddev = property(lambda self: math.sqrt(2) * self.scale)
+    entropy = property(lambda self: 1. + log(2 * self.scale))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        return -log(2 * self.scale) - absolute(_as_x(x, self.loc) - self.loc) / self.scale
+
+    def cdf(self, x):
+        """e^z / 2 below the location, 1 - e^-z / 2 above (z = (x - mu) / b)."""
+        z = (_as_x(x, self.loc) - self.loc) / self.scale
+        below = z.array < 0
+        return where(below, 0.5 * exp(z), 1 - 0.5 * exp(-z))
+
+    def icdf(self, x):
+        """mu - b sign(u - 1/2) log(1 - 2 |u - 1/2|)."""
+        h = _as_x(x, self.loc) - 0.5
+        sign = _xp(as_array(h)).sign(as_array(h))
+        return self.loc - self.scale * sign * log1p(-2 * absolute(h))
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'laplace', (n,) + self.loc.shape, self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@register_kl(Laplace, Laplace)
+def _kl_laplace_laplace(p, q):
+    gap = absolute(p.loc - q.loc)
+    return log(q.scale) - log(p.scale) + gap / q.scale \
+        + p.scale / q.scale * exp(-gap / p.scale) - 1
+
+
+# ----- LogNormal: log x ~ N(mu, sigma^2) -------------------------------------------
+
+@_export('distributions', 'distributions.log_normal')
+class LogNormal(Distribution):
+    """x = exp(y) for y ~ N(mu, sigma^2); samples exp(mu + sigma eps)
+    (reparameterized). Chainer: chainer.distributions.LogNormal.
+    """
+
+    def __init__(self, mu, sigma):
+        self.mu, self.sigma = _parameter(mu), _parameter(sigma)
+
+    _log_sigma = functools.cached_property(lambda self: log(self.sigma))
+    batch_shape = property(lambda self: self.mu.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: exp(self.mu + 0.5 * self.sigma ** 2))
+    variance = property(lambda self: exp(2 * self.mu + self.sigma ** 2)
+                        * (exp(self.sigma ** 2) - 1))
+    entropy = property(lambda self: 0.5 + 0.5 * _LOG_2PI + self._log_sigma + self.mu)
+    support = 'positive'
+    params = property(lambda self: {'mu': self.mu, 'sigma': self.sigma})
+
+    def log_prob(self, x):
+        log_x = log(_as_x(x, self.mu))
+        return -0.5 * _LOG_2PI - self._log_sigma - log_x \
+            - 0.5 * (log_x - self.mu) ** 2 / self.sigma ** 2
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.mu.array), 'standard_normal', (n,) + self.mu.shape,
+                     self.mu.dtype)
+        return exp(self.mu + self.sigma * eps)
+
+
+@register_kl(LogNormal, LogNormal)
+def _kl_log_normal_log_normal(p, q):
+    # the KL of the two normals of log x: a change of variables keeps it
+    return 0.5 * ((p.mu - q.mu) ** 2 + p.sigma ** 2) / q.sigma ** 2 - 0.5 \
+        + q._log_sigma - p._log_sigma
+
+
+# ----- Gamma (shape k, scale theta) and Beta (a, b) ----------------------------------
+
+@_export('distributions', 'distributions.gamma')
+class Gamma(Distribution):
+    """The gamma distribution of shape k > 0 and scale theta > 0:
+    p(x) = x^(k-1) e^(-x/theta) / (Gamma(k) theta^k), x > 0.  Samples are
+    theta * g, g ~ Gamma(k, 1) (the gradient reaches theta, not k).
+    Chainer: chainer.distributions.Gamma.
+    """
+
+    def __init__(self, k, theta):
+        self.k, self.theta = _parameter(k), _parameter(theta)
+
+    batch_shape = property(lambda self: self.k.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.k * self.theta)
+    variance = property(lambda self: self.k * self.theta ** 2)
+    support = 'positive'
+    params = property(lambda self: {'k': self.k, 'theta': self.theta})
+
+    @property
+    def entropy(self):
+        """k + log theta + log Gamma(k) + (1 - k) psi(k)."""
+        k = self.k
+        return k + log(self.theta) + lgamma(k) + (1 - k) * digamma(k)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.k)
+        return -lgamma(self.k) - self.k * log(self.theta) + (self.k - 1) * log(x) \
+            - x / self.theta
+
+    def sample_n(self, n):
+        k = self.k.array
+        g = _noise(_xp(k), 'gamma', (n,) + k.shape, k.dtype, k)
+        return broadcast_to(self.theta, g.shape) * g
+
+
+@register_kl(Gamma, Gamma)
+def _kl_gamma_gamma(p, q):
+    return (p.k - q.k) * digamma(p.k) - (lgamma(p.k) - lgamma(q.k)) \
+        + q.k * (log(q.theta) - log(p.theta)) + p.k * (p.theta / q.theta - 1)
+
+
+def _log_beta(a, b):
+    """log B(a, b) = log Gamma(a) + log Gamma(b) - log Gamma(a + b)."""
+    return lgamma(a) + lgamma(b) - lgamma(a + b)
+
+
+@_export('distributions', 'distributions.beta')
+class Beta(Distribution):
+    """The beta distribution on [0, 1]: p(x) = x^(a-1) (1-x)^(b-1) / B(a, b),
+    a, b > 0.  Samples have no gradient. Chainer: chainer.distributions.Beta.
+    """
+
+    def __init__(self, a, b):
+        self.a, self.b = _parameter(a), _parameter(b)
+
+    _a_plus_b = functools.cached_property(lambda self: self.a + self.b)
+    batch_shape = property(lambda self: self.a.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.a / self._a_plus_b)
+    variance = property(lambda self: self.a * self.b / (
+        self._a_plus_b ** 2 * (self._a_plus_b + 1)))
+    support = '[0, 1]'
+    params = property(lambda self: {'a': self.a, 'b': self.b})
+
+    @property
+    def entropy(self):
+        """log B(a, b) - (a-1) psi(a) - (b-1) psi(b) + (a+b-2) psi(a+b)."""
+        a, b, total = self.a, self.b, self._a_plus_b
+        return _log_beta(a, b) - (a - 1) * digamma(a) - (b - 1) * digamma(b) \
+            + (total - 2) * digamma(total)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.a)
+        return (self.a - 1) * log(x) + (self.b - 1) * log(1 - x) - _log_beta(self.a, self.b)
+
+    def sample_n(self, n):
+        a, b = self.a.array, self.b.array
+        return Variable(_noise(_xp(a), 'beta', (n,) + a.shape, a.dtype, a, b),
+                        requires_grad=False)
+
+
+@register_kl(Beta, Beta)
+def _kl_beta_beta(p, q):
+    return _log_beta(q.a, q.b) - _log_beta(p.a, p.b) + (p.a - q.a) * digamma(p.a) \
+        + (p.b - q.b) * digamma(p.b) + (q._a_plus_b - p._a_plus_b) * digamma(p._a_plus_b)
+
+
+# ----- MultivariateNormal: N(loc, L L^T) ----------------------------------------------
+
+@_export('distributions', 'distributions.multivariate_normal')
+class MultivariateNormal(Distribution):
+    """The d-dimensional normal N(loc, V) with V = L L^T.
+
+    MultivariateNormal(loc, *, scale_tril): loc (..., d) and scale_tril L
+    (..., d, d), lower triangular with a positive diagonal (the Cholesky
+    factor of V); batch_shape = loc.shape[:-1], event_shape = (d,).  Samples
+    are loc + L eps (reparameterized).  Raises ValueError without scale_tril.
+    Chainer: chainer.distributions.MultivariateNormal.
+    """
+
+    def __init__(self, loc, **kwargs):
+        scale_tril = kwargs.pop('scale_tril', None)
+        if kwargs:
+            raise TypeError('MultivariateNormal: unexpected arguments {}'.format(sorted(kwargs)))
+        if scale_tril is None:
+            raise ValueError('MultivariateNormal: scale_tril must be given')
+        self.loc, self.scale_tril = _parameter(loc), _parameter(scale_tril)
+
+    d = property(lambda self: self.scale_tril.shape[-1], doc='The dimension d of an event.')
+    batch_shape = property(lambda self: self.loc.shape[:-1])
+    event_shape = property(lambda self: self.loc.shape[-1:])
+    mean = property(lambda self: self.loc)
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale_tril': self.scale_tril})
+
+    @functools.cached_property
+    def _log_det_scale(self):
+        """log det L = the sum of the logs of L's diagonal, batch_shape."""
+        eye = _xp(self.scale_tril.array).eye(self.d, dtype=self.scale_tril.dtype)
+        return _sum(log(_sum(self.scale_tril * eye, axis=-1)), axis=-1)
+
+    @functools.cached_property
+    def _inverse_scale(self):
+        """L^-1, (batch, d, d), of L's lower triangle (as a triangular solve
+        reads it: the entries above the diagonal get no gradient from it)."""
+        d = self.d
+        lower = self.scale_tril * _xp(self.scale_tril.array).tri(d, dtype=self.scale_tril.dtype)
+        return batch_inv(lower.reshape(-1, d, d)).reshape(self.batch_shape + (d, d))
+
+    @property
+    def covariance(self):
+        """V = L L^T, batch_shape + (d, d)."""
+        return matmul(self.scale_tril, swapaxes(self.scale_tril, -1, -2))
+
+    @property
+    def variance(self):
+        """The diagonal of V: the sum of squares of L's rows."""
+        return _sum(self.scale_tril ** 2, axis=-1)
+
+    @property
+    def entropy(self):
+        """log det L + d (1 + log 2 pi) / 2."""
+        return self._log_det_scale + 0.5 * self.d * (1 + _LOG_2PI)
+
+    def log_prob(self, x):
+        """-|L^-1 (x - loc)|^2 / 2 - log det L - d log(2 pi) / 2."""
+        x = _as_x(x, self.loc)
+        d = self.d
+        diff = x - broadcast_to(self.loc, x.shape)
+        inverse = broadcast_to(self._inverse_scale, x.shape + (d,))
+        y = matmul(inverse.reshape(-1, d, d), diff.reshape(-1, d, 1))
+        squares = _sum(y ** 2, axis=(1, 2)).reshape(x.shape[:-1])
+        return -0.5 * squares - broadcast_to(self._log_det_scale, squares.shape) \
+            - 0.5 * d * _LOG_2PI
+
+    def sample_n(self, n):
+        loc = self.loc
+        eps = _noise(_xp(loc.array), 'standard_normal', (n,) + loc.shape + (1,), loc.dtype)
+        scale = broadcast_to(self.scale_tril, (n,) + self.scale_tril.shape)
+        d = self.d
+        moved = matmul(scale.reshape(-1, d, d), eps.reshape(-1, d, 1))
+        return loc + moved.reshape((n,) + loc.shape)
+
+
+@register_kl(MultivariateNormal, MultivariateNormal)
+def _kl_multivariate_normal(p, q):
+    # log(det L_q / det L_p) + (|L_q^-1 L_p|_F^2 + |L_q^-1 (m_p - m_q)|^2 - d) / 2
+    d = p.d
+    inverse = q._inverse_scale.reshape(-1, d, d)
+    trace = _sum(matmul(inverse, p.scale_tril.reshape(-1, d, d)) ** 2, axis=(1, 2))
+    gap = matmul(inverse, (p.loc - q.loc).reshape(-1, d, 1))
+    mahalanobis = _sum(gap ** 2, axis=(1, 2))
+    return q._log_det_scale - p._log_det_scale + 0.5 * (
+        trace + mahalanobis).reshape(p.batch_shape) - 0.5 * d
+
+
+_export('distributions.utils', _modified_xlogx=_xlogx)
+_export('distributions', 'distributions.normal', Normal=_NormalDistribution)
+_export('distributions', 'distributions.uniform', Uniform=_UniformDistribution)
+_NormalDistribution.__name__ = _NormalDistribution.__qualname__ = 'Normal'
+_UniformDistribution.__name__ = _UniformDistribution.__qualname__ = 'Uniform'
+
+
+# =============================================================================
 # Chapter 15. Gradient check
 # =============================================================================
 
@@ -15726,6 +16598,18 @@ def _warn_no_params(optimizer, link):
             type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
+def _linear_over_batch_axes(x, W, b, n_batch_axes):
+    """F.linear of x whose first n_batch_axes axes are all batch axes: they are
+    folded into one for the product (the rest flattened, as for one batch
+    axis) and unfolded in the result, (*batch, out_size)."""
+    if not isinstance(n_batch_axes, (int, np.integer)) or not 1 <= n_batch_axes < len(x.shape):
+        raise ValueError('linear: n_batch_axes must be an int from 1 to x.ndim - 1 = {}, not '
+                         '{!r}'.format(len(x.shape) - 1, n_batch_axes))
+    batch = tuple(x.shape[:n_batch_axes])
+    y = linear(reshape(x, (math.prod(batch), math.prod(x.shape[n_batch_axes:]))), W, b)
+    return reshape(y, batch + y.shape[1:])
+
+
 # ----- chainer.utils.type_check: checks a Function declares -----------------------
 # A Function may define check_type_forward(in_types) to state what its inputs
 # must be, in expressions that read like the condition itself:
@@ -15796,6 +16680,7 @@ class _TypeExpr:
         return _TypeGetItem(self, key)
 
     def __call__(self, *args):
+        """The expression of calling this one's value with `args`."""
         return _TypeCall(self, args)
 
     def __bool__(self):
@@ -15821,22 +16706,26 @@ def _type_unary(symbol, function):
     return lambda self: _TypeUnary(6, self, symbol, function)
 
 
-for _symbol, _negation, _function in (
-        ('==', '!=', '__eq__'), ('!=', '==', '__ne__'), ('<', '>=', '__lt__'),
-        ('<=', '>', '__le__'), ('>', '<=', '__gt__'), ('>=', '<', '__ge__')):
-    setattr(_TypeExpr, _function,
-            _type_comparison(_symbol, _negation, getattr(operator, _function)))
-for _symbol, _priority, _name in (      # precedence as in Python's grammar
-        ('+', 4, 'add'), ('-', 4, 'sub'), ('*', 5, 'mul'), ('/', 5, 'truediv'),
-        ('//', 5, 'floordiv'), ('%', 5, 'mod'), ('**', 7, 'pow'), ('<<', 3, 'lshift'),
-        ('>>', 3, 'rshift'), ('&', 2, 'and'), ('^', 1, 'xor'), ('|', 0, 'or')):
-    _function = getattr(operator, '__{}__'.format(_name))
+# The operators: symbol, Python's precedence (it decides the parentheses
+# when printing), method name, operation.
+for _symbol, _negation, _name, _function in (
+        ('==', '!=', 'eq', lambda a, b: a == b), ('!=', '==', 'ne', lambda a, b: a != b),
+        ('<', '>=', 'lt', lambda a, b: a < b), ('<=', '>', 'le', lambda a, b: a <= b),
+        ('>', '<=', 'gt', lambda a, b: a > b), ('>=', '<', 'ge', lambda a, b: a >= b)):
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_comparison(_symbol, _negation, _function))
+for _symbol, _priority, _name, _function in (
+        ('+', 4, 'add', lambda a, b: a + b), ('-', 4, 'sub', lambda a, b: a - b),
+        ('*', 5, 'mul', lambda a, b: a * b), ('/', 5, 'truediv', lambda a, b: a / b),
+        ('//', 5, 'floordiv', lambda a, b: a // b), ('%', 5, 'mod', lambda a, b: a % b),
+        ('**', 7, 'pow', lambda a, b: a ** b), ('<<', 3, 'lshift', lambda a, b: a << b),
+        ('>>', 3, 'rshift', lambda a, b: a >> b), ('&', 2, 'and', lambda a, b: a & b),
+        ('^', 1, 'xor', lambda a, b: a ^ b), ('|', 0, 'or', lambda a, b: a | b)):
     setattr(_TypeExpr, '__{}__'.format(_name), _type_operator(_symbol, _priority, _function))
     setattr(_TypeExpr, '__r{}__'.format(_name),
             _type_operator(_symbol, _priority, _function, True))
-for _symbol, _name in (('-', 'neg'), ('+', 'pos'), ('~', 'invert')):
-    setattr(_TypeExpr, '__{}__'.format(_name), _type_unary(
-        _symbol, getattr(operator, '__{}__'.format(_name))))
+for _symbol, _name, _function in (('-', 'neg', lambda a: -a), ('+', 'pos', lambda a: +a),
+                                  ('~', 'invert', lambda a: ~a)):
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_unary(_symbol, _function))
 del _symbol, _negation, _function, _priority, _name
 
 
@@ -16505,7 +17394,6 @@ _OUT_OF_SCOPE = {
     'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
     'hooks': 'function and link hooks are out of scope',
     'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
-    'distributions': 'probability distributions are out of scope',
     'static': 'static-graph optimization is out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
@@ -16749,7 +17637,6 @@ _not_supported(
     _this_module,
     chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
     hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
-    distributions='Distribution kl_divergence register_kl cross_entropy',
     static='static_graph static_code')
 
 
@@ -16764,7 +17651,6 @@ _not_supported(function, double='FunctionAdapter', hooks='FunctionHook')
 for _name in ('function_hooks', 'link_hooks'):
     _out_of_scope_module(_name, 'hooks')
 _out_of_scope_module('function_node', 'double')
-_out_of_scope_module('distributions', 'distributions')
 _out_of_scope_module('graph_optimizations', 'static')
 _out_of_scope_module('testing', 'testing')
 del _name
@@ -16776,7 +17662,7 @@ _not_supported(
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
-            'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
+            'discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
             'negative_sampling polygamma sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '

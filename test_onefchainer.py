@@ -6979,6 +6979,105 @@ def test_dict_summary_save_load(tmp_path):
 
 
 # =============================================================================
+# Chapter DIST. Probability distributions
+# =============================================================================
+
+sys.path.insert(0, os.path.join(HERE, 'testdata', 'chainer781'))
+import distribution_cases                         # noqa: E402
+
+
+def test_distributions_match_chainer_781_values_and_gradients():
+    # The same program (testdata/chainer781/distribution_cases.py) ran on Chainer
+    # 7.8.1: log_prob, entropy, KL, cdf, ... of ten families, a seeded sample, and
+    # the gradients of one scalar of them all w.r.t. every parameter.
+    import onefchainer.distributions as D
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = distribution_cases.run_cases(chainer, D, F)
+    expected = {key[len('distributions/'):]: reference[key] for key in reference.files
+                if key.startswith('distributions/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        if key == 'categorical/sample':        # another sampler: checked below
+            assert ours[key].shape == expected[key].shape and ours[key].dtype == np.int64
+            continue
+        assert ours[key].shape == expected[key].shape and ours[key].dtype == expected[key].dtype, key
+        np.testing.assert_allclose(ours[key], expected[key], rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+def test_distribution_shapes_samples_and_errors():
+    import onefchainer.distributions as D
+    rng = np.random.RandomState(3)
+    loc = Variable(rng.randn(4, 3).astype(np.float32))
+    d = D.Independent(D.Normal(loc, scale=np.ones((4, 3), np.float32)))
+    assert d.batch_shape == (4,) and d.event_shape == (3,)
+    z = d.sample((5, 2))
+    assert z.shape == (5, 2, 4, 3) and d.log_prob(z).shape == (5, 2, 4)
+    F.sum(z).backward()          # reparameterized: d z / d loc = 1 for every draw
+    np.testing.assert_array_equal(loc.grad, np.full((4, 3), 10, np.float32))
+    # the draws: mean and spread of many Categorical samples follow p
+    p = np.array([[.2, .5, .3], [.9, .05, .05]], np.float32)
+    counts = D.Categorical(p).sample(20000).array
+    assert counts.shape == (20000, 2)
+    frequencies = np.stack([np.bincount(counts[:, i], minlength=3) / 20000 for i in range(2)])
+    np.testing.assert_allclose(frequencies, p, atol=0.02)
+    with pytest.raises(ValueError, match='Normal: give exactly one of scale or log_scale'):
+        D.Normal(loc, scale=loc, log_scale=loc)
+    with pytest.raises(ValueError, match='Bernoulli'):
+        D.Bernoulli()
+    with pytest.raises(ValueError, match='reinterpreted_batch_ndims is 3'):
+        D.Independent(D.Normal(loc, scale=loc), 3)
+    with pytest.raises(NotImplementedError, match='no KL divergence is registered for Normal '
+                                                  'and Bernoulli'):
+        chainer.kl_divergence(D.Normal(loc, scale=loc), D.Bernoulli(p=loc))
+    with pytest.raises(NotImplementedError, match='Bernoulli: cdf is not available'):
+        D.Bernoulli(p=loc).cdf(loc)
+    # register_kl: a subclass finds its base's KL; a new pair can be added
+    class Wide(D.Normal):
+        pass
+
+    @chainer.register_kl(Wide, D.Bernoulli)
+    def _kl(p, q):
+        return F.sum(p.loc) * 0 + 42
+
+    assert float(chainer.kl_divergence(Wide(loc, scale=1 + 0 * loc.array),
+                                       D.Bernoulli(p=loc)).array) == 42
+    q = D.Normal(loc, scale=np.ones((4, 3), np.float32))
+    np.testing.assert_allclose(chainer.kl_divergence(Wide(loc, scale=q.scale), q).array, 0,
+                               atol=1e-7)
+    np.testing.assert_allclose(chainer.cross_entropy(q, q).array, q.entropy.array)
+    assert type(D.Normal(loc, scale=loc)).__name__ == 'Normal'
+    assert chainer.initializers.Normal is not D.Normal
+
+
+def test_digamma_and_its_gradient():
+    x = np.array([-2.5, -0.3, 0.2, 0.5, 1, 3.3, 12, 50], np.float64)
+    # psi(1) = -Euler's gamma, psi(1/2) = -gamma - 2 log 2, psi(x + 1) = psi(x) + 1/x
+    y = F.digamma(dev(x)).array
+    np.testing.assert_allclose(host(y)[[4, 3]], [-0.5772156649015329,
+                                                -0.5772156649015329 - 2 * math.log(2)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(host(F.digamma(dev(x + 1)).array), host(y) + 1 / x, rtol=1e-10)
+    gradient_check.check_backward(F.digamma, dev(x), dev(np.ones_like(x)), eps=1e-6,
+                                  atol=1e-6, rtol=1e-6)
+
+
+def test_linear_with_several_batch_axes():
+    rng = np.random.RandomState(0)
+    link = L.Linear(None, 4)
+    x = Variable(rng.randn(2, 3, 5).astype(np.float32))
+    y = link(x, n_batch_axes=2)
+    assert y.shape == (2, 3, 4) and link.W.shape == (4, 5)
+    np.testing.assert_allclose(y.array, x.array @ link.W.array.T + link.b.array, rtol=1e-5)
+    F.sum(y * y).backward()
+    gradient_check.check_backward(lambda x, W: F.linear(x, W, n_batch_axes=2),
+                                  (x.array.astype(np.float64),
+                                   link.W.array.astype(np.float64)),
+                                  rng.randn(2, 3, 4))
+    with pytest.raises(ValueError, match='n_batch_axes must be an int from 1 to'):
+        F.linear(x, link.W, n_batch_axes=3)
+
+
+# =============================================================================
 # Chapter 15. Gradient check
 # =============================================================================
 
@@ -10349,9 +10448,9 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
     module, name) == 'provided') for module, names in CHAINER_781_NAMES.items()})
 # Out of scope by design: each must raise NotSupportedError naming itself.
 CHAINER_OUT_OF_SCOPE = {
-    '': 'Distribution Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
-        'cross_entropy get_compute_mode get_function_hooks grad kl_divergence mixed16 '
-        'register_kl static_code static_graph',
+    '': 'Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
+        'get_compute_mode get_function_hooks grad mixed16 '
+        'static_code static_graph',
     'functions': 'lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru n_step_rnn '
                  'n_step_birnn tree_lstm zoneout crf1d argmax_crf1d',
     'links': 'LSTM GRU NStepLSTM NStepBiLSTM NStepGRU StatefulGRU StatelessLSTM '
@@ -10371,7 +10470,6 @@ CHAINER_OUT_OF_SCOPE = {
     'chainerx': 'ndarray array zeros get_device',
     'function_hooks': 'TimerHook PrintHook',
     'link_hooks': 'SpectralNormalization',
-    'distributions': 'Normal Bernoulli',
     'testing': 'parameterize product',
     'backends.intel64': 'Intel64Device ideep',
 }

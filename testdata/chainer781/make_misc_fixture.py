@@ -5,7 +5,8 @@ Run with the reference venv:  /work/venv-chainer/bin/python make_misc_fixture.py
 Writes into outdir (default: this file's folder):
   misc.json  type_check/*: the messages of InvalidType for a few failing checks,
              and str() of a few expressions
-  misc.npz   inputs and Chainer's outputs and gradients (see each section)
+  misc.npz   inputs and Chainer's outputs and gradients (see each section):
+             distributions/*  distribution_cases.run_cases on Chainer
 Only Chainer's public API is called.
 """
 import json
@@ -56,6 +57,14 @@ for name, expr in {'nested_sub': x - (y - x), 'pow': (x ** y) ** x, 'neg': -(x +
                    'slice': x.shape[1:3], 'call': type_check.prod(x.shape),
                    'mixed': 2 * x + y // 3 % x}.items():
     texts['type_check_str/' + name] = str(expr)
+
+
+# ----- distributions: distribution_cases.py, the same program the tests run -----
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chainer.distributions as D        # noqa: E402
+import chainer.functions as F            # noqa: E402
+from distribution_cases import run_cases  # noqa: E402
+arrays.update(('distributions/' + key, value) for key, value in run_cases(chainer, D, F).items())
 
 
 if __name__ == '__main__':
