@@ -10330,6 +10330,620 @@ class GradientLARS:
         param.grad = (grad + self.weight_decay * p) * rate.astype(grad.dtype)
 
 
+# ----- function hooks and link hooks ---------------------------------------------
+# A hook watches every Function (or Link) call without changing the model:
+# a FunctionHook's forward_preprocess / forward_postprocess run around each
+# forward, backward_preprocess / backward_postprocess around each backward;
+# a LinkHook's forward_preprocess / forward_postprocess around each link call.
+# `with TimerHook():` makes a hook global for a block; f.add_hook(hook) and
+# link.add_hook(hook) attach one to one function or link.
+#
+# No hook, no cost: Function.__call__, Link.__call__ and the backprop walk
+# stay Chapter 3's, 6's and 4's until a hook is registered somewhere.  Then
+# (and only while any is) the hooked versions below take their place; they
+# run the plain ones in between the callbacks.  The backward callbacks wrap
+# each function's backward for one backprop pass (an instance attribute, in
+# front of the class's method) and unwrap it after.
+
+_function_hooks = collections.OrderedDict()     # name -> FunctionHook, global ones
+_link_hooks = collections.OrderedDict()         # name -> LinkHook, global ones
+_local_hooks = {'function': 0, 'link': 0}       # how many local registrations exist
+_plain_calls = {}     # Function.__call__, Link.__call__ and _backprop, kept when a hook comes
+
+
+@_export('function_hook')
+class FunctionHook:
+    """The base of function hooks: override what you need of added(function),
+    deleted(function), forward_preprocess(function, in_data),
+    forward_postprocess(function, in_data), backward_preprocess(function,
+    in_data, out_grad), backward_postprocess(function, in_data, out_grad)
+    (in_data, out_grad: tuples of arrays; function None in added/deleted for
+    a global hook).  `with hook:` registers it for every function called in
+    the block (KeyError if a hook of its name is already active).
+    Chainer: chainer.FunctionHook.
+    """
+
+    name = 'FunctionHook'
+
+    def __enter__(self):
+        if self.name in _function_hooks:
+            raise KeyError('hook {} already exists'.format(self.name))
+        _function_hooks[self.name] = self
+        _use_hooked_paths()
+        self.added(None)
+        return self
+
+    def __exit__(self, *exc_info):
+        _function_hooks[self.name].deleted(None)
+        del _function_hooks[self.name]
+        _use_hooked_paths()
+
+    def added(self, function):
+        """Called when the hook is registered (function None: globally)."""
+
+    def deleted(self, function):
+        """Called when the hook is unregistered (function None: globally)."""
+
+    def forward_preprocess(self, function, in_data):
+        """Called before function's forward, with its input arrays."""
+
+    def forward_postprocess(self, function, in_data):
+        """Called after function's forward, with its input arrays."""
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        """Called before function's backward, with its inputs and output gradients."""
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        """Called after function's backward, with its inputs and output gradients."""
+
+
+@_export('link_hook')
+class _ForwardPreprocessCallbackArgs:
+    """What LinkHook.forward_preprocess receives: link, forward_name ('forward'),
+    args and kwargs of the call. Chainer: link_hook._ForwardPreprocessCallbackArgs."""
+
+    def __init__(self, link, forward_name, args, kwargs):
+        self.link, self.forward_name, self.args, self.kwargs = link, forward_name, args, kwargs
+
+
+@_export('link_hook')
+class _ForwardPostprocessCallbackArgs(_ForwardPreprocessCallbackArgs):
+    """What LinkHook.forward_postprocess receives: as the preprocess one, and
+    out, the call's result. Chainer: link_hook._ForwardPostprocessCallbackArgs."""
+
+    def __init__(self, link, forward_name, args, kwargs, out):
+        super().__init__(link, forward_name, args, kwargs)
+        self.out = out
+
+
+@_export('link_hook')
+class LinkHook:
+    """The base of link hooks: override what you need of added(link),
+    deleted(link), forward_preprocess(cb_args), forward_postprocess(cb_args)
+    (cb_args.link, .args, .kwargs, and .out after).  `with hook:` registers
+    it for every link called in the block; link.add_hook(hook) for one link.
+    Chainer: chainer.LinkHook.
+    """
+
+    name = 'LinkHook'
+
+    def __enter__(self):
+        if self.name in _link_hooks:
+            raise KeyError('hook {} already exists'.format(self.name))
+        _link_hooks[self.name] = self
+        _use_hooked_paths()
+        self.added(None)
+        return self
+
+    def __exit__(self, *exc_info):
+        _link_hooks[self.name].deleted(None)
+        del _link_hooks[self.name]
+        _use_hooked_paths()
+
+    def added(self, link):
+        """Called when the hook is registered (link None: globally)."""
+
+    def deleted(self, link):
+        """Called when the hook is unregistered (link None: globally)."""
+
+    def forward_preprocess(self, cb_args):
+        """Called before the link's forward."""
+
+    def forward_postprocess(self, cb_args):
+        """Called after the link's forward (cb_args.out holds its result)."""
+
+
+def get_function_hooks():
+    """The ordered dict of the global function hooks, name -> hook.
+    Chainer: chainer.get_function_hooks."""
+    return _function_hooks
+
+
+def _use_hooked_paths():
+    """Install the hooked calls while any hook is registered, the plain ones otherwise."""
+    global _backprop
+    if not _plain_calls:
+        _plain_calls.update(function=Function.__call__, link=Link.__call__, backprop=_backprop)
+    functions = bool(_function_hooks) or _local_hooks['function'] > 0
+    Function.__call__ = _call_with_function_hooks if functions else _plain_calls['function']
+    _backprop = _backprop_with_function_hooks if functions else _plain_calls['backprop']
+    links = bool(_link_hooks) or _local_hooks['link'] > 0
+    Link.__call__ = _call_with_link_hooks if links else _plain_calls['link']
+
+
+def _hooks_of(obj, global_hooks):
+    local = obj.__dict__.get('_local_hooks')
+    if not local:
+        return tuple(global_hooks.values())
+    merged = collections.OrderedDict(global_hooks)
+    merged.update(local)
+    return tuple(merged.values())
+
+
+def _call_with_function_hooks(self, *inputs):
+    """Function.__call__ between the forward callbacks of the active hooks."""
+    hooks = _hooks_of(self, _function_hooks)
+    if not hooks:
+        return _plain_calls['function'](self, *inputs)
+    inputs = [x if isinstance(x, Variable) else _as_input(self, x) for x in inputs]
+    in_data = tuple(x.data for x in inputs)
+    for hook in hooks:
+        hook.forward_preprocess(self, in_data)
+    outputs = _plain_calls['function'](self, *inputs)
+    for hook in hooks:
+        hook.forward_postprocess(self, in_data)
+    return outputs
+
+
+def _hooked_backward(function, hooks, backward):
+    def hooked(in_data, grad_outputs):
+        for hook in hooks:
+            hook.backward_preprocess(function, in_data, grad_outputs)
+        grad_inputs = backward(in_data, grad_outputs)
+        for hook in hooks:
+            hook.backward_postprocess(function, in_data, grad_outputs)
+        return grad_inputs
+    return hooked
+
+
+def _backprop_with_function_hooks(roots, retain_grad):
+    """Chapter 4's walk, with each function's backward wrapped in the callbacks
+    of its hooks (the global ones active now, and its own) for this pass."""
+    wrapped, seen = [], set()
+    pending = [root.creator for root in roots if root.creator is not None]
+    while pending:
+        function = pending.pop()
+        if function in seen:
+            continue
+        seen.add(function)
+        hooks = _hooks_of(function, _function_hooks)
+        if hooks:
+            function.backward = _hooked_backward(function, hooks, function.backward)
+            wrapped.append(function)
+        pending.extend(x.creator for x in function.inputs or () if x.creator is not None)
+    try:
+        _plain_calls['backprop'](roots, retain_grad)
+    finally:
+        for function in wrapped:
+            del function.backward         # the class's method again
+
+
+def _call_with_link_hooks(self, *args, **kwargs):
+    """Link.__call__ between the callbacks of the active link hooks."""
+    hooks = _hooks_of(self, _link_hooks)
+    if not hooks:
+        return _plain_calls['link'](self, *args, **kwargs)
+    before = _ForwardPreprocessCallbackArgs(self, 'forward', args, kwargs)
+    for hook in hooks:
+        hook.forward_preprocess(before)
+    out = _plain_calls['link'](self, *args, **kwargs)
+    after = _ForwardPostprocessCallbackArgs(self, 'forward', args, kwargs, out)
+    for hook in hooks:
+        hook.forward_postprocess(after)
+    return out
+
+
+def _add_local_hook(owner, kind, base, hook, name):
+    if not isinstance(hook, base):
+        raise TypeError('{}.add_hook: the hook must be a {}, not {}'.format(
+            type(owner).__name__, base.__name__, type(hook).__name__))
+    name = hook.name if name is None else name
+    hooks = owner.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+    if name in hooks:
+        raise KeyError('Hook {} already exists'.format(name))
+    hooks[name] = hook
+    _local_hooks[kind] += 1
+    _use_hooked_paths()
+    hook.added(owner)
+    return owner
+
+
+def _delete_local_hook(owner, kind, name):
+    hooks = owner.__dict__.get('_local_hooks') or {}
+    if name not in hooks:
+        raise KeyError('Hook {} does not exist'.format(name))
+    hooks.pop(name).deleted(owner)
+    _local_hooks[kind] -= 1
+    _use_hooked_paths()
+
+
+@_continue_class(Function)
+class _FunctionHooks:
+
+    @property
+    def local_function_hooks(self):
+        """The ordered dict of this function's own hooks, name -> FunctionHook.
+        Chainer: Function.local_function_hooks."""
+        return self.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+
+    def add_hook(self, hook, name=None):
+        """Register a FunctionHook for this function only, under `name` (default
+        hook.name). Raises TypeError for another object, KeyError for a name in
+        use. Chainer: Function.add_hook."""
+        _add_local_hook(self, 'function', FunctionHook, hook, name)
+
+    def delete_hook(self, name):
+        """Unregister this function's hook `name` (KeyError if there is none).
+        Chainer: Function.delete_hook."""
+        _delete_local_hook(self, 'function', name)
+
+
+@_continue_class(Link)
+class _LinkHooks:
+
+    @property
+    def local_link_hooks(self):
+        """The ordered dict of this link's own hooks, name -> LinkHook.
+        Chainer: Link.local_link_hooks."""
+        return self.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+
+    def add_hook(self, hook, name=None):
+        """Register a LinkHook for this link only, under `name` (default
+        hook.name); returns the link. Raises TypeError for another object,
+        KeyError for a name in use. Chainer: Link.add_hook."""
+        return _add_local_hook(self, 'link', LinkHook, hook, name)
+
+    def delete_hook(self, name):
+        """Unregister this link's hook `name` (KeyError if there is none).
+        Chainer: Link.delete_hook."""
+        _delete_local_hook(self, 'link', name)
+
+
+# ----- the hooks Chainer ships ----------------------------------------------------
+
+def _elapsed_timer(arrays):
+    """A function that returns the seconds since this call: host time on the
+    CPU, CUDA events on the GPU (they time the kernels, not their launch)."""
+    if cupy is not None and any(isinstance(a, cupy.ndarray) for a in arrays):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+
+        def elapsed():
+            stop.record()
+            stop.synchronize()
+            return cupy.cuda.get_elapsed_time(start, stop) / 1000
+        return elapsed
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+class _Timing:
+    """What both TimerHooks share: a stack of running timers (calls nest: a
+    Chain's call holds its links'), the history, the summary and the report."""
+
+    _kind = 'Function'
+    table = {'sec': 1, 'ms': 10 ** 3, 'us': 10 ** 6, 'ns': 10 ** 9}
+
+    def __init__(self):
+        self.call_history = []        # (name, seconds) per call, in order
+        self._running = []
+        self._total_time = 0.0
+
+    def _start(self, arrays):
+        self._running.append(_elapsed_timer(arrays))
+
+    def _stop(self, name):
+        elapsed = self._running.pop()()
+        self.call_history.append((name, elapsed))
+        if not self._running:         # the outermost call: nested ones are inside it
+            self._total_time += elapsed
+
+    def total_time(self):
+        """The seconds spent in the outermost timed calls."""
+        return self._total_time
+
+    def summary(self):
+        """{name: {'elapsed_time': seconds, 'occurrence': calls}}."""
+        summary = collections.OrderedDict()
+        for name, elapsed in self.call_history:
+            record = summary.setdefault(name, {'elapsed_time': 0, 'occurrence': 0})
+            record['elapsed_time'] += elapsed
+            record['occurrence'] += 1
+        return summary
+
+    @staticmethod
+    def _unit_for(seconds):
+        factor = 1
+        for unit in ('sec', 'ms', 'us'):
+            if seconds * factor >= 1:
+                return factor, unit
+            factor *= 1000.0
+        return factor, 'ns'
+
+    def print_report(self, unit='auto', file=sys.stdout):
+        """Write a table of name, total time and calls to `file`; unit 'sec',
+        'ms', 'us', 'ns', 'auto' (the largest entry's) or 'auto_foreach'."""
+        rows = [[self._kind + 'Name', 'ElapsedTime', 'Occurrence']]
+        summary = self.summary()
+        if unit == 'auto':
+            factor, unit = self._unit_for(max([r['elapsed_time'] for r in summary.values()]
+                                              or [0]))
+        elif unit != 'auto_foreach':
+            factor = self.table[unit]
+        for name, record in summary.items():
+            shown = unit
+            if unit == 'auto_foreach':
+                factor, shown = self._unit_for(record['elapsed_time'])
+            rows.append([name, '%3.2f%s' % (record['elapsed_time'] * factor, shown),
+                         str(record['occurrence'])])
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            file.write('  '.join(cell.rjust(width) for cell, width in zip(row, widths)) + '\n')
+        if hasattr(file, 'flush'):
+            file.flush()
+
+
+@_export('function_hooks', 'function_hooks.timer')
+class TimerHook(_Timing, FunctionHook):
+    """Times every forward and backward of the functions it hooks, by the
+    function's class name. `with TimerHook() as hook: ...`, then
+    hook.print_report(), hook.summary(), hook.total_time().
+    Chainer: chainer.function_hooks.TimerHook.
+    """
+
+    name = 'TimerHook'
+
+    def forward_preprocess(self, function, in_data):
+        self._start(in_data)
+
+    def forward_postprocess(self, function, in_data):
+        self._stop(type(function).__name__)
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self._start(in_data + tuple(out_grad))
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        self._stop(type(function).__name__)
+
+
+class _LinkTimerHook(_Timing, LinkHook):
+    """Times every call of the links it hooks, by the link's class name
+    (a Chain's time includes its links'). Chainer: chainer.link_hooks.TimerHook.
+    """
+
+    name = 'TimerHook'
+    _kind = 'Link'
+
+    def forward_preprocess(self, cb_args):
+        self._start([as_array(a) for a in cb_args.args])
+
+    def forward_postprocess(self, cb_args):
+        self._stop(type(cb_args.link).__name__)
+
+
+_LinkTimerHook.__name__ = _LinkTimerHook.__qualname__ = 'TimerHook'
+_export('link_hooks', 'link_hooks.timer', TimerHook=_LinkTimerHook)
+
+
+@_export('function_hooks', 'function_hooks.debug_print')
+class PrintHook(FunctionHook):
+    """Prints each hooked function's name and a description of its input
+    arrays before its forward, and of its inputs and output gradients before
+    its backward. PrintHook(sep=None, end='\\n', file=sys.stdout, flush=True).
+    Chainer: chainer.function_hooks.PrintHook.
+    """
+
+    name = 'PrintHook'
+
+    def __init__(self, sep=None, end='\n', file=sys.stdout, flush=True):
+        self.sep, self.end, self.file, self.flush = sep, end, file, flush
+
+    def _print(self, function, in_data, out_grad=None):
+        lines = ['function\t{}'.format(function.label), 'input data']
+        lines += ['(removed)' if x is None else _array_summary(x) for x in in_data]
+        if out_grad is not None:
+            lines.append('output gradient')
+            lines += ['None' if g is None else _array_summary(g) for g in out_grad]
+        self.file.write(''.join(line + self.end for line in lines))
+        if self.flush and hasattr(self.file, 'flush'):
+            self.file.flush()
+
+    def forward_preprocess(self, function, in_data):
+        self._print(function, in_data)
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self._print(function, in_data, out_grad)
+
+
+def _array_summary(a):
+    """Chainer's debug_print of an array, in one block: kind, shape, dtype, stats."""
+    xp = _xp(a)
+    lines = ['<variable at {:#x}>'.format(id(a)), '- device: {}'.format(
+        'CPU' if xp is np else 'GPU'), '- backend: {}'.format(type(a)),
+        '- shape: {}'.format(a.shape), '- dtype: {}'.format(a.dtype)]
+    if a.size and a.dtype.kind in 'fiub':
+        lines.append('- statistics: mean={:.8f}, std={:.8f}'.format(
+            float(a.mean()), float(a.std())))
+    return '\n'.join(lines)
+
+
+# Spectral normalization (Miyato et al., 2018) divides a weight W by its
+# largest singular value sigma(W), so that the layer is 1-Lipschitz:
+#     W_bar = W / sigma(W),   sigma(W) ~ u^T W v
+# u and v come from power iteration, one step per forward, continued from the
+# u of the last call (kept on the link as the persistent W_u).  The gradient
+# flows through sigma's product with W; u and v are constants to it.
+
+@_export('link_hooks', 'link_hooks.spectral_normalization')
+class SpectralNormalization(LinkHook):
+    """Link hook that replaces the link's weight by W / sigma(W) during each
+    call (sigma: the largest singular value, by n_power_iteration steps of
+    power iteration per call from the persistent vector `<weight_name>_u`).
+
+    SpectralNormalization(n_power_iteration=1, eps=1e-6, use_gamma=False,
+    factor=None, weight_name='W', name=None): use_gamma adds a Parameter
+    gamma (W's initial sigma) multiplying the result; factor divides sigma.
+    For Deconvolution links the output axis is 1.  Add it with
+    link.add_hook(hook); it cannot be a `with` block (NotImplementedError).
+    Raises ValueError for a link without the weight.
+    Chainer: chainer.link_hooks.SpectralNormalization.
+    """
+
+    name = 'SpectralNormalization'
+
+    def __init__(self, n_power_iteration=1, eps=1e-6, use_gamma=False, factor=None,
+                 weight_name='W', name=None):
+        if n_power_iteration < 1:
+            raise ValueError('SpectralNormalization: n_power_iteration must be at least 1, '
+                             'not {}'.format(n_power_iteration))
+        self.n_power_iteration, self.eps = n_power_iteration, eps
+        self.use_gamma, self.factor = use_gamma, factor
+        self.weight_name, self.vector_name = weight_name, weight_name + '_u'
+        self.axis = 0
+        self._initialized = False
+        if name is not None:
+            self.name = name
+
+    def __enter__(self):
+        raise NotImplementedError('SpectralNormalization is added to a link with '
+                                  'link.add_hook(hook), not used as a with block')
+
+    def __exit__(self, *exc_info):
+        raise NotImplementedError
+
+    def added(self, link):
+        if not hasattr(link, self.weight_name):
+            raise ValueError('SpectralNormalization: {} has no weight {!r}'.format(
+                type(link).__name__, self.weight_name))
+        if type(link).__name__.startswith('Deconvolution'):
+            self.axis = 1
+        if getattr(link, self.weight_name).array is not None:
+            self._prepare(link)
+
+    def deleted(self, link):
+        delattr(link, self.vector_name)
+        if self.use_gamma:
+            del link.gamma
+
+    def _prepare(self, link):
+        W = getattr(link, self.weight_name)
+        if W.shape[self.axis] == 0:
+            raise ValueError('SpectralNormalization: {}.shape[{}] must be > 0, not {}'.format(
+                self.weight_name, self.axis, W.shape))
+        xp = _xp(W.array)
+        setattr(link, self.vector_name,
+                xp.random.normal(size=(W.shape[self.axis],)).astype(W.dtype))
+        link.register_persistent(self.vector_name)
+        if self.use_gamma:
+            sigma = xp.linalg.svd(self.reshape_W(W.array), compute_uv=False)[0]
+            with link.init_scope():
+                link.gamma = Parameter(xp.asarray(sigma, dtype=W.dtype))
+        self._initialized = True
+
+    def reshape_W(self, W):
+        """W as a matrix, the output axis first (works on arrays and Variables)."""
+        if self.axis != 0:
+            W = W.transpose([self.axis] + [i for i in range(W.ndim) if i != self.axis])
+        return W if W.ndim == 2 else W.reshape(W.shape[0], -1)
+
+    def normalize_weight(self, link):
+        """W / sigma(W) (times gamma with use_gamma), a Variable of the graph;
+        in training mode the power iteration's new u is stored on the link."""
+        W = getattr(link, self.weight_name)
+        u = getattr(link, self.vector_name)
+        matrix = self.reshape_W(W)
+        data = matrix.array
+        xp = _xp(data)
+        for _ in range(self.n_power_iteration):
+            v = data.T.dot(u)
+            v /= xp.linalg.norm(v) + self.eps
+            u = data.dot(v)
+            u /= xp.linalg.norm(u) + self.eps
+        sigma = matmul(u[None], matmul(matrix, v[:, None]))      # u^T W v, (1, 1)
+        if self.factor is not None:
+            sigma = sigma / sigma.dtype.type(self.factor)
+        if self.use_gamma:
+            W = broadcast_to(reshape(link.gamma, (1,) * W.ndim), W.shape) * W
+        W = W / broadcast_to(reshape(sigma, (1,) * W.ndim), W.shape)
+        self.v = v
+        if config.train:
+            getattr(link, self.vector_name)[...] = u
+        return W
+
+    def forward_preprocess(self, cb_args):
+        link = cb_args.link
+        if getattr(link, self.weight_name).array is None:   # a lazily sized weight
+            with no_backprop_mode():
+                link.forward(*cb_args.args, **cb_args.kwargs)
+        if not self._initialized:
+            self._prepare(link)
+        self.original_weight = getattr(link, self.weight_name)
+        object.__setattr__(link, self.weight_name, self.normalize_weight(link))
+
+    def forward_postprocess(self, cb_args):
+        object.__setattr__(cb_args.link, self.weight_name, self.original_weight)
+
+
+# Weight standardization (Qiao et al., 2019) gives each output unit's
+# weights zero mean and unit variance, W_hat = (W - mean) / sqrt(var + eps)
+# over all but the output axis: group_normalization of W with one group,
+# W's first axis as the batch and its second as the channels.
+
+@_export('link_hooks', 'link_hooks.weight_standardization')
+class WeightStandardization(LinkHook):
+    """Link hook that replaces the link's weight, during each call, by the
+    weight standardized over each output unit (mean 0, variance 1, eps=1e-5
+    added to the variance), so gradients flow through the statistics.
+    WeightStandardization(*, eps=1e-5, weight_name='W', name=None); add it
+    with link.add_hook(hook), not as a `with` block (NotImplementedError).
+    Raises ValueError for a link without the weight.
+    Chainer: chainer.link_hooks.WeightStandardization.
+    """
+
+    name = 'WeightStandardization'
+
+    def __init__(self, *, eps=1e-5, weight_name='W', name=None):
+        self.eps, self.weight_name = eps, weight_name
+        if name is not None:
+            self.name = name
+
+    def __enter__(self):
+        raise NotImplementedError('WeightStandardization is added to a link with '
+                                  'link.add_hook(hook), not used as a with block')
+
+    def __exit__(self, *exc_info):
+        raise NotImplementedError
+
+    def added(self, link):
+        if not hasattr(link, self.weight_name):
+            raise ValueError('WeightStandardization: {} has no weight {!r}'.format(
+                type(link).__name__, self.weight_name))
+
+    def forward_preprocess(self, cb_args):
+        link = cb_args.link
+        if getattr(link, self.weight_name).array is None:   # a lazily sized weight
+            with no_backprop_mode():
+                link.forward(*cb_args.args, **cb_args.kwargs)
+        W = getattr(link, self.weight_name)
+        xp = _xp(W.array)
+        self.original_weight = W
+        object.__setattr__(link, self.weight_name, group_normalization(
+            W, 1, xp.ones(W.shape[1], W.dtype), xp.zeros(W.shape[1], W.dtype), self.eps))
+
+    def forward_postprocess(self, cb_args):
+        object.__setattr__(cb_args.link, self.weight_name, self.original_weight)
+
+
 # =============================================================================
 # Chapter 13. Serializers
 # =============================================================================
@@ -17067,12 +17681,13 @@ def _check_types_forward(function, in_data):
 
 
 def _calling_with_type_check(call):
-    """`call` (a Function's __call__) preceded by the class's check_type_forward."""
+    """`call` (a class's own __call__; None: Function's, looked up at each call,
+    as hooks swap it, Chapter 12) preceded by the class's check_type_forward."""
     def __call__(self, *inputs):
         if config.type_check:
             _check_types_forward(self, tuple(x.data if isinstance(x, Variable) else x
                                              for x in inputs))
-        return call(self, *inputs)
+        return (call or Function.__call__)(self, *inputs)
     __call__._checks_types = True
     __call__.__doc__ = call.__doc__
     return __call__
@@ -17092,7 +17707,8 @@ class _FunctionTypeCheck:
         super(Function, cls).__init_subclass__(**kwargs)
         if cls.check_type_forward is not Function.check_type_forward and \
                 not getattr(cls.__call__, '_checks_types', False):
-            cls.__call__ = _calling_with_type_check(cls.__call__)
+            own = cls.__call__ if cls.__call__ is not Function.__call__ else None
+            cls.__call__ = _calling_with_type_check(own)
 
 
 # Chainer's names for them (the module-level ones here are private: `Constant`,
@@ -17392,7 +18008,7 @@ _OUT_OF_SCOPE = {
     'multi': 'multi-GPU / multi-process training is out of scope; use one device',
     'rnn': 'recurrent networks (LSTM/GRU and friends) are out of scope',
     'double': 'FunctionNode and double backprop are out of scope; write a Function (Chapter 3)',
-    'hooks': 'function and link hooks are out of scope',
+    'hooks': 'the CUDA profiling hooks are not provided; use function_hooks.TimerHook',
     'hdf5': 'HDF5 files are out of scope (they need h5py); use save_npz/load_npz',
     'static': 'static-graph optimization is out of scope',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
@@ -17636,7 +18252,7 @@ disable_experimental_feature_warning = False
 _not_supported(
     _this_module,
     chainerx='Fallback get_compute_mode', double='FunctionNode FunctionAdapter grad',
-    hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
+    mixed16='mixed16',
     static='static_graph static_code')
 
 
@@ -17647,13 +18263,11 @@ _not_supported(
 _not_supported(
     variable,
     double='VariableNode', missing='variable_repr variable_str')
-_not_supported(function, double='FunctionAdapter', hooks='FunctionHook')
-for _name in ('function_hooks', 'link_hooks'):
-    _out_of_scope_module(_name, 'hooks')
+_not_supported(function, double='FunctionAdapter')
+_not_supported(function_hooks, hooks='CUDAProfileHook CupyMemoryProfileHook')
 _out_of_scope_module('function_node', 'double')
 _out_of_scope_module('graph_optimizations', 'static')
 _out_of_scope_module('testing', 'testing')
-del _name
 
 
 _not_supported(
@@ -17833,7 +18447,6 @@ Link.addgrads = _link_addgrads
 for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
                            (Link, 'to_chx from_chx', 'chainerx'),
                            (Variable, 'to_intel64', 'ideep'), (Link, 'to_intel64', 'ideep'),
-                           (Link, 'add_hook delete_hook', 'hooks'),
                            (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
     for _name in _names.split():
         if not hasattr(_cls, _name):

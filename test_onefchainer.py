@@ -6328,6 +6328,184 @@ def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
     assert f32_link.w.dtype == np.float32 and opt.target.w.update_rule.state['m'].dtype == np.float32
 
 
+# ----- function hooks and link hooks -------------------------------------------------
+
+class _RecordingHook(chainer.FunctionHook):
+    name = 'Recording'
+
+    def __init__(self):
+        self.log = []
+
+    def added(self, function):
+        self.log.append(('added', function is None))
+
+    def deleted(self, function):
+        self.log.append(('deleted', function is None))
+
+    def forward_preprocess(self, function, in_data):
+        self.log.append(('forward', type(function).__name__, [a.shape for a in in_data]))
+
+    def forward_postprocess(self, function, in_data):
+        self.log.append(('forward done', type(function).__name__))
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self.log.append(('backward', type(function).__name__, [g.shape for g in out_grad]))
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        self.log.append(('backward done', type(function).__name__))
+
+
+def test_function_hooks_wrap_forward_and_backward_and_cost_nothing_after():
+    plain_call, plain_backprop = Function.__call__, chainer._backprop
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    x = dev(np.ones((4, 3), np.float32))
+    hook = _RecordingHook()
+    with hook:
+        assert chainer.get_function_hooks() == {'Recording': hook}
+        y = F.sum(F.relu(link(x)))
+        y.backward()
+        with pytest.raises(KeyError, match='hook Recording already exists'):
+            with _RecordingHook():
+                pass
+    # what Chainer 7.8.1 reports for the same program, less the functions its
+    # backward calls (its backward is made of functions; here it is arrays)
+    assert hook.log == [
+        ('added', True), ('forward', 'LinearFunction', [(4, 3), (2, 3), (2,)]),
+        ('forward done', 'LinearFunction'), ('forward', 'ReLU', [(4, 2)]),
+        ('forward done', 'ReLU'), ('forward', 'Sum', [(4, 2)]), ('forward done', 'Sum'),
+        ('backward', 'Sum', [()]), ('backward done', 'Sum'), ('backward', 'ReLU', [(4, 2)]),
+        ('backward done', 'ReLU'), ('backward', 'LinearFunction', [(4, 2)]),
+        ('backward done', 'LinearFunction'), ('deleted', True)]
+    assert Function.__call__ is plain_call and chainer._backprop is plain_backprop
+    assert chainer.get_function_hooks() == {}
+    # a hook of one function only: its own calls, not the others'
+    relu = chainer.functions.activation.relu.ReLU()
+    local = _RecordingHook()
+    relu.add_hook(local)
+    assert relu.local_function_hooks == {'Recording': local}
+    y = F.sum(relu(link(x)))
+    y.backward()
+    assert [entry[:2] for entry in local.log] == [
+        ('added', False), ('forward', 'ReLU'), ('forward done', 'ReLU'), ('backward', 'ReLU'),
+        ('backward done', 'ReLU')]
+    assert 'backward' not in vars(relu)           # the pass's wrapper is gone
+    with pytest.raises(KeyError, match='Hook Recording already exists'):
+        relu.add_hook(_RecordingHook())
+    with pytest.raises(TypeError, match='must be a FunctionHook'):
+        relu.add_hook(object())
+    relu.delete_hook('Recording')
+    assert local.log[-1] == ('deleted', False)
+    with pytest.raises(KeyError, match='Hook Recording does not exist'):
+        relu.delete_hook('Recording')
+    assert Function.__call__ is plain_call and chainer._backprop is plain_backprop
+
+
+def test_timer_and_print_hooks_report_each_function():
+    from onefchainer import function_hooks, link_hooks
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    x = dev(np.ones((4, 3), np.float32))
+    with function_hooks.TimerHook() as timer:
+        for _ in range(3):
+            F.sum(link(x)).backward()
+    summary = timer.summary()
+    assert list(summary) == ['LinearFunction', 'Sum']
+    assert [r['occurrence'] for r in summary.values()] == [6, 6]    # forward and backward
+    assert 0 < timer.total_time() <= sum(t for _, t in timer.call_history) + 1e-9
+    report = io.StringIO()
+    timer.print_report(unit='us', file=report)
+    lines = report.getvalue().splitlines()
+    assert lines[0].split() == ['FunctionName', 'ElapsedTime', 'Occurrence']
+    assert lines[1].split()[0] == 'LinearFunction' and lines[1].split()[1].endswith('us')
+    assert lines[1].split()[2] == '6' and len(set(len(line) for line in lines)) == 1
+    printed = io.StringIO()
+    with function_hooks.PrintHook(file=printed):
+        F.sum(link(x)).backward()
+    text = printed.getvalue()
+    assert text.count('function\t') == 4 and text.count('output gradient') == 2
+    assert '- shape: (4, 3)' in text and 'statistics: mean=1.00000000, std=0.00000000' in text
+    with link_hooks.TimerHook() as link_timer:
+        link(x)
+        link(x)
+    assert {name: r['occurrence'] for name, r in link_timer.summary().items()} == {'Linear': 2}
+    report = io.StringIO()
+    link_timer.print_report(file=report)
+    assert report.getvalue().split()[0] == 'LinkName'
+
+
+class _LinkRecorder(chainer.LinkHook):
+    name = 'LinkRecorder'
+
+    def __init__(self):
+        self.log = []
+
+    def added(self, link):
+        self.log.append(('added', type(link).__name__))
+
+    def deleted(self, link):
+        self.log.append(('deleted', type(link).__name__))
+
+    def forward_preprocess(self, cb_args):
+        self.log.append(('pre', type(cb_args.link).__name__, cb_args.forward_name,
+                         len(cb_args.args), sorted(cb_args.kwargs)))
+
+    def forward_postprocess(self, cb_args):
+        self.log.append(('post', type(cb_args.link).__name__, cb_args.out.shape))
+
+
+def test_link_hooks_global_and_local():
+    plain_call = Link.__call__
+    link, other = L.Linear(3, 2), L.Linear(3, 2)
+    x = np.ones((4, 3), np.float32)
+    with _LinkRecorder() as hook:
+        link(x, n_batch_axes=1)
+    # the same log as Chainer 7.8.1's for this program
+    assert hook.log == [('added', 'NoneType'), ('pre', 'Linear', 'forward', 1, ['n_batch_axes']),
+                        ('post', 'Linear', (4, 2)), ('deleted', 'NoneType')]
+    assert Link.__call__ is plain_call
+    local = _LinkRecorder()
+    assert link.add_hook(local) is link
+    link(x)
+    other(x)
+    assert local.log == [('added', 'Linear'), ('pre', 'Linear', 'forward', 1, []),
+                         ('post', 'Linear', (4, 2))]
+    link.delete_hook('LinkRecorder')
+    assert link.local_link_hooks == {} and Link.__call__ is plain_call
+    with pytest.raises(TypeError, match='must be a LinkHook'):
+        link.add_hook(_RecordingHook())
+
+
+def test_spectral_normalization_and_weight_standardization_match_chainer_781():
+    # testdata/chainer781/link_hook_cases.py, run on Chainer 7.8.1 and here:
+    # outputs in train and test mode, the power iteration's u, gradients
+    from onefchainer import link_hooks
+    import link_hook_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = link_hook_cases.link_hook_cases(chainer, L, F, link_hooks, np.random.RandomState(7814))
+    expected = {key[len('link_hooks/'):]: reference[key] for key in reference.files
+                if key.startswith('link_hooks/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # lazily sized links, errors, and deleting the hook
+    link = L.Linear(None, 4)
+    hook = link_hooks.SpectralNormalization()
+    link.add_hook(hook)
+    y = link(np.ones((2, 3), np.float32))
+    assert y.shape == (2, 4) and link.W_u.shape == (4,) and isinstance(link.W, chainer.Parameter)
+    sigma = np.linalg.svd(link.W.array, compute_uv=False)[0]
+    for _ in range(30):        # power iteration converges: W / sigma has norm 1
+        link(np.ones((2, 3), np.float32))
+    assert abs(float(hook.normalize_weight(link).array.dot(hook.v).dot(link.W_u)) - 1) < 1e-4
+    assert abs(np.linalg.norm(link.W.array, 2) - sigma) < 1e-5     # W itself is untouched
+    link.delete_hook('SpectralNormalization')
+    assert not hasattr(link, 'W_u')
+    with pytest.raises(ValueError, match='Linear has no weight'):
+        L.Linear(2, 3).add_hook(link_hooks.SpectralNormalization(weight_name='V'))
+    with pytest.raises(NotImplementedError, match='add_hook'):
+        with link_hooks.SpectralNormalization():
+            pass
+
+
 # =============================================================================
 # Chapter 13. Serializers
 # =============================================================================
@@ -10448,8 +10626,8 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
     module, name) == 'provided') for module, names in CHAINER_781_NAMES.items()})
 # Out of scope by design: each must raise NotSupportedError naming itself.
 CHAINER_OUT_OF_SCOPE = {
-    '': 'Fallback FunctionAdapter FunctionHook FunctionNode LinkHook '
-        'get_compute_mode get_function_hooks grad mixed16 '
+    '': 'Fallback FunctionAdapter FunctionNode '
+        'get_compute_mode grad mixed16 '
         'static_code static_graph',
     'functions': 'lstm slstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru n_step_rnn '
                  'n_step_birnn tree_lstm zoneout crf1d argmax_crf1d',
@@ -10468,8 +10646,7 @@ CHAINER_OUT_OF_SCOPE = {
     'gradient_check': 'check_double_backward',
     'variable': 'VariableNode',
     'chainerx': 'ndarray array zeros get_device',
-    'function_hooks': 'TimerHook PrintHook',
-    'link_hooks': 'SpectralNormalization',
+    'function_hooks': 'CUDAProfileHook CupyMemoryProfileHook',
     'testing': 'parameterize product',
     'backends.intel64': 'Intel64Device ideep',
 }
@@ -10736,7 +10913,7 @@ def test_variable_and_link_methods_chainer_programs_call():
     np.testing.assert_allclose(host(one.W.grad), 2 * host(two.W.grad))
     with pytest.raises(chainer.NotSupportedError, match='Variable.to_chx .*ChainerX'):
         a.to_chx()
-    with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
+    with pytest.raises(TypeError, match='Linear.add_hook: the hook must be a LinkHook'):
         one.add_hook(None)
 
 

@@ -7,6 +7,7 @@ Writes into outdir (default: this file's folder):
              and str() of a few expressions
   misc.npz   inputs and Chainer's outputs and gradients (see each section):
              distributions/*  distribution_cases.run_cases on Chainer
+             link_hooks/*     link_hook_cases.link_hook_cases on Chainer
 Only Chainer's public API is called.
 """
 import json
@@ -65,6 +66,18 @@ import chainer.distributions as D        # noqa: E402
 import chainer.functions as F            # noqa: E402
 from distribution_cases import run_cases  # noqa: E402
 arrays.update(('distributions/' + key, value) for key, value in run_cases(chainer, D, F).items())
+
+
+# ----- link hooks: SpectralNormalization and WeightStandardization -----
+import chainer.links as L                  # noqa: E402
+from chainer import link_hooks             # noqa: E402
+
+
+from link_hook_cases import link_hook_cases   # noqa: E402
+
+
+arrays.update(('link_hooks/' + key, value) for key, value in link_hook_cases(
+    chainer, L, F, link_hooks, np.random.RandomState(7814)).items())
 
 
 if __name__ == '__main__':
