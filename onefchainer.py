@@ -7475,6 +7475,8 @@ class Deconvolution2DFunction(Function):
         # The patches of gy that the forward pass stamped, one column per x pixel.
         col = _patches(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
                        dilate=self.dilate)
+        if col.shape[4:] != (h, w):     # cover_all for one axis gave the other one extra windows
+            col = col[:, :, :, :, :h, :w]
         col = col.transpose(1, 2, 3, 0, 4, 5).reshape(g, W[0].size, n * h * w)  # (G, O/G*kh*kw, P)
         x2 = x.transpose(1, 0, 2, 3).reshape(g, in_channels // g, -1)
         gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
@@ -8176,6 +8178,214 @@ def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
     unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
     _spatial_ndim('average_pooling_3d', x, 3)
     return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
+def _deconv_outsize(label, x_shape, ksize, stride, pad, dilate, outsize):
+    """The output lengths of a transposed convolution (each the inverse of the
+    convolution rule, or outsize, checked to map back onto x), and whether the
+    convolution back onto x needs cover_all."""
+    if min(stride + dilate) < 1 or min(pad) < 0:
+        raise ValueError('{}: stride and dilate must be >= 1 and pad >= 0, got stride {}, '
+                         'pad {}, dilate {}'.format(label, stride, pad, dilate))
+    sizes, cover_all = [], False
+    for axis, (size, k, s, p, d) in enumerate(zip(x_shape[2:], ksize, stride, pad, dilate)):
+        out = s * (size - 1) + (k - 1) * d + 1 - 2 * p if outsize is None else outsize[axis]
+        low, high = _conv_outsize(out, k, s, p, False, d), _conv_outsize(out, k, s, p, True, d)
+        if out < 1 or not low <= size <= high:
+            raise ValueError(
+                '{}: no output size fits: x.shape {} with kernel {}, stride {}, pad {}, '
+                'dilate {} gives {} along axis {}{}'.format(
+                    label, tuple(x_shape), ksize, stride, pad, dilate, out, axis + 2,
+                    '' if outsize is None else ' (outsize {}), which a convolution maps to '
+                    '{}, not {}'.format(outsize, low if low == high else
+                                        '{} or {}'.format(low, high), size)))
+        cover_all = cover_all or size != low
+        sizes.append(out)
+    return tuple(sizes), cover_all
+
+
+@_export('functions.connection.deconvolution_nd')
+class DeconvolutionNDFunction(Function):
+    """Function node of deconvolution_nd: Deconvolution2DFunction with d
+    spatial axes (col2im by _col2im_nd, im2col by _patches_nd).
+    Chainer: chainer.functions.connection.deconvolution_nd.DeconvolutionND.
+    """
+
+    label = 'deconvolution_nd'
+
+    def __init__(self, ndim, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+        self.ndim = ndim
+        self.stride = _ntuple(stride, ndim, 'stride', self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', self.label)
+        self.dilate = _ntuple(dilate, ndim, 'dilate', self.label)
+        self.groups = _positive_int(self.label, 'groups', groups)
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        d, g = self.ndim, self.groups
+        if x.ndim != d + 2 or W.ndim != d + 2:
+            raise ValueError('deconvolution_nd: x and W must both be {}-D ((batch, channels, '
+                             'spatial...) and (in_channels, out_channels / groups, k...)), got '
+                             'x.shape {}, W.shape {}'.format(d + 2, x.shape, W.shape))
+        outs, self.cover_all = _deconv_outsize(self.label, x.shape, W.shape[2:], self.stride,
+                                               self.pad, self.dilate, self.outsize)
+        if x.shape[1] != W.shape[0] or W.shape[0] % g:
+            raise ValueError('deconvolution_nd: x has {} channels but W expects {} (x.shape '
+                             '{}, W.shape {}, groups {}; W.shape[0] must divide by groups)'
+                             .format(x.shape[1], W.shape[0], x.shape, W.shape, g))
+        if x.dtype != W.dtype or b is not None and b.dtype != x.dtype:
+            W, b = _in_dtype_of(self, x, W, b)
+        out_channels = W.shape[1] * g
+        if b is not None and b.shape != (out_channels,):
+            raise ValueError('deconvolution_nd: b.shape {} != (W.shape[1] * groups,) = ({},)'
+                             .format(b.shape, out_channels))
+        n, in_channels = x.shape[:2]
+        x2 = x.transpose(_to_front(d + 2, 1, 0)).reshape(g, in_channels // g, -1)
+        gcol = (W.reshape(g, in_channels // g, -1).swapaxes(1, 2) @ x2).reshape(
+            (out_channels,) + W.shape[2:] + (n,) + x.shape[2:])
+        # (O, N, k1..kd, s1..sd): the layout col2im reads, O in the batch's place
+        y = _col2im_nd(gcol.transpose(_to_front(2 * d + 2, 0, d + 1)), outs, self.stride,
+                       self.pad, self.dilate)
+        if b is not None:
+            y += b.reshape((-1,) + (1,) * (d + 1))
+        return y.transpose(_to_front(d + 2, 1, 0)),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[0], inputs[1]
+        gy, = grad_outputs
+        d, g = self.ndim, self.groups
+        n, in_channels = x.shape[:2]
+        # The windows of gy that forward stamped, one column per pixel of x.
+        col = _patches_nd(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
+                          dilate=self.dilate)
+        if col.shape[2 + d:] != x.shape[2:]:    # cover_all for one axis: extra windows on others
+            col = col[(Ellipsis,) + tuple(slice(size) for size in x.shape[2:])]
+        order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+        col = col.transpose(order).reshape(g, W[0].size, -1)
+        x2 = x.transpose(_to_front(d + 2, 1, 0)).reshape(g, in_channels // g, -1)
+        gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
+        gx = (W.reshape(g, in_channels // g, -1) @ col).reshape(
+            (in_channels, n) + x.shape[2:]).transpose(_to_front(d + 2, 1, 0))
+        if len(inputs) == 3:
+            return gx, gW, gy.sum(axis=(0,) + tuple(range(2, d + 2)))
+        return gx, gW
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_nd(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """N-dimensional transposed convolution: the adjoint of convolution_nd with the same W.
+
+    x: (N, C, s1, ..., sd); W: (C, out_channels / groups, k1, ..., kd); b:
+    (out_channels,) or None.  stride, pad, dilate: an int or d ints.  Each
+    output length is stride (s - 1) + (k - 1) dilate + 1 - 2 pad, or
+    outsize (d ints), which may differ from that by up to stride - 1 either
+    way.  d = 2 gives deconvolution_2d.  Returns (N, out_channels, o1, ...,
+    od).  Raises ValueError for x and W of different ndim, a channel mismatch
+    or an outsize a convolution would not map back to x's size.
+    Chainer: chainer.functions.deconvolution_nd.
+    """
+    ndim = _spatial_ndim('deconvolution_nd', x)
+    function = DeconvolutionNDFunction(ndim, stride, pad, outsize, dilate, groups)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_1d(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """deconvolution_nd of signals: x (N, C, L), W (C, out_channels / groups, k).
+    Raises ValueError unless x is 3-D. Chainer: chainer.functions.deconvolution_1d."""
+    _spatial_ndim('deconvolution_1d', x, 1)
+    return deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups)
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_3d(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """deconvolution_nd of volumes: x (N, C, D, H, W), W (C, out_channels /
+    groups, kd, kh, kw). Raises ValueError unless x is 5-D.
+    Chainer: chainer.functions.deconvolution_3d."""
+    _spatial_ndim('deconvolution_3d', x, 3)
+    return deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups)
+
+
+@_export('functions.pooling.unpooling_nd')
+class UnpoolingND(Function):
+    """Function node of unpooling_nd: Unpooling2D with d spatial axes.
+    Chainer: chainer.functions.pooling.unpooling_nd.UnpoolingND.
+    """
+
+    label = 'unpooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                               self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float(self.label, x)
+        if x.ndim != self.ndim + 2:
+            raise ValueError('{}: x must be {}-D (batch, channels, spatial...), got shape {}'
+                             .format(self.label, self.ndim + 2, x.shape))
+        if min(self.ksize + self.stride) < 1 or min(self.pad) < 0:
+            raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize {}, '
+                             'stride {}, pad {}'.format(self.label, self.ksize, self.stride,
+                                                        self.pad))
+        outs = []
+        for axis, (size, k, s, p) in enumerate(zip(x.shape[2:], self.ksize, self.stride,
+                                                   self.pad)):
+            out = (s * (size - 1) + k - 2 * p - (s - 1 if self.cover_all else 0)
+                   if self.outsize is None else self.outsize[axis])
+            if out < 1 or _conv_outsize(out, k, s, p, self.cover_all) != size:
+                raise ValueError('{}: output size {} along axis {} does not pool back to x\'s '
+                                 '{} (x.shape {}, ksize {}, stride {}, pad {}, outsize {}, '
+                                 'cover_all {})'.format(self.label, out, axis + 2, size,
+                                                        x.shape, self.ksize, self.stride,
+                                                        self.pad, self.outsize, self.cover_all))
+            outs.append(out)
+        d = self.ndim
+        col = _xp(x).broadcast_to(x[(slice(None), slice(None)) + (None,) * d],
+                                  x.shape[:2] + self.ksize + x.shape[2:])
+        return _col2im_nd(col, tuple(outs), self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):       # each copy's gradient flows back
+        windows = _patches_nd(grad_outputs[0], self.ksize, self.stride, self.pad,
+                              self.cover_all)
+        return windows.sum(axis=tuple(range(2, 2 + self.ndim))),
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_nd(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Copy every element of x (N, C, s1, ..., sd) into its whole ksize window
+    of a larger array (overlapping copies add up): unpooling_2d with d axes.
+    ksize, stride, pad: an int or d ints (stride None: ksize).  Each output
+    length is stride (s - 1) + k - 2 pad, less stride - 1 when cover_all (the
+    default), or outsize.  Raises ValueError for an outsize pooling would not
+    bring back to x's size; TypeError on an integer x.
+    Chainer: chainer.functions.unpooling_nd.
+    """
+    return UnpoolingND(_spatial_ndim('unpooling_nd', x), ksize, stride, pad, outsize,
+                       cover_all)(x)
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_1d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """unpooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
+    3-D. Chainer: chainer.functions.unpooling_1d."""
+    _spatial_ndim('unpooling_1d', x, 1)
+    return unpooling_nd(x, ksize, stride, pad, outsize, cover_all)
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_3d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """unpooling_nd of a volume x (N, C, D, H, W).  Raises ValueError unless
+    x is 5-D. Chainer: chainer.functions.unpooling_3d."""
+    _spatial_ndim('unpooling_3d', x, 3)
+    return unpooling_nd(x, ksize, stride, pad, outsize, cover_all)
 
 
 # ----- batch normalization -------------------------------------------------------
@@ -9127,6 +9337,84 @@ class Convolution3D(ConvolutionND):
                  initialW=None, initial_bias=None, cover_all=False, dilate=1, groups=1):
         super().__init__(3, in_channels, out_channels, ksize, stride, pad, nobias, initialW,
                          initial_bias, cover_all, dilate, groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class DeconvolutionND(Link):
+    """An N-dimensional transposed convolution layer: owns W (in_channels,
+    out_channels / groups, k1..kd) and b.
+
+    DeconvolutionND(ndim, in_channels, out_channels, ksize=None, stride=1,
+    pad=0, nobias=False, outsize=None, initialW=None, initial_bias=None,
+    dilate=1, groups=1), the short form (ndim, out_channels, ksize), or
+    in_channels=None, read from the first input.  W starts LeCunNormal, b
+    zero; saved keys W, b.  Calling it on x (N, C, s1..sd) returns
+    F.deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups).
+    Raises ValueError when a channel count does not divide by groups.
+    Chainer: chainer.links.DeconvolutionND.
+    """
+
+    def __init__(self, ndim, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 nobias=False, outsize=None, initialW=None, initial_bias=None, dilate=1,
+                 groups=1):
+        super().__init__()
+        if ksize is None:                      # the short form (ndim, out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        label = type(self).__name__
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', label)
+        self.stride = _ntuple(stride, ndim, 'stride', label)
+        self.pad = _ntuple(pad, ndim, 'pad', label)
+        self.dilate = _ntuple(dilate, ndim, 'dilate', label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', label)
+        self.groups = _positive_int(label, 'groups', groups)
+        _check_link_groups(label, out_channels, self.groups, 'out_channels')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_channels is not None:
+                self._initialize_params(in_channels, np)
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_channels)
+
+    def _initialize_params(self, in_channels, xp):
+        _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
+        self.in_channels = in_channels
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = _input_data(type(self).__name__, x)
+            _spatial_ndim(type(self).__name__, data, self.ndim)
+            self._initialize_params(data.shape[1], _xp(data))
+        return deconvolution_nd(x, self.W, self.b, self.stride, self.pad, self.outsize,
+                                self.dilate, self.groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class Deconvolution1D(DeconvolutionND):
+    """DeconvolutionND with ndim=1: W (in_channels, out_channels / groups, k).
+    Deconvolution1D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with DeconvolutionND's other arguments. Chainer: chainer.links.Deconvolution1D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 outsize=None, initialW=None, initial_bias=None, dilate=1, groups=1):
+        super().__init__(1, in_channels, out_channels, ksize, stride, pad, nobias, outsize,
+                         initialW, initial_bias, dilate, groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class Deconvolution3D(DeconvolutionND):
+    """DeconvolutionND with ndim=3: W (in_channels, out_channels / groups, kd, kh, kw).
+    Deconvolution3D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with DeconvolutionND's other arguments. Chainer: chainer.links.Deconvolution3D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 outsize=None, initialW=None, initial_bias=None, dilate=1, groups=1):
+        super().__init__(3, in_channels, out_channels, ksize, stride, pad, nobias, outsize,
+                         initialW, initial_bias, dilate, groups)
 
 
 @_export('links', 'links.normalization.batch_normalization')
@@ -18282,11 +18570,8 @@ _not_supported(
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
-            'deconvolution_1d '
-            'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
-            'local_convolution_2d '
-            'unpooling_1d unpooling_3d '
-            'unpooling_nd')
+            'deformable_convolution_2d_sampler '
+            'local_convolution_2d')
 _not_supported(
     links,
     rnn='LSTM GRU StatefulGRU StatelessGRU StatefulMGU StatelessMGU StatefulPeepholeLSTM '
@@ -18296,8 +18581,7 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
-            'InceptionBN NegativeSampling TheanoFunction Deconvolution1D Deconvolution3D '
-            'DeconvolutionND '
+            'InceptionBN NegativeSampling TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 

@@ -5364,6 +5364,84 @@ def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
     np.testing.assert_array_equal(other.W.data, c3.W.data)
 
 
+# ----- N-D deconvolution and unpooling -------------------------------------------
+
+def test_deconvolution_nd_and_unpooling_nd_match_chainer_781():
+    # testdata/chainer781/nd_cases.py, run on Chainer 7.8.1 and here: 1-, 2- and
+    # 3-D, outsize, groups and dilation; outputs and gradients
+    import nd_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = nd_cases.run_nd_cases(chainer, F)
+    expected = {key[3:]: reference[key] for key in reference.files if key.startswith('nd/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize('x_shape,w_shape,kw', [
+    ((2, 3, 5), (3, 2, 3), dict(stride=2, pad=1)),
+    ((2, 4, 3, 5), (4, 3, 3, 2), dict(stride=(2, 3), pad=(0, 1), outsize=(6, 14))),
+    ((1, 4, 2, 3, 2), (4, 1, 2, 2, 3), dict(stride=(1, 2, 1), dilate=(2, 1, 1), groups=2)),
+])
+def test_deconvolution_nd_gradients_and_2d_agreement(x_shape, w_shape, kw):
+    x, W = f64(*x_shape), f64(*w_shape)
+    b = f64(w_shape[1] * kw.get('groups', 1))
+    y = F.deconvolution_nd(dev(x), dev(W), dev(b), **kw)
+    gradient_check.check_backward(lambda x, W, b: F.deconvolution_nd(x, W, b, **kw),
+                                  (dev(x), dev(W), dev(b)), dev(f64(*y.shape)))
+    if len(x_shape) == 4:     # the same numbers as deconvolution_2d, whose backward had
+        # failed when cover_all held for one axis only (outsize (6, 14)), as Chainer's does
+        np.testing.assert_allclose(host(y), host(F.deconvolution_2d(dev(x), dev(W), dev(b),
+                                                                    **kw)))
+        gradient_check.check_backward(lambda x, W, b: F.deconvolution_2d(x, W, b, **kw),
+                                      (dev(x), dev(W), dev(b)), dev(f64(*y.shape)))
+    with pytest.raises(ValueError, match='deconvolution_nd: x has 5 channels but W expects'):
+        F.deconvolution_nd(dev(f64(*((x_shape[0], 5) + x_shape[2:]))), dev(W))
+
+
+@pytest.mark.parametrize('x_shape,kw', [
+    ((2, 3, 5), dict(ksize=3, stride=2, pad=1)),
+    ((2, 2, 3, 4), dict(ksize=(2, 3), stride=(1, 2), outsize=(4, 8))),
+    ((1, 2, 2, 3, 2), dict(ksize=2, cover_all=False)),
+])
+def test_unpooling_nd_gradients_and_2d_agreement(x_shape, kw):
+    x = f64(*x_shape)
+    y = F.unpooling_nd(dev(x), **kw)
+    gradient_check.check_backward(lambda x: F.unpooling_nd(x, **kw), dev(x),
+                                  dev(f64(*y.shape)))
+    if len(x_shape) == 4:
+        np.testing.assert_array_equal(host(y), host(F.unpooling_2d(dev(x), **kw)))
+    with pytest.raises(ValueError, match='unpooling_nd: output size 20 along axis 2'):
+        F.unpooling_nd(dev(x), **dict(kw, outsize=(20,) * (len(x_shape) - 2)))
+    with pytest.raises(ValueError, match='unpooling_1d: x must have 1 spatial axes'):
+        F.unpooling_1d(dev(f64(1, 2, 3, 3)), 2)
+
+
+def test_deconvolution_nd_links_shapes_npz_keys_and_lazy_size(tmp_path):
+    link = L.DeconvolutionND(3, 4, 6, 3, stride=2, pad=1, groups=2).to_device(TEST_DEVICE)
+    assert link.W.shape == (4, 3, 3, 3, 3) and link.b.shape == (6,)
+    x = dev(f32(2, 4, 2, 3, 2))
+    y = link(x)
+    assert y.shape == (2, 6, 3, 5, 3) and y.dtype == np.float32
+    np.testing.assert_allclose(host(y), host(F.deconvolution_nd(x, link.W, link.b, 2, 1,
+                                                                groups=2)))
+    lazy = L.DeconvolutionND(1, 5, 2, nobias=True)      # the short form, in_channels lazily
+    assert lazy.W.data is None and lazy.b is None
+    assert lazy(dev(f32(2, 3, 7))).shape == (2, 5, 8) and lazy.W.shape == (3, 5, 2)
+    d1 = L.Deconvolution1D(3, 4, 3, stride=2, outsize=(10,))
+    d3 = L.Deconvolution3D(2, 4, (1, 2, 3))
+    assert d1.W.shape == (3, 4, 3) and d3.W.shape == (2, 4, 1, 2, 3)
+    assert d1(f32(1, 3, 4)).shape == (1, 4, 10)
+    with pytest.raises(ValueError, match=r'Deconvolution1D: x must have 1 spatial axes'):
+        L.Deconvolution1D(None, 4, 3)(f32(1, 3, 5, 5))
+    serializers.save_npz(str(tmp_path / 'd.npz'), d3)
+    with np.load(str(tmp_path / 'd.npz')) as npz:
+        assert set(npz.files) == {'W', 'b'}
+    other = L.Deconvolution3D(2, 4, (1, 2, 3))
+    serializers.load_npz(str(tmp_path / 'd.npz'), other)
+    np.testing.assert_array_equal(other.W.data, d3.W.data)
+
+
 def _pool_loop(x, ksize, stride, pad, reduce, pad_value, cover_all=False):
     """Each window of x reduced, windows placed by the one-axis size rule;
     pixels outside x take pad_value (None: left out)."""

@@ -8,6 +8,7 @@ Writes into outdir (default: this file's folder):
   misc.npz   inputs and Chainer's outputs and gradients (see each section):
              distributions/*  distribution_cases.run_cases on Chainer
              link_hooks/*     link_hook_cases.link_hook_cases on Chainer
+             nd/*             nd_cases.run_nd_cases on Chainer
 Only Chainer's public API is called.
 """
 import json
@@ -78,6 +79,11 @@ from link_hook_cases import link_hook_cases   # noqa: E402
 
 arrays.update(('link_hooks/' + key, value) for key, value in link_hook_cases(
     chainer, L, F, link_hooks, np.random.RandomState(7814)).items())
+
+
+# ----- N-D deconvolution and unpooling: nd_cases.py, the same program the tests run -----
+from nd_cases import run_nd_cases          # noqa: E402
+arrays.update(('nd/' + key, value) for key, value in run_nd_cases(chainer, F).items())
 
 
 if __name__ == '__main__':
