@@ -6966,6 +6966,289 @@ class SimplifiedDropconnect(Link):
                                       use_batchwise_mask)
 
 
+# ----- word2vec's losses: negative sampling and hierarchical softmax ---------------
+# With a vocabulary of V words, softmax_cross_entropy over all V scores costs
+# O(V) per example.  Two cheaper losses train the same kind of embedding.
+#
+# Negative sampling (Mikolov et al., 2013) scores the true word t against k
+# words s_1..s_k drawn from a noise distribution P(w) ~ count(w)^0.75:
+#
+#     loss = -log sigmoid(x . W[t]) - sum_j log sigmoid(-x . W[s_j])
+#          = softplus(-x . W[t]) + sum_j softplus(x . W[s_j])
+#
+# The draws come from Walker's alias method: a table that turns one uniform
+# number into a sample of any fixed discrete distribution in O(1).
+#
+# Hierarchical softmax puts the words at the leaves of a binary tree (a
+# Huffman tree: frequent words near the root) with a weight vector per inner
+# node; P(word) is the product of sigmoid(+-x . W[node]) along its path (+ to
+# the left, - to the right), so its loss sums O(log V) softplus terms.
+
+@_export('utils', 'utils.walker_alias')
+class WalkerAlias:
+    """Draws samples of a fixed discrete distribution in O(1) each (Walker's
+    alias method).
+
+    WalkerAlias(probs): probs, non-negative weights of the n outcomes
+    (normalized by their sum).  Each of the n columns of the table holds
+    `threshold[i]` of outcome values[2i] and the rest of outcome
+    values[2i + 1]; a draw picks a column and a side with one uniform number.
+    sample(shape) returns int32 indices on the table's device (to_gpu,
+    to_cpu, to_device move it). Chainer: chainer.utils.WalkerAlias.
+    """
+
+    def __init__(self, probs):
+        prob = np.array(probs, np.float64)
+        n = len(prob)
+        if n == 0 or (prob < 0).any() or not prob.sum() > 0:
+            raise ValueError('WalkerAlias: probs must be non-negative with a positive sum, '
+                             'got {}'.format(probs if n <= 10 else '{} values'.format(n)))
+        scaled = prob * (n / prob.sum())              # the mean column holds exactly 1
+        threshold = np.ones(n, np.float64)
+        values = np.repeat(np.arange(n, dtype=np.int32), 2)
+        small = [i for i in range(n) if scaled[i] < 1]
+        large = [i for i in range(n) if scaled[i] >= 1]
+        while small and large:   # fill a short column with the surplus of a tall one
+            i, j = small.pop(), large[-1]
+            threshold[i], values[2 * i + 1] = scaled[i], j
+            scaled[j] -= 1 - scaled[i]
+            if scaled[j] < 1:
+                small.append(large.pop())
+        self.threshold = threshold.astype(np.float32)
+        self.values = values
+
+    @property
+    def use_gpu(self):
+        """True if the table is on the GPU. Chainer: WalkerAlias.use_gpu."""
+        return not isinstance(self.threshold, np.ndarray)
+
+    def to_device(self, device):
+        """Move the table to `device` (a device or its name); returns self."""
+        device = get_device(device)
+        self.threshold, self.values = device.send(self.threshold), device.send(self.values)
+        return self
+
+    def to_gpu(self, device=None):
+        """Move the table to a GPU (CuPy); returns self."""
+        return self.to_device('@cupy:{}'.format(0 if device is None else int(device)))
+
+    def to_cpu(self):
+        """Move the table to the CPU; returns self."""
+        return self.to_device('@numpy')
+
+    def sample(self, shape):
+        """An int32 array of `shape` of independent draws."""
+        xp = _xp(self.threshold)
+        u = xp.random.uniform(0, len(self.threshold), shape)
+        column = xp.minimum(u.astype(np.int32), len(self.threshold) - 1)
+        alias = (u - column) >= self.threshold[column]
+        return self.values[2 * column + alias]
+
+
+@_export('functions.loss.negative_sampling')
+class NegativeSamplingFunction(Function):
+    """Function node of negative_sampling: the samples are drawn in forward
+    (column 0: t) and kept as .samples; backward sends sigmoid(+-x . W[s])
+    to x and to the sampled rows of W (none to t).
+    Chainer: chainer.functions.loss.negative_sampling.NegativeSamplingFunction.
+    """
+
+    label = 'negative_sampling'
+    ignore_label = -1
+
+    def __init__(self, sampler, sample_size, reduce='sum'):
+        if reduce not in ('sum', 'no'):
+            raise ValueError("negative_sampling: reduce must be 'sum' or 'no', not "
+                             "{!r}".format(reduce))
+        self.sampler, self.sample_size, self.reduce = sampler, sample_size, reduce
+
+    def forward(self, inputs):
+        x, t, W = inputs
+        if x.ndim != 2 or t.shape != x.shape[:1] or W.ndim != 2 or W.shape[1] != x.shape[1]:
+            raise ValueError('negative_sampling: x must be (batch, in_size), t (batch,) and W '
+                             '(vocabulary, in_size); got x.shape {}, t.shape {}, W.shape {}'
+                             .format(x.shape, t.shape, W.shape))
+        if t.dtype.kind not in 'iu' or x.dtype != W.dtype:
+            raise TypeError('negative_sampling: t must hold int labels and W x\'s dtype; got '
+                            'x {}, t {}, W {}'.format(x.dtype, t.dtype, W.dtype))
+        xp = _xp(x)
+        samples = xp.asarray(self.sampler((len(t), self.sample_size + 1)))
+        samples[:, 0] = t
+        self.samples, self.keep = samples, t != self.ignore_label
+        self.w = W[samples]                                      # (batch, k + 1, in_size)
+        wx = xp.einsum('bd,bkd->bk', x, self.w)
+        wx[:, 0] *= -1                                           # the true word: -x . W[t]
+        self.wx = wx
+        loss = (xp.logaddexp(wx, 0).sum(axis=1) * self.keep).astype(x.dtype, copy=False)
+        return (loss.sum(keepdims=False).astype(x.dtype)[()] if self.reduce == 'sum'
+                else loss),
+
+    def backward(self, inputs, grad_outputs):
+        x, t, W = inputs
+        gy = grad_outputs[0]
+        xp = _xp(x)
+        # d softplus(wx) / d wx = sigmoid(wx), with the true word's sign flipped back
+        g = 1 / (1 + xp.exp(-self.wx))
+        g[:, 0] *= -1
+        g *= (self.keep * gy if self.reduce == 'no' else self.keep * gy[()])[:, None]
+        g = g.astype(x.dtype, copy=False)
+        gx = xp.einsum('bk,bkd->bd', g, self.w)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.samples, g[:, :, None] * x[:, None, :])
+        return gx, None, gW
+
+
+@_export('functions', 'functions.loss.negative_sampling')
+def negative_sampling(x, t, W, sampler, sample_size, reduce='sum', **kwargs):
+    """The negative-sampling loss of word2vec:
+    softplus(-x . W[t]) + sum_j softplus(x . W[s_j]) per example.
+
+    x: float (batch, in_size); t: int (batch,), -1 for examples to ignore;
+    W: (vocabulary, in_size); sampler(shape) returns int word indices (e.g.
+    a WalkerAlias's sample) and sample_size is k, the negatives per example.
+    reduce='sum' (a scalar) or 'no' (batch,); return_samples=True also
+    returns the (batch, k + 1) samples (column 0: t).  Raises ValueError for
+    another reduce or mismatched shapes, TypeError for non-int t.
+    Chainer: chainer.functions.negative_sampling.
+    """
+    return_samples = kwargs.pop('return_samples', False)
+    if kwargs:
+        raise TypeError('negative_sampling: unexpected arguments {}'.format(sorted(kwargs)))
+    function = NegativeSamplingFunction(sampler, sample_size, reduce)
+    loss = function(x, t, W)
+    return (loss, function.samples) if return_samples else loss
+
+
+@_export('links', 'links.loss.negative_sampling')
+class NegativeSampling(Link):
+    """The negative-sampling loss as a link: owns W (len(counts), in_size), zeros.
+
+    NegativeSampling(in_size, counts, sample_size, power=0.75, dtype=None):
+    counts, the frequency of each word; negatives are drawn from
+    counts^power by `sampler`, a WalkerAlias (moved with the link).  Calling
+    it: link(x, t, reduce='sum', return_samples=False) ->
+    F.negative_sampling(x, t, W, sampler.sample, sample_size, reduce).
+    Saved key: W. Chainer: chainer.links.NegativeSampling.
+    """
+
+    def __init__(self, in_size, counts, sample_size, power=0.75, dtype=None):
+        super().__init__()
+        dtype = get_dtype(dtype)
+        self.sample_size = sample_size
+        self.sampler = WalkerAlias(np.power(np.array(counts, dtype), dtype.type(power)))
+        with self.init_scope():
+            self.W = Parameter(Zero(dtype), (len(counts), in_size))
+
+    def forward(self, x, t, reduce='sum', **kwargs):
+        """negative_sampling(x, t, W, sampler.sample, sample_size, reduce,
+        return_samples=...). Chainer: chainer.links.NegativeSampling.forward."""
+        if _xp(self.sampler.threshold) is not _xp(self.W.data):   # the link moved
+            self.sampler.to_device(self.device)
+        return negative_sampling(x, t, self.W, self.sampler.sample, self.sample_size,
+                                 reduce, **kwargs)
+
+
+@_export('links.loss.hierarchical_softmax')
+class BinaryHierarchicalSoftmaxFunction(Function):
+    """Function node of the hierarchical-softmax loss over a tree: each
+    word's path is a row of `paths` (inner-node ids) and `codes` (+1 left,
+    -1 right, 0 past the end of a shorter path).
+    Chainer: chainer.links.loss.hierarchical_softmax.BinaryHierarchicalSoftmaxFunction.
+    """
+
+    label = 'BinaryHierarchicalSoftmax'
+
+    def __init__(self, tree, dtype):
+        found = {}
+        self.parser_size = 0
+
+        def walk(node, path, code):     # inner nodes are numbered in pre-order
+            if isinstance(node, tuple):
+                if len(node) != 2:
+                    raise ValueError('BinaryHierarchicalSoftmax: every inner node of the '
+                                     'tree must have two children, got {!r}'.format(node))
+                me = self.parser_size
+                self.parser_size += 1
+                walk(node[0], path + [me], code + [1.0])
+                walk(node[1], path + [me], code + [-1.0])
+            else:
+                found[node] = (path, code)
+        walk(tree, [], [])
+        n_vocab = max(found) + 1
+        depth = max(len(path) for path, _ in found.values())
+        self.paths = np.zeros((n_vocab, depth), np.int32)
+        self.codes = np.zeros((n_vocab, depth), dtype)
+        for word, (path, code) in found.items():
+            self.paths[word, :len(path)] = path
+            self.codes[word, :len(code)] = code
+
+    def forward(self, inputs):
+        x, t, W = inputs
+        if x.ndim != 2 or t.shape != x.shape[:1] or W.shape != (self.parser_size, x.shape[1]):
+            raise ValueError('BinaryHierarchicalSoftmax: x must be (batch, in_size), t (batch,) '
+                             'and W ({}, in_size); got x.shape {}, t.shape {}, W.shape {}'.format(
+                                 self.parser_size, x.shape, t.shape, W.shape))
+        xp = _xp(x)
+        if _xp(self.paths) is not xp:
+            self.paths, self.codes = xp.asarray(self.paths), xp.asarray(self.codes)
+        self.path, code = self.paths[t], self.codes[t].astype(x.dtype, copy=False)
+        self.w = W[self.path]                                   # (batch, depth, in_size)
+        self.wxy = xp.einsum('bd,bld->bl', x, self.w) * code
+        self.code = code
+        # -log sigmoid(wxy) = softplus(-wxy) on the path; 0 past its end
+        return (xp.logaddexp(0, -self.wxy) * (code != 0)).sum().astype(x.dtype),
+
+    def backward(self, inputs, grad_outputs):
+        x, t, W = inputs
+        xp = _xp(x)
+        g = (-grad_outputs[0] * self.code / (1 + xp.exp(self.wxy))).astype(x.dtype, copy=False)
+        gx = xp.einsum('bl,bld->bd', g, self.w)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.path, g[:, :, None] * x[:, None, :])
+        return gx, None, gW
+
+
+@_export('links', 'links.loss.hierarchical_softmax')
+class BinaryHierarchicalSoftmax(Link):
+    """The hierarchical-softmax loss over a binary tree of words.
+
+    BinaryHierarchicalSoftmax(in_size, tree, dtype=None): tree, nested pairs
+    of word ids such as ((0, 1), 2) (create_huffman_tree makes one from
+    counts).  W (inner nodes, in_size) starts Uniform(1), one row per inner
+    node in pre-order.  Calling it: link(x, t) with x float (batch,
+    in_size) and int word ids t (batch,) returns the summed loss
+    -sum log P(t | x), a scalar.  Saved key: W.
+    Chainer: chainer.links.BinaryHierarchicalSoftmax.
+    """
+
+    def __init__(self, in_size, tree, dtype=None):
+        super().__init__()
+        dtype = get_dtype(dtype)
+        self._func = BinaryHierarchicalSoftmaxFunction(tree, dtype)
+        with self.init_scope():
+            self.W = Parameter(Uniform(1, dtype), (self._func.parser_size, in_size))
+
+    @staticmethod
+    def create_huffman_tree(word_counts):
+        """A Huffman tree of the words of a {word: count} dict (nested pairs):
+        the two rarest subtrees are joined until one is left, ties going to the
+        one first seen, as in Chainer. Raises ValueError for an empty dict.
+        Chainer: BinaryHierarchicalSoftmax.create_huffman_tree."""
+        if not word_counts:
+            raise ValueError('create_huffman_tree: the vocabulary is empty')
+        heap = [(count, order, word) for order, (word, count) in enumerate(word_counts.items())]
+        heapq.heapify(heap)
+        while len(heap) > 1:
+            count1, order1, tree1 = heapq.heappop(heap)
+            count2, order2, tree2 = heapq.heappop(heap)
+            heapq.heappush(heap, (count1 + count2, min(order1, order2), (tree1, tree2)))
+        return heap[0][2]
+
+    def forward(self, x, t):
+        """The loss -sum_i log P(t_i | x_i). Chainer: BinaryHierarchicalSoftmax.forward."""
+        return copy.copy(self._func)(x, t, self.W)
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -18566,7 +18849,7 @@ _not_supported(
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
-            'negative_sampling polygamma sparse_matmul spatial_transformer_grid '
+            'polygamma sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
@@ -18580,8 +18863,8 @@ _not_supported(
         'NaryTreeLSTM CRF1d',
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
-            'InceptionBN NegativeSampling TheanoFunction '
+    missing='BlackOut DecorrelatedBatchNormalization '
+            'InceptionBN TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 
@@ -18640,7 +18923,7 @@ _not_supported(
     double='check_double_backward')
 _not_supported(
     utils,
-    missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')
+    missing='CooMatrix enable_final final get_order nondeterministic to_coo')
 
 
 _not_supported(

@@ -4170,6 +4170,92 @@ def test_simplified_dropconnect_link(tmp_path):
     assert abs(big.W.array.std() - np.sqrt(1 / 2000)) < 0.002
 
 
+# ----- word2vec's losses: negative sampling and hierarchical softmax -----------------
+
+def test_negative_sampling_and_hierarchical_softmax_match_chainer_781():
+    # testdata/chainer781/w2v_cases.py, run on Chainer 7.8.1 and here
+    import w2v_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = w2v_cases.run_w2v_cases(chainer, F, L)
+    expected = {key[4:]: reference[key] for key in reference.files if key.startswith('w2v/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        if key == 'tree':
+            assert repr(eval(str(expected[key]))) == str(ours[key])
+            continue
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Chainer's own example of a Huffman tree
+    assert L.BinaryHierarchicalSoftmax.create_huffman_tree({0: 8, 1: 5, 2: 6, 3: 4}) == \
+        ((3, 1), (2, 0))
+
+
+def test_negative_sampling_gradients_ignore_label_and_link(tmp_path):
+    rng = np.random.RandomState(0)
+    x, W = rng.randn(5, 4), rng.randn(7, 4)
+    t = np.array([3, -1, 0, 6, 2], np.int32)
+    fixed = rng.randint(0, 7, (5, 4)).astype(np.int32)
+    for reduce, gy in (('sum', rng.randn()), ('no', rng.randn(5))):
+        gradient_check.check_backward(
+            lambda x, W: F.negative_sampling(x, t, W, lambda shape: fixed.copy(), 3, reduce),
+            (dev(x), dev(W)), dev(np.asarray(gy)))
+    loss = F.negative_sampling(dev(x), dev(t), dev(W), lambda shape: dev(fixed.copy()), 3, 'no')
+    assert float(host(loss)[1]) == 0          # t = -1: ignored
+    # by hand for the first example: softplus(-x.W[t]) + sum of softplus(x.W[s])
+    wx = W[fixed[0, 1:]] @ x[0]
+    expected = np.logaddexp(0, -W[3] @ x[0]) + np.logaddexp(0, wx).sum()
+    np.testing.assert_allclose(host(loss)[0], expected)
+    with pytest.raises(ValueError, match="reduce must be 'sum' or 'no'"):
+        F.negative_sampling(x, t, W, lambda shape: fixed, 3, reduce='mean')
+    link = L.NegativeSampling(4, [5, 1, 0, 3, 2, 2, 1], 3).to_device(TEST_DEVICE)
+    assert link.W.shape == (7, 4) and not host(link.W).any()
+    link.W.data[...] = dev(W.astype(np.float32))
+    y, samples = link(dev(x.astype(np.float32)), dev(t), return_samples=True)
+    assert y.shape == () and samples.shape == (5, 4)
+    assert (host(samples)[:, 0] == t).all() and (host(samples)[:, 1:] != 2).all()  # count 0
+    serializers.save_npz(str(tmp_path / 'ns.npz'), link)
+    with np.load(str(tmp_path / 'ns.npz')) as npz:
+        assert npz.files == ['W']
+
+
+def test_walker_alias_draws_its_distribution():
+    from onefchainer import utils
+    probs = [1, 2, 3, 0, 4, 0.5]
+    sampler = utils.WalkerAlias(probs)
+    draws = sampler.sample((200000,))
+    assert draws.dtype == np.int32 and draws.shape == (200000,)
+    np.testing.assert_allclose(np.bincount(draws, minlength=6) / 200000,
+                               np.array(probs) / sum(probs), atol=0.005)
+    assert sampler.sample((3, 2)).shape == (3, 2) and not sampler.use_gpu
+    assert (utils.WalkerAlias([0, 0, 5]).sample((100,)) == 2).all()
+    with pytest.raises(ValueError, match='non-negative with a positive sum'):
+        utils.WalkerAlias([0, 0])
+
+
+def test_hierarchical_softmax_gradients_probabilities_and_link(tmp_path):
+    tree = ((0, (1, 2)), (3, 4))
+    link = L.BinaryHierarchicalSoftmax(3, tree)
+    assert link.W.shape == (4, 3)            # four inner nodes
+    rng = np.random.RandomState(1)
+    W = rng.randn(4, 3)
+    x = rng.randn(2, 3)
+    # the probabilities of the five words sum to one for any x
+    node = chainer.links.loss.hierarchical_softmax.BinaryHierarchicalSoftmaxFunction
+    total = sum(np.exp(-host(node(tree, np.float64)(dev(x[:1]), dev(np.array([word], np.int32)),
+                                                     dev(W))))
+                for word in range(5))
+    np.testing.assert_allclose(total, 1)
+    t = np.array([2, 3], np.int32)
+    gradient_check.check_backward(lambda x, W: node(tree, np.float64)(x, t, W),
+                                  (dev(x), dev(W)), dev(np.asarray(rng.randn())))
+    with pytest.raises(ValueError, match='two children'):
+        L.BinaryHierarchicalSoftmax(3, ((0, 1, 2), 3))
+    link.to_device(TEST_DEVICE)
+    assert host(link(dev(x.astype(np.float32)), dev(t))).shape == ()
+    serializers.save_npz(str(tmp_path / 'hsm.npz'), link)
+    with np.load(str(tmp_path / 'hsm.npz')) as npz:
+        assert npz.files == ['W']
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -10734,7 +10820,6 @@ CHAINER_OUT_OF_SCOPE = {
 CHAINER_NOT_YET = {
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
-    'utils': 'WalkerAlias',
 }
 
 

@@ -9,6 +9,7 @@ Writes into outdir (default: this file's folder):
              distributions/*  distribution_cases.run_cases on Chainer
              link_hooks/*     link_hook_cases.link_hook_cases on Chainer
              nd/*             nd_cases.run_nd_cases on Chainer
+             w2v/*            w2v_cases.run_w2v_cases on Chainer
 Only Chainer's public API is called.
 """
 import json
@@ -84,6 +85,11 @@ arrays.update(('link_hooks/' + key, value) for key, value in link_hook_cases(
 # ----- N-D deconvolution and unpooling: nd_cases.py, the same program the tests run -----
 from nd_cases import run_nd_cases          # noqa: E402
 arrays.update(('nd/' + key, value) for key, value in run_nd_cases(chainer, F).items())
+
+
+# ----- word2vec's losses: w2v_cases.py, the same program the tests run -----
+from w2v_cases import run_w2v_cases        # noqa: E402
+arrays.update(('w2v/' + key, value) for key, value in run_w2v_cases(chainer, F, L).items())
 
 
 if __name__ == '__main__':
