@@ -324,8 +324,8 @@ class Function:
     # forward and backward are yours to write (above); Chainer's per-device
     # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 21.
 
-    # Continued in Chapter 20 (output_data, unchain); Chapter 21 (forward,
-    # backward, forward_cpu, backward_cpu, ...).
+    # Continued in Chapter 12 (add_hook, ...); Chapter 20 (output_data, unchain,
+    # check_type_forward); Chapter 21 (forward, backward, forward_cpu, ...).
 
 
 def _as_input(function, x):
@@ -854,8 +854,8 @@ class Link:
             type(self).__name__))
 
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
-    # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
-    # ...); Chapter 21 (addgrads).
+    # ...); Chapter 12 (add_hook, ...); Chapter 13 (serialize); Chapter 18
+    # (device, xp, to_device, to_cpu, ...); Chapter 21 (addgrads).
 _export('device_resident', DeviceResident=Link)
 
 
