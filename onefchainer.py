@@ -2410,6 +2410,113 @@ def digamma(x):
     return DiGamma()(x)
 
 
+def _erfcinv_scalar(y):
+    """The x with erfc(x) = y, 0 <= y <= 2, to double precision: Newton's
+    method on log erfc(x) - log y (well scaled from y = 2 down to the
+    smallest double), erfc(-x) = 2 - erfc(x) for y > 1."""
+    if not 0 < y < 2:
+        return math.inf if y == 0 else -math.inf if y == 2 else math.nan
+    if y > 1:
+        return -_erfcinv_scalar(2 - y)
+    # a start on the right side of the root: erfc(x) ~ e^(-x^2) / (x sqrt pi) in the tail
+    x = (1 - y) * math.sqrt(math.pi) / 2 if y > 0.5 else math.sqrt(-math.log(y))
+    for _ in range(100):
+        tail = math.erfc(x)
+        if tail == 0:
+            break
+        step = (math.log(tail) - math.log(y)) / (-2 / math.sqrt(math.pi) * math.exp(-x * x)
+                                                 / tail)
+        x -= step
+        if abs(step) <= 1e-16 * max(1.0, abs(x)):
+            break
+    return x
+
+
+@_export('functions.math.erfcinv')
+class ErfcInv(Function):
+    """Function node of y = erfcinv(x), erfc's inverse on [0, 2]; backward
+    -gy sqrt(pi)/2 exp(y^2). Chainer: chainer.functions.math.erfcinv.ErfcInv.
+    """
+    label = 'erfcinv'
+
+    def forward(self, inputs):
+        _require_float('erfcinv', inputs[0])
+        self.y = _elementwise_special('erfcinv', inputs[0], _erfcinv_scalar, 'y = erfcinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / erfc'(y), erfc' = -2/sqrt(pi) e^{-y^2}
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(-math.sqrt(math.pi) / 2) * _xp(y).exp(y * y)),
+
+
+@_export('functions.math.erfinv')
+class ErfInv(Function):
+    """Function node of y = erfinv(x) = erfcinv(1 - x) on [-1, 1]; backward
+    gy sqrt(pi)/2 exp(y^2). Chainer: chainer.functions.math.erfinv.ErfInv.
+    """
+    label = 'erfinv'
+
+    def forward(self, inputs):
+        _require_float('erfinv', inputs[0])
+        # erfinv(x) = -erfcinv(1 + x) for x < 0 keeps the small side exact near -1
+        self.y = _elementwise_special(
+            'erfinv', inputs[0], lambda v: -_erfcinv_scalar(1 + v) if v < 0 else
+            _erfcinv_scalar(1 - v), 'y = erfinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / erf'(y)
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(math.sqrt(math.pi) / 2) * _xp(y).exp(y * y)),
+
+
+@_export('functions.math.ndtri')
+class Ndtri(Function):
+    """Function node of y = ndtri(x) = Phi^-1(x) = -sqrt(2) erfcinv(2 x); backward
+    gy sqrt(2 pi) exp(y^2 / 2). Chainer: chainer.functions.math.ndtri.Ndtri.
+    """
+    label = 'ndtri'
+
+    def forward(self, inputs):
+        _require_float('ndtri', inputs[0])
+        self.y = _elementwise_special('ndtri', inputs[0],
+                                      lambda v: -_SQRT2 * _erfcinv_scalar(2 * v) + 0.0,
+                                      'y = normcdfinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / phi(y)
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(math.sqrt(2 * math.pi))
+                                  * _xp(y).exp(y * y * y.dtype.type(0.5))),
+
+
+@_export('functions', 'functions.math.erfcinv')
+def erfcinv(x):
+    """Elementwise inverse of erfc: the y with erfc(y) = x, for x in [0, 2]
+    (inf at 0, -inf at 2, NaN outside); float Variable or array in, Variable
+    out. Raises TypeError for integer x. Chainer: chainer.functions.erfcinv.
+    """
+    return ErfcInv()(x)
+
+
+@_export('functions', 'functions.math.erfinv')
+def erfinv(x):
+    """Elementwise inverse of erf: the y with erf(y) = x, for x in [-1, 1]
+    (+-inf at +-1, NaN outside); float Variable or array in, Variable out.
+    Raises TypeError for integer x. Chainer: chainer.functions.erfinv.
+    """
+    return ErfInv()(x)
+
+
+@_export('functions', 'functions.math.ndtri')
+def ndtri(x):
+    """Elementwise inverse of the standard normal CDF: the y with Phi(y) = x,
+    for x in [0, 1] (-inf at 0, inf at 1, NaN outside); float Variable or
+    array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.ndtri.
+    """
+    return Ndtri()(x)
+
+
 @_export('functions', 'functions.math.erf')
 def erf(x):
     """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
@@ -12380,6 +12487,10 @@ class _NormalDistribution(Distribution):
         """log(1 - cdf(x))."""
         return log_ndtr((self.loc - _as_x(x, self.loc)) / self.scale)
 
+    def icdf(self, x):
+        """The quantile at probability x: mu + sigma Phi^-1(x)."""
+        return self.loc + self.scale * ndtri(_as_x(x, self.loc))
+
     def sample_n(self, n):
         eps = _noise(_xp(self.loc.array), 'standard_normal', (n,) + self.loc.shape,
                      self.loc.dtype)
@@ -18847,8 +18958,8 @@ _not_supported(
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
-            'discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
-            'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
+            'discriminative_margin_based_clustering_loss erfcx fft '
+            'fixed_decorrelated_batch_normalization forget gaussian ifft '
             'polygamma sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler zeta '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

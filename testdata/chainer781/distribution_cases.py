@@ -16,7 +16,7 @@ def _params(rng):
     return {
         'normal': dict(loc=rng.randn(3, 4).astype(f32), log_scale=rng.randn(3, 4).astype(f32) * .3,
                        loc2=rng.randn(3, 4).astype(f32), scale2=positive(3, 4),
-                       x=rng.randn(2, 3, 4).astype(f32)),
+                       x=rng.randn(2, 3, 4).astype(f32), u=rng.uniform(.01, .99, (2, 3, 4)).astype(f32)),
         'bernoulli': dict(logit=rng.randn(3, 4).astype(f32) * 2, p2=rng.uniform(.1, .9, (3, 4)).astype(f32),
                           x=rng.randint(0, 2, (2, 3, 4)).astype(f32),
                           x_bad=np.array([[0, 1, .5, .25]] * 3, f32)),
@@ -60,7 +60,8 @@ def _build(name, v, D):
 
 
 OUTPUTS = {      # what each case computes, beyond log_prob, entropy, kl and a sample
-    'normal': 'mean stddev variance prob cdf log_cdf survival_function log_survival_function',
+    'normal': 'mean stddev variance prob cdf icdf log_cdf survival_function '
+              'log_survival_function',
     'bernoulli': 'mean stddev variance prob',
     'categorical': 'p',
     'uniform': 'mean stddev variance cdf icdf',

@@ -10,6 +10,7 @@ Writes into outdir (default: this file's folder):
              link_hooks/*     link_hook_cases.link_hook_cases on Chainer
              nd/*             nd_cases.run_nd_cases on Chainer
              w2v/*            w2v_cases.run_w2v_cases on Chainer
+             special/*        erfinv, erfcinv, ndtri and their gradients
 Only Chainer's public API is called.
 """
 import json
@@ -90,6 +91,19 @@ arrays.update(('nd/' + key, value) for key, value in run_nd_cases(chainer, F).it
 # ----- word2vec's losses: w2v_cases.py, the same program the tests run -----
 from w2v_cases import run_w2v_cases        # noqa: E402
 arrays.update(('w2v/' + key, value) for key, value in run_w2v_cases(chainer, F, L).items())
+
+
+# ----- erfinv, erfcinv, ndtri: values and gradients -----
+special = {'erfinv': np.array([-0.999, -0.5, 0, 0.3, 0.9, 0.9999]),
+           'erfcinv': np.array([1e-30, 1e-5, 0.2, 1, 1.7, 1.99999]),
+           'ndtri': np.array([1e-20, 1e-3, 0.3, 0.5, 0.8, 0.999999])}
+for name, x in special.items():
+    for dtype in (np.float32, np.float64):
+        v = chainer.Variable(x.astype(dtype))
+        y = getattr(F, name)(v)
+        F.sum(y).backward()
+        key = 'special/{}/{}'.format(name, np.dtype(dtype).name)
+        arrays.update({key + '/x': v.array, key + '/y': y.array, key + '/gx': v.grad})
 
 
 if __name__ == '__main__':
