@@ -4196,8 +4196,8 @@ def test_negative_sampling_gradients_ignore_label_and_link(tmp_path):
     fixed = rng.randint(0, 7, (5, 4)).astype(np.int32)
     for reduce, gy in (('sum', rng.randn()), ('no', rng.randn(5))):
         gradient_check.check_backward(
-            lambda x, W: F.negative_sampling(x, t, W, lambda shape: fixed.copy(), 3, reduce),
-            (dev(x), dev(W)), dev(np.asarray(gy)))
+            lambda x, W: F.negative_sampling(x, dev(t), W, lambda shape: dev(fixed.copy()), 3,
+                                             reduce), (dev(x), dev(W)), dev(np.asarray(gy)))
     loss = F.negative_sampling(dev(x), dev(t), dev(W), lambda shape: dev(fixed.copy()), 3, 'no')
     assert float(host(loss)[1]) == 0          # t = -1: ignored
     # by hand for the first example: softplus(-x.W[t]) + sum of softplus(x.W[s])
@@ -4205,7 +4205,7 @@ def test_negative_sampling_gradients_ignore_label_and_link(tmp_path):
     expected = np.logaddexp(0, -W[3] @ x[0]) + np.logaddexp(0, wx).sum()
     np.testing.assert_allclose(host(loss)[0], expected)
     with pytest.raises(ValueError, match="reduce must be 'sum' or 'no'"):
-        F.negative_sampling(x, t, W, lambda shape: fixed, 3, reduce='mean')
+        F.negative_sampling(dev(x), dev(t), dev(W), lambda shape: dev(fixed), 3, reduce='mean')
     link = L.NegativeSampling(4, [5, 1, 0, 3, 2, 2, 1], 3).to_device(TEST_DEVICE)
     assert link.W.shape == (7, 4) and not host(link.W).any()
     link.W.data[...] = dev(W.astype(np.float32))
