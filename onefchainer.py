@@ -13061,6 +13061,368 @@ def _kl_multivariate_normal(p, q):
         trace + mahalanobis).reshape(p.batch_shape) - 0.5 * d
 
 
+# ----- the other families ----------------------------------------------------------
+# Exponential, Gumbel, Cauchy, Pareto, Chisquare, Poisson, Geometric,
+# Dirichlet and OneHotCategorical, each its density and its moments.
+
+_EULER = 0.5772156649015329      # Euler's constant, the mean of the standard Gumbel
+
+
+def _outside(condition, value, fill):
+    """value where condition holds, `fill` (a number) elsewhere."""
+    return where(condition, value, _xp(value.array).full(value.shape, fill, value.dtype))
+
+
+@_export('distributions', 'distributions.exponential')
+class Exponential(Distribution):
+    """The exponential distribution of rate lam > 0: p(x) = lam e^(-lam x),
+    x >= 0. Samples are eps / lam, eps standard exponential (reparameterized).
+    Chainer: chainer.distributions.Exponential.
+    """
+
+    def __init__(self, lam):
+        self.lam = _parameter(lam)
+
+    _log_lam = functools.cached_property(lambda self: log(self.lam))
+    batch_shape = property(lambda self: self.lam.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: 1 / self.lam)
+    variance = property(lambda self: self.mean ** 2)
+    entropy = property(lambda self: 1 - self._log_lam)
+    support = 'positive'
+    params = property(lambda self: {'lam': self.lam})
+
+    def log_prob(self, x):
+        """log lam - lam x for x >= 0, -inf below."""
+        x = _as_x(x, self.lam)
+        logp = self._log_lam - self.lam * x
+        return _outside(as_array(x) >= 0, logp, -np.inf)
+
+    def cdf(self, x):
+        return -expm1(-self.lam * _as_x(x, self.lam))
+
+    def icdf(self, x):
+        return -1 / self.lam * log1p(-_as_x(x, self.lam))
+
+    def sample_n(self, n):
+        lam = self.lam
+        return _noise(_xp(lam.array), 'standard_exponential', (n,) + lam.shape,
+                      lam.dtype) / lam
+
+
+@register_kl(Exponential, Exponential)
+def _kl_exponential_exponential(p, q):
+    return p._log_lam - q._log_lam + q.lam / p.lam - 1.
+
+
+@_export('distributions', 'distributions.gumbel')
+class Gumbel(Distribution):
+    """The Gumbel distribution of location loc and scale > 0:
+    p(x) = e^(-y - e^-y) / scale, y = (x - loc) / scale.  Samples are
+    loc + scale eps (reparameterized). Chainer: chainer.distributions.Gumbel.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    _log_scale = functools.cached_property(lambda self: log(self.scale))
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc + _EULER * self.scale)
+    variance = property(lambda self: (math.pi ** 2 / 6) * self.scale ** 2)
+    entropy = property(lambda self: self._log_scale + (_EULER + 1))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        y = (_as_x(x, self.loc) - self.loc) / self.scale
+        return -self._log_scale - y - exp(-y)
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'gumbel', (n,) + self.loc.shape, self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@register_kl(Gumbel, Gumbel)
+def _kl_gumbel_gumbel(p, q):
+    ratio = p.scale / q.scale
+    return q._log_scale - p._log_scale + _EULER * (ratio - 1.) \
+        + exp((q.loc - p.loc) / q.scale + lgamma(ratio + 1.)) - 1 + (p.loc - q.loc) / q.scale
+
+
+@_export('distributions', 'distributions.cauchy')
+class Cauchy(Distribution):
+    """The Cauchy distribution of location loc and scale > 0:
+    p(x) = scale / (pi ((x - loc)^2 + scale^2)); its mean and variance are
+    undefined (NaN).  Samples are loc + scale eps (reparameterized).
+    Chainer: chainer.distributions.Cauchy.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    entropy = property(lambda self: log(4 * math.pi * self.scale))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+    mean = property(lambda self: Variable(_xp(self.loc.array).full_like(self.loc.array, np.nan),
+                                          requires_grad=False))
+    variance = mean
+
+    def log_prob(self, x):
+        return -math.log(math.pi) + log(self.scale) \
+            - log((_as_x(x, self.loc) - self.loc) ** 2 + self.scale ** 2)
+
+    def cdf(self, x):
+        return arctan((_as_x(x, self.loc) - self.loc) / self.scale) / math.pi + 0.5
+
+    def icdf(self, x):
+        return self.loc + self.scale * tan(math.pi * (_as_x(x, self.loc) - 0.5))
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'standard_cauchy', (n,) + self.loc.shape,
+                     self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@_export('distributions', 'distributions.pareto')
+class Pareto(Distribution):
+    """The Pareto distribution of scale > 0 and shape alpha > 0:
+    p(x) = alpha scale^alpha / x^(alpha + 1), x >= scale (mean inf for
+    alpha <= 1, variance inf for alpha <= 2).  Samples are
+    scale (eps + 1), eps ~ numpy's pareto(alpha).
+    Chainer: chainer.distributions.Pareto.
+    """
+
+    def __init__(self, scale, alpha):
+        self.scale, self.alpha = _parameter(scale), _parameter(alpha)
+
+    _log_scale = functools.cached_property(lambda self: log(self.scale))
+    _log_alpha = functools.cached_property(lambda self: log(self.alpha))
+    batch_shape = property(lambda self: self.scale.shape)
+    event_shape = property(lambda self: ())
+    support = '[scale, inf]'
+    params = property(lambda self: {'scale': self.scale, 'alpha': self.alpha})
+    entropy = property(lambda self: -self._log_alpha + self._log_scale + 1. / self.alpha + 1.)
+
+    @property
+    def mean(self):
+        """alpha scale / (alpha - 1), inf for alpha <= 1."""
+        return _outside(self.alpha.array > 1, self.alpha * self.scale / (self.alpha - 1),
+                        np.inf)
+
+    @property
+    def variance(self):
+        """scale^2 alpha / ((alpha - 1)^2 (alpha - 2)), inf for alpha <= 2."""
+        alpha = self.alpha
+        return _outside(alpha.array > 2, self.scale ** 2 * alpha / (alpha - 1) ** 2
+                        / (alpha - 2), np.inf)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.scale)
+        logp = self._log_alpha + self.alpha * self._log_scale - (self.alpha + 1) * log(x)
+        return _outside(as_array(x) >= self.scale.array, logp, -np.inf)
+
+    def sample_n(self, n):
+        alpha = self.alpha.array
+        eps = _noise(_xp(alpha), 'pareto', (n,) + self.batch_shape, alpha.dtype, alpha)
+        return self.scale * (eps + 1)
+
+
+@register_kl(Pareto, Pareto)
+def _kl_pareto_pareto(p, q):
+    kl = q.alpha * (p._log_scale - q._log_scale) + p._log_alpha - q._log_alpha \
+        + (q.alpha - p.alpha) / p.alpha
+    return _outside(p.scale.array >= q.scale.array, kl, np.inf)
+
+
+@_export('distributions', 'distributions.chisquare')
+class Chisquare(Distribution):
+    """The chi-square distribution of k > 0 degrees of freedom (Gamma(k/2,
+    2)). Samples have no gradient. Chainer: chainer.distributions.Chisquare.
+    """
+
+    def __init__(self, k):
+        self.k = _parameter(k)
+
+    _half_k = functools.cached_property(lambda self: 0.5 * self.k)
+    batch_shape = property(lambda self: self.k.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.k)
+    variance = property(lambda self: 2 * self.k)
+    support = 'positive'
+    params = property(lambda self: {'k': self.k})
+
+    @property
+    def entropy(self):
+        """k/2 + log 2 + log Gamma(k/2) + (1 - k/2) psi(k/2)."""
+        h = self._half_k
+        return h + math.log(2.) + lgamma(h) + (1 - h) * digamma(h)
+
+    def log_prob(self, x):
+        h = self._half_k
+        x = _as_x(x, self.k)
+        return -lgamma(h) - h * math.log(2.) + (h - 1) * log(x) - 0.5 * x
+
+    def sample_n(self, n):
+        k = self.k.array
+        return Variable(_noise(_xp(k), 'chisquare', (n,) + k.shape, k.dtype, k),
+                        requires_grad=False)
+
+
+@_export('distributions', 'distributions.poisson')
+class Poisson(Distribution):
+    """The Poisson distribution of rate lam > 0: P(x) = lam^x e^-lam / x!.
+    Samples are float32 counts (no gradient). Chainer: chainer.distributions.Poisson.
+    """
+
+    def __init__(self, lam):
+        self.lam = _parameter(lam)
+
+    _log_lam = functools.cached_property(lambda self: log(self.lam))
+    batch_shape = property(lambda self: self.lam.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.lam)
+    variance = property(lambda self: self.lam)
+    support = 'non negative integer'
+    params = property(lambda self: {'lam': self.lam})
+
+    def log_prob(self, x):
+        """x log lam - log Gamma(x + 1) - lam."""
+        x = as_array(x).astype(self.lam.dtype)
+        return x * self._log_lam - lgamma(x + x.dtype.type(1)) - self.lam
+
+    def sample_n(self, n):
+        lam = self.lam.array
+        return Variable(_noise(_xp(lam), 'poisson', (n,) + lam.shape, np.float32, lam),
+                        requires_grad=False)
+
+
+@register_kl(Poisson, Poisson)
+def _kl_poisson_poisson(p, q):
+    return p.lam * (p._log_lam - q._log_lam) - p.lam + q.lam
+
+
+@_export('distributions', 'distributions.geometric')
+class Geometric(Distribution):
+    """The number of trials up to the first success of probability p:
+    P(x) = (1 - p)^(x - 1) p, x = 1, 2, ...  Samples have no gradient.
+    Chainer: chainer.distributions.Geometric.
+    """
+
+    def __init__(self, p):
+        self.p = _parameter(p)
+
+    batch_shape = property(lambda self: self.p.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: 1 / self.p)
+    variance = property(lambda self: (1 - self.p) / self.p ** 2)
+    support = 'positive integer'
+    params = property(lambda self: {'p': self.p})
+
+    def log_prob(self, x):
+        return (_as_x(x, self.p) - 1) * log(1 - self.p) + log(self.p)
+
+    def sample_n(self, n):
+        p = self.p.array
+        return Variable(_noise(_xp(p), 'geometric', (n,) + p.shape, p.dtype, p),
+                        requires_grad=False)
+
+
+@register_kl(Geometric, Geometric)
+def _kl_geometric_geometric(p, q):
+    return (1 / p.p - 1) * (log(1 - p.p) - log(1 - q.p)) + log(p.p) - log(q.p)
+
+
+def _log_multivariate_beta(alpha):
+    """log B(alpha) = sum log Gamma(alpha_i) - log Gamma(sum alpha_i), over the last axis."""
+    return _sum(lgamma(alpha), axis=-1) - lgamma(_sum(alpha, axis=-1))
+
+
+@_export('distributions', 'distributions.dirichlet')
+class Dirichlet(Distribution):
+    """The Dirichlet distribution on the simplex, concentration alpha > 0 of
+    shape batch + (K,): p(x) = prod x_i^(alpha_i - 1) / B(alpha).  Samples
+    have no gradient. Chainer: chainer.distributions.Dirichlet.
+    """
+
+    def __init__(self, alpha):
+        self.alpha = _parameter(alpha)
+
+    alpha0 = functools.cached_property(lambda self: _sum(self.alpha, axis=-1))
+    batch_shape = property(lambda self: self.alpha.shape[:-1])
+    event_shape = property(lambda self: self.alpha.shape[-1:])
+    support = '[0, 1]'
+    params = property(lambda self: {'alpha': self.alpha})
+
+    def _per_event(self, value):
+        return broadcast_to(reshape(value, value.shape + (1,)), self.alpha.shape)
+
+    mean = property(lambda self: self.alpha / self._per_event(self.alpha0))
+
+    @property
+    def variance(self):
+        """alpha_i (alpha0 - alpha_i) / (alpha0^2 (alpha0 + 1))."""
+        total = self._per_event(self.alpha0)
+        return self.alpha * (total - self.alpha) / total ** 2 / (total + 1)
+
+    @property
+    def entropy(self):
+        """log B(alpha) + (alpha0 - K) psi(alpha0) - sum (alpha_i - 1) psi(alpha_i)."""
+        return _log_multivariate_beta(self.alpha) + (self.alpha0 - self.event_shape[0]) \
+            * digamma(self.alpha0) - _sum((self.alpha - 1) * digamma(self.alpha), axis=-1)
+
+    def log_prob(self, x):
+        return -_log_multivariate_beta(self.alpha) + _sum(
+            (self.alpha - 1) * log(_as_x(x, self.alpha)), axis=-1)
+
+    def sample_n(self, n):
+        alpha = self.alpha.array
+        xp = _xp(alpha)
+        rows = alpha.reshape(-1, alpha.shape[-1])    # one distribution at a time, as Chainer
+        eps = xp.stack([xp.random.dirichlet(row, size=(n,)) for row in rows], axis=1)
+        return Variable(eps.reshape((n,) + alpha.shape).astype(alpha.dtype),
+                        requires_grad=False)
+
+
+@register_kl(Dirichlet, Dirichlet)
+def _kl_dirichlet_dirichlet(p, q):
+    return -_log_multivariate_beta(p.alpha) + _log_multivariate_beta(q.alpha) + _sum(
+        (p.alpha - q.alpha) * (digamma(p.alpha) - p._per_event(digamma(p.alpha0))), axis=-1)
+
+
+@_export('distributions', 'distributions.one_hot_categorical')
+class OneHotCategorical(Distribution):
+    """A Categorical whose draws are one-hot vectors: p (..., K) sums to 1
+    over its last axis; event_shape (K,).  log_prob(x) = sum x log p.
+    Samples have no gradient. Chainer: chainer.distributions.OneHotCategorical.
+    """
+
+    def __init__(self, p):
+        self.p = _parameter(p)
+
+    log_p = functools.cached_property(lambda self: log(self.p))
+    batch_shape = property(lambda self: self.p.shape[:-1])
+    event_shape = property(lambda self: self.p.shape[-1:])
+    mean = property(lambda self: self.p)
+    variance = property(lambda self: self.p * (1. - self.p))
+    params = property(lambda self: {'p': self.p})
+
+    def log_prob(self, x):
+        return _sum(self.log_p * _as_x(x, self.p), axis=-1)
+
+    def sample_n(self, n):
+        index = Categorical(self.p).sample_n(n).array
+        eye = _xp(index).eye(self.p.shape[-1], dtype=self.p.dtype)
+        return Variable(eye[index], requires_grad=False)
+
+
+@register_kl(OneHotCategorical, OneHotCategorical)
+def _kl_one_hot_categorical(p, q):
+    return _sum(p.p * (p.log_p - q.log_p), axis=-1)
+
+
 _export('distributions.utils', _modified_xlogx=_xlogx)
 _export('distributions', 'distributions.normal', Normal=_NormalDistribution)
 _export('distributions', 'distributions.uniform', Uniform=_UniformDistribution)

@@ -7339,8 +7339,9 @@ def test_distributions_match_chainer_781_values_and_gradients():
                 if key.startswith('distributions/')}
     assert sorted(ours) == sorted(expected)
     for key in sorted(ours):
-        if key == 'categorical/sample':        # another sampler: checked below
-            assert ours[key].shape == expected[key].shape and ours[key].dtype == np.int64
+        if key in ('categorical/sample', 'onehot/sample'):     # another sampler: see below
+            assert ours[key].shape == expected[key].shape
+            assert ours[key].dtype == expected[key].dtype
             continue
         assert ours[key].shape == expected[key].shape and ours[key].dtype == expected[key].dtype, key
         np.testing.assert_allclose(ours[key], expected[key], rtol=2e-4, atol=2e-5, err_msg=key)
@@ -7362,6 +7363,9 @@ def test_distribution_shapes_samples_and_errors():
     assert counts.shape == (20000, 2)
     frequencies = np.stack([np.bincount(counts[:, i], minlength=3) / 20000 for i in range(2)])
     np.testing.assert_allclose(frequencies, p, atol=0.02)
+    one_hot = D.OneHotCategorical(p).sample(20000).array
+    assert one_hot.shape == (20000, 2, 3) and (one_hot.sum(axis=-1) == 1).all()
+    np.testing.assert_allclose(one_hot.mean(axis=0), p, atol=0.02)
     with pytest.raises(ValueError, match='Normal: give exactly one of scale or log_scale'):
         D.Normal(loc, scale=loc, log_scale=loc)
     with pytest.raises(ValueError, match='Bernoulli'):

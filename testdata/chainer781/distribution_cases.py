@@ -32,6 +32,22 @@ def _params(rng):
         'gamma': dict(k=positive(3), theta=positive(3), k2=positive(3), theta2=positive(3), x=positive(2, 3)),
         'beta': dict(a=positive(3), b=positive(3), a2=positive(3), b2=positive(3),
                      x=rng.uniform(.1, .9, (2, 3)).astype(f32)),
+        'exponential': dict(lam=positive(3), lam2=positive(3), x=positive(2, 3),
+                            u=rng.uniform(.1, .9, (2, 3)).astype(f32)),
+        'gumbel': dict(loc=rng.randn(3).astype(f32), scale=positive(3), loc2=rng.randn(3).astype(f32),
+                       scale2=positive(3), x=rng.randn(2, 3).astype(f32)),
+        'cauchy': dict(loc=rng.randn(3).astype(f32), scale=positive(3), x=rng.randn(2, 3).astype(f32),
+                       u=rng.uniform(.1, .9, (2, 3)).astype(f32)),
+        'pareto': dict(scale=positive(3), alpha=positive(3) + 1.5, scale2=positive(3) * .3,
+                       alpha2=positive(3), x=positive(2, 3) + 2),
+        'chisquare': dict(k=positive(3) * 3, x=positive(2, 3)),
+        'poisson': dict(lam=positive(3), lam2=positive(3), x=rng.randint(0, 5, (2, 3)).astype(f32)),
+        'geometric': dict(p=rng.uniform(.2, .8, (3,)).astype(f32), p2=rng.uniform(.2, .8, (3,)).astype(f32),
+                          x=rng.randint(1, 5, (2, 3)).astype(f32)),
+        'dirichlet': dict(alpha=positive(2, 4), alpha2=positive(2, 4),
+                          x=rng.dirichlet(np.ones(4), (3, 2)).astype(f32)),
+        'onehot': dict(p=rng.dirichlet(np.ones(4), 3).astype(f32), p2=rng.dirichlet(np.ones(4), 3).astype(f32),
+                       x=np.eye(4, dtype=f32)[rng.randint(0, 4, (2, 3))]),
         'mvn': dict(loc=rng.randn(2, 3).astype(f32), scale_tril=lower.astype(f32),
                     loc2=rng.randn(2, 3).astype(f32), scale_tril2=(lower[::-1] * 1.2).astype(f32),
                     x=rng.randn(4, 2, 3).astype(f32)),
@@ -55,6 +71,24 @@ def _build(name, v, D):
         return D.Gamma(v['k'], v['theta']), D.Gamma(v['k2'], v['theta2'])
     if name == 'beta':
         return D.Beta(v['a'], v['b']), D.Beta(v['a2'], v['b2'])
+    if name == 'exponential':
+        return D.Exponential(v['lam']), D.Exponential(v['lam2'])
+    if name == 'gumbel':
+        return D.Gumbel(v['loc'], v['scale']), D.Gumbel(v['loc2'], v['scale2'])
+    if name == 'cauchy':
+        return D.Cauchy(v['loc'], v['scale']), None
+    if name == 'pareto':
+        return D.Pareto(v['scale'], v['alpha']), D.Pareto(v['scale2'], v['alpha2'])
+    if name == 'chisquare':
+        return D.Chisquare(v['k']), None
+    if name == 'poisson':
+        return D.Poisson(v['lam']), D.Poisson(v['lam2'])
+    if name == 'geometric':
+        return D.Geometric(v['p']), D.Geometric(v['p2'])
+    if name == 'dirichlet':
+        return D.Dirichlet(v['alpha']), D.Dirichlet(v['alpha2'])
+    if name == 'onehot':
+        return D.OneHotCategorical(v['p']), D.OneHotCategorical(v['p2'])
     return (D.MultivariateNormal(v['loc'], scale_tril=v['scale_tril']),
             D.MultivariateNormal(v['loc2'], scale_tril=v['scale_tril2']))
 
@@ -70,7 +104,17 @@ OUTPUTS = {      # what each case computes, beyond log_prob, entropy, kl and a s
     'gamma': 'mean variance',
     'beta': 'mean variance',
     'mvn': 'covariance',
+    'exponential': 'mean variance cdf icdf',
+    'gumbel': 'mean variance',
+    'cauchy': 'cdf icdf',
+    'pareto': 'mean variance',
+    'chisquare': 'mean variance',
+    'poisson': 'mean variance',
+    'geometric': 'mean variance',
+    'dirichlet': 'mean variance',
+    'onehot': 'mean variance',
 }
+NO_ENTROPY = {'poisson', 'geometric', 'onehot'}      # Chainer 7.8.1 gives none for these
 ONE_POINT = {'prob', 'cdf', 'icdf', 'log_cdf', 'survival_function', 'log_survival_function'}
 
 
@@ -81,8 +125,11 @@ def run_cases(chainer, D, F):
         v = {key: (chainer.Variable(a.copy()) if a.dtype.kind == 'f' and key not in ('x', 'u', 'x_bad')
                    else a) for key, a in arrays.items()}
         p, q = _build(name, v, D)
-        results = {'log_prob': p.log_prob(v['x']), 'entropy': p.entropy,
-                   'kl': chainer.kl_divergence(p, q)}
+        results = {'log_prob': p.log_prob(v['x'])}
+        if name not in NO_ENTROPY:
+            results['entropy'] = p.entropy
+        if q is not None:
+            results['kl'] = chainer.kl_divergence(p, q)
         np.random.seed(5)
         results['sample'] = p.sample((2,))
         for what in OUTPUTS[name].split():
