@@ -12270,6 +12270,19 @@ _KL_DIVERGENCES = {}      # (class of p, class of q) -> function(p, q)
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _undefined(name, method=False):
+    """A member of Distribution that a family defines if it can: the base's
+    raises NotImplementedError naming the family and the member."""
+    def undefined(self, *x):
+        raise NotImplementedError('{}: {} is not available for this distribution'.format(
+            type(self).__name__, name))
+    undefined.__name__ = name
+    undefined.__doc__ = 'The {}{}, where a distribution defines it (else NotImplementedError).' \
+        ' Chainer: Distribution.{}.'.format(name.replace('_', ' '), ' at x' if method else '',
+                                            name)
+    return undefined if method else property(undefined, doc=undefined.__doc__)
+
+
 @_export('distribution')
 class Distribution:
     """The base of probability distributions: subclasses give batch_shape,
@@ -12278,40 +12291,32 @@ class Distribution:
     sample(sample_shape) is sample_n reshaped. Chainer: chainer.Distribution.
     """
 
-    def _missing(self, name):
-        return NotImplementedError('{}: {} is not available for this distribution'.format(
-            type(self).__name__, name))
-
-    batch_shape = property(lambda self: _raise(self._missing('batch_shape')),
-                           doc='The shape of the independent distributions (a tuple).')
-    event_shape = property(lambda self: _raise(self._missing('event_shape')),
-                           doc='The shape of one draw (a tuple; () for scalar ones).')
-    params = property(lambda self: _raise(self._missing('params')),
-                      doc='The parameters, a dict of name -> Variable.')
+    batch_shape = _undefined('batch_shape')       # the independent distributions' shape
+    event_shape = _undefined('event_shape')       # one draw's shape: () for scalar ones
+    params = _undefined('params')                 # {name: Variable}
+    mean, variance, covariance = _undefined('mean'), _undefined('variance'), \
+        _undefined('covariance')
+    entropy, mode, support = _undefined('entropy'), _undefined('mode'), _undefined('support')
+    log_prob, sample_n = _undefined('log_prob', True), _undefined('sample_n', True)
+    cdf, icdf, log_cdf = (_undefined(name, True) for name in ('cdf', 'icdf', 'log_cdf'))
+    survival_function = _undefined('survival_function', True)
+    log_survival_function = _undefined('log_survival_function', True)
 
     def sample(self, sample_shape=()):
         """A Variable of random draws, sample_shape + batch_shape + event_shape
         (sample_shape: an int or a tuple; () draws one, without a sample
-        axis). Chainer: Distribution.sample."""
+        axis), from sample_n, shape (n,) + batch_shape + event_shape.
+        Chainer: Distribution.sample."""
         if isinstance(sample_shape, (int, np.integer)):
             sample_shape = (int(sample_shape),)
         sample_shape = tuple(sample_shape)
         samples = self.sample_n(math.prod(sample_shape))
         return samples.reshape(sample_shape + self.batch_shape + self.event_shape)
 
-    def sample_n(self, n):
-        """A Variable of n draws, (n,) + batch_shape + event_shape.
-        Chainer: Distribution.sample_n."""
-        raise self._missing('sample_n')
-
     def prob(self, x):
-        """The density (or mass) at x: exp(log_prob(x)). Chainer: Distribution.prob."""
+        """The density (or mass) at x: exp(log_prob(x)), where log_prob is the
+        log density of x, shape sample_shape + batch_shape. Chainer: Distribution.prob."""
         return exp(self.log_prob(x))
-
-    def log_prob(self, x):
-        """The log density (or mass) at x, sample_shape + batch_shape.
-        Chainer: Distribution.log_prob."""
-        raise self._missing('log_prob')
 
     def perplexity(self, x):
         """The perplexity at x, exp(-log_prob(x)). Chainer: Distribution.perplexity."""
@@ -12330,23 +12335,6 @@ class Distribution:
     def _copy_to(self, target):
         target.__dict__ = copy.copy(self.__dict__)
         return target
-
-
-def _raise(error):
-    raise error
-
-
-for _name in ('mean', 'variance', 'covariance', 'entropy', 'mode', 'support'):
-    setattr(Distribution, _name, property(
-        lambda self, _name=_name: _raise(self._missing(_name)),
-        doc='Not available for this distribution unless a subclass defines it.'))
-for _name in ('cdf', 'icdf', 'log_cdf', 'survival_function', 'log_survival_function'):
-    setattr(Distribution, _name, lambda self, x, _name=_name: _raise(self._missing(_name)))
-    getattr(Distribution, _name).__name__ = _name
-    getattr(Distribution, _name).__doc__ = (
-        'The {} at x, where a subclass defines it (else NotImplementedError). '
-        'Chainer: Distribution.{}.'.format(_name.replace('_', ' '), _name))
-del _name
 
 
 @_export('distribution')
