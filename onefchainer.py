@@ -2410,6 +2410,110 @@ def digamma(x):
     return DiGamma()(x)
 
 
+# Bernoulli numbers B_2, B_4, ..., B_16 over (2j)!: the Euler-Maclaurin tail of zeta.
+_ZETA_TAIL = tuple(b / math.factorial(2 * j) for j, b in enumerate(
+    (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730, 7 / 6, -3617 / 510), 1))
+
+
+def _hurwitz_zeta(s, q):
+    """zeta(s, q) = sum_{k >= 0} (q + k)^-s, for s > 1, elementwise in float64 on
+    NumPy or CuPy (s and q broadcast).  The terms up to q + k >= 10 are added
+    directly; the rest is the Euler-Maclaurin formula, its integral
+    a^(1-s) / (s - 1), half the first term, and the Bernoulli corrections
+    B_2j / (2j)! s (s + 1) ... (s + 2j - 2) a^(-s-2j+1), with a = q + k."""
+    xp = _xp(q) if isinstance(q, _array_types) else _xp(s)
+    s, q = xp.broadcast_arrays(xp.asarray(s, np.float64), xp.asarray(q, np.float64))
+    converges = s > 1
+    s = xp.where(converges, s, 2.0)          # NaN below, without dividing by s - 1 = 0
+    total = xp.zeros(s.shape)
+    a = q.copy()
+    while True:      # integer s and q < 0: the terms are powers of negatives, as SciPy's
+        near = a < 10
+        if not near.any():
+            break
+        total += xp.where(near, xp.power(xp.where(near, a, 1), -s), 0)
+        a = xp.where(near, a + 1, a)
+    total += a ** (1 - s) / (s - 1) + 0.5 * a ** -s
+    rising = s * a ** (-s - 1)               # s a^(-s-1): the first correction's factor
+    for j, weight in enumerate(_ZETA_TAIL, 1):
+        if j > 1:
+            rising = rising * (s + 2 * j - 3) * (s + 2 * j - 2) / (a * a)
+        total += weight * rising
+    return xp.where(converges, total, np.nan)
+
+
+@_export('functions.math.zeta')
+class Zeta(Function):
+    """Function node of y = zeta(x, q), Hurwitz's zeta function, for a fixed
+    x; backward gy * -x zeta(x + 1, q). Chainer: chainer.functions.math.zeta.Zeta.
+    """
+    label = 'zeta'
+
+    def __init__(self, x):
+        self._x = x
+
+    def forward(self, inputs):
+        q, = inputs
+        _require_float('zeta', q)
+        return _hurwitz_zeta(as_array(self._x), q).astype(q.dtype),
+
+    def backward(self, inputs, grad_outputs):      # d/dq (q + k)^-x = -x (q + k)^-(x+1)
+        q, = inputs
+        x = as_array(self._x)
+        return grad_outputs[0] * (-x * _hurwitz_zeta(x + 1, q)).astype(q.dtype),
+
+
+@_export('functions', 'functions.math.zeta')
+def zeta(x, q):
+    """Hurwitz's zeta function zeta(x, q) = sum_{k >= 0} (q + k)^-x elementwise
+    (x > 1, else NaN; x = 2 and q = 1 give pi^2 / 6), no SciPy needed.  x: a
+    number or array (no gradient); q: a float Variable or array, which gets
+    the gradient -x zeta(x + 1, q).  Returns a Variable of q's dtype.
+    Chainer: chainer.functions.zeta.
+    """
+    return Zeta(x)(q)
+
+
+@_export('functions.math.polygamma')
+class PolyGamma(Function):
+    """Function node of y = psi^(n)(x), the n-th derivative of digamma; backward
+    (none for n) gy * psi^(n+1)(x). Chainer: chainer.functions.math.polygamma.PolyGamma.
+    """
+    label = 'polygamma'
+
+    def forward(self, inputs):
+        n, x = inputs
+        if n.dtype.kind not in 'iu':
+            raise TypeError('polygamma: n must hold ints, got dtype {}'.format(n.dtype))
+        _require_float('polygamma', x)
+        return _polygamma(n, x),
+
+    def backward(self, inputs, grad_outputs):
+        n, x = inputs
+        return None, grad_outputs[0] * _polygamma(n + 1, x)
+
+
+def _polygamma(n, x):
+    """psi^(n)(x) = (-1)^(n+1) n! zeta(n + 1, x) for n >= 1, digamma for n = 0."""
+    xp = _xp(x)
+    n = xp.broadcast_to(n, np.broadcast_shapes(n.shape, x.shape))
+    factorial = xp.asarray(np.cumprod([1.0] + list(range(1, int(n.max()) + 2))))[n]
+    sign = xp.where(n % 2 == 1, 1.0, -1.0)
+    higher = sign * factorial * _hurwitz_zeta(n + 1, x)
+    return xp.where(n == 0, _digamma(x).astype(np.float64), higher).astype(x.dtype)
+
+
+@_export('functions', 'functions.math.polygamma')
+def polygamma(n, x):
+    """The polygamma function psi^(n)(x), the n-th derivative of digamma
+    (n = 0: digamma), elementwise; no SciPy needed.  n: ints (an array or
+    Variable, no gradient), broadcast with x, a float Variable or array.
+    Returns a Variable of x's dtype. Raises TypeError for non-int n or
+    integer x. Chainer: chainer.functions.polygamma.
+    """
+    return PolyGamma()(n, x)
+
+
 def _erfcinv_scalar(y):
     """The x with erfc(x) = y, 0 <= y <= 2, to double precision: Newton's
     method on log erfc(x) - log y (well scaled from y = 2 down to the
@@ -19310,8 +19414,8 @@ _not_supported(
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'discriminative_margin_based_clustering_loss erfcx fft '
             'fixed_decorrelated_batch_normalization forget gaussian ifft '
-            'polygamma sparse_matmul spatial_transformer_grid '
-            'spatial_transformer_sampler zeta '
+            'sparse_matmul spatial_transformer_grid '
+            'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
             'deformable_convolution_2d_sampler '

@@ -7433,6 +7433,32 @@ def test_erfinv_erfcinv_ndtri_match_chainer_781_and_invert():
                                       rtol=1e-6)
 
 
+def test_zeta_and_polygamma_match_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for dtype in ('float32', 'float64'):
+        key = 'special/zeta/{}/'.format(dtype)
+        q = Variable(dev(reference[key + 'q']))
+        y = F.zeta(np.array([2.0, 3.5, 1.5, 6.0, 2.0], dtype), q)
+        F.sum(y).backward()
+        tolerance = 1e-6 if dtype == 'float32' else 1e-12
+        assert y.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=tolerance)
+        np.testing.assert_allclose(host(q.grad), reference[key + 'gq'], rtol=tolerance)
+        key = 'special/polygamma/{}/'.format(dtype)
+        x = Variable(dev(reference[key + 'x']))
+        y = F.polygamma(dev(reference[key + 'n']), x)
+        F.sum(y).backward()
+        np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=tolerance)
+        np.testing.assert_allclose(host(x.grad), reference[key + 'gx'], rtol=tolerance)
+    np.testing.assert_allclose(float(host(F.zeta(2.0, dev(np.array(1.0))))), math.pi ** 2 / 6,
+                               rtol=1e-15)
+    assert np.isnan(host(F.zeta(0.5, dev(np.array([2.0])))))[0]
+    gradient_check.check_backward(lambda q: F.zeta(3.0, q), dev(np.array([0.7, 2.0, 5.0])),
+                                  dev(np.ones(3)), eps=1e-6, atol=1e-6, rtol=1e-6)
+    with pytest.raises(TypeError, match='polygamma: n must hold ints'):
+        F.polygamma(dev(np.array([1.0])), dev(np.array([1.0])))
+
+
 def test_linear_with_several_batch_axes():
     rng = np.random.RandomState(0)
     link = L.Linear(None, 4)

@@ -10,7 +10,7 @@ Writes into outdir (default: this file's folder):
              link_hooks/*     link_hook_cases.link_hook_cases on Chainer
              nd/*             nd_cases.run_nd_cases on Chainer
              w2v/*            w2v_cases.run_w2v_cases on Chainer
-             special/*        erfinv, erfcinv, ndtri and their gradients
+             special/*        erfinv, erfcinv, ndtri, zeta, polygamma and their gradients
 Only Chainer's public API is called.
 """
 import json
@@ -104,6 +104,19 @@ for name, x in special.items():
         F.sum(y).backward()
         key = 'special/{}/{}'.format(name, np.dtype(dtype).name)
         arrays.update({key + '/x': v.array, key + '/y': y.array, key + '/gx': v.grad})
+
+for dtype in (np.float32, np.float64):       # zeta(x, q) and polygamma(n, x), with gradients
+    key = 'special/zeta/{}'.format(np.dtype(dtype).name)
+    q = chainer.Variable(np.array([0.3, 1.0, 2.5, 7.0, 40.0], dtype))
+    y = F.zeta(np.array([2.0, 3.5, 1.5, 6.0, 2.0], dtype), q)
+    F.sum(y).backward()
+    arrays.update({key + '/q': q.array, key + '/y': y.array, key + '/gq': q.grad})
+    key = 'special/polygamma/{}'.format(np.dtype(dtype).name)
+    x = chainer.Variable(np.array([0.4, 1.0, 3.3, 12.0, -1.5, -0.3], dtype))
+    n = np.array([0, 1, 2, 3, 1, 2], np.int32)
+    y = F.polygamma(n, x)
+    F.sum(y).backward()
+    arrays.update({key + '/x': x.array, key + '/n': n, key + '/y': y.array, key + '/gx': x.grad})
 
 
 if __name__ == '__main__':
