@@ -7343,7 +7343,7 @@ def test_distributions_match_chainer_781_values_and_gradients():
             assert ours[key].shape == expected[key].shape
             assert ours[key].dtype == expected[key].dtype
             continue
-        assert ours[key].shape == expected[key].shape and ours[key].dtype == expected[key].dtype, key
+        assert (ours[key].shape, ours[key].dtype) == (expected[key].shape, expected[key].dtype), key
         np.testing.assert_allclose(ours[key], expected[key], rtol=2e-4, atol=2e-5, err_msg=key)
 
 
