@@ -2459,7 +2459,7 @@ class Zeta(Function):
 
     def backward(self, inputs, grad_outputs):      # d/dq (q + k)^-x = -x (q + k)^-(x+1)
         q, = inputs
-        x = as_array(self._x)
+        x = _xp(q).asarray(as_array(self._x), np.float64)     # x may be a host number or array
         return grad_outputs[0] * (-x * _hurwitz_zeta(x + 1, q)).astype(q.dtype),
 
 
