@@ -5082,6 +5082,51 @@ def dropout(x, ratio=.5):
     return Dropout(ratio)(x)
 
 
+@_export('functions.noise.gaussian')
+class Gaussian(Function):
+    """Function node of gaussian: y = mean + exp(ln_var / 2) eps, eps ~ N(0, 1)
+    drawn at the first forward (or given) and kept in .eps; backward gy for
+    mean and gy (y - mean) / 2 for ln_var. Chainer: chainer.functions.noise.gaussian.Gaussian.
+    """
+    label = 'gaussian'
+
+    def __init__(self, eps=None):
+        self.eps = eps
+
+    def forward(self, inputs):
+        mean, ln_var = inputs
+        _require_float('gaussian', mean)
+        if mean.shape != ln_var.shape or mean.dtype != ln_var.dtype:
+            raise ValueError('gaussian: mean and ln_var must have one shape and dtype, got '
+                             '{} {} and {} {}'.format(mean.shape, mean.dtype, ln_var.shape,
+                                                      ln_var.dtype))
+        if self.eps is None:    # drawn as Chainer draws it, in float64 then cast
+            self.eps = _noise(_xp(mean), 'standard_normal', ln_var.shape, mean.dtype)
+        self.noise = _xp(mean).exp(ln_var * mean.dtype.type(0.5)) * self.eps
+        return mean + self.noise,
+
+    def backward(self, inputs, grad_outputs):      # d noise / d ln_var = noise / 2
+        gy, = grad_outputs
+        return gy, gy * self.noise * gy.dtype.type(0.5)
+
+
+@_export('functions', 'functions.noise.gaussian')
+def gaussian(mean, ln_var, **kwargs):
+    """A sample of N(mean, exp(ln_var)), reparameterized: mean + exp(ln_var /
+    2) eps with eps ~ N(0, 1), so gradients reach mean and ln_var (the VAE's
+    trick).  mean, ln_var: float Variables or arrays of one shape and dtype.
+    Keywords: eps (an array of that shape: use it instead of drawing),
+    return_eps (default False: True also returns the eps used).  Raises
+    ValueError for mismatched inputs. Chainer: chainer.functions.gaussian.
+    """
+    eps, return_eps = kwargs.pop('eps', None), kwargs.pop('return_eps', False)
+    if kwargs:
+        raise TypeError('gaussian: unexpected arguments {}'.format(sorted(kwargs)))
+    function = Gaussian(eps)
+    y = function(mean, ln_var)
+    return (y, function.eps) if return_eps else y
+
+
 # ----- losses ------------------------------------------------------------------
 
 @_export('functions.loss.mean_squared_error')
@@ -19413,7 +19458,7 @@ _not_supported(
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'discriminative_margin_based_clustering_loss erfcx fft '
-            'fixed_decorrelated_batch_normalization forget gaussian ifft '
+            'fixed_decorrelated_batch_normalization forget ifft '
             'sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

@@ -2546,6 +2546,25 @@ def test_dropout_gradient():
     np.testing.assert_allclose(host(v.grad), _dropout_mask(x.shape, 0.4, 3))
 
 
+def test_gaussian_matches_chainer_781_and_its_gradient():
+    # a seeded draw on the CPU is Chainer's draw (numpy.random after seed 7)
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    mean = Variable(reference['gaussian/mean'])
+    ln_var = Variable(reference['gaussian/ln_var'])
+    np.random.seed(7)
+    y = F.gaussian(mean, ln_var)
+    y.grad = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y.backward()
+    for name, got in (('y', y.array), ('gmean', mean.grad), ('gln_var', ln_var.grad)):
+        np.testing.assert_allclose(got, reference['gaussian/' + name], rtol=1e-6, err_msg=name)
+    m, v, eps = f64(3, 4), f64(3, 4, seed=1), f64(3, 4, seed=2)
+    check(lambda m, v: F.gaussian(m, v, eps=dev(eps)), m, v)
+    y, used = F.gaussian(dev(m), dev(v), return_eps=True)
+    np.testing.assert_allclose(host(y), m + np.exp(v / 2) * host(used))
+    with pytest.raises(ValueError, match='gaussian: mean and ln_var must have one shape'):
+        F.gaussian(dev(m), dev(f64(3, 3)))
+
+
 def test_softmax_rows_sum_to_one():
     x = f32(5, 7, low=-10, high=10)
     y = host(F.softmax(dev(x)))

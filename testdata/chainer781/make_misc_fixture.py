@@ -11,6 +11,7 @@ Writes into outdir (default: this file's folder):
              nd/*             nd_cases.run_nd_cases on Chainer
              w2v/*            w2v_cases.run_w2v_cases on Chainer
              special/*        erfinv, erfcinv, ndtri, zeta, polygamma and their gradients
+             gaussian/*       F.gaussian after numpy.random.seed(7), and its gradients
 Only Chainer's public API is called.
 """
 import json
@@ -117,6 +118,16 @@ for dtype in (np.float32, np.float64):       # zeta(x, q) and polygamma(n, x), w
     y = F.polygamma(n, x)
     F.sum(y).backward()
     arrays.update({key + '/x': x.array, key + '/n': n, key + '/y': y.array, key + '/gx': x.grad})
+
+# F.gaussian: a seeded draw (the same eps as numpy.random after seed 7) and its gradients
+mean = chainer.Variable(rng.randn(2, 3).astype(np.float32))
+ln_var = chainer.Variable(rng.randn(2, 3).astype(np.float32))
+np.random.seed(7)
+y = F.gaussian(mean, ln_var)
+y.grad = np.arange(6, dtype=np.float32).reshape(2, 3)
+y.backward()
+arrays.update({'gaussian/mean': mean.array, 'gaussian/ln_var': ln_var.array, 'gaussian/y': y.array,
+               'gaussian/gmean': mean.grad, 'gaussian/gln_var': ln_var.grad})
 
 
 if __name__ == '__main__':
