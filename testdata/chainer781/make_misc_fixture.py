@@ -97,7 +97,8 @@ arrays.update(('w2v/' + key, value) for key, value in run_w2v_cases(chainer, F, 
 # ----- erfinv, erfcinv, ndtri: values and gradients -----
 special = {'erfinv': np.array([-0.999, -0.5, 0, 0.3, 0.9, 0.9999]),
            'erfcinv': np.array([1e-30, 1e-5, 0.2, 1, 1.7, 1.99999]),
-           'ndtri': np.array([1e-20, 1e-3, 0.3, 0.5, 0.8, 0.999999])}
+           'ndtri': np.array([1e-20, 1e-3, 0.3, 0.5, 0.8, 0.999999]),
+           'erfcx': np.array([-5, -0.5, 0, 1.5, 8, 24.9, 25.1, 300])}
 for name, x in special.items():
     for dtype in (np.float32, np.float64):
         v = chainer.Variable(x.astype(dtype))
