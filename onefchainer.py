@@ -18062,6 +18062,59 @@ def backward(outputs, grad_outputs=None, **kwargs):
     _backprop(outputs, kwargs.get('retain_grad', False))
 
 
+# ----- forget: recompute instead of remembering -----------------------------------
+# F.forget(f, x, y) runs f without recording its graph, so none of f's
+# intermediate arrays stay in memory; its backward runs f again, this time
+# recording, and backpropagates the output gradients through that copy.
+# Memory for time: f runs twice.  f must compute the same thing both times
+# (no dropout, no random draws).
+
+@_export('functions.util.forget')
+class Forget(Function):
+    """Function node of forget: forward runs func without a graph; backward
+    runs it again with one and backpropagates through it.
+    Chainer: chainer.functions.util.forget.Forget.
+    """
+    label = 'forget'
+
+    def __init__(self, func):
+        if not callable(func):
+            raise TypeError('forget: func must be callable, not {}'.format(type(func).__name__))
+        self.func = func
+
+    def _run(self, xs):
+        outs = self.func(*xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if not all(isinstance(y, Variable) for y in outs):
+            raise TypeError('forget: func must return a Variable or a tuple of Variables, got '
+                            '{}'.format(', '.join(type(y).__name__ for y in outs)))
+        return outs
+
+    def forward(self, inputs):
+        with no_backprop_mode():
+            return tuple(y.data for y in self._run([Variable(x) for x in inputs]))
+
+    def backward(self, inputs, grad_outputs):
+        xs = [Variable(x, requires_grad=v.requires_grad) for x, v in zip(inputs, self.inputs)]
+        with force_backprop_mode():
+            outs = self._run(xs)
+        pairs = [(y, g) for y, g in zip(outs, grad_outputs) if g is not None]
+        for y, g in pairs:
+            y.grad = g
+        _backprop([y for y, _ in pairs], False)       # Chapter 4's walk, over the copy
+        return tuple(x.grad for x in xs)
+
+
+@_export('functions', 'functions.util.forget')
+def forget(func, *xs):
+    """func(*xs), keeping none of its intermediate results: backward calls
+    func again to rebuild the graph it needs.  func takes Variables and returns
+    a Variable or a tuple of them, the same on both calls.  Returns what func
+    returns. Raises TypeError if func is not callable or returns something
+    else. Chainer: chainer.functions.forget.
+    """
+    return Forget(func)(*xs)
+
 # ----- switches and backprop from the top level: chainer.DebugMode, chainer.backward --
 
 
@@ -19499,7 +19552,7 @@ _not_supported(
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
             'discriminative_margin_based_clustering_loss fft '
-            'fixed_decorrelated_batch_normalization forget ifft '
+            'fixed_decorrelated_batch_normalization ifft '
             'sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

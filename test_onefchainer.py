@@ -10671,6 +10671,34 @@ def test_more_float_only_functions_refuse_integers(name):
     assert message.startswith(name + ':') and 'int32' in message, message
 
 
+def test_forget_recomputes_instead_of_keeping_the_graph():
+    x, y = Variable(dev(f64(4, 3))), Variable(dev(f64(4, 3, seed=1)))
+    seen = []
+
+    def f(a, b):
+        seen.append(chainer.config.enable_backprop)
+        return (a + b) * a, F.sum(b)
+
+    z, s = F.forget(f, x, y)
+    assert seen == [False]            # forward: no graph, so (a + b) is not kept
+    assert z.creator is s.creator and type(z.creator).__name__ == 'Forget'
+    F.sum(z * 3 + s).backward()
+    assert seen == [False, True]      # backward: f again, recorded
+    np.testing.assert_allclose(host(x.grad), 3 * (2 * host(x) + host(y)))
+    np.testing.assert_allclose(host(y.grad), 3 * host(x) + 12)    # s is added to 12 elements
+    check(lambda a, b: F.forget(lambda u, v: F.tanh(u * v) + u, a, b), f64(3, 2), f64(3, 2, seed=2))
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)      # parameters inside get their gradients
+    F.sum(F.forget(lambda v: F.relu(link(v)), Variable(dev(f32(5, 3))))).backward()
+    expected_link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    expected_link.copyparams(link)
+    F.sum(F.relu(expected_link(dev(f32(5, 3))))).backward()
+    np.testing.assert_allclose(host(link.W.grad), host(expected_link.W.grad), rtol=1e-6)
+    with pytest.raises(TypeError, match='forget: func must return a Variable'):
+        F.forget(lambda v: 3, x)
+    with pytest.raises(TypeError, match='forget: func must be callable'):
+        F.forget(3, x)
+
+
 # ----- chainer.utils.type_check ---------------------------------------------------
 
 with open(os.path.join(HERE, 'testdata', 'chainer781', 'misc.json')) as _file:
