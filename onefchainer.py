@@ -2662,6 +2662,63 @@ def ndtri(x):
     return Ndtri()(x)
 
 
+# The discrete Fourier transform along the last axis, y_k = sum_j x_j e^(-2 pi i jk / n),
+# is linear, y = M x with M symmetric, so the gradient of a real loss with respect
+# to x = xr + i xi is conj(M) g = n ifft(g), where g = dL/dyr + i dL/dyi (for ifft,
+# M is conj(M_fft) / n, and the gradient is fft(g) / n).
+
+@_export('functions.math.fft')
+class FFT(Function):
+    """Function node of fft / ifft on (real, imag) pairs along the last axis;
+    backward the adjoint transform. Chainer: chainer.functions.math.fft.FFT.
+    """
+
+    def __init__(self, method):
+        self._method = method
+
+    @property
+    def label(self):
+        return self._method
+
+    def forward(self, inputs):
+        real, imag = inputs
+        if real.dtype.kind != 'f' or real.shape != imag.shape or real.dtype != imag.dtype \
+                or real.ndim == 0:
+            raise ValueError('{}: real and imag must be float arrays of one shape and dtype '
+                             '(ndim >= 1), got {} {} and {} {}'.format(
+                                 self.label, real.shape, real.dtype, imag.shape, imag.dtype))
+        y = getattr(_xp(real).fft, self._method)(real + 1j * imag)
+        return y.real.astype(real.dtype), y.imag.astype(real.dtype)
+
+    def backward(self, inputs, grad_outputs):
+        real, _ = inputs
+        xp = _xp(real)
+        gr, gi = (xp.zeros_like(real) if g is None else g for g in grad_outputs)
+        n = real.shape[-1]
+        g = gr + 1j * gi
+        gx = xp.fft.ifft(g) * n if self._method == 'fft' else xp.fft.fft(g) / n
+        return gx.real.astype(real.dtype), gx.imag.astype(real.dtype)
+
+
+@_export('functions', 'functions.math.fft')
+def fft(x):
+    """The discrete Fourier transform along the last axis of x = (real, imag),
+    float arrays or Variables of one shape and dtype; returns the pair
+    (real, imag) of the result, as numpy.fft.fft of real + 1j imag. Raises
+    ValueError for mismatched parts. Chainer: chainer.functions.fft.
+    """
+    return FFT('fft')(*x)
+
+
+@_export('functions', 'functions.math.fft')
+def ifft(x):
+    """The inverse discrete Fourier transform along the last axis of x =
+    (real, imag) (numpy.fft.ifft: with the 1/n); returns (real, imag). Raises
+    ValueError for mismatched parts. Chainer: chainer.functions.ifft.
+    """
+    return FFT('ifft')(*x)
+
+
 @_export('functions', 'functions.math.erf')
 def erf(x):
     """Elementwise error function erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt
@@ -19551,8 +19608,8 @@ _not_supported(
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
     missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
-            'discriminative_margin_based_clustering_loss fft '
-            'fixed_decorrelated_batch_normalization ifft '
+            'discriminative_margin_based_clustering_loss '
+            'fixed_decorrelated_batch_normalization '
             'sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '

@@ -7479,6 +7479,27 @@ def test_zeta_and_polygamma_match_chainer_781():
         F.polygamma(dev(np.array([1.0])), dev(np.array([1.0])))
 
 
+def test_fft_and_ifft_match_chainer_781_and_invert():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for method in ('fft', 'ifft'):
+        key = 'fft/' + method + '/'
+        real, imag = Variable(dev(reference[key + 'real'])), Variable(dev(reference[key + 'imag']))
+        yr, yi = getattr(F, method)((real, imag))
+        F.sum(yr * dev(reference[key + 'gr']) + yi * dev(reference[key + 'gi'])).backward()
+        for name, got in (('yr', yr), ('yi', yi), ('greal', real.grad), ('gimag', imag.grad)):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(host(got), reference[key + name], rtol=1e-5, atol=1e-5,
+                                       err_msg=key + name)
+    r, i = f64(3, 8), f64(3, 8, seed=1)
+    back = F.ifft(F.fft((dev(r), dev(i))))
+    np.testing.assert_allclose(host(back[0]), r, atol=1e-12)
+    np.testing.assert_allclose(host(back[1]), i, atol=1e-12)
+    for f in (F.fft, F.ifft):
+        check(lambda u, v: f((u, v)), r, i)
+    with pytest.raises(ValueError, match='fft: real and imag must be float arrays of one shape'):
+        F.fft((dev(r), dev(f64(3, 7))))
+
+
 def test_linear_with_several_batch_axes():
     rng = np.random.RandomState(0)
     link = L.Linear(None, 4)

@@ -12,6 +12,7 @@ Writes into outdir (default: this file's folder):
              w2v/*            w2v_cases.run_w2v_cases on Chainer
              special/*        erfinv, erfcinv, ndtri, zeta, polygamma and their gradients
              gaussian/*       F.gaussian after numpy.random.seed(7), and its gradients
+             fft/*            F.fft and F.ifft and their gradients
 Only Chainer's public API is called.
 """
 import json
@@ -129,6 +130,17 @@ y.grad = np.arange(6, dtype=np.float32).reshape(2, 3)
 y.backward()
 arrays.update({'gaussian/mean': mean.array, 'gaussian/ln_var': ln_var.array, 'gaussian/y': y.array,
                'gaussian/gmean': mean.grad, 'gaussian/gln_var': ln_var.grad})
+
+for method in ('fft', 'ifft'):      # F.fft / F.ifft of (real, imag), and the gradients
+    real = chainer.Variable(rng.randn(2, 6).astype(np.float32))
+    imag = chainer.Variable(rng.randn(2, 6).astype(np.float32))
+    yr, yi = getattr(F, method)((real, imag))
+    gr, gi = rng.randn(2, 6).astype(np.float32), rng.randn(2, 6).astype(np.float32)
+    F.sum(yr * gr + yi * gi).backward()
+    key = 'fft/' + method + '/'
+    arrays.update({key + 'real': real.array, key + 'imag': imag.array, key + 'gr': gr,
+                   key + 'gi': gi, key + 'yr': yr.array, key + 'yi': yi.array,
+                   key + 'greal': real.grad, key + 'gimag': imag.grad})
 
 
 if __name__ == '__main__':
