@@ -5861,6 +5861,53 @@ def identity(*inputs):
     return Identity()(*inputs)
 
 
+# ----- covariance penalties: cross_covariance, decov ---------------------------------
+# With yc, zc the batch-centred columns of y (N, M) and z (N, K), their
+# cross-covariance is C = yc^T zc / N (M, K); the penalty is ||C||^2 / 2.
+# DeCov (Cogswell et al., 2016) is the same for a layer with itself, the
+# diagonal (each unit's own variance) left out.  Made of matmul, mean and
+# sum, their gradients come from those.
+
+def _covariance_penalty(label, y, z, reduce, off_diagonal=False):
+    if reduce not in ('half_squared_sum', 'no'):
+        raise ValueError("{}: reduce must be 'half_squared_sum' or 'no', not {!r}".format(
+            label, reduce))
+    y, z = as_variable(y), as_variable(z)
+    if y.ndim != 2 or z.ndim != 2 or len(y) != len(z):
+        raise ValueError('{}: the inputs must be matrices (batch, units) of one batch size, got '
+                         '{} and {}'.format(label, y.shape, z.shape))
+    centred_y = y - mean(y, axis=0, keepdims=True)
+    centred_z = centred_y if z is y else z - mean(z, axis=0, keepdims=True)
+    covariance = matmul(centred_y, centred_z, transa=True) / y.dtype.type(len(y))
+    if off_diagonal:
+        covariance = covariance * (1 - _xp(y.data).eye(covariance.shape[0], dtype=y.dtype))
+    if reduce == 'no':
+        return covariance
+    return _sum(covariance * covariance) * y.dtype.type(0.5)
+
+
+@_export('functions', 'functions.loss.cross_covariance')
+def cross_covariance(y, z, reduce='half_squared_sum'):
+    """The cross-covariance penalty of y (N, M) and z (N, K): ||C||_F^2 / 2 with
+    C = yc^T zc / N over the batch-centred columns (reduce='half_squared_sum',
+    the default: a scalar), or C itself (M, K) for reduce='no'. Raises
+    ValueError for another reduce or inputs that are not matrices of one
+    batch size. Chainer: chainer.functions.cross_covariance.
+    """
+    return _covariance_penalty('cross_covariance', y, z, reduce)
+
+
+@_export('functions', 'functions.loss.decov')
+def decov(h, reduce='half_squared_sum'):
+    """The DeCov loss of h (N, M): half the squared Frobenius norm of the
+    covariance of h's columns with its diagonal zeroed (a scalar), or that
+    matrix (M, M) for reduce='no'. Raises ValueError for another reduce or a
+    non-matrix h. Chainer: chainer.functions.decov.
+    """
+    h = as_variable(h)
+    return _covariance_penalty('decov', h, h, reduce, off_diagonal=True)
+
+
 # ----- composites: square, squared_error, swapaxes, hstack, vstack, argmax ----
 # Each but linear_interpolate is one line on top of the functions above, so
 # its gradient comes for free.
@@ -19607,7 +19654,7 @@ _not_supported(
     rnn='lstm slstm tree_lstm n_step_lstm n_step_bilstm n_step_gru n_step_bigru '
         'n_step_rnn n_step_birnn zoneout transpose_sequence pad_sequence '
         'connectionist_temporal_classification crf1d argmax_crf1d',
-    missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
+    missing='as_strided black_out decorrelated_batch_normalization '
             'discriminative_margin_based_clustering_loss '
             'fixed_decorrelated_batch_normalization '
             'sparse_matmul spatial_transformer_grid '

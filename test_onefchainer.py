@@ -2565,6 +2565,25 @@ def test_gaussian_matches_chainer_781_and_its_gradient():
         F.gaussian(dev(m), dev(f64(3, 3)))
 
 
+def test_cross_covariance_and_decov_match_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for reduce in ('half_squared_sum', 'no'):
+        key = 'cov/' + reduce + '/'
+        y, z = Variable(dev(reference[key + 'y'])), Variable(dev(reference[key + 'z']))
+        c, d = F.cross_covariance(y, z, reduce), F.decov(y, reduce)
+        loss = F.sum(c * c) + F.sum(d * d) if reduce == 'no' else c + d
+        loss.backward()
+        for name, got in (('c', c), ('d', d), ('gy', y.grad), ('gz', z.grad)):
+            np.testing.assert_allclose(host(got), reference[key + name], rtol=1e-5, atol=1e-6,
+                                       err_msg=key + name)
+    check(lambda y, z: F.cross_covariance(y, z), f64(6, 3), f64(6, 2, seed=1))
+    check(lambda h: F.decov(h), f64(6, 3))
+    with pytest.raises(ValueError, match="decov: reduce must be 'half_squared_sum' or 'no'"):
+        F.decov(dev(f64(6, 3)), 'mean')
+    with pytest.raises(ValueError, match='cross_covariance: the inputs must be matrices'):
+        F.cross_covariance(dev(f64(6, 3)), dev(f64(5, 3)))
+
+
 def test_softmax_rows_sum_to_one():
     x = f32(5, 7, low=-10, high=10)
     y = host(F.softmax(dev(x)))

@@ -13,6 +13,7 @@ Writes into outdir (default: this file's folder):
              special/*        erfinv, erfcinv, ndtri, zeta, polygamma and their gradients
              gaussian/*       F.gaussian after numpy.random.seed(7), and its gradients
              fft/*            F.fft and F.ifft and their gradients
+             cov/*            F.cross_covariance and F.decov and their gradients
 Only Chainer's public API is called.
 """
 import json
@@ -141,6 +142,17 @@ for method in ('fft', 'ifft'):      # F.fft / F.ifft of (real, imag), and the gr
     arrays.update({key + 'real': real.array, key + 'imag': imag.array, key + 'gr': gr,
                    key + 'gi': gi, key + 'yr': yr.array, key + 'yi': yi.array,
                    key + 'greal': real.grad, key + 'gimag': imag.grad})
+
+for reduce in ('half_squared_sum', 'no'):      # cross_covariance and decov, and their gradients
+    y = chainer.Variable(rng.randn(5, 3).astype(np.float32))
+    z = chainer.Variable(rng.randn(5, 4).astype(np.float32))
+    c = F.cross_covariance(y, z, reduce)
+    d = F.decov(y, reduce)
+    loss = F.sum(c * c) + F.sum(d * d) if reduce == 'no' else c + d
+    loss.backward()
+    key = 'cov/' + reduce + '/'
+    arrays.update({key + 'y': y.array, key + 'z': z.array, key + 'c': c.array, key + 'd': d.array,
+                   key + 'gy': y.grad, key + 'gz': z.grad})
 
 
 if __name__ == '__main__':
