@@ -8406,6 +8406,28 @@ def average_pooling_2d(x, ksize, stride=None, pad=0):
     return AveragePooling2D(ksize, stride, pad)(x)
 
 
+@_export('functions', 'functions.pooling.spatial_pyramid_pooling_2d')
+def spatial_pyramid_pooling_2d(x, pyramid_height, pooling=None):
+    """A fixed-length vector from an image of any size: at level l = 0 ..
+    pyramid_height - 1, max pooling into 2^l x 2^l bins (kernel ceil(h / 2^l),
+    padded evenly), all levels concatenated.  x: (N, C, h, w); pooling must
+    be 'max' (as in Chainer, None raises).  Returns (N, C (4^H - 1) / 3, 1, 1).
+    Raises ValueError for another pooling. Chainer: chainer.functions.spatial_pyramid_pooling_2d.
+    """
+    if pooling != 'max':
+        raise ValueError("spatial_pyramid_pooling_2d: pooling must be 'max' (the only one "
+                         "Chainer has), not {!r}".format(pooling))
+    height, width = _input_data('spatial_pyramid_pooling_2d', x).shape[2:]
+    levels = []
+    for level in range(pyramid_height):
+        bins = 2 ** level
+        ksize = (-(-height // bins), -(-width // bins))                 # ceil
+        pad = ((ksize[0] * bins - height) // 2, (ksize[1] * bins - width) // 2)
+        y = max_pooling_2d(x, ksize, None, pad, cover_all=True)
+        levels.append(reshape(y, (y.shape[0], -1, 1, 1)))
+    return concat(levels, axis=1)
+
+
 # ----- unpooling and upsampling ---------------------------------------------------
 # The way back up.  Unpooling copies every pixel into its whole kh x kw
 # window of a larger image, windows placed as pooling would place them
@@ -19660,7 +19682,7 @@ _not_supported(
             'sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
-            'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
+            'roi_max_pooling_2d roi_pooling_2d '
             'deformable_convolution_2d_sampler '
             'local_convolution_2d')
 _not_supported(

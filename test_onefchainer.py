@@ -5488,6 +5488,21 @@ def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
     np.testing.assert_array_equal(other.W.data, c3.W.data)
 
 
+def test_spatial_pyramid_pooling_2d_matches_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    x = Variable(dev(reference['spp/x']))
+    y = F.spatial_pyramid_pooling_2d(x, 3, pooling='max')
+    y.grad = dev(reference['spp/gy'])
+    y.backward()
+    assert y.shape == (2, 3 * (1 + 4 + 16), 1, 1)
+    # (Chainer too gives -inf for the bins that hold only padding of a 7 x 5 image)
+    np.testing.assert_array_equal(host(y), reference['spp/y'])
+    np.testing.assert_allclose(host(x.grad), reference['spp/gx'])
+    np.testing.assert_array_equal(host(y)[:, :3, 0, 0], host(F.max(x, axis=(2, 3))))
+    with pytest.raises(ValueError, match="pooling must be 'max'"):
+        F.spatial_pyramid_pooling_2d(x, 2)
+
+
 # ----- N-D deconvolution and unpooling -------------------------------------------
 
 def test_deconvolution_nd_and_unpooling_nd_match_chainer_781():

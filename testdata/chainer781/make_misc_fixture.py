@@ -14,6 +14,7 @@ Writes into outdir (default: this file's folder):
              gaussian/*       F.gaussian after numpy.random.seed(7), and its gradients
              fft/*            F.fft and F.ifft and their gradients
              cov/*            F.cross_covariance and F.decov and their gradients
+             spp/*            F.spatial_pyramid_pooling_2d and its gradient
 Only Chainer's public API is called.
 """
 import json
@@ -153,6 +154,13 @@ for reduce in ('half_squared_sum', 'no'):      # cross_covariance and decov, and
     key = 'cov/' + reduce + '/'
     arrays.update({key + 'y': y.array, key + 'z': z.array, key + 'c': c.array, key + 'd': d.array,
                    key + 'gy': y.grad, key + 'gz': z.grad})
+
+x = chainer.Variable(rng.randn(2, 3, 7, 5).astype(np.float32))     # spatial pyramid pooling
+y = F.spatial_pyramid_pooling_2d(x, 3, pooling='max')
+y.grad = rng.randn(*y.shape).astype(np.float32)
+arrays.update({'spp/x': x.array, 'spp/gy': y.grad})
+y.backward()
+arrays.update({'spp/y': y.array, 'spp/gx': x.grad})
 
 
 if __name__ == '__main__':
