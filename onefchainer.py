@@ -27,6 +27,7 @@ as chainer`, ...).  Only the standard library and NumPy are required; CuPy
 import collections
 import contextlib
 import copy
+import functools
 import gzip
 import hashlib
 import heapq
@@ -326,8 +327,8 @@ class Function:
     # forward and backward are yours to write (above); Chainer's per-device
     # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 21.
 
-    # Continued in Chapter 20 (output_data, unchain); Chapter 21 (forward,
-    # backward, forward_cpu, backward_cpu, ...).
+    # Continued in Chapter 12 (add_hook, ...); Chapter 20 (output_data, unchain,
+    # check_type_forward); Chapter 21 (forward, backward, forward_cpu, ...).
 
 
 def _as_input(function, x):
@@ -578,12 +579,12 @@ def linear(x, W, b=None, n_batch_axes=1):
 
     x: float (N, in_size), or (N, ...) flattened; W: (out_size, in_size) of any
     float dtype (as in Chainer v7: used in x's dtype, gW in W's); b: (out_size,)
-    of x's dtype or None (default). n_batch_axes must be 1 (else NotImplementedError).
+    of x's dtype or None (default). n_batch_axes: x's leading axes that are batch axes.
     Returns a Variable (N, out_size) of x's dtype. Raises ValueError for shapes
     that do not fit, TypeError for b of another dtype. Chainer: chainer.functions.linear.
     """
-    if n_batch_axes != 1:
-        raise NotImplementedError('linear: only n_batch_axes=1 is supported')
+    if n_batch_axes != 1:            # the batch axes folded into one: Chapter 20
+        return _linear_over_batch_axes(x, W, b, n_batch_axes)
     if b is None:
         return LinearFunction()(x, W)
     return LinearFunction()(x, W, b)
@@ -858,8 +859,8 @@ class Link:
             type(self).__name__))
 
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
-    # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
-    # ...); Chapter 21 (addgrads).
+    # ...); Chapter 12 (add_hook, ...); Chapter 13 (serialize); Chapter 18
+    # (device, xp, to_device, to_cpu, ...); Chapter 21 (addgrads).
 _export('device_resident', DeviceResident=Link)
 
 
@@ -927,10 +928,10 @@ class Linear(Link):
 
     def forward(self, x, n_batch_axes=1):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
-        n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
+        n_batch_axes: x's leading batch axes. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
             data = _check_first_input('Linear', x)      # its array: Chapter 20
-            self._initialize_params(int(np.prod(data.shape[1:])))
+            self._initialize_params(int(np.prod(data.shape[n_batch_axes:])))
         return linear(x, self.W, self.b, n_batch_axes)
 
 
@@ -2386,6 +2387,361 @@ class LGamma(Function):
 
     def backward(self, inputs, grad_outputs):      # (log Gamma)' = psi, the digamma function
         return grad_outputs[0] * _digamma(inputs[0]),
+
+
+def _trigamma(x):
+    """psi'(x), the derivative of digamma, elementwise in x's dtype, the same
+    way: psi'(x) = psi'(x + 1) + 1/x^2 lifts x to 10 or more, then the
+    asymptotic series; x < 1/2 reflects, psi'(x) = pi^2 / sin^2(pi x) - psi'(1 - x)."""
+    xp = _xp(x)
+    z = x.astype(np.float64)
+    reflect = z < 0.5
+    z = xp.where(reflect, 1 - z, z)
+    shift = xp.zeros_like(z)
+    for _ in range(10):
+        small = z < 10
+        shift += xp.where(small, 1 / (z * z), 0)
+        z = xp.where(small, z + 1, z)
+    s = 1 / (z * z)
+    psi1 = 1 / z + s / 2 + s / z * (1 / 6 - s * (1 / 30 - s * (1 / 42 - s / 30))) + shift
+    psi1 = xp.where(reflect, (math.pi / xp.sin(math.pi * x.astype(np.float64))) ** 2 - psi1,
+                    psi1)
+    return psi1.astype(x.dtype)
+
+
+@_export('functions.math.digamma')
+class DiGamma(Function):
+    """Function node of y = psi(x) = d/dx log Gamma(x); backward gy * psi'(x).
+    Chainer: chainer.functions.math.digamma.DiGamma.
+    """
+    label = 'digamma'
+
+    def forward(self, inputs):
+        _require_float('digamma', inputs[0])
+        return _digamma(inputs[0]),
+
+    def backward(self, inputs, grad_outputs):
+        return grad_outputs[0] * _trigamma(inputs[0]),
+
+
+@_export('functions', 'functions.math.digamma')
+def digamma(x):
+    """Elementwise digamma psi(x) = Gamma'(x) / Gamma(x) (poles at 0, -1, ...),
+    with gradient psi'(x); by recurrence and asymptotic series, on NumPy or
+    CuPy (no SciPy needed, unlike Chainer's CPU version). Float Variable or
+    array in, Variable of its shape and dtype out. Raises TypeError for
+    integer x. Chainer: chainer.functions.digamma.
+    """
+    return DiGamma()(x)
+
+
+# Bernoulli numbers B_2, B_4, ..., B_16 over (2j)!: the Euler-Maclaurin tail of zeta.
+_ZETA_TAIL = tuple(b / math.factorial(2 * j) for j, b in enumerate(
+    (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730, 7 / 6, -3617 / 510), 1))
+
+
+def _hurwitz_zeta(s, q):
+    """zeta(s, q) = sum_{k >= 0} (q + k)^-s, for s > 1, elementwise in float64 on
+    NumPy or CuPy (s and q broadcast).  The terms up to q + k >= 10 are added
+    directly; the rest is the Euler-Maclaurin formula, its integral
+    a^(1-s) / (s - 1), half the first term, and the Bernoulli corrections
+    B_2j / (2j)! s (s + 1) ... (s + 2j - 2) a^(-s-2j+1), with a = q + k."""
+    xp = _xp(q) if isinstance(q, _array_types) else _xp(s)
+    s, q = xp.broadcast_arrays(xp.asarray(s, np.float64), xp.asarray(q, np.float64))
+    converges = s > 1
+    s = xp.where(converges, s, 2.0)          # NaN below, without dividing by s - 1 = 0
+    total = xp.zeros(s.shape)
+    a = q.copy()
+    while True:      # integer s and q < 0: the terms are powers of negatives, as SciPy's
+        near = a < 10
+        if not near.any():
+            break
+        total += xp.where(near, xp.power(xp.where(near, a, 1), -s), 0)
+        a = xp.where(near, a + 1, a)
+    total += a ** (1 - s) / (s - 1) + 0.5 * a ** -s
+    rising = s * a ** (-s - 1)               # s a^(-s-1): the first correction's factor
+    for j, weight in enumerate(_ZETA_TAIL, 1):
+        if j > 1:
+            rising = rising * (s + 2 * j - 3) * (s + 2 * j - 2) / (a * a)
+        total += weight * rising
+    return xp.where(converges, total, np.nan)
+
+
+@_export('functions.math.zeta')
+class Zeta(Function):
+    """Function node of y = zeta(x, q), Hurwitz's zeta function, for a fixed
+    x; backward gy * -x zeta(x + 1, q). Chainer: chainer.functions.math.zeta.Zeta.
+    """
+    label = 'zeta'
+
+    def __init__(self, x):
+        self._x = x
+
+    def forward(self, inputs):
+        q, = inputs
+        _require_float('zeta', q)
+        return _hurwitz_zeta(as_array(self._x), q).astype(q.dtype),
+
+    def backward(self, inputs, grad_outputs):      # d/dq (q + k)^-x = -x (q + k)^-(x+1)
+        q, = inputs
+        x = _xp(q).asarray(as_array(self._x), np.float64)     # x may be a host number or array
+        return grad_outputs[0] * (-x * _hurwitz_zeta(x + 1, q)).astype(q.dtype),
+
+
+@_export('functions', 'functions.math.zeta')
+def zeta(x, q):
+    """Hurwitz's zeta function zeta(x, q) = sum_{k >= 0} (q + k)^-x elementwise
+    (x > 1, else NaN; x = 2 and q = 1 give pi^2 / 6), no SciPy needed.  x: a
+    number or array (no gradient); q: a float Variable or array, which gets
+    the gradient -x zeta(x + 1, q).  Returns a Variable of q's dtype.
+    Chainer: chainer.functions.zeta.
+    """
+    return Zeta(x)(q)
+
+
+@_export('functions.math.polygamma')
+class PolyGamma(Function):
+    """Function node of y = psi^(n)(x), the n-th derivative of digamma; backward
+    (none for n) gy * psi^(n+1)(x). Chainer: chainer.functions.math.polygamma.PolyGamma.
+    """
+    label = 'polygamma'
+
+    def forward(self, inputs):
+        n, x = inputs
+        if n.dtype.kind not in 'iu':
+            raise TypeError('polygamma: n must hold ints, got dtype {}'.format(n.dtype))
+        _require_float('polygamma', x)
+        return _polygamma(n, x),
+
+    def backward(self, inputs, grad_outputs):
+        n, x = inputs
+        return None, grad_outputs[0] * _polygamma(n + 1, x)
+
+
+def _polygamma(n, x):
+    """psi^(n)(x) = (-1)^(n+1) n! zeta(n + 1, x) for n >= 1, digamma for n = 0."""
+    xp = _xp(x)
+    n = xp.broadcast_to(n, np.broadcast_shapes(n.shape, x.shape))
+    factorial = xp.asarray(np.cumprod([1.0] + list(range(1, int(n.max()) + 2))))[n]
+    sign = xp.where(n % 2 == 1, 1.0, -1.0)
+    higher = sign * factorial * _hurwitz_zeta(n + 1, x)
+    return xp.where(n == 0, _digamma(x).astype(np.float64), higher).astype(x.dtype)
+
+
+@_export('functions', 'functions.math.polygamma')
+def polygamma(n, x):
+    """The polygamma function psi^(n)(x), the n-th derivative of digamma
+    (n = 0: digamma), elementwise; no SciPy needed.  n: ints (an array or
+    Variable, no gradient), broadcast with x, a float Variable or array.
+    Returns a Variable of x's dtype. Raises TypeError for non-int n or
+    integer x. Chainer: chainer.functions.polygamma.
+    """
+    return PolyGamma()(n, x)
+
+
+def _erfcx_scalar(x):
+    """exp(x^2) erfc(x) without overflow or underflow: directly up to x = 25,
+    then its asymptotic series 1/(x sqrt pi) sum_k (-1)^k (2k - 1)!! / (2 x^2)^k."""
+    if x < -26:
+        return math.inf        # 2 exp(x^2) is beyond the doubles
+    if x < 25:
+        return math.exp(x * x) * math.erfc(x)
+    term, total, s = 1.0, 1.0, 1 / (2 * x * x)
+    for k in range(1, 9):
+        term *= -(2 * k - 1) * s
+        total += term
+    return total / (x * math.sqrt(math.pi))
+
+
+@_export('functions.math.erfcx')
+class Erfcx(Function):
+    """Function node of y = erfcx(x) = exp(x^2) erfc(x); backward
+    gy (2 x y - 2 / sqrt(pi)). Chainer: chainer.functions.math.erfcx.Erfcx.
+    """
+    label = 'erfcx'
+
+    def forward(self, inputs):
+        _require_float('erfcx', inputs[0])
+        self.y = _elementwise_special('erfcx', inputs[0], _erfcx_scalar, 'y = erfcx(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        return grad_outputs[0] * (2 * x * self.y - x.dtype.type(2 / math.sqrt(math.pi))),
+
+
+@_export('functions', 'functions.math.erfcx')
+def erfcx(x):
+    """Elementwise scaled complementary error function exp(x^2) erfc(x), finite
+    where erfc(x) underflows (about 1 / (x sqrt pi) for large x); float
+    Variable or array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.erfcx.
+    """
+    return Erfcx()(x)
+
+
+def _erfcinv_scalar(y):
+    """The x with erfc(x) = y, 0 <= y <= 2, to double precision: Newton's
+    method on log erfc(x) - log y (well scaled from y = 2 down to the
+    smallest double), erfc(-x) = 2 - erfc(x) for y > 1."""
+    if not 0 < y < 2:
+        return math.inf if y == 0 else -math.inf if y == 2 else math.nan
+    if y > 1:
+        return -_erfcinv_scalar(2 - y)
+    # a start on the right side of the root: erfc(x) ~ e^(-x^2) / (x sqrt pi) in the tail
+    x = (1 - y) * math.sqrt(math.pi) / 2 if y > 0.5 else math.sqrt(-math.log(y))
+    for _ in range(100):
+        tail = math.erfc(x)
+        if tail == 0:
+            break
+        step = (math.log(tail) - math.log(y)) / (-2 / math.sqrt(math.pi) * math.exp(-x * x)
+                                                 / tail)
+        x -= step
+        if abs(step) <= 1e-16 * max(1.0, abs(x)):
+            break
+    return x
+
+
+@_export('functions.math.erfcinv')
+class ErfcInv(Function):
+    """Function node of y = erfcinv(x), erfc's inverse on [0, 2]; backward
+    -gy sqrt(pi)/2 exp(y^2). Chainer: chainer.functions.math.erfcinv.ErfcInv.
+    """
+    label = 'erfcinv'
+
+    def forward(self, inputs):
+        _require_float('erfcinv', inputs[0])
+        self.y = _elementwise_special('erfcinv', inputs[0], _erfcinv_scalar, 'y = erfcinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / erfc'(y), erfc' = -2/sqrt(pi) e^{-y^2}
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(-math.sqrt(math.pi) / 2) * _xp(y).exp(y * y)),
+
+
+@_export('functions.math.erfinv')
+class ErfInv(Function):
+    """Function node of y = erfinv(x) = erfcinv(1 - x) on [-1, 1]; backward
+    gy sqrt(pi)/2 exp(y^2). Chainer: chainer.functions.math.erfinv.ErfInv.
+    """
+    label = 'erfinv'
+
+    def forward(self, inputs):
+        _require_float('erfinv', inputs[0])
+        # erfinv(x) = -erfcinv(1 + x) for x < 0 keeps the small side exact near -1
+        self.y = _elementwise_special(
+            'erfinv', inputs[0], lambda v: -_erfcinv_scalar(1 + v) if v < 0 else
+            _erfcinv_scalar(1 - v), 'y = erfinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / erf'(y)
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(math.sqrt(math.pi) / 2) * _xp(y).exp(y * y)),
+
+
+@_export('functions.math.ndtri')
+class Ndtri(Function):
+    """Function node of y = ndtri(x) = Phi^-1(x) = -sqrt(2) erfcinv(2 x); backward
+    gy sqrt(2 pi) exp(y^2 / 2). Chainer: chainer.functions.math.ndtri.Ndtri.
+    """
+    label = 'ndtri'
+
+    def forward(self, inputs):
+        _require_float('ndtri', inputs[0])
+        self.y = _elementwise_special('ndtri', inputs[0],
+                                      lambda v: -_SQRT2 * _erfcinv_scalar(2 * v) + 0.0,
+                                      'y = normcdfinv(x)')
+        return self.y,
+
+    def backward(self, inputs, grad_outputs):      # 1 / phi(y)
+        y = self.y
+        return grad_outputs[0] * (y.dtype.type(math.sqrt(2 * math.pi))
+                                  * _xp(y).exp(y * y * y.dtype.type(0.5))),
+
+
+@_export('functions', 'functions.math.erfcinv')
+def erfcinv(x):
+    """Elementwise inverse of erfc: the y with erfc(y) = x, for x in [0, 2]
+    (inf at 0, -inf at 2, NaN outside); float Variable or array in, Variable
+    out. Raises TypeError for integer x. Chainer: chainer.functions.erfcinv.
+    """
+    return ErfcInv()(x)
+
+
+@_export('functions', 'functions.math.erfinv')
+def erfinv(x):
+    """Elementwise inverse of erf: the y with erf(y) = x, for x in [-1, 1]
+    (+-inf at +-1, NaN outside); float Variable or array in, Variable out.
+    Raises TypeError for integer x. Chainer: chainer.functions.erfinv.
+    """
+    return ErfInv()(x)
+
+
+@_export('functions', 'functions.math.ndtri')
+def ndtri(x):
+    """Elementwise inverse of the standard normal CDF: the y with Phi(y) = x,
+    for x in [0, 1] (-inf at 0, inf at 1, NaN outside); float Variable or
+    array in, Variable out. Raises TypeError for integer x.
+    Chainer: chainer.functions.ndtri.
+    """
+    return Ndtri()(x)
+
+
+# The discrete Fourier transform along the last axis, y_k = sum_j x_j e^(-2 pi i jk / n),
+# is linear, y = M x with M symmetric, so the gradient of a real loss with respect
+# to x = xr + i xi is conj(M) g = n ifft(g), where g = dL/dyr + i dL/dyi (for ifft,
+# M is conj(M_fft) / n, and the gradient is fft(g) / n).
+
+@_export('functions.math.fft')
+class FFT(Function):
+    """Function node of fft / ifft on (real, imag) pairs along the last axis;
+    backward the adjoint transform. Chainer: chainer.functions.math.fft.FFT.
+    """
+
+    def __init__(self, method):
+        self._method = method
+
+    @property
+    def label(self):
+        return self._method
+
+    def forward(self, inputs):
+        real, imag = inputs
+        if real.dtype.kind != 'f' or real.shape != imag.shape or real.dtype != imag.dtype \
+                or real.ndim == 0:
+            raise ValueError('{}: real and imag must be float arrays of one shape and dtype '
+                             '(ndim >= 1), got {} {} and {} {}'.format(
+                                 self.label, real.shape, real.dtype, imag.shape, imag.dtype))
+        y = getattr(_xp(real).fft, self._method)(real + 1j * imag)
+        return y.real.astype(real.dtype), y.imag.astype(real.dtype)
+
+    def backward(self, inputs, grad_outputs):
+        real, _ = inputs
+        xp = _xp(real)
+        gr, gi = (xp.zeros_like(real) if g is None else g for g in grad_outputs)
+        n = real.shape[-1]
+        g = gr + 1j * gi
+        gx = xp.fft.ifft(g) * n if self._method == 'fft' else xp.fft.fft(g) / n
+        return gx.real.astype(real.dtype), gx.imag.astype(real.dtype)
+
+
+@_export('functions', 'functions.math.fft')
+def fft(x):
+    """The discrete Fourier transform along the last axis of x = (real, imag),
+    float arrays or Variables of one shape and dtype; returns the pair
+    (real, imag) of the result, as numpy.fft.fft of real + 1j imag. Raises
+    ValueError for mismatched parts. Chainer: chainer.functions.fft.
+    """
+    return FFT('fft')(*x)
+
+
+@_export('functions', 'functions.math.fft')
+def ifft(x):
+    """The inverse discrete Fourier transform along the last axis of x =
+    (real, imag) (numpy.fft.ifft: with the 1/n); returns (real, imag). Raises
+    ValueError for mismatched parts. Chainer: chainer.functions.ifft.
+    """
+    return FFT('ifft')(*x)
 
 
 @_export('functions', 'functions.math.erf')
@@ -4885,6 +5241,51 @@ def dropout(x, ratio=.5):
     return Dropout(ratio)(x)
 
 
+@_export('functions.noise.gaussian')
+class Gaussian(Function):
+    """Function node of gaussian: y = mean + exp(ln_var / 2) eps, eps ~ N(0, 1)
+    drawn at the first forward (or given) and kept in .eps; backward gy for
+    mean and gy (y - mean) / 2 for ln_var. Chainer: chainer.functions.noise.gaussian.Gaussian.
+    """
+    label = 'gaussian'
+
+    def __init__(self, eps=None):
+        self.eps = eps
+
+    def forward(self, inputs):
+        mean, ln_var = inputs
+        _require_float('gaussian', mean)
+        if mean.shape != ln_var.shape or mean.dtype != ln_var.dtype:
+            raise ValueError('gaussian: mean and ln_var must have one shape and dtype, got '
+                             '{} {} and {} {}'.format(mean.shape, mean.dtype, ln_var.shape,
+                                                      ln_var.dtype))
+        if self.eps is None:    # drawn as Chainer draws it, in float64 then cast
+            self.eps = _noise(_xp(mean), 'standard_normal', ln_var.shape, mean.dtype)
+        self.noise = _xp(mean).exp(ln_var * mean.dtype.type(0.5)) * self.eps
+        return mean + self.noise,
+
+    def backward(self, inputs, grad_outputs):      # d noise / d ln_var = noise / 2
+        gy, = grad_outputs
+        return gy, gy * self.noise * gy.dtype.type(0.5)
+
+
+@_export('functions', 'functions.noise.gaussian')
+def gaussian(mean, ln_var, **kwargs):
+    """A sample of N(mean, exp(ln_var)), reparameterized: mean + exp(ln_var /
+    2) eps with eps ~ N(0, 1), so gradients reach mean and ln_var (the VAE's
+    trick).  mean, ln_var: float Variables or arrays of one shape and dtype.
+    Keywords: eps (an array of that shape: use it instead of drawing),
+    return_eps (default False: True also returns the eps used).  Raises
+    ValueError for mismatched inputs. Chainer: chainer.functions.gaussian.
+    """
+    eps, return_eps = kwargs.pop('eps', None), kwargs.pop('return_eps', False)
+    if kwargs:
+        raise TypeError('gaussian: unexpected arguments {}'.format(sorted(kwargs)))
+    function = Gaussian(eps)
+    y = function(mean, ln_var)
+    return (y, function.eps) if return_eps else y
+
+
 # ----- losses ------------------------------------------------------------------
 
 @_export('functions.loss.mean_squared_error')
@@ -5524,6 +5925,53 @@ def identity(*inputs):
     Chainer: chainer.functions.identity.
     """
     return Identity()(*inputs)
+
+
+# ----- covariance penalties: cross_covariance, decov ---------------------------------
+# With yc, zc the batch-centred columns of y (N, M) and z (N, K), their
+# cross-covariance is C = yc^T zc / N (M, K); the penalty is ||C||^2 / 2.
+# DeCov (Cogswell et al., 2016) is the same for a layer with itself, the
+# diagonal (each unit's own variance) left out.  Made of matmul, mean and
+# sum, their gradients come from those.
+
+def _covariance_penalty(label, y, z, reduce, off_diagonal=False):
+    if reduce not in ('half_squared_sum', 'no'):
+        raise ValueError("{}: reduce must be 'half_squared_sum' or 'no', not {!r}".format(
+            label, reduce))
+    y, z = as_variable(y), as_variable(z)
+    if y.ndim != 2 or z.ndim != 2 or len(y) != len(z):
+        raise ValueError('{}: the inputs must be matrices (batch, units) of one batch size, got '
+                         '{} and {}'.format(label, y.shape, z.shape))
+    centred_y = y - mean(y, axis=0, keepdims=True)
+    centred_z = centred_y if z is y else z - mean(z, axis=0, keepdims=True)
+    covariance = matmul(centred_y, centred_z, transa=True) / y.dtype.type(len(y))
+    if off_diagonal:
+        covariance = covariance * (1 - _xp(y.data).eye(covariance.shape[0], dtype=y.dtype))
+    if reduce == 'no':
+        return covariance
+    return _sum(covariance * covariance) * y.dtype.type(0.5)
+
+
+@_export('functions', 'functions.loss.cross_covariance')
+def cross_covariance(y, z, reduce='half_squared_sum'):
+    """The cross-covariance penalty of y (N, M) and z (N, K): ||C||_F^2 / 2 with
+    C = yc^T zc / N over the batch-centred columns (reduce='half_squared_sum',
+    the default: a scalar), or C itself (M, K) for reduce='no'. Raises
+    ValueError for another reduce or inputs that are not matrices of one
+    batch size. Chainer: chainer.functions.cross_covariance.
+    """
+    return _covariance_penalty('cross_covariance', y, z, reduce)
+
+
+@_export('functions', 'functions.loss.decov')
+def decov(h, reduce='half_squared_sum'):
+    """The DeCov loss of h (N, M): half the squared Frobenius norm of the
+    covariance of h's columns with its diagonal zeroed (a scalar), or that
+    matrix (M, M) for reduce='no'. Raises ValueError for another reduce or a
+    non-matrix h. Chainer: chainer.functions.decov.
+    """
+    h = as_variable(h)
+    return _covariance_penalty('decov', h, h, reduce, off_diagonal=True)
 
 
 # ----- composites: square, squared_error, swapaxes, hstack, vstack, argmax ----
@@ -6997,6 +7445,289 @@ class SimplifiedDropconnect(Link):
                                       use_batchwise_mask)
 
 
+# ----- word2vec's losses: negative sampling and hierarchical softmax ---------------
+# With a vocabulary of V words, softmax_cross_entropy over all V scores costs
+# O(V) per example.  Two cheaper losses train the same kind of embedding.
+#
+# Negative sampling (Mikolov et al., 2013) scores the true word t against k
+# words s_1..s_k drawn from a noise distribution P(w) ~ count(w)^0.75:
+#
+#     loss = -log sigmoid(x . W[t]) - sum_j log sigmoid(-x . W[s_j])
+#          = softplus(-x . W[t]) + sum_j softplus(x . W[s_j])
+#
+# The draws come from Walker's alias method: a table that turns one uniform
+# number into a sample of any fixed discrete distribution in O(1).
+#
+# Hierarchical softmax puts the words at the leaves of a binary tree (a
+# Huffman tree: frequent words near the root) with a weight vector per inner
+# node; P(word) is the product of sigmoid(+-x . W[node]) along its path (+ to
+# the left, - to the right), so its loss sums O(log V) softplus terms.
+
+@_export('utils', 'utils.walker_alias')
+class WalkerAlias:
+    """Draws samples of a fixed discrete distribution in O(1) each (Walker's
+    alias method).
+
+    WalkerAlias(probs): probs, non-negative weights of the n outcomes
+    (normalized by their sum).  Each of the n columns of the table holds
+    `threshold[i]` of outcome values[2i] and the rest of outcome
+    values[2i + 1]; a draw picks a column and a side with one uniform number.
+    sample(shape) returns int32 indices on the table's device (to_gpu,
+    to_cpu, to_device move it). Chainer: chainer.utils.WalkerAlias.
+    """
+
+    def __init__(self, probs):
+        prob = np.array(probs, np.float64)
+        n = len(prob)
+        if n == 0 or (prob < 0).any() or not prob.sum() > 0:
+            raise ValueError('WalkerAlias: probs must be non-negative with a positive sum, '
+                             'got {}'.format(probs if n <= 10 else '{} values'.format(n)))
+        scaled = prob * (n / prob.sum())              # the mean column holds exactly 1
+        threshold = np.ones(n, np.float64)
+        values = np.repeat(np.arange(n, dtype=np.int32), 2)
+        small = [i for i in range(n) if scaled[i] < 1]
+        large = [i for i in range(n) if scaled[i] >= 1]
+        while small and large:   # fill a short column with the surplus of a tall one
+            i, j = small.pop(), large[-1]
+            threshold[i], values[2 * i + 1] = scaled[i], j
+            scaled[j] -= 1 - scaled[i]
+            if scaled[j] < 1:
+                small.append(large.pop())
+        self.threshold = threshold.astype(np.float32)
+        self.values = values
+
+    @property
+    def use_gpu(self):
+        """True if the table is on the GPU. Chainer: WalkerAlias.use_gpu."""
+        return not isinstance(self.threshold, np.ndarray)
+
+    def to_device(self, device):
+        """Move the table to `device` (a device or its name); returns self."""
+        device = get_device(device)
+        self.threshold, self.values = device.send(self.threshold), device.send(self.values)
+        return self
+
+    def to_gpu(self, device=None):
+        """Move the table to a GPU (CuPy); returns self."""
+        return self.to_device('@cupy:{}'.format(0 if device is None else int(device)))
+
+    def to_cpu(self):
+        """Move the table to the CPU; returns self."""
+        return self.to_device('@numpy')
+
+    def sample(self, shape):
+        """An int32 array of `shape` of independent draws."""
+        xp = _xp(self.threshold)
+        u = xp.random.uniform(0, len(self.threshold), shape)
+        column = xp.minimum(u.astype(np.int32), len(self.threshold) - 1)
+        alias = (u - column) >= self.threshold[column]
+        return self.values[2 * column + alias]
+
+
+@_export('functions.loss.negative_sampling')
+class NegativeSamplingFunction(Function):
+    """Function node of negative_sampling: the samples are drawn in forward
+    (column 0: t) and kept as .samples; backward sends sigmoid(+-x . W[s])
+    to x and to the sampled rows of W (none to t).
+    Chainer: chainer.functions.loss.negative_sampling.NegativeSamplingFunction.
+    """
+
+    label = 'negative_sampling'
+    ignore_label = -1
+
+    def __init__(self, sampler, sample_size, reduce='sum'):
+        if reduce not in ('sum', 'no'):
+            raise ValueError("negative_sampling: reduce must be 'sum' or 'no', not "
+                             "{!r}".format(reduce))
+        self.sampler, self.sample_size, self.reduce = sampler, sample_size, reduce
+
+    def forward(self, inputs):
+        x, t, W = inputs
+        if x.ndim != 2 or t.shape != x.shape[:1] or W.ndim != 2 or W.shape[1] != x.shape[1]:
+            raise ValueError('negative_sampling: x must be (batch, in_size), t (batch,) and W '
+                             '(vocabulary, in_size); got x.shape {}, t.shape {}, W.shape {}'
+                             .format(x.shape, t.shape, W.shape))
+        if t.dtype.kind not in 'iu' or x.dtype != W.dtype:
+            raise TypeError('negative_sampling: t must hold int labels and W x\'s dtype; got '
+                            'x {}, t {}, W {}'.format(x.dtype, t.dtype, W.dtype))
+        xp = _xp(x)
+        samples = xp.asarray(self.sampler((len(t), self.sample_size + 1)))
+        samples[:, 0] = t
+        self.samples, self.keep = samples, t != self.ignore_label
+        self.w = W[samples]                                      # (batch, k + 1, in_size)
+        wx = xp.einsum('bd,bkd->bk', x, self.w)
+        wx[:, 0] *= -1                                           # the true word: -x . W[t]
+        self.wx = wx
+        loss = (xp.logaddexp(wx, 0).sum(axis=1) * self.keep).astype(x.dtype, copy=False)
+        return (loss.sum(keepdims=False).astype(x.dtype)[()] if self.reduce == 'sum'
+                else loss),
+
+    def backward(self, inputs, grad_outputs):
+        x, t, W = inputs
+        gy = grad_outputs[0]
+        xp = _xp(x)
+        # d softplus(wx) / d wx = sigmoid(wx), with the true word's sign flipped back
+        g = 1 / (1 + xp.exp(-self.wx))
+        g[:, 0] *= -1
+        g *= (self.keep * gy if self.reduce == 'no' else self.keep * gy[()])[:, None]
+        g = g.astype(x.dtype, copy=False)
+        gx = xp.einsum('bk,bkd->bd', g, self.w)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.samples, g[:, :, None] * x[:, None, :])
+        return gx, None, gW
+
+
+@_export('functions', 'functions.loss.negative_sampling')
+def negative_sampling(x, t, W, sampler, sample_size, reduce='sum', **kwargs):
+    """The negative-sampling loss of word2vec:
+    softplus(-x . W[t]) + sum_j softplus(x . W[s_j]) per example.
+
+    x: float (batch, in_size); t: int (batch,), -1 for examples to ignore;
+    W: (vocabulary, in_size); sampler(shape) returns int word indices (e.g.
+    a WalkerAlias's sample) and sample_size is k, the negatives per example.
+    reduce='sum' (a scalar) or 'no' (batch,); return_samples=True also
+    returns the (batch, k + 1) samples (column 0: t).  Raises ValueError for
+    another reduce or mismatched shapes, TypeError for non-int t.
+    Chainer: chainer.functions.negative_sampling.
+    """
+    return_samples = kwargs.pop('return_samples', False)
+    if kwargs:
+        raise TypeError('negative_sampling: unexpected arguments {}'.format(sorted(kwargs)))
+    function = NegativeSamplingFunction(sampler, sample_size, reduce)
+    loss = function(x, t, W)
+    return (loss, function.samples) if return_samples else loss
+
+
+@_export('links', 'links.loss.negative_sampling')
+class NegativeSampling(Link):
+    """The negative-sampling loss as a link: owns W (len(counts), in_size), zeros.
+
+    NegativeSampling(in_size, counts, sample_size, power=0.75, dtype=None):
+    counts, the frequency of each word; negatives are drawn from
+    counts^power by `sampler`, a WalkerAlias (moved with the link).  Calling
+    it: link(x, t, reduce='sum', return_samples=False) ->
+    F.negative_sampling(x, t, W, sampler.sample, sample_size, reduce).
+    Saved key: W. Chainer: chainer.links.NegativeSampling.
+    """
+
+    def __init__(self, in_size, counts, sample_size, power=0.75, dtype=None):
+        super().__init__()
+        dtype = get_dtype(dtype)
+        self.sample_size = sample_size
+        self.sampler = WalkerAlias(np.power(np.array(counts, dtype), dtype.type(power)))
+        with self.init_scope():
+            self.W = Parameter(Zero(dtype), (len(counts), in_size))
+
+    def forward(self, x, t, reduce='sum', **kwargs):
+        """negative_sampling(x, t, W, sampler.sample, sample_size, reduce,
+        return_samples=...). Chainer: chainer.links.NegativeSampling.forward."""
+        if _xp(self.sampler.threshold) is not _xp(self.W.data):   # the link moved
+            self.sampler.to_device(self.device)
+        return negative_sampling(x, t, self.W, self.sampler.sample, self.sample_size,
+                                 reduce, **kwargs)
+
+
+@_export('links.loss.hierarchical_softmax')
+class BinaryHierarchicalSoftmaxFunction(Function):
+    """Function node of the hierarchical-softmax loss over a tree: each
+    word's path is a row of `paths` (inner-node ids) and `codes` (+1 left,
+    -1 right, 0 past the end of a shorter path).
+    Chainer: chainer.links.loss.hierarchical_softmax.BinaryHierarchicalSoftmaxFunction.
+    """
+
+    label = 'BinaryHierarchicalSoftmax'
+
+    def __init__(self, tree, dtype):
+        found = {}
+        self.parser_size = 0
+
+        def walk(node, path, code):     # inner nodes are numbered in pre-order
+            if isinstance(node, tuple):
+                if len(node) != 2:
+                    raise ValueError('BinaryHierarchicalSoftmax: every inner node of the '
+                                     'tree must have two children, got {!r}'.format(node))
+                me = self.parser_size
+                self.parser_size += 1
+                walk(node[0], path + [me], code + [1.0])
+                walk(node[1], path + [me], code + [-1.0])
+            else:
+                found[node] = (path, code)
+        walk(tree, [], [])
+        n_vocab = max(found) + 1
+        depth = max(len(path) for path, _ in found.values())
+        self.paths = np.zeros((n_vocab, depth), np.int32)
+        self.codes = np.zeros((n_vocab, depth), dtype)
+        for word, (path, code) in found.items():
+            self.paths[word, :len(path)] = path
+            self.codes[word, :len(code)] = code
+
+    def forward(self, inputs):
+        x, t, W = inputs
+        if x.ndim != 2 or t.shape != x.shape[:1] or W.shape != (self.parser_size, x.shape[1]):
+            raise ValueError('BinaryHierarchicalSoftmax: x must be (batch, in_size), t (batch,) '
+                             'and W ({}, in_size); got x.shape {}, t.shape {}, W.shape {}'.format(
+                                 self.parser_size, x.shape, t.shape, W.shape))
+        xp = _xp(x)
+        if _xp(self.paths) is not xp:
+            self.paths, self.codes = xp.asarray(self.paths), xp.asarray(self.codes)
+        self.path, code = self.paths[t], self.codes[t].astype(x.dtype, copy=False)
+        self.w = W[self.path]                                   # (batch, depth, in_size)
+        self.wxy = xp.einsum('bd,bld->bl', x, self.w) * code
+        self.code = code
+        # -log sigmoid(wxy) = softplus(-wxy) on the path; 0 past its end
+        return (xp.logaddexp(0, -self.wxy) * (code != 0)).sum().astype(x.dtype),
+
+    def backward(self, inputs, grad_outputs):
+        x, t, W = inputs
+        xp = _xp(x)
+        g = (-grad_outputs[0] * self.code / (1 + xp.exp(self.wxy))).astype(x.dtype, copy=False)
+        gx = xp.einsum('bl,bld->bd', g, self.w)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.path, g[:, :, None] * x[:, None, :])
+        return gx, None, gW
+
+
+@_export('links', 'links.loss.hierarchical_softmax')
+class BinaryHierarchicalSoftmax(Link):
+    """The hierarchical-softmax loss over a binary tree of words.
+
+    BinaryHierarchicalSoftmax(in_size, tree, dtype=None): tree, nested pairs
+    of word ids such as ((0, 1), 2) (create_huffman_tree makes one from
+    counts).  W (inner nodes, in_size) starts Uniform(1), one row per inner
+    node in pre-order.  Calling it: link(x, t) with x float (batch,
+    in_size) and int word ids t (batch,) returns the summed loss
+    -sum log P(t | x), a scalar.  Saved key: W.
+    Chainer: chainer.links.BinaryHierarchicalSoftmax.
+    """
+
+    def __init__(self, in_size, tree, dtype=None):
+        super().__init__()
+        dtype = get_dtype(dtype)
+        self._func = BinaryHierarchicalSoftmaxFunction(tree, dtype)
+        with self.init_scope():
+            self.W = Parameter(Uniform(1, dtype), (self._func.parser_size, in_size))
+
+    @staticmethod
+    def create_huffman_tree(word_counts):
+        """A Huffman tree of the words of a {word: count} dict (nested pairs):
+        the two rarest subtrees are joined until one is left, ties going to the
+        one first seen, as in Chainer. Raises ValueError for an empty dict.
+        Chainer: BinaryHierarchicalSoftmax.create_huffman_tree."""
+        if not word_counts:
+            raise ValueError('create_huffman_tree: the vocabulary is empty')
+        heap = [(count, order, word) for order, (word, count) in enumerate(word_counts.items())]
+        heapq.heapify(heap)
+        while len(heap) > 1:
+            count1, order1, tree1 = heapq.heappop(heap)
+            count2, order2, tree2 = heapq.heappop(heap)
+            heapq.heappush(heap, (count1 + count2, min(order1, order2), (tree1, tree2)))
+        return heap[0][2]
+
+    def forward(self, x, t):
+        """The loss -sum_i log P(t_i | x_i). Chainer: BinaryHierarchicalSoftmax.forward."""
+        return copy.copy(self._func)(x, t, self.W)
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -7508,6 +8239,8 @@ class Deconvolution2DFunction(Function):
         # The patches of gy that the forward pass stamped, one column per x pixel.
         col = _patches(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
                        dilate=self.dilate)
+        if col.shape[4:] != (h, w):     # cover_all for one axis gave the other one extra windows
+            col = col[:, :, :, :, :h, :w]
         col = col.transpose(1, 2, 3, 0, 4, 5).reshape(g, W[0].size, n * h * w)  # (G, O/G*kh*kw, P)
         x2 = x.transpose(1, 0, 2, 3).reshape(g, in_channels // g, -1)
         gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
@@ -7754,6 +8487,28 @@ def average_pooling_2d(x, ksize, stride=None, pad=0):
     padded input.  Follows chainer.functions.average_pooling_2d.
     """
     return AveragePooling2D(ksize, stride, pad)(x)
+
+
+@_export('functions', 'functions.pooling.spatial_pyramid_pooling_2d')
+def spatial_pyramid_pooling_2d(x, pyramid_height, pooling=None):
+    """A fixed-length vector from an image of any size: at level l = 0 ..
+    pyramid_height - 1, max pooling into 2^l x 2^l bins (kernel ceil(h / 2^l),
+    padded evenly), all levels concatenated.  x: (N, C, h, w); pooling must
+    be 'max' (as in Chainer, None raises).  Returns (N, C (4^H - 1) / 3, 1, 1).
+    Raises ValueError for another pooling. Chainer: chainer.functions.spatial_pyramid_pooling_2d.
+    """
+    if pooling != 'max':
+        raise ValueError("spatial_pyramid_pooling_2d: pooling must be 'max' (the only one "
+                         "Chainer has), not {!r}".format(pooling))
+    height, width = _input_data('spatial_pyramid_pooling_2d', x).shape[2:]
+    levels = []
+    for level in range(pyramid_height):
+        bins = 2 ** level
+        ksize = (-(-height // bins), -(-width // bins))                 # ceil
+        pad = ((ksize[0] * bins - height) // 2, (ksize[1] * bins - width) // 2)
+        y = max_pooling_2d(x, ksize, None, pad, cover_all=True)
+        levels.append(reshape(y, (y.shape[0], -1, 1, 1)))
+    return concat(levels, axis=1)
 
 
 # ----- unpooling and upsampling ---------------------------------------------------
@@ -8215,6 +8970,214 @@ def average_pooling_3d(x, ksize, stride=None, pad=0, pad_value=0):
     unless x is 5-D.  Chainer: chainer.functions.average_pooling_3d."""
     _spatial_ndim('average_pooling_3d', x, 3)
     return average_pooling_nd(x, ksize, stride, pad, pad_value)
+
+
+def _deconv_outsize(label, x_shape, ksize, stride, pad, dilate, outsize):
+    """The output lengths of a transposed convolution (each the inverse of the
+    convolution rule, or outsize, checked to map back onto x), and whether the
+    convolution back onto x needs cover_all."""
+    if min(stride + dilate) < 1 or min(pad) < 0:
+        raise ValueError('{}: stride and dilate must be >= 1 and pad >= 0, got stride {}, '
+                         'pad {}, dilate {}'.format(label, stride, pad, dilate))
+    sizes, cover_all = [], False
+    for axis, (size, k, s, p, d) in enumerate(zip(x_shape[2:], ksize, stride, pad, dilate)):
+        out = s * (size - 1) + (k - 1) * d + 1 - 2 * p if outsize is None else outsize[axis]
+        low, high = _conv_outsize(out, k, s, p, False, d), _conv_outsize(out, k, s, p, True, d)
+        if out < 1 or not low <= size <= high:
+            raise ValueError(
+                '{}: no output size fits: x.shape {} with kernel {}, stride {}, pad {}, '
+                'dilate {} gives {} along axis {}{}'.format(
+                    label, tuple(x_shape), ksize, stride, pad, dilate, out, axis + 2,
+                    '' if outsize is None else ' (outsize {}), which a convolution maps to '
+                    '{}, not {}'.format(outsize, low if low == high else
+                                        '{} or {}'.format(low, high), size)))
+        cover_all = cover_all or size != low
+        sizes.append(out)
+    return tuple(sizes), cover_all
+
+
+@_export('functions.connection.deconvolution_nd')
+class DeconvolutionNDFunction(Function):
+    """Function node of deconvolution_nd: Deconvolution2DFunction with d
+    spatial axes (col2im by _col2im_nd, im2col by _patches_nd).
+    Chainer: chainer.functions.connection.deconvolution_nd.DeconvolutionND.
+    """
+
+    label = 'deconvolution_nd'
+
+    def __init__(self, ndim, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+        self.ndim = ndim
+        self.stride = _ntuple(stride, ndim, 'stride', self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', self.label)
+        self.dilate = _ntuple(dilate, ndim, 'dilate', self.label)
+        self.groups = _positive_int(self.label, 'groups', groups)
+
+    def forward(self, inputs):
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        d, g = self.ndim, self.groups
+        if x.ndim != d + 2 or W.ndim != d + 2:
+            raise ValueError('deconvolution_nd: x and W must both be {}-D ((batch, channels, '
+                             'spatial...) and (in_channels, out_channels / groups, k...)), got '
+                             'x.shape {}, W.shape {}'.format(d + 2, x.shape, W.shape))
+        outs, self.cover_all = _deconv_outsize(self.label, x.shape, W.shape[2:], self.stride,
+                                               self.pad, self.dilate, self.outsize)
+        if x.shape[1] != W.shape[0] or W.shape[0] % g:
+            raise ValueError('deconvolution_nd: x has {} channels but W expects {} (x.shape '
+                             '{}, W.shape {}, groups {}; W.shape[0] must divide by groups)'
+                             .format(x.shape[1], W.shape[0], x.shape, W.shape, g))
+        if x.dtype != W.dtype or b is not None and b.dtype != x.dtype:
+            W, b = _in_dtype_of(self, x, W, b)
+        out_channels = W.shape[1] * g
+        if b is not None and b.shape != (out_channels,):
+            raise ValueError('deconvolution_nd: b.shape {} != (W.shape[1] * groups,) = ({},)'
+                             .format(b.shape, out_channels))
+        n, in_channels = x.shape[:2]
+        x2 = x.transpose(_to_front(d + 2, 1, 0)).reshape(g, in_channels // g, -1)
+        gcol = (W.reshape(g, in_channels // g, -1).swapaxes(1, 2) @ x2).reshape(
+            (out_channels,) + W.shape[2:] + (n,) + x.shape[2:])
+        # (O, N, k1..kd, s1..sd): the layout col2im reads, O in the batch's place
+        y = _col2im_nd(gcol.transpose(_to_front(2 * d + 2, 0, d + 1)), outs, self.stride,
+                       self.pad, self.dilate)
+        if b is not None:
+            y += b.reshape((-1,) + (1,) * (d + 1))
+        return y.transpose(_to_front(d + 2, 1, 0)),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[0], inputs[1]
+        gy, = grad_outputs
+        d, g = self.ndim, self.groups
+        n, in_channels = x.shape[:2]
+        # The windows of gy that forward stamped, one column per pixel of x.
+        col = _patches_nd(gy, W.shape[2:], self.stride, self.pad, self.cover_all,
+                          dilate=self.dilate)
+        if col.shape[2 + d:] != x.shape[2:]:    # cover_all for one axis: extra windows on others
+            col = col[(Ellipsis,) + tuple(slice(size) for size in x.shape[2:])]
+        order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+        col = col.transpose(order).reshape(g, W[0].size, -1)
+        x2 = x.transpose(_to_front(d + 2, 1, 0)).reshape(g, in_channels // g, -1)
+        gW = (x2 @ col.swapaxes(1, 2)).reshape(W.shape)
+        gx = (W.reshape(g, in_channels // g, -1) @ col).reshape(
+            (in_channels, n) + x.shape[2:]).transpose(_to_front(d + 2, 1, 0))
+        if len(inputs) == 3:
+            return gx, gW, gy.sum(axis=(0,) + tuple(range(2, d + 2)))
+        return gx, gW
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_nd(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """N-dimensional transposed convolution: the adjoint of convolution_nd with the same W.
+
+    x: (N, C, s1, ..., sd); W: (C, out_channels / groups, k1, ..., kd); b:
+    (out_channels,) or None.  stride, pad, dilate: an int or d ints.  Each
+    output length is stride (s - 1) + (k - 1) dilate + 1 - 2 pad, or
+    outsize (d ints), which may differ from that by up to stride - 1 either
+    way.  d = 2 gives deconvolution_2d.  Returns (N, out_channels, o1, ...,
+    od).  Raises ValueError for x and W of different ndim, a channel mismatch
+    or an outsize a convolution would not map back to x's size.
+    Chainer: chainer.functions.deconvolution_nd.
+    """
+    ndim = _spatial_ndim('deconvolution_nd', x)
+    function = DeconvolutionNDFunction(ndim, stride, pad, outsize, dilate, groups)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_1d(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """deconvolution_nd of signals: x (N, C, L), W (C, out_channels / groups, k).
+    Raises ValueError unless x is 3-D. Chainer: chainer.functions.deconvolution_1d."""
+    _spatial_ndim('deconvolution_1d', x, 1)
+    return deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups)
+
+
+@_export('functions', 'functions.connection.deconvolution_nd')
+def deconvolution_3d(x, W, b=None, stride=1, pad=0, outsize=None, dilate=1, groups=1):
+    """deconvolution_nd of volumes: x (N, C, D, H, W), W (C, out_channels /
+    groups, kd, kh, kw). Raises ValueError unless x is 5-D.
+    Chainer: chainer.functions.deconvolution_3d."""
+    _spatial_ndim('deconvolution_3d', x, 3)
+    return deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups)
+
+
+@_export('functions.pooling.unpooling_nd')
+class UnpoolingND(Function):
+    """Function node of unpooling_nd: Unpooling2D with d spatial axes.
+    Chainer: chainer.functions.pooling.unpooling_nd.UnpoolingND.
+    """
+
+    label = 'unpooling_nd'
+
+    def __init__(self, ndim, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', self.label)
+        self.stride = self.ksize if stride is None else _ntuple(stride, ndim, 'stride',
+                                                               self.label)
+        self.pad = _ntuple(pad, ndim, 'pad', self.label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', self.label)
+        self.cover_all = cover_all
+
+    def forward(self, inputs):
+        x, = inputs
+        _require_float(self.label, x)
+        if x.ndim != self.ndim + 2:
+            raise ValueError('{}: x must be {}-D (batch, channels, spatial...), got shape {}'
+                             .format(self.label, self.ndim + 2, x.shape))
+        if min(self.ksize + self.stride) < 1 or min(self.pad) < 0:
+            raise ValueError('{}: ksize and stride must be >= 1 and pad >= 0, got ksize {}, '
+                             'stride {}, pad {}'.format(self.label, self.ksize, self.stride,
+                                                        self.pad))
+        outs = []
+        for axis, (size, k, s, p) in enumerate(zip(x.shape[2:], self.ksize, self.stride,
+                                                   self.pad)):
+            out = (s * (size - 1) + k - 2 * p - (s - 1 if self.cover_all else 0)
+                   if self.outsize is None else self.outsize[axis])
+            if out < 1 or _conv_outsize(out, k, s, p, self.cover_all) != size:
+                raise ValueError('{}: output size {} along axis {} does not pool back to x\'s '
+                                 '{} (x.shape {}, ksize {}, stride {}, pad {}, outsize {}, '
+                                 'cover_all {})'.format(self.label, out, axis + 2, size,
+                                                        x.shape, self.ksize, self.stride,
+                                                        self.pad, self.outsize, self.cover_all))
+            outs.append(out)
+        d = self.ndim
+        col = _xp(x).broadcast_to(x[(slice(None), slice(None)) + (None,) * d],
+                                  x.shape[:2] + self.ksize + x.shape[2:])
+        return _col2im_nd(col, tuple(outs), self.stride, self.pad),
+
+    def backward(self, inputs, grad_outputs):       # each copy's gradient flows back
+        windows = _patches_nd(grad_outputs[0], self.ksize, self.stride, self.pad,
+                              self.cover_all)
+        return windows.sum(axis=tuple(range(2, 2 + self.ndim))),
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_nd(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """Copy every element of x (N, C, s1, ..., sd) into its whole ksize window
+    of a larger array (overlapping copies add up): unpooling_2d with d axes.
+    ksize, stride, pad: an int or d ints (stride None: ksize).  Each output
+    length is stride (s - 1) + k - 2 pad, less stride - 1 when cover_all (the
+    default), or outsize.  Raises ValueError for an outsize pooling would not
+    bring back to x's size; TypeError on an integer x.
+    Chainer: chainer.functions.unpooling_nd.
+    """
+    return UnpoolingND(_spatial_ndim('unpooling_nd', x), ksize, stride, pad, outsize,
+                       cover_all)(x)
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_1d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """unpooling_nd of a signal x (N, C, L).  Raises ValueError unless x is
+    3-D. Chainer: chainer.functions.unpooling_1d."""
+    _spatial_ndim('unpooling_1d', x, 1)
+    return unpooling_nd(x, ksize, stride, pad, outsize, cover_all)
+
+
+@_export('functions', 'functions.pooling.unpooling_nd')
+def unpooling_3d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
+    """unpooling_nd of a volume x (N, C, D, H, W).  Raises ValueError unless
+    x is 5-D. Chainer: chainer.functions.unpooling_3d."""
+    _spatial_ndim('unpooling_3d', x, 3)
+    return unpooling_nd(x, ksize, stride, pad, outsize, cover_all)
 
 
 # ----- batch normalization -------------------------------------------------------
@@ -9171,6 +10134,84 @@ class Convolution3D(ConvolutionND):
                  initialW=None, initial_bias=None, cover_all=False, dilate=1, groups=1):
         super().__init__(3, in_channels, out_channels, ksize, stride, pad, nobias, initialW,
                          initial_bias, cover_all, dilate, groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class DeconvolutionND(Link):
+    """An N-dimensional transposed convolution layer: owns W (in_channels,
+    out_channels / groups, k1..kd) and b.
+
+    DeconvolutionND(ndim, in_channels, out_channels, ksize=None, stride=1,
+    pad=0, nobias=False, outsize=None, initialW=None, initial_bias=None,
+    dilate=1, groups=1), the short form (ndim, out_channels, ksize), or
+    in_channels=None, read from the first input.  W starts LeCunNormal, b
+    zero; saved keys W, b.  Calling it on x (N, C, s1..sd) returns
+    F.deconvolution_nd(x, W, b, stride, pad, outsize, dilate, groups).
+    Raises ValueError when a channel count does not divide by groups.
+    Chainer: chainer.links.DeconvolutionND.
+    """
+
+    def __init__(self, ndim, in_channels, out_channels, ksize=None, stride=1, pad=0,
+                 nobias=False, outsize=None, initialW=None, initial_bias=None, dilate=1,
+                 groups=1):
+        super().__init__()
+        if ksize is None:                      # the short form (ndim, out_channels, ksize)
+            in_channels, out_channels, ksize = None, in_channels, out_channels
+        label = type(self).__name__
+        self.ndim = ndim
+        self.ksize = _ntuple(ksize, ndim, 'ksize', label)
+        self.stride = _ntuple(stride, ndim, 'stride', label)
+        self.pad = _ntuple(pad, ndim, 'pad', label)
+        self.dilate = _ntuple(dilate, ndim, 'dilate', label)
+        self.outsize = None if outsize is None else _ntuple(outsize, ndim, 'outsize', label)
+        self.groups = _positive_int(label, 'groups', groups)
+        _check_link_groups(label, out_channels, self.groups, 'out_channels')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            if in_channels is not None:
+                self._initialize_params(in_channels, np)
+            self.b = None if nobias else Parameter(
+                _get_initializer(initial_bias, Zero()), out_channels)
+
+    def _initialize_params(self, in_channels, xp):
+        _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
+        self.in_channels = in_channels
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+
+    def forward(self, x):
+        if self.W.data is None:
+            data = _input_data(type(self).__name__, x)
+            _spatial_ndim(type(self).__name__, data, self.ndim)
+            self._initialize_params(data.shape[1], _xp(data))
+        return deconvolution_nd(x, self.W, self.b, self.stride, self.pad, self.outsize,
+                                self.dilate, self.groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class Deconvolution1D(DeconvolutionND):
+    """DeconvolutionND with ndim=1: W (in_channels, out_channels / groups, k).
+    Deconvolution1D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with DeconvolutionND's other arguments. Chainer: chainer.links.Deconvolution1D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 outsize=None, initialW=None, initial_bias=None, dilate=1, groups=1):
+        super().__init__(1, in_channels, out_channels, ksize, stride, pad, nobias, outsize,
+                         initialW, initial_bias, dilate, groups)
+
+
+@_export('links', 'links.connection.deconvolution_nd')
+class Deconvolution3D(DeconvolutionND):
+    """DeconvolutionND with ndim=3: W (in_channels, out_channels / groups, kd, kh, kw).
+    Deconvolution3D(in_channels, out_channels, ksize, stride=1, pad=0, ...)
+    with DeconvolutionND's other arguments. Chainer: chainer.links.Deconvolution3D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 outsize=None, initialW=None, initial_bias=None, dilate=1, groups=1):
+        super().__init__(3, in_channels, out_channels, ksize, stride, pad, nobias, outsize,
+                         initialW, initial_bias, dilate, groups)
 
 
 @_export('links', 'links.normalization.batch_normalization')
@@ -12592,6 +13633,620 @@ class GradientLARS:
         param.grad = (grad + self.weight_decay * p) * rate.astype(grad.dtype)
 
 
+# ----- function hooks and link hooks ---------------------------------------------
+# A hook watches every Function (or Link) call without changing the model:
+# a FunctionHook's forward_preprocess / forward_postprocess run around each
+# forward, backward_preprocess / backward_postprocess around each backward;
+# a LinkHook's forward_preprocess / forward_postprocess around each link call.
+# `with TimerHook():` makes a hook global for a block; f.add_hook(hook) and
+# link.add_hook(hook) attach one to one function or link.
+#
+# No hook, no cost: Function.__call__, Link.__call__ and the backprop walk
+# stay Chapter 3's, 6's and 4's until a hook is registered somewhere.  Then
+# (and only while any is) the hooked versions below take their place; they
+# run the plain ones in between the callbacks.  The backward callbacks wrap
+# each function's backward for one backprop pass (an instance attribute, in
+# front of the class's method) and unwrap it after.
+
+_function_hooks = collections.OrderedDict()     # name -> FunctionHook, global ones
+_link_hooks = collections.OrderedDict()         # name -> LinkHook, global ones
+_local_hooks = {'function': 0, 'link': 0}       # how many local registrations exist
+_plain_calls = {}     # Function.__call__, Link.__call__ and _backprop, kept when a hook comes
+
+
+@_export('function_hook')
+class FunctionHook:
+    """The base of function hooks: override what you need of added(function),
+    deleted(function), forward_preprocess(function, in_data),
+    forward_postprocess(function, in_data), backward_preprocess(function,
+    in_data, out_grad), backward_postprocess(function, in_data, out_grad)
+    (in_data, out_grad: tuples of arrays; function None in added/deleted for
+    a global hook).  `with hook:` registers it for every function called in
+    the block (KeyError if a hook of its name is already active).
+    Chainer: chainer.FunctionHook.
+    """
+
+    name = 'FunctionHook'
+
+    def __enter__(self):
+        if self.name in _function_hooks:
+            raise KeyError('hook {} already exists'.format(self.name))
+        _function_hooks[self.name] = self
+        _use_hooked_paths()
+        self.added(None)
+        return self
+
+    def __exit__(self, *exc_info):
+        _function_hooks[self.name].deleted(None)
+        del _function_hooks[self.name]
+        _use_hooked_paths()
+
+    def added(self, function):
+        """Called when the hook is registered (function None: globally)."""
+
+    def deleted(self, function):
+        """Called when the hook is unregistered (function None: globally)."""
+
+    def forward_preprocess(self, function, in_data):
+        """Called before function's forward, with its input arrays."""
+
+    def forward_postprocess(self, function, in_data):
+        """Called after function's forward, with its input arrays."""
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        """Called before function's backward, with its inputs and output gradients."""
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        """Called after function's backward, with its inputs and output gradients."""
+
+
+@_export('link_hook')
+class _ForwardPreprocessCallbackArgs:
+    """What LinkHook.forward_preprocess receives: link, forward_name ('forward'),
+    args and kwargs of the call. Chainer: link_hook._ForwardPreprocessCallbackArgs."""
+
+    def __init__(self, link, forward_name, args, kwargs):
+        self.link, self.forward_name, self.args, self.kwargs = link, forward_name, args, kwargs
+
+
+@_export('link_hook')
+class _ForwardPostprocessCallbackArgs(_ForwardPreprocessCallbackArgs):
+    """What LinkHook.forward_postprocess receives: as the preprocess one, and
+    out, the call's result. Chainer: link_hook._ForwardPostprocessCallbackArgs."""
+
+    def __init__(self, link, forward_name, args, kwargs, out):
+        super().__init__(link, forward_name, args, kwargs)
+        self.out = out
+
+
+@_export('link_hook')
+class LinkHook:
+    """The base of link hooks: override what you need of added(link),
+    deleted(link), forward_preprocess(cb_args), forward_postprocess(cb_args)
+    (cb_args.link, .args, .kwargs, and .out after).  `with hook:` registers
+    it for every link called in the block; link.add_hook(hook) for one link.
+    Chainer: chainer.LinkHook.
+    """
+
+    name = 'LinkHook'
+
+    def __enter__(self):
+        if self.name in _link_hooks:
+            raise KeyError('hook {} already exists'.format(self.name))
+        _link_hooks[self.name] = self
+        _use_hooked_paths()
+        self.added(None)
+        return self
+
+    def __exit__(self, *exc_info):
+        _link_hooks[self.name].deleted(None)
+        del _link_hooks[self.name]
+        _use_hooked_paths()
+
+    def added(self, link):
+        """Called when the hook is registered (link None: globally)."""
+
+    def deleted(self, link):
+        """Called when the hook is unregistered (link None: globally)."""
+
+    def forward_preprocess(self, cb_args):
+        """Called before the link's forward."""
+
+    def forward_postprocess(self, cb_args):
+        """Called after the link's forward (cb_args.out holds its result)."""
+
+
+def get_function_hooks():
+    """The ordered dict of the global function hooks, name -> hook.
+    Chainer: chainer.get_function_hooks."""
+    return _function_hooks
+
+
+def _use_hooked_paths():
+    """Install the hooked calls while any hook is registered, the plain ones otherwise."""
+    global _backprop
+    if not _plain_calls:
+        _plain_calls.update(function=Function.__call__, link=Link.__call__, backprop=_backprop)
+    functions = bool(_function_hooks) or _local_hooks['function'] > 0
+    Function.__call__ = _call_with_function_hooks if functions else _plain_calls['function']
+    _backprop = _backprop_with_function_hooks if functions else _plain_calls['backprop']
+    links = bool(_link_hooks) or _local_hooks['link'] > 0
+    Link.__call__ = _call_with_link_hooks if links else _plain_calls['link']
+
+
+def _hooks_of(obj, global_hooks):
+    local = obj.__dict__.get('_local_hooks')
+    if not local:
+        return tuple(global_hooks.values())
+    merged = collections.OrderedDict(global_hooks)
+    merged.update(local)
+    return tuple(merged.values())
+
+
+def _call_with_function_hooks(self, *inputs):
+    """Function.__call__ between the forward callbacks of the active hooks."""
+    hooks = _hooks_of(self, _function_hooks)
+    if not hooks:
+        return _plain_calls['function'](self, *inputs)
+    inputs = [x if isinstance(x, Variable) else _as_input(self, x) for x in inputs]
+    in_data = tuple(x.data for x in inputs)
+    for hook in hooks:
+        hook.forward_preprocess(self, in_data)
+    outputs = _plain_calls['function'](self, *inputs)
+    for hook in hooks:
+        hook.forward_postprocess(self, in_data)
+    return outputs
+
+
+def _hooked_backward(function, hooks, backward):
+    def hooked(in_data, grad_outputs):
+        for hook in hooks:
+            hook.backward_preprocess(function, in_data, grad_outputs)
+        grad_inputs = backward(in_data, grad_outputs)
+        for hook in hooks:
+            hook.backward_postprocess(function, in_data, grad_outputs)
+        return grad_inputs
+    return hooked
+
+
+def _backprop_with_function_hooks(roots, retain_grad):
+    """Chapter 4's walk, with each function's backward wrapped in the callbacks
+    of its hooks (the global ones active now, and its own) for this pass."""
+    wrapped, seen = [], set()
+    pending = [root.creator for root in roots if root.creator is not None]
+    while pending:
+        function = pending.pop()
+        if function in seen:
+            continue
+        seen.add(function)
+        hooks = _hooks_of(function, _function_hooks)
+        if hooks:
+            function.backward = _hooked_backward(function, hooks, function.backward)
+            wrapped.append(function)
+        pending.extend(x.creator for x in function.inputs or () if x.creator is not None)
+    try:
+        _plain_calls['backprop'](roots, retain_grad)
+    finally:
+        for function in wrapped:
+            del function.backward         # the class's method again
+
+
+def _call_with_link_hooks(self, *args, **kwargs):
+    """Link.__call__ between the callbacks of the active link hooks."""
+    hooks = _hooks_of(self, _link_hooks)
+    if not hooks:
+        return _plain_calls['link'](self, *args, **kwargs)
+    before = _ForwardPreprocessCallbackArgs(self, 'forward', args, kwargs)
+    for hook in hooks:
+        hook.forward_preprocess(before)
+    out = _plain_calls['link'](self, *args, **kwargs)
+    after = _ForwardPostprocessCallbackArgs(self, 'forward', args, kwargs, out)
+    for hook in hooks:
+        hook.forward_postprocess(after)
+    return out
+
+
+def _add_local_hook(owner, kind, base, hook, name):
+    if not isinstance(hook, base):
+        raise TypeError('{}.add_hook: the hook must be a {}, not {}'.format(
+            type(owner).__name__, base.__name__, type(hook).__name__))
+    name = hook.name if name is None else name
+    hooks = owner.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+    if name in hooks:
+        raise KeyError('Hook {} already exists'.format(name))
+    hooks[name] = hook
+    _local_hooks[kind] += 1
+    _use_hooked_paths()
+    hook.added(owner)
+    return owner
+
+
+def _delete_local_hook(owner, kind, name):
+    hooks = owner.__dict__.get('_local_hooks') or {}
+    if name not in hooks:
+        raise KeyError('Hook {} does not exist'.format(name))
+    hooks.pop(name).deleted(owner)
+    _local_hooks[kind] -= 1
+    _use_hooked_paths()
+
+
+@_continue_class(Function)
+class _FunctionHooks:
+
+    @property
+    def local_function_hooks(self):
+        """The ordered dict of this function's own hooks, name -> FunctionHook.
+        Chainer: Function.local_function_hooks."""
+        return self.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+
+    def add_hook(self, hook, name=None):
+        """Register a FunctionHook for this function only, under `name` (default
+        hook.name). Raises TypeError for another object, KeyError for a name in
+        use. Chainer: Function.add_hook."""
+        _add_local_hook(self, 'function', FunctionHook, hook, name)
+
+    def delete_hook(self, name):
+        """Unregister this function's hook `name` (KeyError if there is none).
+        Chainer: Function.delete_hook."""
+        _delete_local_hook(self, 'function', name)
+
+
+@_continue_class(Link)
+class _LinkHooks:
+
+    @property
+    def local_link_hooks(self):
+        """The ordered dict of this link's own hooks, name -> LinkHook.
+        Chainer: Link.local_link_hooks."""
+        return self.__dict__.setdefault('_local_hooks', collections.OrderedDict())
+
+    def add_hook(self, hook, name=None):
+        """Register a LinkHook for this link only, under `name` (default
+        hook.name); returns the link. Raises TypeError for another object,
+        KeyError for a name in use. Chainer: Link.add_hook."""
+        return _add_local_hook(self, 'link', LinkHook, hook, name)
+
+    def delete_hook(self, name):
+        """Unregister this link's hook `name` (KeyError if there is none).
+        Chainer: Link.delete_hook."""
+        _delete_local_hook(self, 'link', name)
+
+
+# ----- the hooks Chainer ships ----------------------------------------------------
+
+def _elapsed_timer(arrays):
+    """A function that returns the seconds since this call: host time on the
+    CPU, CUDA events on the GPU (they time the kernels, not their launch)."""
+    if cupy is not None and any(isinstance(a, cupy.ndarray) for a in arrays):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+
+        def elapsed():
+            stop.record()
+            stop.synchronize()
+            return cupy.cuda.get_elapsed_time(start, stop) / 1000
+        return elapsed
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+class _Timing:
+    """What both TimerHooks share: a stack of running timers (calls nest: a
+    Chain's call holds its links'), the history, the summary and the report."""
+
+    _kind = 'Function'
+    table = {'sec': 1, 'ms': 10 ** 3, 'us': 10 ** 6, 'ns': 10 ** 9}
+
+    def __init__(self):
+        self.call_history = []        # (name, seconds) per call, in order
+        self._running = []
+        self._total_time = 0.0
+
+    def _start(self, arrays):
+        self._running.append(_elapsed_timer(arrays))
+
+    def _stop(self, name):
+        elapsed = self._running.pop()()
+        self.call_history.append((name, elapsed))
+        if not self._running:         # the outermost call: nested ones are inside it
+            self._total_time += elapsed
+
+    def total_time(self):
+        """The seconds spent in the outermost timed calls."""
+        return self._total_time
+
+    def summary(self):
+        """{name: {'elapsed_time': seconds, 'occurrence': calls}}."""
+        summary = collections.OrderedDict()
+        for name, elapsed in self.call_history:
+            record = summary.setdefault(name, {'elapsed_time': 0, 'occurrence': 0})
+            record['elapsed_time'] += elapsed
+            record['occurrence'] += 1
+        return summary
+
+    @staticmethod
+    def _unit_for(seconds):
+        factor = 1
+        for unit in ('sec', 'ms', 'us'):
+            if seconds * factor >= 1:
+                return factor, unit
+            factor *= 1000.0
+        return factor, 'ns'
+
+    def print_report(self, unit='auto', file=sys.stdout):
+        """Write a table of name, total time and calls to `file`; unit 'sec',
+        'ms', 'us', 'ns', 'auto' (the largest entry's) or 'auto_foreach'."""
+        rows = [[self._kind + 'Name', 'ElapsedTime', 'Occurrence']]
+        summary = self.summary()
+        if unit == 'auto':
+            factor, unit = self._unit_for(max([r['elapsed_time'] for r in summary.values()]
+                                              or [0]))
+        elif unit != 'auto_foreach':
+            factor = self.table[unit]
+        for name, record in summary.items():
+            shown = unit
+            if unit == 'auto_foreach':
+                factor, shown = self._unit_for(record['elapsed_time'])
+            rows.append([name, '%3.2f%s' % (record['elapsed_time'] * factor, shown),
+                         str(record['occurrence'])])
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            file.write('  '.join(cell.rjust(width) for cell, width in zip(row, widths)) + '\n')
+        if hasattr(file, 'flush'):
+            file.flush()
+
+
+@_export('function_hooks', 'function_hooks.timer')
+class TimerHook(_Timing, FunctionHook):
+    """Times every forward and backward of the functions it hooks, by the
+    function's class name. `with TimerHook() as hook: ...`, then
+    hook.print_report(), hook.summary(), hook.total_time().
+    Chainer: chainer.function_hooks.TimerHook.
+    """
+
+    name = 'TimerHook'
+
+    def forward_preprocess(self, function, in_data):
+        self._start(in_data)
+
+    def forward_postprocess(self, function, in_data):
+        self._stop(type(function).__name__)
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self._start(in_data + tuple(out_grad))
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        self._stop(type(function).__name__)
+
+
+class _LinkTimerHook(_Timing, LinkHook):
+    """Times every call of the links it hooks, by the link's class name
+    (a Chain's time includes its links'). Chainer: chainer.link_hooks.TimerHook.
+    """
+
+    name = 'TimerHook'
+    _kind = 'Link'
+
+    def forward_preprocess(self, cb_args):
+        self._start([as_array(a) for a in cb_args.args])
+
+    def forward_postprocess(self, cb_args):
+        self._stop(type(cb_args.link).__name__)
+
+
+_LinkTimerHook.__name__ = _LinkTimerHook.__qualname__ = 'TimerHook'
+_export('link_hooks', 'link_hooks.timer', TimerHook=_LinkTimerHook)
+
+
+@_export('function_hooks', 'function_hooks.debug_print')
+class PrintHook(FunctionHook):
+    """Prints each hooked function's name and a description of its input
+    arrays before its forward, and of its inputs and output gradients before
+    its backward. PrintHook(sep=None, end='\\n', file=sys.stdout, flush=True).
+    Chainer: chainer.function_hooks.PrintHook.
+    """
+
+    name = 'PrintHook'
+
+    def __init__(self, sep=None, end='\n', file=sys.stdout, flush=True):
+        self.sep, self.end, self.file, self.flush = sep, end, file, flush
+
+    def _print(self, function, in_data, out_grad=None):
+        lines = ['function\t{}'.format(function.label), 'input data']
+        lines += ['(removed)' if x is None else _array_summary(x) for x in in_data]
+        if out_grad is not None:
+            lines.append('output gradient')
+            lines += ['None' if g is None else _array_summary(g) for g in out_grad]
+        self.file.write(''.join(line + self.end for line in lines))
+        if self.flush and hasattr(self.file, 'flush'):
+            self.file.flush()
+
+    def forward_preprocess(self, function, in_data):
+        self._print(function, in_data)
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self._print(function, in_data, out_grad)
+
+
+def _array_summary(a):
+    """Chainer's debug_print of an array, in one block: kind, shape, dtype, stats."""
+    xp = _xp(a)
+    lines = ['<variable at {:#x}>'.format(id(a)), '- device: {}'.format(
+        'CPU' if xp is np else 'GPU'), '- backend: {}'.format(type(a)),
+        '- shape: {}'.format(a.shape), '- dtype: {}'.format(a.dtype)]
+    if a.size and a.dtype.kind in 'fiub':
+        lines.append('- statistics: mean={:.8f}, std={:.8f}'.format(
+            float(a.mean()), float(a.std())))
+    return '\n'.join(lines)
+
+
+# Spectral normalization (Miyato et al., 2018) divides a weight W by its
+# largest singular value sigma(W), so that the layer is 1-Lipschitz:
+#     W_bar = W / sigma(W),   sigma(W) ~ u^T W v
+# u and v come from power iteration, one step per forward, continued from the
+# u of the last call (kept on the link as the persistent W_u).  The gradient
+# flows through sigma's product with W; u and v are constants to it.
+
+@_export('link_hooks', 'link_hooks.spectral_normalization')
+class SpectralNormalization(LinkHook):
+    """Link hook that replaces the link's weight by W / sigma(W) during each
+    call (sigma: the largest singular value, by n_power_iteration steps of
+    power iteration per call from the persistent vector `<weight_name>_u`).
+
+    SpectralNormalization(n_power_iteration=1, eps=1e-6, use_gamma=False,
+    factor=None, weight_name='W', name=None): use_gamma adds a Parameter
+    gamma (W's initial sigma) multiplying the result; factor divides sigma.
+    For Deconvolution links the output axis is 1.  Add it with
+    link.add_hook(hook); it cannot be a `with` block (NotImplementedError).
+    Raises ValueError for a link without the weight.
+    Chainer: chainer.link_hooks.SpectralNormalization.
+    """
+
+    name = 'SpectralNormalization'
+
+    def __init__(self, n_power_iteration=1, eps=1e-6, use_gamma=False, factor=None,
+                 weight_name='W', name=None):
+        if n_power_iteration < 1:
+            raise ValueError('SpectralNormalization: n_power_iteration must be at least 1, '
+                             'not {}'.format(n_power_iteration))
+        self.n_power_iteration, self.eps = n_power_iteration, eps
+        self.use_gamma, self.factor = use_gamma, factor
+        self.weight_name, self.vector_name = weight_name, weight_name + '_u'
+        self.axis = 0
+        self._initialized = False
+        if name is not None:
+            self.name = name
+
+    def __enter__(self):
+        raise NotImplementedError('SpectralNormalization is added to a link with '
+                                  'link.add_hook(hook), not used as a with block')
+
+    def __exit__(self, *exc_info):
+        raise NotImplementedError
+
+    def added(self, link):
+        if not hasattr(link, self.weight_name):
+            raise ValueError('SpectralNormalization: {} has no weight {!r}'.format(
+                type(link).__name__, self.weight_name))
+        if type(link).__name__.startswith('Deconvolution'):
+            self.axis = 1
+        if getattr(link, self.weight_name).array is not None:
+            self._prepare(link)
+
+    def deleted(self, link):
+        delattr(link, self.vector_name)
+        if self.use_gamma:
+            del link.gamma
+
+    def _prepare(self, link):
+        W = getattr(link, self.weight_name)
+        if W.shape[self.axis] == 0:
+            raise ValueError('SpectralNormalization: {}.shape[{}] must be > 0, not {}'.format(
+                self.weight_name, self.axis, W.shape))
+        xp = _xp(W.array)
+        setattr(link, self.vector_name,
+                xp.random.normal(size=(W.shape[self.axis],)).astype(W.dtype))
+        link.register_persistent(self.vector_name)
+        if self.use_gamma:
+            sigma = xp.linalg.svd(self.reshape_W(W.array), compute_uv=False)[0]
+            with link.init_scope():
+                link.gamma = Parameter(xp.asarray(sigma, dtype=W.dtype))
+        self._initialized = True
+
+    def reshape_W(self, W):
+        """W as a matrix, the output axis first (works on arrays and Variables)."""
+        if self.axis != 0:
+            W = W.transpose([self.axis] + [i for i in range(W.ndim) if i != self.axis])
+        return W if W.ndim == 2 else W.reshape(W.shape[0], -1)
+
+    def normalize_weight(self, link):
+        """W / sigma(W) (times gamma with use_gamma), a Variable of the graph;
+        in training mode the power iteration's new u is stored on the link."""
+        W = getattr(link, self.weight_name)
+        u = getattr(link, self.vector_name)
+        matrix = self.reshape_W(W)
+        data = matrix.array
+        xp = _xp(data)
+        for _ in range(self.n_power_iteration):
+            v = data.T.dot(u)
+            v /= xp.linalg.norm(v) + self.eps
+            u = data.dot(v)
+            u /= xp.linalg.norm(u) + self.eps
+        sigma = matmul(u[None], matmul(matrix, v[:, None]))      # u^T W v, (1, 1)
+        if self.factor is not None:
+            sigma = sigma / sigma.dtype.type(self.factor)
+        if self.use_gamma:
+            W = broadcast_to(reshape(link.gamma, (1,) * W.ndim), W.shape) * W
+        W = W / broadcast_to(reshape(sigma, (1,) * W.ndim), W.shape)
+        self.v = v
+        if config.train:
+            getattr(link, self.vector_name)[...] = u
+        return W
+
+    def forward_preprocess(self, cb_args):
+        link = cb_args.link
+        if getattr(link, self.weight_name).array is None:   # a lazily sized weight
+            with no_backprop_mode():
+                link.forward(*cb_args.args, **cb_args.kwargs)
+        if not self._initialized:
+            self._prepare(link)
+        self.original_weight = getattr(link, self.weight_name)
+        object.__setattr__(link, self.weight_name, self.normalize_weight(link))
+
+    def forward_postprocess(self, cb_args):
+        object.__setattr__(cb_args.link, self.weight_name, self.original_weight)
+
+
+# Weight standardization (Qiao et al., 2019) gives each output unit's
+# weights zero mean and unit variance, W_hat = (W - mean) / sqrt(var + eps)
+# over all but the output axis: group_normalization of W with one group,
+# W's first axis as the batch and its second as the channels.
+
+@_export('link_hooks', 'link_hooks.weight_standardization')
+class WeightStandardization(LinkHook):
+    """Link hook that replaces the link's weight, during each call, by the
+    weight standardized over each output unit (mean 0, variance 1, eps=1e-5
+    added to the variance), so gradients flow through the statistics.
+    WeightStandardization(*, eps=1e-5, weight_name='W', name=None); add it
+    with link.add_hook(hook), not as a `with` block (NotImplementedError).
+    Raises ValueError for a link without the weight.
+    Chainer: chainer.link_hooks.WeightStandardization.
+    """
+
+    name = 'WeightStandardization'
+
+    def __init__(self, *, eps=1e-5, weight_name='W', name=None):
+        self.eps, self.weight_name = eps, weight_name
+        if name is not None:
+            self.name = name
+
+    def __enter__(self):
+        raise NotImplementedError('WeightStandardization is added to a link with '
+                                  'link.add_hook(hook), not used as a with block')
+
+    def __exit__(self, *exc_info):
+        raise NotImplementedError
+
+    def added(self, link):
+        if not hasattr(link, self.weight_name):
+            raise ValueError('WeightStandardization: {} has no weight {!r}'.format(
+                type(link).__name__, self.weight_name))
+
+    def forward_preprocess(self, cb_args):
+        link = cb_args.link
+        if getattr(link, self.weight_name).array is None:   # a lazily sized weight
+            with no_backprop_mode():
+                link.forward(*cb_args.args, **cb_args.kwargs)
+        W = getattr(link, self.weight_name)
+        xp = _xp(W.array)
+        self.original_weight = W
+        object.__setattr__(link, self.weight_name, group_normalization(
+            W, 1, xp.ones(W.shape[1], W.dtype), xp.zeros(W.shape[1], W.dtype), self.eps))
+
+    def forward_postprocess(self, cb_args):
+        object.__setattr__(cb_args.link, self.weight_name, self.original_weight)
+
+
 # =============================================================================
 # Chapter 13. Serializers
 # =============================================================================
@@ -13357,6 +15012,1186 @@ class DictSummary:
             loaded[key].serialize(serializer['_summaries'][str(i)])
         if not serializer.check_only:
             self._summaries = loaded
+
+
+# =============================================================================
+# Chapter DIST. Probability distributions
+# =============================================================================
+# A distribution object answers questions about a random variable: its mean
+# and variance, the log density of a point, a random sample.  Its parameters
+# are Variables (a network's outputs, say), and every answer is computed
+# from them with the functions of Chapters 5 and 9, so gradients flow back
+# through any of them.  A variational autoencoder needs exactly that:
+#
+#     q = Normal(mu, log_scale=ln_sigma)      mu, ln_sigma: the encoder's outputs
+#     z = q.sample()                          mu + sigma * eps, eps ~ N(0, 1)
+#     loss = -p(z).log_prob(x) + kl_divergence(q, prior)
+#
+# Sampling is *reparameterized* where the distribution allows: the noise eps
+# is drawn without reference to the parameters and then moved and scaled by
+# them, so d(sample)/d(mu) = 1 and d(sample)/d(sigma) = eps.
+#
+# Shapes.  A sample has shape sample_shape + batch_shape + event_shape.  The
+# batch axes hold independent distributions of possibly different parameters
+# (a batch of Normals); the event axes belong to one draw (the d coordinates
+# of a d-dimensional MultivariateNormal).  log_prob(x) reduces the event axes
+# away and returns sample_shape + batch_shape.  Independent(d, n) turns the
+# last n batch axes of d into event axes: log_prob then sums over them.
+#
+# KL divergence KL(p || q) = E_p[log p(x) - log q(x)] has a closed form for
+# many pairs of families; each is registered for its pair of classes with
+# @register_kl(P, Q), and kl_divergence(p, q) looks the pair up.
+
+_KL_DIVERGENCES = {}      # (class of p, class of q) -> function(p, q)
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _undefined(name, method=False):
+    """A member of Distribution that a family defines if it can: the base's
+    raises NotImplementedError naming the family and the member."""
+    def undefined(self, *x):
+        raise NotImplementedError('{}: {} is not available for this distribution'.format(
+            type(self).__name__, name))
+    undefined.__name__ = name
+    undefined.__doc__ = 'The {}{}, where a distribution defines it (else NotImplementedError).' \
+        ' Chainer: Distribution.{}.'.format(name.replace('_', ' '), ' at x' if method else '',
+                                            name)
+    return undefined if method else property(undefined, doc=undefined.__doc__)
+
+
+@_export('distribution')
+class Distribution:
+    """The base of probability distributions: subclasses give batch_shape,
+    event_shape and what they can compute of mean, variance, stddev, entropy,
+    log_prob, prob, cdf, sample_n, ...; the rest raise NotImplementedError.
+    sample(sample_shape) is sample_n reshaped. Chainer: chainer.Distribution.
+    """
+
+    batch_shape = _undefined('batch_shape')       # the independent distributions' shape
+    event_shape = _undefined('event_shape')       # one draw's shape: () for scalar ones
+    params = _undefined('params')                 # {name: Variable}
+    mean, variance, covariance = _undefined('mean'), _undefined('variance'), \
+        _undefined('covariance')
+    entropy, mode, support = _undefined('entropy'), _undefined('mode'), _undefined('support')
+    log_prob, sample_n = _undefined('log_prob', True), _undefined('sample_n', True)
+    cdf, icdf, log_cdf = (_undefined(name, True) for name in ('cdf', 'icdf', 'log_cdf'))
+    survival_function = _undefined('survival_function', True)
+    log_survival_function = _undefined('log_survival_function', True)
+
+    def sample(self, sample_shape=()):
+        """A Variable of random draws, sample_shape + batch_shape + event_shape
+        (sample_shape: an int or a tuple; () draws one, without a sample
+        axis), from sample_n, shape (n,) + batch_shape + event_shape.
+        Chainer: Distribution.sample."""
+        if isinstance(sample_shape, (int, np.integer)):
+            sample_shape = (int(sample_shape),)
+        sample_shape = tuple(sample_shape)
+        samples = self.sample_n(math.prod(sample_shape))
+        return samples.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def prob(self, x):
+        """The density (or mass) at x: exp(log_prob(x)), where log_prob is the
+        log density of x, shape sample_shape + batch_shape. Chainer: Distribution.prob."""
+        return exp(self.log_prob(x))
+
+    def perplexity(self, x):
+        """The perplexity at x, exp(-log_prob(x)). Chainer: Distribution.perplexity."""
+        return exp(-self.log_prob(x))
+
+    @property
+    def stddev(self):
+        """The standard deviation: sqrt(variance). Chainer: Distribution.stddev."""
+        return sqrt(self.variance)
+
+    @property
+    def xp(self):
+        """numpy or cupy: where the parameters are. Chainer: Distribution.xp."""
+        return get_array_module(*self.params.values())
+
+    def _copy_to(self, target):
+        target.__dict__ = copy.copy(self.__dict__)
+        return target
+
+
+@_export('distribution')
+def register_kl(Dist1, Dist2):
+    """Decorator: `@register_kl(P, Q)` above def kl(p, q) makes it the
+    kl_divergence of a P and a Q. Chainer: chainer.register_kl."""
+    def register(kl):
+        _KL_DIVERGENCES[Dist1, Dist2] = kl
+        return kl
+    return register
+
+
+@_export('distribution')
+def kl_divergence(dist1, dist2):
+    """KL(dist1 || dist2) = E_dist1[log dist1(x) - log dist2(x)], by the
+    function registered for their classes (or their bases), a Variable of
+    their batch shape. Raises NotImplementedError for a pair with none.
+    Chainer: chainer.kl_divergence."""
+    for p_class in type(dist1).__mro__:
+        for q_class in type(dist2).__mro__:
+            kl = _KL_DIVERGENCES.get((p_class, q_class))
+            if kl is not None:
+                return kl(dist1, dist2)
+    raise NotImplementedError(
+        'kl_divergence: no KL divergence is registered for {} and {}; register one with '
+        '@register_kl({}, {})'.format(type(dist1).__name__, type(dist2).__name__,
+                                      type(dist1).__name__, type(dist2).__name__))
+
+
+@_export('distribution')
+def cross_entropy(dist1, dist2):
+    """H(dist1, dist2) = entropy(dist1) + KL(dist1 || dist2).
+    Chainer: chainer.cross_entropy."""
+    return dist1.entropy + kl_divergence(dist1, dist2)
+
+
+def _parameter(value):
+    return value if isinstance(value, Variable) else Variable(value, requires_grad=False)
+
+
+def _one_of(label, **given):
+    """The one argument of `given` that is not None; ValueError otherwise."""
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) != 1:
+        raise ValueError('{}: give exactly one of {} (got {})'.format(
+            label, ' or '.join(given), ', '.join(named) or 'none'))
+    return named[0]
+
+
+def _as_x(x, like):
+    """A point to evaluate at: an array is cast to the parameters' dtype."""
+    if isinstance(x, Variable):
+        return x
+    return x.astype(like.dtype, copy=False) if x.dtype != like.dtype else x
+
+
+def _xlogx(p):
+    """p log p with 0 log 0 = 0 (and gradient 0 there instead of -inf)."""
+    positive = p.array > 0
+    return p * log(where(positive, p, _xp(p.array).ones_like(p.array)))
+
+
+def _noise(xp, kind, shape, dtype, *args):
+    """Random numbers from xp.random.<kind>(*args, size=shape) (the same draws
+    as Chainer's for one seed), drawn in float64 and cast to `dtype`."""
+    if kind == 'uniform':
+        return xp.random.uniform(0, 1, shape).astype(dtype, copy=False)
+    return getattr(xp.random, kind)(*args, size=shape).astype(dtype, copy=False)
+
+
+# ----- Normal: p(x) = exp(-(x - mu)^2 / (2 sigma^2)) / sqrt(2 pi sigma^2) -----
+
+# (Normal and Uniform already name initializers, Chapter 10: these are
+# _NormalDistribution and _UniformDistribution here, Normal and Uniform in
+# onefchainer.distributions.)
+class _NormalDistribution(Distribution):
+    """The normal distribution N(loc, scale^2), elementwise.
+
+    Normal(loc, scale=None, *, log_scale=None): loc and exactly one of scale
+    (sigma > 0) or log_scale (log sigma), Variables or arrays of one float
+    dtype, broadcasting to batch_shape = loc.shape.  Samples are
+    loc + scale * eps (reparameterized).  Raises ValueError unless exactly
+    one of scale and log_scale is given. Chainer: chainer.distributions.Normal.
+    """
+
+    def __init__(self, loc, scale=None, **kwargs):
+        log_scale = kwargs.pop('log_scale', None)
+        if kwargs:
+            raise TypeError('Normal: unexpected arguments {}'.format(sorted(kwargs)))
+        self._given = _one_of('Normal', scale=scale, log_scale=log_scale)
+        self.loc = _parameter(loc)
+        if scale is not None:
+            self.scale = _parameter(scale)
+        else:
+            self.log_scale = _parameter(log_scale)
+
+    @functools.cached_property
+    def scale(self):
+        """sigma (from log_scale if that was given)."""
+        return exp(self.log_scale)
+
+    @functools.cached_property
+    def log_scale(self):
+        """log sigma (from scale if that was given)."""
+        return log(self.scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc)
+    stddev = property(lambda self: self.scale)
+    variance = property(lambda self: self.scale ** 2)
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    @property
+    def entropy(self):
+        """log sigma + log(2 pi e) / 2."""
+        return self.log_scale + 0.5 * (_LOG_2PI + 1)
+
+    def log_prob(self, x):
+        """-(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2."""
+        return -0.5 * _LOG_2PI - self.log_scale - 0.5 * (_as_x(x, self.loc) - self.loc) ** 2 \
+            / self.variance
+
+    def cdf(self, x):
+        """Phi((x - mu) / sigma)."""
+        return ndtr((_as_x(x, self.loc) - self.loc) / self.scale)
+
+    def log_cdf(self, x):
+        """log Phi((x - mu) / sigma), accurate in the tails."""
+        return log_ndtr((_as_x(x, self.loc) - self.loc) / self.scale)
+
+    def survival_function(self, x):
+        """1 - cdf(x) = Phi((mu - x) / sigma)."""
+        return ndtr((self.loc - _as_x(x, self.loc)) / self.scale)
+
+    def log_survival_function(self, x):
+        """log(1 - cdf(x))."""
+        return log_ndtr((self.loc - _as_x(x, self.loc)) / self.scale)
+
+    def icdf(self, x):
+        """The quantile at probability x: mu + sigma Phi^-1(x)."""
+        return self.loc + self.scale * ndtri(_as_x(x, self.loc))
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'standard_normal', (n,) + self.loc.shape,
+                     self.loc.dtype)
+        return self.loc + self.scale * eps
+
+
+@register_kl(_NormalDistribution, _NormalDistribution)
+def _kl_normal_normal(p, q):
+    # log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2
+    return q.log_scale - p.log_scale + 0.5 * (p.variance + (p.loc - q.loc) ** 2) \
+        / q.variance - 0.5
+
+
+# ----- Bernoulli: P(x = 1) = p = sigmoid(logit) ---------------------------------
+
+@_export('distributions', 'distributions.bernoulli')
+class Bernoulli(Distribution):
+    """A coin: x = 1 with probability p, 0 otherwise, elementwise.
+
+    Bernoulli(p=None, logit=None, binary_check=False): exactly one of p or
+    logit = log(p / (1 - p)) (float Variables or arrays; batch_shape is their
+    shape).  log_prob is computed from the logit, stably:
+    log P(x) = x logit - log(1 + e^logit).  binary_check=True makes
+    log_prob -inf and prob 0 for an x other than 0 and 1.  Samples are ints
+    (no gradient: a draw is not differentiable).
+    Chainer: chainer.distributions.Bernoulli.
+    """
+
+    def __init__(self, p=None, logit=None, binary_check=False):
+        given = _one_of('Bernoulli', p=p, logit=logit)
+        if given == 'p':
+            self.p = _parameter(p)
+        else:
+            self.logit = _parameter(logit)
+        self.binary_check = binary_check
+
+    @functools.cached_property
+    def p(self):
+        """The probability of 1 (from logit if that was given)."""
+        return sigmoid(self.logit)
+
+    @functools.cached_property
+    def logit(self):
+        """log(p / (1 - p)) (from p if that was given)."""
+        return log(self.p) - log1p(-self.p)
+
+    batch_shape = property(lambda self: (self.p if 'p' in self.__dict__ else self.logit).shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.p)
+    variance = property(lambda self: self.p * (1 - self.p))
+    support = '{0, 1}'
+    params = property(lambda self: {'logit': self.logit})
+
+    @property
+    def entropy(self):
+        """-p log p - (1 - p) log(1 - p)."""
+        return -_xlogx(self.p) - _xlogx(1 - self.p)
+
+    def log_prob(self, x):
+        """x logit - softplus(logit), written as logit (x - 1) - softplus(-logit)."""
+        logit = self.logit
+        x = _as_x(x, logit)
+        y = logit * (x - 1) - softplus(-logit)
+        if self.binary_check:
+            data = as_array(x)
+            valid = (data == 0) | (data == 1)
+            y = where(_xp(data).broadcast_to(valid, y.shape), y,
+                      _xp(data).full(y.shape, -np.inf, y.dtype))
+        return y
+
+    def prob(self, x):
+        """x p + (1 - x)(1 - p) (0 for x not in {0, 1} with binary_check)."""
+        x = _as_x(x, self.p)
+        y = x * self.p + (1 - x) * (1 - self.p)
+        if self.binary_check:
+            data = as_array(x)
+            y = y * ((data == 0) | (data == 1)).astype(y.dtype)
+        return y
+
+    def sample_n(self, n):
+        p = self.p.array
+        return Variable(_xp(p).random.binomial(1, p, size=(n,) + p.shape),
+                        requires_grad=False)
+
+
+@register_kl(Bernoulli, Bernoulli)
+def _kl_bernoulli_bernoulli(p, q):
+    # sum over x in {0, 1} of P(x) (log P(x) - log Q(x)), through the logits
+    return (p.logit - q.logit) * (p.p - 1) - softplus(-p.logit) + softplus(-q.logit)
+
+
+# ----- Independent: the last batch axes become event axes -----------------------
+
+@_export('distributions', 'distributions.independent')
+class Independent(Distribution):
+    """A distribution whose last `reinterpreted_batch_ndims` batch axes are
+    made event axes: log_prob, entropy (sums) and prob, cdf (products)
+    reduce over them, so a batch of Normals becomes one diagonal Gaussian.
+    Default None: all batch axes but the first. Raises ValueError for more
+    axes than the batch has. Chainer: chainer.distributions.Independent.
+    """
+
+    def __init__(self, distribution, reinterpreted_batch_ndims=None):
+        ndim = len(distribution.batch_shape)
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = max(0, ndim - 1)
+        elif reinterpreted_batch_ndims > ndim:
+            raise ValueError('Independent: reinterpreted_batch_ndims is {} but the '
+                             'distribution has only {} batch axes (batch_shape {})'.format(
+                                 reinterpreted_batch_ndims, ndim, distribution.batch_shape))
+        self.distribution = distribution
+        self.reinterpreted_batch_ndims = reinterpreted_batch_ndims
+        cut = ndim - reinterpreted_batch_ndims
+        self._shapes = (distribution.batch_shape[:cut],
+                        distribution.batch_shape[cut:] + distribution.event_shape)
+
+    def _reduce(self, reduction, value):
+        axes = tuple(range(-self.reinterpreted_batch_ndims, 0))
+        return reduction(value, axis=axes) if axes else value
+
+    batch_shape = property(lambda self: self._shapes[0])
+    event_shape = property(lambda self: self._shapes[1])
+    mean = property(lambda self: self.distribution.mean)
+    mode = property(lambda self: self.distribution.mode)
+    variance = property(lambda self: self.distribution.variance)
+    stddev = property(lambda self: self.distribution.stddev)
+    support = property(lambda self: self.distribution.support)
+    params = property(lambda self: self.distribution.params)
+    xp = property(lambda self: self.distribution.xp)
+    entropy = property(lambda self: self._reduce(_sum, self.distribution.entropy))
+
+    def log_prob(self, x):
+        return self._reduce(_sum, self.distribution.log_prob(x))
+
+    def prob(self, x):
+        return self._reduce(prod, self.distribution.prob(x))
+
+    def cdf(self, x):
+        return self._reduce(prod, self.distribution.cdf(x))
+
+    def log_cdf(self, x):
+        return self._reduce(_sum, self.distribution.log_cdf(x))
+
+    def survival_function(self, x):
+        return self._reduce(prod, self.distribution.survival_function(x))
+
+    def log_survival_function(self, x):
+        return self._reduce(_sum, self.distribution.log_survival_function(x))
+
+    def perplexity(self, x):
+        return self._reduce(prod, self.distribution.perplexity(x))
+
+    def icdf(self, x):
+        raise RuntimeError('Independent.icdf: a multivariate cdf has no inverse')
+
+    def sample_n(self, n):
+        return self.distribution.sample_n(n)
+
+
+@register_kl(Independent, Independent)
+def _kl_independent_independent(p, q):
+    # KL of a product of independent factors is the sum of the factors' KLs
+    if p.event_shape != q.event_shape:
+        raise ValueError('kl_divergence: Independent distributions of event shapes {} and '
+                         '{} are not comparable'.format(p.event_shape, q.event_shape))
+    if p.distribution.event_shape != q.distribution.event_shape:
+        raise NotImplementedError('kl_divergence: Independents of bases with different '
+                                  'event shapes')
+    axes = len(p.event_shape) - len(p.distribution.event_shape)
+    kl = kl_divergence(p.distribution, q.distribution)
+    return _sum(kl, axis=tuple(range(-axes, 0))) if axes else kl
+
+
+# ----- Categorical: P(x = i) = p_i over the last axis ----------------------------
+
+@_export('distributions', 'distributions.categorical')
+class Categorical(Distribution):
+    """One of K classes: P(x = i) = p[..., i].
+
+    Categorical(p=None, *, logit=None): exactly one of p (probabilities
+    summing to 1 over the last axis) or logit (log p up to a constant; then
+    log p = log_softmax(logit)), float, (..., K); batch_shape drops the last
+    axis.  log_prob(x) takes int class indices of shape sample + batch.
+    Samples are int64 indices (no gradient). Chainer: chainer.distributions.Categorical.
+    """
+
+    def __init__(self, p=None, **kwargs):
+        logit = kwargs.pop('logit', None)
+        if kwargs:
+            raise TypeError('Categorical: unexpected arguments {}'.format(sorted(kwargs)))
+        if _one_of('Categorical', p=p, logit=logit) == 'p':
+            self.p = _parameter(p)
+        else:
+            self._logit = _parameter(logit)
+
+    @functools.cached_property
+    def p(self):
+        """The class probabilities, (..., K)."""
+        return exp(self.log_p)
+
+    @functools.cached_property
+    def log_p(self):
+        """log p, (..., K)."""
+        if 'p' in self.__dict__:
+            return log(self.p)
+        return log_softmax(self._logit, axis=-1)
+
+    batch_shape = property(lambda self: (self.p if 'p' in self.__dict__ else
+                                         self._logit).shape[:-1])
+    event_shape = property(lambda self: ())
+    params = property(lambda self: {'p': self.p})
+
+    @property
+    def entropy(self):
+        """-sum_i p_i log p_i."""
+        return -_sum(_xlogx(self.p), axis=-1)
+
+    def log_prob(self, x):
+        """log p[..., x] for int classes x of shape sample_shape + batch_shape."""
+        index = as_array(x).astype(np.int32)
+        xp = _xp(index)
+        grid = xp.meshgrid(*[xp.arange(n) for n in self.batch_shape], indexing='ij')
+        return self.log_p[tuple(grid) + (index,)]
+
+    def sample_n(self, n):
+        p = self.p.array
+        xp = _xp(p)
+        u = xp.random.uniform(0, 1, (n,) + p.shape[:-1] + (1,))
+        # the inverse cdf: the first class whose cumulative probability passes u
+        index = (xp.cumsum(p, axis=-1) < u).sum(axis=-1)
+        return Variable(xp.minimum(index, p.shape[-1] - 1).astype(np.int64), requires_grad=False)
+
+
+@register_kl(Categorical, Categorical)
+def _kl_categorical_categorical(p, q):
+    return _sum(p.p * (p.log_p - q.log_p), axis=-1)
+
+
+# ----- Uniform on [low, high] -------------------------------------------------------
+
+class _UniformDistribution(Distribution):
+    """The uniform distribution on [low, high]: density 1 / (high - low).
+
+    Uniform(*, low=, high=) or Uniform(*, loc=, scale=) (low = loc,
+    high = loc + scale): float Variables or arrays; batch_shape is low's
+    shape.  Samples are low + scale * u, u ~ U(0, 1) (reparameterized).
+    Raises ValueError unless exactly one pair is given.
+    Chainer: chainer.distributions.Uniform.
+    """
+
+    def __init__(self, **kwargs):
+        low, high = kwargs.pop('low', None), kwargs.pop('high', None)
+        loc, scale = kwargs.pop('loc', None), kwargs.pop('scale', None)
+        if kwargs:
+            raise TypeError('Uniform: unexpected arguments {}'.format(sorted(kwargs)))
+        by_bounds = low is not None and high is not None
+        if by_bounds == (loc is not None and scale is not None):
+            raise ValueError('Uniform: give either low and high or loc and scale (not both)')
+        self._by_bounds = by_bounds
+        if by_bounds:
+            self.low, self.high = _parameter(low), _parameter(high)
+        else:
+            self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    low = functools.cached_property(lambda self: self.loc)
+    high = functools.cached_property(lambda self: self.loc + self.scale)
+    loc = functools.cached_property(lambda self: self.low)
+    scale = functools.cached_property(lambda self: self.high - self.low)
+    batch_shape = property(lambda self: self.low.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: (self.high + self.low) / 2)
+    variance = property(lambda self: self.scale ** 2 / 12)
+    entropy = property(lambda self: log(self.scale))
+    support = '[low, high]'
+    params = property(lambda self: {'low': self.low, 'high': self.high} if self._by_bounds
+                      else {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        """-log(high - low) inside [low, high], -inf outside."""
+        x = _as_x(x, self.low)
+        data = as_array(x)
+        logp = broadcast_to(-log(self.scale), data.shape)
+        inside = (data >= self.low.array) & (data <= self.high.array)
+        return where(inside, logp, _xp(data).full(data.shape, -np.inf, logp.dtype))
+
+    def cdf(self, x):
+        return clip((_as_x(x, self.low) - self.loc) / self.scale, 0., 1.)
+
+    def icdf(self, x):
+        return _as_x(x, self.low) * self.scale + self.loc
+
+    def sample_n(self, n):
+        return self.icdf(_noise(_xp(self.low.array), 'uniform', (n,) + self.low.shape,
+                                self.low.dtype))
+
+
+@register_kl(_UniformDistribution, _UniformDistribution)
+def _kl_uniform_uniform(p, q):
+    # log of the ratio of the widths; infinite where p's support leaves q's
+    outside = (p.high.array > q.high.array) | (p.low.array < q.low.array)
+    kl = log(q.high - q.low) - log(p.high - p.low)
+    return where(outside, _xp(outside).full(kl.shape, np.inf, kl.dtype), kl)
+
+
+# ----- Laplace: p(x) = exp(-|x - mu| / b) / (2 b) ---------------------------------
+
+@_export('distributions', 'distributions.laplace')
+class Laplace(Distribution):
+    """The Laplace distribution of location loc (mu) and scale (b > 0).
+    Samples are loc + scale * eps, eps standard Laplace (reparameterized).
+    Chainer: chainer.distributions.Laplace.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc)
+    mode = property(lambda self: self.loc)
+    variance = property(lambda self: 2 * self.scale ** 2)
+    stddev = property(lambda self: math.sqrt(2) * self.scale)
+    entropy = property(lambda self: 1. + log(2 * self.scale))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        return -log(2 * self.scale) - absolute(_as_x(x, self.loc) - self.loc) / self.scale
+
+    def cdf(self, x):
+        """e^z / 2 below the location, 1 - e^-z / 2 above (z = (x - mu) / b)."""
+        z = (_as_x(x, self.loc) - self.loc) / self.scale
+        below = z.array < 0
+        return where(below, 0.5 * exp(z), 1 - 0.5 * exp(-z))
+
+    def icdf(self, x):
+        """mu - b sign(u - 1/2) log(1 - 2 |u - 1/2|)."""
+        h = _as_x(x, self.loc) - 0.5
+        sign = _xp(as_array(h)).sign(as_array(h))
+        return self.loc - self.scale * sign * log1p(-2 * absolute(h))
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'laplace', (n,) + self.loc.shape, self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@register_kl(Laplace, Laplace)
+def _kl_laplace_laplace(p, q):
+    gap = absolute(p.loc - q.loc)
+    return log(q.scale) - log(p.scale) + gap / q.scale \
+        + p.scale / q.scale * exp(-gap / p.scale) - 1
+
+
+# ----- LogNormal: log x ~ N(mu, sigma^2) -------------------------------------------
+
+@_export('distributions', 'distributions.log_normal')
+class LogNormal(Distribution):
+    """x = exp(y) for y ~ N(mu, sigma^2); samples exp(mu + sigma eps)
+    (reparameterized). Chainer: chainer.distributions.LogNormal.
+    """
+
+    def __init__(self, mu, sigma):
+        self.mu, self.sigma = _parameter(mu), _parameter(sigma)
+
+    _log_sigma = functools.cached_property(lambda self: log(self.sigma))
+    batch_shape = property(lambda self: self.mu.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: exp(self.mu + 0.5 * self.sigma ** 2))
+    variance = property(lambda self: exp(2 * self.mu + self.sigma ** 2)
+                        * (exp(self.sigma ** 2) - 1))
+    entropy = property(lambda self: 0.5 + 0.5 * _LOG_2PI + self._log_sigma + self.mu)
+    support = 'positive'
+    params = property(lambda self: {'mu': self.mu, 'sigma': self.sigma})
+
+    def log_prob(self, x):
+        log_x = log(_as_x(x, self.mu))
+        return -0.5 * _LOG_2PI - self._log_sigma - log_x \
+            - 0.5 * (log_x - self.mu) ** 2 / self.sigma ** 2
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.mu.array), 'standard_normal', (n,) + self.mu.shape,
+                     self.mu.dtype)
+        return exp(self.mu + self.sigma * eps)
+
+
+@register_kl(LogNormal, LogNormal)
+def _kl_log_normal_log_normal(p, q):
+    # the KL of the two normals of log x: a change of variables keeps it
+    return 0.5 * ((p.mu - q.mu) ** 2 + p.sigma ** 2) / q.sigma ** 2 - 0.5 \
+        + q._log_sigma - p._log_sigma
+
+
+# ----- Gamma (shape k, scale theta) and Beta (a, b) ----------------------------------
+
+@_export('distributions', 'distributions.gamma')
+class Gamma(Distribution):
+    """The gamma distribution of shape k > 0 and scale theta > 0:
+    p(x) = x^(k-1) e^(-x/theta) / (Gamma(k) theta^k), x > 0.  Samples are
+    theta * g, g ~ Gamma(k, 1) (the gradient reaches theta, not k).
+    Chainer: chainer.distributions.Gamma.
+    """
+
+    def __init__(self, k, theta):
+        self.k, self.theta = _parameter(k), _parameter(theta)
+
+    batch_shape = property(lambda self: self.k.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.k * self.theta)
+    variance = property(lambda self: self.k * self.theta ** 2)
+    support = 'positive'
+    params = property(lambda self: {'k': self.k, 'theta': self.theta})
+
+    @property
+    def entropy(self):
+        """k + log theta + log Gamma(k) + (1 - k) psi(k)."""
+        k = self.k
+        return k + log(self.theta) + lgamma(k) + (1 - k) * digamma(k)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.k)
+        return -lgamma(self.k) - self.k * log(self.theta) + (self.k - 1) * log(x) \
+            - x / self.theta
+
+    def sample_n(self, n):
+        k = self.k.array
+        g = _noise(_xp(k), 'gamma', (n,) + k.shape, k.dtype, k)
+        return broadcast_to(self.theta, g.shape) * g
+
+
+@register_kl(Gamma, Gamma)
+def _kl_gamma_gamma(p, q):
+    return (p.k - q.k) * digamma(p.k) - (lgamma(p.k) - lgamma(q.k)) \
+        + q.k * (log(q.theta) - log(p.theta)) + p.k * (p.theta / q.theta - 1)
+
+
+def _log_beta(a, b):
+    """log B(a, b) = log Gamma(a) + log Gamma(b) - log Gamma(a + b)."""
+    return lgamma(a) + lgamma(b) - lgamma(a + b)
+
+
+@_export('distributions', 'distributions.beta')
+class Beta(Distribution):
+    """The beta distribution on [0, 1]: p(x) = x^(a-1) (1-x)^(b-1) / B(a, b),
+    a, b > 0.  Samples have no gradient. Chainer: chainer.distributions.Beta.
+    """
+
+    def __init__(self, a, b):
+        self.a, self.b = _parameter(a), _parameter(b)
+
+    _a_plus_b = functools.cached_property(lambda self: self.a + self.b)
+    batch_shape = property(lambda self: self.a.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.a / self._a_plus_b)
+    variance = property(lambda self: self.a * self.b / (
+        self._a_plus_b ** 2 * (self._a_plus_b + 1)))
+    support = '[0, 1]'
+    params = property(lambda self: {'a': self.a, 'b': self.b})
+
+    @property
+    def entropy(self):
+        """log B(a, b) - (a-1) psi(a) - (b-1) psi(b) + (a+b-2) psi(a+b)."""
+        a, b, total = self.a, self.b, self._a_plus_b
+        return _log_beta(a, b) - (a - 1) * digamma(a) - (b - 1) * digamma(b) \
+            + (total - 2) * digamma(total)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.a)
+        return (self.a - 1) * log(x) + (self.b - 1) * log(1 - x) - _log_beta(self.a, self.b)
+
+    def sample_n(self, n):
+        a, b = self.a.array, self.b.array
+        return Variable(_noise(_xp(a), 'beta', (n,) + a.shape, a.dtype, a, b),
+                        requires_grad=False)
+
+
+@register_kl(Beta, Beta)
+def _kl_beta_beta(p, q):
+    return _log_beta(q.a, q.b) - _log_beta(p.a, p.b) + (p.a - q.a) * digamma(p.a) \
+        + (p.b - q.b) * digamma(p.b) + (q._a_plus_b - p._a_plus_b) * digamma(p._a_plus_b)
+
+
+# ----- MultivariateNormal: N(loc, L L^T) ----------------------------------------------
+
+@_export('distributions', 'distributions.multivariate_normal')
+class MultivariateNormal(Distribution):
+    """The d-dimensional normal N(loc, V) with V = L L^T.
+
+    MultivariateNormal(loc, *, scale_tril): loc (..., d) and scale_tril L
+    (..., d, d), lower triangular with a positive diagonal (the Cholesky
+    factor of V); batch_shape = loc.shape[:-1], event_shape = (d,).  Samples
+    are loc + L eps (reparameterized).  Raises ValueError without scale_tril.
+    Chainer: chainer.distributions.MultivariateNormal.
+    """
+
+    def __init__(self, loc, **kwargs):
+        scale_tril = kwargs.pop('scale_tril', None)
+        if kwargs:
+            raise TypeError('MultivariateNormal: unexpected arguments {}'.format(sorted(kwargs)))
+        if scale_tril is None:
+            raise ValueError('MultivariateNormal: scale_tril must be given')
+        self.loc, self.scale_tril = _parameter(loc), _parameter(scale_tril)
+
+    d = property(lambda self: self.scale_tril.shape[-1], doc='The dimension d of an event.')
+    batch_shape = property(lambda self: self.loc.shape[:-1])
+    event_shape = property(lambda self: self.loc.shape[-1:])
+    mean = property(lambda self: self.loc)
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale_tril': self.scale_tril})
+
+    @functools.cached_property
+    def _log_det_scale(self):
+        """log det L = the sum of the logs of L's diagonal, batch_shape."""
+        eye = _xp(self.scale_tril.array).eye(self.d, dtype=self.scale_tril.dtype)
+        return _sum(log(_sum(self.scale_tril * eye, axis=-1)), axis=-1)
+
+    @functools.cached_property
+    def _inverse_scale(self):
+        """L^-1, (batch, d, d), of L's lower triangle (as a triangular solve
+        reads it: the entries above the diagonal get no gradient from it)."""
+        d = self.d
+        lower = self.scale_tril * _xp(self.scale_tril.array).tri(d, dtype=self.scale_tril.dtype)
+        return batch_inv(lower.reshape(-1, d, d)).reshape(self.batch_shape + (d, d))
+
+    @property
+    def covariance(self):
+        """V = L L^T, batch_shape + (d, d)."""
+        return matmul(self.scale_tril, swapaxes(self.scale_tril, -1, -2))
+
+    @property
+    def variance(self):
+        """The diagonal of V: the sum of squares of L's rows."""
+        return _sum(self.scale_tril ** 2, axis=-1)
+
+    @property
+    def entropy(self):
+        """log det L + d (1 + log 2 pi) / 2."""
+        return self._log_det_scale + 0.5 * self.d * (1 + _LOG_2PI)
+
+    def log_prob(self, x):
+        """-|L^-1 (x - loc)|^2 / 2 - log det L - d log(2 pi) / 2."""
+        x = _as_x(x, self.loc)
+        d = self.d
+        diff = x - broadcast_to(self.loc, x.shape)
+        inverse = broadcast_to(self._inverse_scale, x.shape + (d,))
+        y = matmul(inverse.reshape(-1, d, d), diff.reshape(-1, d, 1))
+        squares = _sum(y ** 2, axis=(1, 2)).reshape(x.shape[:-1])
+        return -0.5 * squares - broadcast_to(self._log_det_scale, squares.shape) \
+            - 0.5 * d * _LOG_2PI
+
+    def sample_n(self, n):
+        loc = self.loc
+        eps = _noise(_xp(loc.array), 'standard_normal', (n,) + loc.shape + (1,), loc.dtype)
+        scale = broadcast_to(self.scale_tril, (n,) + self.scale_tril.shape)
+        d = self.d
+        moved = matmul(scale.reshape(-1, d, d), eps.reshape(-1, d, 1))
+        return loc + moved.reshape((n,) + loc.shape)
+
+
+@register_kl(MultivariateNormal, MultivariateNormal)
+def _kl_multivariate_normal(p, q):
+    # log(det L_q / det L_p) + (|L_q^-1 L_p|_F^2 + |L_q^-1 (m_p - m_q)|^2 - d) / 2
+    d = p.d
+    inverse = q._inverse_scale.reshape(-1, d, d)
+    trace = _sum(matmul(inverse, p.scale_tril.reshape(-1, d, d)) ** 2, axis=(1, 2))
+    gap = matmul(inverse, (p.loc - q.loc).reshape(-1, d, 1))
+    mahalanobis = _sum(gap ** 2, axis=(1, 2))
+    return q._log_det_scale - p._log_det_scale + 0.5 * (
+        trace + mahalanobis).reshape(p.batch_shape) - 0.5 * d
+
+
+# ----- the other families ----------------------------------------------------------
+# Exponential, Gumbel, Cauchy, Pareto, Chisquare, Poisson, Geometric,
+# Dirichlet and OneHotCategorical, each its density and its moments.
+
+_EULER = 0.5772156649015329      # Euler's constant, the mean of the standard Gumbel
+
+
+def _outside(condition, value, fill):
+    """value where condition holds, `fill` (a number) elsewhere."""
+    return where(condition, value, _xp(value.array).full(value.shape, fill, value.dtype))
+
+
+@_export('distributions', 'distributions.exponential')
+class Exponential(Distribution):
+    """The exponential distribution of rate lam > 0: p(x) = lam e^(-lam x),
+    x >= 0. Samples are eps / lam, eps standard exponential (reparameterized).
+    Chainer: chainer.distributions.Exponential.
+    """
+
+    def __init__(self, lam):
+        self.lam = _parameter(lam)
+
+    _log_lam = functools.cached_property(lambda self: log(self.lam))
+    batch_shape = property(lambda self: self.lam.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: 1 / self.lam)
+    variance = property(lambda self: self.mean ** 2)
+    entropy = property(lambda self: 1 - self._log_lam)
+    support = 'positive'
+    params = property(lambda self: {'lam': self.lam})
+
+    def log_prob(self, x):
+        """log lam - lam x for x >= 0, -inf below."""
+        x = _as_x(x, self.lam)
+        logp = self._log_lam - self.lam * x
+        return _outside(as_array(x) >= 0, logp, -np.inf)
+
+    def cdf(self, x):
+        return -expm1(-self.lam * _as_x(x, self.lam))
+
+    def icdf(self, x):
+        return -1 / self.lam * log1p(-_as_x(x, self.lam))
+
+    def sample_n(self, n):
+        lam = self.lam
+        return _noise(_xp(lam.array), 'standard_exponential', (n,) + lam.shape,
+                      lam.dtype) / lam
+
+
+@register_kl(Exponential, Exponential)
+def _kl_exponential_exponential(p, q):
+    return p._log_lam - q._log_lam + q.lam / p.lam - 1.
+
+
+@_export('distributions', 'distributions.gumbel')
+class Gumbel(Distribution):
+    """The Gumbel distribution of location loc and scale > 0:
+    p(x) = e^(-y - e^-y) / scale, y = (x - loc) / scale.  Samples are
+    loc + scale eps (reparameterized). Chainer: chainer.distributions.Gumbel.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    _log_scale = functools.cached_property(lambda self: log(self.scale))
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.loc + _EULER * self.scale)
+    variance = property(lambda self: (math.pi ** 2 / 6) * self.scale ** 2)
+    entropy = property(lambda self: self._log_scale + (_EULER + 1))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+
+    def log_prob(self, x):
+        y = (_as_x(x, self.loc) - self.loc) / self.scale
+        return -self._log_scale - y - exp(-y)
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'gumbel', (n,) + self.loc.shape, self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@register_kl(Gumbel, Gumbel)
+def _kl_gumbel_gumbel(p, q):
+    ratio = p.scale / q.scale
+    return q._log_scale - p._log_scale + _EULER * (ratio - 1.) \
+        + exp((q.loc - p.loc) / q.scale + lgamma(ratio + 1.)) - 1 + (p.loc - q.loc) / q.scale
+
+
+@_export('distributions', 'distributions.cauchy')
+class Cauchy(Distribution):
+    """The Cauchy distribution of location loc and scale > 0:
+    p(x) = scale / (pi ((x - loc)^2 + scale^2)); its mean and variance are
+    undefined (NaN).  Samples are loc + scale eps (reparameterized).
+    Chainer: chainer.distributions.Cauchy.
+    """
+
+    def __init__(self, loc, scale):
+        self.loc, self.scale = _parameter(loc), _parameter(scale)
+
+    batch_shape = property(lambda self: self.loc.shape)
+    event_shape = property(lambda self: ())
+    entropy = property(lambda self: log(4 * math.pi * self.scale))
+    support = 'real'
+    params = property(lambda self: {'loc': self.loc, 'scale': self.scale})
+    mean = property(lambda self: Variable(_xp(self.loc.array).full_like(self.loc.array, np.nan),
+                                          requires_grad=False))
+    variance = mean
+
+    def log_prob(self, x):
+        return -math.log(math.pi) + log(self.scale) \
+            - log((_as_x(x, self.loc) - self.loc) ** 2 + self.scale ** 2)
+
+    def cdf(self, x):
+        return arctan((_as_x(x, self.loc) - self.loc) / self.scale) / math.pi + 0.5
+
+    def icdf(self, x):
+        return self.loc + self.scale * tan(math.pi * (_as_x(x, self.loc) - 0.5))
+
+    def sample_n(self, n):
+        eps = _noise(_xp(self.loc.array), 'standard_cauchy', (n,) + self.loc.shape,
+                     self.loc.dtype)
+        return self.scale * eps + self.loc
+
+
+@_export('distributions', 'distributions.pareto')
+class Pareto(Distribution):
+    """The Pareto distribution of scale > 0 and shape alpha > 0:
+    p(x) = alpha scale^alpha / x^(alpha + 1), x >= scale (mean inf for
+    alpha <= 1, variance inf for alpha <= 2).  Samples are
+    scale (eps + 1), eps ~ numpy's pareto(alpha).
+    Chainer: chainer.distributions.Pareto.
+    """
+
+    def __init__(self, scale, alpha):
+        self.scale, self.alpha = _parameter(scale), _parameter(alpha)
+
+    _log_scale = functools.cached_property(lambda self: log(self.scale))
+    _log_alpha = functools.cached_property(lambda self: log(self.alpha))
+    batch_shape = property(lambda self: self.scale.shape)
+    event_shape = property(lambda self: ())
+    support = '[scale, inf]'
+    params = property(lambda self: {'scale': self.scale, 'alpha': self.alpha})
+    entropy = property(lambda self: -self._log_alpha + self._log_scale + 1. / self.alpha + 1.)
+
+    @property
+    def mean(self):
+        """alpha scale / (alpha - 1), inf for alpha <= 1."""
+        return _outside(self.alpha.array > 1, self.alpha * self.scale / (self.alpha - 1),
+                        np.inf)
+
+    @property
+    def variance(self):
+        """scale^2 alpha / ((alpha - 1)^2 (alpha - 2)), inf for alpha <= 2."""
+        alpha = self.alpha
+        return _outside(alpha.array > 2, self.scale ** 2 * alpha / (alpha - 1) ** 2
+                        / (alpha - 2), np.inf)
+
+    def log_prob(self, x):
+        x = _as_x(x, self.scale)
+        logp = self._log_alpha + self.alpha * self._log_scale - (self.alpha + 1) * log(x)
+        return _outside(as_array(x) >= self.scale.array, logp, -np.inf)
+
+    def sample_n(self, n):
+        alpha = self.alpha.array
+        eps = _noise(_xp(alpha), 'pareto', (n,) + self.batch_shape, alpha.dtype, alpha)
+        return self.scale * (eps + 1)
+
+
+@register_kl(Pareto, Pareto)
+def _kl_pareto_pareto(p, q):
+    kl = q.alpha * (p._log_scale - q._log_scale) + p._log_alpha - q._log_alpha \
+        + (q.alpha - p.alpha) / p.alpha
+    return _outside(p.scale.array >= q.scale.array, kl, np.inf)
+
+
+@_export('distributions', 'distributions.chisquare')
+class Chisquare(Distribution):
+    """The chi-square distribution of k > 0 degrees of freedom (Gamma(k/2,
+    2)). Samples have no gradient. Chainer: chainer.distributions.Chisquare.
+    """
+
+    def __init__(self, k):
+        self.k = _parameter(k)
+
+    _half_k = functools.cached_property(lambda self: 0.5 * self.k)
+    batch_shape = property(lambda self: self.k.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.k)
+    variance = property(lambda self: 2 * self.k)
+    support = 'positive'
+    params = property(lambda self: {'k': self.k})
+
+    @property
+    def entropy(self):
+        """k/2 + log 2 + log Gamma(k/2) + (1 - k/2) psi(k/2)."""
+        h = self._half_k
+        return h + math.log(2.) + lgamma(h) + (1 - h) * digamma(h)
+
+    def log_prob(self, x):
+        h = self._half_k
+        x = _as_x(x, self.k)
+        return -lgamma(h) - h * math.log(2.) + (h - 1) * log(x) - 0.5 * x
+
+    def sample_n(self, n):
+        k = self.k.array
+        return Variable(_noise(_xp(k), 'chisquare', (n,) + k.shape, k.dtype, k),
+                        requires_grad=False)
+
+
+@_export('distributions', 'distributions.poisson')
+class Poisson(Distribution):
+    """The Poisson distribution of rate lam > 0: P(x) = lam^x e^-lam / x!.
+    Samples are float32 counts (no gradient). Chainer: chainer.distributions.Poisson.
+    """
+
+    def __init__(self, lam):
+        self.lam = _parameter(lam)
+
+    _log_lam = functools.cached_property(lambda self: log(self.lam))
+    batch_shape = property(lambda self: self.lam.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: self.lam)
+    variance = property(lambda self: self.lam)
+    support = 'non negative integer'
+    params = property(lambda self: {'lam': self.lam})
+
+    def log_prob(self, x):
+        """x log lam - log Gamma(x + 1) - lam."""
+        x = as_array(x).astype(self.lam.dtype)
+        return x * self._log_lam - lgamma(x + x.dtype.type(1)) - self.lam
+
+    def sample_n(self, n):
+        lam = self.lam.array
+        return Variable(_noise(_xp(lam), 'poisson', (n,) + lam.shape, np.float32, lam),
+                        requires_grad=False)
+
+
+@register_kl(Poisson, Poisson)
+def _kl_poisson_poisson(p, q):
+    return p.lam * (p._log_lam - q._log_lam) - p.lam + q.lam
+
+
+@_export('distributions', 'distributions.geometric')
+class Geometric(Distribution):
+    """The number of trials up to the first success of probability p:
+    P(x) = (1 - p)^(x - 1) p, x = 1, 2, ...  Samples have no gradient.
+    Chainer: chainer.distributions.Geometric.
+    """
+
+    def __init__(self, p):
+        self.p = _parameter(p)
+
+    batch_shape = property(lambda self: self.p.shape)
+    event_shape = property(lambda self: ())
+    mean = property(lambda self: 1 / self.p)
+    variance = property(lambda self: (1 - self.p) / self.p ** 2)
+    support = 'positive integer'
+    params = property(lambda self: {'p': self.p})
+
+    def log_prob(self, x):
+        return (_as_x(x, self.p) - 1) * log(1 - self.p) + log(self.p)
+
+    def sample_n(self, n):
+        p = self.p.array
+        return Variable(_noise(_xp(p), 'geometric', (n,) + p.shape, p.dtype, p),
+                        requires_grad=False)
+
+
+@register_kl(Geometric, Geometric)
+def _kl_geometric_geometric(p, q):
+    return (1 / p.p - 1) * (log(1 - p.p) - log(1 - q.p)) + log(p.p) - log(q.p)
+
+
+def _log_multivariate_beta(alpha):
+    """log B(alpha) = sum log Gamma(alpha_i) - log Gamma(sum alpha_i), over the last axis."""
+    return _sum(lgamma(alpha), axis=-1) - lgamma(_sum(alpha, axis=-1))
+
+
+@_export('distributions', 'distributions.dirichlet')
+class Dirichlet(Distribution):
+    """The Dirichlet distribution on the simplex, concentration alpha > 0 of
+    shape batch + (K,): p(x) = prod x_i^(alpha_i - 1) / B(alpha).  Samples
+    have no gradient. Chainer: chainer.distributions.Dirichlet.
+    """
+
+    def __init__(self, alpha):
+        self.alpha = _parameter(alpha)
+
+    alpha0 = functools.cached_property(lambda self: _sum(self.alpha, axis=-1))
+    batch_shape = property(lambda self: self.alpha.shape[:-1])
+    event_shape = property(lambda self: self.alpha.shape[-1:])
+    support = '[0, 1]'
+    params = property(lambda self: {'alpha': self.alpha})
+
+    def _per_event(self, value):
+        return broadcast_to(reshape(value, value.shape + (1,)), self.alpha.shape)
+
+    mean = property(lambda self: self.alpha / self._per_event(self.alpha0))
+
+    @property
+    def variance(self):
+        """alpha_i (alpha0 - alpha_i) / (alpha0^2 (alpha0 + 1))."""
+        total = self._per_event(self.alpha0)
+        return self.alpha * (total - self.alpha) / total ** 2 / (total + 1)
+
+    @property
+    def entropy(self):
+        """log B(alpha) + (alpha0 - K) psi(alpha0) - sum (alpha_i - 1) psi(alpha_i)."""
+        return _log_multivariate_beta(self.alpha) + (self.alpha0 - self.event_shape[0]) \
+            * digamma(self.alpha0) - _sum((self.alpha - 1) * digamma(self.alpha), axis=-1)
+
+    def log_prob(self, x):
+        return -_log_multivariate_beta(self.alpha) + _sum(
+            (self.alpha - 1) * log(_as_x(x, self.alpha)), axis=-1)
+
+    def sample_n(self, n):
+        alpha = self.alpha.array
+        xp = _xp(alpha)
+        rows = alpha.reshape(-1, alpha.shape[-1])    # one distribution at a time, as Chainer
+        eps = xp.stack([xp.random.dirichlet(row, size=(n,)) for row in rows], axis=1)
+        return Variable(eps.reshape((n,) + alpha.shape).astype(alpha.dtype),
+                        requires_grad=False)
+
+
+@register_kl(Dirichlet, Dirichlet)
+def _kl_dirichlet_dirichlet(p, q):
+    return -_log_multivariate_beta(p.alpha) + _log_multivariate_beta(q.alpha) + _sum(
+        (p.alpha - q.alpha) * (digamma(p.alpha) - p._per_event(digamma(p.alpha0))), axis=-1)
+
+
+@_export('distributions', 'distributions.one_hot_categorical')
+class OneHotCategorical(Distribution):
+    """A Categorical whose draws are one-hot vectors: p (..., K) sums to 1
+    over its last axis; event_shape (K,).  log_prob(x) = sum x log p.
+    Samples have no gradient. Chainer: chainer.distributions.OneHotCategorical.
+    """
+
+    def __init__(self, p):
+        self.p = _parameter(p)
+
+    log_p = functools.cached_property(lambda self: log(self.p))
+    batch_shape = property(lambda self: self.p.shape[:-1])
+    event_shape = property(lambda self: self.p.shape[-1:])
+    mean = property(lambda self: self.p)
+    variance = property(lambda self: self.p * (1. - self.p))
+    params = property(lambda self: {'p': self.p})
+
+    def log_prob(self, x):
+        return _sum(self.log_p * _as_x(x, self.p), axis=-1)
+
+    def sample_n(self, n):
+        index = Categorical(self.p).sample_n(n).array
+        eye = _xp(index).eye(self.p.shape[-1], dtype=self.p.dtype)
+        return Variable(eye[index], requires_grad=False)
+
+
+@register_kl(OneHotCategorical, OneHotCategorical)
+def _kl_one_hot_categorical(p, q):
+    return _sum(p.p * (p.log_p - q.log_p), axis=-1)
+
+
+_export('distributions.utils', _modified_xlogx=_xlogx)
+_export('distributions', 'distributions.normal', Normal=_NormalDistribution)
+_export('distributions', 'distributions.uniform', Uniform=_UniformDistribution)
+_NormalDistribution.__name__ = _NormalDistribution.__qualname__ = 'Normal'
+_UniformDistribution.__name__ = _UniformDistribution.__qualname__ = 'Uniform'
 
 
 # =============================================================================
@@ -19448,6 +22283,59 @@ def backward(outputs, grad_outputs=None, **kwargs):
     _backprop(outputs, kwargs.get('retain_grad', False))
 
 
+# ----- forget: recompute instead of remembering -----------------------------------
+# F.forget(f, x, y) runs f without recording its graph, so none of f's
+# intermediate arrays stay in memory; its backward runs f again, this time
+# recording, and backpropagates the output gradients through that copy.
+# Memory for time: f runs twice.  f must compute the same thing both times
+# (no dropout, no random draws).
+
+@_export('functions.util.forget')
+class Forget(Function):
+    """Function node of forget: forward runs func without a graph; backward
+    runs it again with one and backpropagates through it.
+    Chainer: chainer.functions.util.forget.Forget.
+    """
+    label = 'forget'
+
+    def __init__(self, func):
+        if not callable(func):
+            raise TypeError('forget: func must be callable, not {}'.format(type(func).__name__))
+        self.func = func
+
+    def _run(self, xs):
+        outs = self.func(*xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if not all(isinstance(y, Variable) for y in outs):
+            raise TypeError('forget: func must return a Variable or a tuple of Variables, got '
+                            '{}'.format(', '.join(type(y).__name__ for y in outs)))
+        return outs
+
+    def forward(self, inputs):
+        with no_backprop_mode():
+            return tuple(y.data for y in self._run([Variable(x) for x in inputs]))
+
+    def backward(self, inputs, grad_outputs):
+        xs = [Variable(x, requires_grad=v.requires_grad) for x, v in zip(inputs, self.inputs)]
+        with force_backprop_mode():
+            outs = self._run(xs)
+        pairs = [(y, g) for y, g in zip(outs, grad_outputs) if g is not None]
+        for y, g in pairs:
+            y.grad = g
+        _backprop([y for y, _ in pairs], False)       # Chapter 4's walk, over the copy
+        return tuple(x.grad for x in xs)
+
+
+@_export('functions', 'functions.util.forget')
+def forget(func, *xs):
+    """func(*xs), keeping none of its intermediate results: backward calls
+    func again to rebuild the graph it needs.  func takes Variables and returns
+    a Variable or a tuple of them, the same on both calls.  Returns what func
+    returns. Raises TypeError if func is not callable or returns something
+    else. Chainer: chainer.functions.forget.
+    """
+    return Forget(func)(*xs)
+
 # ----- switches and backprop from the top level: chainer.DebugMode, chainer.backward --
 
 
@@ -19824,6 +22712,524 @@ def _warn_no_params(optimizer, link):
             type(optimizer).__name__, type(link).__name__), stacklevel=3)
 
 
+def _linear_over_batch_axes(x, W, b, n_batch_axes):
+    """F.linear of x whose first n_batch_axes axes are all batch axes: they are
+    folded into one for the product (the rest flattened, as for one batch
+    axis) and unfolded in the result, (*batch, out_size)."""
+    if not isinstance(n_batch_axes, (int, np.integer)) or not 1 <= n_batch_axes < len(x.shape):
+        raise ValueError('linear: n_batch_axes must be an int from 1 to x.ndim - 1 = {}, not '
+                         '{!r}'.format(len(x.shape) - 1, n_batch_axes))
+    batch = tuple(x.shape[:n_batch_axes])
+    y = linear(reshape(x, (math.prod(batch), math.prod(x.shape[n_batch_axes:]))), W, b)
+    return reshape(y, batch + y.shape[1:])
+
+
+# ----- chainer.utils.type_check: checks a Function declares -----------------------
+# A Function may define check_type_forward(in_types) to state what its inputs
+# must be, in expressions that read like the condition itself:
+#
+#     x_type, = in_types
+#     type_check.expect(in_types.size() == 1, x_type.dtype.kind == 'f', x_type.ndim == 2)
+#
+# The check runs twice only when it fails.  First the expressions are plain
+# values (in_types holds the arrays, `==` is Python's): fast, and all a passing
+# check needs.  On a failure it runs again on *lazy* expressions: in_types[0]
+# is then a named node, `x.ndim == 2` builds a tree instead of a bool, and the
+# tree that is false prints itself both as written and with its values
+# ("Expect: in_types[0].ndim == 2 / Actual: 3 != 2").  Function.__call__
+# is untouched: only a subclass that defines check_type_forward gets a
+# __call__ that runs it (Function.__init_subclass__ below), so other functions
+# pay nothing.
+
+class _TypeInfo:
+    """The type of one array as a check sees it: shape, dtype, ndim, size.
+    Chainer: chainer.utils.type_check.TypeInfo."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+
+    @property
+    def size(self):
+        """The number of elements (the product of shape)."""
+        return _type_prod(self.shape)
+
+
+class _TypeInfoTuple(tuple):
+    """The named TypeInfo expressions of a function's inputs; size() is the
+    expression for their number. Chainer: chainer.utils.type_check.TypeInfoTuple."""
+
+    def size(self):
+        """An expression for the number of inputs (named '<name>.size')."""
+        return _TypeVariable(len(self), '{}.size'.format(self.name))
+
+
+class _LightTypeInfoTuple(tuple):
+    """The input arrays themselves, for the fast first run of a check; size()
+    is their number. Chainer: chainer.utils.type_check.LightTypeInfoTuple."""
+
+    def size(self):
+        """The number of inputs."""
+        return len(self)
+
+
+class _TypeExpr:
+    """A lazy expression: operators build a tree, eval() computes it, str()
+    writes it as source.  A comparison is a Testable whose expect() raises
+    InvalidType when false.  Using one as a bool raises RuntimeError (`a and b`
+    would silently test only b). Chainer: chainer.utils.type_check.Expr."""
+
+    def __init__(self, priority):
+        self.priority = priority       # Python's operator precedence, for parentheses
+
+    def eval(self):
+        """The value of the expression."""
+        raise NotImplementedError
+
+    def __getattr__(self, name):
+        if name.startswith('__'):      # copy, pickle and friends probe for these
+            raise AttributeError(name)
+        return _TypeGetAttr(self, name)
+
+    def __getitem__(self, key):
+        return _TypeGetItem(self, key)
+
+    def __call__(self, *args):
+        """The expression of calling this one's value with `args`."""
+        return _TypeCall(self, args)
+
+    def __bool__(self):
+        raise RuntimeError('an Expr of type_check cannot be used as a bool (an `and` or '
+                           '`if` of expressions would test only one); pass each condition '
+                           'to type_check.expect, or get a value with type_check.eval()')
+
+    __hash__ = object.__hash__
+
+
+def _type_operator(symbol, priority, function, flipped=False):
+    def build(self, other):
+        lhs, rhs = (other, self) if flipped else (self, other)
+        return _TypeBinary(priority, lhs, rhs, symbol, function, symbol == '**')
+    return build
+
+
+def _type_comparison(symbol, negation, function):
+    return lambda self, other: _TypeComparison(self, other, symbol, negation, function)
+
+
+def _type_unary(symbol, function):
+    return lambda self: _TypeUnary(6, self, symbol, function)
+
+
+# The operators: symbol, Python's precedence (it decides the parentheses
+# when printing), method name, operation.
+for _symbol, _negation, _name, _function in (
+        ('==', '!=', 'eq', lambda a, b: a == b), ('!=', '==', 'ne', lambda a, b: a != b),
+        ('<', '>=', 'lt', lambda a, b: a < b), ('<=', '>', 'le', lambda a, b: a <= b),
+        ('>', '<=', 'gt', lambda a, b: a > b), ('>=', '<', 'ge', lambda a, b: a >= b)):
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_comparison(_symbol, _negation, _function))
+for _symbol, _priority, _name, _function in (
+        ('+', 4, 'add', lambda a, b: a + b), ('-', 4, 'sub', lambda a, b: a - b),
+        ('*', 5, 'mul', lambda a, b: a * b), ('/', 5, 'truediv', lambda a, b: a / b),
+        ('//', 5, 'floordiv', lambda a, b: a // b), ('%', 5, 'mod', lambda a, b: a % b),
+        ('**', 7, 'pow', lambda a, b: a ** b), ('<<', 3, 'lshift', lambda a, b: a << b),
+        ('>>', 3, 'rshift', lambda a, b: a >> b), ('&', 2, 'and', lambda a, b: a & b),
+        ('^', 1, 'xor', lambda a, b: a ^ b), ('|', 0, 'or', lambda a, b: a | b)):
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_operator(_symbol, _priority, _function))
+    setattr(_TypeExpr, '__r{}__'.format(_name),
+            _type_operator(_symbol, _priority, _function, True))
+for _symbol, _name, _function in (('-', 'neg', lambda a: -a), ('+', 'pos', lambda a: +a),
+                                  ('~', 'invert', lambda a: ~a)):
+    setattr(_TypeExpr, '__{}__'.format(_name), _type_unary(_symbol, _function))
+del _symbol, _negation, _function, _priority, _name
+
+
+def _type_value(v):
+    """The value of an expression, or of a list/tuple of them."""
+    if isinstance(v, _TypeExpr):
+        return v.eval()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_type_value(x) for x in v)
+    return v
+
+
+def _type_source(v):
+    """How `v` reads in a message: expressions as written, other values by repr."""
+    if isinstance(v, _TypeExpr):
+        return str(v)
+    if isinstance(v, list):
+        return '[{}]'.format(', '.join(map(_type_source, v)))
+    if isinstance(v, tuple):
+        return '({},)'.format(_type_source(v[0])) if len(v) == 1 else \
+            '({})'.format(', '.join(map(_type_source, v)))
+    return repr(v)
+
+
+class _TypeAtom(_TypeExpr):
+    """An expression that needs no parentheses. Chainer: type_check.Atom."""
+
+    def __init__(self):
+        super().__init__(8)
+
+
+class _TypeConstant(_TypeAtom):
+    """A fixed value, written by its repr. Chainer: type_check.Constant."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def __str__(self):
+        return _type_source(self.value)
+
+    def eval(self):
+        return self.value
+
+
+class _TypeVariable(_TypeAtom):
+    """A value with a name (in_types[0], in_types.size): messages show the name.
+    Chainer: chainer.utils.type_check.Variable."""
+
+    def __init__(self, value, name):
+        super().__init__()
+        self.value, self.name = value, name
+
+    def __str__(self):
+        return self.name
+
+    def eval(self):
+        return self.value
+
+
+class _TypeGetAttr(_TypeAtom):
+    """obj.name, evaluated late. Chainer: type_check.GetAttr."""
+
+    def __init__(self, obj, name):
+        super().__init__()
+        self.obj, self.name = obj, name
+
+    def __str__(self):
+        name = self.name.value if isinstance(self.name, _TypeConstant) else self.name
+        if isinstance(name, str):
+            return '{}.{}'.format(_type_source(self.obj), name)
+        return 'getattr({}, {})'.format(_type_source(self.obj), _type_source(self.name))
+
+    def eval(self):
+        return getattr(_type_value(self.obj), _type_value(self.name))
+
+
+def _type_key_source(key):
+    if key is Ellipsis:
+        return '...'
+    if isinstance(key, slice):
+        parts = ['' if v is None else _type_source(v) for v in (key.start, key.stop, key.step)]
+        return ':'.join(parts if key.step is not None else parts[:2])
+    if isinstance(key, tuple):
+        return ', '.join(map(_type_key_source, key))
+    return _type_source(key)
+
+
+class _TypeGetItem(_TypeAtom):
+    """obj[key], evaluated late. Chainer: type_check.GetItem."""
+
+    def __init__(self, obj, key):
+        super().__init__()
+        self.obj, self.key = obj, key
+
+    def __str__(self):
+        return '{}[{}]'.format(_type_source(self.obj), _type_key_source(self.key))
+
+    def eval(self):
+        return _type_value(self.obj)[_type_value(self.key)]
+
+
+class _TypeCall(_TypeAtom):
+    """obj(*args), evaluated late. Chainer: type_check.Call."""
+
+    def __init__(self, obj, args):
+        super().__init__()
+        self.obj, self.args = obj, tuple(args)
+
+    def __str__(self):
+        return '{}({})'.format(_type_source(self.obj), ', '.join(map(_type_source, self.args)))
+
+    def eval(self):
+        return _type_value(self.obj)(*[_type_value(a) for a in self.args])
+
+
+class _TypeUnary(_TypeExpr):
+    """-x, +x, ~x of an expression. Chainer: type_check.UnaryOperator."""
+
+    def __init__(self, priority, term, exp, func):
+        super().__init__(priority)
+        self.term, self.exp, self.func = term, exp, func
+
+    def eval(self):
+        return self.func(_type_value(self.term))
+
+    def __str__(self):
+        text = _type_source(self.term)
+        if isinstance(self.term, _TypeExpr) and self.term.priority < self.priority:
+            text = '(' + text + ')'
+        return self.exp + text
+
+
+class _TypeBinary(_TypeExpr):
+    """lhs <op> rhs of expressions (or values). Chainer: type_check.BinaryOperator."""
+
+    def __init__(self, priority, lhs, rhs, exp, func, right_associative=False):
+        super().__init__(priority)
+        self.lhs, self.rhs, self.exp, self.func = lhs, rhs, exp, func
+        self.right_associative = right_associative
+
+    def eval(self):
+        return self.func(_type_value(self.lhs), _type_value(self.rhs))
+
+    def __str__(self):
+        # A side of equal precedence needs parentheses where the grouping would
+        # otherwise read the other way: a - (b - c), (a ** b) ** c.
+        def side(term, own_side_binds):
+            text = _type_source(term)
+            if isinstance(term, _TypeExpr) and (self.priority > term.priority or (
+                    self.priority == term.priority and not own_side_binds)):
+                text = '(' + text + ')'
+            return text
+        return '{} {} {}'.format(side(self.lhs, not self.right_associative), self.exp,
+                                 side(self.rhs, self.right_associative))
+
+
+class _TypeTestable:
+    """An expression type_check.expect can test. Chainer: type_check.Testable."""
+
+    def expect(self):
+        """Raise InvalidType unless the condition holds."""
+        raise NotImplementedError
+
+
+class _TypeComparison(_TypeBinary, _TypeTestable):
+    """A comparison; expect() raises InvalidType with the condition as written
+    and the values that broke it. Chainer: type_check.BoolBinaryOperator."""
+
+    def __init__(self, lhs, rhs, exp, inv, func):
+        super().__init__(-1, lhs, rhs, exp, func)
+        self.inv = inv
+
+    def expect(self):
+        left, right = _type_value(self.lhs), _type_value(self.rhs)
+        if not self.func(left, right):
+            raise InvalidType('{} {} {}'.format(self.lhs, self.exp, self.rhs),
+                              '{} {} {}'.format(left, self.inv, right))
+
+
+_type_checked_function = [None]     # the Function whose check is running, for messages
+_type_light_mode = [False]
+
+
+class InvalidType(Exception):
+    """A Function's inputs broke its check_type_forward.  The message is
+    'Expect: <condition>' and 'Actual: <values>', headed by the function
+    ("Invalid operation is performed in: <label> (Forward)"); .expect and
+    .actual hold the two. Chainer: chainer.utils.type_check.InvalidType."""
+
+    def __init__(self, expect, actual, msg=None):
+        if msg is None:
+            msg = 'Expect: {}\nActual: {}'.format(expect, actual)
+            if _type_checked_function[0] is not None:
+                msg = '\nInvalid operation is performed in: {} (Forward)\n\n{}'.format(
+                    _type_checked_function[0].label, msg)
+        super().__init__(msg)
+        self.expect, self.actual = expect, actual
+
+    def __reduce__(self):
+        return InvalidType, (self.expect, self.actual, self.args[0])
+
+
+@contextlib.contextmanager
+def _type_check_context(f):
+    """`with get_function_check_context(f):` InvalidType raised inside names
+    f. Chainer: type_check.get_function_check_context."""
+    outer, _type_checked_function[0] = _type_checked_function[0], f
+    try:
+        yield
+    finally:
+        _type_checked_function[0] = outer
+
+
+def _get_types(data, name, accept_none, *, shapes=None):
+    """A TypeInfoTuple of named expressions, '<name>[i]', for the arrays of
+    the tuple `data` (None allowed if accept_none). Chainer: type_check.get_types."""
+    shapes = shapes or [None if x is None else x.shape for x in data]
+    info = _TypeInfoTuple(
+        _TypeVariable(_TypeInfo((), None) if x is None and accept_none else
+                      _TypeInfo(shape, x.dtype), '{}[{}]'.format(name, i))
+        for i, (x, shape) in enumerate(zip(data, shapes)))
+    info.name = name
+    return info
+
+
+def _get_light_types(data, *, shapes=None):
+    """The arrays themselves (or TypeInfos of `shapes`), for a check's fast run.
+    Chainer: type_check.get_light_types."""
+    if shapes is not None:
+        data = [_TypeInfo(shape, x.dtype) for x, shape in zip(data, shapes)]
+    return _LightTypeInfoTuple(data)
+
+
+def _type_expect(*bool_exprs):
+    """Test each condition in turn; raise InvalidType at the first false one.
+    Each is a comparison of type_check expressions (or a plain bool in the
+    fast run). Chainer: chainer.utils.type_check.expect."""
+    if _type_light_mode[0]:
+        if not all(bool_exprs):
+            raise InvalidType('', '')
+        return
+    for condition in bool_exprs:
+        if not isinstance(condition, _TypeTestable):
+            raise TypeError('type_check.expect: each condition must compare a type_check '
+                            'expression (e.g. x_type.ndim == 2), not a {}'.format(
+                                type(condition).__name__))
+        condition.expect()
+
+
+def _same_types(*arrays):
+    """True if the arrays are all NumPy or all CuPy arrays.
+    Chainer: chainer.utils.type_check.same_types."""
+    return all(isinstance(x, np.ndarray) for x in arrays) or (
+        cupy is not None and all(isinstance(x, cupy.ndarray) for x in arrays))
+
+
+def _type_eval(exp):
+    """The value of a type_check expression (the value itself in the fast run).
+    Chainer: chainer.utils.type_check.eval."""
+    return exp if _type_light_mode[0] else exp.eval()
+
+
+def _make_type_variable(value, name):
+    """A named value to use in conditions (the value itself in the fast run).
+    Chainer: type_check.make_variable."""
+    return value if _type_light_mode[0] else _TypeVariable(value, name)
+
+
+def _argname(in_types, names):
+    """Name the inputs in messages ('x' rather than 'in_types[0]'); raise
+    InvalidType unless there is one name per input. Chainer: type_check._argname."""
+    if len(in_types) != len(names):
+        raise InvalidType('{} argument(s)'.format(len(names)),
+                          '{} argument(s)'.format(len(in_types)), 'Invalid number of arguments')
+    for in_type, name in zip(in_types, names):
+        if isinstance(in_type, _TypeVariable):
+            in_type.name = name
+
+
+class _TypeLightMode:
+    """`with type_check.light_mode:` conditions are plain values (the fast run).
+    Chainer: type_check.LightMode."""
+
+    def __enter__(self):
+        _type_light_mode[0] = True
+
+    def __exit__(self, *exc_info):
+        _type_light_mode[0] = False
+
+
+_type_light = _TypeLightMode()
+
+
+def _in_light_mode():
+    """True inside `with type_check.light_mode:`. Chainer: type_check.in_light_mode."""
+    return _type_light_mode[0]
+
+
+def _type_prod(xs):
+    result = 1
+    for x in xs:
+        result *= x
+    return result
+
+
+_prod = _TypeVariable(_type_prod, 'prod')
+
+
+def _type_check_prod(xs):
+    """The product of xs, as an expression 'prod(...)' (a number in the
+    fast run). Chainer: chainer.utils.type_check.prod."""
+    return _type_prod(xs) if _type_light_mode[0] else _prod(xs)
+
+
+def _expect_broadcast_shapes(*shape_types):
+    """Raise InvalidType unless the shapes (expressions) broadcast together,
+    listing each. Chainer: chainer.utils.type_check.expect_broadcast_shapes."""
+    shapes = [_type_eval(s) for s in shape_types]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise InvalidType('', '', msg='\n'.join(
+            ['cannot broadcast inputs of the following shapes:'] +
+            ['{} = {}'.format(s, v) for s, v in zip(shape_types, shapes)])) from None
+
+
+def _check_types_forward(function, in_data):
+    """Run function.check_type_forward on the input arrays: fast on the arrays
+    themselves, and only if that fails again on expressions, for the message."""
+    try:
+        with _type_light:
+            function.check_type_forward(_LightTypeInfoTuple(in_data))
+        return
+    except InvalidType:
+        pass
+    with _type_check_context(function):
+        function.check_type_forward(_get_types(in_data, 'in_types', False))
+
+
+def _calling_with_type_check(call):
+    """`call` (a class's own __call__; None: Function's, looked up at each call,
+    as hooks swap it, Chapter 12) preceded by the class's check_type_forward."""
+    def __call__(self, *inputs):
+        if config.type_check:
+            _check_types_forward(self, tuple(x.data if isinstance(x, Variable) else x
+                                             for x in inputs))
+        return (call or Function.__call__)(self, *inputs)
+    __call__._checks_types = True
+    __call__.__doc__ = call.__doc__
+    return __call__
+
+
+@_continue_class(Function)
+class _FunctionTypeCheck:
+
+    def check_type_forward(self, in_types):
+        """Declare what the inputs must be, with type_check.expect on in_types
+        (a tuple of one type expression per input: .shape, .dtype, .ndim,
+        .size; in_types.size() is their number).  Override it; the default
+        checks nothing (and is never called). Chainer: Function.check_type_forward."""
+
+    @classmethod
+    def __init_subclass__(cls, **kwargs):
+        super(Function, cls).__init_subclass__(**kwargs)
+        if cls.check_type_forward is not Function.check_type_forward and \
+                not getattr(cls.__call__, '_checks_types', False):
+            own = cls.__call__ if cls.__call__ is not Function.__call__ else None
+            cls.__call__ = _calling_with_type_check(own)
+
+
+# Chainer's names for them (the module-level ones here are private: `Constant`,
+# `GetItem` and `prod` already name an initializer and two functions).
+_export('utils.type_check', TypeInfo=_TypeInfo, TypeInfoTuple=_TypeInfoTuple,
+        LightTypeInfoTuple=_LightTypeInfoTuple, Expr=_TypeExpr, Atom=_TypeAtom,
+        Constant=_TypeConstant, Variable=_TypeVariable, GetAttr=_TypeGetAttr,
+        GetItem=_TypeGetItem, Call=_TypeCall, UnaryOperator=_TypeUnary,
+        BinaryOperator=_TypeBinary, Testable=_TypeTestable, BoolBinaryOperator=_TypeComparison,
+        InvalidType=InvalidType, get_function_check_context=_type_check_context,
+        get_types=_get_types, get_light_types=_get_light_types, expect=_type_expect,
+        same_types=_same_types, eval=_type_eval, make_variable=_make_type_variable,
+        _argname=_argname, LightMode=_TypeLightMode, light_mode=_type_light,
+        in_light_mode=_in_light_mode, prod=_type_check_prod,
+        expect_broadcast_shapes=_expect_broadcast_shapes)
+for _name, _class in _exports['utils.type_check'].items():     # help() shows Chainer's names
+    if isinstance(_class, type) and _class is not InvalidType:
+        _class.__name__ = _class.__qualname__ = _name
+del _name, _class
+
+
 # ----- loss scaling ---------------------------------------------------------------
 # backward(loss_scale=s) starts from s instead of 1, so that small float16
 # gradients do not round to zero on the way back: every gradient is s times
@@ -20102,8 +23508,7 @@ _OUT_OF_SCOPE = {
     'multi': 'multi-GPU / multi-process training is out of scope; use one device',
     'double': 'Chainer\'s graph internals are left out: a Variable is its own graph node, '
               'and a FunctionNode (Chapter HIGHER) or a Function (Chapter 3) needs no adapter',
-    'hooks': 'function and link hooks are out of scope',
-    'distributions': 'probability distributions are out of scope',
+    'hooks': 'the CUDA profiling hooks are not provided; use function_hooks.TimerHook',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
               'use TupleDataset over arrays',
@@ -20372,9 +23777,7 @@ disable_experimental_feature_warning = False
 
 _not_supported(
     _this_module,
-    chainerx='Fallback get_compute_mode', double='FunctionAdapter',
-    hooks='FunctionHook LinkHook get_function_hooks', mixed16='mixed16',
-    distributions='Distribution kl_divergence register_kl cross_entropy')
+    chainerx='Fallback get_compute_mode', double='FunctionAdapter', mixed16='mixed16')
 
 
 # ----- chainer.configuration, .variable, .function, .link, .serializer ----------
@@ -20384,12 +23787,9 @@ _not_supported(
 _not_supported(
     variable,
     double='VariableNode', missing='variable_repr variable_str')
-_not_supported(function, double='FunctionAdapter', hooks='FunctionHook')
-for _name in ('function_hooks', 'link_hooks'):
-    _out_of_scope_module(_name, 'hooks')
-_out_of_scope_module('distributions', 'distributions')
+_not_supported(function, double='FunctionAdapter')
+_not_supported(function_hooks, hooks='CUDAProfileHook CupyMemoryProfileHook')
 _out_of_scope_module('testing', 'testing')
-del _name
 
 
 # ----- chainer.graph_optimizations: static_graph and static_code ---------------
@@ -20469,25 +23869,21 @@ _submodule('graph_optimizations.static_graph_utilities', static_code=static_code
 
 _not_supported(
     functions,
-    missing='as_strided black_out cross_covariance decorrelated_batch_normalization decov '
-            'digamma discriminative_margin_based_clustering_loss erfcinv erfcx erfinv fft '
-            'fixed_decorrelated_batch_normalization forget gaussian ifft ndtri '
-            'negative_sampling polygamma sparse_matmul spatial_transformer_grid '
-            'spatial_transformer_sampler zeta '
+    missing='as_strided black_out decorrelated_batch_normalization '
+            'discriminative_margin_based_clustering_loss '
+            'fixed_decorrelated_batch_normalization '
+            'sparse_matmul spatial_transformer_grid '
+            'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
-            'roi_max_pooling_2d roi_pooling_2d spatial_pyramid_pooling_2d '
-            'deconvolution_1d '
-            'deconvolution_3d deconvolution_nd deformable_convolution_2d_sampler '
-            'local_convolution_2d '
-            'unpooling_1d unpooling_3d '
-            'unpooling_nd')
+            'roi_max_pooling_2d roi_pooling_2d '
+            'deformable_convolution_2d_sampler '
+            'local_convolution_2d')
 _not_supported(
     links,
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
-            'InceptionBN NegativeSampling TheanoFunction Deconvolution1D Deconvolution3D '
-            'DeconvolutionND '
+    missing='BlackOut DecorrelatedBatchNormalization '
+            'InceptionBN TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 
@@ -20539,7 +23935,7 @@ _not_supported(
 
 _not_supported(
     utils,
-    missing='CooMatrix WalkerAlias enable_final final get_order nondeterministic to_coo')
+    missing='CooMatrix enable_final final get_order nondeterministic to_coo')
 
 
 _not_supported(
@@ -20630,7 +24026,6 @@ Link.addgrads = _link_addgrads
 for _cls, _names, _key in ((Variable, 'to_chx from_chx', 'chainerx'),
                            (Link, 'to_chx from_chx', 'chainerx'),
                            (Variable, 'to_intel64', 'ideep'), (Link, 'to_intel64', 'ideep'),
-                           (Link, 'add_hook delete_hook', 'hooks'),
                            (Optimizer, 'loss_scaling update_loss_scale', 'mixed16')):
     for _name in _names.split():
         if not hasattr(_cls, _name):

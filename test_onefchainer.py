@@ -2613,6 +2613,44 @@ def test_dropout_gradient():
     np.testing.assert_allclose(host(v.grad), _dropout_mask(x.shape, 0.4, 3))
 
 
+def test_gaussian_matches_chainer_781_and_its_gradient():
+    # a seeded draw on the CPU is Chainer's draw (numpy.random after seed 7)
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    mean = Variable(reference['gaussian/mean'])
+    ln_var = Variable(reference['gaussian/ln_var'])
+    np.random.seed(7)
+    y = F.gaussian(mean, ln_var)
+    y.grad = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y.backward()
+    for name, got in (('y', y.array), ('gmean', mean.grad), ('gln_var', ln_var.grad)):
+        np.testing.assert_allclose(got, reference['gaussian/' + name], rtol=1e-6, err_msg=name)
+    m, v, eps = f64(3, 4), f64(3, 4, seed=1), f64(3, 4, seed=2)
+    check(lambda m, v: F.gaussian(m, v, eps=dev(eps)), m, v)
+    y, used = F.gaussian(dev(m), dev(v), return_eps=True)
+    np.testing.assert_allclose(host(y), m + np.exp(v / 2) * host(used))
+    with pytest.raises(ValueError, match='gaussian: mean and ln_var must have one shape'):
+        F.gaussian(dev(m), dev(f64(3, 3)))
+
+
+def test_cross_covariance_and_decov_match_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for reduce in ('half_squared_sum', 'no'):
+        key = 'cov/' + reduce + '/'
+        y, z = Variable(dev(reference[key + 'y'])), Variable(dev(reference[key + 'z']))
+        c, d = F.cross_covariance(y, z, reduce), F.decov(y, reduce)
+        loss = F.sum(c * c) + F.sum(d * d) if reduce == 'no' else c + d
+        loss.backward()
+        for name, got in (('c', c), ('d', d), ('gy', y.grad), ('gz', z.grad)):
+            np.testing.assert_allclose(host(got), reference[key + name], rtol=1e-5, atol=1e-6,
+                                       err_msg=key + name)
+    check(lambda y, z: F.cross_covariance(y, z), f64(6, 3), f64(6, 2, seed=1))
+    check(lambda h: F.decov(h), f64(6, 3))
+    with pytest.raises(ValueError, match="decov: reduce must be 'half_squared_sum' or 'no'"):
+        F.decov(dev(f64(6, 3)), 'mean')
+    with pytest.raises(ValueError, match='cross_covariance: the inputs must be matrices'):
+        F.cross_covariance(dev(f64(6, 3)), dev(f64(5, 3)))
+
+
 def test_softmax_rows_sum_to_one():
     x = f32(5, 7, low=-10, high=10)
     y = host(F.softmax(dev(x)))
@@ -4237,6 +4275,92 @@ def test_simplified_dropconnect_link(tmp_path):
     assert abs(big.W.array.std() - np.sqrt(1 / 2000)) < 0.002
 
 
+# ----- word2vec's losses: negative sampling and hierarchical softmax -----------------
+
+def test_negative_sampling_and_hierarchical_softmax_match_chainer_781():
+    # testdata/chainer781/w2v_cases.py, run on Chainer 7.8.1 and here
+    import w2v_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = w2v_cases.run_w2v_cases(chainer, F, L)
+    expected = {key[4:]: reference[key] for key in reference.files if key.startswith('w2v/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        if key == 'tree':
+            assert repr(eval(str(expected[key]))) == str(ours[key])
+            continue
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Chainer's own example of a Huffman tree
+    assert L.BinaryHierarchicalSoftmax.create_huffman_tree({0: 8, 1: 5, 2: 6, 3: 4}) == \
+        ((3, 1), (2, 0))
+
+
+def test_negative_sampling_gradients_ignore_label_and_link(tmp_path):
+    rng = np.random.RandomState(0)
+    x, W = rng.randn(5, 4), rng.randn(7, 4)
+    t = np.array([3, -1, 0, 6, 2], np.int32)
+    fixed = rng.randint(0, 7, (5, 4)).astype(np.int32)
+    for reduce, gy in (('sum', rng.randn()), ('no', rng.randn(5))):
+        gradient_check.check_backward(
+            lambda x, W: F.negative_sampling(x, dev(t), W, lambda shape: dev(fixed.copy()), 3,
+                                             reduce), (dev(x), dev(W)), dev(np.asarray(gy)))
+    loss = F.negative_sampling(dev(x), dev(t), dev(W), lambda shape: dev(fixed.copy()), 3, 'no')
+    assert float(host(loss)[1]) == 0          # t = -1: ignored
+    # by hand for the first example: softplus(-x.W[t]) + sum of softplus(x.W[s])
+    wx = W[fixed[0, 1:]] @ x[0]
+    expected = np.logaddexp(0, -W[3] @ x[0]) + np.logaddexp(0, wx).sum()
+    np.testing.assert_allclose(host(loss)[0], expected)
+    with pytest.raises(ValueError, match="reduce must be 'sum' or 'no'"):
+        F.negative_sampling(dev(x), dev(t), dev(W), lambda shape: dev(fixed), 3, reduce='mean')
+    link = L.NegativeSampling(4, [5, 1, 0, 3, 2, 2, 1], 3).to_device(TEST_DEVICE)
+    assert link.W.shape == (7, 4) and not host(link.W).any()
+    link.W.data[...] = dev(W.astype(np.float32))
+    y, samples = link(dev(x.astype(np.float32)), dev(t), return_samples=True)
+    assert y.shape == () and samples.shape == (5, 4)
+    assert (host(samples)[:, 0] == t).all() and (host(samples)[:, 1:] != 2).all()  # count 0
+    serializers.save_npz(str(tmp_path / 'ns.npz'), link)
+    with np.load(str(tmp_path / 'ns.npz')) as npz:
+        assert npz.files == ['W']
+
+
+def test_walker_alias_draws_its_distribution():
+    from onefchainer import utils
+    probs = [1, 2, 3, 0, 4, 0.5]
+    sampler = utils.WalkerAlias(probs)
+    draws = sampler.sample((200000,))
+    assert draws.dtype == np.int32 and draws.shape == (200000,)
+    np.testing.assert_allclose(np.bincount(draws, minlength=6) / 200000,
+                               np.array(probs) / sum(probs), atol=0.005)
+    assert sampler.sample((3, 2)).shape == (3, 2) and not sampler.use_gpu
+    assert (utils.WalkerAlias([0, 0, 5]).sample((100,)) == 2).all()
+    with pytest.raises(ValueError, match='non-negative with a positive sum'):
+        utils.WalkerAlias([0, 0])
+
+
+def test_hierarchical_softmax_gradients_probabilities_and_link(tmp_path):
+    tree = ((0, (1, 2)), (3, 4))
+    link = L.BinaryHierarchicalSoftmax(3, tree)
+    assert link.W.shape == (4, 3)            # four inner nodes
+    rng = np.random.RandomState(1)
+    W = rng.randn(4, 3)
+    x = rng.randn(2, 3)
+    # the probabilities of the five words sum to one for any x
+    node = chainer.links.loss.hierarchical_softmax.BinaryHierarchicalSoftmaxFunction
+    total = sum(np.exp(-host(node(tree, np.float64)(dev(x[:1]), dev(np.array([word], np.int32)),
+                                                     dev(W))))
+                for word in range(5))
+    np.testing.assert_allclose(total, 1)
+    t = np.array([2, 3], np.int32)
+    gradient_check.check_backward(lambda x, W: node(tree, np.float64)(x, t, W),
+                                  (dev(x), dev(W)), dev(np.asarray(rng.randn())))
+    with pytest.raises(ValueError, match='two children'):
+        L.BinaryHierarchicalSoftmax(3, ((0, 1, 2), 3))
+    link.to_device(TEST_DEVICE)
+    assert host(link(dev(x.astype(np.float32)), dev(t))).shape == ()
+    serializers.save_npz(str(tmp_path / 'hsm.npz'), link)
+    with np.load(str(tmp_path / 'hsm.npz')) as npz:
+        assert npz.files == ['W']
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -5429,6 +5553,99 @@ def test_convolution_nd_links_shapes_npz_keys_and_values(tmp_path):
     other = L.Convolution3D(2, 4, (1, 2, 3))
     serializers.load_npz(str(tmp_path / 'c.npz'), other)
     np.testing.assert_array_equal(other.W.data, c3.W.data)
+
+
+def test_spatial_pyramid_pooling_2d_matches_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    x = Variable(dev(reference['spp/x']))
+    y = F.spatial_pyramid_pooling_2d(x, 3, pooling='max')
+    y.grad = dev(reference['spp/gy'])
+    y.backward()
+    assert y.shape == (2, 3 * (1 + 4 + 16), 1, 1)
+    # (Chainer too gives -inf for the bins that hold only padding of a 7 x 5 image)
+    np.testing.assert_array_equal(host(y), reference['spp/y'])
+    np.testing.assert_allclose(host(x.grad), reference['spp/gx'])
+    np.testing.assert_array_equal(host(y)[:, :3, 0, 0], host(F.max(x, axis=(2, 3))))
+    with pytest.raises(ValueError, match="pooling must be 'max'"):
+        F.spatial_pyramid_pooling_2d(x, 2)
+
+
+# ----- N-D deconvolution and unpooling -------------------------------------------
+
+def test_deconvolution_nd_and_unpooling_nd_match_chainer_781():
+    # testdata/chainer781/nd_cases.py, run on Chainer 7.8.1 and here: 1-, 2- and
+    # 3-D, outsize, groups and dilation; outputs and gradients
+    import nd_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = nd_cases.run_nd_cases(chainer, F)
+    expected = {key[3:]: reference[key] for key in reference.files if key.startswith('nd/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize('x_shape,w_shape,kw', [
+    ((2, 3, 5), (3, 2, 3), dict(stride=2, pad=1)),
+    ((2, 4, 3, 5), (4, 3, 3, 2), dict(stride=(2, 3), pad=(0, 1), outsize=(6, 14))),
+    ((1, 4, 2, 3, 2), (4, 1, 2, 2, 3), dict(stride=(1, 2, 1), dilate=(2, 1, 1), groups=2)),
+])
+def test_deconvolution_nd_gradients_and_2d_agreement(x_shape, w_shape, kw):
+    x, W = f64(*x_shape), f64(*w_shape)
+    b = f64(w_shape[1] * kw.get('groups', 1))
+    y = F.deconvolution_nd(dev(x), dev(W), dev(b), **kw)
+    gradient_check.check_backward(lambda x, W, b: F.deconvolution_nd(x, W, b, **kw),
+                                  (dev(x), dev(W), dev(b)), dev(f64(*y.shape)))
+    if len(x_shape) == 4:     # the same numbers as deconvolution_2d, whose backward had
+        # failed when cover_all held for one axis only (outsize (6, 14)), as Chainer's does
+        np.testing.assert_allclose(host(y), host(F.deconvolution_2d(dev(x), dev(W), dev(b),
+                                                                    **kw)))
+        gradient_check.check_backward(lambda x, W, b: F.deconvolution_2d(x, W, b, **kw),
+                                      (dev(x), dev(W), dev(b)), dev(f64(*y.shape)))
+    with pytest.raises(ValueError, match='deconvolution_nd: x has 5 channels but W expects'):
+        F.deconvolution_nd(dev(f64(*((x_shape[0], 5) + x_shape[2:]))), dev(W))
+
+
+@pytest.mark.parametrize('x_shape,kw', [
+    ((2, 3, 5), dict(ksize=3, stride=2, pad=1)),
+    ((2, 2, 3, 4), dict(ksize=(2, 3), stride=(1, 2), outsize=(4, 8))),
+    ((1, 2, 2, 3, 2), dict(ksize=2, cover_all=False)),
+])
+def test_unpooling_nd_gradients_and_2d_agreement(x_shape, kw):
+    x = f64(*x_shape)
+    y = F.unpooling_nd(dev(x), **kw)
+    gradient_check.check_backward(lambda x: F.unpooling_nd(x, **kw), dev(x),
+                                  dev(f64(*y.shape)))
+    if len(x_shape) == 4:
+        np.testing.assert_array_equal(host(y), host(F.unpooling_2d(dev(x), **kw)))
+    with pytest.raises(ValueError, match='unpooling_nd: output size 20 along axis 2'):
+        F.unpooling_nd(dev(x), **dict(kw, outsize=(20,) * (len(x_shape) - 2)))
+    with pytest.raises(ValueError, match='unpooling_1d: x must have 1 spatial axes'):
+        F.unpooling_1d(dev(f64(1, 2, 3, 3)), 2)
+
+
+def test_deconvolution_nd_links_shapes_npz_keys_and_lazy_size(tmp_path):
+    link = L.DeconvolutionND(3, 4, 6, 3, stride=2, pad=1, groups=2).to_device(TEST_DEVICE)
+    assert link.W.shape == (4, 3, 3, 3, 3) and link.b.shape == (6,)
+    x = dev(f32(2, 4, 2, 3, 2))
+    y = link(x)
+    assert y.shape == (2, 6, 3, 5, 3) and y.dtype == np.float32
+    np.testing.assert_allclose(host(y), host(F.deconvolution_nd(x, link.W, link.b, 2, 1,
+                                                                groups=2)))
+    lazy = L.DeconvolutionND(1, 5, 2, nobias=True)      # the short form, in_channels lazily
+    assert lazy.W.data is None and lazy.b is None
+    assert lazy(dev(f32(2, 3, 7))).shape == (2, 5, 8) and lazy.W.shape == (3, 5, 2)
+    d1 = L.Deconvolution1D(3, 4, 3, stride=2, outsize=(10,))
+    d3 = L.Deconvolution3D(2, 4, (1, 2, 3))
+    assert d1.W.shape == (3, 4, 3) and d3.W.shape == (2, 4, 1, 2, 3)
+    assert d1(f32(1, 3, 4)).shape == (1, 4, 10)
+    with pytest.raises(ValueError, match=r'Deconvolution1D: x must have 1 spatial axes'):
+        L.Deconvolution1D(None, 4, 3)(f32(1, 3, 5, 5))
+    serializers.save_npz(str(tmp_path / 'd.npz'), d3)
+    with np.load(str(tmp_path / 'd.npz')) as npz:
+        assert set(npz.files) == {'W', 'b'}
+    other = L.Deconvolution3D(2, 4, (1, 2, 3))
+    serializers.load_npz(str(tmp_path / 'd.npz'), other)
+    np.testing.assert_array_equal(other.W.data, d3.W.data)
 
 
 def _pool_loop(x, ksize, stride, pad, reduce, pad_value, cover_all=False):
@@ -7467,6 +7684,184 @@ def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
     assert f32_link.w.dtype == np.float32 and opt.target.w.update_rule.state['m'].dtype == np.float32
 
 
+# ----- function hooks and link hooks -------------------------------------------------
+
+class _RecordingHook(chainer.FunctionHook):
+    name = 'Recording'
+
+    def __init__(self):
+        self.log = []
+
+    def added(self, function):
+        self.log.append(('added', function is None))
+
+    def deleted(self, function):
+        self.log.append(('deleted', function is None))
+
+    def forward_preprocess(self, function, in_data):
+        self.log.append(('forward', type(function).__name__, [a.shape for a in in_data]))
+
+    def forward_postprocess(self, function, in_data):
+        self.log.append(('forward done', type(function).__name__))
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        self.log.append(('backward', type(function).__name__, [g.shape for g in out_grad]))
+
+    def backward_postprocess(self, function, in_data, out_grad):
+        self.log.append(('backward done', type(function).__name__))
+
+
+def test_function_hooks_wrap_forward_and_backward_and_cost_nothing_after():
+    plain_call, plain_backprop = Function.__call__, chainer._backprop
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    x = dev(np.ones((4, 3), np.float32))
+    hook = _RecordingHook()
+    with hook:
+        assert chainer.get_function_hooks() == {'Recording': hook}
+        y = F.sum(F.relu(link(x)))
+        y.backward()
+        with pytest.raises(KeyError, match='hook Recording already exists'):
+            with _RecordingHook():
+                pass
+    # what Chainer 7.8.1 reports for the same program, less the functions its
+    # backward calls (its backward is made of functions; here it is arrays)
+    assert hook.log == [
+        ('added', True), ('forward', 'LinearFunction', [(4, 3), (2, 3), (2,)]),
+        ('forward done', 'LinearFunction'), ('forward', 'ReLU', [(4, 2)]),
+        ('forward done', 'ReLU'), ('forward', 'Sum', [(4, 2)]), ('forward done', 'Sum'),
+        ('backward', 'Sum', [()]), ('backward done', 'Sum'), ('backward', 'ReLU', [(4, 2)]),
+        ('backward done', 'ReLU'), ('backward', 'LinearFunction', [(4, 2)]),
+        ('backward done', 'LinearFunction'), ('deleted', True)]
+    assert Function.__call__ is plain_call and chainer._backprop is plain_backprop
+    assert chainer.get_function_hooks() == {}
+    # a hook of one function only: its own calls, not the others'
+    relu = chainer.functions.activation.relu.ReLU()
+    local = _RecordingHook()
+    relu.add_hook(local)
+    assert relu.local_function_hooks == {'Recording': local}
+    y = F.sum(relu(link(x)))
+    y.backward()
+    assert [entry[:2] for entry in local.log] == [
+        ('added', False), ('forward', 'ReLU'), ('forward done', 'ReLU'), ('backward', 'ReLU'),
+        ('backward done', 'ReLU')]
+    assert 'backward' not in vars(relu)           # the pass's wrapper is gone
+    with pytest.raises(KeyError, match='Hook Recording already exists'):
+        relu.add_hook(_RecordingHook())
+    with pytest.raises(TypeError, match='must be a FunctionHook'):
+        relu.add_hook(object())
+    relu.delete_hook('Recording')
+    assert local.log[-1] == ('deleted', False)
+    with pytest.raises(KeyError, match='Hook Recording does not exist'):
+        relu.delete_hook('Recording')
+    assert Function.__call__ is plain_call and chainer._backprop is plain_backprop
+
+
+def test_timer_and_print_hooks_report_each_function():
+    from onefchainer import function_hooks, link_hooks
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    x = dev(np.ones((4, 3), np.float32))
+    with function_hooks.TimerHook() as timer:
+        for _ in range(3):
+            F.sum(link(x)).backward()
+    summary = timer.summary()
+    assert list(summary) == ['LinearFunction', 'Sum']
+    assert [r['occurrence'] for r in summary.values()] == [6, 6]    # forward and backward
+    assert 0 < timer.total_time() <= sum(t for _, t in timer.call_history) + 1e-9
+    report = io.StringIO()
+    timer.print_report(unit='us', file=report)
+    lines = report.getvalue().splitlines()
+    assert lines[0].split() == ['FunctionName', 'ElapsedTime', 'Occurrence']
+    assert lines[1].split()[0] == 'LinearFunction' and lines[1].split()[1].endswith('us')
+    assert lines[1].split()[2] == '6' and len(set(len(line) for line in lines)) == 1
+    printed = io.StringIO()
+    with function_hooks.PrintHook(file=printed):
+        F.sum(link(x)).backward()
+    text = printed.getvalue()
+    assert text.count('function\t') == 4 and text.count('output gradient') == 2
+    assert '- shape: (4, 3)' in text and 'statistics: mean=1.00000000, std=0.00000000' in text
+    with link_hooks.TimerHook() as link_timer:
+        link(x)
+        link(x)
+    assert {name: r['occurrence'] for name, r in link_timer.summary().items()} == {'Linear': 2}
+    report = io.StringIO()
+    link_timer.print_report(file=report)
+    assert report.getvalue().split()[0] == 'LinkName'
+
+
+class _LinkRecorder(chainer.LinkHook):
+    name = 'LinkRecorder'
+
+    def __init__(self):
+        self.log = []
+
+    def added(self, link):
+        self.log.append(('added', type(link).__name__))
+
+    def deleted(self, link):
+        self.log.append(('deleted', type(link).__name__))
+
+    def forward_preprocess(self, cb_args):
+        self.log.append(('pre', type(cb_args.link).__name__, cb_args.forward_name,
+                         len(cb_args.args), sorted(cb_args.kwargs)))
+
+    def forward_postprocess(self, cb_args):
+        self.log.append(('post', type(cb_args.link).__name__, cb_args.out.shape))
+
+
+def test_link_hooks_global_and_local():
+    plain_call = Link.__call__
+    link, other = L.Linear(3, 2), L.Linear(3, 2)
+    x = np.ones((4, 3), np.float32)
+    with _LinkRecorder() as hook:
+        link(x, n_batch_axes=1)
+    # the same log as Chainer 7.8.1's for this program
+    assert hook.log == [('added', 'NoneType'), ('pre', 'Linear', 'forward', 1, ['n_batch_axes']),
+                        ('post', 'Linear', (4, 2)), ('deleted', 'NoneType')]
+    assert Link.__call__ is plain_call
+    local = _LinkRecorder()
+    assert link.add_hook(local) is link
+    link(x)
+    other(x)
+    assert local.log == [('added', 'Linear'), ('pre', 'Linear', 'forward', 1, []),
+                         ('post', 'Linear', (4, 2))]
+    link.delete_hook('LinkRecorder')
+    assert link.local_link_hooks == {} and Link.__call__ is plain_call
+    with pytest.raises(TypeError, match='must be a LinkHook'):
+        link.add_hook(_RecordingHook())
+
+
+def test_spectral_normalization_and_weight_standardization_match_chainer_781():
+    # testdata/chainer781/link_hook_cases.py, run on Chainer 7.8.1 and here:
+    # outputs in train and test mode, the power iteration's u, gradients
+    from onefchainer import link_hooks
+    import link_hook_cases
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = link_hook_cases.link_hook_cases(chainer, L, F, link_hooks, np.random.RandomState(7814))
+    expected = {key[len('link_hooks/'):]: reference[key] for key in reference.files
+                if key.startswith('link_hooks/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # lazily sized links, errors, and deleting the hook
+    link = L.Linear(None, 4)
+    hook = link_hooks.SpectralNormalization()
+    link.add_hook(hook)
+    y = link(np.ones((2, 3), np.float32))
+    assert y.shape == (2, 4) and link.W_u.shape == (4,) and isinstance(link.W, chainer.Parameter)
+    sigma = np.linalg.svd(link.W.array, compute_uv=False)[0]
+    for _ in range(30):        # power iteration converges: W / sigma has norm 1
+        link(np.ones((2, 3), np.float32))
+    assert abs(float(hook.normalize_weight(link).array.dot(hook.v).dot(link.W_u)) - 1) < 1e-4
+    assert abs(np.linalg.norm(link.W.array, 2) - sigma) < 1e-5     # W itself is untouched
+    link.delete_hook('SpectralNormalization')
+    assert not hasattr(link, 'W_u')
+    with pytest.raises(ValueError, match='Linear has no weight'):
+        L.Linear(2, 3).add_hook(link_hooks.SpectralNormalization(weight_name='V'))
+    with pytest.raises(NotImplementedError, match='add_hook'):
+        with link_hooks.SpectralNormalization():
+            pass
+
+
 # =============================================================================
 # Chapter 13. Serializers
 # =============================================================================
@@ -8314,6 +8709,183 @@ def test_dict_summary_save_load(tmp_path):
     assert loaded.make_statistics() == pytest.approx(summary.make_statistics())
     loaded.add({'acc': 0.9})
     assert loaded.compute_mean()['acc'] == pytest.approx((0.1 + 0.2 + 0.4 + 0.9) / 4)
+
+
+# =============================================================================
+# Chapter DIST. Probability distributions
+# =============================================================================
+
+sys.path.insert(0, os.path.join(HERE, 'testdata', 'chainer781'))
+import distribution_cases                         # noqa: E402
+
+
+def test_distributions_match_chainer_781_values_and_gradients():
+    # The same program (testdata/chainer781/distribution_cases.py) ran on Chainer
+    # 7.8.1: log_prob, entropy, KL, cdf, ... of ten families, a seeded sample, and
+    # the gradients of one scalar of them all w.r.t. every parameter.
+    import onefchainer.distributions as D
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    ours = distribution_cases.run_cases(chainer, D, F)
+    expected = {key[len('distributions/'):]: reference[key] for key in reference.files
+                if key.startswith('distributions/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        if key in ('categorical/sample', 'onehot/sample'):     # another sampler: see below
+            assert ours[key].shape == expected[key].shape
+            assert ours[key].dtype == expected[key].dtype
+            continue
+        assert (ours[key].shape, ours[key].dtype) == (expected[key].shape, expected[key].dtype), key
+        np.testing.assert_allclose(ours[key], expected[key], rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+def test_distribution_shapes_samples_and_errors():
+    import onefchainer.distributions as D
+    rng = np.random.RandomState(3)
+    loc = Variable(rng.randn(4, 3).astype(np.float32))
+    d = D.Independent(D.Normal(loc, scale=np.ones((4, 3), np.float32)))
+    assert d.batch_shape == (4,) and d.event_shape == (3,)
+    z = d.sample((5, 2))
+    assert z.shape == (5, 2, 4, 3) and d.log_prob(z).shape == (5, 2, 4)
+    F.sum(z).backward()          # reparameterized: d z / d loc = 1 for every draw
+    np.testing.assert_array_equal(loc.grad, np.full((4, 3), 10, np.float32))
+    # the draws: mean and spread of many Categorical samples follow p
+    p = np.array([[.2, .5, .3], [.9, .05, .05]], np.float32)
+    counts = D.Categorical(p).sample(20000).array
+    assert counts.shape == (20000, 2)
+    frequencies = np.stack([np.bincount(counts[:, i], minlength=3) / 20000 for i in range(2)])
+    np.testing.assert_allclose(frequencies, p, atol=0.02)
+    one_hot = D.OneHotCategorical(p).sample(20000).array
+    assert one_hot.shape == (20000, 2, 3) and (one_hot.sum(axis=-1) == 1).all()
+    np.testing.assert_allclose(one_hot.mean(axis=0), p, atol=0.02)
+    with pytest.raises(ValueError, match='Normal: give exactly one of scale or log_scale'):
+        D.Normal(loc, scale=loc, log_scale=loc)
+    with pytest.raises(ValueError, match='Bernoulli'):
+        D.Bernoulli()
+    with pytest.raises(ValueError, match='reinterpreted_batch_ndims is 3'):
+        D.Independent(D.Normal(loc, scale=loc), 3)
+    with pytest.raises(NotImplementedError, match='no KL divergence is registered for Normal '
+                                                  'and Bernoulli'):
+        chainer.kl_divergence(D.Normal(loc, scale=loc), D.Bernoulli(p=loc))
+    with pytest.raises(NotImplementedError, match='Bernoulli: cdf is not available'):
+        D.Bernoulli(p=loc).cdf(loc)
+    # register_kl: a subclass finds its base's KL; a new pair can be added
+    class Wide(D.Normal):
+        pass
+
+    @chainer.register_kl(Wide, D.Bernoulli)
+    def _kl(p, q):
+        return F.sum(p.loc) * 0 + 42
+
+    assert float(chainer.kl_divergence(Wide(loc, scale=1 + 0 * loc.array),
+                                       D.Bernoulli(p=loc)).array) == 42
+    q = D.Normal(loc, scale=np.ones((4, 3), np.float32))
+    np.testing.assert_allclose(chainer.kl_divergence(Wide(loc, scale=q.scale), q).array, 0,
+                               atol=1e-7)
+    np.testing.assert_allclose(chainer.cross_entropy(q, q).array, q.entropy.array)
+    assert type(D.Normal(loc, scale=loc)).__name__ == 'Normal'
+    assert chainer.initializers.Normal is not D.Normal
+
+
+def test_digamma_and_its_gradient():
+    x = np.array([-2.5, -0.3, 0.2, 0.5, 1, 3.3, 12, 50], np.float64)
+    # psi(1) = -Euler's gamma, psi(1/2) = -gamma - 2 log 2, psi(x + 1) = psi(x) + 1/x
+    y = F.digamma(dev(x)).array
+    np.testing.assert_allclose(host(y)[[4, 3]], [-0.5772156649015329,
+                                                -0.5772156649015329 - 2 * math.log(2)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(host(F.digamma(dev(x + 1)).array), host(y) + 1 / x, rtol=1e-10)
+    gradient_check.check_backward(F.digamma, dev(x), dev(np.ones_like(x)), eps=1e-6,
+                                  atol=1e-6, rtol=1e-6)
+
+
+def test_erfinv_erfcinv_ndtri_erfcx_match_chainer_781_and_invert():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for name in ('erfinv', 'erfcinv', 'ndtri', 'erfcx'):
+        for dtype in ('float32', 'float64'):
+            key = 'special/{}/{}/'.format(name, dtype)
+            x = Variable(dev(reference[key + 'x']))
+            y = getattr(F, name)(x)
+            F.sum(y).backward()
+            assert y.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=1e-12, atol=0,
+                                       err_msg=key)
+            # (erfcx' = 2 x erfcx(x) - 2 / sqrt(pi) cancels for large x, in Chainer too)
+            np.testing.assert_allclose(host(x.grad), reference[key + 'gx'], rtol=1e-12,
+                                       atol=1e-12, err_msg=key)
+    # they invert erf, erfc and ndtr, down to erfc's smallest values
+    y = np.array([1e-300, 1e-20, 0.3, 1.0, 1.6, 2 - 1e-9])
+    np.testing.assert_allclose(host(F.erfc(F.erfcinv(dev(y)))), y, rtol=1e-13)
+    p = np.array([1e-15, 0.2, 0.5, 0.75, 1 - 1e-9])
+    np.testing.assert_allclose(host(F.ndtr(F.ndtri(dev(p)))), p, rtol=1e-13)
+    np.testing.assert_array_equal(host(F.erfinv(dev(np.array([-1.0, 1.0, 2.0])))),
+                                  [-np.inf, np.inf, np.nan])
+    for f, x in ((F.erfinv, np.array([-0.8, 0.1, 0.6])), (F.erfcinv, np.array([0.2, 1.1, 1.9])),
+                 (F.ndtri, np.array([0.05, 0.5, 0.9])), (F.erfcx, np.array([-1.0, 0.5, 3.0]))):
+        gradient_check.check_backward(f, dev(x), dev(np.ones(3)), eps=1e-6, atol=1e-6,
+                                      rtol=1e-6)
+
+
+def test_zeta_and_polygamma_match_chainer_781():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for dtype in ('float32', 'float64'):
+        key = 'special/zeta/{}/'.format(dtype)
+        q = Variable(dev(reference[key + 'q']))
+        y = F.zeta(np.array([2.0, 3.5, 1.5, 6.0, 2.0], dtype), q)
+        F.sum(y).backward()
+        tolerance = 1e-6 if dtype == 'float32' else 1e-12
+        assert y.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=tolerance)
+        np.testing.assert_allclose(host(q.grad), reference[key + 'gq'], rtol=tolerance)
+        key = 'special/polygamma/{}/'.format(dtype)
+        x = Variable(dev(reference[key + 'x']))
+        y = F.polygamma(dev(reference[key + 'n']), x)
+        F.sum(y).backward()
+        np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=tolerance)
+        np.testing.assert_allclose(host(x.grad), reference[key + 'gx'], rtol=tolerance)
+    np.testing.assert_allclose(float(host(F.zeta(2.0, dev(np.array(1.0))))), math.pi ** 2 / 6,
+                               rtol=1e-15)
+    assert np.isnan(host(F.zeta(0.5, dev(np.array([2.0])))))[0]
+    gradient_check.check_backward(lambda q: F.zeta(3.0, q), dev(np.array([0.7, 2.0, 5.0])),
+                                  dev(np.ones(3)), eps=1e-6, atol=1e-6, rtol=1e-6)
+    with pytest.raises(TypeError, match='polygamma: n must hold ints'):
+        F.polygamma(dev(np.array([1.0])), dev(np.array([1.0])))
+
+
+def test_fft_and_ifft_match_chainer_781_and_invert():
+    reference = np.load(os.path.join(HERE, 'testdata', 'chainer781', 'misc.npz'))
+    for method in ('fft', 'ifft'):
+        key = 'fft/' + method + '/'
+        real, imag = Variable(dev(reference[key + 'real'])), Variable(dev(reference[key + 'imag']))
+        yr, yi = getattr(F, method)((real, imag))
+        F.sum(yr * dev(reference[key + 'gr']) + yi * dev(reference[key + 'gi'])).backward()
+        for name, got in (('yr', yr), ('yi', yi), ('greal', real.grad), ('gimag', imag.grad)):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(host(got), reference[key + name], rtol=1e-5, atol=1e-5,
+                                       err_msg=key + name)
+    r, i = f64(3, 8), f64(3, 8, seed=1)
+    back = F.ifft(F.fft((dev(r), dev(i))))
+    np.testing.assert_allclose(host(back[0]), r, atol=1e-12)
+    np.testing.assert_allclose(host(back[1]), i, atol=1e-12)
+    for f in (F.fft, F.ifft):
+        check(lambda u, v: f((u, v)), r, i)
+    with pytest.raises(ValueError, match='fft: real and imag must be float arrays of one shape'):
+        F.fft((dev(r), dev(f64(3, 7))))
+
+
+def test_linear_with_several_batch_axes():
+    rng = np.random.RandomState(0)
+    link = L.Linear(None, 4)
+    x = Variable(rng.randn(2, 3, 5).astype(np.float32))
+    y = link(x, n_batch_axes=2)
+    assert y.shape == (2, 3, 4) and link.W.shape == (4, 5)
+    np.testing.assert_allclose(y.array, x.array @ link.W.array.T + link.b.array, rtol=1e-5)
+    F.sum(y * y).backward()
+    gradient_check.check_backward(lambda x, W: F.linear(x, W, n_batch_axes=2),
+                                  (x.array.astype(np.float64),
+                                   link.W.array.astype(np.float64)),
+                                  rng.randn(2, 3, 4))
+    with pytest.raises(ValueError, match='n_batch_axes must be an int from 1 to'):
+        F.linear(x, link.W, n_batch_axes=3)
 
 
 # =============================================================================
@@ -12479,6 +13051,135 @@ def test_more_float_only_functions_refuse_integers(name):
     assert message.startswith(name + ':') and 'int32' in message, message
 
 
+def test_forget_recomputes_instead_of_keeping_the_graph():
+    x, y = Variable(dev(f64(4, 3))), Variable(dev(f64(4, 3, seed=1)))
+    seen = []
+
+    def f(a, b):
+        seen.append(chainer.config.enable_backprop)
+        return (a + b) * a, F.sum(b)
+
+    z, s = F.forget(f, x, y)
+    assert seen == [False]            # forward: no graph, so (a + b) is not kept
+    assert z.creator is s.creator and type(z.creator).__name__ == 'Forget'
+    F.sum(z * 3 + s).backward()
+    assert seen == [False, True]      # backward: f again, recorded
+    np.testing.assert_allclose(host(x.grad), 3 * (2 * host(x) + host(y)))
+    np.testing.assert_allclose(host(y.grad), 3 * host(x) + 12)    # s is added to 12 elements
+    check(lambda a, b: F.forget(lambda u, v: F.tanh(u * v) + u, a, b), f64(3, 2), f64(3, 2, seed=2))
+    link = L.Linear(3, 2).to_device(TEST_DEVICE)      # parameters inside get their gradients
+    F.sum(F.forget(lambda v: F.relu(link(v)), Variable(dev(f32(5, 3))))).backward()
+    expected_link = L.Linear(3, 2).to_device(TEST_DEVICE)
+    expected_link.copyparams(link)
+    F.sum(F.relu(expected_link(dev(f32(5, 3))))).backward()
+    np.testing.assert_allclose(host(link.W.grad), host(expected_link.W.grad), rtol=1e-6)
+    with pytest.raises(TypeError, match='forget: func must return a Variable'):
+        F.forget(lambda v: 3, x)
+    with pytest.raises(TypeError, match='forget: func must be callable'):
+        F.forget(3, x)
+
+
+# ----- chainer.utils.type_check ---------------------------------------------------
+
+with open(os.path.join(HERE, 'testdata', 'chainer781', 'misc.json')) as _file:
+    CHAINER_781_MISC = json.load(_file)       # written by testdata/chainer781/make_misc_fixture.py
+del _file
+
+
+class _CheckedDot(Function):
+    # the same check as the fixture script's, so the messages must be Chainer's
+    label = 'Checked'      # the fixture's class name, which messages show
+    def check_type_forward(self, in_types):
+        from onefchainer.utils import type_check
+        type_check._argname(in_types, ('x', 'w'))
+        x_type, w_type = in_types
+        type_check.expect(x_type.dtype.kind == 'f', x_type.dtype == w_type.dtype,
+                          x_type.ndim == 2, x_type.shape[1] == w_type.shape[0],
+                          x_type.size > 0, x_type.shape[0] * 2 >= w_type.shape[0] + 1)
+
+    def forward(self, inputs):
+        return inputs[0].dot(inputs[1]),
+
+    def backward(self, inputs, grad_outputs):
+        x, w = inputs
+        gy, = grad_outputs
+        return gy.dot(w.T), x.T.dot(gy)
+
+
+TYPE_CHECK_CASES = {
+    'kind': (np.zeros((2, 3), np.int32), np.zeros((3, 4), np.int32)),
+    'dtype': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float64)),
+    'ndim': (np.zeros((2, 3, 1), np.float32), np.zeros((3, 4), np.float32)),
+    'shape': (np.zeros((2, 3), np.float32), np.zeros((5, 4), np.float32)),
+    'size': (np.zeros((0, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'count': (np.zeros((2, 3), np.float32),),
+    'arith': (np.zeros((1, 3), np.float32), np.zeros((3, 4), np.float32)),
+    'passes': (np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32)),
+}
+
+
+@pytest.mark.parametrize('case', sorted(TYPE_CHECK_CASES))
+def test_check_type_forward_raises_chainers_invalid_type(case):
+    from onefchainer.utils import type_check
+    expected = CHAINER_781_MISC['type_check/' + case]
+    inputs = [dev(a) for a in TYPE_CHECK_CASES[case]]
+    if expected is None:
+        y = _CheckedDot()(*[Variable(a) for a in inputs])
+        assert y.shape == (2, 4)
+        return
+    with pytest.raises(type_check.InvalidType) as info:
+        _CheckedDot()(*inputs)
+    assert str(info.value) == expected
+    with chainer.using_config('type_check', False):      # the switch turns checks off
+        if case in ('size', 'arith', 'passes'):
+            _CheckedDot()(*inputs)
+
+
+def test_type_check_expressions_read_as_chainers():
+    from onefchainer.utils import type_check
+    x, y = type_check.Variable(1, 'x'), type_check.Variable(2, 'y')
+    exprs = {'nested_sub': x - (y - x), 'pow': (x ** y) ** x, 'neg': -(x + y) * y,
+             'slice': x.shape[1:3], 'call': type_check.prod(x.shape),
+             'mixed': 2 * x + y // 3 % x}
+    for name, expr in exprs.items():
+        assert str(expr) == CHAINER_781_MISC['type_check_str/' + name]
+    assert type_check.eval(2 * x + y // 3 % x) == 2 and type_check.eval(x ** y) == 1
+    assert type_check.eval((x - y) * 3) == -3
+    with pytest.raises(RuntimeError, match='bool'):
+        bool(x == y)
+    with pytest.raises(type_check.InvalidType, match='Expect: x < y - 1\nActual: 1 >= 1'):
+        type_check.expect(x < y - 1)
+    type_check.expect(x + 1 == y, x != y)
+    with pytest.raises(type_check.InvalidType, match='cannot broadcast'):
+        type_check.expect_broadcast_shapes(type_check.Variable((2, 3), 'a.shape'),
+                                           type_check.Variable((4,), 'b.shape'))
+    assert type_check.same_types(np.zeros(1), np.zeros(2))
+    assert not type_check.same_types(np.zeros(1), 3)
+
+
+def test_functions_without_a_type_check_keep_the_plain_call():
+    # check_type_forward costs nothing unless a class defines it
+    class Plain(Function):
+        def forward(self, inputs):
+            return inputs[0] * 2,
+
+    class Checked(Plain):
+        def check_type_forward(self, in_types):
+            from onefchainer.utils import type_check
+            type_check.expect(in_types[0].ndim == 1)
+
+    class Sub(Checked):       # inherits the check, wrapped once
+        pass
+
+    assert Plain.__call__ is Function.__call__
+    assert Checked.__call__ is not Function.__call__ and Sub.__call__ is Checked.__call__
+    from onefchainer.utils import type_check
+    with pytest.raises(type_check.InvalidType, match=r'Sub \(Forward\)'):
+        Sub()(np.zeros((2, 2), np.float32))
+    y = Sub()(Variable(np.ones(3, np.float32)))
+    np.testing.assert_array_equal(y.array, 2 * np.ones(3))
+
+
 # =============================================================================
 # Chapter 21. Chainer compatibility
 # =============================================================================
@@ -12576,9 +13277,7 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
     module, name) == 'provided') for module, names in CHAINER_781_NAMES.items()})
 # Out of scope by design: each must raise NotSupportedError naming itself.
 CHAINER_OUT_OF_SCOPE = {
-    '': 'Distribution Fallback FunctionAdapter FunctionHook LinkHook '
-        'cross_entropy get_compute_mode get_function_hooks kl_divergence mixed16 '
-        'register_kl',
+    '': 'Fallback FunctionAdapter get_compute_mode mixed16',
     'functions': '',
     'links': 'VGG16Layers '
              'VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers GoogLeNet',
@@ -12592,9 +13291,7 @@ CHAINER_OUT_OF_SCOPE = {
     'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
     'variable': 'VariableNode',
     'chainerx': 'ndarray array zeros get_device',
-    'function_hooks': 'TimerHook PrintHook',
-    'link_hooks': 'SpectralNormalization',
-    'distributions': 'Normal Bernoulli',
+    'function_hooks': 'CUDAProfileHook CupyMemoryProfileHook',
     'testing': 'parameterize product',
     'backends.intel64': 'ideep',
 }
@@ -12604,7 +13301,6 @@ CHAINER_OUT_OF_SCOPE = {
 CHAINER_NOT_YET = {
     'optimizer': 'make_deprecation_message',
     'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
-    'utils': 'WalkerAlias',
 }
 
 
@@ -13082,7 +13778,7 @@ def test_variable_and_link_methods_chainer_programs_call():
     np.testing.assert_allclose(host(one.W.grad), 2 * host(two.W.grad))
     with pytest.raises(chainer.NotSupportedError, match='Variable.to_chx .*ChainerX'):
         a.to_chx()
-    with pytest.raises(chainer.NotSupportedError, match='Link.add_hook .*hooks'):
+    with pytest.raises(TypeError, match='Linear.add_hook: the hook must be a LinkHook'):
         one.add_hook(None)
 
 

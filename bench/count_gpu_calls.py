@@ -276,11 +276,28 @@ class _Device:
     __exit__ = lambda self, *exc: None
 
 
+class _Event:
+    """cupy.cuda.Event: a point in the stream; synchronize() waits for it (a sync)."""
+
+    def record(self, stream=None):
+        import time
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        _count('sync', 'Event.synchronize')
+
+
+def _elapsed_time(start, stop):
+    """cupy.cuda.get_elapsed_time: milliseconds between two recorded events."""
+    return (stop.time - start.time) * 1000
+
+
 class _FakeCupy(types.ModuleType):
     ndarray = FakeArray
     ElementwiseKernel = _ElementwiseKernel
     cuda = types.SimpleNamespace(
-        Device=_Device, runtime=types.SimpleNamespace(getDevice=lambda: 0))
+        Device=_Device, runtime=types.SimpleNamespace(getDevice=lambda: 0), Event=_Event,
+        get_elapsed_time=_elapsed_time)
 
     def __getattr__(self, name):
         return _wrap_attribute(getattr(np, name), name)
