@@ -1,8 +1,7 @@
 """onefchainer: a Chainer-style deep-learning framework in one file.
 
-Read it top to bottom: the order is the order in which the ideas build on
-each other.  Chapter N starts at the line "# Chapter N. Title": search for
-"# Chapter 9." to go to chapter 9.
+Read it top to bottom, in the order the ideas build on each other; search
+for "# Chapter 9." to go to chapter 9.
 
 PART I, THE IDEAS: everything a multi-layer perceptron needs to learn MNIST,
 and nothing else: 1. Arrays (`xp`: NumPy or CuPy); 2. Configuration;
@@ -11,18 +10,17 @@ and nothing else: 1. Arrays (`xp`: NumPy or CuPy); 2. Configuration;
 8. Training.  Stop at "END OF PART I": you have seen every idea.
 
 PART II, THE LIBRARY: 9. More functions; 10. Initializers and more links;
-11. Convolutional networks; 12. More optimizers and hooks; 13. Serializers;
-14. Reporter; 15. Gradient check; HIGHER. Higher-order derivatives;
-16. Data: datasets, downloading, iterators, batching; 17. The training
-loop: Trainer and extensions.
+11. Convolutional networks; 12. Recurrent networks; 13. More optimizers and
+hooks; 14. Serializers; 15. Reporter; 16. Probability distributions;
+17. Gradient check; 18. Higher-order derivatives; 19. Data: datasets,
+downloading, iterators, batching; 20. The training loop: Trainer and extensions.
 
-PART III, PLUMBING: 18. Devices; 19. Speed paths; 20. Conveniences, checks
-and error messages; 21. Chainer compatibility.  Where it adds methods to a
+PART III, PLUMBING: 21. Devices; 22. Speed paths; 23. Conveniences, checks
+and error messages; 24. Chainer compatibility.  Where it adds methods to a
 class of Part I, the class there ends with a comment saying so.
 
-Chainer v7 programs run after changing their imports (`import onefchainer
-as chainer`, ...).  Only the standard library and NumPy are required; CuPy
-(GPU) and matplotlib (plots) are used when installed and asked for.
+Chainer v7 programs run after changing their imports.  Only the standard
+library and NumPy are required; CuPy, matplotlib and h5py are optional.
 """
 import collections
 import contextlib
@@ -31,7 +29,6 @@ import functools
 import gzip
 import hashlib
 import heapq
-import inspect
 import io
 import itertools
 import json
@@ -40,7 +37,6 @@ import os
 import shutil
 import struct
 import sys
-import tarfile
 import tempfile
 import time
 import types
@@ -66,7 +62,7 @@ __version__ = '0.1.0'
 # NVIDIA GPU.  CuPy copies NumPy's API, so code that takes its array module
 # `xp` from its data (`xp = get_array_module(x)`) runs on either device
 # unchanged.  That is the whole idea; no function below calls bare `np.` on
-# data.  (Devices as objects, '@numpy' and '@cupy:0', are plumbing: Chapter 18.)
+# data.  (Devices as objects, '@numpy' and '@cupy:0', are plumbing: Chapter 21.)
 
 
 try:  # CuPy is optional: everything works without it.
@@ -113,7 +109,7 @@ class _Config:
         self.type_check = True
         self.use_cudnn = 'never'
 
-    # Continued in Chapter 21 (show).
+    # Continued in Chapter 24 (show).
 
 
 config = _Config()
@@ -200,7 +196,7 @@ class Variable:
 
     @grad.setter
     def grad(self, grad):
-        self._grad = _checked_grad(self, grad)     # shape and dtype: Chapter 20
+        self._grad = _checked_grad(self, grad)     # shape and dtype: Chapter 23
 
     def cleargrad(self):
         """Forget the gradient (grad = None); optimizers do this before backward."""
@@ -218,10 +214,10 @@ class Variable:
         needs its `.grad` set first (else ValueError).  Afterwards each leaf
         that requires a gradient holds dL/dx in `.grad`, summed into what was
         there; intermediate gradients are dropped unless retain_grad=True.
-        enable_double_backprop=True: gradients that record a graph (Chapter HIGHER).
+        enable_double_backprop=True: gradients that record a graph (Chapter 18).
         Chainer: Variable.backward.
         """
-        if enable_double_backprop:     # backward on Variables, recorded: Chapter HIGHER
+        if enable_double_backprop:     # backward on Variables, recorded: Chapter 18
             return _backward_recording(self, retain_grad)
         if self._grad is None:
             if self.data.size != 1:
@@ -233,15 +229,12 @@ class Variable:
             self._grad = _xp(self.data).ones_like(self.data)
         _backprop([self], retain_grad)
 
-    # The operators (x + y, x * W ...) are added in Chapter 5, once the
-    # functions they build exist.
-
     __hash__ = object.__hash__
 
     # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
-    # __pow__, __getitem__, reshape, T, ...); Chapter 18 (xp, device, to_device,
-    # to_cpu, ...); Chapter 20 (array, grad_var, backward, __len__, ...);
-    # Chapter 21 (set_creator, addgrad, copydata, mean, ...).
+    # __pow__, __getitem__, reshape, T, ...); Chapter 21 (xp, device, to_device,
+    # to_cpu, ...); Chapter 23 (array, grad_var, backward, __len__, ...);
+    # Chapter 24 (set_creator, addgrad, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -302,7 +295,7 @@ class Function:
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
-            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 20
+            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 23
             raise                             # the same error, down to forward's failing line
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
@@ -325,10 +318,10 @@ class Function:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # forward and backward are yours to write (above); Chainer's per-device
-    # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 21.
+    # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 24.
 
-    # Continued in Chapter 12 (add_hook, ...); Chapter 20 (output_data, unchain,
-    # check_type_forward); Chapter 21 (forward, backward, forward_cpu, ...).
+    # Continued in Chapter 13 (add_hook, ...); Chapter 23 (output_data, unchain,
+    # check_type_forward); Chapter 24 (forward, backward, forward_cpu, ...).
 
 
 def _as_input(function, x):
@@ -399,7 +392,7 @@ def _backprop(roots, retain_grad):
         in_data = (inputs[0].data,) if len(inputs) == 1 else tuple([x.data for x in inputs])
         grad_inputs = function.backward(in_data, grad_outputs)
         if type(grad_inputs) is not tuple or len(grad_inputs) != len(inputs) or config.debug:
-            grad_inputs = _checked_grad_inputs(function, grad_inputs)   # Chapter 20
+            grad_inputs = _checked_grad_inputs(function, grad_inputs)   # Chapter 23
         for x, gx in zip(inputs, grad_inputs):
             if gx is None or not x.requires_grad:
                 continue
@@ -434,7 +427,7 @@ def _backprop(roots, retain_grad):
 # side by side, plus a lower-case helper (`F.relu(x)`) that applies it.  The
 # derivative sits next to the formula it differentiates.  This chapter has
 # only what a multi-layer perceptron needs; Chapter 9 has the rest.  (Their
-# backwards on Variables, for second derivatives, are in Chapter HIGHER.)
+# backwards on Variables, for second derivatives, are in Chapter 18.)
 #
 # Broadcasting: NumPy stretches a (3,) array to (2, 3) in `a + b`.  The
 # stretched input was *used* twice, so its gradient is the sum of the
@@ -443,7 +436,7 @@ def _backprop(roots, retain_grad):
 
 # Each public name says, where it is defined, which of Chainer's modules
 # hold it: `@_export('functions')` above `def relu` (below) makes it
-# onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 21
+# onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 24
 # builds the modules from these marks.
 _exports = collections.defaultdict(dict)   # module path -> {name: object}
 
@@ -547,7 +540,7 @@ class LinearFunction(Function):
             raise ValueError('linear: x.shape[1] ({}) != W.shape[1] ({}) (x.shape '
                              '{}, W.shape {})'.format(x.shape[1], W.shape[1],
                                                       inputs[0].shape, W.shape))
-        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 20
+        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 23
             W = _in_dtype_of(self, x, W)
         _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
@@ -583,7 +576,7 @@ def linear(x, W, b=None, n_batch_axes=1):
     Returns a Variable (N, out_size) of x's dtype. Raises ValueError for shapes
     that do not fit, TypeError for b of another dtype. Chainer: chainer.functions.linear.
     """
-    if n_batch_axes != 1:            # the batch axes folded into one: Chapter 20
+    if n_batch_axes != 1:            # the batch axes folded into one: Chapter 23
         return _linear_over_batch_axes(x, W, b, n_batch_axes)
     if b is None:
         return LinearFunction()(x, W)
@@ -609,7 +602,7 @@ class ReLU(Function):
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
         return grad_outputs[0] * (self.y > 0),
 
-    # Continued in Chapter 19 (backward, grad_kernel).
+    # Continued in Chapter 22 (backward, grad_kernel).
 
 
 @_export('functions', 'functions.activation.relu')
@@ -650,7 +643,7 @@ class SoftmaxCrossEntropy(Function):
         """(valid, t with ignored labels replaced by 0); a label outside
         [0, n_class) that is not ignore_label raises ValueError."""
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
-        if bad.any():       # on a GPU this would wait for the device: Chapter 19 defers it
+        if bad.any():       # on a GPU this would wait for the device: Chapter 22 defers it
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
@@ -660,7 +653,7 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, inputs):
         x, t = inputs
-        self._check(x, t)                  # shapes and dtypes: Chapter 20
+        self._check(x, t)                  # shapes and dtypes: Chapter 23
         self.valid, safe_t = self._check_labels(t, x.shape[1])
         loss = self._losses(x, safe_t)
         if self.reduce == 'no':
@@ -681,7 +674,7 @@ class SoftmaxCrossEntropy(Function):
         self.y = e / s         # softmax, reused by backward
         loss = -log_p * self.valid
         if self.class_weight is not None:
-            class_weight = _device_of(x).send(self.class_weight)   # a host array: Chapter 18
+            class_weight = _device_of(x).send(self.class_weight)   # a host array: Chapter 21
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         return loss
@@ -701,7 +694,7 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
-    # Continued in Chapter 19 (forward, _coefficient_later); Chapter 20 (_check).
+    # Continued in Chapter 22 (forward, _coefficient_later); Chapter 23 (_check).
 
 
 @_export('functions', 'functions.loss.softmax_cross_entropy')
@@ -723,7 +716,7 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
     signature and have no effect. Raises TypeError for non-float x or
     non-integer t, ValueError for mismatched shapes or an unknown reduce, and
     ValueError for a label outside [0, C) that is not ignore_label (on a GPU
-    at the next read of a value: Chapter 19). Chainer: F.softmax_cross_entropy.
+    at the next read of a value: Chapter 22). Chainer: F.softmax_cross_entropy.
     """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
@@ -773,13 +766,13 @@ class Parameter(Variable):
     def initialize(self, shape, xp=np):
         """Create the data: a new array of `shape` (int or tuple) on `xp`
         (default numpy) filled by the parameter's initializer; clears the gradient
-        (zeros if zerograd came first: Chapter 20). Chainer: Parameter.initialize.
+        (zeros if zerograd came first: Chapter 23). Chainer: Parameter.initialize.
         """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
         self._grad = xp.zeros_like(self.data) if self.__dict__.pop('_zeros_asked', 0) else None
 
-    # Continued in Chapter 18 (to_device); Chapter 20 (zerograd, cleargrad, update).
+    # Continued in Chapter 21 (to_device); Chapter 23 (zerograd, cleargrad, update).
 
 
 @_export('link')
@@ -859,8 +852,8 @@ class Link:
             type(self).__name__))
 
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
-    # ...); Chapter 12 (add_hook, ...); Chapter 13 (serialize); Chapter 18
-    # (device, xp, to_device, to_cpu, ...); Chapter 21 (addgrads).
+    # ...); Chapter 13 (add_hook, ...); Chapter 14 (serialize); Chapter 21
+    # (device, xp, to_device, to_cpu, ...); Chapter 24 (addgrads).
 _export('device_resident', DeviceResident=Link)
 
 
@@ -894,7 +887,7 @@ class Chain(Link):
                 yield '/' + name + path, param
 
     # Continued in Chapter 10 (children, namedlinks, __delattr__, __getitem__,
-    # ...); Chapter 13 (serialize).
+    # ...); Chapter 14 (serialize).
 
 
 @_export('links', 'links.connection.linear')
@@ -930,7 +923,7 @@ class Linear(Link):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes: x's leading batch axes. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
-            data = _check_first_input('Linear', x)      # its array: Chapter 20
+            data = _check_first_input('Linear', x)      # its array: Chapter 23
             self._initialize_params(int(np.prod(data.shape[n_batch_axes:])))
         return linear(x, self.W, self.b, n_batch_axes)
 
@@ -970,7 +963,7 @@ class Hyperparameter:
             raise AttributeError('hyperparameter {!r} is not defined'.format(name))
         return getattr(self._parent, name)
 
-    # Continued in Chapter 12 (get_dict).
+    # Continued in Chapter 13 (get_dict).
 
 
 class _HyperparameterProxy:
@@ -1002,7 +995,7 @@ class UpdateRule:
     changes param.data in place from param.grad.  Chainer: chainer.UpdateRule.
     """
 
-    _state_from_file = False     # True after a load put host arrays in state: Chapter 13
+    _state_from_file = False     # True after a load put host arrays in state: Chapter 14
 
     def __init__(self, parent_hyperparam=None):
         self.hyperparam = Hyperparameter(parent_hyperparam)
@@ -1021,8 +1014,8 @@ class UpdateRule:
             self.state = {}
             self.init_state(param)
         elif self._state_from_file:
-            self._move_loaded_state(param)      # Chapter 13
-        for hook, timing in self._hooks.values():      # hooks: Chapter 12
+            self._move_loaded_state(param)      # Chapter 14
+        for hook, timing in self._hooks.values():      # hooks: Chapter 13
             if timing == 'pre':
                 hook(self, param)
         self.update_core(param)
@@ -1035,8 +1028,8 @@ class UpdateRule:
         param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
         """
 
-    # Continued in Chapter 12 (__init__, update_core, update_core_gpu, add_hook, ...);
-    # Chapter 13 (serialize).
+    # Continued in Chapter 13 (__init__, update_core, update_core_gpu, add_hook, ...);
+    # Chapter 14 (serialize).
 
 
 @_export('optimizer')
@@ -1076,7 +1069,7 @@ class Optimizer:
         for param in link.params():
             param.update_rule = self.create_update_rule()
         if next(link.params(), None) is None:
-            _warn_no_params(self, link)       # Chapter 20
+            _warn_no_params(self, link)       # Chapter 23
         return self
 
     def create_update_rule(self):
@@ -1092,7 +1085,7 @@ class Optimizer:
         clear the old gradients and run backward.
         Chainer: chainer.Optimizer.update.
         """
-        self._check_setup()       # setup() must come first: Chapter 20
+        self._check_setup()       # setup() must come first: Chapter 23
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
             self.target.cleargrads()
@@ -1110,9 +1103,9 @@ class Optimizer:
             param.update_rule.update(param)
         self.call_hooks('post')
 
-    # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
-    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup, update,
-    # set_loss_scale); Chapter 21 (use_cleargrads).
+    # Continued in Chapter 13 (use_auto_new_epoch, new_epoch, add_hook,
+    # remove_hook, ...); Chapter 14 (serialize); Chapter 23 (_check_setup, update,
+    # set_loss_scale); Chapter 24 (use_cleargrads).
 _export('optimizer', GradientMethod=Optimizer)
 
 
@@ -1122,7 +1115,7 @@ class SGDRule(UpdateRule):
     def update_core(self, param):                  # p -= lr * grad
         param.data -= self.hyperparam.lr * param.grad
 
-    # Continued in Chapter 19 (update_core, update_core_gpu, gpu_kernel).
+    # Continued in Chapter 22 (update_core, update_core_gpu, gpu_kernel).
 
 
 @_export('optimizers', 'optimizers.sgd')
@@ -1153,15 +1146,15 @@ class AdamRule(UpdateRule):
         beta1, beta2, t = hp.beta1, hp.beta2, self.t
         lr = hp.alpha * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
-        bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 12
-        self._step(param, constants, bounds)     # Chapter 19: faster; float16 in float32
+        bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 13
+        self._step(param, constants, bounds)     # Chapter 22: faster; float16 in float32
 
     def _step(self, param, constants, bounds=None):    # _adam_step (below) on param's arrays
         data, state = param.data, self.state
         _adam_step(_xp(data), _xp(data).empty_like(data), data, param.grad, state['m'],
                    state['v'], state.get('vhat'), constants, bounds)
 
-    # Continued in Chapter 12 (__init__, alpha_t, bounds); Chapter 19 (update_core, _step).
+    # Continued in Chapter 13 (__init__, alpha_t, bounds); Chapter 22 (update_core, _step).
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
@@ -1193,7 +1186,7 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
 @_export('optimizers', 'optimizers.adam')
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
-    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
+    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 13).
     Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8, eta 1.0, weight_decay_rate 0,
     amsgrad False, adabound False, final_lr 0.1, gamma 1e-3. Chainer: chainer.optimizers.Adam."""
     alpha = _HyperparameterProxy('alpha')
@@ -1211,7 +1204,7 @@ class Adam(Optimizer):
                          weight_decay_rate=weight_decay_rate, amsgrad=amsgrad,
                          adabound=adabound, final_lr=final_lr, gamma=gamma)
 
-    # Continued in Chapter 12 (alpha_t, lr, adabound).
+    # Continued in Chapter 13 (alpha_t, lr, adabound).
 
 
 # =============================================================================
@@ -1219,7 +1212,7 @@ class Adam(Optimizer):
 # =============================================================================
 # Training repeats four steps: take a batch, compute the loss, backprop,
 # update.  This program (tested as it stands) reaches about 97 % on MNIST
-# in five epochs; train_mnist.py does it with the Trainer of Chapter 17.
+# in five epochs; train_mnist.py does it with the Trainer of Chapter 20.
 #
 #     import numpy as np
 #     import onefchainer as chainer
@@ -1236,7 +1229,7 @@ class Adam(Optimizer):
 #         def forward(self, x):
 #             return self.l2(F.relu(self.l1(x)))
 #
-#     train, test = chainer.datasets.get_mnist()   # datasets of (image, label): Ch. 16
+#     train, test = chainer.datasets.get_mnist()   # datasets of (image, label): Ch. 19
 #     model = MLP()
 #     optimizer = chainer.optimizers.Adam().setup(model)
 #     for epoch in range(5):
@@ -1412,7 +1405,7 @@ class AddConstant(Function):
     """Function node of x + c for a scalar constant c (no gradient for c).
     Chainer: chainer.functions.math.basic_math.AddConstant.
     """
-    # Second derivatives: _add_constant_on_variables (Chapter HIGHER).
+    # Second derivatives: _add_constant_on_variables (Chapter 18).
     label = 'add'
 
     def __init__(self, constant):
@@ -1434,7 +1427,7 @@ class Sub(Function):
     Backward: gy for a, -gy for b, each summed down to its shape.
     Chainer: chainer.functions.math.basic_math.Sub.
     """
-    # Second derivatives: _sub_on_variables (Chapter HIGHER).
+    # Second derivatives: _sub_on_variables (Chapter 18).
     label = 'sub'
 
     def forward(self, inputs):
@@ -1453,7 +1446,7 @@ class SubFromConstant(Function):
     """Function node of c - x for a scalar constant c; backward -gy.
     Chainer: chainer.functions.math.basic_math.SubFromConstant.
     """
-    # Second derivatives: _neg_on_variables (Chapter HIGHER).
+    # Second derivatives: _neg_on_variables (Chapter 18).
     label = 'sub'
 
     def __init__(self, constant):
@@ -1474,7 +1467,7 @@ class MulConstant(Function):
     """Function node of x * c for a scalar constant c; backward gy * c.
     Chainer: chainer.functions.math.basic_math.MulConstant.
     """
-    # Second derivatives: _mul_constant_on_variables (Chapter HIGHER).
+    # Second derivatives: _mul_constant_on_variables (Chapter 18).
     label = 'mul'
 
     def __init__(self, constant):
@@ -1495,7 +1488,7 @@ class Div(Function):
     """Function node of a / b (elementwise, broadcasting, one dtype).
     Backward: gy / b for a and -gy * a / b**2 for b. Chainer: chainer.functions.math.basic_math.Div.
     """
-    # Second derivatives: _div_on_variables (Chapter HIGHER).
+    # Second derivatives: _div_on_variables (Chapter 18).
     label = 'div'
 
     def forward(self, inputs):
@@ -1516,7 +1509,7 @@ class DivFromConstant(Function):
     """Function node of c / x for a scalar constant c; backward -gy * c / x**2.
     Chainer: chainer.functions.math.basic_math.DivFromConstant.
     """
-    # Second derivatives: _div_from_constant_on_variables (Chapter HIGHER).
+    # Second derivatives: _div_from_constant_on_variables (Chapter 18).
     label = 'div'
 
     def __init__(self, constant):
@@ -1534,7 +1527,7 @@ class DivFromConstant(Function):
 @_export('functions.math.basic_math')
 class Neg(Function):
     """Function node of -x; backward -gy. Chainer: chainer.functions.math.basic_math.Neg."""
-    # Second derivatives: _neg_on_variables (Chapter HIGHER).
+    # Second derivatives: _neg_on_variables (Chapter 18).
     label = 'neg'
 
     def forward(self, inputs):
@@ -1549,7 +1542,7 @@ class Pow(Function):
     Backward: gy * b * a**(b-1) for a, gy * a**b * log(a) for b (0 where a <= 0).
     Chainer: chainer.functions.math.basic_math.Pow.
     """
-    # Second derivatives: _pow_on_variables (Chapter HIGHER).
+    # Second derivatives: _pow_on_variables (Chapter 18).
     label = 'pow'
 
     def forward(self, inputs):
@@ -1572,7 +1565,7 @@ class PowConstantExponent(Function):
     """Function node of x ** c for a scalar exponent c; backward gy * c * x**(c-1).
     Chainer: chainer.functions.math.basic_math.PowVarConst.
     """
-    # Second derivatives: _pow_constant_exponent_on_variables (Chapter HIGHER).
+    # Second derivatives: _pow_constant_exponent_on_variables (Chapter 18).
     label = 'pow'
 
     def __init__(self, exponent):
@@ -1591,7 +1584,7 @@ class PowConstantBase(Function):
     """Function node of c ** x for a scalar base c; backward gy * c**x * log(c).
     Chainer: chainer.functions.math.basic_math.PowConstVar.
     """
-    # Second derivatives: _pow_constant_base_on_variables (Chapter HIGHER).
+    # Second derivatives: _pow_constant_base_on_variables (Chapter 18).
     label = 'pow'
 
     def __init__(self, base):
@@ -1736,7 +1729,7 @@ class MatMul(Function):
     of either); backward dA = dY B^T, dB = A^T dY.
     Chainer: chainer.functions.math.matmul.MatMul.
     """
-    # Second derivatives: _matmul_on_variables (Chapter HIGHER).
+    # Second derivatives: _matmul_on_variables (Chapter 18).
     label = 'matmul'
     input_names = ('a', 'b')
 
@@ -1832,7 +1825,7 @@ class _Elementwise(Function):
     chainer.functions.math.exponential.Exp, chainer.functions.math.trigonometric.Sin.
     """
     # Second derivatives: each row's df run on Variables,
-    # _elementwise_on_variables (Chapter HIGHER).
+    # _elementwise_on_variables (Chapter 18).
 
     y = None
 
@@ -1895,7 +1888,7 @@ class Clip(Function):
     backward gy where x_min <= x <= x_max, else 0 (the bounds count as inside).
     Chainer: chainer.functions.math.clip.Clip.
     """
-    # Second derivatives: _clip_on_variables (Chapter HIGHER).
+    # Second derivatives: _clip_on_variables (Chapter 18).
     label = 'clip'
 
     def __init__(self, x_min, x_max):
@@ -1924,7 +1917,7 @@ class Maximum(Function):
     dtype); backward: gy to x1 where x1 >= x2, else to x2 (a tie goes to x1).
     Chainer: chainer.functions.math.maximum.Maximum.
     """
-    # Second derivatives: _maximum_on_variables (Chapter HIGHER).
+    # Second derivatives: _maximum_on_variables (Chapter 18).
     label = 'maximum'
     input_names = ('x1', 'x2')
 
@@ -2846,7 +2839,7 @@ class Sum(Function):
     """Function node of x.sum(axis, keepdims); backward broadcasts gy back
     to x's shape. Chainer: chainer.functions.math.sum.Sum.
     """
-    # Second derivatives: _sum_on_variables (Chapter HIGHER).
+    # Second derivatives: _sum_on_variables (Chapter 18).
     label = 'sum'
 
     def __init__(self, axis=None, keepdims=False):
@@ -2873,7 +2866,7 @@ class Max(Function):
     Backward: gy goes to the element(s) equal to the result, 0 elsewhere
     (ties each get gy). Chainer: chainer.functions.math.minmax.Max.
     """
-    # Second derivatives: _max_on_variables (Chapter HIGHER).
+    # Second derivatives: _max_on_variables (Chapter 18).
     label = 'max'
 
     def __init__(self, axis=None, keepdims=False, take_min=False):
@@ -2950,7 +2943,7 @@ class Cumsum(Function):
     cumulative sum of gy taken from the far end.
     Chainer: chainer.functions.math.cumsum.Cumsum.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'cumsum'
 
     def __init__(self, axis=None):
@@ -3116,7 +3109,7 @@ class LogSumExp(Function):
     the maximum so that exp cannot overflow; backward gy * exp(x - y)
     (softmax times gy). Chainer: chainer.functions.math.logsumexp.LogSumExp.
     """
-    # Second derivatives: _logsumexp_on_variables (Chapter HIGHER).
+    # Second derivatives: _logsumexp_on_variables (Chapter 18).
     label = 'logsumexp'
 
     def __init__(self, axis=None):
@@ -3251,7 +3244,7 @@ class Reshape(Function):
     """Function node of x.reshape(shape); backward reshapes gy back.
     Chainer: chainer.functions.array.reshape.Reshape.
     """
-    # Second derivatives: _reshape_on_variables (Chapter HIGHER).
+    # Second derivatives: _reshape_on_variables (Chapter 18).
     label = 'reshape'
 
     def __init__(self, shape):
@@ -3275,7 +3268,7 @@ class Transpose(Function):
     """Function node of x.transpose(axes) (None: reverse the axes); backward
     applies the inverse permutation. Chainer: chainer.functions.array.transpose.Transpose.
     """
-    # Second derivatives: _transpose_on_variables (Chapter HIGHER).
+    # Second derivatives: _transpose_on_variables (Chapter 18).
     label = 'transpose'
 
     def __init__(self, axes=None):
@@ -3300,7 +3293,7 @@ class BroadcastTo(Function):
     """Function node of broadcast_to(x, shape); backward sums gy back to
     x's shape. Chainer: chainer.functions.array.broadcast.BroadcastTo.
     """
-    # Second derivatives: _broadcast_to_on_variables (Chapter HIGHER).
+    # Second derivatives: _broadcast_to_on_variables (Chapter 18).
     label = 'broadcast_to'
 
     def __init__(self, shape):
@@ -3323,7 +3316,7 @@ class Concat(Function):
     """Function node of concatenate(xs, axis); backward splits gy at the
     input boundaries. Chainer: chainer.functions.array.concat.Concat.
     """
-    # Second derivatives: _concat_on_variables (Chapter HIGHER).
+    # Second derivatives: _concat_on_variables (Chapter 18).
     label = 'concat'
 
     def __init__(self, axis=1):
@@ -3351,7 +3344,7 @@ class Stack(Function):
     """Function node of stack(xs, axis); backward takes each slice of gy.
     Chainer: chainer.functions.array.stack.
     """
-    # Second derivatives: _stack_on_variables (Chapter HIGHER).
+    # Second derivatives: _stack_on_variables (Chapter 18).
     label = 'stack'
 
     def __init__(self, axis=0):
@@ -3374,7 +3367,7 @@ class GetItem(Function):
     """Function node of x[slices]; backward scatters gy into zeros of x's
     shape, adding repeated indices (add.at). Chainer: chainer.functions.array.get_item.GetItem.
     """
-    # Second derivatives: _get_item_on_variables (Chapter HIGHER).
+    # Second derivatives: _get_item_on_variables (Chapter 18).
     label = 'get_item'
 
     def __init__(self, slices):
@@ -3548,7 +3541,7 @@ class ScatterAdd(Function):
     add up, as numpy.add.at); backward gy for a, gy[slices] for b.
     Chainer: chainer.functions.array.scatter_add.ScatterAdd.
     """
-    # Second derivatives: _scatter_add_on_variables (Chapter HIGHER).
+    # Second derivatives: _scatter_add_on_variables (Chapter 18).
     label = 'scatter_add'
 
     def __init__(self, slices):
@@ -3595,7 +3588,7 @@ class Flip(Function):
     """Function node of x reversed along `axis`; backward reverses gy back.
     Chainer: chainer.functions.array.flip.Flip (also FlipLR, FlipUD).
     """
-    # Second derivatives: _flip_on_variables (Chapter HIGHER).
+    # Second derivatives: _flip_on_variables (Chapter 18).
     label = 'flip'
 
     def __init__(self, axis, label='flip'):
@@ -3618,7 +3611,7 @@ class Tile(Function):
     (r, s) on each axis (copy r of element s) is reshaped into two axes, and
     the copies are summed. Chainer: chainer.functions.array.tile.Tile.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'tile'
 
     def __init__(self, reps):
@@ -3644,7 +3637,7 @@ class Repeat(Function):
     flattened first). Backward: each element gets the sum of the gradients of
     its copies. Chainer: chainer.functions.array.repeat.Repeat.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'repeat'
 
     def __init__(self, repeats, axis=None):
@@ -3684,7 +3677,7 @@ class Where(Function):
     elsewhere, each summed down to its shape.
     Chainer: chainer.functions.array.where.Where.
     """
-    # Second derivatives: _where_on_variables (Chapter HIGHER).
+    # Second derivatives: _where_on_variables (Chapter 18).
     label = 'where'
     input_names = ('x', 'y')
 
@@ -3710,7 +3703,7 @@ class Cast(Function):
     """Function node of x.astype(typ); backward casts gy back to x's dtype
     (no gradient for an integer x). Chainer: chainer.functions.array.cast.Cast.
     """
-    # Second derivatives: _cast_on_variables (Chapter HIGHER).
+    # Second derivatives: _cast_on_variables (Chapter 18).
     label = 'cast'
 
     def __init__(self, typ):
@@ -3732,7 +3725,7 @@ class Separate(Function):
     axis removed. Backward stacks the gradients again (zeros for an output
     that got none). Chainer: chainer.functions.array.separate.Separate.
     """
-    # Second derivatives: _separate_on_variables (Chapter HIGHER).
+    # Second derivatives: _separate_on_variables (Chapter 18).
     label = 'separate'
 
     def __init__(self, axis=0):
@@ -3886,7 +3879,7 @@ class SplitAxis(Function):
     equal sections); backward concatenates the gradients again (zeros for
     a piece that got none). Chainer: chainer.functions.array.split_axis.SplitAxis.
     """
-    # Second derivatives: _split_axis_on_variables (Chapter HIGHER).
+    # Second derivatives: _split_axis_on_variables (Chapter 18).
     label = 'split_axis'
 
     def __init__(self, indices_or_sections, axis):
@@ -3926,7 +3919,7 @@ class Pad(Function):
     so each element gets the gradients of all its copies (found by padding
     the element indices the same way). Chainer: chainer.functions.array.pad.Pad.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'pad'
 
     def __init__(self, pad_width, mode, keywords):
@@ -3965,7 +3958,7 @@ class Broadcast(Function):
     each gradient back to its input's shape.
     Chainer: chainer.functions.array.broadcast.Broadcast.
     """
-    # Second derivatives: _broadcast_on_variables (Chapter HIGHER).
+    # Second derivatives: _broadcast_on_variables (Chapter 18).
     label = 'broadcast'
 
     def forward(self, inputs):
@@ -3986,7 +3979,7 @@ class Copy(Function):
     """Function node that sends x to another device; backward sends gy back
     to x's device. Chainer: chainer.functions.array.copy.Copy.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'copy'
 
     def __init__(self, device):
@@ -4005,7 +3998,7 @@ class Diagonal(Function):
     as the last axis); backward writes gy onto the same diagonal of zeros.
     Chainer: chainer.functions.array.diagonal.Diagonal.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'diagonal'
 
     def __init__(self, offset, axis1, axis2):
@@ -4089,7 +4082,7 @@ class SumTo(Function):
     """Function node that sums x down to `shape` (undoing a broadcast);
     backward broadcasts gy back. Chainer: chainer.functions.math.sum.SumTo.
     """
-    # Second derivatives: _sum_to_on_variables (Chapter HIGHER).
+    # Second derivatives: _sum_to_on_variables (Chapter 18).
     label = 'sum_to'
 
     def __init__(self, shape):
@@ -4112,7 +4105,7 @@ class SelectItem(Function):
     """Function node of y[i] = x[i, t[i]]; backward puts gy[i] at [i, t[i]]
     of zeros (no gradient for t). Chainer: chainer.functions.array.select_item.SelectItem.
     """
-    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter 18).
     label = 'select_item'
     input_names = ('x', 't')
 
@@ -4144,7 +4137,7 @@ class Permutate(Function):
     backward applies the inverse permutation to gy.
     Chainer: chainer.functions.array.permutate.Permutate.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
     label = 'permutate'
 
     def __init__(self, indices, axis, inv):
@@ -4708,7 +4701,7 @@ class LeakyReLU(Function):
     """Function node of y = x where x >= 0, else slope * x; backward gy or
     slope * gy. Chainer: chainer.functions.activation.leaky_relu.LeakyReLU.
     """
-    # Second derivatives: _leaky_relu_on_variables (Chapter HIGHER).
+    # Second derivatives: _leaky_relu_on_variables (Chapter 18).
     label = 'leaky_relu'
 
     def __init__(self, slope):
@@ -4847,7 +4840,7 @@ class Softplus(Function):
     overflow; backward gy * sigmoid(beta x).
     Chainer: chainer.functions.activation.softplus.Softplus.
     """
-    # Second derivatives: _softplus_on_variables (Chapter HIGHER).
+    # Second derivatives: _softplus_on_variables (Chapter 18).
     label = 'softplus'
 
     def __init__(self, beta=1.0):
@@ -4871,7 +4864,7 @@ class ELU(Function):
     """Function node of y = x where x > 0, else alpha (e**x - 1); backward gy
     where x > 0, else gy * alpha e**x. Chainer: chainer.functions.activation.elu.ELU.
     """
-    # Second derivatives: _elu_on_variables (Chapter HIGHER).
+    # Second derivatives: _elu_on_variables (Chapter 18).
     label = 'elu'
 
     def __init__(self, alpha=1.0, label='elu'):
@@ -4896,7 +4889,7 @@ class HardSigmoid(Function):
     """Function node of y = clip(0.2 x + 0.5, 0, 1); backward 0.2 gy where
     -2.5 < x < 2.5, else 0. Chainer: chainer.functions.activation.hard_sigmoid.HardSigmoid.
     """
-    # Second derivatives: _hard_sigmoid_on_variables (Chapter HIGHER).
+    # Second derivatives: _hard_sigmoid_on_variables (Chapter 18).
     label = 'hard_sigmoid'
 
     def forward(self, inputs):
@@ -4914,7 +4907,7 @@ class ClippedReLU(Function):
     """Function node of y = min(max(x, 0), z); backward gy where 0 < x < z,
     else 0. Chainer: chainer.functions.activation.clipped_relu.ClippedReLU.
     """
-    # Second derivatives: _clipped_relu_on_variables (Chapter HIGHER).
+    # Second derivatives: _clipped_relu_on_variables (Chapter 18).
     label = 'clipped_relu'
 
     def __init__(self, z, label='clipped_relu'):
@@ -5014,7 +5007,7 @@ class PReLUFunction(Function):
     backward gy or W gy for x, and the sum of x gy where x < 0 for W.
     Chainer: chainer.functions.activation.prelu.PReLUFunction.
     """
-    # Second derivatives: _prelu_composite (Chapter HIGHER).
+    # Second derivatives: _prelu_composite (Chapter 18).
     label = 'prelu'
     input_names = ('x', 'W')
 
@@ -5038,7 +5031,7 @@ class SwishFunction(Function):
     backward gy (beta y + s (1 - beta y)) for x and the sum of gy y (x - y)
     for beta, s = sigmoid(beta x). Chainer: chainer.functions.activation.swish.Swish.
     """
-    # Second derivatives: _swish_composite (Chapter HIGHER).
+    # Second derivatives: _swish_composite (Chapter 18).
     label = 'swish'
     input_names = ('x', 'beta')
 
@@ -5109,7 +5102,7 @@ class Softmax(Function):
     """Function node of y = softmax(x, axis); backward y * (gy - sum(gy * y, axis)).
     Chainer: chainer.functions.activation.softmax.Softmax.
     """
-    # Second derivatives: _softmax_on_variables (Chapter HIGHER).
+    # Second derivatives: _softmax_on_variables (Chapter 18).
     label = 'softmax'
 
     def __init__(self, axis=1):
@@ -5135,7 +5128,7 @@ class LogSoftmax(Function):
     """Function node of y = x - log(sum(exp(x), axis)); backward
     gy - exp(y) * sum(gy, axis). Chainer: chainer.functions.activation.log_softmax.LogSoftmax.
     """
-    # Second derivatives: _log_softmax_on_variables (Chapter HIGHER).
+    # Second derivatives: _log_softmax_on_variables (Chapter 18).
     label = 'log_softmax'
 
     def __init__(self, axis=1):
@@ -5201,7 +5194,7 @@ class Dropout(Function):
     `ratio` and 1/(1 - ratio) otherwise; backward gy * mask.
     Chainer: chainer.functions.noise.dropout.Dropout.
     """
-    # Second derivatives: _dropout_on_variables (Chapter HIGHER).
+    # Second derivatives: _dropout_on_variables (Chapter 18).
     label = 'dropout'
 
     def __init__(self, ratio):
@@ -5294,7 +5287,7 @@ class MeanSquaredError(Function):
     2 (a - b) gy / size for a, its negative for b.
     Chainer: chainer.functions.loss.mean_squared_error.MeanSquaredError.
     """
-    # Second derivatives: _mean_squared_error_on_variables (Chapter HIGHER).
+    # Second derivatives: _mean_squared_error_on_variables (Chapter 18).
     label = 'mean_squared_error'
 
     def forward(self, inputs):
@@ -5339,7 +5332,7 @@ class AbsoluteError(Function):
     """Function node of |x0 - x1| elementwise; backward sign(x0 - x1) gy for
     x0, its negative for x1. Chainer: chainer.functions.loss.absolute_error.AbsoluteError.
     """
-    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
+    # Second derivatives: _absolute_error_on_variables (Chapter 18).
     label = 'absolute_error'
 
     def forward(self, inputs):
@@ -5358,7 +5351,7 @@ class MeanAbsoluteError(Function):
     sign(x0 - x1) gy / size for x0, its negative for x1.
     Chainer: chainer.functions.loss.mean_absolute_error.MeanAbsoluteError.
     """
-    # Second derivatives: _absolute_error_on_variables (Chapter HIGHER).
+    # Second derivatives: _absolute_error_on_variables (Chapter 18).
     label = 'mean_absolute_error'
 
     def forward(self, inputs):
@@ -5418,7 +5411,7 @@ class SigmoidCrossEntropy(Function):
     Backward: (sigmoid(x) - t) gy, 0 where t == -1, divided as the loss was.
     Chainer: chainer.functions.loss.sigmoid_cross_entropy.SigmoidCrossEntropy.
     """
-    # Second derivatives: _sigmoid_cross_entropy_on_variables (Chapter HIGHER).
+    # Second derivatives: _sigmoid_cross_entropy_on_variables (Chapter 18).
     label = 'sigmoid_cross_entropy'
     input_names = ('x', 't')
     ignore_label = -1
@@ -5908,7 +5901,7 @@ class Identity(Function):
     """Function node that returns its inputs unchanged and passes the gradients
     back unchanged. Chainer: chainer.functions.array.identity.Identity.
     """
-    # Second derivatives: _identity_on_variables (Chapter HIGHER).
+    # Second derivatives: _identity_on_variables (Chapter 18).
     label = 'identity'
 
     def forward(self, inputs):
@@ -6227,7 +6220,7 @@ class EmbedIDFunction(Function):
     scatter-adds gy into the rows of W that x picked (no gradient for x).
     Chainer: chainer.functions.connection.embed_id.EmbedIDFunction.
     """
-    # Second derivatives: _linear_in_one_input_on_variables (Chapter HIGHER).
+    # Second derivatives: _linear_in_one_input_on_variables (Chapter 18).
     label = 'embed_id'
     input_names = ('x', 'W')
 
@@ -8010,7 +8003,7 @@ class Convolution2DFunction(Function):
     group; backward: gW from col and gy, gx by col2im of W^T gy, gb by
     summing gy.  Chainer: chainer.functions.connection.convolution_2d.Convolution2DFunction.
     """
-    # Second derivatives: _convolution_2d_on_variables (Chapter HIGHER).
+    # Second derivatives: _convolution_2d_on_variables (Chapter 18).
 
     label = 'convolution_2d'
 
@@ -8159,7 +8152,7 @@ class Deconvolution2DFunction(Function):
     then col2im; backward: im2col of gy, then the products of a convolution.
     Chainer: chainer.functions.connection.deconvolution_2d.Deconvolution2DFunction.
     """
-    # Second derivatives: _deconvolution_2d_on_variables (Chapter HIGHER).
+    # Second derivatives: _deconvolution_2d_on_variables (Chapter 18).
 
     label = 'deconvolution_2d'
 
@@ -8273,7 +8266,7 @@ class Im2Col(Function):
     """Function node of im2col: every kh x kw patch as a column of channels;
     backward sums the columns back with col2im. Chainer: chainer.functions.im2col.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
 
     label = 'im2col'
 
@@ -8320,7 +8313,7 @@ class MaxPooling2D(Function):
     `winner`, each maximum's offset in its window, for upsampling_2d.
     Chainer: chainer.functions.MaxPooling2D.
     """
-    # Second derivatives: _max_pooling_2d_on_variables (Chapter HIGHER).
+    # Second derivatives: _max_pooling_2d_on_variables (Chapter 18).
 
     label = 'max_pooling_2d'
 
@@ -8450,7 +8443,7 @@ class AveragePooling2D(Function):
     (padding counted as zeros); backward spreads gy / (kh kw) over the window.
     Chainer: chainer.functions.pooling.average_pooling_2d.AveragePooling2D.
     """
-    # Second derivatives: _average_pooling_2d_on_variables (Chapter HIGHER).
+    # Second derivatives: _average_pooling_2d_on_variables (Chapter 18).
 
     label = 'average_pooling_2d'
 
@@ -8569,7 +8562,7 @@ class Unpooling2D(_Unpool):
     backward sums gy over each window.
     Chainer: chainer.functions.pooling.unpooling_2d.Unpooling2D.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
 
     label = 'unpooling_2d'
 
@@ -8604,7 +8597,7 @@ class Upsampling2D(_Unpool):
     names in its window; backward reads gy back from the same place.
     Chainer: chainer.functions.pooling.upsampling_2d.Upsampling2D.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
 
     label = 'upsampling_2d'
 
@@ -8891,7 +8884,7 @@ class AveragePoolingND(Function):
     backward spreads gy / size over the window.
     Chainer: chainer.functions.pooling.average_pooling_nd.AveragePoolingND.
     """
-    # Second derivatives: _linear_on_variables_by_adjoint (Chapter HIGHER).
+    # Second derivatives: _linear_on_variables_by_adjoint (Chapter 18).
 
     label = 'average_pooling_nd'
 
@@ -9239,7 +9232,7 @@ class BatchNormalizationFunction(Function):
     batch's mean and variance and updates the running averages in place.
     Chainer: chainer.functions.normalization.batch_normalization.BatchNormalization.
     """
-    # Second derivatives: _batch_normalization_composite (Chapter HIGHER).
+    # Second derivatives: _batch_normalization_composite (Chapter 18).
 
     label = 'batch_normalization'
 
@@ -9386,7 +9379,7 @@ class FixedBatchNormalization(Function):
     mean and variance; all five inputs get gradients.
     Chainer: chainer.functions.normalization.batch_normalization.FixedBatchNormalization.
     """
-    # Second derivatives: _fixed_batch_normalization_composite (Chapter HIGHER).
+    # Second derivatives: _fixed_batch_normalization_composite (Chapter 18).
 
     label = 'fixed_batch_normalization'
 
@@ -9585,7 +9578,7 @@ class LayerNormalizationFunction(Function):
     to mean 0 and variance 1 (plus eps); backward as in the comment above.
     Chainer: chainer.functions.normalization.layer_normalization.LayerNormalization.
     """
-    # Second derivatives: _layer_normalization_composite (Chapter HIGHER).
+    # Second derivatives: _layer_normalization_composite (Chapter 18).
     label = 'layer_normalization'
     input_names = ('x', 'gamma', 'beta')
 
@@ -9618,7 +9611,7 @@ class GroupNormalizationFunction(Function):
     variance 1 (plus eps), then y = gamma[c] x_hat + beta[c].
     Chainer: chainer.functions.normalization.group_normalization.GroupNormalization.
     """
-    # Second derivatives: _group_normalization_composite (Chapter HIGHER).
+    # Second derivatives: _group_normalization_composite (Chapter 18).
     label = 'group_normalization'
     input_names = ('x', 'gamma', 'beta')
 
@@ -10495,7 +10488,7 @@ class _BNInitializer(Initializer):
 
 
 # =============================================================================
-# Chapter RNN. Recurrent networks
+# Chapter 12. Recurrent networks
 # =============================================================================
 # A recurrent network reads a sequence x_1, ..., x_T one step at a time and
 # carries a state h from each step to the next:
@@ -10514,7 +10507,7 @@ class _BNInitializer(Initializer):
 # diag(f') U^T.  Where they shrink vectors (|f'| <= 1 for tanh, and U not
 # large) it fades geometrically: the network cannot learn that a word depends
 # on one 30 steps back.  (Where they stretch it explodes: clip the gradient,
-# Chapter 12's GradientClipping.)
+# Chapter 13's GradientClipping.)
 #
 # The LSTM adds a *cell* c that is updated by addition, guarded by gates
 # between 0 and 1, all four computed from W x_t + U h_{t-1} + b:
@@ -10529,7 +10522,7 @@ class _BNInitializer(Initializer):
 # two gates and no separate cell: h_t = (1 - z) * h' + z * h_{t-1}.
 #
 # Truncated BPTT: a language model reads one long text.  Backprop every k
-# steps, then call loss.unchain_backward() (Chapter 20): the graph behind the
+# steps, then call loss.unchain_backward() (Chapter 23): the graph behind the
 # state is dropped, the state's *values* carry on into the next k steps, the
 # gradient stops there, and memory stays that of k steps.
 #
@@ -10576,7 +10569,7 @@ def _sigmoid_in_place(v):
 
 
 # On a GPU each cell is one kernel, forward and backward: the same formulas.
-# (_FusedKernel comes in Chapter 12, so they are made at their first use.)
+# (_FusedKernel comes in Chapter 13, so they are made at their first use.)
 _LSTM_KERNELS = {}
 
 
@@ -12662,7 +12655,7 @@ def _check_crf_inputs(label, cost, xs, ys=None):
 
 
 # =============================================================================
-# Chapter 12. More optimizers and hooks
+# Chapter 13. More optimizers and hooks
 # =============================================================================
 # MomentumSGD, AdaGrad, AdaDelta and RMSprop, each an update rule beside its
 # optimizer, their variants (NesterovAG, CorrectedMomentumSGD, RMSpropGraves,
@@ -12675,7 +12668,7 @@ def _check_crf_inputs(label, cost, xs, ys=None):
 # the arithmetic, so `gpu_kernel` holds the same formulas in the same order
 # as the loop body of ONE elementwise kernel in CUDA C, and update_core_gpu
 # runs it per parameter, passing the arrays and numbers by name.  (How the
-# kernels are compiled, and why the GPU then rounds as NumPy does: Chapter 19.)
+# kernels are compiled, and why the GPU then rounds as NumPy does: Chapter 22.)
 # A new optimizer is its rule (both halves) and its Optimizer, here.
 
 
@@ -12685,7 +12678,7 @@ class _FusedKernel:
     the arrays' dtype; a number passed for a T is cast to it).  Outputs are
     updated in place, or made when not passed.  Call it with every input, then
     the outputs, by name; returns the output array(s).  Compiled at the first
-    call as 'onefchainer_' + name (Chapter 19).  float16_in_float32: an update
+    call as 'onefchainer_' + name (Chapter 22).  float16_in_float32: an update
     of float16 arrays runs in float32 copies stored back, as the rules whose
     CPU half uses _step_in_float32 (or Adam's float32 step) do."""
 
@@ -12716,7 +12709,7 @@ class _FusedKernel:
             return outputs if len(outputs) > 1 else outputs[0]
         return kernel(*arrays)
 
-    # Continued in Chapter 19 (compile).
+    # Continued in Chapter 22 (compile).
 
 
 @_continue_class(UpdateRule)
@@ -12785,6 +12778,7 @@ def _default_hyperparam(rule_class):
         if users:    # the optimizer named after the rule (Adam, not AMSGrad)
             owner = next((o for o in users if o.__name__ + 'Rule' == rule.__name__), users[0])
             defaults = Hyperparameter()
+            import inspect      # (only here)
             for p in list(inspect.signature(owner.__init__).parameters.values())[1:]:
                 if p.default is not p.empty:
                     setattr(defaults, p.name, p.default)
@@ -14248,7 +14242,7 @@ class WeightStandardization(LinkHook):
 
 
 # =============================================================================
-# Chapter 13. Serializers
+# Chapter 14. Serializers
 # =============================================================================
 
 
@@ -14649,7 +14643,7 @@ class _LinkSerialization:
 
     def serialize(self, serializer):
         """Save or load the parameters and persistent values through `serializer`
-        (Chapter 13); an uninitialized parameter takes its shape from the file.
+        (Chapter 14); an uninitialized parameter takes its shape from the file.
         Chainer: chainer.Link.serialize.
         """
         for name in self._params:
@@ -14754,7 +14748,7 @@ class _OptimizerSerialization:
 
 
 # =============================================================================
-# Chapter 14. Reporter
+# Chapter 15. Reporter
 # =============================================================================
 
 
@@ -14903,7 +14897,7 @@ class Summary:
         self._x2 = self._x2 + weight * value * value
         self._n += weight
 
-    # The two sums of add on a GPU, in one launch (a _FusedKernel, Chapter 12).
+    # The two sums of add on a GPU, in one launch (a _FusedKernel, Chapter 13).
     gpu_kernel = _FusedKernel('summary_add', 'T value, float64 weight',
                               'float64 x, float64 x2', '''
         double v = value;
@@ -15015,7 +15009,7 @@ class DictSummary:
 
 
 # =============================================================================
-# Chapter DIST. Probability distributions
+# Chapter 16. Probability distributions
 # =============================================================================
 # A distribution object answers questions about a random variable: its mean
 # and variance, the log density of a point, a random sample.  Its parameters
@@ -16195,7 +16189,7 @@ _UniformDistribution.__name__ = _UniformDistribution.__qualname__ = 'Uniform'
 
 
 # =============================================================================
-# Chapter 15. Gradient check
+# Chapter 17. Gradient check
 # =============================================================================
 
 
@@ -16508,7 +16502,7 @@ _export('utils', size_of_shape=_size_of_shape)
 
 
 # =============================================================================
-# Chapter HIGHER. Higher-order derivatives
+# Chapter 18. Higher-order derivatives
 # =============================================================================
 # Every backward so far takes arrays and returns arrays.  That is why it is
 # fast, and also why it stops at first derivatives: the arrays it computes
@@ -17333,7 +17327,7 @@ def grad(outputs, inputs, grad_outputs=None, grad_inputs=None, set_grad=False,
     walked, and no variable's .grad is touched, unless set_grad=True (each
     input's grad_var becomes its result) or retain_grad=True (every variable
     reached keeps its gradient).  enable_double_backprop=True records the
-    gradients' graph, so they can be differentiated again (Chapter HIGHER).
+    gradients' graph, so they can be differentiated again (Chapter 18).
     loss_scale multiplies the grad_outputs first.  An input the outputs do
     not depend on gets None.  Raises TypeError for outputs, inputs or
     grad_outputs that are not lists or tuples, ValueError for lengths that
@@ -17586,7 +17580,7 @@ def check_double_backward(func, x_data, y_grad, x_grad_grad, params=(), params_g
                           detect_nondifferentiable=False):
     """Assert that the second derivatives of `func` match numerical ones.
 
-    It runs check_backward (Chapter 15) on the first-order gradient as a
+    It runs check_backward (Chapter 17) on the first-order gradient as a
     function: inputs (x, gy) -> (gx, gparams), gx computed by backprop with
     double backprop on, checked with x_grad_grad (and params_grad_grad) as its
     output gradients.  x_data, y_grad: arrays or tuples of them; x_grad_grad:
@@ -17623,7 +17617,7 @@ def check_double_backward(func, x_data, y_grad, x_grad_grad, params=(), params_g
 
 
 # =============================================================================
-# Chapter 16. Data: datasets, downloading, iterators, batching
+# Chapter 19. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
 
@@ -19047,6 +19041,7 @@ def _read_tar_members(path, wanted):
     has no index: looking a member up by name would inflate it all again).
     Nothing is extracted to disk.  Raises DatasetError for a damaged archive
     or a missing member."""
+    import tarfile            # (only here)
     wanted, found = set(wanted), {}
     try:
         with tarfile.open(path, 'r:gz') as archive:
@@ -19240,7 +19235,7 @@ def _read_mat(path, names):
 
 
 # =============================================================================
-# Chapter 17. The training loop: Trainer and extensions
+# Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
 
 
@@ -19259,7 +19254,7 @@ def _read_mat(path, names):
 #     order within one iteration: writers of observations first (Evaluator),
 #     then editors, then readers (LogReport, PrintReport), snapshots last.
 #
-# Values travel from the model to the logs through the reporter (Chapter 14):
+# Values travel from the model to the logs through the reporter (Chapter 15):
 # for every iteration the Trainer opens a fresh `observation` dict, the
 # model's report() calls fill it ('main/loss'), the Evaluator adds
 # 'validation/main/loss', and LogReport averages what it sees.
@@ -20835,7 +20830,7 @@ class DumpGraph(Extension):
     """Writes the graph behind the reported value `root_name` (e.g.
     'main/loss') of the first iteration to out/<filename> as DOT.
 
-    Reported values are normally cut from their graph (Chapter 14), so from
+    Reported values are normally cut from their graph (Chapter 15), so from
     `initialize` until the dump it turns config.keep_graph_on_report on,
     and then puts the old value back.
     Chainer: chainer.training.extensions.DumpGraph.
@@ -21617,7 +21612,7 @@ def observe_lr(optimizer_name='main', observation_key='lr'):
 
 
 # =============================================================================
-# Chapter 18. Devices
+# Chapter 21. Devices
 # =============================================================================
 # A *device* names where arrays live ('@numpy', '@cupy:0', or Chainer's older
 # integers -1 and 0) and can `send` arrays there.  Variables, parameters and
@@ -21924,7 +21919,7 @@ class _LinkDevices:
 
 
 # =============================================================================
-# Chapter 19. Speed paths
+# Chapter 22. Speed paths
 # =============================================================================
 # Code that exists only to be fast, with what it buys.  Where it speeds up a
 # class of Part I, it continues that class; the arithmetic stays the one
@@ -21932,7 +21927,7 @@ class _LinkDevices:
 
 # ----- fused kernels on the GPU --------------------------------------------------
 # Every update rule and a few ops run on a GPU as one elementwise kernel
-# (_FusedKernel, Chapter 12) that computes the formulas of their CPU code in
+# (_FusedKernel, Chapter 13) that computes the formulas of their CPU code in
 # its order, with T the parameter's dtype as NumPy casts a Python scalar to
 # it.  They are compiled with --fmad=false: nvcc would otherwise merge
 # a * b + c into one fused multiply-add, rounded once instead of twice, and
@@ -21967,7 +21962,7 @@ class _ReLUOnTheGPU:
 @_continue_class(SGDRule)
 class _SGDRuleOnTheGPU:
     update_core_cpu = SGDRule.update_core          # Chapter 7's
-    update_core = UpdateRule.update_core           # picks the device (Chapter 12)
+    update_core = UpdateRule.update_core           # picks the device (Chapter 13)
     gpu_kernel = _FusedKernel('sgd', 'T grad, T lr', 'T param', 'param -= lr * grad;')
 
     def update_core_gpu(self, param):
@@ -22010,7 +22005,7 @@ class _AdamRuleSpeedPaths:
         (True, True): _adam_kernel('amsbound', True, True)}
 
     update_core_cpu = update_core_gpu = AdamRule.update_core     # Chapter 7's, which
-    update_core = UpdateRule.update_core     # a subclass may override per device (Chapter 12)
+    update_core = UpdateRule.update_core     # a subclass may override per device (Chapter 13)
 
     def _step(self, param, constants, bounds=None):
         # Chapter 7's _step: _adam_step over the arrays, block by block on the
@@ -22176,7 +22171,7 @@ class _SoftmaxCrossEntropyOnTheGPU:
 
 
 # =============================================================================
-# Chapter 20. Conveniences, checks and error messages
+# Chapter 23. Conveniences, checks and error messages
 # =============================================================================
 # Printing, cutting the graph, Chainer's other Variable methods, and the
 # checks that turn a wrong shape or dtype into a message naming the function
@@ -22266,14 +22261,14 @@ def backward(outputs, grad_outputs=None, **kwargs):
     for y, gy in zip(outputs, grad_outputs):
         if gy is not None:
             y.grad = gy
-            if isinstance(gy, Variable):     # kept for double backprop (Chapter HIGHER)
+            if isinstance(gy, Variable):     # kept for double backprop (Chapter 18)
                 y._grad_var = gy
         elif y.grad is None:
             if y.size != 1:
                 raise ValueError('backward: an output of shape {} needs its grad_output'
                                  .format(y.shape))
             y.grad = _xp(y.data).ones_like(y.data)
-    if kwargs.get('enable_double_backprop', False):      # Chapter HIGHER
+    if kwargs.get('enable_double_backprop', False):      # Chapter 18
         if len(outputs) != 1:     # one loss: the sum of the outputs' products with their grads
             total = sum(_sum(y * _grad_variable(y)) for y in outputs)
             total.grad = _xp(total.data).ones_like(total.data)
@@ -22355,7 +22350,7 @@ class _VariableConveniences:
     @property
     def grad_var(self):
         """The gradient as a Variable (after double backprop the one with its graph,
-        Chapter HIGHER), or None. Chainer: Variable.grad_var."""
+        Chapter 18), or None. Chainer: Variable.grad_var."""
         kept = getattr(self, '_grad_var', None)
         if kept is not None and kept.data is self._grad:
             return kept
@@ -23182,7 +23177,7 @@ def _check_types_forward(function, in_data):
 
 def _calling_with_type_check(call):
     """`call` (a class's own __call__; None: Function's, looked up at each call,
-    as hooks swap it, Chapter 12) preceded by the class's check_type_forward."""
+    as hooks swap it, Chapter 13) preceded by the class's check_type_forward."""
     def __call__(self, *inputs):
         if config.type_check:
             _check_types_forward(self, tuple(x.data if isinstance(x, Variable) else x
@@ -23236,7 +23231,7 @@ del _name, _class
 # the true one.  Each parameter it reaches remembers s, and the optimizer's
 # next update divides the gradient by s before anything else (its hooks
 # included), so the step is the one the true gradient gives.  Parameter's
-# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
+# cleargrad forgets s (Chapter 23).  No cost without a loss_scale.
 
 _backward_from_one = Variable.backward              # Chapter 3's
 _update_from_gradients = Optimizer.update           # Chapter 7's
@@ -23355,7 +23350,7 @@ Optimizer.set_loss_scale = _optimizer_set_loss_scale
 
 
 # =============================================================================
-# Chapter 21. Chainer compatibility
+# Chapter 24. Chainer compatibility
 # =============================================================================
 # Chainer programs import `chainer.functions`, `chainer.training.extensions`
 # and so on.  This is one file, so those modules are made here: Python finds
@@ -23470,7 +23465,7 @@ def _submodule(dotted_name, **members):
     return module
 
 
-# The modules, from the marks that Chapters 1-20 left at each definition.
+# The modules, from the marks that Chapters 1-23 left at each definition.
 # Each top-level one also becomes a global here: `functions` below is
 # onefchainer.functions.
 for _path in sorted(_exports):
@@ -23507,7 +23502,7 @@ _OUT_OF_SCOPE = {
     'chainerx': 'ChainerX (Chainer\'s C++ array backend) is out of scope; NumPy and CuPy are used',
     'multi': 'multi-GPU / multi-process training is out of scope; use one device',
     'double': 'Chainer\'s graph internals are left out: a Variable is its own graph node, '
-              'and a FunctionNode (Chapter HIGHER) or a Function (Chapter 3) needs no adapter',
+              'and a FunctionNode (Chapter 18) or a Function (Chapter 3) needs no adapter',
     'hooks': 'the CUDA profiling hooks are not provided; use function_hooks.TimerHook',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
     'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '

@@ -6448,7 +6448,7 @@ def test_the_pos_tagging_example_model_learns_to_tag(tmp_path):
 
 
 # =============================================================================
-# Chapter RNN. Recurrent networks
+# Chapter 12. Recurrent networks
 # =============================================================================
 # Values: NumPy formulas written out here (F.lstm's interleaved gates, an
 # LSTM step loop as the reference for the n-step functions) and files written
@@ -6969,7 +6969,7 @@ def test_char_lstm_language_model_learns_the_gpl():
 
 
 # =============================================================================
-# Chapter 12. More optimizers and hooks
+# Chapter 13. More optimizers and hooks
 # =============================================================================
 
 GRADS = [np.array([0.1, -0.2, 0.3, 0.0]),
@@ -7308,7 +7308,7 @@ def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
 
 
 # Each optimizer against Chainer's formula written out in NumPy (float64, the
-# 3 steps of GRADS from P0; run_steps of Chapter 12's tests), its GPU kernel
+# 3 steps of GRADS from P0; run_steps of Chapter 13's tests), its GPU kernel
 # against its CPU path through the CuPy stand-in (OPTIMIZER_CASES of
 # bench/count_gpu_calls.py, test_fused_updates_through_the_stand_in_...), and
 # its state under Chainer's npz keys.
@@ -7863,7 +7863,7 @@ def test_spectral_normalization_and_weight_standardization_match_chainer_781():
 
 
 # =============================================================================
-# Chapter 13. Serializers
+# Chapter 14. Serializers
 # =============================================================================
 
 def _snapshot(model):
@@ -8568,7 +8568,7 @@ def test_hdf5_without_h5py_says_pip_install_h5py(tmp_path):
 
 
 # =============================================================================
-# Chapter 14. Reporter
+# Chapter 15. Reporter
 # =============================================================================
 
 def test_report_outside_scope_is_noop():
@@ -8712,7 +8712,7 @@ def test_dict_summary_save_load(tmp_path):
 
 
 # =============================================================================
-# Chapter DIST. Probability distributions
+# Chapter 16. Probability distributions
 # =============================================================================
 
 sys.path.insert(0, os.path.join(HERE, 'testdata', 'chainer781'))
@@ -8889,7 +8889,7 @@ def test_linear_with_several_batch_axes():
 
 
 # =============================================================================
-# Chapter 15. Gradient check
+# Chapter 17. Gradient check
 # =============================================================================
 
 class WrongBackward(Function):
@@ -9038,7 +9038,7 @@ def test_gradient_check_with_dtype_option():
 
 
 # =============================================================================
-# Chapter HIGHER. Higher-order derivatives
+# Chapter 18. Higher-order derivatives
 # =============================================================================
 
 def _away_from_kinks(*shape, seed=0):
@@ -9065,7 +9065,7 @@ _HIGHER_BINARY_LABELS = np.array([[1, 0, -1, 1], [0, 0, 1, -1], [1, 1, 0, 0]], n
 # Every function that claims double backprop, by its Function class, with
 # inputs where it is smooth; the second derivative must not vanish where
 # the function is not linear (that is why some are multiplied by x).
-CHAPTER_HIGHER_CASES = {
+CHAPTER_18_CASES = {
     'add_bcast': (lambda a, b: (a + b) * a, [f64(2, 3), f64(3, seed=1)]),
     'sub_bcast': (lambda a, b: (a - b) * b, [f64(2, 1), f64(1, 3, seed=1)]),
     'mul_bcast': (lambda a, b: a * b * a, [f64(4, 2, 3), f64(2, 1, seed=1)]),
@@ -9188,14 +9188,14 @@ for _label in sorted(chainer._ELEMENTWISE):
     # Chapter 9's table, each row on an input inside its domain
     _low, _high = {'arcsin': (-0.8, 0.8), 'arccos': (-0.8, 0.8), 'arctanh': (-0.8, 0.8),
                    'tan': (-1.0, 1.0)}.get(_label, (0.3, 1.2))
-    CHAPTER_HIGHER_CASES['elementwise_' + _label] = (
+    CHAPTER_18_CASES['elementwise_' + _label] = (
         functools.partial(lambda label, x: getattr(F, label)(x), _label),
         [f64(3, 4, low=_low, high=_high)])
 del _label, _low, _high
 
 
 def _double_backward_check(name, dtype):
-    func, xs = CHAPTER_HIGHER_CASES[name]
+    func, xs = CHAPTER_18_CASES[name]
     xs = [x.copy() for x in xs]
     with chainer.no_backprop_mode():
         y = func(*[Variable(dev(x)) for x in xs])
@@ -9218,12 +9218,12 @@ def _double_backward_check(name, dtype):
                                    atol=1e-6 if dtype == np.float32 else 1e-14)
 
 
-@pytest.mark.parametrize('name', sorted(CHAPTER_HIGHER_CASES))
+@pytest.mark.parametrize('name', sorted(CHAPTER_18_CASES))
 def test_chapter_higher_double_backward(name):
     _double_backward_check(name, np.float64)
 
 
-@pytest.mark.parametrize('name', sorted(CHAPTER_HIGHER_CASES))
+@pytest.mark.parametrize('name', sorted(CHAPTER_18_CASES))
 def test_chapter_higher_double_backward_float32(name):
     _double_backward_check(name, np.float32)
 
@@ -9716,7 +9716,7 @@ def test_chapter_higher_names_are_chainers():
 
 
 # =============================================================================
-# Chapter 16. Data: datasets, downloading, iterators, batching
+# Chapter 19. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
 FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
@@ -10926,7 +10926,7 @@ def test_split_dataset_n_and_cross_validation_pick_chainers_samples():
 
 
 # =============================================================================
-# Chapter 17. The training loop: Trainer and extensions
+# Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
 
 needs_matplotlib = skip_unless(chainer._matplotlib_available(),
@@ -12441,7 +12441,7 @@ def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
 
 
 # =============================================================================
-# Chapter 18. Devices
+# Chapter 21. Devices
 # =============================================================================
 
 @pytest.mark.parametrize('spec', [-1, '-1', '@numpy', np, np.int64(-1)])
@@ -12497,7 +12497,7 @@ def test_plain_pytest_says_why_tests_skipped_one_line_a_reason():
 
 
 # =============================================================================
-# Chapter 19. Speed paths
+# Chapter 22. Speed paths
 # =============================================================================
 
 def test_zero_host_syncs_per_training_step_through_the_trainer():
@@ -12691,7 +12691,7 @@ def test_embed_id_with_ignore_label_does_not_wait_for_the_device():
 
 
 # =============================================================================
-# Chapter 20. Conveniences, checks and error messages
+# Chapter 23. Conveniences, checks and error messages
 # =============================================================================
 
 def test_debug_mode_nan_in_forward_names_function():
@@ -13181,7 +13181,7 @@ def test_functions_without_a_type_check_keep_the_plain_call():
 
 
 # =============================================================================
-# Chapter 21. Chainer compatibility
+# Chapter 24. Chainer compatibility
 # =============================================================================
 
 def test_import_names():
