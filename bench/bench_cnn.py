@@ -15,7 +15,7 @@ The floor: the matrix products of the step alone (the three of each
 convolution's patch matrix and of each Linear, forward and backward, on the
 same shapes and layouts, nothing else), timed in chunks between the models'
 chunks.  The breakdown: onefchainer's step again, each part timed on its
-own (convolution forward / backward less its col2im, col2im, batch norm,
+own (convolution forward / backward with its col2im, batch norm,
 ReLU, pooling, Linear, softmax cross entropy, Adam, and the rest: the
 graph, backprop and the Python around them).  Peak memory: tracemalloc's
 peak over one step, above what was allocated before it.
@@ -192,10 +192,9 @@ def timed_chunks(contenders, batches, chunk):
 # The parts of the breakdown: (label, owner, attribute): owner a class of
 # onefchainer, None for the module itself, or 'model' for the Classifier
 # (whose accfun, F.accuracy, is bound when it is made).  col2im runs inside
-# the convolution's backward and is taken out of it.
+# the convolution's backward, a block of rows at a time (Chapter 19).
 PARTS = [('convolution forward', 'Convolution2DFunction', 'forward'),
-         ('convolution backward (less col2im)', 'Convolution2DFunction', 'backward'),
-         ('  col2im', None, '_col2im'),
+         ('convolution backward (with its col2im)', 'Convolution2DFunction', 'backward'),
          ('batch norm forward', 'BatchNormalizationFunction', 'forward'),
          ('batch norm backward', 'BatchNormalizationFunction', 'backward'),
          ('ReLU forward', 'ReLU', 'forward'),
@@ -243,7 +242,6 @@ def breakdown(step, model, batches):
         for holder, name, original in originals:
             setattr(holder, name, original)
     ms = [spent.get(i, 0.0) / len(batches) * 1e3 for i in range(len(PARTS))]
-    ms[1] -= ms[2]                              # col2im is inside the backward
     merged = []
     for (label, _, _), t in zip(PARTS, ms):
         if label:
