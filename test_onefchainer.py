@@ -9827,6 +9827,38 @@ def test_convolution_in_blocks_of_one_output_row(monkeypatch, x_shape, W_shape, 
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
+def test_cnn_gradients_through_the_stand_in_equal_the_cpu_blocks():
+    # The CPU runs convolutions in blocks of rows (Chapter 19; here of one
+    # row each), a GPU runs Chapter 11's whole products: a small CNN (conv, batch norm, ReLU, max
+    # pooling twice, Linear, loss) gives the same loss and gradients on both.
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        F, L = chainer.functions, chainer.links
+        chainer.config.dtype = np.float64
+        chainer._CONV_BLOCK = 1             # one row per block: several blocks
+        rng = np.random.RandomState(0)
+        x, t = rng.standard_normal((4, 2, 8, 8)), rng.randint(0, 10, 4).astype(np.int32)
+        def run(device):
+            np.random.seed(1)
+            links = [L.Convolution2D(2, 4, 3, pad=1, nobias=True), L.BatchNormalization(4),
+                     L.Convolution2D(4, 6, 3, stride=1, pad=1), L.Linear(24, 10)]
+            for link in links:
+                link.to_device(device)
+            send = chainer.get_device(device).send
+            h = F.max_pooling_2d(F.relu(links[1](links[0](chainer.Variable(send(x))))), 2)
+            h = F.max_pooling_2d(F.relu(links[2](h)), 2)
+            loss = F.softmax_cross_entropy(links[3](h), send(t))
+            loss.backward()
+            host = lambda a: np.asarray(a.get() if hasattr(a, 'get') else a).tolist()
+            return [host(loss.array)] + [host(p.grad) for link in links for p in link.params()]
+        print(json.dumps([run('@numpy'), run('@cupy:0')]))
+    ''')
+    cpu, gpu = json.loads(out.strip().splitlines()[-1])
+    assert len(cpu) == 8
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 # =============================================================================
 # Chapter 20. Conveniences, checks and error messages
 # =============================================================================
