@@ -7272,7 +7272,7 @@ class Convolution2DFunction(Function):
             raise TypeError('convolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
         return x, W, b, (out_h, out_w)
 
-    # Continued in Chapter 19 (forward, backward, forward_whole, backward_whole, _blocks).
+    # Continued in Chapter 19 (forward, backward, _forward_whole, _backward_whole, _blocks).
 
 
 @_export('functions', 'functions.connection.convolution_2d')
@@ -15308,15 +15308,15 @@ _CONV_BLOCK = 1 << 21     # values of a block of patches (8 MB of float32)
 
 @_continue_class(Convolution2DFunction)
 class _Convolution2DInBlocks:
-    forward_whole = Convolution2DFunction.forward       # Chapter 11's
-    backward_whole = Convolution2DFunction.backward
+    _forward_whole = Convolution2DFunction.forward       # Chapter 11's
+    _backward_whole = Convolution2DFunction.backward
 
     def forward(self, inputs):
         x, W, b, (out_h, out_w) = self._checked(inputs)
         self.patches = None
         if not (isinstance(x, np.ndarray) and x.dtype.char in 'fd' and
                 all(a.dtype == x.dtype for a in inputs)):
-            return self.forward_whole(inputs)
+            return self._forward_whole(inputs)
         n, out_channels, g = len(x), W.shape[0], self.groups
         self.patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
                                dilate=self.dilate, order=_BATCH_LAST)
@@ -15331,7 +15331,7 @@ class _Convolution2DInBlocks:
 
     def backward(self, inputs, grad_outputs):
         if self.patches is None:
-            return self.backward_whole(inputs, grad_outputs)
+            return self._backward_whole(inputs, grad_outputs)
         x, W = inputs[0], inputs[1]
         gy = grad_outputs[0]
         n, out_channels, out_h, out_w = gy.shape
