@@ -5613,7 +5613,7 @@ def test_convolutions_of_an_empty_batch():
 
 
 # =============================================================================
-# Chapter 12. More optimizers and hooks
+# Chapter 13. More optimizers and hooks
 # =============================================================================
 
 GRADS = [np.array([0.1, -0.2, 0.3, 0.0]),
@@ -5952,7 +5952,7 @@ def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
 
 
 # Each optimizer against Chainer's formula written out in NumPy (float64, the
-# 3 steps of GRADS from P0; run_steps of Chapter 12's tests), its GPU kernel
+# 3 steps of GRADS from P0; run_steps of Chapter 13's tests), its GPU kernel
 # against its CPU path through the CuPy stand-in (OPTIMIZER_CASES of
 # bench/count_gpu_calls.py, test_fused_updates_through_the_stand_in_...), and
 # its state under Chainer's npz keys.
@@ -6329,7 +6329,7 @@ def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
 
 
 # =============================================================================
-# Chapter 13. Serializers
+# Chapter 14. Serializers
 # =============================================================================
 
 def _snapshot(model):
@@ -6848,7 +6848,7 @@ def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
 
 
 # =============================================================================
-# Chapter 14. Reporter
+# Chapter 15. Reporter
 # =============================================================================
 
 def test_report_outside_scope_is_noop():
@@ -6979,7 +6979,7 @@ def test_dict_summary_save_load(tmp_path):
 
 
 # =============================================================================
-# Chapter 15. Gradient check
+# Chapter 17. Gradient check
 # =============================================================================
 
 class WrongBackward(Function):
@@ -7128,7 +7128,7 @@ def test_gradient_check_with_dtype_option():
 
 
 # =============================================================================
-# Chapter 16. Data: datasets, downloading, iterators, batching
+# Chapter 19. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
 FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
@@ -8029,7 +8029,7 @@ def test_split_dataset_n_and_cross_validation_pick_chainers_samples():
 
 
 # =============================================================================
-# Chapter 17. The training loop: Trainer and extensions
+# Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
 
 needs_matplotlib = skip_unless(chainer._matplotlib_available(),
@@ -9544,7 +9544,7 @@ def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
 
 
 # =============================================================================
-# Chapter 18. Devices
+# Chapter 21. Devices
 # =============================================================================
 
 @pytest.mark.parametrize('spec', [-1, '-1', '@numpy', np, np.int64(-1)])
@@ -9600,7 +9600,7 @@ def test_plain_pytest_says_why_tests_skipped_one_line_a_reason():
 
 
 # =============================================================================
-# Chapter 19. Speed paths
+# Chapter 22. Speed paths
 # =============================================================================
 
 def test_zero_host_syncs_per_training_step_through_the_trainer():
@@ -9798,7 +9798,7 @@ def test_embed_id_with_ignore_label_does_not_wait_for_the_device():
     case + (False,) for case in GENERAL_CONV_CASES])
 def test_convolution_in_blocks_of_one_output_row(monkeypatch, x_shape, W_shape, stride, pad,
                                                  dilate, groups, cover_all):
-    # Chapter 19 runs convolution_2d a block of output rows at a time; with
+    # Chapter 22 runs convolution_2d a block of output rows at a time; with
     # blocks of one value every block is one row, so each row's col2im adds
     # into gx on its own.  Values as the loops, gradients numerical; x comes
     # in both layouts, and a data batch (no gradient for x) gives the same gW.
@@ -9828,7 +9828,7 @@ def test_convolution_in_blocks_of_one_output_row(monkeypatch, x_shape, W_shape, 
 
 
 def test_cnn_gradients_through_the_stand_in_equal_the_cpu_blocks():
-    # The CPU runs convolutions in blocks of rows (Chapter 19; here of one
+    # The CPU runs convolutions in blocks of rows (Chapter 22; here of one
     # row each), a GPU runs Chapter 11's whole products: a small CNN (conv, batch norm, ReLU, max
     # pooling twice, Linear, loss) gives the same loss and gradients on both.
     out = run_on_stand_in('''
@@ -9860,7 +9860,7 @@ def test_cnn_gradients_through_the_stand_in_equal_the_cpu_blocks():
 
 
 # =============================================================================
-# Chapter 20. Conveniences, checks and error messages
+# Chapter 23. Conveniences, checks and error messages
 # =============================================================================
 
 def test_debug_mode_nan_in_forward_names_function():
@@ -10221,7 +10221,7 @@ def test_more_float_only_functions_refuse_integers(name):
 
 
 # =============================================================================
-# Chapter 21. Chainer compatibility
+# Chapter 24. Chainer compatibility
 # =============================================================================
 
 def test_import_names():

@@ -192,7 +192,7 @@ def timed_chunks(contenders, batches, chunk):
 # The parts of the breakdown: (label, owner, attribute): owner a class of
 # onefchainer, None for the module itself, or 'model' for the Classifier
 # (whose accfun, F.accuracy, is bound when it is made).  col2im runs inside
-# the convolution's backward, a block of rows at a time (Chapter 19).
+# the convolution's backward, a block of rows at a time (Chapter 22).
 PARTS = [('convolution forward', 'Convolution2DFunction', 'forward'),
          ('convolution backward (with its col2im)', 'Convolution2DFunction', 'backward'),
          ('batch norm forward', 'BatchNormalizationFunction', 'forward'),
