@@ -7924,16 +7924,16 @@ def _col2im(gcol, h, w, stride, pad, dilate=(1, 1)):
     return gx
 
 
-def _inside(size, out, s, d, p, u):
-    """Along one axis, for kernel offset u: (the output positions i whose
-    pixel s*i + d*u - p lies inside 0..size-1, the slice of those pixels),
-    or None when there are none."""
-    first = max(0, -((d * u - p) // s))                 # ceil((p - d u) / s)
+def _inside(size, out, s, d, p, u, low=0):
+    """Along one axis, for kernel offset u: (the output positions i (in
+    low..out-1, counted from low) whose pixel s*i + d*u - p lies inside
+    0..size-1, the slice of those pixels), or None when there are none."""
+    first = max(low, -((d * u - p) // s))               # ceil((p - d u) / s)
     end = min(out, (size - 1 + p - d * u) // s + 1)
     if end <= first:
         return None
     start = s * first + d * u - p
-    return slice(first, end), slice(start, start + s * (end - first - 1) + 1, s)
+    return slice(first - low, end - low), slice(start, start + s * (end - first - 1) + 1, s)
 
 
 def _patches_nd(x, ksize, stride, pad, cover_all=False, pad_value=0, dilate=None):
@@ -8015,28 +8015,9 @@ class Convolution2DFunction(Function):
         self.groups = _positive_int(self.label, 'groups', groups)
 
     def forward(self, inputs):
-        x, W = inputs[0], inputs[1]
-        b = inputs[2] if len(inputs) == 3 else None
-        if W.ndim != 4:
-            raise ValueError('convolution_2d: W must be 4-D (out_channels, in_channels / '
-                             'groups, kh, kw), got W.shape {}'.format(W.shape))
-        out_h, out_w = _check_image(self.label, x.shape, W.shape[2:], self.stride, self.pad,
-                                    self.cover_all, self.dilate)
-        g = self.groups
-        if x.shape[1] != W.shape[1] * g or W.shape[0] % g:
-            raise ValueError('convolution_2d: x has {} channels but W expects {} (x.shape {}, '
-                             'W.shape {}){}'.format(
-                                 x.shape[1], W.shape[1] * g, x.shape, W.shape,
-                                 '' if g == 1 else ' with groups={} (W.shape[0] must divide '
-                                 'by it too)'.format(g)))
-        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
-            W = _in_dtype_of(self, x, W)
-        if b is not None and b.shape != (W.shape[0],):
-            raise ValueError('convolution_2d: b.shape {} != (W.shape[0],) = ({},)'
-                             .format(b.shape, W.shape[0]))
-        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
-            raise TypeError('convolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
+        x, W, b, (out_h, out_w) = self._checked(inputs)
         n, out_channels = len(x), W.shape[0]
+        g = self.groups
         # The one copy of the forward pass: the patches, kept for dL/dW, with
         # their columns in (i, j, n) order (the batch last, see above).
         patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
@@ -8068,6 +8049,33 @@ class Convolution2DFunction(Function):
         if len(inputs) == 3:
             return gx, gW, gy2.sum(axis=2).reshape(-1)
         return gx, gW
+
+    def _checked(self, inputs):
+        """forward's checks: (x, W in x's dtype, b or None, (out_h, out_w))."""
+        x, W = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) == 3 else None
+        if W.ndim != 4:
+            raise ValueError('convolution_2d: W must be 4-D (out_channels, in_channels / '
+                             'groups, kh, kw), got W.shape {}'.format(W.shape))
+        out_h, out_w = _check_image(self.label, x.shape, W.shape[2:], self.stride, self.pad,
+                                    self.cover_all, self.dilate)
+        g = self.groups
+        if x.shape[1] != W.shape[1] * g or W.shape[0] % g:
+            raise ValueError('convolution_2d: x has {} channels but W expects {} (x.shape {}, '
+                             'W.shape {}){}'.format(
+                                 x.shape[1], W.shape[1] * g, x.shape, W.shape,
+                                 '' if g == 1 else ' with groups={} (W.shape[0] must divide '
+                                 'by it too)'.format(g)))
+        if x.dtype != W.dtype:      # Chainer v7 mixes float dtypes (see _in_dtype_of)
+            W = _in_dtype_of(self, x, W)
+        if b is not None and b.shape != (W.shape[0],):
+            raise ValueError('convolution_2d: b.shape {} != (W.shape[0],) = ({},)'
+                             .format(b.shape, W.shape[0]))
+        if b is not None and b.dtype != x.dtype:       # as in Chainer v7
+            raise TypeError('convolution_2d: b.dtype {} != x.dtype {}'.format(b.dtype, x.dtype))
+        return x, W, b, (out_h, out_w)
+
+    # Continued in Chapter 22 (forward, backward, _forward_whole, _backward_whole, _blocks).
 
 
 @_export('functions', 'functions.connection.convolution_2d')
@@ -9200,11 +9208,13 @@ def unpooling_3d(x, ksize, stride=None, pad=0, outsize=None, cover_all=True):
 # images come batch-last from the convolution) and normalized a block of
 # rows at a time, small enough (_BN_BLOCK values) that the passes after the
 # first find the block in the cache; x_hat is not kept but recomputed in
-# backward from x, which the graph keeps anyway; and the two sums of
-# products, sum((x - mu)^2) and sum(gy (x - mu)), are einsum's, with no
-# array of products written first.  Forward and backward of the CNN's two
-# batch normalizations: 28 ms per step before, 15.5 ms after (CPU time,
-# NumPy 1.26, bench_cnn.py's breakdown); in one block, 30 % slower.  The
+# backward from x, which the graph keeps anyway; and the sums, sum(x),
+# sum((x - mu)^2) and sum(gy (x - mu)), are BLAS products (_row_sums,
+# _row_dots), with no array of products written first.  Forward and backward
+# of the CNN's two batch normalizations: 28 ms per step before, 15.5 ms
+# after (CPU time, NumPy 1.26, bench_cnn.py's breakdown), in one block 30 %
+# slower; with BLAS's sums instead of NumPy's sum and einsum, 7.9 -> 6.6 ms
+# when timed alone (CPU time, medians of 15 calls in 4 interleaved runs).  The
 # statistics stay float32, and two-pass: sum((x - mu)^2), not sum(x^2) - m mu^2,
 # which cancels in float32.
 
@@ -9271,9 +9281,9 @@ class BatchNormalizationFunction(Function):
         var_all = xp.empty(len(x2), wide)
         gamma2, beta2 = gamma.reshape(-1, 1), beta.reshape(-1, 1)
         for rows, centered in _row_blocks(x2):
-            mean = x2[rows].mean(axis=1, keepdims=True, dtype=wide)
+            mean = _row_sums(x2[rows], wide)[:, None] / wide.type(m)
             xp.subtract(x2[rows], mean, out=centered, casting='unsafe')
-            var = xp.einsum('ij,ij->i', centered, centered, dtype=wide)[:, None] / wide.type(m)
+            var = _row_dots(centered, centered, wide)[:, None] / wide.type(m)
             inv_std = 1.0 / xp.sqrt(var + wide.type(self.eps))
             self.mean[rows], var_all[rows], self.inv_std[rows] = mean[:, 0], var[:, 0], \
                 inv_std[:, 0]
@@ -9306,9 +9316,8 @@ class BatchNormalizationFunction(Function):
             # x_hat = (x - mu) inv_std, gx = scale gy + a (x - mu) + c per row.
             xp.subtract(x2[rows], self.mean[rows, None], out=centered)
             inv_std, scale = self.inv_std[rows, None], gamma2[rows] * self.inv_std[rows, None]
-            gbeta[rows] = gy2[rows].sum(axis=1, dtype=wide)
-            ggamma[rows] = xp.einsum('ij,ij->i', gy2[rows], centered, dtype=wide) * \
-                inv_std[:, 0]
+            gbeta[rows] = _row_sums(gy2[rows], wide)
+            ggamma[rows] = _row_dots(gy2[rows], centered, wide) * inv_std[:, 0]
             centered *= -scale * inv_std * (ggamma[rows, None] / m)
             xp.multiply(gy2[rows], scale, out=gx2[rows])
             gx2[rows] += centered
@@ -9340,6 +9349,26 @@ def _channel_rows_back(y2, x, axis, averaged):
 
 
 _BN_BLOCK = 1 << 17       # values: a block of rows and its scratch stay in the cache
+
+
+def _row_sums(a2, wide):
+    """The sums of the rows of a2 (K, m), in the dtype `wide`.  For float32
+    and float64 a matrix-vector product with ones: BLAS adds with several
+    accumulators in registers, three times as fast as NumPy's pairwise sum
+    (0.25 against 0.8 ms for the MNIST CNN's first map) and as accurate in
+    practice; float16 has no BLAS and is summed in float32 (_accumulator)."""
+    if a2.dtype != wide:
+        return a2.sum(axis=1, dtype=wide)
+    return a2 @ _xp(a2).ones(a2.shape[1], wide)
+
+
+def _row_dots(a2, b2, wide):
+    """sum(a2 * b2, axis=1) with no array of products written: one BLAS dot
+    per row for float32 and float64 (twice as fast as einsum), einsum in
+    float32 for float16."""
+    if a2.dtype != wide:
+        return _xp(a2).einsum('ij,ij->i', a2, b2, dtype=wide)
+    return (a2[:, None, :] @ b2[:, :, None])[:, 0, 0]
 
 
 def _row_blocks(x2):
@@ -22168,6 +22197,112 @@ class _SoftmaxCrossEntropyOnTheGPU:
                             np.nan).astype(dtype)
         return self.coefficient_kernel(count=count, worst=worst, none=_NO_BAD_LABEL,
                                        nan_value=np.nan, coeff=xp.empty((), dtype))  # one launch
+
+
+# ----- Chapter 11's convolution, in blocks of output rows ---------------------------
+# Chapter 11 builds the whole patch matrix, keeps it until backward, and
+# backward writes gcol = W2^T gy2, as large, for col2im to read back.  In the
+# MNIST CNN's second convolution each is 22.6 MB, larger than the cache, so
+# every copy and product streams it through memory, and together they are
+# 45 MB of the step's peak.  Taken a block of output rows at a time (five
+# of its 14 rows, _CONV_BLOCK values of patches), the same arithmetic stays
+# in the cache: forward copies a block's patches and multiplies; backward
+# copies them again from the padded x (kept, as the view `patches`: 3.3 MB
+# against 22.6), runs both products on the block, and col2im adds the
+# block's gcol into gx while it is still in the cache.  dL/dW is the sum of
+# the blocks' products.  The products are as fast on blocks of 1,400 columns
+# (one row) as on 19,600 at one BLAS thread, and five rows were no slower
+# than one in the whole step; larger blocks mean fewer BLAS calls, each of
+# which wakes and joins BLAS's threads when there are several.
+# Measured (CPU time, one BLAS thread): that convolution's forward and
+# backward 33 -> 29 ms alone; the whole CNN step 6.5 % faster (median of 30
+# interleaved chunks of 5 steps, quartiles 1 to 12 %); its peak memory 106 ->
+# 78 MB.  On a GPU, and for float16 (NumPy has no BLAS for it), Chapter 11's code.
+
+_CONV_BLOCK = 1 << 21     # values of a block of patches (8 MB of float32)
+
+
+@_continue_class(Convolution2DFunction)
+class _Convolution2DInBlocks:
+    _forward_whole = Convolution2DFunction.forward       # Chapter 11's
+    _backward_whole = Convolution2DFunction.backward
+
+    def forward(self, inputs):
+        x, W, b, (out_h, out_w) = self._checked(inputs)
+        self.patches = None
+        if not (isinstance(x, np.ndarray) and x.dtype.char in 'fd' and
+                all(a.dtype == x.dtype for a in inputs)):
+            return self._forward_whole(inputs)
+        n, out_channels, g = len(x), W.shape[0], self.groups
+        self.patches = _patches(x, W.shape[2:], self.stride, self.pad, self.cover_all,
+                               dilate=self.dilate, order=_BATCH_LAST)
+        W3 = W.reshape(g, out_channels // g, -1)
+        y = np.empty((out_channels, out_h, out_w, n), x.dtype)
+        y3 = y.reshape(g, out_channels // g, -1)
+        for rows, columns, col in self._blocks(W.shape, out_h):
+            np.matmul(W3, col, out=y3[:, :, columns])
+        if b is not None:
+            y += b[:, None, None, None]
+        return y.transpose(3, 0, 1, 2),
+
+    def backward(self, inputs, grad_outputs):
+        if self.patches is None:
+            return self._backward_whole(inputs, grad_outputs)
+        x, W = inputs[0], inputs[1]
+        gy = grad_outputs[0]
+        n, out_channels, out_h, out_w = gy.shape
+        g = self.groups
+        gy2 = gy.transpose(1, 2, 3, 0).reshape(g, out_channels // g, -1)
+        W3t = W.reshape(g, out_channels // g, -1).swapaxes(1, 2)
+        gW = np.zeros((g, out_channels // g, W[0].size), np.result_type(gy, x))
+        product = np.empty_like(gW)
+        gx = gcol = None
+        if self.inputs[0].requires_grad:      # a data batch needs none
+            (c, h, w), (kh, kw) = x.shape[1:], W.shape[2:]
+            (sy, sx), (ph, pw), (dy, dx) = self.stride, self.pad, self.dilate
+            gx = np.zeros((c, h, w, n), np.result_type(W, gy))      # (C, h, w, N): batch last
+            gcol = np.empty(W3t.shape[:2] + (self._rows_per_block(W.shape, out_h, n)
+                                             * out_w * n,), gx.dtype)
+            columns_of = [_inside(w, out_w, sx, dx, pw, v) for v in range(kw)]
+        for (low, high), columns, col in self._blocks(W.shape, out_h):
+            block = gy2[:, :, columns]
+            np.matmul(block, col.swapaxes(1, 2), out=product)
+            gW += product
+            if gx is None:
+                continue
+            part = gcol[:, :, :block.shape[2]]
+            np.matmul(W3t, block, out=part)
+            part = part.reshape(c, kh, kw, high - low, out_w, n)
+            for u in range(kh):         # col2im of the block's rows, as _col2im does
+                rows = _inside(h, high, sy, dy, ph, u, low)
+                for v in range(kw):
+                    if rows and columns_of[v]:
+                        gx[:, rows[1], columns_of[v][1]] += \
+                            part[:, u, v, rows[0], columns_of[v][0]]
+        gx = None if gx is None else gx.transpose(3, 0, 1, 2)
+        gW = gW.reshape(W.shape)
+        if len(inputs) == 3:
+            return gx, gW, gy2.sum(axis=2).reshape(-1)
+        return gx, gW
+
+    def _rows_per_block(self, w_shape, out_h, n):
+        per_row = math.prod(w_shape[1:]) * self.groups * self.patches.shape[5] * n
+        return max(1, min(out_h, _CONV_BLOCK // max(per_row, 1)))
+
+    def _blocks(self, w_shape, out_h):
+        """((first row, end row), the block's columns of y2, its patches
+        (G, C/G*kh*kw, rows*out_w*N)) for each block of output rows; the
+        patches are written into one scratch array, reused."""
+        n, c, kh, kw, _, out_w = self.patches.shape
+        count = self._rows_per_block(w_shape, out_h, n)
+        scratch = np.empty(c * kh * kw * count * out_w * n, self.patches.dtype)
+        for low in range(0, out_h, count):
+            high = min(out_h, low + count)
+            col = scratch[:c * kh * kw * (high - low) * out_w * n].reshape(
+                c, kh, kw, high - low, out_w, n)
+            np.copyto(col, self.patches[:, :, :, :, low:high].transpose(1, 2, 3, 4, 5, 0))
+            yield (low, high), slice(low * out_w * n, high * out_w * n), \
+                col.reshape(self.groups, c * kh * kw // self.groups, (high - low) * out_w * n)
 
 
 # =============================================================================

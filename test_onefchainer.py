@@ -12690,6 +12690,72 @@ def test_embed_id_with_ignore_label_does_not_wait_for_the_device():
     assert syncs == [] and ignored_row == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize('x_shape,W_shape,stride,pad,dilate,groups,cover_all', [
+    case[:4] + ((1, 1), 1, case[4]) for case in CONV_CASES] + [
+    case + (False,) for case in GENERAL_CONV_CASES])
+def test_convolution_in_blocks_of_one_output_row(monkeypatch, x_shape, W_shape, stride, pad,
+                                                 dilate, groups, cover_all):
+    # Chapter 22 runs convolution_2d a block of output rows at a time; with
+    # blocks of one value every block is one row, so each row's col2im adds
+    # into gx on its own.  Values as the loops, gradients numerical; x comes
+    # in both layouts, and a data batch (no gradient for x) gives the same gW.
+    monkeypatch.setattr(chainer, '_CONV_BLOCK', 1)
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)
+    stride, pad = pair(stride), pair(pad)
+    x, W, b = f64(*x_shape, seed=1), f64(*W_shape, seed=2), f64(W_shape[0], seed=3)
+    if cover_all:
+        expected = conv_by_loops(x, W, b, stride, pad, cover_all)
+    else:
+        expected = conv_general_by_loops(x, W, stride, pad, dilate, groups) + b[:, None, None]
+    conv = lambda x, W, b: F.convolution_2d(x, W, b, stride, pad, cover_all, dilate=dilate,
+                                            groups=groups)
+    for layout in (x, np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)):
+        np.testing.assert_allclose(host(conv(dev(layout), dev(W), dev(b))), expected,
+                                   rtol=1e-12, atol=1e-12)
+    gy = f64(*expected.shape, seed=4)
+    gradient_check.check_backward(conv, (dev(x), dev(W), dev(b)), dev(gy), atol=1e-7, rtol=1e-6)
+    grads = []
+    for requires_grad in (True, False):
+        Wv = Variable(dev(W))
+        y = conv(Variable(dev(x), requires_grad=requires_grad), Wv, dev(b))
+        y.grad = dev(gy)
+        y.backward()
+        grads.append(host(Wv.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_cnn_gradients_through_the_stand_in_equal_the_cpu_blocks():
+    # The CPU runs convolutions in blocks of rows (Chapter 22; here of one
+    # row each), a GPU runs Chapter 11's whole products: a small CNN (conv, batch norm, ReLU, max
+    # pooling twice, Linear, loss) gives the same loss and gradients on both.
+    out = run_on_stand_in('''
+        import json, numpy as np, onefchainer as chainer
+        F, L = chainer.functions, chainer.links
+        chainer.config.dtype = np.float64
+        chainer._CONV_BLOCK = 1             # one row per block: several blocks
+        rng = np.random.RandomState(0)
+        x, t = rng.standard_normal((4, 2, 8, 8)), rng.randint(0, 10, 4).astype(np.int32)
+        def run(device):
+            np.random.seed(1)
+            links = [L.Convolution2D(2, 4, 3, pad=1, nobias=True), L.BatchNormalization(4),
+                     L.Convolution2D(4, 6, 3, stride=1, pad=1), L.Linear(24, 10)]
+            for link in links:
+                link.to_device(device)
+            send = chainer.get_device(device).send
+            h = F.max_pooling_2d(F.relu(links[1](links[0](chainer.Variable(send(x))))), 2)
+            h = F.max_pooling_2d(F.relu(links[2](h)), 2)
+            loss = F.softmax_cross_entropy(links[3](h), send(t))
+            loss.backward()
+            host = lambda a: np.asarray(a.get() if hasattr(a, 'get') else a).tolist()
+            return [host(loss.array)] + [host(p.grad) for link in links for p in link.params()]
+        print(json.dumps([run('@numpy'), run('@cupy:0')]))
+    ''')
+    cpu, gpu = json.loads(out.strip().splitlines()[-1])
+    assert len(cpu) == 8
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 # =============================================================================
 # Chapter 23. Conveniences, checks and error messages
 # =============================================================================

@@ -15,7 +15,7 @@ The floor: the matrix products of the step alone (the three of each
 convolution's patch matrix and of each Linear, forward and backward, on the
 same shapes and layouts, nothing else), timed in chunks between the models'
 chunks.  The breakdown: onefchainer's step again, each part timed on its
-own (convolution forward / backward less its col2im, col2im, batch norm,
+own (convolution forward / backward with its col2im, batch norm,
 ReLU, pooling, Linear, softmax cross entropy, Adam, and the rest: the
 graph, backprop and the Python around them).  Peak memory: tracemalloc's
 peak over one step, above what was allocated before it.
@@ -189,11 +189,12 @@ def timed_chunks(contenders, batches, chunk):
     return results
 
 
-# The parts of the breakdown: (label, class or module function, method).
-# col2im runs inside the convolution's backward and is taken out of it.
+# The parts of the breakdown: (label, owner, attribute): owner a class of
+# onefchainer, None for the module itself, or 'model' for the Classifier
+# (whose accfun, F.accuracy, is bound when it is made).  col2im runs inside
+# the convolution's backward, a block of rows at a time (Chapter 22).
 PARTS = [('convolution forward', 'Convolution2DFunction', 'forward'),
-         ('convolution backward (less col2im)', 'Convolution2DFunction', 'backward'),
-         ('  col2im', None, '_col2im'),
+         ('convolution backward (with its col2im)', 'Convolution2DFunction', 'backward'),
          ('batch norm forward', 'BatchNormalizationFunction', 'forward'),
          ('batch norm backward', 'BatchNormalizationFunction', 'backward'),
          ('ReLU forward', 'ReLU', 'forward'),
@@ -204,11 +205,11 @@ PARTS = [('convolution forward', 'Convolution2DFunction', 'forward'),
          ('Linear backward', 'LinearFunction', 'backward'),
          ('softmax cross entropy, accuracy', 'SoftmaxCrossEntropy', 'forward'),
          ('', 'SoftmaxCrossEntropy', 'backward'),
-         ('', 'Accuracy', 'forward'),
-         ('Adam', None, '_adam_update')]
+         ('', 'model', 'accfun'),
+         ('Adam', 'AdamRule', '_step')]
 
 
-def breakdown(step, batches):
+def breakdown(step, model, batches):
     """ms per step spent in each part of onefchainer's step, by timing every
     call of the functions that make it up (a few microseconds of timing per
     call land in 'the rest')."""
@@ -225,9 +226,11 @@ def breakdown(step, batches):
         return wrapper
 
     for i, (label, owner, name) in enumerate(PARTS):
-        holder = onefchainer if owner is None else getattr(onefchainer, owner, None)
-        if holder is None or name not in vars(holder):
-            continue
+        holder = onefchainer if owner is None else model if owner == 'model' else \
+            getattr(onefchainer, owner, None)
+        if holder is None or name not in vars(holder):     # renamed: say so, not 0 ms
+            raise SystemExit('bench_cnn.py: the breakdown times {}.{}, which onefchainer no '
+                             'longer has; update PARTS'.format(owner or 'onefchainer', name))
         originals.append((holder, name, vars(holder)[name]))
         setattr(holder, name, timed(i, vars(holder)[name]))
     try:
@@ -239,7 +242,6 @@ def breakdown(step, batches):
         for holder, name, original in originals:
             setattr(holder, name, original)
     ms = [spent.get(i, 0.0) / len(batches) * 1e3 for i in range(len(PARTS))]
-    ms[1] -= ms[2]                              # col2im is inside the backward
     merged = []
     for (label, _, _), t in zip(PARTS, ms):
         if label:
@@ -278,6 +280,9 @@ def run(args):
     identity = (lambda x, t: (x, t))
     contenders = {'onefchainer': (ours, identity),
                   'GEMM-only floor': (gemm_floor(args.batchsize), identity)}
+    # Chainer 7.8.1 imports numpy.distutils, which newer setuptools' own
+    # distutils breaks (no msvccompiler); Python 3.11's standard one works.
+    os.environ.setdefault('SETUPTOOLS_USE_DISTUTILS', 'stdlib')
     try:
         import chainer
         import chainer.functions as CF
@@ -314,7 +319,7 @@ def run(args):
               len(spread), min(spread), max(spread),
               *statistics.quantiles(spread, n=4)[::2]))
     if not args.no_breakdown:
-        total, parts = breakdown(ours, batches[warmup:warmup + 30])
+        total, parts = breakdown(ours, model, batches[warmup:warmup + 30])
         print('  onefchainer step, part by part (ms/step, {:.1f} ms in all while timed '
               'so):'.format(total))
         for label, ms in parts:
