@@ -9281,6 +9281,84 @@ class Inception(Chain):
         return relu(concat(branches, axis=1))
 
 
+@_export('links', 'links.connection.inceptionbn')
+class InceptionBN(Chain):
+    """The inception block of GoogLeNet with batch normalization (Ioffe &
+    Szegedy 2015): every convolution is followed by BatchNormalization and
+    relu, the 5x5 branch becomes two 3x3 convolutions, and the pooling is
+    max or average:
+
+        [relu(bn(conv1(x)))]                      (only when out1 > 0)
+        relu(bn(conv3(relu(bn(proj3(x))))))
+        relu(bn(conv33b(relu(bn(conv33a(relu(bn(proj33(x)))))))))
+        pool(x, 3, stride, pad=1)  [-> relu(bn(poolp(.)))  when proj_pool]
+
+    concatenated along the channels (no relu after the concat, unlike
+    Inception).  InceptionBN(in_channels, out1, proj3, out3, proj33, out33,
+    pooltype, proj_pool=None, stride=1, conv_init=None, dtype=None):
+    pooltype 'max' (max_pooling_2d, cover_all=False) or 'avg'; `stride` is
+    that of the last convolution of each branch and of the pooling, so a
+    stride-2 block halves H and W (it must have out1 == 0).  The convolutions
+    have no bias (the batch normalization's beta plays its part); dtype is
+    the normalizations' (default config.dtype).  x (N, in_channels, H, W) ->
+    (N, out1 + out3 + out33 + (proj_pool or in_channels), H', W').
+    Saved keys: conv1, proj3, conv3, proj33, conv33a, conv33b, poolp (W) and
+    conv1n, proj3n, conv3n, proj33n, conv33an, conv33bn, poolpn (gamma, beta,
+    avg_mean, avg_var, N).  Raises NotImplementedError for another pooltype,
+    ValueError for out1 > 0 with stride != 1 or without proj_pool.
+    Chainer: chainer.links.InceptionBN.
+    """
+
+    def __init__(self, in_channels, out1, proj3, out3, proj33, out33, pooltype,
+                 proj_pool=None, stride=1, conv_init=None, dtype=None):
+        super().__init__()
+        if pooltype not in ('max', 'avg'):
+            raise NotImplementedError("InceptionBN: pooltype must be 'max' or 'avg', got {!r}"
+                                      .format(pooltype))
+        if out1 > 0 and (stride != 1 or proj_pool is None):
+            raise ValueError('InceptionBN: a 1x1 branch (out1={}) needs stride 1 and a '
+                             'proj_pool, got stride={}, proj_pool={}'.format(out1, stride, proj_pool))
+        self.out1, self.proj_pool, self.stride, self.pooltype = out1, proj_pool, stride, pooltype
+        dtype = get_dtype(dtype)
+
+        def conv(n_in, n_out, ksize, stride=1):
+            return Convolution2D(n_in, n_out, ksize, stride=stride, pad=ksize // 2,
+                                 nobias=True, initialW=conv_init)
+
+        with self.init_scope():
+            self.proj3, self.proj3n = conv(in_channels, proj3, 1), BatchNormalization(proj3, dtype=dtype)
+            self.conv3, self.conv3n = conv(proj3, out3, 3, stride), BatchNormalization(out3, dtype=dtype)
+            self.proj33 = conv(in_channels, proj33, 1)
+            self.proj33n = BatchNormalization(proj33, dtype=dtype)
+            self.conv33a, self.conv33an = conv(proj33, out33, 3), BatchNormalization(out33, dtype=dtype)
+            self.conv33b = conv(out33, out33, 3, stride)
+            self.conv33bn = BatchNormalization(out33, dtype=dtype)
+            if out1 > 0:
+                self.conv1, self.conv1n = conv(in_channels, out1, 1), BatchNormalization(out1, dtype=dtype)
+            if proj_pool is not None:
+                self.poolp = conv(in_channels, proj_pool, 1)
+                self.poolpn = BatchNormalization(proj_pool, dtype=dtype)
+
+    def forward(self, x):
+        """The branches, concatenated along axis 1. Chainer: InceptionBN.forward."""
+        outs = []
+        if self.out1 > 0:
+            outs.append(relu(self.conv1n(self.conv1(x))))
+        h = relu(self.proj3n(self.proj3(x)))
+        outs.append(relu(self.conv3n(self.conv3(h))))
+        h = relu(self.proj33n(self.proj33(x)))
+        h = relu(self.conv33an(self.conv33a(h)))
+        outs.append(relu(self.conv33bn(self.conv33b(h))))
+        if self.pooltype == 'max':
+            p = max_pooling_2d(x, 3, stride=self.stride, pad=1, cover_all=False)
+        else:
+            p = average_pooling_2d(x, 3, stride=self.stride, pad=1)
+        if self.proj_pool is not None:
+            p = relu(self.poolpn(self.poolp(p)))
+        outs.append(p)
+        return concat(outs, axis=1)
+
+
 @_export('links', 'links.normalization.layer_normalization')
 class LayerNormalization(Link):
     """Layer normalization with learned gamma and beta (F.layer_normalization).
@@ -16549,7 +16627,7 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BinaryHierarchicalSoftmax BlackOut DecorrelatedBatchNormalization '
-            'InceptionBN NegativeSampling TheanoFunction Deconvolution1D Deconvolution3D '
+            'NegativeSampling TheanoFunction Deconvolution1D Deconvolution3D '
             'DeconvolutionND '
             'DeformableConvolution2D '
             'LocalConvolution2D')

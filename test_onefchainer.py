@@ -5656,6 +5656,54 @@ def test_mlp_convolution_2d_and_inception(tmp_path):
         'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
 
 
+@pytest.mark.parametrize('key', ['a', 'b'])
+def test_inception_bn_matches_chainer_781(key, tmp_path):
+    # testdata/chainer781/make_inceptionbn_fixture.py: Chainer's outputs, gradients and saved
+    # statistics for the same weights and inputs (one training batch, then test mode)
+    cases = np.load(os.path.join(CHAINER781_DIR, 'inceptionbn_cases.npz'))
+    link = (L.InceptionBN(3, 2, 2, 3, 2, 3, 'max', proj_pool=2) if key == 'a'
+            else L.InceptionBN(3, 0, 2, 3, 2, 2, 'avg', stride=2))
+    params = dict(link.namedparams())
+    prefix = key + '/params'
+    assert sorted(params) == sorted(n[len(prefix):] for n in cases.files if n.startswith(prefix))
+    for name, param in params.items():
+        param.array[...] = cases[prefix + name]
+    link.to_device(TEST_DEVICE)
+    x = Variable(dev(cases[key + '/x']))
+    with chainer.using_config('train', True):
+        y = link(x)
+    np.testing.assert_allclose(host(y.array), cases[key + '/y'], rtol=1e-4, atol=1e-5)
+    y.grad = dev(cases[key + '/gy'])
+    y.backward()
+    np.testing.assert_allclose(host(x.grad), cases[key + '/gx'], rtol=1e-4, atol=1e-4)
+    with chainer.using_config('train', False):
+        y_test = link(dev(cases[key + '/x2']))
+    np.testing.assert_allclose(host(y_test.array), cases[key + '/y_test'], rtol=1e-4, atol=1e-5)
+    path = str(tmp_path / 'ours.npz')
+    serializers.save_npz(path, link)
+    ours, theirs = np.load(path), np.load(os.path.join(CHAINER781_DIR, 'inceptionbn_%s.npz' % key))
+    assert sorted(ours.files) == sorted(theirs.files)      # Chainer's npz layout
+    for name in theirs.files:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    fresh = L.InceptionBN(3, 2, 2, 3, 2, 3, 'max', proj_pool=2) if key == 'a' else \
+        L.InceptionBN(3, 0, 2, 3, 2, 2, 'avg', stride=2)
+    serializers.load_npz(os.path.join(CHAINER781_DIR, 'inceptionbn_%s.npz' % key), fresh)
+
+
+def test_inception_bn_shapes_and_errors():
+    link = L.InceptionBN(4, 0, 2, 3, 2, 5, 'max', stride=2, dtype=np.float64)
+    y = link(f32(2, 4, 7, 8))
+    assert y.shape == (2, 3 + 5 + 4, 4, 4)                # pool branch keeps in_channels
+    assert link.conv3n.gamma.dtype == np.float64 and link.proj3.b is None
+    assert not hasattr(link, 'conv1') and not hasattr(link, 'poolp')
+    with pytest.raises(NotImplementedError, match="pooltype must be 'max' or 'avg', got 'sum'"):
+        L.InceptionBN(4, 0, 2, 3, 2, 5, 'sum')
+    with pytest.raises(ValueError, match='out1=2.*stride=2'):
+        L.InceptionBN(4, 2, 2, 3, 2, 5, 'max', proj_pool=2, stride=2)
+    from onefchainer.links.connection import inceptionbn
+    assert inceptionbn.InceptionBN is L.InceptionBN
+
+
 def test_convolutions_of_an_empty_batch():
     # As Chainer: a batch of 0 gives 0 outputs of the right shape, and a zero
     # gradient for W (the patch matrix has 0 columns, not an unknown row count).
