@@ -63,7 +63,7 @@ __version__ = '0.1.0'
 # NVIDIA GPU.  CuPy copies NumPy's API, so code that takes its array module
 # `xp` from its data (`xp = get_array_module(x)`) runs on either device
 # unchanged.  That is the whole idea; no function below calls bare `np.` on
-# data.  (Devices as objects, '@numpy' and '@cupy:0', are plumbing: Chapter 18.)
+# data.  (Devices as objects, '@numpy' and '@cupy:0', are plumbing: Chapter 21.)
 
 
 try:  # CuPy is optional: everything works without it.
@@ -110,7 +110,7 @@ class _Config:
         self.type_check = True
         self.use_cudnn = 'never'
 
-    # Continued in Chapter 21 (show).
+    # Continued in Chapter 24 (show).
 
 
 config = _Config()
@@ -197,7 +197,7 @@ class Variable:
 
     @grad.setter
     def grad(self, grad):
-        self._grad = _checked_grad(self, grad)     # shape and dtype: Chapter 20
+        self._grad = _checked_grad(self, grad)     # shape and dtype: Chapter 23
 
     def cleargrad(self):
         """Forget the gradient (grad = None); optimizers do this before backward."""
@@ -236,9 +236,9 @@ class Variable:
     __hash__ = object.__hash__
 
     # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
-    # __pow__, __getitem__, reshape, T, ...); Chapter 18 (xp, device, to_device,
-    # to_cpu, ...); Chapter 20 (array, grad_var, backward, __len__, ...);
-    # Chapter 21 (set_creator, addgrad, copydata, mean, ...).
+    # __pow__, __getitem__, reshape, T, ...); Chapter 21 (xp, device, to_device,
+    # to_cpu, ...); Chapter 23 (array, grad_var, backward, __len__, ...);
+    # Chapter 24 (set_creator, addgrad, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -299,7 +299,7 @@ class Function:
         try:
             out_data = self.forward(in_data)
         except (TypeError, ValueError, IndexError) as error:
-            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 20
+            _explain(self, in_data, error)    # adds the function's name and inputs: Chapter 23
             raise                             # the same error, down to forward's failing line
         if type(out_data) is not tuple:
             out_data = tuple(out_data) if isinstance(out_data, list) else (out_data,)
@@ -322,9 +322,9 @@ class Function:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # forward and backward are yours to write (above); Chainer's per-device
-    # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 21.
+    # variants (forward_cpu, forward_gpu, ...) are plumbing: Chapter 24.
 
-    # Continued in Chapter 20 (output_data, unchain); Chapter 21 (forward,
+    # Continued in Chapter 23 (output_data, unchain); Chapter 24 (forward,
     # backward, forward_cpu, backward_cpu, ...).
 
 
@@ -396,7 +396,7 @@ def _backprop(roots, retain_grad):
         in_data = (inputs[0].data,) if len(inputs) == 1 else tuple([x.data for x in inputs])
         grad_inputs = function.backward(in_data, grad_outputs)
         if type(grad_inputs) is not tuple or len(grad_inputs) != len(inputs) or config.debug:
-            grad_inputs = _checked_grad_inputs(function, grad_inputs)   # Chapter 20
+            grad_inputs = _checked_grad_inputs(function, grad_inputs)   # Chapter 23
         for x, gx in zip(inputs, grad_inputs):
             if gx is None or not x.requires_grad:
                 continue
@@ -439,7 +439,7 @@ def _backprop(roots, retain_grad):
 
 # Each public name says, where it is defined, which of Chainer's modules
 # hold it: `@_export('functions')` above `def relu` (below) makes it
-# onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 21
+# onefchainer.functions.relu, as chainer.functions.relu is.  Chapter 24
 # builds the modules from these marks.
 _exports = collections.defaultdict(dict)   # module path -> {name: object}
 
@@ -543,7 +543,7 @@ class LinearFunction(Function):
             raise ValueError('linear: x.shape[1] ({}) != W.shape[1] ({}) (x.shape '
                              '{}, W.shape {})'.format(x.shape[1], W.shape[1],
                                                       inputs[0].shape, W.shape))
-        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 20
+        if x.dtype != W.dtype:          # Chainer v7 mixes float dtypes: Chapter 23
             W = _in_dtype_of(self, x, W)
         _require_float('linear', W)
         y = x @ W.T            # matmul: a little faster than dot on transposed operands
@@ -605,7 +605,7 @@ class ReLU(Function):
     def backward(self, inputs, grad_outputs):      # 1 where x > 0, else 0
         return grad_outputs[0] * (self.y > 0),
 
-    # Continued in Chapter 19 (backward, grad_kernel).
+    # Continued in Chapter 22 (backward, grad_kernel).
 
 
 @_export('functions', 'functions.activation.relu')
@@ -646,7 +646,7 @@ class SoftmaxCrossEntropy(Function):
         """(valid, t with ignored labels replaced by 0); a label outside
         [0, n_class) that is not ignore_label raises ValueError."""
         bad = ((t < 0) | (t >= n_class)) & (t != self.ignore_label)
-        if bad.any():       # on a GPU this would wait for the device: Chapter 19 defers it
+        if bad.any():       # on a GPU this would wait for the device: Chapter 22 defers it
             index = tuple(int(i[0]) for i in _xp(t).nonzero(bad))
             raise ValueError(
                 '{}: labels must be in [0, {}) or equal ignore_label ({}); t{} is {}'
@@ -656,7 +656,7 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, inputs):
         x, t = inputs
-        self._check(x, t)                  # shapes and dtypes: Chapter 20
+        self._check(x, t)                  # shapes and dtypes: Chapter 23
         self.valid, safe_t = self._check_labels(t, x.shape[1])
         loss = self._losses(x, safe_t)
         if self.reduce == 'no':
@@ -677,7 +677,7 @@ class SoftmaxCrossEntropy(Function):
         self.y = e / s         # softmax, reused by backward
         loss = -log_p * self.valid
         if self.class_weight is not None:
-            class_weight = _device_of(x).send(self.class_weight)   # a host array: Chapter 18
+            class_weight = _device_of(x).send(self.class_weight)   # a host array: Chapter 21
             self.weight = class_weight[self.t[:, 0]] * self.valid
             loss *= self.weight
         return loss
@@ -697,7 +697,7 @@ class SoftmaxCrossEntropy(Function):
             gx *= w * (gy * self.coeff)
         return gx, None
 
-    # Continued in Chapter 19 (forward, _coefficient_later); Chapter 20 (_check).
+    # Continued in Chapter 22 (forward, _coefficient_later); Chapter 23 (_check).
 
 
 @_export('functions', 'functions.loss.softmax_cross_entropy')
@@ -719,7 +719,7 @@ def softmax_cross_entropy(x, t, normalize=True, cache_score=True,
     signature and have no effect. Raises TypeError for non-float x or
     non-integer t, ValueError for mismatched shapes or an unknown reduce, and
     ValueError for a label outside [0, C) that is not ignore_label (on a GPU
-    at the next read of a value: Chapter 19). Chainer: F.softmax_cross_entropy.
+    at the next read of a value: Chapter 22). Chainer: F.softmax_cross_entropy.
     """
     if reduce not in ('mean', 'no'):
         raise ValueError("softmax_cross_entropy: reduce must be 'mean' or 'no', "
@@ -769,13 +769,13 @@ class Parameter(Variable):
     def initialize(self, shape, xp=np):
         """Create the data: a new array of `shape` (int or tuple) on `xp`
         (default numpy) filled by the parameter's initializer; clears the gradient
-        (zeros if zerograd came first: Chapter 20). Chainer: Parameter.initialize.
+        (zeros if zerograd came first: Chapter 23). Chainer: Parameter.initialize.
         """
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         self.data = generate_array(self.initializer, shape, xp)
         self._grad = xp.zeros_like(self.data) if self.__dict__.pop('_zeros_asked', 0) else None
 
-    # Continued in Chapter 18 (to_device); Chapter 20 (zerograd, cleargrad, update).
+    # Continued in Chapter 21 (to_device); Chapter 23 (zerograd, cleargrad, update).
 
 
 @_export('link')
@@ -854,8 +854,8 @@ class Link:
             type(self).__name__))
 
     # Continued in Chapter 10 (links, namedlinks, children, within_init_scope,
-    # ...); Chapter 13 (serialize); Chapter 18 (device, xp, to_device, to_cpu,
-    # ...); Chapter 21 (addgrads).
+    # ...); Chapter 14 (serialize); Chapter 21 (device, xp, to_device, to_cpu,
+    # ...); Chapter 24 (addgrads).
 _export('device_resident', DeviceResident=Link)
 
 
@@ -889,7 +889,7 @@ class Chain(Link):
                 yield '/' + name + path, param
 
     # Continued in Chapter 10 (children, namedlinks, __delattr__, __getitem__,
-    # ...); Chapter 13 (serialize).
+    # ...); Chapter 14 (serialize).
 
 
 @_export('links', 'links.connection.linear')
@@ -922,7 +922,7 @@ class Linear(Link):
         """linear(x, W, b); a lazily sized W takes in_size from the first x.
         n_batch_axes must be 1. Chainer: chainer.links.Linear.forward."""
         if self.W.data is None:
-            data = _check_first_input('Linear', x)      # its array: Chapter 20
+            data = _check_first_input('Linear', x)      # its array: Chapter 23
             self.W.initialize((self.out_size, int(np.prod(data.shape[1:]))), _xp(data))
         return linear(x, self.W, self.b, n_batch_axes)
 
@@ -962,7 +962,7 @@ class Hyperparameter:
             raise AttributeError('hyperparameter {!r} is not defined'.format(name))
         return getattr(self._parent, name)
 
-    # Continued in Chapter 12 (get_dict).
+    # Continued in Chapter 13 (get_dict).
 
 
 class _HyperparameterProxy:
@@ -994,7 +994,7 @@ class UpdateRule:
     changes param.data in place from param.grad.  Chainer: chainer.UpdateRule.
     """
 
-    _state_from_file = False     # True after a load put host arrays in state: Chapter 13
+    _state_from_file = False     # True after a load put host arrays in state: Chapter 14
 
     def __init__(self, parent_hyperparam=None):
         self.hyperparam = Hyperparameter(parent_hyperparam)
@@ -1013,8 +1013,8 @@ class UpdateRule:
             self.state = {}
             self.init_state(param)
         elif self._state_from_file:
-            self._move_loaded_state(param)      # Chapter 13
-        for hook, timing in self._hooks.values():      # hooks: Chapter 12
+            self._move_loaded_state(param)      # Chapter 14
+        for hook, timing in self._hooks.values():      # hooks: Chapter 13
             if timing == 'pre':
                 hook(self, param)
         self.update_core(param)
@@ -1027,8 +1027,8 @@ class UpdateRule:
         param.data; the base rule has none. Chainer: chainer.UpdateRule.init_state.
         """
 
-    # Continued in Chapter 12 (__init__, update_core, update_core_gpu, add_hook, ...);
-    # Chapter 13 (serialize).
+    # Continued in Chapter 13 (__init__, update_core, update_core_gpu, add_hook, ...);
+    # Chapter 14 (serialize).
 
 
 @_export('optimizer')
@@ -1068,7 +1068,7 @@ class Optimizer:
         for param in link.params():
             param.update_rule = self.create_update_rule()
         if next(link.params(), None) is None:
-            _warn_no_params(self, link)       # Chapter 20
+            _warn_no_params(self, link)       # Chapter 23
         return self
 
     def create_update_rule(self):
@@ -1084,7 +1084,7 @@ class Optimizer:
         clear the old gradients and run backward.
         Chainer: chainer.Optimizer.update.
         """
-        self._check_setup()       # setup() must come first: Chapter 20
+        self._check_setup()       # setup() must come first: Chapter 23
         if lossfun is not None:
             loss = lossfun(*args, **kwds)
             self.target.cleargrads()
@@ -1102,9 +1102,9 @@ class Optimizer:
             param.update_rule.update(param)
         self.call_hooks('post')
 
-    # Continued in Chapter 12 (use_auto_new_epoch, new_epoch, add_hook,
-    # remove_hook, ...); Chapter 13 (serialize); Chapter 20 (_check_setup, update,
-    # set_loss_scale); Chapter 21 (use_cleargrads).
+    # Continued in Chapter 13 (use_auto_new_epoch, new_epoch, add_hook,
+    # remove_hook, ...); Chapter 14 (serialize); Chapter 23 (_check_setup, update,
+    # set_loss_scale); Chapter 24 (use_cleargrads).
 _export('optimizer', GradientMethod=Optimizer)
 
 
@@ -1114,7 +1114,7 @@ class SGDRule(UpdateRule):
     def update_core(self, param):                  # p -= lr * grad
         param.data -= self.hyperparam.lr * param.grad
 
-    # Continued in Chapter 19 (update_core, update_core_gpu, gpu_kernel).
+    # Continued in Chapter 22 (update_core, update_core_gpu, gpu_kernel).
 
 
 @_export('optimizers', 'optimizers.sgd')
@@ -1145,15 +1145,15 @@ class AdamRule(UpdateRule):
         beta1, beta2, t = hp.beta1, hp.beta2, self.t
         lr = hp.alpha * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
         constants = (1.0 - beta1, 1.0 - beta2, hp.eps, lr, hp.eta, hp.weight_decay_rate)
-        bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 12
-        self._step(param, constants, bounds)     # Chapter 19: faster; float16 in float32
+        bounds = self.bounds if hp.adabound else None     # AdaBound's clipping: Chapter 13
+        self._step(param, constants, bounds)     # Chapter 22: faster; float16 in float32
 
     def _step(self, param, constants, bounds=None):    # _adam_step (below) on param's arrays
         data, state = param.data, self.state
         _adam_step(_xp(data), _xp(data).empty_like(data), data, param.grad, state['m'],
                    state['v'], state.get('vhat'), constants, bounds)
 
-    # Continued in Chapter 12 (__init__, alpha_t, bounds); Chapter 19 (update_core, _step).
+    # Continued in Chapter 13 (__init__, alpha_t, bounds); Chapter 22 (update_core, _step).
 
 
 def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None):
@@ -1185,7 +1185,7 @@ def _adam_step(xp, step, data, grad, m, v, vhat=None, constants=(), bounds=None)
 @_export('optimizers', 'optimizers.adam')
 class Adam(Optimizer):
     """Adam, by the formulas that open this chapter; amsgrad uses the running
-    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 12).
+    maximum of v, adabound (final_lr, gamma) clips the steps (AdaBound, Chapter 13).
     Defaults: alpha 0.001, beta1 0.9, beta2 0.999, eps 1e-8, eta 1.0, weight_decay_rate 0,
     amsgrad False, adabound False, final_lr 0.1, gamma 1e-3. Chainer: chainer.optimizers.Adam."""
     alpha = _HyperparameterProxy('alpha')
@@ -1203,7 +1203,7 @@ class Adam(Optimizer):
                          weight_decay_rate=weight_decay_rate, amsgrad=amsgrad,
                          adabound=adabound, final_lr=final_lr, gamma=gamma)
 
-    # Continued in Chapter 12 (alpha_t, lr, adabound).
+    # Continued in Chapter 13 (alpha_t, lr, adabound).
 
 
 # =============================================================================
@@ -1211,7 +1211,7 @@ class Adam(Optimizer):
 # =============================================================================
 # Training repeats four steps: take a batch, compute the loss, backprop,
 # update.  This program (tested as it stands) reaches about 97 % on MNIST
-# in five epochs; train_mnist.py does it with the Trainer of Chapter 17.
+# in five epochs; train_mnist.py does it with the Trainer of Chapter 20.
 #
 #     import numpy as np
 #     import onefchainer as chainer
@@ -1228,7 +1228,7 @@ class Adam(Optimizer):
 #         def forward(self, x):
 #             return self.l2(F.relu(self.l1(x)))
 #
-#     train, test = chainer.datasets.get_mnist()   # datasets of (image, label): Ch. 16
+#     train, test = chainer.datasets.get_mnist()   # datasets of (image, label): Ch. 19
 #     model = MLP()
 #     optimizer = chainer.optimizers.Adam().setup(model)
 #     for epoch in range(5):
@@ -9446,7 +9446,7 @@ class _BNInitializer(Initializer):
 
 
 # =============================================================================
-# Chapter 12. More optimizers and hooks
+# Chapter 13. More optimizers and hooks
 # =============================================================================
 # MomentumSGD, AdaGrad, AdaDelta and RMSprop, each an update rule beside its
 # optimizer, their variants (NesterovAG, CorrectedMomentumSGD, RMSpropGraves,
@@ -9459,7 +9459,7 @@ class _BNInitializer(Initializer):
 # the arithmetic, so `gpu_kernel` holds the same formulas in the same order
 # as the loop body of ONE elementwise kernel in CUDA C, and update_core_gpu
 # runs it per parameter, passing the arrays and numbers by name.  (How the
-# kernels are compiled, and why the GPU then rounds as NumPy does: Chapter 19.)
+# kernels are compiled, and why the GPU then rounds as NumPy does: Chapter 22.)
 # A new optimizer is its rule (both halves) and its Optimizer, here.
 
 
@@ -9469,7 +9469,7 @@ class _FusedKernel:
     the arrays' dtype; a number passed for a T is cast to it).  Outputs are
     updated in place, or made when not passed.  Call it with every input, then
     the outputs, by name; returns the output array(s).  Compiled at the first
-    call as 'onefchainer_' + name (Chapter 19).  float16_in_float32: an update
+    call as 'onefchainer_' + name (Chapter 22).  float16_in_float32: an update
     of float16 arrays runs in float32 copies stored back, as the rules whose
     CPU half uses _step_in_float32 (or Adam's float32 step) do."""
 
@@ -9500,7 +9500,7 @@ class _FusedKernel:
             return outputs if len(outputs) > 1 else outputs[0]
         return kernel(*arrays)
 
-    # Continued in Chapter 19 (compile).
+    # Continued in Chapter 22 (compile).
 
 
 @_continue_class(UpdateRule)
@@ -10418,7 +10418,7 @@ class GradientLARS:
 
 
 # =============================================================================
-# Chapter 13. Serializers
+# Chapter 14. Serializers
 # =============================================================================
 
 
@@ -10681,7 +10681,7 @@ class _LinkSerialization:
 
     def serialize(self, serializer):
         """Save or load the parameters and persistent values through `serializer`
-        (Chapter 13); an uninitialized parameter takes its shape from the file.
+        (Chapter 14); an uninitialized parameter takes its shape from the file.
         Chainer: chainer.Link.serialize.
         """
         for name in self._params:
@@ -10786,7 +10786,7 @@ class _OptimizerSerialization:
 
 
 # =============================================================================
-# Chapter 14. Reporter
+# Chapter 15. Reporter
 # =============================================================================
 
 
@@ -10935,7 +10935,7 @@ class Summary:
         self._x2 = self._x2 + weight * value * value
         self._n += weight
 
-    # The two sums of add on a GPU, in one launch (a _FusedKernel, Chapter 12).
+    # The two sums of add on a GPU, in one launch (a _FusedKernel, Chapter 13).
     gpu_kernel = _FusedKernel('summary_add', 'T value, float64 weight',
                               'float64 x, float64 x2', '''
         double v = value;
@@ -11047,7 +11047,7 @@ class DictSummary:
 
 
 # =============================================================================
-# Chapter 15. Gradient check
+# Chapter 17. Gradient check
 # =============================================================================
 
 
@@ -11360,7 +11360,7 @@ _export('utils', size_of_shape=_size_of_shape)
 
 
 # =============================================================================
-# Chapter 16. Data: datasets, downloading, iterators, batching
+# Chapter 19. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
 
@@ -12650,7 +12650,7 @@ def to_device(device, x):
 
 
 # =============================================================================
-# Chapter 17. The training loop: Trainer and extensions
+# Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
 
 
@@ -12669,7 +12669,7 @@ def to_device(device, x):
 #     order within one iteration: writers of observations first (Evaluator),
 #     then editors, then readers (LogReport, PrintReport), snapshots last.
 #
-# Values travel from the model to the logs through the reporter (Chapter 14):
+# Values travel from the model to the logs through the reporter (Chapter 15):
 # for every iteration the Trainer opens a fresh `observation` dict, the
 # model's report() calls fill it ('main/loss'), the Evaluator adds
 # 'validation/main/loss', and LogReport averages what it sees.
@@ -14245,7 +14245,7 @@ class DumpGraph(Extension):
     """Writes the graph behind the reported value `root_name` (e.g.
     'main/loss') of the first iteration to out/<filename> as DOT.
 
-    Reported values are normally cut from their graph (Chapter 14), so from
+    Reported values are normally cut from their graph (Chapter 15), so from
     `initialize` until the dump it turns config.keep_graph_on_report on,
     and then puts the old value back.
     Chainer: chainer.training.extensions.DumpGraph.
@@ -15027,7 +15027,7 @@ def observe_lr(optimizer_name='main', observation_key='lr'):
 
 
 # =============================================================================
-# Chapter 18. Devices
+# Chapter 21. Devices
 # =============================================================================
 # A *device* names where arrays live ('@numpy', '@cupy:0', or Chainer's older
 # integers -1 and 0) and can `send` arrays there.  Variables, parameters and
@@ -15334,7 +15334,7 @@ class _LinkDevices:
 
 
 # =============================================================================
-# Chapter 19. Speed paths
+# Chapter 22. Speed paths
 # =============================================================================
 # Code that exists only to be fast, with what it buys.  Where it speeds up a
 # class of Part I, it continues that class; the arithmetic stays the one
@@ -15342,7 +15342,7 @@ class _LinkDevices:
 
 # ----- fused kernels on the GPU --------------------------------------------------
 # Every update rule and a few ops run on a GPU as one elementwise kernel
-# (_FusedKernel, Chapter 12) that computes the formulas of their CPU code in
+# (_FusedKernel, Chapter 13) that computes the formulas of their CPU code in
 # its order, with T the parameter's dtype as NumPy casts a Python scalar to
 # it.  They are compiled with --fmad=false: nvcc would otherwise merge
 # a * b + c into one fused multiply-add, rounded once instead of twice, and
@@ -15377,7 +15377,7 @@ class _ReLUOnTheGPU:
 @_continue_class(SGDRule)
 class _SGDRuleOnTheGPU:
     update_core_cpu = SGDRule.update_core          # Chapter 7's
-    update_core = UpdateRule.update_core           # picks the device (Chapter 12)
+    update_core = UpdateRule.update_core           # picks the device (Chapter 13)
     gpu_kernel = _FusedKernel('sgd', 'T grad, T lr', 'T param', 'param -= lr * grad;')
 
     def update_core_gpu(self, param):
@@ -15420,7 +15420,7 @@ class _AdamRuleSpeedPaths:
         (True, True): _adam_kernel('amsbound', True, True)}
 
     update_core_cpu = update_core_gpu = AdamRule.update_core     # Chapter 7's, which
-    update_core = UpdateRule.update_core     # a subclass may override per device (Chapter 12)
+    update_core = UpdateRule.update_core     # a subclass may override per device (Chapter 13)
 
     def _step(self, param, constants, bounds=None):
         # Chapter 7's _step: _adam_step over the arrays, block by block on the
@@ -15586,7 +15586,7 @@ class _SoftmaxCrossEntropyOnTheGPU:
 
 
 # =============================================================================
-# Chapter 20. Conveniences, checks and error messages
+# Chapter 23. Conveniences, checks and error messages
 # =============================================================================
 # Printing, cutting the graph, Chainer's other Variable methods, and the
 # checks that turn a wrong shape or dtype into a message naming the function
@@ -16062,7 +16062,7 @@ def _warn_no_params(optimizer, link):
 # the true one.  Each parameter it reaches remembers s, and the optimizer's
 # next update divides the gradient by s before anything else (its hooks
 # included), so the step is the one the true gradient gives.  Parameter's
-# cleargrad forgets s (Chapter 20).  No cost without a loss_scale.
+# cleargrad forgets s (Chapter 23).  No cost without a loss_scale.
 
 _backward_from_one = Variable.backward              # Chapter 3's
 _update_from_gradients = Optimizer.update           # Chapter 7's
@@ -16181,7 +16181,7 @@ Optimizer.set_loss_scale = _optimizer_set_loss_scale
 
 
 # =============================================================================
-# Chapter 21. Chainer compatibility
+# Chapter 24. Chainer compatibility
 # =============================================================================
 # Chainer programs import `chainer.functions`, `chainer.training.extensions`
 # and so on.  This is one file, so those modules are made here: Python finds
@@ -16296,7 +16296,7 @@ def _submodule(dotted_name, **members):
     return module
 
 
-# The modules, from the marks that Chapters 1-20 left at each definition.
+# The modules, from the marks that Chapters 1-23 left at each definition.
 # Each top-level one also becomes a global here: `functions` below is
 # onefchainer.functions.
 for _path in sorted(_exports):

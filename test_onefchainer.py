@@ -5723,7 +5723,7 @@ def test_convolutions_of_an_empty_batch():
 
 
 # =============================================================================
-# Chapter 12. More optimizers and hooks
+# Chapter 13. More optimizers and hooks
 # =============================================================================
 
 GRADS = [np.array([0.1, -0.2, 0.3, 0.0]),
@@ -6062,7 +6062,7 @@ def test_uninitialized_parameters_on_paths_other_than_forward(tmp_path):
 
 
 # Each optimizer against Chainer's formula written out in NumPy (float64, the
-# 3 steps of GRADS from P0; run_steps of Chapter 12's tests), its GPU kernel
+# 3 steps of GRADS from P0; run_steps of Chapter 13's tests), its GPU kernel
 # against its CPU path through the CuPy stand-in (OPTIMIZER_CASES of
 # bench/count_gpu_calls.py, test_fused_updates_through_the_stand_in_...), and
 # its state under Chainer's npz keys.
@@ -6439,7 +6439,7 @@ def test_msvag_matches_hand_formula_and_saves_m_v(make, hand, tmp_path):
 
 
 # =============================================================================
-# Chapter 13. Serializers
+# Chapter 14. Serializers
 # =============================================================================
 
 def _snapshot(model):
@@ -6958,7 +6958,7 @@ def test_issue12_non_strict_load_matching_nothing_raises(tmp_path):
 
 
 # =============================================================================
-# Chapter 14. Reporter
+# Chapter 15. Reporter
 # =============================================================================
 
 def test_report_outside_scope_is_noop():
@@ -7102,7 +7102,7 @@ def test_dict_summary_save_load(tmp_path):
 
 
 # =============================================================================
-# Chapter 15. Gradient check
+# Chapter 17. Gradient check
 # =============================================================================
 
 class WrongBackward(Function):
@@ -7251,7 +7251,7 @@ def test_gradient_check_with_dtype_option():
 
 
 # =============================================================================
-# Chapter 16. Data: datasets, downloading, iterators, batching
+# Chapter 19. Data: datasets, downloading, iterators, batching
 # =============================================================================
 
 FASHION_ROOT = Path('/usr/share/datasets')  # Debian: dataset-fashion-mnist
@@ -8233,7 +8233,7 @@ def test_split_dataset_n_and_cross_validation_pick_chainers_samples():
 
 
 # =============================================================================
-# Chapter 17. The training loop: Trainer and extensions
+# Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
 
 needs_matplotlib = skip_unless(chainer._matplotlib_available(),
@@ -9748,7 +9748,7 @@ def test_variable_statistics_plot_keeps_a_uniform_sample_of_calls():
 
 
 # =============================================================================
-# Chapter 18. Devices
+# Chapter 21. Devices
 # =============================================================================
 
 @pytest.mark.parametrize('spec', [-1, '-1', '@numpy', np, np.int64(-1)])
@@ -9804,7 +9804,7 @@ def test_plain_pytest_says_why_tests_skipped_one_line_a_reason():
 
 
 # =============================================================================
-# Chapter 19. Speed paths
+# Chapter 22. Speed paths
 # =============================================================================
 
 def test_zero_host_syncs_per_training_step_through_the_trainer():
@@ -9998,7 +9998,7 @@ def test_embed_id_with_ignore_label_does_not_wait_for_the_device():
 
 
 # =============================================================================
-# Chapter 20. Conveniences, checks and error messages
+# Chapter 23. Conveniences, checks and error messages
 # =============================================================================
 
 def test_debug_mode_nan_in_forward_names_function():
@@ -10359,7 +10359,7 @@ def test_more_float_only_functions_refuse_integers(name):
 
 
 # =============================================================================
-# Chapter 21. Chainer compatibility
+# Chapter 24. Chainer compatibility
 # =============================================================================
 
 def test_import_names():
