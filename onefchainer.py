@@ -10430,6 +10430,84 @@ class Inception(Chain):
         return relu(concat(branches, axis=1))
 
 
+@_export('links', 'links.connection.inceptionbn')
+class InceptionBN(Chain):
+    """The inception block of GoogLeNet with batch normalization (Ioffe &
+    Szegedy 2015): every convolution is followed by BatchNormalization and
+    relu, the 5x5 branch becomes two 3x3 convolutions, and the pooling is
+    max or average:
+
+        [relu(bn(conv1(x)))]                      (only when out1 > 0)
+        relu(bn(conv3(relu(bn(proj3(x))))))
+        relu(bn(conv33b(relu(bn(conv33a(relu(bn(proj33(x)))))))))
+        pool(x, 3, stride, pad=1)  [-> relu(bn(poolp(.)))  when proj_pool]
+
+    concatenated along the channels (no relu after the concat, unlike
+    Inception).  InceptionBN(in_channels, out1, proj3, out3, proj33, out33,
+    pooltype, proj_pool=None, stride=1, conv_init=None, dtype=None):
+    pooltype 'max' (max_pooling_2d, cover_all=False) or 'avg'; `stride` is
+    that of the last convolution of each branch and of the pooling, so a
+    stride-2 block halves H and W (it must have out1 == 0).  The convolutions
+    have no bias (the batch normalization's beta plays its part); dtype is
+    the normalizations' (default config.dtype).  x (N, in_channels, H, W) ->
+    (N, out1 + out3 + out33 + (proj_pool or in_channels), H', W').
+    Saved keys: conv1, proj3, conv3, proj33, conv33a, conv33b, poolp (W) and
+    conv1n, proj3n, conv3n, proj33n, conv33an, conv33bn, poolpn (gamma, beta,
+    avg_mean, avg_var, N).  Raises NotImplementedError for another pooltype,
+    ValueError for out1 > 0 with stride != 1 or without proj_pool.
+    Chainer: chainer.links.InceptionBN.
+    """
+
+    def __init__(self, in_channels, out1, proj3, out3, proj33, out33, pooltype,
+                 proj_pool=None, stride=1, conv_init=None, dtype=None):
+        super().__init__()
+        if pooltype not in ('max', 'avg'):
+            raise NotImplementedError("InceptionBN: pooltype must be 'max' or 'avg', got {!r}"
+                                      .format(pooltype))
+        if out1 > 0 and (stride != 1 or proj_pool is None):
+            raise ValueError('InceptionBN: a 1x1 branch (out1={}) needs stride 1 and a '
+                             'proj_pool, got stride={}, proj_pool={}'.format(out1, stride, proj_pool))
+        self.out1, self.proj_pool, self.stride, self.pooltype = out1, proj_pool, stride, pooltype
+        dtype = get_dtype(dtype)
+
+        def conv(n_in, n_out, ksize, stride=1):
+            return Convolution2D(n_in, n_out, ksize, stride=stride, pad=ksize // 2,
+                                 nobias=True, initialW=conv_init)
+
+        with self.init_scope():
+            self.proj3, self.proj3n = conv(in_channels, proj3, 1), BatchNormalization(proj3, dtype=dtype)
+            self.conv3, self.conv3n = conv(proj3, out3, 3, stride), BatchNormalization(out3, dtype=dtype)
+            self.proj33 = conv(in_channels, proj33, 1)
+            self.proj33n = BatchNormalization(proj33, dtype=dtype)
+            self.conv33a, self.conv33an = conv(proj33, out33, 3), BatchNormalization(out33, dtype=dtype)
+            self.conv33b = conv(out33, out33, 3, stride)
+            self.conv33bn = BatchNormalization(out33, dtype=dtype)
+            if out1 > 0:
+                self.conv1, self.conv1n = conv(in_channels, out1, 1), BatchNormalization(out1, dtype=dtype)
+            if proj_pool is not None:
+                self.poolp = conv(in_channels, proj_pool, 1)
+                self.poolpn = BatchNormalization(proj_pool, dtype=dtype)
+
+    def forward(self, x):
+        """The branches, concatenated along axis 1. Chainer: InceptionBN.forward."""
+        outs = []
+        if self.out1 > 0:
+            outs.append(relu(self.conv1n(self.conv1(x))))
+        h = relu(self.proj3n(self.proj3(x)))
+        outs.append(relu(self.conv3n(self.conv3(h))))
+        h = relu(self.proj33n(self.proj33(x)))
+        h = relu(self.conv33an(self.conv33a(h)))
+        outs.append(relu(self.conv33bn(self.conv33b(h))))
+        if self.pooltype == 'max':
+            p = max_pooling_2d(x, 3, stride=self.stride, pad=1, cover_all=False)
+        else:
+            p = average_pooling_2d(x, 3, stride=self.stride, pad=1)
+        if self.proj_pool is not None:
+            p = relu(self.poolpn(self.poolp(p)))
+        outs.append(p)
+        return concat(outs, axis=1)
+
+
 @_export('links', 'links.normalization.layer_normalization')
 class LayerNormalization(Link):
     """Layer normalization with learned gamma and beta (F.layer_normalization).
@@ -18014,6 +18092,184 @@ def get_cross_validation_datasets_random(dataset, n_folds, seed=None, **kwargs):
     return get_cross_validation_datasets(dataset, n_folds, order)
 
 
+# --- Image files -------------------------------------------------------------
+# Image datasets read one file per example, when the example is asked for, so a
+# folder of photos larger than memory can feed a trainer.  Pillow decodes the
+# files; it is imported only here, so onefchainer itself needs only NumPy.
+# An image comes out as Chainer's convolutions want it: channels first,
+# (C, H, W), with C = 1 for grey-scale files.
+
+def _pillow_image(dataset_name):
+    """Pillow's Image module, or ImportError saying how to get it."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError('{} reads image files with Pillow, which cannot be imported ({}); '
+                          'install it: pip install Pillow'.format(dataset_name, e)) from None
+    return Image
+
+
+def _read_image_chw(Image, file, dtype):
+    """The image in `file` (a path or a file object) as a (C, H, W) array."""
+    with Image.open(file) as f:
+        image = np.asarray(f, dtype=dtype)
+    if image.ndim == 2:                      # grey-scale: one channel
+        image = image[:, :, None]
+    return image.transpose(2, 0, 1)          # a view, as in Chainer
+
+
+def _read_label_file(path):
+    """[(image path, int label)] from a Caffe-style file: "path label" a line."""
+    pairs = []
+    with open(path) as lines:
+        for i, line in enumerate(lines):
+            fields = line.split()
+            if len(fields) != 2:
+                raise ValueError('invalid format at line {} in file {}: expected "path label", '
+                                 'got {!r}'.format(i, path, line.rstrip('\n')))
+            pairs.append((fields[0], int(fields[1])))
+    return pairs
+
+
+@_export('datasets', 'datasets.image_dataset')
+class ImageDataset(DatasetMixin):
+    """Images read from files, one per example, when indexed.
+
+    paths: a list of file paths, or the path of a text file listing them one
+    a line; each is relative to `root` (default '.').  dtype: of the arrays
+    (default config.dtype).  Example i is an array (C, H, W) of the pixel
+    values as stored (0..255 for 8-bit files, not scaled).  Needs Pillow
+    (ImportError at construction without it).  Chainer: datasets.ImageDataset.
+    """
+
+    def __init__(self, paths, root='.', dtype=None):
+        self._image = _pillow_image('ImageDataset')
+        if isinstance(paths, str):
+            with open(paths) as lines:
+                paths = [line.strip() for line in lines]
+        self._paths = paths
+        self._root = root
+        self._dtype = get_dtype(dtype)
+
+    def __len__(self):
+        return len(self._paths)
+
+    def get_example(self, i):
+        return _read_image_chw(self._image, os.path.join(self._root, self._paths[i]), self._dtype)
+
+
+@_export('datasets', 'datasets.image_dataset')
+class LabeledImageDataset(DatasetMixin):
+    """(image, label) pairs, the image read from its file when indexed.
+
+    pairs: a list of (path, int label), or the path of a text file with
+    "path label" on each line (Caffe's format; ValueError naming the line
+    otherwise); paths are relative to `root`.  Example i is ((C, H, W) array
+    of dtype `dtype`, default config.dtype; 0-d label array of `label_dtype`,
+    default int32).  Needs Pillow.  Chainer: datasets.LabeledImageDataset.
+    """
+
+    def __init__(self, pairs, root='.', dtype=None, label_dtype=np.int32):
+        self._image = _pillow_image('LabeledImageDataset')
+        self._pairs = _read_label_file(pairs) if isinstance(pairs, str) else pairs
+        self._root = root
+        self._dtype = get_dtype(dtype)
+        self._label_dtype = label_dtype
+
+    def __len__(self):
+        return len(self._pairs)
+
+    def get_example(self, i):
+        path, label = self._pairs[i]
+        image = _read_image_chw(self._image, os.path.join(self._root, path), self._dtype)
+        return image, np.array(label, dtype=self._label_dtype)
+
+
+@_export('datasets', 'datasets.image_dataset')
+class ZippedImageDataset(DatasetMixin):
+    """Images read from one zip archive (every file in it, in the archive's
+    order; folders skipped), when indexed: one large file instead of many
+    small ones.  Example i (or the member named i) is a (C, H, W) array of
+    `dtype` (default config.dtype).  Needs Pillow.
+    Chainer: datasets.ZippedImageDataset.
+    """
+
+    def __init__(self, zipfilename, dtype=None):
+        import threading
+        import zipfile      # plumbing the image datasets alone need
+        self._image = _pillow_image('ZippedImageDataset')
+        self._zipfilename = zipfilename
+        self._zip = zipfile.ZipFile(zipfilename)
+        self._zip_pid = os.getpid()
+        self._paths = [name for name in self._zip.namelist() if not name.endswith('/')]
+        self._dtype = get_dtype(dtype)
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._paths)
+
+    # An open ZipFile cannot be pickled, and one shared with a forked worker
+    # process would share its file position: each process opens its own.
+    def __getstate__(self):
+        state = dict(self.__dict__, _zip=None, _lock=None, _image=None)
+        return state
+
+    def __setstate__(self, state):
+        import threading
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._image = _pillow_image('ZippedImageDataset')
+
+    def get_example(self, i_or_name):
+        import zipfile
+        name = i_or_name if isinstance(i_or_name, str) else self._paths[i_or_name]
+        with self._lock:                     # one ZipFile read at a time (threads)
+            if self._zip is None or self._zip_pid != os.getpid():
+                self._zip = zipfile.ZipFile(self._zipfilename)
+                self._zip_pid = os.getpid()
+            data = self._zip.read(name)
+        return _read_image_chw(self._image, io.BytesIO(data), self._dtype)
+
+
+@_export('datasets', 'datasets.image_dataset')
+class LabeledZippedImageDataset(DatasetMixin):
+    """(image, label) pairs: the images in a zip archive, the pairs in a label
+    file of "member-name label" lines (as LabeledImageDataset's).  Example i
+    is ((C, H, W) array of `dtype`, 0-d label array of `label_dtype`, default
+    int32).  Needs Pillow.  Chainer: datasets.LabeledZippedImageDataset.
+    """
+
+    def __init__(self, zipfilename, labelfilename, dtype=None, label_dtype=np.int32):
+        self._pairs = _read_label_file(labelfilename)
+        self._label_dtype = label_dtype
+        self._images = ZippedImageDataset(zipfilename, dtype=dtype)
+
+    def __len__(self):
+        return len(self._pairs)
+
+    def get_example(self, i):
+        name, label = self._pairs[i]
+        return self._images.get_example(name), np.array(label, dtype=self._label_dtype)
+
+
+@_export('datasets', 'datasets.image_dataset')
+class MultiZippedImageDataset(DatasetMixin):
+    """The images of several zip archives, one archive after another (each a
+    ZippedImageDataset).  Chainer: datasets.MultiZippedImageDataset."""
+
+    def __init__(self, zipfilenames, dtype=None):
+        self._archives = [ZippedImageDataset(name, dtype) for name in zipfilenames]
+        self._ends = np.cumsum([len(a) for a in self._archives]).tolist()
+
+    def __len__(self):
+        return self._ends[-1] if self._ends else 0
+
+    def get_example(self, i):
+        which = int(np.searchsorted(self._ends, i, side='right'))
+        start = self._ends[which - 1] if which else 0
+        return self._archives[which].get_example(i - start)
+
+
 # --- IDX files ---------------------------------------------------------------
 
 @_export('datasets')
@@ -23640,8 +23896,8 @@ _OUT_OF_SCOPE = {
               'and a FunctionNode (Chapter 18) or a Function (Chapter 3) needs no adapter',
     'hooks': 'the CUDA profiling hooks are not provided; use function_hooks.TimerHook',
     'mixed16': 'mixed16 (automatic mixed precision) is out of scope; set config.dtype',
-    'images': 'image-file and pickle datasets are out of scope (they need Pillow or pickle files); '
-              'use TupleDataset over arrays',
+    'images': 'pickle-file and text-file datasets are out of scope; use TupleDataset over arrays '
+              '(or ImageDataset for image files)',
     'data': 'the built-in datasets are MNIST, Fashion-MNIST, CIFAR-10/100, SVHN and the '
             'Penn Treebank',
     'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
@@ -24013,7 +24269,7 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BlackOut DecorrelatedBatchNormalization '
-            'InceptionBN TheanoFunction '
+            'TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 
@@ -24033,8 +24289,7 @@ _not_supported(dataset.download,
                missing='cached_download')
 _not_supported(
     datasets,
-    images='ImageDataset LabeledImageDataset LabeledZippedImageDataset '
-           'MultiZippedImageDataset ZippedImageDataset PickleDataset PickleDatasetWriter '
+    images='PickleDataset PickleDatasetWriter '
            'open_pickle_dataset open_pickle_dataset_writer TextDataset',
     data='get_kuzushiji_mnist get_kuzushiji_mnist_labels')
 _not_supported(datasets.mnist,

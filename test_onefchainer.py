@@ -5878,6 +5878,54 @@ def test_mlp_convolution_2d_and_inception(tmp_path):
         'conv1', 'proj3', 'conv3', 'proj5', 'conv5', 'projp') for p in 'Wb')
 
 
+@pytest.mark.parametrize('key', ['a', 'b'])
+def test_inception_bn_matches_chainer_781(key, tmp_path):
+    # testdata/chainer781/make_inceptionbn_fixture.py: Chainer's outputs, gradients and saved
+    # statistics for the same weights and inputs (one training batch, then test mode)
+    cases = np.load(os.path.join(CHAINER781_DIR, 'inceptionbn_cases.npz'))
+    link = (L.InceptionBN(3, 2, 2, 3, 2, 3, 'max', proj_pool=2) if key == 'a'
+            else L.InceptionBN(3, 0, 2, 3, 2, 2, 'avg', stride=2))
+    params = dict(link.namedparams())
+    prefix = key + '/params'
+    assert sorted(params) == sorted(n[len(prefix):] for n in cases.files if n.startswith(prefix))
+    for name, param in params.items():
+        param.array[...] = cases[prefix + name]
+    link.to_device(TEST_DEVICE)
+    x = Variable(dev(cases[key + '/x']))
+    with chainer.using_config('train', True):
+        y = link(x)
+    np.testing.assert_allclose(host(y.array), cases[key + '/y'], rtol=1e-4, atol=1e-5)
+    y.grad = dev(cases[key + '/gy'])
+    y.backward()
+    np.testing.assert_allclose(host(x.grad), cases[key + '/gx'], rtol=1e-4, atol=1e-4)
+    with chainer.using_config('train', False):
+        y_test = link(dev(cases[key + '/x2']))
+    np.testing.assert_allclose(host(y_test.array), cases[key + '/y_test'], rtol=1e-4, atol=1e-5)
+    path = str(tmp_path / 'ours.npz')
+    serializers.save_npz(path, link)
+    ours, theirs = np.load(path), np.load(os.path.join(CHAINER781_DIR, 'inceptionbn_%s.npz' % key))
+    assert sorted(ours.files) == sorted(theirs.files)      # Chainer's npz layout
+    for name in theirs.files:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    fresh = L.InceptionBN(3, 2, 2, 3, 2, 3, 'max', proj_pool=2) if key == 'a' else \
+        L.InceptionBN(3, 0, 2, 3, 2, 2, 'avg', stride=2)
+    serializers.load_npz(os.path.join(CHAINER781_DIR, 'inceptionbn_%s.npz' % key), fresh)
+
+
+def test_inception_bn_shapes_and_errors():
+    link = L.InceptionBN(4, 0, 2, 3, 2, 5, 'max', stride=2, dtype=np.float64)
+    y = link(f32(2, 4, 7, 8))
+    assert y.shape == (2, 3 + 5 + 4, 4, 4)                # pool branch keeps in_channels
+    assert link.conv3n.gamma.dtype == np.float64 and link.proj3.b is None
+    assert not hasattr(link, 'conv1') and not hasattr(link, 'poolp')
+    with pytest.raises(NotImplementedError, match="pooltype must be 'max' or 'avg', got 'sum'"):
+        L.InceptionBN(4, 0, 2, 3, 2, 5, 'sum')
+    with pytest.raises(ValueError, match='out1=2.*stride=2'):
+        L.InceptionBN(4, 2, 2, 3, 2, 5, 'max', proj_pool=2, stride=2)
+    from onefchainer.links.connection import inceptionbn
+    assert inceptionbn.InceptionBN is L.InceptionBN
+
+
 def test_convolutions_of_an_empty_batch():
     # As Chainer: a batch of 0 gives 0 outputs of the right shape, and a zero
     # gradient for W (the patch matrix has 0 columns, not an unknown row count).
@@ -9949,6 +9997,87 @@ def test_batch_fetch_through_sub_and_tuple_dataset_matches_per_index():
 
 # --- IDX files ---------------------------------------------------------------
 
+# --- image datasets (Pillow needed; Chainer's examples dcgan --dataset, imagenet) ---
+
+def _write_images(folder):
+    """Two PNGs (lossless, so values round-trip): an RGB 3x4 and a grey 3x4."""
+    Image = pytest.importorskip('PIL.Image')
+    rgb = np.arange(36, dtype=np.uint8).reshape(3, 4, 3) * 7
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(rgb).save(str(folder / 'a.png'))
+    Image.fromarray(grey).save(str(folder / 'b.png'))
+    return rgb, grey
+
+
+def test_image_dataset_reads_channels_first(tmp_path):
+    rgb, grey = _write_images(tmp_path)
+    ds = chainer.datasets.ImageDataset(['a.png', 'b.png'], root=str(tmp_path))
+    assert len(ds) == 2
+    a, b = ds[0], ds[1]
+    assert a.shape == (3, 3, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, rgb.transpose(2, 0, 1))
+    assert b.shape == (1, 3, 4)                       # grey-scale: one channel
+    np.testing.assert_array_equal(b[0], grey)
+    # a text file of paths, one a line; dtype; a list index gives a list
+    (tmp_path / 'list.txt').write_text('a.png\nb.png\n')
+    ds = chainer.datasets.ImageDataset(str(tmp_path / 'list.txt'), root=str(tmp_path),
+                                       dtype=np.float64)
+    assert ds[0].dtype == np.float64 and [x.shape for x in ds[[1, 0]]] == [(1, 3, 4), (3, 3, 4)]
+    from onefchainer.datasets import image_dataset
+    assert image_dataset.ImageDataset is chainer.datasets.ImageDataset
+    # batches of them, as dcgan's trainer makes
+    it = chainer.iterators.SerialIterator(
+        chainer.datasets.ImageDataset(['a.png', 'a.png'], root=str(tmp_path)), 2, shuffle=False)
+    assert chainer.dataset.concat_examples(it.next()).shape == (2, 3, 3, 4)
+
+
+def test_labeled_image_dataset(tmp_path):
+    rgb, grey = _write_images(tmp_path)
+    (tmp_path / 'pairs.txt').write_text('a.png 3\nb.png 7\n')
+    ds = chainer.datasets.LabeledImageDataset(str(tmp_path / 'pairs.txt'), root=str(tmp_path))
+    image, label = ds[1]
+    np.testing.assert_array_equal(image[0], grey)
+    assert label.shape == () and label.dtype == np.int32 and int(label) == 7
+    ds = chainer.datasets.LabeledImageDataset([('a.png', 1)], root=str(tmp_path),
+                                              label_dtype=np.int64)
+    assert ds[0][1].dtype == np.int64 and ds[0][0].shape == (3, 3, 4)
+    (tmp_path / 'bad.txt').write_text('a.png 3\nb.png\n')
+    with pytest.raises(ValueError, match='line 1 .*bad.txt'):
+        chainer.datasets.LabeledImageDataset(str(tmp_path / 'bad.txt'))
+
+
+def test_zipped_image_datasets(tmp_path):
+    import pickle
+    import zipfile
+    rgb, grey = _write_images(tmp_path)
+    for name, members in (('one.zip', ['a.png', 'b.png']), ('two.zip', ['b.png'])):
+        with zipfile.ZipFile(str(tmp_path / name), 'w') as z:
+            z.writestr('folder/', '')                 # folders are not examples
+            for m in members:
+                z.write(str(tmp_path / m), 'folder/' + m)
+    ds = chainer.datasets.ZippedImageDataset(str(tmp_path / 'one.zip'))
+    assert len(ds) == 2
+    np.testing.assert_array_equal(ds[0], rgb.transpose(2, 0, 1))
+    np.testing.assert_array_equal(ds.get_example('folder/b.png')[0], grey)
+    again = pickle.loads(pickle.dumps(ds))            # the open archive is not pickled
+    np.testing.assert_array_equal(again[1][0], grey)
+    (tmp_path / 'labels.txt').write_text('folder/b.png 2\nfolder/a.png 5\n')
+    labeled = chainer.datasets.LabeledZippedImageDataset(str(tmp_path / 'one.zip'),
+                                                         str(tmp_path / 'labels.txt'))
+    image, label = labeled[1]
+    assert image.shape == (3, 3, 4) and int(label) == 5 and label.dtype == np.int32
+    multi = chainer.datasets.MultiZippedImageDataset(
+        [str(tmp_path / 'one.zip'), str(tmp_path / 'two.zip')])
+    assert len(multi) == 3
+    assert [x.shape[0] for x in (multi[0], multi[1], multi[2])] == [3, 1, 1]
+
+
+def test_image_dataset_without_pillow(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'PIL', None)     # `from PIL import Image` fails
+    with pytest.raises(ImportError, match='ImageDataset.*pip install Pillow'):
+        chainer.datasets.ImageDataset(['a.png'])
+
+
 @pytest.mark.parametrize('array', [
     TINY, np.array([-5, 7, 1 << 30], dtype=np.int32),
     np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)])
@@ -13335,6 +13464,8 @@ CHAINER_PROVIDED = {
     'training.extension': 'Extension PRIORITY_EDITOR PRIORITY_READER PRIORITY_WRITER '
                           'make_extension',
     'training.trigger': 'IntervalTrigger get_trigger',
+    'datasets.image_dataset': 'ImageDataset LabeledImageDataset ZippedImageDataset '
+                              'LabeledZippedImageDataset MultiZippedImageDataset',
     'training.util': 'get_trigger',
     'training.extensions.snapshot_writers': 'SimpleWriter Writer',
 }
@@ -13350,8 +13481,7 @@ CHAINER_OUT_OF_SCOPE = {
     'configuration': 'LocalConfig',
     'backend': 'from_chx to_chx',
     'dataset': 'ConcatWithAsyncTransfer',
-    'datasets': 'ImageDataset LabeledImageDataset PickleDataset TextDataset '
-                'get_kuzushiji_mnist',
+    'datasets': 'PickleDataset TextDataset get_kuzushiji_mnist',
     'iterators': 'DaliIterator',
     'training': 'ParallelUpdater',
     'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
