@@ -21,8 +21,8 @@ runs NumPy's.
 Steps are timed in interleaved chunks (machine noise hits all alike); the
 time is the median chunk's per step, the ratio the median of the chunk-by-
 chunk ratios (other / onefchainer: above 1, onefchainer is faster).  Chainer
-and PyTorch are timed when importable (run this with /work/venv-chainer's
-Python); they are never required.
+and PyTorch are timed when importable (run this with the Python of a venv
+that has them); they are never required.
 
     python bench/bench_rnn.py [--chunks 7] [--chunk 3] [--threads 2] [--only nstep]
                               [--clock cpu]
