@@ -217,8 +217,6 @@ class Variable:
         enable_double_backprop=True: gradients that record a graph (Chapter 18).
         Chainer: Variable.backward.
         """
-        if enable_double_backprop:     # backward on Variables, recorded: Chapter 18
-            return _backward_recording(self, retain_grad)
         if self._grad is None:
             if self.data.size != 1:
                 raise ValueError(
@@ -227,14 +225,16 @@ class Variable:
                     '(e.g. F.sum(y)) or set y.grad to an array of shape {}'
                     .format(self.data.shape, self.data.shape))
             self._grad = _xp(self.data).ones_like(self.data)
+        if enable_double_backprop:     # backward on Variables, recorded: Chapter 18
+            return self._backward_recording(retain_grad)
         _backprop([self], retain_grad)
 
     __hash__ = object.__hash__
 
     # Continued in Chapter 5 (__add__, __mul__); Chapter 9 (__sub__, __truediv__,
-    # __pow__, __getitem__, reshape, T, ...); Chapter 21 (xp, device, to_device,
-    # to_cpu, ...); Chapter 23 (array, grad_var, backward, __len__, ...);
-    # Chapter 24 (set_creator, addgrad, copydata, mean, ...).
+    # __pow__, __getitem__, reshape, T, ...); Chapter 18 (_backward_recording);
+    # Chapter 21 (xp, device, to_device, to_cpu, ...); Chapter 23 (array, grad_var,
+    # backward, __len__, ...); Chapter 24 (set_creator, addgrad, copydata, mean, ...).
 
 
 def as_variable(obj):
@@ -17401,25 +17401,22 @@ def _set_grad_var(variable, grad):
     variable._grad_var = grad
 
 
-def _backward_recording(self, retain_grad):
-    """Variable.backward(enable_double_backprop=True) (Chapter 3): the same
-    gradients, computed on Variables; each leaf's grad_var keeps its graph."""
-    if self._grad is None:
-        if self.data.size != 1:
-            raise ValueError(
-                'backward: this variable has shape {}, so its gradient cannot be assumed '
-                'to be 1; reduce it to one value first (e.g. F.sum(y)) or set y.grad to an '
-                'array of shape {}'.format(self.data.shape, self.data.shape))
-        self._grad = _xp(self.data).ones_like(self.data)
-    with using_config('enable_backprop', True):
-        grads = _grad_on_variables([self], [_grad_variable(self)], retain_grad=retain_grad)
-        for x, gx in grads.items():
-            if x.creator is None and x is not self and x._grad is not None:
-                gx = _grad_variable(x) + gx            # a leaf's gradient adds up
-            if x.creator is None or retain_grad:
-                _set_grad_var(x, gx)
-    if not retain_grad and self.creator is not None:
-        self._grad = None
+@_continue_class(Variable)
+class _VariableRecordingBackward:
+
+    def _backward_recording(self, retain_grad):
+        """Variable.backward(enable_double_backprop=True) (Chapter 3), after it
+        has seeded self.grad: the same gradients, computed on Variables; each
+        leaf's grad_var keeps its graph."""
+        with using_config('enable_backprop', True):
+            grads = _grad_on_variables([self], [_grad_variable(self)], retain_grad=retain_grad)
+            for x, gx in grads.items():
+                if x.creator is None and x is not self and x._grad is not None:
+                    gx = _grad_variable(x) + gx            # a leaf's gradient adds up
+                if x.creator is None or retain_grad:
+                    _set_grad_var(x, gx)
+        if not retain_grad and self.creator is not None:
+            self._grad = None
 
 
 @_export('function_node')
@@ -22664,7 +22661,7 @@ def backward(outputs, grad_outputs=None, **kwargs):
             total = sum(_sum(y * _grad_variable(y)) for y in outputs)
             total.grad = _xp(total.data).ones_like(total.data)
             outputs = [total]
-        _backward_recording(outputs[0], kwargs.get('retain_grad', False))
+        outputs[0]._backward_recording(kwargs.get('retain_grad', False))
         return
     _backprop(outputs, kwargs.get('retain_grad', False))
 
