@@ -284,33 +284,26 @@ def main():
                                    chainer.__version__ if chainer else '-',
                                    torch.__version__ if torch else '-',
                                    ARGS.threads, ARGS.chunks, ARGS.chunk, ARGS.clock))
-    if ARGS.only in (None, 'nstep'):
-        data, weights = nstep_data(), nstep_weights()
-        steps = {'onefchainer': nstep_chainer_like(onefchainer, data, weights)}
+    benchmarks = [
+        ('nstep', nstep_data, nstep_weights, nstep_chainer_like, nstep_torch,
+         'NStepLSTM, 2 layers x 256, batch 64 x 35 steps, fwd + bwd + Adam:'),
+        ('lm', lm_data, lm_weights, lm_chainer_like, lm_torch,
+         'L.LSTM language model (vocab 1000, 256 units), 35 tokens x batch 64, '
+         'fwd + bwd + Adam:')]
+    for name, make_data, make_weights, chainer_like, torch_like, title in benchmarks:
+        if ARGS.only not in (None, name):
+            continue
+        data, weights = make_data(), make_weights()
+        steps = {'onefchainer': chainer_like(onefchainer, data, weights)}
         if chainer:
-            steps['chainer'] = nstep_chainer_like(chainer, data, weights)
+            steps['chainer'] = chainer_like(chainer, data, weights)
         if torch:
-            steps['pytorch'] = nstep_torch(torch, data, weights)
-            steps['pytorch-gemm'] = without_onednn(torch, nstep_torch(torch, data, weights))
-        losses = {name: step() for name, step in steps.items()}
+            steps['pytorch'] = torch_like(torch, data, weights)
+            steps['pytorch-gemm'] = without_onednn(torch, torch_like(torch, data, weights))
+        losses = {label: step() for label, step in steps.items()}
         print('  first losses (the same weights and data):', {
             k: round(v, 6) for k, v in losses.items()})
-        report('NStepLSTM, 2 layers x 256, batch 64 x 35 steps, fwd + bwd + Adam:',
-               time_chunks(steps, ARGS.chunks, ARGS.chunk))
-    if ARGS.only in (None, 'lm'):
-        tokens, weights = lm_data(), lm_weights()
-        steps = {'onefchainer': lm_chainer_like(onefchainer, tokens, weights)}
-        if chainer:
-            steps['chainer'] = lm_chainer_like(chainer, tokens, weights)
-        if torch:
-            steps['pytorch'] = lm_torch(torch, tokens, weights)
-            steps['pytorch-gemm'] = without_onednn(torch, lm_torch(torch, tokens, weights))
-        losses = {name: step() for name, step in steps.items()}
-        print('  first losses (the same weights and data):', {
-            k: round(v, 6) for k, v in losses.items()})
-        report('L.LSTM language model (vocab 1000, 256 units), 35 tokens x batch 64, '
-               'fwd + bwd + Adam:', time_chunks(steps, ARGS.chunks, ARGS.chunk))
-
+        report(title, time_chunks(steps, ARGS.chunks, ARGS.chunk))
 
 if __name__ == '__main__':
     main()
