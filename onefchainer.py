@@ -22457,22 +22457,23 @@ class _SoftmaxCrossEntropyOnTheGPU:
 # backward writes gcol = W2^T gy2, as large, for col2im to read back.  In the
 # MNIST CNN's second convolution each is 22.6 MB, larger than the cache, so
 # every copy and product streams it through memory, and together they are
-# 45 MB of the step's peak.  Taken a block of output rows at a time (five
-# of its 14 rows, _CONV_BLOCK values of patches), the same arithmetic stays
-# in the cache: forward copies a block's patches and multiplies; backward
-# copies them again from the padded x (kept, as the view `patches`: 3.3 MB
-# against 22.6), runs both products on the block, and col2im adds the
-# block's gcol into gx while it is still in the cache.  dL/dW is the sum of
-# the blocks' products.  The products are as fast on blocks of 1,400 columns
-# (one row) as on 19,600 at one BLAS thread, and five rows were no slower
-# than one in the whole step; larger blocks mean fewer BLAS calls, each of
-# which wakes and joins BLAS's threads when there are several.
-# Measured (CPU time, one BLAS thread): that convolution's forward and
-# backward 33 -> 29 ms alone; the whole CNN step 6.5 % faster (median of 30
-# interleaved chunks of 5 steps, quartiles 1 to 12 %); its peak memory 106 ->
-# 78 MB.  On a GPU, and for float16 (NumPy has no BLAS for it), Chapter 11's code.
+# 45 MB of the step's peak.  Taken a block of output rows at a time (one
+# of its 14 rows: a block holds at most _CONV_BLOCK values of patches, and
+# never less than a row), the same arithmetic stays in the cache: forward
+# copies a block's patches and multiplies; backward copies them again from
+# the padded x (kept, as the view `patches`: 3.3 MB against 22.6), runs both
+# products on the block, and col2im adds the block's gcol into gx while it
+# is still in the cache.  dL/dW is the sum of the blocks' products.  The
+# products are as fast on blocks of 1,400 columns (one row) as on 19,600 at
+# one BLAS thread.  Measured (CPU time, one BLAS thread): that convolution's
+# forward and backward 33 -> 29 ms alone, its peak memory 106 -> 78 MB, with
+# blocks of 8 MB; blocks of 512 kB (one row here, five of the first
+# convolution's 28) made the whole step another 7 % faster (A/B in
+# interleaved chunks, NumPy 2.4: 8 pairs, 0.926 median ratio), the blocks
+# and their products staying in the core's own cache.  On a GPU, and for
+# float16 (NumPy has no BLAS for it), Chapter 11's code.
 
-_CONV_BLOCK = 1 << 21     # values of a block of patches (8 MB of float32)
+_CONV_BLOCK = 1 << 17     # values of a block of patches (512 kB of float32)
 
 
 @_continue_class(Convolution2DFunction)
