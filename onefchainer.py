@@ -22467,13 +22467,28 @@ class _SoftmaxCrossEntropyOnTheGPU:
 # products are as fast on blocks of 1,400 columns (one row) as on 19,600 at
 # one BLAS thread.  Measured (CPU time, one BLAS thread): that convolution's
 # forward and backward 33 -> 29 ms alone, its peak memory 106 -> 78 MB, with
-# blocks of 8 MB; blocks of 512 kB (one row here, five of the first
-# convolution's 28) made the whole step another 7 % faster (A/B in
-# interleaved chunks, NumPy 2.4: 8 pairs, 0.926 median ratio), the blocks
-# and their products staying in the core's own cache.  On a GPU, and for
-# float16 (NumPy has no BLAS for it), Chapter 11's code.
+# blocks of 8 MB.  At one BLAS thread, blocks of 512 kB (one row here, five
+# of the first convolution's 28) made the whole step another 7 % faster
+# (A/B in interleaved chunks, NumPy 2.4: 8 pairs, 0.926 median ratio), the
+# blocks and their products staying in the core's own cache.  With several
+# BLAS threads every product wakes and joins them, and 14 small products
+# per pass cost more than the cache saves (the step 54 -> 76 ms at two
+# threads), so there the blocks stay at 8 MB.  On a GPU, and for float16
+# (NumPy has no BLAS for it), Chapter 11's code.
 
-_CONV_BLOCK = 1 << 17     # values of a block of patches (512 kB of float32)
+
+def _blas_threads():
+    """How many threads NumPy's BLAS runs, as its environment variables say
+    (read when NumPy is imported), else one per core it may use."""
+    for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+        value = os.environ.get(name, '')
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+# values of a block of patches: 512 kB or 8 MB of float32
+_CONV_BLOCK = 1 << 17 if _blas_threads() == 1 else 1 << 21
 
 
 @_continue_class(Convolution2DFunction)
