@@ -9909,6 +9909,14 @@ def shift(x, ksize=3, dilate=1):
 
 # ----- the links -----------------------------------------------------------------
 
+def _lazy_link_takes_input_device(link, data):
+    """A lazily sized link never sent anywhere puts its parameters on the first
+    input's device (Chainer's would stay on the CPU and fail there); the
+    _initialize_params hooks then read link.xp, as Chainer's do."""
+    if '_device' not in link.__dict__:
+        object.__setattr__(link, '_device', _device_of(data))
+
+
 @_export('links', 'links.connection.convolution_2d')
 class Convolution2D(Link):
     """A convolution layer: owns W (out_channels, in_channels / groups, kh, kw) and b.
@@ -9938,14 +9946,14 @@ class Convolution2D(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):   # Chainer's hook; on the link's device
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -9953,7 +9961,8 @@ class Convolution2D(Link):
             # Check before W takes its shape, so a bad first call changes nothing.
             _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad,
                          dilate=self.dilate)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return convolution_2d(x, self.W, self.b, self.stride, self.pad, dilate=self.dilate,
                               groups=self.groups)
 
@@ -10007,19 +10016,20 @@ class DepthwiseConvolution2D(Link):
             self.W = Parameter(_get_initializer(initialW, HeNormal(1 / math.sqrt(2))))
             self.b = None if nobias else Parameter(_get_initializer(initial_bias, Zero()))
         if in_channels is not None:
-            self._initialize_params(in_channels, np)
+            self._initialize_params(in_channels)
 
-    def _initialize_params(self, in_channels, xp):
-        self.W.initialize((self.channel_multiplier, in_channels) + self.ksize, xp)
+    def _initialize_params(self, in_channels):
+        self.W.initialize((self.channel_multiplier, in_channels) + self.ksize, self.xp)
         if self.b is not None:
-            self.b.initialize(self.channel_multiplier * in_channels, xp)
+            self.b.initialize(self.channel_multiplier * in_channels, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
             data = _input_data('DepthwiseConvolution2D', x)
             _check_image('depthwise_convolution_2d', data.shape, self.ksize, self.stride,
                          self.pad)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return depthwise_convolution_2d(x, self.W, self.b, self.stride, self.pad)
 
 
@@ -10055,14 +10065,14 @@ class Deconvolution2D(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups('Deconvolution2D', in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -10070,7 +10080,8 @@ class Deconvolution2D(Link):
             if data.ndim != 4:
                 raise ValueError('Deconvolution2D: x must be 4-D (batch, channels, height, '
                                  'width), got shape {}'.format(data.shape))
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return deconvolution_2d(x, self.W, self.b, self.stride, self.pad, self.outsize,
                                 dilate=self.dilate, groups=self.groups)
 
@@ -10109,14 +10120,14 @@ class ConvolutionND(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -10125,7 +10136,8 @@ class ConvolutionND(Link):
             _spatial_ndim(type(self).__name__, data, self.ndim)
             _check_volume('convolution_nd', data.shape, self.ksize, self.stride, self.pad,
                           self.cover_all, self.dilate)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return convolution_nd(x, self.W, self.b, self.stride, self.pad, self.cover_all,
                               self.dilate, self.groups)
 
@@ -10192,20 +10204,21 @@ class DeconvolutionND(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
             data = _input_data(type(self).__name__, x)
             _spatial_ndim(type(self).__name__, data, self.ndim)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return deconvolution_nd(x, self.W, self.b, self.stride, self.pad, self.outsize,
                                 self.dilate, self.groups)
 
@@ -10272,17 +10285,17 @@ class BatchNormalization(Link):
         self.add_persistent('avg_mean', None)
         self.add_persistent('avg_var', None)
         if size is not None:
-            self._initialize_params(size, np)
+            self._initialize_params(size)
 
-    def _initialize_params(self, shape, xp):
+    def _initialize_params(self, shape):
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         for name, initial, default in (('avg_mean', self._initial_avg[0], Zero()),
                                        ('avg_var', self._initial_avg[1], One())):
-            array = generate_array(_get_initializer(initial, default), shape, xp, self._dtype)
+            array = generate_array(_get_initializer(initial, default), shape, self.xp, self._dtype)
             object.__setattr__(self, name, array)
         for param in (self.gamma, self.beta):
             if param is not None:
-                param.initialize(shape, xp)
+                param.initialize(shape, self.xp)
 
     def forward(self, x, finetune=False):
         data = _input_data('BatchNormalization', x)
@@ -10292,7 +10305,8 @@ class BatchNormalization(Link):
                                  .format(self.axis, data.shape))
             kept = tuple(d for i, d in enumerate(data.shape)
                          if i not in [a % data.ndim for a in self.axis])
-            self._initialize_params(kept, _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(kept)
         xp = _xp(self.avg_mean)
         gamma = self.gamma if self.gamma is not None else xp.ones_like(self.avg_mean)
         beta = self.beta if self.beta is not None else xp.zeros_like(self.avg_mean)

@@ -13792,6 +13792,52 @@ def test_linear_initialize_params_is_the_hook_subclasses_override():
     assert out.split() == ['True', 'True'], out
 
 
+def test_convolution_and_batchnorm_initialize_params_take_only_the_size():
+    # Chainer's hook is _initialize_params(self, in_channels) (BatchNormalization:
+    # (self, shape)); spectral-norm links override it and call it with one argument
+    seen = []
+
+    def spy(base):
+        class Spy(base):
+            def _initialize_params(self, size):
+                super()._initialize_params(size)
+                seen.append((base.__name__, size))
+        return Spy
+
+    x4 = np.ones((2, 3, 5, 5), np.float32)
+    for base, make, x in (
+            (L.Convolution2D, lambda c: c(None, 4, 3), x4),
+            (L.Deconvolution2D, lambda c: c(None, 4, 3), x4),
+            (L.DilatedConvolution2D, lambda c: c(None, 4, 3, dilate=2), x4),
+            (L.DepthwiseConvolution2D, lambda c: c(3, 2, 3), x4),
+            (L.ConvolutionND, lambda c: c(1, None, 4, 3), x4[:, :, :, 0]),
+            (L.DeconvolutionND, lambda c: c(1, None, 4, 3), x4[:, :, :, 0]),
+            (L.BatchNormalization, lambda c: c(axis=(0, 2, 3)), x4)):
+        seen.clear()
+        link = make(spy(base))
+        if base is L.DepthwiseConvolution2D:      # sized at construction only
+            assert seen == [(base.__name__, 3)]
+            continue
+        y = link(x)
+        assert seen == [(base.__name__, 3 if base is not L.BatchNormalization else (3,))], base
+        assert y.shape[0] == 2
+    seen.clear()
+    eager = spy(L.Convolution2D)(3, 4, 3)
+    assert seen == [('Convolution2D', 3)] and eager.W.shape == (4, 3, 3, 3)
+    # on the GPU path the lazily made W lands on the link's device
+    out = run_on_stand_in('''
+        import numpy as np, onefchainer as chainer, onefchainer.links as L
+        class SN(L.Convolution2D):
+            def _initialize_params(self, in_channels):
+                super()._initialize_params(in_channels)
+                self.u = self.xp.ones((1, self.out_channels), np.float32)
+        c = SN(None, 2, 3).to_device('@cupy:0')
+        c(chainer.cupy.ones((1, 3, 4, 4), np.float32))
+        print(type(c.W.array) is chainer.cupy.ndarray, type(c.u) is chainer.cupy.ndarray)
+    ''')
+    assert out.split() == ['True', 'True'], out
+
+
 def test_link_repeat_modes_as_chainer():
     np.random.seed(7)
 
