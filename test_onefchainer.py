@@ -13927,6 +13927,37 @@ def test_dump_graph_function_form_is_the_extension():
     assert ext._filename == 'g.dot' and ext._root_name == 'main/loss'
 
 
+def test_chainer_v1_mode_arguments_are_refused_with_their_replacement():
+    # v1-era programs pass train=/test=/deterministic= per call; Chainer 7.8.1
+    # answers those with a ValueError naming the config setting (checked side by
+    # side: the same cases raise ValueError there, an unknown keyword TypeError)
+    x2 = np.ones((2, 3), np.float32)
+    x4 = np.ones((1, 1, 3, 3), np.float32)
+    w4 = np.ones((1, 1, 1, 1), np.float32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    cases = [
+        (lambda **k: F.dropout(x2, **k), 'train', "using_config('train'"),
+        (lambda **k: F.rrelu(x2, **k), 'train', "using_config('train'"),
+        (lambda **k: F.batch_normalization(x2, gamma, beta, **k), 'train', "using_config('train'"),
+        (lambda **k: L.BatchNormalization(3)(x2, **k), 'test', "using_config('train'"),
+        (lambda **k: F.convolution_2d(x4, w4, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: F.deconvolution_2d(x4, w4, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: L.Convolution2D(1, 1, 1, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: L.Deconvolution2D(1, 1, 1, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: F.zoneout(x2, x2, **k), 'train', "using_config('train'")]
+    for call, old, setting in cases:
+        call()                                   # without it: runs as before
+        with pytest.raises(ValueError, match='the {} argument is not supported anymore; '
+                                             'use chainer.{}'.format(old, re.escape(setting))):
+            call(**{old: True})
+        with pytest.raises(TypeError, match="unexpected keyword arguments.*'colour'"):
+            call(colour=1)
+    bn = L.BatchNormalization(axis=0)            # sized by its first input
+    with pytest.raises(ValueError, match='test argument'):
+        bn(x2, test=True)
+    assert bn.avg_mean is None                   # refused before it took a size
+
+
 @host_iterators
 def test_parallel_iterators_give_serial_batches():
     data = np.arange(10)
