@@ -4794,17 +4794,40 @@ def crelu(x, axis=1):
     return CReLU(_int_axis('crelu', axis))(x)
 
 
+# ----- Chainer v1's retired mode arguments --------------------------------------
+# Chainer v2 moved v1's per-call switches (train=, test=, deterministic=) into
+# chainer.config; its functions still recognise the old keywords and answer with
+# a ValueError that says where the setting went, rather than a bare "unexpected
+# keyword", so that a v1-era program learns what to change.
+
+_RETIRED_FOR = {'train': "chainer.using_config('train', ...)",
+                'test': "chainer.using_config('train', ...)",
+                'deterministic': "chainer.using_config('cudnn_deterministic', ...)"}
+
+
+def _refuse_retired(label, kwargs, *retired):
+    """ValueError for a v1 keyword among `retired`, naming the config setting
+    that replaced it; TypeError for any other keyword left in kwargs."""
+    for name in sorted(kwargs):
+        if name in retired:
+            raise ValueError('{}: the {} argument is not supported anymore; use {}'
+                             .format(label, name, _RETIRED_FOR[name]))
+    if kwargs:
+        raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
+
+
 @_export('functions', 'functions.activation.rrelu')
-def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False):
+def rrelu(x, l=1. / 8, u=1. / 3, r=None, return_r=False, **kwargs):
     """Randomized leaky ReLU: x where x >= 0, else r * x, elementwise.
 
     In training (config.train True) r is drawn uniformly from [l, u) for each
     element, unless an array r (x's shape and dtype, on x's device) is given;
     in test mode r is (l + u) / 2 everywhere. Defaults l = 1/8, u = 1/3; they
     need 0 <= l < u < 1. Returns a Variable, or (Variable, r) when return_r
-    is True. Raises ValueError for bad l, u or r, TypeError for integer x.
-    Chainer: chainer.functions.rrelu.
+    is True. Raises ValueError for bad l, u or r or Chainer v1's train=,
+    TypeError for integer x. Chainer: chainer.functions.rrelu.
     """
+    _refuse_retired('rrelu', kwargs, 'train')
     if not (0.0 <= l < 1.0 and 0.0 <= u < 1.0 and l < u):
         raise ValueError('rrelu: needs 0 <= l < u < 1, got l={} and u={}'.format(l, u))
     function = RReLU(l, u, r)
@@ -5218,14 +5241,15 @@ class Dropout(Function):
 
 
 @_export('functions', 'functions.noise.dropout')
-def dropout(x, ratio=.5):
+def dropout(x, ratio=.5, **kwargs):
     """Randomly zero elements of x with probability `ratio` (default .5) and scale
     the rest by 1/(1 - ratio), so the expected value is unchanged.
 
     Only while config.train is True; otherwise (and for ratio 0) x is returned
-    as it is, as a Variable. Raises ValueError unless 0 <= ratio < 1.
-    Chainer: chainer.functions.dropout.
+    as it is, as a Variable. Raises ValueError unless 0 <= ratio < 1, and for
+    Chainer v1's train= argument. Chainer: chainer.functions.dropout.
     """
+    _refuse_retired('dropout', kwargs, 'train')
     if not 0.0 <= ratio < 1.0:
         raise ValueError('dropout: ratio must be in [0, 1), got {}'.format(ratio))
     if not config.train or ratio == 0.0:
@@ -8079,7 +8103,8 @@ class Convolution2DFunction(Function):
 
 
 @_export('functions', 'functions.connection.convolution_2d')
-def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1):
+def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, groups=1,
+                   **kwargs):
     """2-D convolution (cross-correlation, as in Chainer) of NCHW images.
 
     y[n, o, i, j] = b[o] + sum_{c,u,v} W[o, c, u, v] x[n, c', sy i + dy u, sx j + dx v]
@@ -8090,9 +8115,11 @@ def convolution_2d(x, W, b=None, stride=1, pad=0, cover_all=False, *, dilate=1, 
     the channels into that many independent blocks (C and out_channels must
     divide by it).  Returns (N, out_channels, out_h, out_w), out_h = (H + 2
     pad - ((kh - 1) dilate + 1)) // stride + 1.  Raises ValueError on a
-    non-4-D x, a channel mismatch or a kernel larger than the padded input.
+    non-4-D x, a channel mismatch or a kernel larger than the padded input,
+    and for Chainer v1's deterministic= (now config.cudnn_deterministic).
     Follows chainer.functions.convolution_2d.
     """
+    _refuse_retired('convolution_2d', kwargs, 'deterministic')
     function = Convolution2DFunction(stride, pad, cover_all, dilate, groups)
     return function(x, W) if b is None else function(x, W, b)
 
@@ -8253,7 +8280,8 @@ class Deconvolution2DFunction(Function):
 
 
 @_export('functions', 'functions.connection.deconvolution_2d')
-def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, groups=1):
+def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, groups=1,
+                     **kwargs):
     """2-D transposed convolution: the adjoint of convolution_2d with the same W.
 
     y = col2im(W2^T @ x2) + b: each input pixel adds W[c, o] times its value
@@ -8262,9 +8290,10 @@ def deconvolution_2d(x, W, b=None, stride=1, pad=0, outsize=None, *, dilate=1, g
     or pair.  The output is (N, out_channels, out_h, out_w) with out_h = sy
     (h - 1) + (kh - 1) dy + 1 - 2 ph, or outsize (a pair), which may differ
     from that by up to sy - 1 either way.  Raises ValueError on non-4-D inputs, a channel
-    mismatch, or an outsize whose convolution would not give back h.
-    Follows chainer.functions.deconvolution_2d.
+    mismatch, an outsize whose convolution would not give back h, or Chainer
+    v1's deterministic=.  Follows chainer.functions.deconvolution_2d.
     """
+    _refuse_retired('deconvolution_2d', kwargs, 'deterministic')
     function = Deconvolution2DFunction(stride, pad, outsize, dilate, groups)
     return function(x, W) if b is None else function(x, W, b)
 
@@ -9385,7 +9414,7 @@ def _row_blocks(x2):
 
 @_export('functions', 'functions.normalization.batch_normalization')
 def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var=None,
-                        decay=0.9, axis=None):
+                        decay=0.9, axis=None, **kwargs):
     """Normalize x with its own batch statistics: gamma (x - mu)/sqrt(var + eps) + beta.
 
     x: (N, C) or (N, C, H, W) (any ndim >= 2); gamma, beta: the shape of x
@@ -9395,9 +9424,10 @@ def batch_normalization(x, gamma, beta, eps=2e-5, running_mean=None, running_var
     m/(m-1)).  gamma and beta may have another float dtype than x (Chainer
     v7's mixed precision, e.g. float16 x with float32 parameters): y has x's
     dtype, each gradient its variable's.  Returns y of x's shape.  Raises
-    ValueError on mismatched shapes, TypeError for a non-float dtype.
-    Follows chainer.functions.batch_normalization.
+    ValueError on mismatched shapes or Chainer v1's train=, TypeError for a
+    non-float dtype.  Follows chainer.functions.batch_normalization.
     """
+    _refuse_retired('batch_normalization', kwargs, 'train')
     return BatchNormalizationFunction(eps, running_mean, running_var, decay, axis)(
         x, gamma, beta)
 
@@ -9909,6 +9939,14 @@ def shift(x, ksize=3, dilate=1):
 
 # ----- the links -----------------------------------------------------------------
 
+def _lazy_link_takes_input_device(link, data):
+    """A lazily sized link never sent anywhere puts its parameters on the first
+    input's device (Chainer's would stay on the CPU and fail there); the
+    _initialize_params hooks then read link.xp, as Chainer's do."""
+    if '_device' not in link.__dict__:
+        object.__setattr__(link, '_device', _device_of(data))
+
+
 @_export('links', 'links.connection.convolution_2d')
 class Convolution2D(Link):
     """A convolution layer: owns W (out_channels, in_channels / groups, kh, kw) and b.
@@ -9919,11 +9957,13 @@ class Convolution2D(Link):
     zero (nobias=True: no b).  Calling it on x (N, C, H, W) returns
     F.convolution_2d(x, W, b, stride, pad, dilate=dilate, groups=groups).
     Raises ValueError when in_channels or out_channels does not divide by
-    groups.  Follows chainer.links.Convolution2D.
+    groups, and for Chainer v1's deterministic=.  Follows chainer.links.Convolution2D.
     """
 
     def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
-                 nobias=False, initialW=None, initial_bias=None, *, dilate=1, groups=1):
+                 nobias=False, initialW=None, initial_bias=None, *, dilate=1, groups=1,
+                 **kwargs):
+        _refuse_retired(type(self).__name__, kwargs, 'deterministic')
         super().__init__()
         if ksize is None:                      # the short form (out_channels, ksize)
             in_channels, out_channels, ksize = None, in_channels, out_channels
@@ -9938,14 +9978,14 @@ class Convolution2D(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):   # Chainer's hook; on the link's device
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -9953,7 +9993,8 @@ class Convolution2D(Link):
             # Check before W takes its shape, so a bad first call changes nothing.
             _check_image('convolution_2d', data.shape, self.ksize, self.stride, self.pad,
                          dilate=self.dilate)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return convolution_2d(x, self.W, self.b, self.stride, self.pad, dilate=self.dilate,
                               groups=self.groups)
 
@@ -10007,19 +10048,20 @@ class DepthwiseConvolution2D(Link):
             self.W = Parameter(_get_initializer(initialW, HeNormal(1 / math.sqrt(2))))
             self.b = None if nobias else Parameter(_get_initializer(initial_bias, Zero()))
         if in_channels is not None:
-            self._initialize_params(in_channels, np)
+            self._initialize_params(in_channels)
 
-    def _initialize_params(self, in_channels, xp):
-        self.W.initialize((self.channel_multiplier, in_channels) + self.ksize, xp)
+    def _initialize_params(self, in_channels):
+        self.W.initialize((self.channel_multiplier, in_channels) + self.ksize, self.xp)
         if self.b is not None:
-            self.b.initialize(self.channel_multiplier * in_channels, xp)
+            self.b.initialize(self.channel_multiplier * in_channels, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
             data = _input_data('DepthwiseConvolution2D', x)
             _check_image('depthwise_convolution_2d', data.shape, self.ksize, self.stride,
                          self.pad)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return depthwise_convolution_2d(x, self.W, self.b, self.stride, self.pad)
 
 
@@ -10033,13 +10075,14 @@ class Deconvolution2D(Link):
     (its fan-in is out_channels / groups * kh * kw, W's axes after the
     first), b zero.  Calling it on x returns F.deconvolution_2d(x, W, b,
     stride, pad, outsize, dilate=dilate, groups=groups).  Raises ValueError
-    when in_channels or out_channels does not divide by groups.
-    Follows chainer.links.Deconvolution2D.
+    when in_channels or out_channels does not divide by groups, or for
+    Chainer v1's deterministic=.  Follows chainer.links.Deconvolution2D.
     """
 
     def __init__(self, in_channels, out_channels, ksize=None, stride=1, pad=0,
                  nobias=False, outsize=None, initialW=None, initial_bias=None, *,
-                 dilate=1, groups=1):
+                 dilate=1, groups=1, **kwargs):
+        _refuse_retired('Deconvolution2D', kwargs, 'deterministic')
         super().__init__()
         if ksize is None:                      # the short form (out_channels, ksize)
             in_channels, out_channels, ksize = None, in_channels, out_channels
@@ -10055,14 +10098,14 @@ class Deconvolution2D(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups('Deconvolution2D', in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -10070,7 +10113,8 @@ class Deconvolution2D(Link):
             if data.ndim != 4:
                 raise ValueError('Deconvolution2D: x must be 4-D (batch, channels, height, '
                                  'width), got shape {}'.format(data.shape))
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return deconvolution_2d(x, self.W, self.b, self.stride, self.pad, self.outsize,
                                 dilate=self.dilate, groups=self.groups)
 
@@ -10109,14 +10153,14 @@ class ConvolutionND(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((self.out_channels, in_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
@@ -10125,7 +10169,8 @@ class ConvolutionND(Link):
             _spatial_ndim(type(self).__name__, data, self.ndim)
             _check_volume('convolution_nd', data.shape, self.ksize, self.stride, self.pad,
                           self.cover_all, self.dilate)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return convolution_nd(x, self.W, self.b, self.stride, self.pad, self.cover_all,
                               self.dilate, self.groups)
 
@@ -10192,20 +10237,21 @@ class DeconvolutionND(Link):
         with self.init_scope():
             self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
             if in_channels is not None:
-                self._initialize_params(in_channels, np)
+                self._initialize_params(in_channels)
             self.b = None if nobias else Parameter(
                 _get_initializer(initial_bias, Zero()), out_channels)
 
-    def _initialize_params(self, in_channels, xp):
+    def _initialize_params(self, in_channels):
         _check_link_groups(type(self).__name__, in_channels, self.groups, 'in_channels')
         self.in_channels = in_channels
-        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, xp)
+        self.W.initialize((in_channels, self.out_channels // self.groups) + self.ksize, self.xp)
 
     def forward(self, x):
         if self.W.data is None:
             data = _input_data(type(self).__name__, x)
             _spatial_ndim(type(self).__name__, data, self.ndim)
-            self._initialize_params(data.shape[1], _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
         return deconvolution_nd(x, self.W, self.b, self.stride, self.pad, self.outsize,
                                 self.dilate, self.groups)
 
@@ -10246,7 +10292,8 @@ class BatchNormalization(Link):
     (momentum decay; finetune=True averages all batches seen, counting them
     in N); otherwise it uses avg_mean/avg_var.  gamma starts at 1 and beta
     at 0 (initial_gamma, initial_beta; use_gamma/use_beta=False fixes them).
-    Saved keys: gamma, beta, avg_mean, avg_var, N, as in Chainer.  Follows
+    Saved keys: gamma, beta, avg_mean, avg_var, N, as in Chainer.  Calling
+    it with Chainer v1's test= raises ValueError (use config.train).  Follows
     chainer.links.BatchNormalization.
     """
 
@@ -10272,19 +10319,20 @@ class BatchNormalization(Link):
         self.add_persistent('avg_mean', None)
         self.add_persistent('avg_var', None)
         if size is not None:
-            self._initialize_params(size, np)
+            self._initialize_params(size)
 
-    def _initialize_params(self, shape, xp):
+    def _initialize_params(self, shape):
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         for name, initial, default in (('avg_mean', self._initial_avg[0], Zero()),
                                        ('avg_var', self._initial_avg[1], One())):
-            array = generate_array(_get_initializer(initial, default), shape, xp, self._dtype)
+            array = generate_array(_get_initializer(initial, default), shape, self.xp, self._dtype)
             object.__setattr__(self, name, array)
         for param in (self.gamma, self.beta):
             if param is not None:
-                param.initialize(shape, xp)
+                param.initialize(shape, self.xp)
 
-    def forward(self, x, finetune=False):
+    def forward(self, x, finetune=False, **kwargs):
+        _refuse_retired('BatchNormalization', kwargs, 'test')     # Chainer v1's test=
         data = _input_data('BatchNormalization', x)
         if self.avg_mean is None:
             if any(not -data.ndim <= a < data.ndim for a in self.axis):
@@ -10292,7 +10340,8 @@ class BatchNormalization(Link):
                                  .format(self.axis, data.shape))
             kept = tuple(d for i, d in enumerate(data.shape)
                          if i not in [a % data.ndim for a in self.axis])
-            self._initialize_params(kept, _xp(data))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(kept)
         xp = _xp(self.avg_mean)
         gamma = self.gamma if self.gamma is not None else xp.ones_like(self.avg_mean)
         beta = self.beta if self.beta is not None else xp.zeros_like(self.avg_mean)
@@ -12313,14 +12362,6 @@ class Zoneout(Function):
         return xp.where(self.flag_x, zero, gy), xp.where(self.flag_x, gy, zero)
 
 
-def _no_train_argument(label, kwargs):
-    if kwargs:
-        if 'train' in kwargs:
-            raise ValueError("{}: the train argument is not supported anymore; use "
-                             "chainer.using_config('train', ...)".format(label))
-        raise TypeError('{}: unexpected keyword arguments {}'.format(label, sorted(kwargs)))
-
-
 @_export('functions', 'functions.noise.zoneout')
 def zoneout(h, x, ratio=.5, **kwargs):
     """Zoneout: each element of x replaced by the element of h (the previous
@@ -12330,7 +12371,7 @@ def zoneout(h, x, ratio=.5, **kwargs):
     differing shapes or Chainer's old train= argument.
     Chainer: chainer.functions.zoneout.
     """
-    _no_train_argument('zoneout', kwargs)
+    _refuse_retired('zoneout', kwargs, 'train')
     if not config.train:
         _input_data('zoneout', h)
         return as_variable(x)
@@ -12504,7 +12545,7 @@ class StatefulZoneoutLSTM(_StatefulLSTMState, Chain):
     """
 
     def __init__(self, in_size, out_size, c_ratio=0.5, h_ratio=0.5, **kwargs):
-        _no_train_argument('StatefulZoneoutLSTM', kwargs)
+        _refuse_retired('StatefulZoneoutLSTM', kwargs, 'train')
         super().__init__()
         self.state_size = out_size
         self.c_ratio, self.h_ratio = c_ratio, h_ratio

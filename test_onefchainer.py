@@ -13792,6 +13792,52 @@ def test_linear_initialize_params_is_the_hook_subclasses_override():
     assert out.split() == ['True', 'True'], out
 
 
+def test_convolution_and_batchnorm_initialize_params_take_only_the_size():
+    # Chainer's hook is _initialize_params(self, in_channels) (BatchNormalization:
+    # (self, shape)); spectral-norm links override it and call it with one argument
+    seen = []
+
+    def spy(base):
+        class Spy(base):
+            def _initialize_params(self, size):
+                super()._initialize_params(size)
+                seen.append((base.__name__, size))
+        return Spy
+
+    x4 = np.ones((2, 3, 5, 5), np.float32)
+    for base, make, x in (
+            (L.Convolution2D, lambda c: c(None, 4, 3), x4),
+            (L.Deconvolution2D, lambda c: c(None, 4, 3), x4),
+            (L.DilatedConvolution2D, lambda c: c(None, 4, 3, dilate=2), x4),
+            (L.DepthwiseConvolution2D, lambda c: c(3, 2, 3), x4),
+            (L.ConvolutionND, lambda c: c(1, None, 4, 3), x4[:, :, :, 0]),
+            (L.DeconvolutionND, lambda c: c(1, None, 4, 3), x4[:, :, :, 0]),
+            (L.BatchNormalization, lambda c: c(axis=(0, 2, 3)), x4)):
+        seen.clear()
+        link = make(spy(base))
+        if base is L.DepthwiseConvolution2D:      # sized at construction only
+            assert seen == [(base.__name__, 3)]
+            continue
+        y = link(x)
+        assert seen == [(base.__name__, 3 if base is not L.BatchNormalization else (3,))], base
+        assert y.shape[0] == 2
+    seen.clear()
+    eager = spy(L.Convolution2D)(3, 4, 3)
+    assert seen == [('Convolution2D', 3)] and eager.W.shape == (4, 3, 3, 3)
+    # on the GPU path the lazily made W lands on the link's device
+    out = run_on_stand_in('''
+        import numpy as np, onefchainer as chainer, onefchainer.links as L
+        class SN(L.Convolution2D):
+            def _initialize_params(self, in_channels):
+                super()._initialize_params(in_channels)
+                self.u = self.xp.ones((1, self.out_channels), np.float32)
+        c = SN(None, 2, 3).to_device('@cupy:0')
+        c(chainer.cupy.ones((1, 3, 4, 4), np.float32))
+        print(type(c.W.array) is chainer.cupy.ndarray, type(c.u) is chainer.cupy.ndarray)
+    ''')
+    assert out.split() == ['True', 'True'], out
+
+
 def test_link_repeat_modes_as_chainer():
     np.random.seed(7)
 
@@ -13879,6 +13925,37 @@ def test_dump_graph_function_form_is_the_extension():
     ext = chainer.training.extensions.dump_graph('main/loss', out_name='g.dot')
     assert isinstance(ext, chainer.training.extensions.DumpGraph)
     assert ext._filename == 'g.dot' and ext._root_name == 'main/loss'
+
+
+def test_chainer_v1_mode_arguments_are_refused_with_their_replacement():
+    # v1-era programs pass train=/test=/deterministic= per call; Chainer 7.8.1
+    # answers those with a ValueError naming the config setting (checked side by
+    # side: the same cases raise ValueError there, an unknown keyword TypeError)
+    x2 = np.ones((2, 3), np.float32)
+    x4 = np.ones((1, 1, 3, 3), np.float32)
+    w4 = np.ones((1, 1, 1, 1), np.float32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    cases = [
+        (lambda **k: F.dropout(x2, **k), 'train', "using_config('train'"),
+        (lambda **k: F.rrelu(x2, **k), 'train', "using_config('train'"),
+        (lambda **k: F.batch_normalization(x2, gamma, beta, **k), 'train', "using_config('train'"),
+        (lambda **k: L.BatchNormalization(3)(x2, **k), 'test', "using_config('train'"),
+        (lambda **k: F.convolution_2d(x4, w4, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: F.deconvolution_2d(x4, w4, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: L.Convolution2D(1, 1, 1, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: L.Deconvolution2D(1, 1, 1, **k), 'deterministic', "using_config('cudnn_deterministic'"),
+        (lambda **k: F.zoneout(x2, x2, **k), 'train', "using_config('train'")]
+    for call, old, setting in cases:
+        call()                                   # without it: runs as before
+        with pytest.raises(ValueError, match='the {} argument is not supported anymore; '
+                                             'use chainer.{}'.format(old, re.escape(setting))):
+            call(**{old: True})
+        with pytest.raises(TypeError, match="unexpected keyword arguments.*'colour'"):
+            call(colour=1)
+    bn = L.BatchNormalization(axis=0)            # sized by its first input
+    with pytest.raises(ValueError, match='test argument'):
+        bn(x2, test=True)
+    assert bn.avg_mean is None                   # refused before it took a size
 
 
 @host_iterators
