@@ -19557,6 +19557,538 @@ def _read_mat(path, names):
     return found
 
 
+# --- Tabular datasets ---------------------------------------------------------
+# A tabular dataset is a table: every example has the same named columns
+# (keys), and the whole thing can be asked for a block of rows and columns at
+# once, `get_examples(indices, key_indices)`, which returns one list or array
+# per requested column.  That one method is all a subclass writes (with
+# __len__, keys and mode); everything else is a *view* that rewrites the
+# request and passes it on, so nothing is copied:
+#
+#     table.slice[10:20, ('x', 't')]     rows 10..19, two columns
+#     a.concat(b)   rows of b after a's        a.join(b)   b's columns beside a's
+#     table.transform(('x',), f)         f applied to each example, lazily
+#
+# `mode` says how one example looks: a tuple, a dict by key, or, for one
+# column, the bare value (mode None).  fetch() returns whole columns and
+# convert() turns them into arrays, ready for a model.
+
+def _tabular_rows(indices, length):
+    """`indices` (None, a slice, or ints, bools or a bool mask) as the rows a
+    view keeps: None (all), a range, or a list of non-negative ints."""
+    if indices is None:
+        return None
+    if isinstance(indices, slice):
+        return range(*indices.indices(length))
+    if len(indices) == 0:
+        return []
+    if all(isinstance(index, (bool, np.bool_)) for index in indices):
+        if len(indices) != length:
+            raise ValueError('TabularDataset.slice: a boolean mask needs one entry per row '
+                             '({}), got {}'.format(length, len(indices)))
+        return np.flatnonzero(np.asarray(indices, dtype=bool)).tolist()
+    rows = np.asarray(indices).astype(np.int64)
+    wrapped = np.where(rows < 0, rows + length, rows)
+    outside = (wrapped < 0) | (wrapped >= length)
+    if outside.any():
+        raise IndexError('TabularDataset.slice: row index {} is out of bounds for a dataset '
+                         'of {} rows'.format(rows[outside][0], length))
+    return wrapped.tolist()
+
+
+def _tabular_request(rows):
+    """A view's rows as get_examples takes them: None, a slice or a list."""
+    if isinstance(rows, range):
+        if len(rows) == 0:
+            return slice(0, 0)
+        return slice(rows.start, rows.stop if rows.stop >= 0 else None, rows.step)
+    return rows
+
+
+def _tabular_compose(outer, inner, length):
+    """Rows `inner` (None, slice or list, of a view) of the rows `outer` the
+    view keeps of its base: what to ask the base for."""
+    if outer is None:
+        return inner
+    if inner is None:
+        return _tabular_request(outer)
+    if isinstance(inner, slice):
+        return _tabular_request(outer[inner])        # a range or a list, sliced
+    return [outer[i] for i in inner]
+
+
+def _tabular_key_indices(keys, names, owner):
+    """Column positions of `keys` (ints, negative from the end, or names)."""
+    positions = []
+    for key in keys:
+        if isinstance(key, (int, np.integer)):
+            position = key + len(names) if key < 0 else key
+            if not 0 <= position < len(names):
+                raise IndexError('{}: column {} is out of bounds for the {} columns {}'.format(
+                    owner, key, len(names), names))
+        elif key in names:
+            position = names.index(key)
+        else:
+            raise KeyError('{}: no column {!r}; the columns are {}'.format(owner, key, names))
+        positions.append(position)
+    return tuple(positions)
+
+
+def _first_at_least(ascending, value):
+    """How many entries of the ascending range are below `value` (bisection
+    by arithmetic: the entries are start + k * step)."""
+    count = -(-(value - ascending.start) // ascending.step)
+    return min(max(count, 0), len(ascending))
+
+
+def _rows_requested(indices, length):
+    if indices is None:
+        return length
+    if isinstance(indices, slice):
+        return len(range(*indices.indices(length)))
+    return len(indices)
+
+
+def _column_as_array(column):
+    """A fetched column as one array (on the device of its first entry)."""
+    if isinstance(column, _array_types):
+        return column
+    if cupy is not None and len(column) and isinstance(column[0], cupy.ndarray):
+        return cupy.stack(column)
+    return np.asarray(column)
+
+
+@_export('dataset', 'dataset.tabular.tabular_dataset')
+class TabularDataset(DatasetMixin):
+    """A dataset that is a table: len(self) rows, each with the columns named
+    by `keys`. A subclass defines __len__, `keys` (a tuple of str), `mode`
+    (tuple, dict or None: how dataset[i] looks; None for one column, the bare
+    value) and get_examples(indices, key_indices). The views below (slice,
+    concat, join, transform, ...) copy nothing: each rewrites the request and
+    asks the dataset beneath. Chainer: chainer.dataset.TabularDataset.
+    """
+
+    @property
+    def keys(self):
+        """The column names, a tuple of str. Chainer: TabularDataset.keys."""
+        raise NotImplementedError('{}: define keys'.format(type(self).__name__))
+
+    @property
+    def mode(self):
+        """tuple, dict or None: what an example is. Chainer: TabularDataset.mode."""
+        raise NotImplementedError('{}: define mode'.format(type(self).__name__))
+
+    def get_examples(self, indices, key_indices):
+        """Return one list or array per requested column. `indices`: None (all
+        rows), a slice, or a list of ints; `key_indices`: None (all columns)
+        or a tuple of column positions. Chainer: TabularDataset.get_examples.
+        """
+        raise NotImplementedError('{}: define get_examples(indices, key_indices)'.format(
+            type(self).__name__))
+
+    @property
+    def slice(self):
+        """`dataset.slice[rows]` or `dataset.slice[rows, keys]`: a view of some
+        rows (a slice, ints, or a bool mask of len(dataset)) and columns (a
+        tuple of names or positions; one name or position gives mode None).
+        Raises IndexError/KeyError for a row or column not there, ValueError
+        for a mask of the wrong length. Chainer: TabularDataset.slice.
+        """
+        return _TabularSlicer(self)
+
+    def fetch(self):
+        """All of it column by column: a tuple (mode tuple), a dict by key (mode
+        dict) or the one column (mode None). Chainer: TabularDataset.fetch."""
+        return self._example_form(self.get_examples(None, None))
+
+    def convert(self, data):
+        """Turn fetched columns (fetch()'s result) into arrays, keeping the
+        tuple or dict around them; with_converter replaces this.
+        Chainer: TabularDataset.convert."""
+        if isinstance(data, tuple):
+            return tuple(_column_as_array(column) for column in data)
+        if isinstance(data, dict):
+            return {key: _column_as_array(column) for key, column in data.items()}
+        return _column_as_array(data)
+
+    def astuple(self):
+        """This dataset with mode tuple. Chainer: TabularDataset.astuple."""
+        return _TabularView(self, mode=tuple)
+
+    def asdict(self):
+        """This dataset with mode dict. Chainer: TabularDataset.asdict."""
+        return _TabularView(self, mode=dict)
+
+    def concat(self, *datasets):
+        """The rows of `datasets` after these (all with the same keys, else
+        ValueError). Chainer: TabularDataset.concat."""
+        return _TabularConcat((self,) + datasets)
+
+    def join(self, *datasets):
+        """The columns of `datasets` beside these (the same length and no key
+        twice, else ValueError). Chainer: TabularDataset.join."""
+        return _TabularJoin((self,) + datasets)
+
+    def transform(self, keys, transform):
+        """A view whose examples are transform(example), called lazily per
+        example: with the values (mode tuple or None) or keywords (mode
+        dict); it returns a tuple, a dict or one value, which sets the view's
+        mode, for columns named `keys` (a str or a tuple of them).
+        Chainer: TabularDataset.transform."""
+        return _TabularTransform(self, keys, transform, batch=False)
+
+    def transform_batch(self, keys, transform_batch):
+        """Like transform, but transform_batch gets whole columns and returns
+        columns of the same length (else ValueError).
+        Chainer: TabularDataset.transform_batch."""
+        return _TabularTransform(self, keys, transform_batch, batch=True)
+
+    def with_converter(self, converter):
+        """A view whose convert(data) is converter(*data), converter(**data) or
+        converter(data). Chainer: TabularDataset.with_converter."""
+        return _TabularView(self, converter=converter)
+
+    def get_example(self, i):
+        """Row i (negative: from the end) in the dataset's mode. Raises
+        IndexError outside the rows. Chainer: TabularDataset.get_example."""
+        size = len(self)
+        if not -size <= i < size:     # a view's rows, not its base's
+            raise IndexError('{}: row {} is out of bounds for {} rows'.format(
+                type(self).__name__, i, size))
+        row = int(i) + size if i < 0 else int(i)
+        return self._example_form(tuple(column[0] for column in self.get_examples([row], None)))
+
+    def __iter__(self):
+        return (self.get_example(i) for i in range(len(self)))
+
+    def _example_form(self, columns):
+        if self.mode is tuple:
+            return tuple(columns)
+        if self.mode is dict:
+            return dict(zip(self.keys, columns))
+        return columns[0]
+
+
+class _TabularView(TabularDataset):
+    """Rows `rows` (None: all; a range or a list) and columns `key_indices`
+    of `base`, in `mode` and with `converter` when given: every view is one
+    of these, or is built on it."""
+
+    _unset = object()
+
+    def __init__(self, base, rows=None, key_indices=None, mode=_unset, converter=None):
+        self._base, self._rows, self._key_indices = base, rows, key_indices
+        self._mode, self._converter = mode, converter
+
+    def __len__(self):
+        return len(self._base) if self._rows is None else len(self._rows)
+
+    @property
+    def keys(self):
+        keys = self._base.keys
+        return keys if self._key_indices is None else tuple(keys[i] for i in self._key_indices)
+
+    @property
+    def mode(self):
+        return self._base.mode if self._mode is self._unset else self._mode
+
+    def get_examples(self, indices, key_indices):
+        if self._key_indices is not None and key_indices is not None:
+            key_indices = tuple(self._key_indices[i] for i in key_indices)
+        elif key_indices is None:
+            key_indices = self._key_indices
+        return self._base.get_examples(_tabular_compose(self._rows, indices, len(self._base)),
+                                       key_indices)
+
+    def convert(self, data):
+        if self._converter is None:
+            return self._base.convert(data)
+        if isinstance(data, tuple):
+            return self._converter(*data)
+        if isinstance(data, dict):
+            return self._converter(**data)
+        return self._converter(data)
+
+
+class _TabularSlicer:
+    """What TabularDataset.slice returns: `[rows]` or `[rows, keys]` makes the view."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def __getitem__(self, request):
+        rows, keys = request if isinstance(request, tuple) else (request, None)
+        dataset = self._dataset
+        mode = _TabularView._unset
+        if keys is not None:
+            one_column = not isinstance(keys, tuple)
+            mode = None if one_column else (dataset.mode or tuple)
+            keys = _tabular_key_indices((keys,) if one_column else keys, dataset.keys,
+                                        'TabularDataset.slice')
+        return _TabularView(dataset, _tabular_rows(rows, len(dataset)), keys, mode)
+
+
+class _TabularConcat(TabularDataset):
+    """The rows of several datasets with the same keys, one after another."""
+
+    def __init__(self, datasets):
+        for dataset in datasets[1:]:
+            if dataset.keys != datasets[0].keys:
+                raise ValueError('TabularDataset.concat: all datasets need the same keys; '
+                                 'got {} and {}'.format(datasets[0].keys, dataset.keys))
+        self._datasets = datasets
+        self._starts = np.cumsum([0] + [len(dataset) for dataset in datasets]).tolist()
+
+    def __len__(self):
+        return self._starts[-1]
+
+    keys = property(lambda self: self._datasets[0].keys)
+    mode = property(lambda self: self._datasets[0].mode)
+
+    def convert(self, data):
+        return self._datasets[0].convert(data)
+
+    def get_examples(self, indices, key_indices):
+        width = len(self.keys) if key_indices is None else len(key_indices)
+        if isinstance(indices, list):
+            return self._pick(indices, key_indices, width)
+        rows = range(len(self)) if indices is None else range(*indices.indices(len(self)))
+        ascending = rows if rows.step > 0 else rows[::-1]
+        parts = []                     # (where in `rows` the part begins, its columns)
+        for dataset, start, stop in zip(self._datasets, self._starts, self._starts[1:]):
+            # The rows of this dataset are one run of `rows`, found by bisection.
+            first, last = _first_at_least(ascending, start), _first_at_least(ascending, stop)
+            if rows.step < 0:
+                first, last = len(rows) - last, len(rows) - first
+            if first < last or indices is None:
+                part = rows[first:last]
+                local = range(part.start - start, part.stop - start, part.step)
+                parts.append((first, dataset.get_examples(
+                    None if indices is None else _tabular_request(local), key_indices)))
+        if len(parts) == 1 and indices is not None:
+            return parts[0][1]
+        parts.sort(key=lambda part: part[0])
+        return tuple([value for _, columns in parts for value in columns[c]]
+                     for c in range(width))
+
+    def _pick(self, indices, key_indices, width):
+        found = {}                     # dataset number -> its columns of the rows asked for
+        where = [None] * len(indices)  # row p -> (dataset number, place in its answer)
+        for number, (start, stop) in enumerate(zip(self._starts, self._starts[1:])):
+            local = [(p, i - start) for p, i in enumerate(indices) if start <= i < stop]
+            if local:
+                found[number] = self._datasets[number].get_examples(
+                    [i for _, i in local], key_indices)
+                for place, (p, _) in enumerate(local):
+                    where[p] = (number, place)
+        if len(found) == 1:
+            return next(iter(found.values()))
+        return tuple([found[number][c][place] for number, place in where]
+                     for c in range(width))
+
+
+class _TabularJoin(TabularDataset):
+    """The columns of several datasets of one length, side by side."""
+
+    def __init__(self, datasets):
+        seen = set(datasets[0].keys)
+        for dataset in datasets[1:]:
+            if len(dataset) != len(datasets[0]):
+                raise ValueError('TabularDataset.join: all datasets need the same length; '
+                                 'got {} and {}'.format(len(datasets[0]), len(dataset)))
+            if seen & set(dataset.keys):
+                raise ValueError('TabularDataset.join: the key(s) {} are in two datasets; '
+                                 'every key must be unique'.format(sorted(seen & set(dataset.keys))))
+            seen |= set(dataset.keys)
+        self._datasets = datasets
+
+    def __len__(self):
+        return len(self._datasets[0])
+
+    keys = property(lambda self: tuple(key for dataset in self._datasets for key in dataset.keys))
+    mode = property(lambda self: next((dataset.mode for dataset in self._datasets
+                                       if dataset.mode), tuple))
+
+    def convert(self, data):
+        return self._datasets[0].convert(data)
+
+    def get_examples(self, indices, key_indices):
+        if key_indices is None:
+            return tuple(column for dataset in self._datasets
+                         for column in dataset.get_examples(indices, None))
+        columns, offset = {}, 0
+        for dataset in self._datasets:        # each dataset once, for the columns it holds
+            mine = tuple(sorted(set(k - offset for k in key_indices
+                                    if 0 <= k - offset < len(dataset.keys))))
+            if mine:
+                for k, column in zip(mine, dataset.get_examples(indices, mine)):
+                    columns[offset + k] = column
+            offset += len(dataset.keys)
+        return tuple(columns[k] for k in key_indices)
+
+
+class _TabularTransform(TabularDataset):
+    """Examples (batch=False) or columns (batch=True) of `base` passed
+    through `function`; the mode is what `function` returns, found out by
+    transforming the first row when asked before anything was fetched."""
+
+    def __init__(self, base, keys, function, batch):
+        self._base, self._function, self._batch = base, function, batch
+        self._keys = keys if isinstance(keys, tuple) else (keys,)
+
+    def __len__(self):
+        return len(self._base)
+
+    keys = property(lambda self: self._keys)
+
+    @property
+    def mode(self):
+        if not hasattr(self, '_mode'):
+            self.get_examples([0], None)
+        return self._mode
+
+    def convert(self, data):
+        return self._base.convert(data)
+
+    def _call(self, values):
+        if self._base.mode is dict:
+            return self._function(**dict(zip(self._base.keys, values)))
+        return self._function(*values)
+
+    def _values(self, result):
+        """The result as a tuple by key position; it fixes the mode."""
+        mode = type(result) if isinstance(result, (tuple, dict)) else None
+        if getattr(self, '_mode', mode) is not mode:
+            raise ValueError('TabularDataset.{}: the function returned a {} after a {}; it '
+                             'must not change its return type'.format(
+                                 'transform_batch' if self._batch else 'transform',
+                                 (mode or object).__name__, (self._mode or object).__name__))
+        self._mode = mode
+        if mode is dict:
+            return tuple(result[key] for key in self._keys)
+        return result if mode is tuple else (result,)
+
+    def get_examples(self, indices, key_indices):
+        key_indices = range(len(self._keys)) if key_indices is None else key_indices
+        columns = self._base.get_examples(indices, None)
+        if self._batch:
+            out = self._values(self._call(columns))
+            count = _rows_requested(indices, len(self))
+            if any(len(column) != count for column in out):
+                raise ValueError('TabularDataset.transform_batch: the function must return '
+                                 'columns of {} rows, got {}'.format(
+                                     count, [len(column) for column in out]))
+            return tuple(out[k] for k in key_indices)
+        out = tuple([] for _ in key_indices)
+        for values in zip(*columns):
+            example = self._values(self._call(values))
+            for column, k in zip(out, key_indices):
+                column.append(example[k])
+        return out
+
+
+@_export('dataset.tabular', 'dataset.tabular.delegate_dataset')
+class DelegateDataset(TabularDataset):
+    """A TabularDataset that hands every request to `dataset` (kept as the
+    attribute `dataset`): the base for a class that builds its table in
+    __init__, `super().__init__(tabular.from_data(...))`. Its convert is the
+    default one. Chainer: chainer.dataset.tabular.DelegateDataset.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    keys = property(lambda self: self.dataset.keys)
+    mode = property(lambda self: self.dataset.mode)
+
+    def get_examples(self, indices, key_indices):
+        return self.dataset.get_examples(indices, key_indices)
+
+
+class _TabularColumn(TabularDataset):
+    """One column held in memory: an array (indexed by NumPy) or a list."""
+
+    def __init__(self, key, data):
+        self._key, self._data = key, data
+
+    def __len__(self):
+        return len(self._data)
+
+    keys = property(lambda self: (self._key,))
+    mode = None
+
+    def get_examples(self, indices, key_indices):
+        data = self._data
+        if indices is not None:
+            if isinstance(data, _array_types) or isinstance(indices, slice):
+                data = data[indices]
+            else:
+                data = [data[i] for i in indices]
+        return (data,) * (1 if key_indices is None else len(key_indices))
+
+
+class _TabularIndex(TabularDataset):
+    """The column 'index': row i holds i (what a callable column is made from)."""
+
+    def __init__(self, size):
+        self._size = size
+
+    def __len__(self):
+        return self._size
+
+    keys = ('index',)
+    mode = None
+
+    def get_examples(self, indices, key_indices):
+        rows = (list(range(self._size)) if indices is None else
+                list(range(*indices.indices(self._size))) if isinstance(indices, slice)
+                else indices)
+        return (rows,) * (1 if key_indices is None else len(key_indices))
+
+
+def _tabular_part(key, data, size):
+    if isinstance(data, _array_types + (list,)):
+        return _TabularColumn('_{}'.format(id(data)) if key is None else key, data)
+    if not callable(data):
+        raise TypeError('from_data: a column must be a list, an array or a callable, not '
+                        'a {}'.format(type(data).__name__))
+    if key is None:
+        raise ValueError('from_data: a callable column needs its key(s): (key, function)')
+    if size is None:
+        raise ValueError('from_data: with only callable columns, give the length: size=')
+    return _TabularIndex(size).transform(key, data)
+
+
+@_export('dataset.tabular', 'dataset.tabular.from_data')
+def from_data(data, *, size=None):
+    """A TabularDataset made of columns: `data` is one column (a list or an
+    array: mode None), a (key, column) pair, a (keys, callable) pair, a tuple
+    of columns and pairs (mode tuple) or a dict {key: column} (mode dict),
+    where a column is a list, an array, or a callable of the row number
+    returning the value (a tuple or dict of values for a tuple of keys).
+    `size` gives the length when no column has one (else ValueError). An
+    unnamed column gets the key '_<id of the data>'. Raises TypeError for
+    another kind of column. Chainer: chainer.dataset.tabular.from_data.
+    """
+    if isinstance(data, tuple) and len(data) == 2 and (
+            isinstance(data[0], str) or isinstance(data[0], tuple) and
+            all(isinstance(key, str) for key in data[0])):
+        return _tabular_part(data[0], data[1], size)
+    if isinstance(data, (tuple, dict)):
+        pairs = (list(data.items()) if isinstance(data, dict) else
+                 [item if isinstance(item, tuple) else (None, item) for item in data])
+        if size is None:
+            size = next((len(column) for _, column in pairs if hasattr(column, '__len__')),
+                        None)
+        parts = [_tabular_part(key, column, size) for key, column in pairs]
+        joined = parts[0].join(*parts[1:])
+        return joined.asdict() if isinstance(data, dict) else joined.astuple()
+    return _tabular_part(None, data, size)
+
+
 # =============================================================================
 # Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
@@ -24335,7 +24867,7 @@ _not_supported(
     missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 
 
-_not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='TabularDataset cached_download')
+_not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='cached_download')
 _not_supported(
     dataset.convert,
     multi='ConcatWithAsyncTransfer Conveyor')

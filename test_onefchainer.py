@@ -11054,6 +11054,108 @@ def test_split_dataset_n_and_cross_validation_pick_chainers_samples():
                                          [[4, 9, 1, 6, 7, 3, 0, 5], [2, 8]]]
 
 
+# ----- tabular datasets -----
+
+import tabular_cases                              # noqa: E402
+
+
+def test_tabular_dataset_matches_chainer_781_case_by_case():
+    # The same program (testdata/chainer781/tabular_cases.py) ran on Chainer
+    # 7.8.1: subclasses, slices of every kind, from_data's forms, concat, join,
+    # transform(_batch), with_converter, DelegateDataset; every length, key,
+    # mode, fetched column (list or array, dtype), converted array, example and
+    # error type must be Chainer's.
+    from onefchainer.dataset import tabular
+    with open(os.path.join(HERE, 'testdata', 'chainer781', 'tabular.json')) as f:
+        expected = json.load(f)['cases']
+    ours = json.loads(json.dumps(tabular_cases.run_tabular_cases(chainer.dataset, tabular)))
+    assert len(expected) > 900 and sorted(ours) == sorted(expected)
+    differing = [name for name in expected if ours[name] != expected[name]]
+    assert not differing, [(name, expected[name], ours[name]) for name in differing[:3]]
+
+
+def _tabular_rows_by_hand(table):
+    columns = table.fetch()
+    return [tuple(column[i] for column in columns) for i in range(len(table))]
+
+
+def test_tabular_dataset_where_chainer_781_gives_wrong_rows():
+    # Chainer 7.8.1 reads a view's negative or out-of-range row in its base,
+    # gives rows 8, 7, 4, 1 for rows slice(8, 0, -3) of a concatenation, and
+    # all rows for slice[::-1].slice[7:]; here each is what the rows say.
+    from onefchainer.dataset import tabular
+    first = tabular.from_data((('x', np.arange(5)), ('y', list('pqrst'))))
+    rows = first.concat(tabular.from_data((('x', np.arange(10, 13)), ('y', list('uvw')))),
+                        tabular.from_data((('x', np.array([20])), ('y', ['z']))))
+    everything = _tabular_rows_by_hand(rows)
+    for step in (slice(8, 0, -3), slice(None, None, -2), slice(7, 2, -4), slice(6, None, -5),
+                 slice(0, None, 4), slice(8, -100, -1)):
+        view = rows.slice[step]
+        assert _tabular_rows_by_hand(view) == everything[step], step
+        assert list(view) == everything[step]
+    view = first.slice[1:3]
+    assert view[-1] == view[1] == (2, 'r') and view[-2] == (1, 'q')
+    for bad in (2, -3):
+        with pytest.raises(IndexError, match='out of bounds for 2 rows'):
+            view[bad]
+    with pytest.raises(IndexError):
+        view[[0, 5]]
+    assert [len(column) for column in first.slice[::-1].slice[7:].fetch()] == [0, 0]
+    assert len(first.slice[::-1].slice[7:]) == 0
+    assert first.slice[::-1].slice[1:][-1] == (0, 'p')
+
+
+def test_tabular_dataset_feeds_an_iterator_and_a_trainer_batch():
+    # A table is a dataset: SerialIterator and concat_examples take its rows;
+    # convert() gives the whole of it as arrays, the way Chainer's TabularDataset
+    # examples feed a model.
+    from onefchainer.dataset import tabular
+    x = np.random.RandomState(0).randn(7, 3).astype(np.float32)
+    t = np.arange(7, dtype=np.int32) % 2
+    table = tabular.from_data((('x', x), ('t', t))).transform(
+        ('x', 't'), lambda x, t: (x * np.float32(2), t))
+    batch = concat_examples(next(SerialIterator(table, 4, shuffle=False)))
+    np.testing.assert_array_equal(batch[0], x[:4] * 2)
+    np.testing.assert_array_equal(batch[1], t[:4])
+    whole_x, whole_t = table.convert(table.fetch())
+    assert whole_x.shape == (7, 3) and whole_x.dtype == np.float32 and whole_t.dtype == np.int32
+    assert isinstance(table, chainer.dataset.DatasetMixin)
+    as_dict = table.asdict().slice[[6, 0], 't']
+    assert as_dict.mode is None and as_dict[0] == 0 and as_dict.keys == ('t',)
+    assert chainer.dataset.TabularDataset is chainer.dataset.tabular.tabular_dataset.TabularDataset
+    from onefchainer.dataset.tabular import DelegateDataset, from_data      # noqa: F401
+    from onefchainer.dataset.tabular.from_data import from_data as same
+    assert same is from_data
+
+
+def test_tabular_dataset_errors_say_what_is_wrong():
+    from onefchainer.dataset import tabular
+    table = tabular.from_data({'a': [1, 2, 3], 'b': np.zeros(3)})
+    with pytest.raises(KeyError, match="no column 'c'; the columns are"):
+        table.slice[:, 'c']
+    with pytest.raises(IndexError, match='column 2 is out of bounds for the 2 columns'):
+        table.slice[:, (0, 2)]
+    with pytest.raises(IndexError, match='row index 3 is out of bounds for a dataset of 3'):
+        table.slice[[0, 3]]
+    with pytest.raises(ValueError, match='boolean mask needs one entry per row'):
+        table.slice[[True, False]]
+    with pytest.raises(ValueError, match='same keys'):
+        table.concat(tabular.from_data({'a': [4]}))
+    with pytest.raises(ValueError, match=r"same length; got 3 and 2"):
+        table.join(tabular.from_data({'c': [4, 5]}))
+    with pytest.raises(ValueError, match=r"\['a'\] are in two datasets"):
+        table.join(tabular.from_data({'a': [4, 5, 6]}))
+    with pytest.raises(TypeError, match='a column must be a list, an array or a callable'):
+        tabular.from_data(({'a': 1}, [1]))
+    with pytest.raises(ValueError, match='give the length: size='):
+        tabular.from_data(('k', lambda i: i))
+    with pytest.raises(ValueError, match=r'columns of 3 rows, got \[1\]'):
+        table.transform_batch('s', lambda a, b: a[:1]).fetch()
+    with pytest.raises(NotImplementedError, match='define get_examples'):
+        type('Bare', (chainer.dataset.TabularDataset,), {'__len__': lambda self: 1,
+                                                         'mode': None})().fetch()
+
+
 # =============================================================================
 # Chapter 20. The training loop: Trainer and extensions
 # =============================================================================
