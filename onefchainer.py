@@ -7745,6 +7745,118 @@ class BinaryHierarchicalSoftmax(Link):
         return copy.copy(self._func)(x, t, self.W)
 
 
+# ----- a Theano graph as a link ----------------------------------------------
+# Theano, the symbolic library of Chainer's day, works the other way round:
+# one writes the whole graph first (symbols, no numbers), and Theano compiles
+# it.  L.TheanoFunction(inputs, outputs) turns such a graph into one Function
+# of ours.  Theano compiles two programs from it: the forward (inputs ->
+# outputs) and a backward that, given the gradients gy of the outputs
+# ("known grads"), returns Theano's own symbolic derivative
+#     gx_i = sum_j (d y_j / d x_i)^T gy_j
+# for each input.  Our graph sees one node; Theano differentiates inside it.
+# Theano is optional, imported only here; it computes on the CPU, so CuPy
+# arrays travel to the host and back (as in Chainer).
+
+
+class _TheanoFunctionNode(Function):
+    """The Function behind L.TheanoFunction: forward_func(*inputs) gives the
+    outputs, backward_func(*inputs, *grad_outputs) the gradients of the
+    floating-point inputs (integer inputs get None).  The inputs must have
+    the ndim and dtype of forward_func's Theano inputs (InvalidType
+    otherwise). Chainer: chainer.functions.theano.theano_function.TheanoFunction.
+    """
+
+    label = 'TheanoFunction'
+
+    def __init__(self, forward_func, backward_func):
+        self.forward_func = forward_func
+        self.backward_func = backward_func
+
+    def check_type_forward(self, in_types):
+        expected = [given.variable.type for given in self.forward_func.maker.inputs]
+        _type_expect(in_types.size() == len(expected))
+        for actual, theano_type in zip(in_types, expected):
+            _type_expect(actual.ndim == theano_type.ndim,
+                         actual.dtype == theano_type.numpy_dtype)   # Theano has no shapes
+
+    def forward(self, inputs):
+        outputs = self.forward_func(*_to_cpu(list(inputs)))
+        return tuple(_to_device_of(inputs[0], y) for y in outputs)
+
+    def backward(self, inputs, grad_outputs):
+        grads = self.backward_func(*_to_cpu(list(inputs) + list(grad_outputs)))
+        return tuple(None if x.dtype.kind != 'f' else
+                     _to_device_of(x, g.astype(x.dtype, copy=False))
+                     for x, g in zip(inputs, grads))
+
+
+def _to_device_of(like, array):
+    """`array` (NumPy) on the device of `like` (a NumPy or CuPy array)."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(array)
+    with like.device:
+        return cupy.asarray(array)
+
+
+def _theano_function(forward_func, backward_func, *inputs):
+    """Apply compiled Theano functions as one Function (see _TheanoFunctionNode).
+    Chainer: chainer.functions.theano.theano_function.theano_function."""
+    return _TheanoFunctionNode(forward_func, backward_func)(*inputs)
+_export('functions.theano.theano_function', TheanoFunction=_TheanoFunctionNode,
+        theano_function=_theano_function)
+
+
+@_export('links', 'links.theano', 'links.theano.theano_function')
+class TheanoFunction(Link):
+    """A Theano graph as a link.
+
+    TheanoFunction(inputs, outputs): inputs and outputs are Theano tensor
+    variables (one, or a list/tuple of them) of one symbolic graph.  Calling
+    the link with as many Variables or arrays as there are inputs (each with
+    the ndim and dtype of its Theano input) returns one Variable per output
+    (a tuple if there are several); backward uses Theano's symbolic gradient.
+    The link has no parameters.  Raises RuntimeError if Theano is not
+    installed, TypeError if inputs or outputs are not Theano tensor
+    variables, and InvalidType for inputs of the wrong ndim or dtype.
+    Chainer: chainer.links.TheanoFunction.
+    """
+
+    def __init__(self, inputs, outputs):
+        try:
+            import theano
+        except ImportError:
+            raise RuntimeError('TheanoFunction needs Theano, which is not installed: '
+                               '`pip install Theano` (it runs without a C++ compiler '
+                               'with THEANO_FLAGS=cxx=)') from None
+        super().__init__()
+        inputs = self._theano_variables(theano, 'inputs', inputs)
+        outputs = self._theano_variables(theano, 'outputs', outputs)
+        self.forward_func = theano.function(inputs=inputs, outputs=outputs)
+        grad_outputs = [y.type('g_{}'.format(i)) for i, y in enumerate(outputs)]
+        differentiable = [x for x in inputs if x.dtype.startswith('float')]
+        grads = dict(zip(differentiable, theano.tensor.grad(
+            cost=None, wrt=differentiable, known_grads=collections.OrderedDict(
+                zip(outputs, grad_outputs)), disconnected_inputs='ignore')))
+        # an integer input has no gradient; Theano wants an output in its place
+        self.backward_func = theano.function(
+            inputs=inputs + grad_outputs, on_unused_input='ignore',
+            outputs=[grads.get(x, theano.tensor.zeros_like(x)) for x in inputs])
+
+    @staticmethod
+    def _theano_variables(theano, role, variables):
+        if isinstance(variables, theano.tensor.TensorVariable):
+            return [variables]
+        if isinstance(variables, (list, tuple)) and variables and all(
+                isinstance(v, theano.tensor.TensorVariable) for v in variables):
+            return list(variables)
+        raise TypeError('TheanoFunction: {} must be a Theano TensorVariable or a list or '
+                        'tuple of them, not {!r}'.format(role, variables))
+
+    def forward(self, *inputs):
+        """Run the Theano graph on `inputs`. Chainer: TheanoFunction.forward."""
+        return _theano_function(self.forward_func, self.backward_func, *inputs)
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
@@ -24183,6 +24295,16 @@ class _FunctionTypeCheck:
             cls.__call__ = _calling_with_type_check(own)
 
 
+# The hook sees the classes defined from here on; those of the chapters before
+# (L.TheanoFunction's) that declare their input types are wrapped now.
+_earlier = list(Function.__subclasses__())
+while _earlier:
+    _class = _earlier.pop()
+    _earlier.extend(_class.__subclasses__())
+    if _class.__dict__.get('check_type_forward') is not None:
+        _FunctionTypeCheck.__init_subclass__.__func__(_class)
+
+
 # Chainer's names for them (the module-level ones here are private: `Constant`,
 # `GetItem` and `prod` already name an initializer and two functions).
 _export('utils.type_check', TypeInfo=_TypeInfo, TypeInfoTuple=_TypeInfoTuple,
@@ -24855,7 +24977,6 @@ _not_supported(
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BlackOut DecorrelatedBatchNormalization '
-            'TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 

@@ -4361,6 +4361,64 @@ def test_hierarchical_softmax_gradients_probabilities_and_link(tmp_path):
         assert npz.files == ['W']
 
 
+# ----- a Theano graph as a link ---------------------------------------------------
+
+THEANO_CHECKS = """
+import numpy as np, onefchainer as chainer, onefchainer.functions as F, onefchainer.links as L
+from onefchainer import Variable, gradient_check
+import theano
+T = theano.tensor
+x, y, k = T.fmatrix('x'), T.fvector('y'), T.ivector('k')
+link = L.TheanoFunction(inputs=[x, y, k], outputs=[T.tanh(x).sum(axis=1) * y ** 2,
+                                                   x * T.cast(k.sum(), 'float32')])
+assert chainer.links.theano.theano_function.TheanoFunction is L.TheanoFunction
+assert list(link.params()) == []
+rng = np.random.RandomState(0)
+xv, yv = rng.randn(2, 3).astype(np.float32), rng.randn(2).astype(np.float32)
+kv = np.array([2, -1, 3], np.int32)
+a, b = link(xv, yv, kv)
+np.testing.assert_allclose(a.array, np.tanh(xv).sum(axis=1) * yv ** 2, rtol=1e-6)
+np.testing.assert_allclose(b.array, xv * 4, rtol=1e-6)
+# Theano's derivative, checked by finite differences (the int input has none)
+gradient_check.check_backward(lambda x, y: link(x, y, kv), (xv, yv),
+                              (rng.randn(2).astype(np.float32), rng.randn(2, 3).astype(np.float32)),
+                              eps=1e-2, atol=1e-2, rtol=1e-2)   # Theano computes in float32
+xs = [Variable(xv), Variable(yv), Variable(kv)]
+a, b = link(*xs)
+F.sum(a + F.sum(b)).backward()
+assert xs[2].grad is None and xs[0].grad.dtype == np.float32
+# the Function alone, as Chainer's functions.theano module has it
+node = chainer.functions.theano.theano_function
+c, _ = node.theano_function(link.forward_func, link.backward_func, xv, yv, kv)
+np.testing.assert_array_equal(c.array, a.array)
+for bad, words in (((xv.astype(np.float64), yv, kv), 'float32'), ((xv[0], yv, kv), 'ndim')):
+    try:
+        link(*bad)
+        raise AssertionError('no InvalidType for ' + words)
+    except chainer.utils.type_check.InvalidType as error:   # Theano's types, not ours
+        assert words in str(error), error
+try:
+    L.TheanoFunction(inputs=[xv], outputs=[x])
+    raise AssertionError('no TypeError')
+except TypeError as error:
+    assert 'inputs must be a Theano TensorVariable' in str(error), error
+print('theano checks passed')
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec('theano') is None or np.__version__ >= '2',
+                    reason='needs Theano 1.0.5, which needs NumPy < 2 (it calls np.product)')
+def test_theano_function_link_runs_theanos_graph_forward_and_backward(tmp_path):
+    # In a fresh interpreter: Theano 1.0.5 imports NumPy's distutils, which
+    # works only with the standard library's distutils, chosen at startup;
+    # cxx= makes it compute in Python, without compiling C++.
+    env = dict(os.environ, SETUPTOOLS_USE_DISTUTILS='stdlib', PYTHONPATH=HERE,
+               THEANO_FLAGS='cxx=,base_compiledir={}'.format(tmp_path))
+    done = subprocess.run([sys.executable, '-W', 'ignore', '-c', THEANO_CHECKS], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and 'theano checks passed' in done.stdout, done.stderr[-3000:]
+
+
 # =============================================================================
 # Chapter 11. Convolutional networks
 # =============================================================================
