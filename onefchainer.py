@@ -22569,6 +22569,107 @@ def observe_lr(optimizer_name='main', observation_key='lr'):
                          lambda trainer: trainer.updater.get_optimizer(optimizer_name).lr)
 
 
+
+# ----- data parallelism: ParallelUpdater --------------------------------------
+# Synchronous data-parallel SGD: every device holds a copy of the model, each
+# copy computes the loss and gradients on its share of the batch, the shares'
+# gradients are summed into the main copy,
+#     g = sum_k dL_k/dw      (L_k: the loss of share k)
+# and only the main copy's optimizer steps; the other copies then copy its
+# parameters back.  Nothing else about training changes, so the copies may
+# all live on the CPU (as Chainer's example runs it on one); a machine with
+# several GPUs is outside this project (one device at a time), so the copies
+# may share one GPU but not spread over several.
+
+@_export('training', 'training.updaters', 'training.updaters.parallel_updater',
+         'training.updater')
+class ParallelUpdater(StandardUpdater):
+    """StandardUpdater's step, data-parallel over several copies of the model.
+
+    ParallelUpdater(iterator, optimizer, converter=concat_examples,
+    models=None, devices=None, loss_func=None, loss_scale=None,
+    auto_new_epoch=True).  devices: {name: device} with a 'main' entry (the
+    device of optimizer.target); without `models` each other name gets a
+    deep copy of optimizer.target on its device.  models: {name: model}
+    given instead, 'main' being optimizer.target.  Each step splits the
+    batch round-robin (batch[k::n] to the k-th model), converts each share
+    onto its model's device, runs the loss and backward on every copy, adds
+    the other copies' gradients into the main model (their sum, not their
+    mean, as in Chainer), updates it, and copies its parameters back to the
+    others.  The other copies report under their own names ('second/loss').
+    Raises ValueError without models or devices, KeyError without 'main' in
+    devices, and NotSupportedError for devices on more than one GPU.
+    Chainer: chainer.training.updaters.ParallelUpdater.
+    """
+
+    def __init__(self, iterator, optimizer, converter=concat_examples, models=None,
+                 devices=None, loss_func=None, loss_scale=None, auto_new_epoch=True):
+        super().__init__(iterator, optimizer, converter=converter, loss_func=loss_func,
+                         loss_scale=loss_scale, auto_new_epoch=auto_new_epoch)
+        if models is None:
+            if devices is None:
+                raise ValueError('ParallelUpdater: give `devices` ({name: device} with a '
+                                 "'main' key) or `models` ({name: model})")
+            if 'main' not in devices:
+                raise KeyError("ParallelUpdater: devices must have a 'main' key, got {}"
+                               .format(sorted(devices)))
+        devices = {name: get_device(device) for name, device in (devices or {}).items()}
+        gpus = sorted({device.device_id for device in devices.values()
+                       if isinstance(device, GpuDevice)})
+        if len(gpus) > 1:
+            raise NotSupportedError('ParallelUpdater over GPUs {} is not supported by '
+                                    'onefchainer: {}'.format(gpus, _OUT_OF_SCOPE['multi']))
+        main = self.get_optimizer('main').target
+        if models is None:
+            main.to_device(devices['main'])
+            models = {'main': main}
+            for name, device in devices.items():
+                if name != 'main':
+                    models[name] = copy.deepcopy(main).to_device(device)
+        self._devices = devices
+        self._models = models
+
+    def connect_trainer(self, trainer):
+        """Make the copies other than the main one observers under their
+        names. Chainer: ParallelUpdater.connect_trainer."""
+        main = self.get_optimizer('main').target
+        for name, model in self._models.items():
+            if model is not main:
+                trainer.reporter.add_observer(name, model)
+
+    def update_core(self):
+        """One data-parallel step (see the class docstring).
+        Chainer: ParallelUpdater.update_core."""
+        optimizer = self.get_optimizer('main')
+        main = optimizer.target
+        iterator = self.get_iterator('main')
+        batch = iterator.next()
+        names = list(self._models)
+        losses = []
+        for k, name in enumerate(names):
+            model = self._models[name]
+            model.cleargrads()
+            device = self._devices.get(name)
+            in_arrays = self.converter(batch[k::len(names)], device)
+            loss_func = self.loss_func or model
+            with force_backprop_mode(), using_device(device or CpuDevice()):
+                if isinstance(in_arrays, tuple):
+                    losses.append(loss_func(*in_arrays))
+                elif isinstance(in_arrays, dict):
+                    losses.append(loss_func(**in_arrays))
+                else:
+                    losses.append(loss_func(in_arrays))
+        for loss in losses:
+            loss.backward(loss_scale=self.loss_scale)
+        others = [self._models[name] for name in names if self._models[name] is not main]
+        for model in others:
+            main.addgrads(model)
+        optimizer.update()
+        for model in others:
+            model.copyparams(main)
+        if self.auto_new_epoch and iterator.is_new_epoch:
+            optimizer.new_epoch(auto=True)
+
 # #############################################################################
 # PART III. PLUMBING
 # #############################################################################
@@ -25014,9 +25115,7 @@ _not_supported(
 # ----- chainer.training ---------------------------------------------------------
 
 
-_not_supported(training, multi='ParallelUpdater')
-_not_supported(training.updaters, multi='ParallelUpdater MultiprocessParallelUpdater')
-_not_supported(training.updater, multi='ParallelUpdater')
+_not_supported(training.updaters, multi='MultiprocessParallelUpdater')
 _not_supported(
     training.extensions.snapshot_writers,
     missing='StandardWriter ThreadWriter ProcessWriter QueueWriter ThreadQueueWriter '

@@ -7,6 +7,7 @@ out here by hand; nothing of onefchainer is mocked.
 """
 
 import collections
+import copy
 import functools
 import gc
 import gzip
@@ -11270,6 +11271,43 @@ def test_updater_passes_dicts_as_keywords_and_single_arrays_alone():
     assert calls == [(0, ['x']), (1, [])]
 
 
+def test_parallel_updater_sums_the_shares_gradients_and_syncs_the_copies(tmp_path):
+    # Chainer's data-parallel step on two copies on one device: the main
+    # model's step uses the sum of the two shares' gradients (batch[0::2] and
+    # batch[1::2]), the copy gets the new parameters, and reports as 'second'.
+    np.random.seed(0)
+    model = L.Classifier(L.Linear(5, 3))
+    expected = copy.deepcopy(model)
+    expected.to_device(TEST_DEVICE)
+    optimizer = chainer.optimizers.SGD(lr=0.5).setup(model)
+    data = make_dataset(40)
+    updater = chainer.training.updaters.ParallelUpdater(
+        SerialIterator(data, 8, shuffle=False), optimizer,
+        devices={'main': TEST_DEVICE, 'second': TEST_DEVICE})
+    second = updater._models['second']
+    assert second is not model and set(updater._models) == {'main', 'second'}
+    updater.update()
+    batch = concat_examples(data[:8], TEST_DEVICE)
+    expected.cleargrads()
+    (expected(batch[0][0::2], batch[1][0::2]) + expected(batch[0][1::2], batch[1][1::2])).backward()
+    for name, want in expected.namedparams():
+        got, copied = dict(model.namedparams())[name], dict(second.namedparams())[name]
+        np.testing.assert_allclose(host(got.array), host(want.array - 0.5 * want.grad),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(host(copied.array), host(got.array))
+    trainer = chainer.training.Trainer(updater, (2, 'iteration'), out=str(tmp_path))
+    trainer.extend(chainer.training.extensions.LogReport(trigger=(1, 'iteration')))
+    trainer.run()
+    log = trainer.get_extension('LogReport').log
+    assert {'main/loss', 'second/loss', 'main/accuracy', 'second/accuracy'} <= set(log[-1])
+    assert chainer.training.ParallelUpdater is chainer.training.updaters.ParallelUpdater
+    with pytest.raises(ValueError, match='devices'):
+        chainer.training.updaters.ParallelUpdater(SerialIterator(data, 8), optimizer)
+    with pytest.raises(KeyError, match="'main'"):
+        chainer.training.updaters.ParallelUpdater(SerialIterator(data, 8), optimizer,
+                                                  devices={'first': -1, 'second': -1})
+
+
 def test_updater_serializes_with_chainer_keys():
     model, optimizer = make_model()
     updater = chainer.StandardUpdater(SerialIterator(make_dataset(), 30), optimizer,
@@ -13643,8 +13681,7 @@ CHAINER_OUT_OF_SCOPE = {
     'dataset': 'ConcatWithAsyncTransfer',
     'datasets': 'PickleDataset TextDataset get_kuzushiji_mnist',
     'iterators': 'DaliIterator',
-    'training': 'ParallelUpdater',
-    'training.updaters': 'ParallelUpdater MultiprocessParallelUpdater',
+    'training.updaters': 'MultiprocessParallelUpdater',
     'variable': 'VariableNode',
     'chainerx': 'ndarray array zeros get_device',
     'function_hooks': 'CUDAProfileHook CupyMemoryProfileHook',
