@@ -14605,7 +14605,7 @@ def _roi_reference():
 ROI_CASES = {
     'roi_pooling_2d/a': lambda v, r: F.roi_pooling_2d(v, r['rois5'], 3, 2, 0.5),
     'roi_pooling_2d/b': lambda v, r: F.roi_pooling_2d(
-        v, r['rois5'] * np.float32([1, 2, 2, 2, 2]), 2, 4, 0.5),
+        v, r['rois5'] * dev(np.float32([1, 2, 2, 2, 2])), 2, 4, 0.5),
     'roi_max_pooling_2d/int': lambda v, r: F.roi_max_pooling_2d(
         v, r['rois'], r['roi_indices'], 3, 0.5),
     'roi_max_pooling_2d/pair': lambda v, r: F.roi_max_pooling_2d(
