@@ -14780,3 +14780,21 @@ def test_roi_function_classes_are_chainers():
     rois5 = np.concatenate([roi_indices[:, None], rois[:, [1, 0, 3, 2]]], axis=1)
     y = ROIPooling2D(2, 2, 1.0)(dev(x), dev(rois5))
     assert y.shape == (4, 2, 2, 2)
+
+
+def test_roi_maxima_on_ties_pass_the_gradient_to_the_first():
+    # As Chainer: the first maximum in row-major order (pixels of a bin, or a
+    # bin's samples iy s_w + ix).  On a constant image, one bin over rows 1..3
+    # and columns 2..5 gives all its gradient to pixel (1, 2); max align's
+    # first sample, at (1.5, 2.75), gives it to rows 1, 2 and columns 2, 3.
+    x = Variable(dev(np.ones((1, 1, 5, 7))))
+    box, index = dev(np.array([[1.0, 2.0, 4.0, 6.0]])), dev(np.zeros(1, np.int32))
+    F.sum(F.roi_max_pooling_2d(x, box, index, 1, 1.0)).backward()
+    expected = np.zeros((5, 7))
+    expected[1, 2] = 1
+    np.testing.assert_array_equal(host(x.grad)[0, 0], expected)
+    x.cleargrad()
+    F.sum(F.roi_max_align_2d(x, dev(np.array([[1.0, 2.0, 3.0, 5.0]])), index, 1, 1.0,
+                             sampling_ratio=2)).backward()
+    expected[1:3, 2:4] = np.outer([0.5, 0.5], [0.25, 0.75])
+    np.testing.assert_allclose(host(x.grad)[0, 0], expected)
