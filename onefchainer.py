@@ -10847,7 +10847,30 @@ def _roi_span(weights):
     return first, end
 
 
-class _ROIWeightedSum(Function):
+class _ROIFunction(Function):
+    """What the ROI functions share: outsize and spatial_scale, checked as
+    Chainer's constructors check them, and the boxes' bins or samples."""
+
+    def __init__(self, outsize, spatial_scale):
+        self.outh, self.outw = _roi_outsize(self.label, outsize)
+        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
+
+    def _pool_bins(self, inputs):
+        """ROI pooling's (first, end) rows and columns of every bin, (R, out) each."""
+        x, rois, roi_indices = inputs
+        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
+        return _roi_pool_geometry(boxes, self.spatial_scale, (self.outh, self.outw), x.shape,
+                                  inclusive=False)
+
+    def _align_samples(self, inputs):
+        """ROI align's samples along y and x with their grids (_roi_align_geometry)."""
+        x, rois, roi_indices = inputs
+        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
+        return _roi_align_geometry(boxes, self.spatial_scale, (self.outh, self.outw),
+                                   self.sampling_ratio, x.shape)
+
+
+class _ROIWeightedSum(_ROIFunction):
     """The averaging ROI functions, y[r] = Ay[r] x[n] Ax[r]^T (see above):
     subclasses set self.ay, self.ax (host, float64) and self.images in forward."""
 
@@ -10875,7 +10898,7 @@ class _ROIWeightedSum(Function):
         return gx, None, None
 
 
-class _ROIMaximum(Function):
+class _ROIMaximum(_ROIFunction):
     """The ROI maxima: each bin's first largest value among the pixels (or
     samples) gathered for it; backward adds gy to what that winner read."""
 
@@ -10988,16 +11011,8 @@ class ROIMaxPooling2D(_ROIMaximum):
 
     label = 'roi_max_pooling_2d'
 
-    def __init__(self, outsize, spatial_scale):
-        self.outh, self.outw = _roi_outsize(self.label, outsize)
-        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
-
     def forward(self, inputs):
-        x, rois, roi_indices = inputs
-        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
-        rows, columns = _roi_pool_geometry(boxes, self.spatial_scale, (self.outh, self.outw),
-                                           x.shape, inclusive=False)
-        return self._pool(x, rows, columns)
+        return self._pool(inputs[0], *self._pool_bins(inputs))
 
 
 _ROI_ARGS = """x: (N, C, H, W) float.  rois: (R, 4) float, rows (y_min, x_min,
@@ -11034,15 +11049,9 @@ class ROIAveragePooling2D(_ROIWeightedSum):
 
     label = 'roi_average_pooling_2d'
 
-    def __init__(self, outsize, spatial_scale):
-        self.outh, self.outw = _roi_outsize(self.label, outsize)
-        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
-
     def forward(self, inputs):
-        x, rois, roi_indices = inputs
-        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
-        rows, columns = _roi_pool_geometry(boxes, self.spatial_scale, (self.outh, self.outw),
-                                           x.shape, inclusive=False)
+        x = inputs[0]
+        rows, columns = self._pool_bins(inputs)
         self.ay = _roi_mean_weights(*rows, x.shape[2])
         self.ax = _roi_mean_weights(*columns, x.shape[3])
         return self._apply(x)
@@ -11071,15 +11080,12 @@ class ROIAverageAlign2D(_ROIWeightedSum):
     label = 'roi_average_align_2d'
 
     def __init__(self, outsize, spatial_scale, sampling_ratio=None):
-        self.outh, self.outw = _roi_outsize(self.label, outsize)
-        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
+        super().__init__(outsize, spatial_scale)
         self.sampling_ratio = _roi_sampling_ratio(self.label, sampling_ratio)
 
     def forward(self, inputs):
-        x, rois, roi_indices = inputs
-        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
-        (ys, grid_h), (xs, grid_w) = _roi_align_geometry(
-            boxes, self.spatial_scale, (self.outh, self.outw), self.sampling_ratio, x.shape)
+        x = inputs[0]
+        (ys, grid_h), (xs, grid_w) = self._align_samples(inputs)
         self.ay = _roi_align_weights(ys, grid_h, x.shape[2])
         self.ax = _roi_align_weights(xs, grid_w, x.shape[3])
         return self._apply(x)
@@ -11117,16 +11123,13 @@ class ROIMaxAlign2D(_ROIMaximum):
     label = 'roi_max_align_2d'
 
     def __init__(self, outsize, spatial_scale, sampling_ratio=None):
-        self.outh, self.outw = _roi_outsize(self.label, outsize)
-        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
+        super().__init__(outsize, spatial_scale)
         self.sampling_ratio = _roi_sampling_ratio(self.label, sampling_ratio)
 
     def forward(self, inputs):
-        x, rois, roi_indices = inputs
+        x = inputs[0]
         xp, dtype = _xp(x), x.dtype
-        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
-        (ys, grid_h), (xs, grid_w) = _roi_align_geometry(
-            boxes, self.spatial_scale, (self.outh, self.outw), self.sampling_ratio, x.shape)
+        (ys, grid_h), (xs, grid_w) = self._align_samples(inputs)
         self.grid_w = grid_w
         # On the device once: each axis's pixels, weights and reads, (R, out, G).
         self.ys, self.xs = ([xp.asarray(a.astype(dtype) if a.dtype.kind == 'f' else a)
@@ -11159,15 +11162,17 @@ class ROIMaxAlign2D(_ROIMaximum):
     def backward(self, inputs, grad_outputs):
         xp = _xp(grad_outputs[0])
         width = inputs[0].shape[3]
-        # The winner's sample iy = k // s_w, ix = k % s_w, looked up per box and bin.
+        # The winner's sample iy = k // s_w, ix = k % s_w, looked up per box and
+        # bin: flat indices (r outh + p) G + iy into the (R, outh, G) samples.
         grid_w = xp.asarray(self.grid_w.reshape(-1, 1, 1, 1))
         k = xp.maximum(self.winner, 0)
-        iy, ix = k // grid_w, k % grid_w
         r = xp.arange(len(self.images)).reshape(-1, 1, 1, 1)
-        p = xp.arange(self.outh).reshape(1, 1, -1, 1)
-        q = xp.arange(self.outw).reshape(1, 1, 1, -1)
-        y_low, y_high, wy_low, wy_high = (a[r, p, iy] for a in self.ys[:4])
-        x_low, x_high, wx_low, wx_high = (a[r, q, ix] for a in self.xs[:4])
+        at_y = (r * self.outh + xp.arange(self.outh).reshape(1, 1, -1, 1)) * \
+            self.ys[0].shape[2] + k // grid_w
+        at_x = (r * self.outw + xp.arange(self.outw).reshape(1, 1, 1, -1)) * \
+            self.xs[0].shape[2] + k % grid_w
+        y_low, y_high, wy_low, wy_high = (a.reshape(-1).take(at_y) for a in self.ys[:4])
+        x_low, x_high, wx_low, wx_high = (a.reshape(-1).take(at_x) for a in self.xs[:4])
         won = self.winner >= 0
         targets = [(xp.where(won, yy * width + xx, -1), wy * wx)
                    for yy, wy in ((y_low, wy_low), (y_high, wy_high))
