@@ -10755,6 +10755,561 @@ class _BNInitializer(Initializer):
         self.initializer(array)
 
 
+# ----- regions of interest: ROI pooling and ROI align -------------------------------
+# A detector (Fast and Faster R-CNN, Mask R-CNN) proposes boxes on a feature
+# map, its regions of interest (ROIs), and needs a feature of one fixed size
+# for each box, whatever the box's size: an outh x outw grid of bins laid over
+# the box, one value per bin and channel.  A box is given in image coordinates,
+# (y_min, x_min, y_max, x_max), with roi_indices[r] naming its image in the
+# batch; spatial_scale (1/16 behind a backbone of stride 16) maps it onto the
+# feature map.  (roi_pooling_2d, the oldest, takes rows (n, x_min, y_min,
+# x_max, y_max) instead, and counts y_max as a row of the box: one more row.)
+#
+# ROI pooling (Fast R-CNN) rounds the scaled box to whole pixels and cuts it
+# into bins of h / outh rows: bin p covers the box's rows floor(p h / outh) up
+# to ceil((p + 1) h / outh) - 1, so neighbouring bins may share a row.  The
+# bins are clipped to the image and each gives its maximum (roi_pooling_2d,
+# roi_max_pooling_2d) or mean (roi_average_pooling_2d); a bin the clipping
+# leaves empty gives 0 (-inf for roi_max_pooling_2d) and passes no gradient.
+# The rounding shifts a box by up to half a pixel of the feature map, half a
+# stride of the image, which is too coarse for masks.
+#
+# ROI align (Mask R-CNN) rounds nothing.  Bin p of a box starting at y_0 with
+# bins of height b = max(h, 1) / outh gets s sample rows, at the centres of its
+# s sub-rows,  y = y_0 + p b + (i + 1/2) b / s  (i = 0 .. s-1), and so for
+# columns; s is sampling_ratio, or by default ceil(b), about one sample per
+# pixel.  The feature at a point (y, x) between pixels is read by bilinear
+# interpolation from its four neighbours: with y' = floor(y), a = y - y',
+# x' = floor(x), c = x - x',
+#
+#     f(y, x) = (1-a)(1-c) f[y', x'] + (1-a) c f[y', x'+1]
+#                 + a (1-c) f[y'+1, x'] +   a c f[y'+1, x'+1]
+#
+# A point less than one pixel outside the image is moved onto its edge; one
+# further out reads nothing.  roi_average_align_2d averages a bin's s_h s_w
+# samples (the ones that read nothing count as 0), roi_max_align_2d keeps
+# the largest.
+#
+# Each weight (1-a)(1-c), ... is a weight along y times one along x, and so
+# is the 1 / (s_h s_w) of the average.  A whole averaged bin is therefore a
+# separable weighted sum, and all of a box's bins are two small matrix
+# products:  y[r] = Ay x[n] Ax^T,  with Ay (outh, H) holding in row p the
+# weight of bin p on every row of the image (a sample's (1-a)/s_h on row y'
+# and a/s_h on y'+1, summed over its samples; for average pooling 1/(rows in
+# the bin) on the bin's rows), and Ax likewise.  The backward is the adjoint,
+# gx[n] += Ay^T gy[r] Ax.  The maxima need the values themselves: a box's
+# pixels (or samples) are gathered bin by bin and the first largest is kept,
+# in row-major order on ties; its gradient goes to that pixel (or to the four
+# pixels its sample read, with their bilinear weights).  Boxes are handled
+# one at a time, each a few array operations on the part of the image it
+# covers; the geometry (a few numbers per bin) is worked out on the host.
+
+def _roi_outsize(label, outsize):
+    """Chainer's `outsize=7` or `outsize=(7, 7)`: positive ints (TypeError, as Chainer)."""
+    values = tuple(outsize) if isinstance(outsize, (tuple, list)) else (outsize, outsize)
+    if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                   and v > 0 for v in values):
+        raise TypeError('{}: outsize must be a positive int or a pair of them (height, width), '
+                        'got {!r}'.format(label, outsize))
+    return int(values[0]), int(values[1])
+
+
+def _roi_spatial_scale(label, spatial_scale):
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, np.integer,
+                                                                         np.floating)) \
+            or not spatial_scale > 0:
+        raise TypeError('{}: spatial_scale must be a positive number (the feature map\'s size '
+                        'over the image\'s, e.g. 1/16), got {!r}'.format(label, spatial_scale))
+    return float(spatial_scale)
+
+
+def _roi_sampling_ratio(label, sampling_ratio):
+    values = tuple(sampling_ratio) if isinstance(sampling_ratio, (tuple, list)) \
+        else (sampling_ratio, sampling_ratio)
+    if len(values) != 2 or not all(v is None or (isinstance(v, (int, np.integer)) and
+                                                 not isinstance(v, bool) and v >= 1)
+                                   for v in values):
+        raise TypeError('{}: sampling_ratio must be None, an int >= 1 or a pair of them, got '
+                        '{!r}'.format(label, sampling_ratio))
+    return tuple(None if v is None else int(v) for v in values)
+
+
+def _roi_boxes(label, x, rois, roi_indices):
+    """Check the inputs of an ROI function; return its boxes (R, 4) float64
+    and image indices (R,) int64 on the host.  rois (R, 4) with roi_indices
+    (R,), or, for roi_pooling_2d (roi_indices None), rows (R, 5) whose first
+    column is the index."""
+    width = 4 if roi_indices is not None else 5
+    if x.ndim != 4:
+        raise ValueError('{}: x must be 4-D (batch, channels, height, width), got shape '
+                         '{}'.format(label, x.shape))
+    if x.dtype.kind != 'f':
+        raise TypeError('{}: x must be a float array, got dtype {}; convert it with '
+                        '.astype(numpy.float32)'.format(label, x.dtype))
+    if rois.ndim != 2 or rois.shape[1] != width:
+        raise ValueError('{}: rois must have shape (R, {}), one row ({}) per region, got shape '
+                         '{}'.format(label, width, 'y_min, x_min, y_max, x_max' if width == 4
+                                     else 'batch index, x_min, y_min, x_max, y_max',
+                                     rois.shape))
+    if rois.dtype.kind != 'f':
+        raise TypeError('{}: rois must be a float array, got dtype {}'.format(label, rois.dtype))
+    if roi_indices is None:
+        boxes = _to_cpu(rois).astype(np.float64)
+        images, boxes = boxes[:, 0], boxes[:, 1:]
+        if (images != np.floor(images)).any():
+            raise ValueError('{}: the first column of rois holds batch indices, whole numbers; '
+                             'got {}'.format(label, images[images != np.floor(images)][:5]))
+        images = images.astype(np.int64)
+    else:
+        if roi_indices.ndim != 1 or roi_indices.shape[0] != rois.shape[0]:
+            raise ValueError('{}: roi_indices must have shape ({},), one batch index per row '
+                             'of rois (shape {}), got shape {}'.format(
+                                 label, rois.shape[0], rois.shape, roi_indices.shape))
+        if roi_indices.dtype.kind not in 'iu':
+            raise TypeError('{}: roi_indices must be integers (numpy.int32), got dtype '
+                            '{}'.format(label, roi_indices.dtype))
+        boxes = _to_cpu(rois).astype(np.float64)
+        images = _to_cpu(roi_indices).astype(np.int64)
+    bad = (images < 0) | (images >= x.shape[0])
+    if bad.any():
+        raise ValueError('{}: batch indices must lie in 0..{} (x has {} images), got {}'.format(
+            label, x.shape[0] - 1, x.shape[0], images[bad][:5].tolist()))
+    return boxes, images
+
+
+def _roi_pool_bins(start, size, out, limit):
+    """Along one axis, the whole-pixel bins of ROI pooling: boxes starting at
+    pixel `start` (R,) and `size` (R,) pixels long, cut into `out` bins,
+    clipped to 0..limit: (first, end) pixels (R, out), end <= first when empty."""
+    p = np.arange(out)
+    step = size[:, None] / out
+    first = np.floor(p * step).astype(np.int64) + start[:, None]
+    end = np.ceil((p + 1) * step).astype(np.int64) + start[:, None]
+    return np.clip(first, 0, limit), np.clip(end, 0, limit)
+
+
+def _roi_pool_geometry(boxes, scale, outsize, shape, inclusive):
+    """The bins of every box, (first, end) rows and columns, each (R, out)."""
+    # Halves round to even (NumPy's round, as Chainer's CPU code; its GPU kernel
+    # rounds them away from zero).
+    y0, x0, y1, x1 = (np.round(boxes[:, k] * scale).astype(np.int64) for k in range(4))
+    extra = 1 if inclusive else 0     # roi_pooling_2d counts y_max as a row of the box
+    rows = _roi_pool_bins(y0, np.maximum(y1 - y0 + extra, 1), outsize[0], shape[2])
+    columns = _roi_pool_bins(x0, np.maximum(x1 - x0 + extra, 1), outsize[1], shape[3])
+    return rows, columns
+
+
+def _roi_mean_weights(first, end, limit):
+    """Average pooling's Ay: (R, out, limit), 1/(bin size) on each bin's pixels."""
+    pixels = np.arange(limit)
+    inside = (pixels >= first[..., None]) & (pixels < end[..., None])
+    return inside / np.maximum(end - first, 1)[..., None]
+
+
+def _roi_align_samples(start, size, out, grid, limit):
+    """Along one axis, ROI align's sample points: boxes starting at `start`
+    (R,) (real, scaled), `size` (R,) long (at least 1), `out` bins of grid[r]
+    samples each.  Returns (low, high, w_low, w_high), each (R, out, G) for G
+    = max(grid): the two pixels a sample reads and their weights, both weights
+    0 for a point more than a pixel off the image and for the padding past a
+    box's own grid; and reads (R, out, G), False for those."""
+    g = max(int(grid.max()), 1) if len(grid) else 1
+    step = (size / out)[:, None, None]
+    sample = np.arange(g)[None, None, :]
+    point = (start[:, None, None] + np.arange(out)[None, :, None] * step
+             + (sample + 0.5) * step / grid[:, None, None])
+    reads = (point >= -1) & (point <= limit) & (sample < grid[:, None, None])
+    point = np.clip(point, 0, limit - 1)        # within a pixel of the edge: onto the edge
+    low = np.floor(point).astype(np.int64)
+    high = np.minimum(low + 1, limit - 1)
+    fraction = point - low
+    return (low, high, np.where(reads, 1 - fraction, 0.0), np.where(reads, fraction, 0.0),
+            reads)
+
+
+def _roi_align_geometry(boxes, scale, outsize, sampling_ratio, shape):
+    """Every box's samples along y and along x (_roi_align_samples) and grids (R,) each."""
+    start = boxes * scale
+    axes = []
+    for k, (out, ratio, limit) in enumerate(zip(outsize, sampling_ratio, shape[2:])):
+        size = np.maximum(start[:, k + 2] - start[:, k], 1.0)      # a malformed box: 1 pixel
+        grid = (np.ceil(size / out).astype(np.int64) if ratio is None
+                else np.full(len(size), ratio, np.int64))
+        axes.append((_roi_align_samples(start[:, k], size, out, grid, limit), grid))
+    return axes
+
+
+def _roi_align_weights(samples, grid, limit):
+    """Average align's Ay (R, out, limit): each bin's samples' weights on each
+    pixel, summed and divided by the bin's sample count along this axis."""
+    low, high, w_low, w_high, _ = samples
+    r, out, g = low.shape
+    weights = np.zeros((r, out, limit))
+    rows = np.arange(r)[:, None, None], np.arange(out)[None, :, None]
+    np.add.at(weights, rows + (low,), w_low)
+    np.add.at(weights, rows + (high,), w_high)
+    return weights / grid[:, None, None]
+
+
+def _roi_span(weights):
+    """The pixels (first, end) each box's weights (R, out, limit) touch; (0, 0) if none."""
+    used = (weights != 0).any(axis=1)
+    first = np.where(used.any(axis=1), used.argmax(axis=1), 0)
+    end = np.where(used.any(axis=1), used.shape[1] - used[:, ::-1].argmax(axis=1), 0)
+    return first, end
+
+
+class _ROIFunction(Function):
+    """What the ROI functions share: outsize and spatial_scale, checked as
+    Chainer's constructors check them, and the boxes' bins or samples."""
+
+    def __init__(self, outsize, spatial_scale):
+        self.outh, self.outw = _roi_outsize(self.label, outsize)
+        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
+
+    def _pool_bins(self, inputs):
+        """ROI pooling's (first, end) rows and columns of every bin, (R, out) each."""
+        x, rois, roi_indices = inputs
+        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
+        return _roi_pool_geometry(boxes, self.spatial_scale, (self.outh, self.outw), x.shape,
+                                  inclusive=False)
+
+    def _align_samples(self, inputs):
+        """ROI align's samples along y and x with their grids (_roi_align_geometry)."""
+        x, rois, roi_indices = inputs
+        boxes, self.images = _roi_boxes(self.label, x, rois, roi_indices)
+        return _roi_align_geometry(boxes, self.spatial_scale, (self.outh, self.outw),
+                                   self.sampling_ratio, x.shape)
+
+
+class _ROIWeightedSum(_ROIFunction):
+    """The averaging ROI functions, y[r] = Ay[r] x[n] Ax[r]^T (see above):
+    subclasses set self.ay, self.ax (host, float64) and self.images in forward."""
+
+    def _apply(self, x):
+        xp = _xp(x)
+        self.spans = _roi_span(self.ay), _roi_span(self.ax)
+        self.ay_d = xp.asarray(self.ay.astype(x.dtype))
+        self.ax_d = xp.asarray(self.ax.astype(x.dtype))
+        y = xp.zeros((len(self.images), x.shape[1]) + self.ay.shape[1:2] + self.ax.shape[1:2],
+                     x.dtype)
+        for r, n in enumerate(self.images.tolist()):
+            (h0, h1), (w0, w1) = ((int(s[0][r]), int(s[1][r])) for s in self.spans)
+            if h1 > h0 and w1 > w0:       # a box wholly off the image stays 0
+                y[r] = self.ay_d[r, :, h0:h1] @ x[n, :, h0:h1, w0:w1] @ self.ax_d[r, :, w0:w1].T
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, gy = inputs[0], grad_outputs[0]
+        gx = _xp(gy).zeros(x.shape, gy.dtype)
+        for r, n in enumerate(self.images.tolist()):
+            (h0, h1), (w0, w1) = ((int(s[0][r]), int(s[1][r])) for s in self.spans)
+            if h1 > h0 and w1 > w0:
+                gx[n, :, h0:h1, w0:w1] += \
+                    self.ay_d[r, :, h0:h1].T @ gy[r] @ self.ax_d[r, :, w0:w1]
+        return gx, None, None
+
+
+class _ROIMaximum(_ROIFunction):
+    """The ROI maxima: each bin's first largest value among the pixels (or
+    samples) gathered for it; backward adds gy to what that winner read."""
+
+    fill = -np.inf        # what an empty bin gives
+
+    def _pool(self, x, rows, columns):
+        """Max pooling over whole-pixel bins: rows, columns = (first, end), each
+        (R, out); keeps self.winner (R, C, outh, outw), the flat pixel h W + w
+        of each maximum, -1 for an empty bin."""
+        xp = _xp(x)
+        (r_first, r_end), (c_first, c_end) = rows, columns
+        n, channels, height, width = x.shape
+        outh, outw = r_first.shape[1], c_first.shape[1]
+        kh = max(int((r_end - r_first).max(initial=0)), 1)   # the tallest bin: gather that many
+        kw = max(int((c_end - c_first).max(initial=0)), 1)
+        row = r_first[..., None] + np.arange(kh)             # (R, outh, kh)
+        column = c_first[..., None] + np.arange(kw)          # (R, outw, kw)
+        valid = ((row < r_end[..., None])[:, :, None, :, None] &
+                 (column < c_end[..., None])[:, None, :, None, :])   # (R, outh, outw, kh, kw)
+        empty = ~valid.any(axis=(3, 4))
+        row, column = np.minimum(row, height - 1), np.minimum(column, width - 1)
+        # On the device once: each bin's pixels h W + w, row-major, and which are in it.
+        pixel = xp.asarray((row[:, :, None, :, None] * width + column[:, None, :, None, :])
+                           .reshape(-1, outh, outw, kh * kw))
+        valid = xp.asarray(valid.reshape(-1, outh, outw, kh * kw))
+        first_row, first_column = xp.asarray(r_first), xp.asarray(c_first)
+        y = xp.empty((len(self.images), channels, outh, outw), x.dtype)
+        self.winner = xp.empty(y.shape, np.int32)
+        flat_x = x.reshape(n, channels, height * width)
+        for r, image in enumerate(self.images.tolist()):
+            values = xp.where(valid[r], flat_x[image][:, pixel[r]],
+                              x.dtype.type(-np.inf))      # (C, outh, outw, kh kw)
+            k = values.argmax(axis=-1)                    # the first maximum
+            y[r] = values.max(axis=-1)
+            self.winner[r] = ((first_row[r][:, None] + k // kw) * width
+                              + first_column[r][None, :] + k % kw)
+        empty = xp.asarray(empty[:, None])
+        xp.copyto(y, x.dtype.type(self.fill), where=empty)
+        xp.copyto(self.winner, -1, where=empty)
+        return y,
+
+    def _scatter(self, gy, x_shape, targets):
+        """gx of x_shape: gy * weight summed onto each flat pixel index
+        (image, channel, pixel), for each (pixel (R, C, outh, outw), weight)
+        in targets; a pixel < 0 passes nothing."""
+        xp = _xp(gy)
+        n, channels, height, width = x_shape
+        images = xp.asarray(self.images.reshape(-1, 1, 1, 1))
+        base = (images * channels + xp.arange(channels).reshape(1, -1, 1, 1)) * (height * width)
+        gx = xp.zeros(n * channels * height * width, np.float64)
+        for pixel, weight in targets:
+            reached = pixel >= 0
+            gx += xp.bincount((base + xp.where(reached, pixel, 0)).ravel(),
+                              weights=xp.where(reached, gy * weight, 0).ravel(),
+                              minlength=gx.size)
+        return gx.astype(gy.dtype).reshape(x_shape)
+
+    def backward(self, inputs, grad_outputs):
+        gx = self._scatter(grad_outputs[0], inputs[0].shape, [(self.winner, 1)])
+        return (gx,) + (None,) * (len(inputs) - 1)
+
+
+@_export('functions.pooling.roi_pooling_2d')
+class ROIPooling2D(_ROIMaximum):
+    """Function node of roi_pooling_2d (rois with the batch index in column 0;
+    0 for an empty bin). Chainer: chainer.functions.pooling.roi_pooling_2d.ROIPooling2D."""
+
+    label = 'roi_pooling_2d'
+    fill = 0.0
+
+    def __init__(self, outh, outw, spatial_scale):
+        self.outh = _positive_int(self.label, 'outh', outh)
+        self.outw = _positive_int(self.label, 'outw', outw)
+        self.spatial_scale = _roi_spatial_scale(self.label, spatial_scale)
+
+    def forward(self, inputs):
+        x, rois = inputs
+        boxes, self.images = _roi_boxes(self.label, x, rois, None)
+        # Column order x_min, y_min, x_max, y_max: swap into (y, x) pairs.
+        rows, columns = _roi_pool_geometry(boxes[:, [1, 0, 3, 2]], self.spatial_scale,
+                                           (self.outh, self.outw), x.shape, inclusive=True)
+        return self._pool(x, rows, columns)
+
+
+@_export('functions', 'functions.pooling.roi_pooling_2d')
+def roi_pooling_2d(x, rois, outh, outw, spatial_scale):
+    """ROI max pooling (Fast R-CNN), the older interface: the maximum of each of
+    outh x outw bins over each region.
+
+    x: (N, C, H, W) float.  rois: (R, 5) float, rows (batch index, x_min,
+    y_min, x_max, y_max) in image coordinates; spatial_scale (positive) maps
+    them onto x; the scaled corners are rounded to pixels (halves to even)
+    and x_max, y_max are inside the box (a box x_min..x_max is x_max - x_min
+    + 1 pixels wide, at least 1).  Bin (p, q) covers the box's rows
+    floor(p h / outh) .. ceil((p + 1) h / outh) - 1, and so for columns,
+    clipped to the image; an empty bin gives 0 and no gradient.  The
+    gradient goes to the first maximum in row-major order.  Returns (R, C,
+    outh, outw) of x's dtype.  Raises ValueError for a non-4-D x, rois not (R,
+    5), batch indices that are not whole or not in 0..N-1, TypeError for non-
+    float x or rois, outh/outw not positive ints, spatial_scale not positive.
+    Chainer: chainer.functions.roi_pooling_2d.
+    """
+    return ROIPooling2D(outh, outw, spatial_scale)(x, rois)
+
+
+@_export('functions.pooling.roi_max_pooling_2d')
+class ROIMaxPooling2D(_ROIMaximum):
+    """Function node of roi_max_pooling_2d (-inf for an empty bin).
+    Chainer: chainer.functions.pooling.roi_max_pooling_2d.ROIMaxPooling2D."""
+
+    label = 'roi_max_pooling_2d'
+
+    def forward(self, inputs):
+        return self._pool(inputs[0], *self._pool_bins(inputs))
+
+
+_ROI_ARGS = """x: (N, C, H, W) float.  rois: (R, 4) float, rows (y_min, x_min,
+    y_max, x_max) in image coordinates; roi_indices: (R,) ints (numpy.int32),
+    the image of each row.  spatial_scale (positive number) maps the boxes
+    onto x.  outsize: int or (outh, outw)."""
+
+
+@_export('functions', 'functions.pooling.roi_max_pooling_2d')
+def roi_max_pooling_2d(x, rois, roi_indices, outsize, spatial_scale):
+    """ROI max pooling: the maximum of each of outh x outw bins over each region.
+
+    {args}  The scaled corners are rounded to pixels (halves to even); a box
+    is max(y_max - y_min, 1) rows high, and bin p covers its rows
+    floor(p h / outh) .. ceil((p + 1) h / outh) - 1, clipped to the image (so
+    for columns).  An empty bin gives -inf and no gradient; the gradient goes
+    to the first maximum in row-major order.  Returns (R, C, outh, outw) of
+    x's dtype.  Raises ValueError for a non-4-D x, rois not (R, 4), roi_indices
+    not (R,) or out of 0..N-1; TypeError for non-float x or rois, non-integer
+    roi_indices, a bad outsize or spatial_scale.
+    Chainer: chainer.functions.roi_max_pooling_2d.
+    """
+    return ROIMaxPooling2D(outsize, spatial_scale)(x, rois, roi_indices)
+
+
+roi_max_pooling_2d.__doc__ = roi_max_pooling_2d.__doc__.format(args=_ROI_ARGS)
+
+
+@_export('functions.pooling.roi_average_pooling_2d')
+class ROIAveragePooling2D(_ROIWeightedSum):
+    """Function node of roi_average_pooling_2d: y[r] = Ay x[n] Ax^T with each
+    bin's 1/size on its pixels. Chainer:
+    chainer.functions.pooling.roi_average_pooling_2d.ROIAveragePooling2D."""
+
+    label = 'roi_average_pooling_2d'
+
+    def forward(self, inputs):
+        x = inputs[0]
+        rows, columns = self._pool_bins(inputs)
+        self.ay = _roi_mean_weights(*rows, x.shape[2])
+        self.ax = _roi_mean_weights(*columns, x.shape[3])
+        return self._apply(x)
+
+
+@_export('functions', 'functions.pooling.roi_average_pooling_2d')
+def roi_average_pooling_2d(x, rois, roi_indices, outsize, spatial_scale):
+    """ROI average pooling: the mean of each of outh x outw bins over each region.
+
+    {args}  The bins are roi_max_pooling_2d's (whole pixels, clipped to the
+    image); an empty bin gives 0.  Returns (R, C, outh, outw) of x's dtype.
+    Raises as roi_max_pooling_2d. Chainer: chainer.functions.roi_average_pooling_2d.
+    """
+    return ROIAveragePooling2D(outsize, spatial_scale)(x, rois, roi_indices)
+
+
+roi_average_pooling_2d.__doc__ = roi_average_pooling_2d.__doc__.format(args=_ROI_ARGS)
+
+
+@_export('functions.pooling.roi_average_align_2d')
+class ROIAverageAlign2D(_ROIWeightedSum):
+    """Function node of roi_average_align_2d: y[r] = Ay x[n] Ax^T with the
+    samples' bilinear weights. Chainer:
+    chainer.functions.pooling.roi_average_align_2d.ROIAverageAlign2D."""
+
+    label = 'roi_average_align_2d'
+
+    def __init__(self, outsize, spatial_scale, sampling_ratio=None):
+        super().__init__(outsize, spatial_scale)
+        self.sampling_ratio = _roi_sampling_ratio(self.label, sampling_ratio)
+
+    def forward(self, inputs):
+        x = inputs[0]
+        (ys, grid_h), (xs, grid_w) = self._align_samples(inputs)
+        self.ay = _roi_align_weights(ys, grid_h, x.shape[2])
+        self.ax = _roi_align_weights(xs, grid_w, x.shape[3])
+        return self._apply(x)
+
+
+_ALIGN_ARGS = _ROI_ARGS + """  sampling_ratio: None (default), an int >= 1 or
+    a pair (s_h, s_w): the sample rows and columns per bin; None takes
+    ceil(bin height) and ceil(bin width) for each box."""
+
+
+@_export('functions', 'functions.pooling.roi_average_align_2d')
+def roi_average_align_2d(x, rois, roi_indices, outsize, spatial_scale, sampling_ratio=None):
+    """ROI align (Mask R-CNN), averaging: the mean of bilinearly interpolated
+    samples in each of outh x outw bins over each region, nothing rounded.
+
+    {args}  A box is max(y_max - y_min, 1) high (scaled); a sample more than
+    a pixel off the image counts as 0, one within a pixel reads the edge.
+    Returns (R, C, outh, outw) of x's dtype.  Raises ValueError for a non-4-D
+    x, rois not (R, 4), roi_indices not (R,) or out of 0..N-1; TypeError for
+    non-float x or rois, non-integer roi_indices, a bad outsize,
+    spatial_scale or sampling_ratio. Chainer: chainer.functions.roi_average_align_2d.
+    """
+    return ROIAverageAlign2D(outsize, spatial_scale, sampling_ratio)(x, rois, roi_indices)
+
+
+roi_average_align_2d.__doc__ = roi_average_align_2d.__doc__.format(args=_ALIGN_ARGS)
+
+
+@_export('functions.pooling.roi_max_align_2d')
+class ROIMaxAlign2D(_ROIMaximum):
+    """Function node of roi_max_align_2d: the largest sample of each bin; keeps
+    winner, the sample's index iy s_w + ix in its bin (-1: none read anything).
+    Chainer: chainer.functions.pooling.roi_max_align_2d.ROIMaxAlign2D."""
+
+    label = 'roi_max_align_2d'
+
+    def __init__(self, outsize, spatial_scale, sampling_ratio=None):
+        super().__init__(outsize, spatial_scale)
+        self.sampling_ratio = _roi_sampling_ratio(self.label, sampling_ratio)
+
+    def forward(self, inputs):
+        x = inputs[0]
+        xp, dtype = _xp(x), x.dtype
+        (ys, grid_h), (xs, grid_w) = self._align_samples(inputs)
+        self.grid_w = grid_w
+        # On the device once: each axis's pixels, weights and reads, (R, out, G).
+        self.ys, self.xs = ([xp.asarray(a.astype(dtype) if a.dtype.kind == 'f' else a)
+                             for a in samples] for samples in (ys, xs))
+        channels, outh, outw = x.shape[1], self.outh, self.outw
+        y = xp.empty((len(self.images), channels, outh, outw), dtype)
+        self.winner = xp.empty(y.shape, np.int32)
+        for r, n in enumerate(self.images.tolist()):
+            gh, gw = int(grid_h[r]), int(grid_w[r])
+            h0, h1 = int(ys[0][r, :, :gh].min()), int(ys[1][r, :, :gh].max()) + 1
+            w0, w1 = int(xs[0][r, :, :gw].min()), int(xs[1][r, :, :gw].max()) + 1
+            part = x[n, :, h0:h1, w0:w1]                   # the part of x the box reads
+            y_low, y_high, wy_low, wy_high = (a[r, :, :gh].reshape(-1) for a in self.ys[:4])
+            x_low, x_high, wx_low, wx_high = (a[r, :, :gw].reshape(-1) for a in self.xs[:4])
+            # Interpolate along y, then along x: (C, outh gh, w) -> (C, outh gh, outw gw).
+            rows = (part[:, y_low - h0] * wy_low[:, None]
+                    + part[:, y_high - h0] * wy_high[:, None])
+            samples = (rows[:, :, x_low - w0] * wx_low + rows[:, :, x_high - w0] * wx_high)
+            samples = samples.reshape(channels, outh, gh, outw, gw).transpose(0, 1, 3, 2, 4)
+            reads = (self.ys[4][r, :, None, :gh, None] & self.xs[4][r, None, :, None, :gw])
+            samples = xp.where(reads, samples, dtype.type(-np.inf)).reshape(
+                channels, outh, outw, gh * gw)
+            self.winner[r] = samples.argmax(axis=-1)      # the first maximum, iy-major
+            y[r] = samples.max(axis=-1)
+        # A bin none of whose samples reads anything: -inf (from the max), no winner.
+        none = ~(ys[4].any(axis=2)[:, :, None] & xs[4].any(axis=2)[:, None, :])
+        xp.copyto(self.winner, -1, where=xp.asarray(none[:, None]))
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        xp = _xp(grad_outputs[0])
+        width = inputs[0].shape[3]
+        # The winner's sample iy = k // s_w, ix = k % s_w, looked up per box and
+        # bin: flat indices (r outh + p) G + iy into the (R, outh, G) samples.
+        grid_w = xp.asarray(self.grid_w.reshape(-1, 1, 1, 1))
+        k = xp.maximum(self.winner, 0)
+        r = xp.arange(len(self.images)).reshape(-1, 1, 1, 1)
+        at_y = (r * self.outh + xp.arange(self.outh).reshape(1, 1, -1, 1)) * \
+            self.ys[0].shape[2] + k // grid_w
+        at_x = (r * self.outw + xp.arange(self.outw).reshape(1, 1, 1, -1)) * \
+            self.xs[0].shape[2] + k % grid_w
+        y_low, y_high, wy_low, wy_high = (a.reshape(-1).take(at_y) for a in self.ys[:4])
+        x_low, x_high, wx_low, wx_high = (a.reshape(-1).take(at_x) for a in self.xs[:4])
+        won = self.winner >= 0
+        targets = [(xp.where(won, yy * width + xx, -1), wy * wx)
+                   for yy, wy in ((y_low, wy_low), (y_high, wy_high))
+                   for xx, wx in ((x_low, wx_low), (x_high, wx_high))]
+        return self._scatter(grad_outputs[0], inputs[0].shape, targets), None, None
+
+
+@_export('functions', 'functions.pooling.roi_max_align_2d')
+def roi_max_align_2d(x, rois, roi_indices, outsize, spatial_scale, sampling_ratio=None):
+    """ROI align (Mask R-CNN), maximum: the largest of the bilinearly
+    interpolated samples in each of outh x outw bins over each region.
+
+    {args}  Samples are roi_average_align_2d's; those more than a pixel off
+    the image take no part, and a bin with none gives -inf and no gradient.
+    The gradient goes to the four pixels the first largest sample (in
+    row-major sample order) read, with its bilinear weights.  Returns (R, C,
+    outh, outw) of x's dtype.  Raises as roi_average_align_2d.
+    Chainer: chainer.functions.roi_max_align_2d.
+    """
+    return ROIMaxAlign2D(outsize, spatial_scale, sampling_ratio)(x, rois, roi_indices)
+
+
+roi_max_align_2d.__doc__ = roi_max_align_2d.__doc__.format(args=_ALIGN_ARGS)
+
+
 # =============================================================================
 # Chapter 12. Recurrent networks
 # =============================================================================
@@ -17203,6 +17758,11 @@ def _linear_in_one_input_on_variables(f, xs, ys, gys):     # select_item's x, em
     index = 0 if isinstance(f, SelectItem) else 1
     gx = _Adjoint(f, index)(gys[0])
     return (gx, None) if index == 0 else (None, gx)
+
+
+@_backward_on_variables(ROIAveragePooling2D, ROIAverageAlign2D)
+def _roi_average_on_variables(f, xs, ys, gys):      # linear in x; the boxes get no gradient
+    return _Adjoint(f)(gys[0]), None, None
 
 
 @_backward_on_variables(_Adjoint)
@@ -25069,8 +25629,6 @@ _not_supported(
             'fixed_decorrelated_batch_normalization '
             'sparse_matmul spatial_transformer_grid '
             'spatial_transformer_sampler '
-            'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
-            'roi_max_pooling_2d roi_pooling_2d '
             'deformable_convolution_2d_sampler '
             'local_convolution_2d')
 _not_supported(

@@ -14685,3 +14685,211 @@ def test_train_mnist_program_trains_the_cnn(tmp_path):
     with np.load(out / 'snapshot_iter_4') as snapshot:     # the CNN's parameters were saved
         assert snapshot['updater/model:main/predictor/conv1/W'].shape == (32, 1, 3, 3)
         assert 'updater/model:main/predictor/bn1/avg_var' in snapshot.files
+
+
+# =============================================================================
+# ROI functions (Chapter 11: roi_pooling_2d, roi_max/average_pooling_2d,
+# roi_max/average_align_2d)
+# =============================================================================
+
+def _roi_reference():
+    return np.load(os.path.join(HERE, 'testdata', 'chainer781', 'roi.npz'))
+
+
+# The cases of testdata/chainer781/make_roi_fixture.py, on our side.
+ROI_CASES = {
+    'roi_pooling_2d/a': lambda v, r: F.roi_pooling_2d(v, r['rois5'], 3, 2, 0.5),
+    'roi_pooling_2d/b': lambda v, r: F.roi_pooling_2d(
+        v, r['rois5'] * dev(np.float32([1, 2, 2, 2, 2])), 2, 4, 0.5),
+    'roi_max_pooling_2d/int': lambda v, r: F.roi_max_pooling_2d(
+        v, r['rois'], r['roi_indices'], 3, 0.5),
+    'roi_max_pooling_2d/pair': lambda v, r: F.roi_max_pooling_2d(
+        v, r['rois'] * 2, r['roi_indices'], (2, 4), 0.25),
+    'roi_average_pooling_2d/int': lambda v, r: F.roi_average_pooling_2d(
+        v, r['rois'], r['roi_indices'], 3, 0.5),
+    'roi_average_pooling_2d/pair': lambda v, r: F.roi_average_pooling_2d(
+        v, r['rois'] * 2, r['roi_indices'], (2, 4), 0.25),
+    'roi_average_align_2d/none': lambda v, r: F.roi_average_align_2d(
+        v, r['rois'], r['roi_indices'], 3, 0.5),
+    'roi_average_align_2d/two': lambda v, r: F.roi_average_align_2d(
+        v, r['rois'], r['roi_indices'], (2, 3), 0.5, sampling_ratio=2),
+    'roi_average_align_2d/pair': lambda v, r: F.roi_average_align_2d(
+        v, r['rois'], r['roi_indices'], (4, 2), 0.5, sampling_ratio=(1, 3)),
+    'roi_max_align_2d/none': lambda v, r: F.roi_max_align_2d(
+        v, r['rois'], r['roi_indices'], 3, 0.5),
+    'roi_max_align_2d/two': lambda v, r: F.roi_max_align_2d(
+        v, r['rois'], r['roi_indices'], (2, 3), 0.5, sampling_ratio=2),
+    'roi_max_align_2d/pair': lambda v, r: F.roi_max_align_2d(
+        v, r['rois'], r['roi_indices'], (4, 2), 0.5, sampling_ratio=(None, 3)),
+}
+
+
+@pytest.mark.parametrize('case', sorted(ROI_CASES))
+def test_roi_functions_match_chainer_781(case):
+    # Values and gradients against Chainer 7.8.1 on the same x and 7 boxes
+    # (inside, off each edge, nearly the whole map, sub-pixel, max < min,
+    # wholly off the image: -inf or 0 and no gradient).
+    reference = _roi_reference()
+    arrays = {key: dev(reference[key]) for key in ('rois', 'roi_indices', 'rois5')}
+    x = Variable(dev(reference['x'].copy()))
+    y = ROI_CASES[case](x, arrays)
+    y.grad = dev(reference[case + '/gy'])
+    y.backward()
+    assert y.dtype == np.float32 and x.grad.dtype == np.float32
+    np.testing.assert_allclose(host(y), reference[case + '/y'], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host(x.grad), reference[case + '/gx'], rtol=1e-5, atol=1e-6)
+
+
+def _roi_inputs(seed=3):
+    # x with values 0.01 apart (no ties within check_backward's eps), 4 boxes:
+    # inside, off the top-left and bottom-right edges (no bin empty: an empty
+    # bin's -inf has no numerical derivative; the fixture has those), malformed
+    # (max < min).
+    r = rng(seed)
+    x = (r.permutation(2 * 2 * 7 * 9).reshape(2, 2, 7, 9) * 0.01).astype(np.float64)
+    rois = np.array([[1.3, 2.2, 5.6, 7.7], [-0.6, -0.8, 4.4, 5.1],
+                     [3.2, 4.3, 7.6, 10.1], [5.2, 4.4, 3.1, 2.6]])
+    return x, rois, np.array([0, 1, 0, 1], np.int32)
+
+
+@pytest.mark.parametrize('name,args', [
+    ('roi_average_pooling_2d', ((2, 3), 1.0)),
+    ('roi_max_pooling_2d', (3, 1.0)),
+    ('roi_average_align_2d', ((2, 3), 1.0)),
+    ('roi_average_align_2d', (3, 1.0, 2)),
+    ('roi_max_align_2d', ((3, 2), 1.0)),
+    ('roi_max_align_2d', (2, 1.0, (2, 3))),
+])
+def test_roi_functions_gradients(name, args):
+    x, rois, roi_indices = _roi_inputs()
+    function = getattr(F, name)
+    check(lambda v: function(v, dev(rois), dev(roi_indices), *args), x)
+
+
+def test_roi_pooling_2d_gradient_reaches_the_pixel_a_malformed_box_pools():
+    # roi_pooling_2d: (index, x_min, y_min, x_max, y_max) rows, y_max a row of
+    # the box.  Chainer pools a box with max < min as its one first pixel but
+    # passes that pixel no gradient; here it gets it (the gradient check).
+    x, rois, roi_indices = _roi_inputs()
+    rois5 = np.concatenate([roi_indices[:, None], rois[:, [1, 0, 3, 2]]], axis=1)
+    check(lambda v: F.roi_pooling_2d(v, dev(rois5), 2, 3, 1.0), x)
+    y = F.roi_pooling_2d(dev(x), dev(rois5), 2, 3, 1.0)
+    assert y.shape == (4, 2, 2, 3)
+    # The malformed box: y 5.2 -> 5, x 4.4 -> 4: every bin is pixel (5, 4) of image 1.
+    np.testing.assert_array_equal(host(y)[3], np.broadcast_to(x[1, :, 5, 4, None, None],
+                                                              (2, 2, 3)))
+
+
+def test_roi_align_is_bilinear_interpolation_at_the_bin_centres():
+    # One bin, one sample: the box's centre, read from its four neighbours with
+    # weights (1-a)(1-c), (1-a)c, a(1-c), ac.  A box (y, x) = (0.5..2, 1..4)
+    # on a 3x5 image has its centre at (1.25, 2.5): a = 0.25, c = 0.5.
+    image = np.arange(15, dtype=np.float32).reshape(1, 1, 3, 5) ** 2
+    box, index = dev(np.array([[0.5, 1.0, 2.0, 4.0]], np.float32)), dev(np.zeros(1, np.int32))
+    f = image[0, 0]
+    expected = (0.75 * 0.5 * f[1, 2] + 0.75 * 0.5 * f[1, 3] + 0.25 * 0.5 * f[2, 2]
+                + 0.25 * 0.5 * f[2, 3])
+    for function in (F.roi_average_align_2d, F.roi_max_align_2d):
+        y = function(dev(image), box, index, 1, 1.0, sampling_ratio=1)
+        np.testing.assert_allclose(host(y), [[[[expected]]]], rtol=1e-6)
+    # Two samples per axis (sampling_ratio None: ceil(1.5) = 2, ceil(3) = 3)
+    # averaged, against the same formula at each sample.
+    ys, xs = 0.5 + (np.arange(2) + 0.5) * 0.75, 1.0 + (np.arange(3) + 0.5) * 1.0
+    values = [f[int(sy), int(sx)] * (1 - sy % 1) * (1 - sx % 1)
+              + f[int(sy), int(sx) + 1] * (1 - sy % 1) * (sx % 1)
+              + f[int(sy) + 1, int(sx)] * (sy % 1) * (1 - sx % 1)
+              + f[int(sy) + 1, int(sx) + 1] * (sy % 1) * (sx % 1) for sy in ys for sx in xs]
+    y = F.roi_average_align_2d(dev(image), box, index, 1, 1.0)
+    np.testing.assert_allclose(host(y).ravel(), [np.mean(values)], rtol=1e-6)
+    y = F.roi_max_align_2d(dev(image), box, index, 1, 1.0)
+    np.testing.assert_allclose(host(y).ravel(), [np.max(values)], rtol=1e-6)
+
+
+def test_roi_boxes_are_y_x_and_scaled():
+    # (y_min, x_min, y_max, x_max), times spatial_scale: on an image whose value
+    # is its column, the mean over a box is the mean of its columns.
+    image = np.broadcast_to(np.arange(8, dtype=np.float32), (1, 1, 6, 8)).copy()
+    box = dev(np.array([[0.0, 2.0, 8.0, 12.0]], np.float32))     # rows 0..4, columns 1..6
+    y = F.roi_average_pooling_2d(dev(image), box, dev(np.zeros(1, np.int32)), 1, 0.5)
+    np.testing.assert_allclose(host(y).ravel(), [np.mean(np.arange(1, 6))])
+    y = F.roi_max_pooling_2d(dev(image), box, dev(np.zeros(1, np.int32)), (1, 2), 0.5)
+    np.testing.assert_allclose(host(y).ravel(), [3, 5])
+
+
+def test_roi_average_functions_differentiate_twice():
+    x, rois, roi_indices = _roi_inputs()
+    r = rng(5)
+    for function in (F.roi_average_pooling_2d, F.roi_average_align_2d):
+        def f(v):
+            return function(v, dev(rois), dev(roi_indices), (2, 3), 1.0)
+        shape = f(dev(x)).shape
+        gradient_check.check_double_backward(f, dev(x), dev(r.uniform(-1, 1, shape)),
+                                             dev(r.uniform(-1, 1, x.shape)))
+
+
+def test_roi_functions_say_what_is_wrong_with_their_inputs():
+    x = dev(np.zeros((2, 3, 5, 5), np.float32))
+    rois = dev(np.ones((4, 4), np.float32))
+    roi_indices = dev(np.zeros(4, np.int32))
+    for name in ('roi_average_pooling_2d', 'roi_max_pooling_2d', 'roi_average_align_2d',
+                 'roi_max_align_2d'):
+        function = getattr(F, name)
+        with pytest.raises(ValueError, match=name + r': rois must have shape \(R, 4\).*'
+                           r'got shape \(4, 5\)'):
+            function(x, dev(np.ones((4, 5), np.float32)), roi_indices, 2, 1.0)
+        with pytest.raises(ValueError, match=name + r': roi_indices must have shape \(4,\).*'
+                           r'got shape \(3,\)'):
+            function(x, rois, dev(np.zeros(3, np.int32)), 2, 1.0)
+        with pytest.raises(ValueError, match=name + r': x must be 4-D.*\(3, 5, 5\)'):
+            function(x[0], rois, roi_indices, 2, 1.0)
+        with pytest.raises(ValueError, match=name + r': batch indices must lie in 0..1.*\[2\]'):
+            function(x, rois, dev(np.array([0, 1, 2, 0], np.int32)), 2, 1.0)
+        with pytest.raises(TypeError, match=name + ': x must be a float array'):
+            function(dev(np.zeros((2, 3, 5, 5), np.int32)), rois, roi_indices, 2, 1.0)
+        with pytest.raises(TypeError, match=name + ': roi_indices must be integers'):
+            function(x, rois, dev(np.zeros(4, np.float32)), 2, 1.0)
+        with pytest.raises(TypeError, match=name + ': outsize must be a positive int'):
+            function(x, rois, roi_indices, (2, 0), 1.0)
+        with pytest.raises(TypeError, match=name + ': spatial_scale must be a positive'):
+            function(x, rois, roi_indices, 2, -1.0)
+    for name in ('roi_average_align_2d', 'roi_max_align_2d'):
+        with pytest.raises(TypeError, match=name + ': sampling_ratio must be None, an int'):
+            getattr(F, name)(x, rois, roi_indices, 2, 1.0, sampling_ratio=0)
+    with pytest.raises(ValueError, match=r'roi_pooling_2d: rois must have shape \(R, 5\).*'
+                       r'batch index, x_min.*got shape \(4, 4\)'):
+        F.roi_pooling_2d(x, rois, 2, 2, 1.0)
+    with pytest.raises(ValueError, match='roi_pooling_2d: the first column of rois holds '
+                       'batch indices'):
+        F.roi_pooling_2d(x, dev(np.full((2, 5), 0.5, np.float32)), 2, 2, 1.0)
+    with pytest.raises(ValueError, match='roi_pooling_2d: outh must be a positive int'):
+        F.roi_pooling_2d(x, dev(np.zeros((2, 5), np.float32)), 0, 2, 1.0)
+
+
+def test_roi_function_classes_are_chainers():
+    from onefchainer.functions.pooling.roi_max_align_2d import ROIMaxAlign2D
+    from onefchainer.functions.pooling.roi_pooling_2d import ROIPooling2D
+    x, rois, roi_indices = _roi_inputs()
+    y = ROIMaxAlign2D((2, 3), 1.0, 2)(dev(x), dev(rois), dev(roi_indices))
+    np.testing.assert_array_equal(host(y), host(F.roi_max_align_2d(
+        dev(x), dev(rois), dev(roi_indices), (2, 3), 1.0, 2)))
+    rois5 = np.concatenate([roi_indices[:, None], rois[:, [1, 0, 3, 2]]], axis=1)
+    y = ROIPooling2D(2, 2, 1.0)(dev(x), dev(rois5))
+    assert y.shape == (4, 2, 2, 2)
+
+
+def test_roi_maxima_on_ties_pass_the_gradient_to_the_first():
+    # As Chainer: the first maximum in row-major order (pixels of a bin, or a
+    # bin's samples iy s_w + ix).  On a constant image, one bin over rows 1..3
+    # and columns 2..5 gives all its gradient to pixel (1, 2); max align's
+    # first sample, at (1.5, 2.75), gives it to rows 1, 2 and columns 2, 3.
+    x = Variable(dev(np.ones((1, 1, 5, 7))))
+    box, index = dev(np.array([[1.0, 2.0, 4.0, 6.0]])), dev(np.zeros(1, np.int32))
+    F.sum(F.roi_max_pooling_2d(x, box, index, 1, 1.0)).backward()
+    expected = np.zeros((5, 7))
+    expected[1, 2] = 1
+    np.testing.assert_array_equal(host(x.grad)[0, 0], expected)
+    x.cleargrad()
+    F.sum(F.roi_max_align_2d(x, dev(np.array([[1.0, 2.0, 3.0, 5.0]])), index, 1, 1.0,
+                             sampling_ratio=2)).backward()
+    expected[1:3, 2:4] = np.outer([0.5, 0.5], [0.25, 0.75])
+    np.testing.assert_allclose(host(x.grad)[0, 0], expected)
