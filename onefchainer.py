@@ -25333,20 +25333,15 @@ _not_supported(
     missing='as_strided black_out decorrelated_batch_normalization '
             'discriminative_margin_based_clustering_loss '
             'fixed_decorrelated_batch_normalization '
-            'sparse_matmul spatial_transformer_grid '
-            'spatial_transformer_sampler '
+            'sparse_matmul '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
-            'roi_max_pooling_2d roi_pooling_2d '
-            'deformable_convolution_2d_sampler '
-            'local_convolution_2d')
+            'roi_max_pooling_2d roi_pooling_2d')
 _not_supported(
     links,
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
     missing='BlackOut DecorrelatedBatchNormalization '
-            'TheanoFunction '
-            'DeformableConvolution2D '
-            'LocalConvolution2D')
+            'TheanoFunction')
 
 
 _not_supported(optimizer,
