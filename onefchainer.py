@@ -10729,22 +10729,24 @@ def spatial_transformer_grid(theta, output_shape):
     return SpatialTransformerGrid(output_shape)(theta)
 
 
-def _bilinear_taps(x, grid):
-    """What forward and backward share: x with its ring of zeros, flattened
-    to (n, C, (H+2)(W+2)); the flat index of each point's top-left pixel
-    there (n, P); the fractions a, b (n, P); and u, v unclipped (n, P), in
-    the padded image's pixel units."""
+def _bilinear_taps(x, grid, pad):
+    """What forward and backward share: x padded by `pad` = (ph, pw) zeros
+    (an image of h = H + 2 ph by w = W + 2 pw, the one the grid spans) and
+    then by the ring of zeros, flattened to (n, C, (h+2)(w+2)); the flat
+    index of each point's top-left pixel there (n, P); the fractions a, b
+    (n, P); u, v unclipped (n, P), in the ringed image's pixel units; h, w."""
     xp = _xp(x)
-    n, c, h, w = x.shape
+    (ph, pw), n, c = pad, len(x), x.shape[1]
+    h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
     grid = grid.reshape(n, 2, -1)
     # Normalized [-1, 1] -> pixels 0 .. W-1, plus one for the ring of zeros.
     u = (grid[:, 0] + 1) * (w - 1) / 2 + 1
     v = (grid[:, 1] + 1) * (h - 1) / 2 + 1
     uc, vc = u.clip(0, w + 1), v.clip(0, h + 1)
     u0, v0 = xp.floor(uc).clip(0, w), xp.floor(vc).clip(0, h)   # u0 + 1 stays on the ring
-    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode='constant')
+    padded = xp.pad(x, ((0, 0), (0, 0), (ph + 1, ph + 1), (pw + 1, pw + 1)), mode='constant')
     corner = v0.astype(np.intp) * (w + 2) + u0.astype(np.intp)
-    return padded.reshape(n, c, -1), corner, uc - u0, vc - v0, u, v
+    return padded.reshape(n, c, -1), corner, uc - u0, vc - v0, u, v, h, w
 
 
 def _four_pixels(flat, corner, w):
@@ -10766,6 +10768,12 @@ class SpatialTransformerSampler(Function):
     """
     label = 'spatial_transformer_sampler'
 
+    def __init__(self, pad=0):
+        # pad: zeros put around x before it is read, so that the grid spans
+        # the padded image (deformable_convolution_2d_sampler's padding;
+        # Chainer's class takes no arguments and the default is its behaviour).
+        self.pad = _pair(pad, 'pad', self.label)
+
     def forward(self, inputs):
         x, grid = inputs
         if x.ndim != 4 or grid.ndim != 4 or grid.shape[1] != 2 or len(grid) != len(x):
@@ -10775,8 +10783,8 @@ class SpatialTransformerSampler(Function):
         if x.dtype.kind != 'f' or grid.dtype != x.dtype:
             raise TypeError('spatial_transformer_sampler: x and grid must be floats of one '
                             'dtype, got {} and {}'.format(x.dtype, grid.dtype))
-        flat, corner, a, b, _, _ = _bilinear_taps(x, grid)
-        p00, p01, p10, p11 = _four_pixels(flat, corner, x.shape[3])
+        flat, corner, a, b, _, _, _, w = _bilinear_taps(x, grid, self.pad)
+        p00, p01, p10, p11 = _four_pixels(flat, corner, w)
         a, b = a[:, None], b[:, None]
         y = (1 - b) * ((1 - a) * p00 + a * p01) + b * ((1 - a) * p10 + a * p11)
         return y.reshape(x.shape[:2] + grid.shape[2:]),
@@ -10784,8 +10792,8 @@ class SpatialTransformerSampler(Function):
     def backward(self, inputs, grad_outputs):
         x, grid = inputs
         xp = _xp(x)
-        n, c, h, w = x.shape
-        flat, corner, a, b, u, v = _bilinear_taps(x, grid)
+        n, c = x.shape[:2]
+        flat, corner, a, b, u, v, h, w = _bilinear_taps(x, grid, self.pad)
         gy = grad_outputs[0].reshape(n, c, -1)
         a_, b_ = a[:, None], b[:, None]
         gx = None
@@ -10798,7 +10806,9 @@ class SpatialTransformerSampler(Function):
             weight = xp.stack([(1 - a_) * (1 - b_) * gy, a_ * (1 - b_) * gy,
                                (1 - a_) * b_ * gy, a_ * b_ * gy])
             gx = xp.bincount(index.ravel(), weights=weight.ravel(), minlength=n * c * size)
-            gx = gx.astype(x.dtype, copy=False).reshape(n, c, h + 2, w + 2)[:, :, 1:-1, 1:-1]
+            (top, left), (rows, columns) = (p + 1 for p in self.pad), x.shape[2:]
+            gx = gx.astype(x.dtype, copy=False).reshape(n, c, h + 2, w + 2)[
+                :, :, top:top + rows, left:left + columns]
         p00, p01, p10, p11 = _four_pixels(flat, corner, w)
         gu = (gy * ((1 - b_) * (p01 - p00) + b_ * (p11 - p10))).sum(axis=1)
         gv = (gy * ((1 - a_) * (p10 - p00) + a_ * (p11 - p01))).sum(axis=1)
@@ -10840,13 +10850,11 @@ def spatial_transformer_sampler(x, grid):
 # last kh kw the y (row) moves, tap (p, q) at channel p kw + q.  With all
 # offsets zero it is convolution_2d.  Built from the ops above it needs no
 # backward of its own: the points go to spatial_transformer_sampler as one
-# grid (n, 2, kh kw, out_h out_w) over the padded image, whose samples form
-# exactly im2col's patch matrix, and one linear() does the products.  The
-# sampler's ring of zeros is extra padding, so a tap moved up to one pixel
-# past the padding still blends in the border value, as in Chainer.
-
-_pad_function = pad        # F.pad, which the argument `pad` below hides
-
+# grid (n, 2, kh kw, out_h out_w) over the padded image (the sampler pads x
+# itself, so the padding costs no copy of its own), its samples form exactly
+# im2col's patch matrix, and one linear() does the products.  The sampler's
+# ring of zeros is extra padding, so a tap moved up to one pixel past the
+# padding still blends in the border value, as in Chainer.
 
 @_export('functions', 'functions.connection.deformable_convolution_2d_sampler')
 def deformable_convolution_2d_sampler(x, offset, W, b=None, stride=1, pad=0):
@@ -10899,8 +10907,8 @@ def deformable_convolution_2d_sampler(x, offset, W, b=None, stride=1, pad=0):
                       kh * kw)[None, :, None, None]
     grid = (offset + rest) * scale - 1
     grid = reshape(grid, (n, 2, kh * kw, out_h * out_w))
-    padded = _pad_function(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), 'constant')
-    cols = spatial_transformer_sampler(padded, grid)          # (n, C, kh kw, out_h out_w)
+    # (n, C, kh kw, out_h out_w), read from x padded by (ph, pw)
+    cols = SpatialTransformerSampler((ph, pw))(x, grid)
     cols = reshape(transpose(cols, (0, 3, 1, 2)), (n * out_h * out_w, c * kh * kw))
     y = linear(cols, reshape(W, (out_c, c * kh * kw)), b)
     return transpose(reshape(y, (n, out_h, out_w, out_c)), (0, 3, 1, 2))

@@ -14754,6 +14754,7 @@ def test_deformable_convolution_2d_link_loads_chainers_npz(tmp_path):
     # offset_conv's W LeCunNormal; no biases on request; in_channels from x
     fresh = L.DeformableConvolution2D(None, 5, 3, pad=1, deform_nobias=True)
     assert fresh.deform_conv.W.data is None and fresh.deform_conv.b is None
+    fresh.to_device(TEST_DEVICE)
     y = fresh(dev(f32(2, 3, 4, 4)))
     assert y.shape == (2, 5, 4, 4) and not host(y).any()
     assert fresh.offset_conv.W.shape == (18, 3, 3, 3) and host(fresh.offset_conv.W).std() > 0
