@@ -10732,9 +10732,9 @@ def spatial_transformer_grid(theta, output_shape):
 def _bilinear_taps(x, grid, pad):
     """What forward and backward share: x padded by `pad` = (ph, pw) zeros
     (an image of h = H + 2 ph by w = W + 2 pw, the one the grid spans) and
-    then by the ring of zeros, flattened to (n, C, (h+2)(w+2)); the flat
-    index of each point's top-left pixel there (n, P); the fractions a, b
-    (n, P); u, v unclipped (n, P), in the ringed image's pixel units; h, w."""
+    then by the ring of zeros, flattened to one axis; the index there of
+    each point's top-left pixel in each channel (n, C, P); the fractions a,
+    b (n, P); u, v unclipped (n, P), in the ringed image's pixel units; h, w."""
     xp = _xp(x)
     (ph, pw), n, c = pad, len(x), x.shape[1]
     h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
@@ -10746,17 +10746,16 @@ def _bilinear_taps(x, grid, pad):
     u0, v0 = xp.floor(uc).clip(0, w), xp.floor(vc).clip(0, h)   # u0 + 1 stays on the ring
     padded = xp.pad(x, ((0, 0), (0, 0), (ph + 1, ph + 1), (pw + 1, pw + 1)), mode='constant')
     corner = v0.astype(np.intp) * (w + 2) + u0.astype(np.intp)
-    return padded.reshape(n, c, -1), corner, uc - u0, vc - v0, u, v, h, w
+    # One flat index per (image, channel, point): plain 1-D takes and one
+    # bincount then do the gathers and the scatter.
+    channels = xp.arange(n * c, dtype=np.intp).reshape(n, c, 1) * ((h + 2) * (w + 2))
+    return padded.ravel(), channels + corner[:, None, :], uc - u0, vc - v0, u, v, h, w
 
 
-def _four_pixels(flat, corner, w):
+def _four_pixels(flat, index, w):
     """The values (n, C, P) of the four pixels around each point:
     top-left, top-right, bottom-left, bottom-right."""
-    xp = _xp(flat)
-    n, c = flat.shape[:2]
-    batch = xp.arange(n)[:, None, None]
-    channel = xp.arange(c)[None, :, None]
-    return [flat[batch, channel, (corner + step)[:, None, :]] for step in (0, 1, w + 2, w + 3)]
+    return [flat.take(index + step) for step in (0, 1, w + 2, w + 3)]
 
 
 @_export('functions.array.spatial_transformer_sampler')
@@ -10783,8 +10782,8 @@ class SpatialTransformerSampler(Function):
         if x.dtype.kind != 'f' or grid.dtype != x.dtype:
             raise TypeError('spatial_transformer_sampler: x and grid must be floats of one '
                             'dtype, got {} and {}'.format(x.dtype, grid.dtype))
-        flat, corner, a, b, _, _, _, w = _bilinear_taps(x, grid, self.pad)
-        p00, p01, p10, p11 = _four_pixels(flat, corner, w)
+        flat, index, a, b, _, _, _, w = _bilinear_taps(x, grid, self.pad)
+        p00, p01, p10, p11 = _four_pixels(flat, index, w)
         a, b = a[:, None], b[:, None]
         y = (1 - b) * ((1 - a) * p00 + a * p01) + b * ((1 - a) * p10 + a * p11)
         return y.reshape(x.shape[:2] + grid.shape[2:]),
@@ -10793,23 +10792,21 @@ class SpatialTransformerSampler(Function):
         x, grid = inputs
         xp = _xp(x)
         n, c = x.shape[:2]
-        flat, corner, a, b, u, v, h, w = _bilinear_taps(x, grid, self.pad)
+        flat, index, a, b, u, v, h, w = _bilinear_taps(x, grid, self.pad)
         gy = grad_outputs[0].reshape(n, c, -1)
         a_, b_ = a[:, None], b[:, None]
         gx = None
         if self.inputs[0].requires_grad:
             # Each point hands gy * weight to its four pixels: one bincount over
             # the flat (image, channel, pixel) index of every copy.
-            size = flat.shape[2]
-            base = (xp.arange(n * c).reshape(n, c, 1) * size) + corner[:, None, :]
-            index = xp.stack([base, base + 1, base + w + 2, base + w + 3])
+            targets = xp.stack([index, index + 1, index + w + 2, index + w + 3])
             weight = xp.stack([(1 - a_) * (1 - b_) * gy, a_ * (1 - b_) * gy,
                                (1 - a_) * b_ * gy, a_ * b_ * gy])
-            gx = xp.bincount(index.ravel(), weights=weight.ravel(), minlength=n * c * size)
+            gx = xp.bincount(targets.ravel(), weights=weight.ravel(), minlength=flat.size)
             (top, left), (rows, columns) = (p + 1 for p in self.pad), x.shape[2:]
             gx = gx.astype(x.dtype, copy=False).reshape(n, c, h + 2, w + 2)[
                 :, :, top:top + rows, left:left + columns]
-        p00, p01, p10, p11 = _four_pixels(flat, corner, w)
+        p00, p01, p10, p11 = _four_pixels(flat, index, w)
         gu = (gy * ((1 - b_) * (p01 - p00) + b_ * (p11 - p10))).sum(axis=1)
         gv = (gy * ((1 - a_) * (p10 - p00) + a_ * (p11 - p01))).sum(axis=1)
         # d u / d grid_x = (W - 1) / 2; a clipped point does not move.
