@@ -10806,6 +10806,8 @@ class SpatialTransformerSampler(Function):
             (top, left), (rows, columns) = (p + 1 for p in self.pad), x.shape[2:]
             gx = gx.astype(x.dtype, copy=False).reshape(n, c, h + 2, w + 2)[
                 :, :, top:top + rows, left:left + columns]
+        if not self.inputs[1].requires_grad:       # a fixed grid: no slopes needed
+            return gx, None
         p00, p01, p10, p11 = _four_pixels(flat, index, w)
         gu = (gy * ((1 - b_) * (p01 - p00) + b_ * (p11 - p10))).sum(axis=1)
         gv = (gy * ((1 - a_) * (p10 - p00) + a_ * (p11 - p01))).sum(axis=1)

@@ -14660,6 +14660,7 @@ def test_spatial_transformer_sampler_gradients():
     grid = np.stack([_between_pixels(r, (2, 3, 4), 5), _between_pixels(r, (2, 3, 4), 4)], 1)
     grid[0, :, 0, 0] = [-4.3, 3.7]           # far outside: clipped, no gradient
     check(F.spatial_transformer_sampler, x, grid)
+    check(lambda x: F.spatial_transformer_sampler(x, dev(grid)), x)     # a fixed grid
     gx = Variable(dev(x))
     gg = Variable(dev(grid))
     y = F.spatial_transformer_sampler(gx, gg)
