@@ -11308,6 +11308,500 @@ def roi_max_align_2d(x, rois, roi_indices, outsize, spatial_scale, sampling_rati
 
 
 roi_max_align_2d.__doc__ = roi_max_align_2d.__doc__.format(args=_ALIGN_ARGS)
+# ----- spatial transformers: an affine grid and a bilinear sampler -----------------
+# A spatial transformer (Jaderberg et al. 2015) lets a network warp its own
+# input.  Two functions split the work.  spatial_transformer_grid turns a
+# batch of 2x3 affine matrices theta into the point of the input that each
+# output pixel reads, in coordinates normalized to [-1, 1] across the image
+# (-1 the first pixel's centre, +1 the last one's, so they do not depend on
+# its size):
+#
+#     (x_s, y_s)^T = theta @ (x_t, y_t, 1)^T,   x_t = -1 + 2 j / (W_out - 1),
+#                                               y_t = -1 + 2 i / (H_out - 1)
+#
+# with channel 0 of the grid the x (column) coordinate and channel 1 the y
+# (row) one, as Chainer has them.  spatial_transformer_sampler then reads x
+# at those points by bilinear interpolation.  In pixel units u = (x_s + 1)
+# (W - 1) / 2, and the value at (v, u) mixes the four pixels around it,
+#
+#     y = (1-a)(1-b) x[v0, u0] + a (1-b) x[v0, u0+1] + (1-a) b x[v0+1, u0] + a b x[v0+1, u0+1]
+#
+# with u0 = floor(u), a = u - u0, v0 = floor(v), b = v - v0.  Outside the
+# image x is zero: the image gets a ring of zeros one pixel wide and the
+# points are clipped onto that ring, so a point half a pixel outside sees
+# half the edge pixel and one far away sees only zeros (Chainer's rule).
+# y is linear in x, so dL/dx scatters gy back onto the four pixels with the
+# same weights; dy/du = (1-b)(x[v0,u0+1] - x[v0,u0]) + b (x[v0+1,u0+1] -
+# x[v0+1,u0]) (and so for v), times (W-1)/2 for the normalization, and zero
+# where a point was clipped.  The bilinear surface has kinks where u or v is
+# a whole number; there the derivative is the one from the right.
+
+def _unit_linspace(xp, n, dtype):
+    """n points spread evenly over [-1, 1] (just -1 when n is 1)."""
+    return xp.linspace(-1, 1, n, dtype=dtype)
+
+
+@_export('functions.array.spatial_transformer_grid')
+class SpatialTransformerGrid(Function):
+    """Function node of spatial_transformer_grid: grid = theta @ (x_t, y_t, 1)
+    at every output pixel; backward: gtheta = ggrid @ (x_t, y_t, 1)^T.
+    Chainer: chainer.functions.array.spatial_transformer_grid.SpatialTransformerGrid.
+    """
+    label = 'spatial_transformer_grid'
+
+    def __init__(self, output_shape):
+        self.output_shape = _pair(output_shape, 'output_shape', self.label)
+        if min(self.output_shape) < 1:
+            raise ValueError('spatial_transformer_grid: output_shape must be two positive '
+                             'ints (height, width), got {!r}'.format(output_shape))
+
+    def _targets(self, xp, dtype):
+        """(3, H*W): the normalized x_t, y_t of every output pixel, and ones."""
+        h, w = self.output_shape
+        xs = xp.broadcast_to(_unit_linspace(xp, w, dtype), (h, w))
+        ys = xp.broadcast_to(_unit_linspace(xp, h, dtype)[:, None], (h, w))
+        return xp.stack([xs.ravel(), ys.ravel(), xp.ones(h * w, dtype)])
+
+    def forward(self, inputs):
+        theta, = inputs
+        if theta.dtype.kind != 'f' or theta.ndim != 3 or theta.shape[1:] != (2, 3):
+            raise ValueError('spatial_transformer_grid: theta must be a float array of shape '
+                             '(n, 2, 3), one affine matrix per image, got shape {} dtype {}'
+                             .format(theta.shape, theta.dtype))
+        grid = theta @ self._targets(_xp(theta), theta.dtype)        # (n, 2, H*W)
+        return grid.reshape((len(theta), 2) + self.output_shape),
+
+    def backward(self, inputs, grad_outputs):
+        theta, = inputs
+        ggrid = grad_outputs[0].reshape(len(theta), 2, -1)
+        return ggrid @ self._targets(_xp(theta), theta.dtype).T,
+
+
+@_export('functions', 'functions.array.spatial_transformer_grid')
+def spatial_transformer_grid(theta, output_shape):
+    """The sampling grid of an affine spatial transformer.
+
+    theta: (n, 2, 3) float, one affine map per image from output to input
+    coordinates; output_shape: (H_out, W_out) (an int means a square).
+    Returns (n, 2, H_out, W_out), the same dtype: grid[:, 0] is the x
+    (column) coordinate and grid[:, 1] the y (row) one of the input point
+    that each output pixel reads, normalized so that -1 and +1 are the
+    centres of the first and last pixels (feed it to
+    spatial_transformer_sampler).  Raises ValueError for another theta shape
+    or a non-float dtype, TypeError/ValueError for a bad output_shape.
+    Chainer: chainer.functions.spatial_transformer_grid.
+    """
+    return SpatialTransformerGrid(output_shape)(theta)
+
+
+def _bilinear_taps(x, grid, pad):
+    """What forward and backward share: x padded by `pad` = (ph, pw) zeros
+    (an image of h = H + 2 ph by w = W + 2 pw, the one the grid spans) and
+    then by the ring of zeros, flattened to one axis; the index there of
+    each point's top-left pixel in each channel (n, C, P); the fractions a,
+    b (n, P); u, v unclipped (n, P), in the ringed image's pixel units; h, w."""
+    xp = _xp(x)
+    (ph, pw), n, c = pad, len(x), x.shape[1]
+    h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    grid = grid.reshape(n, 2, -1)
+    # Normalized [-1, 1] -> pixels 0 .. W-1, plus one for the ring of zeros.
+    u = (grid[:, 0] + 1) * (w - 1) / 2 + 1
+    v = (grid[:, 1] + 1) * (h - 1) / 2 + 1
+    uc, vc = u.clip(0, w + 1), v.clip(0, h + 1)
+    u0, v0 = xp.floor(uc).clip(0, w), xp.floor(vc).clip(0, h)   # u0 + 1 stays on the ring
+    padded = xp.pad(x, ((0, 0), (0, 0), (ph + 1, ph + 1), (pw + 1, pw + 1)), mode='constant')
+    corner = v0.astype(np.intp) * (w + 2) + u0.astype(np.intp)
+    # One flat index per (image, channel, point): plain 1-D takes and one
+    # bincount then do the gathers and the scatter.
+    channels = xp.arange(n * c, dtype=np.intp).reshape(n, c, 1) * ((h + 2) * (w + 2))
+    return padded.ravel(), channels + corner[:, None, :], uc - u0, vc - v0, u, v, h, w
+
+
+def _four_pixels(flat, index, w):
+    """The values (n, C, P) of the four pixels around each point:
+    top-left, top-right, bottom-left, bottom-right."""
+    return [flat.take(index + step) for step in (0, 1, w + 2, w + 3)]
+
+
+@_export('functions.array.spatial_transformer_sampler')
+class SpatialTransformerSampler(Function):
+    """Function node of spatial_transformer_sampler: bilinear reads of x at
+    the grid's points (zeros outside); backward: gy scattered onto the four
+    pixels of each point for gx, and the slopes of the bilinear surface for
+    ggrid. Chainer: chainer.functions.array.spatial_transformer_sampler.SpatialTransformerSampler.
+    """
+    label = 'spatial_transformer_sampler'
+
+    def __init__(self, pad=0):
+        # pad: zeros put around x before it is read, so that the grid spans
+        # the padded image (deformable_convolution_2d_sampler's padding;
+        # Chainer's class takes no arguments and the default is its behaviour).
+        self.pad = _pair(pad, 'pad', self.label)
+
+    def forward(self, inputs):
+        x, grid = inputs
+        if x.ndim != 4 or grid.ndim != 4 or grid.shape[1] != 2 or len(grid) != len(x):
+            raise ValueError('spatial_transformer_sampler: x must be (n, C, H, W) and grid '
+                             '(n, 2, H_out, W_out) with the same n, got x.shape {} and '
+                             'grid.shape {}'.format(x.shape, grid.shape))
+        if x.dtype.kind != 'f' or grid.dtype != x.dtype:
+            raise TypeError('spatial_transformer_sampler: x and grid must be floats of one '
+                            'dtype, got {} and {}'.format(x.dtype, grid.dtype))
+        flat, index, a, b, _, _, _, w = _bilinear_taps(x, grid, self.pad)
+        p00, p01, p10, p11 = _four_pixels(flat, index, w)
+        a, b = a[:, None], b[:, None]
+        y = (1 - b) * ((1 - a) * p00 + a * p01) + b * ((1 - a) * p10 + a * p11)
+        return y.reshape(x.shape[:2] + grid.shape[2:]),
+
+    def backward(self, inputs, grad_outputs):
+        x, grid = inputs
+        xp = _xp(x)
+        n, c = x.shape[:2]
+        flat, index, a, b, u, v, h, w = _bilinear_taps(x, grid, self.pad)
+        gy = grad_outputs[0].reshape(n, c, -1)
+        a_, b_ = a[:, None], b[:, None]
+        gx = None
+        if self.inputs[0].requires_grad:
+            # Each point hands gy * weight to its four pixels: one bincount over
+            # the flat (image, channel, pixel) index of every copy.
+            targets = xp.stack([index, index + 1, index + w + 2, index + w + 3])
+            weight = xp.stack([(1 - a_) * (1 - b_) * gy, a_ * (1 - b_) * gy,
+                               (1 - a_) * b_ * gy, a_ * b_ * gy])
+            gx = xp.bincount(targets.ravel(), weights=weight.ravel(), minlength=flat.size)
+            (top, left), (rows, columns) = (p + 1 for p in self.pad), x.shape[2:]
+            gx = gx.astype(x.dtype, copy=False).reshape(n, c, h + 2, w + 2)[
+                :, :, top:top + rows, left:left + columns]
+        if not self.inputs[1].requires_grad:       # a fixed grid: no slopes needed
+            return gx, None
+        p00, p01, p10, p11 = _four_pixels(flat, index, w)
+        gu = (gy * ((1 - b_) * (p01 - p00) + b_ * (p11 - p10))).sum(axis=1)
+        gv = (gy * ((1 - a_) * (p10 - p00) + a_ * (p11 - p01))).sum(axis=1)
+        # d u / d grid_x = (W - 1) / 2; a clipped point does not move.
+        gu *= (w - 1) / 2 * ((u > 0) & (u < w + 1))
+        gv *= (h - 1) / 2 * ((v > 0) & (v < h + 1))
+        ggrid = xp.stack([gu, gv], axis=1).astype(grid.dtype, copy=False)
+        return gx, ggrid.reshape(grid.shape)
+
+
+@_export('functions', 'functions.array.spatial_transformer_sampler')
+def spatial_transformer_sampler(x, grid):
+    """Read x at arbitrary points by bilinear interpolation.
+
+    x: (n, C, H, W) float; grid: (n, 2, H_out, W_out) of x's dtype, the
+    points in [-1, 1] normalized coordinates (grid[:, 0] x, the column;
+    grid[:, 1] y, the row; -1 and +1 the centres of the edge pixels), as
+    spatial_transformer_grid makes them.  Returns (n, C, H_out, W_out):
+    y[n, c, i, j] = x at point grid[n, :, i, j], zero-padded outside the
+    image (a point up to one pixel outside blends the edge pixel with zero).
+    Differentiable in x and grid.  Raises ValueError for other shapes,
+    TypeError for non-float or differing dtypes.
+    Chainer: chainer.functions.spatial_transformer_sampler.
+    """
+    return SpatialTransformerSampler()(x, grid)
+
+
+# ----- deformable convolution ------------------------------------------------------
+# A deformable convolution (Dai et al. 2017) moves every tap of the kernel
+# by a learned amount.  Tap (p, q) of output pixel (i, j) reads x not at
+# (sy i + p, sx j + q) but at that point plus an offset (dy, dx) that another
+# layer predicted for that pixel and tap:
+#
+#     y[n, o, i, j] = b[o] + sum_{c, p, q} W[o, c, p, q] x~[n, c, sy i + p + dy_pq(i, j),
+#                                                           sx j + q + dx_pq(i, j)]
+#
+# x~ being x padded, read bilinearly between pixels.  The offsets come as
+# one map of 2 kh kw channels: the first kh kw are the x (column) moves, the
+# last kh kw the y (row) moves, tap (p, q) at channel p kw + q.  With all
+# offsets zero it is convolution_2d.  Built from the ops above it needs no
+# backward of its own: the points go to spatial_transformer_sampler as one
+# grid (n, 2, kh kw, out_h out_w) over the padded image (the sampler pads x
+# itself, so the padding costs no copy of its own), its samples form exactly
+# im2col's patch matrix, and one linear() does the products.  The sampler's
+# ring of zeros is extra padding, so a tap moved up to one pixel past the
+# padding still blends in the border value, as in Chainer.
+
+@_export('functions', 'functions.connection.deformable_convolution_2d_sampler')
+def deformable_convolution_2d_sampler(x, offset, W, b=None, stride=1, pad=0):
+    """2-D convolution whose taps are moved by per-pixel offsets.
+
+    x: (n, C, H, W); offset: (n, 2 kh kw, out_h, out_w), channels 0..kh kw-1
+    the x (column) moves of taps (p, q) in order p kw + q, the rest their y
+    (row) moves, in pixels; W: (O, C, kh, kw); b: (O,) or None; stride, pad:
+    int or pair.  out_h = (H + 2 pad - kh) // stride + 1 (and so for out_w).
+    Returns (n, O, out_h, out_w); points between pixels are read bilinearly,
+    padding and the outside are zero.  Differentiable in x, offset, W, b.
+    Raises ValueError for shapes that do not fit (naming them); unlike
+    Chainer, also when offset's spatial size is not (out_h, out_w), which
+    Chainer would read without complaint.
+    Chainer: chainer.functions.deformable_convolution_2d_sampler.
+    """
+    label = 'deformable_convolution_2d_sampler'
+    (sy, sx), (ph, pw) = _pair(stride, 'stride', label), _pair(pad, 'pad', label)
+    x_shape = _input_data(label, x).shape
+    o_data, w_shape = _input_data(label, offset), _input_data(label, W).shape
+    if len(w_shape) != 4 or o_data.ndim != 4:
+        raise ValueError('{}: W must be (out_channels, in_channels, kh, kw) and offset '
+                         '(n, 2 kh kw, out_h, out_w), got W.shape {} and offset.shape {}'
+                         .format(label, w_shape, o_data.shape))
+    out_c, in_c, kh, kw = w_shape
+    out_h, out_w = _check_image(label, x_shape, (kh, kw), (sy, sx), (ph, pw))
+    n, c, h, w = x_shape
+    if c != in_c:
+        raise ValueError('{}: x has {} channels but W expects {} (x.shape {}, W.shape {})'
+                         .format(label, c, in_c, x_shape, w_shape))
+    if o_data.shape != (n, 2 * kh * kw, out_h, out_w):
+        raise ValueError('{}: offset must have shape (n, 2 kh kw, out_h, out_w) = {} for '
+                         'x.shape {}, W.shape {}, stride {}, pad {}; got {}'.format(
+                             label, (n, 2 * kh * kw, out_h, out_w), x_shape, w_shape,
+                             (sy, sx), (ph, pw), o_data.shape))
+    if b is not None and _input_data(label, b).shape != (out_c,):
+        raise ValueError('{}: b must have shape ({},), got {}'.format(
+            label, out_c, _input_data(label, b).shape))
+    # Where each tap sits without offsets, in pixels of the padded image:
+    # column sx j + q in the first kh kw channels, row sy i + p in the rest.
+    xp, dtype = _xp(o_data), o_data.dtype
+    taps_x = xp.tile(xp.arange(kw, dtype=dtype), kh)[:, None, None]
+    taps_y = xp.repeat(xp.arange(kh, dtype=dtype), kw)[:, None, None]
+    rest_x = taps_x + (sx * xp.arange(out_w, dtype=dtype))[None, None, :]
+    rest_y = taps_y + (sy * xp.arange(out_h, dtype=dtype))[None, :, None]
+    rest = xp.concatenate([xp.broadcast_to(rest_x, (kh * kw, out_h, out_w)),
+                           xp.broadcast_to(rest_y, (kh * kw, out_h, out_w))])[None]
+    # Pixels -> [-1, 1] across the padded image, the sampler's coordinates.
+    scale = xp.repeat(xp.array([2 / (w + 2 * pw - 1), 2 / (h + 2 * ph - 1)], dtype),
+                      kh * kw)[None, :, None, None]
+    grid = (offset + rest) * scale - 1
+    grid = reshape(grid, (n, 2, kh * kw, out_h * out_w))
+    # (n, C, kh kw, out_h out_w), read from x padded by (ph, pw)
+    cols = SpatialTransformerSampler((ph, pw))(x, grid)
+    cols = reshape(transpose(cols, (0, 3, 1, 2)), (n * out_h * out_w, c * kh * kw))
+    y = linear(cols, reshape(W, (out_c, c * kh * kw)), b)
+    return transpose(reshape(y, (n, out_h, out_w, out_c)), (0, 3, 1, 2))
+
+
+@_export('links.connection.deformable_convolution_2d')
+class DeformableConvolution2DSampler(Link):
+    """The second half of DeformableConvolution2D: owns W (out_channels,
+    in_channels, kh, kw) and b (out_channels,) and calls
+    F.deformable_convolution_2d_sampler(x, offset, W, b, stride, pad).
+
+    DeformableConvolution2DSampler(in_channels, out_channels, ksize,
+    stride=1, pad=0, nobias=False, initialW=None, initial_bias=None).  W
+    starts at ZERO unless initialW says otherwise (Chainer's default: the
+    layer starts by outputting b), b at zero; in_channels=None takes it from
+    the first input.  Chainer: chainer.links.connection.deformable_convolution_2d.
+    DeformableConvolution2DSampler.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, nobias=False,
+                 initialW=None, initial_bias=None):
+        super().__init__()
+        label = type(self).__name__
+        self.ksize = _pair(ksize, 'ksize', label)
+        self.stride = _pair(stride, 'stride', label)
+        self.pad = _pair(pad, 'pad', label)
+        self.out_channels = out_channels
+        self.initialW = initialW
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, Zero()))
+            self.b = None if nobias else Parameter(_get_initializer(initial_bias, Zero()))
+        if in_channels is not None:
+            self._initialize_params(in_channels)
+
+    def _initialize_params(self, in_channels):
+        self.W.initialize((self.out_channels, in_channels) + self.ksize, self.xp)
+        if self.b is not None:
+            self.b.initialize(self.out_channels, self.xp)
+
+    def forward(self, x, offset):
+        """deformable_convolution_2d_sampler(x, offset, W, b, stride, pad)."""
+        if self.W.data is None:
+            data = _input_data(type(self).__name__, x)
+            _check_image('deformable_convolution_2d_sampler', data.shape, self.ksize,
+                         self.stride, self.pad)
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1])
+        return deformable_convolution_2d_sampler(x, offset, self.W, self.b, self.stride,
+                                                 self.pad)
+
+
+@_export('links', 'links.connection.deformable_convolution_2d')
+class DeformableConvolution2D(Chain):
+    """A deformable convolution layer: a Convolution2D predicts the offsets,
+    and F.deformable_convolution_2d_sampler convolves with them.
+
+    DeformableConvolution2D(in_channels, out_channels, ksize, stride=1,
+    pad=0, offset_nobias=False, offset_initialW=None,
+    offset_initial_bias=None, deform_nobias=False, deform_initialW=None,
+    deform_initial_bias=None).  Children, as in Chainer (so npz keys are
+    offset_conv/W, offset_conv/b, deform_conv/W, deform_conv/b):
+    offset_conv = Convolution2D(in_channels, 2 kh kw, ksize, stride, pad)
+    (W LeCunNormal, b zero by default) and deform_conv =
+    DeformableConvolution2DSampler(in_channels, out_channels, ...) (W zero,
+    b zero by default).  Calling it on x (n, C, H, W) returns
+    deform_conv(x, offset_conv(x)), (n, out_channels, out_h, out_w).
+    Chainer: chainer.links.DeformableConvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0,
+                 offset_nobias=False, offset_initialW=None, offset_initial_bias=None,
+                 deform_nobias=False, deform_initialW=None, deform_initial_bias=None):
+        super().__init__()
+        kh, kw = _pair(ksize, 'ksize', type(self).__name__)
+        with self.init_scope():
+            self.offset_conv = Convolution2D(in_channels, 2 * kh * kw, ksize, stride, pad,
+                                             offset_nobias, offset_initialW,
+                                             offset_initial_bias)
+            self.deform_conv = DeformableConvolution2DSampler(
+                in_channels, out_channels, ksize, stride, pad, deform_nobias,
+                deform_initialW, deform_initial_bias)
+
+    def forward(self, x):
+        """deform_conv(x, offset_conv(x))."""
+        return self.deform_conv(x, self.offset_conv(x))
+
+
+# ----- local (unshared) convolution ------------------------------------------------
+# A locally connected layer is a convolution whose filters are NOT shared
+# across positions: output pixel (i, j) has filters of its own,
+#
+#     y[n, o, i, j] = b[o, i, j] + sum_{c, p, q} W[o, i, j, c, p, q] x[n, c, sy i + p, sx j + q]
+#
+# so W is (O, out_h, out_w, C, kh, kw) and b (O, out_h, out_w), with
+# out_h = (H - kh) // sy + 1 (no padding).  On im2col's patch matrix it is
+# one product PER PIXEL instead of one for all: with col[i j] the (n, C kh kw)
+# patches under pixel (i, j) and W2[i j] its (C kh kw, O) filters, a batched
+# matmul over the out_h out_w pixels does them all at once,
+#
+#     y2[i j] = col[i j] @ W2[i j]        dW2[i j] = col[i j]^T @ gy2[i j]
+#     dcol[i j] = gy2[i j] @ W2[i j]^T    (then col2im, as for convolution)
+
+@_export('functions.connection.local_convolution_2d')
+class LocalConvolution2DFunction(Function):
+    """Function node of local_convolution_2d: im2col, then one matrix product
+    per output pixel (a batched matmul); backward: the batched products for
+    gW and the patches' gradient, col2im for gx, gy summed over the batch for
+    gb. Chainer: chainer.functions.connection.local_convolution_2d.LocalConvolution2DFunction.
+    """
+    label = 'local_convolution_2d'
+
+    def __init__(self, stride=1):
+        self.stride = _pair(stride, 'stride', self.label)
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        b = inputs[2] if len(inputs) == 3 else None
+        if W.ndim != 6:
+            raise ValueError('local_convolution_2d: W must be 6-D (out_channels, out_h, out_w, '
+                             'in_channels, kh, kw), got W.shape {}'.format(W.shape))
+        out_c, out_h, out_w, in_c, kh, kw = W.shape
+        real = _check_image(self.label, x.shape, (kh, kw), self.stride, (0, 0))
+        if x.shape[1] != in_c or real != (out_h, out_w):
+            raise ValueError('local_convolution_2d: W.shape {} does not fit x.shape {} with '
+                             'stride {}: W must be (out_channels, {}, {}, {}, kh, kw), one '
+                             'filter per output pixel'.format(W.shape, x.shape, self.stride,
+                                                              real[0], real[1], x.shape[1]))
+        if x.dtype.kind != 'f' or W.dtype != x.dtype:
+            raise TypeError('local_convolution_2d: x and W must be floats of one dtype, got '
+                            '{} and {}'.format(x.dtype, W.dtype))
+        if b is not None and (b.shape != W.shape[:3] or b.dtype != x.dtype):
+            raise ValueError('local_convolution_2d: b must have shape W.shape[:3] = {} and '
+                             'dtype {}, got {} {}'.format(W.shape[:3], x.dtype, b.shape, b.dtype))
+        n, pixels = len(x), out_h * out_w
+        patches = _patches(x, (kh, kw), self.stride, (0, 0))    # (n, C, kh, kw, out_h, out_w)
+        self.col = patches.transpose(4, 5, 0, 1, 2, 3).reshape(pixels, n, -1)
+        w2 = W.transpose(1, 2, 3, 4, 5, 0).reshape(pixels, -1, out_c)
+        y = self.col @ w2                                       # (pixels, n, O)
+        if b is not None:
+            y += b.reshape(out_c, pixels).T[:, None, :]
+        return y.reshape(out_h, out_w, n, out_c).transpose(2, 3, 0, 1),
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[:2]
+        out_c, out_h, out_w, in_c, kh, kw = W.shape
+        n, pixels = len(x), out_h * out_w
+        gy2 = grad_outputs[0].transpose(2, 3, 0, 1).reshape(pixels, n, out_c)
+        w2 = W.transpose(1, 2, 3, 4, 5, 0).reshape(pixels, -1, out_c)
+        gW = (self.col.swapaxes(1, 2) @ gy2).reshape(out_h, out_w, in_c, kh, kw, out_c)
+        gx = None
+        if self.inputs[0].requires_grad:
+            gcol = (gy2 @ w2.swapaxes(1, 2)).reshape(out_h, out_w, n, in_c, kh, kw)
+            gx = _col2im(gcol.transpose(2, 3, 4, 5, 0, 1), x.shape[2], x.shape[3],
+                         self.stride, (0, 0))
+        gW = gW.transpose(5, 0, 1, 2, 3, 4)
+        if len(inputs) == 3:
+            return gx, gW, grad_outputs[0].sum(axis=0)
+        return gx, gW
+
+
+@_export('functions', 'functions.connection.local_convolution_2d')
+def local_convolution_2d(x, W, b=None, stride=1):
+    """2-D convolution with different filters at every output pixel.
+
+    y[n, o, i, j] = b[o, i, j] + sum_{c,p,q} W[o, i, j, c, p, q] x[n, c, sy i + p, sx j + q].
+    x: (n, C, H, W) float; W: (O, out_h, out_w, C, kh, kw), x's dtype, with
+    out_h = (H - kh) // sy + 1 and out_w = (W - kw) // sx + 1 (no padding);
+    b: (O, out_h, out_w) or None; stride: int or pair.  Returns (n, O,
+    out_h, out_w).  Raises ValueError when W's shape does not fit x and
+    stride (Chainer reads W.shape[1:3] as the output size and fails or reads
+    only part of x when they differ), TypeError for mixed or non-float dtypes.
+    Chainer: chainer.functions.local_convolution_2d.
+    """
+    function = LocalConvolution2DFunction(stride)
+    return function(x, W) if b is None else function(x, W, b)
+
+
+@_export('links', 'links.connection.local_convolution_2d')
+class LocalConvolution2D(Link):
+    """A locally connected layer: owns W (out_channels, out_h, out_w,
+    in_channels, kh, kw) and b (out_channels, out_h, out_w).
+
+    LocalConvolution2D(in_channels, out_channels, in_size=None, ksize=None,
+    stride=1, nobias=False, initialW=None, initial_bias=None).  in_size: the
+    input's (H, W) (an int: square); with in_channels or in_size None, W and
+    b take their shapes from the first input.  W starts LeCunNormal (fan-in
+    out_h out_w C kh kw, as Chainer counts it for this shape), b zero.
+    Calling it on x returns F.local_convolution_2d(x, W, b, stride).
+    Differs from Chainer for stride > 1: Chainer sizes W with out_h = H - kh
+    + 1, ignoring the stride, and its forward then fails; here out_h = (H -
+    kh) // stride + 1, the size local_convolution_2d computes.  Raises
+    ValueError when ksize is missing. Chainer: chainer.links.LocalConvolution2D.
+    """
+
+    def __init__(self, in_channels, out_channels, in_size=None, ksize=None, stride=1,
+                 nobias=False, initialW=None, initial_bias=None):
+        super().__init__()
+        label = type(self).__name__
+        if ksize is None:
+            raise ValueError('LocalConvolution2D: ksize (the filter size) is required, '
+                             'e.g. LocalConvolution2D(3, 8, in_size=32, ksize=3)')
+        self.ksize = _pair(ksize, 'ksize', label)
+        self.stride = _pair(stride, 'stride', label)
+        self.nobias = nobias
+        self.out_channels = out_channels
+        with self.init_scope():
+            self.W = Parameter(_get_initializer(initialW, LeCunNormal()))
+            self.b = None if nobias else Parameter(_get_initializer(initial_bias, Zero()))
+        if in_channels is not None and in_size is not None:
+            self._initialize_params(in_channels, _pair(in_size, 'in_size', label))
+
+    def _initialize_params(self, in_channels, in_size):
+        out_h, out_w = _check_image('LocalConvolution2D', (1, in_channels) + tuple(in_size),
+                                    self.ksize, self.stride, (0, 0))
+        self.W.initialize((self.out_channels, out_h, out_w, in_channels) + self.ksize, self.xp)
+        if self.b is not None:
+            self.b.initialize((self.out_channels, out_h, out_w), self.xp)
+
+    def forward(self, x):
+        """local_convolution_2d(x, W, b, stride); a lazily sized link takes
+        in_channels and in_size from the first x."""
+        if self.W.data is None:
+            data = _input_data(type(self).__name__, x)
+            if data.ndim != 4:
+                raise ValueError('LocalConvolution2D: x must be 4-D (n, C, H, W), got shape '
+                                 '{}'.format(data.shape))
+            _lazy_link_takes_input_device(self, data)
+            self._initialize_params(data.shape[1], data.shape[2:])
+        return local_convolution_2d(x, self.W, self.b, self.stride)
 
 
 # =============================================================================
@@ -25631,6 +26125,9 @@ _not_supported(
             'spatial_transformer_sampler '
             'deformable_convolution_2d_sampler '
             'local_convolution_2d')
+            'sparse_matmul '
+            'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
+            'roi_max_pooling_2d roi_pooling_2d')
 _not_supported(
     links,
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
@@ -25638,6 +26135,7 @@ _not_supported(
     missing='BlackOut DecorrelatedBatchNormalization '
             'DeformableConvolution2D '
             'LocalConvolution2D')
+            'TheanoFunction')
 
 
 _not_supported(optimizer,

@@ -14893,3 +14893,236 @@ def test_roi_maxima_on_ties_pass_the_gradient_to_the_first():
                              sampling_ratio=2)).backward()
     expected[1:3, 2:4] = np.outer([0.5, 0.5], [0.25, 0.75])
     np.testing.assert_allclose(host(x.grad)[0, 0], expected)
+# ----- spatial transformers, deformable and local convolution ---------------------
+
+def _convx_reference():
+    return np.load(os.path.join(HERE, 'testdata', 'chainer781', 'convx.npz'))
+
+
+def test_convx_functions_match_chainer_781():
+    # testdata/chainer781/convx_cases.py, run on Chainer 7.8.1 and here: the
+    # grid, the sampler (points past the edges), deformable convolution
+    # (stride, pad, far offsets, no bias) and local convolution; outputs and
+    # the gradients of every input
+    import convx_cases
+    reference = _convx_reference()
+    ours = convx_cases.run_convx_cases(chainer, F, send=dev, to_cpu=host)
+    expected = {key[6:]: reference[key] for key in reference.files if key.startswith('cases/')}
+    assert sorted(ours) == sorted(expected)
+    for key in sorted(ours):
+        assert ours[key].dtype == expected[key].dtype, key
+        tol = 1e-5 if ours[key].dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(ours[key], expected[key], rtol=tol, atol=tol, err_msg=key)
+
+
+def test_spatial_transformer_grid_is_theta_times_the_normalized_pixels():
+    # identity theta: channel 0 is x, running along the columns, channel 1 y
+    grid = host(F.spatial_transformer_grid(dev(np.array([[[1., 0, 0], [0, 1, 0]]])), (3, 5)))
+    assert grid.shape == (1, 2, 3, 5)
+    np.testing.assert_allclose(grid[0, 0], np.tile(np.linspace(-1, 1, 5), (3, 1)))
+    np.testing.assert_allclose(grid[0, 1], np.tile(np.linspace(-1, 1, 3)[:, None], (1, 5)))
+    theta = f64(2, 2, 3)
+    grid = host(F.spatial_transformer_grid(dev(theta), 4))        # an int: a square
+    np.testing.assert_allclose(grid[1, :, 2, 3], theta[1] @ [1, 1 / 3, 1])
+    check(lambda t: F.spatial_transformer_grid(t, (3, 4)), theta)
+
+
+def test_spatial_transformer_sampler_reads_pixels_and_zeros_outside():
+    x = f64(2, 3, 4, 5)
+    identity = np.tile(np.array([[[1., 0, 0], [0, 1, 0]]]), (2, 1, 1))
+    grid = F.spatial_transformer_grid(dev(identity), (4, 5))
+    np.testing.assert_allclose(host(F.spatial_transformer_sampler(dev(x), grid)), x,
+                               atol=1e-12)
+    # (row 1.5, column 2.25) mixes four pixels; half a pixel right of the last
+    # column is half the edge pixel (the ring of zeros); far away is zero
+    points = np.zeros((2, 2, 1, 3))
+    points[:, 0, 0] = [2.25 / 2 - 1, 1 + 0.5 / 2, -7]         # x: (W - 1) / 2 = 2 px a unit
+    points[:, 1, 0] = [1.5 / 1.5 - 1, 0 / 1.5 - 1, 0.3]       # y: 1.5 px a unit
+    y = host(F.spatial_transformer_sampler(dev(x), dev(points)))
+    expected = (0.75 * (0.5 * x[..., 1, 2] + 0.5 * x[..., 2, 2]) +
+                0.25 * (0.5 * x[..., 1, 3] + 0.5 * x[..., 2, 3]))
+    np.testing.assert_allclose(y[..., 0, 0], expected)
+    np.testing.assert_allclose(y[..., 0, 1], 0.5 * x[..., 0, 4])
+    np.testing.assert_array_equal(y[..., 0, 2], 0)
+
+
+def _between_pixels(r, shape, size, low=-1, high=None):
+    """Normalized coordinates for an image `size` pixels wide whose pixel
+    positions lie 0.2 to 0.8 between two whole numbers (away from the kinks
+    of bilinear interpolation), from `low` (-1: on the ring of zeros) to `high`."""
+    high = size - 1 if high is None else high
+    pixels = r.randint(low, high, shape) + r.uniform(0.2, 0.8, shape)
+    return pixels * 2 / (size - 1) - 1
+
+
+def test_spatial_transformer_sampler_gradients():
+    r = rng(5)
+    x = f64(2, 3, 4, 5)
+    grid = np.stack([_between_pixels(r, (2, 3, 4), 5), _between_pixels(r, (2, 3, 4), 4)], 1)
+    grid[0, :, 0, 0] = [-4.3, 3.7]           # far outside: clipped, no gradient
+    check(F.spatial_transformer_sampler, x, grid)
+    check(lambda x: F.spatial_transformer_sampler(x, dev(grid)), x)     # a fixed grid
+    gx = Variable(dev(x))
+    gg = Variable(dev(grid))
+    y = F.spatial_transformer_sampler(gx, gg)
+    y.grad = dev(np.ones(y.shape))
+    y.backward()
+    np.testing.assert_array_equal(host(gg.grad)[0, :, 0, 0], 0)
+    # the weights of each point sum to one (if its four pixels are all inside)
+    inside = np.ones((1, 1, 4, 5))
+    full = F.spatial_transformer_sampler(dev(inside), dev(np.full((1, 2, 1, 1), 0.1)))
+    np.testing.assert_allclose(host(full), 1)
+
+
+def test_spatial_transformer_end_to_end_gradient_reaches_theta():
+    # theta -> grid -> sampler: a near-identity warp keeps the points off whole pixels
+    x = f64(1, 2, 5, 5)
+    theta = np.array([[[0.83, 0.05, 0.031], [-0.04, 0.79, 0.052]]])
+    check(lambda t, x: F.spatial_transformer_sampler(x, F.spatial_transformer_grid(t, (3, 4))),
+          theta, x)
+
+
+def test_deformable_convolution_with_zero_offsets_is_convolution_2d():
+    x, W, b = f64(2, 3, 6, 7), f64(4, 3, 3, 2, seed=1), f64(4, seed=2)
+    for stride, pad in ((1, 0), (2, 1), ((1, 2), (2, 0))):
+        y = F.convolution_2d(dev(x), dev(W), dev(b), stride, pad)
+        offset = np.zeros((2, 12) + y.shape[2:])
+        np.testing.assert_allclose(
+            host(F.deformable_convolution_2d_sampler(dev(x), dev(offset), dev(W), dev(b),
+                                                     stride, pad)), host(y), atol=1e-12)
+    # moving every tap one pixel right is convolving x shifted left
+    offset = np.zeros((2, 12, 4, 6))
+    offset[:, :6] = 1
+    y = F.deformable_convolution_2d_sampler(dev(x), dev(offset), dev(W))
+    shifted = np.concatenate([x[..., 1:], np.zeros((2, 3, 6, 1))], axis=3)
+    np.testing.assert_allclose(host(y), host(F.convolution_2d(dev(shifted), dev(W))),
+                               atol=1e-12)
+
+
+def test_deformable_convolution_gradients():
+    r = rng(6)
+    x, W, b = f64(2, 2, 5, 6), f64(3, 2, 2, 3, seed=1), f64(3, seed=2)
+    # whole-pixel tap positions plus 0.2..0.8: the taps land between pixels
+    offset = r.randint(-2, 2, (2, 12, 4, 3)) + r.uniform(0.2, 0.8, (2, 12, 4, 3))
+    check(lambda x, o, W, b: F.deformable_convolution_2d_sampler(x, o, W, b, stride=(1, 2),
+                                                                 pad=(0, 1)), x, offset, W, b)
+
+
+def test_local_convolution_with_shared_filters_is_convolution_2d():
+    x, W = f64(2, 3, 7, 8), f64(4, 3, 3, 2, seed=1)
+    for stride in (1, 2, (3, 2)):
+        y = host(F.convolution_2d(dev(x), dev(W), stride=stride))
+        unshared = np.broadcast_to(W[:, None, None], (4,) + y.shape[2:] + (3, 3, 2)).copy()
+        np.testing.assert_allclose(host(F.local_convolution_2d(dev(x), dev(unshared),
+                                                               stride=stride)), y, atol=1e-12)
+
+
+def test_local_convolution_gradients():
+    x, W, b = f64(2, 2, 6, 5), f64(3, 2, 2, 2, 3, 2, seed=1), f64(3, 2, 2, seed=2)
+    check(lambda x, W, b: F.local_convolution_2d(x, W, b, stride=(2, 3)), x, W, b)
+    check(lambda x, W: F.local_convolution_2d(x, W), f64(1, 2, 4, 3), f64(2, 3, 2, 2, 2, 2))
+
+
+def _saved_keys(link, tmp_path):
+    path = str(tmp_path / 'link.npz')
+    serializers.save_npz(path, link)
+    with np.load(path) as npz:
+        return {key: npz[key].shape for key in npz.files}
+
+
+def _load_chainers(prefix, link, tmp_path):
+    """Load the parameters Chainer saved into `link`, run it on Chainer's x
+    and compare y and gx with Chainer's."""
+    reference = _convx_reference()
+    params = {key[len(prefix) + 8:]: reference[key] for key in reference.files
+              if key.startswith(prefix + '/params/')}
+    assert _saved_keys(link, tmp_path) == {key: value.shape for key, value in params.items()}
+    path = str(tmp_path / 'chainer.npz')
+    np.savez(path, **params)
+    serializers.load_npz(path, link)
+    link.to_device(TEST_DEVICE)
+    x = Variable(dev(reference[prefix + '/x']))
+    y = link(x)
+    y.grad = dev(reference[prefix + '/gy'])
+    y.backward()
+    np.testing.assert_allclose(host(y), reference[prefix + '/y'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(x.grad), reference[prefix + '/gx'], rtol=1e-5, atol=1e-5)
+
+
+def test_deformable_convolution_2d_link_loads_chainers_npz(tmp_path):
+    link = L.DeformableConvolution2D(3, 4, (3, 2), stride=2, pad=1)
+    _load_chainers('deform_link', link, tmp_path)
+    # Chainer's defaults: deform_conv's W zero (the layer starts as its bias),
+    # offset_conv's W LeCunNormal; no biases on request; in_channels from x
+    fresh = L.DeformableConvolution2D(None, 5, 3, pad=1, deform_nobias=True)
+    assert fresh.deform_conv.W.data is None and fresh.deform_conv.b is None
+    fresh.to_device(TEST_DEVICE)
+    y = fresh(dev(f32(2, 3, 4, 4)))
+    assert y.shape == (2, 5, 4, 4) and not host(y).any()
+    assert fresh.offset_conv.W.shape == (18, 3, 3, 3) and host(fresh.offset_conv.W).std() > 0
+    assert set(_saved_keys(fresh, tmp_path)) == {'offset_conv/W', 'offset_conv/b',
+                                                 'deform_conv/W'}
+    # the whole link, parameters of both children included
+    with chainer.using_config('dtype', np.float64):
+        link = L.DeformableConvolution2D(2, 3, 2, offset_initialW=chainer.initializers.Normal(0.3),
+                                         deform_initialW=chainer.initializers.Normal(1.0))
+    link.to_device(TEST_DEVICE)
+    gradient_check.check_backward(link, dev(f64(1, 2, 4, 5)), dev(f64(1, 3, 3, 4)),
+                                  params=tuple(link.params()))
+
+
+def test_local_convolution_2d_link_loads_chainers_npz_and_sizes_w_by_stride(tmp_path):
+    _load_chainers('local_link', L.LocalConvolution2D(3, 4, in_size=(6, 7), ksize=3), tmp_path)
+    # Chainer sizes W as if stride were 1 (and its forward then fails); here
+    # W fits the real output, (6 - 3) // 2 + 1 by (7 - 3) // 2 + 1
+    assert tuple(_convx_reference()['local_link_stride2/W_shape']) == (4, 4, 5, 3, 3, 3)
+    strided = L.LocalConvolution2D(3, 4, in_size=(6, 7), ksize=3, stride=2)
+    assert strided.W.shape == (4, 2, 3, 3, 3, 3) and strided.b.shape == (4, 2, 3)
+    strided.to_device(TEST_DEVICE)
+    assert strided(dev(f32(2, 3, 6, 7))).shape == (2, 4, 2, 3)
+    lazy = L.LocalConvolution2D(None, 2, ksize=(2, 3), nobias=True)
+    assert lazy.W.data is None and lazy.b is None
+    assert lazy(dev(f32(1, 3, 5, 5))).shape == (1, 2, 4, 3) and lazy.W.shape == (2, 4, 3, 3, 2, 3)
+    with pytest.raises(ValueError, match='LocalConvolution2D: ksize .* is required'):
+        L.LocalConvolution2D(3, 4, in_size=5)
+
+
+@pytest.mark.parametrize('call,message', [
+    (lambda: F.spatial_transformer_grid(f32(2, 3, 2), (3, 3)),
+     r'spatial_transformer_grid: theta must be .*\(n, 2, 3\).*got shape \(2, 3, 2\)'),
+    (lambda: F.spatial_transformer_grid(f32(2, 2, 3), (0, 3)),
+     'spatial_transformer_grid: output_shape must be two positive'),
+    (lambda: F.spatial_transformer_sampler(f32(2, 3, 4, 4), f32(2, 3, 4, 4)),
+     r'spatial_transformer_sampler: .*x.shape \(2, 3, 4, 4\) and grid.shape \(2, 3, 4, 4\)'),
+    (lambda: F.spatial_transformer_sampler(f32(2, 3, 4, 4), f32(1, 2, 4, 4)),
+     r'spatial_transformer_sampler: .*same n.*grid.shape \(1, 2, 4, 4\)'),
+    (lambda: F.spatial_transformer_sampler(f32(1, 3, 4, 4), f64(1, 2, 4, 4)),
+     'spatial_transformer_sampler: x and grid must be floats of one dtype, got float32 and '
+     'float64'),
+    (lambda: F.deformable_convolution_2d_sampler(f32(1, 3, 5, 5), f32(1, 9, 3, 3),
+                                                 f32(2, 3, 3, 3)),
+     r'deformable_convolution_2d_sampler: offset must have shape .* = \(1, 18, 3, 3\) .*got '
+     r'\(1, 9, 3, 3\)'),
+    (lambda: F.deformable_convolution_2d_sampler(f32(1, 3, 5, 5), f32(1, 18, 2, 2),
+                                                 f32(2, 3, 3, 3), stride=2, pad=1),
+     r'deformable_convolution_2d_sampler: offset must have shape .* = \(1, 18, 3, 3\) .*stride '
+     r'\(2, 2\), pad \(1, 1\); got \(1, 18, 2, 2\)'),
+    (lambda: F.deformable_convolution_2d_sampler(f32(1, 2, 5, 5), f32(1, 18, 3, 3),
+                                                 f32(2, 3, 3, 3)),
+     r'deformable_convolution_2d_sampler: x has 2 channels but W expects 3'),
+    (lambda: F.deformable_convolution_2d_sampler(f32(1, 3, 5, 5), f32(1, 18, 3, 3),
+                                                 f32(2, 3, 3, 3), f32(3)),
+     r'deformable_convolution_2d_sampler: b must have shape \(2,\), got \(3,\)'),
+    (lambda: F.local_convolution_2d(f32(2, 3, 7, 7), f32(4, 5, 5, 3, 3, 3), stride=2),
+     r'local_convolution_2d: W.shape \(4, 5, 5, 3, 3, 3\) does not fit x.shape \(2, 3, 7, 7\) '
+     r'with stride \(2, 2\): W must be \(out_channels, 3, 3, 3, kh, kw\)'),
+    (lambda: F.local_convolution_2d(f32(2, 3, 7, 7), f32(4, 5, 5, 3, 3)),
+     r'local_convolution_2d: W must be 6-D .*got W.shape \(4, 5, 5, 3, 3\)'),
+    (lambda: F.local_convolution_2d(f32(2, 3, 7, 7), f32(4, 5, 5, 3, 3, 3), f32(4, 5)),
+     r'local_convolution_2d: b must have shape W.shape\[:3\] = \(4, 5, 5\)'),
+    (lambda: F.local_convolution_2d(f32(2, 3, 7, 7), f64(4, 5, 5, 3, 3, 3)),
+     'local_convolution_2d: x and W must be floats of one dtype, got float32 and float64'),
+])
+def test_convx_errors_name_the_function_and_shapes(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
