@@ -25638,10 +25638,7 @@ _submodule('graph_optimizations.static_graph_utilities', static_code=static_code
 
 _not_supported(
     functions,
-    missing='as_strided black_out decorrelated_batch_normalization '
-            'discriminative_margin_based_clustering_loss '
-            'fixed_decorrelated_batch_normalization '
-            'sparse_matmul spatial_transformer_grid '
+    missing='spatial_transformer_grid '
             'spatial_transformer_sampler '
             'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
             'roi_max_pooling_2d roi_pooling_2d '
@@ -25651,17 +25648,13 @@ _not_supported(
     links,
     pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
                'GoogLeNet',
-    missing='BlackOut DecorrelatedBatchNormalization '
-            'TheanoFunction '
+    missing='TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
 
 
 _not_supported(optimizer,
                missing='make_deprecation_message')
-_not_supported(
-    initializers,
-    missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 
 
 _not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='cached_download')
@@ -25703,7 +25696,7 @@ _not_supported(
 
 _not_supported(
     utils,
-    missing='CooMatrix enable_final final get_order nondeterministic to_coo')
+    missing='enable_final final nondeterministic')
 
 
 _not_supported(

@@ -13598,7 +13598,6 @@ CHAINER_OUT_OF_SCOPE = {
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
     'optimizer': 'make_deprecation_message',
-    'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
 }
 
 
