@@ -6323,9 +6323,11 @@ def _memory_of(x):
     elements, x's strides in elements).  An array that is not a view of one
     contiguous block is its own memory (a contiguous copy)."""
     xp = _xp(x)
-    root = x
-    while isinstance(getattr(root, 'base', None), _array_types):
-        root = root.base
+    root = node = x
+    while getattr(node, 'base', None) is not None:   # (through NumPy's as_strided wrappers)
+        node = node.base
+        if isinstance(node, _array_types):
+            root = node
     if root.flags.c_contiguous or root.flags.f_contiguous:
         flat = root.reshape(-1, order='A').view(np.uint8)
         flat = flat[:len(flat) - len(flat) % x.itemsize].view(x.dtype)

@@ -77,6 +77,7 @@ link = L.BlackOut(3, [5, 1, 2, 4, 3, 2, 1], 5)
 link.W.array[...] = W.astype(np.float32)
 link.sample_data = samples
 loss = link(x.astype(np.float32), t)
+link.cleargrads()                                 # W.grad starts as NaN in Chainer
 loss.backward()
 arrays.update({'blackout/link/loss': loss.array, 'blackout/link/gW': link.W.grad,
                'blackout/link/keys': keys_of(link)})
