@@ -6329,7 +6329,8 @@ def _memory_of(x):
         if isinstance(node, _array_types):
             root = node
     if root.flags.c_contiguous or root.flags.f_contiguous:
-        flat = root.reshape(-1, order='A').view(np.uint8)
+        in_memory_order = 'C' if root.flags.c_contiguous else 'F'
+        flat = root.reshape(-1, order=in_memory_order).view(np.uint8)
         flat = flat[:len(flat) - len(flat) % x.itemsize].view(x.dtype)
         start = (x.data.ptr - root.data.ptr if xp is not np else
                  x.__array_interface__['data'][0] - root.__array_interface__['data'][0])
