@@ -6304,6 +6304,489 @@ def embed_id(x, W, ignore_label=None):
     return EmbedIDFunction(ignore_label)(x, W)
 
 
+# ----- as_strided: any view of an array's memory --------------------------------
+# An array is a block of memory plus a shape, strides (how far to step for
+# one place along each axis) and the offset of its first element:
+#
+#     y[i_1, ..., i_n] = memory[offset + i_1 s_1 + ... + i_n s_n]
+#
+# as_strided makes y from the memory behind x with any shape, strides and
+# offset, counted in elements (NumPy's own as_strided counts bytes).  Windows
+# may overlap, so one memory element can show up in y many times.  Backward
+# therefore works on the memory, not on x's layout: scatter-add gy into a
+# zero "memory" at the places y read, then read x's elements back out of it
+# (where x itself reads one place several times, each gets its share).  This
+# is the layout-agnostic rule of PyTorch's as_strided, as Chainer follows it.
+
+def _memory_of(x):
+    """(the memory behind x as a flat array of x's dtype, x's offset in it in
+    elements, x's strides in elements).  An array that is not a view of one
+    contiguous block is its own memory (a contiguous copy)."""
+    xp = _xp(x)
+    root = node = x
+    while getattr(node, 'base', None) is not None:   # (through NumPy's as_strided wrappers)
+        node = node.base
+        if isinstance(node, _array_types):
+            root = node
+    if root.flags.c_contiguous or root.flags.f_contiguous:
+        in_memory_order = 'C' if root.flags.c_contiguous else 'F'
+        flat = root.reshape(-1, order=in_memory_order).view(np.uint8)
+        flat = flat[:len(flat) - len(flat) % x.itemsize].view(x.dtype)
+        start = (x.data.ptr - root.data.ptr if xp is not np else
+                 x.__array_interface__['data'][0] - root.__array_interface__['data'][0])
+        if start % x.itemsize == 0 and all(s % x.itemsize == 0 for s in x.strides):
+            return flat, start // x.itemsize, tuple(s // x.itemsize for s in x.strides)
+    x = xp.ascontiguousarray(x)
+    return x.reshape(-1), 0, tuple(s // x.itemsize for s in x.strides)
+
+
+def _strided_index(xp, shape, strides, offset):
+    """The memory index of every element of a (shape, strides, offset) view."""
+    index = xp.full(tuple(shape), offset, np.int64)
+    for axis, (n, step) in enumerate(zip(shape, strides)):
+        index += (xp.arange(n, dtype=np.int64) * step).reshape(
+            (n,) + (1,) * (len(shape) - axis - 1))
+    return index
+
+
+@_export('functions.array.as_strided')
+class AsStrided(Function):
+    """Function node of as_strided: forward gathers memory[index]; backward
+    scatter-adds into a zero memory and reads x's elements back (each
+    divided by how often x itself reads it).
+    Chainer: chainer.functions.array.as_strided.AsStrided.
+    """
+
+    label = 'as_strided'
+
+    def __init__(self, shape, strides, storage_offset=None):
+        self.shape, self.strides = tuple(shape), tuple(strides)
+        self.storage_offset = storage_offset
+
+    def forward(self, inputs):
+        x, = inputs
+        if len(self.shape) != len(self.strides) or any(n < 0 for n in self.shape):
+            raise ValueError('as_strided: shape {} and strides {} must be of one length, with '
+                             'no negative sizes'.format(self.shape, self.strides))
+        memory, x_offset, x_strides = _memory_of(x)
+        xp = _xp(x)
+        offset = x_offset if self.storage_offset is None else self.storage_offset
+        out_index = _strided_index(xp, self.shape, self.strides, offset)
+        if out_index.size and (int(out_index.min()) < 0 or int(out_index.max()) >= len(memory)):
+            raise ValueError(
+                'as_strided: shape {}, strides {} and offset {} (in elements) reach elements '
+                '{} .. {} of the memory behind x (shape {}), which holds {}'.format(
+                    self.shape, self.strides, offset, int(out_index.min()),
+                    int(out_index.max()), x.shape, len(memory)))
+        self.out_index = out_index
+        self.in_index = _strided_index(xp, x.shape, x_strides, x_offset)
+        return memory[out_index],
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy = grad_outputs[0]
+        xp = _xp(gy)
+        if x.size == 0:
+            return xp.zeros(x.shape, gy.dtype),
+        low = min(int(self.in_index.min()), int(self.out_index.min()) if gy.size else 0)
+        size = max(int(self.in_index.max()), int(self.out_index.max()) if gy.size else 0) - low + 1
+        memory = xp.bincount((self.out_index - low).reshape(-1), gy.reshape(-1), size)
+        readers = xp.bincount((self.in_index - low).reshape(-1), minlength=size)
+        gx = (memory / xp.maximum(readers, 1))[self.in_index - low]
+        return gx.astype(gy.dtype, copy=False),
+
+
+@_export('functions', 'functions.array.as_strided')
+def as_strided(x, shape, strides, storage_offset=None):
+    """A new array of `shape` read from the memory behind x with `strides`
+    and `storage_offset` counted in elements (not bytes):
+    y[i] = memory[storage_offset + sum_k i_k strides[k]].
+
+    The memory is the whole contiguous block x is a view of, whatever x's
+    own shape; storage_offset defaults to x's offset in it.  Windows may
+    overlap (strides smaller than the sizes, or 0): the gradient adds up over
+    all places an element was read.  The result is a new array, not a view.
+    Raises ValueError for shape and strides of different lengths or indices
+    outside the memory. Chainer: chainer.functions.as_strided.
+    """
+    return AsStrided(shape, strides, storage_offset)(x)
+
+
+# ----- sparse matrices: CooMatrix and sparse_matmul --------------------------------
+# A matrix that is mostly zeros is stored as its nonzero entries only, in
+# coordinate (COO) form: three equal-length arrays data, row, col saying
+# A[row[i], col[i]] = data[i].  A batch of such matrices pads each to the
+# same length ldnz with row = col = -1 (entries that are not there).  Then
+#
+#     (A B)[r, :] = sum over entries i with row[i] = r of data[i] * B[col[i], :]
+#
+# is a gather of B's rows and a scatter-add into C's rows, with the work
+# proportional to the number of entries, not to A's size.  Backward is the
+# same two moves the other way round: dB[col[i], :] += data[i] * dC[row[i], :],
+# and d data[i] = dC[row[i], :] . B[col[i], :] (only the stored entries get a
+# gradient; the pattern of zeros is fixed).
+
+def _coo_order_is_c(row, col):
+    """True if, ignoring padding, the row indices never fall and the column
+    indices never fall within a row (each matrix of a batch on its own)."""
+    xp = _xp(row)
+    row, col = row.reshape(-1, row.shape[-1]), col.reshape(-1, col.shape[-1])
+    if ((row >= 0) != (col >= 0)).any():
+        raise ValueError('get_order: row and col must be -1 at the same (padding) places')
+    for r, c in zip(row, col):          # one matrix at a time: a few per batch
+        stored = r >= 0
+        dr, dc = xp.diff(r[stored]), xp.diff(c[stored])
+        if (dr < 0).any() or ((dc < 0) & (dr == 0)).any():
+            return False
+    return True
+
+
+@_export('utils', 'utils.sparse')
+def get_order(row, col):
+    """'C' if a COO matrix with these row and col indices is sorted by row
+    (then by column within a row), 'F' if sorted by column (then row), else
+    'other'.  Padding entries (-1) are ignored.  Raises ValueError for row and
+    col of different shapes or padded at different places.
+    Chainer: chainer.utils.get_order.
+    """
+    if row.shape != col.shape:
+        raise ValueError('get_order: row and col must have one shape, got {} and {}'
+                         .format(row.shape, col.shape))
+    if _coo_order_is_c(row, col):
+        return 'C'
+    return 'F' if _coo_order_is_c(col, row) else 'other'
+
+
+@_export('utils', 'utils.sparse')
+class CooMatrix:
+    """A sparse matrix (or a batch of them) in COO format.
+
+    CooMatrix(data, row, col, shape, order=None, requires_grad=False):
+    data, the entries (ldnz,) or (batch, ldnz), becomes the Variable .data
+    (requires_grad=True gives it a gradient in sparse_matmul); row and col,
+    int arrays of data's shape, their indices, -1 for padding; shape, the
+    dense (rows, cols) of one matrix; order 'C', 'F' or 'other', or None to
+    find it with get_order (a hint only).  to_dense() gives the dense array.
+    Raises ValueError for wrong ndims, a shape not of two positive numbers or
+    an unknown order. Chainer: chainer.utils.CooMatrix.
+    """
+
+    def __init__(self, data, row, col, shape, order=None, requires_grad=False):
+        if not 1 <= data.ndim <= 2 or not data.ndim == row.ndim == col.ndim:
+            raise ValueError('CooMatrix: data, row and col must all be 1-d or all 2-d (batch, '
+                             'ldnz); got ndims {}, {}, {}'.format(data.ndim, row.ndim, col.ndim))
+        if len(shape) != 2 or not (shape[0] > 0 and shape[1] > 0):
+            raise ValueError('CooMatrix: shape must be two positive numbers, got {}'
+                             .format(shape))
+        if order not in ('C', 'F', 'other', None):
+            raise ValueError("CooMatrix: order must be 'C', 'F', 'other' or None, not {!r}"
+                             .format(order))
+        self.data = Variable(data, requires_grad=requires_grad)
+        self.row, self.col, self.shape = row, col, tuple(shape)
+        self.order = get_order(row, col) if order is None else order
+
+    def to_dense(self):
+        """The dense array: shape, or (batch,) + shape; repeated indices add up.
+        Chainer: CooMatrix.to_dense."""
+        data = self.data.data
+        xp = _xp(data)
+        batch = data.shape[0] if data.ndim == 2 else 1
+        dense = xp.zeros((batch,) + self.shape, data.dtype)
+        flat_at, stored = _coo_flat_index(self.row, self.col, self.shape[0], self.shape[1])
+        xp.add.at(dense.reshape(-1), flat_at, xp.where(stored, data, 0).reshape(-1))
+        return dense if data.ndim == 2 else dense[0]
+
+
+def _coo_flat_index(row, col, rows, cols):
+    """Each entry's index into the flattened (batch, rows, cols) array (0 for
+    padding) and where the entries are real."""
+    xp = _xp(row)
+    stored = (row >= 0) & (col >= 0)
+    batch = xp.arange(row.shape[0])[:, None] if row.ndim == 2 else 0
+    return xp.where(stored, (batch * rows + row) * cols + col, 0).reshape(-1), stored
+
+
+@_export('utils', 'utils.sparse')
+def to_coo(x, ldnz=None, requires_grad=False):
+    """The CooMatrix of a dense x: (rows, cols), or (batch, rows, cols) with
+    each matrix padded to the batch's largest nonzero count (at least ldnz).
+    Entries are in row-major order; row and col are int32.  Raises
+    ValueError for an x that is not 2-d or 3-d. Chainer: chainer.utils.to_coo.
+    """
+    if x.ndim not in (2, 3):
+        raise ValueError('to_coo: x must be 2-d or 3-d (a batch), got shape {}'.format(x.shape))
+    xp = _xp(x)
+    x3 = x if x.ndim == 3 else x[None]
+    b, r, c = xp.nonzero(x3)
+    counts = xp.bincount(b, minlength=len(x3))
+    width = max(int(counts.max()) if len(b) else 0, ldnz or 0)
+    starts = xp.cumsum(counts) - counts
+    slot = xp.arange(len(b)) - starts[b]          # position within its own matrix
+    data = xp.zeros((len(x3), width), x.dtype)
+    row = xp.full((len(x3), width), -1, np.int32)
+    col = xp.full((len(x3), width), -1, np.int32)
+    data[b, slot], row[b, slot], col[b, slot] = x3[b, r, c], r, c
+    if x.ndim == 2:
+        data, row, col = data[0], row[0], col[0]
+    return CooMatrix(data, row, col, x.shape[-2:], requires_grad=requires_grad)
+
+
+@_export('functions.math.sparse_matmul')
+class CooMatMul(Function):
+    """Function node of S @ D for a COO matrix S (its data the first input)
+    and a dense D (second input), either possibly transposed, and the result
+    possibly transposed: sparse_matmul maps both of its cases onto this.
+    Chainer: chainer.functions.math.sparse_matmul.CooMatMul.
+    """
+
+    label = 'sparse_matmul'
+
+    def __init__(self, sp_row, sp_col, sp_shape, sp_order='other', transa=False,
+                 transb=False, transc=False, dtype=None):
+        if sp_row.shape != sp_col.shape or sp_row.ndim not in (1, 2) or len(sp_shape) != 2:
+            raise ValueError('sparse_matmul: row and col must have one shape of 1 or 2 axes '
+                             'and shape two numbers; got {}, {} and {}'.format(
+                                 sp_row.shape, sp_col.shape, sp_shape))
+        self.sp_row, self.sp_col, self.sp_shape, self.sp_order = sp_row, sp_col, sp_shape, sp_order
+        self.transa, self.transb, self.transc, self.dtype = transa, transb, transc, dtype
+
+    def _operands(self, sp, dn):
+        # op(S) is S with row and col swapped; op(D) a swapaxes view
+        row, col = (self.sp_col, self.sp_row) if self.transa else (self.sp_row, self.sp_col)
+        m, k = self.sp_shape[::-1] if self.transa else self.sp_shape
+        D = dn.swapaxes(-1, -2) if self.transb else dn
+        if (sp.dtype.kind != 'f' or dn.dtype.kind != 'f' or not 2 <= dn.ndim <= 3
+                or sp.shape != row.shape or sp.ndim != dn.ndim - 1 or D.shape[-2] != k
+                or (dn.ndim == 3 and dn.shape[0] != sp.shape[0])):
+            raise ValueError(
+                'sparse_matmul: the sparse operand is {} (data {} {}, transposed: {}) and the '
+                'dense one {} {} (transposed: {}); they must be float, the dense one 2-d (or 3-d '
+                'with the batches of the sparse data) with {} rows after transposing'.format(
+                    self.sp_shape, sp.shape, sp.dtype, self.transa, dn.shape, dn.dtype,
+                    self.transb, k))
+        xp = _xp(dn)
+        stored = (row >= 0) & (col >= 0)
+        batch = xp.arange(sp.shape[0])[:, None] if sp.ndim == 2 else 0
+        r = xp.where(stored, batch * m + row, 0).reshape(-1)
+        c = xp.where(stored, batch * k + col, 0).reshape(-1)
+        return r, c, stored.reshape(-1), m, D
+
+    def forward(self, inputs):
+        sp, dn = inputs
+        r, c, stored, m, D = self._operands(sp, dn)
+        xp = _xp(dn)
+        dtype = self.dtype or np.result_type(sp.dtype, dn.dtype)
+        n = D.shape[-1]
+        B = D.reshape(-1, n)                               # (batch * k, n): rows to gather
+        C = xp.zeros((D.shape[0] * m if D.ndim == 3 else m, n), dtype)
+        xp.add.at(C, r, (xp.where(stored, sp.reshape(-1), 0)[:, None] * B[c]).astype(dtype))
+        C = C.reshape(D.shape[:-2] + (m, n))
+        return C.swapaxes(-1, -2) if self.transc else C,
+
+    def backward(self, inputs, grad_outputs):
+        sp, dn = inputs
+        r, c, stored, m, D = self._operands(sp, dn)
+        xp = _xp(dn)
+        gC = grad_outputs[0].swapaxes(-1, -2) if self.transc else grad_outputs[0]
+        n = D.shape[-1]
+        gC, B = gC.reshape(-1, n), D.reshape(-1, n)
+        g_sp = xp.where(stored, (gC[r] * B[c]).sum(axis=1), 0).reshape(sp.shape)
+        gD = xp.zeros_like(B)
+        xp.add.at(gD, c, xp.where(stored, sp.reshape(-1), 0)[:, None] * gC[r])
+        gD = gD.reshape(D.shape)
+        return (g_sp.astype(sp.dtype, copy=False),
+                (gD.swapaxes(-1, -2) if self.transb else gD).astype(dn.dtype, copy=False))
+
+
+@_export('functions', 'functions.math.sparse_matmul')
+def sparse_matmul(a, b, transa=False, transb=False):
+    """op(a) @ op(b) where one of a, b is a CooMatrix and the other dense.
+
+    The dense one: a float Variable or array, 2-d, or 3-d for a batch of the
+    CooMatrix's batch size; transa / transb transpose each matrix first.
+    Returns the dense Variable product; the dense operand gets a gradient,
+    and the CooMatrix's .data too if it was made with requires_grad=True.
+    Raises ValueError for two dense or two sparse operands and for shapes
+    that do not fit. Chainer: chainer.functions.sparse_matmul.
+    """
+    dense = (Variable,) + _array_types
+    if isinstance(a, CooMatrix) and isinstance(b, dense):
+        return CooMatMul(a.row, a.col, a.shape, a.order, transa, transb, False)(a.data, b)
+    if isinstance(a, dense) and isinstance(b, CooMatrix):
+        # a B = (B^T a^T)^T: the sparse one goes on the left
+        return CooMatMul(b.row, b.col, b.shape, b.order, not transb, not transa, True)(b.data, a)
+    raise ValueError('sparse_matmul: one of a and b must be a CooMatrix and the other a '
+                     'Variable or array, got {} and {}'.format(type(a).__name__, type(b).__name__))
+
+
+# ----- BlackOut: a sampled softmax loss --------------------------------------------
+# A softmax over a vocabulary of V words costs O(V) per example.  BlackOut
+# (Ji et al. 2016) scores only the true word t and S sampled negatives s_1..s_S
+# (drawn in advance, e.g. by WalkerAlias), takes the softmax p over just those
+# S + 1 scores z = (x . W[t], x . W[s_1], ...), and asks p to be high for t and
+# low for each negative:
+#
+#     loss = -log p_0 - sum_j log(1 - p_j)
+#
+# Its gradient in the scores, with q_j = p_j / (1 - p_j) and Q = sum_j q_j:
+#
+#     dloss/dz_0 = p_0 - 1 - p_0 Q,     dloss/dz_j = p_j + q_j - p_j Q   (j >= 1)
+#
+# and from the scores to x and to the S + 1 rows of W it is a matmul each way.
+
+class BlackOutFunction(Function):
+    """Function node of black_out: inputs x, t, W, samples; keeps the rows
+    of W it used and the softmax of the scores for backward.
+    (Chainer builds black_out from other functions and has no class of it.)
+    """
+
+    label = 'black_out'
+
+    def __init__(self, reduce='mean'):
+        if reduce not in ('mean', 'no'):
+            raise ValueError("black_out: reduce must be 'mean' or 'no', not {!r}".format(reduce))
+        self.reduce = reduce
+
+    def forward(self, inputs):
+        x, t, W, samples = inputs
+        if (x.ndim != 2 or t.shape != x.shape[:1] or W.ndim != 2 or W.shape[1] != x.shape[1]
+                or samples.ndim != 2 or samples.shape[0] != x.shape[0]):
+            raise ValueError('black_out: x must be (N, D), t (N,), W (V, D) and samples (N, S); '
+                             'got x.shape {}, t.shape {}, W.shape {}, samples.shape {}'.format(
+                                 x.shape, t.shape, W.shape, samples.shape))
+        if t.dtype.kind not in 'iu' or samples.dtype.kind not in 'iu' or x.dtype != W.dtype:
+            raise TypeError('black_out: t and samples must be ints and W of x\'s dtype; got x '
+                            '{}, t {}, W {}, samples {}'.format(x.dtype, t.dtype, W.dtype,
+                                                                samples.dtype))
+        xp = _xp(x)
+        words = xp.concatenate([t[:, None], samples], axis=1)      # (N, S + 1): t first
+        if words.size and (int(words.min()) < 0 or int(words.max()) >= len(W)):
+            raise ValueError('black_out: t and samples must lie in [0, {}) (W.shape {}); got '
+                             'values from {} to {}'.format(len(W), W.shape, int(words.min()),
+                                                           int(words.max())))
+        self.words, self.w = words, W[words]                       # (N, S + 1, D)
+        z = xp.einsum('nd,nkd->nk', x, self.w)
+        logz = z.max(axis=1, keepdims=True)
+        logz = logz + xp.log(xp.exp(z - logz).sum(axis=1, keepdims=True))
+        self.p = xp.exp(z - logz)
+        loss = (logz[:, 0] - z[:, 0]) - xp.log1p(-self.p[:, 1:]).sum(axis=1)
+        loss = loss.astype(x.dtype, copy=False)
+        return (loss.mean(dtype=x.dtype) if self.reduce == 'mean' else loss),
+
+    def backward(self, inputs, grad_outputs):
+        x, t, W, samples = inputs
+        xp = _xp(x)
+        gy = grad_outputs[0]
+        p = self.p
+        q = p / (1 - p)
+        q[:, 0] = 0
+        g = p + q - p * q.sum(axis=1, keepdims=True)
+        g[:, 0] -= 1
+        g *= (gy / len(x)) if self.reduce == 'mean' else gy[:, None]
+        g = g.astype(x.dtype, copy=False)
+        gW = xp.zeros_like(W)
+        xp.add.at(gW, self.words, g[:, :, None] * x[:, None, :])
+        return xp.einsum('nk,nkd->nd', g, self.w), None, gW, None
+
+
+@_export('functions', 'functions.loss.black_out')
+def black_out(x, t, W, samples, reduce='mean'):
+    """The BlackOut loss: -log p(t) - sum_s log(1 - p(s)), p the softmax
+    over the scores x . W[t] and x . W[s] of the true word t and the negative
+    samples s only.
+
+    x: float (N, D); t: int (N,) in [0, V); W: (V, D), x's dtype; samples:
+    int (N, S), the negatives per example.  reduce='mean' (a scalar, the
+    batch mean) or 'no' (N,).  x and W get gradients.  Raises ValueError for
+    another reduce, shapes that do not fit or labels outside [0, V),
+    TypeError for non-int labels. Chainer: chainer.functions.black_out.
+    """
+    return BlackOutFunction(reduce)(x, t, W, samples)
+
+
+# ----- discriminative margin-based clustering loss ----------------------------------
+# For instance segmentation, a network maps every pixel to an embedding
+# vector, and pixels of one instance should cluster (De Brabandere et al.
+# 2017).  With mu_c the mean embedding of instance c's pixels, three hinged
+# terms pull and push:
+#
+#     variance:        pixels farther than delta_v from their mu_c are pulled in,
+#                      mean over c of  sum_i [||mu_c - e_i|| - delta_v]_+^2 / n_c
+#     distance:        centres closer than 2 delta_d push apart,
+#                      mean over pairs of  [2 delta_d - ||mu_a - mu_b||]_+^2
+#     regularization:  the centres are kept near 0: mean of ||mu||
+#
+# with an L1 or L2 norm.  Instances are labels 1..K (K = max_embedding_dim,
+# which Chainer also requires to be the embedding size); 0 is background.
+# It is built from differentiable functions, so backward needs no code.
+
+@_export('functions', 'functions.loss.discriminative_loss')
+def discriminative_margin_based_clustering_loss(
+        embeddings, labels, delta_v, delta_d, max_embedding_dim, norm=1,
+        alpha=1.0, beta=1.0, gamma=0.001):
+    """The discriminative clustering loss of pixel embeddings, as three terms.
+
+    embeddings: float (N, K, H, W) with K = max_embedding_dim; labels: int
+    (N, H, W), instance c = 1..K where labels == c (0 and others: none).
+    delta_v, delta_d: the margins; norm: 1 (L1) or 2 (L2).  Returns the tuple
+    (alpha * variance, beta * distance, gamma * regularization) of scalar
+    Variables.  As in Chainer, instances absent from an image still have a
+    centre (0) that takes part in the distance and regularization terms,
+    and the regularization term takes the norm over all of an instance's
+    centres in the batch at once.  (Chainer runs only for a batch of 1 or
+    of max_embedding_dim images, a broadcasting slip; any batch works here.
+    With norm=2 Chainer's gradient is NaN at every pixel outside an
+    instance; here it is 0 there.)  Raises ValueError for a non-positive
+    max_embedding_dim, another norm, or shapes that do not fit.
+    Chainer: chainer.functions.discriminative_margin_based_clustering_loss.
+    """
+    label = 'discriminative_margin_based_clustering_loss'
+    if max_embedding_dim <= 0:
+        raise ValueError('{}: max_embedding_dim must be positive, got {}'
+                         .format(label, max_embedding_dim))
+    if norm not in (1, 2):
+        raise ValueError('{}: norm must be 1 or 2, got {!r}'.format(label, norm))
+    data = _input_data(label, embeddings)
+    embeddings = as_variable(embeddings)
+    labels = as_array(labels)
+    K = max_embedding_dim
+    if data.ndim != 4 or data.shape[1] != K or labels.shape != data.shape[:1] + data.shape[2:]:
+        raise ValueError('{}: embeddings must be (N, max_embedding_dim={}, H, W) and labels '
+                         '(N, H, W); got embeddings.shape {}, labels.shape {}'.format(
+                             label, K, data.shape, labels.shape))
+    xp = _xp(data)
+
+    def size(v, axis):                     # the chosen norm along `axis`
+        return _sum(absolute(v), axis=axis) if norm == 1 else sqrt(_sum(v * v, axis=axis))
+
+
+    n_images = data.shape[0]
+    masks = (labels[None] == xp.arange(1, K + 1).reshape(K, 1, 1, 1))[:, :, None]  # (K,N,1,H,W)
+    masks = masks.astype(data.dtype)
+    counts = masks.sum(axis=(3, 4))                                   # (K, N, 1)
+    centres = _sum(embeddings * masks, axis=(3, 4)) / xp.maximum(counts, 1)  # (K, N, D)
+    # variance: each pixel's distance to its centre, hinged at delta_v
+    offsets = (reshape(centres, centres.shape + (1, 1)) - embeddings) * masks
+    if norm == 1:
+        spread = size(offsets, 2)                                     # (K, N, H, W)
+    else:   # Chainer's sqrt(0) outside each instance makes NaN gradients; where avoids it
+        member = masks[:, :, 0] > 0
+        one = xp.ones(member.shape, data.dtype)
+        zero = xp.zeros(member.shape, data.dtype)
+        spread = where(member, sqrt(where(member, _sum(offsets * offsets, axis=2), one)), zero)
+    pull = relu(spread - delta_v) ** 2
+    l_var = _sum(_sum(pull, axis=(1, 2, 3)) / xp.maximum(masks.sum(axis=(1, 2, 3, 4)), 1)) / K
+    # distance: every pair a < b of instances, per image
+    first, second = np.triu_indices(K, 1)
+    if len(first):
+        gaps = size(centres[first] - centres[second], 2)             # (pairs, N)
+        l_dist = _sum(relu(2 * delta_d - gaps) ** 2) / (len(first) * n_images)
+    else:
+        l_dist = Variable(xp.zeros((), data.dtype), requires_grad=False)
+    l_reg = _sum(size(centres, (1, 2))) / (K * n_images)
+    return alpha * l_var, beta * l_dist, gamma * l_reg
+
+
 # =============================================================================
 # Chapter 10. Initializers and more links
 # =============================================================================
@@ -7855,6 +8338,109 @@ class TheanoFunction(Link):
     def forward(self, *inputs):
         """Run the Theano graph on `inputs`. Chainer: TheanoFunction.forward."""
         return _theano_function(self.forward_func, self.backward_func, *inputs)
+# ----- BlackOut as a link -----------------------------------------------------------
+# The link owns W and draws the negatives itself, from the word counts as
+# they are (NegativeSampling raises them to 0.75 first; BlackOut does not).
+
+@_export('links', 'links.loss.black_out')
+class BlackOut(Link):
+    """The BlackOut loss as a link: owns W (len(counts), in_size).
+
+    BlackOut(in_size, counts, sample_size): counts, the frequency of each
+    word; each call draws (batch, sample_size) negatives with a WalkerAlias
+    over counts (moved with the link), or uses `sample_data` if it is set
+    (an int array of that shape, for tests).  W starts as NaN, as in Chainer:
+    fill it before training (e.g. initializers.Normal()(link.W.data)).
+    Calling it: link(x, t) -> F.black_out(x, t, W, samples), the batch mean.
+    Saved key: W. Chainer: chainer.links.BlackOut.
+    """
+
+    sample_data = None
+
+    def __init__(self, in_size, counts, sample_size):
+        super().__init__()
+        self.sampler = WalkerAlias(np.array(counts, np.float32))
+        self.sample_size = sample_size
+        with self.init_scope():
+            self.W = Parameter(shape=(len(counts), in_size))
+
+    def forward(self, x, t):
+        """black_out(x, t, W, samples) with fresh samples (or sample_data).
+        Chainer: chainer.links.BlackOut.forward."""
+        if self.sample_data is not None:
+            samples = self.sample_data
+        else:
+            if _xp(self.sampler.threshold) is not _xp(self.W.data):   # the link moved
+                self.sampler.to_device(self.device)
+            samples = self.sampler.sample((len(_input_data('BlackOut', x)), self.sample_size))
+        return black_out(x, t, self.W, samples)
+
+
+# ----- filters for up- and downsampling ----------------------------------------------
+# Bilinear interpolation is a convolution: upsampling by a factor f is a
+# deconvolution (stride f, kernel 2f - f % 2) whose kernel is the outer
+# product of "tent" profiles 1 - |i - centre| / f, and a convolution with the
+# same tent, normalized to sum 1, is the matching smooth downsampling.  These
+# initializers put that kernel on the diagonal channel pairs (channel i to
+# channel i) and zeros elsewhere, so a fresh layer starts as plain resizing
+# (the FCN trick of Long et al. 2015).
+
+def _tent_filter(size, ndim, upsampling):
+    """The separable linear-interpolation kernel of `size` in `ndim` dims."""
+    factor = (size + 1) // 2
+    centre = factor - (1. if size % 2 else 0.5)
+    tent = 1 - np.abs(np.arange(size) - centre) / factor
+    kernel = functools.reduce(np.multiply.outer, [tent] * ndim)
+    return kernel if upsampling else kernel / kernel.sum()
+
+
+class _SamplingFilter(Initializer):
+    upsampling = True
+
+    def __init__(self, interpolation='linear', dtype=None):
+        if interpolation != 'linear':
+            raise ValueError('{}: unsupported interpolation {!r}; only \'linear\' is'
+                             .format(type(self).__name__, interpolation))
+        super().__init__(dtype)
+        self.interpolation = interpolation
+
+    def __call__(self, array):
+        name = type(self).__name__
+        if self.dtype is not None and array.dtype != np.dtype(self.dtype):
+            raise ValueError('{}: the array is {}, the initializer {}'
+                             .format(name, array.dtype, np.dtype(self.dtype)))
+        if array.ndim < 3 or array.shape[1] not in (array.shape[0], 1):
+            raise ValueError('{}: the array must be (channels, channels or 1, k, k, ...), got '
+                             'shape {}'.format(name, array.shape))
+        if len(set(array.shape[2:])) != 1:
+            raise ValueError('{}: the kernel sizes must all be equal, got shape {}'
+                             .format(name, array.shape))
+        xp = _xp(array)
+        kernel = xp.asarray(_tent_filter(array.shape[2], array.ndim - 2, self.upsampling))
+        array[...] = 0
+        channels = xp.arange(array.shape[0])
+        array[channels, channels if array.shape[1] > 1 else 0] = kernel
+
+
+@_export('initializers', 'initializers.sampling')
+class UpsamplingDeconvFilter(_SamplingFilter):
+    """Initializer with the bilinear upsampling kernel on the diagonal
+    (channel i to channel i; all of them when the second axis is 1), zeros
+    elsewhere: for a DeconvolutionND/2D W (C, C, k, ..., k) with stride
+    (k + 1) // 2.  interpolation: 'linear' only; dtype default None.
+    Raises ValueError for another interpolation, unequal kernel sizes or
+    an array whose first two axes do not fit.
+    Chainer: chainer.initializers.UpsamplingDeconvFilter.
+    """
+
+
+@_export('initializers', 'initializers.sampling')
+class DownsamplingConvFilter(_SamplingFilter):
+    """Initializer like UpsamplingDeconvFilter with the kernel normalized to
+    sum 1: a smooth downsampling for a ConvolutionND/2D W with stride
+    (k + 1) // 2. Chainer: chainer.initializers.DownsamplingConvFilter.
+    """
+    upsampling = False
 
 
 # =============================================================================
@@ -12409,6 +12995,216 @@ def _googlenet_head_pool(x):
 
 _export('links.model.vision.googlenet', prepare=_image_preparer('GoogLeNet', GoogLeNet._mean))
 _export('links.model.classifier', Classifier=Classifier)
+# ----- decorrelated batch normalization ----------------------------------------
+# Batch normalization makes every channel zero-mean and unit-variance, one
+# channel at a time.  Decorrelated batch normalization (Huang et al. 2018)
+# goes further and *whitens* the channels: split the c channels into
+# `groups` groups of C = c / groups, and within each group take the C x m
+# matrix X of centred values (m = batch size times the spatial size) and its
+# covariance S = X X^T / m + eps I.  With S = V diag(lam) V^T,
+#
+#     y = S^(-1/2) X = V diag(lam^(-1/2)) V^T X        (ZCA whitening)
+#
+# has covariance I: the channels come out uncorrelated, and, unlike PCA
+# whitening, rotated back as close to X as possible.  Backward goes through
+# the eigen-decomposition: for a function f applied to S's eigenvalues,
+# dF = V (L o (V^T dS V)) V^T with L_ij = (f(lam_i) - f(lam_j)) / (lam_i -
+# lam_j); for f = lam^(-1/2) that is -1 / (s_i s_j (s_i + s_j)) with
+# s = sqrt(lam), which needs no division by lam_i - lam_j and holds for
+# equal eigenvalues too.
+
+def _dbn_groups(label, x, groups):
+    """(groups, C, m) view of x (N, c, ...): group g holds channels g*C .. g*C+C-1."""
+    if x.ndim < 2 or x.dtype.kind != 'f':
+        raise ValueError('{}: x must be a float array of 2 or more axes (N, c, ...), got '
+                         'shape {} dtype {}'.format(label, x.shape, x.dtype))
+    _check_group_count(label, x.shape, groups)
+    channels = x.shape[1]
+    return _xp(x).moveaxis(x, 1, 0).reshape(groups, channels // groups, -1)
+
+
+def _dbn_ungroup(y_hat, shape):
+    """Back from (groups, C, m) to x's layout (N, c, ...)."""
+    return _xp(y_hat).moveaxis(y_hat.reshape((shape[1], shape[0]) + shape[2:]), 0, 1)
+
+
+class DecorrelatedBatchNormalizationFunction(Function):
+    """Function node of decorrelated_batch_normalization: keeps the centred
+    groups, the eigen-decomposition of their covariances and the output for
+    backward; updates running_mean / running_projection in place when given.
+    Chainer: chainer.functions.normalization.decorrelated_batch_normalization.DecorrelatedBatchNormalization.
+    """
+
+    label = 'decorrelated_batch_normalization'
+
+    def __init__(self, groups=16, eps=2e-5, mean=None, projection=None, decay=0.9):
+        self.groups, self.eps, self.decay = groups, eps, decay
+        self.running_mean, self.running_projection = mean, projection
+
+    def forward(self, inputs):
+        x, = inputs
+        xp = _xp(x)
+        x_hat = _dbn_groups(self.label, x, self.groups)
+        m = x_hat.shape[2]
+        mean = x_hat.mean(axis=2, keepdims=True)
+        centred = x_hat - mean
+        cov = centred @ centred.transpose(0, 2, 1) / x.dtype.type(m)
+        cov += x.dtype.type(self.eps) * xp.eye(cov.shape[1], dtype=x.dtype)
+        lam, V = xp.linalg.eigh(cov)                      # batched: (g, C), (g, C, C)
+        projection = (V * lam[:, None, :] ** -0.5) @ V.transpose(0, 2, 1)   # S^(-1/2)
+        y_hat = projection @ centred
+        self.centred, self.lam, self.V, self.projection = centred, lam, V, projection
+        if self.running_mean is not None:
+            self.running_mean *= self.decay
+            self.running_mean += (1 - self.decay) * mean[:, :, 0]
+        if self.running_projection is not None:
+            # Chainer scales the projection (not the covariance) by m / (m - 1)
+            self.running_projection *= self.decay
+            self.running_projection += (1 - self.decay) * (m / max(m - 1., 1.)) * projection
+        return _dbn_ungroup(y_hat, x.shape).astype(x.dtype, copy=False),
+
+    def backward(self, inputs, grad_outputs):
+        x, = inputs
+        gy = _dbn_groups(self.label, grad_outputs[0], self.groups)
+        X, V, P = self.centred, self.V, self.projection
+        m = X.shape[2]
+        gP = gy @ X.transpose(0, 2, 1)                    # y = P X
+        s = self.lam ** 0.5
+        L = -1 / (s[:, :, None] * s[:, None, :] * (s[:, :, None] + s[:, None, :]))
+        Vt = V.transpose(0, 2, 1)
+        gS = V @ (L * (Vt @ gP @ V)) @ Vt                 # through P = S^(-1/2)
+        gX = P @ gy + (gS + gS.transpose(0, 2, 1)) @ X / x.dtype.type(m)   # S = X X^T / m
+        gX -= gX.mean(axis=2, keepdims=True)              # X = x - mean(x)
+        return _dbn_ungroup(gX, x.shape).astype(x.dtype, copy=False),
+_export('functions.normalization.decorrelated_batch_normalization',
+        DecorrelatedBatchNormalization=DecorrelatedBatchNormalizationFunction)
+
+
+@_export('functions', 'functions.normalization.decorrelated_batch_normalization')
+def decorrelated_batch_normalization(x, **kwargs):
+    """decorrelated_batch_normalization(x, *, groups=16, eps=2e-5,
+    running_mean=None, running_projection=None, decay=0.9): ZCA-whitens each
+    group of x's channels with the batch's own statistics.
+
+    x: float (N, c, ...) with c divisible by groups; the statistics are over
+    N and the spatial axes.  running_mean (groups, c/groups) and
+    running_projection (groups, c/groups, c/groups), if given, are updated in
+    place: r = decay r + (1 - decay) batch value (the projection times
+    m / (m - 1), m the values per channel).  Returns a Variable of x's shape.
+    Raises ValueError for c not divisible by groups, TypeError for unknown
+    keywords.  Chainer: chainer.functions.decorrelated_batch_normalization.
+    """
+    known = ('groups', 'eps', 'running_mean', 'running_projection', 'decay')
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise TypeError('decorrelated_batch_normalization: unexpected arguments {}; it takes '
+                        '{} (as keywords)'.format(unknown, ', '.join(known)))
+    return DecorrelatedBatchNormalizationFunction(
+        kwargs.get('groups', 16), kwargs.get('eps', 2e-5), kwargs.get('running_mean'),
+        kwargs.get('running_projection'), kwargs.get('decay', 0.9))(x)
+
+
+@_export('functions.normalization.decorrelated_batch_normalization')
+class FixedDecorrelatedBatchNormalization(Function):
+    """Function node of fixed_decorrelated_batch_normalization:
+    y = projection (x - mean) per group; x, mean and projection all get
+    gradients. Chainer: chainer.functions.normalization.decorrelated_batch_normalization.FixedDecorrelatedBatchNormalization.
+    """
+
+    label = 'fixed_decorrelated_batch_normalization'
+
+    def __init__(self, groups):
+        self.groups = groups
+
+    def _check(self, x, mean, projection):
+        x_hat = _dbn_groups(self.label, x, self.groups)
+        g, C = x_hat.shape[:2]
+        if mean.shape != (g, C) or projection.shape != (g, C, C):
+            raise ValueError('{}: with x.shape {} and groups {}, mean must have shape {} and '
+                             'projection {}; got {} and {}'.format(
+                                 self.label, x.shape, g, (g, C), (g, C, C), mean.shape,
+                                 projection.shape))
+        if mean.dtype != x.dtype or projection.dtype != x.dtype:
+            raise TypeError('{}: x, mean and projection must share a dtype; got {}, {}, {}'
+                            .format(self.label, x.dtype, mean.dtype, projection.dtype))
+        return x_hat
+
+    def forward(self, inputs):
+        x, mean, projection = inputs
+        x_hat = self._check(x, mean, projection)
+        return _dbn_ungroup(projection @ (x_hat - mean[:, :, None]), x.shape),
+
+    def backward(self, inputs, grad_outputs):
+        x, mean, projection = inputs
+        centred = _dbn_groups(self.label, x, self.groups) - mean[:, :, None]
+        gy = _dbn_groups(self.label, grad_outputs[0], self.groups)
+        gx_hat = projection.transpose(0, 2, 1) @ gy
+        return (_dbn_ungroup(gx_hat, x.shape), -gx_hat.sum(axis=2),
+                gy @ centred.transpose(0, 2, 1))
+
+
+@_export('functions', 'functions.normalization.decorrelated_batch_normalization')
+def fixed_decorrelated_batch_normalization(x, mean, projection, groups=16):
+    """Decorrelated batch normalization with given statistics (test mode):
+    y = projection[g] (x - mean[g]) for each group g of x's channels.
+
+    x: float (N, c, ...); mean: (groups, c/groups); projection: (groups,
+    c/groups, c/groups), x's dtype.  Returns a Variable of x's shape.
+    Raises ValueError for shapes that do not fit, TypeError for mixed dtypes.
+    (Chainer 7.8.1's backward for mean and projection is wrong: it takes the
+    first column instead of a sum and gets a matrix of the wrong shape; here
+    they are the true gradients.)
+    Chainer: chainer.functions.fixed_decorrelated_batch_normalization.
+    """
+    return FixedDecorrelatedBatchNormalization(groups)(x, mean, projection)
+
+
+@_export('links', 'links.normalization.decorrelated_batch_normalization')
+class DecorrelatedBatchNormalization(Link):
+    """Decorrelated batch normalization as a link, with running statistics.
+
+    DecorrelatedBatchNormalization(size, groups=16, decay=0.9, eps=2e-5,
+    dtype=numpy.float32): size, the channel count c (divisible by groups).
+    In config.train it whitens with the batch's statistics and updates the
+    persistents avg_mean (groups, c/groups) and avg_projection (groups,
+    c/groups, c/groups), starting at 0 and I (finetune=True averages all
+    batches seen, counted in N); otherwise it applies
+    fixed_decorrelated_batch_normalization with them.  No parameters.
+    Saved keys: avg_mean, avg_projection, N, as in Chainer.
+    Chainer: chainer.links.DecorrelatedBatchNormalization.
+    """
+
+    def __init__(self, size, groups=16, decay=0.9, eps=2e-5, dtype=np.float32):
+        super().__init__()
+        _positive_int('DecorrelatedBatchNormalization', 'groups', groups)
+        if size % groups:
+            raise ValueError('DecorrelatedBatchNormalization: size {} is not divisible by groups '
+                             '{}'.format(size, groups))
+        C = size // groups
+        self.groups, self.decay, self.eps = groups, decay, eps
+        self.add_persistent('avg_mean', np.zeros((groups, C), dtype))
+        self.add_persistent('avg_projection', np.tile(np.eye(C, dtype=dtype), (groups, 1, 1)))
+        self.add_persistent('N', 0)
+
+    def forward(self, x, finetune=False):
+        """Whitens x (N, size, ...); see the class docstring.
+        Chainer: chainer.links.DecorrelatedBatchNormalization.forward."""
+        if not config.train:
+            return fixed_decorrelated_batch_normalization(
+                x, self.avg_mean, self.avg_projection, groups=self.groups)
+        if finetune:
+            self.N += 1
+            decay = 1. - 1. / self.N
+        else:
+            decay = self.decay
+        return decorrelated_batch_normalization(
+            x, groups=self.groups, eps=self.eps, running_mean=self.avg_mean,
+            running_projection=self.avg_projection, decay=decay)
+
+    def start_finetuning(self):
+        """Reset N, so that fine-tuning averages from the next batch on.
+        Chainer: DecorrelatedBatchNormalization.start_finetuning."""
+        self.N = 0
 
 
 # =============================================================================
@@ -26724,10 +27520,7 @@ _submodule('graph_optimizations.static_graph_utilities', static_code=static_code
 
 _not_supported(
     functions,
-    missing='as_strided black_out decorrelated_batch_normalization '
-            'discriminative_margin_based_clustering_loss '
-            'fixed_decorrelated_batch_normalization '
-            'sparse_matmul spatial_transformer_grid '
+    missing='spatial_transformer_grid '
             'spatial_transformer_sampler '
             'deformable_convolution_2d_sampler '
             'local_convolution_2d')
@@ -26737,6 +27530,9 @@ _not_supported(
 _not_supported(
     links,
     missing='BlackOut DecorrelatedBatchNormalization '
+    pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
+               'GoogLeNet',
+    missing='TheanoFunction '
             'DeformableConvolution2D '
             'LocalConvolution2D')
             'TheanoFunction')
@@ -26744,9 +27540,6 @@ _not_supported(
 
 _not_supported(optimizer,
                missing='make_deprecation_message')
-_not_supported(
-    initializers,
-    missing='DownsamplingConvFilter UpsamplingDeconvFilter')
 
 
 _not_supported(dataset, multi='ConcatWithAsyncTransfer', missing='cached_download')
@@ -26786,7 +27579,7 @@ _not_supported(
 
 _not_supported(
     utils,
-    missing='CooMatrix enable_final final get_order nondeterministic to_coo')
+    missing='enable_final final nondeterministic')
 
 
 _not_supported(

@@ -13691,7 +13691,6 @@ CHAINER_OUT_OF_SCOPE = {
 # (someone may add it) or raise NotSupportedError, never an AttributeError.
 CHAINER_NOT_YET = {
     'optimizer': 'make_deprecation_message',
-    'initializers': 'DownsamplingConvFilter UpsamplingDeconvFilter',
 }
 
 
@@ -15183,3 +15182,329 @@ def test_googlenet_heads_and_vgg_stage_table():
     from onefchainer.utils.imgproc import oversample
     crops = oversample(np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 4, 4), (2, 2))
     assert crops.shape == (20, 1, 2, 2) and crops[4, 0, 0, 0] == 5 and crops[5, 0, 0, 0] == 1
+# lossnorm: as_strided, black_out, decorrelated BN, clustering loss, sparse_matmul, filters
+# =============================================================================
+
+def _lossnorm_reference():
+    return np.load(os.path.join(HERE, 'testdata', 'chainer781', 'lossnorm.npz'))
+
+
+def _lossnorm_grads(func, inputs, gy):
+    variables = [Variable(dev(x.copy())) for x in inputs]
+    y = func(*variables)
+    y.grad = dev(gy.astype(y.dtype))
+    y.backward()
+    return host(y), [host(v.grad) for v in variables]
+
+
+def _saved_keys(link):
+    buffer = io.BytesIO()
+    serializers.save_npz(buffer, link)
+    buffer.seek(0)
+    with np.load(buffer) as saved:
+        return sorted(saved.files)
+
+
+LOSSNORM_STRIDED_CASES = [((3, 2), (1, 1), 0), ((2, 2, 2), (4, 1, 1), 1), ((3,), (-2,), 5),
+                          ((2, 3), (1, 2), None), ((2, 3), (0, 1), 1)]
+
+
+def test_lossnorm_as_strided_matches_chainer():
+    # Overlapping windows, a 2-d input read as 3-d, a negative stride, the
+    # default offset and a stride of 0: values and x's gradient as in Chainer.
+    reference = _lossnorm_reference()
+    for i, (shape, strides, offset) in enumerate(LOSSNORM_STRIDED_CASES):
+        key = 'strided/{}/'.format(i)
+        y, (gx,) = _lossnorm_grads(lambda v: F.as_strided(v, shape, strides, offset),
+                                   [reference[key + 'x']], reference[key + 'gy'])
+        np.testing.assert_allclose(y, reference[key + 'y'], rtol=1e-12)
+        np.testing.assert_allclose(gx, reference[key + 'gx'], rtol=1e-12)
+    # Chainer's docstring example: windows of 2 over arange(4) count the middle twice
+    x = Variable(dev(np.arange(4, dtype=np.float32)))
+    y = F.as_strided(x, (3, 2), (1, 1), 0)
+    np.testing.assert_array_equal(host(y), [[0, 1], [1, 2], [2, 3]])
+    y.grad = dev(np.ones((3, 2), np.float32))
+    y.backward()
+    np.testing.assert_array_equal(host(x.grad), [1, 2, 2, 1])
+    assert x.grad.dtype == np.float32
+
+
+def test_lossnorm_as_strided_gradients_and_views():
+    rng = np.random.RandomState(0)
+    for shape, strides, offset in LOSSNORM_STRIDED_CASES[:3]:
+        x = dev(rng.randn(12))
+        gradient_check.check_backward(lambda v: F.as_strided(v, shape, strides, offset), x,
+                                      dev(rng.randn(*shape)), elementwise=True)
+    # x a view: its memory is the whole block, its offset the default
+    block = dev(np.arange(10.0))
+    view = block[3:7]
+    np.testing.assert_array_equal(host(F.as_strided(view, (2,), (2,))), [3, 5])
+    np.testing.assert_array_equal(host(F.as_strided(view, (2,), (1,), 0)), [0, 1])
+    # an input that reads its memory twice shares the gradient out
+    twice = np.lib.stride_tricks.as_strided(np.arange(10.0), (2, 3), (8, 8))   # rows 0..2, 1..3
+    v = Variable(twice)
+    y = F.as_strided(v, (4,), (1,), 0)
+    y.grad = np.array([1.0, 2.0, 4.0, 8.0])
+    y.backward()
+    np.testing.assert_array_equal(v.grad, [[1, 1, 2], [1, 2, 8]])
+    with pytest.raises(ValueError, match=r'as_strided: shape \(3, 2\), strides \(1, 1\) and '
+                                         r'offset 8 .*shape \(6,\)\), which holds 6'):
+        F.as_strided(np.zeros(6), (3, 2), (1, 1), 8)
+    with pytest.raises(ValueError, match=r'as_strided: shape \(3,\) and strides \(1, 1\)'):
+        F.as_strided(np.zeros(6), (3,), (1, 1))
+
+
+def test_lossnorm_black_out_matches_chainer_and_gradients():
+    reference = _lossnorm_reference()
+    t, samples = dev(reference['blackout/t']), dev(reference['blackout/samples'])
+    x, W = dev(reference['blackout/x']), dev(reference['blackout/W'])
+    for reduce in ('mean', 'no'):
+        key = 'blackout/{}/'.format(reduce)
+        y, (gx, gW) = _lossnorm_grads(
+            lambda x, W: F.black_out(x, t, W, samples, reduce=reduce),
+            [reference['blackout/x'], reference['blackout/W']], reference[key + 'gy'])
+        assert y.shape == (() if reduce == 'mean' else (4,))
+        np.testing.assert_allclose(y, reference[key + 'y'], rtol=1e-12)
+        np.testing.assert_allclose(gx, reference[key + 'gx'], rtol=1e-10)
+        np.testing.assert_allclose(gW, reference[key + 'gW'], rtol=1e-10)
+        gradient_check.check_backward(
+            lambda x, W: F.black_out(x, t, W, samples, reduce=reduce), (x, W),
+            None if reduce == 'mean' else dev(reference[key + 'gy']), elementwise=True)
+    with pytest.raises(ValueError, match=r"black_out: reduce must be 'mean' or 'no'"):
+        F.black_out(x, t, W, samples, reduce='sum')
+    with pytest.raises(ValueError, match=r'black_out: .* got x.shape \(4, 3\), t.shape \(4,\), '
+                                         r'W.shape \(7, 2\), samples.shape \(4, 5\)'):
+        F.black_out(x, t, W[:, :2], samples)
+    with pytest.raises(ValueError, match=r'black_out: t and samples must lie in \[0, 7\)'):
+        F.black_out(x, t, W, samples + 3)
+
+
+def test_lossnorm_black_out_link_matches_chainer():
+    reference = _lossnorm_reference()
+    link = L.BlackOut(3, [5, 1, 2, 4, 3, 2, 1], 5)
+    assert link.W.shape == (7, 3) and np.isnan(link.W.data).all()    # NaN, as in Chainer
+    assert _saved_keys(link) == list(reference['blackout/link/keys'])
+    # the negatives are drawn by the counts themselves (no power, unlike NegativeSampling)
+    np.random.seed(3)
+    drawn = link.sampler.sample((20000,))
+    counts = np.bincount(drawn, minlength=7) / 20000.
+    np.testing.assert_allclose(counts, np.array([5, 1, 2, 4, 3, 2, 1]) / 18., atol=0.01)
+    link.to_device(TEST_DEVICE)
+    link.W.data[...] = dev(reference['blackout/W'].astype(np.float32))
+    link.sample_data = dev(reference['blackout/samples'])
+    loss = link(dev(reference['blackout/x'].astype(np.float32)), dev(reference['blackout/t']))
+    loss.backward()
+    np.testing.assert_allclose(host(loss), reference['blackout/link/loss'], rtol=1e-5)
+    np.testing.assert_allclose(host(link.W.grad), reference['blackout/link/gW'], rtol=1e-4,
+                               atol=1e-6)
+    link.sample_data = None           # (batch, sample_size) fresh draws, on the link's device
+    assert np.isfinite(host(link(dev(np.ones((2, 3), np.float32)), dev(np.array([0, 1])))))
+
+
+def test_lossnorm_decorrelated_batch_normalization_matches_chainer():
+    reference = _lossnorm_reference()
+    mean, projection = dev(np.zeros((2, 3))), dev(np.tile(np.eye(3), (2, 1, 1)))
+    y, (gx,) = _lossnorm_grads(lambda v: F.decorrelated_batch_normalization(
+        v, groups=2, eps=1e-3, running_mean=mean, running_projection=projection, decay=0.8),
+        [reference['dbn/x']], reference['dbn/gy'])
+    np.testing.assert_allclose(y, reference['dbn/y'], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gx, reference['dbn/gx'], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(host(mean), reference['dbn/running_mean'], rtol=1e-12)
+    np.testing.assert_allclose(host(projection), reference['dbn/running_projection'], rtol=1e-9)
+    y, (gx,) = _lossnorm_grads(lambda v: F.decorrelated_batch_normalization(v, groups=1),
+                               [reference['dbn/x2']], reference['dbn/gy2'])
+    np.testing.assert_allclose(y, reference['dbn/y2'], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gx, reference['dbn/gx2'], rtol=1e-8, atol=1e-12)
+    # each group comes out with identity covariance
+    groups = np.moveaxis(reference['dbn/y'], 1, 0).reshape(2, 3, -1)
+    cov = groups @ groups.transpose(0, 2, 1) / groups.shape[2]
+    np.testing.assert_allclose(cov, np.tile(np.eye(3), (2, 1, 1)), atol=1e-2)
+    y, (gx,) = _lossnorm_grads(lambda v: F.fixed_decorrelated_batch_normalization(
+        v, dev(reference['dbn/fixed/mean']), dev(reference['dbn/fixed/projection']), groups=2),
+        [reference['dbn/x']], reference['dbn/fixed/gy'])
+    np.testing.assert_allclose(y, reference['dbn/fixed/y'], rtol=1e-12)
+    np.testing.assert_allclose(gx, reference['dbn/fixed/gx'], rtol=1e-12)
+
+
+def test_lossnorm_decorrelated_batch_normalization_gradients_and_errors():
+    rng = np.random.RandomState(1)
+    x = dev(rng.randn(6, 4, 2))
+    gradient_check.check_backward(
+        lambda v: F.decorrelated_batch_normalization(v, groups=2), x, dev(rng.randn(6, 4, 2)),
+        elementwise=True)
+    gradient_check.check_backward(
+        lambda v, m, p: F.fixed_decorrelated_batch_normalization(v, m, p, groups=2),
+        dev((rng.randn(6, 4, 2), rng.randn(2, 2), rng.randn(2, 2, 2))), dev(rng.randn(6, 4, 2)),
+        elementwise=True)
+    with pytest.raises(ValueError, match=r'decorrelated_batch_normalization: the channel '
+                                         r'count .* groups 3; got x.shape \(6, 4, 2\)'):
+        F.decorrelated_batch_normalization(x, groups=3)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['expected_mean'\]"):
+        F.decorrelated_batch_normalization(x, groups=2, expected_mean=None)
+    with pytest.raises(ValueError, match=r'fixed_decorrelated_batch_normalization: .* mean must '
+                                         r'have shape \(2, 2\) and projection \(2, 2, 2\); got '
+                                         r'\(4,\) and \(2, 2, 2\)'):
+        F.fixed_decorrelated_batch_normalization(x, dev(np.zeros(4)), dev(np.zeros((2, 2, 2))),
+                                                 groups=2)
+
+
+def test_lossnorm_decorrelated_batch_normalization_link_matches_chainer(tmp_path):
+    reference = _lossnorm_reference()
+    link = L.DecorrelatedBatchNormalization(6, groups=3)
+    assert link.avg_mean.shape == (3, 2) and link.avg_projection.dtype == np.float32
+    np.testing.assert_array_equal(link.avg_projection, np.tile(np.eye(2), (3, 1, 1)))
+    assert _saved_keys(link) == list(reference['dbn/link/keys'])
+    link.to_device(TEST_DEVICE)
+    x = dev(reference['dbn/x'].astype(np.float32))
+    link(x)
+    link(x * 2 + 1)
+    link(x[:3], finetune=True)
+    assert link.N == int(reference['dbn/link/N'])
+    np.testing.assert_allclose(host(link.avg_mean), reference['dbn/link/avg_mean'], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(host(link.avg_projection), reference['dbn/link/avg_projection'],
+                               rtol=1e-4, atol=1e-5)
+    with chainer.using_config('train', False):
+        y = link(x)
+    np.testing.assert_allclose(host(y), reference['dbn/link/y'], rtol=1e-4, atol=1e-4)
+    serializers.save_npz(str(tmp_path / 'dbn.npz'), link)
+    again = L.DecorrelatedBatchNormalization(6, groups=3)
+    serializers.load_npz(str(tmp_path / 'dbn.npz'), again)
+    np.testing.assert_array_equal(again.avg_projection, host(link.avg_projection))
+    assert again.N == link.N
+    link.start_finetuning()
+    assert link.N == 0
+    with pytest.raises(ValueError, match=r'DecorrelatedBatchNormalization: size 6 is not '
+                                         r'divisible by groups 4'):
+        L.DecorrelatedBatchNormalization(6, groups=4)
+
+
+def test_lossnorm_discriminative_clustering_loss_matches_chainer():
+    reference = _lossnorm_reference()
+    emb, labels = reference['disc/emb'], reference['disc/labels']
+    for norm in (1, 2):
+        v = Variable(dev(emb.copy()))
+        terms = F.discriminative_margin_based_clustering_loss(
+            v, dev(labels), 0.5, 1.5, 3, norm=norm, alpha=1.0, beta=0.7, gamma=0.01)
+        assert len(terms) == 3 and all(t.shape == () for t in terms)
+        np.testing.assert_allclose([float(host(t)) for t in terms],
+                                   reference['disc/{}/terms'.format(norm)], rtol=1e-12)
+        (terms[0] + terms[1] + terms[2]).backward()
+        chainers = reference['disc/{}/gx'.format(norm)]
+        finite = np.isfinite(chainers)        # Chainer's L2 gradient is NaN off the instances
+        assert finite.all() or norm == 2
+        np.testing.assert_allclose(host(v.grad)[finite], chainers[finite], rtol=1e-10,
+                                   atol=1e-14)
+        assert np.isfinite(host(v.grad)).all()
+    # a batch size that is neither 1 nor K (Chainer fails there)
+    rng = np.random.RandomState(2)
+    emb, labels = dev(rng.randn(2, 3, 3, 4)), dev(rng.randint(0, 4, (2, 3, 4)))
+    for norm in (1, 2):
+        gradient_check.check_backward(
+            lambda e: functools.reduce(operator.add, F.discriminative_margin_based_clustering_loss(
+                e, labels, 0.3, 1.0, 3, norm=norm, gamma=0.1)), emb, None, elementwise=True)
+    with pytest.raises(ValueError, match=r'discriminative_margin_based_clustering_loss: norm '
+                                         r'must be 1 or 2, got 3'):
+        F.discriminative_margin_based_clustering_loss(emb, labels, 0.5, 1.5, 3, norm=3)
+    with pytest.raises(ValueError, match=r'max_embedding_dim=4, H, W\) and labels \(N, H, W\); '
+                                         r'got embeddings.shape \(2, 3, 3, 4\), labels.shape '
+                                         r'\(2, 3, 4\)'):
+        F.discriminative_margin_based_clustering_loss(emb, labels, 0.5, 1.5, 4)
+
+
+def test_lossnorm_coo_matrix_to_coo_get_order_match_chainer():
+    reference = _lossnorm_reference()
+    for name, dense in (('2', reference['sparse/A']), ('3', reference['sparse/A3'])):
+        coo = utils.to_coo(dev(dense), ldnz=9 if name == '2' else None)
+        key = 'sparse/{}/'.format(name)
+        np.testing.assert_array_equal(host(coo.data), reference[key + 'data'])
+        np.testing.assert_array_equal(host(coo.row), reference[key + 'row'])
+        np.testing.assert_array_equal(host(coo.col), reference[key + 'col'])
+        assert coo.row.dtype == np.int32 and coo.order == str(reference[key + 'order'])
+        np.testing.assert_array_equal(host(coo.to_dense()), reference[key + 'dense'])
+        assert coo.data.requires_grad is False
+    assert utils.get_order(np.array([0, 2, 1]), np.array([0, 0, 1])) == str(
+        reference['sparse/order_F'])
+    assert utils.get_order(np.array([1, 0, 1]), np.array([0, 1, 1])) == str(
+        reference['sparse/order_other'])
+    assert utils.get_order(np.array([1, 0, 1]), np.array([0, 1, 0])) == 'other'
+    assert utils.get_order(dev(np.array([0, 0, 1, -1])), dev(np.array([0, 1, 0, -1]))) == 'C'
+    with pytest.raises(ValueError, match=r'CooMatrix: shape must be two positive numbers, got '
+                                         r'\(3,\)'):
+        utils.CooMatrix(np.ones(2), np.zeros(2, np.int32), np.zeros(2, np.int32), (3,))
+    with pytest.raises(ValueError, match=r'to_coo: x must be 2-d or 3-d .* got shape \(4,\)'):
+        utils.to_coo(np.ones(4))
+
+
+def test_lossnorm_sparse_matmul_matches_chainer():
+    # sparse on the left or right, single or batched, each operand transposed or not
+    reference = _lossnorm_reference()
+    for k in range(16):
+        key = 'sparse/case{}/'.format(k)
+        batched, left, transa, transb = (bool(f) for f in reference[key + 'flags'])
+        coo = utils.to_coo(dev(reference['sparse/A3' if batched else 'sparse/A']),
+                           requires_grad=True)
+        dense = Variable(dev(reference[key + 'dense'].copy()))
+        y = (F.sparse_matmul(coo, dense, transa, transb) if left
+             else F.sparse_matmul(dense, coo, transa, transb))
+        y.grad = dev(reference[key + 'gy'])
+        y.backward()
+        np.testing.assert_allclose(host(y), reference[key + 'y'], rtol=1e-12, err_msg=key)
+        np.testing.assert_allclose(host(coo.data.grad), reference[key + 'gdata'], rtol=1e-12,
+                                   atol=1e-15, err_msg=key)
+        np.testing.assert_allclose(host(dense.grad), reference[key + 'gdense'], rtol=1e-12,
+                                   err_msg=key)
+
+
+def test_lossnorm_sparse_matmul_gradients_and_errors():
+    rng = np.random.RandomState(4)
+    A = rng.randn(2, 3, 4) * (rng.rand(2, 3, 4) < 0.6)
+    A[:, 0, 0] = 1.0
+    coo = utils.to_coo(dev(A), ldnz=10)           # padded with -1 entries
+
+    def product(data, dense, left, transa, transb):
+        coo.data = data
+        return (F.sparse_matmul(coo, dense, transa, transb) if left
+                else F.sparse_matmul(dense, coo, transa, transb))
+
+    for left, transa, transb in ((True, False, False), (True, True, True), (False, False, True),
+                                 (False, True, False)):
+        m, n = (3, 4) if not (transa if left else transb) else (4, 3)
+        dense = rng.randn(*((2, n, 5) if left else (2, 5, m)))
+        if (transb if left else transa):
+            dense = dense.swapaxes(1, 2).copy()
+        dense = dev(dense)
+        out = product(Variable(coo.data.data), dense, left, transa, transb).shape
+        gradient_check.check_backward(
+            lambda d, b: product(d, b, left, transa, transb), (coo.data.data.copy(), dense),
+            dev(rng.randn(*out)), elementwise=True)
+    np.testing.assert_allclose(host(F.sparse_matmul(coo, dev(np.ones((2, 4, 2))))),
+                               A @ np.ones((2, 4, 2)), rtol=1e-12)
+    with pytest.raises(ValueError, match=r'sparse_matmul: the sparse operand is \(3, 4\) .* the '
+                                         r'dense one \(2, 3, 2\) float64 .* with 4 rows'):
+        F.sparse_matmul(coo, dev(np.ones((2, 3, 2))))
+    with pytest.raises(ValueError, match=r'sparse_matmul: one of a and b must be a CooMatrix'):
+        F.sparse_matmul(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_lossnorm_sampling_filters_match_chainer():
+    reference = _lossnorm_reference()
+    for i, shape in enumerate([(3, 3, 4, 4), (2, 1, 3, 3), (2, 2, 3, 3, 3), (1, 1, 5)]):
+        for name, init in (('up', initializers.UpsamplingDeconvFilter()),
+                           ('down', initializers.DownsamplingConvFilter())):
+            array = dev(np.full(shape, 9.0))
+            init(array)
+            np.testing.assert_allclose(host(array), reference['filters/{}/{}'.format(i, name)],
+                                       rtol=1e-12)
+    # a deconvolution with the filter upsamples a constant image to a constant inside
+    deconv = L.Deconvolution2D(2, 2, 4, stride=2, pad=1,
+                               initialW=initializers.UpsamplingDeconvFilter(), nobias=True)
+    deconv.to_device(TEST_DEVICE)
+    y = host(deconv(dev(np.ones((1, 2, 3, 3), np.float32))))
+    np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 1, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"UpsamplingDeconvFilter: unsupported interpolation "
+                                         r"'cubic'"):
+        initializers.UpsamplingDeconvFilter('cubic')
+    with pytest.raises(ValueError, match=r'DownsamplingConvFilter: the kernel sizes must all be '
+                                         r'equal, got shape \(2, 2, 3, 4\)'):
+        initializers.DownsamplingConvFilter()(np.zeros((2, 2, 3, 4)))

@@ -66,9 +66,18 @@ def _wrap(obj):
         return FakeArray(obj)
     if isinstance(obj, np.generic):        # CuPy returns 0-dim arrays where NumPy gives scalars
         return FakeArray(np.asarray(obj))
+    if isinstance(obj, tuple) and hasattr(obj, '_fields'):   # a named tuple (eigh's result)
+        return type(obj)(*(_wrap(o) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(_wrap(o) for o in obj)
     return obj
+
+
+class _MemoryPointer:
+    """What CuPy's ndarray.data is, as far as its address (.ptr) goes."""
+
+    def __init__(self, array):
+        self.ptr = array.__array_interface__['data'][0]
 
 
 class _Callable:
@@ -112,6 +121,10 @@ class FakeArray:
     @property
     def device(self):
         return _Device(0)
+
+    @property
+    def data(self):
+        return _MemoryPointer(self._a)
 
     def __len__(self):
         return len(self._a)
