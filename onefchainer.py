@@ -27518,24 +27518,6 @@ _submodule('graph_optimizations.static_graph', static_graph=static_graph)
 _submodule('graph_optimizations.static_graph_utilities', static_code=static_code)
 
 
-_not_supported(
-    functions,
-    missing='spatial_transformer_grid '
-            'spatial_transformer_sampler '
-            'deformable_convolution_2d_sampler '
-            'local_convolution_2d')
-            'sparse_matmul '
-            'roi_average_align_2d roi_average_pooling_2d roi_max_align_2d '
-            'roi_max_pooling_2d roi_pooling_2d')
-_not_supported(
-    links,
-    missing='BlackOut DecorrelatedBatchNormalization '
-    pretrained='VGG16Layers VGG19Layers ResNet50Layers ResNet101Layers ResNet152Layers '
-               'GoogLeNet',
-    missing='TheanoFunction '
-            'DeformableConvolution2D '
-            'LocalConvolution2D')
-            'TheanoFunction')
 
 
 _not_supported(optimizer,
