@@ -15021,7 +15021,7 @@ def test_local_convolution_gradients():
     check(lambda x, W: F.local_convolution_2d(x, W), f64(1, 2, 4, 3), f64(2, 3, 2, 2, 2, 2))
 
 
-def _saved_keys(link, tmp_path):
+def _saved_npz_shapes(link, tmp_path):
     path = str(tmp_path / 'link.npz')
     serializers.save_npz(path, link)
     with np.load(path) as npz:
@@ -15034,7 +15034,7 @@ def _load_chainers(prefix, link, tmp_path):
     reference = _convx_reference()
     params = {key[len(prefix) + 8:]: reference[key] for key in reference.files
               if key.startswith(prefix + '/params/')}
-    assert _saved_keys(link, tmp_path) == {key: value.shape for key, value in params.items()}
+    assert _saved_npz_shapes(link, tmp_path) == {key: value.shape for key, value in params.items()}
     path = str(tmp_path / 'chainer.npz')
     np.savez(path, **params)
     serializers.load_npz(path, link)
@@ -15058,7 +15058,7 @@ def test_deformable_convolution_2d_link_loads_chainers_npz(tmp_path):
     y = fresh(dev(f32(2, 3, 4, 4)))
     assert y.shape == (2, 5, 4, 4) and not host(y).any()
     assert fresh.offset_conv.W.shape == (18, 3, 3, 3) and host(fresh.offset_conv.W).std() > 0
-    assert set(_saved_keys(fresh, tmp_path)) == {'offset_conv/W', 'offset_conv/b',
+    assert set(_saved_npz_shapes(fresh, tmp_path)) == {'offset_conv/W', 'offset_conv/b',
                                                  'deform_conv/W'}
     # the whole link, parameters of both children included
     with chainer.using_config('dtype', np.float64):
