@@ -8264,21 +8264,15 @@ class _TheanoFunctionNode(Function):
 
     def forward(self, inputs):
         outputs = self.forward_func(*_to_cpu(list(inputs)))
-        return tuple(_to_device_of(inputs[0], y) for y in outputs)
+        device = _device_of(inputs[0])
+        return tuple(device.send(np.asarray(y)) for y in outputs)
 
     def backward(self, inputs, grad_outputs):
         grads = self.backward_func(*_to_cpu(list(inputs) + list(grad_outputs)))
+        device = _device_of(inputs[0])
         return tuple(None if x.dtype.kind != 'f' else
-                     _to_device_of(x, g.astype(x.dtype, copy=False))
+                     device.send(np.asarray(g).astype(x.dtype, copy=False))
                      for x, g in zip(inputs, grads))
-
-
-def _to_device_of(like, array):
-    """`array` (NumPy) on the device of `like` (a NumPy or CuPy array)."""
-    if isinstance(like, np.ndarray):
-        return np.asarray(array)
-    with like.device:
-        return cupy.asarray(array)
 
 
 def _theano_function(forward_func, backward_func, *inputs):
